@@ -1,0 +1,234 @@
+//! gRPC ingest (`tocsin.v1.Ingest`): decodes columnar write requests,
+//! converts them to storage writes, and answers with how many rows were
+//! accepted and why each rejected item was rejected.
+//!
+//! Data enters as protobuf ([`tocsin_proto::v1`]) and leaves as
+//! [`tocsin_storage::TableWrite`]s handed to [`tocsin_storage::Storage::write`];
+//! the response is sent only when the accepted rows are durable.
+//!
+//! ```no_run
+//! # fn f(storage: std::sync::Arc<tocsin_storage::Storage>) {
+//! use tocsin_ingest::IngestService;
+//! let service = IngestService::new(storage, Default::default()).into_server();
+//! // tonic::transport::Server::builder().add_service(service)...
+//! # }
+//! ```
+
+pub mod convert;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use tocsin_proto::v1::ingest_server::{Ingest, IngestServer};
+use tocsin_proto::v1::{
+    Rejection, WriteLogsRequest, WriteRequest, WriteResponse, WriteRowsRequest, WriteSeriesRequest, write_request,
+};
+use tocsin_storage::{Storage, StorageError, TableWrite};
+use tonic::{Request, Response, Status, Streaming};
+
+use convert::EarlyRejection;
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Largest accepted gRPC message, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest accepted log message, in bytes.
+    pub max_log_message_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { max_message_bytes: 64 * 1024 * 1024, max_log_message_bytes: 64 * 1024 }
+    }
+}
+
+/// Request counters for the server's `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub series_requests: AtomicU64,
+    pub rows_requests: AtomicU64,
+    pub logs_requests: AtomicU64,
+    pub stream_messages: AtomicU64,
+    pub rows_accepted: AtomicU64,
+    pub items_rejected: AtomicU64,
+    pub failed_requests: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct IngestService {
+    storage: Arc<Storage>,
+    config: IngestConfig,
+    pub metrics: Arc<IngestMetrics>,
+}
+
+/// Maps storage failures to gRPC status codes, in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("request has no {0}")]
+    Empty(&'static str),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<IngestError> for Status {
+    fn from(e: IngestError) -> Status {
+        let msg = e.to_string();
+        match e {
+            IngestError::Empty(_) => Status::invalid_argument(msg),
+            IngestError::Storage(StorageError::Database(_)) => Status::invalid_argument(msg),
+            IngestError::Storage(StorageError::BufferFull { .. }) => Status::resource_exhausted(msg),
+            IngestError::Storage(StorageError::ShuttingDown) => Status::unavailable(msg),
+            IngestError::Storage(_) => Status::internal(msg),
+        }
+    }
+}
+
+fn database(db: &str) -> &str {
+    if db.is_empty() { "public" } else { db }
+}
+
+impl IngestService {
+    pub fn new(storage: Arc<Storage>, config: IngestConfig) -> Self {
+        Self { storage, config, metrics: Arc::new(IngestMetrics::default()) }
+    }
+
+    pub fn into_server(self) -> IngestServer<Self> {
+        let limit = self.config.max_message_bytes;
+        IngestServer::new(self).max_decoding_message_size(limit)
+    }
+
+    async fn commit(
+        &self,
+        db: &str,
+        writes: Vec<TableWrite>,
+        early: Vec<EarlyRejection>,
+    ) -> Result<WriteResponse, IngestError> {
+        let mut resp = WriteResponse::default();
+        resp.rejected.extend(early.into_iter().map(|r| Rejection { index: r.item, message: 0, reason: r.reason }));
+        if writes.iter().any(|w| !w.blocks.is_empty()) {
+            let outcome = self.storage.write(db, writes).await?;
+            resp.accepted_rows = outcome.accepted_rows;
+            resp.rejected.extend(outcome.rejected.into_iter().map(|r| Rejection {
+                index: r.item,
+                message: 0,
+                reason: r.error.to_string(),
+            }));
+        }
+        resp.rejected.sort_by_key(|r| r.index);
+        self.metrics.rows_accepted.fetch_add(resp.accepted_rows, Ordering::Relaxed);
+        self.metrics.items_rejected.fetch_add(resp.rejected.len() as u64, Ordering::Relaxed);
+        Ok(resp)
+    }
+
+    async fn write_one(&self, req: write_request::Payload) -> Result<WriteResponse, IngestError> {
+        match req {
+            write_request::Payload::Series(r) => self.series(r).await,
+            write_request::Payload::Rows(r) => self.rows(r).await,
+            write_request::Payload::Logs(r) => self.logs(r).await,
+        }
+    }
+
+    async fn series(&self, req: WriteSeriesRequest) -> Result<WriteResponse, IngestError> {
+        self.metrics.series_requests.fetch_add(1, Ordering::Relaxed);
+        if req.series.is_empty() {
+            return Err(IngestError::Empty("series"));
+        }
+        let db = database(&req.database).to_string();
+        let (writes, early) = convert::series_to_writes(req);
+        self.commit(&db, writes, early).await
+    }
+
+    async fn rows(&self, req: WriteRowsRequest) -> Result<WriteResponse, IngestError> {
+        self.metrics.rows_requests.fetch_add(1, Ordering::Relaxed);
+        if req.series.is_empty() {
+            return Err(IngestError::Empty("series"));
+        }
+        let db = database(&req.database).to_string();
+        let (write, early) = convert::rows_to_write(req);
+        self.commit(&db, vec![write], early).await
+    }
+
+    async fn logs(&self, req: WriteLogsRequest) -> Result<WriteResponse, IngestError> {
+        self.metrics.logs_requests.fetch_add(1, Ordering::Relaxed);
+        if req.events.is_empty() {
+            return Err(IngestError::Empty("events"));
+        }
+        let db = database(&req.database).to_string();
+        let (write, early) = convert::logs_to_write(req, self.config.max_log_message_bytes);
+        self.commit(&db, vec![write], early).await
+    }
+
+    fn counted(&self, r: Result<WriteResponse, IngestError>) -> Result<Response<WriteResponse>, Status> {
+        if r.is_err() {
+            self.metrics.failed_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        r.map(Response::new).map_err(Status::from)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = T> + Send>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn write_series(&self, request: Request<WriteSeriesRequest>) -> Result<Response<WriteResponse>, Status> {
+        let r = self.series(request.into_inner()).await;
+        self.counted(r)
+    }
+
+    async fn write_rows(&self, request: Request<WriteRowsRequest>) -> Result<Response<WriteResponse>, Status> {
+        let r = self.rows(request.into_inner()).await;
+        self.counted(r)
+    }
+
+    async fn write_logs(&self, request: Request<WriteLogsRequest>) -> Result<Response<WriteResponse>, Status> {
+        let r = self.logs(request.into_inner()).await;
+        self.counted(r)
+    }
+
+    async fn write_stream(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
+        let mut stream: BoxStream<Result<WriteRequest, Status>> = Box::pin(request.into_inner());
+        let mut total = WriteResponse::default();
+        let mut index: u32 = 0;
+        while let Some(msg) = stream.next().await {
+            // A broken stream ends the call; messages before it are durable
+            // and counted in the error's message.
+            let msg = msg.map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!("{} (after {index} messages, {} rows accepted)", s.message(), total.accepted_rows),
+                )
+            })?;
+            self.metrics.stream_messages.fetch_add(1, Ordering::Relaxed);
+            let Some(payload) = msg.payload else {
+                total.rejected.push(Rejection { index: 0, message: index, reason: "message has no payload".into() });
+                index += 1;
+                continue;
+            };
+            match self.write_one(payload).await {
+                Ok(resp) => {
+                    total.accepted_rows += resp.accepted_rows;
+                    total.rejected.extend(resp.rejected.into_iter().map(|r| Rejection { message: index, ..r }));
+                }
+                Err(e @ IngestError::Empty(_)) => {
+                    total.rejected.push(Rejection { index: 0, message: index, reason: e.to_string() });
+                }
+                Err(e) => {
+                    self.metrics.failed_requests.fetch_add(1, Ordering::Relaxed);
+                    let s = Status::from(e);
+                    return Err(Status::new(
+                        s.code(),
+                        format!(
+                            "{} (at message {index}; {} rows accepted before it)",
+                            s.message(),
+                            total.accepted_rows
+                        ),
+                    ));
+                }
+            }
+            index += 1;
+        }
+        Ok(Response::new(total))
+    }
+}

@@ -1,0 +1,12 @@
+//! Compiles `tocsin/v1/*.proto` with protox (pure Rust): a fresh machine needs
+//! no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["tocsin/v1/ingest.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! Tocsin's gRPC API, package `tocsin.v1`: the `.proto` files in this folder
+//! and the Rust code tonic generates from them at build time.
+//!
+//! ```no_run
+//! use tocsin_proto::v1::{ingest_client::IngestClient, Series, WriteSeriesRequest};
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut client = IngestClient::connect("http://127.0.0.1:4317").await?;
+//! let resp = client
+//!     .write_series(WriteSeriesRequest {
+//!         database: String::new(),
+//!         series: vec![Series {
+//!             metric: "up".into(),
+//!             labels: vec![],
+//!             timestamps: vec![1_700_000_000_000_000_000],
+//!             values: vec![1.0],
+//!         }],
+//!     })
+//!     .await?;
+//! assert_eq!(resp.into_inner().accepted_rows, 1);
+//! # Ok(()) }
+//! ```
+
+pub mod v1 {
+    #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+    tonic::include_proto!("tocsin.v1");
+}

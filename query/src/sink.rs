@@ -1,0 +1,135 @@
+//! SQL `INSERT` into a Tocsin table: record batches become a storage write
+//! that goes through the same validation, WAL and buffer as gRPC ingest.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimestampNanosecondType, UInt64Type};
+use async_trait::async_trait;
+use datafusion::common::Result;
+use datafusion::datasource::sink::DataSink;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
+use futures::StreamExt;
+use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, Storage, TIME_COLUMN, TableWrite};
+
+use crate::QueryError;
+
+pub(crate) struct TocsinSink {
+    storage: Arc<Storage>,
+    db: String,
+    table: String,
+    schema: SchemaRef,
+}
+
+impl TocsinSink {
+    pub(crate) fn new(storage: Arc<Storage>, db: String, table: String, schema: SchemaRef) -> Self {
+        Self { storage, db, table, schema }
+    }
+}
+
+impl fmt::Debug for TocsinSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TocsinSink({}.{})", self.db, self.table)
+    }
+}
+
+impl DisplayAs for TocsinSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TocsinSink: table={}.{}", self.db, self.table)
+    }
+}
+
+#[async_trait]
+impl DataSink for TocsinSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(&self, mut data: SendableRecordBatchStream, _ctx: &Arc<TaskContext>) -> Result<u64> {
+        let mut blocks = Vec::new();
+        let mut row_base = 0u32;
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            batch_to_blocks(&batch, row_base, &mut blocks).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            row_base = row_base.saturating_add(batch.num_rows() as u32);
+        }
+        if blocks.is_empty() {
+            return Ok(0);
+        }
+        let outcome = self
+            .storage
+            .write(&self.db, vec![TableWrite { table: self.table.clone(), blocks }])
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(QueryError::Storage(e))))?;
+        if let Some(first) = outcome.rejected.first() {
+            return Err(DataFusionError::External(Box::new(QueryError::InsertRejected {
+                accepted: outcome.accepted_rows,
+                rejected: outcome.rejected.len(),
+                first_row: first.item,
+                reason: first.error.to_string(),
+            })));
+        }
+        Ok(outcome.accepted_rows)
+    }
+}
+
+/// Turns each row into a one-row series block (INSERT carries few rows; the
+/// storage engine merges small writes). `item` is the row number.
+fn batch_to_blocks(batch: &RecordBatch, row_base: u32, out: &mut Vec<SeriesBlock>) -> Result<(), QueryError> {
+    let schema = batch.schema();
+    let ts_idx = schema.index_of(TIME_COLUMN).map_err(|_| QueryError::InsertWithoutTime)?;
+    let ts = cast(batch.column(ts_idx), &tocsin_storage::schema::time_type())?;
+    let ts = ts.as_primitive::<TimestampNanosecondType>();
+    for row in 0..batch.num_rows() {
+        if ts.is_null(row) {
+            return Err(QueryError::InsertWithoutTime);
+        }
+        let mut tags = Vec::new();
+        let mut fields = Vec::new();
+        for (i, f) in schema.fields().iter().enumerate() {
+            if i == ts_idx {
+                continue;
+            }
+            let col = batch.column(i);
+            match f.data_type() {
+                DataType::Dictionary(_, _) => {
+                    let s = cast(col, &DataType::Utf8)?;
+                    let s = s.as_string::<i32>();
+                    if s.is_valid(row) {
+                        tags.push((f.name().clone(), s.value(row).to_string()));
+                    }
+                }
+                dt => {
+                    if col.is_null(row) {
+                        continue;
+                    }
+                    let values = match dt {
+                        DataType::Float64 => FieldValues::F64(vec![col.as_primitive::<Float64Type>().value(row)]),
+                        DataType::Int64 => FieldValues::I64(vec![col.as_primitive::<Int64Type>().value(row)]),
+                        DataType::UInt64 => FieldValues::U64(vec![col.as_primitive::<UInt64Type>().value(row)]),
+                        DataType::Boolean => FieldValues::Bool(vec![col.as_boolean().value(row)]),
+                        DataType::Utf8 => FieldValues::Str(vec![col.as_string::<i32>().value(row).to_string()]),
+                        other => {
+                            return Err(QueryError::UnsupportedType {
+                                column: f.name().clone(),
+                                data_type: other.clone(),
+                            });
+                        }
+                    };
+                    fields.push(FieldColumn { name: f.name().clone(), values, validity: None });
+                }
+            }
+        }
+        out.push(SeriesBlock {
+            item: row_base.saturating_add(row as u32),
+            tags,
+            timestamps: vec![ts.value(row)],
+            fields,
+        });
+    }
+    Ok(())
+}

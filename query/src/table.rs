@@ -1,0 +1,130 @@
+//! The table provider: one Tocsin table as DataFusion sees it, merging the
+//! write buffer and the Parquet segments of a storage snapshot.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, Result};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::sink::DataSinkExec;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use tocsin_storage::Storage;
+use tocsin_storage::batch::adapt_batch;
+
+use crate::prune::time_range;
+use crate::sink::TocsinSink;
+
+pub(crate) struct TocsinTable {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) db: String,
+    pub(crate) table: String,
+    pub(crate) schema: SchemaRef,
+}
+
+impl fmt::Debug for TocsinTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TocsinTable({}.{})", self.db, self.table)
+    }
+}
+
+#[async_trait]
+impl TableProvider for TocsinTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Used for pruning only; DataFusion still filters every row.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = Arc::clone(&self.schema);
+        let Some(snap) = self.storage.snapshot(&self.db, &self.table) else {
+            return Ok(MemorySourceConfig::try_new_exec(&[vec![]], schema, projection.cloned())?);
+        };
+        let range = time_range(filters);
+
+        let mut batches = Vec::new();
+        for c in snap.chunks.iter().filter(|c| range.overlaps(c.min_ts, c.max_ts)) {
+            batches.push(adapt_batch(&c.batch, &schema)?);
+        }
+        let partitions = state.config().target_partitions().max(1);
+        let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !batches.is_empty() || snap.segments.is_empty() {
+            // Spread buffered batches over partitions so that large buffers
+            // are scanned in parallel.
+            let n = partitions.min(batches.len()).max(1);
+            let mut parts = vec![Vec::new(); n];
+            for (i, b) in batches.into_iter().enumerate() {
+                parts[i % n].push(b);
+            }
+            plans.push(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&schema), projection.cloned())?);
+        }
+
+        let files: Vec<PartitionedFile> = snap
+            .segments
+            .iter()
+            .filter(|s| range.overlaps(s.min_ts, s.max_ts))
+            .map(|s| PartitionedFile::new(snap.segment_path(s).to_string_lossy().into_owned(), s.bytes))
+            .collect();
+        if !files.is_empty() {
+            let mut source = ParquetSource::new(Arc::clone(&schema)).with_enable_page_index(true);
+            if let Some(pred) = conjunction(filters.iter().cloned()) {
+                let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+                source = source.with_predicate(state.create_physical_expr(pred, &df_schema)?);
+            }
+            let n = partitions.min(files.len());
+            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
+            for (i, f) in files.into_iter().enumerate() {
+                groups[i % n].push(f);
+            }
+            let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            plans.push(DataSourceExec::from_data_source(config));
+        }
+        UnionExec::try_new(plans)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{insert_op} is not supported; Tocsin tables are append-only (use INSERT INTO)"
+            )));
+        }
+        let sink =
+            TocsinSink::new(Arc::clone(&self.storage), self.db.clone(), self.table.clone(), Arc::clone(&self.schema));
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}

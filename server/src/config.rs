@@ -1,0 +1,228 @@
+//! Server configuration: a TOML file (every key optional) validated into the
+//! components' configs. Command-line flags override the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tocsin_ingest::IngestConfig;
+use tocsin_storage::segment::SegmentCompression;
+use tocsin_storage::{FsyncPolicy, StorageConfig};
+
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:4317";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:4318";
+pub const DEFAULT_DATA_DIR: &str = "tocsin-data";
+
+/// The TOML file, as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<String>,
+    pub http_addr: Option<String>,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// `always` (fsync before every acknowledgement, shared by concurrent
+    /// writers) or a duration such as `100ms` (fsync on that interval).
+    pub fsync: String,
+    /// Width of a time partition (one segment per table per partition).
+    pub partition: String,
+    /// Persist the write buffer at this size...
+    pub persist_max_mb: usize,
+    /// ...or at this age.
+    pub persist_max_age: String,
+    /// Refuse writes while this much is buffered.
+    pub max_buffer_mb: usize,
+    /// `zstd`, `zstd:LEVEL`, `lz4` or `none`.
+    pub compression: String,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            fsync: "always".into(),
+            partition: "1h".into(),
+            persist_max_mb: 512,
+            persist_max_age: "10m".into(),
+            max_buffer_mb: 2048,
+            compression: "zstd:3".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest gRPC message or HTTP request body.
+    pub max_request_bytes: usize,
+    /// Longest log message or string field value.
+    pub max_string_bytes: usize,
+    /// Most columns per table.
+    pub max_columns: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self { max_request_bytes: 64 * 1024 * 1024, max_string_bytes: 64 * 1024, max_columns: 1024 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub storage: StorageConfig,
+    pub ingest: IngestConfig,
+    pub max_request_bytes: usize,
+}
+
+/// Values given on the command line; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<String>,
+    pub http_addr: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    pub fn validate(self, o: Overrides) -> Result<ServerConfig, ConfigError> {
+        let addr = |key: &'static str, v: String| -> Result<SocketAddr, ConfigError> {
+            v.parse()
+                .map_err(|e| ConfigError::Invalid { key, reason: format!("{v:?} is not a host:port address ({e})") })
+        };
+        let grpc_addr = addr("grpc_addr", o.grpc_addr.or(self.grpc_addr).unwrap_or_else(|| DEFAULT_GRPC_ADDR.into()))?;
+        let http_addr = addr("http_addr", o.http_addr.or(self.http_addr).unwrap_or_else(|| DEFAULT_HTTP_ADDR.into()))?;
+        let data_dir = o.data_dir.or(self.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let s = self.storage;
+        let fsync = if s.fsync.eq_ignore_ascii_case("always") {
+            FsyncPolicy::Always
+        } else {
+            let d = parse_duration(&s.fsync).map_err(|reason| ConfigError::Invalid { key: "storage.fsync", reason })?;
+            if d.is_zero() { FsyncPolicy::Always } else { FsyncPolicy::Interval(d) }
+        };
+        let partition =
+            parse_duration(&s.partition).map_err(|reason| ConfigError::Invalid { key: "storage.partition", reason })?;
+        if partition < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid { key: "storage.partition", reason: "must be at least 1m".into() });
+        }
+        let persist_max_age = parse_duration(&s.persist_max_age)
+            .map_err(|reason| ConfigError::Invalid { key: "storage.persist_max_age", reason })?;
+        let compression = parse_compression(&s.compression)
+            .map_err(|reason| ConfigError::Invalid { key: "storage.compression", reason })?;
+        let l = self.limits;
+        if l.max_request_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_request_bytes",
+                reason: "must be at least 1024".into(),
+            });
+        }
+        let mut storage = StorageConfig {
+            data_dir,
+            fsync,
+            partition,
+            persist_max_bytes: s.persist_max_mb.saturating_mul(1 << 20),
+            persist_max_age,
+            max_buffer_bytes: s.max_buffer_mb.saturating_mul(1 << 20),
+            ..StorageConfig::default()
+        };
+        storage.segments.compression = compression;
+        storage.limits.max_string_bytes = l.max_string_bytes;
+        storage.limits.max_columns = l.max_columns;
+        Ok(ServerConfig {
+            grpc_addr,
+            http_addr,
+            storage,
+            ingest: IngestConfig { max_message_bytes: l.max_request_bytes, max_log_message_bytes: l.max_string_bytes },
+            max_request_bytes: l.max_request_bytes,
+        })
+    }
+}
+
+/// `500ms`, `10s`, `5m`, `1h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m, 1h or 1d"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return Err(format!("{s:?} has unknown unit {unit:?} (use ms, s, m, h or d)")),
+    };
+    Ok(d)
+}
+
+fn parse_compression(s: &str) -> Result<SegmentCompression, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "zstd" => Ok(SegmentCompression::Zstd(3)),
+        "lz4" => Ok(SegmentCompression::Lz4),
+        "none" => Ok(SegmentCompression::None),
+        other => match other.strip_prefix("zstd:").map(str::parse::<i32>) {
+            Some(Ok(level)) if (1..=22).contains(&level) => Ok(SegmentCompression::Zstd(level)),
+            _ => Err(format!("{s:?} is not one of zstd, zstd:1..22, lz4, none")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_round_trips_and_validates() {
+        let c = FileConfig::default();
+        let text = toml::to_string(&c).expect("serialize");
+        let back: FileConfig = toml::from_str(&text).expect("parse");
+        assert_eq!(back, c);
+        let v = back.validate(Overrides::default()).expect("valid");
+        assert_eq!(v.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+        assert_eq!(v.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(v.storage.fsync, FsyncPolicy::Always);
+        assert_eq!(v.storage.partition, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let c: FileConfig =
+            toml::from_str("grpc_addr = \"127.0.0.1:1\"\n[storage]\nfsync = \"100ms\"\n").expect("parse");
+        let v = c.validate(Overrides { grpc_addr: Some("127.0.0.1:2".into()), ..Default::default() }).expect("valid");
+        assert_eq!(v.grpc_addr.port(), 2);
+        assert_eq!(v.storage.fsync, FsyncPolicy::Interval(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = toml::from_str::<FileConfig>("[storage]\nfsink = \"always\"\n").expect_err("unknown key");
+        assert!(err.to_string().contains("fsink"), "{err}");
+        let c: FileConfig = toml::from_str("[storage]\npartition = \"1 hour\"\n").expect("parse");
+        let err = c.validate(Overrides::default()).expect_err("bad duration").to_string();
+        assert!(err.starts_with("config key storage.partition:"), "{err}");
+        let c: FileConfig = toml::from_str("[storage]\ncompression = \"gzip\"\n").expect("parse");
+        assert!(c.validate(Overrides::default()).expect_err("bad").to_string().contains("storage.compression"));
+    }
+}

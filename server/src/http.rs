@@ -1,0 +1,133 @@
+//! The HTTP API: `POST /api/v1/sql`, `GET /health`, `GET /metrics`,
+//! `POST /api/v1/admin/persist`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tocsin_query::{QueryEngine, QueryError};
+use tocsin_storage::Storage;
+
+use crate::format::{OutputFormat, encode};
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) query: Arc<QueryEngine>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+pub(crate) fn router(state: AppState, max_body: usize) -> Router {
+    Router::new()
+        .route("/api/v1/sql", post(sql))
+        .route("/api/v1/admin/persist", post(persist))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// An HTTP error: status and a JSON body `{"error": "..."}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": self.message }).to_string())
+            .into_response()
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let status = if e.is_user_error() {
+            StatusCode::BAD_REQUEST
+        } else if matches!(e, QueryError::Storage(tocsin_storage::StorageError::BufferFull { .. })) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        Self { status, message: e.to_string() }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError { status: StatusCode::NOT_FOUND, message: "no such endpoint".into() }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    database: Option<String>,
+}
+
+async fn sql(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let req: SqlRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request body must be JSON like {{\"sql\": \"SELECT 1\"}}: {e}")))?;
+    let format = match &req.format {
+        Some(f) => OutputFormat::parse(f)
+            .ok_or_else(|| ApiError::bad_request(format!("unknown format {f:?}; use json, jsonl, csv or arrow")))?,
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(OutputFormat::from_accept)
+            .unwrap_or(OutputFormat::Json),
+    };
+    if req.sql.trim().is_empty() {
+        return Err(ApiError::bad_request("sql is empty"));
+    }
+    let started = Instant::now();
+    let result = app.query.execute(&req.sql, req.database.as_deref()).await.map_err(|e| {
+        tracing::debug!(sql = %req.sql, error = %e, "query failed");
+        ApiError::from(e)
+    })?;
+    let body = encode(format, &result.schema, &result.batches).map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("encoding result: {e}"),
+    })?;
+    tracing::debug!(rows = result.num_rows(), elapsed_us = started.elapsed().as_micros() as u64, "query");
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let stats = app
+        .storage
+        .persist()
+        .await
+        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    Ok(axum::Json(json!({
+        "tables": stats.tables, "rows": stats.rows, "segments": stats.segments, "bytes": stats.bytes
+    }))
+    .into_response())
+}
+
+async fn health() -> Response {
+    axum::Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let text = app.metrics.render(&app.storage, &app.query);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}

@@ -1,0 +1,147 @@
+//! The Tocsin server: opens storage, builds the query engine and the ingest
+//! service, and serves them over gRPC (`tocsin.v1`) and HTTP until told to
+//! stop; then it stops accepting, persists the write buffer and closes the
+//! WAL.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), tocsin_server::ServerError> {
+//! use tocsin_server::config::{FileConfig, Overrides};
+//! let config = FileConfig::default().validate(Overrides::default())?;
+//! tocsin_server::run(config, async { let _ = tokio::signal::ctrl_c().await; }, |addrs| {
+//!     println!("gRPC on {}, HTTP on {}", addrs.grpc, addrs.http);
+//! })
+//! .await
+//! # }
+//! ```
+
+pub mod config;
+pub mod format;
+mod http;
+mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tocsin_ingest::IngestService;
+use tocsin_query::QueryEngine;
+use tocsin_storage::{Storage, StorageError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{ConfigError, ServerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// The addresses the server actually listens on (ports resolved when 0 was
+/// asked for).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Time allowed for in-flight requests to finish once shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the server until `shutdown` completes. `on_bound` is called once both
+/// listeners are bound.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> Result<(), ServerError> {
+    let storage = Storage::open(config.storage.clone()).await?;
+    let query = Arc::new(QueryEngine::new(Arc::clone(&storage)));
+    let ingest = IngestService::new(Arc::clone(&storage), config.ingest.clone());
+    let metrics =
+        Arc::new(metrics::Metrics { ingest: Arc::clone(&ingest.metrics), started: std::time::Instant::now() });
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr).await.map_err(|source| ServerError::Bind {
+        what: "gRPC",
+        addr: config.grpc_addr,
+        source,
+    })?;
+    let http_listener = TcpListener::bind(config.http_addr).await.map_err(|source| ServerError::Bind {
+        what: "HTTP",
+        addr: config.http_addr,
+        source,
+    })?;
+    let bound = BoundAddrs {
+        grpc: grpc_listener.local_addr().map_err(|source| ServerError::Bind {
+            what: "gRPC",
+            addr: config.grpc_addr,
+            source,
+        })?,
+        http: http_listener.local_addr().map_err(|source| ServerError::Bind {
+            what: "HTTP",
+            addr: config.http_addr,
+            source,
+        })?,
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(ingest.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
+    let app = http::AppState { storage: Arc::clone(&storage), query, metrics };
+    let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
+
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, data_dir = %config.storage.data_dir.display(), "tocsin serving");
+    on_bound(bound);
+
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+    shutdown.await;
+    tracing::info!("shutting down: draining requests");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let g = grpc_task.await;
+        let h = http_task.await;
+        (g, h)
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; persisting anyway");
+    }
+    let _ = persister.await;
+    let stats = storage.shutdown().await?;
+    tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
+    Ok(())
+}
+
+/// Persists the write buffer when it is due (size or age).
+async fn persist_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if storage.persist_due() {
+            if let Err(e) = storage.persist().await {
+                tracing::error!("persisting the write buffer failed (will retry; the WAL keeps the data): {e}");
+            }
+        }
+    }
+}

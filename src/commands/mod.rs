@@ -1,0 +1,2 @@
+pub(crate) mod serve;
+pub(crate) mod sql;

@@ -1,0 +1,74 @@
+//! `tocsin serve`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tocsin_server::config::{FileConfig, Overrides};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Config {
+    /// Directory for the WAL, segments and manifest [default: ./tocsin-data].
+    #[arg(long, env = "TOCSIN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the gRPC API (ingest) [default: 127.0.0.1:4317].
+    #[arg(long, env = "TOCSIN_GRPC_ADDR")]
+    grpc_addr: Option<String>,
+    /// Address of the HTTP API (SQL, health, metrics) [default: 127.0.0.1:4318].
+    #[arg(long, env = "TOCSIN_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// TOML configuration file; flags given here override it.
+    #[arg(long, env = "TOCSIN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `tocsin_storage=debug`.
+    #[arg(long, env = "TOCSIN_LOG", default_value = "info")]
+    log: String,
+}
+
+pub(crate) fn run(c: Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&c.log).context("while parsing --log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let file = match &c.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let config = file.validate(Overrides { data_dir: c.data_dir, grpc_addr: c.grpc_addr, http_addr: c.http_addr })?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("while starting the runtime")?;
+    runtime.block_on(async move {
+        tocsin_server::run(config, shutdown_signal(), |addrs| {
+            // One machine-readable line on stdout: tests and scripts that
+            // start the server on port 0 read the real ports from it.
+            println!("tocsin listening grpc={} http={}", addrs.grpc, addrs.http);
+            let _ = std::io::stdout().flush();
+        })
+        .await
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,40 @@
+//! `tocsin`: the server and its command-line clients. This file only parses
+//! flags and dispatches; each subcommand lives in `commands/`.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Tocsin: a time-series database with a built-in alerting engine.
+#[derive(Debug, Parser)]
+#[command(name = "tocsin", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (zero configuration: data under ./tocsin-data).
+    Serve(commands::serve::Config),
+    /// Run one SQL statement against a running server and print the result.
+    Sql(commands::sql::Config),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(c) => commands::serve::run(c),
+        Command::Sql(c) => commands::sql::run(c),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

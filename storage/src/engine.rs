@@ -1,0 +1,622 @@
+//! The storage engine: write path, buffer, persistence and snapshots.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use parking_lot::RwLock;
+
+use crate::batch::{adapt_batch, batch_bytes, blocks_to_batch, ts_range};
+use crate::config::StorageConfig;
+use crate::manifest::{Manifest, ManifestError, SegmentMeta, TableEntry};
+use crate::metrics::StorageMetrics;
+use crate::schema::{ColumnDef, ColumnKind, TableSchema};
+use crate::segment::{SegmentError, write_segments};
+use crate::wal::{self, Wal, WalError, codec};
+use crate::write::{TableWrite, WriteError, block_columns, check_block_shape, check_database_name, check_table_name};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error("Arrow error: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("data directory {path} is in use by another tocsin process (lock file {lock} is held)")]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("write buffer is full ({buffered} bytes buffered, limit {limit}): persistence is behind; retry later")]
+    BufferFull { buffered: usize, limit: usize },
+    #[error("server is shutting down; write refused")]
+    ShuttingDown,
+    #[error("invalid database: {0}")]
+    Database(WriteError),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// One rejected item of a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The `item` of the rejected [`crate::SeriesBlock`].
+    pub item: u32,
+    pub error: WriteError,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub accepted_rows: u64,
+    pub rejected: Vec<Rejection>,
+}
+
+/// Buffered rows of one write, with their time range for pruning.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub batch: RecordBatch,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+/// A consistent view of one table for a query.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    /// The table's current schema; chunks and segments may have fewer
+    /// columns (read them as NULL) but never conflicting types.
+    pub schema: SchemaRef,
+    pub chunks: Vec<Chunk>,
+    pub segments: Vec<Arc<SegmentMeta>>,
+    pub data_dir: PathBuf,
+}
+
+impl TableSnapshot {
+    pub fn segment_path(&self, seg: &SegmentMeta) -> PathBuf {
+        self.data_dir.join(&seg.path)
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PersistStats {
+    pub tables: usize,
+    pub rows: u64,
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct TableState {
+    pub(crate) schema: TableSchema,
+    pub(crate) arrow: Option<SchemaRef>,
+    pub(crate) buffer: Vec<Chunk>,
+    pub(crate) persisting: Vec<Chunk>,
+    pub(crate) segments: Vec<Arc<SegmentMeta>>,
+    /// Chunks at the end of `buffer` smaller than [`SMALL_CHUNK_ROWS`].
+    pub(crate) small_tail: usize,
+}
+
+impl TableState {
+    pub(crate) fn arrow_schema(&mut self) -> SchemaRef {
+        Arc::clone(self.arrow.get_or_insert_with(|| self.schema.arrow_schema()))
+    }
+
+    fn add_column(&mut self, name: &str, kind: ColumnKind) {
+        self.schema.columns.push(ColumnDef { name: name.to_string(), kind });
+        self.arrow = None;
+    }
+
+    /// Many tiny writes (single-row INSERTs, small Prometheus batches) would
+    /// leave thousands of tiny batches for every query to walk: merge them.
+    fn push(&mut self, chunk: Chunk) -> Result<(), ArrowError> {
+        let small = chunk.batch.num_rows() < SMALL_CHUNK_ROWS;
+        self.buffer.push(chunk);
+        self.small_tail = if small { self.small_tail + 1 } else { 0 };
+        if self.small_tail >= MERGE_SMALL_CHUNKS {
+            let schema = self.arrow_schema();
+            let tail = self.buffer.split_off(self.buffer.len() - self.small_tail);
+            let adapted = tail.iter().map(|c| adapt_batch(&c.batch, &schema)).collect::<Result<Vec<_>, _>>()?;
+            let merged = Chunk {
+                batch: concat_batches(&schema, &adapted)?,
+                min_ts: tail.iter().map(|c| c.min_ts).min().unwrap_or(i64::MAX),
+                max_ts: tail.iter().map(|c| c.max_ts).max().unwrap_or(i64::MIN),
+            };
+            let still_small = merged.batch.num_rows() < SMALL_CHUNK_ROWS;
+            self.buffer.push(merged);
+            self.small_tail = usize::from(still_small);
+        }
+        Ok(())
+    }
+}
+
+const SMALL_CHUNK_ROWS: usize = 4096;
+const MERGE_SMALL_CHUNKS: usize = 64;
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) dbs: BTreeMap<String, BTreeMap<String, TableState>>,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) persisting_bytes: usize,
+    pub(crate) oldest_write: Option<Instant>,
+}
+
+pub struct Storage {
+    pub(crate) config: StorageConfig,
+    pub(crate) state: RwLock<State>,
+    pub(crate) wal: Arc<Wal>,
+    /// Writers hold it shared from WAL append to buffer apply; a persist takes
+    /// it exclusively to rotate the WAL and swap buffers, so that every record
+    /// in a closed WAL file is in the buffer being persisted.
+    gate: tokio::sync::RwLock<()>,
+    persist_lock: tokio::sync::Mutex<()>,
+    pub(crate) next_segment_id: AtomicU64,
+    shutting_down: AtomicBool,
+    pub metrics: StorageMetrics,
+    _lock_file: File,
+}
+
+impl Storage {
+    /// Opens (or creates) the data directory, verifies segments, replays the
+    /// WAL and starts a new WAL file. Fails with a precise error if the
+    /// directory cannot be used.
+    pub async fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || crate::recovery::open(c))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    pub(crate) fn from_parts(
+        config: StorageConfig,
+        state: State,
+        wal: Arc<Wal>,
+        next_segment_id: u64,
+        lock_file: File,
+        metrics: StorageMetrics,
+    ) -> Storage {
+        Storage {
+            config,
+            state: RwLock::new(state),
+            wal,
+            gate: tokio::sync::RwLock::new(()),
+            persist_lock: tokio::sync::Mutex::new(()),
+            next_segment_id: AtomicU64::new(next_segment_id),
+            shutting_down: AtomicBool::new(false),
+            metrics,
+            _lock_file: lock_file,
+        }
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    pub fn wal_metrics(&self) -> &wal::WalMetrics {
+        &self.wal.metrics
+    }
+
+    /// Validates, logs durably and buffers `writes` into database `db`.
+    ///
+    /// Items (series blocks) are accepted or rejected one by one; the
+    /// accepted ones are committed in one WAL record and are durable and
+    /// visible to queries when this returns.
+    pub async fn write(&self, db: &str, writes: Vec<TableWrite>) -> Result<WriteOutcome, StorageError> {
+        check_database_name(db).map_err(StorageError::Database)?;
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(StorageError::ShuttingDown);
+        }
+        {
+            let st = self.state.read();
+            let buffered = st.buffer_bytes + st.persisting_bytes;
+            if buffered > self.config.max_buffer_bytes {
+                return Err(StorageError::BufferFull { buffered, limit: self.config.max_buffer_bytes });
+            }
+        }
+        let _gate = self.gate.read().await;
+        let (accepted, rejected) = {
+            let mut st = self.state.write();
+            validate(&mut st, db, writes, &self.config.limits)
+        };
+        let mut outcome = WriteOutcome { accepted_rows: 0, rejected };
+        self.metrics.rejected_items.fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
+        if accepted.is_empty() {
+            return Ok(outcome);
+        }
+        let mut chunks = Vec::with_capacity(accepted.len());
+        for (w, schema) in &accepted {
+            let batch = blocks_to_batch(schema, &w.blocks)?;
+            let (min_ts, max_ts) = ts_range(&w.blocks);
+            outcome.accepted_rows += batch.num_rows() as u64;
+            chunks.push(Chunk { batch, min_ts, max_ts });
+        }
+        let writes: Vec<TableWrite> = accepted.into_iter().map(|(w, _)| w).collect();
+        let mut payload = Vec::new();
+        codec::encode(db, &writes, &mut payload);
+        let seq = self.wal.append(&payload)?;
+        self.wal.wait_durable(seq).await?;
+        {
+            let mut st = self.state.write();
+            apply(&mut st, db, writes.iter().map(|w| w.table.as_str()).zip(chunks))?;
+        }
+        self.metrics.writes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rows_written.fetch_add(outcome.accepted_rows, Ordering::Relaxed);
+        Ok(outcome)
+    }
+
+    /// Makes sure `db.table` exists with at least `columns` (creating or
+    /// extending it), without writing rows; used by SQL `INSERT` to plan
+    /// against a table it is about to create.
+    pub fn ensure_table(
+        &self,
+        db: &str,
+        table: &str,
+        columns: &[(String, ColumnKind)],
+    ) -> Result<SchemaRef, WriteError> {
+        check_database_name(db)?;
+        check_table_name(table)?;
+        let mut st = self.state.write();
+        let t = st.dbs.entry(db.to_string()).or_default().entry(table.to_string()).or_default();
+        let mut new = Vec::new();
+        for (name, kind) in columns {
+            crate::write::check_column_name(name)?;
+            match t.schema.get(name) {
+                Some(existing) if existing != *kind => {
+                    return Err(WriteError::KindConflict {
+                        table: table.into(),
+                        column: name.clone(),
+                        existing,
+                        new: *kind,
+                    });
+                }
+                Some(_) => {}
+                None => new.push((name, *kind)),
+            }
+        }
+        for (name, kind) in new {
+            t.add_column(name, kind);
+        }
+        Ok(t.arrow_schema())
+    }
+
+    pub fn databases(&self) -> Vec<String> {
+        self.state.read().dbs.keys().cloned().collect()
+    }
+
+    pub fn tables(&self, db: &str) -> Vec<String> {
+        self.state.read().dbs.get(db).map(|t| t.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn table_schema(&self, db: &str, table: &str) -> Option<SchemaRef> {
+        let st = self.state.read();
+        let t = st.dbs.get(db)?.get(table)?;
+        Some(t.arrow.clone().unwrap_or_else(|| t.schema.arrow_schema()))
+    }
+
+    pub fn table_exists(&self, db: &str, table: &str) -> bool {
+        self.state.read().dbs.get(db).is_some_and(|t| t.contains_key(table))
+    }
+
+    /// A consistent view of `db.table`: schema, buffered chunks (including
+    /// those being persisted) and segments.
+    pub fn snapshot(&self, db: &str, table: &str) -> Option<TableSnapshot> {
+        let st = self.state.read();
+        let t = st.dbs.get(db)?.get(table)?;
+        let mut chunks = Vec::with_capacity(t.buffer.len() + t.persisting.len());
+        chunks.extend(t.persisting.iter().cloned());
+        chunks.extend(t.buffer.iter().cloned());
+        Some(TableSnapshot {
+            schema: t.arrow.clone().unwrap_or_else(|| t.schema.arrow_schema()),
+            chunks,
+            segments: t.segments.clone(),
+            data_dir: self.config.data_dir.clone(),
+        })
+    }
+
+    /// Bytes held by the write buffer (including data being persisted).
+    pub fn buffered_bytes(&self) -> usize {
+        let st = self.state.read();
+        st.buffer_bytes + st.persisting_bytes
+    }
+
+    /// Number of segments and their total size on disk.
+    pub fn segment_totals(&self) -> (usize, u64) {
+        let st = self.state.read();
+        let mut n = 0;
+        let mut bytes = 0;
+        for t in st.dbs.values().flat_map(|d| d.values()) {
+            n += t.segments.len();
+            bytes += t.segments.iter().map(|s| s.bytes).sum::<u64>();
+        }
+        (n, bytes)
+    }
+
+    /// Whether the buffer is due for persistence (size or age).
+    pub fn persist_due(&self) -> bool {
+        let st = self.state.read();
+        st.buffer_bytes >= self.config.persist_max_bytes
+            || st.oldest_write.is_some_and(|t| t.elapsed() >= self.config.persist_max_age)
+    }
+
+    /// Persists everything buffered into segments, records them in the
+    /// manifest, and deletes the WAL files they cover.
+    pub async fn persist(&self) -> Result<PersistStats, StorageError> {
+        let _one_at_a_time = self.persist_lock.lock().await;
+        let started = Instant::now();
+        // 1. Close the current WAL file and move the buffers aside, atomically
+        //    with respect to writers.
+        let (closed_wal, work) = {
+            let _gate = self.gate.write().await;
+            let mut st = self.state.write();
+            if st.buffer_bytes == 0 && st.dbs.values().flat_map(|d| d.values()).all(|t| t.buffer.is_empty()) {
+                return Ok(PersistStats::default());
+            }
+            let closed = self.wal.rotate()?;
+            let mut work = Vec::new();
+            for (db, tables) in st.dbs.iter_mut() {
+                for (name, t) in tables.iter_mut() {
+                    if t.buffer.is_empty() {
+                        continue;
+                    }
+                    t.persisting = std::mem::take(&mut t.buffer);
+                    t.small_tail = 0;
+                    let batches: Vec<RecordBatch> = t.persisting.iter().map(|c| c.batch.clone()).collect();
+                    work.push((db.clone(), name.clone(), t.arrow_schema(), batches));
+                }
+            }
+            st.persisting_bytes = st.buffer_bytes;
+            st.buffer_bytes = 0;
+            st.oldest_write = None;
+            (closed, work)
+        };
+        // 2. Write segments, off the async runtime.
+        let data_dir = self.config.data_dir.clone();
+        let partition_ns = self.config.partition.as_nanos().min(i64::MAX as u128) as i64;
+        let options = self.config.segments.clone();
+        let ids = Arc::new(AtomicU64::new(0));
+        let base = self.next_segment_id.load(Ordering::Acquire);
+        ids.store(base, Ordering::Release);
+        let ids2 = Arc::clone(&ids);
+        let written = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (db, table, schema, batches) in work {
+                let segs = write_segments(&data_dir, &db, &table, &schema, &batches, partition_ns, &options, || {
+                    ids2.fetch_add(1, Ordering::AcqRel)
+                })?;
+                out.push((db, table, segs));
+            }
+            Ok::<_, SegmentError>(out)
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()));
+        self.next_segment_id.store(ids.load(Ordering::Acquire), Ordering::Release);
+        let written = match written.and_then(|r| r.map_err(StorageError::from)) {
+            Ok(w) => w,
+            Err(e) => {
+                // The closed WAL file stays, so nothing is lost: put the
+                // batches back and try again next time.
+                self.restore_persisting();
+                return Err(e);
+            }
+        };
+        // 3. Record the segments in a new manifest, then make them visible.
+        let mut stats = PersistStats::default();
+        let manifest = {
+            let st = self.state.read();
+            let mut m = self.manifest_of(&st, closed_wal);
+            for (db, table, segs) in &written {
+                let entry = m.databases.entry(db.clone()).or_default().entry(table.clone()).or_default();
+                entry.segments.extend(segs.iter().cloned());
+                stats.tables += 1;
+                stats.segments += segs.len();
+                stats.rows += segs.iter().map(|s| s.rows).sum::<u64>();
+                stats.bytes += segs.iter().map(|s| s.bytes).sum::<u64>();
+            }
+            m
+        };
+        let dir = self.config.data_dir.clone();
+        let saved = tokio::task::spawn_blocking(move || manifest.save(&dir))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))
+            .and_then(|r| r.map_err(StorageError::from));
+        if let Err(e) = saved {
+            self.restore_persisting();
+            return Err(e);
+        }
+        {
+            let mut st = self.state.write();
+            for (db, table, segs) in written {
+                if let Some(t) = st.dbs.get_mut(&db).and_then(|d| d.get_mut(&table)) {
+                    t.segments.extend(segs.into_iter().map(Arc::new));
+                    t.persisting.clear();
+                }
+            }
+            for t in st.dbs.values_mut().flat_map(|d| d.values_mut()) {
+                t.persisting.clear();
+            }
+            st.persisting_bytes = 0;
+        }
+        // 4. The WAL files up to the closed one are now redundant.
+        self.delete_wal_upto(closed_wal);
+        self.metrics.persists.fetch_add(1, Ordering::Relaxed);
+        self.metrics.segments_written.fetch_add(stats.segments as u64, Ordering::Relaxed);
+        self.metrics.segment_bytes_written.fetch_add(stats.bytes, Ordering::Relaxed);
+        tracing::info!(
+            rows = stats.rows,
+            segments = stats.segments,
+            bytes = stats.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "persisted write buffer"
+        );
+        Ok(stats)
+    }
+
+    fn restore_persisting(&self) {
+        let mut st = self.state.write();
+        let mut restored = 0;
+        for t in st.dbs.values_mut().flat_map(|d| d.values_mut()) {
+            let mut back = std::mem::take(&mut t.persisting);
+            restored += back.iter().map(|c| batch_bytes(&c.batch)).sum::<usize>();
+            back.append(&mut t.buffer);
+            t.buffer = back;
+        }
+        st.persisting_bytes = 0;
+        st.buffer_bytes += restored;
+        st.oldest_write.get_or_insert_with(Instant::now);
+    }
+
+    pub(crate) fn manifest_of(&self, st: &State, wal_persisted_upto: u64) -> Manifest {
+        let mut m = Manifest {
+            wal_persisted_upto,
+            next_segment_id: self.next_segment_id.load(Ordering::Acquire),
+            ..Manifest::default()
+        };
+        for (db, tables) in &st.dbs {
+            for (name, t) in tables {
+                m.databases.entry(db.clone()).or_default().insert(
+                    name.clone(),
+                    TableEntry {
+                        schema: t.schema.clone(),
+                        segments: t.segments.iter().map(|s| (**s).clone()).collect(),
+                    },
+                );
+            }
+        }
+        m
+    }
+
+    fn delete_wal_upto(&self, seq: u64) {
+        let dir = self.config.data_dir.join("wal");
+        match wal::list_files(&dir) {
+            Ok(files) => {
+                for (s, path) in files {
+                    if s <= seq {
+                        if let Err(e) = std::fs::remove_file(&path) {
+                            tracing::warn!("cannot delete persisted WAL file {}: {e}", path.display());
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot list WAL directory {}: {e}", dir.display()),
+        }
+    }
+
+    /// Refuses new writes, waits for writes in flight, persists the buffer
+    /// and closes the WAL.
+    pub async fn shutdown(&self) -> Result<PersistStats, StorageError> {
+        self.shutting_down.store(true, Ordering::Release);
+        drop(self.gate.write().await);
+        let stats = self.persist().await;
+        self.wal.close()?;
+        stats
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+}
+
+/// Checks each block against its table's schema, extending the schema with
+/// the new columns of accepted blocks. Returns the accepted writes with the
+/// Arrow schema to build their batch with, and the rejections.
+pub(crate) fn validate(
+    st: &mut State,
+    db: &str,
+    writes: Vec<TableWrite>,
+    limits: &crate::write::WriteLimits,
+) -> (Vec<(TableWrite, SchemaRef)>, Vec<Rejection>) {
+    let mut accepted = Vec::with_capacity(writes.len());
+    let mut rejected = Vec::new();
+    for w in writes {
+        if let Err(error) = check_table_name(&w.table) {
+            rejected.extend(w.blocks.iter().map(|b| Rejection { item: b.item, error: error.clone() }));
+            continue;
+        }
+        let mut ok_blocks = Vec::with_capacity(w.blocks.len());
+        let tables = st.dbs.entry(db.to_string()).or_default();
+        let existed = tables.contains_key(&w.table);
+        let t = tables.entry(w.table.clone()).or_default();
+        for block in w.blocks {
+            let result = check_block_shape(&block, limits).and_then(|()| {
+                let mut new_cols = Vec::new();
+                for (name, kind) in block_columns(&block) {
+                    match (t.schema.get(name), kind) {
+                        (Some(existing), kind) if existing == kind => {}
+                        (Some(ColumnKind::Field(existing)), ColumnKind::Field(new)) => {
+                            return Err(WriteError::TypeConflict {
+                                table: w.table.clone(),
+                                column: name.into(),
+                                existing,
+                                new,
+                            });
+                        }
+                        (Some(existing), new) => {
+                            return Err(WriteError::KindConflict {
+                                table: w.table.clone(),
+                                column: name.into(),
+                                existing,
+                                new,
+                            });
+                        }
+                        (None, kind) => new_cols.push((name, kind)),
+                    }
+                }
+                let count = t.schema.columns.len() + new_cols.len() + 1;
+                if count > limits.max_columns {
+                    return Err(WriteError::TooManyColumns {
+                        table: w.table.clone(),
+                        count,
+                        limit: limits.max_columns,
+                    });
+                }
+                for (name, kind) in new_cols {
+                    t.add_column(name, kind);
+                }
+                Ok(())
+            });
+            match result {
+                Ok(()) => ok_blocks.push(block),
+                Err(error) => rejected.push(Rejection { item: block.item, error }),
+            }
+        }
+        if ok_blocks.is_empty() {
+            if !existed && t.schema.columns.is_empty() {
+                tables.remove(&w.table);
+            }
+            continue;
+        }
+        let schema = t.arrow_schema();
+        accepted.push((TableWrite { table: w.table, blocks: ok_blocks }, schema));
+    }
+    (accepted, rejected)
+}
+
+/// Adds durable chunks to their tables' buffers.
+pub(crate) fn apply<'a>(
+    st: &mut State,
+    db: &str,
+    chunks: impl Iterator<Item = (&'a str, Chunk)>,
+) -> Result<(), ArrowError> {
+    let mut added = 0;
+    for (table, chunk) in chunks {
+        added += batch_bytes(&chunk.batch);
+        let t = st.dbs.entry(db.to_string()).or_default().entry(table.to_string()).or_default();
+        t.push(chunk)?;
+    }
+    st.buffer_bytes += added;
+    st.oldest_write.get_or_insert_with(Instant::now);
+    Ok(())
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+    }
+}

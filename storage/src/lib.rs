@@ -1,0 +1,55 @@
+//! Tocsin's storage engine: where a write becomes durable and where queries
+//! find data.
+//!
+//! Data enters through [`Storage::write`] as [`TableWrite`]s (columnar blocks
+//! of rows, one block per series). Each call is validated per block against
+//! the table's schema (extending it with new tags and fields), appended to the
+//! write-ahead log ([`wal`]), fsynced with group commit, and then added to the
+//! in-memory write buffer as an Arrow record batch, where queries see it at
+//! once. A background task persists the buffer into sorted, compressed Parquet
+//! segments ([`segment`]), one per table per time partition, records them in
+//! the [`manifest`] and only then deletes the WAL files they cover.
+//!
+//! Data leaves through [`Storage::snapshot`]: a consistent view of one table
+//! (its schema, buffered batches and segment files) that stays valid while a
+//! persist swaps buffers for segments.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), tocsin_storage::StorageError> {
+//! use tocsin_storage::*;
+//! let storage = Storage::open(StorageConfig::for_tests("/tmp/tocsin-example")).await?;
+//! let outcome = storage
+//!     .write("public", vec![TableWrite {
+//!         table: "cpu".into(),
+//!         blocks: vec![SeriesBlock {
+//!             item: 0,
+//!             tags: vec![("host".into(), "web-1".into())],
+//!             timestamps: vec![1_700_000_000_000_000_000],
+//!             fields: vec![FieldColumn { name: "usage".into(), values: FieldValues::F64(vec![0.5]), validity: None }],
+//!         }],
+//!     }])
+//!     .await?;
+//! assert_eq!(outcome.accepted_rows, 1);
+//! let snap = storage.snapshot("public", "cpu").expect("table exists");
+//! assert_eq!(snap.chunks.len(), 1);
+//! # Ok(()) }
+//! ```
+
+pub mod batch;
+pub mod config;
+mod engine;
+pub mod manifest;
+mod metrics;
+mod recovery;
+pub mod schema;
+pub mod segment;
+pub mod wal;
+pub mod write;
+
+pub use config::StorageConfig;
+pub use engine::{Chunk, PersistStats, Rejection, Storage, StorageError, TableSnapshot, WriteOutcome};
+pub use manifest::SegmentMeta;
+pub use metrics::StorageMetrics;
+pub use schema::{ColumnKind, FieldType, TIME_COLUMN, TableSchema};
+pub use wal::FsyncPolicy;
+pub use write::{FieldColumn, FieldValues, SeriesBlock, TableWrite, WriteError, WriteLimits};

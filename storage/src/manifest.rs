@@ -1,0 +1,157 @@
+//! The manifest: the catalog of databases, tables, schemas and segments, and
+//! how far the WAL is covered by segments. It is the single source of truth
+//! for what is on disk; it is replaced atomically (write to a temporary file,
+//! fsync, rename, fsync the directory), so a crash leaves either the old or
+//! the new manifest, never a mix.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::TableSchema;
+
+/// Version 1: the JSON shape below.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    pub id: u64,
+    /// Path relative to the data directory.
+    pub path: String,
+    /// Start of the time partition the segment belongs to (ns).
+    pub partition_start: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableEntry {
+    pub schema: TableSchema,
+    pub segments: Vec<SegmentMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    /// Every WAL file with a number <= this is fully contained in segments.
+    pub wal_persisted_upto: u64,
+    pub next_segment_id: u64,
+    pub databases: BTreeMap<String, BTreeMap<String, TableEntry>>,
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Self { version: MANIFEST_FORMAT_VERSION, wal_persisted_upto: 0, next_segment_id: 1, databases: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "manifest {path} is not valid ({source}); it lists the segments that hold persisted data, \
+         so the server will not start without it: restore it from a backup, or move it away to start \
+         with only the data still in the WAL"
+    )]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("manifest {path} has format version {found}; this build reads version {MANIFEST_FORMAT_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("cannot write manifest {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+impl Manifest {
+    /// Loads the manifest of `data_dir`, or an empty one if there is none yet.
+    pub fn load(data_dir: &Path) -> Result<Manifest, ManifestError> {
+        let path = data_dir.join(MANIFEST_FILE);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Manifest::default()),
+            Err(source) => return Err(ManifestError::Read { path, source }),
+        };
+        let m: Manifest =
+            serde_json::from_slice(&text).map_err(|source| ManifestError::Parse { path: path.clone(), source })?;
+        if m.version != MANIFEST_FORMAT_VERSION {
+            return Err(ManifestError::Version { path, found: m.version });
+        }
+        Ok(m)
+    }
+
+    /// Atomically replaces the manifest of `data_dir` with `self`.
+    pub fn save(&self, data_dir: &Path) -> Result<(), ManifestError> {
+        let path = data_dir.join(MANIFEST_FILE);
+        let tmp = data_dir.join(format!("{MANIFEST_FILE}.tmp"));
+        let werr = |source| ManifestError::Write { path: path.clone(), source };
+        let json = serde_json::to_vec_pretty(self).map_err(|e| werr(io::Error::other(e)))?;
+        let mut f = File::create(&tmp).map_err(werr)?;
+        f.write_all(&json).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        fs::rename(&tmp, &path).map_err(werr)?;
+        crate::wal::sync_dir(data_dir).map_err(werr)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{ColumnDef, ColumnKind};
+
+    #[test]
+    fn manifest_saves_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(Manifest::load(dir.path()).expect("empty"), Manifest::default());
+        let mut m = Manifest { wal_persisted_upto: 4, next_segment_id: 9, ..Default::default() };
+        m.databases.entry("public".into()).or_default().insert(
+            "cpu".into(),
+            TableEntry {
+                schema: TableSchema { columns: vec![ColumnDef { name: "host".into(), kind: ColumnKind::Tag }] },
+                segments: vec![SegmentMeta {
+                    id: 8,
+                    path: "segments/public/cpu/00000000000000000008.parquet".into(),
+                    partition_start: 0,
+                    min_ts: 1,
+                    max_ts: 2,
+                    rows: 2,
+                    bytes: 100,
+                }],
+            },
+        );
+        m.save(dir.path()).expect("save");
+        assert_eq!(Manifest::load(dir.path()).expect("load"), m);
+    }
+
+    /// The manifest written by format version 1; later versions must keep
+    /// reading it.
+    #[test]
+    fn reads_version_1_manifest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(
+            dir.path().join(MANIFEST_FILE),
+            r#"{"version":1,"wal_persisted_upto":3,"next_segment_id":2,"databases":{"public":{"cpu":{
+                "schema":{"columns":[{"name":"host","kind":"tag"},{"name":"v","kind":"field","type":"float"}]},
+                "segments":[{"id":1,"path":"segments/public/cpu/1.parquet","partition_start":0,
+                "min_ts":5,"max_ts":6,"rows":2,"bytes":10}]}}}}"#,
+        )
+        .expect("write");
+        let m = Manifest::load(dir.path()).expect("load");
+        assert_eq!(m.wal_persisted_upto, 3);
+        assert_eq!(m.databases["public"]["cpu"].schema.columns.len(), 2);
+    }
+
+    #[test]
+    fn garbage_manifest_is_a_precise_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(MANIFEST_FILE), "{not json").expect("write");
+        let err = Manifest::load(dir.path()).expect_err("must fail").to_string();
+        assert!(err.contains("manifest.json") && err.contains("is not valid"), "{err}");
+    }
+}

@@ -1,0 +1,25 @@
+//! Counters of the storage engine, read by the server's `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+#[derive(Debug, Default)]
+pub struct StorageMetrics {
+    /// Rows accepted by writes.
+    pub rows_written: AtomicU64,
+    /// Write calls that committed at least one row.
+    pub writes: AtomicU64,
+    /// Items (series blocks) rejected by validation.
+    pub rejected_items: AtomicU64,
+    /// Persist operations completed.
+    pub persists: AtomicU64,
+    /// Segment files written.
+    pub segments_written: AtomicU64,
+    /// Bytes of segment files written.
+    pub segment_bytes_written: AtomicU64,
+    /// Rows replayed from the WAL at startup.
+    pub wal_replayed_rows: AtomicU64,
+    /// Bytes cut off torn or corrupt WAL tails at startup.
+    pub wal_truncated_bytes: AtomicU64,
+    /// Files moved to quarantine at startup.
+    pub quarantined_files: AtomicU64,
+}

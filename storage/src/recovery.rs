@@ -1,0 +1,208 @@
+//! Startup: lock the data directory, load the manifest, verify segments
+//! (quarantining unreadable ones), replay the WAL (cutting a torn tail), and
+//! start a fresh WAL file.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::batch::{blocks_to_batch, ts_range};
+use crate::config::StorageConfig;
+use crate::engine::{Chunk, State, Storage, StorageError, TableState, apply, validate};
+use crate::manifest::Manifest;
+use crate::metrics::StorageMetrics;
+use crate::segment::verify_segment;
+use crate::wal::{self, ReadEnd, Wal};
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io { path: path.to_path_buf(), source }
+}
+
+pub(crate) fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> {
+    let dir = config.data_dir.clone();
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let lock_path = dir.join("LOCK");
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(StorageError::Locked { path: dir, lock: lock_path });
+    }
+    let wal_dir = dir.join("wal");
+    fs::create_dir_all(&wal_dir).map_err(io(&wal_dir))?;
+    let metrics = StorageMetrics::default();
+
+    let mut manifest = Manifest::load(&dir)?;
+    if verify_segments(&dir, &mut manifest, &metrics)? {
+        manifest.save(&dir)?;
+    }
+    remove_temp_files(&dir.join("segments"));
+
+    let mut state = State::default();
+    for (db, tables) in &manifest.databases {
+        for (name, entry) in tables {
+            let t = TableState {
+                schema: entry.schema.clone(),
+                segments: entry.segments.iter().cloned().map(Arc::new).collect(),
+                ..Default::default()
+            };
+            state.dbs.entry(db.clone()).or_default().insert(name.clone(), t);
+        }
+    }
+
+    let last_seq = replay_wal(&dir, &wal_dir, &manifest, &mut state, &config, &metrics)?;
+    let wal = Wal::create(&wal_dir, last_seq.max(manifest.wal_persisted_upto) + 1, config.fsync)?;
+    let next_id = manifest.next_segment_id;
+    let storage = Storage::from_parts(config, state, wal, next_id, lock, metrics);
+    tracing::info!(
+        data_dir = %dir.display(),
+        tables = storage.state.read().dbs.values().map(|d| d.len()).sum::<usize>(),
+        replayed_rows = storage.metrics.wal_replayed_rows.load(Ordering::Relaxed),
+        "storage opened"
+    );
+    Ok(Arc::new(storage))
+}
+
+/// Checks every segment in the manifest; moves unreadable ones to
+/// `quarantine/` and drops them from the manifest. Returns whether the
+/// manifest changed.
+fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics) -> Result<bool, StorageError> {
+    let mut changed = false;
+    for (db, tables) in manifest.databases.iter_mut() {
+        for (table, entry) in tables.iter_mut() {
+            let mut keep = Vec::with_capacity(entry.segments.len());
+            for seg in entry.segments.drain(..) {
+                let path = dir.join(&seg.path);
+                match verify_segment(&path) {
+                    Ok(()) => keep.push(seg),
+                    Err(reason) => {
+                        let moved = quarantine(dir, &path)?;
+                        tracing::error!(
+                            "segment {} of table {db}.{table} ({} rows, {} to {} ns) is unusable: {reason}; \
+                             moved to {} and removed from the manifest",
+                            path.display(),
+                            seg.rows,
+                            seg.min_ts,
+                            seg.max_ts,
+                            moved
+                                .as_deref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_else(|| "nowhere (file missing)".into()),
+                        );
+                        metrics.quarantined_files.fetch_add(1, Ordering::Relaxed);
+                        changed = true;
+                    }
+                }
+            }
+            entry.segments = keep;
+        }
+    }
+    Ok(changed)
+}
+
+/// Moves `path` into `<data_dir>/quarantine/`, keeping its name. Returns the
+/// new path, or `None` if the file does not exist.
+fn quarantine(dir: &Path, path: &Path) -> Result<Option<PathBuf>, StorageError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let qdir = dir.join("quarantine");
+    fs::create_dir_all(&qdir).map_err(io(&qdir))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+    let stamp = chrono_free_stamp();
+    let target = qdir.join(format!("{stamp}-{name}"));
+    fs::rename(path, &target).map_err(io(path))?;
+    Ok(Some(target))
+}
+
+fn chrono_free_stamp() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}
+
+/// Segment files still named `*.tmp` were never recorded in a manifest.
+fn remove_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            remove_temp_files(&p);
+        } else if p.extension().is_some_and(|x| x == "tmp") {
+            tracing::info!("removing unfinished segment {}", p.display());
+            let _ = fs::remove_file(&p);
+        }
+    }
+}
+
+/// Replays WAL files newer than the manifest's persisted mark into `state`.
+/// Returns the highest WAL file number seen.
+fn replay_wal(
+    dir: &Path,
+    wal_dir: &Path,
+    manifest: &Manifest,
+    state: &mut State,
+    config: &StorageConfig,
+    metrics: &StorageMetrics,
+) -> Result<u64, StorageError> {
+    let files = wal::list_files(wal_dir).map_err(io(wal_dir))?;
+    let last = files.last().map(|f| f.0).unwrap_or(0);
+    for (i, (seq, path)) in files.iter().enumerate() {
+        if *seq <= manifest.wal_persisted_upto {
+            let _ = fs::remove_file(path);
+            continue;
+        }
+        let is_last = i + 1 == files.len();
+        let (entries, end) = wal::read_file(path).map_err(io(path))?;
+        let mut rows = 0u64;
+        for entry in entries {
+            let (accepted, rejected) = validate(state, &entry.database, entry.writes, &config.limits);
+            for r in rejected {
+                tracing::warn!("WAL {}: item {} no longer valid on replay: {}", path.display(), r.item, r.error);
+            }
+            let mut chunks = Vec::with_capacity(accepted.len());
+            for (w, schema) in &accepted {
+                let batch = blocks_to_batch(schema, &w.blocks)?;
+                let (min_ts, max_ts) = ts_range(&w.blocks);
+                rows += batch.num_rows() as u64;
+                chunks.push(Chunk { batch, min_ts, max_ts });
+            }
+            apply(state, &entry.database, accepted.iter().map(|(w, _)| w.table.as_str()).zip(chunks))?;
+        }
+        metrics.wal_replayed_rows.fetch_add(rows, Ordering::Relaxed);
+        if let ReadEnd::Corrupt { offset, file_len, reason } = end {
+            let dropped = file_len - offset;
+            metrics.wal_truncated_bytes.fetch_add(dropped, Ordering::Relaxed);
+            if is_last {
+                // A torn tail: the crash interrupted the last append, which
+                // was therefore never acknowledged.
+                tracing::warn!(
+                    "WAL {}: {reason} at offset {offset}; truncating the torn tail, {dropped} bytes dropped \
+                     ({rows} rows replayed before it)",
+                    path.display()
+                );
+                if offset < 16 {
+                    fs::remove_file(path).map_err(io(path))?;
+                } else {
+                    wal::truncate(path, offset).map_err(io(path))?;
+                }
+            } else {
+                // Damage in the middle of the log is not a torn write: keep a
+                // copy of the whole file for inspection.
+                let qdir = dir.join("quarantine");
+                fs::create_dir_all(&qdir).map_err(io(&qdir))?;
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let copy = qdir.join(format!("{}-{name}", chrono_free_stamp()));
+                fs::copy(path, &copy).map_err(io(path))?;
+                metrics.quarantined_files.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "WAL {} is corrupt at offset {offset} ({reason}) and is not the last WAL file; \
+                     {rows} rows before the damage were replayed, {dropped} bytes after it are lost; \
+                     the file was copied to {}",
+                    path.display(),
+                    copy.display()
+                );
+            }
+        } else if rows > 0 {
+            tracing::info!("WAL {}: replayed {rows} rows", path.display());
+        }
+    }
+    Ok(last)
+}

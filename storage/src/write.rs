@@ -1,0 +1,274 @@
+//! The canonical shape of a write, shared by every ingest path (gRPC, SQL
+//! `INSERT`, and later the compatibility protocols), and its validation.
+//!
+//! A write is columnar: a table, then blocks of rows that share one set of
+//! tag values (a series), each block carrying parallel arrays of timestamps
+//! and field values. Validation is per block: a bad block is rejected with a
+//! [`WriteError`] naming the problem and never affects the other blocks.
+
+use crate::schema::{ColumnKind, FieldType, TIME_COLUMN};
+
+/// Limits that every write is checked against.
+#[derive(Debug, Clone)]
+pub struct WriteLimits {
+    /// Longest accepted string field value, in bytes (log messages).
+    pub max_string_bytes: usize,
+    /// Longest accepted tag value, in bytes.
+    pub max_tag_bytes: usize,
+    /// Most columns (tags + fields + ts) a table may have.
+    pub max_columns: usize,
+}
+
+impl Default for WriteLimits {
+    fn default() -> Self {
+        Self { max_string_bytes: 64 * 1024, max_tag_bytes: 4096, max_columns: 1024 }
+    }
+}
+
+/// Rows for one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableWrite {
+    pub table: String,
+    pub blocks: Vec<SeriesBlock>,
+}
+
+/// The rows of one series: one set of tag values, `timestamps.len()` rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesBlock {
+    /// The caller's index of this item, echoed back in rejections.
+    pub item: u32,
+    pub tags: Vec<(String, String)>,
+    /// Nanoseconds since the Unix epoch, UTC.
+    pub timestamps: Vec<i64>,
+    pub fields: Vec<FieldColumn>,
+}
+
+impl SeriesBlock {
+    pub fn rows(&self) -> usize {
+        self.timestamps.len()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldColumn {
+    pub name: String,
+    pub values: FieldValues,
+    /// `Some(v)`: `v[i] == false` marks row `i` as NULL. `None`: no NULLs.
+    pub validity: Option<Vec<bool>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValues {
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    U64(Vec<u64>),
+    Bool(Vec<bool>),
+    Str(Vec<String>),
+}
+
+impl FieldValues {
+    pub fn len(&self) -> usize {
+        match self {
+            FieldValues::F64(v) => v.len(),
+            FieldValues::I64(v) => v.len(),
+            FieldValues::U64(v) => v.len(),
+            FieldValues::Bool(v) => v.len(),
+            FieldValues::Str(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn field_type(&self) -> FieldType {
+        match self {
+            FieldValues::F64(_) => FieldType::Float,
+            FieldValues::I64(_) => FieldType::Integer,
+            FieldValues::U64(_) => FieldType::UInteger,
+            FieldValues::Bool(_) => FieldType::Boolean,
+            FieldValues::Str(_) => FieldType::String,
+        }
+    }
+}
+
+/// Why one block (item) of a write was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    #[error("invalid table name {name:?}: {reason}")]
+    InvalidTableName { name: String, reason: &'static str },
+    #[error("invalid column name {name:?}: {reason}")]
+    InvalidColumnName { name: String, reason: &'static str },
+    #[error("invalid database name {name:?}: {reason}")]
+    InvalidDatabaseName { name: String, reason: &'static str },
+    #[error("column {name:?} appears more than once in the same series")]
+    DuplicateColumn { name: String },
+    #[error("column name {name:?} is reserved for the time column")]
+    ReservedColumn { name: String },
+    #[error("series has no rows")]
+    EmptySeries,
+    #[error("series has no fields")]
+    NoFields,
+    #[error("field {field:?} has {got} values but the series has {expected} timestamps")]
+    LengthMismatch { field: String, expected: usize, got: usize },
+    #[error("timestamp {ts} is out of range (must be >= 0 ns since 1970-01-01T00:00:00Z)")]
+    TimestampOutOfRange { ts: i64 },
+    #[error("field {column:?} is {existing} in table {table:?}; this write has it as {new}")]
+    TypeConflict { table: String, column: String, existing: FieldType, new: FieldType },
+    #[error("column {column:?} is a {existing} in table {table:?}; this write uses it as a {new}")]
+    KindConflict { table: String, column: String, existing: ColumnKind, new: ColumnKind },
+    #[error("value of {column:?} is {len} bytes, over the limit of {limit}")]
+    ValueTooLarge { column: String, len: usize, limit: usize },
+    #[error("table {table:?} would have {count} columns, over the limit of {limit}")]
+    TooManyColumns { table: String, count: usize, limit: usize },
+}
+
+const MAX_NAME_BYTES: usize = 128;
+
+/// Names of databases, tables and columns: 1 to 128 bytes of ASCII letters,
+/// digits, `_`, `.`, `:` and `-`, not starting with a digit or `-`. This is
+/// a superset of Prometheus metric and label names and covers the names
+/// Telegraf and TSBS use; anything else would need quoting everywhere in SQL.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err("longer than 128 bytes");
+    }
+    let first = name.as_bytes()[0];
+    if first.is_ascii_digit() || first == b'-' {
+        return Err("must not start with a digit or '-'");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')) {
+        return Err("may only contain ASCII letters, digits, '_', '.', ':' and '-'");
+    }
+    Ok(())
+}
+
+pub fn check_table_name(name: &str) -> Result<(), WriteError> {
+    check_name(name).map_err(|reason| WriteError::InvalidTableName { name: name.to_string(), reason })
+}
+
+pub fn check_database_name(name: &str) -> Result<(), WriteError> {
+    check_name(name).map_err(|reason| WriteError::InvalidDatabaseName { name: name.to_string(), reason })?;
+    if name == "system" || name == "information_schema" {
+        return Err(WriteError::InvalidDatabaseName { name: name.to_string(), reason: "reserved" });
+    }
+    Ok(())
+}
+
+pub fn check_column_name(name: &str) -> Result<(), WriteError> {
+    check_name(name).map_err(|reason| WriteError::InvalidColumnName { name: name.to_string(), reason })?;
+    if name == TIME_COLUMN {
+        return Err(WriteError::ReservedColumn { name: name.to_string() });
+    }
+    Ok(())
+}
+
+/// Checks everything about a block that does not depend on the table's
+/// existing schema.
+pub(crate) fn check_block_shape(block: &SeriesBlock, limits: &WriteLimits) -> Result<(), WriteError> {
+    let rows = block.rows();
+    if rows == 0 {
+        return Err(WriteError::EmptySeries);
+    }
+    if block.fields.is_empty() {
+        return Err(WriteError::NoFields);
+    }
+    for (i, (name, value)) in block.tags.iter().enumerate() {
+        check_column_name(name)?;
+        if value.len() > limits.max_tag_bytes {
+            return Err(WriteError::ValueTooLarge {
+                column: name.clone(),
+                len: value.len(),
+                limit: limits.max_tag_bytes,
+            });
+        }
+        if block.tags[..i].iter().any(|(n, _)| n == name) {
+            return Err(WriteError::DuplicateColumn { name: name.clone() });
+        }
+    }
+    for (i, field) in block.fields.iter().enumerate() {
+        check_column_name(&field.name)?;
+        if block.fields[..i].iter().any(|f| f.name == field.name) || block.tags.iter().any(|(n, _)| *n == field.name) {
+            return Err(WriteError::DuplicateColumn { name: field.name.clone() });
+        }
+        let got = field.values.len();
+        if got != rows {
+            return Err(WriteError::LengthMismatch { field: field.name.clone(), expected: rows, got });
+        }
+        if let Some(validity) = &field.validity {
+            if validity.len() != rows {
+                return Err(WriteError::LengthMismatch {
+                    field: format!("{} (validity)", field.name),
+                    expected: rows,
+                    got: validity.len(),
+                });
+            }
+        }
+        if let FieldValues::Str(values) = &field.values {
+            if let Some(long) = values.iter().find(|v| v.len() > limits.max_string_bytes) {
+                return Err(WriteError::ValueTooLarge {
+                    column: field.name.clone(),
+                    len: long.len(),
+                    limit: limits.max_string_bytes,
+                });
+            }
+        }
+    }
+    if let Some(&ts) = block.timestamps.iter().find(|&&ts| ts < 0) {
+        return Err(WriteError::TimestampOutOfRange { ts });
+    }
+    Ok(())
+}
+
+/// Reports which column kind a block asks of each of its columns.
+pub(crate) fn block_columns(block: &SeriesBlock) -> impl Iterator<Item = (&str, ColumnKind)> {
+    block
+        .tags
+        .iter()
+        .map(|(n, _)| (n.as_str(), ColumnKind::Tag))
+        .chain(block.fields.iter().map(|f| (f.name.as_str(), ColumnKind::Field(f.values.field_type()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(fields: Vec<FieldColumn>, ts: Vec<i64>) -> SeriesBlock {
+        SeriesBlock { item: 0, tags: vec![("host".into(), "a".into())], timestamps: ts, fields }
+    }
+
+    fn f64col(name: &str, v: Vec<f64>) -> FieldColumn {
+        FieldColumn { name: name.into(), values: FieldValues::F64(v), validity: None }
+    }
+
+    #[test]
+    fn names_follow_the_documented_alphabet() {
+        assert!(check_table_name("cpu").is_ok());
+        assert!(check_table_name("node_cpu_seconds_total").is_ok());
+        assert!(check_table_name("http.requests:rate5m").is_ok());
+        assert!(check_table_name("").is_err());
+        assert!(check_table_name("9lives").is_err());
+        assert!(check_table_name("a b").is_err());
+        assert!(check_table_name("drop;table").is_err());
+        assert!(check_table_name(&"x".repeat(129)).is_err());
+        assert_eq!(check_column_name("ts"), Err(WriteError::ReservedColumn { name: "ts".into() }));
+        assert!(check_database_name("system").is_err());
+    }
+
+    #[test]
+    fn shape_errors_name_the_problem() {
+        let limits = WriteLimits::default();
+        let err = check_block_shape(&block(vec![f64col("v", vec![1.0])], vec![1, 2]), &limits);
+        assert_eq!(err, Err(WriteError::LengthMismatch { field: "v".into(), expected: 2, got: 1 }));
+        let err = check_block_shape(&block(vec![f64col("v", vec![1.0])], vec![-5]), &limits);
+        assert_eq!(err, Err(WriteError::TimestampOutOfRange { ts: -5 }));
+        let err = check_block_shape(&block(vec![f64col("host", vec![1.0])], vec![1]), &limits);
+        assert_eq!(err, Err(WriteError::DuplicateColumn { name: "host".into() }));
+        let err = check_block_shape(&block(vec![], vec![1]), &limits);
+        assert_eq!(err, Err(WriteError::NoFields));
+        assert!(check_block_shape(&block(vec![f64col("v", vec![f64::NAN])], vec![1]), &limits).is_ok());
+    }
+}
