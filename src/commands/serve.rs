@@ -1,6 +1,6 @@
 //! `tocsin serve`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -29,6 +29,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&c.log).context("while parsing --log")?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let file = match &c.config {
         Some(path) => FileConfig::load(path)?,

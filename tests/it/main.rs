@@ -1,0 +1,9 @@
+//! Integration tests: the real `tocsin` binary, driven through gRPC, HTTP and
+//! the CLI. One test binary, grouped by topic.
+
+mod bad_input;
+mod crash;
+mod e2e;
+mod persistence;
+mod server;
+mod util;

@@ -1,0 +1,177 @@
+//! Segments round trip, graceful shutdown, torn WAL tails, corrupt segments
+//! and the data directory lock, through the real binary.
+
+use serde_json::{Value, json};
+
+use crate::server::{BIN, TestServer};
+use crate::util::*;
+
+const QUERIES: &[&str] = &[
+    "SELECT * FROM m ORDER BY host, ts",
+    "SELECT host, count(*) AS n, sum(i) AS si, avg(f) AS af, max(s) AS ms, bool_or(b) AS bo FROM m GROUP BY host ORDER BY host",
+    "SELECT count(*) AS n FROM m WHERE ts >= '2023-11-14T23:00:00Z' AND ts < '2023-11-15T00:00:00Z'",
+    "SELECT time_bucket(INTERVAL '1 hour', ts) AS h, max(i) AS mi FROM m WHERE host = 'h1' GROUP BY h ORDER BY h",
+];
+
+async fn results(server: &TestServer) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    for q in QUERIES {
+        out.push(server.sql(q).await);
+    }
+    out
+}
+
+async fn write_hours(server: &TestServer, hours: i64) {
+    let mut client = server.client().await;
+    for h in 0..3 {
+        let host = format!("h{h}");
+        // One sample every 60 s for `hours` hours: several partitions.
+        let n = hours * 60;
+        let ts: Vec<i64> = (0..n).map(|i| T0 + i * 60 * SEC).collect();
+        let req = rows(
+            "m",
+            vec![row_series(
+                &[("host", &host)],
+                ts,
+                vec![
+                    i64s("i", (0..n).map(|i| i * (h + 1)).collect()),
+                    f64s("f", (0..n).map(|i| i as f64 / 4.0).collect()),
+                    strs("s", (0..n).map(|i| if i % 2 == 0 { "even" } else { "odd" }).collect()),
+                    tocsin_proto::v1::FieldColumn {
+                        name: "b".into(),
+                        values: Some(tocsin_proto::v1::field_column::Values::Bool(tocsin_proto::v1::BoolValues {
+                            values: (0..n).map(|i| i % 3 == 0).collect(),
+                        })),
+                    },
+                ],
+            )],
+        );
+        let resp = client.write_rows(req).await.expect("write").into_inner();
+        assert_eq!(resp.accepted_rows, n as u64);
+    }
+}
+
+#[tokio::test]
+async fn segments_return_the_same_answers_as_the_buffer_across_restarts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut server = TestServer::start_in(&dir, &[]);
+    write_hours(&server, 3).await;
+    let before = results(&server).await;
+    assert_eq!(before[2], vec![json!({"n": 3 * 60})], "one full hour per host");
+
+    let stats = server.persist().await;
+    assert!(stats["segments"].as_u64().unwrap_or(0) >= 3, "{stats}");
+    assert_eq!(results(&server).await, before, "answers changed when the buffer became segments");
+
+    // A column added after the first segments: old segments read it as NULL.
+    let mut client = server.client().await;
+    client
+        .write_rows(rows("m", vec![row_series(&[("host", "h9")], vec![T0], vec![f64s("extra", vec![9.5])])]))
+        .await
+        .expect("write");
+    let extra = server.sql("SELECT host, extra FROM m WHERE extra IS NOT NULL OR host = 'h0' ORDER BY ts, host LIMIT 2").await;
+    assert_eq!(extra, vec![json!({"host": "h0", "extra": null}), json!({"host": "h9", "extra": 9.5})]);
+    let full = server.sql("SELECT * FROM m ORDER BY host, ts").await;
+
+    // Graceful shutdown persists the buffer and exits 0.
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    assert!(manifest["wal_persisted_upto"].as_u64().unwrap_or(0) >= 2, "{manifest}");
+
+    let server = TestServer::start_in(&dir, &[]);
+    assert!(server.log_text().contains("replayed_rows=0"), "nothing left to replay after a clean shutdown");
+    assert_eq!(server.sql("SELECT * FROM m ORDER BY host, ts").await, full);
+    let n = server.sql("SELECT count(*) AS n FROM m WHERE host <> 'h9'").await;
+    assert_eq!(n, vec![json!({"n": 3 * 3 * 60})]);
+    // Segment files are Parquet sorted by tags then time, with our encodings.
+    let segs = manifest["databases"]["public"]["m"]["segments"].as_array().cloned().unwrap_or_default();
+    assert!(!segs.is_empty());
+}
+
+#[tokio::test]
+async fn torn_wal_tail_is_cut_with_a_warning_and_nothing_acknowledged_is_lost() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut server = TestServer::start_in(&dir, &[]);
+    write_hours(&server, 1).await;
+    server.kill9();
+    let wal = std::fs::read_dir(dir.join("wal"))
+        .expect("wal dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .max()
+        .expect("a WAL file");
+    let mut data = std::fs::read(&wal).expect("read");
+    data.extend_from_slice(&[0xAB; 37]);
+    std::fs::write(&wal, data).expect("write");
+
+    let server = TestServer::start_in(&dir, &[]);
+    let log = server.log_text();
+    assert!(log.contains("37 bytes dropped"), "{log}");
+    let n = server.sql("SELECT count(*) AS n FROM m").await;
+    assert_eq!(n, vec![json!({"n": 3 * 60})]);
+    let mut client = server.client().await;
+    let resp = client
+        .write_rows(rows("m", vec![row_series(&[("host", "h0")], vec![T0 - SEC], vec![i64s("i", vec![1])])]))
+        .await
+        .expect("write after recovery");
+    assert_eq!(resp.into_inner().accepted_rows, 1);
+}
+
+#[tokio::test]
+async fn corrupt_segment_is_quarantined_and_reported() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut server = TestServer::start_in(&dir, &[]);
+    write_hours(&server, 2).await;
+    server.persist().await;
+    assert!(server.terminate().success());
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    let segs = manifest["databases"]["public"]["m"]["segments"].as_array().cloned().expect("segments");
+    let victim = segs[0]["path"].as_str().expect("path").to_string();
+    let victim_rows = segs[0]["rows"].as_u64().expect("rows");
+    let path = dir.join(&victim);
+    let len = std::fs::metadata(&path).expect("stat").len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    f.set_len(len / 2).expect("truncate");
+
+    let server = TestServer::start_in(&dir, &[]);
+    let log = server.log_text();
+    assert!(log.contains(&victim) && log.contains("quarantine"), "{log}");
+    let quarantined: Vec<_> = std::fs::read_dir(dir.join("quarantine")).expect("quarantine dir").collect();
+    assert_eq!(quarantined.len(), 1);
+    let n = server.sql("SELECT count(*) AS n FROM m").await;
+    assert_eq!(n, vec![json!({"n": 3 * 2 * 60 - victim_rows})]);
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_directory_refuses_and_says_why() {
+    let server = TestServer::start();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&server.data_dir)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another tocsin process"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_config_is_refused_with_the_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "[storage]\nfsync = \"sometimes\"\n").expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("storage.fsync"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,151 @@
+//! `TestServer`: the real `tocsin` binary on ephemeral ports with a temp data
+//! directory, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tocsin_proto::v1::ingest_client::IngestClient;
+use tonic::transport::Channel;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_tocsin");
+
+pub(crate) struct TestServer {
+    child: Option<Child>,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) http: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server on a fresh temporary data directory.
+    pub(crate) fn start() -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = TestServer::start_in(&tmp.path().join("data"), &[]);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on `data_dir` (kept after the server stops) with extra flags.
+    pub(crate) fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
+        std::fs::create_dir_all(data_dir).expect("mkdir");
+        let log = data_dir.with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("TOCSIN_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn tocsin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        };
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        };
+        TestServer {
+            grpc: addr("grpc="),
+            http: addr("http="),
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            log,
+            _tmp: None,
+        }
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) async fn client(&self) -> IngestClient<Channel> {
+        IngestClient::connect(format!("http://{}", self.grpc)).await.expect("connect gRPC")
+    }
+
+    /// POSTs SQL; returns (HTTP status, body as JSON).
+    pub(crate) async fn sql_raw(&self, sql: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/sql", self.http))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.expect("JSON body");
+        (status, body)
+    }
+
+    /// Rows of a query that must succeed.
+    pub(crate) async fn sql(&self, sql: &str) -> Vec<Value> {
+        let (status, body) = self.sql_raw(sql).await;
+        assert_eq!(status, 200, "query {sql:?} failed: {body}");
+        body.as_array().cloned().unwrap_or_else(|| panic!("not an array: {body}"))
+    }
+
+    pub(crate) async fn persist(&self) -> Value {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/admin/persist", self.http))
+            .send()
+            .await
+            .expect("persist request");
+        assert!(resp.status().is_success());
+        resp.json().await.expect("json")
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..600 {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        panic!("server did not exit within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
