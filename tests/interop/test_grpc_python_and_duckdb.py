@@ -1,0 +1,99 @@
+"""Interop: a Python gRPC client (grpcio, generated from proto/ by grpc_tools)
+writes to Tocsin; DuckDB reads Tocsin's Parquet segments directly and must
+give the same answers as Tocsin's SQL."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+import duckdb
+import grpc
+from grpc_tools import protoc
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("TOCSIN_BIN", os.path.join(ROOT, "target", "debug", "tocsin"))
+T0 = 1_700_000_000_000_000_000
+SEC = 1_000_000_000
+
+
+def compile_protos(out):
+    proto_dir = os.path.join(ROOT, "proto")
+    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
+                      os.path.join(proto_dir, "tocsin", "v1", "ingest.proto")])
+    assert rc == 0, "protoc failed"
+    sys.path.insert(0, out)
+
+
+def start(data_dir, log):
+    p = subprocess.Popen([BIN, "serve", "--data-dir", data_dir, "--grpc-addr", "127.0.0.1:0",
+                          "--http-addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True)
+    line = p.stdout.readline()
+    parts = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    return p, parts["grpc"], parts["http"]
+
+
+def sql(http, q):
+    req = urllib.request.Request(f"http://{http}/api/v1/sql", data=json.dumps({"sql": q}).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="tocsin-interop-")
+    compile_protos(tmp)
+    from tocsin.v1 import ingest_pb2 as pb, ingest_pb2_grpc as rpc
+
+    data = os.path.join(tmp, "data")
+    with open(os.path.join(tmp, "server.log"), "w") as log:
+        proc, grpc_addr, http = start(data, log)
+        try:
+            stub = rpc.IngestStub(grpc.insecure_channel(grpc_addr))
+            series = []
+            for h in range(5):
+                n = 720  # two hours at 10 s
+                series.append(pb.RowSeries(
+                    tags=[pb.Label(name="hostname", value=f"host_{h}"), pb.Label(name="region", value=f"r{h % 2}")],
+                    timestamps=[T0 + i * 10 * SEC for i in range(n)],
+                    fields=[pb.FieldColumn(name="usage_user", i64=pb.Int64Values(values=[(i * 7 + h) % 100 for i in range(n)])),
+                            pb.FieldColumn(name="usage_system", f64=pb.DoubleValues(values=[i / 8 + h for i in range(n)]))]))
+            resp = stub.WriteRows(pb.WriteRowsRequest(table="cpu", series=series))
+            assert resp.accepted_rows == 5 * 720, resp
+            bad = stub.WriteRows(pb.WriteRowsRequest(table="cpu", series=[pb.RowSeries(
+                tags=[pb.Label(name="hostname", value="x")], timestamps=[T0],
+                fields=[pb.FieldColumn(name="usage_user", f64=pb.DoubleValues(values=[1.5]))])]))
+            assert bad.accepted_rows == 0 and "integer" in bad.rejected[0].reason, bad
+            try:
+                stub.WriteSeries(pb.WriteSeriesRequest())
+                raise AssertionError("empty request accepted")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+
+            q = ("SELECT hostname, count(*) AS n, max(usage_user) AS mx, sum(usage_system) AS s "
+                 "FROM cpu GROUP BY hostname ORDER BY hostname")
+            ours = sql(http, q)
+            urllib.request.urlopen(urllib.request.Request(f"http://{http}/api/v1/admin/persist", method="POST"), timeout=60)
+            assert sql(http, q) == ours, "answers changed after persistence"
+
+            files = glob.glob(os.path.join(data, "segments", "public", "cpu", "*.parquet"))
+            assert files, "no segments written"
+            duck = duckdb.sql(
+                f"SELECT hostname::VARCHAR AS hostname, count(*) AS n, max(usage_user) AS mx, sum(usage_system) AS s "
+                f"FROM read_parquet({files!r}) GROUP BY 1 ORDER BY 1").fetchall()
+            ours_t = [(r["hostname"], r["n"], r["mx"], r["s"]) for r in ours]
+            assert len(duck) == len(ours_t) == 5, (duck, ours_t)
+            for d, o in zip(duck, ours_t):
+                assert d[0] == o[0] and d[1] == o[1] and d[2] == o[2] and abs(d[3] - o[3]) < 1e-6, (d, o)
+            print(f"interop ok: python gRPC wrote {resp.accepted_rows} rows; DuckDB agrees on {len(files)} segments")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, f"server exit code {proc.returncode}"
+
+
+if __name__ == "__main__":
+    main()
