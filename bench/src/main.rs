@@ -1,1 +1,277 @@
-fn main() {}
+//! `tocsin-bench`: TSBS `cpu-only` ingest and query benchmark against a
+//! running Tocsin server. See docs/benchmarks.md for how it is run.
+
+mod data;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tocsin_proto::v1::ingest_client::IngestClient;
+
+use data::{INTERVAL_NS, Rng, START_NS};
+
+#[derive(Debug, Parser)]
+#[command(about = "TSBS-like benchmark for a running tocsin server")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    grpc_addr: String,
+    #[arg(long, default_value = "127.0.0.1:4318")]
+    http_addr: String,
+    /// Number of hosts.
+    #[arg(long, default_value_t = 100)]
+    hosts: usize,
+    /// Hours of data at 10 s per sample.
+    #[arg(long, default_value_t = 24)]
+    hours: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep full-precision floats instead of TSBS' integers.
+    #[arg(long)]
+    float: bool,
+    /// Concurrent gRPC writers.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Samples per host per request (rows per request = hosts x this).
+    #[arg(long, default_value_t = 100)]
+    batch_steps: usize,
+    /// Runs per query type.
+    #[arg(long, default_value_t = 100)]
+    runs: usize,
+    /// Only run the queries (data already loaded).
+    #[arg(long)]
+    skip_ingest: bool,
+    /// Only ingest.
+    #[arg(long)]
+    skip_queries: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let steps = args.hours * 360;
+    let values = (args.hosts * steps * data::FIELDS.len()) as u64;
+    println!(
+        "dataset: cpu-only, {} hosts x {} h at 10 s = {} rows, {} values ({})",
+        args.hosts,
+        args.hours,
+        args.hosts * steps,
+        values,
+        if args.float { "float" } else { "integer" }
+    );
+    if !args.skip_ingest {
+        ingest(&args, steps, values).await?;
+    }
+    if !args.skip_queries {
+        queries(&args, steps).await?;
+    }
+    Ok(())
+}
+
+async fn ingest(args: &Args, steps: usize, values: u64) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let generated = data::generate(args.hosts, steps, args.seed);
+    let requests = Arc::new(data::requests(&generated, steps, args.batch_steps, args.float));
+    drop(generated);
+    eprintln!("generated {} requests in {:.1} s", requests.len(), t.elapsed().as_secs_f64());
+    let wal_before = metric(&args.http_addr, "tocsin_wal_bytes_total").await.unwrap_or(0.0);
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let rows_done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let requests = Arc::clone(&requests);
+        let next = Arc::clone(&next);
+        let rows_done = Arc::clone(&rows_done);
+        let addr = format!("http://{}", args.grpc_addr);
+        tasks.push(tokio::spawn(async move {
+            let mut client = IngestClient::connect(addr).await?.max_encoding_message_size(256 << 20);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(req) = requests.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                let rows: usize = req.series.iter().map(|s| s.timestamps.len()).sum();
+                let resp = client.write_rows(req.clone()).await?.into_inner();
+                if resp.accepted_rows as usize != rows || !resp.rejected.is_empty() {
+                    bail!("request {i}: {} of {rows} rows accepted: {:?}", resp.accepted_rows, resp.rejected.first());
+                }
+                rows_done.fetch_add(rows as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let total_rows = (args.hosts * steps) as u64;
+    let progress = {
+        let rows_done = Arc::clone(&rows_done);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done = rows_done.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "  ingest {:5.1}%  {} rows  {:.0} values/s",
+                    done as f64 * 100.0 / total_rows as f64,
+                    done,
+                    done as f64 * 10.0 / secs
+                );
+            }
+        })
+    };
+    for t in tasks {
+        t.await.context("writer task")??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    progress.abort();
+    let wal_bytes = metric(&args.http_addr, "tocsin_wal_bytes_total").await.unwrap_or(0.0) - wal_before;
+    println!(
+        "ingest: {:.0} rows/s, {:.0} values/s ({} values in {:.2} s, {} writers, {} rows/request)",
+        total_rows as f64 / elapsed,
+        values as f64 / elapsed,
+        values,
+        elapsed,
+        args.concurrency,
+        args.hosts * args.batch_steps
+    );
+    println!("wal: {:.3} bytes/value appended during ingest", wal_bytes / values as f64);
+
+    let t = Instant::now();
+    let resp = reqwest::Client::new().post(format!("http://{}/api/v1/admin/persist", args.http_addr)).send().await?;
+    let stats: serde_json::Value = resp.json().await?;
+    println!("persist: {stats} in {:.2} s", t.elapsed().as_secs_f64());
+    let seg = metric(&args.http_addr, "tocsin_segment_bytes").await.unwrap_or(0.0);
+    println!("on disk: {:.3} bytes/value in segments ({:.1} MiB)", seg / values as f64, seg / 1048576.0);
+    Ok(())
+}
+
+async fn metric(http: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+fn rfc3339(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+struct QueryType {
+    name: &'static str,
+    make: fn(&mut Rng, &Args, i64) -> String,
+}
+
+const HOUR: i64 = 3_600_000_000_000;
+
+fn window(rng: &mut Rng, end: i64, width: i64) -> (String, String) {
+    let span = ((end - START_NS - width) / INTERVAL_NS).max(1) as u64;
+    let a = START_NS + rng.below(span) as i64 * INTERVAL_NS;
+    (rfc3339(a), rfc3339(a + width))
+}
+
+const QUERY_TYPES: [QueryType; 5] = [
+    QueryType {
+        name: "single-groupby-1-1-1",
+        make: |rng, args, end| {
+            let host = rng.below(args.hosts as u64);
+            let (a, b) = window(rng, end, HOUR);
+            format!(
+                "SELECT time_bucket(INTERVAL '1 minute', ts) AS minute, max(usage_user) AS max_usage_user FROM cpu \
+                 WHERE hostname = 'host_{host}' AND ts >= '{a}' AND ts < '{b}' GROUP BY minute ORDER BY minute"
+            )
+        },
+    },
+    QueryType {
+        name: "double-groupby-1",
+        make: |rng, _, end| {
+            let (a, b) = window(rng, end, 12 * HOUR);
+            format!(
+                "SELECT time_bucket(INTERVAL '1 hour', ts) AS hour, hostname, avg(usage_user) AS mean_usage_user FROM cpu \
+                 WHERE ts >= '{a}' AND ts < '{b}' GROUP BY hour, hostname ORDER BY hour, hostname"
+            )
+        },
+    },
+    QueryType {
+        name: "high-cpu-1",
+        make: |rng, args, end| {
+            let host = rng.below(args.hosts as u64);
+            let (a, b) = window(rng, end, 12 * HOUR);
+            format!(
+                "SELECT * FROM cpu WHERE usage_user > 90 AND hostname = 'host_{host}' AND ts >= '{a}' AND ts < '{b}' ORDER BY ts"
+            )
+        },
+    },
+    QueryType {
+        name: "lastpoint",
+        make: |_, _, _| "SELECT DISTINCT ON (hostname) * FROM cpu ORDER BY hostname, ts DESC".into(),
+    },
+    QueryType {
+        name: "groupby-orderby-limit",
+        make: |rng, _, end| {
+            let span = ((end - START_NS) / INTERVAL_NS) as u64;
+            let e = START_NS + (span / 2 + rng.below(span / 2)) as i64 * INTERVAL_NS;
+            format!(
+                "SELECT time_bucket(INTERVAL '1 minute', ts) AS minute, max(usage_user) AS max_usage_user FROM cpu \
+                 WHERE ts < '{}' GROUP BY minute ORDER BY minute DESC LIMIT 5",
+                rfc3339(e)
+            )
+        },
+    },
+];
+
+async fn queries(args: &Args, steps: usize) -> anyhow::Result<()> {
+    let end = START_NS + steps as i64 * INTERVAL_NS;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/sql", args.http_addr);
+    let mut rng = Rng::new(args.seed.wrapping_add(42));
+    println!("queries: {} runs each over HTTP /api/v1/sql (JSON), wall-clock per request", args.runs);
+    println!("{:<24} {:>10} {:>10} {:>10} {:>8}", "query", "median ms", "p99 ms", "min ms", "rows");
+    for q in &QUERY_TYPES {
+        let mut times = Vec::with_capacity(args.runs);
+        let mut rows = 0;
+        // One warm-up run (page cache, plan caches), not counted.
+        let warm = (q.make)(&mut rng, args, end);
+        http.post(&url).json(&serde_json::json!({ "sql": warm })).send().await?.bytes().await?;
+        for _ in 0..args.runs {
+            let sql = (q.make)(&mut rng, args, end);
+            let t = Instant::now();
+            let resp = http.post(&url).json(&serde_json::json!({ "sql": sql })).send().await?;
+            let status = resp.status();
+            let body = resp.bytes().await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            if !status.is_success() {
+                bail!("{}: {sql}: {}", q.name, String::from_utf8_lossy(&body));
+            }
+            rows = serde_json::from_slice::<Vec<serde_json::Value>>(&body).map(|v| v.len()).unwrap_or(0);
+        }
+        times.sort_by(f64::total_cmp);
+        let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+        println!("{:<24} {:>10.1} {:>10.1} {:>10.1} {:>8}", q.name, pct(0.5), pct(0.99), times[0], rows);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(START_NS), "2016-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_000_000_000), "2023-11-14T22:13:20Z");
+    }
+}
