@@ -620,3 +620,91 @@ impl std::fmt::Debug for Storage {
         f.debug_struct("Storage").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::{FieldColumn, FieldValues, SeriesBlock};
+
+    fn block(item: u32, host: &str, ts: Vec<i64>, v: FieldValues) -> SeriesBlock {
+        SeriesBlock {
+            item,
+            tags: vec![("host".into(), host.into())],
+            timestamps: ts,
+            fields: vec![FieldColumn { name: "v".into(), values: v, validity: None }],
+        }
+    }
+
+    fn rows(s: &Storage, table: &str) -> usize {
+        s.snapshot("public", table).map(|t| t.chunks.iter().map(|c| c.batch.num_rows()).sum()).unwrap_or(0)
+            + s.snapshot("public", table).map(|t| t.segments.iter().map(|x| x.rows as usize).sum()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn accepted_items_are_visible_and_rejected_ones_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+        let w = TableWrite {
+            table: "t".into(),
+            blocks: vec![
+                block(0, "a", vec![1, 2], FieldValues::I64(vec![1, 2])),
+                block(1, "b", vec![3], FieldValues::F64(vec![1.0])),
+                block(2, "c", vec![4], FieldValues::I64(vec![3])),
+            ],
+        };
+        let out = s.write("public", vec![w]).await.expect("write");
+        assert_eq!(out.accepted_rows, 3);
+        assert_eq!(out.rejected.len(), 1);
+        assert_eq!(out.rejected[0].item, 1);
+        assert!(matches!(out.rejected[0].error, WriteError::TypeConflict { .. }));
+        assert_eq!(rows(&s, "t"), 3);
+        // A write whose every item is bad creates no table.
+        let bad = TableWrite { table: "u".into(), blocks: vec![block(0, "a", vec![-1], FieldValues::I64(vec![1]))] };
+        assert_eq!(s.write("public", vec![bad]).await.expect("write").accepted_rows, 0);
+        assert!(!s.table_exists("public", "u"));
+    }
+
+    #[tokio::test]
+    async fn persisted_and_replayed_rows_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+            let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
+            s.write("public", vec![w]).await.expect("write");
+            let stats = s.persist().await.expect("persist");
+            assert_eq!((stats.rows, stats.segments), (2, 1));
+            let w = TableWrite { table: "t".into(), blocks: vec![block(0, "b", vec![3], FieldValues::I64(vec![3]))] };
+            s.write("public", vec![w]).await.expect("write");
+            // Dropped without shutdown: the last write is only in the WAL.
+        }
+        let wal_files = wal::list_files(&dir.path().join("wal")).expect("list");
+        assert_eq!(wal_files.len(), 1, "the persisted WAL file was deleted: {wal_files:?}");
+        let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("reopen");
+        let snap = s.snapshot("public", "t").expect("table");
+        assert_eq!(snap.segments.len(), 1);
+        assert_eq!(snap.chunks.iter().map(|c| c.batch.num_rows()).sum::<usize>(), 1);
+        assert_eq!(s.metrics.wal_replayed_rows.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn many_small_writes_are_merged_in_the_buffer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+        for i in 0..200 {
+            let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", vec![i], FieldValues::I64(vec![i]))] };
+            s.write("public", vec![w]).await.expect("write");
+        }
+        let snap = s.snapshot("public", "t").expect("table");
+        assert!(snap.chunks.len() < 64, "{} chunks", snap.chunks.len());
+        assert_eq!(snap.chunks.iter().map(|c| c.batch.num_rows()).sum::<usize>(), 200);
+    }
+
+    #[tokio::test]
+    async fn writes_are_refused_after_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+        s.shutdown().await.expect("shutdown");
+        let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", vec![1], FieldValues::I64(vec![1]))] };
+        assert!(matches!(s.write("public", vec![w]).await, Err(StorageError::ShuttingDown)));
+    }
+}
