@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Starts a release tocsin on a temporary data directory, runs tocsin-bench
+# against it, prints the on-disk sizes, and stops the server.
+#
+#   bench/run.sh                      # 100 hosts x 24 h, integer values
+#   bench/run.sh --float              # full-precision floats
+#   COMPRESSION=lz4 bench/run.sh      # segment codec (zstd:3 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p tocsin --bin tocsin
+cargo build --release --locked -p tocsin-bench
+T="${CARGO_TARGET_DIR:-target}/release"
+WORK=$(mktemp -d)
+trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cat > "$WORK/tocsin.toml" <<TOML
+[storage]
+compression = "${COMPRESSION:-zstd:3}"
+persist_max_mb = 4096
+persist_max_age = "1d"
+max_buffer_mb = 8192
+[limits]
+max_request_bytes = 268435456
+TOML
+"$T/tocsin" serve --data-dir "$WORK/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+  --config "$WORK/tocsin.toml" > "$WORK/out" 2> "$WORK/server.log" &
+PID=$!
+for _ in $(seq 100); do grep -q listening "$WORK/out" 2>/dev/null && break; sleep 0.1; done
+GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$WORK/out")
+HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/out")
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB; compression ${COMPRESSION:-zstd:3}"
+"$T/tocsin-bench" --grpc-addr "$GRPC" --http-addr "$HTTP" "$@"
+echo "du: segments $(du -sb "$WORK/data/segments" | cut -f1) bytes, wal $(du -sb "$WORK/data/wal" | cut -f1) bytes"
+kill -TERM $PID; wait $PID || true
