@@ -15,6 +15,9 @@ trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cat > "$WORK/tocsin.toml" <<TOML
 [storage]
 compression = "${COMPRESSION:-zstd:3}"
+partition = "${PARTITION:-1d}"
+page_rows = ${PAGE_ROWS:-65536}
+row_group_rows = ${RG_ROWS:-262144}
 persist_max_mb = 4096
 persist_max_age = "1d"
 max_buffer_mb = 8192

@@ -150,7 +150,8 @@ async fn ingest(args: &Args, steps: usize, values: u64) -> anyhow::Result<()> {
 
 async fn metric(http: &str, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 fn rfc3339(ns: i64) -> String {

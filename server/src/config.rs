@@ -41,17 +41,23 @@ pub struct StorageSection {
     pub max_buffer_mb: usize,
     /// `zstd`, `zstd:LEVEL`, `lz4` or `none`.
     pub compression: String,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// Rows per Parquet data page (granularity of page-index pruning).
+    pub page_rows: usize,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
             fsync: "always".into(),
-            partition: "1h".into(),
+            partition: "1d".into(),
             persist_max_mb: 512,
             persist_max_age: "10m".into(),
             max_buffer_mb: 2048,
             compression: "zstd:3".into(),
+            row_group_rows: 256 * 1024,
+            page_rows: 64 * 1024,
         }
     }
 }
@@ -148,6 +154,14 @@ impl FileConfig {
             ..StorageConfig::default()
         };
         storage.segments.compression = compression;
+        if s.row_group_rows == 0 || s.page_rows == 0 {
+            return Err(ConfigError::Invalid {
+                key: "storage.page_rows",
+                reason: "row and page sizes must be positive".into(),
+            });
+        }
+        storage.segments.row_group_rows = s.row_group_rows;
+        storage.segments.page_rows = s.page_rows;
         storage.limits.max_string_bytes = l.max_string_bytes;
         storage.limits.max_columns = l.max_columns;
         Ok(ServerConfig {
@@ -203,7 +217,7 @@ mod tests {
         assert_eq!(v.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
         assert_eq!(v.http_addr.to_string(), DEFAULT_HTTP_ADDR);
         assert_eq!(v.storage.fsync, FsyncPolicy::Always);
-        assert_eq!(v.storage.partition, Duration::from_secs(3600));
+        assert_eq!(v.storage.partition, Duration::from_secs(86_400));
     }
 
     #[test]

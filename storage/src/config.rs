@@ -28,7 +28,7 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("tocsin-data"),
             fsync: FsyncPolicy::Always,
-            partition: Duration::from_secs(3600),
+            partition: Duration::from_secs(86_400),
             persist_max_bytes: 512 * 1024 * 1024,
             persist_max_age: Duration::from_secs(600),
             max_buffer_bytes: 2 * 1024 * 1024 * 1024,

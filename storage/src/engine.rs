@@ -669,7 +669,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
-            let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
+            let w =
+                TableWrite { table: "t".into(), blocks: vec![block(0, "a", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
             s.write("public", vec![w]).await.expect("write");
             let stats = s.persist().await.expect("persist");
             assert_eq!((stats.rows, stats.segments), (2, 1));

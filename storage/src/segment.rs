@@ -51,7 +51,7 @@ pub struct SegmentOptions {
 
 impl Default for SegmentOptions {
     fn default() -> Self {
-        Self { compression: SegmentCompression::Zstd(3), row_group_rows: 256 * 1024, page_rows: 8 * 1024 }
+        Self { compression: SegmentCompression::Zstd(3), row_group_rows: 256 * 1024, page_rows: 64 * 1024 }
     }
 }
 

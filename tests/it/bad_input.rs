@@ -3,9 +3,9 @@
 
 use bytes::{Buf, BufMut};
 use serde_json::json;
+use tocsin_proto::v1::{WriteLogsRequest, WriteResponse, WriteSeriesRequest};
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tocsin_proto::v1::{WriteLogsRequest, WriteResponse, WriteSeriesRequest};
 
 use crate::server::TestServer;
 use crate::util::*;
@@ -107,7 +107,10 @@ async fn grpc_rejects_bad_items_one_by_one_and_keeps_the_good_ones() {
         assert!(reason.contains(ereason), "item {i}: {reason:?} should contain {ereason:?}");
     }
     let got = server.sql("SELECT host, usage FROM cpu ORDER BY host").await;
-    assert_eq!(got, vec![json!({"host": "a", "usage": 1}), json!({"host": "b", "usage": 2}), json!({"host": "f", "usage": 7})]);
+    assert_eq!(
+        got,
+        vec![json!({"host": "a", "usage": 1}), json!({"host": "b", "usage": 2}), json!({"host": "f", "usage": 7})]
+    );
 
     // Invalid table name: every item of the request is rejected, by index.
     let resp = client
@@ -149,7 +152,10 @@ async fn oversized_requests_are_refused_with_the_limit() {
     let server = TestServer::start_in(&tmp.path().join("data"), &["--config", cfg.to_str().expect("utf8")]);
     let mut client = server.client().await;
     let n = 20_000;
-    let big = rows("cpu", vec![row_series(&[("host", "a")], (0..n).map(|i| T0 + i).collect(), vec![i64s("v", vec![1; n as usize])])]);
+    let big = rows(
+        "cpu",
+        vec![row_series(&[("host", "a")], (0..n).map(|i| T0 + i).collect(), vec![i64s("v", vec![1; n as usize])])],
+    );
     let err = client.write_rows(big).await.expect_err("too large");
     assert!(err.message().contains("65536"), "{err:?}");
     // HTTP bodies have the same limit.
@@ -226,7 +232,8 @@ async fn http_errors_are_json_with_a_reason() {
     let health: serde_json::Value =
         http.get(format!("http://{}/health", server.http)).send().await.expect("get").json().await.expect("json");
     assert_eq!(health["status"], "ok");
-    let metrics = http.get(format!("http://{}/metrics", server.http)).send().await.expect("get").text().await.expect("text");
+    let metrics =
+        http.get(format!("http://{}/metrics", server.http)).send().await.expect("get").text().await.expect("text");
     assert!(metrics.contains("tocsin_queries_total"), "{metrics}");
     assert!(metrics.contains("tocsin_query_errors_total 3"), "{metrics}");
     assert!(metrics.contains("tocsin_wal_fsyncs_total"), "{metrics}");

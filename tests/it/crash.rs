@@ -14,7 +14,8 @@ const WRITERS: i64 = 4;
 const BATCH: i64 = 50;
 
 async fn write_until_error(server_grpc: std::net::SocketAddr, writer: i64, acked: Arc<Mutex<Vec<i64>>>) {
-    let Ok(mut client) = tocsin_proto::v1::ingest_client::IngestClient::connect(format!("http://{server_grpc}")).await else {
+    let Ok(mut client) = tocsin_proto::v1::ingest_client::IngestClient::connect(format!("http://{server_grpc}")).await
+    else {
         return;
     };
     let w = writer.to_string();

@@ -76,7 +76,11 @@ async fn metrics_and_logs_written_over_grpc_are_queryable_over_http() {
         WriteRequest {
             payload: Some(Payload::Rows(rows(
                 "cpu",
-                vec![row_series(&[("hostname", "host_1"), ("region", "us")], vec![T0 + 20 * SEC], vec![i64s("usage_user", vec![70])])],
+                vec![row_series(
+                    &[("hostname", "host_1"), ("region", "us")],
+                    vec![T0 + 20 * SEC],
+                    vec![i64s("usage_user", vec![70])],
+                )],
             ))),
         },
     ];
@@ -100,7 +104,10 @@ async fn metrics_and_logs_written_over_grpc_are_queryable_over_http() {
     let got = server
         .sql("SELECT hostname, max(usage_user) AS m, sum(usage_system) AS s FROM cpu GROUP BY hostname ORDER BY hostname")
         .await;
-    assert_eq!(got, vec![json!({"hostname": "host_0", "m": 95, "s": 7.5}), json!({"hostname": "host_1", "m": 70, "s": 0.75})]);
+    assert_eq!(
+        got,
+        vec![json!({"hostname": "host_0", "m": 95, "s": 7.5}), json!({"hostname": "host_1", "m": 70, "s": 0.75})]
+    );
 
     // Lastpoint per series.
     let got = server
@@ -109,7 +116,10 @@ async fn metrics_and_logs_written_over_grpc_are_queryable_over_http() {
              row_number() OVER (PARTITION BY hostname ORDER BY ts DESC) AS rn FROM cpu) WHERE rn = 1 ORDER BY hostname",
         )
         .await;
-    assert_eq!(got, vec![json!({"hostname": "host_0", "usage_user": 30}), json!({"hostname": "host_1", "usage_user": 70})]);
+    assert_eq!(
+        got,
+        vec![json!({"hostname": "host_0", "usage_user": 30}), json!({"hostname": "host_1", "usage_user": 70})]
+    );
 
     // time_bucket alias and date_bin agree.
     let a = server.sql("SELECT time_bucket(INTERVAL '1 minute', ts) AS b, count(*) AS n FROM cpu GROUP BY b").await;
@@ -124,7 +134,8 @@ async fn metrics_and_logs_written_over_grpc_are_queryable_over_http() {
     assert_eq!(got, vec![json!({"job": "api", "up": 1.0, "reqs": 10.0})]);
 
     // Logs: levels normalised, attributes as JSON, trace ids.
-    let got = server.sql("SELECT service, level, message, attributes FROM logs WHERE trace_id = 't-1' ORDER BY ts").await;
+    let got =
+        server.sql("SELECT service, level, message, attributes FROM logs WHERE trace_id = 't-1' ORDER BY ts").await;
     assert_eq!(
         got,
         vec![
@@ -140,8 +151,18 @@ async fn metrics_and_logs_written_over_grpc_are_queryable_over_http() {
     assert_eq!(got, vec![json!({"n": 0})]);
 
     // SHOW TABLES and information_schema list our tables.
-    let tables = server.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name").await;
-    assert_eq!(tables, vec![json!({"table_name": "cpu"}), json!({"table_name": "http_requests"}), json!({"table_name": "logs"}), json!({"table_name": "up"})]);
+    let tables = server
+        .sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")
+        .await;
+    assert_eq!(
+        tables,
+        vec![
+            json!({"table_name": "cpu"}),
+            json!({"table_name": "http_requests"}),
+            json!({"table_name": "logs"}),
+            json!({"table_name": "up"})
+        ]
+    );
     let (status, _) = server.sql_raw("SHOW TABLES").await;
     assert_eq!(status, 200);
 

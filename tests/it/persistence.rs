@@ -55,7 +55,11 @@ async fn write_hours(server: &TestServer, hours: i64) {
 async fn segments_return_the_same_answers_as_the_buffer_across_restarts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    let mut server = TestServer::start_in(&dir, &[]);
+    // Hourly partitions, so that three hours of data make several segments.
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[storage]\npartition = \"1h\"\n").expect("config");
+    let cfg = cfg.to_str().expect("utf8").to_string();
+    let mut server = TestServer::start_in(&dir, &["--config", &cfg]);
     write_hours(&server, 3).await;
     let before = results(&server).await;
     assert_eq!(before[2], vec![json!({"n": 3 * 60})], "one full hour per host");
@@ -70,17 +74,19 @@ async fn segments_return_the_same_answers_as_the_buffer_across_restarts() {
         .write_rows(rows("m", vec![row_series(&[("host", "h9")], vec![T0], vec![f64s("extra", vec![9.5])])]))
         .await
         .expect("write");
-    let extra = server.sql("SELECT host, extra FROM m WHERE extra IS NOT NULL OR host = 'h0' ORDER BY ts, host LIMIT 2").await;
+    let extra =
+        server.sql("SELECT host, extra FROM m WHERE extra IS NOT NULL OR host = 'h0' ORDER BY ts, host LIMIT 2").await;
     assert_eq!(extra, vec![json!({"host": "h0", "extra": null}), json!({"host": "h9", "extra": 9.5})]);
     let full = server.sql("SELECT * FROM m ORDER BY host, ts").await;
 
     // Graceful shutdown persists the buffer and exits 0.
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
-    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
     assert!(manifest["wal_persisted_upto"].as_u64().unwrap_or(0) >= 2, "{manifest}");
 
-    let server = TestServer::start_in(&dir, &[]);
+    let server = TestServer::start_in(&dir, &["--config", &cfg]);
     assert!(server.log_text().contains("replayed_rows=0"), "nothing left to replay after a clean shutdown");
     assert_eq!(server.sql("SELECT * FROM m ORDER BY host, ts").await, full);
     let n = server.sql("SELECT count(*) AS n FROM m WHERE host <> 'h9'").await;
@@ -128,7 +134,8 @@ async fn corrupt_segment_is_quarantined_and_reported() {
     write_hours(&server, 2).await;
     server.persist().await;
     assert!(server.terminate().success());
-    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
     let segs = manifest["databases"]["public"]["m"]["segments"].as_array().cloned().expect("segments");
     let victim = segs[0]["path"].as_str().expect("path").to_string();
     let victim_rows = segs[0]["rows"].as_u64().expect("rows");

@@ -35,7 +35,10 @@ impl TestServer {
     /// A server on `data_dir` (kept after the server stops) with extra flags.
     pub(crate) fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
         std::fs::create_dir_all(data_dir).expect("mkdir");
-        let log = data_dir.with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+        let log = data_dir.with_extension(format!(
+            "log.{}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(BIN)
             .arg("serve")
