@@ -138,10 +138,10 @@ async fn persist_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if storage.persist_due() {
-            if let Err(e) = storage.persist().await {
-                tracing::error!("persisting the write buffer failed (will retry; the WAL keeps the data): {e}");
-            }
+        if storage.persist_due()
+            && let Err(e) = storage.persist().await
+        {
+            tracing::error!("persisting the write buffer failed (will retry; the WAL keeps the data): {e}");
         }
     }
 }

@@ -497,10 +497,10 @@ impl Storage {
         match wal::list_files(&dir) {
             Ok(files) => {
                 for (s, path) in files {
-                    if s <= seq {
-                        if let Err(e) = std::fs::remove_file(&path) {
-                            tracing::warn!("cannot delete persisted WAL file {}: {e}", path.display());
-                        }
+                    if s <= seq
+                        && let Err(e) = std::fs::remove_file(&path)
+                    {
+                        tracing::warn!("cannot delete persisted WAL file {}: {e}", path.display());
                     }
                 }
             }

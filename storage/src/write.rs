@@ -198,23 +198,23 @@ pub(crate) fn check_block_shape(block: &SeriesBlock, limits: &WriteLimits) -> Re
         if got != rows {
             return Err(WriteError::LengthMismatch { field: field.name.clone(), expected: rows, got });
         }
-        if let Some(validity) = &field.validity {
-            if validity.len() != rows {
-                return Err(WriteError::LengthMismatch {
-                    field: format!("{} (validity)", field.name),
-                    expected: rows,
-                    got: validity.len(),
-                });
-            }
+        if let Some(validity) = &field.validity
+            && validity.len() != rows
+        {
+            return Err(WriteError::LengthMismatch {
+                field: format!("{} (validity)", field.name),
+                expected: rows,
+                got: validity.len(),
+            });
         }
-        if let FieldValues::Str(values) = &field.values {
-            if let Some(long) = values.iter().find(|v| v.len() > limits.max_string_bytes) {
-                return Err(WriteError::ValueTooLarge {
-                    column: field.name.clone(),
-                    len: long.len(),
-                    limit: limits.max_string_bytes,
-                });
-            }
+        if let FieldValues::Str(values) = &field.values
+            && let Some(long) = values.iter().find(|v| v.len() > limits.max_string_bytes)
+        {
+            return Err(WriteError::ValueTooLarge {
+                column: field.name.clone(),
+                len: long.len(),
+                limit: limits.max_string_bytes,
+            });
         }
     }
     if let Some(&ts) = block.timestamps.iter().find(|&&ts| ts < 0) {
