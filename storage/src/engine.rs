@@ -435,7 +435,6 @@ impl Storage {
             for (db, table, segs) in written {
                 if let Some(t) = st.dbs.get_mut(&db).and_then(|d| d.get_mut(&table)) {
                     t.segments.extend(segs.into_iter().map(Arc::new));
-                    t.persisting.clear();
                 }
             }
             for t in st.dbs.values_mut().flat_map(|d| d.values_mut()) {
