@@ -109,6 +109,11 @@ impl TableState {
         Arc::clone(self.arrow.get_or_insert_with(|| self.schema.arrow_schema()))
     }
 
+    /// The Arrow schema without caching it (for readers holding `&self`).
+    fn current_arrow_schema(&self) -> SchemaRef {
+        self.arrow.clone().unwrap_or_else(|| self.schema.arrow_schema())
+    }
+
     fn add_column(&mut self, name: &str, kind: ColumnKind) {
         self.schema.columns.push(ColumnDef { name: name.to_string(), kind });
         self.arrow = None;
@@ -297,7 +302,7 @@ impl Storage {
     pub fn table_schema(&self, db: &str, table: &str) -> Option<SchemaRef> {
         let st = self.state.read();
         let t = st.dbs.get(db)?.get(table)?;
-        Some(t.arrow.clone().unwrap_or_else(|| t.schema.arrow_schema()))
+        Some(t.current_arrow_schema())
     }
 
     pub fn table_exists(&self, db: &str, table: &str) -> bool {
@@ -313,7 +318,7 @@ impl Storage {
         chunks.extend(t.persisting.iter().cloned());
         chunks.extend(t.buffer.iter().cloned());
         Some(TableSnapshot {
-            schema: t.arrow.clone().unwrap_or_else(|| t.schema.arrow_schema()),
+            schema: t.current_arrow_schema(),
             chunks,
             segments: t.segments.clone(),
             data_dir: self.config.data_dir.clone(),
@@ -380,9 +385,7 @@ impl Storage {
         let data_dir = self.config.data_dir.clone();
         let partition_ns = self.config.partition.as_nanos().min(i64::MAX as u128) as i64;
         let options = self.config.segments.clone();
-        let ids = Arc::new(AtomicU64::new(0));
-        let base = self.next_segment_id.load(Ordering::Acquire);
-        ids.store(base, Ordering::Release);
+        let ids = Arc::new(AtomicU64::new(self.next_segment_id.load(Ordering::Acquire)));
         let ids2 = Arc::clone(&ids);
         let written = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();

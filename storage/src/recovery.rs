@@ -105,17 +105,18 @@ fn quarantine(dir: &Path, path: &Path) -> Result<Option<PathBuf>, StorageError> 
     if !path.exists() {
         return Ok(None);
     }
-    let qdir = dir.join("quarantine");
-    fs::create_dir_all(&qdir).map_err(io(&qdir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
-    let stamp = chrono_free_stamp();
-    let target = qdir.join(format!("{stamp}-{name}"));
+    let target = quarantine_path(dir, path)?;
     fs::rename(path, &target).map_err(io(path))?;
     Ok(Some(target))
 }
 
-fn chrono_free_stamp() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+/// `<data_dir>/quarantine/<unix millis>-<file name>`, creating the folder.
+fn quarantine_path(dir: &Path, path: &Path) -> Result<PathBuf, StorageError> {
+    let qdir = dir.join("quarantine");
+    fs::create_dir_all(&qdir).map_err(io(&qdir))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    Ok(qdir.join(format!("{stamp}-{name}")))
 }
 
 /// Segment files still named `*.tmp` were never recorded in a manifest.
@@ -186,10 +187,7 @@ fn replay_wal(
             } else {
                 // Damage in the middle of the log is not a torn write: keep a
                 // copy of the whole file for inspection.
-                let qdir = dir.join("quarantine");
-                fs::create_dir_all(&qdir).map_err(io(&qdir))?;
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let copy = qdir.join(format!("{}-{name}", chrono_free_stamp()));
+                let copy = quarantine_path(dir, path)?;
                 fs::copy(path, &copy).map_err(io(path))?;
                 metrics.quarantined_files.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
