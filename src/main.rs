@@ -22,6 +22,13 @@ enum Command {
     Serve(commands::serve::Config),
     /// Run one SQL statement against a running server and print the result.
     Sql(commands::sql::Config),
+    /// Alert rule files: `tocsin rules check FILE...`.
+    #[command(subcommand)]
+    Rules(commands::rules::Command),
+    /// Alerts of a running server: list, ack, unack, resolve.
+    Alerts(commands::alerts::Config),
+    /// Silences of a running server: list, add, expire.
+    Silences(commands::alerts::SilenceConfig),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +36,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(c) => commands::serve::run(c),
         Command::Sql(c) => commands::sql::run(c),
+        Command::Rules(c) => commands::rules::run(c),
+        Command::Alerts(c) => commands::alerts::run(c),
+        Command::Silences(c) => commands::alerts::run_silences(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

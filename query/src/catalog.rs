@@ -2,40 +2,68 @@
 //! database, one table provider per table. Providers are created per query
 //! with the table's schema at that moment.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use datafusion::catalog::Session;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
-use tocsin_storage::Storage;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use parking_lot::RwLock;
+use tocsin_storage::{SYSTEM_DATABASE, Storage};
 
 use crate::table::TocsinTable;
 
 pub const CATALOG: &str = "tocsin";
 pub const DEFAULT_DATABASE: &str = "public";
 
+/// A table whose rows are computed when it is scanned (`system.alerts`):
+/// state that lives in a component's memory rather than in storage.
+pub trait LiveTable: Send + Sync + std::fmt::Debug {
+    fn schema(&self) -> SchemaRef;
+    /// The table's rows now.
+    fn batch(&self) -> std::result::Result<RecordBatch, arrow::error::ArrowError>;
+}
+
+pub(crate) type LiveTables = Arc<RwLock<BTreeMap<String, Arc<dyn LiveTable>>>>;
+
 #[derive(Debug)]
 pub(crate) struct TocsinCatalog {
     storage: Arc<Storage>,
+    live: LiveTables,
 }
 
 impl TocsinCatalog {
-    pub(crate) fn new(storage: Arc<Storage>) -> Self {
-        Self { storage }
+    pub(crate) fn new(storage: Arc<Storage>, live: LiveTables) -> Self {
+        Self { storage, live }
     }
 }
 
 impl CatalogProvider for TocsinCatalog {
     fn schema_names(&self) -> Vec<String> {
         let mut names = self.storage.databases();
-        if !names.iter().any(|n| n == DEFAULT_DATABASE) {
-            names.push(DEFAULT_DATABASE.to_string());
+        for n in [DEFAULT_DATABASE, SYSTEM_DATABASE] {
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_string());
+            }
         }
         names.sort();
         names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == SYSTEM_DATABASE {
+            return Some(Arc::new(SystemSchema {
+                inner: TocsinSchema { storage: Arc::clone(&self.storage), db: name.to_string() },
+                live: Arc::clone(&self.live),
+            }));
+        }
         // Any valid name is a (possibly empty) database: writing to it
         // creates it.
         tocsin_storage::write::check_database_name(name).ok()?;
@@ -68,5 +96,63 @@ impl SchemaProvider for TocsinSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         self.storage.table_exists(&self.db, name)
+    }
+}
+
+/// `system`: live tables of the server's components, and the tables they
+/// write to storage (alert history, notification log).
+#[derive(Debug)]
+pub(crate) struct SystemSchema {
+    inner: TocsinSchema,
+    live: LiveTables,
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.live.read().keys().cloned().collect();
+        names.extend(self.inner.table_names());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let live = self.live.read().get(name).cloned();
+        match live {
+            Some(t) => Ok(Some(Arc::new(LiveProvider(t)))),
+            None => self.inner.table(name).await,
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.live.read().contains_key(name) || self.inner.table_exist(name)
+    }
+}
+
+#[derive(Debug)]
+struct LiveProvider(Arc<dyn LiveTable>);
+
+#[async_trait]
+impl TableProvider for LiveProvider {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batch = self.0.batch()?;
+        let exec: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], self.0.schema(), projection.cloned())?;
+        Ok(exec)
     }
 }

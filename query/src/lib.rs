@@ -38,6 +38,7 @@ use datafusion::prelude::SessionConfig;
 use futures::TryStreamExt;
 use tocsin_storage::{Storage, StorageError, WriteError};
 
+pub use catalog::LiveTable;
 pub use metrics::{LATENCY_BUCKETS, QueryMetrics};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,7 @@ impl QueryResult {
 pub struct QueryEngine {
     storage: Arc<Storage>,
     ctx: SessionContext,
+    live: catalog::LiveTables,
     pub metrics: QueryMetrics,
 }
 
@@ -128,12 +130,21 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(catalog::CATALOG, catalog::DEFAULT_DATABASE);
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_catalog(catalog::CATALOG, Arc::new(catalog::TocsinCatalog::new(Arc::clone(&storage))));
+        let live = catalog::LiveTables::default();
+        ctx.register_catalog(
+            catalog::CATALOG,
+            Arc::new(catalog::TocsinCatalog::new(Arc::clone(&storage), Arc::clone(&live))),
+        );
         // `time_bucket(interval, ts [, origin])`: the name TimescaleDB and
         // GreptimeDB users know for `date_bin`.
         let date_bin: ScalarUDF = (*datafusion::functions::datetime::date_bin()).clone();
         ctx.register_udf(date_bin.with_aliases(["time_bucket"]));
-        Self { storage, ctx, metrics: QueryMetrics::default() }
+        Self { storage, ctx, live, metrics: QueryMetrics::default() }
+    }
+
+    /// Makes `table` queryable as `system.<name>`.
+    pub fn register_system_table(&self, name: &str, table: Arc<dyn LiveTable>) {
+        self.live.write().insert(name.to_string(), table);
     }
 
     fn state(&self, database: Option<&str>) -> SessionState {

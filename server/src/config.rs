@@ -23,6 +23,16 @@ pub struct FileConfig {
     pub http_addr: Option<String>,
     pub storage: StorageSection,
     pub limits: LimitsSection,
+    pub alerting: AlertingSection,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingSection {
+    /// Rule file, or directory of `*.yml`/`*.yaml` files.
+    pub rules: Option<PathBuf>,
+    /// This server's URL as receivers should link to it.
+    pub external_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +107,13 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
     pub max_request_bytes: usize,
+    pub alerting: AlertingConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertingConfig {
+    pub rules: Option<PathBuf>,
+    pub external_url: String,
 }
 
 /// Values given on the command line; they win over the file.
@@ -105,6 +122,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub grpc_addr: Option<String>,
     pub http_addr: Option<String>,
+    pub rules: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -164,9 +182,14 @@ impl FileConfig {
         storage.segments.page_rows = s.page_rows;
         storage.limits.max_string_bytes = l.max_string_bytes;
         storage.limits.max_columns = l.max_columns;
+        let alerting = AlertingConfig {
+            rules: o.rules.or(self.alerting.rules),
+            external_url: self.alerting.external_url.unwrap_or_else(|| format!("http://{http_addr}")),
+        };
         Ok(ServerConfig {
             grpc_addr,
             http_addr,
+            alerting,
             storage,
             ingest: IngestConfig { max_message_bytes: l.max_request_bytes, max_log_message_bytes: l.max_string_bytes },
             max_request_bytes: l.max_request_bytes,
@@ -174,21 +197,9 @@ impl FileConfig {
     }
 }
 
-/// `500ms`, `10s`, `5m`, `1h`, `1d`.
+/// `500ms`, `10s`, `5m`, `1h30m`, `1d` (the alerting rules' syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m, 1h or 1d"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        _ => return Err(format!("{s:?} has unknown unit {unit:?} (use ms, s, m, h or d)")),
-    };
-    Ok(d)
+    tocsin_alerting::duration::parse(s)
 }
 
 fn parse_compression(s: &str) -> Result<SegmentCompression, String> {

@@ -23,6 +23,7 @@ pub(crate) struct AppState {
     pub(crate) storage: Arc<Storage>,
     pub(crate) query: Arc<QueryEngine>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) alerts: Arc<tocsin_alerting::AlertEngine>,
 }
 
 pub(crate) fn router(state: AppState, max_body: usize) -> Router {
@@ -31,6 +32,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .route("/api/v1/admin/persist", post(persist))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::alerts_api::router(Arc::clone(&state.alerts)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -44,7 +46,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: String) -> Self {
+        Self { status, message }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, message: message.into() }
     }
 }
@@ -128,6 +134,7 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let text = app.metrics.render(&app.storage, &app.query);
+    let mut text = app.metrics.render(&app.storage, &app.query);
+    app.alerts.render_metrics(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+mod alerts_api;
 pub mod config;
 pub mod format;
 mod http;
@@ -45,6 +46,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("alerting: {0}")]
+    Alerting(#[from] tocsin_alerting::EngineError),
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -70,6 +73,8 @@ pub async fn run(
     let ingest = IngestService::new(Arc::clone(&storage), config.ingest.clone());
     let metrics =
         Arc::new(metrics::Metrics { ingest: Arc::clone(&ingest.metrics), started: std::time::Instant::now() });
+
+    let alerts = start_alerting(&config, &storage, &query)?;
 
     let grpc_listener = TcpListener::bind(config.grpc_addr).await.map_err(|source| ServerError::Bind {
         what: "gRPC",
@@ -102,10 +107,12 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .add_service(ingest.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
-    let app = http::AppState { storage: Arc::clone(&storage), query, metrics };
+    let app = http::AppState { storage: Arc::clone(&storage), query, metrics, alerts: Arc::clone(&alerts) };
     let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
+    let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
+    tokio::spawn(reload_on_sighup(Arc::clone(&alerts), stop_rx.clone()));
 
     tracing::info!(grpc = %bound.grpc, http = %bound.http, data_dir = %config.storage.data_dir.display(), "tocsin serving");
     on_bound(bound);
@@ -125,6 +132,7 @@ pub async fn run(
         tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; persisting anyway");
     }
     let _ = persister.await;
+    let _ = alerting.await;
     let stats = storage.shutdown().await?;
     tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
     Ok(())
@@ -143,5 +151,60 @@ async fn persist_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
         {
             tracing::error!("persisting the write buffer failed (will retry; the WAL keeps the data): {e}");
         }
+    }
+}
+
+/// The alerting engine over this server's query engine, recording history
+/// in the `system` database and showing its alerts as `system.alerts`.
+fn start_alerting(
+    config: &ServerConfig,
+    storage: &Arc<Storage>,
+    query: &Arc<QueryEngine>,
+) -> Result<Arc<tocsin_alerting::AlertEngine>, ServerError> {
+    use tocsin_alerting::tables::{AlertsTable, StorageHistory};
+    let mut opts = tocsin_alerting::EngineOptions::new(config.storage.data_dir.join("alerting"));
+    opts.rules_path = config.alerting.rules.clone();
+    opts.external_url = config.alerting.external_url.clone();
+    let engine = tocsin_alerting::AlertEngine::start(
+        opts,
+        Arc::new(tocsin_alerting::SystemClock),
+        Arc::clone(query) as Arc<dyn tocsin_alerting::engine::RuleQuerier>,
+        Arc::new(StorageHistory { storage: Arc::clone(storage) }),
+    )?;
+    query.register_system_table("alerts", Arc::new(AlertsTable { engine: Arc::downgrade(&engine) }));
+    let c = engine.config();
+    tracing::info!(
+        groups = c.groups.len(),
+        rules = c.rule_count(),
+        receivers = c.receivers.len(),
+        "alerting engine ready"
+    );
+    Ok(engine)
+}
+
+/// SIGHUP reloads the rules (a bad file is logged and the old rules stay).
+async fn reload_on_sighup(engine: Arc<tocsin_alerting::AlertEngine>, mut stop: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading rules");
+                    let _ = engine.reload();
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (engine, stop.wait_for(|s| *s).await);
     }
 }

@@ -1,2 +1,5 @@
+pub(crate) mod alerts;
+mod client;
+pub(crate) mod rules;
 pub(crate) mod serve;
 pub(crate) mod sql;

@@ -17,6 +17,10 @@ pub(crate) struct Config {
     /// Address of the HTTP API (SQL, health, metrics) [default: 127.0.0.1:4318].
     #[arg(long, env = "TOCSIN_HTTP_ADDR")]
     http_addr: Option<String>,
+    /// Alert rules: a YAML file or a directory of them (reloaded on SIGHUP,
+    /// on change, and by POST /api/v1/rules/reload).
+    #[arg(long, env = "TOCSIN_RULES")]
+    rules: Option<PathBuf>,
     /// TOML configuration file; flags given here override it.
     #[arg(long, env = "TOCSIN_CONFIG")]
     config: Option<PathBuf>,
@@ -35,7 +39,12 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let config = file.validate(Overrides { data_dir: c.data_dir, grpc_addr: c.grpc_addr, http_addr: c.http_addr })?;
+    let config = file.validate(Overrides {
+        data_dir: c.data_dir,
+        grpc_addr: c.grpc_addr,
+        http_addr: c.http_addr,
+        rules: c.rules,
+    })?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("while starting the runtime")?;
     runtime.block_on(async move {

@@ -153,6 +153,9 @@ pub(crate) struct State {
     pub(crate) oldest_write: Option<Instant>,
 }
 
+/// The database of the server's own tables (`system.alert_history`, ...).
+pub const SYSTEM_DATABASE: &str = "system";
+
 pub struct Storage {
     pub(crate) config: StorageConfig,
     pub(crate) state: RwLock<State>,
@@ -215,6 +218,17 @@ impl Storage {
     /// visible to queries when this returns.
     pub async fn write(&self, db: &str, writes: Vec<TableWrite>) -> Result<WriteOutcome, StorageError> {
         check_database_name(db).map_err(StorageError::Database)?;
+        self.write_to(db, writes).await
+    }
+
+    /// Writes into the reserved database [`SYSTEM_DATABASE`] (alert history,
+    /// notification log), which clients cannot write to; same durability as
+    /// [`Storage::write`].
+    pub async fn write_system(&self, writes: Vec<TableWrite>) -> Result<WriteOutcome, StorageError> {
+        self.write_to(SYSTEM_DATABASE, writes).await
+    }
+
+    async fn write_to(&self, db: &str, writes: Vec<TableWrite>) -> Result<WriteOutcome, StorageError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(StorageError::ShuttingDown);
         }

@@ -1,9 +1,11 @@
 //! Integration tests: the real `tocsin` binary, driven through gRPC, HTTP and
 //! the CLI. One test binary, grouped by topic.
 
+mod alerting;
 mod bad_input;
 mod crash;
 mod e2e;
 mod persistence;
 mod server;
 mod util;
+mod webhook;

@@ -1,0 +1,876 @@
+//! The YAML contract: rule groups, the route tree, inhibition rules,
+//! escalation policies, receivers and maintenance windows; loading from a
+//! file or a directory of files, and validation into a [`Config`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::duration::Dur;
+use crate::matcher::{LabelMatcher, Matchers};
+use crate::rule::{Rule, RuleGroup, Threshold};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Yaml { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    Yaml0 { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// One YAML file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    #[serde(default)]
+    pub groups: Vec<GroupFile>,
+    pub route: Option<RouteFile>,
+    #[serde(default)]
+    pub inhibit_rules: Vec<InhibitFile>,
+    #[serde(default)]
+    pub escalations: Vec<EscalationFile>,
+    #[serde(default)]
+    pub receivers: Vec<ReceiverFile>,
+    #[serde(default)]
+    pub maintenance_windows: Vec<MaintenanceFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFile {
+    pub name: String,
+    pub interval: Option<Dur>,
+    /// The database the group's SQL runs in (default `public`).
+    pub database: Option<String>,
+    pub rules: Vec<RuleFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub alert: String,
+    pub sql: String,
+    #[serde(default)]
+    pub thresholds: IndexMap<String, String>,
+    pub recover: Option<String>,
+    #[serde(rename = "for")]
+    pub for_: Option<Dur>,
+    pub keep_firing_for: Option<Dur>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub no_data: Option<Condition>,
+    pub absent: Option<Condition>,
+    pub flapping: Option<FlapFile>,
+}
+
+/// `no_data: true`, or `no_data: { severity: critical, for: 2m }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Condition {
+    On(bool),
+    Detailed(ConditionFile),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionFile {
+    pub severity: Option<String>,
+    #[serde(rename = "for")]
+    pub for_: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlapFile {
+    pub changes: u32,
+    pub window: Dur,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub receiver: Option<String>,
+    pub group_by: Option<Vec<String>>,
+    pub group_wait: Option<Dur>,
+    pub group_interval: Option<Dur>,
+    pub repeat_interval: Option<Dur>,
+    pub escalation: Option<String>,
+    #[serde(default, rename = "match")]
+    pub match_: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_re: BTreeMap<String, String>,
+    #[serde(default, rename = "continue")]
+    pub continue_: bool,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitFile {
+    #[serde(default)]
+    pub source_match: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source_match_re: BTreeMap<String, String>,
+    #[serde(default)]
+    pub target_match: BTreeMap<String, String>,
+    #[serde(default)]
+    pub target_match_re: BTreeMap<String, String>,
+    #[serde(default)]
+    pub equal: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationFile {
+    pub name: String,
+    pub steps: Vec<StepFile>,
+    #[serde(default)]
+    pub repeat: u32,
+    /// Time from the start of one run of the chain to the next (default: the
+    /// last step's `after` plus the gap before it, at least one minute).
+    pub repeat_interval: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepFile {
+    pub after: Dur,
+    pub notify: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverFile {
+    pub name: String,
+    pub webhook: Option<WebhookFile>,
+    pub email: Option<EmailFile>,
+    pub wecom: Option<RobotFile>,
+    pub dingtalk: Option<RobotFile>,
+    pub feishu: Option<RobotFile>,
+    pub slack: Option<RobotFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobotFile {
+    pub url: String,
+    /// Message text template; default lists the group's alerts.
+    pub template: Option<String>,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailFile {
+    pub to: Vec<String>,
+    pub from: String,
+    pub smarthost: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub subject: Option<String>,
+    pub text: Option<String>,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceFile {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub match_: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_re: BTreeMap<String, String>,
+    /// `mon`..`sun`; empty means every day.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// `HH:MM`, in `utc_offset` local time.
+    pub start: String,
+    pub end: String,
+    #[serde(default)]
+    pub utc_offset: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// The validated configuration.
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
+pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub groups: Vec<RuleGroup>,
+    /// The route tree, flattened depth-first; `routes[0]` is the root.
+    pub routes: Vec<Route>,
+    pub inhibit_rules: Vec<InhibitRule>,
+    pub escalations: HashMap<String, Escalation>,
+    pub receivers: HashMap<String, Receiver>,
+    pub maintenance: Vec<Maintenance>,
+    /// Files the configuration was read from, for change detection.
+    pub sources: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub receiver: String,
+    pub group_by: GroupBy,
+    pub group_wait: Duration,
+    pub group_interval: Duration,
+    pub repeat_interval: Duration,
+    pub escalation: Option<String>,
+    pub matchers: Matchers,
+    pub continue_: bool,
+    pub children: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupBy {
+    Labels(Vec<String>),
+    /// `group_by: ['...']`: every label, so each alert is its own group.
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct InhibitRule {
+    pub source: Matchers,
+    pub target: Matchers,
+    pub equal: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Escalation {
+    pub name: String,
+    pub steps: Vec<Step>,
+    pub repeat: u32,
+    pub repeat_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub after: Duration,
+    pub notify: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub name: String,
+    pub integrations: Vec<Integration>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Integration {
+    Webhook { url: String, headers: BTreeMap<String, String>, timeout: Duration },
+    Robot { kind: RobotKind, url: String, template: Option<String>, timeout: Duration },
+    Email(EmailFile),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RobotKind {
+    WeCom,
+    DingTalk,
+    Feishu,
+    Slack,
+}
+
+impl RobotKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RobotKind::WeCom => "wecom",
+            RobotKind::DingTalk => "dingtalk",
+            RobotKind::Feishu => "feishu",
+            RobotKind::Slack => "slack",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    pub name: String,
+    pub matchers: Matchers,
+    /// Days of the week (0 = Monday) it applies on; empty = every day.
+    pub days: Vec<u32>,
+    /// Minutes since local midnight.
+    pub start_min: u32,
+    pub end_min: u32,
+    pub utc_offset_min: i32,
+}
+
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Config {
+    /// Reads a file, or every `*.yml`/`*.yaml` file of a directory (in name
+    /// order), and validates the whole as one configuration.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut files = Vec::new();
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| ConfigError::Io { path: path.into(), source })?;
+                let p = entry.path();
+                if matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")) {
+                    files.push(p);
+                }
+            }
+            files.sort();
+        } else {
+            files.push(path.to_path_buf());
+        }
+        let mut parsed = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).map_err(|source| ConfigError::Io { path: f.clone(), source })?;
+            parsed.push((f.clone(), parse_file(f, &text)?));
+        }
+        let mut config = Config::from_files(parsed)?;
+        config.sources = files;
+        Ok(config)
+    }
+
+    /// Validates parsed files as one configuration.
+    pub fn from_files(files: Vec<(PathBuf, RulesFile)>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let mut route_file: Option<(String, RouteFile)> = None;
+        let mut rule_names = HashSet::new();
+        let mut group_names = HashSet::new();
+        for (path, file) in files {
+            let p = path.display().to_string();
+            let invalid = |message: String| ConfigError::Invalid { path: p.clone(), message };
+            for g in file.groups {
+                if !group_names.insert(g.name.clone()) {
+                    return Err(invalid(format!("group {:?} is defined twice", g.name)));
+                }
+                let group = compile_group(g).map_err(&invalid)?;
+                for r in &group.rules {
+                    rule_names.insert(r.name.clone());
+                }
+                config.groups.push(group);
+            }
+            if let Some(r) = file.route {
+                if let Some((other, _)) = &route_file {
+                    return Err(invalid(format!(
+                        "a route tree is already defined in {other}; only one file may have one"
+                    )));
+                }
+                route_file = Some((p.clone(), r));
+            }
+            for i in file.inhibit_rules {
+                config.inhibit_rules.push(InhibitRule {
+                    source: Matchers::from_maps(&i.source_match, &i.source_match_re).map_err(&invalid)?,
+                    target: Matchers::from_maps(&i.target_match, &i.target_match_re).map_err(&invalid)?,
+                    equal: i.equal,
+                });
+            }
+            for e in file.escalations {
+                let esc = compile_escalation(e).map_err(&invalid)?;
+                if config.escalations.contains_key(&esc.name) {
+                    return Err(invalid(format!("escalation {:?} is defined twice", esc.name)));
+                }
+                config.escalations.insert(esc.name.clone(), esc);
+            }
+            for r in file.receivers {
+                let rec = compile_receiver(r).map_err(&invalid)?;
+                if config.receivers.contains_key(&rec.name) {
+                    return Err(invalid(format!("receiver {:?} is defined twice", rec.name)));
+                }
+                config.receivers.insert(rec.name.clone(), rec);
+            }
+            for m in file.maintenance_windows {
+                config.maintenance.push(compile_maintenance(m).map_err(&invalid)?);
+            }
+        }
+        let (route_path, root) = route_file.unwrap_or_else(|| ("(default)".to_string(), RouteFile::default()));
+        let invalid = |message: String| ConfigError::Invalid { path: route_path.clone(), message };
+        if root.receiver.is_none() && !config.groups.is_empty() && !config.receivers.is_empty() {
+            return Err(invalid("the root route needs a receiver".into()));
+        }
+        flatten_route(&root, None, &mut config.routes).map_err(&invalid)?;
+        // Cross references.
+        for r in &config.routes {
+            if !r.receiver.is_empty() && !config.receivers.contains_key(&r.receiver) {
+                return Err(invalid(format!("route refers to unknown receiver {:?}", r.receiver)));
+            }
+            if let Some(e) = &r.escalation
+                && !config.escalations.contains_key(e)
+            {
+                return Err(invalid(format!("route refers to unknown escalation {e:?}")));
+            }
+        }
+        for e in config.escalations.values() {
+            for s in &e.steps {
+                for n in &s.notify {
+                    if !config.receivers.contains_key(n) {
+                        return Err(ConfigError::Invalid {
+                            path: route_path.clone(),
+                            message: format!("escalation {:?} notifies unknown receiver {n:?}", e.name),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The number of rules in all groups.
+    pub fn rule_count(&self) -> usize {
+        self.groups.iter().map(|g| g.rules.len()).sum()
+    }
+}
+
+/// Parses one file's text, reporting YAML and shape errors with line and
+/// column.
+pub fn parse_file(path: &Path, text: &str) -> Result<RulesFile, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(RulesFile::default());
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| match e.location() {
+        Some(loc) => ConfigError::Yaml {
+            path: path.into(),
+            line: loc.line(),
+            column: loc.column(),
+            message: strip_location(&e.to_string()),
+        },
+        None => ConfigError::Yaml0 { path: path.into(), message: e.to_string() },
+    })
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn compile_group(g: GroupFile) -> Result<RuleGroup, String> {
+    if g.name.trim().is_empty() {
+        return Err("a group needs a name".into());
+    }
+    let interval = g.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
+    if interval < Duration::from_millis(100) {
+        return Err(format!("group {:?}: interval {} is below the 100ms minimum", g.name, Dur(interval)));
+    }
+    let mut rules = Vec::new();
+    let mut seen = HashSet::new();
+    for r in g.rules {
+        let name = r.alert.clone();
+        if !seen.insert(name.clone()) {
+            return Err(format!("group {:?}: rule {name:?} is defined twice", g.name));
+        }
+        rules.push(compile_rule(r).map_err(|e| format!("group {:?}, rule {name:?}: {e}", g.name))?);
+    }
+    Ok(RuleGroup { name: g.name, interval, database: g.database, rules })
+}
+
+fn compile_rule(r: RuleFile) -> Result<Rule, String> {
+    if r.alert.is_empty() || !r.alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+        return Err("`alert` must be a non-empty name of letters, digits, '_', '-' or '.'".into());
+    }
+    check_sql(&r.sql)?;
+    let mut thresholds = Vec::new();
+    for (severity, expr) in &r.thresholds {
+        let t = Threshold::parse(expr).map_err(|e| format!("threshold {severity:?}: {e}"))?;
+        thresholds.push((severity.clone(), t));
+    }
+    let recover = r.recover.as_deref().map(Threshold::parse).transpose().map_err(|e| format!("recover: {e}"))?;
+    let highest = thresholds.last().map(|(s, _)| s.clone()).unwrap_or_else(|| "critical".to_string());
+    let cond = |c: Option<Condition>| -> Option<crate::rule::ConditionSpec> {
+        match c {
+            None | Some(Condition::On(false)) => None,
+            Some(Condition::On(true)) => {
+                Some(crate::rule::ConditionSpec { severity: highest.clone(), for_: Duration::ZERO })
+            }
+            Some(Condition::Detailed(d)) => Some(crate::rule::ConditionSpec {
+                severity: d.severity.unwrap_or_else(|| highest.clone()),
+                for_: d.for_.map(|d| d.0).unwrap_or_default(),
+            }),
+        }
+    };
+    let no_data = cond(r.no_data);
+    let absent = cond(r.absent);
+    if thresholds.is_empty() && absent.is_none() && no_data.is_none() {
+        return Err("needs `thresholds` (e.g. { critical: \"> 95\" }), `absent` or `no_data`".into());
+    }
+    for (k, _) in r.labels.iter().chain(r.annotations.iter()) {
+        if k.is_empty() {
+            return Err("label and annotation names must not be empty".into());
+        }
+    }
+    let flap = r
+        .flapping
+        .map(|f| (f.changes, f.window.0))
+        .unwrap_or((crate::rule::DEFAULT_FLAP_CHANGES, crate::rule::DEFAULT_FLAP_WINDOW));
+    Ok(Rule {
+        name: r.alert,
+        sql: r.sql,
+        thresholds,
+        recover,
+        for_: r.for_.map(|d| d.0).unwrap_or_default(),
+        keep_firing_for: r.keep_firing_for.map(|d| d.0).unwrap_or_default(),
+        labels: r.labels,
+        annotations: r.annotations,
+        no_data,
+        absent,
+        flap_changes: flap.0,
+        flap_window: flap.1,
+    })
+}
+
+/// Parses a rule's SQL offline (one statement, a query). Planning against
+/// the catalog happens in the server.
+pub fn check_sql(sql: &str) -> Result<(), String> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| format!("sql: {e}"))?;
+    match statements.as_slice() {
+        [datafusion::sql::sqlparser::ast::Statement::Query(_)] => Ok(()),
+        [] => Err("sql is empty".into()),
+        [_] => Err("sql must be a query (SELECT ...)".into()),
+        _ => Err("sql must be a single statement".into()),
+    }
+}
+
+fn flatten_route(r: &RouteFile, parent: Option<&Route>, out: &mut Vec<Route>) -> Result<usize, String> {
+    let group_by = match &r.group_by {
+        Some(g) if g.iter().any(|l| l == "...") => GroupBy::All,
+        Some(g) => GroupBy::Labels(g.clone()),
+        None => parent.map(|p| p.group_by.clone()).unwrap_or(GroupBy::Labels(vec!["alertname".into()])),
+    };
+    let pick = |own: Option<Dur>, inherited: Option<Duration>, default: Duration| {
+        own.map(|d| d.0).or(inherited).unwrap_or(default)
+    };
+    let route = Route {
+        receiver: r.receiver.clone().or_else(|| parent.map(|p| p.receiver.clone())).unwrap_or_default(),
+        group_by,
+        group_wait: pick(r.group_wait, parent.map(|p| p.group_wait), DEFAULT_GROUP_WAIT),
+        group_interval: pick(r.group_interval, parent.map(|p| p.group_interval), DEFAULT_GROUP_INTERVAL),
+        repeat_interval: pick(r.repeat_interval, parent.map(|p| p.repeat_interval), DEFAULT_REPEAT_INTERVAL),
+        escalation: r.escalation.clone().or_else(|| parent.and_then(|p| p.escalation.clone())),
+        matchers: Matchers::from_maps(&r.match_, &r.match_re)?,
+        continue_: r.continue_,
+        children: Vec::new(),
+    };
+    if route.group_interval.is_zero() || route.repeat_interval.is_zero() {
+        return Err("group_interval and repeat_interval must be above zero".into());
+    }
+    let idx = out.len();
+    out.push(route);
+    for child in &r.routes {
+        let parent_copy = out[idx].clone();
+        let c = flatten_route(child, Some(&parent_copy), out)?;
+        out[idx].children.push(c);
+    }
+    Ok(idx)
+}
+
+fn compile_escalation(e: EscalationFile) -> Result<Escalation, String> {
+    if e.steps.is_empty() {
+        return Err(format!("escalation {:?} has no steps", e.name));
+    }
+    let mut prev = Duration::ZERO;
+    for (i, s) in e.steps.iter().enumerate() {
+        if s.after.0 < prev {
+            return Err(format!(
+                "escalation {:?}: step {} comes before step {i} (`after` must not decrease)",
+                e.name,
+                i + 1
+            ));
+        }
+        if s.notify.is_empty() {
+            return Err(format!("escalation {:?}: step {} notifies nobody", e.name, i + 1));
+        }
+        prev = s.after.0;
+    }
+    let last = e.steps.last().map(|s| s.after.0).unwrap_or_default();
+    let gap = if e.steps.len() >= 2 { last - e.steps[e.steps.len() - 2].after.0 } else { last };
+    let repeat_interval = e.repeat_interval.map(|d| d.0).unwrap_or_else(|| (last + gap).max(Duration::from_secs(60)));
+    if repeat_interval <= last && e.repeat > 0 {
+        return Err(format!("escalation {:?}: repeat_interval must be longer than the last step's `after`", e.name));
+    }
+    Ok(Escalation {
+        name: e.name,
+        steps: e.steps.into_iter().map(|s| Step { after: s.after.0, notify: s.notify }).collect(),
+        repeat: e.repeat,
+        repeat_interval,
+    })
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("{url:?} is not an http:// or https:// URL"))
+    }
+}
+
+fn compile_receiver(r: ReceiverFile) -> Result<Receiver, String> {
+    let mut integrations = Vec::new();
+    let name = r.name.clone();
+    let ctx = |e: String| format!("receiver {name:?}: {e}");
+    if let Some(w) = r.webhook {
+        check_url(&w.url).map_err(ctx)?;
+        integrations.push(Integration::Webhook {
+            url: w.url,
+            headers: w.headers,
+            timeout: w.timeout.map(|d| d.0).unwrap_or(DEFAULT_SEND_TIMEOUT),
+        });
+    }
+    for (kind, robot) in [
+        (RobotKind::WeCom, r.wecom),
+        (RobotKind::DingTalk, r.dingtalk),
+        (RobotKind::Feishu, r.feishu),
+        (RobotKind::Slack, r.slack),
+    ] {
+        if let Some(b) = robot {
+            check_url(&b.url).map_err(ctx)?;
+            integrations.push(Integration::Robot {
+                kind,
+                url: b.url,
+                template: b.template,
+                timeout: b.timeout.map(|d| d.0).unwrap_or(DEFAULT_SEND_TIMEOUT),
+            });
+        }
+    }
+    if let Some(e) = r.email {
+        if e.to.is_empty() {
+            return Err(ctx("email needs at least one address in `to`".into()));
+        }
+        if !e.smarthost.contains(':') {
+            return Err(ctx(format!("email smarthost {:?} needs a port, e.g. smtp.example.com:587", e.smarthost)));
+        }
+        integrations.push(Integration::Email(e));
+    }
+    if integrations.is_empty() {
+        return Err(ctx("needs at least one of webhook, email, wecom, dingtalk, feishu, slack".into()));
+    }
+    Ok(Receiver { name: r.name, integrations })
+}
+
+fn compile_maintenance(m: MaintenanceFile) -> Result<Maintenance, String> {
+    let ctx = |e: String| format!("maintenance window {:?}: {e}", m.name);
+    let hm = |s: &str| -> Result<u32, String> {
+        let (h, mi) = s.split_once(':').ok_or_else(|| format!("{s:?} is not HH:MM"))?;
+        let h: u32 = h.parse().map_err(|_| format!("{s:?} is not HH:MM"))?;
+        let mi: u32 = mi.parse().map_err(|_| format!("{s:?} is not HH:MM"))?;
+        if h > 24 || mi > 59 || (h == 24 && mi > 0) {
+            return Err(format!("{s:?} is not a time of day"));
+        }
+        Ok(h * 60 + mi)
+    };
+    let days = m
+        .days
+        .iter()
+        .map(|d| match d.to_ascii_lowercase().get(..3) {
+            Some("mon") => Ok(0),
+            Some("tue") => Ok(1),
+            Some("wed") => Ok(2),
+            Some("thu") => Ok(3),
+            Some("fri") => Ok(4),
+            Some("sat") => Ok(5),
+            Some("sun") => Ok(6),
+            _ => Err(format!("{d:?} is not a day of the week")),
+        })
+        .collect::<Result<Vec<u32>, String>>()
+        .map_err(ctx)?;
+    let utc_offset_min = match m.utc_offset.as_deref() {
+        None | Some("Z") | Some("UTC") => 0,
+        Some(s) => {
+            let (sign, rest) = match s.as_bytes().first() {
+                Some(b'+') => (1, &s[1..]),
+                Some(b'-') => (-1, &s[1..]),
+                _ => return Err(ctx(format!("utc_offset {s:?} is not like +08:00"))),
+            };
+            sign * hm(rest).map_err(ctx)? as i32
+        }
+    };
+    let matchers = Matchers::from_maps(&m.match_, &m.match_re).map_err(ctx)?;
+    if matchers.is_empty() {
+        return Err(ctx("needs `match` or `match_re`: a window that silences everything is a mistake".into()));
+    }
+    Ok(Maintenance {
+        start_min: hm(&m.start).map_err(ctx)?,
+        end_min: hm(&m.end).map_err(ctx)?,
+        name: m.name,
+        matchers,
+        days,
+        utc_offset_min,
+    })
+}
+
+impl Maintenance {
+    /// Whether `at_ms` (Unix milliseconds) falls in the window.
+    pub fn active_at(&self, at_ms: i64) -> bool {
+        let local = at_ms / 60_000 + self.utc_offset_min as i64;
+        let minute_of_day = local.rem_euclid(1440) as u32;
+        // 1970-01-01 was a Thursday (3 with Monday = 0).
+        let day = ((local.div_euclid(1440) + 3).rem_euclid(7)) as u32;
+        let (start, end) = (self.start_min, self.end_min);
+        if start <= end {
+            (self.days.is_empty() || self.days.contains(&day)) && minute_of_day >= start && minute_of_day < end
+        } else {
+            // Over midnight: the part after midnight belongs to the day before.
+            let (d, in_window) =
+                if minute_of_day >= start { (day, true) } else { ((day + 6) % 7, minute_of_day < end) };
+            in_window && (self.days.is_empty() || self.days.contains(&d))
+        }
+    }
+}
+
+impl LabelMatcher {
+    pub(crate) fn regex(name: &str, pattern: &str) -> Result<LabelMatcher, String> {
+        let re = Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| format!("match_re {name:?}: {pattern:?} is not a valid regex: {e}"))?;
+        Ok(LabelMatcher::Re { name: name.to_string(), re })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+groups:
+  - name: host-health
+    interval: 1s
+    rules:
+      - alert: HighCpu
+        sql: SELECT host, avg(usage_user) AS value FROM cpu WHERE ts > now() - INTERVAL '1 minute' GROUP BY host
+        thresholds: { warning: "> 80", critical: "> 95" }
+        recover: "< 70"
+        for: 30s
+        labels: { team: infra }
+        annotations: { summary: "CPU {{ value }} on {{ host }}" }
+route:
+  receiver: oncall
+  group_by: [alertname, host]
+  group_wait: 10s
+  group_interval: 1m
+  repeat_interval: 4h
+  escalation: default
+  routes:
+    - match: { team: db }
+      receiver: dba
+inhibit_rules:
+  - source_match: { severity: critical }
+    target_match: { severity: warning }
+    equal: [alertname, host]
+escalations:
+  - name: default
+    steps:
+      - { after: 0s, notify: [oncall] }
+      - { after: 15m, notify: [backup] }
+      - { after: 30m, notify: [leader] }
+    repeat: 2
+receivers:
+  - name: oncall
+    webhook: { url: "http://127.0.0.1:9000/hook" }
+  - name: dba
+    webhook: { url: "http://127.0.0.1:9000/dba" }
+  - name: backup
+    email: { to: [backup@example.com], from: tocsin@example.com, smarthost: "127.0.0.1:2525" }
+  - name: leader
+    wecom: { url: "https://wecom.example/robot/send?key=..." }
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let p = PathBuf::from("rules.yml");
+        let f = parse_file(&p, text)?;
+        Config::from_files(vec![(p, f)])
+    }
+
+    #[test]
+    fn the_issue_example_loads() {
+        let c = load(EXAMPLE).expect("valid");
+        assert_eq!(c.groups.len(), 1);
+        let r = &c.groups[0].rules[0];
+        assert_eq!(r.thresholds.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["warning", "critical"]);
+        assert_eq!(r.for_, Duration::from_secs(30));
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1].receiver, "dba");
+        assert_eq!(c.routes[1].group_wait, Duration::from_secs(10), "children inherit timings");
+        assert_eq!(c.routes[1].escalation.as_deref(), Some("default"));
+        let e = &c.escalations["default"];
+        assert_eq!(e.steps.len(), 3);
+        assert_eq!(e.repeat_interval, Duration::from_secs(45 * 60));
+    }
+
+    #[test]
+    fn yaml_errors_carry_line_and_column() {
+        let err = load("groups:\n  - name: g\n    rules:\n      - alert: A\n        sql: [oops\n").unwrap_err();
+        match err {
+            ConfigError::Yaml { line, .. } => assert!(line >= 5, "line {line}"),
+            other => panic!("expected a located YAML error, got {other}"),
+        }
+        let err = load("groups:\n  - name: g\n    rulez: []\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("rules.yml:3:") && text.contains("rulez"), "{text}");
+    }
+
+    #[test]
+    fn unknown_references_are_named() {
+        let bad = EXAMPLE.replace("receiver: dba", "receiver: nobody");
+        assert!(load(&bad).unwrap_err().to_string().contains("unknown receiver \"nobody\""));
+        let bad = EXAMPLE.replace("escalation: default", "escalation: other");
+        assert!(load(&bad).unwrap_err().to_string().contains("unknown escalation \"other\""));
+        let bad = EXAMPLE.replace("notify: [backup]", "notify: [ghost]");
+        assert!(load(&bad).unwrap_err().to_string().contains("\"ghost\""));
+    }
+
+    #[test]
+    fn bad_rules_are_rejected_with_the_reason() {
+        let bad = EXAMPLE.replace("\"> 95\"", "\"about 95\"");
+        assert!(load(&bad).unwrap_err().to_string().contains("threshold \"critical\""));
+        let bad = EXAMPLE.replace("SELECT host,", "SELEC host,");
+        assert!(load(&bad).unwrap_err().to_string().contains("sql:"));
+        let bad = EXAMPLE.replace("interval: 1s", "interval: 1x");
+        assert!(load(&bad).unwrap_err().to_string().contains("unknown unit"));
+    }
+
+    #[test]
+    fn the_shipped_rule_pack_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rules");
+        let c = Config::load(&dir).expect("docs/rules/ validates");
+        assert!(c.rule_count() >= 10, "{} rules", c.rule_count());
+        assert!(c.routes.iter().any(|r| r.escalation.as_deref() == Some("page")));
+    }
+
+    #[test]
+    fn maintenance_windows_cover_their_days_and_hours() {
+        let m = compile_maintenance(MaintenanceFile {
+            name: "weekend".into(),
+            match_: [("env".to_string(), "prod".to_string())].into(),
+            match_re: BTreeMap::new(),
+            days: vec!["sat".into()],
+            start: "23:00".into(),
+            end: "02:00".into(),
+            utc_offset: Some("+01:00".into()),
+        })
+        .expect("valid");
+        // 2026-11-21 is a Saturday. 22:30 UTC = 23:30 local: inside.
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-21T22:30:00Z").expect("date").timestamp_millis();
+        assert!(m.active_at(t));
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-22T00:30:00Z").expect("date").timestamp_millis();
+        assert!(m.active_at(t), "01:30 Sunday local belongs to Saturday's window");
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-22T22:30:00Z").expect("date").timestamp_millis();
+        assert!(!m.active_at(t), "Sunday evening is not in the window");
+    }
+}

@@ -1,0 +1,504 @@
+//! From alert instances to notifications: routing, grouping, inhibition,
+//! silences and maintenance windows, and escalation chains.
+//!
+//! [`Dispatcher::tick`] is a pure function of the instances, the
+//! configuration, the silences and `now`: it decides which notifications are
+//! due and records what it sent in its (persisted) group state, so that
+//! tests drive it with a mock clock and a restart continues where it was.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, GroupBy, Route};
+use crate::matcher::{Labels, Matchers};
+use crate::state::{AlertState, Instance, Silence};
+
+/// Why an alert is not notified.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "by")]
+pub enum Mute {
+    Silenced(Vec<String>),
+    Maintenance(String),
+    Inhibited(Vec<String>),
+}
+
+/// One alert as a notification lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertView {
+    pub status: String,
+    pub severity: Option<String>,
+    pub flapping: bool,
+    pub acked: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EscalationState {
+    pub policy: String,
+    pub started_at: i64,
+    /// The next step to send, in run `cycle` (0-based).
+    pub next_step: usize,
+    pub cycle: u32,
+    /// Every firing alert of the group is acknowledged.
+    pub acked: bool,
+    /// Nothing in the group fires any more.
+    pub idle: bool,
+    /// Every step of every run has been sent.
+    pub completed: bool,
+}
+
+/// A notification group's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupState {
+    pub key: String,
+    pub route: usize,
+    pub receiver: String,
+    pub group_labels: Labels,
+    pub created_at: i64,
+    pub next_flush: i64,
+    pub last_sent_at: Option<i64>,
+    /// What the group's receivers were last told, per alert id.
+    pub sent: BTreeMap<String, AlertView>,
+    /// Every receiver notified for this group (escalation steps included):
+    /// all of them hear when it resolves.
+    pub notified: BTreeSet<String>,
+    pub escalation: Option<EscalationState>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Dispatcher {
+    pub groups: BTreeMap<String, GroupState>,
+}
+
+/// Why a notification was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The group's alerts changed.
+    Update,
+    /// Unchanged and still firing after `repeat_interval`.
+    Repeat,
+    /// An escalation step became due.
+    Escalation,
+}
+
+/// A notification to deliver: one group's alerts to one receiver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub receiver: String,
+    pub group_key: String,
+    pub reason: Reason,
+    pub payload: Payload,
+    pub created_at: i64,
+}
+
+/// Alertmanager's webhook payload (version 4), plus `tocsin` fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Payload {
+    pub version: String,
+    pub group_key: String,
+    pub truncated_alerts: u64,
+    pub status: String,
+    pub receiver: String,
+    pub group_labels: Labels,
+    pub common_labels: Labels,
+    pub common_annotations: BTreeMap<String, String>,
+    #[serde(rename = "externalURL")]
+    pub external_url: String,
+    pub alerts: Vec<PayloadAlert>,
+    pub tocsin: TocsinFields,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PayloadAlert {
+    pub status: String,
+    pub labels: Labels,
+    pub annotations: BTreeMap<String, String>,
+    pub starts_at: String,
+    pub ends_at: String,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+    pub fingerprint: String,
+    pub value: Option<f64>,
+    pub acked_by: Option<String>,
+    pub flapping: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TocsinFields {
+    pub reason: Reason,
+    pub escalation: Option<String>,
+    /// 1-based step of the escalation chain, when sent by one.
+    pub step: Option<usize>,
+    /// 0-based run of the chain.
+    pub cycle: Option<u32>,
+    pub acked: bool,
+}
+
+/// What [`Dispatcher::tick`] decided.
+#[derive(Debug, Default)]
+pub struct TickOutcome {
+    pub jobs: Vec<Job>,
+    /// Alerts that are muted, and why.
+    pub muted: HashMap<String, Mute>,
+}
+
+pub struct TickInput<'a> {
+    pub config: &'a Config,
+    /// Every known instance (any state).
+    pub instances: &'a [&'a Instance],
+    pub silences: &'a [(Silence, Matchers)],
+    pub now: i64,
+    pub external_url: &'a str,
+}
+
+impl Dispatcher {
+    pub fn tick(&mut self, input: TickInput<'_>) -> TickOutcome {
+        let TickInput { config, instances, silences, now, external_url } = input;
+        let mut out = TickOutcome::default();
+        let by_id: HashMap<&str, &Instance> = instances.iter().map(|i| (i.id.as_str(), *i)).collect();
+
+        // 1. Mute: silences, maintenance windows, inhibition.
+        let firing: Vec<&Instance> = instances.iter().copied().filter(|i| i.state == AlertState::Firing).collect();
+        for inst in instances.iter().filter(|i| matches!(i.state, AlertState::Firing | AlertState::Resolved)) {
+            if let Some(m) = mute_of(config, inst, &firing, silences, now) {
+                out.muted.insert(inst.id.clone(), m);
+            }
+        }
+
+        // 2. Route and group the notifiable alerts.
+        let mut members: BTreeMap<String, (usize, Labels, Vec<&Instance>)> = BTreeMap::new();
+        if !config.routes.is_empty() {
+            for inst in instances.iter().filter(|i| matches!(i.state, AlertState::Firing | AlertState::Resolved)) {
+                if out.muted.contains_key(&inst.id) {
+                    continue;
+                }
+                for r in route_alert(&config.routes, 0, &inst.labels) {
+                    let glabels = group_labels(&config.routes[r].group_by, &inst.labels);
+                    let key = group_key(r, &glabels);
+                    members.entry(key).or_insert_with(|| (r, glabels, Vec::new())).2.push(inst);
+                }
+            }
+        }
+        for (key, (route, glabels, alerts)) in &members {
+            let Some(r) = config.routes.get(*route) else { continue };
+            if !alerts.iter().any(|i| i.state == AlertState::Firing) && !self.groups.contains_key(key) {
+                continue; // only resolved alerts: nothing to open a group for
+            }
+            self.groups.entry(key.clone()).or_insert_with(|| GroupState {
+                key: key.clone(),
+                route: *route,
+                receiver: r.receiver.clone(),
+                group_labels: glabels.clone(),
+                created_at: now,
+                next_flush: now + r.group_wait.as_millis() as i64,
+                last_sent_at: None,
+                sent: BTreeMap::new(),
+                notified: BTreeSet::new(),
+                escalation: None,
+            });
+        }
+
+        // 3. Flush due groups and advance escalations.
+        let mut finished = Vec::new();
+        for (key, g) in self.groups.iter_mut() {
+            let Some(route) = config.routes.get(g.route) else {
+                finished.push(key.clone());
+                continue;
+            };
+            let alerts: Vec<&Instance> = members.get(key).map(|m| m.2.clone()).unwrap_or_default();
+            let content = group_content(g, &alerts);
+            let firing_any = content.values().any(|v| v.status == "firing");
+            let unacked_any = content.values().any(|v| v.status == "firing" && !v.acked);
+            let ctx = SendCtx { g_key: key, route, by_id: &by_id, content: &content, external_url, now };
+
+            let mut sent_now = BTreeSet::new();
+            // Escalation runs on its own clock, from the group's first flush.
+            if let Some(policy) = route.escalation.as_ref().and_then(|n| config.escalations.get(n))
+                && (g.escalation.is_some() || (now >= g.next_flush && firing_any))
+            {
+                let esc = g.escalation.get_or_insert_with(|| EscalationState {
+                    policy: policy.name.clone(),
+                    started_at: now,
+                    ..Default::default()
+                });
+                if !firing_any {
+                    esc.idle = true;
+                } else if !unacked_any {
+                    esc.acked = true;
+                } else if esc.acked || esc.idle {
+                    // A new unacknowledged problem: the chain starts over.
+                    *esc = EscalationState { policy: policy.name.clone(), started_at: now, ..Default::default() };
+                }
+                while !esc.acked && !esc.idle && !esc.completed {
+                    let Some(step) = policy.steps.get(esc.next_step) else { break };
+                    let due = esc.started_at
+                        + (esc.cycle as i64) * policy.repeat_interval.as_millis() as i64
+                        + step.after.as_millis() as i64;
+                    if due > now {
+                        break;
+                    }
+                    for r in &step.notify {
+                        out.jobs.push(ctx.job(r, Reason::Escalation, Some((esc, esc.next_step + 1))));
+                        g.notified.insert(r.clone());
+                        sent_now.insert(r.clone());
+                    }
+                    esc.next_step += 1;
+                    if esc.next_step == policy.steps.len() {
+                        if esc.cycle < policy.repeat {
+                            esc.cycle += 1;
+                            esc.next_step = 0;
+                        } else {
+                            esc.completed = true;
+                        }
+                    }
+                }
+                if !sent_now.is_empty() {
+                    g.sent = content.clone();
+                    g.last_sent_at = Some(now);
+                }
+            }
+
+            if now >= g.next_flush {
+                let changed = content_key(&g.sent) != content_key(&content);
+                let repeat = firing_any
+                    && unacked_any
+                    && g.last_sent_at.is_some_and(|t| now - t >= route.repeat_interval.as_millis() as i64);
+                let reason = if changed {
+                    Some(Reason::Update)
+                } else if repeat {
+                    Some(Reason::Repeat)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    let targets: Vec<String> = if route.escalation.is_some() {
+                        g.notified.iter().filter(|r| !sent_now.contains(*r)).cloned().collect()
+                    } else {
+                        vec![route.receiver.clone()]
+                    };
+                    for r in &targets {
+                        out.jobs.push(ctx.job(r, reason, g.escalation.as_ref().map(|e| (e, e.next_step))));
+                        g.notified.insert(r.clone());
+                    }
+                    if !targets.is_empty() || !sent_now.is_empty() {
+                        g.sent = content.clone();
+                        g.last_sent_at = Some(now);
+                    }
+                }
+                g.next_flush = now + route.group_interval.as_millis() as i64;
+                g.sent.retain(|_, v| v.status == "firing");
+                if !firing_any && content.values().all(|v| v.status != "firing") && g.sent.is_empty() {
+                    finished.push(key.clone());
+                }
+            }
+        }
+        for k in finished {
+            self.groups.remove(&k);
+        }
+        out
+    }
+
+    /// Drops groups whose route no longer exists (after a reload).
+    pub fn retain_routes(&mut self, routes: usize) {
+        self.groups.retain(|_, g| g.route < routes);
+    }
+}
+
+struct SendCtx<'a> {
+    g_key: &'a str,
+    route: &'a Route,
+    by_id: &'a HashMap<&'a str, &'a Instance>,
+    content: &'a BTreeMap<String, AlertView>,
+    external_url: &'a str,
+    now: i64,
+}
+
+impl SendCtx<'_> {
+    fn job(&self, receiver: &str, reason: Reason, esc: Option<(&EscalationState, usize)>) -> Job {
+        let mut alerts = Vec::new();
+        for (id, view) in self.content {
+            let Some(inst) = self.by_id.get(id.as_str()) else { continue };
+            alerts.push(PayloadAlert {
+                status: view.status.clone(),
+                labels: inst.labels.clone(),
+                annotations: inst.annotations.clone(),
+                starts_at: rfc3339(inst.active_since.unwrap_or(inst.created_at)),
+                ends_at: match (view.status.as_str(), inst.resolved_at) {
+                    ("resolved", Some(t)) => rfc3339(t),
+                    _ => "0001-01-01T00:00:00Z".into(),
+                },
+                generator_url: format!("{}/api/v1/alerts/{}", self.external_url, inst.id),
+                fingerprint: inst.id.clone(),
+                value: inst.value.is_finite().then_some(inst.value),
+                acked_by: inst.ack.as_ref().map(|a| a.by.clone()),
+                flapping: view.flapping,
+            });
+        }
+        let common_labels = common(alerts.iter().map(|a| &a.labels));
+        let common_annotations = common(alerts.iter().map(|a| &a.annotations));
+        let status = if alerts.iter().any(|a| a.status == "firing") { "firing" } else { "resolved" };
+        let group_labels = self
+            .by_id
+            .get(self.content.keys().next().map(String::as_str).unwrap_or(""))
+            .map_or_else(Labels::new, |i| group_labels(&self.route.group_by, &i.labels));
+        let acked = alerts.iter().filter(|a| a.status == "firing").all(|a| a.acked_by.is_some());
+        Job {
+            id: String::new(),
+            receiver: receiver.to_string(),
+            group_key: self.g_key.to_string(),
+            reason,
+            created_at: self.now,
+            payload: Payload {
+                version: "4".into(),
+                group_key: self.g_key.to_string(),
+                truncated_alerts: 0,
+                status: status.into(),
+                receiver: receiver.to_string(),
+                group_labels,
+                common_labels,
+                common_annotations,
+                external_url: self.external_url.to_string(),
+                alerts,
+                tocsin: TocsinFields {
+                    reason,
+                    escalation: esc.map(|(e, _)| e.policy.clone()),
+                    step: esc.map(|(_, s)| s).filter(|s| *s > 0),
+                    cycle: esc.map(|(e, _)| e.cycle),
+                    acked,
+                },
+            },
+        }
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn common<'a>(mut sets: impl Iterator<Item = &'a BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    let Some(first) = sets.next() else { return BTreeMap::new() };
+    let mut c = first.clone();
+    for s in sets {
+        c.retain(|k, v| s.get(k) == Some(v));
+    }
+    c
+}
+
+/// The group's alerts as they are now: its current members, plus the
+/// alerts it last reported firing that are gone (resolved, silenced or
+/// rerouted), which are reported resolved once.
+fn group_content(g: &GroupState, alerts: &[&Instance]) -> BTreeMap<String, AlertView> {
+    let mut content = BTreeMap::new();
+    for inst in alerts {
+        let status = if inst.state == AlertState::Firing { "firing" } else { "resolved" };
+        if status == "resolved" && !g.sent.contains_key(&inst.id) {
+            continue; // never reported firing here: nothing to resolve
+        }
+        if inst.flapping
+            && let Some(prev) = g.sent.get(&inst.id)
+        {
+            // Flapping: frozen at what was last sent, flagged once.
+            content.insert(inst.id.clone(), AlertView { flapping: true, ..prev.clone() });
+            continue;
+        }
+        content.insert(
+            inst.id.clone(),
+            AlertView {
+                status: status.into(),
+                severity: inst.severity.clone(),
+                flapping: inst.flapping,
+                acked: inst.ack.is_some(),
+            },
+        );
+    }
+    for (id, prev) in &g.sent {
+        if !content.contains_key(id) && prev.status == "firing" {
+            content.insert(id.clone(), AlertView { status: "resolved".into(), ..prev.clone() });
+        }
+    }
+    content
+}
+
+/// What counts as a change: status, severity and the flapping flag of each
+/// alert (an acknowledgement alone is not news for the group).
+fn content_key(c: &BTreeMap<String, AlertView>) -> Vec<(String, String, Option<String>, bool)> {
+    c.iter().map(|(id, v)| (id.clone(), v.status.clone(), v.severity.clone(), v.flapping)).collect()
+}
+
+fn mute_of(
+    config: &Config,
+    inst: &Instance,
+    firing: &[&Instance],
+    silences: &[(Silence, Matchers)],
+    now: i64,
+) -> Option<Mute> {
+    let silenced: Vec<String> = silences
+        .iter()
+        .filter(|(s, m)| s.active_at(now) && m.matches(&inst.labels))
+        .map(|(s, _)| s.id.clone())
+        .collect();
+    if !silenced.is_empty() {
+        return Some(Mute::Silenced(silenced));
+    }
+    if let Some(w) = config.maintenance.iter().find(|w| w.matchers.matches(&inst.labels) && w.active_at(now)) {
+        return Some(Mute::Maintenance(w.name.clone()));
+    }
+    if inst.state != AlertState::Firing {
+        return None;
+    }
+    let mut by = Vec::new();
+    for rule in &config.inhibit_rules {
+        if !rule.target.matches(&inst.labels) {
+            continue;
+        }
+        for src in firing {
+            if src.id != inst.id
+                && rule.source.matches(&src.labels)
+                && rule.equal.iter().all(|l| src.labels.get(l) == inst.labels.get(l))
+            {
+                by.push(src.id.clone());
+            }
+        }
+    }
+    (!by.is_empty()).then_some(Mute::Inhibited(by))
+}
+
+/// The routes an alert goes to: the deepest matching ones, depth first,
+/// children in order, stopping at the first match unless it says
+/// `continue`.
+pub fn route_alert(routes: &[Route], idx: usize, labels: &Labels) -> Vec<usize> {
+    let mut out = Vec::new();
+    for &c in &routes[idx].children {
+        if routes[c].matchers.matches(labels) {
+            out.extend(route_alert(routes, c, labels));
+            if !routes[c].continue_ {
+                break;
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(idx);
+    }
+    out
+}
+
+fn group_labels(by: &GroupBy, labels: &Labels) -> Labels {
+    match by {
+        GroupBy::All => labels.clone(),
+        GroupBy::Labels(names) => names.iter().filter_map(|n| labels.get(n).map(|v| (n.clone(), v.clone()))).collect(),
+    }
+}
+
+fn group_key(route: usize, labels: &Labels) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{route}:{{{}}}", inner.join(","))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::config::{Config, parse_file};
+use crate::matcher::fingerprint;
+use crate::state::{Ack, MatcherSpec};
+
+const S: i64 = 1000;
+const M: i64 = 60 * S;
+
+fn config(yaml: &str) -> Config {
+    let p = PathBuf::from("t.yml");
+    Config::from_files(vec![(p.clone(), parse_file(&p, yaml).expect("yaml"))]).expect("config")
+}
+
+const BASE: &str = r#"
+route:
+  receiver: oncall
+  group_by: [alertname]
+  group_wait: 10s
+  group_interval: 1m
+  repeat_interval: 1h
+  routes:
+    - match: { team: db }
+      receiver: dba
+    - match: { team: esc }
+      receiver: oncall
+      escalation: chain
+inhibit_rules:
+  - source_match: { severity: critical }
+    target_match: { severity: warning }
+    equal: [host]
+escalations:
+  - name: chain
+    steps:
+      - { after: 0s, notify: [oncall] }
+      - { after: 15m, notify: [backup] }
+      - { after: 30m, notify: [leader] }
+receivers:
+  - { name: oncall, webhook: { url: "http://127.0.0.1:1/a" } }
+  - { name: dba, webhook: { url: "http://127.0.0.1:1/b" } }
+  - { name: backup, webhook: { url: "http://127.0.0.1:1/c" } }
+  - { name: leader, webhook: { url: "http://127.0.0.1:1/d" } }
+"#;
+
+fn firing(alertname: &str, pairs: &[(&str, &str)], severity: &str) -> Instance {
+    let mut identity: Labels = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    identity.insert("alertname".into(), alertname.into());
+    let mut i = Instance::new(fingerprint(&identity), "g", alertname, identity, 0);
+    i.state = AlertState::Firing;
+    i.severity = Some(severity.into());
+    i.active_since = Some(0);
+    i.value = 1.0;
+    i.update_labels();
+    i
+}
+
+struct Harness {
+    config: Config,
+    d: Dispatcher,
+    silences: Vec<(Silence, Matchers)>,
+}
+
+impl Harness {
+    fn new(yaml: &str) -> Harness {
+        Harness { config: config(yaml), d: Dispatcher::default(), silences: Vec::new() }
+    }
+
+    fn tick(&mut self, now: i64, insts: &[Instance]) -> TickOutcome {
+        let refs: Vec<&Instance> = insts.iter().collect();
+        self.d.tick(TickInput {
+            config: &self.config,
+            instances: &refs,
+            silences: &self.silences,
+            now,
+            external_url: "http://tocsin",
+        })
+    }
+}
+
+fn receivers(jobs: &[Job]) -> Vec<&str> {
+    jobs.iter().map(|j| j.receiver.as_str()).collect()
+}
+
+#[test]
+fn a_storm_of_a_thousand_alerts_is_one_notification_then_updates_only_on_change() {
+    let mut h = Harness::new(BASE);
+    let mut insts: Vec<Instance> =
+        (0..1000).map(|i| firing("HostDown", &[("host", &format!("h{i}"))], "critical")).collect();
+    assert!(h.tick(0, &insts).jobs.is_empty(), "group_wait holds the first notification");
+    assert!(h.tick(9 * S, &insts).jobs.is_empty());
+    let out = h.tick(10 * S, &insts);
+    assert_eq!(receivers(&out.jobs), ["oncall"]);
+    assert_eq!(out.jobs[0].payload.alerts.len(), 1000);
+    assert_eq!(out.jobs[0].payload.status, "firing");
+    assert_eq!(out.jobs[0].payload.group_labels.get("alertname").map(String::as_str), Some("HostDown"));
+    // Nothing changes: nothing is sent at the next group_interval.
+    assert!(h.tick(70 * S, &insts).jobs.is_empty());
+    // One resolves: one update listing it as resolved.
+    insts[7].state = AlertState::Resolved;
+    insts[7].resolved_at = Some(100 * S);
+    assert!(h.tick(100 * S, &insts).jobs.is_empty(), "changes wait for group_interval");
+    let out = h.tick(130 * S, &insts);
+    assert_eq!(out.jobs.len(), 1);
+    let resolved: Vec<_> = out.jobs[0].payload.alerts.iter().filter(|a| a.status == "resolved").collect();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].labels.get("host").map(String::as_str), Some("h7"));
+    // The resolved one is not reported again.
+    assert!(h.tick(190 * S, &insts).jobs.is_empty());
+}
+
+#[test]
+fn unchanged_firing_groups_repeat_after_repeat_interval_unless_acked() {
+    let mut h = Harness::new(BASE);
+    let mut insts = vec![firing("A", &[("host", "a")], "warning")];
+    assert_eq!(h.tick(10 * S, &insts).jobs.len(), 0);
+    assert_eq!(h.tick(20 * S, &insts).jobs.len(), 1);
+    assert_eq!(h.tick(20 * S + 59 * M, &insts).jobs.len(), 0);
+    let out = h.tick(20 * S + 61 * M, &insts);
+    assert_eq!(out.jobs.len(), 1);
+    assert_eq!(out.jobs[0].reason, Reason::Repeat);
+    insts[0].ack = Some(Ack { by: "ann".into(), comment: String::new(), at: 0 });
+    assert_eq!(h.tick(20 * S + 200 * M, &insts).jobs.len(), 0, "acknowledged: no repeats");
+}
+
+#[test]
+fn routes_match_children_first() {
+    let mut h = Harness::new(BASE);
+    let insts = vec![firing("Slow", &[("team", "db")], "warning"), firing("Other", &[("team", "web")], "warning")];
+    h.tick(0, &insts);
+    let out = h.tick(10 * S, &insts);
+    let mut r = receivers(&out.jobs);
+    r.sort();
+    assert_eq!(r, ["dba", "oncall"]);
+}
+
+#[test]
+fn critical_inhibits_warning_on_the_same_host_only() {
+    let mut h = Harness::new(BASE);
+    let insts = vec![
+        firing("Cpu", &[("host", "a"), ("check", "1")], "critical"),
+        firing("Cpu", &[("host", "a"), ("check", "2")], "warning"),
+        firing("Cpu", &[("host", "b"), ("check", "3")], "warning"),
+    ];
+    h.tick(0, &insts);
+    let out = h.tick(10 * S, &insts);
+    assert_eq!(out.jobs.len(), 1);
+    let mut hosts: Vec<(&str, &str)> =
+        out.jobs[0].payload.alerts.iter().map(|a| (a.labels["host"].as_str(), a.labels["severity"].as_str())).collect();
+    hosts.sort();
+    assert_eq!(hosts, [("a", "critical"), ("b", "warning")]);
+    assert!(matches!(out.muted.get(&insts[1].id), Some(Mute::Inhibited(by)) if by == &vec![insts[0].id.clone()]));
+}
+
+#[test]
+fn silenced_alerts_are_recorded_but_not_notified() {
+    let mut h = Harness::new(BASE);
+    let s = Silence {
+        id: "s1".into(),
+        matchers: vec![MatcherSpec { name: "host".into(), value: "a".into(), is_regex: false, is_equal: true }],
+        starts_at: 0,
+        ends_at: 30 * M,
+        created_by: "ann".into(),
+        comment: "maintenance".into(),
+        created_at: 0,
+    };
+    let m = s.compile().expect("matchers");
+    h.silences.push((s, m));
+    let insts = vec![firing("A", &[("host", "a")], "warning")];
+    h.tick(0, &insts);
+    let out = h.tick(10 * S, &insts);
+    assert!(out.jobs.is_empty());
+    assert_eq!(out.muted.get(&insts[0].id), Some(&Mute::Silenced(vec!["s1".into()])));
+    // After the silence ends it is notified (after group_wait: the group
+    // only now forms).
+    assert!(h.tick(31 * M, &insts).jobs.is_empty());
+    let out = h.tick(31 * M + 10 * S, &insts);
+    assert_eq!(out.jobs.len(), 1);
+}
+
+#[test]
+fn escalation_reaches_step_two_when_not_acked() {
+    let mut h = Harness::new(BASE);
+    let insts = vec![firing("Disk", &[("team", "esc")], "critical")];
+    h.tick(0, &insts);
+    let out = h.tick(10 * S, &insts);
+    assert_eq!(receivers(&out.jobs), ["oncall"]);
+    assert_eq!(out.jobs[0].payload.tocsin.step, Some(1));
+    assert!(h.tick(10 * S + 14 * M, &insts).jobs.is_empty());
+    let out = h.tick(10 * S + 15 * M, &insts);
+    assert_eq!(receivers(&out.jobs), ["backup"]);
+    assert_eq!(out.jobs[0].payload.tocsin.reason, Reason::Escalation);
+    assert_eq!(out.jobs[0].payload.tocsin.step, Some(2));
+    let out = h.tick(10 * S + 30 * M, &insts);
+    assert_eq!(receivers(&out.jobs), ["leader"]);
+    // The chain is done (repeat 0): nothing more.
+    assert!(h.tick(10 * S + 90 * M, &insts).jobs.iter().all(|j| j.reason != Reason::Escalation));
+}
+
+#[test]
+fn acknowledged_alerts_stop_escalation_and_resolve_to_everyone_notified() {
+    let mut h = Harness::new(BASE);
+    let mut insts = vec![firing("Disk", &[("team", "esc")], "critical")];
+    h.tick(0, &insts);
+    assert_eq!(receivers(&h.tick(10 * S, &insts).jobs), ["oncall"]);
+    let out = h.tick(10 * S + 15 * M, &insts);
+    assert_eq!(receivers(&out.jobs), ["backup"]);
+    insts[0].ack = Some(Ack { by: "bob".into(), comment: "on it".into(), at: 16 * M });
+    assert!(h.tick(10 * S + 31 * M, &insts).jobs.is_empty(), "acked: no step 3");
+    insts[0].state = AlertState::Resolved;
+    insts[0].resolved_at = Some(40 * M);
+    let out = h.tick(40 * M, &insts);
+    let mut r = receivers(&out.jobs);
+    r.sort();
+    assert_eq!(r, ["backup", "oncall"], "resolved notice to everybody notified");
+    assert!(out.jobs.iter().all(|j| j.payload.status == "resolved"));
+    assert!(h.d.groups.is_empty(), "a resolved group is closed");
+}
+
+#[test]
+fn acked_before_step_two_means_no_step_two() {
+    let mut h = Harness::new(BASE);
+    let mut insts = vec![firing("Disk", &[("team", "esc")], "critical")];
+    h.tick(0, &insts);
+    assert_eq!(h.tick(10 * S, &insts).jobs.len(), 1);
+    insts[0].ack = Some(Ack { by: "bob".into(), comment: String::new(), at: 60 * S });
+    for minute in 1..60 {
+        assert!(h.tick(10 * S + minute * M, &insts).jobs.is_empty(), "minute {minute}");
+    }
+}
+
+#[test]
+fn escalation_repeats_the_chain() {
+    let yaml = BASE.replace(
+        "      - { after: 30m, notify: [leader] }\n",
+        "      - { after: 30m, notify: [leader] }\n    repeat: 1\n    repeat_interval: 1h\n",
+    );
+    let mut h = Harness::new(&yaml);
+    let insts = vec![firing("Disk", &[("team", "esc")], "critical")];
+    let mut sent = Vec::new();
+    h.tick(0, &insts);
+    for minute in 0..=130 {
+        for j in h.tick(10 * S + minute * M, &insts).jobs {
+            if j.reason == Reason::Escalation {
+                sent.push((minute, j.receiver));
+            }
+        }
+    }
+    let expect: Vec<(i64, String)> =
+        [(0, "oncall"), (15, "backup"), (30, "leader"), (60, "oncall"), (75, "backup"), (90, "leader")]
+            .iter()
+            .map(|(m, r)| (*m, r.to_string()))
+            .collect();
+    assert_eq!(sent, expect);
+}
+
+#[test]
+fn dispatcher_state_round_trips_through_json() {
+    let mut h = Harness::new(BASE);
+    let insts = vec![firing("Disk", &[("team", "esc")], "critical")];
+    h.tick(0, &insts);
+    h.tick(10 * S, &insts);
+    let text = serde_json::to_string(&h.d).expect("json");
+    h.d = serde_json::from_str(&text).expect("parse");
+    // After the "restart" the chain continues: step 2 once, step 1 not again.
+    let out = h.tick(10 * S + 15 * M, &insts);
+    assert_eq!(receivers(&out.jobs), ["backup"]);
+}

@@ -1,0 +1,827 @@
+//! The alerting engine: evaluates rule groups on their intervals, dispatches
+//! notifications, persists its state and answers the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::Clock;
+use crate::config::{Config, ConfigError};
+use crate::dispatch::{Dispatcher, Job, Mute, TickInput};
+use crate::matcher::Matchers;
+use crate::notify::{Attempt, Notifier, RetryPolicy};
+use crate::rule::{RuleGroup, evaluate, samples_from_batches};
+use crate::state::{Ack, AlertState, Instance, Silence, Transition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot write alerting state {path}: {source}")]
+    StateIo { path: PathBuf, source: std::io::Error },
+    #[error("no alert with id {0:?}")]
+    NoSuchAlert(String),
+    #[error("no silence with id {0:?}")]
+    NoSuchSilence(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no rules file is configured (start with --rules PATH)")]
+    NoRulesPath,
+}
+
+/// Runs a rule's SQL.
+#[async_trait]
+pub trait RuleQuerier: Send + Sync {
+    async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>, String>;
+}
+
+#[async_trait]
+impl RuleQuerier for tocsin_query::QueryEngine {
+    async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>, String> {
+        self.execute(sql, database).await.map(|r| r.batches).map_err(|e| e.to_string())
+    }
+}
+
+/// Where transitions and delivery attempts are recorded.
+#[async_trait]
+pub trait HistorySink: Send + Sync {
+    async fn transitions(&self, t: &[Transition]);
+    async fn attempts(&self, a: &[Attempt]);
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub rules_path: Option<PathBuf>,
+    /// Directory of the persisted state (`state.json`).
+    pub state_dir: PathBuf,
+    /// Base URL put in payloads (`generatorURL`, `externalURL`).
+    pub external_url: String,
+    /// How often the engine looks for due groups and notifications.
+    pub tick: Duration,
+    pub retry: RetryPolicy,
+    /// How long resolved alerts are kept (shown, and reported once).
+    pub resolved_retention: Duration,
+    /// How often rule files are checked for changes (zero: never).
+    pub watch_interval: Duration,
+}
+
+impl EngineOptions {
+    pub fn new(state_dir: PathBuf) -> EngineOptions {
+        EngineOptions {
+            rules_path: None,
+            state_dir,
+            external_url: "http://127.0.0.1:4318".into(),
+            tick: Duration::from_millis(100),
+            retry: RetryPolicy::default(),
+            resolved_retention: Duration::from_secs(3600),
+            watch_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AlertMetrics {
+    pub evaluations: AtomicU64,
+    pub evaluation_failures: AtomicU64,
+    pub evaluation_micros: AtomicU64,
+    pub notifications_sent: AtomicU64,
+    pub notifications_failed: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuleHealth {
+    pub group: String,
+    pub rule: String,
+    pub last_evaluation: Option<i64>,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// Everything that must survive a restart.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PersistedState {
+    version: u32,
+    instances: Vec<Instance>,
+    dispatcher: Dispatcher,
+    silences: Vec<Silence>,
+    /// Notifications decided but not yet delivered (or given up).
+    outbox: Vec<Job>,
+    next_id: u64,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    /// Per `group/rule`: instances by id.
+    rules: BTreeMap<String, BTreeMap<String, Instance>>,
+    health: BTreeMap<String, RuleHealth>,
+    next_eval: HashMap<String, i64>,
+    dispatcher: Dispatcher,
+    silences: Vec<Silence>,
+    muted: HashMap<String, Mute>,
+    outbox: BTreeMap<String, Job>,
+    next_id: u64,
+    dirty: bool,
+    mtimes: Vec<(PathBuf, Option<SystemTime>)>,
+}
+
+pub struct AlertEngine {
+    opts: EngineOptions,
+    clock: Arc<dyn Clock>,
+    querier: Arc<dyn RuleQuerier>,
+    history: Arc<dyn HistorySink>,
+    notifier: Arc<Notifier>,
+    inner: Mutex<Inner>,
+    attempts: tokio::sync::Mutex<mpsc::UnboundedReceiver<Attempt>>,
+    save_lock: Mutex<()>,
+    pub metrics: AlertMetrics,
+}
+
+fn rule_key(group: &str, rule: &str) -> String {
+    format!("{group}/{rule}")
+}
+
+impl AlertEngine {
+    /// Loads the rules (a bad file is an error naming it) and the persisted
+    /// state (a corrupt state file is moved aside and reported), and queues
+    /// the notifications that were not delivered before the stop.
+    pub fn start(
+        opts: EngineOptions,
+        clock: Arc<dyn Clock>,
+        querier: Arc<dyn RuleQuerier>,
+        history: Arc<dyn HistorySink>,
+    ) -> Result<Arc<AlertEngine>, EngineError> {
+        let config = match &opts.rules_path {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|source| EngineError::StateIo { path: opts.state_dir.clone(), source })?;
+        let state = load_state(&opts.state_dir)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let notifier = Notifier::new(config.receivers.clone(), tx, opts.retry.clone(), Arc::clone(&clock));
+        let mut rules: BTreeMap<String, BTreeMap<String, Instance>> = BTreeMap::new();
+        for i in state.instances {
+            rules.entry(rule_key(&i.group, &i.rule)).or_default().insert(i.id.clone(), i);
+        }
+        let outbox: BTreeMap<String, Job> = state.outbox.into_iter().map(|j| (j.id.clone(), j)).collect();
+        let pending: Vec<Job> = outbox.values().cloned().collect();
+        let mtimes = mtimes(&config.sources);
+        let engine = Arc::new(AlertEngine {
+            inner: Mutex::new(Inner {
+                config: Arc::new(config),
+                rules,
+                health: BTreeMap::new(),
+                next_eval: HashMap::new(),
+                dispatcher: state.dispatcher,
+                silences: state.silences,
+                muted: HashMap::new(),
+                outbox,
+                next_id: state.next_id,
+                dirty: false,
+                mtimes,
+            }),
+            opts,
+            clock,
+            querier,
+            history,
+            notifier,
+            attempts: tokio::sync::Mutex::new(rx),
+            save_lock: Mutex::new(()),
+            metrics: AlertMetrics::default(),
+        });
+        if !pending.is_empty() {
+            tracing::info!(count = pending.len(), "re-sending notifications not delivered before the last stop");
+        }
+        for job in pending {
+            engine.notifier.enqueue(job);
+        }
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.inner.lock().config)
+    }
+
+    /// Ticks until `stop`; then saves the state.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let attempts = tokio::spawn(Arc::clone(&self).attempt_loop(stop.clone()));
+        let mut tick = tokio::time::interval(self.opts.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_watch = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            if !self.opts.watch_interval.is_zero() && last_watch.elapsed() >= self.opts.watch_interval {
+                last_watch = Instant::now();
+                self.reload_if_changed();
+            }
+            self.tick().await;
+        }
+        let _ = attempts.await;
+        if let Err(e) = self.save() {
+            tracing::error!("saving alerting state at shutdown failed: {e}");
+        }
+    }
+
+    /// One round: evaluate due groups, dispatch, persist, hand jobs to the
+    /// notifier, record history.
+    pub async fn tick(&self) {
+        let now = self.clock.now_ms();
+        let due: Vec<RuleGroup> = {
+            let mut inner = self.inner.lock();
+            let config = Arc::clone(&inner.config);
+            let mut due = Vec::new();
+            for g in &config.groups {
+                let next = inner.next_eval.get(&g.name).copied().unwrap_or(i64::MIN);
+                if next <= now {
+                    inner.next_eval.insert(g.name.clone(), now + g.interval.as_millis() as i64);
+                    due.push(g.clone());
+                }
+            }
+            due
+        };
+        let mut transitions = Vec::new();
+        for g in &due {
+            for rule in &g.rules {
+                let started = Instant::now();
+                let result = self.querier.query(&rule.sql, g.database.as_deref()).await;
+                let samples = result.and_then(|b| samples_from_batches(&b));
+                let elapsed = started.elapsed();
+                self.metrics.evaluations.fetch_add(1, Ordering::Relaxed);
+                self.metrics.evaluation_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+                let at = self.clock.now_ms();
+                let key = rule_key(&g.name, &rule.name);
+                let mut inner = self.inner.lock();
+                let health = inner.health.entry(key.clone()).or_insert_with(|| RuleHealth {
+                    group: g.name.clone(),
+                    rule: rule.name.clone(),
+                    ..Default::default()
+                });
+                health.last_evaluation = Some(at);
+                health.duration_ms = elapsed.as_secs_f64() * 1000.0;
+                match samples {
+                    Ok(samples) => {
+                        health.error = None;
+                        let instances = inner.rules.entry(key).or_default();
+                        transitions.extend(evaluate(rule, &g.name, &samples, instances, at));
+                    }
+                    Err(e) => {
+                        // State is kept as it was: a failing query is not a
+                        // resolution.
+                        self.metrics.evaluation_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(group = %g.name, rule = %rule.name, "rule evaluation failed: {e}");
+                        health.error = Some(e);
+                    }
+                }
+            }
+        }
+        let jobs = self.dispatch(!transitions.is_empty());
+        if let Err(e) = self.save_if_dirty() {
+            tracing::error!("{e}");
+        }
+        for job in jobs {
+            self.notifier.enqueue(job);
+        }
+        if !transitions.is_empty() {
+            self.history.transitions(&transitions).await;
+        }
+        self.drain_attempts().await;
+    }
+
+    fn dispatch(&self, changed: bool) -> Vec<Job> {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        inner.dirty |= changed;
+        let silences: Vec<(Silence, Matchers)> = inner
+            .silences
+            .iter()
+            .filter(|s| s.ends_at > now)
+            .filter_map(|s| s.compile().ok().map(|m| (s.clone(), m)))
+            .collect();
+        let instances: Vec<&Instance> = inner.rules.values().flat_map(|m| m.values()).collect();
+        let before = serde_json::to_vec(&inner.dispatcher).unwrap_or_default();
+        let out = inner.dispatcher.tick(TickInput {
+            config: &inner.config,
+            instances: &instances,
+            silences: &silences,
+            now,
+            external_url: &self.opts.external_url,
+        });
+        inner.muted = out.muted;
+        let mut jobs = out.jobs;
+        for job in &mut jobs {
+            inner.next_id += 1;
+            job.id = format!("n{:x}-{}", now, inner.next_id);
+            inner.outbox.insert(job.id.clone(), job.clone());
+        }
+        if !jobs.is_empty() || serde_json::to_vec(&inner.dispatcher).unwrap_or_default() != before {
+            inner.dirty = true;
+        }
+        // Forget resolved alerts after the retention, and inactive ones of
+        // rules that were removed.
+        let keep_from = now - self.opts.resolved_retention.as_millis() as i64;
+        let config = Arc::clone(&inner.config);
+        let mut removed = false;
+        inner.rules.retain(|key, instances| {
+            let exists = config.groups.iter().any(|g| g.rules.iter().any(|r| rule_key(&g.name, &r.name) == *key));
+            if !exists {
+                removed = true;
+                return false;
+            }
+            let n = instances.len();
+            instances.retain(|_, i| {
+                let resolved = i.state == AlertState::Resolved;
+                let expired = resolved && i.resolved_at.unwrap_or(now) < keep_from;
+                // A no-data alert resolved by hand: its series is forgotten.
+                let forgotten = resolved && i.no_data && i.hold_until_clear && i.last_seen.is_none();
+                !expired && !forgotten
+            });
+            removed |= instances.len() != n;
+            !instances.is_empty()
+        });
+        inner.dirty |= removed;
+        inner.silences.retain(|s| s.ends_at > keep_from);
+        jobs
+    }
+
+    /// Records the delivery attempts reported so far (when no
+    /// [`AlertEngine::run`] loop is consuming them already).
+    async fn drain_attempts(&self) {
+        let mut got = Vec::new();
+        {
+            let Ok(mut rx) = self.attempts.try_lock() else { return };
+            while let Ok(a) = rx.try_recv() {
+                got.push(a);
+            }
+        }
+        if !got.is_empty() {
+            self.record_attempts(got).await;
+        }
+    }
+
+    /// Records attempts as they arrive, so that a delivered job leaves the
+    /// persisted outbox within milliseconds.
+    async fn attempt_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut rx = self.attempts.lock().await;
+        loop {
+            let first = tokio::select! {
+                a = rx.recv() => a,
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let Some(first) = first else { return };
+            let mut got = vec![first];
+            while let Ok(a) = rx.try_recv() {
+                got.push(a);
+            }
+            self.record_attempts(got).await;
+        }
+    }
+
+    async fn record_attempts(&self, got: Vec<Attempt>) {
+        let mut delivered = false;
+        {
+            let mut inner = self.inner.lock();
+            for a in &got {
+                if a.ok {
+                    self.metrics.notifications_sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.metrics.notifications_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(receiver = %a.receiver, integration = a.integration, attempt = a.attempt,
+                        "notification failed: {}", a.error.as_deref().unwrap_or(""));
+                }
+                if a.finished && inner.outbox.remove(&a.job_id).is_some() {
+                    inner.dirty = true;
+                    delivered = true;
+                }
+            }
+        }
+        // Saved at once: the shorter the window between a delivery and its
+        // removal from the persisted outbox, the fewer repeats after a crash.
+        if delivered && let Err(e) = self.save() {
+            tracing::error!("{e}");
+        }
+        self.history.attempts(&got).await;
+    }
+
+    // -- persistence -------------------------------------------------------
+
+    fn state_path(&self) -> PathBuf {
+        self.opts.state_dir.join("state.json")
+    }
+
+    fn save_if_dirty(&self) -> Result<(), EngineError> {
+        if !self.inner.lock().dirty {
+            return Ok(());
+        }
+        self.save()
+    }
+
+    /// Writes the state atomically (temporary file, fsync, rename, fsync of
+    /// the directory).
+    pub fn save(&self) -> Result<(), EngineError> {
+        let _one_writer = self.save_lock.lock();
+        let bytes = {
+            let mut inner = self.inner.lock();
+            inner.dirty = false;
+            let state = PersistedState {
+                version: STATE_VERSION,
+                instances: inner.rules.values().flat_map(|m| m.values().cloned()).collect(),
+                dispatcher: inner.dispatcher.clone(),
+                silences: inner.silences.clone(),
+                outbox: inner.outbox.values().cloned().collect(),
+                next_id: inner.next_id,
+            };
+            serde_json::to_vec(&state).map_err(|e| EngineError::BadRequest(e.to_string()))?
+        };
+        let path = self.state_path();
+        write_atomic(&path, &bytes).map_err(|source| EngineError::StateIo { path, source })
+    }
+
+    // -- API ---------------------------------------------------------------
+
+    fn with_instance<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Instance, i64) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let inst = inner
+            .rules
+            .values_mut()
+            .find_map(|m| m.get_mut(id))
+            .ok_or_else(|| EngineError::NoSuchAlert(id.to_string()))?;
+        let out = f(inst, now)?;
+        inner.dirty = true;
+        Ok(out)
+    }
+
+    async fn record_manual(&self, t: Transition) -> Result<serde_json::Value, EngineError> {
+        self.save()?;
+        self.history.transitions(std::slice::from_ref(&t)).await;
+        self.alert(&t.id).ok_or_else(|| EngineError::NoSuchAlert(t.id.clone()))
+    }
+
+    /// Acknowledges a pending or firing alert: its escalation stops.
+    pub async fn ack(&self, id: &str, by: &str, comment: &str) -> Result<serde_json::Value, EngineError> {
+        let t = self.with_instance(id, |inst, now| {
+            if !inst.state.is_active() {
+                return Err(EngineError::BadRequest(format!(
+                    "alert {id} is {}; only pending or firing alerts can be acknowledged",
+                    inst.state.as_str()
+                )));
+            }
+            inst.ack = Some(Ack { by: by.to_string(), comment: comment.to_string(), at: now });
+            let mut t = Transition::new(inst, inst.state, inst.severity.clone(), now);
+            t.note = format!("acknowledged by {by}: {comment}");
+            Ok(t)
+        })?;
+        self.record_manual(t).await
+    }
+
+    pub async fn unack(&self, id: &str, by: &str) -> Result<serde_json::Value, EngineError> {
+        let t = self.with_instance(id, |inst, now| {
+            if inst.ack.take().is_none() {
+                return Err(EngineError::BadRequest(format!("alert {id} is not acknowledged")));
+            }
+            let mut t = Transition::new(inst, inst.state, inst.severity.clone(), now);
+            t.note = format!("acknowledgement withdrawn by {by}");
+            Ok(t)
+        })?;
+        self.record_manual(t).await
+    }
+
+    /// Resolves an alert by hand; it fires again only after its condition
+    /// has cleared once. A no-data alert's series is forgotten.
+    pub async fn resolve(&self, id: &str, by: &str, comment: &str) -> Result<serde_json::Value, EngineError> {
+        let t = self.with_instance(id, |inst, now| {
+            if !inst.state.is_active() {
+                return Err(EngineError::BadRequest(format!(
+                    "alert {id} is {}, not pending or firing",
+                    inst.state.as_str()
+                )));
+            }
+            let from = inst.state;
+            inst.state = AlertState::Resolved;
+            inst.resolved_at = Some(now);
+            inst.resolved_by = Some(Ack { by: by.to_string(), comment: comment.to_string(), at: now });
+            inst.hold_until_clear = true;
+            if inst.no_data {
+                inst.last_seen = None;
+            }
+            let mut t = Transition::new(inst, from, inst.severity.clone(), now);
+            t.note = format!("resolved by hand by {by}: {comment}");
+            Ok(t)
+        })?;
+        self.record_manual(t).await
+    }
+
+    /// One alert as the API shows it.
+    pub fn alert(&self, id: &str) -> Option<serde_json::Value> {
+        let inner = self.inner.lock();
+        inner.rules.values().find_map(|m| m.get(id)).map(|i| alert_json(i, inner.muted.get(id)))
+    }
+
+    /// Alerts (not inactive ones), filtered by state and by exact labels.
+    pub fn alerts(&self, state: Option<&str>, labels: &BTreeMap<String, String>) -> Vec<serde_json::Value> {
+        let inner = self.inner.lock();
+        inner
+            .rules
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|i| i.state != AlertState::Inactive)
+            .filter(|i| state.is_none_or(|s| s == i.state.as_str() || (s == "active" && i.state.is_active())))
+            .filter(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+            .map(|i| alert_json(i, inner.muted.get(&i.id)))
+            .collect()
+    }
+
+    /// For the `system.alerts` table.
+    pub(crate) fn snapshot(&self) -> (Vec<Instance>, HashMap<String, Mute>) {
+        let inner = self.inner.lock();
+        let v = inner
+            .rules
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|i| i.state != AlertState::Inactive)
+            .cloned()
+            .collect();
+        (v, inner.muted.clone())
+    }
+
+    pub fn rules_health(&self) -> Vec<RuleHealth> {
+        let inner = self.inner.lock();
+        let mut out = Vec::new();
+        for g in &inner.config.groups {
+            for r in &g.rules {
+                let key = rule_key(&g.name, &r.name);
+                out.push(inner.health.get(&key).cloned().unwrap_or(RuleHealth {
+                    group: g.name.clone(),
+                    rule: r.name.clone(),
+                    ..Default::default()
+                }));
+            }
+        }
+        out
+    }
+
+    pub fn add_silence(&self, mut s: Silence) -> Result<Silence, EngineError> {
+        s.compile().map_err(EngineError::BadRequest)?;
+        let now = self.clock.now_ms();
+        if s.starts_at == 0 {
+            s.starts_at = now;
+        }
+        if s.ends_at <= s.starts_at {
+            return Err(EngineError::BadRequest("endsAt must be after startsAt".into()));
+        }
+        if s.ends_at <= now {
+            return Err(EngineError::BadRequest("endsAt is in the past".into()));
+        }
+        if s.created_by.trim().is_empty() {
+            return Err(EngineError::BadRequest("createdBy is required".into()));
+        }
+        s.created_at = now;
+        {
+            let mut inner = self.inner.lock();
+            inner.next_id += 1;
+            s.id = format!("s{:x}-{}", now, inner.next_id);
+            inner.silences.push(s.clone());
+            inner.dirty = true;
+        }
+        self.save()?;
+        Ok(s)
+    }
+
+    pub fn silences(&self) -> Vec<serde_json::Value> {
+        let now = self.clock.now_ms();
+        self.inner.lock().silences.iter().map(|s| silence_json(s, now)).collect()
+    }
+
+    pub fn silence(&self, id: &str) -> Option<serde_json::Value> {
+        let now = self.clock.now_ms();
+        self.inner.lock().silences.iter().find(|s| s.id == id).map(|s| silence_json(s, now))
+    }
+
+    /// Expires a silence now (it stays listed as expired).
+    pub fn expire_silence(&self, id: &str) -> Result<(), EngineError> {
+        let now = self.clock.now_ms();
+        {
+            let mut inner = self.inner.lock();
+            let s = inner
+                .silences
+                .iter_mut()
+                .find(|s| s.id == id)
+                .ok_or_else(|| EngineError::NoSuchSilence(id.to_string()))?;
+            s.ends_at = s.ends_at.min(now);
+            s.starts_at = s.starts_at.min(now);
+            inner.dirty = true;
+        }
+        self.save()
+    }
+
+    /// Reloads the rule files. A bad configuration is rejected as a whole
+    /// and the running one stays.
+    pub fn reload(&self) -> Result<usize, EngineError> {
+        let path = self.opts.rules_path.as_ref().ok_or(EngineError::NoRulesPath)?;
+        let config = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("rules reload rejected, previous rules keep running: {e}");
+                // Remember what was seen, so the watcher does not retry the
+                // same bad file every few seconds.
+                if let Some(p) = &self.opts.rules_path {
+                    self.inner.lock().mtimes = mtimes(&files_of(p));
+                }
+                return Err(e.into());
+            }
+        };
+        let count = config.rule_count();
+        self.notifier.set_receivers(config.receivers.clone());
+        let mut inner = self.inner.lock();
+        inner.dispatcher.retain_routes(config.routes.len());
+        inner.mtimes = mtimes(&config.sources);
+        let names: Vec<String> = config.groups.iter().map(|g| g.name.clone()).collect();
+        inner.next_eval.retain(|g, _| names.contains(g));
+        inner.config = Arc::new(config);
+        inner.dirty = true;
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(rules = count, "rules reloaded");
+        Ok(count)
+    }
+
+    fn reload_if_changed(&self) {
+        let Some(path) = &self.opts.rules_path else { return };
+        let now = mtimes(&files_of(path));
+        if now != self.inner.lock().mtimes {
+            let _ = self.reload();
+        }
+    }
+
+    /// The engine's own metrics in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let m = &self.metrics;
+        let (firing, pending, rules) = {
+            let inner = self.inner.lock();
+            let all = || inner.rules.values().flat_map(|m| m.values());
+            (
+                all().filter(|i| i.state == AlertState::Firing).count(),
+                all().filter(|i| i.state == AlertState::Pending).count(),
+                inner.config.rule_count(),
+            )
+        };
+        let mut metric = |name: &str, kind: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        metric("tocsin_alert_rules", "gauge", "Loaded alert rules.", rules as f64);
+        metric("tocsin_alerts_firing", "gauge", "Alert instances firing.", firing as f64);
+        metric("tocsin_alerts_pending", "gauge", "Alert instances pending.", pending as f64);
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        metric("tocsin_rule_evaluations_total", "counter", "Rule evaluations.", c(&m.evaluations));
+        metric(
+            "tocsin_rule_evaluation_failures_total",
+            "counter",
+            "Rule evaluations that failed.",
+            c(&m.evaluation_failures),
+        );
+        metric(
+            "tocsin_rule_evaluation_seconds_total",
+            "counter",
+            "Time spent evaluating rules.",
+            c(&m.evaluation_micros) / 1e6,
+        );
+        metric(
+            "tocsin_notifications_sent_total",
+            "counter",
+            "Notification attempts that succeeded.",
+            c(&m.notifications_sent),
+        );
+        metric(
+            "tocsin_notifications_failed_total",
+            "counter",
+            "Notification attempts that failed.",
+            c(&m.notifications_failed),
+        );
+        metric("tocsin_rule_reloads_total", "counter", "Successful rule reloads.", c(&m.reloads));
+        metric("tocsin_rule_reload_failures_total", "counter", "Rejected rule reloads.", c(&m.reload_failures));
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
+
+fn alert_json(i: &Instance, muted: Option<&Mute>) -> serde_json::Value {
+    let ts = |t: Option<i64>| t.map(crate::dispatch::rfc3339);
+    serde_json::json!({
+        "id": i.id,
+        "alertname": i.rule,
+        "group": i.group,
+        "state": i.state.as_str(),
+        "severity": i.severity,
+        "value": i.value.is_finite().then_some(i.value),
+        "labels": i.labels,
+        "annotations": i.annotations,
+        "activeSince": ts(i.active_since),
+        "pendingSince": ts(i.pending_since),
+        "resolvedAt": ts(i.resolved_at),
+        "noData": i.no_data,
+        "flapping": i.flapping,
+        "ack": i.ack.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at)})),
+        "resolvedBy": i.resolved_by.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at)})),
+        "muted": muted,
+    })
+}
+
+fn silence_json(s: &Silence, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "matchers": s.matchers,
+        "startsAt": crate::dispatch::rfc3339(s.starts_at),
+        "endsAt": crate::dispatch::rfc3339(s.ends_at),
+        "createdBy": s.created_by,
+        "comment": s.comment,
+        "status": { "state": s.status(now) },
+    })
+}
+
+fn files_of(path: &Path) -> Vec<PathBuf> {
+    if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    }
+}
+
+fn mtimes(files: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
+    files.iter().map(|f| (f.clone(), std::fs::metadata(f).and_then(|m| m.modified()).ok())).collect()
+}
+
+fn load_state(dir: &Path) -> Result<PersistedState, EngineError> {
+    let path = dir.join("state.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PersistedState::default()),
+        Err(source) => return Err(EngineError::StateIo { path, source }),
+    };
+    match serde_json::from_slice::<PersistedState>(&bytes) {
+        Ok(s) if s.version == STATE_VERSION => Ok(s),
+        Ok(s) => Err(EngineError::BadRequest(format!(
+            "{} has version {}, this build reads version {STATE_VERSION}",
+            path.display(),
+            s.version
+        ))),
+        Err(e) => {
+            let aside = dir.join(format!("state.json.corrupt-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
+            tracing::error!(
+                "alerting state {} is corrupt ({e}); moved to {} and starting with no alert state",
+                path.display(),
+                aside.display()
+            );
+            std::fs::rename(&path, &aside).map_err(|source| EngineError::StateIo { path, source })?;
+            Ok(PersistedState::default())
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,413 @@
+//! The engine with a mock clock, a fake query source and a real HTTP
+//! receiver on loopback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Float64Array, StringArray};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::ManualClock;
+
+const T0: i64 = 1_800_000_000_000;
+
+/// Rows the fake rule query returns: (host, value).
+#[derive(Default)]
+struct FakeData(Mutex<Vec<(String, f64)>>);
+
+#[async_trait]
+impl RuleQuerier for FakeData {
+    async fn query(&self, sql: &str, _db: Option<&str>) -> Result<Vec<RecordBatch>, String> {
+        if sql.contains("broken") {
+            return Err("table \"broken\" not found".into());
+        }
+        let rows = self.0.lock().clone();
+        let batch = RecordBatch::try_from_iter([
+            ("host", Arc::new(StringArray::from(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())) as _),
+            ("value", Arc::new(Float64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())) as _),
+        ])
+        .map_err(|e| e.to_string())?;
+        Ok(vec![batch])
+    }
+}
+
+#[derive(Default)]
+struct MemHistory {
+    transitions: Mutex<Vec<Transition>>,
+    attempts: Mutex<Vec<Attempt>>,
+}
+
+#[async_trait]
+impl HistorySink for MemHistory {
+    async fn transitions(&self, t: &[Transition]) {
+        self.transitions.lock().extend_from_slice(t);
+    }
+    async fn attempts(&self, a: &[Attempt]) {
+        self.attempts.lock().extend_from_slice(a);
+    }
+}
+
+/// An HTTP server that records request bodies by path; the first
+/// `fail_first` requests get a 500.
+struct Capture {
+    addr: std::net::SocketAddr,
+    bodies: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+async fn capture(fail_first: usize) -> Capture {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let bodies: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let seen = Arc::new(AtomicU64::new(0));
+    let b = Arc::clone(&bodies);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let b = Arc::clone(&b);
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
+                    let n = seen.fetch_add(1, Ordering::SeqCst) as usize;
+                    let status = if n < fail_first { "500 Internal Server Error" } else { "200 OK" };
+                    if n >= fail_first {
+                        b.lock().push((path, body));
+                    }
+                    let resp = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    return;
+                }
+            });
+        }
+    });
+    Capture { addr, bodies }
+}
+
+impl Capture {
+    /// Waits (bounded) until `n` bodies arrived; returns them.
+    async fn wait_for(&self, n: usize) -> Vec<(String, serde_json::Value)> {
+        for _ in 0..500 {
+            if self.bodies.lock().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.bodies.lock().clone()
+    }
+}
+
+fn rules_yaml(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+groups:
+  - name: hosts
+    interval: 1s
+    rules:
+      - alert: HighCpu
+        sql: SELECT host, v AS value FROM cpu
+        thresholds: {{ warning: "> 80", critical: "> 95" }}
+        recover: "< 70"
+        for: 2s
+        annotations: {{ summary: "CPU {{{{ value }}}} on {{{{ host }}}}" }}
+route:
+  receiver: oncall
+  group_by: [alertname, host]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+  routes:
+    - match: {{ severity: critical }}
+      receiver: oncall
+      escalation: chain
+escalations:
+  - name: chain
+    steps:
+      - {{ after: 0s, notify: [oncall] }}
+      - {{ after: 15m, notify: [backup] }}
+receivers:
+  - name: oncall
+    webhook: {{ url: "http://{addr}/oncall" }}
+  - name: backup
+    webhook: {{ url: "http://{addr}/backup" }}
+"#
+    )
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    data: Arc<FakeData>,
+    history: Arc<MemHistory>,
+    engine: Arc<AlertEngine>,
+}
+
+fn setup(yaml: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, yaml).expect("write rules");
+    let clock = Arc::new(ManualClock::new(T0));
+    let data = Arc::new(FakeData::default());
+    let history = Arc::new(MemHistory::default());
+    let engine = start(dir.path(), &clock, &data, &history).expect("start");
+    Setup { dir, clock, data, history, engine }
+}
+
+fn start(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    data: &Arc<FakeData>,
+    history: &Arc<MemHistory>,
+) -> Result<Arc<AlertEngine>, EngineError> {
+    let mut opts = EngineOptions::new(dir.join("alerting"));
+    opts.rules_path = Some(dir.join("rules.yml"));
+    opts.retry = RetryPolicy {
+        first_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        max_attempts: 5,
+    };
+    AlertEngine::start(
+        opts,
+        Arc::clone(clock) as Arc<dyn Clock>,
+        Arc::clone(data) as Arc<dyn RuleQuerier>,
+        Arc::clone(history) as Arc<dyn HistorySink>,
+    )
+}
+
+impl Setup {
+    fn set(&self, rows: &[(&str, f64)]) {
+        *self.data.0.lock() = rows.iter().map(|(h, v)| (h.to_string(), *v)).collect();
+    }
+
+    /// Advances the clock by `secs` one second at a time, ticking each time.
+    async fn run_for(&self, secs: i64) {
+        for _ in 0..secs {
+            self.clock.advance_ms(1000);
+            self.engine.tick().await;
+        }
+    }
+
+    /// Ticks (without moving the clock) until the delivered jobs have left
+    /// the outbox.
+    async fn settle(&self) {
+        for _ in 0..200 {
+            self.engine.tick().await;
+            if self.engine.inner.lock().outbox.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("outbox never emptied");
+    }
+
+    fn state_of(&self, host: &str) -> Option<String> {
+        self.engine
+            .alerts(None, &BTreeMap::from([("host".to_string(), host.to_string())]))
+            .first()
+            .and_then(|a| a["state"].as_str().map(str::to_string))
+    }
+}
+
+#[tokio::test]
+async fn threshold_pending_firing_resolved_reach_the_webhook() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.addr));
+    s.set(&[("a", 85.0), ("b", 10.0)]);
+    s.engine.tick().await;
+    assert_eq!(s.state_of("a").as_deref(), Some("pending"));
+    assert_eq!(s.state_of("b"), None);
+    s.run_for(2).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("firing"));
+    let got = cap.wait_for(1).await;
+    assert_eq!(got.len(), 1);
+    let (path, body) = &got[0];
+    assert_eq!(path, "/oncall");
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["version"], "4");
+    assert_eq!(body["alerts"][0]["labels"]["host"], "a");
+    assert_eq!(body["alerts"][0]["labels"]["severity"], "warning");
+    assert_eq!(body["alerts"][0]["annotations"]["summary"], "CPU 85 on a");
+    assert_eq!(body["groupLabels"]["alertname"], "HighCpu");
+
+    // 75 is above recover (70): still firing, nothing new sent.
+    s.set(&[("a", 75.0)]);
+    s.run_for(3).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("firing"));
+    s.set(&[("a", 60.0)]);
+    s.run_for(2).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("resolved"));
+    let got = cap.wait_for(2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1].1["status"], "resolved");
+    assert_eq!(got[1].1["alerts"][0]["status"], "resolved");
+
+    let states: Vec<(AlertState, AlertState)> = s.history.transitions.lock().iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        states,
+        [
+            (AlertState::Inactive, AlertState::Pending),
+            (AlertState::Pending, AlertState::Firing),
+            (AlertState::Firing, AlertState::Resolved)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn escalation_continues_across_a_restart_without_repeating_a_step() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.addr));
+    s.set(&[("a", 99.0)]);
+    s.run_for(4).await;
+    let got = cap.wait_for(1).await;
+    assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["/oncall"]);
+    assert_eq!(got[0].1["tocsin"]["step"], 1);
+    s.settle().await;
+    // "Crash": a new engine over the same state directory (the old one is
+    // dropped without a clean shutdown; state was saved by its ticks).
+    let Setup { dir, clock, data, history, engine } = s;
+    drop(engine);
+    let engine = start(dir.path(), &clock, &data, &history).expect("restart");
+    let s = Setup { dir, clock, data, history, engine };
+    assert_eq!(s.state_of("a").as_deref(), Some("firing"), "state survived");
+    s.clock.advance_ms(14 * 60 * 1000);
+    s.engine.tick().await;
+    s.run_for(61).await;
+    let got = cap.wait_for(2).await;
+    let paths: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(paths, ["/oncall", "/backup"], "step 2 once, step 1 not again");
+    assert_eq!(got[1].1["tocsin"]["step"], 2);
+}
+
+#[tokio::test]
+async fn acknowledged_alert_does_not_escalate() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.addr));
+    s.set(&[("a", 99.0)]);
+    s.run_for(4).await;
+    assert_eq!(cap.wait_for(1).await.len(), 1);
+    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
+    let acked = s.engine.ack(&id, "ann", "looking").await.expect("ack");
+    assert_eq!(acked["ack"]["by"], "ann");
+    s.clock.advance_ms(20 * 60 * 1000);
+    s.run_for(5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cap.bodies.lock().len(), 1, "no step 2 after the ack");
+    assert!(s.engine.ack("nope", "ann", "").await.is_err());
+    let notes: Vec<String> = s.history.transitions.lock().iter().map(|t| t.note.clone()).collect();
+    assert!(notes.iter().any(|n| n == "acknowledged by ann: looking"), "{notes:?}");
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_the_notification_once_when_it_recovers() {
+    let cap = capture(2).await;
+    let s = setup(&rules_yaml(cap.addr));
+    s.set(&[("a", 85.0)]);
+    s.run_for(3).await;
+    let got = cap.wait_for(1).await;
+    for _ in 0..50 {
+        s.engine.tick().await; // collects the attempt records
+        if s.history.attempts.lock().iter().any(|a| a.ok) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(got.len(), 1);
+    let attempts: Vec<(u32, bool)> = s.history.attempts.lock().iter().map(|a| (a.attempt, a.ok)).collect();
+    assert_eq!(attempts, [(1, false), (2, false), (3, true)]);
+    assert!(s.engine.inner.lock().outbox.is_empty(), "delivered jobs leave the outbox");
+}
+
+#[tokio::test]
+async fn a_bad_rules_file_is_rejected_and_the_old_rules_keep_running() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.addr));
+    std::fs::write(s.dir.path().join("rules.yml"), "groups:\n  - name: x\n    rules:\n      - alert: [\n")
+        .expect("write");
+    let err = s.engine.reload().expect_err("bad file");
+    let text = err.to_string();
+    assert!(text.contains("rules.yml:"), "{text}");
+    assert_eq!(s.engine.config().rule_count(), 1);
+    s.set(&[("a", 99.0)]);
+    s.run_for(3).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("firing"));
+}
+
+#[tokio::test]
+async fn silences_mute_and_persist() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.addr));
+    let silence: Silence = serde_json::from_value(serde_json::json!({
+        "matchers": [{"name": "host", "value": "a"}],
+        "startsAt": 0, "endsAt": T0 + 3_600_000, "createdBy": "ann", "comment": "reboot"
+    }))
+    .expect("silence");
+    let created = s.engine.add_silence(silence).expect("add");
+    s.set(&[("a", 99.0)]);
+    s.run_for(4).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("firing"), "silenced alerts are still recorded");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(cap.bodies.lock().is_empty(), "silenced alerts are not notified");
+    let a = &s.engine.alerts(None, &BTreeMap::new())[0];
+    assert_eq!(a["muted"]["kind"], "silenced");
+    // The silence survives a restart.
+    let again = start(s.dir.path(), &s.clock, &s.data, &s.history).expect("restart");
+    assert_eq!(again.silences()[0]["id"], created.id.as_str());
+    assert!(
+        s.engine
+            .add_silence(
+                serde_json::from_value(serde_json::json!({
+                    "matchers": [], "startsAt": 0, "endsAt": T0 + 1, "createdBy": "x"
+                }))
+                .expect("parse")
+            )
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_failing_query_keeps_the_state_and_is_reported() {
+    let cap = capture(0).await;
+    let yaml = rules_yaml(cap.addr).replace("FROM cpu", "FROM broken");
+    let s = setup(&yaml);
+    s.run_for(2).await;
+    let h = s.engine.rules_health();
+    assert!(h[0].error.as_deref().is_some_and(|e| e.contains("broken")), "{h:?}");
+    assert_eq!(s.engine.metrics.evaluation_failures.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_corrupt_state_file_is_moved_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("alerting");
+    std::fs::create_dir_all(&state_dir).expect("mkdir");
+    std::fs::write(state_dir.join("state.json"), b"{not json").expect("write");
+    let s = load_state(&state_dir).expect("starts empty");
+    assert!(s.instances.is_empty());
+    let names: Vec<String> = std::fs::read_dir(&state_dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("state.json.corrupt-")), "{names:?}");
+}

@@ -1,0 +1,400 @@
+//! Delivery of notifications: webhooks (Alertmanager's JSON), chat robots
+//! (WeCom, DingTalk, Feishu, Slack) and SMTP email. Each receiver has its
+//! own worker and queue, so a receiver that is down delays only itself;
+//! failed sends are retried with exponential backoff, and every attempt is
+//! reported.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::config::{EmailFile, Integration, Receiver, RobotKind};
+use crate::dispatch::{Job, Payload};
+use crate::template;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("HTTP request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("HTTP status {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("robot refused the message: {0}")]
+    Robot(String),
+    #[error("SMTP: {0}")]
+    Smtp(String),
+    #[error("SMTP I/O: {0}")]
+    SmtpIo(#[from] std::io::Error),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// One attempt to deliver a job through one integration.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub at: i64,
+    pub job_id: String,
+    pub receiver: String,
+    pub integration: &'static str,
+    pub group_key: String,
+    pub reason: String,
+    pub attempt: u32,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub duration: Duration,
+    /// Set on the last attempt: delivered, or given up.
+    pub finished: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { first_backoff: Duration::from_millis(500), max_backoff: Duration::from_secs(60), max_attempts: 12 }
+    }
+}
+
+/// Per-receiver workers.
+pub struct Notifier {
+    client: reqwest::Client,
+    workers: parking_lot::Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    receivers: parking_lot::RwLock<Arc<HashMap<String, Receiver>>>,
+    attempts: mpsc::UnboundedSender<Attempt>,
+    retry: RetryPolicy,
+    clock: Arc<dyn crate::Clock>,
+}
+
+impl Notifier {
+    pub fn new(
+        receivers: HashMap<String, Receiver>,
+        attempts: mpsc::UnboundedSender<Attempt>,
+        retry: RetryPolicy,
+        clock: Arc<dyn crate::Clock>,
+    ) -> Arc<Notifier> {
+        let client = reqwest::Client::builder().user_agent(concat!("tocsin/", env!("CARGO_PKG_VERSION"))).build();
+        // Without TLS or proxies configured the builder cannot fail; fall
+        // back to the default client rather than refuse to start.
+        let client = client.unwrap_or_default();
+        Arc::new(Notifier {
+            client,
+            workers: parking_lot::Mutex::new(HashMap::new()),
+            receivers: parking_lot::RwLock::new(Arc::new(receivers)),
+            attempts,
+            retry,
+            clock,
+        })
+    }
+
+    /// New receiver definitions (after a reload); queued jobs use them.
+    pub fn set_receivers(&self, receivers: HashMap<String, Receiver>) {
+        *self.receivers.write() = Arc::new(receivers);
+    }
+
+    /// Queues a job on its receiver's worker.
+    pub fn enqueue(self: &Arc<Self>, job: Job) {
+        let mut workers = self.workers.lock();
+        let tx = workers.entry(job.receiver.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(Arc::clone(self).worker(rx));
+            tx
+        });
+        if let Err(e) = tx.send(job) {
+            tracing::error!(receiver = %e.0.receiver, "notification worker is gone; job dropped");
+        }
+    }
+
+    async fn worker(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Job>) {
+        while let Some(job) = rx.recv().await {
+            self.deliver(&job).await;
+        }
+    }
+
+    async fn deliver(&self, job: &Job) {
+        let receivers = Arc::clone(&self.receivers.read());
+        let Some(receiver) = receivers.get(&job.receiver) else {
+            let _ = self.attempts.send(Attempt {
+                at: self.clock.now_ms(),
+                job_id: job.id.clone(),
+                receiver: job.receiver.clone(),
+                integration: "none",
+                group_key: job.group_key.clone(),
+                reason: format!("{:?}", job.reason),
+                attempt: 0,
+                ok: false,
+                error: Some("receiver no longer configured".into()),
+                duration: Duration::ZERO,
+                finished: true,
+            });
+            return;
+        };
+        let n = receiver.integrations.len();
+        for (idx, integration) in receiver.integrations.iter().enumerate() {
+            let mut backoff = self.retry.first_backoff;
+            for attempt in 1..=self.retry.max_attempts {
+                let started = Instant::now();
+                let result = self.send_one(integration, &job.payload).await;
+                let ok = result.is_ok();
+                let last = ok || attempt == self.retry.max_attempts;
+                let _ = self.attempts.send(Attempt {
+                    at: self.clock.now_ms(),
+                    job_id: job.id.clone(),
+                    receiver: job.receiver.clone(),
+                    integration: integration_name(integration),
+                    group_key: job.group_key.clone(),
+                    reason: format!("{:?}", job.reason).to_lowercase(),
+                    attempt,
+                    ok,
+                    error: result.err().map(|e| e.to_string()),
+                    duration: started.elapsed(),
+                    finished: last && idx + 1 == n,
+                });
+                if ok {
+                    break;
+                }
+                if !last {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn send_one(&self, integration: &Integration, payload: &Payload) -> Result<(), SendError> {
+        match integration {
+            Integration::Webhook { url, headers, timeout } => {
+                let mut req = self.client.post(url).timeout(*timeout).json(payload);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                check_status(req.send().await?).await.map(|_| ())
+            }
+            Integration::Robot { kind, url, template, timeout } => {
+                let text = match template {
+                    Some(t) => render_group(t, payload),
+                    None => default_text(payload),
+                };
+                let body = robot_body(*kind, &text, payload);
+                let resp = check_status(self.client.post(url).timeout(*timeout).json(&body).send().await?).await?;
+                check_robot_reply(*kind, &resp)
+            }
+            Integration::Email(e) => {
+                let timeout = e.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30));
+                tokio::time::timeout(timeout, send_email(e, payload)).await.map_err(|_| SendError::Timeout(timeout))?
+            }
+        }
+    }
+}
+
+fn integration_name(i: &Integration) -> &'static str {
+    match i {
+        Integration::Webhook { .. } => "webhook",
+        Integration::Robot { kind, .. } => kind.name(),
+        Integration::Email(_) => "email",
+    }
+}
+
+async fn check_status(resp: reqwest::Response) -> Result<String, SendError> {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(SendError::Status { status: status.as_u16(), body: body.chars().take(200).collect() })
+    }
+}
+
+/// Robots answer 200 with an error code in the body.
+fn check_robot_reply(kind: RobotKind, body: &str) -> Result<(), SendError> {
+    if kind == RobotKind::Slack {
+        return Ok(());
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else { return Ok(()) };
+    let code = v.get("errcode").or_else(|| v.get("code")).or_else(|| v.get("StatusCode")).and_then(|c| c.as_i64());
+    match code {
+        Some(0) | None => Ok(()),
+        Some(c) => Err(SendError::Robot(format!("code {c}: {}", body.chars().take(200).collect::<String>()))),
+    }
+}
+
+fn robot_body(kind: RobotKind, text: &str, payload: &Payload) -> serde_json::Value {
+    match kind {
+        RobotKind::WeCom => serde_json::json!({ "msgtype": "markdown", "markdown": { "content": text } }),
+        RobotKind::DingTalk => serde_json::json!({
+            "msgtype": "markdown",
+            "markdown": { "title": title(payload), "text": text },
+        }),
+        RobotKind::Feishu => serde_json::json!({ "msg_type": "text", "content": { "text": text } }),
+        RobotKind::Slack => serde_json::json!({ "text": text }),
+    }
+}
+
+fn title(p: &Payload) -> String {
+    let firing = p.alerts.iter().filter(|a| a.status == "firing").count();
+    let name = p.common_labels.get("alertname").cloned().unwrap_or_else(|| "alerts".into());
+    if p.status == "firing" { format!("[FIRING:{firing}] {name}") } else { format!("[RESOLVED] {name}") }
+}
+
+/// The default message: a title, then one line per alert.
+pub fn default_text(p: &Payload) -> String {
+    let mut out = title(p);
+    let group: Vec<String> = p.group_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !group.is_empty() {
+        out.push_str(&format!(" ({})", group.join(", ")));
+    }
+    if let Some(e) = &p.tocsin.escalation {
+        out.push_str(&format!(" [escalation {e}, step {}]", p.tocsin.step.unwrap_or(0)));
+    }
+    for a in &p.alerts {
+        let labels: Vec<String> = a
+            .labels
+            .iter()
+            .filter(|(k, _)| !p.common_labels.contains_key(*k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let summary = a.annotations.get("summary").cloned().unwrap_or_default();
+        out.push_str(&format!(
+            "\n- {} {} {} {}",
+            a.status,
+            a.labels.get("severity").map(String::as_str).unwrap_or(""),
+            labels.join(" "),
+            summary
+        ));
+        if let Some(by) = &a.acked_by {
+            out.push_str(&format!(" (acked by {by})"));
+        }
+    }
+    out
+}
+
+/// A receiver template: `{{ status }}`, `{{ title }}`, `{{ alerts }}` (the
+/// default alert lines) and the group's labels.
+fn render_group(t: &str, p: &Payload) -> String {
+    let mut labels = p.group_labels.clone();
+    labels.insert("status".into(), p.status.clone());
+    labels.insert("title".into(), title(p));
+    labels.insert("alerts".into(), default_text(p).lines().skip(1).collect::<Vec<_>>().join("\n"));
+    labels.insert("receiver".into(), p.receiver.clone());
+    template::render(t, &labels, f64::NAN)
+}
+
+/// Plain SMTP: EHLO, AUTH PLAIN when a username is set, one message with a
+/// text body. (STARTTLS and implicit TLS are not implemented yet.)
+async fn send_email(e: &EmailFile, p: &Payload) -> Result<(), SendError> {
+    let stream = TcpStream::connect(&e.smarthost).await?;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    expect(&mut r, 220).await?;
+    w.write_all(b"EHLO tocsin\r\n").await?;
+    let caps = expect(&mut r, 250).await?;
+    if let Some(user) = &e.username {
+        if !caps.to_ascii_uppercase().contains("AUTH") {
+            return Err(SendError::Smtp("server offers no AUTH but a username is configured".into()));
+        }
+        let pass = e.password.clone().unwrap_or_default();
+        let token = base64(format!("\0{user}\0{pass}").as_bytes());
+        w.write_all(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+        expect(&mut r, 235).await?;
+    }
+    w.write_all(format!("MAIL FROM:<{}>\r\n", e.from).as_bytes()).await?;
+    expect(&mut r, 250).await?;
+    for to in &e.to {
+        w.write_all(format!("RCPT TO:<{to}>\r\n").as_bytes()).await?;
+        expect(&mut r, 250).await?;
+    }
+    w.write_all(b"DATA\r\n").await?;
+    expect(&mut r, 354).await?;
+    let subject = match &e.subject {
+        Some(s) => render_group(s, p),
+        None => title(p),
+    };
+    let body = match &e.text {
+        Some(t) => render_group(t, p),
+        None => default_text(p),
+    };
+    let date = chrono::Utc::now().to_rfc2822();
+    let mut msg = format!(
+        "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: {date}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+        e.from,
+        e.to.join(", "),
+        subject.replace(['\r', '\n'], " ")
+    );
+    for line in body.lines() {
+        // Dot-stuffing (RFC 5321 4.5.2).
+        if line.starts_with('.') {
+            msg.push('.');
+        }
+        msg.push_str(line);
+        msg.push_str("\r\n");
+    }
+    msg.push_str(".\r\n");
+    w.write_all(msg.as_bytes()).await?;
+    expect(&mut r, 250).await?;
+    w.write_all(b"QUIT\r\n").await?;
+    let _ = expect(&mut r, 221).await;
+    Ok(())
+}
+
+/// Reads one (possibly multi-line) SMTP reply and checks its code.
+async fn expect(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, code: u16) -> Result<String, SendError> {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(SendError::Smtp(format!("connection closed waiting for {code}")));
+        }
+        all.push_str(&line);
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            let got: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            if got != code {
+                return Err(SendError::Smtp(format!("expected {code}, got {}", line.trim_end())));
+            }
+            return Ok(all);
+        }
+    }
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn robot_error_codes_are_failures() {
+        assert!(check_robot_reply(RobotKind::WeCom, r#"{"errcode":0,"errmsg":"ok"}"#).is_ok());
+        assert!(check_robot_reply(RobotKind::DingTalk, r#"{"errcode":310000,"errmsg":"bad"}"#).is_err());
+        assert!(check_robot_reply(RobotKind::Feishu, r#"{"code":19001}"#).is_err());
+    }
+}

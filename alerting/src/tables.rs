@@ -1,0 +1,179 @@
+//! The `system` tables: `alerts` (live, from the engine's memory),
+//! `alert_history` and `notifications` (written to storage, durable through
+//! the WAL like any other table).
+
+use std::sync::{Arc, Weak};
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use async_trait::async_trait;
+use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, Storage, TableWrite};
+
+use crate::dispatch::Mute;
+use crate::engine::{AlertEngine, HistorySink};
+use crate::notify::Attempt;
+use crate::state::Transition;
+
+/// Writes history to `system.alert_history` and `system.notifications`.
+pub struct StorageHistory {
+    pub storage: Arc<Storage>,
+}
+
+fn ms_to_ns(ms: i64) -> i64 {
+    ms.saturating_mul(1_000_000)
+}
+
+fn text(name: &str, v: String) -> FieldColumn {
+    FieldColumn { name: name.into(), values: FieldValues::Str(vec![v]), validity: None }
+}
+
+fn opt_text(name: &str, v: Option<String>) -> FieldColumn {
+    let valid = v.is_some();
+    FieldColumn {
+        name: name.into(),
+        values: FieldValues::Str(vec![v.unwrap_or_default()]),
+        validity: Some(vec![valid]),
+    }
+}
+
+#[async_trait]
+impl HistorySink for StorageHistory {
+    async fn transitions(&self, ts: &[Transition]) {
+        let blocks = ts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| SeriesBlock {
+                item: i as u32,
+                tags: vec![("alertname".into(), t.alertname.clone()), ("id".into(), t.id.clone())],
+                timestamps: vec![ms_to_ns(t.at)],
+                fields: vec![
+                    text("from_state", t.from.as_str().into()),
+                    text("to_state", t.to.as_str().into()),
+                    opt_text("severity", t.severity.clone()),
+                    opt_text("old_severity", t.old_severity.clone()),
+                    FieldColumn {
+                        name: "value".into(),
+                        values: FieldValues::F64(vec![t.value]),
+                        validity: Some(vec![!t.value.is_nan()]),
+                    },
+                    text("labels", serde_json::to_string(&t.labels).unwrap_or_default()),
+                    text("note", t.note.clone()),
+                ],
+            })
+            .collect();
+        let write = TableWrite { table: "alert_history".into(), blocks };
+        if let Err(e) = self.storage.write_system(vec![write]).await {
+            tracing::error!("recording {} alert transition(s) in system.alert_history failed: {e}", ts.len());
+        }
+    }
+
+    async fn attempts(&self, attempts: &[Attempt]) {
+        let blocks = attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| SeriesBlock {
+                item: i as u32,
+                tags: vec![("receiver".into(), a.receiver.clone()), ("integration".into(), a.integration.into())],
+                timestamps: vec![ms_to_ns(a.at)],
+                fields: vec![
+                    text("job_id", a.job_id.clone()),
+                    text("group_key", a.group_key.clone()),
+                    text("reason", a.reason.clone()),
+                    FieldColumn {
+                        name: "attempt".into(),
+                        values: FieldValues::I64(vec![a.attempt as i64]),
+                        validity: None,
+                    },
+                    FieldColumn { name: "ok".into(), values: FieldValues::Bool(vec![a.ok]), validity: None },
+                    opt_text("error", a.error.clone()),
+                    FieldColumn {
+                        name: "duration_ms".into(),
+                        values: FieldValues::F64(vec![a.duration.as_secs_f64() * 1000.0]),
+                        validity: None,
+                    },
+                ],
+            })
+            .collect();
+        let write = TableWrite { table: "notifications".into(), blocks };
+        if let Err(e) = self.storage.write_system(vec![write]).await {
+            tracing::error!("recording {} notification attempt(s) in system.notifications failed: {e}", attempts.len());
+        }
+    }
+}
+
+/// `system.alerts`: the current instances.
+#[derive(Debug)]
+pub struct AlertsTable {
+    pub engine: Weak<AlertEngine>,
+}
+
+impl AlertsTable {
+    fn schema_ref() -> SchemaRef {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("alertname", DataType::Utf8, false),
+            Field::new("rule_group", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("severity", DataType::Utf8, true),
+            Field::new("value", DataType::Float64, true),
+            Field::new("labels", DataType::Utf8, false),
+            Field::new("annotations", DataType::Utf8, false),
+            Field::new("active_since", ts.clone(), true),
+            Field::new("resolved_at", ts.clone(), true),
+            Field::new("acked_by", DataType::Utf8, true),
+            Field::new("ack_comment", DataType::Utf8, true),
+            Field::new("acked_at", ts, true),
+            Field::new("muted", DataType::Utf8, true),
+            Field::new("flapping", DataType::Boolean, false),
+            Field::new("no_data", DataType::Boolean, false),
+        ]))
+    }
+}
+
+impl tocsin_query::LiveTable for AlertsTable {
+    fn schema(&self) -> SchemaRef {
+        Self::schema_ref()
+    }
+
+    fn batch(&self) -> Result<RecordBatch, ArrowError> {
+        let (insts, muted) = match self.engine.upgrade() {
+            Some(e) => e.snapshot(),
+            None => Default::default(),
+        };
+        let s = |f: &dyn Fn(&crate::state::Instance) -> Option<String>| -> ArrayRef {
+            Arc::new(StringArray::from(insts.iter().map(f).collect::<Vec<_>>()))
+        };
+        let t = |f: &dyn Fn(&crate::state::Instance) -> Option<i64>| -> ArrayRef {
+            Arc::new(TimestampMillisecondArray::from(insts.iter().map(f).collect::<Vec<_>>()).with_timezone("UTC"))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            s(&|i| Some(i.id.clone())),
+            s(&|i| Some(i.rule.clone())),
+            s(&|i| Some(i.group.clone())),
+            s(&|i| Some(i.state.as_str().to_string())),
+            s(&|i| i.severity.clone()),
+            Arc::new(Float64Array::from(
+                insts.iter().map(|i| i.value.is_finite().then_some(i.value)).collect::<Vec<_>>(),
+            )),
+            s(&|i| Some(serde_json::to_string(&i.labels).unwrap_or_default())),
+            s(&|i| Some(serde_json::to_string(&i.annotations).unwrap_or_default())),
+            t(&|i| i.active_since),
+            t(&|i| i.resolved_at),
+            s(&|i| i.ack.as_ref().map(|a| a.by.clone())),
+            s(&|i| i.ack.as_ref().map(|a| a.comment.clone())),
+            t(&|i| i.ack.as_ref().map(|a| a.at)),
+            s(&|i| {
+                muted.get(&i.id).map(|m| match m {
+                    Mute::Silenced(by) => format!("silenced:{}", by.join(",")),
+                    Mute::Maintenance(w) => format!("maintenance:{w}"),
+                    Mute::Inhibited(by) => format!("inhibited:{}", by.join(",")),
+                })
+            }),
+            Arc::new(BooleanArray::from(insts.iter().map(|i| i.flapping).collect::<Vec<_>>())),
+            Arc::new(BooleanArray::from(insts.iter().map(|i| i.no_data).collect::<Vec<_>>())),
+        ];
+        RecordBatch::try_new(Self::schema_ref(), columns)
+    }
+}

@@ -1,0 +1,78 @@
+//! `tocsin rules check FILE...`: validates rule files offline (YAML with
+//! line and column, thresholds, durations, references, SQL syntax) and,
+//! with `--server`, plans each rule's SQL against a running server's
+//! catalog.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use tocsin_alerting::config::{Config, parse_file};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Validate rule files (together, as one configuration).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CheckArgs {
+    /// Rule files or directories.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Also plan each rule's SQL on the server at this HTTP address.
+    #[arg(long)]
+    server: Option<String>,
+}
+
+pub(crate) fn run(c: Command) -> anyhow::Result<()> {
+    match c {
+        Command::Check(a) => check(a),
+    }
+}
+
+fn check(a: CheckArgs) -> anyhow::Result<()> {
+    let mut parsed = Vec::new();
+    for f in &a.files {
+        if f.is_dir() {
+            let c = Config::load(f)?;
+            for src in c.sources {
+                let text = std::fs::read_to_string(&src)?;
+                parsed.push((src.clone(), parse_file(&src, &text)?));
+            }
+        } else {
+            let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+            parsed.push((f.clone(), parse_file(f, &text)?));
+        }
+    }
+    let config = Config::from_files(parsed)?;
+    if let Some(server) = &a.server {
+        let client = super::client::Client::new(server);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let mut failures = 0;
+        runtime.block_on(async {
+            for g in &config.groups {
+                for r in &g.rules {
+                    let mut body = serde_json::json!({ "sql": format!("EXPLAIN {}", r.sql) });
+                    if let Some(db) = &g.database {
+                        body["database"] = serde_json::Value::String(db.clone());
+                    }
+                    if let Err(e) = client.call(reqwest::Method::POST, "/api/v1/sql", Some(body)).await {
+                        eprintln!("group {:?}, rule {:?}: {e:#}", g.name, r.name);
+                        failures += 1;
+                    }
+                }
+            }
+        });
+        if failures > 0 {
+            bail!("{failures} rule(s) do not plan against the server's catalog");
+        }
+    }
+    println!(
+        "ok: {} group(s), {} rule(s), {} receiver(s), {} route(s)",
+        config.groups.len(),
+        config.rule_count(),
+        config.receivers.len(),
+        config.routes.len()
+    );
+    Ok(())
+}
