@@ -167,6 +167,17 @@ impl AlertEngine {
             Some(p) => Config::load(p)?,
             None => Config::default(),
         };
+        Self::start_with_config(opts, config, clock, querier, history)
+    }
+
+    /// [`AlertEngine::start`] with an already validated configuration.
+    pub fn start_with_config(
+        opts: EngineOptions,
+        config: Config,
+        clock: Arc<dyn Clock>,
+        querier: Arc<dyn RuleQuerier>,
+        history: Arc<dyn HistorySink>,
+    ) -> Result<Arc<AlertEngine>, EngineError> {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|source| EngineError::StateIo { path: opts.state_dir.clone(), source })?;
         let state = load_state(&opts.state_dir)?;

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod matcher;
 pub mod notify;
 pub mod rule;
+pub mod ruletest;
 pub mod state;
 pub mod tables;
 pub mod template;

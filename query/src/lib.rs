@@ -116,10 +116,14 @@ impl QueryResult {
     }
 }
 
+/// Where `now()` comes from, in Unix milliseconds.
+pub type NowSource = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 pub struct QueryEngine {
     storage: Arc<Storage>,
     ctx: SessionContext,
     live: catalog::LiveTables,
+    now: Option<NowSource>,
     pub metrics: QueryMetrics,
 }
 
@@ -139,7 +143,14 @@ impl QueryEngine {
         // GreptimeDB users know for `date_bin`.
         let date_bin: ScalarUDF = (*datafusion::functions::datetime::date_bin()).clone();
         ctx.register_udf(date_bin.with_aliases(["time_bucket"]));
-        Self { storage, ctx, live, metrics: QueryMetrics::default() }
+        Self { storage, ctx, live, now: None, metrics: QueryMetrics::default() }
+    }
+
+    /// Makes `now()` (and everything relative to it) read `now` instead of
+    /// the wall clock: rule unit tests run on simulated time.
+    pub fn with_now(mut self, now: NowSource) -> Self {
+        self.now = Some(now);
+        self
     }
 
     /// Makes `table` queryable as `system.<name>`.
@@ -149,6 +160,11 @@ impl QueryEngine {
 
     fn state(&self, database: Option<&str>) -> SessionState {
         let mut state = self.ctx.state();
+        if let Some(now) = &self.now
+            && let Some(t) = chrono::DateTime::from_timestamp_millis(now())
+        {
+            state.execution_props_mut().query_execution_start_time = Some(t);
+        }
         if let Some(db) = database.filter(|d| !d.is_empty()) {
             state.config_mut().options_mut().catalog.default_schema = db.to_string();
         }
@@ -192,7 +208,10 @@ impl QueryEngine {
         insert::prepare(&state, &self.storage, &statement).await?;
         let plan = state.statement_to_plan(statement).await?;
         SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
-        let df = self.ctx.execute_logical_plan(plan).await?;
+        // DDL is refused above, so the plan needs none of
+        // `SessionContext::execute_logical_plan`'s special cases; building the
+        // DataFrame on `state` keeps its start time (what `now()` returns).
+        let df = datafusion::dataframe::DataFrame::new(state, plan);
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await?;
         Ok((schema, stream))

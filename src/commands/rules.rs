@@ -12,6 +12,13 @@ use tocsin_alerting::config::{Config, parse_file};
 pub(crate) enum Command {
     /// Validate rule files (together, as one configuration).
     Check(CheckArgs),
+    /// Run rule unit tests: input series and the alerts expected at given
+    /// times (see docs/alerting.md).
+    Test {
+        /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -27,6 +34,7 @@ pub(crate) struct CheckArgs {
 pub(crate) fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Check(a) => check(a),
+        Command::Test { files } => test(&files),
     }
 }
 
@@ -74,5 +82,30 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         config.receivers.len(),
         config.routes.len()
     );
+    Ok(())
+}
+
+fn test(files: &[PathBuf]) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (mut passed, mut failed) = (0, 0);
+    for f in files {
+        let outcomes = runtime.block_on(tocsin_alerting::ruletest::run_file(f))?;
+        for o in outcomes {
+            if o.failures.is_empty() {
+                passed += 1;
+                println!("PASS {}: {}", f.display(), o.name);
+            } else {
+                failed += 1;
+                println!("FAIL {}: {}", f.display(), o.name);
+                for msg in &o.failures {
+                    println!("    {msg}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} rule test(s) failed");
+    }
     Ok(())
 }
