@@ -57,7 +57,11 @@ pub struct GroupFile {
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     pub alert: String,
-    pub sql: String,
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Evaluate each ingested sample of `table.field` (per series) instead
+    /// of running SQL on an interval.
+    pub on_ingest: Option<OnIngestFile>,
     #[serde(default)]
     pub thresholds: IndexMap<String, String>,
     pub recover: Option<String>,
@@ -71,6 +75,13 @@ pub struct RuleFile {
     pub no_data: Option<Condition>,
     pub absent: Option<Condition>,
     pub flapping: Option<FlapFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnIngestFile {
+    pub table: String,
+    pub field: String,
 }
 
 /// `no_data: true`, or `no_data: { severity: critical, for: 2m }`.
@@ -485,7 +496,23 @@ fn compile_rule(r: RuleFile) -> Result<Rule, String> {
     if r.alert.is_empty() || !r.alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
         return Err("`alert` must be a non-empty name of letters, digits, '_', '-' or '.'".into());
     }
-    check_sql(&r.sql)?;
+    let (sql, on_ingest) = match (r.sql, r.on_ingest) {
+        (Some(sql), None) => {
+            check_sql(&sql)?;
+            (sql, None)
+        }
+        (None, Some(o)) => {
+            if r.no_data.is_some() || r.absent.is_some() {
+                return Err("`on_ingest` rules see samples as they arrive; `no_data` and `absent` need `sql`".into());
+            }
+            if o.table.is_empty() || o.field.is_empty() {
+                return Err("`on_ingest` needs `table` and `field`".into());
+            }
+            (String::new(), Some(crate::rule::IngestSource { table: o.table, field: o.field }))
+        }
+        (Some(_), Some(_)) => return Err("give either `sql` or `on_ingest`, not both".into()),
+        (None, None) => return Err("needs `sql` (or `on_ingest: { table, field }`)".into()),
+    };
     let mut thresholds = Vec::new();
     for (severity, expr) in &r.thresholds {
         let t = Threshold::parse(expr).map_err(|e| format!("threshold {severity:?}: {e}"))?;
@@ -521,7 +548,8 @@ fn compile_rule(r: RuleFile) -> Result<Rule, String> {
         .unwrap_or((crate::rule::DEFAULT_FLAP_CHANGES, crate::rule::DEFAULT_FLAP_WINDOW));
     Ok(Rule {
         name: r.alert,
-        sql: r.sql,
+        sql,
+        on_ingest,
         thresholds,
         recover,
         for_: r.for_.map(|d| d.0).unwrap_or_default(),

@@ -19,7 +19,8 @@ use crate::config::{Config, ConfigError};
 use crate::dispatch::{Dispatcher, Job, Mute, TickInput};
 use crate::matcher::Matchers;
 use crate::notify::{Attempt, Notifier, RetryPolicy};
-use crate::rule::{RuleGroup, evaluate, samples_from_batches};
+use crate::on_ingest::{IngestBatch, IngestObserver};
+use crate::rule::{RuleGroup, evaluate, evaluate_with, samples_from_batches};
 use crate::state::{Ack, AlertState, Instance, Silence, Transition};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,9 @@ pub struct AlertMetrics {
     pub notifications_failed: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    pub ingest_evaluations: AtomicU64,
+    /// Ingest-path batches dropped because the engine's queue was full.
+    pub ingest_dropped: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -145,6 +149,9 @@ pub struct AlertEngine {
     notifier: Arc<Notifier>,
     inner: Mutex<Inner>,
     attempts: tokio::sync::Mutex<mpsc::UnboundedReceiver<Attempt>>,
+    ingest_index: Arc<parking_lot::RwLock<Arc<crate::on_ingest::Index>>>,
+    ingest_tx: mpsc::Sender<IngestBatch>,
+    ingest_rx: tokio::sync::Mutex<mpsc::Receiver<IngestBatch>>,
     save_lock: Mutex<()>,
     pub metrics: AlertMetrics,
 }
@@ -190,7 +197,12 @@ impl AlertEngine {
         let outbox: BTreeMap<String, Job> = state.outbox.into_iter().map(|j| (j.id.clone(), j)).collect();
         let pending: Vec<Job> = outbox.values().cloned().collect();
         let mtimes = mtimes(&config.sources);
+        let ingest_index = Arc::new(parking_lot::RwLock::new(Arc::new(crate::on_ingest::index(&config))));
+        let (ingest_tx, ingest_rx) = mpsc::channel(crate::on_ingest::QUEUE);
         let engine = Arc::new(AlertEngine {
+            ingest_index,
+            ingest_tx,
+            ingest_rx: tokio::sync::Mutex::new(ingest_rx),
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
                 rules,
@@ -229,6 +241,7 @@ impl AlertEngine {
     /// Ticks until `stop`; then saves the state.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let attempts = tokio::spawn(Arc::clone(&self).attempt_loop(stop.clone()));
+        let ingest = tokio::spawn(Arc::clone(&self).ingest_loop(stop.clone()));
         let mut tick = tokio::time::interval(self.opts.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_watch = Instant::now();
@@ -244,6 +257,7 @@ impl AlertEngine {
             self.tick().await;
         }
         let _ = attempts.await;
+        let _ = ingest.await;
         if let Err(e) = self.save() {
             tracing::error!("saving alerting state at shutdown failed: {e}");
         }
@@ -268,7 +282,7 @@ impl AlertEngine {
         };
         let mut transitions = Vec::new();
         for g in &due {
-            for rule in &g.rules {
+            for rule in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
                 let started = Instant::now();
                 let result = self.querier.query(&rule.sql, g.database.as_deref()).await;
                 let samples = result.and_then(|b| samples_from_batches(&b));
@@ -301,6 +315,13 @@ impl AlertEngine {
                 }
             }
         }
+        self.finish_round(transitions).await;
+        self.drain_attempts().await;
+    }
+
+    /// After evaluations: dispatch, persist, hand the jobs to the notifier
+    /// (only once they are in the persisted outbox), record history.
+    async fn finish_round(&self, transitions: Vec<Transition>) {
         let jobs = self.dispatch(!transitions.is_empty());
         if let Err(e) = self.save_if_dirty() {
             tracing::error!("{e}");
@@ -311,7 +332,47 @@ impl AlertEngine {
         if !transitions.is_empty() {
             self.history.transitions(&transitions).await;
         }
-        self.drain_attempts().await;
+    }
+
+    /// The observer to give storage, so that `on_ingest` rules see writes.
+    pub fn ingest_observer(&self) -> Arc<dyn tocsin_storage::WriteObserver> {
+        Arc::new(IngestObserver {
+            index: Arc::clone(&self.ingest_index),
+            tx: self.ingest_tx.clone(),
+            dropped: Arc::clone(&self.metrics.ingest_dropped),
+        })
+    }
+
+    /// Evaluates `on_ingest` rules as writes arrive.
+    async fn ingest_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut rx = self.ingest_rx.lock().await;
+        loop {
+            let first = tokio::select! {
+                b = rx.recv() => b,
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let Some(first) = first else { return };
+            let mut batches = vec![first];
+            while let Ok(b) = rx.try_recv() {
+                batches.push(b);
+            }
+            self.evaluate_ingest(batches).await;
+        }
+    }
+
+    /// Applies ingest-path samples (only the written series change state).
+    pub(crate) async fn evaluate_ingest(&self, batches: Vec<IngestBatch>) {
+        let now = self.clock.now_ms();
+        let mut transitions = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            for b in &batches {
+                let instances = inner.rules.entry(rule_key(&b.group, &b.rule.name)).or_default();
+                transitions.extend(evaluate_with(&b.rule, &b.group, &b.samples, instances, now, false));
+            }
+        }
+        self.metrics.ingest_evaluations.fetch_add(batches.len() as u64, Ordering::Relaxed);
+        self.finish_round(transitions).await;
     }
 
     fn dispatch(&self, changed: bool) -> Vec<Job> {
@@ -665,6 +726,7 @@ impl AlertEngine {
         };
         let count = config.rule_count();
         self.notifier.set_receivers(config.receivers.clone());
+        *self.ingest_index.write() = Arc::new(crate::on_ingest::index(&config));
         let mut inner = self.inner.lock();
         inner.dispatcher.retain_routes(config.routes.len());
         inner.mtimes = mtimes(&config.sources);
@@ -732,6 +794,18 @@ impl AlertEngine {
         );
         metric("tocsin_rule_reloads_total", "counter", "Successful rule reloads.", c(&m.reloads));
         metric("tocsin_rule_reload_failures_total", "counter", "Rejected rule reloads.", c(&m.reload_failures));
+        metric(
+            "tocsin_ingest_rule_batches_total",
+            "counter",
+            "Write batches evaluated by on_ingest rules.",
+            c(&m.ingest_evaluations),
+        );
+        metric(
+            "tocsin_ingest_rule_batches_dropped_total",
+            "counter",
+            "Write batches on_ingest rules missed because the engine's queue was full.",
+            c(&m.ingest_dropped),
+        );
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {

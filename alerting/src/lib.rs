@@ -15,6 +15,7 @@ pub mod duration;
 pub mod engine;
 pub mod matcher;
 pub mod notify;
+pub mod on_ingest;
 pub mod rule;
 pub mod ruletest;
 pub mod state;

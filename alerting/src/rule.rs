@@ -83,10 +83,20 @@ pub struct ConditionSpec {
     pub for_: Duration,
 }
 
+/// A rule evaluated on the ingest path: the newest value of `field` in
+/// each series written to `table`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestSource {
+    pub table: String,
+    pub field: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
+    /// Empty for `on_ingest` rules.
     pub sql: String,
+    pub on_ingest: Option<IngestSource>,
     /// From least to most severe, as written; the last one crossed names
     /// the instance's severity.
     pub thresholds: Vec<(String, Threshold)>,
@@ -208,6 +218,20 @@ pub fn evaluate(
     instances: &mut BTreeMap<String, Instance>,
     now: i64,
 ) -> Vec<Transition> {
+    evaluate_with(rule, group, samples, instances, now, true)
+}
+
+/// [`evaluate`], where `complete` says whether `samples` is the rule's whole
+/// result (an interval evaluation: series not in it are missing) or just
+/// the series that were written (ingest path: the others are unchanged).
+pub fn evaluate_with(
+    rule: &Rule,
+    group: &str,
+    samples: &[Sample],
+    instances: &mut BTreeMap<String, Instance>,
+    now: i64,
+    complete: bool,
+) -> Vec<Transition> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for s in samples {
@@ -220,6 +244,17 @@ pub fn evaluate(
         inst.last_seen = Some(now);
         inst.no_data = false;
         step(rule, inst, Seen::Value(s.value), now, &mut out);
+    }
+    if !complete {
+        instances.retain(|_, i| i.state != AlertState::Inactive);
+        for id in &seen {
+            if let Some(inst) = instances.get_mut(id)
+                && inst.state.is_active()
+            {
+                render_annotations(rule, inst);
+            }
+        }
+        return out;
     }
     // Absent: one instance for "no rows at all".
     if let Some(spec) = &rule.absent {
@@ -354,6 +389,7 @@ mod tests {
         Rule {
             name: "HighCpu".into(),
             sql: "SELECT host, v AS value FROM t".into(),
+            on_ingest: None,
             thresholds: vec![
                 ("warning".into(), Threshold::parse("> 80").expect("t")),
                 ("critical".into(), Threshold::parse("> 95").expect("t")),

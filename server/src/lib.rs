@@ -172,6 +172,7 @@ fn start_alerting(
         Arc::new(StorageHistory { storage: Arc::clone(storage) }),
     )?;
     query.register_system_table("alerts", Arc::new(AlertsTable { engine: Arc::downgrade(&engine) }));
+    storage.set_write_observer(engine.ingest_observer());
     let c = engine.config();
     tracing::info!(
         groups = c.groups.len(),

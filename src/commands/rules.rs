@@ -59,7 +59,7 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         let mut failures = 0;
         runtime.block_on(async {
             for g in &config.groups {
-                for r in &g.rules {
+                for r in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
                     let mut body = serde_json::json!({ "sql": format!("EXPLAIN {}", r.sql) });
                     if let Some(db) = &g.database {
                         body["database"] = serde_json::Value::String(db.clone());

@@ -168,7 +168,13 @@ pub struct Storage {
     pub(crate) next_segment_id: AtomicU64,
     shutting_down: AtomicBool,
     pub metrics: StorageMetrics,
+    observer: RwLock<Option<Arc<dyn WriteObserver>>>,
     _lock_file: File,
+}
+
+/// Sees each write once it is durable and visible to queries.
+pub trait WriteObserver: Send + Sync {
+    fn written(&self, db: &str, writes: &[TableWrite]);
 }
 
 impl Storage {
@@ -199,6 +205,7 @@ impl Storage {
             next_segment_id: AtomicU64::new(next_segment_id),
             shutting_down: AtomicBool::new(false),
             metrics,
+            observer: RwLock::new(None),
             _lock_file: lock_file,
         }
     }
@@ -267,7 +274,18 @@ impl Storage {
         }
         self.metrics.writes.fetch_add(1, Ordering::Relaxed);
         self.metrics.rows_written.fetch_add(outcome.accepted_rows, Ordering::Relaxed);
+        let observer = self.observer.read().clone();
+        if let Some(o) = observer {
+            o.written(db, &writes);
+        }
         Ok(outcome)
+    }
+
+    /// Tells `observer` about every acknowledged write (alerting rules that
+    /// evaluate on the ingest path). It runs on the writer's task: it must
+    /// return quickly.
+    pub fn set_write_observer(&self, observer: Arc<dyn WriteObserver>) {
+        *self.observer.write() = Some(observer);
     }
 
     /// Makes sure `db.table` exists with at least `columns` (creating or

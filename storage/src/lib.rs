@@ -47,7 +47,9 @@ pub mod wal;
 pub mod write;
 
 pub use config::StorageConfig;
-pub use engine::{Chunk, PersistStats, Rejection, SYSTEM_DATABASE, Storage, StorageError, TableSnapshot, WriteOutcome};
+pub use engine::{
+    Chunk, PersistStats, Rejection, SYSTEM_DATABASE, Storage, StorageError, TableSnapshot, WriteObserver, WriteOutcome,
+};
 pub use manifest::SegmentMeta;
 pub use metrics::StorageMetrics;
 pub use schema::{ColumnKind, FieldType, TIME_COLUMN, TableSchema};

@@ -220,3 +220,35 @@ fn names_line_and_column(text: &str) -> bool {
         line.parse::<u32>().is_ok() && col.parse::<u32>().is_ok()
     })
 }
+
+#[tokio::test]
+async fn on_ingest_rules_notify_without_waiting_for_an_interval() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        r#"
+groups:
+  - name: fast
+    interval: 1h
+    rules:
+      - alert: CpuSpike
+        on_ingest: {{ table: cpu, field: usage }}
+        thresholds: {{ critical: "> 90" }}
+route:
+  receiver: oncall
+  group_by: [alertname, host]
+  group_wait: 0s
+  group_interval: 100ms
+receivers:
+  - name: oncall
+    webhook: {{ url: "http://{}/oncall" }}
+"#,
+        hook.addr
+    );
+    let server = start_with_rules(tmp.path(), &yaml);
+    server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 97)").await;
+    let body = hook.wait_for(10, |_, v| v["status"] == "firing").await.expect("firing notification");
+    assert_eq!(host_of(&body), "web-1");
+    server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 15)").await;
+    hook.wait_for(10, |_, v| v["status"] == "resolved").await.expect("resolved notification");
+}

@@ -411,3 +411,53 @@ fn a_corrupt_state_file_is_moved_aside() {
         .collect();
     assert!(names.iter().any(|n| n.starts_with("state.json.corrupt-")), "{names:?}");
 }
+
+#[tokio::test]
+async fn on_ingest_rules_change_only_the_written_series() {
+    let cap = capture(0).await;
+    let yaml = rules_yaml(cap.addr).replace(
+        "        sql: SELECT host, v AS value FROM cpu\n",
+        "        on_ingest: { table: cpu, field: usage }\n",
+    );
+    let s = setup(&yaml);
+    let observer = s.engine.ingest_observer();
+    let write = |host: &str, values: &[f64]| tocsin_storage::TableWrite {
+        table: "cpu".into(),
+        blocks: vec![tocsin_storage::SeriesBlock {
+            item: 0,
+            tags: vec![("host".into(), host.into())],
+            timestamps: (0..values.len() as i64).collect(),
+            fields: vec![tocsin_storage::FieldColumn {
+                name: "usage".into(),
+                values: tocsin_storage::FieldValues::F64(values.to_vec()),
+                validity: None,
+            }],
+        }],
+    };
+    let pump = async || {
+        let mut batches = Vec::new();
+        while let Ok(b) = s.engine.ingest_rx.lock().await.try_recv() {
+            batches.push(b);
+        }
+        s.engine.evaluate_ingest(batches).await;
+    };
+    // The newest row of the write counts: 99 for a, 10 for b.
+    observer.written("public", &[write("a", &[10.0, 99.0]), write("b", &[99.0, 10.0])]);
+    observer.written("other_db", &[write("c", &[99.0])]);
+    pump().await;
+    assert_eq!(s.state_of("a").as_deref(), Some("pending"));
+    assert_eq!(s.state_of("b"), None);
+    assert_eq!(s.state_of("c"), None, "another database's table is not watched");
+    // b is written again; a is not: a stays pending (no "missing" on ingest).
+    s.clock.advance_ms(3000);
+    observer.written("public", &[write("b", &[12.0])]);
+    pump().await;
+    assert_eq!(s.state_of("a").as_deref(), Some("pending"));
+    // a's next sample after `for` (2s) fires it.
+    observer.written("public", &[write("a", &[98.0])]);
+    pump().await;
+    assert_eq!(s.state_of("a").as_deref(), Some("firing"));
+    let got = cap.wait_for(1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1["alerts"][0]["labels"]["host"], "a");
+}
