@@ -242,12 +242,13 @@ impl AlertEngine {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let attempts = tokio::spawn(Arc::clone(&self).attempt_loop(stop.clone()));
         let ingest = tokio::spawn(Arc::clone(&self).ingest_loop(stop.clone()));
-        let mut tick = tokio::time::interval(self.opts.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_watch = Instant::now();
         loop {
+            // Wake for the next due group, or after one tick (notifications,
+            // escalation steps), whichever comes first.
+            let wait = self.until_next_due().min(self.opts.tick);
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
             if !self.opts.watch_interval.is_zero() && last_watch.elapsed() >= self.opts.watch_interval {
@@ -263,6 +264,22 @@ impl AlertEngine {
         }
     }
 
+    fn until_next_due(&self) -> Duration {
+        let now = self.clock.now_ms();
+        let inner = self.inner.lock();
+        let next = inner
+            .config
+            .groups
+            .iter()
+            .filter(|g| g.rules.iter().any(|r| r.on_ingest.is_none()))
+            .map(|g| inner.next_eval.get(&g.name).copied().unwrap_or(now))
+            .min();
+        match next {
+            Some(t) => Duration::from_millis((t - now).max(1) as u64),
+            None => self.opts.tick,
+        }
+    }
+
     /// One round: evaluate due groups, dispatch, persist, hand jobs to the
     /// notifier, record history.
     pub async fn tick(&self) {
@@ -272,10 +289,19 @@ impl AlertEngine {
             let config = Arc::clone(&inner.config);
             let mut due = Vec::new();
             for g in &config.groups {
-                let next = inner.next_eval.get(&g.name).copied().unwrap_or(i64::MIN);
-                if next <= now {
-                    inner.next_eval.insert(g.name.clone(), now + g.interval.as_millis() as i64);
-                    due.push(g.clone());
+                let interval = g.interval.as_millis() as i64;
+                match inner.next_eval.get(&g.name).copied() {
+                    Some(next) if next > now => {}
+                    // On time: keep the cadence (no drift); behind by more
+                    // than an interval: start again from now.
+                    Some(next) if now - next < interval => {
+                        inner.next_eval.insert(g.name.clone(), next + interval);
+                        due.push(g.clone());
+                    }
+                    _ => {
+                        inner.next_eval.insert(g.name.clone(), now + interval);
+                        due.push(g.clone());
+                    }
                 }
             }
             due

@@ -8,3 +8,4 @@ cargo build --locked --bin tocsin
 export TOCSIN_BIN="$BIN"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 python3 tests/interop/test_grpc_python_and_duckdb.py
+python3 tests/interop/test_email_aiosmtpd.py

@@ -1,0 +1,363 @@
+//! `tocsin-alert-bench`: alerting benchmarks against a real `tocsin serve`
+//! that this program starts.
+//!
+//! - `latency`: time from an acknowledged write that crosses a threshold to
+//!   the webhook request arriving at a local receiver, for a polled rule
+//!   (`--interval`, default 1s) and for an `on_ingest` rule.
+//! - `capacity`: server CPU while N rules over M series evaluate on an
+//!   interval.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tocsin_proto::v1::ingest_client::IngestClient;
+use tocsin_proto::v1::{DoubleValues, FieldColumn, Label, RowSeries, WriteRowsRequest, field_column};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Parser)]
+#[command(about = "Alerting benchmarks: write-to-webhook latency and evaluation capacity")]
+struct Args {
+    /// The tocsin binary to start.
+    #[arg(long, default_value = "target/release/tocsin")]
+    tocsin: PathBuf,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Write → webhook latency, polled and on the ingest path.
+    Latency {
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Rule interval of the polled rule.
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
+    /// Server CPU while rules evaluate.
+    Capacity {
+        #[arg(long, default_value_t = 1000)]
+        rules: usize,
+        #[arg(long, default_value_t = 100_000)]
+        series: usize,
+        /// Tables the series are spread over (rules are spread the same way).
+        #[arg(long, default_value_t = 100)]
+        tables: usize,
+        #[arg(long, default_value_t = 10)]
+        interval_secs: u64,
+        /// How long to measure.
+        #[arg(long, default_value_t = 60)]
+        measure_secs: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        match args.mode {
+            Mode::Latency { runs, interval } => latency(&args.tocsin, runs, &interval).await,
+            Mode::Capacity { rules, series, tables, interval_secs, measure_secs } => {
+                capacity(&args.tocsin, rules, series, tables, interval_secs, measure_secs).await
+            }
+        }
+    })
+}
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(bin: &Path, rules_yaml: &str) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, rules_yaml)?;
+    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    let mut child = Command::new(bin)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log", "warn"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--rules")
+        .arg(&rules)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("while starting {} (build it with cargo build --release)", bin.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = |key: &str| -> anyhow::Result<SocketAddr> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no {key} in {line:?}"))
+    };
+    Ok(Server { http: addr("http=")?, grpc: addr("grpc=")?, child, _dir: dir })
+}
+
+/// A webhook receiver: sends (first alert's host, arrival) per request.
+async fn receiver() -> anyhow::Result<(SocketAddr, mpsc::UnboundedReceiver<(String, Instant)>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16384];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    let arrived = Instant::now();
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
+                    if body["status"] == "firing" {
+                        let host = body["alerts"][0]["labels"]["host"].as_str().unwrap_or("").to_string();
+                        let _ = tx.send((host, arrived));
+                    }
+                    let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                    return;
+                }
+            });
+        }
+    });
+    Ok((addr, rx))
+}
+
+async fn sql(http: SocketAddr, sql: &str) -> anyhow::Result<()> {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/sql"))
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("{sql}: {}", resp.text().await?);
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn latency(bin: &Path, runs: usize, interval: &str) -> anyhow::Result<()> {
+    for mode in ["polled", "on_ingest"] {
+        let (addr, mut rx) = receiver().await?;
+        let source = if mode == "polled" {
+            "sql: SELECT host, max(usage) AS value FROM lat WHERE ts > now() - INTERVAL '30 seconds' GROUP BY host"
+                .to_string()
+        } else {
+            "on_ingest: { table: lat, field: usage }".to_string()
+        };
+        let yaml = format!(
+            r#"
+groups:
+  - name: latency
+    interval: {interval}
+    rules:
+      - alert: Latency
+        {source}
+        thresholds: {{ critical: "> 90" }}
+route:
+  receiver: hook
+  group_by: [alertname, host]
+  group_wait: 0s
+  group_interval: 1s
+receivers:
+  - name: hook
+    webhook: {{ url: "http://{addr}/hook" }}
+"#
+        );
+        let server = start_server(bin, &yaml)?;
+        // Warm up: the table exists and the first evaluation happened.
+        sql(server.http, "INSERT INTO lat (ts, host, usage) VALUES (now(), 'warmup', 1)").await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut lat = Vec::with_capacity(runs);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..runs {
+            // A pseudo-random phase against the rule interval.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            tokio::time::sleep(Duration::from_millis(seed % 1000)).await;
+            let host = format!("h{i}");
+            sql(server.http, &format!("INSERT INTO lat (ts, host, usage) VALUES (now(), '{host}', 99)")).await?;
+            let acked = Instant::now();
+            let arrived = loop {
+                let (h, t) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                    .await
+                    .with_context(|| format!("no notification for {host} within 10 s"))?
+                    .context("receiver closed")?;
+                if h == host {
+                    break t;
+                }
+            };
+            lat.push(arrived.saturating_duration_since(acked).as_secs_f64() * 1000.0);
+            if (i + 1) % 20 == 0 {
+                eprintln!("  {mode}: {}/{runs}", i + 1);
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "latency {mode:9} (interval {interval}): median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {runs} writes",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN)
+        );
+        drop(server);
+    }
+    Ok(())
+}
+
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("bad /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11).context("utime")?.parse()?;
+    let stime: f64 = f.get(12).context("stime")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) / hz)
+}
+
+async fn metric(http: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .with_context(|| format!("no metric {name}"))
+}
+
+async fn capacity(
+    bin: &Path,
+    rules: usize,
+    series: usize,
+    tables: usize,
+    interval_secs: u64,
+    measure_secs: u64,
+) -> anyhow::Result<()> {
+    let per_table = series / tables;
+    let rules_per_table = rules / tables;
+    let mut yaml = String::from("groups:\n");
+    for t in 0..tables {
+        yaml.push_str(&format!("  - name: g{t}\n    interval: {interval_secs}s\n    rules:\n"));
+        for r in 0..rules_per_table {
+            yaml.push_str(&format!(
+                "      - alert: R{t}_{r}\n        sql: SELECT series, max(v{f}) AS value FROM m{t} WHERE ts > now() - INTERVAL '1 minute' GROUP BY series\n        thresholds: {{ critical: \"> {th}\" }}\n",
+                f = r % 3,
+                th = 1000 + r,
+            ));
+        }
+    }
+    let server = start_server(bin, &yaml)?;
+    let pid = server.child.id();
+    eprintln!("loading {series} series in {tables} tables ...");
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64;
+    let mut client =
+        IngestClient::connect(format!("http://{}", server.grpc)).await?.max_encoding_message_size(256 << 20);
+    // One sample every 10 s from 1 minute ago to 2 minutes ahead, so that
+    // every evaluation during the measurement sees a full minute.
+    let steps: Vec<i64> = (-6..12).map(|k| now_ns + k * 10_000_000_000).collect();
+    let mut x: u64 = 1;
+    for t in 0..tables {
+        let mut rows = Vec::with_capacity(per_table);
+        for s in 0..per_table {
+            let mut col = |name: &str| {
+                let values = steps
+                    .iter()
+                    .map(|_| {
+                        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        (x >> 40) as f64 / 167_772.16
+                    })
+                    .collect();
+                FieldColumn { name: name.into(), values: Some(field_column::Values::F64(DoubleValues { values })) }
+            };
+            let fields = vec![col("v0"), col("v1"), col("v2")];
+            rows.push(RowSeries {
+                tags: vec![Label { name: "series".into(), value: format!("s{s}") }],
+                timestamps: steps.clone(),
+                fields,
+            });
+        }
+        let resp = client
+            .write_rows(WriteRowsRequest { database: String::new(), table: format!("m{t}"), series: rows })
+            .await?
+            .into_inner();
+        if !resp.rejected.is_empty() {
+            bail!("table m{t}: {:?}", resp.rejected.first());
+        }
+    }
+    eprintln!("warming up for one interval ...");
+    tokio::time::sleep(Duration::from_secs(interval_secs + 1)).await;
+    let (cpu0, ev0, evs0, t0) = (
+        cpu_seconds(pid)?,
+        metric(server.http, "tocsin_rule_evaluations_total").await?,
+        metric(server.http, "tocsin_rule_evaluation_seconds_total").await?,
+        Instant::now(),
+    );
+    for s in 0..measure_secs / 10 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        eprintln!("  measuring {} / {measure_secs} s", (s + 1) * 10);
+    }
+    let (cpu1, ev1, evs1, dt) = (
+        cpu_seconds(pid)?,
+        metric(server.http, "tocsin_rule_evaluations_total").await?,
+        metric(server.http, "tocsin_rule_evaluation_seconds_total").await?,
+        t0.elapsed().as_secs_f64(),
+    );
+    let failures = metric(server.http, "tocsin_rule_evaluation_failures_total").await?;
+    let evals = ev1 - ev0;
+    let expected = rules as f64 * dt / interval_secs as f64;
+    println!(
+        "capacity: {rules} rules over {series} series ({tables} tables, {per_table} series x 6 samples per rule query), interval {interval_secs} s"
+    );
+    println!(
+        "  server CPU {:.2} cores; {:.0} evaluations in {:.0} s ({:.0}% of the {:.0} due), {failures} failed",
+        (cpu1 - cpu0) / dt,
+        evals,
+        dt,
+        100.0 * evals / expected,
+        expected
+    );
+    println!(
+        "  mean evaluation {:.2} ms; {:.0} rule x series checks per second",
+        1000.0 * (evs1 - evs0) / evals.max(1.0),
+        evals * per_table as f64 / dt
+    );
+    Ok(())
+}
