@@ -252,3 +252,190 @@ receivers:
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 15)").await;
     hook.wait_for(10, |_, v| v["status"] == "resolved").await.expect("resolved notification");
 }
+
+/// A rules file with one SQL rule over the newest value per host.
+fn last_value_rules(hook: &Webhook, rule_extra: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+groups:
+  - name: hosts
+    interval: 200ms
+    rules:
+      - alert: HighCpu
+        sql: SELECT host, last_value(usage ORDER BY ts) AS value FROM cpu GROUP BY host
+        thresholds: {{ warning: "> 80", critical: "> 90" }}
+{rule_extra}
+route:
+  receiver: oncall
+  group_wait: 0s
+  group_interval: 300ms
+  repeat_interval: 1h
+{route_extra}
+receivers:
+  - name: oncall
+    webhook: {{ url: "http://{addr}/oncall" }}
+  - name: backup
+    webhook: {{ url: "http://{addr}/backup" }}
+"#,
+        addr = hook.addr
+    )
+}
+
+async fn insert(server: &TestServer, host: &str, usage: f64, offset_ms: i64) {
+    server
+        .sql(&format!(
+            "INSERT INTO cpu (ts, host, usage) VALUES (now() + INTERVAL '{offset_ms} milliseconds', '{host}', {usage})"
+        ))
+        .await;
+}
+
+async fn state_of(server: &TestServer, host: &str) -> String {
+    let v = get(server, &format!("/api/v1/alerts?host={host}")).await;
+    v["alerts"][0]["state"].as_str().unwrap_or("none").to_string()
+}
+
+async fn wait_state(server: &TestServer, host: &str, want: &str) {
+    for _ in 0..200 {
+        if state_of(server, host).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{host} never became {want}; it is {}", state_of(server, host).await);
+}
+
+#[tokio::test]
+async fn for_and_recover_hysteresis_through_the_binary() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = last_value_rules(&hook, "        for: 1s\n        recover: \"< 70\"", "  group_by: [alertname, host]");
+    let server = start_with_rules(tmp.path(), &yaml);
+    insert(&server, "web-1", 85.0, 0).await;
+    wait_state(&server, "web-1", "pending").await;
+    wait_state(&server, "web-1", "firing").await;
+    let firing = hook.wait_for(10, |_, v| v["status"] == "firing").await.expect("firing sent");
+    assert_eq!(firing["alerts"][0]["labels"]["severity"], "warning");
+    // 75: below the threshold but above recover: still firing.
+    insert(&server, "web-1", 75.0, 1000).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(state_of(&server, "web-1").await, "firing");
+    insert(&server, "web-1", 60.0, 2000).await;
+    wait_state(&server, "web-1", "resolved").await;
+    hook.wait_for(10, |_, v| v["status"] == "resolved").await.expect("resolved sent");
+    let history = server.sql("SELECT from_state, to_state FROM system.alert_history ORDER BY ts").await;
+    let pairs: Vec<(String, String)> = history
+        .iter()
+        .map(|r| (r["from_state"].as_str().unwrap_or("").into(), r["to_state"].as_str().unwrap_or("").into()))
+        .collect();
+    let expect: Vec<(String, String)> = [("inactive", "pending"), ("pending", "firing"), ("firing", "resolved")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(pairs, expect);
+}
+
+#[tokio::test]
+async fn a_storm_of_a_thousand_hosts_is_one_notification() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = last_value_rules(&hook, "", "  group_by: [alertname]").replace("group_wait: 0s", "group_wait: 1s");
+    let server = start_with_rules(tmp.path(), &yaml);
+    let values: Vec<String> = (0..1000).map(|i| format!("(now(), 'h{i}', 99)")).collect();
+    server.sql(&format!("INSERT INTO cpu (ts, host, usage) VALUES {}", values.join(", "))).await;
+    let body = hook.wait_for(20, |_, v| v["status"] == "firing").await.expect("storm notification");
+    assert_eq!(body["alerts"].as_array().map(Vec::len), Some(1000));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(hook.received().len(), 1, "one notification for the storm, nothing while it is unchanged");
+    let firing = server.sql("SELECT count(*) AS n FROM system.alerts WHERE state = 'firing'").await;
+    assert_eq!(firing[0]["n"], 1000);
+}
+
+#[tokio::test]
+async fn critical_inhibits_warning_for_the_same_host() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        r#"
+groups:
+  - name: disk
+    interval: 200ms
+    rules:
+      - alert: DiskFull
+        sql: SELECT host, last_value(used ORDER BY ts) AS value FROM disk GROUP BY host
+        thresholds: {{ critical: "> 95" }}
+      - alert: DiskFilling
+        sql: SELECT host, last_value(used ORDER BY ts) AS value FROM disk GROUP BY host
+        thresholds: {{ warning: "> 80" }}
+route:
+  receiver: oncall
+  group_by: [alertname, host]
+  # Longer than the rule interval, as with Alertmanager: the two rules may
+  # see the new rows in different evaluations; inhibition applies at flush.
+  group_wait: 1s
+  group_interval: 300ms
+inhibit_rules:
+  - source_match: {{ severity: critical }}
+    target_match: {{ severity: warning }}
+    equal: [host]
+receivers:
+  - name: oncall
+    webhook: {{ url: "http://{}/oncall" }}
+"#,
+        hook.addr
+    );
+    let server = start_with_rules(tmp.path(), &yaml);
+    server.sql("INSERT INTO disk (ts, host, used) VALUES (now(), 'a', 97), (now(), 'b', 85)").await;
+    // b only crosses the warning: notified. a crosses both: only the critical.
+    hook.wait_for(20, |_, v| v["commonLabels"]["alertname"] == "DiskFilling" && host_of(v) == "b")
+        .await
+        .expect("b warned");
+    hook.wait_for(20, |_, v| v["commonLabels"]["alertname"] == "DiskFull" && host_of(v) == "a").await.expect("a paged");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let leaked =
+        hook.received().into_iter().any(|(_, v)| v["commonLabels"]["alertname"] == "DiskFilling" && host_of(&v) == "a");
+    assert!(!leaked, "a's warning should be inhibited by its critical");
+    let alerts = get(&server, "/api/v1/alerts?host=a&alertname=DiskFilling").await;
+    assert_eq!(alerts["alerts"][0]["muted"]["kind"], "inhibited");
+}
+
+#[tokio::test]
+async fn acknowledged_alert_gets_no_step_two() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = start_with_rules(tmp.path(), &rules(&hook, "3s"));
+    server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'esc-1', 99)").await;
+    hook.wait_for(20, |p, v| p == "/oncall" && host_of(v) == "esc-1").await.expect("step 1");
+    let id = get(&server, "/api/v1/alerts?host=esc-1").await["alerts"][0]["id"].as_str().expect("id").to_string();
+    let (status, body) =
+        post(&server, &format!("/api/v1/alerts/{id}/ack"), json!({"by": "ann", "comment": "mine"})).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(hook.received().iter().all(|(p, _)| p != "/backup"), "step 2 sent despite the ack");
+    let (status, body) = post(&server, "/api/v1/alerts/nope/ack", json!({"by": "ann"})).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post(&server, &format!("/api/v1/alerts/{id}/ack"), json!({})).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_receiver_that_fails_then_recovers_gets_the_notification_once() {
+    let hook = Webhook::start_failing(2).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = start_with_rules(tmp.path(), &rules(&hook, "1h"));
+    server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 99)").await;
+    hook.wait_for(30, |_, v| host_of(v) == "web-1").await.expect("delivered after retries");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hook.received().len(), 1, "{:?}", hook.received());
+    let mut attempts = Vec::new();
+    for _ in 0..100 {
+        attempts = server.sql("SELECT attempt, ok, error FROM system.notifications ORDER BY ts").await;
+        if attempts.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let oks: Vec<(i64, bool)> =
+        attempts.iter().map(|a| (a["attempt"].as_i64().unwrap_or(0), a["ok"].as_bool().unwrap_or(false))).collect();
+    assert_eq!(oks, [(1, false), (2, false), (3, true)], "{attempts:?}");
+    assert!(attempts[0]["error"].as_str().unwrap_or("").contains("503"), "{attempts:?}");
+}

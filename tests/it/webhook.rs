@@ -1,6 +1,7 @@
 //! A webhook receiver on loopback that records every request body by path.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,13 @@ pub(crate) struct Webhook {
 
 impl Webhook {
     pub(crate) async fn start() -> Webhook {
+        Webhook::start_failing(0).await
+    }
+
+    /// Answers the first `fail_first` requests with 503 (and does not
+    /// record them).
+    pub(crate) async fn start_failing(fail_first: usize) -> Webhook {
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(fail_first));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let bodies: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
@@ -22,6 +30,7 @@ impl Webhook {
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
                 let b = Arc::clone(&b);
+                let failures = Arc::clone(&failures);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 16384];
@@ -45,9 +54,14 @@ impl Webhook {
                         }
                         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
                         let body = serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or(Value::Null);
-                        b.lock().expect("lock").push((path, body));
-                        let _ =
-                            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                        let fail = failures.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
+                        let status: &[u8] = if fail {
+                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        } else {
+                            b.lock().expect("lock").push((path, body));
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        };
+                        let _ = sock.write_all(status).await;
                         return;
                     }
                 });
