@@ -200,6 +200,12 @@ pub struct EmailFile {
     pub password: Option<String>,
     pub subject: Option<String>,
     pub text: Option<String>,
+    pub html: Option<String>,
+    /// `auto` (STARTTLS when offered; default), `starttls` (required),
+    /// `implicit` (TLS from the start, port 465) or `none`.
+    pub tls: Option<String>,
+    /// Extra trusted root certificates (PEM), for a private relay.
+    pub ca_file: Option<PathBuf>,
     pub timeout: Option<Dur>,
 }
 
@@ -681,6 +687,12 @@ fn compile_receiver(r: ReceiverFile) -> Result<Receiver, String> {
     if let Some(e) = r.email {
         if e.to.is_empty() {
             return Err(ctx("email needs at least one address in `to`".into()));
+        }
+        crate::notify::SmtpTls::parse(e.tls.as_deref()).map_err(ctx)?;
+        if let Some(ca) = &e.ca_file
+            && !ca.is_file()
+        {
+            return Err(ctx(format!("email ca_file {} is not a readable file", ca.display())));
         }
         if !e.smarthost.contains(':') {
             return Err(ctx(format!("email smarthost {:?} needs a port, e.g. smtp.example.com:587", e.smarthost)));

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -285,65 +285,188 @@ fn render_group(t: &str, p: &Payload) -> String {
     template::render(t, &labels, f64::NAN)
 }
 
-/// Plain SMTP: EHLO, AUTH PLAIN when a username is set, one message with a
-/// text body. (STARTTLS and implicit TLS are not implemented yet.)
+/// How the SMTP connection is secured (`tls` in the receiver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS when the server offers it (the default).
+    Auto,
+    /// STARTTLS, and fail if the server does not offer it.
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// Never (a local relay).
+    None,
+}
+
+impl SmtpTls {
+    pub fn parse(s: Option<&str>) -> Result<SmtpTls, String> {
+        match s.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("auto") => Ok(SmtpTls::Auto),
+            Some("starttls") => Ok(SmtpTls::StartTls),
+            Some("implicit") | Some("tls") => Ok(SmtpTls::Implicit),
+            Some("none") => Ok(SmtpTls::None),
+            Some(other) => Err(format!("tls {other:?} is not one of auto, starttls, implicit, none")),
+        }
+    }
+}
+
+fn tls_connector(e: &EmailFile) -> Result<tokio_rustls::TlsConnector, SendError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &e.ca_file {
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|err| SendError::Smtp(format!("ca_file {}: {err}", path.display())))?
+        {
+            let cert = cert.map_err(|err| SendError::Smtp(format!("ca_file {}: {err}", path.display())))?;
+            roots.add(cert).map_err(|err| SendError::Smtp(format!("ca_file {}: {err}", path.display())))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| SendError::Smtp(format!("TLS setup: {err}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn start_tls(e: &EmailFile, tcp: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SendError> {
+    let host = e.smarthost.rsplit_once(':').map(|(h, _)| h).unwrap_or(&e.smarthost);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|err| SendError::Smtp(format!("{host:?} is not a TLS server name: {err}")))?;
+    tls_connector(e)?.connect(name, tcp).await.map_err(|err| SendError::Smtp(format!("TLS handshake: {err}")))
+}
+
+/// SMTP: EHLO, STARTTLS (per `tls`), AUTH PLAIN when a username is set, one
+/// message with a text part and an HTML part.
 async fn send_email(e: &EmailFile, p: &Payload) -> Result<(), SendError> {
-    let stream = TcpStream::connect(&e.smarthost).await?;
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    expect(&mut r, 220).await?;
-    w.write_all(b"EHLO tocsin\r\n").await?;
-    let caps = expect(&mut r, 250).await?;
+    let mode = SmtpTls::parse(e.tls.as_deref()).map_err(SendError::Smtp)?;
+    let tcp = TcpStream::connect(&e.smarthost).await?;
+    if mode == SmtpTls::Implicit {
+        let mut s = BufReader::new(start_tls(e, tcp).await?);
+        expect(&mut s, 220).await?;
+        let caps = ehlo(&mut s).await?;
+        return transaction(&mut s, &caps, e, p).await;
+    }
+    let mut s = BufReader::new(tcp);
+    expect(&mut s, 220).await?;
+    let caps = ehlo(&mut s).await?;
+    let offered = caps.lines().any(|l| l.get(4..).is_some_and(|c| c.trim().eq_ignore_ascii_case("STARTTLS")));
+    match (mode, offered) {
+        (SmtpTls::StartTls, false) => Err(SendError::Smtp("the server does not offer STARTTLS (tls: starttls)".into())),
+        (SmtpTls::StartTls | SmtpTls::Auto, true) => {
+            s.get_mut().write_all(b"STARTTLS\r\n").await?;
+            expect(&mut s, 220).await?;
+            let mut t = BufReader::new(start_tls(e, s.into_inner()).await?);
+            let caps = ehlo(&mut t).await?;
+            transaction(&mut t, &caps, e, p).await
+        }
+        _ => transaction(&mut s, &caps, e, p).await,
+    }
+}
+
+async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut BufReader<S>) -> Result<String, SendError> {
+    s.get_mut().write_all(b"EHLO tocsin\r\n").await?;
+    expect(s, 250).await
+}
+
+async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut BufReader<S>,
+    caps: &str,
+    e: &EmailFile,
+    p: &Payload,
+) -> Result<(), SendError> {
     if let Some(user) = &e.username {
         if !caps.to_ascii_uppercase().contains("AUTH") {
             return Err(SendError::Smtp("server offers no AUTH but a username is configured".into()));
         }
         let pass = e.password.clone().unwrap_or_default();
         let token = base64(format!("\0{user}\0{pass}").as_bytes());
-        w.write_all(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
-        expect(&mut r, 235).await?;
+        s.get_mut().write_all(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+        expect(s, 235).await?;
     }
-    w.write_all(format!("MAIL FROM:<{}>\r\n", e.from).as_bytes()).await?;
-    expect(&mut r, 250).await?;
+    s.get_mut().write_all(format!("MAIL FROM:<{}>\r\n", e.from).as_bytes()).await?;
+    expect(s, 250).await?;
     for to in &e.to {
-        w.write_all(format!("RCPT TO:<{to}>\r\n").as_bytes()).await?;
-        expect(&mut r, 250).await?;
+        s.get_mut().write_all(format!("RCPT TO:<{to}>\r\n").as_bytes()).await?;
+        expect(s, 250).await?;
     }
-    w.write_all(b"DATA\r\n").await?;
-    expect(&mut r, 354).await?;
+    s.get_mut().write_all(b"DATA\r\n").await?;
+    expect(s, 354).await?;
+    s.get_mut().write_all(email_message(e, p).as_bytes()).await?;
+    expect(s, 250).await?;
+    s.get_mut().write_all(b"QUIT\r\n").await?;
+    let _ = expect(s, 221).await;
+    Ok(())
+}
+
+/// The message (headers, a text/plain and a text/html part), dot-stuffed
+/// and terminated for DATA.
+fn email_message(e: &EmailFile, p: &Payload) -> String {
     let subject = match &e.subject {
         Some(s) => render_group(s, p),
         None => title(p),
     };
-    let body = match &e.text {
+    let text = match &e.text {
         Some(t) => render_group(t, p),
         None => default_text(p),
     };
+    let html = match &e.html {
+        Some(t) => render_group(t, p),
+        None => default_html(p),
+    };
+    let boundary = format!("tocsin-part-{}", crate::matcher::fingerprint(&p.group_labels));
     let date = chrono::Utc::now().to_rfc2822();
     let mut msg = format!(
-        "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: {date}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+        "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: {date}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n",
         e.from,
         e.to.join(", "),
         subject.replace(['\r', '\n'], " ")
     );
-    for line in body.lines() {
-        // Dot-stuffing (RFC 5321 4.5.2).
-        if line.starts_with('.') {
-            msg.push('.');
+    for (kind, body) in [("plain", text), ("html", html)] {
+        msg.push_str(&format!("--{boundary}\r\nContent-Type: text/{kind}; charset=utf-8\r\n\r\n"));
+        for line in body.lines() {
+            // Dot-stuffing (RFC 5321 4.5.2).
+            if line.starts_with('.') {
+                msg.push('.');
+            }
+            msg.push_str(line);
+            msg.push_str("\r\n");
         }
-        msg.push_str(line);
-        msg.push_str("\r\n");
     }
-    msg.push_str(".\r\n");
-    w.write_all(msg.as_bytes()).await?;
-    expect(&mut r, 250).await?;
-    w.write_all(b"QUIT\r\n").await?;
-    let _ = expect(&mut r, 221).await;
-    Ok(())
+    msg.push_str(&format!("--{boundary}--\r\n.\r\n"));
+    msg
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The default HTML body: the title and a table of the alerts.
+pub fn default_html(p: &Payload) -> String {
+    let mut out = format!(
+        "<html><body><h3>{}</h3>\n<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\n<tr><th>status</th><th>severity</th><th>labels</th><th>value</th><th>summary</th><th>since</th></tr>\n",
+        html_escape(&title(p))
+    );
+    for a in &p.alerts {
+        let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            html_escape(&a.status),
+            html_escape(a.labels.get("severity").map(String::as_str).unwrap_or("")),
+            html_escape(&labels.join(", ")),
+            a.value.map(template::format_value).unwrap_or_default(),
+            html_escape(a.annotations.get("summary").map(String::as_str).unwrap_or("")),
+            html_escape(&a.starts_at),
+        ));
+    }
+    out.push_str("</table></body></html>");
+    out
 }
 
 /// Reads one (possibly multi-line) SMTP reply and checks its code.
-async fn expect(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, code: u16) -> Result<String, SendError> {
+async fn expect<S: AsyncRead + Unpin>(r: &mut BufReader<S>, code: u16) -> Result<String, SendError> {
     let mut all = String::new();
     loop {
         let mut line = String::new();
@@ -389,6 +512,13 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn tls_modes_parse() {
+        assert_eq!(SmtpTls::parse(None), Ok(SmtpTls::Auto));
+        assert_eq!(SmtpTls::parse(Some("STARTTLS")), Ok(SmtpTls::StartTls));
+        assert!(SmtpTls::parse(Some("maybe")).is_err());
     }
 
     #[test]

@@ -1,9 +1,13 @@
 """Interop: Tocsin's email receiver delivers an alert notification to a real
-SMTP server (aiosmtpd), authenticating with AUTH PLAIN."""
+SMTP server (aiosmtpd): once over plain SMTP with AUTH PLAIN, once over
+STARTTLS (certificate from a private CA given as ca_file) with AUTH PLAIN
+allowed only after TLS."""
 
 import json
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -45,14 +49,28 @@ def sql(http, q):
         return json.loads(r.read())
 
 
-def main():
+def make_certs(d):
+    """A private CA and a leaf certificate for 127.0.0.1."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=tocsin test CA",
+        "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", f"{d}/leaf.key",
+        "-out", f"{d}/leaf.csr")
+    with open(f"{d}/ext.cnf", "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", f"{d}/leaf.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", f"{d}/ext.cnf", "-out", f"{d}/leaf.pem")
+    return f"{d}/ca.pem", f"{d}/leaf.pem", f"{d}/leaf.key"
+
+
+def scenario(name, tmp, controller_kwargs, email_extra):
     sink = Sink()
     port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port, authenticator=authenticator,
-                            auth_require_tls=False)
+                            **controller_kwargs)
     controller.start()
-    tmp = tempfile.mkdtemp(prefix="tocsin-email-")
-    rules = os.path.join(tmp, "rules.yml")
+    rules = os.path.join(tmp, f"rules-{name}.yml")
     with open(rules, "w") as f:
         f.write(f"""
 groups:
@@ -75,10 +93,11 @@ receivers:
       smarthost: "127.0.0.1:{port}"
       username: tocsin
       password: s3cret
+{email_extra}
 """)
-    with open(os.path.join(tmp, "server.log"), "w") as log:
-        p = subprocess.Popen([BIN, "serve", "--data-dir", os.path.join(tmp, "data"), "--grpc-addr", "127.0.0.1:0",
-                              "--http-addr", "127.0.0.1:0", "--rules", rules],
+    with open(os.path.join(tmp, f"server-{name}.log"), "w") as log:
+        p = subprocess.Popen([BIN, "serve", "--data-dir", os.path.join(tmp, f"data-{name}"), "--grpc-addr",
+                              "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--rules", rules],
                              stdout=subprocess.PIPE, stderr=log, text=True)
         try:
             line = p.stdout.readline()
@@ -87,22 +106,35 @@ receivers:
             deadline = time.time() + 20
             while not sink.messages and time.time() < deadline:
                 time.sleep(0.05)
-            assert sink.messages, "no email arrived within 20 s"
+            assert sink.messages, f"{name}: no email arrived within 20 s (see {log.name})"
             authenticated, mail_from, rcpts, content = sink.messages[0]
             assert authenticated, "the session was not authenticated"
             assert mail_from == "tocsin@example.com", mail_from
             assert rcpts == ["oncall@example.com", "backup@example.com"], rcpts
             msg = message_from_bytes(content)
             assert msg["Subject"].startswith("[FIRING:1] HighCpu"), msg["Subject"]
-            body = msg.get_payload(decode=True).decode()
-            assert "web-1" in body and "CPU 97 on web-1" in body, body
+            parts = {part.get_content_type(): part.get_payload(decode=True).decode() for part in msg.walk()
+                     if not part.is_multipart()}
+            assert "CPU 97 on web-1" in parts["text/plain"], parts
+            assert "<table" in parts["text/html"] and "CPU 97 on web-1" in parts["text/html"], parts
             attempts = sql(http, "SELECT integration, ok FROM system.notifications")
             assert {"integration": "email", "ok": True} in attempts, attempts
-            print("email interop: ok")
+            print(f"email interop ({name}): ok")
         finally:
             p.terminate()
             p.wait(timeout=30)
             controller.stop()
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="tocsin-email-")
+    scenario("plain", tmp, {"auth_require_tls": False}, "      tls: none")
+    assert shutil.which("openssl"), "the STARTTLS scenario needs the openssl command (apt-get install openssl)"
+    ca, cert, key = make_certs(tmp)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    scenario("starttls", tmp, {"tls_context": ctx, "require_starttls": True},
+             f"      tls: starttls\n      ca_file: {ca}")
 
 
 if __name__ == "__main__":
