@@ -21,6 +21,7 @@ pub mod ruletest;
 pub mod state;
 pub mod tables;
 pub mod template;
+pub mod testkit;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

@@ -15,11 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use tocsin_alerting::testkit::WebhookSink;
 use tocsin_proto::v1::ingest_client::IngestClient;
 use tocsin_proto::v1::{DoubleValues, FieldColumn, Label, RowSeries, WriteRowsRequest, field_column};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 #[derive(Debug, Parser)]
 #[command(about = "Alerting benchmarks: write-to-webhook latency and evaluation capacity")]
@@ -112,49 +110,6 @@ fn start_server(bin: &Path, rules_yaml: &str) -> anyhow::Result<Server> {
     Ok(Server { http: addr("http=")?, grpc: addr("grpc=")?, child, _dir: dir })
 }
 
-/// A webhook receiver: sends (first alert's host, arrival) per request.
-async fn receiver() -> anyhow::Result<(SocketAddr, mpsc::UnboundedReceiver<(String, Instant)>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 16384];
-                loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + len {
-                        continue;
-                    }
-                    let arrived = Instant::now();
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
-                    if body["status"] == "firing" {
-                        let host = body["alerts"][0]["labels"]["host"].as_str().unwrap_or("").to_string();
-                        let _ = tx.send((host, arrived));
-                    }
-                    let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-                    return;
-                }
-            });
-        }
-    });
-    Ok((addr, rx))
-}
-
 async fn sql(http: SocketAddr, sql: &str) -> anyhow::Result<()> {
     let resp = reqwest::Client::new()
         .post(format!("http://{http}/api/v1/sql"))
@@ -177,7 +132,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn latency(bin: &Path, runs: usize, interval: &str) -> anyhow::Result<()> {
     for mode in ["polled", "on_ingest"] {
-        let (addr, mut rx) = receiver().await?;
+        let sink = WebhookSink::start(0).await?;
+        let addr = sink.addr;
         let source = if mode == "polled" {
             "sql: SELECT host, max(usage) AS value FROM lat WHERE ts > now() - INTERVAL '30 seconds' GROUP BY host"
                 .to_string()
@@ -218,15 +174,13 @@ receivers:
             let host = format!("h{i}");
             sql(server.http, &format!("INSERT INTO lat (ts, host, usage) VALUES (now(), '{host}', 99)")).await?;
             let acked = Instant::now();
-            let arrived = loop {
-                let (h, t) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-                    .await
-                    .with_context(|| format!("no notification for {host} within 10 s"))?
-                    .context("receiver closed")?;
-                if h == host {
-                    break t;
-                }
-            };
+            let got = sink
+                .wait_for(Duration::from_secs(10), |r| {
+                    r.body["status"] == "firing" && r.body["alerts"][0]["labels"]["host"] == host.as_str()
+                })
+                .await
+                .with_context(|| format!("no notification for {host} within 10 s"))?;
+            let arrived = got.at;
             lat.push(arrived.saturating_duration_since(acked).as_secs_f64() * 1000.0);
             if (i + 1) % 20 == 0 {
                 eprintln!("  {mode}: {}/{runs}", i + 1);

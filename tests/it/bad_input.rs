@@ -210,7 +210,7 @@ async fn http_errors_are_json_with_a_reason() {
     assert_eq!(resp.text().await.expect("text"), "a,b\n1,x\n");
     let resp = http
         .post(format!("http://{}/api/v1/sql", server.http))
-        .json(&json!({"sql": "SELECT 1 AS a UNION ALL SELECT 2", "format": "jsonl"}))
+        .json(&json!({"sql": "SELECT 1 AS a UNION ALL SELECT 2 ORDER BY a", "format": "jsonl"}))
         .send()
         .await
         .expect("post");

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Float64Array, StringArray};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use super::*;
 use crate::ManualClock;
@@ -49,73 +47,21 @@ impl HistorySink for MemHistory {
     }
 }
 
-/// An HTTP server that records request bodies by path; the first
-/// `fail_first` requests get a 500.
-struct Capture {
-    addr: std::net::SocketAddr,
-    bodies: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
-}
+/// The loopback receiver, with bodies as (path, JSON) pairs.
+struct Capture(crate::testkit::WebhookSink);
 
 async fn capture(fail_first: usize) -> Capture {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let bodies: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
-    let seen = Arc::new(AtomicU64::new(0));
-    let b = Arc::clone(&bodies);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
-            let b = Arc::clone(&b);
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
-                        })
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + len {
-                        continue;
-                    }
-                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
-                    let n = seen.fetch_add(1, Ordering::SeqCst) as usize;
-                    let status = if n < fail_first { "500 Internal Server Error" } else { "200 OK" };
-                    if n >= fail_first {
-                        b.lock().push((path, body));
-                    }
-                    let resp = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                    return;
-                }
-            });
-        }
-    });
-    Capture { addr, bodies }
+    Capture(crate::testkit::WebhookSink::start(fail_first).await.expect("bind"))
 }
 
 impl Capture {
     /// Waits (bounded) until `n` bodies arrived; returns them.
     async fn wait_for(&self, n: usize) -> Vec<(String, serde_json::Value)> {
-        for _ in 0..500 {
-            if self.bodies.lock().len() >= n {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.bodies.lock().clone()
+        self.0.wait_for_count(n, Duration::from_secs(5)).await.into_iter().map(|r| (r.path, r.body)).collect()
+    }
+
+    fn bodies(&self) -> Vec<(String, serde_json::Value)> {
+        self.0.received().into_iter().map(|r| (r.path, r.body)).collect()
     }
 }
 
@@ -233,7 +179,7 @@ impl Setup {
 #[tokio::test]
 async fn threshold_pending_firing_resolved_reach_the_webhook() {
     let cap = capture(0).await;
-    let s = setup(&rules_yaml(cap.addr));
+    let s = setup(&rules_yaml(cap.0.addr));
     s.set(&[("a", 85.0), ("b", 10.0)]);
     s.engine.tick().await;
     assert_eq!(s.state_of("a").as_deref(), Some("pending"));
@@ -277,7 +223,7 @@ async fn threshold_pending_firing_resolved_reach_the_webhook() {
 #[tokio::test]
 async fn escalation_continues_across_a_restart_without_repeating_a_step() {
     let cap = capture(0).await;
-    let s = setup(&rules_yaml(cap.addr));
+    let s = setup(&rules_yaml(cap.0.addr));
     s.set(&[("a", 99.0)]);
     s.run_for(4).await;
     let got = cap.wait_for(1).await;
@@ -303,7 +249,7 @@ async fn escalation_continues_across_a_restart_without_repeating_a_step() {
 #[tokio::test]
 async fn acknowledged_alert_does_not_escalate() {
     let cap = capture(0).await;
-    let s = setup(&rules_yaml(cap.addr));
+    let s = setup(&rules_yaml(cap.0.addr));
     s.set(&[("a", 99.0)]);
     s.run_for(4).await;
     assert_eq!(cap.wait_for(1).await.len(), 1);
@@ -313,7 +259,7 @@ async fn acknowledged_alert_does_not_escalate() {
     s.clock.advance_ms(20 * 60 * 1000);
     s.run_for(5).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(cap.bodies.lock().len(), 1, "no step 2 after the ack");
+    assert_eq!(cap.bodies().len(), 1, "no step 2 after the ack");
     assert!(s.engine.ack("nope", "ann", "").await.is_err());
     let notes: Vec<String> = s.history.transitions.lock().iter().map(|t| t.note.clone()).collect();
     assert!(notes.iter().any(|n| n == "acknowledged by ann: looking"), "{notes:?}");
@@ -322,7 +268,7 @@ async fn acknowledged_alert_does_not_escalate() {
 #[tokio::test]
 async fn a_failing_receiver_gets_the_notification_once_when_it_recovers() {
     let cap = capture(2).await;
-    let s = setup(&rules_yaml(cap.addr));
+    let s = setup(&rules_yaml(cap.0.addr));
     s.set(&[("a", 85.0)]);
     s.run_for(3).await;
     let got = cap.wait_for(1).await;
@@ -342,7 +288,7 @@ async fn a_failing_receiver_gets_the_notification_once_when_it_recovers() {
 #[tokio::test]
 async fn a_bad_rules_file_is_rejected_and_the_old_rules_keep_running() {
     let cap = capture(0).await;
-    let s = setup(&rules_yaml(cap.addr));
+    let s = setup(&rules_yaml(cap.0.addr));
     std::fs::write(s.dir.path().join("rules.yml"), "groups:\n  - name: x\n    rules:\n      - alert: [\n")
         .expect("write");
     let err = s.engine.reload().expect_err("bad file");
@@ -357,7 +303,7 @@ async fn a_bad_rules_file_is_rejected_and_the_old_rules_keep_running() {
 #[tokio::test]
 async fn silences_mute_and_persist() {
     let cap = capture(0).await;
-    let s = setup(&rules_yaml(cap.addr));
+    let s = setup(&rules_yaml(cap.0.addr));
     let silence: Silence = serde_json::from_value(serde_json::json!({
         "matchers": [{"name": "host", "value": "a"}],
         "startsAt": 0, "endsAt": T0 + 3_600_000, "createdBy": "ann", "comment": "reboot"
@@ -368,7 +314,7 @@ async fn silences_mute_and_persist() {
     s.run_for(4).await;
     assert_eq!(s.state_of("a").as_deref(), Some("firing"), "silenced alerts are still recorded");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(cap.bodies.lock().is_empty(), "silenced alerts are not notified");
+    assert!(cap.bodies().is_empty(), "silenced alerts are not notified");
     let a = &s.engine.alerts(None, &BTreeMap::new())[0];
     assert_eq!(a["muted"]["kind"], "silenced");
     // The silence survives a restart.
@@ -389,7 +335,7 @@ async fn silences_mute_and_persist() {
 #[tokio::test]
 async fn a_failing_query_keeps_the_state_and_is_reported() {
     let cap = capture(0).await;
-    let yaml = rules_yaml(cap.addr).replace("FROM cpu", "FROM broken");
+    let yaml = rules_yaml(cap.0.addr).replace("FROM cpu", "FROM broken");
     let s = setup(&yaml);
     s.run_for(2).await;
     let h = s.engine.rules_health();
@@ -415,7 +361,7 @@ fn a_corrupt_state_file_is_moved_aside() {
 #[tokio::test]
 async fn on_ingest_rules_change_only_the_written_series() {
     let cap = capture(0).await;
-    let yaml = rules_yaml(cap.addr).replace(
+    let yaml = rules_yaml(cap.0.addr).replace(
         "        sql: SELECT host, v AS value FROM cpu\n",
         "        on_ingest: { table: cpu, field: usage }\n",
     );
