@@ -256,7 +256,7 @@ pub fn default_text(p: &Payload) -> String {
         let labels: Vec<String> = a
             .labels
             .iter()
-            .filter(|(k, _)| !p.common_labels.contains_key(*k))
+            .filter(|(k, _)| !p.group_labels.contains_key(*k) && *k != "alertname" && *k != "severity")
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let summary = a.annotations.get("summary").cloned().unwrap_or_default();

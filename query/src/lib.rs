@@ -19,6 +19,7 @@
 
 pub(crate) mod catalog;
 mod insert;
+mod lastpoint;
 mod metrics;
 mod prune;
 mod sink;
@@ -133,7 +134,12 @@ impl QueryEngine {
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(catalog::CATALOG, catalog::DEFAULT_DATABASE);
-        let ctx = SessionContext::new_with_config(config);
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_optimizer_rule(Arc::new(lastpoint::LastRowRule))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let live = catalog::LiveTables::default();
         ctx.register_catalog(
             catalog::CATALOG,

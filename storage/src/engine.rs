@@ -169,6 +169,7 @@ pub struct Storage {
     shutting_down: AtomicBool,
     pub metrics: StorageMetrics,
     observer: RwLock<Option<Arc<dyn WriteObserver>>>,
+    last: crate::last::LastRows,
     _lock_file: File,
 }
 
@@ -206,6 +207,7 @@ impl Storage {
             shutting_down: AtomicBool::new(false),
             metrics,
             observer: RwLock::new(None),
+            last: crate::last::LastRows::default(),
             _lock_file: lock_file,
         }
     }
@@ -263,6 +265,8 @@ impl Storage {
             outcome.accepted_rows += batch.num_rows() as u64;
             chunks.push(Chunk { batch, min_ts, max_ts });
         }
+        let newest: Vec<(RecordBatch, SchemaRef)> =
+            chunks.iter().zip(&accepted).map(|(c, (_, schema))| (c.batch.clone(), Arc::clone(schema))).collect();
         let writes: Vec<TableWrite> = accepted.into_iter().map(|(w, _)| w).collect();
         let mut payload = Vec::new();
         codec::encode(db, &writes, &mut payload);
@@ -272,6 +276,12 @@ impl Storage {
             let mut st = self.state.write();
             apply(&mut st, db, writes.iter().map(|w| w.table.as_str()).zip(chunks))?;
         }
+        for (w, (batch, schema)) in writes.iter().zip(&newest) {
+            if let Err(e) = self.last.observe(db, &w.table, &w.blocks, batch, schema) {
+                tracing::warn!(db, table = %w.table, "last-row cache dropped: {e}");
+                self.last.invalidate(db, &w.table);
+            }
+        }
         self.metrics.writes.fetch_add(1, Ordering::Relaxed);
         self.metrics.rows_written.fetch_add(outcome.accepted_rows, Ordering::Relaxed);
         let observer = self.observer.read().clone();
@@ -279,6 +289,22 @@ impl Storage {
             o.written(db, &writes);
         }
         Ok(outcome)
+    }
+
+    /// The newest row of every series of `db.table`, in the table's current
+    /// schema; `None` until [`Storage::complete_last_rows`] has folded in
+    /// the table's history.
+    pub fn last_rows(&self, db: &str, table: &str) -> Result<Option<RecordBatch>, StorageError> {
+        let Some(schema) = self.table_schema(db, table) else { return Ok(None) };
+        Ok(self.last.rows(db, table, &schema)?)
+    }
+
+    /// Folds the newest row per series of the whole table (`rows`, from a
+    /// scan) into the last-row cache and marks it complete. Writes that
+    /// happen meanwhile are kept if newer.
+    pub fn complete_last_rows(&self, db: &str, table: &str, rows: &RecordBatch) -> Result<(), StorageError> {
+        let schema = self.table_schema(db, table).unwrap_or_else(|| rows.schema());
+        Ok(self.last.complete(db, table, rows, &schema)?)
     }
 
     /// Tells `observer` about every acknowledged write (alerting rules that
@@ -489,6 +515,8 @@ impl Storage {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "persisted write buffer"
         );
+        // The cache must not keep the persisted buffers alive.
+        self.last.compact_all(|db, table| self.table_schema(db, table));
         Ok(stats)
     }
 

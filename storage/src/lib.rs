@@ -38,6 +38,7 @@
 pub mod batch;
 pub mod config;
 mod engine;
+mod last;
 pub mod manifest;
 mod metrics;
 mod recovery;

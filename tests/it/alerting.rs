@@ -439,3 +439,42 @@ async fn a_receiver_that_fails_then_recovers_gets_the_notification_once() {
     assert_eq!(oks, [(1, false), (2, false), (3, true)], "{attempts:?}");
     assert!(attempts[0]["error"].as_str().unwrap_or("").contains("503"), "{attempts:?}");
 }
+
+#[tokio::test]
+async fn rules_reload_on_sighup_and_when_the_file_changes() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = rules(&hook, "1h");
+    let server = start_with_rules(tmp.path(), &yaml);
+    let reloads = async || -> f64 {
+        let text =
+            reqwest::get(format!("http://{}/metrics", server.http)).await.expect("metrics").text().await.expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("tocsin_rule_reloads_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(reloads().await, 0.0);
+    server.signal(libc::SIGHUP);
+    let mut n = 0.0;
+    for _ in 0..100 {
+        n = reloads().await;
+        if n >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(n, 1.0, "SIGHUP reloads the rules");
+    // Editing the file is picked up without a signal.
+    std::fs::write(tmp.path().join("rules.yml"), yaml.replace("alert: HighCpu", "alert: CpuHot")).expect("write");
+    let mut names = Vec::new();
+    for _ in 0..200 {
+        let r = get(&server, "/api/v1/rules").await;
+        names = r["rules"].as_array().map(|a| a.iter().map(|x| x["rule"].to_string()).collect()).unwrap_or_default();
+        if names.iter().any(|n| n.contains("CpuHot")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(names, ["\"CpuHot\""]);
+}

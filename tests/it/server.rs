@@ -129,6 +129,15 @@ impl TestServer {
         }
     }
 
+    /// Sends `sig` to the server.
+    pub(crate) fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub(crate) fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");

@@ -266,3 +266,31 @@ fn dispatcher_state_round_trips_through_json() {
     let out = h.tick(10 * S + 15 * M, &insts);
     assert_eq!(receivers(&out.jobs), ["backup"]);
 }
+
+#[test]
+fn continue_sends_to_later_matching_siblings_too() {
+    let yaml = r#"
+route:
+  receiver: default
+  group_wait: 0s
+  routes:
+    - match: { team: db }
+      receiver: dba
+      continue: true
+    - match_re: { host: "db-.*" }
+      receiver: storage
+    - match: { team: db }
+      receiver: never
+receivers:
+  - { name: default, webhook: { url: "http://127.0.0.1:1/a" } }
+  - { name: dba, webhook: { url: "http://127.0.0.1:1/b" } }
+  - { name: storage, webhook: { url: "http://127.0.0.1:1/c" } }
+  - { name: never, webhook: { url: "http://127.0.0.1:1/d" } }
+"#;
+    let mut h = Harness::new(yaml);
+    let insts = vec![firing("Slow", &[("team", "db"), ("host", "db-1")], "warning")];
+    let out = h.tick(0, &insts);
+    let mut r = receivers(&out.jobs);
+    r.sort();
+    assert_eq!(r, ["dba", "storage"], "continue goes on to the next match, which stops");
+}

@@ -407,3 +407,41 @@ async fn on_ingest_rules_change_only_the_written_series() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1["alerts"][0]["labels"]["host"], "a");
 }
+
+#[tokio::test]
+async fn chat_robots_get_their_own_message_shapes() {
+    let cap = capture(0).await;
+    let addr = cap.0.addr;
+    let yaml = format!(
+        r#"
+groups:
+  - name: hosts
+    interval: 1s
+    rules:
+      - alert: HighCpu
+        sql: SELECT host, v AS value FROM cpu
+        thresholds: {{ critical: "> 90" }}
+        annotations: {{ summary: "CPU {{{{ value }}}} on {{{{ host }}}}" }}
+route:
+  receiver: robots
+  group_wait: 0s
+receivers:
+  - name: robots
+    wecom: {{ url: "http://{addr}/wecom" }}
+    dingtalk: {{ url: "http://{addr}/dingtalk" }}
+    feishu: {{ url: "http://{addr}/feishu", template: "{{{{ title }}}} for {{{{ alertname }}}}" }}
+    slack: {{ url: "http://{addr}/slack" }}
+"#
+    );
+    let s = setup(&yaml);
+    s.set(&[("a", 99.0)]);
+    s.run_for(2).await;
+    let got: BTreeMap<String, serde_json::Value> = cap.wait_for(4).await.into_iter().collect();
+    assert_eq!(got["/wecom"]["msgtype"], "markdown");
+    let text = got["/wecom"]["markdown"]["content"].as_str().unwrap_or("");
+    assert!(text.starts_with("[FIRING:1] HighCpu") && text.contains("CPU 99 on a"), "{text}");
+    assert_eq!(got["/dingtalk"]["markdown"]["title"], "[FIRING:1] HighCpu");
+    assert_eq!(got["/feishu"]["msg_type"], "text");
+    assert_eq!(got["/feishu"]["content"]["text"], "[FIRING:1] HighCpu for HighCpu");
+    assert!(got["/slack"]["text"].as_str().is_some_and(|t| t.contains("host=a")), "{}", got["/slack"]);
+}

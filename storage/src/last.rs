@@ -1,0 +1,335 @@
+//! The newest row of every series, kept as writes arrive, so that "the
+//! latest row of each host" (TSBS `lastpoint`) reads a few hundred cached
+//! rows instead of the whole table.
+//!
+//! Rows are not copied on the write path: an entry points at a row of the
+//! write's Arrow batch (kept in a small per-table arena). Reading, or an
+//! arena that grew past [`ARENA_LIMIT`] batches, compacts the arena into one
+//! batch with the `interleave` kernel. A table is *complete* once its
+//! history (segments and buffer from before this process) has been folded
+//! in by [`crate::Storage::complete_last_rows`]; until then readers must
+//! not use it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{cast, interleave_record_batch};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use parking_lot::Mutex;
+
+use crate::batch::adapt_batch;
+use crate::schema::TIME_COLUMN;
+use crate::write::SeriesBlock;
+
+/// Batches an arena may hold before a write compacts it.
+const ARENA_LIMIT: usize = 64;
+
+/// Which arena batch and row hold an entry's newest row.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    batch: usize,
+    row: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    tags: Vec<(String, String)>,
+    ts: i64,
+    loc: Loc,
+}
+
+#[derive(Debug, Default)]
+struct TableLast {
+    complete: bool,
+    /// Entries by an order-independent hash of the tags; collisions are
+    /// resolved by comparing the tags.
+    series: HashMap<u64, Vec<Entry>>,
+    arena: Vec<RecordBatch>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LastRows {
+    /// Database → table → cache.
+    tables: Mutex<HashMap<String, HashMap<String, TableLast>>>,
+}
+
+fn hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344)
+}
+
+/// Hash of a tag set that does not depend on the order of the tags.
+fn series_hash<'a>(tags: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    let s = hasher();
+    tags.fold(0u64, |acc, (k, v)| {
+        let mut h = s.build_hasher();
+        k.hash(&mut h);
+        v.hash(&mut h);
+        acc.wrapping_add(h.finish())
+    })
+}
+
+fn same_tags<'a>(stored: &[(String, String)], mut other: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> bool {
+    stored.len() == other.len() && other.all(|(k, v)| stored.iter().any(|(sk, sv)| sk == k && sv == v))
+}
+
+impl TableLast {
+    fn upsert<'a>(&mut self, tags: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone, ts: i64, loc: Loc) {
+        let bucket = self.series.entry(series_hash(tags.clone())).or_default();
+        match bucket.iter_mut().find(|e| same_tags(&e.tags, tags.clone())) {
+            Some(e) if e.ts > ts => {}
+            Some(e) => {
+                e.ts = ts;
+                e.loc = loc;
+            }
+            None => bucket.push(Entry { tags: tags.map(|(k, v)| (k.to_string(), v.to_string())).collect(), ts, loc }),
+        }
+    }
+
+    /// Rewrites the arena as one batch holding exactly the entries' rows.
+    fn compact(&mut self, schema: &SchemaRef) -> Result<(), ArrowError> {
+        if self.arena.len() == 1 && self.series.values().map(Vec::len).sum::<usize>() == self.arena[0].num_rows() {
+            return Ok(());
+        }
+        let adapted = self.arena.iter().map(|b| adapt_batch(b, schema)).collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&RecordBatch> = adapted.iter().collect();
+        let mut indices = Vec::new();
+        for e in self.series.values_mut().flatten() {
+            indices.push((e.loc.batch, e.loc.row));
+            e.loc = Loc { batch: 0, row: indices.len() - 1 };
+        }
+        let compact = if indices.is_empty() {
+            RecordBatch::new_empty(schema.clone())
+        } else {
+            interleave_record_batch(&refs, &indices)?
+        };
+        self.arena = vec![compact];
+        Ok(())
+    }
+}
+
+impl LastRows {
+    /// Records the newest row of each block of a write. `batch` holds the
+    /// blocks' rows in order; `schema` is the table's schema.
+    pub(crate) fn observe(
+        &self,
+        db: &str,
+        table: &str,
+        blocks: &[SeriesBlock],
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+    ) -> Result<(), ArrowError> {
+        let mut tables = self.tables.lock();
+        let t = table_mut(&mut tables, db, table);
+        let arena_idx = t.arena.len();
+        t.arena.push(batch.clone());
+        let mut offset = 0;
+        for b in blocks {
+            let newest = b.timestamps.iter().enumerate().max_by_key(|(i, ts)| (**ts, *i)).map(|(i, ts)| (i, *ts));
+            if let Some((i, ts)) = newest {
+                let tags = b.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                t.upsert(tags, ts, Loc { batch: arena_idx, row: offset + i });
+            }
+            offset += b.rows();
+        }
+        if t.arena.len() > ARENA_LIMIT {
+            t.compact(schema)?;
+        }
+        Ok(())
+    }
+
+    /// The newest row of every series, if the table is complete.
+    pub(crate) fn rows(&self, db: &str, table: &str, schema: &SchemaRef) -> Result<Option<RecordBatch>, ArrowError> {
+        let mut tables = self.tables.lock();
+        let Some(t) = tables.get_mut(db).and_then(|d| d.get_mut(table)).filter(|t| t.complete) else {
+            return Ok(None);
+        };
+        t.compact(schema)?;
+        Ok(Some(
+            t.arena
+                .first()
+                .map(|b| adapt_batch(b, schema))
+                .transpose()?
+                .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())),
+        ))
+    }
+
+    /// Folds in `rows` (the newest row per series of the table's history,
+    /// from a scan) and marks the table complete. Rows already newer in
+    /// the cache win.
+    pub(crate) fn complete(
+        &self,
+        db: &str,
+        table: &str,
+        rows: &RecordBatch,
+        schema: &SchemaRef,
+    ) -> Result<(), ArrowError> {
+        let ts_idx = rows.schema().index_of(TIME_COLUMN)?;
+        let ts = cast(rows.column(ts_idx), &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
+        let ts = ts.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let mut tag_cols = Vec::new();
+        for (i, f) in rows.schema().fields().iter().enumerate() {
+            if matches!(f.data_type(), DataType::Dictionary(..)) {
+                tag_cols.push((f.name().clone(), cast(rows.column(i), &DataType::Utf8)?));
+            }
+        }
+        let mut tables = self.tables.lock();
+        let t = table_mut(&mut tables, db, table);
+        let arena_idx = t.arena.len();
+        t.arena.push(rows.clone());
+        for row in 0..rows.num_rows() {
+            if ts.is_null(row) {
+                continue;
+            }
+            let tags: Vec<(&str, &str)> = tag_cols
+                .iter()
+                .filter(|(_, c)| c.is_valid(row))
+                .map(|(n, c)| (n.as_str(), c.as_string::<i32>().value(row)))
+                .collect();
+            t.upsert(tags.iter().copied(), ts.value(row), Loc { batch: arena_idx, row });
+        }
+        t.complete = true;
+        t.compact(schema)
+    }
+
+    /// Compacts every table (after a persist, so that the arena stops
+    /// holding buffers the persist released).
+    pub(crate) fn compact_all(&self, schema_of: impl Fn(&str, &str) -> Option<SchemaRef>) {
+        let mut tables = self.tables.lock();
+        for (db, d) in tables.iter_mut() {
+            for (table, t) in d.iter_mut() {
+                let result = match schema_of(db, table) {
+                    Some(schema) => t.compact(&schema),
+                    None => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(%db, %table, "last-row cache dropped, compaction failed: {e}");
+                    *t = TableLast::default();
+                }
+            }
+        }
+    }
+
+    /// Forgets a table's cache (it is rebuilt from a scan when next used).
+    pub(crate) fn invalidate(&self, db: &str, table: &str) {
+        if let Some(d) = self.tables.lock().get_mut(db) {
+            d.remove(table);
+        }
+    }
+}
+
+fn table_mut<'a>(
+    tables: &'a mut HashMap<String, HashMap<String, TableLast>>,
+    db: &str,
+    table: &str,
+) -> &'a mut TableLast {
+    if !tables.contains_key(db) {
+        tables.insert(db.to_string(), HashMap::new());
+    }
+    let d = tables.get_mut(db).expect("inserted above");
+    if !d.contains_key(table) {
+        d.insert(table.to_string(), TableLast::default());
+    }
+    d.get_mut(table).expect("inserted above")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{DictionaryArray, Float64Array, Int32Array, StringArray, TimestampNanosecondArray};
+    use arrow::datatypes::{Field, Int32Type, Schema};
+
+    use super::*;
+    use crate::write::{FieldColumn, FieldValues};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(TIME_COLUMN, DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), false),
+            Field::new("host", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), true),
+            Field::new("v", DataType::Float64, true),
+        ]))
+    }
+
+    fn write(hosts: &[(&str, &[i64])]) -> (Vec<SeriesBlock>, RecordBatch) {
+        let mut blocks = Vec::new();
+        let (mut ts, mut host, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for (h, times) in hosts {
+            blocks.push(SeriesBlock {
+                item: 0,
+                tags: vec![("host".into(), h.to_string())],
+                timestamps: times.to_vec(),
+                fields: vec![FieldColumn {
+                    name: "v".into(),
+                    values: FieldValues::F64(times.iter().map(|t| *t as f64).collect()),
+                    validity: None,
+                }],
+            });
+            for t in *times {
+                ts.push(*t);
+                host.push(*h);
+                v.push(*t as f64);
+            }
+        }
+        let keys = Int32Array::from((0..host.len() as i32).collect::<Vec<_>>());
+        let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(host))).expect("dict");
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(TimestampNanosecondArray::from(ts).with_timezone("UTC")),
+                Arc::new(dict),
+                Arc::new(Float64Array::from(v)),
+            ],
+        )
+        .expect("batch");
+        (blocks, batch)
+    }
+
+    fn newest(rows: &RecordBatch) -> Vec<(String, f64)> {
+        let host = cast(rows.column(1), &DataType::Utf8).expect("cast");
+        let v = rows.column(2).as_primitive::<arrow::datatypes::Float64Type>();
+        let mut out: Vec<(String, f64)> =
+            (0..rows.num_rows()).map(|i| (host.as_string::<i32>().value(i).to_string(), v.value(i))).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn keeps_the_newest_row_per_series_and_is_unusable_until_complete() {
+        let c = LastRows::default();
+        let s = schema();
+        let (b, batch) = write(&[("a", &[1, 5, 3]), ("b", &[2])]);
+        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        assert!(c.rows("db", "t", &s).expect("rows").is_none(), "not complete yet");
+        // History from before: a@4 (older than the cached 5), c@9.
+        let (_, hist) = write(&[("a", &[4]), ("c", &[9])]);
+        c.complete("db", "t", &hist, &s).expect("complete");
+        let (b, batch) = write(&[("b", &[1]), ("b", &[7])]);
+        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
+        assert_eq!(newest(&rows), [("a".into(), 5.0), ("b".into(), 7.0), ("c".into(), 9.0)]);
+    }
+
+    #[test]
+    fn many_writes_compact_the_arena() {
+        let c = LastRows::default();
+        let s = schema();
+        c.complete("db", "t", &RecordBatch::new_empty(s.clone()), &s).expect("complete");
+        for i in 0..200 {
+            let (b, batch) = write(&[("a", &[i]), ("b", &[1000 - i])]);
+            c.observe("db", "t", &b, &batch, &s).expect("observe");
+        }
+        assert!(c.tables.lock().values().flat_map(|d| d.values()).all(|t| t.arena.len() <= ARENA_LIMIT + 1));
+        let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
+        assert_eq!(newest(&rows), [("a".into(), 199.0), ("b".into(), 1000.0)]);
+    }
+
+    #[test]
+    fn tag_order_does_not_make_a_new_series() {
+        let a = series_hash([("x", "1"), ("y", "2")].into_iter());
+        let b = series_hash([("y", "2"), ("x", "1")].into_iter());
+        assert_eq!(a, b);
+        assert!(same_tags(&[("x".into(), "1".into()), ("y".into(), "2".into())], [("y", "2"), ("x", "1")].into_iter()));
+    }
+}
