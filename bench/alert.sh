@@ -5,8 +5,8 @@
 #   bench/alert.sh capacity --rules 1000 --series 100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p tocsin --bin tocsin
-cargo build --release --locked -p tocsin-bench --bin tocsin-alert-bench
+# One invocation, so that both packages share one feature set (one DataFusion build).
+cargo build --release --locked -p tocsin -p tocsin-bench
 T="${CARGO_TARGET_DIR:-target}/release"
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB"
 if [ $# -gt 0 ]; then

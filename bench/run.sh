@@ -7,8 +7,8 @@
 #   COMPRESSION=lz4 bench/run.sh      # segment codec (zstd:3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p tocsin --bin tocsin
-cargo build --release --locked -p tocsin-bench
+# One invocation, so that both packages share one feature set (one DataFusion build).
+cargo build --release --locked -p tocsin -p tocsin-bench
 T="${CARGO_TARGET_DIR:-target}/release"
 WORK=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT

@@ -278,6 +278,7 @@ async fn capacity(
     }
     eprintln!("warming up for one interval ...");
     tokio::time::sleep(Duration::from_secs(interval_secs + 1)).await;
+    let failed0 = metric(server.http, "tocsin_rule_evaluation_failures_total").await?;
     let (cpu0, ev0, evs0, t0) = (
         cpu_seconds(pid)?,
         metric(server.http, "tocsin_rule_evaluations_total").await?,
@@ -294,7 +295,7 @@ async fn capacity(
         metric(server.http, "tocsin_rule_evaluation_seconds_total").await?,
         t0.elapsed().as_secs_f64(),
     );
-    let failures = metric(server.http, "tocsin_rule_evaluation_failures_total").await?;
+    let failures = metric(server.http, "tocsin_rule_evaluation_failures_total").await? - failed0;
     let evals = ev1 - ev0;
     let expected = rules as f64 * dt / interval_secs as f64;
     println!(
