@@ -26,9 +26,13 @@ pub(crate) struct CheckArgs {
     /// Rule files or directories.
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Also plan each rule's SQL on the server at this HTTP address.
+    /// Plan each rule's SQL on the server at this HTTP address (when it is
+    /// reachable; otherwise the SQL is only parsed).
+    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    server: String,
+    /// Do not contact a server: parse the SQL only.
     #[arg(long)]
-    server: Option<String>,
+    offline: bool,
 }
 
 pub(crate) fn run(c: Command) -> anyhow::Result<()> {
@@ -53,8 +57,18 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         }
     }
     let config = Config::from_files(parsed)?;
-    if let Some(server) = &a.server {
-        let client = super::client::Client::new(server);
+    let reachable = !a.offline
+        && std::net::ToSocketAddrs::to_socket_addrs(a.server.trim_start_matches("http://"))
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .is_some_and(|addr| {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
+            });
+    if !a.offline && !reachable {
+        eprintln!("note: no server at {} (--server); SQL was parsed but not planned against a catalog", a.server);
+    }
+    if reachable {
+        let client = super::client::Client::new(&a.server);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut failures = 0;
         runtime.block_on(async {

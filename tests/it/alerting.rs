@@ -174,8 +174,8 @@ async fn a_bad_rules_file_is_rejected_with_line_and_column_and_old_rules_keep_ru
     assert_eq!(status, 400, "{body}");
     let err = body["error"].as_str().unwrap_or("");
     assert!(names_line_and_column(err), "{err}");
-    let rules = get(&server, "/api/v1/rules").await;
-    assert_eq!(rules["rules"][0]["rule"], "HighCpu", "{rules}");
+    let health = get(&server, "/api/v1/rules").await;
+    assert_eq!(health["rules"][0]["rule"], "HighCpu", "{health}");
     // The old rule still fires.
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-9', 99)").await;
     hook.wait_for(20, |_, v| host_of(v) == "web-9").await.expect("old rule still running");
@@ -185,6 +185,25 @@ async fn a_bad_rules_file_is_rejected_with_line_and_column_and_old_rules_keep_ru
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(names_line_and_column(&stderr), "{stderr}");
+
+    // With a server, each rule's SQL is planned against its catalog.
+    let planned = tmp.path().join("planned.yml");
+    std::fs::write(&planned, rules(&hook, "1h").replace("FROM cpu", "FROM no_such_table")).expect("write");
+    let out = Command::new(BIN)
+        .args(["rules", "check", "--server", &server.http.to_string()])
+        .arg(&planned)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("HighCpu") && stderr.contains("no_such_table"), "{stderr}");
+    std::fs::write(&planned, rules(&hook, "1h")).expect("write");
+    let out = Command::new(BIN)
+        .args(["rules", "check", "--server", &server.http.to_string()])
+        .arg(&planned)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]
