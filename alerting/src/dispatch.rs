@@ -142,6 +142,9 @@ pub struct TocsinFields {
 #[derive(Debug, Default)]
 pub struct TickOutcome {
     pub jobs: Vec<Job>,
+    /// Whether the persisted part of the state changed (groups opened or
+    /// closed, something sent, an escalation moved).
+    pub changed: bool,
     /// Alerts that are muted, and why.
     pub muted: HashMap<String, Mute>,
 }
@@ -188,6 +191,9 @@ impl Dispatcher {
             if !alerts.iter().any(|i| i.state == AlertState::Firing) && !self.groups.contains_key(key) {
                 continue; // only resolved alerts: nothing to open a group for
             }
+            if !self.groups.contains_key(key) {
+                out.changed = true;
+            }
             self.groups.entry(key.clone()).or_insert_with(|| GroupState {
                 key: key.clone(),
                 route: *route,
@@ -216,6 +222,8 @@ impl Dispatcher {
             let ctx = SendCtx { g_key: key, route, by_id: &by_id, content: &content, external_url, now };
 
             let mut sent_now = BTreeSet::new();
+            let esc_before =
+                g.escalation.as_ref().map(|e| (e.started_at, e.next_step, e.cycle, e.acked, e.idle, e.completed));
             // Escalation runs on its own clock, from the group's first flush.
             if let Some(policy) = route.escalation.as_ref().and_then(|n| config.escalations.get(n))
                 && (g.escalation.is_some() || (now >= g.next_flush && firing_any))
@@ -262,6 +270,11 @@ impl Dispatcher {
                 }
             }
 
+            if g.escalation.as_ref().map(|e| (e.started_at, e.next_step, e.cycle, e.acked, e.idle, e.completed))
+                != esc_before
+            {
+                out.changed = true;
+            }
             if now >= g.next_flush {
                 let changed = content_key(&g.sent) != content_key(&content);
                 let repeat = firing_any
@@ -296,6 +309,7 @@ impl Dispatcher {
                 }
             }
         }
+        out.changed |= !finished.is_empty() || !out.jobs.is_empty();
         for k in finished {
             self.groups.remove(&k);
         }

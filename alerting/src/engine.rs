@@ -413,7 +413,6 @@ impl AlertEngine {
             .filter_map(|s| s.compile().ok().map(|m| (s.clone(), m)))
             .collect();
         let instances: Vec<&Instance> = inner.rules.values().flat_map(|m| m.values()).collect();
-        let before = serde_json::to_vec(&inner.dispatcher).unwrap_or_default();
         let out = inner.dispatcher.tick(TickInput {
             config: &inner.config,
             instances: &instances,
@@ -422,15 +421,14 @@ impl AlertEngine {
             external_url: &self.opts.external_url,
         });
         inner.muted = out.muted;
+        let out_changed = out.changed;
         let mut jobs = out.jobs;
         for job in &mut jobs {
             inner.next_id += 1;
             job.id = format!("n{:x}-{}", now, inner.next_id);
             inner.outbox.insert(job.id.clone(), job.clone());
         }
-        if !jobs.is_empty() || serde_json::to_vec(&inner.dispatcher).unwrap_or_default() != before {
-            inner.dirty = true;
-        }
+        inner.dirty |= out_changed;
         // Forget resolved alerts after the retention, and inactive ones of
         // rules that were removed.
         let keep_from = now - self.opts.resolved_retention.as_millis() as i64;
