@@ -5,6 +5,7 @@
 #   bench/run.sh                      # 100 hosts x 24 h, integer values
 #   bench/run.sh --float              # full-precision floats
 #   COMPRESSION=lz4 bench/run.sh      # segment codec (zstd:3 by default)
+#   PERSIST_MB=256 bench/run.sh --hours 240 --skip-queries   # sustained, persisting while ingesting
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One invocation, so that both packages share one feature set (one DataFusion build).
@@ -18,7 +19,7 @@ compression = "${COMPRESSION:-zstd:3}"
 partition = "${PARTITION:-1d}"
 page_rows = ${PAGE_ROWS:-65536}
 row_group_rows = ${RG_ROWS:-262144}
-persist_max_mb = 4096
+persist_max_mb = ${PERSIST_MB:-4096}
 persist_max_age = "1d"
 max_buffer_mb = 8192
 [limits]
