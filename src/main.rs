@@ -29,6 +29,8 @@ enum Command {
     Alerts(commands::alerts::Config),
     /// Silences of a running server: list, add, expire.
     Silences(commands::alerts::SilenceConfig),
+    /// One flow across every service that logged it (by trace id).
+    Trace(commands::trace::Config),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Rules(c) => commands::rules::run(c),
         Command::Alerts(c) => commands::alerts::run(c),
         Command::Silences(c) => commands::alerts::run_silences(c),
+        Command::Trace(c) => commands::trace::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

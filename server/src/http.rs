@@ -32,6 +32,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .route("/api/v1/admin/persist", post(persist))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/api/v1/trace/{id}", get(crate::trace::trace))
         .merge(crate::alerts_api::router(Arc::clone(&state.alerts)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

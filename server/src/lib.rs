@@ -19,6 +19,7 @@ pub mod config;
 pub mod format;
 mod http;
 mod metrics;
+mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,3 +3,4 @@ mod client;
 pub(crate) mod rules;
 pub(crate) mod serve;
 pub(crate) mod sql;
+pub(crate) mod trace;

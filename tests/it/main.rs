@@ -7,5 +7,6 @@ mod crash;
 mod e2e;
 mod persistence;
 mod server;
+mod trace;
 mod util;
 mod webhook;
