@@ -20,6 +20,7 @@
 pub(crate) mod catalog;
 mod insert;
 mod lastpoint;
+mod matches;
 mod metrics;
 mod prune;
 mod sink;
@@ -149,6 +150,7 @@ impl QueryEngine {
         // GreptimeDB users know for `date_bin`.
         let date_bin: ScalarUDF = (*datafusion::functions::datetime::date_bin()).clone();
         ctx.register_udf(date_bin.with_aliases(["time_bucket"]));
+        ctx.register_udf(ScalarUDF::from(matches::Matches::new()));
         Self { storage, ctx, live, now: None, metrics: QueryMetrics::default() }
     }
 

@@ -50,6 +50,15 @@ async fn a_flow_is_shown_across_services_in_time_order_with_the_first_error() {
     assert!(billing.contains("<-- first error") && billing.contains("+28.0"), "{text}");
     assert!(text.contains("path: gateway -> orders -> billing -> notifier -> gateway"), "{text}");
 
+    // Token search over the same logs.
+    let rows = server
+        .sql("SELECT service FROM logs WHERE matches(message, 'declined OR (sms AND NOT card)') ORDER BY ts")
+        .await;
+    assert_eq!(rows, [serde_json::json!({"service": "billing"}), serde_json::json!({"service": "notifier"})]);
+    let (status, body) = server.sql_raw("SELECT count(*) FROM logs WHERE matches(message, 'card AND')").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("matches(): cannot parse"), "{body}");
+
     let missing = reqwest::get(format!("http://{}/api/v1/trace/nope", server.http)).await.expect("get");
     assert_eq!(missing.status().as_u16(), 404);
     let bad = reqwest::get(format!("http://{}/api/v1/trace/x'%20OR%20'1", server.http)).await.expect("get");

@@ -1,0 +1,233 @@
+//! `matches(text, query)`: token search in log messages.
+//!
+//! A query is terms combined with `AND` (also implied between adjacent
+//! terms), `OR`, `NOT` and parentheses; a term is a word (`timeout`,
+//! `node-7`, `10.0.0.1`) or a "quoted phrase". A term matches where it
+//! occurs as whole words: ASCII case-insensitive, not preceded or followed
+//! by a letter, digit or `_` (so `node-7` matches "on node-7." but not
+//! "node-77", and `out` does not match "timeout").
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Matches {
+    signature: Signature,
+}
+
+impl Matches {
+    pub(crate) fn new() -> Self {
+        Self { signature: Signature::string(2, Volatility::Immutable) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Query {
+    Term(Vec<u8>),
+    And(Vec<Query>),
+    Or(Vec<Query>),
+    Not(Box<Query>),
+}
+
+/// Parses a query; the error names what is wrong.
+fn parse(q: &str) -> std::result::Result<Query, String> {
+    let mut tokens = Vec::new();
+    let b = q.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            c if c.is_ascii_whitespace() => i += 1,
+            b'(' | b')' => {
+                tokens.push(String::from(b[i] as char));
+                i += 1;
+            }
+            b'"' => {
+                let end = q[i + 1..].find('"').ok_or("unclosed quote")? + i + 1;
+                tokens.push(format!("\"{}", &q[i + 1..end]));
+                i = end + 1;
+            }
+            _ => {
+                let start = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'(' | b')' | b'"') {
+                    i += 1;
+                }
+                tokens.push(q[start..i].to_string());
+            }
+        }
+    }
+    let mut pos = 0;
+    let query = parse_or(&tokens, &mut pos)?;
+    if pos != tokens.len() {
+        return Err(format!("unexpected {:?}", tokens[pos]));
+    }
+    Ok(query)
+}
+
+fn parse_or(t: &[String], pos: &mut usize) -> std::result::Result<Query, String> {
+    let mut parts = vec![parse_and(t, pos)?];
+    while t.get(*pos).is_some_and(|s| s == "OR") {
+        *pos += 1;
+        parts.push(parse_and(t, pos)?);
+    }
+    Ok(if parts.len() == 1 { parts.remove(0) } else { Query::Or(parts) })
+}
+
+fn parse_and(t: &[String], pos: &mut usize) -> std::result::Result<Query, String> {
+    let mut parts = vec![parse_not(t, pos)?];
+    loop {
+        match t.get(*pos).map(String::as_str) {
+            Some("AND") => {
+                *pos += 1;
+                parts.push(parse_not(t, pos)?);
+            }
+            Some("OR") | Some(")") | None => break,
+            Some(_) => parts.push(parse_not(t, pos)?),
+        }
+    }
+    Ok(if parts.len() == 1 { parts.remove(0) } else { Query::And(parts) })
+}
+
+fn parse_not(t: &[String], pos: &mut usize) -> std::result::Result<Query, String> {
+    match t.get(*pos).map(String::as_str) {
+        Some("NOT") => {
+            *pos += 1;
+            Ok(Query::Not(Box::new(parse_not(t, pos)?)))
+        }
+        Some("(") => {
+            *pos += 1;
+            let q = parse_or(t, pos)?;
+            if t.get(*pos).map(String::as_str) != Some(")") {
+                return Err("missing )".into());
+            }
+            *pos += 1;
+            Ok(q)
+        }
+        Some(")") => Err("unexpected )".into()),
+        Some("AND") | Some("OR") => Err(format!("{} needs a term before it", t[*pos])),
+        Some(term) => {
+            *pos += 1;
+            let term = term.strip_prefix('"').unwrap_or(term);
+            if term.is_empty() {
+                return Err("empty term".into());
+            }
+            Ok(Query::Term(term.to_ascii_lowercase().into_bytes()))
+        }
+        None => Err("the query ends where a term was expected".into()),
+    }
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// Whether `term` (lower case) occurs in `text` as whole words.
+fn contains_term(text: &[u8], term: &[u8]) -> bool {
+    if term.len() > text.len() {
+        return false;
+    }
+    (0..=text.len() - term.len()).any(|i| {
+        text[i..i + term.len()].eq_ignore_ascii_case(term)
+            && (i == 0 || !is_word(text[i - 1]) || !is_word(term[0]))
+            && (i + term.len() == text.len() || !is_word(text[i + term.len()]) || !is_word(term[term.len() - 1]))
+    })
+}
+
+fn eval(q: &Query, text: &[u8]) -> bool {
+    match q {
+        Query::Term(t) => contains_term(text, t),
+        Query::And(p) => p.iter().all(|q| eval(q, text)),
+        Query::Or(p) => p.iter().any(|q| eval(q, text)),
+        Query::Not(q) => !eval(q, text),
+    }
+}
+
+impl ScalarUDFImpl for Matches {
+    fn name(&self) -> &str {
+        "matches"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [text, query] = args.args.as_slice() else {
+            return plan_err!("matches(text, query) takes two arguments");
+        };
+        let ColumnarValue::Scalar(q) = query else {
+            return exec_err!(
+                "matches(): the query must be a constant string, e.g. matches(message, 'timeout AND node-7')"
+            );
+        };
+        let q = match q {
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s,
+            _ => return exec_err!("matches(): the query must be a non-NULL string"),
+        };
+        let query = match parse(q) {
+            Ok(query) => query,
+            Err(e) => return exec_err!("matches(): cannot parse {q:?}: {e}"),
+        };
+        match text {
+            ColumnarValue::Scalar(s) => {
+                let v = match s {
+                    ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => v.as_deref(),
+                    _ => None,
+                };
+                Ok(ColumnarValue::Scalar(ScalarValue::Boolean(v.map(|t| eval(&query, t.as_bytes())))))
+            }
+            ColumnarValue::Array(a) => {
+                let a: ArrayRef = cast(a, &DataType::Utf8)?;
+                let s = a.as_string::<i32>();
+                let out: BooleanArray =
+                    (0..s.len()).map(|i| s.is_valid(i).then(|| eval(&query, s.value(i).as_bytes()))).collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(text: &str, q: &str) -> bool {
+        eval(&parse(q).expect("parse"), text.as_bytes())
+    }
+
+    #[test]
+    fn terms_match_whole_words_case_insensitively() {
+        assert!(m("Connection TIMEOUT on node-7.", "timeout AND node-7"));
+        assert!(!m("connection timeout on node-77", "node-7"));
+        assert!(!m("timeout", "out"));
+        assert!(m("peer 10.0.0.1 refused", "10.0.0.1"));
+        assert!(m("card declined by issuer", "\"card declined\""));
+    }
+
+    #[test]
+    fn and_or_not_and_parentheses() {
+        assert!(m("disk full", "disk full"));
+        assert!(!m("disk ok", "disk full"));
+        assert!(m("db timeout", "timeout AND (db OR cache)"));
+        assert!(!m("web timeout", "timeout AND (db OR cache)"));
+        assert!(m("retry scheduled", "retry NOT failed"));
+        assert!(!m("retry failed", "retry NOT failed"));
+        assert!(m("x", "a OR b OR x"));
+    }
+
+    #[test]
+    fn bad_queries_say_why() {
+        assert!(parse("a AND").unwrap_err().contains("ends"));
+        assert!(parse("(a OR b").unwrap_err().contains("missing )"));
+        assert!(parse("\"open").unwrap_err().contains("unclosed"));
+        assert!(parse("OR a").unwrap_err().contains("needs a term"));
+    }
+}
