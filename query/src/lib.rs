@@ -19,6 +19,7 @@
 
 pub(crate) mod catalog;
 mod insert;
+mod json;
 mod lastpoint;
 mod matches;
 mod metrics;
@@ -151,6 +152,7 @@ impl QueryEngine {
         let date_bin: ScalarUDF = (*datafusion::functions::datetime::date_bin()).clone();
         ctx.register_udf(date_bin.with_aliases(["time_bucket"]));
         ctx.register_udf(ScalarUDF::from(matches::Matches::new()));
+        ctx.register_udf(ScalarUDF::from(json::JsonGetStr::new()));
         Self { storage, ctx, live, now: None, metrics: QueryMetrics::default() }
     }
 

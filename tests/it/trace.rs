@@ -59,6 +59,10 @@ async fn a_flow_is_shown_across_services_in_time_order_with_the_first_error() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("matches(): cannot parse"), "{body}");
 
+    // Attributes are a JSON object; json_get_str reads a key.
+    let rows = server.sql("SELECT count(*) AS n FROM logs WHERE json_get_str(attributes, 'region') = 'eu'").await;
+    assert_eq!(rows, [serde_json::json!({"n": 6})]);
+
     let missing = reqwest::get(format!("http://{}/api/v1/trace/nope", server.http)).await.expect("get");
     assert_eq!(missing.status().as_u16(), 404);
     let bad = reqwest::get(format!("http://{}/api/v1/trace/x'%20OR%20'1", server.http)).await.expect("get");
