@@ -68,3 +68,66 @@ async fn a_flow_is_shown_across_services_in_time_order_with_the_first_error() {
     let bad = reqwest::get(format!("http://{}/api/v1/trace/x'%20OR%20'1", server.http)).await.expect("get");
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+/// The probe convention of docs/logs.md: each component that handles a
+/// synthetic probe logs one event with the probe's id as trace id and its
+/// own processing time in the `probe_ms` attribute.
+#[tokio::test]
+async fn probe_timings_give_per_component_latency_and_where_a_flow_stopped() {
+    use tocsin_proto::v1::{Label, LogEvent};
+    let server = TestServer::start();
+    let mut client = server.client().await;
+    const MS: i64 = 1_000_000;
+    let probe = |ts: i64, service: &str, probe: &str, ms: u32| LogEvent {
+        timestamp: ts,
+        service: service.into(),
+        host: "node-1".into(),
+        level: "info".into(),
+        message: "probe".into(),
+        trace_id: probe.into(),
+        span_id: String::new(),
+        attributes: vec![
+            Label { name: "probe".into(), value: "1".into() },
+            Label { name: "probe_ms".into(), value: ms.to_string() },
+        ],
+    };
+    let events = vec![
+        // p-1 crosses all three components; p-2 stops after billing.
+        probe(T0, "gateway", "p-1", 3),
+        probe(T0 + 5 * MS, "billing", "p-1", 40),
+        probe(T0 + 50 * MS, "notifier", "p-1", 7),
+        probe(T0 + 100 * MS, "gateway", "p-2", 5),
+        probe(T0 + 110 * MS, "billing", "p-2", 60),
+    ];
+    client
+        .write_logs(WriteLogsRequest { database: String::new(), stream: String::new(), events })
+        .await
+        .expect("write_logs");
+    let latency = server
+        .sql(
+            "SELECT service, max(CAST(json_get_str(attributes, 'probe_ms') AS DOUBLE)) AS max_ms, count(*) AS probes \
+             FROM logs WHERE json_get_str(attributes, 'probe') = '1' GROUP BY service ORDER BY service",
+        )
+        .await;
+    assert_eq!(
+        latency,
+        [
+            serde_json::json!({"service": "billing", "max_ms": 60.0, "probes": 2}),
+            serde_json::json!({"service": "gateway", "max_ms": 5.0, "probes": 2}),
+            serde_json::json!({"service": "notifier", "max_ms": 7.0, "probes": 1}),
+        ]
+    );
+    let stopped = server
+        .sql(
+            "SELECT DISTINCT ON (trace_id) trace_id AS probe, service AS last_component FROM logs \
+             WHERE json_get_str(attributes, 'probe') = '1' ORDER BY trace_id, ts DESC",
+        )
+        .await;
+    assert_eq!(
+        stopped,
+        [
+            serde_json::json!({"probe": "p-1", "last_component": "notifier"}),
+            serde_json::json!({"probe": "p-2", "last_component": "billing"}),
+        ]
+    );
+}
