@@ -1,7 +1,7 @@
 -- Synthetic probe transactions (convention in docs/logs.md): every component
 -- that handles a probe logs one event with the probe id as trace_id and the
 -- attributes {"probe": "1", "probe_ms": "<its processing time>"}.
--- Both queries are exercised by tests/it/trace.rs.
+-- tests/it/trace.rs runs both (max instead of the percentile, no time filter).
 
 -- Per-component latency over the last hour.
 SELECT service,
