@@ -106,14 +106,11 @@ async fn a_threshold_crossing_reaches_the_webhook_and_the_system_tables() {
     assert!(ok && out.contains(&id) && out.contains("ann"), "{out}");
 
     // The transition and the acknowledgement are in the history table.
-    let mut history = Vec::new();
-    for _ in 0..100 {
-        history = server.sql("SELECT from_state, to_state, severity, note FROM system.alert_history ORDER BY ts").await;
-        if history.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let history = server
+        .sql_until("SELECT from_state, to_state, severity, note FROM system.alert_history ORDER BY ts", |r| {
+            r.len() >= 2
+        })
+        .await;
     assert_eq!(
         history,
         [
@@ -123,15 +120,7 @@ async fn a_threshold_crossing_reaches_the_webhook_and_the_system_tables() {
     );
 
     // Every delivery attempt is recorded.
-    let mut n = Vec::new();
-    for _ in 0..100 {
-        let (status, body) = server.sql_raw("SELECT receiver, ok FROM system.notifications WHERE ok").await;
-        n = body.as_array().cloned().unwrap_or_default();
-        if status == 200 && !n.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let n = server.sql_until("SELECT receiver, ok FROM system.notifications WHERE ok", |r| !r.is_empty()).await;
     assert!(!n.is_empty(), "no successful attempt recorded");
     assert_eq!(n[0]["receiver"], "oncall");
 
@@ -445,14 +434,8 @@ async fn a_receiver_that_fails_then_recovers_gets_the_notification_once() {
     hook.wait_for(30, |_, v| host_of(v) == "web-1").await.expect("delivered after retries");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(hook.received().len(), 1, "{:?}", hook.received());
-    let mut attempts = Vec::new();
-    for _ in 0..100 {
-        attempts = server.sql("SELECT attempt, ok, error FROM system.notifications ORDER BY ts").await;
-        if attempts.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let attempts =
+        server.sql_until("SELECT attempt, ok, error FROM system.notifications ORDER BY ts", |r| r.len() >= 3).await;
     let oks: Vec<(i64, bool)> =
         attempts.iter().map(|a| (a["attempt"].as_i64().unwrap_or(0), a["ok"].as_bool().unwrap_or(false))).collect();
     assert_eq!(oks, [(1, false), (2, false), (3, true)], "{attempts:?}");

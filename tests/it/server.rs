@@ -111,6 +111,22 @@ impl TestServer {
         body.as_array().cloned().unwrap_or_else(|| panic!("not an array: {body}"))
     }
 
+    /// Rows of `sql` once they satisfy `done` (polled for up to 5 s; a query
+    /// error, e.g. a table not created yet, counts as no rows). Returns the
+    /// last rows seen either way.
+    pub(crate) async fn sql_until(&self, sql: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut rows = Vec::new();
+        for _ in 0..100 {
+            let (status, body) = self.sql_raw(sql).await;
+            rows = if status == 200 { body.as_array().cloned().unwrap_or_default() } else { Vec::new() };
+            if done(&rows) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rows
+    }
+
     pub(crate) async fn persist(&self) -> Value {
         let resp = reqwest::Client::new()
             .post(format!("http://{}/api/v1/admin/persist", self.http))
