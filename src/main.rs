@@ -31,6 +31,8 @@ enum Command {
     Silences(commands::alerts::SilenceConfig),
     /// One flow across every service that logged it (by trace id).
     Trace(commands::trace::Config),
+    /// Follow the log stream live, with filters.
+    Tail(commands::tail::Config),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Alerts(c) => commands::alerts::run(c),
         Command::Silences(c) => commands::alerts::run_silences(c),
         Command::Trace(c) => commands::trace::run(c),
+        Command::Tail(c) => commands::tail::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -97,6 +97,11 @@ fn convert_fields(fields: Vec<PbField>) -> Result<Vec<FieldColumn>, String> {
 
 /// Canonical level names, so that `level >= 'warn'`-style filters and
 /// `GROUP BY level` see one spelling per level.
+/// The table a log request writes to: its `stream`, or `logs`.
+pub fn log_table(stream: &str) -> String {
+    if stream.is_empty() { LOGS_TABLE.to_string() } else { stream.to_string() }
+}
+
 pub fn normalize_level(level: &str) -> String {
     let lower = level.trim().to_ascii_lowercase();
     match lower.as_str() {
@@ -123,7 +128,7 @@ struct LogGroup {
 /// series of the logs table. Attributes are stored as a JSON object string
 /// column `attributes` (see docs/data-model.md).
 pub fn logs_to_write(req: WriteLogsRequest, max_message_bytes: usize) -> (TableWrite, Vec<EarlyRejection>) {
-    let table = if req.stream.is_empty() { LOGS_TABLE.to_string() } else { req.stream };
+    let table = log_table(&req.stream);
     let mut groups: HashMap<(String, String, String), LogGroup> = HashMap::new();
     let mut rejected = Vec::new();
     for (i, e) in req.events.into_iter().enumerate() {

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod convert;
+pub mod tail;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::StreamExt;
 use tocsin_proto::v1::ingest_server::{Ingest, IngestServer};
 use tocsin_proto::v1::{
-    Rejection, WriteLogsRequest, WriteRequest, WriteResponse, WriteRowsRequest, WriteSeriesRequest, write_request,
+    Rejection, TailMessage, TailRequest, WriteLogsRequest, WriteRequest, WriteResponse, WriteRowsRequest,
+    WriteSeriesRequest, tail_message, write_request,
 };
 use tocsin_storage::{Storage, StorageError, TableWrite};
 use tonic::{Request, Response, Status, Streaming};
@@ -61,6 +63,7 @@ pub struct IngestService {
     storage: Arc<Storage>,
     config: IngestConfig,
     pub metrics: Arc<IngestMetrics>,
+    pub tail: Arc<tail::TailHub>,
 }
 
 /// Maps storage failures to gRPC status codes, in one place.
@@ -91,7 +94,7 @@ fn database(db: &str) -> &str {
 
 impl IngestService {
     pub fn new(storage: Arc<Storage>, config: IngestConfig) -> Self {
-        Self { storage, config, metrics: Arc::new(IngestMetrics::default()) }
+        Self { storage, config, metrics: Arc::new(IngestMetrics::default()), tail: Arc::default() }
     }
 
     pub fn into_server(self) -> IngestServer<Self> {
@@ -156,8 +159,22 @@ impl IngestService {
             return Err(IngestError::Empty("events"));
         }
         let db = database(&req.database).to_string();
+        // Live tail sees what was acknowledged; the events are kept only
+        // while someone is subscribed.
+        let tailed = self.tail.has_subscribers().then(|| (req.events.clone(), convert::log_table(&req.stream)));
         let (write, early) = convert::logs_to_write(req, self.config.max_log_message_bytes);
-        self.commit(&db, vec![write], early).await
+        let resp = self.commit(&db, vec![write], early).await?;
+        if let Some((events, table)) = tailed {
+            let rejected: std::collections::HashSet<u32> = resp.rejected.iter().map(|r| r.index).collect();
+            let accepted: Vec<_> = events
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !rejected.contains(&(*i as u32)))
+                .map(|(_, e)| e)
+                .collect();
+            self.tail.publish(&db, &table, &accepted);
+        }
+        Ok(resp)
     }
 
     fn counted(&self, r: Result<WriteResponse, IngestError>) -> Result<Response<WriteResponse>, Status> {
@@ -170,8 +187,42 @@ impl IngestService {
 
 type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = T> + Send>>;
 
+/// The filter of a gRPC tail request.
+pub fn tail_filter(req: TailRequest) -> tail::TailFilter {
+    let nonempty = |s: String| (!s.is_empty()).then_some(s);
+    tail::TailFilter {
+        database: database(&req.database).to_string(),
+        table: convert::log_table(&req.stream),
+        services: req.services,
+        hosts: req.hosts,
+        min_level: nonempty(req.min_level).map(|l| convert::normalize_level(&l)),
+        trace_id: nonempty(req.trace_id),
+        text: nonempty(req.text),
+        attributes: req.attributes.into_iter().map(|l| (l.name, l.value)).collect(),
+    }
+}
+
+/// Default queue size of a tail subscriber.
+pub const TAIL_BUFFER: usize = 4096;
+
 #[tonic::async_trait]
 impl Ingest for IngestService {
+    type TailStream = BoxStream<Result<TailMessage, Status>>;
+
+    async fn tail(&self, request: Request<TailRequest>) -> Result<Response<Self::TailStream>, Status> {
+        let req = request.into_inner();
+        let buffer = if req.buffer == 0 { TAIL_BUFFER } else { req.buffer as usize };
+        let sub = self.tail.subscribe(tail_filter(req), buffer);
+        let stream = futures::stream::unfold(sub, |sub| async move {
+            let kind = match sub.next().await {
+                tail::TailItem::Event(e) => tail_message::Kind::Event(e),
+                tail::TailItem::Dropped(n) => tail_message::Kind::Dropped(n),
+            };
+            Some((Ok(TailMessage { kind: Some(kind) }), sub))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn write_series(&self, request: Request<WriteSeriesRequest>) -> Result<Response<WriteResponse>, Status> {
         let r = self.series(request.into_inner()).await;
         self.counted(r)

@@ -24,6 +24,7 @@ pub(crate) struct AppState {
     pub(crate) query: Arc<QueryEngine>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) alerts: Arc<tocsin_alerting::AlertEngine>,
+    pub(crate) tail: Arc<tocsin_ingest::tail::TailHub>,
 }
 
 pub(crate) fn router(state: AppState, max_body: usize) -> Router {
@@ -33,6 +34,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/trace/{id}", get(crate::trace::trace))
+        .route("/api/v1/tail", get(crate::tail::tail))
         .merge(crate::alerts_api::router(Arc::clone(&state.alerts)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -137,5 +139,28 @@ async fn health() -> Response {
 async fn metrics(State(app): State<AppState>) -> Response {
     let mut text = app.metrics.render(&app.storage, &app.query);
     app.alerts.render_metrics(&mut text);
+    render_tail_metrics(&app.tail.metrics, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+fn render_tail_metrics(m: &tocsin_ingest::tail::TailMetrics, out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, kind, help, v) in [
+        ("tocsin_tail_subscribers", "gauge", "Live tail subscribers.", m.subscribers.load(Relaxed)),
+        (
+            "tocsin_tail_events_delivered_total",
+            "counter",
+            "Events handed to tail subscribers.",
+            m.delivered.load(Relaxed),
+        ),
+        (
+            "tocsin_tail_events_dropped_total",
+            "counter",
+            "Events dropped for slow tail subscribers.",
+            m.dropped.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
 }

@@ -19,6 +19,7 @@ pub mod config;
 pub mod format;
 mod http;
 mod metrics;
+mod tail;
 mod trace;
 
 use std::future::Future;
@@ -105,10 +106,11 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let tail = Arc::clone(&ingest.tail);
     let grpc = tonic::transport::Server::builder()
         .add_service(ingest.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
-    let app = http::AppState { storage: Arc::clone(&storage), query, metrics, alerts: Arc::clone(&alerts) };
+    let app = http::AppState { storage: Arc::clone(&storage), query, metrics, alerts: Arc::clone(&alerts), tail };
     let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));

@@ -3,4 +3,5 @@ mod client;
 pub(crate) mod rules;
 pub(crate) mod serve;
 pub(crate) mod sql;
+pub(crate) mod tail;
 pub(crate) mod trace;

@@ -7,6 +7,7 @@ mod crash;
 mod e2e;
 mod persistence;
 mod server;
+mod tail;
 mod trace;
 mod util;
 mod webhook;

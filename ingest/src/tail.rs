@@ -1,0 +1,276 @@
+//! Live tail: log events fanned out to subscribers as they are written.
+//!
+//! Each event is matched once against an index of the active filters: the
+//! subscribers of its (database, table, service), plus those that do not
+//! filter on service; only those candidates check their remaining fields.
+//! Every subscriber has a bounded queue: when it is full, events for it are
+//! counted as dropped (ingest and other subscribers never wait), and the
+//! subscriber receives a `dropped N` marker before its next event.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use tocsin_proto::v1::LogEvent;
+use tokio::sync::Notify;
+
+use crate::convert::normalize_level;
+
+/// What a subscriber wants to see.
+#[derive(Debug, Clone, Default)]
+pub struct TailFilter {
+    pub database: String,
+    pub table: String,
+    /// Any of these services (empty: all).
+    pub services: Vec<String>,
+    pub hosts: Vec<String>,
+    /// Minimum level (`info` lets info, warn, error, fatal through).
+    pub min_level: Option<String>,
+    pub trace_id: Option<String>,
+    /// Case-insensitive substring of the message.
+    pub text: Option<String>,
+    /// Attribute equalities, all required.
+    pub attributes: Vec<(String, String)>,
+}
+
+fn level_rank(level: &str) -> u8 {
+    match level {
+        "trace" => 0,
+        "debug" => 1,
+        "info" => 2,
+        "warn" => 3,
+        "error" => 4,
+        "fatal" => 5,
+        _ => 2,
+    }
+}
+
+impl TailFilter {
+    fn matches(&self, e: &LogEvent) -> bool {
+        (self.services.is_empty() || self.services.contains(&e.service))
+            && (self.hosts.is_empty() || self.hosts.contains(&e.host))
+            && self.min_level.as_deref().is_none_or(|m| level_rank(&normalize_level(&e.level)) >= level_rank(m))
+            && self.trace_id.as_deref().is_none_or(|t| t == e.trace_id)
+            && self.text.as_deref().is_none_or(|t| contains_ignore_case(&e.message, t))
+            && self.attributes.iter().all(|(k, v)| e.attributes.iter().any(|l| l.name == *k && l.value == *v))
+    }
+}
+
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    n.is_empty() || (n.len() <= h.len() && (0..=h.len() - n.len()).any(|i| h[i..i + n.len()].eq_ignore_ascii_case(n)))
+}
+
+/// One item of a subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailItem {
+    Event(LogEvent),
+    /// This many events matched but did not fit in the subscriber's queue.
+    Dropped(u64),
+}
+
+struct Queue {
+    /// Events and drop markers, in order.
+    items: VecDeque<TailItem>,
+    /// Events in `items`.
+    events: usize,
+    /// Dropped since the last marker was queued.
+    dropped: u64,
+}
+
+struct Sub {
+    id: u64,
+    filter: TailFilter,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+impl Sub {
+    fn push(&self, e: &LogEvent, metrics: &TailMetrics) {
+        let mut q = self.queue.lock();
+        if q.events >= self.capacity {
+            q.dropped += 1;
+            metrics.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // The marker goes where the gap is: after what was queued
+            // before the drops, before this event.
+            if q.dropped > 0 {
+                let n = std::mem::take(&mut q.dropped);
+                q.items.push_back(TailItem::Dropped(n));
+            }
+            q.items.push_back(TailItem::Event(e.clone()));
+            q.events += 1;
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct Index {
+    next_id: u64,
+    by_service: HashMap<(Key, String), Vec<Arc<Sub>>>,
+    any_service: HashMap<Key, Vec<Arc<Sub>>>,
+    count: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct TailMetrics {
+    pub subscribers: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct TailHub {
+    index: RwLock<Index>,
+    pub metrics: TailMetrics,
+}
+
+impl TailHub {
+    pub fn has_subscribers(&self) -> bool {
+        self.index.read().count > 0
+    }
+
+    /// Registers a subscriber with a queue of `capacity` events.
+    pub fn subscribe(self: &Arc<Self>, filter: TailFilter, capacity: usize) -> Subscription {
+        let mut idx = self.index.write();
+        idx.next_id += 1;
+        let sub = Arc::new(Sub {
+            id: idx.next_id,
+            filter,
+            capacity: capacity.max(1),
+            queue: Mutex::new(Queue { items: VecDeque::new(), events: 0, dropped: 0 }),
+            ready: Notify::new(),
+        });
+        let key = (sub.filter.database.clone(), sub.filter.table.clone());
+        if sub.filter.services.is_empty() {
+            idx.any_service.entry(key).or_default().push(Arc::clone(&sub));
+        } else {
+            for s in &sub.filter.services {
+                idx.by_service.entry((key.clone(), s.clone())).or_default().push(Arc::clone(&sub));
+            }
+        }
+        idx.count += 1;
+        self.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
+        Subscription { hub: Arc::clone(self), sub }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        let mut idx = self.index.write();
+        idx.by_service.values_mut().for_each(|v| v.retain(|s| s.id != id));
+        idx.by_service.retain(|_, v| !v.is_empty());
+        idx.any_service.values_mut().for_each(|v| v.retain(|s| s.id != id));
+        idx.any_service.retain(|_, v| !v.is_empty());
+        idx.count = idx.count.saturating_sub(1);
+        self.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Hands acknowledged events of `database.table` to the subscribers
+    /// whose filter they match.
+    pub fn publish(&self, database: &str, table: &str, events: &[LogEvent]) {
+        let idx = self.index.read();
+        let key = (database.to_string(), table.to_string());
+        let any = idx.any_service.get(&key);
+        for e in events {
+            let by = idx.by_service.get(&(key.clone(), e.service.clone()));
+            for sub in by.into_iter().flatten().chain(any.into_iter().flatten()) {
+                if sub.filter.matches(e) {
+                    sub.push(e, &self.metrics);
+                }
+            }
+        }
+    }
+}
+
+/// A live subscription; dropping it unsubscribes.
+pub struct Subscription {
+    hub: Arc<TailHub>,
+    sub: Arc<Sub>,
+}
+
+impl Subscription {
+    /// The next event, or a marker where events were dropped.
+    pub async fn next(&self) -> TailItem {
+        loop {
+            let notified = self.sub.ready.notified();
+            {
+                let mut q = self.sub.queue.lock();
+                if let Some(item) = q.items.pop_front() {
+                    if matches!(item, TailItem::Event(_)) {
+                        q.events -= 1;
+                        self.hub.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return item;
+                }
+                if q.dropped > 0 {
+                    return TailItem::Dropped(std::mem::take(&mut q.dropped));
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.sub.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(service: &str, level: &str, msg: &str) -> LogEvent {
+        LogEvent { service: service.into(), level: level.into(), message: msg.into(), ..Default::default() }
+    }
+
+    fn filter(services: &[&str], min_level: Option<&str>) -> TailFilter {
+        TailFilter {
+            database: "public".into(),
+            table: "logs".into(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            min_level: min_level.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_subscriber_gets_its_events_in_order() {
+        let hub = Arc::new(TailHub::default());
+        let billing = hub.subscribe(filter(&["billing"], None), 10);
+        let errors = hub.subscribe(filter(&[], Some("warn")), 10);
+        hub.publish(
+            "public",
+            "logs",
+            &[ev("billing", "info", "a"), ev("web", "ERROR", "b"), ev("billing", "warn", "c")],
+        );
+        hub.publish("other", "logs", &[ev("billing", "error", "x")]);
+        assert_eq!(billing.next().await, TailItem::Event(ev("billing", "info", "a")));
+        assert_eq!(billing.next().await, TailItem::Event(ev("billing", "warn", "c")));
+        assert_eq!(errors.next().await, TailItem::Event(ev("web", "ERROR", "b")));
+        assert_eq!(errors.next().await, TailItem::Event(ev("billing", "warn", "c")));
+        assert!(billing.sub.queue.lock().items.is_empty() && errors.sub.queue.lock().items.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_says_so() {
+        let hub = Arc::new(TailHub::default());
+        let slow = hub.subscribe(filter(&[], None), 2);
+        let events: Vec<LogEvent> = (0..5).map(|i| ev("s", "info", &i.to_string())).collect();
+        hub.publish("public", "logs", &events);
+        assert_eq!(slow.next().await, TailItem::Event(ev("s", "info", "0")));
+        hub.publish("public", "logs", &[ev("s", "info", "5")]);
+        assert_eq!(slow.next().await, TailItem::Event(ev("s", "info", "1")));
+        assert_eq!(slow.next().await, TailItem::Dropped(3), "the marker sits where the gap is");
+        assert_eq!(slow.next().await, TailItem::Event(ev("s", "info", "5")));
+        assert_eq!(hub.metrics.dropped.load(Ordering::Relaxed), 3);
+        drop(slow);
+        assert!(!hub.has_subscribers());
+    }
+}

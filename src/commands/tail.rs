@@ -1,0 +1,93 @@
+//! `tocsin tail`: follow the log stream live, with filters (Server-Sent
+//! Events from `GET /api/v1/tail`).
+
+use anyhow::{Context, bail};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Config {
+    /// Only these services (repeatable).
+    #[arg(long)]
+    service: Vec<String>,
+    /// Only these hosts (repeatable).
+    #[arg(long)]
+    host: Vec<String>,
+    /// Minimum level, e.g. `warn` or `>=warn`.
+    #[arg(long)]
+    level: Option<String>,
+    /// Only this trace id.
+    #[arg(long)]
+    trace_id: Option<String>,
+    /// Case-insensitive text the message must contain.
+    #[arg(long = "match")]
+    text: Option<String>,
+    /// Attribute equality `name=value` (repeatable).
+    #[arg(long)]
+    attr: Vec<String>,
+    /// The log table.
+    #[arg(long, default_value = "logs")]
+    table: String,
+    /// Print each event as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Address of the server's HTTP API.
+    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    http_addr: String,
+}
+
+pub(crate) fn run(c: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(follow(c))
+}
+
+async fn follow(c: Config) -> anyhow::Result<()> {
+    let mut params: Vec<(&str, String)> = vec![("table", c.table.clone())];
+    params.extend(c.service.iter().map(|s| ("service", s.clone())));
+    params.extend(c.host.iter().map(|s| ("host", s.clone())));
+    params.extend(c.attr.iter().map(|s| ("attr", s.clone())));
+    if let Some(l) = &c.level {
+        params.push(("level", l.trim_start_matches(">=").to_string()));
+    }
+    if let Some(t) = &c.trace_id {
+        params.push(("trace_id", t.clone()));
+    }
+    if let Some(t) = &c.text {
+        params.push(("match", t.clone()));
+    }
+    let base = if c.http_addr.starts_with("http://") { c.http_addr.clone() } else { format!("http://{}", c.http_addr) };
+    let url = format!("{base}/api/v1/tail");
+    let mut resp = reqwest::Client::new()
+        .get(&url)
+        .query(&params)
+        .send()
+        .await
+        .with_context(|| format!("while connecting to {url} (is `tocsin serve` running there?)"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        bail!("{} (HTTP {status})", resp.text().await.unwrap_or_default());
+    }
+    let mut buf = String::new();
+    let mut event_kind = String::new();
+    while let Some(chunk) = resp.chunk().await.context("while reading the stream")? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(nl) = buf.find('\n') {
+            let line = buf[..nl].trim_end_matches('\r').to_string();
+            buf.drain(..=nl);
+            if let Some(kind) = line.strip_prefix("event:") {
+                event_kind = kind.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap_or_default();
+                if event_kind == "dropped" {
+                    println!("-- {} events dropped (this terminal was too slow) --", v["dropped"]);
+                } else if c.json {
+                    println!("{v}");
+                } else {
+                    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+                    println!("{} {} {} {:5} {}", s("ts"), s("service"), s("host"), s("level"), s("message"));
+                }
+            } else if line.is_empty() {
+                event_kind.clear();
+            }
+        }
+    }
+    Ok(())
+}
