@@ -98,3 +98,37 @@ async fn subscribers_get_exactly_their_events_and_a_slow_one_gets_a_drop_marker(
         reqwest::get(format!("http://{}/metrics", server.http)).await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("tocsin_tail_subscribers 3"), "{metrics}");
 }
+
+#[tokio::test]
+async fn the_http_tail_streams_server_sent_events_with_filters() {
+    let server = TestServer::start();
+    let mut client = server.client().await;
+    let mut resp = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/tail", server.http))
+        .query(&[("service", "web"), ("level", "warn"), ("match", "TIMEOUT")])
+        .send()
+        .await
+        .expect("tail");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap_or("").starts_with("text/event-stream"));
+    let events = vec![
+        ev(1, "web", "info", "timeout ignored".into()),
+        ev(2, "db", "error", "timeout in db".into()),
+        ev(3, "web", "error", "upstream Timeout".into()),
+    ];
+    client
+        .write_logs(WriteLogsRequest { database: String::new(), stream: String::new(), events })
+        .await
+        .expect("write");
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.expect("in time").expect("read");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("open")));
+    }
+    let data = text.lines().find_map(|l| l.strip_prefix("data:")).expect("a data line");
+    let v: serde_json::Value = serde_json::from_str(data.trim()).expect("json");
+    assert_eq!(v["message"], "upstream Timeout");
+    assert_eq!(v["level"], "error");
+    let bad = reqwest::get(format!("http://{}/api/v1/tail?colour=red", server.http)).await.expect("get");
+    assert_eq!(bad.status().as_u16(), 400);
+}
