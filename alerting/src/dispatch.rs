@@ -32,7 +32,7 @@ pub struct AlertView {
     pub acked: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EscalationState {
     pub policy: String,
     pub started_at: i64,
@@ -222,8 +222,7 @@ impl Dispatcher {
             let ctx = SendCtx { g_key: key, route, by_id: &by_id, content: &content, external_url, now };
 
             let mut sent_now = BTreeSet::new();
-            let esc_before =
-                g.escalation.as_ref().map(|e| (e.started_at, e.next_step, e.cycle, e.acked, e.idle, e.completed));
+            let esc_before = g.escalation.clone();
             // Escalation runs on its own clock, from the group's first flush.
             if let Some(policy) = route.escalation.as_ref().and_then(|n| config.escalations.get(n))
                 && (g.escalation.is_some() || (now >= g.next_flush && firing_any))
@@ -270,9 +269,7 @@ impl Dispatcher {
                 }
             }
 
-            if g.escalation.as_ref().map(|e| (e.started_at, e.next_step, e.cycle, e.acked, e.idle, e.completed))
-                != esc_before
-            {
+            if g.escalation != esc_before {
                 out.changed = true;
             }
             if now >= g.next_flush {

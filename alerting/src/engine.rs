@@ -133,7 +133,8 @@ struct Inner {
     health: BTreeMap<String, RuleHealth>,
     next_eval: HashMap<String, i64>,
     dispatcher: Dispatcher,
-    silences: Vec<Silence>,
+    /// With their matchers compiled once, when created or loaded.
+    silences: Vec<(Silence, Matchers)>,
     muted: HashMap<String, Mute>,
     outbox: BTreeMap<String, Job>,
     next_id: u64,
@@ -209,7 +210,17 @@ impl AlertEngine {
                 health: BTreeMap::new(),
                 next_eval: HashMap::new(),
                 dispatcher: state.dispatcher,
-                silences: state.silences,
+                silences: state
+                    .silences
+                    .into_iter()
+                    .filter_map(|s| match s.compile() {
+                        Ok(m) => Some((s, m)),
+                        Err(e) => {
+                            tracing::error!(id = %s.id, "persisted silence dropped, its matchers do not compile: {e}");
+                            None
+                        }
+                    })
+                    .collect(),
                 muted: HashMap::new(),
                 outbox,
                 next_id: state.next_id,
@@ -406,17 +417,11 @@ impl AlertEngine {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         inner.dirty |= changed;
-        let silences: Vec<(Silence, Matchers)> = inner
-            .silences
-            .iter()
-            .filter(|s| s.ends_at > now)
-            .filter_map(|s| s.compile().ok().map(|m| (s.clone(), m)))
-            .collect();
         let instances: Vec<&Instance> = inner.rules.values().flat_map(|m| m.values()).collect();
         let out = inner.dispatcher.tick(TickInput {
             config: &inner.config,
             instances: &instances,
-            silences: &silences,
+            silences: &inner.silences,
             now,
             external_url: &self.opts.external_url,
         });
@@ -452,7 +457,7 @@ impl AlertEngine {
             !instances.is_empty()
         });
         inner.dirty |= removed;
-        inner.silences.retain(|s| s.ends_at > keep_from);
+        inner.silences.retain(|(s, _)| s.ends_at > keep_from);
         jobs
     }
 
@@ -539,7 +544,7 @@ impl AlertEngine {
                 version: STATE_VERSION,
                 instances: inner.rules.values().flat_map(|m| m.values().cloned()).collect(),
                 dispatcher: inner.dispatcher.clone(),
-                silences: inner.silences.clone(),
+                silences: inner.silences.iter().map(|(s, _)| s.clone()).collect(),
                 outbox: inner.outbox.values().cloned().collect(),
                 next_id: inner.next_id,
             };
@@ -678,7 +683,7 @@ impl AlertEngine {
     }
 
     pub fn add_silence(&self, mut s: Silence) -> Result<Silence, EngineError> {
-        s.compile().map_err(EngineError::BadRequest)?;
+        let matchers = s.compile().map_err(EngineError::BadRequest)?;
         let now = self.clock.now_ms();
         if s.starts_at == 0 {
             s.starts_at = now;
@@ -697,7 +702,7 @@ impl AlertEngine {
             let mut inner = self.inner.lock();
             inner.next_id += 1;
             s.id = format!("s{:x}-{}", now, inner.next_id);
-            inner.silences.push(s.clone());
+            inner.silences.push((s.clone(), matchers));
             inner.dirty = true;
         }
         self.save()?;
@@ -706,12 +711,12 @@ impl AlertEngine {
 
     pub fn silences(&self) -> Vec<serde_json::Value> {
         let now = self.clock.now_ms();
-        self.inner.lock().silences.iter().map(|s| silence_json(s, now)).collect()
+        self.inner.lock().silences.iter().map(|(s, _)| silence_json(s, now)).collect()
     }
 
     pub fn silence(&self, id: &str) -> Option<serde_json::Value> {
         let now = self.clock.now_ms();
-        self.inner.lock().silences.iter().find(|s| s.id == id).map(|s| silence_json(s, now))
+        self.inner.lock().silences.iter().find(|(s, _)| s.id == id).map(|(s, _)| silence_json(s, now))
     }
 
     /// Expires a silence now (it stays listed as expired).
@@ -719,10 +724,10 @@ impl AlertEngine {
         let now = self.clock.now_ms();
         {
             let mut inner = self.inner.lock();
-            let s = inner
+            let (s, _) = inner
                 .silences
                 .iter_mut()
-                .find(|s| s.id == id)
+                .find(|(s, _)| s.id == id)
                 .ok_or_else(|| EngineError::NoSuchSilence(id.to_string()))?;
             s.ends_at = s.ends_at.min(now);
             s.starts_at = s.starts_at.min(now);
