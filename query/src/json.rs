@@ -2,13 +2,12 @@
 //! `key` of a JSON object, NULL when absent; for log `attributes`, e.g.
 //! `WHERE json_get_str(attributes, 'region') = 'eu'`.
 
-use std::sync::Arc;
-
-use arrow::array::{Array, ArrayRef, AsArray, StringArray};
-use arrow::compute::cast;
+use arrow::array::StringArray;
 use arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
+
+use crate::udf::{map_text, scalar_str};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct JsonGetStr {
@@ -47,28 +46,13 @@ impl ScalarUDFImpl for JsonGetStr {
         let [json, key] = args.args.as_slice() else {
             return plan_err!("json_get_str(json, key) takes two arguments");
         };
-        let key = match key {
-            ColumnarValue::Scalar(
-                ScalarValue::Utf8(Some(k)) | ScalarValue::LargeUtf8(Some(k)) | ScalarValue::Utf8View(Some(k)),
-            ) => k,
-            _ => return exec_err!("json_get_str(): the key must be a constant, non-NULL string"),
+        let ColumnarValue::Scalar(key) = key else {
+            return exec_err!("json_get_str(): the key must be a constant string");
         };
-        match json {
-            ColumnarValue::Scalar(s) => {
-                let v = match s {
-                    ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => v.as_deref(),
-                    _ => None,
-                };
-                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(v.and_then(|j| get(j, key)))))
-            }
-            ColumnarValue::Array(a) => {
-                let a: ArrayRef = cast(a, &DataType::Utf8)?;
-                let s = a.as_string::<i32>();
-                let out: StringArray =
-                    (0..s.len()).map(|i| if s.is_valid(i) { get(s.value(i), key) } else { None }).collect();
-                Ok(ColumnarValue::Array(Arc::new(out)))
-            }
-        }
+        let Some(key) = scalar_str(key) else {
+            return exec_err!("json_get_str(): the key must be a non-NULL string");
+        };
+        map_text::<String, StringArray>(json, |j| get(j, key), ScalarValue::Utf8)
     }
 }
 

@@ -30,7 +30,7 @@ use datafusion::logical_expr::logical_plan::{Aggregate, Filter, TableScanBuilder
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use datafusion::physical_plan::{ExecutionPlan, collect};
-use tocsin_storage::{Storage, TIME_COLUMN};
+use tocsin_storage::TIME_COLUMN;
 
 use crate::table::TocsinTable;
 
@@ -77,10 +77,6 @@ impl OptimizerRule for LastRowRule {
             return Ok(Transformed::no(plan));
         }
         let cached = Arc::new(LastRowsTable {
-            storage: Arc::clone(&table.storage),
-            db: table.db.clone(),
-            table: table.table.clone(),
-            schema: Arc::clone(&table.schema),
             full: TocsinTable {
                 storage: Arc::clone(&table.storage),
                 db: table.db.clone(),
@@ -152,18 +148,15 @@ fn eligible(agg: &Aggregate, tags: &HashSet<&str>) -> bool {
 /// The table as its newest row per series.
 #[derive(Debug)]
 pub(crate) struct LastRowsTable {
-    storage: Arc<Storage>,
-    db: String,
-    table: String,
-    schema: SchemaRef,
-    /// Used once, to fold in the history the cache has not seen.
+    /// The table itself; scanned once, to fold in the history the cache has
+    /// not seen.
     full: TocsinTable,
 }
 
 #[async_trait]
 impl TableProvider for LastRowsTable {
     fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        self.full.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -171,7 +164,7 @@ impl TableProvider for LastRowsTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        self.full.supports_filters_pushdown(filters)
     }
 
     async fn scan(
@@ -181,19 +174,20 @@ impl TableProvider for LastRowsTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let TocsinTable { storage, db, table, schema } = &self.full;
         let ext = |e: tocsin_storage::StorageError| DataFusionError::External(Box::new(e));
-        let rows = match self.storage.last_rows(&self.db, &self.table).map_err(ext)? {
+        let rows = match storage.last_rows(db, table).map_err(ext)? {
             Some(rows) => rows,
             None => {
                 let plan = self.full.scan(state, None, &[], None).await?;
                 let batches = collect(plan, state.task_ctx()).await?;
-                let newest = newest_per_series(&batches, &self.schema)?;
-                self.storage.complete_last_rows(&self.db, &self.table, &newest).map_err(ext)?;
-                self.storage.last_rows(&self.db, &self.table).map_err(ext)?.unwrap_or(newest)
+                let newest = newest_per_series(&batches, schema)?;
+                storage.complete_last_rows(db, table, &newest).map_err(ext)?;
+                storage.last_rows(db, table).map_err(ext)?.unwrap_or(newest)
             }
         };
-        let rows = tocsin_storage::batch::adapt_batch(&rows, &self.schema)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![rows]], Arc::clone(&self.schema), projection.cloned())?)
+        let rows = tocsin_storage::batch::adapt_batch(&rows, schema)?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![rows]], Arc::clone(schema), projection.cloned())?)
     }
 }
 
@@ -261,8 +255,9 @@ mod tests {
 
     async fn engine() -> (tempfile::TempDir, QueryEngine) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage =
-            Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path().join("data"))).await.expect("open");
+        let storage = tocsin_storage::Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path().join("data")))
+            .await
+            .expect("open");
         (dir, QueryEngine::new(storage))
     }
 

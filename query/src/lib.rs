@@ -26,6 +26,7 @@ mod metrics;
 mod prune;
 mod sink;
 mod table;
+mod udf;
 
 use std::sync::Arc;
 use std::time::Instant;

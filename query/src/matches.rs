@@ -7,13 +7,12 @@
 //! by a letter, digit or `_` (so `node-7` matches "on node-7." but not
 //! "node-77", and `out` does not match "timeout").
 
-use std::sync::Arc;
-
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
-use arrow::compute::cast;
+use arrow::array::BooleanArray;
 use arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
+
+use crate::udf::{map_text, scalar_str};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Matches {
@@ -168,30 +167,14 @@ impl ScalarUDFImpl for Matches {
                 "matches(): the query must be a constant string, e.g. matches(message, 'timeout AND node-7')"
             );
         };
-        let q = match q {
-            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s,
-            _ => return exec_err!("matches(): the query must be a non-NULL string"),
+        let Some(q) = scalar_str(q) else {
+            return exec_err!("matches(): the query must be a non-NULL string");
         };
         let query = match parse(q) {
             Ok(query) => query,
             Err(e) => return exec_err!("matches(): cannot parse {q:?}: {e}"),
         };
-        match text {
-            ColumnarValue::Scalar(s) => {
-                let v = match s {
-                    ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => v.as_deref(),
-                    _ => None,
-                };
-                Ok(ColumnarValue::Scalar(ScalarValue::Boolean(v.map(|t| eval(&query, t.as_bytes())))))
-            }
-            ColumnarValue::Array(a) => {
-                let a: ArrayRef = cast(a, &DataType::Utf8)?;
-                let s = a.as_string::<i32>();
-                let out: BooleanArray =
-                    (0..s.len()).map(|i| s.is_valid(i).then(|| eval(&query, s.value(i).as_bytes()))).collect();
-                Ok(ColumnarValue::Array(Arc::new(out)))
-            }
-        }
+        map_text::<bool, BooleanArray>(text, |t| Some(eval(&query, t.as_bytes())), ScalarValue::Boolean)
     }
 }
 
