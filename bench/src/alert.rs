@@ -7,15 +7,13 @@
 //! - `capacity`: server CPU while N rules over M series evaluate on an
 //!   interval.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tocsin_alerting::testkit::WebhookSink;
+use tocsin_bench::util::{Server, metric, percentile, sql};
 use tocsin_proto::v1::ingest_client::IngestClient;
 use tocsin_proto::v1::{DoubleValues, FieldColumn, Label, RowSeries, WriteRowsRequest, field_column};
 
@@ -69,65 +67,13 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(bin: &Path, rules_yaml: &str) -> anyhow::Result<Server> {
+/// Starts a server with `rules_yaml` as its rules file.
+fn start_server(bin: &Path, rules_yaml: &str) -> anyhow::Result<(Server, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let rules = dir.path().join("rules.yml");
     std::fs::write(&rules, rules_yaml)?;
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
-    let mut child = Command::new(bin)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log", "warn"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--rules")
-        .arg(&rules)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("while starting {} (build it with cargo build --release)", bin.display()))?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = |key: &str| -> anyhow::Result<SocketAddr> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("no {key} in {line:?}"))
-    };
-    Ok(Server { http: addr("http=")?, grpc: addr("grpc=")?, child, _dir: dir })
-}
-
-async fn sql(http: SocketAddr, sql: &str) -> anyhow::Result<()> {
-    let resp = reqwest::Client::new()
-        .post(format!("http://{http}/api/v1/sql"))
-        .json(&serde_json::json!({ "sql": sql }))
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("{sql}: {}", resp.text().await?);
-    }
-    Ok(())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    let server = Server::start(bin, "", &["--rules".as_ref(), rules.as_os_str()])?;
+    Ok((server, dir))
 }
 
 async fn latency(bin: &Path, runs: usize, interval: &str) -> anyhow::Result<()> {
@@ -159,7 +105,7 @@ receivers:
     webhook: {{ url: "http://{addr}/hook" }}
 "#
         );
-        let server = start_server(bin, &yaml)?;
+        let (server, _rules) = start_server(bin, &yaml)?;
         // Warm up: the table exists and the first evaluation happened.
         sql(server.http, "INSERT INTO lat (ts, host, usage) VALUES (now(), 'warmup', 1)").await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -210,13 +156,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) / hz)
 }
 
-async fn metric(http: SocketAddr, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .with_context(|| format!("no metric {name}"))
-}
-
 async fn capacity(
     bin: &Path,
     rules: usize,
@@ -238,8 +177,8 @@ async fn capacity(
             ));
         }
     }
-    let server = start_server(bin, &yaml)?;
-    let pid = server.child.id();
+    let (server, _rules) = start_server(bin, &yaml)?;
+    let pid = server.pid();
     eprintln!("loading {series} series in {tables} tables ...");
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64;
     let mut client =

@@ -6,7 +6,7 @@ use tocsin_proto::v1::{
     DoubleValues, FieldColumn, Int64Values, Label, RowSeries, WriteRowsRequest, field_column::Values,
 };
 
-pub(crate) const FIELDS: [&str; 10] = [
+pub const FIELDS: [&str; 10] = [
     "usage_user",
     "usage_system",
     "usage_idle",
@@ -20,18 +20,18 @@ pub(crate) const FIELDS: [&str; 10] = [
 ];
 
 /// TSBS' default start: 2016-01-01T00:00:00Z.
-pub(crate) const START_NS: i64 = 1_451_606_400_000_000_000;
-pub(crate) const INTERVAL_NS: i64 = 10_000_000_000;
+pub const START_NS: i64 = 1_451_606_400_000_000_000;
+pub const INTERVAL_NS: i64 = 10_000_000_000;
 
 /// splitmix64: tiny, fast, and stable forever.
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -40,11 +40,11 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    pub(crate) fn f64(&mut self) -> f64 {
+    pub fn f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
 
@@ -72,7 +72,7 @@ const ARCH: [&str; 2] = ["x64", "x86"];
 const TEAM: [&str; 4] = ["SF", "NYC", "LON", "CHI"];
 const ENV: [&str; 3] = ["production", "staging", "test"];
 
-pub(crate) fn host_tags(host: usize, rng: &mut Rng) -> Vec<Label> {
+pub fn host_tags(host: usize, rng: &mut Rng) -> Vec<Label> {
     let (region, dcs) = REGIONS[rng.below(REGIONS.len() as u64) as usize];
     let l = |n: &str, v: String| Label { name: n.into(), value: v };
     vec![
@@ -90,12 +90,12 @@ pub(crate) fn host_tags(host: usize, rng: &mut Rng) -> Vec<Label> {
 }
 
 /// One host's whole series: tags, and for each field its values.
-pub(crate) struct HostData {
-    pub(crate) tags: Vec<Label>,
-    pub(crate) fields: Vec<Vec<f64>>,
+pub struct HostData {
+    pub tags: Vec<Label>,
+    pub fields: Vec<Vec<f64>>,
 }
 
-pub(crate) fn generate(hosts: usize, steps: usize, seed: u64) -> Vec<HostData> {
+pub fn generate(hosts: usize, steps: usize, seed: u64) -> Vec<HostData> {
     (0..hosts)
         .map(|h| {
             let mut rng = Rng::new(seed ^ (h as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
@@ -118,7 +118,7 @@ pub(crate) fn generate(hosts: usize, steps: usize, seed: u64) -> Vec<HostData> {
 
 /// Requests of `steps_per_batch` consecutive samples of every host: in
 /// time order, as collectors would send them.
-pub(crate) fn requests(data: &[HostData], steps: usize, steps_per_batch: usize, float: bool) -> Vec<WriteRowsRequest> {
+pub fn requests(data: &[HostData], steps: usize, steps_per_batch: usize, float: bool) -> Vec<WriteRowsRequest> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < steps {

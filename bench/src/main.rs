@@ -1,8 +1,6 @@
 //! `tocsin-bench`: TSBS `cpu-only` ingest and query benchmark against a
 //! running Tocsin server. See docs/benchmarks.md for how it is run.
 
-mod data;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +9,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tocsin_proto::v1::ingest_client::IngestClient;
 
-use data::{INTERVAL_NS, Rng, START_NS};
+use tocsin_bench::data::{self, INTERVAL_NS, Rng, START_NS};
+use tocsin_bench::util::{metric, percentile, rfc3339};
 
 #[derive(Debug, Parser)]
 #[command(about = "TSBS-like benchmark for a running tocsin server")]
@@ -80,7 +79,8 @@ async fn ingest(args: &Args, steps: usize, values: u64) -> anyhow::Result<()> {
     let requests = Arc::new(data::requests(&generated, steps, args.batch_steps, args.float));
     drop(generated);
     eprintln!("generated {} requests in {:.1} s", requests.len(), t.elapsed().as_secs_f64());
-    let wal_before = metric(&args.http_addr, "tocsin_wal_bytes_total").await.unwrap_or(0.0);
+    let http: std::net::SocketAddr = args.http_addr.parse().context("--http-addr")?;
+    let wal_before = metric(http, "tocsin_wal_bytes_total").await.unwrap_or(0.0);
 
     let next = Arc::new(AtomicUsize::new(0));
     let rows_done = Arc::new(AtomicU64::new(0));
@@ -127,7 +127,7 @@ async fn ingest(args: &Args, steps: usize, values: u64) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     progress.abort();
-    let wal_bytes = metric(&args.http_addr, "tocsin_wal_bytes_total").await.unwrap_or(0.0) - wal_before;
+    let wal_bytes = metric(http, "tocsin_wal_bytes_total").await.unwrap_or(0.0) - wal_before;
     println!(
         "ingest: {:.0} rows/s, {:.0} values/s ({} values in {:.2} s, {} writers, {} rows/request)",
         total_rows as f64 / elapsed,
@@ -143,32 +143,9 @@ async fn ingest(args: &Args, steps: usize, values: u64) -> anyhow::Result<()> {
     let resp = reqwest::Client::new().post(format!("http://{}/api/v1/admin/persist", args.http_addr)).send().await?;
     let stats: serde_json::Value = resp.json().await?;
     println!("persist: {stats} in {:.2} s", t.elapsed().as_secs_f64());
-    let seg = metric(&args.http_addr, "tocsin_segment_bytes").await.unwrap_or(0.0);
+    let seg = metric(http, "tocsin_segment_bytes").await.unwrap_or(0.0);
     println!("on disk: {:.3} bytes/value in segments ({:.1} MiB)", seg / values as f64, seg / 1048576.0);
     Ok(())
-}
-
-async fn metric(http: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-}
-
-fn rfc3339(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 struct QueryType {
@@ -260,19 +237,14 @@ async fn queries(args: &Args, steps: usize) -> anyhow::Result<()> {
             rows = serde_json::from_slice::<Vec<serde_json::Value>>(&body).map(|v| v.len()).unwrap_or(0);
         }
         times.sort_by(f64::total_cmp);
-        let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
-        println!("{:<24} {:>10.1} {:>10.1} {:>10.1} {:>8}", q.name, pct(0.5), pct(0.99), times[0], rows);
+        println!(
+            "{:<24} {:>10.1} {:>10.1} {:>10.1} {:>8}",
+            q.name,
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times[0],
+            rows
+        );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(START_NS), "2016-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000_000_000_000), "2023-11-14T22:13:20Z");
-    }
 }

@@ -27,7 +27,7 @@ impl Matches {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Query {
-    Term(Vec<u8>),
+    Term(Term),
     And(Vec<Query>),
     Or(Vec<Query>),
     Not(Box<Query>),
@@ -114,7 +114,7 @@ fn parse_not(t: &[String], pos: &mut usize) -> std::result::Result<Query, String
             if term.is_empty() {
                 return Err("empty term".into());
             }
-            Ok(Query::Term(term.to_ascii_lowercase().into_bytes()))
+            Ok(Query::Term(Term::new(term)))
         }
         None => Err("the query ends where a term was expected".into()),
     }
@@ -124,21 +124,63 @@ fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
-/// Whether `term` (lower case) occurs in `text` as whole words.
-fn contains_term(text: &[u8], term: &[u8]) -> bool {
-    if term.len() > text.len() {
-        return false;
+/// A search term, lower case, with the byte that candidate positions are
+/// found by: the one least likely in log text, so that `memchr` skips most
+/// of a message and only few positions are compared in full.
+#[derive(Debug, Clone, PartialEq)]
+struct Term {
+    bytes: Vec<u8>,
+    anchor: usize,
+}
+
+impl Term {
+    fn new(term: &str) -> Term {
+        let bytes = term.to_ascii_lowercase().into_bytes();
+        let anchor = (0..bytes.len()).min_by_key(|&i| commonness(bytes[i])).unwrap_or(0);
+        Term { bytes, anchor }
     }
-    (0..=text.len() - term.len()).any(|i| {
-        text[i..i + term.len()].eq_ignore_ascii_case(term)
-            && (i == 0 || !is_word(text[i - 1]) || !is_word(term[0]))
-            && (i + term.len() == text.len() || !is_word(text[i + term.len()]) || !is_word(term[term.len() - 1]))
-    })
+
+    /// Whether the term occurs in `text` as whole words.
+    fn occurs_in(&self, text: &[u8]) -> bool {
+        let term = &self.bytes[..];
+        let (n, a) = (term.len(), self.anchor);
+        if n == 0 || n > text.len() {
+            return false;
+        }
+        let lo = term[a];
+        let hi = lo.to_ascii_uppercase();
+        // Anchor positions that leave room for the term on both sides: a hit
+        // at `i` in `hay` is the anchor at `text[a + i]`, so the candidate
+        // starts at `text[i]`.
+        let hay = &text[a..=text.len() - n + a];
+        let at = |i: usize| {
+            text[i..i + n].eq_ignore_ascii_case(term)
+                && (i == 0 || !is_word(text[i - 1]) || !is_word(term[0]))
+                && (i + n == text.len() || !is_word(text[i + n]) || !is_word(term[n - 1]))
+        };
+        if lo == hi {
+            memchr::memchr_iter(lo, hay).any(at)
+        } else {
+            memchr::memchr2_iter(lo, hi, hay).any(at)
+        }
+    }
+}
+
+/// How common a (lower-case) byte is in English-like log text; lower is
+/// rarer. Letters by English frequency, then digits and punctuation.
+fn commonness(b: u8) -> u8 {
+    const LETTERS: &[u8] = b"zqxjkvbpygfwmucldrhsnioate";
+    match b {
+        b'a'..=b'z' => 20 + LETTERS.iter().position(|&l| l == b).unwrap_or(0) as u8,
+        b' ' => 60,
+        b'0'..=b'9' => 15,
+        _ => 10,
+    }
 }
 
 fn eval(q: &Query, text: &[u8]) -> bool {
     match q {
-        Query::Term(t) => contains_term(text, t),
+        Query::Term(t) => t.occurs_in(text),
         Query::And(p) => p.iter().all(|q| eval(q, text)),
         Query::Or(p) => p.iter().any(|q| eval(q, text)),
         Query::Not(q) => !eval(q, text),
@@ -193,6 +235,13 @@ mod tests {
         assert!(!m("timeout", "out"));
         assert!(m("peer 10.0.0.1 refused", "10.0.0.1"));
         assert!(m("card declined by issuer", "\"card declined\""));
+        // At the very start and end, and where an earlier candidate fails.
+        assert!(m("node-7", "node-7"));
+        assert!(m("node-77 node-7", "node-7"));
+        assert!(!m("node-77 xnode-7", "node-7"));
+        assert!(m("a ERR-7731-QUOTA b", "err-7731-quota"));
+        assert!(!m("ERR-7731-QUOT", "err-7731-quota"));
+        assert!(m("Zz", "zz") && !m("z", "zz") && !m("", "a"));
     }
 
     #[test]
