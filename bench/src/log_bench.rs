@@ -146,10 +146,13 @@ struct Query {
     name: &'static str,
     sql: String,
     /// Checks the answer; says what is wrong.
-    check: Box<dyn Fn(&[serde_json::Value]) -> Result<(), String>>,
+    check: Check,
 }
 
-fn rows(n: usize) -> Box<dyn Fn(&[serde_json::Value]) -> Result<(), String>> {
+/// Checks a query's answer (rows as JSON objects); says what is wrong.
+type Check = Box<dyn Fn(&[serde_json::Value]) -> Result<(), String>>;
+
+fn rows(n: usize) -> Check {
     Box::new(move |r| if r.len() == n { Ok(()) } else { Err(format!("{} rows, expected {n}", r.len())) })
 }
 
@@ -174,7 +177,9 @@ async fn queries(args: &Args, shape: &LogShape, server: &Server) -> anyhow::Resu
     let queries = [
         Query {
             name: "rare token, matches()",
-            sql: format!("SELECT ts, service, host, message FROM logs WHERE matches(message, '{RARE_TOKEN}') ORDER BY ts"),
+            sql: format!(
+                "SELECT ts, service, host, message FROM logs WHERE matches(message, '{RARE_TOKEN}') ORDER BY ts"
+            ),
             check: rows(args.rare as usize),
         },
         Query {

@@ -19,8 +19,20 @@ pub const RARE_TOKEN: &str = "ERR-7731-QUOTA";
 
 const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
 const FLOW: [&str; 6] = ["gateway", "auth", "orders", "inventory", "billing", "notifier"];
-const WORDS: [&str; 12] =
-    ["shoes", "laptop", "coffee", "headphones", "lamp", "desk", "phone case", "novel", "tent", "kettle", "jacket", "mug"];
+const WORDS: [&str; 12] = [
+    "shoes",
+    "laptop",
+    "coffee",
+    "headphones",
+    "lamp",
+    "desk",
+    "phone case",
+    "novel",
+    "tent",
+    "kettle",
+    "jacket",
+    "mug",
+];
 
 /// The generator's shape: `lines` events evenly over `[start_ns, start_ns + span_ns)`.
 #[derive(Debug, Clone, Copy)]
@@ -107,7 +119,13 @@ impl LogShape {
         match (service, rng.below(20)) {
             ("search", 0) => {
                 e.level = "warn".into();
-                let _ = write!(m, "slow query \"{}\" took {} ms on shard {}", word(rng), 500 + rng.below(4000), rng.below(32));
+                let _ = write!(
+                    m,
+                    "slow query \"{}\" took {} ms on shard {}",
+                    word(rng),
+                    500 + rng.below(4000),
+                    rng.below(32)
+                );
             }
             ("search", 1..=4) => {
                 e.level = "debug".into();
@@ -118,11 +136,13 @@ impl LogShape {
             }
             (_, 0) => {
                 e.level = "error".into();
-                let _ = write!(m, "origin fetch failed for /v/{:08x}.ts: connection reset by peer", rng.next_u64() as u32);
+                let _ =
+                    write!(m, "origin fetch failed for /v/{:08x}.ts: connection reset by peer", rng.next_u64() as u32);
             }
             (_, 1..=3) => {
                 e.level = "debug".into();
-                let _ = write!(m, "segment /v/{:08x}.ts served from cache tier {}", rng.next_u64() as u32, rng.below(3));
+                let _ =
+                    write!(m, "segment /v/{:08x}.ts served from cache tier {}", rng.next_u64() as u32, rng.below(3));
             }
             _ => {
                 let _ = write!(

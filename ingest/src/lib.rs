@@ -15,6 +15,7 @@
 //! ```
 
 pub mod convert;
+pub mod follow;
 pub mod tail;
 
 use std::pin::Pin;
@@ -64,6 +65,7 @@ pub struct IngestService {
     config: IngestConfig,
     pub metrics: Arc<IngestMetrics>,
     pub tail: Arc<tail::TailHub>,
+    backfill: Option<Arc<dyn follow::TailBackfill>>,
 }
 
 /// Maps storage failures to gRPC status codes, in one place.
@@ -94,7 +96,24 @@ fn database(db: &str) -> &str {
 
 impl IngestService {
     pub fn new(storage: Arc<Storage>, config: IngestConfig) -> Self {
-        Self { storage, config, metrics: Arc::new(IngestMetrics::default()), tail: Arc::default() }
+        let tail: Arc<tail::TailHub> = Arc::default();
+        storage.add_write_observer(Arc::clone(&tail) as Arc<dyn tocsin_storage::WriteObserver>);
+        Self { storage, config, metrics: Arc::new(IngestMetrics::default()), tail, backfill: None }
+    }
+
+    /// Lets `Tail` requests with `since_ms` backfill from storage.
+    pub fn with_backfill(mut self, backfill: Arc<dyn follow::TailBackfill>) -> Self {
+        self.backfill = Some(backfill);
+        self
+    }
+
+    /// The backfill reader, for other interfaces that follow a log table.
+    pub fn backfill(&self) -> Option<&Arc<dyn follow::TailBackfill>> {
+        self.backfill.as_ref()
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
     }
 
     pub fn into_server(self) -> IngestServer<Self> {
@@ -159,21 +178,9 @@ impl IngestService {
             return Err(IngestError::Empty("events"));
         }
         let db = database(&req.database).to_string();
-        // Live tail sees what was acknowledged; the events are kept only
-        // while someone is subscribed.
-        let tailed = self.tail.has_subscribers().then(|| (req.events.clone(), convert::log_table(&req.stream)));
+        // Live tail sees the accepted events through the storage observer.
         let (write, early) = convert::logs_to_write(req, self.config.max_log_message_bytes);
         let resp = self.commit(&db, vec![write], early).await?;
-        if let Some((events, table)) = tailed {
-            let rejected: std::collections::HashSet<u32> = resp.rejected.iter().map(|r| r.index).collect();
-            let accepted: Vec<_> = events
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| !rejected.contains(&(*i as u32)))
-                .map(|(_, e)| e)
-                .collect();
-            self.tail.publish(&db, &table, &accepted);
-        }
         Ok(resp)
     }
 
@@ -212,13 +219,14 @@ impl Ingest for IngestService {
     async fn tail(&self, request: Request<TailRequest>) -> Result<Response<Self::TailStream>, Status> {
         let req = request.into_inner();
         let buffer = if req.buffer == 0 { TAIL_BUFFER } else { req.buffer as usize };
-        let sub = self.tail.subscribe(tail_filter(req), buffer);
-        let stream = futures::stream::unfold(sub, |sub| async move {
-            let kind = match sub.next().await {
-                tail::TailItem::Event(e) => tail_message::Kind::Event(e),
-                tail::TailItem::Dropped(n) => tail_message::Kind::Dropped(n),
-            };
-            Some((Ok(TailMessage { kind: Some(kind) }), sub))
+        let since = (req.since_ms > 0).then(|| std::time::Duration::from_millis(req.since_ms));
+        let items = follow::follow(&self.tail, &self.storage, self.backfill.as_ref(), tail_filter(req), buffer, since)
+            .await
+            .map_err(Status::failed_precondition)?;
+        let stream = items.map(|item| match item {
+            Ok(tail::TailItem::Event(e)) => Ok(TailMessage { kind: Some(tail_message::Kind::Event(e)) }),
+            Ok(tail::TailItem::Dropped(n)) => Ok(TailMessage { kind: Some(tail_message::Kind::Dropped(n)) }),
+            Err(e) => Err(Status::internal(e)),
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -6,13 +6,19 @@
 //! Every subscriber has a bounded queue: when it is full, events for it are
 //! counted as dropped (ingest and other subscribers never wait), and the
 //! subscriber receives a `dropped N` marker before its next event.
+//!
+//! The hub is a storage [`WriteObserver`]: it sees every acknowledged write
+//! to any table (gRPC, SQL `INSERT`, every protocol) while the write still
+//! holds the storage's write gate, which is what lets `--since` backfill
+//! join the live stream exactly (see [`crate::follow`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use tocsin_proto::v1::LogEvent;
+use tocsin_proto::v1::{Label, LogEvent};
+use tocsin_storage::{FieldValues, SeriesBlock, TableWrite, WriteObserver};
 use tokio::sync::Notify;
 
 use crate::convert::normalize_level;
@@ -47,7 +53,7 @@ fn level_rank(level: &str) -> u8 {
 }
 
 impl TailFilter {
-    fn matches(&self, e: &LogEvent) -> bool {
+    pub(crate) fn matches(&self, e: &LogEvent) -> bool {
         (self.services.is_empty() || self.services.contains(&e.service))
             && (self.hosts.is_empty() || self.hosts.contains(&e.host))
             && self.min_level.as_deref().is_none_or(|m| level_rank(&normalize_level(&e.level)) >= level_rank(m))
@@ -187,6 +193,91 @@ impl TailHub {
     }
 }
 
+impl WriteObserver for TailHub {
+    fn written(&self, db: &str, writes: &[TableWrite]) {
+        if !self.has_subscribers() {
+            return;
+        }
+        for w in writes {
+            let mut events = Vec::new();
+            {
+                let idx = self.index.read();
+                let key = (db.to_string(), w.table.clone());
+                let any = idx.any_service.contains_key(&key);
+                let mut blocks: Vec<&SeriesBlock> = w.blocks.iter().collect();
+                blocks.sort_by_key(|b| b.item);
+                for b in blocks {
+                    let service = tag(b, "service");
+                    if any || idx.by_service.contains_key(&(key.clone(), service.to_string())) {
+                        block_events(b, &mut events);
+                    }
+                }
+            }
+            if !events.is_empty() {
+                // Blocks group a write by series; subscribers see it in time
+                // order (stable, so equal times keep the write's order).
+                events.sort_by_key(|e| e.timestamp);
+                self.publish(db, &w.table, &events);
+            }
+        }
+    }
+}
+
+fn tag<'a>(b: &'a SeriesBlock, name: &str) -> &'a str {
+    b.tags.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+}
+
+/// The log events of one written series block (any table: columns that a
+/// log event does not have are ignored, missing ones are empty).
+fn block_events(b: &SeriesBlock, out: &mut Vec<LogEvent>) {
+    let text = |name: &str, i: usize| -> String {
+        let Some(f) = b.fields.iter().find(|f| f.name == name) else { return String::new() };
+        if f.validity.as_ref().is_some_and(|v| !v.get(i).copied().unwrap_or(true)) {
+            return String::new();
+        }
+        match &f.values {
+            FieldValues::Str(v) => v.get(i).cloned().unwrap_or_default(),
+            FieldValues::F64(v) => v.get(i).map(|x| x.to_string()).unwrap_or_default(),
+            FieldValues::I64(v) => v.get(i).map(|x| x.to_string()).unwrap_or_default(),
+            FieldValues::U64(v) => v.get(i).map(|x| x.to_string()).unwrap_or_default(),
+            FieldValues::Bool(v) => v.get(i).map(|x| x.to_string()).unwrap_or_default(),
+        }
+    };
+    for (i, &ts) in b.timestamps.iter().enumerate() {
+        out.push(LogEvent {
+            timestamp: ts,
+            service: tag(b, "service").to_string(),
+            host: tag(b, "host").to_string(),
+            level: tag(b, "level").to_string(),
+            message: text("message", i),
+            trace_id: text("trace_id", i),
+            span_id: text("span_id", i),
+            attributes: attributes_from_json(&text("attributes", i)),
+        });
+    }
+}
+
+/// The attributes of a stored event: its JSON object back as labels
+/// (non-string values as their JSON text).
+pub(crate) fn attributes_from_json(json: &str) -> Vec<Label> {
+    if json.is_empty() {
+        return Vec::new();
+    }
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json) {
+        Ok(map) => map
+            .into_iter()
+            .map(|(name, v)| {
+                let value = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                Label { name, value }
+            })
+            .collect(),
+        Err(_) => vec![Label { name: "attributes".into(), value: json.to_string() }],
+    }
+}
+
 /// A live subscription; dropping it unsubscribes.
 pub struct Subscription {
     hub: Arc<TailHub>,
@@ -272,5 +363,38 @@ mod tests {
         assert_eq!(hub.metrics.dropped.load(Ordering::Relaxed), 3);
         drop(slow);
         assert!(!hub.has_subscribers());
+    }
+
+    #[tokio::test]
+    async fn written_log_blocks_reach_subscribers_in_time_order_with_attributes() {
+        use tocsin_proto::v1::WriteLogsRequest;
+        let hub = Arc::new(TailHub::default());
+        let all = hub.subscribe(filter(&[], None), 10);
+        let mk = |ts: i64, service: &str, msg: &str| LogEvent {
+            timestamp: ts,
+            service: service.into(),
+            host: "h".into(),
+            level: "info".into(),
+            message: msg.into(),
+            attributes: vec![Label { name: "region".into(), value: "eu".into() }],
+            ..Default::default()
+        };
+        let req = WriteLogsRequest {
+            database: String::new(),
+            stream: String::new(),
+            events: vec![mk(3, "a", "third"), mk(1, "b", "first"), mk(2, "a", "second")],
+        };
+        let (write, _) = crate::convert::logs_to_write(req, 1 << 16);
+        hub.written("public", &[write]);
+        for (ts, service, msg) in [(1, "b", "first"), (2, "a", "second"), (3, "a", "third")] {
+            assert_eq!(all.next().await, TailItem::Event(mk(ts, service, msg)));
+        }
+        // Another database's writes are not this subscriber's.
+        let (write, _) = crate::convert::logs_to_write(
+            WriteLogsRequest { database: String::new(), stream: String::new(), events: vec![mk(4, "a", "x")] },
+            1 << 16,
+        );
+        hub.written("other", &[write]);
+        assert!(all.sub.queue.lock().items.is_empty());
     }
 }

@@ -90,6 +90,7 @@ impl SchemaProvider for TocsinSchema {
                 db: self.db.clone(),
                 table: name.to_string(),
                 schema,
+                pinned: None,
             }) as Arc<dyn TableProvider>
         }))
     }

@@ -82,6 +82,7 @@ impl OptimizerRule for LastRowRule {
                 db: table.db.clone(),
                 table: table.table.clone(),
                 schema: Arc::clone(&table.schema),
+                pinned: None,
             },
         });
         let new_scan = TableScanBuilder::new(scan.table_name.clone(), provider_as_source(cached))
@@ -174,7 +175,7 @@ impl TableProvider for LastRowsTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let TocsinTable { storage, db, table, schema } = &self.full;
+        let TocsinTable { storage, db, table, schema, .. } = &self.full;
         let ext = |e: tocsin_storage::StorageError| DataFusionError::External(Box::new(e));
         let rows = match storage.last_rows(db, table).map_err(ext)? {
             Some(rows) => rows,

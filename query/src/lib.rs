@@ -40,7 +40,7 @@ use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionConfig;
 use futures::TryStreamExt;
-use tocsin_storage::{Storage, StorageError, WriteError};
+use tocsin_storage::{Storage, StorageError, TIME_COLUMN, TableSnapshot, WriteError};
 
 pub use catalog::LiveTable;
 pub use metrics::{LATENCY_BUCKETS, QueryMetrics};
@@ -226,6 +226,35 @@ impl QueryEngine {
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await?;
         Ok((schema, stream))
+    }
+
+    /// Streams the rows of `snapshot` (of `db.table`) with `ts >= from_ns`
+    /// and, when `services` is not empty, `service` among them, in time
+    /// order. Live tail's backfill reads a snapshot taken at the seam with
+    /// the live stream, through the same pruning as SQL.
+    pub async fn scan_snapshot_since(
+        &self,
+        db: &str,
+        table: &str,
+        snapshot: TableSnapshot,
+        from_ns: i64,
+        services: &[String],
+    ) -> Result<SendableRecordBatchStream, QueryError> {
+        use datafusion::prelude::{col, lit};
+        let schema = Arc::clone(&snapshot.schema);
+        let provider = table::TocsinTable {
+            storage: Arc::clone(&self.storage),
+            db: db.to_string(),
+            table: table.to_string(),
+            schema: Arc::clone(&schema),
+            pinned: Some(snapshot),
+        };
+        let ts = datafusion::scalar::ScalarValue::TimestampNanosecond(Some(from_ns), Some("UTC".into()));
+        let mut df = self.ctx.read_table(Arc::new(provider))?.filter(col(TIME_COLUMN).gt_eq(lit(ts)))?;
+        if !services.is_empty() && schema.column_with_name("service").is_some() {
+            df = df.filter(col("service").in_list(services.iter().map(|s| lit(s.as_str())).collect(), false))?;
+        }
+        Ok(df.sort(vec![col(TIME_COLUMN).sort(true, false)])?.execute_stream().await?)
     }
 }
 

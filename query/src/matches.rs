@@ -158,11 +158,7 @@ impl Term {
                 && (i == 0 || !is_word(text[i - 1]) || !is_word(term[0]))
                 && (i + n == text.len() || !is_word(text[i + n]) || !is_word(term[n - 1]))
         };
-        if lo == hi {
-            memchr::memchr_iter(lo, hay).any(at)
-        } else {
-            memchr::memchr2_iter(lo, hi, hay).any(at)
-        }
+        if lo == hi { memchr::memchr_iter(lo, hay).any(at) } else { memchr::memchr2_iter(lo, hi, hay).any(at) }
     }
 }
 

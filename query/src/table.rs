@@ -21,8 +21,8 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
-use tocsin_storage::Storage;
 use tocsin_storage::batch::adapt_batch;
+use tocsin_storage::{Storage, TableSnapshot};
 
 use crate::prune::time_range;
 use crate::sink::TocsinSink;
@@ -32,6 +32,8 @@ pub(crate) struct TocsinTable {
     pub(crate) db: String,
     pub(crate) table: String,
     pub(crate) schema: SchemaRef,
+    /// Scan this snapshot instead of a fresh one (live tail's backfill).
+    pub(crate) pinned: Option<TableSnapshot>,
 }
 
 impl fmt::Debug for TocsinTable {
@@ -63,7 +65,11 @@ impl TableProvider for TocsinTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = Arc::clone(&self.schema);
-        let Some(snap) = self.storage.snapshot(&self.db, &self.table) else {
+        let snap = match &self.pinned {
+            Some(s) => Some(s.clone()),
+            None => self.storage.snapshot(&self.db, &self.table),
+        };
+        let Some(snap) = snap else {
             return Ok(MemorySourceConfig::try_new_exec(&[vec![]], schema, projection.cloned())?);
         };
         let range = time_range(filters);

@@ -25,6 +25,7 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) alerts: Arc<tocsin_alerting::AlertEngine>,
     pub(crate) tail: Arc<tocsin_ingest::tail::TailHub>,
+    pub(crate) backfill: Arc<dyn tocsin_ingest::follow::TailBackfill>,
 }
 
 pub(crate) fn router(state: AppState, max_body: usize) -> Router {
@@ -55,6 +56,10 @@ impl ApiError {
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }
     }
 }
 

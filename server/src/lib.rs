@@ -72,7 +72,9 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let storage = Storage::open(config.storage.clone()).await?;
     let query = Arc::new(QueryEngine::new(Arc::clone(&storage)));
-    let ingest = IngestService::new(Arc::clone(&storage), config.ingest.clone());
+    let backfill: Arc<dyn tocsin_ingest::follow::TailBackfill> =
+        Arc::new(tail::QueryBackfill { query: Arc::clone(&query) });
+    let ingest = IngestService::new(Arc::clone(&storage), config.ingest.clone()).with_backfill(Arc::clone(&backfill));
     let metrics =
         Arc::new(metrics::Metrics { ingest: Arc::clone(&ingest.metrics), started: std::time::Instant::now() });
 
@@ -110,7 +112,8 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .add_service(ingest.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
-    let app = http::AppState { storage: Arc::clone(&storage), query, metrics, alerts: Arc::clone(&alerts), tail };
+    let app =
+        http::AppState { storage: Arc::clone(&storage), query, metrics, alerts: Arc::clone(&alerts), tail, backfill };
     let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
@@ -175,7 +178,7 @@ fn start_alerting(
         Arc::new(StorageHistory { storage: Arc::clone(storage) }),
     )?;
     query.register_system_table("alerts", Arc::new(AlertsTable { engine: Arc::downgrade(&engine) }));
-    storage.set_write_observer(engine.ingest_observer());
+    storage.add_write_observer(engine.ingest_observer());
     let c = engine.config();
     tracing::info!(
         groups = c.groups.len(),

@@ -1,19 +1,27 @@
 //! `GET /api/v1/tail`: live tail over Server-Sent Events. Parameters
 //! (repeat `service`, `host` and `attr` for several): `service`, `host`,
 //! `level` (minimum), `trace_id`, `match` (case-insensitive substring),
-//! `attr=k=v`, `table` (default `logs`), `database`, `buffer` (queue size).
+//! `attr=k=v`, `table` (default `logs`), `database`, `buffer` (queue size),
+//! `since` (a duration such as `5m`: backfill the stored events of that span
+//! first, then go live, with no gap or duplicate at the seam).
 //! Each event is `data: {json}`; a gap is `event: dropped` with
 //! `data: {"dropped": N}`.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::future::BoxFuture;
 use serde_json::json;
+use tocsin_ingest::follow::{BatchStream, TailBackfill, follow};
 use tocsin_ingest::tail::{TailFilter, TailItem};
 use tocsin_proto::v1::LogEvent;
+use tocsin_query::QueryEngine;
+use tocsin_storage::TableSnapshot;
 
 use crate::http::{ApiError, AppState};
 
@@ -23,6 +31,7 @@ pub(crate) async fn tail(
 ) -> Result<Response, ApiError> {
     let mut f = TailFilter { database: "public".into(), table: "logs".into(), ..Default::default() };
     let mut buffer = tocsin_ingest::TAIL_BUFFER;
+    let mut since = None;
     for (k, v) in params {
         match k.as_str() {
             "service" => f.services.push(v),
@@ -44,20 +53,28 @@ pub(crate) async fn tail(
                     .filter(|b| (1..=1_000_000).contains(b))
                     .ok_or_else(|| ApiError::bad_request(format!("buffer {v:?} must be 1 to 1000000")))?
             }
+            "since" => {
+                since = Some(
+                    crate::config::parse_duration(&v)
+                        .map_err(|e| ApiError::bad_request(format!("since {v:?}: {e}")))?,
+                )
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown parameter {other:?}; use service, host, level, trace_id, match, attr, table, database, buffer"
+                    "unknown parameter {other:?}; use service, host, level, trace_id, match, attr, table, database, \
+                     buffer, since"
                 )));
             }
         }
     }
-    let sub = app.tail.subscribe(f, buffer);
-    let stream = futures::stream::unfold(sub, |sub| async move {
-        let event = match sub.next().await {
-            TailItem::Event(e) => Event::default().data(event_json(&e).to_string()),
-            TailItem::Dropped(n) => Event::default().event("dropped").data(json!({ "dropped": n }).to_string()),
-        };
-        Some((Ok::<_, Infallible>(event), sub))
+    let items =
+        follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await.map_err(ApiError::internal)?;
+    let stream = items.map(|item| {
+        Ok::<_, Infallible>(match item {
+            Ok(TailItem::Event(e)) => Event::default().data(event_json(&e).to_string()),
+            Ok(TailItem::Dropped(n)) => Event::default().event("dropped").data(json!({ "dropped": n }).to_string()),
+            Err(e) => Event::default().event("error").data(json!({ "error": e }).to_string()),
+        })
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
@@ -75,4 +92,30 @@ fn event_json(e: &LogEvent) -> serde_json::Value {
         "span_id": e.span_id,
         "attributes": attrs,
     })
+}
+
+/// Backfills a tail through the query engine (time and service pruning of
+/// segments and pages, as for SQL).
+pub(crate) struct QueryBackfill {
+    pub(crate) query: Arc<QueryEngine>,
+}
+
+impl TailBackfill for QueryBackfill {
+    fn scan(
+        &self,
+        db: String,
+        table: String,
+        snapshot: TableSnapshot,
+        from_ns: i64,
+        services: Vec<String>,
+    ) -> BoxFuture<'static, Result<BatchStream, String>> {
+        let query = Arc::clone(&self.query);
+        Box::pin(async move {
+            let stream = query
+                .scan_snapshot_since(&db, &table, snapshot, from_ns, &services)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Box::pin(stream.map(|b| b.map_err(|e| e.to_string()))) as BatchStream)
+        })
+    }
 }

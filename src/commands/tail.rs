@@ -23,6 +23,10 @@ pub(crate) struct Config {
     /// Attribute equality `name=value` (repeatable).
     #[arg(long)]
     attr: Vec<String>,
+    /// First show the stored events of this last span (e.g. `5m`, `1h`),
+    /// then follow live; nothing is missed or repeated in between.
+    #[arg(long)]
+    since: Option<String>,
     /// The log table.
     #[arg(long, default_value = "logs")]
     table: String,
@@ -53,6 +57,9 @@ async fn follow(c: Config) -> anyhow::Result<()> {
     if let Some(t) = &c.text {
         params.push(("match", t.clone()));
     }
+    if let Some(s) = &c.since {
+        params.push(("since", s.clone()));
+    }
     let base = if c.http_addr.starts_with("http://") { c.http_addr.clone() } else { format!("http://{}", c.http_addr) };
     let url = format!("{base}/api/v1/tail");
     let mut resp = reqwest::Client::new()
@@ -65,18 +72,22 @@ async fn follow(c: Config) -> anyhow::Result<()> {
         let status = resp.status();
         bail!("{} (HTTP {status})", resp.text().await.unwrap_or_default());
     }
-    let mut buf = String::new();
+    // Bytes, not text, until a whole line is in: a chunk may end inside a
+    // multi-byte character.
+    let mut buf: Vec<u8> = Vec::new();
     let mut event_kind = String::new();
     while let Some(chunk) = resp.chunk().await.context("while reading the stream")? {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(nl) = buf.find('\n') {
-            let line = buf[..nl].trim_end_matches('\r').to_string();
+        buf.extend_from_slice(&chunk);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..nl]).trim_end_matches('\r').to_string();
             buf.drain(..=nl);
             if let Some(kind) = line.strip_prefix("event:") {
                 event_kind = kind.trim().to_string();
             } else if let Some(data) = line.strip_prefix("data:") {
                 let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap_or_default();
-                if event_kind == "dropped" {
+                if event_kind == "error" {
+                    bail!("the server ended the tail: {}", v["error"].as_str().unwrap_or("unknown error"));
+                } else if event_kind == "dropped" {
                     println!("-- {} events dropped (this terminal was too slow) --", v["dropped"]);
                 } else if c.json {
                     println!("{v}");

@@ -168,12 +168,14 @@ pub struct Storage {
     pub(crate) next_segment_id: AtomicU64,
     shutting_down: AtomicBool,
     pub metrics: StorageMetrics,
-    observer: RwLock<Option<Arc<dyn WriteObserver>>>,
+    observers: RwLock<Vec<Arc<dyn WriteObserver>>>,
     last: crate::last::LastRows,
     _lock_file: File,
 }
 
-/// Sees each write once it is durable and visible to queries.
+/// Sees each write once it is durable and visible to queries, before the
+/// writer is answered (and before [`Storage::snapshot_between_writes`] can
+/// run).
 pub trait WriteObserver: Send + Sync {
     fn written(&self, db: &str, writes: &[TableWrite]);
 }
@@ -206,7 +208,7 @@ impl Storage {
             next_segment_id: AtomicU64::new(next_segment_id),
             shutting_down: AtomicBool::new(false),
             metrics,
-            observer: RwLock::new(None),
+            observers: RwLock::new(Vec::new()),
             last: crate::last::LastRows::default(),
             _lock_file: lock_file,
         }
@@ -284,8 +286,8 @@ impl Storage {
         }
         self.metrics.writes.fetch_add(1, Ordering::Relaxed);
         self.metrics.rows_written.fetch_add(outcome.accepted_rows, Ordering::Relaxed);
-        let observer = self.observer.read().clone();
-        if let Some(o) = observer {
+        let observers = self.observers.read().clone();
+        for o in observers {
             o.written(db, &writes);
         }
         Ok(outcome)
@@ -308,10 +310,27 @@ impl Storage {
     }
 
     /// Tells `observer` about every acknowledged write (alerting rules that
-    /// evaluate on the ingest path). It runs on the writer's task: it must
-    /// return quickly.
-    pub fn set_write_observer(&self, observer: Arc<dyn WriteObserver>) {
-        *self.observer.write() = Some(observer);
+    /// evaluate on the ingest path, live tail). It runs on the writer's
+    /// task: it must return quickly.
+    pub fn add_write_observer(&self, observer: Arc<dyn WriteObserver>) {
+        self.observers.write().push(observer);
+    }
+
+    /// Runs `between` while no write is in flight, then takes a snapshot of
+    /// `db.table`: every write is either in the snapshot or seen by the
+    /// observers after `between` returned, never both and never neither.
+    /// Live tail uses it to backfill from storage without a gap or a
+    /// duplicate at the seam. Writes wait while it runs: `between` must be
+    /// quick.
+    pub async fn snapshot_between_writes<T>(
+        &self,
+        db: &str,
+        table: &str,
+        between: impl FnOnce() -> T,
+    ) -> (T, Option<TableSnapshot>) {
+        let _gate = self.gate.write().await;
+        let out = between();
+        (out, self.snapshot(db, table))
     }
 
     /// Makes sure `db.table` exists with at least `columns` (creating or
@@ -769,5 +788,60 @@ mod tests {
         s.shutdown().await.expect("shutdown");
         let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", vec![1], FieldValues::I64(vec![1]))] };
         assert!(matches!(s.write("public", vec![w]).await, Err(StorageError::ShuttingDown)));
+    }
+
+    /// An observer that holds the first write it sees until released.
+    struct Holding {
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: parking_lot::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+        log: Arc<parking_lot::Mutex<Vec<&'static str>>>,
+    }
+
+    impl WriteObserver for Holding {
+        fn written(&self, _db: &str, _writes: &[TableWrite]) {
+            if let Some(release) = self.release.lock().take() {
+                let _ = self.entered.send(());
+                let _ = release.recv();
+            }
+            self.log.lock().push("observed");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_between_writes_waits_for_a_write_still_being_observed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        s.add_write_observer(Arc::new(Holding {
+            entered: entered_tx,
+            release: parking_lot::Mutex::new(Some(release_rx)),
+            log: Arc::clone(&log),
+        }));
+        let writer = tokio::spawn({
+            let s = Arc::clone(&s);
+            async move {
+                let w =
+                    TableWrite { table: "t".into(), blocks: vec![block(0, "a", vec![1], FieldValues::I64(vec![1]))] };
+                s.write("public", vec![w]).await.expect("write")
+            }
+        });
+        // The write is applied (visible) but its observers have not finished.
+        tokio::task::spawn_blocking(move || entered.recv()).await.expect("join").expect("entered");
+        assert_eq!(rows(&s, "t"), 1);
+        let seam = tokio::spawn({
+            let (s, log) = (Arc::clone(&s), Arc::clone(&log));
+            async move { s.snapshot_between_writes("public", "t", move || log.lock().push("between")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(log.lock().is_empty(), "ran while a write was still being observed: {:?}", log.lock());
+        release.send(()).expect("release");
+        writer.await.expect("writer");
+        let ((), snap) = seam.await.expect("seam");
+        // The write is in the snapshot, and was fully observed before the
+        // seam: a subscriber registered in `between` cannot also get it.
+        assert_eq!(*log.lock(), ["observed", "between"]);
+        assert_eq!(snap.expect("table").chunks.iter().map(|c| c.batch.num_rows()).sum::<usize>(), 1);
     }
 }

@@ -318,18 +318,20 @@ mod tests {
         };
         let batch = blocks_to_batch(&schema, &[block]).expect("batch");
         let dir = tempfile::tempdir().expect("tempdir");
-        let segs = write_segments(dir.path(), "public", "logs", &schema, &[batch], 1000, &SegmentOptions::default(), || 1)
-            .expect("write");
+        let segs =
+            write_segments(dir.path(), "public", "logs", &schema, &[batch], 1000, &SegmentOptions::default(), || 1)
+                .expect("write");
         let file = File::open(dir.path().join(&segs[0].path)).expect("open");
         let reader = parquet::file::serialized_reader::SerializedFileReader::new_with_options(
             file,
-            parquet::file::serialized_reader::ReadOptionsBuilder::new().with_reader_properties(
-                parquet::file::properties::ReaderProperties::builder().set_read_bloom_filter(true).build(),
-            )
-            .build(),
+            parquet::file::serialized_reader::ReadOptionsBuilder::new()
+                .with_reader_properties(
+                    parquet::file::properties::ReaderProperties::builder().set_read_bloom_filter(true).build(),
+                )
+                .build(),
         )
         .expect("reader");
-        use parquet::file::reader::{FileReader, RowGroupReader};
+        use parquet::file::reader::FileReader;
         let rg = reader.get_row_group(0).expect("row group");
         let cols = rg.metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect::<Vec<_>>();
         let trace = cols.iter().position(|c| c == "trace_id").expect("trace_id");

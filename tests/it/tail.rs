@@ -132,3 +132,102 @@ async fn the_http_tail_streams_server_sent_events_with_filters() {
     let bad = reqwest::get(format!("http://{}/api/v1/tail?colour=red", server.http)).await.expect("get");
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+fn numbered(base: i64, from: i64, n: i64, service: &str) -> WriteLogsRequest {
+    let events = (from..from + n).map(|i| ev(base - T0 + i, service, "info", format!("seq {i}"))).collect();
+    WriteLogsRequest { database: String::new(), stream: String::new(), events }
+}
+
+#[tokio::test]
+async fn since_backfills_then_goes_live_with_no_gap_and_no_duplicate_at_the_seam() {
+    let server = TestServer::start();
+    let mut client = server.client().await;
+    let base = now_ns();
+    // Older than the window, and another service: neither may appear.
+    client.write_logs(numbered(base - 3_600 * SEC, -5, 5, "svc")).await.expect("old");
+    client.write_logs(numbered(base, 0, 50, "other")).await.expect("other");
+    // Stored before anyone subscribes.
+    for b in 0..3 {
+        client.write_logs(numbered(base, b * 100, 100, "svc")).await.expect("pre");
+    }
+    // A writer keeps writing, one acknowledged request after another, while
+    // the subscription starts: the seam falls somewhere in its stream.
+    const TOTAL: i64 = 2300;
+    let (acked_tx, mut acked) = tokio::sync::watch::channel(300i64);
+    let writer = tokio::spawn({
+        let mut c = client.clone();
+        async move {
+            for from in (300..TOTAL).step_by(10) {
+                c.write_logs(numbered(base, from, 10, "svc")).await.expect("live write");
+                let _ = acked_tx.send(from + 10);
+            }
+        }
+    });
+    acked.wait_for(|&n| n >= 600).await.expect("writer progress");
+    let req = TailRequest { services: vec!["svc".into()], since_ms: 600_000, buffer: 100_000, ..Default::default() };
+    let mut tail = client.tail(req).await.expect("tail").into_inner();
+    let mut got = Vec::new();
+    while got.len() < TOTAL as usize {
+        match next(&mut tail).await {
+            Kind::Event(e) => {
+                assert_eq!(e.service, "svc");
+                got.push(e.message.strip_prefix("seq ").and_then(|s| s.parse::<i64>().ok()).expect("numbered"));
+            }
+            Kind::Dropped(n) => panic!("dropped {n} with a queue of 100000"),
+        }
+    }
+    writer.await.expect("writer");
+    let want: Vec<i64> = (0..TOTAL).collect();
+    if got != want {
+        let dup = got.windows(2).find(|w| w[0] >= w[1]);
+        panic!("not 0..{TOTAL} in order: first disorder or duplicate at {dup:?}");
+    }
+    // Nothing more: no duplicate arrives late.
+    client.write_logs(numbered(base, TOTAL, 1, "svc")).await.expect("marker");
+    assert_eq!(next(&mut tail).await, Kind::Event(ev(base - T0 + TOTAL, "svc", "info", format!("seq {TOTAL}"))));
+}
+
+#[tokio::test]
+async fn tail_cli_shows_stored_events_then_live_ones() {
+    use std::io::{BufRead, BufReader};
+    let server = TestServer::start();
+    let mut client = server.client().await;
+    let base = now_ns();
+    let write = |msg: &str, level: &str, t: i64| WriteLogsRequest {
+        database: String::new(),
+        stream: String::new(),
+        events: vec![ev(base - T0 + t, "cli-svc", level, msg.into())],
+    };
+    client.write_logs(write("stored warning", "warn", 0)).await.expect("write");
+    client.write_logs(write("stored info", "info", 1)).await.expect("write");
+    let mut child = std::process::Command::new(crate::server::BIN)
+        .args(["tail", "--since", "10m", "--service", "cli-svc", "--level", ">=warn"])
+        .args(["--http-addr", &server.http.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tocsin tail");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = |rx: &std::sync::mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(10)).expect("a line");
+    let first = line(&rx);
+    assert!(first.contains("cli-svc") && first.contains("warn") && first.ends_with("stored warning"), "{first}");
+    // Live (the subscription exists once the first line is out); the info
+    // event is filtered out.
+    client.write_logs(write("live info", "info", 2)).await.expect("write");
+    client.write_logs(write("live error", "ERROR", 3)).await.expect("write");
+    let second = line(&rx);
+    assert!(second.contains("error") && second.ends_with("live error"), "{second}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
