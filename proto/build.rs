@@ -1,8 +1,8 @@
-//! Compiles `tocsin/v1/*.proto` with protox (pure Rust): a fresh machine needs
-//! no system `protoc`.
+//! Compiles `tocsin/v1/*.proto` (and the peer protocols Tocsin speaks) with
+//! protox (pure Rust): a fresh machine needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["tocsin/v1/ingest.proto"];
+    let files = ["tocsin/v1/ingest.proto", "prometheus/remote.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

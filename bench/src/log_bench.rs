@@ -77,13 +77,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stats: serde_json::Value = resp.json().await?;
     println!("persist: {stats} in {:.2} s", t.elapsed().as_secs_f64());
     let seg = metric(server.http, "tocsin_segment_bytes").await.unwrap_or(0.0);
-    let index = metric(server.http, "tocsin_token_index_bytes").await.unwrap_or(0.0);
-    println!(
-        "on disk: segments {:.1} MiB ({:.1} bytes/event), token index {:.1} MiB",
-        seg / 1048576.0,
-        seg / args.lines as f64,
-        index / 1048576.0
-    );
+    println!("on disk: segments {:.1} MiB ({:.1} bytes/event)", seg / 1048576.0, seg / args.lines as f64);
     queries(&args, &shape, &server).await
 }
 

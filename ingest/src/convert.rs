@@ -12,7 +12,7 @@ use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
 /// Default table of log events.
 pub const LOGS_TABLE: &str = "logs";
 /// Prometheus' label carrying the metric name.
-const METRIC_NAME_LABEL: &str = "__name__";
+pub(crate) const METRIC_NAME_LABEL: &str = "__name__";
 /// Column of a Prometheus-style sample's value.
 pub const VALUE_COLUMN: &str = "value";
 

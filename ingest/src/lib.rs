@@ -16,6 +16,8 @@
 
 pub mod convert;
 pub mod follow;
+pub mod line;
+pub mod prom;
 pub mod tail;
 
 use std::pin::Pin;

@@ -24,3 +24,9 @@ pub mod v1 {
     #![allow(unreachable_pub, unused_qualifications, clippy::all)]
     tonic::include_proto!("tocsin.v1");
 }
+
+/// Prometheus remote_write v1 messages (`prometheus/remote.proto`).
+pub mod prometheus {
+    #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+    tonic::include_proto!("prometheus");
+}
