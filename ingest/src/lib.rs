@@ -55,6 +55,8 @@ pub struct IngestMetrics {
     pub series_requests: AtomicU64,
     pub rows_requests: AtomicU64,
     pub logs_requests: AtomicU64,
+    pub remote_write_requests: AtomicU64,
+    pub line_protocol_requests: AtomicU64,
     pub stream_messages: AtomicU64,
     pub rows_accepted: AtomicU64,
     pub items_rejected: AtomicU64,
@@ -121,6 +123,17 @@ impl IngestService {
     pub fn into_server(self) -> IngestServer<Self> {
         let limit = self.config.max_message_bytes;
         IngestServer::new(self).max_decoding_message_size(limit)
+    }
+
+    /// Writes already-converted tables (the HTTP protocols: remote_write,
+    /// line protocol) and answers like a gRPC write.
+    pub async fn write_tables(
+        &self,
+        db: &str,
+        writes: Vec<TableWrite>,
+        early: Vec<EarlyRejection>,
+    ) -> Result<WriteResponse, IngestError> {
+        self.commit(db, writes, early).await
     }
 
     async fn commit(

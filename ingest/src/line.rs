@@ -354,7 +354,8 @@ fn parse_value(line: &str, start: usize) -> Result<(Value<'_>, usize), Fail> {
                 }
                 b'"' => {
                     let raw = &line[start + 1..i];
-                    let s = if escaped { Cow::Owned(raw.replace("\\\"", "\"").replace("\\\\", "\\")) } else { raw.into() };
+                    let s =
+                        if escaped { Cow::Owned(raw.replace("\\\"", "\"").replace("\\\\", "\\")) } else { raw.into() };
                     return Ok((Value::Str(s), i + 1));
                 }
                 _ => i += 1,
@@ -416,12 +417,8 @@ mod tests {
 
     #[test]
     fn escaping_rules() {
-        let p = parse(
-            r#"my\ meas\,x,tag\ key=va\,l\=ue f\=k="say \"hi\" \\ there",g=1 5"#,
-            Precision::Nanoseconds,
-            0,
-        )
-        .expect("parse");
+        let p = parse(r#"my\ meas\,x,tag\ key=va\,l\=ue f\=k="say \"hi\" \\ there",g=1 5"#, Precision::Nanoseconds, 0)
+            .expect("parse");
         let w = &p.writes[0];
         assert_eq!(w.table, "my meas,x");
         let b = &w.blocks[0];

@@ -141,10 +141,8 @@ mod tests {
         assert!(e.to_string().contains("snappy") || e.to_string().contains("WriteRequest"), "{e}");
         let not_proto = snap::raw::Encoder::new().compress_vec(&[0xff; 32]).expect("compress");
         assert!(matches!(decode(&not_proto, 1 << 20), Err(RemoteWriteError::Protobuf(_))));
-        let big = body(&WriteRequest {
-            timeseries: vec![series(&[("__name__", "x")], &[(1.0, 1); 1000])],
-            metadata: vec![],
-        });
+        let big =
+            body(&WriteRequest { timeseries: vec![series(&[("__name__", "x")], &[(1.0, 1); 1000])], metadata: vec![] });
         assert!(matches!(decode(&big, 100), Err(RemoteWriteError::TooLarge { .. })));
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct AppState {
     pub(crate) alerts: Arc<tocsin_alerting::AlertEngine>,
     pub(crate) tail: Arc<tocsin_ingest::tail::TailHub>,
     pub(crate) backfill: Arc<dyn tocsin_ingest::follow::TailBackfill>,
+    pub(crate) ingest: tocsin_ingest::IngestService,
+    pub(crate) max_request_bytes: usize,
 }
 
 pub(crate) fn router(state: AppState, max_body: usize) -> Router {
@@ -36,6 +38,9 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/trace/{id}", get(crate::trace::trace))
         .route("/api/v1/tail", get(crate::tail::tail))
+        .route("/api/v1/write", post(crate::protocols::remote_write))
+        .route("/api/v2/write", post(crate::protocols::influx_v2_write))
+        .route("/write", post(crate::protocols::influx_v1_write))
         .merge(crate::alerts_api::router(Arc::clone(&state.alerts)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -19,6 +19,7 @@ pub mod config;
 pub mod format;
 mod http;
 mod metrics;
+mod protocols;
 mod tail;
 mod trace;
 
@@ -109,11 +110,20 @@ pub async fn run(
     };
 
     let tail = Arc::clone(&ingest.tail);
+    let http_ingest = ingest.clone();
     let grpc = tonic::transport::Server::builder()
         .add_service(ingest.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
-    let app =
-        http::AppState { storage: Arc::clone(&storage), query, metrics, alerts: Arc::clone(&alerts), tail, backfill };
+    let app = http::AppState {
+        storage: Arc::clone(&storage),
+        query,
+        metrics,
+        alerts: Arc::clone(&alerts),
+        tail,
+        backfill,
+        ingest: http_ingest,
+        max_request_bytes: config.max_request_bytes,
+    };
     let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));

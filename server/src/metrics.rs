@@ -38,15 +38,17 @@ impl Metrics {
             ("series", &i.series_requests),
             ("rows", &i.rows_requests),
             ("logs", &i.logs_requests),
+            ("remote_write", &i.remote_write_requests),
+            ("line_protocol", &i.line_protocol_requests),
             ("stream_message", &i.stream_messages),
         ] {
             let _ = writeln!(o, "tocsin_ingest_requests_total{{kind=\"{kind}\"}} {}", load(v));
         }
-        counter(&mut o, "tocsin_ingest_rows_total", "Rows accepted over gRPC.", load(&i.rows_accepted));
+        counter(&mut o, "tocsin_ingest_rows_total", "Rows accepted (all ingest protocols).", load(&i.rows_accepted));
         counter(
             &mut o,
             "tocsin_ingest_rejected_items_total",
-            "Series or events rejected over gRPC.",
+            "Series, events or points rejected (all ingest protocols).",
             load(&i.items_rejected),
         );
         counter(

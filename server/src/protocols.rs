@@ -1,0 +1,189 @@
+//! The write endpoints of other systems' protocols, so that collectors send
+//! to Tocsin unchanged:
+//!
+//! - `POST /api/v1/write`: Prometheus remote_write v1 (snappy protobuf);
+//!   `?db=` picks the database (default `public`).
+//! - `POST /api/v2/write?bucket=DB&precision=ns|us|ms|s`: InfluxDB 2 line
+//!   protocol (the bucket is the database; a `db/rp` bucket uses `db`).
+//! - `POST /write?db=DB&precision=n|u|ms|s|m|h`: InfluxDB 1 line protocol.
+//!
+//! Line protocol bodies may be gzip-compressed (`Content-Encoding: gzip`).
+//! Success is `204 No Content`. A line that cannot be parsed refuses the
+//! whole request with `400` naming the line and column; points refused by
+//! storage (a field type that conflicts with the table, a bad name) are a
+//! partial write: the others are stored and the answer is `400` with
+//! `partial write: ... dropped=N`, as InfluxDB answers. A full write buffer
+//! is `503` (clients retry); bodies over `limits.max_request_bytes`
+//! (compressed or not) are `413`.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tocsin_ingest::line::{self, Precision};
+use tocsin_ingest::{IngestError, prom};
+use tocsin_proto::v1::WriteResponse;
+use tocsin_storage::StorageError;
+
+use crate::http::AppState;
+
+/// Which dialect answers: the error body shapes differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Prometheus,
+    InfluxV1,
+    InfluxV2,
+}
+
+fn error(dialect: Dialect, status: StatusCode, message: String) -> Response {
+    let body = match dialect {
+        Dialect::Prometheus => return (status, message).into_response(),
+        Dialect::InfluxV1 => json!({ "error": message }),
+        Dialect::InfluxV2 => {
+            let code = match status {
+                StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                s if s.is_server_error() => "internal error",
+                _ => "invalid",
+            };
+            json!({ "code": code, "message": message })
+        }
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn ingest_error(dialect: Dialect, e: IngestError) -> Response {
+    let status = match &e {
+        IngestError::Empty(_) | IngestError::Storage(StorageError::Database(_)) => StatusCode::BAD_REQUEST,
+        IngestError::Storage(StorageError::BufferFull { .. } | StorageError::ShuttingDown) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut r = error(dialect, status, e.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// 204, or 400 with the first refusal and how many points were dropped.
+fn written(dialect: Dialect, resp: WriteResponse, what: &str) -> Response {
+    match resp.rejected.first() {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(first) => error(
+            dialect,
+            StatusCode::BAD_REQUEST,
+            format!(
+                "partial write: {} ({what} {}) dropped={}",
+                first.reason,
+                first.index + u32::from(dialect != Dialect::Prometheus),
+                resp.rejected.len()
+            ),
+        ),
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+pub(crate) async fn remote_write(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let d = Dialect::Prometheus;
+    app.ingest.metrics.remote_write_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let decoded = match prom::decode(&body, app.max_request_bytes) {
+        Ok(x) => x,
+        Err(e @ prom::RemoteWriteError::TooLarge { .. }) => {
+            return error(d, StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+        }
+        Err(e) => return error(d, StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let db = params.get("db").map_or("public", String::as_str);
+    match app.ingest.write_tables(db, decoded.writes, decoded.rejected).await {
+        Ok(resp) => written(d, resp, "series"),
+        Err(e) => ingest_error(d, e),
+    }
+}
+
+pub(crate) async fn influx_v1_write(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let db = params.get("db").cloned().unwrap_or_default();
+    line_protocol(app, Dialect::InfluxV1, db, params.get("precision").map(String::as_str), &headers, body).await
+}
+
+pub(crate) async fn influx_v2_write(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(bucket) = params.get("bucket").filter(|b| !b.is_empty()) else {
+        return error(Dialect::InfluxV2, StatusCode::BAD_REQUEST, "bucket is required (?bucket=DATABASE)".into());
+    };
+    let db = bucket.split('/').next().unwrap_or_default().to_string();
+    line_protocol(app, Dialect::InfluxV2, db, params.get("precision").map(String::as_str), &headers, body).await
+}
+
+async fn line_protocol(
+    app: AppState,
+    d: Dialect,
+    db: String,
+    precision: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    app.ingest.metrics.line_protocol_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Some(precision) = Precision::parse(precision.unwrap_or("")) else {
+        return error(
+            d,
+            StatusCode::BAD_REQUEST,
+            format!("unknown precision {:?}; use ns, us, ms, s (or n, u, m, h)", precision.unwrap_or("")),
+        );
+    };
+    let gzip = headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let raw = if gzip {
+        let mut out = Vec::new();
+        let limit = app.max_request_bytes as u64;
+        match flate2::read::GzDecoder::new(&body[..]).take(limit + 1).read_to_end(&mut out) {
+            Ok(_) if out.len() as u64 > limit => {
+                return error(
+                    d,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("decompressed body is over the limit of {limit} bytes"),
+                );
+            }
+            Ok(_) => out,
+            Err(e) => return error(d, StatusCode::BAD_REQUEST, format!("body is not valid gzip: {e}")),
+        }
+    } else {
+        body.to_vec()
+    };
+    let text = match std::str::from_utf8(&raw) {
+        Ok(t) => t,
+        Err(e) => return error(d, StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")),
+    };
+    let parsed = match line::parse(text, precision, now_ns()) {
+        Ok(p) => p,
+        Err(e) => return error(d, StatusCode::BAD_REQUEST, format!("unable to parse points: {e}")),
+    };
+    if parsed.points == 0 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let db = if db.is_empty() { "public".to_string() } else { db };
+    match app.ingest.write_tables(&db, parsed.writes, parsed.rejected).await {
+        Ok(resp) => written(d, resp, "line"),
+        Err(e) => ingest_error(d, e),
+    }
+}

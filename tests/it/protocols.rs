@@ -1,0 +1,158 @@
+//! Prometheus remote_write and InfluxDB line protocol over HTTP, through the
+//! real binary: what is written is what SQL reads, and bad input gets the
+//! answer those protocols' clients expect.
+
+use std::io::Write;
+
+use prost::Message;
+use serde_json::Value;
+use tocsin_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+
+use crate::server::TestServer;
+
+async fn post(server: &TestServer, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = reqwest::Client::new().post(format!("http://{}{path}", server.http)).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("post");
+    (resp.status().as_u16(), resp.text().await.expect("body"))
+}
+
+fn prom_body(series: Vec<TimeSeries>) -> Vec<u8> {
+    let req = WriteRequest { timeseries: series, metadata: vec![] };
+    snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).expect("snappy")
+}
+
+fn ts(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
+    TimeSeries {
+        labels: labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }).collect(),
+        samples: samples.iter().map(|&(value, timestamp)| Sample { value, timestamp }).collect(),
+    }
+}
+
+const PROM_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "application/x-protobuf"),
+    ("content-encoding", "snappy"),
+    ("x-prometheus-remote-write-version", "0.1.0"),
+];
+
+#[tokio::test]
+async fn remote_write_series_are_rows_of_their_metric_table() {
+    let server = TestServer::start();
+    let body = prom_body(vec![
+        ts(
+            &[("__name__", "node_load1"), ("instance", "a:9100"), ("job", "node")],
+            &[(0.5, 1_700_000_000_000), (0.75, 1_700_000_015_000)],
+        ),
+        ts(&[("__name__", "node_load1"), ("instance", "b:9100"), ("job", "node")], &[(2.0, 1_700_000_000_000)]),
+        ts(&[("__name__", "up"), ("instance", "a:9100"), ("job", "node")], &[(1.0, 1_700_000_000_000)]),
+    ]);
+    let (status, text) = post(&server, "/api/v1/write", body, &PROM_HEADERS).await;
+    assert_eq!(status, 204, "{text}");
+    let rows =
+        server.sql("SELECT instance, job, CAST(ts AS BIGINT) AS t, value FROM node_load1 ORDER BY instance, ts").await;
+    assert_eq!(
+        rows,
+        vec![
+            serde_json::json!({"instance": "a:9100", "job": "node", "t": 1_700_000_000_000_000_000i64, "value": 0.5}),
+            serde_json::json!({"instance": "a:9100", "job": "node", "t": 1_700_000_015_000_000_000i64, "value": 0.75}),
+            serde_json::json!({"instance": "b:9100", "job": "node", "t": 1_700_000_000_000_000_000i64, "value": 2.0}),
+        ]
+    );
+    assert_eq!(server.sql("SELECT value FROM up").await, vec![serde_json::json!({"value": 1.0})]);
+    // Another database with ?db=.
+    let body = prom_body(vec![ts(&[("__name__", "up"), ("instance", "z")], &[(0.0, 1_700_000_000_000)])]);
+    assert_eq!(post(&server, "/api/v1/write?db=edge", body, &PROM_HEADERS).await.0, 204);
+    assert_eq!(server.sql("SELECT instance FROM edge.up").await, vec![serde_json::json!({"instance": "z"})]);
+}
+
+#[tokio::test]
+async fn remote_write_bad_input_is_a_400_that_names_the_problem() {
+    let server = TestServer::start();
+    let (status, text) = post(&server, "/api/v1/write", b"plain text".to_vec(), &PROM_HEADERS).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("snappy") || text.contains("WriteRequest"), "{text}");
+    // A series without a name is dropped, the rest is stored.
+    let body = prom_body(vec![
+        ts(&[("instance", "a")], &[(1.0, 1_700_000_000_000)]),
+        ts(&[("__name__", "ok_metric")], &[(3.0, 1_700_000_000_000)]),
+    ]);
+    let (status, text) = post(&server, "/api/v1/write", body, &PROM_HEADERS).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("no __name__") && text.contains("dropped=1"), "{text}");
+    assert_eq!(server.sql("SELECT value FROM ok_metric").await, vec![serde_json::json!({"value": 3.0})]);
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(text.as_bytes()).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+#[tokio::test]
+async fn line_protocol_v1_and_v2_with_every_field_type_gzip_and_precision() {
+    let server = TestServer::start();
+    // TSBS' cpu line shape, v2 endpoint, seconds, gzip.
+    let tsbs = "cpu,hostname=host_0,region=eu-west-1,datacenter=eu-west-1a usage_user=58i,usage_system=2i 1451606400\n\
+                cpu,hostname=host_1,region=eu-west-1,datacenter=eu-west-1b usage_user=12i,usage_system=9i 1451606400\n\
+                cpu,hostname=host_0,region=eu-west-1,datacenter=eu-west-1a usage_user=60i,usage_system=3i 1451606410\n";
+    let (status, text) =
+        post(&server, "/api/v2/write?org=o&bucket=tsbs&precision=s", gzip(tsbs), &[("content-encoding", "gzip")]).await;
+    assert_eq!(status, 204, "{text}");
+    let rows =
+        server.sql("SELECT hostname, CAST(ts AS BIGINT) AS t, usage_user FROM tsbs.cpu ORDER BY hostname, ts").await;
+    let want: Vec<Value> =
+        [("host_0", 1_451_606_400i64, 58), ("host_0", 1_451_606_410, 60), ("host_1", 1_451_606_400, 12)]
+            .iter()
+            .map(|(h, t, u)| serde_json::json!({"hostname": h, "t": t * 1_000_000_000, "usage_user": u}))
+            .collect();
+    assert_eq!(rows, want);
+    // Telegraf-style, v1 endpoint, milliseconds, every field type and escapes.
+    let telegraf =
+        "system,host=web\\ 1 load1=0.25,n_users=3i,uptime=1200u,up=true,status=\"ok, \\\"fine\\\"\" 1700000000123\n";
+    let (status, text) = post(&server, "/write?db=tg&precision=ms", telegraf.as_bytes().to_vec(), &[]).await;
+    assert_eq!(status, 204, "{text}");
+    let rows = server
+        .sql("SELECT host, CAST(ts AS BIGINT) AS t, load1, n_users, uptime, up, status, arrow_typeof(uptime) AS ut FROM tg.system")
+        .await;
+    assert_eq!(
+        rows,
+        vec![serde_json::json!({
+            "host": "web 1", "t": 1_700_000_000_123_000_000i64, "load1": 0.25, "n_users": 3, "uptime": 1200,
+            "up": true, "status": "ok, \"fine\"", "ut": "UInt64"
+        })]
+    );
+}
+
+#[tokio::test]
+async fn line_protocol_errors_name_the_line_and_partial_writes_keep_the_good_points() {
+    let server = TestServer::start();
+    let (status, text) = post(&server, "/write?db=e", b"m v=1 1\nm v=oops 2\n".to_vec(), &[]).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("line 2, column 5") && text.contains("bad float"), "{text}");
+    assert_eq!(server.sql_raw("SELECT * FROM e.m").await.0, 400, "a parse error writes nothing");
+    // v2 error shape.
+    let (status, text) = post(&server, "/api/v2/write?bucket=e", b"m".to_vec(), &[]).await;
+    assert_eq!(status, 400);
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["code"], "invalid");
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("missing fields")), "{text}");
+    let (status, _) = post(&server, "/api/v2/write", b"m v=1".to_vec(), &[]).await;
+    assert_eq!(status, 400, "v2 needs a bucket");
+    let (status, text) = post(&server, "/write?precision=fortnight", b"m v=1".to_vec(), &[]).await;
+    assert_eq!((status, text.contains("unknown precision")), (400, true), "{text}");
+    // A type conflict with the stored table drops that point only.
+    assert_eq!(post(&server, "/write?db=e", b"t,h=a v=1i 1".to_vec(), &[]).await.0, 204);
+    let (status, text) = post(&server, "/write?db=e", b"t,h=b v=2i 2\nt,h=c v=2.5 3\n".to_vec(), &[]).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("partial write") && text.contains("dropped=1"), "{text}");
+    let rows = server.sql("SELECT h, v FROM e.t ORDER BY h").await;
+    assert_eq!(rows, vec![serde_json::json!({"h": "a", "v": 1}), serde_json::json!({"h": "b", "v": 2})]);
+    // A gzip bomb is refused by its decompressed size.
+    let bomb = gzip(&"m v=1 1\n".repeat(20_000_000));
+    let (status, text) = post(&server, "/write?db=e", bomb, &[("content-encoding", "gzip")]).await;
+    assert_eq!(status, 413, "{text}");
+    let (status, _) = post(&server, "/write?db=e", b"\x1f\x8b garbage".to_vec(), &[("content-encoding", "gzip")]).await;
+    assert_eq!(status, 400);
+}
