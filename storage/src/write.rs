@@ -129,6 +129,7 @@ const MAX_NAME_BYTES: usize = 128;
 /// digits, `_`, `.`, `:` and `-`, not starting with a digit or `-`. This is
 /// a superset of Prometheus metric and label names and covers the names
 /// Telegraf and TSBS use; anything else would need quoting everywhere in SQL.
+/// Database names: they appear in URLs (`?db=`) and SQL as bare words.
 fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("must not be empty");
@@ -146,8 +147,30 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Table and column names: what InfluxDB, Prometheus and OpenTelemetry
+/// names can be (spaces, commas, any script), short of what would break a
+/// directory name or a double-quoted SQL identifier.
+fn check_object_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err("longer than 128 bytes");
+    }
+    if name == "." || name == ".." {
+        return Err("must not be '.' or '..'");
+    }
+    if name.chars().any(|c| c.is_control() || c == '/' || c == '"') {
+        return Err("must not contain control characters, '/' or '\"'");
+    }
+    if name.starts_with(' ') || name.ends_with(' ') {
+        return Err("must not start or end with a space");
+    }
+    Ok(())
+}
+
 pub fn check_table_name(name: &str) -> Result<(), WriteError> {
-    check_name(name).map_err(|reason| WriteError::InvalidTableName { name: name.to_string(), reason })
+    check_object_name(name).map_err(|reason| WriteError::InvalidTableName { name: name.to_string(), reason })
 }
 
 pub fn check_database_name(name: &str) -> Result<(), WriteError> {
@@ -159,7 +182,7 @@ pub fn check_database_name(name: &str) -> Result<(), WriteError> {
 }
 
 pub fn check_column_name(name: &str) -> Result<(), WriteError> {
-    check_name(name).map_err(|reason| WriteError::InvalidColumnName { name: name.to_string(), reason })?;
+    check_object_name(name).map_err(|reason| WriteError::InvalidColumnName { name: name.to_string(), reason })?;
     if name == TIME_COLUMN {
         return Err(WriteError::ReservedColumn { name: name.to_string() });
     }
@@ -250,9 +273,17 @@ mod tests {
         assert!(check_table_name("node_cpu_seconds_total").is_ok());
         assert!(check_table_name("http.requests:rate5m").is_ok());
         assert!(check_table_name("").is_err());
-        assert!(check_table_name("9lives").is_err());
-        assert!(check_table_name("a b").is_err());
-        assert!(check_table_name("drop;table").is_err());
+        // Influx measurements and OpenTelemetry names may hold spaces,
+        // commas, digits first and other scripts.
+        for ok in ["9lives", "disk io", "a,b=c", "température", "drop;table"] {
+            assert!(check_table_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["a/b", "..", ".", "say \"hi\"", "tab\there", " lead", "trail "] {
+            assert!(check_table_name(bad).is_err(), "{bad}");
+            assert!(check_column_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_database_name("a b").is_err());
+        assert!(check_database_name("9lives").is_err());
         assert!(check_table_name(&"x".repeat(129)).is_err());
         assert_eq!(check_column_name("ts"), Err(WriteError::ReservedColumn { name: "ts".into() }));
         assert!(check_database_name("system").is_err());

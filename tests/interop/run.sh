@@ -8,6 +8,17 @@ cargo build --locked --bin tocsin
 export TOCSIN_BIN="$BIN"
 # The STARTTLS scenario of the email test makes its certificates with openssl.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# Peers from Debian: Prometheus with node_exporter (remote_write), InfluxDB 1.6
+# (line protocol).
+need=()
+for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter influxd:influxdb; do
+  command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 python3 tests/interop/test_grpc_python_and_duckdb.py
 python3 tests/interop/test_email_aiosmtpd.py
+python3 tests/interop/test_prometheus_remote_write.py
+python3 tests/interop/test_influx_line_protocol.py

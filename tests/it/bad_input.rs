@@ -76,7 +76,7 @@ async fn grpc_rejects_bad_items_one_by_one_and_keeps_the_good_ones() {
                 // Type conflict: usage is an integer field.
                 row_series(&[("host", "c")], vec![T0], vec![f64s("usage", vec![2.5])]),
                 // Invalid label name.
-                row_series(&[("bad name", "x")], vec![T0], vec![i64s("usage", vec![3])]),
+                row_series(&[("bad\"name", "x")], vec![T0], vec![i64s("usage", vec![3])]),
                 // Lengths differ.
                 row_series(&[("host", "d")], vec![T0, T0 + SEC], vec![i64s("usage", vec![4])]),
                 // Before 1970.
@@ -96,7 +96,7 @@ async fn grpc_rejects_bad_items_one_by_one_and_keeps_the_good_ones() {
     assert_eq!(reasons.len(), 6, "{reasons:?}");
     let expect = [
         (1, "field \"usage\" is integer in table \"cpu\"; this write has it as float"),
-        (2, "invalid column name \"bad name\""),
+        (2, "invalid column name \"bad\\\"name\""),
         (3, "field \"usage\" has 1 values but the series has 2 timestamps"),
         (4, "timestamp -1 is out of range"),
         (5, "column name \"ts\" is reserved"),
@@ -114,12 +114,12 @@ async fn grpc_rejects_bad_items_one_by_one_and_keeps_the_good_ones() {
 
     // Invalid table name: every item of the request is rejected, by index.
     let resp = client
-        .write_rows(rows("drop table", vec![row_series(&[], vec![T0], vec![i64s("v", vec![1])])]))
+        .write_rows(rows("drop/table", vec![row_series(&[], vec![T0], vec![i64s("v", vec![1])])]))
         .await
         .expect("write")
         .into_inner();
     assert_eq!(resp.accepted_rows, 0);
-    assert!(resp.rejected[0].reason.contains("invalid table name \"drop table\""), "{:?}", resp.rejected);
+    assert!(resp.rejected[0].reason.contains("invalid table name \"drop/table\""), "{:?}", resp.rejected);
 
     // Empty requests are an error for the whole call.
     let err = client.write_series(WriteSeriesRequest::default()).await.expect_err("empty");

@@ -1,0 +1,64 @@
+"""Shared helpers of the interop tests: start Tocsin, find free ports, run
+SQL over HTTP, wait for a condition within a deadline."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("TOCSIN_BIN", os.path.join(ROOT, "target", "debug", "tocsin"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_tocsin(data_dir, log):
+    """Starts `tocsin serve` on ephemeral loopback ports; returns (process, grpc, http)."""
+    p = subprocess.Popen([BIN, "serve", "--data-dir", data_dir, "--grpc-addr", "127.0.0.1:0",
+                          "--http-addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True)
+    line = p.stdout.readline()
+    parts = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    return p, parts["grpc"], parts["http"]
+
+
+def sql(http, q):
+    req = urllib.request.Request(f"http://{http}/api/v1/sql", data=json.dumps({"sql": q}).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def get_json(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_for(what, fn, deadline_s=60, every=0.5):
+    """Calls fn until it returns a truthy value; fails after deadline_s."""
+    end = time.time() + deadline_s
+    last = None
+    while time.time() < end:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # the peer may not be up yet
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def stop(p):
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,0 +1,113 @@
+"""Interop: the real Prometheus server (Debian package) scrapes a real
+node_exporter and itself, and pushes with remote_write to Tocsin. After a
+while, the samples Prometheus holds for a set of series (its own HTTP API,
+raw samples of a range selector) must be exactly the rows Tocsin holds for
+them: same series, same millisecond timestamps, same float64 values."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peers import free_port, get_json, sql, start_tocsin, stop, wait_for  # noqa: E402
+
+# (metric, a label that tells the series of one job apart)
+METRICS = ["up", "scrape_duration_seconds", "scrape_samples_scraped", "node_load1",
+           "node_memory_MemAvailable_bytes", "prometheus_tsdb_head_series"]
+
+
+def prom_samples(prom, metric, at, window_s):
+    """{(frozenset(labels without __name__)): {ts_ms: value}} from Prometheus."""
+    q = urllib.parse.urlencode({"query": f"{metric}[{window_s}s]", "time": f"{at:.3f}"})
+    r = get_json(f"http://{prom}/api/v1/query?{q}")
+    assert r["status"] == "success", r
+    out = {}
+    for s in r["data"]["result"]:
+        labels = frozenset((k, v) for k, v in s["metric"].items() if k != "__name__")
+        out[labels] = {round(float(t) * 1000): float(v) for t, v in s["values"]}
+    return out
+
+
+def tocsin_samples(http, metric, lo_ms, hi_ms):
+    rows = sql(http, f"SELECT CAST(ts AS BIGINT) / 1000000 AS ms, * FROM \"{metric}\" WHERE ts > "
+                     f"to_timestamp_millis({lo_ms}) AND ts <= to_timestamp_millis({hi_ms})")
+    out = {}
+    for r in rows:
+        ms = r.pop("ms")
+        r.pop("ts")
+        value = r.pop("value")
+        labels = frozenset((k, v) for k, v in r.items() if v is not None)
+        out.setdefault(labels, {})[ms] = value
+    return out
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="tocsin-prom-")
+    procs = []
+    with open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "peers.log"), "w") as plog:
+        try:
+            tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog)
+            procs.append(tocsin)
+            node_port, prom_port = free_port(), free_port()
+            procs.append(subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{node_port}"],
+                                          stdout=plog, stderr=plog))
+            prom = f"127.0.0.1:{prom_port}"
+            config = os.path.join(tmp, "prometheus.yml")
+            with open(config, "w") as f:
+                f.write(f"""
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: node
+    static_configs: [{{targets: ["127.0.0.1:{node_port}"]}}]
+  - job_name: prometheus
+    static_configs: [{{targets: ["{prom}"]}}]
+remote_write:
+  - url: http://{http}/api/v1/write
+    queue_config: {{batch_send_deadline: 1s, max_samples_per_send: 2000}}
+""")
+            procs.append(subprocess.Popen(["prometheus", f"--config.file={config}",
+                                           f"--storage.tsdb.path={os.path.join(tmp, 'prom')}",
+                                           f"--web.listen-address={prom}"], stdout=plog, stderr=plog))
+            wait_for("Prometheus to scrape both targets",
+                     lambda: len(get_json(f"http://{prom}/api/v1/query?query=up")["data"]["result"]) == 2)
+            wait_for("remote_write to reach Tocsin", lambda: sql(http, "SELECT count(*) AS n FROM up")[0]["n"] >= 4)
+            started = time.time()
+            time.sleep(30)
+            # Compare a window that ended a few seconds ago: everything in it
+            # has been sent (batch_send_deadline 1 s).
+            at = time.time() - 5
+            window = int(at - started) - 1
+            hi_ms = round(at * 1000)
+            lo_ms = hi_ms - window * 1000
+            # Wait until Tocsin holds everything of the window Prometheus holds.
+            for metric in METRICS:
+                theirs = prom_samples(prom, metric, at, window)
+                assert theirs, f"Prometheus has no {metric}"
+                ours = wait_for(f"{metric} in Tocsin",
+                                lambda: (lambda o: o if o == theirs else None)(tocsin_samples(http, metric, lo_ms, hi_ms)),
+                                deadline_s=20)
+                n = sum(len(v) for v in ours.values())
+                print(f"  {metric}: {len(ours)} series, {n} samples identical in both")
+                assert n >= window // 2 * len(ours), f"{metric}: only {n} samples over {window} s"
+            # Prometheus' own account: nothing it sent was refused.
+            failed = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_failed_total)")
+            sent = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_total)")
+            assert float(failed["data"]["result"][0]["value"][1]) == 0, failed
+            assert float(sent["data"]["result"][0]["value"][1]) > 1000, sent
+            series = sql(http, "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'")
+            print(f"ok: Prometheus remote_write -> Tocsin, {series[0]['n']} metric tables, "
+                  f"{len(METRICS)} metrics compared sample by sample over {window} s")
+        finally:
+            for p in reversed(procs):
+                stop(p)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
