@@ -2,7 +2,13 @@
 //! protox (pure Rust): a fresh machine needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["tocsin/v1/ingest.proto", "prometheus/remote.proto"];
+    let files = [
+        "tocsin/v1/ingest.proto",
+        "prometheus/remote.proto",
+        "opentelemetry/proto/collector/metrics/v1/metrics_service.proto",
+        "opentelemetry/proto/collector/logs/v1/logs_service.proto",
+    ];
+    println!("cargo:rerun-if-changed=opentelemetry");
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -17,6 +17,7 @@
 pub mod convert;
 pub mod follow;
 pub mod line;
+pub mod otlp;
 pub mod prom;
 pub mod tail;
 
@@ -57,6 +58,7 @@ pub struct IngestMetrics {
     pub logs_requests: AtomicU64,
     pub remote_write_requests: AtomicU64,
     pub line_protocol_requests: AtomicU64,
+    pub otlp_requests: AtomicU64,
     pub stream_messages: AtomicU64,
     pub rows_accepted: AtomicU64,
     pub items_rejected: AtomicU64,
@@ -185,6 +187,11 @@ impl IngestService {
         let db = database(&req.database).to_string();
         let (write, early) = convert::rows_to_write(req);
         self.commit(&db, vec![write], early).await
+    }
+
+    /// Writes log events as gRPC `WriteLogs` does (OTLP logs use it).
+    pub async fn write_logs_request(&self, req: WriteLogsRequest) -> Result<WriteResponse, IngestError> {
+        self.logs(req).await
     }
 
     async fn logs(&self, req: WriteLogsRequest) -> Result<WriteResponse, IngestError> {

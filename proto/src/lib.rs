@@ -30,3 +30,48 @@ pub mod prometheus {
     #![allow(unreachable_pub, unused_qualifications, clippy::all)]
     tonic::include_proto!("prometheus");
 }
+
+/// OpenTelemetry OTLP messages and services (`opentelemetry/proto/...`), in
+/// modules that mirror their protobuf packages.
+pub mod opentelemetry {
+    pub mod proto {
+        pub mod common {
+            pub mod v1 {
+                #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+                tonic::include_proto!("opentelemetry.proto.common.v1");
+            }
+        }
+        pub mod resource {
+            pub mod v1 {
+                #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+                tonic::include_proto!("opentelemetry.proto.resource.v1");
+            }
+        }
+        pub mod metrics {
+            pub mod v1 {
+                #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+                tonic::include_proto!("opentelemetry.proto.metrics.v1");
+            }
+        }
+        pub mod logs {
+            pub mod v1 {
+                #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+                tonic::include_proto!("opentelemetry.proto.logs.v1");
+            }
+        }
+        pub mod collector {
+            pub mod metrics {
+                pub mod v1 {
+                    #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+                    tonic::include_proto!("opentelemetry.proto.collector.metrics.v1");
+                }
+            }
+            pub mod logs {
+                pub mod v1 {
+                    #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+                    tonic::include_proto!("opentelemetry.proto.collector.logs.v1");
+                }
+            }
+        }
+    }
+}

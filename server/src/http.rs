@@ -41,6 +41,8 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .route("/api/v1/write", post(crate::protocols::remote_write))
         .route("/api/v2/write", post(crate::protocols::influx_v2_write))
         .route("/write", post(crate::protocols::influx_v1_write))
+        .route("/v1/metrics", post(crate::protocols::otlp_metrics))
+        .route("/v1/logs", post(crate::protocols::otlp_logs))
         .merge(crate::alerts_api::router(Arc::clone(&state.alerts)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -111,8 +111,11 @@ pub async fn run(
 
     let tail = Arc::clone(&ingest.tail);
     let http_ingest = ingest.clone();
+    let otlp = tocsin_ingest::otlp::Otlp(ingest.clone());
     let grpc = tonic::transport::Server::builder()
         .add_service(ingest.into_server())
+        .add_service(otlp.metrics_server())
+        .add_service(otlp.logs_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
     let app = http::AppState {
         storage: Arc::clone(&storage),

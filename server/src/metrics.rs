@@ -40,6 +40,7 @@ impl Metrics {
             ("logs", &i.logs_requests),
             ("remote_write", &i.remote_write_requests),
             ("line_protocol", &i.line_protocol_requests),
+            ("otlp", &i.otlp_requests),
             ("stream_message", &i.stream_messages),
         ] {
             let _ = writeln!(o, "tocsin_ingest_requests_total{{kind=\"{kind}\"}} {}", load(v));

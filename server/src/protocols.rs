@@ -7,7 +7,13 @@
 //!   protocol (the bucket is the database; a `db/rp` bucket uses `db`).
 //! - `POST /write?db=DB&precision=n|u|ms|s|m|h`: InfluxDB 1 line protocol.
 //!
-//! Line protocol bodies may be gzip-compressed (`Content-Encoding: gzip`).
+//! - `POST /v1/metrics`, `POST /v1/logs`: OTLP over HTTP with protobuf
+//!   bodies (`application/x-protobuf`; JSON is refused with `415`). The
+//!   answer is the protobuf export response, with partial success when
+//!   some data points or records were refused.
+//!
+//! Line protocol and OTLP bodies may be gzip-compressed
+//! (`Content-Encoding: gzip`).
 //! Success is `204 No Content`. A line that cannot be parsed refuses the
 //! whole request with `400` naming the line and column; points refused by
 //! storage (a field type that conflicts with the table, a bad name) are a
@@ -152,23 +158,9 @@ async fn line_protocol(
             format!("unknown precision {:?}; use ns, us, ms, s (or n, u, m, h)", precision.unwrap_or("")),
         );
     };
-    let gzip = headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    let raw = if gzip {
-        let mut out = Vec::new();
-        let limit = app.max_request_bytes as u64;
-        match flate2::read::GzDecoder::new(&body[..]).take(limit + 1).read_to_end(&mut out) {
-            Ok(_) if out.len() as u64 > limit => {
-                return error(
-                    d,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("decompressed body is over the limit of {limit} bytes"),
-                );
-            }
-            Ok(_) => out,
-            Err(e) => return error(d, StatusCode::BAD_REQUEST, format!("body is not valid gzip: {e}")),
-        }
-    } else {
-        body.to_vec()
+    let raw = match decoded_body(&app, headers, body) {
+        Ok(raw) => raw,
+        Err((status, message)) => return error(d, status, message),
     };
     let text = match std::str::from_utf8(&raw) {
         Ok(t) => t,
@@ -185,5 +177,86 @@ async fn line_protocol(
     match app.ingest.write_tables(&db, parsed.writes, parsed.rejected).await {
         Ok(resp) => written(d, resp, "line"),
         Err(e) => ingest_error(d, e),
+    }
+}
+
+/// The body, gunzipped when `Content-Encoding: gzip` says so, within the
+/// request size limit.
+fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode, String)> {
+    let gzip = headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    if !gzip {
+        return Ok(body.to_vec());
+    }
+    let mut out = Vec::new();
+    let limit = app.max_request_bytes as u64;
+    match flate2::read::GzDecoder::new(&body[..]).take(limit + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() as u64 > limit => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, format!("decompressed body is over the limit of {limit} bytes")))
+        }
+        Ok(_) => Ok(out),
+        Err(e) => Err((StatusCode::BAD_REQUEST, format!("body is not valid gzip: {e}"))),
+    }
+}
+
+/// OTLP/HTTP answers: protobuf on success, a plain message on errors.
+fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, Response> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "OTLP/HTTP with JSON bodies is not supported; send application/x-protobuf",
+        )
+            .into_response());
+    }
+    decoded_body(app, headers, body).map_err(|(s, m)| (s, m).into_response())
+}
+
+fn protobuf(msg: &impl prost::Message) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/x-protobuf")], msg.encode_to_vec()).into_response()
+}
+
+/// Errors as plain text (OTLP/HTTP clients log the body); 503 is retried.
+fn otlp_error(e: IngestError) -> Response {
+    ingest_error(Dialect::Prometheus, e)
+}
+
+pub(crate) async fn otlp_metrics(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+    let raw = match otlp_body(&app, &headers, body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let req = match <ExportMetricsServiceRequest as prost::Message>::decode(raw.as_slice()) {
+        Ok(r) => r,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("body is not an OTLP ExportMetricsServiceRequest: {e}"))
+                .into_response();
+        }
+    };
+    match app.ingest.otlp_metrics(req).await {
+        Ok(resp) => protobuf(&resp),
+        Err(e) => otlp_error(e),
+    }
+}
+
+pub(crate) async fn otlp_logs(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
+    let raw = match otlp_body(&app, &headers, body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let req = match <ExportLogsServiceRequest as prost::Message>::decode(raw.as_slice()) {
+        Ok(r) => r,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("body is not an OTLP ExportLogsServiceRequest: {e}"))
+                .into_response();
+        }
+    };
+    match app.ingest.otlp_logs(req).await {
+        Ok(resp) => protobuf(&resp),
+        Err(e) => otlp_error(e),
     }
 }

@@ -22,3 +22,4 @@ python3 tests/interop/test_grpc_python_and_duckdb.py
 python3 tests/interop/test_email_aiosmtpd.py
 python3 tests/interop/test_prometheus_remote_write.py
 python3 tests/interop/test_influx_line_protocol.py
+python3 tests/interop/test_otlp_opentelemetry_sdk.py

@@ -85,9 +85,7 @@ async fn remote_write_bad_input_is_a_400_that_names_the_problem() {
 }
 
 fn gzip(text: &str) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(text.as_bytes()).expect("gzip");
-    e.finish().expect("gzip")
+    gzip_bytes(text.as_bytes())
 }
 
 #[tokio::test]
@@ -155,4 +153,81 @@ async fn line_protocol_errors_name_the_line_and_partial_writes_keep_the_good_poi
     assert_eq!(status, 413, "{text}");
     let (status, _) = post(&server, "/write?db=e", b"\x1f\x8b garbage".to_vec(), &[("content-encoding", "gzip")]).await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn otlp_partial_success_and_bad_bodies() {
+    use tocsin_proto::opentelemetry::proto::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use tocsin_proto::opentelemetry::proto::collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    };
+    use tocsin_proto::opentelemetry::proto::metrics::v1::{
+        ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Metric, NumberDataPoint, ResourceMetrics,
+        ScopeMetrics, metric, number_data_point,
+    };
+    let server = TestServer::start();
+    let req = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: None,
+            scope_metrics: vec![ScopeMetrics {
+                scope: None,
+                metrics: vec![
+                    Metric {
+                        name: "temp".into(),
+                        data: Some(metric::Data::Gauge(Gauge {
+                            data_points: vec![NumberDataPoint {
+                                time_unix_nano: 1_700_000_000_000_000_000,
+                                value: Some(number_data_point::Value::AsDouble(21.5)),
+                                ..Default::default()
+                            }],
+                        })),
+                        ..Default::default()
+                    },
+                    Metric {
+                        name: "latency".into(),
+                        data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+                            data_points: vec![ExponentialHistogramDataPoint {}; 2],
+                            aggregation_temporality: 2,
+                        })),
+                        ..Default::default()
+                    },
+                ],
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    // gRPC on the ingest port.
+    let mut client = MetricsServiceClient::connect(format!("http://{}", server.grpc)).await.expect("connect");
+    let resp = client.export(req.clone()).await.expect("export").into_inner();
+    let partial = resp.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_data_points, 2);
+    assert!(partial.error_message.contains("exponential histograms are not supported"), "{partial:?}");
+    assert_eq!(server.sql("SELECT value FROM temp").await, vec![serde_json::json!({"value": 21.5})]);
+    // HTTP/protobuf, gzip: the same answer, protobuf-encoded.
+    let body = gzip_bytes(&req.encode_to_vec());
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/metrics", server.http))
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let decoded = ExportMetricsServiceResponse::decode(resp.bytes().await.expect("body")).expect("protobuf answer");
+    assert_eq!(decoded.partial_success.map(|p| p.rejected_data_points), Some(2));
+    // Garbage and JSON bodies.
+    let (status, text) =
+        post(&server, "/v1/metrics", vec![0xff; 16], &[("content-type", "application/x-protobuf")]).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("ExportMetricsServiceRequest"), "{text}");
+    let (status, _) = post(&server, "/v1/logs", b"{}".to_vec(), &[("content-type", "application/json")]).await;
+    assert_eq!(status, 415);
+}
+
+fn gzip_bytes(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).expect("gzip");
+    e.finish().expect("gzip")
 }

@@ -1,0 +1,506 @@
+//! OTLP (OpenTelemetry) metrics and logs, over gRPC on the ingest port and
+//! over HTTP/protobuf (`/v1/metrics`, `/v1/logs`). See docs/protocols.md for
+//! the mapping; in short:
+//!
+//! - a gauge or sum is a table named after the metric, a row per data point,
+//!   with a Float64 `value`; resource attributes and data point attributes
+//!   are tags (the point's win on a clash);
+//! - a histogram is three tables as Prometheus names them: `<name>_bucket`
+//!   (tag `le`, cumulative counts, `+Inf` last), `<name>_count`, `<name>_sum`;
+//!   a summary is `<name>` (tag `quantile`), `<name>_count`, `<name>_sum`;
+//! - exponential histograms are refused (partial success names them);
+//! - a log record is a row of `logs`: `service` and `host` from the resource
+//!   (`service.name`, `host.name`), `level` from the severity, `message`
+//!   from the body, `trace_id`/`span_id` in hex, and the record's and the
+//!   remaining resource attributes in `attributes`.
+
+use std::collections::HashMap;
+
+use tocsin_proto::opentelemetry::proto::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use tocsin_proto::opentelemetry::proto::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use tocsin_proto::opentelemetry::proto::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use tocsin_proto::opentelemetry::proto::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use tocsin_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
+use tocsin_proto::opentelemetry::proto::metrics::v1::{metric, number_data_point};
+use tocsin_proto::v1::{Label, LogEvent, WriteLogsRequest};
+use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{EarlyRejection, VALUE_COLUMN};
+use crate::{IngestError, IngestService};
+
+/// Text of an attribute value: strings as they are, numbers and booleans as
+/// their text, bytes in hex, arrays and maps as JSON.
+pub fn any_text(v: Option<&AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        None => String::new(),
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BytesValue(b)) => hex(b),
+        Some(other) => any_json(Some(other)).to_string(),
+    }
+}
+
+fn any_json(v: Option<&any_value::Value>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        None => J::Null,
+        Some(any_value::Value::StringValue(s)) => J::String(s.clone()),
+        Some(any_value::Value::BoolValue(b)) => J::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => J::from(*i),
+        Some(any_value::Value::DoubleValue(d)) => J::from(*d),
+        Some(any_value::Value::BytesValue(b)) => J::String(hex(b)),
+        Some(any_value::Value::ArrayValue(a)) => {
+            J::Array(a.values.iter().map(|x| any_json(x.value.as_ref())).collect())
+        }
+        Some(any_value::Value::KvlistValue(kv)) => J::Object(
+            kv.values
+                .iter()
+                .map(|x| (x.key.clone(), any_json(x.value.as_ref().and_then(|v| v.value.as_ref()))))
+                .collect(),
+        ),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+fn attrs(kv: &[KeyValue]) -> impl Iterator<Item = (String, String)> + '_ {
+    kv.iter().map(|a| (a.key.clone(), any_text(a.value.as_ref())))
+}
+
+/// Tags of a data point: the resource's attributes, then the point's (which
+/// win on a clash), sorted by name.
+fn tags(resource: &[(String, String)], point: &[KeyValue], extra: Option<(&str, String)>) -> Vec<(String, String)> {
+    let mut map: HashMap<String, String> = resource.iter().cloned().collect();
+    map.extend(attrs(point));
+    if let Some((k, v)) = extra {
+        map.insert(k.to_string(), v);
+    }
+    let mut v: Vec<(String, String)> = map.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    v.sort();
+    v
+}
+
+fn time(ns: u64) -> Result<i64, String> {
+    i64::try_from(ns).map_err(|_| format!("time_unix_nano {ns} is out of range"))
+}
+
+/// Metrics as storage writes; data points refused here (unsupported kinds,
+/// bad times) are counted with the first reason.
+#[derive(Debug, Default)]
+pub struct MetricWrites {
+    pub writes: Vec<TableWrite>,
+    pub rejected_points: i64,
+    pub first_error: Option<String>,
+    pub points: usize,
+}
+
+impl MetricWrites {
+    fn reject(&mut self, n: usize, reason: String) {
+        self.rejected_points += n as i64;
+        self.first_error.get_or_insert(reason);
+    }
+
+    fn push(
+        &mut self,
+        by_table: &mut HashMap<String, usize>,
+        table: String,
+        tags: Vec<(String, String)>,
+        ts: i64,
+        v: f64,
+    ) {
+        let w = *by_table.entry(table.clone()).or_insert_with(|| {
+            self.writes.push(TableWrite { table, blocks: Vec::new() });
+            self.writes.len() - 1
+        });
+        let blocks = &mut self.writes[w].blocks;
+        let item = self.points as u32;
+        self.points += 1;
+        blocks.push(SeriesBlock {
+            item,
+            tags,
+            timestamps: vec![ts],
+            fields: vec![FieldColumn { name: VALUE_COLUMN.into(), values: FieldValues::F64(vec![v]), validity: None }],
+        });
+    }
+}
+
+pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
+    let mut out = MetricWrites::default();
+    let mut by_table = HashMap::new();
+    for rm in req.resource_metrics {
+        let resource: Vec<(String, String)> = rm.resource.map(|r| attrs(&r.attributes).collect()).unwrap_or_default();
+        for sm in rm.scope_metrics {
+            for m in sm.metrics {
+                let name = m.name;
+                match m.data {
+                    Some(metric::Data::Gauge(g)) => {
+                        number_points(&mut out, &mut by_table, &name, &resource, g.data_points);
+                    }
+                    Some(metric::Data::Sum(s)) => {
+                        number_points(&mut out, &mut by_table, &name, &resource, s.data_points);
+                    }
+                    Some(metric::Data::Histogram(h)) => {
+                        for p in h.data_points {
+                            let ts = match time(p.time_unix_nano) {
+                                Ok(t) => t,
+                                Err(e) => {
+                                    out.reject(1, e);
+                                    continue;
+                                }
+                            };
+                            let mut cumulative = 0u64;
+                            for (i, c) in p.bucket_counts.iter().enumerate() {
+                                cumulative = cumulative.saturating_add(*c);
+                                let le = p.explicit_bounds.get(i).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+                                let t = tags(&resource, &p.attributes, Some(("le", le)));
+                                out.push(&mut by_table, format!("{name}_bucket"), t, ts, cumulative as f64);
+                            }
+                            let t = tags(&resource, &p.attributes, None);
+                            out.push(&mut by_table, format!("{name}_count"), t.clone(), ts, p.count as f64);
+                            if let Some(sum) = p.sum {
+                                out.push(&mut by_table, format!("{name}_sum"), t, ts, sum);
+                            }
+                        }
+                    }
+                    Some(metric::Data::Summary(s)) => {
+                        for p in s.data_points {
+                            let ts = match time(p.time_unix_nano) {
+                                Ok(t) => t,
+                                Err(e) => {
+                                    out.reject(1, e);
+                                    continue;
+                                }
+                            };
+                            for q in &p.quantile_values {
+                                let t = tags(&resource, &p.attributes, Some(("quantile", q.quantile.to_string())));
+                                out.push(&mut by_table, name.clone(), t, ts, q.value);
+                            }
+                            let t = tags(&resource, &p.attributes, None);
+                            out.push(&mut by_table, format!("{name}_count"), t.clone(), ts, p.count as f64);
+                            out.push(&mut by_table, format!("{name}_sum"), t, ts, p.sum);
+                        }
+                    }
+                    Some(metric::Data::ExponentialHistogram(e)) => out.reject(
+                        e.data_points.len(),
+                        format!("metric {name:?}: exponential histograms are not supported; use explicit buckets"),
+                    ),
+                    None => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+fn number_points(
+    out: &mut MetricWrites,
+    by_table: &mut HashMap<String, usize>,
+    name: &str,
+    resource: &[(String, String)],
+    points: Vec<tocsin_proto::opentelemetry::proto::metrics::v1::NumberDataPoint>,
+) {
+    for p in points {
+        let ts = match time(p.time_unix_nano) {
+            Ok(t) => t,
+            Err(e) => {
+                out.reject(1, e);
+                continue;
+            }
+        };
+        let v = match p.value {
+            Some(number_data_point::Value::AsDouble(d)) => d,
+            Some(number_data_point::Value::AsInt(i)) => i as f64,
+            None => {
+                out.reject(1, format!("metric {name:?}: a data point has no value"));
+                continue;
+            }
+        };
+        out.push(by_table, name.to_string(), tags(resource, &p.attributes, None), ts, v);
+    }
+}
+
+/// Level names of OTLP severity numbers (1-24).
+fn severity_level(n: i32) -> &'static str {
+    match n {
+        1..=4 => "trace",
+        5..=8 => "debug",
+        9..=12 => "info",
+        13..=16 => "warn",
+        17..=20 => "error",
+        21..=24 => "fatal",
+        _ => "",
+    }
+}
+
+pub fn logs_to_events(req: ExportLogsServiceRequest, now_ns: i64) -> Vec<LogEvent> {
+    let mut out = Vec::new();
+    for rl in req.resource_logs {
+        let mut resource: Vec<(String, String)> =
+            rl.resource.map(|r| attrs(&r.attributes).collect()).unwrap_or_default();
+        let take = |res: &mut Vec<(String, String)>, key: &str| {
+            res.iter().position(|(k, _)| k == key).map(|i| res.remove(i).1).unwrap_or_default()
+        };
+        let service = take(&mut resource, "service.name");
+        let host = take(&mut resource, "host.name");
+        for sl in rl.scope_logs {
+            for r in sl.log_records {
+                let ts = if r.time_unix_nano != 0 { r.time_unix_nano } else { r.observed_time_unix_nano };
+                let ts = i64::try_from(ts).ok().filter(|t| *t > 0).unwrap_or(now_ns);
+                let level = if r.severity_text.is_empty() {
+                    severity_level(r.severity_number).to_string()
+                } else {
+                    r.severity_text.clone()
+                };
+                let mut attributes: Vec<Label> =
+                    resource.iter().map(|(k, v)| Label { name: k.clone(), value: v.clone() }).collect();
+                for (k, v) in attrs(&r.attributes) {
+                    match attributes.iter_mut().find(|l| l.name == k) {
+                        Some(l) => l.value = v,
+                        None => attributes.push(Label { name: k, value: v }),
+                    }
+                }
+                if !r.event_name.is_empty() {
+                    attributes.push(Label { name: "event.name".into(), value: r.event_name.clone() });
+                }
+                out.push(LogEvent {
+                    timestamp: ts,
+                    service: service.clone(),
+                    host: host.clone(),
+                    level,
+                    message: any_text(r.body.as_ref()),
+                    trace_id: if r.trace_id.iter().all(|b| *b == 0) { String::new() } else { hex(&r.trace_id) },
+                    span_id: if r.span_id.iter().all(|b| *b == 0) { String::new() } else { hex(&r.span_id) },
+                    attributes,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl IngestService {
+    /// Writes an OTLP metrics export; the answer carries partial success.
+    pub async fn otlp_metrics(
+        &self,
+        req: ExportMetricsServiceRequest,
+    ) -> Result<ExportMetricsServiceResponse, IngestError> {
+        self.metrics.otlp_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let m = metrics_to_writes(req);
+        let mut rejected = m.rejected_points;
+        let mut error = m.first_error;
+        if m.points > 0 {
+            let resp = self.write_tables(crate::database(""), m.writes, Vec::<EarlyRejection>::new()).await?;
+            rejected += resp.rejected.len() as i64;
+            if let Some(r) = resp.rejected.first() {
+                error.get_or_insert_with(|| r.reason.clone());
+            }
+        }
+        Ok(ExportMetricsServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected,
+                error_message: error.unwrap_or_default(),
+            }),
+        })
+    }
+
+    /// Writes an OTLP logs export into `logs`; the answer carries partial
+    /// success.
+    pub async fn otlp_logs(&self, req: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, IngestError> {
+        self.metrics.otlp_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let events = logs_to_events(req, now_ns());
+        if events.is_empty() {
+            return Ok(ExportLogsServiceResponse { partial_success: None });
+        }
+        let resp = self
+            .write_logs_request(WriteLogsRequest { database: String::new(), stream: String::new(), events })
+            .await?;
+        Ok(ExportLogsServiceResponse {
+            partial_success: resp.rejected.first().map(|r| ExportLogsPartialSuccess {
+                rejected_log_records: resp.rejected.len() as i64,
+                error_message: r.reason.clone(),
+            }),
+        })
+    }
+}
+
+/// The OTLP gRPC services, served on the ingest port beside `tocsin.v1.Ingest`.
+#[derive(Clone)]
+pub struct Otlp(pub IngestService);
+
+impl Otlp {
+    pub fn metrics_server(&self) -> MetricsServiceServer<Otlp> {
+        MetricsServiceServer::new(self.clone()).max_decoding_message_size(self.0.config.max_message_bytes)
+    }
+
+    pub fn logs_server(&self) -> LogsServiceServer<Otlp> {
+        LogsServiceServer::new(self.clone()).max_decoding_message_size(self.0.config.max_message_bytes)
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Otlp {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.0.otlp_metrics(request.into_inner()).await.map(Response::new).map_err(Status::from)
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Otlp {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.0.otlp_logs(request.into_inner()).await.map(Response::new).map_err(Status::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tocsin_proto::opentelemetry::proto::metrics::v1::{
+        Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    };
+    use tocsin_proto::opentelemetry::proto::resource::v1::Resource;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }) }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "shop"), kv("host", "r")],
+                    dropped_attributes_count: 0,
+                }),
+                scope_metrics: vec![ScopeMetrics { scope: None, metrics, schema_url: String::new() }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn gauges_are_value_rows_with_resource_and_point_attributes_as_tags() {
+        let g = Metric {
+            name: "queue.depth".into(),
+            data: Some(metric::Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    attributes: vec![kv("queue", "q1"), kv("host", "point-wins")],
+                    time_unix_nano: 5,
+                    value: Some(number_data_point::Value::AsInt(7)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        };
+        let m = metrics_to_writes(request(vec![g]));
+        assert_eq!((m.points, m.rejected_points), (1, 0));
+        let b = &m.writes[0].blocks[0];
+        assert_eq!(m.writes[0].table, "queue.depth");
+        assert_eq!(
+            b.tags,
+            vec![
+                ("host".into(), "point-wins".into()),
+                ("queue".into(), "q1".into()),
+                ("service.name".into(), "shop".into())
+            ]
+        );
+        assert_eq!((b.timestamps.clone(), &b.fields[0].values), (vec![5], &FieldValues::F64(vec![7.0])));
+    }
+
+    #[test]
+    fn histograms_become_prometheus_style_bucket_count_and_sum_tables() {
+        let h = Metric {
+            name: "rpc.duration".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    time_unix_nano: 9,
+                    count: 6,
+                    sum: Some(2.5),
+                    bucket_counts: vec![1, 2, 3],
+                    explicit_bounds: vec![0.1, 1.0],
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        let m = metrics_to_writes(request(vec![h]));
+        let table = |n: &str| m.writes.iter().find(|w| w.table == n).expect(n);
+        let buckets: Vec<(String, FieldValues)> = table("rpc.duration_bucket")
+            .blocks
+            .iter()
+            .map(|b| (b.tags.iter().find(|(k, _)| k == "le").expect("le").1.clone(), b.fields[0].values.clone()))
+            .collect();
+        assert_eq!(
+            buckets,
+            vec![
+                ("0.1".into(), FieldValues::F64(vec![1.0])),
+                ("1".into(), FieldValues::F64(vec![3.0])),
+                ("+Inf".into(), FieldValues::F64(vec![6.0])),
+            ]
+        );
+        assert_eq!(table("rpc.duration_count").blocks[0].fields[0].values, FieldValues::F64(vec![6.0]));
+        assert_eq!(table("rpc.duration_sum").blocks[0].fields[0].values, FieldValues::F64(vec![2.5]));
+    }
+
+    #[test]
+    fn log_records_map_to_log_events() {
+        use tocsin_proto::opentelemetry::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "billing"), kv("host.name", "n1"), kv("region", "eu")],
+                    dropped_attributes_count: 0,
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: None,
+                    log_records: vec![LogRecord {
+                        time_unix_nano: 0,
+                        observed_time_unix_nano: 42,
+                        severity_number: 17,
+                        body: Some(AnyValue { value: Some(any_value::Value::StringValue("card declined".into())) }),
+                        attributes: vec![kv("order", "o-1"), kv("region", "us")],
+                        trace_id: vec![0xab; 16],
+                        span_id: vec![0; 8],
+                        ..Default::default()
+                    }],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        let e = &logs_to_events(req, 1)[0];
+        assert_eq!(
+            (e.timestamp, e.service.as_str(), e.host.as_str(), e.level.as_str()),
+            (42, "billing", "n1", "error")
+        );
+        assert_eq!(e.message, "card declined");
+        assert_eq!(e.trace_id, "ab".repeat(16));
+        assert_eq!(e.span_id, "", "an all-zero span id is no span id");
+        let attrs: Vec<(&str, &str)> = e.attributes.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect();
+        assert_eq!(attrs, vec![("region", "us"), ("order", "o-1")]);
+    }
+}
