@@ -199,7 +199,7 @@ fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<
 }
 
 /// OTLP/HTTP answers: protobuf on success, a plain message on errors.
-fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, Response> {
+fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode, String)> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -207,11 +207,10 @@ fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>
     if is_json {
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "OTLP/HTTP with JSON bodies is not supported; send application/x-protobuf",
-        )
-            .into_response());
+            "OTLP/HTTP with JSON bodies is not supported; send application/x-protobuf".into(),
+        ));
     }
-    decoded_body(app, headers, body).map_err(|(s, m)| (s, m).into_response())
+    decoded_body(app, headers, body)
 }
 
 fn protobuf(msg: &impl prost::Message) -> Response {
@@ -227,7 +226,7 @@ pub(crate) async fn otlp_metrics(State(app): State<AppState>, headers: HeaderMap
     use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
     let raw = match otlp_body(&app, &headers, body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let req = match <ExportMetricsServiceRequest as prost::Message>::decode(raw.as_slice()) {
         Ok(r) => r,
@@ -246,7 +245,7 @@ pub(crate) async fn otlp_logs(State(app): State<AppState>, headers: HeaderMap, b
     use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
     let raw = match otlp_body(&app, &headers, body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let req = match <ExportLogsServiceRequest as prost::Message>::decode(raw.as_slice()) {
         Ok(r) => r,
