@@ -34,11 +34,13 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
+use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionConfig;
+use datafusion::scalar::ScalarValue;
 use futures::TryStreamExt;
 use tocsin_storage::{Storage, StorageError, TIME_COLUMN, TableSnapshot, WriteError};
 
@@ -118,6 +120,16 @@ impl QueryResult {
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
+}
+
+/// What [`QueryEngine::describe`] tells of a statement.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub schema: SchemaRef,
+    /// Types of `$1`, `$2`, ... (`Null` where unknown).
+    pub params: Vec<DataType>,
+    /// An `INSERT`: running it writes.
+    pub writes: bool,
 }
 
 /// Where `now()` comes from, in Unix milliseconds.
@@ -202,10 +214,55 @@ impl QueryEngine {
         sql: &str,
         database: Option<&str>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
+        self.stream_with_params(sql, database, None).await
+    }
+
+    /// Runs one SQL statement with values for its `$1`, `$2`, ...
+    /// placeholders (prepared statements) and streams its result.
+    pub async fn stream_with_params(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
         let started = Instant::now();
-        let result = self.plan_and_start(sql, database).await;
+        let result = async {
+            let mut df = self.plan(sql, database).await?;
+            if let Some(params) = params {
+                df = df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect()))?;
+            }
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let stream = df.execute_stream().await?;
+            Ok((schema, stream))
+        }
+        .await;
         self.metrics.observe(started.elapsed(), result.is_ok());
         result
+    }
+
+    /// The result schema of a statement and the types of its placeholders
+    /// (`$1`, ... in order; `Null` where they cannot be inferred), without
+    /// running it.
+    pub async fn describe(&self, sql: &str, database: Option<&str>) -> Result<Statement, QueryError> {
+        let df = self.plan(sql, database).await?;
+        let writes = matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_));
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut params: Vec<(usize, DataType)> = df
+            .logical_plan()
+            .get_parameter_types()?
+            .into_iter()
+            .filter_map(|(name, t)| {
+                let n = name.strip_prefix('$')?.parse::<usize>().ok()?;
+                // Tags are dictionary-encoded inside; clients bind plain values.
+                let t = match t.unwrap_or(DataType::Null) {
+                    DataType::Dictionary(_, v) => *v,
+                    t => t,
+                };
+                Some((n, t))
+            })
+            .collect();
+        params.sort_by_key(|(n, _)| *n);
+        Ok(Statement { schema, params: params.into_iter().map(|(_, t)| t).collect(), writes })
     }
 
     async fn plan_and_start(
@@ -213,6 +270,13 @@ impl QueryEngine {
         sql: &str,
         database: Option<&str>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
+        let df = self.plan(sql, database).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        Ok((schema, stream))
+    }
+
+    async fn plan(&self, sql: &str, database: Option<&str>) -> Result<datafusion::dataframe::DataFrame, QueryError> {
         let state = self.state(database);
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
@@ -222,10 +286,27 @@ impl QueryEngine {
         // DDL is refused above, so the plan needs none of
         // `SessionContext::execute_logical_plan`'s special cases; building the
         // DataFrame on `state` keeps its start time (what `now()` returns).
-        let df = datafusion::dataframe::DataFrame::new(state, plan);
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await?;
-        Ok((schema, stream))
+        Ok(datafusion::dataframe::DataFrame::new(state, plan))
+    }
+
+    /// The databases (SQL schemas of the `tocsin` catalog), `system` and
+    /// `information_schema` included, and their tables with schemas.
+    pub async fn catalog_tables(&self) -> Vec<(String, String, SchemaRef, &'static str)> {
+        let mut out = Vec::new();
+        let Some(catalog) = self.ctx.catalog(catalog::CATALOG) else { return out };
+        for schema_name in catalog.schema_names() {
+            let Some(schema) = catalog.schema(&schema_name) else { continue };
+            for table in schema.table_names() {
+                let Ok(Some(provider)) = schema.table(&table).await else { continue };
+                let kind = if schema_name == "information_schema" || schema_name == "system" {
+                    "SYSTEM TABLE"
+                } else {
+                    "TABLE"
+                };
+                out.push((schema_name.clone(), table, provider.schema(), kind));
+            }
+        }
+        out
     }
 
     /// Streams the rows of `snapshot` (of `db.table`) with `ts >= from_ns`
@@ -249,7 +330,7 @@ impl QueryEngine {
             schema: Arc::clone(&schema),
             pinned: Some(snapshot),
         };
-        let ts = datafusion::scalar::ScalarValue::TimestampNanosecond(Some(from_ns), Some("UTC".into()));
+        let ts = ScalarValue::TimestampNanosecond(Some(from_ns), Some("UTC".into()));
         let mut df = self.ctx.read_table(Arc::new(provider))?.filter(col(TIME_COLUMN).gt_eq(lit(ts)))?;
         if !services.is_empty() && schema.column_with_name("service").is_some() {
             df = df.filter(col("service").in_list(services.iter().map(|s| lit(s.as_str())).collect(), false))?;
@@ -261,4 +342,37 @@ impl QueryEngine {
 pub mod names {
     //! Names the query layer exposes.
     pub use crate::catalog::{CATALOG, DEFAULT_DATABASE};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn engine() -> (tempfile::TempDir, QueryEngine) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open storage");
+        (dir, QueryEngine::new(storage))
+    }
+
+    #[tokio::test]
+    async fn describe_tells_schema_placeholders_and_writes() {
+        let (_dir, q) = engine().await;
+        let ins = q.describe("INSERT INTO t (ts, host, v) VALUES (now(), 'a', 1.5)", None).await.expect("insert");
+        assert!(ins.writes);
+        q.execute("INSERT INTO t (ts, host, v) VALUES (now(), 'a', 1.5)", None).await.expect("write");
+        let sel = q.describe("SELECT host, v FROM t WHERE v > $1 AND host = $2", None).await.expect("select");
+        assert!(!sel.writes);
+        assert_eq!(sel.params, vec![DataType::Float64, DataType::Utf8]);
+        assert_eq!(sel.schema.field(1).name(), "v");
+        let (_, stream) = q
+            .stream_with_params(
+                "SELECT v FROM t WHERE v > $1 AND host = $2",
+                None,
+                Some(vec![ScalarValue::Float64(Some(1.0)), ScalarValue::Utf8(Some("a".into()))]),
+            )
+            .await
+            .expect("run");
+        let batches: Vec<RecordBatch> = stream.try_collect().await.expect("collect");
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+    }
 }

@@ -16,6 +16,7 @@
 
 mod alerts_api;
 pub mod config;
+mod flight;
 pub mod format;
 mod http;
 mod metrics;
@@ -116,6 +117,7 @@ pub async fn run(
         .add_service(ingest.into_server())
         .add_service(otlp.metrics_server())
         .add_service(otlp.logs_server())
+        .add_service(flight::FlightSql::new(Arc::clone(&query)).into_server(config.max_request_bytes))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
     let app = http::AppState {
         storage: Arc::clone(&storage),

@@ -21,7 +21,7 @@ def free_port():
 def start_tocsin(data_dir, log):
     """Starts `tocsin serve` on ephemeral loopback ports; returns (process, grpc, http)."""
     p = subprocess.Popen([BIN, "serve", "--data-dir", data_dir, "--grpc-addr", "127.0.0.1:0",
-                          "--http-addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True)
+                          "--http-addr", "127.0.0.1:0"] + (["--log", os.environ["TOCSIN_LOG"]] if os.environ.get("TOCSIN_LOG") else []), stdout=subprocess.PIPE, stderr=log, text=True)
     line = p.stdout.readline()
     parts = dict(w.split("=", 1) for w in line.split() if "=" in w)
     return p, parts["grpc"], parts["http"]

@@ -5,6 +5,7 @@ mod alerting;
 mod bad_input;
 mod crash;
 mod e2e;
+mod flight;
 mod persistence;
 mod protocols;
 mod server;

@@ -1,0 +1,448 @@
+//! Arrow Flight SQL on the gRPC port: the protocol of Grafana's Flight SQL
+//! data source, Grafana's InfluxDB data source in SQL mode, and the ADBC and
+//! JDBC Flight SQL drivers.
+//!
+//! - Statements: `GetFlightInfo(CommandStatementQuery)` plans the SQL (its
+//!   schema, no execution) and answers with a ticket that carries the SQL
+//!   and the database; `DoGet` runs it and streams record batches as they
+//!   are produced (a million-row result is never held whole).
+//! - Prepared statements: created with their result and parameter schemas
+//!   (`$1`, `$2`, ... placeholders), parameters bound with `DoPut` (one row),
+//!   run with `DoGet`, closed by the client. At most [`MAX_PREPARED`] stay
+//!   open; the oldest are dropped beyond that.
+//! - Updates: `DoPut(CommandStatementUpdate)` runs `INSERT` and answers the
+//!   row count.
+//! - Metadata: catalogs (`tocsin`), schemas (the databases, `system`,
+//!   `information_schema`), tables with their Arrow schemas, table types,
+//!   SQL info.
+//! - The database: the `database` gRPC header (as Grafana's InfluxDB SQL
+//!   mode sends it; `bucket` and `bucket-name` are accepted too), else
+//!   `public`.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{Field, Schema};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+};
+use datafusion::scalar::ScalarValue;
+use futures::{Stream, TryStreamExt};
+use parking_lot::Mutex;
+use prost::Message;
+use tocsin_query::{QueryEngine, QueryError};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Prepared statements kept open at most.
+pub(crate) const MAX_PREPARED: usize = 10_000;
+
+struct Prepared {
+    sql: String,
+    database: Option<String>,
+    params: Option<Vec<ScalarValue>>,
+}
+
+pub(crate) struct FlightSql {
+    query: Arc<QueryEngine>,
+    prepared: Mutex<(HashMap<u64, Prepared>, VecDeque<u64>)>,
+    next_id: AtomicU64,
+    info: SqlInfoData,
+}
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+
+fn status(e: QueryError) -> Status {
+    if e.is_user_error() { Status::invalid_argument(e.to_string()) } else { Status::internal(e.to_string()) }
+}
+
+/// The database a request names in its headers.
+fn database(md: &MetadataMap) -> Option<String> {
+    ["database", "bucket", "bucket-name"]
+        .iter()
+        .find_map(|k| md.get(*k).and_then(|v| v.to_str().ok()).map(str::to_string))
+        .filter(|d| !d.is_empty())
+}
+
+/// Results are sent with dictionaries expanded (the encoder's default; tag
+/// columns are dictionary-encoded inside Tocsin), so the schemas announced
+/// say so too.
+fn hydrated(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            arrow::datatypes::DataType::Dictionary(_, v) => f.as_ref().clone().with_data_type(v.as_ref().clone()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+fn ipc_schema(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Status::internal(format!("cannot encode schema: {e}")))?;
+    Ok(bytes)
+}
+
+fn flight_info(schema: &Schema, ticket: Any, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+    let endpoint = FlightEndpoint::new().with_ticket(Ticket { ticket: ticket.encode_to_vec().into() });
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?
+        .with_endpoint(endpoint)
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(batch.schema())
+        .build(futures::stream::once(async { Ok(batch) }))
+        .map_err(Status::from);
+    Ok(Response::new(Box::pin(stream)))
+}
+
+/// The statement ticket: the SQL and its database, so that `DoGet` needs no
+/// server-side state.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StatementHandle {
+    sql: String,
+    database: Option<String>,
+    /// An `INSERT` that clients sent as a query runs when it is planned
+    /// (they may never fetch its result); the ticket then carries its count.
+    #[serde(default)]
+    count: Option<u64>,
+}
+
+impl FlightSql {
+    pub(crate) fn new(query: Arc<QueryEngine>) -> Self {
+        let mut b = SqlInfoDataBuilder::new();
+        b.append(SqlInfo::FlightSqlServerName, "Tocsin");
+        b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+        b.append(SqlInfo::FlightSqlServerReadOnly, false);
+        b.append(SqlInfo::FlightSqlServerSql, true);
+        b.append(SqlInfo::FlightSqlServerSubstrait, false);
+        b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+        b.append(SqlInfo::FlightSqlServerCancel, false);
+        b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        // A builder of fixed values does not fail.
+        let info = b.build().unwrap_or_else(|_| SqlInfoDataBuilder::new().build().expect("empty sql info"));
+        Self { query, prepared: Mutex::new((HashMap::new(), VecDeque::new())), next_id: AtomicU64::new(1), info }
+    }
+
+    pub(crate) fn into_server(self, max_message_bytes: usize) -> FlightServiceServer<FlightSql> {
+        FlightServiceServer::new(self).max_decoding_message_size(max_message_bytes)
+    }
+
+    async fn run(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let (schema, stream) = self.query.stream_with_params(sql, database, params).await.map_err(status)?;
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(stream.map_err(|e| FlightError::ExternalError(Box::new(e))))
+            .map_err(Status::from);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// Runs a writing statement; its row count.
+    async fn update(&self, sql: &str, database: Option<&str>) -> Result<i64, Status> {
+        let result = self.query.execute(sql, database).await.map_err(status)?;
+        // INSERT answers one row with the count.
+        let count = result
+            .batches
+            .first()
+            .filter(|b| b.num_columns() == 1 && b.num_rows() == 1)
+            .and_then(|b| ScalarValue::try_from_array(b.column(0), 0).ok())
+            .and_then(|v| match v {
+                ScalarValue::UInt64(Some(n)) => i64::try_from(n).ok(),
+                ScalarValue::Int64(Some(n)) => Some(n),
+                _ => None,
+            })
+            .unwrap_or(result.num_rows() as i64);
+        Ok(count)
+    }
+
+    fn prepared_handle(handle: &[u8]) -> Result<u64, Status> {
+        <[u8; 8]>::try_from(handle)
+            .map(u64::from_be_bytes)
+            .map_err(|_| Status::invalid_argument("not a prepared statement handle of this server"))
+    }
+
+    fn with_prepared<T>(&self, handle: &[u8], f: impl FnOnce(&mut Prepared) -> T) -> Result<T, Status> {
+        let id = Self::prepared_handle(handle)?;
+        let mut p = self.prepared.lock();
+        let stmt = p.0.get_mut(&id).ok_or_else(|| {
+            Status::not_found("prepared statement is closed or unknown (the server keeps at most 10000 open)")
+        })?;
+        Ok(f(stmt))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FlightSql {
+    type FlightService = FlightSql;
+
+    async fn do_handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        // No authentication yet: every client is accepted.
+        let out =
+            futures::stream::once(async { Ok(HandshakeResponse { protocol_version: 0, payload: Vec::new().into() }) });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let database = database(request.metadata());
+        let stmt = self.query.describe(&query.query, database.as_deref()).await.map_err(status)?;
+        let count = if stmt.writes { Some(self.update(&query.query, database.as_deref()).await? as u64) } else { None };
+        let schema = stmt.schema;
+        let handle = serde_json::to_vec(&StatementHandle { sql: query.query, database, count })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let ticket = TicketStatementQuery { statement_handle: handle.into() };
+        flight_info(&hydrated(&schema), ticket.as_any(), request.into_inner())
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let h: StatementHandle = serde_json::from_slice(&ticket.statement_handle)
+            .map_err(|_| Status::invalid_argument("not a statement ticket of this server"))?;
+        if let Some(n) = h.count {
+            let schema = Arc::new(Schema::new(vec![Field::new("count", arrow::datatypes::DataType::UInt64, false)]));
+            return one_batch(RecordBatch::try_new(schema, vec![Arc::new(arrow::array::UInt64Array::from(vec![n]))]));
+        }
+        self.run(&h.sql, h.database.as_deref(), None).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let database = database(request.metadata());
+        let stmt = self.query.describe(&query.query, database.as_deref()).await.map_err(status)?;
+        let (schema, params) = (stmt.schema, stmt.params);
+        let param_schema = Schema::new(
+            params
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("${}", i + 1), t.clone(), true))
+                .collect::<Vec<_>>(),
+        );
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut p = self.prepared.lock();
+            p.0.insert(id, Prepared { sql: query.query, database, params: None });
+            p.1.push_back(id);
+            while p.1.len() > MAX_PREPARED {
+                if let Some(old) = p.1.pop_front() {
+                    p.0.remove(&old);
+                }
+            }
+        }
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: id.to_be_bytes().to_vec().into(),
+            dataset_schema: ipc_schema(&hydrated(&schema))?,
+            parameter_schema: ipc_schema(&param_schema)?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let batches: Vec<RecordBatch> =
+            FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from))
+                .try_collect()
+                .await
+                .map_err(|e| Status::invalid_argument(format!("cannot read the parameters: {e}")))?;
+        let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+            return Err(Status::invalid_argument("no parameter values were sent"));
+        };
+        if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > 1 {
+            return Err(Status::invalid_argument("bind one row of parameters to a query (several were sent)"));
+        }
+        let values = batch
+            .columns()
+            .iter()
+            .map(|c: &ArrayRef| ScalarValue::try_from_array(c, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?;
+        self.with_prepared(&query.prepared_statement_handle, |p| p.params = Some(values))?;
+        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(query.prepared_statement_handle) })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (sql, database) =
+            self.with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone()))?;
+        let schema = self.query.describe(&sql, database.as_deref()).await.map_err(status)?.schema;
+        flight_info(&hydrated(&schema), cmd.as_any(), request.into_inner())
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let (sql, database, params) = self
+            .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
+        self.run(&sql, database.as_deref(), params).await
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        let id = Self::prepared_handle(&query.prepared_statement_handle)?;
+        let mut p = self.prepared.lock();
+        p.0.remove(&id);
+        p.1.retain(|x| *x != id);
+        Ok(())
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        ticket: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let database = database(request.metadata());
+        self.update(&ticket.query, database.as_deref()).await
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(&query.clone().into_builder().schema(), query.as_any(), request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        b.append(tocsin_query::names::CATALOG);
+        one_batch(b.build())
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(&query.clone().into_builder().schema(), query.as_any(), request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        let mut names: Vec<String> = self.query.catalog_tables().await.into_iter().map(|(s, ..)| s).collect();
+        names.extend([tocsin_query::names::DEFAULT_DATABASE.to_string()]);
+        names.sort();
+        names.dedup();
+        for s in names {
+            b.append(tocsin_query::names::CATALOG, s);
+        }
+        one_batch(b.build())
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(&query.clone().into_builder().schema(), query.as_any(), request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        for (schema_name, table, schema, kind) in self.query.catalog_tables().await {
+            b.append(tocsin_query::names::CATALOG, schema_name, table, kind, &hydrated(&schema))
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        one_batch(b.build())
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(&query.clone().into_builder().schema(), query.as_any(), request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        b.append("SYSTEM TABLE");
+        b.append("TABLE");
+        one_batch(b.build())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(query.clone().into_builder(&self.info).schema().as_ref(), query.as_any(), request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        one_batch(query.into_builder(&self.info).build())
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

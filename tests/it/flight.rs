@@ -1,0 +1,45 @@
+//! Arrow Flight SQL through the real binary with arrow-flight's own client:
+//! a query sent with GetFlightInfo only (no DoGet), as some clients send an
+//! INSERT, still writes; statements stream their result; errors say why.
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+
+use crate::server::TestServer;
+
+async fn client(server: &TestServer) -> FlightSqlServiceClient<Channel> {
+    let channel =
+        Channel::from_shared(format!("http://{}", server.grpc)).expect("uri").connect().await.expect("connect");
+    FlightSqlServiceClient::new(channel)
+}
+
+#[tokio::test]
+async fn an_insert_sent_as_a_query_writes_when_planned() {
+    let server = TestServer::start();
+    let mut c = client(&server).await;
+    let info = c
+        .execute("INSERT INTO f (ts, host, v) VALUES (to_timestamp(1700000000), 'a', 1.5)".into(), None)
+        .await
+        .expect("get flight info");
+    // No DoGet: the rows are there already.
+    assert_eq!(server.sql("SELECT host, v FROM f").await, vec![serde_json::json!({"host": "a", "v": 1.5})]);
+    // Its ticket answers the count.
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let batches: Vec<arrow::array::RecordBatch> =
+        c.do_get(ticket).await.expect("do_get").try_collect().await.expect("read");
+    assert_eq!(batches[0].num_rows(), 1);
+    assert_eq!(batches[0].schema().field(0).name(), "count");
+
+    // A query streams what it selects, tags as plain strings.
+    let info = c.execute("SELECT host, v FROM f".into(), None).await.expect("query info");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let batches: Vec<arrow::array::RecordBatch> =
+        c.do_get(ticket).await.expect("do_get").try_collect().await.expect("read");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert_eq!(batches[0].schema().field(0).data_type(), &arrow::datatypes::DataType::Utf8);
+
+    // Bad SQL: the message names the problem.
+    let err = c.execute("SELECT nope FROM f".into(), None).await.expect_err("bad sql");
+    assert!(err.to_string().contains("nope"), "{err}");
+}
