@@ -351,7 +351,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(&query.clone().into_builder().schema(), query.as_any(), request.into_inner())
+        flight_info(&query.into_builder().schema(), query.as_any(), request.into_inner())
     }
 
     async fn do_get_catalogs(
@@ -414,7 +414,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(&query.clone().into_builder().schema(), query.as_any(), request.into_inner())
+        flight_info(&query.into_builder().schema(), query.as_any(), request.into_inner())
     }
 
     async fn do_get_table_types(
