@@ -6,6 +6,7 @@ mod bad_input;
 mod crash;
 mod e2e;
 mod flight;
+mod grafana;
 mod persistence;
 mod protocols;
 mod server;
