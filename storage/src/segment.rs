@@ -7,9 +7,7 @@
 //!
 //! Encodings per column, chosen by measurement on the TSBS `cpu-only` data
 //! (see docs/storage.md): tags RLE_DICTIONARY; `ts` DELTA_BINARY_PACKED;
-//! integer fields DELTA_BINARY_PACKED; float fields BYTE_STREAM_SPLIT, or a
-//! dictionary when a segment's column has few distinct values (integral
-//! samples as Prometheus sends them);
+//! integer fields DELTA_BINARY_PACKED; float fields BYTE_STREAM_SPLIT;
 //! everything then compressed with the configured codec (ZSTD by default).
 //! String fields named in [`BLOOM_COLUMNS`] (`trace_id`) get a Parquet bloom
 //! filter per row group, so that looking up one trace reads only the row
@@ -158,25 +156,7 @@ fn sort_for_segment(batch: &RecordBatch, partition_ns: i64) -> Result<(RecordBat
     Ok((sorted, parts.as_primitive().clone()))
 }
 
-/// Float columns with at most this many distinct values in a segment are
-/// dictionary-encoded (integral gauges, Prometheus samples of small
-/// integers, 0/1 flags); others use BYTE_STREAM_SPLIT.
-const FLOAT_DICTIONARY_MAX_DISTINCT: usize = 16 * 1024;
-
-/// Whether a Float64 column has few distinct values (bit patterns).
-fn few_distinct_floats(col: &ArrayRef) -> bool {
-    let Some(values) = col.as_primitive_opt::<arrow::datatypes::Float64Type>() else { return false };
-    let mut seen = ahash::AHashSet::with_capacity(1024);
-    for v in values.values().iter() {
-        if seen.insert(v.to_bits()) && seen.len() > FLOAT_DICTIONARY_MAX_DISTINCT {
-            return false;
-        }
-    }
-    true
-}
-
-fn writer_properties(batch: &RecordBatch, options: &SegmentOptions) -> WriterProperties {
-    let schema = batch.schema();
+fn writer_properties(schema: &SchemaRef, options: &SegmentOptions) -> WriterProperties {
     let compression = match options.compression {
         SegmentCompression::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default()),
         SegmentCompression::Lz4 => Compression::LZ4_RAW,
@@ -201,10 +181,8 @@ fn writer_properties(batch: &RecordBatch, options: &SegmentOptions) -> WriterPro
                     .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
             }
             DataType::Float64 => {
-                // BYTE_STREAM_SPLIT, or the fallback of a dictionary when
-                // the column has few distinct values.
                 b = b
-                    .set_column_dictionary_enabled(col.clone(), few_distinct_floats(batch.column(i)))
+                    .set_column_dictionary_enabled(col.clone(), false)
                     .set_column_encoding(col, Encoding::BYTE_STREAM_SPLIT);
             }
             DataType::Utf8 if BLOOM_COLUMNS.contains(&f.name().as_str()) => {
@@ -234,7 +212,7 @@ fn write_parquet(path: &Path, batch: &RecordBatch, options: &SegmentOptions) -> 
     let file = File::create(&tmp).map_err(ioe)?;
     let perr = |source| SegmentError::Parquet { path: path.to_path_buf(), source };
     let mut writer =
-        ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(batch, options))).map_err(perr)?;
+        ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(&batch.schema(), options))).map_err(perr)?;
     writer.write(batch).map_err(perr)?;
     let file = writer.into_inner().map_err(perr)?;
     file.sync_all().map_err(ioe)?;
@@ -362,51 +340,5 @@ mod tests {
         assert!(bloom.check(&"t42"));
         assert!(!bloom.check(&"t-not-there"));
         assert!(rg.get_column_bloom_filter(message).is_none());
-    }
-
-    #[test]
-    fn floats_with_few_distinct_values_get_a_dictionary() {
-        let schema = TableSchema {
-            columns: vec![
-                ColumnDef { name: "host".into(), kind: ColumnKind::Tag },
-                ColumnDef { name: "small".into(), kind: ColumnKind::Field(FieldType::Float) },
-                ColumnDef { name: "precise".into(), kind: ColumnKind::Field(FieldType::Float) },
-            ],
-        }
-        .arrow_schema();
-        let n = 50_000i64;
-        let ts: Vec<i64> = (0..n).collect();
-        let block = SeriesBlock {
-            item: 0,
-            tags: vec![("host".into(), "a".into())],
-            fields: vec![
-                FieldColumn {
-                    name: "small".into(),
-                    values: FieldValues::F64(ts.iter().map(|i| (i % 100) as f64).collect()),
-                    validity: None,
-                },
-                FieldColumn {
-                    name: "precise".into(),
-                    values: FieldValues::F64(ts.iter().map(|i| *i as f64 / 7.0).collect()),
-                    validity: None,
-                },
-            ],
-            timestamps: ts,
-        };
-        let batch = blocks_to_batch(&schema, &[block]).expect("batch");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let segs =
-            write_segments(dir.path(), "public", "m", &schema, &[batch], i64::MAX, &SegmentOptions::default(), || 1)
-                .expect("write");
-        let file = File::open(dir.path().join(&segs[0].path)).expect("open");
-        let meta = ParquetRecordBatchReaderBuilder::try_new(file).expect("reader").metadata().clone();
-        let rg = meta.row_group(0);
-        let encodings = |name: &str| {
-            let c = rg.columns().iter().find(|c| c.column_path().string() == name).expect(name);
-            c.encodings().collect::<Vec<_>>()
-        };
-        assert!(encodings("small").contains(&Encoding::RLE_DICTIONARY), "{:?}", encodings("small"));
-        assert!(!encodings("precise").contains(&Encoding::RLE_DICTIONARY), "{:?}", encodings("precise"));
-        assert!(encodings("precise").contains(&Encoding::BYTE_STREAM_SPLIT), "{:?}", encodings("precise"));
     }
 }
