@@ -59,6 +59,14 @@ async fn a_flow_is_shown_across_services_in_time_order_with_the_first_error() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("matches(): cannot parse"), "{body}");
 
+    // Regex and case-insensitive substring search.
+    let rows = server
+        .sql("SELECT service FROM logs WHERE regexp_like(message, '^(sms|card) (failed|declined)$') ORDER BY ts")
+        .await;
+    assert_eq!(rows, [serde_json::json!({"service": "billing"}), serde_json::json!({"service": "notifier"})]);
+    let rows = server.sql("SELECT service FROM logs WHERE message ILIKE '%CARD DECL%'").await;
+    assert_eq!(rows, [serde_json::json!({"service": "billing"})]);
+
     // Attributes are a JSON object; json_get_str reads a key.
     let rows = server.sql("SELECT count(*) AS n FROM logs WHERE json_get_str(attributes, 'region') = 'eu'").await;
     assert_eq!(rows, [serde_json::json!({"n": 6})]);
