@@ -23,10 +23,56 @@ pub struct EarlyRejection {
     pub reason: String,
 }
 
+/// Series blocks grouped into one write per table, tables in the order they
+/// first appear: what every protocol's decoder builds.
+#[derive(Debug, Default)]
+pub struct TableWrites {
+    writes: Vec<TableWrite>,
+    index: HashMap<String, usize>,
+}
+
+impl TableWrites {
+    /// Adds `block` to `table`'s write; returns where it is, for
+    /// [`TableWrites::block_mut`].
+    pub fn push(&mut self, table: &str, block: SeriesBlock) -> (usize, usize) {
+        let w = match self.index.get(table) {
+            Some(&w) => w,
+            None => {
+                self.writes.push(TableWrite { table: table.to_string(), blocks: Vec::new() });
+                self.index.insert(table.to_string(), self.writes.len() - 1);
+                self.writes.len() - 1
+            }
+        };
+        self.writes[w].blocks.push(block);
+        (w, self.writes[w].blocks.len() - 1)
+    }
+
+    pub fn block(&self, (w, b): (usize, usize)) -> &SeriesBlock {
+        &self.writes[w].blocks[b]
+    }
+
+    pub fn block_mut(&mut self, (w, b): (usize, usize)) -> &mut SeriesBlock {
+        &mut self.writes[w].blocks[b]
+    }
+
+    pub fn into_vec(self) -> Vec<TableWrite> {
+        self.writes
+    }
+}
+
+/// A Prometheus-style sample block: one series, a Float64 `value` column.
+pub fn value_block(item: u32, tags: Vec<(String, String)>, timestamps: Vec<i64>, values: Vec<f64>) -> SeriesBlock {
+    SeriesBlock {
+        item,
+        tags,
+        timestamps,
+        fields: vec![FieldColumn { name: VALUE_COLUMN.into(), values: FieldValues::F64(values), validity: None }],
+    }
+}
+
 /// Prometheus-style series, grouped into one write per metric (table).
 pub fn series_to_writes(req: WriteSeriesRequest) -> (Vec<TableWrite>, Vec<EarlyRejection>) {
-    let mut by_table: HashMap<String, usize> = HashMap::new();
-    let mut writes: Vec<TableWrite> = Vec::new();
+    let mut writes = TableWrites::default();
     let mut rejected = Vec::new();
     for (i, s) in req.series.into_iter().enumerate() {
         let Series { mut metric, labels, timestamps, values } = s;
@@ -44,19 +90,9 @@ pub fn series_to_writes(req: WriteSeriesRequest) -> (Vec<TableWrite>, Vec<EarlyR
             rejected.push(EarlyRejection { item: i as u32, reason: "series has no metric name".into() });
             continue;
         }
-        let block = SeriesBlock {
-            item: i as u32,
-            tags,
-            timestamps,
-            fields: vec![FieldColumn { name: VALUE_COLUMN.into(), values: FieldValues::F64(values), validity: None }],
-        };
-        let idx = *by_table.entry(metric.clone()).or_insert_with(|| {
-            writes.push(TableWrite { table: metric, blocks: Vec::new() });
-            writes.len() - 1
-        });
-        writes[idx].blocks.push(block);
+        writes.push(&metric, value_block(i as u32, tags, timestamps, values));
     }
-    (writes, rejected)
+    (writes.into_vec(), rejected)
 }
 
 /// Influx-style rows of one table.

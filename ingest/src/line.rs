@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
 
-use crate::convert::EarlyRejection;
+use crate::convert::{EarlyRejection, TableWrites};
 
 /// Units of the timestamps in a request (`precision=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,7 @@ struct Point<'a> {
 /// Parses a whole request body. `now_ns` stamps points without a timestamp.
 pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, LineError> {
     let mut out = Parsed::default();
-    let mut by_table: HashMap<Cow<'_, str>, usize> = HashMap::new();
+    let mut writes = TableWrites::default();
     // (series key, field-name hash) -> candidate (write, block) slots.
     let mut blocks: HashMap<(&str, u64), Vec<(usize, usize)>> = HashMap::new();
     for (n, line) in body.lines().enumerate() {
@@ -182,30 +182,26 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Li
             k.bytes().chain([0xff]).fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
         });
         let slots = blocks.entry((p.series_key, names_hash)).or_default();
-        let found = slots.iter().copied().find(|&(w, b)| {
-            let block = &out.writes[w].blocks[b];
+        let found = slots.iter().copied().find(|&slot| {
+            let block = writes.block(slot);
             block.fields.len() == p.fields.len() && block.fields.iter().zip(&p.fields).all(|(f, (k, _))| f.name == *k)
         });
-        let (w, b) = match found {
+        let slot = match found {
             Some(slot) => slot,
             None => {
-                let w = *by_table.entry(p.measurement.clone()).or_insert_with(|| {
-                    out.writes.push(TableWrite { table: p.measurement.to_string(), blocks: Vec::new() });
-                    out.writes.len() - 1
-                });
                 let fields = p
                     .fields
                     .iter()
                     .map(|(k, v)| FieldColumn { name: k.to_string(), values: v.new_column(), validity: None })
                     .collect();
                 let tags = p.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-                out.writes[w].blocks.push(SeriesBlock { item: n as u32, tags, timestamps: Vec::new(), fields });
-                let slot = (w, out.writes[w].blocks.len() - 1);
+                let slot =
+                    writes.push(&p.measurement, SeriesBlock { item: n as u32, tags, timestamps: Vec::new(), fields });
                 slots.push(slot);
                 slot
             }
         };
-        let block = &mut out.writes[w].blocks[b];
+        let block = writes.block_mut(slot);
         if let Some((f, (k, v))) = block.fields.iter().zip(&p.fields).find(|(f, (_, v))| !v.same_type(&f.values)) {
             out.rejected.push(EarlyRejection {
                 item: n as u32,
@@ -222,6 +218,7 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Li
             v.push_to(&mut f.values);
         }
     }
+    out.writes = writes.into_vec();
     Ok(out)
 }
 

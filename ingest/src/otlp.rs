@@ -29,10 +29,10 @@ use tocsin_proto::opentelemetry::proto::collector::metrics::v1::{
 use tocsin_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
 use tocsin_proto::opentelemetry::proto::metrics::v1::{metric, number_data_point};
 use tocsin_proto::v1::{Label, LogEvent, WriteLogsRequest};
-use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
+
 use tonic::{Request, Response, Status};
 
-use crate::convert::{EarlyRejection, VALUE_COLUMN};
+use crate::convert::{EarlyRejection, TableWrites, value_block};
 use crate::{IngestError, IngestService};
 
 /// Text of an attribute value: strings as they are, numbers and booleans as
@@ -103,7 +103,7 @@ fn time(ns: u64) -> Result<i64, String> {
 /// bad times) are counted with the first reason.
 #[derive(Debug, Default)]
 pub struct MetricWrites {
-    pub writes: Vec<TableWrite>,
+    pub writes: TableWrites,
     pub rejected_points: i64,
     pub first_error: Option<String>,
     pub points: usize,
@@ -115,33 +115,15 @@ impl MetricWrites {
         self.first_error.get_or_insert(reason);
     }
 
-    fn push(
-        &mut self,
-        by_table: &mut HashMap<String, usize>,
-        table: String,
-        tags: Vec<(String, String)>,
-        ts: i64,
-        v: f64,
-    ) {
-        let w = *by_table.entry(table.clone()).or_insert_with(|| {
-            self.writes.push(TableWrite { table, blocks: Vec::new() });
-            self.writes.len() - 1
-        });
-        let blocks = &mut self.writes[w].blocks;
+    fn push(&mut self, table: &str, tags: Vec<(String, String)>, ts: i64, v: f64) {
         let item = self.points as u32;
         self.points += 1;
-        blocks.push(SeriesBlock {
-            item,
-            tags,
-            timestamps: vec![ts],
-            fields: vec![FieldColumn { name: VALUE_COLUMN.into(), values: FieldValues::F64(vec![v]), validity: None }],
-        });
+        self.writes.push(table, value_block(item, tags, vec![ts], vec![v]));
     }
 }
 
 pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
     let mut out = MetricWrites::default();
-    let mut by_table = HashMap::new();
     for rm in req.resource_metrics {
         let resource: Vec<(String, String)> = rm.resource.map(|r| attrs(&r.attributes).collect()).unwrap_or_default();
         for sm in rm.scope_metrics {
@@ -149,10 +131,10 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
                 let name = m.name;
                 match m.data {
                     Some(metric::Data::Gauge(g)) => {
-                        number_points(&mut out, &mut by_table, &name, &resource, g.data_points);
+                        number_points(&mut out, &name, &resource, g.data_points);
                     }
                     Some(metric::Data::Sum(s)) => {
-                        number_points(&mut out, &mut by_table, &name, &resource, s.data_points);
+                        number_points(&mut out, &name, &resource, s.data_points);
                     }
                     Some(metric::Data::Histogram(h)) => {
                         for p in h.data_points {
@@ -168,12 +150,12 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
                                 cumulative = cumulative.saturating_add(*c);
                                 let le = p.explicit_bounds.get(i).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
                                 let t = tags(&resource, &p.attributes, Some(("le", le)));
-                                out.push(&mut by_table, format!("{name}_bucket"), t, ts, cumulative as f64);
+                                out.push(&format!("{name}_bucket"), t, ts, cumulative as f64);
                             }
                             let t = tags(&resource, &p.attributes, None);
-                            out.push(&mut by_table, format!("{name}_count"), t.clone(), ts, p.count as f64);
+                            out.push(&format!("{name}_count"), t.clone(), ts, p.count as f64);
                             if let Some(sum) = p.sum {
-                                out.push(&mut by_table, format!("{name}_sum"), t, ts, sum);
+                                out.push(&format!("{name}_sum"), t, ts, sum);
                             }
                         }
                     }
@@ -188,11 +170,11 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
                             };
                             for q in &p.quantile_values {
                                 let t = tags(&resource, &p.attributes, Some(("quantile", q.quantile.to_string())));
-                                out.push(&mut by_table, name.clone(), t, ts, q.value);
+                                out.push(&name, t, ts, q.value);
                             }
                             let t = tags(&resource, &p.attributes, None);
-                            out.push(&mut by_table, format!("{name}_count"), t.clone(), ts, p.count as f64);
-                            out.push(&mut by_table, format!("{name}_sum"), t, ts, p.sum);
+                            out.push(&format!("{name}_count"), t.clone(), ts, p.count as f64);
+                            out.push(&format!("{name}_sum"), t, ts, p.sum);
                         }
                     }
                     Some(metric::Data::ExponentialHistogram(e)) => out.reject(
@@ -209,7 +191,6 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
 
 fn number_points(
     out: &mut MetricWrites,
-    by_table: &mut HashMap<String, usize>,
     name: &str,
     resource: &[(String, String)],
     points: Vec<tocsin_proto::opentelemetry::proto::metrics::v1::NumberDataPoint>,
@@ -230,7 +211,7 @@ fn number_points(
                 continue;
             }
         };
-        out.push(by_table, name.to_string(), tags(resource, &p.attributes, None), ts, v);
+        out.push(name, tags(resource, &p.attributes, None), ts, v);
     }
 }
 
@@ -308,7 +289,8 @@ impl IngestService {
         let mut rejected = m.rejected_points;
         let mut error = m.first_error;
         if m.points > 0 {
-            let resp = self.write_tables(crate::database(""), m.writes, Vec::<EarlyRejection>::new()).await?;
+            let resp =
+                self.write_tables(crate::database(""), m.writes.into_vec(), Vec::<EarlyRejection>::new()).await?;
             rejected += resp.rejected.len() as i64;
             if let Some(r) = resp.rejected.first() {
                 error.get_or_insert_with(|| r.reason.clone());
@@ -383,6 +365,7 @@ mod tests {
         Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
     };
     use tocsin_proto::opentelemetry::proto::resource::v1::Resource;
+    use tocsin_storage::FieldValues;
 
     fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }) }
@@ -417,8 +400,9 @@ mod tests {
         };
         let m = metrics_to_writes(request(vec![g]));
         assert_eq!((m.points, m.rejected_points), (1, 0));
-        let b = &m.writes[0].blocks[0];
-        assert_eq!(m.writes[0].table, "queue.depth");
+        let writes = m.writes.into_vec();
+        let b = &writes[0].blocks[0];
+        assert_eq!(writes[0].table, "queue.depth");
         assert_eq!(
             b.tags,
             vec![
@@ -447,8 +431,8 @@ mod tests {
             })),
             ..Default::default()
         };
-        let m = metrics_to_writes(request(vec![h]));
-        let table = |n: &str| m.writes.iter().find(|w| w.table == n).expect(n);
+        let writes = metrics_to_writes(request(vec![h])).writes.into_vec();
+        let table = |n: &str| writes.iter().find(|w| w.table == n).expect(n);
         let buckets: Vec<(String, FieldValues)> = table("rpc.duration_bucket")
             .blocks
             .iter()

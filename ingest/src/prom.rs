@@ -5,13 +5,11 @@
 //! series disappears) are not stored: they say "no value", which a query
 //! sees as the absence of rows.
 
-use std::collections::HashMap;
-
 use prost::Message;
 use tocsin_proto::prometheus::{Sample, TimeSeries, WriteRequest};
-use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
+use tocsin_storage::TableWrite;
 
-use crate::convert::{EarlyRejection, METRIC_NAME_LABEL, VALUE_COLUMN};
+use crate::convert::{EarlyRejection, METRIC_NAME_LABEL, TableWrites, value_block};
 
 /// The bit pattern of Prometheus' staleness marker.
 const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
@@ -50,7 +48,7 @@ pub fn decode(body: &[u8], max_decoded: usize) -> Result<Decoded, RemoteWriteErr
 
 fn to_writes(req: WriteRequest) -> Decoded {
     let mut out = Decoded::default();
-    let mut by_table: HashMap<String, usize> = HashMap::new();
+    let mut writes = TableWrites::default();
     for (i, ts) in req.timeseries.into_iter().enumerate() {
         let TimeSeries { labels, samples } = ts;
         let mut name = None;
@@ -80,18 +78,9 @@ fn to_writes(req: WriteRequest) -> Decoded {
             continue;
         }
         out.samples += timestamps.len();
-        let block = SeriesBlock {
-            item: i as u32,
-            tags,
-            timestamps,
-            fields: vec![FieldColumn { name: VALUE_COLUMN.into(), values: FieldValues::F64(values), validity: None }],
-        };
-        let w = *by_table.entry(name.clone()).or_insert_with(|| {
-            out.writes.push(TableWrite { table: name, blocks: Vec::new() });
-            out.writes.len() - 1
-        });
-        out.writes[w].blocks.push(block);
+        writes.push(&name, value_block(i as u32, tags, timestamps, values));
     }
+    out.writes = writes.into_vec();
     out
 }
 
@@ -99,6 +88,7 @@ fn to_writes(req: WriteRequest) -> Decoded {
 mod tests {
     use super::*;
     use tocsin_proto::prometheus::Label;
+    use tocsin_storage::FieldValues;
 
     fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
         TimeSeries {

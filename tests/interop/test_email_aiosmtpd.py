@@ -3,23 +3,20 @@ SMTP server (aiosmtpd): once over plain SMTP with AUTH PLAIN, once over
 STARTTLS (certificate from a private CA given as ca_file) with AUTH PLAIN
 allowed only after TLS."""
 
-import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from email import message_from_bytes
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.environ.get("TOCSIN_BIN", os.path.join(ROOT, "target", "debug", "tocsin"))
+sys.path.insert(0, os.path.dirname(__file__))
+from peers import BIN, free_port, sql  # noqa: E402
 
 
 class Sink:
@@ -34,19 +31,6 @@ class Sink:
 def authenticator(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"tocsin" and auth_data.password == b"s3cret"
     return AuthResult(success=ok)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sql(http, q):
-    req = urllib.request.Request(f"http://{http}/api/v1/sql", data=json.dumps({"sql": q}).encode(),
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def make_certs(d):

@@ -3,9 +3,7 @@ writes to Tocsin; DuckDB reads Tocsin's Parquet segments directly and must
 give the same answers as Tocsin's SQL."""
 
 import glob
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -14,8 +12,8 @@ import duckdb
 import grpc
 from grpc_tools import protoc
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.environ.get("TOCSIN_BIN", os.path.join(ROOT, "target", "debug", "tocsin"))
+sys.path.insert(0, os.path.dirname(__file__))
+from peers import ROOT, sql, start_tocsin  # noqa: E402
 T0 = 1_700_000_000_000_000_000
 SEC = 1_000_000_000
 
@@ -28,21 +26,6 @@ def compile_protos(out):
     sys.path.insert(0, out)
 
 
-def start(data_dir, log):
-    p = subprocess.Popen([BIN, "serve", "--data-dir", data_dir, "--grpc-addr", "127.0.0.1:0",
-                          "--http-addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True)
-    line = p.stdout.readline()
-    parts = dict(w.split("=", 1) for w in line.split() if "=" in w)
-    return p, parts["grpc"], parts["http"]
-
-
-def sql(http, q):
-    req = urllib.request.Request(f"http://{http}/api/v1/sql", data=json.dumps({"sql": q}).encode(),
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
 def main():
     tmp = tempfile.mkdtemp(prefix="tocsin-interop-")
     compile_protos(tmp)
@@ -50,7 +33,7 @@ def main():
 
     data = os.path.join(tmp, "data")
     with open(os.path.join(tmp, "server.log"), "w") as log:
-        proc, grpc_addr, http = start(data, log)
+        proc, grpc_addr, http = start_tocsin(data, log)
         try:
             stub = rpc.IngestStub(grpc.insecure_channel(grpc_addr))
             series = []
