@@ -54,7 +54,8 @@ impl DataSink for TocsinSink {
         let mut row_base = 0u32;
         while let Some(batch) = data.next().await {
             let batch = batch?;
-            batch_to_blocks(&batch, row_base, &mut blocks).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            batch_to_blocks(&batch, &self.schema, row_base, &mut blocks)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
             row_base = row_base.saturating_add(batch.num_rows() as u32);
         }
         if blocks.is_empty() {
@@ -78,8 +79,15 @@ impl DataSink for TocsinSink {
 }
 
 /// Turns each row into a one-row series block (INSERT carries few rows; the
-/// storage engine merges small writes). `item` is the row number.
-fn batch_to_blocks(batch: &RecordBatch, row_base: u32, out: &mut Vec<SeriesBlock>) -> Result<(), QueryError> {
+/// storage engine merges small writes). `item` is the row number. A column
+/// that is a tag in the table stays a tag even when its value came as plain
+/// text (a `$n` parameter).
+fn batch_to_blocks(
+    batch: &RecordBatch,
+    table: &SchemaRef,
+    row_base: u32,
+    out: &mut Vec<SeriesBlock>,
+) -> Result<(), QueryError> {
     let schema = batch.schema();
     let ts_idx = schema.index_of(TIME_COLUMN).map_err(|_| QueryError::InsertWithoutTime)?;
     let ts = cast(batch.column(ts_idx), &tocsin_storage::schema::time_type())?;
@@ -94,8 +102,20 @@ fn batch_to_blocks(batch: &RecordBatch, row_base: u32, out: &mut Vec<SeriesBlock
             if i == ts_idx {
                 continue;
             }
-            let col = batch.column(i);
-            match f.data_type() {
+            // Only text into a tag is converted here; any other mismatch is
+            // left for storage to refuse as a type conflict.
+            let target = match table.field_with_name(f.name()).map(|t| t.data_type()) {
+                Ok(t @ DataType::Dictionary(_, _)) if f.data_type() == &DataType::Utf8 => t,
+                _ => f.data_type(),
+            };
+            let cast_col;
+            let col = if batch.column(i).data_type() == target {
+                batch.column(i)
+            } else {
+                cast_col = cast(batch.column(i), target)?;
+                &cast_col
+            };
+            match target {
                 DataType::Dictionary(_, _) => {
                     let s = cast(col, &DataType::Utf8)?;
                     let s = s.as_string::<i32>();

@@ -36,8 +36,8 @@ use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
     Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandPreparedStatementQuery, CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
@@ -57,6 +57,8 @@ struct Prepared {
     sql: String,
     database: Option<String>,
     params: Option<Vec<ScalarValue>>,
+    /// Rows written by an INSERT run at `GetFlightInfo`, for its `DoGet`.
+    written: Option<u64>,
 }
 
 pub(crate) struct FlightSql {
@@ -121,6 +123,35 @@ fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Resp
     Ok(Response::new(Box::pin(stream)))
 }
 
+/// Runs a writing statement (with its parameters); its row count.
+async fn update(
+    query: &QueryEngine,
+    sql: &str,
+    database: Option<&str>,
+    params: Option<Vec<ScalarValue>>,
+) -> Result<i64, Status> {
+    let (_, stream) = query.stream_with_params(sql, database, params).await.map_err(status)?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| status(e.into()))?;
+    // INSERT answers one row with the count.
+    let count = batches
+        .first()
+        .filter(|b| b.num_columns() == 1 && b.num_rows() == 1)
+        .and_then(|b| ScalarValue::try_from_array(b.column(0), 0).ok())
+        .and_then(|v| match v {
+            ScalarValue::UInt64(Some(n)) => i64::try_from(n).ok(),
+            ScalarValue::Int64(Some(n)) => Some(n),
+            _ => None,
+        })
+        .unwrap_or(batches.iter().map(RecordBatch::num_rows).sum::<usize>() as i64);
+    Ok(count)
+}
+
+/// The answer of an INSERT that already ran: its row count.
+fn count_batch(n: u64) -> Result<Response<DoGetStream>, Status> {
+    let schema = Arc::new(Schema::new(vec![Field::new("count", arrow::datatypes::DataType::UInt64, false)]));
+    one_batch(RecordBatch::try_new(schema, vec![Arc::new(arrow::array::UInt64Array::from(vec![n]))]))
+}
+
 /// The statement ticket: the SQL and its database, so that `DoGet` needs no
 /// server-side state.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -168,24 +199,6 @@ impl FlightSql {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    /// Runs a writing statement; its row count.
-    async fn update(&self, sql: &str, database: Option<&str>) -> Result<i64, Status> {
-        let result = self.query.execute(sql, database).await.map_err(status)?;
-        // INSERT answers one row with the count.
-        let count = result
-            .batches
-            .first()
-            .filter(|b| b.num_columns() == 1 && b.num_rows() == 1)
-            .and_then(|b| ScalarValue::try_from_array(b.column(0), 0).ok())
-            .and_then(|v| match v {
-                ScalarValue::UInt64(Some(n)) => i64::try_from(n).ok(),
-                ScalarValue::Int64(Some(n)) => Some(n),
-                _ => None,
-            })
-            .unwrap_or(result.num_rows() as i64);
-        Ok(count)
-    }
-
     fn prepared_handle(handle: &[u8]) -> Result<u64, Status> {
         <[u8; 8]>::try_from(handle)
             .map(u64::from_be_bytes)
@@ -222,8 +235,17 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let database = database(request.metadata());
-        let stmt = self.query.describe(&query.query, database.as_deref()).await.map_err(status)?;
-        let count = if stmt.writes { Some(self.update(&query.query, database.as_deref()).await? as u64) } else { None };
+        // Planned (and an INSERT run) in a task of its own: it completes
+        // even if the client drops the call, as some clients do with an
+        // INSERT sent as a query whose result they never read.
+        let (engine, sql, db) = (Arc::clone(&self.query), query.query.clone(), database.clone());
+        let (stmt, count) = tokio::spawn(async move {
+            let stmt = engine.describe(&sql, db.as_deref()).await.map_err(status)?;
+            let count = if stmt.writes { Some(update(&engine, &sql, db.as_deref(), None).await? as u64) } else { None };
+            Ok::<_, Status>((stmt, count))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("planning task failed: {e}")))??;
         let schema = stmt.schema;
         let handle = serde_json::to_vec(&StatementHandle { sql: query.query, database, count })
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -239,8 +261,7 @@ impl FlightSqlService for FlightSql {
         let h: StatementHandle = serde_json::from_slice(&ticket.statement_handle)
             .map_err(|_| Status::invalid_argument("not a statement ticket of this server"))?;
         if let Some(n) = h.count {
-            let schema = Arc::new(Schema::new(vec![Field::new("count", arrow::datatypes::DataType::UInt64, false)]));
-            return one_batch(RecordBatch::try_new(schema, vec![Arc::new(arrow::array::UInt64Array::from(vec![n]))]));
+            return count_batch(n);
         }
         self.run(&h.sql, h.database.as_deref(), None).await
     }
@@ -263,7 +284,7 @@ impl FlightSqlService for FlightSql {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut p = self.prepared.lock();
-            p.0.insert(id, Prepared { sql: query.query, database, params: None });
+            p.0.insert(id, Prepared { sql: query.query, database, params: None, written: None });
             p.1.push_back(id);
             while p.1.len() > MAX_PREPARED {
                 if let Some(old) = p.1.pop_front() {
@@ -309,10 +330,18 @@ impl FlightSqlService for FlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (sql, database) =
-            self.with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone()))?;
-        let schema = self.query.describe(&sql, database.as_deref()).await.map_err(status)?.schema;
-        flight_info(&hydrated(&schema), cmd.as_any(), request.into_inner())
+        let (sql, database, params) = self
+            .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
+        let stmt = self.query.describe(&sql, database.as_deref()).await.map_err(status)?;
+        if stmt.writes {
+            // As for statements: an INSERT runs now, in its own task.
+            let engine = Arc::clone(&self.query);
+            let n = tokio::spawn(async move { update(&engine, &sql, database.as_deref(), params).await })
+                .await
+                .map_err(|e| Status::internal(format!("INSERT task failed: {e}")))??;
+            self.with_prepared(&cmd.prepared_statement_handle, |p| p.written = Some(n as u64))?;
+        }
+        flight_info(&hydrated(&stmt.schema), cmd.as_any(), request.into_inner())
     }
 
     async fn do_get_prepared_statement(
@@ -320,9 +349,23 @@ impl FlightSqlService for FlightSql {
         cmd: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        let (sql, database, params, written) = self.with_prepared(&cmd.prepared_statement_handle, |p| {
+            (p.sql.clone(), p.database.clone(), p.params.clone(), p.written.take())
+        })?;
+        if let Some(n) = written {
+            return count_batch(n);
+        }
+        self.run(&sql, database.as_deref(), params).await
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        cmd: CommandPreparedStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
         let (sql, database, params) = self
             .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
-        self.run(&sql, database.as_deref(), params).await
+        update(&self.query, &sql, database.as_deref(), params).await
     }
 
     async fn do_action_close_prepared_statement(
@@ -343,7 +386,7 @@ impl FlightSqlService for FlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let database = database(request.metadata());
-        self.update(&ticket.query, database.as_deref()).await
+        update(&self.query, &ticket.query, database.as_deref(), None).await
     }
 
     async fn get_flight_info_catalogs(

@@ -32,12 +32,16 @@ def main():
         proc, grpc_addr, http = start_tocsin(os.path.join(tmp, "data"), tlog)
         try:
             with connect(grpc_addr) as conn, conn.cursor() as cur:
-                # INSERT as a Flight SQL update (DoPut CommandStatementUpdate).
+                # INSERT three ways: plain DB-API execute (a prepared
+                # statement the driver never reads the result of), a Flight
+                # SQL update (DoPut CommandStatementUpdate), and a prepared
+                # INSERT with parameters.
+                cur.execute("INSERT INTO cpu (ts, host, usage) VALUES (to_timestamp(1700000000), 'a', 1.5)")
                 cur.adbc_statement.set_sql_query("INSERT INTO cpu (ts, host, usage) VALUES "
-                                                  "(to_timestamp(1700000000), 'a', 1.5), "
-                                                  "(to_timestamp(1700000010), 'b', 2.5), "
-                                                  "(to_timestamp(1700000020), 'a', 3.5)")
-                assert cur.adbc_statement.execute_update() == 3
+                                                  "(to_timestamp(1700000010), 'b', 2.5)")
+                assert cur.adbc_statement.execute_update() == 1
+                cur.execute("INSERT INTO cpu (ts, host, usage) VALUES (to_timestamp($1), $2, $3)",
+                            parameters=(1700000020, "a", 3.5))
                 cur.execute("SELECT host, max(usage) AS m, count(*) AS n FROM cpu GROUP BY host ORDER BY host")
                 t = cur.fetch_arrow_table()
                 assert t.to_pylist() == [{"host": "a", "m": 3.5, "n": 2}, {"host": "b", "m": 2.5, "n": 1}], t
