@@ -376,3 +376,54 @@ mod tests {
         assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
     }
 }
+
+#[cfg(test)]
+mod stored_types {
+    use super::*;
+
+    /// Integral float columns are stored as Int64 inside segments; SQL sees
+    /// the table's Float64 with the exact values, filters and aggregates.
+    #[tokio::test]
+    async fn integral_floats_stored_as_ints_read_back_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        q.execute(
+            "INSERT INTO m (ts, host, v, w) VALUES (to_timestamp(1), 'a', 1.0, 1), \
+             (to_timestamp(2), 'a', 9007199254740992.0, 1), (to_timestamp(3), 'a', -7.0, 1), \
+             (to_timestamp(4), 'a', CAST(NULL AS DOUBLE), 1)",
+            None,
+        )
+        .await
+        .expect("insert integral");
+        storage.persist().await.expect("persist");
+        // A second segment whose values are not all integral stays Float64.
+        q.execute(
+            "INSERT INTO m (ts, host, v, w) VALUES (to_timestamp(5), 'b', 2.5, 1), (to_timestamp(6), 'b', -0.0, 1)",
+            None,
+        )
+        .await
+        .expect("insert fractional");
+        storage.persist().await.expect("persist");
+        let r = q
+            .execute("SELECT arrow_typeof(v) AS t, v FROM m WHERE v IS NOT NULL ORDER BY ts", None)
+            .await
+            .expect("select");
+        let batch = arrow::compute::concat_batches(&r.schema, &r.batches).expect("concat");
+        let v = batch.column(1).as_any().downcast_ref::<arrow::array::Float64Array>().expect("f64");
+        let got: Vec<u64> = v.values().iter().map(|x| x.to_bits()).collect();
+        let want: Vec<u64> = [1.0, 9007199254740992.0, -7.0, 2.5, -0.0].iter().map(|x: &f64| x.to_bits()).collect();
+        assert_eq!(got, want);
+        let t = arrow::array::AsArray::as_string::<i32>(batch.column(0));
+        assert!(t.iter().all(|x| x == Some("Float64")));
+        let r = q.execute("SELECT count(*) AS n, sum(v) AS s FROM m WHERE v > 0", None).await.expect("filter");
+        let b = &r.batches[0];
+        assert_eq!(b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().expect("n").value(0), 3);
+        // The segment of integral values holds Int64 (DELTA encoded).
+        let seg = storage.snapshot("public", "m").expect("table").segments[0].clone();
+        let file = std::fs::File::open(dir.path().join(&seg.path)).expect("segment");
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
+        assert_eq!(reader.schema().field_with_name("v").expect("v").data_type(), &DataType::Int64);
+    }
+}

@@ -7,7 +7,9 @@
 //!
 //! Encodings per column, chosen by measurement on the TSBS `cpu-only` data
 //! (see docs/storage.md): tags RLE_DICTIONARY; `ts` DELTA_BINARY_PACKED;
-//! integer fields DELTA_BINARY_PACKED; float fields BYTE_STREAM_SPLIT;
+//! integer fields DELTA_BINARY_PACKED; float fields BYTE_STREAM_SPLIT, or,
+//! when all of a segment's values of a float column are integers, stored as
+//! Int64 with DELTA_BINARY_PACKED (read back as Float64, exactly);
 //! everything then compressed with the configured codec (ZSTD by default).
 //! String fields named in [`BLOOM_COLUMNS`] (`trace_id`) get a Parquet bloom
 //! filter per row group, so that looking up one trace reads only the row
@@ -18,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef, TimestampNanosecondType};
 use arrow::error::ArrowError;
@@ -105,7 +107,7 @@ pub(crate) fn write_segments(
         while end < sorted.num_rows() && partitions.value(end) == p {
             end += 1;
         }
-        let slice = sorted.slice(start, end - start);
+        let slice = integral_floats_as_ints(&sorted.slice(start, end - start))?;
         let id = next_id();
         let rel = segment_rel_path(db, table, id);
         let bytes = write_parquet(&data_dir.join(&rel), &slice, options)?;
@@ -127,6 +129,49 @@ pub(crate) fn write_segments(
         start = end;
     }
     Ok(out)
+}
+
+/// Metadata key marking a column stored with another Arrow type than the
+/// table's; reads cast it back (the Parquet reader of DataFusion does).
+pub const STORED_AS_KEY: &str = "tocsin.stored_as";
+
+/// Float64 columns whose values in this segment are all integers of at most
+/// 2^53 in magnitude (no -0.0, NaN or infinity) are stored as Int64:
+/// DELTA_BINARY_PACKED instead of BYTE_STREAM_SPLIT, about half the size
+/// for integral samples (Prometheus counters and most gauges). Every such
+/// value converts back to the same f64 exactly.
+fn integral_floats_as_ints(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let schema = batch.schema();
+    let integral = |col: &ArrayRef| -> bool {
+        let Some(a) = col.as_primitive_opt::<arrow::datatypes::Float64Type>() else { return false };
+        a.null_count() < a.len()
+            && a.iter().flatten().all(|v| v.fract() == 0.0 && v.abs() <= EXACT && !(v == 0.0 && v.is_sign_negative()))
+    };
+    let convert: Vec<bool> = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| f.name() != TIME_COLUMN && f.data_type() == &DataType::Float64 && integral(c))
+        .collect();
+    if !convert.contains(&true) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(convert.len());
+    let mut columns = Vec::with_capacity(convert.len());
+    for ((f, c), conv) in schema.fields().iter().zip(batch.columns()).zip(convert) {
+        if conv {
+            let mut meta = f.metadata().clone();
+            meta.insert(STORED_AS_KEY.to_string(), "int64".to_string());
+            fields.push(f.as_ref().clone().with_data_type(DataType::Int64).with_metadata(meta));
+            columns.push(arrow::compute::cast(c, &DataType::Int64)?);
+        } else {
+            fields.push(f.as_ref().clone());
+            columns.push(Arc::clone(c));
+        }
+    }
+    let schema = arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone());
+    RecordBatch::try_new(Arc::new(schema), columns)
 }
 
 /// Returns the batch sorted by (partition, tags..., ts) and the partition
