@@ -347,10 +347,23 @@ impl Peer {
         Ok(peer)
     }
 
+    /// Flushes, asks for a full merge, and waits until the data directory
+    /// stops changing (two equal sizes 3 s apart, at most a minute): its
+    /// settled size, not a moment of a background merge.
     async fn vm_flush_and_size(&self) -> anyhow::Result<u64> {
         reqwest::get(format!("{}/internal/force_flush", self.base)).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        Ok(dir_size(&self.dir.path().join("data")))
+        reqwest::get(format!("{}/internal/force_merge", self.base)).await?;
+        let data = self.dir.path().join("data");
+        let mut last = dir_size(&data);
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = dir_size(&data);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        Ok(last)
     }
 
     async fn vm_answers(&self, end_s: i64, steps: usize) -> anyhow::Result<Answers> {
