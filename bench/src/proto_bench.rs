@@ -131,6 +131,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let vm = Peer::victoria_metrics().await?;
             let vps = push(&format!("{}{path}", vm.base), bodies, values, args.concurrency, headers).await?;
             let disk = vm.vm_flush_and_size().await?;
+            let reported = vm.vm_reported_size().await?;
+            eprintln!("  VictoriaMetrics {protocol}: directory {disk} bytes, vm_data_size_bytes {reported}");
+            println!(
+                "VictoriaMetrics {protocol}: vm_data_size_bytes (its own account) {reported} = {:.3} B/value",
+                reported as f64 / values as f64
+            );
             let answers = vm.vm_answers(end_s, steps).await?;
             outcomes.push(Outcome {
                 target: "VictoriaMetrics",
@@ -364,6 +370,16 @@ impl Peer {
             last = now;
         }
         Ok(last)
+    }
+
+    /// The sum of VictoriaMetrics' own `vm_data_size_bytes` gauges.
+    async fn vm_reported_size(&self) -> anyhow::Result<u64> {
+        let text = reqwest::get(format!("{}/metrics", self.base)).await?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("vm_data_size_bytes{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
     }
 
     async fn vm_answers(&self, end_s: i64, steps: usize) -> anyhow::Result<Answers> {
