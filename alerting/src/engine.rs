@@ -551,7 +551,16 @@ impl AlertEngine {
             serde_json::to_vec(&state).map_err(|e| EngineError::BadRequest(e.to_string()))?
         };
         let path = self.state_path();
-        write_atomic(&path, &bytes).map_err(|source| EngineError::StateIo { path, source })
+        // The fsyncs block: on a multi-threaded runtime, tell it so that the
+        // worker's other tasks move elsewhere meanwhile.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let written = if multi_thread {
+            tokio::task::block_in_place(|| write_atomic(&path, &bytes))
+        } else {
+            write_atomic(&path, &bytes)
+        };
+        written.map_err(|source| EngineError::StateIo { path, source })
     }
 
     // -- API ---------------------------------------------------------------
