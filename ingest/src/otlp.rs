@@ -145,6 +145,18 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
                                     continue;
                                 }
                             };
+                            if !p.bucket_counts.is_empty() && p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
+                                out.reject(
+                                    1,
+                                    format!(
+                                        "metric {name:?}: a histogram point has {} bucket counts for {} bounds \
+                                         (expected bounds + 1)",
+                                        p.bucket_counts.len(),
+                                        p.explicit_bounds.len()
+                                    ),
+                                );
+                                continue;
+                            }
                             let mut cumulative = 0u64;
                             for (i, c) in p.bucket_counts.iter().enumerate() {
                                 cumulative = cumulative.saturating_add(*c);
@@ -448,6 +460,24 @@ mod tests {
         );
         assert_eq!(table("rpc.duration_count").blocks[0].fields[0].values, FieldValues::F64(vec![6.0]));
         assert_eq!(table("rpc.duration_sum").blocks[0].fields[0].values, FieldValues::F64(vec![2.5]));
+
+        // Bucket counts must be one more than the bounds.
+        let bad = Metric {
+            name: "bad".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    time_unix_nano: 9,
+                    bucket_counts: vec![1, 2],
+                    explicit_bounds: vec![0.1, 1.0],
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        let m = metrics_to_writes(request(vec![bad]));
+        assert_eq!((m.points, m.rejected_points), (0, 1));
+        assert!(m.first_error.is_some_and(|e| e.contains("2 bucket counts for 2 bounds")));
     }
 
     #[test]
