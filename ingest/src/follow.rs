@@ -39,6 +39,10 @@ pub trait TailBackfill: Send + Sync {
     ) -> BoxFuture<'static, Result<BatchStream, String>>;
 }
 
+/// The longest backfill a tail may ask for: it is sorted in memory before it
+/// is sent; longer ranges are a job for SQL.
+pub const MAX_SINCE: Duration = Duration::from_secs(24 * 3600);
+
 /// Follows the table `filter` names: first, when `since` is given, the
 /// stored events of the last `since` that match, in time order; then live
 /// events as they are written.
@@ -53,6 +57,13 @@ pub async fn follow(
     let Some(since) = since else {
         return Ok(live(hub.subscribe(filter, capacity)));
     };
+    if since > MAX_SINCE {
+        return Err(format!(
+            "since {}s is longer than the {}h a tail backfills; query older events with SQL",
+            since.as_secs(),
+            MAX_SINCE.as_secs() / 3600
+        ));
+    }
     let backfill = Arc::clone(backfill.ok_or("this server cannot backfill a tail from storage")?);
     let (db, table) = (filter.database.clone(), filter.table.clone());
     let (sub, snapshot) =

@@ -244,7 +244,7 @@ impl Ingest for IngestService {
         let since = (req.since_ms > 0).then(|| std::time::Duration::from_millis(req.since_ms));
         let items = follow::follow(&self.tail, &self.storage, self.backfill.as_ref(), tail_filter(req), buffer, since)
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(Status::invalid_argument)?;
         let stream = items.map(|item| match item {
             Ok(tail::TailItem::Event(e)) => Ok(TailMessage { kind: Some(tail_message::Kind::Event(e)) }),
             Ok(tail::TailItem::Dropped(n)) => Ok(TailMessage { kind: Some(tail_message::Kind::Dropped(n)) }),

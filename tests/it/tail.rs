@@ -230,4 +230,8 @@ async fn tail_cli_shows_stored_events_then_live_ones() {
     assert!(second.contains("error") && second.ends_with("live error"), "{second}");
     let _ = child.kill();
     let _ = child.wait();
+    // A backfill longer than a day is refused with the reason.
+    let resp = reqwest::get(format!("http://{}/api/v1/tail?since=30d", server.http)).await.expect("get");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().await.expect("body").contains("query older events with SQL"));
 }
