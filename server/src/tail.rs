@@ -67,6 +67,12 @@ pub(crate) async fn tail(
             }
         }
     }
+    if since.is_some_and(|s| s > tocsin_ingest::follow::MAX_SINCE) {
+        return Err(ApiError::bad_request(format!(
+            "since is longer than the {}h a tail backfills; query older events with SQL",
+            tocsin_ingest::follow::MAX_SINCE.as_secs() / 3600
+        )));
+    }
     let items =
         follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await.map_err(ApiError::internal)?;
     let stream = items.map(|item| {
