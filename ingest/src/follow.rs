@@ -11,7 +11,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, TimestampNanosecondType};
@@ -43,6 +43,17 @@ pub trait TailBackfill: Send + Sync {
 /// is sent; longer ranges are a job for SQL.
 pub const MAX_SINCE: Duration = Duration::from_secs(24 * 3600);
 
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The client asked for more than [`MAX_SINCE`].
+    #[error("since {0}s is longer than the {h}h a tail backfills; query older events with SQL", h = MAX_SINCE.as_secs() / 3600)]
+    SinceTooLong(u64),
+    #[error("this server cannot backfill a tail from storage")]
+    NoBackfill,
+    #[error("backfill failed: {0}")]
+    Backfill(String),
+}
+
 /// Follows the table `filter` names: first, when `since` is given, the
 /// stored events of the last `since` that match, in time order; then live
 /// events as they are written.
@@ -53,18 +64,14 @@ pub async fn follow(
     filter: TailFilter,
     capacity: usize,
     since: Option<Duration>,
-) -> Result<ItemStream, String> {
+) -> Result<ItemStream, FollowError> {
     let Some(since) = since else {
         return Ok(live(hub.subscribe(filter, capacity)));
     };
     if since > MAX_SINCE {
-        return Err(format!(
-            "since {}s is longer than the {}h a tail backfills; query older events with SQL",
-            since.as_secs(),
-            MAX_SINCE.as_secs() / 3600
-        ));
+        return Err(FollowError::SinceTooLong(since.as_secs()));
     }
-    let backfill = Arc::clone(backfill.ok_or("this server cannot backfill a tail from storage")?);
+    let backfill = Arc::clone(backfill.ok_or(FollowError::NoBackfill)?);
     let (db, table) = (filter.database.clone(), filter.table.clone());
     let (sub, snapshot) =
         storage.snapshot_between_writes(&db, &table, || hub.subscribe(filter.clone(), capacity)).await;
@@ -72,9 +79,9 @@ pub async fn follow(
         // The table does not exist yet: nothing to backfill.
         return Ok(live(sub));
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
-    let from = now.saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX));
-    let batches = backfill.scan(db, table, snapshot, from, filter.services.clone()).await?;
+    let from = crate::now_ns().saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX));
+    let batches =
+        backfill.scan(db, table, snapshot, from, filter.services.clone()).await.map_err(FollowError::Backfill)?;
     let metrics_hub = Arc::clone(hub);
     let past = batches.flat_map(move |b| {
         let items: Vec<Result<TailItem, String>> = match b {

@@ -96,6 +96,12 @@ impl From<IngestError> for Status {
     }
 }
 
+/// Now, in nanoseconds since the Unix epoch: the time of points that carry
+/// none, and the start of a tail's backfill window.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
 fn database(db: &str) -> &str {
     if db.is_empty() { "public" } else { db }
 }
@@ -113,32 +119,14 @@ impl IngestService {
         self
     }
 
-    /// The backfill reader, for other interfaces that follow a log table.
-    pub fn backfill(&self) -> Option<&Arc<dyn follow::TailBackfill>> {
-        self.backfill.as_ref()
-    }
-
-    pub fn storage(&self) -> &Arc<Storage> {
-        &self.storage
-    }
-
     pub fn into_server(self) -> IngestServer<Self> {
         let limit = self.config.max_message_bytes;
         IngestServer::new(self).max_decoding_message_size(limit)
     }
 
-    /// Writes already-converted tables (the HTTP protocols: remote_write,
-    /// line protocol) and answers like a gRPC write.
+    /// Writes converted tables, counting and answering as every write of
+    /// every protocol does (the HTTP protocols call it directly).
     pub async fn write_tables(
-        &self,
-        db: &str,
-        writes: Vec<TableWrite>,
-        early: Vec<EarlyRejection>,
-    ) -> Result<WriteResponse, IngestError> {
-        self.commit(db, writes, early).await
-    }
-
-    async fn commit(
         &self,
         db: &str,
         writes: Vec<TableWrite>,
@@ -176,7 +164,7 @@ impl IngestService {
         }
         let db = database(&req.database).to_string();
         let (writes, early) = convert::series_to_writes(req);
-        self.commit(&db, writes, early).await
+        self.write_tables(&db, writes, early).await
     }
 
     async fn rows(&self, req: WriteRowsRequest) -> Result<WriteResponse, IngestError> {
@@ -186,12 +174,7 @@ impl IngestService {
         }
         let db = database(&req.database).to_string();
         let (write, early) = convert::rows_to_write(req);
-        self.commit(&db, vec![write], early).await
-    }
-
-    /// Writes log events as gRPC `WriteLogs` does (OTLP logs use it).
-    pub async fn write_logs_request(&self, req: WriteLogsRequest) -> Result<WriteResponse, IngestError> {
-        self.logs(req).await
+        self.write_tables(&db, vec![write], early).await
     }
 
     async fn logs(&self, req: WriteLogsRequest) -> Result<WriteResponse, IngestError> {
@@ -202,7 +185,7 @@ impl IngestService {
         let db = database(&req.database).to_string();
         // Live tail sees the accepted events through the storage observer.
         let (write, early) = convert::logs_to_write(req, self.config.max_log_message_bytes);
-        let resp = self.commit(&db, vec![write], early).await?;
+        let resp = self.write_tables(&db, vec![write], early).await?;
         Ok(resp)
     }
 
@@ -244,7 +227,10 @@ impl Ingest for IngestService {
         let since = (req.since_ms > 0).then(|| std::time::Duration::from_millis(req.since_ms));
         let items = follow::follow(&self.tail, &self.storage, self.backfill.as_ref(), tail_filter(req), buffer, since)
             .await
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| match e {
+                follow::FollowError::SinceTooLong(_) => Status::invalid_argument(e.to_string()),
+                _ => Status::internal(e.to_string()),
+            })?;
         let stream = items.map(|item| match item {
             Ok(tail::TailItem::Event(e)) => Ok(TailMessage { kind: Some(tail_message::Kind::Event(e)) }),
             Ok(tail::TailItem::Dropped(n)) => Ok(TailMessage { kind: Some(tail_message::Kind::Dropped(n)) }),

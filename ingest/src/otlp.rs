@@ -286,10 +286,6 @@ pub fn logs_to_events(req: ExportLogsServiceRequest, now_ns: i64) -> Vec<LogEven
     out
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
-}
-
 impl IngestService {
     /// Writes an OTLP metrics export; the answer carries partial success.
     pub async fn otlp_metrics(
@@ -320,13 +316,11 @@ impl IngestService {
     /// success.
     pub async fn otlp_logs(&self, req: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, IngestError> {
         self.metrics.otlp_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let events = logs_to_events(req, now_ns());
+        let events = logs_to_events(req, crate::now_ns());
         if events.is_empty() {
             return Ok(ExportLogsServiceResponse { partial_success: None });
         }
-        let resp = self
-            .write_logs_request(WriteLogsRequest { database: String::new(), stream: String::new(), events })
-            .await?;
+        let resp = self.logs(WriteLogsRequest { database: String::new(), stream: String::new(), events }).await?;
         Ok(ExportLogsServiceResponse {
             partial_success: resp.rejected.first().map(|r| ExportLogsPartialSuccess {
                 rejected_log_records: resp.rejected.len() as i64,

@@ -94,10 +94,6 @@ fn written(dialect: Dialect, resp: WriteResponse, what: &str) -> Response {
     }
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
-}
-
 pub(crate) async fn remote_write(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -166,7 +162,7 @@ async fn line_protocol(
         Ok(t) => t,
         Err(e) => return error(d, StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")),
     };
-    let parsed = match line::parse(text, precision, now_ns()) {
+    let parsed = match line::parse(text, precision, tocsin_ingest::now_ns()) {
         Ok(p) => p,
         Err(e) => return error(d, StatusCode::BAD_REQUEST, format!("unable to parse points: {e}")),
     };

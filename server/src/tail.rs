@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::json;
-use tocsin_ingest::follow::{BatchStream, TailBackfill, follow};
+use tocsin_ingest::follow::{BatchStream, FollowError, TailBackfill, follow};
 use tocsin_ingest::tail::{TailFilter, TailItem};
 use tocsin_proto::v1::LogEvent;
 use tocsin_query::QueryEngine;
@@ -67,14 +67,10 @@ pub(crate) async fn tail(
             }
         }
     }
-    if since.is_some_and(|s| s > tocsin_ingest::follow::MAX_SINCE) {
-        return Err(ApiError::bad_request(format!(
-            "since is longer than the {}h a tail backfills; query older events with SQL",
-            tocsin_ingest::follow::MAX_SINCE.as_secs() / 3600
-        )));
-    }
-    let items =
-        follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await.map_err(ApiError::internal)?;
+    let items = follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await.map_err(|e| match e {
+        FollowError::SinceTooLong(_) => ApiError::bad_request(e.to_string()),
+        _ => ApiError::internal(e.to_string()),
+    })?;
     let stream = items.map(|item| {
         Ok::<_, Infallible>(match item {
             Ok(TailItem::Event(e)) => Event::default().data(event_json(&e).to_string()),
