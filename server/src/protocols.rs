@@ -178,10 +178,10 @@ async fn line_protocol(
 
 /// The body, gunzipped when `Content-Encoding: gzip` says so, within the
 /// request size limit.
-fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode, String)> {
+fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, (StatusCode, String)> {
     let gzip = headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     if !gzip {
-        return Ok(body.to_vec());
+        return Ok(body);
     }
     let mut out = Vec::new();
     let limit = app.max_request_bytes as u64;
@@ -189,13 +189,13 @@ fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<
         Ok(_) if out.len() as u64 > limit => {
             Err((StatusCode::PAYLOAD_TOO_LARGE, format!("decompressed body is over the limit of {limit} bytes")))
         }
-        Ok(_) => Ok(out),
+        Ok(_) => Ok(Bytes::from(out)),
         Err(e) => Err((StatusCode::BAD_REQUEST, format!("body is not valid gzip: {e}"))),
     }
 }
 
 /// OTLP/HTTP answers: protobuf on success, a plain message on errors.
-fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode, String)> {
+fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, (StatusCode, String)> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -224,7 +224,7 @@ pub(crate) async fn otlp_metrics(State(app): State<AppState>, headers: HeaderMap
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let req = match <ExportMetricsServiceRequest as prost::Message>::decode(raw.as_slice()) {
+    let req = match <ExportMetricsServiceRequest as prost::Message>::decode(raw) {
         Ok(r) => r,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("body is not an OTLP ExportMetricsServiceRequest: {e}"))
@@ -243,7 +243,7 @@ pub(crate) async fn otlp_logs(State(app): State<AppState>, headers: HeaderMap, b
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let req = match <ExportLogsServiceRequest as prost::Message>::decode(raw.as_slice()) {
+    let req = match <ExportLogsServiceRequest as prost::Message>::decode(raw) {
         Ok(r) => r,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("body is not an OTLP ExportLogsServiceRequest: {e}"))

@@ -168,7 +168,9 @@ pub struct Storage {
     pub(crate) next_segment_id: AtomicU64,
     shutting_down: AtomicBool,
     pub metrics: StorageMetrics,
-    observers: RwLock<Vec<Arc<dyn WriteObserver>>>,
+    /// Replaced whole when one is added (at start-up), so that a write
+    /// takes the list with one reference count, not a copy.
+    observers: RwLock<Arc<Vec<Arc<dyn WriteObserver>>>>,
     last: crate::last::LastRows,
     _lock_file: File,
 }
@@ -208,7 +210,7 @@ impl Storage {
             next_segment_id: AtomicU64::new(next_segment_id),
             shutting_down: AtomicBool::new(false),
             metrics,
-            observers: RwLock::new(Vec::new()),
+            observers: RwLock::new(Arc::new(Vec::new())),
             last: crate::last::LastRows::default(),
             _lock_file: lock_file,
         }
@@ -286,8 +288,8 @@ impl Storage {
         }
         self.metrics.writes.fetch_add(1, Ordering::Relaxed);
         self.metrics.rows_written.fetch_add(outcome.accepted_rows, Ordering::Relaxed);
-        let observers = self.observers.read().clone();
-        for o in observers {
+        let observers = Arc::clone(&self.observers.read());
+        for o in observers.iter() {
             o.written(db, &writes);
         }
         Ok(outcome)
@@ -313,7 +315,10 @@ impl Storage {
     /// evaluate on the ingest path, live tail). It runs on the writer's
     /// task: it must return quickly.
     pub fn add_write_observer(&self, observer: Arc<dyn WriteObserver>) {
-        self.observers.write().push(observer);
+        let mut list = self.observers.write();
+        let mut next = Vec::clone(&list);
+        next.push(observer);
+        *list = Arc::new(next);
     }
 
     /// Runs `between` while no write is in flight, then takes a snapshot of
