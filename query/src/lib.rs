@@ -199,7 +199,7 @@ impl QueryEngine {
     pub async fn execute(&self, sql: &str, database: Option<&str>) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
         let result = async {
-            let (schema, stream) = self.plan_and_start(sql, database).await?;
+            let (schema, stream) = self.plan_and_start(sql, database, None).await?;
             let batches: Vec<RecordBatch> = stream.try_collect().await?;
             Ok(QueryResult { schema, batches })
         }
@@ -226,16 +226,7 @@ impl QueryEngine {
         params: Option<Vec<ScalarValue>>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
         let started = Instant::now();
-        let result = async {
-            let mut df = self.plan(sql, database).await?;
-            if let Some(params) = params {
-                df = df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect()))?;
-            }
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let stream = df.execute_stream().await?;
-            Ok((schema, stream))
-        }
-        .await;
+        let result = self.plan_and_start(sql, database, params).await;
         self.metrics.observe(started.elapsed(), result.is_ok());
         result
     }
@@ -269,8 +260,12 @@ impl QueryEngine {
         &self,
         sql: &str,
         database: Option<&str>,
+        params: Option<Vec<ScalarValue>>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
-        let df = self.plan(sql, database).await?;
+        let mut df = self.plan(sql, database).await?;
+        if let Some(params) = params {
+            df = df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect()))?;
+        }
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await?;
         Ok((schema, stream))

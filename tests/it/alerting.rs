@@ -2,7 +2,6 @@
 //! webhook, through the real binary; ack, silences and reload over HTTP and
 //! the CLI; escalation across a kill -9.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -48,12 +47,6 @@ receivers:
     )
 }
 
-fn start_with_rules(dir: &Path, yaml: &str) -> TestServer {
-    let rules = dir.join("rules.yml");
-    std::fs::write(&rules, yaml).expect("write rules");
-    TestServer::start_in(&dir.join("data"), &["--rules", rules.to_str().expect("utf-8 path")])
-}
-
 async fn post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
     let resp =
         reqwest::Client::new().post(format!("http://{}{path}", server.http)).json(&body).send().await.expect("request");
@@ -78,7 +71,7 @@ fn host_of(v: &Value) -> &str {
 async fn a_threshold_crossing_reaches_the_webhook_and_the_system_tables() {
     let hook = Webhook::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = start_with_rules(tmp.path(), &rules(&hook, "1h"));
+    let server = TestServer::start_with_rules(tmp.path(), &rules(&hook, "1h"));
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 95.5), (now(), 'web-2', 12)").await;
 
     let body = hook.wait_for(20, |_, v| host_of(v) == "web-1").await.expect("webhook for web-1");
@@ -135,7 +128,7 @@ async fn a_threshold_crossing_reaches_the_webhook_and_the_system_tables() {
 async fn silenced_alerts_are_recorded_but_not_notified() {
     let hook = Webhook::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = start_with_rules(tmp.path(), &rules(&hook, "1h"));
+    let server = TestServer::start_with_rules(tmp.path(), &rules(&hook, "1h"));
     let (ok, out, err) = cli(&server, &["silences", "add", "--match", "host=web-2", "--duration", "1h", "--by", "ann"]);
     assert!(ok, "{err}");
     let silence_id = out.trim().to_string();
@@ -155,7 +148,7 @@ async fn silenced_alerts_are_recorded_but_not_notified() {
 async fn a_bad_rules_file_is_rejected_with_line_and_column_and_old_rules_keep_running() {
     let hook = Webhook::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = start_with_rules(tmp.path(), &rules(&hook, "1h"));
+    let server = TestServer::start_with_rules(tmp.path(), &rules(&hook, "1h"));
     let rules_path = tmp.path().join("rules.yml");
     std::fs::write(&rules_path, "groups:\n  - name: g\n    rules:\n      - alert: X\n        sql: [unclosed\n")
         .expect("write");
@@ -200,7 +193,7 @@ async fn escalation_continues_after_kill_9_without_repeating_a_step() {
     let hook = Webhook::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let yaml = rules(&hook, "4s");
-    let mut server = start_with_rules(tmp.path(), &yaml);
+    let mut server = TestServer::start_with_rules(tmp.path(), &yaml);
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'esc-1', 99)").await;
     hook.wait_for(20, |p, v| p == "/oncall" && host_of(v) == "esc-1").await.expect("step 1");
     // Delivery is at-least-once: a kill in the milliseconds between the
@@ -208,7 +201,7 @@ async fn escalation_continues_after_kill_9_without_repeating_a_step() {
     // docs/alerting.md). Kill a little later, mid-chain.
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill9();
-    let server = start_with_rules(tmp.path(), &yaml);
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
     let step2 = hook.wait_for(30, |p, _| p == "/backup").await.expect("step 2 after the restart");
     assert_eq!(step2["tocsin"]["step"], 2);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -253,7 +246,7 @@ receivers:
 "#,
         hook.addr
     );
-    let server = start_with_rules(tmp.path(), &yaml);
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 97)").await;
     let body = hook.wait_for(10, |_, v| v["status"] == "firing").await.expect("firing notification");
     assert_eq!(host_of(&body), "web-1");
@@ -317,7 +310,7 @@ async fn for_and_recover_hysteresis_through_the_binary() {
     let hook = Webhook::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let yaml = last_value_rules(&hook, "        for: 1s\n        recover: \"< 70\"", "  group_by: [alertname, host]");
-    let server = start_with_rules(tmp.path(), &yaml);
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
     insert(&server, "web-1", 85.0, 0).await;
     wait_state(&server, "web-1", "pending").await;
     wait_state(&server, "web-1", "firing").await;
@@ -347,7 +340,7 @@ async fn a_storm_of_a_thousand_hosts_is_one_notification() {
     let hook = Webhook::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let yaml = last_value_rules(&hook, "", "  group_by: [alertname]").replace("group_wait: 0s", "group_wait: 1s");
-    let server = start_with_rules(tmp.path(), &yaml);
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
     let values: Vec<String> = (0..1000).map(|i| format!("(now(), 'h{i}', 99)")).collect();
     server.sql(&format!("INSERT INTO cpu (ts, host, usage) VALUES {}", values.join(", "))).await;
     let body = hook.wait_for(20, |_, v| v["status"] == "firing").await.expect("storm notification");
@@ -391,7 +384,7 @@ receivers:
 "#,
         hook.addr
     );
-    let server = start_with_rules(tmp.path(), &yaml);
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
     server.sql("INSERT INTO disk (ts, host, used) VALUES (now(), 'a', 97), (now(), 'b', 85)").await;
     // b only crosses the warning: notified. a crosses both: only the critical.
     hook.wait_for(20, |_, v| v["commonLabels"]["alertname"] == "DiskFilling" && host_of(v) == "b")
@@ -410,7 +403,7 @@ receivers:
 async fn acknowledged_alert_gets_no_step_two() {
     let hook = Webhook::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = start_with_rules(tmp.path(), &rules(&hook, "3s"));
+    let server = TestServer::start_with_rules(tmp.path(), &rules(&hook, "3s"));
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'esc-1', 99)").await;
     hook.wait_for(20, |p, v| p == "/oncall" && host_of(v) == "esc-1").await.expect("step 1");
     let id = get(&server, "/api/v1/alerts?host=esc-1").await["alerts"][0]["id"].as_str().expect("id").to_string();
@@ -429,7 +422,7 @@ async fn acknowledged_alert_gets_no_step_two() {
 async fn a_receiver_that_fails_then_recovers_gets_the_notification_once() {
     let hook = Webhook::start_failing(2).await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = start_with_rules(tmp.path(), &rules(&hook, "1h"));
+    let server = TestServer::start_with_rules(tmp.path(), &rules(&hook, "1h"));
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 99)").await;
     hook.wait_for(30, |_, v| host_of(v) == "web-1").await.expect("delivered after retries");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -447,7 +440,7 @@ async fn rules_reload_on_sighup_and_when_the_file_changes() {
     let hook = Webhook::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let yaml = rules(&hook, "1h");
-    let server = start_with_rules(tmp.path(), &yaml);
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
     let reloads = async || -> f64 {
         let text =
             reqwest::get(format!("http://{}/metrics", server.http)).await.expect("metrics").text().await.expect("text");

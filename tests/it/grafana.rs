@@ -53,11 +53,8 @@ async fn run(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> usize {
 async fn every_dashboard_query_runs_and_returns_rows() {
     let hook = Webhook::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let rules = dir.path().join("rules.yml");
-    std::fs::write(
-        &rules,
-        format!(
-            r#"
+    let yaml = format!(
+        r#"
 groups:
   - name: hosts
     interval: 200ms
@@ -73,11 +70,9 @@ receivers:
   - name: oncall
     webhook: {{ url: "http://{}/hook" }}
 "#,
-            hook.addr
-        ),
-    )
-    .expect("rules");
-    let server = TestServer::start_in(&dir.path().join("data"), &["--rules", rules.to_str().expect("path")]);
+        hook.addr
+    );
+    let server = TestServer::start_with_rules(dir.path(), &yaml);
     // An hour of 10-second cpu samples for 5 hosts, ending now; host_4 runs hot.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
     let mut values = Vec::new();

@@ -32,6 +32,14 @@ impl TestServer {
         s
     }
 
+    /// A server in `dir` (data in `dir/data`) running the alert rules `yaml`
+    /// (written to `dir/rules.yml`).
+    pub(crate) fn start_with_rules(dir: &Path, yaml: &str) -> TestServer {
+        let rules = dir.join("rules.yml");
+        std::fs::write(&rules, yaml).expect("write rules");
+        TestServer::start_in(&dir.join("data"), &["--rules", rules.to_str().expect("utf-8 path")])
+    }
+
     /// A server on `data_dir` (kept after the server stops) with extra flags.
     pub(crate) fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
         std::fs::create_dir_all(data_dir).expect("mkdir");
