@@ -146,6 +146,28 @@ async fn update(
     Ok(count)
 }
 
+/// Plans a statement for `GetFlightInfo`, and runs it there if it writes
+/// (an INSERT sent as a query, statement or prepared): clients do not read
+/// the result of an INSERT, so its `DoGet` may never come. In a task of its
+/// own, so that it completes even if the client drops the call. Returns the
+/// statement and, for an INSERT, the rows written.
+async fn plan_running_writes(
+    engine: &Arc<QueryEngine>,
+    sql: &str,
+    database: Option<String>,
+    params: Option<Vec<ScalarValue>>,
+) -> Result<(tocsin_query::Statement, Option<u64>), Status> {
+    let (engine, sql) = (Arc::clone(engine), sql.to_string());
+    tokio::spawn(async move {
+        let stmt = engine.describe(&sql, database.as_deref()).await.map_err(status)?;
+        let written =
+            if stmt.writes { Some(update(&engine, &sql, database.as_deref(), params).await? as u64) } else { None };
+        Ok((stmt, written))
+    })
+    .await
+    .map_err(|e| Status::internal(format!("planning task failed: {e}")))?
+}
+
 /// The answer of an INSERT that already ran: its row count.
 fn count_batch(n: u64) -> Result<Response<DoGetStream>, Status> {
     let schema = Arc::new(Schema::new(vec![Field::new("count", arrow::datatypes::DataType::UInt64, false)]));
@@ -235,17 +257,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let database = database(request.metadata());
-        // Planned (and an INSERT run) in a task of its own: it completes
-        // even if the client drops the call, as some clients do with an
-        // INSERT sent as a query whose result they never read.
-        let (engine, sql, db) = (Arc::clone(&self.query), query.query.clone(), database.clone());
-        let (stmt, count) = tokio::spawn(async move {
-            let stmt = engine.describe(&sql, db.as_deref()).await.map_err(status)?;
-            let count = if stmt.writes { Some(update(&engine, &sql, db.as_deref(), None).await? as u64) } else { None };
-            Ok::<_, Status>((stmt, count))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("planning task failed: {e}")))??;
+        let (stmt, count) = plan_running_writes(&self.query, &query.query, database.clone(), None).await?;
         let schema = stmt.schema;
         let handle = serde_json::to_vec(&StatementHandle { sql: query.query, database, count })
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -332,14 +344,9 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let (sql, database, params) = self
             .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
-        let stmt = self.query.describe(&sql, database.as_deref()).await.map_err(status)?;
-        if stmt.writes {
-            // As for statements: an INSERT runs now, in its own task.
-            let engine = Arc::clone(&self.query);
-            let n = tokio::spawn(async move { update(&engine, &sql, database.as_deref(), params).await })
-                .await
-                .map_err(|e| Status::internal(format!("INSERT task failed: {e}")))??;
-            self.with_prepared(&cmd.prepared_statement_handle, |p| p.written = Some(n as u64))?;
+        let (stmt, written) = plan_running_writes(&self.query, &sql, database, params).await?;
+        if written.is_some() {
+            self.with_prepared(&cmd.prepared_statement_handle, |p| p.written = written)?;
         }
         flight_info(&hydrated(&stmt.schema), cmd.as_any(), request.into_inner())
     }
