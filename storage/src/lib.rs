@@ -37,6 +37,7 @@
 
 pub mod batch;
 pub mod config;
+mod delta;
 mod engine;
 mod last;
 pub mod manifest;
