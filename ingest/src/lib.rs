@@ -98,9 +98,7 @@ impl From<IngestError> for Status {
 
 /// Now, in nanoseconds since the Unix epoch: the time of points that carry
 /// none, and the start of a tail's backfill window.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
-}
+pub use tocsin_storage::now_ns;
 
 fn database(db: &str) -> &str {
     if db.is_empty() { "public" } else { db }

@@ -24,6 +24,37 @@ pub struct FileConfig {
     pub storage: StorageSection,
     pub limits: LimitsSection,
     pub alerting: AlertingSection,
+    pub compaction: CompactionSection,
+}
+
+/// `[compaction]`: merging a partition's segments (docs/storage.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionSection {
+    pub enabled: bool,
+    /// Merge when a partition holds this many segments of one level.
+    pub fan_in: usize,
+    /// Merge all of a partition's segments once its end is this far past.
+    pub cold_after: String,
+    /// Most rows one merge decodes in memory.
+    pub max_rows: u64,
+    /// Replaced files are deleted this long after the swap.
+    pub grace: String,
+    /// How often to look for merges that are due.
+    pub interval: String,
+}
+
+impl Default for CompactionSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fan_in: 4,
+            cold_after: "1h".into(),
+            max_rows: 20_000_000,
+            grace: "10m".into(),
+            interval: "10s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -178,6 +209,25 @@ impl FileConfig {
                 reason: "row and page sizes must be positive".into(),
             });
         }
+        let c = self.compaction;
+        if c.fan_in < 2 || c.max_rows == 0 {
+            return Err(ConfigError::Invalid {
+                key: "compaction.fan_in",
+                reason: "fan_in must be at least 2 and max_rows positive".into(),
+            });
+        }
+        storage.compaction = tocsin_storage::CompactionConfig {
+            enabled: c.enabled,
+            fan_in: c.fan_in,
+            cold_after: parse_duration(&c.cold_after)
+                .map_err(|reason| ConfigError::Invalid { key: "compaction.cold_after", reason })?,
+            max_rows: c.max_rows,
+            grace: parse_duration(&c.grace)
+                .map_err(|reason| ConfigError::Invalid { key: "compaction.grace", reason })?,
+            interval: parse_duration(&c.interval).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                ConfigError::Invalid { key: "compaction.interval", reason: "must be a positive duration".into() }
+            })?,
+        };
         storage.segments.row_group_rows = s.row_group_rows;
         storage.segments.page_rows = s.page_rows;
         storage.limits.max_string_bytes = l.max_string_bytes;
@@ -249,5 +299,17 @@ mod tests {
         assert!(err.starts_with("config key storage.partition:"), "{err}");
         let c: FileConfig = toml::from_str("[storage]\ncompression = \"gzip\"\n").expect("parse");
         assert!(c.validate(Overrides::default()).expect_err("bad").to_string().contains("storage.compression"));
+        for (text, key) in [
+            ("fan_in = 1", "compaction.fan_in"),
+            ("cold_after = \"soon\"", "compaction.cold_after"),
+            ("interval = \"0\"", "compaction.interval"),
+        ] {
+            let c: FileConfig = toml::from_str(&format!("[compaction]\n{text}\n")).expect("parse");
+            let err = c.validate(Overrides::default()).expect_err(text).to_string();
+            assert!(err.starts_with(&format!("config key {key}:")), "{text}: {err}");
+        }
+        let c: FileConfig = toml::from_str("[compaction]\nfan_in = 8\ngrace = \"1m\"\n").expect("parse");
+        let v = c.validate(Overrides::default()).expect("valid");
+        assert_eq!((v.storage.compaction.fan_in, v.storage.compaction.grace), (8, Duration::from_secs(60)));
     }
 }

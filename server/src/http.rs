@@ -1,5 +1,5 @@
 //! The HTTP API: `POST /api/v1/sql`, `GET /health`, `GET /metrics`,
-//! `POST /api/v1/admin/persist`.
+//! `POST /api/v1/admin/persist`, `POST /api/v1/admin/compact`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +34,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/api/v1/sql", post(sql))
         .route("/api/v1/admin/persist", post(persist))
+        .route("/api/v1/admin/compact", post(compact))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/trace/{id}", get(crate::trace::trace))
@@ -142,6 +143,17 @@ async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {
         "tables": stats.tables, "rows": stats.rows, "segments": stats.segments, "bytes": stats.bytes
     }))
     .into_response())
+}
+
+/// Runs a compaction round now (whatever is due by the configured policy).
+async fn compact(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let stats = app
+        .storage
+        .compact()
+        .await
+        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    app.storage.purge_retired();
+    Ok(axum::Json(stats).into_response())
 }
 
 async fn health() -> Response {

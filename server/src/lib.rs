@@ -132,6 +132,7 @@ pub async fn run(
     let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
+    let compactor = tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone()));
     let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
     tokio::spawn(reload_on_sighup(Arc::clone(&alerts), stop_rx.clone()));
 
@@ -153,6 +154,7 @@ pub async fn run(
         tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; persisting anyway");
     }
     let _ = persister.await;
+    let _ = compactor.await;
     let _ = alerting.await;
     let stats = storage.shutdown().await?;
     tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
@@ -172,6 +174,23 @@ async fn persist_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
         {
             tracing::error!("persisting the write buffer failed (will retry; the WAL keeps the data): {e}");
         }
+    }
+}
+
+/// Merges segments when due and deletes replaced files after their grace
+/// period; checked every `compaction.interval`.
+async fn compact_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(storage.config().compaction.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = storage.compact().await {
+            tracing::error!("compaction failed (the segments stay as they are; will retry): {e}");
+        }
+        storage.purge_retired();
     }
 }
 

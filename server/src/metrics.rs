@@ -75,6 +75,19 @@ impl Metrics {
             "Bytes of segment files written.",
             load(&s.segment_bytes_written),
         );
+        counter(&mut o, "tocsin_storage_compactions_total", "Compaction merges done.", load(&s.compactions));
+        counter(
+            &mut o,
+            "tocsin_storage_compacted_segments_total",
+            "Segments replaced by compaction.",
+            load(&s.compacted_segments),
+        );
+        counter(
+            &mut o,
+            "tocsin_storage_compaction_bytes_written_total",
+            "Bytes of segment files written by compaction.",
+            load(&s.compaction_bytes_written),
+        );
         counter(
             &mut o,
             "tocsin_storage_wal_replayed_rows_total",

@@ -21,6 +21,40 @@ pub struct StorageConfig {
     pub max_buffer_bytes: usize,
     pub segments: SegmentOptions,
     pub limits: WriteLimits,
+    pub compaction: CompactionConfig,
+}
+
+/// When segments of one table and partition are merged (see
+/// `crate::compact`).
+#[derive(Debug, Clone)]
+pub struct CompactionConfig {
+    pub enabled: bool,
+    /// Merge when a partition holds this many segments of one level.
+    pub fan_in: usize,
+    /// A partition whose end is this far in the past gets all its segments
+    /// merged into one.
+    pub cold_after: Duration,
+    /// Never merge inputs holding more rows than this in one go (they are
+    /// decoded in memory).
+    pub max_rows: u64,
+    /// Replaced segment files are deleted this long after the swap, so that
+    /// queries planned before it can finish reading them.
+    pub grace: Duration,
+    /// How often the server looks for merges that are due.
+    pub interval: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fan_in: 4,
+            cold_after: Duration::from_secs(3600),
+            max_rows: 20_000_000,
+            grace: Duration::from_secs(600),
+            interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -34,6 +68,7 @@ impl Default for StorageConfig {
             max_buffer_bytes: 2 * 1024 * 1024 * 1024,
             segments: SegmentOptions::default(),
             limits: WriteLimits::default(),
+            compaction: CompactionConfig::default(),
         }
     }
 }

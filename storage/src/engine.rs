@@ -14,6 +14,7 @@ use arrow::error::ArrowError;
 use parking_lot::RwLock;
 
 use crate::batch::{adapt_batch, batch_bytes, blocks_to_batch, ts_range};
+use crate::compact::{self, CompactionStats};
 use crate::config::StorageConfig;
 use crate::manifest::{Manifest, ManifestError, SegmentMeta, TableEntry};
 use crate::metrics::StorageMetrics;
@@ -165,7 +166,16 @@ pub struct Storage {
     /// in a closed WAL file is in the buffer being persisted.
     gate: tokio::sync::RwLock<()>,
     persist_lock: tokio::sync::Mutex<()>,
-    pub(crate) next_segment_id: AtomicU64,
+    /// One compaction round at a time (compaction is the only remover of
+    /// segments, so a round's inputs stay in place until it swaps them).
+    compact_lock: tokio::sync::Mutex<()>,
+    /// Shared by persists and compactions, which may run at the same time.
+    pub(crate) next_segment_id: Arc<AtomicU64>,
+    /// The manifest's `wal_persisted_upto`, for manifests written by
+    /// compactions.
+    wal_persisted_upto: AtomicU64,
+    /// Segment files replaced by compaction, deleted after the grace period.
+    retired: parking_lot::Mutex<Vec<(PathBuf, Instant)>>,
     shutting_down: AtomicBool,
     pub metrics: StorageMetrics,
     /// Replaced whole when one is added (at start-up), so that a write
@@ -198,6 +208,7 @@ impl Storage {
         state: State,
         wal: Arc<Wal>,
         next_segment_id: u64,
+        wal_persisted_upto: u64,
         lock_file: File,
         metrics: StorageMetrics,
     ) -> Storage {
@@ -207,7 +218,10 @@ impl Storage {
             wal,
             gate: tokio::sync::RwLock::new(()),
             persist_lock: tokio::sync::Mutex::new(()),
-            next_segment_id: AtomicU64::new(next_segment_id),
+            compact_lock: tokio::sync::Mutex::new(()),
+            next_segment_id: Arc::new(AtomicU64::new(next_segment_id)),
+            wal_persisted_upto: AtomicU64::new(wal_persisted_upto),
+            retired: parking_lot::Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
             metrics,
             observers: RwLock::new(Arc::new(Vec::new())),
@@ -467,13 +481,12 @@ impl Storage {
         let data_dir = self.config.data_dir.clone();
         let partition_ns = self.config.partition.as_nanos().min(i64::MAX as u128) as i64;
         let options = self.config.segments.clone();
-        let ids = Arc::new(AtomicU64::new(self.next_segment_id.load(Ordering::Acquire)));
-        let ids2 = Arc::clone(&ids);
+        let ids = Arc::clone(&self.next_segment_id);
         let written = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             for (db, table, schema, batches) in work {
                 let segs = write_segments(&data_dir, &db, &table, &schema, &batches, partition_ns, &options, || {
-                    ids2.fetch_add(1, Ordering::AcqRel)
+                    ids.fetch_add(1, Ordering::AcqRel)
                 })?;
                 out.push((db, table, segs));
             }
@@ -481,7 +494,6 @@ impl Storage {
         })
         .await
         .map_err(|e| StorageError::Task(e.to_string()));
-        self.next_segment_id.store(ids.load(Ordering::Acquire), Ordering::Release);
         let written = match written.and_then(|r| r.map_err(StorageError::from)) {
             Ok(w) => w,
             Err(e) => {
@@ -515,6 +527,7 @@ impl Storage {
             self.restore_persisting();
             return Err(e);
         }
+        self.wal_persisted_upto.store(closed_wal, Ordering::Release);
         {
             let mut st = self.state.write();
             for (db, table, segs) in written {
@@ -542,6 +555,146 @@ impl Storage {
         // The cache must not keep the persisted buffers alive.
         self.last.compact_all(|db, table| self.table_schema(db, table));
         Ok(stats)
+    }
+
+    /// Runs one compaction round: every merge due now (see
+    /// [`crate::compact`]), one after another. Inputs that cannot be read
+    /// are reported and left in place; the round goes on with the others.
+    pub async fn compact(&self) -> Result<CompactionStats, StorageError> {
+        let _one_round = self.compact_lock.lock().await;
+        let partition_ns = self.config.partition.as_nanos().min(i64::MAX as u128) as i64;
+        let now_ns = crate::now_ns();
+        let jobs: Vec<(String, String, SchemaRef, Vec<Arc<SegmentMeta>>)> = {
+            let st = self.state.read();
+            let mut jobs = Vec::new();
+            for (db, tables) in &st.dbs {
+                for (name, t) in tables {
+                    for inputs in compact::plan(&t.segments, partition_ns, now_ns, &self.config.compaction) {
+                        jobs.push((db.clone(), name.clone(), t.current_arrow_schema(), inputs));
+                    }
+                }
+            }
+            jobs
+        };
+        let mut stats = CompactionStats::default();
+        for (db, table, schema, inputs) in jobs {
+            let started = Instant::now();
+            let data_dir = self.config.data_dir.clone();
+            let options = self.config.segments.clone();
+            let ids = Arc::clone(&self.next_segment_id);
+            let (db2, table2, inputs2) = (db.clone(), table.clone(), inputs.clone());
+            let merged = tokio::task::spawn_blocking(move || {
+                let mut batches = Vec::new();
+                for s in &inputs2 {
+                    batches.extend(compact::read_segment(&data_dir.join(&s.path), &schema)?);
+                }
+                let level = inputs2.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(1);
+                let mut out =
+                    write_segments(&data_dir, &db2, &table2, &schema, &batches, partition_ns, &options, || {
+                        ids.fetch_add(1, Ordering::AcqRel)
+                    })?;
+                for s in &mut out {
+                    s.level = level;
+                }
+                Ok::<_, SegmentError>(out)
+            })
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?;
+            let outputs = match merged {
+                Ok(outputs) => outputs,
+                Err(e) => {
+                    tracing::error!(
+                        "compacting {} segments of {db}.{table} failed, they stay as they are: {e}",
+                        inputs.len()
+                    );
+                    continue;
+                }
+            };
+            self.swap_compacted(&db, &table, &inputs, outputs.clone()).await.inspect_err(|_| {
+                for o in &outputs {
+                    let _ = std::fs::remove_file(self.config.data_dir.join(&o.path));
+                }
+            })?;
+            let rows: u64 = inputs.iter().map(|s| s.rows).sum();
+            let before: u64 = inputs.iter().map(|s| s.bytes).sum();
+            let after: u64 = outputs.iter().map(|s| s.bytes).sum();
+            stats.merges += 1;
+            stats.inputs += inputs.len();
+            stats.outputs += outputs.len();
+            stats.rows += rows;
+            stats.bytes_before += before;
+            stats.bytes_after += after;
+            self.metrics.compactions.fetch_add(1, Ordering::Relaxed);
+            self.metrics.compacted_segments.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+            self.metrics.compaction_bytes_written.fetch_add(after, Ordering::Relaxed);
+            tracing::info!(
+                table = %format!("{db}.{table}"),
+                inputs = inputs.len(),
+                level = outputs.first().map(|s| s.level).unwrap_or(0),
+                rows,
+                bytes_before = before,
+                bytes_after = after,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "compacted segments"
+            );
+        }
+        Ok(stats)
+    }
+
+    /// Replaces `inputs` by `outputs` in a new manifest, then in the query
+    /// state, and retires the inputs' files.
+    async fn swap_compacted(
+        &self,
+        db: &str,
+        table: &str,
+        inputs: &[Arc<SegmentMeta>],
+        outputs: Vec<SegmentMeta>,
+    ) -> Result<(), StorageError> {
+        let _no_persist = self.persist_lock.lock().await;
+        let gone = |s: &SegmentMeta| inputs.iter().any(|i| i.id == s.id);
+        let manifest = {
+            let st = self.state.read();
+            let mut m = self.manifest_of(&st, self.wal_persisted_upto.load(Ordering::Acquire));
+            if let Some(entry) = m.databases.get_mut(db).and_then(|d| d.get_mut(table)) {
+                entry.segments.retain(|s| !gone(s));
+                entry.segments.extend(outputs.iter().cloned());
+            }
+            m
+        };
+        let dir = self.config.data_dir.clone();
+        tokio::task::spawn_blocking(move || manifest.save(&dir))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
+        {
+            let mut st = self.state.write();
+            if let Some(t) = st.dbs.get_mut(db).and_then(|d| d.get_mut(table)) {
+                t.segments.retain(|s| !gone(s));
+                t.segments.extend(outputs.into_iter().map(Arc::new));
+            }
+        }
+        let now = Instant::now();
+        self.retired.lock().extend(inputs.iter().map(|s| (self.config.data_dir.join(&s.path), now)));
+        Ok(())
+    }
+
+    /// Deletes the files of segments replaced by compaction more than the
+    /// grace period ago. Returns how many were deleted.
+    pub fn purge_retired(&self) -> usize {
+        let grace = self.config.compaction.grace;
+        let due: Vec<PathBuf> = {
+            let mut retired = self.retired.lock();
+            let (due, keep): (Vec<_>, Vec<_>) = retired.drain(..).partition(|(_, at)| at.elapsed() >= grace);
+            *retired = keep;
+            due.into_iter().map(|(p, _)| p).collect()
+        };
+        for p in &due {
+            if let Err(e) = std::fs::remove_file(p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("cannot delete compacted segment {}: {e}", p.display());
+            }
+        }
+        due.len()
     }
 
     fn restore_persisting(&self) {
@@ -771,6 +924,124 @@ mod tests {
         assert_eq!(snap.segments.len(), 1);
         assert_eq!(snap.chunks.iter().map(|c| c.batch.num_rows()).sum::<usize>(), 1);
         assert_eq!(s.metrics.wal_replayed_rows.load(Ordering::Relaxed), 1);
+    }
+
+    /// Every row of the table's segments as (host, ts, v, f), sorted.
+    fn segment_rows(s: &Storage) -> Vec<(String, i64, Option<i64>, Option<f64>)> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampNanosecondType};
+        let snap = s.snapshot("public", "t").expect("table");
+        let mut out = Vec::new();
+        for seg in &snap.segments {
+            for b in compact::read_segment(&snap.segment_path(seg), &snap.schema).expect("read") {
+                let col = |n: &str| b.column(b.schema().index_of(n).expect("column")).clone();
+                let host = col("host");
+                let host = host.as_dictionary::<Int32Type>();
+                let names = host.values().as_string::<i32>();
+                let (ts, v, f) = (col("ts"), col("v"), col("f"));
+                let (ts, v, f) = (
+                    ts.as_primitive::<TimestampNanosecondType>(),
+                    v.as_primitive::<Int64Type>(),
+                    f.as_primitive::<Float64Type>(),
+                );
+                for i in 0..b.num_rows() {
+                    out.push((
+                        names.value(host.keys().value(i) as usize).to_string(),
+                        ts.value(i),
+                        v.is_valid(i).then(|| v.value(i)),
+                        f.is_valid(i).then(|| f.value(i)),
+                    ));
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
+    }
+
+    #[tokio::test]
+    async fn compaction_merges_segments_keeps_every_row_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = crate::config::CompactionConfig {
+            cold_after: std::time::Duration::from_secs(u64::MAX / 4),
+            grace: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        let config = StorageConfig { compaction: live, ..StorageConfig::for_tests(dir.path()) };
+        let s = Storage::open(config.clone()).await.expect("open");
+        let mut expected = Vec::new();
+        for p in 0..5i64 {
+            let ts: Vec<i64> = (0..100).map(|i| p * 1_000 + i).collect();
+            let mut blocks = vec![block(0, "a", ts.clone(), FieldValues::I64(ts.iter().map(|t| t % 7).collect()))];
+            if p >= 2 {
+                // A field that appears later, integral (stored as Int64 in
+                // these segments) in persist 2 and fractional afterwards.
+                let f: Vec<f64> = ts.iter().map(|&t| if p == 2 { t as f64 } else { t as f64 / 4.0 }).collect();
+                blocks.push(SeriesBlock {
+                    item: 1,
+                    tags: vec![("host".into(), "b".into())],
+                    timestamps: ts.clone(),
+                    fields: vec![FieldColumn { name: "f".into(), values: FieldValues::F64(f.clone()), validity: None }],
+                });
+                expected.extend(ts.iter().zip(&f).map(|(&t, &f)| ("b".to_string(), t, None, Some(f))));
+            }
+            expected.extend(ts.iter().map(|&t| ("a".to_string(), t, Some(t % 7), None)));
+            s.write("public", vec![TableWrite { table: "t".into(), blocks }]).await.expect("write");
+            s.persist().await.expect("persist");
+        }
+        expected.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        assert_eq!(s.snapshot("public", "t").expect("table").segments.len(), 5);
+        assert_eq!(segment_rows(&s), expected);
+        let inputs: Vec<PathBuf> =
+            s.snapshot("public", "t").expect("table").segments.iter().map(|x| dir.path().join(&x.path)).collect();
+
+        // Five level-0 segments (fan-in 4 reached) merge into one of level 1.
+        let stats = s.compact().await.expect("compact");
+        assert_eq!((stats.merges, stats.inputs, stats.outputs, stats.rows), (1, 5, 1, 800));
+        let snap = s.snapshot("public", "t").expect("table");
+        assert_eq!(snap.segments.iter().map(|x| x.level).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(segment_rows(&s), expected, "rows changed by compaction");
+        assert!(inputs.iter().all(|p| p.exists()), "inputs are kept for the grace period");
+        assert_eq!(s.purge_retired(), 5);
+        assert!(inputs.iter().all(|p| !p.exists()), "inputs deleted after the grace period");
+        // One more persist: a level-0 segment next to the level-1 one, below
+        // fan-in, so nothing is due while the partition is live.
+        let ts: Vec<i64> = (5_000..5_010).collect();
+        expected.extend(ts.iter().map(|&t| ("a".to_string(), t, Some(t % 7), None)));
+        expected.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let w = TableWrite {
+            table: "t".into(),
+            blocks: vec![block(0, "a", ts.clone(), FieldValues::I64(ts.iter().map(|t| t % 7).collect()))],
+        };
+        s.write("public", vec![w]).await.expect("write");
+        s.persist().await.expect("persist");
+        assert_eq!(s.compact().await.expect("compact").merges, 0, "nothing is due");
+        s.shutdown().await.expect("shutdown");
+        drop(s);
+
+        // A stray file the manifest does not list is removed at start; a
+        // cold partition (these timestamps are in 1970) merges into one.
+        let stray = dir.path().join("segments/public/t/00000000000000000999.parquet");
+        std::fs::copy(any_segment_file(dir.path()), &stray).expect("copy");
+        let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("reopen");
+        assert!(!stray.exists(), "unlisted segment removed at start");
+        assert_eq!(segment_rows(&s), expected);
+        let stats = s.compact().await.expect("compact");
+        assert_eq!((stats.merges, stats.inputs, stats.outputs), (1, 2, 1));
+        let snap = s.snapshot("public", "t").expect("table");
+        assert_eq!(snap.segments.len(), 1);
+        assert_eq!(snap.segments[0].level, 2);
+        assert_eq!(segment_rows(&s), expected);
+        assert_eq!(s.metrics.compactions.load(Ordering::Relaxed), 1, "counted since this start");
+    }
+
+    /// Any segment file of table `t` (to copy as a stray one).
+    fn any_segment_file(dir: &Path) -> PathBuf {
+        std::fs::read_dir(dir.join("segments/public/t"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .expect("a segment")
     }
 
     #[tokio::test]

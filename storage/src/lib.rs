@@ -36,6 +36,7 @@
 //! ```
 
 pub mod batch;
+mod compact;
 pub mod config;
 mod delta;
 mod engine;
@@ -48,7 +49,8 @@ pub mod segment;
 pub mod wal;
 pub mod write;
 
-pub use config::StorageConfig;
+pub use compact::CompactionStats;
+pub use config::{CompactionConfig, StorageConfig};
 pub use engine::{
     Chunk, PersistStats, Rejection, SYSTEM_DATABASE, Storage, StorageError, TableSnapshot, WriteObserver, WriteOutcome,
 };
@@ -57,3 +59,8 @@ pub use metrics::StorageMetrics;
 pub use schema::{ColumnKind, FieldType, TIME_COLUMN, TableSchema};
 pub use wal::FsyncPolicy;
 pub use write::{FieldColumn, FieldValues, SeriesBlock, TableWrite, WriteError, WriteLimits};
+
+/// Now, in nanoseconds since the Unix epoch (0 before it).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}

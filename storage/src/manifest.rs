@@ -28,6 +28,15 @@ pub struct SegmentMeta {
     pub max_ts: i64,
     pub rows: u64,
     pub bytes: u64,
+    /// How many compactions the rows went through: 0 for a segment written
+    /// by a persist, one more than its inputs' for a compaction's output
+    /// (absent in manifests written before compaction existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub level: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -122,6 +131,7 @@ mod tests {
                     max_ts: 2,
                     rows: 2,
                     bytes: 100,
+                    level: 3,
                 }],
             },
         );

@@ -20,6 +20,12 @@ pub struct StorageMetrics {
     pub wal_replayed_rows: AtomicU64,
     /// Bytes cut off torn or corrupt WAL tails at startup.
     pub wal_truncated_bytes: AtomicU64,
+    /// Compaction merges done.
+    pub compactions: AtomicU64,
+    /// Segments replaced by compaction.
+    pub compacted_segments: AtomicU64,
+    /// Bytes of segment files written by compaction.
+    pub compaction_bytes_written: AtomicU64,
     /// Files moved to quarantine at startup.
     pub quarantined_files: AtomicU64,
 }

@@ -36,6 +36,7 @@ pub(crate) fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> 
         manifest.save(&dir)?;
     }
     remove_temp_files(&dir.join("segments"));
+    remove_unlisted_segments(&dir, &manifest);
 
     let mut state = State::default();
     for (db, tables) in &manifest.databases {
@@ -52,7 +53,7 @@ pub(crate) fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> 
     let last_seq = replay_wal(&dir, &wal_dir, &manifest, &mut state, &config, &metrics)?;
     let wal = Wal::create(&wal_dir, last_seq.max(manifest.wal_persisted_upto) + 1, config.fsync)?;
     let next_id = manifest.next_segment_id;
-    let storage = Storage::from_parts(config, state, wal, next_id, lock, metrics);
+    let storage = Storage::from_parts(config, state, wal, next_id, manifest.wal_persisted_upto, lock, metrics);
     tracing::info!(
         data_dir = %dir.display(),
         tables = storage.state.read().dbs.values().map(|d| d.len()).sum::<usize>(),
@@ -131,6 +132,38 @@ fn remove_temp_files(dir: &Path) {
             let _ = fs::remove_file(&p);
         }
     }
+}
+
+/// Segment files the manifest does not list are either inputs of a
+/// compaction whose output replaced them, or output of a persist or
+/// compaction that crashed before its manifest was saved (whose rows are
+/// still in the WAL or in the inputs). Either way nothing reads them.
+fn remove_unlisted_segments(dir: &Path, manifest: &Manifest) {
+    let listed: std::collections::HashSet<PathBuf> = manifest
+        .databases
+        .values()
+        .flat_map(|t| t.values())
+        .flat_map(|e| e.segments.iter().map(|s| dir.join(&s.path)))
+        .collect();
+    fn walk(p: &Path, listed: &std::collections::HashSet<PathBuf>) {
+        let Ok(entries) = fs::read_dir(p) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, listed);
+            } else if p.extension().is_some_and(|x| x == "parquet") && !listed.contains(&p) {
+                match fs::remove_file(&p) {
+                    Ok(()) => tracing::info!(
+                        "removed segment {} that the manifest does not list (replaced by a compaction, or \
+                         written by a persist interrupted before its manifest; its rows are elsewhere)",
+                        p.display()
+                    ),
+                    Err(e) => tracing::warn!("cannot remove unlisted segment {}: {e}", p.display()),
+                }
+            }
+        }
+    }
+    walk(&dir.join("segments"), &listed);
 }
 
 /// Replays WAL files newer than the manifest's persisted mark into `state`.

@@ -127,6 +127,7 @@ pub(crate) fn write_segments(
             max_ts,
             rows: slice.num_rows() as u64,
             bytes,
+            level: 0,
         });
         start = end;
     }

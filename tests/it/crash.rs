@@ -35,7 +35,8 @@ async fn write_until_error(server_grpc: std::net::SocketAddr, writer: i64, acked
     }
 }
 
-async fn check_round(kill_after: Duration, extra: &[&str], tmp: &std::path::Path) {
+/// Writes, kills, restarts and checks; returns the killed server's log.
+async fn check_round(kill_after: Duration, extra: &[&str], tmp: &std::path::Path) -> String {
     let dir = tmp.join("data");
     let mut server = TestServer::start_in(&dir, extra);
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -48,6 +49,7 @@ async fn check_round(kill_after: Duration, extra: &[&str], tmp: &std::path::Path
     }
     let acked: Vec<i64> = acked.lock().expect("lock").clone();
     assert!(!acked.is_empty(), "no write was acknowledged in {kill_after:?}");
+    let killed_log = server.log_text();
 
     let server = TestServer::start_in(&dir, extra);
     let rows = server.sql("SELECT id FROM crash").await;
@@ -65,6 +67,7 @@ async fn check_round(kill_after: Duration, extra: &[&str], tmp: &std::path::Path
     );
     let n = server.sql("SELECT count(*) AS n FROM crash").await;
     assert_eq!(n[0]["n"], Value::from(present.len()));
+    killed_log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,4 +89,24 @@ async fn kill_9_during_persistence_loses_no_acknowledged_row() {
         std::fs::write(&cfg, "[storage]\npersist_max_mb = 1\npersist_max_age = \"1s\"\n").expect("config");
         check_round(Duration::from_millis(ms), &["--config", cfg.to_str().expect("utf8")], tmp.path()).await;
     }
+}
+
+/// And with compaction merging the persisted segments every 100 ms, so that
+/// kills land while merges read, write and swap segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_compaction_loses_no_acknowledged_row() {
+    let mut compacted = 0;
+    for ms in [1500, 2600, 4000] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = tmp.path().join("tocsin.toml");
+        std::fs::write(
+            &cfg,
+            "[storage]\npersist_max_mb = 1\npersist_max_age = \"1s\"\n\
+             [compaction]\nfan_in = 2\ninterval = \"100ms\"\ngrace = \"0s\"\n",
+        )
+        .expect("config");
+        let log = check_round(Duration::from_millis(ms), &["--config", cfg.to_str().expect("utf8")], tmp.path()).await;
+        compacted += log.matches("compacted segments").count();
+    }
+    assert!(compacted > 0, "no compaction ran before the kills");
 }

@@ -182,3 +182,60 @@ async fn bad_config_is_refused_with_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("storage.fsync"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn manifest_segments(dir: &std::path::Path, table: &str) -> Vec<Value> {
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    manifest["databases"]["public"][table]["segments"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn compaction_merges_each_partitions_segments_with_identical_answers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let cfg = tmp.path().join("tocsin.toml");
+    // Hourly partitions; T0 is long past, so every partition is cold and
+    // merges whole. Replaced files are deleted at once. The background round
+    // runs at start only, so that this test's call does the merging.
+    std::fs::write(&cfg, "[storage]\npartition = \"1h\"\n[compaction]\ngrace = \"0s\"\ninterval = \"1h\"\n")
+        .expect("config");
+    let cfg = cfg.to_str().expect("utf8").to_string();
+    let mut server = TestServer::start_in(&dir, &["--config", &cfg]);
+    for _ in 0..3 {
+        write_hours(&server, 3).await;
+        server.persist().await;
+    }
+    let before = results(&server).await;
+    assert_eq!(before[2], vec![json!({"n": 3 * 3 * 60})], "three writes of a full hour per host");
+    let segments = manifest_segments(&dir, "m");
+    let files: Vec<std::path::PathBuf> = segments.iter().map(|s| dir.join(s["path"].as_str().expect("path"))).collect();
+    assert!(segments.len() >= 9, "three persists of three partitions: {}", segments.len());
+
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/admin/compact", server.http))
+        .send()
+        .await
+        .expect("compact request");
+    assert!(resp.status().is_success());
+    let stats: Value = resp.json().await.expect("json");
+    assert_eq!(stats["inputs"], json!(segments.len()), "{stats}");
+    let merged = manifest_segments(&dir, "m");
+    let partitions: std::collections::BTreeSet<i64> =
+        segments.iter().map(|s| s["partition_start"].as_i64().expect("partition")).collect();
+    assert_eq!(merged.len(), partitions.len(), "{merged:?}");
+    assert!(merged.iter().all(|s| s["level"].as_u64().unwrap_or(0) >= 1), "{merged:?}");
+    assert_eq!(results(&server).await, before, "answers changed by compaction");
+    assert!(files.iter().all(|f| !f.exists()), "replaced segment files are deleted after the (zero) grace");
+    let metrics = reqwest::get(format!("http://{}/metrics", server.http)).await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    let compacted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tocsin_storage_compacted_segments_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(compacted, Some(segments.len() as u64), "{metrics}");
+
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let server = TestServer::start_in(&dir, &["--config", &cfg]);
+    assert_eq!(results(&server).await, before, "answers changed across a restart after compaction");
+}

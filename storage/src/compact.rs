@@ -1,0 +1,199 @@
+//! Compaction: merging the segments of one table and time partition.
+//!
+//! Every persist writes one segment per table per partition it holds data
+//! for, so a day partition fed by 10-minute persists collects 144 files.
+//! Small files compress worse (each column chunk restarts its encodings) and
+//! every query opens them all. Compaction merges them, size-tiered like an
+//! LSM tree so that each row is rewritten O(log n) times:
+//!
+//! - a persist's segment has level 0; when a partition holds `fan_in`
+//!   segments of one level, they are merged into one segment of the next
+//!   level;
+//! - once a partition is `cold_after` past its end (no more live data is
+//!   expected), all its segments are merged into one;
+//! - a merge never takes inputs holding more than `max_rows` rows (they are
+//!   decoded in memory); the oldest inputs within that budget are taken.
+//!
+//! A merge reads the inputs, sorts and writes them like a persist (same
+//! encodings, same order), records the output in a new manifest in place of
+//! the inputs (atomically, under the persist lock), swaps them in the query
+//! state, and retires the inputs: their files are deleted after `grace`, so
+//! that queries planned before the swap can finish reading them. A crash at
+//! any point leaves either the inputs or the output in the manifest; files
+//! the manifest does not list are removed at the next start.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::config::CompactionConfig;
+use crate::manifest::SegmentMeta;
+use crate::segment::SegmentError;
+
+/// What one compaction round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CompactionStats {
+    /// Merges done.
+    pub merges: usize,
+    /// Segments replaced.
+    pub inputs: usize,
+    /// Segments written.
+    pub outputs: usize,
+    pub rows: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The merges due now among one table's `segments`: each a list of inputs
+/// from one partition (at most one merge per partition per round).
+pub(crate) fn plan(
+    segments: &[Arc<SegmentMeta>],
+    partition_ns: i64,
+    now_ns: i64,
+    config: &CompactionConfig,
+) -> Vec<Vec<Arc<SegmentMeta>>> {
+    if !config.enabled {
+        return Vec::new();
+    }
+    let cold_ns = i64::try_from(config.cold_after.as_nanos()).unwrap_or(i64::MAX);
+    let mut partitions: BTreeMap<i64, Vec<&Arc<SegmentMeta>>> = BTreeMap::new();
+    for s in segments {
+        partitions.entry(s.partition_start).or_default().push(s);
+    }
+    let mut merges = Vec::new();
+    for (start, mut segs) in partitions {
+        if segs.len() < 2 {
+            continue;
+        }
+        segs.sort_by_key(|s| s.id);
+        let cold = start.saturating_add(partition_ns).saturating_add(cold_ns) <= now_ns;
+        let candidates: Vec<&Arc<SegmentMeta>> = if cold {
+            segs
+        } else {
+            let mut levels: BTreeMap<u32, Vec<&Arc<SegmentMeta>>> = BTreeMap::new();
+            for s in segs {
+                levels.entry(s.level).or_default().push(s);
+            }
+            match levels.into_values().find(|l| l.len() >= config.fan_in.max(2)) {
+                Some(level) => level,
+                None => continue,
+            }
+        };
+        let mut rows = 0u64;
+        let inputs: Vec<Arc<SegmentMeta>> = candidates
+            .into_iter()
+            .take_while(|s| {
+                rows = rows.saturating_add(s.rows);
+                rows <= config.max_rows
+            })
+            .map(Arc::clone)
+            .collect();
+        if inputs.len() >= 2 {
+            merges.push(inputs);
+        }
+    }
+    merges
+}
+
+/// Reads a segment file as batches of `schema`: columns the segment lacks
+/// are NULL, columns stored with another type (integral floats stored as
+/// Int64) are cast back to the table's type, exactly.
+pub(crate) fn read_segment(path: &Path, schema: &SchemaRef) -> Result<Vec<RecordBatch>, SegmentError> {
+    let perr = |source| SegmentError::Parquet { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(|source| SegmentError::Io { path: path.to_path_buf(), source })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(perr)?.with_batch_size(64 * 1024).build();
+    let reader = reader.map_err(perr)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        out.push(conform(&batch?, schema)?);
+    }
+    Ok(out)
+}
+
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.schema().index_of(f.name()) {
+            Ok(i) if batch.column(i).data_type() == f.data_type() => Ok(Arc::clone(batch.column(i))),
+            Ok(i) => arrow::compute::cast(batch.column(i), f.data_type()),
+            Err(_) => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const DAY: i64 = 86_400 * 1_000_000_000;
+
+    fn seg(id: u64, partition: i64, level: u32, rows: u64) -> Arc<SegmentMeta> {
+        Arc::new(SegmentMeta {
+            id,
+            path: format!("segments/public/t/{id:020}.parquet"),
+            partition_start: partition * DAY,
+            min_ts: partition * DAY,
+            max_ts: partition * DAY + 1,
+            rows,
+            bytes: rows * 4,
+            level,
+        })
+    }
+
+    fn ids(merges: &[Vec<Arc<SegmentMeta>>]) -> Vec<Vec<u64>> {
+        merges.iter().map(|m| m.iter().map(|s| s.id).collect()).collect()
+    }
+
+    #[test]
+    fn a_live_partition_merges_one_level_at_fan_in() {
+        let config = CompactionConfig::default();
+        let now = 10 * DAY + 3600 * 1_000_000_000;
+        let mut segs: Vec<_> = (1..=3).map(|i| seg(i, 10, 0, 100)).collect();
+        assert!(plan(&segs, DAY, now, &config).is_empty(), "three level-0 segments are below fan-in");
+        segs.push(seg(4, 10, 0, 100));
+        segs.push(seg(9, 10, 1, 400));
+        assert_eq!(ids(&plan(&segs, DAY, now, &config)), vec![vec![1, 2, 3, 4]]);
+        // Four level-1 segments merge into level 2 even with level-0 ones around.
+        let segs: Vec<_> = (1..=4).map(|i| seg(i, 10, 1, 400)).chain([seg(5, 10, 0, 100)]).collect();
+        assert_eq!(ids(&plan(&segs, DAY, now, &config)), vec![vec![1, 2, 3, 4]]);
+    }
+
+    #[test]
+    fn a_cold_partition_merges_everything_within_the_row_budget() {
+        let config = CompactionConfig { max_rows: 1_000, ..CompactionConfig::default() };
+        let segs = vec![seg(1, 3, 2, 600), seg(2, 3, 0, 100), seg(3, 3, 0, 100), seg(4, 5, 0, 10)];
+        // Day 3 ended long ago; day 5 holds one segment: nothing to merge.
+        let now = 20 * DAY;
+        assert_eq!(ids(&plan(&segs, DAY, now, &config)), vec![vec![1, 2, 3]]);
+        // Inside the cold_after window the day is still live: below fan-in.
+        let just_ended = 4 * DAY + 60 * 1_000_000_000;
+        assert!(plan(&segs, DAY, just_ended, &config).is_empty());
+        // The budget stops at the oldest inputs that fit.
+        let tight = CompactionConfig { max_rows: 700, ..config.clone() };
+        assert_eq!(ids(&plan(&segs, DAY, now, &tight)), vec![vec![1, 2]]);
+        let tiny = CompactionConfig { max_rows: 500, ..config };
+        assert!(plan(&segs, DAY, now, &tiny).is_empty(), "no two inputs fit");
+    }
+
+    #[test]
+    fn nothing_is_planned_when_disabled_or_never_cold() {
+        let segs: Vec<_> = (1..=50).map(|i| seg(i, 1, 0, 10)).collect();
+        let off = CompactionConfig { enabled: false, ..Default::default() };
+        assert!(plan(&segs, DAY, 100 * DAY, &off).is_empty());
+        let never = CompactionConfig { fan_in: 100, cold_after: Duration::from_secs(u64::MAX), ..Default::default() };
+        assert!(plan(&segs, DAY, 100 * DAY, &never).is_empty());
+    }
+}
