@@ -150,8 +150,8 @@ async fn ingest(args: &Args, steps: usize, values: u64) -> anyhow::Result<()> {
     let t = Instant::now();
     let resp = reqwest::Client::new().post(format!("http://{}/api/v1/admin/compact", args.http_addr)).send().await?;
     let stats: serde_json::Value = resp.json().await?;
-    let background = metric(http, "tocsin_storage_compactions_total").await.unwrap_or(0.0)
-        - stats["merges"].as_f64().unwrap_or(0.0);
+    let background =
+        metric(http, "tocsin_storage_compactions_total").await.unwrap_or(0.0) - stats["merges"].as_f64().unwrap_or(0.0);
     if background > 0.0 {
         println!("compaction: {background} merges ran in the background during the run");
     }

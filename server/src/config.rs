@@ -50,7 +50,7 @@ impl Default for CompactionSection {
             enabled: true,
             fan_in: 4,
             cold_after: "1h".into(),
-            max_rows: 20_000_000,
+            max_rows: 10_000_000,
             grace: "10m".into(),
             interval: "10s".into(),
         }

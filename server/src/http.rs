@@ -71,6 +71,14 @@ impl ApiError {
     }
 }
 
+/// Storage failures behind an admin request are the server's (I/O, a
+/// failed task), never the client's.
+impl From<tocsin_storage::StorageError> for ApiError {
+    fn from(e: tocsin_storage::StorageError) -> Self {
+        Self::internal(e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": self.message }).to_string())
@@ -134,11 +142,7 @@ async fn sql(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Re
 }
 
 async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let stats = app
-        .storage
-        .persist()
-        .await
-        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    let stats = app.storage.persist().await?;
     Ok(axum::Json(json!({
         "tables": stats.tables, "rows": stats.rows, "segments": stats.segments, "bytes": stats.bytes
     }))
@@ -147,11 +151,7 @@ async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {
 
 /// Runs a compaction round now (whatever is due by the configured policy).
 async fn compact(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let stats = app
-        .storage
-        .compact()
-        .await
-        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    let stats = app.storage.compact().await?;
     app.storage.purge_retired();
     Ok(axum::Json(stats).into_response())
 }

@@ -63,7 +63,7 @@ pub(crate) async fn flow(
     // `*`: span_id is optional (absent until some event carries one).
     let sql = format!("SELECT * FROM \"{table}\" WHERE trace_id = '{id}' ORDER BY ts, service");
     let batches = query.execute(&sql, database).await?.batches;
-    let events = events(&batches).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let events = events(&batches).map_err(|e| ApiError::internal(e.to_string()))?;
     if events.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no events with trace id {id:?} in {table}")));
     }

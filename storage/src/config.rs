@@ -50,7 +50,7 @@ impl Default for CompactionConfig {
             enabled: true,
             fan_in: 4,
             cold_after: Duration::from_secs(3600),
-            max_rows: 20_000_000,
+            max_rows: 10_000_000,
             grace: Duration::from_secs(600),
             interval: Duration::from_secs(10),
         }

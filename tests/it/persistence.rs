@@ -211,13 +211,7 @@ async fn compaction_merges_each_partitions_segments_with_identical_answers() {
     let files: Vec<std::path::PathBuf> = segments.iter().map(|s| dir.join(s["path"].as_str().expect("path"))).collect();
     assert!(segments.len() >= 9, "three persists of three partitions: {}", segments.len());
 
-    let resp = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/admin/compact", server.http))
-        .send()
-        .await
-        .expect("compact request");
-    assert!(resp.status().is_success());
-    let stats: Value = resp.json().await.expect("json");
+    let stats = server.compact().await;
     assert_eq!(stats["inputs"], json!(segments.len()), "{stats}");
     let merged = manifest_segments(&dir, "m");
     let partitions: std::collections::BTreeSet<i64> =

@@ -136,12 +136,21 @@ impl TestServer {
     }
 
     pub(crate) async fn persist(&self) -> Value {
+        self.admin("persist").await
+    }
+
+    /// `POST /api/v1/admin/compact`: the round's statistics.
+    pub(crate) async fn compact(&self) -> Value {
+        self.admin("compact").await
+    }
+
+    async fn admin(&self, action: &str) -> Value {
         let resp = reqwest::Client::new()
-            .post(format!("http://{}/api/v1/admin/persist", self.http))
+            .post(format!("http://{}/api/v1/admin/{action}", self.http))
             .send()
             .await
-            .expect("persist request");
-        assert!(resp.status().is_success());
+            .expect("admin request");
+        assert!(resp.status().is_success(), "{action}: {}", resp.status());
         resp.json().await.expect("json")
     }
 
