@@ -25,6 +25,36 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub alerting: AlertingSection,
     pub compaction: CompactionSection,
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`: how long rows are kept, as `forever` or a duration
+/// (docs/storage.md, Retention).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    pub default: String,
+    /// Database name to retention; wins over `default`.
+    pub databases: std::collections::BTreeMap<String, String>,
+    /// `database.table` to retention; wins over the database's.
+    pub tables: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self { default: "forever".into(), databases: Default::default(), tables: Default::default() }
+    }
+}
+
+/// `forever` keeps rows forever; otherwise a positive duration.
+fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
+    if s.trim().eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: use \"forever\" or a positive duration such as 30d")),
+        d => Ok(Some(d)),
+    }
 }
 
 /// `[compaction]`: merging a partition's segments (docs/storage.md).
@@ -228,6 +258,25 @@ impl FileConfig {
                 ConfigError::Invalid { key: "compaction.interval", reason: "must be a positive duration".into() }
             })?,
         };
+        let r = self.retention;
+        storage.retention.default =
+            parse_retention(&r.default).map_err(|reason| ConfigError::Invalid { key: "retention.default", reason })?;
+        for (db, v) in r.databases {
+            let keep =
+                parse_retention(&v).map_err(|reason| ConfigError::Invalid { key: "retention.databases", reason })?;
+            storage.retention.databases.insert(db, keep);
+        }
+        for (table, v) in r.tables {
+            if !table.contains('.') {
+                return Err(ConfigError::Invalid {
+                    key: "retention.tables",
+                    reason: format!("{table:?} must be written database.table, e.g. \"public.cpu\""),
+                });
+            }
+            let keep =
+                parse_retention(&v).map_err(|reason| ConfigError::Invalid { key: "retention.tables", reason })?;
+            storage.retention.tables.insert(table, keep);
+        }
         storage.segments.row_group_rows = s.row_group_rows;
         storage.segments.page_rows = s.page_rows;
         storage.limits.max_string_bytes = l.max_string_bytes;
@@ -308,6 +357,23 @@ mod tests {
             let err = c.validate(Overrides::default()).expect_err(text).to_string();
             assert!(err.starts_with(&format!("config key {key}:")), "{text}: {err}");
         }
+        for (text, key) in [
+            ("default = \"0\"", "retention.default"),
+            ("databases = { public = \"a week\" }", "retention.databases"),
+            ("tables = { cpu = \"7d\" }", "retention.tables"),
+        ] {
+            let c: FileConfig = toml::from_str(&format!("[retention]\n{text}\n")).expect("parse");
+            let err = c.validate(Overrides::default()).expect_err(text).to_string();
+            assert!(err.starts_with(&format!("config key {key}:")), "{text}: {err}");
+        }
+        let c: FileConfig = toml::from_str(
+            "[retention]\ndefault = \"30d\"\ndatabases = { system = \"forever\" }\ntables = { \"public.cpu\" = \"7d\" }\n",
+        )
+        .expect("parse");
+        let r = c.validate(Overrides::default()).expect("valid").storage.retention;
+        assert_eq!(r.of("public", "mem"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(r.of("public", "cpu"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(r.of("system", "alert_history"), None);
         let c: FileConfig = toml::from_str("[compaction]\nfan_in = 8\ngrace = \"1m\"\n").expect("parse");
         let v = c.validate(Overrides::default()).expect("valid");
         assert_eq!((v.storage.compaction.fan_in, v.storage.compaction.grace), (8, Duration::from_secs(60)));

@@ -149,11 +149,16 @@ async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {
     .into_response())
 }
 
-/// Runs a compaction round now (whatever is due by the configured policy).
+/// Runs a retention and a compaction round now (whatever is due by the
+/// configured policies).
 async fn compact(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let (expired_segments, expired_rows) = app.storage.expire().await?;
     let stats = app.storage.compact().await?;
     app.storage.purge_retired();
-    Ok(axum::Json(stats).into_response())
+    let mut body = serde_json::to_value(stats).map_err(|e| ApiError::internal(e.to_string()))?;
+    body["expired_segments"] = json!(expired_segments);
+    body["expired_rows"] = json!(expired_rows);
+    Ok(axum::Json(body).into_response())
 }
 
 async fn health() -> Response {

@@ -177,8 +177,8 @@ async fn persist_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Merges segments when due and deletes replaced files after their grace
-/// period; checked every `compaction.interval`.
+/// Drops segments past retention, merges segments when due, and deletes
+/// replaced files after their grace period; every `compaction.interval`.
 async fn compact_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(storage.config().compaction.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,6 +186,9 @@ async fn compact_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = storage.expire().await {
+            tracing::error!("dropping segments past retention failed (will retry): {e}");
         }
         if let Err(e) = storage.compact().await {
             tracing::error!("compaction failed (the segments stay as they are; will retry): {e}");

@@ -90,6 +90,18 @@ impl Metrics {
         );
         counter(
             &mut o,
+            "tocsin_storage_expired_segments_total",
+            "Segments dropped by retention.",
+            load(&s.expired_segments),
+        );
+        counter(
+            &mut o,
+            "tocsin_storage_expired_rows_total",
+            "Rows in segments dropped by retention.",
+            load(&s.expired_rows),
+        );
+        counter(
+            &mut o,
             "tocsin_storage_wal_replayed_rows_total",
             "Rows replayed from the WAL at startup.",
             load(&s.wal_replayed_rows),

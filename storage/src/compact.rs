@@ -101,6 +101,13 @@ pub(crate) fn plan(
     merges
 }
 
+/// The segments of a table whose every row is older than `cutoff_ns`:
+/// retention drops whole segments, so rows stay at least the retention
+/// period and go at most one partition later.
+pub(crate) fn expired(segments: &[Arc<SegmentMeta>], cutoff_ns: i64) -> Vec<Arc<SegmentMeta>> {
+    segments.iter().filter(|s| s.max_ts < cutoff_ns).cloned().collect()
+}
+
 /// Reads a segment file as batches of `schema`: columns the segment lacks
 /// are NULL, columns stored with another type (integral floats stored as
 /// Int64) are cast back to the table's type, exactly.
@@ -186,6 +193,15 @@ mod tests {
         assert_eq!(ids(&plan(&segs, DAY, now, &tight)), vec![vec![1, 2]]);
         let tiny = CompactionConfig { max_rows: 500, ..config };
         assert!(plan(&segs, DAY, now, &tiny).is_empty(), "no two inputs fit");
+    }
+
+    #[test]
+    fn only_segments_entirely_before_the_cutoff_expire() {
+        let segs = vec![seg(1, 3, 0, 10), seg(2, 4, 0, 10), seg(3, 5, 0, 10)];
+        // Day 4's newest row is at 4 * DAY + 1.
+        assert_eq!(expired(&segs, 4 * DAY + 1).iter().map(|s| s.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(expired(&segs, 4 * DAY + 2).iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(expired(&segs, 0).is_empty());
     }
 
     #[test]

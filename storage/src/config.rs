@@ -22,6 +22,31 @@ pub struct StorageConfig {
     pub segments: SegmentOptions,
     pub limits: WriteLimits,
     pub compaction: CompactionConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long rows are kept (see `crate::retention`). `None` keeps forever.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// For tables with no more specific setting.
+    pub default: Option<Duration>,
+    /// Per database; wins over `default`.
+    pub databases: std::collections::BTreeMap<String, Option<Duration>>,
+    /// Per `database.table`; wins over the database's.
+    pub tables: std::collections::BTreeMap<String, Option<Duration>>,
+}
+
+impl RetentionConfig {
+    /// The retention of `db.table`: `None` keeps its rows forever.
+    pub fn of(&self, db: &str, table: &str) -> Option<Duration> {
+        if let Some(r) = self.tables.get(&format!("{db}.{table}")) {
+            return *r;
+        }
+        if let Some(r) = self.databases.get(db) {
+            return *r;
+        }
+        self.default
+    }
 }
 
 /// When segments of one table and partition are merged (see
@@ -69,6 +94,7 @@ impl Default for StorageConfig {
             segments: SegmentOptions::default(),
             limits: WriteLimits::default(),
             compaction: CompactionConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

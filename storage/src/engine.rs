@@ -166,8 +166,9 @@ pub struct Storage {
     /// in a closed WAL file is in the buffer being persisted.
     gate: tokio::sync::RwLock<()>,
     persist_lock: tokio::sync::Mutex<()>,
-    /// One compaction round at a time (compaction is the only remover of
-    /// segments, so a round's inputs stay in place until it swaps them).
+    /// One compaction or retention round at a time (they are the only
+    /// removers of segments, so a round's inputs stay in place until it
+    /// swaps them).
     compact_lock: tokio::sync::Mutex<()>,
     /// Shared by persists and compactions, which may run at the same time.
     pub(crate) next_segment_id: Arc<AtomicU64>,
@@ -641,8 +642,54 @@ impl Storage {
         Ok(stats)
     }
 
-    /// Replaces `inputs` by `outputs` in a new manifest, then in the query
-    /// state, and retires the inputs' files.
+    /// Drops the segments whose rows are all older than their table's
+    /// retention (`StorageConfig::retention`), through the same manifest
+    /// swap and grace period as compaction. Buffered rows are not touched:
+    /// they are dropped once persisted. Returns (segments, rows) dropped.
+    pub async fn expire(&self) -> Result<(usize, u64), StorageError> {
+        let _one_round = self.compact_lock.lock().await;
+        let now_ns = crate::now_ns();
+        let due: Vec<(String, String, Vec<Arc<SegmentMeta>>)> = {
+            let st = self.state.read();
+            let mut due = Vec::new();
+            for (db, tables) in &st.dbs {
+                for (name, t) in tables {
+                    let Some(keep) = self.config.retention.of(db, name) else { continue };
+                    let cutoff = now_ns.saturating_sub(i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX));
+                    let gone = compact::expired(&t.segments, cutoff);
+                    if !gone.is_empty() {
+                        due.push((db.clone(), name.clone(), gone));
+                    }
+                }
+            }
+            due
+        };
+        let (mut segments, mut rows) = (0, 0);
+        for (db, table, gone) in due {
+            self.swap_compacted(&db, &table, &gone, Vec::new()).await?;
+            // The newest row of a series may have gone with the segment: the
+            // cache is rebuilt from a scan of what is left when next used. (A
+            // lastpoint scan planned before the swap and completing after
+            // this line could put expired rows back until the next expiry.)
+            self.last.invalidate(&db, &table);
+            let n: u64 = gone.iter().map(|s| s.rows).sum();
+            tracing::info!(
+                table = %format!("{db}.{table}"),
+                segments = gone.len(),
+                rows = n,
+                newest = gone.iter().map(|s| s.max_ts).max().unwrap_or(0),
+                "dropped segments past retention"
+            );
+            segments += gone.len();
+            rows += n;
+        }
+        self.metrics.expired_segments.fetch_add(segments as u64, Ordering::Relaxed);
+        self.metrics.expired_rows.fetch_add(rows, Ordering::Relaxed);
+        Ok((segments, rows))
+    }
+
+    /// Replaces `inputs` by `outputs` (none when expiring) in a new
+    /// manifest, then in the query state, and retires the inputs' files.
     async fn swap_compacted(
         &self,
         db: &str,
@@ -1032,6 +1079,47 @@ mod tests {
         assert_eq!(snap.segments[0].level, 2);
         assert_eq!(segment_rows(&s), expected);
         assert_eq!(s.metrics.compactions.load(Ordering::Relaxed), 1, "counted since this start");
+    }
+
+    #[tokio::test]
+    async fn retention_drops_whole_segments_past_it_per_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let day = 86_400 * 1_000_000_000i64;
+        let mut config = StorageConfig::for_tests(dir.path());
+        config.retention.default = Some(std::time::Duration::from_secs(86_400));
+        config.retention.tables.insert("public.keep".into(), None);
+        config.compaction.grace = std::time::Duration::ZERO;
+        let s = Storage::open(config.clone()).await.expect("open");
+        let now = crate::now_ns();
+        for table in ["t", "keep"] {
+            let w = TableWrite {
+                table: table.into(),
+                blocks: vec![
+                    block(0, "old", vec![now - 3 * day, now - 3 * day + 1], FieldValues::I64(vec![1, 2])),
+                    block(1, "new", vec![now - 1_000], FieldValues::I64(vec![3])),
+                ],
+            };
+            s.write("public", vec![w]).await.expect("write");
+        }
+        s.persist().await.expect("persist");
+        assert_eq!(s.snapshot("public", "t").expect("t").segments.len(), 2, "two day partitions");
+        let old_file = {
+            let snap = s.snapshot("public", "t").expect("t");
+            let old = snap.segments.iter().find(|x| x.max_ts < now - day).expect("old segment");
+            snap.segment_path(old)
+        };
+
+        assert_eq!(s.expire().await.expect("expire"), (1, 2));
+        assert_eq!(rows(&s, "t"), 1, "only the recent row of t is left");
+        assert_eq!(rows(&s, "keep"), 3, "public.keep is kept forever");
+        assert_eq!(s.expire().await.expect("expire"), (0, 0), "nothing more is due");
+        assert_eq!(s.purge_retired(), 1);
+        assert!(!old_file.exists());
+        s.shutdown().await.expect("shutdown");
+        drop(s);
+        let s = Storage::open(config).await.expect("reopen");
+        assert_eq!(rows(&s, "t"), 1, "the drop is in the manifest");
+        assert_eq!(rows(&s, "keep"), 3);
     }
 
     /// Any segment file of table `t` (to copy as a stray one).

@@ -50,7 +50,7 @@ pub mod wal;
 pub mod write;
 
 pub use compact::CompactionStats;
-pub use config::{CompactionConfig, StorageConfig};
+pub use config::{CompactionConfig, RetentionConfig, StorageConfig};
 pub use engine::{
     Chunk, PersistStats, Rejection, SYSTEM_DATABASE, Storage, StorageError, TableSnapshot, WriteObserver, WriteOutcome,
 };

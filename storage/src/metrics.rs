@@ -26,6 +26,10 @@ pub struct StorageMetrics {
     pub compacted_segments: AtomicU64,
     /// Bytes of segment files written by compaction.
     pub compaction_bytes_written: AtomicU64,
+    /// Segments dropped by retention.
+    pub expired_segments: AtomicU64,
+    /// Rows in segments dropped by retention.
+    pub expired_rows: AtomicU64,
     /// Files moved to quarantine at startup.
     pub quarantined_files: AtomicU64,
 }

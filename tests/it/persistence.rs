@@ -233,3 +233,42 @@ async fn compaction_merges_each_partitions_segments_with_identical_answers() {
     let server = TestServer::start_in(&dir, &["--config", &cfg]);
     assert_eq!(results(&server).await, before, "answers changed across a restart after compaction");
 }
+
+#[tokio::test]
+async fn retention_drops_old_partitions_and_keeps_recent_rows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[retention]\ndefault = \"7d\"\n[compaction]\ngrace = \"0s\"\ninterval = \"1h\"\n")
+        .expect("config");
+    let cfg = cfg.to_str().expect("utf8").to_string();
+    let server = TestServer::start_in(&dir, &["--config", &cfg]);
+    write_hours(&server, 1).await; // at T0, in 2023: past the 7 days
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as i64;
+    let mut client = server.client().await;
+    client
+        .write_rows(rows("m", vec![row_series(&[("host", "recent")], vec![now - 60 * SEC], vec![i64s("i", vec![42])])]))
+        .await
+        .expect("write");
+    server.persist().await;
+    assert_eq!(server.sql("SELECT count(*) AS n FROM m").await, vec![json!({"n": 3 * 60 + 1})]);
+    // Fill the last-row cache with the old hosts too.
+    let lastpoint = "SELECT DISTINCT ON (host) host, i FROM m ORDER BY host, ts DESC";
+    assert_eq!(server.sql(lastpoint).await.len(), 4);
+    let old_files: Vec<std::path::PathBuf> = manifest_segments(&dir, "m")
+        .iter()
+        .filter(|s| s["max_ts"].as_i64().unwrap_or(i64::MAX) < now - 7 * 86_400 * SEC)
+        .map(|s| dir.join(s["path"].as_str().expect("path")))
+        .collect();
+    assert!(!old_files.is_empty());
+
+    let stats = server.compact().await;
+    assert_eq!(stats["expired_segments"], json!(old_files.len()), "{stats}");
+    assert_eq!(stats["expired_rows"], json!(3 * 60), "{stats}");
+    assert_eq!(server.sql("SELECT host, i FROM m").await, vec![json!({"host": "recent", "i": 42})]);
+    assert_eq!(server.sql(lastpoint).await, vec![json!({"host": "recent", "i": 42})], "lastpoint forgot them too");
+    assert!(old_files.iter().all(|f| !f.exists()), "expired files deleted after the (zero) grace");
+    let metrics = reqwest::get(format!("http://{}/metrics", server.http)).await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    assert!(metrics.contains(&format!("tocsin_storage_expired_rows_total {}", 3 * 60)), "{metrics}");
+}
