@@ -24,6 +24,7 @@ mod lastpoint;
 mod matches;
 mod metrics;
 mod prune;
+pub mod rollup;
 mod sink;
 mod table;
 mod udf;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tocsin_ingest::IngestConfig;
+use tocsin_query::rollup::RollupConfig;
 use tocsin_storage::segment::SegmentCompression;
 use tocsin_storage::{FsyncPolicy, StorageConfig};
 
@@ -26,6 +27,100 @@ pub struct FileConfig {
     pub alerting: AlertingSection,
     pub compaction: CompactionSection,
     pub retention: RetentionSection,
+    /// `[[rollup]]` tables.
+    pub rollup: Vec<RollupSection>,
+}
+
+/// `[[rollup]]`: downsampled aggregates of one table kept in another
+/// (docs/storage.md, Roll-ups).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupSection {
+    pub name: String,
+    /// `database.table` read.
+    pub source: String,
+    /// `database.table` written (created on the first run).
+    pub target: String,
+    pub bucket: String,
+    /// How long after a bucket ends it is computed (room for late rows).
+    pub delay: String,
+    /// How far back a roll-up whose target is empty starts.
+    pub backfill: String,
+    /// Fields to aggregate; empty: every numeric field.
+    pub fields: Vec<String>,
+    pub aggregates: Vec<String>,
+    /// Most buckets per run (one INSERT).
+    pub max_buckets: u32,
+}
+
+impl Default for RollupSection {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            source: String::new(),
+            target: String::new(),
+            bucket: "1h".into(),
+            delay: "1m".into(),
+            backfill: "1d".into(),
+            fields: Vec::new(),
+            aggregates: ["avg", "min", "max", "count"].map(String::from).to_vec(),
+            max_buckets: 24,
+        }
+    }
+}
+
+impl RollupSection {
+    fn validate(self, seen: &mut std::collections::HashSet<String>) -> Result<RollupConfig, ConfigError> {
+        let bad = |reason: String| ConfigError::Invalid { key: "rollup", reason };
+        if self.name.is_empty() || !seen.insert(self.name.clone()) {
+            return Err(bad(format!("every [[rollup]] needs a unique name; {:?} is empty or repeated", self.name)));
+        }
+        let split = |what: &str, v: &str| -> Result<(String, String), ConfigError> {
+            match v.split_once('.') {
+                Some((db, t)) if !db.is_empty() && !t.is_empty() => Ok((db.to_string(), t.to_string())),
+                _ => Err(bad(format!(
+                    "rollup {:?}: {what} {v:?} must be database.table, e.g. \"public.cpu\"",
+                    self.name
+                ))),
+            }
+        };
+        let (source_db, source) = split("source", &self.source)?;
+        let (target_db, target) = split("target", &self.target)?;
+        if (&source_db, &source) == (&target_db, &target) {
+            return Err(bad(format!("rollup {:?}: target must differ from source", self.name)));
+        }
+        let duration =
+            |what: &str, v: &str| parse_duration(v).map_err(|e| bad(format!("rollup {:?}: {what}: {e}", self.name)));
+        let bucket = duration("bucket", &self.bucket)?;
+        if bucket.as_secs() == 0 || bucket.subsec_nanos() != 0 {
+            return Err(bad(format!("rollup {:?}: bucket must be a whole number of seconds", self.name)));
+        }
+        for a in &self.aggregates {
+            if !tocsin_query::rollup::AGGREGATES.contains(&a.as_str()) {
+                return Err(bad(format!(
+                    "rollup {:?}: aggregate {a:?} is not one of {}",
+                    self.name,
+                    tocsin_query::rollup::AGGREGATES.join(", ")
+                )));
+            }
+        }
+        if self.aggregates.is_empty() || self.max_buckets == 0 {
+            return Err(bad(format!("rollup {:?}: needs aggregates and max_buckets >= 1", self.name)));
+        }
+        Ok(RollupConfig {
+            delay: duration("delay", &self.delay)?,
+            backfill: duration("backfill", &self.backfill)?,
+            name: self.name,
+            source_db,
+            source,
+            target_db,
+            target,
+            bucket,
+            fields: self.fields,
+            aggregates: self.aggregates,
+            max_buckets: self.max_buckets,
+        })
+    }
 }
 
 /// `[retention]`: how long rows are kept, as `forever` or a duration
@@ -169,6 +264,7 @@ pub struct ServerConfig {
     pub ingest: IngestConfig,
     pub max_request_bytes: usize,
     pub alerting: AlertingConfig,
+    pub rollups: Vec<RollupConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -285,10 +381,13 @@ impl FileConfig {
             rules: o.rules.or(self.alerting.rules),
             external_url: self.alerting.external_url.unwrap_or_else(|| format!("http://{http_addr}")),
         };
+        let mut names = std::collections::HashSet::new();
+        let rollups = self.rollup.into_iter().map(|r| r.validate(&mut names)).collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
             grpc_addr,
             http_addr,
             alerting,
+            rollups,
             storage,
             ingest: IngestConfig { max_message_bytes: l.max_request_bytes, max_log_message_bytes: l.max_string_bytes },
             max_request_bytes: l.max_request_bytes,
@@ -374,6 +473,24 @@ mod tests {
         assert_eq!(r.of("public", "mem"), Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(r.of("public", "cpu"), Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(r.of("system", "alert_history"), None);
+        let rollup = |extra: &str| {
+            let text =
+                format!("[[rollup]]\nname = \"r\"\nsource = \"public.cpu\"\ntarget = \"public.cpu_1h\"\n{extra}\n");
+            toml::from_str::<FileConfig>(&text).expect("parse").validate(Overrides::default())
+        };
+        let r = rollup("").expect("valid").rollups;
+        assert_eq!((r[0].target.as_str(), r[0].bucket), ("cpu_1h", Duration::from_secs(3600)));
+        for (extra, says) in [
+            ("aggregates = [\"median\"]", "aggregate \"median\""),
+            ("bucket = \"1500ms\"", "whole number of seconds"),
+            ("[[rollup]]\nname = \"r\"\nsource = \"a.b\"\ntarget = \"a.c\"", "unique name"),
+        ] {
+            let err = rollup(extra).expect_err(extra).to_string();
+            assert!(err.starts_with("config key rollup:") && err.contains(says), "{extra}: {err}");
+        }
+        let c: FileConfig =
+            toml::from_str("[[rollup]]\nname = \"r\"\nsource = \"cpu\"\ntarget = \"public.c\"\n").expect("parse");
+        assert!(c.validate(Overrides::default()).expect_err("bad source").to_string().contains("database.table"));
         let c: FileConfig = toml::from_str("[compaction]\nfan_in = 8\ngrace = \"1m\"\n").expect("parse");
         let v = c.validate(Overrides::default()).expect("valid");
         assert_eq!((v.storage.compaction.fan_in, v.storage.compaction.grace), (8, Duration::from_secs(60)));

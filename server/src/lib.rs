@@ -81,6 +81,8 @@ pub async fn run(
         Arc::new(metrics::Metrics { ingest: Arc::clone(&ingest.metrics), started: std::time::Instant::now() });
 
     let alerts = start_alerting(&config, &storage, &query)?;
+    let rollups =
+        Arc::new(tocsin_query::rollup::Rollups::new(Arc::clone(&query), Arc::clone(&storage), config.rollups.clone()));
 
     let grpc_listener = TcpListener::bind(config.grpc_addr).await.map_err(|source| ServerError::Bind {
         what: "gRPC",
@@ -127,12 +129,14 @@ pub async fn run(
         tail,
         backfill,
         ingest: http_ingest,
+        rollups: Arc::clone(&rollups),
         max_request_bytes: config.max_request_bytes,
     };
     let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
     let compactor = tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone()));
+    let rollup_task = tokio::spawn(rollup_loop(rollups, stop_rx.clone()));
     let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
     tokio::spawn(reload_on_sighup(Arc::clone(&alerts), stop_rx.clone()));
 
@@ -155,6 +159,7 @@ pub async fn run(
     }
     let _ = persister.await;
     let _ = compactor.await;
+    let _ = rollup_task.await;
     let _ = alerting.await;
     let stats = storage.shutdown().await?;
     tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
@@ -194,6 +199,22 @@ async fn compact_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
             tracing::error!("compaction failed (the segments stay as they are; will retry): {e}");
         }
         storage.purge_retired();
+    }
+}
+
+/// Computes the roll-up buckets that have closed, every 10 s.
+async fn rollup_loop(rollups: Arc<tocsin_query::rollup::Rollups>, mut stop: watch::Receiver<bool>) {
+    if rollups.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        rollups.run_due(tocsin_storage::now_ns()).await;
     }
 }
 

@@ -9,6 +9,7 @@ mod flight;
 mod grafana;
 mod persistence;
 mod protocols;
+mod rollup;
 mod server;
 mod tail;
 mod trace;
