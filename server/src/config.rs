@@ -237,11 +237,20 @@ pub struct LimitsSection {
     pub max_string_bytes: usize,
     /// Most columns per table.
     pub max_columns: usize,
+    /// Most active series per table (written within `series_window`).
+    pub max_series_per_table: usize,
+    pub series_window: String,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        Self { max_request_bytes: 64 * 1024 * 1024, max_string_bytes: 64 * 1024, max_columns: 1024 }
+        Self {
+            max_request_bytes: 64 * 1024 * 1024,
+            max_string_bytes: 64 * 1024,
+            max_columns: 1024,
+            max_series_per_table: 1_000_000,
+            series_window: "1d".into(),
+        }
     }
 }
 
@@ -377,6 +386,12 @@ impl FileConfig {
         storage.segments.page_rows = s.page_rows;
         storage.limits.max_string_bytes = l.max_string_bytes;
         storage.limits.max_columns = l.max_columns;
+        if l.max_series_per_table == 0 {
+            return Err(ConfigError::Invalid { key: "limits.max_series_per_table", reason: "must be positive".into() });
+        }
+        storage.limits.max_series_per_table = l.max_series_per_table;
+        storage.limits.series_window = parse_duration(&l.series_window)
+            .map_err(|reason| ConfigError::Invalid { key: "limits.series_window", reason })?;
         let alerting = AlertingConfig {
             rules: o.rules.or(self.alerting.rules),
             external_url: self.alerting.external_url.unwrap_or_else(|| format!("http://{http_addr}")),

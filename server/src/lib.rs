@@ -182,8 +182,9 @@ async fn persist_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Drops segments past retention, merges segments when due, and deletes
-/// replaced files after their grace period; every `compaction.interval`.
+/// Drops segments past retention, merges segments when due, deletes
+/// replaced files after their grace period and forgets series inactive for
+/// `limits.series_window`; every `compaction.interval`.
 async fn compact_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(storage.config().compaction.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -199,6 +200,7 @@ async fn compact_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
             tracing::error!("compaction failed (the segments stay as they are; will retry): {e}");
         }
         storage.purge_retired();
+        storage.prune_inactive_series();
     }
 }
 

@@ -123,6 +123,12 @@ impl Metrics {
         counter(&mut o, "tocsin_wal_bytes_total", "WAL bytes appended.", load(&w.bytes));
         counter(&mut o, "tocsin_wal_fsyncs_total", "WAL fsyncs.", load(&w.fsyncs));
         gauge(&mut o, "tocsin_write_buffer_bytes", "Bytes held in the write buffer.", storage.buffered_bytes() as f64);
+        gauge(
+            &mut o,
+            "tocsin_storage_active_series",
+            "Series written within limits.series_window, over all tables.",
+            storage.active_series() as f64,
+        );
         let (segments, bytes) = storage.segment_totals();
         gauge(&mut o, "tocsin_segments", "Segment files in the manifest.", segments as f64);
         gauge(&mut o, "tocsin_segment_bytes", "Bytes of segment files in the manifest.", bytes as f64);

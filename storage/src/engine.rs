@@ -1,6 +1,6 @@
 //! The storage engine: write path, buffer, persistence and snapshots.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +21,9 @@ use crate::metrics::StorageMetrics;
 use crate::schema::{ColumnDef, ColumnKind, TableSchema};
 use crate::segment::{SegmentError, write_segments};
 use crate::wal::{self, Wal, WalError, codec};
-use crate::write::{TableWrite, WriteError, block_columns, check_block_shape, check_database_name, check_table_name};
+use crate::write::{
+    TableWrite, WriteError, block_columns, check_block_shape, check_database_name, check_table_name, series_hash,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -103,6 +105,9 @@ pub(crate) struct TableState {
     pub(crate) segments: Vec<Arc<SegmentMeta>>,
     /// Chunks at the end of `buffer` smaller than [`SMALL_CHUNK_ROWS`].
     pub(crate) small_tail: usize,
+    /// Series hash → when it was last written (Unix seconds): the active
+    /// series that `WriteLimits::max_series_per_table` bounds.
+    pub(crate) active: HashMap<u64, u64>,
 }
 
 impl TableState {
@@ -270,7 +275,7 @@ impl Storage {
         let _gate = self.gate.read().await;
         let (accepted, rejected) = {
             let mut st = self.state.write();
-            validate(&mut st, db, writes, &self.config.limits)
+            validate(&mut st, db, writes, &self.config.limits, unix_secs())
         };
         let mut outcome = WriteOutcome { accepted_rows: 0, rejected };
         self.metrics.rejected_items.fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
@@ -724,6 +729,27 @@ impl Storage {
         Ok(())
     }
 
+    /// Forgets series not written within `series_window`, so that they stop
+    /// counting against `max_series_per_table`. Returns how many were
+    /// forgotten.
+    pub fn prune_inactive_series(&self) -> usize {
+        let window = self.config.limits.series_window.as_secs();
+        let cutoff = unix_secs().saturating_sub(window);
+        let mut st = self.state.write();
+        let mut pruned = 0;
+        for t in st.dbs.values_mut().flat_map(|d| d.values_mut()) {
+            let before = t.active.len();
+            t.active.retain(|_, seen| *seen >= cutoff);
+            pruned += before - t.active.len();
+        }
+        pruned
+    }
+
+    /// Active series over all tables (see `WriteLimits::max_series_per_table`).
+    pub fn active_series(&self) -> usize {
+        self.state.read().dbs.values().flat_map(|d| d.values()).map(|t| t.active.len()).sum()
+    }
+
     /// Deletes the files of segments replaced by compaction more than the
     /// grace period ago. Returns how many were deleted.
     pub fn purge_retired(&self) -> usize {
@@ -809,6 +835,10 @@ impl Storage {
     }
 }
 
+fn unix_secs() -> u64 {
+    u64::try_from(crate::now_ns() / 1_000_000_000).unwrap_or(0)
+}
+
 /// Checks each block against its table's schema, extending the schema with
 /// the new columns of accepted blocks. Returns the accepted writes with the
 /// Arrow schema to build their batch with, and the rejections.
@@ -817,6 +847,7 @@ pub(crate) fn validate(
     db: &str,
     writes: Vec<TableWrite>,
     limits: &crate::write::WriteLimits,
+    now_s: u64,
 ) -> (Vec<(TableWrite, SchemaRef)>, Vec<Rejection>) {
     let mut accepted = Vec::with_capacity(writes.len());
     let mut rejected = Vec::new();
@@ -862,6 +893,15 @@ pub(crate) fn validate(
                         limit: limits.max_columns,
                     });
                 }
+                let series = series_hash(block.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                if !t.active.contains_key(&series) && t.active.len() >= limits.max_series_per_table {
+                    return Err(WriteError::TooManySeries {
+                        table: w.table.clone(),
+                        limit: limits.max_series_per_table,
+                        window_secs: limits.series_window.as_secs(),
+                    });
+                }
+                t.active.insert(series, now_s);
                 for (name, kind) in new_cols {
                     t.add_column(name, kind);
                 }
@@ -1120,6 +1160,51 @@ mod tests {
         let s = Storage::open(config).await.expect("reopen");
         assert_eq!(rows(&s, "t"), 1, "the drop is in the manifest");
         assert_eq!(rows(&s, "keep"), 3);
+    }
+
+    #[tokio::test]
+    async fn new_series_past_the_limit_are_refused_and_replay_never_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = StorageConfig::for_tests(dir.path());
+        config.limits.max_series_per_table = 2;
+        {
+            let s = Storage::open(config.clone()).await.expect("open");
+            let w = |hosts: &[&str], t: i64| TableWrite {
+                table: "t".into(),
+                blocks: hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| block(i as u32, h, vec![t], FieldValues::I64(vec![t])))
+                    .collect(),
+            };
+            let out = s.write("public", vec![w(&["a", "b", "c"], 1)]).await.expect("write");
+            assert_eq!(out.accepted_rows, 2);
+            assert_eq!(out.rejected.len(), 1);
+            assert_eq!(out.rejected[0].item, 2);
+            let msg = out.rejected[0].error.to_string();
+            assert!(msg.contains("already has 2 active series") && msg.contains("\"t\""), "{msg}");
+            // Active series keep writing; another table has its own count.
+            assert_eq!(s.write("public", vec![w(&["b", "a"], 2)]).await.expect("write").accepted_rows, 2);
+            let other =
+                TableWrite { table: "u".into(), blocks: vec![block(0, "c", vec![1], FieldValues::I64(vec![1]))] };
+            assert_eq!(s.write("public", vec![other]).await.expect("write").accepted_rows, 1);
+            assert_eq!(s.active_series(), 3);
+            assert_eq!(s.prune_inactive_series(), 0, "all were written within the window");
+        }
+        // Replay re-applies what was acknowledged even under a lower limit.
+        let mut lower = config.clone();
+        lower.limits.max_series_per_table = 1;
+        let s = Storage::open(lower.clone()).await.expect("reopen");
+        assert_eq!(rows(&s, "t"), 4);
+        // A window of zero forgets every series not written this second or
+        // later; then a new one fits under the limit.
+        drop(s);
+        lower.limits.series_window = std::time::Duration::ZERO;
+        let s = Storage::open(lower).await.expect("reopen");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(s.prune_inactive_series(), 3);
+        let w = TableWrite { table: "t".into(), blocks: vec![block(0, "z", vec![9], FieldValues::I64(vec![9]))] };
+        assert_eq!(s.write("public", vec![w]).await.expect("write").accepted_rows, 1);
     }
 
     /// Any segment file of table `t` (to copy as a stray one).

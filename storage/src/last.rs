@@ -11,7 +11,6 @@
 //! not use it.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{cast, interleave_record_batch};
@@ -21,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::batch::adapt_batch;
 use crate::schema::TIME_COLUMN;
-use crate::write::SeriesBlock;
+use crate::write::{SeriesBlock, series_hash};
 
 /// Batches an arena may hold before a write compacts it.
 const ARENA_LIMIT: usize = 64;
@@ -53,21 +52,6 @@ struct TableLast {
 pub(crate) struct LastRows {
     /// Database → table → cache.
     tables: Mutex<HashMap<String, HashMap<String, TableLast>>>,
-}
-
-fn hasher() -> ahash::RandomState {
-    ahash::RandomState::with_seeds(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344)
-}
-
-/// Hash of a tag set that does not depend on the order of the tags.
-fn series_hash<'a>(tags: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
-    let s = hasher();
-    tags.fold(0u64, |acc, (k, v)| {
-        let mut h = s.build_hasher();
-        k.hash(&mut h);
-        v.hash(&mut h);
-        acc.wrapping_add(h.finish())
-    })
 }
 
 fn same_tags<'a>(stored: &[(String, String)], mut other: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> bool {

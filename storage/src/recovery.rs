@@ -178,6 +178,7 @@ fn replay_wal(
 ) -> Result<u64, StorageError> {
     let files = wal::list_files(wal_dir).map_err(io(wal_dir))?;
     let last = files.last().map(|f| f.0).unwrap_or(0);
+    let replay_limits = config.limits.for_replay();
     for (i, (seq, path)) in files.iter().enumerate() {
         if *seq <= manifest.wal_persisted_upto {
             let _ = fs::remove_file(path);
@@ -187,7 +188,8 @@ fn replay_wal(
         let (entries, end) = wal::read_file(path).map_err(io(path))?;
         let mut rows = 0u64;
         for entry in entries {
-            let (accepted, rejected) = validate(state, &entry.database, entry.writes, &config.limits);
+            let now_s = u64::try_from(crate::now_ns() / 1_000_000_000).unwrap_or(0);
+            let (accepted, rejected) = validate(state, &entry.database, entry.writes, &replay_limits, now_s);
             for r in rejected {
                 tracing::warn!("WAL {}: item {} no longer valid on replay: {}", path.display(), r.item, r.error);
             }

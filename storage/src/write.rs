@@ -17,11 +17,29 @@ pub struct WriteLimits {
     pub max_tag_bytes: usize,
     /// Most columns (tags + fields + ts) a table may have.
     pub max_columns: usize,
+    /// Most active series (tag sets written within `series_window`) a
+    /// table may have; a write that would start one more is refused.
+    pub max_series_per_table: usize,
+    pub series_window: std::time::Duration,
 }
 
 impl Default for WriteLimits {
     fn default() -> Self {
-        Self { max_string_bytes: 64 * 1024, max_tag_bytes: 4096, max_columns: 1024 }
+        Self {
+            max_string_bytes: 64 * 1024,
+            max_tag_bytes: 4096,
+            max_columns: 1024,
+            max_series_per_table: 1_000_000,
+            series_window: std::time::Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl WriteLimits {
+    /// For WAL replay: what was acknowledged is never refused again, even
+    /// if a limit was lowered since.
+    pub(crate) fn for_replay(&self) -> Self {
+        Self { max_series_per_table: usize::MAX, max_columns: usize::MAX, ..self.clone() }
     }
 }
 
@@ -121,6 +139,11 @@ pub enum WriteError {
     ValueTooLarge { column: String, len: usize, limit: usize },
     #[error("table {table:?} would have {count} columns, over the limit of {limit}")]
     TooManyColumns { table: String, count: usize, limit: usize },
+    #[error(
+        "table {table:?} already has {limit} active series (written within the last {window_secs} s), the limit; \
+         this new series is refused, series already active are still accepted"
+    )]
+    TooManySeries { table: String, limit: usize, window_secs: u64 },
 }
 
 const MAX_NAME_BYTES: usize = 128;
@@ -253,6 +276,23 @@ pub(crate) fn block_columns(block: &SeriesBlock) -> impl Iterator<Item = (&str, 
         .iter()
         .map(|(n, _)| (n.as_str(), ColumnKind::Tag))
         .chain(block.fields.iter().map(|f| (f.name.as_str(), ColumnKind::Field(f.values.field_type()))))
+}
+
+fn series_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344)
+}
+
+/// Hash of a tag set that does not depend on the order of the tags: the
+/// identity of a series for the last-row cache and the series limit.
+pub(crate) fn series_hash<'a>(tags: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let s = series_hasher();
+    tags.fold(0u64, |acc, (k, v)| {
+        let mut h = s.build_hasher();
+        k.hash(&mut h);
+        v.hash(&mut h);
+        acc.wrapping_add(h.finish())
+    })
 }
 
 #[cfg(test)]

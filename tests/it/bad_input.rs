@@ -238,3 +238,27 @@ async fn http_errors_are_json_with_a_reason() {
     assert!(metrics.contains("tocsin_query_errors_total 3"), "{metrics}");
     assert!(metrics.contains("tocsin_wal_fsyncs_total"), "{metrics}");
 }
+
+#[tokio::test]
+async fn new_series_past_the_limit_are_refused_and_active_ones_still_written() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[limits]\nmax_series_per_table = 3\n").expect("config");
+    let server = TestServer::start_in(&tmp.path().join("data"), &["--config", cfg.to_str().expect("utf8")]);
+    let mut client = server.client().await;
+    let series = |hosts: std::ops::Range<i64>, t: i64| {
+        rows(
+            "m",
+            hosts.map(|h| row_series(&[("host", &format!("h{h}"))], vec![T0 + t], vec![i64s("v", vec![h])])).collect(),
+        )
+    };
+    let resp = client.write_rows(series(0..5, 0)).await.expect("write").into_inner();
+    assert_eq!(resp.accepted_rows, 3);
+    assert_eq!(resp.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![3, 4]);
+    assert!(resp.rejected[0].reason.contains("already has 3 active series"), "{:?}", resp.rejected);
+    let resp = client.write_rows(series(0..3, 1)).await.expect("write").into_inner();
+    assert_eq!((resp.accepted_rows, resp.rejected.len()), (3, 0), "active series keep writing");
+    assert_eq!(server.sql("SELECT count(*) AS n FROM m").await, vec![serde_json::json!({"n": 6})]);
+    let metrics = reqwest::get(format!("http://{}/metrics", server.http)).await.expect("metrics");
+    assert!(metrics.text().await.expect("text").contains("tocsin_storage_active_series 3"));
+}
