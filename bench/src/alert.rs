@@ -54,17 +54,15 @@ enum Mode {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        match args.mode {
-            Mode::Latency { runs, interval } => latency(&args.tocsin, runs, &interval).await,
-            Mode::Capacity { rules, series, tables, interval_secs, measure_secs } => {
-                capacity(&args.tocsin, rules, series, tables, interval_secs, measure_secs).await
-            }
+    match args.mode {
+        Mode::Latency { runs, interval } => latency(&args.tocsin, runs, &interval).await,
+        Mode::Capacity { rules, series, tables, interval_secs, measure_secs } => {
+            capacity(&args.tocsin, rules, series, tables, interval_secs, measure_secs).await
         }
-    })
+    }
 }
 
 /// Starts a server with `rules_yaml` as its rules file.

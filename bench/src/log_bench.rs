@@ -50,10 +50,9 @@ struct Args {
     seed: u64,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(args))
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(Args::parse()).await
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -47,10 +47,9 @@ struct Args {
     skip_queries: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(args))
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(Args::parse()).await
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

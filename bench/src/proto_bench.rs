@@ -56,10 +56,9 @@ struct Outcome {
     answers: Answers,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(args))
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(Args::parse()).await
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
