@@ -1,10 +1,13 @@
 """Shared helpers of the interop tests: start Tocsin, find free ports, run
-SQL over HTTP, wait for a condition within a deadline."""
+SQL over HTTP, wait for a condition within a deadline, clean up after."""
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -62,3 +65,21 @@ def stop(p):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+@contextlib.contextmanager
+def scratch(prefix):
+    """A temporary directory and a list to put started processes in. The
+    processes are stopped however the test ends; the directory (with every
+    server's log) is removed only when it passed, and named when it failed."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    procs = []
+    try:
+        yield tmp, procs
+    except BaseException:
+        print(f"logs kept in {tmp}")
+        raise
+    finally:
+        for p in reversed(procs):
+            stop(p)
+    shutil.rmtree(tmp, ignore_errors=True)

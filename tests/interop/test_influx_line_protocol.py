@@ -7,16 +7,14 @@ import gzip
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import free_port, get_json, sql, start_tocsin, stop, wait_for  # noqa: E402
+from peers import free_port, get_json, scratch, sql, start_tocsin, wait_for  # noqa: E402
 
 START_S = 1_451_606_400  # 2016-01-01, as TSBS
 HOSTS = 10
@@ -95,70 +93,63 @@ bind-address = "127.0.0.1:{rpc_port}"
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="tocsin-influx-")
-    procs = []
-    with open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "influx.log"), "w") as ilog:
-        try:
-            tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog)
-            procs.append(tocsin)
-            influx, base = start_influx(tmp, ilog)
-            procs.append(influx)
-            post(f"{base}/query?" + urllib.parse.urlencode({"q": "CREATE DATABASE lp"}), b"")
+    with scratch("tocsin-influx-") as (tmp, procs), open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "influx.log"), "w") as ilog:
+        tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog)
+        procs.append(tocsin)
+        influx, base = start_influx(tmp, ilog)
+        procs.append(influx)
+        post(f"{base}/query?" + urllib.parse.urlencode({"q": "CREATE DATABASE lp"}), b"")
 
-            cpu = gzip.compress(tsbs_lines().encode())
-            tg = telegraf_lines().encode()
-            for url in (f"{base}/write?db=lp&precision=s", f"http://{http}/write?db=lp&precision=s"):
-                assert post(url, cpu, "gzip") == 204
-                assert post(url, tg) == 204
-            # The same through the v2 endpoint into another Tocsin database.
-            assert post(f"http://{http}/api/v2/write?bucket=lp2&precision=s", cpu, "gzip") == 204
+        cpu = gzip.compress(tsbs_lines().encode())
+        tg = telegraf_lines().encode()
+        for url in (f"{base}/write?db=lp&precision=s", f"http://{http}/write?db=lp&precision=s"):
+            assert post(url, cpu, "gzip") == 204
+            assert post(url, tg) == 204
+        # The same through the v2 endpoint into another Tocsin database.
+        assert post(f"http://{http}/api/v2/write?bucket=lp2&precision=s", cpu, "gzip") == 204
 
-            # 1. Per-host aggregates.
-            theirs = influxql(base, "lp", "SELECT max(usage_user), mean(usage_system), count(usage_idle), "
-                                          "sum(usage_idle) FROM cpu GROUP BY hostname")
-            theirs = {s["tags"]["hostname"]: s["values"][0][1:] for s in theirs}
-            for db in ("lp", "lp2"):
-                ours = sql(http, f"SELECT hostname, max(usage_user) AS a, avg(usage_system) AS b, "
-                                 f"count(usage_idle) AS c, sum(usage_idle) AS d FROM {db}.cpu GROUP BY hostname")
-                ours = {r["hostname"]: [r["a"], r["b"], r["c"], r["d"]] for r in ours}
-                assert ours.keys() == theirs.keys(), (ours.keys(), theirs.keys())
-                for h in ours:
-                    assert all(close(a, b) for a, b in zip(ours[h], theirs[h])), (db, h, ours[h], theirs[h])
+        # 1. Per-host aggregates.
+        theirs = influxql(base, "lp", "SELECT max(usage_user), mean(usage_system), count(usage_idle), "
+                                      "sum(usage_idle) FROM cpu GROUP BY hostname")
+        theirs = {s["tags"]["hostname"]: s["values"][0][1:] for s in theirs}
+        for db in ("lp", "lp2"):
+            ours = sql(http, f"SELECT hostname, max(usage_user) AS a, avg(usage_system) AS b, "
+                             f"count(usage_idle) AS c, sum(usage_idle) AS d FROM {db}.cpu GROUP BY hostname")
+            ours = {r["hostname"]: [r["a"], r["b"], r["c"], r["d"]] for r in ours}
+            assert ours.keys() == theirs.keys(), (ours.keys(), theirs.keys())
+            for h in ours:
+                assert all(close(a, b) for a, b in zip(ours[h], theirs[h])), (db, h, ours[h], theirs[h])
 
-            # 2. Time buckets (TSBS single-groupby shape): 10-minute max per host.
-            lo, hi = START_S + 600, START_S + 3000
-            theirs = influxql(base, "lp", f"SELECT max(usage_user) FROM cpu WHERE hostname = 'host_3' AND "
-                                          f"time >= {lo}s AND time < {hi}s GROUP BY time(10m)")
-            theirs = [(t, v) for t, v in theirs[0]["values"]]
-            ours = sql(http, f"SELECT CAST(date_bin(INTERVAL '10 minutes', ts) AS BIGINT) / 1000000000 AS t, "
-                             f"max(usage_user) AS m FROM lp.cpu WHERE hostname = 'host_3' AND "
-                             f"ts >= to_timestamp({lo}) AND ts < to_timestamp({hi}) GROUP BY 1 ORDER BY 1")
-            assert [(r["t"], r["m"]) for r in ours] == theirs, (ours, theirs)
+        # 2. Time buckets (TSBS single-groupby shape): 10-minute max per host.
+        lo, hi = START_S + 600, START_S + 3000
+        theirs = influxql(base, "lp", f"SELECT max(usage_user) FROM cpu WHERE hostname = 'host_3' AND "
+                                      f"time >= {lo}s AND time < {hi}s GROUP BY time(10m)")
+        theirs = [(t, v) for t, v in theirs[0]["values"]]
+        ours = sql(http, f"SELECT CAST(date_bin(INTERVAL '10 minutes', ts) AS BIGINT) / 1000000000 AS t, "
+                         f"max(usage_user) AS m FROM lp.cpu WHERE hostname = 'host_3' AND "
+                         f"ts >= to_timestamp({lo}) AND ts < to_timestamp({hi}) GROUP BY 1 ORDER BY 1")
+        assert [(r["t"], r["m"]) for r in ours] == theirs, (ours, theirs)
 
-            # 3. Every field type, escapes and raw points.
-            theirs = influxql(base, "lp", "SELECT load1, load5, n_users, up, host FROM system")
-            theirs = sorted(tuple(v) for v in theirs[0]["values"])
-            ours = sql(http, "SELECT CAST(ts AS BIGINT) / 1000000000 AS t, load1, load5, n_users, up, host "
-                             "FROM lp.system")
-            ours = sorted((r["t"], r["load1"], r["load5"], r["n_users"], r["up"], r["host"]) for r in ours)
-            assert ours == theirs, (ours, theirs)
-            theirs = influxql(base, "lp", 'SELECT note, reads, host FROM "disk io"')[0]["values"]
-            ours = sql(http, 'SELECT CAST(ts AS BIGINT) / 1000000000 AS t, note, reads, host FROM lp."disk io"')
-            assert [[r["t"], r["note"], r["reads"], r["host"]] for r in ours] == theirs, (ours, theirs)
+        # 3. Every field type, escapes and raw points.
+        theirs = influxql(base, "lp", "SELECT load1, load5, n_users, up, host FROM system")
+        theirs = sorted(tuple(v) for v in theirs[0]["values"])
+        ours = sql(http, "SELECT CAST(ts AS BIGINT) / 1000000000 AS t, load1, load5, n_users, up, host "
+                         "FROM lp.system")
+        ours = sorted((r["t"], r["load1"], r["load5"], r["n_users"], r["up"], r["host"]) for r in ours)
+        assert ours == theirs, (ours, theirs)
+        theirs = influxql(base, "lp", 'SELECT note, reads, host FROM "disk io"')[0]["values"]
+        ours = sql(http, 'SELECT CAST(ts AS BIGINT) / 1000000000 AS t, note, reads, host FROM lp."disk io"')
+        assert [[r["t"], r["note"], r["reads"], r["host"]] for r in ours] == theirs, (ours, theirs)
 
-            # 4. Bad input: both refuse the unparsable line with a 400.
-            for url in (f"{base}/write?db=lp", f"http://{http}/write?db=lp"):
-                try:
-                    post(url, b"cpu,hostname=x usage_user=oops 1\n")
-                    raise AssertionError(f"{url} accepted a bad line")
-                except urllib.error.HTTPError as e:
-                    assert e.code == 400, (url, e.code)
-            print(f"ok: InfluxDB 1.6 and Tocsin agree on {HOSTS * STEPS} TSBS lines and the Telegraf-style lines "
-                  f"(aggregates, time buckets, every field type, escapes, gzip, v1 and v2 endpoints)")
-        finally:
-            for p in reversed(procs):
-                stop(p)
-    shutil.rmtree(tmp, ignore_errors=True)
+        # 4. Bad input: both refuse the unparsable line with a 400.
+        for url in (f"{base}/write?db=lp", f"http://{http}/write?db=lp"):
+            try:
+                post(url, b"cpu,hostname=x usage_user=oops 1\n")
+                raise AssertionError(f"{url} accepted a bad line")
+            except urllib.error.HTTPError as e:
+                assert e.code == 400, (url, e.code)
+        print(f"ok: InfluxDB 1.6 and Tocsin agree on {HOSTS * STEPS} TSBS lines and the Telegraf-style lines "
+              f"(aggregates, time buckets, every field type, escapes, gzip, v1 and v2 endpoints)")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,10 @@ must read back exactly what the SDK recorded."""
 
 import logging
 import os
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import sql, start_tocsin, stop, wait_for  # noqa: E402
+from peers import scratch, sql, start_tocsin, wait_for  # noqa: E402
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
@@ -75,40 +73,36 @@ def check_metrics(http, service):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="tocsin-otlp-")
-    with open(os.path.join(tmp, "tocsin.log"), "w") as tlog:
+    with scratch("tocsin-otlp-") as (tmp, procs), open(os.path.join(tmp, "tocsin.log"), "w") as tlog:
         proc, grpc_addr, http = start_tocsin(os.path.join(tmp, "data"), tlog)
-        try:
-            record_metrics(GrpcMetricExporter(endpoint=grpc_addr, insecure=True), "shop-grpc")
-            record_metrics(HttpMetricExporter(endpoint=f"http://{http}/v1/metrics"), "shop-http")
-            check_metrics(http, "shop-grpc")
-            check_metrics(http, "shop-http")
+        procs.append(proc)
+        record_metrics(GrpcMetricExporter(endpoint=grpc_addr, insecure=True), "shop-grpc")
+        record_metrics(HttpMetricExporter(endpoint=f"http://{http}/v1/metrics"), "shop-http")
+        check_metrics(http, "shop-grpc")
+        check_metrics(http, "shop-http")
 
-            # Logs through Python's logging, inside a span.
-            tracer = TracerProvider().get_tracer("shop")
-            logs = LoggerProvider(resource=Resource.create({"service.name": "billing", "host.name": "node-2"}))
-            logs.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint=grpc_addr, insecure=True)))
-            log = logging.getLogger("billing")
-            log.propagate = False
-            log.addHandler(LoggingHandler(level=logging.INFO, logger_provider=logs))
-            log.setLevel(logging.INFO)
-            with tracer.start_as_current_span("charge") as span:
-                log.error("card declined for order %s", "o-17", extra={"order_id": "o-17"})
-                trace_id = format(span.get_span_context().trace_id, "032x")
-            log.info("retry scheduled")
-            assert logs.force_flush(10_000), "logs export failed"
-            rows = wait_for("log records in Tocsin", lambda: sql(
-                http, "SELECT service, host, level, message, trace_id, json_get_str(attributes, 'order_id') AS o "
-                      "FROM logs ORDER BY ts"))
-            assert [(r["service"], r["host"], r["level"], r["message"]) for r in rows] == [
-                ("billing", "node-2", "error", "card declined for order o-17"),
-                ("billing", "node-2", "info", "retry scheduled")], rows
-            assert rows[0]["trace_id"] == trace_id and rows[0]["o"] == "o-17", rows[0]
-            print("ok: OpenTelemetry SDK -> Tocsin over OTLP gRPC and HTTP: counter, up-down counter, gauge, "
-                  "histogram (bucket/count/sum) and logs with trace ids read back exactly")
-        finally:
-            stop(proc)
-    shutil.rmtree(tmp, ignore_errors=True)
+        # Logs through Python's logging, inside a span.
+        tracer = TracerProvider().get_tracer("shop")
+        logs = LoggerProvider(resource=Resource.create({"service.name": "billing", "host.name": "node-2"}))
+        logs.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint=grpc_addr, insecure=True)))
+        log = logging.getLogger("billing")
+        log.propagate = False
+        log.addHandler(LoggingHandler(level=logging.INFO, logger_provider=logs))
+        log.setLevel(logging.INFO)
+        with tracer.start_as_current_span("charge") as span:
+            log.error("card declined for order %s", "o-17", extra={"order_id": "o-17"})
+            trace_id = format(span.get_span_context().trace_id, "032x")
+        log.info("retry scheduled")
+        assert logs.force_flush(10_000), "logs export failed"
+        rows = wait_for("log records in Tocsin", lambda: sql(
+            http, "SELECT service, host, level, message, trace_id, json_get_str(attributes, 'order_id') AS o "
+                  "FROM logs ORDER BY ts"))
+        assert [(r["service"], r["host"], r["level"], r["message"]) for r in rows] == [
+            ("billing", "node-2", "error", "card declined for order o-17"),
+            ("billing", "node-2", "info", "retry scheduled")], rows
+        assert rows[0]["trace_id"] == trace_id and rows[0]["o"] == "o-17", rows[0]
+        print("ok: OpenTelemetry SDK -> Tocsin over OTLP gRPC and HTTP: counter, up-down counter, gauge, "
+              "histogram (bucket/count/sum) and logs with trace ids read back exactly")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,13 @@ raw samples of a range selector) must be exactly the rows Tocsin holds for
 them: same series, same millisecond timestamps, same float64 values."""
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import free_port, get_json, sql, start_tocsin, stop, wait_for  # noqa: E402
+from peers import free_port, get_json, scratch, sql, start_tocsin, wait_for  # noqa: E402
 
 # (metric, a label that tells the series of one job apart)
 METRICS = ["up", "scrape_duration_seconds", "scrape_samples_scraped", "node_load1",
@@ -46,19 +44,16 @@ def tocsin_samples(http, metric, lo_ms, hi_ms):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="tocsin-prom-")
-    procs = []
-    with open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "peers.log"), "w") as plog:
-        try:
-            tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog)
-            procs.append(tocsin)
-            node_port, prom_port = free_port(), free_port()
-            procs.append(subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{node_port}"],
-                                          stdout=plog, stderr=plog))
-            prom = f"127.0.0.1:{prom_port}"
-            config = os.path.join(tmp, "prometheus.yml")
-            with open(config, "w") as f:
-                f.write(f"""
+    with scratch("tocsin-prom-") as (tmp, procs), open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "peers.log"), "w") as plog:
+        tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog)
+        procs.append(tocsin)
+        node_port, prom_port = free_port(), free_port()
+        procs.append(subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{node_port}"],
+                                      stdout=plog, stderr=plog))
+        prom = f"127.0.0.1:{prom_port}"
+        config = os.path.join(tmp, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write(f"""
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
@@ -71,42 +66,38 @@ remote_write:
   - url: http://{http}/api/v1/write
     queue_config: {{batch_send_deadline: 1s, max_samples_per_send: 2000}}
 """)
-            procs.append(subprocess.Popen(["prometheus", f"--config.file={config}",
-                                           f"--storage.tsdb.path={os.path.join(tmp, 'prom')}",
-                                           f"--web.listen-address={prom}"], stdout=plog, stderr=plog))
-            wait_for("Prometheus to scrape both targets",
-                     lambda: len(get_json(f"http://{prom}/api/v1/query?query=up")["data"]["result"]) == 2)
-            wait_for("remote_write to reach Tocsin", lambda: sql(http, "SELECT count(*) AS n FROM up")[0]["n"] >= 4)
-            started = time.time()
-            time.sleep(30)
-            # Compare a window that ended a few seconds ago: everything in it
-            # has been sent (batch_send_deadline 1 s).
-            at = time.time() - 5
-            window = int(at - started) - 1
-            hi_ms = round(at * 1000)
-            lo_ms = hi_ms - window * 1000
-            # Wait until Tocsin holds everything of the window Prometheus holds.
-            for metric in METRICS:
-                theirs = prom_samples(prom, metric, at, window)
-                assert theirs, f"Prometheus has no {metric}"
-                ours = wait_for(f"{metric} in Tocsin",
-                                lambda: (lambda o: o if o == theirs else None)(tocsin_samples(http, metric, lo_ms, hi_ms)),
-                                deadline_s=20)
-                n = sum(len(v) for v in ours.values())
-                print(f"  {metric}: {len(ours)} series, {n} samples identical in both")
-                assert n >= window // 2 * len(ours), f"{metric}: only {n} samples over {window} s"
-            # Prometheus' own account: nothing it sent was refused.
-            failed = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_failed_total)")
-            sent = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_total)")
-            assert float(failed["data"]["result"][0]["value"][1]) == 0, failed
-            assert float(sent["data"]["result"][0]["value"][1]) > 1000, sent
-            series = sql(http, "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'")
-            print(f"ok: Prometheus remote_write -> Tocsin, {series[0]['n']} metric tables, "
-                  f"{len(METRICS)} metrics compared sample by sample over {window} s")
-        finally:
-            for p in reversed(procs):
-                stop(p)
-    shutil.rmtree(tmp, ignore_errors=True)
+        procs.append(subprocess.Popen(["prometheus", f"--config.file={config}",
+                                       f"--storage.tsdb.path={os.path.join(tmp, 'prom')}",
+                                       f"--web.listen-address={prom}"], stdout=plog, stderr=plog))
+        wait_for("Prometheus to scrape both targets",
+                 lambda: len(get_json(f"http://{prom}/api/v1/query?query=up")["data"]["result"]) == 2)
+        wait_for("remote_write to reach Tocsin", lambda: sql(http, "SELECT count(*) AS n FROM up")[0]["n"] >= 4)
+        started = time.time()
+        time.sleep(30)
+        # Compare a window that ended a few seconds ago: everything in it
+        # has been sent (batch_send_deadline 1 s).
+        at = time.time() - 5
+        window = int(at - started) - 1
+        hi_ms = round(at * 1000)
+        lo_ms = hi_ms - window * 1000
+        # Wait until Tocsin holds everything of the window Prometheus holds.
+        for metric in METRICS:
+            theirs = prom_samples(prom, metric, at, window)
+            assert theirs, f"Prometheus has no {metric}"
+            ours = wait_for(f"{metric} in Tocsin",
+                            lambda: (lambda o: o if o == theirs else None)(tocsin_samples(http, metric, lo_ms, hi_ms)),
+                            deadline_s=20)
+            n = sum(len(v) for v in ours.values())
+            print(f"  {metric}: {len(ours)} series, {n} samples identical in both")
+            assert n >= window // 2 * len(ours), f"{metric}: only {n} samples over {window} s"
+        # Prometheus' own account: nothing it sent was refused.
+        failed = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_failed_total)")
+        sent = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_total)")
+        assert float(failed["data"]["result"][0]["value"][1]) == 0, failed
+        assert float(sent["data"]["result"][0]["value"][1]) > 1000, sent
+        series = sql(http, "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'")
+        print(f"ok: Prometheus remote_write -> Tocsin, {series[0]['n']} metric tables, "
+              f"{len(METRICS)} metrics compared sample by sample over {window} s")
 
 
 if __name__ == "__main__":
