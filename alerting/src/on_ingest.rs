@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::rule::{Rule, Sample};
 
-/// Ingest rules by (database, table).
-pub(crate) type Index = HashMap<(String, String), Vec<(String, Arc<Rule>)>>;
+/// Ingest rules by database, then table: nested so that a write looks its
+/// table up by `&str`, without building a key.
+pub(crate) type Index = HashMap<String, HashMap<String, Vec<(String, Arc<Rule>)>>>;
 
 pub(crate) fn index(config: &Config) -> Index {
     let mut idx: Index = HashMap::new();
@@ -22,7 +23,11 @@ pub(crate) fn index(config: &Config) -> Index {
         let db = g.database.clone().unwrap_or_else(|| "public".to_string());
         for r in &g.rules {
             if let Some(src) = &r.on_ingest {
-                idx.entry((db.clone(), src.table.clone())).or_default().push((g.name.clone(), Arc::new(r.clone())));
+                idx.entry(db.clone())
+                    .or_default()
+                    .entry(src.table.clone())
+                    .or_default()
+                    .push((g.name.clone(), Arc::new(r.clone())));
             }
         }
     }
@@ -49,11 +54,9 @@ pub struct IngestObserver {
 impl WriteObserver for IngestObserver {
     fn written(&self, db: &str, writes: &[TableWrite]) {
         let idx = Arc::clone(&self.index.read());
-        if idx.is_empty() {
-            return;
-        }
+        let Some(tables) = idx.get(db) else { return };
         for w in writes {
-            let Some(rules) = idx.get(&(db.to_string(), w.table.clone())) else { continue };
+            let Some(rules) = tables.get(w.table.as_str()) else { continue };
             for (group, rule) in rules {
                 let Some(src) = &rule.on_ingest else { continue };
                 let samples: Vec<Sample> = w
