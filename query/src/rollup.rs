@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, TimestampNanosecondType};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, TimestampNanosecondType, UInt64Type};
 use parking_lot::Mutex;
 use tocsin_storage::schema::COLUMN_KIND_KEY;
 use tocsin_storage::{Storage, TIME_COLUMN};
@@ -196,7 +196,7 @@ impl Rollups {
             group.join(", "),
         );
         let result = self.query.execute(&sql, Some(&r.target_db)).await?;
-        let rows = inserted_rows(&result);
+        let rows = first_value::<UInt64Type>(&result).unwrap_or(0);
         *progress.lock() = Some(end);
         Ok(Some(RollupRun { name: r.name.clone(), start_ns: start, end_ns: end, rows }))
     }
@@ -211,22 +211,17 @@ impl Rollups {
         }
         let sql = format!("SELECT max({TIME_COLUMN}) AS newest FROM {}.{}", ident(&r.target_db), ident(&r.target));
         let result = self.query.execute(&sql, Some(&r.target_db)).await?;
-        let newest = result.batches.iter().filter(|b| b.num_rows() > 0).find_map(|b| {
-            let c = b.column(0).as_primitive_opt::<TimestampNanosecondType>()?;
-            c.is_valid(0).then(|| c.value(0))
-        });
+        let newest = first_value::<TimestampNanosecondType>(&result);
         Ok(newest.map_or(fresh, |n| n.saturating_add(bucket)))
     }
 }
 
-/// The row count an `INSERT` reports (a one-row `count` column).
-fn inserted_rows(result: &crate::QueryResult) -> u64 {
-    result
-        .batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .and_then(|b| b.column(0).as_primitive_opt::<arrow::datatypes::UInt64Type>().map(|c| c.value(0)))
-        .unwrap_or(0)
+/// The first column of the first row of a one-value result (`max(ts)`, an
+/// `INSERT`'s row count), if it has that type and is not NULL.
+fn first_value<T: ArrowPrimitiveType>(result: &crate::QueryResult) -> Option<T::Native> {
+    let b = result.batches.iter().find(|b| b.num_rows() > 0)?;
+    let c = b.column(0).as_primitive_opt::<T>()?;
+    c.is_valid(0).then(|| c.value(0))
 }
 
 #[cfg(test)]

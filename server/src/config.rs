@@ -366,21 +366,20 @@ impl FileConfig {
         let r = self.retention;
         storage.retention.default =
             parse_retention(&r.default).map_err(|reason| ConfigError::Invalid { key: "retention.default", reason })?;
-        for (db, v) in r.databases {
-            let keep =
-                parse_retention(&v).map_err(|reason| ConfigError::Invalid { key: "retention.databases", reason })?;
-            storage.retention.databases.insert(db, keep);
+        if let Some(table) = r.tables.keys().find(|t| !t.contains('.')) {
+            return Err(ConfigError::Invalid {
+                key: "retention.tables",
+                reason: format!("{table:?} must be written database.table, e.g. \"public.cpu\""),
+            });
         }
-        for (table, v) in r.tables {
-            if !table.contains('.') {
-                return Err(ConfigError::Invalid {
-                    key: "retention.tables",
-                    reason: format!("{table:?} must be written database.table, e.g. \"public.cpu\""),
-                });
+        for (key, from, into) in [
+            ("retention.databases", r.databases, &mut storage.retention.databases),
+            ("retention.tables", r.tables, &mut storage.retention.tables),
+        ] {
+            for (name, v) in from {
+                let keep = parse_retention(&v).map_err(|reason| ConfigError::Invalid { key, reason })?;
+                into.insert(name, keep);
             }
-            let keep =
-                parse_retention(&v).map_err(|reason| ConfigError::Invalid { key: "retention.tables", reason })?;
-            storage.retention.tables.insert(table, keep);
         }
         storage.segments.row_group_rows = s.row_group_rows;
         storage.segments.page_rows = s.page_rows;

@@ -169,49 +169,7 @@ async fn health() -> Response {
 async fn metrics(State(app): State<AppState>) -> Response {
     let mut text = app.metrics.render(&app.storage, &app.query);
     app.alerts.render_metrics(&mut text);
-    render_tail_metrics(&app.tail.metrics, &mut text);
-    render_rollup_metrics(&app.rollups.metrics, &mut text);
+    crate::metrics::render_tail(&app.tail.metrics, &mut text);
+    crate::metrics::render_rollups(&app.rollups.metrics, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
-}
-
-fn render_tail_metrics(m: &tocsin_ingest::tail::TailMetrics, out: &mut String) {
-    use std::sync::atomic::Ordering::Relaxed;
-    render_series(
-        out,
-        &[
-            ("tocsin_tail_subscribers", "gauge", "Live tail subscribers.", m.subscribers.load(Relaxed)),
-            (
-                "tocsin_tail_events_delivered_total",
-                "counter",
-                "Events handed to tail subscribers.",
-                m.delivered.load(Relaxed),
-            ),
-            (
-                "tocsin_tail_events_dropped_total",
-                "counter",
-                "Events dropped for slow tail subscribers.",
-                m.dropped.load(Relaxed),
-            ),
-        ],
-    );
-}
-
-fn render_rollup_metrics(m: &tocsin_query::rollup::RollupMetrics, out: &mut String) {
-    use std::sync::atomic::Ordering::Relaxed;
-    render_series(
-        out,
-        &[
-            ("tocsin_rollup_runs_total", "counter", "Roll-up runs that wrote buckets.", m.runs.load(Relaxed)),
-            ("tocsin_rollup_rows_total", "counter", "Rows written by roll-ups.", m.rows.load(Relaxed)),
-            ("tocsin_rollup_failures_total", "counter", "Roll-up runs that failed.", m.failures.load(Relaxed)),
-        ],
-    );
-}
-
-/// Appends `(name, type, help, value)` series in the exposition format.
-fn render_series(out: &mut String, series: &[(&str, &str, &str, u64)]) {
-    use std::fmt::Write as _;
-    for (name, kind, help, v) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    }
 }

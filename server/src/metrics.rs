@@ -157,3 +157,17 @@ impl Metrics {
         o
     }
 }
+
+/// Live tail: subscribers, events delivered and dropped.
+pub(crate) fn render_tail(m: &tocsin_ingest::tail::TailMetrics, o: &mut String) {
+    gauge(o, "tocsin_tail_subscribers", "Live tail subscribers.", load(&m.subscribers) as f64);
+    counter(o, "tocsin_tail_events_delivered_total", "Events handed to tail subscribers.", load(&m.delivered));
+    counter(o, "tocsin_tail_events_dropped_total", "Events dropped for slow tail subscribers.", load(&m.dropped));
+}
+
+/// Roll-ups: runs, rows written, failures.
+pub(crate) fn render_rollups(m: &tocsin_query::rollup::RollupMetrics, o: &mut String) {
+    counter(o, "tocsin_rollup_runs_total", "Roll-up runs that wrote buckets.", load(&m.runs));
+    counter(o, "tocsin_rollup_rows_total", "Rows written by roll-ups.", load(&m.rows));
+    counter(o, "tocsin_rollup_failures_total", "Roll-up runs that failed.", load(&m.failures));
+}

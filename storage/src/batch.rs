@@ -125,8 +125,10 @@ fn field_column(name: &str, dt: &DataType, blocks: &[SeriesBlock], rows: usize) 
     })
 }
 
-/// Reshapes `batch` to `target`: columns are matched by name, and columns the
-/// batch lacks (added to the table after it was written) become NULL.
+/// Reshapes `batch` to `target`: columns are matched by name, columns the
+/// batch lacks (added to the table after it was written) become NULL, and a
+/// column stored with another type (integral floats kept as Int64 in a
+/// segment) is cast to the table's type.
 pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     if batch.schema().fields() == target.fields() {
         return Ok(batch.clone());
@@ -135,10 +137,11 @@ pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatc
         .fields()
         .iter()
         .map(|f| match batch.schema().index_of(f.name()) {
-            Ok(i) => Arc::clone(batch.column(i)),
-            Err(_) => new_null_array(f.data_type(), batch.num_rows()),
+            Ok(i) if batch.column(i).data_type() == f.data_type() => Ok(Arc::clone(batch.column(i))),
+            Ok(i) => arrow::compute::cast(batch.column(i), f.data_type()),
+            Err(_) => Ok(new_null_array(f.data_type(), batch.num_rows())),
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new_with_options(
         Arc::clone(target),
         columns,

@@ -27,11 +27,11 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use arrow::error::ArrowError;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::batch::adapt_batch;
 use crate::config::CompactionConfig;
 use crate::manifest::SegmentMeta;
 use crate::segment::SegmentError;
@@ -118,26 +118,9 @@ pub(crate) fn read_segment(path: &Path, schema: &SchemaRef) -> Result<Vec<Record
     let reader = reader.map_err(perr)?;
     let mut out = Vec::new();
     for batch in reader {
-        out.push(conform(&batch?, schema)?);
+        out.push(adapt_batch(&batch?, schema)?);
     }
     Ok(out)
-}
-
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.schema().index_of(f.name()) {
-            Ok(i) if batch.column(i).data_type() == f.data_type() => Ok(Arc::clone(batch.column(i))),
-            Ok(i) => arrow::compute::cast(batch.column(i), f.data_type()),
-            Err(_) => Ok(new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new_with_options(
-        Arc::clone(schema),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )
 }
 
 #[cfg(test)]

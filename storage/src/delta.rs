@@ -26,7 +26,7 @@ use std::io::Write;
 use arrow::array::{Array, ArrayRef, Int64Array};
 use arrow::datatypes::DataType;
 use bytes::Bytes;
-use parquet::basic::{Compression, Encoding, Type as PhysicalType};
+use parquet::basic::{Encoding, Type as PhysicalType};
 use parquet::column::page::{CompressedPage, Page, PageWriteSpec, PageWriter};
 use parquet::column::writer::{ColumnCloseResult, get_column_writer, get_typed_column_writer_mut};
 use parquet::data_type::Int64Type;
@@ -357,14 +357,7 @@ pub(crate) fn write_chunk(
     let mut writer = get_column_writer(descr, props.clone(), Box::new(pages));
     get_typed_column_writer_mut::<Int64Type>(&mut writer).write_batch(&values, levels.as_deref(), None)?;
     let mut close = writer.close()?;
-    let codec = match compression {
-        SegmentCompression::Zstd(level) => {
-            Compression::ZSTD(parquet::basic::ZstdLevel::try_new(level).unwrap_or_default())
-        }
-        SegmentCompression::Lz4 => Compression::LZ4_RAW,
-        SegmentCompression::None => Compression::UNCOMPRESSED,
-    };
-    close.metadata = close.metadata.into_builder().set_compression(codec).build()?;
+    close.metadata = close.metadata.into_builder().set_compression(compression.parquet()).build()?;
     Ok((Bytes::from(sink.into_inner()?), close))
 }
 

@@ -616,7 +616,7 @@ impl Storage {
                     continue;
                 }
             };
-            self.swap_compacted(&db, &table, &inputs, outputs.clone()).await.inspect_err(|_| {
+            self.swap_segments(&db, &table, &inputs, outputs.clone()).await.inspect_err(|_| {
                 for o in &outputs {
                     let _ = std::fs::remove_file(self.config.data_dir.join(&o.path));
                 }
@@ -671,7 +671,7 @@ impl Storage {
         };
         let (mut segments, mut rows) = (0, 0);
         for (db, table, gone) in due {
-            self.swap_compacted(&db, &table, &gone, Vec::new()).await?;
+            self.swap_segments(&db, &table, &gone, Vec::new()).await?;
             // The newest row of a series may have gone with the segment: the
             // cache is rebuilt from a scan of what is left when next used. (A
             // lastpoint scan planned before the swap and completing after
@@ -695,7 +695,7 @@ impl Storage {
 
     /// Replaces `inputs` by `outputs` (none when expiring) in a new
     /// manifest, then in the query state, and retires the inputs' files.
-    async fn swap_compacted(
+    async fn swap_segments(
         &self,
         db: &str,
         table: &str,
@@ -835,7 +835,8 @@ impl Storage {
     }
 }
 
-fn unix_secs() -> u64 {
+/// Now, in whole seconds since the Unix epoch (the series registry's clock).
+pub(crate) fn unix_secs() -> u64 {
     u64::try_from(crate::now_ns() / 1_000_000_000).unwrap_or(0)
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use crate::batch::{blocks_to_batch, ts_range};
 use crate::config::StorageConfig;
-use crate::engine::{Chunk, State, Storage, StorageError, TableState, apply, validate};
+use crate::engine::{Chunk, State, Storage, StorageError, TableState, apply, unix_secs, validate};
 use crate::manifest::Manifest;
 use crate::metrics::StorageMetrics;
 use crate::segment::verify_segment;
@@ -188,8 +188,7 @@ fn replay_wal(
         let (entries, end) = wal::read_file(path).map_err(io(path))?;
         let mut rows = 0u64;
         for entry in entries {
-            let now_s = u64::try_from(crate::now_ns() / 1_000_000_000).unwrap_or(0);
-            let (accepted, rejected) = validate(state, &entry.database, entry.writes, &replay_limits, now_s);
+            let (accepted, rejected) = validate(state, &entry.database, entry.writes, &replay_limits, unix_secs());
             for r in rejected {
                 tracing::warn!("WAL {}: item {} no longer valid on replay: {}", path.display(), r.item, r.error);
             }

@@ -50,6 +50,17 @@ pub enum SegmentCompression {
     None,
 }
 
+impl SegmentCompression {
+    /// The Parquet codec of the pages.
+    pub(crate) fn parquet(self) -> Compression {
+        match self {
+            SegmentCompression::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default()),
+            SegmentCompression::Lz4 => Compression::LZ4_RAW,
+            SegmentCompression::None => Compression::UNCOMPRESSED,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SegmentOptions {
     pub compression: SegmentCompression,
@@ -205,13 +216,8 @@ fn sort_for_segment(batch: &RecordBatch, partition_ns: i64) -> Result<(RecordBat
 }
 
 fn writer_properties(schema: &SchemaRef, options: &SegmentOptions) -> WriterProperties {
-    let compression = match options.compression {
-        SegmentCompression::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default()),
-        SegmentCompression::Lz4 => Compression::LZ4_RAW,
-        SegmentCompression::None => Compression::UNCOMPRESSED,
-    };
     let mut b = WriterProperties::builder()
-        .set_compression(compression)
+        .set_compression(options.compression.parquet())
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(options.row_group_rows))
         .set_data_page_row_count_limit(options.page_rows)
