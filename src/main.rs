@@ -33,6 +33,9 @@ enum Command {
     Trace(commands::trace::Config),
     /// Follow the log stream live, with filters.
     Tail(commands::tail::Config),
+    /// Rebuild a lost or damaged manifest from the segments' own metadata
+    /// (the server must be stopped).
+    Repair(commands::repair::Config),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Silences(c) => commands::alerts::run_silences(c),
         Command::Trace(c) => commands::trace::run(c),
         Command::Tail(c) => commands::tail::run(c),
+        Command::Repair(c) => commands::repair::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use tocsin_proto::v1::{
     FieldColumn as PbField, LogEvent, RowSeries, Series, WriteLogsRequest, WriteRowsRequest, WriteSeriesRequest,
     field_column::Values,
 };
-use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
+use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite, WriteError, WriteLimits};
 
 /// Default table of log events.
 pub const LOGS_TABLE: &str = "logs";
@@ -22,6 +22,11 @@ pub struct EarlyRejection {
     pub item: u32,
     pub reason: String,
 }
+
+/// The items (points, log events) that a decoder grouped into a block
+/// besides the block's own `item`: when storage refuses the block, every
+/// one of them is reported, not only the first.
+pub type BlockMembers = HashMap<u32, Vec<u32>>;
 
 /// Series blocks grouped into one write per table, tables in the order they
 /// first appear: what every protocol's decoder builds.
@@ -163,7 +168,11 @@ struct LogGroup {
 /// Log events, grouped by (service, host, level) so that each group is one
 /// series of the logs table. Attributes are stored as a JSON object string
 /// column `attributes` (see docs/data-model.md).
-pub fn logs_to_write(req: WriteLogsRequest, max_message_bytes: usize) -> (TableWrite, Vec<EarlyRejection>) {
+pub fn logs_to_write(
+    req: WriteLogsRequest,
+    max_message_bytes: usize,
+    limits: &WriteLimits,
+) -> (TableWrite, Vec<EarlyRejection>, BlockMembers) {
     let table = log_table(&req.stream);
     let mut groups: HashMap<(String, String, String), LogGroup> = HashMap::new();
     let mut rejected = Vec::new();
@@ -187,6 +196,23 @@ pub fn logs_to_write(req: WriteLogsRequest, max_message_bytes: usize) -> (TableW
                 attributes.into_iter().map(|l| (l.name, serde_json::Value::String(l.value))).collect();
             serde_json::Value::Object(map).to_string()
         };
+        // Storage refuses a whole block for one oversized value: check each
+        // event's own values here so that only that event is refused.
+        let oversized = [("message", &message), ("trace_id", &trace_id), ("span_id", &span_id), ("attributes", &attrs)]
+            .into_iter()
+            .find(|(_, v)| v.len() > limits.max_string_bytes);
+        if let Some((column, v)) = oversized {
+            rejected.push(EarlyRejection {
+                item: i as u32,
+                reason: WriteError::ValueTooLarge {
+                    column: column.into(),
+                    len: v.len(),
+                    limit: limits.max_string_bytes,
+                }
+                .to_string(),
+            });
+            continue;
+        }
         let g = groups.entry((service, host, normalize_level(&level))).or_default();
         g.items.push(i as u32);
         g.timestamps.push(timestamp);
@@ -196,7 +222,11 @@ pub fn logs_to_write(req: WriteLogsRequest, max_message_bytes: usize) -> (TableW
         g.attributes.push(attrs);
     }
     let mut blocks = Vec::with_capacity(groups.len());
+    let mut members = BlockMembers::new();
     for ((service, host, level), g) in groups {
+        if g.items.len() > 1 {
+            members.insert(g.items[0], g.items[1..].to_vec());
+        }
         let mut tags = Vec::with_capacity(3);
         for (k, v) in [("service", service), ("host", host), ("level", level)] {
             if !v.is_empty() {
@@ -217,7 +247,7 @@ pub fn logs_to_write(req: WriteLogsRequest, max_message_bytes: usize) -> (TableW
         fields.extend(optional("attributes", g.attributes));
         blocks.push(SeriesBlock { item: g.items[0], tags, timestamps: g.timestamps, fields });
     }
-    (TableWrite { table, blocks }, rejected)
+    (TableWrite { table, blocks }, rejected, members)
 }
 
 #[cfg(test)]
@@ -297,7 +327,7 @@ mod tests {
             stream: String::new(),
             events: vec![ev("a", "WARNING", "t1"), ev("a", "warn", ""), ev("b", "info", "")],
         };
-        let (w, rejected) = logs_to_write(req, 100);
+        let (w, rejected, _) = logs_to_write(req, 100, &WriteLimits::default());
         assert!(rejected.is_empty());
         assert_eq!(w.table, "logs");
         assert_eq!(w.blocks.len(), 2);

@@ -50,6 +50,9 @@ pub enum FollowError {
     SinceTooLong(u64),
     #[error("this server cannot backfill a tail from storage")]
     NoBackfill,
+    /// A filter over the size limits (see [`TailFilter::check`]).
+    #[error("{0}")]
+    Filter(String),
     #[error("backfill failed: {0}")]
     Backfill(String),
 }
@@ -65,6 +68,7 @@ pub async fn follow(
     capacity: usize,
     since: Option<Duration>,
 ) -> Result<ItemStream, FollowError> {
+    filter.check().map_err(FollowError::Filter)?;
     let Some(since) = since else {
         return Ok(live(hub.subscribe(filter, capacity)));
     };

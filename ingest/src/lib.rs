@@ -130,16 +130,30 @@ impl IngestService {
         writes: Vec<TableWrite>,
         early: Vec<EarlyRejection>,
     ) -> Result<WriteResponse, IngestError> {
+        self.write_grouped(db, writes, early, &convert::BlockMembers::new()).await
+    }
+
+    /// [`Self::write_tables`] for decoders that group several items into a
+    /// block: a refused block reports every item in it (`members`).
+    pub async fn write_grouped(
+        &self,
+        db: &str,
+        writes: Vec<TableWrite>,
+        early: Vec<EarlyRejection>,
+        members: &convert::BlockMembers,
+    ) -> Result<WriteResponse, IngestError> {
         let mut resp = WriteResponse::default();
         resp.rejected.extend(early.into_iter().map(|r| Rejection { index: r.item, message: 0, reason: r.reason }));
         if writes.iter().any(|w| !w.blocks.is_empty()) {
             let outcome = self.storage.write(db, writes).await?;
             resp.accepted_rows = outcome.accepted_rows;
-            resp.rejected.extend(outcome.rejected.into_iter().map(|r| Rejection {
-                index: r.item,
-                message: 0,
-                reason: r.error.to_string(),
-            }));
+            for r in outcome.rejected {
+                let reason = r.error.to_string();
+                for &index in members.get(&r.item).map(Vec::as_slice).unwrap_or_default() {
+                    resp.rejected.push(Rejection { index, message: 0, reason: reason.clone() });
+                }
+                resp.rejected.push(Rejection { index: r.item, message: 0, reason });
+            }
         }
         resp.rejected.sort_by_key(|r| r.index);
         self.metrics.rows_accepted.fetch_add(resp.accepted_rows, Ordering::Relaxed);
@@ -182,8 +196,9 @@ impl IngestService {
         }
         let db = database(&req.database).to_string();
         // Live tail sees the accepted events through the storage observer.
-        let (write, early) = convert::logs_to_write(req, self.config.max_log_message_bytes);
-        let resp = self.write_tables(&db, vec![write], early).await?;
+        let limits = &self.storage.config().limits;
+        let (write, early, members) = convert::logs_to_write(req, self.config.max_log_message_bytes, limits);
+        let resp = self.write_grouped(&db, vec![write], early, &members).await?;
         Ok(resp)
     }
 
@@ -221,12 +236,16 @@ impl Ingest for IngestService {
 
     async fn tail(&self, request: Request<TailRequest>) -> Result<Response<Self::TailStream>, Status> {
         let req = request.into_inner();
-        let buffer = if req.buffer == 0 { TAIL_BUFFER } else { req.buffer as usize };
+        // Clamped: the request must not choose how much memory a
+        // subscriber may hold (the queue is also bounded in bytes).
+        let buffer = if req.buffer == 0 { TAIL_BUFFER } else { (req.buffer as usize).min(tail::MAX_TAIL_BUFFER) };
         let since = (req.since_ms > 0).then(|| std::time::Duration::from_millis(req.since_ms));
         let items = follow::follow(&self.tail, &self.storage, self.backfill.as_ref(), tail_filter(req), buffer, since)
             .await
             .map_err(|e| match e {
-                follow::FollowError::SinceTooLong(_) => Status::invalid_argument(e.to_string()),
+                follow::FollowError::SinceTooLong(_) | follow::FollowError::Filter(_) => {
+                    Status::invalid_argument(e.to_string())
+                }
                 _ => Status::internal(e.to_string()),
             })?;
         let stream = items.map(|item| match item {

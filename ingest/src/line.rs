@@ -16,9 +16,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
+use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite, WriteError, WriteLimits};
 
-use crate::convert::{EarlyRejection, TableWrites};
+use crate::convert::{BlockMembers, EarlyRejection, TableWrites};
 
 /// Units of the timestamps in a request (`precision=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,8 @@ pub struct Parsed {
     pub writes: Vec<TableWrite>,
     pub rejected: Vec<EarlyRejection>,
     pub points: usize,
+    /// The lines grouped into each block after its first.
+    pub members: BlockMembers,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,7 +155,10 @@ struct Point<'a> {
 }
 
 /// Parses a whole request body. `now_ns` stamps points without a timestamp.
-pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, LineError> {
+/// A point whose own values storage would refuse (a string over
+/// `limits.max_string_bytes`, a time before 1970) is refused here, alone:
+/// storage refuses whole blocks, and a block holds many points.
+pub fn parse(body: &str, precision: Precision, now_ns: i64, limits: &WriteLimits) -> Result<Parsed, LineError> {
     let mut out = Parsed::default();
     let mut writes = TableWrites::default();
     // (series key, field-name hash) -> candidate (write, block) slots.
@@ -178,6 +183,23 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Li
             None => now_ns,
         };
         out.points += 1;
+        if ts < 0 {
+            out.rejected
+                .push(EarlyRejection { item: n as u32, reason: WriteError::TimestampOutOfRange { ts }.to_string() });
+            continue;
+        }
+        let long = p.fields.iter().find_map(|(k, v)| match v {
+            Value::Str(s) if s.len() > limits.max_string_bytes => Some((k, s.len())),
+            _ => None,
+        });
+        if let Some((column, len)) = long {
+            out.rejected.push(EarlyRejection {
+                item: n as u32,
+                reason: WriteError::ValueTooLarge { column: column.to_string(), len, limit: limits.max_string_bytes }
+                    .to_string(),
+            });
+            continue;
+        }
         let names_hash = p.fields.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (k, _)| {
             k.bytes().chain([0xff]).fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
         });
@@ -212,6 +234,9 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Li
                 ),
             });
             continue;
+        }
+        if block.item != n as u32 {
+            out.members.entry(block.item).or_default().push(n as u32);
         }
         block.timestamps.push(ts);
         for (f, (_, v)) in block.fields.iter_mut().zip(p.fields) {
@@ -389,7 +414,7 @@ mod tests {
     use super::*;
 
     fn one(line: &str) -> SeriesBlock {
-        let p = parse(line, Precision::Nanoseconds, 99).expect("parse");
+        let p = parse(line, Precision::Nanoseconds, 99, &WriteLimits::default()).expect("parse");
         assert_eq!(p.writes.len(), 1);
         p.writes.into_iter().next().and_then(|w| w.blocks.into_iter().next()).expect("block")
     }
@@ -417,8 +442,13 @@ mod tests {
 
     #[test]
     fn escaping_rules() {
-        let p = parse(r#"my\ meas\,x,tag\ key=va\,l\=ue f\=k="say \"hi\" \\ there",g=1 5"#, Precision::Nanoseconds, 0)
-            .expect("parse");
+        let p = parse(
+            r#"my\ meas\,x,tag\ key=va\,l\=ue f\=k="say \"hi\" \\ there",g=1 5"#,
+            Precision::Nanoseconds,
+            0,
+            &WriteLimits::default(),
+        )
+        .expect("parse");
         let w = &p.writes[0];
         assert_eq!(w.table, "my meas,x");
         let b = &w.blocks[0];
@@ -441,18 +471,20 @@ mod tests {
             ("m", 300_000_000_000),
             ("h", 18_000_000_000_000),
         ] {
-            let parsed = parse("m v=1 5", Precision::parse(p).expect("precision"), 0).expect("parse");
+            let parsed =
+                parse("m v=1 5", Precision::parse(p).expect("precision"), 0, &WriteLimits::default()).expect("parse");
             assert_eq!(parsed.writes[0].blocks[0].timestamps, vec![want], "precision {p}");
         }
         assert!(Precision::parse("x").is_none());
-        let e = parse("m v=1 9223372036854775807", Precision::Seconds, 0).expect_err("overflow");
+        let e =
+            parse("m v=1 9223372036854775807", Precision::Seconds, 0, &WriteLimits::default()).expect_err("overflow");
         assert!(e.reason.contains("overflows"), "{e}");
     }
 
     #[test]
     fn lines_of_one_series_share_a_block_and_comments_are_skipped() {
         let body = "# comment\ncpu,host=a u=1i,s=2i 10\n\ncpu,host=b u=3i,s=4i 10\ncpu,host=a u=5i,s=6i 20\nmem,host=a f=1 10\n";
-        let p = parse(body, Precision::Nanoseconds, 0).expect("parse");
+        let p = parse(body, Precision::Nanoseconds, 0, &WriteLimits::default()).expect("parse");
         assert_eq!(p.points, 4);
         assert_eq!(p.writes.len(), 2);
         let cpu = &p.writes[0];
@@ -464,7 +496,8 @@ mod tests {
 
     #[test]
     fn a_type_change_within_a_series_rejects_that_point_only() {
-        let p = parse("m,t=a v=1i 1\nm,t=a v=2.5 2\nm,t=a v=3i 3", Precision::Nanoseconds, 0).expect("parse");
+        let p = parse("m,t=a v=1i 1\nm,t=a v=2.5 2\nm,t=a v=3i 3", Precision::Nanoseconds, 0, &WriteLimits::default())
+            .expect("parse");
         assert_eq!(p.writes[0].blocks[0].fields[0].values, FieldValues::I64(vec![1, 3]));
         assert_eq!(p.writes[0].blocks[0].timestamps, vec![1, 3]);
         assert_eq!(p.rejected.len(), 1);
@@ -491,7 +524,7 @@ mod tests {
             ("m v=u", 1, 5, "bad unsigned"),
             ("m v=\"", 1, 5, "unterminated"),
         ] {
-            let e = parse(body, Precision::Nanoseconds, 0).expect_err(body);
+            let e = parse(body, Precision::Nanoseconds, 0, &WriteLimits::default()).expect_err(body);
             assert_eq!((e.line, e.column), (line, col), "{body:?}: {e}");
             assert!(e.reason.contains(needle), "{body:?}: {e}");
         }
@@ -516,7 +549,7 @@ mod tests {
                 line.push(ALPHABET[(state % ALPHABET.len() as u64) as usize]);
             }
             if let Ok(text) = std::str::from_utf8(&line) {
-                let _ = parse(text, Precision::Seconds, 0);
+                let _ = parse(text, Precision::Seconds, 0, &WriteLimits::default());
             }
         }
     }

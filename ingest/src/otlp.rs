@@ -78,6 +78,66 @@ fn hex(b: &[u8]) -> String {
     })
 }
 
+/// Most attributes a resource, data point or log record may carry: the
+/// OpenTelemetry SDKs' default attribute count limit.
+pub const MAX_ATTRIBUTES: usize = 128;
+/// Most bytes of attribute text one request may expand to. Resource
+/// attributes are copied into every data point (and log record), so a small
+/// request can ask for a great deal of memory: 56 KB once took 190 MB. A
+/// collector's batch of 8,192 points with 30 labels of 50 bytes expands to
+/// 12 MB.
+pub const MAX_EXPANDED_BYTES: usize = 64 << 20;
+
+/// Charges the expansion of one point or record against a request's budget.
+#[derive(Debug)]
+struct Expansion {
+    left: usize,
+}
+
+impl Default for Expansion {
+    fn default() -> Self {
+        Self { left: MAX_EXPANDED_BYTES }
+    }
+}
+
+impl Expansion {
+    /// Charges `copies` copies of the resource's and the point's attributes,
+    /// or says why the point is refused.
+    fn charge(&mut self, resource: &[(String, String)], point: &[KeyValue], copies: usize) -> Result<(), String> {
+        if resource.len() > MAX_ATTRIBUTES || point.len() > MAX_ATTRIBUTES {
+            return Err(format!(
+                "{} resource and {} point attributes; at most {MAX_ATTRIBUTES} of each are accepted",
+                resource.len(),
+                point.len()
+            ));
+        }
+        let resource_bytes: usize = resource.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let point_bytes: usize = point.iter().map(|a| a.key.len() + approx_len(a.value.as_ref())).sum();
+        let bytes = (resource_bytes + point_bytes + 16).saturating_mul(copies.max(1));
+        if bytes > self.left {
+            return Err(format!(
+                "the request expands to more than {MAX_EXPANDED_BYTES} bytes of attributes (resource attributes \
+                 are copied into every point); send fewer points per request or fewer resource attributes"
+            ));
+        }
+        self.left -= bytes;
+        Ok(())
+    }
+}
+
+/// About how long an attribute value's text is, without building it.
+fn approx_len(v: Option<&AnyValue>) -> usize {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.len(),
+        Some(any_value::Value::BytesValue(b)) => 2 * b.len(),
+        Some(any_value::Value::ArrayValue(a)) => a.values.iter().map(|v| approx_len(Some(v)) + 1).sum::<usize>() + 2,
+        Some(any_value::Value::KvlistValue(kv)) => {
+            kv.values.iter().map(|a| a.key.len() + approx_len(a.value.as_ref()) + 4).sum::<usize>() + 2
+        }
+        _ => 24,
+    }
+}
+
 fn attrs(kv: &[KeyValue]) -> impl Iterator<Item = (String, String)> + '_ {
     kv.iter().map(|a| (a.key.clone(), any_text(a.value.as_ref())))
 }
@@ -107,6 +167,7 @@ pub struct MetricWrites {
     pub rejected_points: i64,
     pub first_error: Option<String>,
     pub points: usize,
+    expansion: Expansion,
 }
 
 impl MetricWrites {
@@ -145,6 +206,10 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
                                     continue;
                                 }
                             };
+                            if let Err(e) = out.expansion.charge(&resource, &p.attributes, p.bucket_counts.len() + 2) {
+                                out.reject(1, format!("metric {name:?}: {e}"));
+                                continue;
+                            }
                             if !p.bucket_counts.is_empty() && p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
                                 out.reject(
                                     1,
@@ -180,6 +245,11 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
                                     continue;
                                 }
                             };
+                            if let Err(e) = out.expansion.charge(&resource, &p.attributes, p.quantile_values.len() + 2)
+                            {
+                                out.reject(1, format!("metric {name:?}: {e}"));
+                                continue;
+                            }
                             for q in &p.quantile_values {
                                 let t = tags(&resource, &p.attributes, Some(("quantile", q.quantile.to_string())));
                                 out.push(&name, t, ts, q.value);
@@ -223,6 +293,10 @@ fn number_points(
                 continue;
             }
         };
+        if let Err(e) = out.expansion.charge(resource, &p.attributes, 1) {
+            out.reject(1, format!("metric {name:?}: {e}"));
+            continue;
+        }
         out.push(name, tags(resource, &p.attributes, None), ts, v);
     }
 }
@@ -240,8 +314,18 @@ fn severity_level(n: i32) -> &'static str {
     }
 }
 
-pub fn logs_to_events(req: ExportLogsServiceRequest, now_ns: i64) -> Vec<LogEvent> {
-    let mut out = Vec::new();
+/// Log records as events, and the records refused (too many attributes, or
+/// over the request's expansion budget) with the first reason.
+#[derive(Debug, Default)]
+pub struct LogEvents {
+    pub events: Vec<LogEvent>,
+    pub rejected: i64,
+    pub first_error: Option<String>,
+}
+
+pub fn logs_to_events(req: ExportLogsServiceRequest, now_ns: i64) -> LogEvents {
+    let mut out = LogEvents::default();
+    let mut expansion = Expansion::default();
     for rl in req.resource_logs {
         let mut resource: Vec<(String, String)> =
             rl.resource.map(|r| attrs(&r.attributes).collect()).unwrap_or_default();
@@ -252,6 +336,11 @@ pub fn logs_to_events(req: ExportLogsServiceRequest, now_ns: i64) -> Vec<LogEven
         let host = take(&mut resource, "host.name");
         for sl in rl.scope_logs {
             for r in sl.log_records {
+                if let Err(e) = expansion.charge(&resource, &r.attributes, 1) {
+                    out.rejected += 1;
+                    out.first_error.get_or_insert(format!("log record: {e}"));
+                    continue;
+                }
                 let ts = if r.time_unix_nano != 0 { r.time_unix_nano } else { r.observed_time_unix_nano };
                 let ts = i64::try_from(ts).ok().filter(|t| *t > 0).unwrap_or(now_ns);
                 let level = if r.severity_text.is_empty() {
@@ -270,7 +359,7 @@ pub fn logs_to_events(req: ExportLogsServiceRequest, now_ns: i64) -> Vec<LogEven
                 if !r.event_name.is_empty() {
                     attributes.push(Label { name: "event.name".into(), value: r.event_name.clone() });
                 }
-                out.push(LogEvent {
+                out.events.push(LogEvent {
                     timestamp: ts,
                     service: service.clone(),
                     host: host.clone(),
@@ -316,15 +405,18 @@ impl IngestService {
     /// success.
     pub async fn otlp_logs(&self, req: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, IngestError> {
         self.metrics.otlp_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let events = logs_to_events(req, crate::now_ns());
-        if events.is_empty() {
-            return Ok(ExportLogsServiceResponse { partial_success: None });
+        let LogEvents { events, mut rejected, first_error: mut error } = logs_to_events(req, crate::now_ns());
+        if !events.is_empty() {
+            let resp = self.logs(WriteLogsRequest { database: String::new(), stream: String::new(), events }).await?;
+            rejected += resp.rejected.len() as i64;
+            if let Some(r) = resp.rejected.first() {
+                error.get_or_insert_with(|| r.reason.clone());
+            }
         }
-        let resp = self.logs(WriteLogsRequest { database: String::new(), stream: String::new(), events }).await?;
         Ok(ExportLogsServiceResponse {
-            partial_success: resp.rejected.first().map(|r| ExportLogsPartialSuccess {
-                rejected_log_records: resp.rejected.len() as i64,
-                error_message: r.reason.clone(),
+            partial_success: (rejected > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message: error.unwrap_or_default(),
             }),
         })
     }
@@ -500,7 +592,7 @@ mod tests {
                 schema_url: String::new(),
             }],
         };
-        let e = &logs_to_events(req, 1)[0];
+        let e = &logs_to_events(req, 1).events[0];
         assert_eq!(
             (e.timestamp, e.service.as_str(), e.host.as_str(), e.level.as_str()),
             (42, "billing", "n1", "error")
@@ -510,5 +602,37 @@ mod tests {
         assert_eq!(e.span_id, "", "an all-zero span id is no span id");
         let attrs: Vec<(&str, &str)> = e.attributes.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect();
         assert_eq!(attrs, vec![("region", "us"), ("order", "o-1")]);
+    }
+
+    /// Resource attributes are copied into every point: a small request must
+    /// not be able to ask for gigabytes.
+    #[test]
+    fn expansion_of_resource_attributes_is_bounded() {
+        use tocsin_proto::opentelemetry::proto::metrics::v1::{Gauge, NumberDataPoint};
+        let point = || NumberDataPoint {
+            time_unix_nano: 1,
+            value: Some(number_data_point::Value::AsDouble(1.0)),
+            ..Default::default()
+        };
+        let gauge = |n: usize| Metric {
+            name: "g".into(),
+            data: Some(metric::Data::Gauge(Gauge { data_points: (0..n).map(|_| point()).collect() })),
+            ..Default::default()
+        };
+        // Too many attributes: every point refused, none built.
+        let mut req = request(vec![gauge(10)]);
+        req.resource_metrics[0].resource.as_mut().expect("resource").attributes =
+            (0..1000).map(|i| kv(&format!("k{i}"), "v")).collect();
+        let m = metrics_to_writes(req);
+        assert_eq!((m.points, m.rejected_points), (0, 10));
+        assert!(m.first_error.expect("reason").contains("at most 128"));
+        // 100 attributes of 10 KB on 100,000 points would expand to 100 GB.
+        let mut req = request(vec![gauge(100_000)]);
+        req.resource_metrics[0].resource.as_mut().expect("resource").attributes =
+            (0..100).map(|i| kv(&format!("k{i}"), &"x".repeat(10_000))).collect();
+        let m = metrics_to_writes(req);
+        assert!(m.points <= MAX_EXPANDED_BYTES / 1_000_000 + 1, "{} points built", m.points);
+        assert_eq!(m.points as i64 + m.rejected_points, 100_000);
+        assert!(m.first_error.expect("reason").contains("expands to more than"));
     }
 }

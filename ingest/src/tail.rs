@@ -58,14 +58,71 @@ impl TailFilter {
             && (self.hosts.is_empty() || self.hosts.contains(&e.host))
             && self.min_level.as_deref().is_none_or(|m| level_rank(&normalize_level(&e.level)) >= level_rank(m))
             && self.trace_id.as_deref().is_none_or(|t| t == e.trace_id)
-            && self.text.as_deref().is_none_or(|t| contains_ignore_case(&e.message, t))
+            && self.text.as_deref().is_none_or(|t| {
+                // Subscriptions store the text in lower case already.
+                if t.bytes().any(|b| b.is_ascii_uppercase()) {
+                    contains_ignore_case(&e.message, &t.to_ascii_lowercase())
+                } else {
+                    contains_ignore_case(&e.message, t)
+                }
+            })
             && self.attributes.iter().all(|(k, v)| e.attributes.iter().any(|l| l.name == *k && l.value == *v))
     }
 }
 
-fn contains_ignore_case(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    n.is_empty() || (n.len() <= h.len() && (0..=h.len() - n.len()).any(|i| h[i..i + n.len()].eq_ignore_ascii_case(n)))
+/// Whether `hay` contains `lower` (already ASCII lower case), ignoring ASCII
+/// case, in linear time: this runs on the write path, for every event and
+/// subscriber, and the pairwise comparison it replaces was quadratic.
+fn contains_ignore_case(hay: &str, lower: &str) -> bool {
+    thread_local! {
+        static FOLDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if lower.is_empty() {
+        return true;
+    }
+    FOLDED.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.extend(hay.bytes().map(|b| b.to_ascii_lowercase()));
+        memchr::memmem::find(buf, lower.as_bytes()).is_some()
+    })
+}
+
+/// Most events a subscriber's queue holds (`buffer` of a tail request is
+/// clamped to it).
+pub const MAX_TAIL_BUFFER: usize = 65_536;
+/// Most bytes of events a subscriber's queue holds, whatever the count.
+pub const MAX_TAIL_QUEUE_BYTES: usize = 16 << 20;
+/// Longest text filter and most values in a list filter of one tail.
+pub const MAX_FILTER_TEXT: usize = 1024;
+pub const MAX_FILTER_VALUES: usize = 256;
+
+impl TailFilter {
+    /// Checks the filter's sizes; the error names what is too large.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(t) = &self.text
+            && t.len() > MAX_FILTER_TEXT
+        {
+            return Err(format!("text filter is {} bytes; at most {MAX_FILTER_TEXT} are allowed", t.len()));
+        }
+        for (what, n) in
+            [("services", self.services.len()), ("hosts", self.hosts.len()), ("attributes", self.attributes.len())]
+        {
+            if n > MAX_FILTER_VALUES {
+                return Err(format!("{n} {what} in the filter; at most {MAX_FILTER_VALUES} are allowed"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn event_bytes(e: &LogEvent) -> usize {
+    64 + e.message.len()
+        + e.service.len()
+        + e.host.len()
+        + e.level.len()
+        + e.trace_id.len()
+        + e.span_id.len()
+        + e.attributes.iter().map(|l| l.name.len() + l.value.len() + 16).sum::<usize>()
 }
 
 /// One item of a subscription.
@@ -81,6 +138,8 @@ struct Queue {
     items: VecDeque<TailItem>,
     /// Events in `items`.
     events: usize,
+    /// About how many bytes the events in `items` hold.
+    bytes: usize,
     /// Dropped since the last marker was queued.
     dropped: u64,
 }
@@ -96,7 +155,8 @@ struct Sub {
 impl Sub {
     fn push(&self, e: &LogEvent, metrics: &TailMetrics) {
         let mut q = self.queue.lock();
-        if q.events >= self.capacity {
+        let size = event_bytes(e);
+        if q.events >= self.capacity || q.bytes + size > MAX_TAIL_QUEUE_BYTES {
             q.dropped += 1;
             metrics.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -108,6 +168,7 @@ impl Sub {
             }
             q.items.push_back(TailItem::Event(e.clone()));
             q.events += 1;
+            q.bytes += size;
         }
         drop(q);
         self.ready.notify_one();
@@ -143,14 +204,15 @@ impl TailHub {
     }
 
     /// Registers a subscriber with a queue of `capacity` events.
-    pub fn subscribe(self: &Arc<Self>, filter: TailFilter, capacity: usize) -> Subscription {
+    pub fn subscribe(self: &Arc<Self>, mut filter: TailFilter, capacity: usize) -> Subscription {
+        filter.text = filter.text.map(|t| t.to_ascii_lowercase());
         let mut idx = self.index.write();
         idx.next_id += 1;
         let sub = Arc::new(Sub {
             id: idx.next_id,
             filter,
-            capacity: capacity.max(1),
-            queue: Mutex::new(Queue { items: VecDeque::new(), events: 0, dropped: 0 }),
+            capacity: capacity.clamp(1, MAX_TAIL_BUFFER),
+            queue: Mutex::new(Queue { items: VecDeque::new(), events: 0, bytes: 0, dropped: 0 }),
             ready: Notify::new(),
         });
         let key = (sub.filter.database.clone(), sub.filter.table.clone());
@@ -292,8 +354,9 @@ impl Subscription {
             {
                 let mut q = self.sub.queue.lock();
                 if let Some(item) = q.items.pop_front() {
-                    if matches!(item, TailItem::Event(_)) {
+                    if let TailItem::Event(e) = &item {
                         q.events -= 1;
+                        q.bytes = q.bytes.saturating_sub(event_bytes(e));
                         self.hub.metrics.delivered.fetch_add(1, Ordering::Relaxed);
                     }
                     return item;
@@ -384,15 +447,16 @@ mod tests {
             stream: String::new(),
             events: vec![mk(3, "a", "third"), mk(1, "b", "first"), mk(2, "a", "second")],
         };
-        let (write, _) = crate::convert::logs_to_write(req, 1 << 16);
+        let (write, _, _) = crate::convert::logs_to_write(req, 1 << 16, &tocsin_storage::WriteLimits::default());
         hub.written("public", &[write]);
         for (ts, service, msg) in [(1, "b", "first"), (2, "a", "second"), (3, "a", "third")] {
             assert_eq!(all.next().await, TailItem::Event(mk(ts, service, msg)));
         }
         // Another database's writes are not this subscriber's.
-        let (write, _) = crate::convert::logs_to_write(
+        let (write, _, _) = crate::convert::logs_to_write(
             WriteLogsRequest { database: String::new(), stream: String::new(), events: vec![mk(4, "a", "x")] },
             1 << 16,
+            &tocsin_storage::WriteLimits::default(),
         );
         hub.written("other", &[write]);
         assert!(all.sub.queue.lock().items.is_empty());

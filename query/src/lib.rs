@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod allowed;
 pub(crate) mod catalog;
 mod insert;
 mod json;
@@ -74,6 +75,17 @@ pub enum QueryError {
     InsertRejected { accepted: u64, rejected: usize, first_row: u32, reason: String },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(
+        "{statement} statements are not allowed: only SELECT, EXPLAIN, INSERT, SHOW and DESCRIBE may run \
+         ({statement} could write files on the server or change its configuration)"
+    )]
+    StatementNotAllowed { statement: String },
+    #[error("the SQL text is {bytes} bytes long; at most {limit} are allowed")]
+    SqlTooLong { bytes: usize, limit: usize },
+    #[error(
+        "an expression chains more than {limit} operators; split it, or use IN (...) for long lists of alternatives"
+    )]
+    ExpressionTooComplex { limit: usize },
 }
 
 impl QueryError {
@@ -132,6 +144,11 @@ pub struct Statement {
     /// An `INSERT`: running it writes.
     pub writes: bool,
 }
+
+/// The longest SQL text a statement may have. Generated dashboards' queries
+/// run to a few KiB; 1 MiB leaves room for an INSERT of a few thousand rows
+/// while bounding what the parser and planner are handed.
+pub const MAX_SQL_BYTES: usize = 1 << 20;
 
 /// Where `now()` comes from, in Unix milliseconds.
 pub type NowSource = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -273,12 +290,20 @@ impl QueryEngine {
     }
 
     async fn plan(&self, sql: &str, database: Option<&str>) -> Result<datafusion::dataframe::DataFrame, QueryError> {
+        if sql.len() > MAX_SQL_BYTES {
+            return Err(QueryError::SqlTooLong { bytes: sql.len(), limit: MAX_SQL_BYTES });
+        }
         let state = self.state(database);
         let dialect = state.config().options().sql_parser.dialect;
+        if let Some(d) = datafusion::sql::sqlparser::dialect::dialect_from_str(dialect) {
+            allowed::check_expression_size(sql, d.as_ref())?;
+        }
         let statement = state.sql_to_statement(sql, &dialect)?;
+        allowed::check_statement(&statement)?;
         insert::prepare(&state, &self.storage, &statement).await?;
         let plan = state.statement_to_plan(statement).await?;
         SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
+        allowed::check_plan(&plan)?;
         // DDL is refused above, so the plan needs none of
         // `SessionContext::execute_logical_plan`'s special cases; building the
         // DataFrame on `state` keeps its start time (what `now()` returns).

@@ -33,8 +33,19 @@ enum Query {
     Not(Box<Query>),
 }
 
+/// The longest query text accepted. Queries are typed by people; 4 KiB is
+/// already a page of terms.
+const MAX_QUERY_BYTES: usize = 4096;
+/// How deeply parentheses and `NOT`s may nest. Parsing and evaluation recurse
+/// once per level, so an unbounded depth would let one request overflow the
+/// stack (20,000 `(` did, before this bound).
+const MAX_DEPTH: usize = 32;
+
 /// Parses a query; the error names what is wrong.
 fn parse(q: &str) -> std::result::Result<Query, String> {
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(format!("the query is {} bytes long; at most {MAX_QUERY_BYTES} are allowed", q.len()));
+    }
     let mut tokens = Vec::new();
     let b = q.as_bytes();
     let mut i = 0;
@@ -60,46 +71,53 @@ fn parse(q: &str) -> std::result::Result<Query, String> {
         }
     }
     let mut pos = 0;
-    let query = parse_or(&tokens, &mut pos)?;
+    let query = parse_or(&tokens, &mut pos, 0)?;
     if pos != tokens.len() {
         return Err(format!("unexpected {:?}", tokens[pos]));
     }
     Ok(query)
 }
 
-fn parse_or(t: &[String], pos: &mut usize) -> std::result::Result<Query, String> {
-    let mut parts = vec![parse_and(t, pos)?];
+fn parse_or(t: &[String], pos: &mut usize, depth: usize) -> std::result::Result<Query, String> {
+    let mut parts = vec![parse_and(t, pos, depth)?];
     while t.get(*pos).is_some_and(|s| s == "OR") {
         *pos += 1;
-        parts.push(parse_and(t, pos)?);
+        parts.push(parse_and(t, pos, depth)?);
     }
     Ok(if parts.len() == 1 { parts.remove(0) } else { Query::Or(parts) })
 }
 
-fn parse_and(t: &[String], pos: &mut usize) -> std::result::Result<Query, String> {
-    let mut parts = vec![parse_not(t, pos)?];
+fn parse_and(t: &[String], pos: &mut usize, depth: usize) -> std::result::Result<Query, String> {
+    let mut parts = vec![parse_not(t, pos, depth)?];
     loop {
         match t.get(*pos).map(String::as_str) {
             Some("AND") => {
                 *pos += 1;
-                parts.push(parse_not(t, pos)?);
+                parts.push(parse_not(t, pos, depth)?);
             }
             Some("OR") | Some(")") | None => break,
-            Some(_) => parts.push(parse_not(t, pos)?),
+            Some(_) => parts.push(parse_not(t, pos, depth)?),
         }
     }
     Ok(if parts.len() == 1 { parts.remove(0) } else { Query::And(parts) })
 }
 
-fn parse_not(t: &[String], pos: &mut usize) -> std::result::Result<Query, String> {
+fn parse_not(t: &[String], pos: &mut usize, depth: usize) -> std::result::Result<Query, String> {
+    let nested = |depth: usize| {
+        if depth >= MAX_DEPTH {
+            Err(format!("parentheses and NOT nest more than {MAX_DEPTH} deep"))
+        } else {
+            Ok(depth + 1)
+        }
+    };
     match t.get(*pos).map(String::as_str) {
         Some("NOT") => {
             *pos += 1;
-            Ok(Query::Not(Box::new(parse_not(t, pos)?)))
+            Ok(Query::Not(Box::new(parse_not(t, pos, nested(depth)?)?)))
         }
         Some("(") => {
             *pos += 1;
-            let q = parse_or(t, pos)?;
+            let q = parse_or(t, pos, nested(depth)?)?;
             if t.get(*pos).map(String::as_str) != Some(")") {
                 return Err("missing )".into());
             }
@@ -257,5 +275,18 @@ mod tests {
         assert!(parse("(a OR b").unwrap_err().contains("missing )"));
         assert!(parse("\"open").unwrap_err().contains("unclosed"));
         assert!(parse("OR a").unwrap_err().contains("needs a term"));
+    }
+
+    /// 20,000 nested parentheses overflowed the stack and aborted the server.
+    #[test]
+    fn nesting_and_length_are_bounded() {
+        let deep = format!("{}x{}", "(".repeat(20_000), ")".repeat(20_000));
+        assert!(parse(&deep).unwrap_err().contains("bytes long"));
+        let deep = format!("{}x{}", "(".repeat(2_000), ")".repeat(2_000));
+        assert!(parse(&deep).unwrap_err().contains("nest more than 32"));
+        assert!(parse(&"NOT ".repeat(1_000)).unwrap_err().contains("nest more than 32"));
+        let ok = format!("{}x{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(m("x", &ok));
+        assert!(parse(&format!("{}x{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1))).is_err());
     }
 }

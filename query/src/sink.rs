@@ -50,17 +50,33 @@ impl DataSink for TocsinSink {
     }
 
     async fn write_all(&self, mut data: SendableRecordBatchStream, _ctx: &Arc<TaskContext>) -> Result<u64> {
+        // `INSERT ... SELECT` can bring any number of rows: they are written
+        // in batches of at most WRITE_ROWS, so that neither memory nor one
+        // WAL record grows with the source.
+        const WRITE_ROWS: usize = 8192;
         let mut blocks = Vec::new();
         let mut row_base = 0u32;
+        let mut accepted = 0u64;
         while let Some(batch) = data.next().await {
             let batch = batch?;
             batch_to_blocks(&batch, &self.schema, row_base, &mut blocks)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             row_base = row_base.saturating_add(batch.num_rows() as u32);
+            if blocks.len() >= WRITE_ROWS {
+                accepted += self.write(std::mem::take(&mut blocks), accepted).await?;
+            }
         }
-        if blocks.is_empty() {
-            return Ok(0);
+        if !blocks.is_empty() {
+            accepted += self.write(blocks, accepted).await?;
         }
+        Ok(accepted)
+    }
+}
+
+impl TocsinSink {
+    /// Writes `blocks`; any rejection fails the INSERT, saying how many rows
+    /// (`before` and of these blocks) were written.
+    async fn write(&self, blocks: Vec<SeriesBlock>, before: u64) -> Result<u64> {
         let outcome = self
             .storage
             .write(&self.db, vec![TableWrite { table: self.table.clone(), blocks }])
@@ -68,7 +84,7 @@ impl DataSink for TocsinSink {
             .map_err(|e| DataFusionError::External(Box::new(QueryError::Storage(e))))?;
         if let Some(first) = outcome.rejected.first() {
             return Err(DataFusionError::External(Box::new(QueryError::InsertRejected {
-                accepted: outcome.accepted_rows,
+                accepted: before + outcome.accepted_rows,
                 rejected: outcome.rejected.len(),
                 first_row: first.item,
                 reason: first.error.to_string(),

@@ -19,6 +19,8 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::object_store::ObjectMeta;
+use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use tocsin_storage::batch::adapt_batch;
@@ -91,12 +93,12 @@ impl TableProvider for TocsinTable {
             plans.push(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&schema), projection.cloned())?);
         }
 
-        let files: Vec<PartitionedFile> = snap
+        let files = snap
             .segments
             .iter()
             .filter(|s| range.overlaps(s.min_ts, s.max_ts))
-            .map(|s| PartitionedFile::new(snap.segment_path(s).to_string_lossy().into_owned(), s.bytes))
-            .collect();
+            .map(|s| segment_file(&snap.segment_path(s), s.bytes))
+            .collect::<Result<Vec<PartitionedFile>>>()?;
         if !files.is_empty() {
             let mut source = ParquetSource::new(Arc::clone(&schema)).with_enable_page_index(true);
             if let Some(pred) = conjunction(filters.iter().cloned()) {
@@ -133,4 +135,23 @@ impl TableProvider for TocsinTable {
             TocsinSink::new(Arc::clone(&self.storage), self.db.clone(), self.table.clone(), Arc::clone(&self.schema));
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
+}
+
+/// The object-store location of a segment file. `PartitionedFile::new`
+/// percent-encodes the path (`température` becomes `temp%C3%A9rature`), which
+/// the local object store then looks for literally; `Path::parse` keeps the
+/// characters as they are on disk. The path is absolute: the local object
+/// store resolves every location from `/`.
+fn segment_file(path: &std::path::Path, bytes: u64) -> Result<PartitionedFile> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| DataFusionError::Execution(format!("segment path {} is not valid UTF-8", path.display())))?;
+    let location = ObjectPath::parse(text).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(PartitionedFile::new_from_meta(ObjectMeta {
+        location,
+        last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        size: bytes,
+        e_tag: None,
+        version: None,
+    }))
 }

@@ -240,6 +240,10 @@ pub struct LimitsSection {
     /// Most active series per table (written within `series_window`).
     pub max_series_per_table: usize,
     pub series_window: String,
+    /// Most tables over all databases.
+    pub max_tables: usize,
+    /// Most databases.
+    pub max_databases: usize,
 }
 
 impl Default for LimitsSection {
@@ -250,6 +254,8 @@ impl Default for LimitsSection {
             max_columns: 1024,
             max_series_per_table: 1_000_000,
             series_window: "1d".into(),
+            max_tables: 100_000,
+            max_databases: 1_000,
         }
     }
 }
@@ -389,6 +395,13 @@ impl FileConfig {
             return Err(ConfigError::Invalid { key: "limits.max_series_per_table", reason: "must be positive".into() });
         }
         storage.limits.max_series_per_table = l.max_series_per_table;
+        for (key, v) in [("limits.max_tables", l.max_tables), ("limits.max_databases", l.max_databases)] {
+            if v == 0 {
+                return Err(ConfigError::Invalid { key, reason: "must be positive".into() });
+            }
+        }
+        storage.limits.max_tables = l.max_tables;
+        storage.limits.max_databases = l.max_databases;
         storage.limits.series_window = parse_duration(&l.series_window)
             .map_err(|reason| ConfigError::Invalid { key: "limits.series_window", reason })?;
         let alerting = AlertingConfig {

@@ -52,6 +52,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Prepared statements kept open at most.
 pub(crate) const MAX_PREPARED: usize = 10_000;
+/// Most bytes of SQL text the open prepared statements may hold together
+/// (each is at most `tocsin_query::MAX_SQL_BYTES`); the oldest are closed
+/// first when a new one would go over.
+pub(crate) const MAX_PREPARED_BYTES: usize = 64 << 20;
 
 struct Prepared {
     sql: String,
@@ -298,9 +302,12 @@ impl FlightSqlService for FlightSql {
             let mut p = self.prepared.lock();
             p.0.insert(id, Prepared { sql: query.query, database, params: None, written: None });
             p.1.push_back(id);
-            while p.1.len() > MAX_PREPARED {
-                if let Some(old) = p.1.pop_front() {
-                    p.0.remove(&old);
+            let mut bytes: usize = p.0.values().map(|s| s.sql.len()).sum();
+            while p.1.len() > MAX_PREPARED || (bytes > MAX_PREPARED_BYTES && p.1.len() > 1) {
+                if let Some(old) = p.1.pop_front()
+                    && let Some(gone) = p.0.remove(&old)
+                {
+                    bytes -= gone.sql.len();
                 }
             }
         }

@@ -140,7 +140,7 @@ pub async fn run(
     let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
     tokio::spawn(reload_on_sighup(Arc::clone(&alerts), stop_rx.clone()));
 
-    tracing::info!(grpc = %bound.grpc, http = %bound.http, data_dir = %config.storage.data_dir.display(), "tocsin serving");
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, data_dir = %storage.data_dir().display(), "tocsin serving");
     on_bound(bound);
 
     let grpc_task = tokio::spawn(grpc);
@@ -166,18 +166,36 @@ pub async fn run(
     Ok(())
 }
 
-/// Persists the write buffer when it is due (size or age).
+/// Persists the write buffer when it is due (size or age). A failed persist
+/// (a full disk, say) is retried after 1 s, then 2 s, ... up to a minute:
+/// each attempt rewrites the whole buffer, so retrying every second would
+/// only add load to a disk already in trouble.
 async fn persist_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
+    const MAX_BACKOFF: Duration = Duration::from_secs(60);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut backoff = Duration::from_secs(1);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if storage.persist_due()
-            && let Err(e) = storage.persist().await
-        {
-            tracing::error!("persisting the write buffer failed (will retry; the WAL keeps the data): {e}");
+        if retry_at.is_some_and(|at| tokio::time::Instant::now() < at) || !storage.persist_due() {
+            continue;
+        }
+        match storage.persist().await {
+            Ok(_) => {
+                retry_at = None;
+                backoff = Duration::from_secs(1);
+            }
+            Err(e) => {
+                tracing::error!(
+                    "persisting the write buffer failed (the WAL keeps the data; retrying in {}s): {e}",
+                    backoff.as_secs()
+                );
+                retry_at = Some(tokio::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 }
@@ -228,7 +246,7 @@ fn start_alerting(
     query: &Arc<QueryEngine>,
 ) -> Result<Arc<tocsin_alerting::AlertEngine>, ServerError> {
     use tocsin_alerting::tables::{AlertsTable, StorageHistory};
-    let mut opts = tocsin_alerting::EngineOptions::new(config.storage.data_dir.join("alerting"));
+    let mut opts = tocsin_alerting::EngineOptions::new(storage.data_dir().join("alerting"));
     opts.rules_path = config.alerting.rules.clone();
     opts.external_url = config.alerting.external_url.clone();
     let engine = tocsin_alerting::AlertEngine::start(

@@ -115,8 +115,14 @@ impl Metrics {
         counter(
             &mut o,
             "tocsin_storage_quarantined_files_total",
-            "Corrupt files moved to quarantine.",
+            "Corrupt or unlisted files moved to quarantine.",
             load(&s.quarantined_files),
+        );
+        counter(
+            &mut o,
+            "tocsin_storage_persist_failures_total",
+            "Persists that failed (rows stay buffered and in the WAL; retried with back-off).",
+            load(&s.persist_failures),
         );
         let w = storage.wal_metrics();
         counter(&mut o, "tocsin_wal_records_total", "WAL records appended.", load(&w.records));

@@ -162,7 +162,7 @@ async fn line_protocol(
         Ok(t) => t,
         Err(e) => return error(d, StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")),
     };
-    let parsed = match line::parse(text, precision, tocsin_ingest::now_ns()) {
+    let parsed = match line::parse(text, precision, tocsin_ingest::now_ns(), &app.storage.config().limits) {
         Ok(p) => p,
         Err(e) => return error(d, StatusCode::BAD_REQUEST, format!("unable to parse points: {e}")),
     };
@@ -170,7 +170,7 @@ async fn line_protocol(
         return StatusCode::NO_CONTENT.into_response();
     }
     let db = if db.is_empty() { "public".to_string() } else { db };
-    match app.ingest.write_tables(&db, parsed.writes, parsed.rejected).await {
+    match app.ingest.write_grouped(&db, parsed.writes, parsed.rejected, &parsed.members).await {
         Ok(resp) => written(d, resp, "line"),
         Err(e) => ingest_error(d, e),
     }

@@ -68,7 +68,7 @@ pub(crate) async fn tail(
         }
     }
     let items = follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await.map_err(|e| match e {
-        FollowError::SinceTooLong(_) => ApiError::bad_request(e.to_string()),
+        FollowError::SinceTooLong(_) | FollowError::Filter(_) => ApiError::bad_request(e.to_string()),
         _ => ApiError::internal(e.to_string()),
     })?;
     let stream = items.map(|item| {

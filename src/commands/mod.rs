@@ -1,5 +1,6 @@
 pub(crate) mod alerts;
 mod client;
+pub(crate) mod repair;
 pub(crate) mod rules;
 pub(crate) mod serve;
 pub(crate) mod sql;

@@ -45,8 +45,15 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         http_addr: c.http_addr,
         rules: c.rules,
     })?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("while starting the runtime")?;
+    // Planning and evaluating SQL recurse over expression trees; the SQL
+    // layer bounds their depth (query::allowed), and 8 MiB worker stacks
+    // (virtual memory, committed as used) keep a wide margin under that bound
+    // where tokio's default 2 MiB kept none.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+        .context("while starting the runtime")?;
     runtime.block_on(async move {
         tocsin_server::run(config, shutdown_signal(), |addrs| {
             // One machine-readable line on stdout: tests and scripts that

@@ -19,7 +19,7 @@ use crate::config::StorageConfig;
 use crate::manifest::{Manifest, ManifestError, SegmentMeta, TableEntry};
 use crate::metrics::StorageMetrics;
 use crate::schema::{ColumnDef, ColumnKind, TableSchema};
-use crate::segment::{SegmentError, write_segments};
+use crate::segment::{SegmentError, SegmentOrigin, SegmentTarget, remove_written, write_segments};
 use crate::wal::{self, Wal, WalError, codec};
 use crate::write::{
     TableWrite, WriteError, block_columns, check_block_shape, check_database_name, check_table_name, series_hash,
@@ -37,6 +37,19 @@ pub enum StorageError {
     Arrow(#[from] ArrowError),
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "data directory {data_dir} has no manifest.json but segments/ holds {segments} segment file(s) \
+         (e.g. {example}); starting would ignore them. Restore manifest.json from a backup, or run \
+         `tocsin repair --data-dir {data_dir}` to rebuild it from the segments' own metadata"
+    )]
+    ManifestMissing { data_dir: PathBuf, segments: usize, example: PathBuf },
+    #[error(
+        "segment {path} of table {table} is listed in the manifest but cannot be read ({source}); the file \
+         may be fine (permissions, a volume not mounted, an I/O error), so the server will not start \
+         without it. Fix access to it, or if it is truly gone, run `tocsin repair --data-dir {data_dir}` \
+         to rebuild the manifest from the segments present"
+    )]
+    SegmentUnreadable { path: PathBuf, table: String, data_dir: PathBuf, source: std::io::Error },
     #[error("data directory {path} is in use by another tocsin process (lock file {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },
     #[error("write buffer is full ({buffered} bytes buffered, limit {limit}): persistence is behind; retry later")]
@@ -181,7 +194,7 @@ pub struct Storage {
     /// compactions.
     wal_persisted_upto: AtomicU64,
     /// Segment files replaced by compaction, deleted after the grace period.
-    retired: parking_lot::Mutex<Vec<(PathBuf, Instant)>>,
+    retired: parking_lot::Mutex<Vec<(String, Instant)>>,
     shutting_down: AtomicBool,
     pub metrics: StorageMetrics,
     /// Replaced whole when one is added (at start-up), so that a write
@@ -272,10 +285,13 @@ impl Storage {
                 return Err(StorageError::BufferFull { buffered, limit: self.config.max_buffer_bytes });
             }
         }
+        let (writes, mut rejected) = check_shapes(writes, &self.config.limits);
         let _gate = self.gate.read().await;
         let (accepted, rejected) = {
             let mut st = self.state.write();
-            validate(&mut st, db, writes, &self.config.limits, unix_secs())
+            let (accepted, more) = validate(&mut st, db, writes, &self.config.limits, unix_secs());
+            rejected.extend(more);
+            (accepted, rejected)
         };
         let mut outcome = WriteOutcome { accepted_rows: 0, rejected };
         self.metrics.rejected_items.fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
@@ -370,6 +386,7 @@ impl Storage {
         check_database_name(db)?;
         check_table_name(table)?;
         let mut st = self.state.write();
+        check_new_table(&st, db, table, &self.config.limits)?;
         let t = st.dbs.entry(db.to_string()).or_default().entry(table.to_string()).or_default();
         let mut new = Vec::new();
         for (name, kind) in columns {
@@ -489,12 +506,26 @@ impl Storage {
         let options = self.config.segments.clone();
         let ids = Arc::clone(&self.next_segment_id);
         let written = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
+            let mut out: Vec<(String, String, Vec<SegmentMeta>)> = Vec::new();
             for (db, table, schema, batches) in work {
-                let segs = write_segments(&data_dir, &db, &table, &schema, &batches, partition_ns, &options, || {
-                    ids.fetch_add(1, Ordering::AcqRel)
-                })?;
-                out.push((db, table, segs));
+                let target = SegmentTarget {
+                    data_dir: &data_dir,
+                    schema: &schema,
+                    partition_ns,
+                    options: &options,
+                    origin: SegmentOrigin { database: db, table, wal_upto: closed_wal, ..Default::default() },
+                };
+                match write_segments(&target, &batches, || ids.fetch_add(1, Ordering::AcqRel)) {
+                    Ok(segs) => out.push((target.origin.database, target.origin.table, segs)),
+                    Err(e) => {
+                        // Nothing lists the segments of the other tables
+                        // either: remove them too.
+                        for (_, _, segs) in &out {
+                            remove_written(&data_dir, segs);
+                        }
+                        return Err(e);
+                    }
+                }
             }
             Ok::<_, SegmentError>(out)
         })
@@ -506,6 +537,7 @@ impl Storage {
                 // The closed WAL file stays, so nothing is lost: put the
                 // batches back and try again next time.
                 self.restore_persisting();
+                self.metrics.persist_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
         };
@@ -530,7 +562,11 @@ impl Storage {
             .map_err(|e| StorageError::Task(e.to_string()))
             .and_then(|r| r.map_err(StorageError::from));
         if let Err(e) = saved {
+            for (_, _, segs) in &written {
+                remove_written(&self.config.data_dir, segs);
+            }
             self.restore_persisting();
+            self.metrics.persist_failures.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
         self.wal_persisted_upto.store(closed_wal, Ordering::Release);
@@ -589,20 +625,27 @@ impl Storage {
             let options = self.config.segments.clone();
             let ids = Arc::clone(&self.next_segment_id);
             let (db2, table2, inputs2) = (db.clone(), table.clone(), inputs.clone());
+            let wal_upto = self.wal_persisted_upto.load(Ordering::Acquire);
             let merged = tokio::task::spawn_blocking(move || {
                 let mut batches = Vec::new();
                 for s in &inputs2 {
                     batches.extend(compact::read_segment(&data_dir.join(&s.path), &schema)?);
                 }
-                let level = inputs2.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(1);
-                let mut out =
-                    write_segments(&data_dir, &db2, &table2, &schema, &batches, partition_ns, &options, || {
-                        ids.fetch_add(1, Ordering::AcqRel)
-                    })?;
-                for s in &mut out {
-                    s.level = level;
-                }
-                Ok::<_, SegmentError>(out)
+                let target = SegmentTarget {
+                    data_dir: &data_dir,
+                    schema: &schema,
+                    partition_ns,
+                    options: &options,
+                    origin: SegmentOrigin {
+                        database: db2,
+                        table: table2,
+                        wal_upto,
+                        level: inputs2.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(1),
+                        replaces: inputs2.iter().map(|s| s.id).collect(),
+                        ..Default::default()
+                    },
+                };
+                write_segments(&target, &batches, || ids.fetch_add(1, Ordering::AcqRel))
             })
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?;
@@ -616,11 +659,9 @@ impl Storage {
                     continue;
                 }
             };
-            self.swap_segments(&db, &table, &inputs, outputs.clone()).await.inspect_err(|_| {
-                for o in &outputs {
-                    let _ = std::fs::remove_file(self.config.data_dir.join(&o.path));
-                }
-            })?;
+            self.swap_segments(&db, &table, &inputs, outputs.clone())
+                .await
+                .inspect_err(|_| remove_written(&self.config.data_dir, &outputs))?;
             let rows: u64 = inputs.iter().map(|s| s.rows).sum();
             let before: u64 = inputs.iter().map(|s| s.bytes).sum();
             let after: u64 = outputs.iter().map(|s| s.bytes).sum();
@@ -711,6 +752,10 @@ impl Storage {
                 entry.segments.retain(|s| !gone(s));
                 entry.segments.extend(outputs.iter().cloned());
             }
+            // Listed as retired, their files are deleted at start if the
+            // grace period never ends here; anything else unlisted is
+            // quarantined, not deleted.
+            m.retired.extend(inputs.iter().map(|s| s.path.clone()));
             m
         };
         let dir = self.config.data_dir.clone();
@@ -725,7 +770,7 @@ impl Storage {
             }
         }
         let now = Instant::now();
-        self.retired.lock().extend(inputs.iter().map(|s| (self.config.data_dir.join(&s.path), now)));
+        self.retired.lock().extend(inputs.iter().map(|s| (s.path.clone(), now)));
         Ok(())
     }
 
@@ -758,7 +803,7 @@ impl Storage {
             let mut retired = self.retired.lock();
             let (due, keep): (Vec<_>, Vec<_>) = retired.drain(..).partition(|(_, at)| at.elapsed() >= grace);
             *retired = keep;
-            due.into_iter().map(|(p, _)| p).collect()
+            due.into_iter().map(|(p, _)| self.config.data_dir.join(p)).collect()
         };
         for p in &due {
             if let Err(e) = std::fs::remove_file(p)
@@ -788,6 +833,7 @@ impl Storage {
         let mut m = Manifest {
             wal_persisted_upto,
             next_segment_id: self.next_segment_id.load(Ordering::Acquire),
+            retired: self.retired.lock().iter().map(|(p, _)| p.clone()).collect(),
             ..Manifest::default()
         };
         for (db, tables) in &st.dbs {
@@ -840,6 +886,61 @@ pub(crate) fn unix_secs() -> u64 {
     u64::try_from(crate::now_ns() / 1_000_000_000).unwrap_or(0)
 }
 
+/// Refuses a table or database that does not exist yet when there are as
+/// many as the limits allow.
+fn check_new_table(st: &State, db: &str, table: &str, limits: &crate::write::WriteLimits) -> Result<(), WriteError> {
+    match st.dbs.get(db) {
+        Some(tables) if tables.contains_key(table) => return Ok(()),
+        Some(_) => {}
+        None if st.dbs.len() >= limits.max_databases => {
+            return Err(WriteError::TooManyDatabases {
+                database: db.to_string(),
+                count: st.dbs.len() + 1,
+                limit: limits.max_databases,
+            });
+        }
+        None => {}
+    }
+    let tables: usize = st.dbs.values().map(|t| t.len()).sum();
+    if tables >= limits.max_tables {
+        return Err(WriteError::TooManyTables {
+            table: table.to_string(),
+            count: tables + 1,
+            limit: limits.max_tables,
+        });
+    }
+    Ok(())
+}
+
+/// Checks each block on its own (table and column names, lengths, value
+/// sizes, column count): nothing here needs the state, so writers run it
+/// before taking the lock, in time linear in the request.
+pub(crate) fn check_shapes(
+    writes: Vec<TableWrite>,
+    limits: &crate::write::WriteLimits,
+) -> (Vec<TableWrite>, Vec<Rejection>) {
+    let mut ok = Vec::with_capacity(writes.len());
+    let mut rejected = Vec::new();
+    for mut w in writes {
+        if let Err(error) = check_table_name(&w.table) {
+            rejected.extend(w.blocks.iter().map(|b| Rejection { item: b.item, error: error.clone() }));
+            continue;
+        }
+        let table = w.table.as_str();
+        w.blocks.retain(|b| match check_block_shape(table, b, limits) {
+            Ok(()) => true,
+            Err(error) => {
+                rejected.push(Rejection { item: b.item, error });
+                false
+            }
+        });
+        if !w.blocks.is_empty() {
+            ok.push(w);
+        }
+    }
+    (ok, rejected)
+}
+
 /// Checks each block against its table's schema, extending the schema with
 /// the new columns of accepted blocks. Returns the accepted writes with the
 /// Arrow schema to build their batch with, and the rejections.
@@ -853,7 +954,7 @@ pub(crate) fn validate(
     let mut accepted = Vec::with_capacity(writes.len());
     let mut rejected = Vec::new();
     for w in writes {
-        if let Err(error) = check_table_name(&w.table) {
+        if let Err(error) = check_new_table(st, db, &w.table, limits) {
             rejected.extend(w.blocks.iter().map(|b| Rejection { item: b.item, error: error.clone() }));
             continue;
         }
@@ -862,7 +963,7 @@ pub(crate) fn validate(
         let existed = tables.contains_key(&w.table);
         let t = tables.entry(w.table.clone()).or_default();
         for block in w.blocks {
-            let result = check_block_shape(&block, limits).and_then(|()| {
+            let result = (|| {
                 let mut new_cols = Vec::new();
                 for (name, kind) in block_columns(&block) {
                     match (t.schema.get(name), kind) {
@@ -907,7 +1008,7 @@ pub(crate) fn validate(
                     t.add_column(name, kind);
                 }
                 Ok(())
-            });
+            })();
             match result {
                 Ok(()) => ok_blocks.push(block),
                 Err(error) => rejected.push(Rejection { item: block.item, error }),
@@ -916,6 +1017,9 @@ pub(crate) fn validate(
         if ok_blocks.is_empty() {
             if !existed && t.schema.columns.is_empty() {
                 tables.remove(&w.table);
+                if tables.is_empty() {
+                    st.dbs.remove(db);
+                }
             }
             continue;
         }
@@ -1106,12 +1210,20 @@ mod tests {
         s.shutdown().await.expect("shutdown");
         drop(s);
 
-        // A stray file the manifest does not list is removed at start; a
-        // cold partition (these timestamps are in 1970) merges into one.
+        // A stray file the manifest does not list is quarantined at start,
+        // never deleted; a cold partition (these timestamps are in 1970)
+        // merges into one.
         let stray = dir.path().join("segments/public/t/00000000000000000999.parquet");
         std::fs::copy(any_segment_file(dir.path()), &stray).expect("copy");
         let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("reopen");
-        assert!(!stray.exists(), "unlisted segment removed at start");
+        assert!(!stray.exists(), "unlisted segment moved away at start");
+        let quarantined: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
+            .expect("quarantine")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(quarantined.len(), 1);
+        assert!(quarantined[0].ends_with("00000000000000000999.parquet"), "{quarantined:?}");
         assert_eq!(segment_rows(&s), expected);
         let stats = s.compact().await.expect("compact");
         assert_eq!((stats.merges, stats.inputs, stats.outputs), (1, 2, 1));
@@ -1161,6 +1273,77 @@ mod tests {
         let s = Storage::open(config).await.expect("reopen");
         assert_eq!(rows(&s, "t"), 1, "the drop is in the manifest");
         assert_eq!(rows(&s, "keep"), 3);
+    }
+
+    /// A row accepted before a restart with a lower `max_string_bytes` (or
+    /// `max_tag_bytes`) was dropped on replay, and the next persist deleted
+    /// its WAL: replay never refuses what was acknowledged.
+    #[tokio::test]
+    async fn replay_keeps_rows_over_a_limit_lowered_since() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StorageConfig::for_tests(dir.path());
+        {
+            let s = Storage::open(config.clone()).await.expect("open");
+            let w = TableWrite {
+                table: "logs".into(),
+                blocks: vec![SeriesBlock {
+                    item: 0,
+                    tags: vec![("host".into(), "h".repeat(1000))],
+                    timestamps: vec![1],
+                    fields: vec![FieldColumn {
+                        name: "message".into(),
+                        values: FieldValues::Str(vec!["m".repeat(10_000)]),
+                        validity: None,
+                    }],
+                }],
+            };
+            assert_eq!(s.write("public", vec![w]).await.expect("write").accepted_rows, 1);
+            // No shutdown: the row is only in the WAL, as after a crash.
+        }
+        let mut lower = config.clone();
+        lower.limits.max_string_bytes = 100;
+        lower.limits.max_tag_bytes = 10;
+        let s = Storage::open(lower).await.expect("reopen");
+        assert_eq!(rows(&s, "logs"), 1, "replayed despite the lower limits");
+        s.persist().await.expect("persist");
+        drop(s);
+        let s = Storage::open(config).await.expect("reopen again");
+        assert_eq!(rows(&s, "logs"), 1, "persisted, not lost with its WAL");
+    }
+
+    /// A write of 100,000 tags is refused by the column limit before any
+    /// per-name work, with the table named; duplicates in wide blocks are
+    /// still found.
+    #[tokio::test]
+    async fn wide_blocks_are_refused_by_the_column_limit_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+        let wide = |tags: Vec<(String, String)>| TableWrite {
+            table: "t".into(),
+            blocks: vec![SeriesBlock {
+                item: 0,
+                tags,
+                timestamps: vec![1],
+                fields: vec![FieldColumn { name: "v".into(), values: FieldValues::F64(vec![1.0]), validity: None }],
+            }],
+        };
+        let tags = (0..100_000).map(|i| (format!("t{i}"), "v".to_string())).collect();
+        let out = s.write("public", vec![wide(tags)]).await.expect("write");
+        assert_eq!(out.accepted_rows, 0);
+        assert!(
+            matches!(&out.rejected[0].error, WriteError::TooManyColumns { count: 100_002, .. }),
+            "{:?}",
+            out.rejected
+        );
+        let mut tags: Vec<(String, String)> = (0..500).map(|i| (format!("t{i}"), "v".to_string())).collect();
+        tags.push(("t250".into(), "again".into()));
+        let out = s.write("public", vec![wide(tags)]).await.expect("write");
+        assert!(
+            matches!(&out.rejected[0].error, WriteError::DuplicateColumn { name } if name == "t250"),
+            "{:?}",
+            out.rejected
+        );
+        assert!(!s.table_exists("public", "t"), "rejected writes leave no table behind");
     }
 
     #[tokio::test]

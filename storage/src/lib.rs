@@ -44,6 +44,7 @@ mod last;
 pub mod manifest;
 mod metrics;
 mod recovery;
+pub mod repair;
 pub mod schema;
 pub mod segment;
 pub mod wal;

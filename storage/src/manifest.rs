@@ -53,11 +53,23 @@ pub struct Manifest {
     pub wal_persisted_upto: u64,
     pub next_segment_id: u64,
     pub databases: BTreeMap<String, BTreeMap<String, TableEntry>>,
+    /// Segment files (paths relative to the data directory) that a
+    /// compaction or retention replaced and that are deleted once no query
+    /// may still read them. At start, these are deleted; any other segment
+    /// file that the manifest does not list is quarantined, never deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
 }
 
 impl Default for Manifest {
     fn default() -> Self {
-        Self { version: MANIFEST_FORMAT_VERSION, wal_persisted_upto: 0, next_segment_id: 1, databases: BTreeMap::new() }
+        Self {
+            version: MANIFEST_FORMAT_VERSION,
+            wal_persisted_upto: 0,
+            next_segment_id: 1,
+            databases: BTreeMap::new(),
+            retired: Vec::new(),
+        }
     }
 }
 
@@ -67,10 +79,11 @@ pub enum ManifestError {
     Read { path: PathBuf, source: io::Error },
     #[error(
         "manifest {path} is not valid ({source}); it lists the segments that hold persisted data, \
-         so the server will not start without it: restore it from a backup, or move it away to start \
-         with only the data still in the WAL"
+         so the server will not start without it: restore it from a backup, or stop the server and run \
+         `tocsin repair --data-dir {data_dir}`, which moves it to quarantine/ and rebuilds it from the \
+         segments' own metadata"
     )]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse { path: PathBuf, data_dir: PathBuf, source: serde_json::Error },
     #[error("manifest {path} has format version {found}; this build reads version {MANIFEST_FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("cannot write manifest {path}: {source}")]
@@ -80,18 +93,26 @@ pub enum ManifestError {
 impl Manifest {
     /// Loads the manifest of `data_dir`, or an empty one if there is none yet.
     pub fn load(data_dir: &Path) -> Result<Manifest, ManifestError> {
+        Ok(Self::load_existing(data_dir)?.unwrap_or_default())
+    }
+
+    /// Loads the manifest of `data_dir`; `None` if there is none.
+    pub fn load_existing(data_dir: &Path) -> Result<Option<Manifest>, ManifestError> {
         let path = data_dir.join(MANIFEST_FILE);
         let text = match fs::read(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Manifest::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ManifestError::Read { path, source }),
         };
-        let m: Manifest =
-            serde_json::from_slice(&text).map_err(|source| ManifestError::Parse { path: path.clone(), source })?;
+        let m: Manifest = serde_json::from_slice(&text).map_err(|source| ManifestError::Parse {
+            path: path.clone(),
+            data_dir: data_dir.to_path_buf(),
+            source,
+        })?;
         if m.version != MANIFEST_FORMAT_VERSION {
             return Err(ManifestError::Version { path, found: m.version });
         }
-        Ok(m)
+        Ok(Some(m))
     }
 
     /// Atomically replaces the manifest of `data_dir` with `self`.

@@ -12,6 +12,9 @@ pub struct StorageMetrics {
     pub rejected_items: AtomicU64,
     /// Persist operations completed.
     pub persists: AtomicU64,
+    /// Persist operations that failed (their rows stay buffered and in the
+    /// WAL; the next attempt backs off).
+    pub persist_failures: AtomicU64,
     /// Segment files written.
     pub segments_written: AtomicU64,
     /// Bytes of segment files written.

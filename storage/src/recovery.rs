@@ -9,19 +9,23 @@ use std::sync::atomic::Ordering;
 
 use crate::batch::{blocks_to_batch, ts_range};
 use crate::config::StorageConfig;
-use crate::engine::{Chunk, State, Storage, StorageError, TableState, apply, unix_secs, validate};
+use crate::engine::{Chunk, State, Storage, StorageError, TableState, apply, check_shapes, unix_secs, validate};
 use crate::manifest::Manifest;
 use crate::metrics::StorageMetrics;
-use crate::segment::verify_segment;
+use crate::segment::{SegmentCheckError, verify_segment};
 use crate::wal::{self, ReadEnd, Wal};
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     move |source| StorageError::Io { path: path.to_path_buf(), source }
 }
 
-pub(crate) fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> {
+pub(crate) fn open(mut config: StorageConfig) -> Result<Arc<Storage>, StorageError> {
+    fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
+    // Every path handed on (to the query layer's object store above all,
+    // which resolves relative paths from `/`) must not depend on the working
+    // directory: the default `./tocsin-data` is relative.
+    config.data_dir = fs::canonicalize(&config.data_dir).map_err(io(&config.data_dir))?;
     let dir = config.data_dir.clone();
-    fs::create_dir_all(&dir).map_err(io(&dir))?;
     let lock_path = dir.join("LOCK");
     let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
     if lock.try_lock().is_err() {
@@ -31,12 +35,27 @@ pub(crate) fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> 
     fs::create_dir_all(&wal_dir).map_err(io(&wal_dir))?;
     let metrics = StorageMetrics::default();
 
-    let mut manifest = Manifest::load(&dir)?;
+    let mut manifest = match Manifest::load_existing(&dir)? {
+        Some(m) => m,
+        None => {
+            // Without a manifest, segments would be unlisted and ignored
+            // (their WAL is long gone): refuse rather than guess.
+            let found = segment_files(&dir.join("segments"));
+            if let Some(example) = found.first() {
+                return Err(StorageError::ManifestMissing {
+                    data_dir: dir.clone(),
+                    segments: found.len(),
+                    example: example.clone(),
+                });
+            }
+            Manifest::default()
+        }
+    };
     if verify_segments(&dir, &mut manifest, &metrics)? {
         manifest.save(&dir)?;
     }
     remove_temp_files(&dir.join("segments"));
-    remove_unlisted_segments(&dir, &manifest);
+    sweep_unlisted_segments(&dir, &manifest, &metrics)?;
 
     let mut state = State::default();
     for (db, tables) in &manifest.databases {
@@ -63,9 +82,11 @@ pub(crate) fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> 
     Ok(Arc::new(storage))
 }
 
-/// Checks every segment in the manifest; moves unreadable ones to
-/// `quarantine/` and drops them from the manifest. Returns whether the
-/// manifest changed.
+/// Checks every segment in the manifest; moves corrupt ones to
+/// `quarantine/` and drops them from the manifest. A segment that cannot be
+/// read at all (missing, permission denied, an I/O error) may be fine, and
+/// dropping it would lose it for good: that refuses to start instead.
+/// Returns whether the manifest changed.
 fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics) -> Result<bool, StorageError> {
     let mut changed = false;
     for (db, tables) in manifest.databases.iter_mut() {
@@ -75,7 +96,15 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                 let path = dir.join(&seg.path);
                 match verify_segment(&path) {
                     Ok(()) => keep.push(seg),
-                    Err(reason) => {
+                    Err(SegmentCheckError::Io(source)) => {
+                        return Err(StorageError::SegmentUnreadable {
+                            path,
+                            table: format!("{db}.{table}"),
+                            data_dir: dir.to_path_buf(),
+                            source,
+                        });
+                    }
+                    Err(reason @ SegmentCheckError::Corrupt(_)) => {
                         let moved = quarantine(dir, &path)?;
                         tracing::error!(
                             "segment {} of table {db}.{table} ({} rows, {} to {} ns) is unusable: {reason}; \
@@ -112,7 +141,7 @@ fn quarantine(dir: &Path, path: &Path) -> Result<Option<PathBuf>, StorageError> 
 }
 
 /// `<data_dir>/quarantine/<unix millis>-<file name>`, creating the folder.
-fn quarantine_path(dir: &Path, path: &Path) -> Result<PathBuf, StorageError> {
+pub(crate) fn quarantine_path(dir: &Path, path: &Path) -> Result<PathBuf, StorageError> {
     let qdir = dir.join("quarantine");
     fs::create_dir_all(&qdir).map_err(io(&qdir))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
@@ -134,36 +163,64 @@ fn remove_temp_files(dir: &Path) {
     }
 }
 
-/// Segment files the manifest does not list are either inputs of a
-/// compaction whose output replaced them, or output of a persist or
-/// compaction that crashed before its manifest was saved (whose rows are
-/// still in the WAL or in the inputs). Either way nothing reads them.
-fn remove_unlisted_segments(dir: &Path, manifest: &Manifest) {
+/// Every `*.parquet` file under `dir`, in path order.
+pub(crate) fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(p) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Segment files the manifest does not list. Those it names as retired
+/// (replaced by a compaction or dropped by retention) are deleted. Any other
+/// is most likely the output of a persist or compaction interrupted before
+/// its manifest swap, whose rows are still in the WAL or in the inputs; but
+/// that is a guess (a manifest restored from an older backup leaves the
+/// newer segments unlisted too), so the file is moved to `quarantine/` and
+/// reported, never deleted.
+fn sweep_unlisted_segments(dir: &Path, manifest: &Manifest, metrics: &StorageMetrics) -> Result<(), StorageError> {
     let listed: std::collections::HashSet<PathBuf> = manifest
         .databases
         .values()
         .flat_map(|t| t.values())
         .flat_map(|e| e.segments.iter().map(|s| dir.join(&s.path)))
         .collect();
-    fn walk(p: &Path, listed: &std::collections::HashSet<PathBuf>) {
-        let Ok(entries) = fs::read_dir(p) else { return };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, listed);
-            } else if p.extension().is_some_and(|x| x == "parquet") && !listed.contains(&p) {
-                match fs::remove_file(&p) {
-                    Ok(()) => tracing::info!(
-                        "removed segment {} that the manifest does not list (replaced by a compaction, or \
-                         written by a persist interrupted before its manifest; its rows are elsewhere)",
-                        p.display()
-                    ),
-                    Err(e) => tracing::warn!("cannot remove unlisted segment {}: {e}", p.display()),
-                }
-            }
+    let retired: std::collections::HashSet<PathBuf> = manifest.retired.iter().map(|p| dir.join(p)).collect();
+    for path in segment_files(&dir.join("segments")) {
+        if listed.contains(&path) {
+            continue;
         }
+        if retired.contains(&path) {
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!("deleted segment {} that a compaction or retention retired", path.display()),
+                Err(e) => tracing::warn!("cannot delete retired segment {}: {e}", path.display()),
+            }
+            continue;
+        }
+        let target = quarantine_path(dir, &path)?;
+        fs::rename(&path, &target).map_err(io(&path))?;
+        metrics.quarantined_files.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            "segment {} is not listed in the manifest; moved to {}. It is most likely the output of a persist \
+             or compaction interrupted by a crash (its rows are then still in the WAL or in the segments it was \
+             merging, and it can be deleted), but if manifest.json was restored from an older backup it may \
+             hold rows found nowhere else: see docs/storage.md, \"Quarantine\"",
+            path.display(),
+            target.display()
+        );
     }
-    walk(&dir.join("segments"), &listed);
+    Ok(())
 }
 
 /// Replays WAL files newer than the manifest's persisted mark into `state`.
@@ -188,7 +245,9 @@ fn replay_wal(
         let (entries, end) = wal::read_file(path).map_err(io(path))?;
         let mut rows = 0u64;
         for entry in entries {
-            let (accepted, rejected) = validate(state, &entry.database, entry.writes, &replay_limits, unix_secs());
+            let (writes, mut rejected) = check_shapes(entry.writes, &replay_limits);
+            let (accepted, more) = validate(state, &entry.database, writes, &replay_limits, unix_secs());
+            rejected.extend(more);
             for r in rejected {
                 tracing::warn!("WAL {}: item {} no longer valid on replay: {}", path.display(), r.item, r.error);
             }

@@ -29,7 +29,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::compute_leaves;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::SortingColumn;
+use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
@@ -92,20 +92,67 @@ pub fn segment_rel_path(db: &str, table: &str, id: u64) -> String {
     format!("segments/{db}/{table}/{id:020}.parquet")
 }
 
-/// Sorts `batches` (all adapted to `schema`) and writes one Parquet file per
-/// time partition. `next_id` hands out segment ids.
-// Eight plain inputs of one call site; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
+/// What a segment file says of itself, in its Parquet key-value metadata
+/// under [`ORIGIN_KEY`] (JSON). `tocsin repair` rebuilds a lost manifest from
+/// it: which table the file belongs to (also in its path), how far the WAL
+/// was covered by segments when it was written, and which segments a
+/// compaction output replaces (so that inputs not yet deleted are not listed
+/// twice).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentOrigin {
+    /// Format of this record; 1 is the shape below.
+    #[serde(default = "origin_version")]
+    pub version: u32,
+    pub database: String,
+    pub table: String,
+    /// Every WAL file numbered up to this was contained in segments when
+    /// this one was written.
+    pub wal_upto: u64,
+    pub level: u32,
+    /// Ids of the segments this one replaces (a compaction's inputs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<u64>,
+}
+
+fn origin_version() -> u32 {
+    1
+}
+
+impl Default for SegmentOrigin {
+    fn default() -> Self {
+        Self {
+            version: origin_version(),
+            database: String::new(),
+            table: String::new(),
+            wal_upto: 0,
+            level: 0,
+            replaces: Vec::new(),
+        }
+    }
+}
+
+/// Parquet key-value metadata key holding a [`SegmentOrigin`].
+pub const ORIGIN_KEY: &str = "tocsin.segment";
+
+/// Where and how a batch of segments is written.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentTarget<'a> {
+    pub(crate) data_dir: &'a Path,
+    pub(crate) schema: &'a SchemaRef,
+    pub(crate) partition_ns: i64,
+    pub(crate) options: &'a SegmentOptions,
+    pub(crate) origin: SegmentOrigin,
+}
+
+/// Sorts `batches` (all adapted to the target's schema) and writes one
+/// Parquet file per time partition. `next_id` hands out segment ids.
 pub(crate) fn write_segments(
-    data_dir: &Path,
-    db: &str,
-    table: &str,
-    schema: &SchemaRef,
+    target: &SegmentTarget<'_>,
     batches: &[RecordBatch],
-    partition_ns: i64,
-    options: &SegmentOptions,
     mut next_id: impl FnMut() -> u64,
 ) -> Result<Vec<SegmentMeta>, SegmentError> {
+    let SegmentTarget { data_dir, schema, partition_ns, options, ref origin } = *target;
+    let (db, table) = (origin.database.as_str(), origin.table.as_str());
     let adapted = batches.iter().map(|b| adapt_batch(b, schema)).collect::<Result<Vec<_>, _>>()?;
     let all = concat_batches(schema, &adapted)?;
     if all.num_rows() == 0 {
@@ -123,7 +170,18 @@ pub(crate) fn write_segments(
         let slice = integral_floats_as_ints(&sorted.slice(start, end - start))?;
         let id = next_id();
         let rel = segment_rel_path(db, table, id);
-        let bytes = write_parquet(&data_dir.join(&rel), &slice, options)?;
+        let path = data_dir.join(&rel);
+        let written = write_parquet(data_dir, &path, &slice, options, origin);
+        let bytes = match written {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // The files of this call are not listed anywhere: remove
+                // them, or every failed attempt would leave its files behind
+                // (a full disk would only get fuller).
+                remove_written(data_dir, &out);
+                return Err(e);
+            }
+        };
         let ts = slice
             .column_by_name(TIME_COLUMN)
             .map(|c| c.as_primitive::<TimestampNanosecondType>().clone())
@@ -138,11 +196,23 @@ pub(crate) fn write_segments(
             max_ts,
             rows: slice.num_rows() as u64,
             bytes,
-            level: 0,
+            level: origin.level,
         });
         start = end;
     }
     Ok(out)
+}
+
+/// Deletes the files of segments that were written but will not be listed.
+pub(crate) fn remove_written(data_dir: &Path, segments: &[SegmentMeta]) {
+    for s in segments {
+        let path = data_dir.join(&s.path);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove unlisted segment {} of a failed write: {e}", path.display());
+        }
+    }
 }
 
 /// Metadata key marking a column stored with another Arrow type than the
@@ -215,8 +285,10 @@ fn sort_for_segment(batch: &RecordBatch, partition_ns: i64) -> Result<(RecordBat
     Ok((sorted, parts.as_primitive().clone()))
 }
 
-fn writer_properties(schema: &SchemaRef, options: &SegmentOptions) -> WriterProperties {
+fn writer_properties(schema: &SchemaRef, options: &SegmentOptions, origin: &SegmentOrigin) -> WriterProperties {
+    let origin = serde_json::to_string(origin).expect("a struct of strings and integers serializes");
     let mut b = WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![KeyValue::new(ORIGIN_KEY.to_string(), origin)]))
         .set_compression(options.compression.parquet())
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(options.row_group_rows))
@@ -257,20 +329,41 @@ fn writer_properties(schema: &SchemaRef, options: &SegmentOptions) -> WriterProp
 }
 
 /// Writes `batch` to `path` through a temporary file: write, fsync, rename,
-/// fsync the directory. Returns the file size.
-fn write_parquet(path: &Path, batch: &RecordBatch, options: &SegmentOptions) -> Result<u64, SegmentError> {
+/// fsync the directory (and the parents of folders it had to create, up to
+/// `data_dir`, so that a power loss cannot lose a folder the manifest then
+/// lists). Returns the file size. A failure removes the temporary file.
+fn write_parquet(
+    data_dir: &Path,
+    path: &Path,
+    batch: &RecordBatch,
+    options: &SegmentOptions,
+    origin: &SegmentOrigin,
+) -> Result<u64, SegmentError> {
     let ioe = |source| SegmentError::Io { path: path.to_path_buf(), source };
     let dir = path.parent().ok_or_else(|| ioe(io::Error::other("segment path has no parent")))?;
-    fs::create_dir_all(dir).map_err(ioe)?;
+    create_dir_durable(data_dir, dir).map_err(ioe)?;
     let tmp = path.with_extension("parquet.tmp");
-    let file = File::create(&tmp).map_err(ioe)?;
-    let perr = |source| SegmentError::Parquet { path: path.to_path_buf(), source };
-    let (file, stats) = encode_parquet(file, batch, options).map_err(perr)?;
-    file.sync_all().map_err(ioe)?;
-    let bytes = file.metadata().map_err(ioe)?.len();
-    drop(file);
-    fs::rename(&tmp, path).map_err(ioe)?;
-    crate::wal::sync_dir(dir).map_err(ioe)?;
+    let written = (|| {
+        let file = File::create(&tmp).map_err(ioe)?;
+        let perr = |source| SegmentError::Parquet { path: path.to_path_buf(), source };
+        let (file, stats) = encode_parquet(file, batch, options, origin).map_err(perr)?;
+        file.sync_all().map_err(ioe)?;
+        let bytes = file.metadata().map_err(ioe)?.len();
+        drop(file);
+        fs::rename(&tmp, path).map_err(ioe)?;
+        Ok((bytes, stats))
+    })();
+    let (bytes, stats) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = crate::wal::sync_dir(dir) {
+        let _ = fs::remove_file(path);
+        return Err(ioe(e));
+    }
     tracing::debug!(
         segment = %path.display(),
         bytes,
@@ -289,9 +382,10 @@ fn encode_parquet<W: io::Write + Send>(
     sink: W,
     batch: &RecordBatch,
     options: &SegmentOptions,
+    origin: &SegmentOrigin,
 ) -> Result<(W, delta::RepackStats), ParquetError> {
     let schema = batch.schema();
-    let writer = ArrowWriter::try_new(sink, Arc::clone(&schema), Some(writer_properties(&schema, options)))?;
+    let writer = ArrowWriter::try_new(sink, Arc::clone(&schema), Some(writer_properties(&schema, options, origin)))?;
     let (mut file, factory) = writer.into_serialized_writer()?;
     let delta_props = Arc::new(delta_properties(options));
     let leaves: Vec<_> = file.schema_descr().columns().to_vec();
@@ -344,12 +438,71 @@ fn delta_properties(options: &SegmentOptions) -> WriterProperties {
 
 /// Checks that a segment file is a readable Parquet file (footer and
 /// metadata), as done for every segment at startup.
-pub fn verify_segment(path: &Path) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    parquet::file::metadata::ParquetMetaDataReader::new()
-        .parse_and_finish(&file)
-        .map(|_| ())
-        .map_err(|e| format!("not a readable Parquet file: {e}"))
+pub fn verify_segment(path: &Path) -> Result<(), SegmentCheckError> {
+    read_footer(path).map(|_| ())
+}
+
+/// Why a segment file cannot be used. The two cases call for opposite
+/// actions: a corrupt file is quarantined and the server starts without it;
+/// a file that cannot be read (permission denied, a volume not mounted, an
+/// I/O error, a file missing) may be perfectly good, so the server refuses
+/// to start rather than forget it.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentCheckError {
+    #[error("cannot read it: {0}")]
+    Io(#[source] io::Error),
+    #[error("it is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Reads and decodes the Parquet footer of `path` with plain reads, so that
+/// an I/O error is told apart from a footer that does not decode.
+pub(crate) fn read_footer(path: &Path) -> Result<parquet::file::metadata::ParquetMetaData, SegmentCheckError> {
+    use SegmentCheckError::{Corrupt, Io};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path).map_err(Io)?;
+    let len = file.metadata().map_err(Io)?.len();
+    if len < 12 {
+        return Err(Corrupt(format!("{len} bytes is too short for a Parquet file")));
+    }
+    let mut tail = [0u8; 8];
+    file.seek(SeekFrom::Start(len - 8)).map_err(Io)?;
+    file.read_exact(&mut tail).map_err(Io)?;
+    if &tail[4..] != b"PAR1" {
+        return Err(Corrupt("no Parquet magic at the end (a torn or overwritten file)".into()));
+    }
+    let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if footer_len + 12 > len {
+        return Err(Corrupt(format!("footer of {footer_len} bytes does not fit in a file of {len} bytes")));
+    }
+    let mut footer = vec![0u8; footer_len as usize];
+    file.seek(SeekFrom::Start(len - 8 - footer_len)).map_err(Io)?;
+    file.read_exact(&mut footer).map_err(Io)?;
+    parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
+        .map_err(|e| Corrupt(format!("the Parquet footer does not decode: {e}")))
+}
+
+/// Creates `dir` and any missing parents below `root`, fsyncing the parent
+/// of each folder created so that the new entries survive a power loss.
+pub(crate) fn create_dir_durable(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && parent != root
+        && parent.starts_with(root)
+    {
+        create_dir_durable(root, parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match dir.parent() {
+        Some(parent) => crate::wal::sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -360,6 +513,22 @@ mod tests {
     use crate::write::{FieldColumn, FieldValues, SeriesBlock};
     use arrow::datatypes::Int32Type;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn test_target<'a>(
+        data_dir: &'a Path,
+        table: &str,
+        schema: &'a SchemaRef,
+        partition_ns: i64,
+        options: &'a SegmentOptions,
+    ) -> SegmentTarget<'a> {
+        SegmentTarget {
+            data_dir,
+            schema,
+            partition_ns,
+            options,
+            origin: SegmentOrigin { database: "public".into(), table: table.into(), ..Default::default() },
+        }
+    }
 
     #[test]
     fn segments_are_split_by_partition_and_sorted_by_tags_then_time() {
@@ -384,12 +553,12 @@ mod tests {
         let b2 = blocks_to_batch(&schema, &[block("a", vec![2, 101])]).expect("batch");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut id = 0;
-        let segs =
-            write_segments(dir.path(), "public", "t", &schema, &[b1, b2], 100, &SegmentOptions::default(), || {
-                id += 1;
-                id
-            })
-            .expect("write");
+        let options = SegmentOptions::default();
+        let segs = write_segments(&test_target(dir.path(), "t", &schema, 100, &options), &[b1, b2], || {
+            id += 1;
+            id
+        })
+        .expect("write");
         assert_eq!(segs.len(), 2);
         assert_eq!((segs[0].partition_start, segs[0].min_ts, segs[0].max_ts, segs[0].rows), (0, 1, 5, 4));
         assert_eq!((segs[1].partition_start, segs[1].min_ts, segs[1].max_ts, segs[1].rows), (100, 101, 105, 2));
@@ -437,9 +606,9 @@ mod tests {
         };
         let batch = blocks_to_batch(&schema, &[block]).expect("batch");
         let dir = tempfile::tempdir().expect("tempdir");
+        let options = SegmentOptions::default();
         let segs =
-            write_segments(dir.path(), "public", "logs", &schema, &[batch], 1000, &SegmentOptions::default(), || 1)
-                .expect("write");
+            write_segments(&test_target(dir.path(), "logs", &schema, 1000, &options), &[batch], || 1).expect("write");
         let file = File::open(dir.path().join(&segs[0].path)).expect("open");
         let reader = parquet::file::serialized_reader::SerializedFileReader::new_with_options(
             file,
@@ -497,7 +666,8 @@ mod tests {
         let options = SegmentOptions { page_rows: 1024, row_group_rows: 2048, ..SegmentOptions::default() };
         for compression in [SegmentCompression::Zstd(3), SegmentCompression::Lz4, SegmentCompression::None] {
             let options = SegmentOptions { compression, ..options.clone() };
-            let (bytes, stats) = encode_parquet(Vec::new(), &batch, &options).expect("encode");
+            let (bytes, stats) =
+                encode_parquet(Vec::new(), &batch, &options, &SegmentOrigin::default()).expect("encode");
             assert_eq!(stats.pages, 3 * 5, "three delta columns, five pages each ({compression:?})");
             if compression == SegmentCompression::Zstd(3) {
                 // The random walk's pages are written nibble-aligned, so this
@@ -542,10 +712,14 @@ mod tests {
         let batch = mixed_batch(64 * 1024);
         let batch = batch.project(&[0, 1, 2]).expect("project");
         let options = SegmentOptions::default();
-        let (repacked, stats) = encode_parquet(Vec::new(), &batch, &options).expect("encode");
-        let mut plain =
-            ArrowWriter::try_new(Vec::new(), batch.schema(), Some(writer_properties(&batch.schema(), &options)))
-                .expect("writer");
+        let (repacked, stats) =
+            encode_parquet(Vec::new(), &batch, &options, &SegmentOrigin::default()).expect("encode");
+        let mut plain = ArrowWriter::try_new(
+            Vec::new(),
+            batch.schema(),
+            Some(writer_properties(&batch.schema(), &options, &SegmentOrigin::default())),
+        )
+        .expect("writer");
         plain.write(&batch).expect("write");
         let plain = plain.into_inner().expect("close");
         assert!(stats.nibble_pages >= 1, "{stats:?}");

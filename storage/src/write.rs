@@ -21,6 +21,11 @@ pub struct WriteLimits {
     /// table may have; a write that would start one more is refused.
     pub max_series_per_table: usize,
     pub series_window: std::time::Duration,
+    /// Most tables over all databases: each costs schema, buffer and file
+    /// bookkeeping, and a client inventing names must not exhaust them.
+    pub max_tables: usize,
+    /// Most databases.
+    pub max_databases: usize,
 }
 
 impl Default for WriteLimits {
@@ -31,6 +36,8 @@ impl Default for WriteLimits {
             max_columns: 1024,
             max_series_per_table: 1_000_000,
             series_window: std::time::Duration::from_secs(86_400),
+            max_tables: 100_000,
+            max_databases: 1_000,
         }
     }
 }
@@ -39,7 +46,15 @@ impl WriteLimits {
     /// For WAL replay: what was acknowledged is never refused again, even
     /// if a limit was lowered since.
     pub(crate) fn for_replay(&self) -> Self {
-        Self { max_series_per_table: usize::MAX, max_columns: usize::MAX, ..self.clone() }
+        Self {
+            max_series_per_table: usize::MAX,
+            max_columns: usize::MAX,
+            max_string_bytes: usize::MAX,
+            max_tag_bytes: usize::MAX,
+            max_tables: usize::MAX,
+            max_databases: usize::MAX,
+            ..self.clone()
+        }
     }
 }
 
@@ -144,6 +159,10 @@ pub enum WriteError {
          this new series is refused, series already active are still accepted"
     )]
     TooManySeries { table: String, limit: usize, window_secs: u64 },
+    #[error("table {table:?} would be table number {count}, over the limit of {limit} (limits.max_tables)")]
+    TooManyTables { table: String, count: usize, limit: usize },
+    #[error("database {database:?} would be database number {count}, over the limit of {limit} (limits.max_databases)")]
+    TooManyDatabases { database: String, count: usize, limit: usize },
 }
 
 const MAX_NAME_BYTES: usize = 128;
@@ -214,7 +233,7 @@ pub fn check_column_name(name: &str) -> Result<(), WriteError> {
 
 /// Checks everything about a block that does not depend on the table's
 /// existing schema.
-pub(crate) fn check_block_shape(block: &SeriesBlock, limits: &WriteLimits) -> Result<(), WriteError> {
+pub(crate) fn check_block_shape(table: &str, block: &SeriesBlock, limits: &WriteLimits) -> Result<(), WriteError> {
     let rows = block.rows();
     if rows == 0 {
         return Err(WriteError::EmptySeries);
@@ -222,7 +241,13 @@ pub(crate) fn check_block_shape(block: &SeriesBlock, limits: &WriteLimits) -> Re
     if block.fields.is_empty() {
         return Err(WriteError::NoFields);
     }
-    for (i, (name, value)) in block.tags.iter().enumerate() {
+    // Bounded before anything else looks at the names: a block of 100,000
+    // tags is refused here, in constant time.
+    let count = block.tags.len() + block.fields.len() + 1;
+    if count > limits.max_columns {
+        return Err(WriteError::TooManyColumns { table: table.to_string(), count, limit: limits.max_columns });
+    }
+    for (name, value) in &block.tags {
         check_column_name(name)?;
         if value.len() > limits.max_tag_bytes {
             return Err(WriteError::ValueTooLarge {
@@ -231,15 +256,9 @@ pub(crate) fn check_block_shape(block: &SeriesBlock, limits: &WriteLimits) -> Re
                 limit: limits.max_tag_bytes,
             });
         }
-        if block.tags[..i].iter().any(|(n, _)| n == name) {
-            return Err(WriteError::DuplicateColumn { name: name.clone() });
-        }
     }
-    for (i, field) in block.fields.iter().enumerate() {
+    for field in &block.fields {
         check_column_name(&field.name)?;
-        if block.fields[..i].iter().any(|f| f.name == field.name) || block.tags.iter().any(|(n, _)| *n == field.name) {
-            return Err(WriteError::DuplicateColumn { name: field.name.clone() });
-        }
         let got = field.values.len();
         if got != rows {
             return Err(WriteError::LengthMismatch { field: field.name.clone(), expected: rows, got });
@@ -263,10 +282,34 @@ pub(crate) fn check_block_shape(block: &SeriesBlock, limits: &WriteLimits) -> Re
             });
         }
     }
+    if let Some(name) =
+        first_duplicate(block.tags.iter().map(|(n, _)| n.as_str()).chain(block.fields.iter().map(|f| f.name.as_str())))
+    {
+        return Err(WriteError::DuplicateColumn { name: name.to_string() });
+    }
     if let Some(&ts) = block.timestamps.iter().find(|&&ts| ts < 0) {
         return Err(WriteError::TimestampOutOfRange { ts });
     }
     Ok(())
+}
+
+/// The first name that occurs twice. Blocks of a few columns (nearly all)
+/// are scanned pairwise without allocating; wider ones go through a hash set,
+/// in linear time (a pairwise scan of 100,000 names held the write lock for
+/// half a minute).
+fn first_duplicate<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    const PAIRWISE_UP_TO: usize = 16;
+    if names.clone().nth(PAIRWISE_UP_TO).is_none() {
+        let mut rest = names;
+        while let Some(n) = rest.next() {
+            if rest.clone().any(|m| m == n) {
+                return Some(n);
+            }
+        }
+        return None;
+    }
+    let mut seen = ahash::AHashSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
 }
 
 /// Reports which column kind a block asks of each of its columns.
@@ -332,14 +375,14 @@ mod tests {
     #[test]
     fn shape_errors_name_the_problem() {
         let limits = WriteLimits::default();
-        let err = check_block_shape(&block(vec![f64col("v", vec![1.0])], vec![1, 2]), &limits);
+        let err = check_block_shape("t", &block(vec![f64col("v", vec![1.0])], vec![1, 2]), &limits);
         assert_eq!(err, Err(WriteError::LengthMismatch { field: "v".into(), expected: 2, got: 1 }));
-        let err = check_block_shape(&block(vec![f64col("v", vec![1.0])], vec![-5]), &limits);
+        let err = check_block_shape("t", &block(vec![f64col("v", vec![1.0])], vec![-5]), &limits);
         assert_eq!(err, Err(WriteError::TimestampOutOfRange { ts: -5 }));
-        let err = check_block_shape(&block(vec![f64col("host", vec![1.0])], vec![1]), &limits);
+        let err = check_block_shape("t", &block(vec![f64col("host", vec![1.0])], vec![1]), &limits);
         assert_eq!(err, Err(WriteError::DuplicateColumn { name: "host".into() }));
-        let err = check_block_shape(&block(vec![], vec![1]), &limits);
+        let err = check_block_shape("t", &block(vec![], vec![1]), &limits);
         assert_eq!(err, Err(WriteError::NoFields));
-        assert!(check_block_shape(&block(vec![f64col("v", vec![f64::NAN])], vec![1]), &limits).is_ok());
+        assert!(check_block_shape("t", &block(vec![f64col("v", vec![f64::NAN])], vec![1]), &limits).is_ok());
     }
 }

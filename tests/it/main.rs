@@ -7,6 +7,7 @@ mod crash;
 mod e2e;
 mod flight;
 mod grafana;
+mod hardening;
 mod persistence;
 mod protocols;
 mod rollup;

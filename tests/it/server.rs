@@ -43,17 +43,29 @@ impl TestServer {
     /// A server on `data_dir` (kept after the server stops) with extra flags.
     pub(crate) fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
         std::fs::create_dir_all(data_dir).expect("mkdir");
-        let log = data_dir.with_extension(format!(
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(extra);
+        TestServer::spawn(cmd, data_dir, &data_dir.with_extension("log"))
+    }
+
+    /// The README's `tocsin serve` run in `cwd` with no data directory given
+    /// (the default `./tocsin-data`), on ephemeral ports.
+    pub(crate) fn start_zero_config(cwd: &Path) -> TestServer {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").current_dir(cwd).env_remove("TOCSIN_DATA_DIR");
+        TestServer::spawn(cmd, &cwd.join("tocsin-data"), &cwd.join("server.log"))
+    }
+
+    /// Runs `cmd` (a `tocsin serve`) on ephemeral ports and waits for its
+    /// listening line; stderr goes to a file next to `log`.
+    fn spawn(mut cmd: Command, data_dir: &Path, log: &Path) -> TestServer {
+        let log = log.with_extension(format!(
             "log.{}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
         ));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut child = cmd
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(extra)
             .env_remove("TOCSIN_CONFIG")
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -89,6 +101,23 @@ impl TestServer {
             log,
             _tmp: None,
         }
+    }
+
+    /// Runs `tocsin serve` on `data_dir` expecting it to refuse to start;
+    /// returns what it printed on stderr.
+    pub(crate) fn refused_start(data_dir: &Path) -> String {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .env_remove("TOCSIN_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tocsin");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "the server started (stdout {:?}); stderr:\n{stderr}", out.stdout);
+        stderr
     }
 
     pub(crate) fn log_text(&self) -> String {

@@ -57,6 +57,8 @@ pub enum WalError {
     Failed(String),
     #[error("WAL is closed")]
     Closed,
+    #[error("a write of {bytes} bytes (compressed) is over the WAL record limit of {limit}; write fewer rows at once")]
+    TooLarge { bytes: usize, limit: u32 },
 }
 
 /// Counters the WAL keeps for the server's own metrics.
@@ -131,9 +133,14 @@ fn create_file(dir: &Path, seq: u64) -> Result<(File, PathBuf), WalError> {
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
-    f.write_all(&header).map_err(io_err(&path))?;
-    f.sync_all().map_err(io_err(&path))?;
-    sync_dir(dir).map_err(io_err(dir))?;
+    let written = f.write_all(&header).and_then(|()| f.sync_all()).and_then(|()| sync_dir(dir));
+    if let Err(e) = written {
+        // Left behind, the half-made file would make every later attempt
+        // fail with "already exists".
+        drop(f);
+        let _ = fs::remove_file(&path);
+        return Err(io_err(&path)(e));
+    }
     Ok((f, path))
 }
 
@@ -177,6 +184,11 @@ impl Wal {
     /// the page cache, not yet durable: await [`Wal::wait_durable`].
     pub fn append(&self, payload: &[u8]) -> Result<u64, WalError> {
         let body = lz4_flex::compress_prepend_size(payload);
+        // Replay treats a longer record as a damaged length field: refuse
+        // it here rather than acknowledge what replay would then drop.
+        if body.len() > MAX_RECORD_BYTES as usize {
+            return Err(WalError::TooLarge { bytes: body.len(), limit: MAX_RECORD_BYTES });
+        }
         let mut frame = Vec::with_capacity(body.len() + 8);
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -201,11 +213,23 @@ impl Wal {
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
         self.metrics.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
         if self.policy == FsyncPolicy::Always {
-            let mut s = self.signal.lock();
-            s.pending = true;
-            self.wake.notify_one();
+            self.request_flush();
         }
         Ok(seq)
+    }
+
+    fn request_flush(&self) {
+        let mut s = self.signal.lock();
+        s.pending = true;
+        self.wake.notify_one();
+    }
+
+    /// Latches `msg`: from now on appends and rotations fail with it, and
+    /// every writer waiting for durability is woken with it.
+    fn fail(&self, msg: String) {
+        tracing::error!("{msg}; writes are refused until restart");
+        self.inner.lock().failed.get_or_insert(msg);
+        self.sync_tx.send_modify(|s| s.failed = true);
     }
 
     /// Waits until record `seq` is durable (policy `always`); returns at once
@@ -250,42 +274,46 @@ impl Wal {
 
     /// Fsyncs everything appended so far.
     fn sync_now(&self) {
-        let (file, target, path) = {
+        let (file, target, path, failed) = {
             let inner = self.inner.lock();
-            if inner.failed.is_some() {
-                return;
-            }
-            (Arc::clone(&inner.file), inner.written, inner.file_path.clone())
+            (Arc::clone(&inner.file), inner.written, inner.file_path.clone(), inner.failed.is_some())
         };
-        if target <= self.sync_tx.borrow().synced {
+        if failed && self.sync_tx.borrow().failed {
             return;
         }
-        match file.sync_data() {
-            Ok(()) => {
-                self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
-                self.sync_tx.send_modify(|s| s.synced = s.synced.max(target));
+        if target > self.sync_tx.borrow().synced {
+            match file.sync_data() {
+                Ok(()) => {
+                    self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    self.sync_tx.send_modify(|s| s.synced = s.synced.max(target));
+                }
+                Err(e) => {
+                    self.fail(format!("fsync of {} failed: {e}", path.display()));
+                    return;
+                }
             }
-            Err(e) => {
-                // After a failed fsync the kernel may have dropped dirty pages:
-                // we cannot know what is on disk, so we stop taking writes
-                // (the lesson of PostgreSQL's "fsyncgate").
-                let msg = format!("fsync of {} failed: {e}", path.display());
-                tracing::error!("{msg}");
-                self.inner.lock().failed = Some(msg);
-                self.sync_tx.send_modify(|s| s.failed = true);
-            }
+        }
+        if failed {
+            // An append failed after the records synced above: wake the
+            // writers of anything later with the error.
+            self.sync_tx.send_modify(|s| s.failed = true);
         }
     }
 
-    /// Makes everything appended so far durable and starts file `seq + 1`.
-    /// Returns the number of the file that was closed.
     pub fn rotate(&self) -> Result<u64, WalError> {
         let mut inner = self.inner.lock();
         if let Some(msg) = &inner.failed {
             return Err(WalError::Failed(msg.clone()));
         }
         let old_path = inner.file_path.clone();
-        inner.file.sync_data().map_err(io_err(&old_path))?;
+        if let Err(source) = inner.file.sync_data() {
+            // Like the flusher's: after a failed fsync the kernel may have
+            // dropped the dirty pages, so nothing in this file can be
+            // trusted to be durable by a later fsync.
+            drop(inner);
+            self.fail(format!("fsync of {} failed: {source}", old_path.display()));
+            return Err(WalError::Io { path: old_path, source });
+        }
         self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
         let written = inner.written;
         self.sync_tx.send_modify(|s| s.synced = s.synced.max(written));
@@ -298,6 +326,12 @@ impl Wal {
     }
 
     /// Fsyncs what was written, stops the flusher and refuses further appends.
+    /// Swaps the file appends go to (fault injection: `/dev/full`).
+    #[cfg(test)]
+    pub(crate) fn replace_file_for_tests(&self, file: File) {
+        self.inner.lock().file = Arc::new(file);
+    }
+
     pub fn close(&self) -> Result<(), WalError> {
         let result = {
             let mut inner = self.inner.lock();

@@ -128,3 +128,49 @@ proptest! {
         prop_assert!(is_corrupt);
     }
 }
+
+/// A failed append (a full disk) must wake every writer already waiting for
+/// durability: they held the storage gate, and persist and shutdown hung
+/// behind them. Records appended whole before the failure may still be
+/// acknowledged; everything after gets the error, and the failure latches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_append_wakes_every_waiter_and_latches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::create(dir.path(), 1, FsyncPolicy::Always).expect("create");
+    let record = payload(&write_n(1)[0]);
+    let mut writers = Vec::new();
+    for _ in 0..32 {
+        let (wal, record) = (Arc::clone(&wal), record.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut failed) = (0u32, 0u32);
+            for _ in 0..2_000 {
+                match wal.append(&record) {
+                    Ok(seq) => match wal.wait_durable(seq).await {
+                        Ok(()) => acked += 1,
+                        Err(_) => failed += 1,
+                    },
+                    Err(_) => {
+                        failed += 1;
+                        break;
+                    }
+                }
+            }
+            (acked, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let full = OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    wal.replace_file_for_tests(full);
+    let mut failures = 0;
+    for w in writers {
+        let (_, failed) = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("a writer was never woken after the failed append")
+            .expect("writer task");
+        failures += failed;
+    }
+    assert!(failures > 0, "the injected failure was seen");
+    let err = wal.append(&record).expect_err("latched");
+    assert!(matches!(err, WalError::Failed(_)), "{err}");
+    assert!(matches!(wal.rotate(), Err(WalError::Failed(_))));
+}

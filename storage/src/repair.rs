@@ -1,0 +1,289 @@
+//! `tocsin repair`: rebuilds a lost or damaged manifest from the segments'
+//! own metadata. Each segment file records (Parquet key-value metadata
+//! [`ORIGIN_KEY`]) its database and table, how far the WAL was covered by
+//! segments when it was written, its compaction level and the segments it
+//! replaces; its embedded Arrow schema gives its columns and their kinds.
+//!
+//! Nothing is deleted: the old manifest, corrupt segments and segments a
+//! present compaction output replaces are moved to `quarantine/`. A segment
+//! that cannot be read stops the repair (it may be fine).
+
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::{DataType, SchemaRef};
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::statistics::Statistics;
+
+use crate::manifest::{MANIFEST_FILE, Manifest, ManifestError, SegmentMeta, TableEntry};
+use crate::schema::{COLUMN_KIND_KEY, ColumnDef, ColumnKind, FieldType, TIME_COLUMN, TableSchema};
+use crate::segment::{ORIGIN_KEY, STORED_AS_KEY, SegmentCheckError, SegmentOrigin, read_footer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("data directory {path} is in use by a running tocsin (lock file {lock} is held); stop it first")]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error(
+        "segment {path} cannot be read ({source}); it may be fine, so the repair stops rather than leave it \
+         out: fix access to it and run the repair again"
+    )]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("segment {path}: {reason}")]
+    BadSegment { path: PathBuf, reason: String },
+    #[error(
+        "column {column:?} of table {table} is {first} in one segment and {second} in {path}; \
+         the repair cannot choose: move one of them away"
+    )]
+    Conflict { table: String, column: String, first: ColumnKind, second: ColumnKind, path: PathBuf },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// What a repair did.
+#[derive(Debug, Default)]
+pub struct RepairReport {
+    /// The manifest was consistent with the segments; nothing was changed.
+    pub already_consistent: bool,
+    /// Where the old manifest went, if there was one.
+    pub old_manifest: Option<PathBuf>,
+    pub tables: usize,
+    pub segments: usize,
+    pub rows: u64,
+    /// Segments listed by the old manifest that are missing.
+    pub missing: Vec<PathBuf>,
+    /// (file, its new place, why) of each segment moved to quarantine.
+    pub quarantined: Vec<(PathBuf, PathBuf, String)>,
+    /// WAL files the next start will replay.
+    pub wal_to_replay: Vec<PathBuf>,
+    /// Segments written before they recorded their origin (no WAL mark, no
+    /// list of replaced segments): rows may be replayed twice if their WAL
+    /// files were never deleted.
+    pub without_origin: usize,
+}
+
+struct Found {
+    meta: SegmentMeta,
+    origin: SegmentOrigin,
+    schema: SchemaRef,
+}
+
+/// Rebuilds `data_dir`'s manifest from its segment files. `partition_ns` is
+/// the configured partition length (segments record their own times).
+pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, RepairError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RepairError::Io { path, source }
+    };
+    let lock_path = data_dir.join("LOCK");
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(RepairError::Locked { path: data_dir.to_path_buf(), lock: lock_path });
+    }
+    let mut report = RepairReport::default();
+    let old = match Manifest::load_existing(data_dir) {
+        Ok(m) => m,
+        Err(ManifestError::Parse { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(m) = &old {
+        for e in m.databases.values().flat_map(|t| t.values()) {
+            for s in &e.segments {
+                let p = data_dir.join(&s.path);
+                if !p.exists() {
+                    report.missing.push(p);
+                }
+            }
+        }
+    }
+
+    let mut found = Vec::new();
+    for path in crate::recovery::segment_files(&data_dir.join("segments")) {
+        match read_segment(data_dir, &path) {
+            Ok(f) => found.push(f),
+            Err(SegmentCheckError::Io(source)) => return Err(RepairError::Unreadable { path, source }),
+            Err(SegmentCheckError::Corrupt(reason)) => {
+                let target = crate::recovery::quarantine_path(data_dir, &path)
+                    .map_err(|e| RepairError::BadSegment { path: path.clone(), reason: e.to_string() })?;
+                fs::rename(&path, &target).map_err(io(&path))?;
+                report.quarantined.push((path, target, reason));
+            }
+        }
+    }
+
+    // Segments that a present compaction output replaces hold the same rows.
+    let replaced: HashSet<(String, String, u64)> = found
+        .iter()
+        .flat_map(|f| f.origin.replaces.iter().map(|id| (f.origin.database.clone(), f.origin.table.clone(), *id)))
+        .collect();
+    let (kept, dropped): (Vec<Found>, Vec<Found>) = found
+        .into_iter()
+        .partition(|f| !replaced.contains(&(f.origin.database.clone(), f.origin.table.clone(), f.meta.id)));
+    for f in dropped {
+        let path = data_dir.join(&f.meta.path);
+        let target = crate::recovery::quarantine_path(data_dir, &path)
+            .map_err(|e| RepairError::BadSegment { path: path.clone(), reason: e.to_string() })?;
+        fs::rename(&path, &target).map_err(io(&path))?;
+        report.quarantined.push((path, target, "replaced by a compaction output that is present".into()));
+    }
+
+    let mut manifest = Manifest::default();
+    if let Some(m) = &old {
+        manifest.wal_persisted_upto = m.wal_persisted_upto;
+        manifest.next_segment_id = m.next_segment_id;
+    }
+    for f in kept {
+        let Found { mut meta, origin, schema } = f;
+        meta.partition_start = meta.min_ts.div_euclid(partition_ns.max(1)) * partition_ns.max(1);
+        if origin.wal_upto == 0 && origin.replaces.is_empty() && origin.level == 0 {
+            report.without_origin += 1;
+        }
+        manifest.wal_persisted_upto = manifest.wal_persisted_upto.max(origin.wal_upto);
+        manifest.next_segment_id = manifest.next_segment_id.max(meta.id + 1);
+        let table = manifest.databases.entry(origin.database.clone()).or_default();
+        let entry = table.entry(origin.table.clone()).or_insert_with(|| TableEntry {
+            schema: old
+                .as_ref()
+                .and_then(|m| m.databases.get(&origin.database)?.get(&origin.table))
+                .map(|e| e.schema.clone())
+                .unwrap_or_default(),
+            segments: Vec::new(),
+        });
+        let path = data_dir.join(&meta.path);
+        merge_schema(&mut entry.schema, &schema, &format!("{}.{}", origin.database, origin.table), &path)?;
+        report.segments += 1;
+        report.rows += meta.rows;
+        entry.segments.push(meta);
+    }
+    for e in manifest.databases.values_mut().flat_map(|t| t.values_mut()) {
+        e.segments.sort_by_key(|s| s.id);
+    }
+    report.tables = manifest.databases.values().map(|t| t.len()).sum();
+
+    let ids = |m: &Manifest| -> HashSet<(String, String, u64)> {
+        m.databases
+            .iter()
+            .flat_map(|(db, t)| {
+                t.iter().flat_map(move |(t, e)| e.segments.iter().map(move |s| (db.clone(), t.clone(), s.id)))
+            })
+            .collect()
+    };
+    let consistent = old
+        .as_ref()
+        .is_some_and(|m| report.quarantined.is_empty() && report.missing.is_empty() && ids(m) == ids(&manifest));
+    if consistent {
+        report.already_consistent = true;
+        return Ok(report);
+    }
+    // Tables of the old manifest without segments keep their schemas.
+    if let Some(m) = &old {
+        for (db, tables) in &m.databases {
+            for (t, e) in tables {
+                manifest
+                    .databases
+                    .entry(db.clone())
+                    .or_default()
+                    .entry(t.clone())
+                    .or_insert_with(|| TableEntry { schema: e.schema.clone(), segments: Vec::new() });
+            }
+        }
+    }
+    let manifest_path = data_dir.join(MANIFEST_FILE);
+    if manifest_path.exists() {
+        let target = crate::recovery::quarantine_path(data_dir, &manifest_path)
+            .map_err(|e| RepairError::BadSegment { path: manifest_path.clone(), reason: e.to_string() })?;
+        fs::copy(&manifest_path, &target).map_err(io(&manifest_path))?;
+        report.old_manifest = Some(target);
+    }
+    manifest.save(data_dir)?;
+    if let Ok(files) = crate::wal::list_files(&data_dir.join("wal")) {
+        report.wal_to_replay =
+            files.into_iter().filter(|(seq, _)| *seq > manifest.wal_persisted_upto).map(|(_, p)| p).collect();
+    }
+    drop(lock);
+    Ok(report)
+}
+
+/// The manifest entry, origin and Arrow schema of one segment file.
+fn read_segment(data_dir: &Path, path: &Path) -> Result<Found, SegmentCheckError> {
+    let corrupt = |r: String| SegmentCheckError::Corrupt(r);
+    let meta: ParquetMetaData = read_footer(path)?;
+    let bytes = fs::metadata(path).map_err(SegmentCheckError::Io)?.len();
+    let rel = path.strip_prefix(data_dir).map_err(|_| corrupt("outside the data directory".into()))?;
+    let rel_text = rel.to_str().ok_or_else(|| corrupt("path is not UTF-8".into()))?.to_string();
+    // segments/<db>/<table>/<id>.parquet
+    let parts: Vec<&str> = rel_text.split('/').collect();
+    let [_, db, table, file] = parts.as_slice() else {
+        return Err(corrupt(format!("{rel_text} is not segments/<database>/<table>/<id>.parquet")));
+    };
+    let id: u64 = file
+        .strip_suffix(".parquet")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| corrupt(format!("file name {file} is not <id>.parquet")))?;
+    let kv = meta.file_metadata().key_value_metadata();
+    let origin = match kv.and_then(|kv| kv.iter().find(|k| k.key == ORIGIN_KEY)).and_then(|k| k.value.as_deref()) {
+        Some(json) => serde_json::from_str::<SegmentOrigin>(json)
+            .map_err(|e| corrupt(format!("its {ORIGIN_KEY} metadata does not parse: {e}")))?,
+        None => SegmentOrigin { database: db.to_string(), table: table.to_string(), ..Default::default() },
+    };
+    if origin.database != *db || origin.table != *table {
+        return Err(corrupt(format!(
+            "it says it belongs to {}.{} but lies in the folder of {db}.{table}",
+            origin.database, origin.table
+        )));
+    }
+    let schema = parquet::arrow::parquet_to_arrow_schema(meta.file_metadata().schema_descr(), kv)
+        .map_err(|e| corrupt(format!("its schema does not convert to Arrow: {e}")))?;
+    let ts_idx = schema.index_of(TIME_COLUMN).map_err(|_| corrupt("it has no ts column".into()))?;
+    let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+    for rg in meta.row_groups() {
+        match rg.column(ts_idx).statistics() {
+            Some(Statistics::Int64(s)) => {
+                if let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) {
+                    min_ts = min_ts.min(*lo);
+                    max_ts = max_ts.max(*hi);
+                }
+            }
+            _ => return Err(corrupt("its ts column has no min/max statistics".into())),
+        }
+    }
+    let rows = u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
+    if rows == 0 || min_ts > max_ts {
+        return Err(corrupt("it holds no rows".into()));
+    }
+    Ok(Found {
+        meta: SegmentMeta { id, path: rel_text, partition_start: 0, min_ts, max_ts, rows, bytes, level: origin.level },
+        origin,
+        schema: std::sync::Arc::new(schema),
+    })
+}
+
+/// Adds the columns of a segment's Arrow schema to `schema`.
+fn merge_schema(schema: &mut TableSchema, seg: &SchemaRef, table: &str, path: &Path) -> Result<(), RepairError> {
+    for f in seg.fields().iter().filter(|f| f.name() != TIME_COLUMN) {
+        let kind = match (f.metadata().get(COLUMN_KIND_KEY).map(String::as_str), f.data_type()) {
+            (Some("tag"), _) | (None, DataType::Dictionary(..)) => ColumnKind::Tag,
+            _ if f.metadata().contains_key(STORED_AS_KEY) => ColumnKind::Field(FieldType::Float),
+            (_, dt) => ColumnKind::Field(FieldType::from_arrow(dt).ok_or_else(|| RepairError::BadSegment {
+                path: path.to_path_buf(),
+                reason: format!("column {:?} has type {dt}, which Tocsin tables do not store", f.name()),
+            })?),
+        };
+        match schema.get(f.name()) {
+            None => schema.columns.push(ColumnDef { name: f.name().clone(), kind }),
+            Some(k) if k == kind => {}
+            Some(first) => {
+                return Err(RepairError::Conflict {
+                    table: table.to_string(),
+                    column: f.name().clone(),
+                    first,
+                    second: kind,
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! The defects found when Tocsin was tried as a new user and as an attacker
+//! would (issue 11), each driven through the real binary: the README's
+//! zero-config start, statements that write files, requests that recurse
+//! without bound, and start-up decisions that used to delete data.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::server::{BIN, TestServer};
+
+fn count(rows: &[Value]) -> i64 {
+    rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1)
+}
+
+/// The README's first command, `tocsin serve`, from a scratch working
+/// directory: the data directory is the relative `./tocsin-data`, and every
+/// table (names with non-ASCII characters and `#` too) stays readable after a
+/// persist and across a restart. The relative path once reached DataFusion's
+/// object store, which resolves paths from `/`: every query failed after the
+/// first persist.
+#[tokio::test]
+async fn zero_config_server_reads_its_tables_after_persist_and_restart() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut server = TestServer::start_zero_config(cwd.path());
+    let tables = ["cpu", "\"température\"", "\"disk#1\"", "\"a b%20c\""];
+    for t in tables {
+        let (status, body) =
+            server.sql_raw(&format!("INSERT INTO {t} (ts, host, v) VALUES (to_timestamp(1700000000), 'h', 1.5)")).await;
+        assert_eq!(status, 200, "insert into {t}: {body}");
+    }
+    let stats = server.persist().await;
+    assert!(stats["segments"].as_u64().unwrap_or(0) >= 4, "{stats}");
+    assert!(cwd.path().join("tocsin-data/manifest.json").exists(), "data under ./tocsin-data");
+    for t in tables {
+        assert_eq!(count(&server.sql(&format!("SELECT count(*) AS n FROM {t}")).await), 1, "{t} after persist");
+    }
+    assert!(server.terminate().success());
+    let server = TestServer::start_zero_config(cwd.path());
+    for t in tables {
+        assert_eq!(count(&server.sql(&format!("SELECT count(*) AS n FROM {t}")).await), 1, "{t} after restart");
+    }
+}
+
+/// `COPY ... TO` wrote any file the server could write; only SELECT,
+/// EXPLAIN, INSERT, SHOW and DESCRIBE may run, over HTTP and Flight SQL.
+#[tokio::test]
+async fn statements_that_write_files_or_change_the_server_are_refused() {
+    let server = TestServer::start();
+    let target = server.data_dir.join("x.csv");
+    server.sql("INSERT INTO t (ts, host, v) VALUES (to_timestamp(1700000000), 'h', 1.5)").await;
+    let refused = [
+        (format!("COPY (SELECT 'x') TO '{}' STORED AS CSV", target.display()), "COPY"),
+        (format!("EXPLAIN ANALYZE COPY (SELECT 'x') TO '{}' STORED AS CSV", target.display()), "COPY"),
+        (format!("COPY t TO '{}' STORED AS PARQUET", target.display()), "COPY"),
+        (format!("CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '{}'", target.display()), "CREATE EXTERNAL TABLE"),
+        ("SET datafusion.execution.target_partitions = 1".to_string(), "SET"),
+        ("DROP TABLE t".to_string(), "DROP TABLE"),
+        ("CREATE TABLE c AS SELECT 1".to_string(), "CREATE TABLE"),
+        ("DELETE FROM t".to_string(), "DELETE"),
+    ];
+    for (sql, name) in &refused {
+        let (status, body) = server.sql_raw(sql).await;
+        assert_eq!(status, 400, "{sql}: {body}");
+        let msg = body.to_string();
+        assert!(msg.contains(&format!("{name} statements are not allowed")), "{sql}: {msg}");
+    }
+    assert!(!target.exists(), "a refused COPY wrote {}", target.display());
+    // What is allowed still runs.
+    for sql in ["SELECT count(*) AS n FROM t", "EXPLAIN SELECT * FROM t", "SHOW TABLES", "DESCRIBE t"] {
+        let (status, body) = server.sql_raw(sql).await;
+        assert_eq!(status, 200, "{sql}: {body}");
+    }
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut flight = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let err = flight
+        .execute(format!("COPY (SELECT 'x') TO '{}' STORED AS CSV", target.display()), None)
+        .await
+        .expect_err("COPY over Flight SQL");
+    assert!(err.to_string().contains("COPY statements are not allowed"), "{err}");
+    let err = flight
+        .prepare(format!("COPY (SELECT 'x') TO '{}' STORED AS CSV", target.display()), None)
+        .await
+        .expect_err("prepared COPY");
+    assert!(err.to_string().contains("COPY statements are not allowed"), "{err}");
+    assert!(!target.exists());
+}
+
+/// One 40 KB request used to overflow the stack and abort the server:
+/// `matches()` queries, SQL expressions and JSON nested without bound get
+/// an error naming the limit, and the server keeps serving.
+#[tokio::test]
+async fn deeply_nested_input_is_refused_and_the_server_stays_up() {
+    let server = TestServer::start();
+    let (status, text) = write_lines(&server, "logs,service=api message=\"x\" 1".into()).await;
+    assert_eq!(status, 204, "{text}");
+    let parens = format!("{}x{}", "(".repeat(20_000), ")".repeat(20_000));
+    let (status, body) = server.sql_raw(&format!("SELECT matches(message, '{parens}') FROM logs")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("at most 4096"), "{body}");
+    let nested = format!("{}x{}", "(".repeat(1_000), ")".repeat(1_000));
+    let (status, body) = server.sql_raw(&format!("SELECT matches(message, '{nested}') FROM logs")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("nest more than 32"), "{body}");
+
+    // SQL: deep parentheses, long operator chains, deep function nesting.
+    let deep_parens = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    let chain = format!("SELECT 1{}", "+1".repeat(200_000));
+    let calls = format!("SELECT {}1{}", "abs(".repeat(50_000), ")".repeat(50_000));
+    let not_chain = format!("SELECT {} true", "NOT ".repeat(100_000));
+    for sql in [&deep_parens, &chain, &calls, &not_chain] {
+        let (status, body) = server.sql_raw(sql).await;
+        assert_eq!(status, 400, "{}...: {body}", &sql[..40]);
+    }
+    // Over the SQL length limit.
+    let long = format!("SELECT '{}'", "x".repeat(2 << 20));
+    let (status, body) = server.sql_raw(&long).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("at most"), "{body}");
+    // Deeply nested JSON in the request body itself.
+    let json_body = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/sql", server.http))
+        .header("content-type", "application/json")
+        .body(json_body)
+        .send()
+        .await
+        .expect("request");
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+
+    assert_eq!(count(&server.sql("SELECT count(*) AS n FROM logs").await), 1, "server still up, data intact");
+}
+
+fn repair(data_dir: &Path) -> std::process::Output {
+    Command::new(BIN).arg("repair").arg("--data-dir").arg(data_dir).output().expect("run tocsin repair")
+}
+
+async fn two_tables_persisted(dir: &Path) {
+    let mut server = TestServer::start_in(dir, &[]);
+    for (t, n) in [("a", 3), ("b", 5)] {
+        for i in 0..n {
+            server
+                .sql(&format!(
+                    "INSERT INTO {t} (ts, host, v) VALUES (to_timestamp({}), 'h{i}', {i}.5)",
+                    1_700_000_000 + i
+                ))
+                .await;
+        }
+    }
+    // Two persists and a compaction: segments of several levels, and inputs
+    // the compaction replaced.
+    server.persist().await;
+    server.sql("INSERT INTO a (ts, host, v, extra) VALUES (to_timestamp(1700000100), 'h9', 9.5, 7)").await;
+    server.persist().await;
+    let stats = server.compact().await;
+    assert!(stats["merges"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    assert!(server.terminate().success());
+}
+
+async fn assert_two_tables(server: &TestServer) {
+    assert_eq!(count(&server.sql("SELECT count(*) AS n FROM a").await), 4);
+    assert_eq!(count(&server.sql("SELECT count(*) AS n FROM b").await), 5);
+    assert_eq!(server.sql("SELECT extra FROM a WHERE host = 'h9'").await, vec![json!({"extra": 7})]);
+}
+
+/// Following the corrupt-manifest advice (move it away) used to start empty
+/// and delete every segment. A missing manifest next to segments now refuses
+/// to start, and `tocsin repair` rebuilds it from the segments' metadata.
+#[tokio::test]
+async fn a_missing_manifest_refuses_to_start_and_repair_rebuilds_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    two_tables_persisted(&dir).await;
+    let segments_before = segment_files(&dir);
+    std::fs::remove_file(dir.join("manifest.json")).expect("remove manifest");
+
+    let stderr = TestServer::refused_start(&dir);
+    assert!(stderr.contains("no manifest.json") && stderr.contains("tocsin repair"), "{stderr}");
+    assert_eq!(segment_files(&dir), segments_before, "no segment was touched");
+
+    let out = repair(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "repair failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 table(s)") && stdout.contains("9 row(s)"), "{stdout}");
+    let server = TestServer::start_in(&dir, &[]);
+    assert_two_tables(&server).await;
+}
+
+/// A corrupt manifest: the error says how to repair; the repair keeps the
+/// old file in quarantine.
+#[tokio::test]
+async fn a_corrupt_manifest_names_the_repair_and_the_repair_keeps_a_copy() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    two_tables_persisted(&dir).await;
+    std::fs::write(dir.join("manifest.json"), b"{\"version\": 1, \"trunc").expect("damage manifest");
+    let stderr = TestServer::refused_start(&dir);
+    assert!(stderr.contains("is not valid") && stderr.contains("tocsin repair"), "{stderr}");
+    let out = repair(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kept: Vec<String> = std::fs::read_dir(dir.join("quarantine"))
+        .expect("quarantine")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(kept.iter().any(|n| n.ends_with("manifest.json")), "{kept:?}");
+    let server = TestServer::start_in(&dir, &[]);
+    assert_two_tables(&server).await;
+    // A second repair finds nothing to do.
+    drop(server);
+    let out = repair(&dir);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to repair"), "{out:?}");
+}
+
+/// A segment the manifest does not list is moved to quarantine and reported,
+/// never deleted.
+#[tokio::test]
+async fn an_unlisted_segment_is_quarantined_not_deleted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    two_tables_persisted(&dir).await;
+    let any = segment_files(&dir).into_iter().next().expect("a segment");
+    let stray = any.with_file_name("99999999999999999999.parquet");
+    std::fs::copy(&any, &stray).expect("copy");
+    let server = TestServer::start_in(&dir, &[]);
+    assert!(!stray.exists());
+    let moved: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("quarantine")).expect("quarantine").flatten().map(|e| e.path()).collect();
+    assert!(moved.iter().any(|p| p.to_string_lossy().ends_with("99999999999999999999.parquet")), "{moved:?}");
+    assert!(server.log_text().contains("not listed in the manifest"), "{}", server.log_text());
+    assert_two_tables(&server).await;
+}
+
+/// A listed segment that cannot be read (here: missing, or a folder where the
+/// file should be) may be fine: the server refuses to start and says why,
+/// instead of dropping it from the manifest for good.
+#[tokio::test]
+async fn an_unreadable_segment_refuses_to_start_instead_of_being_dropped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    two_tables_persisted(&dir).await;
+    let manifest_before = std::fs::read(dir.join("manifest.json")).expect("manifest");
+    let manifest: Value = serde_json::from_slice(&manifest_before).expect("json");
+    let victim = dir.join(manifest["databases"]["public"]["b"]["segments"][0]["path"].as_str().expect("b's segment"));
+    let aside = tmp.path().join("aside.parquet");
+    std::fs::rename(&victim, &aside).expect("move away");
+    std::fs::create_dir(&victim).expect("a folder in its place");
+    let stderr = TestServer::refused_start(&dir);
+    assert!(stderr.contains("cannot be read") && stderr.contains(&*victim.to_string_lossy()), "{stderr}");
+    std::fs::remove_dir(&victim).expect("rmdir");
+    let stderr = TestServer::refused_start(&dir);
+    assert!(stderr.contains("cannot be read"), "{stderr}");
+    assert_eq!(std::fs::read(dir.join("manifest.json")).expect("manifest"), manifest_before, "manifest untouched");
+    // Once the file is back, everything is there.
+    std::fs::rename(&aside, &victim).expect("restore");
+    let server = TestServer::start_in(&dir, &[]);
+    assert_two_tables(&server).await;
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dir.join("segments"), &mut out);
+    out.sort();
+    out
+}
+
+async fn write_lines(server: &TestServer, body: String) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/write?db=public", server.http))
+        .body(body)
+        .send()
+        .await
+        .expect("write");
+    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+}
+
+/// Line protocol groups the points of a series into one block, and storage
+/// refuses whole blocks: six points with one oversized value were all
+/// dropped while the answer said one was. A point's own bad value refuses
+/// that point alone; a refusal of the whole series counts every point.
+#[tokio::test]
+async fn partial_rejection_names_exactly_what_was_dropped() {
+    let server = TestServer::start();
+    let big = "x".repeat(70 * 1024);
+    let body = (1..=6)
+        .map(|i| if i == 4 { format!("m,host=a s=\"{big}\" {i}") } else { format!("m,host=a s=\"ok\" {i}") })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (status, text) = write_lines(&server, body).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("dropped=1") && text.contains("line 4"), "{text}");
+    assert_eq!(count(&server.sql("SELECT count(*) AS n FROM m").await), 5);
+
+    // `s` is a string field now: three points of one series with a float
+    // `s` are one block, refused as a whole, and all three are counted.
+    let (status, text) = write_lines(&server, "m,host=b s=1.5 10\nm,host=b s=2.5 11\nm,host=b s=3.5 12".into()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("dropped=3"), "{text}");
+    assert_eq!(count(&server.sql("SELECT count(*) AS n FROM m").await), 5);
+}
