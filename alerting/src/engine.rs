@@ -560,6 +560,12 @@ impl AlertEngine {
         } else {
             write_atomic(&path, &bytes)
         };
+        if written.is_err() {
+            // Not saved: the next round must try again (clearing the flag
+            // before writing and not setting it back lost a failed save's
+            // changes until something else changed).
+            self.inner.lock().dirty = true;
+        }
         written.map_err(|source| EngineError::StateIo { path, source })
     }
 

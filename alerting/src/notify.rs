@@ -177,9 +177,18 @@ impl Notifier {
                 check_status(req.send().await?).await.map(|_| ())
             }
             Integration::Robot { kind, url, template, timeout } => {
+                // Label values come from the data: in a markdown robot they
+                // must not become links, images or formatting.
+                let escaped;
+                let shown = if matches!(kind, RobotKind::WeCom | RobotKind::DingTalk) {
+                    escaped = escape_values(payload, markdown_escape);
+                    &escaped
+                } else {
+                    payload
+                };
                 let text = match template {
-                    Some(t) => render_group(t, payload),
-                    None => default_text(payload),
+                    Some(t) => render_group(t, shown),
+                    None => default_text(shown),
                 };
                 let body = robot_body(*kind, &text, payload);
                 let resp = check_status(self.client.post(url).timeout(*timeout).json(&body).send().await?).await?;
@@ -362,6 +371,11 @@ async fn send_email(e: &EmailFile, p: &Payload) -> Result<(), SendError> {
             let caps = ehlo(&mut t).await?;
             transaction(&mut t, &caps, e, p).await
         }
+        (SmtpTls::Auto, false) if e.username.is_some() => Err(SendError::Smtp(
+            "the server does not offer STARTTLS and a username is configured: the password would cross the \
+             network in the clear; use a server with STARTTLS, tls: implicit, or say tls: none to allow it"
+                .into(),
+        )),
         _ => transaction(&mut s, &caps, e, p).await,
     }
 }
@@ -413,7 +427,8 @@ fn email_message(e: &EmailFile, p: &Payload) -> String {
         None => default_text(p),
     };
     let html = match &e.html {
-        Some(t) => render_group(t, p),
+        // Label values come from the data: escaped before they reach HTML.
+        Some(t) => render_group(t, &escape_values(p, html_escape)),
         None => default_html(p),
     };
     let boundary = format!("tocsin-part-{}", crate::matcher::fingerprint(&p.group_labels));
@@ -437,6 +452,37 @@ fn email_message(e: &EmailFile, p: &Payload) -> String {
     }
     msg.push_str(&format!("--{boundary}--\r\n.\r\n"));
     msg
+}
+
+/// A copy of `p` with every label and annotation value passed through
+/// `escape`, for templates that render into markup.
+fn escape_values(p: &Payload, escape: fn(&str) -> String) -> Payload {
+    let map = |m: &std::collections::BTreeMap<String, String>| -> std::collections::BTreeMap<String, String> {
+        m.iter().map(|(k, v)| (k.clone(), escape(v))).collect()
+    };
+    let mut out = p.clone();
+    out.group_labels = map(&p.group_labels);
+    out.common_labels = map(&p.common_labels);
+    out.common_annotations = map(&p.common_annotations);
+    for a in &mut out.alerts {
+        a.labels = map(&a.labels);
+        a.annotations = map(&a.annotations);
+        a.acked_by = a.acked_by.as_deref().map(escape);
+    }
+    out
+}
+
+/// Backslash-escapes the characters that make markdown links, images,
+/// emphasis, headings, tables or HTML.
+fn markdown_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '#' | '<' | '>' | '|' | '!' | '~') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn html_escape(s: &str) -> String {
@@ -519,6 +565,91 @@ mod tests {
         assert_eq!(SmtpTls::parse(None), Ok(SmtpTls::Auto));
         assert_eq!(SmtpTls::parse(Some("STARTTLS")), Ok(SmtpTls::StartTls));
         assert!(SmtpTls::parse(Some("maybe")).is_err());
+    }
+
+    fn payload(host: &str) -> Payload {
+        use crate::dispatch::{PayloadAlert, Reason, TocsinFields};
+        let labels: crate::matcher::Labels =
+            [("alertname".to_string(), "Down".to_string()), ("host".to_string(), host.to_string())].into();
+        Payload {
+            version: "4".into(),
+            group_key: "g".into(),
+            truncated_alerts: 0,
+            status: "firing".into(),
+            receiver: "ops".into(),
+            group_labels: labels.clone(),
+            common_labels: labels.clone(),
+            common_annotations: Default::default(),
+            external_url: String::new(),
+            alerts: vec![PayloadAlert {
+                status: "firing".into(),
+                labels,
+                annotations: [("summary".to_string(), format!("{host} is down"))].into(),
+                starts_at: String::new(),
+                ends_at: String::new(),
+                generator_url: String::new(),
+                fingerprint: "f".into(),
+                value: None,
+                acked_by: None,
+                flapping: false,
+            }],
+            tocsin: TocsinFields { reason: Reason::Update, escalation: None, step: None, cycle: None, acked: false },
+        }
+    }
+
+    /// Label values come from the data: they must not turn into markup in a
+    /// custom HTML template or a markdown robot message.
+    #[test]
+    fn label_values_are_escaped_into_markup() {
+        let evil = "web-1](http://evil.example)<img src=x onerror=alert(1)>";
+        let p = payload(evil);
+        let html = render_group("<p>{{ host }}</p>", &escape_values(&p, html_escape));
+        assert!(!html.contains("<img") && html.contains("&lt;img"), "{html}");
+        let md = default_text(&escape_values(&p, markdown_escape));
+        assert!(md.contains(r"web-1\]\(http://evil.example\)"), "{md}");
+        assert!(md.match_indices('<').all(|(i, _)| md[..i].ends_with('\\')), "unescaped <: {md}");
+    }
+
+    /// `tls: auto` with a username against a server without STARTTLS used
+    /// to send AUTH PLAIN in the clear.
+    #[tokio::test]
+    async fn auto_tls_refuses_to_send_credentials_in_the_clear() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.expect("accept");
+            let mut s = BufReader::new(sock);
+            s.get_mut().write_all(b"220 plain ESMTP\r\n").await.expect("greet");
+            let mut seen = String::new();
+            let mut line = String::new();
+            while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+                seen.push_str(&line);
+                if line.starts_with("EHLO") {
+                    s.get_mut().write_all(b"250-plain\r\n250 AUTH PLAIN\r\n").await.expect("ehlo");
+                } else {
+                    s.get_mut().write_all(b"250 ok\r\n").await.expect("reply");
+                }
+                line.clear();
+            }
+            seen
+        });
+        let e = EmailFile {
+            to: vec!["oncall@example.com".into()],
+            from: "tocsin@example.com".into(),
+            smarthost: addr.to_string(),
+            username: Some("tocsin".into()),
+            password: Some("secret".into()),
+            subject: None,
+            text: None,
+            html: None,
+            tls: None,
+            ca_file: None,
+            timeout: None,
+        };
+        let err = send_email(&e, &payload("web-1")).await.expect_err("refused");
+        assert!(err.to_string().contains("in the clear"), "{err}");
+        let seen = server.await.expect("server");
+        assert!(!seen.contains("AUTH"), "credentials were sent: {seen}");
     }
 
     #[test]

@@ -143,17 +143,7 @@ pub fn log_table(stream: &str) -> String {
     if stream.is_empty() { LOGS_TABLE.to_string() } else { stream.to_string() }
 }
 
-pub fn normalize_level(level: &str) -> String {
-    let lower = level.trim().to_ascii_lowercase();
-    match lower.as_str() {
-        "warning" => "warn".into(),
-        "err" => "error".into(),
-        "critical" | "crit" | "panic" => "fatal".into(),
-        "information" => "info".into(),
-        "dbg" => "debug".into(),
-        _ => lower,
-    }
-}
+pub use tocsin_storage::schema::normalize_level;
 
 #[derive(Default)]
 struct LogGroup {

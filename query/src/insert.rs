@@ -1,12 +1,15 @@
 //! Before an `INSERT` is planned: create the table, or add the columns, that
 //! it names but that do not exist yet, typed from the inserted values
-//! (`ts` is the time column; strings become tags; numbers and booleans
-//! become fields).
+//! (`ts` is the time column; strings become tags, except the text columns
+//! of log events, `message`, `trace_id`, `span_id` and `attributes`, which
+//! are string fields as `WriteLogs` makes them; numbers and booleans become
+//! fields). The columns stay provisional until a write is accepted.
 
 use arrow::datatypes::DataType;
 use datafusion::execution::context::SessionState;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart, Statement, TableObject};
+use tocsin_storage::schema::LOG_TEXT_FIELDS;
 use tocsin_storage::{ColumnKind, FieldType, Storage, TIME_COLUMN};
 
 use crate::QueryError;
@@ -26,26 +29,30 @@ fn parts(name: &ObjectName) -> Vec<String> {
         .collect()
 }
 
+/// The table an INSERT gave provisional columns (see
+/// [`Storage::discard_provisional`]): to be discarded if the INSERT fails.
+pub(crate) type Provisional = Option<(String, String)>;
+
 pub(crate) async fn prepare(
     state: &SessionState,
     storage: &Storage,
     statement: &DFStatement,
-) -> Result<(), QueryError> {
-    let DFStatement::Statement(stmt) = statement else { return Ok(()) };
-    let Statement::Insert(insert) = stmt.as_ref() else { return Ok(()) };
-    let TableObject::TableName(name) = &insert.table else { return Ok(()) };
+) -> Result<Provisional, QueryError> {
+    let DFStatement::Statement(stmt) = statement else { return Ok(None) };
+    let Statement::Insert(insert) = stmt.as_ref() else { return Ok(None) };
+    let TableObject::TableName(name) = &insert.table else { return Ok(None) };
     let name = parts(name);
     let (db, table) = match name.as_slice() {
         [t] => (state.config().options().catalog.default_schema.clone(), t.clone()),
         [d, t] => (d.clone(), t.clone()),
         [_, d, t] => (d.clone(), t.clone()),
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     let columns: Vec<String> = insert.columns.iter().filter_map(|c| parts(c).pop()).collect();
     let existing = storage.table_schema(&db, &table);
     if columns.is_empty() {
         return match existing {
-            Some(_) => Ok(()),
+            Some(_) => Ok(None),
             None => Err(QueryError::InsertNeedsColumns { table }),
         };
     }
@@ -53,18 +60,18 @@ pub(crate) async fn prepare(
         .filter(|&i| existing.as_ref().is_none_or(|s| s.field_with_name(&columns[i]).is_err()))
         .collect();
     if unknown.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     if !columns.iter().any(|c| c == TIME_COLUMN) {
         return Err(QueryError::InsertWithoutTime);
     }
-    let Some(source) = &insert.source else { return Ok(()) };
+    let Some(source) = &insert.source else { return Ok(None) };
     let source_plan =
         state.statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(source.clone())))).await?;
     let source_schema = source_plan.schema();
     if source_schema.fields().len() != columns.len() {
         // DataFusion reports the mismatch when it plans the INSERT.
-        return Ok(());
+        return Ok(None);
     }
     let mut new_columns = Vec::new();
     for i in unknown {
@@ -73,8 +80,12 @@ pub(crate) async fn prepare(
             continue;
         }
         let dt = source_schema.field(i).data_type();
+        let text = matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _));
         let kind = match dt {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _) => ColumnKind::Tag,
+            // The text columns of a log event are fields whichever path
+            // creates them, so SQL and WriteLogs agree on the table's shape.
+            _ if text && LOG_TEXT_FIELDS.contains(&name.as_str()) => ColumnKind::Field(FieldType::String),
+            _ if text => ColumnKind::Tag,
             DataType::Null => return Err(QueryError::CannotInferType { column: name.clone(), data_type: dt.clone() }),
             other => match FieldType::from_arrow(other) {
                 Some(t) => ColumnKind::Field(t),
@@ -84,5 +95,5 @@ pub(crate) async fn prepare(
         new_columns.push((name.clone(), kind));
     }
     storage.ensure_table(&db, &table, &new_columns)?;
-    Ok(())
+    Ok(Some((db, table)))
 }

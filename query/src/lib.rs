@@ -253,7 +253,10 @@ impl QueryEngine {
     /// (`$1`, ... in order; `Null` where they cannot be inferred), without
     /// running it.
     pub async fn describe(&self, sql: &str, database: Option<&str>) -> Result<Statement, QueryError> {
-        let df = self.plan(sql, database).await?;
+        let (df, provisional) = self.plan(sql, database).await?;
+        // Describing writes nothing: columns an INSERT would create are
+        // created again when it runs.
+        self.discard(provisional);
         let writes = matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_));
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let mut params: Vec<(usize, DataType)> = df
@@ -280,16 +283,35 @@ impl QueryEngine {
         database: Option<&str>,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
-        let mut df = self.plan(sql, database).await?;
+        let (mut df, provisional) = self.plan(sql, database).await?;
         if let Some(params) = params {
-            df = df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect()))?;
+            df = match df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect())) {
+                Ok(df) => df,
+                Err(e) => {
+                    self.discard(provisional);
+                    return Err(e.into());
+                }
+            };
         }
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await?;
+        let stream = match df.execute_stream().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.discard(provisional);
+                return Err(e.into());
+            }
+        };
         Ok((schema, stream))
     }
 
-    async fn plan(&self, sql: &str, database: Option<&str>) -> Result<datafusion::dataframe::DataFrame, QueryError> {
+    /// Plans one statement. An INSERT that creates columns makes them
+    /// provisional; the second value names their table, for the caller to
+    /// discard them if the statement goes no further.
+    async fn plan(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+    ) -> Result<(datafusion::dataframe::DataFrame, insert::Provisional), QueryError> {
         if sql.len() > MAX_SQL_BYTES {
             return Err(QueryError::SqlTooLong { bytes: sql.len(), limit: MAX_SQL_BYTES });
         }
@@ -300,14 +322,31 @@ impl QueryEngine {
         }
         let statement = state.sql_to_statement(sql, &dialect)?;
         allowed::check_statement(&statement)?;
-        insert::prepare(&state, &self.storage, &statement).await?;
-        let plan = state.statement_to_plan(statement).await?;
-        SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
-        allowed::check_plan(&plan)?;
+        let provisional = insert::prepare(&state, &self.storage, &statement).await?;
+        let planned = async {
+            let plan = state.statement_to_plan(statement).await?;
+            SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
+            allowed::check_plan(&plan)?;
+            Ok::<_, QueryError>(plan)
+        }
+        .await;
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.discard(provisional);
+                return Err(e);
+            }
+        };
         // DDL is refused above, so the plan needs none of
         // `SessionContext::execute_logical_plan`'s special cases; building the
         // DataFrame on `state` keeps its start time (what `now()` returns).
-        Ok(datafusion::dataframe::DataFrame::new(state, plan))
+        Ok((datafusion::dataframe::DataFrame::new(state, plan), provisional))
+    }
+
+    fn discard(&self, provisional: insert::Provisional) {
+        if let Some((db, table)) = provisional {
+            self.storage.discard_provisional(&db, &table);
+        }
     }
 
     /// The databases (SQL schemas of the `tocsin` catalog), `system` and
@@ -395,6 +434,71 @@ mod tests {
             .expect("run");
         let batches: Vec<RecordBatch> = stream.try_collect().await.expect("collect");
         assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+    }
+}
+
+#[cfg(test)]
+mod provisional {
+    use super::*;
+
+    /// A rejected INSERT used to leave its table behind with the columns it
+    /// guessed (`message` as a tag), after which every WriteLogs was
+    /// refused: tables and columns now exist only with an accepted write,
+    /// and the text columns of a log event are string fields on every path.
+    #[tokio::test]
+    async fn a_rejected_insert_leaves_no_table_or_column_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        let err = q.execute("INSERT INTO fresh (ts, host) VALUES (now(), 'a')", None).await.expect_err("no fields");
+        assert!(err.to_string().contains("no fields"), "{err}");
+        assert!(!storage.table_exists("public", "fresh"), "the rejected INSERT created its table");
+
+        q.execute("INSERT INTO t (ts, host, v) VALUES (now(), 'a', 1.0)", None).await.expect("insert");
+        let err = q
+            .execute("INSERT INTO t (ts, host, v, extra) VALUES (now(), 'a', 'not a number', 'x')", None)
+            .await
+            .expect_err("type conflict");
+        assert!(err.to_string().contains("not a number"), "{err}");
+        let schema = storage.table_schema("public", "t").expect("t");
+        assert!(schema.field_with_name("extra").is_err(), "extra stayed: {schema:?}");
+        // Refused by storage when written (a tag value over 4 KiB): the
+        // column it would have created goes too.
+        let long = "x".repeat(5000);
+        let err = q
+            .execute(&format!("INSERT INTO t (ts, host, v, newtag) VALUES (now(), '{long}', 2.0, 'y')"), None)
+            .await
+            .expect_err("tag too long");
+        assert!(err.to_string().contains("host"), "{err}");
+        let schema = storage.table_schema("public", "t").expect("t");
+        assert!(schema.field_with_name("newtag").is_err(), "newtag stayed: {schema:?}");
+
+        // Describing an INSERT (Flight SQL prepare) creates nothing either.
+        q.describe("INSERT INTO never (ts, host, v) VALUES (now(), 'a', 1.0)", None).await.expect("describe");
+        assert!(!storage.table_exists("public", "never"));
+    }
+
+    #[tokio::test]
+    async fn sql_creates_logs_as_writelogs_does_and_normalises_the_level() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        q.execute(
+            "INSERT INTO logs (ts, service, host, level, message, trace_id) \
+             VALUES (now(), 'api', 'h1', 'WARNING', 'disk full', 't-1')",
+            None,
+        )
+        .await
+        .expect("insert into logs");
+        let schema = storage.snapshot("public", "logs").expect("logs").schema;
+        let kind = |c: &str| schema.field_with_name(c).map(|f| f.data_type().clone()).expect(c);
+        assert_eq!(kind("message"), DataType::Utf8);
+        assert_eq!(kind("trace_id"), DataType::Utf8);
+        assert!(matches!(kind("service"), DataType::Dictionary(..)));
+        let r = q.execute("SELECT level FROM logs", None).await.expect("select");
+        let b = arrow::compute::concat_batches(&r.schema, &r.batches).expect("concat");
+        let level = arrow::compute::cast(b.column(0), &DataType::Utf8).expect("cast");
+        assert_eq!(arrow::array::AsArray::as_string::<i32>(&level).value(0), "warn");
     }
 }
 

@@ -14,6 +14,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use futures::StreamExt;
+use tocsin_storage::schema::{LOG_LEVEL_COLUMN, LOG_TEXT_FIELDS, normalize_level};
 use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, Storage, TIME_COLUMN, TableWrite};
 
 use crate::QueryError;
@@ -83,6 +84,8 @@ impl TocsinSink {
             .await
             .map_err(|e| DataFusionError::External(Box::new(QueryError::Storage(e))))?;
         if let Some(first) = outcome.rejected.first() {
+            // Columns this INSERT created and no accepted row used go away.
+            self.storage.discard_provisional(&self.db, &self.table);
             return Err(DataFusionError::External(Box::new(QueryError::InsertRejected {
                 accepted: before + outcome.accepted_rows,
                 rejected: outcome.rejected.len(),
@@ -108,6 +111,8 @@ fn batch_to_blocks(
     let ts_idx = schema.index_of(TIME_COLUMN).map_err(|_| QueryError::InsertWithoutTime)?;
     let ts = cast(batch.column(ts_idx), &tocsin_storage::schema::time_type())?;
     let ts = ts.as_primitive::<TimestampNanosecondType>();
+    // A log table's level is stored normalised, as WriteLogs stores it.
+    let log_table = table.field_with_name(LOG_TEXT_FIELDS[0]).is_ok_and(|f| f.data_type() == &DataType::Utf8);
     for row in 0..batch.num_rows() {
         if ts.is_null(row) {
             return Err(QueryError::InsertWithoutTime);
@@ -136,7 +141,12 @@ fn batch_to_blocks(
                     let s = cast(col, &DataType::Utf8)?;
                     let s = s.as_string::<i32>();
                     if s.is_valid(row) {
-                        tags.push((f.name().clone(), s.value(row).to_string()));
+                        let value = if log_table && f.name() == LOG_LEVEL_COLUMN {
+                            normalize_level(s.value(row))
+                        } else {
+                            s.value(row).to_string()
+                        };
+                        tags.push((f.name().clone(), value));
                     }
                 }
                 dt => {

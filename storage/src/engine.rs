@@ -121,6 +121,12 @@ pub(crate) struct TableState {
     /// Series hash → when it was last written (Unix seconds): the active
     /// series that `WriteLimits::max_series_per_table` bounds.
     pub(crate) active: HashMap<u64, u64>,
+    /// Columns that [`Storage::ensure_table`] added for an INSERT being
+    /// planned and that no accepted write has used yet. They are not saved
+    /// in the manifest, a write may give them another kind, and
+    /// [`Storage::discard_provisional`] removes them when the INSERT fails:
+    /// tables and columns come into existence only with an accepted write.
+    pub(crate) provisional: Vec<String>,
 }
 
 impl TableState {
@@ -138,6 +144,24 @@ impl TableState {
         self.arrow = None;
     }
 
+    /// Gives a provisional column another kind (no row has a value in it).
+    fn retype_provisional(&mut self, name: &str, kind: ColumnKind) {
+        if let Some(c) = self.schema.columns.iter_mut().find(|c| c.name == name) {
+            c.kind = kind;
+            self.arrow = None;
+        }
+    }
+
+    /// The schema without provisional columns: what the manifest records.
+    fn durable_schema(&self) -> TableSchema {
+        if self.provisional.is_empty() {
+            return self.schema.clone();
+        }
+        TableSchema {
+            columns: self.schema.columns.iter().filter(|c| !self.provisional.contains(&c.name)).cloned().collect(),
+        }
+    }
+
     /// Many tiny writes (single-row INSERTs, small Prometheus batches) would
     /// leave thousands of tiny batches for every query to walk: merge them.
     fn push(&mut self, chunk: Chunk) -> Result<(), ArrowError> {
@@ -146,7 +170,11 @@ impl TableState {
         self.small_tail = if small { self.small_tail + 1 } else { 0 };
         if self.small_tail >= MERGE_SMALL_CHUNKS {
             let schema = self.arrow_schema();
-            let tail = self.buffer.split_off(self.buffer.len() - self.small_tail);
+            // Merged from a view of the tail; the chunks leave the buffer
+            // only once the merge succeeded (a failed concat used to drop
+            // acknowledged rows from the buffer).
+            let start = self.buffer.len() - self.small_tail;
+            let tail = &self.buffer[start..];
             let adapted = tail.iter().map(|c| adapt_batch(&c.batch, &schema)).collect::<Result<Vec<_>, _>>()?;
             let merged = Chunk {
                 batch: concat_batches(&schema, &adapted)?,
@@ -154,6 +182,7 @@ impl TableState {
                 max_ts: tail.iter().map(|c| c.max_ts).max().unwrap_or(i64::MIN),
             };
             let still_small = merged.batch.num_rows() < SMALL_CHUNK_ROWS;
+            self.buffer.truncate(start);
             self.buffer.push(merged);
             self.small_tail = usize::from(still_small);
         }
@@ -406,8 +435,30 @@ impl Storage {
         }
         for (name, kind) in new {
             t.add_column(name, kind);
+            t.provisional.push(name.clone());
         }
         Ok(t.arrow_schema())
+    }
+
+    /// Removes the columns [`Storage::ensure_table`] added to `db.table` that
+    /// no accepted write has used since, and the table itself if nothing is
+    /// left of it (an INSERT that created it failed).
+    pub fn discard_provisional(&self, db: &str, table: &str) {
+        let mut st = self.state.write();
+        let Some(tables) = st.dbs.get_mut(db) else { return };
+        let Some(t) = tables.get_mut(table) else { return };
+        if t.provisional.is_empty() {
+            return;
+        }
+        let gone = std::mem::take(&mut t.provisional);
+        t.schema.columns.retain(|c| !gone.contains(&c.name));
+        t.arrow = None;
+        if t.schema.columns.is_empty() && t.buffer.is_empty() && t.persisting.is_empty() && t.segments.is_empty() {
+            tables.remove(table);
+            if tables.is_empty() {
+                st.dbs.remove(db);
+            }
+        }
     }
 
     pub fn databases(&self) -> Vec<String> {
@@ -838,12 +889,13 @@ impl Storage {
         };
         for (db, tables) in &st.dbs {
             for (name, t) in tables {
+                let schema = t.durable_schema();
+                if schema.columns.is_empty() && t.segments.is_empty() {
+                    continue; // created for an INSERT that has not written
+                }
                 m.databases.entry(db.clone()).or_default().insert(
                     name.clone(),
-                    TableEntry {
-                        schema: t.schema.clone(),
-                        segments: t.segments.iter().map(|s| (**s).clone()).collect(),
-                    },
+                    TableEntry { schema, segments: t.segments.iter().map(|s| (**s).clone()).collect() },
                 );
             }
         }
@@ -965,9 +1017,11 @@ pub(crate) fn validate(
         for block in w.blocks {
             let result = (|| {
                 let mut new_cols = Vec::new();
+                let mut retyped = Vec::new();
                 for (name, kind) in block_columns(&block) {
                     match (t.schema.get(name), kind) {
                         (Some(existing), kind) if existing == kind => {}
+                        (Some(_), kind) if t.provisional.iter().any(|p| p == name) => retyped.push((name, kind)),
                         (Some(ColumnKind::Field(existing)), ColumnKind::Field(new)) => {
                             return Err(WriteError::TypeConflict {
                                 table: w.table.clone(),
@@ -1006,6 +1060,12 @@ pub(crate) fn validate(
                 t.active.insert(series, now_s);
                 for (name, kind) in new_cols {
                     t.add_column(name, kind);
+                }
+                for (name, kind) in retyped {
+                    t.retype_provisional(name, kind);
+                }
+                if !t.provisional.is_empty() {
+                    t.provisional.retain(|p| block_columns(&block).all(|(name, _)| name != p));
                 }
                 Ok(())
             })();

@@ -16,6 +16,27 @@ pub const TIME_COLUMN: &str = "ts";
 /// Time zone of the time column: timestamps are UTC and print as RFC 3339.
 pub const TIME_ZONE: &str = "UTC";
 
+/// Columns of a log event that hold free text: string fields, never tags,
+/// whichever path (WriteLogs, OTLP, SQL INSERT) creates them.
+pub const LOG_TEXT_FIELDS: [&str; 4] = ["message", "trace_id", "span_id", "attributes"];
+/// Tag of a log event's level, normalised the same way on every path
+/// ([`normalize_level`]).
+pub const LOG_LEVEL_COLUMN: &str = "level";
+
+/// A log level as stored: lower case, with common spellings folded
+/// (`WARNING` is `warn`, `CRIT` is `fatal`).
+pub fn normalize_level(level: &str) -> String {
+    let lower = level.trim().to_ascii_lowercase();
+    match lower.as_str() {
+        "warning" => "warn".into(),
+        "err" => "error".into(),
+        "critical" | "crit" | "panic" => "fatal".into(),
+        "information" => "info".into(),
+        "dbg" => "debug".into(),
+        _ => lower,
+    }
+}
+
 /// Arrow metadata key on each column saying whether it is a tag or a field.
 pub const COLUMN_KIND_KEY: &str = "tocsin.kind";
 

@@ -3,8 +3,10 @@
 
 mod alerting;
 mod bad_input;
+mod chaos;
 mod crash;
 mod e2e;
+mod faults;
 mod flight;
 mod grafana;
 mod hardening;

@@ -53,7 +53,7 @@ pub enum FsyncPolicy {
 pub enum WalError {
     #[error("I/O error on WAL file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("WAL fsync failed earlier; writes are refused until restart: {0}")]
+    #[error("the WAL failed earlier ({0}); writes are refused until restart")]
     Failed(String),
     #[error("WAL is closed")]
     Closed,
