@@ -913,4 +913,39 @@ receivers:
         let t = chrono::DateTime::parse_from_rfc3339("2026-11-22T22:30:00Z").expect("date").timestamp_millis();
         assert!(!m.active_at(t), "Sunday evening is not in the window");
     }
+
+    /// Generated rule files (mutations of the shipped rule pack and of YAML
+    /// nesting) are accepted or refused with an error, never a panic; deep
+    /// nesting stops at the YAML parser's recursion limit.
+    #[test]
+    fn generated_rule_files_never_panic() {
+        use tocsin_storage::generated::{Inputs, cases};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rules");
+        let seeds: Vec<Vec<u8>> = std::fs::read_dir(&root)
+            .expect("docs/rules")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+            .map(|p| std::fs::read(p).expect("rule file"))
+            .collect();
+        assert!(!seeds.is_empty());
+        let path = Path::new("generated.yml");
+        let deep = [
+            format!("groups: {}1{}", "[".repeat(10_000), "]".repeat(10_000)),
+            format!("{}x: 1", "- ".repeat(5_000)),
+            format!("groups:\n{}", (0..2_000).map(|i| format!("{}- a:\n", " ".repeat(i))).collect::<String>()),
+        ];
+        for text in &deep {
+            assert!(parse_file(path, text).is_err(), "nested {} bytes deep accepted", text.len());
+        }
+        let mut g = Inputs::new(14);
+        let mut buf = Vec::new();
+        for _ in 0..cases(5_000) {
+            let i = g.below(seeds.len());
+            g.mutate(&seeds[i], &mut buf);
+            if let Ok(f) = parse_file(path, &String::from_utf8_lossy(&buf)) {
+                let _ = Config::from_files(vec![(path.to_path_buf(), f)]);
+            }
+        }
+    }
 }

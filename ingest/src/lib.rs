@@ -21,6 +21,9 @@ pub mod otlp;
 pub mod prom;
 pub mod tail;
 
+#[cfg(test)]
+mod generated_tests;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -461,4 +461,23 @@ mod tests {
         hub.written("other", &[write]);
         assert!(all.sub.queue.lock().items.is_empty());
     }
+
+    /// The linear case-insensitive search agrees with the obvious pairwise
+    /// one on generated texts and needles.
+    #[test]
+    fn text_filter_search_agrees_with_the_naive_one() {
+        use tocsin_storage::generated::{Inputs, cases};
+        const VOCABULARY: &[&str] = &["a", "A", "b", "é", "É", " ", "ab", "AB", "aab", "\u{0}", "ß"];
+        let naive = |h: &str, n: &str| {
+            let (h, n) = (h.as_bytes(), n.as_bytes());
+            n.is_empty()
+                || (n.len() <= h.len() && (0..=h.len() - n.len()).any(|i| h[i..i + n.len()].eq_ignore_ascii_case(n)))
+        };
+        let mut g = Inputs::new(13);
+        for _ in 0..cases(50_000) {
+            let hay = g.soup(VOCABULARY, 20);
+            let needle = g.soup(VOCABULARY, 3).to_ascii_lowercase();
+            assert_eq!(contains_ignore_case(&hay, &needle), naive(&hay, &needle), "{hay:?} / {needle:?}");
+        }
+    }
 }

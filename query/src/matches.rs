@@ -289,4 +289,28 @@ mod tests {
         assert!(m("x", &ok));
         assert!(parse(&format!("{}x{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1))).is_err());
     }
+
+    /// Generated queries (token soups and mutations of valid ones) parse or
+    /// are refused, and evaluate, without panicking.
+    #[test]
+    fn generated_queries_never_panic() {
+        use tocsin_storage::generated::{Inputs, cases};
+        const VOCABULARY: &[&str] =
+            &["(", ")", "\"", "AND", "OR", "NOT", "x", "node-7", "10.0.0.1", "é", "\\", "_", "-", "\"a b\""];
+        let seeds: &[&[u8]] = &[b"timeout AND (db OR cache) NOT \"card declined\"", b"((a)) OR NOT b"];
+        let mut g = Inputs::new(11);
+        let mut buf = Vec::new();
+        for i in 0..cases(50_000) {
+            let q = if i % 2 == 0 {
+                g.soup(VOCABULARY, 40)
+            } else {
+                let seed = seeds[g.below(seeds.len())];
+                g.mutate(seed, &mut buf);
+                String::from_utf8_lossy(&buf).into_owned()
+            };
+            if let Ok(query) = parse(&q) {
+                let _ = eval(&query, b"Connection timeout on node-7 (db) card declined");
+            }
+        }
+    }
 }

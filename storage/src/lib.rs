@@ -40,6 +40,7 @@ mod compact;
 pub mod config;
 mod delta;
 mod engine;
+pub mod generated;
 mod last;
 pub mod manifest;
 mod metrics;

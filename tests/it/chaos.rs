@@ -237,6 +237,20 @@ async fn check(server: &TestServer, ledger: &mut Ledger, round: usize) {
     }
 }
 
+/// Keeps the data directory (and the servers' logs beside it) when the test
+/// fails, and says where.
+struct KeepOnPanic(Option<tempfile::TempDir>);
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.0.take()
+        {
+            eprintln!("crash harness: data and logs kept in {}", dir.keep().display());
+        }
+    }
+}
+
 /// A small deterministic generator for the kill times.
 fn next_random(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -252,7 +266,8 @@ async fn kill_9_at_random_under_every_kind_of_write_and_background_work() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     }) | 1;
     eprintln!("crash harness: {rounds} rounds, TOCSIN_CRASH_SEED={seed}");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = KeepOnPanic(Some(tempfile::tempdir().expect("tempdir")));
+    let tmp = tmp.0.as_ref().expect("tempdir");
     let dir = tmp.path().join("data");
     let cfg = tmp.path().join("tocsin.toml");
     std::fs::write(
@@ -292,6 +307,9 @@ async fn kill_9_at_random_under_every_kind_of_write_and_background_work() {
         let log = server.log_text();
         if log.contains("persisted write buffer") || log.contains("compacted segments") {
             kills_with_work += 1;
+        }
+        if round % 50 == 49 {
+            eprintln!("crash harness: {} rounds done", round + 1);
         }
     }
     let server = TestServer::start_in(&dir, &extra);

@@ -14,6 +14,12 @@ use tonic::transport::Channel;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_tocsin");
 
+/// The server binary: `TOCSIN_TEST_BIN` when set (a long crash-harness run
+/// on a copy, while the tree is rebuilt), else the one cargo built.
+fn server_bin() -> String {
+    std::env::var("TOCSIN_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 pub(crate) struct TestServer {
     child: Option<Child>,
     pub(crate) grpc: SocketAddr,
@@ -43,7 +49,7 @@ impl TestServer {
     /// A server on `data_dir` (kept after the server stops) with extra flags.
     pub(crate) fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
         std::fs::create_dir_all(data_dir).expect("mkdir");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(server_bin());
         cmd.arg("serve").arg("--data-dir").arg(data_dir).args(extra);
         TestServer::spawn(cmd, data_dir, &data_dir.with_extension("log"))
     }
@@ -51,7 +57,7 @@ impl TestServer {
     /// The README's `tocsin serve` run in `cwd` with no data directory given
     /// (the default `./tocsin-data`), on ephemeral ports.
     pub(crate) fn start_zero_config(cwd: &Path) -> TestServer {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(server_bin());
         cmd.arg("serve").current_dir(cwd).env_remove("TOCSIN_DATA_DIR");
         TestServer::spawn(cmd, &cwd.join("tocsin-data"), &cwd.join("server.log"))
     }
