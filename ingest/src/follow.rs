@@ -77,6 +77,9 @@ pub async fn follow(
     }
     let backfill = Arc::clone(backfill.ok_or(FollowError::NoBackfill)?);
     let (db, table) = (filter.database.clone(), filter.table.clone());
+    // Taken before the snapshot: the segments it lists stay on disk until
+    // the backfill has been read.
+    let reader = storage.reader();
     let (sub, snapshot) =
         storage.snapshot_between_writes(&db, &table, || hub.subscribe(filter.clone(), capacity)).await;
     let Some(snapshot) = snapshot else {
@@ -88,6 +91,7 @@ pub async fn follow(
         backfill.scan(db, table, snapshot, from, filter.services.clone()).await.map_err(FollowError::Backfill)?;
     let metrics_hub = Arc::clone(hub);
     let past = batches.flat_map(move |b| {
+        let _reading = &reader;
         let items: Vec<Result<TailItem, String>> = match b {
             Ok(b) => events_from_batch(&b)
                 .into_iter()

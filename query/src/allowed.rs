@@ -15,60 +15,120 @@ use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
 use crate::QueryError;
 
-/// Most operators one expression may chain without parentheses (counted
-/// over the enclosing parenthesis levels too). Parentheses are bounded by the
-/// parser's recursion limit, but `1+1+...+1` and `a=1 AND b=2 AND ...` are
-/// parsed in a loop into a tree as deep as the chain is long, which planning
-/// then walks recursively: 3,000 `AND`s overflowed a worker's stack and
-/// aborted the server. A 1,000-condition `AND` chain (2,000 operators) still
-/// runs; `IN (...)` lists and comma-separated items are not counted.
-pub(crate) const MAX_CHAINED_OPERATORS: usize = 2_000;
+/// How deep a statement may nest, estimated on its tokens before it is
+/// parsed. DataFusion and sqlparser plan, clone and walk statements
+/// recursively: `1+1+...+1` (5,000 terms), 3,000 `AND`s, 3,000 `UNION`s or
+/// joins, or groups of long chains nested in parentheses each overflowed a
+/// thread's stack and aborted the server. Parentheses alone are bounded by
+/// the parser's recursion limit (50); this bounds the rest. A 500-condition
+/// `AND`/`OR` chain (1,000 operators) is well inside it.
+pub(crate) const MAX_NESTING: usize = 1_200;
+/// Most tables one statement may join. Planning joins is super-linear
+/// (1,190 cross joins took a minute of CPU to plan); dashboards join a few.
+pub(crate) const MAX_JOINS: usize = 100;
 
-/// Refuses SQL text whose expressions chain more than
-/// [`MAX_CHAINED_OPERATORS`] operators, before it is parsed.
+/// One parenthesis level of the estimate.
+#[derive(Default)]
+struct Level {
+    /// Operators chained in the current comma-separated item.
+    ops: usize,
+    /// The deepest group closed inside the current item.
+    child: usize,
+    /// The deepest item finished at this level.
+    best: usize,
+    /// Between FROM and the end of the FROM clause: a comma is a join.
+    from: bool,
+}
+
+/// Refuses SQL text nested deeper than [`MAX_NESTING`]. The estimate
+/// counts, per parenthesis level, the operators and keywords that make the
+/// statement's tree deeper (binary and unary operators, `AND`/`OR`/`NOT`,
+/// `IN`, `IS`, `LIKE`, `BETWEEN`, `CASE`, `AT TIME ZONE`, set operations,
+/// joins and the commas of a FROM list), carries a closed group's depth to
+/// the enclosing item, and adds one per open parenthesis. Commas elsewhere
+/// separate independent items (select lists, VALUES rows, IN lists).
 pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<(), QueryError> {
     use datafusion::sql::sqlparser::keywords::Keyword;
     use datafusion::sql::sqlparser::tokenizer::Token;
     // A tokenizer error is left for the parser to report with its context.
     let Ok(tokens) = Tokenizer::new(dialect, sql).tokenize() else { return Ok(()) };
-    // Operators counted at each open parenthesis level; their sum is about
-    // how deep the expression tree is at this point.
-    let mut levels: Vec<usize> = vec![0];
-    let mut total = 0usize;
+    let mut levels: Vec<Level> = vec![Level::default()];
+    // Sum of `ops + child` over the open levels, kept up to date.
+    let mut open = 0usize;
+    let mut joins = 0usize;
     for t in &tokens {
+        let Some(top) = levels.last_mut() else { break };
         let operator = match t {
             Token::LParen | Token::LBracket | Token::LBrace => {
-                levels.push(0);
-                continue;
+                levels.push(Level::default());
+                None
             }
             Token::RParen | Token::RBracket | Token::RBrace => {
                 if levels.len() > 1 {
-                    total -= levels.pop().unwrap_or(0);
+                    let closed = levels.pop().unwrap_or_default();
+                    open -= closed.ops + closed.child;
+                    let depth = closed.best.max(closed.ops + closed.child) + 1;
+                    if let Some(parent) = levels.last_mut()
+                        && depth > parent.child
+                    {
+                        open += depth - parent.child;
+                        parent.child = depth;
+                    }
                 }
-                continue;
+                None
+            }
+            Token::Comma if top.from => {
+                joins += 1;
+                Some(())
             }
             Token::Comma | Token::SemiColon => {
-                if let Some(top) = levels.last_mut() {
-                    total -= *top;
-                    *top = 0;
+                top.best = top.best.max(top.ops + top.child);
+                open -= top.ops + top.child;
+                top.ops = 0;
+                top.child = 0;
+                None
+            }
+            Token::Word(w) if w.quote_style.is_none() => match w.keyword {
+                Keyword::FROM => {
+                    top.from = true;
+                    None
                 }
-                continue;
-            }
-            Token::Word(w) => {
-                matches!(
-                    w.keyword,
-                    Keyword::AND
-                        | Keyword::OR
-                        | Keyword::XOR
-                        | Keyword::NOT
-                        | Keyword::CASE
-                        | Keyword::IS
-                        | Keyword::LIKE
-                        | Keyword::ILIKE
-                        | Keyword::SIMILAR
-                        | Keyword::BETWEEN
-                ) && w.quote_style.is_none()
-            }
+                Keyword::SELECT
+                | Keyword::WHERE
+                | Keyword::GROUP
+                | Keyword::ORDER
+                | Keyword::LIMIT
+                | Keyword::HAVING
+                | Keyword::WINDOW
+                | Keyword::QUALIFY
+                | Keyword::OFFSET => {
+                    top.from = false;
+                    None
+                }
+                Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT => {
+                    top.from = false;
+                    Some(())
+                }
+                Keyword::AND
+                | Keyword::OR
+                | Keyword::XOR
+                | Keyword::NOT
+                | Keyword::CASE
+                | Keyword::WHEN
+                | Keyword::IS
+                | Keyword::IN
+                | Keyword::AT
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::SIMILAR
+                | Keyword::BETWEEN
+                | Keyword::COLLATE => Some(()),
+                Keyword::JOIN => {
+                    joins += 1;
+                    Some(())
+                }
+                _ => None,
+            },
             Token::DoubleEq
             | Token::Eq
             | Token::Neq
@@ -104,17 +164,21 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
             | Token::HashLongArrow
             | Token::AtArrow
             | Token::ArrowAt
-            | Token::CustomBinaryOperator(_) => true,
-            _ => false,
+            | Token::CustomBinaryOperator(_) => Some(()),
+            _ => None,
         };
-        if operator {
-            if let Some(top) = levels.last_mut() {
-                *top += 1;
-            }
-            total += 1;
-            if total > MAX_CHAINED_OPERATORS {
-                return Err(QueryError::ExpressionTooComplex { limit: MAX_CHAINED_OPERATORS });
-            }
+        if operator.is_some()
+            && let Some(top) = levels.last_mut()
+        {
+            top.ops += 1;
+            open += 1;
+        }
+        let depth = open + levels.len() - 1;
+        if depth > MAX_NESTING {
+            return Err(QueryError::ExpressionTooComplex { depth, limit: MAX_NESTING });
+        }
+        if joins > MAX_JOINS {
+            return Err(QueryError::TooManyJoins { limit: MAX_JOINS });
         }
     }
     Ok(())
@@ -155,7 +219,7 @@ fn check_sql(statement: &SqlStatement) -> Result<(), QueryError> {
 fn statement_name(text: &str) -> String {
     let words: Vec<&str> = text.split_whitespace().take(4).collect();
     let n = match words.first().map(|w| w.to_ascii_uppercase()) {
-        Some(w) if matches!(w.as_str(), "CREATE" | "DROP" | "ALTER" | "TRUNCATE") => {
+        Some(w) if matches!(w.as_str(), "CREATE" | "DROP" | "ALTER") => {
             // CREATE [OR REPLACE] [EXTERNAL] TABLE ...: up to the object kind.
             if words.get(1).is_some_and(|w| w.eq_ignore_ascii_case("OR")) { 4 } else { 2 }
         }
@@ -200,21 +264,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_operator_chains_are_refused_before_parsing() {
+    fn deep_statements_are_refused_before_parsing() {
         let d = datafusion::sql::sqlparser::dialect::GenericDialect {};
+        let ok = |sql: &str| check_expression_size(sql, &d).is_ok();
         let chain = |n: usize| format!("SELECT 1{}", "+1".repeat(n));
-        assert!(check_expression_size(&chain(MAX_CHAINED_OPERATORS), &d).is_ok());
-        assert!(check_expression_size(&chain(MAX_CHAINED_OPERATORS + 1), &d).is_err());
+        assert!(ok(&chain(MAX_NESTING)));
+        assert!(!ok(&chain(MAX_NESTING + 1)));
         let ands = |n: usize| format!("SELECT 1 WHERE {}", vec!["a = 1"; n].join(" AND "));
-        assert!(check_expression_size(&ands(1_000), &d).is_ok());
-        assert!(check_expression_size(&ands(3_000), &d).is_err());
-        // Commas and parentheses end a chain.
-        let items = format!("SELECT {}", vec!["a + 1"; 10_000].join(", "));
-        assert!(check_expression_size(&items, &d).is_ok());
-        let rows = format!("INSERT INTO t (ts, v) VALUES {}", vec!["(now(), -1.5)"; 10_000].join(", "));
-        assert!(check_expression_size(&rows, &d).is_ok());
-        let grouped = format!("SELECT {}", vec!["(a + 1)"; 5_000].join(" + "));
-        assert!(check_expression_size(&grouped, &d).is_err(), "parenthesised terms still chain");
+        assert!(ok(&ands(500)));
+        assert!(!ok(&ands(1_000)));
+        // Commas end an item; long lists stay fine.
+        assert!(ok(&format!("SELECT {}", vec!["a + 1"; 10_000].join(", "))));
+        assert!(ok(&format!("INSERT INTO t (ts, v) VALUES {}", vec!["(now(), -1.5)"; 10_000].join(", "))));
+        assert!(ok(&format!("SELECT 1 WHERE a IN ({})", vec!["1"; 50_000].join(", "))));
+        // What used to get through: nested groups of long chains, IN and AT
+        // TIME ZONE chains, set operations, joins and FROM lists.
+        let group = format!("({})", vec!["1"; 1_000].join(" + "));
+        assert!(!ok(&format!("SELECT ((({group} + {group}) + {group}) + {group})")));
+        assert!(!ok(&format!("SELECT true{}", " IN (true)".repeat(2_000))));
+        assert!(!ok(&format!("SELECT now(){}", " AT TIME ZONE 'UTC'".repeat(2_000))));
+        assert!(!ok(&vec!["SELECT 1"; 2_000].join(" UNION ALL ")));
+        assert!(!ok(&format!("SELECT 1 FROM t0{}", " CROSS JOIN t".repeat(MAX_JOINS + 1))));
+        assert!(!ok(&format!("SELECT 1 FROM t0{}", ", t".repeat(MAX_JOINS + 1))));
+        assert!(ok(&format!("SELECT 1 FROM t0{}", " JOIN t USING (a)".repeat(MAX_JOINS))));
+        // A FROM list ends at WHERE: commas after it are items again.
+        assert!(ok(&format!("SELECT 1 FROM a, b WHERE x IN ({})", vec!["1"; 5_000].join(", "))));
     }
 
     #[test]

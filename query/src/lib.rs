@@ -41,9 +41,10 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
 use datafusion::logical_expr::ScalarUDF;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionConfig;
 use datafusion::scalar::ScalarValue;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tocsin_storage::{Storage, StorageError, TIME_COLUMN, TableSnapshot, WriteError};
 
 pub use catalog::LiveTable;
@@ -77,15 +78,18 @@ pub enum QueryError {
     Write(#[from] WriteError),
     #[error(
         "{statement} statements are not allowed: only SELECT, EXPLAIN, INSERT, SHOW and DESCRIBE may run \
-         ({statement} could write files on the server or change its configuration)"
+         (Tocsin tables are append-only, and SQL may not touch the server's files or settings)"
     )]
     StatementNotAllowed { statement: String },
     #[error("the SQL text is {bytes} bytes long; at most {limit} are allowed")]
     SqlTooLong { bytes: usize, limit: usize },
     #[error(
-        "an expression chains more than {limit} operators; split it, or use IN (...) for long lists of alternatives"
+        "the statement nests about {depth} levels deep (operators, parentheses, joins, UNIONs); at most {limit} \
+         are allowed: split it, or use IN (...) for long lists of alternatives"
     )]
-    ExpressionTooComplex { limit: usize },
+    ExpressionTooComplex { depth: usize, limit: usize },
+    #[error("the statement joins more than {limit} tables; at most {limit} joins are allowed")]
+    TooManyJoins { limit: usize },
 }
 
 impl QueryError {
@@ -283,6 +287,9 @@ impl QueryEngine {
         database: Option<&str>,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
+        // Registered before planning takes its snapshots: the segment files
+        // the query reads are kept until its stream is dropped.
+        let reader = self.storage.reader();
         let (mut df, provisional) = self.plan(sql, database).await?;
         if let Some(params) = params {
             df = match df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect())) {
@@ -301,6 +308,13 @@ impl QueryEngine {
                 return Err(e.into());
             }
         };
+        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&schema),
+            stream.map(move |batch| {
+                let _reading = &reader;
+                batch
+            }),
+        ));
         Ok((schema, stream))
     }
 
@@ -320,27 +334,16 @@ impl QueryEngine {
         if let Some(d) = datafusion::sql::sqlparser::dialect::dialect_from_str(dialect) {
             allowed::check_expression_size(sql, d.as_ref())?;
         }
-        let statement = state.sql_to_statement(sql, &dialect)?;
-        allowed::check_statement(&statement)?;
-        let provisional = insert::prepare(&state, &self.storage, &statement).await?;
-        let planned = async {
-            let plan = state.statement_to_plan(statement).await?;
-            SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
-            allowed::check_plan(&plan)?;
-            Ok::<_, QueryError>(plan)
-        }
-        .await;
-        let plan = match planned {
-            Ok(plan) => plan,
-            Err(e) => {
-                self.discard(provisional);
-                return Err(e);
-            }
-        };
-        // DDL is refused above, so the plan needs none of
-        // `SessionContext::execute_logical_plan`'s special cases; building the
-        // DataFrame on `state` keeps its start time (what `now()` returns).
-        Ok((datafusion::dataframe::DataFrame::new(state, plan), provisional))
+        // Parsing and planning are CPU work that recurses over the statement
+        // (seconds for the largest statements allowed): they run on a
+        // blocking thread, so that one request does not hold an async worker
+        // (and /health, and every other request on it) meanwhile.
+        let storage = Arc::clone(&self.storage);
+        let sql = sql.to_string();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle.block_on(plan_statement(state, storage, sql)))
+            .await
+            .map_err(|e| QueryError::DataFusion(DataFusionError::Execution(format!("planning failed: {e}"))))?
     }
 
     fn discard(&self, provisional: insert::Provisional) {
@@ -396,6 +399,38 @@ impl QueryEngine {
             df = df.filter(col("service").in_list(services.iter().map(|s| lit(s.as_str())).collect(), false))?;
         }
         Ok(df.sort(vec![col(TIME_COLUMN).sort(true, false)])?.execute_stream().await?)
+    }
+}
+
+/// Parses and plans one statement (see [`QueryEngine::plan`]).
+async fn plan_statement(
+    state: SessionState,
+    storage: Arc<Storage>,
+    sql: String,
+) -> Result<(datafusion::dataframe::DataFrame, insert::Provisional), QueryError> {
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(&sql, &dialect)?;
+    allowed::check_statement(&statement)?;
+    let provisional = insert::prepare(&state, &storage, &statement).await?;
+    let planned = async {
+        let plan = state.statement_to_plan(statement).await?;
+        SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
+        allowed::check_plan(&plan)?;
+        Ok::<_, QueryError>(plan)
+    }
+    .await;
+    match planned {
+        // DDL is refused above, so the plan needs none of
+        // `SessionContext::execute_logical_plan`'s special cases; building
+        // the DataFrame on `state` keeps its start time (what `now()`
+        // returns).
+        Ok(plan) => Ok((datafusion::dataframe::DataFrame::new(state, plan), provisional)),
+        Err(e) => {
+            if let Some((db, table)) = provisional {
+                storage.discard_provisional(&db, &table);
+            }
+            Err(e)
+        }
     }
 }
 
@@ -543,6 +578,59 @@ mod generated_sql {
                 let _ = q.describe(&sql, None).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod long_reads {
+    use super::*;
+    use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
+
+    /// A query still streaming when compaction replaces its segments and
+    /// the grace period is over keeps its files: they are deleted once it
+    /// ends (a fixed grace period broke longer streams).
+    #[tokio::test]
+    async fn a_stream_keeps_the_segments_it_reads_until_it_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = tocsin_storage::StorageConfig::for_tests(dir.path());
+        config.compaction.grace = std::time::Duration::ZERO;
+        let storage = Storage::open(config).await.expect("open");
+        for part in 0..2i64 {
+            let ts: Vec<i64> = (0..20_000).map(|i| part * 20_000 + i).collect();
+            let block = SeriesBlock {
+                item: 0,
+                tags: vec![("host".into(), "a".into())],
+                fields: vec![FieldColumn { name: "v".into(), values: FieldValues::I64(ts.clone()), validity: None }],
+                timestamps: ts,
+            };
+            storage.write("public", vec![TableWrite { table: "t".into(), blocks: vec![block] }]).await.expect("write");
+            storage.persist().await.expect("persist");
+        }
+        let q = QueryEngine::new(Arc::clone(&storage));
+        let (_, mut stream) = q.stream("SELECT v FROM t", None).await.expect("stream");
+        let mut rows = stream.next().await.expect("a batch").expect("read").num_rows();
+        let stats = storage.compact().await.expect("compact");
+        assert_eq!(stats.inputs, 2, "{stats:?}");
+        assert_eq!(storage.purge_retired(), 0, "inputs deleted under a running query");
+        while let Some(batch) = stream.next().await {
+            rows += batch.expect("the rest reads after compaction").num_rows();
+        }
+        assert_eq!(rows, 40_000);
+        drop(stream);
+        assert_eq!(storage.purge_retired(), 2, "deleted once the query ended");
+    }
+
+    /// A time range that prunes every segment of a table with nothing
+    /// buffered planned an empty union, an error (the roll-up loop hit it).
+    #[tokio::test]
+    async fn a_range_that_prunes_every_segment_is_empty_not_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        q.execute("INSERT INTO t (ts, host, v) VALUES (to_timestamp(1), 'a', 1.0)", None).await.expect("insert");
+        storage.persist().await.expect("persist");
+        let r = q.execute("SELECT v FROM t WHERE ts > now()", None).await.expect("pruned query");
+        assert_eq!(r.num_rows(), 0);
     }
 }
 

@@ -117,6 +117,10 @@ impl TableProvider for TocsinTable {
                 .build();
             plans.push(DataSourceExec::from_data_source(config));
         }
+        if plans.is_empty() {
+            // Every segment was pruned by time and nothing is buffered.
+            return Ok(MemorySourceConfig::try_new_exec(&[vec![]], schema, projection.cloned())?);
+        }
         UnionExec::try_new(plans)
     }
 

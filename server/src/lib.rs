@@ -42,7 +42,7 @@ pub use config::{ConfigError, ServerConfig};
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot open storage: {0}")]
+    #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },

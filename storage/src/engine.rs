@@ -76,6 +76,33 @@ pub struct WriteOutcome {
     pub rejected: Vec<Rejection>,
 }
 
+/// Reader epochs: a counter bumped at every segment retirement, and the
+/// epochs at which the running readers started (with their count).
+#[derive(Debug, Default)]
+struct Readers {
+    epoch: u64,
+    active: BTreeMap<u64, usize>,
+}
+
+/// A running reader (see [`Storage::reader`]); dropping it ends the read.
+#[derive(Debug)]
+pub struct ReaderGuard {
+    readers: Arc<parking_lot::Mutex<Readers>>,
+    epoch: u64,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        let mut r = self.readers.lock();
+        if let Some(n) = r.active.get_mut(&self.epoch) {
+            *n -= 1;
+            if *n == 0 {
+                r.active.remove(&self.epoch);
+            }
+        }
+    }
+}
+
 /// Buffered rows of one write, with their time range for pruning.
 #[derive(Debug, Clone)]
 pub struct Chunk {
@@ -223,7 +250,10 @@ pub struct Storage {
     /// compactions.
     wal_persisted_upto: AtomicU64,
     /// Segment files replaced by compaction, deleted after the grace period.
-    retired: parking_lot::Mutex<Vec<(String, Instant)>>,
+    /// Segment files replaced by compaction or retention, waiting to be
+    /// deleted: (path, when, reader epoch at retirement).
+    retired: parking_lot::Mutex<Vec<(String, Instant, u64)>>,
+    readers: Arc<parking_lot::Mutex<Readers>>,
     shutting_down: AtomicBool,
     pub metrics: StorageMetrics,
     /// Replaced whole when one is added (at start-up), so that a write
@@ -270,6 +300,7 @@ impl Storage {
             next_segment_id: Arc::new(AtomicU64::new(next_segment_id)),
             wal_persisted_upto: AtomicU64::new(wal_persisted_upto),
             retired: parking_lot::Mutex::new(Vec::new()),
+            readers: Arc::new(parking_lot::Mutex::new(Readers::default())),
             shutting_down: AtomicBool::new(false),
             metrics,
             observers: RwLock::new(Arc::new(Vec::new())),
@@ -821,7 +852,14 @@ impl Storage {
             }
         }
         let now = Instant::now();
-        self.retired.lock().extend(inputs.iter().map(|s| (s.path.clone(), now)));
+        // Readers that started before this point may still read the inputs;
+        // those that start after cannot see them.
+        let epoch = {
+            let mut r = self.readers.lock();
+            r.epoch += 1;
+            r.epoch - 1
+        };
+        self.retired.lock().extend(inputs.iter().map(|s| (s.path.clone(), now, epoch)));
         Ok(())
     }
 
@@ -846,15 +884,20 @@ impl Storage {
         self.state.read().dbs.values().flat_map(|d| d.values()).map(|t| t.active.len()).sum()
     }
 
-    /// Deletes the files of segments replaced by compaction more than the
-    /// grace period ago. Returns how many were deleted.
+    /// Deletes the files of segments replaced by compaction or retention
+    /// once the grace period has passed *and* no reader that started before
+    /// their retirement is still running (a query streaming for longer than
+    /// the grace period keeps its files). Returns how many were deleted.
     pub fn purge_retired(&self) -> usize {
         let grace = self.config.compaction.grace;
+        let oldest_reader = self.readers.lock().active.keys().next().copied();
         let due: Vec<PathBuf> = {
             let mut retired = self.retired.lock();
-            let (due, keep): (Vec<_>, Vec<_>) = retired.drain(..).partition(|(_, at)| at.elapsed() >= grace);
+            let (due, keep): (Vec<_>, Vec<_>) = retired.drain(..).partition(|(_, at, epoch)| {
+                at.elapsed() >= grace && oldest_reader.is_none_or(|oldest| oldest > *epoch)
+            });
             *retired = keep;
-            due.into_iter().map(|(p, _)| self.config.data_dir.join(p)).collect()
+            due.into_iter().map(|(p, _, _)| self.config.data_dir.join(p)).collect()
         };
         for p in &due {
             if let Err(e) = std::fs::remove_file(p)
@@ -864,6 +907,16 @@ impl Storage {
             }
         }
         due.len()
+    }
+
+    /// Registers a reader (a query, a tail backfill) until the guard is
+    /// dropped: segment files retired after this call are not deleted while
+    /// it lives. Take it before taking the snapshot the reader reads.
+    pub fn reader(&self) -> ReaderGuard {
+        let mut r = self.readers.lock();
+        let epoch = r.epoch;
+        *r.active.entry(epoch).or_default() += 1;
+        ReaderGuard { readers: Arc::clone(&self.readers), epoch }
     }
 
     fn restore_persisting(&self) {
@@ -884,7 +937,7 @@ impl Storage {
         let mut m = Manifest {
             wal_persisted_upto,
             next_segment_id: self.next_segment_id.load(Ordering::Acquire),
-            retired: self.retired.lock().iter().map(|(p, _)| p.clone()).collect(),
+            retired: self.retired.lock().iter().map(|(p, _, _)| p.clone()).collect(),
             ..Manifest::default()
         };
         for (db, tables) in &st.dbs {

@@ -54,7 +54,8 @@ pub mod write;
 pub use compact::CompactionStats;
 pub use config::{CompactionConfig, RetentionConfig, StorageConfig};
 pub use engine::{
-    Chunk, PersistStats, Rejection, SYSTEM_DATABASE, Storage, StorageError, TableSnapshot, WriteObserver, WriteOutcome,
+    Chunk, PersistStats, ReaderGuard, Rejection, SYSTEM_DATABASE, Storage, StorageError, TableSnapshot, WriteObserver,
+    WriteOutcome,
 };
 pub use manifest::SegmentMeta;
 pub use metrics::StorageMetrics;

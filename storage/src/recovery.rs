@@ -25,6 +25,16 @@ pub(crate) fn open(mut config: StorageConfig) -> Result<Arc<Storage>, StorageErr
     // which resolves relative paths from `/`) must not depend on the working
     // directory: the default `./tocsin-data` is relative.
     config.data_dir = fs::canonicalize(&config.data_dir).map_err(io(&config.data_dir))?;
+    if config.data_dir.to_str().is_none() {
+        // Segment paths reach the query layer's object store as text.
+        return Err(StorageError::Io {
+            path: config.data_dir.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the data directory's path is not valid UTF-8; choose another --data-dir",
+            ),
+        });
+    }
     let dir = config.data_dir.clone();
     let lock_path = dir.join("LOCK");
     let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;

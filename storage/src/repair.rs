@@ -122,16 +122,49 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
         .into_iter()
         .partition(|f| !replaced.contains(&(f.origin.database.clone(), f.origin.table.clone(), f.meta.id)));
     for f in dropped {
-        let path = data_dir.join(&f.meta.path);
-        let target = crate::recovery::quarantine_path(data_dir, &path)
-            .map_err(|e| RepairError::BadSegment { path: path.clone(), reason: e.to_string() })?;
-        fs::rename(&path, &target).map_err(io(&path))?;
-        report.quarantined.push((path, target, "replaced by a compaction output that is present".into()));
+        move_aside(data_dir, &f.meta.path, "replaced by a compaction output that is present", &mut report)?;
     }
 
-    let mut manifest = Manifest::default();
+    // Segments the old manifest names as retired were replaced by a
+    // compaction or dropped by retention: listing them would bring rows
+    // back.
+    let retired: HashSet<String> = old.iter().flat_map(|m| m.retired.iter().cloned()).collect();
+    let (kept, dropped): (Vec<Found>, Vec<Found>) = kept.into_iter().partition(|f| !retired.contains(&f.meta.path));
+    for f in dropped {
+        move_aside(data_dir, &f.meta.path, "retired by a compaction or retention", &mut report)?;
+    }
+
+    // The WAL mark. A persist stamps its segments with the WAL file it
+    // closed *before* its manifest is saved, and deletes that file only
+    // after: a level-0 segment whose file is still there may belong to a
+    // persist that never committed, whose other tables' rows exist only in
+    // the WAL. Such a segment does not raise the mark; it is set aside and
+    // its rows come back from the WAL at start. Merge outputs carry the mark
+    // of their time, which was committed.
+    let wal_present: HashSet<u64> = crate::wal::list_files(&data_dir.join("wal"))
+        .map(|files| files.into_iter().map(|(seq, _)| seq).collect())
+        .unwrap_or_default();
+    let committed = |f: &Found| f.origin.level > 0 || !wal_present.contains(&f.origin.wal_upto);
+    let mut mark = old.as_ref().map_or(0, |m| m.wal_persisted_upto);
+    for f in kept.iter().filter(|f| committed(f)) {
+        mark = mark.max(f.origin.wal_upto);
+    }
+    let (kept, dropped): (Vec<Found>, Vec<Found>) =
+        kept.into_iter().partition(|f| committed(f) || f.origin.wal_upto <= mark);
+    for f in dropped {
+        move_aside(
+            data_dir,
+            &f.meta.path,
+            &format!(
+                "written by a persist that did not commit; its rows are replayed from WAL file {}",
+                f.origin.wal_upto
+            ),
+            &mut report,
+        )?;
+    }
+
+    let mut manifest = Manifest { wal_persisted_upto: mark, ..Manifest::default() };
     if let Some(m) = &old {
-        manifest.wal_persisted_upto = m.wal_persisted_upto;
         manifest.next_segment_id = m.next_segment_id;
     }
     for f in kept {
@@ -140,7 +173,6 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
         if origin.wal_upto == 0 && origin.replaces.is_empty() && origin.level == 0 {
             report.without_origin += 1;
         }
-        manifest.wal_persisted_upto = manifest.wal_persisted_upto.max(origin.wal_upto);
         manifest.next_segment_id = manifest.next_segment_id.max(meta.id + 1);
         let table = manifest.databases.entry(origin.database.clone()).or_default();
         let entry = table.entry(origin.table.clone()).or_insert_with(|| TableEntry {
@@ -204,6 +236,16 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     }
     drop(lock);
     Ok(report)
+}
+
+/// Moves the segment at `rel` to `quarantine/`, recording why.
+fn move_aside(data_dir: &Path, rel: &str, why: &str, report: &mut RepairReport) -> Result<(), RepairError> {
+    let path = data_dir.join(rel);
+    let target = crate::recovery::quarantine_path(data_dir, &path)
+        .map_err(|e| RepairError::BadSegment { path: path.clone(), reason: e.to_string() })?;
+    fs::rename(&path, &target).map_err(|source| RepairError::Io { path: path.clone(), source })?;
+    report.quarantined.push((path, target, why.to_string()));
+    Ok(())
 }
 
 /// The manifest entry, origin and Arrow schema of one segment file.
@@ -286,4 +328,79 @@ fn merge_schema(schema: &mut TableSchema, seg: &SchemaRef, table: &str, path: &P
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
+    use crate::{Storage, StorageConfig};
+
+    fn write(table: &str, ts: i64) -> Vec<TableWrite> {
+        vec![TableWrite {
+            table: table.into(),
+            blocks: vec![SeriesBlock {
+                item: 0,
+                tags: vec![("host".into(), "a".into())],
+                timestamps: vec![ts],
+                fields: vec![FieldColumn { name: "v".into(), values: FieldValues::I64(vec![ts]), validity: None }],
+            }],
+        }]
+    }
+
+    fn rows(s: &Storage, table: &str) -> usize {
+        let snap = s.snapshot("public", table).expect("table");
+        snap.chunks.iter().map(|c| c.batch.num_rows()).sum::<usize>()
+            + snap.segments.iter().map(|m| m.rows as usize).sum::<usize>()
+    }
+
+    /// A crash in the middle of a persist leaves some of its segments
+    /// written, stamped with the WAL file it closed, and that file still on
+    /// disk. The repair used to take their stamp as the WAL mark, and the
+    /// next start deleted the WAL file holding the other tables' rows.
+    #[tokio::test]
+    async fn segments_of_a_persist_that_never_committed_do_not_move_the_wal_mark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let s = Storage::open(StorageConfig::for_tests(d)).await.expect("open");
+        for t in ["a", "b"] {
+            s.write("public", write(t, 1)).await.expect("write");
+        }
+        s.persist().await.expect("first persist");
+        let committed = fs::read(d.join(MANIFEST_FILE)).expect("manifest");
+        for t in ["a", "b"] {
+            s.write("public", write(t, 2)).await.expect("write");
+        }
+        let wal_files = crate::wal::list_files(&d.join("wal")).expect("wal");
+        let saved: Vec<(PathBuf, Vec<u8>)> =
+            wal_files.iter().map(|(_, p)| (p.clone(), fs::read(p).expect("wal file"))).collect();
+        s.persist().await.expect("second persist");
+        drop(s);
+        // Back to the crash: the first manifest, the WAL as it was, and of
+        // the second persist's segments only table a's.
+        fs::write(d.join(MANIFEST_FILE), &committed).expect("manifest");
+        for (p, bytes) in &saved {
+            fs::write(p, bytes).expect("wal file");
+        }
+        let listed: Manifest = serde_json::from_slice(&committed).expect("json");
+        let first: HashSet<String> = listed
+            .databases
+            .values()
+            .flat_map(|t| t.values())
+            .flat_map(|e| e.segments.iter().map(|m| m.path.clone()))
+            .collect();
+        for p in crate::recovery::segment_files(&d.join("segments")) {
+            let rel = p.strip_prefix(d).expect("rel").to_string_lossy().into_owned();
+            if !first.contains(&rel) && rel.contains("/b/") {
+                fs::remove_file(&p).expect("remove b's second segment");
+            }
+        }
+        fs::remove_file(d.join(MANIFEST_FILE)).expect("lose the manifest");
+
+        let report = repair(d, 86_400_000_000_000).expect("repair");
+        assert_eq!(report.quarantined.len(), 1, "{:?}", report.quarantined);
+        assert!(report.quarantined[0].2.contains("did not commit"), "{:?}", report.quarantined);
+        let s = Storage::open(StorageConfig::for_tests(d)).await.expect("reopen");
+        assert_eq!((rows(&s, "a"), rows(&s, "b")), (2, 2), "every row exactly once");
+    }
 }

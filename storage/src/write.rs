@@ -176,6 +176,10 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("must not be empty");
     }
+    // A database is a folder under segments/: `..` would write outside it.
+    if name.starts_with('.') {
+        return Err("must not start with '.'");
+    }
     if name.len() > MAX_NAME_BYTES {
         return Err("longer than 128 bytes");
     }
@@ -384,5 +388,15 @@ mod tests {
         let err = check_block_shape("t", &block(vec![], vec![1]), &limits);
         assert_eq!(err, Err(WriteError::NoFields));
         assert!(check_block_shape("t", &block(vec![f64col("v", vec![f64::NAN])], vec![1]), &limits).is_ok());
+    }
+
+    /// A database is a folder under `segments/`: `..` wrote outside it (and
+    /// a table named `manifest.json` there stopped every persist).
+    #[test]
+    fn database_names_cannot_leave_the_segments_folder() {
+        for bad in [".", "..", ".hidden"] {
+            assert!(check_database_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_database_name("metrics.prod").is_ok());
     }
 }
