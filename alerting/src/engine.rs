@@ -698,6 +698,23 @@ impl AlertEngine {
     }
 
     pub fn add_silence(&self, mut s: Silence) -> Result<Silence, EngineError> {
+        // Every silence is kept in state.json (rewritten on each change) and
+        // listed whole: a client must not grow them without bound.
+        const MAX_TEXT: usize = 4096;
+        const MAX_MATCHERS: usize = 64;
+        const MAX_SILENCES: usize = 10_000;
+        if s.comment.len() > MAX_TEXT || s.created_by.len() > MAX_TEXT {
+            return Err(EngineError::BadRequest(format!("comment and createdBy may be at most {MAX_TEXT} bytes")));
+        }
+        let text: usize = s.matchers.iter().map(|m| m.name.len() + m.value.len()).sum();
+        if s.matchers.len() > MAX_MATCHERS || text > MAX_TEXT {
+            return Err(EngineError::BadRequest(format!(
+                "a silence may have at most {MAX_MATCHERS} matchers of {MAX_TEXT} bytes in all"
+            )));
+        }
+        if self.inner.lock().silences.len() >= MAX_SILENCES {
+            return Err(EngineError::BadRequest(format!("{MAX_SILENCES} silences exist already; expire some first")));
+        }
         let matchers = s.compile().map_err(EngineError::BadRequest)?;
         let now = self.clock.now_ms();
         if s.starts_at == 0 {

@@ -215,12 +215,26 @@ fn check_object_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A name as an error shows it: at most 200 bytes of it (a 10 MB name
+/// once came back as a 10 MB error).
+fn shown(name: &str) -> String {
+    const SHOWN: usize = 200;
+    if name.len() <= SHOWN {
+        return name.to_string();
+    }
+    let mut end = SHOWN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &name[..end], name.len())
+}
+
 pub fn check_table_name(name: &str) -> Result<(), WriteError> {
-    check_object_name(name).map_err(|reason| WriteError::InvalidTableName { name: name.to_string(), reason })
+    check_object_name(name).map_err(|reason| WriteError::InvalidTableName { name: shown(name), reason })
 }
 
 pub fn check_database_name(name: &str) -> Result<(), WriteError> {
-    check_name(name).map_err(|reason| WriteError::InvalidDatabaseName { name: name.to_string(), reason })?;
+    check_name(name).map_err(|reason| WriteError::InvalidDatabaseName { name: shown(name), reason })?;
     if name == "system" || name == "information_schema" {
         return Err(WriteError::InvalidDatabaseName { name: name.to_string(), reason: "reserved" });
     }
@@ -228,7 +242,7 @@ pub fn check_database_name(name: &str) -> Result<(), WriteError> {
 }
 
 pub fn check_column_name(name: &str) -> Result<(), WriteError> {
-    check_object_name(name).map_err(|reason| WriteError::InvalidColumnName { name: name.to_string(), reason })?;
+    check_object_name(name).map_err(|reason| WriteError::InvalidColumnName { name: shown(name), reason })?;
     if name == TIME_COLUMN {
         return Err(WriteError::ReservedColumn { name: name.to_string() });
     }
@@ -398,5 +412,12 @@ mod tests {
             assert!(check_database_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_database_name("metrics.prod").is_ok());
+    }
+
+    #[test]
+    fn errors_show_at_most_200_bytes_of_a_name() {
+        let long = "x/".repeat(5_000_000);
+        let msg = check_table_name(&long).expect_err("slash").to_string();
+        assert!(msg.len() < 400 && msg.contains("(10000000 bytes)"), "{}", &msg[..msg.len().min(500)]);
     }
 }
