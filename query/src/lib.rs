@@ -154,6 +154,10 @@ pub struct Statement {
 /// while bounding what the parser and planner are handed.
 pub const MAX_SQL_BYTES: usize = 1 << 20;
 
+/// Memory the running queries' operators may hold together unless
+/// configured: 4 GiB.
+pub const DEFAULT_QUERY_MEMORY: usize = 4 << 30;
+
 /// Where `now()` comes from, in Unix milliseconds.
 pub type NowSource = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -166,13 +170,29 @@ pub struct QueryEngine {
 }
 
 impl QueryEngine {
+    /// An engine whose running queries may hold [`DEFAULT_QUERY_MEMORY`]
+    /// together.
     pub fn new(storage: Arc<Storage>) -> Self {
+        Self::with_memory_limit(storage, DEFAULT_QUERY_MEMORY)
+    }
+
+    /// An engine whose running queries' operators (sorts, aggregates, joins)
+    /// may hold `bytes` together (DataFusion's fair spill pool); over it a
+    /// query fails with "resources exhausted" instead of taking the server's
+    /// memory. Memory that DataFusion does not account, such as one huge
+    /// string built by a function, is not bounded by it.
+    pub fn with_memory_limit(storage: Arc<Storage>, bytes: usize) -> Self {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(catalog::CATALOG, catalog::DEFAULT_DATABASE);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(bytes)))
+            .build_arc()
+            .expect("a runtime with a memory pool and no other settings builds");
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime)
             .with_default_features()
             .with_optimizer_rule(Arc::new(lastpoint::LastRowRule))
             .build();
@@ -618,6 +638,24 @@ mod long_reads {
         assert_eq!(rows, 40_000);
         drop(stream);
         assert_eq!(storage.purge_retired(), 2, "deleted once the query ended");
+    }
+
+    /// The running queries' operators share a memory pool: a query whose
+    /// aggregate outgrows it fails with a clear error instead of taking the
+    /// server's memory.
+    #[tokio::test]
+    async fn a_query_over_the_memory_limit_fails_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::with_memory_limit(Arc::clone(&storage), 1 << 20);
+        let big = QueryEngine::new(Arc::clone(&storage));
+        big.execute("INSERT INTO t (ts, v) SELECT to_timestamp(value), value FROM generate_series(1, 200000)", None)
+            .await
+            .expect("insert");
+        let sql = "SELECT v, count(*) AS n FROM t GROUP BY v ORDER BY n DESC LIMIT 1";
+        let err = q.execute(sql, None).await.expect_err("over 1 MiB");
+        assert!(err.to_string().contains("Resources exhausted"), "{err}");
+        assert_eq!(big.execute(sql, None).await.expect("within 4 GiB").num_rows(), 1);
     }
 
     /// A time range that prunes every segment of a table with nothing

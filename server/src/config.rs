@@ -244,6 +244,8 @@ pub struct LimitsSection {
     pub max_tables: usize,
     /// Most databases.
     pub max_databases: usize,
+    /// Memory the operators of all running queries may hold together, MiB.
+    pub max_query_memory_mb: usize,
 }
 
 impl Default for LimitsSection {
@@ -256,6 +258,7 @@ impl Default for LimitsSection {
             series_window: "1d".into(),
             max_tables: 100_000,
             max_databases: 1_000,
+            max_query_memory_mb: 4096,
         }
     }
 }
@@ -278,6 +281,10 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
     pub max_request_bytes: usize,
+    /// Memory the operators of the running queries may hold together
+    /// (sorts, aggregates, joins): over it, a query fails with "resources
+    /// exhausted".
+    pub max_query_memory_bytes: usize,
     pub alerting: AlertingConfig,
     pub rollups: Vec<RollupConfig>,
 }
@@ -400,6 +407,12 @@ impl FileConfig {
                 return Err(ConfigError::Invalid { key, reason: "must be positive".into() });
             }
         }
+        if l.max_query_memory_mb < 16 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_query_memory_mb",
+                reason: "must be at least 16".into(),
+            });
+        }
         storage.limits.max_tables = l.max_tables;
         storage.limits.max_databases = l.max_databases;
         storage.limits.series_window = parse_duration(&l.series_window)
@@ -418,6 +431,7 @@ impl FileConfig {
             storage,
             ingest: IngestConfig { max_message_bytes: l.max_request_bytes, max_log_message_bytes: l.max_string_bytes },
             max_request_bytes: l.max_request_bytes,
+            max_query_memory_bytes: l.max_query_memory_mb.saturating_mul(1 << 20),
         })
     }
 }

@@ -73,7 +73,7 @@ pub async fn run(
     on_bound: impl FnOnce(BoundAddrs),
 ) -> Result<(), ServerError> {
     let storage = Storage::open(config.storage.clone()).await?;
-    let query = Arc::new(QueryEngine::new(Arc::clone(&storage)));
+    let query = Arc::new(QueryEngine::with_memory_limit(Arc::clone(&storage), config.max_query_memory_bytes));
     let backfill: Arc<dyn tocsin_ingest::follow::TailBackfill> =
         Arc::new(tail::QueryBackfill { query: Arc::clone(&query) });
     let ingest = IngestService::new(Arc::clone(&storage), config.ingest.clone()).with_backfill(Arc::clone(&backfill));

@@ -58,7 +58,13 @@ pub(crate) fn open(mut config: StorageConfig) -> Result<Arc<Storage>, StorageErr
                     example: example.clone(),
                 });
             }
-            Manifest::default()
+            // A new data directory gets its (empty) manifest before any
+            // segment can exist: a crash in the middle of the first persist
+            // must find a manifest next to that persist's files, or the
+            // rule above would refuse to start on a crash that lost nothing.
+            let m = Manifest::default();
+            m.save(&dir)?;
+            m
         }
     };
     if verify_segments(&dir, &mut manifest, &metrics)? {

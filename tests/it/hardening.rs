@@ -336,3 +336,25 @@ async fn leftover_temporary_files_of_a_crash_are_harmless() {
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("valid manifest");
     assert_eq!(manifest["version"], json!(1));
 }
+
+/// A crash in the middle of the very first persist leaves segment files
+/// and no manifest written by a persist. A new data directory gets an
+/// empty manifest at once, so this start quarantines those files and
+/// replays the WAL instead of refusing to start (the CI crash harness hit
+/// it when a kill landed there).
+#[tokio::test]
+async fn a_crash_during_the_first_persist_still_starts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut server = TestServer::start_in(&dir, &[]);
+    assert!(dir.join("manifest.json").exists(), "a new data directory has a manifest from the start");
+    server.sql("INSERT INTO t (ts, host, v) VALUES (to_timestamp(1700000000), 'a', 1.5)").await;
+    server.kill9();
+    // What the interrupted first persist left: a segment file nothing lists.
+    let folder = dir.join("segments/public/t");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(folder.join("00000000000000000001.parquet"), b"PAR1 unfinished").expect("segment");
+    let server = TestServer::start_in(&dir, &[]);
+    assert_eq!(count(&server.sql("SELECT count(*) AS n FROM t").await), 1, "the row came back from the WAL");
+    assert!(dir.join("quarantine").read_dir().expect("quarantine").next().is_some());
+}
