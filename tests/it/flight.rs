@@ -43,3 +43,40 @@ async fn an_insert_sent_as_a_query_writes_when_planned() {
     let err = c.execute("SELECT nope FROM f".into(), None).await.expect_err("bad sql");
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+/// A Flight SQL stream still being read while compaction and retention
+/// replace the segments it reads and the purge runs (no grace period): the
+/// stream reads to the end, and the replaced files go once it is dropped.
+#[tokio::test]
+async fn a_flight_stream_outlives_compaction_and_purge_underneath_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[compaction]\ngrace = \"0s\"\ninterval = \"1h\"\n").expect("config");
+    let server = TestServer::start_in(&tmp.path().join("data"), &["--config", cfg.to_str().expect("utf8")]);
+    for part in 0..2 {
+        // 2023: a cold partition, merged whole by the next round.
+        let body: String = (0..30_000)
+            .map(|i| format!("m,host=a v={i}i {}\n", 1_700_000_000_000_000_000i64 + part * 30_000 + i))
+            .collect();
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/write?db=public", server.http))
+            .body(body)
+            .send()
+            .await
+            .expect("write");
+        assert_eq!(resp.status().as_u16(), 204);
+        server.persist().await;
+    }
+    let mut c = client(&server).await;
+    let info = c.execute("SELECT v FROM m".into(), None).await.expect("info");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = c.do_get(ticket).await.expect("do_get");
+    let first = stream.try_next().await.expect("read").expect("a first batch");
+    let stats = server.compact().await;
+    assert_eq!(stats["inputs"], serde_json::json!(2), "{stats}");
+    let mut rows = first.num_rows();
+    while let Some(batch) = stream.try_next().await.expect("the stream reads on after the purge") {
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, 60_000);
+}
