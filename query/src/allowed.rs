@@ -23,9 +23,24 @@ use crate::QueryError;
 /// the parser's recursion limit (50); this bounds the rest. A 500-condition
 /// `AND`/`OR` chain (1,000 operators) is well inside it.
 pub(crate) const MAX_NESTING: usize = 1_200;
-/// Most tables one statement may join. Planning joins is super-linear
-/// (1,190 cross joins took a minute of CPU to plan); dashboards join a few.
+/// Most tables one statement may join (`JOIN`, FROM lists, `INTERSECT` and
+/// `EXCEPT`, which plan as joins). Planning joins is super-linear (1,190
+/// cross joins took a minute of CPU) and running a chain of them recurses
+/// (1,190 `INTERSECT`s overflowed a stack); dashboards join a few.
 pub(crate) const MAX_JOINS: usize = 100;
+/// Most subqueries, window functions (`OVER`) and common table expressions
+/// of one statement, each: planning each costs a pass over the rest (1,000
+/// correlated subqueries took 264 s of CPU, 1,000 windows 64 s, 5,000
+/// chained CTEs overflowed a stack after 83 s).
+pub(crate) const MAX_SUBQUERIES: usize = 100;
+/// Most expressions in one `CUBE(...)`: it makes 2^n grouping sets, and
+/// DataFusion enumerates them before its own limit applies (26 aborted the
+/// server for lack of memory).
+pub(crate) const MAX_CUBE: usize = 12;
+/// Most copies that references to common table expressions may expand to:
+/// each reference plans the CTE again, so 30 CTEs that each read the
+/// previous one twice asked for 2^30 copies.
+pub(crate) const MAX_CTE_COPIES: usize = 10_000;
 
 /// One parenthesis level of the estimate.
 #[derive(Default)]
@@ -38,12 +53,30 @@ struct Level {
     best: usize,
     /// Between FROM and the end of the FROM clause: a comma is a join.
     from: bool,
+    /// This level is the argument list of `CUBE(`: its items are counted.
+    cube: bool,
+    items: usize,
+    /// This level is the body of a CTE (index into `ctes`).
+    cte: Option<usize>,
 }
 
-/// Refuses SQL text nested deeper than [`MAX_NESTING`]. The estimate
-/// counts, per parenthesis level, the operators and keywords that make the
-/// statement's tree deeper (binary and unary operators, `AND`/`OR`/`NOT`,
-/// `IN`, `IS`, `LIKE`, `BETWEEN`, `CASE`, `AT TIME ZONE`, set operations,
+/// A common table expression seen so far: its name and how many copies
+/// one reference to it expands to.
+struct Cte {
+    name: String,
+    copies: usize,
+}
+
+fn too_complex(what: &str, limit: usize) -> QueryError {
+    QueryError::TooComplex { what: what.to_string(), limit }
+}
+
+/// Refuses SQL text too complex to plan safely, before it is parsed:
+/// nested deeper than [`MAX_NESTING`], or over [`MAX_JOINS`],
+/// [`MAX_SUBQUERIES`], [`MAX_CUBE`] or [`MAX_CTE_COPIES`]. The depth
+/// estimate counts, per parenthesis level, every token that makes the
+/// statement's tree deeper (every operator symbol, and `AND`, `OR`, `NOT`,
+/// `IN`, `IS`, `LIKE`, `BETWEEN`, `CASE`, `AT`, `REGEXP`, set operations,
 /// joins and the commas of a FROM list), carries a closed group's depth to
 /// the enclosing item, and adds one per open parenthesis. Commas elsewhere
 /// separate independent items (select lists, VALUES rows, IN lists).
@@ -52,20 +85,44 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
     use datafusion::sql::sqlparser::tokenizer::Token;
     // A tokenizer error is left for the parser to report with its context.
     let Ok(tokens) = Tokenizer::new(dialect, sql).tokenize() else { return Ok(()) };
+    let tokens: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
     let mut levels: Vec<Level> = vec![Level::default()];
     // Sum of `ops + child` over the open levels, kept up to date.
     let mut open = 0usize;
-    let mut joins = 0usize;
-    for t in &tokens {
+    let (mut joins, mut subqueries, mut windows) = (0usize, 0usize, 0usize);
+    let mut ctes: Vec<Cte> = Vec::new();
+    let mut main_copies = 0usize;
+    let mut prev_keyword = Keyword::NoKeyword;
+    for (i, t) in tokens.iter().enumerate() {
+        let next_is_paren = matches!(tokens.get(i + 1), Some(Token::LParen));
         let Some(top) = levels.last_mut() else { break };
         let operator = match t {
             Token::LParen | Token::LBracket | Token::LBrace => {
-                levels.push(Level::default());
-                None
+                let mut level = Level::default();
+                if prev_keyword == Keyword::CUBE {
+                    level.cube = true;
+                }
+                if prev_keyword == Keyword::AS
+                    && let Some(Token::Word(name)) = i.checked_sub(2).and_then(|j| tokens.get(j))
+                    && name.keyword == Keyword::NoKeyword
+                {
+                    // `name AS (`: a common table expression's body.
+                    ctes.push(Cte { name: name.value.to_ascii_lowercase(), copies: 1 });
+                    if ctes.len() > MAX_SUBQUERIES {
+                        return Err(too_complex("common table expressions", MAX_SUBQUERIES));
+                    }
+                    level.cte = Some(ctes.len() - 1);
+                }
+                levels.push(level);
+                prev_keyword = Keyword::NoKeyword;
+                continue;
             }
             Token::RParen | Token::RBracket | Token::RBrace => {
                 if levels.len() > 1 {
                     let closed = levels.pop().unwrap_or_default();
+                    if closed.cube && closed.items + 1 > MAX_CUBE {
+                        return Err(too_complex("expressions in one CUBE", MAX_CUBE));
+                    }
                     open -= closed.ops + closed.child;
                     let depth = closed.best.max(closed.ops + closed.child) + 1;
                     if let Some(parent) = levels.last_mut()
@@ -75,26 +132,35 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
                         parent.child = depth;
                     }
                 }
-                None
+                prev_keyword = Keyword::NoKeyword;
+                continue;
             }
             Token::Comma if top.from => {
                 joins += 1;
-                Some(())
+                true
             }
             Token::Comma | Token::SemiColon => {
+                top.items += 1;
                 top.best = top.best.max(top.ops + top.child);
                 open -= top.ops + top.child;
                 top.ops = 0;
                 top.child = 0;
-                None
+                false
             }
             Token::Word(w) if w.quote_style.is_none() => match w.keyword {
                 Keyword::FROM => {
-                    top.from = true;
-                    None
+                    // `IS [NOT] DISTINCT FROM` is an operator, not a clause.
+                    top.from = prev_keyword != Keyword::DISTINCT;
+                    !top.from
                 }
-                Keyword::SELECT
-                | Keyword::WHERE
+                Keyword::SELECT => {
+                    top.from = false;
+                    if levels.len() > 1 {
+                        subqueries += 1;
+                    }
+                    false
+                }
+                Keyword::WHERE
                 | Keyword::GROUP
                 | Keyword::ORDER
                 | Keyword::LIMIT
@@ -103,73 +169,97 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
                 | Keyword::QUALIFY
                 | Keyword::OFFSET => {
                     top.from = false;
-                    None
+                    false
                 }
-                Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT => {
+                Keyword::UNION => {
                     top.from = false;
-                    Some(())
+                    true
+                }
+                Keyword::INTERSECT | Keyword::EXCEPT | Keyword::JOIN => {
+                    top.from &= w.keyword == Keyword::JOIN;
+                    joins += 1;
+                    true
+                }
+                Keyword::OVER => {
+                    windows += 1;
+                    false
                 }
                 Keyword::AND
                 | Keyword::OR
                 | Keyword::XOR
                 | Keyword::NOT
                 | Keyword::CASE
-                | Keyword::WHEN
                 | Keyword::IS
                 | Keyword::IN
                 | Keyword::AT
                 | Keyword::LIKE
                 | Keyword::ILIKE
                 | Keyword::SIMILAR
+                | Keyword::REGEXP
+                | Keyword::RLIKE
+                | Keyword::MEMBER
+                | Keyword::OVERLAPS
                 | Keyword::BETWEEN
-                | Keyword::COLLATE => Some(()),
-                Keyword::JOIN => {
-                    joins += 1;
-                    Some(())
+                | Keyword::COLLATE => true,
+                Keyword::NoKeyword if !next_is_paren => {
+                    // A reference to a CTE defined earlier: one more copy of
+                    // it in the CTE being defined, or in the main query.
+                    let name = w.value.to_ascii_lowercase();
+                    if let Some(copies) = ctes.iter().find(|c| c.name == name).map(|c| c.copies) {
+                        let into = levels.iter().rev().find_map(|l| l.cte);
+                        let total = match into {
+                            Some(k) if ctes[k].name != name => {
+                                ctes[k].copies = ctes[k].copies.saturating_add(copies);
+                                ctes[k].copies
+                            }
+                            Some(_) => 0,
+                            None => {
+                                main_copies = main_copies.saturating_add(copies);
+                                main_copies
+                            }
+                        };
+                        if total > MAX_CTE_COPIES {
+                            return Err(too_complex("copies of common table expressions", MAX_CTE_COPIES));
+                        }
+                    }
+                    false
                 }
-                _ => None,
+                _ => false,
             },
-            Token::DoubleEq
-            | Token::Eq
-            | Token::Neq
-            | Token::Lt
-            | Token::Gt
-            | Token::LtEq
-            | Token::GtEq
-            | Token::Spaceship
-            | Token::Plus
-            | Token::Minus
-            | Token::Mul
-            | Token::Div
-            | Token::DuckIntDiv
-            | Token::Mod
-            | Token::StringConcat
-            | Token::DoubleColon
-            | Token::Ampersand
-            | Token::Pipe
-            | Token::Caret
-            | Token::Tilde
-            | Token::TildeAsterisk
-            | Token::ExclamationMarkTilde
-            | Token::ExclamationMarkTildeAsterisk
-            | Token::DoubleTilde
-            | Token::DoubleTildeAsterisk
-            | Token::ExclamationMarkDoubleTilde
-            | Token::ExclamationMarkDoubleTildeAsterisk
-            | Token::ShiftLeft
-            | Token::ShiftRight
-            | Token::Arrow
-            | Token::LongArrow
-            | Token::HashArrow
-            | Token::HashLongArrow
-            | Token::AtArrow
-            | Token::ArrowAt
-            | Token::CustomBinaryOperator(_) => Some(()),
-            _ => None,
+            // Values and names: they end a tree, they do not deepen it.
+            Token::Word(_)
+            | Token::Number(..)
+            | Token::Char(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::Placeholder(_)
+            | Token::Period
+            | Token::EOF => false,
+            // Every other symbol is an operator of some dialect: counted,
+            // so that one this list does not know cannot get through.
+            _ => true,
         };
-        if operator.is_some()
-            && let Some(top) = levels.last_mut()
-        {
+        if let Token::Word(w) = t {
+            prev_keyword = w.keyword;
+        } else {
+            prev_keyword = Keyword::NoKeyword;
+        }
+        if operator && let Some(top) = levels.last_mut() {
             top.ops += 1;
             open += 1;
         }
@@ -179,6 +269,12 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
         }
         if joins > MAX_JOINS {
             return Err(QueryError::TooManyJoins { limit: MAX_JOINS });
+        }
+        if subqueries > MAX_SUBQUERIES {
+            return Err(too_complex("subqueries", MAX_SUBQUERIES));
+        }
+        if windows > MAX_SUBQUERIES {
+            return Err(too_complex("window functions", MAX_SUBQUERIES));
         }
     }
     Ok(())
@@ -287,6 +383,38 @@ mod tests {
         assert!(!ok(&format!("SELECT 1 FROM t0{}", " CROSS JOIN t".repeat(MAX_JOINS + 1))));
         assert!(!ok(&format!("SELECT 1 FROM t0{}", ", t".repeat(MAX_JOINS + 1))));
         assert!(ok(&format!("SELECT 1 FROM t0{}", " JOIN t USING (a)".repeat(MAX_JOINS))));
+        // Operators no list names, INTERSECT (a join), subqueries,
+        // windows, CTE chains and fan-out, CUBE.
+        assert!(!ok(&format!("SELECT 1{}", " @@ 1".repeat(2_000))));
+        assert!(!ok(&format!("SELECT 1{}", ":a".repeat(2_000))));
+        assert!(!ok(&format!("SELECT 1{}", " REGEXP 'a'".repeat(2_000))));
+        assert!(!ok(&vec!["SELECT 1"; MAX_JOINS + 2].join(" INTERSECT ")));
+        let sub = "(SELECT max(v) FROM cpu c WHERE c.host = cpu.host)";
+        assert!(ok(&format!("SELECT {} FROM cpu", vec![sub; MAX_SUBQUERIES].join(", "))));
+        assert!(!ok(&format!("SELECT {} FROM cpu", vec![sub; MAX_SUBQUERIES + 1].join(", "))));
+        let win = "sum(v) OVER (PARTITION BY host)";
+        assert!(!ok(&format!("SELECT {} FROM cpu", vec![win; MAX_SUBQUERIES + 1].join(", "))));
+        let chain = |n: usize| {
+            let defs: Vec<String> = (1..n).map(|i| format!("a{i} AS (SELECT x FROM a{})", i - 1)).collect();
+            format!("WITH a0 AS (SELECT 1 AS x), {} SELECT x FROM a{}", defs.join(", "), n - 1)
+        };
+        assert!(ok(&chain(50)));
+        assert!(!ok(&chain(MAX_SUBQUERIES + 1)));
+        let doubling = |n: usize| {
+            let defs: Vec<String> = (1..n)
+                .map(|i| format!("a{i} AS (SELECT x FROM a{p} UNION ALL SELECT x FROM a{p})", p = i - 1))
+                .collect();
+            format!("WITH a0 AS (SELECT 1 AS x), {} SELECT count(*) FROM a{}", defs.join(", "), n - 1)
+        };
+        assert!(ok(&doubling(10)));
+        assert!(!ok(&doubling(30)));
+        let cube = |n: usize| format!("SELECT count(*) FROM cpu GROUP BY CUBE({})", vec!["v + 0"; n].join(", "));
+        assert!(ok(&cube(MAX_CUBE)));
+        assert!(!ok(&cube(MAX_CUBE + 1)));
+        // Flat or harmless shapes that used to be refused.
+        assert!(ok(&format!("SELECT v IS DISTINCT FROM 1, {} FROM cpu", vec!["v"; 200].join(", "))));
+        let when: String = (0..601).map(|i| format!(" WHEN v = {i} THEN {i}")).collect();
+        assert!(ok(&format!("SELECT CASE{when} END FROM cpu")));
         // A FROM list ends at WHERE: commas after it are items again.
         assert!(ok(&format!("SELECT 1 FROM a, b WHERE x IN ({})", vec!["1"; 5_000].join(", "))));
     }

@@ -90,6 +90,8 @@ pub enum QueryError {
     ExpressionTooComplex { depth: usize, limit: usize },
     #[error("the statement joins more than {limit} tables; at most {limit} joins are allowed")]
     TooManyJoins { limit: usize },
+    #[error("the statement has more {what} than the {limit} allowed; split it")]
+    TooComplex { what: String, limit: usize },
 }
 
 impl QueryError {
@@ -321,7 +323,13 @@ impl QueryEngine {
             };
         }
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let stream = match df.execute_stream().await {
+        // Optimizing and physical planning are CPU work too: off the async
+        // workers, like parsing (see `plan`).
+        let handle = tokio::runtime::Handle::current();
+        let started = tokio::task::spawn_blocking(move || handle.block_on(df.execute_stream()))
+            .await
+            .map_err(|e| QueryError::DataFusion(DataFusionError::Execution(format!("planning failed: {e}"))))?;
+        let stream = match started {
             Ok(stream) => stream,
             Err(e) => {
                 self.discard(provisional);

@@ -891,22 +891,27 @@ impl Storage {
     pub fn purge_retired(&self) -> usize {
         let grace = self.config.compaction.grace;
         let oldest_reader = self.readers.lock().active.keys().next().copied();
-        let due: Vec<PathBuf> = {
-            let mut retired = self.retired.lock();
-            let (due, keep): (Vec<_>, Vec<_>) = retired.drain(..).partition(|(_, at, epoch)| {
-                at.elapsed() >= grace && oldest_reader.is_none_or(|oldest| oldest > *epoch)
-            });
-            *retired = keep;
-            due.into_iter().map(|(p, _, _)| self.config.data_dir.join(p)).collect()
-        };
-        for p in &due {
-            if let Err(e) = std::fs::remove_file(p)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!("cannot delete compacted segment {}: {e}", p.display());
+        let due: Vec<String> = self
+            .retired
+            .lock()
+            .iter()
+            .filter(|(_, at, epoch)| at.elapsed() >= grace && oldest_reader.is_none_or(|oldest| oldest > *epoch))
+            .map(|(p, _, _)| p.clone())
+            .collect();
+        // Files first, then the list: an entry leaves the list (and so the
+        // next manifest's `retired`) only once its file is gone, so that a
+        // crash in between cannot leave a file nothing accounts for.
+        let mut gone = Vec::with_capacity(due.len());
+        for rel in due {
+            let p = self.config.data_dir.join(&rel);
+            match std::fs::remove_file(&p) {
+                Ok(()) => gone.push(rel),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(rel),
+                Err(e) => tracing::warn!("cannot delete compacted segment {}: {e}", p.display()),
             }
         }
-        due.len()
+        self.retired.lock().retain(|(p, _, _)| !gone.contains(p));
+        gone.len()
     }
 
     /// Registers a reader (a query, a tail backfill) until the guard is
