@@ -58,13 +58,8 @@ async fn a_flight_stream_outlives_compaction_and_purge_underneath_it() {
         let body: String = (0..30_000)
             .map(|i| format!("m,host=a v={i}i {}\n", 1_700_000_000_000_000_000i64 + part * 30_000 + i))
             .collect();
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/write?db=public", server.http))
-            .body(body)
-            .send()
-            .await
-            .expect("write");
-        assert_eq!(resp.status().as_u16(), 204);
+        let (status, text) = crate::hardening::write_lines(&server, body).await;
+        assert_eq!(status, 204, "{text}");
         server.persist().await;
     }
     let mut c = client(&server).await;

@@ -280,7 +280,8 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-async fn write_lines(server: &TestServer, body: String) -> (u16, String) {
+/// POSTs line protocol to `/write?db=public`: (HTTP status, body).
+pub(crate) async fn write_lines(server: &TestServer, body: String) -> (u16, String) {
     let resp = reqwest::Client::new()
         .post(format!("http://{}/write?db=public", server.http))
         .body(body)
