@@ -956,17 +956,7 @@ fn load_state(dir: &Path) -> Result<PersistedState, EngineError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    tocsin_storage::durable::write_atomic(path, |e| e, |f| f.write_all(bytes))
 }
 
 #[cfg(test)]

@@ -36,9 +36,11 @@
 //! ```
 
 pub mod batch;
+pub mod clock;
 mod compact;
 pub mod config;
 mod delta;
+pub mod durable;
 mod engine;
 pub mod generated;
 mod last;
@@ -51,6 +53,7 @@ pub mod segment;
 pub mod wal;
 pub mod write;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use compact::CompactionStats;
 pub use config::{CompactionConfig, RetentionConfig, StorageConfig};
 pub use engine::{

@@ -5,7 +5,7 @@
 //! the new manifest, never a mix.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -118,15 +118,9 @@ impl Manifest {
     /// Atomically replaces the manifest of `data_dir` with `self`.
     pub fn save(&self, data_dir: &Path) -> Result<(), ManifestError> {
         let path = data_dir.join(MANIFEST_FILE);
-        let tmp = data_dir.join(format!("{MANIFEST_FILE}.tmp"));
         let werr = |source| ManifestError::Write { path: path.clone(), source };
         let json = serde_json::to_vec_pretty(self).map_err(|e| werr(io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(werr)?;
-        f.write_all(&json).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        fs::rename(&tmp, &path).map_err(werr)?;
-        crate::wal::sync_dir(data_dir).map_err(werr)?;
-        Ok(())
+        crate::durable::write_atomic(&path, werr, |f| f.write_all(&json).map_err(werr))
     }
 }
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::batch::{blocks_to_batch, ts_range};
+use crate::clock::Clock;
 use crate::config::StorageConfig;
-use crate::engine::{Chunk, State, Storage, StorageError, TableState, apply, check_shapes, unix_secs, validate};
+use crate::engine::{Chunk, State, Storage, StorageError, TableState, apply, check_shapes, validate};
 use crate::manifest::Manifest;
 use crate::metrics::StorageMetrics;
 use crate::segment::{SegmentCheckError, verify_segment};
@@ -19,7 +20,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     move |source| StorageError::Io { path: path.to_path_buf(), source }
 }
 
-pub(crate) fn open(mut config: StorageConfig) -> Result<Arc<Storage>, StorageError> {
+pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<Arc<Storage>, StorageError> {
     fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
     // Every path handed on (to the query layer's object store above all,
     // which resolves relative paths from `/`) must not depend on the working
@@ -85,10 +86,9 @@ pub(crate) fn open(mut config: StorageConfig) -> Result<Arc<Storage>, StorageErr
         }
     }
 
-    let last_seq = replay_wal(&dir, &wal_dir, &manifest, &mut state, &config, &metrics)?;
+    let last_seq = replay_wal(&dir, &wal_dir, &manifest, &mut state, &config, &metrics, clock.as_ref())?;
     let wal = Wal::create(&wal_dir, last_seq.max(manifest.wal_persisted_upto) + 1, config.fsync)?;
-    let next_id = manifest.next_segment_id;
-    let storage = Storage::from_parts(config, state, wal, next_id, manifest.wal_persisted_upto, lock, metrics);
+    let storage = Storage::from_parts(config, state, wal, &manifest, lock, metrics, clock);
     tracing::info!(
         data_dir = %dir.display(),
         tables = storage.state.read().dbs.values().map(|d| d.len()).sum::<usize>(),
@@ -248,6 +248,7 @@ fn replay_wal(
     state: &mut State,
     config: &StorageConfig,
     metrics: &StorageMetrics,
+    clock: &dyn Clock,
 ) -> Result<u64, StorageError> {
     let files = wal::list_files(wal_dir).map_err(io(wal_dir))?;
     let last = files.last().map(|f| f.0).unwrap_or(0);
@@ -262,7 +263,7 @@ fn replay_wal(
         let mut rows = 0u64;
         for entry in entries {
             let (writes, mut rejected) = check_shapes(entry.writes, &replay_limits);
-            let (accepted, more) = validate(state, &entry.database, writes, &replay_limits, unix_secs());
+            let (accepted, more) = validate(state, &entry.database, writes, &replay_limits, clock.unix_secs());
             rejected.extend(more);
             for r in rejected {
                 tracing::warn!("WAL {}: item {} no longer valid on replay: {}", path.display(), r.item, r.error);
@@ -274,7 +275,12 @@ fn replay_wal(
                 rows += batch.num_rows() as u64;
                 chunks.push(Chunk { batch, min_ts, max_ts });
             }
-            apply(state, &entry.database, accepted.iter().map(|(w, _)| w.table.as_str()).zip(chunks))?;
+            apply(
+                state,
+                &entry.database,
+                clock.monotonic(),
+                accepted.iter().map(|(w, _)| w.table.as_str()).zip(chunks),
+            )?;
         }
         metrics.wal_replayed_rows.fetch_add(rows, Ordering::Relaxed);
         if let ReadEnd::Corrupt { offset, file_len, reason } = end {

@@ -35,6 +35,7 @@ use parquet::schema::types::ColumnPath;
 
 use crate::batch::adapt_batch;
 use crate::delta;
+use crate::durable::{create_dir_durable, write_atomic};
 use crate::manifest::SegmentMeta;
 use crate::schema::TIME_COLUMN;
 
@@ -342,28 +343,22 @@ fn write_parquet(
     let ioe = |source| SegmentError::Io { path: path.to_path_buf(), source };
     let dir = path.parent().ok_or_else(|| ioe(io::Error::other("segment path has no parent")))?;
     create_dir_durable(data_dir, dir).map_err(ioe)?;
-    let tmp = path.with_extension("parquet.tmp");
-    let written = (|| {
-        let file = File::create(&tmp).map_err(ioe)?;
-        let perr = |source| SegmentError::Parquet { path: path.to_path_buf(), source };
+    let perr = |source| SegmentError::Parquet { path: path.to_path_buf(), source };
+    let written = write_atomic(path, ioe, |file| {
         let (file, stats) = encode_parquet(file, batch, options, origin).map_err(perr)?;
-        file.sync_all().map_err(ioe)?;
-        let bytes = file.metadata().map_err(ioe)?.len();
-        drop(file);
-        fs::rename(&tmp, path).map_err(ioe)?;
-        Ok((bytes, stats))
-    })();
+        Ok((file.metadata().map_err(ioe)?.len(), stats))
+    });
     let (bytes, stats) = match written {
         Ok(w) => w,
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            // Nothing lists it yet: a segment whose directory entry may not
+            // survive a power loss is not written at all.
+            if path.exists() {
+                let _ = fs::remove_file(path);
+            }
             return Err(e);
         }
     };
-    if let Err(e) = crate::wal::sync_dir(dir) {
-        let _ = fs::remove_file(path);
-        return Err(ioe(e));
-    }
     tracing::debug!(
         segment = %path.display(),
         bytes,
@@ -480,29 +475,6 @@ pub(crate) fn read_footer(path: &Path) -> Result<parquet::file::metadata::Parque
     file.read_exact(&mut footer).map_err(Io)?;
     parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
         .map_err(|e| Corrupt(format!("the Parquet footer does not decode: {e}")))
-}
-
-/// Creates `dir` and any missing parents below `root`, fsyncing the parent
-/// of each folder created so that the new entries survive a power loss.
-pub(crate) fn create_dir_durable(root: &Path, dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent()
-        && parent != root
-        && parent.starts_with(root)
-    {
-        create_dir_durable(root, parent)?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    match dir.parent() {
-        Some(parent) => crate::wal::sync_dir(parent),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The crash harness: the real binary under concurrent writes of every kind
 //! (gRPC rows, gRPC logs, line protocol, remote_write, SQL INSERT) while
 //! persists, compactions, retention and a roll-up run, killed with `kill -9`
-//! at random moments, round after round on the same data directory.
+//! at random moments, round after round on the same data directory (a long
+//! run starts a fresh one every `TOCSIN_CRASH_ROUNDS_PER_DIR` rounds).
 //!
 //! After every restart: every acknowledged row is present exactly once;
 //! a request that was not acknowledged is either wholly present or wholly
@@ -269,10 +270,30 @@ fn next_random(state: &mut u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_at_random_under_every_kind_of_write_and_background_work() {
     let rounds: usize = std::env::var("TOCSIN_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    // A long run starts a fresh data directory every so many rounds: the
+    // checks read every row, so one directory's rounds slow down as it grows.
+    let per_dir: usize =
+        std::env::var("TOCSIN_CRASH_ROUNDS_PER_DIR").ok().and_then(|v| v.parse().ok()).unwrap_or(rounds).max(1);
     let mut seed: u64 = std::env::var("TOCSIN_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     }) | 1;
-    eprintln!("crash harness: {rounds} rounds, TOCSIN_CRASH_SEED={seed}");
+    eprintln!("crash harness: {rounds} rounds, {per_dir} per data directory, TOCSIN_CRASH_SEED={seed}");
+    let (mut done, mut kills_with_work, mut total) = (0, 0, 0);
+    while done < rounds {
+        let these = per_dir.min(rounds - done);
+        let (work, rows) = campaign(done, these, &mut seed).await;
+        done += these;
+        kills_with_work += work;
+        total += rows;
+    }
+    eprintln!("crash harness: {rounds} kills, {kills_with_work} after persists or merges ran; {total} rows checked");
+    assert!(total > 0, "nothing was written");
+    assert!(rounds < 4 || kills_with_work > 0, "no persist or merge ran before any kill");
+}
+
+/// `rounds` kill -9 rounds on one fresh data directory, numbered from
+/// `first`; returns the kills after which work had run, and the rows checked.
+async fn campaign(first: usize, rounds: usize, seed: &mut u64) -> (usize, i64) {
     let tmp = KeepOnPanic(Some(tempfile::tempdir().expect("tempdir")));
     let tmp = tmp.0.as_ref().expect("tempdir");
     let dir = tmp.path().join("data");
@@ -293,7 +314,7 @@ async fn kill_9_at_random_under_every_kind_of_write_and_background_work() {
     let next: HashMap<Kind, Arc<AtomicI64>> = KINDS.iter().map(|k| (*k, Arc::new(AtomicI64::new(1)))).collect();
     let mut ledger = Ledger::default();
     let mut kills_with_work = 0;
-    for round in 0..rounds {
+    for round in first..first + rounds {
         let mut server = TestServer::start_in(&dir, &extra);
         check(&server, &mut ledger, round).await;
         let servers = Servers { grpc: server.grpc, http: server.http };
@@ -303,7 +324,7 @@ async fn kill_9_at_random_under_every_kind_of_write_and_background_work() {
             .map(|k| tokio::spawn(writer(servers, *k, Arc::clone(&next[k]), Arc::clone(&stop), base_ns)))
             .collect();
         let old = tokio::spawn(old_writer(servers, Arc::clone(&stop)));
-        let wait = 50 + next_random(&mut seed) % 2_000;
+        let wait = 50 + next_random(seed) % 2_000;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         server.kill9();
         stop.store(true, Ordering::Relaxed);
@@ -320,9 +341,6 @@ async fn kill_9_at_random_under_every_kind_of_write_and_background_work() {
         }
     }
     let server = TestServer::start_in(&dir, &extra);
-    check(&server, &mut ledger, rounds).await;
-    let total: i64 = ledger.present.values().sum();
-    eprintln!("crash harness: {rounds} kills, {kills_with_work} after persists or merges ran; {total} rows checked");
-    assert!(total > 0, "nothing was written");
-    assert!(rounds < 4 || kills_with_work > 0, "no persist or merge ran before any kill");
+    check(&server, &mut ledger, first + rounds).await;
+    (kills_with_work, ledger.present.values().sum())
 }

@@ -123,17 +123,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
     move |source| WalError::Io { path: path.to_path_buf(), source }
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 fn create_file(dir: &Path, seq: u64) -> Result<(File, PathBuf), WalError> {
     let path = dir.join(file_name(seq));
     let mut f = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_err(&path))?;
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
-    let written = f.write_all(&header).and_then(|()| f.sync_all()).and_then(|()| sync_dir(dir));
+    let written = f.write_all(&header).and_then(|()| f.sync_all()).and_then(|()| crate::durable::sync_dir(dir));
     if let Err(e) = written {
         // Left behind, the half-made file would make every later attempt
         // fail with "already exists".

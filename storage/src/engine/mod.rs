@@ -1,0 +1,364 @@
+//! The storage engine: one [`Storage`] value, its state and locks. Each job
+//! is an `impl Storage` block of its own module: [`write_path`] (validate,
+//! log, buffer), [`read`] (snapshots, readers), [`persist`] (buffer to
+//! segments, shutdown) and [`maintain`] (compaction, retention, purge).
+//!
+//! # Lock protocol
+//!
+//! | lock | kind | held by | protects |
+//! |---|---|---|---|
+//! | `compact_lock` | async mutex | a compaction or retention round | one remover of segments at a time, so a round's inputs stay listed until it swaps them |
+//! | `persist_lock` | async mutex | a persist; the manifest swap of a compaction or expiry | one manifest writer at a time: each new manifest is derived from the one before |
+//! | `gate` | async rwlock | writers shared, from validation to the observers; persist, [`Storage::snapshot_between_writes`] and shutdown exclusive | every record of a closed WAL file is in the buffer being persisted; a tail seam sees each write once |
+//! | `state` | sync rwlock | anyone, briefly | tables, schemas, buffers, segment lists |
+//! | `readers`, `retired`, `observers` | sync | anyone, briefly | reader epochs, files waiting for deletion, write observers |
+//!
+//! Locks are taken in the order of the table (a holder of `state` never
+//! waits for `gate`, a holder of `gate` never for `persist_lock`), and the
+//! synchronous ones are never held across an `.await` or a file write:
+//! segments and manifests are written with only the async locks held
+//! (persist rotates the WAL under `gate` and `state`, which is the one
+//! fsync made under `state`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use parking_lot::RwLock;
+
+use crate::batch::adapt_batch;
+use crate::clock::{Clock, SystemClock};
+use crate::config::StorageConfig;
+use crate::manifest::{Manifest, ManifestError, SegmentMeta};
+use crate::metrics::StorageMetrics;
+use crate::schema::{ColumnDef, ColumnKind, TableSchema};
+use crate::segment::SegmentError;
+use crate::wal::{self, Wal, WalError};
+use crate::write::{TableWrite, WriteError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error("Arrow error: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "data directory {data_dir} has no manifest.json but segments/ holds {segments} segment file(s) \
+         (e.g. {example}); starting would ignore them. Restore manifest.json from a backup, or run \
+         `tocsin repair --data-dir {data_dir}` to rebuild it from the segments' own metadata"
+    )]
+    ManifestMissing { data_dir: PathBuf, segments: usize, example: PathBuf },
+    #[error(
+        "segment {path} of table {table} is listed in the manifest but cannot be read ({source}); the file \
+         may be fine (permissions, a volume not mounted, an I/O error), so the server will not start \
+         without it. Fix access to it, or if it is truly gone, run `tocsin repair --data-dir {data_dir}` \
+         to rebuild the manifest from the segments present"
+    )]
+    SegmentUnreadable { path: PathBuf, table: String, data_dir: PathBuf, source: std::io::Error },
+    #[error("data directory {path} is in use by another tocsin process (lock file {lock} is held)")]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("write buffer is full ({buffered} bytes buffered, limit {limit}): persistence is behind; retry later")]
+    BufferFull { buffered: usize, limit: usize },
+    #[error("server is shutting down; write refused")]
+    ShuttingDown,
+    #[error("invalid database: {0}")]
+    Database(WriteError),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// One rejected item of a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The `item` of the rejected [`crate::SeriesBlock`].
+    pub item: u32,
+    pub error: WriteError,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub accepted_rows: u64,
+    pub rejected: Vec<Rejection>,
+}
+
+/// Reader epochs: a counter bumped at every segment retirement, and the
+/// epochs at which the running readers started (with their count).
+#[derive(Debug, Default)]
+struct Readers {
+    epoch: u64,
+    active: BTreeMap<u64, usize>,
+}
+
+/// A running reader (see [`Storage::reader`]); dropping it ends the read.
+#[derive(Debug)]
+pub struct ReaderGuard {
+    readers: Arc<parking_lot::Mutex<Readers>>,
+    epoch: u64,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        let mut r = self.readers.lock();
+        if let Some(n) = r.active.get_mut(&self.epoch) {
+            *n -= 1;
+            if *n == 0 {
+                r.active.remove(&self.epoch);
+            }
+        }
+    }
+}
+
+/// Buffered rows of one write, with their time range for pruning.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub batch: RecordBatch,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+/// A consistent view of one table for a query.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    /// The table's current schema; chunks and segments may have fewer
+    /// columns (read them as NULL) but never conflicting types.
+    pub schema: SchemaRef,
+    pub chunks: Vec<Chunk>,
+    pub segments: Vec<Arc<SegmentMeta>>,
+    pub data_dir: PathBuf,
+}
+
+impl TableSnapshot {
+    pub fn segment_path(&self, seg: &SegmentMeta) -> PathBuf {
+        self.data_dir.join(&seg.path)
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PersistStats {
+    pub tables: usize,
+    pub rows: u64,
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct TableState {
+    pub(crate) schema: TableSchema,
+    pub(crate) arrow: Option<SchemaRef>,
+    pub(crate) buffer: Vec<Chunk>,
+    pub(crate) persisting: Vec<Chunk>,
+    pub(crate) segments: Vec<Arc<SegmentMeta>>,
+    /// Chunks at the end of `buffer` smaller than [`SMALL_CHUNK_ROWS`].
+    pub(crate) small_tail: usize,
+    /// Series hash → when it was last written (Unix seconds): the active
+    /// series that `WriteLimits::max_series_per_table` bounds.
+    pub(crate) active: HashMap<u64, u64>,
+    /// Columns that [`Storage::ensure_table`] added for an INSERT being
+    /// planned and that no accepted write has used yet. They are not saved
+    /// in the manifest, a write may give them another kind, and
+    /// [`Storage::discard_provisional`] removes them when the INSERT fails:
+    /// tables and columns come into existence only with an accepted write.
+    pub(crate) provisional: Vec<String>,
+}
+
+impl TableState {
+    pub(crate) fn arrow_schema(&mut self) -> SchemaRef {
+        Arc::clone(self.arrow.get_or_insert_with(|| self.schema.arrow_schema()))
+    }
+
+    /// The Arrow schema without caching it (for readers holding `&self`).
+    fn current_arrow_schema(&self) -> SchemaRef {
+        self.arrow.clone().unwrap_or_else(|| self.schema.arrow_schema())
+    }
+
+    fn add_column(&mut self, name: &str, kind: ColumnKind) {
+        self.schema.columns.push(ColumnDef { name: name.to_string(), kind });
+        self.arrow = None;
+    }
+
+    /// Gives a provisional column another kind (no row has a value in it).
+    fn retype_provisional(&mut self, name: &str, kind: ColumnKind) {
+        if let Some(c) = self.schema.columns.iter_mut().find(|c| c.name == name) {
+            c.kind = kind;
+            self.arrow = None;
+        }
+    }
+
+    /// The schema without provisional columns: what the manifest records.
+    fn durable_schema(&self) -> TableSchema {
+        if self.provisional.is_empty() {
+            return self.schema.clone();
+        }
+        TableSchema {
+            columns: self.schema.columns.iter().filter(|c| !self.provisional.contains(&c.name)).cloned().collect(),
+        }
+    }
+
+    /// Many tiny writes (single-row INSERTs, small Prometheus batches) would
+    /// leave thousands of tiny batches for every query to walk: merge them.
+    fn push(&mut self, chunk: Chunk) -> Result<(), ArrowError> {
+        let small = chunk.batch.num_rows() < SMALL_CHUNK_ROWS;
+        self.buffer.push(chunk);
+        self.small_tail = if small { self.small_tail + 1 } else { 0 };
+        if self.small_tail >= MERGE_SMALL_CHUNKS {
+            let schema = self.arrow_schema();
+            // Merged from a view of the tail; the chunks leave the buffer
+            // only once the merge succeeded (a failed concat used to drop
+            // acknowledged rows from the buffer).
+            let start = self.buffer.len() - self.small_tail;
+            let tail = &self.buffer[start..];
+            let adapted = tail.iter().map(|c| adapt_batch(&c.batch, &schema)).collect::<Result<Vec<_>, _>>()?;
+            let merged = Chunk {
+                batch: concat_batches(&schema, &adapted)?,
+                min_ts: tail.iter().map(|c| c.min_ts).min().unwrap_or(i64::MAX),
+                max_ts: tail.iter().map(|c| c.max_ts).max().unwrap_or(i64::MIN),
+            };
+            let still_small = merged.batch.num_rows() < SMALL_CHUNK_ROWS;
+            self.buffer.truncate(start);
+            self.buffer.push(merged);
+            self.small_tail = usize::from(still_small);
+        }
+        Ok(())
+    }
+}
+
+const SMALL_CHUNK_ROWS: usize = 4096;
+const MERGE_SMALL_CHUNKS: usize = 64;
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) dbs: BTreeMap<String, BTreeMap<String, TableState>>,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) persisting_bytes: usize,
+    /// When the oldest buffered write was applied ([`Clock::monotonic`]).
+    pub(crate) oldest_write: Option<Duration>,
+}
+
+/// The database of the server's own tables (`system.alert_history`, ...).
+pub const SYSTEM_DATABASE: &str = "system";
+
+pub struct Storage {
+    pub(crate) config: StorageConfig,
+    pub(crate) state: RwLock<State>,
+    pub(crate) wal: Arc<Wal>,
+    /// Writers hold it shared from WAL append to buffer apply; a persist takes
+    /// it exclusively to rotate the WAL and swap buffers, so that every record
+    /// in a closed WAL file is in the buffer being persisted.
+    gate: tokio::sync::RwLock<()>,
+    persist_lock: tokio::sync::Mutex<()>,
+    /// One compaction or retention round at a time (they are the only
+    /// removers of segments, so a round's inputs stay in place until it
+    /// swaps them).
+    compact_lock: tokio::sync::Mutex<()>,
+    /// Shared by persists and compactions, which may run at the same time.
+    pub(crate) next_segment_id: Arc<AtomicU64>,
+    /// The manifest's `wal_persisted_upto`, for manifests written by
+    /// compactions.
+    wal_persisted_upto: AtomicU64,
+    /// Segment files replaced by compaction, deleted after the grace period.
+    /// Segment files replaced by compaction or retention, waiting to be
+    /// deleted: (path, when, reader epoch at retirement).
+    retired: parking_lot::Mutex<Vec<(String, Duration, u64)>>,
+    readers: Arc<parking_lot::Mutex<Readers>>,
+    shutting_down: AtomicBool,
+    pub metrics: StorageMetrics,
+    /// Replaced whole when one is added (at start-up), so that a write
+    /// takes the list with one reference count, not a copy.
+    observers: RwLock<Arc<Vec<Arc<dyn WriteObserver>>>>,
+    last: crate::last::LastRows,
+    pub(crate) clock: Arc<dyn Clock>,
+    _lock_file: File,
+}
+
+/// Sees each write once it is durable and visible to queries, before the
+/// writer is answered (and before [`Storage::snapshot_between_writes`] can
+/// run).
+pub trait WriteObserver: Send + Sync {
+    fn written(&self, db: &str, writes: &[TableWrite]);
+}
+
+impl Storage {
+    /// Opens (or creates) the data directory, verifies segments, replays the
+    /// WAL and starts a new WAL file. Fails with a precise error if the
+    /// directory cannot be used.
+    pub async fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> {
+        Storage::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Storage::open`] with the clock every waiting period and age is
+    /// measured with (tests move a [`crate::clock::ManualClock`]).
+    pub async fn open_with_clock(config: StorageConfig, clock: Arc<dyn Clock>) -> Result<Arc<Storage>, StorageError> {
+        tokio::task::spawn_blocking(move || crate::recovery::open(config, clock))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    pub(crate) fn from_parts(
+        config: StorageConfig,
+        state: State,
+        wal: Arc<Wal>,
+        manifest: &Manifest,
+        lock_file: File,
+        metrics: StorageMetrics,
+        clock: Arc<dyn Clock>,
+    ) -> Storage {
+        Storage {
+            config,
+            clock,
+            state: RwLock::new(state),
+            wal,
+            gate: tokio::sync::RwLock::new(()),
+            persist_lock: tokio::sync::Mutex::new(()),
+            compact_lock: tokio::sync::Mutex::new(()),
+            next_segment_id: Arc::new(AtomicU64::new(manifest.next_segment_id)),
+            wal_persisted_upto: AtomicU64::new(manifest.wal_persisted_upto),
+            retired: parking_lot::Mutex::new(Vec::new()),
+            readers: Arc::new(parking_lot::Mutex::new(Readers::default())),
+            shutting_down: AtomicBool::new(false),
+            metrics,
+            observers: RwLock::new(Arc::new(Vec::new())),
+            last: crate::last::LastRows::default(),
+            _lock_file: lock_file,
+        }
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    pub fn wal_metrics(&self) -> &wal::WalMetrics {
+        &self.wal.metrics
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+}
+
+mod maintain;
+mod persist;
+mod read;
+#[cfg(test)]
+mod tests;
+mod write_path;
+
+pub(crate) use write_path::{apply, check_shapes, validate};
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,94 @@
+//! What readers see: table lists and schemas, snapshots, the last-row
+//! cache, and the reader epochs that keep retired files alive.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use super::{ReaderGuard, Storage, StorageError, TableSnapshot};
+
+impl Storage {
+    /// The newest row of every series of `db.table`, in the table's current
+    /// schema; `None` until [`Storage::complete_last_rows`] has folded in
+    /// the table's history.
+    pub fn last_rows(&self, db: &str, table: &str) -> Result<Option<RecordBatch>, StorageError> {
+        let Some(schema) = self.table_schema(db, table) else { return Ok(None) };
+        Ok(self.last.rows(db, table, &schema)?)
+    }
+
+    /// Folds the newest row per series of the whole table (`rows`, from a
+    /// scan) into the last-row cache and marks it complete. Writes that
+    /// happen meanwhile are kept if newer.
+    pub fn complete_last_rows(&self, db: &str, table: &str, rows: &RecordBatch) -> Result<(), StorageError> {
+        let schema = self.table_schema(db, table).unwrap_or_else(|| rows.schema());
+        Ok(self.last.complete(db, table, rows, &schema)?)
+    }
+
+    pub fn databases(&self) -> Vec<String> {
+        self.state.read().dbs.keys().cloned().collect()
+    }
+
+    pub fn tables(&self, db: &str) -> Vec<String> {
+        self.state.read().dbs.get(db).map(|t| t.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn table_schema(&self, db: &str, table: &str) -> Option<SchemaRef> {
+        let st = self.state.read();
+        let t = st.dbs.get(db)?.get(table)?;
+        Some(t.current_arrow_schema())
+    }
+
+    pub fn table_exists(&self, db: &str, table: &str) -> bool {
+        self.state.read().dbs.get(db).is_some_and(|t| t.contains_key(table))
+    }
+
+    /// A consistent view of `db.table`: schema, buffered chunks (including
+    /// those being persisted) and segments.
+    pub fn snapshot(&self, db: &str, table: &str) -> Option<TableSnapshot> {
+        let st = self.state.read();
+        let t = st.dbs.get(db)?.get(table)?;
+        let mut chunks = Vec::with_capacity(t.buffer.len() + t.persisting.len());
+        chunks.extend(t.persisting.iter().cloned());
+        chunks.extend(t.buffer.iter().cloned());
+        Some(TableSnapshot {
+            schema: t.current_arrow_schema(),
+            chunks,
+            segments: t.segments.clone(),
+            data_dir: self.config.data_dir.clone(),
+        })
+    }
+
+    /// Bytes held by the write buffer (including data being persisted).
+    pub fn buffered_bytes(&self) -> usize {
+        let st = self.state.read();
+        st.buffer_bytes + st.persisting_bytes
+    }
+
+    /// Number of segments and their total size on disk.
+    pub fn segment_totals(&self) -> (usize, u64) {
+        let st = self.state.read();
+        let mut n = 0;
+        let mut bytes = 0;
+        for t in st.dbs.values().flat_map(|d| d.values()) {
+            n += t.segments.len();
+            bytes += t.segments.iter().map(|s| s.bytes).sum::<u64>();
+        }
+        (n, bytes)
+    }
+
+    /// Registers a reader (a query, a tail backfill) until the guard is
+    /// dropped: segment files retired after this call are not deleted while
+    /// it lives. Take it before taking the snapshot the reader reads.
+    pub fn reader(&self) -> ReaderGuard {
+        let mut r = self.readers.lock();
+        let epoch = r.epoch;
+        *r.active.entry(epoch).or_default() += 1;
+        ReaderGuard { readers: Arc::clone(&self.readers), epoch }
+    }
+
+    /// Active series over all tables (see `WriteLimits::max_series_per_table`).
+    pub fn active_series(&self) -> usize {
+        self.state.read().dbs.values().flat_map(|d| d.values()).map(|t| t.active.len()).sum()
+    }
+}
