@@ -101,6 +101,15 @@ pub struct AlertMetrics {
     pub ingest_evaluations: AtomicU64,
     /// Ingest-path batches dropped because the engine's queue was full.
     pub ingest_dropped: Arc<AtomicU64>,
+    /// Dispatch rounds completed (grouping, silences, inhibition,
+    /// escalation and repeat timers are all decided in a round).
+    pub dispatch_rounds: AtomicU64,
+    /// Notification jobs created (each then goes to the outbox).
+    pub notifications_queued: AtomicU64,
+    /// Jobs in the outbox as last saved: created, not yet known delivered
+    /// (or finally failed) on disk. Zero means every notification decided
+    /// so far is out and a restart would send none again.
+    pub outbox_saved: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -236,6 +245,7 @@ impl AlertEngine {
             save_lock: Mutex::new(()),
             metrics: AlertMetrics::default(),
         });
+        engine.metrics.outbox_saved.store(pending.len() as u64, Ordering::Relaxed);
         if !pending.is_empty() {
             tracing::info!(count = pending.len(), "re-sending notifications not delivered before the last stop");
         }
@@ -428,6 +438,8 @@ impl AlertEngine {
         inner.muted = out.muted;
         let out_changed = out.changed;
         let mut jobs = out.jobs;
+        self.metrics.dispatch_rounds.fetch_add(1, Ordering::Relaxed);
+        self.metrics.notifications_queued.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         for job in &mut jobs {
             inner.next_id += 1;
             job.id = format!("n{:x}-{}", now, inner.next_id);
@@ -548,8 +560,9 @@ impl AlertEngine {
                 outbox: inner.outbox.values().cloned().collect(),
                 next_id: inner.next_id,
             };
-            serde_json::to_vec(&state).map_err(|e| EngineError::BadRequest(e.to_string()))?
+            (serde_json::to_vec(&state).map_err(|e| EngineError::BadRequest(e.to_string()))?, state.outbox.len())
         };
+        let (bytes, outbox) = bytes;
         let path = self.state_path();
         // The fsyncs block: on a multi-threaded runtime, tell it so that the
         // worker's other tasks move elsewhere meanwhile.
@@ -560,7 +573,9 @@ impl AlertEngine {
         } else {
             write_atomic(&path, &bytes)
         };
-        if written.is_err() {
+        if written.is_ok() {
+            self.metrics.outbox_saved.store(outbox as u64, Ordering::Relaxed);
+        } else {
             // Not saved: the next round must try again (clearing the flag
             // before writing and not setting it back lost a failed save's
             // changes until something else changed).
@@ -708,11 +723,13 @@ impl AlertEngine {
         }
         let text: usize = s.matchers.iter().map(|m| m.name.len() + m.value.len()).sum();
         if s.matchers.len() > MAX_MATCHERS || text > MAX_TEXT {
+            tocsin_storage::refusals::refused("max_silence_matchers");
             return Err(EngineError::BadRequest(format!(
                 "a silence may have at most {MAX_MATCHERS} matchers of {MAX_TEXT} bytes in all"
             )));
         }
         if self.inner.lock().silences.len() >= MAX_SILENCES {
+            tocsin_storage::refusals::refused("max_silences");
             return Err(EngineError::BadRequest(format!("{MAX_SILENCES} silences exist already; expire some first")));
         }
         let matchers = s.compile().map_err(EngineError::BadRequest)?;
@@ -852,6 +869,19 @@ impl AlertEngine {
             "counter",
             "Notification attempts that failed.",
             c(&m.notifications_failed),
+        );
+        metric("tocsin_alert_dispatch_rounds_total", "counter", "Dispatch rounds completed.", c(&m.dispatch_rounds));
+        metric(
+            "tocsin_notifications_queued_total",
+            "counter",
+            "Notification jobs created (each escalation step, repeat and resolve is one).",
+            c(&m.notifications_queued),
+        );
+        metric(
+            "tocsin_notification_outbox",
+            "gauge",
+            "Notification jobs in the outbox as last saved: not yet known delivered.",
+            c(&m.outbox_saved),
         );
         metric("tocsin_rule_reloads_total", "counter", "Successful rule reloads.", c(&m.reloads));
         metric("tocsin_rule_reload_failures_total", "counter", "Rejected rule reloads.", c(&m.reload_failures));

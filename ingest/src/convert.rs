@@ -192,6 +192,7 @@ pub fn logs_to_write(
             .into_iter()
             .find(|(_, v)| v.len() > limits.max_string_bytes);
         if let Some((column, v)) = oversized {
+            tocsin_storage::refusals::refused("max_string_bytes");
             rejected.push(EarlyRejection {
                 item: i as u32,
                 reason: WriteError::ValueTooLarge {

@@ -193,6 +193,7 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64, limits: &WriteLimits
             _ => None,
         });
         if let Some((column, len)) = long {
+            tocsin_storage::refusals::refused("max_string_bytes");
             out.rejected.push(EarlyRejection {
                 item: n as u32,
                 reason: WriteError::ValueTooLarge { column: column.to_string(), len, limit: limits.max_string_bytes }

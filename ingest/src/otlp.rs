@@ -105,6 +105,7 @@ impl Expansion {
     /// or says why the point is refused.
     fn charge(&mut self, resource: &[(String, String)], point: &[KeyValue], copies: usize) -> Result<(), String> {
         if resource.len() > MAX_ATTRIBUTES || point.len() > MAX_ATTRIBUTES {
+            tocsin_storage::refusals::refused("max_otlp_attributes");
             return Err(format!(
                 "{} resource and {} point attributes; at most {MAX_ATTRIBUTES} of each are accepted",
                 resource.len(),
@@ -115,6 +116,7 @@ impl Expansion {
         let point_bytes: usize = point.iter().map(|a| a.key.len() + approx_len(a.value.as_ref())).sum();
         let bytes = (resource_bytes + point_bytes + 16).saturating_mul(copies.max(1));
         if bytes > self.left {
+            tocsin_storage::refusals::refused("max_otlp_expanded_bytes");
             return Err(format!(
                 "the request expands to more than {MAX_EXPANDED_BYTES} bytes of attributes (resource attributes \
                  are copied into every point); send fewer points per request or fewer resource attributes"

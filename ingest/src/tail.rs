@@ -99,6 +99,10 @@ pub const MAX_FILTER_VALUES: usize = 256;
 impl TailFilter {
     /// Checks the filter's sizes; the error names what is too large.
     pub fn check(&self) -> Result<(), String> {
+        self.check_sizes().inspect_err(|_| tocsin_storage::refusals::refused("max_tail_filter"))
+    }
+
+    fn check_sizes(&self) -> Result<(), String> {
         if let Some(t) = &self.text
             && t.len() > MAX_FILTER_TEXT
         {

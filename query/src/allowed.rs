@@ -67,8 +67,8 @@ struct Cte {
     copies: usize,
 }
 
-fn too_complex(what: &str, limit: usize) -> QueryError {
-    QueryError::TooComplex { what: what.to_string(), limit }
+fn too_complex(what: &'static str, limit: usize, bound: &'static str) -> QueryError {
+    QueryError::TooComplex { what, limit, bound }
 }
 
 /// Refuses SQL text too complex to plan safely, before it is parsed:
@@ -109,7 +109,7 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
                     // `name AS (`: a common table expression's body.
                     ctes.push(Cte { name: name.value.to_ascii_lowercase(), copies: 1 });
                     if ctes.len() > MAX_SUBQUERIES {
-                        return Err(too_complex("common table expressions", MAX_SUBQUERIES));
+                        return Err(too_complex("common table expressions", MAX_SUBQUERIES, "max_ctes"));
                     }
                     level.cte = Some(ctes.len() - 1);
                 }
@@ -121,7 +121,7 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
                 if levels.len() > 1 {
                     let closed = levels.pop().unwrap_or_default();
                     if closed.cube && closed.items + 1 > MAX_CUBE {
-                        return Err(too_complex("expressions in one CUBE", MAX_CUBE));
+                        return Err(too_complex("expressions in one CUBE", MAX_CUBE, "max_cube"));
                     }
                     open -= closed.ops + closed.child;
                     let depth = closed.best.max(closed.ops + closed.child) + 1;
@@ -219,7 +219,11 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
                             }
                         };
                         if total > MAX_CTE_COPIES {
-                            return Err(too_complex("copies of common table expressions", MAX_CTE_COPIES));
+                            return Err(too_complex(
+                                "copies of common table expressions",
+                                MAX_CTE_COPIES,
+                                "max_cte_copies",
+                            ));
                         }
                     }
                     false
@@ -271,10 +275,10 @@ pub(crate) fn check_expression_size(sql: &str, dialect: &dyn Dialect) -> Result<
             return Err(QueryError::TooManyJoins { limit: MAX_JOINS });
         }
         if subqueries > MAX_SUBQUERIES {
-            return Err(too_complex("subqueries", MAX_SUBQUERIES));
+            return Err(too_complex("subqueries", MAX_SUBQUERIES, "max_subqueries"));
         }
         if windows > MAX_SUBQUERIES {
-            return Err(too_complex("window functions", MAX_SUBQUERIES));
+            return Err(too_complex("window functions", MAX_SUBQUERIES, "max_window_functions"));
         }
     }
     Ok(())

@@ -91,10 +91,24 @@ pub enum QueryError {
     #[error("the statement joins more than {limit} tables; at most {limit} joins are allowed")]
     TooManyJoins { limit: usize },
     #[error("the statement has more {what} than the {limit} allowed; split it")]
-    TooComplex { what: String, limit: usize },
+    TooComplex { what: &'static str, limit: usize, bound: &'static str },
 }
 
 impl QueryError {
+    /// The bound that refused the statement, when a bound did (see
+    /// [`tocsin_storage::refusals`]).
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            QueryError::SqlTooLong { .. } => Some("max_sql_bytes"),
+            QueryError::ExpressionTooComplex { .. } => Some("max_statement_depth"),
+            QueryError::TooManyJoins { .. } => Some("max_joins"),
+            QueryError::TooComplex { bound, .. } => Some(bound),
+            QueryError::DataFusion(DataFusionError::ResourcesExhausted(_)) => Some("max_query_memory_mb"),
+            QueryError::Write(e) => e.limit(),
+            _ => None,
+        }
+    }
+
     /// Whether the error is the client's (bad SQL, unknown table, bad value)
     /// rather than the server's.
     pub fn is_user_error(&self) -> bool {
@@ -354,13 +368,19 @@ impl QueryEngine {
         sql: &str,
         database: Option<&str>,
     ) -> Result<(datafusion::dataframe::DataFrame, insert::Provisional), QueryError> {
+        let count = |e: QueryError| {
+            if let Some(limit) = e.limit() {
+                tocsin_storage::refusals::refused(limit);
+            }
+            e
+        };
         if sql.len() > MAX_SQL_BYTES {
-            return Err(QueryError::SqlTooLong { bytes: sql.len(), limit: MAX_SQL_BYTES });
+            return Err(count(QueryError::SqlTooLong { bytes: sql.len(), limit: MAX_SQL_BYTES }));
         }
         let state = self.state(database);
         let dialect = state.config().options().sql_parser.dialect;
         if let Some(d) = datafusion::sql::sqlparser::dialect::dialect_from_str(dialect) {
-            allowed::check_expression_size(sql, d.as_ref())?;
+            allowed::check_expression_size(sql, d.as_ref()).map_err(count)?;
         }
         // Parsing and planning are CPU work that recurses over the statement
         // (seconds for the largest statements allowed): they run on a

@@ -44,6 +44,7 @@ const MAX_DEPTH: usize = 32;
 /// Parses a query; the error names what is wrong.
 fn parse(q: &str) -> std::result::Result<Query, String> {
     if q.len() > MAX_QUERY_BYTES {
+        tocsin_storage::refusals::refused("max_matches_bytes");
         return Err(format!("the query is {} bytes long; at most {MAX_QUERY_BYTES} are allowed", q.len()));
     }
     let mut tokens = Vec::new();
@@ -105,6 +106,7 @@ fn parse_and(t: &[String], pos: &mut usize, depth: usize) -> std::result::Result
 fn parse_not(t: &[String], pos: &mut usize, depth: usize) -> std::result::Result<Query, String> {
     let nested = |depth: usize| {
         if depth >= MAX_DEPTH {
+            tocsin_storage::refusals::refused("max_matches_depth");
             Err(format!("parentheses and NOT nest more than {MAX_DEPTH} deep"))
         } else {
             Ok(depth + 1)

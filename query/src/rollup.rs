@@ -57,6 +57,8 @@ pub struct RollupConfig {
 /// Counters of all roll-ups, read by the server's `/metrics`.
 #[derive(Debug, Default)]
 pub struct RollupMetrics {
+    /// Calls of [`Rollups::run_due`] completed, whether or not a bucket was due.
+    pub checks: AtomicU64,
     pub runs: AtomicU64,
     pub rows: AtomicU64,
     pub failures: AtomicU64,
@@ -123,6 +125,7 @@ impl Rollups {
                 }
             }
         }
+        self.metrics.checks.fetch_add(1, Ordering::Relaxed);
         runs
     }
 

@@ -308,6 +308,7 @@ impl FlightSqlService for FlightSql {
                     && let Some(gone) = p.0.remove(&old)
                 {
                     bytes -= gone.sql.len();
+                    tocsin_storage::refusals::refused("max_prepared_statements");
                 }
             }
         }

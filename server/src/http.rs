@@ -48,7 +48,17 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .merge(crate::alerts_api::router(Arc::clone(&state.alerts)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(count_too_large))
         .with_state(state)
+}
+
+/// Counts every `413` (a body over `limits.max_request_bytes`, before or
+/// after decompression) as a refusal by that bound.
+async fn count_too_large(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        tocsin_storage::refusals::refused("max_request_bytes");
+    }
+    response
 }
 
 /// An HTTP error: status and a JSON body `{"error": "..."}`.
@@ -171,5 +181,6 @@ async fn metrics(State(app): State<AppState>) -> Response {
     app.alerts.render_metrics(&mut text);
     crate::metrics::render_tail(&app.tail.metrics, &mut text);
     crate::metrics::render_rollups(&app.rollups.metrics, &mut text);
+    crate::metrics::render_refusals(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

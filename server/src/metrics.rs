@@ -173,7 +173,25 @@ pub(crate) fn render_tail(m: &tocsin_ingest::tail::TailMetrics, o: &mut String) 
 
 /// Roll-ups: runs, rows written, failures.
 pub(crate) fn render_rollups(m: &tocsin_query::rollup::RollupMetrics, o: &mut String) {
+    counter(
+        o,
+        "tocsin_rollup_checks_total",
+        "Roll-up rounds completed, whether or not a bucket was due.",
+        load(&m.checks),
+    );
     counter(o, "tocsin_rollup_runs_total", "Roll-up runs that wrote buckets.", load(&m.runs));
     counter(o, "tocsin_rollup_rows_total", "Rows written by roll-ups.", load(&m.rows));
     counter(o, "tocsin_rollup_failures_total", "Roll-up runs that failed.", load(&m.failures));
+}
+
+/// Refusals by input bound (see `tocsin_storage::refusals`).
+pub(crate) fn render_refusals(o: &mut String) {
+    let _ = writeln!(
+        o,
+        "# HELP tocsin_limit_refusals_total Requests or items refused by an input bound, by bound.\n\
+         # TYPE tocsin_limit_refusals_total counter"
+    );
+    for (limit, n) in tocsin_storage::refusals::counts() {
+        let _ = writeln!(o, "tocsin_limit_refusals_total{{limit=\"{limit}\"}} {n}");
+    }
 }

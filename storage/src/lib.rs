@@ -47,6 +47,7 @@ mod last;
 pub mod manifest;
 mod metrics;
 mod recovery;
+pub mod refusals;
 pub mod repair;
 pub mod schema;
 pub mod segment;

@@ -165,6 +165,21 @@ pub enum WriteError {
     TooManyDatabases { database: String, count: usize, limit: usize },
 }
 
+impl WriteError {
+    /// The bound that refused the item, when a bound did (see
+    /// [`crate::refusals`]); `None` for malformed or conflicting input.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            WriteError::ValueTooLarge { .. } => Some("max_string_bytes"),
+            WriteError::TooManyColumns { .. } => Some("max_columns"),
+            WriteError::TooManySeries { .. } => Some("max_series_per_table"),
+            WriteError::TooManyTables { .. } => Some("max_tables"),
+            WriteError::TooManyDatabases { .. } => Some("max_databases"),
+            _ => None,
+        }
+    }
+}
+
 const MAX_NAME_BYTES: usize = 128;
 
 /// Names of databases, tables and columns: 1 to 128 bytes of ASCII letters,

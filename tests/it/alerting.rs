@@ -47,6 +47,35 @@ receivers:
     )
 }
 
+/// Waits until every notification decided so far is out: two dispatch
+/// rounds complete after this call (whatever was due then has been
+/// decided) and the saved outbox is empty (each job was delivered, or
+/// failed for good). What a webhook has received by then is final until
+/// the next change or timer; tests check it instead of sleeping.
+async fn settled(server: &TestServer) {
+    let rounds = server.metric("tocsin_alert_dispatch_rounds_total").await;
+    server.metric_until("tocsin_alert_dispatch_rounds_total", rounds + 2.0).await;
+    outbox_empty(server).await;
+}
+
+async fn outbox_empty(server: &TestServer) {
+    for _ in 0..600 {
+        if server.metric("tocsin_notification_outbox").await == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the outbox never emptied");
+}
+
+/// Lets `after` pass (a timer being due: an escalation step, a group
+/// interval), then waits until the rounds that follow have run and
+/// everything they decided is out.
+async fn rounds_after(server: &TestServer, after: Duration) {
+    tokio::time::sleep(after).await;
+    settled(server).await;
+}
+
 async fn post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
     let resp =
         reqwest::Client::new().post(format!("http://{}{path}", server.http)).json(&body).send().await.expect("request");
@@ -135,7 +164,8 @@ async fn silenced_alerts_are_recorded_but_not_notified() {
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-2', 99), (now(), 'web-3', 99)").await;
     // web-3's notification is the barrier: by then web-2's would have gone too.
     hook.wait_for(20, |_, v| host_of(v) == "web-3").await.expect("web-3 notified");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    settled(&server).await;
+    assert_eq!(server.metric("tocsin_notifications_queued_total").await, 1.0, "web-3 only");
     assert!(hook.received().iter().all(|(_, v)| host_of(v) != "web-2"), "silenced web-2 was notified");
     let alerts = get(&server, "/api/v1/alerts?host=web-2").await;
     assert_eq!(alerts["alerts"][0]["state"], "firing");
@@ -198,13 +228,15 @@ async fn escalation_continues_after_kill_9_without_repeating_a_step() {
     hook.wait_for(20, |p, v| p == "/oncall" && host_of(v) == "esc-1").await.expect("step 1");
     // Delivery is at-least-once: a kill in the milliseconds between the
     // receiver's 200 and the outbox update would send step 1 again (see
-    // docs/alerting.md). Kill a little later, mid-chain.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // docs/alerting.md). Kill once the saved outbox is empty, mid-chain.
+    server.metric_until("tocsin_notifications_queued_total", 1.0).await;
+    outbox_empty(&server).await;
     server.kill9();
     let server = TestServer::start_with_rules(tmp.path(), &yaml);
     let step2 = hook.wait_for(30, |p, _| p == "/backup").await.expect("step 2 after the restart");
     assert_eq!(step2["tocsin"]["step"], 2);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    settled(&server).await;
+    assert_eq!(server.metric("tocsin_notifications_queued_total").await, 1.0, "only step 2 after the restart");
     let got = hook.received();
     let oncall_steps = got.iter().filter(|(p, v)| p == "/oncall" && v["tocsin"]["reason"] == "escalation").count();
     let backup = got.iter().filter(|(p, _)| p == "/backup").count();
@@ -318,7 +350,9 @@ async fn for_and_recover_hysteresis_through_the_binary() {
     assert_eq!(firing["alerts"][0]["labels"]["severity"], "warning");
     // 75: below the threshold but above recover: still firing.
     insert(&server, "web-1", 75.0, 1000).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Two evaluations that saw the 75 (it was written before they began).
+    let seen = server.metric("tocsin_rule_evaluations_total").await;
+    server.metric_until("tocsin_rule_evaluations_total", seen + 2.0).await;
     assert_eq!(state_of(&server, "web-1").await, "firing");
     insert(&server, "web-1", 60.0, 2000).await;
     wait_state(&server, "web-1", "resolved").await;
@@ -345,7 +379,10 @@ async fn a_storm_of_a_thousand_hosts_is_one_notification() {
     server.sql(&format!("INSERT INTO cpu (ts, host, usage) VALUES {}", values.join(", "))).await;
     let body = hook.wait_for(20, |_, v| v["status"] == "firing").await.expect("storm notification");
     assert_eq!(body["alerts"].as_array().map(Vec::len), Some(1000));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Rounds past one group_interval (500 ms) after the notification: the
+    // group was due again and, unchanged, sent nothing.
+    rounds_after(&server, Duration::from_millis(600)).await;
+    assert_eq!(server.metric("tocsin_notifications_queued_total").await, 1.0);
     assert_eq!(hook.received().len(), 1, "one notification for the storm, nothing while it is unchanged");
     let firing = server.sql("SELECT count(*) AS n FROM system.alerts WHERE state = 'firing'").await;
     assert_eq!(firing[0]["n"], 1000);
@@ -391,7 +428,8 @@ receivers:
         .await
         .expect("b warned");
     hook.wait_for(20, |_, v| v["commonLabels"]["alertname"] == "DiskFull" && host_of(v) == "a").await.expect("a paged");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    settled(&server).await;
+    assert_eq!(server.metric("tocsin_notifications_queued_total").await, 2.0, "b's warning and a's critical");
     let leaked =
         hook.received().into_iter().any(|(_, v)| v["commonLabels"]["alertname"] == "DiskFilling" && host_of(&v) == "a");
     assert!(!leaked, "a's warning should be inhibited by its critical");
@@ -410,7 +448,9 @@ async fn acknowledged_alert_gets_no_step_two() {
     let (status, body) =
         post(&server, &format!("/api/v1/alerts/{id}/ack"), json!({"by": "ann", "comment": "mine"})).await;
     assert_eq!(status, 200, "{body}");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Rounds after step 2 would have been due (3 s after step 1).
+    rounds_after(&server, Duration::from_secs(3)).await;
+    assert_eq!(server.metric("tocsin_notifications_queued_total").await, 1.0, "step 1 only");
     assert!(hook.received().iter().all(|(p, _)| p != "/backup"), "step 2 sent despite the ack");
     let (status, body) = post(&server, "/api/v1/alerts/nope/ack", json!({"by": "ann"})).await;
     assert_eq!(status, 404, "{body}");
@@ -425,7 +465,8 @@ async fn a_receiver_that_fails_then_recovers_gets_the_notification_once() {
     let server = TestServer::start_with_rules(tmp.path(), &rules(&hook, "1h"));
     server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 99)").await;
     hook.wait_for(30, |_, v| host_of(v) == "web-1").await.expect("delivered after retries");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    settled(&server).await;
+    assert_eq!(server.metric("tocsin_notifications_queued_total").await, 1.0);
     assert_eq!(hook.received().len(), 1, "{:?}", hook.received());
     let attempts =
         server.sql_until("SELECT attempt, ok, error FROM system.notifications ORDER BY ts", |r| r.len() >= 3).await;

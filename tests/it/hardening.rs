@@ -135,6 +135,40 @@ async fn deeply_nested_input_is_refused_and_the_server_stays_up() {
     assert!(resp.status().is_client_error(), "{}", resp.status());
 
     assert_eq!(count(&server.sql("SELECT count(*) AS n FROM logs").await), 1, "server still up, data intact");
+    // Each bound that refused something says so in /metrics.
+    for limit in ["max_matches_bytes", "max_matches_depth", "max_statement_depth", "max_sql_bytes"] {
+        let n = server.metric(&format!("tocsin_limit_refusals_total{{limit=\"{limit}\"}}")).await;
+        assert!(n >= 1.0, "{limit}: {n}");
+    }
+}
+
+#[tokio::test]
+async fn every_bound_counts_its_refusals_in_metrics() {
+    let server = TestServer::start();
+    let refusals = |limit: &str| format!("tocsin_limit_refusals_total{{limit=\"{limit}\"}}");
+    // A body over limits.max_request_bytes (64 MiB by default).
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/write?db=public", server.http))
+        .body(vec![b'x'; 65 << 20])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 413);
+    assert_eq!(server.metric(&refusals("max_request_bytes")).await, 1.0);
+    // A value over limits.max_string_bytes, per point.
+    let big = "y".repeat(70_000);
+    let (status, text) = write_lines(&server, format!("t,host=a s=\"{big}\" 1\nt,host=a v=1 2")).await;
+    assert!(status < 500, "{status} {text}");
+    assert_eq!(server.metric(&refusals("max_string_bytes")).await, 1.0);
+    // Joins and subqueries.
+    let joins = format!("SELECT 1 FROM t{}", " CROSS JOIN t".repeat(101));
+    assert_eq!(server.sql_raw(&joins).await.0, 400);
+    assert_eq!(server.metric(&refusals("max_joins")).await, 1.0);
+    let subs = format!("SELECT {} FROM t", vec!["(SELECT 1)"; 101].join(", "));
+    assert_eq!(server.sql_raw(&subs).await.0, 400);
+    assert_eq!(server.metric(&refusals("max_subqueries")).await, 1.0);
+    // A bound nothing hit is not listed.
+    assert_eq!(server.metric(&refusals("max_tables")).await, 0.0);
 }
 
 fn repair(data_dir: &Path) -> std::process::Output {

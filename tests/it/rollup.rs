@@ -47,7 +47,9 @@ async fn closed_buckets_are_rolled_up_at_start_and_not_again_after_a_restart() {
     assert!(server.terminate().success());
 
     let server = TestServer::start_in(&dir, &["--config", &cfg]);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Two complete rounds after the restart, and neither wrote a bucket.
+    server.metric_until("tocsin_rollup_checks_total", 2.0).await;
+    assert_eq!(server.metric("tocsin_rollup_runs_total").await, 0.0, "a closed bucket was rolled up again");
     assert_eq!(server.sql(q).await, expected, "a restart resumes after the newest bucket");
     assert!(!server.log_text().contains("roll-up failed"), "{}", server.log_text());
 }

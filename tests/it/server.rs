@@ -170,6 +170,34 @@ impl TestServer {
         rows
     }
 
+    /// The value of one series of `/metrics` (`name` with its labels, as
+    /// rendered: `tocsin_limit_refusals_total{limit="max_joins"}`); 0 when
+    /// the server does not list it.
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().expect("metric value"))
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (up to 30 s) until metric `name` reaches `at_least`; returns it.
+    pub(crate) async fn metric_until(&self, name: &str, at_least: f64) -> f64 {
+        for _ in 0..600 {
+            let v = self.metric(name).await;
+            if v >= at_least {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{name} stayed below {at_least} for 30 s: {}", self.metric(name).await);
+    }
+
     pub(crate) async fn persist(&self) -> Value {
         self.admin("persist").await
     }

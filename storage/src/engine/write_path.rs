@@ -46,6 +46,7 @@ impl Storage {
             let st = self.state.read();
             let buffered = st.buffer_bytes + st.persisting_bytes;
             if buffered > self.config.max_buffer_bytes {
+                crate::refusals::refused("max_buffer_mb");
                 return Err(StorageError::BufferFull { buffered, limit: self.config.max_buffer_bytes });
             }
         }
@@ -59,6 +60,11 @@ impl Storage {
         };
         let mut outcome = WriteOutcome { accepted_rows: 0, rejected };
         self.metrics.rejected_items.fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
+        for r in &outcome.rejected {
+            if let Some(limit) = r.error.limit() {
+                crate::refusals::refused(limit);
+            }
+        }
         if accepted.is_empty() {
             return Ok(outcome);
         }

@@ -183,6 +183,7 @@ impl Wal {
         // Replay treats a longer record as a damaged length field: refuse
         // it here rather than acknowledge what replay would then drop.
         if body.len() > MAX_RECORD_BYTES as usize {
+            crate::refusals::refused("max_wal_record_bytes");
             return Err(WalError::TooLarge { bytes: body.len(), limit: MAX_RECORD_BYTES });
         }
         let mut frame = Vec::with_capacity(body.len() + 8);
