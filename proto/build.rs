@@ -13,6 +13,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
+    // Every gRPC method of these files, for the server's test that each one
+    // declares the permission it needs.
+    let mut methods = String::from("pub const GRPC_METHODS: &[&str] = &[\n");
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push_str(&format!("    \"/{}.{}/{}\",\n", file.package(), service.name(), method.name()));
+            }
+        }
+    }
+    methods.push_str("];\n");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("grpc_methods.rs"), methods)?;
     tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

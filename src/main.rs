@@ -33,6 +33,8 @@ enum Command {
     Trace(commands::trace::Config),
     /// Follow the log stream live, with filters.
     Tail(commands::tail::Config),
+    /// API tokens of a running server: create, list, revoke.
+    Token(commands::token::Config),
     /// Rebuild a lost or damaged manifest from the segments' own metadata
     /// (the server must be stopped).
     Repair(commands::repair::Config),
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Trace(c) => commands::trace::run(c),
         Command::Tail(c) => commands::tail::run(c),
         Command::Repair(c) => commands::repair::run(c),
+        Command::Token(c) => commands::token::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

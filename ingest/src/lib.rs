@@ -84,6 +84,9 @@ pub enum IngestError {
     Empty(&'static str),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The caller may not write a table of the request (nothing was written).
+    #[error(transparent)]
+    Auth(#[from] tocsin_auth::AuthError),
 }
 
 impl From<IngestError> for Status {
@@ -91,6 +94,9 @@ impl From<IngestError> for Status {
         let msg = e.to_string();
         match e {
             IngestError::Empty(_) => Status::invalid_argument(msg),
+            IngestError::Auth(tocsin_auth::AuthError::Unauthenticated(_)) => Status::unauthenticated(msg),
+            IngestError::Auth(tocsin_auth::AuthError::Forbidden(_)) => Status::permission_denied(msg),
+            IngestError::Auth(_) => Status::internal(msg),
             IngestError::Storage(StorageError::Database(_)) => Status::invalid_argument(msg),
             IngestError::Storage(StorageError::BufferFull { .. }) => Status::resource_exhausted(msg),
             IngestError::Storage(StorageError::ShuttingDown) => Status::unavailable(msg),
@@ -102,6 +108,8 @@ impl From<IngestError> for Status {
 /// Now, in nanoseconds since the Unix epoch: the time of points that carry
 /// none, and the start of a tail's backfill window.
 pub use tocsin_storage::now_ns;
+
+pub use tocsin_auth::Principal;
 
 fn database(db: &str) -> &str {
     if db.is_empty() { "public" } else { db }
@@ -129,22 +137,30 @@ impl IngestService {
     /// every protocol does (the HTTP protocols call it directly).
     pub async fn write_tables(
         &self,
+        who: &Principal,
         db: &str,
         writes: Vec<TableWrite>,
         early: Vec<EarlyRejection>,
     ) -> Result<WriteResponse, IngestError> {
-        self.write_grouped(db, writes, early, &convert::BlockMembers::new()).await
+        self.write_grouped(who, db, writes, early, &convert::BlockMembers::new()).await
     }
 
     /// [`Self::write_tables`] for decoders that group several items into a
     /// block: a refused block reports every item in it (`members`).
+    /// Every table is checked against `who` first: a request that writes
+    /// one table the caller may not write is refused whole, naming it.
     pub async fn write_grouped(
         &self,
+        who: &Principal,
         db: &str,
         writes: Vec<TableWrite>,
         early: Vec<EarlyRejection>,
         members: &convert::BlockMembers,
     ) -> Result<WriteResponse, IngestError> {
+        who.check_database(tocsin_auth::Permission::Write, db)?;
+        for w in &writes {
+            who.check_table(tocsin_auth::Permission::Write, db, &w.table)?;
+        }
         let mut resp = WriteResponse::default();
         resp.rejected.extend(early.into_iter().map(|r| Rejection { index: r.item, message: 0, reason: r.reason }));
         if writes.iter().any(|w| !w.blocks.is_empty()) {
@@ -164,35 +180,35 @@ impl IngestService {
         Ok(resp)
     }
 
-    async fn write_one(&self, req: write_request::Payload) -> Result<WriteResponse, IngestError> {
+    async fn write_one(&self, who: &Principal, req: write_request::Payload) -> Result<WriteResponse, IngestError> {
         match req {
-            write_request::Payload::Series(r) => self.series(r).await,
-            write_request::Payload::Rows(r) => self.rows(r).await,
-            write_request::Payload::Logs(r) => self.logs(r).await,
+            write_request::Payload::Series(r) => self.series(who, r).await,
+            write_request::Payload::Rows(r) => self.rows(who, r).await,
+            write_request::Payload::Logs(r) => self.logs(who, r).await,
         }
     }
 
-    async fn series(&self, req: WriteSeriesRequest) -> Result<WriteResponse, IngestError> {
+    async fn series(&self, who: &Principal, req: WriteSeriesRequest) -> Result<WriteResponse, IngestError> {
         self.metrics.series_requests.fetch_add(1, Ordering::Relaxed);
         if req.series.is_empty() {
             return Err(IngestError::Empty("series"));
         }
         let db = database(&req.database).to_string();
         let (writes, early) = convert::series_to_writes(req);
-        self.write_tables(&db, writes, early).await
+        self.write_tables(who, &db, writes, early).await
     }
 
-    async fn rows(&self, req: WriteRowsRequest) -> Result<WriteResponse, IngestError> {
+    async fn rows(&self, who: &Principal, req: WriteRowsRequest) -> Result<WriteResponse, IngestError> {
         self.metrics.rows_requests.fetch_add(1, Ordering::Relaxed);
         if req.series.is_empty() {
             return Err(IngestError::Empty("series"));
         }
         let db = database(&req.database).to_string();
         let (write, early) = convert::rows_to_write(req);
-        self.write_tables(&db, vec![write], early).await
+        self.write_tables(who, &db, vec![write], early).await
     }
 
-    async fn logs(&self, req: WriteLogsRequest) -> Result<WriteResponse, IngestError> {
+    pub(crate) async fn logs(&self, who: &Principal, req: WriteLogsRequest) -> Result<WriteResponse, IngestError> {
         self.metrics.logs_requests.fetch_add(1, Ordering::Relaxed);
         if req.events.is_empty() {
             return Err(IngestError::Empty("events"));
@@ -201,7 +217,7 @@ impl IngestService {
         // Live tail sees the accepted events through the storage observer.
         let limits = &self.storage.config().limits;
         let (write, early, members) = convert::logs_to_write(req, self.config.max_log_message_bytes, limits);
-        let resp = self.write_grouped(&db, vec![write], early, &members).await?;
+        let resp = self.write_grouped(who, &db, vec![write], early, &members).await?;
         Ok(resp)
     }
 
@@ -211,6 +227,16 @@ impl IngestService {
         }
         r.map(Response::new).map_err(Status::from)
     }
+}
+
+/// The caller the server's guard put on the request; a request that did
+/// not pass the guard is refused, not trusted.
+pub fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the request passed no authentication guard"))
 }
 
 type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = T> + Send>>;
@@ -238,12 +264,15 @@ impl Ingest for IngestService {
     type TailStream = BoxStream<Result<TailMessage, Status>>;
 
     async fn tail(&self, request: Request<TailRequest>) -> Result<Response<Self::TailStream>, Status> {
+        let who = caller(&request)?;
         let req = request.into_inner();
+        let filter = tail_filter(req.clone());
+        who.check_table(tocsin_auth::Permission::Tail, &filter.database, &filter.table).map_err(IngestError::from)?;
         // Clamped: the request must not choose how much memory a
         // subscriber may hold (the queue is also bounded in bytes).
         let buffer = if req.buffer == 0 { TAIL_BUFFER } else { (req.buffer as usize).min(tail::MAX_TAIL_BUFFER) };
         let since = (req.since_ms > 0).then(|| std::time::Duration::from_millis(req.since_ms));
-        let items = follow::follow(&self.tail, &self.storage, self.backfill.as_ref(), tail_filter(req), buffer, since)
+        let items = follow::follow(&self.tail, &self.storage, self.backfill.as_ref(), filter, buffer, since)
             .await
             .map_err(|e| match e {
                 follow::FollowError::SinceTooLong(_) | follow::FollowError::Filter(_) => {
@@ -260,21 +289,25 @@ impl Ingest for IngestService {
     }
 
     async fn write_series(&self, request: Request<WriteSeriesRequest>) -> Result<Response<WriteResponse>, Status> {
-        let r = self.series(request.into_inner()).await;
+        let who = caller(&request)?;
+        let r = self.series(&who, request.into_inner()).await;
         self.counted(r)
     }
 
     async fn write_rows(&self, request: Request<WriteRowsRequest>) -> Result<Response<WriteResponse>, Status> {
-        let r = self.rows(request.into_inner()).await;
+        let who = caller(&request)?;
+        let r = self.rows(&who, request.into_inner()).await;
         self.counted(r)
     }
 
     async fn write_logs(&self, request: Request<WriteLogsRequest>) -> Result<Response<WriteResponse>, Status> {
-        let r = self.logs(request.into_inner()).await;
+        let who = caller(&request)?;
+        let r = self.logs(&who, request.into_inner()).await;
         self.counted(r)
     }
 
     async fn write_stream(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
+        let who = caller(&request)?;
         let mut stream: BoxStream<Result<WriteRequest, Status>> = Box::pin(request.into_inner());
         let mut total = WriteResponse::default();
         let mut index: u32 = 0;
@@ -293,7 +326,7 @@ impl Ingest for IngestService {
                 index += 1;
                 continue;
             };
-            match self.write_one(payload).await {
+            match self.write_one(&who, payload).await {
                 Ok(resp) => {
                     total.accepted_rows += resp.accepted_rows;
                     total.rejected.extend(resp.rejected.into_iter().map(|r| Rejection { message: index, ..r }));

@@ -33,7 +33,7 @@ use tocsin_proto::v1::{Label, LogEvent, WriteLogsRequest};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{EarlyRejection, TableWrites, value_block};
-use crate::{IngestError, IngestService};
+use crate::{IngestError, IngestService, Principal};
 
 /// Text of an attribute value: strings as they are, numbers and booleans as
 /// their text, bytes in hex, arrays and maps as JSON.
@@ -381,6 +381,7 @@ impl IngestService {
     /// Writes an OTLP metrics export; the answer carries partial success.
     pub async fn otlp_metrics(
         &self,
+        who: &Principal,
         req: ExportMetricsServiceRequest,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
         self.metrics.otlp_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -389,7 +390,7 @@ impl IngestService {
         let mut error = m.first_error;
         if m.points > 0 {
             let resp =
-                self.write_tables(crate::database(""), m.writes.into_vec(), Vec::<EarlyRejection>::new()).await?;
+                self.write_tables(who, crate::database(""), m.writes.into_vec(), Vec::<EarlyRejection>::new()).await?;
             rejected += resp.rejected.len() as i64;
             if let Some(r) = resp.rejected.first() {
                 error.get_or_insert_with(|| r.reason.clone());
@@ -405,11 +406,16 @@ impl IngestService {
 
     /// Writes an OTLP logs export into `logs`; the answer carries partial
     /// success.
-    pub async fn otlp_logs(&self, req: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, IngestError> {
+    pub async fn otlp_logs(
+        &self,
+        who: &Principal,
+        req: ExportLogsServiceRequest,
+    ) -> Result<ExportLogsServiceResponse, IngestError> {
         self.metrics.otlp_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let LogEvents { events, mut rejected, first_error: mut error } = logs_to_events(req, crate::now_ns());
         if !events.is_empty() {
-            let resp = self.logs(WriteLogsRequest { database: String::new(), stream: String::new(), events }).await?;
+            let resp =
+                self.logs(who, WriteLogsRequest { database: String::new(), stream: String::new(), events }).await?;
             rejected += resp.rejected.len() as i64;
             if let Some(r) = resp.rejected.first() {
                 error.get_or_insert_with(|| r.reason.clone());
@@ -444,7 +450,8 @@ impl MetricsService for Otlp {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.0.otlp_metrics(request.into_inner()).await.map(Response::new).map_err(Status::from)
+        let who = crate::caller(&request)?;
+        self.0.otlp_metrics(&who, request.into_inner()).await.map(Response::new).map_err(Status::from)
     }
 }
 
@@ -454,7 +461,8 @@ impl LogsService for Otlp {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.0.otlp_logs(request.into_inner()).await.map(Response::new).map_err(Status::from)
+        let who = crate::caller(&request)?;
+        self.0.otlp_logs(&who, request.into_inner()).await.map(Response::new).map_err(Status::from)
     }
 }
 

@@ -20,6 +20,10 @@
 //! # Ok(()) }
 //! ```
 
+// The path (`/package.Service/Method`) of every gRPC method the `.proto`
+// files here define.
+include!(concat!(env!("OUT_DIR"), "/grpc_methods.rs"));
+
 pub mod v1 {
     #![allow(unreachable_pub, unused_qualifications, clippy::all)]
     tonic::include_proto!("tocsin.v1");

@@ -359,6 +359,54 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
     }
 }
 
+/// Refuses an `INSERT` whose target the caller may not write, before
+/// anything (a provisional column) is done for it.
+pub(crate) fn check_insert_target(
+    statement: &DfStatement,
+    state: &datafusion::execution::context::SessionState,
+    who: &tocsin_auth::Principal,
+) -> Result<(), QueryError> {
+    if let Some((db, table)) = crate::insert::target(state, statement) {
+        who.check_table(tocsin_auth::Permission::Write, &db, &table)?;
+    }
+    Ok(())
+}
+
+/// Checks the caller against every table the plan reads (in subqueries,
+/// joins, CTEs and `EXPLAIN` too) and the one it writes. A statement that
+/// writes nothing needs the query permission even when it reads no table.
+pub(crate) fn check_access(
+    plan: &LogicalPlan,
+    default_db: &str,
+    who: &tocsin_auth::Principal,
+) -> Result<(), QueryError> {
+    use tocsin_auth::Permission;
+    let writes = matches!(plan, LogicalPlan::Dml(_));
+    if !writes {
+        who.require(Permission::Query)?;
+    }
+    let mut denied = None;
+    plan.apply_with_subqueries(|node| {
+        let (name, permission) = match node {
+            LogicalPlan::TableScan(scan) => (&scan.table_name, Permission::Query),
+            LogicalPlan::Dml(dml) => (&dml.table_name, Permission::Write),
+            _ => return Ok(TreeNodeRecursion::Continue),
+        };
+        let db = name.schema().unwrap_or(default_db);
+        match who.check_table(permission, db, name.table()) {
+            Ok(()) => Ok(TreeNodeRecursion::Continue),
+            Err(e) => {
+                denied = Some(e);
+                Ok(TreeNodeRecursion::Stop)
+            }
+        }
+    })?;
+    match denied {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,18 @@ fn parts(name: &ObjectName) -> Vec<String> {
 /// [`Storage::discard_provisional`]): to be discarded if the INSERT fails.
 pub(crate) type Provisional = Option<(String, String)>;
 
+/// The database and table an `INSERT` writes, if `statement` is one.
+pub(crate) fn target(state: &SessionState, statement: &DFStatement) -> Option<(String, String)> {
+    let DFStatement::Statement(stmt) = statement else { return None };
+    let Statement::Insert(insert) = stmt.as_ref() else { return None };
+    let TableObject::TableName(name) = &insert.table else { return None };
+    match parts(name).as_slice() {
+        [t] => Some((state.config().options().catalog.default_schema.clone(), t.clone())),
+        [d, t] | [_, d, t] => Some((d.clone(), t.clone())),
+        _ => None,
+    }
+}
+
 pub(crate) async fn prepare(
     state: &SessionState,
     storage: &Storage,
@@ -40,14 +52,7 @@ pub(crate) async fn prepare(
 ) -> Result<Provisional, QueryError> {
     let DFStatement::Statement(stmt) = statement else { return Ok(None) };
     let Statement::Insert(insert) = stmt.as_ref() else { return Ok(None) };
-    let TableObject::TableName(name) = &insert.table else { return Ok(None) };
-    let name = parts(name);
-    let (db, table) = match name.as_slice() {
-        [t] => (state.config().options().catalog.default_schema.clone(), t.clone()),
-        [d, t] => (d.clone(), t.clone()),
-        [_, d, t] => (d.clone(), t.clone()),
-        _ => return Ok(None),
-    };
+    let Some((db, table)) = target(state, statement) else { return Ok(None) };
     let columns: Vec<String> = insert.columns.iter().filter_map(|c| parts(c).pop()).collect();
     let existing = storage.table_schema(&db, &table);
     if columns.is_empty() {

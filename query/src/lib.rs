@@ -49,6 +49,7 @@ use tocsin_storage::{Storage, StorageError, TIME_COLUMN, TableSnapshot, WriteErr
 
 pub use catalog::LiveTable;
 pub use metrics::{LATENCY_BUCKETS, QueryMetrics};
+pub use tocsin_auth::Principal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -92,6 +93,9 @@ pub enum QueryError {
     TooManyJoins { limit: usize },
     #[error("the statement has more {what} than the {limit} allowed; split it")]
     TooComplex { what: &'static str, limit: usize, bound: &'static str },
+    /// The caller may not read or write a table of the statement.
+    #[error(transparent)]
+    Auth(#[from] tocsin_auth::AuthError),
 }
 
 impl QueryError {
@@ -255,9 +259,22 @@ impl QueryEngine {
     /// Runs one SQL statement in `database` (default `public`) and returns
     /// its whole result.
     pub async fn execute(&self, sql: &str, database: Option<&str>) -> Result<QueryResult, QueryError> {
+        self.execute_as(sql, database, None).await
+    }
+
+    /// [`Self::execute`] on behalf of `who`: every table the statement
+    /// reads (subqueries and joins included) and the one it writes must be
+    /// in the caller's scope, or it is refused naming the first one that is
+    /// not. `None` is the server itself (rules, roll-ups).
+    pub async fn execute_as(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        who: Option<&Principal>,
+    ) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
         let result = async {
-            let (schema, stream) = self.plan_and_start(sql, database, None).await?;
+            let (schema, stream) = self.plan_and_start(sql, database, None, who).await?;
             let batches: Vec<RecordBatch> = stream.try_collect().await?;
             Ok(QueryResult { schema, batches })
         }
@@ -272,28 +289,35 @@ impl QueryEngine {
         sql: &str,
         database: Option<&str>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
-        self.stream_with_params(sql, database, None).await
+        self.stream_with_params(sql, database, None, None).await
     }
 
     /// Runs one SQL statement with values for its `$1`, `$2`, ...
-    /// placeholders (prepared statements) and streams its result.
+    /// placeholders (prepared statements) and streams its result, on behalf
+    /// of `who` (see [`Self::execute_as`]).
     pub async fn stream_with_params(
         &self,
         sql: &str,
         database: Option<&str>,
         params: Option<Vec<ScalarValue>>,
+        who: Option<&Principal>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
         let started = Instant::now();
-        let result = self.plan_and_start(sql, database, params).await;
+        let result = self.plan_and_start(sql, database, params, who).await;
         self.metrics.observe(started.elapsed(), result.is_ok());
         result
     }
 
     /// The result schema of a statement and the types of its placeholders
     /// (`$1`, ... in order; `Null` where they cannot be inferred), without
-    /// running it.
-    pub async fn describe(&self, sql: &str, database: Option<&str>) -> Result<Statement, QueryError> {
-        let (df, provisional) = self.plan(sql, database).await?;
+    /// running it. `who` as in [`Self::execute_as`].
+    pub async fn describe(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        who: Option<&Principal>,
+    ) -> Result<Statement, QueryError> {
+        let (df, provisional) = self.plan(sql, database, who).await?;
         // Describing writes nothing: columns an INSERT would create are
         // created again when it runs.
         self.discard(provisional);
@@ -322,11 +346,12 @@ impl QueryEngine {
         sql: &str,
         database: Option<&str>,
         params: Option<Vec<ScalarValue>>,
+        who: Option<&Principal>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
         // Registered before planning takes its snapshots: the segment files
         // the query reads are kept until its stream is dropped.
         let reader = self.storage.reader();
-        let (mut df, provisional) = self.plan(sql, database).await?;
+        let (mut df, provisional) = self.plan(sql, database, who).await?;
         if let Some(params) = params {
             df = match df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect())) {
                 Ok(df) => df,
@@ -367,6 +392,7 @@ impl QueryEngine {
         &self,
         sql: &str,
         database: Option<&str>,
+        who: Option<&Principal>,
     ) -> Result<(datafusion::dataframe::DataFrame, insert::Provisional), QueryError> {
         let count = |e: QueryError| {
             if let Some(limit) = e.limit() {
@@ -388,8 +414,9 @@ impl QueryEngine {
         // (and /health, and every other request on it) meanwhile.
         let storage = Arc::clone(&self.storage);
         let sql = sql.to_string();
+        let who = who.cloned();
         let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(plan_statement(state, storage, sql)))
+        tokio::task::spawn_blocking(move || handle.block_on(plan_statement(state, storage, sql, who)))
             .await
             .map_err(|e| QueryError::DataFusion(DataFusionError::Execution(format!("planning failed: {e}"))))?
     }
@@ -455,15 +482,23 @@ async fn plan_statement(
     state: SessionState,
     storage: Arc<Storage>,
     sql: String,
+    who: Option<Principal>,
 ) -> Result<(datafusion::dataframe::DataFrame, insert::Provisional), QueryError> {
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(&sql, &dialect)?;
     allowed::check_statement(&statement)?;
+    if let Some(who) = &who {
+        // Before `insert::prepare`, which may add columns to the target.
+        allowed::check_insert_target(&statement, &state, who)?;
+    }
     let provisional = insert::prepare(&state, &storage, &statement).await?;
     let planned = async {
         let plan = state.statement_to_plan(statement).await?;
         SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
         allowed::check_plan(&plan)?;
+        if let Some(who) = &who {
+            allowed::check_access(&plan, &state.config().options().catalog.default_schema, who)?;
+        }
         Ok::<_, QueryError>(plan)
     }
     .await;
@@ -500,10 +535,10 @@ mod tests {
     #[tokio::test]
     async fn describe_tells_schema_placeholders_and_writes() {
         let (_dir, q) = engine().await;
-        let ins = q.describe("INSERT INTO t (ts, host, v) VALUES (now(), 'a', 1.5)", None).await.expect("insert");
+        let ins = q.describe("INSERT INTO t (ts, host, v) VALUES (now(), 'a', 1.5)", None, None).await.expect("insert");
         assert!(ins.writes);
         q.execute("INSERT INTO t (ts, host, v) VALUES (now(), 'a', 1.5)", None).await.expect("write");
-        let sel = q.describe("SELECT host, v FROM t WHERE v > $1 AND host = $2", None).await.expect("select");
+        let sel = q.describe("SELECT host, v FROM t WHERE v > $1 AND host = $2", None, None).await.expect("select");
         assert!(!sel.writes);
         assert_eq!(sel.params, vec![DataType::Float64, DataType::Utf8]);
         assert_eq!(sel.schema.field(1).name(), "v");
@@ -512,6 +547,7 @@ mod tests {
                 "SELECT v FROM t WHERE v > $1 AND host = $2",
                 None,
                 Some(vec![ScalarValue::Float64(Some(1.0)), ScalarValue::Utf8(Some("a".into()))]),
+                None,
             )
             .await
             .expect("run");
@@ -623,7 +659,7 @@ mod generated_sql {
                 };
                 // Planned only: running generated SQL could write rows or
                 // ask for a huge `generate_series`; planning is what parses.
-                let _ = q.describe(&sql, None).await;
+                let _ = q.describe(&sql, None, None).await;
             }
         });
     }
@@ -737,7 +773,7 @@ mod provisional {
         assert!(schema.field_with_name("newtag").is_err(), "newtag stayed: {schema:?}");
 
         // Describing an INSERT (Flight SQL prepare) creates nothing either.
-        q.describe("INSERT INTO never (ts, host, v) VALUES (now(), 'a', 1.0)", None).await.expect("describe");
+        q.describe("INSERT INTO never (ts, host, v) VALUES (now(), 'a', 1.0)", None, None).await.expect("describe");
         assert!(!storage.table_exists("public", "never"));
     }
 

@@ -4,31 +4,34 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use tocsin_alerting::state::{MatcherSpec, Silence};
 use tocsin_alerting::{AlertEngine, EngineError};
 
-use crate::http::ApiError;
+use crate::guard::Routes;
+use crate::http::{ApiError, AppState};
 
-pub(crate) fn router<S: Clone + Send + Sync + 'static>(engine: Arc<AlertEngine>) -> Router<S> {
-    Router::new()
-        .route("/api/v1/alerts", get(list_alerts))
-        .route("/api/v1/alerts/{id}", get(get_alert))
-        .route("/api/v1/alerts/{id}/ack", post(ack))
-        .route("/api/v1/alerts/{id}/unack", post(unack))
-        .route("/api/v1/alerts/{id}/resolve", post(resolve))
-        .route("/api/v1/silences", get(list_silences).post(add_silence))
-        .route("/api/v1/silences/{id}", get(get_silence).delete(expire_silence))
-        .route("/api/v1/rules", get(rules))
-        .route("/api/v1/rules/reload", post(reload))
-        .with_state(engine)
+/// The alerting routes: reading needs `read_alerts`; acknowledging `ack`;
+/// silencing `silence`; reloading rules `rules`.
+pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
+    use tocsin_auth::Access::Requires;
+    use tocsin_auth::Permission::{Ack, ReadAlerts, Rules, Silence};
+    r.get("/api/v1/alerts", Requires(ReadAlerts), list_alerts)
+        .get("/api/v1/alerts/{id}", Requires(ReadAlerts), get_alert)
+        .post("/api/v1/alerts/{id}/ack", Requires(Ack), ack)
+        .post("/api/v1/alerts/{id}/unack", Requires(Ack), unack)
+        .post("/api/v1/alerts/{id}/resolve", Requires(Ack), resolve)
+        .get("/api/v1/silences", Requires(ReadAlerts), list_silences)
+        .post("/api/v1/silences", Requires(Silence), add_silence)
+        .get("/api/v1/silences/{id}", Requires(ReadAlerts), get_silence)
+        .delete("/api/v1/silences/{id}", Requires(Silence), expire_silence)
+        .get("/api/v1/rules", Requires(ReadAlerts), rules)
+        .post("/api/v1/rules/reload", Requires(Rules), reload)
 }
 
 impl From<EngineError> for ApiError {

@@ -29,6 +29,17 @@ pub struct FileConfig {
     pub retention: RetentionSection,
     /// `[[rollup]]` tables.
     pub rollup: Vec<RollupSection>,
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: tokens and roles (docs/security.md). Off by default, and then
+/// the server refuses to listen beyond loopback unless `--insecure`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub enabled: bool,
+    /// `[auth.roles.NAME]`: roles besides the built-in ones.
+    pub roles: std::collections::BTreeMap<String, tocsin_auth::RoleSpec>,
 }
 
 /// `[[rollup]]`: downsampled aggregates of one table kept in another
@@ -287,6 +298,8 @@ pub struct ServerConfig {
     pub max_query_memory_bytes: usize,
     pub alerting: AlertingConfig,
     pub rollups: Vec<RollupConfig>,
+    /// Authentication and roles; `auth.data_dir` is the storage's.
+    pub auth: tocsin_auth::AuthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -302,6 +315,10 @@ pub struct Overrides {
     pub grpc_addr: Option<String>,
     pub http_addr: Option<String>,
     pub rules: Option<PathBuf>,
+    /// `--auth`: require tokens whatever the file says.
+    pub auth: bool,
+    /// `--insecure`: listen beyond loopback with authentication off.
+    pub insecure: bool,
 }
 
 impl FileConfig {
@@ -423,7 +440,29 @@ impl FileConfig {
         };
         let mut names = std::collections::HashSet::new();
         let rollups = self.rollup.into_iter().map(|r| r.validate(&mut names)).collect::<Result<Vec<_>, _>>()?;
+        tocsin_auth::roles_from_config(&self.auth.roles)
+            .map_err(|reason| ConfigError::Invalid { key: "auth.roles", reason })?;
+        let auth = tocsin_auth::AuthConfig {
+            enabled: o.auth || self.auth.enabled,
+            data_dir: storage.data_dir.clone(),
+            roles: self.auth.roles,
+        };
+        if !auth.enabled && !o.insecure {
+            for (key, addr) in [("http_addr", http_addr), ("grpc_addr", grpc_addr)] {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        reason: format!(
+                            "{addr} is not a loopback address and authentication is off, so anyone who can reach \
+                             it could read, write and administer everything. Start with --auth (or [auth] enabled \
+                             = true) to require tokens, or pass --insecure to listen there without them"
+                        ),
+                    });
+                }
+            }
+        }
         Ok(ServerConfig {
+            auth,
             grpc_addr,
             http_addr,
             alerting,
@@ -477,6 +516,30 @@ mod tests {
         let v = c.validate(Overrides { grpc_addr: Some("127.0.0.1:2".into()), ..Default::default() }).expect("valid");
         assert_eq!(v.grpc_addr.port(), 2);
         assert_eq!(v.storage.fsync, FsyncPolicy::Interval(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn beyond_loopback_needs_auth_or_insecure() {
+        let open = |o: Overrides| FileConfig::default().validate(o);
+        let wide = || Overrides { http_addr: Some("0.0.0.0:4318".into()), ..Default::default() };
+        let err = open(wide()).expect_err("no auth, not loopback");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        assert!(err.to_string().contains("http_addr"), "{err}");
+        let grpc = Overrides { grpc_addr: Some("[::]:4317".into()), ..Default::default() };
+        assert!(open(grpc).expect_err("gRPC too").to_string().contains("grpc_addr"));
+        assert!(open(Overrides { auth: true, ..wide() }).expect("with --auth").auth.enabled);
+        assert!(!open(Overrides { insecure: true, ..wide() }).expect("with --insecure").auth.enabled);
+        let file: FileConfig = toml::from_str("http_addr = \"0.0.0.0:1\"\n[auth]\nenabled = true\n").expect("parse");
+        assert!(file.validate(Overrides::default()).expect("[auth] enabled").auth.enabled);
+        assert!(!open(Overrides::default()).expect("loopback").auth.enabled);
+    }
+
+    #[test]
+    fn configured_roles_are_validated() {
+        let text = "[auth.roles.billing]\npermissions = [\"query\", \"fly\"]\ntables = [\"billing_*\"]\n";
+        let file: FileConfig = toml::from_str(text).expect("parse");
+        let err = file.validate(Overrides::default()).expect_err("unknown permission");
+        assert!(err.to_string().contains("auth.roles") && err.to_string().contains("fly"), "{err}");
     }
 
     #[test]

@@ -46,6 +46,8 @@ use datafusion::scalar::ScalarValue;
 use futures::{Stream, TryStreamExt};
 use parking_lot::Mutex;
 use prost::Message;
+use tocsin_auth::{Auth, Credentials, Permission, Principal};
+use tocsin_ingest::caller;
 use tocsin_query::{QueryEngine, QueryError};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -67,6 +69,7 @@ struct Prepared {
 
 pub(crate) struct FlightSql {
     query: Arc<QueryEngine>,
+    auth: Arc<Auth>,
     prepared: Mutex<(HashMap<u64, Prepared>, VecDeque<u64>)>,
     next_id: AtomicU64,
     info: SqlInfoData,
@@ -75,7 +78,11 @@ pub(crate) struct FlightSql {
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
 fn status(e: QueryError) -> Status {
-    if e.is_user_error() { Status::invalid_argument(e.to_string()) } else { Status::internal(e.to_string()) }
+    match e {
+        QueryError::Auth(a) => crate::guard::grpc_status(a),
+        e if e.is_user_error() => Status::invalid_argument(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
 }
 
 /// The database a request names in its headers.
@@ -133,8 +140,9 @@ async fn update(
     sql: &str,
     database: Option<&str>,
     params: Option<Vec<ScalarValue>>,
+    who: &Principal,
 ) -> Result<i64, Status> {
-    let (_, stream) = query.stream_with_params(sql, database, params).await.map_err(status)?;
+    let (_, stream) = query.stream_with_params(sql, database, params, Some(who)).await.map_err(status)?;
     let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| status(e.into()))?;
     // INSERT answers one row with the count.
     let count = batches
@@ -160,12 +168,16 @@ async fn plan_running_writes(
     sql: &str,
     database: Option<String>,
     params: Option<Vec<ScalarValue>>,
+    who: Principal,
 ) -> Result<(tocsin_query::Statement, Option<u64>), Status> {
     let (engine, sql) = (Arc::clone(engine), sql.to_string());
     tokio::spawn(async move {
-        let stmt = engine.describe(&sql, database.as_deref()).await.map_err(status)?;
-        let written =
-            if stmt.writes { Some(update(&engine, &sql, database.as_deref(), params).await? as u64) } else { None };
+        let stmt = engine.describe(&sql, database.as_deref(), Some(&who)).await.map_err(status)?;
+        let written = if stmt.writes {
+            Some(update(&engine, &sql, database.as_deref(), params, &who).await? as u64)
+        } else {
+            None
+        };
         Ok((stmt, written))
     })
     .await
@@ -191,7 +203,7 @@ struct StatementHandle {
 }
 
 impl FlightSql {
-    pub(crate) fn new(query: Arc<QueryEngine>) -> Self {
+    pub(crate) fn new(query: Arc<QueryEngine>, auth: Arc<Auth>) -> Self {
         let mut b = SqlInfoDataBuilder::new();
         b.append(SqlInfo::FlightSqlServerName, "Tocsin");
         b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -204,7 +216,7 @@ impl FlightSql {
         b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
         // A builder of fixed values does not fail.
         let info = b.build().unwrap_or_else(|_| SqlInfoDataBuilder::new().build().expect("empty sql info"));
-        Self { query, prepared: Mutex::new((HashMap::new(), VecDeque::new())), next_id: AtomicU64::new(1), info }
+        Self { query, auth, prepared: Mutex::new((HashMap::new(), VecDeque::new())), next_id: AtomicU64::new(1), info }
     }
 
     pub(crate) fn into_server(self, max_message_bytes: usize) -> FlightServiceServer<FlightSql> {
@@ -216,8 +228,9 @@ impl FlightSql {
         sql: &str,
         database: Option<&str>,
         params: Option<Vec<ScalarValue>>,
+        who: &Principal,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (schema, stream) = self.query.stream_with_params(sql, database, params).await.map_err(status)?;
+        let (schema, stream) = self.query.stream_with_params(sql, database, params, Some(who)).await.map_err(status)?;
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(stream.map_err(|e| FlightError::ExternalError(Box::new(e))))
@@ -247,12 +260,36 @@ impl FlightSqlService for FlightSql {
 
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
-        // No authentication yet: every client is accepted.
+        // The login of Flight SQL clients (ADBC's username and password):
+        // `authorization: Basic` with a token as the password (or
+        // `Bearer`) is checked here, and the token comes back as the bearer
+        // the client sends on every later call.
+        let header = request.metadata().get("authorization").map(|v| {
+            v.to_str()
+                .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))
+                .map(str::to_string)
+        });
+        let credentials = match header.transpose()? {
+            Some(h) => Credentials::from_authorization(&h).map_err(crate::guard::grpc_status)?,
+            None => Credentials::None,
+        };
+        self.auth.authenticate(&credentials).map_err(crate::guard::grpc_status)?;
         let out =
             futures::stream::once(async { Ok(HandshakeResponse { protocol_version: 0, payload: Vec::new().into() }) });
-        Ok(Response::new(Box::pin(out)))
+        let mut response = Response::new(Box::pin(out) as Pin<Box<dyn Stream<Item = _> + Send>>);
+        let bearer = match credentials {
+            Credentials::Token(t) => Some(t),
+            Credentials::Basic { user, password } => Some(if password.is_empty() { user } else { password }),
+            Credentials::None => None,
+        };
+        if let Some(t) = bearer
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            response.metadata_mut().insert("authorization", v);
+        }
+        Ok(response)
     }
 
     async fn get_flight_info_statement(
@@ -260,8 +297,9 @@ impl FlightSqlService for FlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let who = caller(&request)?;
         let database = database(request.metadata());
-        let (stmt, count) = plan_running_writes(&self.query, &query.query, database.clone(), None).await?;
+        let (stmt, count) = plan_running_writes(&self.query, &query.query, database.clone(), None, who).await?;
         let schema = stmt.schema;
         let handle = serde_json::to_vec(&StatementHandle { sql: query.query, database, count })
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -272,14 +310,15 @@ impl FlightSqlService for FlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        let who = caller(&request)?;
         let h: StatementHandle = serde_json::from_slice(&ticket.statement_handle)
             .map_err(|_| Status::invalid_argument("not a statement ticket of this server"))?;
         if let Some(n) = h.count {
             return count_batch(n);
         }
-        self.run(&h.sql, h.database.as_deref(), None).await
+        self.run(&h.sql, h.database.as_deref(), None, &who).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -287,8 +326,9 @@ impl FlightSqlService for FlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let who = caller(&request)?;
         let database = database(request.metadata());
-        let stmt = self.query.describe(&query.query, database.as_deref()).await.map_err(status)?;
+        let stmt = self.query.describe(&query.query, database.as_deref(), Some(&who)).await.map_err(status)?;
         let (schema, params) = (stmt.schema, stmt.params);
         let param_schema = Schema::new(
             params
@@ -352,7 +392,8 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let (sql, database, params) = self
             .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
-        let (stmt, written) = plan_running_writes(&self.query, &sql, database, params).await?;
+        let who = caller(&request)?;
+        let (stmt, written) = plan_running_writes(&self.query, &sql, database, params, who).await?;
         if written.is_some() {
             self.with_prepared(&cmd.prepared_statement_handle, |p| p.written = written)?;
         }
@@ -362,25 +403,27 @@ impl FlightSqlService for FlightSql {
     async fn do_get_prepared_statement(
         &self,
         cmd: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        let who = caller(&request)?;
         let (sql, database, params, written) = self.with_prepared(&cmd.prepared_statement_handle, |p| {
             (p.sql.clone(), p.database.clone(), p.params.clone(), p.written.take())
         })?;
         if let Some(n) = written {
             return count_batch(n);
         }
-        self.run(&sql, database.as_deref(), params).await
+        self.run(&sql, database.as_deref(), params, &who).await
     }
 
     async fn do_put_prepared_statement_update(
         &self,
         cmd: CommandPreparedStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let who = caller(&request)?;
         let (sql, database, params) = self
             .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
-        update(&self.query, &sql, database.as_deref(), params).await
+        update(&self.query, &sql, database.as_deref(), params, &who).await
     }
 
     async fn do_action_close_prepared_statement(
@@ -400,8 +443,9 @@ impl FlightSqlService for FlightSql {
         ticket: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let who = caller(&request)?;
         let database = database(request.metadata());
-        update(&self.query, &ticket.query, database.as_deref(), None).await
+        update(&self.query, &ticket.query, database.as_deref(), None, &who).await
     }
 
     async fn get_flight_info_catalogs(
@@ -433,10 +477,18 @@ impl FlightSqlService for FlightSql {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        let who = caller(&request)?;
         let mut b = query.into_builder();
-        let mut names: Vec<String> = self.query.catalog_tables().await.into_iter().map(|(s, ..)| s).collect();
+        let mut names: Vec<String> = self
+            .query
+            .catalog_tables()
+            .await
+            .into_iter()
+            .filter(|(s, t, ..)| who.check_table(Permission::Query, s, t).is_ok())
+            .map(|(s, ..)| s)
+            .collect();
         names.extend([tocsin_query::names::DEFAULT_DATABASE.to_string()]);
         names.sort();
         names.dedup();
@@ -457,10 +509,15 @@ impl FlightSqlService for FlightSql {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        let who = caller(&request)?;
         let mut b = query.into_builder();
         for (schema_name, table, schema, kind) in self.query.catalog_tables().await {
+            // Only the tables the caller may read are listed.
+            if who.check_table(Permission::Query, &schema_name, &table).is_err() {
+                continue;
+            }
             b.append(tocsin_query::names::CATALOG, schema_name, table, kind, &hydrated(&schema))
                 .map_err(|e| Status::internal(e.to_string()))?;
         }

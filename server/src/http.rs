@@ -6,16 +6,17 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
+use tocsin_auth::Principal;
 use tocsin_query::{QueryEngine, QueryError};
 use tocsin_storage::Storage;
 
 use crate::format::{OutputFormat, encode};
+use crate::guard::Routes;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -29,23 +30,36 @@ pub(crate) struct AppState {
     pub(crate) backfill: Arc<dyn tocsin_ingest::follow::TailBackfill>,
     pub(crate) ingest: tocsin_ingest::IngestService,
     pub(crate) max_request_bytes: usize,
+    pub(crate) auth: Arc<tocsin_auth::Auth>,
 }
 
+impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
+    fn from_ref(app: &AppState) -> Self {
+        Arc::clone(&app.alerts)
+    }
+}
+
+/// Every route, with the access it needs (docs/security.md lists them; so
+/// does `GET /api/v1/auth/routes`).
 pub(crate) fn router(state: AppState, max_body: usize) -> Router {
-    Router::new()
-        .route("/api/v1/sql", post(sql))
-        .route("/api/v1/admin/persist", post(persist))
-        .route("/api/v1/admin/compact", post(compact))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/trace/{id}", get(crate::trace::trace))
-        .route("/api/v1/tail", get(crate::tail::tail))
-        .route("/api/v1/write", post(crate::protocols::remote_write))
-        .route("/api/v2/write", post(crate::protocols::influx_v2_write))
-        .route("/write", post(crate::protocols::influx_v1_write))
-        .route("/v1/metrics", post(crate::protocols::otlp_metrics))
-        .route("/v1/logs", post(crate::protocols::otlp_logs))
-        .merge(crate::alerts_api::router(Arc::clone(&state.alerts)))
+    use tocsin_auth::Access::{Public, Requires, Statements};
+    use tocsin_auth::Permission::*;
+    let routes = Routes::new()
+        .post("/api/v1/sql", Statements, sql)
+        .post("/api/v1/admin/persist", Requires(Admin), persist)
+        .post("/api/v1/admin/compact", Requires(Admin), compact)
+        .get("/health", Public, health)
+        .get("/metrics", Requires(Metrics), metrics)
+        .get("/api/v1/trace/{id}", Requires(Trace), crate::trace::trace)
+        .get("/api/v1/tail", Requires(Tail), crate::tail::tail)
+        .post("/api/v1/write", Requires(Write), crate::protocols::remote_write)
+        .post("/api/v2/write", Requires(Write), crate::protocols::influx_v2_write)
+        .post("/write", Requires(Write), crate::protocols::influx_v1_write)
+        .post("/v1/metrics", Requires(Write), crate::protocols::otlp_metrics)
+        .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs);
+    let routes = crate::auth_api::routes(crate::alerts_api::routes(routes));
+    routes
+        .build(Arc::clone(&state.auth))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(count_too_large))
@@ -99,12 +113,31 @@ impl IntoResponse for ApiError {
 
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
+        if let QueryError::Auth(a) = e {
+            return Self::from(a);
+        }
         let status = if e.is_user_error() {
             StatusCode::BAD_REQUEST
         } else if matches!(e, QueryError::Storage(tocsin_storage::StorageError::BufferFull { .. })) {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
+        };
+        Self { status, message: e.to_string() }
+    }
+}
+
+impl From<tocsin_auth::AuthError> for ApiError {
+    fn from(e: tocsin_auth::AuthError) -> Self {
+        use tocsin_auth::AuthError;
+        let status = match &e {
+            AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::NotFound(_) => StatusCode::NOT_FOUND,
+            AuthError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AuthError::Io { .. } | AuthError::Corrupt { .. } | AuthError::Random(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         Self { status, message: e.to_string() }
     }
@@ -124,7 +157,12 @@ struct SqlRequest {
     database: Option<String>,
 }
 
-async fn sql(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn sql(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("request body must be JSON like {{\"sql\": \"SELECT 1\"}}: {e}")))?;
     let format = match &req.format {
@@ -140,7 +178,7 @@ async fn sql(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Re
         return Err(ApiError::bad_request("sql is empty"));
     }
     let started = Instant::now();
-    let result = app.query.execute(&req.sql, req.database.as_deref()).await.map_err(|e| {
+    let result = app.query.execute_as(&req.sql, req.database.as_deref(), Some(&who)).await.map_err(|e| {
         tracing::debug!(sql = %req.sql, error = %e, "query failed");
         ApiError::from(e)
     })?;

@@ -15,9 +15,11 @@
 //! ```
 
 mod alerts_api;
+mod auth_api;
 pub mod config;
 mod flight;
 pub mod format;
+mod guard;
 mod http;
 mod metrics;
 mod protocols;
@@ -52,6 +54,8 @@ pub enum ServerError {
     Http(std::io::Error),
     #[error("alerting: {0}")]
     Alerting(#[from] tocsin_alerting::EngineError),
+    #[error("authentication: {0}")]
+    Auth(#[from] tocsin_auth::AuthError),
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -73,6 +77,7 @@ pub async fn run(
     on_bound: impl FnOnce(BoundAddrs),
 ) -> Result<(), ServerError> {
     let storage = Storage::open(config.storage.clone()).await?;
+    let auth = open_auth(&config, &storage)?;
     let query = Arc::new(QueryEngine::with_memory_limit(Arc::clone(&storage), config.max_query_memory_bytes));
     let backfill: Arc<dyn tocsin_ingest::follow::TailBackfill> =
         Arc::new(tail::QueryBackfill { query: Arc::clone(&query) });
@@ -116,10 +121,13 @@ pub async fn run(
     let http_ingest = ingest.clone();
     let otlp = tocsin_ingest::otlp::Otlp(ingest.clone());
     let grpc = tonic::transport::Server::builder()
+        .layer(guard::GrpcGuardLayer { auth: Arc::clone(&auth) })
         .add_service(ingest.into_server())
         .add_service(otlp.metrics_server())
         .add_service(otlp.logs_server())
-        .add_service(flight::FlightSql::new(Arc::clone(&query)).into_server(config.max_request_bytes))
+        .add_service(
+            flight::FlightSql::new(Arc::clone(&query), Arc::clone(&auth)).into_server(config.max_request_bytes),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
     let app = http::AppState {
         storage: Arc::clone(&storage),
@@ -131,6 +139,7 @@ pub async fn run(
         ingest: http_ingest,
         rollups: Arc::clone(&rollups),
         max_request_bytes: config.max_request_bytes,
+        auth,
     };
     let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -164,6 +173,32 @@ pub async fn run(
     let stats = storage.shutdown().await?;
     tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
     Ok(())
+}
+
+/// Loads tokens and roles. On the first start with auth on, prints the
+/// bootstrap admin token once (it is also in `<data-dir>/admin-token`);
+/// with auth off, says loudly that anyone who reaches the ports may do
+/// everything.
+fn open_auth(config: &ServerConfig, storage: &Storage) -> Result<Arc<tocsin_auth::Auth>, ServerError> {
+    let mut auth_config = config.auth.clone();
+    auth_config.data_dir = storage.data_dir().to_path_buf();
+    let (auth, bootstrap) = tocsin_auth::Auth::open(auth_config, Arc::new(tocsin_storage::SystemClock))?;
+    if let Some(token) = bootstrap {
+        let path = tocsin_auth::admin_token_path(storage.data_dir());
+        println!("tocsin admin token (shown once; also in {}, mode 0600): {token}", path.display());
+        tracing::warn!(path = %path.display(), "first start with auth on: a bootstrap admin token was created");
+    }
+    if auth.enabled() {
+        tracing::info!(roles = auth.roles().count(), "authentication on: every request but /health needs a token");
+    } else {
+        tracing::warn!(
+            grpc = %config.grpc_addr,
+            http = %config.http_addr,
+            "AUTHENTICATION IS OFF: anyone who can reach these ports can read, write and administer everything. \
+             Start with --auth to require tokens (docs/security.md)"
+        );
+    }
+    Ok(Arc::new(auth))
 }
 
 /// Persists the write buffer when it is due (size or age). A failed persist

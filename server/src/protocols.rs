@@ -26,10 +26,11 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tocsin_auth::{AuthError, Principal};
 use tocsin_ingest::line::{self, Precision};
 use tocsin_ingest::{IngestError, prom};
 use tocsin_proto::v1::WriteResponse;
@@ -69,6 +70,9 @@ fn ingest_error(dialect: Dialect, e: IngestError) -> Response {
             StatusCode::SERVICE_UNAVAILABLE
         }
         IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        IngestError::Auth(AuthError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+        IngestError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+        IngestError::Auth(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut r = error(dialect, status, e.to_string());
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -96,6 +100,7 @@ fn written(dialect: Dialect, resp: WriteResponse, what: &str) -> Response {
 
 pub(crate) async fn remote_write(
     State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(params): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
@@ -109,7 +114,7 @@ pub(crate) async fn remote_write(
         Err(e) => return error(d, StatusCode::BAD_REQUEST, e.to_string()),
     };
     let db = params.get("db").map_or("public", String::as_str);
-    match app.ingest.write_tables(db, decoded.writes, decoded.rejected).await {
+    match app.ingest.write_tables(&who, db, decoded.writes, decoded.rejected).await {
         Ok(resp) => written(d, resp, "series"),
         Err(e) => ingest_error(d, e),
     }
@@ -117,16 +122,18 @@ pub(crate) async fn remote_write(
 
 pub(crate) async fn influx_v1_write(
     State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let db = params.get("db").cloned().unwrap_or_default();
-    line_protocol(app, Dialect::InfluxV1, db, params.get("precision").map(String::as_str), &headers, body).await
+    line_protocol(app, &who, Dialect::InfluxV1, db, params.get("precision").map(String::as_str), &headers, body).await
 }
 
 pub(crate) async fn influx_v2_write(
     State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -135,11 +142,12 @@ pub(crate) async fn influx_v2_write(
         return error(Dialect::InfluxV2, StatusCode::BAD_REQUEST, "bucket is required (?bucket=DATABASE)".into());
     };
     let db = bucket.split('/').next().unwrap_or_default().to_string();
-    line_protocol(app, Dialect::InfluxV2, db, params.get("precision").map(String::as_str), &headers, body).await
+    line_protocol(app, &who, Dialect::InfluxV2, db, params.get("precision").map(String::as_str), &headers, body).await
 }
 
 async fn line_protocol(
     app: AppState,
+    who: &Principal,
     d: Dialect,
     db: String,
     precision: Option<&str>,
@@ -170,7 +178,7 @@ async fn line_protocol(
         return StatusCode::NO_CONTENT.into_response();
     }
     let db = if db.is_empty() { "public".to_string() } else { db };
-    match app.ingest.write_grouped(&db, parsed.writes, parsed.rejected, &parsed.members).await {
+    match app.ingest.write_grouped(who, &db, parsed.writes, parsed.rejected, &parsed.members).await {
         Ok(resp) => written(d, resp, "line"),
         Err(e) => ingest_error(d, e),
     }
@@ -218,7 +226,12 @@ fn otlp_error(e: IngestError) -> Response {
     ingest_error(Dialect::Prometheus, e)
 }
 
-pub(crate) async fn otlp_metrics(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn otlp_metrics(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
     let raw = match otlp_body(&app, &headers, body) {
         Ok(r) => r,
@@ -231,13 +244,18 @@ pub(crate) async fn otlp_metrics(State(app): State<AppState>, headers: HeaderMap
                 .into_response();
         }
     };
-    match app.ingest.otlp_metrics(req).await {
+    match app.ingest.otlp_metrics(&who, req).await {
         Ok(resp) => protobuf(&resp),
         Err(e) => otlp_error(e),
     }
 }
 
-pub(crate) async fn otlp_logs(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn otlp_logs(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
     let raw = match otlp_body(&app, &headers, body) {
         Ok(r) => r,
@@ -250,7 +268,7 @@ pub(crate) async fn otlp_logs(State(app): State<AppState>, headers: HeaderMap, b
                 .into_response();
         }
     };
-    match app.ingest.otlp_logs(req).await {
+    match app.ingest.otlp_logs(&who, req).await {
         Ok(resp) => protobuf(&resp),
         Err(e) => otlp_error(e),
     }

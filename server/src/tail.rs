@@ -27,6 +27,7 @@ use crate::http::{ApiError, AppState};
 
 pub(crate) async fn tail(
     State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<tocsin_auth::Principal>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let mut f = TailFilter { database: "public".into(), table: "logs".into(), ..Default::default() };
@@ -67,6 +68,7 @@ pub(crate) async fn tail(
             }
         }
     }
+    who.check_table(tocsin_auth::Permission::Tail, &f.database, &f.table)?;
     let items = follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await.map_err(|e| match e {
         FollowError::SinceTooLong(_) | FollowError::Filter(_) => ApiError::bad_request(e.to_string()),
         _ => ApiError::internal(e.to_string()),

@@ -29,6 +29,7 @@ fn valid_id(id: &str) -> bool {
 
 pub(crate) async fn trace(
     State(app): State<AppState>,
+    axum::Extension(who): axum::Extension<tocsin_auth::Principal>,
     Path(id): Path<String>,
     Query(p): Query<TraceParams>,
 ) -> Result<Response, ApiError> {
@@ -42,6 +43,7 @@ pub(crate) async fn trace(
         return Err(ApiError::bad_request(format!("{table:?} is not a table name")));
     }
     let db = p.database.as_deref().filter(|d| !d.is_empty()).unwrap_or("public");
+    who.check_table(tocsin_auth::Permission::Trace, db, &table)?;
     let has_trace_ids = app.storage.table_schema(db, &table).is_some_and(|s| s.index_of("trace_id").is_ok());
     if !has_trace_ids {
         return Err(ApiError::new(

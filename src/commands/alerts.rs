@@ -8,9 +8,8 @@ use super::client::{Client, print_table};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Config {
-    /// Address of the server's HTTP API.
-    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318", global = true)]
-    http_addr: String,
+    #[command(flatten)]
+    server: super::client::ServerArgs,
     #[command(subcommand)]
     command: AlertCommand,
 }
@@ -48,7 +47,7 @@ struct Who {
 pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = Client::new(&c.http_addr);
+        let client = c.server.client();
         match c.command {
             AlertCommand::List { state, json } => {
                 let path = match &state {
@@ -112,9 +111,8 @@ fn alert_row(a: &Value) -> Vec<String> {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SilenceConfig {
-    /// Address of the server's HTTP API.
-    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318", global = true)]
-    http_addr: String,
+    #[command(flatten)]
+    server: super::client::ServerArgs,
     #[command(subcommand)]
     command: SilenceCommand,
 }
@@ -153,7 +151,7 @@ fn parse_matcher(m: &str) -> anyhow::Result<Value> {
 pub(crate) fn run_silences(c: SilenceConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = Client::new(&c.http_addr);
+        let client = c.server.client();
         match c.command {
             SilenceCommand::List => {
                 let v = client.call(Method::GET, "/api/v1/silences", None).await?;

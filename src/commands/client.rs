@@ -2,15 +2,41 @@
 
 use anyhow::{Context, bail};
 
+/// Where the server is and who calls it: the flags every client command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Address of the server's HTTP API.
+    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318", global = true)]
+    pub(crate) http_addr: String,
+    /// API token, for a server started with --auth.
+    #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true, global = true)]
+    pub(crate) token: Option<String>,
+}
+
+impl ServerArgs {
+    pub(crate) fn client(&self) -> Client {
+        let a = &self.http_addr;
+        let base =
+            if a.starts_with("http://") || a.starts_with("https://") { a.clone() } else { format!("http://{a}") };
+        Client { base, token: self.token.clone(), http: reqwest::Client::new() }
+    }
+}
+
 pub(crate) struct Client {
     base: String,
+    token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub(crate) fn new(http_addr: &str) -> Client {
-        let base = if http_addr.starts_with("http://") { http_addr.to_string() } else { format!("http://{http_addr}") };
-        Client { base, http: reqwest::Client::new() }
+    /// A request to `path`, with the token if one was given.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> (String, reqwest::RequestBuilder) {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        (url, req)
     }
 
     /// Sends a request; returns the JSON answer, or the server's error.
@@ -20,8 +46,7 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
+        let (url, mut req) = self.request(method, path);
         if let Some(b) = body {
             req = req.json(&b);
         }

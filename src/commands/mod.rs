@@ -5,4 +5,5 @@ pub(crate) mod rules;
 pub(crate) mod serve;
 pub(crate) mod sql;
 pub(crate) mod tail;
+pub(crate) mod token;
 pub(crate) mod trace;

@@ -30,6 +30,9 @@ pub(crate) struct CheckArgs {
     /// reachable; otherwise the SQL is only parsed).
     #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318")]
     server: String,
+    /// API token, for a server started with --auth.
+    #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Do not contact a server: parse the SQL only.
     #[arg(long)]
     offline: bool,
@@ -68,7 +71,7 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         eprintln!("note: no server at {} (--server); SQL was parsed but not planned against a catalog", a.server);
     }
     if reachable {
-        let client = super::client::Client::new(&a.server);
+        let client = super::client::ServerArgs { http_addr: a.server.clone(), token: a.token.clone() }.client();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut failures = 0;
         runtime.block_on(async {

@@ -24,6 +24,14 @@ pub(crate) struct Config {
     /// TOML configuration file; flags given here override it.
     #[arg(long, env = "TOCSIN_CONFIG")]
     config: Option<PathBuf>,
+    /// Require a token (or user) on every request but `/health`; the first
+    /// start writes an admin token to <data-dir>/admin-token.
+    #[arg(long, env = "TOCSIN_AUTH")]
+    auth: bool,
+    /// Listen beyond loopback with authentication off (anyone who can reach
+    /// the ports can do everything).
+    #[arg(long, env = "TOCSIN_INSECURE")]
+    insecure: bool,
     /// Log filter, e.g. `info` or `tocsin_storage=debug`.
     #[arg(long, env = "TOCSIN_LOG", default_value = "info")]
     log: String,
@@ -44,6 +52,8 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         grpc_addr: c.grpc_addr,
         http_addr: c.http_addr,
         rules: c.rules,
+        auth: c.auth,
+        insecure: c.insecure,
     })?;
     // Planning and evaluating SQL recurse over expression trees; the SQL
     // layer bounds their depth (query::allowed), and 8 MiB worker stacks

@@ -15,9 +15,8 @@ enum Format {
 pub(crate) struct Config {
     /// The SQL statement.
     sql: String,
-    /// Address of the server's HTTP API.
-    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318")]
-    http_addr: String,
+    #[command(flatten)]
+    server: super::client::ServerArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -38,13 +37,12 @@ async fn query(c: Config) -> anyhow::Result<()> {
         Format::Json => "json",
         Format::Jsonl => "jsonl",
     };
-    let url = format!("http://{}/api/v1/sql", c.http_addr);
+    let (url, req) = c.server.client().request(reqwest::Method::POST, "/api/v1/sql");
     let mut body = serde_json::json!({ "sql": c.sql, "format": wire });
     if let Some(db) = &c.database {
         body["database"] = serde_json::Value::String(db.clone());
     }
-    let resp = reqwest::Client::new()
-        .post(&url)
+    let resp = req
         .json(&body)
         .send()
         .await

@@ -33,9 +33,8 @@ pub(crate) struct Config {
     /// Print each event as JSON.
     #[arg(long)]
     json: bool,
-    /// Address of the server's HTTP API.
-    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318")]
-    http_addr: String,
+    #[command(flatten)]
+    server: super::client::ServerArgs,
 }
 
 pub(crate) fn run(c: Config) -> anyhow::Result<()> {
@@ -60,10 +59,8 @@ async fn follow(c: Config) -> anyhow::Result<()> {
     if let Some(s) = &c.since {
         params.push(("since", s.clone()));
     }
-    let base = if c.http_addr.starts_with("http://") { c.http_addr.clone() } else { format!("http://{}", c.http_addr) };
-    let url = format!("{base}/api/v1/tail");
-    let mut resp = reqwest::Client::new()
-        .get(&url)
+    let (url, req) = c.server.client().request(reqwest::Method::GET, "/api/v1/tail");
+    let mut resp = req
         .query(&params)
         .send()
         .await

@@ -3,15 +3,14 @@
 
 use reqwest::Method;
 
-use super::client::{Client, print_table};
+use super::client::print_table;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Config {
     /// The trace id.
     id: String,
-    /// Address of the server's HTTP API.
-    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318")]
-    http_addr: String,
+    #[command(flatten)]
+    server: super::client::ServerArgs,
     /// The log table.
     #[arg(long, default_value = "logs")]
     table: String,
@@ -22,7 +21,7 @@ pub(crate) struct Config {
 
 pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let v = runtime.block_on(Client::new(&c.http_addr).call(
+    let v = runtime.block_on(c.server.client().call(
         Method::GET,
         &format!("/api/v1/trace/{}?table={}", c.id, c.table),
         None,

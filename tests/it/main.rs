@@ -2,6 +2,7 @@
 //! the CLI. One test binary, grouped by topic.
 
 mod alerting;
+mod auth;
 mod bad_input;
 mod chaos;
 mod crash;

@@ -80,11 +80,13 @@ impl TestServer {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+            // The listening line; with --auth a first start prints the
+            // bootstrap token before it.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("tocsin listening") {
+                    let _ = tx.send(line);
+                }
             }
-            for _ in lines {}
         });
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(l) => l,

@@ -1,0 +1,84 @@
+//! What a client presents, however its protocol carries it: an
+//! `Authorization` header (`Bearer`, InfluxDB's `Token`, `Basic`), gRPC
+//! metadata of the same name, or InfluxDB v1's `u`/`p` parameters.
+
+use base64::Engine as _;
+
+use crate::AuthError;
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Nothing presented.
+    None,
+    /// A bearer token (`Bearer`, `Token`).
+    Token(String),
+    /// A user name and password (`Basic`, v1 `u`/`p`); the password may be
+    /// a token, as Prometheus and InfluxDB v1 clients send it.
+    Basic { user: String, password: String },
+}
+
+/// Never prints secrets.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::None => f.write_str("None"),
+            Credentials::Token(_) => f.write_str("Token(..)"),
+            Credentials::Basic { user, .. } => write!(f, "Basic({user:?}, ..)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// Parses an `Authorization` header value.
+    pub fn from_authorization(value: &str) -> Result<Credentials, AuthError> {
+        let value = value.trim();
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
+            if rest.is_empty() {
+                return Err(AuthError::Unauthenticated(format!("the {scheme} authorization has no token")));
+            }
+            return Ok(Credentials::Token(rest.to_string()));
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| AuthError::Unauthenticated("the Basic authorization is not base64 of UTF-8".into()))?;
+            let (user, password) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
+            return Ok(Credentials::Basic { user: user.to_string(), password: password.to_string() });
+        }
+        Err(AuthError::Unauthenticated(format!(
+            "unsupported authorization scheme {:?}: use Bearer <token>, Token <token> or Basic",
+            crate::clip(scheme)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scheme_clients_use_is_understood() {
+        assert_eq!(Credentials::from_authorization("Bearer abc").ok(), Some(Credentials::Token("abc".into())));
+        assert_eq!(Credentials::from_authorization("Token abc").ok(), Some(Credentials::Token("abc".into())));
+        assert_eq!(Credentials::from_authorization("bearer  abc ").ok(), Some(Credentials::Token("abc".into())));
+        // "prom:secret"
+        assert_eq!(
+            Credentials::from_authorization("Basic cHJvbTpzZWNyZXQ=").ok(),
+            Some(Credentials::Basic { user: "prom".into(), password: "secret".into() })
+        );
+        assert!(Credentials::from_authorization("Bearer").is_err());
+        assert!(Credentials::from_authorization("Basic !!!").is_err());
+        assert!(Credentials::from_authorization("Digest x").unwrap_err().to_string().contains("Digest"));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = Credentials::Basic { user: "u".into(), password: "hunter2".into() };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!format!("{:?}", Credentials::Token("s3cret".into())).contains("s3cret"));
+    }
+}

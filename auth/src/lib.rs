@@ -1,0 +1,421 @@
+//! Who may do what: authentication (API tokens; users later), roles with
+//! permissions and data scopes, and the one policy check every interface
+//! goes through.
+//!
+//! Every entry point (HTTP route, gRPC method) declares the [`Access`] it
+//! needs; the server's one guard per transport turns the request's
+//! [`Credentials`] into a [`Principal`] with [`Auth::authenticate`] and
+//! checks the declared permission with [`Principal::require`]. Handlers that
+//! touch tables check each one with [`Principal::check_table`].
+//!
+//! ```
+//! # fn f() -> Result<(), tocsin_auth::AuthError> {
+//! use std::sync::Arc;
+//! use tocsin_auth::{Auth, AuthConfig, Credentials, Permission};
+//! let dir = tempfile::tempdir().unwrap();
+//! let config = AuthConfig { enabled: true, ..AuthConfig::new(dir.path()) };
+//! let (auth, bootstrap) = Auth::open(config, Arc::new(tocsin_storage::SystemClock))?;
+//! let admin = auth.authenticate(&Credentials::Token(bootstrap.unwrap()))?;
+//! let (_, viewer) = auth.create_token(&admin, "viewer", None, None, "dashboards")?;
+//! let viewer = auth.authenticate(&Credentials::Token(viewer))?;
+//! assert!(viewer.require(Permission::Query).is_ok());
+//! assert!(viewer.require(Permission::Write).is_err());
+//! # Ok(()) }
+//! ```
+
+mod credentials;
+mod perm;
+mod role;
+mod token;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tocsin_storage::Clock;
+
+pub use credentials::Credentials;
+pub use perm::{Access, Permission};
+pub use role::{AUDIT_DATABASE, AUDIT_TABLE, Role, RoleSpec, glob, roles_from_config};
+pub use token::TokenRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials, or ones that prove nothing (HTTP 401, gRPC `UNAUTHENTICATED`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Proven identity, not allowed (HTTP 403, gRPC `PERMISSION_DENIED`).
+    #[error("permission denied: {0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} cannot be read ({reason}); restore it from a backup or move it away to start with no tokens")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
+}
+
+/// `[auth]`: off by default (the server then binds to loopback only).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    /// The data directory: tokens go to `auth/tokens.json`, the bootstrap
+    /// admin token to `admin-token`.
+    pub data_dir: PathBuf,
+    /// Configured roles besides the built-in ones.
+    pub roles: BTreeMap<String, RoleSpec>,
+}
+
+impl AuthConfig {
+    pub fn new(data_dir: &Path) -> AuthConfig {
+        AuthConfig { enabled: false, data_dir: data_dir.to_path_buf(), roles: BTreeMap::new() }
+    }
+}
+
+/// Who is calling: a token's or user's name and role, and the database a
+/// token is restricted to.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// `token:<id>`, a user name, or `anonymous` when auth is off.
+    pub name: String,
+    pub role: Arc<Role>,
+    pub database: Option<String>,
+}
+
+impl Principal {
+    /// The caller when auth is off: may do everything.
+    pub fn anonymous() -> Principal {
+        let admin = Role::builtins().into_iter().find(|r| r.name == "admin").expect("admin is built in");
+        Principal { name: "anonymous".into(), role: Arc::new(admin), database: None }
+    }
+
+    /// Ok if the role grants `p`; otherwise an error naming it.
+    pub fn require(&self, p: Permission) -> Result<(), AuthError> {
+        if self.role.has(p) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(format!(
+                "{} (role {}) does not have the {p} permission",
+                self.name, self.role.name
+            )))
+        }
+    }
+
+    /// Ok if the caller may use `database.table` for `p` (query reads,
+    /// write writes): the permission, the role's scope and the token's
+    /// database all have to allow it. The error names the table.
+    pub fn check_table(&self, p: Permission, database: &str, table: &str) -> Result<(), AuthError> {
+        self.require(p)?;
+        let in_db = self.database.as_deref().is_none_or(|d| d == database);
+        if in_db && self.role.covers(database, table) {
+            return Ok(());
+        }
+        let verb = if p == Permission::Write { "write" } else { "read" };
+        Err(AuthError::Forbidden(format!(
+            "{} (role {}) may not {verb} table {}.{}",
+            self.name,
+            self.role.name,
+            clip(database),
+            clip(table)
+        )))
+    }
+
+    /// Ok if the caller may write to some table of `database` (before the
+    /// tables of a request are known).
+    pub fn check_database(&self, p: Permission, database: &str) -> Result<(), AuthError> {
+        self.require(p)?;
+        let token_ok = self.database.as_deref().is_none_or(|d| d == database);
+        let role_ok = self.role.databases.is_empty() || self.role.databases.iter().any(|d| d == database);
+        if token_ok && role_ok {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(format!(
+                "{} (role {}) may not use database {}",
+                self.name,
+                self.role.name,
+                clip(database)
+            )))
+        }
+    }
+}
+
+/// The authenticator of one server: roles, tokens, and whether auth is on.
+#[derive(Debug)]
+pub struct Auth {
+    enabled: bool,
+    roles: BTreeMap<String, Arc<Role>>,
+    tokens_path: PathBuf,
+    tokens: Mutex<Vec<TokenRecord>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Auth {
+    /// Loads the roles and the token store. With auth on and no token store
+    /// yet (the first start), creates the bootstrap admin token, writes it
+    /// to `<data-dir>/admin-token` (mode 0600) and returns it to be printed
+    /// once.
+    pub fn open(config: AuthConfig, clock: Arc<dyn Clock>) -> Result<(Auth, Option<String>), AuthError> {
+        let roles = roles_from_config(&config.roles).map_err(AuthError::Invalid)?;
+        let tokens_path = config.data_dir.join("auth").join("tokens.json");
+        let loaded = token::load(&tokens_path)?;
+        let first_start = loaded.is_none();
+        let auth =
+            Auth { enabled: config.enabled, roles, tokens_path, tokens: Mutex::new(loaded.unwrap_or_default()), clock };
+        if !(config.enabled && first_start) {
+            return Ok((auth, None));
+        }
+        let (_, token) = auth.insert_token("admin", None, None, "bootstrap admin token", "bootstrap")?;
+        let path = admin_token_path(&config.data_dir);
+        token::write_private(&path, format!("{token}\n").as_bytes())?;
+        Ok((auth, Some(token)))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn roles(&self) -> impl Iterator<Item = &Arc<Role>> {
+        self.roles.values()
+    }
+
+    /// The caller behind `credentials`; with auth off, [`Principal::anonymous`].
+    pub fn authenticate(&self, credentials: &Credentials) -> Result<Principal, AuthError> {
+        if !self.enabled {
+            return Ok(Principal::anonymous());
+        }
+        match credentials {
+            Credentials::None => Err(AuthError::Unauthenticated(
+                "this server requires a token: send `Authorization: Bearer <token>` (see docs/security.md)".into(),
+            )),
+            Credentials::Token(t) => self.verify_token(t),
+            Credentials::Basic { user, password } => {
+                if token::token_id(password).is_some() {
+                    self.verify_token(password)
+                } else if token::token_id(user).is_some() && password.is_empty() {
+                    self.verify_token(user)
+                } else {
+                    Err(AuthError::Unauthenticated(format!(
+                        "unknown user {:?} or wrong password (give a token as the password)",
+                        clip(user)
+                    )))
+                }
+            }
+        }
+    }
+
+    fn verify_token(&self, candidate: &str) -> Result<Principal, AuthError> {
+        let bad = || AuthError::Unauthenticated("invalid token".into());
+        let id = token::token_id(candidate).ok_or_else(bad)?;
+        let record = self.tokens.lock().iter().find(|r| r.id == id).cloned().ok_or_else(bad)?;
+        if !token::matches(candidate, &record.sha256) {
+            return Err(bad());
+        }
+        let now = self.clock.unix_secs();
+        if record.revoked_at.is_some() {
+            return Err(AuthError::Unauthenticated(format!("token {id} was revoked")));
+        }
+        if !record.is_active(now) {
+            return Err(AuthError::Unauthenticated(format!("token {id} has expired")));
+        }
+        let role = self.roles.get(&record.role).cloned().ok_or_else(|| {
+            AuthError::Forbidden(format!("token {id} has role {:?}, which is no longer configured", record.role))
+        })?;
+        Ok(Principal { name: format!("token:{id}"), role, database: record.database })
+    }
+
+    /// Creates a token for `role` (restricted to `database`, expiring after
+    /// `expires`); returns its record and the token, which is never stored.
+    pub fn create_token(
+        &self,
+        by: &Principal,
+        role: &str,
+        database: Option<String>,
+        expires: Option<Duration>,
+        description: &str,
+    ) -> Result<(TokenRecord, String), AuthError> {
+        by.require(Permission::Users)?;
+        if !self.roles.contains_key(role) {
+            let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
+            return Err(AuthError::Invalid(format!("no role {:?} (known: {})", clip(role), known.join(", "))));
+        }
+        if let Some(d) = &database
+            && (d.is_empty() || d.len() > 255)
+        {
+            return Err(AuthError::Invalid("the database must be 1 to 255 bytes".into()));
+        }
+        if description.len() > 1024 {
+            return Err(AuthError::Invalid("the description must be at most 1 KiB".into()));
+        }
+        let expires_at = match expires {
+            Some(d) if d.is_zero() => return Err(AuthError::Invalid("an expiry must be in the future".into())),
+            Some(d) => Some(self.clock.unix_secs().saturating_add(d.as_secs().max(1))),
+            None => None,
+        };
+        self.insert_token(role, database, expires_at, description, &by.name)
+    }
+
+    fn insert_token(
+        &self,
+        role: &str,
+        database: Option<String>,
+        expires_at: Option<u64>,
+        description: &str,
+        by: &str,
+    ) -> Result<(TokenRecord, String), AuthError> {
+        let new = token::generate()?;
+        let record = TokenRecord {
+            id: new.id,
+            sha256: new.sha256,
+            role: role.to_string(),
+            database,
+            description: description.to_string(),
+            created_by: by.to_string(),
+            created_at: self.clock.unix_secs(),
+            expires_at,
+            revoked_at: None,
+        };
+        let mut tokens = self.tokens.lock();
+        let mut next = tokens.clone();
+        next.push(record.clone());
+        token::save(&self.tokens_path, &next)?;
+        *tokens = next;
+        Ok((record, new.token))
+    }
+
+    /// Every token ever created, revoked and expired ones included.
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        self.tokens.lock().clone()
+    }
+
+    /// Revokes token `id` at once; its next request is refused.
+    pub fn revoke_token(&self, id: &str) -> Result<TokenRecord, AuthError> {
+        let mut tokens = self.tokens.lock();
+        let mut next = tokens.clone();
+        let record = next
+            .iter_mut()
+            .find(|r| r.id == id)
+            .ok_or_else(|| AuthError::NotFound(format!("no token with id {:?}", clip(id))))?;
+        if record.revoked_at.is_none() {
+            record.revoked_at = Some(self.clock.unix_secs());
+        }
+        let out = record.clone();
+        token::save(&self.tokens_path, &next)?;
+        *tokens = next;
+        Ok(out)
+    }
+}
+
+/// Where the bootstrap admin token is written.
+pub fn admin_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin-token")
+}
+
+/// At most 200 bytes of a client-given name, for messages.
+pub(crate) fn clip(s: &str) -> &str {
+    let mut end = s.len().min(200);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tocsin_storage::ManualClock;
+
+    fn open(dir: &Path, clock: Arc<ManualClock>) -> (Auth, Option<String>) {
+        let config = AuthConfig { enabled: true, ..AuthConfig::new(dir) };
+        Auth::open(config, clock).expect("open")
+    }
+
+    #[test]
+    fn first_start_writes_a_private_admin_token_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let (auth, token) = open(dir.path(), Arc::clone(&clock));
+        let token = token.expect("a bootstrap token on first start");
+        let file = std::fs::read_to_string(admin_token_path(dir.path())).expect("admin-token");
+        assert_eq!(file.trim(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(admin_token_path(dir.path())).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let admin = auth.authenticate(&Credentials::Token(token.clone())).expect("admin");
+        assert_eq!(admin.role.name, "admin");
+        drop(auth);
+        let (again, none) = open(dir.path(), clock);
+        assert!(none.is_none(), "the bootstrap token is made once");
+        assert!(again.authenticate(&Credentials::Token(token)).is_ok(), "and survives a restart");
+    }
+
+    #[test]
+    fn missing_wrong_revoked_and_expired_tokens_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let (auth, token) = open(dir.path(), Arc::clone(&clock));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        let unauth = |r: Result<Principal, AuthError>| matches!(r, Err(AuthError::Unauthenticated(_)));
+        assert!(unauth(auth.authenticate(&Credentials::None)));
+        assert!(unauth(auth.authenticate(&Credentials::Token("tocsin_000000000000_x".into()))));
+        let (rec, t) = auth.create_token(&admin, "writer", None, Some(Duration::from_secs(3600)), "").expect("create");
+        let mut forged = t.clone();
+        forged.pop();
+        forged.push('!');
+        assert!(unauth(auth.authenticate(&Credentials::Token(forged))));
+        let basic = Credentials::Basic { user: "prometheus".into(), password: t.clone() };
+        assert_eq!(auth.authenticate(&basic).expect("token as password").role.name, "writer");
+        clock.advance(Duration::from_secs(3600));
+        let err = auth.authenticate(&Credentials::Token(t.clone())).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+        let (rec2, t2) = auth.create_token(&admin, "viewer", None, None, "").expect("create");
+        assert!(auth.authenticate(&Credentials::Token(t2.clone())).is_ok());
+        auth.revoke_token(&rec2.id).expect("revoke");
+        let err = auth.authenticate(&Credentials::Token(t2)).unwrap_err();
+        assert!(err.to_string().contains("revoked"), "{err}");
+        assert!(matches!(auth.revoke_token("nope"), Err(AuthError::NotFound(_))));
+        assert_eq!(auth.tokens().iter().filter(|r| r.id == rec.id).count(), 1);
+    }
+
+    #[test]
+    fn only_users_admins_create_tokens_and_roles_must_exist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (auth, token) = open(dir.path(), Arc::new(ManualClock::new(0)));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        assert!(matches!(auth.create_token(&admin, "root", None, None, ""), Err(AuthError::Invalid(_))));
+        let (_, t) = auth.create_token(&admin, "editor", None, None, "").expect("create");
+        let editor = auth.authenticate(&Credentials::Token(t)).expect("editor");
+        assert!(matches!(auth.create_token(&editor, "admin", None, None, ""), Err(AuthError::Forbidden(_))));
+    }
+
+    #[test]
+    fn a_database_token_stays_in_its_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (auth, token) = open(dir.path(), Arc::new(ManualClock::new(0)));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        let (_, t) = auth.create_token(&admin, "writer", Some("telegraf".into()), None, "").expect("create");
+        let p = auth.authenticate(&Credentials::Token(t)).expect("writer");
+        assert!(p.check_table(Permission::Write, "telegraf", "cpu").is_ok());
+        let err = p.check_table(Permission::Write, "default", "cpu").unwrap_err();
+        assert!(err.to_string().contains("may not write table default.cpu"), "{err}");
+        assert!(p.check_table(Permission::Query, "telegraf", "cpu").is_err(), "a writer does not read");
+        assert!(p.check_database(Permission::Write, "default").is_err());
+    }
+
+    #[test]
+    fn with_auth_off_everyone_is_anonymous_and_nothing_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (auth, token) = Auth::open(AuthConfig::new(dir.path()), Arc::new(ManualClock::new(0))).expect("open");
+        assert!(token.is_none());
+        assert!(!admin_token_path(dir.path()).exists());
+        assert_eq!(auth.authenticate(&Credentials::None).expect("anonymous").name, "anonymous");
+    }
+}

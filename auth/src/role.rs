@@ -1,0 +1,197 @@
+//! Roles: a set of permissions and the data they apply to (databases and
+//! table-name patterns). Five are built in; more come from `[auth.roles.*]`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::perm::Permission;
+
+/// The database and table of the audit log, readable with [`Permission::Audit`] only.
+pub const AUDIT_DATABASE: &str = "system";
+pub const AUDIT_TABLE: &str = "audit";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub permissions: BTreeSet<Permission>,
+    /// Databases whose tables the role reads and writes; empty: every one.
+    pub databases: Vec<String>,
+    /// Table-name patterns (`*` matches any run of characters) the role
+    /// reads and writes; a pattern with a `.` is matched against
+    /// `database.table`. Empty: every table.
+    pub tables: Vec<String>,
+}
+
+/// `[auth.roles.NAME]` in the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleSpec {
+    pub permissions: Vec<String>,
+    pub databases: Vec<String>,
+    pub tables: Vec<String>,
+}
+
+impl Role {
+    fn builtin(name: &str, permissions: &[Permission]) -> Role {
+        Role {
+            name: name.to_string(),
+            permissions: permissions.iter().copied().collect(),
+            databases: Vec::new(),
+            tables: Vec::new(),
+        }
+    }
+
+    /// `admin`, `editor`, `viewer`, `writer`, `auditor`.
+    pub fn builtins() -> Vec<Role> {
+        use Permission::*;
+        vec![
+            Role::builtin("admin", &Permission::ALL),
+            Role::builtin("editor", &[Query, Write, Tail, Trace, ReadAlerts, Rules, Silence, Ack, Metrics]),
+            Role::builtin("viewer", &[Query, Tail, Trace, ReadAlerts, Metrics]),
+            Role::builtin("writer", &[Write]),
+            Role {
+                name: "auditor".into(),
+                permissions: [Query, Audit].into_iter().collect(),
+                databases: vec![AUDIT_DATABASE.into()],
+                tables: vec![format!("{AUDIT_DATABASE}.{AUDIT_TABLE}")],
+            },
+        ]
+    }
+
+    pub fn from_spec(name: &str, spec: &RoleSpec) -> Result<Role, String> {
+        let mut permissions = BTreeSet::new();
+        for p in &spec.permissions {
+            let p = Permission::parse(p).ok_or_else(|| {
+                let known: Vec<&str> = Permission::ALL.iter().map(|p| p.name()).collect();
+                format!("role {name:?}: unknown permission {p:?} (known: {})", known.join(", "))
+            })?;
+            permissions.insert(p);
+        }
+        for t in &spec.tables {
+            if t.is_empty() || t.matches('.').count() > 1 {
+                return Err(format!("role {name:?}: table pattern {t:?} must be TABLE or DATABASE.TABLE"));
+            }
+        }
+        Ok(Role { name: name.to_string(), permissions, databases: spec.databases.clone(), tables: spec.tables.clone() })
+    }
+
+    pub fn has(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+
+    /// Whether the role's data scope covers `database.table` (permissions
+    /// aside). The audit table is covered only for roles with
+    /// [`Permission::Audit`], whatever their scope says.
+    pub fn covers(&self, database: &str, table: &str) -> bool {
+        if database == AUDIT_DATABASE && table == AUDIT_TABLE && !self.has(Permission::Audit) {
+            return false;
+        }
+        let db_ok = self.databases.is_empty() || self.databases.iter().any(|d| d == database);
+        let table_ok = self.tables.is_empty()
+            || self.tables.iter().any(|p| match p.split_once('.') {
+                Some((pd, pt)) => glob(pd, database) && glob(pt, table),
+                None => glob(p, table),
+            });
+        db_ok && table_ok
+    }
+}
+
+/// Every role by name: the built-ins, then the configured ones (which may
+/// not reuse a built-in's name).
+pub fn roles_from_config(specs: &BTreeMap<String, RoleSpec>) -> Result<BTreeMap<String, Arc<Role>>, String> {
+    let mut roles: BTreeMap<String, Arc<Role>> =
+        Role::builtins().into_iter().map(|r| (r.name.clone(), Arc::new(r))).collect();
+    for (name, spec) in specs {
+        if roles.contains_key(name) {
+            return Err(format!("role {name:?} is built in and cannot be redefined; choose another name"));
+        }
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(format!("role name {name:?} must be letters, digits, '_' or '-'"));
+        }
+        roles.insert(name.clone(), Arc::new(Role::from_spec(name, spec)?));
+    }
+    Ok(roles)
+}
+
+/// `*` matches any run of characters (none included); everything else
+/// matches itself.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if name.len() < first.len() + last.len() || !name.starts_with(first) || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_stars_anywhere() {
+        assert!(glob("billing_*", "billing_calls"));
+        assert!(glob("billing_*", "billing_"));
+        assert!(!glob("billing_*", "trading_calls"));
+        assert!(glob("*_calls", "billing_calls"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxc"));
+        assert!(!glob("ab*ba", "aba"), "prefix and suffix may not overlap");
+        assert!(glob("*", "anything"));
+        assert!(glob("cpu", "cpu"));
+        assert!(!glob("cpu", "cpu2"));
+    }
+
+    #[test]
+    fn scopes_limit_databases_and_tables() {
+        let spec = RoleSpec {
+            permissions: vec!["query".into()],
+            databases: vec!["default".into()],
+            tables: vec!["billing_*".into(), "logs".into()],
+        };
+        let r = Role::from_spec("billing", &spec).expect("valid");
+        assert!(r.covers("default", "billing_calls"));
+        assert!(r.covers("default", "logs"));
+        assert!(!r.covers("default", "trading"));
+        assert!(!r.covers("other", "logs"));
+        let dotted = Role::from_spec(
+            "x",
+            &RoleSpec { permissions: vec![], databases: vec![], tables: vec!["metrics.*".into()] },
+        )
+        .expect("valid");
+        assert!(dotted.covers("metrics", "cpu"));
+        assert!(!dotted.covers("default", "cpu"));
+    }
+
+    #[test]
+    fn only_auditors_and_admins_cover_the_audit_log() {
+        let roles = roles_from_config(&BTreeMap::new()).expect("builtins");
+        assert!(roles["admin"].covers(AUDIT_DATABASE, AUDIT_TABLE));
+        assert!(roles["auditor"].covers(AUDIT_DATABASE, AUDIT_TABLE));
+        assert!(!roles["auditor"].covers("default", "cpu"));
+        assert!(!roles["viewer"].covers(AUDIT_DATABASE, AUDIT_TABLE));
+        assert!(roles["viewer"].covers("system", "alerts"));
+    }
+
+    #[test]
+    fn configured_roles_are_checked() {
+        let mut specs = BTreeMap::new();
+        specs.insert("admin".to_string(), RoleSpec::default());
+        assert!(roles_from_config(&specs).unwrap_err().contains("built in"));
+        let mut specs = BTreeMap::new();
+        specs.insert("ops".to_string(), RoleSpec { permissions: vec!["sudo".into()], ..RoleSpec::default() });
+        assert!(roles_from_config(&specs).unwrap_err().contains("unknown permission \"sudo\""));
+    }
+}

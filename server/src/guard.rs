@@ -1,0 +1,398 @@
+//! The one policy check every request goes through, per transport.
+//!
+//! - HTTP: routes are added only through [`Routes`], which takes the
+//!   [`Access`] each (method, path) needs; one middleware looks the matched
+//!   route up in that table, authenticates the caller and checks the
+//!   permission, and refuses a route the table does not know (fail closed).
+//! - gRPC: [`GrpcGuardLayer`] wraps every service of the gRPC server; it
+//!   looks the method's path up in [`grpc_access`], which names every method
+//!   Tocsin serves, and refuses any other (fail closed).
+//!
+//! Both put the caller's [`Principal`] in the request's extensions, where
+//! handlers find it to check the tables they touch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use tocsin_auth::{Access, Auth, AuthError, Credentials, Permission};
+
+use crate::http::ApiError;
+
+/// Where the route table is served.
+pub(crate) const ROUTES_PATH: &str = "/api/v1/auth/routes";
+
+/// The HTTP routes with the access each needs; the only way routes are added.
+pub(crate) struct Routes<S> {
+    paths: Vec<(&'static str, MethodRouter<S>)>,
+    table: Vec<RouteAccess>,
+}
+
+/// One declared route.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct RouteAccess {
+    #[serde(serialize_with = "method_name")]
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    #[serde(serialize_with = "access_name")]
+    pub(crate) access: Access,
+}
+
+fn method_name<S: serde::Serializer>(m: &Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(m.as_str())
+}
+
+fn access_name<S: serde::Serializer>(a: &Access, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&a.to_string())
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    pub(crate) fn new() -> Self {
+        Routes { paths: Vec::new(), table: Vec::new() }
+    }
+
+    pub(crate) fn get<H, T>(self, path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        self.add(Method::GET, path, access, on(MethodFilter::GET, handler))
+    }
+
+    pub(crate) fn post<H, T>(self, path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        self.add(Method::POST, path, access, on(MethodFilter::POST, handler))
+    }
+
+    pub(crate) fn delete<H, T>(self, path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        self.add(Method::DELETE, path, access, on(MethodFilter::DELETE, handler))
+    }
+
+    fn add(mut self, method: Method, path: &'static str, access: Access, route: MethodRouter<S>) -> Self {
+        assert!(
+            !self.table.iter().any(|r| r.method == method && r.path == path),
+            "route {method} {path} is declared twice"
+        );
+        self.table.push(RouteAccess { method, path, access });
+        match self.paths.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, existing)) => *existing = std::mem::take(existing).merge(route),
+            None => self.paths.push((path, route)),
+        }
+        self
+    }
+
+    /// The router with the guard in front of every route, and
+    /// `GET /api/v1/auth/routes`, which lists them with their access.
+    pub(crate) fn build(mut self, auth: Arc<Auth>) -> Router<S> {
+        let mut listed = self.table.clone();
+        listed.push(RouteAccess { method: Method::GET, path: ROUTES_PATH, access: Access::Public });
+        let listed = Arc::new(listed);
+        let answer = Arc::clone(&listed);
+        self = self.get(ROUTES_PATH, Access::Public, move || async move { axum::Json(answer) });
+        let mut router = Router::new();
+        for (path, route) in self.paths {
+            router = router.route(path, route);
+        }
+        let guard = Arc::new(HttpGuard { auth, table: index(&listed) });
+        // `route_layer`: after routing, so the matched path is known; every
+        // route is in place by now (there is no other way to add one).
+        router.route_layer(axum::middleware::from_fn_with_state(guard, http_guard))
+    }
+}
+
+fn index(table: &[RouteAccess]) -> HashMap<(Method, &'static str), Access> {
+    table.iter().map(|r| ((r.method.clone(), r.path), r.access)).collect()
+}
+
+struct HttpGuard {
+    auth: Arc<Auth>,
+    table: HashMap<(Method, &'static str), Access>,
+}
+
+/// 401 with the schemes clients may answer with, or 403.
+pub(crate) fn auth_error(e: AuthError) -> Response {
+    match e {
+        AuthError::Unauthenticated(_) => {
+            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tocsin\""));
+            r
+        }
+        AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()).into_response(),
+        AuthError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        AuthError::Invalid(_) => ApiError::bad_request(e.to_string()).into_response(),
+        AuthError::Io { .. } | AuthError::Corrupt { .. } | AuthError::Random(_) => {
+            ApiError::internal(e.to_string()).into_response()
+        }
+    }
+}
+
+/// What an HTTP request presents: the `Authorization` header, or InfluxDB
+/// v1's `u` and `p` parameters on `/write`.
+fn http_credentials(headers: &HeaderMap, path: &str, query: Option<&str>) -> Result<Credentials, AuthError> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| AuthError::Unauthenticated("the Authorization header is not text".into()))?;
+        return Credentials::from_authorization(v);
+    }
+    if path == "/write"
+        && let Some(q) = query
+    {
+        let (mut user, mut password) = (None, None);
+        for (k, v) in url_pairs(q) {
+            match k.as_str() {
+                "u" => user = Some(v),
+                "p" => password = Some(v),
+                _ => {}
+            }
+        }
+        if let Some(password) = password {
+            return Ok(Credentials::Basic { user: user.unwrap_or_default(), password });
+        }
+    }
+    Ok(Credentials::None)
+}
+
+/// `a=1&b=2` decoded (percent-encoding and `+`).
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn http_guard(
+    State(guard): State<Arc<HttpGuard>>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let method = if request.method() == Method::HEAD { Method::GET } else { request.method().clone() };
+    let Some(matched) = matched else {
+        return ApiError::new(StatusCode::NOT_FOUND, "no such endpoint".into()).into_response();
+    };
+    let Some(access) = guard.table.get(&(method.clone(), matched.as_str())).copied() else {
+        tracing::error!(method = %method, path = matched.as_str(), "a route without a declared permission was refused");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{method} {} declares no permission, so it is refused (a server defect)", matched.as_str()),
+        )
+        .into_response();
+    };
+    if access == Access::Public {
+        return next.run(request).await;
+    }
+    let credentials = match http_credentials(request.headers(), request.uri().path(), request.uri().query()) {
+        Ok(c) => c,
+        Err(e) => return auth_error(e),
+    };
+    let who = match guard.auth.authenticate(&credentials) {
+        Ok(p) => p,
+        Err(e) => return auth_error(e),
+    };
+    if let Access::Requires(p) = access
+        && let Err(e) = who.require(p)
+    {
+        return auth_error(e);
+    }
+    request.extensions_mut().insert(who);
+    next.run(request).await
+}
+
+/// The access each gRPC method needs, by its path (`/package.Service/Method`);
+/// `None` for a method Tocsin does not know, which the guard refuses.
+pub(crate) fn grpc_access(path: &str) -> Option<Access> {
+    use Permission::*;
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let access = match (service, method) {
+        ("tocsin.v1.Ingest", "WriteSeries" | "WriteRows" | "WriteLogs" | "WriteStream") => Access::Requires(Write),
+        ("tocsin.v1.Ingest", "Tail") => Access::Requires(Tail),
+        ("opentelemetry.proto.collector.metrics.v1.MetricsService", "Export")
+        | ("opentelemetry.proto.collector.logs.v1.LogsService", "Export") => Access::Requires(Write),
+        // The handshake is how a Flight SQL client logs in; it checks the
+        // credentials itself.
+        ("arrow.flight.protocol.FlightService", "Handshake") => Access::Public,
+        // Statements: each table is checked against the caller when the
+        // statement is planned (reads need query, INSERT needs write).
+        (
+            "arrow.flight.protocol.FlightService",
+            "ListFlights" | "GetFlightInfo" | "PollFlightInfo" | "GetSchema" | "DoGet" | "DoPut" | "DoExchange"
+            | "DoAction" | "ListActions",
+        ) => Access::Statements,
+        _ => return None,
+    };
+    Some(access)
+}
+
+/// Wraps every gRPC service: see the module's documentation.
+#[derive(Clone)]
+pub(crate) struct GrpcGuardLayer {
+    pub(crate) auth: Arc<Auth>,
+}
+
+impl<S> tower_layer::Layer<S> for GrpcGuardLayer {
+    type Service = GrpcGuard<S>;
+
+    fn layer(&self, inner: S) -> GrpcGuard<S> {
+        GrpcGuard { inner, auth: Arc::clone(&self.auth) }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct GrpcGuard<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+impl<S> GrpcGuard<S> {
+    fn check(&self, request: &mut axum::http::Request<tonic::body::Body>) -> Result<(), tonic::Status> {
+        let path = request.uri().path();
+        let Some(access) = grpc_access(path) else {
+            tracing::error!(path, "a gRPC method without a declared permission was refused");
+            return Err(tonic::Status::permission_denied(format!("{path} declares no permission, so it is refused")));
+        };
+        if access == Access::Public {
+            return Ok(());
+        }
+        let credentials = match request.headers().get(header::AUTHORIZATION) {
+            Some(v) => v
+                .to_str()
+                .map_err(|_| AuthError::Unauthenticated("the authorization metadata is not text".into()))
+                .and_then(Credentials::from_authorization),
+            None => Ok(Credentials::None),
+        };
+        let who = credentials.and_then(|c| self.auth.authenticate(&c)).map_err(grpc_status)?;
+        if let Access::Requires(p) = access {
+            who.require(p).map_err(grpc_status)?;
+        }
+        request.extensions_mut().insert(who);
+        Ok(())
+    }
+}
+
+/// `UNAUTHENTICATED`, `PERMISSION_DENIED`, ...
+pub(crate) fn grpc_status(e: AuthError) -> tonic::Status {
+    match e {
+        AuthError::Unauthenticated(_) => tonic::Status::unauthenticated(e.to_string()),
+        AuthError::Forbidden(_) => tonic::Status::permission_denied(e.to_string()),
+        AuthError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+        AuthError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
+        AuthError::Io { .. } | AuthError::Corrupt { .. } | AuthError::Random(_) => {
+            tonic::Status::internal(e.to_string())
+        }
+    }
+}
+
+type GrpcResponse = axum::http::Response<tonic::body::Body>;
+
+impl<S> tower_service::Service<axum::http::Request<tonic::body::Body>> for GrpcGuard<S>
+where
+    S: tower_service::Service<axum::http::Request<tonic::body::Body>, Response = GrpcResponse>,
+{
+    type Response = GrpcResponse;
+    type Error = S::Error;
+    type Future = futures::future::Either<futures::future::Ready<Result<GrpcResponse, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<tonic::body::Body>) -> Self::Future {
+        match self.check(&mut request) {
+            Ok(()) => futures::future::Either::Right(self.inner.call(request)),
+            Err(status) => futures::future::Either::Left(futures::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_grpc_method_served_declares_its_access() {
+        for path in tocsin_proto::GRPC_METHODS {
+            assert!(grpc_access(path).is_some(), "{path} has no declared access");
+        }
+        for m in [
+            "Handshake",
+            "ListFlights",
+            "GetFlightInfo",
+            "PollFlightInfo",
+            "GetSchema",
+            "DoGet",
+            "DoPut",
+            "DoExchange",
+            "DoAction",
+            "ListActions",
+        ] {
+            assert!(grpc_access(&format!("/arrow.flight.protocol.FlightService/{m}")).is_some(), "{m}");
+        }
+        assert_eq!(grpc_access("/tocsin.v1.Ingest/DropEverything"), None);
+        assert_eq!(grpc_access("/grpc.reflection.v1.ServerReflection/Info"), None);
+        assert_eq!(grpc_access("garbage"), None);
+    }
+
+    /// Routes are added through [`Routes`] only, so none can miss the guard
+    /// (which also refuses any matched route its table does not name).
+    #[test]
+    fn no_route_is_added_outside_the_guarded_table() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).expect("server/src") {
+            let path = entry.expect("entry").path();
+            if path.file_name().is_some_and(|n| n == "guard.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            for needle in [".route(", ".nest(", ".route_service(", ".nest_service(", "Router::new()"] {
+                assert!(!text.contains(needle), "{} adds a route with {needle} outside guard::Routes", path.display());
+            }
+            files += 1;
+        }
+        assert!(files > 5, "the scan found the sources");
+    }
+
+    #[test]
+    fn influx_v1_parameters_are_decoded() {
+        let h = HeaderMap::new();
+        let c = http_credentials(&h, "/write", Some("db=x&u=me&p=a%2Bb+c")).expect("parsed");
+        assert_eq!(c, Credentials::Basic { user: "me".into(), password: "a+b c".into() });
+        assert_eq!(http_credentials(&h, "/api/v1/sql", Some("p=x")).expect("parsed"), Credentials::None);
+    }
+}

@@ -1,0 +1,279 @@
+//! Authentication and roles through every interface of the real binary:
+//! every declared HTTP route refuses a caller without a token (401) or
+//! without the route's permission (403); tokens made with `tocsin token`
+//! work at once and stop at once when revoked; a role scoped to some tables
+//! reads and writes only those (joins, subqueries and EXPLAIN included);
+//! gRPC and Flight SQL authenticate with the same tokens.
+
+use std::path::Path;
+use std::process::Command;
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::server::{BIN, TestServer};
+use crate::util::{f64s, row_series, rows};
+
+/// A server with `--auth` (and `config`, if any) and its bootstrap admin token.
+fn start(dir: &Path, config: &str) -> (TestServer, String) {
+    let cfg = dir.join("tocsin.toml");
+    std::fs::write(&cfg, config).expect("write config");
+    let server = TestServer::start_in(&dir.join("data"), &["--auth", "--config", cfg.to_str().expect("utf-8")]);
+    let admin = std::fs::read_to_string(server.data_dir.join("admin-token")).expect("admin-token written");
+    (server, admin.trim().to_string())
+}
+
+/// `tocsin token create --role ROLE [args]` as an operator runs it; the
+/// token is the last line of its output.
+fn create_token(server: &TestServer, admin: &str, role: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "create", "--role", role, "--http-addr", &server.http.to_string()])
+        .args(args)
+        .env("TOCSIN_TOKEN", admin)
+        .output()
+        .expect("run tocsin token create");
+    assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout.lines().last().expect("a line").trim().to_string();
+    assert!(token.starts_with("tocsin_"), "not a token: {stdout:?}");
+    token
+}
+
+async fn call(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = reqwest::Client::new().request(method, format!("http://{}{path}", server.http));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+async fn sql(server: &TestServer, token: &str, sql: &str) -> (u16, String) {
+    call(server, "POST", "/api/v1/sql", Some(token), Some(json!({ "sql": sql }))).await
+}
+
+async fn lines(server: &TestServer, token: &str, body: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{}/api/v2/write?bucket=public", server.http))
+        .header("Authorization", format!("Token {token}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("write")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn every_declared_route_refuses_callers_without_a_token_or_its_permission() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "");
+    let writer = create_token(&server, &admin, "writer", &[]);
+    let viewer = create_token(&server, &admin, "viewer", &[]);
+    let (status, body) = call(&server, "GET", "/api/v1/auth/routes", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let routes: Vec<Value> = serde_json::from_str(&body).expect("route table");
+    for expected in ["/api/v1/sql", "/api/v1/write", "/v1/logs", "/api/v1/silences/{id}", "/api/v1/tokens", "/metrics"]
+    {
+        assert!(routes.iter().any(|r| r["path"] == expected), "{expected} is not in the route table");
+    }
+    let mut checked = 0;
+    for r in &routes {
+        let (method, access) = (r["method"].as_str().expect("method"), r["access"].as_str().expect("access"));
+        let path = r["path"].as_str().expect("path").replace("{id}", "x");
+        let body = (method == "POST").then(|| json!({ "sql": "SELECT 1" }));
+        let (anonymous, text) = call(&server, method, &path, None, body.clone()).await;
+        if access == "public" {
+            assert_ne!(anonymous, 401, "{method} {path} is public: {text}");
+            continue;
+        }
+        assert_eq!(anonymous, 401, "{method} {path} ({access}) without a token: {text}");
+        let (wrong, text) = call(&server, method, &path, Some("tocsin_000000000000_nope"), body.clone()).await;
+        assert_eq!(wrong, 401, "{method} {path} with a forged token: {text}");
+        // A writer may only write; a viewer may not write.
+        let (status, text) = call(&server, method, &path, Some(&writer), body.clone()).await;
+        if access == "write" {
+            assert!(status != 401 && status != 403, "{method} {path}: a writer was refused: {status} {text}");
+            let (status, text) = call(&server, method, &path, Some(&viewer), body.clone()).await;
+            assert_eq!(status, 403, "{method} {path}: a viewer may not write: {text}");
+            assert!(text.contains("write"), "the refusal names the permission: {text}");
+        } else {
+            assert_eq!(status, 403, "{method} {path} ({access}) with a writer token: {text}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} guarded routes were checked");
+    assert_eq!(call(&server, "GET", "/health", None, None).await.0, 200);
+}
+
+#[tokio::test]
+async fn tokens_are_shown_once_stored_hashed_and_stop_working_when_revoked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, admin) = start(dir.path(), "");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(server.data_dir.join("admin-token")).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the admin token file is private");
+    }
+    let viewer = create_token(&server, &admin, "viewer", &["--description", "grafana"]);
+    assert_eq!(sql(&server, &viewer, "SELECT 1 AS one").await.0, 200);
+    let stored = std::fs::read_to_string(server.data_dir.join("auth").join("tokens.json")).expect("token store");
+    assert!(!stored.contains(&viewer) && !stored.contains(&admin), "tokens are stored only as hashes");
+
+    // Restarted: the same tokens work and no new admin token is made.
+    server.terminate();
+    let data = server.data_dir.clone();
+    let cfg = dir.path().join("tocsin.toml");
+    let server = TestServer::start_in(&data, &["--auth", "--config", cfg.to_str().expect("utf-8")]);
+    assert_eq!(std::fs::read_to_string(data.join("admin-token")).expect("admin-token").trim(), admin);
+    assert_eq!(sql(&server, &viewer, "SELECT 1 AS one").await.0, 200);
+
+    let list = Command::new(BIN)
+        .args(["token", "list", "--json", "--http-addr", &server.http.to_string(), "--token", &admin])
+        .output()
+        .expect("token list");
+    let listed: Value = serde_json::from_slice(&list.stdout).expect("JSON list");
+    let id = viewer.split('_').nth(1).expect("id");
+    let entry = listed["tokens"].as_array().expect("tokens").iter().find(|t| t["id"] == id).cloned().expect("listed");
+    assert_eq!(entry["description"], "grafana");
+    assert!(entry.get("sha256").is_none() && !String::from_utf8_lossy(&list.stdout).contains(&viewer));
+
+    let out = Command::new(BIN)
+        .args(["token", "revoke", id, "--http-addr", &server.http.to_string(), "--token", &admin])
+        .output()
+        .expect("token revoke");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, body) = sql(&server, &viewer, "SELECT 1").await;
+    assert_eq!(status, 401, "a revoked token is refused at once: {body}");
+    assert!(body.contains("revoked"), "{body}");
+    // Only the users permission manages tokens.
+    let editor = create_token(&server, &admin, "editor", &[]);
+    let (status, _) = call(&server, "POST", "/api/v1/tokens", Some(&editor), Some(json!({"role": "admin"}))).await;
+    assert_eq!(status, 403, "an editor cannot mint an admin token");
+}
+
+#[tokio::test]
+async fn a_scoped_role_reads_and_writes_only_its_tables_whatever_the_query_shape() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "[auth.roles.billing]\npermissions = [\"query\", \"write\"]\ntables = [\"billing_*\"]\n";
+    let (server, admin) = start(dir.path(), config);
+    assert_eq!(lines(&server, &admin, "billing_calls,host=a v=1 1700000000000000000\n").await, 204);
+    assert_eq!(lines(&server, &admin, "trading,host=a v=99 1700000000000000000\n").await, 204);
+    let billing = create_token(&server, &admin, "billing", &[]);
+
+    let (status, body) = sql(&server, &billing, "SELECT v FROM billing_calls").await;
+    assert_eq!((status, body.as_str()), (200, r#"[{"v":1.0}]"#));
+    for q in [
+        "SELECT v FROM trading",
+        "SELECT b.v FROM billing_calls b JOIN trading t ON b.host = t.host",
+        "SELECT v FROM billing_calls WHERE v IN (SELECT v FROM trading)",
+        "SELECT (SELECT max(v) FROM trading) AS m",
+        "WITH t AS (SELECT * FROM trading) SELECT * FROM t",
+        "SELECT v FROM billing_calls UNION ALL SELECT v FROM public.trading",
+        "EXPLAIN SELECT v FROM trading",
+        "INSERT INTO billing_copy (ts, host, v) SELECT ts, host, v FROM trading",
+    ] {
+        let (status, body) = sql(&server, &billing, q).await;
+        assert_eq!(status, 403, "{q}: {body}");
+        assert!(body.contains("may not read table public.trading"), "{q}: the error names the table: {body}");
+    }
+    let (status, body) = sql(&server, &billing, "INSERT INTO trading (ts, host, v) VALUES (now(), 'b', 1)").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("may not write table public.trading"), "{body}");
+    assert_eq!(lines(&server, &billing, "trading,host=b v=5\n").await, 403);
+    assert_eq!(lines(&server, &billing, "billing_calls,host=b v=2\nbilling_sms,host=b v=3\n").await, 204);
+    // Nothing of the refused writes got in, and no table was created.
+    assert_eq!(sql(&server, &admin, "SELECT count(*) AS n FROM trading").await, (200, r#"[{"n":1}]"#.to_string()));
+    let copy = "SELECT table_name FROM information_schema.tables WHERE table_name = 'billing_copy'";
+    assert_eq!(sql(&server, &admin, copy).await, (200, "[]".to_string()), "a refused INSERT created its table");
+
+    // A token restricted to one database writes only there.
+    let telegraf = create_token(&server, &admin, "writer", &["--db", "telegraf"]);
+    assert_eq!(lines(&server, &telegraf, "cpu,host=a v=1\n").await, 403);
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/api/v2/write?bucket=telegraf", server.http))
+        .header("Authorization", format!("Token {telegraf}"))
+        .body("cpu,host=a v=1\n")
+        .send()
+        .await
+        .expect("write")
+        .status();
+    assert_eq!(status.as_u16(), 204);
+}
+
+fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("ascii"));
+    }
+    req
+}
+
+#[tokio::test]
+async fn grpc_and_flight_sql_authenticate_with_the_same_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "");
+    let writer = create_token(&server, &admin, "writer", &[]);
+    let viewer = create_token(&server, &admin, "viewer", &[]);
+    let mut ingest = server.client().await;
+    let write =
+        || rows("g", vec![row_series(&[("host", "a")], vec![1_700_000_000_000_000_000], vec![f64s("v", vec![1.0])])]);
+    let code = |r: Result<tonic::Response<_>, tonic::Status>| r.err().map(|s| s.code());
+    assert_eq!(code(ingest.write_rows(with_token(write(), None)).await), Some(tonic::Code::Unauthenticated));
+    assert_eq!(code(ingest.write_rows(with_token(write(), Some(&viewer))).await), Some(tonic::Code::PermissionDenied));
+    let ok = ingest.write_rows(with_token(write(), Some(&writer))).await.expect("a writer writes").into_inner();
+    assert_eq!(ok.accepted_rows, 1);
+    let tail = tocsin_proto::v1::TailRequest::default();
+    let refused = ingest.tail(with_token(tail, Some(&writer))).await.err().map(|s| s.code());
+    assert_eq!(refused, Some(tonic::Code::PermissionDenied));
+
+    // Flight SQL: no login, no query; the handshake (ADBC's username and
+    // password, the token as the password) gives the bearer for later calls.
+    let channel =
+        Channel::from_shared(format!("http://{}", server.grpc)).expect("uri").connect().await.expect("connect");
+    let mut anonymous = FlightSqlServiceClient::new(channel.clone());
+    let err = anonymous.execute("SELECT 1".into(), None).await.expect_err("no token");
+    assert!(err.to_string().contains("nauthenticated"), "{err}");
+    let mut forged = FlightSqlServiceClient::new(channel.clone());
+    assert!(forged.handshake("grafana", "tocsin_000000000000_nope").await.is_err(), "a forged token does not log in");
+    let mut c = FlightSqlServiceClient::new(channel.clone());
+    c.handshake("grafana", &viewer).await.expect("handshake");
+    let info = c.execute("SELECT v FROM g".into(), None).await.expect("a viewer queries");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let batches: Vec<arrow::array::RecordBatch> =
+        c.do_get(ticket).await.expect("do_get").try_collect().await.expect("rows");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let mut w = FlightSqlServiceClient::new(channel);
+    w.set_token(writer);
+    let err = w.execute("SELECT v FROM g".into(), None).await.expect_err("a writer does not read");
+    assert!(err.to_string().contains("ermission"), "{err}");
+}
+
+#[test]
+fn beyond_loopback_without_auth_the_server_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["serve", "--http-addr", "0.0.0.0:0", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("TOCSIN_CONFIG")
+        .output()
+        .expect("run tocsin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started:\n{stderr}");
+    assert!(stderr.contains("--auth") && stderr.contains("--insecure"), "the refusal says what to do:\n{stderr}");
+    assert!(!dir.path().join("data").join("wal").exists(), "nothing was opened");
+}
