@@ -535,6 +535,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_file_is_valid() {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("its end");
+        let file: FileConfig = toml::from_str(&doc[start..end]).expect("the example parses");
+        let v = file.validate(Overrides::default()).expect("the example is valid");
+        assert!(v.auth.roles.contains_key("billing"));
+    }
+
+    #[test]
     fn configured_roles_are_validated() {
         let text = "[auth.roles.billing]\npermissions = [\"query\", \"fly\"]\ntables = [\"billing_*\"]\n";
         let file: FileConfig = toml::from_str(text).expect("parse");
