@@ -21,18 +21,40 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_tocsin(data_dir, log):
+def start_tocsin(data_dir, log, extra=()):
     """Starts `tocsin serve` on ephemeral loopback ports; returns (process, grpc, http)."""
+    log_flag = ["--log", os.environ["TOCSIN_LOG"]] if os.environ.get("TOCSIN_LOG") else []
     p = subprocess.Popen([BIN, "serve", "--data-dir", data_dir, "--grpc-addr", "127.0.0.1:0",
-                          "--http-addr", "127.0.0.1:0"] + (["--log", os.environ["TOCSIN_LOG"]] if os.environ.get("TOCSIN_LOG") else []), stdout=subprocess.PIPE, stderr=log, text=True)
+                          "--http-addr", "127.0.0.1:0", *log_flag, *extra], stdout=subprocess.PIPE, stderr=log,
+                         text=True)
+    # With --auth, a first start prints the admin token before this line.
     line = p.stdout.readline()
+    while line and not line.startswith("tocsin listening"):
+        line = p.stdout.readline()
     parts = dict(w.split("=", 1) for w in line.split() if "=" in w)
     return p, parts["grpc"], parts["http"]
 
 
-def sql(http, q):
+def start_tocsin_with_auth(data_dir, log):
+    """`tocsin serve --auth`; returns (process, grpc, http, admin token)."""
+    p, grpc, http = start_tocsin(data_dir, log, ["--auth"])
+    with open(os.path.join(data_dir, "admin-token")) as f:
+        return p, grpc, http, f.read().strip()
+
+
+def create_token(http, admin, role, *args):
+    """`tocsin token create` as an operator runs it: the token is its last line."""
+    out = subprocess.run([BIN, "token", "create", "--role", role, "--http-addr", http, "--token", admin, *args],
+                         check=True, capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def sql(http, q, token=None):
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     req = urllib.request.Request(f"http://{http}/api/v1/sql", data=json.dumps({"sql": q}).encode(),
-                                 headers={"content-type": "application/json"})
+                                 headers=headers)
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 

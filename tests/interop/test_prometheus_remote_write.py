@@ -11,7 +11,8 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import free_port, get_json, scratch, sql, start_tocsin, wait_for  # noqa: E402
+from peers import (create_token, free_port, get_json, scratch, sql, start_tocsin,  # noqa: E402
+                   start_tocsin_with_auth, wait_for)
 
 # (metric, a label that tells the series of one job apart)
 METRICS = ["up", "scrape_duration_seconds", "scrape_samples_scraped", "node_load1",
@@ -47,6 +48,11 @@ def main():
     with scratch("tocsin-prom-") as (tmp, procs), open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "peers.log"), "w") as plog:
         tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog)
         procs.append(tocsin)
+        # A second Tocsin with --auth, written to with prometheus.yml's
+        # `authorization` (a writer token as the bearer credentials).
+        authed, _g, authed_http, admin = start_tocsin_with_auth(os.path.join(tmp, "authed"), tlog)
+        procs.append(authed)
+        writer = create_token(authed_http, admin, "writer", "--description", "prometheus")
         node_port, prom_port = free_port(), free_port()
         procs.append(subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{node_port}"],
                                       stdout=plog, stderr=plog))
@@ -65,6 +71,9 @@ scrape_configs:
 remote_write:
   - url: http://{http}/api/v1/write
     queue_config: {{batch_send_deadline: 1s, max_samples_per_send: 2000}}
+  - url: http://{authed_http}/api/v1/write
+    authorization: {{credentials: "{writer}"}}
+    queue_config: {{batch_send_deadline: 1s, max_samples_per_send: 2000}}
 """)
         procs.append(subprocess.Popen(["prometheus", f"--config.file={config}",
                                        f"--storage.tsdb.path={os.path.join(tmp, 'prom')}",
@@ -72,6 +81,8 @@ remote_write:
         wait_for("Prometheus to scrape both targets",
                  lambda: len(get_json(f"http://{prom}/api/v1/query?query=up")["data"]["result"]) == 2)
         wait_for("remote_write to reach Tocsin", lambda: sql(http, "SELECT count(*) AS n FROM up")[0]["n"] >= 4)
+        wait_for("remote_write with a token to reach the server with --auth",
+                 lambda: sql(authed_http, "SELECT count(*) AS n FROM up", admin)[0]["n"] >= 4)
         started = time.time()
         time.sleep(30)
         # Compare a window that ended a few seconds ago: everything in it
@@ -97,7 +108,8 @@ remote_write:
         assert float(sent["data"]["result"][0]["value"][1]) > 1000, sent
         series = sql(http, "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'")
         print(f"ok: Prometheus remote_write -> Tocsin, {series[0]['n']} metric tables, "
-              f"{len(METRICS)} metrics compared sample by sample over {window} s")
+              f"{len(METRICS)} metrics compared sample by sample over {window} s; "
+              "and with `authorization` to a server with --auth")
 
 
 if __name__ == "__main__":
