@@ -33,6 +33,9 @@ enum Command {
     Trace(commands::trace::Config),
     /// Follow the log stream live, with filters.
     Tail(commands::tail::Config),
+    /// The audit log: `tocsin audit verify` checks its hash chain.
+    #[command(subcommand)]
+    Audit(commands::audit::Command),
     /// API tokens of a running server: create, list, revoke.
     Token(commands::token::Config),
     /// Rebuild a lost or damaged manifest from the segments' own metadata
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Tail(c) => commands::tail::run(c),
         Command::Repair(c) => commands::repair::run(c),
         Command::Token(c) => commands::token::run(c),
+        Command::Audit(c) => commands::audit::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 mod credentials;
 mod perm;
 mod role;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tocsin_storage::Clock;
 
+pub use audit::{AuditEntry, AuditLog};
 pub use credentials::Credentials;
 pub use perm::{Access, Permission};
 pub use role::{AUDIT_DATABASE, AUDIT_TABLE, Role, RoleSpec, glob, roles_from_config};

@@ -14,6 +14,7 @@ use datafusion::sql::sqlparser::dialect::Dialect;
 use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
 use crate::QueryError;
+use tocsin_storage::SYSTEM_DATABASE;
 
 /// How deep a statement may nest, estimated on its tokens before it is
 /// parsed. DataFusion and sqlparser plan, clone and walk statements
@@ -339,6 +340,7 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
     plan.apply(|node| {
         refused = match node {
             LogicalPlan::Copy(_) => Some("COPY"),
+            LogicalPlan::Dml(dml) if dml.table_name.schema() == Some(SYSTEM_DATABASE) => Some("INSERT INTO system.*"),
             LogicalPlan::Dml(dml) => match &dml.op {
                 WriteOp::Insert(InsertOp::Append) => None,
                 WriteOp::Insert(_) => Some("INSERT OVERWRITE"),

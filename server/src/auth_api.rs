@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tocsin_auth::{Principal, TokenRecord};
 
-use crate::guard::Routes;
+use crate::guard::{AuditNote, Routes};
 use crate::http::{ApiError, AppState};
 
 pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
@@ -74,7 +74,11 @@ async fn create(
     tracing::info!(by = %who.name, id = %record.id, role = %record.role, "token created");
     let mut body = shown(&record, now_secs());
     body["token"] = json!(token);
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+    let target =
+        format!("token {} role {} database {}", record.id, record.role, record.database.as_deref().unwrap_or("*"));
+    response.extensions_mut().insert(AuditNote { target: Some(target), rows: None });
+    Ok(response)
 }
 
 async fn list(State(app): State<AppState>) -> Response {

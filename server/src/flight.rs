@@ -46,7 +46,7 @@ use datafusion::scalar::ScalarValue;
 use futures::{Stream, TryStreamExt};
 use parking_lot::Mutex;
 use prost::Message;
-use tocsin_auth::{Auth, Credentials, Permission, Principal};
+use tocsin_auth::{AuditEntry, AuditLog, Auth, Credentials, Permission, Principal};
 use tocsin_ingest::caller;
 use tocsin_query::{QueryEngine, QueryError};
 use tonic::metadata::MetadataMap;
@@ -70,6 +70,7 @@ struct Prepared {
 pub(crate) struct FlightSql {
     query: Arc<QueryEngine>,
     auth: Arc<Auth>,
+    audit: Arc<AuditLog>,
     prepared: Mutex<(HashMap<u64, Prepared>, VecDeque<u64>)>,
     next_id: AtomicU64,
     info: SqlInfoData,
@@ -203,7 +204,7 @@ struct StatementHandle {
 }
 
 impl FlightSql {
-    pub(crate) fn new(query: Arc<QueryEngine>, auth: Arc<Auth>) -> Self {
+    pub(crate) fn new(query: Arc<QueryEngine>, auth: Arc<Auth>, audit: Arc<AuditLog>) -> Self {
         let mut b = SqlInfoDataBuilder::new();
         b.append(SqlInfo::FlightSqlServerName, "Tocsin");
         b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -216,7 +217,14 @@ impl FlightSql {
         b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
         // A builder of fixed values does not fail.
         let info = b.build().unwrap_or_else(|_| SqlInfoDataBuilder::new().build().expect("empty sql info"));
-        Self { query, auth, prepared: Mutex::new((HashMap::new(), VecDeque::new())), next_id: AtomicU64::new(1), info }
+        Self {
+            query,
+            auth,
+            audit,
+            prepared: Mutex::new((HashMap::new(), VecDeque::new())),
+            next_id: AtomicU64::new(1),
+            info,
+        }
     }
 
     pub(crate) fn into_server(self, max_message_bytes: usize) -> FlightServiceServer<FlightSql> {
@@ -236,6 +244,43 @@ impl FlightSql {
             .build(stream.map_err(|e| FlightError::ExternalError(Box::new(e))))
             .map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// Audits one statement (or login) of `who`, with its outcome.
+    fn audit(
+        &self,
+        who: Option<&Principal>,
+        extensions: &tonic::Extensions,
+        (action, sql): (&str, &str),
+        started: std::time::Instant,
+        result: Result<Option<u64>, &Status>,
+    ) {
+        let rows = *result.as_ref().unwrap_or(&None);
+        let (outcome, status, detail) = match result {
+            Ok(_) => ("ok", 200, String::new()),
+            Err(s) if s.code() == tonic::Code::Unauthenticated => ("denied", 401, s.message().to_string()),
+            Err(s) if s.code() == tonic::Code::PermissionDenied => ("denied", 403, s.message().to_string()),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => ("error", 400, s.message().to_string()),
+            Err(s) => ("error", 500, s.message().to_string()),
+        };
+        self.audit.record(AuditEntry {
+            actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
+            role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
+            source: extensions
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|i| i.remote_addr())
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            interface: "flight".into(),
+            action: action.into(),
+            target: sql.chars().take(4096).collect(),
+            outcome: outcome.into(),
+            status,
+            detail,
+            duration_us: started.elapsed().as_micros() as u64,
+            rows,
+            ..AuditEntry::default()
+        });
     }
 
     fn prepared_handle(handle: &[u8]) -> Result<u64, Status> {
@@ -275,7 +320,10 @@ impl FlightSqlService for FlightSql {
             Some(h) => Credentials::from_authorization(&h).map_err(crate::guard::grpc_status)?,
             None => Credentials::None,
         };
-        self.auth.authenticate(&credentials).map_err(crate::guard::grpc_status)?;
+        let started = std::time::Instant::now();
+        let login = self.auth.authenticate(&credentials).map_err(crate::guard::grpc_status);
+        self.audit(login.as_ref().ok(), request.extensions(), ("login", ""), started, login.as_ref().map(|_| None));
+        login?;
         let out =
             futures::stream::once(async { Ok(HandshakeResponse { protocol_version: 0, payload: Vec::new().into() }) });
         let mut response = Response::new(Box::pin(out) as Pin<Box<dyn Stream<Item = _> + Send>>);
@@ -299,7 +347,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let who = caller(&request)?;
         let database = database(request.metadata());
-        let (stmt, count) = plan_running_writes(&self.query, &query.query, database.clone(), None, who).await?;
+        let started = std::time::Instant::now();
+        let planned = plan_running_writes(&self.query, &query.query, database.clone(), None, who.clone()).await;
+        let result = planned.as_ref().map(|(_, c)| *c);
+        self.audit(Some(&who), request.extensions(), ("sql", &query.query), started, result);
+        let (stmt, count) = planned?;
         let schema = stmt.schema;
         let handle = serde_json::to_vec(&StatementHandle { sql: query.query, database, count })
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -393,7 +445,11 @@ impl FlightSqlService for FlightSql {
         let (sql, database, params) = self
             .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
         let who = caller(&request)?;
-        let (stmt, written) = plan_running_writes(&self.query, &sql, database, params, who).await?;
+        let started = std::time::Instant::now();
+        let planned = plan_running_writes(&self.query, &sql, database, params, who.clone()).await;
+        let result = planned.as_ref().map(|(_, c)| *c);
+        self.audit(Some(&who), request.extensions(), ("sql (prepared)", &sql), started, result);
+        let (stmt, written) = planned?;
         if written.is_some() {
             self.with_prepared(&cmd.prepared_statement_handle, |p| p.written = written)?;
         }
@@ -445,7 +501,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<i64, Status> {
         let who = caller(&request)?;
         let database = database(request.metadata());
-        update(&self.query, &ticket.query, database.as_deref(), None, &who).await
+        let started = std::time::Instant::now();
+        let result = update(&self.query, &ticket.query, database.as_deref(), None, &who).await;
+        let audited = result.as_ref().map(|n| u64::try_from(*n).ok());
+        self.audit(Some(&who), request.extensions(), ("sql", &ticket.query), started, audited);
+        result
     }
 
     async fn get_flight_info_catalogs(

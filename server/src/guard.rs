@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use tocsin_auth::{Access, Auth, AuthError, Credentials, Permission};
+use tocsin_auth::{Access, AuditEntry, AuditLog, Auth, AuthError, Credentials, Permission, Principal};
 
 use crate::http::ApiError;
 
@@ -97,7 +97,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 
     /// The router with the guard in front of every route, and
     /// `GET /api/v1/auth/routes`, which lists them with their access.
-    pub(crate) fn build(mut self, auth: Arc<Auth>) -> Router<S> {
+    pub(crate) fn build(mut self, auth: Arc<Auth>, audit: Arc<AuditLog>) -> Router<S> {
         let mut listed = self.table.clone();
         listed.push(RouteAccess { method: Method::GET, path: ROUTES_PATH, access: Access::Public });
         let listed = Arc::new(listed);
@@ -107,7 +107,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         for (path, route) in self.paths {
             router = router.route(path, route);
         }
-        let guard = Arc::new(HttpGuard { auth, table: index(&listed) });
+        let guard = Arc::new(HttpGuard { auth, audit, table: index(&listed) });
         // `route_layer`: after routing, so the matched path is known; every
         // route is in place by now (there is no other way to add one).
         router.route_layer(axum::middleware::from_fn_with_state(guard, http_guard))
@@ -120,6 +120,7 @@ fn index(table: &[RouteAccess]) -> HashMap<(Method, &'static str), Access> {
 
 struct HttpGuard {
     auth: Arc<Auth>,
+    audit: Arc<AuditLog>,
     table: HashMap<(Method, &'static str), Access>,
 }
 
@@ -196,12 +197,49 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// What a handler adds to its request's audit entry: the statement or
+/// object it acted on, and the rows.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuditNote {
+    pub(crate) target: Option<String>,
+    pub(crate) rows: Option<u64>,
+}
+
+/// The error message of a failed request, for its audit entry.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorNote(pub(crate) String);
+
+/// Which requests are audited: every refusal by the guard; every request
+/// that changes something, except writes of data (their volume is the
+/// ingest metrics' to count); every SQL statement; every look at tokens
+/// and the audit log.
+fn audited(method: &Method, access: Access) -> bool {
+    match access {
+        Access::Public => false,
+        Access::Statements => true,
+        Access::Requires(Permission::Write) => false,
+        Access::Requires(Permission::Users | Permission::Audit) => true,
+        Access::Requires(_) => method != Method::GET,
+    }
+}
+
+fn outcome(status: StatusCode) -> &'static str {
+    if status.is_success() {
+        "ok"
+    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        "denied"
+    } else {
+        "error"
+    }
+}
+
 async fn http_guard(
     State(guard): State<Arc<HttpGuard>>,
     matched: Option<MatchedPath>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let started = std::time::Instant::now();
     let method = if request.method() == Method::HEAD { Method::GET } else { request.method().clone() };
     let Some(matched) = matched else {
         return ApiError::new(StatusCode::NOT_FOUND, "no such endpoint".into()).into_response();
@@ -217,21 +255,57 @@ async fn http_guard(
     if access == Access::Public {
         return next.run(request).await;
     }
-    let credentials = match http_credentials(request.headers(), request.uri().path(), request.uri().query()) {
-        Ok(c) => c,
-        Err(e) => return auth_error(e),
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let entry = |who: Option<&Principal>, status: StatusCode, detail: String, note: AuditNote| AuditEntry {
+        actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
+        role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
+        source: source.clone(),
+        interface: "http".into(),
+        action: format!("{method} {}", matched.as_str()),
+        target: note.target.unwrap_or_else(|| request_path(&matched)),
+        outcome: outcome(status).into(),
+        status: status.as_u16(),
+        detail,
+        duration_us: started.elapsed().as_micros() as u64,
+        rows: note.rows,
+        ..AuditEntry::default()
     };
-    let who = match guard.auth.authenticate(&credentials) {
-        Ok(p) => p,
-        Err(e) => return auth_error(e),
+    let path = request.uri().path().to_string();
+    let denied = |who: Option<&Principal>, e: AuthError| {
+        let message = e.to_string();
+        let response = auth_error(e);
+        let note = AuditNote { target: Some(path.clone()), rows: None };
+        guard.audit.record(entry(who, response.status(), message, note));
+        response
+    };
+    let who = match http_credentials(request.headers(), &path, request.uri().query())
+        .and_then(|c| guard.auth.authenticate(&c))
+    {
+        Ok(who) => who,
+        Err(e) => return denied(None, e),
     };
     if let Access::Requires(p) = access
         && let Err(e) = who.require(p)
     {
-        return auth_error(e);
+        return denied(Some(&who), e);
     }
-    request.extensions_mut().insert(who);
-    next.run(request).await
+    request.extensions_mut().insert(who.clone());
+    let mut response = next.run(request).await;
+    if audited(&method, access) {
+        let note = response.extensions_mut().remove::<AuditNote>().unwrap_or_default();
+        let detail = response.extensions_mut().remove::<ErrorNote>().map(|n| n.0).unwrap_or_default();
+        let note = AuditNote { target: note.target.or(Some(path)), rows: note.rows };
+        guard.audit.record(entry(Some(&who), response.status(), detail, note));
+    }
+    response
+}
+
+fn request_path(matched: &MatchedPath) -> String {
+    matched.as_str().to_string()
 }
 
 /// The access each gRPC method needs, by its path (`/package.Service/Method`);
@@ -263,13 +337,14 @@ pub(crate) fn grpc_access(path: &str) -> Option<Access> {
 #[derive(Clone)]
 pub(crate) struct GrpcGuardLayer {
     pub(crate) auth: Arc<Auth>,
+    pub(crate) audit: Arc<AuditLog>,
 }
 
 impl<S> tower_layer::Layer<S> for GrpcGuardLayer {
     type Service = GrpcGuard<S>;
 
     fn layer(&self, inner: S) -> GrpcGuard<S> {
-        GrpcGuard { inner, auth: Arc::clone(&self.auth) }
+        GrpcGuard { inner, auth: Arc::clone(&self.auth), audit: Arc::clone(&self.audit) }
     }
 }
 
@@ -277,11 +352,13 @@ impl<S> tower_layer::Layer<S> for GrpcGuardLayer {
 pub(crate) struct GrpcGuard<S> {
     inner: S,
     auth: Arc<Auth>,
+    audit: Arc<AuditLog>,
 }
 
 impl<S> GrpcGuard<S> {
     fn check(&self, request: &mut axum::http::Request<tonic::body::Body>) -> Result<(), tonic::Status> {
-        let path = request.uri().path();
+        let path = request.uri().path().to_string();
+        let path = path.as_str();
         let Some(access) = grpc_access(path) else {
             tracing::error!(path, "a gRPC method without a declared permission was refused");
             return Err(tonic::Status::permission_denied(format!("{path} declares no permission, so it is refused")));
@@ -296,13 +373,43 @@ impl<S> GrpcGuard<S> {
                 .and_then(Credentials::from_authorization),
             None => Ok(Credentials::None),
         };
-        let who = credentials.and_then(|c| self.auth.authenticate(&c)).map_err(grpc_status)?;
-        if let Access::Requires(p) = access {
-            who.require(p).map_err(grpc_status)?;
+        let denied = |who: Option<&Principal>, e: AuthError| {
+            let status = grpc_status(e);
+            self.audit.record(AuditEntry {
+                actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
+                role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
+                source: grpc_source(request.extensions()),
+                interface: "grpc".into(),
+                action: path.to_string(),
+                target: path.to_string(),
+                outcome: "denied".into(),
+                status: if status.code() == tonic::Code::Unauthenticated { 401 } else { 403 },
+                detail: status.message().to_string(),
+                ..AuditEntry::default()
+            });
+            status
+        };
+        let who = match credentials.and_then(|c| self.auth.authenticate(&c)) {
+            Ok(who) => who,
+            Err(e) => return Err(denied(None, e)),
+        };
+        if let Access::Requires(p) = access
+            && let Err(e) = who.require(p)
+        {
+            return Err(denied(Some(&who), e));
         }
         request.extensions_mut().insert(who);
         Ok(())
     }
+}
+
+/// The client's address of a gRPC request, when known.
+pub(crate) fn grpc_source(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 /// `UNAUTHENTICATED`, `PERMISSION_DENIED`, ...

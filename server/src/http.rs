@@ -16,7 +16,7 @@ use tocsin_query::{QueryEngine, QueryError};
 use tocsin_storage::Storage;
 
 use crate::format::{OutputFormat, encode};
-use crate::guard::Routes;
+use crate::guard::{AuditNote, ErrorNote, Routes};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -31,6 +31,7 @@ pub(crate) struct AppState {
     pub(crate) ingest: tocsin_ingest::IngestService,
     pub(crate) max_request_bytes: usize,
     pub(crate) auth: Arc<tocsin_auth::Auth>,
+    pub(crate) audit: Arc<tocsin_auth::AuditLog>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
@@ -59,7 +60,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs);
     let routes = crate::auth_api::routes(crate::alerts_api::routes(routes));
     routes
-        .build(Arc::clone(&state.auth))
+        .build(Arc::clone(&state.auth), Arc::clone(&state.audit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(count_too_large))
@@ -106,8 +107,12 @@ impl From<tocsin_storage::StorageError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": self.message }).to_string())
-            .into_response()
+        let mut r =
+            (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": &self.message }).to_string())
+                .into_response();
+        // For the audit entry of the request.
+        r.extensions_mut().insert(ErrorNote(self.message));
+        r
     }
 }
 
@@ -157,17 +162,52 @@ struct SqlRequest {
     database: Option<String>,
 }
 
+/// Runs one statement for the caller; the audit entry carries its text
+/// and row count.
 async fn sql(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
-    let req: SqlRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("request body must be JSON like {{\"sql\": \"SELECT 1\"}}: {e}")))?;
+) -> Response {
+    let req: SqlRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::bad_request(format!("request body must be JSON like {{\"sql\": \"SELECT 1\"}}: {e}"))
+                .into_response();
+        }
+    };
+    let (result, rows) = run_sql(&app, &who, &headers, &req).await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(AuditNote { target: Some(clip_sql(&req.sql)), rows });
+    response
+}
+
+/// The SQL text as audited: at most 4 KiB.
+fn clip_sql(sql: &str) -> String {
+    let mut end = sql.len().min(4096);
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    sql[..end].to_string()
+}
+
+async fn run_sql(
+    app: &AppState,
+    who: &Principal,
+    headers: &HeaderMap,
+    req: &SqlRequest,
+) -> (Result<Response, ApiError>, Option<u64>) {
     let format = match &req.format {
-        Some(f) => OutputFormat::parse(f)
-            .ok_or_else(|| ApiError::bad_request(format!("unknown format {f:?}; use json, jsonl, csv or arrow")))?,
+        Some(f) => match OutputFormat::parse(f) {
+            Some(f) => f,
+            None => {
+                return (
+                    Err(ApiError::bad_request(format!("unknown format {f:?}; use json, jsonl, csv or arrow"))),
+                    None,
+                );
+            }
+        },
         None => headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
@@ -175,19 +215,23 @@ async fn sql(
             .unwrap_or(OutputFormat::Json),
     };
     if req.sql.trim().is_empty() {
-        return Err(ApiError::bad_request("sql is empty"));
+        return (Err(ApiError::bad_request("sql is empty")), None);
     }
     let started = Instant::now();
-    let result = app.query.execute_as(&req.sql, req.database.as_deref(), Some(&who)).await.map_err(|e| {
-        tracing::debug!(sql = %req.sql, error = %e, "query failed");
-        ApiError::from(e)
-    })?;
-    let body = encode(format, &result.schema, &result.batches).map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: format!("encoding result: {e}"),
-    })?;
-    tracing::debug!(rows = result.num_rows(), elapsed_us = started.elapsed().as_micros() as u64, "query");
-    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+    let result = match app.query.execute_as(&req.sql, req.database.as_deref(), Some(who)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(sql = %req.sql, error = %e, "query failed");
+            return (Err(ApiError::from(e)), None);
+        }
+    };
+    let rows = result.num_rows() as u64;
+    let body = match encode(format, &result.schema, &result.batches) {
+        Ok(b) => b,
+        Err(e) => return (Err(ApiError::internal(format!("encoding result: {e}"))), Some(rows)),
+    };
+    tracing::debug!(rows, elapsed_us = started.elapsed().as_micros() as u64, "query");
+    (Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response()), Some(rows))
 }
 
 async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {

@@ -15,6 +15,7 @@
 //! ```
 
 mod alerts_api;
+mod audit_table;
 mod auth_api;
 pub mod config;
 mod flight;
@@ -78,6 +79,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let storage = Storage::open(config.storage.clone()).await?;
     let auth = open_auth(&config, &storage)?;
+    let audit = Arc::new(tocsin_auth::AuditLog::open(storage.data_dir(), Arc::new(tocsin_storage::SystemClock))?);
     let query = Arc::new(QueryEngine::with_memory_limit(Arc::clone(&storage), config.max_query_memory_bytes));
     let backfill: Arc<dyn tocsin_ingest::follow::TailBackfill> =
         Arc::new(tail::QueryBackfill { query: Arc::clone(&query) });
@@ -86,6 +88,8 @@ pub async fn run(
         Arc::new(metrics::Metrics { ingest: Arc::clone(&ingest.metrics), started: std::time::Instant::now() });
 
     let alerts = start_alerting(&config, &storage, &query)?;
+    query
+        .register_system_table(tocsin_auth::AUDIT_TABLE, Arc::new(audit_table::AuditTable { log: Arc::clone(&audit) }));
     let rollups =
         Arc::new(tocsin_query::rollup::Rollups::new(Arc::clone(&query), Arc::clone(&storage), config.rollups.clone()));
 
@@ -121,12 +125,13 @@ pub async fn run(
     let http_ingest = ingest.clone();
     let otlp = tocsin_ingest::otlp::Otlp(ingest.clone());
     let grpc = tonic::transport::Server::builder()
-        .layer(guard::GrpcGuardLayer { auth: Arc::clone(&auth) })
+        .layer(guard::GrpcGuardLayer { auth: Arc::clone(&auth), audit: Arc::clone(&audit) })
         .add_service(ingest.into_server())
         .add_service(otlp.metrics_server())
         .add_service(otlp.logs_server())
         .add_service(
-            flight::FlightSql::new(Arc::clone(&query), Arc::clone(&auth)).into_server(config.max_request_bytes),
+            flight::FlightSql::new(Arc::clone(&query), Arc::clone(&auth), Arc::clone(&audit))
+                .into_server(config.max_request_bytes),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
     let app = http::AppState {
@@ -140,9 +145,13 @@ pub async fn run(
         rollups: Arc::clone(&rollups),
         max_request_bytes: config.max_request_bytes,
         auth,
+        audit: Arc::clone(&audit),
     };
-    let http = axum::serve(http_listener, http::router(app, config.max_request_bytes))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = axum::serve(
+        http_listener,
+        http::router(app, config.max_request_bytes).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
     let compactor = tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone()));
     let rollup_task = tokio::spawn(rollup_loop(rollups, stop_rx.clone()));
@@ -170,6 +179,7 @@ pub async fn run(
     let _ = compactor.await;
     let _ = rollup_task.await;
     let _ = alerting.await;
+    audit.sync();
     let stats = storage.shutdown().await?;
     tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
     Ok(())

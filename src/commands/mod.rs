@@ -1,4 +1,5 @@
 pub(crate) mod alerts;
+pub(crate) mod audit;
 mod client;
 pub(crate) mod repair;
 pub(crate) mod rules;

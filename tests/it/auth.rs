@@ -277,3 +277,69 @@ fn beyond_loopback_without_auth_the_server_refuses_to_start() {
     assert!(stderr.contains("--auth") && stderr.contains("--insecure"), "the refusal says what to do:\n{stderr}");
     assert!(!dir.path().join("data").join("wal").exists(), "nothing was opened");
 }
+
+#[tokio::test]
+async fn actions_are_audited_with_their_actor_readable_by_auditors_only_and_edits_are_detected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, admin) = start(dir.path(), "");
+    let viewer = create_token(&server, &admin, "viewer", &[]);
+    let auditor = create_token(&server, &admin, "auditor", &[]);
+    let viewer_id = format!("token:{}", viewer.split('_').nth(1).expect("id"));
+    assert_eq!(sql(&server, &viewer, "SELECT 1 AS one").await.0, 200);
+    assert_eq!(call(&server, "POST", "/api/v1/admin/persist", Some(&viewer), None).await.0, 403);
+    assert_eq!(call(&server, "POST", "/api/v1/admin/persist", None, None).await.0, 401);
+    let silence = json!({"matchers": [{"name": "host", "value": "web-1"}], "duration": "1h", "createdBy": "ann"});
+    assert_eq!(call(&server, "POST", "/api/v1/silences", Some(&admin), Some(silence)).await.0, 201);
+    // Writes to system tables are refused for every role, admin included.
+    let (status, body) = sql(&server, &admin, "INSERT INTO system.audit (actor) VALUES ('me')").await;
+    assert_eq!(status, 400, "{body}");
+
+    let q = "SELECT actor, action, target, outcome, status, rows FROM system.audit ORDER BY seq";
+    let (status, body) = sql(&server, &auditor, q).await;
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<Value> = serde_json::from_str(&body).expect("rows");
+    let has = |actor: &str, action: &str, outcome: &str| {
+        rows.iter().any(|r| r["actor"] == actor && r["action"] == action && r["outcome"] == outcome)
+    };
+    assert!(rows.iter().any(|r| r["action"] == "POST /api/v1/tokens" && r["target"].as_str().unwrap_or("").contains("role viewer")), "{body}");
+    assert!(has(&viewer_id, "POST /api/v1/sql", "ok"), "{body}");
+    assert!(
+        rows.iter().any(|r| r["actor"] == viewer_id && r["target"] == "SELECT 1 AS one" && r["rows"] == 1),
+        "{body}"
+    );
+    assert!(has(&viewer_id, "POST /api/v1/admin/persist", "denied"), "{body}");
+    assert!(has("unauthenticated", "POST /api/v1/admin/persist", "denied"), "{body}");
+    assert!(rows.iter().any(|r| r["action"] == "POST /api/v1/silences" && r["status"] == 201), "{body}");
+    assert!(rows.iter().any(|r| r["target"].as_str().unwrap_or("").contains("INSERT INTO system.audit") && r["outcome"] == "error"), "{body}");
+    // Only auditors (and admins) read it; an auditor reads nothing else.
+    let (status, body) = sql(&server, &viewer, "SELECT count(*) FROM system.audit").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("system.audit"), "{body}");
+    assert_eq!(sql(&server, &auditor, "SELECT * FROM system.alerts").await.0, 403);
+
+    server.terminate();
+    let verify = || {
+        Command::new(BIN).args(["audit", "verify", "--data-dir"]).arg(&server.data_dir).output().expect("audit verify")
+    };
+    let ok = verify();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("chain intact"));
+    // Someone with access to the disk rewrites who did it.
+    let path = server.data_dir.join("audit").join("audit.jsonl");
+    let text = std::fs::read_to_string(&path).expect("audit file");
+    std::fs::write(
+        &path,
+        text.replacen(
+            &format!("\"actor\":\"{viewer_id}\",\"role\":\"viewer\",\"source\""),
+            "\"actor\":\"someone-else\",\"role\":\"viewer\",\"source\"",
+            1,
+        ),
+    )
+    .expect("edit");
+    let broken = verify();
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(!broken.status.success(), "an edited log verified");
+    let first_viewer_line =
+        text.lines().position(|l| l.contains(&format!("\"actor\":\"{viewer_id}\""))).expect("line") + 1;
+    assert!(stderr.contains(&format!("line {first_viewer_line} ")), "the edited line is named: {stderr}");
+}
