@@ -97,7 +97,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 
     /// The router with the guard in front of every route, and
     /// `GET /api/v1/auth/routes`, which lists them with their access.
-    pub(crate) fn build(mut self, auth: Arc<Auth>, audit: Arc<AuditLog>) -> Router<S> {
+    pub(crate) fn build(mut self, auth: Arc<Auth>, audit: Arc<AuditLog>, loopback_only: bool) -> Router<S> {
         let mut listed = self.table.clone();
         listed.push(RouteAccess { method: Method::GET, path: ROUTES_PATH, access: Access::Public });
         let listed = Arc::new(listed);
@@ -107,7 +107,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         for (path, route) in self.paths {
             router = router.route(path, route);
         }
-        let guard = Arc::new(HttpGuard { auth, audit, table: index(&listed) });
+        let guard = Arc::new(HttpGuard { loopback_only, auth, audit, table: index(&listed) });
         // `route_layer`: after routing, so the matched path is known; every
         // route is in place by now (there is no other way to add one).
         router.route_layer(axum::middleware::from_fn_with_state(guard, http_guard))
@@ -119,6 +119,8 @@ fn index(table: &[RouteAccess]) -> HashMap<(Method, &'static str), Access> {
 }
 
 struct HttpGuard {
+    /// Auth off on a loopback address: only loopback names in `Host`.
+    loopback_only: bool,
     auth: Arc<Auth>,
     audit: Arc<AuditLog>,
     table: HashMap<(Method, &'static str), Access>,
@@ -197,6 +199,75 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Keeps a web page in a browser from driving the server (CSRF, DNS
+/// rebinding): a request that changes something and comes from a page of
+/// another origin is refused (browsers always send `Origin` then); one
+/// with a body type a page may send without asking (`text/plain`, forms)
+/// must carry an `Authorization` header, which a page cannot add without
+/// the server's consent (CORS, which Tocsin never gives); and with auth off
+/// on loopback, a `Host` that is not a loopback name is refused (a rebound
+/// DNS name pointing at 127.0.0.1).
+fn browser_check(method: &Method, headers: &HeaderMap, loopback_only: bool) -> Result<(), String> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if loopback_only && !host.is_empty() && !is_loopback_host(host) {
+        return Err(format!(
+            "Host {:?} is not a loopback name; with authentication off this server answers only to localhost, \
+             127.0.0.1 and [::1]",
+            tocsin_auth_clip(host)
+        ));
+    }
+    if *method == Method::GET {
+        return Ok(());
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && origin != "null"
+    {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if !origin_host.eq_ignore_ascii_case(host) {
+            return Err(format!(
+                "cross-origin request from {:?} refused: a web page may not change this server",
+                tocsin_auth_clip(origin)
+            ));
+        }
+    } else if headers.get(header::ORIGIN).is_some() {
+        return Err("request from an opaque origin (Origin: null) refused".into());
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let simple = matches!(essence.as_str(), "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data");
+    if simple && headers.get(header::AUTHORIZATION).is_none() && headers.get(header::USER_AGENT).is_some_and(is_browser)
+    {
+        return Err(format!(
+            "a {essence} body from a browser needs an Authorization header (send JSON with a token from a script)"
+        ));
+    }
+    Ok(())
+}
+
+/// Browsers say `Mozilla/5.0`; collectors (Telegraf, curl, Prometheus) do not.
+fn is_browser(agent: &HeaderValue) -> bool {
+    agent.to_str().is_ok_and(|a| a.starts_with("Mozilla/"))
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn tocsin_auth_clip(s: &str) -> &str {
+    let mut end = s.len().min(200);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// What a handler adds to its request's audit entry: the statement or
 /// object it acted on, and the rows.
 #[derive(Debug, Clone, Default)]
@@ -252,6 +323,9 @@ async fn http_guard(
         )
         .into_response();
     };
+    if let Err(why) = browser_check(&method, request.headers(), guard.loopback_only) {
+        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
+    }
     if access == Access::Public {
         return next.run(request).await;
     }
@@ -493,6 +567,37 @@ mod tests {
             files += 1;
         }
         assert!(files > 5, "the scan found the sources");
+    }
+
+    #[test]
+    fn pages_of_other_sites_cannot_drive_the_server() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"), v.parse().expect("value"));
+            }
+            m
+        };
+        let post = Method::POST;
+        let ok = |m: &Method, headers: HeaderMap, loopback: bool| browser_check(m, &headers, loopback).is_ok();
+        assert!(ok(&post, h(&[("host", "localhost:4318"), ("content-type", "application/json")]), true));
+        assert!(ok(&post, h(&[("host", "127.0.0.1:4318"), ("origin", "http://127.0.0.1:4318")]), true));
+        assert!(!ok(&post, h(&[("host", "127.0.0.1:4318"), ("origin", "https://evil.example")]), true));
+        assert!(!ok(&post, h(&[("host", "127.0.0.1:4318"), ("origin", "null")]), true));
+        // DNS rebinding: evil.example resolved to 127.0.0.1.
+        assert!(!ok(&Method::GET, h(&[("host", "evil.example:4318")]), true));
+        assert!(ok(&Method::GET, h(&[("host", "evil.example:4318")]), false), "with auth on, tokens protect");
+        assert!(ok(&Method::GET, h(&[("host", "[::1]:4318")]), true));
+        let form = [("host", "localhost"), ("content-type", "text/plain;charset=UTF-8"), ("user-agent", "Mozilla/5.0")];
+        assert!(!ok(&post, h(&form), true), "a browser's simple POST without a token");
+        let mut with_token = h(&form);
+        with_token.insert(header::AUTHORIZATION, "Bearer x".parse().expect("value"));
+        assert!(ok(&post, with_token, true));
+        assert!(ok(
+            &post,
+            h(&[("host", "localhost"), ("content-type", "text/plain"), ("user-agent", "Telegraf")]),
+            true
+        ));
     }
 
     #[test]

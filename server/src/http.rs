@@ -32,6 +32,8 @@ pub(crate) struct AppState {
     pub(crate) max_request_bytes: usize,
     pub(crate) auth: Arc<tocsin_auth::Auth>,
     pub(crate) audit: Arc<tocsin_auth::AuditLog>,
+    /// Auth off and HTTP on a loopback address: answer loopback `Host`s only.
+    pub(crate) loopback_only: bool,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
@@ -60,7 +62,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs);
     let routes = crate::auth_api::routes(crate::alerts_api::routes(routes));
     routes
-        .build(Arc::clone(&state.auth), Arc::clone(&state.audit))
+        .build(Arc::clone(&state.auth), Arc::clone(&state.audit), state.loopback_only)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(count_too_large))

@@ -146,6 +146,7 @@ pub async fn run(
         max_request_bytes: config.max_request_bytes,
         auth,
         audit: Arc::clone(&audit),
+        loopback_only: !config.auth.enabled && config.http_addr.ip().is_loopback(),
     };
     let http = axum::serve(
         http_listener,

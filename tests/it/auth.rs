@@ -343,3 +343,53 @@ async fn actions_are_audited_with_their_actor_readable_by_auditors_only_and_edit
         text.lines().position(|l| l.contains(&format!("\"actor\":\"{viewer_id}\""))).expect("line") + 1;
     assert!(stderr.contains(&format!("line {first_viewer_line} ")), "the edited line is named: {stderr}");
 }
+
+#[tokio::test]
+async fn a_web_page_cannot_drive_a_server_on_localhost() {
+    let server = TestServer::start();
+    let url = |path: &str| format!("http://{}{path}", server.http);
+    let client = reqwest::Client::new();
+    let insert = r#"{"sql": "INSERT INTO csrf (ts, v) VALUES (now(), 1.0)"}"#;
+    // A form post from another site (CSRF), then a rebound DNS name.
+    let cross = client
+        .post(url("/api/v1/sql"))
+        .header("Origin", "https://evil.example")
+        .header("Content-Type", "text/plain")
+        .header("User-Agent", "Mozilla/5.0")
+        .body(insert)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(cross.status().as_u16(), 403);
+    assert!(cross.text().await.expect("body").contains("cross-origin"));
+    let line = client
+        .post(url("/write?db=public"))
+        .header("Origin", "https://evil.example")
+        .body("csrf v=1")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(line.status().as_u16(), 403, "line protocol from a page");
+    let rebound = client.get(url("/api/v1/alerts")).header("Host", "evil.example:4318").send().await.expect("send");
+    assert_eq!(rebound.status().as_u16(), 403);
+    let simple = client
+        .post(url("/api/v1/sql"))
+        .header("Content-Type", "text/plain")
+        .header("User-Agent", "Mozilla/5.0 (X11)")
+        .body(insert)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(simple.status().as_u16(), 403, "a browser's simple request without Origin");
+    // None of it wrote; a same-origin JSON request does.
+    let (status, _) = server.sql_raw("SELECT * FROM csrf").await;
+    assert_eq!(status, 400, "the table was never created");
+    let same = client
+        .post(url("/api/v1/sql"))
+        .header("Origin", format!("http://{}", server.http))
+        .json(&json!({"sql": "SELECT 1 AS one"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(same.status().as_u16(), 200);
+}
