@@ -96,6 +96,10 @@ pub enum QueryError {
     /// The caller may not read or write a table of the statement.
     #[error(transparent)]
     Auth(#[from] tocsin_auth::AuthError),
+    #[error("{limit} queries are running already (limits.max_concurrent_queries); try again shortly")]
+    TooManyQueries { limit: usize },
+    #[error("the query ran longer than limits.query_timeout ({after:?}) and was stopped")]
+    Timeout { after: std::time::Duration },
 }
 
 impl QueryError {
@@ -109,7 +113,21 @@ impl QueryError {
             QueryError::TooComplex { bound, .. } => Some(bound),
             QueryError::DataFusion(DataFusionError::ResourcesExhausted(_)) => Some("max_query_memory_mb"),
             QueryError::Write(e) => e.limit(),
+            QueryError::TooManyQueries { .. } => Some("max_concurrent_queries"),
+            QueryError::Timeout { .. } => Some("query_timeout"),
             _ => None,
+        }
+    }
+
+    /// The query error a DataFusion error carries, if it carries one (a
+    /// statement's timeout ends its stream with one).
+    pub fn unwrapped(self) -> QueryError {
+        match self {
+            QueryError::DataFusion(DataFusionError::External(inner)) => match inner.downcast::<QueryError>() {
+                Ok(q) => *q,
+                Err(other) => QueryError::DataFusion(DataFusionError::External(other)),
+            },
+            e => e,
         }
     }
 
@@ -121,6 +139,7 @@ impl QueryError {
             QueryError::Storage(StorageError::Database(_)) => true,
             QueryError::Storage(_) => false,
             QueryError::Arrow(e) => arrow_user_error(e),
+            QueryError::TooManyQueries { .. } | QueryError::Timeout { .. } => false,
             _ => true,
         }
     }
@@ -186,8 +205,28 @@ pub struct QueryEngine {
     ctx: SessionContext,
     live: catalog::LiveTables,
     now: Option<NowSource>,
+    callers: CallerLimits,
     pub metrics: QueryMetrics,
 }
+
+/// Bounds on the statements clients run (not on rules and roll-ups, which
+/// the server runs itself): how many at once, and for how long.
+struct CallerLimits {
+    timeout: std::time::Duration,
+    max: usize,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl CallerLimits {
+    fn new(timeout: std::time::Duration, max: usize) -> Self {
+        CallerLimits { timeout, max, slots: Arc::new(tokio::sync::Semaphore::new(max)) }
+    }
+}
+
+/// Default `limits.query_timeout`.
+pub const DEFAULT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// Default `limits.max_concurrent_queries`.
+pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 64;
 
 impl QueryEngine {
     /// An engine whose running queries may hold [`DEFAULT_QUERY_MEMORY`]
@@ -228,7 +267,16 @@ impl QueryEngine {
         ctx.register_udf(date_bin.with_aliases(["time_bucket"]));
         ctx.register_udf(ScalarUDF::from(matches::Matches::new()));
         ctx.register_udf(ScalarUDF::from(json::JsonGetStr::new()));
-        Self { storage, ctx, live, now: None, metrics: QueryMetrics::default() }
+        let callers = CallerLimits::new(DEFAULT_QUERY_TIMEOUT, DEFAULT_MAX_CONCURRENT_QUERIES);
+        Self { storage, ctx, live, now: None, callers, metrics: QueryMetrics::default() }
+    }
+
+    /// At most `max` client statements run at once (one more is refused,
+    /// not queued), each for at most `timeout` from its start to its last
+    /// row.
+    pub fn with_caller_limits(mut self, timeout: std::time::Duration, max: usize) -> Self {
+        self.callers = CallerLimits::new(timeout, max.max(1));
+        self
     }
 
     /// Makes `now()` (and everything relative to it) read `now` instead of
@@ -273,12 +321,22 @@ impl QueryEngine {
         who: Option<&Principal>,
     ) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
-        let result = async {
+        let run = async {
             let (schema, stream) = self.plan_and_start(sql, database, None, who).await?;
-            let batches: Vec<RecordBatch> = stream.try_collect().await?;
+            let batches: Vec<RecordBatch> =
+                stream.try_collect().await.map_err(|e| QueryError::from(e).unwrapped())?;
             Ok(QueryResult { schema, batches })
-        }
-        .await;
+        };
+        let result = match who {
+            None => run.await,
+            Some(_) => {
+                let after = self.callers.timeout;
+                tokio::time::timeout(after, run).await.unwrap_or_else(|_| {
+                    tocsin_storage::refusals::refused("query_timeout");
+                    Err(QueryError::Timeout { after })
+                })
+            }
+        };
         self.metrics.observe(started.elapsed(), result.is_ok());
         result
     }
@@ -348,6 +406,17 @@ impl QueryEngine {
         params: Option<Vec<ScalarValue>>,
         who: Option<&Principal>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
+        // A client's statement takes a slot for as long as its stream lives.
+        let slot = match who {
+            None => None,
+            Some(_) => match Arc::clone(&self.callers.slots).try_acquire_owned() {
+                Ok(permit) => Some((permit, tokio::time::Instant::now() + self.callers.timeout)),
+                Err(_) => {
+                    tocsin_storage::refusals::refused("max_concurrent_queries");
+                    return Err(QueryError::TooManyQueries { limit: self.callers.max });
+                }
+            },
+        };
         // Registered before planning takes its snapshots: the segment files
         // the query reads are kept until its stream is dropped.
         let reader = self.storage.reader();
@@ -382,6 +451,10 @@ impl QueryEngine {
                 batch
             }),
         ));
+        let stream = match slot {
+            None => stream,
+            Some((permit, deadline)) => with_deadline(stream, deadline, self.callers.timeout, permit),
+        };
         Ok((schema, stream))
     }
 
@@ -475,6 +548,30 @@ impl QueryEngine {
         }
         Ok(df.sort(vec![col(TIME_COLUMN).sort(true, false)])?.execute_stream().await?)
     }
+}
+
+/// Ends `stream` with an error once `deadline` passes (a client statement
+/// over `limits.query_timeout`), and holds its concurrency slot until it
+/// ends or is dropped.
+fn with_deadline(
+    stream: SendableRecordBatchStream,
+    deadline: tokio::time::Instant,
+    after: std::time::Duration,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> SendableRecordBatchStream {
+    let schema = stream.schema();
+    let sleep = Box::pin(tokio::time::sleep_until(deadline));
+    let items = futures::stream::unfold(Some((stream, sleep, permit)), move |state| async move {
+        let (mut stream, mut sleep, permit) = state?;
+        tokio::select! {
+            item = stream.next() => item.map(|i| (i, Some((stream, sleep, permit)))),
+            _ = &mut sleep => {
+                tocsin_storage::refusals::refused("query_timeout");
+                Some((Err(DataFusionError::External(Box::new(QueryError::Timeout { after }))), None))
+            }
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, items))
 }
 
 /// Parses and plans one statement (see [`QueryEngine::plan`]).

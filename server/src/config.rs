@@ -257,6 +257,10 @@ pub struct LimitsSection {
     pub max_databases: usize,
     /// Memory the operators of all running queries may hold together, MiB.
     pub max_query_memory_mb: usize,
+    /// Longest a client's statement may run, start to last row.
+    pub query_timeout: String,
+    /// Client statements running at once; one more is refused.
+    pub max_concurrent_queries: usize,
 }
 
 impl Default for LimitsSection {
@@ -270,6 +274,8 @@ impl Default for LimitsSection {
             max_tables: 100_000,
             max_databases: 1_000,
             max_query_memory_mb: 4096,
+            query_timeout: "5m".into(),
+            max_concurrent_queries: 64,
         }
     }
 }
@@ -296,6 +302,8 @@ pub struct ServerConfig {
     /// (sorts, aggregates, joins): over it, a query fails with "resources
     /// exhausted".
     pub max_query_memory_bytes: usize,
+    pub query_timeout: Duration,
+    pub max_concurrent_queries: usize,
     pub alerting: AlertingConfig,
     pub rollups: Vec<RollupConfig>,
     /// Authentication and roles; `auth.data_dir` is the storage's.
@@ -430,6 +438,14 @@ impl FileConfig {
                 reason: "must be at least 16".into(),
             });
         }
+        let query_timeout = parse_duration(&l.query_timeout)
+            .map_err(|reason| ConfigError::Invalid { key: "limits.query_timeout", reason })?;
+        if query_timeout.is_zero() || l.max_concurrent_queries == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits",
+                reason: "query_timeout and max_concurrent_queries must be positive".into(),
+            });
+        }
         storage.limits.max_tables = l.max_tables;
         storage.limits.max_databases = l.max_databases;
         storage.limits.series_window = parse_duration(&l.series_window)
@@ -471,6 +487,8 @@ impl FileConfig {
             ingest: IngestConfig { max_message_bytes: l.max_request_bytes, max_log_message_bytes: l.max_string_bytes },
             max_request_bytes: l.max_request_bytes,
             max_query_memory_bytes: l.max_query_memory_mb.saturating_mul(1 << 20),
+            query_timeout,
+            max_concurrent_queries: l.max_concurrent_queries,
         })
     }
 }

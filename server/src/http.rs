@@ -125,7 +125,12 @@ impl From<QueryError> for ApiError {
         }
         let status = if e.is_user_error() {
             StatusCode::BAD_REQUEST
-        } else if matches!(e, QueryError::Storage(tocsin_storage::StorageError::BufferFull { .. })) {
+        } else if matches!(
+            e,
+            QueryError::Storage(tocsin_storage::StorageError::BufferFull { .. })
+                | QueryError::TooManyQueries { .. }
+                | QueryError::Timeout { .. }
+        ) {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::INTERNAL_SERVER_ERROR

@@ -80,7 +80,10 @@ pub async fn run(
     let storage = Storage::open(config.storage.clone()).await?;
     let auth = open_auth(&config, &storage)?;
     let audit = Arc::new(tocsin_auth::AuditLog::open(storage.data_dir(), Arc::new(tocsin_storage::SystemClock))?);
-    let query = Arc::new(QueryEngine::with_memory_limit(Arc::clone(&storage), config.max_query_memory_bytes));
+    let query = Arc::new(
+        QueryEngine::with_memory_limit(Arc::clone(&storage), config.max_query_memory_bytes)
+            .with_caller_limits(config.query_timeout, config.max_concurrent_queries),
+    );
     let backfill: Arc<dyn tocsin_ingest::follow::TailBackfill> =
         Arc::new(tail::QueryBackfill { query: Arc::clone(&query) });
     let ingest = IngestService::new(Arc::clone(&storage), config.ingest.clone()).with_backfill(Arc::clone(&backfill));

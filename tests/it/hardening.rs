@@ -393,3 +393,40 @@ async fn a_crash_during_the_first_persist_still_starts() {
     assert_eq!(count(&server.sql("SELECT count(*) AS n FROM t").await), 1, "the row came back from the WAL");
     assert!(dir.join("quarantine").read_dir().expect("quarantine").next().is_some());
 }
+
+/// A statement over `limits.query_timeout` is stopped and says why; past
+/// `limits.max_concurrent_queries` one more is refused while the others
+/// run (here a Flight SQL stream held open), and the slot comes back.
+#[tokio::test]
+async fn a_heavy_query_is_stopped_at_its_timeout_and_concurrency_is_bounded() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[limits]\nquery_timeout = \"1s\"\nmax_concurrent_queries = 1\n").expect("config");
+    let server = TestServer::start_in(&dir.path().join("data"), &["--config", cfg.to_str().expect("utf-8")]);
+    let (status, body) =
+        server.sql_raw("SELECT count(*) FROM generate_series(1, 100000000000) AS t(v) WHERE v % 7 = 3").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("limits.query_timeout"), "{body}");
+    assert_eq!(server.sql("SELECT 1 AS one").await, vec![json!({"one": 1})], "the server goes on");
+
+    // A Flight SQL stream holds the one slot while it is open.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut flight = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let info = flight.execute("SELECT v FROM generate_series(1, 10000000) AS t(v)".into(), None).await.expect("plan");
+    let mut stream = flight.do_get(info.endpoint[0].ticket.clone().expect("ticket")).await.expect("do_get");
+    let first = stream.next().await.expect("a batch").expect("ok");
+    assert!(first.num_rows() > 0);
+    let (status, body) = server.sql_raw("SELECT 1 AS one").await;
+    assert_eq!(status, 503, "a second statement while the stream holds the slot: {body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("max_concurrent_queries"), "{body}");
+    drop(stream);
+    let rows = server.sql_until("SELECT 1 AS one", |r| !r.is_empty()).await;
+    assert_eq!(rows, vec![json!({"one": 1})], "the slot came back when the stream was dropped");
+    assert!(server.metric("tocsin_limit_refusals_total{limit=\"query_timeout\"}").await >= 1.0);
+    assert!(server.metric("tocsin_limit_refusals_total{limit=\"max_concurrent_queries\"}").await >= 1.0);
+}
