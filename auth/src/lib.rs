@@ -29,9 +29,10 @@ mod perm;
 mod role;
 mod token;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -88,13 +89,30 @@ pub struct Principal {
     pub name: String,
     pub role: Arc<Role>,
     pub database: Option<String>,
+    /// Set when the token is revoked: long requests (a tail) stop then.
+    revoked: Arc<AtomicBool>,
+    /// Unix seconds.
+    expires_at: Option<u64>,
 }
 
 impl Principal {
     /// The caller when auth is off: may do everything.
     pub fn anonymous() -> Principal {
         let admin = Role::builtins().into_iter().find(|r| r.name == "admin").expect("admin is built in");
-        Principal { name: "anonymous".into(), role: Arc::new(admin), database: None }
+        Principal {
+            name: "anonymous".into(),
+            role: Arc::new(admin),
+            database: None,
+            revoked: Arc::default(),
+            expires_at: None,
+        }
+    }
+
+    /// Whether the credentials are still good (not revoked, not expired):
+    /// checked by requests that outlive their start, such as a tail.
+    pub fn is_current(&self) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        !self.revoked.load(Ordering::Relaxed) && self.expires_at.is_none_or(|e| now < e)
     }
 
     /// Ok if the role grants `p`; otherwise an error naming it.
@@ -154,6 +172,8 @@ pub struct Auth {
     roles: BTreeMap<String, Arc<Role>>,
     tokens_path: PathBuf,
     tokens: Mutex<Vec<TokenRecord>>,
+    /// Per token id, the flag its principals see when it is revoked.
+    revoked: Mutex<HashMap<String, Arc<AtomicBool>>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -166,9 +186,19 @@ impl Auth {
         let roles = roles_from_config(&config.roles).map_err(AuthError::Invalid)?;
         let tokens_path = config.data_dir.join("auth").join("tokens.json");
         let loaded = token::load(&tokens_path)?;
-        let first_start = loaded.is_none();
-        let auth =
-            Auth { enabled: config.enabled, roles, tokens_path, tokens: Mutex::new(loaded.unwrap_or_default()), clock };
+        let now = clock.unix_secs();
+        // No usable admin token (a first start, or every one revoked or
+        // expired): make one, or nobody could manage the server.
+        let first_start =
+            loaded.as_ref().is_none_or(|tokens| !tokens.iter().any(|t| t.role == "admin" && t.is_active(now)));
+        let auth = Auth {
+            enabled: config.enabled,
+            roles,
+            tokens_path,
+            tokens: Mutex::new(loaded.unwrap_or_default()),
+            revoked: Mutex::default(),
+            clock,
+        };
         if !(config.enabled && first_start) {
             return Ok((auth, None));
         }
@@ -228,7 +258,14 @@ impl Auth {
         let role = self.roles.get(&record.role).cloned().ok_or_else(|| {
             AuthError::Forbidden(format!("token {id} has role {:?}, which is no longer configured", record.role))
         })?;
-        Ok(Principal { name: format!("token:{id}"), role, database: record.database })
+        let revoked = Arc::clone(self.revoked.lock().entry(record.id.clone()).or_default());
+        Ok(Principal {
+            name: format!("token:{id}"),
+            role,
+            database: record.database,
+            revoked,
+            expires_at: record.expires_at,
+        })
     }
 
     /// Creates a token for `role` (restricted to `database`, expiring after
@@ -242,14 +279,26 @@ impl Auth {
         description: &str,
     ) -> Result<(TokenRecord, String), AuthError> {
         by.require(Permission::Users)?;
+        if !self.enabled {
+            // With auth off anyone on the machine could mint a token that
+            // would become a credential the day auth is switched on.
+            return Err(AuthError::Invalid(
+                "authentication is off: tokens are created on a server started with --auth".into(),
+            ));
+        }
+        if self.tokens.lock().len() >= MAX_TOKENS {
+            return Err(AuthError::Invalid(format!(
+                "the server holds {MAX_TOKENS} tokens (revoked ones included), the most it keeps"
+            )));
+        }
         if !self.roles.contains_key(role) {
             let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
             return Err(AuthError::Invalid(format!("no role {:?} (known: {})", clip(role), known.join(", "))));
         }
         if let Some(d) = &database
-            && (d.is_empty() || d.len() > 255)
+            && (d.is_empty() || d.len() > 255 || d.starts_with('.') || d.contains(['/', '\\']))
         {
-            return Err(AuthError::Invalid("the database must be 1 to 255 bytes".into()));
+            return Err(AuthError::Invalid(format!("{:?} is not a database name", clip(d))));
         }
         if description.len() > 1024 {
             return Err(AuthError::Invalid("the description must be at most 1 KiB".into()));
@@ -309,9 +358,22 @@ impl Auth {
         let out = record.clone();
         token::save(&self.tokens_path, &next)?;
         *tokens = next;
+        if let Some(flag) = self.revoked.lock().get(id) {
+            flag.store(true, Ordering::Relaxed);
+        }
         Ok(out)
     }
 }
+
+/// 64 random bits from the operating system (handles others must not guess).
+pub fn random_u64() -> Result<u64, AuthError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Most tokens kept (each creation rewrites the store).
+pub const MAX_TOKENS: usize = 10_000;
 
 /// Where the bootstrap admin token is written.
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {
@@ -380,7 +442,10 @@ mod tests {
         assert!(err.to_string().contains("expired"), "{err}");
         let (rec2, t2) = auth.create_token(&admin, "viewer", None, None, "").expect("create");
         assert!(auth.authenticate(&Credentials::Token(t2.clone())).is_ok());
+        let held = auth.authenticate(&Credentials::Token(t2.clone())).expect("viewer");
+        assert!(held.is_current());
         auth.revoke_token(&rec2.id).expect("revoke");
+        assert!(!held.is_current(), "a principal already handed out sees the revocation");
         let err = auth.authenticate(&Credentials::Token(t2)).unwrap_err();
         assert!(err.to_string().contains("revoked"), "{err}");
         assert!(matches!(auth.revoke_token("nope"), Err(AuthError::NotFound(_))));
@@ -419,5 +484,25 @@ mod tests {
         assert!(token.is_none());
         assert!(!admin_token_path(dir.path()).exists());
         assert_eq!(auth.authenticate(&Credentials::None).expect("anonymous").name, "anonymous");
+        // No token can be planted for the day auth is switched on.
+        let err = auth.create_token(&Principal::anonymous(), "admin", None, None, "").unwrap_err();
+        assert!(err.to_string().contains("authentication is off"), "{err}");
+    }
+
+    #[test]
+    fn with_every_admin_token_revoked_a_restart_makes_a_new_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(0));
+        let (auth, token) = open(dir.path(), Arc::clone(&clock));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        let (_, viewer) = auth.create_token(&admin, "viewer", None, None, "").expect("viewer");
+        for t in auth.tokens().into_iter().filter(|t| t.role == "admin") {
+            auth.revoke_token(&t.id).expect("revoke");
+        }
+        drop(auth);
+        let (auth, again) = open(dir.path(), clock);
+        let again = again.expect("a new admin token");
+        assert_eq!(auth.authenticate(&Credentials::Token(again)).expect("new admin").role.name, "admin");
+        assert!(auth.authenticate(&Credentials::Token(viewer)).is_ok(), "other tokens are kept");
     }
 }

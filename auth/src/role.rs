@@ -89,10 +89,13 @@ impl Role {
             return false;
         }
         let db_ok = self.databases.is_empty() || self.databases.iter().any(|d| d == database);
+        // `system` and `information_schema` describe every table: a pattern
+        // without a database (`t*`) never reaches into them.
+        let catalog = database == AUDIT_DATABASE || database == "information_schema";
         let table_ok = self.tables.is_empty()
             || self.tables.iter().any(|p| match p.split_once('.') {
                 Some((pd, pt)) => glob(pd, database) && glob(pt, table),
-                None => glob(p, table),
+                None => !catalog && glob(p, table),
             });
         db_ok && table_ok
     }
@@ -172,6 +175,11 @@ mod tests {
         )
         .expect("valid");
         assert!(dotted.covers("metrics", "cpu"));
+        let t_star =
+            Role::from_spec("t", &RoleSpec { tables: vec!["t*".into()], ..RoleSpec::default() }).expect("valid");
+        assert!(t_star.covers("public", "trading"));
+        assert!(!t_star.covers("information_schema", "tables"), "a bare pattern stays out of the catalog");
+        assert!(!t_star.covers("system", "alerts") && !r.covers("information_schema", "columns"));
         assert!(!dotted.covers("default", "cpu"));
     }
 

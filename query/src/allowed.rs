@@ -361,15 +361,25 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
     }
 }
 
-/// Refuses an `INSERT` whose target the caller may not write, before
-/// anything (a provisional column) is done for it.
-pub(crate) fn check_insert_target(
+/// Checks the caller against every table the statement names, before it is
+/// planned: planning errors (an unknown column, a missing table) would tell
+/// a caller about tables it may not read, and `DESCRIBE` plans no scan. An
+/// `INSERT` target needs the write permission, every other table query.
+pub(crate) fn check_references(
     statement: &DfStatement,
     state: &datafusion::execution::context::SessionState,
     who: &tocsin_auth::Principal,
 ) -> Result<(), QueryError> {
-    if let Some((db, table)) = crate::insert::target(state, statement) {
-        who.check_table(tocsin_auth::Permission::Write, &db, &table)?;
+    use tocsin_auth::Permission;
+    let target = crate::insert::target(state, statement);
+    for reference in state.resolve_table_references(statement)? {
+        let default_db = &state.config().options().catalog.default_schema;
+        let (db, table) = (reference.schema().unwrap_or(default_db), reference.table());
+        if target.as_ref().is_some_and(|(d, t)| d == db && t == table) {
+            who.check_table(Permission::Write, db, table)?;
+        } else {
+            who.check_table(Permission::Query, db, table)?;
+        }
     }
     Ok(())
 }

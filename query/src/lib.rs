@@ -323,8 +323,7 @@ impl QueryEngine {
         let started = Instant::now();
         let run = async {
             let (schema, stream) = self.plan_and_start(sql, database, None, who).await?;
-            let batches: Vec<RecordBatch> =
-                stream.try_collect().await.map_err(|e| QueryError::from(e).unwrapped())?;
+            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| QueryError::from(e).unwrapped())?;
             Ok(QueryResult { schema, batches })
         };
         let result = match who {
@@ -586,7 +585,7 @@ async fn plan_statement(
     allowed::check_statement(&statement)?;
     if let Some(who) = &who {
         // Before `insert::prepare`, which may add columns to the target.
-        allowed::check_insert_target(&statement, &state, who)?;
+        allowed::check_references(&statement, &state, who)?;
     }
     let provisional = insert::prepare(&state, &storage, &statement).await?;
     let planned = async {

@@ -60,6 +60,8 @@ pub(crate) const MAX_PREPARED: usize = 10_000;
 pub(crate) const MAX_PREPARED_BYTES: usize = 64 << 20;
 
 struct Prepared {
+    /// Who created it: only they may bind, run or close it.
+    owner: String,
     sql: String,
     database: Option<String>,
     params: Option<Vec<ScalarValue>>,
@@ -291,10 +293,17 @@ impl FlightSql {
             .map_err(|_| Status::invalid_argument("not a prepared statement handle of this server"))
     }
 
-    fn with_prepared<T>(&self, handle: &[u8], f: impl FnOnce(&mut Prepared) -> T) -> Result<T, Status> {
+    /// The prepared statement `handle` of `who`; another caller's is as
+    /// unknown to them as a closed one.
+    fn with_prepared<T>(
+        &self,
+        handle: &[u8],
+        who: &Principal,
+        f: impl FnOnce(&mut Prepared) -> T,
+    ) -> Result<T, Status> {
         let id = Self::prepared_handle(handle)?;
         let mut p = self.prepared.lock();
-        let stmt = p.0.get_mut(&id).ok_or_else(|| {
+        let stmt = p.0.get_mut(&id).filter(|s| s.owner == who.name).ok_or_else(|| {
             Status::not_found("prepared statement is closed or unknown (the server keeps at most 10000 open)")
         })?;
         Ok(f(stmt))
@@ -391,10 +400,14 @@ impl FlightSqlService for FlightSql {
                 .map(|(i, t)| Field::new(format!("${}", i + 1), t.clone(), true))
                 .collect::<Vec<_>>(),
         );
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Random, so that handles are not guessed (they are also bound to
+        // their owner).
+        let id = tocsin_auth::random_u64().map_err(crate::guard::grpc_status)?
+            ^ self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut p = self.prepared.lock();
-            p.0.insert(id, Prepared { sql: query.query, database, params: None, written: None });
+            let owner = who.name.clone();
+            p.0.insert(id, Prepared { owner, sql: query.query, database, params: None, written: None });
             p.1.push_back(id);
             let mut bytes: usize = p.0.values().map(|s| s.sql.len()).sum();
             while p.1.len() > MAX_PREPARED || (bytes > MAX_PREPARED_BYTES && p.1.len() > 1) {
@@ -418,6 +431,7 @@ impl FlightSqlService for FlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
+        let who = caller(&request)?;
         let batches: Vec<RecordBatch> =
             FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from))
                 .try_collect()
@@ -435,7 +449,7 @@ impl FlightSqlService for FlightSql {
             .map(|c: &ArrayRef| ScalarValue::try_from_array(c, 0))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?;
-        self.with_prepared(&query.prepared_statement_handle, |p| p.params = Some(values))?;
+        self.with_prepared(&query.prepared_statement_handle, &who, |p| p.params = Some(values))?;
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(query.prepared_statement_handle) })
     }
 
@@ -444,8 +458,9 @@ impl FlightSqlService for FlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (sql, database, params) = self
-            .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
+        let (sql, database, params) = self.with_prepared(&cmd.prepared_statement_handle, &caller(&request)?, |p| {
+            (p.sql.clone(), p.database.clone(), p.params.clone())
+        })?;
         let who = caller(&request)?;
         let started = std::time::Instant::now();
         let planned = plan_running_writes(&self.query, &sql, database, params, who.clone()).await;
@@ -453,7 +468,7 @@ impl FlightSqlService for FlightSql {
         self.audit(Some(&who), request.extensions(), ("sql (prepared)", &sql), started, result);
         let (stmt, written) = planned?;
         if written.is_some() {
-            self.with_prepared(&cmd.prepared_statement_handle, |p| p.written = written)?;
+            self.with_prepared(&cmd.prepared_statement_handle, &who, |p| p.written = written)?;
         }
         flight_info(&hydrated(&stmt.schema), cmd.as_any(), request.into_inner())
     }
@@ -464,7 +479,7 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let who = caller(&request)?;
-        let (sql, database, params, written) = self.with_prepared(&cmd.prepared_statement_handle, |p| {
+        let (sql, database, params, written) = self.with_prepared(&cmd.prepared_statement_handle, &who, |p| {
             (p.sql.clone(), p.database.clone(), p.params.clone(), p.written.take())
         })?;
         if let Some(n) = written {
@@ -479,20 +494,24 @@ impl FlightSqlService for FlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let who = caller(&request)?;
-        let (sql, database, params) = self
-            .with_prepared(&cmd.prepared_statement_handle, |p| (p.sql.clone(), p.database.clone(), p.params.clone()))?;
+        let (sql, database, params) = self.with_prepared(&cmd.prepared_statement_handle, &who, |p| {
+            (p.sql.clone(), p.database.clone(), p.params.clone())
+        })?;
         update(&self.query, &sql, database.as_deref(), params, &who).await
     }
 
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,
-        _request: Request<arrow_flight::Action>,
+        request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
+        let who = caller(&request)?;
         let id = Self::prepared_handle(&query.prepared_statement_handle)?;
         let mut p = self.prepared.lock();
-        p.0.remove(&id);
-        p.1.retain(|x| *x != id);
+        if p.0.get(&id).is_some_and(|s| s.owner == who.name) {
+            p.0.remove(&id);
+            p.1.retain(|x| *x != id);
+        }
         Ok(())
     }
 

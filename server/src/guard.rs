@@ -316,6 +316,11 @@ async fn http_guard(
         return ApiError::new(StatusCode::NOT_FOUND, "no such endpoint".into()).into_response();
     };
     let Some(access) = guard.table.get(&(method.clone(), matched.as_str())).copied() else {
+        if guard.table.keys().any(|(_, p)| *p == matched.as_str()) {
+            // A method the route does not serve (OPTIONS, PUT, ...).
+            return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not served here"))
+                .into_response();
+        }
         tracing::error!(method = %method, path = matched.as_str(), "a route without a declared permission was refused");
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -434,8 +439,10 @@ impl<S> GrpcGuard<S> {
         let path = request.uri().path().to_string();
         let path = path.as_str();
         let Some(access) = grpc_access(path) else {
-            tracing::error!(path, "a gRPC method without a declared permission was refused");
-            return Err(tonic::Status::permission_denied(format!("{path} declares no permission, so it is refused")));
+            // Not a method Tocsin serves (a health probe, reflection): the
+            // answer a server without it gives.
+            tracing::debug!(path, "unknown gRPC method");
+            return Err(tonic::Status::unimplemented(format!("{path} is not served here")));
         };
         if access == Access::Public {
             return Ok(());

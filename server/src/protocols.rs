@@ -53,6 +53,8 @@ fn error(dialect: Dialect, status: StatusCode, message: String) -> Response {
         Dialect::InfluxV2 => {
             let code = match status {
                 StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+                StatusCode::UNAUTHORIZED => "unauthorized",
+                StatusCode::FORBIDDEN => "forbidden",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
                 s if s.is_server_error() => "internal error",
                 _ => "invalid",

@@ -393,3 +393,99 @@ async fn a_web_page_cannot_drive_a_server_on_localhost() {
         .expect("send");
     assert_eq!(same.status().as_u16(), 200);
 }
+
+/// Found by a hostile review: prepared statements were shared by every
+/// caller (sequential handles, no owner), so one token could rebind the
+/// parameters of another's INSERT or close it.
+#[tokio::test]
+async fn a_prepared_statement_belongs_to_the_token_that_made_it() {
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::sql::{
+        ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+        Any, CommandPreparedStatementQuery, ProstMessageExt,
+    };
+    use prost::Message;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "");
+    let owner = create_token(&server, &admin, "editor", &[]);
+    let other = create_token(&server, &admin, "editor", &[]);
+    let channel =
+        Channel::from_shared(format!("http://{}", server.grpc)).expect("uri").connect().await.expect("connect");
+    let mut raw = FlightServiceClient::new(channel);
+    let create = ActionCreatePreparedStatementRequest { query: "SELECT 1 AS one".into(), transaction_id: None };
+    let action =
+        arrow_flight::Action { r#type: "CreatePreparedStatement".into(), body: create.as_any().encode_to_vec().into() };
+    let mut results = raw.do_action(with_token(action, Some(&owner))).await.expect("create").into_inner();
+    let body = results.message().await.expect("result").expect("one result").body;
+    let made: ActionCreatePreparedStatementResult =
+        Any::decode(body).expect("any").unpack().expect("unpack").expect("a create result");
+    let handle = made.prepared_statement_handle;
+    assert_ne!(handle.as_ref(), 1u64.to_be_bytes().as_slice(), "handles are not sequential from 1");
+
+    let descriptor = |h: &bytes::Bytes| {
+        let cmd = CommandPreparedStatementQuery { prepared_statement_handle: h.clone() };
+        arrow_flight::FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec())
+    };
+    let err = raw.get_flight_info(with_token(descriptor(&handle), Some(&other))).await.expect_err("not theirs");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    let close = ActionClosePreparedStatementRequest { prepared_statement_handle: handle.clone() };
+    let action =
+        arrow_flight::Action { r#type: "ClosePreparedStatement".into(), body: close.as_any().encode_to_vec().into() };
+    let _ = raw.do_action(with_token(action, Some(&other))).await;
+    raw.get_flight_info(with_token(descriptor(&handle), Some(&owner))).await.expect("still the owner's, still open");
+}
+
+#[tokio::test]
+async fn review_findings_stay_fixed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "[auth.roles.billing]\npermissions = [\"query\", \"tail\"]\ntables = [\"billing_*\", \"logs\"]\n\
+                  [auth.roles.tlike]\npermissions = [\"query\"]\ntables = [\"t*\"]\n";
+    let (server, admin) = start(dir.path(), config);
+    assert_eq!(lines(&server, &admin, "trading,host=a v=99 1700000000000000000\n").await, 204);
+    let billing = create_token(&server, &admin, "billing", &[]);
+    let tlike = create_token(&server, &admin, "tlike", &[]);
+    // Metadata of tables out of scope: DESCRIBE, planning errors, the catalog.
+    for q in ["DESCRIBE trading", "SELECT nosuchcol FROM trading", "SELECT * FROM nosuchtable"] {
+        let (status, body) = sql(&server, &billing, q).await;
+        assert_eq!(status, 403, "{q}: {body}");
+        assert!(!body.contains("Valid fields"), "{q}: {body}");
+    }
+    let (status, body) = sql(&server, &tlike, "SELECT table_name FROM information_schema.tables").await;
+    assert_eq!(status, 403, "a bare pattern matched the catalog: {body}");
+    // Methods a route does not serve: 405, not a server defect.
+    assert_eq!(call(&server, "OPTIONS", "/api/v1/sql", None, None).await.0, 405);
+    assert!(!server.log_text().contains("declared permission was refused"));
+
+    // An open tail stops delivering once its token is revoked.
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/tail", server.http))
+        .bearer_auth(&billing)
+        .send()
+        .await
+        .expect("tail");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut resp = resp;
+    let id = billing.split('_').nth(1).expect("id");
+    let out = Command::new(BIN)
+        .args(["token", "revoke", id, "--http-addr", &server.http.to_string(), "--token", &admin])
+        .output()
+        .expect("revoke");
+    assert!(out.status.success());
+    let event = json!({"sql": "INSERT INTO logs (ts, service, level, message) VALUES (now(), 'billing', 'info', 'SECRET after revoke')"});
+    assert_eq!(call(&server, "POST", "/api/v1/sql", Some(&admin), Some(event)).await.0, 200);
+    let mut seen = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(std::time::Duration::from_secs(10), resp.chunk()).await {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen.contains("revoked") || seen.contains("SECRET") {
+            break;
+        }
+    }
+    assert!(!seen.contains("SECRET"), "a revoked token's tail got: {seen}");
+    assert!(seen.contains("revoked"), "the tail says why it ended: {seen}");
+
+    // With auth off no token can be planted for later.
+    let off = TestServer::start();
+    let (status, body) = call(&off, "POST", "/api/v1/tokens", None, Some(json!({"role": "admin"}))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("authentication is off"), "{body}");
+}
