@@ -55,6 +55,9 @@ pub enum FollowError {
     Filter(String),
     #[error("backfill failed: {0}")]
     Backfill(String),
+    /// `limits.max_tail_subscribers` tails are open already.
+    #[error("{0} tails are open already (limits.max_tail_subscribers); close one or try again later")]
+    TooManySubscribers(usize),
 }
 
 /// Follows the table `filter` names: first, when `since` is given, the
@@ -69,6 +72,11 @@ pub async fn follow(
     since: Option<Duration>,
 ) -> Result<ItemStream, FollowError> {
     filter.check().map_err(FollowError::Filter)?;
+    let limit = hub.max_subscribers();
+    if hub.subscriber_count() >= limit {
+        tocsin_storage::refusals::refused("max_tail_subscribers");
+        return Err(FollowError::TooManySubscribers(limit));
+    }
     let Some(since) = since else {
         return Ok(live(hub.subscribe(filter, capacity)));
     };

@@ -275,6 +275,7 @@ impl Ingest for IngestService {
         let items = follow::follow(&self.tail, &self.storage, self.backfill.as_ref(), filter, buffer, since)
             .await
             .map_err(|e| match e {
+                follow::FollowError::TooManySubscribers(_) => Status::resource_exhausted(e.to_string()),
                 follow::FollowError::SinceTooLong(_) | follow::FollowError::Filter(_) => {
                     Status::invalid_argument(e.to_string())
                 }

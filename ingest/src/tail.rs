@@ -200,11 +200,33 @@ pub struct TailMetrics {
 pub struct TailHub {
     index: RwLock<Index>,
     pub metrics: TailMetrics,
+    /// `limits.max_tail_subscribers`; 0 until set: the default.
+    max_subscribers: std::sync::atomic::AtomicUsize,
 }
+
+/// Default `limits.max_tail_subscribers`.
+pub const DEFAULT_MAX_TAIL_SUBSCRIBERS: usize = 1024;
 
 impl TailHub {
     pub fn has_subscribers(&self) -> bool {
         self.index.read().count > 0
+    }
+
+    /// Open subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.index.read().count
+    }
+
+    /// At most this many tails at once (each holds a queue of up to 16 MiB).
+    pub fn set_max_subscribers(&self, n: usize) {
+        self.max_subscribers.store(n.max(1), Ordering::Relaxed);
+    }
+
+    pub fn max_subscribers(&self) -> usize {
+        match self.max_subscribers.load(Ordering::Relaxed) {
+            0 => DEFAULT_MAX_TAIL_SUBSCRIBERS,
+            n => n,
+        }
     }
 
     /// Registers a subscriber with a queue of `capacity` events.

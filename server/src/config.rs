@@ -261,6 +261,8 @@ pub struct LimitsSection {
     pub query_timeout: String,
     /// Client statements running at once; one more is refused.
     pub max_concurrent_queries: usize,
+    /// Live tails open at once (HTTP and gRPC); one more is refused.
+    pub max_tail_subscribers: usize,
 }
 
 impl Default for LimitsSection {
@@ -276,6 +278,7 @@ impl Default for LimitsSection {
             max_query_memory_mb: 4096,
             query_timeout: "5m".into(),
             max_concurrent_queries: 64,
+            max_tail_subscribers: 1024,
         }
     }
 }
@@ -304,6 +307,7 @@ pub struct ServerConfig {
     pub max_query_memory_bytes: usize,
     pub query_timeout: Duration,
     pub max_concurrent_queries: usize,
+    pub max_tail_subscribers: usize,
     pub alerting: AlertingConfig,
     pub rollups: Vec<RollupConfig>,
     /// Authentication and roles; `auth.data_dir` is the storage's.
@@ -489,6 +493,7 @@ impl FileConfig {
             max_query_memory_bytes: l.max_query_memory_mb.saturating_mul(1 << 20),
             query_timeout,
             max_concurrent_queries: l.max_concurrent_queries,
+            max_tail_subscribers: l.max_tail_subscribers.max(1),
         })
     }
 }

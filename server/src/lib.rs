@@ -125,6 +125,7 @@ pub async fn run(
     };
 
     let tail = Arc::clone(&ingest.tail);
+    tail.set_max_subscribers(config.max_tail_subscribers);
     let http_ingest = ingest.clone();
     let otlp = tocsin_ingest::otlp::Otlp(ingest.clone());
     let grpc = tonic::transport::Server::builder()

@@ -430,3 +430,24 @@ async fn a_heavy_query_is_stopped_at_its_timeout_and_concurrency_is_bounded() {
     assert!(server.metric("tocsin_limit_refusals_total{limit=\"query_timeout\"}").await >= 1.0);
     assert!(server.metric("tocsin_limit_refusals_total{limit=\"max_concurrent_queries\"}").await >= 1.0);
 }
+
+/// Past `limits.max_tail_subscribers` open tails, one more is refused with
+/// the bound's name, over HTTP and gRPC, and counted.
+#[tokio::test]
+async fn open_tails_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[limits]\nmax_tail_subscribers = 1\n").expect("config");
+    let server = TestServer::start_in(&dir.path().join("data"), &["--config", cfg.to_str().expect("utf-8")]);
+    let url = format!("http://{}/api/v1/tail", server.http);
+    let first = reqwest::Client::new().get(&url).send().await.expect("first tail");
+    assert_eq!(first.status().as_u16(), 200);
+    let second = reqwest::Client::new().get(&url).send().await.expect("second tail");
+    assert_eq!(second.status().as_u16(), 503);
+    assert!(second.text().await.expect("body").contains("max_tail_subscribers"));
+    let mut grpc = server.client().await;
+    let refused = grpc.tail(tocsin_proto::v1::TailRequest::default()).await.err().map(|s| s.code());
+    assert_eq!(refused, Some(tonic::Code::ResourceExhausted));
+    assert!(server.metric("tocsin_limit_refusals_total{limit=\"max_tail_subscribers\"}").await >= 2.0);
+    drop(first);
+}
