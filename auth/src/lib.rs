@@ -381,7 +381,7 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 }
 
 /// At most 200 bytes of a client-given name, for messages.
-pub(crate) fn clip(s: &str) -> &str {
+pub fn clip(s: &str) -> &str {
     let mut end = s.len().min(200);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -147,3 +147,21 @@ pub fn events_from_batch(batch: &RecordBatch) -> Vec<LogEvent> {
         })
         .collect()
 }
+
+/// Ends a tail with an error once its caller's token is revoked or has
+/// expired: nothing more is delivered to it.
+pub fn while_current<S, T>(items: S, who: tocsin_auth::Principal) -> impl Stream<Item = Result<T, String>>
+where
+    S: Stream<Item = Result<T, String>>,
+{
+    items.scan(false, move |ended, item| {
+        if *ended {
+            return futures::future::ready(None);
+        }
+        if !who.is_current() {
+            *ended = true;
+            return futures::future::ready(Some(Err("the token was revoked or has expired".to_string())));
+        }
+        futures::future::ready(Some(item))
+    })
+}

@@ -281,18 +281,7 @@ impl Ingest for IngestService {
                 }
                 _ => Status::internal(e.to_string()),
             })?;
-        let stream = items.scan(false, move |ended, item| {
-            // Nothing more once the caller's token is revoked or expired.
-            if *ended {
-                return futures::future::ready(None);
-            }
-            if !who.is_current() {
-                *ended = true;
-                return futures::future::ready(Some(Err("the token was revoked or has expired".to_string())));
-            }
-            futures::future::ready(Some(item))
-        });
-        let stream = stream.map(|item| match item {
+        let stream = follow::while_current(items, who).map(|item| match item {
             Ok(tail::TailItem::Event(e)) => Ok(TailMessage { kind: Some(tail_message::Kind::Event(e)) }),
             Ok(tail::TailItem::Dropped(n)) => Ok(TailMessage { kind: Some(tail_message::Kind::Dropped(n)) }),
             Err(e) => Err(Status::internal(e)),

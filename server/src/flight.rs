@@ -270,11 +270,7 @@ impl FlightSql {
         self.audit.record(AuditEntry {
             actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
             role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
-            source: extensions
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(|i| i.remote_addr())
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            source: crate::guard::grpc_source(extensions),
             interface: "flight".into(),
             action: action.into(),
             target: sql.chars().take(4096).collect(),

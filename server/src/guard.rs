@@ -213,7 +213,7 @@ fn browser_check(method: &Method, headers: &HeaderMap, loopback_only: bool) -> R
         return Err(format!(
             "Host {:?} is not a loopback name; with authentication off this server answers only to localhost, \
              127.0.0.1 and [::1]",
-            tocsin_auth_clip(host)
+            tocsin_auth::clip(host)
         ));
     }
     if *method == Method::GET {
@@ -226,7 +226,7 @@ fn browser_check(method: &Method, headers: &HeaderMap, loopback_only: bool) -> R
         if !origin_host.eq_ignore_ascii_case(host) {
             return Err(format!(
                 "cross-origin request from {:?} refused: a web page may not change this server",
-                tocsin_auth_clip(origin)
+                tocsin_auth::clip(origin)
             ));
         }
     } else if headers.get(header::ORIGIN).is_some() {
@@ -258,14 +258,6 @@ fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost")
         || name.to_ascii_lowercase().ends_with(".localhost")
         || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-fn tocsin_auth_clip(s: &str) -> &str {
-    let mut end = s.len().min(200);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// What a handler adds to its request's audit entry: the statement or

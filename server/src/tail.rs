@@ -74,7 +74,7 @@ pub(crate) async fn tail(
         FollowError::TooManySubscribers(_) => ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         _ => ApiError::internal(e.to_string()),
     })?;
-    let stream = while_current(items, who).map(|item| {
+    let stream = tocsin_ingest::follow::while_current(items, who).map(|item| {
         Ok::<_, Infallible>(match item {
             Ok(TailItem::Event(e)) => Event::default().data(event_json(&e).to_string()),
             Ok(TailItem::Dropped(n)) => Event::default().event("dropped").data(json!({ "dropped": n }).to_string()),
@@ -82,24 +82,6 @@ pub(crate) async fn tail(
         })
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
-}
-
-/// Ends a tail with an error once its caller's token is revoked or has
-/// expired: nothing more is delivered to it.
-fn while_current<S, T>(items: S, who: tocsin_auth::Principal) -> impl futures::Stream<Item = Result<T, String>>
-where
-    S: futures::Stream<Item = Result<T, String>>,
-{
-    items.scan(false, move |ended, item| {
-        if *ended {
-            return futures::future::ready(None);
-        }
-        if !who.is_current() {
-            *ended = true;
-            return futures::future::ready(Some(Err("the token was revoked or has expired".to_string())));
-        }
-        futures::future::ready(Some(item))
-    })
 }
 
 fn event_json(e: &LogEvent) -> serde_json::Value {
