@@ -12,8 +12,10 @@
 //!   answer is the protobuf export response, with partial success when
 //!   some data points or records were refused.
 //!
-//! Line protocol and OTLP bodies may be gzip-compressed
-//! (`Content-Encoding: gzip`).
+//! Line protocol and OTLP bodies may be compressed (`Content-Encoding:
+//! gzip` or `zstd`); the decompressed size is bounded by
+//! `limits.max_request_bytes` too. Other encodings are `415`. Remote_write
+//! bodies are snappy, as its specification says; another declared encoding is `415`.
 //! Success is `204 No Content`. A line that cannot be parsed refuses the
 //! whole request with `400` naming the line and column; points refused by
 //! storage (a field type that conflicts with the table, a bad name) are a
@@ -104,10 +106,19 @@ pub(crate) async fn remote_write(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let d = Dialect::Prometheus;
     app.ingest.metrics.remote_write_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"snappy")) {
+        let enc = tocsin_auth::clip(enc.to_str().unwrap_or("?"));
+        return error(
+            d,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("remote_write bodies are snappy-compressed; Content-Encoding {enc:?} is not supported"),
+        );
+    }
     let decoded = match prom::decode(&body, app.max_request_bytes) {
         Ok(x) => x,
         Err(e @ prom::RemoteWriteError::TooLarge { .. }) => {
@@ -186,21 +197,35 @@ async fn line_protocol(
     }
 }
 
-/// The body, gunzipped when `Content-Encoding: gzip` says so, within the
-/// request size limit.
+/// The body, decompressed as `Content-Encoding` says (`gzip` or `zstd`),
+/// within the request size limit. Any other encoding is `415`, naming it.
 fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, (StatusCode, String)> {
-    let gzip = headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    if !gzip {
-        return Ok(body);
-    }
-    let mut out = Vec::new();
     let limit = app.max_request_bytes as u64;
-    match flate2::read::GzDecoder::new(&body[..]).take(limit + 1).read_to_end(&mut out) {
+    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let (name, reader): (&str, Box<dyn Read + '_>) = match encoding.as_deref() {
+        None | Some("" | "identity") => return Ok(body),
+        Some("gzip" | "x-gzip") => ("gzip", Box::new(flate2::read::GzDecoder::new(&body[..]))),
+        Some("zstd") => match zstd::stream::read::Decoder::new(&body[..]) {
+            Ok(d) => ("zstd", Box::new(d)),
+            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("body is not valid zstd: {e}"))),
+        },
+        Some(other) => {
+            return Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Encoding {:?} is not supported; send gzip, zstd or an uncompressed body",
+                    tocsin_auth::clip(other)
+                ),
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    match reader.take(limit + 1).read_to_end(&mut out) {
         Ok(_) if out.len() as u64 > limit => {
             Err((StatusCode::PAYLOAD_TOO_LARGE, format!("decompressed body is over the limit of {limit} bytes")))
         }
         Ok(_) => Ok(Bytes::from(out)),
-        Err(e) => Err((StatusCode::BAD_REQUEST, format!("body is not valid gzip: {e}"))),
+        Err(e) => Err((StatusCode::BAD_REQUEST, format!("body is not valid {name}: {e}"))),
     }
 }
 

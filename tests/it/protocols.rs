@@ -156,6 +156,40 @@ async fn line_protocol_errors_name_the_line_and_partial_writes_keep_the_good_poi
 }
 
 #[tokio::test]
+async fn zstd_bodies_are_read_within_the_size_bound_and_unknown_encodings_are_named() {
+    let server = TestServer::start();
+    let zstd = |raw: &[u8]| zstd::bulk::compress(raw, 3).expect("zstd");
+    let (status, text) =
+        post(&server, "/write?db=z", zstd(b"m,h=a v=1 1\nm,h=b v=2 2\n"), &[("content-encoding", "zstd")]).await;
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(server.sql("SELECT h, v FROM z.m ORDER BY h").await.len(), 2);
+    // A zstd bomb (about 160 MB from a few kB) is refused by what it decompresses to.
+    let before = server.metric("tocsin_limit_refusals_total{limit=\"max_request_bytes\"}").await;
+    let bomb = zstd(&b"m v=1 1\n".repeat(20_000_000));
+    assert!(bomb.len() < 100_000, "the bomb is small on the wire: {}", bomb.len());
+    let (status, text) = post(&server, "/write?db=z", bomb, &[("content-encoding", "zstd")]).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("decompressed body is over the limit"), "{text}");
+    assert!(server.metric("tocsin_limit_refusals_total{limit=\"max_request_bytes\"}").await > before);
+    let (status, text) =
+        post(&server, "/write?db=z", b"not zstd at all".to_vec(), &[("content-encoding", "zstd")]).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("zstd"), "{text}");
+    // An encoding we do not read is named, not parsed as line protocol.
+    let (status, text) =
+        post(&server, "/api/v2/write?bucket=z", b"m v=3 3".to_vec(), &[("content-encoding", "br")]).await;
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("Content-Encoding") && text.contains("br"), "{text}");
+    let (status, text) = post(&server, "/v1/metrics", vec![], &[("content-encoding", "deflate")]).await;
+    assert_eq!(status, 415, "{text}");
+    // Remote_write is snappy; a gzip-declared body is refused by name.
+    let (status, text) = post(&server, "/api/v1/write", vec![1, 2, 3], &[("content-encoding", "gzip")]).await;
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("snappy"), "{text}");
+    assert_eq!(server.sql("SELECT h FROM z.m").await.len(), 2, "nothing else was written");
+}
+
+#[tokio::test]
 async fn otlp_partial_success_and_bad_bodies() {
     use tocsin_proto::opentelemetry::proto::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
     use tocsin_proto::opentelemetry::proto::collector::metrics::v1::{
