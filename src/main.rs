@@ -38,6 +38,11 @@ enum Command {
     Audit(commands::audit::Command),
     /// API tokens of a running server: create, list, revoke.
     Token(commands::token::Config),
+    /// Users of a running server (people, with passwords): create, list,
+    /// delete, passwd.
+    User(commands::user::Config),
+    /// Log in as a user: prints a session token to use as --token.
+    Login(commands::user::LoginConfig),
     /// Rebuild a lost or damaged manifest from the segments' own metadata
     /// (the server must be stopped).
     Repair(commands::repair::Config),
@@ -55,6 +60,8 @@ fn main() -> std::process::ExitCode {
         Command::Tail(c) => commands::tail::run(c),
         Command::Repair(c) => commands::repair::run(c),
         Command::Token(c) => commands::token::run(c),
+        Command::User(c) => commands::user::run(c),
+        Command::Login(c) => commands::user::login(c),
         Command::Audit(c) => commands::audit::run(c),
     };
     match result {

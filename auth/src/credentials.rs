@@ -6,6 +6,12 @@ use base64::Engine as _;
 
 use crate::AuthError;
 
+const BASIC_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
     /// Nothing presented.
@@ -29,6 +35,18 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// Whether checking these means a password hash (slow: run it off the
+    /// async workers): a user name with a password that is not a token.
+    pub fn is_password(&self) -> bool {
+        match self {
+            Credentials::Basic { user, password } => {
+                crate::token::token_id(password).is_none()
+                    && !(password.is_empty() && crate::token::token_id(user).is_some())
+            }
+            _ => false,
+        }
+    }
+
     /// Parses an `Authorization` header value.
     pub fn from_authorization(value: &str) -> Result<Credentials, AuthError> {
         let value = value.trim();
@@ -41,11 +59,12 @@ impl Credentials {
             return Ok(Credentials::Token(rest.to_string()));
         }
         if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(rest)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| AuthError::Unauthenticated("the Basic authorization is not base64 of UTF-8".into()))?;
+            // With or without `=` padding: the Arrow Flight Go client (the
+            // ADBC driver) sends it without.
+            let decoded =
+                BASIC_BASE64.decode(rest).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
+                    AuthError::Unauthenticated("the Basic authorization is not base64 of UTF-8".into())
+                })?;
             let (user, password) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
             return Ok(Credentials::Basic { user: user.to_string(), password: password.to_string() });
         }
@@ -70,6 +89,13 @@ mod tests {
             Credentials::from_authorization("Basic cHJvbTpzZWNyZXQ=").ok(),
             Some(Credentials::Basic { user: "prom".into(), password: "secret".into() })
         );
+        // "ann:ann's long password", as the ADBC driver sends it (no padding).
+        let unpadded = Credentials::Basic { user: "ann".into(), password: "ann's long password".into() };
+        assert_eq!(
+            Credentials::from_authorization("Basic YW5uOmFubidzIGxvbmcgcGFzc3dvcmQ").ok(),
+            Some(unpadded.clone())
+        );
+        assert_eq!(Credentials::from_authorization("Basic YW5uOmFubidzIGxvbmcgcGFzc3dvcmQ=").ok(), Some(unpadded));
         assert!(Credentials::from_authorization("Bearer").is_err());
         assert!(Credentials::from_authorization("Basic !!!").is_err());
         assert!(Credentials::from_authorization("Digest x").unwrap_err().to_string().contains("Digest"));

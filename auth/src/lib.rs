@@ -1,4 +1,5 @@
-//! Who may do what: authentication (API tokens; users later), roles with
+//! Who may do what: authentication (API tokens for programs; users with
+//! argon2id passwords and session tokens for people), roles with
 //! permissions and data scopes, and the one policy check every interface
 //! goes through.
 //!
@@ -28,6 +29,7 @@ mod credentials;
 mod perm;
 mod role;
 mod token;
+mod user;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,6 +45,7 @@ pub use credentials::Credentials;
 pub use perm::{Access, Permission};
 pub use role::{AUDIT_DATABASE, AUDIT_TABLE, Role, RoleSpec, glob, roles_from_config};
 pub use token::TokenRecord;
+pub use user::{MAX_USERS, UserRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -73,11 +76,21 @@ pub struct AuthConfig {
     pub data_dir: PathBuf,
     /// Configured roles besides the built-in ones.
     pub roles: BTreeMap<String, RoleSpec>,
+    /// How long a session token from a user's login lasts.
+    pub session_ttl: Duration,
 }
+
+/// A session's default lifetime: a working day.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 impl AuthConfig {
     pub fn new(data_dir: &Path) -> AuthConfig {
-        AuthConfig { enabled: false, data_dir: data_dir.to_path_buf(), roles: BTreeMap::new() }
+        AuthConfig {
+            enabled: false,
+            data_dir: data_dir.to_path_buf(),
+            roles: BTreeMap::new(),
+            session_ttl: DEFAULT_SESSION_TTL,
+        }
     }
 }
 
@@ -85,7 +98,7 @@ impl AuthConfig {
 /// token is restricted to.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// `token:<id>`, a user name, or `anonymous` when auth is off.
+    /// `token:<id>`, `user:<name>`, or `anonymous` when auth is off.
     pub name: String,
     pub role: Arc<Role>,
     pub database: Option<String>,
@@ -93,6 +106,8 @@ pub struct Principal {
     revoked: Arc<AtomicBool>,
     /// Unix seconds.
     expires_at: Option<u64>,
+    /// What `expires_at` is compared with.
+    clock: Arc<dyn Clock>,
 }
 
 impl Principal {
@@ -105,13 +120,14 @@ impl Principal {
             database: None,
             revoked: Arc::default(),
             expires_at: None,
+            clock: Arc::new(tocsin_storage::SystemClock),
         }
     }
 
     /// Whether the credentials are still good (not revoked, not expired):
     /// checked by requests that outlive their start, such as a tail.
     pub fn is_current(&self) -> bool {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = self.clock.unix_secs();
         !self.revoked.load(Ordering::Relaxed) && self.expires_at.is_none_or(|e| now < e)
     }
 
@@ -165,17 +181,48 @@ impl Principal {
     }
 }
 
-/// The authenticator of one server: roles, tokens, and whether auth is on.
+/// The authenticator of one server: roles, tokens, users and their
+/// sessions, and whether auth is on.
 #[derive(Debug)]
 pub struct Auth {
     enabled: bool,
     roles: BTreeMap<String, Arc<Role>>,
     tokens_path: PathBuf,
     tokens: Mutex<Vec<TokenRecord>>,
-    /// Per token id, the flag its principals see when it is revoked.
+    /// Per token id (or `user:<name>` for password logins), the flag its
+    /// principals see when it is revoked.
     revoked: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    users_path: PathBuf,
+    users: Mutex<Vec<UserRecord>>,
+    /// Session tokens by id; in memory only (a restart logs everyone out).
+    sessions: Mutex<HashMap<String, Session>>,
+    session_ttl: Duration,
+    /// Recent successful password checks, so that HTTP Basic does not run
+    /// argon2 on every request: SHA-256 of (name, password, stored hash) →
+    /// when verified (unix seconds). A new password changes the key.
+    verified: Mutex<HashMap<[u8; 32], u64>>,
+    /// Failed logins per user name: (count, first failure, unix seconds).
+    failures: Mutex<HashMap<String, (u32, u64)>>,
     clock: Arc<dyn Clock>,
 }
+
+#[derive(Debug)]
+struct Session {
+    sha256: String,
+    user: String,
+    expires_at: u64,
+    revoked: Arc<AtomicBool>,
+}
+
+/// A password check is trusted this long before argon2 runs again.
+const VERIFIED_TTL_SECS: u64 = 300;
+/// After this many failed logins within [`LOCKOUT_SECS`], a user name is
+/// refused until the window has passed.
+const MAX_FAILURES: u32 = 10;
+const LOCKOUT_SECS: u64 = 300;
+/// Most sessions held; the oldest of a user's go first past [`MAX_USER_SESSIONS`].
+const MAX_SESSIONS: usize = 100_000;
+const MAX_USER_SESSIONS: usize = 1_000;
 
 impl Auth {
     /// Loads the roles and the token store. With auth on and no token store
@@ -185,6 +232,7 @@ impl Auth {
     pub fn open(config: AuthConfig, clock: Arc<dyn Clock>) -> Result<(Auth, Option<String>), AuthError> {
         let roles = roles_from_config(&config.roles).map_err(AuthError::Invalid)?;
         let tokens_path = config.data_dir.join("auth").join("tokens.json");
+        let users_path = config.data_dir.join("auth").join("users.json");
         let loaded = token::load(&tokens_path)?;
         let now = clock.unix_secs();
         // No usable admin token (a first start, or every one revoked or
@@ -197,6 +245,12 @@ impl Auth {
             tokens_path,
             tokens: Mutex::new(loaded.unwrap_or_default()),
             revoked: Mutex::default(),
+            users: Mutex::new(user::load(&users_path)?),
+            users_path,
+            sessions: Mutex::default(),
+            session_ttl: config.session_ttl,
+            verified: Mutex::default(),
+            failures: Mutex::default(),
             clock,
         };
         if !(config.enabled && first_start) {
@@ -232,19 +286,278 @@ impl Auth {
                 } else if token::token_id(user).is_some() && password.is_empty() {
                     self.verify_token(user)
                 } else {
-                    Err(AuthError::Unauthenticated(format!(
-                        "unknown user {:?} or wrong password (give a token as the password)",
-                        clip(user)
-                    )))
+                    self.verify_password(user, password)
                 }
             }
         }
     }
 
+    /// A user's name and password checked (argon2id, or a recent identical
+    /// check), with a lockout after repeated failures.
+    fn verify_password(&self, name: &str, password: &str) -> Result<Principal, AuthError> {
+        let now = self.clock.unix_secs();
+        if let Some(&(count, first)) = self.failures.lock().get(name)
+            && count >= MAX_FAILURES
+            && now < first + LOCKOUT_SECS
+        {
+            return Err(AuthError::Unauthenticated(format!(
+                "too many failed logins for {:?}; try again in {} s",
+                clip(name),
+                first + LOCKOUT_SECS - now
+            )));
+        }
+        let record = self.users.lock().iter().find(|u| u.name == name).cloned();
+        let key = record.as_ref().map(|r| verified_key(name, password, &r.password));
+        let cached = key.is_some_and(|k| self.verified.lock().get(&k).is_some_and(|&at| now < at + VERIFIED_TTL_SECS));
+        let ok = cached
+            || match &record {
+                Some(r) => user::verify_password(password, &r.password),
+                None => {
+                    // As slow as a wrong password, so that names cannot be
+                    // told apart by timing.
+                    user::verify_password(password, dummy_hash());
+                    false
+                }
+            };
+        let (Some(record), Some(key), true) = (record, key, ok) else {
+            let mut failures = self.failures.lock();
+            if failures.len() > 100_000 {
+                failures.clear();
+            }
+            let f = failures.entry(name.to_string()).or_insert((0, now));
+            if now >= f.1 + LOCKOUT_SECS {
+                *f = (0, now);
+            }
+            f.0 += 1;
+            return Err(AuthError::Unauthenticated(format!("unknown user {:?} or wrong password", clip(name))));
+        };
+        self.failures.lock().remove(name);
+        if !cached {
+            let mut verified = self.verified.lock();
+            verified.retain(|_, at| now < *at + VERIFIED_TTL_SECS);
+            if verified.len() < 100_000 {
+                verified.insert(key, now);
+            }
+        }
+        let revoked = Arc::clone(self.revoked.lock().entry(format!("user:{name}")).or_default());
+        self.user_principal(&record, revoked, None)
+    }
+
+    fn user_principal(
+        &self,
+        record: &UserRecord,
+        revoked: Arc<AtomicBool>,
+        expires_at: Option<u64>,
+    ) -> Result<Principal, AuthError> {
+        let role = self.roles.get(&record.role).cloned().ok_or_else(|| {
+            AuthError::Forbidden(format!(
+                "user {} has role {:?}, which is no longer configured",
+                record.name, record.role
+            ))
+        })?;
+        Ok(Principal {
+            name: format!("user:{}", record.name),
+            role,
+            database: record.database.clone(),
+            revoked,
+            expires_at,
+            clock: Arc::clone(&self.clock),
+        })
+    }
+
+    /// A user's login: checks the password and returns the principal, a
+    /// new session token (shown once, valid for `[auth] session_ttl`) and
+    /// when it expires (unix seconds).
+    pub fn login(&self, name: &str, password: &str) -> Result<(Principal, String, u64), AuthError> {
+        if !self.enabled {
+            return Err(AuthError::Invalid("authentication is off: there is nothing to log in to".into()));
+        }
+        let who = self.verify_password(name, password)?;
+        let new = token::generate()?;
+        let now = self.clock.unix_secs();
+        let expires_at = now.saturating_add(self.session_ttl.as_secs().max(1));
+        let mut sessions = self.sessions.lock();
+        sessions.retain(|_, s| now < s.expires_at && !s.revoked.load(Ordering::Relaxed));
+        let mine: Vec<(String, u64)> =
+            sessions.iter().filter(|(_, s)| s.user == name).map(|(id, s)| (id.clone(), s.expires_at)).collect();
+        if mine.len() >= MAX_USER_SESSIONS
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, e)| *e)
+        {
+            sessions.remove(oldest);
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            return Err(AuthError::Invalid(format!("the server holds {MAX_SESSIONS} sessions, the most it keeps")));
+        }
+        let revoked = Arc::new(AtomicBool::new(false));
+        sessions.insert(
+            new.id,
+            Session { sha256: new.sha256, user: name.to_string(), expires_at, revoked: Arc::clone(&revoked) },
+        );
+        let who = Principal { revoked, expires_at: Some(expires_at), ..who };
+        Ok((who, new.token, expires_at))
+    }
+
+    /// Ends the session whose token this is (a logout); `false` if it is
+    /// not a live session token.
+    pub fn logout(&self, session_token: &str) -> bool {
+        let Some(id) = token::token_id(session_token) else { return false };
+        let mut sessions = self.sessions.lock();
+        if !sessions.get(id).is_some_and(|s| token::matches(session_token, &s.sha256)) {
+            return false;
+        }
+        if let Some(s) = sessions.remove(id) {
+            s.revoked.store(true, Ordering::Relaxed);
+        }
+        true
+    }
+
+    fn verify_session(&self, id: &str, candidate: &str) -> Option<Result<Principal, AuthError>> {
+        let sessions = self.sessions.lock();
+        let s = sessions.get(id)?;
+        if !token::matches(candidate, &s.sha256) {
+            return None;
+        }
+        if self.clock.unix_secs() >= s.expires_at {
+            return Some(Err(AuthError::Unauthenticated(format!("session {id} has expired; log in again"))));
+        }
+        let Some(record) = self.users.lock().iter().find(|u| u.name == s.user).cloned() else {
+            return Some(Err(AuthError::Unauthenticated(format!("user {} no longer exists", s.user))));
+        };
+        Some(self.user_principal(&record, Arc::clone(&s.revoked), Some(s.expires_at)))
+    }
+
+    /// Creates user `name` with `password` and `role` (restricted to
+    /// `database`). Needs the `users` permission and auth on.
+    pub fn create_user(
+        &self,
+        by: &Principal,
+        name: &str,
+        password: &str,
+        role: &str,
+        database: Option<String>,
+    ) -> Result<UserRecord, AuthError> {
+        by.require(Permission::Users)?;
+        if !self.enabled {
+            return Err(AuthError::Invalid(
+                "authentication is off: users are created on a server started with --auth".into(),
+            ));
+        }
+        user::check_name(name)?;
+        user::check_password(password)?;
+        self.check_role_and_database(role, database.as_deref())?;
+        let hash = user::hash_password(password)?;
+        let mut users = self.users.lock();
+        if users.iter().any(|u| u.name == name) {
+            return Err(AuthError::Invalid(format!("user {name:?} already exists")));
+        }
+        if users.len() >= MAX_USERS {
+            return Err(AuthError::Invalid(format!("the server holds {MAX_USERS} users, the most it keeps")));
+        }
+        let now = self.clock.unix_secs();
+        let record = UserRecord {
+            name: name.to_string(),
+            password: hash,
+            role: role.to_string(),
+            database,
+            created_by: by.name.clone(),
+            created_at: now,
+            password_set_at: now,
+        };
+        let mut next = users.clone();
+        next.push(record.clone());
+        user::save(&self.users_path, &next)?;
+        *users = next;
+        Ok(record)
+    }
+
+    /// Every user (with password hashes: callers show what they choose).
+    pub fn users(&self) -> Vec<UserRecord> {
+        self.users.lock().clone()
+    }
+
+    /// Sets a user's password: the `users` permission, or the user's own
+    /// session or login. Ends every session of the user.
+    pub fn set_password(&self, by: &Principal, name: &str, password: &str) -> Result<UserRecord, AuthError> {
+        if by.name != format!("user:{name}") {
+            by.require(Permission::Users)?;
+        }
+        user::check_password(password)?;
+        let hash = user::hash_password(password)?;
+        let out = self.change_user(name, |u, now| {
+            u.password = hash;
+            u.password_set_at = now;
+        })?;
+        self.end_sessions(name);
+        Ok(out)
+    }
+
+    /// Deletes user `name`: their sessions and open requests end at once.
+    pub fn delete_user(&self, by: &Principal, name: &str) -> Result<UserRecord, AuthError> {
+        by.require(Permission::Users)?;
+        let mut users = self.users.lock();
+        let Some(pos) = users.iter().position(|u| u.name == name) else {
+            return Err(AuthError::NotFound(format!("no user {:?}", clip(name))));
+        };
+        let mut next = users.clone();
+        let removed = next.remove(pos);
+        user::save(&self.users_path, &next)?;
+        *users = next;
+        drop(users);
+        self.end_sessions(name);
+        Ok(removed)
+    }
+
+    fn change_user(&self, name: &str, change: impl FnOnce(&mut UserRecord, u64)) -> Result<UserRecord, AuthError> {
+        let mut users = self.users.lock();
+        let mut next = users.clone();
+        let record = next
+            .iter_mut()
+            .find(|u| u.name == name)
+            .ok_or_else(|| AuthError::NotFound(format!("no user {:?}", clip(name))))?;
+        change(record, self.clock.unix_secs());
+        let out = record.clone();
+        user::save(&self.users_path, &next)?;
+        *users = next;
+        Ok(out)
+    }
+
+    /// Ends every session of user `name` and every request that logged in
+    /// with the password; the next ones start afresh.
+    fn end_sessions(&self, name: &str) {
+        let mut sessions = self.sessions.lock();
+        sessions.retain(|_, s| {
+            let keep = s.user != name;
+            if !keep {
+                s.revoked.store(true, Ordering::Relaxed);
+            }
+            keep
+        });
+        if let Some(flag) = self.revoked.lock().remove(&format!("user:{name}")) {
+            flag.store(true, Ordering::Relaxed);
+        }
+        self.verified.lock().clear();
+    }
+
+    fn check_role_and_database(&self, role: &str, database: Option<&str>) -> Result<(), AuthError> {
+        if !self.roles.contains_key(role) {
+            let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
+            return Err(AuthError::Invalid(format!("no role {:?} (known: {})", clip(role), known.join(", "))));
+        }
+        if let Some(d) = database
+            && (d.is_empty() || d.len() > 255 || d.starts_with('.') || d.contains(['/', '\\']))
+        {
+            return Err(AuthError::Invalid(format!("{:?} is not a database name", clip(d))));
+        }
+        Ok(())
+    }
+
     fn verify_token(&self, candidate: &str) -> Result<Principal, AuthError> {
         let bad = || AuthError::Unauthenticated("invalid token".into());
         let id = token::token_id(candidate).ok_or_else(bad)?;
-        let record = self.tokens.lock().iter().find(|r| r.id == id).cloned().ok_or_else(bad)?;
+        let found = self.tokens.lock().iter().find(|r| r.id == id).cloned();
+        let Some(record) = found else {
+            return self.verify_session(id, candidate).unwrap_or_else(|| Err(bad()));
+        };
         if !token::matches(candidate, &record.sha256) {
             return Err(bad());
         }
@@ -265,6 +578,7 @@ impl Auth {
             database: record.database,
             revoked,
             expires_at: record.expires_at,
+            clock: Arc::clone(&self.clock),
         })
     }
 
@@ -291,15 +605,7 @@ impl Auth {
                 "the server holds {MAX_TOKENS} tokens (revoked ones included), the most it keeps"
             )));
         }
-        if !self.roles.contains_key(role) {
-            let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
-            return Err(AuthError::Invalid(format!("no role {:?} (known: {})", clip(role), known.join(", "))));
-        }
-        if let Some(d) = &database
-            && (d.is_empty() || d.len() > 255 || d.starts_with('.') || d.contains(['/', '\\']))
-        {
-            return Err(AuthError::Invalid(format!("{:?} is not a database name", clip(d))));
-        }
+        self.check_role_and_database(role, database.as_deref())?;
         if description.len() > 1024 {
             return Err(AuthError::Invalid("the description must be at most 1 KiB".into()));
         }
@@ -363,6 +669,22 @@ impl Auth {
         }
         Ok(out)
     }
+}
+
+fn verified_key(name: &str, password: &str, phc: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in [name, password, phc] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// A hash checked against when the user does not exist.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| user::hash_password("no such user, no such password").unwrap_or_default())
 }
 
 /// 64 random bits from the operating system (handles others must not guess).
@@ -504,5 +826,104 @@ mod tests {
         let again = again.expect("a new admin token");
         assert_eq!(auth.authenticate(&Credentials::Token(again)).expect("new admin").role.name, "admin");
         assert!(auth.authenticate(&Credentials::Token(viewer)).is_ok(), "other tokens are kept");
+    }
+
+    #[test]
+    fn users_log_in_with_passwords_and_get_sessions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let (auth, token) = open(dir.path(), Arc::clone(&clock));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        let alice = auth.create_user(&admin, "alice", "correct horse", "viewer", None).expect("create");
+        assert!(alice.password.starts_with("$argon2id$"));
+        assert!(auth.create_user(&admin, "alice", "correct horse", "viewer", None).is_err(), "names are unique");
+        let basic = |p: &str| Credentials::Basic { user: "alice".into(), password: p.into() };
+        assert!(basic("correct horse").is_password());
+        let p = auth.authenticate(&basic("correct horse")).expect("password");
+        assert_eq!((p.name.as_str(), p.role.name.as_str()), ("user:alice", "viewer"));
+        assert!(auth.authenticate(&basic("correct horse")).is_ok(), "a cached check");
+        let err = auth.authenticate(&basic("wrong horse")).unwrap_err();
+        assert!(matches!(err, AuthError::Unauthenticated(_)), "{err}");
+        let unknown = Credentials::Basic { user: "mallory".into(), password: "correct horse".into() };
+        assert!(auth.authenticate(&unknown).is_err());
+        // A login is a session token, which works as a bearer token.
+        let (who, session, expires) = auth.login("alice", "correct horse").expect("login");
+        assert_eq!(who.name, "user:alice");
+        assert_eq!(expires, clock.unix_secs() + DEFAULT_SESSION_TTL.as_secs());
+        let s = auth.authenticate(&Credentials::Token(session.clone())).expect("session");
+        assert_eq!(s.name, "user:alice");
+        assert!(s.is_current());
+        // Sessions live in memory only, and end at logout.
+        assert!(!std::fs::read_to_string(dir.path().join("auth/users.json")).expect("users").contains(&session));
+        assert!(auth.logout(&session));
+        assert!(!s.is_current(), "an open request sees the logout");
+        assert!(auth.authenticate(&Credentials::Token(session)).is_err());
+        // Expiry.
+        let (_, session, _) = auth.login("alice", "correct horse").expect("login");
+        clock.advance(DEFAULT_SESSION_TTL);
+        let err = auth.authenticate(&Credentials::Token(session)).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+        // Users survive a restart; a new password ends the old sessions.
+        drop(auth);
+        let (auth, _) = open(dir.path(), Arc::clone(&clock));
+        let (_, session, _) = auth.login("alice", "correct horse").expect("login after restart");
+        let me = auth.authenticate(&Credentials::Token(session.clone())).expect("alice");
+        auth.set_password(&me, "alice", "battery staple").expect("own password");
+        assert!(!me.is_current());
+        assert!(auth.authenticate(&Credentials::Token(session)).is_err());
+        assert!(auth.authenticate(&basic("correct horse")).is_err(), "the old password no longer works");
+        let me = auth.authenticate(&basic("battery staple")).expect("new password");
+        auth.create_user(&admin, "bob", "bob's password", "editor", None).expect("bob");
+        let err = auth.set_password(&me, "bob", "not yours at all").unwrap_err();
+        assert!(matches!(err, AuthError::Forbidden(_)), "a viewer sets only their own password");
+        let admin = auth
+            .authenticate(&Credentials::Token(
+                std::fs::read_to_string(admin_token_path(dir.path())).expect("t").trim().into(),
+            ))
+            .expect("admin");
+        auth.delete_user(&admin, "alice").expect("delete");
+        assert!(!me.is_current(), "deleting a user ends their open requests");
+        assert!(auth.authenticate(&basic("battery staple")).is_err());
+        assert!(matches!(auth.delete_user(&admin, "alice"), Err(AuthError::NotFound(_))));
+    }
+
+    #[test]
+    fn repeated_failed_logins_lock_the_name_for_a_while() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(0));
+        let (auth, token) = open(dir.path(), Arc::clone(&clock));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        auth.create_user(&admin, "carol", "right password", "viewer", None).expect("create");
+        for _ in 0..MAX_FAILURES {
+            assert!(auth.login("carol", "wrong password").is_err());
+        }
+        let err = auth.login("carol", "right password").unwrap_err();
+        assert!(err.to_string().contains("too many failed logins"), "{err}");
+        clock.advance(Duration::from_secs(LOCKOUT_SECS));
+        assert!(auth.login("carol", "right password").is_ok(), "the lock ends");
+    }
+
+    #[test]
+    fn users_are_checked_when_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (auth, token) = open(dir.path(), Arc::new(ManualClock::new(0)));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        assert!(
+            auth.create_user(&admin, "dave", "short", "viewer", None).unwrap_err().to_string().contains("at least")
+        );
+        assert!(
+            auth.create_user(&admin, "dave", "long enough", "root", None).unwrap_err().to_string().contains("no role")
+        );
+        assert!(auth.create_user(&admin, "a b", "long enough", "viewer", None).is_err());
+        assert!(auth.create_user(&admin, "dave", "long enough", "viewer", Some("../x".into())).is_err());
+        let (_, t) = auth.create_token(&admin, "editor", None, None, "").expect("editor");
+        let editor = auth.authenticate(&Credentials::Token(t)).expect("editor");
+        assert!(matches!(
+            auth.create_user(&editor, "dave", "long enough", "admin", None),
+            Err(AuthError::Forbidden(_))
+        ));
+        let (off, _) = Auth::open(AuthConfig::new(dir.path()), Arc::new(ManualClock::new(0))).expect("open");
+        let err = off.create_user(&Principal::anonymous(), "dave", "long enough", "admin", None).unwrap_err();
+        assert!(err.to_string().contains("authentication is off"), "{err}");
     }
 }

@@ -85,6 +85,9 @@ pub enum Access {
     Public,
     /// Callers whose role grants this permission.
     Requires(Permission),
+    /// Any authenticated caller; the handler checks the rest (a logout, a
+    /// user changing their own password).
+    Authenticated,
     /// Any authenticated caller: the handler runs SQL statements and checks
     /// every table each one touches (reading needs `query`, `INSERT`
     /// needs `write` on its table).
@@ -95,6 +98,7 @@ impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Access::Public => f.write_str("public"),
+            Access::Authenticated => f.write_str("authenticated"),
             Access::Requires(p) => p.fmt(f),
             Access::Statements => f.write_str("query or write, per table"),
         }

@@ -1,27 +1,39 @@
-//! Token management over HTTP (what `tocsin token ...` calls):
-//! `POST /api/v1/tokens`, `GET /api/v1/tokens`, `DELETE /api/v1/tokens/{id}`.
-//! All need the `users` permission.
+//! Tokens, users and logins over HTTP (what `tocsin token ...`, `tocsin
+//! user ...` and `tocsin login` call):
+//!
+//! - `POST /api/v1/tokens`, `GET /api/v1/tokens`, `DELETE /api/v1/tokens/{id}`
+//!   and `POST /api/v1/users`, `GET /api/v1/users`,
+//!   `DELETE /api/v1/users/{name}`: the `users` permission.
+//! - `POST /api/v1/users/{name}/password`: the `users` permission, or the
+//!   user themself.
+//! - `POST /api/v1/login` (public): a user's name and password, as
+//!   `Authorization: Basic` or JSON `{"user": ..., "password": ...}`, give a
+//!   session token; `POST /api/v1/logout` ends the session presented.
 
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tocsin_auth::{Principal, TokenRecord};
+use tocsin_auth::{AuthError, Credentials, Principal, TokenRecord, UserRecord};
 
-use crate::guard::{AuditNote, Routes};
+use crate::guard::{AuditNote, ErrorNote, Routes};
 use crate::http::{ApiError, AppState};
 
 pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
-    use tocsin_auth::Access::Requires;
+    use tocsin_auth::Access::{Authenticated, Public, Requires};
     use tocsin_auth::Permission::Users;
-    r.post("/api/v1/tokens", Requires(Users), create).get("/api/v1/tokens", Requires(Users), list).delete(
-        "/api/v1/tokens/{id}",
-        Requires(Users),
-        revoke,
-    )
+    r.post("/api/v1/tokens", Requires(Users), create)
+        .get("/api/v1/tokens", Requires(Users), list)
+        .delete("/api/v1/tokens/{id}", Requires(Users), revoke)
+        .post("/api/v1/users", Requires(Users), create_user)
+        .get("/api/v1/users", Requires(Users), list_users)
+        .delete("/api/v1/users/{name}", Requires(Users), delete_user)
+        .post("/api/v1/users/{name}/password", Authenticated, set_password)
+        .post("/api/v1/login", Public, login)
+        .post("/api/v1/logout", Authenticated, logout)
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,4 +107,162 @@ async fn revoke(
     let record = app.auth.revoke_token(&id)?;
     tracing::info!(by = %who.name, id = %record.id, "token revoked");
     Ok(axum::Json(shown(&record, now_secs())).into_response())
+}
+
+/// A user as shown: never the password hash.
+fn shown_user(u: &UserRecord) -> serde_json::Value {
+    json!({
+        "name": u.name,
+        "role": u.role,
+        "database": u.database,
+        "created_by": u.created_by,
+        "created_at": u.created_at,
+        "password_set_at": u.password_set_at,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    name: String,
+    password: String,
+    role: String,
+    #[serde(default)]
+    database: Option<String>,
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("request body must be JSON like {example}: {e}")))
+}
+
+/// Runs a password hash off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AuthError> + Send + 'static) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(format!("password hashing failed: {e}"))),
+    }
+}
+
+fn noted(mut response: Response, target: String) -> Response {
+    response.extensions_mut().insert(AuditNote { target: Some(target), rows: None });
+    response
+}
+
+async fn create_user(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateUser = json_body(&body, r#"{"name": "alice", "password": "...", "role": "viewer"}"#)?;
+    let auth = std::sync::Arc::clone(&app.auth);
+    let by = who.clone();
+    let record = blocking(move || auth.create_user(&by, &req.name, &req.password, &req.role, req.database)).await?;
+    tracing::info!(by = %who.name, user = %record.name, role = %record.role, "user created");
+    let target =
+        format!("user {} role {} database {}", record.name, record.role, record.database.as_deref().unwrap_or("*"));
+    Ok(noted((StatusCode::CREATED, axum::Json(shown_user(&record))).into_response(), target))
+}
+
+async fn list_users(State(app): State<AppState>) -> Response {
+    let users: Vec<serde_json::Value> = app.auth.users().iter().map(shown_user).collect();
+    axum::Json(json!({ "users": users })).into_response()
+}
+
+async fn delete_user(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = app.auth.delete_user(&who, &name)?;
+    tracing::info!(by = %who.name, user = %record.name, "user deleted");
+    Ok(noted(axum::Json(shown_user(&record)).into_response(), format!("user {}", record.name)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPassword {
+    password: String,
+}
+
+async fn set_password(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: NewPassword = json_body(&body, r#"{"password": "..."}"#)?;
+    let auth = std::sync::Arc::clone(&app.auth);
+    let (by, user) = (who.clone(), name.clone());
+    let record = blocking(move || auth.set_password(&by, &user, &req.password)).await?;
+    tracing::info!(by = %who.name, user = %record.name, "password set");
+    Ok(noted(axum::Json(shown_user(&record)).into_response(), format!("password of user {}", record.name)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+/// Public: checks the credentials itself and tells the guard what to audit
+/// (the user named, success or failure).
+async fn login(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let from_header = headers.get(header::AUTHORIZATION).map(|v| {
+        v.to_str()
+            .map_err(|_| AuthError::Unauthenticated("the Authorization header is not text".into()))
+            .and_then(Credentials::from_authorization)
+    });
+    let (user, password) = match from_header {
+        Some(Ok(Credentials::Basic { user, password })) => (user, password),
+        Some(Ok(_)) => {
+            return ApiError::bad_request("log in with Basic authorization (a user and password)").into_response();
+        }
+        Some(Err(e)) => return crate::guard::auth_error(e),
+        None if body.is_empty() => {
+            return ApiError::bad_request(
+                r#"send the user and password as Basic authorization or JSON {"user": ..., "password": ...}"#,
+            )
+            .into_response();
+        }
+        None => match json_body::<Login>(&body, r#"{"user": "alice", "password": "..."}"#) {
+            Ok(l) => (l.user, l.password),
+            Err(e) => return e.into_response(),
+        },
+    };
+    let target = format!("user {}", tocsin_auth::clip(&user));
+    let auth = std::sync::Arc::clone(&app.auth);
+    let result = tokio::task::spawn_blocking(move || auth.login(&user, &password))
+        .await
+        .unwrap_or_else(|e| Err(AuthError::Unauthenticated(format!("login failed: {e}"))));
+    match result {
+        Ok((who, token, expires_at)) => {
+            tracing::info!(user = %who.name, "login");
+            let body = json!({ "user": who.name, "role": who.role.name, "token": token, "expires_at": expires_at });
+            let mut response = noted(axum::Json(body).into_response(), target);
+            response.extensions_mut().insert(who);
+            response
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let mut response = noted(crate::guard::auth_error(e), target);
+            response.extensions_mut().insert(ErrorNote(message));
+            response
+        }
+    }
+}
+
+/// Ends the session whose token the request carries.
+async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Credentials::from_authorization(v).ok());
+    match token {
+        Some(Credentials::Token(t)) if app.auth.logout(&t) => Ok(StatusCode::NO_CONTENT.into_response()),
+        _ => Err(ApiError::bad_request(
+            "only a session token from /api/v1/login is logged out; API tokens are revoked with `tocsin token revoke`",
+        )),
+    }
 }

@@ -34,12 +34,20 @@ pub struct FileConfig {
 
 /// `[auth]`: tokens and roles (docs/security.md). Off by default, and then
 /// the server refuses to listen beyond loopback unless `--insecure`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     pub enabled: bool,
+    /// How long a user's login session lasts (`12h`).
+    pub session_ttl: String,
     /// `[auth.roles.NAME]`: roles besides the built-in ones.
     pub roles: std::collections::BTreeMap<String, tocsin_auth::RoleSpec>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection { enabled: false, session_ttl: "12h".into(), roles: Default::default() }
+    }
 }
 
 /// `[[rollup]]`: downsampled aggregates of one table kept in another
@@ -466,6 +474,12 @@ impl FileConfig {
             enabled: o.auth || self.auth.enabled,
             data_dir: storage.data_dir.clone(),
             roles: self.auth.roles,
+            session_ttl: parse_duration(&self.auth.session_ttl).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                ConfigError::Invalid {
+                    key: "auth.session_ttl",
+                    reason: format!("{:?} is not a positive duration like 12h", self.auth.session_ttl),
+                }
+            })?,
         };
         if !auth.enabled && !o.insecure {
             for (key, addr) in [("http_addr", http_addr), ("grpc_addr", grpc_addr)] {

@@ -315,9 +315,10 @@ impl FlightSqlService for FlightSql {
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
         // The login of Flight SQL clients (ADBC's username and password):
-        // `authorization: Basic` with a token as the password (or
-        // `Bearer`) is checked here, and the token comes back as the bearer
-        // the client sends on every later call.
+        // `authorization: Basic` with a user's password yields a session
+        // token; with a token as the password (or `Bearer`), the token
+        // itself. Either comes back as the bearer the client sends on every
+        // later call.
         let header = request.metadata().get("authorization").map(|v| {
             v.to_str()
                 .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))
@@ -328,18 +329,37 @@ impl FlightSqlService for FlightSql {
             None => Credentials::None,
         };
         let started = std::time::Instant::now();
-        let login = self.auth.authenticate(&credentials).map_err(crate::guard::grpc_status);
-        self.audit(login.as_ref().ok(), request.extensions(), ("login", ""), started, login.as_ref().map(|_| None));
-        login?;
+        let target = match &credentials {
+            Credentials::Basic { user, .. } if credentials.is_password() => format!("user {}", tocsin_auth::clip(user)),
+            _ => String::new(),
+        };
+        let login = match &credentials {
+            Credentials::Basic { user, password } if credentials.is_password() && self.auth.enabled() => {
+                let (auth, user, password) = (Arc::clone(&self.auth), user.clone(), password.clone());
+                tokio::task::spawn_blocking(move || auth.login(&user, &password))
+                    .await
+                    .map_err(|e| Status::internal(format!("login failed: {e}")))?
+                    .map(|(who, session, _)| (who, Some(session)))
+            }
+            _ => self.auth.authenticate(&credentials).map(|who| {
+                let bearer = match &credentials {
+                    Credentials::Token(t) => Some(t.clone()),
+                    Credentials::Basic { user, password } => {
+                        Some(if password.is_empty() { user.clone() } else { password.clone() })
+                    }
+                    Credentials::None => None,
+                };
+                (who, bearer)
+            }),
+        }
+        .map_err(crate::guard::grpc_status);
+        let who = login.as_ref().ok().map(|(who, _)| who);
+        self.audit(who, request.extensions(), ("login", &target), started, login.as_ref().map(|_| None));
+        let (_, bearer) = login?;
         let out =
             futures::stream::once(async { Ok(HandshakeResponse { protocol_version: 0, payload: Vec::new().into() }) });
         let mut response = Response::new(Box::pin(out) as Pin<Box<dyn Stream<Item = _> + Send>>);
-        let bearer = match credentials {
-            Credentials::Token(t) => Some(t),
-            Credentials::Basic { user, password } => Some(if password.is_empty() { user } else { password }),
-            Credentials::None => None,
-        };
-        if let Some(t) = bearer
+        if let Some(t) = bearer.filter(|_| self.auth.enabled())
             && let Ok(v) = format!("Bearer {t}").parse()
         {
             response.metadata_mut().insert("authorization", v);

@@ -279,7 +279,7 @@ pub(crate) struct ErrorNote(pub(crate) String);
 fn audited(method: &Method, access: Access) -> bool {
     match access {
         Access::Public => false,
-        Access::Statements => true,
+        Access::Statements | Access::Authenticated => true,
         Access::Requires(Permission::Write) => false,
         Access::Requires(Permission::Users | Permission::Audit) => true,
         Access::Requires(_) => method != Method::GET,
@@ -323,14 +323,36 @@ async fn http_guard(
     if let Err(why) = browser_check(&method, request.headers(), guard.loopback_only) {
         return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
-    if access == Access::Public {
-        return next.run(request).await;
-    }
     let source = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    if access == Access::Public {
+        // Public routes that check credentials themselves (the login) say
+        // whom and what to audit in their response.
+        let mut response = next.run(request).await;
+        if let Some(note) = response.extensions_mut().remove::<AuditNote>() {
+            let who = response.extensions_mut().remove::<Principal>();
+            let detail = response.extensions_mut().remove::<ErrorNote>().map(|n| n.0).unwrap_or_default();
+            let status = response.status();
+            guard.audit.record(AuditEntry {
+                actor: who.as_ref().map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
+                role: who.as_ref().map(|p| p.role.name.clone()).unwrap_or_default(),
+                source,
+                interface: "http".into(),
+                action: format!("{method} {}", matched.as_str()),
+                target: note.target.unwrap_or_else(|| request_path(&matched)),
+                outcome: outcome(status).into(),
+                status: status.as_u16(),
+                detail,
+                duration_us: started.elapsed().as_micros() as u64,
+                rows: note.rows,
+                ..AuditEntry::default()
+            });
+        }
+        return response;
+    }
     let entry = |who: Option<&Principal>, status: StatusCode, detail: String, note: AuditNote| AuditEntry {
         actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
         role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
@@ -353,9 +375,18 @@ async fn http_guard(
         guard.audit.record(entry(who, response.status(), message, note));
         response
     };
-    let who = match http_credentials(request.headers(), &path, request.uri().query())
-        .and_then(|c| guard.auth.authenticate(&c))
-    {
+    let who = match http_credentials(request.headers(), &path, request.uri().query()) {
+        Ok(c) if c.is_password() => {
+            // Argon2 takes tens of milliseconds: not on the async workers.
+            let auth = Arc::clone(&guard.auth);
+            tokio::task::spawn_blocking(move || auth.authenticate(&c))
+                .await
+                .unwrap_or_else(|e| Err(AuthError::Unauthenticated(format!("authentication failed: {e}"))))
+        }
+        Ok(c) => guard.auth.authenticate(&c),
+        Err(e) => Err(e),
+    };
+    let who = match who {
         Ok(who) => who,
         Err(e) => return denied(None, e),
     };
@@ -426,18 +457,28 @@ pub(crate) struct GrpcGuard<S> {
     audit: Arc<AuditLog>,
 }
 
+/// What the gRPC guard decided before authenticating.
+enum GrpcCheck {
+    /// Refused already (unknown method, unreadable metadata).
+    Refused(tonic::Status),
+    /// Anyone may call it.
+    Public,
+    /// Authenticate these (or audit why they could not be read) and
+    /// require that.
+    Authenticate(Result<Credentials, AuthError>, Access),
+}
+
 impl<S> GrpcGuard<S> {
-    fn check(&self, request: &mut axum::http::Request<tonic::body::Body>) -> Result<(), tonic::Status> {
-        let path = request.uri().path().to_string();
-        let path = path.as_str();
+    fn precheck(request: &axum::http::Request<tonic::body::Body>) -> GrpcCheck {
+        let path = request.uri().path();
         let Some(access) = grpc_access(path) else {
             // Not a method Tocsin serves (a health probe, reflection): the
             // answer a server without it gives.
             tracing::debug!(path, "unknown gRPC method");
-            return Err(tonic::Status::unimplemented(format!("{path} is not served here")));
+            return GrpcCheck::Refused(tonic::Status::unimplemented(format!("{path} is not served here")));
         };
         if access == Access::Public {
-            return Ok(());
+            return GrpcCheck::Public;
         }
         let credentials = match request.headers().get(header::AUTHORIZATION) {
             Some(v) => v
@@ -446,34 +487,47 @@ impl<S> GrpcGuard<S> {
                 .and_then(Credentials::from_authorization),
             None => Ok(Credentials::None),
         };
-        let denied = |who: Option<&Principal>, e: AuthError| {
-            let status = grpc_status(e);
-            self.audit.record(AuditEntry {
-                actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
-                role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
-                source: grpc_source(request.extensions()),
-                interface: "grpc".into(),
-                action: path.to_string(),
-                target: path.to_string(),
-                outcome: "denied".into(),
-                status: if status.code() == tonic::Code::Unauthenticated { 401 } else { 403 },
-                detail: status.message().to_string(),
-                ..AuditEntry::default()
-            });
-            status
-        };
-        let who = match credentials.and_then(|c| self.auth.authenticate(&c)) {
-            Ok(who) => who,
-            Err(e) => return Err(denied(None, e)),
-        };
-        if let Access::Requires(p) = access
-            && let Err(e) = who.require(p)
-        {
-            return Err(denied(Some(&who), e));
-        }
-        request.extensions_mut().insert(who);
-        Ok(())
+        GrpcCheck::Authenticate(credentials, access)
     }
+}
+
+/// Checks the caller of one gRPC request; on success the principal is in
+/// the request's extensions.
+fn grpc_finish(
+    auth: &Auth,
+    audit: &AuditLog,
+    request: &mut axum::http::Request<tonic::body::Body>,
+    credentials: Result<Credentials, AuthError>,
+    access: Access,
+) -> Result<(), tonic::Status> {
+    let path = request.uri().path().to_string();
+    let denied = |who: Option<&Principal>, e: AuthError| {
+        let status = grpc_status(e);
+        audit.record(AuditEntry {
+            actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
+            role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
+            source: grpc_source(request.extensions()),
+            interface: "grpc".into(),
+            action: path.clone(),
+            target: path.clone(),
+            outcome: "denied".into(),
+            status: if status.code() == tonic::Code::Unauthenticated { 401 } else { 403 },
+            detail: status.message().to_string(),
+            ..AuditEntry::default()
+        });
+        status
+    };
+    let who = match credentials.and_then(|c| auth.authenticate(&c)) {
+        Ok(who) => who,
+        Err(e) => return Err(denied(None, e)),
+    };
+    if let Access::Requires(p) = access
+        && let Err(e) = who.require(p)
+    {
+        return Err(denied(Some(&who), e));
+    }
+    request.extensions_mut().insert(who);
+    Ok(())
 }
 
 /// The client's address of a gRPC request, when known.
@@ -502,20 +556,53 @@ type GrpcResponse = axum::http::Response<tonic::body::Body>;
 
 impl<S> tower_service::Service<axum::http::Request<tonic::body::Body>> for GrpcGuard<S>
 where
-    S: tower_service::Service<axum::http::Request<tonic::body::Body>, Response = GrpcResponse>,
+    S: tower_service::Service<axum::http::Request<tonic::body::Body>, Response = GrpcResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = GrpcResponse;
     type Error = S::Error;
-    type Future = futures::future::Either<futures::future::Ready<Result<GrpcResponse, S::Error>>, S::Future>;
+    type Future = futures::future::BoxFuture<'static, Result<GrpcResponse, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: axum::http::Request<tonic::body::Body>) -> Self::Future {
-        match self.check(&mut request) {
-            Ok(()) => futures::future::Either::Right(self.inner.call(request)),
-            Err(status) => futures::future::Either::Left(futures::future::ready(Ok(status.into_http()))),
+        use futures::FutureExt as _;
+        let refused = |status: tonic::Status| futures::future::ready(Ok(status.into_http())).boxed();
+        match Self::precheck(&request) {
+            GrpcCheck::Refused(status) => refused(status),
+            GrpcCheck::Public => self.inner.call(request).boxed(),
+            GrpcCheck::Authenticate(credentials, access)
+                if credentials.as_ref().is_ok_and(Credentials::is_password) =>
+            {
+                // A password hash takes tens of milliseconds: not on the
+                // async workers. The service that was made ready is taken,
+                // a clone left in its place (tower's usual dance).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let (auth, audit) = (Arc::clone(&self.auth), Arc::clone(&self.audit));
+                async move {
+                    let checked = tokio::task::spawn_blocking(move || {
+                        let r = grpc_finish(&auth, &audit, &mut request, credentials, access);
+                        (r, request)
+                    })
+                    .await;
+                    match checked {
+                        Ok((Ok(()), request)) => inner.call(request).await,
+                        Ok((Err(status), _)) => Ok(status.into_http()),
+                        Err(e) => Ok(tonic::Status::internal(format!("authentication failed: {e}")).into_http()),
+                    }
+                }
+                .boxed()
+            }
+            GrpcCheck::Authenticate(credentials, access) => {
+                match grpc_finish(&self.auth, &self.audit, &mut request, credentials, access) {
+                    Ok(()) => self.inner.call(request).boxed(),
+                    Err(status) => refused(status),
+                }
+            }
         }
     }
 }

@@ -8,3 +8,4 @@ pub(crate) mod sql;
 pub(crate) mod tail;
 pub(crate) mod token;
 pub(crate) mod trace;
+pub(crate) mod user;

@@ -1,8 +1,8 @@
 """Interop: a server started with --auth, reached by real clients the way
 each already authenticates: the OpenTelemetry SDK's OTLP exporters (gRPC
 and HTTP) with an `authorization` header, the ADBC Flight SQL driver with
-username and password (the token as the password, through the Flight SQL
-handshake), and plain HTTP (urllib, as curl) for line protocol v1 (`u`/`p`)
+username and password (a token as the password, or a user's password,
+through the Flight SQL handshake), and plain HTTP (urllib, as curl) for line protocol v1 (`u`/`p`)
 and v2 (`Authorization: Token`). Without a token, or with a token of the
 wrong role, nothing gets in."""
 
@@ -12,7 +12,9 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import create_token, scratch, sql, start_tocsin_with_auth, wait_for  # noqa: E402
+import subprocess  # noqa: E402
+
+from peers import BIN, create_token, scratch, sql, start_tocsin_with_auth, wait_for  # noqa: E402
 
 import adbc_driver_flightsql.dbapi as flightsql
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
@@ -91,7 +93,25 @@ def main():
                 raise AssertionError(f"Flight SQL query accepted with password {password[:20]}...")
             except flightsql.Error as e:
                 assert "nauthenticated" in str(e) or "ermission" in str(e), e
-        print("ok: --auth with real clients: OTel SDK (gRPC, HTTP) headers, ADBC username/password handshake, "
+        # A person: `tocsin user create` (password on stdin), then ADBC with
+        # the user's name and password; a wrong password is refused.
+        subprocess.run([BIN, "user", "create", "ann", "--role", "viewer", "--http-addr", http, "--token", admin],
+                       input="ann's long password\n", check=True, capture_output=True, text=True)
+        with flightsql.connect(f"grpc://{grpc_addr}",
+                               db_kwargs={"username": "ann", "password": "ann's long password"}) as conn, \
+                conn.cursor() as cur:
+            cur.execute("SELECT count(*) AS n FROM cpu")
+            assert cur.fetch_arrow_table().to_pylist() == [{"n": 2}]
+        try:
+            with flightsql.connect(f"grpc://{grpc_addr}", db_kwargs={"username": "ann", "password": "guess"}) as conn, \
+                    conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetch_arrow_table()
+            raise AssertionError("Flight SQL query accepted with a wrong password")
+        except flightsql.Error as e:
+            assert "nauthenticated" in str(e), e
+        print("ok: --auth with real clients: OTel SDK (gRPC, HTTP) headers, ADBC username/password handshake "
+              "(token and user password), "
               "line protocol v1 u/p and v2 Token; anonymous and wrong-role requests refused")
 
 

@@ -100,6 +100,14 @@ async fn every_declared_route_refuses_callers_without_a_token_or_its_permission(
             assert_ne!(anonymous, 401, "{method} {path} is public: {text}");
             continue;
         }
+        if access == "authenticated" {
+            // Any caller with valid credentials; the handler checks the rest.
+            assert_eq!(anonymous, 401, "{method} {path} without a token: {text}");
+            let (wrong, text) = call(&server, method, &path, Some("tocsin_000000000000_nope"), body.clone()).await;
+            assert_eq!(wrong, 401, "{method} {path} with a forged token: {text}");
+            checked += 1;
+            continue;
+        }
         assert_eq!(anonymous, 401, "{method} {path} ({access}) without a token: {text}");
         let (wrong, text) = call(&server, method, &path, Some("tocsin_000000000000_nope"), body.clone()).await;
         assert_eq!(wrong, 401, "{method} {path} with a forged token: {text}");
@@ -488,4 +496,142 @@ async fn review_findings_stay_fixed() {
     let (status, body) = call(&off, "POST", "/api/v1/tokens", None, Some(json!({"role": "admin"}))).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("authentication is off"), "{body}");
+}
+
+/// `tocsin ARGS` with `stdin` piped in, as an operator runs it.
+fn tocsin_with_stdin(args: &[&str], token: Option<&str>, stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    cmd.stderr(std::process::Stdio::piped()).env_remove("TOCSIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("TOCSIN_TOKEN", t);
+    }
+    let mut child = cmd.spawn().expect("run tocsin");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("tocsin output")
+}
+
+#[tokio::test]
+async fn users_log_in_with_passwords_over_http_basic_sessions_and_flight_sql() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "");
+    let http = server.http.to_string();
+    let out = tocsin_with_stdin(
+        &["user", "create", "alice", "--role", "viewer", "--http-addr", &http],
+        Some(&admin),
+        "correct horse battery\n",
+    );
+    assert!(out.status.success(), "user create: {}", String::from_utf8_lossy(&out.stderr));
+    let stored = std::fs::read_to_string(server.data_dir.join("auth").join("users.json")).expect("users.json");
+    assert!(stored.contains("$argon2id$") && !stored.contains("correct horse"), "only a hash is stored");
+    let out = tocsin_with_stdin(&["user", "list", "--http-addr", &http], Some(&admin), "");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("alice") && listed.contains("viewer") && !listed.contains("argon2"), "{listed}");
+
+    // HTTP Basic, as Grafana or curl -u sends it.
+    let basic = |password: &str| {
+        reqwest::Client::new()
+            .post(format!("http://{http}/api/v1/sql"))
+            .basic_auth("alice", Some(password))
+            .json(&json!({ "sql": "SELECT 1 AS one" }))
+    };
+    assert_eq!(basic("correct horse battery").send().await.expect("sql").status(), 200);
+    let refused = basic("wrong horse battery").send().await.expect("sql");
+    assert_eq!(refused.status(), 401);
+    assert!(refused.text().await.expect("body").contains("wrong password"));
+    let r = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/admin/persist"))
+        .basic_auth("alice", Some("correct horse battery"))
+        .send()
+        .await
+        .expect("persist");
+    assert_eq!(r.status(), 403, "a viewer does not administer");
+
+    // `tocsin login` prints a session token that works as --token.
+    let out = tocsin_with_stdin(&["login", "--user", "alice", "--http-addr", &http], None, "correct horse battery\n");
+    assert!(out.status.success(), "login: {}", String::from_utf8_lossy(&out.stderr));
+    let session = String::from_utf8_lossy(&out.stdout).lines().last().expect("a line").trim().to_string();
+    assert!(session.starts_with("tocsin_"), "{session}");
+    let out = tocsin_with_stdin(&["sql", "--http-addr", &http, "SELECT 2 AS two"], Some(&session), "");
+    assert!(out.status.success(), "sql with a session: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tocsin_with_stdin(&["login", "--user", "alice", "--http-addr", &http], None, "nope nope nope\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong password"));
+
+    // Flight SQL's handshake (ADBC's username and password) yields a
+    // session token as the bearer.
+    let channel =
+        Channel::from_shared(format!("http://{}", server.grpc)).expect("uri").connect().await.expect("connect");
+    let mut c = FlightSqlServiceClient::new(channel.clone());
+    assert!(c.handshake("alice", "wrong horse battery").await.is_err());
+    let bearer = c.handshake("alice", "correct horse battery").await.expect("handshake");
+    let bearer = String::from_utf8(bearer.to_vec()).unwrap_or_default();
+    let info = c.execute("SELECT 1 AS one".into(), None).await.expect("alice queries over Flight SQL");
+    assert_eq!(info.endpoint.len(), 1);
+    drop(bearer);
+    // gRPC metadata with Basic works too.
+    let mut ingest = server.client().await;
+    let write =
+        || rows("g", vec![row_series(&[("host", "a")], vec![1_700_000_000_000_000_000], vec![f64s("v", vec![1.0])])]);
+    let with_basic = |password: &str| {
+        let mut req = tonic::Request::new(write());
+        let b64 = base64_basic("alice", password);
+        req.metadata_mut().insert("authorization", format!("Basic {b64}").parse().expect("metadata"));
+        req
+    };
+    let err = ingest.write_rows(with_basic("correct horse battery")).await.err().map(|s| s.code());
+    assert_eq!(err, Some(tonic::Code::PermissionDenied), "authenticated as alice, a viewer, who may not write");
+    let err = ingest.write_rows(with_basic("wrong horse battery")).await.err().map(|s| s.code());
+    assert_eq!(err, Some(tonic::Code::Unauthenticated));
+
+    // Logout ends the session; a new password ends every session; deleting
+    // the user ends the password.
+    assert_eq!(call(&server, "POST", "/api/v1/logout", Some(&session), None).await.0, 204);
+    assert_eq!(sql(&server, &session, "SELECT 1").await.0, 401);
+    assert_eq!(
+        call(&server, "POST", "/api/v1/logout", Some(&admin), None).await.0,
+        400,
+        "API tokens are revoked, not logged out"
+    );
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/api/v1/login",
+        None,
+        Some(json!({"user": "alice", "password": "correct horse battery"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let session: Value = serde_json::from_str(&body).expect("login answer");
+    let session = session["token"].as_str().expect("token").to_string();
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/api/v1/users/alice/password",
+        Some(&session),
+        Some(json!({"password": "new staple horse"})),
+    )
+    .await;
+    assert_eq!(status, 200, "alice sets her own password: {body}");
+    assert_eq!(sql(&server, &session, "SELECT 1").await.0, 401, "the old session ended");
+    assert_eq!(basic("correct horse battery").send().await.expect("sql").status(), 401);
+    assert_eq!(basic("new staple horse").send().await.expect("sql").status(), 200);
+    let out = tocsin_with_stdin(&["user", "delete", "alice", "--http-addr", &http], Some(&admin), "");
+    assert!(out.status.success(), "user delete: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(basic("new staple horse").send().await.expect("sql").status(), 401);
+
+    // Logins, good and bad, are audited with the user named.
+    let q = "SELECT actor, action, target, outcome FROM system.audit WHERE action LIKE '%login%' OR action = 'login' ORDER BY seq";
+    let (status, body) = sql(&server, &admin, q).await;
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<Value> = serde_json::from_str(&body).expect("rows");
+    assert!(rows.iter().any(|r| r["actor"] == "user:alice" && r["outcome"] == "ok"), "{body}");
+    assert!(rows.iter().any(|r| r["target"] == "user alice" && r["outcome"] == "denied"), "{body}");
+    assert!(rows.iter().any(|r| r["actor"] == "user:alice" && r["action"] == "login"), "the Flight SQL login: {body}");
+}
+
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
