@@ -30,6 +30,28 @@ pub struct FileConfig {
     /// `[[rollup]]` tables.
     pub rollup: Vec<RollupSection>,
     pub auth: AuthSection,
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: HTTPS and gRPC over TLS on both ports (docs/security.md). Off
+/// when `cert` is empty. Relative paths are from the working directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// PEM CA certificates: when set, clients need a certificate signed by one.
+    pub client_ca: String,
+    /// How often the certificate and key files are checked for changes.
+    pub reload_check: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection { cert: String::new(), key: String::new(), client_ca: String::new(), reload_check: "10s".into() }
+    }
 }
 
 /// `[auth]`: tokens and roles (docs/security.md). Off by default, and then
@@ -320,6 +342,8 @@ pub struct ServerConfig {
     pub rollups: Vec<RollupConfig>,
     /// Authentication and roles; `auth.data_dir` is the storage's.
     pub auth: tocsin_auth::AuthConfig,
+    /// TLS on both ports, when configured.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -495,8 +519,10 @@ impl FileConfig {
                 }
             }
         }
+        let tls = self.tls.validate()?;
         Ok(ServerConfig {
             auth,
+            tls,
             grpc_addr,
             http_addr,
             alerting,
@@ -509,6 +535,31 @@ impl FileConfig {
             max_concurrent_queries: l.max_concurrent_queries,
             max_tail_subscribers: l.max_tail_subscribers.max(1),
         })
+    }
+}
+
+impl TlsSection {
+    fn validate(self) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::Invalid { key, reason: reason.to_string() };
+        if self.cert.is_empty() {
+            if !self.key.is_empty() || !self.client_ca.is_empty() {
+                return Err(invalid("tls.cert", "tls.key or tls.client_ca is set without a certificate"));
+            }
+            return Ok(None);
+        }
+        if self.key.is_empty() {
+            return Err(invalid("tls.key", "a certificate needs its private key file"));
+        }
+        let reload_check = parse_duration(&self.reload_check)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| invalid("tls.reload_check", "not a positive duration like 10s"))?;
+        Ok(Some(crate::tls::TlsFiles {
+            cert: self.cert.into(),
+            key: self.key.into(),
+            client_ca: (!self.client_ca.is_empty()).then(|| self.client_ca.into()),
+            reload_check,
+        }))
     }
 }
 

@@ -25,6 +25,7 @@ mod http;
 mod metrics;
 mod protocols;
 mod tail;
+pub mod tls;
 mod trace;
 
 use std::future::Future;
@@ -37,7 +38,6 @@ use tocsin_query::QueryEngine;
 use tocsin_storage::{Storage, StorageError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::{ConfigError, ServerConfig};
 
@@ -57,6 +57,8 @@ pub enum ServerError {
     Alerting(#[from] tocsin_alerting::EngineError),
     #[error("authentication: {0}")]
     Auth(#[from] tocsin_auth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -77,6 +79,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(BoundAddrs),
 ) -> Result<(), ServerError> {
+    // Certificates first: a bad path is reported before storage is opened.
+    let tls = match &config.tls {
+        Some(files) => Some(tls::setup(files)?),
+        None => None,
+    };
     let storage = Storage::open(config.storage.clone()).await?;
     let auth = open_auth(&config, &storage)?;
     let audit = Arc::new(tocsin_auth::AuditLog::open(storage.data_dir(), Arc::new(tocsin_storage::SystemClock))?);
@@ -120,6 +127,28 @@ pub async fn run(
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let (Some(files), Some(tls)) = (&config.tls, &tls) {
+        let audit = Arc::clone(&audit);
+        let target = files.cert.display().to_string();
+        let on_reload = move |outcome: Result<(), String>| {
+            audit.record(tocsin_auth::AuditEntry {
+                actor: "server".into(),
+                interface: "tls".into(),
+                action: "reload certificate".into(),
+                target: target.clone(),
+                outcome: if outcome.is_ok() { "ok" } else { "error" }.into(),
+                status: if outcome.is_ok() { 200 } else { 500 },
+                detail: outcome.err().unwrap_or_default(),
+                ..tocsin_auth::AuditEntry::default()
+            });
+        };
+        tokio::spawn(tls::watch(files.clone(), Arc::clone(&tls.certificate), stop_rx.clone(), on_reload));
+    }
+    let bind_error = |what, addr| move |source| ServerError::Bind { what, addr, source };
+    let grpc_incoming = tls::incoming(grpc_listener, tls.as_ref().map(|t| t.grpc.clone()))
+        .map_err(bind_error("gRPC", config.grpc_addr))?;
+    let http_incoming = tls::incoming(http_listener, tls.as_ref().map(|t| t.http.clone()))
+        .map_err(bind_error("HTTP", config.http_addr))?;
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -137,7 +166,7 @@ pub async fn run(
             flight::FlightSql::new(Arc::clone(&query), Arc::clone(&auth), Arc::clone(&audit))
                 .into_server(config.max_request_bytes),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(grpc_incoming.into_stream(), stopped(stop_rx.clone()));
     let app = http::AppState {
         storage: Arc::clone(&storage),
         query,
@@ -152,8 +181,10 @@ pub async fn run(
         audit: Arc::clone(&audit),
         loopback_only: !config.auth.enabled && config.http_addr.ip().is_loopback(),
     };
+    // Through `tap_io` (which does nothing), axum gives handlers the
+    // client's address from our listener.
     let http = axum::serve(
-        http_listener,
+        axum::serve::ListenerExt::tap_io(http_incoming, |_| {}),
         http::router(app, config.max_request_bytes).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -163,7 +194,14 @@ pub async fn run(
     let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
     tokio::spawn(reload_on_sighup(Arc::clone(&alerts), stop_rx.clone()));
 
-    tracing::info!(grpc = %bound.grpc, http = %bound.http, data_dir = %storage.data_dir().display(), "tocsin serving");
+    tracing::info!(
+        grpc = %bound.grpc,
+        http = %bound.http,
+        tls = config.tls.is_some(),
+        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        data_dir = %storage.data_dir().display(),
+        "tocsin serving"
+    );
     on_bound(bound);
 
     let grpc_task = tokio::spawn(grpc);

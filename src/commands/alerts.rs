@@ -47,7 +47,7 @@ struct Who {
 pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = c.server.client();
+        let client = c.server.client()?;
         match c.command {
             AlertCommand::List { state, json } => {
                 let path = match &state {
@@ -151,7 +151,7 @@ fn parse_matcher(m: &str) -> anyhow::Result<Value> {
 pub(crate) fn run_silences(c: SilenceConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = c.server.client();
+        let client = c.server.client()?;
         match c.command {
             SilenceCommand::List => {
                 let v = client.call(Method::GET, "/api/v1/silences", None).await?;

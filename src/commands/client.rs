@@ -11,14 +11,55 @@ pub(crate) struct ServerArgs {
     /// API token, for a server started with --auth.
     #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
+    /// PEM CA certificate to trust for a server with TLS (implies https://).
+    #[arg(long, env = "TOCSIN_TLS_CA", global = true)]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key (one file, or with --tls-key) for a
+    /// server that requires client certificates.
+    #[arg(long, env = "TOCSIN_TLS_CERT", global = true)]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert, when it is in its own file.
+    #[arg(long, env = "TOCSIN_TLS_KEY", global = true)]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
-    pub(crate) fn client(&self) -> Client {
+    /// Arguments for `http_addr` with a token and no TLS options.
+    pub(crate) fn plain(http_addr: String, token: Option<String>) -> ServerArgs {
+        ServerArgs { http_addr, token, tls_ca: None, tls_cert: None, tls_key: None }
+    }
+
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let a = &self.http_addr;
-        let base =
-            if a.starts_with("http://") || a.starts_with("https://") { a.clone() } else { format!("http://{a}") };
-        Client { base, token: self.token.clone(), http: reqwest::Client::new() }
+        let tls = self.tls_ca.is_some() || self.tls_cert.is_some();
+        let base = if a.starts_with("http://") || a.starts_with("https://") {
+            a.clone()
+        } else if tls {
+            format!("https://{a}")
+        } else {
+            format!("http://{a}")
+        };
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &self.tls_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading --tls-ca {}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--tls-ca {} is not PEM certificates", ca.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(cert) = &self.tls_cert {
+            let mut pem = std::fs::read(cert).with_context(|| format!("reading --tls-cert {}", cert.display()))?;
+            if let Some(key) = &self.tls_key {
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).with_context(|| format!("reading --tls-key {}", key.display()))?);
+            }
+            let identity = reqwest::Identity::from_pem(&pem)
+                .context("--tls-cert (and --tls-key) must hold a PEM certificate and its private key")?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().context("building the HTTP client")?;
+        Ok(Client { base, token: self.token.clone(), http })
     }
 }
 

@@ -71,7 +71,7 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         eprintln!("note: no server at {} (--server); SQL was parsed but not planned against a catalog", a.server);
     }
     if reachable {
-        let client = super::client::ServerArgs { http_addr: a.server.clone(), token: a.token.clone() }.client();
+        let client = super::client::ServerArgs::plain(a.server.clone(), a.token.clone()).client()?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut failures = 0;
         runtime.block_on(async {

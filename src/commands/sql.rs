@@ -37,7 +37,7 @@ async fn query(c: Config) -> anyhow::Result<()> {
         Format::Json => "json",
         Format::Jsonl => "jsonl",
     };
-    let (url, req) = c.server.client().request(reqwest::Method::POST, "/api/v1/sql");
+    let (url, req) = c.server.client()?.request(reqwest::Method::POST, "/api/v1/sql");
     let mut body = serde_json::json!({ "sql": c.sql, "format": wire });
     if let Some(db) = &c.database {
         body["database"] = serde_json::Value::String(db.clone());

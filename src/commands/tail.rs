@@ -59,7 +59,7 @@ async fn follow(c: Config) -> anyhow::Result<()> {
     if let Some(s) = &c.since {
         params.push(("since", s.clone()));
     }
-    let (url, req) = c.server.client().request(reqwest::Method::GET, "/api/v1/tail");
+    let (url, req) = c.server.client()?.request(reqwest::Method::GET, "/api/v1/tail");
     let mut resp = req
         .query(&params)
         .send()

@@ -54,7 +54,7 @@ fn time(v: &serde_json::Value) -> String {
 
 pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = c.server.client();
+    let client = c.server.client()?;
     runtime.block_on(async {
         match c.command {
             TokenCommand::Create { role, db, expires, description } => {

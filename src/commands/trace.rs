@@ -21,7 +21,7 @@ pub(crate) struct Config {
 
 pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let v = runtime.block_on(c.server.client().call(
+    let v = runtime.block_on(c.server.client()?.call(
         Method::GET,
         &format!("/api/v1/trace/{}?table={}", c.id, c.table),
         None,

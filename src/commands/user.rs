@@ -74,7 +74,7 @@ fn time(v: &serde_json::Value) -> String {
 
 pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = c.server.client();
+    let client = c.server.client()?;
     runtime.block_on(async {
         match c.command {
             UserCommand::Create { name, role, db } => {
@@ -130,7 +130,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
 pub(crate) fn login(c: LoginConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let password = read_password()?;
-    let client = c.server.client();
+    let client = c.server.client()?;
     runtime.block_on(async {
         let body = json!({ "user": c.user, "password": password });
         let v = client.call(Method::POST, "/api/v1/login", Some(body)).await?;

@@ -16,6 +16,7 @@ mod protocols;
 mod rollup;
 mod server;
 mod tail;
+mod tls;
 mod trace;
 mod util;
 mod webhook;
