@@ -43,7 +43,7 @@ use tocsin_storage::Clock;
 pub use audit::{AuditEntry, AuditLog};
 pub use credentials::Credentials;
 pub use perm::{Access, Permission};
-pub use role::{AUDIT_DATABASE, AUDIT_TABLE, Role, RoleSpec, glob, roles_from_config};
+pub use role::{AUDIT_DATABASE, AUDIT_TABLE, Role, RoleSpec, RowFilter, glob, roles_from_config};
 pub use token::TokenRecord;
 pub use user::{MAX_USERS, UserRecord};
 
@@ -160,6 +160,21 @@ impl Principal {
             clip(database),
             clip(table)
         )))
+    }
+
+    /// The row filters of the caller's role on `database.table`: the rows it
+    /// reads there are those whose column holds one of the values.
+    pub fn row_filters(&self, database: &str, table: &str) -> Vec<RowFilter> {
+        self.role.row_filters(database, table).into_iter().cloned().collect()
+    }
+
+    /// This caller with `p` granted on top of its role, for a server-side
+    /// read done on its behalf after its own check (a trace reads its table
+    /// with SQL under the caller's scope and row filters).
+    pub fn granted(&self, p: Permission) -> Principal {
+        let mut role = (*self.role).clone();
+        role.permissions.insert(p);
+        Principal { role: Arc::new(role), ..self.clone() }
     }
 
     /// Ok if the caller may write to some table of `database` (before the

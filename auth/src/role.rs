@@ -22,6 +22,29 @@ pub struct Role {
     /// reads and writes; a pattern with a `.` is matched against
     /// `database.table`. Empty: every table.
     pub tables: Vec<String>,
+    /// Rows the role reads of some tables: only those whose column holds
+    /// one of the values (every filter of a table applies).
+    pub rows: Vec<RowFilter>,
+}
+
+/// `[[auth.roles.NAME.rows]]`: of the tables `tables` matches, the role
+/// reads only the rows whose `column` is one of `values`. It applies to
+/// every read: SQL of any shape (joins, subqueries, CTEs), tails and
+/// traces. A table that has no such column is refused, not shown whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowFilter {
+    /// Table pattern, as in `tables` (default `*`: every table of the role).
+    #[serde(default = "every_table")]
+    pub tables: String,
+    /// The column (a tag, such as `service`).
+    pub column: String,
+    /// The values a visible row has in it.
+    pub values: Vec<String>,
+}
+
+fn every_table() -> String {
+    "*".into()
 }
 
 /// `[auth.roles.NAME]` in the configuration file.
@@ -31,6 +54,7 @@ pub struct RoleSpec {
     pub permissions: Vec<String>,
     pub databases: Vec<String>,
     pub tables: Vec<String>,
+    pub rows: Vec<RowFilter>,
 }
 
 impl Role {
@@ -40,6 +64,7 @@ impl Role {
             permissions: permissions.iter().copied().collect(),
             databases: Vec::new(),
             tables: Vec::new(),
+            rows: Vec::new(),
         }
     }
 
@@ -56,6 +81,7 @@ impl Role {
                 permissions: [Query, Audit].into_iter().collect(),
                 databases: vec![AUDIT_DATABASE.into()],
                 tables: vec![format!("{AUDIT_DATABASE}.{AUDIT_TABLE}")],
+                rows: Vec::new(),
             },
         ]
     }
@@ -74,7 +100,36 @@ impl Role {
                 return Err(format!("role {name:?}: table pattern {t:?} must be TABLE or DATABASE.TABLE"));
             }
         }
-        Ok(Role { name: name.to_string(), permissions, databases: spec.databases.clone(), tables: spec.tables.clone() })
+        for f in &spec.rows {
+            if f.tables.is_empty() || f.tables.matches('.').count() > 1 {
+                return Err(format!(
+                    "role {name:?}: rows table pattern {:?} must be TABLE or DATABASE.TABLE",
+                    f.tables
+                ));
+            }
+            if f.column.is_empty() {
+                return Err(format!("role {name:?}: a rows filter needs a column"));
+            }
+            if f.values.is_empty() {
+                return Err(format!(
+                    "role {name:?}: the rows filter on {:?} has no values (a role that reads no rows of a table \
+                     should not cover it)",
+                    f.column
+                ));
+            }
+        }
+        Ok(Role {
+            name: name.to_string(),
+            permissions,
+            databases: spec.databases.clone(),
+            tables: spec.tables.clone(),
+            rows: spec.rows.clone(),
+        })
+    }
+
+    /// The row filters that apply to `database.table`.
+    pub fn row_filters(&self, database: &str, table: &str) -> Vec<&RowFilter> {
+        self.rows.iter().filter(|f| table_matches(&f.tables, database, table)).collect()
     }
 
     pub fn has(&self, p: Permission) -> bool {
@@ -89,15 +144,19 @@ impl Role {
             return false;
         }
         let db_ok = self.databases.is_empty() || self.databases.iter().any(|d| d == database);
-        // `system` and `information_schema` describe every table: a pattern
-        // without a database (`t*`) never reaches into them.
-        let catalog = database == AUDIT_DATABASE || database == "information_schema";
-        let table_ok = self.tables.is_empty()
-            || self.tables.iter().any(|p| match p.split_once('.') {
-                Some((pd, pt)) => glob(pd, database) && glob(pt, table),
-                None => !catalog && glob(p, table),
-            });
+        let table_ok = self.tables.is_empty() || self.tables.iter().any(|p| table_matches(p, database, table));
         db_ok && table_ok
+    }
+}
+
+/// Whether a table pattern matches `database.table`: a pattern with a `.`
+/// is matched against both; one without only against the table, and never
+/// in `system` or `information_schema`, which describe every table.
+fn table_matches(pattern: &str, database: &str, table: &str) -> bool {
+    let catalog = database == AUDIT_DATABASE || database == "information_schema";
+    match pattern.split_once('.') {
+        Some((pd, pt)) => glob(pd, database) && glob(pt, table),
+        None => !catalog && glob(pattern, table),
     }
 }
 
@@ -163,17 +222,15 @@ mod tests {
             permissions: vec!["query".into()],
             databases: vec!["default".into()],
             tables: vec!["billing_*".into(), "logs".into()],
+            rows: vec![],
         };
         let r = Role::from_spec("billing", &spec).expect("valid");
         assert!(r.covers("default", "billing_calls"));
         assert!(r.covers("default", "logs"));
         assert!(!r.covers("default", "trading"));
         assert!(!r.covers("other", "logs"));
-        let dotted = Role::from_spec(
-            "x",
-            &RoleSpec { permissions: vec![], databases: vec![], tables: vec!["metrics.*".into()] },
-        )
-        .expect("valid");
+        let dotted =
+            Role::from_spec("x", &RoleSpec { tables: vec!["metrics.*".into()], ..RoleSpec::default() }).expect("valid");
         assert!(dotted.covers("metrics", "cpu"));
         let t_star =
             Role::from_spec("t", &RoleSpec { tables: vec!["t*".into()], ..RoleSpec::default() }).expect("valid");
@@ -191,6 +248,32 @@ mod tests {
         assert!(!roles["auditor"].covers("default", "cpu"));
         assert!(!roles["viewer"].covers(AUDIT_DATABASE, AUDIT_TABLE));
         assert!(roles["viewer"].covers("system", "alerts"));
+    }
+
+    #[test]
+    fn row_filters_apply_to_the_tables_their_pattern_matches() {
+        let spec: RoleSpec = toml::from_str(
+            r#"
+            permissions = ["query", "tail"]
+            tables = ["logs", "billing_*"]
+            [[rows]]
+            tables = "logs"
+            column = "service"
+            values = ["billing", "invoicing"]
+            [[rows]]
+            column = "region"
+            values = ["eu"]
+            "#,
+        )
+        .expect("toml");
+        let r = Role::from_spec("billing_dev", &spec).expect("valid");
+        let columns = |t: &str| r.row_filters("public", t).iter().map(|f| f.column.clone()).collect::<Vec<_>>();
+        assert_eq!(columns("logs"), ["service", "region"]);
+        assert_eq!(columns("billing_calls"), ["region"]);
+        assert!(r.row_filters("system", "alerts").is_empty(), "bare patterns stay out of the catalog");
+        let empty =
+            RoleSpec { rows: vec![RowFilter { tables: "*".into(), column: "s".into(), values: vec![] }], ..spec };
+        assert!(Role::from_spec("x", &empty).unwrap_err().contains("no values"));
     }
 
     #[test]

@@ -253,6 +253,7 @@ pub fn tail_filter(req: TailRequest) -> tail::TailFilter {
         trace_id: nonempty(req.trace_id),
         text: nonempty(req.text),
         attributes: req.attributes.into_iter().map(|l| (l.name, l.value)).collect(),
+        rows: Vec::new(),
     }
 }
 
@@ -266,8 +267,9 @@ impl Ingest for IngestService {
     async fn tail(&self, request: Request<TailRequest>) -> Result<Response<Self::TailStream>, Status> {
         let who = caller(&request)?;
         let req = request.into_inner();
-        let filter = tail_filter(req.clone());
+        let mut filter = tail_filter(req.clone());
         who.check_table(tocsin_auth::Permission::Tail, &filter.database, &filter.table).map_err(IngestError::from)?;
+        filter.restrict_to(&who);
         // Clamped: the request must not choose how much memory a
         // subscriber may hold (the queue is also bounded in bytes).
         let buffer = if req.buffer == 0 { TAIL_BUFFER } else { (req.buffer as usize).min(tail::MAX_TAIL_BUFFER) };

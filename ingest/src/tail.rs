@@ -38,6 +38,9 @@ pub struct TailFilter {
     pub text: Option<String>,
     /// Attribute equalities, all required.
     pub attributes: Vec<(String, String)>,
+    /// The subscriber's role's row filters: the event's column (a field
+    /// such as `service`, or an attribute) must hold one of the values.
+    pub rows: Vec<(String, Vec<String>)>,
 }
 
 fn level_rank(level: &str) -> u8 {
@@ -67,6 +70,29 @@ impl TailFilter {
                 }
             })
             && self.attributes.iter().all(|(k, v)| e.attributes.iter().any(|l| l.name == *k && l.value == *v))
+            && self
+                .rows
+                .iter()
+                .all(|(column, values)| column_value(e, column).is_some_and(|v| values.iter().any(|x| x == v)))
+    }
+
+    /// Adds the row filters `who` has on this filter's table.
+    pub fn restrict_to(&mut self, who: &tocsin_auth::Principal) {
+        self.rows = who.row_filters(&self.database, &self.table).into_iter().map(|f| (f.column, f.values)).collect();
+    }
+}
+
+/// The value an event has in `column`, as its table stores it: the event's
+/// own fields by name, else an attribute.
+fn column_value<'a>(e: &'a LogEvent, column: &str) -> Option<&'a str> {
+    match column {
+        "service" => Some(&e.service),
+        "host" => Some(&e.host),
+        "level" => Some(&e.level),
+        "trace_id" => Some(&e.trace_id),
+        "span_id" => Some(&e.span_id),
+        "message" => Some(&e.message),
+        _ => e.attributes.iter().find(|l| l.name == column).map(|l| l.value.as_str()),
     }
 }
 

@@ -419,6 +419,57 @@ pub(crate) fn check_access(
     }
 }
 
+/// Applies the caller's row filters: every scan of a table its role
+/// filters (in subqueries, joins, CTEs and `EXPLAIN` too) becomes
+/// `Filter(column IN (values) AND ..., scan)`, before optimisation, so no
+/// query shape reads past it (the optimiser then pushes it into the scan).
+/// A filtered table without the filter's column is refused, naming both.
+pub(crate) fn restrict_rows(
+    plan: LogicalPlan,
+    default_db: &str,
+    who: &tocsin_auth::Principal,
+) -> Result<LogicalPlan, QueryError> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::logical_expr::{Expr, Filter, col, lit};
+    if who.role.rows.is_empty() {
+        return Ok(plan);
+    }
+    let mut refused = None;
+    let restricted = plan.transform_up_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
+        let db = scan.table_name.schema().unwrap_or(default_db);
+        let filters = who.role.row_filters(db, scan.table_name.table());
+        let mut predicate: Option<Expr> = None;
+        for f in filters {
+            if !scan.projected_schema.has_column_with_unqualified_name(&f.column) {
+                refused = Some(tocsin_auth::AuthError::Forbidden(format!(
+                    "{} (role {}) may read {db}.{} only where {} is one of its values, and the table has no such \
+                     column",
+                    who.name,
+                    who.role.name,
+                    scan.table_name.table(),
+                    f.column
+                )));
+                return Ok(Transformed::new(node, false, TreeNodeRecursion::Stop));
+            }
+            let column = datafusion::common::Column::new(Some(scan.table_name.clone()), &f.column);
+            let allowed = col(column).in_list(f.values.iter().map(|v| lit(v.as_str())).collect(), false);
+            predicate = Some(match predicate {
+                None => allowed,
+                Some(p) => p.and(allowed),
+            });
+        }
+        match predicate {
+            None => Ok(Transformed::no(node)),
+            Some(p) => Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(p, std::sync::Arc::new(node))?))),
+        }
+    })?;
+    match refused {
+        Some(e) => Err(e.into()),
+        None => Ok(restricted.data),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -592,9 +592,14 @@ async fn plan_statement(
         let plan = state.statement_to_plan(statement).await?;
         SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
         allowed::check_plan(&plan)?;
-        if let Some(who) = &who {
-            allowed::check_access(&plan, &state.config().options().catalog.default_schema, who)?;
-        }
+        let plan = match &who {
+            Some(who) => {
+                let default_db = &state.config().options().catalog.default_schema;
+                allowed::check_access(&plan, default_db, who)?;
+                allowed::restrict_rows(plan, default_db, who)?
+            }
+            None => plan,
+        };
         Ok::<_, QueryError>(plan)
     }
     .await;

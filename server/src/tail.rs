@@ -69,6 +69,7 @@ pub(crate) async fn tail(
         }
     }
     who.check_table(tocsin_auth::Permission::Tail, &f.database, &f.table)?;
+    f.restrict_to(&who);
     let items = follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await.map_err(|e| match e {
         FollowError::SinceTooLong(_) | FollowError::Filter(_) => ApiError::bad_request(e.to_string()),
         FollowError::TooManySubscribers(_) => ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

@@ -51,7 +51,10 @@ pub(crate) async fn trace(
             format!("no events with trace id {id:?}: {db}.{table} has no trace_id column"),
         ));
     }
-    Ok(axum::Json(flow(&app.query, &id, &table, Some(db)).await?).into_response())
+    // The flow is read with SQL as the caller (its scope and row filters
+    // apply), with the query permission on the table it may trace.
+    let reader = who.granted(tocsin_auth::Permission::Query);
+    Ok(axum::Json(flow(&app.query, &id, &table, Some(db), Some(&reader)).await?).into_response())
 }
 
 /// The flow as JSON: events in time order, each with the milliseconds since
@@ -61,10 +64,11 @@ pub(crate) async fn flow(
     id: &str,
     table: &str,
     database: Option<&str>,
+    who: Option<&tocsin_auth::Principal>,
 ) -> Result<serde_json::Value, ApiError> {
     // `*`: span_id is optional (absent until some event carries one).
     let sql = format!("SELECT * FROM \"{table}\" WHERE trace_id = '{id}' ORDER BY ts, service");
-    let batches = query.execute(&sql, database).await?.batches;
+    let batches = query.execute_as(&sql, database, who).await?.batches;
     let events = events(&batches).map_err(|e| ApiError::internal(e.to_string()))?;
     if events.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no events with trace id {id:?} in {table}")));

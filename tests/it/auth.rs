@@ -635,3 +635,111 @@ fn base64_basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
+
+const ROW_FILTERED: &str = r#"
+[auth.roles.billing_dev]
+permissions = ["query", "tail", "trace"]
+tables = ["logs", "calls*", "routes"]
+[[auth.roles.billing_dev.rows]]
+tables = "logs"
+column = "service"
+values = ["billing"]
+[[auth.roles.billing_dev.rows]]
+tables = "calls*"
+column = "tenant"
+values = ["acme"]
+"#;
+
+#[tokio::test]
+async fn a_row_filter_holds_for_every_query_shape_tail_and_trace() {
+    use tocsin_proto::v1::tail_message::Kind;
+    use tocsin_proto::v1::{TailRequest, WriteLogsRequest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), ROW_FILTERED);
+    let dev = create_token(&server, &admin, "billing_dev", &[]);
+    let now = chrono::Utc::now().timestamp_nanos_opt().expect("now");
+    let events = vec![
+        crate::util::log(now - 3_000_000, "gateway", "info", "order 1 in", "t-1"),
+        crate::util::log(now - 2_000_000, "billing", "info", "order 1 billed", "t-1"),
+        crate::util::log(now - 1_000_000, "trading", "error", "order 1 rejected", "t-1"),
+        crate::util::log(now, "trading", "info", "order 2 filled", "t-2"),
+    ];
+    let mut ingest = server.client().await;
+    let write = WriteLogsRequest { database: String::new(), stream: String::new(), events };
+    ingest.write_logs(with_token(write, Some(&admin))).await.expect("write logs");
+    assert_eq!(lines(&server, &admin, "calls,tenant=acme,host=a n=1i\ncalls,tenant=globex,host=b n=2i").await, 204);
+    assert_eq!(lines(&server, &admin, "routes,host=a hops=3i").await, 204);
+
+    let rows = |body: &str| serde_json::from_str::<Vec<Value>>(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let q = |statement: &'static str| {
+        let (server, dev) = (&server, &dev);
+        async move {
+            let (status, body) = sql(server, dev, statement).await;
+            assert_eq!(status, 200, "{statement}: {body}");
+            rows(&body)
+        }
+    };
+    // Every shape sees the billing rows only.
+    assert_eq!(q("SELECT count(*) AS n FROM logs").await, vec![json!({"n": 1})]);
+    assert_eq!(q("SELECT DISTINCT service FROM logs").await, vec![json!({"service": "billing"})]);
+    assert_eq!(q("SELECT count(*) AS n FROM logs WHERE service = 'trading' OR 1 = 1").await, vec![json!({"n": 1})]);
+    assert_eq!(q("SELECT count(*) AS n FROM (SELECT * FROM logs) AS t").await, vec![json!({"n": 1})]);
+    assert_eq!(
+        q("WITH l AS (SELECT service FROM logs) SELECT count(*) AS n FROM l a JOIN logs b ON a.service <> b.service OR true")
+            .await,
+        vec![json!({"n": 1})]
+    );
+    assert_eq!(
+        q("SELECT count(*) AS n FROM logs WHERE trace_id IN (SELECT trace_id FROM logs WHERE service = 'trading')")
+            .await,
+        vec![json!({"n": 0})]
+    );
+    assert_eq!(
+        q("SELECT service FROM logs UNION ALL SELECT service FROM public.logs ORDER BY service").await,
+        vec![json!({"service": "billing"}), json!({"service": "billing"})]
+    );
+    assert_eq!(q("SELECT tenant FROM calls").await, vec![json!({"tenant": "acme"})]);
+    assert_eq!(q("SELECT hops FROM routes").await, vec![json!({"hops": 3})], "no filter on routes");
+    // The admin still sees everything.
+    let (_, body) = sql(&server, &admin, "SELECT count(*) AS n FROM logs").await;
+    assert_eq!(rows(&body), vec![json!({"n": 4})]);
+
+    // A filter on a column a table lacks refuses the table (never shows it whole).
+    assert_eq!(lines(&server, &admin, "calls_v2,host=a n=1i").await, 204);
+    let (status, body) = sql(&server, &dev, "SELECT n FROM calls_v2").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("calls_v2") && body.contains("tenant"), "{body}");
+    let (status, body) = sql(&server, &dev, "SELECT l.service FROM logs l JOIN calls_v2 c ON true").await;
+    assert_eq!(status, 403, "in a join too: {body}");
+
+    // Trace: only the billing hop of t-1; t-2 has none the role may see.
+    let (status, body) = call(&server, "GET", "/api/v1/trace/t-1", Some(&dev), None).await;
+    assert_eq!(status, 200, "{body}");
+    let flow: Value = serde_json::from_str(&body).expect("flow");
+    let services: Vec<&str> =
+        flow["events"].as_array().expect("events").iter().filter_map(|e| e["service"].as_str()).collect();
+    assert_eq!(services, ["billing"], "{body}");
+    assert_eq!(call(&server, "GET", "/api/v1/trace/t-2", Some(&dev), None).await.0, 404);
+
+    // Tail, stored events then live ones: billing only.
+    let req = TailRequest { since_ms: 3_600_000, ..Default::default() };
+    let mut tail = ingest.tail(with_token(req, Some(&dev))).await.expect("tail").into_inner();
+    let live = vec![
+        crate::util::log(now + 1, "trading", "info", "live trading", "t-3"),
+        crate::util::log(now + 2, "billing", "info", "live billing", "t-3"),
+    ];
+    let write = WriteLogsRequest { database: String::new(), stream: String::new(), events: live };
+    ingest.write_logs(with_token(write, Some(&admin))).await.expect("write live");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), tail.message())
+            .await
+            .expect("an event within 10 s")
+            .expect("tail")
+            .expect("open");
+        if let Some(Kind::Event(e)) = msg.kind {
+            seen.push(format!("{}: {}", e.service, e.message));
+        }
+    }
+    assert_eq!(seen, ["billing: order 1 billed", "billing: live billing"]);
+}
