@@ -19,6 +19,7 @@ pub mod follow;
 pub mod line;
 pub mod otlp;
 pub mod prom;
+pub mod rate;
 pub mod tail;
 
 #[cfg(test)]
@@ -45,11 +46,20 @@ pub struct IngestConfig {
     pub max_message_bytes: usize,
     /// Longest accepted log message, in bytes.
     pub max_log_message_bytes: usize,
+    /// Rows a second each caller (token, user) may write; 0: no limit.
+    pub rows_per_second_per_caller: u64,
+    /// Rows a caller may write at once above the rate; 0: ten seconds' worth.
+    pub burst_rows_per_caller: u64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 64 * 1024 * 1024, max_log_message_bytes: 64 * 1024 }
+        Self {
+            max_message_bytes: 64 * 1024 * 1024,
+            max_log_message_bytes: 64 * 1024,
+            rows_per_second_per_caller: 0,
+            burst_rows_per_caller: 0,
+        }
     }
 }
 
@@ -75,6 +85,7 @@ pub struct IngestService {
     pub metrics: Arc<IngestMetrics>,
     pub tail: Arc<tail::TailHub>,
     backfill: Option<Arc<dyn follow::TailBackfill>>,
+    rates: Arc<rate::CallerRates>,
 }
 
 /// Maps storage failures to gRPC status codes, in one place.
@@ -87,6 +98,11 @@ pub enum IngestError {
     /// The caller may not write a table of the request (nothing was written).
     #[error(transparent)]
     Auth(#[from] tocsin_auth::AuthError),
+    /// The caller wrote more rows a second than `limits.ingest_rows_per_second`.
+    #[error(
+        "{caller} is over its ingest rate of {rate} rows a second (limits.ingest_rows_per_second); retry in {retry_after:?}"
+    )]
+    RateLimited { caller: String, rate: u64, retry_after: std::time::Duration },
 }
 
 impl From<IngestError> for Status {
@@ -98,7 +114,9 @@ impl From<IngestError> for Status {
             IngestError::Auth(tocsin_auth::AuthError::Forbidden(_)) => Status::permission_denied(msg),
             IngestError::Auth(_) => Status::internal(msg),
             IngestError::Storage(StorageError::Database(_)) => Status::invalid_argument(msg),
-            IngestError::Storage(StorageError::BufferFull { .. }) => Status::resource_exhausted(msg),
+            IngestError::Storage(StorageError::BufferFull { .. }) | IngestError::RateLimited { .. } => {
+                Status::resource_exhausted(msg)
+            }
             IngestError::Storage(StorageError::ShuttingDown) => Status::unavailable(msg),
             IngestError::Storage(_) => Status::internal(msg),
         }
@@ -119,7 +137,8 @@ impl IngestService {
     pub fn new(storage: Arc<Storage>, config: IngestConfig) -> Self {
         let tail: Arc<tail::TailHub> = Arc::default();
         storage.add_write_observer(Arc::clone(&tail) as Arc<dyn tocsin_storage::WriteObserver>);
-        Self { storage, config, metrics: Arc::new(IngestMetrics::default()), tail, backfill: None }
+        let rates = Arc::new(rate::CallerRates::new(config.rows_per_second_per_caller, config.burst_rows_per_caller));
+        Self { storage, config, metrics: Arc::new(IngestMetrics::default()), tail, backfill: None, rates }
     }
 
     /// Lets `Tail` requests with `since_ms` backfill from storage.
@@ -160,6 +179,17 @@ impl IngestService {
         who.check_database(tocsin_auth::Permission::Write, db)?;
         for w in &writes {
             who.check_table(tocsin_auth::Permission::Write, db, &w.table)?;
+        }
+        if self.rates.enabled() {
+            let rows: usize = writes.iter().flat_map(|w| &w.blocks).map(|b| b.timestamps.len()).sum();
+            if let Err(retry_after) = self.rates.take(&who.name, rows as u64, std::time::Instant::now()) {
+                tocsin_storage::refusals::refused("ingest_rows_per_second");
+                return Err(IngestError::RateLimited {
+                    caller: who.name.clone(),
+                    rate: self.rates.rate(),
+                    retry_after,
+                });
+            }
         }
         let mut resp = WriteResponse::default();
         resp.rejected.extend(early.into_iter().map(|r| Rejection { index: r.item, message: 0, reason: r.reason }));

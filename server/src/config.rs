@@ -293,6 +293,11 @@ pub struct LimitsSection {
     pub max_concurrent_queries: usize,
     /// Live tails open at once (HTTP and gRPC); one more is refused.
     pub max_tail_subscribers: usize,
+    /// Rows a second each caller (token, user; everyone together while
+    /// auth is off) may write; 0: no limit.
+    pub ingest_rows_per_second: u64,
+    /// Rows a caller may write at once above that rate; 0: ten seconds' worth.
+    pub ingest_burst_rows: u64,
 }
 
 impl Default for LimitsSection {
@@ -309,6 +314,8 @@ impl Default for LimitsSection {
             query_timeout: "5m".into(),
             max_concurrent_queries: 64,
             max_tail_subscribers: 1024,
+            ingest_rows_per_second: 0,
+            ingest_burst_rows: 0,
         }
     }
 }
@@ -528,7 +535,12 @@ impl FileConfig {
             alerting,
             rollups,
             storage,
-            ingest: IngestConfig { max_message_bytes: l.max_request_bytes, max_log_message_bytes: l.max_string_bytes },
+            ingest: IngestConfig {
+                max_message_bytes: l.max_request_bytes,
+                max_log_message_bytes: l.max_string_bytes,
+                rows_per_second_per_caller: l.ingest_rows_per_second,
+                burst_rows_per_caller: l.ingest_burst_rows,
+            },
             max_request_bytes: l.max_request_bytes,
             max_query_memory_bytes: l.max_query_memory_mb.saturating_mul(1 << 20),
             query_timeout,

@@ -58,6 +58,7 @@ fn error(dialect: Dialect, status: StatusCode, message: String) -> Response {
                 StatusCode::UNAUTHORIZED => "unauthorized",
                 StatusCode::FORBIDDEN => "forbidden",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                StatusCode::TOO_MANY_REQUESTS => "too many requests",
                 s if s.is_server_error() => "internal error",
                 _ => "invalid",
             };
@@ -77,10 +78,18 @@ fn ingest_error(dialect: Dialect, e: IngestError) -> Response {
         IngestError::Auth(AuthError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
         IngestError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
         IngestError::Auth(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let retry_after = match &e {
+        IngestError::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+        _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+        _ => None,
     };
     let mut r = error(dialect, status, e.to_string());
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    if let Some(secs) = retry_after
+        && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
     }
     r
 }

@@ -743,3 +743,46 @@ async fn a_row_filter_holds_for_every_query_shape_tail_and_trace() {
     }
     assert_eq!(seen, ["billing: order 1 billed", "billing: live billing"]);
 }
+
+#[tokio::test]
+async fn a_flood_from_one_token_is_rate_limited_while_another_token_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "[limits]\ningest_rows_per_second = 10\ningest_burst_rows = 200\n");
+    let flooder = create_token(&server, &admin, "writer", &["--description", "runaway collector"]);
+    let steady = create_token(&server, &admin, "writer", &[]);
+    let batch = |host: &str| {
+        (0..150).map(|i| format!("m,host={host} v={i} {}", 1_700_000_000 + i)).collect::<Vec<_>>().join("\n")
+    };
+    let post = |token: &str, body: String| {
+        reqwest::Client::new()
+            .post(format!("http://{}/api/v2/write?bucket=public&precision=s", server.http))
+            .header("Authorization", format!("Token {token}"))
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(&flooder, batch("a")).await.expect("write").status(), 204);
+    let refused = post(&flooder, batch("a")).await.expect("write");
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((9..=10).contains(&retry), "about 10 s until 150 rows fit again at 10/s: {retry}");
+    let text = refused.text().await.expect("body");
+    assert!(text.contains("ingest_rows_per_second"), "the bound is named: {text}");
+    assert_eq!(post(&steady, batch("b")).await.expect("write").status(), 204, "another token is not slowed");
+    // gRPC writes of the same token share its bucket.
+    let mut ingest = server.client().await;
+    let ts: Vec<i64> = (0..150).map(|i| 1_700_000_000_000_000_000 + i).collect();
+    let write = rows("m", vec![row_series(&[("host", "c")], ts, vec![f64s("v", vec![1.0; 150])])]);
+    let code = ingest.write_rows(with_token(write, Some(&flooder))).await.err().map(|s| s.code());
+    assert_eq!(code, Some(tonic::Code::ResourceExhausted));
+    let (_, body) = sql(&server, &admin, "SELECT host, count(*) AS n FROM m GROUP BY host ORDER BY host").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("rows"),
+        json!([{"host": "a", "n": 150}, {"host": "b", "n": 150}]),
+        "refused writes stored nothing"
+    );
+    let (_, metrics) = call(&server, "GET", "/metrics", Some(&admin), None).await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("tocsin_limit_refusals_total{limit=\"ingest_rows_per_second\"} 2")),
+        "{metrics}"
+    );
+}
