@@ -451,7 +451,7 @@ fn mute_of(
 ) -> Option<Mute> {
     let silenced: Vec<String> = silences
         .iter()
-        .filter(|(s, m)| s.active_at(now) && m.matches(&inst.labels))
+        .filter(|(s, m)| s.active_at(now) && m.matches(&inst.labels) && s.may_mute(&inst.group, &inst.labels))
         .map(|(s, _)| s.id.clone())
         .collect();
     if !silenced.is_empty() {

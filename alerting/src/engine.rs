@@ -934,6 +934,7 @@ fn silence_json(s: &Silence, now: i64) -> serde_json::Value {
         "endsAt": crate::dispatch::rfc3339(s.ends_at),
         "createdBy": s.created_by,
         "comment": s.comment,
+        "scope": s.scope.as_ref().map(|sc| &sc.role),
         "status": { "state": s.status(now) },
     })
 }

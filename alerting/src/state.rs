@@ -184,6 +184,17 @@ pub struct Silence {
     pub comment: String,
     #[serde(default)]
     pub created_at: i64,
+    /// Set when a role limited to some alerts made it: it mutes only those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<SilenceScope>,
+}
+
+/// The alerts a scoped role's silence may mute, and the role: only that
+/// role (or one that sees every alert) may expire it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilenceScope {
+    pub role: String,
+    pub alerts: tocsin_auth::AlertScope,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,6 +226,12 @@ impl Silence {
 
     pub fn active_at(&self, now: i64) -> bool {
         self.starts_at <= now && now < self.ends_at
+    }
+
+    /// Whether the silence may mute an alert of `group` with `labels`
+    /// (its scope's, when a scoped role made it).
+    pub fn may_mute(&self, group: &str, labels: &Labels) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.alerts.covers(group, |n| labels.get(n).map(String::as_str)))
     }
 
     pub fn status(&self, now: i64) -> &'static str {

@@ -43,7 +43,7 @@ use tocsin_storage::Clock;
 pub use audit::{AuditEntry, AuditLog};
 pub use credentials::Credentials;
 pub use perm::{Access, Permission};
-pub use role::{AUDIT_DATABASE, AUDIT_TABLE, Role, RoleSpec, RowFilter, glob, roles_from_config};
+pub use role::{AUDIT_DATABASE, AUDIT_TABLE, AlertScope, Role, RoleSpec, RowFilter, glob, roles_from_config};
 pub use token::TokenRecord;
 pub use user::{MAX_USERS, UserRecord};
 

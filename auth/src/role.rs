@@ -11,6 +11,8 @@ use crate::perm::Permission;
 /// The database and table of the audit log, readable with [`Permission::Audit`] only.
 pub const AUDIT_DATABASE: &str = "system";
 pub const AUDIT_TABLE: &str = "audit";
+/// The system tables about alerts, closed to roles with an alert scope.
+pub(crate) const ALERT_TABLES: [&str; 3] = ["alerts", "alert_history", "notifications"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role {
@@ -25,6 +27,27 @@ pub struct Role {
     /// Rows the role reads of some tables: only those whose column holds
     /// one of the values (every filter of a table applies).
     pub rows: Vec<RowFilter>,
+    /// The alerts the role sees and acts on (acknowledges, silences);
+    /// `None`: every alert.
+    pub alerts: Option<AlertScope>,
+}
+
+/// `[auth.roles.NAME.alerts]`: the alerts a role sees and acts on: those of
+/// the rule groups `groups` matches (patterns; empty: any group) whose
+/// labels hold one of the values listed for each label in `labels`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertScope {
+    pub groups: Vec<String>,
+    pub labels: BTreeMap<String, Vec<String>>,
+}
+
+impl AlertScope {
+    /// Whether an alert of rule group `group` with `labels` is in scope.
+    pub fn covers<'a>(&self, group: &str, mut label: impl FnMut(&str) -> Option<&'a str>) -> bool {
+        (self.groups.is_empty() || self.groups.iter().any(|g| glob(g, group)))
+            && self.labels.iter().all(|(name, values)| label(name).is_some_and(|v| values.iter().any(|x| x == v)))
+    }
 }
 
 /// `[[auth.roles.NAME.rows]]`: of the tables `tables` matches, the role
@@ -55,6 +78,7 @@ pub struct RoleSpec {
     pub databases: Vec<String>,
     pub tables: Vec<String>,
     pub rows: Vec<RowFilter>,
+    pub alerts: Option<AlertScope>,
 }
 
 impl Role {
@@ -65,6 +89,7 @@ impl Role {
             databases: Vec::new(),
             tables: Vec::new(),
             rows: Vec::new(),
+            alerts: None,
         }
     }
 
@@ -82,6 +107,7 @@ impl Role {
                 databases: vec![AUDIT_DATABASE.into()],
                 tables: vec![format!("{AUDIT_DATABASE}.{AUDIT_TABLE}")],
                 rows: Vec::new(),
+                alerts: None,
             },
         ]
     }
@@ -124,6 +150,7 @@ impl Role {
             databases: spec.databases.clone(),
             tables: spec.tables.clone(),
             rows: spec.rows.clone(),
+            alerts: spec.alerts.clone(),
         })
     }
 
@@ -141,6 +168,11 @@ impl Role {
     /// [`Permission::Audit`], whatever their scope says.
     pub fn covers(&self, database: &str, table: &str) -> bool {
         if database == AUDIT_DATABASE && table == AUDIT_TABLE && !self.has(Permission::Audit) {
+            return false;
+        }
+        // The alert tables show every alert: a role limited to some alerts
+        // does not read them with SQL (it reads its alerts over the API).
+        if self.alerts.is_some() && database == AUDIT_DATABASE && ALERT_TABLES.contains(&table) {
             return false;
         }
         let db_ok = self.databases.is_empty() || self.databases.iter().any(|d| d == database);
@@ -223,6 +255,7 @@ mod tests {
             databases: vec!["default".into()],
             tables: vec!["billing_*".into(), "logs".into()],
             rows: vec![],
+            alerts: None,
         };
         let r = Role::from_spec("billing", &spec).expect("valid");
         assert!(r.covers("default", "billing_calls"));
@@ -274,6 +307,29 @@ mod tests {
         let empty =
             RoleSpec { rows: vec![RowFilter { tables: "*".into(), column: "s".into(), values: vec![] }], ..spec };
         assert!(Role::from_spec("x", &empty).unwrap_err().contains("no values"));
+    }
+
+    #[test]
+    fn alert_scopes_match_groups_and_labels() {
+        let spec: RoleSpec = toml::from_str(
+            r#"
+            permissions = ["read_alerts", "ack", "silence"]
+            [alerts]
+            groups = ["billing*"]
+            labels = { team = ["billing", "payments"] }
+            "#,
+        )
+        .expect("toml");
+        let scope = Role::from_spec("dev", &spec).expect("valid").alerts.expect("scope");
+        let labels = |team: &'static str| move |n: &str| (n == "team").then_some(team);
+        assert!(scope.covers("billing-api", labels("billing")));
+        assert!(!scope.covers("trading", labels("billing")), "another group");
+        assert!(!scope.covers("billing-api", labels("trading")), "another team");
+        assert!(!scope.covers("billing-api", |_| None), "no team label");
+        assert!(AlertScope::default().covers("anything", |_| None));
+        let dev = Role::from_spec("dev", &spec).expect("valid");
+        assert!(!dev.covers("system", "alerts") && !dev.covers("system", "alert_history"), "every alert is there");
+        assert!(dev.covers("public", "cpu"));
     }
 
     #[test]

@@ -4,20 +4,25 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tocsin_alerting::state::{MatcherSpec, Silence};
+use tocsin_alerting::state::{MatcherSpec, Silence, SilenceScope};
 use tocsin_alerting::{AlertEngine, EngineError};
+use tocsin_auth::{AlertScope, Principal};
 
 use crate::guard::Routes;
 use crate::http::{ApiError, AppState};
 
 /// The alerting routes: reading needs `read_alerts`; acknowledging `ack`;
-/// silencing `silence`; reloading rules `rules`.
+/// silencing `silence`; reloading rules `rules`. A role with an alert scope
+/// (`[auth.roles.R.alerts]`) sees and acts on the alerts in it only: lists
+/// are filtered, an alert or silence outside it is refused (403), and its
+/// silences mute only alerts in its scope.
 pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
     use tocsin_auth::Access::Requires;
     use tocsin_auth::Permission::{Ack, ReadAlerts, Rules, Silence};
@@ -51,20 +56,54 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> Re
         .map_err(|e| ApiError::bad_request(format!("request body must be JSON like {example}: {e}")))
 }
 
+fn alert_scope(who: &Principal) -> Option<&AlertScope> {
+    who.role.alerts.as_ref()
+}
+
+/// Whether an alert (as the engine shows it) is in `scope`.
+fn covers(scope: &AlertScope, alert: &serde_json::Value) -> bool {
+    scope.covers(alert["group"].as_str().unwrap_or_default(), |name| alert["labels"][name].as_str())
+}
+
+/// The alert `id`, if `who` may see and act on it.
+fn scoped_alert(engine: &AlertEngine, who: &Principal, id: &str) -> Result<serde_json::Value, ApiError> {
+    let a = engine.alert(id).ok_or_else(|| EngineError::NoSuchAlert(id.to_string()))?;
+    match alert_scope(who) {
+        Some(scope) if !covers(scope, &a) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} (role {}) may not see or act on alert {id} (group {}): it is outside the role's alerts",
+                who.name,
+                who.role.name,
+                a["group"].as_str().unwrap_or("?")
+            ),
+        )),
+        _ => Ok(a),
+    }
+}
+
 /// `?state=firing&host=web-1`: `state` filters by state (`active` means
 /// pending or firing), every other parameter is an exact label match.
 async fn list_alerts(
     State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Response {
     let mut labels = params;
     let state = labels.remove("state");
-    axum::Json(json!({ "alerts": engine.alerts(state.as_deref(), &labels) })).into_response()
+    let mut alerts = engine.alerts(state.as_deref(), &labels);
+    if let Some(scope) = alert_scope(&who) {
+        alerts.retain(|a| covers(scope, a));
+    }
+    axum::Json(json!({ "alerts": alerts })).into_response()
 }
 
-async fn get_alert(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let a = engine.alert(&id).ok_or(EngineError::NoSuchAlert(id))?;
-    Ok(axum::Json(a).into_response())
+async fn get_alert(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(scoped_alert(&engine, &who, &id)?).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,28 +124,34 @@ fn who(body: &Bytes) -> Result<WhoRequest, ApiError> {
 
 async fn ack(
     State(engine): State<Arc<AlertEngine>>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let w = who(&body)?;
+    scoped_alert(&engine, &caller, &id)?;
     Ok(axum::Json(engine.ack(&id, &w.by, &w.comment).await?).into_response())
 }
 
 async fn unack(
     State(engine): State<Arc<AlertEngine>>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let w = who(&body)?;
+    scoped_alert(&engine, &caller, &id)?;
     Ok(axum::Json(engine.unack(&id, &w.by).await?).into_response())
 }
 
 async fn resolve(
     State(engine): State<Arc<AlertEngine>>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let w = who(&body)?;
+    scoped_alert(&engine, &caller, &id)?;
     Ok(axum::Json(engine.resolve(&id, &w.by, &w.comment).await?).into_response())
 }
 
@@ -130,7 +175,11 @@ fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))
 }
 
-async fn add_silence(State(engine): State<Arc<AlertEngine>>, body: Bytes) -> Result<Response, ApiError> {
+async fn add_silence(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let r: SilenceRequest = parse_json(
         &body,
         r#"{"matchers": [{"name": "host", "value": "web-1"}], "duration": "2h", "createdBy": "ann", "comment": "reboot"}"#,
@@ -153,25 +202,58 @@ async fn add_silence(State(engine): State<Arc<AlertEngine>>, body: Bytes) -> Res
         created_by: r.created_by,
         comment: r.comment,
         created_at: 0,
+        scope: alert_scope(&who).map(|a| SilenceScope { role: who.role.name.clone(), alerts: a.clone() }),
     })?;
     Ok((StatusCode::CREATED, axum::Json(json!({ "silenceID": s.id }))).into_response())
 }
 
-async fn list_silences(State(engine): State<Arc<AlertEngine>>) -> Response {
-    axum::Json(json!({ "silences": engine.silences() })).into_response()
+/// A scoped role sees the silences made in its scope only.
+fn own_silence(who: &Principal, silence: &serde_json::Value) -> bool {
+    alert_scope(who).is_none() || silence["scope"].as_str() == Some(who.role.name.as_str())
 }
 
-async fn get_silence(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(axum::Json(engine.silence(&id).ok_or(EngineError::NoSuchSilence(id))?).into_response())
+async fn list_silences(State(engine): State<Arc<AlertEngine>>, Extension(who): Extension<Principal>) -> Response {
+    let mut silences = engine.silences();
+    silences.retain(|s| own_silence(&who, s));
+    axum::Json(json!({ "silences": silences })).into_response()
 }
 
-async fn expire_silence(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+fn scoped_silence(engine: &AlertEngine, who: &Principal, id: &str) -> Result<serde_json::Value, ApiError> {
+    let s = engine.silence(id).ok_or_else(|| EngineError::NoSuchSilence(id.to_string()))?;
+    if own_silence(who, &s) {
+        Ok(s)
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} (role {}) may not see or expire silence {id}: another role made it", who.name, who.role.name),
+        ))
+    }
+}
+
+async fn get_silence(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(scoped_silence(&engine, &who, &id)?).into_response())
+}
+
+async fn expire_silence(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    scoped_silence(&engine, &who, &id)?;
     engine.expire_silence(&id)?;
     Ok(axum::Json(json!({ "expired": id })).into_response())
 }
 
-async fn rules(State(engine): State<Arc<AlertEngine>>) -> Response {
-    axum::Json(json!({ "rules": engine.rules_health() })).into_response()
+async fn rules(State(engine): State<Arc<AlertEngine>>, Extension(who): Extension<Principal>) -> Response {
+    let mut rules = engine.rules_health();
+    if let Some(scope) = alert_scope(&who) {
+        rules.retain(|r| scope.groups.is_empty() || scope.groups.iter().any(|g| tocsin_auth::glob(g, &r.group)));
+    }
+    axum::Json(json!({ "rules": rules })).into_response()
 }
 
 async fn reload(State(engine): State<Arc<AlertEngine>>) -> Result<Response, ApiError> {

@@ -786,3 +786,103 @@ async fn a_flood_from_one_token_is_rate_limited_while_another_token_writes() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_role_limited_to_some_alerts_sees_acks_and_silences_only_those() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.yml");
+    let rule = |group: &str, alert: &str| {
+        format!(
+            "  - name: {group}\n    interval: 200ms\n    rules:\n      - alert: {alert}\n        sql: SELECT host, \
+             max(v) AS value FROM errs GROUP BY host\n        thresholds: {{ critical: \"> 0\" }}\n"
+        )
+    };
+    std::fs::write(
+        &rules,
+        format!("groups:\n{}{}", rule("billing", "BillingErrors"), rule("trading", "TradingErrors")),
+    )
+    .expect("rules");
+    let cfg = dir.path().join("tocsin.toml");
+    let config = "[auth.roles.billing_oncall]\npermissions = [\"query\", \"read_alerts\", \"ack\", \"silence\"]\n\
+                  [auth.roles.billing_oncall.alerts]\ngroups = [\"billing*\"]\n";
+    std::fs::write(&cfg, config).expect("config");
+    let server = TestServer::start_in(
+        &dir.path().join("data"),
+        &["--auth", "--config", cfg.to_str().expect("utf-8"), "--rules", rules.to_str().expect("utf-8")],
+    );
+    let admin = std::fs::read_to_string(server.data_dir.join("admin-token")).expect("admin-token").trim().to_string();
+    let dev = create_token(&server, &admin, "billing_oncall", &[]);
+    assert_eq!(lines(&server, &admin, "errs,host=a v=3").await, 204);
+    let alerts = |token: String| {
+        let server = &server;
+        async move {
+            let (status, body) = call(server, "GET", "/api/v1/alerts?state=firing", Some(&token), None).await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<Value>(&body).expect("alerts")["alerts"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let all = loop {
+        let all = alerts(admin.clone()).await;
+        if all.len() == 2 {
+            break all;
+        }
+        assert!(std::time::Instant::now() < deadline, "both alerts did not fire: {all:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let id_of = |group: &str| {
+        all.iter().find(|a| a["group"] == group).and_then(|a| a["id"].as_str()).expect("alert id").to_string()
+    };
+    let (billing, trading) = (id_of("billing"), id_of("trading"));
+
+    // The scoped role sees the billing alert only, and acts on it only.
+    let seen = alerts(dev.clone()).await;
+    assert_eq!(seen.iter().map(|a| a["group"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["billing"]);
+    let (status, body) = call(&server, "GET", &format!("/api/v1/alerts/{trading}"), Some(&dev), None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("trading"), "the refusal names the group: {body}");
+    let ack = json!({"by": "ann", "comment": "on it"});
+    let path = |id: &str| format!("/api/v1/alerts/{id}/ack");
+    assert_eq!(call(&server, "POST", &path(&trading), Some(&dev), Some(ack.clone())).await.0, 403);
+    assert_eq!(call(&server, "POST", &path(&billing), Some(&dev), Some(ack)).await.0, 200);
+    let (status, body) = sql(&server, &dev, "SELECT rule_group FROM system.alerts").await;
+    assert_eq!(status, 403, "the alert tables show every alert: {body}");
+    assert!(body.contains("system.alerts"), "{body}");
+    assert_eq!(sql(&server, &dev, "SELECT count(*) AS n FROM errs").await.0, 200, "other tables are read");
+    let (_, rules_body) = call(&server, "GET", "/api/v1/rules", Some(&dev), None).await;
+    assert!(rules_body.contains("BillingErrors") && !rules_body.contains("TradingErrors"), "{rules_body}");
+
+    // A silence that matches both alerts mutes only the billing one.
+    let silence = json!({"matchers": [{"name": "host", "value": "a"}], "duration": "1h", "createdBy": "ann"});
+    let (status, body) = call(&server, "POST", "/api/v1/silences", Some(&dev), Some(silence.clone())).await;
+    assert_eq!(status, 201, "{body}");
+    let muted = |group: &'static str| {
+        let (server, admin) = (&server, admin.clone());
+        async move {
+            let (_, body) = call(server, "GET", "/api/v1/alerts?state=firing", Some(&admin), None).await;
+            let v: Value = serde_json::from_str(&body).expect("alerts");
+            v["alerts"].as_array().expect("alerts").iter().any(|a| a["group"] == group && !a["muted"].is_null())
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !muted("billing").await {
+        assert!(std::time::Instant::now() < deadline, "the billing alert was not silenced");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Two more dispatch rounds (200 ms each) and the trading alert is still not muted.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert!(!muted("trading").await, "the scoped silence muted an alert outside its scope");
+
+    // The admin's silences are not the scoped role's to see or expire.
+    let (status, body) = call(&server, "POST", "/api/v1/silences", Some(&admin), Some(silence)).await;
+    assert_eq!(status, 201, "{body}");
+    let admin_silence =
+        serde_json::from_str::<Value>(&body).expect("id")["silenceID"].as_str().expect("id").to_string();
+    let (_, body) = call(&server, "GET", "/api/v1/silences", Some(&dev), None).await;
+    let listed =
+        serde_json::from_str::<Value>(&body).expect("silences")["silences"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "{body}");
+    let expire = format!("/api/v1/silences/{admin_silence}");
+    assert_eq!(call(&server, "DELETE", &expire, Some(&dev), None).await.0, 403);
+    assert_eq!(call(&server, "DELETE", &expire, Some(&admin), None).await.0, 200);
+}

@@ -163,6 +163,7 @@ fn silenced_alerts_are_recorded_but_not_notified() {
         created_by: "ann".into(),
         comment: "maintenance".into(),
         created_at: 0,
+        scope: None,
     };
     let m = s.compile().expect("matchers");
     h.silences.push((s, m));
