@@ -164,7 +164,13 @@ pub struct AlertEngine {
     ingest_rx: tokio::sync::Mutex<mpsc::Receiver<IngestBatch>>,
     save_lock: Mutex<()>,
     pub metrics: AlertMetrics,
+    /// Told of reloads the engine starts itself (a rule file changed), for
+    /// the audit log; reloads asked for by callers are theirs to record.
+    reload_hook: Mutex<Option<ReloadHook>>,
 }
+
+/// What hears of a reload: its cause and the rule count or the error.
+pub type ReloadHook = Arc<dyn Fn(&str, Result<usize, String>) + Send + Sync>;
 
 fn rule_key(group: &str, rule: &str) -> String {
     format!("{group}/{rule}")
@@ -243,6 +249,7 @@ impl AlertEngine {
             notifier,
             attempts: tokio::sync::Mutex::new(rx),
             save_lock: Mutex::new(()),
+            reload_hook: Mutex::new(None),
             metrics: AlertMetrics::default(),
         });
         engine.metrics.outbox_saved.store(pending.len() as u64, Ordering::Relaxed);
@@ -821,8 +828,17 @@ impl AlertEngine {
         let Some(path) = &self.opts.rules_path else { return };
         let now = mtimes(&files_of(path));
         if now != self.inner.lock().mtimes {
-            let _ = self.reload();
+            let result = self.reload().map_err(|e| e.to_string());
+            let hook = self.reload_hook.lock().clone();
+            if let Some(hook) = hook {
+                hook("rule files changed", result);
+            }
         }
+    }
+
+    /// Sets what hears of the reloads the engine starts itself.
+    pub fn on_reload(&self, hook: ReloadHook) {
+        *self.reload_hook.lock() = Some(hook);
     }
 
     /// The engine's own metrics in Prometheus text format.

@@ -192,7 +192,26 @@ pub async fn run(
     let compactor = tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone()));
     let rollup_task = tokio::spawn(rollup_loop(rollups, stop_rx.clone()));
     let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
-    tokio::spawn(reload_on_sighup(Arc::clone(&alerts), stop_rx.clone()));
+    let audit_reload = {
+        let audit = Arc::clone(&audit);
+        move |cause: &str, result: Result<usize, String>| {
+            let ok = result.is_ok();
+            audit.record(tocsin_auth::AuditEntry {
+                actor: "server".into(),
+                interface: "rules".into(),
+                action: "reload rules".into(),
+                target: cause.to_string(),
+                outcome: if ok { "ok" } else { "error" }.into(),
+                status: if ok { 200 } else { 400 },
+                rows: result.as_ref().ok().map(|n| *n as u64),
+                detail: result.err().unwrap_or_default(),
+                ..tocsin_auth::AuditEntry::default()
+            });
+        }
+    };
+    let audit_reload: tocsin_alerting::engine::ReloadHook = Arc::new(audit_reload);
+    alerts.on_reload(Arc::clone(&audit_reload));
+    tokio::spawn(reload_on_sighup(Arc::clone(&alerts), audit_reload, stop_rx.clone()));
 
     tracing::info!(
         grpc = %bound.grpc,
@@ -356,7 +375,11 @@ fn start_alerting(
 }
 
 /// SIGHUP reloads the rules (a bad file is logged and the old rules stay).
-async fn reload_on_sighup(engine: Arc<tocsin_alerting::AlertEngine>, mut stop: watch::Receiver<bool>) {
+async fn reload_on_sighup(
+    engine: Arc<tocsin_alerting::AlertEngine>,
+    audit: tocsin_alerting::engine::ReloadHook,
+    mut stop: watch::Receiver<bool>,
+) {
     #[cfg(unix)]
     {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -370,7 +393,8 @@ async fn reload_on_sighup(engine: Arc<tocsin_alerting::AlertEngine>, mut stop: w
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP received: reloading rules");
-                    let _ = engine.reload();
+                    let result = engine.reload().map_err(|e| e.to_string());
+                    audit("SIGHUP", result);
                 }
                 _ = stop.wait_for(|s| *s) => return,
             }
@@ -378,6 +402,6 @@ async fn reload_on_sighup(engine: Arc<tocsin_alerting::AlertEngine>, mut stop: w
     }
     #[cfg(not(unix))]
     {
-        let _ = (engine, stop.wait_for(|s| *s).await);
+        let _ = (engine, audit, stop.wait_for(|s| *s).await);
     }
 }

@@ -513,4 +513,18 @@ async fn rules_reload_on_sighup_and_when_the_file_changes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(names, ["\"CpuHot\""]);
+    // Both reloads have an audit entry with their cause (no caller did them).
+    let audited = server
+        .sql_until(
+            "SELECT actor, target, outcome, rows FROM system.audit WHERE action = 'reload rules' ORDER BY seq",
+            |r| r.len() >= 2,
+        )
+        .await;
+    assert_eq!(
+        audited,
+        [
+            json!({"actor": "server", "target": "SIGHUP", "outcome": "ok", "rows": 1}),
+            json!({"actor": "server", "target": "rule files changed", "outcome": "ok", "rows": 1}),
+        ]
+    );
 }
