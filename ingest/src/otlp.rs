@@ -377,11 +377,18 @@ pub fn logs_to_events(req: ExportLogsServiceRequest, now_ns: i64) -> LogEvents {
     out
 }
 
+/// The header (HTTP) or metadata (gRPC) that picks the database an OTLP
+/// export goes to (default `public`), as collectors set headers:
+/// `OTEL_EXPORTER_OTLP_HEADERS="x-tocsin-database=edge"`.
+pub const DATABASE_HEADER: &str = "x-tocsin-database";
+
 impl IngestService {
-    /// Writes an OTLP metrics export; the answer carries partial success.
+    /// Writes an OTLP metrics export into `database` (empty: `public`); the
+    /// answer carries partial success.
     pub async fn otlp_metrics(
         &self,
         who: &Principal,
+        database: &str,
         req: ExportMetricsServiceRequest,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
         self.metrics.otlp_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -389,8 +396,9 @@ impl IngestService {
         let mut rejected = m.rejected_points;
         let mut error = m.first_error;
         if m.points > 0 {
-            let resp =
-                self.write_tables(who, crate::database(""), m.writes.into_vec(), Vec::<EarlyRejection>::new()).await?;
+            let resp = self
+                .write_tables(who, crate::database(database), m.writes.into_vec(), Vec::<EarlyRejection>::new())
+                .await?;
             rejected += resp.rejected.len() as i64;
             if let Some(r) = resp.rejected.first() {
                 error.get_or_insert_with(|| r.reason.clone());
@@ -404,18 +412,20 @@ impl IngestService {
         })
     }
 
-    /// Writes an OTLP logs export into `logs`; the answer carries partial
-    /// success.
+    /// Writes an OTLP logs export into `logs` of `database` (empty:
+    /// `public`); the answer carries partial success.
     pub async fn otlp_logs(
         &self,
         who: &Principal,
+        database: &str,
         req: ExportLogsServiceRequest,
     ) -> Result<ExportLogsServiceResponse, IngestError> {
         self.metrics.otlp_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let LogEvents { events, mut rejected, first_error: mut error } = logs_to_events(req, crate::now_ns());
         if !events.is_empty() {
-            let resp =
-                self.logs(who, WriteLogsRequest { database: String::new(), stream: String::new(), events }).await?;
+            let resp = self
+                .logs(who, WriteLogsRequest { database: database.to_string(), stream: String::new(), events })
+                .await?;
             rejected += resp.rejected.len() as i64;
             if let Some(r) = resp.rejected.first() {
                 error.get_or_insert_with(|| r.reason.clone());
@@ -451,7 +461,8 @@ impl MetricsService for Otlp {
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let who = crate::caller(&request)?;
-        self.0.otlp_metrics(&who, request.into_inner()).await.map(Response::new).map_err(Status::from)
+        let db = grpc_database(&request);
+        self.0.otlp_metrics(&who, &db, request.into_inner()).await.map(Response::new).map_err(Status::from)
     }
 }
 
@@ -462,8 +473,13 @@ impl LogsService for Otlp {
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let who = crate::caller(&request)?;
-        self.0.otlp_logs(&who, request.into_inner()).await.map(Response::new).map_err(Status::from)
+        let db = grpc_database(&request);
+        self.0.otlp_logs(&who, &db, request.into_inner()).await.map(Response::new).map_err(Status::from)
     }
+}
+
+fn grpc_database<T>(request: &Request<T>) -> String {
+    request.metadata().get(DATABASE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
 #[cfg(test)]

@@ -257,6 +257,17 @@ fn protobuf(msg: &impl prost::Message) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/x-protobuf")], msg.encode_to_vec()).into_response()
 }
 
+/// The database of an OTLP/HTTP export: the `x-tocsin-database` header,
+/// else `?db=`, else `public`.
+fn otlp_database(headers: &HeaderMap, params: &HashMap<String, String>) -> String {
+    headers
+        .get(tocsin_ingest::otlp::DATABASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| params.get("db").cloned())
+        .unwrap_or_default()
+}
+
 /// Errors as plain text (OTLP/HTTP clients log the body); 503 is retried.
 fn otlp_error(e: IngestError) -> Response {
     ingest_error(Dialect::Prometheus, e)
@@ -265,6 +276,7 @@ fn otlp_error(e: IngestError) -> Response {
 pub(crate) async fn otlp_metrics(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
+    Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -280,7 +292,7 @@ pub(crate) async fn otlp_metrics(
                 .into_response();
         }
     };
-    match app.ingest.otlp_metrics(&who, req).await {
+    match app.ingest.otlp_metrics(&who, &otlp_database(&headers, &params), req).await {
         Ok(resp) => protobuf(&resp),
         Err(e) => otlp_error(e),
     }
@@ -289,6 +301,7 @@ pub(crate) async fn otlp_metrics(
 pub(crate) async fn otlp_logs(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
+    Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -304,7 +317,7 @@ pub(crate) async fn otlp_logs(
                 .into_response();
         }
     };
-    match app.ingest.otlp_logs(&who, req).await {
+    match app.ingest.otlp_logs(&who, &otlp_database(&headers, &params), req).await {
         Ok(resp) => protobuf(&resp),
         Err(e) => otlp_error(e),
     }

@@ -30,6 +30,9 @@ pub(crate) struct Config {
     /// The log table.
     #[arg(long, default_value = "logs")]
     table: String,
+    /// The database of the log table.
+    #[arg(long, default_value = "public")]
+    database: String,
     /// Print each event as JSON.
     #[arg(long)]
     json: bool,
@@ -43,7 +46,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
 }
 
 async fn follow(c: Config) -> anyhow::Result<()> {
-    let mut params: Vec<(&str, String)> = vec![("table", c.table.clone())];
+    let mut params: Vec<(&str, String)> = vec![("table", c.table.clone()), ("database", c.database.clone())];
     params.extend(c.service.iter().map(|s| ("service", s.clone())));
     params.extend(c.host.iter().map(|s| ("host", s.clone())));
     params.extend(c.attr.iter().map(|s| ("attr", s.clone())));

@@ -14,6 +14,9 @@ pub(crate) struct Config {
     /// The log table.
     #[arg(long, default_value = "logs")]
     table: String,
+    /// The database of the log table.
+    #[arg(long, default_value = "public")]
+    database: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -23,7 +26,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let v = runtime.block_on(c.server.client()?.call(
         Method::GET,
-        &format!("/api/v1/trace/{}?table={}", c.id, c.table),
+        &format!("/api/v1/trace/{}?table={}&database={}", c.id, c.table, c.database),
         None,
     ))?;
     if c.json {

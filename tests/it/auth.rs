@@ -886,3 +886,56 @@ async fn a_role_limited_to_some_alerts_sees_acks_and_silences_only_those() {
     assert_eq!(call(&server, "DELETE", &expire, Some(&dev), None).await.0, 403);
     assert_eq!(call(&server, "DELETE", &expire, Some(&admin), None).await.0, 200);
 }
+
+#[tokio::test]
+async fn otlp_exports_choose_their_database_so_database_tokens_can_use_them() {
+    use prost::Message as _;
+    use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+    use tocsin_proto::opentelemetry::proto::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use tocsin_proto::opentelemetry::proto::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric, number_data_point,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "");
+    let edge = create_token(&server, &admin, "writer", &["--db", "edge"]);
+    let gauge = |v: f64| ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "temp".into(),
+                    data: Some(metric::Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            time_unix_nano: 1_700_000_000_000_000_000 + v as u64,
+                            value: Some(number_data_point::Value::AsDouble(v)),
+                            ..Default::default()
+                        }],
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let http = |db: Option<&str>, v: f64| {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{}/v1/metrics", server.http))
+            .bearer_auth(&edge)
+            .header("content-type", "application/x-protobuf")
+            .body(gauge(v).encode_to_vec());
+        if let Some(db) = db {
+            req = req.header("x-tocsin-database", db);
+        }
+        req.send()
+    };
+    assert_eq!(http(None, 1.0).await.expect("post").status(), 403, "public is not the token's database");
+    assert_eq!(http(Some("edge"), 2.0).await.expect("post").status(), 200);
+    let mut grpc = MetricsServiceClient::connect(format!("http://{}", server.grpc)).await.expect("connect");
+    let mut req = with_token(gauge(3.0), Some(&edge));
+    req.metadata_mut().insert("x-tocsin-database", "edge".parse().expect("ascii"));
+    grpc.export(req).await.expect("gRPC export into edge");
+    let code = grpc.export(with_token(gauge(4.0), Some(&edge))).await.err().map(|s| s.code());
+    assert_eq!(code, Some(tonic::Code::PermissionDenied));
+    let (_, body) = sql(&server, &admin, "SELECT value FROM edge.temp ORDER BY value").await;
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("rows"), json!([{"value": 2.0}, {"value": 3.0}]));
+}
