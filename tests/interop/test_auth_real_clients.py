@@ -1,6 +1,7 @@
 """Interop: a server started with --auth, reached by real clients the way
 each already authenticates: the OpenTelemetry SDK's OTLP exporters (gRPC
-and HTTP) with an `authorization` header, the ADBC Flight SQL driver with
+and HTTP) with an `authorization` header, grpcio with the token in its
+metadata, the ADBC Flight SQL driver with
 username and password (a token as the password, or a user's password,
 through the Flight SQL handshake), and plain HTTP (urllib, as curl) for line protocol v1 (`u`/`p`)
 and v2 (`Authorization: Token`). Without a token, or with a token of the
@@ -14,7 +15,9 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(__file__))
 import subprocess  # noqa: E402
 
+import grpc  # noqa: E402
 from peers import BIN, create_token, scratch, sql, start_tocsin_with_auth, wait_for  # noqa: E402
+from test_grpc_python_and_duckdb import compile_protos  # noqa: E402
 
 import adbc_driver_flightsql.dbapi as flightsql
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
@@ -93,6 +96,25 @@ def main():
                 raise AssertionError(f"Flight SQL query accepted with password {password[:20]}...")
             except flightsql.Error as e:
                 assert "nauthenticated" in str(e) or "ermission" in str(e), e
+        # grpcio (stubs generated from proto/), the token in metadata as any
+        # gRPC client sends it.
+        os.makedirs(os.path.join(tmp, "stubs"))
+        compile_protos(os.path.join(tmp, "stubs"))
+        from tocsin.v1 import ingest_pb2 as pb, ingest_pb2_grpc as rpc
+        stub = rpc.IngestStub(grpc.insecure_channel(grpc_addr))
+        req = pb.WriteRowsRequest(table="grpcio", series=[pb.RowSeries(
+            tags=[pb.Label(name="host", value="a")], timestamps=[1_700_000_000_000_000_000],
+            fields=[pb.FieldColumn(name="v", f64=pb.DoubleValues(values=[1.5]))])])
+        for metadata, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                               ([("authorization", f"Bearer {viewer}")], grpc.StatusCode.PERMISSION_DENIED)):
+            try:
+                stub.WriteRows(req, metadata=metadata)
+                raise AssertionError(f"grpcio write accepted with {metadata}")
+            except grpc.RpcError as e:
+                assert e.code() == code, (e.code(), e.details())
+        assert stub.WriteRows(req, metadata=[("authorization", f"Bearer {writer}")]).accepted_rows == 1
+        assert sql(http, "SELECT v FROM grpcio", viewer) == [{"v": 1.5}]
+
         # A person: `tocsin user create` (password on stdin), then ADBC with
         # the user's name and password; a wrong password is refused.
         subprocess.run([BIN, "user", "create", "ann", "--role", "viewer", "--http-addr", http, "--token", admin],
@@ -111,7 +133,7 @@ def main():
         except flightsql.Error as e:
             assert "nauthenticated" in str(e), e
         print("ok: --auth with real clients: OTel SDK (gRPC, HTTP) headers, ADBC username/password handshake "
-              "(token and user password), "
+              "(token and user password), grpcio metadata, "
               "line protocol v1 u/p and v2 Token; anonymous and wrong-role requests refused")
 
 

@@ -1,8 +1,9 @@
 //! The shipped Grafana dashboards (docs/grafana/dashboards/*.json): every
 //! panel's SQL, with the Flight SQL plugin's macros expanded as the plugin
 //! expands them, runs over Flight SQL (as Grafana sends it, with the
-//! `database` header) against a server holding TSBS-like cpu data and a
-//! fired alert, and returns rows.
+//! `database` header and a viewer's token, as the plugin's token setting
+//! sends it) against a server with `--auth` holding TSBS-like cpu data and
+//! a fired alert, and returns rows.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -72,7 +73,18 @@ receivers:
 "#,
         hook.addr
     );
-    let server = TestServer::start_with_rules(dir.path(), &yaml);
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, &yaml).expect("rules");
+    let server = TestServer::start_in(&dir.path().join("data"), &["--auth", "--rules", rules.to_str().expect("utf-8")])
+        .with_admin_token();
+    let out = std::process::Command::new(crate::server::BIN)
+        .args(["token", "create", "--role", "viewer", "--description", "grafana", "--http-addr"])
+        .arg(server.http.to_string())
+        .env("TOCSIN_TOKEN", server.token.as_deref().expect("admin token"))
+        .output()
+        .expect("tocsin token create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let viewer = String::from_utf8_lossy(&out.stdout).lines().last().expect("token").trim().to_string();
     // An hour of 10-second cpu samples for 5 hosts, ending now; host_4 runs hot.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
     let mut values = Vec::new();
@@ -104,8 +116,11 @@ receivers:
 
     let channel =
         Channel::from_shared(format!("http://{}", server.grpc)).expect("uri").connect().await.expect("connect");
+    let mut anonymous = FlightSqlServiceClient::new(channel.clone());
+    assert!(anonymous.execute("SELECT 1".into(), None).await.is_err(), "no token, no query");
     let mut client = FlightSqlServiceClient::new(channel);
     client.set_header("database", "public");
+    client.set_token(viewer);
     for file in ["host-overview.json", "alerts-overview.json"] {
         let path = format!("{}/docs/grafana/dashboards/{file}", env!("CARGO_MANIFEST_DIR"));
         let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("json");

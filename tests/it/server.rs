@@ -26,6 +26,8 @@ pub(crate) struct TestServer {
     pub(crate) http: SocketAddr,
     pub(crate) data_dir: PathBuf,
     pub(crate) log: PathBuf,
+    /// Sent as a bearer token by the helpers below (a server with --auth).
+    pub(crate) token: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -107,6 +109,7 @@ impl TestServer {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             log,
+            token: None,
             _tmp: None,
         }
     }
@@ -128,6 +131,20 @@ impl TestServer {
         stderr
     }
 
+    /// The helpers send the bootstrap admin token (a server with --auth).
+    pub(crate) fn with_admin_token(mut self) -> TestServer {
+        let token = std::fs::read_to_string(self.data_dir.join("admin-token")).expect("admin-token");
+        self.token = Some(token.trim().to_string());
+        self
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
     pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -138,8 +155,8 @@ impl TestServer {
 
     /// POSTs SQL; returns (HTTP status, body as JSON).
     pub(crate) async fn sql_raw(&self, sql: &str) -> (u16, Value) {
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/api/v1/sql", self.http))
+        let resp = self
+            .authorized(reqwest::Client::new().post(format!("http://{}/api/v1/sql", self.http)))
             .json(&serde_json::json!({ "sql": sql }))
             .send()
             .await
@@ -176,7 +193,9 @@ impl TestServer {
     /// rendered: `tocsin_limit_refusals_total{limit="max_joins"}`); 0 when
     /// the server does not list it.
     pub(crate) async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.http))
+        let text = self
+            .authorized(reqwest::Client::new().get(format!("http://{}/metrics", self.http)))
+            .send()
             .await
             .expect("metrics")
             .text()
@@ -210,8 +229,8 @@ impl TestServer {
     }
 
     async fn admin(&self, action: &str) -> Value {
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/api/v1/admin/{action}", self.http))
+        let resp = self
+            .authorized(reqwest::Client::new().post(format!("http://{}/api/v1/admin/{action}", self.http)))
             .send()
             .await
             .expect("admin request");
