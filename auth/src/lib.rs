@@ -148,6 +148,11 @@ impl Principal {
     /// database all have to allow it. The error names the table.
     pub fn check_table(&self, p: Permission, database: &str, table: &str) -> Result<(), AuthError> {
         self.require(p)?;
+        // Every reader may list the tables and columns it may read: the
+        // query layer filters the rows of these two to its scope.
+        if p == Permission::Query && database == "information_schema" && CATALOG_LISTS.contains(&table) {
+            return Ok(());
+        }
         let in_db = self.database.as_deref().is_none_or(|d| d == database);
         if in_db && self.role.covers(database, table) {
             return Ok(());
@@ -708,6 +713,10 @@ pub fn random_u64() -> Result<u64, AuthError> {
     getrandom::fill(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
     Ok(u64::from_le_bytes(b))
 }
+
+/// The `information_schema` tables every reader may query, filtered to the
+/// tables it may read (`SHOW TABLES`, `SHOW COLUMNS`).
+pub const CATALOG_LISTS: [&str; 2] = ["tables", "columns"];
 
 /// Most tokens kept (each creation rewrites the store).
 pub const MAX_TOKENS: usize = 10_000;

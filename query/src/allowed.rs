@@ -372,9 +372,18 @@ pub(crate) fn check_references(
 ) -> Result<(), QueryError> {
     use tocsin_auth::Permission;
     let target = crate::insert::target(state, statement);
+    // `SHOW TABLES` and `SHOW COLUMNS` name every information_schema table;
+    // they read `tables` or `columns`, checked (and filtered) in the plan.
+    let show = matches!(
+        statement,
+        DfStatement::Statement(s) if matches!(**s, SqlStatement::ShowTables { .. } | SqlStatement::ShowColumns { .. })
+    );
     for reference in state.resolve_table_references(statement)? {
         let default_db = &state.config().options().catalog.default_schema;
         let (db, table) = (reference.schema().unwrap_or(default_db), reference.table());
+        if show && db == "information_schema" {
+            continue;
+        }
         if target.as_ref().is_some_and(|(d, t)| d == db && t == table) {
             who.check_table(Permission::Write, db, table)?;
         } else {
@@ -419,25 +428,55 @@ pub(crate) fn check_access(
     }
 }
 
+/// `database.table` of every table of the catalog `who` may read.
+pub(crate) fn visible_tables(
+    state: &datafusion::execution::context::SessionState,
+    who: &tocsin_auth::Principal,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(catalog) = state.catalog_list().catalog(crate::catalog::CATALOG) else { return out };
+    for db in catalog.schema_names() {
+        let Some(schema) = catalog.schema(&db) else { continue };
+        for table in schema.table_names() {
+            if who.check_table(tocsin_auth::Permission::Query, &db, &table).is_ok() {
+                out.push(format!("{db}.{table}"));
+            }
+        }
+    }
+    out
+}
+
 /// Applies the caller's row filters: every scan of a table its role
 /// filters (in subqueries, joins, CTEs and `EXPLAIN` too) becomes
 /// `Filter(column IN (values) AND ..., scan)`, before optimisation, so no
 /// query shape reads past it (the optimiser then pushes it into the scan).
 /// A filtered table without the filter's column is refused, naming both.
+///
+/// `information_schema.tables` and `.columns` are filtered the same way to
+/// the tables the caller may read (`visible`, `database.table` names,
+/// computed only when the plan reads them).
 pub(crate) fn restrict_rows(
     plan: LogicalPlan,
     default_db: &str,
     who: &tocsin_auth::Principal,
+    visible: impl FnOnce() -> Vec<String>,
 ) -> Result<LogicalPlan, QueryError> {
     use datafusion::common::tree_node::Transformed;
     use datafusion::logical_expr::{Expr, Filter, col, lit};
-    if who.role.rows.is_empty() {
-        return Ok(plan);
-    }
+    let mut visible = Some(visible);
+    let mut names: Option<Vec<Expr>> = None;
     let mut refused = None;
     let restricted = plan.transform_up_with_subqueries(|node| {
         let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
         let db = scan.table_name.schema().unwrap_or(default_db);
+        if db == "information_schema" && tocsin_auth::CATALOG_LISTS.contains(&scan.table_name.table()) {
+            let names = names
+                .get_or_insert_with(|| visible.take().map(|f| f()).unwrap_or_default().into_iter().map(lit).collect());
+            let q = |c: &str| col(datafusion::common::Column::new(Some(scan.table_name.clone()), c));
+            let name = datafusion::functions::expr_fn::concat(vec![q("table_schema"), lit("."), q("table_name")]);
+            let allowed = if names.is_empty() { lit(false) } else { name.in_list(names.clone(), false) };
+            return Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(allowed, std::sync::Arc::new(node))?)));
+        }
         let filters = who.role.row_filters(db, scan.table_name.table());
         let mut predicate: Option<Expr> = None;
         for f in filters {

@@ -596,7 +596,7 @@ async fn plan_statement(
             Some(who) => {
                 let default_db = &state.config().options().catalog.default_schema;
                 allowed::check_access(&plan, default_db, who)?;
-                allowed::restrict_rows(plan, default_db, who)?
+                allowed::restrict_rows(plan, default_db, who, || allowed::visible_tables(&state, who))?
             }
             None => plan,
         };

@@ -458,8 +458,47 @@ async fn review_findings_stay_fixed() {
         assert_eq!(status, 403, "{q}: {body}");
         assert!(!body.contains("Valid fields"), "{q}: {body}");
     }
-    let (status, body) = sql(&server, &tlike, "SELECT table_name FROM information_schema.tables").await;
-    assert_eq!(status, 403, "a bare pattern matched the catalog: {body}");
+    // The catalog lists only what the caller may read: a bare pattern (`t*`)
+    // does not reach into it (information_schema.tables matches `t*`).
+    assert_eq!(
+        lines(
+            &server,
+            &admin,
+            "billing_calls,host=a v=1
+other,host=a v=2
+"
+        )
+        .await,
+        204
+    );
+    let listed = |token: String, q: &'static str| {
+        let server = &server;
+        async move {
+            let (status, body) = sql(server, &token, q).await;
+            assert_eq!(status, 200, "{q}: {body}");
+            let rows: Vec<Value> = serde_json::from_str(&body).expect("rows");
+            let mut names: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!("{}.{}", r["table_schema"].as_str().unwrap_or("?"), r["table_name"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let q = "SELECT table_schema, table_name FROM information_schema.tables";
+    assert_eq!(listed(tlike.clone(), q).await, ["public.trading"]);
+    assert_eq!(listed(billing.clone(), "SHOW TABLES").await, ["public.billing_calls"], "SHOW TABLES for a scoped role");
+    let (status, body) = sql(
+        &server,
+        &billing,
+        "SELECT DISTINCT table_name FROM information_schema.columns WHERE table_name = 'trading'",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "[]"), "columns of tables out of scope are not listed");
+    let (status, body) = sql(&server, &billing, "SELECT * FROM information_schema.schemata").await;
+    assert_eq!(status, 403, "the rest of information_schema stays closed: {body}");
     // Methods a route does not serve: 405, not a server defect.
     assert_eq!(call(&server, "OPTIONS", "/api/v1/sql", None, None).await.0, 405);
     assert!(!server.log_text().contains("declared permission was refused"));
