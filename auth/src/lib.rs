@@ -728,12 +728,20 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 
 /// At most 200 bytes of a client-given name, for messages.
 pub fn clip(s: &str) -> &str {
-    let mut end = s.len().min(200);
+    clip_to(s, 200)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn clip_to(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     &s[..end]
 }
+
+/// Most bytes of a statement kept in its audit entry.
+pub const AUDIT_STATEMENT_BYTES: usize = 4096;
 
 #[cfg(test)]
 mod tests {

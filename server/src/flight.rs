@@ -273,7 +273,7 @@ impl FlightSql {
             source: crate::guard::grpc_source(extensions),
             interface: "flight".into(),
             action: action.into(),
-            target: sql.chars().take(4096).collect(),
+            target: tocsin_auth::clip_to(sql, tocsin_auth::AUDIT_STATEMENT_BYTES).to_string(),
             outcome: outcome.into(),
             status,
             detail,

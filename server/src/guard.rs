@@ -161,8 +161,11 @@ fn http_credentials(headers: &HeaderMap, path: &str, query: Option<&str>) -> Res
                 _ => {}
             }
         }
-        if let Some(password) = password {
-            return Ok(Credentials::Basic { user: user.unwrap_or_default(), password });
+        match (user, password) {
+            (user, Some(password)) => return Ok(Credentials::Basic { user: user.unwrap_or_default(), password }),
+            // `?u=<token>` alone, as some v1 clients are configured.
+            (Some(user), None) => return Ok(Credentials::Basic { user, password: String::new() }),
+            (None, None) => {}
         }
     }
     Ok(Credentials::None)

@@ -192,11 +192,7 @@ async fn sql(
 
 /// The SQL text as audited: at most 4 KiB.
 fn clip_sql(sql: &str) -> String {
-    let mut end = sql.len().min(4096);
-    while !sql.is_char_boundary(end) {
-        end -= 1;
-    }
-    sql[..end].to_string()
+    tocsin_auth::clip_to(sql, tocsin_auth::AUDIT_STATEMENT_BYTES).to_string()
 }
 
 async fn run_sql(

@@ -499,6 +499,15 @@ other,host=a v=2
     assert_eq!((status, body.as_str()), (200, "[]"), "columns of tables out of scope are not listed");
     let (status, body) = sql(&server, &billing, "SELECT * FROM information_schema.schemata").await;
     assert_eq!(status, 403, "the rest of information_schema stays closed: {body}");
+    // InfluxDB v1 clients configured with the token as the user and no password.
+    let v1 = |u: &str| {
+        reqwest::Client::new()
+            .post(format!("http://{}/write?db=public&u={u}", server.http))
+            .body("v1only,host=a v=1")
+            .send()
+    };
+    assert_eq!(v1(&admin).await.expect("write").status(), 204);
+    assert_eq!(v1("tocsin_000000000000_forged").await.expect("write").status(), 401);
     // Methods a route does not serve: 405, not a server defect.
     assert_eq!(call(&server, "OPTIONS", "/api/v1/sql", None, None).await.0, 405);
     assert!(!server.log_text().contains("declared permission was refused"));
