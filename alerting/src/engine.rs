@@ -39,6 +39,17 @@ pub enum EngineError {
     NoRulesPath,
 }
 
+impl tocsin_storage::errors::Classify for EngineError {
+    fn class(&self) -> tocsin_storage::errors::ErrorClass {
+        use tocsin_storage::errors::ErrorClass;
+        match self {
+            EngineError::NoSuchAlert(_) | EngineError::NoSuchSilence(_) => ErrorClass::NotFound,
+            EngineError::BadRequest(_) | EngineError::Config(_) | EngineError::NoRulesPath => ErrorClass::Invalid,
+            EngineError::StateIo { .. } => ErrorClass::Internal,
+        }
+    }
+}
+
 /// Runs a rule's SQL.
 #[async_trait]
 pub trait RuleQuerier: Send + Sync {

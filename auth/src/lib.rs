@@ -67,6 +67,19 @@ pub enum AuthError {
     Random(String),
 }
 
+impl tocsin_storage::errors::Classify for AuthError {
+    fn class(&self) -> tocsin_storage::errors::ErrorClass {
+        use tocsin_storage::errors::ErrorClass;
+        match self {
+            AuthError::Unauthenticated(_) => ErrorClass::Unauthenticated,
+            AuthError::Forbidden(_) => ErrorClass::PermissionDenied,
+            AuthError::NotFound(_) => ErrorClass::NotFound,
+            AuthError::Invalid(_) => ErrorClass::Invalid,
+            AuthError::Io { .. } | AuthError::Corrupt { .. } | AuthError::Random(_) => ErrorClass::Internal,
+        }
+    }
+}
+
 /// `[auth]`: off by default (the server then binds to loopback only).
 #[derive(Debug, Clone)]
 pub struct AuthConfig {

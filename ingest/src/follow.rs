@@ -60,6 +60,17 @@ pub enum FollowError {
     TooManySubscribers(usize),
 }
 
+impl tocsin_storage::errors::Classify for FollowError {
+    fn class(&self) -> tocsin_storage::errors::ErrorClass {
+        use tocsin_storage::errors::ErrorClass;
+        match self {
+            FollowError::SinceTooLong(_) | FollowError::Filter(_) => ErrorClass::Invalid,
+            FollowError::TooManySubscribers(_) => ErrorClass::Overloaded,
+            FollowError::NoBackfill | FollowError::Backfill(_) => ErrorClass::Internal,
+        }
+    }
+}
+
 /// Follows the table `filter` names: first, when `since` is given, the
 /// stored events of the last `since` that match, in time order; then live
 /// events as they are written.

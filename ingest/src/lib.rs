@@ -15,6 +15,7 @@
 //! ```
 
 pub mod convert;
+pub mod errors;
 pub mod follow;
 pub mod line;
 pub mod otlp;
@@ -105,21 +106,21 @@ pub enum IngestError {
     RateLimited { caller: String, rate: u64, retry_after: std::time::Duration },
 }
 
+impl tocsin_storage::errors::Classify for IngestError {
+    fn class(&self) -> tocsin_storage::errors::ErrorClass {
+        use tocsin_storage::errors::ErrorClass;
+        match self {
+            IngestError::Empty(_) => ErrorClass::Invalid,
+            IngestError::Storage(e) => e.class(),
+            IngestError::Auth(e) => e.class(),
+            IngestError::RateLimited { .. } => ErrorClass::RateLimited,
+        }
+    }
+}
+
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Status {
-        let msg = e.to_string();
-        match e {
-            IngestError::Empty(_) => Status::invalid_argument(msg),
-            IngestError::Auth(tocsin_auth::AuthError::Unauthenticated(_)) => Status::unauthenticated(msg),
-            IngestError::Auth(tocsin_auth::AuthError::Forbidden(_)) => Status::permission_denied(msg),
-            IngestError::Auth(_) => Status::internal(msg),
-            IngestError::Storage(StorageError::Database(_)) => Status::invalid_argument(msg),
-            IngestError::Storage(StorageError::BufferFull { .. }) | IngestError::RateLimited { .. } => {
-                Status::resource_exhausted(msg)
-            }
-            IngestError::Storage(StorageError::ShuttingDown) => Status::unavailable(msg),
-            IngestError::Storage(_) => Status::internal(msg),
-        }
+        errors::grpc_status(&e)
     }
 }
 
@@ -306,13 +307,7 @@ impl Ingest for IngestService {
         let since = (req.since_ms > 0).then(|| std::time::Duration::from_millis(req.since_ms));
         let items = follow::follow(&self.tail, &self.storage, self.backfill.as_ref(), filter, buffer, since)
             .await
-            .map_err(|e| match e {
-                follow::FollowError::TooManySubscribers(_) => Status::resource_exhausted(e.to_string()),
-                follow::FollowError::SinceTooLong(_) | follow::FollowError::Filter(_) => {
-                    Status::invalid_argument(e.to_string())
-                }
-                _ => Status::internal(e.to_string()),
-            })?;
+            .map_err(|e| errors::grpc_status(&e))?;
         let stream = follow::while_current(items, who).map(|item| match item {
             Ok(tail::TailItem::Event(e)) => Ok(TailMessage { kind: Some(tail_message::Kind::Event(e)) }),
             Ok(tail::TailItem::Dropped(n)) => Ok(TailMessage { kind: Some(tail_message::Kind::Dropped(n)) }),

@@ -145,6 +145,26 @@ impl QueryError {
     }
 }
 
+impl tocsin_storage::errors::Classify for QueryError {
+    fn class(&self) -> tocsin_storage::errors::ErrorClass {
+        use tocsin_storage::errors::ErrorClass;
+        match self {
+            QueryError::Auth(a) => a.class(),
+            QueryError::Storage(s) => s.class(),
+            QueryError::TooManyQueries { .. } => ErrorClass::Overloaded,
+            QueryError::Timeout { .. } => ErrorClass::Timeout,
+            QueryError::DataFusion(DataFusionError::ResourcesExhausted(_)) => ErrorClass::Overloaded,
+            QueryError::DataFusion(DataFusionError::External(inner)) => match inner.downcast_ref::<QueryError>() {
+                Some(q) => q.class(),
+                None if self.is_user_error() => ErrorClass::Invalid,
+                None => ErrorClass::Internal,
+            },
+            e if e.is_user_error() => ErrorClass::Invalid,
+            _ => ErrorClass::Internal,
+        }
+    }
+}
+
 fn arrow_user_error(e: &ArrowError) -> bool {
     !matches!(e, ArrowError::IoError(..) | ArrowError::MemoryError(_) | ArrowError::ExternalError(_))
 }

@@ -41,12 +41,7 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let status = match &e {
-            EngineError::NoSuchAlert(_) | EngineError::NoSuchSilence(_) => StatusCode::NOT_FOUND,
-            EngineError::BadRequest(_) | EngineError::Config(_) | EngineError::NoRulesPath => StatusCode::BAD_REQUEST,
-            EngineError::StateIo { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
+        ApiError::classified(&e)
     }
 }
 

@@ -80,14 +80,8 @@ pub(crate) struct FlightSql {
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
-fn status(e: QueryError) -> Status {
-    match e.unwrapped() {
-        QueryError::Auth(a) => crate::guard::grpc_status(a),
-        e @ QueryError::TooManyQueries { .. } => Status::resource_exhausted(e.to_string()),
-        e @ QueryError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
-        e if e.is_user_error() => Status::invalid_argument(e.to_string()),
-        e => Status::internal(e.to_string()),
-    }
+pub(crate) fn status(e: QueryError) -> Status {
+    tocsin_ingest::errors::grpc_status(&e.unwrapped())
 }
 
 /// The database a request names in its headers.

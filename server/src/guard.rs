@@ -126,21 +126,15 @@ struct HttpGuard {
     table: HashMap<(Method, &'static str), Access>,
 }
 
-/// 401 with the schemes clients may answer with, or 403.
+/// The answer to an authentication or permission error: its class's
+/// status; a 401 names the scheme clients may answer with.
 pub(crate) fn auth_error(e: AuthError) -> Response {
-    match e {
-        AuthError::Unauthenticated(_) => {
-            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tocsin\""));
-            r
-        }
-        AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()).into_response(),
-        AuthError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()).into_response(),
-        AuthError::Invalid(_) => ApiError::bad_request(e.to_string()).into_response(),
-        AuthError::Io { .. } | AuthError::Corrupt { .. } | AuthError::Random(_) => {
-            ApiError::internal(e.to_string()).into_response()
-        }
+    let unauthenticated = matches!(e, AuthError::Unauthenticated(_));
+    let mut r = ApiError::from(e).into_response();
+    if unauthenticated {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tocsin\""));
     }
+    r
 }
 
 /// What an HTTP request presents: the `Authorization` header, or InfluxDB
@@ -544,15 +538,7 @@ pub(crate) fn grpc_source(extensions: &axum::http::Extensions) -> String {
 
 /// `UNAUTHENTICATED`, `PERMISSION_DENIED`, ...
 pub(crate) fn grpc_status(e: AuthError) -> tonic::Status {
-    match e {
-        AuthError::Unauthenticated(_) => tonic::Status::unauthenticated(e.to_string()),
-        AuthError::Forbidden(_) => tonic::Status::permission_denied(e.to_string()),
-        AuthError::NotFound(_) => tonic::Status::not_found(e.to_string()),
-        AuthError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
-        AuthError::Io { .. } | AuthError::Corrupt { .. } | AuthError::Random(_) => {
-            tonic::Status::internal(e.to_string())
-        }
-    }
+    tocsin_ingest::errors::grpc_status(&e)
 }
 
 type GrpcResponse = axum::http::Response<tonic::body::Body>;

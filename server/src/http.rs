@@ -16,6 +16,8 @@ use tocsin_query::{QueryEngine, QueryError};
 use tocsin_storage::Storage;
 
 use crate::format::{OutputFormat, encode};
+use tocsin_storage::errors::Classify;
+
 use crate::guard::{AuditNote, ErrorNote, Routes};
 use crate::metrics::Metrics;
 
@@ -99,11 +101,18 @@ impl ApiError {
     }
 }
 
-/// Storage failures behind an admin request are the server's (I/O, a
-/// failed task), never the client's.
+impl ApiError {
+    /// The answer to an error of any crate: its class's status (see
+    /// `tocsin_storage::errors`) and its message.
+    pub(crate) fn classified(e: &impl Classify) -> Self {
+        let status = StatusCode::from_u16(e.class().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self { status, message: e.to_string() }
+    }
+}
+
 impl From<tocsin_storage::StorageError> for ApiError {
     fn from(e: tocsin_storage::StorageError) -> Self {
-        Self::internal(e.to_string())
+        Self::classified(&e)
     }
 }
 
@@ -112,6 +121,9 @@ impl IntoResponse for ApiError {
         let mut r =
             (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": &self.message }).to_string())
                 .into_response();
+        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         // For the audit entry of the request.
         r.extensions_mut().insert(ErrorNote(self.message));
         r
@@ -120,38 +132,19 @@ impl IntoResponse for ApiError {
 
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
-        if let QueryError::Auth(a) = e {
-            return Self::from(a);
-        }
-        let status = if e.is_user_error() {
-            StatusCode::BAD_REQUEST
-        } else if matches!(
-            e,
-            QueryError::Storage(tocsin_storage::StorageError::BufferFull { .. })
-                | QueryError::TooManyQueries { .. }
-                | QueryError::Timeout { .. }
-        ) {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        Self { status, message: e.to_string() }
+        Self::classified(&e.unwrapped())
     }
 }
 
 impl From<tocsin_auth::AuthError> for ApiError {
     fn from(e: tocsin_auth::AuthError) -> Self {
-        use tocsin_auth::AuthError;
-        let status = match &e {
-            AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AuthError::NotFound(_) => StatusCode::NOT_FOUND,
-            AuthError::Invalid(_) => StatusCode::BAD_REQUEST,
-            AuthError::Io { .. } | AuthError::Corrupt { .. } | AuthError::Random(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        Self { status, message: e.to_string() }
+        Self::classified(&e)
+    }
+}
+
+impl From<tocsin_ingest::follow::FollowError> for ApiError {
+    fn from(e: tocsin_ingest::follow::FollowError) -> Self {
+        Self::classified(&e)
     }
 }
 

@@ -18,6 +18,8 @@ mod alerts_api;
 mod audit_table;
 mod auth_api;
 pub mod config;
+#[cfg(test)]
+mod error_mapping_tests;
 mod flight;
 pub mod format;
 mod guard;

@@ -32,21 +32,23 @@ use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tocsin_auth::{AuthError, Principal};
+use tocsin_auth::Principal;
 use tocsin_ingest::line::{self, Precision};
 use tocsin_ingest::{IngestError, prom};
 use tocsin_proto::v1::WriteResponse;
-use tocsin_storage::StorageError;
 
 use crate::http::AppState;
 
 /// Which dialect answers: the error body shapes differ.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dialect {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
     Prometheus,
     InfluxV1,
     InfluxV2,
 }
+
+#[cfg(test)]
+pub(crate) const DIALECTS: [Dialect; 3] = [Dialect::Prometheus, Dialect::InfluxV1, Dialect::InfluxV2];
 
 fn error(dialect: Dialect, status: StatusCode, message: String) -> Response {
     let body = match dialect {
@@ -68,22 +70,15 @@ fn error(dialect: Dialect, status: StatusCode, message: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-fn ingest_error(dialect: Dialect, e: IngestError) -> Response {
-    let status = match &e {
-        IngestError::Empty(_) | IngestError::Storage(StorageError::Database(_)) => StatusCode::BAD_REQUEST,
-        IngestError::Storage(StorageError::BufferFull { .. } | StorageError::ShuttingDown) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        IngestError::Auth(AuthError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
-        IngestError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
-        IngestError::Auth(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-    };
+/// A refused write: its class's status (`tocsin_storage::errors`), and
+/// `Retry-After` when the client may retry (the wait a rate limit needs).
+pub(crate) fn ingest_error(dialect: Dialect, e: IngestError) -> Response {
+    use tocsin_storage::errors::Classify as _;
+    let class = e.class();
+    let status = StatusCode::from_u16(class.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let retry_after = match &e {
         IngestError::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-        _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
-        _ => None,
+        _ => class.retry_after().then_some(1),
     };
     let mut r = error(dialect, status, e.to_string());
     if let Some(secs) = retry_after

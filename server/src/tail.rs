@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::json;
-use tocsin_ingest::follow::{BatchStream, FollowError, TailBackfill, follow};
+use tocsin_ingest::follow::{BatchStream, TailBackfill, follow};
 use tocsin_ingest::tail::{TailFilter, TailItem};
 use tocsin_proto::v1::LogEvent;
 use tocsin_query::QueryEngine;
@@ -70,11 +70,7 @@ pub(crate) async fn tail(
     }
     who.check_table(tocsin_auth::Permission::Tail, &f.database, &f.table)?;
     f.restrict_to(&who);
-    let items = follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await.map_err(|e| match e {
-        FollowError::SinceTooLong(_) | FollowError::Filter(_) => ApiError::bad_request(e.to_string()),
-        FollowError::TooManySubscribers(_) => ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        _ => ApiError::internal(e.to_string()),
-    })?;
+    let items = follow(&app.tail, &app.storage, Some(&app.backfill), f, buffer, since).await?;
     let stream = tocsin_ingest::follow::while_current(items, who).map(|item| {
         Ok::<_, Infallible>(match item {
             Ok(TailItem::Event(e)) => Event::default().data(event_json(&e).to_string()),

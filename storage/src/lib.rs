@@ -42,6 +42,7 @@ pub mod config;
 mod delta;
 pub mod durable;
 mod engine;
+pub mod errors;
 pub mod generated;
 mod last;
 pub mod manifest;
