@@ -111,7 +111,7 @@ impl QueryError {
             QueryError::ExpressionTooComplex { .. } => Some("max_statement_depth"),
             QueryError::TooManyJoins { .. } => Some("max_joins"),
             QueryError::TooComplex { bound, .. } => Some(bound),
-            QueryError::DataFusion(DataFusionError::ResourcesExhausted(_)) => Some("max_query_memory_mb"),
+            QueryError::DataFusion(e) if resources_exhausted(e) => Some("max_query_memory_mb"),
             QueryError::Write(e) => e.limit(),
             QueryError::TooManyQueries { .. } => Some("max_concurrent_queries"),
             QueryError::Timeout { .. } => Some("query_timeout"),
@@ -153,7 +153,7 @@ impl tocsin_storage::errors::Classify for QueryError {
             QueryError::Storage(s) => s.class(),
             QueryError::TooManyQueries { .. } => ErrorClass::Overloaded,
             QueryError::Timeout { .. } => ErrorClass::Timeout,
-            QueryError::DataFusion(DataFusionError::ResourcesExhausted(_)) => ErrorClass::Overloaded,
+            QueryError::DataFusion(e) if resources_exhausted(e) => ErrorClass::Overloaded,
             QueryError::DataFusion(DataFusionError::External(inner)) => match inner.downcast_ref::<QueryError>() {
                 Some(q) => q.class(),
                 None if self.is_user_error() => ErrorClass::Invalid,
@@ -162,6 +162,17 @@ impl tocsin_storage::errors::Classify for QueryError {
             e if e.is_user_error() => ErrorClass::Invalid,
             _ => ErrorClass::Internal,
         }
+    }
+}
+
+/// Whether the memory pool refused the query, however DataFusion wrapped it.
+fn resources_exhausted(e: &DataFusionError) -> bool {
+    match e {
+        DataFusionError::ResourcesExhausted(_) => true,
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => resources_exhausted(inner),
+        DataFusionError::Shared(inner) => resources_exhausted(inner),
+        DataFusionError::External(inner) => inner.downcast_ref::<DataFusionError>().is_some_and(resources_exhausted),
+        _ => false,
     }
 }
 
@@ -467,6 +478,13 @@ impl QueryEngine {
             Arc::clone(&schema),
             stream.map(move |batch| {
                 let _reading = &reader;
+                // A bound hit while running (the memory pool) is counted
+                // like one hit while planning.
+                if let Err(e) = &batch
+                    && resources_exhausted(e)
+                {
+                    tocsin_storage::refusals::refused("max_query_memory_mb");
+                }
                 batch
             }),
         ));

@@ -89,6 +89,29 @@ pub async fn run(
     let storage = Storage::open(config.storage.clone()).await?;
     let auth = open_auth(&config, &storage)?;
     let audit = Arc::new(tocsin_auth::AuditLog::open(storage.data_dir(), Arc::new(tocsin_storage::SystemClock))?);
+    // The configuration a server runs with is part of the record: what
+    // changed between two starts is visible in the audit log.
+    let roles: Vec<String> = config.auth.roles.keys().cloned().collect();
+    audit.record(tocsin_auth::AuditEntry {
+        actor: "server".into(),
+        interface: "server".into(),
+        action: "start".into(),
+        target: storage.data_dir().display().to_string(),
+        outcome: "ok".into(),
+        status: 200,
+        detail: format!(
+            "version {} auth {} tls {} mutual_tls {} roles [{}] rules {} grpc {} http {}",
+            env!("CARGO_PKG_VERSION"),
+            if config.auth.enabled { "on" } else { "off" },
+            if config.tls.is_some() { "on" } else { "off" },
+            if config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) { "on" } else { "off" },
+            roles.join(", "),
+            config.alerting.rules.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string()),
+            config.grpc_addr,
+            config.http_addr,
+        ),
+        ..tocsin_auth::AuditEntry::default()
+    });
     let query = Arc::new(
         QueryEngine::with_memory_limit(Arc::clone(&storage), config.max_query_memory_bytes)
             .with_caller_limits(config.query_timeout, config.max_concurrent_queries),
@@ -243,6 +266,15 @@ pub async fn run(
     let _ = compactor.await;
     let _ = rollup_task.await;
     let _ = alerting.await;
+    audit.record(tocsin_auth::AuditEntry {
+        actor: "server".into(),
+        interface: "server".into(),
+        action: "stop".into(),
+        target: storage.data_dir().display().to_string(),
+        outcome: "ok".into(),
+        status: 200,
+        ..tocsin_auth::AuditEntry::default()
+    });
     audit.sync();
     let stats = storage.shutdown().await?;
     tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");

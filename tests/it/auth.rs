@@ -172,6 +172,13 @@ async fn tokens_are_shown_once_stored_hashed_and_stop_working_when_revoked() {
     let editor = create_token(&server, &admin, "editor", &[]);
     let (status, _) = call(&server, "POST", "/api/v1/tokens", Some(&editor), Some(json!({"role": "admin"}))).await;
     assert_eq!(status, 403, "an editor cannot mint an admin token");
+    // Each start and stop is in the audit log with the configuration it ran with.
+    let q = "SELECT action, detail FROM system.audit WHERE actor = 'server' ORDER BY seq";
+    let (_, body) = sql(&server, &admin, q).await;
+    let rows: Vec<Value> = serde_json::from_str(&body).expect("rows");
+    let actions: Vec<&str> = rows.iter().filter_map(|r| r["action"].as_str()).collect();
+    assert_eq!(actions, ["start", "stop", "start"], "{body}");
+    assert!(rows[0]["detail"].as_str().unwrap_or("").contains("auth on tls off"), "{body}");
 }
 
 #[tokio::test]

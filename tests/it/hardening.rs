@@ -451,3 +451,27 @@ async fn open_tails_are_bounded() {
     assert!(server.metric("tocsin_limit_refusals_total{limit=\"max_tail_subscribers\"}").await >= 2.0);
     drop(first);
 }
+
+/// The running queries share `limits.max_query_memory_mb`: a query whose
+/// aggregate outgrows it fails alone (503 naming the bound, counted), while
+/// small queries running beside it succeed and the server stays up.
+#[tokio::test]
+async fn a_query_over_the_memory_limit_fails_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[limits]\nmax_query_memory_mb = 16\n").expect("config");
+    let server = TestServer::start_in(&dir.path().join("data"), &["--config", cfg.to_str().expect("utf-8")]);
+    server.sql("INSERT INTO big (ts, v) SELECT to_timestamp(value), value FROM generate_series(1, 300000)").await;
+    server.sql("INSERT INTO small (ts, host, v) VALUES (now(), 'a', 1), (now(), 'b', 2)").await;
+    // About 60 MB of strings held by the aggregate, in a pool of 16 MB.
+    let heavy = server.sql_raw("SELECT v % 10 AS k, array_agg(repeat('x', 200)) AS a FROM big GROUP BY 1 LIMIT 1");
+    let smalls = futures::future::join_all((0..8).map(|_| server.sql_raw("SELECT count(*) AS n FROM small")));
+    let ((status, body), smalls) = tokio::join!(heavy, smalls);
+    assert_eq!(status, 503, "the heavy query fails with the overloaded class: {body}");
+    assert!(body.to_string().to_lowercase().contains("resources exhausted"), "{body}");
+    for (status, body) in smalls {
+        assert_eq!((status, body), (200, json!([{"n": 2}])), "small queries beside it succeed");
+    }
+    assert!(server.metric("tocsin_limit_refusals_total{limit=\"max_query_memory_mb\"}").await >= 1.0);
+    assert_eq!(server.sql("SELECT count(*) AS n FROM big").await, vec![json!({"n": 300000})], "still up");
+}
