@@ -508,11 +508,27 @@ impl Auth {
         self.users.lock().clone()
     }
 
-    /// Sets a user's password: the `users` permission, or the user's own
-    /// session or login. Ends every session of the user.
-    pub fn set_password(&self, by: &Principal, name: &str, password: &str) -> Result<UserRecord, AuthError> {
-        if by.name != format!("user:{name}") {
-            by.require(Permission::Users)?;
+    /// Sets a user's password: the `users` permission, or the user
+    /// themself with their current password (a stolen session alone cannot
+    /// lock its owner out). Ends every session of the user.
+    pub fn set_password(
+        &self,
+        by: &Principal,
+        name: &str,
+        password: &str,
+        current: Option<&str>,
+    ) -> Result<UserRecord, AuthError> {
+        if by.require(Permission::Users).is_err() {
+            if by.name != format!("user:{name}") {
+                by.require(Permission::Users)?;
+            }
+            let Some(current) = current else {
+                return Err(AuthError::Invalid("changing your own password needs your current password".into()));
+            };
+            // Counted towards the lockout like any failed login.
+            if self.verify_password(name, current).is_err() {
+                return Err(AuthError::Forbidden("the current password is wrong".into()));
+            }
         }
         user::check_password(password)?;
         let hash = user::hash_password(password)?;
@@ -913,13 +929,15 @@ mod tests {
         let (auth, _) = open(dir.path(), Arc::clone(&clock));
         let (_, session, _) = auth.login("alice", "correct horse").expect("login after restart");
         let me = auth.authenticate(&Credentials::Token(session.clone())).expect("alice");
-        auth.set_password(&me, "alice", "battery staple").expect("own password");
+        assert!(auth.set_password(&me, "alice", "battery staple", None).is_err(), "needs the current password");
+        assert!(auth.set_password(&me, "alice", "battery staple", Some("wrong horse")).is_err());
+        auth.set_password(&me, "alice", "battery staple", Some("correct horse")).expect("own password");
         assert!(!me.is_current());
         assert!(auth.authenticate(&Credentials::Token(session)).is_err());
         assert!(auth.authenticate(&basic("correct horse")).is_err(), "the old password no longer works");
         let me = auth.authenticate(&basic("battery staple")).expect("new password");
         auth.create_user(&admin, "bob", "bob's password", "editor", None).expect("bob");
-        let err = auth.set_password(&me, "bob", "not yours at all").unwrap_err();
+        let err = auth.set_password(&me, "bob", "not yours at all", Some("battery staple")).unwrap_err();
         assert!(matches!(err, AuthError::Forbidden(_)), "a viewer sets only their own password");
         let admin = auth
             .authenticate(&Credentials::Token(

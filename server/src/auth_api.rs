@@ -4,8 +4,8 @@
 //! - `POST /api/v1/tokens`, `GET /api/v1/tokens`, `DELETE /api/v1/tokens/{id}`
 //!   and `POST /api/v1/users`, `GET /api/v1/users`,
 //!   `DELETE /api/v1/users/{name}`: the `users` permission.
-//! - `POST /api/v1/users/{name}/password`: the `users` permission, or the
-//!   user themself.
+//! - `POST /api/v1/users/{name}/password` `{"password": ..., "current": ...}`:
+//!   the `users` permission, or the user themself with the current password.
 //! - `POST /api/v1/login` (public): a user's name and password, as
 //!   `Authorization: Basic` or JSON `{"user": ..., "password": ...}`, give a
 //!   session token; `POST /api/v1/logout` ends the session presented.
@@ -183,6 +183,9 @@ async fn delete_user(
 #[serde(deny_unknown_fields)]
 struct NewPassword {
     password: String,
+    /// The caller's current password, when changing their own.
+    #[serde(default)]
+    current: Option<String>,
 }
 
 async fn set_password(
@@ -194,7 +197,7 @@ async fn set_password(
     let req: NewPassword = json_body(&body, r#"{"password": "..."}"#)?;
     let auth = std::sync::Arc::clone(&app.auth);
     let (by, user) = (who.clone(), name.clone());
-    let record = blocking(move || auth.set_password(&by, &user, &req.password)).await?;
+    let record = blocking(move || auth.set_password(&by, &user, &req.password, req.current.as_deref())).await?;
     tracing::info!(by = %who.name, user = %record.name, "password set");
     Ok(noted(axum::Json(shown_user(&record)).into_response(), format!("password of user {}", record.name)))
 }

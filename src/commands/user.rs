@@ -41,8 +41,14 @@ enum UserCommand {
     },
     /// Delete a user: their sessions end at once.
     Delete { name: String },
-    /// Set a user's password (read from standard input); their sessions end.
-    Passwd { name: String },
+    /// Set a user's password (the first line of standard input); their
+    /// sessions end. Your own, with `--own`: your current password on the
+    /// first line, the new one on the second.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        own: bool,
+    },
 }
 
 /// `tocsin login`: a session token for a user (printed alone on the last
@@ -116,9 +122,10 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
                 client.call(Method::DELETE, &format!("/api/v1/users/{name}"), None).await?;
                 println!("deleted user {name}");
             }
-            UserCommand::Passwd { name } => {
+            UserCommand::Passwd { name, own } => {
+                let current = if own { Some(read_password()?) } else { None };
                 let password = read_password()?;
-                let body = json!({ "password": password });
+                let body = json!({ "password": password, "current": current });
                 client.call(Method::POST, &format!("/api/v1/users/{name}/password"), Some(body)).await?;
                 println!("password of {name} set; their sessions have ended");
             }

@@ -660,14 +660,13 @@ async fn users_log_in_with_passwords_over_http_basic_sessions_and_flight_sql() {
     assert_eq!(status, 200, "{body}");
     let session: Value = serde_json::from_str(&body).expect("login answer");
     let session = session["token"].as_str().expect("token").to_string();
-    let (status, body) = call(
-        &server,
-        "POST",
-        "/api/v1/users/alice/password",
-        Some(&session),
-        Some(json!({"password": "new staple horse"})),
-    )
-    .await;
+    let change = |current: Option<&str>| json!({"password": "new staple horse", "current": current});
+    let path = "/api/v1/users/alice/password";
+    let (status, body) = call(&server, "POST", path, Some(&session), Some(change(None))).await;
+    assert_eq!(status, 400, "her own password needs the current one: {body}");
+    let (status, body) = call(&server, "POST", path, Some(&session), Some(change(Some("a wrong guess")))).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = call(&server, "POST", path, Some(&session), Some(change(Some("correct horse battery")))).await;
     assert_eq!(status, 200, "alice sets her own password: {body}");
     assert_eq!(sql(&server, &session, "SELECT 1").await.0, 401, "the old session ended");
     assert_eq!(basic("correct horse battery").send().await.expect("sql").status(), 401);
