@@ -65,6 +65,10 @@ pub enum AuthError {
     Corrupt { path: PathBuf, reason: String },
     #[error("the operating system's random source failed: {0}")]
     Random(String),
+    /// Too much work at once (password checks); retry shortly (HTTP 503,
+    /// gRPC `UNAVAILABLE`).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 impl tocsin_storage::errors::Classify for AuthError {
@@ -75,6 +79,7 @@ impl tocsin_storage::errors::Classify for AuthError {
             AuthError::Forbidden(_) => ErrorClass::PermissionDenied,
             AuthError::NotFound(_) => ErrorClass::NotFound,
             AuthError::Invalid(_) => ErrorClass::Invalid,
+            AuthError::Overloaded(_) => ErrorClass::Overloaded,
             AuthError::Io { .. } | AuthError::Corrupt { .. } | AuthError::Random(_) => ErrorClass::Internal,
         }
     }
@@ -234,9 +239,67 @@ pub struct Auth {
     /// argon2 on every request: SHA-256 of (name, password, stored hash) →
     /// when verified (unix seconds). A new password changes the key.
     verified: Mutex<HashMap<[u8; 32], u64>>,
-    /// Failed logins per user name: (count, first failure, unix seconds).
+    /// Logins per user name that failed or are being checked: (count,
+    /// first attempt, unix seconds). An attempt counts before argon2 runs,
+    /// so parallel guesses cannot get past the lockout.
     failures: Mutex<HashMap<String, (u32, u64)>>,
+    /// Bounds the argon2 runs at once (19 MiB and tens of ms each).
+    hashing: HashSlots,
     clock: Arc<dyn Clock>,
+}
+
+/// Password hashes (argon2id) running at once; more wait for a slot up to
+/// [`HASH_WAIT`], and past [`MAX_HASH_WAITERS`] waiting they are refused
+/// at once as overloaded (`tocsin_limit_refusals_total{limit="password_checks"}`),
+/// so a flood of logins costs bounded memory and CPU and leaves the rest
+/// of the server running.
+const MAX_HASHING: usize = 4;
+const MAX_HASH_WAITERS: usize = 64;
+const HASH_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct HashSlots {
+    /// (running, waiting)
+    state: Mutex<(usize, usize)>,
+    freed: parking_lot::Condvar,
+}
+
+struct HashSlot<'a>(&'a HashSlots);
+
+impl HashSlots {
+    /// Blocks (the caller is on a blocking thread) until a slot is free.
+    fn acquire(&self) -> Result<HashSlot<'_>, AuthError> {
+        let refuse = || {
+            tocsin_storage::refusals::refused("password_checks");
+            AuthError::Overloaded("too many password checks at once; retry in a few seconds".into())
+        };
+        let mut state = self.state.lock();
+        if state.0 < MAX_HASHING {
+            state.0 += 1;
+            return Ok(HashSlot(self));
+        }
+        if state.1 >= MAX_HASH_WAITERS {
+            return Err(refuse());
+        }
+        state.1 += 1;
+        let deadline = std::time::Instant::now() + HASH_WAIT;
+        while state.0 >= MAX_HASHING {
+            if self.freed.wait_until(&mut state, deadline).timed_out() && state.0 >= MAX_HASHING {
+                state.1 -= 1;
+                return Err(refuse());
+            }
+        }
+        state.1 -= 1;
+        state.0 += 1;
+        Ok(HashSlot(self))
+    }
+}
+
+impl Drop for HashSlot<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().0 -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 #[derive(Debug)]
@@ -284,6 +347,7 @@ impl Auth {
             session_ttl: config.session_ttl,
             verified: Mutex::default(),
             failures: Mutex::default(),
+            hashing: HashSlots::default(),
             clock,
         };
         if !(config.enabled && first_start) {
@@ -329,21 +393,36 @@ impl Auth {
     /// check), with a lockout after repeated failures.
     fn verify_password(&self, name: &str, password: &str) -> Result<Principal, AuthError> {
         let now = self.clock.unix_secs();
-        if let Some(&(count, first)) = self.failures.lock().get(name)
-            && count >= MAX_FAILURES
-            && now < first + LOCKOUT_SECS
+        // The attempt counts before the check: a success takes it back.
         {
-            return Err(AuthError::Unauthenticated(format!(
-                "too many failed logins for {:?}; try again in {} s",
-                clip(name),
-                first + LOCKOUT_SECS - now
-            )));
+            let mut failures = self.failures.lock();
+            if failures.len() > 100_000 {
+                // Forget windows that have passed, then (under a flood of
+                // names) counts short of a lockout; no lockout is lifted early.
+                failures.retain(|_, (_, first)| now < *first + LOCKOUT_SECS);
+                if failures.len() > 100_000 {
+                    failures.retain(|_, (count, _)| *count >= MAX_FAILURES);
+                }
+            }
+            let f = failures.entry(name.to_string()).or_insert((0, now));
+            if now >= f.1 + LOCKOUT_SECS {
+                *f = (0, now);
+            }
+            if f.0 >= MAX_FAILURES {
+                return Err(AuthError::Unauthenticated(format!(
+                    "too many failed logins for {:?}; try again in {} s",
+                    clip(name),
+                    f.1 + LOCKOUT_SECS - now
+                )));
+            }
+            f.0 += 1;
         }
         let record = self.users.lock().iter().find(|u| u.name == name).cloned();
         let key = record.as_ref().map(|r| verified_key(name, password, &r.password));
         let cached = key.is_some_and(|k| self.verified.lock().get(&k).is_some_and(|&at| now < at + VERIFIED_TTL_SECS));
-        let ok = cached
-            || match &record {
+        let ok = cached || {
+            let _slot = self.hashing.acquire().inspect_err(|_| self.take_back_attempt(name))?;
+            match &record {
                 Some(r) => user::verify_password(password, &r.password),
                 None => {
                     // As slow as a wrong password, so that names cannot be
@@ -351,17 +430,9 @@ impl Auth {
                     user::verify_password(password, dummy_hash());
                     false
                 }
-            };
+            }
+        };
         let (Some(record), Some(key), true) = (record, key, ok) else {
-            let mut failures = self.failures.lock();
-            if failures.len() > 100_000 {
-                failures.clear();
-            }
-            let f = failures.entry(name.to_string()).or_insert((0, now));
-            if now >= f.1 + LOCKOUT_SECS {
-                *f = (0, now);
-            }
-            f.0 += 1;
             return Err(AuthError::Unauthenticated(format!("unknown user {:?} or wrong password", clip(name))));
         };
         self.failures.lock().remove(name);
@@ -374,6 +445,24 @@ impl Auth {
         }
         let revoked = Arc::clone(self.revoked.lock().entry(format!("user:{name}")).or_default());
         self.user_principal(&record, revoked, None)
+    }
+
+    /// Takes back an attempt counted by [`Auth::verify_password`] that was
+    /// never checked (refused as overloaded).
+    fn take_back_attempt(&self, name: &str) {
+        let mut failures = self.failures.lock();
+        if let Some(f) = failures.get_mut(name) {
+            f.0 = f.0.saturating_sub(1);
+            if f.0 == 0 {
+                failures.remove(name);
+            }
+        }
+    }
+
+    /// argon2id of a new password, within the bound on hashes at once.
+    fn hash_new_password(&self, password: &str) -> Result<String, AuthError> {
+        let _slot = self.hashing.acquire()?;
+        user::hash_password(password)
     }
 
     fn user_principal(
@@ -478,7 +567,7 @@ impl Auth {
         user::check_name(name)?;
         user::check_password(password)?;
         self.check_role_and_database(role, database.as_deref())?;
-        let hash = user::hash_password(password)?;
+        let hash = self.hash_new_password(password)?;
         let mut users = self.users.lock();
         if users.iter().any(|u| u.name == name) {
             return Err(AuthError::Invalid(format!("user {name:?} already exists")));
@@ -526,12 +615,16 @@ impl Auth {
                 return Err(AuthError::Invalid("changing your own password needs your current password".into()));
             };
             // Counted towards the lockout like any failed login.
-            if self.verify_password(name, current).is_err() {
-                return Err(AuthError::Forbidden("the current password is wrong".into()));
+            match self.verify_password(name, current) {
+                Ok(_) => {}
+                Err(AuthError::Unauthenticated(_)) => {
+                    return Err(AuthError::Forbidden("the current password is wrong".into()));
+                }
+                Err(e) => return Err(e),
             }
         }
         user::check_password(password)?;
-        let hash = user::hash_password(password)?;
+        let hash = self.hash_new_password(password)?;
         let out = self.change_user(name, |u, now| {
             u.password = hash;
             u.password_set_at = now;
@@ -964,6 +1057,58 @@ mod tests {
         assert!(err.to_string().contains("too many failed logins"), "{err}");
         clock.advance(Duration::from_secs(LOCKOUT_SECS));
         assert!(auth.login("carol", "right password").is_ok(), "the lock ends");
+    }
+
+    #[test]
+    fn parallel_guesses_cannot_pass_the_lockout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (auth, token) = open(dir.path(), Arc::new(ManualClock::new(0)));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        auth.create_user(&admin, "erin", "right password", "viewer", None).expect("create");
+        let checked = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for i in 0..(3 * MAX_FAILURES) {
+                let (auth, checked) = (&auth, &checked);
+                s.spawn(move || {
+                    let err = auth.login("erin", &format!("guess {i}")).unwrap_err().to_string();
+                    if err.contains("wrong password") {
+                        checked.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        assert!(err.contains("too many failed logins"), "{err}");
+                    }
+                });
+            }
+        });
+        assert_eq!(checked.load(Ordering::Relaxed), MAX_FAILURES as usize, "guesses checked");
+        let err = auth.login("erin", "right password").unwrap_err();
+        assert!(err.to_string().contains("too many failed logins"), "{err}");
+    }
+
+    #[test]
+    fn password_hashes_at_once_are_bounded() {
+        let slots = HashSlots::default();
+        let held: Vec<_> = (0..MAX_HASHING).map(|_| slots.acquire().expect("free slot")).collect();
+        let got = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let slot = slots.acquire().expect("a slot once one is freed");
+                got.store(true, Ordering::SeqCst);
+                drop(slot);
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!got.load(Ordering::SeqCst), "no slot while all are held");
+            drop(held);
+            waiter.join().expect("waiter");
+        });
+        assert!(got.load(Ordering::SeqCst));
+        assert_eq!(*slots.state.lock(), (0, 0), "every slot returned");
+        // With the queue full, a check is refused at once.
+        let _held: Vec<_> = (0..MAX_HASHING).map(|_| slots.acquire().expect("free slot")).collect();
+        slots.state.lock().1 = MAX_HASH_WAITERS;
+        let before = tocsin_storage::refusals::count("password_checks");
+        assert!(matches!(slots.acquire(), Err(AuthError::Overloaded(_))));
+        assert_eq!(tocsin_storage::refusals::count("password_checks"), before + 1);
+        slots.state.lock().1 = 0;
     }
 
     #[test]

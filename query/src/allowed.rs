@@ -447,12 +447,15 @@ pub(crate) fn visible_tables(
 }
 
 /// Applies the caller's row filters: every scan of a table its role
-/// filters (in subqueries, joins, CTEs and `EXPLAIN` too) becomes
-/// `Filter(column IN (values) AND ..., scan)`, before optimisation, so no
-/// query shape reads past it (the optimiser then pushes it into the scan).
-/// A filtered table without the filter's column is refused, naming both.
+/// filters (in subqueries, joins, CTEs and `EXPLAIN` too) reads the table
+/// through a [`crate::gate::RowGate`] with `column IN (values) AND ...`,
+/// before optimisation, so no query shape (and no error message) reaches
+/// past it. A filtered table without the filter's column is refused,
+/// naming both. `EXPLAIN ANALYZE` and `EXPLAIN VERBOSE` are refused when a
+/// gate is in the plan: their counts and statistics describe the rows
+/// below it.
 ///
-/// `information_schema.tables` and `.columns` are filtered the same way to
+/// `information_schema.tables` and `.columns` are gated the same way to
 /// the tables the caller may read (`visible`, `database.table` names,
 /// computed only when the plan reads them).
 pub(crate) fn restrict_rows(
@@ -461,52 +464,72 @@ pub(crate) fn restrict_rows(
     who: &tocsin_auth::Principal,
     visible: impl FnOnce() -> Vec<String>,
 ) -> Result<LogicalPlan, QueryError> {
+    use datafusion::common::Column;
     use datafusion::common::tree_node::Transformed;
-    use datafusion::logical_expr::{Expr, Filter, col, lit};
+    use datafusion::datasource::{provider_as_source, source_as_provider};
+    use datafusion::logical_expr::{Expr, lit};
+    let explains = match &plan {
+        LogicalPlan::Analyze(_) => Some("EXPLAIN ANALYZE"),
+        LogicalPlan::Explain(e) if e.verbose => Some("EXPLAIN VERBOSE"),
+        _ => None,
+    };
     let mut visible = Some(visible);
     let mut names: Option<Vec<Expr>> = None;
     let mut refused = None;
+    let mut gated = false;
+    let column = |c: &str| Expr::Column(Column::new_unqualified(c));
     let restricted = plan.transform_up_with_subqueries(|node| {
-        let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
+        let mut scan = match node {
+            LogicalPlan::TableScan(scan) => scan,
+            other => return Ok(Transformed::no(other)),
+        };
         let db = scan.table_name.schema().unwrap_or(default_db);
-        if db == "information_schema" && tocsin_auth::CATALOG_LISTS.contains(&scan.table_name.table()) {
+        let predicate = if db == "information_schema" && tocsin_auth::CATALOG_LISTS.contains(&scan.table_name.table()) {
             let names = names
                 .get_or_insert_with(|| visible.take().map(|f| f()).unwrap_or_default().into_iter().map(lit).collect());
-            let q = |c: &str| col(datafusion::common::Column::new(Some(scan.table_name.clone()), c));
-            let name = datafusion::functions::expr_fn::concat(vec![q("table_schema"), lit("."), q("table_name")]);
-            let allowed = if names.is_empty() { lit(false) } else { name.in_list(names.clone(), false) };
-            return Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(allowed, std::sync::Arc::new(node))?)));
-        }
-        let filters = who.role.row_filters(db, scan.table_name.table());
-        let mut predicate: Option<Expr> = None;
-        for f in filters {
-            if !scan.projected_schema.has_column_with_unqualified_name(&f.column) {
-                refused = Some(tocsin_auth::AuthError::Forbidden(format!(
-                    "{} (role {}) may read {db}.{} only where {} is one of its values, and the table has no such \
-                     column",
-                    who.name,
-                    who.role.name,
-                    scan.table_name.table(),
-                    f.column
-                )));
-                return Ok(Transformed::new(node, false, TreeNodeRecursion::Stop));
+            let name =
+                datafusion::functions::expr_fn::concat(vec![column("table_schema"), lit("."), column("table_name")]);
+            Some(if names.is_empty() { lit(false) } else { name.in_list(names.clone(), false) })
+        } else {
+            let mut predicate: Option<Expr> = None;
+            for f in who.role.row_filters(db, scan.table_name.table()) {
+                if !scan.projected_schema.has_column_with_unqualified_name(&f.column) {
+                    refused = Some(tocsin_auth::AuthError::Forbidden(format!(
+                        "{} (role {}) may read {db}.{} only where {} is one of its values, and the table has no \
+                         such column",
+                        who.name,
+                        who.role.name,
+                        scan.table_name.table(),
+                        f.column
+                    )));
+                    return Ok(Transformed::new(LogicalPlan::TableScan(scan), false, TreeNodeRecursion::Stop));
+                }
+                let allowed = column(&f.column).in_list(f.values.iter().map(|v| lit(v.as_str())).collect(), false);
+                predicate = Some(match predicate {
+                    None => allowed,
+                    Some(p) => p.and(allowed),
+                });
             }
-            let column = datafusion::common::Column::new(Some(scan.table_name.clone()), &f.column);
-            let allowed = col(column).in_list(f.values.iter().map(|v| lit(v.as_str())).collect(), false);
-            predicate = Some(match predicate {
-                None => allowed,
-                Some(p) => p.and(allowed),
-            });
-        }
-        match predicate {
-            None => Ok(Transformed::no(node)),
-            Some(p) => Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(p, std::sync::Arc::new(node))?))),
-        }
+            predicate
+        };
+        let Some(predicate) = predicate else { return Ok(Transformed::no(LogicalPlan::TableScan(scan))) };
+        gated = true;
+        let inner = source_as_provider(&scan.source)?;
+        scan.source = provider_as_source(std::sync::Arc::new(crate::gate::RowGate { inner, predicate }));
+        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
     })?;
-    match refused {
-        Some(e) => Err(e.into()),
-        None => Ok(restricted.data),
+    if let Some(e) = refused {
+        return Err(e.into());
     }
+    if let (true, Some(kind)) = (gated, explains) {
+        return Err(tocsin_auth::AuthError::Forbidden(format!(
+            "{kind} is not available to {} (role {}): its counts describe rows outside the role's row filters; use \
+             EXPLAIN",
+            who.name, who.role.name
+        ))
+        .into());
+    }
+    Ok(restricted.data)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 
 mod allowed;
 pub(crate) mod catalog;
+mod gate;
 mod insert;
 mod json;
 mod lastpoint;

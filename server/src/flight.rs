@@ -239,7 +239,9 @@ impl FlightSql {
         let (schema, stream) = self.query.stream_with_params(sql, database, params, Some(who)).await.map_err(status)?;
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .build(stream.map_err(|e| FlightError::ExternalError(Box::new(e))))
+            // Errors while running (memory limit, time-out, a bad cast) are
+            // classed like planning errors, not as internal.
+            .build(stream.map_err(|e| FlightError::Tonic(Box::new(status(QueryError::from(e))))))
             .map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
     }

@@ -170,6 +170,12 @@ async fn sql(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        let enc = tocsin_auth::clip(enc.to_str().unwrap_or("?")).to_string();
+        let message = format!("Content-Encoding {enc:?} is not supported here; send the statement uncompressed");
+        return ApiError { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, message }.into_response();
+    }
     let req: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -993,3 +993,67 @@ async fn otlp_exports_choose_their_database_so_database_tokens_can_use_them() {
     let (_, body) = sql(&server, &admin, "SELECT value FROM edge.temp ORDER BY value").await;
     assert_eq!(serde_json::from_str::<Value>(&body).expect("rows"), json!([{"value": 2.0}, {"value": 3.0}]));
 }
+
+/// The caller's predicates run on the rows its filter lets through only:
+/// an expression that fails on a hidden value (its error would show it),
+/// `EXPLAIN ANALYZE` counts and the information_schema lists leak nothing,
+/// in the write buffer and in persisted segments alike.
+#[tokio::test]
+async fn hidden_rows_leak_through_no_error_message_or_plan() {
+    use tocsin_proto::v1::WriteLogsRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), ROW_FILTERED);
+    let dev = create_token(&server, &admin, "billing_dev", &[]);
+    let now = chrono::Utc::now().timestamp_nanos_opt().expect("now");
+    let mut ingest = server.client().await;
+    let write = |events| WriteLogsRequest { database: String::new(), stream: String::new(), events };
+    let old = vec![
+        crate::util::log(now - 4_000_000, "trading", "info", "SECRET persisted", "t-1"),
+        crate::util::log(now - 3_000_000, "billing", "info", "7", "t-1"),
+    ];
+    ingest.write_logs(with_token(write(old), Some(&admin))).await.expect("write logs");
+    assert_eq!(call(&server, "POST", "/api/v1/admin/persist", Some(&admin), None).await.0, 200);
+    let new = vec![crate::util::log(now, "trading", "info", "SECRET buffered", "t-2")];
+    ingest.write_logs(with_token(write(new), Some(&admin))).await.expect("write logs");
+    assert_eq!(lines(&server, &admin, "secret_positions,host=a v=1").await, 204);
+
+    let leaks = |body: &str| body.contains("SECRET") || body.contains("secret_positions");
+    // Fails on every hidden message, not on the visible one.
+    let (status, body) = sql(&server, &dev, "SELECT count(*) AS n FROM logs WHERE CAST(message AS BIGINT) = 7").await;
+    assert!(!leaks(&body), "{body}");
+    assert_eq!((status, body.as_str()), (200, r#"[{"n":1}]"#));
+    let (status, body) = sql(
+        &server,
+        &dev,
+        "SELECT l.message FROM logs l JOIN logs r ON l.trace_id = r.trace_id WHERE CAST(r.message AS BIGINT) > 0",
+    )
+    .await;
+    assert!(!leaks(&body), "{body}");
+    assert_eq!(status, 200, "{body}");
+    // The same over the tables list.
+    let (status, body) = sql(
+        &server,
+        &dev,
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public' AND \
+         CAST(CASE WHEN table_name IN ('logs', 'calls', 'routes') THEN '1' ELSE table_name END AS BIGINT) = 1",
+    )
+    .await;
+    assert!(!leaks(&body), "{body}");
+    assert_eq!(status, 200, "{body}");
+    // Plans: EXPLAIN shows the gate; what counts rows is refused.
+    let (status, body) = sql(&server, &dev, "EXPLAIN SELECT message FROM logs").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("RowGateExec"), "{body}");
+    for q in ["EXPLAIN ANALYZE SELECT message FROM logs", "EXPLAIN VERBOSE SELECT message FROM logs"] {
+        let (status, body) = sql(&server, &dev, q).await;
+        assert_eq!(status, 403, "{q}: {body}");
+        assert!(body.contains("EXPLAIN"), "{body}");
+    }
+    let (status, body) = sql(&server, &admin, "EXPLAIN ANALYZE SELECT message FROM logs").await;
+    assert_eq!(status, 200, "the admin has no filter: {body}");
+    // Predicates that can run below the gate (pruning by time) answer as before.
+    let (status, body) =
+        sql(&server, &dev, "SELECT count(*) AS n FROM logs WHERE ts > now() - INTERVAL '1 hour' AND message <> 'x'")
+            .await;
+    assert_eq!((status, body.as_str()), (200, r#"[{"n":1}]"#));
+}

@@ -42,6 +42,18 @@ async fn an_insert_sent_as_a_query_writes_when_planned() {
     // Bad SQL: the message names the problem.
     let err = c.execute("SELECT nope FROM f".into(), None).await.expect_err("bad sql");
     assert!(err.to_string().contains("nope"), "{err}");
+    // A value that fails while the statement runs is the client's error
+    // too (INVALID_ARGUMENT), not the server's (INTERNAL).
+    let info = c.execute("SELECT CAST(host AS BIGINT) AS n FROM f".into(), None).await.expect("planned");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let stream = c.do_get(ticket).await.expect("do_get");
+    let err = stream.try_collect::<Vec<_>>().await.expect_err("a cast that fails");
+    let status = match &err {
+        arrow_flight::error::FlightError::Tonic(s) => s.code(),
+        other => panic!("not a status: {other}"),
+    };
+    assert_eq!(status, tonic::Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("Int64"), "{err}");
 }
 
 /// A Flight SQL stream still being read while compaction and retention

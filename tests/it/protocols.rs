@@ -186,6 +186,12 @@ async fn zstd_bodies_are_read_within_the_size_bound_and_unknown_encodings_are_na
     let (status, text) = post(&server, "/api/v1/write", vec![1, 2, 3], &[("content-encoding", "gzip")]).await;
     assert_eq!(status, 415, "{text}");
     assert!(text.contains("snappy"), "{text}");
+    // So is a compressed SQL statement (it would only fail as bad JSON).
+    let sql = zstd(br#"{"sql": "SELECT 1"}"#);
+    let (status, text) =
+        post(&server, "/api/v1/sql", sql, &[("content-encoding", "zstd"), ("content-type", "application/json")]).await;
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("Content-Encoding") && text.contains("zstd"), "{text}");
     assert_eq!(server.sql("SELECT h FROM z.m").await.len(), 2, "nothing else was written");
 }
 
