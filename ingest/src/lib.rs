@@ -142,6 +142,12 @@ impl IngestService {
         Self { storage, config, metrics: Arc::new(IngestMetrics::default()), tail, backfill: None, rates }
     }
 
+    /// The per-caller row buckets, to share with other write paths (SQL
+    /// `INSERT`).
+    pub fn rates(&self) -> Arc<rate::CallerRates> {
+        Arc::clone(&self.rates)
+    }
+
     /// Lets `Tail` requests with `since_ms` backfill from storage.
     pub fn with_backfill(mut self, backfill: Arc<dyn follow::TailBackfill>) -> Self {
         self.backfill = Some(backfill);

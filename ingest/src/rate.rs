@@ -47,24 +47,47 @@ impl CallerRates {
         if !self.enabled() || rows == 0 {
             return Ok(());
         }
+        self.with_bucket(caller, now, |b, burst, rate| {
+            let need = (rows as f64).min(burst);
+            if b.rows >= need {
+                b.rows -= rows as f64;
+                Ok(())
+            } else {
+                Err(Duration::from_secs_f64((need - b.rows) / rate))
+            }
+        })
+    }
+
+    /// For writes whose size is known only once done (SQL `INSERT`):
+    /// whether `caller` may start one at `now` (its bucket is not empty or
+    /// in debt), or how long until it may.
+    pub fn admit(&self, caller: &str, now: Instant) -> Result<(), Duration> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.with_bucket(caller, now, |b, _, rate| {
+            if b.rows >= 1.0 { Ok(()) } else { Err(Duration::from_secs_f64((1.0 - b.rows) / rate)) }
+        })
+    }
+
+    /// Takes `rows` written by an admitted write, into debt if need be.
+    pub fn charge(&self, caller: &str, rows: u64, now: Instant) {
+        if self.enabled() && rows > 0 {
+            self.with_bucket(caller, now, |b, _, _| b.rows -= rows as f64);
+        }
+    }
+
+    /// `f` on `caller`'s bucket, refilled to `now`, with the burst and rate.
+    fn with_bucket<T>(&self, caller: &str, now: Instant, f: impl FnOnce(&mut Bucket, f64, f64) -> T) -> T {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(caller) {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| b.rows + rate * now.saturating_duration_since(b.at).as_secs_f64() < burst);
         }
-        if !buckets.contains_key(caller) {
-            buckets.insert(caller.to_string(), Bucket { rows: self.burst, at: now });
-        }
-        let Some(b) = buckets.get_mut(caller) else { return Ok(()) };
+        let b = buckets.entry(caller.to_string()).or_insert(Bucket { rows: self.burst, at: now });
         b.rows = (b.rows + self.rate * now.saturating_duration_since(b.at).as_secs_f64()).min(self.burst);
         b.at = now;
-        let need = (rows as f64).min(self.burst);
-        if b.rows >= need {
-            b.rows -= rows as f64;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((need - b.rows) / self.rate))
-        }
+        f(b, self.burst, self.rate)
     }
 
     pub fn rate(&self) -> u64 {
@@ -96,5 +119,21 @@ mod tests {
         let wait = r.take("c", 1, t0 + Duration::from_secs(1)).expect_err("in debt");
         assert!(wait > Duration::from_secs(90), "{wait:?}");
         assert!(CallerRates::new(0, 0).take("c", u64::MAX, t0).is_ok(), "0 is no limit");
+    }
+
+    #[test]
+    fn writes_sized_afterwards_are_admitted_then_charged() {
+        let r = CallerRates::new(10, 20);
+        let t0 = Instant::now();
+        assert!(r.admit("c", t0).is_ok());
+        r.charge("c", 50, t0);
+        let wait = r.admit("c", t0).expect_err("in debt after 50 rows from a bucket of 20");
+        assert!((3.09..=3.11).contains(&wait.as_secs_f64()), "{wait:?}");
+        assert!(r.take("c", 1, t0).is_err(), "the debt holds for every protocol");
+        assert!(r.admit("c", t0 + Duration::from_millis(3_200)).is_ok(), "repaid at 10 rows/s");
+        assert!(r.admit("d", t0).is_ok(), "another caller is not held");
+        let off = CallerRates::new(0, 0);
+        off.charge("c", u64::MAX, t0);
+        assert!(off.admit("c", t0).is_ok(), "0 is no limit");
     }
 }

@@ -34,7 +34,7 @@ mod udf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use datafusion::common::ParamValues;
@@ -97,6 +97,12 @@ pub enum QueryError {
     /// The caller may not read or write a table of the statement.
     #[error(transparent)]
     Auth(#[from] tocsin_auth::AuthError),
+    /// The caller's writes are over `limits.ingest_rows_per_second`.
+    #[error(
+        "{caller} is over its ingest rate of {rate} rows a second (limits.ingest_rows_per_second); retry in \
+         {retry_after:?}"
+    )]
+    RateLimited { caller: String, rate: u64, retry_after: std::time::Duration },
     #[error("{limit} queries are running already (limits.max_concurrent_queries); try again shortly")]
     TooManyQueries { limit: usize },
     #[error("the query ran longer than limits.query_timeout ({after:?}) and was stopped")]
@@ -115,6 +121,7 @@ impl QueryError {
             QueryError::DataFusion(e) if resources_exhausted(e) => Some("max_query_memory_mb"),
             QueryError::Write(e) => e.limit(),
             QueryError::TooManyQueries { .. } => Some("max_concurrent_queries"),
+            QueryError::RateLimited { .. } => Some("ingest_rows_per_second"),
             QueryError::Timeout { .. } => Some("query_timeout"),
             _ => None,
         }
@@ -140,7 +147,7 @@ impl QueryError {
             QueryError::Storage(StorageError::Database(_)) => true,
             QueryError::Storage(_) => false,
             QueryError::Arrow(e) => arrow_user_error(e),
-            QueryError::TooManyQueries { .. } | QueryError::Timeout { .. } => false,
+            QueryError::TooManyQueries { .. } | QueryError::Timeout { .. } | QueryError::RateLimited { .. } => false,
             _ => true,
         }
     }
@@ -153,6 +160,7 @@ impl tocsin_storage::errors::Classify for QueryError {
             QueryError::Auth(a) => a.class(),
             QueryError::Storage(s) => s.class(),
             QueryError::TooManyQueries { .. } => ErrorClass::Overloaded,
+            QueryError::RateLimited { .. } => ErrorClass::RateLimited,
             QueryError::Timeout { .. } => ErrorClass::Timeout,
             QueryError::DataFusion(e) if resources_exhausted(e) => ErrorClass::Overloaded,
             QueryError::DataFusion(DataFusionError::External(inner)) => match inner.downcast_ref::<QueryError>() {
@@ -238,7 +246,19 @@ pub struct QueryEngine {
     live: catalog::LiveTables,
     now: Option<NowSource>,
     callers: CallerLimits,
+    write_rates: std::sync::OnceLock<Arc<dyn WriteRates>>,
     pub metrics: QueryMetrics,
+}
+
+/// The per-caller ingest rate (`limits.ingest_rows_per_second`) as SQL
+/// `INSERT` meets it: a statement starts only while the caller's bucket
+/// is not empty, and the rows it wrote are then taken from it (into debt
+/// if need be), so that SQL is no way around the limit of the ingest
+/// protocols.
+pub trait WriteRates: Send + Sync {
+    /// `Err((rate, retry_after))` when `caller` may not write now.
+    fn admit(&self, caller: &str) -> Result<(), (u64, std::time::Duration)>;
+    fn charge(&self, caller: &str, rows: u64);
 }
 
 /// Bounds on the statements clients run (not on rules and roll-ups, which
@@ -300,7 +320,15 @@ impl QueryEngine {
         ctx.register_udf(ScalarUDF::from(matches::Matches::new()));
         ctx.register_udf(ScalarUDF::from(json::JsonGetStr::new()));
         let callers = CallerLimits::new(DEFAULT_QUERY_TIMEOUT, DEFAULT_MAX_CONCURRENT_QUERIES);
-        Self { storage, ctx, live, now: None, callers, metrics: QueryMetrics::default() }
+        Self {
+            storage,
+            ctx,
+            live,
+            now: None,
+            callers,
+            write_rates: std::sync::OnceLock::new(),
+            metrics: QueryMetrics::default(),
+        }
     }
 
     /// At most `max` client statements run at once (one more is refused,
@@ -309,6 +337,12 @@ impl QueryEngine {
     pub fn with_caller_limits(mut self, timeout: std::time::Duration, max: usize) -> Self {
         self.callers = CallerLimits::new(timeout, max.max(1));
         self
+    }
+
+    /// Counts the rows clients write with `INSERT` against `rates` (set
+    /// once, when the ingest service that owns them exists).
+    pub fn set_write_rates(&self, rates: Arc<dyn WriteRates>) {
+        let _ = self.write_rates.set(rates);
     }
 
     /// Makes `now()` (and everything relative to it) read `now` instead of
@@ -461,6 +495,18 @@ impl QueryEngine {
                 }
             };
         }
+        // A client's INSERT: admitted by its ingest rate, charged its rows.
+        let charge = match (who, self.write_rates.get()) {
+            (Some(who), Some(rates)) if matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_)) => {
+                if let Err((rate, retry_after)) = rates.admit(&who.name) {
+                    self.discard(provisional);
+                    tocsin_storage::refusals::refused("ingest_rows_per_second");
+                    return Err(QueryError::RateLimited { caller: who.name.clone(), rate, retry_after });
+                }
+                Some((Arc::clone(rates), who.name.clone()))
+            }
+            _ => None,
+        };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         // Optimizing and physical planning are CPU work too: off the async
         // workers, like parsing (see `plan`).
@@ -485,6 +531,12 @@ impl QueryEngine {
                     && resources_exhausted(e)
                 {
                     tocsin_storage::refusals::refused("max_query_memory_mb");
+                }
+                // An INSERT's result is its row count.
+                if let (Some((rates, caller)), Ok(b)) = (&charge, &batch)
+                    && let Some(counts) = b.columns().first().and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+                {
+                    rates.charge(caller, counts.iter().flatten().sum());
                 }
                 batch
             }),

@@ -54,6 +54,10 @@ fn query_errors() -> Vec<(QueryError, ErrorClass)> {
         (QueryError::SqlTooLong { bytes: 2, limit: 1 }, ErrorClass::Invalid),
         (QueryError::Storage(full()), ErrorClass::Overloaded),
         (QueryError::TooManyQueries { limit: 64 }, ErrorClass::Overloaded),
+        (
+            QueryError::RateLimited { caller: "token:a".into(), rate: 10, retry_after: Duration::from_secs(3) },
+            ErrorClass::RateLimited,
+        ),
         (QueryError::DataFusion(DataFusionError::ResourcesExhausted("memory".into())), ErrorClass::Overloaded),
         (QueryError::DataFusion(DataFusionError::External(Box::new(timeout))), ErrorClass::Timeout),
         (QueryError::Timeout { after: Duration::from_secs(1) }, ErrorClass::Timeout),

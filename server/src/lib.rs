@@ -119,6 +119,7 @@ pub async fn run(
     let backfill: Arc<dyn tocsin_ingest::follow::TailBackfill> =
         Arc::new(tail::QueryBackfill { query: Arc::clone(&query) });
     let ingest = IngestService::new(Arc::clone(&storage), config.ingest.clone()).with_backfill(Arc::clone(&backfill));
+    query.set_write_rates(Arc::new(SqlWriteRates(ingest.rates())));
     let metrics =
         Arc::new(metrics::Metrics { ingest: Arc::clone(&ingest.metrics), started: std::time::Instant::now() });
 
@@ -437,5 +438,18 @@ async fn reload_on_sighup(
     #[cfg(not(unix))]
     {
         let _ = (engine, audit, stop.wait_for(|s| *s).await);
+    }
+}
+
+/// SQL `INSERT` counted against the ingest protocols' per-caller rates.
+struct SqlWriteRates(Arc<tocsin_ingest::rate::CallerRates>);
+
+impl tocsin_query::WriteRates for SqlWriteRates {
+    fn admit(&self, caller: &str) -> Result<(), (u64, Duration)> {
+        self.0.admit(caller, std::time::Instant::now()).map_err(|wait| (self.0.rate(), wait))
+    }
+
+    fn charge(&self, caller: &str, rows: u64) {
+        self.0.charge(caller, rows, std::time::Instant::now());
     }
 }
