@@ -418,12 +418,20 @@ impl Config {
         }
         let (route_path, root) = route_file.unwrap_or_else(|| ("(default)".to_string(), RouteFile::default()));
         let invalid = |message: String| ConfigError::Invalid { path: route_path.clone(), message };
-        if root.receiver.is_none() && !config.groups.is_empty() && !config.receivers.is_empty() {
-            return Err(invalid("the root route needs a receiver".into()));
+        let delivers = !config.groups.is_empty() && !config.receivers.is_empty();
+        if delivers && root.receiver.is_none() && root.escalation.as_deref().is_none_or(|e| e == NO_ESCALATION) {
+            return Err(invalid("the root route needs a receiver or an escalation".into()));
         }
         flatten_route(&root, None, &mut config.routes).map_err(&invalid)?;
         // Cross references.
         for r in &config.routes {
+            if delivers && r.receiver.is_empty() && r.escalation.is_none() {
+                return Err(invalid(
+                    "a route clears its escalation (`escalation: none`) and names no receiver, nor does a \
+                     parent: set `receiver:`"
+                        .into(),
+                ));
+            }
             if !r.receiver.is_empty() && !config.receivers.contains_key(&r.receiver) {
                 return Err(invalid(format!("route refers to unknown receiver {:?}", r.receiver)));
             }
@@ -583,6 +591,9 @@ pub fn check_sql(sql: &str) -> Result<(), String> {
     }
 }
 
+/// `escalation: none`: the route notifies its receiver, not its parent's chain.
+const NO_ESCALATION: &str = "none";
+
 fn flatten_route(r: &RouteFile, parent: Option<&Route>, out: &mut Vec<Route>) -> Result<usize, String> {
     let group_by = match &r.group_by {
         Some(g) if g.iter().any(|l| l == "...") => GroupBy::All,
@@ -592,13 +603,29 @@ fn flatten_route(r: &RouteFile, parent: Option<&Route>, out: &mut Vec<Route>) ->
     let pick = |own: Option<Dur>, inherited: Option<Duration>, default: Duration| {
         own.map(|d| d.0).or(inherited).unwrap_or(default)
     };
+    // A route notifies a receiver or runs an escalation chain. What it sets
+    // itself decides which; only what it leaves unset is inherited, and
+    // `escalation: none` clears an inherited chain.
+    let inherited_receiver = || parent.map(|p| p.receiver.clone()).unwrap_or_default();
+    let (receiver, escalation) = match (&r.receiver, r.escalation.as_deref()) {
+        (Some(rc), Some(e)) if e != NO_ESCALATION => {
+            return Err(format!(
+                "a route notifies either a receiver or an escalation chain, not both: this one names receiver \
+                 {rc:?} and escalation {e:?} (the chain's steps say whom it notifies); keep one"
+            ));
+        }
+        (Some(rc), _) => (rc.clone(), None),
+        (None, Some(NO_ESCALATION)) => (inherited_receiver(), None),
+        (None, Some(e)) => (inherited_receiver(), Some(e.to_string())),
+        (None, None) => (inherited_receiver(), parent.and_then(|p| p.escalation.clone())),
+    };
     let route = Route {
-        receiver: r.receiver.clone().or_else(|| parent.map(|p| p.receiver.clone())).unwrap_or_default(),
+        receiver,
         group_by,
         group_wait: pick(r.group_wait, parent.map(|p| p.group_wait), DEFAULT_GROUP_WAIT),
         group_interval: pick(r.group_interval, parent.map(|p| p.group_interval), DEFAULT_GROUP_INTERVAL),
         repeat_interval: pick(r.repeat_interval, parent.map(|p| p.repeat_interval), DEFAULT_REPEAT_INTERVAL),
-        escalation: r.escalation.clone().or_else(|| parent.and_then(|p| p.escalation.clone())),
+        escalation,
         matchers: Matchers::from_maps(&r.match_, &r.match_re)?,
         continue_: r.continue_,
         children: Vec::new(),
@@ -800,7 +827,6 @@ groups:
         labels: { team: infra }
         annotations: { summary: "CPU {{ value }} on {{ host }}" }
 route:
-  receiver: oncall
   group_by: [alertname, host]
   group_wait: 10s
   group_interval: 1m
@@ -809,6 +835,10 @@ route:
   routes:
     - match: { team: db }
       receiver: dba
+    - match: { team: web }
+      escalation: none
+      receiver: web
+    - match: { team: batch }
 inhibit_rules:
   - source_match: { severity: critical }
     target_match: { severity: warning }
@@ -825,6 +855,8 @@ receivers:
     webhook: { url: "http://127.0.0.1:9000/hook" }
   - name: dba
     webhook: { url: "http://127.0.0.1:9000/dba" }
+  - name: web
+    webhook: { url: "http://127.0.0.1:9000/web" }
   - name: backup
     email: { to: [backup@example.com], from: tocsin@example.com, smarthost: "127.0.0.1:2525" }
   - name: leader
@@ -844,13 +876,27 @@ receivers:
         let r = &c.groups[0].rules[0];
         assert_eq!(r.thresholds.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["warning", "critical"]);
         assert_eq!(r.for_, Duration::from_secs(30));
-        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes.len(), 4);
         assert_eq!(c.routes[1].receiver, "dba");
         assert_eq!(c.routes[1].group_wait, Duration::from_secs(10), "children inherit timings");
-        assert_eq!(c.routes[1].escalation.as_deref(), Some("default"));
+        assert_eq!(c.routes[1].escalation, None, "a child naming a receiver notifies it, not the parent's chain");
+        assert_eq!((c.routes[2].receiver.as_str(), c.routes[2].escalation.as_deref()), ("web", None));
+        assert_eq!(c.routes[3].escalation.as_deref(), Some("default"), "a child that sets neither inherits");
         let e = &c.escalations["default"];
         assert_eq!(e.steps.len(), 3);
         assert_eq!(e.repeat_interval, Duration::from_secs(45 * 60));
+    }
+
+    #[test]
+    fn a_route_names_a_receiver_or_an_escalation() {
+        let both = EXAMPLE.replace("      receiver: dba\n", "      receiver: dba\n      escalation: default\n");
+        let err = load(&both).unwrap_err().to_string();
+        assert!(err.contains("not both") && err.contains("\"dba\"") && err.contains("\"default\""), "{err}");
+        // `none` clears the chain; with no receiver anywhere above, nobody would hear.
+        let err = load(&EXAMPLE.replace("      receiver: web\n", "")).unwrap_err().to_string();
+        assert!(err.contains("names no receiver"), "{err}");
+        let root = EXAMPLE.replace("  escalation: default\n  routes:", "  routes:");
+        assert!(load(&root).unwrap_err().to_string().contains("root route needs a receiver or an escalation"));
     }
 
     #[test]

@@ -30,7 +30,6 @@ route:
   repeat_interval: 1h
   routes:
     - match: {{ host: esc-1 }}
-      receiver: oncall
       escalation: chain
 escalations:
   - name: chain

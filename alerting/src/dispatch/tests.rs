@@ -24,7 +24,6 @@ route:
     - match: { team: db }
       receiver: dba
     - match: { team: esc }
-      receiver: oncall
       escalation: chain
 inhibit_rules:
   - source_match: { severity: critical }
@@ -294,4 +293,36 @@ receivers:
     let mut r = receivers(&out.jobs);
     r.sort();
     assert_eq!(r, ["dba", "storage"], "continue goes on to the next match, which stops");
+}
+
+/// docs/alerting.md's complete example, as written there: the root pages
+/// through its chain, `team: db` goes to the DBAs only, edge hosts to
+/// their channel only (a matching child takes the alert from its parent;
+/// `continue` only lets later siblings match too).
+#[test]
+fn the_docs_example_routes_as_the_guide_says() {
+    let guide = include_str!("../../../docs/alerting.md");
+    let example = guide.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("first yaml block");
+    let mut h = Harness::new(example);
+    let insts = vec![
+        firing("DiskFull", &[("team", "db"), ("host", "db-1")], "critical"),
+        firing("LinkDown", &[("host", "edge-1")], "critical"),
+        firing("HighCpu", &[("host", "web-1")], "critical"),
+    ];
+    h.tick(0, &insts);
+    let out = h.tick(10 * S, &insts);
+    let mut sent: Vec<(String, String, bool)> = out
+        .jobs
+        .iter()
+        .map(|j| (j.payload.common_labels["host"].clone(), j.receiver.clone(), j.reason == Reason::Escalation))
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("db-1".to_string(), "dba".to_string(), false),
+            ("edge-1".to_string(), "edge".to_string(), false),
+            ("web-1".to_string(), "oncall".to_string(), true),
+        ]
+    );
 }

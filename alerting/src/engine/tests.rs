@@ -86,7 +86,6 @@ route:
   repeat_interval: 1h
   routes:
     - match: {{ severity: critical }}
-      receiver: oncall
       escalation: chain
 escalations:
   - name: chain
