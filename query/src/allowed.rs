@@ -470,7 +470,10 @@ pub(crate) fn restrict_rows(
     use datafusion::logical_expr::{Expr, lit};
     let explains = match &plan {
         LogicalPlan::Analyze(_) => Some("EXPLAIN ANALYZE"),
-        LogicalPlan::Explain(e) if e.verbose => Some("EXPLAIN VERBOSE"),
+        // Plain EXPLAIN too: the physical plan below the gate shows which
+        // buffered chunks and segments a time range overlaps (hidden rows'
+        // times and sizes) and file paths.
+        LogicalPlan::Explain(_) => Some("EXPLAIN"),
         _ => None,
     };
     let mut visible = Some(visible);
@@ -523,8 +526,8 @@ pub(crate) fn restrict_rows(
     }
     if let (true, Some(kind)) = (gated, explains) {
         return Err(tocsin_auth::AuthError::Forbidden(format!(
-            "{kind} is not available to {} (role {}): its counts describe rows outside the role's row filters; use \
-             EXPLAIN",
+            "{kind} is not available to {} (role {}): the plan below a row filter describes rows outside it (their \
+             counts, times and sizes)",
             who.name, who.role.name
         ))
         .into());
