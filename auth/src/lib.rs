@@ -26,6 +26,7 @@
 
 pub mod audit;
 mod credentials;
+pub mod mac;
 mod perm;
 mod role;
 mod token;
@@ -42,6 +43,7 @@ use tocsin_storage::Clock;
 
 pub use audit::{AuditEntry, AuditLog};
 pub use credentials::Credentials;
+pub use mac::Signer;
 pub use perm::{Access, Permission};
 pub use role::{AUDIT_DATABASE, AUDIT_TABLE, AlertScope, Role, RoleSpec, RowFilter, glob, roles_from_config};
 pub use token::TokenRecord;
@@ -435,7 +437,11 @@ impl Auth {
         let (Some(record), Some(key), true) = (record, key, ok) else {
             return Err(AuthError::Unauthenticated(format!("unknown user {:?} or wrong password", clip(name))));
         };
-        self.failures.lock().remove(name);
+        // A success takes back its own attempt, not the failures before it:
+        // they count until their window ends (else each of the owner's
+        // logins, a dashboard's Basic request every 10 s, would reset the
+        // count, and an attacker get 9 guesses per request).
+        self.take_back_attempt(name);
         if !cached {
             let mut verified = self.verified.lock();
             verified.retain(|_, at| now < *at + VERIFIED_TTL_SECS);
@@ -1057,6 +1063,36 @@ mod tests {
         assert!(err.to_string().contains("too many failed logins"), "{err}");
         clock.advance(Duration::from_secs(LOCKOUT_SECS));
         assert!(auth.login("carol", "right password").is_ok(), "the lock ends");
+    }
+
+    /// Found by review 2: a success cleared the failures, so the owner's
+    /// dashboard (HTTP Basic on every request) gave an attacker 9 guesses
+    /// per request of its own.
+    #[test]
+    fn the_owners_logins_do_not_reset_the_count_of_failures() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(0));
+        let (auth, token) = open(dir.path(), Arc::clone(&clock));
+        let admin = auth.authenticate(&Credentials::Token(token.expect("bootstrap"))).expect("admin");
+        auth.create_user(&admin, "dave", "right password", "viewer", None).expect("create");
+        let basic = |p: &str| Credentials::Basic { user: "dave".into(), password: p.into() };
+        let mut checked = 0;
+        for _ in 0..5 {
+            for _ in 0..(MAX_FAILURES - 1) {
+                if auth.authenticate(&basic("guess")).is_err_and(|e| e.to_string().contains("wrong password")) {
+                    checked += 1;
+                }
+            }
+            let _ = auth.authenticate(&basic("right password"));
+        }
+        assert_eq!(checked, MAX_FAILURES, "wrong passwords checked within one window");
+        let err = auth.authenticate(&basic("right password")).unwrap_err();
+        assert!(err.to_string().contains("too many failed logins"), "{err}");
+        clock.advance(Duration::from_secs(LOCKOUT_SECS));
+        assert!(auth.authenticate(&basic("right password")).is_ok(), "the window ends");
+        for _ in 0..(3 * MAX_FAILURES) {
+            assert!(auth.authenticate(&basic("right password")).is_ok(), "successes use up nothing");
+        }
     }
 
     #[test]

@@ -199,6 +199,8 @@ fn datafusion_user_error(e: &DataFusionError) -> bool {
         | DataFusionError::Configuration(_) => true,
         DataFusionError::ArrowError(a, _) => arrow_user_error(a),
         DataFusionError::External(inner) => inner.downcast_ref::<QueryError>().is_some_and(QueryError::is_user_error),
+        // The optimizer compiles constant patterns early: `'a' ~ '('`.
+        DataFusionError::Context(label, _) if label == "Invalid regex" => true,
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => datafusion_user_error(inner),
         DataFusionError::Shared(inner) => datafusion_user_error(inner),
         _ => false,
@@ -440,13 +442,25 @@ impl QueryEngine {
         database: Option<&str>,
         who: Option<&Principal>,
     ) -> Result<Statement, QueryError> {
+        self.describe_with_params(sql, database, None, who).await
+    }
+
+    /// [`Self::describe`] with values bound to the placeholders: the result
+    /// schema then has their types (`SELECT $1` is `Null` unbound, the
+    /// value's type bound), as running it would give.
+    pub async fn describe_with_params(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        params: Option<&[ScalarValue]>,
+        who: Option<&Principal>,
+    ) -> Result<Statement, QueryError> {
         let (df, provisional) = self.plan(sql, database, who).await?;
         // Describing writes nothing: columns an INSERT would create are
         // created again when it runs.
         self.discard(provisional);
         let writes = matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_));
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut params: Vec<(usize, DataType)> = df
+        let mut types: Vec<(usize, DataType)> = df
             .logical_plan()
             .get_parameter_types()?
             .into_iter()
@@ -460,8 +474,15 @@ impl QueryEngine {
                 Some((n, t))
             })
             .collect();
-        params.sort_by_key(|(n, _)| *n);
-        Ok(Statement { schema, params: params.into_iter().map(|(_, t)| t).collect(), writes })
+        types.sort_by_key(|(n, _)| *n);
+        let df = match params {
+            Some(values) => {
+                df.with_param_values(ParamValues::List(values.iter().cloned().map(Into::into).collect()))?
+            }
+            None => df,
+        };
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        Ok(Statement { schema, params: types.into_iter().map(|(_, t)| t).collect(), writes })
     }
 
     async fn plan_and_start(

@@ -3,15 +3,24 @@
 //! JDBC Flight SQL drivers.
 //!
 //! - Statements: `GetFlightInfo(CommandStatementQuery)` plans the SQL (its
-//!   schema, no execution) and answers with a ticket that carries the SQL
-//!   and the database; `DoGet` runs it and streams record batches as they
-//!   are produced (a million-row result is never held whole).
+//!   schema, no execution) and answers with a ticket that carries the SQL,
+//!   the database, the caller and an expiry, sealed with a key of this
+//!   process (a ticket cannot be forged, altered or used by another caller);
+//!   `DoGet` runs it and streams record batches as they are produced (a
+//!   million-row result is never held whole).
 //! - Prepared statements: created with their result and parameter schemas
-//!   (`$1`, `$2`, ... placeholders), parameters bound with `DoPut` (one row),
-//!   run with `DoGet`, closed by the client. At most [`MAX_PREPARED`] stay
-//!   open; the oldest are dropped beyond that.
+//!   (`$1`, `$2`, ... placeholders), parameters bound with `DoPut` (one row;
+//!   values are cast to the placeholder's type), run with `DoGet`, closed by
+//!   the client. A prepared update runs once per parameter row sent with it
+//!   (ADBC's `executemany`). At most [`MAX_PREPARED`] stay open; the oldest
+//!   are dropped beyond that.
 //! - Updates: `DoPut(CommandStatementUpdate)` runs `INSERT` and answers the
 //!   row count.
+//! - Audit: every statement run is audited once, when it ends: a query when
+//!   its stream ends (the rows sent, and the error if it failed while
+//!   streaming, or `cancelled` when the client stopped reading), an update
+//!   or an INSERT sent as a query when it ran. A statement refused at any
+//!   step (`GetFlightInfo`, `Prepare`, `DoGet`, `DoPut`) is audited too.
 //! - Metadata: catalogs (`tocsin`), schemas (the databases, `system`,
 //!   `information_schema`), tables with their Arrow schemas, table types,
 //!   SQL info.
@@ -58,13 +67,22 @@ pub(crate) const MAX_PREPARED: usize = 10_000;
 /// (each is at most `tocsin_query::MAX_SQL_BYTES`); the oldest are closed
 /// first when a new one would go over.
 pub(crate) const MAX_PREPARED_BYTES: usize = 64 << 20;
+/// How long a statement ticket may be used after `GetFlightInfo`.
+pub(crate) const TICKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// Most parameter rows one prepared update takes (each runs the statement
+/// once).
+pub(crate) const MAX_PARAMETER_ROWS: usize = 10_000;
 
 struct Prepared {
     /// Who created it: only they may bind, run or close it.
     owner: String,
     sql: String,
     database: Option<String>,
-    params: Option<Vec<ScalarValue>>,
+    /// The placeholders' types, as described at `Prepare` (`Null` where
+    /// unknown): bound values are cast to them.
+    types: Vec<arrow::datatypes::DataType>,
+    /// Bound parameter rows (none bound: empty).
+    params: Vec<Vec<ScalarValue>>,
     /// Rows written by an INSERT run at `GetFlightInfo`, for its `DoGet`.
     written: Option<u64>,
 }
@@ -73,6 +91,8 @@ pub(crate) struct FlightSql {
     query: Arc<QueryEngine>,
     auth: Arc<Auth>,
     audit: Arc<AuditLog>,
+    /// Seals statement tickets.
+    tickets: tocsin_auth::Signer,
     prepared: Mutex<(HashMap<u64, Prepared>, VecDeque<u64>)>,
     next_id: AtomicU64,
     info: SqlInfoData,
@@ -157,6 +177,103 @@ async fn update(
     Ok(count)
 }
 
+/// Runs a writing statement once per parameter row (once without
+/// parameters when there are none); the rows written.
+async fn update_rows(
+    query: &QueryEngine,
+    sql: &str,
+    database: Option<&str>,
+    rows: Vec<Vec<ScalarValue>>,
+    who: &Principal,
+) -> Result<i64, Status> {
+    if rows.is_empty() {
+        return update(query, sql, database, None, who).await;
+    }
+    let (total, mut written) = (rows.len(), 0i64);
+    for (i, row) in rows.into_iter().enumerate() {
+        match update(query, sql, database, Some(row), who).await {
+            Ok(n) => written = written.saturating_add(n),
+            // The rows before stay written, as with a sequence of
+            // statements; the message says how far it got.
+            Err(e) => {
+                return Err(Status::new(
+                    e.code(),
+                    format!(
+                        "parameter row {} of {total} ({written} rows were written by the rows before it): {}",
+                        i + 1,
+                        e.message()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// The one parameter row of a query (none: no parameters).
+fn query_params(mut rows: Vec<Vec<ScalarValue>>) -> Result<Option<Vec<ScalarValue>>, Status> {
+    match rows.len() {
+        0 | 1 => Ok(rows.pop()),
+        n => Err(Status::invalid_argument(format!(
+            "a query takes one row of parameters, and {n} were bound (several rows run an INSERT once each)"
+        ))),
+    }
+}
+
+/// The values of `row` of `batch`, cast to the placeholders' `types`.
+fn bound_row(
+    batch: &RecordBatch,
+    row: usize,
+    types: &[arrow::datatypes::DataType],
+) -> Result<Vec<ScalarValue>, Status> {
+    use arrow::datatypes::DataType;
+    batch
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c): (usize, &ArrayRef)| {
+            let v = ScalarValue::try_from_array(c, row)
+                .map_err(|e| Status::invalid_argument(format!("bad value for ${}: {e}", i + 1)))?;
+            match types.get(i) {
+                Some(t) if *t != DataType::Null && v.data_type() != *t => v
+                    .cast_to(t)
+                    .map_err(|e| Status::invalid_argument(format!("${} wants {t}, and {v} is not one: {e}", i + 1))),
+                _ => Ok(v),
+            }
+        })
+        .collect()
+}
+
+/// The parameter rows sent in a `DoPut` body, cast to the placeholders'
+/// `types`; at most [`MAX_PARAMETER_ROWS`].
+async fn parameter_rows(
+    body: PeekableFlightDataStream,
+    types: &[arrow::datatypes::DataType],
+) -> Result<Vec<Vec<ScalarValue>>, Status> {
+    // A message with only the descriptor (arrow-flight's client sends one
+    // with nothing else for an update without parameters) carries no data.
+    let body = body.try_filter(|m| futures::future::ready(!m.data_header.is_empty()));
+    let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(body.map_err(FlightError::from))
+        .try_collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("cannot read the parameters: {e}")))?;
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if total > MAX_PARAMETER_ROWS {
+        tocsin_storage::refusals::refused("max_parameter_rows");
+        return Err(Status::invalid_argument(format!(
+            "{total} parameter rows sent at once; at most {MAX_PARAMETER_ROWS} (send more rows as one multi-row \
+             INSERT, or over line protocol)"
+        )));
+    }
+    let mut rows = Vec::with_capacity(total);
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            rows.push(bound_row(batch, row, types)?);
+        }
+    }
+    Ok(rows)
+}
+
 /// Plans a statement for `GetFlightInfo`, and runs it there if it writes
 /// (an INSERT sent as a query, statement or prepared): clients do not read
 /// the result of an INSERT, so its `DoGet` may never come. In a task of its
@@ -166,15 +283,21 @@ async fn plan_running_writes(
     engine: &Arc<QueryEngine>,
     sql: &str,
     database: Option<String>,
-    params: Option<Vec<ScalarValue>>,
+    params: Vec<Vec<ScalarValue>>,
     who: Principal,
 ) -> Result<(tocsin_query::Statement, Option<u64>), Status> {
     let (engine, sql) = (Arc::clone(engine), sql.to_string());
     tokio::spawn(async move {
-        let stmt = engine.describe(&sql, database.as_deref(), Some(&who)).await.map_err(status)?;
+        // With its parameters: the schema announced is the one `DoGet`
+        // sends (`SELECT $1` has the bound value's type).
+        let stmt = engine
+            .describe_with_params(&sql, database.as_deref(), params.first().map(Vec::as_slice), Some(&who))
+            .await
+            .map_err(status)?;
         let written = if stmt.writes {
-            Some(update(&engine, &sql, database.as_deref(), params, &who).await? as u64)
+            Some(update_rows(&engine, &sql, database.as_deref(), params, &who).await? as u64)
         } else {
+            query_params(params)?;
             None
         };
         Ok((stmt, written))
@@ -189,12 +312,130 @@ fn count_batch(n: u64) -> Result<Response<DoGetStream>, Status> {
     one_batch(RecordBatch::try_new(schema, vec![Arc::new(arrow::array::UInt64Array::from(vec![n]))]))
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An audit entry waiting for its outcome.
+struct Pending {
+    audit: Arc<AuditLog>,
+    entry: AuditEntry,
+    started: std::time::Instant,
+}
+
+impl Pending {
+    /// Records the outcome: `rows` returned or written, or the error.
+    fn finish(mut self, rows: Option<u64>, result: Result<(), &Status>) {
+        let (outcome, status, detail) = match result {
+            Ok(()) => ("ok", 200, String::new()),
+            Err(s) => (
+                match s.code() {
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "denied",
+                    _ => "error",
+                },
+                http_status(s.code()),
+                s.message().to_string(),
+            ),
+        };
+        self.entry.outcome = outcome.into();
+        self.entry.status = status;
+        self.entry.detail = detail;
+        self.entry.rows = rows;
+        self.entry.duration_us = self.started.elapsed().as_micros() as u64;
+        self.audit.record(self.entry);
+    }
+
+    /// Records the error and hands it back.
+    fn failed(self, e: Status) -> Status {
+        self.finish(None, Err(&e));
+        e
+    }
+}
+
+/// The HTTP status a gRPC code stands for in audit entries.
+fn http_status(code: tonic::Code) -> u16 {
+    match code {
+        tonic::Code::Ok => 200,
+        tonic::Code::Unauthenticated => 401,
+        tonic::Code::PermissionDenied => 403,
+        tonic::Code::NotFound => 404,
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::OutOfRange => 400,
+        tonic::Code::AlreadyExists | tonic::Code::Aborted => 409,
+        tonic::Code::ResourceExhausted => 429,
+        tonic::Code::Cancelled => 499,
+        tonic::Code::Unimplemented => 501,
+        tonic::Code::Unavailable => 503,
+        tonic::Code::DeadlineExceeded => 504,
+        _ => 500,
+    }
+}
+
+/// A query's result stream that completes its audit entry when it ends:
+/// with the rows sent, the error that ended it, or `cancelled` when the
+/// client stopped reading (the stream is dropped unfinished).
+struct Audited {
+    inner: datafusion::execution::SendableRecordBatchStream,
+    pending: Option<Pending>,
+    rows: u64,
+}
+
+impl Stream for Audited {
+    type Item = Result<RecordBatch, FlightError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use futures::StreamExt as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                this.rows += batch.num_rows() as u64;
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // Errors while running (memory limit, time-out, a bad cast)
+                // are classed like planning errors, not as internal.
+                let s = status(QueryError::from(e));
+                if let Some(p) = this.pending.take() {
+                    p.finish(Some(this.rows), Err(&s));
+                }
+                Poll::Ready(Some(Err(FlightError::Tonic(Box::new(s)))))
+            }
+            Poll::Ready(None) => {
+                if let Some(p) = this.pending.take() {
+                    p.finish(Some(this.rows), Ok(()));
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.pending.take() {
+            p.entry.outcome = "cancelled".into();
+            p.entry.status = 499;
+            p.entry.detail = format!("the client stopped reading after {} rows", self.rows);
+            p.entry.rows = Some(self.rows);
+            p.entry.duration_us = p.started.elapsed().as_micros() as u64;
+            p.audit.record(p.entry);
+        }
+    }
+}
+
 /// The statement ticket: the SQL and its database, so that `DoGet` needs no
-/// server-side state.
+/// server-side state; sealed (see [`tocsin_auth::Signer`]) with whom it was
+/// issued to and until when.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StatementHandle {
     sql: String,
     database: Option<String>,
+    owner: String,
+    /// Unix milliseconds.
+    expires_ms: i64,
     /// An `INSERT` that clients sent as a query runs when it is planned
     /// (they may never fetch its result); the ticket then carries its count.
     #[serde(default)]
@@ -202,7 +443,11 @@ struct StatementHandle {
 }
 
 impl FlightSql {
-    pub(crate) fn new(query: Arc<QueryEngine>, auth: Arc<Auth>, audit: Arc<AuditLog>) -> Self {
+    pub(crate) fn new(
+        query: Arc<QueryEngine>,
+        auth: Arc<Auth>,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self, tocsin_auth::AuthError> {
         let mut b = SqlInfoDataBuilder::new();
         b.append(SqlInfo::FlightSqlServerName, "Tocsin");
         b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -215,68 +460,76 @@ impl FlightSql {
         b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
         // A builder of fixed values does not fail.
         let info = b.build().unwrap_or_else(|_| SqlInfoDataBuilder::new().build().expect("empty sql info"));
-        Self {
+        Ok(Self {
             query,
             auth,
             audit,
+            tickets: tocsin_auth::Signer::random()?,
             prepared: Mutex::new((HashMap::new(), VecDeque::new())),
             next_id: AtomicU64::new(1),
             info,
-        }
+        })
     }
 
     pub(crate) fn into_server(self, max_message_bytes: usize) -> FlightServiceServer<FlightSql> {
         FlightServiceServer::new(self).max_decoding_message_size(max_message_bytes)
     }
 
+    /// Runs a query and streams its result; `pending` is completed when
+    /// the stream ends.
     async fn run(
         &self,
         sql: &str,
         database: Option<&str>,
         params: Option<Vec<ScalarValue>>,
         who: &Principal,
+        pending: Pending,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (schema, stream) = self.query.stream_with_params(sql, database, params, Some(who)).await.map_err(status)?;
+        let (schema, stream) = match self.query.stream_with_params(sql, database, params, Some(who)).await {
+            Ok(started) => started,
+            Err(e) => return Err(pending.failed(status(e))),
+        };
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            // Errors while running (memory limit, time-out, a bad cast) are
-            // classed like planning errors, not as internal.
-            .build(stream.map_err(|e| FlightError::Tonic(Box::new(status(QueryError::from(e))))))
+            .build(Audited { inner: stream, pending: Some(pending), rows: 0 })
             .map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
     }
 
-    /// Audits one statement (or login) of `who`, with its outcome.
-    fn audit(
-        &self,
-        who: Option<&Principal>,
-        extensions: &tonic::Extensions,
-        (action, sql): (&str, &str),
-        started: std::time::Instant,
-        result: Result<Option<u64>, &Status>,
-    ) {
-        let rows = *result.as_ref().unwrap_or(&None);
-        let (outcome, status, detail) = match result {
-            Ok(_) => ("ok", 200, String::new()),
-            Err(s) if s.code() == tonic::Code::Unauthenticated => ("denied", 401, s.message().to_string()),
-            Err(s) if s.code() == tonic::Code::PermissionDenied => ("denied", 403, s.message().to_string()),
-            Err(s) if s.code() == tonic::Code::InvalidArgument => ("error", 400, s.message().to_string()),
-            Err(s) => ("error", 500, s.message().to_string()),
-        };
-        self.audit.record(AuditEntry {
-            actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
-            role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
-            source: crate::guard::grpc_source(extensions),
-            interface: "flight".into(),
-            action: action.into(),
-            target: tocsin_auth::clip_to(sql, tocsin_auth::AUDIT_STATEMENT_BYTES).to_string(),
-            outcome: outcome.into(),
-            status,
-            detail,
-            duration_us: started.elapsed().as_micros() as u64,
-            rows,
-            ..AuditEntry::default()
-        });
+    /// An audit entry of `who` doing `action` to `target`, to be completed
+    /// with its outcome.
+    fn pending(&self, who: Option<&Principal>, source: String, action: &str, target: &str) -> Pending {
+        Pending {
+            audit: Arc::clone(&self.audit),
+            started: std::time::Instant::now(),
+            entry: AuditEntry {
+                actor: who.map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
+                role: who.map(|p| p.role.name.clone()).unwrap_or_default(),
+                source,
+                interface: "flight".into(),
+                action: action.into(),
+                target: tocsin_auth::clip_to(target, tocsin_auth::AUDIT_STATEMENT_BYTES).to_string(),
+                ..AuditEntry::default()
+            },
+        }
+    }
+
+    /// Opens a statement ticket of `who`.
+    fn open_ticket(&self, ticket: &[u8], who: &Principal) -> Result<StatementHandle, Status> {
+        let forged =
+            || Status::invalid_argument("not a statement ticket of this server (altered, or issued before a restart)");
+        let body = self.tickets.open(ticket).ok_or_else(forged)?;
+        let h: StatementHandle = serde_json::from_slice(body).map_err(|_| forged())?;
+        if h.owner != who.name {
+            return Err(Status::permission_denied("this statement ticket was issued to another caller"));
+        }
+        if h.expires_ms < now_ms() {
+            return Err(Status::invalid_argument(format!(
+                "the statement ticket has expired (tickets are good for {} minutes): run the statement again",
+                TICKET_LIFETIME.as_secs() / 60
+            )));
+        }
+        Ok(h)
     }
 
     fn prepared_handle(handle: &[u8]) -> Result<u64, Status> {
@@ -324,11 +577,11 @@ impl FlightSqlService for FlightSql {
             Some(h) => Credentials::from_authorization(&h).map_err(crate::guard::grpc_status)?,
             None => Credentials::None,
         };
-        let started = std::time::Instant::now();
         let target = match &credentials {
             Credentials::Basic { user, .. } if credentials.is_password() => format!("user {}", tocsin_auth::clip(user)),
             _ => String::new(),
         };
+        let pending = self.pending(None, crate::guard::grpc_source(request.extensions()), "login", &target);
         let login = match &credentials {
             Credentials::Basic { user, password } if credentials.is_password() && self.auth.enabled() => {
                 let (auth, user, password) = (Arc::clone(&self.auth), user.clone(), password.clone());
@@ -349,8 +602,12 @@ impl FlightSqlService for FlightSql {
             }),
         }
         .map_err(crate::guard::grpc_status);
-        let who = login.as_ref().ok().map(|(who, _)| who);
-        self.audit(who, request.extensions(), ("login", &target), started, login.as_ref().map(|_| None));
+        let mut pending = pending;
+        if let Ok((who, _)) = &login {
+            pending.entry.actor.clone_from(&who.name);
+            pending.entry.role.clone_from(&who.role.name);
+        }
+        pending.finish(None, login.as_ref().map(|_| ()));
         let (_, bearer) = login?;
         let out =
             futures::stream::once(async { Ok(HandshakeResponse { protocol_version: 0, payload: Vec::new().into() }) });
@@ -370,15 +627,22 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let who = caller(&request)?;
         let database = database(request.metadata());
-        let started = std::time::Instant::now();
-        let planned = plan_running_writes(&self.query, &query.query, database.clone(), None, who.clone()).await;
-        let result = planned.as_ref().map(|(_, c)| *c);
-        self.audit(Some(&who), request.extensions(), ("sql", &query.query), started, result);
-        let (stmt, count) = planned?;
+        let pending = self.pending(Some(&who), crate::guard::grpc_source(request.extensions()), "sql", &query.query);
+        // A query is audited when it runs (`DoGet`); an INSERT runs here.
+        let (stmt, count) =
+            match plan_running_writes(&self.query, &query.query, database.clone(), Vec::new(), who.clone()).await {
+                Ok((stmt, Some(n))) => {
+                    pending.finish(Some(n), Ok(()));
+                    (stmt, Some(n))
+                }
+                Ok(planned) => planned,
+                Err(e) => return Err(pending.failed(e)),
+            };
         let schema = stmt.schema;
-        let handle = serde_json::to_vec(&StatementHandle { sql: query.query, database, count })
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let ticket = TicketStatementQuery { statement_handle: handle.into() };
+        let expires_ms = now_ms().saturating_add(TICKET_LIFETIME.as_millis() as i64);
+        let handle = StatementHandle { sql: query.query, database, owner: who.name.clone(), expires_ms, count };
+        let body = serde_json::to_vec(&handle).map_err(|e| Status::internal(e.to_string()))?;
+        let ticket = TicketStatementQuery { statement_handle: self.tickets.seal(&body).into() };
         flight_info(&hydrated(&schema), ticket.as_any(), request.into_inner())
     }
 
@@ -388,12 +652,25 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let who = caller(&request)?;
-        let h: StatementHandle = serde_json::from_slice(&ticket.statement_handle)
-            .map_err(|_| Status::invalid_argument("not a statement ticket of this server"))?;
+        let source = crate::guard::grpc_source(request.extensions());
+        let h = match self.open_ticket(&ticket.statement_handle, &who) {
+            Ok(h) => h,
+            // The target is what the ticket would run if it were genuine.
+            Err(e) => {
+                let h = &ticket.statement_handle;
+                let sql = [h.get(32..).unwrap_or_default(), h]
+                    .iter()
+                    .find_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                    .and_then(|v| v.get("sql").and_then(|s| s.as_str()).map(str::to_string))
+                    .unwrap_or_default();
+                return Err(self.pending(Some(&who), source, "sql (ticket)", &sql).failed(e));
+            }
+        };
         if let Some(n) = h.count {
             return count_batch(n);
         }
-        self.run(&h.sql, h.database.as_deref(), None, &who).await
+        let pending = self.pending(Some(&who), source, "sql", &h.sql);
+        self.run(&h.sql, h.database.as_deref(), None, &who, pending).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -403,7 +680,19 @@ impl FlightSqlService for FlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let who = caller(&request)?;
         let database = database(request.metadata());
-        let stmt = self.query.describe(&query.query, database.as_deref(), Some(&who)).await.map_err(status)?;
+        let stmt = match self.query.describe(&query.query, database.as_deref(), Some(&who)).await {
+            Ok(stmt) => stmt,
+            // A statement that cannot be prepared is audited (it never runs).
+            Err(e) => {
+                let pending = self.pending(
+                    Some(&who),
+                    crate::guard::grpc_source(request.extensions()),
+                    "sql (prepare)",
+                    &query.query,
+                );
+                return Err(pending.failed(status(e)));
+            }
+        };
         let (schema, params) = (stmt.schema, stmt.params);
         let param_schema = Schema::new(
             params
@@ -419,7 +708,8 @@ impl FlightSqlService for FlightSql {
         {
             let mut p = self.prepared.lock();
             let owner = who.name.clone();
-            p.0.insert(id, Prepared { owner, sql: query.query, database, params: None, written: None });
+            let types = params.clone();
+            p.0.insert(id, Prepared { owner, sql: query.query, database, types, params: Vec::new(), written: None });
             p.1.push_back(id);
             let mut bytes: usize = p.0.values().map(|s| s.sql.len()).sum();
             while p.1.len() > MAX_PREPARED || (bytes > MAX_PREPARED_BYTES && p.1.len() > 1) {
@@ -444,24 +734,14 @@ impl FlightSqlService for FlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let who = caller(&request)?;
-        let batches: Vec<RecordBatch> =
-            FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from))
-                .try_collect()
-                .await
-                .map_err(|e| Status::invalid_argument(format!("cannot read the parameters: {e}")))?;
-        let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        let types = self.with_prepared(&query.prepared_statement_handle, &who, |p| p.types.clone())?;
+        // Several rows are kept for an INSERT (run once per row); a query
+        // refuses them when it runs.
+        let rows = parameter_rows(request.into_inner(), &types).await?;
+        if rows.is_empty() {
             return Err(Status::invalid_argument("no parameter values were sent"));
-        };
-        if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > 1 {
-            return Err(Status::invalid_argument("bind one row of parameters to a query (several were sent)"));
         }
-        let values = batch
-            .columns()
-            .iter()
-            .map(|c: &ArrayRef| ScalarValue::try_from_array(c, 0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?;
-        self.with_prepared(&query.prepared_statement_handle, &who, |p| p.params = Some(values))?;
+        self.with_prepared(&query.prepared_statement_handle, &who, |p| p.params = rows)?;
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(query.prepared_statement_handle) })
     }
 
@@ -474,11 +754,16 @@ impl FlightSqlService for FlightSql {
             (p.sql.clone(), p.database.clone(), p.params.clone())
         })?;
         let who = caller(&request)?;
-        let started = std::time::Instant::now();
-        let planned = plan_running_writes(&self.query, &sql, database, params, who.clone()).await;
-        let result = planned.as_ref().map(|(_, c)| *c);
-        self.audit(Some(&who), request.extensions(), ("sql (prepared)", &sql), started, result);
-        let (stmt, written) = planned?;
+        let pending = self.pending(Some(&who), crate::guard::grpc_source(request.extensions()), "sql (prepared)", &sql);
+        // A query is audited when it runs (`DoGet`); an INSERT runs here.
+        let (stmt, written) = match plan_running_writes(&self.query, &sql, database, params, who.clone()).await {
+            Ok((stmt, Some(n))) => {
+                pending.finish(Some(n), Ok(()));
+                (stmt, Some(n))
+            }
+            Ok(planned) => planned,
+            Err(e) => return Err(pending.failed(e)),
+        };
         if written.is_some() {
             self.with_prepared(&cmd.prepared_statement_handle, &who, |p| p.written = written)?;
         }
@@ -497,7 +782,12 @@ impl FlightSqlService for FlightSql {
         if let Some(n) = written {
             return count_batch(n);
         }
-        self.run(&sql, database.as_deref(), params, &who).await
+        let pending = self.pending(Some(&who), crate::guard::grpc_source(request.extensions()), "sql (prepared)", &sql);
+        let params = match query_params(params) {
+            Ok(p) => p,
+            Err(e) => return Err(pending.failed(e)),
+        };
+        self.run(&sql, database.as_deref(), params, &who, pending).await
     }
 
     async fn do_put_prepared_statement_update(
@@ -506,10 +796,26 @@ impl FlightSqlService for FlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let who = caller(&request)?;
-        let (sql, database, params) = self.with_prepared(&cmd.prepared_statement_handle, &who, |p| {
-            (p.sql.clone(), p.database.clone(), p.params.clone())
+        let (sql, database, types, params) = self.with_prepared(&cmd.prepared_statement_handle, &who, |p| {
+            (p.sql.clone(), p.database.clone(), p.types.clone(), p.params.clone())
         })?;
-        update(&self.query, &sql, database.as_deref(), params, &who).await
+        let pending = self.pending(Some(&who), crate::guard::grpc_source(request.extensions()), "sql (prepared)", &sql);
+        // Parameter rows sent with the update (ADBC's `executemany`, or
+        // `bind` then `execute_update`) run it once each; without any, the
+        // rows bound before.
+        let rows = match parameter_rows(request.into_inner(), &types).await {
+            Ok(rows) if rows.is_empty() => params,
+            Ok(rows) => rows,
+            Err(e) => return Err(pending.failed(e)),
+        };
+        let ran = update_rows(&self.query, &sql, database.as_deref(), rows, &who).await;
+        match ran {
+            Ok(n) => {
+                pending.finish(u64::try_from(n).ok(), Ok(()));
+                Ok(n)
+            }
+            Err(e) => Err(pending.failed(e)),
+        }
     }
 
     async fn do_action_close_prepared_statement(
@@ -534,11 +840,14 @@ impl FlightSqlService for FlightSql {
     ) -> Result<i64, Status> {
         let who = caller(&request)?;
         let database = database(request.metadata());
-        let started = std::time::Instant::now();
-        let result = update(&self.query, &ticket.query, database.as_deref(), None, &who).await;
-        let audited = result.as_ref().map(|n| u64::try_from(*n).ok());
-        self.audit(Some(&who), request.extensions(), ("sql", &ticket.query), started, audited);
-        result
+        let pending = self.pending(Some(&who), crate::guard::grpc_source(request.extensions()), "sql", &ticket.query);
+        match update(&self.query, &ticket.query, database.as_deref(), None, &who).await {
+            Ok(n) => {
+                pending.finish(u64::try_from(n).ok(), Ok(()));
+                Ok(n)
+            }
+            Err(e) => Err(pending.failed(e)),
+        }
     }
 
     async fn get_flight_info_catalogs(

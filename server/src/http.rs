@@ -228,12 +228,29 @@ async fn run_sql(
         }
     };
     let rows = result.num_rows() as u64;
+    if let Some(e) = unencodable(format, &result.schema) {
+        return (Err(ApiError::bad_request(e)), Some(rows));
+    }
     let body = match encode(format, &result.schema, &result.batches) {
         Ok(b) => b,
         Err(e) => return (Err(ApiError::internal(format!("encoding result: {e}"))), Some(rows)),
     };
     tracing::debug!(rows, elapsed_us = started.elapsed().as_micros() as u64, "query");
     (Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response()), Some(rows))
+}
+
+/// Why `format` cannot hold a column of `schema`, if it cannot: CSV has no
+/// lists, structs or maps.
+fn unencodable(format: OutputFormat, schema: &arrow::datatypes::SchemaRef) -> Option<String> {
+    if !matches!(format, OutputFormat::Csv) {
+        return None;
+    }
+    let nested = schema.fields().iter().find(|f| f.data_type().is_nested())?;
+    Some(format!(
+        "CSV cannot hold column {:?} of type {}: ask for json, jsonl or arrow",
+        nested.name(),
+        nested.data_type()
+    ))
 }
 
 async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {

@@ -189,7 +189,7 @@ pub async fn run(
         .add_service(otlp.metrics_server())
         .add_service(otlp.logs_server())
         .add_service(
-            flight::FlightSql::new(Arc::clone(&query), Arc::clone(&auth), Arc::clone(&audit))
+            flight::FlightSql::new(Arc::clone(&query), Arc::clone(&auth), Arc::clone(&audit))?
                 .into_server(config.max_request_bytes),
         )
         .serve_with_incoming_shutdown(grpc_incoming.into_stream(), stopped(stop_rx.clone()));

@@ -47,6 +47,13 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    // What the server creates (segments, WAL, manifest, state, audit) is
+    // for its own user only: the rows are as private as the tokens.
+    // SAFETY: umask only sets the process's file creation mask; it cannot
+    // fail and touches no memory.
+    unsafe {
+        libc::umask(0o077);
+    }
     let config = file.validate(Overrides {
         data_dir: c.data_dir,
         grpc_addr: c.grpc_addr,
@@ -55,6 +62,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         auth: c.auth,
         insecure: c.insecure,
     })?;
+    warn_if_shared(&config.storage.data_dir);
     // Planning and evaluating SQL recurse over expression trees; the SQL
     // layer bounds their depth (query::allowed), and 8 MiB worker stacks
     // (virtual memory, committed as used) keep a wide margin under that bound
@@ -74,6 +82,22 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         .await
     })?;
     Ok(())
+}
+
+/// A data directory made before (by hand, or by a release that kept the
+/// default umask) may let other users read every row: said at start.
+fn warn_if_shared(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "other users may read the data directory; files Tocsin writes are 0600, but older ones may not be: \
+             chmod -R go-rwx it"
+        );
+    }
 }
 
 async fn shutdown_signal() {

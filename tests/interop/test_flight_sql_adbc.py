@@ -63,6 +63,16 @@ def main():
             cur.execute(q, parameters=("a", 0.0))
             assert [r["usage"] for r in cur.fetch_arrow_table().to_pylist()] == [1.5, 3.5]
 
+            # Parameter rows: executemany runs a prepared INSERT once per
+            # row (ints cast to the float field); bind + execute_update too.
+            cur.executemany("INSERT INTO cpu (ts, host, usage) VALUES (to_timestamp($1), $2, $3)",
+                            [(1700000030, "c", 1), (1700000040, "c", 2), (1700000050, "c", 4)])
+            cur.execute("SELECT count(*) AS n, sum(usage) AS s FROM cpu WHERE host = 'c'")
+            assert cur.fetch_arrow_table().to_pylist() == [{"n": 3, "s": 7.0}]
+            # An untyped placeholder: the schema announced is the one sent.
+            cur.execute("SELECT 'x' AS m, $1 AS p", parameters=(5,))
+            assert cur.fetch_arrow_table().to_pylist() == [{"m": "x", "p": 5}]
+
             # Metadata.
             objs = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
             catalogs = {c["catalog_name"] for c in objs}

@@ -1075,3 +1075,160 @@ async fn hidden_rows_leak_through_no_error_message_or_plan() {
             .await;
     assert_eq!((status, body.as_str()), (200, r#"[{"n":1}]"#));
 }
+
+/// Found by hostile review 2: a `DoGet` ticket was unsigned JSON, so a
+/// caller could run any SQL it allowed without an audit entry; prepared
+/// updates and statements refused at `Prepare` were not audited; a query
+/// that failed while streaming was audited `ok` (at `GetFlightInfo`); a
+/// prepared update ignored the parameter rows sent with it; `SELECT $1`
+/// announced a `Null` column and sent an `Int64` one.
+#[tokio::test]
+async fn every_flight_sql_statement_is_audited_and_tickets_cannot_be_forged() {
+    use arrow::array::{Array, Int64Array, RecordBatch, TimestampNanosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::sql::{Any, ProstMessageExt, TicketStatementQuery};
+    use prost::Message;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "");
+    let (w, other) = (create_token(&server, &admin, "editor", &[]), create_token(&server, &admin, "editor", &[]));
+    let auditor = create_token(&server, &admin, "auditor", &[]);
+    let id = |t: &str| format!("token:{}", t.split('_').nth(1).expect("id"));
+    let body = "scratch v=1 1700000000000000000\nscratch v=2 1700000001000000000\nscratch v=3 1700000002000000000\n";
+    assert_eq!(lines(&server, &admin, body).await, 204);
+    let channel =
+        Channel::from_shared(format!("http://{}", server.grpc)).expect("uri").connect().await.expect("connect");
+    let mut c = FlightSqlServiceClient::new(channel.clone());
+    c.set_token(w.clone());
+    let count = |server: &TestServer| {
+        let (server, admin) = (server.http, admin.clone());
+        async move {
+            let resp = reqwest::Client::new()
+                .post(format!("http://{server}/api/v1/sql"))
+                .bearer_auth(admin)
+                .json(&json!({"sql": "SELECT count(*) AS n FROM scratch"}))
+                .send()
+                .await
+                .expect("count");
+            let rows: Vec<Value> = resp.json().await.expect("json");
+            rows[0]["n"].as_i64().expect("n")
+        }
+    };
+
+    // A query: audited once, when its stream ends, with the rows sent.
+    let info = c.execute("SELECT 'audited-query' AS m, v FROM scratch".into(), None).await.expect("plan");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let got: Vec<RecordBatch> = c.do_get(ticket.clone()).await.expect("run").try_collect().await.expect("stream");
+    assert_eq!(got.iter().map(RecordBatch::num_rows).sum::<usize>(), 3);
+
+    // Another caller cannot use the ticket; nobody can alter or forge one.
+    let mut raw = FlightServiceClient::new(channel.clone());
+    let err = raw.do_get(with_token(ticket.clone(), Some(&other))).await.map(|_| ()).expect_err("issued to w");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let sealed: TicketStatementQuery =
+        Any::decode(ticket.ticket.clone()).expect("any").unpack().expect("unpack").expect("a statement ticket");
+    let altered = String::from_utf8_lossy(&sealed.statement_handle).replace("audited-query", "altered-query!");
+    let run_raw = |handle: Vec<u8>| {
+        let t = arrow_flight::Ticket {
+            ticket: TicketStatementQuery { statement_handle: handle.into() }.as_any().encode_to_vec().into(),
+        };
+        with_token(t, Some(&w))
+    };
+    let err = raw.do_get(run_raw(altered.into_bytes())).await.map(|_| ()).expect_err("altered");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let forged = json!({"sql": "INSERT INTO scratch (ts, v) VALUES (now(), 42)", "database": null, "count": null});
+    let err = raw.do_get(run_raw(forged.to_string().into_bytes())).await.map(|_| ()).expect_err("forged");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("not a statement ticket of this server"), "{err}");
+    assert_eq!(count(&server).await, 3, "the forged INSERT wrote nothing");
+
+    // Refused at Prepare.
+    let err = c.prepare("SELECT * FROM no_such_table".into(), None).await.map(|_| ()).expect_err("no table");
+    assert!(err.to_string().contains("no_such_table"), "{err}");
+
+    // A prepared update runs once per parameter row, values cast to the
+    // placeholders' types (Int64 into a Float64 field).
+    let mut insert = c.prepare("INSERT INTO scratch (ts, v) VALUES ($1, $2)".into(), None).await.expect("prepare");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("$1", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        Field::new("$2", DataType::Int64, false),
+    ]));
+    let params = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(TimestampNanosecondArray::from(vec![1_700_000_003_000_000_000, 1_700_000_004_000_000_000])),
+            Arc::new(Int64Array::from(vec![7, 8])),
+        ],
+    )
+    .expect("params");
+    insert.set_parameters(params).expect("bind");
+    assert_eq!(insert.execute_update().await.expect("two rows"), 2);
+    assert_eq!(count(&server).await, 5, "both parameter rows were written");
+
+    // An untyped placeholder: the announced schema is the one sent.
+    let mut select = c.prepare("SELECT 'x' AS m, $1 AS p".into(), None).await.expect("prepare");
+    let one = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, false)])),
+        vec![Arc::new(Int64Array::from(vec![5]))],
+    )
+    .expect("param");
+    select.set_parameters(one).expect("bind");
+    let info = select.execute().await.expect("plan");
+    let announced = Schema::try_from(info.clone()).expect("schema");
+    assert_eq!(announced.field_with_name("p").expect("p").data_type(), &DataType::Int64);
+    let got: Vec<RecordBatch> = c
+        .do_get(info.endpoint[0].ticket.clone().expect("ticket"))
+        .await
+        .expect("run")
+        .try_collect()
+        .await
+        .expect("rows");
+    let p = got[0].column_by_name("p").expect("p");
+    assert_eq!(p.as_any().downcast_ref::<Int64Array>().expect("int64").value(0), 5);
+
+    // A query that fails while it runs is audited as the error it was.
+    let info = c
+        .execute(
+            "SELECT CAST(CASE WHEN v > 2 THEN 'bad-cast-marker' ELSE '1' END AS BIGINT) AS n FROM scratch".into(),
+            None,
+        )
+        .await
+        .expect("plans");
+    let ran: Result<Vec<RecordBatch>, _> = match c.do_get(info.endpoint[0].ticket.clone().expect("ticket")).await {
+        Ok(s) => s.try_collect().await,
+        Err(e) => Err(e),
+    };
+    assert!(ran.is_err(), "the cast fails");
+
+    let q =
+        "SELECT actor, action, target, outcome, status, rows FROM system.audit WHERE interface = 'flight' ORDER BY seq";
+    let (status, body) = sql(&server, &auditor, q).await;
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<Value> = serde_json::from_str(&body).expect("rows");
+    let with = |needle: &str| -> Vec<&Value> {
+        rows.iter().filter(|r| r["target"].as_str().unwrap_or("").contains(needle)).collect()
+    };
+    let query = with("audited-query");
+    assert_eq!(query.len(), 2, "the run and the other caller's refusal: {body}");
+    assert!(
+        query[0]["actor"] == id(&w)
+            && query[0]["action"] == "sql"
+            && query[0]["outcome"] == "ok"
+            && query[0]["rows"] == 3,
+        "{body}"
+    );
+    assert!(query[1]["actor"] == id(&other) && query[1]["outcome"] == "denied" && query[1]["status"] == 403, "{body}");
+    let forged = with("VALUES (now(), 42)");
+    assert!(forged.len() == 1 && forged[0]["outcome"] == "error" && forged[0]["status"] == 400, "{body}");
+    let prepare = with("no_such_table");
+    assert!(
+        prepare.len() == 1 && prepare[0]["action"] == "sql (prepare)" && prepare[0]["outcome"] == "error",
+        "{body}"
+    );
+    let update = with("VALUES ($1, $2)");
+    assert!(update.len() == 1 && update[0]["outcome"] == "ok" && update[0]["rows"] == 2, "{body}");
+    let failed = with("bad-cast-marker");
+    assert!(failed.len() == 1 && failed[0]["outcome"] == "error" && failed[0]["status"] == 400, "{body}");
+}

@@ -237,6 +237,21 @@ async fn http_errors_are_json_with_a_reason() {
     assert!(metrics.contains("tocsin_queries_total"), "{metrics}");
     assert!(metrics.contains("tocsin_query_errors_total 3"), "{metrics}");
     assert!(metrics.contains("tocsin_wal_fsyncs_total"), "{metrics}");
+    // Client errors found by review 2 that answered 500: a pattern that is
+    // no regex (compiled by the optimizer), a list column asked for as CSV.
+    let (status, body) = server.sql_raw("SELECT 1 WHERE 'a' ~ '('").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("regex parse error"), "{body}");
+    let resp = http
+        .post(format!("http://{}/api/v1/sql", server.http))
+        .header("accept", "text/csv")
+        .json(&json!({"sql": "SELECT array_agg(x) AS l FROM (VALUES (1), (2)) AS t(x)"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert!(body["error"].as_str().unwrap_or_default().contains("CSV cannot hold column \"l\""), "{body}");
 }
 
 #[tokio::test]

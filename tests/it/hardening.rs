@@ -41,6 +41,25 @@ async fn zero_config_server_reads_its_tables_after_persist_and_restart() {
     for t in tables {
         assert_eq!(count(&server.sql(&format!("SELECT count(*) AS n FROM {t}")).await), 1, "{t} after restart");
     }
+    // Found by review 2: segments were 0644 and folders 0755 (the default
+    // umask), so any local user could read every row.
+    assert_private(&cwd.path().join("tocsin-data"));
+}
+
+/// Nothing under `dir` (itself included) is open to group or others.
+fn assert_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut seen = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "{} is {:o}", p.display(), meta.permissions().mode());
+        seen += 1;
+        if meta.is_dir() {
+            todo.extend(std::fs::read_dir(&p).expect("read_dir").map(|e| e.expect("entry").path()));
+        }
+    }
+    assert!(seen > 5, "walked {seen} entries only");
 }
 
 /// `COPY ... TO` wrote any file the server could write; only SELECT,
