@@ -85,19 +85,21 @@ async fn count_too_large(response: Response) -> Response {
 pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for `Retry-After` (503 and 429 only; 1 unless known).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: String) -> Self {
-        Self { status, message }
+        Self { status, message, retry_after: None }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+        Self { status: StatusCode::BAD_REQUEST, message: message.into(), retry_after: None }
     }
 
     pub(crate) fn internal(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into(), retry_after: None }
     }
 }
 
@@ -106,7 +108,7 @@ impl ApiError {
     /// `tocsin_storage::errors`) and its message.
     pub(crate) fn classified(e: &impl Classify) -> Self {
         let status = StatusCode::from_u16(e.class().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Self { status, message: e.to_string() }
+        Self { status, message: e.to_string(), retry_after: None }
     }
 }
 
@@ -121,8 +123,10 @@ impl IntoResponse for ApiError {
         let mut r =
             (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": &self.message }).to_string())
                 .into_response();
-        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
-            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
+            && let Ok(v) = header::HeaderValue::from_str(&self.retry_after.unwrap_or(1).to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
         }
         // For the audit entry of the request.
         r.extensions_mut().insert(ErrorNote(self.message));
@@ -132,7 +136,13 @@ impl IntoResponse for ApiError {
 
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
-        Self::classified(&e.unwrapped())
+        let e = e.unwrapped();
+        let mut api = Self::classified(&e);
+        // The wait the caller's ingest rate needs, as the write protocols say.
+        if let QueryError::RateLimited { retry_after, .. } = &e {
+            api.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        api
     }
 }
 
@@ -149,7 +159,7 @@ impl From<tocsin_ingest::follow::FollowError> for ApiError {
 }
 
 async fn not_found() -> ApiError {
-    ApiError { status: StatusCode::NOT_FOUND, message: "no such endpoint".into() }
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint".into())
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,7 +184,7 @@ async fn sql(
     {
         let enc = tocsin_auth::clip(enc.to_str().unwrap_or("?")).to_string();
         let message = format!("Content-Encoding {enc:?} is not supported here; send the statement uncompressed");
-        return ApiError { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, message }.into_response();
+        return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message).into_response();
     }
     let req: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

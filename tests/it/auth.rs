@@ -835,8 +835,18 @@ async fn a_flood_from_one_token_is_rate_limited_while_another_token_writes() {
     let insert = format!("INSERT INTO m2 (ts, host, v) VALUES {}", values.join(", "));
     let (status, body) = sql(&server, &sql_writer, &insert).await;
     assert_eq!(status, 200, "a full bucket admits a large statement: {body}");
-    let (status, body) = sql(&server, &sql_writer, "INSERT INTO m2 (ts, host, v) VALUES (now(), 'd', 1)").await;
-    assert_eq!(status, 429, "{body}");
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/sql", server.http))
+        .bearer_auth(&sql_writer)
+        .json(&json!({"sql": "INSERT INTO m2 (ts, host, v) VALUES (now(), 'd', 1)"}))
+        .send()
+        .await
+        .expect("insert");
+    assert_eq!(refused.status(), 429);
+    // 100 rows of debt and one to admit at 10 a second.
+    let retry: u64 = refused.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((10..=11).contains(&retry), "the wait, as the write protocols say it: {retry}");
+    let body = refused.text().await.expect("body");
     assert!(body.contains("ingest_rows_per_second"), "{body}");
     assert_eq!(post(&sql_writer, batch("d")).await.expect("write").status(), 429, "one bucket for SQL and protocols");
     let (_, body) = sql(&server, &admin, "SELECT count(*) AS n FROM m2").await;
