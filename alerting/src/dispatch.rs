@@ -124,7 +124,20 @@ pub struct PayloadAlert {
     pub fingerprint: String,
     pub value: Option<f64>,
     pub acked_by: Option<String>,
+    /// An acknowledgement that a rise in severity ended: this alert pages
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_lifted: Option<AckLifted>,
     pub flapping: bool,
+}
+
+/// Who had acknowledged an alert, and at which severity, before it rose.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AckLifted {
+    pub by: String,
+    pub severity: Option<String>,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -216,6 +229,18 @@ impl Dispatcher {
                 continue;
             };
             let alerts: Vec<&Instance> = members.get(key).map(|m| m.2.clone()).unwrap_or_default();
+            // An alert this group told of that is still firing, not muted,
+            // and routed to another group (its severity changed) moved: it
+            // did not resolve. It is dropped without a word; the group it
+            // moved to tells of it, and of its end.
+            let before = g.sent.len();
+            let here: std::collections::HashSet<&str> = alerts.iter().map(|i| i.id.as_str()).collect();
+            g.sent.retain(|id, _| {
+                here.contains(id.as_str())
+                    || !by_id.get(id.as_str()).is_some_and(|i| i.state == AlertState::Firing)
+                    || out.muted.contains_key(id)
+            });
+            out.changed |= g.sent.len() != before;
             let content = group_content(g, &alerts);
             let firing_any = content.values().any(|v| v.status == "firing");
             let unacked_any = content.values().any(|v| v.status == "firing" && !v.acked);
@@ -346,6 +371,11 @@ impl SendCtx<'_> {
                 fingerprint: inst.id.clone(),
                 value: inst.value.is_finite().then_some(inst.value),
                 acked_by: inst.ack.as_ref().map(|a| a.by.clone()),
+                ack_lifted: inst.ack_lifted.as_ref().filter(|_| view.status == "firing").map(|a| AckLifted {
+                    by: a.by.clone(),
+                    severity: a.severity.clone(),
+                    at: rfc3339(a.at),
+                }),
                 flapping: view.flapping,
             });
         }
@@ -402,8 +432,8 @@ fn common<'a>(mut sets: impl Iterator<Item = &'a BTreeMap<String, String>>) -> B
 }
 
 /// The group's alerts as they are now: its current members, plus the
-/// alerts it last reported firing that are gone (resolved, silenced or
-/// rerouted), which are reported resolved once.
+/// alerts it last reported firing that are gone (resolved or silenced),
+/// which are reported resolved once.
 fn group_content(g: &GroupState, alerts: &[&Instance]) -> BTreeMap<String, AlertView> {
     let mut content = BTreeMap::new();
     for inst in alerts {

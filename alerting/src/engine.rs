@@ -636,7 +636,13 @@ impl AlertEngine {
                     inst.state.as_str()
                 )));
             }
-            inst.ack = Some(Ack { by: by.to_string(), comment: comment.to_string(), at: now });
+            inst.ack = Some(Ack {
+                by: by.to_string(),
+                comment: comment.to_string(),
+                at: now,
+                severity: inst.severity.clone(),
+            });
+            inst.ack_lifted = None;
             let mut t = Transition::new(inst, inst.state, inst.severity.clone(), now);
             t.note = format!("acknowledged by {by}: {comment}");
             Ok(t)
@@ -669,7 +675,7 @@ impl AlertEngine {
             let from = inst.state;
             inst.state = AlertState::Resolved;
             inst.resolved_at = Some(now);
-            inst.resolved_by = Some(Ack { by: by.to_string(), comment: comment.to_string(), at: now });
+            inst.resolved_by = Some(Ack { by: by.to_string(), comment: comment.to_string(), at: now, severity: None });
             inst.hold_until_clear = true;
             if inst.no_data {
                 inst.last_seen = None;
@@ -947,7 +953,8 @@ fn alert_json(i: &Instance, muted: Option<&Mute>) -> serde_json::Value {
         "resolvedAt": ts(i.resolved_at),
         "noData": i.no_data,
         "flapping": i.flapping,
-        "ack": i.ack.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at)})),
+        "ack": i.ack.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at), "severity": a.severity})),
+        "ackLifted": i.ack_lifted.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at), "severity": a.severity})),
         "resolvedBy": i.resolved_by.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at)})),
         "muted": muted,
     })

@@ -279,6 +279,13 @@ pub fn default_text(p: &Payload) -> String {
         if let Some(by) = &a.acked_by {
             out.push_str(&format!(" (acked by {by})"));
         }
+        if let Some(l) = &a.ack_lifted {
+            out.push_str(&format!(
+                " (acked by {} at {}; severity rose, paging again)",
+                l.by,
+                l.severity.as_deref().unwrap_or("a lower severity")
+            ));
+        }
     }
     out
 }
@@ -591,6 +598,7 @@ mod tests {
                 fingerprint: "f".into(),
                 value: None,
                 acked_by: None,
+                ack_lifted: None,
                 flapping: false,
             }],
             tocsin: TocsinFields { reason: Reason::Update, escalation: None, step: None, cycle: None, acked: false },

@@ -189,6 +189,20 @@ impl Rule {
         self.thresholds.iter().rev().find(|(_, t)| t.holds(v)).map(|(s, _)| s.as_str())
     }
 
+    /// Whether an acknowledgement given at severity `acked` still holds at
+    /// `now`: the same severity, or one the rule's thresholds rank lower. A
+    /// severity the thresholds do not rank (no data, absent) is not known
+    /// to be lower, so it pages again.
+    pub fn ack_holds(&self, acked: Option<&str>, now: Option<&str>) -> bool {
+        let rank = |s: &str| self.thresholds.iter().position(|(name, _)| name == s);
+        match (acked, now) {
+            (None, _) => true,
+            (Some(a), Some(n)) if a == n => true,
+            (Some(a), Some(n)) => matches!((rank(a), rank(n)), (Some(a), Some(n)) if n < a),
+            (Some(_), None) => true,
+        }
+    }
+
     /// The labels that identify an instance: the row's, the rule's, and
     /// `alertname` (not `severity`, which may change while it fires).
     pub fn identity(&self, row: &Labels) -> Labels {
@@ -321,6 +335,7 @@ fn step(rule: &Rule, inst: &mut Instance, seen: Seen<'_>, now: i64, out: &mut Ve
                 Some(sev) => {
                     // A new episode starts unacknowledged.
                     inst.ack = None;
+                    inst.ack_lifted = None;
                     inst.resolved_by = None;
                     inst.severity = Some(sev);
                     inst.resolved_at = None;
@@ -368,12 +383,27 @@ fn step(rule: &Rule, inst: &mut Instance, seen: Seen<'_>, now: i64, out: &mut Ve
             }
         }
     }
+    // A rise above the severity it was acknowledged at pages again.
+    let lifted = inst.state.is_active()
+        && inst.ack.as_ref().is_some_and(|a| !rule.ack_holds(a.severity.as_deref(), inst.severity.as_deref()));
+    if lifted {
+        inst.ack_lifted = inst.ack.take();
+    }
     let changed = from != inst.state || (inst.state == AlertState::Firing && old_severity != inst.severity);
     inst.update_labels();
     if changed {
         inst.updated_at = now;
         inst.note_change(now, rule.flap_changes, rule.flap_window);
-        out.push(Transition::new(inst, from, old_severity, now));
+        let mut t = Transition::new(inst, from, old_severity, now);
+        if let Some(a) = inst.ack_lifted.as_ref().filter(|_| lifted) {
+            t.note = format!(
+                "severity rose to {}: the acknowledgement by {} at {} no longer holds",
+                inst.severity.as_deref().unwrap_or("none"),
+                a.by,
+                a.severity.as_deref().unwrap_or("none")
+            );
+        }
+        out.push(t);
     } else {
         inst.settle_flapping(now, rule.flap_window);
     }

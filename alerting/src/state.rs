@@ -38,6 +38,11 @@ pub struct Ack {
     pub by: String,
     pub comment: String,
     pub at: i64,
+    /// The severity the alert had when acknowledged: the acknowledgement
+    /// holds for it and lower ones, not for a rise (`None`: any severity,
+    /// as state saved before this was kept has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
 }
 
 /// One alert instance: a rule and one row's labels.
@@ -72,6 +77,10 @@ pub struct Instance {
     pub changes: Vec<i64>,
     pub flapping: bool,
     pub ack: Option<Ack>,
+    /// The acknowledgement a rise in severity ended (the alert pages again),
+    /// until it is acknowledged again or the episode ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_lifted: Option<Ack>,
     pub resolved_by: Option<Ack>,
     /// After a resolve by hand: do not fire again until the condition has
     /// cleared once.
@@ -101,6 +110,7 @@ impl Instance {
             changes: Vec::new(),
             flapping: false,
             ack: None,
+            ack_lifted: None,
             resolved_by: None,
             hold_until_clear: false,
         };

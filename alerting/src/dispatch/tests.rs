@@ -118,7 +118,7 @@ fn unchanged_firing_groups_repeat_after_repeat_interval_unless_acked() {
     let out = h.tick(20 * S + 61 * M, &insts);
     assert_eq!(out.jobs.len(), 1);
     assert_eq!(out.jobs[0].reason, Reason::Repeat);
-    insts[0].ack = Some(Ack { by: "ann".into(), comment: String::new(), at: 0 });
+    insts[0].ack = Some(Ack { by: "ann".into(), comment: String::new(), at: 0, severity: None });
     assert_eq!(h.tick(20 * S + 200 * M, &insts).jobs.len(), 0, "acknowledged: no repeats");
 }
 
@@ -205,7 +205,7 @@ fn acknowledged_alerts_stop_escalation_and_resolve_to_everyone_notified() {
     assert_eq!(receivers(&h.tick(10 * S, &insts).jobs), ["oncall"]);
     let out = h.tick(10 * S + 15 * M, &insts);
     assert_eq!(receivers(&out.jobs), ["backup"]);
-    insts[0].ack = Some(Ack { by: "bob".into(), comment: "on it".into(), at: 16 * M });
+    insts[0].ack = Some(Ack { by: "bob".into(), comment: "on it".into(), at: 16 * M, severity: None });
     assert!(h.tick(10 * S + 31 * M, &insts).jobs.is_empty(), "acked: no step 3");
     insts[0].state = AlertState::Resolved;
     insts[0].resolved_at = Some(40 * M);
@@ -223,7 +223,7 @@ fn acked_before_step_two_means_no_step_two() {
     let mut insts = vec![firing("Disk", &[("team", "esc")], "critical")];
     h.tick(0, &insts);
     assert_eq!(h.tick(10 * S, &insts).jobs.len(), 1);
-    insts[0].ack = Some(Ack { by: "bob".into(), comment: String::new(), at: 60 * S });
+    insts[0].ack = Some(Ack { by: "bob".into(), comment: String::new(), at: 60 * S, severity: None });
     for minute in 1..60 {
         assert!(h.tick(10 * S + minute * M, &insts).jobs.is_empty(), "minute {minute}");
     }

@@ -264,6 +264,61 @@ async fn acknowledged_alert_does_not_escalate() {
     assert!(notes.iter().any(|n| n == "acknowledged by ann: looking"), "{notes:?}");
 }
 
+/// Issue 13, defect 3: an alert acknowledged at warning that turned
+/// critical kept its ack, so the critical escalation paged nobody, and the
+/// warning group told its receiver the alert had resolved.
+#[tokio::test]
+async fn a_rise_in_severity_after_an_ack_pages_again_and_says_why() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    s.set(&[("a", 85.0)]);
+    s.run_for(3).await;
+    let got = cap.wait_for(1).await;
+    assert_eq!((got[0].0.as_str(), got[0].1["alerts"][0]["labels"]["severity"].as_str()), ("/oncall", Some("warning")));
+    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
+    let acked = s.engine.ack(&id, "ann", "looking").await.expect("ack");
+    assert_eq!(acked["ack"]["severity"], "warning");
+
+    // Critical: the ack given at warning no longer holds; the chain pages.
+    s.set(&[("a", 99.0)]);
+    s.run_for(2).await;
+    let got = cap.wait_for(2).await;
+    s.settle().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bodies = cap.bodies();
+    assert_eq!(bodies.len(), 2, "one page, no 'resolved' from the warning group: {bodies:?}");
+    let (path, page) = &got[1];
+    assert_eq!(path, "/oncall");
+    assert_eq!(page["tocsin"]["step"], 1, "{page}");
+    assert_eq!(page["status"], "firing");
+    let alert = &page["alerts"][0];
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert!(alert["ackedBy"].is_null(), "{alert}");
+    assert_eq!(alert["ackLifted"]["by"], "ann", "{alert}");
+    assert_eq!(alert["ackLifted"]["severity"], "warning", "{alert}");
+    let view = &s.engine.alerts(None, &BTreeMap::new())[0];
+    assert!(view["ack"].is_null() && view["ackLifted"]["by"] == "ann", "{view}");
+    let notes: Vec<String> = s.history.transitions.lock().iter().map(|t| t.note.clone()).collect();
+    assert!(
+        notes.iter().any(|n| n == "severity rose to critical: the acknowledgement by ann at warning no longer holds"),
+        "{notes:?}"
+    );
+    // Unacknowledged, it escalates: step 2 after 15 minutes.
+    s.clock.advance_ms(15 * 60 * 1000);
+    s.run_for(2).await;
+    let got = cap.wait_for(3).await;
+    assert_eq!(got[2].0, "/backup");
+
+    // Acknowledged at critical, the ack holds when it falls to warning.
+    s.engine.ack(&id, "bob", "on it").await.expect("ack");
+    s.set(&[("a", 85.0)]);
+    s.run_for(3).await;
+    let view = &s.engine.alerts(None, &BTreeMap::new())[0];
+    assert_eq!(view["severity"], "warning");
+    assert_eq!(view["ack"]["by"], "bob", "{view}");
+    assert!(view["ackLifted"].is_null(), "{view}");
+}
+
 #[tokio::test]
 async fn a_failing_receiver_gets_the_notification_once_when_it_recovers() {
     let cap = capture(2).await;
