@@ -129,6 +129,12 @@ pub struct PayloadAlert {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_lifted: Option<AckLifted>,
     pub flapping: bool,
+    /// A firing alert's link that acknowledges it (see [`crate::links`]).
+    #[serde(rename = "ackURL", default, skip_serializing_if = "Option::is_none")]
+    pub ack_url: Option<String>,
+    /// A firing alert's link that silences it for an hour.
+    #[serde(rename = "silenceURL", default, skip_serializing_if = "Option::is_none")]
+    pub silence_url: Option<String>,
 }
 
 /// Who had acknowledged an alert, and at which severity, before it rose.
@@ -169,11 +175,13 @@ pub struct TickInput<'a> {
     pub silences: &'a [(Silence, Matchers)],
     pub now: i64,
     pub external_url: &'a str,
+    /// Makes the ack and silence links of firing alerts.
+    pub links: Option<&'a crate::links::Links>,
 }
 
 impl Dispatcher {
     pub fn tick(&mut self, input: TickInput<'_>) -> TickOutcome {
-        let TickInput { config, instances, silences, now, external_url } = input;
+        let TickInput { config, instances, silences, now, external_url, links } = input;
         let mut out = TickOutcome::default();
         let by_id: HashMap<&str, &Instance> = instances.iter().map(|i| (i.id.as_str(), *i)).collect();
 
@@ -244,7 +252,7 @@ impl Dispatcher {
             let content = group_content(g, &alerts);
             let firing_any = content.values().any(|v| v.status == "firing");
             let unacked_any = content.values().any(|v| v.status == "firing" && !v.acked);
-            let ctx = SendCtx { g_key: key, route, by_id: &by_id, content: &content, external_url, now };
+            let ctx = SendCtx { g_key: key, route, by_id: &by_id, content: &content, external_url, now, links };
 
             let mut sent_now = BTreeSet::new();
             let esc_before = g.escalation.clone();
@@ -351,6 +359,7 @@ struct SendCtx<'a> {
     content: &'a BTreeMap<String, AlertView>,
     external_url: &'a str,
     now: i64,
+    links: Option<&'a crate::links::Links>,
 }
 
 impl SendCtx<'_> {
@@ -377,6 +386,14 @@ impl SendCtx<'_> {
                     at: rfc3339(a.at),
                 }),
                 flapping: view.flapping,
+                ack_url: self
+                    .links
+                    .filter(|_| view.status == "firing")
+                    .map(|l| l.url(&inst.id, crate::links::LinkAction::Ack, receiver, self.now)),
+                silence_url: self
+                    .links
+                    .filter(|_| view.status == "firing")
+                    .map(|l| l.url(&inst.id, crate::links::LinkAction::Silence, receiver, self.now)),
             });
         }
         let common_labels = common(alerts.iter().map(|a| &a.labels));

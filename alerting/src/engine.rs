@@ -84,6 +84,8 @@ pub struct EngineOptions {
     pub resolved_retention: Duration,
     /// How often rule files are checked for changes (zero: never).
     pub watch_interval: Duration,
+    /// How long the ack and silence links of a notification work.
+    pub link_ttl: Duration,
 }
 
 impl EngineOptions {
@@ -96,6 +98,7 @@ impl EngineOptions {
             retry: RetryPolicy::default(),
             resolved_retention: Duration::from_secs(3600),
             watch_interval: Duration::from_secs(2),
+            link_ttl: crate::links::DEFAULT_LINK_TTL,
         }
     }
 }
@@ -175,6 +178,8 @@ pub struct AlertEngine {
     ingest_rx: tokio::sync::Mutex<mpsc::Receiver<IngestBatch>>,
     save_lock: Mutex<()>,
     pub metrics: AlertMetrics,
+    /// Makes and checks the ack and silence links of notifications.
+    links: crate::links::Links,
     /// Told of reloads the engine starts itself (a rule file changed), for
     /// the audit log; reloads asked for by callers are theirs to record.
     reload_hook: Mutex<Option<ReloadHook>>,
@@ -215,6 +220,8 @@ impl AlertEngine {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|source| EngineError::StateIo { path: opts.state_dir.clone(), source })?;
         let state = load_state(&opts.state_dir)?;
+        let links = crate::links::Links::open(&opts.state_dir, &opts.external_url, opts.link_ttl)
+            .map_err(|source| EngineError::StateIo { path: opts.state_dir.join("link-key"), source })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let notifier = Notifier::new(config.receivers.clone(), tx, opts.retry.clone(), Arc::clone(&clock));
         let mut rules: BTreeMap<String, BTreeMap<String, Instance>> = BTreeMap::new();
@@ -262,6 +269,7 @@ impl AlertEngine {
             save_lock: Mutex::new(()),
             reload_hook: Mutex::new(None),
             metrics: AlertMetrics::default(),
+            links,
         });
         engine.metrics.outbox_saved.store(pending.len() as u64, Ordering::Relaxed);
         if !pending.is_empty() {
@@ -452,6 +460,7 @@ impl AlertEngine {
             silences: &inner.silences,
             now,
             external_url: &self.opts.external_url,
+            links: Some(&self.links),
         });
         inner.muted = out.muted;
         let out_changed = out.changed;
@@ -648,6 +657,45 @@ impl AlertEngine {
             Ok(t)
         })?;
         self.record_manual(t).await
+    }
+
+    /// The link `sig` made for `alert`, `action` and `receiver`, if it is
+    /// this server's and has not expired (see [`crate::links`]).
+    pub fn check_link(
+        &self,
+        alert: &str,
+        action: &str,
+        receiver: &str,
+        expires: i64,
+        sig: &str,
+    ) -> Result<crate::links::Link, crate::links::LinkError> {
+        self.links.check(alert, action, receiver, expires, sig, self.clock.now_ms())
+    }
+
+    /// Silences alert `id` (its identity: rule and labels, any severity) for
+    /// `duration`.
+    pub fn silence_alert(&self, id: &str, by: &str, comment: &str, duration: Duration) -> Result<Silence, EngineError> {
+        let identity = {
+            let inner = self.inner.lock();
+            let inst =
+                inner.rules.values().find_map(|m| m.get(id)).ok_or_else(|| EngineError::NoSuchAlert(id.into()))?;
+            inst.identity.clone()
+        };
+        let now = self.clock.now_ms();
+        let matchers = identity
+            .into_iter()
+            .map(|(name, value)| crate::state::MatcherSpec { name, value, is_regex: false, is_equal: true })
+            .collect();
+        self.add_silence(Silence {
+            id: String::new(),
+            matchers,
+            starts_at: now,
+            ends_at: now + duration.as_millis() as i64,
+            created_by: by.to_string(),
+            comment: comment.to_string(),
+            created_at: now,
+            scope: None,
+        })
     }
 
     pub async fn unack(&self, id: &str, by: &str) -> Result<serde_json::Value, EngineError> {

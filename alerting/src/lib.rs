@@ -13,6 +13,7 @@ pub mod config;
 pub mod dispatch;
 pub mod duration;
 pub mod engine;
+pub mod links;
 pub mod matcher;
 pub mod notify;
 pub mod on_ingest;

@@ -286,6 +286,14 @@ pub fn default_text(p: &Payload) -> String {
                 l.severity.as_deref().unwrap_or("a lower severity")
             ));
         }
+        if a.acked_by.is_none()
+            && let Some(url) = &a.ack_url
+        {
+            out.push_str(&format!("\n  acknowledge: {url}"));
+        }
+        if let Some(url) = &a.silence_url {
+            out.push_str(&format!("\n  silence 1 h: {url}"));
+        }
     }
     out
 }
@@ -492,26 +500,36 @@ fn markdown_escape(s: &str) -> String {
     out
 }
 
-fn html_escape(s: &str) -> String {
+pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// The default HTML body: the title and a table of the alerts.
 pub fn default_html(p: &Payload) -> String {
     let mut out = format!(
-        "<html><body><h3>{}</h3>\n<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\n<tr><th>status</th><th>severity</th><th>labels</th><th>value</th><th>summary</th><th>since</th></tr>\n",
+        "<html><body><h3>{}</h3>\n<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\n<tr><th>status</th><th>severity</th><th>labels</th><th>value</th><th>summary</th><th>since</th><th></th></tr>\n",
         html_escape(&title(p))
     );
     for a in &p.alerts {
         let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut actions = Vec::new();
+        if a.acked_by.is_none()
+            && let Some(url) = &a.ack_url
+        {
+            actions.push(format!("<a href=\"{}\">acknowledge</a>", html_escape(url)));
+        }
+        if let Some(url) = &a.silence_url {
+            actions.push(format!("<a href=\"{}\">silence 1 h</a>", html_escape(url)));
+        }
         out.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             html_escape(&a.status),
             html_escape(a.labels.get("severity").map(String::as_str).unwrap_or("")),
             html_escape(&labels.join(", ")),
             a.value.map(template::format_value).unwrap_or_default(),
             html_escape(a.annotations.get("summary").map(String::as_str).unwrap_or("")),
             html_escape(&a.starts_at),
+            actions.join(" "),
         ));
     }
     out.push_str("</table></body></html>");
@@ -599,6 +617,8 @@ mod tests {
                 value: None,
                 acked_by: None,
                 ack_lifted: None,
+                ack_url: None,
+                silence_url: None,
                 flapping: false,
             }],
             tocsin: TocsinFields { reason: Reason::Update, escalation: None, step: None, cycle: None, acked: false },
@@ -616,6 +636,29 @@ mod tests {
         let md = default_text(&escape_values(&p, markdown_escape));
         assert!(md.contains(r"web-1\]\(http://evil.example\)"), "{md}");
         assert!(md.match_indices('<').all(|(i, _)| md[..i].ends_with('\\')), "unescaped <: {md}");
+    }
+
+    /// Robots and email carry the ack and silence links of firing alerts
+    /// (the webhook carries them as `ackURL` and `silenceURL`).
+    #[test]
+    fn robot_text_and_email_carry_the_links() {
+        let mut p = payload("web-1");
+        p.alerts[0].ack_url = Some("https://t.example/api/v1/alerts/f/link?action=ack&sig=ab".into());
+        p.alerts[0].silence_url = Some("https://t.example/api/v1/alerts/f/link?action=silence&sig=cd".into());
+        let text = default_text(&p);
+        assert!(text.contains("acknowledge: https://t.example/api/v1/alerts/f/link?action=ack&sig=ab"), "{text}");
+        assert!(text.contains("silence 1 h: https://t.example/api/v1/alerts/f/link?action=silence&sig=cd"), "{text}");
+        let html = default_html(&p);
+        assert!(
+            html.contains("<a href=\"https://t.example/api/v1/alerts/f/link?action=ack&amp;sig=ab\">acknowledge</a>"),
+            "{html}"
+        );
+        let json = serde_json::to_value(&p).expect("json");
+        assert_eq!(json["alerts"][0]["ackURL"], "https://t.example/api/v1/alerts/f/link?action=ack&sig=ab");
+        // Acknowledged: no ack link shown, the silence link still is.
+        p.alerts[0].acked_by = Some("ann".into());
+        let text = default_text(&p);
+        assert!(!text.contains("acknowledge:") && text.contains("silence 1 h:"), "{text}");
     }
 
     /// `tls: auto` with a username against a server without STARTTLS used

@@ -27,6 +27,13 @@ pub fn hmac_sha256(key: &[u8], message: &[&[u8]]) -> [u8; 32] {
     outer.finalize().into()
 }
 
+/// 32 random bytes from the operating system: a new key.
+pub fn random_key() -> Result<[u8; 32], AuthError> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(key)
+}
+
 /// Equal, in a time that does not depend on where the first difference is.
 pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -41,9 +48,18 @@ impl Signer {
     /// A key drawn from the operating system: what it signs is recognised
     /// until the process ends.
     pub fn random() -> Result<Self, AuthError> {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| AuthError::Random(e.to_string()))?;
-        Ok(Self { key })
+        Ok(Self { key: random_key()? })
+    }
+
+    /// A signer with a key kept elsewhere (in a file, so that what it signed
+    /// outlives a restart).
+    pub fn with_key(key: [u8; 32]) -> Self {
+        Self { key }
+    }
+
+    /// The tag of `message` (its parts concatenated).
+    pub fn tag(&self, message: &[&[u8]]) -> [u8; 32] {
+        hmac_sha256(&self.key, message)
     }
 
     /// `body` preceded by its 32-byte tag.

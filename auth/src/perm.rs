@@ -92,6 +92,9 @@ pub enum Access {
     /// every table each one touches (reading needs `query`, `INSERT`
     /// needs `write` on its table).
     Statements,
+    /// Anyone holding a link the server signed (the ack and silence links
+    /// of notifications): the handler checks the signature, and audits.
+    SignedLink,
 }
 
 impl fmt::Display for Access {
@@ -101,6 +104,7 @@ impl fmt::Display for Access {
             Access::Authenticated => f.write_str("authenticated"),
             Access::Requires(p) => p.fmt(f),
             Access::Statements => f.write_str("query or write, per table"),
+            Access::SignedLink => f.write_str("a signed link"),
         }
     }
 }

@@ -89,7 +89,7 @@ async fn create(
     let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
     let target =
         format!("token {} role {} database {}", record.id, record.role, record.database.as_deref().unwrap_or("*"));
-    response.extensions_mut().insert(AuditNote { target: Some(target), rows: None });
+    response.extensions_mut().insert(AuditNote { target: Some(target), ..AuditNote::default() });
     Ok(response)
 }
 
@@ -145,7 +145,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AuthError> + 
 }
 
 fn noted(mut response: Response, target: String) -> Response {
-    response.extensions_mut().insert(AuditNote { target: Some(target), rows: None });
+    response.extensions_mut().insert(AuditNote { target: Some(target), ..AuditNote::default() });
     response
 }
 

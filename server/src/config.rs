@@ -230,6 +230,9 @@ pub struct AlertingSection {
     pub rules: Option<PathBuf>,
     /// This server's URL as receivers should link to it.
     pub external_url: Option<String>,
+    /// How long the ack and silence links of a notification work
+    /// (default 24h).
+    pub link_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -356,7 +359,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct AlertingConfig {
     pub rules: Option<PathBuf>,
-    pub external_url: String,
+    /// As configured; unset, the address the HTTP port is bound to.
+    pub external_url: Option<String>,
+    pub link_ttl: Duration,
 }
 
 /// Values given on the command line; they win over the file.
@@ -495,7 +500,14 @@ impl FileConfig {
             .map_err(|reason| ConfigError::Invalid { key: "limits.series_window", reason })?;
         let alerting = AlertingConfig {
             rules: o.rules.or(self.alerting.rules),
-            external_url: self.alerting.external_url.unwrap_or_else(|| format!("http://{http_addr}")),
+            external_url: self.alerting.external_url,
+            link_ttl: match &self.alerting.link_ttl {
+                Some(s) => parse_duration(s).ok().filter(|d| !d.is_zero()).ok_or_else(|| ConfigError::Invalid {
+                    key: "alerting.link_ttl",
+                    reason: format!("{s:?} is not a positive duration such as 24h"),
+                })?,
+                None => tocsin_alerting::links::DEFAULT_LINK_TTL,
+            },
         };
         let mut names = std::collections::HashSet::new();
         let rollups = self.rollup.into_iter().map(|r| r.validate(&mut names)).collect::<Result<Vec<_>, _>>()?;

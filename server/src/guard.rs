@@ -263,6 +263,8 @@ fn is_loopback_host(host: &str) -> bool {
 pub(crate) struct AuditNote {
     pub(crate) target: Option<String>,
     pub(crate) rows: Option<u64>,
+    /// Who acted, when no principal did (`link:<receiver>`).
+    pub(crate) actor: Option<String>,
 }
 
 /// The error message of a failed request, for its audit entry.
@@ -275,7 +277,7 @@ pub(crate) struct ErrorNote(pub(crate) String);
 /// and the audit log.
 fn audited(method: &Method, access: Access) -> bool {
     match access {
-        Access::Public => false,
+        Access::Public | Access::SignedLink => false,
         Access::Statements | Access::Authenticated => true,
         Access::Requires(Permission::Write) => false,
         Access::Requires(Permission::Users | Permission::Audit) => true,
@@ -317,7 +319,13 @@ async fn http_guard(
         )
         .into_response();
     };
-    if let Err(why) = browser_check(&method, request.headers(), guard.loopback_only) {
+    // A signed link is its own authority: a page that makes a browser
+    // follow it can do no more than the link's holder could.
+    let browser = match access {
+        Access::SignedLink => Ok(()),
+        _ => browser_check(&method, request.headers(), guard.loopback_only),
+    };
+    if let Err(why) = browser {
         return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
     let source = request
@@ -325,16 +333,20 @@ async fn http_guard(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
-    if access == Access::Public {
-        // Public routes that check credentials themselves (the login) say
-        // whom and what to audit in their response.
+    if matches!(access, Access::Public | Access::SignedLink) {
+        // Public routes that check credentials themselves (the login, a
+        // signed link) say whom and what to audit in their response.
         let mut response = next.run(request).await;
         if let Some(note) = response.extensions_mut().remove::<AuditNote>() {
             let who = response.extensions_mut().remove::<Principal>();
             let detail = response.extensions_mut().remove::<ErrorNote>().map(|n| n.0).unwrap_or_default();
             let status = response.status();
             guard.audit.record(AuditEntry {
-                actor: who.as_ref().map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
+                actor: note
+                    .actor
+                    .clone()
+                    .or_else(|| who.as_ref().map(|p| p.name.clone()))
+                    .unwrap_or_else(|| "unauthenticated".to_string()),
                 role: who.as_ref().map(|p| p.role.name.clone()).unwrap_or_default(),
                 source,
                 interface: "http".into(),
@@ -368,7 +380,7 @@ async fn http_guard(
     let denied = |who: Option<&Principal>, e: AuthError| {
         let message = e.to_string();
         let response = auth_error(e);
-        let note = AuditNote { target: Some(path.clone()), rows: None };
+        let note = AuditNote { target: Some(path.clone()), ..AuditNote::default() };
         guard.audit.record(entry(who, response.status(), message, note));
         response
     };
@@ -397,7 +409,7 @@ async fn http_guard(
     if audited(&method, access) {
         let note = response.extensions_mut().remove::<AuditNote>().unwrap_or_default();
         let detail = response.extensions_mut().remove::<ErrorNote>().map(|n| n.0).unwrap_or_default();
-        let note = AuditNote { target: note.target.or(Some(path)), rows: note.rows };
+        let note = AuditNote { target: note.target.or(Some(path)), ..note };
         guard.audit.record(entry(Some(&who), response.status(), detail, note));
     }
     response

@@ -62,7 +62,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/write", Requires(Write), crate::protocols::influx_v1_write)
         .post("/v1/metrics", Requires(Write), crate::protocols::otlp_metrics)
         .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs);
-    let routes = crate::auth_api::routes(crate::alerts_api::routes(routes));
+    let routes = crate::auth_api::routes(crate::alert_links::routes(crate::alerts_api::routes(routes)));
     routes
         .build(Arc::clone(&state.auth), Arc::clone(&state.audit), state.loopback_only)
         .fallback(not_found)
@@ -195,7 +195,7 @@ async fn sql(
     };
     let (result, rows) = run_sql(&app, &who, &headers, &req).await;
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(AuditNote { target: Some(clip_sql(&req.sql)), rows });
+    response.extensions_mut().insert(AuditNote { target: Some(clip_sql(&req.sql)), rows, ..AuditNote::default() });
     response
 }
 

@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+mod alert_links;
 mod alerts_api;
 mod audit_table;
 mod auth_api;
@@ -123,7 +124,6 @@ pub async fn run(
     let metrics =
         Arc::new(metrics::Metrics { ingest: Arc::clone(&ingest.metrics), started: std::time::Instant::now() });
 
-    let alerts = start_alerting(&config, &storage, &query)?;
     query
         .register_system_table(tocsin_auth::AUDIT_TABLE, Arc::new(audit_table::AuditTable { log: Arc::clone(&audit) }));
     let rollups =
@@ -151,6 +151,11 @@ pub async fn run(
             source,
         })?,
     };
+    // Links in notifications point at the port really bound (port 0 in
+    // tests), unless an external URL is configured.
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let external_url = config.alerting.external_url.clone().unwrap_or_else(|| format!("{scheme}://{}", bound.http));
+    let alerts = start_alerting(&config, &external_url, &storage, &query)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     if let (Some(files), Some(tls)) = (&config.tls, &tls) {
@@ -384,13 +389,15 @@ async fn rollup_loop(rollups: Arc<tocsin_query::rollup::Rollups>, mut stop: watc
 /// in the `system` database and showing its alerts as `system.alerts`.
 fn start_alerting(
     config: &ServerConfig,
+    external_url: &str,
     storage: &Arc<Storage>,
     query: &Arc<QueryEngine>,
 ) -> Result<Arc<tocsin_alerting::AlertEngine>, ServerError> {
     use tocsin_alerting::tables::{AlertsTable, StorageHistory};
     let mut opts = tocsin_alerting::EngineOptions::new(storage.data_dir().join("alerting"));
     opts.rules_path = config.alerting.rules.clone();
-    opts.external_url = config.alerting.external_url.clone();
+    opts.external_url = external_url.to_string();
+    opts.link_ttl = config.alerting.link_ttl;
     let engine = tocsin_alerting::AlertEngine::start(
         opts,
         Arc::new(tocsin_alerting::SystemClock),

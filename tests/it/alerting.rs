@@ -596,3 +596,126 @@ async fn the_shipped_rules_evaluate_against_their_tables() {
         assert!(rule["error"].is_null(), "{name} evaluates without an error: {rule}");
     }
 }
+
+/// Issue 13, "acknowledge from the message": with auth on, a notification
+/// carries a signed link per alert that acknowledges it (and one that
+/// silences it for an hour) without a token; opening the link only shows a
+/// button (mail scanners open links); the button acts, in the name of the
+/// receiver the link was sent to, recorded in the history and the audit
+/// log. A tampered link, another alert's, or an expired one is refused with
+/// a page that says why.
+#[tokio::test]
+async fn a_link_in_the_notification_acknowledges_without_a_login() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rules_path = tmp.path().join("rules.yml");
+    std::fs::write(&rules_path, rules(&hook, "1h")).expect("rules");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[alerting]\nlink_ttl = \"4s\"\n").expect("config");
+    let server = TestServer::start_in(
+        &tmp.path().join("data"),
+        &["--auth", "--config", cfg.to_str().expect("utf-8"), "--rules", rules_path.to_str().expect("utf-8")],
+    );
+    let admin = std::fs::read_to_string(server.data_dir.join("admin-token")).expect("admin-token").trim().to_string();
+    let http = reqwest::Client::new();
+    let insert = |host: &'static str| {
+        let (http, url, admin) = (http.clone(), format!("http://{}/api/v1/sql", server.http), admin.clone());
+        async move {
+            let sql = format!("INSERT INTO cpu (ts, host, usage) VALUES (now(), '{host}', 99)");
+            let resp = http.post(url).bearer_auth(admin).json(&json!({ "sql": sql })).send().await.expect("insert");
+            assert_eq!(resp.status().as_u16(), 200);
+        }
+    };
+    insert("esc-1").await;
+    let page = hook.wait_for(20, |p, v| p == "/oncall" && host_of(v) == "esc-1").await.expect("step 1");
+    let alert = &page["alerts"][0];
+    let (ack_url, silence_url) = (
+        alert["ackURL"].as_str().expect("ackURL").to_string(),
+        alert["silenceURL"].as_str().expect("silenceURL").to_string(),
+    );
+    let id = alert["fingerprint"].as_str().expect("id").to_string();
+    assert!(
+        ack_url.starts_with(&format!("http://{}/api/v1/alerts/{id}/link?action=ack&receiver=oncall&", server.http)),
+        "{ack_url}"
+    );
+
+    // Opening the link (no token) shows the alert and a button; it does not act.
+    let shown = http.get(&ack_url).send().await.expect("open");
+    assert_eq!(shown.status().as_u16(), 200);
+    let html = shown.text().await.expect("html");
+    assert!(
+        html.contains("Acknowledge?") && html.contains("esc-1") && html.contains("<form method=\"post\">"),
+        "{html}"
+    );
+    let state = |id: String| {
+        let (http, url, admin) = (http.clone(), format!("http://{}/api/v1/alerts/{id}", server.http), admin.clone());
+        async move { http.get(url).bearer_auth(admin).send().await.expect("get").json::<Value>().await.expect("json") }
+    };
+    assert!(state(id.clone()).await["ack"].is_null(), "a GET acknowledged");
+
+    // Tampered, or used for another alert: refused, with a page that says why.
+    let tampered = ack_url.replace("&sig=", "&sig=0").replacen("&sig=00", "&sig=01", 1);
+    let refused = http.post(&tampered).send().await.expect("tampered");
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(refused.text().await.expect("html").contains("not valid for alert"));
+    let other = ack_url.replace(&format!("/alerts/{id}/"), "/alerts/0123456789abcdef/");
+    assert_eq!(http.post(&other).send().await.expect("other").status().as_u16(), 403);
+    assert!(state(id.clone()).await["ack"].is_null());
+
+    // The button: acknowledged in the receiver's name, escalation stops.
+    let done = http.post(&ack_url).send().await.expect("ack");
+    assert_eq!(done.status().as_u16(), 200);
+    assert!(done.text().await.expect("html").contains("Acknowledged"));
+    let acked = state(id.clone()).await;
+    assert_eq!(acked["ack"]["by"], "oncall (link)", "{acked}");
+
+    // The silence link of another alert: silenced for an hour.
+    insert("esc-2").await;
+    let page = hook.wait_for(20, |p, v| p == "/oncall" && host_of(v) == "esc-2").await.expect("esc-2");
+    let silence_2 = page["alerts"][0]["silenceURL"].as_str().expect("silenceURL").to_string();
+    let done = http.post(&silence_2).send().await.expect("silence");
+    assert_eq!(done.status().as_u16(), 200);
+    assert!(done.text().await.expect("html").contains("Silenced until"));
+    let silences: Value = http
+        .get(format!("http://{}/api/v1/silences", server.http))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("silences")
+        .json()
+        .await
+        .expect("json");
+    let s = &silences["silences"].as_array().expect("list")[0];
+    assert_eq!(s["createdBy"], "oncall (link)", "{silences}");
+    assert!(s["matchers"].as_array().expect("matchers").iter().any(|m| m["name"] == "host" && m["value"] == "esc-2"));
+
+    // Expired (link_ttl is 4 s here): refused with 410.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let late = http.get(&silence_url).send().await.expect("late");
+    assert_eq!(late.status().as_u16(), 410);
+    assert!(late.text().await.expect("html").contains("expired at"));
+
+    // History and audit log name the receiver.
+    let sql = |q: &str| {
+        let (http, url, admin, q) =
+            (http.clone(), format!("http://{}/api/v1/sql", server.http), admin.clone(), q.to_string());
+        async move {
+            let resp = http.post(url).bearer_auth(admin).json(&json!({ "sql": q })).send().await.expect("sql");
+            resp.json::<Value>().await.expect("json")
+        }
+    };
+    let notes = sql(&format!("SELECT note FROM system.alert_history WHERE id = '{id}'")).await;
+    assert!(notes.to_string().contains("acknowledged by oncall (link): from the notification link"), "{notes}");
+    let audit =
+        sql("SELECT actor, target, outcome, status FROM system.audit WHERE action LIKE '%/link' ORDER BY seq").await;
+    let rows = audit.as_array().expect("rows");
+    let has = |actor: &str, target: &str, status: u64| {
+        rows.iter().any(|r| {
+            r["actor"] == actor && r["target"].as_str().unwrap_or("").ends_with(target) && r["status"] == status
+        })
+    };
+    assert!(has("unauthenticated", "ack", 403), "{audit}");
+    assert!(has("link:oncall", &format!("{id} ack"), 200), "{audit}");
+    assert!(has("link:oncall", "silence", 200), "{audit}");
+    assert!(has("unauthenticated", "silence", 410), "{audit}");
+}

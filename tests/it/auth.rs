@@ -100,6 +100,13 @@ async fn every_declared_route_refuses_callers_without_a_token_or_its_permission(
             assert_ne!(anonymous, 401, "{method} {path} is public: {text}");
             continue;
         }
+        if access == "a signed link" {
+            // No token needed; without a valid signature, refused.
+            assert_eq!(anonymous, 403, "{method} {path} without a signature: {text}");
+            assert!(text.contains("not valid for alert") || text.contains("unknown action"), "{text}");
+            checked += 1;
+            continue;
+        }
         if access == "authenticated" {
             // Any caller with valid credentials; the handler checks the rest.
             assert_eq!(anonymous, 401, "{method} {path} without a token: {text}");

@@ -73,6 +73,7 @@ impl Harness {
             silences: &self.silences,
             now,
             external_url: "http://tocsin",
+            links: None,
         })
     }
 }

@@ -1,0 +1,281 @@
+//! Links in notifications that act on one alert without a login: open the
+//! link on a phone, confirm, and the alert is acknowledged (or silenced for
+//! an hour). Each link is single-purpose: an HMAC-SHA-256, under a key kept
+//! in the alerting state directory, over the alert id, the action, the
+//! receiver the notification went to (who acted, for the history and the
+//! audit log) and the expiry.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tocsin_auth::Signer;
+
+/// What a link does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkAction {
+    Ack,
+    /// Silences the alert (its identity labels) for [`SILENCE_FOR`].
+    Silence,
+}
+
+/// How long a silence made from a link lasts.
+pub const SILENCE_FOR: Duration = Duration::from_secs(3600);
+
+/// How long a link works after its notification was made, unless
+/// configured.
+pub const DEFAULT_LINK_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl LinkAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkAction::Ack => "ack",
+            LinkAction::Silence => "silence",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LinkAction> {
+        match s {
+            "ack" => Some(LinkAction::Ack),
+            "silence" => Some(LinkAction::Silence),
+            _ => None,
+        }
+    }
+}
+
+/// One link's fields, as they come back in its query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub alert: String,
+    pub action: LinkAction,
+    /// The receiver the notification with the link was sent to.
+    pub receiver: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+/// Why a link was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LinkError {
+    #[error("unknown action {0:?} (a link acknowledges or silences)")]
+    Action(String),
+    #[error("this link is not valid for alert {alert}: it was altered, or made for another alert, action or server")]
+    Signature { alert: String },
+    #[error("this link expired at {at} (links work for {ttl_hours} h after their notification); use the API or CLI")]
+    Expired { at: String, ttl_hours: u64 },
+}
+
+/// Makes and checks links.
+pub struct Links {
+    signer: Signer,
+    base_url: String,
+    ttl: Duration,
+}
+
+impl Links {
+    /// The key in `state_dir/link-key` (made on first use, mode 0600), so
+    /// that links outlive a restart.
+    pub fn open(state_dir: &Path, base_url: &str, ttl: Duration) -> Result<Links, std::io::Error> {
+        let path = key_path(state_dir);
+        let key = match std::fs::read_to_string(&path) {
+            Ok(text) => parse_key(text.trim()).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is not 64 hex digits; delete it to make a new key (old links stop working)",
+                        path.display()
+                    ),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = tocsin_auth::mac::random_key().map_err(std::io::Error::other)?;
+                let tmp = path.with_extension("tmp");
+                let mut f = open_private(&tmp)?;
+                f.write_all(hex(&key).as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                key
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Links { signer: Signer::with_key(key), base_url: base_url.trim_end_matches('/').to_string(), ttl })
+    }
+
+    /// The URL of `action` on `alert` for `receiver`, made at `now_ms`.
+    pub fn url(&self, alert: &str, action: LinkAction, receiver: &str, now_ms: i64) -> String {
+        let expires = now_ms / 1000 + self.ttl.as_secs() as i64;
+        let link = Link { alert: alert.to_string(), action, receiver: receiver.to_string(), expires };
+        format!(
+            "{}/api/v1/alerts/{}/link?action={}&receiver={}&expires={expires}&sig={}",
+            self.base_url,
+            query_escape(alert),
+            action.as_str(),
+            query_escape(receiver),
+            hex(&self.tag(&link))
+        )
+    }
+
+    /// The link, if `sig` is this server's for these fields and it has not
+    /// expired at `now_ms`.
+    pub fn check(
+        &self,
+        alert: &str,
+        action: &str,
+        receiver: &str,
+        expires: i64,
+        sig: &str,
+        now_ms: i64,
+    ) -> Result<Link, LinkError> {
+        let action = LinkAction::parse(action).ok_or_else(|| LinkError::Action(tocsin_auth::clip(action).into()))?;
+        let link = Link { alert: alert.to_string(), action, receiver: receiver.to_string(), expires };
+        let good = parse_key(sig).is_some_and(|sig| tocsin_auth::mac::same_bytes(&sig, &self.tag(&link)));
+        if !good {
+            return Err(LinkError::Signature { alert: tocsin_auth::clip(alert).into() });
+        }
+        if now_ms / 1000 >= expires {
+            return Err(LinkError::Expired {
+                at: crate::dispatch::rfc3339(expires.saturating_mul(1000)),
+                ttl_hours: self.ttl.as_secs() / 3600,
+            });
+        }
+        Ok(link)
+    }
+
+    fn tag(&self, l: &Link) -> [u8; 32] {
+        // Each field ends with a NUL (none can hold one: ids are hex, the
+        // receiver a configured name), so no two links share a message.
+        self.signer.tag(&[
+            b"tocsin-link-v1\0",
+            l.alert.as_bytes(),
+            b"\0",
+            l.action.as_str().as_bytes(),
+            b"\0",
+            l.receiver.as_bytes(),
+            b"\0",
+            l.expires.to_string().as_bytes(),
+        ])
+    }
+}
+
+fn key_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("link-key")
+}
+
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn parse_key(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Percent-encodes what is not unreserved (RFC 3986).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    /// The query string of a URL, decoded into (name, value) pairs.
+    fn fields(url: &str) -> std::collections::HashMap<String, String> {
+        let query = url.split_once('?').expect("query").1;
+        query
+            .split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').expect("k=v");
+                let v = v.replace("%20", " ");
+                (k.to_string(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_link_works_for_its_alert_action_and_time_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let links = Links::open(dir.path(), "https://tocsin.example/", DEFAULT_LINK_TTL).expect("open");
+        let url = links.url("e256b8474c777079", LinkAction::Ack, "oncall", NOW);
+        assert!(url.starts_with("https://tocsin.example/api/v1/alerts/e256b8474c777079/link?action=ack&"), "{url}");
+        let f = fields(&url);
+        let expires: i64 = f["expires"].parse().expect("expires");
+        let check = |alert: &str, action: &str, receiver: &str, expires: i64, sig: &str, now: i64| {
+            links.check(alert, action, receiver, expires, sig, now)
+        };
+        let ok = check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW + 1000).expect("valid");
+        assert_eq!((ok.action, ok.receiver.as_str()), (LinkAction::Ack, "oncall"));
+        // Another alert, action, receiver or expiry: the signature fails.
+        for (alert, action, receiver, exp) in [
+            ("e256b8474c777078", "ack", "oncall", expires),
+            ("e256b8474c777079", "silence", "oncall", expires),
+            ("e256b8474c777079", "ack", "backup", expires),
+            ("e256b8474c777079", "ack", "oncall", expires + 86_400),
+        ] {
+            let err = check(alert, action, receiver, exp, &f["sig"], NOW).expect_err("not this link");
+            assert!(matches!(err, LinkError::Signature { .. }), "{err}");
+        }
+        let mut bad = f["sig"].clone();
+        bad.replace_range(0..1, if bad.starts_with('0') { "1" } else { "0" });
+        assert!(matches!(
+            check("e256b8474c777079", "ack", "oncall", expires, &bad, NOW),
+            Err(LinkError::Signature { .. })
+        ));
+        assert!(matches!(
+            check("e256b8474c777079", "ack", "oncall", expires, "zz", NOW),
+            Err(LinkError::Signature { .. })
+        ));
+        assert!(matches!(
+            check("e256b8474c777079", "delete", "oncall", expires, &f["sig"], NOW),
+            Err(LinkError::Action(_))
+        ));
+        // Expired a day later.
+        let err =
+            check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW + 24 * 3_600_000).expect_err("late");
+        assert!(err.to_string().contains("expired at 2027-01-16T08:00:00.000Z"), "{err}");
+        // The key outlives a restart, and is the owner's only.
+        let again = Links::open(dir.path(), "https://tocsin.example", DEFAULT_LINK_TTL).expect("reopen");
+        assert!(again.check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join("link-key")).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let other = tempfile::tempdir().expect("tempdir");
+        let elsewhere = Links::open(other.path(), "https://tocsin.example", DEFAULT_LINK_TTL).expect("open");
+        assert!(elsewhere.check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW).is_err());
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("link-key"), "not a key").expect("write");
+        let err = Links::open(dir.path(), "http://x", DEFAULT_LINK_TTL).err().expect("refused");
+        assert!(err.to_string().contains("link-key is not 64 hex digits"), "{err}");
+    }
+}

@@ -1,0 +1,166 @@
+//! The ack and silence links of notifications (see
+//! `tocsin_alerting::links`): `GET` shows the alert and a button, `POST`
+//! (the button) acts. A `GET` never acts: mail scanners and chat robots
+//! open the links they see, and must not acknowledge a page for the person
+//! it was meant for. Every action and every refused link is audited with
+//! the receiver the link was sent to (`link:<receiver>`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use tocsin_alerting::links::{LinkAction, LinkError, SILENCE_FOR};
+use tocsin_alerting::notify::html_escape;
+use tocsin_alerting::{AlertEngine, EngineError};
+
+use crate::guard::{AuditNote, ErrorNote, Routes};
+use crate::http::AppState;
+
+pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
+    use tocsin_auth::Access::SignedLink;
+    r.get("/api/v1/alerts/{id}/link", SignedLink, show).post("/api/v1/alerts/{id}/link", SignedLink, act)
+}
+
+#[derive(Debug, Deserialize)]
+struct LinkQuery {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    receiver: String,
+    #[serde(default)]
+    expires: i64,
+    #[serde(default)]
+    sig: String,
+}
+
+/// A small page that reads well on a phone.
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
+         content=\"width=device-width, initial-scale=1\"><meta name=\"robots\" content=\"noindex\">\
+         <title>{t}</title><style>body{{font-family:sans-serif;margin:1.5em;max-width:40em}}\
+         button{{font-size:1.3em;padding:.6em 1.2em}}td{{padding:.2em .6em .2em 0}}</style></head>\
+         <body><h2>{t}</h2>{body}</body></html>",
+        t = html_escape(title)
+    );
+    (status, [("cache-control", "no-store"), ("referrer-policy", "no-referrer")], Html(html)).into_response()
+}
+
+/// The refusal page of a link that is not valid, audited.
+fn refused(id: &str, action: &str, e: &LinkError) -> Response {
+    let status = match e {
+        LinkError::Expired { .. } => StatusCode::GONE,
+        LinkError::Action(_) | LinkError::Signature { .. } => StatusCode::FORBIDDEN,
+    };
+    let mut r = page(status, "This link does not work", &format!("<p>{}</p>", html_escape(&e.to_string())));
+    noted(&mut r, id, action, None, Some(e.to_string()));
+    r
+}
+
+/// Adds the audit entry's target, actor and error.
+fn noted(r: &mut Response, id: &str, action: &str, receiver: Option<&str>, error: Option<String>) {
+    let target = format!("alert {} {}", tocsin_auth::clip(id), tocsin_auth::clip(action));
+    r.extensions_mut().insert(AuditNote {
+        target: Some(target),
+        actor: receiver.map(|rcv| format!("link:{}", tocsin_auth::clip(rcv))),
+        ..AuditNote::default()
+    });
+    if let Some(e) = error {
+        r.extensions_mut().insert(ErrorNote(e));
+    }
+}
+
+/// The alert's name, severity, state and labels, as a table.
+fn describe(alert: &serde_json::Value) -> String {
+    let mut rows = String::new();
+    let mut row = |k: &str, v: &str| {
+        rows.push_str(&format!("<tr><td>{}</td><td><b>{}</b></td></tr>", html_escape(k), html_escape(v)));
+    };
+    for key in ["alertname", "state", "severity"] {
+        row(key, alert[key].as_str().unwrap_or(""));
+    }
+    if let Some(v) = alert["value"].as_f64() {
+        row("value", &tocsin_alerting::template::format_value(v));
+    }
+    if let Some(labels) = alert["labels"].as_object() {
+        for (k, v) in labels.iter().filter(|(k, _)| !matches!(k.as_str(), "alertname" | "severity")) {
+            row(k, v.as_str().unwrap_or(""));
+        }
+    }
+    if let Some(s) = alert["annotations"]["summary"].as_str() {
+        row("summary", s);
+    }
+    if let Some(by) = alert["ack"]["by"].as_str() {
+        row("acknowledged by", by);
+    }
+    format!("<table>{rows}</table>")
+}
+
+fn verb(action: LinkAction) -> &'static str {
+    match action {
+        LinkAction::Ack => "Acknowledge",
+        LinkAction::Silence => "Silence for 1 hour",
+    }
+}
+
+/// `GET`: what the link would do, and the button that does it.
+async fn show(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Query(q): Query<LinkQuery>) -> Response {
+    let link = match engine.check_link(&id, &q.action, &q.receiver, q.expires, &q.sig) {
+        Ok(link) => link,
+        Err(e) => return refused(&id, &q.action, &e),
+    };
+    let Some(alert) = engine.alert(&id) else {
+        return page(StatusCode::NOT_FOUND, "No such alert", "<p>The alert is gone: it resolved long ago.</p>");
+    };
+    let active = matches!(alert["state"].as_str(), Some("firing" | "pending"));
+    let button = if active || link.action == LinkAction::Silence {
+        format!("<form method=\"post\"><button type=\"submit\">{}</button></form>", verb(link.action))
+    } else {
+        "<p>Nothing to acknowledge: the alert is no longer firing.</p>".to_string()
+    };
+    page(
+        StatusCode::OK,
+        &format!("{}?", verb(link.action)),
+        &format!("{}<p>As <b>{}</b>.</p>{button}", describe(&alert), html_escape(&link.receiver)),
+    )
+}
+
+/// `POST`: acknowledges or silences, as the link says.
+async fn act(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Query(q): Query<LinkQuery>) -> Response {
+    let link = match engine.check_link(&id, &q.action, &q.receiver, q.expires, &q.sig) {
+        Ok(link) => link,
+        Err(e) => return refused(&id, &q.action, &e),
+    };
+    let by = format!("{} (link)", link.receiver);
+    let done = match link.action {
+        LinkAction::Ack => engine
+            .ack(&id, &by, "from the notification link")
+            .await
+            .map(|a| format!("<p>Acknowledged: escalation stops.</p>{}", describe(&a))),
+        LinkAction::Silence => engine
+            .silence_alert(&id, &by, &format!("silenced for 1 h from the notification link of alert {id}"), SILENCE_FOR)
+            .map(|s| {
+                format!(
+                    "<p>Silenced until {} (silence {}).</p>{}",
+                    tocsin_alerting::dispatch::rfc3339(s.ends_at),
+                    s.id,
+                    engine.alert(&id).map(|a| describe(&a)).unwrap_or_default()
+                )
+            }),
+    };
+    let (mut r, error) = match done {
+        Ok(html) => (page(StatusCode::OK, "Done", &html), None),
+        Err(e) => {
+            let status = match &e {
+                EngineError::NoSuchAlert(_) => StatusCode::NOT_FOUND,
+                EngineError::BadRequest(_) => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (page(status, "Not done", &format!("<p>{}</p>", html_escape(&e.to_string()))), Some(e.to_string()))
+        }
+    };
+    noted(&mut r, &id, link.action.as_str(), Some(&link.receiver), error);
+    r
+}
