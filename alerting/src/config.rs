@@ -188,6 +188,17 @@ pub struct RobotFile {
     /// Message text template; default lists the group's alerts.
     pub template: Option<String>,
     pub timeout: Option<Dur>,
+    /// DingTalk's signing secret (`SEC...`) of a robot with "sign" security.
+    pub secret: Option<String>,
+    /// People to @-mention (DingTalk, WeCom), by mobile number...
+    #[serde(default)]
+    pub at_mobiles: Vec<String>,
+    /// ...or by user id.
+    #[serde(default)]
+    pub at_user_ids: Vec<String>,
+    /// @everyone in the group.
+    #[serde(default)]
+    pub at_all: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,9 +308,34 @@ pub struct Receiver {
 
 #[derive(Debug, Clone)]
 pub enum Integration {
-    Webhook { url: String, headers: BTreeMap<String, String>, timeout: Duration },
-    Robot { kind: RobotKind, url: String, template: Option<String>, timeout: Duration },
+    Webhook {
+        url: String,
+        headers: BTreeMap<String, String>,
+        timeout: Duration,
+    },
+    Robot {
+        kind: RobotKind,
+        url: String,
+        template: Option<String>,
+        timeout: Duration,
+        secret: Option<String>,
+        at: Mentions,
+    },
     Email(EmailFile),
+}
+
+/// Whom a robot message @-mentions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mentions {
+    pub mobiles: Vec<String>,
+    pub user_ids: Vec<String>,
+    pub all: bool,
+}
+
+impl Mentions {
+    pub fn is_empty(&self) -> bool {
+        self.mobiles.is_empty() && self.user_ids.is_empty() && !self.all
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -703,11 +739,23 @@ fn compile_receiver(r: ReceiverFile) -> Result<Receiver, String> {
     ] {
         if let Some(b) = robot {
             check_url(&b.url).map_err(ctx)?;
+            let at = Mentions { mobiles: b.at_mobiles, user_ids: b.at_user_ids, all: b.at_all };
+            if b.secret.is_some() && kind != RobotKind::DingTalk {
+                return Err(ctx(format!("{}: `secret` signs DingTalk robots only", kind.name())));
+            }
+            if !at.is_empty() && !matches!(kind, RobotKind::DingTalk | RobotKind::WeCom) {
+                return Err(ctx(format!(
+                    "{}: at_mobiles, at_user_ids and at_all mention people in DingTalk and WeCom robots only",
+                    kind.name()
+                )));
+            }
             integrations.push(Integration::Robot {
                 kind,
                 url: b.url,
                 template: b.template,
                 timeout: b.timeout.map(|d| d.0).unwrap_or(DEFAULT_SEND_TIMEOUT),
+                secret: b.secret,
+                at,
             });
         }
     }
@@ -897,6 +945,30 @@ receivers:
         assert!(err.contains("names no receiver"), "{err}");
         let root = EXAMPLE.replace("  escalation: default\n  routes:", "  routes:");
         assert!(load(&root).unwrap_err().to_string().contains("root route needs a receiver or an escalation"));
+    }
+
+    #[test]
+    fn robot_signing_and_mentions_are_checked() {
+        let robot = |r: &str| EXAMPLE.replace("    wecom: { url: \"https://wecom.example/robot/send?key=...\" }", r);
+        let ding = robot(
+            "    dingtalk: { url: \"https://oapi.dingtalk.com/robot/send?access_token=t\", secret: SECx, at_mobiles: [\"13800000000\"] }",
+        );
+        let c = load(&ding).expect("valid");
+        let leader = c.receivers.values().find(|r| r.name == "leader").expect("leader");
+        match &leader.integrations[0] {
+            Integration::Robot { kind, secret, at, .. } => {
+                assert_eq!(
+                    (*kind, secret.as_deref(), at.mobiles.as_slice()),
+                    (RobotKind::DingTalk, Some("SECx"), &["13800000000".to_string()][..])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = load(&robot("    slack: { url: \"https://hooks.slack.com/x\", secret: s }")).unwrap_err().to_string();
+        assert!(err.contains("`secret` signs DingTalk robots only"), "{err}");
+        let err =
+            load(&robot("    feishu: { url: \"https://open.feishu.cn/x\", at_all: true }")).unwrap_err().to_string();
+        assert!(err.contains("DingTalk and WeCom robots only"), "{err}");
     }
 
     #[test]

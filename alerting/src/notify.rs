@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::config::{EmailFile, Integration, Receiver, RobotKind};
+use crate::config::{EmailFile, Integration, Mentions, Receiver, RobotKind};
 use crate::dispatch::{Job, Payload};
 use crate::template;
 
@@ -176,7 +176,7 @@ impl Notifier {
                 }
                 check_status(req.send().await?).await.map(|_| ())
             }
-            Integration::Robot { kind, url, template, timeout } => {
+            Integration::Robot { kind, url, template, timeout, secret, at } => {
                 // Label values come from the data: in a markdown robot they
                 // must not become links, images or formatting.
                 let escaped;
@@ -190,7 +190,11 @@ impl Notifier {
                     Some(t) => render_group(t, shown),
                     None => default_text(shown),
                 };
-                let body = robot_body(*kind, &text, payload);
+                let body = robot_body(*kind, &text, payload, at);
+                let url = match secret {
+                    Some(secret) => dingtalk_signed(url, secret, chrono::Utc::now().timestamp_millis()),
+                    None => url.clone(),
+                };
                 let resp = check_status(self.client.post(url).timeout(*timeout).json(&body).send().await?).await?;
                 check_robot_reply(*kind, &resp)
             }
@@ -233,13 +237,58 @@ fn check_robot_reply(kind: RobotKind, body: &str) -> Result<(), SendError> {
     }
 }
 
-fn robot_body(kind: RobotKind, text: &str, payload: &Payload) -> serde_json::Value {
+/// A DingTalk robot URL with its signature (robots with "sign" security):
+/// `timestamp` (ms) and `sign`, the base64 HMAC-SHA-256 of
+/// `"{timestamp}\n{secret}"` under the secret, URL-encoded.
+fn dingtalk_signed(url: &str, secret: &str, now_ms: i64) -> String {
+    let tag = tocsin_auth::mac::hmac_sha256(secret.as_bytes(), &[format!("{now_ms}\n{secret}").as_bytes()]);
+    let sign: String = base64(&tag)
+        .chars()
+        .map(|c| match c {
+            '+' => "%2B".to_string(),
+            '/' => "%2F".to_string(),
+            '=' => "%3D".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}timestamp={now_ms}&sign={sign}")
+}
+
+fn robot_body(kind: RobotKind, text: &str, payload: &Payload, at: &Mentions) -> serde_json::Value {
     match kind {
-        RobotKind::WeCom => serde_json::json!({ "msgtype": "markdown", "markdown": { "content": text } }),
-        RobotKind::DingTalk => serde_json::json!({
-            "msgtype": "markdown",
-            "markdown": { "title": title(payload), "text": text },
-        }),
+        // WeCom mentions user ids inside markdown (`<@id>`); mobiles and
+        // @all only in text messages, so those make it a text message.
+        RobotKind::WeCom if !at.mobiles.is_empty() || at.all => {
+            let mut users = at.user_ids.clone();
+            if at.all {
+                users.push("@all".into());
+            }
+            serde_json::json!({
+                "msgtype": "text",
+                "text": { "content": text, "mentioned_list": users, "mentioned_mobile_list": at.mobiles },
+            })
+        }
+        RobotKind::WeCom => {
+            let mut content = text.to_string();
+            for id in &at.user_ids {
+                content.push_str(&format!(" <@{id}>"));
+            }
+            serde_json::json!({ "msgtype": "markdown", "markdown": { "content": content } })
+        }
+        // DingTalk shows a mention only when the text names it too.
+        RobotKind::DingTalk => {
+            let mut text = text.to_string();
+            let named: Vec<String> = at.mobiles.iter().chain(&at.user_ids).map(|m| format!("@{m}")).collect();
+            if !named.is_empty() {
+                text.push_str(&format!("\n\n{}", named.join(" ")));
+            }
+            serde_json::json!({
+                "msgtype": "markdown",
+                "markdown": { "title": title(payload), "text": text },
+                "at": { "atMobiles": at.mobiles, "atUserIds": at.user_ids, "isAtAll": at.all },
+            })
+        }
         RobotKind::Feishu => serde_json::json!({ "msg_type": "text", "content": { "text": text } }),
         RobotKind::Slack => serde_json::json!({ "text": text }),
     }
@@ -452,21 +501,46 @@ fn email_message(e: &EmailFile, p: &Payload) -> String {
         "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: {date}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n",
         e.from,
         e.to.join(", "),
-        subject.replace(['\r', '\n'], " ")
+        encode_header(&subject.replace(['\r', '\n'], " "))
     );
     for (kind, body) in [("plain", text), ("html", html)] {
-        msg.push_str(&format!("--{boundary}\r\nContent-Type: text/{kind}; charset=utf-8\r\n\r\n"));
-        for line in body.lines() {
-            // Dot-stuffing (RFC 5321 4.5.2).
-            if line.starts_with('.') {
-                msg.push('.');
-            }
-            msg.push_str(line);
+        // Base64 (RFC 2045): any text (Chinese included) arrives intact
+        // through 7-bit relays, in lines of 76, with no line a relay could
+        // cut (998 bytes at most) and none starting with a dot.
+        let body = body.replace("\r\n", "\n").replace('\n', "\r\n");
+        msg.push_str(&format!(
+            "--{boundary}\r\nContent-Type: text/{kind}; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        ));
+        let encoded = base64(body.as_bytes());
+        for line in encoded.as_bytes().chunks(76) {
+            msg.push_str(std::str::from_utf8(line).unwrap_or_default());
             msg.push_str("\r\n");
         }
     }
     msg.push_str(&format!("--{boundary}--\r\n.\r\n"));
     msg
+}
+
+/// A header value as RFC 2047 encoded-words when it is not plain ASCII
+/// (`=?UTF-8?B?...?=`, each word at most 64 characters, folded onto
+/// continuation lines; cut between characters, never inside one).
+fn encode_header(value: &str) -> String {
+    if value.is_ascii() {
+        return value.to_string();
+    }
+    // 39 bytes of text make 52 of base64: a 64-character word, which fits
+    // a 78-character line after "Subject: ".
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < value.len() {
+        let mut end = (start + 39).min(value.len());
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        words.push(format!("=?UTF-8?B?{}?=", base64(&value.as_bytes()[start..end])));
+        start = end;
+    }
+    words.join("\r\n ")
 }
 
 /// A copy of `p` with every label and annotation value passed through
@@ -640,6 +714,101 @@ mod tests {
 
     /// Robots and email carry the ack and silence links of firing alerts
     /// (the webhook carries them as `ackURL` and `silenceURL`).
+    /// Chinese in the subject and the body arrives intact: the subject as
+    /// RFC 2047 words, the body in base64 (decoded here as a mail reader
+    /// would).
+    #[test]
+    fn email_subjects_and_bodies_carry_any_text() {
+        let e = EmailFile {
+            to: vec!["oncall@example.com".into()],
+            from: "tocsin@example.com".into(),
+            smarthost: "127.0.0.1:25".into(),
+            username: None,
+            password: None,
+            subject: Some("告警：主机 {{ host }} 的 CPU 使用率过高，请值班人员立即处理并在群里回复处理进展".into()),
+            text: Some("主机 {{ host }} 宕机\n.leading dot".into()),
+            html: None,
+            tls: None,
+            ca_file: None,
+            timeout: None,
+        };
+        let msg = email_message(&e, &payload("交易-1"));
+        assert!(msg.is_ascii(), "the message is 7-bit");
+        assert!(msg.lines().all(|l| l.len() <= 78), "no line longer than 78");
+        let words: Vec<&str> = msg
+            .split("\r\n")
+            .skip_while(|l| !l.starts_with("Subject: "))
+            .take_while(|l| l.starts_with("Subject: ") || l.starts_with(' '))
+            .map(|l| l.trim_start_matches("Subject: ").trim())
+            .collect();
+        let decoded: String = words
+            .iter()
+            .map(|w| w.strip_prefix("=?UTF-8?B?").and_then(|w| w.strip_suffix("?=")).expect("an encoded word"))
+            .map(|b| String::from_utf8(unbase64(b)).expect("each word is whole characters"))
+            .collect();
+        assert_eq!(decoded, "告警：主机 交易-1 的 CPU 使用率过高，请值班人员立即处理并在群里回复处理进展");
+        assert!(words.len() > 1, "a long subject is several words: {words:?}");
+        let plain = msg
+            .split("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+            .nth(1)
+            .expect("plain part");
+        let b64: String = plain.split("\r\n--").next().expect("body").split("\r\n").collect();
+        assert_eq!(String::from_utf8(unbase64(&b64)).expect("utf-8"), "主机 交易-1 宕机\r\n.leading dot");
+    }
+
+    fn unbase64(s: &str) -> Vec<u8> {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        let (mut acc, mut bits) = (0u32, 0);
+        for c in s.bytes().filter(|c| *c != b'=') {
+            acc = (acc << 6) | A.iter().position(|a| *a == c).expect("base64 digit") as u32;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+        out
+    }
+
+    /// DingTalk's "sign" security: the server recomputes the HMAC of
+    /// `"{timestamp}\n{secret}"` and compares it with `sign` (URL-decoded).
+    #[test]
+    fn dingtalk_urls_are_signed_as_its_servers_check() {
+        let secret = "SEC0123456789abcdef";
+        let url = dingtalk_signed("https://oapi.dingtalk.com/robot/send?access_token=abc", secret, 1_700_000_000_123);
+        let (base, sign) = url.split_once("&sign=").expect("sign");
+        assert_eq!(base, "https://oapi.dingtalk.com/robot/send?access_token=abc&timestamp=1700000000123");
+        let decoded = sign.replace("%2B", "+").replace("%2F", "/").replace("%3D", "=");
+        let expected = tocsin_auth::mac::hmac_sha256(secret.as_bytes(), &[b"1700000000123\n", secret.as_bytes()]);
+        assert_eq!(unbase64(&decoded), expected.to_vec());
+        assert!(!sign.contains(['+', '/', '=']), "URL-encoded: {sign}");
+    }
+
+    #[test]
+    fn robots_mention_people_the_way_each_shows_them() {
+        let p = payload("web-1");
+        let at = Mentions { mobiles: vec!["13800000000".into()], user_ids: vec!["zhangsan".into()], all: false };
+        let ding = robot_body(RobotKind::DingTalk, "CPU high", &p, &at);
+        assert_eq!(ding["at"]["atMobiles"][0], "13800000000");
+        assert_eq!(ding["at"]["atUserIds"][0], "zhangsan");
+        assert!(ding["markdown"]["text"].as_str().expect("text").ends_with("@13800000000 @zhangsan"), "{ding}");
+        let wecom_md = robot_body(
+            RobotKind::WeCom,
+            "CPU high",
+            &p,
+            &Mentions { user_ids: vec!["lisi".into()], ..Mentions::default() },
+        );
+        assert_eq!(wecom_md["msgtype"], "markdown");
+        assert_eq!(wecom_md["markdown"]["content"], "CPU high <@lisi>");
+        let wecom_text = robot_body(RobotKind::WeCom, "CPU high", &p, &at);
+        assert_eq!(wecom_text["msgtype"], "text", "mobiles are mentioned in text messages only");
+        assert_eq!(wecom_text["text"]["mentioned_mobile_list"][0], "13800000000");
+        assert_eq!(wecom_text["text"]["mentioned_list"][0], "zhangsan");
+        let plain = robot_body(RobotKind::DingTalk, "CPU high", &p, &Mentions::default());
+        assert_eq!(plain["markdown"]["text"], "CPU high");
+    }
+
     #[test]
     fn robot_text_and_email_carry_the_links() {
         let mut p = payload("web-1");

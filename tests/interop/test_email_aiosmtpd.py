@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from email import message_from_bytes
+from email.header import decode_header, make_header
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -55,7 +56,7 @@ def scenario(name, tmp, controller_kwargs, email_extra):
                             **controller_kwargs)
     controller.start()
     rules = os.path.join(tmp, f"rules-{name}.yml")
-    with open(rules, "w") as f:
+    with open(rules, "w", encoding="utf-8") as f:
         f.write(f"""
 groups:
   - name: hosts
@@ -96,7 +97,12 @@ receivers:
             assert mail_from == "tocsin@example.com", mail_from
             assert rcpts == ["oncall@example.com", "backup@example.com"], rcpts
             msg = message_from_bytes(content)
-            assert msg["Subject"].startswith("[FIRING:1] HighCpu"), msg["Subject"]
+            subject = str(make_header(decode_header(msg["Subject"])))
+            if name == "plain":
+                # A subject in Chinese, RFC 2047-encoded, arrives intact.
+                assert subject == "告警：[FIRING:1] HighCpu 主机 web-1", subject
+            else:
+                assert subject.startswith("[FIRING:1] HighCpu"), subject
             parts = {part.get_content_type(): part.get_payload(decode=True).decode() for part in msg.walk()
                      if not part.is_multipart()}
             assert "CPU 97 on web-1" in parts["text/plain"], parts
@@ -112,7 +118,8 @@ receivers:
 
 def main():
     tmp = tempfile.mkdtemp(prefix="tocsin-email-")
-    scenario("plain", tmp, {"auth_require_tls": False}, "      tls: none")
+    scenario("plain", tmp, {"auth_require_tls": False},
+             '      tls: none\n      subject: "告警：{{ title }} 主机 {{ host }}"')
     assert shutil.which("openssl"), "the STARTTLS scenario needs the openssl command (apt-get install openssl)"
     ca, cert, key = make_certs(tmp)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
