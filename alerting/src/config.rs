@@ -75,6 +75,19 @@ pub struct RuleFile {
     pub no_data: Option<Condition>,
     pub absent: Option<Condition>,
     pub flapping: Option<FlapFile>,
+    /// Alerts whose firing suppresses this one (with equal labels).
+    #[serde(default)]
+    pub depends_on: Vec<DependsOnFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependsOnFile {
+    pub alert: String,
+    /// Labels that must be equal in both (e.g. `[host]`); none: any firing
+    /// instance of `alert` suppresses every instance of this rule.
+    #[serde(default)]
+    pub equal: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -452,6 +465,7 @@ impl Config {
                 config.maintenance.push(compile_maintenance(m).map_err(&invalid)?);
             }
         }
+        check_dependencies(&config.groups, &rule_names)?;
         let (route_path, root) = route_file.unwrap_or_else(|| ("(default)".to_string(), RouteFile::default()));
         let invalid = |message: String| ConfigError::Invalid { path: route_path.clone(), message };
         let delivers = !config.groups.is_empty() && !config.receivers.is_empty();
@@ -496,6 +510,60 @@ impl Config {
     pub fn rule_count(&self) -> usize {
         self.groups.iter().map(|g| g.rules.len()).sum()
     }
+}
+
+/// Every `depends_on` names a rule that exists, and no chain of them comes
+/// back to where it started (alerts that suppress each other would page
+/// nobody).
+fn check_dependencies(groups: &[RuleGroup], names: &HashSet<String>) -> Result<(), ConfigError> {
+    let mut edges: HashMap<&str, Vec<&str>> = HashMap::new();
+    for g in groups {
+        for r in &g.rules {
+            for d in &r.depends_on {
+                if !names.contains(&d.alert) {
+                    return Err(ConfigError::Invalid {
+                        path: format!("group {:?}", g.name),
+                        message: format!("rule {:?} depends_on unknown alert {:?}", r.name, d.alert),
+                    });
+                }
+                edges.entry(r.name.as_str()).or_default().push(d.alert.as_str());
+            }
+        }
+    }
+    // Depth-first, three colours: a node met again while on the path closes
+    // a cycle.
+    fn visit<'a>(
+        n: &'a str,
+        edges: &HashMap<&'a str, Vec<&'a str>>,
+        done: &mut HashSet<&'a str>,
+        path: &mut Vec<&'a str>,
+    ) -> Result<(), String> {
+        if done.contains(n) {
+            return Ok(());
+        }
+        if let Some(i) = path.iter().position(|p| *p == n) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(n);
+            return Err(cycle.join(" -> "));
+        }
+        path.push(n);
+        for m in edges.get(n).into_iter().flatten() {
+            visit(m, edges, done, path)?;
+        }
+        path.pop();
+        done.insert(n);
+        Ok(())
+    }
+    let mut done = HashSet::new();
+    let mut starts: Vec<&str> = edges.keys().copied().collect();
+    starts.sort_unstable();
+    for n in starts {
+        visit(n, &edges, &mut done, &mut Vec::new()).map_err(|cycle| ConfigError::Invalid {
+            path: "depends_on".into(),
+            message: format!("alerts depend on each other in a cycle ({cycle}): they would suppress each other"),
+        })?;
+    }
+    Ok(())
 }
 
 /// Parses one file's text, reporting YAML and shape errors with line and
@@ -592,6 +660,9 @@ fn compile_rule(r: RuleFile) -> Result<Rule, String> {
             return Err("label and annotation names must not be empty".into());
         }
     }
+    if let Some(d) = r.depends_on.iter().find(|d| d.alert == r.alert) {
+        return Err(format!("depends_on names the rule itself ({:?})", d.alert));
+    }
     let flap = r
         .flapping
         .map(|f| (f.changes, f.window.0))
@@ -610,6 +681,11 @@ fn compile_rule(r: RuleFile) -> Result<Rule, String> {
         absent,
         flap_changes: flap.0,
         flap_window: flap.1,
+        depends_on: r
+            .depends_on
+            .into_iter()
+            .map(|d| crate::rule::Dependency { alert: d.alert, equal: d.equal })
+            .collect(),
     })
 }
 
@@ -945,6 +1021,22 @@ receivers:
         assert!(err.contains("names no receiver"), "{err}");
         let root = EXAMPLE.replace("  escalation: default\n  routes:", "  routes:");
         assert!(load(&root).unwrap_err().to_string().contains("root route needs a receiver or an escalation"));
+    }
+
+    #[test]
+    fn dependencies_name_existing_alerts_and_form_no_cycle() {
+        let rules = |deps_a: &str, deps_b: &str| {
+            format!(
+                "groups:\n  - name: g\n    rules:\n      - {{ alert: A, sql: \"SELECT 1 AS value\", thresholds: {{ critical: \"> 0\" }}, depends_on: [{deps_a}] }}\n      - {{ alert: B, sql: \"SELECT 1 AS value\", thresholds: {{ critical: \"> 0\" }}, depends_on: [{deps_b}] }}\n"
+            )
+        };
+        assert!(load(&rules("{ alert: B, equal: [host] }", "")).is_ok());
+        let err = load(&rules("{ alert: Nope }", "")).unwrap_err().to_string();
+        assert!(err.contains("depends_on unknown alert \"Nope\""), "{err}");
+        let err = load(&rules("{ alert: B }", "{ alert: A }")).unwrap_err().to_string();
+        assert!(err.contains("cycle (A -> B -> A)"), "{err}");
+        let err = load(&rules("{ alert: A }", "")).unwrap_err().to_string();
+        assert!(err.contains("depends_on names the rule itself"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::state::{AlertState, Instance, Silence};
 pub enum Mute {
     Silenced(Vec<String>),
     Maintenance(String),
+    /// A rule's `depends_on`: the alerts it depends on that fire.
+    Suppressed(Vec<String>),
     Inhibited(Vec<String>),
 }
 
@@ -30,6 +32,10 @@ pub struct AlertView {
     pub severity: Option<String>,
     pub flapping: bool,
     pub acked: bool,
+    /// Told firing, then suppressed by an alert it depends on: kept as it
+    /// was told (not "resolved"), and paging no one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suppressed: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -185,10 +191,11 @@ impl Dispatcher {
         let mut out = TickOutcome::default();
         let by_id: HashMap<&str, &Instance> = instances.iter().map(|i| (i.id.as_str(), *i)).collect();
 
-        // 1. Mute: silences, maintenance windows, inhibition.
+        // 1. Mute: silences, maintenance windows, dependencies, inhibition.
         let firing: Vec<&Instance> = instances.iter().copied().filter(|i| i.state == AlertState::Firing).collect();
+        let deps = Dependencies::new(config, &firing);
         for inst in instances.iter().filter(|i| matches!(i.state, AlertState::Firing | AlertState::Resolved)) {
-            if let Some(m) = mute_of(config, inst, &firing, silences, now) {
+            if let Some(m) = mute_of(config, inst, &firing, &deps, silences, now) {
                 out.muted.insert(inst.id.clone(), m);
             }
         }
@@ -237,6 +244,7 @@ impl Dispatcher {
                 continue;
             };
             let alerts: Vec<&Instance> = members.get(key).map(|m| m.2.clone()).unwrap_or_default();
+            let suppressed = |id: &str| matches!(out.muted.get(id), Some(Mute::Suppressed(_)));
             // An alert this group told of that is still firing, not muted,
             // and routed to another group (its severity changed) moved: it
             // did not resolve. It is dropped without a word; the group it
@@ -249,9 +257,9 @@ impl Dispatcher {
                     || out.muted.contains_key(id)
             });
             out.changed |= g.sent.len() != before;
-            let content = group_content(g, &alerts);
+            let content = group_content(g, &alerts, &suppressed);
             let firing_any = content.values().any(|v| v.status == "firing");
-            let unacked_any = content.values().any(|v| v.status == "firing" && !v.acked);
+            let unacked_any = content.values().any(|v| v.status == "firing" && !v.acked && !v.suppressed);
             let ctx = SendCtx { g_key: key, route, by_id: &by_id, content: &content, external_url, now, links };
 
             let mut sent_now = BTreeSet::new();
@@ -450,8 +458,14 @@ fn common<'a>(mut sets: impl Iterator<Item = &'a BTreeMap<String, String>>) -> B
 
 /// The group's alerts as they are now: its current members, plus the
 /// alerts it last reported firing that are gone (resolved or silenced),
-/// which are reported resolved once.
-fn group_content(g: &GroupState, alerts: &[&Instance]) -> BTreeMap<String, AlertView> {
+/// which are reported resolved once. One that is `suppressed` (by an alert
+/// it depends on) did not resolve: it stays as it was told, paging no one,
+/// until it resolves (then that is told) or the alert it depends on clears.
+fn group_content(
+    g: &GroupState,
+    alerts: &[&Instance],
+    suppressed: &dyn Fn(&str) -> bool,
+) -> BTreeMap<String, AlertView> {
     let mut content = BTreeMap::new();
     for inst in alerts {
         let status = if inst.state == AlertState::Firing { "firing" } else { "resolved" };
@@ -472,12 +486,18 @@ fn group_content(g: &GroupState, alerts: &[&Instance]) -> BTreeMap<String, Alert
                 severity: inst.severity.clone(),
                 flapping: inst.flapping,
                 acked: inst.ack.is_some(),
+                suppressed: false,
             },
         );
     }
     for (id, prev) in &g.sent {
         if !content.contains_key(id) && prev.status == "firing" {
-            content.insert(id.clone(), AlertView { status: "resolved".into(), ..prev.clone() });
+            let view = if suppressed(id) {
+                AlertView { suppressed: true, ..prev.clone() }
+            } else {
+                AlertView { status: "resolved".into(), suppressed: false, ..prev.clone() }
+            };
+            content.insert(id.clone(), view);
         }
     }
     content
@@ -489,10 +509,49 @@ fn content_key(c: &BTreeMap<String, AlertView>) -> Vec<(String, String, Option<S
     c.iter().map(|(id, v)| (id.clone(), v.status.clone(), v.severity.clone(), v.flapping)).collect()
 }
 
+/// The `depends_on` of each rule, and the firing alerts by rule name.
+struct Dependencies<'a> {
+    of: HashMap<(&'a str, &'a str), &'a [crate::rule::Dependency]>,
+    firing: HashMap<&'a str, Vec<&'a Instance>>,
+}
+
+impl<'a> Dependencies<'a> {
+    fn new(config: &'a Config, firing: &[&'a Instance]) -> Self {
+        let of: HashMap<(&str, &str), &[crate::rule::Dependency]> = config
+            .groups
+            .iter()
+            .flat_map(|g| g.rules.iter().map(move |r| ((g.name.as_str(), r.name.as_str()), r.depends_on.as_slice())))
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        let mut by_rule: HashMap<&str, Vec<&Instance>> = HashMap::new();
+        if !of.is_empty() {
+            for i in firing {
+                by_rule.entry(i.rule.as_str()).or_default().push(i);
+            }
+        }
+        Dependencies { of, firing: by_rule }
+    }
+
+    /// The firing alerts `inst` depends on.
+    fn parents(&self, inst: &Instance) -> Vec<String> {
+        let Some(deps) = self.of.get(&(inst.group.as_str(), inst.rule.as_str())) else { return Vec::new() };
+        let mut by = Vec::new();
+        for d in deps.iter() {
+            for p in self.firing.get(d.alert.as_str()).into_iter().flatten() {
+                if p.id != inst.id && d.equal.iter().all(|l| p.labels.get(l) == inst.labels.get(l)) {
+                    by.push(p.id.clone());
+                }
+            }
+        }
+        by
+    }
+}
+
 fn mute_of(
     config: &Config,
     inst: &Instance,
     firing: &[&Instance],
+    deps: &Dependencies<'_>,
     silences: &[(Silence, Matchers)],
     now: i64,
 ) -> Option<Mute> {
@@ -509,6 +568,10 @@ fn mute_of(
     }
     if inst.state != AlertState::Firing {
         return None;
+    }
+    let parents = deps.parents(inst);
+    if !parents.is_empty() {
+        return Some(Mute::Suppressed(parents));
     }
     let mut by = Vec::new();
     for rule in &config.inhibit_rules {

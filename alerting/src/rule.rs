@@ -109,6 +109,16 @@ pub struct Rule {
     pub absent: Option<ConditionSpec>,
     pub flap_changes: u32,
     pub flap_window: Duration,
+    /// Alerts this one depends on: while one of them fires with the same
+    /// values of `equal`, this one is suppressed (see [`crate::dispatch`]).
+    pub depends_on: Vec<Dependency>,
+}
+
+/// `depends_on: [{ alert: HostDown, equal: [host] }]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub alert: String,
+    pub equal: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -433,6 +443,7 @@ mod tests {
             absent: None,
             flap_changes: DEFAULT_FLAP_CHANGES,
             flap_window: DEFAULT_FLAP_WINDOW,
+            depends_on: Vec::new(),
         }
     }
 

@@ -169,6 +169,7 @@ impl tocsin_query::LiveTable for AlertsTable {
                     Mute::Silenced(by) => format!("silenced:{}", by.join(",")),
                     Mute::Maintenance(w) => format!("maintenance:{w}"),
                     Mute::Inhibited(by) => format!("inhibited:{}", by.join(",")),
+                    Mute::Suppressed(by) => format!("suppressed:{}", by.join(",")),
                 })
             }),
             Arc::new(BooleanArray::from(insts.iter().map(|i| i.flapping).collect::<Vec<_>>())),

@@ -719,3 +719,72 @@ async fn a_link_in_the_notification_acknowledges_without_a_login() {
     assert!(has("link:oncall", "silence", 200), "{audit}");
     assert!(has("unauthenticated", "silence", 410), "{audit}");
 }
+
+/// Issue 13, `depends_on` through the binary: a service behind a host that
+/// is down is suppressed (visible as such, not notified); when the host
+/// comes back and the service is still down, the service is notified.
+#[tokio::test]
+async fn a_service_behind_a_down_host_is_suppressed_until_the_host_is_back() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        r#"
+groups:
+  - name: infra
+    interval: 200ms
+    rules:
+      - alert: HostDown
+        sql: SELECT host, last_value(up ORDER BY ts) AS value FROM hostup GROUP BY host
+        thresholds: {{ critical: "< 1" }}
+      - alert: ServiceDown
+        sql: SELECT host, svc, last_value(up ORDER BY ts) AS value FROM svcup GROUP BY host, svc
+        thresholds: {{ critical: "< 1" }}
+        depends_on: [{{ alert: HostDown, equal: [host] }}]
+route:
+  receiver: oncall
+  group_by: [alertname, host]
+  group_wait: 0s
+  group_interval: 300ms
+  repeat_interval: 1h
+receivers:
+  - name: oncall
+    webhook: {{ url: "http://{addr}/oncall" }}
+"#,
+        addr = hook.addr
+    );
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
+    let named = |name: &'static str, status: &'static str| {
+        move |_: &str, v: &Value| {
+            v["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["labels"]["alertname"] == name && a["status"] == status)
+        }
+    };
+    server.sql("INSERT INTO hostup (ts, host, up) VALUES (now(), 'db-1', 0)").await;
+    hook.wait_for(20, named("HostDown", "firing")).await.expect("the host is paged");
+    server.sql("INSERT INTO svcup (ts, host, svc, up) VALUES (now(), 'db-1', 'postgres', 0)").await;
+    let mut suppressed = Value::Null;
+    for _ in 0..200 {
+        let alerts = get(&server, "/api/v1/alerts?alertname=ServiceDown").await;
+        if alerts["alerts"][0]["state"] == "firing" && !alerts["alerts"][0]["muted"].is_null() {
+            suppressed = alerts["alerts"][0]["muted"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(suppressed["kind"], "suppressed", "{suppressed}");
+    settled(&server).await;
+    assert!(
+        !hook.received().iter().any(|(_, v)| named("ServiceDown", "firing")("", v)),
+        "a suppressed service was notified"
+    );
+    let rows = server.sql("SELECT muted FROM system.alerts WHERE alertname = 'ServiceDown'").await;
+    assert!(rows[0]["muted"].as_str().unwrap_or("").starts_with("suppressed:"), "{rows:?}");
+
+    // The host is back, the service still down: now the service is told.
+    server.sql("INSERT INTO hostup (ts, host, up) VALUES (now() + INTERVAL '1 millisecond', 'db-1', 1)").await;
+    hook.wait_for(20, named("ServiceDown", "firing")).await.expect("the service is notified once the host is back");
+    hook.wait_for(20, named("HostDown", "resolved")).await.expect("the host's recovery is told");
+}

@@ -327,3 +327,120 @@ fn the_docs_example_routes_as_the_guide_says() {
         ]
     );
 }
+
+const DEPENDS: &str = r#"
+groups:
+  - name: g
+    rules:
+      - { alert: HostDown, sql: "SELECT 1 AS value", thresholds: { critical: "> 0" } }
+      - alert: ServiceDown
+        sql: "SELECT 1 AS value"
+        thresholds: { critical: "> 0" }
+        depends_on: [{ alert: HostDown, equal: [host] }]
+route:
+  receiver: oncall
+  group_by: [alertname, host]
+  group_wait: 10s
+  group_interval: 1m
+  repeat_interval: 1h
+receivers:
+  - { name: oncall, webhook: { url: "http://127.0.0.1:1/a" } }
+"#;
+
+/// What a tick sent: (alertname, status) of every alert of every job.
+fn told(out: &TickOutcome) -> Vec<(String, String)> {
+    out.jobs
+        .iter()
+        .flat_map(|j| j.payload.alerts.iter().map(|a| (a.labels["alertname"].clone(), a.status.clone())))
+        .collect()
+}
+
+fn pair(name: &str, status: &str) -> (String, String) {
+    (name.to_string(), status.to_string())
+}
+
+/// Issue 13, "dependencies that never swallow a recovery": a service alert
+/// behind a host that is down is suppressed (recorded, visible, not
+/// paged); if it resolves while suppressed nobody hears of it; if the host
+/// comes back and the service is still down, the service is notified.
+#[test]
+fn a_dependency_suppresses_and_never_swallows_a_recovery() {
+    let mut h = Harness::new(DEPENDS);
+    let mut insts = vec![
+        firing("HostDown", &[("host", "a")], "critical"),
+        firing("ServiceDown", &[("host", "a"), ("svc", "web")], "critical"),
+        firing("ServiceDown", &[("host", "b"), ("svc", "web")], "critical"),
+    ];
+    assert!(h.tick(0, &insts).jobs.is_empty(), "group_wait");
+    let out = h.tick(10 * S, &insts);
+    let mut sent = told(&out);
+    sent.sort();
+    assert_eq!(
+        sent,
+        [pair("HostDown", "firing"), pair("ServiceDown", "firing")],
+        "host b's service is not behind host a"
+    );
+    assert_eq!(out.muted.get(&insts[1].id), Some(&Mute::Suppressed(vec![insts[0].id.clone()])));
+    assert!(
+        out.jobs.iter().all(|j| j
+            .payload
+            .alerts
+            .iter()
+            .all(|a| a.labels["host"] != "a" || a.labels["alertname"] == "HostDown"))
+    );
+
+    // The host comes back while its service is still down: the service is
+    // notified now.
+    insts[0].state = AlertState::Resolved;
+    insts[0].resolved_at = Some(60 * S);
+    let mut sent = Vec::new();
+    for t in [60, 70, 130] {
+        sent.extend(told(&h.tick(t * S, &insts)));
+    }
+    sent.sort();
+    assert_eq!(sent, [pair("HostDown", "resolved"), pair("ServiceDown", "firing")]);
+
+    // Down again; the service resolves while suppressed: nobody is paged
+    // for it, and its group stays quiet.
+    let mut h = Harness::new(DEPENDS);
+    let mut insts = vec![
+        firing("HostDown", &[("host", "a")], "critical"),
+        firing("ServiceDown", &[("host", "a"), ("svc", "web")], "critical"),
+    ];
+    h.tick(0, &insts);
+    assert_eq!(told(&h.tick(10 * S, &insts)), [pair("HostDown", "firing")]);
+    insts[1].state = AlertState::Resolved;
+    insts[1].resolved_at = Some(30 * S);
+    let mut later = Vec::new();
+    for t in [30, 70, 130, 200] {
+        later.extend(told(&h.tick(t * S, &insts)));
+    }
+    assert!(later.is_empty(), "nothing about a service that was never told: {later:?}");
+}
+
+/// A child told firing before its parent fired is not reported resolved
+/// when the parent suppresses it (it did not resolve); when it then
+/// resolves, that is told, and it pages no one meanwhile.
+#[test]
+fn a_child_told_before_its_parent_fired_keeps_its_story() {
+    let mut h = Harness::new(DEPENDS);
+    let mut insts = vec![firing("ServiceDown", &[("host", "a"), ("svc", "web")], "critical")];
+    h.tick(0, &insts);
+    assert_eq!(told(&h.tick(10 * S, &insts)), [pair("ServiceDown", "firing")]);
+    insts.push(firing("HostDown", &[("host", "a")], "critical"));
+    let mut sent = Vec::new();
+    for t in [20, 70, 130] {
+        sent.extend(told(&h.tick(t * S, &insts)));
+    }
+    assert_eq!(sent, [pair("HostDown", "firing")], "no false 'resolved' for the suppressed service");
+    // No repeat for the suppressed child after repeat_interval either.
+    let repeats = told(&h.tick(2 * 3600 * S, &insts));
+    assert!(repeats.iter().all(|(n, _)| n == "HostDown"), "{repeats:?}");
+    insts[0].state = AlertState::Resolved;
+    insts[0].resolved_at = Some(3 * 3600 * S);
+    let mut sent = Vec::new();
+    for t in [3 * 3600, 3 * 3600 + 60] {
+        sent.extend(told(&h.tick(t * S, &insts)).into_iter().filter(|(n, _)| n == "ServiceDown"));
+    }
+    assert_eq!(sent, [pair("ServiceDown", "resolved")], "its end is told to those told it fired");
+}
