@@ -171,18 +171,31 @@ pub struct EscalationFile {
 pub struct StepFile {
     pub after: Dur,
     pub notify: Vec<String>,
+    /// Send this step again every `repeat` until the next step is due or
+    /// the alerts are acknowledged.
+    pub repeat: Option<Dur>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverFile {
     pub name: String,
+    /// At most `messages` notifications per `per`; beyond, they are folded
+    /// into one digest sent when the window allows.
+    pub rate_limit: Option<RateLimitFile>,
     pub webhook: Option<WebhookFile>,
     pub email: Option<EmailFile>,
     pub wecom: Option<RobotFile>,
     pub dingtalk: Option<RobotFile>,
     pub feishu: Option<RobotFile>,
     pub slack: Option<RobotFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub messages: u32,
+    pub per: Dur,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,12 +324,21 @@ pub struct Escalation {
 pub struct Step {
     pub after: Duration,
     pub notify: Vec<String>,
+    pub repeat: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Receiver {
     pub name: String,
     pub integrations: Vec<Integration>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// At most `messages` notifications to a receiver per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub messages: u32,
+    pub per: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -771,6 +793,9 @@ fn compile_escalation(e: EscalationFile) -> Result<Escalation, String> {
         if s.notify.is_empty() {
             return Err(format!("escalation {:?}: step {} notifies nobody", e.name, i + 1));
         }
+        if s.repeat.is_some_and(|r| r.0 < Duration::from_secs(1)) {
+            return Err(format!("escalation {:?}: step {} repeats more often than once a second", e.name, i + 1));
+        }
         prev = s.after.0;
     }
     let last = e.steps.last().map(|s| s.after.0).unwrap_or_default();
@@ -781,7 +806,11 @@ fn compile_escalation(e: EscalationFile) -> Result<Escalation, String> {
     }
     Ok(Escalation {
         name: e.name,
-        steps: e.steps.into_iter().map(|s| Step { after: s.after.0, notify: s.notify }).collect(),
+        steps: e
+            .steps
+            .into_iter()
+            .map(|s| Step { after: s.after.0, notify: s.notify, repeat: s.repeat.map(|d| d.0) })
+            .collect(),
         repeat: e.repeat,
         repeat_interval,
     })
@@ -853,7 +882,17 @@ fn compile_receiver(r: ReceiverFile) -> Result<Receiver, String> {
     if integrations.is_empty() {
         return Err(ctx("needs at least one of webhook, email, wecom, dingtalk, feishu, slack".into()));
     }
-    Ok(Receiver { name: r.name, integrations })
+    let rate_limit = match r.rate_limit {
+        None => None,
+        Some(l) if l.messages == 0 || l.per.0 < Duration::from_secs(1) => {
+            return Err(ctx(format!(
+                "rate_limit needs at least 1 message per at least 1s (got {} per {})",
+                l.messages, l.per
+            )));
+        }
+        Some(l) => Some(RateLimit { messages: l.messages, per: l.per.0 }),
+    };
+    Ok(Receiver { name: r.name, integrations, rate_limit })
 }
 
 fn compile_maintenance(m: MaintenanceFile) -> Result<Maintenance, String> {
@@ -1056,6 +1095,16 @@ receivers:
             }
             other => panic!("{other:?}"),
         }
+        let limited =
+            robot("    wecom: { url: \"https://wecom.example/x\" }\n    rate_limit: { messages: 20, per: 1m }");
+        let c = load(&limited).expect("valid");
+        let l = c.receivers["leader"].rate_limit.expect("limit");
+        assert_eq!((l.messages, l.per), (20, Duration::from_secs(60)));
+        let err =
+            load(&robot("    wecom: { url: \"https://wecom.example/x\" }\n    rate_limit: { messages: 0, per: 1m }"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("rate_limit needs at least 1 message"), "{err}");
         let err = load(&robot("    slack: { url: \"https://hooks.slack.com/x\", secret: s }")).unwrap_err().to_string();
         assert!(err.contains("`secret` signs DingTalk robots only"), "{err}");
         let err =

@@ -51,6 +51,10 @@ pub struct EscalationState {
     pub idle: bool,
     /// Every step of every run has been sent.
     pub completed: bool,
+    /// The step sent last (0-based) and when: a step with `repeat` is sent
+    /// again every `repeat` until the next step is due or it is acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<(usize, i64)>,
 }
 
 /// A notification group's state.
@@ -86,6 +90,8 @@ pub enum Reason {
     Repeat,
     /// An escalation step became due.
     Escalation,
+    /// Notifications held back by the receiver's rate limit, folded into one.
+    Digest,
 }
 
 /// A notification to deliver: one group's alerts to one receiver.
@@ -161,6 +167,9 @@ pub struct TocsinFields {
     /// 0-based run of the chain.
     pub cycle: Option<u32>,
     pub acked: bool,
+    /// A digest: how many notifications it folds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<u32>,
 }
 
 /// What [`Dispatcher::tick`] decided.
@@ -294,6 +303,7 @@ impl Dispatcher {
                         g.notified.insert(r.clone());
                         sent_now.insert(r.clone());
                     }
+                    esc.last_step = Some((esc.next_step, now));
                     esc.next_step += 1;
                     if esc.next_step == policy.steps.len() {
                         if esc.cycle < policy.repeat {
@@ -303,6 +313,21 @@ impl Dispatcher {
                             esc.completed = true;
                         }
                     }
+                }
+                // The step sent last repeats, if it says so, while the next
+                // one is not yet due (once, after a gap: not every missed time).
+                if !esc.acked
+                    && !esc.idle
+                    && let Some((i, at)) = esc.last_step
+                    && let Some(every) = policy.steps.get(i).and_then(|s| s.repeat)
+                    && now >= at + every.as_millis() as i64
+                {
+                    for r in &policy.steps[i].notify {
+                        out.jobs.push(ctx.job(r, Reason::Escalation, Some((esc, i + 1))));
+                        g.notified.insert(r.clone());
+                        sent_now.insert(r.clone());
+                    }
+                    esc.last_step = Some((i, now));
                 }
                 if !sent_now.is_empty() {
                     g.sent = content.clone();
@@ -435,9 +460,49 @@ impl SendCtx<'_> {
                     step: esc.map(|(_, s)| s).filter(|s| *s > 0),
                     cycle: esc.map(|(e, _)| e.cycle),
                     acked,
+                    digest: None,
                 },
             },
         }
+    }
+}
+
+/// Notifications to one receiver folded into one (its rate limit held them
+/// back): every alert they list, each as the latest of them told it, in
+/// the order first told.
+pub fn digest(receiver: &str, payloads: &[&Payload], now: i64) -> Payload {
+    let mut order: Vec<String> = Vec::new();
+    let mut latest: HashMap<String, PayloadAlert> = HashMap::new();
+    for p in payloads {
+        for a in &p.alerts {
+            if latest.insert(a.fingerprint.clone(), a.clone()).is_none() {
+                order.push(a.fingerprint.clone());
+            }
+        }
+    }
+    let alerts: Vec<PayloadAlert> = order.iter().filter_map(|f| latest.remove(f)).collect();
+    let firing: Vec<&PayloadAlert> = alerts.iter().filter(|a| a.status == "firing").collect();
+    let acked = firing.iter().all(|a| a.acked_by.is_some());
+    let status = if firing.is_empty() { "resolved" } else { "firing" };
+    Payload {
+        version: "4".into(),
+        group_key: format!("digest:{receiver}:{now}"),
+        truncated_alerts: 0,
+        status: status.into(),
+        receiver: receiver.to_string(),
+        group_labels: Labels::new(),
+        common_labels: common(alerts.iter().map(|a| &a.labels)),
+        common_annotations: common(alerts.iter().map(|a| &a.annotations)),
+        external_url: payloads.first().map(|p| p.external_url.clone()).unwrap_or_default(),
+        alerts,
+        tocsin: TocsinFields {
+            reason: Reason::Digest,
+            escalation: None,
+            step: None,
+            cycle: None,
+            acked,
+            digest: Some(payloads.len() as u32),
+        },
     }
 }
 

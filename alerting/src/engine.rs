@@ -964,6 +964,41 @@ impl AlertEngine {
             "Notification jobs in the outbox as last saved: not yet known delivered.",
             c(&m.outbox_saved),
         );
+        let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let limits = self.notifier.rate_limits();
+        if !limits.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP tocsin_receiver_rate_limit Notifications a receiver takes per `per` seconds; more are folded into digests.\n# TYPE tocsin_receiver_rate_limit gauge"
+            );
+            for (r, l) in &limits {
+                let _ = writeln!(
+                    out,
+                    "tocsin_receiver_rate_limit{{receiver=\"{}\",per=\"{}\"}} {}",
+                    label(r),
+                    l.per.as_secs(),
+                    l.messages
+                );
+            }
+        }
+        let folded = self.notifier.folded();
+        let _ = writeln!(
+            out,
+            "# HELP tocsin_notifications_folded_total Notifications folded into digests by a receiver's rate limit.\n# TYPE tocsin_notifications_folded_total counter"
+        );
+        for (r, n, _) in &folded {
+            let _ = writeln!(out, "tocsin_notifications_folded_total{{receiver=\"{}\"}} {n}", label(r));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tocsin_notification_digests_total Digests sent in place of notifications held back by a rate limit.\n# TYPE tocsin_notification_digests_total counter"
+        );
+        for (r, _, d) in &folded {
+            let _ = writeln!(out, "tocsin_notification_digests_total{{receiver=\"{}\"}} {d}", label(r));
+        }
+        let mut metric = |name: &str, kind: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
         metric("tocsin_rule_reloads_total", "counter", "Successful rule reloads.", c(&m.reloads));
         metric("tocsin_rule_reload_failures_total", "counter", "Rejected rule reloads.", c(&m.reload_failures));
         metric(

@@ -65,6 +65,8 @@ impl Default for RetryPolicy {
 /// Per-receiver workers.
 pub struct Notifier {
     client: reqwest::Client,
+    /// Per receiver: notifications folded into digests, and digests sent.
+    folded: parking_lot::Mutex<HashMap<String, (u64, u64)>>,
     workers: parking_lot::Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
     receivers: parking_lot::RwLock<Arc<HashMap<String, Receiver>>>,
     attempts: mpsc::UnboundedSender<Attempt>,
@@ -85,6 +87,7 @@ impl Notifier {
         let client = client.unwrap_or_default();
         Arc::new(Notifier {
             client,
+            folded: parking_lot::Mutex::new(HashMap::new()),
             workers: parking_lot::Mutex::new(HashMap::new()),
             receivers: parking_lot::RwLock::new(Arc::new(receivers)),
             attempts,
@@ -111,10 +114,104 @@ impl Notifier {
         }
     }
 
+    /// Delivers a receiver's jobs in order, within its rate limit: a job
+    /// over the limit is held, with every job that comes while the window
+    /// is full, and they go out as one digest when it allows (never
+    /// dropped).
     async fn worker(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let mut sent: std::collections::VecDeque<tokio::time::Instant> = std::collections::VecDeque::new();
         while let Some(job) = rx.recv().await {
-            self.deliver(&job).await;
+            let limit = self.receivers.read().get(&job.receiver).and_then(|r| r.rate_limit);
+            let Some(limit) = limit else {
+                self.deliver(&job).await;
+                continue;
+            };
+            let now = tokio::time::Instant::now();
+            while sent.front().is_some_and(|t| now.duration_since(*t) >= limit.per) {
+                sent.pop_front();
+            }
+            while sent.len() > limit.messages as usize {
+                sent.pop_front(); // the limit was lowered by a reload
+            }
+            if sent.len() < limit.messages as usize {
+                sent.push_back(now);
+                self.deliver(&job).await;
+                continue;
+            }
+            let mut held = vec![job];
+            let free_at = sent.front().map_or(now, |t| *t + limit.per);
+            let sleep = tokio::time::sleep_until(free_at);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    next = rx.recv() => match next {
+                        Some(j) => held.push(j),
+                        None => break,
+                    },
+                }
+            }
+            sent.pop_front();
+            sent.push_back(tokio::time::Instant::now());
+            self.deliver_held(held).await;
         }
+    }
+
+    /// One held job as it was; several as one digest, sent under the first
+    /// one's id (the others are reported delivered, folded into it).
+    async fn deliver_held(&self, held: Vec<Job>) {
+        let [first, rest @ ..] = held.as_slice() else { return };
+        if rest.is_empty() {
+            self.deliver(first).await;
+            return;
+        }
+        let payloads: Vec<&Payload> = held.iter().map(|j| &j.payload).collect();
+        let now = self.clock.now_ms();
+        let job = Job {
+            id: first.id.clone(),
+            receiver: first.receiver.clone(),
+            group_key: format!("digest:{}", first.receiver),
+            reason: crate::dispatch::Reason::Digest,
+            payload: crate::dispatch::digest(&first.receiver, &payloads, now),
+            created_at: now,
+        };
+        {
+            let mut folded = self.folded.lock();
+            let entry = folded.entry(first.receiver.clone()).or_default();
+            entry.0 += held.len() as u64;
+            entry.1 += 1;
+        }
+        self.deliver(&job).await;
+        for j in rest {
+            let _ = self.attempts.send(Attempt {
+                at: now,
+                job_id: j.id.clone(),
+                receiver: j.receiver.clone(),
+                integration: "digest",
+                group_key: j.group_key.clone(),
+                reason: format!("folded into digest {}", first.id),
+                attempt: 0,
+                ok: true,
+                error: None,
+                duration: Duration::ZERO,
+                finished: true,
+            });
+        }
+    }
+
+    /// Per receiver: (notifications folded into digests, digests sent).
+    pub fn folded(&self) -> Vec<(String, u64, u64)> {
+        let mut v: Vec<(String, u64, u64)> = self.folded.lock().iter().map(|(r, (n, d))| (r.clone(), *n, *d)).collect();
+        v.sort();
+        v
+    }
+
+    /// Each rate-limited receiver's limit.
+    pub fn rate_limits(&self) -> Vec<(String, crate::config::RateLimit)> {
+        let mut v: Vec<(String, crate::config::RateLimit)> =
+            self.receivers.read().values().filter_map(|r| r.rate_limit.map(|l| (r.name.clone(), l))).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     async fn deliver(&self, job: &Job) {
@@ -309,6 +406,9 @@ pub fn default_text(p: &Payload) -> String {
     }
     if let Some(e) = &p.tocsin.escalation {
         out.push_str(&format!(" [escalation {e}, step {}]", p.tocsin.step.unwrap_or(0)));
+    }
+    if let Some(n) = p.tocsin.digest {
+        out.push_str(&format!(" [digest of {n} notifications held back by this receiver's rate limit]"));
     }
     for a in &p.alerts {
         let labels: Vec<String> = a
@@ -695,7 +795,14 @@ mod tests {
                 silence_url: None,
                 flapping: false,
             }],
-            tocsin: TocsinFields { reason: Reason::Update, escalation: None, step: None, cycle: None, acked: false },
+            tocsin: TocsinFields {
+                reason: Reason::Update,
+                escalation: None,
+                step: None,
+                cycle: None,
+                acked: false,
+                digest: None,
+            },
         }
     }
 
@@ -870,6 +977,65 @@ mod tests {
         assert!(err.to_string().contains("in the clear"), "{err}");
         let seen = server.await.expect("server");
         assert!(!seen.contains("AUTH"), "credentials were sent: {seen}");
+    }
+
+    /// A receiver with `rate_limit: { messages: 2, per: 1s }` given five
+    /// notifications at once: two go out, the other three are folded into
+    /// one digest when the window allows; none is dropped, and all five
+    /// jobs are reported finished (so they leave the outbox).
+    #[tokio::test]
+    async fn a_rate_limit_folds_the_surplus_into_one_digest() {
+        let sink = crate::testkit::WebhookSink::start(0).await.expect("sink");
+        let receiver = Receiver {
+            name: "chat".into(),
+            integrations: vec![Integration::Webhook {
+                url: format!("http://{}/chat", sink.addr),
+                headers: Default::default(),
+                timeout: Duration::from_secs(5),
+            }],
+            rate_limit: Some(crate::config::RateLimit { messages: 2, per: Duration::from_secs(1) }),
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let clock = Arc::new(crate::ManualClock::new(0));
+        let n = Notifier::new([("chat".to_string(), receiver)].into(), tx, RetryPolicy::default(), clock);
+        let started = Instant::now();
+        for i in 0..5 {
+            let mut p = payload(&format!("h{i}"));
+            p.alerts[0].fingerprint = format!("f{i}");
+            n.enqueue(Job {
+                id: format!("j{i}"),
+                receiver: "chat".into(),
+                group_key: format!("g{i}"),
+                reason: crate::dispatch::Reason::Update,
+                payload: p,
+                created_at: 0,
+            });
+        }
+        let got = sink.wait_for_count(3, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 3, "two sent, then one digest");
+        assert!(got[2].at.duration_since(started) >= Duration::from_millis(900), "the digest waited for the window");
+        let digest = &got[2].body;
+        assert_eq!(digest["tocsin"]["reason"], "digest");
+        assert_eq!(digest["tocsin"]["digest"], 3);
+        let hosts: Vec<&str> = digest["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .map(|a| a["labels"]["host"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(hosts, ["h2", "h3", "h4"]);
+        let mut finished = Vec::new();
+        while finished.len() < 5 {
+            let a = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("attempt").expect("open");
+            if a.finished && a.ok {
+                finished.push(a.job_id);
+            }
+        }
+        finished.sort();
+        assert_eq!(finished, ["j0", "j1", "j2", "j3", "j4"]);
+        assert_eq!(n.folded(), [("chat".to_string(), 3, 1)]);
+        let text = default_text(&crate::dispatch::digest("chat", &[&payload("a"), &payload("b")], 0));
+        assert!(text.contains("[digest of 2 notifications held back by this receiver's rate limit]"), "{text}");
     }
 
     #[test]

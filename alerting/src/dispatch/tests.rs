@@ -444,3 +444,31 @@ fn a_child_told_before_its_parent_fired_keeps_its_story() {
     }
     assert_eq!(sent, [pair("ServiceDown", "resolved")], "its end is told to those told it fired");
 }
+
+/// Issue 13: a step with `repeat` is sent again every `repeat` until the
+/// next step is due, and not once it is acknowledged.
+#[test]
+fn a_step_repeats_until_the_next_step_is_due_or_an_ack() {
+    let yaml = BASE
+        .replace("      - { after: 15m, notify: [backup] }", "      - { after: 15m, notify: [backup], repeat: 5m }");
+    let mut h = Harness::new(&yaml);
+    let mut insts = vec![firing("DiskFull", &[("team", "esc")], "critical")];
+    let mut sent = Vec::new();
+    for minute in 0..=40 {
+        for r in receivers(&h.tick(minute * M, &insts).jobs) {
+            sent.push((minute, r.to_string()));
+        }
+    }
+    let got: Vec<(i64, &str)> = sent.iter().map(|(m, r)| (*m, r.as_str())).collect();
+    assert_eq!(got, [(1, "oncall"), (16, "backup"), (21, "backup"), (26, "backup"), (31, "leader")]);
+    // Acknowledged while a repeating step is the last sent: no more repeats.
+    let mut h = Harness::new(&yaml);
+    let mut sent = Vec::new();
+    for minute in 0..=40 {
+        if minute == 18 {
+            insts[0].ack = Some(Ack { by: "bob".into(), comment: String::new(), at: 18 * M, severity: None });
+        }
+        sent.extend(receivers(&h.tick(minute * M, &insts).jobs).into_iter().map(str::to_string));
+    }
+    assert_eq!(sent, ["oncall", "backup"]);
+}
