@@ -32,10 +32,11 @@ pub struct AlertView {
     pub severity: Option<String>,
     pub flapping: bool,
     pub acked: bool,
-    /// Told firing, then suppressed by an alert it depends on: kept as it
+    /// Told firing, then suppressed by an alert it depends on or routed to
+    /// another group while firing: kept as it
     /// was told (not "resolved"), and paging no one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub suppressed: bool,
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -253,22 +254,18 @@ impl Dispatcher {
                 continue;
             };
             let alerts: Vec<&Instance> = members.get(key).map(|m| m.2.clone()).unwrap_or_default();
-            let suppressed = |id: &str| matches!(out.muted.get(id), Some(Mute::Suppressed(_)));
-            // An alert this group told of that is still firing, not muted,
-            // and routed to another group (its severity changed) moved: it
-            // did not resolve. It is dropped without a word; the group it
-            // moved to tells of it, and of its end.
-            let before = g.sent.len();
-            let here: std::collections::HashSet<&str> = alerts.iter().map(|i| i.id.as_str()).collect();
-            g.sent.retain(|id, _| {
-                here.contains(id.as_str())
-                    || !by_id.get(id.as_str()).is_some_and(|i| i.state == AlertState::Firing)
-                    || out.muted.contains_key(id)
-            });
-            out.changed |= g.sent.len() != before;
-            let content = group_content(g, &alerts, &suppressed);
+            // An alert this group told firing that is no longer one of its
+            // members but still fires, suppressed by an alert it depends on
+            // or routed to another group (its severity changed), did not
+            // resolve: it is held as told, paging no one, and its end is
+            // told here too when it comes.
+            let held = |id: &str| {
+                by_id.get(id).is_some_and(|i| i.state == AlertState::Firing)
+                    && matches!(out.muted.get(id), None | Some(Mute::Suppressed(_)))
+            };
+            let content = group_content(g, &alerts, &held);
             let firing_any = content.values().any(|v| v.status == "firing");
-            let unacked_any = content.values().any(|v| v.status == "firing" && !v.acked && !v.suppressed);
+            let unacked_any = content.values().any(|v| v.status == "firing" && !v.acked && !v.held);
             let ctx = SendCtx { g_key: key, route, by_id: &by_id, content: &content, external_url, now, links };
 
             let mut sent_now = BTreeSet::new();
@@ -398,7 +395,9 @@ struct SendCtx<'a> {
 impl SendCtx<'_> {
     fn job(&self, receiver: &str, reason: Reason, esc: Option<(&EscalationState, usize)>) -> Job {
         let mut alerts = Vec::new();
-        for (id, view) in self.content {
+        // A held alert (suppressed, or moved to another group) is not
+        // mentioned until it ends.
+        for (id, view) in self.content.iter().filter(|(_, v)| !v.held) {
             let Some(inst) = self.by_id.get(id.as_str()) else { continue };
             alerts.push(PayloadAlert {
                 status: view.status.clone(),
@@ -523,14 +522,11 @@ fn common<'a>(mut sets: impl Iterator<Item = &'a BTreeMap<String, String>>) -> B
 
 /// The group's alerts as they are now: its current members, plus the
 /// alerts it last reported firing that are gone (resolved or silenced),
-/// which are reported resolved once. One that is `suppressed` (by an alert
-/// it depends on) did not resolve: it stays as it was told, paging no one,
-/// until it resolves (then that is told) or the alert it depends on clears.
-fn group_content(
-    g: &GroupState,
-    alerts: &[&Instance],
-    suppressed: &dyn Fn(&str) -> bool,
-) -> BTreeMap<String, AlertView> {
+/// which are reported resolved once. One that is `held` (suppressed by an
+/// alert it depends on, or routed to another group while firing) did not
+/// resolve: it stays as it was told, paging no one, until it resolves (then
+/// that is told here too) or comes back.
+fn group_content(g: &GroupState, alerts: &[&Instance], held: &dyn Fn(&str) -> bool) -> BTreeMap<String, AlertView> {
     let mut content = BTreeMap::new();
     for inst in alerts {
         let status = if inst.state == AlertState::Firing { "firing" } else { "resolved" };
@@ -551,16 +547,16 @@ fn group_content(
                 severity: inst.severity.clone(),
                 flapping: inst.flapping,
                 acked: inst.ack.is_some(),
-                suppressed: false,
+                held: false,
             },
         );
     }
     for (id, prev) in &g.sent {
         if !content.contains_key(id) && prev.status == "firing" {
-            let view = if suppressed(id) {
-                AlertView { suppressed: true, ..prev.clone() }
+            let view = if held(id) {
+                AlertView { held: true, ..prev.clone() }
             } else {
-                AlertView { status: "resolved".into(), suppressed: false, ..prev.clone() }
+                AlertView { status: "resolved".into(), held: false, ..prev.clone() }
             };
             content.insert(id.clone(), view);
         }
@@ -686,5 +682,7 @@ fn group_key(route: usize, labels: &Labels) -> String {
     format!("{route}:{{{}}}", inner.join(","))
 }
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
