@@ -1,10 +1,11 @@
 //! A deterministic simulation of the dispatcher on a fake clock: seeded
 //! scenarios of random threshold crossings, severity changes (which move
-//! alerts between routes), acknowledgements, silences, inhibition and
-//! restarts from the persisted state, each checked against the invariants
-//! an on-call team relies on. A failing scenario names its seed;
-//! `TOCSIN_SIM_SEED=<seed> cargo test --lib -p tocsin-alerting sim` replays
-//! it alone, and `TOCSIN_SIM_SCENARIOS=<n>` runs more.
+//! alerts between routes), acknowledgements, silences, inhibition,
+//! dependencies (`Errors` depends on `HostDown`) and restarts from the
+//! persisted state, each checked against the invariants an on-call team
+//! relies on. A failing scenario names its seed; `TOCSIN_SIM_SEED=<seed>
+//! cargo test --workspace --lib seeded_scenarios` replays it alone, and
+//! `TOCSIN_SIM_SCENARIOS=<n>` runs more.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -21,6 +22,15 @@ const M: i64 = 60 * S;
 const SCENARIOS: u64 = 10_000;
 
 const CONFIG: &str = r#"
+groups:
+  - name: g
+    rules:
+      - { alert: HostDown, sql: "SELECT 1 AS value", thresholds: { critical: "> 0" } }
+      - { alert: Slow, sql: "SELECT 1 AS value", thresholds: { critical: "> 0" } }
+      - alert: Errors
+        sql: "SELECT 1 AS value"
+        thresholds: { critical: "> 0" }
+        depends_on: [{ alert: HostDown, equal: [host] }]
 route:
   receiver: oncall
   group_by: [alertname, host]
