@@ -41,6 +41,10 @@ pub struct RulesFile {
     pub receivers: Vec<ReceiverFile>,
     #[serde(default)]
     pub maintenance_windows: Vec<MaintenanceFile>,
+    /// Alertmanager's `time_intervals` (plus dates), named for routes
+    /// and rules.
+    #[serde(default)]
+    pub time_intervals: Vec<crate::calendar::TimeIntervalFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +82,10 @@ pub struct RuleFile {
     /// Alerts whose firing suppresses this one (with equal labels).
     #[serde(default)]
     pub depends_on: Vec<DependsOnFile>,
+    /// Time intervals the rule runs in; outside them it is not evaluated
+    /// and what it had firing resolves.
+    #[serde(default)]
+    pub active_during: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +143,12 @@ pub struct RouteFile {
     pub match_re: BTreeMap<String, String>,
     #[serde(default, rename = "continue")]
     pub continue_: bool,
+    /// While any of these time intervals holds, the route sends nothing.
+    #[serde(default)]
+    pub mute_time_intervals: Vec<String>,
+    /// If given, the route sends only while one of them holds.
+    #[serde(default)]
+    pub active_time_intervals: Vec<String>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
 }
@@ -281,6 +295,7 @@ pub struct Config {
     pub escalations: HashMap<String, Escalation>,
     pub receivers: HashMap<String, Receiver>,
     pub maintenance: Vec<Maintenance>,
+    pub time_intervals: HashMap<String, crate::calendar::TimeInterval>,
     /// Files the configuration was read from, for change detection.
     pub sources: Vec<PathBuf>,
 }
@@ -296,6 +311,9 @@ pub struct Route {
     pub matchers: Matchers,
     pub continue_: bool,
     pub children: Vec<usize>,
+    /// The route's own (not inherited, as in Alertmanager).
+    pub mute_time_intervals: Vec<String>,
+    pub active_time_intervals: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -486,6 +504,13 @@ impl Config {
             for m in file.maintenance_windows {
                 config.maintenance.push(compile_maintenance(m).map_err(&invalid)?);
             }
+            for t in file.time_intervals {
+                let t = crate::calendar::compile(t).map_err(&invalid)?;
+                if config.time_intervals.contains_key(&t.name) {
+                    return Err(invalid(format!("time interval {:?} is defined twice", t.name)));
+                }
+                config.time_intervals.insert(t.name.clone(), t);
+            }
         }
         check_dependencies(&config.groups, &rule_names)?;
         let (route_path, root) = route_file.unwrap_or_else(|| ("(default)".to_string(), RouteFile::default()));
@@ -513,6 +538,25 @@ impl Config {
                 return Err(invalid(format!("route refers to unknown escalation {e:?}")));
             }
         }
+        let unknown_interval =
+            |names: &[String]| names.iter().find(|n| !config.time_intervals.contains_key(*n)).cloned();
+        for r in &config.routes {
+            if let Some(n) =
+                unknown_interval(&r.mute_time_intervals).or_else(|| unknown_interval(&r.active_time_intervals))
+            {
+                return Err(invalid(format!("route refers to unknown time interval {n:?}")));
+            }
+        }
+        for g in &config.groups {
+            for r in &g.rules {
+                if let Some(n) = unknown_interval(&r.active_during) {
+                    return Err(ConfigError::Invalid {
+                        path: format!("group {:?}", g.name),
+                        message: format!("rule {:?} is active_during unknown time interval {n:?}", r.name),
+                    });
+                }
+            }
+        }
         for e in config.escalations.values() {
             for s in &e.steps {
                 for n in &s.notify {
@@ -526,6 +570,25 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// Why `route` sends nothing at `now`, if it does not: a mute time
+    /// interval that holds, or active intervals none of which holds.
+    pub fn route_quiet(&self, route: &Route, now: i64) -> Option<String> {
+        let holds = |n: &String| self.time_intervals.get(n).is_some_and(|t| t.contains(now));
+        if let Some(n) = route.mute_time_intervals.iter().find(|n| holds(n)) {
+            return Some(format!("mute time interval {n}"));
+        }
+        if !route.active_time_intervals.is_empty() && !route.active_time_intervals.iter().any(holds) {
+            return Some(format!("outside active time intervals {}", route.active_time_intervals.join(", ")));
+        }
+        None
+    }
+
+    /// Whether `rule` runs at `now` (its `active_during`, if any, holds).
+    pub fn rule_active(&self, rule: &Rule, now: i64) -> bool {
+        rule.active_during.is_empty()
+            || rule.active_during.iter().any(|n| self.time_intervals.get(n).is_some_and(|t| t.contains(now)))
     }
 
     /// The number of rules in all groups.
@@ -708,6 +771,7 @@ fn compile_rule(r: RuleFile) -> Result<Rule, String> {
             .into_iter()
             .map(|d| crate::rule::Dependency { alert: d.alert, equal: d.equal })
             .collect(),
+        active_during: r.active_during,
     })
 }
 
@@ -763,6 +827,8 @@ fn flatten_route(r: &RouteFile, parent: Option<&Route>, out: &mut Vec<Route>) ->
         matchers: Matchers::from_maps(&r.match_, &r.match_re)?,
         continue_: r.continue_,
         children: Vec::new(),
+        mute_time_intervals: r.mute_time_intervals.clone(),
+        active_time_intervals: r.active_time_intervals.clone(),
     };
     if route.group_interval.is_zero() || route.repeat_interval.is_zero() {
         return Err("group_interval and repeat_interval must be above zero".into());

@@ -253,6 +253,12 @@ impl Dispatcher {
                 finished.push(key.clone());
                 continue;
             };
+            // In a mute time interval (or outside its active ones) a route
+            // sends nothing and forgets nothing: what is due goes out when
+            // it ends.
+            if config.route_quiet(route, now).is_some() {
+                continue;
+            }
             let alerts: Vec<&Instance> = members.get(key).map(|m| m.2.clone()).unwrap_or_default();
             // An alert this group told firing that is no longer one of its
             // members but still fires, suppressed by an alert it depends on

@@ -356,6 +356,18 @@ impl AlertEngine {
         let mut transitions = Vec::new();
         for g in &due {
             for rule in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
+                // Outside its time intervals a rule is not evaluated, and
+                // what it had firing resolves (nobody is paged overnight
+                // about the session that ended).
+                {
+                    let mut inner = self.inner.lock();
+                    if !inner.config.rule_active(rule, now) {
+                        let note = format!("outside its active time intervals ({})", rule.active_during.join(", "));
+                        let instances = inner.rules.entry(rule_key(&g.name, &rule.name)).or_default();
+                        transitions.extend(crate::rule::quiet(instances, now, &note));
+                        continue;
+                    }
+                }
                 let started = Instant::now();
                 let result = self.querier.query(&rule.sql, g.database.as_deref()).await;
                 let samples = result.and_then(|b| samples_from_batches(&b));
@@ -440,6 +452,9 @@ impl AlertEngine {
         {
             let mut inner = self.inner.lock();
             for b in &batches {
+                if !inner.config.rule_active(&b.rule, now) {
+                    continue; // outside its time intervals: samples are not evaluated
+                }
                 let instances = inner.rules.entry(rule_key(&b.group, &b.rule.name)).or_default();
                 transitions.extend(evaluate_with(&b.rule, &b.group, &b.samples, instances, now, false));
             }

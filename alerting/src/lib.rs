@@ -9,6 +9,7 @@
 //! restart continues where it stopped, records history in the `system`
 //! database and answers the HTTP API.
 
+pub mod calendar;
 pub mod config;
 pub mod dispatch;
 pub mod duration;

@@ -112,6 +112,8 @@ pub struct Rule {
     /// Alerts this one depends on: while one of them fires with the same
     /// values of `equal`, this one is suppressed (see [`crate::dispatch`]).
     pub depends_on: Vec<Dependency>,
+    /// Time intervals the rule runs in (empty: always).
+    pub active_during: Vec<String>,
 }
 
 /// `depends_on: [{ alert: HostDown, equal: [host] }]`.
@@ -308,6 +310,32 @@ pub fn evaluate_with(
     out
 }
 
+/// A rule outside its `active_during` intervals: what it has pending
+/// stops, what it has firing resolves, each with `note` in its transition.
+pub fn quiet(instances: &mut BTreeMap<String, Instance>, now: i64, note: &str) -> Vec<Transition> {
+    let mut out = Vec::new();
+    for inst in instances.values_mut() {
+        let from = inst.state;
+        match from {
+            AlertState::Firing => {
+                inst.state = AlertState::Resolved;
+                inst.resolved_at = Some(now);
+                inst.cleared_since = None;
+            }
+            AlertState::Pending => {
+                inst.state = AlertState::Inactive;
+                inst.pending_since = None;
+            }
+            AlertState::Inactive | AlertState::Resolved => continue,
+        }
+        inst.updated_at = now;
+        let mut t = Transition::new(inst, from, inst.severity.clone(), now);
+        t.note = note.to_string();
+        out.push(t);
+    }
+    out
+}
+
 fn render_annotations(rule: &Rule, inst: &mut Instance) {
     inst.annotations =
         rule.annotations.iter().map(|(k, t)| (k.clone(), template::render(t, &inst.labels, inst.value))).collect();
@@ -444,6 +472,7 @@ mod tests {
             flap_changes: DEFAULT_FLAP_CHANGES,
             flap_window: DEFAULT_FLAP_WINDOW,
             depends_on: Vec::new(),
+            active_during: Vec::new(),
         }
     }
 

@@ -472,3 +472,33 @@ fn a_step_repeats_until_the_next_step_is_due_or_an_ack() {
     }
     assert_eq!(sent, ["oncall", "backup"]);
 }
+
+/// Issue 13, time intervals: a route sends nothing in its mute interval
+/// (nor outside its active ones); what came due is sent when it ends.
+#[test]
+fn a_muted_route_holds_its_notifications_until_the_interval_ends() {
+    let yaml = BASE.replace(
+        "    - match: { team: db }\n      receiver: dba\n",
+        "    - match: { team: db }\n      receiver: dba\n      mute_time_intervals: [night]\n    - match: { team: trading }\n      receiver: dba\n      active_time_intervals: [session]\n",
+    ) + r#"
+time_intervals:
+  - name: night
+    time_intervals: [{ times: [{ start_time: "00:00", end_time: "00:30" }] }]
+  - name: session
+    time_intervals: [{ times: [{ start_time: "01:00", end_time: "02:00" }] }]
+"#;
+    let mut h = Harness::new(&yaml);
+    // The epoch is 00:00 UTC: the db route is muted until 00:30.
+    let insts = vec![firing("Slow", &[("team", "db")], "warning"), firing("Lag", &[("team", "trading")], "warning")];
+    let mut sent = Vec::new();
+    for minute in 0..=70 {
+        for j in h.tick(minute * M, &insts).jobs {
+            sent.push((minute, j.payload.alerts[0].labels["alertname"].clone()));
+        }
+    }
+    assert_eq!(sent, [(30, "Slow".to_string()), (60, "Lag".to_string())]);
+    let unknown = BASE.replace("      receiver: dba\n", "      receiver: dba\n      mute_time_intervals: [nope]\n");
+    let p = PathBuf::from("t.yml");
+    let err = Config::from_files(vec![(p.clone(), parse_file(&p, &unknown).expect("yaml"))]).unwrap_err().to_string();
+    assert!(err.contains("unknown time interval \"nope\""), "{err}");
+}

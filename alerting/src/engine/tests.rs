@@ -319,6 +319,29 @@ async fn a_rise_in_severity_after_an_ack_pages_again_and_says_why() {
     assert!(view["ackLifted"].is_null(), "{view}");
 }
 
+/// Issue 13, `active_during`: outside its time intervals a rule is not
+/// evaluated and what it had firing resolves, with the reason noted.
+#[tokio::test]
+async fn a_rule_outside_its_session_is_quiet_and_resolves() {
+    let cap = capture(0).await;
+    // T0 is 08:00:00 UTC; the session ends at 08:01.
+    let yaml = rules_yaml(cap.0.addr)
+        .replace("        for: 2s\n", "        for: 0s\n        active_during: [session]\n")
+        + "time_intervals:\n  - name: session\n    time_intervals: [{ times: [{ start_time: \"08:00\", end_time: \"08:01\" }] }]\n";
+    let s = setup(&yaml);
+    s.set(&[("a", 99.0)]);
+    s.run_for(3).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("firing"));
+    s.run_for(60).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("resolved"), "the session ended");
+    let evaluations = s.engine.metrics.evaluations.load(Ordering::Relaxed);
+    s.run_for(10).await;
+    assert_eq!(s.engine.metrics.evaluations.load(Ordering::Relaxed), evaluations, "not evaluated outside it");
+    assert_eq!(s.state_of("a").as_deref(), Some("resolved"), "still high, but quiet");
+    let notes: Vec<String> = s.history.transitions.lock().iter().map(|t| t.note.clone()).collect();
+    assert!(notes.iter().any(|n| n == "outside its active time intervals (session)"), "{notes:?}");
+}
+
 #[tokio::test]
 async fn a_failing_receiver_gets_the_notification_once_when_it_recovers() {
     let cap = capture(2).await;
