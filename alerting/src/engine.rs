@@ -180,6 +180,8 @@ pub struct AlertEngine {
     pub metrics: AlertMetrics,
     /// Makes and checks the ack and silence links of notifications.
     links: crate::links::Links,
+    /// When the engine started (Unix milliseconds).
+    started_at: i64,
     /// Told of reloads the engine starts itself (a rule file changed), for
     /// the audit log; reloads asked for by callers are theirs to record.
     reload_hook: Mutex<Option<ReloadHook>>,
@@ -222,6 +224,7 @@ impl AlertEngine {
         let state = load_state(&opts.state_dir)?;
         let links = crate::links::Links::open(&opts.state_dir, &opts.external_url, opts.link_ttl)
             .map_err(|source| EngineError::StateIo { path: opts.state_dir.join("link-key"), source })?;
+        let started_at = clock.now_ms();
         let (tx, rx) = mpsc::unbounded_channel();
         let notifier = Notifier::new(config.receivers.clone(), tx, opts.retry.clone(), Arc::clone(&clock));
         let mut rules: BTreeMap<String, BTreeMap<String, Instance>> = BTreeMap::new();
@@ -270,6 +273,7 @@ impl AlertEngine {
             reload_hook: Mutex::new(None),
             metrics: AlertMetrics::default(),
             links,
+            started_at,
         });
         engine.metrics.outbox_saved.store(pending.len() as u64, Ordering::Relaxed);
         if !pending.is_empty() {
@@ -400,8 +404,77 @@ impl AlertEngine {
                 }
             }
         }
+        {
+            // Posted alerts whose endsAt passed resolve.
+            let mut inner = self.inner.lock();
+            let posted = format!("{}/", crate::external::GROUP);
+            for (_, instances) in inner.rules.iter_mut().filter(|(k, _)| k.starts_with(&posted)) {
+                transitions.extend(crate::external::expire(instances, now));
+            }
+        }
         self.finish_round(transitions).await;
         self.drain_attempts().await;
+    }
+
+    /// Alerts posted through Alertmanager's API (`POST /api/v2/alerts`):
+    /// checked as a whole (one bad alert refuses the post, naming it), then
+    /// routed like the engine's own. The number taken.
+    pub async fn post_alerts(&self, alerts: Vec<crate::external::PostableAlert>) -> Result<usize, EngineError> {
+        if alerts.len() > crate::external::MAX_POSTED {
+            return Err(EngineError::BadRequest(format!(
+                "{} alerts in one post; at most {}",
+                alerts.len(),
+                crate::external::MAX_POSTED
+            )));
+        }
+        let now = self.clock.now_ms();
+        let checked = alerts
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| crate::external::check(i, a, now))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(EngineError::BadRequest)?;
+        let n = checked.len();
+        let mut transitions = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            for c in checked {
+                let key = rule_key(crate::external::GROUP, &c.alertname);
+                let instances = inner.rules.entry(key).or_default();
+                transitions.extend(crate::external::apply(c, instances, now));
+            }
+            inner.dirty = true;
+        }
+        self.finish_round(transitions).await;
+        Ok(n)
+    }
+
+    /// The receivers an alert with `labels` is routed to (escalation
+    /// chains: every receiver of their steps).
+    pub fn receivers_of(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
+        let inner = self.inner.lock();
+        let config = &inner.config;
+        if config.routes.is_empty() {
+            return Vec::new();
+        }
+        let mut out = std::collections::BTreeSet::new();
+        for r in crate::dispatch::route_alert(&config.routes, 0, labels) {
+            let route = &config.routes[r];
+            match route.escalation.as_ref().and_then(|e| config.escalations.get(e)) {
+                Some(e) => out.extend(e.steps.iter().flat_map(|s| s.notify.iter().cloned())),
+                None => {
+                    out.insert(route.receiver.clone());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The configured receivers' names.
+    pub fn receiver_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.lock().config.receivers.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// After evaluations: dispatch, persist, hand the jobs to the notifier
@@ -493,8 +566,10 @@ impl AlertEngine {
         let keep_from = now - self.opts.resolved_retention.as_millis() as i64;
         let config = Arc::clone(&inner.config);
         let mut removed = false;
+        let posted = format!("{}/", crate::external::GROUP);
         inner.rules.retain(|key, instances| {
-            let exists = config.groups.iter().any(|g| g.rules.iter().any(|r| rule_key(&g.name, &r.name) == *key));
+            let exists = key.starts_with(&posted)
+                || config.groups.iter().any(|g| g.rules.iter().any(|r| rule_key(&g.name, &r.name) == *key));
             if !exists {
                 removed = true;
                 return false;
@@ -1030,6 +1105,11 @@ impl AlertEngine {
         );
     }
 
+    /// When the engine started (Unix milliseconds).
+    pub fn started_at(&self) -> i64 {
+        self.started_at
+    }
+
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
@@ -1049,6 +1129,8 @@ fn alert_json(i: &Instance, muted: Option<&Mute>) -> serde_json::Value {
         "activeSince": ts(i.active_since),
         "pendingSince": ts(i.pending_since),
         "resolvedAt": ts(i.resolved_at),
+        "updatedAt": crate::dispatch::rfc3339(i.updated_at),
+        "endsAt": ts(i.ends_at),
         "noData": i.no_data,
         "flapping": i.flapping,
         "ack": i.ack.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at), "severity": a.severity})),

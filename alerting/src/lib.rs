@@ -14,6 +14,7 @@ pub mod config;
 pub mod dispatch;
 pub mod duration;
 pub mod engine;
+pub mod external;
 pub mod links;
 pub mod matcher;
 pub mod notify;

@@ -85,6 +85,9 @@ pub struct Instance {
     /// After a resolve by hand: do not fire again until the condition has
     /// cleared once.
     pub hold_until_clear: bool,
+    /// A posted alert's `endsAt` (see [`crate::external`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<i64>,
 }
 
 impl Instance {
@@ -113,6 +116,7 @@ impl Instance {
             ack_lifted: None,
             resolved_by: None,
             hold_until_clear: false,
+            ends_at: None,
         };
         i.update_labels();
         i

@@ -45,18 +45,18 @@ impl From<EngineError> for ApiError {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body must be JSON like {example}: {e}")))
 }
 
-fn alert_scope(who: &Principal) -> Option<&AlertScope> {
+pub(crate) fn alert_scope(who: &Principal) -> Option<&AlertScope> {
     who.role.alerts.as_ref()
 }
 
 /// Whether an alert (as the engine shows it) is in `scope`.
-fn covers(scope: &AlertScope, alert: &serde_json::Value) -> bool {
+pub(crate) fn covers(scope: &AlertScope, alert: &serde_json::Value) -> bool {
     scope.covers(alert["group"].as_str().unwrap_or_default(), |name| alert["labels"][name].as_str())
 }
 
@@ -164,7 +164,7 @@ struct SilenceRequest {
     comment: String,
 }
 
-fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
         .map_err(|e| ApiError::bad_request(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))
@@ -203,7 +203,7 @@ async fn add_silence(
 }
 
 /// A scoped role sees the silences made in its scope only.
-fn own_silence(who: &Principal, silence: &serde_json::Value) -> bool {
+pub(crate) fn own_silence(who: &Principal, silence: &serde_json::Value) -> bool {
     alert_scope(who).is_none() || silence["scope"].as_str() == Some(who.role.name.as_str())
 }
 
@@ -213,7 +213,7 @@ async fn list_silences(State(engine): State<Arc<AlertEngine>>, Extension(who): E
     axum::Json(json!({ "silences": silences })).into_response()
 }
 
-fn scoped_silence(engine: &AlertEngine, who: &Principal, id: &str) -> Result<serde_json::Value, ApiError> {
+pub(crate) fn scoped_silence(engine: &AlertEngine, who: &Principal, id: &str) -> Result<serde_json::Value, ApiError> {
     let s = engine.silence(id).ok_or_else(|| EngineError::NoSuchSilence(id.to_string()))?;
     if own_silence(who, &s) {
         Ok(s)

@@ -62,7 +62,9 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/write", Requires(Write), crate::protocols::influx_v1_write)
         .post("/v1/metrics", Requires(Write), crate::protocols::otlp_metrics)
         .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs);
-    let routes = crate::auth_api::routes(crate::alert_links::routes(crate::alerts_api::routes(routes)));
+    let routes = crate::auth_api::routes(crate::alertmanager_api::routes(crate::alert_links::routes(
+        crate::alerts_api::routes(routes),
+    )));
     routes
         .build(Arc::clone(&state.auth), Arc::clone(&state.audit), state.loopback_only)
         .fallback(not_found)

@@ -15,6 +15,7 @@
 //! ```
 
 mod alert_links;
+mod alertmanager_api;
 mod alerts_api;
 mod audit_table;
 mod auth_api;

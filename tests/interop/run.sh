@@ -8,10 +8,10 @@ cargo build --locked --bin tocsin
 export TOCSIN_BIN="$BIN"
 # The STARTTLS scenario of the email test makes its certificates with openssl.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
-# Peers from Debian: Prometheus with node_exporter (remote_write), InfluxDB 1.6
-# (line protocol).
+# Peers from Debian: Prometheus with node_exporter (remote_write, alerts),
+# InfluxDB 1.6 (line protocol), amtool (Alertmanager's CLI).
 need=()
-for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter influxd:influxdb; do
+for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter influxd:influxdb amtool:prometheus-alertmanager; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -25,3 +25,4 @@ python3 tests/interop/test_influx_line_protocol.py
 python3 tests/interop/test_otlp_opentelemetry_sdk.py
 python3 tests/interop/test_flight_sql_adbc.py
 python3 tests/interop/test_auth_real_clients.py
+python3 tests/interop/test_amtool.py

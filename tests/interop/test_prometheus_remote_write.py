@@ -2,7 +2,9 @@
 node_exporter and itself, and pushes with remote_write to Tocsin. After a
 while, the samples Prometheus holds for a set of series (its own HTTP API,
 raw samples of a range selector) must be exactly the rows Tocsin holds for
-them: same series, same millisecond timestamps, same float64 values."""
+them: same series, same millisecond timestamps, same float64 values. The
+same Prometheus sends its alerts to Tocsin as to an Alertmanager
+(`alerting: alertmanagers:`), and they show in Alertmanager's API."""
 
 import os
 import subprocess
@@ -58,11 +60,20 @@ def main():
                                       stdout=plog, stderr=plog))
         prom = f"127.0.0.1:{prom_port}"
         config = os.path.join(tmp, "prometheus.yml")
+        rules = os.path.join(tmp, "prometheus-rules.yml")
+        with open(rules, "w") as f:
+            f.write("groups:\n  - name: t\n    rules:\n      - alert: NodeExporterUp\n        expr: up{job=\"node\"} == 1\n"
+                    "        labels: {severity: warning}\n        annotations: {summary: \"node exporter answers\"}\n")
         with open(config, "w") as f:
             f.write(f"""
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
+rule_files: ["{rules}"]
+alerting:
+  alertmanagers:
+    - api_version: v2
+      static_configs: [{{targets: ["{http}"]}}]
 scrape_configs:
   - job_name: node
     static_configs: [{{targets: ["127.0.0.1:{node_port}"]}}]
@@ -101,6 +112,12 @@ remote_write:
             n = sum(len(v) for v in ours.values())
             print(f"  {metric}: {len(ours)} series, {n} samples identical in both")
             assert n >= window // 2 * len(ours), f"{metric}: only {n} samples over {window} s"
+        # Prometheus' alert, sent to Tocsin as to an Alertmanager.
+        alerts = wait_for("Prometheus' alert in Tocsin's Alertmanager API",
+                          lambda: [a for a in get_json(f"http://{http}/api/v2/alerts")
+                                   if a["labels"].get("alertname") == "NodeExporterUp"])
+        assert alerts[0]["labels"]["job"] == "node" and alerts[0]["annotations"]["summary"] == "node exporter answers", alerts
+        assert alerts[0]["status"]["state"] == "active", alerts
         # Prometheus' own account: nothing it sent was refused.
         failed = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_failed_total)")
         sent = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_total)")
@@ -109,7 +126,7 @@ remote_write:
         series = sql(http, "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'")
         print(f"ok: Prometheus remote_write -> Tocsin, {series[0]['n']} metric tables, "
               f"{len(METRICS)} metrics compared sample by sample over {window} s; "
-              "and with `authorization` to a server with --auth")
+              "and with `authorization` to a server with --auth; its alerts reach Tocsin's Alertmanager API")
 
 
 if __name__ == "__main__":

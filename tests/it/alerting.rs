@@ -788,3 +788,112 @@ receivers:
     hook.wait_for(20, named("ServiceDown", "firing")).await.expect("the service is notified once the host is back");
     hook.wait_for(20, named("HostDown", "resolved")).await.expect("the host's recovery is told");
 }
+
+/// Issue 13, Alertmanager's API: Prometheus posts an alert to
+/// `/api/v2/alerts`; it is routed to the webhook like the engine's own,
+/// listed in Alertmanager's form, silenced through `/api/v2/silences`, and
+/// resolved when its sender posts `endsAt` in the past.
+#[tokio::test]
+async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with_rules(tmp.path(), &rules(&hook, "1h"));
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", server.http);
+    let now = chrono::Utc::now();
+    let alert = |ends: chrono::DateTime<chrono::Utc>| {
+        json!([{
+            "labels": {"alertname": "NodeDown", "instance": "node-7:9100", "severity": "critical"},
+            "annotations": {"summary": "node-7 is down"},
+            "startsAt": now.to_rfc3339(),
+            "endsAt": ends.to_rfc3339(),
+            "generatorURL": "http://prometheus:9090/graph"
+        }])
+    };
+    let resp =
+        http.post(url("/api/v2/alerts")).json(&alert(now + chrono::Duration::minutes(5))).send().await.expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let got = hook
+        .wait_for(20, |p, v| {
+            p == "/oncall" && v["alerts"][0]["labels"]["alertname"] == "NodeDown" && v["status"] == "firing"
+        })
+        .await
+        .expect("routed to the webhook");
+    assert_eq!(got["alerts"][0]["annotations"]["summary"], "node-7 is down");
+
+    let listed: Value = http
+        .get(url("/api/v2/alerts?filter=alertname%3D%22NodeDown%22"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let a = &listed[0];
+    assert_eq!(a["labels"]["instance"], "node-7:9100", "{listed}");
+    assert_eq!(a["status"]["state"], "active");
+    assert_eq!(a["receivers"][0]["name"], "oncall");
+    let none: Value = http
+        .get(url("/api/v2/alerts?filter=alertname%3D%22Other%22"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(none, json!([]));
+
+    let silence = json!({
+        "matchers": [{"name": "instance", "value": "node-7:9100", "isRegex": false, "isEqual": true}],
+        "startsAt": now.to_rfc3339(), "endsAt": (now + chrono::Duration::hours(1)).to_rfc3339(),
+        "createdBy": "amtool", "comment": "maintenance"
+    });
+    let made: Value =
+        http.post(url("/api/v2/silences")).json(&silence).send().await.expect("silence").json().await.expect("json");
+    let id = made["silenceID"].as_str().expect("silenceID").to_string();
+    // Muting is decided by the engine's next round (every 100 ms).
+    let mut a = Value::Null;
+    for _ in 0..100 {
+        let listed: Value = http.get(url("/api/v2/alerts")).send().await.expect("get").json().await.expect("json");
+        a = listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "NodeDown")
+            .cloned()
+            .expect("listed");
+        if a["status"]["state"] == "suppressed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a["status"]["state"], "suppressed", "{a}");
+    assert_eq!(a["status"]["silencedBy"][0], id.as_str());
+    let silences: Value = http.get(url("/api/v2/silences")).send().await.expect("get").json().await.expect("json");
+    assert_eq!(silences[0]["id"], id.as_str());
+    assert_eq!(silences[0]["status"]["state"], "active");
+    assert_eq!(http.delete(url(&format!("/api/v2/silence/{id}"))).send().await.expect("delete").status().as_u16(), 200);
+    let one: Value =
+        http.get(url(&format!("/api/v2/silence/{id}"))).send().await.expect("get").json().await.expect("json");
+    assert_eq!(one["status"]["state"], "expired");
+
+    // Resolved by its sender.
+    let resp =
+        http.post(url("/api/v2/alerts")).json(&alert(now - chrono::Duration::seconds(1))).send().await.expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    hook.wait_for(20, |p, v| {
+        p == "/oncall" && v["alerts"][0]["labels"]["alertname"] == "NodeDown" && v["status"] == "resolved"
+    })
+    .await
+    .expect("the resolution is told");
+    // Bad posts are refused with the reason.
+    let resp =
+        http.post(url("/api/v2/alerts")).json(&json!([{"labels": {"instance": "x"}}])).send().await.expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().await.expect("body").contains("alert 0: needs an alertname label"));
+    let status: Value = http.get(url("/api/v2/status")).send().await.expect("status").json().await.expect("json");
+    assert_eq!(status["cluster"]["status"], "disabled");
+    let receivers: Value =
+        http.get(url("/api/v2/receivers")).send().await.expect("receivers").json().await.expect("json");
+    assert_eq!(receivers, json!([{"name": "backup"}, {"name": "oncall"}]));
+}

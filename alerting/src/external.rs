@@ -1,0 +1,140 @@
+//! Alerts posted by other rule engines (Prometheus, vmalert) through
+//! Alertmanager's API (`POST /api/v2/alerts`): they become instances of
+//! their own group and go through the same routing, grouping, inhibition,
+//! silences, escalation, acknowledgement and history as Tocsin's rules.
+//!
+//! As in Alertmanager, an alert fires from `startsAt` until `endsAt`;
+//! senders repeat firing alerts (Prometheus every minute, with `endsAt` a
+//! few evaluation intervals ahead) and post `endsAt` in the past when one
+//! resolves. An alert whose `endsAt` passes without a repeat resolves.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::matcher::{Labels, fingerprint};
+use crate::state::{AlertState, Instance, Transition};
+
+/// The group that posted alerts belong to (their rule is their `alertname`).
+pub const GROUP: &str = "alertmanager-api";
+
+/// How long a posted alert without `endsAt` fires (Alertmanager's default
+/// `resolve_timeout`).
+pub const RESOLVE_TIMEOUT_MS: i64 = 5 * 60 * 1000;
+
+/// Most alerts in one post.
+pub const MAX_POSTED: usize = 10_000;
+
+/// Alertmanager's `PostableAlert`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PostableAlert {
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub starts_at: Option<String>,
+    #[serde(default)]
+    pub ends_at: Option<String>,
+    #[serde(default, rename = "generatorURL")]
+    pub generator_url: Option<String>,
+}
+
+/// A posted alert, checked: its identity and times.
+pub struct Checked {
+    pub alertname: String,
+    pub identity: Labels,
+    pub severity: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+    pub starts_at: i64,
+    pub ends_at: i64,
+}
+
+/// Prometheus' label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn label_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn time(field: &str, s: &str) -> Result<Option<i64>, String> {
+    // Go's zero time, which senders use for "not set".
+    if s.is_empty() || s.starts_with("0001-01-01") {
+        return Ok(None);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|e| format!("{field} {s:?} is not an RFC 3339 time: {e}"))
+}
+
+/// Checks one alert (index `i` of the post) at `now`.
+pub fn check(i: usize, a: PostableAlert, now: i64) -> Result<Checked, String> {
+    let ctx = |e: String| format!("alert {i}: {e}");
+    let alertname = a
+        .labels
+        .get("alertname")
+        .cloned()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ctx("needs an alertname label (routing and grouping go by it)".into()))?;
+    if let Some(k) = a.labels.keys().find(|k| !label_name(k)) {
+        return Err(ctx(format!("{:?} is not a label name", tocsin_auth::clip(k))));
+    }
+    let starts_at = time("startsAt", a.starts_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now);
+    let ends_at = time("endsAt", a.ends_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now + RESOLVE_TIMEOUT_MS);
+    let mut identity: Labels = a.labels;
+    let severity = identity.remove("severity");
+    Ok(Checked { alertname, identity, severity, annotations: a.annotations, starts_at, ends_at })
+}
+
+/// Applies a checked alert to its instances; the transition, if its state
+/// changed.
+pub fn apply(c: Checked, instances: &mut BTreeMap<String, Instance>, now: i64) -> Option<Transition> {
+    let id = fingerprint(&c.identity);
+    let inst =
+        instances.entry(id.clone()).or_insert_with(|| Instance::new(id, GROUP, &c.alertname, c.identity.clone(), now));
+    let from = inst.state;
+    let old_severity = inst.severity.clone();
+    let firing = c.ends_at > now;
+    inst.annotations = c.annotations;
+    inst.ends_at = Some(c.ends_at);
+    inst.severity = c.severity;
+    if firing && from != AlertState::Firing {
+        // A new episode starts unacknowledged.
+        inst.ack = None;
+        inst.ack_lifted = None;
+        inst.resolved_by = None;
+        inst.state = AlertState::Firing;
+        inst.active_since = Some(c.starts_at.min(now));
+        inst.pending_since = inst.active_since;
+        inst.resolved_at = None;
+    } else if !firing && from == AlertState::Firing {
+        inst.state = AlertState::Resolved;
+        inst.resolved_at = Some(c.ends_at.min(now));
+    }
+    inst.update_labels();
+    let changed = from != inst.state || (inst.state == AlertState::Firing && old_severity != inst.severity);
+    if changed {
+        inst.updated_at = now;
+        let mut t = Transition::new(inst, from, old_severity, now);
+        t.note = "posted through the Alertmanager API".into();
+        Some(t)
+    } else {
+        None
+    }
+}
+
+/// Posted alerts whose `endsAt` has passed resolve.
+pub fn expire(instances: &mut BTreeMap<String, Instance>, now: i64) -> Vec<Transition> {
+    let mut out = Vec::new();
+    for inst in instances.values_mut() {
+        if inst.state == AlertState::Firing && inst.ends_at.is_some_and(|e| e <= now) {
+            inst.state = AlertState::Resolved;
+            inst.resolved_at = inst.ends_at;
+            inst.updated_at = now;
+            let mut t = Transition::new(inst, AlertState::Firing, inst.severity.clone(), now);
+            t.note = "endsAt passed without a repeat from its sender".into();
+            out.push(t);
+        }
+    }
+    out
+}

@@ -1,0 +1,261 @@
+//! Alertmanager's v2 API, so that `amtool`, Grafana's Alertmanager data
+//! source, Prometheus and vmalert work against Tocsin unchanged:
+//!
+//! - `GET /api/v2/alerts` (with `filter`, `active`, `silenced`,
+//!   `inhibited`, `receiver`), `POST /api/v2/alerts` (posted alerts enter
+//!   the engine: see `tocsin_alerting::external`);
+//! - `GET`/`POST /api/v2/silences`, `GET`/`DELETE /api/v2/silence/{id}`;
+//! - `GET /api/v2/status`, `GET /api/v2/receivers`.
+//!
+//! Reading needs `read_alerts`, posting alerts `write`, silences
+//! `silence`; a role limited to some alerts sees and silences those only,
+//! as on `/api/v1`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tocsin_alerting::AlertEngine;
+use tocsin_alerting::matcher::LabelMatcher;
+use tocsin_alerting::state::{MatcherSpec, Silence, SilenceScope};
+use tocsin_auth::Principal;
+
+use crate::alerts_api::{alert_scope, covers, own_silence, parse_json, parse_time, scoped_silence};
+use crate::guard::Routes;
+use crate::http::{ApiError, AppState};
+
+pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
+    use tocsin_auth::Access::Requires;
+    use tocsin_auth::Permission::{ReadAlerts, Silence as SilencePerm, Write};
+    r.get("/api/v2/alerts", Requires(ReadAlerts), list_alerts)
+        .post("/api/v2/alerts", Requires(Write), post_alerts)
+        .get("/api/v2/silences", Requires(ReadAlerts), list_silences)
+        .post("/api/v2/silences", Requires(SilencePerm), add_silence)
+        .get("/api/v2/silence/{id}", Requires(ReadAlerts), get_silence)
+        .delete("/api/v2/silence/{id}", Requires(SilencePerm), expire_silence)
+        .get("/api/v2/status", Requires(ReadAlerts), status)
+        .get("/api/v2/receivers", Requires(ReadAlerts), receivers)
+}
+
+/// `name="value"`, `name=~"re"`, `name!="v"`, `name!~"re"` (quotes
+/// optional), as amtool sends them in `filter`.
+fn parse_matcher(s: &str) -> Result<LabelMatcher, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!("filter {:?} is not a matcher like alertname=\"HighCpu\"", tocsin_auth::clip(s)))
+    };
+    let at = s.find(['=', '!']).ok_or_else(bad)?;
+    let (name, rest) = s.split_at(at);
+    let (op, value) =
+        ["=~", "!~", "!=", "="].iter().find_map(|op| rest.strip_prefix(op).map(|v| (*op, v))).ok_or_else(bad)?;
+    let value = value.trim();
+    let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+    LabelMatcher::new(name.trim(), value, op.ends_with('~'), !op.starts_with('!')).map_err(ApiError::bad_request)
+}
+
+fn flag(pairs: &[(String, String)], name: &str, default: bool) -> bool {
+    pairs.iter().rev().find(|(k, _)| k == name).map_or(default, |(_, v)| v != "false")
+}
+
+/// An alert as the engine shows it, in Alertmanager's `GettableAlert` form.
+fn gettable(engine: &AlertEngine, a: &Value) -> Value {
+    let labels: BTreeMap<String, String> = serde_json::from_value(a["labels"].clone()).unwrap_or_default();
+    let muted = &a["muted"];
+    let ids = |kind: &str| -> Vec<Value> {
+        if muted["kind"] == kind { muted["by"].as_array().cloned().unwrap_or_default() } else { Vec::new() }
+    };
+    let silenced = ids("silenced");
+    let mut inhibited = ids("inhibited");
+    inhibited.extend(ids("suppressed"));
+    let state = if muted.is_null() { "active" } else { "suppressed" };
+    let receivers: Vec<Value> = engine.receivers_of(&labels).into_iter().map(|n| json!({ "name": n })).collect();
+    json!({
+        "fingerprint": a["id"],
+        "labels": labels,
+        "annotations": a["annotations"],
+        "startsAt": a["activeSince"].as_str().unwrap_or("0001-01-01T00:00:00Z"),
+        "endsAt": a["endsAt"].as_str().unwrap_or("0001-01-01T00:00:00Z"),
+        "updatedAt": a["updatedAt"],
+        "generatorURL": format!("/api/v1/alerts/{}", a["id"].as_str().unwrap_or("")),
+        "receivers": receivers,
+        "status": { "state": state, "silencedBy": silenced, "inhibitedBy": inhibited },
+    })
+}
+
+async fn list_alerts(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let filters =
+        pairs.iter().filter(|(k, _)| k == "filter").map(|(_, v)| parse_matcher(v)).collect::<Result<Vec<_>, _>>()?;
+    let receiver = match pairs.iter().find(|(k, _)| k == "receiver") {
+        Some((_, re)) => Some(
+            regex::Regex::new(&format!("^(?:{re})$"))
+                .map_err(|e| ApiError::bad_request(format!("receiver {re:?} is not a regex: {e}")))?,
+        ),
+        None => None,
+    };
+    let (active, silenced, inhibited) =
+        (flag(&pairs, "active", true), flag(&pairs, "silenced", true), flag(&pairs, "inhibited", true));
+    let scope = alert_scope(&who);
+    let mut out = Vec::new();
+    for a in engine.alerts(Some("firing"), &BTreeMap::new()) {
+        if scope.is_some_and(|s| !covers(s, &a)) {
+            continue;
+        }
+        let labels: BTreeMap<String, String> = serde_json::from_value(a["labels"].clone()).unwrap_or_default();
+        if !filters.iter().all(|m| m.matches(&labels)) {
+            continue;
+        }
+        let g = gettable(&engine, &a);
+        let is_silenced = !g["status"]["silencedBy"].as_array().is_none_or(Vec::is_empty);
+        let is_inhibited = !g["status"]["inhibitedBy"].as_array().is_none_or(Vec::is_empty);
+        let is_active = g["status"]["state"] == "active";
+        if (is_active && !active) || (is_silenced && !silenced) || (is_inhibited && !inhibited) {
+            continue;
+        }
+        if let Some(re) = &receiver
+            && !g["receivers"].as_array().into_iter().flatten().any(|r| re.is_match(r["name"].as_str().unwrap_or("")))
+        {
+            continue;
+        }
+        out.push(g);
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+async fn post_alerts(State(engine): State<Arc<AlertEngine>>, body: Bytes) -> Result<Response, ApiError> {
+    let alerts: Vec<tocsin_alerting::external::PostableAlert> =
+        parse_json(&body, r#"[{"labels": {"alertname": "HighCpu", "host": "web-1"}, "annotations": {}}]"#)?;
+    engine.post_alerts(alerts).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// A silence as the engine shows it, in Alertmanager's `GettableSilence`.
+fn gettable_silence(s: &Value) -> Value {
+    json!({
+        "id": s["id"],
+        "status": s["status"],
+        "updatedAt": s["startsAt"],
+        "matchers": s["matchers"],
+        "startsAt": s["startsAt"],
+        "endsAt": s["endsAt"],
+        "createdBy": s["createdBy"],
+        "comment": s["comment"],
+    })
+}
+
+async fn list_silences(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let filters =
+        pairs.iter().filter(|(k, _)| k == "filter").map(|(_, v)| parse_matcher(v)).collect::<Result<Vec<_>, _>>()?;
+    let out: Vec<Value> = engine
+        .silences()
+        .iter()
+        .filter(|s| own_silence(&who, s))
+        .filter(|s| {
+            // A silence matches a filter when one of its matchers is an
+            // equality on that label that the filter accepts.
+            let eq: BTreeMap<String, String> = s["matchers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["isEqual"] != false && m["isRegex"] != true)
+                .filter_map(|m| Some((m["name"].as_str()?.to_string(), m["value"].as_str()?.to_string())))
+                .collect();
+            filters.iter().all(|f| f.matches(&eq))
+        })
+        .map(gettable_silence)
+        .collect();
+    Ok(axum::Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PostableSilence {
+    #[serde(default)]
+    id: Option<String>,
+    matchers: Vec<MatcherSpec>,
+    starts_at: String,
+    ends_at: String,
+    created_by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn add_silence(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r: PostableSilence = parse_json(
+        &body,
+        r#"{"matchers": [{"name": "host", "value": "web-1", "isRegex": false}], "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2026-01-01T02:00:00Z", "createdBy": "ann", "comment": "reboot"}"#,
+    )?;
+    // Alertmanager updates a silence by expiring it and making a new one.
+    if let Some(id) = r.id.as_deref().filter(|id| !id.is_empty()) {
+        scoped_silence(&engine, &who, id)?;
+        engine.expire_silence(id)?;
+    }
+    let now = engine.clock().now_ms();
+    let s = engine.add_silence(Silence {
+        id: String::new(),
+        matchers: r.matchers,
+        starts_at: parse_time("startsAt", &r.starts_at)?.max(now),
+        ends_at: parse_time("endsAt", &r.ends_at)?,
+        created_by: r.created_by,
+        comment: r.comment,
+        created_at: 0,
+        scope: alert_scope(&who).map(|a| SilenceScope { role: who.role.name.clone(), alerts: a.clone() }),
+    })?;
+    Ok(axum::Json(json!({ "silenceID": s.id })).into_response())
+}
+
+async fn get_silence(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(gettable_silence(&scoped_silence(&engine, &who, &id)?)).into_response())
+}
+
+async fn expire_silence(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    scoped_silence(&engine, &who, &id)?;
+    engine.expire_silence(&id)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn status(State(app): State<AppState>) -> Response {
+    axum::Json(json!({
+        "cluster": { "name": "tocsin", "status": "disabled", "peers": [] },
+        "versionInfo": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "revision": "",
+            "branch": "",
+            "buildUser": "",
+            "buildDate": "",
+            "goVersion": "none (Tocsin)",
+        },
+        "config": { "original": "# Tocsin: routes, receivers and rules are in the rules files (docs/alerting.md)\n" },
+        "uptime": tocsin_alerting::dispatch::rfc3339(app.alerts.started_at()),
+    }))
+    .into_response()
+}
+
+async fn receivers(State(engine): State<Arc<AlertEngine>>) -> Response {
+    let names: Vec<Value> = engine.receiver_names().into_iter().map(|n| json!({ "name": n })).collect();
+    axum::Json(names).into_response()
+}
