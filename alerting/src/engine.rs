@@ -438,6 +438,25 @@ impl AlertEngine {
         let mut transitions = Vec::new();
         {
             let mut inner = self.inner.lock();
+            let posted = format!("{}/", crate::external::GROUP);
+            let held: usize = inner.rules.iter().filter(|(k, _)| k.starts_with(&posted)).map(|(_, m)| m.len()).sum();
+            let new = checked
+                .iter()
+                .filter(|c| {
+                    let id = crate::matcher::fingerprint(&c.identity);
+                    !inner
+                        .rules
+                        .get(&rule_key(crate::external::GROUP, &c.alertname))
+                        .is_some_and(|m| m.contains_key(&id))
+                })
+                .count();
+            if held + new > crate::external::MAX_POSTED_INSTANCES {
+                tocsin_storage::refusals::refused("max_posted_alerts");
+                return Err(EngineError::BadRequest(format!(
+                    "{held} posted alerts are kept already; at most {} (resolved ones are forgotten after an hour)",
+                    crate::external::MAX_POSTED_INSTANCES
+                )));
+            }
             for c in checked {
                 let key = rule_key(crate::external::GROUP, &c.alertname);
                 let instances = inner.rules.entry(key).or_default();

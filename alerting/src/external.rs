@@ -25,6 +25,11 @@ pub const RESOLVE_TIMEOUT_MS: i64 = 5 * 60 * 1000;
 /// Most alerts in one post.
 pub const MAX_POSTED: usize = 10_000;
 
+/// Most posted alerts kept at once (firing, or resolved within the
+/// retention): each is state saved and shown; senders must not grow it
+/// without bound.
+pub const MAX_POSTED_INSTANCES: usize = 100_000;
+
 /// Alertmanager's `PostableAlert`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]

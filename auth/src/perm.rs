@@ -30,10 +30,13 @@ pub enum Permission {
     Audit,
     /// Scrape the server's own metrics.
     Metrics,
+    /// Post alerts through Alertmanager's API (Prometheus, vmalert): they
+    /// page people, so collectors' `write` tokens may not.
+    PostAlerts,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 13] = [
         Permission::Query,
         Permission::Write,
         Permission::Tail,
@@ -46,6 +49,7 @@ impl Permission {
         Permission::Users,
         Permission::Audit,
         Permission::Metrics,
+        Permission::PostAlerts,
     ];
 
     /// The name used in configuration files and error messages.
@@ -63,6 +67,7 @@ impl Permission {
             Permission::Users => "users",
             Permission::Audit => "audit",
             Permission::Metrics => "metrics",
+            Permission::PostAlerts => "post_alerts",
         }
     }
 

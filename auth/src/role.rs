@@ -93,14 +93,16 @@ impl Role {
         }
     }
 
-    /// `admin`, `editor`, `viewer`, `writer`, `auditor`.
+    /// `admin`, `editor`, `viewer`, `writer`, `alerter`, `auditor`.
     pub fn builtins() -> Vec<Role> {
         use Permission::*;
         vec![
             Role::builtin("admin", &Permission::ALL),
-            Role::builtin("editor", &[Query, Write, Tail, Trace, ReadAlerts, Rules, Silence, Ack, Metrics]),
+            Role::builtin("editor", &[Query, Write, Tail, Trace, ReadAlerts, Rules, Silence, Ack, Metrics, PostAlerts]),
             Role::builtin("viewer", &[Query, Tail, Trace, ReadAlerts, Metrics]),
             Role::builtin("writer", &[Write]),
+            // What Prometheus or vmalert needs to send alerts, and no more.
+            Role::builtin("alerter", &[PostAlerts]),
             Role {
                 name: "auditor".into(),
                 permissions: [Query, Audit].into_iter().collect(),

@@ -7,9 +7,10 @@
 //! - `GET`/`POST /api/v2/silences`, `GET`/`DELETE /api/v2/silence/{id}`;
 //! - `GET /api/v2/status`, `GET /api/v2/receivers`.
 //!
-//! Reading needs `read_alerts`, posting alerts `write`, silences
-//! `silence`; a role limited to some alerts sees and silences those only,
-//! as on `/api/v1`.
+//! Reading needs `read_alerts`, posting alerts `post_alerts` (role
+//! `alerter`; not `write`: a collector's token must not page people),
+//! silences `silence`; a role limited to some alerts sees, posts and
+//! silences those only, as on `/api/v1`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,9 +33,9 @@ use crate::http::{ApiError, AppState};
 
 pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
     use tocsin_auth::Access::Requires;
-    use tocsin_auth::Permission::{ReadAlerts, Silence as SilencePerm, Write};
+    use tocsin_auth::Permission::{PostAlerts, ReadAlerts, Silence as SilencePerm};
     r.get("/api/v2/alerts", Requires(ReadAlerts), list_alerts)
-        .post("/api/v2/alerts", Requires(Write), post_alerts)
+        .post("/api/v2/alerts", Requires(PostAlerts), post_alerts)
         .get("/api/v2/silences", Requires(ReadAlerts), list_silences)
         .post("/api/v2/silences", Requires(SilencePerm), add_silence)
         .get("/api/v2/silence/{id}", Requires(ReadAlerts), get_silence)
@@ -130,9 +131,24 @@ async fn list_alerts(
     Ok(axum::Json(out).into_response())
 }
 
-async fn post_alerts(State(engine): State<Arc<AlertEngine>>, body: Bytes) -> Result<Response, ApiError> {
+async fn post_alerts(
+    State(engine): State<Arc<AlertEngine>>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let alerts: Vec<tocsin_alerting::external::PostableAlert> =
         parse_json(&body, r#"[{"labels": {"alertname": "HighCpu", "host": "web-1"}, "annotations": {}}]"#)?;
+    if let Some(scope) = alert_scope(&who)
+        && let Some((i, _)) = alerts
+            .iter()
+            .enumerate()
+            .find(|(_, a)| !scope.covers(tocsin_alerting::external::GROUP, |n| a.labels.get(n).map(String::as_str)))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} (role {}) may not post alert {i}: it is outside the role's alerts", who.name, who.role.name),
+        ));
+    }
     engine.post_alerts(alerts).await?;
     Ok(StatusCode::OK.into_response())
 }

@@ -1249,3 +1249,24 @@ async fn every_flight_sql_statement_is_audited_and_tickets_cannot_be_forged() {
     let failed = with("bad-cast-marker");
     assert!(failed.len() == 1 && failed[0]["outcome"] == "error" && failed[0]["status"] == 400, "{body}");
 }
+
+/// Posting alerts pages people: a collector's `write` token may not; the
+/// `alerter` role (what Prometheus or vmalert is given) may, and nothing else.
+#[tokio::test]
+async fn only_alerters_post_alerts_to_the_alertmanager_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "");
+    let writer = create_token(&server, &admin, "writer", &[]);
+    let alerter = create_token(&server, &admin, "alerter", &[]);
+    let alert = json!([{"labels": {"alertname": "NodeDown", "instance": "n1"}}]);
+    let (status, body) = call(&server, "POST", "/api/v2/alerts", Some(&writer), Some(alert.clone())).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("post_alerts"), "{body}");
+    let (status, body) = call(&server, "POST", "/api/v2/alerts", Some(&alerter), Some(alert)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(call(&server, "GET", "/api/v2/alerts", Some(&alerter), None).await.0, 403, "an alerter reads nothing");
+    let (status, body) = call(&server, "GET", "/api/v2/alerts", Some(&admin), None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("NodeDown"), "{body}");
+    assert_eq!(sql(&server, &alerter, "SELECT 1 AS one").await.0, 403);
+}
