@@ -271,11 +271,18 @@ pub struct MaintenanceFile {
     /// `mon`..`sun`; empty means every day.
     #[serde(default)]
     pub days: Vec<String>,
-    /// `HH:MM`, in `utc_offset` local time.
-    pub start: String,
-    pub end: String,
+    /// `HH:MM`, in `utc_offset` local time (a daily window).
+    pub start: Option<String>,
+    pub end: Option<String>,
     #[serde(default)]
     pub utc_offset: Option<String>,
+    /// Named `time_intervals` the window is open in (instead of a daily
+    /// `start`/`end`).
+    #[serde(default)]
+    pub time_intervals: Vec<String>,
+    /// A one-off window (RFC 3339), alone or bounding the others.
+    pub starts_at: Option<String>,
+    pub ends_at: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -416,10 +423,13 @@ pub struct Maintenance {
     pub matchers: Matchers,
     /// Days of the week (0 = Monday) it applies on; empty = every day.
     pub days: Vec<u32>,
-    /// Minutes since local midnight.
-    pub start_min: u32,
-    pub end_min: u32,
+    /// Minutes since local midnight, when the window is daily.
+    pub daily: Option<(u32, u32)>,
     pub utc_offset_min: i32,
+    /// Named time intervals it is open in.
+    pub time_intervals: Vec<String>,
+    /// One-off bounds (Unix milliseconds, end exclusive).
+    pub between: Option<(i64, i64)>,
 }
 
 const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -545,6 +555,11 @@ impl Config {
                 unknown_interval(&r.mute_time_intervals).or_else(|| unknown_interval(&r.active_time_intervals))
             {
                 return Err(invalid(format!("route refers to unknown time interval {n:?}")));
+            }
+        }
+        for m in &config.maintenance {
+            if let Some(n) = unknown_interval(&m.time_intervals) {
+                return Err(invalid(format!("maintenance window {:?} refers to unknown time interval {n:?}", m.name)));
             }
         }
         for g in &config.groups {
@@ -1002,24 +1017,50 @@ fn compile_maintenance(m: MaintenanceFile) -> Result<Maintenance, String> {
     if matchers.is_empty() {
         return Err(ctx("needs `match` or `match_re`: a window that silences everything is a mistake".into()));
     }
-    Ok(Maintenance {
-        start_min: hm(&m.start).map_err(ctx)?,
-        end_min: hm(&m.end).map_err(ctx)?,
-        name: m.name,
-        matchers,
-        days,
-        utc_offset_min,
-    })
+    let daily = match (&m.start, &m.end) {
+        (Some(s), Some(e)) => Some((hm(s).map_err(ctx)?, hm(e).map_err(ctx)?)),
+        (None, None) => None,
+        _ => return Err(ctx("give both `start` and `end` (HH:MM), or neither".into())),
+    };
+    let at = |field: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        v.as_deref()
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.timestamp_millis())
+                    .map_err(|e| ctx(format!("{field} {s:?} is not an RFC 3339 time: {e}")))
+            })
+            .transpose()
+    };
+    let between = match (at("starts_at", &m.starts_at)?, at("ends_at", &m.ends_at)?) {
+        (Some(a), Some(b)) if a < b => Some((a, b)),
+        (Some(_), Some(_)) => return Err(ctx("ends_at must be after starts_at".into())),
+        (None, None) => None,
+        _ => return Err(ctx("give both `starts_at` and `ends_at`, or neither".into())),
+    };
+    if daily.is_some() && !m.time_intervals.is_empty() {
+        return Err(ctx("give a daily `start`/`end` or `time_intervals`, not both".into()));
+    }
+    if daily.is_none() && m.time_intervals.is_empty() && between.is_none() {
+        return Err(ctx("needs a daily `start`/`end`, `time_intervals`, or `starts_at`/`ends_at`".into()));
+    }
+    Ok(Maintenance { name: m.name, matchers, days, daily, utc_offset_min, time_intervals: m.time_intervals, between })
 }
 
 impl Maintenance {
-    /// Whether `at_ms` (Unix milliseconds) falls in the window.
-    pub fn active_at(&self, at_ms: i64) -> bool {
+    /// Whether `at_ms` (Unix milliseconds) falls in the window (`intervals`:
+    /// the configuration's named time intervals).
+    pub fn active_at(&self, at_ms: i64, intervals: &HashMap<String, crate::calendar::TimeInterval>) -> bool {
+        if self.between.is_some_and(|(a, b)| at_ms < a || at_ms >= b) {
+            return false;
+        }
+        if !self.time_intervals.is_empty() {
+            return self.time_intervals.iter().any(|n| intervals.get(n).is_some_and(|t| t.contains(at_ms)));
+        }
+        let Some((start, end)) = self.daily else { return true }; // one-off only
         let local = at_ms / 60_000 + self.utc_offset_min as i64;
         let minute_of_day = local.rem_euclid(1440) as u32;
         // 1970-01-01 was a Thursday (3 with Monday = 0).
         let day = ((local.div_euclid(1440) + 3).rem_euclid(7)) as u32;
-        let (start, end) = (self.start_min, self.end_min);
         if start <= end {
             (self.days.is_empty() || self.days.contains(&day)) && minute_of_day >= start && minute_of_day < end
         } else {
@@ -1225,18 +1266,22 @@ receivers:
             match_: [("env".to_string(), "prod".to_string())].into(),
             match_re: BTreeMap::new(),
             days: vec!["sat".into()],
-            start: "23:00".into(),
-            end: "02:00".into(),
+            start: Some("23:00".into()),
+            end: Some("02:00".into()),
             utc_offset: Some("+01:00".into()),
+            time_intervals: Vec::new(),
+            starts_at: None,
+            ends_at: None,
         })
         .expect("valid");
+        let none = HashMap::new();
         // 2026-11-21 is a Saturday. 22:30 UTC = 23:30 local: inside.
         let t = chrono::DateTime::parse_from_rfc3339("2026-11-21T22:30:00Z").expect("date").timestamp_millis();
-        assert!(m.active_at(t));
+        assert!(m.active_at(t, &none));
         let t = chrono::DateTime::parse_from_rfc3339("2026-11-22T00:30:00Z").expect("date").timestamp_millis();
-        assert!(m.active_at(t), "01:30 Sunday local belongs to Saturday's window");
+        assert!(m.active_at(t, &none), "01:30 Sunday local belongs to Saturday's window");
         let t = chrono::DateTime::parse_from_rfc3339("2026-11-22T22:30:00Z").expect("date").timestamp_millis();
-        assert!(!m.active_at(t), "Sunday evening is not in the window");
+        assert!(!m.active_at(t, &none), "Sunday evening is not in the window");
     }
 
     /// Generated rule files (mutations of the shipped rule pack and of YAML

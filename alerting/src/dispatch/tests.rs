@@ -502,3 +502,32 @@ time_intervals:
     let err = Config::from_files(vec![(p.clone(), parse_file(&p, &unknown).expect("yaml"))]).unwrap_err().to_string();
     assert!(err.contains("unknown time interval \"nope\""), "{err}");
 }
+
+/// Maintenance windows as time intervals, and one-off windows: the alerts
+/// they match are muted while they are open.
+#[test]
+fn maintenance_windows_by_time_interval_and_one_off() {
+    let yaml = BASE.to_string()
+        + r#"
+time_intervals:
+  - name: first-quarter-hour
+    time_intervals: [{ times: [{ start_time: "00:00", end_time: "00:15" }] }]
+maintenance_windows:
+  - { name: patching, match: { host: a }, time_intervals: [first-quarter-hour] }
+  - { name: migration, match: { host: b }, starts_at: "1970-01-01T00:00:00Z", ends_at: "1970-01-01T00:20:00Z" }
+"#;
+    let mut h = Harness::new(&yaml);
+    let insts = vec![firing("Slow", &[("host", "a")], "warning"), firing("Lag", &[("host", "b")], "warning")];
+    let out = h.tick(0, &insts);
+    assert_eq!(out.muted.get(&insts[0].id), Some(&Mute::Maintenance("patching".into())));
+    assert_eq!(out.muted.get(&insts[1].id), Some(&Mute::Maintenance("migration".into())));
+    let out = h.tick(16 * M, &insts);
+    assert!(!out.muted.contains_key(&insts[0].id), "the interval ended");
+    assert!(out.muted.contains_key(&insts[1].id), "the one-off window runs to 00:20");
+    let out = h.tick(20 * M, &insts);
+    assert!(out.muted.is_empty(), "{:?}", out.muted);
+    let p = PathBuf::from("t.yml");
+    let bad = BASE.to_string() + "maintenance_windows:\n  - { name: x, match: { host: a } }\n";
+    let err = Config::from_files(vec![(p.clone(), parse_file(&p, &bad).expect("yaml"))]).unwrap_err().to_string();
+    assert!(err.contains("needs a daily `start`/`end`, `time_intervals`, or `starts_at`/`ends_at`"), "{err}");
+}
