@@ -29,6 +29,8 @@ enum Command {
     Alerts(commands::alerts::Config),
     /// Silences of a running server: list, add, expire.
     Silences(commands::alerts::SilenceConfig),
+    /// Who is on call in each schedule (now or --at a time), and who is next.
+    Oncall(commands::oncall::Config),
     /// One flow across every service that logged it (by trace id).
     Trace(commands::trace::Config),
     /// Follow the log stream live, with filters.
@@ -56,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Rules(c) => commands::rules::run(c),
         Command::Alerts(c) => commands::alerts::run(c),
         Command::Silences(c) => commands::alerts::run_silences(c),
+        Command::Oncall(c) => commands::oncall::run(c),
         Command::Trace(c) => commands::trace::run(c),
         Command::Tail(c) => commands::tail::run(c),
         Command::Repair(c) => commands::repair::run(c),

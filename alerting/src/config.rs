@@ -45,6 +45,12 @@ pub struct RulesFile {
     /// and rules.
     #[serde(default)]
     pub time_intervals: Vec<crate::calendar::TimeIntervalFile>,
+    /// People who can be on call, and how to reach them.
+    #[serde(default)]
+    pub people: Vec<crate::oncall::Person>,
+    /// On-call schedules (see [`crate::oncall`]).
+    #[serde(default)]
+    pub schedules: Vec<crate::oncall::ScheduleFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,7 +190,14 @@ pub struct EscalationFile {
 #[serde(deny_unknown_fields)]
 pub struct StepFile {
     pub after: Dur,
+    #[serde(default)]
     pub notify: Vec<String>,
+    /// Whoever is on call in this schedule, reached through `via`.
+    pub oncall: Option<String>,
+    /// The receivers that reach the person on call (a robot @-mentions
+    /// them, email goes to their address).
+    #[serde(default)]
+    pub via: Vec<String>,
     /// Send this step again every `repeat` until the next step is due or
     /// the alerts are acknowledged.
     pub repeat: Option<Dur>,
@@ -303,6 +316,8 @@ pub struct Config {
     pub receivers: HashMap<String, Receiver>,
     pub maintenance: Vec<Maintenance>,
     pub time_intervals: HashMap<String, crate::calendar::TimeInterval>,
+    pub people: HashMap<String, crate::oncall::Person>,
+    pub schedules: HashMap<String, crate::oncall::Schedule>,
     /// Files the configuration was read from, for change detection.
     pub sources: Vec<PathBuf>,
 }
@@ -349,6 +364,8 @@ pub struct Escalation {
 pub struct Step {
     pub after: Duration,
     pub notify: Vec<String>,
+    /// (schedule, via receivers).
+    pub oncall: Option<(String, Vec<String>)>,
     pub repeat: Option<Duration>,
 }
 
@@ -467,6 +484,7 @@ impl Config {
     pub fn from_files(files: Vec<(PathBuf, RulesFile)>) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         let mut route_file: Option<(String, RouteFile)> = None;
+        let mut schedule_files = Vec::new();
         let mut rule_names = HashSet::new();
         let mut group_names = HashSet::new();
         for (path, file) in files {
@@ -514,6 +532,12 @@ impl Config {
             for m in file.maintenance_windows {
                 config.maintenance.push(compile_maintenance(m).map_err(&invalid)?);
             }
+            for p in file.people {
+                if config.people.insert(p.name.clone(), p.clone()).is_some() {
+                    return Err(invalid(format!("person {:?} is defined twice", p.name)));
+                }
+            }
+            schedule_files.extend(file.schedules);
             for t in file.time_intervals {
                 let t = crate::calendar::compile(t).map_err(&invalid)?;
                 if config.time_intervals.contains_key(&t.name) {
@@ -523,6 +547,23 @@ impl Config {
             }
         }
         check_dependencies(&config.groups, &rule_names)?;
+        for f in schedule_files {
+            let s = crate::oncall::compile(f, &config.people)
+                .map_err(|message| ConfigError::Invalid { path: "schedules".into(), message })?;
+            if let Some(n) = s.interval_names().find(|n| !config.time_intervals.contains_key(*n)) {
+                return Err(ConfigError::Invalid {
+                    path: "schedules".into(),
+                    message: format!("schedule {:?} refers to unknown time interval {n:?}", s.name),
+                });
+            }
+            if config.schedules.contains_key(&s.name) {
+                return Err(ConfigError::Invalid {
+                    path: "schedules".into(),
+                    message: format!("schedule {:?} is defined twice", s.name),
+                });
+            }
+            config.schedules.insert(s.name.clone(), s);
+        }
         let (route_path, root) = route_file.unwrap_or_else(|| ("(default)".to_string(), RouteFile::default()));
         let invalid = |message: String| ConfigError::Invalid { path: route_path.clone(), message };
         let delivers = !config.groups.is_empty() && !config.receivers.is_empty();
@@ -574,7 +615,15 @@ impl Config {
         }
         for e in config.escalations.values() {
             for s in &e.steps {
-                for n in &s.notify {
+                if let Some((schedule, _)) = &s.oncall
+                    && !config.schedules.contains_key(schedule)
+                {
+                    return Err(ConfigError::Invalid {
+                        path: route_path.clone(),
+                        message: format!("escalation {:?} refers to unknown schedule {schedule:?}", e.name),
+                    });
+                }
+                for n in s.notify.iter().chain(s.oncall.iter().flat_map(|(_, via)| via)) {
                     if !config.receivers.contains_key(n) {
                         return Err(ConfigError::Invalid {
                             path: route_path.clone(),
@@ -871,8 +920,15 @@ fn compile_escalation(e: EscalationFile) -> Result<Escalation, String> {
                 i + 1
             ));
         }
-        if s.notify.is_empty() {
+        if s.notify.is_empty() && s.oncall.is_none() {
             return Err(format!("escalation {:?}: step {} notifies nobody", e.name, i + 1));
+        }
+        if s.oncall.is_some() == s.via.is_empty() {
+            return Err(format!(
+                "escalation {:?}: step {}: `oncall: SCHEDULE` and `via: [receivers]` go together",
+                e.name,
+                i + 1
+            ));
         }
         if s.repeat.is_some_and(|r| r.0 < Duration::from_secs(1)) {
             return Err(format!("escalation {:?}: step {} repeats more often than once a second", e.name, i + 1));
@@ -890,7 +946,12 @@ fn compile_escalation(e: EscalationFile) -> Result<Escalation, String> {
         steps: e
             .steps
             .into_iter()
-            .map(|s| Step { after: s.after.0, notify: s.notify, repeat: s.repeat.map(|d| d.0) })
+            .map(|s| Step {
+                after: s.after.0,
+                notify: s.notify,
+                oncall: s.oncall.map(|o| (o, s.via)),
+                repeat: s.repeat.map(|d| d.0),
+            })
             .collect(),
         repeat: e.repeat,
         repeat_interval,

@@ -171,6 +171,51 @@ pub struct TocsinFields {
     /// A digest: how many notifications it folds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<u32>,
+    /// A step that reaches whoever is on call: the schedule and the person
+    /// (none when nobody is on call then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oncall: Option<OnCallField>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OnCallField {
+    pub schedule: String,
+    pub person: Option<crate::oncall::Person>,
+}
+
+/// Queues the notifications of escalation step `n` (1-based) of `esc`:
+/// its fixed receivers, and the person on call through its `via`.
+#[allow(clippy::too_many_arguments)]
+fn push_step(
+    jobs: &mut Vec<Job>,
+    told: (&mut BTreeSet<String>, &mut BTreeSet<String>),
+    ctx: &SendCtx<'_>,
+    config: &Config,
+    step: &crate::config::Step,
+    esc: &EscalationState,
+    n: usize,
+    now: i64,
+) {
+    let (notified, sent_now) = told;
+    for r in &step.notify {
+        jobs.push(ctx.job(r, Reason::Escalation, Some((esc, n))));
+        notified.insert(r.clone());
+        sent_now.insert(r.clone());
+    }
+    if let Some((schedule, via)) = &step.oncall {
+        let person = config
+            .schedules
+            .get(schedule)
+            .and_then(|s| s.on_call(now, &config.time_intervals))
+            .and_then(|m| config.people.get(&m).cloned());
+        for r in via {
+            let mut job = ctx.job(r, Reason::Escalation, Some((esc, n)));
+            job.payload.tocsin.oncall = Some(OnCallField { schedule: schedule.clone(), person: person.clone() });
+            jobs.push(job);
+            notified.insert(r.clone());
+            sent_now.insert(r.clone());
+        }
+    }
 }
 
 /// What [`Dispatcher::tick`] decided.
@@ -301,11 +346,8 @@ impl Dispatcher {
                     if due > now {
                         break;
                     }
-                    for r in &step.notify {
-                        out.jobs.push(ctx.job(r, Reason::Escalation, Some((esc, esc.next_step + 1))));
-                        g.notified.insert(r.clone());
-                        sent_now.insert(r.clone());
-                    }
+                    let n = esc.next_step + 1;
+                    push_step(&mut out.jobs, (&mut g.notified, &mut sent_now), &ctx, config, step, esc, n, now);
                     esc.last_step = Some((esc.next_step, now));
                     esc.next_step += 1;
                     if esc.next_step == policy.steps.len() {
@@ -325,11 +367,8 @@ impl Dispatcher {
                     && let Some(every) = policy.steps.get(i).and_then(|s| s.repeat)
                     && now >= at + every.as_millis() as i64
                 {
-                    for r in &policy.steps[i].notify {
-                        out.jobs.push(ctx.job(r, Reason::Escalation, Some((esc, i + 1))));
-                        g.notified.insert(r.clone());
-                        sent_now.insert(r.clone());
-                    }
+                    let step = &policy.steps[i];
+                    push_step(&mut out.jobs, (&mut g.notified, &mut sent_now), &ctx, config, step, esc, i + 1, now);
                     esc.last_step = Some((i, now));
                 }
                 if !sent_now.is_empty() {
@@ -466,6 +505,7 @@ impl SendCtx<'_> {
                     cycle: esc.map(|(e, _)| e.cycle),
                     acked,
                     digest: None,
+                    oncall: None,
                 },
             },
         }
@@ -507,6 +547,7 @@ pub fn digest(receiver: &str, payloads: &[&Payload], now: i64) -> Payload {
             cycle: None,
             acked,
             digest: Some(payloads.len() as u32),
+            oncall: None,
         },
     }
 }

@@ -489,6 +489,36 @@ impl AlertEngine {
         out.into_iter().collect()
     }
 
+    /// Each schedule's shift at `at_ms` and the next one (looking up to 60
+    /// days ahead).
+    pub fn oncall(&self, at_ms: i64) -> Vec<serde_json::Value> {
+        let inner = self.inner.lock();
+        let config = &inner.config;
+        let mut names: Vec<&String> = config.schedules.keys().collect();
+        names.sort();
+        let shift = |s: Option<crate::oncall::Shift>| {
+            s.map(|s| {
+                let person = config.people.get(&s.member);
+                serde_json::json!({
+                    "member": s.member,
+                    "from": crate::dispatch::rfc3339(s.from),
+                    "until": crate::dispatch::rfc3339(s.until),
+                    "email": person.and_then(|p| p.email.clone()),
+                    "mobile": person.and_then(|p| p.mobile.clone()),
+                    "userId": person.and_then(|p| p.user_id.clone()),
+                })
+            })
+        };
+        names
+            .into_iter()
+            .map(|n| {
+                let (now, next) =
+                    config.schedules[n].now_and_next(at_ms, &config.time_intervals, Duration::from_secs(60 * 86_400));
+                serde_json::json!({ "schedule": n, "now": shift(now), "next": shift(next) })
+            })
+            .collect()
+    }
+
     /// The configured receivers' names.
     pub fn receiver_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.inner.lock().config.receivers.keys().cloned().collect();

@@ -19,6 +19,7 @@ pub mod links;
 pub mod matcher;
 pub mod notify;
 pub mod on_ingest;
+pub mod oncall;
 pub mod rule;
 pub mod ruletest;
 pub mod state;

@@ -287,7 +287,7 @@ impl Notifier {
                     Some(t) => render_group(t, shown),
                     None => default_text(shown),
                 };
-                let body = robot_body(*kind, &text, payload, at);
+                let body = robot_body(*kind, &text, payload, &with_oncall(at, payload));
                 let url = match secret {
                     Some(secret) => dingtalk_signed(url, secret, chrono::Utc::now().timestamp_millis()),
                     None => url.clone(),
@@ -297,9 +297,29 @@ impl Notifier {
             }
             Integration::Email(e) => {
                 let timeout = e.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30));
-                tokio::time::timeout(timeout, send_email(e, payload)).await.map_err(|_| SendError::Timeout(timeout))?
+                let e = email_for(e, payload);
+                tokio::time::timeout(timeout, send_email(&e, payload)).await.map_err(|_| SendError::Timeout(timeout))?
             }
         }
+    }
+}
+
+/// A robot's mentions, plus the person on call the step reaches through it.
+fn with_oncall(at: &Mentions, payload: &Payload) -> Mentions {
+    let mut at = at.clone();
+    if let Some(p) = payload.tocsin.oncall.as_ref().and_then(|o| o.person.as_ref()) {
+        at.mobiles.extend(p.mobile.iter().cloned());
+        at.user_ids.extend(p.user_id.iter().cloned());
+    }
+    at
+}
+
+/// An email receiver, sent to the person on call when the step reaches
+/// them through it (and they have an address).
+fn email_for<'a>(e: &'a EmailFile, payload: &Payload) -> std::borrow::Cow<'a, EmailFile> {
+    match payload.tocsin.oncall.as_ref().and_then(|o| o.person.as_ref()?.email.clone()) {
+        Some(addr) => std::borrow::Cow::Owned(EmailFile { to: vec![addr], ..e.clone() }),
+        None => std::borrow::Cow::Borrowed(e),
     }
 }
 
@@ -406,6 +426,12 @@ pub fn default_text(p: &Payload) -> String {
     }
     if let Some(e) = &p.tocsin.escalation {
         out.push_str(&format!(" [escalation {e}, step {}]", p.tocsin.step.unwrap_or(0)));
+    }
+    if let Some(o) = &p.tocsin.oncall {
+        match &o.person {
+            Some(person) => out.push_str(&format!(" [on call in {}: {}]", o.schedule, person.name)),
+            None => out.push_str(&format!(" [nobody is on call in {}]", o.schedule)),
+        }
     }
     if let Some(n) = p.tocsin.digest {
         out.push_str(&format!(" [digest of {n} notifications held back by this receiver's rate limit]"));
@@ -802,6 +828,7 @@ mod tests {
                 cycle: None,
                 acked: false,
                 digest: None,
+                oncall: None,
             },
         }
     }
@@ -1036,6 +1063,41 @@ mod tests {
         assert_eq!(n.folded(), [("chat".to_string(), 3, 1)]);
         let text = default_text(&crate::dispatch::digest("chat", &[&payload("a"), &payload("b")], 0));
         assert!(text.contains("[digest of 2 notifications held back by this receiver's rate limit]"), "{text}");
+    }
+
+    #[test]
+    fn the_person_on_call_is_mentioned_and_mailed() {
+        let mut p = payload("db-1");
+        let team = Mentions { user_ids: vec!["lead".into()], ..Mentions::default() };
+        assert_eq!(with_oncall(&team, &p), team, "no step with a schedule: as configured");
+        let person = crate::oncall::Person {
+            name: "alice".into(),
+            email: Some("alice@example.com".into()),
+            mobile: Some("13800000001".into()),
+            user_id: None,
+        };
+        p.tocsin.oncall = Some(crate::dispatch::OnCallField { schedule: "primary".into(), person: Some(person) });
+        let at = with_oncall(&team, &p);
+        assert_eq!(
+            (at.mobiles.as_slice(), at.user_ids.as_slice()),
+            (&["13800000001".to_string()][..], &["lead".to_string()][..])
+        );
+        let e = EmailFile {
+            to: vec!["team@example.com".into()],
+            from: "tocsin@example.com".into(),
+            smarthost: "127.0.0.1:25".into(),
+            username: None,
+            password: None,
+            subject: None,
+            text: None,
+            html: None,
+            tls: None,
+            ca_file: None,
+            timeout: None,
+        };
+        assert_eq!(email_for(&e, &p).to, ["alice@example.com"]);
+        p.tocsin.oncall = Some(crate::dispatch::OnCallField { schedule: "primary".into(), person: None });
+        assert_eq!(email_for(&e, &p).to, ["team@example.com"], "nobody on call: the receiver's own address");
     }
 
     #[test]

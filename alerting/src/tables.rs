@@ -178,3 +178,46 @@ impl tocsin_query::LiveTable for AlertsTable {
         RecordBatch::try_new(Self::schema_ref(), columns)
     }
 }
+
+/// `system.oncall`: who is on call in each schedule now, and who is next.
+#[derive(Debug)]
+pub struct OnCallTable {
+    pub engine: Weak<AlertEngine>,
+}
+
+impl tocsin_query::LiveTable for OnCallTable {
+    fn schema(&self) -> SchemaRef {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        Arc::new(Schema::new(vec![
+            Field::new("schedule", DataType::Utf8, false),
+            Field::new("on_call", DataType::Utf8, true),
+            Field::new("until", ts.clone(), true),
+            Field::new("next", DataType::Utf8, true),
+            Field::new("next_from", ts, true),
+        ]))
+    }
+
+    fn batch(&self) -> Result<RecordBatch, ArrowError> {
+        let rows = match self.engine.upgrade() {
+            Some(e) => e.oncall(e.clock().now_ms()),
+            None => Vec::new(),
+        };
+        let text = |f: &dyn Fn(&serde_json::Value) -> Option<String>| -> ArrayRef {
+            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+        };
+        let time = |f: &dyn Fn(&serde_json::Value) -> Option<i64>| -> ArrayRef {
+            Arc::new(TimestampMillisecondArray::from(rows.iter().map(f).collect::<Vec<_>>()).with_timezone("UTC"))
+        };
+        let at = |v: &serde_json::Value| {
+            v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()).map(|t| t.timestamp_millis())
+        };
+        let columns: Vec<ArrayRef> = vec![
+            text(&|r| r["schedule"].as_str().map(str::to_string)),
+            text(&|r| r["now"]["member"].as_str().map(str::to_string)),
+            time(&|r| at(&r["now"]["until"])),
+            text(&|r| r["next"]["member"].as_str().map(str::to_string)),
+            time(&|r| at(&r["next"]["from"])),
+        ];
+        RecordBatch::try_new(self.schema(), columns)
+    }
+}

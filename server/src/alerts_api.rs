@@ -36,6 +36,7 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
         .get("/api/v1/silences/{id}", Requires(ReadAlerts), get_silence)
         .delete("/api/v1/silences/{id}", Requires(Silence), expire_silence)
         .get("/api/v1/rules", Requires(ReadAlerts), rules)
+        .get("/api/v1/oncall", Requires(ReadAlerts), oncall)
         .post("/api/v1/rules/reload", Requires(Rules), reload)
 }
 
@@ -254,4 +255,20 @@ async fn rules(State(engine): State<Arc<AlertEngine>>, Extension(who): Extension
 async fn reload(State(engine): State<Arc<AlertEngine>>) -> Result<Response, ApiError> {
     let n = engine.reload()?;
     Ok(axum::Json(json!({ "rules": n })).into_response())
+}
+
+#[derive(Deserialize)]
+struct OnCallQuery {
+    at: Option<String>,
+}
+
+/// Who is on call in each schedule now (or `?at=` an RFC 3339 time), and
+/// who is next.
+async fn oncall(State(engine): State<Arc<AlertEngine>>, Query(q): Query<OnCallQuery>) -> Result<Response, ApiError> {
+    let at = match q.at.as_deref() {
+        Some(t) => parse_time("at", t)?,
+        None => engine.clock().now_ms(),
+    };
+    Ok(axum::Json(json!({ "at": tocsin_alerting::dispatch::rfc3339(at), "schedules": engine.oncall(at) }))
+        .into_response())
 }

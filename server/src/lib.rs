@@ -406,6 +406,10 @@ fn start_alerting(
         Arc::new(StorageHistory { storage: Arc::clone(storage) }),
     )?;
     query.register_system_table("alerts", Arc::new(AlertsTable { engine: Arc::downgrade(&engine) }));
+    query.register_system_table(
+        "oncall",
+        Arc::new(tocsin_alerting::tables::OnCallTable { engine: Arc::downgrade(&engine) }),
+    );
     storage.add_write_observer(engine.ingest_observer());
     let c = engine.config();
     tracing::info!(

@@ -1,6 +1,7 @@
 pub(crate) mod alerts;
 pub(crate) mod audit;
 mod client;
+pub(crate) mod oncall;
 pub(crate) mod repair;
 pub(crate) mod rules;
 pub(crate) mod serve;

@@ -897,3 +897,39 @@ async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() 
         http.get(url("/api/v2/receivers")).send().await.expect("receivers").json().await.expect("json");
     assert_eq!(receivers, json!([{"name": "backup"}, {"name": "oncall"}]));
 }
+
+/// Issue 13, on-call schedules through the binary: `GET /api/v1/oncall`
+/// and `tocsin oncall --at` say who is on call and who is next, across a
+/// hand-off in a time zone with daylight saving.
+#[tokio::test]
+async fn tocsin_oncall_says_who_is_on_call_and_who_is_next() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = rules(&hook, "1h")
+        + r#"
+people:
+  - { name: alice, email: alice@example.com }
+  - { name: bob, mobile: "13800000002" }
+schedules:
+  - name: primary
+    location: Europe/London
+    layers: [{ start: "2026-03-23T09:00", every: 1w, members: [alice, bob] }]
+"#;
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
+    let v = get(&server, "/api/v1/oncall?at=2026-03-25T12:00:00Z").await;
+    let s = &v["schedules"][0];
+    assert_eq!(s["schedule"], "primary", "{v}");
+    assert_eq!(s["now"]["member"], "alice");
+    assert_eq!(s["now"]["email"], "alice@example.com");
+    // The hand-off is Monday 09:00 London, which is 08:00 UTC after the
+    // clocks went forward on 2026-03-29.
+    assert_eq!(s["next"]["member"], "bob");
+    assert_eq!(s["next"]["from"], "2026-03-30T08:00:00.000Z");
+    let (ok, out, err) = cli(&server, &["oncall", "--at", "2026-03-30T08:30:00+00:00"]);
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("primary")).expect("a row for primary");
+    assert!(line.contains("bob") && line.contains("alice"), "bob now, alice next: {out}");
+    let rows = server.sql("SELECT schedule, next FROM system.oncall").await;
+    assert_eq!(rows[0]["schedule"], "primary", "{rows:?}");
+    assert!(rows[0]["next"] == "alice" || rows[0]["next"] == "bob", "{rows:?}");
+}

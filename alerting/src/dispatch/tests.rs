@@ -531,3 +531,44 @@ maintenance_windows:
     let err = Config::from_files(vec![(p.clone(), parse_file(&p, &bad).expect("yaml"))]).unwrap_err().to_string();
     assert!(err.contains("needs a daily `start`/`end`, `time_intervals`, or `starts_at`/`ends_at`"), "{err}");
 }
+
+/// Issue 13, on-call schedules: an escalation step reaches whoever is on
+/// call in a schedule, through its `via` receivers.
+#[test]
+fn an_escalation_step_reaches_whoever_is_on_call() {
+    let yaml = BASE.replace(
+        "      - { after: 0s, notify: [oncall] }\n",
+        "      - { after: 0s, oncall: primary, via: [oncall] }\n",
+    ) + r#"
+people:
+  - { name: alice, email: alice@example.com, mobile: "13800000001" }
+  - { name: bob, email: bob@example.com, user_id: bob.li }
+schedules:
+  - name: primary
+    layers: [{ start: "1970-01-01T00:00", every: 1d, members: [alice, bob] }]
+"#;
+    let mut h = Harness::new(&yaml);
+    let mut insts = vec![firing("DiskFull", &[("team", "esc")], "critical")];
+    h.tick(0, &insts);
+    let out = h.tick(10 * S, &insts);
+    assert_eq!(receivers(&out.jobs), ["oncall"]);
+    let oncall = out.jobs[0].payload.tocsin.oncall.clone().expect("the person on call");
+    assert_eq!(oncall.schedule, "primary");
+    let alice = oncall.person.expect("alice");
+    assert_eq!((alice.name.as_str(), alice.mobile.as_deref()), ("alice", Some("13800000001")));
+    // The next day, a new problem: bob is on call.
+    insts[0].state = AlertState::Resolved;
+    for t in [60, 120, 180] {
+        h.tick(t * S, &insts);
+    }
+    insts[0].state = AlertState::Firing;
+    let day = 24 * 60 * M;
+    h.tick(day, &insts);
+    let out = h.tick(day + 10 * S, &insts);
+    let bob = out.jobs.iter().find_map(|j| j.payload.tocsin.oncall.clone()).and_then(|o| o.person).expect("bob");
+    assert_eq!(bob.name, "bob");
+    let bad = yaml.replace("oncall: primary", "oncall: secondary");
+    let p = PathBuf::from("t.yml");
+    let err = Config::from_files(vec![(p.clone(), parse_file(&p, &bad).expect("yaml"))]).unwrap_err().to_string();
+    assert!(err.contains("unknown schedule \"secondary\""), "{err}");
+}

@@ -1,0 +1,289 @@
+//! On-call schedules: who is on call in a schedule at a time, from layers
+//! of rotations (a hand-off time and a length, members in turn, in an IANA
+//! time zone) and overrides for a period. Escalation steps notify "whoever
+//! is on call in schedule X" through receivers (`via`), which reach that
+//! person: robots @-mention their mobile or user id, email goes to their
+//! address.
+//!
+//! ```yaml
+//! people:
+//!   - { name: alice, email: alice@example.com, mobile: "13800000001", user_id: alice.wang }
+//! schedules:
+//!   - name: primary
+//!     location: Asia/Shanghai
+//!     layers:
+//!       - { start: "2026-01-05T09:00", every: 1w, members: [alice, bob, carol] }
+//!       - { start: "2026-01-05T18:00", every: 1d, members: [dave, erin], active: [nights] }
+//!     overrides:
+//!       - { member: frank, starts_at: "2026-12-24T09:00:00+08:00", ends_at: "2026-12-26T09:00:00+08:00" }
+//! ```
+//!
+//! A later layer wins where it applies (its `active` time intervals hold,
+//! or always); an override wins over every layer. Hand-offs happen at the
+//! same local time of day across daylight-saving changes: rotations count
+//! local wall-clock time from `start`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::TimeInterval;
+use crate::duration::Dur;
+
+/// A person who can be on call, and how to reach them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Person {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mobile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleFile {
+    pub name: String,
+    pub location: Option<String>,
+    pub layers: Vec<LayerFile>,
+    #[serde(default)]
+    pub overrides: Vec<OverrideFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerFile {
+    /// The first hand-off, local time: `2026-01-05T09:00`.
+    pub start: String,
+    /// Each member's turn: `1d`, `1w`, `12h`.
+    pub every: Dur,
+    pub members: Vec<String>,
+    /// Time intervals the layer applies in (default: always).
+    #[serde(default)]
+    pub active: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideFile {
+    pub member: String,
+    pub starts_at: String,
+    pub ends_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: String,
+    location: Tz,
+    layers: Vec<Layer>,
+    /// (from, to, member), Unix milliseconds, `to` exclusive.
+    overrides: Vec<(i64, i64, String)>,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    start: NaiveDateTime,
+    every: Duration,
+    members: Vec<String>,
+    active: Vec<String>,
+}
+
+/// Who is on call at a time, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shift {
+    pub member: String,
+    /// Unix milliseconds.
+    pub from: i64,
+    pub until: i64,
+}
+
+impl Schedule {
+    /// The member on call at `at_ms`, if anyone is (`intervals`: the
+    /// configuration's named time intervals).
+    pub fn on_call(&self, at_ms: i64, intervals: &HashMap<String, TimeInterval>) -> Option<String> {
+        if let Some((_, _, m)) = self.overrides.iter().rev().find(|(a, b, _)| (*a..*b).contains(&at_ms)) {
+            return Some(m.clone());
+        }
+        let local = DateTime::from_timestamp_millis(at_ms)?.with_timezone(&self.location).naive_local();
+        self.layers.iter().rev().find_map(|l| {
+            let applies =
+                l.active.is_empty() || l.active.iter().any(|n| intervals.get(n).is_some_and(|t| t.contains(at_ms)));
+            if !applies || local < l.start {
+                return None;
+            }
+            let turn = (local - l.start).num_seconds().div_euclid(l.every.as_secs().max(1) as i64);
+            Some(l.members[turn.rem_euclid(l.members.len() as i64) as usize].clone())
+        })
+    }
+
+    /// The shift at `at_ms` and the next one: who, from when, until when
+    /// (found by stepping a minute at a time to the next change, at most
+    /// `horizon` ahead).
+    pub fn now_and_next(
+        &self,
+        at_ms: i64,
+        intervals: &HashMap<String, TimeInterval>,
+        horizon: Duration,
+    ) -> (Option<Shift>, Option<Shift>) {
+        const STEP: i64 = 60_000;
+        let end = at_ms + horizon.as_millis() as i64;
+        let who = |t: i64| self.on_call(t, intervals);
+        let change_after = |from: i64| {
+            let current = who(from);
+            let mut t = from - from.rem_euclid(STEP) + STEP;
+            while t < end {
+                if who(t) != current {
+                    return Some(t);
+                }
+                t += STEP;
+            }
+            None
+        };
+        let now = who(at_ms);
+        let until = change_after(at_ms);
+        let current = now.map(|m| Shift { member: m, from: at_ms, until: until.unwrap_or(end) });
+        let next = until.and_then(|t| {
+            let m = who(t)?;
+            Some(Shift { member: m, from: t, until: change_after(t).unwrap_or(end) })
+        });
+        (current, next)
+    }
+}
+
+/// Compiles a schedule; `people`: the names that may be members.
+pub fn compile(f: ScheduleFile, people: &HashMap<String, Person>) -> Result<Schedule, String> {
+    let ctx = |e: String| format!("schedule {:?}: {e}", f.name);
+    let location = match f.location.as_deref() {
+        None | Some("UTC") => Tz::UTC,
+        Some(name) => name.parse::<Tz>().map_err(|_| ctx(format!("{name:?} is not an IANA time zone")))?,
+    };
+    if f.layers.is_empty() {
+        return Err(ctx("needs at least one layer".into()));
+    }
+    let known = |m: &str| -> Result<(), String> {
+        if people.contains_key(m) { Ok(()) } else { Err(ctx(format!("{m:?} is not in `people`"))) }
+    };
+    let mut layers = Vec::new();
+    for (i, l) in f.layers.into_iter().enumerate() {
+        let start = NaiveDateTime::parse_from_str(&l.start, "%Y-%m-%dT%H:%M").map_err(|_| {
+            ctx(format!("layer {}: start {:?} is not a local time like 2026-01-05T09:00", i + 1, l.start))
+        })?;
+        if l.every.0 < Duration::from_secs(3600) {
+            return Err(ctx(format!("layer {}: `every` must be at least 1h", i + 1)));
+        }
+        if l.members.is_empty() {
+            return Err(ctx(format!("layer {} has no members", i + 1)));
+        }
+        for m in &l.members {
+            known(m)?;
+        }
+        layers.push(Layer { start, every: l.every.0, members: l.members, active: l.active });
+    }
+    let mut overrides = Vec::new();
+    for o in f.overrides {
+        known(&o.member)?;
+        let at = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| ctx(format!("override {s:?} is not an RFC 3339 time: {e}")))
+        };
+        let (a, b) = (at(&o.starts_at)?, at(&o.ends_at)?);
+        if a >= b {
+            return Err(ctx(format!("override of {:?} ends before it starts", o.member)));
+        }
+        overrides.push((a, b, o.member));
+    }
+    // A local start that a DST change skips is still fine: it is a
+    // wall-clock counting origin, never an instant.
+    Ok(Schedule { name: f.name, location, layers, overrides })
+}
+
+impl Schedule {
+    /// The time intervals the layers name, for checking.
+    pub fn interval_names(&self) -> impl Iterator<Item = &String> {
+        self.layers.iter().flat_map(|l| l.active.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).expect("time").timestamp_millis()
+    }
+
+    fn people(names: &[&str]) -> HashMap<String, Person> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), Person { name: n.to_string(), email: None, mobile: None, user_id: None }))
+            .collect()
+    }
+
+    fn schedule(yaml: &str) -> Result<Schedule, String> {
+        compile(serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?, &people(&["alice", "bob", "carol", "dave"]))
+    }
+
+    #[test]
+    fn a_weekly_rotation_hands_off_at_the_local_time_across_daylight_saving() {
+        let s = schedule(
+            "name: p\nlocation: Europe/London\nlayers:\n  - { start: \"2026-03-23T09:00\", every: 1w, members: [alice, bob] }\n",
+        )
+        .expect("valid");
+        let none = HashMap::new();
+        // Monday 2026-03-23 09:00 London (GMT) = 09:00 UTC: alice's week.
+        assert_eq!(s.on_call(ms("2026-03-23T09:00:00Z"), &none).as_deref(), Some("alice"));
+        assert_eq!(s.on_call(ms("2026-03-23T08:59:00Z"), &none), None, "before the first hand-off");
+        // Clocks go forward on 2026-03-29. Monday 2026-03-30 09:00 BST is
+        // 08:00 UTC: bob takes over then, not an hour later.
+        assert_eq!(s.on_call(ms("2026-03-30T07:59:00Z"), &none).as_deref(), Some("alice"));
+        assert_eq!(s.on_call(ms("2026-03-30T08:00:00Z"), &none).as_deref(), Some("bob"));
+        assert_eq!(s.on_call(ms("2026-04-06T08:00:00Z"), &none).as_deref(), Some("alice"), "and around again");
+        let (now, next) = s.now_and_next(ms("2026-03-25T12:00:00Z"), &none, Duration::from_secs(30 * 86_400));
+        assert_eq!(now.expect("someone").member, "alice");
+        let next = next.expect("a next shift");
+        assert_eq!((next.member.as_str(), next.from), ("bob", ms("2026-03-30T08:00:00Z")));
+        assert_eq!(next.until, ms("2026-04-06T08:00:00Z"));
+    }
+
+    #[test]
+    fn overrides_and_later_layers_win_where_they_apply() {
+        let yaml = "name: p\nlocation: Asia/Shanghai\nlayers:\n  - { start: \"2026-12-01T09:00\", every: 1d, members: [alice, bob] }\n  - { start: \"2026-12-01T00:00\", every: 1d, members: [carol], active: [nights] }\noverrides:\n  - { member: dave, starts_at: \"2026-12-24T09:00:00+08:00\", ends_at: \"2026-12-26T09:00:00+08:00\" }\n";
+        let s = schedule(yaml).expect("valid");
+        let nights = crate::calendar::compile(
+            serde_yaml_ng::from_str(
+                "name: nights\ntime_intervals: [{ times: [{ start_time: \"00:00\", end_time: \"08:00\" }], location: Asia/Shanghai }]\n",
+            )
+            .expect("yaml"),
+        )
+        .expect("interval");
+        let intervals: HashMap<String, TimeInterval> = [("nights".to_string(), nights)].into();
+        // 2026-12-02 10:00 Shanghai (02:00 UTC): day 2 of the daily rotation.
+        assert_eq!(s.on_call(ms("2026-12-02T02:00:00Z"), &intervals).as_deref(), Some("bob"));
+        // 03:00 Shanghai: the night layer applies.
+        assert_eq!(s.on_call(ms("2026-12-01T19:00:00Z"), &intervals).as_deref(), Some("carol"));
+        // Christmas Eve: the override.
+        assert_eq!(s.on_call(ms("2026-12-24T02:00:00Z"), &intervals).as_deref(), Some("dave"));
+        assert_eq!(s.on_call(ms("2026-12-26T02:00:00Z"), &intervals).as_deref(), Some("bob"), "it ended");
+    }
+
+    #[test]
+    fn bad_schedules_are_named() {
+        let e =
+            schedule("name: p\nlayers:\n  - { start: \"2026-01-05T09:00\", every: 1d, members: [zoe] }\n").unwrap_err();
+        assert!(e.contains("\"zoe\" is not in `people`"), "{e}");
+        let e = schedule("name: p\nlayers:\n  - { start: \"Monday 9am\", every: 1d, members: [alice] }\n").unwrap_err();
+        assert!(e.contains("not a local time"), "{e}");
+        let e = schedule("name: p\nlayers:\n  - { start: \"2026-01-05T09:00\", every: 1m, members: [alice] }\n")
+            .unwrap_err();
+        assert!(e.contains("at least 1h"), "{e}");
+        let e = schedule("name: p\nlocation: Moon/Base\nlayers: []\n").unwrap_err();
+        assert!(e.contains("IANA"), "{e}");
+    }
+}
