@@ -51,6 +51,9 @@ pub struct RulesFile {
     /// On-call schedules (see [`crate::oncall`]).
     #[serde(default)]
     pub schedules: Vec<crate::oncall::ScheduleFile>,
+    /// Rule templates (see [`crate::templates`]).
+    #[serde(default)]
+    pub templates: Vec<crate::templates::TemplateFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +70,10 @@ pub struct GroupFile {
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     pub alert: String,
+    /// Made from this template (see [`crate::templates`]) with `params`.
+    pub template: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_yaml_ng::Value>,
     #[serde(default)]
     pub sql: Option<String>,
     /// Evaluate each ingested sample of `table.field` (per series) instead
@@ -485,6 +492,18 @@ impl Config {
         let mut config = Config::default();
         let mut route_file: Option<(String, RouteFile)> = None;
         let mut schedule_files = Vec::new();
+        // Templates first: a rule may use one defined in another file.
+        let mut templates = crate::templates::Templates::new();
+        for (path, file) in &files {
+            for t in &file.templates {
+                if templates.insert(t.name.clone(), t.clone()).is_some() {
+                    return Err(ConfigError::Invalid {
+                        path: path.display().to_string(),
+                        message: format!("template {:?} is defined twice", t.name),
+                    });
+                }
+            }
+        }
         let mut rule_names = HashSet::new();
         let mut group_names = HashSet::new();
         for (path, file) in files {
@@ -494,7 +513,7 @@ impl Config {
                 if !group_names.insert(g.name.clone()) {
                     return Err(invalid(format!("group {:?} is defined twice", g.name)));
                 }
-                let group = compile_group(g).map_err(&invalid)?;
+                let group = compile_group(g, &templates).map_err(&invalid)?;
                 for r in &group.rules {
                     rule_names.insert(r.name.clone());
                 }
@@ -739,7 +758,7 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-fn compile_group(g: GroupFile) -> Result<RuleGroup, String> {
+fn compile_group(g: GroupFile, templates: &crate::templates::Templates) -> Result<RuleGroup, String> {
     if g.name.trim().is_empty() {
         return Err("a group needs a name".into());
     }
@@ -754,12 +773,17 @@ fn compile_group(g: GroupFile) -> Result<RuleGroup, String> {
         if !seen.insert(name.clone()) {
             return Err(format!("group {:?}: rule {name:?} is defined twice", g.name));
         }
-        rules.push(compile_rule(r).map_err(|e| format!("group {:?}, rule {name:?}: {e}", g.name))?);
+        let ctx = |e: String| format!("group {:?}, rule {name:?}: {e}", g.name);
+        let r = crate::templates::instantiate(&r, templates).map_err(ctx)?;
+        rules.push(compile_rule(r).map_err(ctx)?);
     }
     Ok(RuleGroup { name: g.name, interval, database: g.database, rules })
 }
 
 fn compile_rule(r: RuleFile) -> Result<Rule, String> {
+    if !r.params.is_empty() && r.template.is_none() {
+        return Err("`params` go with `template`".into());
+    }
     if r.alert.is_empty() || !r.alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
         return Err("`alert` must be a non-empty name of letters, digits, '_', '-' or '.'".into());
     }
@@ -1244,6 +1268,46 @@ receivers:
         assert!(err.contains("cycle (A -> B -> A)"), "{err}");
         let err = load(&rules("{ alert: A }", "")).unwrap_err().to_string();
         assert!(err.contains("depends_on names the rule itself"), "{err}");
+    }
+
+    #[test]
+    fn templates_make_one_rule_per_use_with_its_params() {
+        let yaml = r#"
+templates:
+  - name: disk_usage
+    params: [device_type, warning, critical]
+    rule:
+      sql: SELECT host, used AS value FROM disk WHERE type = '${device_type}'
+      thresholds: { warning: "> ${warning}", critical: "> ${critical}" }
+      annotations: { summary: "disk {{ value }}% on {{ host }} (${device_type})" }
+groups:
+  - name: storage
+    rules:
+      - { alert: DiskUsageSsd, template: disk_usage, params: { device_type: ssd, warning: 80, critical: 90 } }
+      - alert: DiskUsageHdd
+        template: disk_usage
+        params: { device_type: hdd, warning: 85, critical: 95 }
+        labels: { team: storage }
+"#;
+        let c = load(yaml).expect("valid");
+        let rules = &c.groups[0].rules;
+        assert_eq!(rules[0].sql, "SELECT host, used AS value FROM disk WHERE type = 'ssd'");
+        assert_eq!(rules[0].thresholds[1].1.value, 90.0);
+        assert_eq!(rules[1].thresholds[0].1.value, 85.0);
+        assert_eq!(rules[1].labels["team"], "storage");
+        assert_eq!(
+            rules[1].annotations["summary"], "disk {{ value }}% on {{ host }} (hdd)",
+            "labels stay for firing time"
+        );
+        let err = |y: String| load(&y).unwrap_err().to_string();
+        let e = err(yaml.replace(", critical: 90 }", " }"));
+        assert!(e.contains("template \"disk_usage\" needs param \"critical\""), "{e}");
+        let e = err(yaml.replace("template: disk_usage, params", "template: nope, params"));
+        assert!(e.contains("unknown template \"nope\""), "{e}");
+        let e = err(yaml.replace("critical: 90 }", "critical: 90, colour: red }"));
+        assert!(e.contains("has no param \"colour\""), "{e}");
+        let e = err(yaml.replace("critical: 90 }", "critical: lots }"));
+        assert!(e.contains("\"> lots\""), "a bad value is named where it lands: {e}");
     }
 
     #[test]

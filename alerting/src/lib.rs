@@ -25,6 +25,7 @@ pub mod ruletest;
 pub mod state;
 pub mod tables;
 pub mod template;
+pub mod templates;
 pub mod testkit;
 
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -79,7 +79,7 @@ impl WriteObserver for IngestObserver {
                             FieldValues::Str(_) => return None,
                         };
                         let labels: BTreeMap<String, String> = b.tags.iter().cloned().collect();
-                        Some(Sample { labels, value })
+                        Some(Sample { labels, value, thresholds: Vec::new() })
                     })
                     .collect();
                 if samples.is_empty() {

@@ -136,7 +136,14 @@ pub struct RuleGroup {
 pub struct Sample {
     pub labels: Labels,
     pub value: f64,
+    /// This row's own threshold values, by severity (`threshold_critical`
+    /// columns): they replace the rule's number, keeping its operator.
+    pub thresholds: Vec<(String, f64)>,
 }
+
+/// Result columns named `threshold_<severity>` give a row its own
+/// threshold for that severity (a per-device override read from a table).
+pub const THRESHOLD_PREFIX: &str = "threshold_";
 
 /// Turns a rule's result into samples: the column named `value` (or the
 /// only numeric column) is the value; every other column is a label. Rows
@@ -171,11 +178,22 @@ pub fn samples_from_batches(batches: &[RecordBatch]) -> Result<Vec<Sample>, Stri
         }
         .map_err(|e| format!("cannot read the value column: {e}"))?;
         let values = values.as_primitive::<Float64Type>();
+        let mut overrides = Vec::new();
+        for (i, f) in schema.fields().iter().enumerate() {
+            if let Some(sev) = f.name().strip_prefix(THRESHOLD_PREFIX).filter(|_| i != value_idx) {
+                if !f.data_type().is_numeric() {
+                    return Err(format!("{} has type {}; a threshold column must be numeric", f.name(), f.data_type()));
+                }
+                let col = arrow::compute::cast(batch.column(i), &DataType::Float64)
+                    .map_err(|e| format!("cannot read {}: {e}", f.name()))?;
+                overrides.push((sev.to_string(), col));
+            }
+        }
         let formatters = batch
             .columns()
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != value_idx)
+            .filter(|(i, _)| *i != value_idx && !schema.field(*i).name().starts_with(THRESHOLD_PREFIX))
             .map(|(i, c)| ArrayFormatter::try_new(c.as_ref(), &opts).map(|f| (schema.field(i).name().clone(), c, f)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot format a label column: {e}"))?;
@@ -189,7 +207,12 @@ pub fn samples_from_batches(batches: &[RecordBatch]) -> Result<Vec<Sample>, Stri
                     labels.insert(name.clone(), f.value(row).to_string());
                 }
             }
-            out.push(Sample { labels, value: values.value(row) });
+            let thresholds = overrides
+                .iter()
+                .filter(|(_, c)| c.is_valid(row))
+                .map(|(sev, c)| (sev.clone(), c.as_primitive::<Float64Type>().value(row)))
+                .collect();
+            out.push(Sample { labels, value: values.value(row), thresholds });
         }
     }
     Ok(out)
@@ -198,7 +221,19 @@ pub fn samples_from_batches(batches: &[RecordBatch]) -> Result<Vec<Sample>, Stri
 impl Rule {
     /// The most severe threshold `v` crosses.
     pub fn crossed(&self, v: f64) -> Option<&str> {
-        self.thresholds.iter().rev().find(|(_, t)| t.holds(v)).map(|(s, _)| s.as_str())
+        self.crossed_with(v, &[])
+    }
+
+    /// [`Self::crossed`] with a row's own threshold values.
+    pub fn crossed_with(&self, v: f64, own: &[(String, f64)]) -> Option<&str> {
+        self.thresholds
+            .iter()
+            .rev()
+            .find(|(sev, t)| match own.iter().find(|(s, _)| s == sev) {
+                Some((_, n)) => Threshold { op: t.op, value: *n }.holds(v),
+                None => t.holds(v),
+            })
+            .map(|(s, _)| s.as_str())
     }
 
     /// Whether an acknowledgement given at severity `acked` still holds at
@@ -229,7 +264,8 @@ impl Rule {
 
 /// What one evaluation saw for an instance.
 enum Seen<'a> {
-    Value(f64),
+    /// The value, and the row's own thresholds.
+    Value(f64, &'a [(String, f64)]),
     /// Not in the result; `Some` when a no-data/absent condition applies.
     Missing(Option<&'a ConditionSpec>),
 }
@@ -269,7 +305,7 @@ pub fn evaluate_with(
         let inst = instances.entry(id.clone()).or_insert_with(|| Instance::new(id, group, &rule.name, identity, now));
         inst.last_seen = Some(now);
         inst.no_data = false;
-        step(rule, inst, Seen::Value(s.value), now, &mut out);
+        step(rule, inst, Seen::Value(s.value, &s.thresholds), now, &mut out);
     }
     if !complete {
         instances.retain(|_, i| i.state != AlertState::Inactive);
@@ -345,13 +381,14 @@ fn step(rule: &Rule, inst: &mut Instance, seen: Seen<'_>, now: i64, out: &mut Ve
     // What this evaluation says: the severity crossed (if any), whether the
     // recover condition holds, and how long the condition must last.
     let (crossed, recovered, for_) = match seen {
-        Seen::Value(v) => {
+        Seen::Value(v, own) => {
             inst.value = v;
+            let crossed = rule.crossed_with(v, own);
             let recovered = match &rule.recover {
                 Some(r) => r.holds(v),
-                None => rule.crossed(v).is_none(),
+                None => crossed.is_none(),
             };
-            (rule.crossed(v).map(str::to_string), recovered, rule.for_)
+            (crossed.map(str::to_string), recovered, rule.for_)
         }
         Seen::Missing(Some(spec)) => {
             inst.value = f64::NAN;
@@ -477,7 +514,7 @@ mod tests {
     }
 
     fn sample(host: &str, v: f64) -> Sample {
-        Sample { labels: [("host".to_string(), host.to_string())].into(), value: v }
+        Sample { labels: [("host".to_string(), host.to_string())].into(), value: v, thresholds: Vec::new() }
     }
 
     struct Run {

@@ -933,3 +933,46 @@ schedules:
     assert_eq!(rows[0]["schedule"], "primary", "{rows:?}");
     assert!(rows[0]["next"] == "alice" || rows[0]["next"] == "bob", "{rows:?}");
 }
+
+/// Issue 13, per-device thresholds from a table: a `threshold_critical`
+/// column gives each row its own number; a new row in the table changes
+/// that host's threshold at the next evaluation, without a reload.
+#[tokio::test]
+async fn a_threshold_row_in_a_table_overrides_the_rule_for_its_host() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        r#"
+groups:
+  - name: disks
+    interval: 200ms
+    rules:
+      - alert: DiskFull
+        sql: >-
+          SELECT d.host, last_value(d.used ORDER BY d.ts) AS value, max(t.critical) AS threshold_critical
+          FROM disk d LEFT JOIN (SELECT host, last_value(critical ORDER BY ts) AS critical FROM thresholds GROUP BY host) t
+          ON t.host = d.host GROUP BY d.host
+        thresholds: {{ critical: "> 90" }}
+route:
+  receiver: oncall
+  group_by: [alertname, host]
+  group_wait: 0s
+receivers:
+  - name: oncall
+    webhook: {{ url: "http://{addr}/oncall" }}
+"#,
+        addr = hook.addr
+    );
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
+    server.sql("INSERT INTO thresholds (ts, host, critical) VALUES (now(), 'a', 80)").await;
+    server.sql("INSERT INTO disk (ts, host, used) VALUES (now(), 'a', 85), (now(), 'b', 85)").await;
+    wait_state(&server, "a", "firing").await;
+    settled(&server).await;
+    assert_eq!(state_of(&server, "b").await, "none", "b keeps the rule's 90");
+    // Raise a's threshold to 88 with a newer row: it resolves, no reload.
+    server.sql("INSERT INTO thresholds (ts, host, critical) VALUES (now() + INTERVAL '1 second', 'a', 88)").await;
+    wait_state(&server, "a", "resolved").await;
+    assert_eq!(server.metric("tocsin_rule_reloads_total").await, 0.0);
+    let labels = get(&server, "/api/v1/alerts?host=a").await;
+    assert!(labels["alerts"][0]["labels"].get("threshold_critical").is_none(), "not a label: {labels}");
+}
