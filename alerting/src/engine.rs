@@ -124,6 +124,12 @@ pub struct AlertMetrics {
     /// (or finally failed) on disk. Zero means every notification decided
     /// so far is out and a restart would send none again.
     pub outbox_saved: AtomicU64,
+    /// State saves (serialize, write, fsync, rename) and their time.
+    pub state_saves: AtomicU64,
+    pub state_save_micros: AtomicU64,
+    /// The last save: its time and size.
+    pub state_save_last_micros: AtomicU64,
+    pub state_bytes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -715,6 +721,7 @@ impl AlertEngine {
     /// the directory).
     pub fn save(&self) -> Result<(), EngineError> {
         let _one_writer = self.save_lock.lock();
+        let started = Instant::now();
         let bytes = {
             let mut inner = self.inner.lock();
             inner.dirty = false;
@@ -741,6 +748,11 @@ impl AlertEngine {
         };
         if written.is_ok() {
             self.metrics.outbox_saved.store(outbox as u64, Ordering::Relaxed);
+            let micros = started.elapsed().as_micros() as u64;
+            self.metrics.state_saves.fetch_add(1, Ordering::Relaxed);
+            self.metrics.state_save_micros.fetch_add(micros, Ordering::Relaxed);
+            self.metrics.state_save_last_micros.store(micros, Ordering::Relaxed);
+            self.metrics.state_bytes.store(bytes.len() as u64, Ordering::Relaxed);
         } else {
             // Not saved: the next round must try again (clearing the flag
             // before writing and not setting it back lost a failed save's
@@ -1139,6 +1151,20 @@ impl AlertEngine {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
         metric("tocsin_rule_reloads_total", "counter", "Successful rule reloads.", c(&m.reloads));
+        metric("tocsin_alert_state_saves_total", "counter", "Alerting state saves.", c(&m.state_saves));
+        metric(
+            "tocsin_alert_state_save_seconds_total",
+            "counter",
+            "Time spent saving the alerting state (serialize, write, fsync, rename).",
+            c(&m.state_save_micros) / 1e6,
+        );
+        metric(
+            "tocsin_alert_state_save_last_seconds",
+            "gauge",
+            "How long the last alerting state save took.",
+            c(&m.state_save_last_micros) / 1e6,
+        );
+        metric("tocsin_alert_state_bytes", "gauge", "Size of the alerting state as last saved.", c(&m.state_bytes));
         metric("tocsin_rule_reload_failures_total", "counter", "Rejected rule reloads.", c(&m.reload_failures));
         metric(
             "tocsin_ingest_rule_batches_total",

@@ -6,6 +6,13 @@
 //!   (`--interval`, default 1s) and for an `on_ingest` rule.
 //! - `capacity`: server CPU while N rules over M series evaluate on an
 //!   interval.
+//! - `latency --background 10000 --receivers 100`: the same latency while
+//!   the engine holds that many firing alerts routed to that many receivers
+//!   (posted through the Alertmanager API, so they add state, grouping and
+//!   dispatch work but no rule evaluation).
+//! - `throughput`: notifications per second one receiver's worker delivers
+//!   to a local webhook (N alerts, each its own group, posted at once).
+//! - `state`: the time to save the alerting state with N alerts held.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,6 +43,24 @@ enum Mode {
         /// Rule interval of the polled rule.
         #[arg(long, default_value = "1s")]
         interval: String,
+        /// Firing alerts held meanwhile (posted through the Alertmanager API).
+        #[arg(long, default_value_t = 0)]
+        background: usize,
+        /// Receivers the background alerts are routed to.
+        #[arg(long, default_value_t = 1)]
+        receivers: usize,
+    },
+    /// Notifications per second one receiver's worker delivers.
+    Throughput {
+        #[arg(long, default_value_t = 10_000)]
+        alerts: usize,
+    },
+    /// Time to save the alerting state with this many alerts held.
+    State {
+        #[arg(long, default_value_t = 100_000)]
+        alerts: usize,
+        #[arg(long, default_value_t = 5)]
+        saves: usize,
     },
     /// Server CPU while rules evaluate.
     Capacity {
@@ -58,7 +83,11 @@ enum Mode {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.mode {
-        Mode::Latency { runs, interval } => latency(&args.tocsin, runs, &interval).await,
+        Mode::Latency { runs, interval, background, receivers } => {
+            latency(&args.tocsin, runs, &interval, background, receivers).await
+        }
+        Mode::Throughput { alerts } => throughput(&args.tocsin, alerts).await,
+        Mode::State { alerts, saves } => state(&args.tocsin, alerts, saves).await,
         Mode::Capacity { rules, series, tables, interval_secs, measure_secs } => {
             capacity(&args.tocsin, rules, series, tables, interval_secs, measure_secs).await
         }
@@ -74,7 +103,31 @@ fn start_server(bin: &Path, rules_yaml: &str) -> anyhow::Result<(Server, tempfil
     Ok((server, dir))
 }
 
-async fn latency(bin: &Path, runs: usize, interval: &str) -> anyhow::Result<()> {
+/// Posts `alerts` through the Alertmanager API, in posts of 10,000.
+async fn post_alerts(http: std::net::SocketAddr, alerts: &[serde_json::Value]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for chunk in alerts.chunks(10_000) {
+        let resp = client.post(format!("http://{http}/api/v2/alerts")).json(&chunk).send().await?;
+        if !resp.status().is_success() {
+            bail!("posting alerts: {}", resp.text().await?);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every notification decided so far is out.
+async fn drained(http: std::net::SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if metric(http, "tocsin_notification_outbox").await? == 0.0 {
+            return Ok(());
+        }
+    }
+    bail!("the outbox did not drain within {within:?}")
+}
+
+async fn latency(bin: &Path, runs: usize, interval: &str, background: usize, receivers: usize) -> anyhow::Result<()> {
     for mode in ["polled", "on_ingest"] {
         let sink = WebhookSink::start(0).await?;
         let addr = sink.addr;
@@ -98,12 +151,34 @@ route:
   group_by: [alertname, host]
   group_wait: 0s
   group_interval: 1s
+  routes:
+{routes}
 receivers:
   - name: hook
     webhook: {{ url: "http://{addr}/hook" }}
-"#
+{more}
+"#,
+            routes = (0..receivers)
+                .map(|r| format!("    - {{ match: {{ team: t{r} }}, receiver: r{r} }}\n"))
+                .collect::<String>(),
+            more = (0..receivers)
+                .map(|r| format!("  - {{ name: r{r}, webhook: {{ url: \"http://{addr}/r{r}\" }} }}\n"))
+                .collect::<String>(),
         );
         let (server, _rules) = start_server(bin, &yaml)?;
+        if background > 0 {
+            let alerts: Vec<serde_json::Value> = (0..background)
+                .map(|i| {
+                    serde_json::json!({
+                        "labels": {"alertname": "Background", "host": format!("bg{i}"), "team": format!("t{}", i % receivers.max(1))},
+                        "endsAt": "2099-01-01T00:00:00Z",
+                    })
+                })
+                .collect();
+            post_alerts(server.http, &alerts).await?;
+            drained(server.http, Duration::from_secs(300)).await?;
+            eprintln!("  {mode}: {background} firing alerts held, routed to {receivers} receivers");
+        }
         // Warm up: the table exists and the first evaluation happened.
         sql(server.http, "INSERT INTO lat (ts, host, usage) VALUES (now(), 'warmup', 1)").await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -132,13 +207,73 @@ receivers:
         }
         lat.sort_by(f64::total_cmp);
         println!(
-            "latency {mode:9} (interval {interval}): median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {runs} writes",
+            "latency {mode:9} (interval {interval}, {background} firing alerts, {receivers} receivers): median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {runs} writes",
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN)
         );
         drop(server);
     }
+    Ok(())
+}
+
+async fn throughput(bin: &Path, alerts: usize) -> anyhow::Result<()> {
+    let sink = WebhookSink::start(0).await?;
+    let yaml = format!(
+        "route:\n  receiver: hook\n  group_by: ['...']\n  group_wait: 0s\nreceivers:\n  - name: hook\n    webhook: {{ url: \"http://{}/hook\" }}\n",
+        sink.addr
+    );
+    let (server, _rules) = start_server(bin, &yaml)?;
+    let batch: Vec<serde_json::Value> = (0..alerts)
+        .map(|i| serde_json::json!({"labels": {"alertname": "Tp", "host": format!("h{i}")}, "endsAt": "2099-01-01T00:00:00Z"}))
+        .collect();
+    let started = Instant::now();
+    post_alerts(server.http, &batch).await?;
+    let got = sink.wait_for_count(alerts, Duration::from_secs(600)).await;
+    let last = got.iter().map(|r| r.at).max().context("nothing arrived")?;
+    let secs = last.saturating_duration_since(started).as_secs_f64();
+    if got.len() < alerts {
+        bail!("only {} of {alerts} notifications arrived", got.len());
+    }
+    println!(
+        "throughput: {alerts} notifications to one webhook receiver in {secs:.2} s: {:.0} notifications/s",
+        alerts as f64 / secs
+    );
+    drop(server);
+    Ok(())
+}
+
+async fn state(bin: &Path, alerts: usize, saves: usize) -> anyhow::Result<()> {
+    let (server, _rules) = start_server(bin, "")?;
+    let batch: Vec<serde_json::Value> = (0..alerts)
+        .map(|i| {
+            serde_json::json!({
+                "labels": {"alertname": "State", "host": format!("h{i}"), "job": "node", "instance": format!("10.0.{}.{}:9100", i / 250, i % 250)},
+                "annotations": {"summary": format!("host h{i} is down")},
+                "endsAt": "2099-01-01T00:00:00Z",
+            })
+        })
+        .collect();
+    post_alerts(server.http, &batch).await?;
+    let mut times = Vec::new();
+    for _ in 0..saves {
+        let before = metric(server.http, "tocsin_alert_state_saves_total").await?;
+        // A repeat of the last post: every alert held, the state saved again.
+        post_alerts(server.http, &batch[batch.len().saturating_sub(10_000)..]).await?;
+        while metric(server.http, "tocsin_alert_state_saves_total").await? <= before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        times.push(metric(server.http, "tocsin_alert_state_save_last_seconds").await? * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    let bytes = metric(server.http, "tocsin_alert_state_bytes").await?;
+    println!(
+        "state save with {alerts} alerts ({:.1} MiB): median {:.0} ms, max {:.0} ms over {saves} saves",
+        bytes / (1 << 20) as f64,
+        percentile(&times, 0.5),
+        times.last().copied().unwrap_or(f64::NAN)
+    );
+    drop(server);
     Ok(())
 }
 
