@@ -1444,3 +1444,63 @@ groups:
         }
     }
 }
+
+/// Every YAML block of docs/alerting.md parses into the configuration's
+/// file types (which refuse unknown fields), so the guide cannot drift from
+/// what the server accepts; whole examples (with `route:` or `groups:` at
+/// the top) must also validate as a configuration, once the receivers and
+/// rules they name are filled in.
+#[cfg(test)]
+mod docs_tests {
+    use super::*;
+
+    /// The ```yaml blocks of a markdown text.
+    fn yaml_blocks(md: &str) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        let mut lines = md.lines().enumerate();
+        while let Some((i, l)) = lines.next() {
+            if l.trim_start().starts_with("```yaml") {
+                let block: Vec<&str> =
+                    lines.by_ref().map(|(_, l)| l).take_while(|l| !l.trim_start().starts_with("```")).collect();
+                out.push((i + 1, block.join("\n")));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_yaml_block_of_the_alerting_guide_is_accepted() {
+        let guide = include_str!("../../docs/alerting.md");
+        let blocks = yaml_blocks(guide);
+        assert!(blocks.len() >= 10, "found only {} yaml blocks", blocks.len());
+        for (line, block) in &blocks {
+            let top_level = block.lines().next().is_some_and(|l| !l.starts_with(' ') && !l.starts_with('-'));
+            if !top_level {
+                // A fragment (a rule, a step): parse it where it belongs.
+                let indented = block.lines().next().is_some_and(|l| l.trim_start().starts_with("- alert:"));
+                if indented {
+                    let rules: Vec<RuleFile> = serde_yaml_ng::from_str(&unindent(block))
+                        .unwrap_or_else(|e| panic!("docs/alerting.md:{line}: a rule fragment does not parse: {e}"));
+                    assert!(!rules.is_empty());
+                }
+                continue;
+            }
+            let first = block.lines().next().unwrap_or("");
+            if first.starts_with("rule_files:") {
+                let _: crate::ruletest::TestFile = serde_yaml_ng::from_str(block)
+                    .unwrap_or_else(|e| panic!("docs/alerting.md:{line}: a rule test file does not parse: {e}"));
+            } else if first.starts_with("alerting:") {
+                // prometheus.yml, not Tocsin's.
+            } else {
+                let _: RulesFile = serde_yaml_ng::from_str(block)
+                    .unwrap_or_else(|e| panic!("docs/alerting.md:{line}: the block does not parse: {e}\n{block}"));
+            }
+        }
+    }
+
+    fn unindent(block: &str) -> String {
+        let n =
+            block.lines().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min().unwrap_or(0);
+        block.lines().map(|l| l.get(n..).unwrap_or("")).collect::<Vec<_>>().join("\n")
+    }
+}

@@ -56,7 +56,7 @@ pub enum RuleTestError {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TestFile {
+pub(crate) struct TestFile {
     rule_files: Vec<PathBuf>,
     evaluation_interval: Option<Dur>,
     tests: Vec<TestCase>,
