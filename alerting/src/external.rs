@@ -25,6 +25,9 @@ pub const RESOLVE_TIMEOUT_MS: i64 = 5 * 60 * 1000;
 /// Most alerts in one post.
 pub const MAX_POSTED: usize = 10_000;
 
+/// Most bytes of label and annotation text in one posted alert.
+pub const MAX_ALERT_TEXT: usize = 16 * 1024;
+
 /// Most posted alerts kept at once (firing, or resolved within the
 /// retention): each is state saved and shown; senders must not grow it
 /// without bound.
@@ -84,6 +87,10 @@ pub fn check(i: usize, a: PostableAlert, now: i64) -> Result<Checked, String> {
     if let Some(k) = a.labels.keys().find(|k| !label_name(k)) {
         return Err(ctx(format!("{:?} is not a label name", tocsin_auth::clip(k))));
     }
+    let text: usize = a.labels.iter().chain(a.annotations.iter()).map(|(k, v)| k.len() + v.len()).sum();
+    if text > MAX_ALERT_TEXT {
+        return Err(ctx(format!("labels and annotations are {text} bytes; at most {MAX_ALERT_TEXT}")));
+    }
     let starts_at = time("startsAt", a.starts_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now);
     let ends_at = time("endsAt", a.ends_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now + RESOLVE_TIMEOUT_MS);
     let mut identity: Labels = a.labels;
@@ -142,4 +149,37 @@ pub fn expire(instances: &mut BTreeMap<String, Instance>, now: i64) -> Vec<Trans
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(labels: &[(&str, &str)]) -> PostableAlert {
+        PostableAlert {
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            annotations: BTreeMap::new(),
+            starts_at: None,
+            ends_at: None,
+            generator_url: None,
+        }
+    }
+
+    #[test]
+    fn posted_alerts_are_checked_and_bounded() {
+        let ok = check(0, alert(&[("alertname", "A"), ("severity", "critical")]), 1000).expect("valid");
+        assert_eq!((ok.severity.as_deref(), ok.ends_at), (Some("critical"), 1000 + RESOLVE_TIMEOUT_MS));
+        assert!(!ok.identity.contains_key("severity"), "severity is not part of the identity");
+        let e = check(3, alert(&[("host", "x")]), 0).err().expect("no alertname");
+        assert!(e.starts_with("alert 3: needs an alertname"), "{e}");
+        let e = check(0, alert(&[("alertname", "A"), ("bad-name", "x")]), 0).err().expect("bad label");
+        assert!(e.contains("\"bad-name\" is not a label name"), "{e}");
+        let mut big = alert(&[("alertname", "A")]);
+        big.annotations.insert("summary".into(), "x".repeat(MAX_ALERT_TEXT));
+        let e = check(0, big, 0).err().expect("too big");
+        assert!(e.contains("at most 16384"), "{e}");
+        let mut late = alert(&[("alertname", "A")]);
+        late.ends_at = Some("yesterday".into());
+        assert!(check(0, late, 0).err().expect("bad time").contains("not an RFC 3339 time"));
+    }
 }

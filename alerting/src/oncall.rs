@@ -123,25 +123,35 @@ impl Schedule {
     }
 
     /// The shift at `at_ms` and the next one: who, from when, until when
-    /// (found by stepping a minute at a time to the next change, at most
-    /// `horizon` ahead).
+    /// (found by looking every hour, then to the minute where it changed,
+    /// at most `horizon` ahead; a shift shorter than an hour between two
+    /// looks may be missed).
     pub fn now_and_next(
         &self,
         at_ms: i64,
         intervals: &HashMap<String, TimeInterval>,
         horizon: Duration,
     ) -> (Option<Shift>, Option<Shift>) {
-        const STEP: i64 = 60_000;
+        const MINUTE: i64 = 60_000;
+        const HOUR: i64 = 60 * MINUTE;
         let end = at_ms + horizon.as_millis() as i64;
         let who = |t: i64| self.on_call(t, intervals);
         let change_after = |from: i64| {
             let current = who(from);
-            let mut t = from - from.rem_euclid(STEP) + STEP;
+            let mut lo = from - from.rem_euclid(MINUTE);
+            let mut t = lo + HOUR;
             while t < end {
                 if who(t) != current {
-                    return Some(t);
+                    // The first minute in (lo, t] with someone else.
+                    let mut hi = t;
+                    while hi - lo > MINUTE {
+                        let mid = lo + ((hi - lo) / 2).div_euclid(MINUTE).max(1) * MINUTE;
+                        if who(mid) != current { hi = mid } else { lo = mid }
+                    }
+                    return Some(hi);
                 }
-                t += STEP;
+                lo = t;
+                t += HOUR;
             }
             None
         };
