@@ -545,6 +545,8 @@ async fn the_shipped_rules_evaluate_against_their_tables() {
         format!("disk,host=a,path=/ used_percent=50,total=1000i,used=500i {}", now - 60_000_000_000),
         format!("disk,host=a,path=/ used_percent=60,total=1000i,used=600i {now}"),
         format!("probe,target=x latency_ms=12,success=true {now}"),
+        // What Prometheus' remote_write makes of node_exporter's load (the quick start).
+        format!("node_load1,instance=127.0.0.1:9100,job=node value=0.2 {now}"),
     ];
     let (status, text) = crate::hardening::write_lines(&server, lines.join("\n")).await;
     assert_eq!(status, 204, "{text}");
@@ -552,21 +554,27 @@ async fn the_shipped_rules_evaluate_against_their_tables() {
     let write = WriteLogsRequest { database: String::new(), stream: String::new(), events };
     server.client().await.write_logs(write).await.expect("write logs");
 
-    // The docs' complete example, planned by the CLI against this catalog.
+    // The docs' quick start and complete example, planned by the CLI
+    // against this catalog.
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let guide = std::fs::read_to_string(docs.join("alerting.md")).expect("docs/alerting.md");
-    let example = guide.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("a first yaml block");
-    let example_file = tmp.path().join("example.yml");
-    std::fs::write(&example_file, example).expect("write example");
-    let out = Command::new(BIN)
-        .args(["rules", "check"])
-        .arg(&example_file)
-        .args(["--server", &server.http.to_string()])
-        .output()
-        .expect("run rules check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "docs/alerting.md's example: {stderr}");
-    assert!(!stderr.contains("no server"), "planned, not only parsed: {stderr}");
+    let first_yaml =
+        |text: &str| text.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).map(str::to_string);
+    let quick_start = first_yaml(&guide).expect("the quick start's rules");
+    let complete = guide.split("## A complete example").nth(1).and_then(first_yaml).expect("the complete example");
+    for (name, example) in [("quick start", quick_start), ("complete example", complete)] {
+        let example_file = tmp.path().join("example.yml");
+        std::fs::write(&example_file, example).expect("write example");
+        let out = Command::new(BIN)
+            .args(["rules", "check"])
+            .arg(&example_file)
+            .args(["--server", &server.http.to_string()])
+            .output()
+            .expect("run rules check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "docs/alerting.md's {name}: {stderr}");
+        assert!(!stderr.contains("no server"), "planned, not only parsed: {stderr}");
+    }
     server.terminate();
 
     // The rule pack, evaluated on the same data.

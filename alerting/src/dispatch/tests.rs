@@ -303,7 +303,12 @@ receivers:
 #[test]
 fn the_docs_example_routes_as_the_guide_says() {
     let guide = include_str!("../../../docs/alerting.md");
-    let example = guide.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("first yaml block");
+    let example = guide
+        .split("## A complete example")
+        .nth(1)
+        .and_then(|rest| rest.split("```yaml\n").nth(1))
+        .and_then(|b| b.split("```").next())
+        .expect("the complete example's yaml block");
     let mut h = Harness::new(example);
     let insts = vec![
         firing("DiskFull", &[("team", "db"), ("host", "db-1")], "critical"),
