@@ -1,0 +1,385 @@
+//! From the file types to the validated model: each rule, route,
+//! escalation, receiver and maintenance window checked and compiled, with
+//! errors that name what is wrong (see [`super::Config::from_files`] for
+//! the checks across files).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::*;
+use crate::duration::Dur;
+use crate::matcher::Matchers;
+use crate::rule::{Rule, RuleGroup, Threshold};
+
+pub(crate) fn compile_group(g: GroupFile, templates: &crate::templates::Templates) -> Result<RuleGroup, String> {
+    if g.name.trim().is_empty() {
+        return Err("a group needs a name".into());
+    }
+    let interval = g.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
+    if interval < Duration::from_millis(100) {
+        return Err(format!("group {:?}: interval {} is below the 100ms minimum", g.name, Dur(interval)));
+    }
+    let mut rules = Vec::new();
+    let mut seen = HashSet::new();
+    for r in g.rules {
+        let name = r.alert.clone();
+        if !seen.insert(name.clone()) {
+            return Err(format!("group {:?}: rule {name:?} is defined twice", g.name));
+        }
+        let ctx = |e: String| format!("group {:?}, rule {name:?}: {e}", g.name);
+        let r = crate::templates::instantiate(&r, templates).map_err(ctx)?;
+        rules.push(compile_rule(r).map_err(ctx)?);
+    }
+    Ok(RuleGroup { name: g.name, interval, database: g.database, rules })
+}
+
+pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
+    if !r.params.is_empty() && r.template.is_none() {
+        return Err("`params` go with `template`".into());
+    }
+    if r.alert.is_empty() || !r.alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+        return Err("`alert` must be a non-empty name of letters, digits, '_', '-' or '.'".into());
+    }
+    let (sql, on_ingest) = match (r.sql, r.on_ingest) {
+        (Some(sql), None) => {
+            check_sql(&sql)?;
+            (sql, None)
+        }
+        (None, Some(o)) => {
+            if r.no_data.is_some() || r.absent.is_some() {
+                return Err("`on_ingest` rules see samples as they arrive; `no_data` and `absent` need `sql`".into());
+            }
+            if o.table.is_empty() || o.field.is_empty() {
+                return Err("`on_ingest` needs `table` and `field`".into());
+            }
+            (String::new(), Some(crate::rule::IngestSource { table: o.table, field: o.field }))
+        }
+        (Some(_), Some(_)) => return Err("give either `sql` or `on_ingest`, not both".into()),
+        (None, None) => return Err("needs `sql` (or `on_ingest: { table, field }`)".into()),
+    };
+    let mut thresholds = Vec::new();
+    for (severity, expr) in &r.thresholds {
+        let t = Threshold::parse(expr).map_err(|e| format!("threshold {severity:?}: {e}"))?;
+        thresholds.push((severity.clone(), t));
+    }
+    let recover = r.recover.as_deref().map(Threshold::parse).transpose().map_err(|e| format!("recover: {e}"))?;
+    let highest = thresholds.last().map(|(s, _)| s.clone()).unwrap_or_else(|| "critical".to_string());
+    let cond = |c: Option<Condition>| -> Option<crate::rule::ConditionSpec> {
+        match c {
+            None | Some(Condition::On(false)) => None,
+            Some(Condition::On(true)) => {
+                Some(crate::rule::ConditionSpec { severity: highest.clone(), for_: Duration::ZERO })
+            }
+            Some(Condition::Detailed(d)) => Some(crate::rule::ConditionSpec {
+                severity: d.severity.unwrap_or_else(|| highest.clone()),
+                for_: d.for_.map(|d| d.0).unwrap_or_default(),
+            }),
+        }
+    };
+    let no_data = cond(r.no_data);
+    let absent = cond(r.absent);
+    if thresholds.is_empty() && absent.is_none() && no_data.is_none() {
+        return Err("needs `thresholds` (e.g. { critical: \"> 95\" }), `absent` or `no_data`".into());
+    }
+    for (k, _) in r.labels.iter().chain(r.annotations.iter()) {
+        if k.is_empty() {
+            return Err("label and annotation names must not be empty".into());
+        }
+    }
+    if let Some(d) = r.depends_on.iter().find(|d| d.alert == r.alert) {
+        return Err(format!("depends_on names the rule itself ({:?})", d.alert));
+    }
+    let flap = r
+        .flapping
+        .map(|f| (f.changes, f.window.0))
+        .unwrap_or((crate::rule::DEFAULT_FLAP_CHANGES, crate::rule::DEFAULT_FLAP_WINDOW));
+    Ok(Rule {
+        name: r.alert,
+        sql,
+        on_ingest,
+        thresholds,
+        recover,
+        for_: r.for_.map(|d| d.0).unwrap_or_default(),
+        keep_firing_for: r.keep_firing_for.map(|d| d.0).unwrap_or_default(),
+        labels: r.labels,
+        annotations: r.annotations,
+        no_data,
+        absent,
+        flap_changes: flap.0,
+        flap_window: flap.1,
+        depends_on: r
+            .depends_on
+            .into_iter()
+            .map(|d| crate::rule::Dependency { alert: d.alert, equal: d.equal })
+            .collect(),
+        active_during: r.active_during,
+    })
+}
+
+/// Parses a rule's SQL offline (one statement, a query). Planning against
+/// the catalog happens in the server.
+pub fn check_sql(sql: &str) -> Result<(), String> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| format!("sql: {e}"))?;
+    match statements.as_slice() {
+        [datafusion::sql::sqlparser::ast::Statement::Query(_)] => Ok(()),
+        [] => Err("sql is empty".into()),
+        [_] => Err("sql must be a query (SELECT ...)".into()),
+        _ => Err("sql must be a single statement".into()),
+    }
+}
+
+/// `escalation: none`: the route notifies its receiver, not its parent's chain.
+pub(crate) const NO_ESCALATION: &str = "none";
+
+pub(crate) fn flatten_route(r: &RouteFile, parent: Option<&Route>, out: &mut Vec<Route>) -> Result<usize, String> {
+    let group_by = match &r.group_by {
+        Some(g) if g.iter().any(|l| l == "...") => GroupBy::All,
+        Some(g) => GroupBy::Labels(g.clone()),
+        None => parent.map(|p| p.group_by.clone()).unwrap_or(GroupBy::Labels(vec!["alertname".into()])),
+    };
+    let pick = |own: Option<Dur>, inherited: Option<Duration>, default: Duration| {
+        own.map(|d| d.0).or(inherited).unwrap_or(default)
+    };
+    // A route notifies a receiver or runs an escalation chain. What it sets
+    // itself decides which; only what it leaves unset is inherited, and
+    // `escalation: none` clears an inherited chain.
+    let inherited_receiver = || parent.map(|p| p.receiver.clone()).unwrap_or_default();
+    let (receiver, escalation) = match (&r.receiver, r.escalation.as_deref()) {
+        (Some(rc), Some(e)) if e != NO_ESCALATION => {
+            return Err(format!(
+                "a route notifies either a receiver or an escalation chain, not both: this one names receiver \
+                 {rc:?} and escalation {e:?} (the chain's steps say whom it notifies); keep one"
+            ));
+        }
+        (Some(rc), _) => (rc.clone(), None),
+        (None, Some(NO_ESCALATION)) => (inherited_receiver(), None),
+        (None, Some(e)) => (inherited_receiver(), Some(e.to_string())),
+        (None, None) => (inherited_receiver(), parent.and_then(|p| p.escalation.clone())),
+    };
+    let route = Route {
+        receiver,
+        group_by,
+        group_wait: pick(r.group_wait, parent.map(|p| p.group_wait), DEFAULT_GROUP_WAIT),
+        group_interval: pick(r.group_interval, parent.map(|p| p.group_interval), DEFAULT_GROUP_INTERVAL),
+        repeat_interval: pick(r.repeat_interval, parent.map(|p| p.repeat_interval), DEFAULT_REPEAT_INTERVAL),
+        escalation,
+        matchers: Matchers::from_maps(&r.match_, &r.match_re)?,
+        continue_: r.continue_,
+        children: Vec::new(),
+        mute_time_intervals: r.mute_time_intervals.clone(),
+        active_time_intervals: r.active_time_intervals.clone(),
+    };
+    if route.group_interval.is_zero() || route.repeat_interval.is_zero() {
+        return Err("group_interval and repeat_interval must be above zero".into());
+    }
+    let idx = out.len();
+    out.push(route);
+    for child in &r.routes {
+        let parent_copy = out[idx].clone();
+        let c = flatten_route(child, Some(&parent_copy), out)?;
+        out[idx].children.push(c);
+    }
+    Ok(idx)
+}
+
+pub(crate) fn compile_escalation(e: EscalationFile) -> Result<Escalation, String> {
+    if e.steps.is_empty() {
+        return Err(format!("escalation {:?} has no steps", e.name));
+    }
+    let mut prev = Duration::ZERO;
+    for (i, s) in e.steps.iter().enumerate() {
+        if s.after.0 < prev {
+            return Err(format!(
+                "escalation {:?}: step {} comes before step {i} (`after` must not decrease)",
+                e.name,
+                i + 1
+            ));
+        }
+        if s.notify.is_empty() && s.oncall.is_none() {
+            return Err(format!("escalation {:?}: step {} notifies nobody", e.name, i + 1));
+        }
+        if s.oncall.is_some() == s.via.is_empty() {
+            return Err(format!(
+                "escalation {:?}: step {}: `oncall: SCHEDULE` and `via: [receivers]` go together",
+                e.name,
+                i + 1
+            ));
+        }
+        if s.repeat.is_some_and(|r| r.0 < Duration::from_secs(1)) {
+            return Err(format!("escalation {:?}: step {} repeats more often than once a second", e.name, i + 1));
+        }
+        prev = s.after.0;
+    }
+    let last = e.steps.last().map(|s| s.after.0).unwrap_or_default();
+    let gap = if e.steps.len() >= 2 { last - e.steps[e.steps.len() - 2].after.0 } else { last };
+    let repeat_interval = e.repeat_interval.map(|d| d.0).unwrap_or_else(|| (last + gap).max(Duration::from_secs(60)));
+    if repeat_interval <= last && e.repeat > 0 {
+        return Err(format!("escalation {:?}: repeat_interval must be longer than the last step's `after`", e.name));
+    }
+    Ok(Escalation {
+        name: e.name,
+        steps: e
+            .steps
+            .into_iter()
+            .map(|s| Step {
+                after: s.after.0,
+                notify: s.notify,
+                oncall: s.oncall.map(|o| (o, s.via)),
+                repeat: s.repeat.map(|d| d.0),
+            })
+            .collect(),
+        repeat: e.repeat,
+        repeat_interval,
+    })
+}
+
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("{url:?} is not an http:// or https:// URL"))
+    }
+}
+
+pub(crate) fn compile_receiver(r: ReceiverFile) -> Result<Receiver, String> {
+    let mut integrations = Vec::new();
+    let name = r.name.clone();
+    let ctx = |e: String| format!("receiver {name:?}: {e}");
+    if let Some(w) = r.webhook {
+        check_url(&w.url).map_err(ctx)?;
+        integrations.push(Integration::Webhook {
+            url: w.url,
+            headers: w.headers,
+            timeout: w.timeout.map(|d| d.0).unwrap_or(DEFAULT_SEND_TIMEOUT),
+        });
+    }
+    for (kind, robot) in [
+        (RobotKind::WeCom, r.wecom),
+        (RobotKind::DingTalk, r.dingtalk),
+        (RobotKind::Feishu, r.feishu),
+        (RobotKind::Slack, r.slack),
+    ] {
+        if let Some(b) = robot {
+            check_url(&b.url).map_err(ctx)?;
+            let at = Mentions { mobiles: b.at_mobiles, user_ids: b.at_user_ids, all: b.at_all };
+            if b.secret.is_some() && kind != RobotKind::DingTalk {
+                return Err(ctx(format!("{}: `secret` signs DingTalk robots only", kind.name())));
+            }
+            if !at.is_empty() && !matches!(kind, RobotKind::DingTalk | RobotKind::WeCom) {
+                return Err(ctx(format!(
+                    "{}: at_mobiles, at_user_ids and at_all mention people in DingTalk and WeCom robots only",
+                    kind.name()
+                )));
+            }
+            integrations.push(Integration::Robot {
+                kind,
+                url: b.url,
+                template: b.template,
+                timeout: b.timeout.map(|d| d.0).unwrap_or(DEFAULT_SEND_TIMEOUT),
+                secret: b.secret,
+                at,
+            });
+        }
+    }
+    if let Some(e) = r.email {
+        if e.to.is_empty() {
+            return Err(ctx("email needs at least one address in `to`".into()));
+        }
+        crate::notify::SmtpTls::parse(e.tls.as_deref()).map_err(ctx)?;
+        if let Some(ca) = &e.ca_file
+            && !ca.is_file()
+        {
+            return Err(ctx(format!("email ca_file {} is not a readable file", ca.display())));
+        }
+        if !e.smarthost.contains(':') {
+            return Err(ctx(format!("email smarthost {:?} needs a port, e.g. smtp.example.com:587", e.smarthost)));
+        }
+        integrations.push(Integration::Email(e));
+    }
+    if integrations.is_empty() {
+        return Err(ctx("needs at least one of webhook, email, wecom, dingtalk, feishu, slack".into()));
+    }
+    let rate_limit = match r.rate_limit {
+        None => None,
+        Some(l) if l.messages == 0 || l.per.0 < Duration::from_secs(1) => {
+            return Err(ctx(format!(
+                "rate_limit needs at least 1 message per at least 1s (got {} per {})",
+                l.messages, l.per
+            )));
+        }
+        Some(l) => Some(RateLimit { messages: l.messages, per: l.per.0 }),
+    };
+    Ok(Receiver { name: r.name, integrations, rate_limit })
+}
+
+pub(crate) fn compile_maintenance(m: MaintenanceFile) -> Result<Maintenance, String> {
+    let ctx = |e: String| format!("maintenance window {:?}: {e}", m.name);
+    let hm = |s: &str| -> Result<u32, String> {
+        let (h, mi) = s.split_once(':').ok_or_else(|| format!("{s:?} is not HH:MM"))?;
+        let h: u32 = h.parse().map_err(|_| format!("{s:?} is not HH:MM"))?;
+        let mi: u32 = mi.parse().map_err(|_| format!("{s:?} is not HH:MM"))?;
+        if h > 24 || mi > 59 || (h == 24 && mi > 0) {
+            return Err(format!("{s:?} is not a time of day"));
+        }
+        Ok(h * 60 + mi)
+    };
+    let days = m
+        .days
+        .iter()
+        .map(|d| match d.to_ascii_lowercase().get(..3) {
+            Some("mon") => Ok(0),
+            Some("tue") => Ok(1),
+            Some("wed") => Ok(2),
+            Some("thu") => Ok(3),
+            Some("fri") => Ok(4),
+            Some("sat") => Ok(5),
+            Some("sun") => Ok(6),
+            _ => Err(format!("{d:?} is not a day of the week")),
+        })
+        .collect::<Result<Vec<u32>, String>>()
+        .map_err(ctx)?;
+    let utc_offset_min = match m.utc_offset.as_deref() {
+        None | Some("Z") | Some("UTC") => 0,
+        Some(s) => {
+            let (sign, rest) = match s.as_bytes().first() {
+                Some(b'+') => (1, &s[1..]),
+                Some(b'-') => (-1, &s[1..]),
+                _ => return Err(ctx(format!("utc_offset {s:?} is not like +08:00"))),
+            };
+            sign * hm(rest).map_err(ctx)? as i32
+        }
+    };
+    let matchers = Matchers::from_maps(&m.match_, &m.match_re).map_err(ctx)?;
+    if matchers.is_empty() {
+        return Err(ctx("needs `match` or `match_re`: a window that silences everything is a mistake".into()));
+    }
+    let daily = match (&m.start, &m.end) {
+        (Some(s), Some(e)) => Some((hm(s).map_err(ctx)?, hm(e).map_err(ctx)?)),
+        (None, None) => None,
+        _ => return Err(ctx("give both `start` and `end` (HH:MM), or neither".into())),
+    };
+    let at = |field: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        v.as_deref()
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.timestamp_millis())
+                    .map_err(|e| ctx(format!("{field} {s:?} is not an RFC 3339 time: {e}")))
+            })
+            .transpose()
+    };
+    let between = match (at("starts_at", &m.starts_at)?, at("ends_at", &m.ends_at)?) {
+        (Some(a), Some(b)) if a < b => Some((a, b)),
+        (Some(_), Some(_)) => return Err(ctx("ends_at must be after starts_at".into())),
+        (None, None) => None,
+        _ => return Err(ctx("give both `starts_at` and `ends_at`, or neither".into())),
+    };
+    if daily.is_some() && !m.time_intervals.is_empty() {
+        return Err(ctx("give a daily `start`/`end` or `time_intervals`, not both".into()));
+    }
+    if daily.is_none() && m.time_intervals.is_empty() && between.is_none() {
+        return Err(ctx("needs a daily `start`/`end`, `time_intervals`, or `starts_at`/`ends_at`".into()));
+    }
+    Ok(Maintenance { name: m.name, matchers, days, daily, utc_offset_min, time_intervals: m.time_intervals, between })
+}
