@@ -1,0 +1,401 @@
+//! The engine's API: alerts (list, ack, unack, resolve, links), silences,
+//! posted alerts (Alertmanager's API), receivers and on-call, as the HTTP
+//! layer and the system tables use them.
+
+use super::*;
+
+impl AlertEngine {
+    // -- API ---------------------------------------------------------------
+
+    pub(super) fn with_instance<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Instance, i64) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let inst = inner
+            .rules
+            .values_mut()
+            .find_map(|m| m.get_mut(id))
+            .ok_or_else(|| EngineError::NoSuchAlert(id.to_string()))?;
+        let out = f(inst, now)?;
+        inner.dirty = true;
+        Ok(out)
+    }
+
+    pub(super) async fn record_manual(&self, t: Transition) -> Result<serde_json::Value, EngineError> {
+        self.save()?;
+        self.history.transitions(std::slice::from_ref(&t)).await;
+        self.alert(&t.id).ok_or_else(|| EngineError::NoSuchAlert(t.id.clone()))
+    }
+
+    /// Acknowledges a pending or firing alert: its escalation stops.
+    pub async fn ack(&self, id: &str, by: &str, comment: &str) -> Result<serde_json::Value, EngineError> {
+        let t = self.with_instance(id, |inst, now| {
+            if !inst.state.is_active() {
+                return Err(EngineError::BadRequest(format!(
+                    "alert {id} is {}; only pending or firing alerts can be acknowledged",
+                    inst.state.as_str()
+                )));
+            }
+            inst.ack = Some(Ack {
+                by: by.to_string(),
+                comment: comment.to_string(),
+                at: now,
+                severity: inst.severity.clone(),
+            });
+            inst.ack_lifted = None;
+            let mut t = Transition::new(inst, inst.state, inst.severity.clone(), now);
+            t.note = format!("acknowledged by {by}: {comment}");
+            Ok(t)
+        })?;
+        self.record_manual(t).await
+    }
+
+    /// The link `sig` made for `alert`, `action` and `receiver`, if it is
+    /// this server's and has not expired (see [`crate::links`]).
+    pub fn check_link(
+        &self,
+        alert: &str,
+        action: &str,
+        receiver: &str,
+        expires: i64,
+        sig: &str,
+    ) -> Result<crate::links::Link, crate::links::LinkError> {
+        self.links.check(alert, action, receiver, expires, sig, self.clock.now_ms())
+    }
+
+    /// Silences alert `id` (its identity: rule and labels, any severity) for
+    /// `duration`.
+    pub fn silence_alert(&self, id: &str, by: &str, comment: &str, duration: Duration) -> Result<Silence, EngineError> {
+        let identity = {
+            let inner = self.inner.lock();
+            let inst =
+                inner.rules.values().find_map(|m| m.get(id)).ok_or_else(|| EngineError::NoSuchAlert(id.into()))?;
+            inst.identity.clone()
+        };
+        let now = self.clock.now_ms();
+        let matchers = identity
+            .into_iter()
+            .map(|(name, value)| crate::state::MatcherSpec { name, value, is_regex: false, is_equal: true })
+            .collect();
+        self.add_silence(Silence {
+            id: String::new(),
+            matchers,
+            starts_at: now,
+            ends_at: now + duration.as_millis() as i64,
+            created_by: by.to_string(),
+            comment: comment.to_string(),
+            created_at: now,
+            scope: None,
+        })
+    }
+
+    pub async fn unack(&self, id: &str, by: &str) -> Result<serde_json::Value, EngineError> {
+        let t = self.with_instance(id, |inst, now| {
+            if inst.ack.take().is_none() {
+                return Err(EngineError::BadRequest(format!("alert {id} is not acknowledged")));
+            }
+            let mut t = Transition::new(inst, inst.state, inst.severity.clone(), now);
+            t.note = format!("acknowledgement withdrawn by {by}");
+            Ok(t)
+        })?;
+        self.record_manual(t).await
+    }
+
+    /// Resolves an alert by hand; it fires again only after its condition
+    /// has cleared once. A no-data alert's series is forgotten.
+    pub async fn resolve(&self, id: &str, by: &str, comment: &str) -> Result<serde_json::Value, EngineError> {
+        let t = self.with_instance(id, |inst, now| {
+            if !inst.state.is_active() {
+                return Err(EngineError::BadRequest(format!(
+                    "alert {id} is {}, not pending or firing",
+                    inst.state.as_str()
+                )));
+            }
+            let from = inst.state;
+            inst.state = AlertState::Resolved;
+            inst.resolved_at = Some(now);
+            inst.resolved_by = Some(Ack { by: by.to_string(), comment: comment.to_string(), at: now, severity: None });
+            inst.hold_until_clear = true;
+            if inst.no_data {
+                inst.last_seen = None;
+            }
+            let mut t = Transition::new(inst, from, inst.severity.clone(), now);
+            t.note = format!("resolved by hand by {by}: {comment}");
+            Ok(t)
+        })?;
+        self.record_manual(t).await
+    }
+
+    /// One alert as the API shows it.
+    pub fn alert(&self, id: &str) -> Option<serde_json::Value> {
+        let inner = self.inner.lock();
+        inner.rules.values().find_map(|m| m.get(id)).map(|i| alert_json(i, inner.muted.get(id)))
+    }
+
+    /// Alerts (not inactive ones), filtered by state and by exact labels.
+    pub fn alerts(&self, state: Option<&str>, labels: &BTreeMap<String, String>) -> Vec<serde_json::Value> {
+        let inner = self.inner.lock();
+        inner
+            .rules
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|i| i.state != AlertState::Inactive)
+            .filter(|i| state.is_none_or(|s| s == i.state.as_str() || (s == "active" && i.state.is_active())))
+            .filter(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+            .map(|i| alert_json(i, inner.muted.get(&i.id)))
+            .collect()
+    }
+
+    /// For the `system.alerts` table.
+    pub(crate) fn snapshot(&self) -> (Vec<Instance>, HashMap<String, Mute>) {
+        let inner = self.inner.lock();
+        let v = inner
+            .rules
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|i| i.state != AlertState::Inactive)
+            .cloned()
+            .collect();
+        (v, inner.muted.clone())
+    }
+
+    pub fn rules_health(&self) -> Vec<RuleHealth> {
+        let inner = self.inner.lock();
+        let mut out = Vec::new();
+        for g in &inner.config.groups {
+            for r in &g.rules {
+                let key = rule_key(&g.name, &r.name);
+                out.push(inner.health.get(&key).cloned().unwrap_or(RuleHealth {
+                    group: g.name.clone(),
+                    rule: r.name.clone(),
+                    ..Default::default()
+                }));
+            }
+        }
+        out
+    }
+
+    pub fn add_silence(&self, mut s: Silence) -> Result<Silence, EngineError> {
+        // Every silence is kept in state.json (rewritten on each change) and
+        // listed whole: a client must not grow them without bound.
+        const MAX_TEXT: usize = 4096;
+        const MAX_MATCHERS: usize = 64;
+        const MAX_SILENCES: usize = 10_000;
+        if s.comment.len() > MAX_TEXT || s.created_by.len() > MAX_TEXT {
+            return Err(EngineError::BadRequest(format!("comment and createdBy may be at most {MAX_TEXT} bytes")));
+        }
+        let text: usize = s.matchers.iter().map(|m| m.name.len() + m.value.len()).sum();
+        if s.matchers.len() > MAX_MATCHERS || text > MAX_TEXT {
+            tocsin_storage::refusals::refused("max_silence_matchers");
+            return Err(EngineError::BadRequest(format!(
+                "a silence may have at most {MAX_MATCHERS} matchers of {MAX_TEXT} bytes in all"
+            )));
+        }
+        if self.inner.lock().silences.len() >= MAX_SILENCES {
+            tocsin_storage::refusals::refused("max_silences");
+            return Err(EngineError::BadRequest(format!("{MAX_SILENCES} silences exist already; expire some first")));
+        }
+        let matchers = s.compile().map_err(EngineError::BadRequest)?;
+        let now = self.clock.now_ms();
+        if s.starts_at == 0 {
+            s.starts_at = now;
+        }
+        if s.ends_at <= s.starts_at {
+            return Err(EngineError::BadRequest("endsAt must be after startsAt".into()));
+        }
+        if s.ends_at <= now {
+            return Err(EngineError::BadRequest("endsAt is in the past".into()));
+        }
+        if s.created_by.trim().is_empty() {
+            return Err(EngineError::BadRequest("createdBy is required".into()));
+        }
+        s.created_at = now;
+        {
+            let mut inner = self.inner.lock();
+            inner.next_id += 1;
+            s.id = format!("s{:x}-{}", now, inner.next_id);
+            inner.silences.push((s.clone(), matchers));
+            inner.dirty = true;
+        }
+        self.save()?;
+        Ok(s)
+    }
+
+    pub fn silences(&self) -> Vec<serde_json::Value> {
+        let now = self.clock.now_ms();
+        self.inner.lock().silences.iter().map(|(s, _)| silence_json(s, now)).collect()
+    }
+
+    pub fn silence(&self, id: &str) -> Option<serde_json::Value> {
+        let now = self.clock.now_ms();
+        self.inner.lock().silences.iter().find(|(s, _)| s.id == id).map(|(s, _)| silence_json(s, now))
+    }
+
+    /// Expires a silence now (it stays listed as expired).
+    pub fn expire_silence(&self, id: &str) -> Result<(), EngineError> {
+        let now = self.clock.now_ms();
+        {
+            let mut inner = self.inner.lock();
+            let (s, _) = inner
+                .silences
+                .iter_mut()
+                .find(|(s, _)| s.id == id)
+                .ok_or_else(|| EngineError::NoSuchSilence(id.to_string()))?;
+            s.ends_at = s.ends_at.min(now);
+            s.starts_at = s.starts_at.min(now);
+            inner.dirty = true;
+        }
+        self.save()
+    }
+
+    /// Alerts posted through Alertmanager's API (`POST /api/v2/alerts`):
+    /// checked as a whole (one bad alert refuses the post, naming it), then
+    /// routed like the engine's own. The number taken.
+    pub async fn post_alerts(&self, alerts: Vec<crate::external::PostableAlert>) -> Result<usize, EngineError> {
+        if alerts.len() > crate::external::MAX_POSTED {
+            return Err(EngineError::BadRequest(format!(
+                "{} alerts in one post; at most {}",
+                alerts.len(),
+                crate::external::MAX_POSTED
+            )));
+        }
+        let now = self.clock.now_ms();
+        let checked = alerts
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| crate::external::check(i, a, now))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(EngineError::BadRequest)?;
+        let n = checked.len();
+        let mut transitions = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let posted = format!("{}/", crate::external::GROUP);
+            let held: usize = inner.rules.iter().filter(|(k, _)| k.starts_with(&posted)).map(|(_, m)| m.len()).sum();
+            let new = checked
+                .iter()
+                .filter(|c| {
+                    let id = crate::matcher::fingerprint(&c.identity);
+                    !inner
+                        .rules
+                        .get(&rule_key(crate::external::GROUP, &c.alertname))
+                        .is_some_and(|m| m.contains_key(&id))
+                })
+                .count();
+            if held + new > crate::external::MAX_POSTED_INSTANCES {
+                tocsin_storage::refusals::refused("max_posted_alerts");
+                return Err(EngineError::BadRequest(format!(
+                    "{held} posted alerts are kept already; at most {} (resolved ones are forgotten after an hour)",
+                    crate::external::MAX_POSTED_INSTANCES
+                )));
+            }
+            for c in checked {
+                let key = rule_key(crate::external::GROUP, &c.alertname);
+                let instances = inner.rules.entry(key).or_default();
+                transitions.extend(crate::external::apply(c, instances, now));
+            }
+            inner.dirty = true;
+        }
+        self.finish_round(transitions).await;
+        Ok(n)
+    }
+
+    /// The receivers an alert with `labels` is routed to (escalation
+    /// chains: every receiver of their steps).
+    pub fn receivers_of(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
+        let inner = self.inner.lock();
+        let config = &inner.config;
+        if config.routes.is_empty() {
+            return Vec::new();
+        }
+        let mut out = std::collections::BTreeSet::new();
+        for r in crate::dispatch::route_alert(&config.routes, 0, labels) {
+            let route = &config.routes[r];
+            match route.escalation.as_ref().and_then(|e| config.escalations.get(e)) {
+                Some(e) => out.extend(e.steps.iter().flat_map(|s| s.notify.iter().cloned())),
+                None => {
+                    out.insert(route.receiver.clone());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Each schedule's shift at `at_ms` and the next one (looking up to 60
+    /// days ahead).
+    pub fn oncall(&self, at_ms: i64) -> Vec<serde_json::Value> {
+        let inner = self.inner.lock();
+        let config = &inner.config;
+        let mut names: Vec<&String> = config.schedules.keys().collect();
+        names.sort();
+        let shift = |s: Option<crate::oncall::Shift>| {
+            s.map(|s| {
+                let person = config.people.get(&s.member);
+                serde_json::json!({
+                    "member": s.member,
+                    "from": crate::dispatch::rfc3339(s.from),
+                    "until": crate::dispatch::rfc3339(s.until),
+                    "email": person.and_then(|p| p.email.clone()),
+                    "mobile": person.and_then(|p| p.mobile.clone()),
+                    "userId": person.and_then(|p| p.user_id.clone()),
+                })
+            })
+        };
+        names
+            .into_iter()
+            .map(|n| {
+                let (now, next) =
+                    config.schedules[n].now_and_next(at_ms, &config.time_intervals, Duration::from_secs(60 * 86_400));
+                serde_json::json!({ "schedule": n, "now": shift(now), "next": shift(next) })
+            })
+            .collect()
+    }
+
+    /// The configured receivers' names.
+    pub fn receiver_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.lock().config.receivers.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+pub(super) fn alert_json(i: &Instance, muted: Option<&Mute>) -> serde_json::Value {
+    let ts = |t: Option<i64>| t.map(crate::dispatch::rfc3339);
+    serde_json::json!({
+        "id": i.id,
+        "alertname": i.rule,
+        "group": i.group,
+        "state": i.state.as_str(),
+        "severity": i.severity,
+        "value": i.value.is_finite().then_some(i.value),
+        "labels": i.labels,
+        "annotations": i.annotations,
+        "activeSince": ts(i.active_since),
+        "pendingSince": ts(i.pending_since),
+        "resolvedAt": ts(i.resolved_at),
+        "updatedAt": crate::dispatch::rfc3339(i.updated_at),
+        "endsAt": ts(i.ends_at),
+        "noData": i.no_data,
+        "flapping": i.flapping,
+        "ack": i.ack.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at), "severity": a.severity})),
+        "ackLifted": i.ack_lifted.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at), "severity": a.severity})),
+        "resolvedBy": i.resolved_by.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at)})),
+        "muted": muted,
+    })
+}
+
+pub(super) fn silence_json(s: &Silence, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "matchers": s.matchers,
+        "startsAt": crate::dispatch::rfc3339(s.starts_at),
+        "endsAt": crate::dispatch::rfc3339(s.ends_at),
+        "createdBy": s.created_by,
+        "comment": s.comment,
+        "scope": s.scope.as_ref().map(|sc| &sc.role),
+        "status": { "state": s.status(now) },
+    })
+}
