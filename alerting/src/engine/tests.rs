@@ -522,3 +522,30 @@ receivers:
     assert_eq!(got["/feishu"]["content"]["text"], "[FIRING:1] HighCpu for HighCpu");
     assert!(got["/slack"]["text"].as_str().is_some_and(|t| t.contains("host=a")), "{}", got["/slack"]);
 }
+
+/// Issue 13's invariant "ack holds across restarts", through the engine's
+/// persisted state: acknowledged, then the engine is dropped without a
+/// clean stop and started again on the same directory; the ack is still
+/// there and step 2 never goes out.
+#[tokio::test]
+async fn an_ack_holds_across_a_restart() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    s.set(&[("a", 99.0)]);
+    s.run_for(4).await;
+    assert_eq!(cap.wait_for(1).await.len(), 1, "step 1");
+    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
+    s.engine.ack(&id, "ann", "mine").await.expect("ack");
+    s.settle().await;
+    let Setup { dir, clock, data, history, engine } = s;
+    drop(engine);
+    let engine = start(dir.path(), &clock, &data, &history).expect("restart");
+    let s = Setup { dir, clock, data, history, engine };
+    let a = &s.engine.alerts(Some("firing"), &BTreeMap::new())[0];
+    assert_eq!(a["ack"]["by"], "ann", "the ack was persisted: {a}");
+    s.clock.advance_ms(20 * 60 * 1000);
+    s.run_for(5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let paths: Vec<String> = cap.bodies().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(paths, ["/oncall"], "no step 2 after the restart");
+}
