@@ -4,13 +4,19 @@ while, the samples Prometheus holds for a set of series (its own HTTP API,
 raw samples of a range selector) must be exactly the rows Tocsin holds for
 them: same series, same millisecond timestamps, same float64 values. The
 same Prometheus sends its alerts to Tocsin as to an Alertmanager
-(`alerting: alertmanagers:`), and they show in Alertmanager's API."""
+(`alerting: alertmanagers:`): they show in Alertmanager's API, and Tocsin
+escalates them, to a webhook and then, unacknowledged, by email (aiosmtpd)."""
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from aiosmtpd.controller import Controller
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peers import (create_token, free_port, get_json, scratch, sql, start_tocsin,  # noqa: E402
@@ -46,9 +52,55 @@ def tocsin_samples(http, metric, lo_ms, hi_ms):
     return out
 
 
+HOOKED = []
+MAILED = []
+
+
+class Hook(BaseHTTPRequestHandler):
+    def do_POST(self):
+        HOOKED.append(json.loads(self.rfile.read(int(self.headers.get("content-length", 0)))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class Mailbox:
+    async def handle_DATA(self, server, session, envelope):
+        MAILED.append(envelope.content)
+        return "250 OK"
+
+
 def main():
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    smtp_port = free_port()
+    smtp = Controller(Mailbox(), hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
     with scratch("tocsin-prom-") as (tmp, procs), open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "peers.log"), "w") as plog:
-        tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog)
+        # Prometheus' alerts are escalated by Tocsin: step 1 to a webhook,
+        # step 2 (after 2 s, unacknowledged) by email.
+        tocsin_rules = os.path.join(tmp, "tocsin-rules.yml")
+        with open(tocsin_rules, "w") as f:
+            f.write(f"""
+route:
+  escalation: page
+  group_by: [alertname, instance]
+  group_wait: 0s
+  group_interval: 1s
+escalations:
+  - name: page
+    steps:
+      - {{ after: 0s, notify: [hook] }}
+      - {{ after: 2s, notify: [mail] }}
+receivers:
+  - name: hook
+    webhook: {{ url: "http://127.0.0.1:{hook.server_port}/page" }}
+  - name: mail
+    email: {{ to: [oncall@example.com], from: tocsin@example.com, smarthost: "127.0.0.1:{smtp_port}", tls: none }}
+""")
+        tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog, ["--rules", tocsin_rules])
         procs.append(tocsin)
         # A second Tocsin with --auth, written to with prometheus.yml's
         # `authorization` (a writer token as the bearer credentials).
@@ -118,6 +170,11 @@ remote_write:
                                    if a["labels"].get("alertname") == "NodeExporterUp"])
         assert alerts[0]["labels"]["job"] == "node" and alerts[0]["annotations"]["summary"] == "node exporter answers", alerts
         assert alerts[0]["status"]["state"] == "active", alerts
+        wait_for("Prometheus' alert escalated to the webhook (step 1)",
+                 lambda: any(p["alerts"][0]["labels"].get("alertname") == "NodeExporterUp"
+                             and p["tocsin"].get("step") == 1 for p in HOOKED))
+        wait_for("and, unacknowledged, by email (step 2)",
+                 lambda: any(b"NodeExporterUp" in m for m in MAILED), deadline_s=30)
         # Prometheus' own account: nothing it sent was refused.
         failed = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_failed_total)")
         sent = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_total)")
@@ -126,7 +183,10 @@ remote_write:
         series = sql(http, "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'")
         print(f"ok: Prometheus remote_write -> Tocsin, {series[0]['n']} metric tables, "
               f"{len(METRICS)} metrics compared sample by sample over {window} s; "
-              "and with `authorization` to a server with --auth; its alerts reach Tocsin's Alertmanager API")
+              "and with `authorization` to a server with --auth; its alerts reach Tocsin's Alertmanager API and are "
+              "escalated to a webhook, then by email")
+    smtp.stop()
+    hook.shutdown()
 
 
 if __name__ == "__main__":
