@@ -100,10 +100,8 @@ pub enum IngestError {
     #[error(transparent)]
     Auth(#[from] tocsin_auth::AuthError),
     /// The caller wrote more rows a second than `limits.ingest_rows_per_second`.
-    #[error(
-        "{caller} is over its ingest rate of {rate} rows a second (limits.ingest_rows_per_second); retry in {retry_after:?}"
-    )]
-    RateLimited { caller: String, rate: u64, retry_after: std::time::Duration },
+    #[error(transparent)]
+    RateLimited(#[from] tocsin_storage::errors::OverRate),
 }
 
 impl tocsin_storage::errors::Classify for IngestError {
@@ -113,7 +111,7 @@ impl tocsin_storage::errors::Classify for IngestError {
             IngestError::Empty(_) => ErrorClass::Invalid,
             IngestError::Storage(e) => e.class(),
             IngestError::Auth(e) => e.class(),
-            IngestError::RateLimited { .. } => ErrorClass::RateLimited,
+            IngestError::RateLimited(_) => ErrorClass::RateLimited,
         }
     }
 }
@@ -191,11 +189,11 @@ impl IngestService {
             let rows: usize = writes.iter().flat_map(|w| &w.blocks).map(|b| b.timestamps.len()).sum();
             if let Err(retry_after) = self.rates.take(&who.name, rows as u64, std::time::Instant::now()) {
                 tocsin_storage::refusals::refused("ingest_rows_per_second");
-                return Err(IngestError::RateLimited {
+                return Err(IngestError::RateLimited(tocsin_storage::errors::OverRate {
                     caller: who.name.clone(),
                     rate: self.rates.rate(),
                     retry_after,
-                });
+                }));
             }
         }
         let mut resp = WriteResponse::default();

@@ -98,11 +98,8 @@ pub enum QueryError {
     #[error(transparent)]
     Auth(#[from] tocsin_auth::AuthError),
     /// The caller's writes are over `limits.ingest_rows_per_second`.
-    #[error(
-        "{caller} is over its ingest rate of {rate} rows a second (limits.ingest_rows_per_second); retry in \
-         {retry_after:?}"
-    )]
-    RateLimited { caller: String, rate: u64, retry_after: std::time::Duration },
+    #[error(transparent)]
+    RateLimited(tocsin_storage::errors::OverRate),
     #[error("{limit} queries are running already (limits.max_concurrent_queries); try again shortly")]
     TooManyQueries { limit: usize },
     #[error("the query ran longer than limits.query_timeout ({after:?}) and was stopped")]
@@ -121,7 +118,7 @@ impl QueryError {
             QueryError::DataFusion(e) if resources_exhausted(e) => Some("max_query_memory_mb"),
             QueryError::Write(e) => e.limit(),
             QueryError::TooManyQueries { .. } => Some("max_concurrent_queries"),
-            QueryError::RateLimited { .. } => Some("ingest_rows_per_second"),
+            QueryError::RateLimited(_) => Some("ingest_rows_per_second"),
             QueryError::Timeout { .. } => Some("query_timeout"),
             _ => None,
         }
@@ -147,7 +144,7 @@ impl QueryError {
             QueryError::Storage(StorageError::Database(_)) => true,
             QueryError::Storage(_) => false,
             QueryError::Arrow(e) => arrow_user_error(e),
-            QueryError::TooManyQueries { .. } | QueryError::Timeout { .. } | QueryError::RateLimited { .. } => false,
+            QueryError::TooManyQueries { .. } | QueryError::Timeout { .. } | QueryError::RateLimited(_) => false,
             _ => true,
         }
     }
@@ -160,7 +157,7 @@ impl tocsin_storage::errors::Classify for QueryError {
             QueryError::Auth(a) => a.class(),
             QueryError::Storage(s) => s.class(),
             QueryError::TooManyQueries { .. } => ErrorClass::Overloaded,
-            QueryError::RateLimited { .. } => ErrorClass::RateLimited,
+            QueryError::RateLimited(_) => ErrorClass::RateLimited,
             QueryError::Timeout { .. } => ErrorClass::Timeout,
             QueryError::DataFusion(e) if resources_exhausted(e) => ErrorClass::Overloaded,
             QueryError::DataFusion(DataFusionError::External(inner)) => match inner.downcast_ref::<QueryError>() {
@@ -522,7 +519,11 @@ impl QueryEngine {
                 if let Err((rate, retry_after)) = rates.admit(&who.name) {
                     self.discard(provisional);
                     tocsin_storage::refusals::refused("ingest_rows_per_second");
-                    return Err(QueryError::RateLimited { caller: who.name.clone(), rate, retry_after });
+                    return Err(QueryError::RateLimited(tocsin_storage::errors::OverRate {
+                        caller: who.name.clone(),
+                        rate,
+                        retry_after,
+                    }));
                 }
                 Some((Arc::clone(rates), who.name.clone()))
             }

@@ -55,7 +55,11 @@ fn query_errors() -> Vec<(QueryError, ErrorClass)> {
         (QueryError::Storage(full()), ErrorClass::Overloaded),
         (QueryError::TooManyQueries { limit: 64 }, ErrorClass::Overloaded),
         (
-            QueryError::RateLimited { caller: "token:a".into(), rate: 10, retry_after: Duration::from_secs(3) },
+            QueryError::RateLimited(tocsin_storage::errors::OverRate {
+                caller: "token:a".into(),
+                rate: 10,
+                retry_after: Duration::from_secs(3),
+            }),
             ErrorClass::RateLimited,
         ),
         (QueryError::DataFusion(DataFusionError::ResourcesExhausted("memory".into())), ErrorClass::Overloaded),
@@ -73,7 +77,11 @@ fn ingest_errors() -> Vec<(IngestError, ErrorClass)> {
         (IngestError::Auth(AuthError::Unauthenticated("no token".into())), ErrorClass::Unauthenticated),
         (IngestError::Auth(AuthError::Forbidden("table t".into())), ErrorClass::PermissionDenied),
         (
-            IngestError::RateLimited { caller: "token:a".into(), rate: 10, retry_after: Duration::from_secs(3) },
+            IngestError::RateLimited(tocsin_storage::errors::OverRate {
+                caller: "token:a".into(),
+                rate: 10,
+                retry_after: Duration::from_secs(3),
+            }),
             ErrorClass::RateLimited,
         ),
         (IngestError::Storage(full()), ErrorClass::Overloaded),

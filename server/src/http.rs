@@ -141,8 +141,8 @@ impl From<QueryError> for ApiError {
         let e = e.unwrapped();
         let mut api = Self::classified(&e);
         // The wait the caller's ingest rate needs, as the write protocols say.
-        if let QueryError::RateLimited { retry_after, .. } = &e {
-            api.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        if let QueryError::RateLimited(r) = &e {
+            api.retry_after = Some(r.retry_after_secs());
         }
         api
     }

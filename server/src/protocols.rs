@@ -77,7 +77,7 @@ pub(crate) fn ingest_error(dialect: Dialect, e: IngestError) -> Response {
     let class = e.class();
     let status = StatusCode::from_u16(class.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let retry_after = match &e {
-        IngestError::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+        IngestError::RateLimited(r) => Some(r.retry_after_secs()),
         _ => class.retry_after().then_some(1),
     };
     let mut r = error(dialect, status, e.to_string());

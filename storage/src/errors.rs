@@ -147,3 +147,23 @@ mod tests {
         assert_eq!(full.class(), ErrorClass::Overloaded);
     }
 }
+
+/// A caller over `limits.ingest_rows_per_second`, whichever protocol it
+/// wrote with (the ingest protocols and SQL `INSERT` share one bucket per
+/// caller, and one message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{caller} is over its ingest rate of {rate} rows a second (limits.ingest_rows_per_second); retry in {retry_after:?}"
+)]
+pub struct OverRate {
+    pub caller: String,
+    pub rate: u64,
+    pub retry_after: std::time::Duration,
+}
+
+impl OverRate {
+    /// The wait for `Retry-After`: whole seconds, at least one.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
