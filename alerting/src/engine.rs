@@ -118,13 +118,23 @@ pub struct AlertMetrics {
     /// Dispatch rounds completed (grouping, silences, inhibition,
     /// escalation and repeat timers are all decided in a round).
     pub dispatch_rounds: AtomicU64,
+    /// Time spent in dispatch rounds.
+    pub dispatch_micros: AtomicU64,
     /// Notification jobs created (each then goes to the outbox).
     pub notifications_queued: AtomicU64,
     /// Jobs in the outbox as last saved: created, not yet known delivered
     /// (or finally failed) on disk. Zero means every notification decided
     /// so far is out and a restart would send none again.
     pub outbox_saved: AtomicU64,
-    /// State saves (serialize, write, fsync, rename) and their time.
+    /// Journal records written (one per round that changed something),
+    /// the changes in them, their time (diff, write, fsync) and the
+    /// journal's size since the last snapshot.
+    pub journal_records: AtomicU64,
+    pub journal_changes: AtomicU64,
+    pub journal_micros: AtomicU64,
+    pub journal_bytes: AtomicU64,
+    /// Snapshots of the whole state (serialize, write, fsync, rename) and
+    /// their time.
     pub state_saves: AtomicU64,
     pub state_save_micros: AtomicU64,
     /// The last save: its time and size.
@@ -147,6 +157,9 @@ const STATE_VERSION: u32 = 1;
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PersistedState {
     version: u32,
+    /// The last journal record this snapshot covers.
+    #[serde(default)]
+    seq: u64,
     instances: Vec<Instance>,
     dispatcher: Dispatcher,
     silences: Vec<Silence>,
@@ -182,7 +195,8 @@ pub struct AlertEngine {
     ingest_index: Arc<parking_lot::RwLock<Arc<crate::on_ingest::Index>>>,
     ingest_tx: mpsc::Sender<IngestBatch>,
     ingest_rx: tokio::sync::Mutex<mpsc::Receiver<IngestBatch>>,
-    save_lock: Mutex<()>,
+    /// Serialises saves: one journal writer.
+    journal: Mutex<persist::Journal>,
     pub metrics: AlertMetrics,
     /// Makes and checks the ack and silence links of notifications.
     links: crate::links::Links,
@@ -227,7 +241,9 @@ impl AlertEngine {
     ) -> Result<Arc<AlertEngine>, EngineError> {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|source| EngineError::StateIo { path: opts.state_dir.clone(), source })?;
-        let state = load_state(&opts.state_dir)?;
+        let mut loaded = load_state(&opts.state_dir)?;
+        let state = std::mem::take(&mut loaded.state);
+        let seq = state.seq;
         let links = crate::links::Links::open(&opts.state_dir, &opts.external_url, opts.link_ttl)
             .map_err(|source| EngineError::StateIo { path: opts.state_dir.join("link-key"), source })?;
         let started_at = clock.now_ms();
@@ -242,40 +258,42 @@ impl AlertEngine {
         let mtimes = mtimes(&config.sources);
         let ingest_index = Arc::new(parking_lot::RwLock::new(Arc::new(crate::on_ingest::index(&config))));
         let (ingest_tx, ingest_rx) = mpsc::channel(crate::on_ingest::QUEUE);
+        let inner = Inner {
+            config: Arc::new(config),
+            rules,
+            health: BTreeMap::new(),
+            next_eval: HashMap::new(),
+            dispatcher: state.dispatcher,
+            silences: state
+                .silences
+                .into_iter()
+                .filter_map(|s| match s.compile() {
+                    Ok(m) => Some((s, m)),
+                    Err(e) => {
+                        tracing::error!(id = %s.id, "persisted silence dropped, its matchers do not compile: {e}");
+                        None
+                    }
+                })
+                .collect(),
+            muted: HashMap::new(),
+            outbox,
+            next_id: state.next_id,
+            dirty: false,
+            mtimes,
+        };
+        let journal = loaded.journal(&opts.state_dir, seq, &inner);
         let engine = Arc::new(AlertEngine {
             ingest_index,
             ingest_tx,
             ingest_rx: tokio::sync::Mutex::new(ingest_rx),
-            inner: Mutex::new(Inner {
-                config: Arc::new(config),
-                rules,
-                health: BTreeMap::new(),
-                next_eval: HashMap::new(),
-                dispatcher: state.dispatcher,
-                silences: state
-                    .silences
-                    .into_iter()
-                    .filter_map(|s| match s.compile() {
-                        Ok(m) => Some((s, m)),
-                        Err(e) => {
-                            tracing::error!(id = %s.id, "persisted silence dropped, its matchers do not compile: {e}");
-                            None
-                        }
-                    })
-                    .collect(),
-                muted: HashMap::new(),
-                outbox,
-                next_id: state.next_id,
-                dirty: false,
-                mtimes,
-            }),
+            inner: Mutex::new(inner),
             opts,
             clock,
             querier,
             history,
             notifier,
             attempts: tokio::sync::Mutex::new(rx),
-            save_lock: Mutex::new(()),
+            journal: Mutex::new(journal),
             reload_hook: Mutex::new(None),
             metrics: AlertMetrics::default(),
             links,
@@ -287,6 +305,10 @@ impl AlertEngine {
         }
         for job in pending {
             engine.notifier.enqueue(job);
+        }
+        if loaded.replayed {
+            // The journal was replayed: fold it into a new snapshot.
+            engine.write_snapshot()?;
         }
         Ok(engine)
     }
@@ -313,10 +335,17 @@ impl AlertEngine {
                 self.reload_if_changed();
             }
             self.tick().await;
+            // What changes without a transition (values, last seen) is in
+            // the snapshot, written this often.
+            if self.journal.lock().last_snapshot.elapsed() >= persist::SNAPSHOT_EVERY
+                && let Err(e) = self.write_snapshot()
+            {
+                tracing::error!("{e}");
+            }
         }
         let _ = attempts.await;
         let _ = ingest.await;
-        if let Err(e) = self.save() {
+        if let Err(e) = self.write_snapshot() {
             tracing::error!("saving alerting state at shutdown failed: {e}");
         }
     }
@@ -363,6 +392,12 @@ impl AlertEngine {
             }
             due
         };
+        if !due.is_empty() {
+            // An evaluation may change what is persisted without a
+            // transition (a pending alert's severity, a hold ending): the
+            // save compares.
+            self.inner.lock().dirty = true;
+        }
         let mut transitions = Vec::new();
         for g in &due {
             for rule in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
@@ -469,6 +504,7 @@ impl AlertEngine {
         let mut transitions = Vec::new();
         {
             let mut inner = self.inner.lock();
+            inner.dirty = true;
             for b in &batches {
                 if !inner.config.rule_active(&b.rule, now) {
                     continue; // outside its time intervals: samples are not evaluated
@@ -482,6 +518,13 @@ impl AlertEngine {
     }
 
     fn dispatch(&self, changed: bool) -> Vec<Job> {
+        let started = Instant::now();
+        let jobs = self.dispatch_round(changed);
+        self.metrics.dispatch_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        jobs
+    }
+
+    fn dispatch_round(&self, changed: bool) -> Vec<Job> {
         let now = self.clock.now_ms();
         let mut inner = self.inner.lock();
         let inner = &mut *inner;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::matcher::{LabelMatcher, Labels, Matchers};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     Inactive,
@@ -33,7 +33,7 @@ impl AlertState {
 }
 
 /// Who acknowledged (or resolved by hand), when, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Ack {
     pub by: String,
     pub comment: String,

@@ -12,7 +12,8 @@
 //!   dispatch work but no rule evaluation).
 //! - `throughput`: notifications per second one receiver's worker delivers
 //!   to a local webhook (N alerts, each its own group, posted at once).
-//! - `state`: the time to save the alerting state with N alerts held.
+//! - `state`: with N alerts held, the journal record one change costs, and
+//!   the snapshot (and the restart) after a `kill -9`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -183,6 +184,7 @@ receivers:
         sql(server.http, "INSERT INTO lat (ts, host, usage) VALUES (now(), 'warmup', 1)").await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let mut lat = Vec::with_capacity(runs);
+        let before = EngineWork::read(server.http).await?;
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         for i in 0..runs {
             // A pseudo-random phase against the rule interval.
@@ -212,9 +214,49 @@ receivers:
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN)
         );
+        EngineWork::read(server.http).await?.since(&before).print(mode);
         drop(server);
     }
     Ok(())
+}
+
+/// The engine's work counters, to say where a round's time goes.
+struct EngineWork {
+    rounds: f64,
+    dispatch_s: f64,
+    saves: f64,
+    save_s: f64,
+}
+
+impl EngineWork {
+    async fn read(http: std::net::SocketAddr) -> anyhow::Result<EngineWork> {
+        Ok(EngineWork {
+            rounds: metric(http, "tocsin_alert_dispatch_rounds_total").await?,
+            dispatch_s: metric(http, "tocsin_alert_dispatch_seconds_total").await?,
+            saves: metric(http, "tocsin_alert_journal_records_total").await?,
+            save_s: metric(http, "tocsin_alert_journal_seconds_total").await?,
+        })
+    }
+
+    fn since(&self, before: &EngineWork) -> EngineWork {
+        EngineWork {
+            rounds: self.rounds - before.rounds,
+            dispatch_s: self.dispatch_s - before.dispatch_s,
+            saves: self.saves - before.saves,
+            save_s: self.save_s - before.save_s,
+        }
+    }
+
+    fn print(&self, mode: &str) {
+        let per = |s: f64, n: f64| if n > 0.0 { s / n * 1000.0 } else { f64::NAN };
+        println!(
+            "  {mode}: {:.0} dispatch rounds, mean {:.2} ms; {:.0} journal records, mean {:.2} ms",
+            self.rounds,
+            per(self.dispatch_s, self.rounds),
+            self.saves,
+            per(self.save_s, self.saves)
+        );
+    }
 }
 
 async fn throughput(bin: &Path, alerts: usize) -> anyhow::Result<()> {
@@ -244,34 +286,64 @@ async fn throughput(bin: &Path, alerts: usize) -> anyhow::Result<()> {
 }
 
 async fn state(bin: &Path, alerts: usize, saves: usize) -> anyhow::Result<()> {
-    let (server, _rules) = start_server(bin, "")?;
-    let batch: Vec<serde_json::Value> = (0..alerts)
-        .map(|i| {
-            serde_json::json!({
-                "labels": {"alertname": "State", "host": format!("h{i}"), "job": "node", "instance": format!("10.0.{}.{}:9100", i / 250, i % 250)},
-                "annotations": {"summary": format!("host h{i} is down")},
-                "endsAt": "2099-01-01T00:00:00Z",
-            })
+    let (mut server, _rules) = start_server(bin, "")?;
+    let alert = |i: usize| {
+        serde_json::json!({
+            "labels": {"alertname": "State", "host": format!("h{i}"), "job": "node", "instance": format!("10.0.{}.{}:9100", i / 250, i % 250)},
+            "annotations": {"summary": format!("host h{i} is down")},
+            "endsAt": "2099-01-01T00:00:00Z",
         })
-        .collect();
+    };
+    let batch: Vec<serde_json::Value> = (0..alerts).map(alert).collect();
+    let started = Instant::now();
     post_alerts(server.http, &batch).await?;
-    let mut times = Vec::new();
-    for _ in 0..saves {
-        let before = metric(server.http, "tocsin_alert_state_saves_total").await?;
-        // A repeat of the last post: every alert held, the state saved again.
-        post_alerts(server.http, &batch[batch.len().saturating_sub(10_000)..]).await?;
-        while metric(server.http, "tocsin_alert_state_saves_total").await? <= before {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    println!("posted {alerts} alerts in {:.2} s", started.elapsed().as_secs_f64());
+    // One change with all of them held: the journal record it costs.
+    let mut records = Vec::new();
+    for n in 0..saves {
+        let before = metric(server.http, "tocsin_alert_journal_records_total").await?;
+        let before_s = metric(server.http, "tocsin_alert_journal_seconds_total").await?;
+        post_alerts(server.http, &[alert(alerts + n)]).await?;
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut after = before;
+        while after <= before && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            after = metric(server.http, "tocsin_alert_journal_records_total").await?;
         }
-        times.push(metric(server.http, "tocsin_alert_state_save_last_seconds").await? * 1000.0);
+        let spent = metric(server.http, "tocsin_alert_journal_seconds_total").await? - before_s;
+        records.push(spent * 1000.0 / (after - before).max(1.0));
     }
-    times.sort_by(f64::total_cmp);
+    records.sort_by(f64::total_cmp);
+    println!(
+        "journal record for one change with {alerts} alerts held: median {:.2} ms, max {:.2} ms over {saves} changes",
+        percentile(&records, 0.5),
+        records.last().copied().unwrap_or(f64::NAN)
+    );
+    // kill -9 and start again: the journal is replayed and folded into a
+    // snapshot of the whole state.
+    let mut snapshots = Vec::new();
+    let mut restarts = Vec::new();
+    for n in 0..saves {
+        post_alerts(server.http, &[alert(alerts + saves + n)]).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        server.crash_and_restart()?;
+        restarts.push(started.elapsed().as_secs_f64() * 1000.0);
+        snapshots.push(metric(server.http, "tocsin_alert_state_save_last_seconds").await? * 1000.0);
+        let firing = metric(server.http, "tocsin_alerts_firing").await?;
+        if firing < (alerts + saves + n + 1) as f64 {
+            bail!("after the restart {firing} alerts fire, {} were posted", alerts + saves + n + 1);
+        }
+    }
+    snapshots.sort_by(f64::total_cmp);
+    restarts.sort_by(f64::total_cmp);
     let bytes = metric(server.http, "tocsin_alert_state_bytes").await?;
     println!(
-        "state save with {alerts} alerts ({:.1} MiB): median {:.0} ms, max {:.0} ms over {saves} saves",
+        "snapshot of {alerts} alerts ({:.1} MiB): median {:.0} ms, max {:.0} ms; kill -9 to serving again (replay + snapshot): median {:.0} ms over {saves} restarts",
         bytes / (1 << 20) as f64,
-        percentile(&times, 0.5),
-        times.last().copied().unwrap_or(f64::NAN)
+        percentile(&snapshots, 0.5),
+        snapshots.last().copied().unwrap_or(f64::NAN),
+        percentile(&restarts, 0.5)
     );
     drop(server);
     Ok(())

@@ -15,6 +15,8 @@ pub struct Server {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    extra: Vec<std::ffi::OsString>,
 }
 
 impl Drop for Server {
@@ -29,41 +31,57 @@ impl Server {
     /// arguments; the server's log goes to `server.log` in its directory.
     pub fn start(bin: &Path, config: &str, extra: &[&std::ffi::OsStr]) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
-        let config_path = dir.path().join("tocsin.toml");
-        std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let mut child = Command::new(bin)
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log", "warn"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config_path)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("while starting {} (build it with cargo build --release)", bin.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = |key: &str| -> anyhow::Result<SocketAddr> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|a| a.parse().ok())
-                .with_context(|| format!("no {key} in {line:?}"))
-        };
-        let (http, grpc) = match (addr("http="), addr("grpc=")) {
-            (Ok(h), Ok(g)) => (h, g),
-            (Err(e), _) | (_, Err(e)) => {
-                let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-                return Err(e.context(format!("server did not start; its log:\n{log}")));
-            }
-        };
-        Ok(Server { http, grpc, child, dir })
+        std::fs::write(dir.path().join("tocsin.toml"), config)?;
+        let extra: Vec<std::ffi::OsString> = extra.iter().map(|a| a.to_os_string()).collect();
+        let (child, http, grpc) = spawn(bin, dir.path(), &extra)?;
+        Ok(Server { child, http, grpc, dir, bin: bin.to_path_buf(), extra })
+    }
+
+    /// Kills the server (`kill -9`) and starts it again on the same data
+    /// directory and arguments.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let (child, http, grpc) = spawn(&self.bin, self.dir.path(), &self.extra)?;
+        (self.child, self.http, self.grpc) = (child, http, grpc);
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// Starts `bin serve` in `dir` and reads the addresses it prints.
+fn spawn(bin: &Path, dir: &Path, extra: &[std::ffi::OsString]) -> anyhow::Result<(Child, SocketAddr, SocketAddr)> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log"))?;
+    let mut child = Command::new(bin)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log", "warn"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(dir.join("tocsin.toml"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("while starting {} (build it with cargo build --release)", bin.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = |key: &str| -> anyhow::Result<SocketAddr> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no {key} in {line:?}"))
+    };
+    match (addr("http="), addr("grpc=")) {
+        (Ok(h), Ok(g)) => Ok((child, h, g)),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            Err(e.context(format!("server did not start; its log:\n{log}")))
+        }
     }
 }
 

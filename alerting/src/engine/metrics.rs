@@ -50,6 +50,12 @@ impl AlertEngine {
         );
         metric("tocsin_alert_dispatch_rounds_total", "counter", "Dispatch rounds completed.", c(&m.dispatch_rounds));
         metric(
+            "tocsin_alert_dispatch_seconds_total",
+            "counter",
+            "Time spent in dispatch rounds (muting, routing, grouping, escalation).",
+            c(&m.dispatch_micros) / 1e6,
+        );
+        metric(
             "tocsin_notifications_queued_total",
             "counter",
             "Notification jobs created (each escalation step, repeat and resolve is one).",
@@ -97,20 +103,44 @@ impl AlertEngine {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
         metric("tocsin_rule_reloads_total", "counter", "Successful rule reloads.", c(&m.reloads));
-        metric("tocsin_alert_state_saves_total", "counter", "Alerting state saves.", c(&m.state_saves));
+        metric(
+            "tocsin_alert_journal_records_total",
+            "counter",
+            "Alerting state journal records (one per round that changed the state).",
+            c(&m.journal_records),
+        );
+        metric(
+            "tocsin_alert_journal_changes_total",
+            "counter",
+            "Alerts, groups, silences and notifications written to the alerting state journal.",
+            c(&m.journal_changes),
+        );
+        metric(
+            "tocsin_alert_journal_seconds_total",
+            "counter",
+            "Time spent writing alerting state journal records (compare, write, fsync).",
+            c(&m.journal_micros) / 1e6,
+        );
+        metric(
+            "tocsin_alert_journal_bytes",
+            "gauge",
+            "Size of the alerting state journal since the last snapshot.",
+            c(&m.journal_bytes),
+        );
+        metric("tocsin_alert_state_saves_total", "counter", "Alerting state snapshots.", c(&m.state_saves));
         metric(
             "tocsin_alert_state_save_seconds_total",
             "counter",
-            "Time spent saving the alerting state (serialize, write, fsync, rename).",
+            "Time spent writing alerting state snapshots (serialize, write, fsync, rename).",
             c(&m.state_save_micros) / 1e6,
         );
         metric(
             "tocsin_alert_state_save_last_seconds",
             "gauge",
-            "How long the last alerting state save took.",
+            "How long the last alerting state snapshot took.",
             c(&m.state_save_last_micros) / 1e6,
         );
-        metric("tocsin_alert_state_bytes", "gauge", "Size of the alerting state as last saved.", c(&m.state_bytes));
+        metric("tocsin_alert_state_bytes", "gauge", "Size of the last alerting state snapshot.", c(&m.state_bytes));
         metric("tocsin_rule_reload_failures_total", "counter", "Rejected rule reloads.", c(&m.reload_failures));
         metric(
             "tocsin_ingest_rule_batches_total",
