@@ -722,4 +722,6 @@ mod persist;
 use persist::load_state;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;

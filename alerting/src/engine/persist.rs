@@ -524,7 +524,8 @@ fn is_torn_tail(data: &[u8]) -> bool {
 /// A loaded state being brought up to date by journal records.
 struct Replay {
     instances: BTreeMap<(String, String), Instance>,
-    silences: BTreeMap<String, Silence>,
+    /// In the order they were made, as the engine keeps them.
+    silences: indexmap::IndexMap<String, Silence>,
     outbox: BTreeMap<String, Job>,
 }
 
@@ -559,7 +560,7 @@ impl Replay {
                     self.silences.insert(value.id.clone(), *value);
                 }
                 Op::SilenceGone { id } => {
-                    self.silences.remove(&id);
+                    self.silences.shift_remove(&id);
                 }
                 Op::Job { value } => {
                     self.outbox.insert(value.id.clone(), *value);

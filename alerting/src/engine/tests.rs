@@ -9,11 +9,11 @@ use arrow::array::{Float64Array, StringArray};
 use super::*;
 use crate::ManualClock;
 
-const T0: i64 = 1_800_000_000_000;
+pub(super) const T0: i64 = 1_800_000_000_000;
 
 /// Rows the fake rule query returns: (host, value).
 #[derive(Default)]
-struct FakeData(Mutex<Vec<(String, f64)>>);
+pub(super) struct FakeData(Mutex<Vec<(String, f64)>>);
 
 #[async_trait]
 impl RuleQuerier for FakeData {
@@ -32,7 +32,7 @@ impl RuleQuerier for FakeData {
 }
 
 #[derive(Default)]
-struct MemHistory {
+pub(super) struct MemHistory {
     transitions: Mutex<Vec<Transition>>,
     attempts: Mutex<Vec<Attempt>>,
 }
@@ -48,9 +48,9 @@ impl HistorySink for MemHistory {
 }
 
 /// The loopback receiver, with bodies as (path, JSON) pairs.
-struct Capture(crate::testkit::WebhookSink);
+pub(super) struct Capture(pub(super) crate::testkit::WebhookSink);
 
-async fn capture(fail_first: usize) -> Capture {
+pub(super) async fn capture(fail_first: usize) -> Capture {
     Capture(crate::testkit::WebhookSink::start(fail_first).await.expect("bind"))
 }
 
@@ -65,7 +65,7 @@ impl Capture {
     }
 }
 
-fn rules_yaml(addr: std::net::SocketAddr) -> String {
+pub(super) fn rules_yaml(addr: std::net::SocketAddr) -> String {
     format!(
         r#"
 groups:
@@ -101,15 +101,15 @@ receivers:
     )
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-    clock: Arc<ManualClock>,
-    data: Arc<FakeData>,
-    history: Arc<MemHistory>,
-    engine: Arc<AlertEngine>,
+pub(super) struct Setup {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) clock: Arc<ManualClock>,
+    pub(super) data: Arc<FakeData>,
+    pub(super) history: Arc<MemHistory>,
+    pub(super) engine: Arc<AlertEngine>,
 }
 
-fn setup(yaml: &str) -> Setup {
+pub(super) fn setup(yaml: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = dir.path().join("rules.yml");
     std::fs::write(&rules, yaml).expect("write rules");
@@ -120,7 +120,7 @@ fn setup(yaml: &str) -> Setup {
     Setup { dir, clock, data, history, engine }
 }
 
-fn start(
+pub(super) fn start(
     dir: &Path,
     clock: &Arc<ManualClock>,
     data: &Arc<FakeData>,
@@ -142,7 +142,7 @@ fn start(
 }
 
 impl Setup {
-    fn set(&self, rows: &[(&str, f64)]) {
+    pub(super) fn set(&self, rows: &[(&str, f64)]) {
         *self.data.0.lock() = rows.iter().map(|(h, v)| (h.to_string(), *v)).collect();
     }
 
@@ -577,7 +577,7 @@ fn shown(engine: &AlertEngine) -> Vec<serde_json::Value> {
 impl Setup {
     /// Drops the engine without a clean stop and starts a new one on the
     /// same directory.
-    fn crash_and_restart(self) -> Setup {
+    pub(super) fn crash_and_restart(self) -> Setup {
         let Setup { dir, clock, data, history, engine } = self;
         drop(engine);
         let engine = start(dir.path(), &clock, &data, &history).expect("restart");
