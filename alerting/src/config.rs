@@ -25,6 +25,8 @@ pub enum ConfigError {
 
 mod compile;
 mod file;
+#[cfg(test)]
+mod reference;
 pub use compile::check_sql;
 use compile::*;
 pub use file::*;

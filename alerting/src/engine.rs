@@ -153,6 +153,9 @@ pub struct RuleHealth {
 
 const STATE_VERSION: u32 = 1;
 
+/// How long delivery reports are gathered before they are recorded.
+const ATTEMPT_GATHER: Duration = Duration::from_millis(10);
+
 /// Everything that must survive a restart.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PersistedState {
@@ -603,6 +606,10 @@ impl AlertEngine {
                 _ = stop.wait_for(|s| *s) => None,
             };
             let Some(first) = first else { return };
+            // Gather what arrives within a few milliseconds: one journal
+            // record and one history write for a burst of deliveries, not
+            // one each (each is an fsync).
+            tokio::time::sleep(ATTEMPT_GATHER).await;
             let mut got = vec![first];
             while let Ok(a) = rx.try_recv() {
                 got.push(a);
@@ -612,7 +619,7 @@ impl AlertEngine {
     }
 
     async fn record_attempts(&self, got: Vec<Attempt>) {
-        let mut delivered = false;
+        let mut delivered = Vec::new();
         {
             let mut inner = self.inner.lock();
             for a in &got {
@@ -624,14 +631,15 @@ impl AlertEngine {
                         "notification failed: {}", a.error.as_deref().unwrap_or(""));
                 }
                 if a.finished && inner.outbox.remove(&a.job_id).is_some() {
-                    inner.dirty = true;
-                    delivered = true;
+                    delivered.push(a.job_id.clone());
                 }
             }
         }
         // Saved at once: the shorter the window between a delivery and its
         // removal from the persisted outbox, the fewer repeats after a crash.
-        if delivered && let Err(e) = self.save() {
+        if !delivered.is_empty()
+            && let Err(e) = self.save_delivered(&delivered)
+        {
             tracing::error!("{e}");
         }
         self.history.attempts(&got).await;

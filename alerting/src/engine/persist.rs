@@ -286,6 +286,23 @@ impl AlertEngine {
             inner.dirty = false;
             journal.image.diff(&inner, true)
         };
+        self.append(&mut journal, ops, started)
+    }
+
+    /// Journals that these outbox jobs were delivered (or given up): all a
+    /// delivery changes, so no comparison of the rest of the state (which
+    /// the next round's save does) is needed.
+    pub(super) fn save_delivered(&self, jobs: &[String]) -> Result<(), EngineError> {
+        let mut journal = self.journal.lock();
+        let started = Instant::now();
+        let ops: Vec<Op> =
+            jobs.iter().filter(|id| journal.image.jobs.remove(*id)).map(|id| Op::JobGone { id: id.clone() }).collect();
+        self.append(&mut journal, ops, started)
+    }
+
+    /// Appends one record of `ops` (fsynced); on failure the next save
+    /// writes everything again.
+    fn append(&self, journal: &mut Journal, ops: Vec<Op>, started: Instant) -> Result<(), EngineError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -294,7 +311,6 @@ impl AlertEngine {
         let payload = serde_json::to_vec(&Record { seq, ops }).map_err(|e| EngineError::BadRequest(e.to_string()))?;
         let record = frame(&payload);
         if let Err(source) = blocking(|| journal.append(&record)) {
-            // Not saved: the next round must write all of it again.
             journal.image = Image::default();
             self.inner.lock().dirty = true;
             let path = journal.file.as_ref().map_or_else(|| journal.dir.clone(), |(p, _)| p.clone());
@@ -309,7 +325,7 @@ impl AlertEngine {
         m.journal_bytes.store(journal.bytes, Ordering::Relaxed);
         m.outbox_saved.store(journal.image.jobs.len() as u64, Ordering::Relaxed);
         if journal.wants_compaction() {
-            self.snapshot_locked(&mut journal)?;
+            self.snapshot_locked(journal)?;
         }
         Ok(())
     }
