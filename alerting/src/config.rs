@@ -171,6 +171,8 @@ impl RobotKind {
 pub struct Maintenance {
     pub name: String,
     pub matchers: Matchers,
+    /// Rule groups it applies to (empty: any).
+    pub rule_groups: Vec<String>,
     /// Days of the week (0 = Monday) it applies on; empty = every day.
     pub days: Vec<u32>,
     /// Minutes since local midnight, when the window is daily.
@@ -347,6 +349,10 @@ impl Config {
             if let Some(n) = unknown_interval(&m.time_intervals) {
                 return Err(invalid(format!("maintenance window {:?} refers to unknown time interval {n:?}", m.name)));
             }
+            let known = |g: &String| g == crate::external::GROUP || config.groups.iter().any(|cg| &cg.name == g);
+            if let Some(g) = m.rule_groups.iter().find(|g| !known(g)) {
+                return Err(invalid(format!("maintenance window {:?} refers to unknown rule group {g:?}", m.name)));
+            }
         }
         for g in &config.groups {
             for r in &g.rules {
@@ -485,6 +491,12 @@ fn strip_location(msg: &str) -> String {
 }
 
 impl Maintenance {
+    /// Whether the window covers this alert (its rule group and labels),
+    /// open or not.
+    pub fn applies_to(&self, inst: &crate::state::Instance) -> bool {
+        (self.rule_groups.is_empty() || self.rule_groups.contains(&inst.group)) && self.matchers.matches(&inst.labels)
+    }
+
     /// Whether `at_ms` (Unix milliseconds) falls in the window (`intervals`:
     /// the configuration's named time intervals).
     pub fn active_at(&self, at_ms: i64, intervals: &HashMap<String, crate::calendar::TimeInterval>) -> bool {
@@ -743,6 +755,7 @@ groups:
             name: "weekend".into(),
             match_: [("env".to_string(), "prod".to_string())].into(),
             match_re: BTreeMap::new(),
+            rule_groups: Vec::new(),
             days: vec!["sat".into()],
             start: Some("23:00".into()),
             end: Some("02:00".into()),

@@ -741,8 +741,7 @@ fn mute_of(
     if !silenced.is_empty() {
         return Some(Mute::Silenced(silenced));
     }
-    if let Some(w) =
-        config.maintenance.iter().find(|w| w.matchers.matches(&inst.labels) && w.active_at(now, &config.time_intervals))
+    if let Some(w) = config.maintenance.iter().find(|w| w.applies_to(inst) && w.active_at(now, &config.time_intervals))
     {
         return Some(Mute::Maintenance(w.name.clone()));
     }

@@ -352,8 +352,10 @@ pub(crate) fn compile_maintenance(m: MaintenanceFile) -> Result<Maintenance, Str
         }
     };
     let matchers = Matchers::from_maps(&m.match_, &m.match_re).map_err(ctx)?;
-    if matchers.is_empty() {
-        return Err(ctx("needs `match` or `match_re`: a window that silences everything is a mistake".into()));
+    if matchers.is_empty() && m.rule_groups.is_empty() {
+        return Err(ctx(
+            "needs `match`, `match_re` or `rule_groups`: a window that silences everything is a mistake".into()
+        ));
     }
     let daily = match (&m.start, &m.end) {
         (Some(s), Some(e)) => Some((hm(s).map_err(ctx)?, hm(e).map_err(ctx)?)),
@@ -381,5 +383,14 @@ pub(crate) fn compile_maintenance(m: MaintenanceFile) -> Result<Maintenance, Str
     if daily.is_none() && m.time_intervals.is_empty() && between.is_none() {
         return Err(ctx("needs a daily `start`/`end`, `time_intervals`, or `starts_at`/`ends_at`".into()));
     }
-    Ok(Maintenance { name: m.name, matchers, days, daily, utc_offset_min, time_intervals: m.time_intervals, between })
+    Ok(Maintenance {
+        name: m.name,
+        matchers,
+        rule_groups: m.rule_groups,
+        days,
+        daily,
+        utc_offset_min,
+        time_intervals: m.time_intervals,
+        between,
+    })
 }

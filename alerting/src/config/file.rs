@@ -273,6 +273,10 @@ pub struct MaintenanceFile {
     pub match_: BTreeMap<String, String>,
     #[serde(default)]
     pub match_re: BTreeMap<String, String>,
+    /// Rule groups whose alerts it mutes (with matchers too: both must
+    /// hold).
+    #[serde(default)]
+    pub rule_groups: Vec<String>,
     /// `mon`..`sun`; empty means every day.
     #[serde(default)]
     pub days: Vec<String>,

@@ -537,6 +537,34 @@ maintenance_windows:
     assert!(err.contains("needs a daily `start`/`end`, `time_intervals`, or `starts_at`/`ends_at`"), "{err}");
 }
 
+/// A window for one rule group mutes that group's alerts only; a window
+/// naming a rule group that does not exist is refused.
+#[test]
+fn a_maintenance_window_for_one_rule_group() {
+    let yaml = BASE.to_string()
+        + r#"
+groups:
+  - name: g
+    rules: [{ alert: Slow, sql: "SELECT 1 AS value", thresholds: { warning: "> 0" } }]
+  - name: h
+    rules: [{ alert: Lag, sql: "SELECT 1 AS value", thresholds: { warning: "> 0" } }]
+maintenance_windows:
+  - { name: g-upgrade, rule_groups: [g], starts_at: "1970-01-01T00:00:00Z", ends_at: "1970-01-01T00:20:00Z" }
+"#;
+    let mut h = Harness::new(&yaml);
+    let mut other = firing("Lag", &[("host", "b")], "warning");
+    other.group = "h".into();
+    let insts = vec![firing("Slow", &[("host", "a")], "warning"), other];
+    let out = h.tick(0, &insts);
+    assert_eq!(out.muted.get(&insts[0].id), Some(&Mute::Maintenance("g-upgrade".into())));
+    assert!(!out.muted.contains_key(&insts[1].id), "group h is not in the window");
+    assert!(h.tick(20 * M, &insts).muted.is_empty(), "the window ended");
+    let p = PathBuf::from("t.yml");
+    let bad = yaml.replace("rule_groups: [g]", "rule_groups: [nope]");
+    let err = Config::from_files(vec![(p.clone(), parse_file(&p, &bad).expect("yaml"))]).unwrap_err().to_string();
+    assert!(err.contains("unknown rule group \"nope\""), "{err}");
+}
+
 /// Issue 13, on-call schedules: an escalation step reaches whoever is on
 /// call in a schedule, through its `via` receivers.
 #[test]
