@@ -355,10 +355,32 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
         };
         Ok(if refused.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
     })?;
-    match refused {
-        Some(name) => Err(refuse(name)),
-        None => Ok(()),
+    if let Some(name) = refused {
+        return Err(refuse(name));
     }
+    // Each call of a function whose value may grow far past its arguments
+    // is bounded on its own (see `bounded`); so is their number.
+    let mut growing = 0usize;
+    plan.apply(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|x| {
+                if let datafusion::logical_expr::Expr::ScalarFunction(f) = x
+                    && crate::bounded::grows(f.name())
+                {
+                    growing += 1;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    if growing > crate::bounded::MAX_CALLS {
+        return Err(QueryError::TooComplex {
+            what: "calls of functions whose result can grow past their arguments (repeat, lpad, rpad, replace, regexp_replace)",
+            limit: crate::bounded::MAX_CALLS,
+            bound: "max_growing_calls",
+        });
+    }
+    Ok(())
 }
 
 /// Checks the caller against every table the statement names, before it is

@@ -18,6 +18,7 @@
 //! ```
 
 mod allowed;
+pub mod bounded;
 pub(crate) mod catalog;
 mod gate;
 mod insert;
@@ -45,7 +46,7 @@ use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionConfig;
 use datafusion::scalar::ScalarValue;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tocsin_storage::{Storage, StorageError, TIME_COLUMN, TableSnapshot, WriteError};
 
 pub use catalog::LiveTable;
@@ -104,6 +105,11 @@ pub enum QueryError {
     TooManyQueries { limit: usize },
     #[error("the query ran longer than limits.query_timeout ({after:?}) and was stopped")]
     Timeout { after: std::time::Duration },
+    #[error(
+        "the result is larger than limits.max_result_mb ({limit_mb} MiB); add a LIMIT or aggregate, or read it \
+         through Arrow Flight SQL, which streams it"
+    )]
+    ResultTooLarge { limit_mb: usize },
 }
 
 impl QueryError {
@@ -120,6 +126,7 @@ impl QueryError {
             QueryError::TooManyQueries { .. } => Some("max_concurrent_queries"),
             QueryError::RateLimited(_) => Some("ingest_rows_per_second"),
             QueryError::Timeout { .. } => Some("query_timeout"),
+            QueryError::ResultTooLarge { .. } => Some("max_result_mb"),
             _ => None,
         }
     }
@@ -266,13 +273,24 @@ struct CallerLimits {
     timeout: std::time::Duration,
     max: usize,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The most a whole result may hold (the HTTP API collects results
+    /// before it answers; Flight SQL streams them).
+    max_result_bytes: usize,
 }
 
 impl CallerLimits {
     fn new(timeout: std::time::Duration, max: usize) -> Self {
-        CallerLimits { timeout, max, slots: Arc::new(tokio::sync::Semaphore::new(max)) }
+        CallerLimits {
+            timeout,
+            max,
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+        }
     }
 }
+
+/// Default `limits.max_result_mb`.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 1 << 30;
 
 /// Default `limits.query_timeout`.
 pub const DEFAULT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -318,6 +336,12 @@ impl QueryEngine {
         ctx.register_udf(date_bin.with_aliases(["time_bucket"]));
         ctx.register_udf(ScalarUDF::from(matches::Matches::new()));
         ctx.register_udf(ScalarUDF::from(json::JsonGetStr::new()));
+        // `repeat`, `range` and the others that can make a value far larger
+        // than their arguments, with a bound (see `bounded`).
+        let builtin = ctx.state();
+        for f in bounded::bounded(|name| builtin.scalar_functions().get(name).map(|f| f.as_ref().clone())) {
+            ctx.register_udf(f);
+        }
         let callers = CallerLimits::new(DEFAULT_QUERY_TIMEOUT, DEFAULT_MAX_CONCURRENT_QUERIES);
         Self {
             storage,
@@ -334,7 +358,15 @@ impl QueryEngine {
     /// not queued), each for at most `timeout` from its start to its last
     /// row.
     pub fn with_caller_limits(mut self, timeout: std::time::Duration, max: usize) -> Self {
+        let result = self.callers.max_result_bytes;
         self.callers = CallerLimits::new(timeout, max.max(1));
+        self.callers.max_result_bytes = result;
+        self
+    }
+
+    /// The most a client's whole result may hold (see `execute_as`).
+    pub fn with_max_result_bytes(mut self, bytes: usize) -> Self {
+        self.callers.max_result_bytes = bytes.max(1);
         self
     }
 
@@ -386,9 +418,22 @@ impl QueryEngine {
         who: Option<&Principal>,
     ) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
+        let limit = who.map(|_| self.callers.max_result_bytes);
         let run = async {
-            let (schema, stream) = self.plan_and_start(sql, database, None, who).await?;
-            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| QueryError::from(e).unwrapped())?;
+            let (schema, mut stream) = self.plan_and_start(sql, database, None, who).await?;
+            let mut batches: Vec<RecordBatch> = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| QueryError::from(e).unwrapped())?;
+                if let Some(limit) = limit {
+                    bytes += batch_bytes(&batch);
+                    if bytes > limit {
+                        tocsin_storage::refusals::refused("max_result_mb");
+                        return Err(QueryError::ResultTooLarge { limit_mb: limit >> 20 });
+                    }
+                }
+                batches.push(batch);
+            }
             Ok(QueryResult { schema, batches })
         };
         let result = match who {
@@ -662,6 +707,15 @@ impl QueryEngine {
     }
 }
 
+/// The memory a batch's values take (of a slice, only the slice).
+fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum()
+}
+
 /// Ends `stream` with an error once `deadline` passes (a client statement
 /// over `limits.query_timeout`), and holds its concurrency slot until it
 /// ends or is dropped.
@@ -739,6 +793,7 @@ pub mod names {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::TryStreamExt;
 
     async fn engine() -> (tempfile::TempDir, QueryEngine) {
         let dir = tempfile::tempdir().expect("tempdir");

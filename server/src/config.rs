@@ -294,6 +294,8 @@ pub struct LimitsSection {
     pub query_timeout: String,
     /// Client statements running at once; one more is refused.
     pub max_concurrent_queries: usize,
+    /// The most one HTTP query result may hold, MiB.
+    pub max_result_mb: usize,
     /// Live tails open at once (HTTP and gRPC); one more is refused.
     pub max_tail_subscribers: usize,
     /// Rows a second each caller (token, user; everyone together while
@@ -316,6 +318,7 @@ impl Default for LimitsSection {
             max_query_memory_mb: 4096,
             query_timeout: "5m".into(),
             max_concurrent_queries: 64,
+            max_result_mb: 1024,
             max_tail_subscribers: 1024,
             ingest_rows_per_second: 0,
             ingest_burst_rows: 0,
@@ -347,6 +350,8 @@ pub struct ServerConfig {
     pub max_query_memory_bytes: usize,
     pub query_timeout: Duration,
     pub max_concurrent_queries: usize,
+    /// The most one client's query result may hold (HTTP collects it).
+    pub max_result_bytes: usize,
     pub max_tail_subscribers: usize,
     pub alerting: AlertingConfig,
     pub rollups: Vec<RollupConfig>,
@@ -557,6 +562,7 @@ impl FileConfig {
             max_query_memory_bytes: l.max_query_memory_mb.saturating_mul(1 << 20),
             query_timeout,
             max_concurrent_queries: l.max_concurrent_queries,
+            max_result_bytes: l.max_result_mb.max(1).saturating_mul(1 << 20),
             max_tail_subscribers: l.max_tail_subscribers.max(1),
         })
     }

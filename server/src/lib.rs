@@ -116,7 +116,8 @@ pub async fn run(
     });
     let query = Arc::new(
         QueryEngine::with_memory_limit(Arc::clone(&storage), config.max_query_memory_bytes)
-            .with_caller_limits(config.query_timeout, config.max_concurrent_queries),
+            .with_caller_limits(config.query_timeout, config.max_concurrent_queries)
+            .with_max_result_bytes(config.max_result_bytes),
     );
     let backfill: Arc<dyn tocsin_ingest::follow::TailBackfill> =
         Arc::new(tail::QueryBackfill { query: Arc::clone(&query) });

@@ -161,6 +161,70 @@ async fn deeply_nested_input_is_refused_and_the_server_stays_up() {
     }
 }
 
+/// One short statement must not make a value of gigabytes: the server
+/// took 10 GB (and kept going after the client left) for
+/// `SELECT repeat('x', 2000000000)` before these functions were bounded.
+#[tokio::test]
+async fn functions_that_make_huge_values_are_refused() {
+    let server = TestServer::start();
+    let (status, text) =
+        write_lines(&server, "logs,service=api message=\"abc\" 1\nlogs,service=db message=\"de\" 2".into()).await;
+    assert_eq!(status, 204, "{text}");
+    for sql in [
+        "SELECT repeat('x', 2000000000)",
+        "SELECT lpad('x', 1000000000)",
+        "SELECT rpad('x', 1000000000, 'yz')",
+        "SELECT replace(repeat('a', 1000000), 'a', repeat('b', 100))",
+        "SELECT regexp_replace(repeat('a', 1000000), 'x*', repeat('b', 100), 'g')",
+        "SELECT repeat(message, 100000000) FROM logs",
+    ] {
+        let (status, body) = server.sql_raw(sql).await;
+        assert_eq!(status, 400, "{sql}: {body}");
+        assert!(body.to_string().contains("at most 16777216 bytes"), "{sql}: {body}");
+    }
+    // Each call is bounded, and so is their number.
+    let many =
+        format!("SELECT {}", (0..17).map(|i| format!("repeat('x', 16000000) AS c{i}")).collect::<Vec<_>>().join(", "));
+    let (status, body) = server.sql_raw(&many).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("than the 16 allowed"), "{body}");
+    let cte = format!(
+        "WITH a AS (SELECT repeat('x', 16000000) AS s) SELECT * FROM {}",
+        (0..17).map(|i| format!("a a{i}")).collect::<Vec<_>>().join(", ")
+    );
+    let (status, body) = server.sql_raw(&cte).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("than the 16 allowed"), "a CTE counts once per use: {body}");
+    // Within the bound they work as ever.
+    let rows = server.sql("SELECT length(repeat(message, 1000)) AS n FROM logs ORDER BY n").await;
+    assert_eq!(rows, vec![json!({"n": 2000}), json!({"n": 3000})]);
+    assert!(server.metric("tocsin_limit_refusals_total{limit=\"max_value_bytes\"}").await >= 7.0);
+    assert_eq!(count(&server.sql("SELECT count(*) AS n FROM logs").await), 2, "server still up, data intact");
+}
+
+/// The HTTP API collects a result before it answers: a result over
+/// limits.max_result_mb is refused, naming the limit and the ways around
+/// it, instead of taking the server's memory.
+#[tokio::test]
+async fn a_result_over_max_result_mb_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[limits]\nmax_result_mb = 1\n").expect("config");
+    let server = TestServer::start_in(&tmp.path().join("data"), &["--config", cfg.to_str().expect("utf8")]);
+    let big = "x".repeat(60_000);
+    let lines: Vec<String> = (0..40).map(|i| format!("logs,service=api message=\"{big}\" {}", i + 1)).collect();
+    let (status, text) = write_lines(&server, lines.join("\n")).await;
+    assert_eq!(status, 204, "{text}");
+    let (status, body) = server.sql_raw("SELECT message FROM logs").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("limits.max_result_mb (1 MiB)"), "{body}");
+    assert!(server.metric("tocsin_limit_refusals_total{limit=\"max_result_mb\"}").await >= 1.0);
+    // Smaller answers from the same data are fine.
+    let rows = server.sql("SELECT message FROM logs LIMIT 5").await;
+    assert_eq!(rows.len(), 5);
+    assert_eq!(count(&server.sql("SELECT count(*) AS n FROM logs").await), 40);
+}
+
 #[tokio::test]
 async fn every_bound_counts_its_refusals_in_metrics() {
     let server = TestServer::start();
