@@ -110,6 +110,11 @@ pub enum QueryError {
          through Arrow Flight SQL, which streams it"
     )]
     ResultTooLarge { limit_mb: usize },
+    #[error(
+        "the statement failed inside the query engine ({0}); the server goes on. A value past 2 GiB (Arrow's limit \
+         for one string array) is the usual cause"
+    )]
+    Panicked(String),
 }
 
 impl QueryError {
@@ -588,6 +593,21 @@ impl QueryEngine {
                 return Err(e.into());
             }
         };
+        // A panic inside DataFusion or Arrow while the statement runs (Arrow
+        // unwraps an offset overflow when a string array passes 2 GiB)
+        // ends this statement with an error, not the connection without a
+        // word.
+        let stream = std::panic::AssertUnwindSafe(stream).catch_unwind().map(|item| match item {
+            Ok(item) => item,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(DataFusionError::External(Box::new(QueryError::Panicked(what))))
+            }
+        });
         let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&schema),
             stream.map(move |batch| {
@@ -794,6 +814,29 @@ pub mod names {
 mod tests {
     use super::*;
     use futures::TryStreamExt;
+
+    /// A panic inside a running statement ends the statement with an
+    /// error (the HTTP connection used to close without an answer).
+    #[tokio::test]
+    async fn a_panic_while_a_statement_runs_is_its_error() {
+        use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+        let (_dir, engine) = engine().await;
+        let boom = create_udf(
+            "boom",
+            vec![],
+            DataType::Int64,
+            Volatility::Volatile,
+            Arc::new(|_: &[ColumnarValue]| -> datafusion::common::Result<ColumnarValue> { panic!("boom went off") }),
+        );
+        engine.ctx.register_udf(boom);
+        let err = engine.execute("SELECT boom() AS b", None).await.expect_err("it panicked");
+        assert!(matches!(&err, QueryError::Panicked(m) if m.contains("boom went off")), "{err:?}");
+        // The statement's failure (HTTP 400, as over the wire), not the server's.
+        assert_eq!(tocsin_storage::errors::Classify::class(&err), tocsin_storage::errors::ErrorClass::Invalid);
+        // The engine goes on.
+        let ok = engine.execute("SELECT 1 AS one", None).await.expect("runs");
+        assert_eq!(ok.batches[0].num_rows(), 1);
+    }
 
     async fn engine() -> (tempfile::TempDir, QueryEngine) {
         let dir = tempfile::tempdir().expect("tempdir");
