@@ -33,6 +33,8 @@ pub enum EngineError {
     NoSuchAlert(String),
     #[error("no silence with id {0:?}")]
     NoSuchSilence(String),
+    #[error("no on-call override with id {0:?}")]
+    NoSuchOverride(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("no rules file is configured (start with --rules PATH)")]
@@ -43,7 +45,9 @@ impl tocsin_storage::errors::Classify for EngineError {
     fn class(&self) -> tocsin_storage::errors::ErrorClass {
         use tocsin_storage::errors::ErrorClass;
         match self {
-            EngineError::NoSuchAlert(_) | EngineError::NoSuchSilence(_) => ErrorClass::NotFound,
+            EngineError::NoSuchAlert(_) | EngineError::NoSuchSilence(_) | EngineError::NoSuchOverride(_) => {
+                ErrorClass::NotFound
+            }
             EngineError::BadRequest(_) | EngineError::Config(_) | EngineError::NoRulesPath => ErrorClass::Invalid,
             EngineError::StateIo { .. } => ErrorClass::Internal,
         }
@@ -169,10 +173,17 @@ struct PersistedState {
     /// Notifications decided but not yet delivered (or given up).
     outbox: Vec<Job>,
     next_id: u64,
+    /// On-call overrides made through the API.
+    #[serde(default)]
+    overrides: Vec<crate::oncall::OverrideEntry>,
 }
 
 struct Inner {
+    /// The configuration as loaded from the rules files.
+    base_config: Arc<Config>,
+    /// `base_config` with the API's on-call overrides: what runs.
     config: Arc<Config>,
+    overrides: Vec<crate::oncall::OverrideEntry>,
     /// Per `group/rule`: instances by id.
     rules: BTreeMap<String, BTreeMap<String, Instance>>,
     health: BTreeMap<String, RuleHealth>,
@@ -261,8 +272,11 @@ impl AlertEngine {
         let mtimes = mtimes(&config.sources);
         let ingest_index = Arc::new(parking_lot::RwLock::new(Arc::new(crate::on_ingest::index(&config))));
         let (ingest_tx, ingest_rx) = mpsc::channel(crate::on_ingest::QUEUE);
+        let base_config = Arc::new(config);
         let inner = Inner {
-            config: Arc::new(config),
+            config: effective(&base_config, &state.overrides),
+            base_config,
+            overrides: state.overrides,
             rules,
             health: BTreeMap::new(),
             next_eval: HashMap::new(),
@@ -578,6 +592,12 @@ impl AlertEngine {
         });
         inner.dirty |= removed;
         inner.silences.retain(|(s, _)| s.ends_at > keep_from);
+        let before = inner.overrides.len();
+        inner.overrides.retain(|o| o.ends_at > now);
+        if inner.overrides.len() != before {
+            inner.config = effective(&inner.base_config, &inner.overrides);
+            inner.dirty = true;
+        }
         jobs
     }
 
@@ -670,7 +690,8 @@ impl AlertEngine {
         inner.mtimes = mtimes(&config.sources);
         let names: Vec<String> = config.groups.iter().map(|g| g.name.clone()).collect();
         inner.next_eval.retain(|g, _| names.contains(g));
-        inner.config = Arc::new(config);
+        inner.base_config = Arc::new(config);
+        inner.config = effective(&inner.base_config, &inner.overrides);
         inner.dirty = true;
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(rules = count, "rules reloaded");
@@ -702,6 +723,21 @@ impl AlertEngine {
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
+}
+
+/// `base` with the API's on-call overrides added to their schedules (an
+/// override of a schedule the files no longer have is kept and ignored).
+fn effective(base: &Arc<Config>, overrides: &[crate::oncall::OverrideEntry]) -> Arc<Config> {
+    if overrides.is_empty() {
+        return Arc::clone(base);
+    }
+    let mut config = (**base).clone();
+    for o in overrides {
+        if let Some(s) = config.schedules.get_mut(&o.schedule) {
+            s.add_override(o.starts_at, o.ends_at, &o.member);
+        }
+    }
+    Arc::new(config)
 }
 
 fn files_of(path: &Path) -> Vec<PathBuf> {

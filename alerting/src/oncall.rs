@@ -103,7 +103,31 @@ pub struct Shift {
     pub until: i64,
 }
 
+/// An override made through the API (`POST /api/v1/oncall/overrides`):
+/// kept in the engine's state, not in the rules files, and ahead of the
+/// configured ones.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideEntry {
+    pub id: String,
+    pub schedule: String,
+    pub member: String,
+    /// Unix milliseconds, `ends_at` exclusive.
+    pub starts_at: i64,
+    pub ends_at: i64,
+    #[serde(default)]
+    pub created_by: String,
+    #[serde(default)]
+    pub comment: String,
+    pub created_at: i64,
+}
+
 impl Schedule {
+    /// Adds an override after the configured ones (a later one wins).
+    pub fn add_override(&mut self, from: i64, until: i64, member: &str) {
+        self.overrides.push((from, until, member.to_string()));
+    }
+
     /// The member on call at `at_ms`, if anyone is (`intervals`: the
     /// configuration's named time intervals).
     pub fn on_call(&self, at_ms: i64, intervals: &HashMap<String, TimeInterval>) -> Option<String> {

@@ -37,6 +37,9 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
         .delete("/api/v1/silences/{id}", Requires(Silence), expire_silence)
         .get("/api/v1/rules", Requires(ReadAlerts), rules)
         .get("/api/v1/oncall", Requires(ReadAlerts), oncall)
+        .get("/api/v1/oncall/overrides", Requires(ReadAlerts), list_overrides)
+        .post("/api/v1/oncall/overrides", Requires(Rules), add_override)
+        .delete("/api/v1/oncall/overrides/{id}", Requires(Rules), remove_override)
         .post("/api/v1/rules/reload", Requires(Rules), reload)
 }
 
@@ -264,6 +267,67 @@ struct OnCallQuery {
 
 /// Who is on call in each schedule now (or `?at=` an RFC 3339 time), and
 /// who is next.
+/// `POST /api/v1/oncall/overrides`: `endsAt`, or `duration` from
+/// `startsAt` (default now).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OverrideRequest {
+    schedule: String,
+    member: String,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    duration: Option<String>,
+    created_by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn add_override(State(engine): State<Arc<AlertEngine>>, body: Bytes) -> Result<Response, ApiError> {
+    let r: OverrideRequest = parse_json(
+        &body,
+        r#"{"schedule": "primary", "member": "bob", "duration": "8h", "createdBy": "ann", "comment": "swap with Alice"}"#,
+    )?;
+    let now = engine.clock().now_ms();
+    let starts_at = r.starts_at.as_deref().map(|s| parse_time("startsAt", s)).transpose()?.unwrap_or(now);
+    let ends_at = match (&r.ends_at, &r.duration) {
+        (Some(e), None) => parse_time("endsAt", e)?,
+        (None, Some(d)) => {
+            let d = tocsin_alerting::duration::parse(d).map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
+            starts_at.saturating_add(d.as_millis() as i64)
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of endsAt and duration")),
+    };
+    let o = engine.add_override(tocsin_alerting::oncall::OverrideEntry {
+        id: String::new(),
+        schedule: r.schedule,
+        member: r.member,
+        starts_at,
+        ends_at,
+        created_by: r.created_by,
+        comment: r.comment,
+        created_at: 0,
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(override_json(&o))).into_response())
+}
+
+fn override_json(o: &tocsin_alerting::oncall::OverrideEntry) -> serde_json::Value {
+    let t = tocsin_alerting::dispatch::rfc3339;
+    json!({
+        "id": o.id, "schedule": o.schedule, "member": o.member, "startsAt": t(o.starts_at), "endsAt": t(o.ends_at),
+        "createdBy": o.created_by, "comment": o.comment, "createdAt": t(o.created_at),
+    })
+}
+
+async fn list_overrides(State(engine): State<Arc<AlertEngine>>) -> Result<Response, ApiError> {
+    let list: Vec<serde_json::Value> = engine.overrides().iter().map(override_json).collect();
+    Ok(axum::Json(json!({ "overrides": list })).into_response())
+}
+
+async fn remove_override(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    engine.remove_override(&id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn oncall(State(engine): State<Arc<AlertEngine>>, Query(q): Query<OnCallQuery>) -> Result<Response, ApiError> {
     let at = match q.at.as_deref() {
         Some(t) => parse_time("at", t)?,

@@ -942,6 +942,79 @@ schedules:
     assert!(rows[0]["next"] == "alice" || rows[0]["next"] == "bob", "{rows:?}");
 }
 
+/// Issue 13, schedules through the API: an override posted to
+/// `/api/v1/oncall/overrides` puts its member on call at once, survives a
+/// `kill -9`, and is gone when deleted; bad overrides name the problem.
+#[tokio::test]
+async fn an_oncall_override_made_through_the_api_takes_over_and_persists() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let yaml = rules(&hook, "1h")
+        + r#"
+people:
+  - { name: alice, email: alice@example.com }
+  - { name: bob, email: bob@example.com }
+schedules:
+  - name: primary
+    layers: [{ start: "2026-01-05T09:00", every: 1000w, members: [alice, bob] }]
+"#;
+    let mut server = TestServer::start_with_rules(tmp.path(), &yaml);
+    let now = |server: &TestServer| {
+        let server = server.http;
+        async move {
+            let v: Value =
+                reqwest::get(format!("http://{server}/api/v1/oncall")).await.expect("get").json().await.expect("json");
+            v["schedules"][0]["now"]["member"].as_str().unwrap_or("").to_string()
+        }
+    };
+    assert_eq!(now(&server).await, "alice", "the layer's first member, for 1000 weeks");
+    let (status, body) = post(
+        &server,
+        "/api/v1/oncall/overrides",
+        json!({"schedule": "primary", "member": "bob", "duration": "8h", "createdBy": "ann", "comment": "swap"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().expect("an id").to_string();
+    assert_eq!(now(&server).await, "bob");
+    for (bad, says) in [
+        (json!({"schedule": "nope", "member": "bob", "duration": "1h", "createdBy": "ann"}), "no schedule \"nope\""),
+        (
+            json!({"schedule": "primary", "member": "carol", "duration": "1h", "createdBy": "ann"}),
+            "no person \"carol\"",
+        ),
+        (
+            json!({"schedule": "primary", "member": "bob", "startsAt": "2000-01-01T00:00:00Z", "endsAt": "2001-01-01T00:00:00Z", "createdBy": "ann"}),
+            "in the past",
+        ),
+        (json!({"schedule": "primary", "member": "bob", "createdBy": "ann"}), "exactly one of endsAt and duration"),
+    ] {
+        let (status, body) = post(&server, "/api/v1/oncall/overrides", bad).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap_or("").contains(says), "{says}: {body}");
+    }
+    outbox_empty(&server).await;
+    server.kill9();
+    let server = TestServer::start_with_rules(tmp.path(), &yaml);
+    assert_eq!(now(&server).await, "bob", "the override survived kill -9");
+    let list = get(&server, "/api/v1/oncall/overrides").await;
+    assert_eq!(list["overrides"][0]["id"], id.as_str(), "{list}");
+    assert_eq!(list["overrides"][0]["createdBy"], "ann");
+    let resp = reqwest::Client::new()
+        .delete(format!("http://{}/api/v1/oncall/overrides/{id}", server.http))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(now(&server).await, "alice");
+    let resp = reqwest::Client::new()
+        .delete(format!("http://{}/api/v1/oncall/overrides/{id}", server.http))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status().as_u16(), 404);
+}
+
 /// Issue 13, per-device thresholds from a table: a `threshold_critical`
 /// column gives each row its own number; a new row in the table changes
 /// that host's threshold at the next evaluation, without a reload.

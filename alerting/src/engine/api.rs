@@ -251,6 +251,75 @@ impl AlertEngine {
         self.save()
     }
 
+    /// Puts `member` on call in `schedule` from `starts_at` to `ends_at`
+    /// (Unix milliseconds), ahead of the schedule's layers and configured
+    /// overrides; kept in the engine's state until it ends.
+    pub fn add_override(
+        &self,
+        mut o: crate::oncall::OverrideEntry,
+    ) -> Result<crate::oncall::OverrideEntry, EngineError> {
+        const MAX_OVERRIDES: usize = 1_000;
+        const MAX_TEXT: usize = 4096;
+        let now = self.clock.now_ms();
+        let bad = |m: String| Err(EngineError::BadRequest(m));
+        if o.comment.len() > MAX_TEXT || o.created_by.len() > MAX_TEXT {
+            return bad(format!("comment and createdBy may be at most {MAX_TEXT} bytes"));
+        }
+        if o.created_by.trim().is_empty() {
+            return bad("createdBy is required".into());
+        }
+        if o.ends_at <= o.starts_at {
+            return bad("endsAt must be after startsAt".into());
+        }
+        if o.ends_at <= now {
+            return bad("endsAt is in the past".into());
+        }
+        {
+            let mut inner = self.inner.lock();
+            let config = Arc::clone(&inner.base_config);
+            if !config.schedules.contains_key(&o.schedule) {
+                let mut known: Vec<&String> = config.schedules.keys().collect();
+                known.sort();
+                return bad(format!("no schedule {:?} (the rules files have: {known:?})", o.schedule));
+            }
+            if !config.people.contains_key(&o.member) {
+                return bad(format!("no person {:?} in the rules files' `people`", o.member));
+            }
+            if inner.overrides.len() >= MAX_OVERRIDES {
+                tocsin_storage::refusals::refused("max_oncall_overrides");
+                return bad(format!("{MAX_OVERRIDES} overrides exist already; remove some first"));
+            }
+            inner.next_id += 1;
+            o.id = format!("o{:x}-{}", now, inner.next_id);
+            o.created_at = now;
+            inner.overrides.push(o.clone());
+            inner.config = effective(&inner.base_config, &inner.overrides);
+            inner.dirty = true;
+        }
+        self.save()?;
+        Ok(o)
+    }
+
+    /// The overrides made through the API that have not ended.
+    pub fn overrides(&self) -> Vec<crate::oncall::OverrideEntry> {
+        self.inner.lock().overrides.clone()
+    }
+
+    /// Removes an override made through the API.
+    pub fn remove_override(&self, id: &str) -> Result<(), EngineError> {
+        {
+            let mut inner = self.inner.lock();
+            let before = inner.overrides.len();
+            inner.overrides.retain(|o| o.id != id);
+            if inner.overrides.len() == before {
+                return Err(EngineError::NoSuchOverride(id.to_string()));
+            }
+            inner.config = effective(&inner.base_config, &inner.overrides);
+            inner.dirty = true;
+        }
+        self.save()
+    }
+
     /// Alerts posted through Alertmanager's API (`POST /api/v2/alerts`):
     /// checked as a whole (one bad alert refuses the post, naming it), then
     /// routed like the engine's own. The number taken.

@@ -46,6 +46,8 @@ pub(super) enum Op {
     Job { value: Box<Job> },
     JobGone { id: String },
     NextId { value: u64 },
+    Override { value: Box<crate::oncall::OverrideEntry> },
+    OverrideGone { id: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,6 +66,7 @@ pub(super) struct Image {
     silences: HashMap<String, u64>,
     jobs: HashSet<String>,
     next_id: u64,
+    overrides: HashMap<String, u64>,
 }
 
 impl Image {
@@ -158,6 +161,26 @@ impl Image {
                 keep
             });
         }
+        let mut live = HashSet::new();
+        for o in &inner.overrides {
+            live.insert(o.id.as_str());
+            let mut h = hasher();
+            o.hash(&mut h);
+            let d = h.finish();
+            if self.overrides.get(o.id.as_str()) != Some(&d) {
+                self.overrides.insert(o.id.clone(), d);
+                if ops {
+                    out.push(Op::Override { value: Box::new(o.clone()) });
+                }
+            }
+        }
+        self.overrides.retain(|id, _| {
+            let keep = live.contains(id.as_str());
+            if !keep && ops {
+                out.push(Op::OverrideGone { id: id.clone() });
+            }
+            keep
+        });
         if self.next_id != inner.next_id {
             self.next_id = inner.next_id;
             if ops {
@@ -349,6 +372,7 @@ impl AlertEngine {
                 silences: inner.silences.iter().map(|(s, _)| s.clone()).collect(),
                 outbox: inner.outbox.values().cloned().collect(),
                 next_id: inner.next_id,
+                overrides: inner.overrides.clone(),
             };
             let image = Image::of(&inner);
             drop(inner);
@@ -543,6 +567,7 @@ struct Replay {
     /// In the order they were made, as the engine keeps them.
     silences: indexmap::IndexMap<String, Silence>,
     outbox: BTreeMap<String, Job>,
+    overrides: indexmap::IndexMap<String, crate::oncall::OverrideEntry>,
 }
 
 impl Replay {
@@ -554,6 +579,7 @@ impl Replay {
                 .collect(),
             silences: std::mem::take(&mut state.silences).into_iter().map(|s| (s.id.clone(), s)).collect(),
             outbox: std::mem::take(&mut state.outbox).into_iter().map(|j| (j.id.clone(), j)).collect(),
+            overrides: std::mem::take(&mut state.overrides).into_iter().map(|o| (o.id.clone(), o)).collect(),
         }
     }
 
@@ -585,6 +611,12 @@ impl Replay {
                     self.outbox.remove(&id);
                 }
                 Op::NextId { value } => state.next_id = value,
+                Op::Override { value } => {
+                    self.overrides.insert(value.id.clone(), *value);
+                }
+                Op::OverrideGone { id } => {
+                    self.overrides.shift_remove(&id);
+                }
             }
         }
     }
@@ -593,6 +625,7 @@ impl Replay {
         state.instances = self.instances.into_values().collect();
         state.silences = self.silences.into_values().collect();
         state.outbox = self.outbox.into_values().collect();
+        state.overrides = self.overrides.into_values().collect();
     }
 }
 
