@@ -1000,12 +1000,10 @@ schedules:
     let list = get(&server, "/api/v1/oncall/overrides").await;
     assert_eq!(list["overrides"][0]["id"], id.as_str(), "{list}");
     assert_eq!(list["overrides"][0]["createdBy"], "ann");
-    let resp = reqwest::Client::new()
-        .delete(format!("http://{}/api/v1/oncall/overrides/{id}", server.http))
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(resp.status().as_u16(), 204);
+    let (ok, out, err) = cli(&server, &["oncall", "override", "list"]);
+    assert!(ok && out.contains(&id) && out.contains("bob"), "{out}{err}");
+    let (ok, out, err) = cli(&server, &["oncall", "override", "remove", &id]);
+    assert!(ok, "{out}{err}");
     assert_eq!(now(&server).await, "alice");
     let resp = reqwest::Client::new()
         .delete(format!("http://{}/api/v1/oncall/overrides/{id}", server.http))
@@ -1013,6 +1011,13 @@ schedules:
         .await
         .expect("delete");
     assert_eq!(resp.status().as_u16(), 404);
+    let (ok, out, err) = cli(
+        &server,
+        &["oncall", "override", "add", "--schedule", "primary", "--member", "bob", "--duration", "1h", "--by", "ann"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("bob on call in primary"), "{out}");
+    assert_eq!(now(&server).await, "bob");
 }
 
 /// Issue 13, per-device thresholds from a table: a `threshold_critical`
