@@ -186,25 +186,29 @@ pub struct Maintenance {
 
 const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The rule files of a rules path: the file itself, or a directory's
+/// `*.yml` and `*.yaml` files in name order. One definition for loading
+/// and for watching for changes.
+pub fn rule_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !std::fs::metadata(path)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let p = entry?.path();
+        if matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 impl Config {
     /// Reads a file, or every `*.yml`/`*.yaml` file of a directory (in name
     /// order), and validates the whole as one configuration.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let mut files = Vec::new();
-        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
-        if meta.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
-            for entry in entries {
-                let entry = entry.map_err(|source| ConfigError::Io { path: path.into(), source })?;
-                let p = entry.path();
-                if matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")) {
-                    files.push(p);
-                }
-            }
-            files.sort();
-        } else {
-            files.push(path.to_path_buf());
-        }
+        let files = rule_files(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
         let mut parsed = Vec::new();
         for f in &files {
             let text = std::fs::read_to_string(f).map_err(|source| ConfigError::Io { path: f.clone(), source })?;

@@ -740,20 +740,10 @@ fn effective(base: &Arc<Config>, overrides: &[crate::oncall::OverrideEntry]) -> 
     Arc::new(config)
 }
 
+/// The rule files to watch (see [`crate::config::rule_files`]); an
+/// unreadable path watches itself, so that its return is noticed.
 fn files_of(path: &Path) -> Vec<PathBuf> {
-    if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    } else {
-        vec![path.to_path_buf()]
-    }
+    crate::config::rule_files(path).unwrap_or_else(|_| vec![path.to_path_buf()])
 }
 
 fn mtimes(files: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
