@@ -174,6 +174,26 @@ pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))
 }
 
+/// A period given as `startsAt` (default `now`) and either `endsAt` or a
+/// `duration`, in Unix milliseconds.
+fn period(
+    now: i64,
+    starts_at: &Option<String>,
+    ends_at: &Option<String>,
+    duration: &Option<String>,
+) -> Result<(i64, i64), ApiError> {
+    let starts_at = starts_at.as_deref().map(|s| parse_time("startsAt", s)).transpose()?.unwrap_or(now);
+    let ends_at = match (ends_at, duration) {
+        (Some(e), None) => parse_time("endsAt", e)?,
+        (None, Some(d)) => {
+            let d = tocsin_alerting::duration::parse(d).map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
+            starts_at.saturating_add(d.as_millis() as i64)
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of endsAt and duration")),
+    };
+    Ok((starts_at, ends_at))
+}
+
 async fn add_silence(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
@@ -183,16 +203,7 @@ async fn add_silence(
         &body,
         r#"{"matchers": [{"name": "host", "value": "web-1"}], "duration": "2h", "createdBy": "ann", "comment": "reboot"}"#,
     )?;
-    let now = engine.clock().now_ms();
-    let starts_at = r.starts_at.as_deref().map(|s| parse_time("startsAt", s)).transpose()?.unwrap_or(now);
-    let ends_at = match (&r.ends_at, &r.duration) {
-        (Some(e), None) => parse_time("endsAt", e)?,
-        (None, Some(d)) => {
-            let d = tocsin_alerting::duration::parse(d).map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
-            starts_at + d.as_millis() as i64
-        }
-        _ => return Err(ApiError::bad_request("give exactly one of endsAt and duration")),
-    };
+    let (starts_at, ends_at) = period(engine.clock().now_ms(), &r.starts_at, &r.ends_at, &r.duration)?;
     let s = engine.add_silence(Silence {
         id: String::new(),
         matchers: r.matchers,
@@ -287,16 +298,7 @@ async fn add_override(State(engine): State<Arc<AlertEngine>>, body: Bytes) -> Re
         &body,
         r#"{"schedule": "primary", "member": "bob", "duration": "8h", "createdBy": "ann", "comment": "swap with Alice"}"#,
     )?;
-    let now = engine.clock().now_ms();
-    let starts_at = r.starts_at.as_deref().map(|s| parse_time("startsAt", s)).transpose()?.unwrap_or(now);
-    let ends_at = match (&r.ends_at, &r.duration) {
-        (Some(e), None) => parse_time("endsAt", e)?,
-        (None, Some(d)) => {
-            let d = tocsin_alerting::duration::parse(d).map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
-            starts_at.saturating_add(d.as_millis() as i64)
-        }
-        _ => return Err(ApiError::bad_request("give exactly one of endsAt and duration")),
-    };
+    let (starts_at, ends_at) = period(engine.clock().now_ms(), &r.starts_at, &r.ends_at, &r.duration)?;
     let o = engine.add_override(tocsin_alerting::oncall::OverrideEntry {
         id: String::new(),
         schedule: r.schedule,
