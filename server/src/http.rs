@@ -291,7 +291,7 @@ async fn health() -> Response {
 
 async fn metrics(State(app): State<AppState>) -> Response {
     let mut text = app.metrics.render(&app.storage, &app.query);
-    app.alerts.render_metrics(&mut text);
+    crate::metrics::render_alerting(&app.alerts, &mut text);
     crate::metrics::render_tail(&app.tail.metrics, &mut text);
     crate::metrics::render_rollups(&app.rollups.metrics, &mut text);
     crate::metrics::render_refusals(&mut text);

@@ -184,6 +184,131 @@ pub(crate) fn render_rollups(m: &tocsin_query::rollup::RollupMetrics, o: &mut St
     counter(o, "tocsin_rollup_failures_total", "Roll-up runs that failed.", load(&m.failures));
 }
 
+/// The alerting engine: rules, alerts, evaluations, notifications, the
+/// state journal and snapshots, receivers' rate limits.
+pub(crate) fn render_alerting(engine: &tocsin_alerting::AlertEngine, o: &mut String) {
+    let m = &engine.metrics;
+    let g = engine.gauges();
+    let seconds = |a: &AtomicU64| load(a) as f64 / 1e6;
+    let counter_f = |o: &mut String, name: &str, help: &str, v: f64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    gauge(o, "tocsin_alert_rules", "Loaded alert rules.", g.rules as f64);
+    gauge(o, "tocsin_alerts_firing", "Alert instances firing.", g.firing as f64);
+    gauge(o, "tocsin_alerts_pending", "Alert instances pending.", g.pending as f64);
+    counter(o, "tocsin_rule_evaluations_total", "Rule evaluations.", load(&m.evaluations));
+    counter(o, "tocsin_rule_evaluation_failures_total", "Rule evaluations that failed.", load(&m.evaluation_failures));
+    counter_f(o, "tocsin_rule_evaluation_seconds_total", "Time spent evaluating rules.", seconds(&m.evaluation_micros));
+    counter(o, "tocsin_notifications_sent_total", "Notification attempts that succeeded.", load(&m.notifications_sent));
+    counter(
+        o,
+        "tocsin_notifications_failed_total",
+        "Notification attempts that failed.",
+        load(&m.notifications_failed),
+    );
+    counter(o, "tocsin_alert_dispatch_rounds_total", "Dispatch rounds completed.", load(&m.dispatch_rounds));
+    counter_f(
+        o,
+        "tocsin_alert_dispatch_seconds_total",
+        "Time spent in dispatch rounds (muting, routing, grouping, escalation).",
+        seconds(&m.dispatch_micros),
+    );
+    counter(
+        o,
+        "tocsin_notifications_queued_total",
+        "Notification jobs created (each escalation step, repeat and resolve is one).",
+        load(&m.notifications_queued),
+    );
+    gauge(
+        o,
+        "tocsin_notification_outbox",
+        "Notification jobs in the outbox as last saved: not yet known delivered.",
+        load(&m.outbox_saved) as f64,
+    );
+    let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    if !g.rate_limits.is_empty() {
+        let _ = writeln!(
+            o,
+            "# HELP tocsin_receiver_rate_limit Notifications a receiver takes per `per` seconds; more are folded into digests.\n# TYPE tocsin_receiver_rate_limit gauge"
+        );
+        for (r, l) in &g.rate_limits {
+            let _ = writeln!(
+                o,
+                "tocsin_receiver_rate_limit{{receiver=\"{}\",per=\"{}\"}} {}",
+                label(r),
+                l.per.as_secs(),
+                l.messages
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP tocsin_notifications_folded_total Notifications folded into digests by a receiver's rate limit.\n# TYPE tocsin_notifications_folded_total counter"
+    );
+    for (r, n, _) in &g.folded {
+        let _ = writeln!(o, "tocsin_notifications_folded_total{{receiver=\"{}\"}} {n}", label(r));
+    }
+    let _ = writeln!(
+        o,
+        "# HELP tocsin_notification_digests_total Digests sent in place of notifications held back by a rate limit.\n# TYPE tocsin_notification_digests_total counter"
+    );
+    for (r, _, d) in &g.folded {
+        let _ = writeln!(o, "tocsin_notification_digests_total{{receiver=\"{}\"}} {d}", label(r));
+    }
+    counter(o, "tocsin_rule_reloads_total", "Successful rule reloads.", load(&m.reloads));
+    counter(
+        o,
+        "tocsin_alert_journal_records_total",
+        "Alerting state journal records (one per round that changed the state).",
+        load(&m.journal_records),
+    );
+    counter(
+        o,
+        "tocsin_alert_journal_changes_total",
+        "Alerts, groups, silences and notifications written to the alerting state journal.",
+        load(&m.journal_changes),
+    );
+    counter_f(
+        o,
+        "tocsin_alert_journal_seconds_total",
+        "Time spent writing alerting state journal records (compare, write, fsync).",
+        seconds(&m.journal_micros),
+    );
+    gauge(
+        o,
+        "tocsin_alert_journal_bytes",
+        "Size of the alerting state journal since the last snapshot.",
+        load(&m.journal_bytes) as f64,
+    );
+    counter(o, "tocsin_alert_state_saves_total", "Alerting state snapshots.", load(&m.state_saves));
+    counter_f(
+        o,
+        "tocsin_alert_state_save_seconds_total",
+        "Time spent writing alerting state snapshots (serialize, write, fsync, rename).",
+        seconds(&m.state_save_micros),
+    );
+    gauge(
+        o,
+        "tocsin_alert_state_save_last_seconds",
+        "How long the last alerting state snapshot took.",
+        seconds(&m.state_save_last_micros),
+    );
+    gauge(o, "tocsin_alert_state_bytes", "Size of the last alerting state snapshot.", load(&m.state_bytes) as f64);
+    counter(o, "tocsin_rule_reload_failures_total", "Rejected rule reloads.", load(&m.reload_failures));
+    counter(
+        o,
+        "tocsin_ingest_rule_batches_total",
+        "Write batches evaluated by on_ingest rules.",
+        load(&m.ingest_evaluations),
+    );
+    counter(
+        o,
+        "tocsin_ingest_rule_batches_dropped_total",
+        "Write batches on_ingest rules missed because the engine's queue was full.",
+        load(&m.ingest_dropped),
+    );
+}
+
 /// Refusals by input bound (see `tocsin_storage::refusals`).
 pub(crate) fn render_refusals(o: &mut String) {
     let _ = writeln!(
