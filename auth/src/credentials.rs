@@ -50,7 +50,7 @@ impl Credentials {
     /// Parses an `Authorization` header value.
     pub fn from_authorization(value: &str) -> Result<Credentials, AuthError> {
         let value = value.trim();
-        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        let (scheme, rest) = value.split_once(|c: char| c.is_ascii_whitespace()).unwrap_or((value, ""));
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
             if rest.is_empty() {
@@ -68,9 +68,13 @@ impl Credentials {
             let (user, password) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
             return Ok(Credentials::Basic { user: user.to_string(), password: password.to_string() });
         }
+        // Only a word that looks like a scheme is named: a bare token (a
+        // client that left out `Bearer `) must not reach the answer or the
+        // audit log.
+        let looks_like_scheme = scheme.len() <= 16 && scheme.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
+        let named = if looks_like_scheme { format!("scheme {scheme:?}") } else { "value (not shown)".to_string() };
         Err(AuthError::Unauthenticated(format!(
-            "unsupported authorization scheme {:?}: use Bearer <token>, Token <token> or Basic",
-            crate::clip(scheme)
+            "unsupported authorization {named}: use Bearer <token>, Token <token> or Basic"
         )))
     }
 }
@@ -99,6 +103,18 @@ mod tests {
         assert!(Credentials::from_authorization("Bearer").is_err());
         assert!(Credentials::from_authorization("Basic !!!").is_err());
         assert!(Credentials::from_authorization("Digest x").unwrap_err().to_string().contains("Digest"));
+        assert_eq!(Credentials::from_authorization("Bearer\tabc").ok(), Some(Credentials::Token("abc".into())));
+    }
+
+    /// A token sent without its scheme (or glued to it) is never echoed:
+    /// the error goes to the client and into the audit log.
+    #[test]
+    fn a_token_without_a_scheme_is_not_repeated_in_the_error() {
+        for value in ["tocsin_0a1b2c_SECRETsecret", "BearerSECRETsecret", "SECRETsecretSECRETsecret", "x SECRETsecret"]
+        {
+            let e = Credentials::from_authorization(value).unwrap_err().to_string();
+            assert!(!e.contains("SECRETsecret"), "{value}: {e}");
+        }
     }
 
     #[test]

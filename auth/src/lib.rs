@@ -153,6 +153,19 @@ impl Principal {
 
     /// Ok if the role grants `p`; otherwise an error naming it.
     pub fn require(&self, p: Permission) -> Result<(), AuthError> {
+        use Permission::{Ack, PostAlerts, ReadAlerts, Rules, Silence};
+        // Alerts are not kept by database: a token limited to one would see
+        // (and act on) alerts computed from the others. Refused instead; an
+        // alert scope on the role is the way to limit what alerts one sees.
+        if let Some(db) = &self.database
+            && matches!(p, ReadAlerts | Ack | Silence | Rules | PostAlerts)
+        {
+            return Err(AuthError::Forbidden(format!(
+                "{} is limited to database {db:?}, and alerts are not kept by database: such a token cannot use the \
+                 alerting API (limit a role's alerts with [auth.roles.NAME.alerts] instead)",
+                self.name
+            )));
+        }
         if self.role.has(p) {
             Ok(())
         } else {
@@ -871,10 +884,33 @@ pub fn clip_to(s: &str, max: usize) -> &str {
 /// Most bytes of a statement kept in its audit entry.
 pub const AUDIT_STATEMENT_BYTES: usize = 4096;
 
+/// A statement as its audit entry keeps it: whole up to
+/// [`AUDIT_STATEMENT_BYTES`]; longer, its beginning, its full length and
+/// the SHA-256 of the whole text, so that what was cut off (a harmless
+/// beginning padded to hide the rest) is still pinned down.
+pub fn audit_statement(sql: &str) -> String {
+    if sql.len() <= AUDIT_STATEMENT_BYTES {
+        return sql.to_string();
+    }
+    use sha2::{Digest as _, Sha256};
+    let hash: String = Sha256::digest(sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}... [cut: {} bytes in all, sha256 {hash}]", clip_to(sql, AUDIT_STATEMENT_BYTES), sql.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tocsin_storage::ManualClock;
+
+    #[test]
+    fn a_long_statement_is_audited_with_its_length_and_hash() {
+        assert_eq!(audit_statement("SELECT 1"), "SELECT 1");
+        let padded = format!("SELECT 'innocent' /*{}*/, (SELECT secret FROM t)", " ".repeat(5000));
+        let a = audit_statement(&padded);
+        assert!(a.len() < 4300 && a.contains(&format!("{} bytes in all", padded.len())), "{}", &a[4000..]);
+        let other = padded.replace("secret", "public");
+        assert_ne!(audit_statement(&other), a, "a different tail, a different hash");
+    }
 
     fn open(dir: &Path, clock: Arc<ManualClock>) -> (Auth, Option<String>) {
         let config = AuthConfig { enabled: true, ..AuthConfig::new(dir) };

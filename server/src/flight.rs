@@ -508,7 +508,7 @@ impl FlightSql {
                 source,
                 interface: "flight".into(),
                 action: action.into(),
-                target: tocsin_auth::clip_to(target, tocsin_auth::AUDIT_STATEMENT_BYTES).to_string(),
+                target: tocsin_auth::audit_statement(target),
                 ..AuditEntry::default()
             },
         }

@@ -204,7 +204,11 @@ fn percent_decode(s: &str) -> String {
 /// the server's consent (CORS, which Tocsin never gives); and with auth off
 /// on loopback, a `Host` that is not a loopback name is refused (a rebound
 /// DNS name pointing at 127.0.0.1).
-fn browser_check(method: &Method, headers: &HeaderMap, loopback_only: bool) -> Result<(), String> {
+///
+/// A signed link (`link`) is its own authority, posted by its page's form
+/// without an `Authorization` header; only the origin checks apply to it,
+/// so that no other site's page can post it for whoever holds it.
+fn browser_check(method: &Method, headers: &HeaderMap, loopback_only: bool, link: bool) -> Result<(), String> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     if loopback_only && !host.is_empty() && !is_loopback_host(host) {
         return Err(format!(
@@ -228,6 +232,9 @@ fn browser_check(method: &Method, headers: &HeaderMap, loopback_only: bool) -> R
         }
     } else if headers.get(header::ORIGIN).is_some() {
         return Err("request from an opaque origin (Origin: null) refused".into());
+    }
+    if link {
+        return Ok(());
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -319,20 +326,29 @@ async fn http_guard(
         )
         .into_response();
     };
-    // A signed link is its own authority: a page that makes a browser
-    // follow it can do no more than the link's holder could.
-    let browser = match access {
-        Access::SignedLink => Ok(()),
-        _ => browser_check(&method, request.headers(), guard.loopback_only),
-    };
-    if let Err(why) = browser {
-        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
-    }
     let source = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    let link = matches!(access, Access::SignedLink);
+    if let Err(why) = browser_check(&method, request.headers(), guard.loopback_only, link) {
+        let response = ApiError::new(StatusCode::FORBIDDEN, why.clone()).into_response();
+        // Refused before anyone is known: audited as unauthenticated.
+        guard.audit.record(AuditEntry {
+            actor: "unauthenticated".into(),
+            source,
+            interface: "http".into(),
+            action: format!("{method} {}", matched.as_str()),
+            target: request.uri().path().to_string(),
+            outcome: outcome(response.status()).into(),
+            status: response.status().as_u16(),
+            detail: why,
+            duration_us: started.elapsed().as_micros() as u64,
+            ..AuditEntry::default()
+        });
+        return response;
+    }
     if matches!(access, Access::Public | Access::SignedLink) {
         // Public routes that check credentials themselves (the login, a
         // signed link) say whom and what to audit in their response.
@@ -406,7 +422,12 @@ async fn http_guard(
     }
     request.extensions_mut().insert(who.clone());
     let mut response = next.run(request).await;
-    if audited(&method, access) {
+    // Writes of data are not audited one by one, but their refusals by
+    // authority are (a database outside the token's scope). Bad or
+    // oversized bodies and a full disk are the metrics' to count.
+    let refused_write = matches!(access, Access::Requires(Permission::Write))
+        && matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    if audited(&method, access) || refused_write {
         let note = response.extensions_mut().remove::<AuditNote>().unwrap_or_default();
         let detail = response.extensions_mut().remove::<ErrorNote>().map(|n| n.0).unwrap_or_default();
         let note = AuditNote { target: note.target.or(Some(path)), ..note };
@@ -666,7 +687,20 @@ mod tests {
             m
         };
         let post = Method::POST;
-        let ok = |m: &Method, headers: HeaderMap, loopback: bool| browser_check(m, &headers, loopback).is_ok();
+        let ok = |m: &Method, headers: HeaderMap, loopback: bool| browser_check(m, &headers, loopback, false).is_ok();
+        // A signed link's form: no token needed, but no other site may post it.
+        let link_form = [
+            ("host", "tocsin.example"),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("user-agent", "Mozilla/5.0"),
+        ];
+        assert!(browser_check(&Method::POST, &h(&link_form), false, true).is_ok());
+        let mut foreign = h(&link_form);
+        foreign.insert(header::ORIGIN, "https://evil.example".parse().expect("value"));
+        assert!(browser_check(&Method::POST, &foreign, false, true).is_err(), "another site's page posting a link");
+        let mut own = h(&link_form);
+        own.insert(header::ORIGIN, "https://tocsin.example".parse().expect("value"));
+        assert!(browser_check(&Method::POST, &own, false, true).is_ok(), "the link's own page");
         assert!(ok(&post, h(&[("host", "localhost:4318"), ("content-type", "application/json")]), true));
         assert!(ok(&post, h(&[("host", "127.0.0.1:4318"), ("origin", "http://127.0.0.1:4318")]), true));
         assert!(!ok(&post, h(&[("host", "127.0.0.1:4318"), ("origin", "https://evil.example")]), true));

@@ -201,9 +201,9 @@ async fn sql(
     response
 }
 
-/// The SQL text as audited: at most 4 KiB.
+/// The SQL text as audited (see `tocsin_auth::audit_statement`).
 fn clip_sql(sql: &str) -> String {
-    tocsin_auth::clip_to(sql, tocsin_auth::AUDIT_STATEMENT_BYTES).to_string()
+    tocsin_auth::audit_statement(sql)
 }
 
 async fn run_sql(

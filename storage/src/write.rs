@@ -250,7 +250,8 @@ pub fn check_table_name(name: &str) -> Result<(), WriteError> {
 
 pub fn check_database_name(name: &str) -> Result<(), WriteError> {
     check_name(name).map_err(|reason| WriteError::InvalidDatabaseName { name: shown(name), reason })?;
-    if name == "system" || name == "information_schema" {
+    // Any case: `SYSTEM` next to `system` would pass for it in listings.
+    if name.eq_ignore_ascii_case("system") || name.eq_ignore_ascii_case("information_schema") {
         return Err(WriteError::InvalidDatabaseName { name: name.to_string(), reason: "reserved" });
     }
     Ok(())

@@ -1270,3 +1270,69 @@ async fn only_alerters_post_alerts_to_the_alertmanager_api() {
     assert!(body.contains("NodeDown"), "{body}");
     assert_eq!(sql(&server, &alerter, "SELECT 1 AS one").await.0, 403);
 }
+
+/// Review 3 (hostile client): a token sent without its scheme was echoed
+/// into the 401 and the audit log, where an auditor could read the admin's
+/// secret; refused writes and cross-origin refusals left no audit entry; a
+/// database named `SYSTEM` could stand beside `system`.
+#[tokio::test]
+async fn refusals_are_audited_and_never_carry_a_token() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(tmp.path(), "");
+    let secret = admin.rsplit('_').next().expect("a secret part").to_string();
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", server.http);
+    // A bare token, and one glued to its scheme.
+    for value in [admin.clone(), format!("Bearer{admin}")] {
+        let resp = http.get(url("/api/v1/alerts")).header("Authorization", value).send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), 401);
+        assert!(!resp.text().await.expect("body").contains(&secret), "the answer repeats the token");
+    }
+    // A writer limited to one database writes to another.
+    let edge = create_token(&server, &admin, "writer", &["--db", "edge"]);
+    let resp = http
+        .post(url("/write?db=public"))
+        .header("Authorization", format!("Bearer {edge}"))
+        .body("probe,host=a v=1")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 403);
+    // A web page of another site posts to the server.
+    let resp = http
+        .post(url("/api/v1/rules/reload"))
+        .header("Origin", "https://evil.example")
+        .header("Authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 403);
+    // A database that would pass for `system`.
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/api/v1/sql",
+        Some(&admin),
+        Some(json!({
+            "sql": "INSERT INTO audit (ts, actor) VALUES (now(), 'forged')", "database": "SYSTEM"
+        })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("reserved"), "{body}");
+
+    let (status, body) =
+        sql(&server, &admin, "SELECT action, status, detail, target FROM system.audit ORDER BY seq").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(&secret), "the audit log holds the token: {body}");
+    let rows: Vec<Value> = serde_json::from_str(&body).expect("json");
+    let has = |action: &str, status: u64| rows.iter().any(|r| r["action"] == action && r["status"] == status);
+    assert!(has("GET /api/v1/alerts", 401), "{body}");
+    assert!(has("POST /write", 403), "the refused write is audited: {body}");
+    assert!(
+        rows.iter().any(|r| r["action"] == "POST /api/v1/rules/reload"
+            && r["status"] == 403
+            && r["detail"].as_str().unwrap_or("").contains("cross-origin")),
+        "the cross-origin refusal is audited: {body}"
+    );
+}
