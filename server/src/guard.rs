@@ -576,6 +576,50 @@ pub(crate) fn grpc_status(e: AuthError) -> tonic::Status {
 
 type GrpcResponse = axum::http::Response<tonic::body::Body>;
 
+/// Who made a gRPC call, kept to audit its answer.
+struct CallInfo {
+    who: Option<Principal>,
+    source: String,
+    path: String,
+}
+
+impl CallInfo {
+    fn of(request: &axum::http::Request<tonic::body::Body>) -> CallInfo {
+        CallInfo {
+            who: request.extensions().get::<Principal>().cloned(),
+            source: grpc_source(request.extensions()),
+            path: request.uri().path().to_string(),
+        }
+    }
+
+    /// Audits a call the service itself refused for authority (a database
+    /// outside the token's scope: `PERMISSION_DENIED` in a trailers-only
+    /// answer), as the guard audits its own refusals.
+    fn audit_refusal(self, audit: &AuditLog, response: &GrpcResponse) {
+        if response.headers().get("grpc-status").is_none_or(|s| s.as_bytes() != b"7") {
+            return;
+        }
+        let detail = response
+            .headers()
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .map(percent_decode)
+            .unwrap_or_default();
+        audit.record(AuditEntry {
+            actor: self.who.as_ref().map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
+            role: self.who.as_ref().map(|p| p.role.name.clone()).unwrap_or_default(),
+            source: self.source,
+            interface: "grpc".into(),
+            action: self.path.clone(),
+            target: self.path,
+            outcome: "denied".into(),
+            status: 403,
+            detail,
+            ..AuditEntry::default()
+        });
+    }
+}
+
 impl<S> tower_service::Service<axum::http::Request<tonic::body::Body>> for GrpcGuard<S>
 where
     S: tower_service::Service<axum::http::Request<tonic::body::Body>, Response = GrpcResponse> + Clone + Send + 'static,
@@ -605,6 +649,7 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let (auth, audit) = (Arc::clone(&self.auth), Arc::clone(&self.audit));
+                let audit_after = Arc::clone(&self.audit);
                 async move {
                     let checked = tokio::task::spawn_blocking(move || {
                         let r = grpc_finish(&auth, &audit, &mut request, credentials, access);
@@ -612,7 +657,12 @@ where
                     })
                     .await;
                     match checked {
-                        Ok((Ok(()), request)) => inner.call(request).await,
+                        Ok((Ok(()), request)) => {
+                            let info = CallInfo::of(&request);
+                            let response = inner.call(request).await?;
+                            info.audit_refusal(&audit_after, &response);
+                            Ok(response)
+                        }
                         Ok((Err(status), _)) => Ok(status.into_http()),
                         Err(e) => Ok(tonic::Status::internal(format!("authentication failed: {e}")).into_http()),
                     }
@@ -621,7 +671,17 @@ where
             }
             GrpcCheck::Authenticate(credentials, access) => {
                 match grpc_finish(&self.auth, &self.audit, &mut request, credentials, access) {
-                    Ok(()) => self.inner.call(request).boxed(),
+                    Ok(()) => {
+                        let info = CallInfo::of(&request);
+                        let audit = Arc::clone(&self.audit);
+                        let call = self.inner.call(request);
+                        async move {
+                            let response = call.await?;
+                            info.audit_refusal(&audit, &response);
+                            Ok(response)
+                        }
+                        .boxed()
+                    }
                     Err(status) => refused(status),
                 }
             }

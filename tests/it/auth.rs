@@ -1298,6 +1298,13 @@ async fn refusals_are_audited_and_never_carry_a_token() {
         .await
         .expect("request");
     assert_eq!(resp.status().as_u16(), 403);
+    // The same over gRPC: refused by the ingest service, audited.
+    let mut ingest = server.client().await;
+    let mut write =
+        rows("probe", vec![row_series(&[("host", "a")], vec![1_700_000_000_000_000_000], vec![f64s("v", vec![1.0])])]);
+    write.database = "public".into();
+    let code = ingest.write_rows(with_token(write, Some(&edge))).await.err().map(|s| s.code());
+    assert_eq!(code, Some(tonic::Code::PermissionDenied));
     // A web page of another site posts to the server.
     let resp = http
         .post(url("/api/v1/rules/reload"))
@@ -1329,6 +1336,10 @@ async fn refusals_are_audited_and_never_carry_a_token() {
     let has = |action: &str, status: u64| rows.iter().any(|r| r["action"] == action && r["status"] == status);
     assert!(has("GET /api/v1/alerts", 401), "{body}");
     assert!(has("POST /write", 403), "the refused write is audited: {body}");
+    assert!(
+        rows.iter().any(|r| r["action"].as_str().unwrap_or("").ends_with("/WriteRows") && r["status"] == 403),
+        "the refused gRPC write is audited: {body}"
+    );
     assert!(
         rows.iter().any(|r| r["action"] == "POST /api/v1/rules/reload"
             && r["status"] == 403
