@@ -431,40 +431,120 @@ impl AlertEngine {
     }
 }
 
+/// An alert as the API shows it (`GET /api/v1/alerts`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AlertInfo<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) alertname: &'a str,
+    pub(crate) group: &'a str,
+    pub(crate) state: &'static str,
+    pub(crate) severity: Option<&'a str>,
+    /// `null` while there is no data.
+    pub(crate) value: Option<f64>,
+    pub(crate) labels: &'a crate::matcher::Labels,
+    pub(crate) annotations: &'a BTreeMap<String, String>,
+    pub(crate) active_since: Option<String>,
+    pub(crate) pending_since: Option<String>,
+    pub(crate) resolved_at: Option<String>,
+    pub(crate) updated_at: String,
+    pub(crate) ends_at: Option<String>,
+    pub(crate) no_data: bool,
+    pub(crate) flapping: bool,
+    pub(crate) ack: Option<AckInfo<'a>>,
+    pub(crate) ack_lifted: Option<AckInfo<'a>>,
+    pub(crate) resolved_by: Option<ResolvedInfo<'a>>,
+    pub(crate) muted: Option<&'a Mute>,
+}
+
+/// Who acknowledged, and for which severity.
+#[derive(Debug, Serialize)]
+pub(crate) struct AckInfo<'a> {
+    pub(crate) by: &'a str,
+    pub(crate) comment: &'a str,
+    pub(crate) at: String,
+    pub(crate) severity: Option<&'a str>,
+}
+
+/// Who resolved by hand.
+#[derive(Debug, Serialize)]
+pub(crate) struct ResolvedInfo<'a> {
+    pub(crate) by: &'a str,
+    pub(crate) comment: &'a str,
+    pub(crate) at: String,
+}
+
+impl<'a> AlertInfo<'a> {
+    pub(crate) fn of(i: &'a Instance, muted: Option<&'a Mute>) -> AlertInfo<'a> {
+        let ts = |t: Option<i64>| t.map(crate::dispatch::rfc3339);
+        let ack = |a: &'a Ack| AckInfo {
+            by: &a.by,
+            comment: &a.comment,
+            at: crate::dispatch::rfc3339(a.at),
+            severity: a.severity.as_deref(),
+        };
+        AlertInfo {
+            id: &i.id,
+            alertname: &i.rule,
+            group: &i.group,
+            state: i.state.as_str(),
+            severity: i.severity.as_deref(),
+            value: i.value.is_finite().then_some(i.value),
+            labels: &i.labels,
+            annotations: &i.annotations,
+            active_since: ts(i.active_since),
+            pending_since: ts(i.pending_since),
+            resolved_at: ts(i.resolved_at),
+            updated_at: crate::dispatch::rfc3339(i.updated_at),
+            ends_at: ts(i.ends_at),
+            no_data: i.no_data,
+            flapping: i.flapping,
+            ack: i.ack.as_ref().map(ack),
+            ack_lifted: i.ack_lifted.as_ref().map(ack),
+            resolved_by: i.resolved_by.as_ref().map(|a| ResolvedInfo {
+                by: &a.by,
+                comment: &a.comment,
+                at: crate::dispatch::rfc3339(a.at),
+            }),
+            muted,
+        }
+    }
+}
+
+/// A silence as the API shows it (Alertmanager's shape).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SilenceInfo<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) matchers: &'a [crate::state::MatcherSpec],
+    pub(crate) starts_at: String,
+    pub(crate) ends_at: String,
+    pub(crate) created_by: &'a str,
+    pub(crate) comment: &'a str,
+    /// The role a scoped silence belongs to.
+    pub(crate) scope: Option<&'a str>,
+    pub(crate) status: SilenceStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SilenceStatus {
+    pub(crate) state: &'static str,
+}
+
 pub(super) fn alert_json(i: &Instance, muted: Option<&Mute>) -> serde_json::Value {
-    let ts = |t: Option<i64>| t.map(crate::dispatch::rfc3339);
-    serde_json::json!({
-        "id": i.id,
-        "alertname": i.rule,
-        "group": i.group,
-        "state": i.state.as_str(),
-        "severity": i.severity,
-        "value": i.value.is_finite().then_some(i.value),
-        "labels": i.labels,
-        "annotations": i.annotations,
-        "activeSince": ts(i.active_since),
-        "pendingSince": ts(i.pending_since),
-        "resolvedAt": ts(i.resolved_at),
-        "updatedAt": crate::dispatch::rfc3339(i.updated_at),
-        "endsAt": ts(i.ends_at),
-        "noData": i.no_data,
-        "flapping": i.flapping,
-        "ack": i.ack.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at), "severity": a.severity})),
-        "ackLifted": i.ack_lifted.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at), "severity": a.severity})),
-        "resolvedBy": i.resolved_by.as_ref().map(|a| serde_json::json!({"by": a.by, "comment": a.comment, "at": crate::dispatch::rfc3339(a.at)})),
-        "muted": muted,
-    })
+    serde_json::to_value(AlertInfo::of(i, muted)).unwrap_or_default()
 }
 
 pub(super) fn silence_json(s: &Silence, now: i64) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id,
-        "matchers": s.matchers,
-        "startsAt": crate::dispatch::rfc3339(s.starts_at),
-        "endsAt": crate::dispatch::rfc3339(s.ends_at),
-        "createdBy": s.created_by,
-        "comment": s.comment,
-        "scope": s.scope.as_ref().map(|sc| &sc.role),
-        "status": { "state": s.status(now) },
-    })
+    let info = SilenceInfo {
+        id: &s.id,
+        matchers: &s.matchers,
+        starts_at: crate::dispatch::rfc3339(s.starts_at),
+        ends_at: crate::dispatch::rfc3339(s.ends_at),
+        created_by: &s.created_by,
+        comment: &s.comment,
+        scope: s.scope.as_ref().map(|sc| sc.role.as_str()),
+        status: SilenceStatus { state: s.status(now) },
+    };
+    serde_json::to_value(info).unwrap_or_default()
 }
