@@ -413,14 +413,26 @@ fn robot_body(kind: RobotKind, text: &str, payload: &Payload, at: &Mentions) -> 
 
 fn title(p: &Payload) -> String {
     let firing = p.alerts.iter().filter(|a| a.status == "firing").count();
-    let name = p.common_labels.get("alertname").cloned().unwrap_or_else(|| "alerts".into());
+    let name = p.common_labels.get("alertname").map_or_else(|| "alerts".into(), |n| one_line(n).into_owned());
     if p.status == "firing" { format!("[FIRING:{firing}] {name}") } else { format!("[RESOLVED] {name}") }
+}
+
+/// A value on one line of a text message: line breaks and other control
+/// characters become `\n`-style escapes, so that a label cannot add a line
+/// that passes for the server's own (a fake "acknowledge:" link).
+fn one_line(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    std::borrow::Cow::Owned(
+        v.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect(),
+    )
 }
 
 /// The default message: a title, then one line per alert.
 pub fn default_text(p: &Payload) -> String {
     let mut out = title(p);
-    let group: Vec<String> = p.group_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let group: Vec<String> = p.group_labels.iter().map(|(k, v)| format!("{k}={}", one_line(v))).collect();
     if !group.is_empty() {
         out.push_str(&format!(" ({})", group.join(", ")));
     }
@@ -441,18 +453,18 @@ pub fn default_text(p: &Payload) -> String {
             .labels
             .iter()
             .filter(|(k, _)| !p.group_labels.contains_key(*k) && *k != "alertname" && *k != "severity")
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{k}={}", one_line(v)))
             .collect();
-        let summary = a.annotations.get("summary").cloned().unwrap_or_default();
+        let summary = one_line(a.annotations.get("summary").map_or("", String::as_str)).into_owned();
         out.push_str(&format!(
             "\n- {} {} {} {}",
             a.status,
-            a.labels.get("severity").map(String::as_str).unwrap_or(""),
+            one_line(a.labels.get("severity").map_or("", String::as_str)),
             labels.join(" "),
             summary
         ));
         if let Some(by) = &a.acked_by {
-            out.push_str(&format!(" (acked by {by})"));
+            out.push_str(&format!(" (acked by {})", one_line(by)));
         }
         if let Some(l) = &a.ack_lifted {
             out.push_str(&format!(
@@ -775,6 +787,17 @@ fn base64(input: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review 4: a label with line breaks put a fake "acknowledge:" line
+    /// into the plain-text message.
+    #[test]
+    fn a_label_cannot_add_a_line_to_a_text_message() {
+        let mut p = payload("web-9");
+        p.alerts[0].labels.insert("instance".into(), "web-9\n  acknowledge: http://evil.example/ack\n- firing".into());
+        let text = default_text(&p);
+        assert!(!text.lines().any(|l| l.trim_start().starts_with("acknowledge: http://evil")), "{text}");
+        assert!(text.contains("web-9\\n  acknowledge"), "shown, escaped: {text}");
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

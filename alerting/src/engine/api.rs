@@ -203,11 +203,24 @@ impl AlertEngine {
         if s.starts_at == 0 {
             s.starts_at = now;
         }
+        if s.ends_at <= now {
+            return Err(EngineError::BadRequest("endsAt is in the past".into()));
+        }
         if s.ends_at <= s.starts_at {
             return Err(EngineError::BadRequest("endsAt must be after startsAt".into()));
         }
-        if s.ends_at <= now {
-            return Err(EngineError::BadRequest("endsAt is in the past".into()));
+        // Clients (amtool) read times as RFC 3339 with a four-digit year.
+        const LATEST: i64 = 253_402_300_799_000; // 9999-12-31T23:59:59Z
+        if s.ends_at > LATEST || s.starts_at > LATEST || s.starts_at < 0 {
+            return Err(EngineError::BadRequest("startsAt and endsAt must fall between 1970 and 9999".into()));
+        }
+        // As Alertmanager: a silence whose every matcher matches the empty
+        // string matches alerts that lack those labels too, i.e. everything.
+        let empty = crate::matcher::Labels::new();
+        if matchers.matches(&empty) {
+            return Err(EngineError::BadRequest(
+                "a silence whose matchers all match an empty value would silence every alert; match a value".into(),
+            ));
         }
         if s.created_by.trim().is_empty() {
             return Err(EngineError::BadRequest("createdBy is required".into()));
@@ -354,10 +367,33 @@ impl AlertEngine {
                         .is_some_and(|m| m.contains_key(&id))
                 })
                 .count();
+            // Over the bound, resolved alerts (kept an hour to be shown) go
+            // first, oldest first: one sender's flood must not keep a real
+            // page out for the hour.
+            let over = (held + new).saturating_sub(crate::external::MAX_POSTED_INSTANCES);
+            if over > 0 {
+                let mut resolved: Vec<(i64, String, String)> = inner
+                    .rules
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&posted))
+                    .flat_map(|(k, m)| {
+                        m.values()
+                            .filter(|i| i.state == AlertState::Resolved)
+                            .map(move |i| (i.resolved_at.unwrap_or(0), k.clone(), i.id.clone()))
+                    })
+                    .collect();
+                resolved.sort();
+                for (_, key, id) in resolved.into_iter().take(over) {
+                    if let Some(m) = inner.rules.get_mut(&key) {
+                        m.remove(&id);
+                    }
+                }
+            }
+            let held: usize = inner.rules.iter().filter(|(k, _)| k.starts_with(&posted)).map(|(_, m)| m.len()).sum();
             if held + new > crate::external::MAX_POSTED_INSTANCES {
                 tocsin_storage::refusals::refused("max_posted_alerts");
                 return Err(EngineError::BadRequest(format!(
-                    "{held} posted alerts are kept already; at most {} (resolved ones are forgotten after an hour)",
+                    "{held} posted alerts fire already; at most {} are kept",
                     crate::external::MAX_POSTED_INSTANCES
                 )));
             }

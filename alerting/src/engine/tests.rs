@@ -736,3 +736,38 @@ fn every_instance_field_is_placed_in_the_journal_or_the_snapshot() {
     placed.sort_unstable();
     assert_eq!(fields, placed);
 }
+
+/// Review 4 (hostile client): a silence ending in year 13434 broke amtool
+/// for everyone, and a silence matching the empty value silenced every
+/// alert; both are refused, naming why.
+#[tokio::test]
+async fn silences_that_break_clients_or_silence_everything_are_refused() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    let silence = |matchers: Vec<crate::state::MatcherSpec>, ends_at: i64| Silence {
+        id: String::new(),
+        matchers,
+        starts_at: 0,
+        ends_at,
+        created_by: "mallory".into(),
+        comment: String::new(),
+        created_at: 0,
+        scope: None,
+    };
+    let m = |name: &str, value: &str, is_regex: bool| crate::state::MatcherSpec {
+        name: name.into(),
+        value: value.into(),
+        is_regex,
+        is_equal: true,
+    };
+    let far = 400_000_000_000_000; // year 14645
+    let e = s.engine.add_silence(silence(vec![m("host", "a", false)], far)).unwrap_err().to_string();
+    assert!(e.contains("between 1970 and 9999"), "{e}");
+    let hour = T0 + 3_600_000;
+    for everything in [vec![m("host", ".*", true)], vec![m("host", "", false)]] {
+        let e = s.engine.add_silence(silence(everything, hour)).unwrap_err().to_string();
+        assert!(e.contains("would silence every alert"), "{e}");
+    }
+    // A regex that needs a value, beside one that does not, is fine.
+    s.engine.add_silence(silence(vec![m("host", ".*", true), m("job", "api-.+", true)], hour)).expect("valid");
+}
