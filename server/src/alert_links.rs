@@ -140,10 +140,17 @@ async fn act(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Que
             .await
             .map(|a| format!("<p>Acknowledged: escalation stops.</p>{}", describe(&a))),
         LinkAction::Silence => engine
-            .silence_alert(&id, &by, &format!("silenced for 1 h from the notification link of alert {id}"), SILENCE_FOR)
-            .map(|s| {
+            .silence_alert_once(
+                &id,
+                &q.sig,
+                &by,
+                &format!("silenced for 1 h from the notification link of alert {id}"),
+                SILENCE_FOR,
+            )
+            .map(|(s, created)| {
+                let what = if created { "Silenced" } else { "This link was used already: silenced" };
                 format!(
-                    "<p>Silenced until {} (silence {}).</p>{}",
+                    "<p>{what} until {} (silence {}).</p>{}",
                     tocsin_alerting::dispatch::rfc3339(s.ends_at),
                     s.id,
                     engine.alert(&id).map(|a| describe(&a)).unwrap_or_default()

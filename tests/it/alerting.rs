@@ -696,6 +696,21 @@ async fn a_link_in_the_notification_acknowledges_without_a_login() {
     let s = &silences["silences"].as_array().expect("list")[0];
     assert_eq!(s["createdBy"], "oncall (link)", "{silences}");
     assert!(s["matchers"].as_array().expect("matchers").iter().any(|m| m["name"] == "host" && m["value"] == "esc-2"));
+    // Used again: the same silence, not another hour (review 4 found
+    // three uses made three silences).
+    let again = http.post(&silence_2).send().await.expect("silence again");
+    assert_eq!(again.status().as_u16(), 200);
+    assert!(again.text().await.expect("html").contains("used already"));
+    let silences: Value = http
+        .get(format!("http://{}/api/v1/silences", server.http))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("silences")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(silences["silences"].as_array().expect("list").len(), 1, "{silences}");
 
     // Expired (link_ttl is 4 s here): refused with 410.
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -69,6 +69,37 @@ impl AlertEngine {
     /// Silences alert `id` (its identity: rule and labels, any severity) for
     /// `duration`.
     pub fn silence_alert(&self, id: &str, by: &str, comment: &str, duration: Duration) -> Result<Silence, EngineError> {
+        self.silence_alert_as(id, by, comment, duration, None)
+    }
+
+    /// [`Self::silence_alert`] from a signed link, once per link: the
+    /// silence takes an id made from `link_key` (the link's signature), and
+    /// a second use finds it (`false`) instead of adding another, even if a
+    /// person expired it since.
+    pub fn silence_alert_once(
+        &self,
+        id: &str,
+        link_key: &str,
+        by: &str,
+        comment: &str,
+        duration: Duration,
+    ) -> Result<(Silence, bool), EngineError> {
+        let key: String = link_key.chars().filter(char::is_ascii_hexdigit).take(24).collect();
+        let sid = format!("link-{key}");
+        if let Some((s, _)) = self.inner.lock().silences.iter().find(|(s, _)| s.id == sid) {
+            return Ok((s.clone(), false));
+        }
+        self.silence_alert_as(id, by, comment, duration, Some(sid)).map(|s| (s, true))
+    }
+
+    fn silence_alert_as(
+        &self,
+        id: &str,
+        by: &str,
+        comment: &str,
+        duration: Duration,
+        silence_id: Option<String>,
+    ) -> Result<Silence, EngineError> {
         let identity = {
             let inner = self.inner.lock();
             let inst =
@@ -80,16 +111,19 @@ impl AlertEngine {
             .into_iter()
             .map(|(name, value)| crate::state::MatcherSpec { name, value, is_regex: false, is_equal: true })
             .collect();
-        self.add_silence(Silence {
-            id: String::new(),
-            matchers,
-            starts_at: now,
-            ends_at: now + duration.as_millis() as i64,
-            created_by: by.to_string(),
-            comment: comment.to_string(),
-            created_at: now,
-            scope: None,
-        })
+        self.insert_silence(
+            Silence {
+                id: String::new(),
+                matchers,
+                starts_at: now,
+                ends_at: now + duration.as_millis() as i64,
+                created_by: by.to_string(),
+                comment: comment.to_string(),
+                created_at: now,
+                scope: None,
+            },
+            silence_id,
+        )
     }
 
     pub async fn unack(&self, id: &str, by: &str) -> Result<serde_json::Value, EngineError> {
@@ -178,7 +212,12 @@ impl AlertEngine {
         out
     }
 
-    pub fn add_silence(&self, mut s: Silence) -> Result<Silence, EngineError> {
+    pub fn add_silence(&self, s: Silence) -> Result<Silence, EngineError> {
+        self.insert_silence(s, None)
+    }
+
+    /// Checks and adds a silence, with `id` or a new one.
+    fn insert_silence(&self, mut s: Silence, id: Option<String>) -> Result<Silence, EngineError> {
         // Every silence is kept in state.json (rewritten on each change) and
         // listed whole: a client must not grow them without bound.
         const MAX_TEXT: usize = 4096;
@@ -229,7 +268,7 @@ impl AlertEngine {
         {
             let mut inner = self.inner.lock();
             inner.next_id += 1;
-            s.id = format!("s{:x}-{}", now, inner.next_id);
+            s.id = id.unwrap_or_else(|| format!("s{:x}-{}", now, inner.next_id));
             inner.silences.push((s.clone(), matchers));
             inner.dirty = true;
         }
