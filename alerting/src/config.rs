@@ -753,6 +753,16 @@ groups:
         assert!(c.routes.iter().any(|r| r.escalation.as_deref() == Some("page")));
     }
 
+    /// Review 4: `rules check` accepted a rule label `bad-label` that the
+    /// Alertmanager API refuses.
+    #[test]
+    fn a_rule_label_must_be_a_label_name() {
+        let yaml = "groups:\n  - name: g\n    rules:\n      - { alert: A, sql: \"SELECT 1 AS value\", thresholds: { critical: \"> 0\" }, labels: { bad-label: x } }\n";
+        let p = PathBuf::from("t.yml");
+        let err = Config::from_files(vec![(p.clone(), parse_file(&p, yaml).expect("yaml"))]).unwrap_err().to_string();
+        assert!(err.contains("\"bad-label\" is not a label name"), "{err}");
+    }
+
     #[test]
     fn maintenance_windows_cover_their_days_and_hours() {
         let m = compile_maintenance(MaintenanceFile {

@@ -59,7 +59,7 @@ pub struct Checked {
 }
 
 /// Prometheus' label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
-fn label_name(k: &str) -> bool {
+pub(crate) fn label_name(k: &str) -> bool {
     let mut chars = k.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

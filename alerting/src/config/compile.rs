@@ -86,6 +86,10 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
             return Err("label and annotation names must not be empty".into());
         }
     }
+    // As for alerts posted through the Alertmanager API (and Prometheus).
+    if let Some(k) = r.labels.keys().find(|k| !crate::external::label_name(k)) {
+        return Err(format!("label {k:?} is not a label name (letters, digits and _, not starting with a digit)"));
+    }
     if let Some(d) = r.depends_on.iter().find(|d| d.alert == r.alert) {
         return Err(format!("depends_on names the rule itself ({:?})", d.alert));
     }
