@@ -684,15 +684,11 @@ async fn a_link_in_the_notification_acknowledges_without_a_login() {
     let done = http.post(&silence_2).send().await.expect("silence");
     assert_eq!(done.status().as_u16(), 200);
     assert!(done.text().await.expect("html").contains("Silenced until"));
-    let silences: Value = http
-        .get(format!("http://{}/api/v1/silences", server.http))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("silences")
-        .json()
-        .await
-        .expect("json");
+    let list_silences = || async {
+        let resp = http.get(format!("http://{}/api/v1/silences", server.http)).bearer_auth(&admin).send().await;
+        resp.expect("silences").json::<Value>().await.expect("json")
+    };
+    let silences = list_silences().await;
     let s = &silences["silences"].as_array().expect("list")[0];
     assert_eq!(s["createdBy"], "oncall (link)", "{silences}");
     assert!(s["matchers"].as_array().expect("matchers").iter().any(|m| m["name"] == "host" && m["value"] == "esc-2"));
@@ -701,15 +697,7 @@ async fn a_link_in_the_notification_acknowledges_without_a_login() {
     let again = http.post(&silence_2).send().await.expect("silence again");
     assert_eq!(again.status().as_u16(), 200);
     assert!(again.text().await.expect("html").contains("used already"));
-    let silences: Value = http
-        .get(format!("http://{}/api/v1/silences", server.http))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("silences")
-        .json()
-        .await
-        .expect("json");
+    let silences = list_silences().await;
     assert_eq!(silences["silences"].as_array().expect("list").len(), 1, "{silences}");
 
     // Expired (link_ttl is 4 s here): refused with 410.
