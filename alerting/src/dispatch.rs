@@ -514,11 +514,12 @@ impl SendCtx<'_> {
         // mentioned until it ends.
         for (id, view) in self.content.iter().filter(|(_, v)| !v.held) {
             let Some(inst) = self.by_id.get(id.as_str()) else { continue };
+            let incident = inst.active_since.unwrap_or(inst.created_at);
             alerts.push(PayloadAlert {
                 status: view.status.clone(),
                 labels: inst.labels.clone(),
                 annotations: inst.annotations.clone(),
-                starts_at: rfc3339(inst.active_since.unwrap_or(inst.created_at)),
+                starts_at: rfc3339(incident),
                 ends_at: match (view.status.as_str(), inst.resolved_at) {
                     ("resolved", Some(t)) => rfc3339(t),
                     _ => "0001-01-01T00:00:00Z".into(),
@@ -536,11 +537,11 @@ impl SendCtx<'_> {
                 ack_url: self
                     .links
                     .filter(|_| view.status == "firing")
-                    .map(|l| l.url(&inst.id, crate::links::LinkAction::Ack, receiver, self.now)),
+                    .map(|l| l.url(&inst.id, incident, crate::links::LinkAction::Ack, receiver, self.now)),
                 silence_url: self
                     .links
                     .filter(|_| view.status == "firing")
-                    .map(|l| l.url(&inst.id, crate::links::LinkAction::Silence, receiver, self.now)),
+                    .map(|l| l.url(&inst.id, incident, crate::links::LinkAction::Silence, receiver, self.now)),
             });
         }
         let common_labels = common(alerts.iter().map(|a| &a.labels));

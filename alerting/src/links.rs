@@ -1,9 +1,10 @@
 //! Links in notifications that act on one alert without a login: open the
 //! link on a phone, confirm, and the alert is acknowledged (or silenced for
 //! an hour). Each link is single-purpose: an HMAC-SHA-256, under a key kept
-//! in the alerting state directory, over the alert id, the action, the
-//! receiver the notification went to (who acted, for the history and the
-//! audit log) and the expiry.
+//! in the alerting state directory, over the alert id, the incident (when
+//! the firing it was sent for began: a link does nothing to a later
+//! firing of the same alert), the action, the receiver the notification
+//! went to (who acted, for the history and the audit log) and the expiry.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ impl LinkAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub alert: String,
+    /// When the firing the link was sent for began (ms).
+    pub incident: i64,
     pub action: LinkAction,
     /// The receiver the notification with the link was sent to.
     pub receiver: String,
@@ -63,6 +66,22 @@ pub enum LinkError {
     Signature { alert: String },
     #[error("this link expired at {at} (links work for {ttl_hours} h after their notification); use the API or CLI")]
     Expired { at: String, ttl_hours: u64 },
+    #[error(
+        "this link was for the firing of alert {alert} that began at {began}; that firing is over (the alert \
+         resolved, and may have fired again since: use the link of its newest notification)"
+    )]
+    Stale { alert: String, began: String },
+}
+
+/// A link's fields as presented (its query string), to check.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    pub alert: &'a str,
+    pub action: &'a str,
+    pub receiver: &'a str,
+    pub incident: i64,
+    pub expires: i64,
+    pub sig: &'a str,
 }
 
 /// Makes and checks links.
@@ -101,12 +120,13 @@ impl Links {
         Ok(Links { signer: Signer::with_key(key), base_url: base_url.trim_end_matches('/').to_string(), ttl })
     }
 
-    /// The URL of `action` on `alert` for `receiver`, made at `now_ms`.
-    pub fn url(&self, alert: &str, action: LinkAction, receiver: &str, now_ms: i64) -> String {
+    /// The URL of `action` on the firing of `alert` that began at
+    /// `incident` (ms), for `receiver`, made at `now_ms`.
+    pub fn url(&self, alert: &str, incident: i64, action: LinkAction, receiver: &str, now_ms: i64) -> String {
         let expires = now_ms / 1000 + self.ttl.as_secs() as i64;
-        let link = Link { alert: alert.to_string(), action, receiver: receiver.to_string(), expires };
+        let link = Link { alert: alert.to_string(), incident, action, receiver: receiver.to_string(), expires };
         format!(
-            "{}/api/v1/alerts/{}/link?action={}&receiver={}&expires={expires}&sig={}",
+            "{}/api/v1/alerts/{}/link?action={}&incident={incident}&receiver={}&expires={expires}&sig={}",
             self.base_url,
             query_escape(alert),
             action.as_str(),
@@ -115,23 +135,24 @@ impl Links {
         )
     }
 
-    /// The link, if `sig` is this server's for these fields and it has not
-    /// expired at `now_ms`.
-    pub fn check(
-        &self,
-        alert: &str,
-        action: &str,
-        receiver: &str,
-        expires: i64,
-        sig: &str,
-        now_ms: i64,
-    ) -> Result<Link, LinkError> {
-        let action = LinkAction::parse(action).ok_or_else(|| LinkError::Action(tocsin_auth::clip(action).into()))?;
-        let link = Link { alert: alert.to_string(), action, receiver: receiver.to_string(), expires };
-        let good = parse_key(sig).is_some_and(|sig| tocsin_auth::mac::same_bytes(&sig, &self.tag(&link)));
+    /// The link, if its signature is this server's for its fields and it
+    /// has not expired at `now_ms`. (Whether its incident is the alert's
+    /// current one is the engine's to check.)
+    pub fn check(&self, p: &Presented<'_>, now_ms: i64) -> Result<Link, LinkError> {
+        let action =
+            LinkAction::parse(p.action).ok_or_else(|| LinkError::Action(tocsin_auth::clip(p.action).into()))?;
+        let link = Link {
+            alert: p.alert.to_string(),
+            incident: p.incident,
+            action,
+            receiver: p.receiver.to_string(),
+            expires: p.expires,
+        };
+        let good = parse_key(p.sig).is_some_and(|sig| tocsin_auth::mac::same_bytes(&sig, &self.tag(&link)));
         if !good {
-            return Err(LinkError::Signature { alert: tocsin_auth::clip(alert).into() });
+            return Err(LinkError::Signature { alert: tocsin_auth::clip(p.alert).into() });
         }
+        let expires = p.expires;
         if now_ms / 1000 >= expires {
             return Err(LinkError::Expired {
                 at: crate::dispatch::rfc3339(expires.saturating_mul(1000)),
@@ -145,8 +166,10 @@ impl Links {
         // Each field ends with a NUL (none can hold one: ids are hex, the
         // receiver a configured name), so no two links share a message.
         self.signer.tag(&[
-            b"tocsin-link-v1\0",
+            b"tocsin-link-v2\0",
             l.alert.as_bytes(),
+            b"\0",
+            l.incident.to_string().as_bytes(),
             b"\0",
             l.action.as_str().as_bytes(),
             b"\0",
@@ -202,6 +225,7 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000;
+    const INCIDENT: i64 = NOW - 300_000;
 
     /// The query string of a URL, decoded into (name, value) pairs.
     fn fields(url: &str) -> std::collections::HashMap<String, String> {
@@ -220,12 +244,13 @@ mod tests {
     fn a_link_works_for_its_alert_action_and_time_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let links = Links::open(dir.path(), "https://tocsin.example/", DEFAULT_LINK_TTL).expect("open");
-        let url = links.url("e256b8474c777079", LinkAction::Ack, "oncall", NOW);
+        let url = links.url("e256b8474c777079", INCIDENT, LinkAction::Ack, "oncall", NOW);
         assert!(url.starts_with("https://tocsin.example/api/v1/alerts/e256b8474c777079/link?action=ack&"), "{url}");
         let f = fields(&url);
         let expires: i64 = f["expires"].parse().expect("expires");
+        assert_eq!(f["incident"], INCIDENT.to_string());
         let check = |alert: &str, action: &str, receiver: &str, expires: i64, sig: &str, now: i64| {
-            links.check(alert, action, receiver, expires, sig, now)
+            links.check(&Presented { alert, action, receiver, incident: INCIDENT, expires, sig }, now)
         };
         let ok = check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW + 1000).expect("valid");
         assert_eq!((ok.action, ok.receiver.as_str()), (LinkAction::Ack, "oncall"));
@@ -239,6 +264,16 @@ mod tests {
             let err = check(alert, action, receiver, exp, &f["sig"], NOW).expect_err("not this link");
             assert!(matches!(err, LinkError::Signature { .. }), "{err}");
         }
+        // Another incident of the same alert: the signature fails too.
+        let p = Presented {
+            alert: "e256b8474c777079",
+            action: "ack",
+            receiver: "oncall",
+            incident: INCIDENT + 60_000,
+            expires,
+            sig: &f["sig"],
+        };
+        assert!(matches!(links.check(&p, NOW), Err(LinkError::Signature { .. })));
         let mut bad = f["sig"].clone();
         bad.replace_range(0..1, if bad.starts_with('0') { "1" } else { "0" });
         assert!(matches!(
@@ -259,7 +294,8 @@ mod tests {
         assert!(err.to_string().contains("expired at 2027-01-16T08:00:00.000Z"), "{err}");
         // The key outlives a restart, and is the owner's only.
         let again = Links::open(dir.path(), "https://tocsin.example", DEFAULT_LINK_TTL).expect("reopen");
-        assert!(again.check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW).is_ok());
+        let p = Presented { incident: INCIDENT, ..p };
+        assert!(again.check(&p, NOW).is_ok());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -268,7 +304,7 @@ mod tests {
         }
         let other = tempfile::tempdir().expect("tempdir");
         let elsewhere = Links::open(other.path(), "https://tocsin.example", DEFAULT_LINK_TTL).expect("open");
-        assert!(elsewhere.check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW).is_err());
+        assert!(elsewhere.check(&p, NOW).is_err());
     }
 
     #[test]

@@ -619,6 +619,15 @@ impl Auth {
     /// Sets a user's password: the `users` permission, or the user
     /// themself with their current password (a stolen session alone cannot
     /// lock its owner out). Ends every session of the user.
+    /// Ok if `by` may set `name`'s password at all: a user manager, or the
+    /// user themself (who then has to give the current one).
+    pub fn may_set_password(&self, by: &Principal, name: &str) -> Result<(), AuthError> {
+        if by.name == format!("user:{name}") {
+            return Ok(());
+        }
+        by.require(Permission::Users)
+    }
+
     pub fn set_password(
         &self,
         by: &Principal,
@@ -626,10 +635,8 @@ impl Auth {
         password: &str,
         current: Option<&str>,
     ) -> Result<UserRecord, AuthError> {
+        self.may_set_password(by, name)?;
         if by.require(Permission::Users).is_err() {
-            if by.name != format!("user:{name}") {
-                by.require(Permission::Users)?;
-            }
             let Some(current) = current else {
                 return Err(AuthError::Invalid("changing your own password needs your current password".into()));
             };
@@ -856,8 +863,9 @@ pub fn random_u64() -> Result<u64, AuthError> {
 }
 
 /// The `information_schema` tables every reader may query, filtered to the
-/// tables it may read (`SHOW TABLES`, `SHOW COLUMNS`).
-pub const CATALOG_LISTS: [&str; 2] = ["tables", "columns"];
+/// tables it may read (`SHOW TABLES`, `SHOW COLUMNS`; `views` lists every
+/// table too).
+pub const CATALOG_LISTS: [&str; 3] = ["tables", "columns", "views"];
 
 /// Most tokens kept (each creation rewrites the store).
 pub const MAX_TOKENS: usize = 10_000;

@@ -360,14 +360,16 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
     }
     // Each call of a function whose value may grow far past its arguments
     // is bounded on its own (see `bounded`); so is their number.
-    let mut growing = 0usize;
-    plan.apply(|node| {
+    use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+    let (mut growing, mut concatenating) = (0usize, 0usize);
+    plan.apply_with_subqueries(|node| {
         node.apply_expressions(|e| {
             e.apply(|x| {
-                if let datafusion::logical_expr::Expr::ScalarFunction(f) = x
-                    && crate::bounded::grows(f.name())
-                {
-                    growing += 1;
+                match x {
+                    Expr::ScalarFunction(f) if crate::bounded::grows(f.name()) => growing += 1,
+                    Expr::ScalarFunction(f) if crate::bounded::concatenates(f.name()) => concatenating += 1,
+                    Expr::BinaryExpr(BinaryExpr { op: Operator::StringConcat, .. }) => concatenating += 1,
+                    _ => {}
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
@@ -378,6 +380,13 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
             what: "calls of functions whose result can grow past their arguments (repeat, lpad, rpad, replace, regexp_replace)",
             limit: crate::bounded::MAX_CALLS,
             bound: "max_growing_calls",
+        });
+    }
+    if concatenating > crate::bounded::MAX_CONCAT_CALLS {
+        return Err(QueryError::TooComplex {
+            what: "concatenations (||, concat, concat_ws)",
+            limit: crate::bounded::MAX_CONCAT_CALLS,
+            bound: "max_concat_calls",
         });
     }
     Ok(())

@@ -7,11 +7,18 @@
 //! arguments and before calling it, how large each result would be, and
 //! refuses a value over [`MAX_VALUE_BYTES`] or a batch over
 //! [`MAX_BATCH_BYTES`] with an error naming the function and the limit.
+//!
+//! Concatenation (`concat`, `concat_ws` and the `||` operator, which
+//! [`BoundConcat`] turns into a call) makes no more than its arguments,
+//! but a chain of them doubles a value at each step (`s || s` over a CTE
+//! over a CTE...): each is bounded the same way, and their number by
+//! [`MAX_CONCAT_CALLS`].
 
 use arrow::datatypes::{DataType, FieldRef, TimeUnit};
 use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    ColumnarValue, Documentation, Operator, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
 
 /// The largest value one of these functions may make.
@@ -24,9 +31,19 @@ pub const MAX_BATCH_BYTES: u64 = 64 << 20;
 /// `MAX_CALLS × MAX_BATCH_BYTES` are made per batch of rows.
 pub const MAX_CALLS: usize = 16;
 
-/// Whether `name` is one of the bounded functions.
+/// The most concatenations (`concat`, `concat_ws`, `||`) one statement may
+/// make: each makes at most [`MAX_BATCH_BYTES`] per batch, so together at
+/// most 2 GiB.
+pub const MAX_CONCAT_CALLS: usize = 32;
+
+/// Whether `name` is one of the bounded functions counted by [`MAX_CALLS`].
 pub fn grows(name: &str) -> bool {
-    WRAPPED.iter().any(|(n, _)| *n == name)
+    WRAPPED.iter().any(|(n, g)| *n == name && !g.concatenates())
+}
+
+/// Whether `name` is a concatenation, counted by [`MAX_CONCAT_CALLS`].
+pub fn concatenates(name: &str) -> bool {
+    name == CONCAT_OPERATOR || WRAPPED.iter().any(|(n, g)| *n == name && g.concatenates())
 }
 
 /// How a function's result grows with its arguments.
@@ -49,13 +66,24 @@ enum Growth {
     Range,
     /// `array_resize(a, n [, v])`: `n` elements.
     Resize,
+    /// `concat(a, b, ...)` and `a || b`: the sum of the arguments.
+    Concat,
+    /// `concat_ws(sep, a, b, ...)`: the sum, and the separator between
+    /// each two.
+    ConcatWs,
+}
+
+impl Growth {
+    fn concatenates(self) -> bool {
+        matches!(self, Growth::Concat | Growth::ConcatWs)
+    }
 }
 
 /// The functions that are wrapped, by their DataFusion names.
 /// (Without DataFusion's nested-types feature, which Tocsin's build
 /// leaves out, the list functions are not there and nothing is wrapped for
 /// them.)
-const WRAPPED: [(&str, Growth); 9] = [
+const WRAPPED: [(&str, Growth); 11] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -65,6 +93,8 @@ const WRAPPED: [(&str, Growth); 9] = [
     ("range", Growth::Range),
     ("generate_series", Growth::Range),
     ("array_resize", Growth::Resize),
+    ("concat", Growth::Concat),
+    ("concat_ws", Growth::ConcatWs),
 ];
 
 /// The bounded versions of the functions `registered` (the session's own)
@@ -88,7 +118,10 @@ impl Bounded {
     fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
         let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let rows = if all_scalar { 1 } else { args.number_rows };
-        let mut total: u64 = 0;
+        if self.growth.concatenates() {
+            return self.check_concat(&args.args, rows);
+        }
+        let (mut largest, mut total) = (0u64, 0u64);
         for row in 0..rows {
             let values: Vec<ScalarValue> = args
                 .args
@@ -99,21 +132,65 @@ impl Bounded {
                 })
                 .collect::<Result<_>>()?;
             let bytes = self.estimate(&values);
-            if bytes > MAX_VALUE_BYTES {
-                tocsin_storage::refusals::refused("max_value_bytes");
-                return exec_err!(
-                    "{}() would make a value of about {bytes} bytes; a value may be at most {MAX_VALUE_BYTES} bytes (16 MiB)",
-                    self.inner.name()
-                );
-            }
+            largest = largest.max(bytes);
             total = total.saturating_add(bytes);
-            if total > MAX_BATCH_BYTES {
-                tocsin_storage::refusals::refused("max_value_bytes");
-                return exec_err!(
-                    "{}() would make more than {MAX_BATCH_BYTES} bytes (64 MiB) for one batch of {rows} rows",
-                    self.inner.name()
-                );
+            if largest > MAX_VALUE_BYTES || total > MAX_BATCH_BYTES {
+                return self.within(largest, total, rows);
             }
+        }
+        Ok(())
+    }
+
+    /// Concatenations are common on every row of large scans: their
+    /// sizes come from the arguments' lengths, a column at a time.
+    fn check_concat(&self, args: &[ColumnarValue], rows: usize) -> Result<()> {
+        let mut per_row = vec![0u64; rows];
+        let separators = args.len().saturating_sub(2) as u64;
+        for (i, a) in args.iter().enumerate() {
+            let times = if self.growth == Growth::ConcatWs && i == 0 { separators } else { 1 };
+            match a {
+                ColumnarValue::Scalar(v) => {
+                    let len = byte_len(v).saturating_mul(times);
+                    per_row.iter_mut().for_each(|r| *r = r.saturating_add(len));
+                }
+                ColumnarValue::Array(a) => match byte_lengths(a.as_ref()) {
+                    Some(lengths) => {
+                        for (r, len) in per_row.iter_mut().zip(lengths) {
+                            *r = r.saturating_add(len.saturating_mul(times));
+                        }
+                    }
+                    // Not text or bytes: all of its buffers, in each row.
+                    None => {
+                        let len = (a.get_buffer_memory_size() as u64).saturating_mul(times);
+                        per_row.iter_mut().for_each(|r| *r = r.saturating_add(len));
+                    }
+                },
+            }
+        }
+        let largest = per_row.iter().copied().max().unwrap_or(0);
+        let total = per_row.iter().fold(0u64, |t, r| t.saturating_add(*r));
+        self.within(largest, total, rows)
+    }
+
+    /// Ok if a largest value of `largest` bytes and `total` bytes in all
+    /// are within the bounds; the error names the function.
+    fn within(&self, largest: u64, total: u64, rows: usize) -> Result<()> {
+        let name = match self.inner.name() {
+            CONCAT_OPERATOR => "the || operator".to_string(),
+            other => format!("{other}()"),
+        };
+        if largest > MAX_VALUE_BYTES {
+            tocsin_storage::refusals::refused("max_value_bytes");
+            return exec_err!(
+                "{name} would make a value of about {largest} bytes; a value may be at most {MAX_VALUE_BYTES} bytes \
+                 (16 MiB)"
+            );
+        }
+        if total > MAX_BATCH_BYTES {
+            tocsin_storage::refusals::refused("max_value_bytes");
+            return exec_err!(
+                "{name} would make more than {MAX_BATCH_BYTES} bytes (64 MiB) for one batch of {rows} rows"
+            );
         }
         Ok(())
     }
@@ -136,6 +213,11 @@ impl Bounded {
             Growth::ArrayRepeat => int(1).saturating_mul(v.first().map_or(8, |x| x.size() as u64).max(8)),
             Growth::Resize => int(1).saturating_mul(16),
             Growth::Range => range_len(v).saturating_mul(8),
+            Growth::Concat => v.iter().map(byte_len).fold(0, u64::saturating_add),
+            Growth::ConcatWs => {
+                let sep = len(0).saturating_mul(v.len().saturating_sub(2) as u64);
+                v.iter().skip(1).map(byte_len).fold(sep, u64::saturating_add)
+            }
         }
     }
 }
@@ -146,6 +228,30 @@ fn text_len(v: &ScalarValue) -> u64 {
         ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s.len() as u64,
         _ => 0,
     }
+}
+
+/// A string's or byte string's length in bytes; for anything else, the
+/// size of the value (an upper bound of its text).
+fn byte_len(v: &ScalarValue) -> u64 {
+    match v {
+        ScalarValue::Binary(Some(b))
+        | ScalarValue::LargeBinary(Some(b))
+        | ScalarValue::BinaryView(Some(b))
+        | ScalarValue::FixedSizeBinary(_, Some(b)) => b.len() as u64,
+        ScalarValue::Utf8(_) | ScalarValue::LargeUtf8(_) | ScalarValue::Utf8View(_) => text_len(v),
+        v if v.is_null() => 0,
+        other => other.size() as u64,
+    }
+}
+
+/// The length in bytes of each value of a text or bytes column (NULL as
+/// 0), or `None` for other types.
+fn byte_lengths(a: &dyn arrow::array::Array) -> Option<Vec<u64>> {
+    use arrow::array::AsArray as _;
+    let lengths = arrow::compute::kernels::length::length(a).ok()?;
+    let lengths = arrow::compute::cast(&lengths, &DataType::Int64).ok()?;
+    let lengths = lengths.as_primitive_opt::<arrow::datatypes::Int64Type>()?;
+    Some(lengths.iter().map(|l| l.unwrap_or(0).max(0) as u64).collect())
 }
 
 /// An integer, date or timestamp as a number (dates and timestamps in
@@ -237,6 +343,114 @@ impl ScalarUDFImpl for Bounded {
     }
 }
 
+/// The name of the call [`BoundConcat`] makes of `a || b` (not registered:
+/// only the rule makes it).
+pub const CONCAT_OPERATOR: &str = "concat_operator";
+
+/// `a || b` as a function: DataFusion's own operator, run after the bound
+/// is checked.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConcatOperator {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ConcatOperator {
+    fn name(&self) -> &str {
+        CONCAT_OPERATOR
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types {
+            [l, r] => BinaryTypeCoercer::new(l, &Operator::StringConcat, r).get_result_type(),
+            _ => exec_err!("{CONCAT_OPERATOR} takes two arguments"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::physical_expr::PhysicalExpr as _;
+        use datafusion::physical_expr::expressions::{BinaryExpr, Column};
+        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let rows = if all_scalar { 1 } else { args.number_rows };
+        let [l, r] = args.args.as_slice() else {
+            return exec_err!("{CONCAT_OPERATOR} takes two arguments");
+        };
+        let (l, r) = (l.to_array(rows)?, r.to_array(rows)?);
+        let schema = arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("l", l.data_type().clone(), true),
+            arrow::datatypes::Field::new("r", r.data_type().clone(), true),
+        ]);
+        let batch = arrow::array::RecordBatch::try_new(std::sync::Arc::new(schema), vec![l, r])?;
+        let op = BinaryExpr::new(
+            std::sync::Arc::new(Column::new("l", 0)),
+            Operator::StringConcat,
+            std::sync::Arc::new(Column::new("r", 1)),
+        );
+        match op.evaluate(&batch)? {
+            ColumnarValue::Array(a) if all_scalar => Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&a, 0)?)),
+            out => Ok(out),
+        }
+    }
+}
+
+/// Turns every `a || b` on text or bytes into a bounded call of
+/// [`CONCAT_OPERATOR`]. It runs after type coercion (both sides have their
+/// final types) and before the optimizer folds constants (which evaluates
+/// calls on literals while planning), in every subquery too; the names of
+/// the columns it touches are kept.
+#[derive(Debug)]
+pub struct BoundConcat {
+    call: std::sync::Arc<ScalarUDF>,
+}
+
+impl Default for BoundConcat {
+    fn default() -> Self {
+        let inner = ScalarUDF::new_from_impl(ConcatOperator {
+            signature: Signature::any(2, datafusion::logical_expr::Volatility::Immutable),
+        });
+        Self { call: std::sync::Arc::new(ScalarUDF::new_from_impl(Bounded { inner, growth: Growth::Concat })) }
+    }
+}
+
+impl datafusion::optimizer::AnalyzerRule for BoundConcat {
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::{Transformed, TreeNode as _};
+        use datafusion::logical_expr::expr::ScalarFunction;
+        use datafusion::logical_expr::expr_rewriter::NamePreserver;
+        use datafusion::logical_expr::{BinaryExpr, Expr};
+        let rewritten = plan.transform_up_with_subqueries(|node| {
+            let names = NamePreserver::new(&node);
+            let node = node.map_expressions(|e| {
+                let saved = names.save(&e);
+                let out = e.transform_up(|x| match x {
+                    Expr::BinaryExpr(BinaryExpr { left, op: Operator::StringConcat, right }) => {
+                        let call = Expr::ScalarFunction(ScalarFunction::new_udf(
+                            std::sync::Arc::clone(&self.call),
+                            vec![*left, *right],
+                        ));
+                        Ok(Transformed::yes(call))
+                    }
+                    other => Ok(Transformed::no(other)),
+                })?;
+                Ok(out.update_data(|e| saved.restore(e)))
+            })?;
+            if node.transformed { node.map_data(|p| p.recompute_schema()) } else { Ok(node) }
+        })?;
+        Ok(rewritten.data)
+    }
+
+    fn name(&self) -> &str {
+        "bound_concat"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,5 +481,8 @@ mod tests {
         let d = |n: i32| ScalarValue::Date32(Some(n));
         assert_eq!(est(Growth::Range, &[d(0), d(10), day]), 11 * 8, "ten days, a day apart");
         assert!(est(Growth::ArrayRepeat, &[i(1), i(1_000)]) >= 8_000);
+        assert_eq!(est(Growth::Concat, &[s("ab"), s("cde"), ScalarValue::Utf8(None)]), 5);
+        // concat_ws('--', 'a', 'b', 'c') is "a--b--c".
+        assert_eq!(est(Growth::ConcatWs, &[s("--"), s("a"), s("b"), s("c")]), 7);
     }
 }

@@ -328,6 +328,7 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_optimizer_rule(Arc::new(lastpoint::LastRowRule))
+            .with_analyzer_rule(Arc::new(bounded::BoundConcat::default()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let live = catalog::LiveTables::default();

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
-use tocsin_alerting::links::{LinkAction, LinkError, SILENCE_FOR};
+use tocsin_alerting::links::{LinkAction, LinkError, Presented, SILENCE_FOR};
 use tocsin_alerting::notify::html_escape;
 use tocsin_alerting::{AlertEngine, EngineError};
 
@@ -30,9 +30,24 @@ struct LinkQuery {
     #[serde(default)]
     receiver: String,
     #[serde(default)]
+    incident: i64,
+    #[serde(default)]
     expires: i64,
     #[serde(default)]
     sig: String,
+}
+
+impl LinkQuery {
+    fn presented<'a>(&'a self, alert: &'a str) -> Presented<'a> {
+        Presented {
+            alert,
+            action: &self.action,
+            receiver: &self.receiver,
+            incident: self.incident,
+            expires: self.expires,
+            sig: &self.sig,
+        }
+    }
 }
 
 /// A small page that reads well on a phone.
@@ -45,13 +60,25 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
          <body><h2>{t}</h2>{body}</body></html>",
         t = html_escape(title)
     );
-    (status, [("cache-control", "no-store"), ("referrer-policy", "no-referrer")], Html(html)).into_response()
+    // Not framed by another site (a hidden frame would make the button a
+    // click-jacking target), no scripts, forms post back here only.
+    let headers = [
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ];
+    (status, headers, Html(html)).into_response()
 }
 
 /// The refusal page of a link that is not valid, audited.
 fn refused(id: &str, action: &str, e: &LinkError) -> Response {
     let status = match e {
-        LinkError::Expired { .. } => StatusCode::GONE,
+        LinkError::Expired { .. } | LinkError::Stale { .. } => StatusCode::GONE,
         LinkError::Action(_) | LinkError::Signature { .. } => StatusCode::FORBIDDEN,
     };
     let mut r = page(status, "This link does not work", &format!("<p>{}</p>", html_escape(&e.to_string())));
@@ -107,7 +134,7 @@ fn verb(action: LinkAction) -> &'static str {
 
 /// `GET`: what the link would do, and the button that does it.
 async fn show(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Query(q): Query<LinkQuery>) -> Response {
-    let link = match engine.check_link(&id, &q.action, &q.receiver, q.expires, &q.sig) {
+    let link = match engine.check_link(&q.presented(&id)) {
         Ok(link) => link,
         Err(e) => return refused(&id, &q.action, &e),
     };
@@ -129,14 +156,14 @@ async fn show(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Qu
 
 /// `POST`: acknowledges or silences, as the link says.
 async fn act(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Query(q): Query<LinkQuery>) -> Response {
-    let link = match engine.check_link(&id, &q.action, &q.receiver, q.expires, &q.sig) {
+    let link = match engine.check_link(&q.presented(&id)) {
         Ok(link) => link,
         Err(e) => return refused(&id, &q.action, &e),
     };
     let by = format!("{} (link)", link.receiver);
     let done = match link.action {
         LinkAction::Ack => engine
-            .ack(&id, &by, "from the notification link")
+            .ack_from_link(&link, &by, "from the notification link")
             .await
             .map(|a| format!("<p>Acknowledged: escalation stops.</p>{}", describe(&a))),
         LinkAction::Silence => engine

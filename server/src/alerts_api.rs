@@ -49,10 +49,16 @@ impl From<EngineError> for ApiError {
     }
 }
 
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, ApiError> {
-    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("request body must be JSON like {example}: {e}")))
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, ApiError> {
+    // An empty body is `{}`: routes whose fields all have defaults take it.
+    let (text, empty): (&[u8], bool) = if body.is_empty() { (b"{}", true) } else { (body, false) };
+    serde_json::from_slice(text).map_err(|e| {
+        ApiError::bad_request(if empty {
+            format!("the request body is empty; send JSON like {example}")
+        } else {
+            format!("request body must be JSON like {example}: {e}")
+        })
+    })
 }
 
 pub(crate) fn alert_scope(who: &Principal) -> Option<&AlertScope> {

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tocsin_auth::{AuthError, Credentials, Principal, TokenRecord, UserRecord};
 
+use crate::alerts_api::parse_json;
 use crate::guard::{AuditNote, ErrorNote, Routes};
 use crate::http::{ApiError, AppState};
 
@@ -131,11 +132,6 @@ struct CreateUser {
     database: Option<String>,
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("request body must be JSON like {example}: {e}")))
-}
-
 /// Runs a password hash off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AuthError> + Send + 'static) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {
@@ -154,7 +150,7 @@ async fn create_user(
     Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: CreateUser = json_body(&body, r#"{"name": "alice", "password": "...", "role": "viewer"}"#)?;
+    let req: CreateUser = parse_json(&body, r#"{"name": "alice", "password": "...", "role": "viewer"}"#)?;
     let auth = std::sync::Arc::clone(&app.auth);
     let by = who.clone();
     let record = blocking(move || auth.create_user(&by, &req.name, &req.password, &req.role, req.database)).await?;
@@ -194,7 +190,10 @@ async fn set_password(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: NewPassword = json_body(&body, r#"{"password": "..."}"#)?;
+    // Who may, before what: someone else's password route tells nothing
+    // about the body it would take.
+    app.auth.may_set_password(&who, &name)?;
+    let req: NewPassword = parse_json(&body, r#"{"password": "..."}"#)?;
     let auth = std::sync::Arc::clone(&app.auth);
     let (by, user) = (who.clone(), name.clone());
     let record = blocking(move || auth.set_password(&by, &user, &req.password, req.current.as_deref())).await?;
@@ -229,7 +228,7 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             )
             .into_response();
         }
-        None => match json_body::<Login>(&body, r#"{"user": "alice", "password": "..."}"#) {
+        None => match parse_json::<Login>(&body, r#"{"user": "alice", "password": "..."}"#) {
             Ok(l) => (l.user, l.password),
             Err(e) => return e.into_response(),
         },

@@ -218,8 +218,10 @@ fn check_object_name(name: &str) -> Result<(), &'static str> {
     if name.len() > MAX_NAME_BYTES {
         return Err("longer than 128 bytes");
     }
-    if name == "." || name == ".." {
-        return Err("must not be '.' or '..'");
+    // A table is a folder: one starting with '.' would be hidden from
+    // `ls` and from the globs backups and operators use.
+    if name.starts_with('.') {
+        return Err("must not start with '.'");
     }
     if name.chars().any(|c| c.is_control() || c == '/' || c == '"') {
         return Err("must not contain control characters, '/' or '\"'");
@@ -395,7 +397,7 @@ mod tests {
         for ok in ["9lives", "disk io", "a,b=c", "température", "drop;table"] {
             assert!(check_table_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["a/b", "..", ".", "say \"hi\"", "tab\there", " lead", "trail "] {
+        for bad in ["a/b", "..", ".", ".hidden", "say \"hi\"", "tab\there", " lead", "trail "] {
             assert!(check_table_name(bad).is_err(), "{bad}");
             assert!(check_column_name(bad).is_err(), "{bad}");
         }

@@ -643,13 +643,17 @@ async fn a_link_in_the_notification_acknowledges_without_a_login() {
     );
     let id = alert["fingerprint"].as_str().expect("id").to_string();
     assert!(
-        ack_url.starts_with(&format!("http://{}/api/v1/alerts/{id}/link?action=ack&receiver=oncall&", server.http)),
+        ack_url.starts_with(&format!("http://{}/api/v1/alerts/{id}/link?action=ack&incident=", server.http))
+            && ack_url.contains("&receiver=oncall&"),
         "{ack_url}"
     );
 
     // Opening the link (no token) shows the alert and a button; it does not act.
     let shown = http.get(&ack_url).send().await.expect("open");
     assert_eq!(shown.status().as_u16(), 200);
+    let header = |name: &str| shown.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert_eq!(header("x-frame-options"), "DENY", "the page must not be framed by another site");
+    assert!(header("content-security-policy").contains("frame-ancestors 'none'"));
     let html = shown.text().await.expect("html");
     assert!(
         html.contains("Acknowledge?") && html.contains("esc-1") && html.contains("<form method=\"post\">"),
@@ -824,6 +828,10 @@ async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() 
     let resp =
         http.post(url("/api/v2/alerts")).json(&alert(now + chrono::Duration::minutes(5))).send().await.expect("post");
     assert_eq!(resp.status().as_u16(), 200);
+    let empty = http.post(url("/api/v2/alerts")).header("content-type", "application/json").send().await.expect("post");
+    assert_eq!(empty.status().as_u16(), 400);
+    let text = empty.text().await.expect("body");
+    assert!(text.contains("the request body is empty; send JSON like [{"), "{text}");
     let got = hook
         .wait_for(20, |p, v| {
             p == "/oncall" && v["alerts"][0]["labels"]["alertname"] == "NodeDown" && v["status"] == "firing"

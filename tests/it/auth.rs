@@ -503,6 +503,9 @@ other,host=a v=2
     };
     let q = "SELECT table_schema, table_name FROM information_schema.tables";
     assert_eq!(listed(tlike.clone(), q).await, ["public.trading"]);
+    let views = "SELECT table_schema, table_name FROM information_schema.views";
+    assert_eq!(listed(tlike.clone(), views).await, ["public.trading"], "information_schema.views lists tables too");
+    assert_eq!(listed(billing.clone(), views).await, ["public.billing_calls"]);
     assert_eq!(listed(billing.clone(), "SHOW TABLES").await, ["public.billing_calls"], "SHOW TABLES for a scoped role");
     let (status, body) = sql(
         &server,
@@ -671,6 +674,11 @@ async fn users_log_in_with_passwords_over_http_basic_sessions_and_flight_sql() {
     let path = "/api/v1/users/alice/password";
     let (status, body) = call(&server, "POST", path, Some(&session), Some(change(None))).await;
     assert_eq!(status, 400, "her own password needs the current one: {body}");
+    // Someone else's password: refused before the body is read, so the
+    // answer says nothing about what the route would take.
+    let (status, body) =
+        call(&server, "POST", "/api/v1/users/admin/password", Some(&session), Some(json!({"guess": 1}))).await;
+    assert_eq!(status, 403, "{body}");
     let (status, body) = call(&server, "POST", path, Some(&session), Some(change(Some("a wrong guess")))).await;
     assert_eq!(status, 403, "{body}");
     let (status, body) = call(&server, "POST", path, Some(&session), Some(change(Some("correct horse battery")))).await;

@@ -195,6 +195,36 @@ async fn functions_that_make_huge_values_are_refused() {
     let (status, body) = server.sql_raw(&cte).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("than the 16 allowed"), "a CTE counts once per use: {body}");
+    // Concatenation doubles a value at each step of a chain of CTEs
+    // (review 4: 4.6 GB from one repeat() within its bound, then `||`).
+    let doubling = format!(
+        "WITH s0 AS (SELECT repeat('x', 8000000) AS s), {} SELECT length(s) AS n FROM s10",
+        (1..=10).map(|i| format!("s{i} AS (SELECT s || s AS s FROM s{})", i - 1)).collect::<Vec<_>>().join(", ")
+    );
+    let folded = "SELECT length(repeat('x', 9000000) || repeat('y', 9000000)) AS n".to_string();
+    let wide = "WITH a AS (SELECT repeat('x', 6000000) AS s) SELECT length(concat(s, s, s)) AS n FROM a".to_string();
+    let ws = "WITH a AS (SELECT repeat('x', 6000000) AS s) SELECT length(concat_ws(s, 'a', 'b', 'c', 'd')) AS n FROM a";
+    let bytes = "WITH a AS (SELECT CAST(repeat('x', 9000000) AS BYTEA) AS b) SELECT length(b || b) AS n FROM a";
+    for sql in [doubling.as_str(), &folded, &wide, ws, bytes] {
+        let (status, body) = server.sql_raw(sql).await;
+        assert_eq!(status, 400, "{sql}: {body}");
+        assert!(body.to_string().contains("at most 16777216 bytes"), "{sql}: {body}");
+    }
+    let chain = format!("SELECT {} AS s", (0..34).map(|_| "'a'").collect::<Vec<_>>().join(" || "));
+    let (status, body) = server.sql_raw(&chain).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("concatenations (||, concat, concat_ws)"), "{body}");
+    // `||` keeps its own semantics and the column its name.
+    let rows = server
+        .sql("SELECT service || ':' || message AS tag, message || NULL AS gone, 'v' || 1 FROM logs ORDER BY tag")
+        .await;
+    assert_eq!(
+        rows,
+        vec![
+            json!({"tag": "api:abc", "gone": null, "Utf8(\"v\") || Int64(1)": "v1"}),
+            json!({"tag": "db:de", "gone": null, "Utf8(\"v\") || Int64(1)": "v1"})
+        ]
+    );
     // Within the bound they work as ever.
     let rows = server.sql("SELECT length(repeat(message, 1000)) AS n FROM logs ORDER BY n").await;
     assert_eq!(rows, vec![json!({"n": 2000}), json!({"n": 3000})]);

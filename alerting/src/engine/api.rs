@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// Refuses a link unless `inst` is still in the firing the link was sent
+/// for (links are only sent for firing alerts).
+fn check_incident(inst: &Instance, link: &crate::links::Link) -> Result<(), crate::links::LinkError> {
+    if inst.state == AlertState::Firing && inst.active_since == Some(link.incident) {
+        return Ok(());
+    }
+    Err(crate::links::LinkError::Stale { alert: inst.id.clone(), began: crate::dispatch::rfc3339(link.incident) })
+}
+
 impl AlertEngine {
     // -- API ---------------------------------------------------------------
 
@@ -32,7 +41,20 @@ impl AlertEngine {
 
     /// Acknowledges a pending or firing alert: its escalation stops.
     pub async fn ack(&self, id: &str, by: &str, comment: &str) -> Result<serde_json::Value, EngineError> {
+        self.ack_checked(id, by, comment, None).await
+    }
+
+    async fn ack_checked(
+        &self,
+        id: &str,
+        by: &str,
+        comment: &str,
+        link: Option<&crate::links::Link>,
+    ) -> Result<serde_json::Value, EngineError> {
         let t = self.with_instance(id, |inst, now| {
+            if let Some(link) = link {
+                check_incident(inst, link).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+            }
             if !inst.state.is_active() {
                 return Err(EngineError::BadRequest(format!(
                     "alert {id} is {}; only pending or firing alerts can be acknowledged",
@@ -53,17 +75,27 @@ impl AlertEngine {
         self.record_manual(t).await
     }
 
-    /// The link `sig` made for `alert`, `action` and `receiver`, if it is
-    /// this server's and has not expired (see [`crate::links`]).
-    pub fn check_link(
+    /// The link presented, if it is this server's, has not expired, and
+    /// was sent for the alert's current firing (see [`crate::links`]). An
+    /// alert that is gone passes here; acting on it finds it gone.
+    pub fn check_link(&self, p: &crate::links::Presented<'_>) -> Result<crate::links::Link, crate::links::LinkError> {
+        let link = self.links.check(p, self.clock.now_ms())?;
+        let inner = self.inner.lock();
+        if let Some(inst) = inner.rules.values().find_map(|m| m.get(p.alert)) {
+            check_incident(inst, &link)?;
+        }
+        Ok(link)
+    }
+
+    /// Acknowledges the alert of a checked `link`, as long as it is still
+    /// in the firing the link was sent for.
+    pub async fn ack_from_link(
         &self,
-        alert: &str,
-        action: &str,
-        receiver: &str,
-        expires: i64,
-        sig: &str,
-    ) -> Result<crate::links::Link, crate::links::LinkError> {
-        self.links.check(alert, action, receiver, expires, sig, self.clock.now_ms())
+        link: &crate::links::Link,
+        by: &str,
+        comment: &str,
+    ) -> Result<serde_json::Value, EngineError> {
+        self.ack_checked(&link.alert, by, comment, Some(link)).await
     }
 
     /// Silences alert `id` (its identity: rule and labels, any severity) for

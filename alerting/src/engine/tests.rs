@@ -771,3 +771,56 @@ async fn silences_that_break_clients_or_silence_everything_are_refused() {
     // A regex that needs a value, beside one that does not, is fine.
     s.engine.add_silence(silence(vec![m("host", ".*", true), m("job", "api-.+", true)], hour)).expect("valid");
 }
+
+/// The query string of a notification link, as (name, value) pairs.
+fn link_fields(url: &str) -> BTreeMap<String, String> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    query.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn presented<'a>(alert: &'a str, f: &'a BTreeMap<String, String>) -> crate::links::Presented<'a> {
+    let num = |k: &str| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    crate::links::Presented {
+        alert,
+        action: f.get("action").map_or("", String::as_str),
+        receiver: f.get("receiver").map_or("", String::as_str),
+        incident: num("incident"),
+        expires: num("expires"),
+        sig: f.get("sig").map_or("", String::as_str),
+    }
+}
+
+/// Review of issue 13: an ack link kept working for the alert's next
+/// firing (a link from yesterday's page acknowledged today's incident).
+/// A link is for the firing it was sent for.
+#[tokio::test]
+async fn a_link_does_nothing_to_a_later_firing_of_its_alert() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    s.set(&[("a", 85.0)]);
+    s.run_for(3).await;
+    let first = cap.wait_for(1).await;
+    let alert = &first[0].1["alerts"][0];
+    let id = alert["fingerprint"].as_str().expect("id").to_string();
+    let old = link_fields(alert["ackURL"].as_str().expect("ackURL"));
+    assert!(s.engine.check_link(&presented(&id, &old)).is_ok(), "the link works during its firing");
+
+    s.set(&[("a", 60.0)]);
+    s.run_for(2).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("resolved"));
+    let err = s.engine.check_link(&presented(&id, &old)).expect_err("the firing is over");
+    assert!(matches!(err, crate::links::LinkError::Stale { .. }), "{err}");
+
+    s.set(&[("a", 85.0)]);
+    s.run_for(4).await;
+    assert_eq!(s.state_of("a").as_deref(), Some("firing"));
+    let err = s.engine.check_link(&presented(&id, &old)).expect_err("a later firing");
+    assert!(err.to_string().contains("that firing is over"), "{err}");
+    let bodies = cap.wait_for(3).await;
+    let newest = bodies.iter().rev().find(|(_, b)| b["status"] == "firing").expect("second page");
+    let new = link_fields(newest.1["alerts"][0]["ackURL"].as_str().expect("ackURL"));
+    assert_ne!(new["incident"], old["incident"]);
+    let link = s.engine.check_link(&presented(&id, &new)).expect("the new link works");
+    let acked = s.engine.ack_from_link(&link, "oncall (link)", "").await.expect("ack");
+    assert_eq!(acked["ack"]["by"], "oncall (link)");
+}
