@@ -594,26 +594,32 @@ impl CallInfo {
 
     /// Audits a call the service itself refused for authority (a database
     /// outside the token's scope: `PERMISSION_DENIED` in a trailers-only
-    /// answer), as the guard audits its own refusals.
+    /// answer), as the guard audits its own refusals; and a Flight ticket
+    /// that does not even decode, which arrow-flight refuses before
+    /// Tocsin's `DoGet` (which audits every ticket it opens) sees it.
     fn audit_refusal(self, audit: &AuditLog, response: &GrpcResponse) {
-        if response.headers().get("grpc-status").is_none_or(|s| s.as_bytes() != b"7") {
-            return;
-        }
+        let Some(code) = response.headers().get("grpc-status").map(|s| s.as_bytes().to_vec()) else { return };
         let detail = response
             .headers()
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())
             .map(percent_decode)
             .unwrap_or_default();
+        let flight = self.path.starts_with("/arrow.flight.protocol.");
+        let (outcome, status) = match code.as_slice() {
+            b"7" => ("denied", 403),
+            b"3" if flight && self.path.ends_with("/DoGet") && detail.starts_with("DecodeError") => ("error", 400),
+            _ => return,
+        };
         audit.record(AuditEntry {
             actor: self.who.as_ref().map_or_else(|| "unauthenticated".to_string(), |p| p.name.clone()),
             role: self.who.as_ref().map(|p| p.role.name.clone()).unwrap_or_default(),
             source: self.source,
-            interface: "grpc".into(),
+            interface: if flight { "flight" } else { "grpc" }.into(),
             action: self.path.clone(),
             target: self.path,
-            outcome: "denied".into(),
-            status: 403,
+            outcome: outcome.into(),
+            status,
             detail,
             ..AuditEntry::default()
         });

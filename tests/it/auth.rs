@@ -1168,6 +1168,11 @@ async fn every_flight_sql_statement_is_audited_and_tickets_cannot_be_forged() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     assert!(err.message().contains("not a statement ticket of this server"), "{err}");
     assert_eq!(count(&server).await, 3, "the forged INSERT wrote nothing");
+    // Bytes that are no ticket at all: refused before Tocsin's DoGet, and
+    // audited all the same.
+    let garbage = arrow_flight::Ticket { ticket: b"\xff\xffgarbage".to_vec().into() };
+    let err = raw.do_get(with_token(garbage, Some(&w))).await.map(|_| ()).expect_err("garbage");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
 
     // Refused at Prepare.
     let err = c.prepare("SELECT * FROM no_such_table".into(), None).await.map(|_| ()).expect_err("no table");
@@ -1256,6 +1261,11 @@ async fn every_flight_sql_statement_is_audited_and_tickets_cannot_be_forged() {
     assert!(update.len() == 1 && update[0]["outcome"] == "ok" && update[0]["rows"] == 2, "{body}");
     let failed = with("bad-cast-marker");
     assert!(failed.len() == 1 && failed[0]["outcome"] == "error" && failed[0]["status"] == 400, "{body}");
+    let undecodable = with("FlightService/DoGet");
+    assert!(
+        undecodable.iter().any(|r| r["actor"] == id(&w) && r["outcome"] == "error" && r["status"] == 400),
+        "{body}"
+    );
 }
 
 /// Posting alerts pages people: a collector's `write` token may not; the
