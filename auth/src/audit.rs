@@ -79,6 +79,8 @@ pub struct AuditLog {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     state: Mutex<Tail>,
+    /// Entries that could not be written, since start.
+    lost_total: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,12 @@ struct Tail {
     hash: String,
     last_sync: Duration,
     dirty: bool,
+    /// Where the last whole entry ends: a failed append is cut back to it.
+    len: u64,
+    /// Entries lost since the last successful append, and the first
+    /// failure: the next append writes a gap entry saying so.
+    lost: u64,
+    first_error: String,
 }
 
 /// How long an entry may wait in the page cache before an fsync.
@@ -119,13 +127,19 @@ impl AuditLog {
         if let Some(broken) = &report.broken {
             tracing::error!(path = %path.display(), "audit log chain is broken ({broken}); run `tocsin audit verify`");
         }
-        file.seek(SeekFrom::End(0)).map_err(io)?;
+        let len = file.seek(SeekFrom::End(0)).map_err(io)?;
         let last_sync = clock.monotonic();
-        Ok(AuditLog {
-            path,
-            clock,
-            state: Mutex::new(Tail { file, seq: report.last_seq, hash: report.last_hash, last_sync, dirty: false }),
-        })
+        let tail = Tail {
+            file,
+            seq: report.last_seq,
+            hash: report.last_hash,
+            last_sync,
+            dirty: false,
+            len,
+            lost: 0,
+            first_error: String::new(),
+        };
+        Ok(AuditLog { path, clock, state: Mutex::new(tail), lost_total: std::sync::atomic::AtomicU64::new(0) })
     }
 
     pub fn path(&self) -> &Path {
@@ -133,21 +147,72 @@ impl AuditLog {
     }
 
     /// Appends `entry` (its `seq`, `ts_ms`, `prev` and `hash` are set here).
-    /// A failure is logged: the action it records has already happened.
-    pub fn record(&self, mut entry: AuditEntry) {
+    ///
+    /// The action it records has already happened, so a failure (a full
+    /// disk) does not undo it: the part written is cut off (the chain stays
+    /// whole), the first failure of a run is logged, each lost entry is
+    /// counted ([`Self::lost_total`]), and the next entry that can be
+    /// written is preceded by an `audit gap` entry that says how many were
+    /// lost, so the gap is in the chain itself.
+    pub fn record(&self, entry: AuditEntry) {
         let mut tail = self.state.lock();
-        entry.seq = tail.seq + 1;
-        entry.ts_ms = self.clock.now_ns() / 1_000_000;
-        entry.prev = tail.hash.clone();
-        entry.hash = entry.digest();
-        let mut line = serde_json::to_vec(&entry).unwrap_or_default();
-        line.push(b'\n');
-        if let Err(e) = tail.file.write_all(&line) {
-            tracing::error!(path = %self.path.display(), "cannot append to the audit log: {e}");
+        let ts_ms = self.clock.now_ns() / 1_000_000;
+        let mut entries = Vec::with_capacity(2);
+        if tail.lost > 0 {
+            entries.push(AuditEntry {
+                actor: "tocsin".into(),
+                interface: "audit".into(),
+                action: "audit gap".into(),
+                target: self.path.display().to_string(),
+                outcome: "error".into(),
+                status: 507,
+                detail: format!(
+                    "{} entries before this one could not be written ({}); the actions they record happened",
+                    tail.lost, tail.first_error
+                ),
+                ..AuditEntry::default()
+            });
+        }
+        entries.push(entry);
+        let (mut seq, mut hash) = (tail.seq, tail.hash.clone());
+        let mut lines = Vec::new();
+        for e in &mut entries {
+            seq += 1;
+            e.seq = seq;
+            e.ts_ms = ts_ms;
+            e.prev = std::mem::take(&mut hash);
+            e.hash = e.digest();
+            hash = e.hash.clone();
+            // Serializing a struct of plain fields cannot fail.
+            lines.extend(serde_json::to_vec(&*e).unwrap_or_default());
+            lines.push(b'\n');
+        }
+        if let Err(e) = tail.file.write_all(&lines) {
+            // A short write leaves part of a line: cut back to the last
+            // whole entry (the file is in append mode).
+            let len = tail.len;
+            if let Err(cut) = tail.file.set_len(len) {
+                tracing::error!(path = %self.path.display(), "cannot cut a failed append off the audit log: {cut}");
+            }
+            if tail.lost == 0 {
+                tracing::error!(
+                    path = %self.path.display(),
+                    "cannot append to the audit log: {e}; entries are lost (tocsin_audit_lost_entries_total) until it \
+                     can, then an `audit gap` entry records how many"
+                );
+                tail.first_error = e.to_string();
+            }
+            tail.lost += 1;
+            self.lost_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        tail.seq = entry.seq;
-        tail.hash = entry.hash;
+        if tail.lost > 0 {
+            tracing::warn!(path = %self.path.display(), lost = tail.lost, "the audit log can be appended again");
+            tail.lost = 0;
+        }
+        tail.len += lines.len() as u64;
+        tail.seq = seq;
+        tail.hash = hash;
         tail.dirty = true;
         let now = self.clock.monotonic();
         if now.saturating_sub(tail.last_sync) >= SYNC_EVERY {
@@ -157,6 +222,11 @@ impl AuditLog {
             tail.last_sync = now;
             tail.dirty = false;
         }
+    }
+
+    /// Entries that could not be written since start (see [`Self::record`]).
+    pub fn lost_total(&self) -> u64 {
+        self.lost_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fsyncs what was appended since the last fsync (at shutdown).
@@ -329,5 +399,33 @@ mod tests {
         log.record(entry("e"));
         let v = verify(&path).expect("verify");
         assert_eq!((v.good, v.broken), (5, None));
+    }
+
+    /// A full disk: the entries that cannot be written are counted, the
+    /// chain stays whole, and the next entry written is preceded by one
+    /// that records the gap.
+    #[test]
+    fn entries_lost_to_a_failing_disk_leave_a_gap_entry_in_a_whole_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = AuditLog::open(dir.path(), Arc::new(ManualClock::new(0))).expect("open");
+        log.record(entry("before"));
+        let path = audit_path(dir.path());
+        // Writes through a read-only handle fail, as on a full disk.
+        let read_only = File::open(&path).expect("open read-only");
+        let writable = std::mem::replace(&mut log.state.lock().file, read_only);
+        log.record(entry("lost-1"));
+        log.record(entry("lost-2"));
+        assert_eq!(log.lost_total(), 2);
+        log.state.lock().file = writable;
+        log.record(entry("after"));
+        let v = verify(&path).expect("verify");
+        assert_eq!((v.good, v.broken), (3, None));
+        let all = log.entries().expect("entries");
+        let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["before", "audit gap", "after"]);
+        assert!(all[1].detail.starts_with("2 entries before this one could not be written"), "{}", all[1].detail);
+        assert_eq!(all[1].prev, all[0].hash);
+        log.record(entry("then"));
+        assert_eq!(log.entries().expect("entries").len(), 4, "one gap entry per run of failures");
     }
 }

@@ -295,5 +295,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
     crate::metrics::render_tail(&app.tail.metrics, &mut text);
     crate::metrics::render_rollups(&app.rollups.metrics, &mut text);
     crate::metrics::render_refusals(&mut text);
+    crate::metrics::counter(
+        &mut text,
+        "tocsin_audit_lost_entries_total",
+        "Audit entries that could not be written (a full disk); an `audit gap` entry records them once the log can \
+         be appended again.",
+        app.audit.lost_total(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

@@ -14,7 +14,7 @@ pub(crate) struct Metrics {
     pub(crate) started: std::time::Instant,
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+pub(crate) fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
 }
 

@@ -93,6 +93,19 @@ async fn a_full_disk_answers_every_writer_keeps_reads_and_loses_nothing_acknowle
     let cp = Command::new("cp").arg("-a").arg(&dir).arg(&copy).status().expect("cp");
     assert!(cp.success());
     drop(fs);
+    // The audit log's chain is whole: an append cut short by the full disk
+    // was cut off, not left as half a line for later entries to follow.
+    let verify = Command::new(crate::server::BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&copy)
+        .output()
+        .expect("audit verify");
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let server = TestServer::start_in(&copy, &[]);
     let rows = server.sql("SELECT b, count(*) AS n FROM m GROUP BY b").await;
     let found: HashMap<String, i64> = rows
