@@ -763,6 +763,36 @@ groups:
         assert!(err.contains("\"bad-label\" is not a label name"), "{err}");
     }
 
+    /// Review 4: an annotation naming a label the alerts do not have (a
+    /// typo, or Prometheus' `humanize`) rendered as nothing, and `rules
+    /// check` said ok.
+    #[test]
+    fn an_annotation_may_only_name_what_the_alerts_have() {
+        let check = |sql: &str, annotation: &str| {
+            let yaml = format!(
+                "groups:\n  - name: g\n    rules:\n      - alert: A\n        sql: {sql:?}\n        thresholds: {{ critical: \"> 0\" }}\n        labels: {{ team: db }}\n        annotations: {{ summary: {annotation:?} }}\n"
+            );
+            let p = PathBuf::from("t.yml");
+            Config::from_files(vec![(p.clone(), parse_file(&p, &yaml).expect("yaml"))])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let sql = "SELECT Host, \"Room\", d.dc, max(v) AS value FROM t d GROUP BY 1, 2, 3";
+        for ok in [
+            "{{ value }} on {{ host }} in {{ Room }}/{{ dc }}",
+            "{{ $labels.team }} {{ alertname }} {{ severity }} {{$value}}",
+        ] {
+            assert_eq!(check(sql, ok), Ok(()), "{ok}");
+        }
+        let err = check(sql, "CPU on {{ hots }}").expect_err("a typo");
+        assert!(err.contains("uses {{ hots }}, which this rule's alerts do not have"), "{err}");
+        assert!(err.contains("alertname, severity, host, Room, dc, team"), "{err}");
+        assert!(check(sql, "{{ humanize $value }}").is_err(), "Go template functions are not supported");
+        // Columns that cannot be told without the catalog: not checked.
+        assert_eq!(check("SELECT * FROM t", "{{ anything }}"), Ok(()));
+        assert_eq!(check("SELECT host, v AS value FROM a UNION ALL SELECT host, v FROM b", "{{ host }}"), Ok(()));
+    }
+
     #[test]
     fn maintenance_windows_cover_their_days_and_hours() {
         let m = compile_maintenance(MaintenanceFile {

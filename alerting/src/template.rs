@@ -1,31 +1,60 @@
 //! Annotation and message templates: `{{ name }}` is replaced by the label
 //! `name` (also `{{ $labels.name }}` and `{{ labels.name }}`), `{{ value }}`
-//! (or `{{ $value }}`) by the instance's value. Unknown names become empty.
+//! (or `{{ $value }}`) by the instance's value. A rule's annotations may
+//! only name what its instances have (`rules check` and loading refuse
+//! others, see `config::compile`); in message templates unknown names
+//! become empty.
 
 use crate::matcher::Labels;
 
-pub fn render(template: &str, labels: &Labels, value: f64) -> String {
-    let mut out = String::with_capacity(template.len());
+/// A template's parts: text as it is, and the names of `{{ ... }}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Name(&'a str),
+}
+
+fn pieces(template: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
+        out.push(Piece::Text(&rest[..start]));
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
+            // An unclosed `{{` is text.
+            out.push(Piece::Text(&rest[start..]));
             return out;
         };
         let name = after[..end].trim();
         let name = name.strip_prefix('$').unwrap_or(name);
-        let name = name.strip_prefix("labels.").unwrap_or(name);
-        if name == "value" {
-            out.push_str(&format_value(value));
-        } else if let Some(v) = labels.get(name) {
-            out.push_str(v);
-        }
+        out.push(Piece::Name(name.strip_prefix("labels.").unwrap_or(name)));
         rest = &after[end + 2..];
     }
-    out.push_str(rest);
+    out.push(Piece::Text(rest));
     out
+}
+
+pub fn render(template: &str, labels: &Labels, value: f64) -> String {
+    let mut out = String::with_capacity(template.len());
+    for piece in pieces(template) {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Name("value") => out.push_str(&format_value(value)),
+            Piece::Name(name) => out.push_str(labels.get(name).map_or("", String::as_str)),
+        }
+    }
+    out
+}
+
+/// The names a template uses (`value` included), in order.
+pub fn names(template: &str) -> Vec<&str> {
+    pieces(template)
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Name(n) => Some(n),
+            Piece::Text(_) => None,
+        })
+        .collect()
 }
 
 /// Integers without decimals, others with up to four.
@@ -53,5 +82,9 @@ mod tests {
         assert_eq!(render("{{ nope }}x", &l, 1.0), "x");
         assert_eq!(render("open {{ host", &l, 1.0), "open {{ host");
         assert_eq!(format_value(1.0 / 3.0), "0.3333");
+        assert_eq!(
+            names("{{ value }} on {{ $labels.host }}, {{ humanize $value }} {{ open"),
+            ["value", "host", "humanize $value"]
+        );
     }
 }

@@ -57,6 +57,9 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
         (Some(_), Some(_)) => return Err("give either `sql` or `on_ingest`, not both".into()),
         (None, None) => return Err("needs `sql` (or `on_ingest: { table, field }`)".into()),
     };
+    if let Some(columns) = output_names(&sql).filter(|_| on_ingest.is_none()) {
+        check_annotations(&r.labels, &r.annotations, &columns)?;
+    }
     let mut thresholds = Vec::new();
     for (severity, expr) in &r.thresholds {
         let t = Threshold::parse(expr).map_err(|e| format!("threshold {severity:?}: {e}"))?;
@@ -118,6 +121,79 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
             .collect(),
         active_during: r.active_during,
     })
+}
+
+/// The names of the columns a rule's query returns, when the query says
+/// them (`SELECT host, max(v) AS value ...`); `None` when it cannot be told
+/// without the catalog (`SELECT *`, `t.*`). Unquoted names are lower-cased,
+/// as DataFusion does; an unnamed expression (`max(v)`) has no usable name
+/// and is left out.
+pub(crate) fn output_names(sql: &str) -> Option<Vec<String>> {
+    use datafusion::sql::sqlparser::ast::{Expr, Ident, SelectItem, SetExpr, Statement};
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    fn ident(i: &Ident) -> String {
+        if i.quote_style.is_some() { i.value.clone() } else { i.value.to_lowercase() }
+    }
+    fn body(b: &SetExpr) -> Option<Vec<String>> {
+        match b {
+            SetExpr::Select(select) => {
+                let mut names = Vec::new();
+                for item in &select.projection {
+                    match item {
+                        SelectItem::ExprWithAlias { alias, .. } => names.push(ident(alias)),
+                        SelectItem::UnnamedExpr(Expr::Identifier(i)) => names.push(ident(i)),
+                        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                            names.extend(parts.last().map(ident))
+                        }
+                        SelectItem::UnnamedExpr(_) => {}
+                        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => return None,
+                        // Several names for one expression (some dialects):
+                        // not told apart here.
+                        SelectItem::ExprWithAliases { .. } => return None,
+                    }
+                }
+                Some(names)
+            }
+            // A union's columns are named by its first part.
+            SetExpr::SetOperation { left, .. } => body(left),
+            SetExpr::Query(q) => body(&q.body),
+            _ => None,
+        }
+    }
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).ok()?;
+    match statements.as_slice() {
+        [Statement::Query(q)] => body(&q.body),
+        _ => None,
+    }
+}
+
+/// Refuses an annotation that names something the rule's instances do not
+/// have (a typo renders as nothing in the page that needed it): their
+/// labels are the query's columns, the rule's `labels`, `alertname` and
+/// `severity`, and `value` is the value.
+fn check_annotations(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    columns: &[String],
+) -> Result<(), String> {
+    let known = |n: &str| {
+        matches!(n, "value" | "alertname" | "severity") || labels.contains_key(n) || columns.iter().any(|c| c == n)
+    };
+    for (key, template) in annotations {
+        if let Some(bad) = crate::template::names(template).into_iter().find(|n| !known(n)) {
+            let mut have: Vec<&str> = ["alertname", "severity"].into_iter().collect();
+            have.extend(columns.iter().map(String::as_str).filter(|c| *c != "value"));
+            have.extend(labels.keys().map(String::as_str));
+            return Err(format!(
+                "annotation {key:?} uses {{{{ {bad} }}}}, which this rule's alerts do not have; they have {{{{ value }}}} \
+                 and the labels {} (a template names a label, `value`, `$value` or `$labels.NAME`; functions such as \
+                 `humanize` are not supported)",
+                have.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a rule's SQL offline (one statement, a query). Planning against
