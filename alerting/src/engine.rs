@@ -54,17 +54,11 @@ impl tocsin_storage::errors::Classify for EngineError {
     }
 }
 
-/// Runs a rule's SQL.
+/// Runs a rule's SQL: the server's query engine (its implementation is in
+/// the server), or a fake in tests.
 #[async_trait]
 pub trait RuleQuerier: Send + Sync {
     async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>, String>;
-}
-
-#[async_trait]
-impl RuleQuerier for tocsin_query::QueryEngine {
-    async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>, String> {
-        self.execute(sql, database).await.map(|r| r.batches).map_err(|e| e.to_string())
-    }
 }
 
 /// Where transitions and delivery attempts are recorded.

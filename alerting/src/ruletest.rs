@@ -120,6 +120,16 @@ fn parse_values(s: &str) -> Result<Vec<Option<f64>>, String> {
     Ok(out)
 }
 
+/// A rule test's own query engine, over its own storage.
+struct OwnQueries(tocsin_query::QueryEngine);
+
+#[async_trait]
+impl RuleQuerier for OwnQueries {
+    async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<arrow::array::RecordBatch>, String> {
+        self.0.execute(sql, database).await.map(|r| r.batches).map_err(|e| e.to_string())
+    }
+}
+
 struct NoHistory;
 
 #[async_trait]
@@ -207,7 +217,7 @@ async fn run_case(config: &Config, case: &TestCase, step: Duration) -> Result<Te
         opts,
         config.clone(),
         Arc::clone(&clock) as Arc<dyn Clock>,
-        Arc::new(query) as Arc<dyn RuleQuerier>,
+        Arc::new(OwnQueries(query)) as Arc<dyn RuleQuerier>,
         Arc::new(NoHistory),
     )?;
     let mut checks: Vec<&Expectation> = case.alerts.iter().collect();
