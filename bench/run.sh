@@ -6,6 +6,7 @@
 #   bench/run.sh --float              # full-precision floats
 #   COMPRESSION=lz4 bench/run.sh      # segment codec (zstd:3 by default)
 #   PERSIST_MB=256 bench/run.sh --hours 240 --skip-queries   # sustained, persisting while ingesting
+#   PEERS=1 bench/run.sh --runs 20    # and the 15 queries in DuckDB and ClickHouse (chdb), same run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One invocation, so that both packages share one feature set (one DataFusion build).
@@ -32,6 +33,13 @@ for _ in $(seq 100); do grep -q listening "$WORK/out" 2>/dev/null && break; slee
 GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$WORK/out")
 HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/out")
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB; compression ${COMPRESSION:-zstd:3}"
-"$T/tocsin-bench" --grpc-addr "$GRPC" --http-addr "$HTTP" "$@"
+# PEERS=1: the same statements, then, in DuckDB and ClickHouse (chdb) on the
+# same data, answers checked (bench/tsbs_peers.py; pip install duckdb chdb).
+EXTRA=()
+if [ "${PEERS:-0}" = 1 ]; then EXTRA=(--statements-out "$WORK/statements.jsonl"); fi
+"$T/tocsin-bench" --grpc-addr "$GRPC" --http-addr "$HTTP" "${EXTRA[@]}" "$@"
+if [ "${PEERS:-0}" = 1 ]; then
+  python3 bench/tsbs_peers.py --http "$HTTP" --data-dir "$WORK/data" --statements "$WORK/statements.jsonl"
+fi
 echo "du: segments $(du -sb "$WORK/data/segments" | cut -f1) bytes, wal $(du -sb "$WORK/data/wal" | cut -f1) bytes"
 kill -TERM $PID; wait $PID || true

@@ -3,4 +3,5 @@
 
 pub mod data;
 pub mod logs;
+pub mod tsbs;
 pub mod util;

@@ -10,7 +10,8 @@ use clap::Parser;
 use tocsin_proto::v1::ingest_client::IngestClient;
 
 use tocsin_bench::data::{self, INTERVAL_NS, Rng, START_NS};
-use tocsin_bench::util::{metric, percentile, rfc3339};
+use tocsin_bench::tsbs;
+use tocsin_bench::util::{metric, percentile};
 
 #[derive(Debug, Parser)]
 #[command(about = "TSBS-like benchmark for a running tocsin server")]
@@ -45,6 +46,13 @@ struct Args {
     /// Only ingest.
     #[arg(long)]
     skip_queries: bool,
+    /// Query types to run, comma-separated (TSBS names; all 15 by default).
+    #[arg(long, default_value = "all")]
+    queries: String,
+    /// Write each timed statement, as JSON lines `{"query", "sql"}`, to this
+    /// file (what `bench/tsbs_peers.py` runs in the peers).
+    #[arg(long)]
+    statements_out: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -162,84 +170,32 @@ async fn ingest(args: &Args, steps: usize, values: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct QueryType {
-    name: &'static str,
-    make: fn(&mut Rng, &Args, i64) -> String,
-}
-
-const HOUR: i64 = 3_600_000_000_000;
-
-fn window(rng: &mut Rng, end: i64, width: i64) -> (String, String) {
-    let span = ((end - START_NS - width) / INTERVAL_NS).max(1) as u64;
-    let a = START_NS + rng.below(span) as i64 * INTERVAL_NS;
-    (rfc3339(a), rfc3339(a + width))
-}
-
-const QUERY_TYPES: [QueryType; 5] = [
-    QueryType {
-        name: "single-groupby-1-1-1",
-        make: |rng, args, end| {
-            let host = rng.below(args.hosts as u64);
-            let (a, b) = window(rng, end, HOUR);
-            format!(
-                "SELECT time_bucket(INTERVAL '1 minute', ts) AS minute, max(usage_user) AS max_usage_user FROM cpu \
-                 WHERE hostname = 'host_{host}' AND ts >= '{a}' AND ts < '{b}' GROUP BY minute ORDER BY minute"
-            )
-        },
-    },
-    QueryType {
-        name: "double-groupby-1",
-        make: |rng, _, end| {
-            let (a, b) = window(rng, end, 12 * HOUR);
-            format!(
-                "SELECT time_bucket(INTERVAL '1 hour', ts) AS hour, hostname, avg(usage_user) AS mean_usage_user FROM cpu \
-                 WHERE ts >= '{a}' AND ts < '{b}' GROUP BY hour, hostname ORDER BY hour, hostname"
-            )
-        },
-    },
-    QueryType {
-        name: "high-cpu-1",
-        make: |rng, args, end| {
-            let host = rng.below(args.hosts as u64);
-            let (a, b) = window(rng, end, 12 * HOUR);
-            format!(
-                "SELECT * FROM cpu WHERE usage_user > 90 AND hostname = 'host_{host}' AND ts >= '{a}' AND ts < '{b}' ORDER BY ts"
-            )
-        },
-    },
-    QueryType {
-        name: "lastpoint",
-        make: |_, _, _| "SELECT DISTINCT ON (hostname) * FROM cpu ORDER BY hostname, ts DESC".into(),
-    },
-    QueryType {
-        name: "groupby-orderby-limit",
-        make: |rng, _, end| {
-            let span = ((end - START_NS) / INTERVAL_NS) as u64;
-            let e = START_NS + (span / 2 + rng.below(span / 2)) as i64 * INTERVAL_NS;
-            format!(
-                "SELECT time_bucket(INTERVAL '1 minute', ts) AS minute, max(usage_user) AS max_usage_user FROM cpu \
-                 WHERE ts < '{}' GROUP BY minute ORDER BY minute DESC LIMIT 5",
-                rfc3339(e)
-            )
-        },
-    },
-];
-
 async fn queries(args: &Args, steps: usize) -> anyhow::Result<()> {
-    let end = START_NS + steps as i64 * INTERVAL_NS;
+    let dataset = tsbs::Dataset { hosts: args.hosts, end: START_NS + steps as i64 * INTERVAL_NS };
+    let types = tsbs::select(&args.queries).map_err(anyhow::Error::msg)?;
     let http = reqwest::Client::new();
     let url = format!("http://{}/api/v1/sql", args.http_addr);
     let mut rng = Rng::new(args.seed.wrapping_add(42));
+    let mut statements = match &args.statements_out {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
     println!("queries: {} runs each over HTTP /api/v1/sql (JSON), wall-clock per request", args.runs);
     println!("{:<24} {:>10} {:>10} {:>10} {:>8}", "query", "median ms", "p99 ms", "min ms", "rows");
-    for q in &QUERY_TYPES {
+    for q in &types {
         let mut times = Vec::with_capacity(args.runs);
         let mut rows = 0;
         // One warm-up run (page cache, plan caches), not counted.
-        let warm = (q.make)(&mut rng, args, end);
+        let warm = q.make(&mut rng, dataset);
         http.post(&url).json(&serde_json::json!({ "sql": warm })).send().await?.bytes().await?;
         for _ in 0..args.runs {
-            let sql = (q.make)(&mut rng, args, end);
+            let sql = q.make(&mut rng, dataset);
+            if let Some(out) = statements.as_mut() {
+                use std::io::Write as _;
+                writeln!(out, "{}", serde_json::json!({ "query": q.name, "sql": sql }))?;
+            }
             let t = Instant::now();
             let resp = http.post(&url).json(&serde_json::json!({ "sql": sql })).send().await?;
             let status = resp.status();

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${CARGO_TARGET_DIR:-target}/debug/tocsin"
-cargo build --locked --bin tocsin
+# tocsin-bench loads the TSBS data of the peer comparison.
+cargo build --locked --bin tocsin --bin tocsin-bench
 export TOCSIN_BIN="$BIN"
 # The STARTTLS scenario of the email test makes its certificates with openssl.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
@@ -26,3 +27,4 @@ python3 tests/interop/test_otlp_opentelemetry_sdk.py
 python3 tests/interop/test_flight_sql_adbc.py
 python3 tests/interop/test_auth_real_clients.py
 python3 tests/interop/test_amtool.py
+python3 tests/interop/test_tsbs_peers.py

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""The TSBS cpu-only queries in Tocsin and its peers, in one run, on the same data.
+
+`tocsin-bench --statements-out FILE` writes the statements it timed; this
+script runs every one of them again in each engine and checks that all
+engines give the same answer:
+
+- tocsin: the server, over HTTP `/api/v1/sql` (JSON), as the bench does;
+- duckdb: DuckDB, a native table loaded from Tocsin's segments;
+- duckdb-segments: DuckDB reading Tocsin's Parquet segments directly;
+- clickhouse: ClickHouse's engine in-process (the `chdb` package), a
+  MergeTree table ordered by (hostname, ts), loaded from the segments and
+  merged (`OPTIMIZE ... FINAL`).
+
+Each engine's time is wall-clock per statement, including turning the result
+into rows the client can use (JSON for Tocsin and ClickHouse, Python tuples
+for DuckDB). It prints one table of medians per query type, and exits with
+status 1 when an answer differs (naming the query, the engines and the first
+differing row).
+
+    python3 bench/tsbs_peers.py --http 127.0.0.1:4318 --data-dir ./tocsin-data \\
+        --statements statements.jsonl [--engines tocsin,duckdb,duckdb-segments,clickhouse]
+
+The segments must hold all the data (`POST /api/v1/admin/persist` first, as
+`bench/run.sh` does). Used by `bench/run.sh --peers` and by the interop suite
+(`tests/interop/test_tsbs_peers.py`, answers only).
+"""
+
+import argparse
+import datetime as dt
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+import urllib.request
+
+ENGINES = ["tocsin", "duckdb", "duckdb-segments", "clickhouse"]
+
+TS_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}")
+
+
+def to_ns(v):
+    """A timestamp (datetime or text) as Unix nanoseconds."""
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=dt.timezone.utc)
+        delta = v - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    text = v.replace(" ", "T")
+    frac = 0
+    m = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(.*)$", text)
+    base, digits, zone = m.group(1), m.group(2), m.group(3)
+    if digits:
+        frac = int((digits[1:] + "000000000")[:9])
+    zone = zone or "+00:00"
+    if zone == "Z":
+        zone = "+00:00"
+    parsed = dt.datetime.fromisoformat(base + zone)
+    return to_ns(parsed) + frac
+
+
+def norm(v):
+    """A value as the comparison sees it: timestamps as ns, numbers as float."""
+    if isinstance(v, dt.datetime) or (isinstance(v, str) and TS_TEXT.match(v)):
+        return ("ts", to_ns(v))
+    if isinstance(v, bool):
+        return ("num", float(v))
+    if isinstance(v, (int, float)):
+        return ("num", float(v))
+    if v is None:
+        return ("null", None)
+    return ("text", str(v))
+
+
+def same(a, b):
+    if a[0] != b[0]:
+        return False
+    if a[0] == "num":
+        return math.isclose(a[1], b[1], rel_tol=1e-9, abs_tol=1e-9)
+    return a[1] == b[1]
+
+
+def first_difference(rows_a, rows_b):
+    """None when the answers agree, else a description of the first difference."""
+    if len(rows_a) != len(rows_b):
+        return f"{len(rows_a)} rows against {len(rows_b)}"
+    for i, (a, b) in enumerate(zip(rows_a, rows_b)):
+        if a.keys() != b.keys():
+            return f"row {i}: columns {sorted(a)} against {sorted(b)}"
+        for k in a:
+            if not same(a[k], b[k]):
+                return f"row {i}, column {k}: {a[k][1]!r} against {b[k][1]!r}"
+    return None
+
+
+class Tocsin:
+    name = "tocsin"
+
+    def __init__(self, http):
+        self.url = f"http://{http}/api/v1/sql"
+
+    def run(self, sql):
+        req = urllib.request.Request(
+            self.url, data=json.dumps({"sql": sql}).encode(), headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(req) as resp:
+            return json.loads(resp.read())
+
+    def rows(self, result):
+        return [{k: norm(v) for k, v in r.items()} for r in result]
+
+
+class DuckDb:
+    def __init__(self, files, native):
+        import duckdb
+
+        self.name = "duckdb" if native else "duckdb-segments"
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        source = f"SELECT * REPLACE (ts::TIMESTAMPTZ AS ts) FROM read_parquet({files!r})"
+        if native:
+            self.con.execute(f"CREATE TABLE cpu AS {source} ORDER BY hostname, ts")
+        else:
+            self.con.execute(f"CREATE VIEW cpu AS {source}")
+
+    def run(self, sql):
+        cur = self.con.execute(sql)
+        return [d[0] for d in cur.description], cur.fetchall()
+
+    def rows(self, result):
+        names, tuples = result
+        return [{n: norm(v) for n, v in zip(names, t)} for t in tuples]
+
+
+def clickhouse_sql(sql):
+    """Tocsin's (PostgreSQL-like) statement in ClickHouse's dialect."""
+    sql = re.sub(
+        r"time_bucket\(INTERVAL '1 (minute|hour)', ts\)", lambda m: f"toStartOfInterval(ts, INTERVAL 1 {m.group(1)})", sql
+    )
+    sql = re.sub(
+        r"'(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})Z'", lambda m: f"toDateTime64('{m.group(1)} {m.group(2)}', 9, 'UTC')", sql
+    )
+    m = re.match(r"SELECT DISTINCT ON \((\w+)\) \* FROM (\w+) ORDER BY (.*)$", sql)
+    if m:
+        sql = f"SELECT * FROM {m.group(2)} ORDER BY {m.group(3)} LIMIT 1 BY {m.group(1)}"
+    return sql
+
+
+class ClickHouse:
+    name = "clickhouse"
+
+    def __init__(self, files, columns):
+        from chdb import session
+
+        self.s = session.Session()
+        types = {"VARCHAR": "LowCardinality(String)", "BIGINT": "Int64", "DOUBLE": "Float64", "BOOLEAN": "Bool"}
+        cols = []
+        for name, kind in columns:
+            if name == "ts":
+                cols.append("ts DateTime64(9, 'UTC')")
+            else:
+                cols.append(f"{name} {types.get(kind, 'String')}")
+        self.s.query("CREATE DATABASE IF NOT EXISTS tsbs")
+        self.s.query(f"CREATE TABLE tsbs.cpu ({', '.join(cols)}) ENGINE = MergeTree ORDER BY (hostname, ts)")
+        for f in files:
+            self.s.query(f"INSERT INTO tsbs.cpu SELECT * FROM file('{f}', Parquet)")
+        self.s.query("OPTIMIZE TABLE tsbs.cpu FINAL")
+        self.s.query("USE tsbs")
+
+    def run(self, sql):
+        out = self.s.query(clickhouse_sql(sql), "JSON")
+        return json.loads(out.bytes() if hasattr(out, "bytes") else str(out))
+
+    def rows(self, result):
+        # 64-bit integers come as text in ClickHouse's JSON.
+        ints = {m["name"] for m in result["meta"] if re.match(r"^(U?Int64|Nullable\(U?Int64\))$", m["type"])}
+        return [
+            {k: norm(int(v) if k in ints and v is not None else v) for k, v in r.items()} for r in result["data"]
+        ]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--http", required=True, help="Tocsin's HTTP address")
+    p.add_argument("--data-dir", required=True, help="Tocsin's data directory (its segments are read)")
+    p.add_argument("--database", default="public")
+    p.add_argument("--statements", required=True, help="JSON lines from tocsin-bench --statements-out")
+    p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--check-only", action="store_true", help="one statement per query type, answers only")
+    a = p.parse_args()
+
+    statements = [json.loads(line) for line in open(a.statements) if line.strip()]
+    if a.check_only:
+        seen, firsts = set(), []
+        for s in statements:
+            if s["query"] not in seen:
+                seen.add(s["query"])
+                firsts.append(s)
+        statements = firsts
+    files = sorted(glob.glob(os.path.join(a.data_dir, "segments", a.database, "cpu", "**", "*.parquet"), recursive=True))
+    if not files:
+        sys.exit(f"no segments of table cpu under {a.data_dir} (persist first)")
+
+    wanted = [e.strip() for e in a.engines.split(",") if e.strip()]
+    for e in wanted:
+        if e not in ENGINES:
+            sys.exit(f"unknown engine {e!r}; engines: {', '.join(ENGINES)}")
+    engines = []
+    t = time.perf_counter()
+    for e in wanted:
+        if e == "tocsin":
+            engines.append(Tocsin(a.http))
+        elif e in ("duckdb", "duckdb-segments"):
+            engines.append(DuckDb(files, native=(e == "duckdb")))
+        elif e == "clickhouse":
+            import duckdb
+
+            described = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet({files!r})").fetchall()
+            engines.append(ClickHouse(files, [(r[0], r[1]) for r in described]))
+    print(f"loaded {len(files)} segment file(s) into {', '.join(e.name for e in engines)} in {time.perf_counter() - t:.1f} s")
+
+    times = {}  # (query, engine) -> [ms]
+    differences = []
+    warmed = set()
+    for s in statements:
+        reference = None
+        for e in engines:
+            if (s["query"], e.name) not in warmed:
+                e.run(s["sql"])  # warm-up, not counted
+                warmed.add((s["query"], e.name))
+            t = time.perf_counter()
+            result = e.run(s["sql"])
+            times.setdefault((s["query"], e.name), []).append((time.perf_counter() - t) * 1000)
+            rows = e.rows(result)
+            if reference is None:
+                reference = (e.name, rows)
+            else:
+                diff = first_difference(reference[1], rows)
+                if diff:
+                    differences.append(f"{s['query']}: {reference[0]} and {e.name} differ: {diff}\n    {s['sql']}")
+
+    queries = list(dict.fromkeys(s["query"] for s in statements))
+    head = f"{'query':<24}" + "".join(f"{e.name:>17}" for e in engines)
+    print(f"median ms per statement ({len(statements)} statements)")
+    print(head)
+    for q in queries:
+        line = f"{q:<24}"
+        for e in engines:
+            line += f"{statistics.median(times[(q, e.name)]):>17.1f}"
+        print(line)
+    if differences:
+        print(f"{len(differences)} answer(s) differ:")
+        for d in differences[:20]:
+            print("  " + d)
+        sys.exit(1)
+    print(f"answers agree in all {len(engines)} engines")
+
+
+if __name__ == "__main__":
+    main()
