@@ -426,7 +426,7 @@ impl Auth {
             if f.0 >= MAX_FAILURES {
                 return Err(AuthError::Unauthenticated(format!(
                     "too many failed logins for {:?}; try again in {} s",
-                    clip(name),
+                    shown_user(name),
                     f.1 + LOCKOUT_SECS - now
                 )));
             }
@@ -448,7 +448,7 @@ impl Auth {
             }
         };
         let (Some(record), Some(key), true) = (record, key, ok) else {
-            return Err(AuthError::Unauthenticated(format!("unknown user {:?} or wrong password", clip(name))));
+            return Err(AuthError::Unauthenticated(format!("unknown user {:?} or wrong password", shown_user(name))));
         };
         // A success takes back its own attempt, not the failures before it:
         // they count until their window ends (else each of the owner's
@@ -664,7 +664,7 @@ impl Auth {
         by.require(Permission::Users)?;
         let mut users = self.users.lock();
         let Some(pos) = users.iter().position(|u| u.name == name) else {
-            return Err(AuthError::NotFound(format!("no user {:?}", clip(name))));
+            return Err(AuthError::NotFound(format!("no user {:?}", shown_user(name))));
         };
         let mut next = users.clone();
         let removed = next.remove(pos);
@@ -681,7 +681,7 @@ impl Auth {
         let record = next
             .iter_mut()
             .find(|u| u.name == name)
-            .ok_or_else(|| AuthError::NotFound(format!("no user {:?}", clip(name))))?;
+            .ok_or_else(|| AuthError::NotFound(format!("no user {:?}", shown_user(name))))?;
         change(record, self.clock.unix_secs());
         let out = record.clone();
         user::save(&self.users_path, &next)?;
@@ -878,6 +878,22 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 /// At most 200 bytes of a client-given name, for messages.
 pub fn clip(s: &str) -> &str {
     clip_to(s, 200)
+}
+
+/// A user name as errors and the audit log show it: clipped, and cut
+/// after the id of anything that looks like a token. A client that puts
+/// its token in the user name (Basic `TOKEN:x`, InfluxDB's `u=`, a Flight
+/// SQL handshake) must not have the secret repeated in the answer and the
+/// audit log, where an auditor reads it; the id says which to revoke.
+pub fn shown_user(name: &str) -> String {
+    const PREFIX: &str = "tocsin_";
+    match name.find(PREFIX) {
+        None => clip(name).to_string(),
+        Some(at) => {
+            let id: String = name[at + PREFIX.len()..].chars().take_while(char::is_ascii_hexdigit).take(16).collect();
+            format!("{}{PREFIX}{id}_... (a token; its secret is not shown)", clip_to(&name[..at], 64))
+        }
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.

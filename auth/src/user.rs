@@ -53,7 +53,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), AuthError> {
     } else {
         Err(AuthError::Invalid(format!(
             "{:?} is not a user name: use 1 to 64 letters, digits, '_', '.', '@' or '-', not starting with tocsin_",
-            crate::clip(name)
+            crate::shown_user(name)
         )))
     }
 }

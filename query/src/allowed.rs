@@ -361,14 +361,14 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
     // Each call of a function whose value may grow far past its arguments
     // is bounded on its own (see `bounded`); so is their number.
     use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
-    let (mut growing, mut concatenating) = (0usize, 0usize);
+    let (mut growing, mut widening) = (0usize, 0usize);
     plan.apply_with_subqueries(|node| {
         node.apply_expressions(|e| {
             e.apply(|x| {
                 match x {
                     Expr::ScalarFunction(f) if crate::bounded::grows(f.name()) => growing += 1,
-                    Expr::ScalarFunction(f) if crate::bounded::concatenates(f.name()) => concatenating += 1,
-                    Expr::BinaryExpr(BinaryExpr { op: Operator::StringConcat, .. }) => concatenating += 1,
+                    Expr::ScalarFunction(f) if crate::bounded::widens(f.name()) => widening += 1,
+                    Expr::BinaryExpr(BinaryExpr { op: Operator::StringConcat, .. }) => widening += 1,
                     _ => {}
                 }
                 Ok(TreeNodeRecursion::Continue)
@@ -382,11 +382,12 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
             bound: "max_growing_calls",
         });
     }
-    if concatenating > crate::bounded::MAX_CONCAT_CALLS {
+    if widening > crate::bounded::MAX_WIDENING_CALLS {
         return Err(QueryError::TooComplex {
-            what: "concatenations (||, concat, concat_ws)",
-            limit: crate::bounded::MAX_CONCAT_CALLS,
-            bound: "max_concat_calls",
+            what: "calls that can make text longer than their arguments (||, concat, concat_ws, upper, lower, \
+                   initcap, translate, overlay, encode, to_char)",
+            limit: crate::bounded::MAX_WIDENING_CALLS,
+            bound: "max_widening_calls",
         });
     }
     Ok(())

@@ -11,8 +11,10 @@
 //! Concatenation (`concat`, `concat_ws` and the `||` operator, which
 //! [`BoundConcat`] turns into a call) makes no more than its arguments,
 //! but a chain of them doubles a value at each step (`s || s` over a CTE
-//! over a CTE...): each is bounded the same way, and their number by
-//! [`MAX_CONCAT_CALLS`].
+//! over a CTE...); `upper`, `encode(s, 'hex')`, `translate` and the like
+//! grow a value by a bounded factor, and a chain of them just as far. Each
+//! is bounded the same way, from its arguments' lengths, and their number
+//! by [`MAX_WIDENING_CALLS`].
 
 use arrow::datatypes::{DataType, FieldRef, TimeUnit};
 use datafusion::common::{Result, ScalarValue, exec_err};
@@ -31,19 +33,23 @@ pub const MAX_BATCH_BYTES: u64 = 64 << 20;
 /// `MAX_CALLS × MAX_BATCH_BYTES` are made per batch of rows.
 pub const MAX_CALLS: usize = 16;
 
-/// The most concatenations (`concat`, `concat_ws`, `||`) one statement may
-/// make: each makes at most [`MAX_BATCH_BYTES`] per batch, so together at
-/// most 2 GiB.
-pub const MAX_CONCAT_CALLS: usize = 32;
+/// The most calls that can make text longer than their arguments
+/// (concatenation: `concat`, `concat_ws`, `||`; and `upper`, `lower`,
+/// `initcap`, `translate`, `overlay`, `encode`, `to_char`) one statement
+/// may make: each makes at most [`MAX_BATCH_BYTES`] per batch, so together
+/// at most 2 GiB.
+pub const MAX_WIDENING_CALLS: usize = 32;
 
-/// Whether `name` is one of the bounded functions counted by [`MAX_CALLS`].
+/// Whether `name` is one of the bounded functions counted by [`MAX_CALLS`]
+/// (those whose result is not a weighted sum of their arguments).
 pub fn grows(name: &str) -> bool {
-    WRAPPED.iter().any(|(n, g)| *n == name && !g.concatenates())
+    WRAPPED.iter().any(|(n, g)| *n == name && !g.linear())
 }
 
-/// Whether `name` is a concatenation, counted by [`MAX_CONCAT_CALLS`].
-pub fn concatenates(name: &str) -> bool {
-    name == CONCAT_OPERATOR || WRAPPED.iter().any(|(n, g)| *n == name && g.concatenates())
+/// Whether `name` can make text longer than its arguments by a bounded
+/// factor (a concatenation, `upper`, ...), counted by [`MAX_WIDENING_CALLS`].
+pub fn widens(name: &str) -> bool {
+    name == CONCAT_OPERATOR || WRAPPED.iter().any(|(n, g)| *n == name && g.linear())
 }
 
 /// How a function's result grows with its arguments.
@@ -71,11 +77,26 @@ enum Growth {
     /// `concat_ws(sep, a, b, ...)`: the sum, and the separator between
     /// each two.
     ConcatWs,
+    /// Each argument's length times its weight (the arguments past the
+    /// list weigh nothing): `upper(s)` is at most 3 × `s` (a UTF-8 case
+    /// mapping can triple a character), `encode(s, 'hex')` 2 ×.
+    Weighted(&'static [u64]),
 }
 
 impl Growth {
-    fn concatenates(self) -> bool {
-        matches!(self, Growth::Concat | Growth::ConcatWs)
+    /// Whether the size is a weighted sum of the arguments' lengths (worked
+    /// out a column at a time).
+    fn linear(self) -> bool {
+        matches!(self, Growth::Concat | Growth::ConcatWs | Growth::Weighted(_))
+    }
+
+    /// The weight of argument `i` of `n`.
+    fn weight(self, i: usize, n: usize) -> u64 {
+        match self {
+            Growth::ConcatWs if i == 0 => n.saturating_sub(2) as u64,
+            Growth::Weighted(w) => w.get(i).copied().unwrap_or(0),
+            _ => 1,
+        }
     }
 }
 
@@ -83,7 +104,7 @@ impl Growth {
 /// (Without DataFusion's nested-types feature, which Tocsin's build
 /// leaves out, the list functions are not there and nothing is wrapped for
 /// them.)
-const WRAPPED: [(&str, Growth); 11] = [
+const WRAPPED: [(&str, Growth); 18] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -95,6 +116,19 @@ const WRAPPED: [(&str, Growth); 11] = [
     ("array_resize", Growth::Resize),
     ("concat", Growth::Concat),
     ("concat_ws", Growth::ConcatWs),
+    // Found by review 5: each grows a value by a bounded factor, and a
+    // chain of them (seven `encode(.., 'hex')`) made 2 GB.
+    ("upper", Growth::Weighted(&[3])),
+    ("lower", Growth::Weighted(&[3])),
+    ("initcap", Growth::Weighted(&[3])),
+    // A one-byte character may become a four-byte one.
+    ("translate", Growth::Weighted(&[4, 0, 4])),
+    // overlay(s placing t from a [for b]).
+    ("overlay", Growth::Weighted(&[1, 1])),
+    // hex doubles; base64 is 4/3.
+    ("encode", Growth::Weighted(&[2])),
+    // A two-character pattern such as `%B` makes up to nine.
+    ("to_char", Growth::Weighted(&[0, 8])),
 ];
 
 /// The bounded versions of the functions `registered` (the session's own)
@@ -118,8 +152,8 @@ impl Bounded {
     fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
         let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let rows = if all_scalar { 1 } else { args.number_rows };
-        if self.growth.concatenates() {
-            return self.check_concat(&args.args, rows);
+        if self.growth.linear() {
+            return self.check_linear(&args.args, rows);
         }
         let (mut largest, mut total) = (0u64, 0u64);
         for row in 0..rows {
@@ -141,13 +175,16 @@ impl Bounded {
         Ok(())
     }
 
-    /// Concatenations are common on every row of large scans: their
-    /// sizes come from the arguments' lengths, a column at a time.
-    fn check_concat(&self, args: &[ColumnarValue], rows: usize) -> Result<()> {
+    /// Concatenation and case mapping are common on every row of large
+    /// scans: their sizes come from the arguments' lengths, a column at a
+    /// time.
+    fn check_linear(&self, args: &[ColumnarValue], rows: usize) -> Result<()> {
         let mut per_row = vec![0u64; rows];
-        let separators = args.len().saturating_sub(2) as u64;
         for (i, a) in args.iter().enumerate() {
-            let times = if self.growth == Growth::ConcatWs && i == 0 { separators } else { 1 };
+            let times = self.growth.weight(i, args.len());
+            if times == 0 {
+                continue;
+            }
             match a {
                 ColumnarValue::Scalar(v) => {
                     let len = byte_len(v).saturating_mul(times);
@@ -213,11 +250,11 @@ impl Bounded {
             Growth::ArrayRepeat => int(1).saturating_mul(v.first().map_or(8, |x| x.size() as u64).max(8)),
             Growth::Resize => int(1).saturating_mul(16),
             Growth::Range => range_len(v).saturating_mul(8),
-            Growth::Concat => v.iter().map(byte_len).fold(0, u64::saturating_add),
-            Growth::ConcatWs => {
-                let sep = len(0).saturating_mul(v.len().saturating_sub(2) as u64);
-                v.iter().skip(1).map(byte_len).fold(sep, u64::saturating_add)
-            }
+            Growth::Concat | Growth::ConcatWs | Growth::Weighted(_) => v
+                .iter()
+                .enumerate()
+                .map(|(i, x)| byte_len(x).saturating_mul(self.growth.weight(i, v.len())))
+                .fold(0, u64::saturating_add),
         }
     }
 }
@@ -396,8 +433,19 @@ impl ScalarUDFImpl for ConcatOperator {
     }
 }
 
+/// How `f` grows, if it is one of the bounded functions but not in its
+/// bounded version.
+fn unbounded(f: &ScalarUDF) -> Option<Growth> {
+    let any: &dyn std::any::Any = f.inner().as_ref();
+    if any.is::<Bounded>() {
+        return None;
+    }
+    WRAPPED.iter().find(|(n, _)| *n == f.name()).map(|(_, g)| *g)
+}
+
 /// Turns every `a || b` on text or bytes into a bounded call of
-/// [`CONCAT_OPERATOR`]. It runs after type coercion (both sides have their
+/// [`CONCAT_OPERATOR`], and every call of a bounded function that SQL
+/// syntax planned without the registry into its bounded version. It runs after type coercion (both sides have their
 /// final types) and before the optimizer folds constants (which evaluates
 /// calls on literals while planning), in every subquery too; the names of
 /// the columns it touches are kept.
@@ -437,6 +485,17 @@ impl datafusion::optimizer::AnalyzerRule for BoundConcat {
                         ));
                         Ok(Transformed::yes(call))
                     }
+                    // SQL syntax planned straight to a built-in function
+                    // (`OVERLAY(s PLACING t FROM n)`, `SUBSTRING(...)`)
+                    // skips the registry, and so the bounded version.
+                    Expr::ScalarFunction(mut f) => match unbounded(&f.func) {
+                        Some(growth) => {
+                            let inner = f.func.as_ref().clone();
+                            f.func = std::sync::Arc::new(ScalarUDF::new_from_impl(Bounded { inner, growth }));
+                            Ok(Transformed::yes(Expr::ScalarFunction(f)))
+                        }
+                        None => Ok(Transformed::no(Expr::ScalarFunction(f))),
+                    },
                     other => Ok(Transformed::no(other)),
                 })?;
                 Ok(out.update_data(|e| saved.restore(e)))
@@ -484,5 +543,8 @@ mod tests {
         assert_eq!(est(Growth::Concat, &[s("ab"), s("cde"), ScalarValue::Utf8(None)]), 5);
         // concat_ws('--', 'a', 'b', 'c') is "a--b--c".
         assert_eq!(est(Growth::ConcatWs, &[s("--"), s("a"), s("b"), s("c")]), 7);
+        // upper('ŉ') is "ʼN": 2 bytes become 3.
+        assert!(est(Growth::Weighted(&[3]), &[s("ŉ")]) >= "ʼN".len() as u64);
+        assert_eq!(est(Growth::Weighted(&[2]), &[s("abc"), s("hex")]), 6, "the encoding's name weighs nothing");
     }
 }

@@ -233,7 +233,7 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             Err(e) => return e.into_response(),
         },
     };
-    let target = format!("user {}", tocsin_auth::clip(&user));
+    let target = format!("user {}", tocsin_auth::shown_user(&user));
     let auth = std::sync::Arc::clone(&app.auth);
     let result = tokio::task::spawn_blocking(move || auth.login(&user, &password))
         .await

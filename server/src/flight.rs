@@ -578,7 +578,9 @@ impl FlightSqlService for FlightSql {
             None => Credentials::None,
         };
         let target = match &credentials {
-            Credentials::Basic { user, .. } if credentials.is_password() => format!("user {}", tocsin_auth::clip(user)),
+            Credentials::Basic { user, .. } if credentials.is_password() => {
+                format!("user {}", tocsin_auth::shown_user(user))
+            }
             _ => String::new(),
         };
         let pending = self.pending(None, crate::guard::grpc_source(request.extensions()), "login", &target);

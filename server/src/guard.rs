@@ -595,8 +595,9 @@ impl CallInfo {
     /// Audits a call the service itself refused for authority (a database
     /// outside the token's scope: `PERMISSION_DENIED` in a trailers-only
     /// answer), as the guard audits its own refusals; and a Flight ticket
-    /// that does not even decode, which arrow-flight refuses before
-    /// Tocsin's `DoGet` (which audits every ticket it opens) sees it.
+    /// that does not even decode, or decodes to no ticket Tocsin issues,
+    /// which arrow-flight refuses before Tocsin's `DoGet` (which audits
+    /// every ticket it opens) sees it.
     fn audit_refusal(self, audit: &AuditLog, response: &GrpcResponse) {
         let Some(code) = response.headers().get("grpc-status").map(|s| s.as_bytes().to_vec()) else { return };
         let detail = response
@@ -609,6 +610,9 @@ impl CallInfo {
         let (outcome, status) = match code.as_slice() {
             b"7" => ("denied", 403),
             b"3" if flight && self.path.ends_with("/DoGet") && detail.starts_with("DecodeError") => ("error", 400),
+            // A ticket that decodes to no ticket Tocsin issues (empty, or
+            // another Flight SQL command): arrow-flight's own answer.
+            b"12" if flight && self.path.ends_with("/DoGet") => ("error", 400),
             _ => return,
         };
         audit.record(AuditEntry {
