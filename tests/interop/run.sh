@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${CARGO_TARGET_DIR:-target}/debug/tocsin"
 # tocsin-bench loads the TSBS data of the peer comparison.
-cargo build --locked --bin tocsin --bin tocsin-bench
+cargo build --locked -p tocsin -p tocsin-bench
 export TOCSIN_BIN="$BIN"
 # The STARTTLS scenario of the email test makes its certificates with openssl.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
