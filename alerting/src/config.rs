@@ -627,7 +627,7 @@ receivers:
     fn dependencies_name_existing_alerts_and_form_no_cycle() {
         let rules = |deps_a: &str, deps_b: &str| {
             format!(
-                "groups:\n  - name: g\n    rules:\n      - {{ alert: A, sql: \"SELECT 1 AS value\", thresholds: {{ critical: \"> 0\" }}, depends_on: [{deps_a}] }}\n      - {{ alert: B, sql: \"SELECT 1 AS value\", thresholds: {{ critical: \"> 0\" }}, depends_on: [{deps_b}] }}\n"
+                "groups:\n  - name: g\n    rules:\n      - {{ alert: A, sql: \"SELECT host, 1 AS value\", thresholds: {{ critical: \"> 0\" }}, depends_on: [{deps_a}] }}\n      - {{ alert: B, sql: \"SELECT 1 AS value\", thresholds: {{ critical: \"> 0\" }}, depends_on: [{deps_b}] }}\n"
             )
         };
         assert!(load(&rules("{ alert: B, equal: [host] }", "")).is_ok());
@@ -788,6 +788,20 @@ groups:
         assert!(err.contains("uses {{ hots }}, which this rule's alerts do not have"), "{err}");
         assert!(err.contains("alertname, severity, host, Room, dc, team"), "{err}");
         assert!(check(sql, "{{ humanize $value }}").is_err(), "Go template functions are not supported");
+        // The same for depends_on's `equal` (review: `equal: [hots]` let one
+        // host that was down suppress every other host's alerts).
+        let dep = |equal: &str| {
+            let yaml = format!(
+                "groups:\n  - name: g\n    rules:\n      - {{ alert: Up, sql: \"SELECT host, v AS value FROM t\", thresholds: {{ critical: \"< 1\" }} }}\n      - {{ alert: Svc, sql: \"SELECT host, svc, v AS value FROM s\", thresholds: {{ critical: \"< 1\" }}, depends_on: [{{ alert: Up, equal: [{equal}] }}] }}\n"
+            );
+            let p = PathBuf::from("t.yml");
+            Config::from_files(vec![(p.clone(), parse_file(&p, &yaml).expect("yaml"))])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(dep("host"), Ok(()));
+        let err = dep("hots").expect_err("a typo");
+        assert!(err.contains("equal names \"hots\", which this rule's alerts do not have"), "{err}");
         // Columns that cannot be told without the catalog: not checked.
         assert_eq!(check("SELECT * FROM t", "{{ anything }}"), Ok(()));
         assert_eq!(check("SELECT host, v AS value FROM a UNION ALL SELECT host, v FROM b", "{{ host }}"), Ok(()));

@@ -515,6 +515,11 @@ impl SendCtx<'_> {
         for (id, view) in self.content.iter().filter(|(_, v)| !v.held) {
             let Some(inst) = self.by_id.get(id.as_str()) else { continue };
             let incident = inst.active_since.unwrap_or(inst.created_at);
+            let target = crate::links::LinkTarget {
+                alert: &inst.id,
+                incident,
+                severity: inst.severity.as_deref().unwrap_or(""),
+            };
             alerts.push(PayloadAlert {
                 status: view.status.clone(),
                 labels: inst.labels.clone(),
@@ -537,11 +542,11 @@ impl SendCtx<'_> {
                 ack_url: self
                     .links
                     .filter(|_| view.status == "firing")
-                    .map(|l| l.url(&inst.id, incident, crate::links::LinkAction::Ack, receiver, self.now)),
+                    .map(|l| l.url(&target, crate::links::LinkAction::Ack, receiver, self.now)),
                 silence_url: self
                     .links
                     .filter(|_| view.status == "firing")
-                    .map(|l| l.url(&inst.id, incident, crate::links::LinkAction::Silence, receiver, self.now)),
+                    .map(|l| l.url(&target, crate::links::LinkAction::Silence, receiver, self.now)),
             });
         }
         let common_labels = common(alerts.iter().map(|a| &a.labels));

@@ -98,10 +98,21 @@ pub fn check(i: usize, a: PostableAlert, now: i64) -> Result<Checked, String> {
     Ok(Checked { alertname, identity, severity, annotations: a.annotations, starts_at, ends_at })
 }
 
+/// The id of a posted alert: the fingerprint of its labels and of where
+/// it came from, so that a posted alert with the same labels as a rule's
+/// alert is another alert (review of issue 13: it took the rule's id, and
+/// its ack and resolve went to the posted copy while the rule's alert went
+/// on escalating).
+pub fn posted_id(identity: &Labels) -> String {
+    let mut labels = identity.clone();
+    labels.insert(String::new(), GROUP.to_string());
+    fingerprint(&labels)
+}
+
 /// Applies a checked alert to its instances; the transition, if its state
 /// changed.
 pub fn apply(c: Checked, instances: &mut BTreeMap<String, Instance>, now: i64) -> Option<Transition> {
-    let id = fingerprint(&c.identity);
+    let id = posted_id(&c.identity);
     let inst =
         instances.entry(id.clone()).or_insert_with(|| Instance::new(id, GROUP, &c.alertname, c.identity.clone(), now));
     let from = inst.state;

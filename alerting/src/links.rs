@@ -50,6 +50,8 @@ pub struct Link {
     pub alert: String,
     /// When the firing the link was sent for began (ms).
     pub incident: i64,
+    /// The severity the alert had in that notification (empty for none).
+    pub severity: String,
     pub action: LinkAction,
     /// The receiver the notification with the link was sent to.
     pub receiver: String,
@@ -71,12 +73,27 @@ pub enum LinkError {
          resolved, and may have fired again since: use the link of its newest notification)"
     )]
     Stale { alert: String, began: String },
+    #[error(
+        "this link was sent when alert {alert} was {was}; it is {now} now, and a page of that is on its way: use \
+         the link of the newest notification"
+    )]
+    Severity { alert: String, was: String, now: String },
+}
+
+/// What a link is made for: one alert, in the firing that began at
+/// `incident` (ms), at `severity` (empty for none).
+#[derive(Debug, Clone, Copy)]
+pub struct LinkTarget<'a> {
+    pub alert: &'a str,
+    pub incident: i64,
+    pub severity: &'a str,
 }
 
 /// A link's fields as presented (its query string), to check.
 #[derive(Debug, Clone, Copy)]
 pub struct Presented<'a> {
     pub alert: &'a str,
+    pub severity: &'a str,
     pub action: &'a str,
     pub receiver: &'a str,
     pub incident: i64,
@@ -122,14 +139,23 @@ impl Links {
 
     /// The URL of `action` on the firing of `alert` that began at
     /// `incident` (ms), for `receiver`, made at `now_ms`.
-    pub fn url(&self, alert: &str, incident: i64, action: LinkAction, receiver: &str, now_ms: i64) -> String {
+    pub fn url(&self, to: &LinkTarget<'_>, action: LinkAction, receiver: &str, now_ms: i64) -> String {
         let expires = now_ms / 1000 + self.ttl.as_secs() as i64;
-        let link = Link { alert: alert.to_string(), incident, action, receiver: receiver.to_string(), expires };
+        let link = Link {
+            alert: to.alert.to_string(),
+            incident: to.incident,
+            severity: to.severity.to_string(),
+            action,
+            receiver: receiver.to_string(),
+            expires,
+        };
         format!(
-            "{}/api/v1/alerts/{}/link?action={}&incident={incident}&receiver={}&expires={expires}&sig={}",
+            "{}/api/v1/alerts/{}/link?action={}&incident={}&severity={}&receiver={}&expires={expires}&sig={}",
             self.base_url,
-            query_escape(alert),
+            query_escape(to.alert),
             action.as_str(),
+            to.incident,
+            query_escape(to.severity),
             query_escape(receiver),
             hex(&self.tag(&link))
         )
@@ -144,6 +170,7 @@ impl Links {
         let link = Link {
             alert: p.alert.to_string(),
             incident: p.incident,
+            severity: p.severity.to_string(),
             action,
             receiver: p.receiver.to_string(),
             expires: p.expires,
@@ -166,10 +193,12 @@ impl Links {
         // Each field ends with a NUL (none can hold one: ids are hex, the
         // receiver a configured name), so no two links share a message.
         self.signer.tag(&[
-            b"tocsin-link-v2\0",
+            b"tocsin-link-v3\0",
             l.alert.as_bytes(),
             b"\0",
             l.incident.to_string().as_bytes(),
+            b"\0",
+            l.severity.as_bytes(),
             b"\0",
             l.action.as_str().as_bytes(),
             b"\0",
@@ -244,13 +273,17 @@ mod tests {
     fn a_link_works_for_its_alert_action_and_time_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let links = Links::open(dir.path(), "https://tocsin.example/", DEFAULT_LINK_TTL).expect("open");
-        let url = links.url("e256b8474c777079", INCIDENT, LinkAction::Ack, "oncall", NOW);
+        let to = LinkTarget { alert: "e256b8474c777079", incident: INCIDENT, severity: "critical" };
+        let url = links.url(&to, LinkAction::Ack, "oncall", NOW);
         assert!(url.starts_with("https://tocsin.example/api/v1/alerts/e256b8474c777079/link?action=ack&"), "{url}");
         let f = fields(&url);
         let expires: i64 = f["expires"].parse().expect("expires");
         assert_eq!(f["incident"], INCIDENT.to_string());
         let check = |alert: &str, action: &str, receiver: &str, expires: i64, sig: &str, now: i64| {
-            links.check(&Presented { alert, action, receiver, incident: INCIDENT, expires, sig }, now)
+            links.check(
+                &Presented { alert, severity: "critical", action, receiver, incident: INCIDENT, expires, sig },
+                now,
+            )
         };
         let ok = check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW + 1000).expect("valid");
         assert_eq!((ok.action, ok.receiver.as_str()), (LinkAction::Ack, "oncall"));
@@ -267,6 +300,7 @@ mod tests {
         // Another incident of the same alert: the signature fails too.
         let p = Presented {
             alert: "e256b8474c777079",
+            severity: "critical",
             action: "ack",
             receiver: "oncall",
             incident: INCIDENT + 60_000,
@@ -274,6 +308,9 @@ mod tests {
             sig: &f["sig"],
         };
         assert!(matches!(links.check(&p, NOW), Err(LinkError::Signature { .. })));
+        // Or another severity.
+        let warning = Presented { incident: INCIDENT, severity: "warning", ..p };
+        assert!(matches!(links.check(&warning, NOW), Err(LinkError::Signature { .. })));
         let mut bad = f["sig"].clone();
         bad.replace_range(0..1, if bad.starts_with('0') { "1" } else { "0" });
         assert!(matches!(

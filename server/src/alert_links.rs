@@ -32,6 +32,8 @@ struct LinkQuery {
     #[serde(default)]
     incident: i64,
     #[serde(default)]
+    severity: String,
+    #[serde(default)]
     expires: i64,
     #[serde(default)]
     sig: String,
@@ -41,6 +43,7 @@ impl LinkQuery {
     fn presented<'a>(&'a self, alert: &'a str) -> Presented<'a> {
         Presented {
             alert,
+            severity: &self.severity,
             action: &self.action,
             receiver: &self.receiver,
             incident: self.incident,
@@ -78,7 +81,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 /// The refusal page of a link that is not valid, audited.
 fn refused(id: &str, action: &str, e: &LinkError) -> Response {
     let status = match e {
-        LinkError::Expired { .. } | LinkError::Stale { .. } => StatusCode::GONE,
+        LinkError::Expired { .. } | LinkError::Stale { .. } | LinkError::Severity { .. } => StatusCode::GONE,
         LinkError::Action(_) | LinkError::Signature { .. } => StatusCode::FORBIDDEN,
     };
     let mut r = page(status, "This link does not work", &format!("<p>{}</p>", html_escape(&e.to_string())));

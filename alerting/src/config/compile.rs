@@ -59,6 +59,7 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
     };
     if let Some(columns) = output_names(&sql).filter(|_| on_ingest.is_none()) {
         check_annotations(&r.labels, &r.annotations, &columns)?;
+        check_depends_on(&r.labels, &r.depends_on, &columns)?;
     }
     let mut thresholds = Vec::new();
     for (severity, expr) in &r.thresholds {
@@ -177,19 +178,47 @@ fn check_annotations(
     annotations: &BTreeMap<String, String>,
     columns: &[String],
 ) -> Result<(), String> {
-    let known = |n: &str| {
-        matches!(n, "value" | "alertname" | "severity") || labels.contains_key(n) || columns.iter().any(|c| c == n)
-    };
+    let known = |n: &str| n == "value" || has_label(labels, columns, n);
     for (key, template) in annotations {
         if let Some(bad) = crate::template::names(template).into_iter().find(|n| !known(n)) {
-            let mut have: Vec<&str> = ["alertname", "severity"].into_iter().collect();
-            have.extend(columns.iter().map(String::as_str).filter(|c| *c != "value"));
-            have.extend(labels.keys().map(String::as_str));
             return Err(format!(
                 "annotation {key:?} uses {{{{ {bad} }}}}, which this rule's alerts do not have; they have {{{{ value }}}} \
                  and the labels {} (a template names a label, `value`, `$value` or `$labels.NAME`; functions such as \
                  `humanize` are not supported)",
-                have.join(", ")
+                label_list(labels, columns)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the rule's alerts have label `n`.
+fn has_label(labels: &BTreeMap<String, String>, columns: &[String], n: &str) -> bool {
+    matches!(n, "alertname" | "severity") || labels.contains_key(n) || columns.iter().any(|c| c == n && c != "value")
+}
+
+/// The labels the rule's alerts have, for an error message.
+fn label_list(labels: &BTreeMap<String, String>, columns: &[String]) -> String {
+    let mut have: Vec<&str> = vec!["alertname", "severity"];
+    have.extend(columns.iter().map(String::as_str).filter(|c| *c != "value"));
+    have.extend(labels.keys().map(String::as_str));
+    have.join(", ")
+}
+
+/// Refuses a `depends_on` whose `equal` names a label the rule's alerts do
+/// not have: with a typo (`equal: [hots]`) both sides lack it, compare
+/// equal, and a host that is down suppressed every other host's alerts.
+fn check_depends_on(
+    labels: &BTreeMap<String, String>,
+    depends_on: &[DependsOnFile],
+    columns: &[String],
+) -> Result<(), String> {
+    for d in depends_on {
+        if let Some(bad) = d.equal.iter().find(|n| !has_label(labels, columns, n)) {
+            return Err(format!(
+                "depends_on {:?}: equal names {bad:?}, which this rule's alerts do not have; they have the labels {}",
+                d.alert,
+                label_list(labels, columns)
             ));
         }
     }

@@ -29,7 +29,7 @@ groups:
       - { alert: HostDown, sql: "SELECT 1 AS value", thresholds: { critical: "> 0" } }
       - { alert: Slow, sql: "SELECT 1 AS value", thresholds: { critical: "> 0" } }
       - alert: Errors
-        sql: "SELECT 1 AS value"
+        sql: "SELECT host, 1 AS value"
         thresholds: { critical: "> 0" }
         depends_on: [{ alert: HostDown, equal: [host] }]
 route:

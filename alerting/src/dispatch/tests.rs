@@ -339,7 +339,7 @@ groups:
     rules:
       - { alert: HostDown, sql: "SELECT 1 AS value", thresholds: { critical: "> 0" } }
       - alert: ServiceDown
-        sql: "SELECT 1 AS value"
+        sql: "SELECT host, 1 AS value"
         thresholds: { critical: "> 0" }
         depends_on: [{ alert: HostDown, equal: [host] }]
 route:

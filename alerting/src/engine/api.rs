@@ -7,10 +7,23 @@ use super::*;
 /// Refuses a link unless `inst` is still in the firing the link was sent
 /// for (links are only sent for firing alerts).
 fn check_incident(inst: &Instance, link: &crate::links::Link) -> Result<(), crate::links::LinkError> {
-    if inst.state == AlertState::Firing && inst.active_since == Some(link.incident) {
-        return Ok(());
+    if inst.state != AlertState::Firing || inst.active_since != Some(link.incident) {
+        return Err(crate::links::LinkError::Stale {
+            alert: inst.id.clone(),
+            began: crate::dispatch::rfc3339(link.incident),
+        });
     }
-    Err(crate::links::LinkError::Stale { alert: inst.id.clone(), began: crate::dispatch::rfc3339(link.incident) })
+    // A link of the warning page does not acknowledge the critical one
+    // (review: it did, after the rise had lifted the ack and paged again).
+    let now = inst.severity.as_deref().unwrap_or("");
+    if now != link.severity {
+        return Err(crate::links::LinkError::Severity {
+            alert: inst.id.clone(),
+            was: link.severity.clone(),
+            now: now.to_string(),
+        });
+    }
+    Ok(())
 }
 
 impl AlertEngine {
@@ -54,6 +67,15 @@ impl AlertEngine {
         let t = self.with_instance(id, |inst, now| {
             if let Some(link) = link {
                 check_incident(inst, link).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+                // A link acknowledges once: it does not replace a person's
+                // acknowledgement (and comment), nor act again.
+                if let Some(a) = &inst.ack {
+                    return Err(EngineError::BadRequest(format!(
+                        "alert {id} is acknowledged already, by {} at {}",
+                        a.by,
+                        crate::dispatch::rfc3339(a.at)
+                    )));
+                }
             }
             if !inst.state.is_active() {
                 return Err(EngineError::BadRequest(format!(
@@ -431,7 +453,7 @@ impl AlertEngine {
             let new = checked
                 .iter()
                 .filter(|c| {
-                    let id = crate::matcher::fingerprint(&c.identity);
+                    let id = crate::external::posted_id(&c.identity);
                     !inner
                         .rules
                         .get(&rule_key(crate::external::GROUP, &c.alertname))

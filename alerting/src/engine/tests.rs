@@ -796,6 +796,7 @@ fn presented<'a>(alert: &'a str, f: &'a BTreeMap<String, String>) -> crate::link
     let num = |k: &str| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
     crate::links::Presented {
         alert,
+        severity: f.get("severity").map_or("", String::as_str),
         action: f.get("action").map_or("", String::as_str),
         receiver: f.get("receiver").map_or("", String::as_str),
         incident: num("incident"),
@@ -837,4 +838,34 @@ async fn a_link_does_nothing_to_a_later_firing_of_its_alert() {
     let link = s.engine.check_link(&presented(&id, &new)).expect("the new link works");
     let acked = s.engine.ack_from_link(&link, "oncall (link)", "").await.expect("ack");
     assert_eq!(acked["ack"]["by"], "oncall (link)");
+    // Once: a second use does not act again (nor replace a person's ack).
+    let again = s.engine.ack_from_link(&link, "oncall (link)", "").await.expect_err("used");
+    assert!(again.to_string().contains("acknowledged already, by oncall (link)"), "{again}");
+    // A rise to critical lifts the ack: the warning page's link does not
+    // acknowledge the critical alert.
+    s.set(&[("a", 99.0)]);
+    s.run_for(2).await;
+    let err = s.engine.check_link(&presented(&id, &new)).expect_err("warning link, critical alert");
+    assert!(err.to_string().contains("it is critical now"), "{err}");
+}
+
+/// Review of issue 13: an alert posted with the labels of a rule's alert
+/// took its id; acks went to the posted copy and the rule's alert went on
+/// escalating with nothing able to reach it.
+#[tokio::test]
+async fn a_posted_alert_never_takes_a_rules_alert_id() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    s.set(&[("a", 99.0)]);
+    s.run_for(3).await;
+    let rule_alert = s.engine.alerts(None, &BTreeMap::new());
+    let rule_id = rule_alert[0]["id"].as_str().expect("id").to_string();
+    let posted: crate::external::PostableAlert =
+        serde_json::from_value(serde_json::json!({"labels": {"alertname": "HighCpu", "host": "a"}})).expect("alert");
+    s.engine.post_alerts(vec![posted]).await.expect("post");
+    let all = s.engine.alerts(None, &BTreeMap::new());
+    let ids: std::collections::BTreeSet<&str> = all.iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!((all.len(), ids.len()), (2, 2), "two alerts, two ids: {all:?}");
+    let acked = s.engine.ack(&rule_id, "ann", "on it").await.expect("ack");
+    assert_eq!(acked["group"], "hosts", "the ack reached the rule's alert: {acked}");
 }
