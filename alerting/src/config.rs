@@ -807,6 +807,26 @@ groups:
         assert_eq!(check("SELECT host, v AS value FROM a UNION ALL SELECT host, v FROM b", "{{ host }}"), Ok(()));
     }
 
+    /// Review of issue 13: `{ warning: "> 80", critical: "> 50" }` was
+    /// accepted, and 60 fired critical: warning could never fire.
+    #[test]
+    fn thresholds_go_from_least_to_most_severe() {
+        let load = |t: &str| {
+            let yaml = format!(
+                "groups:\n  - name: g\n    rules:\n      - {{ alert: A, sql: \"SELECT 1 AS value\", thresholds: {t} }}\n"
+            );
+            let p = PathBuf::from("t.yml");
+            Config::from_files(vec![(p.clone(), parse_file(&p, &yaml).expect("yaml"))])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(load("{ warning: \"> 80\", critical: \"> 90\" }"), Ok(()));
+        assert_eq!(load("{ warning: \"< 20\", critical: \"<= 10\" }"), Ok(()));
+        let err = load("{ warning: \"> 80\", critical: \"> 50\" }").expect_err("shadowed");
+        assert!(err.contains("threshold \"critical\" (> 50) is crossed before \"warning\" (> 80)"), "{err}");
+        assert!(load("{ warning: \"< 10\", critical: \"< 20\" }").is_err());
+    }
+
     #[test]
     fn maintenance_windows_cover_their_days_and_hours() {
         let m = compile_maintenance(MaintenanceFile {

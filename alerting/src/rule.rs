@@ -27,6 +27,19 @@ pub enum Op {
     Ne,
 }
 
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Eq => "==",
+            Op::Ne => "!=",
+        }
+    }
+}
+
 /// `> 80`, `<= 0.5`, `== 1`, `!= 0`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Threshold {

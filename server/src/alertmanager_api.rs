@@ -31,6 +31,22 @@ use crate::alerts_api::{alert_scope, covers, own_silence, parse_json, parse_time
 use crate::guard::Routes;
 use crate::http::{ApiError, AppState};
 
+/// An error as Alertmanager's v2 API answers it: a bare JSON string
+/// (amtool printed `json: cannot unmarshal object` for `{"error": ...}`).
+pub(crate) struct AmError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for AmError {
+    fn from(e: E) -> Self {
+        AmError(e.into())
+    }
+}
+
+impl IntoResponse for AmError {
+    fn into_response(self) -> Response {
+        self.0.into_bare_response()
+    }
+}
+
 pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
     use tocsin_auth::Access::Requires;
     use tocsin_auth::Permission::{PostAlerts, ReadAlerts, Silence as SilencePerm};
@@ -92,7 +108,7 @@ async fn list_alerts(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AmError> {
     let filters =
         pairs.iter().filter(|(k, _)| k == "filter").map(|(_, v)| parse_matcher(v)).collect::<Result<Vec<_>, _>>()?;
     let receiver = match pairs.iter().find(|(k, _)| k == "receiver") {
@@ -135,7 +151,7 @@ async fn post_alerts(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AmError> {
     let alerts: Vec<tocsin_alerting::external::PostableAlert> =
         parse_json(&body, r#"[{"labels": {"alertname": "HighCpu", "host": "web-1"}, "annotations": {}}]"#)?;
     if let Some(scope) = alert_scope(&who)
@@ -144,10 +160,10 @@ async fn post_alerts(
             .enumerate()
             .find(|(_, a)| !scope.covers(tocsin_alerting::external::GROUP, |n| a.labels.get(n).map(String::as_str)))
     {
-        return Err(ApiError::new(
+        return Err(AmError(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("{} (role {}) may not post alert {i}: it is outside the role's alerts", who.name, who.role.name),
-        ));
+        )));
     }
     engine.post_alerts(alerts).await?;
     Ok(StatusCode::OK.into_response())
@@ -171,7 +187,7 @@ async fn list_silences(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AmError> {
     let filters =
         pairs.iter().filter(|(k, _)| k == "filter").map(|(_, v)| parse_matcher(v)).collect::<Result<Vec<_>, _>>()?;
     let out: Vec<Value> = engine
@@ -212,7 +228,7 @@ async fn add_silence(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AmError> {
     let r: PostableSilence = parse_json(
         &body,
         r#"{"matchers": [{"name": "host", "value": "web-1", "isRegex": false}], "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2026-01-01T02:00:00Z", "createdBy": "ann", "comment": "reboot"}"#,
@@ -240,7 +256,7 @@ async fn get_silence(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AmError> {
     Ok(axum::Json(gettable_silence(&scoped_silence(&engine, &who, &id)?)).into_response())
 }
 
@@ -248,7 +264,7 @@ async fn expire_silence(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AmError> {
     scoped_silence(&engine, &who, &id)?;
     engine.expire_silence(&id)?;
     Ok(StatusCode::OK.into_response())

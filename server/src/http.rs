@@ -120,11 +120,16 @@ impl From<tocsin_storage::StorageError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r =
-            (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": &self.message }).to_string())
-                .into_response();
+impl ApiError {
+    /// The answer with the message as a bare JSON string, as Alertmanager's
+    /// v2 API answers errors (amtool cannot read `{"error": ...}`).
+    pub(crate) fn into_bare_response(self) -> Response {
+        let body = serde_json::Value::String(self.message.clone()).to_string();
+        self.respond(body)
+    }
+
+    fn respond(self, body: String) -> Response {
+        let mut r = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
             && let Ok(v) = header::HeaderValue::from_str(&self.retry_after.unwrap_or(1).to_string())
         {
@@ -133,6 +138,13 @@ impl IntoResponse for ApiError {
         // For the audit entry of the request.
         r.extensions_mut().insert(ErrorNote(self.message));
         r
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": &self.message }).to_string();
+        self.respond(body)
     }
 }
 

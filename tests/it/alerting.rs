@@ -832,6 +832,8 @@ async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() 
     assert_eq!(empty.status().as_u16(), 400);
     let text = empty.text().await.expect("body");
     assert!(text.contains("the request body is empty; send JSON like [{"), "{text}");
+    // As Alertmanager answers errors: a bare JSON string (amtool reads it).
+    assert!(serde_json::from_str::<String>(&text).is_ok(), "{text}");
     let got = hook
         .wait_for(20, |p, v| {
             p == "/oncall" && v["alerts"][0]["labels"]["alertname"] == "NodeDown" && v["status"] == "firing"

@@ -66,6 +66,7 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
         let t = Threshold::parse(expr).map_err(|e| format!("threshold {severity:?}: {e}"))?;
         thresholds.push((severity.clone(), t));
     }
+    check_threshold_order(&thresholds)?;
     let recover = r.recover.as_deref().map(Threshold::parse).transpose().map_err(|e| format!("recover: {e}"))?;
     let highest = thresholds.last().map(|(s, _)| s.clone()).unwrap_or_else(|| "critical".to_string());
     let cond = |c: Option<Condition>| -> Option<crate::rule::ConditionSpec> {
@@ -203,6 +204,33 @@ fn label_list(labels: &BTreeMap<String, String>, columns: &[String]) -> String {
     have.extend(columns.iter().map(String::as_str).filter(|c| *c != "value"));
     have.extend(labels.keys().map(String::as_str));
     have.join(", ")
+}
+
+/// Refuses thresholds a more severe one would always shadow: they are
+/// listed from least to most severe and the most severe one crossed wins,
+/// so with `warning: "> 80", critical: "> 50"` warning could never fire.
+/// (Thresholds of different directions, `>` and `<`, are not compared.)
+fn check_threshold_order(thresholds: &[(String, Threshold)]) -> Result<(), String> {
+    use crate::rule::Op;
+    for pair in thresholds.windows(2) {
+        let ((lower, a), (higher, b)) = (&pair[0], &pair[1]);
+        let shadowed = match (a.op, b.op) {
+            (Op::Gt | Op::Ge, Op::Gt | Op::Ge) => b.value < a.value,
+            (Op::Lt | Op::Le, Op::Lt | Op::Le) => b.value > a.value,
+            _ => false,
+        };
+        if shadowed {
+            return Err(format!(
+                "threshold {higher:?} ({} {}) is crossed before {lower:?} ({} {}), so {lower:?} could never fire: \
+                 list thresholds from least to most severe, each harder to reach",
+                b.op.as_str(),
+                b.value,
+                a.op.as_str(),
+                a.value
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a `depends_on` whose `equal` names a label the rule's alerts do

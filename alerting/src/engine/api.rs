@@ -26,6 +26,21 @@ fn check_incident(inst: &Instance, link: &crate::links::Link) -> Result<(), crat
     Ok(())
 }
 
+/// The longest comment, `by` or `createdBy` kept.
+const MAX_TEXT: usize = 4096;
+
+/// Refuses a `by` or comment over [`MAX_TEXT`], and a `by` with control
+/// characters (a line break in it made a fake row in `tocsin alerts list`).
+fn check_ack_text(by: &str, comment: &str) -> Result<(), EngineError> {
+    if by.len() > MAX_TEXT || comment.len() > MAX_TEXT {
+        return Err(EngineError::BadRequest(format!("by and comment may be at most {MAX_TEXT} bytes")));
+    }
+    if by.chars().any(char::is_control) {
+        return Err(EngineError::BadRequest("by must not contain control characters (line breaks, tabs)".into()));
+    }
+    Ok(())
+}
+
 impl AlertEngine {
     // -- API ---------------------------------------------------------------
 
@@ -64,6 +79,7 @@ impl AlertEngine {
         comment: &str,
         link: Option<&crate::links::Link>,
     ) -> Result<serde_json::Value, EngineError> {
+        check_ack_text(by, comment)?;
         let t = self.with_instance(id, |inst, now| {
             if let Some(link) = link {
                 check_incident(inst, link).map_err(|e| EngineError::BadRequest(e.to_string()))?;
@@ -274,7 +290,6 @@ impl AlertEngine {
     fn insert_silence(&self, mut s: Silence, id: Option<String>) -> Result<Silence, EngineError> {
         // Every silence is kept in state.json (rewritten on each change) and
         // listed whole: a client must not grow them without bound.
-        const MAX_TEXT: usize = 4096;
         const MAX_MATCHERS: usize = 64;
         const MAX_SILENCES: usize = 10_000;
         if s.comment.len() > MAX_TEXT || s.created_by.len() > MAX_TEXT {
@@ -365,7 +380,6 @@ impl AlertEngine {
         mut o: crate::oncall::OverrideEntry,
     ) -> Result<crate::oncall::OverrideEntry, EngineError> {
         const MAX_OVERRIDES: usize = 1_000;
-        const MAX_TEXT: usize = 4096;
         let now = self.clock.now_ms();
         let bad = |m: String| Err(EngineError::BadRequest(m));
         if o.comment.len() > MAX_TEXT || o.created_by.len() > MAX_TEXT {

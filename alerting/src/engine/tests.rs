@@ -866,6 +866,9 @@ async fn a_posted_alert_never_takes_a_rules_alert_id() {
     let all = s.engine.alerts(None, &BTreeMap::new());
     let ids: std::collections::BTreeSet<&str> = all.iter().filter_map(|a| a["id"].as_str()).collect();
     assert_eq!((all.len(), ids.len()), (2, 2), "two alerts, two ids: {all:?}");
+    let fake_row = s.engine.ack(&rule_id, "x\n208b9a684d5d95f2  SvcDown   firing", "").await;
+    assert!(fake_row.is_err(), "a line break in `by`");
+    assert!(s.engine.ack(&rule_id, &"x".repeat(5000), "").await.is_err(), "a `by` of 5000 bytes");
     let acked = s.engine.ack(&rule_id, "ann", "on it").await.expect("ack");
     assert_eq!(acked["group"], "hosts", "the ack reached the rule's alert: {acked}");
 }
