@@ -763,6 +763,14 @@ groups:
         assert!(err.contains("\"bad-label\" is not a label name"), "{err}");
     }
 
+    /// Whether `yaml` loads as a configuration, or why not.
+    fn validate(yaml: &str) -> Result<(), String> {
+        let p = PathBuf::from("t.yml");
+        Config::from_files(vec![(p.clone(), parse_file(&p, yaml).expect("yaml"))])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Review 4: an annotation naming a label the alerts do not have (a
     /// typo, or Prometheus' `humanize`) rendered as nothing, and `rules
     /// check` said ok.
@@ -772,10 +780,7 @@ groups:
             let yaml = format!(
                 "groups:\n  - name: g\n    rules:\n      - alert: A\n        sql: {sql:?}\n        thresholds: {{ critical: \"> 0\" }}\n        labels: {{ team: db }}\n        annotations: {{ summary: {annotation:?} }}\n"
             );
-            let p = PathBuf::from("t.yml");
-            Config::from_files(vec![(p.clone(), parse_file(&p, &yaml).expect("yaml"))])
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            validate(&yaml)
         };
         let sql = "SELECT Host, \"Room\", d.dc, max(v) AS value FROM t d GROUP BY 1, 2, 3";
         for ok in [
@@ -794,10 +799,7 @@ groups:
             let yaml = format!(
                 "groups:\n  - name: g\n    rules:\n      - {{ alert: Up, sql: \"SELECT host, v AS value FROM t\", thresholds: {{ critical: \"< 1\" }} }}\n      - {{ alert: Svc, sql: \"SELECT host, svc, v AS value FROM s\", thresholds: {{ critical: \"< 1\" }}, depends_on: [{{ alert: Up, equal: [{equal}] }}] }}\n"
             );
-            let p = PathBuf::from("t.yml");
-            Config::from_files(vec![(p.clone(), parse_file(&p, &yaml).expect("yaml"))])
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            validate(&yaml)
         };
         assert_eq!(dep("host"), Ok(()));
         let err = dep("hots").expect_err("a typo");
@@ -815,10 +817,7 @@ groups:
             let yaml = format!(
                 "groups:\n  - name: g\n    rules:\n      - {{ alert: A, sql: \"SELECT 1 AS value\", thresholds: {t} }}\n"
             );
-            let p = PathBuf::from("t.yml");
-            Config::from_files(vec![(p.clone(), parse_file(&p, &yaml).expect("yaml"))])
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            validate(&yaml)
         };
         assert_eq!(load("{ warning: \"> 80\", critical: \"> 90\" }"), Ok(()));
         assert_eq!(load("{ warning: \"< 20\", critical: \"<= 10\" }"), Ok(()));

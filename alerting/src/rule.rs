@@ -76,15 +76,7 @@ impl Threshold {
 
 impl fmt::Display for Threshold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let op = match self.op {
-            Op::Gt => ">",
-            Op::Ge => ">=",
-            Op::Lt => "<",
-            Op::Le => "<=",
-            Op::Eq => "==",
-            Op::Ne => "!=",
-        };
-        write!(f, "{op} {}", self.value)
+        write!(f, "{} {}", self.op.as_str(), self.value)
     }
 }
 
