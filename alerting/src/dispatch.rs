@@ -709,7 +709,10 @@ impl<'a> Dependencies<'a> {
             .collect();
         let mut by_rule: HashMap<&str, Vec<&Instance>> = HashMap::new();
         if !of.is_empty() {
-            for i in firing {
+            // A dependency names a rule: alerts posted through the
+            // Alertmanager API with the same name are not its parents (an
+            // `alerter` token could otherwise silence a rule's alerts).
+            for i in firing.iter().filter(|i| i.group != crate::external::GROUP) {
                 by_rule.entry(i.rule.as_str()).or_default().push(i);
             }
         }

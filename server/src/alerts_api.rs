@@ -93,14 +93,22 @@ async fn list_alerts(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
     Query(params): Query<BTreeMap<String, String>>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let mut labels = params;
     let state = labels.remove("state");
+    const STATES: [&str; 5] = ["active", "pending", "firing", "resolved", "inactive"];
+    if let Some(s) = state.as_deref().filter(|s| !STATES.contains(s)) {
+        return Err(ApiError::bad_request(format!(
+            "state {:?} is none of {}",
+            tocsin_auth::clip(s),
+            STATES.join(", ")
+        )));
+    }
     let mut alerts = engine.alerts(state.as_deref(), &labels);
     if let Some(scope) = alert_scope(&who) {
         alerts.retain(|a| covers(scope, a));
     }
-    axum::Json(json!({ "alerts": alerts })).into_response()
+    Ok(axum::Json(json!({ "alerts": alerts })).into_response())
 }
 
 async fn get_alert(

@@ -834,6 +834,8 @@ async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() 
     assert!(text.contains("the request body is empty; send JSON like [{"), "{text}");
     // As Alertmanager answers errors: a bare JSON string (amtool reads it).
     assert!(serde_json::from_str::<String>(&text).is_ok(), "{text}");
+    let bogus = http.get(url("/api/v1/alerts?state=bogus")).send().await.expect("get");
+    assert_eq!(bogus.status().as_u16(), 400, "an unknown state is an error, not an empty list");
     let got = hook
         .wait_for(20, |p, v| {
             p == "/oncall" && v["alerts"][0]["labels"]["alertname"] == "NodeDown" && v["status"] == "firing"

@@ -368,6 +368,22 @@ fn pair(name: &str, status: &str) -> (String, String) {
 /// behind a host that is down is suppressed (recorded, visible, not
 /// paged); if it resolves while suppressed nobody hears of it; if the host
 /// comes back and the service is still down, the service is notified.
+/// Review of issue 13: an alert posted through the Alertmanager API with
+/// a rule's name suppressed that rule's dependents (an `alerter` token
+/// could mute Tocsin's own rules). A dependency names a rule.
+#[test]
+fn a_posted_alert_is_no_rules_parent() {
+    let mut h = Harness::new(DEPENDS);
+    let mut posted = firing("HostDown", &[("host", "a")], "critical");
+    posted.group = crate::external::GROUP.to_string();
+    posted.id = crate::external::posted_id(&posted.identity);
+    let insts = vec![posted, firing("ServiceDown", &[("host", "a"), ("svc", "web")], "critical")];
+    h.tick(0, &insts);
+    let out = h.tick(10 * S, &insts);
+    assert_eq!(out.muted.get(&insts[1].id), None, "not suppressed by a posted HostDown");
+    assert!(told(&out).contains(&pair("ServiceDown", "firing")));
+}
+
 #[test]
 fn a_dependency_suppresses_and_never_swallows_a_recovery() {
     let mut h = Harness::new(DEPENDS);
