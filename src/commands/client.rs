@@ -112,18 +112,48 @@ impl Client {
 
 /// Prints rows as an aligned table.
 pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    for line in table_lines(header, rows) {
+        println!("{line}");
+    }
+}
+
+/// The lines of an aligned table. Control characters in cells are shown
+/// escaped (`\n`, `\u{1b}`): an alert name or an ack's `by` with a line
+/// break in it printed a fake row (review of issue 13), and an escape
+/// sequence could rewrite the operator's terminal.
+fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let shown = |c: &str| -> String {
+        if c.chars().any(char::is_control) {
+            c.chars().map(|ch| if ch.is_control() { ch.escape_default().to_string() } else { ch.to_string() }).collect()
+        } else {
+            c.to_string()
+        }
+    };
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| shown(c)).collect()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
-        println!("{}", parts.join("  ").trim_end());
+        parts.join("  ").trim_end().to_string()
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r.clone());
+    let mut out = vec![line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>())];
+    out.extend(rows.iter().map(|r| line(r)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_in_cells_cannot_make_rows() {
+        let rows = vec![vec!["x\n208b9a684d5d95f2  SvcDown   firing".to_string(), "\u{1b}[2Jok".to_string()]];
+        let lines = table_lines(&["BY", "NAME"], &rows);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].contains("x\\n208b9a684d5d95f2") && lines[1].contains("\\u{1b}[2Jok"), "{lines:?}");
     }
 }
