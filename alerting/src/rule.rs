@@ -316,7 +316,7 @@ pub fn evaluate_with(
         instances.retain(|_, i| i.state != AlertState::Inactive);
         for id in &seen {
             if let Some(inst) = instances.get_mut(id)
-                && inst.state.is_active()
+                && shows_value(inst, now)
             {
                 render_annotations(rule, inst);
             }
@@ -344,11 +344,18 @@ pub fn evaluate_with(
     }
     instances.retain(|_, i| i.state != AlertState::Inactive || (rule.no_data.is_some() && i.last_seen.is_some()));
     for inst in instances.values_mut() {
-        if inst.state.is_active() {
+        if shows_value(inst, now) {
             render_annotations(rule, inst);
         }
     }
     out
+}
+
+/// Whether an instance's annotations are rendered with this evaluation's
+/// value: while it is active, and in the evaluation that resolved it (its
+/// resolved notice said "CPU 45" when the value that resolved it was 30).
+fn shows_value(inst: &Instance, now: i64) -> bool {
+    inst.state.is_active() || (inst.state == AlertState::Resolved && inst.resolved_at == Some(now))
 }
 
 /// A rule outside its `active_during` intervals: what it has pending

@@ -221,6 +221,11 @@ async fn threshold_pending_firing_resolved_reach_the_webhook() {
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[1].1["status"], "resolved");
     assert_eq!(got[1].1["alerts"][0]["status"], "resolved");
+    assert_eq!(
+        got[1].1["alerts"][0]["annotations"]["summary"],
+        "CPU 60 on a",
+        "the resolved notice shows the value that resolved it"
+    );
 
     let states: Vec<(AlertState, AlertState)> = s.history.transitions.lock().iter().map(|t| (t.from, t.to)).collect();
     assert_eq!(
