@@ -222,8 +222,7 @@ async fn threshold_pending_firing_resolved_reach_the_webhook() {
     assert_eq!(got[1].1["status"], "resolved");
     assert_eq!(got[1].1["alerts"][0]["status"], "resolved");
     assert_eq!(
-        got[1].1["alerts"][0]["annotations"]["summary"],
-        "CPU 60 on a",
+        got[1].1["alerts"][0]["annotations"]["summary"], "CPU 60 on a",
         "the resolved notice shows the value that resolved it"
     );
 
