@@ -376,14 +376,13 @@ impl Dispatcher {
             }
             let alerts: &[&Instance] = members.get(key.as_str()).map_or(&[], |m| m.1.as_slice());
             // An alert this group told firing that is no longer one of its
-            // members but still fires, suppressed by an alert it depends on
-            // or routed to another group (its severity changed), did not
-            // resolve: it is held as told, paging no one, and its end is
-            // told here too when it comes.
-            let held = |id: &str| {
-                by_id.get(id).is_some_and(|i| i.state == AlertState::Firing)
-                    && matches!(out.muted.get(id), None | Some(Mute::Suppressed(_)))
-            };
+            // members but still fires (silenced, in maintenance, inhibited,
+            // suppressed by an alert it depends on, or routed to another
+            // group because its severity changed) did not resolve: it is
+            // held as told, paging no one, and its end is told here too
+            // when it comes. Alertmanager, too, says nothing when a firing
+            // alert is silenced.
+            let held = |id: &str| by_id.get(id).is_some_and(|i| i.state == AlertState::Firing);
             let content = group_content(g, alerts, &held);
             let firing_any = content.values().any(|v| v.status == "firing");
             let unacked_any = content.values().any(|v| v.status == "firing" && !v.acked && !v.held);

@@ -234,6 +234,10 @@ impl World {
                         ));
                     }
                     unacked_firing |= inst.ack.is_none();
+                } else if inst.state == AlertState::Firing {
+                    // Muted or moved is not over: telling it resolved would
+                    // leave the receiver thinking nothing fires.
+                    return Err(format!("{} told resolved to {} while it fires", a.fingerprint, job.receiver));
                 }
                 self.told.entry((job.receiver.clone(), a.fingerprint.clone())).or_default().push(a.status.clone());
             }

@@ -179,6 +179,63 @@ fn silenced_alerts_are_recorded_but_not_notified() {
     assert_eq!(out.jobs.len(), 1);
 }
 
+fn silence(id: &str, host: &str, from: i64, to: i64) -> (Silence, Matchers) {
+    let s = Silence {
+        id: id.into(),
+        matchers: vec![MatcherSpec { name: "host".into(), value: host.into(), is_regex: false, is_equal: true }],
+        starts_at: from,
+        ends_at: to,
+        created_by: "ann".into(),
+        comment: String::new(),
+        created_at: from,
+        scope: None,
+    };
+    let m = s.compile().expect("matchers");
+    (s, m)
+}
+
+#[test]
+fn silencing_a_notified_alert_tells_nobody_it_resolved() {
+    let mut h = Harness::new(BASE);
+    let mut insts =
+        vec![firing("A", &[("host", "a")], "warning"), firing("B", &[("host", "a"), ("team", "esc")], "warning")];
+    h.tick(0, &insts);
+    let mut r = receivers(&h.tick(10 * S, &insts).jobs).into_iter().map(String::from).collect::<Vec<_>>();
+    r.sort();
+    assert_eq!(r, ["oncall", "oncall"], "A on the plain route, B at step 1 of the chain");
+    // Silenced while firing: nothing is sent, not even "resolved", and the
+    // chain does not move on to its next steps.
+    h.silences.push(silence("s1", "a", 5 * M, 45 * M));
+    for t in 6..45 {
+        let out = h.tick(t * M, &insts);
+        assert!(
+            out.jobs.is_empty(),
+            "at minute {t}: {:?}",
+            out.jobs.iter().map(|j| (&j.receiver, &j.payload.status)).collect::<Vec<_>>()
+        );
+        assert!(matches!(out.muted.get(&insts[0].id), Some(Mute::Silenced(_))));
+    }
+    // The silence ends with both still firing: the plain route's receiver
+    // already knows (nothing new to say); the unacknowledged chain starts
+    // over and pages step 1 again.
+    let out = h.tick(46 * M, &insts);
+    assert_eq!(receivers(&out.jobs), ["oncall"]);
+    assert_eq!(out.jobs[0].payload.tocsin.reason, Reason::Escalation);
+    assert_eq!(out.jobs[0].payload.tocsin.step, Some(1));
+    assert_eq!(out.jobs[0].payload.alerts[0].labels.get("alertname").map(String::as_str), Some("B"));
+    // Silenced again, and A resolves during the silence: its end is told
+    // (a resolved notice follows every firing one), B's silence is not.
+    h.silences.push(silence("s2", "a", 47 * M, 200 * M));
+    assert!(h.tick(48 * M, &insts).jobs.is_empty());
+    insts[0].state = AlertState::Resolved;
+    insts[0].resolved_at = Some(49 * M);
+    let out = h.tick(50 * M, &insts);
+    assert_eq!(receivers(&out.jobs), ["oncall"]);
+    assert_eq!(out.jobs[0].payload.status, "resolved");
+    assert_eq!(out.jobs[0].payload.alerts[0].labels.get("alertname").map(String::as_str), Some("A"));
+    assert!(h.tick(58 * M, &insts).jobs.is_empty());
+}
+
 #[test]
 fn escalation_reaches_step_two_when_not_acked() {
     let mut h = Harness::new(BASE);
