@@ -23,6 +23,10 @@ pub enum Mute {
     /// A rule's `depends_on`: the alerts it depends on that fire.
     Suppressed(Vec<String>),
     Inhibited(Vec<String>),
+    /// Every route it goes to is in a mute time interval or outside its
+    /// active ones (the reason of the first): held, and sent when that
+    /// ends.
+    TimeInterval(String),
 }
 
 /// One alert as a notification lists it.
@@ -318,10 +322,31 @@ impl Dispatcher {
         self.routing.refresh(&config.routes, &by_id);
         let mut routed = Vec::new();
         if !config.routes.is_empty() {
+            // Each route's time intervals, worked out once a round.
+            let mut quiet: Vec<Option<Option<String>>> = vec![None; config.routes.len()];
             for inst in instances.iter().filter(|i| matches!(i.state, AlertState::Firing | AlertState::Resolved)) {
-                if !out.muted.contains_key(&inst.id) {
-                    routed.push((*inst, self.routing.targets(&config.routes, inst)));
+                if out.muted.contains_key(&inst.id) {
+                    continue;
                 }
+                let targets = self.routing.targets(&config.routes, inst);
+                if inst.state == AlertState::Firing {
+                    let mut reason = None;
+                    for t in targets.iter() {
+                        let q = quiet[t.route]
+                            .get_or_insert_with(|| config.routes.get(t.route).and_then(|r| config.route_quiet(r, now)));
+                        match q {
+                            Some(q) => reason = reason.or_else(|| Some(q.clone())),
+                            None => {
+                                reason = None;
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(r) = reason {
+                        out.muted.insert(inst.id.clone(), Mute::TimeInterval(r));
+                    }
+                }
+                routed.push((*inst, targets));
             }
         }
         let mut members: ahash::AHashMap<&str, (&Target, Vec<&Instance>)> = ahash::AHashMap::new();
@@ -528,7 +553,10 @@ impl SendCtx<'_> {
                     ("resolved", Some(t)) => rfc3339(t),
                     _ => "0001-01-01T00:00:00Z".into(),
                 },
-                generator_url: format!("{}/api/v1/alerts/{}", self.external_url, inst.id),
+                generator_url: inst
+                    .generator_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/api/v1/alerts/{}", self.external_url, inst.id)),
                 fingerprint: inst.id.clone(),
                 value: inst.value.is_finite().then_some(inst.value),
                 acked_by: inst.ack.as_ref().map(|a| a.by.clone()),

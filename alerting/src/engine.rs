@@ -717,6 +717,11 @@ impl AlertEngine {
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
+
+    /// The address notifications link back to.
+    pub fn external_url(&self) -> &str {
+        &self.opts.external_url
+    }
 }
 
 /// `base` with the API's on-call overrides added to their schedules (an

@@ -56,6 +56,7 @@ pub struct Checked {
     pub annotations: BTreeMap<String, String>,
     pub starts_at: i64,
     pub ends_at: i64,
+    pub generator_url: Option<String>,
 }
 
 /// Prometheus' label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
@@ -87,15 +88,25 @@ pub fn check(i: usize, a: PostableAlert, now: i64) -> Result<Checked, String> {
     if let Some(k) = a.labels.keys().find(|k| !label_name(k)) {
         return Err(ctx(format!("{:?} is not a label name", tocsin_auth::clip(k))));
     }
-    let text: usize = a.labels.iter().chain(a.annotations.iter()).map(|(k, v)| k.len() + v.len()).sum();
+    let generator_url = a.generator_url.filter(|u| !u.is_empty());
+    if let Some(u) = &generator_url {
+        // Receivers show it as a link: a `javascript:` or `data:` one would
+        // run in whoever clicks it.
+        let scheme = u.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https")) || u.chars().any(char::is_control) {
+            return Err(ctx(format!("generatorURL {:?} is not an http or https URL", tocsin_auth::clip(u))));
+        }
+    }
+    let text: usize = a.labels.iter().chain(a.annotations.iter()).map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + generator_url.as_ref().map_or(0, String::len);
     if text > MAX_ALERT_TEXT {
-        return Err(ctx(format!("labels and annotations are {text} bytes; at most {MAX_ALERT_TEXT}")));
+        return Err(ctx(format!("labels, annotations and generatorURL are {text} bytes; at most {MAX_ALERT_TEXT}")));
     }
     let starts_at = time("startsAt", a.starts_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now);
     let ends_at = time("endsAt", a.ends_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now + RESOLVE_TIMEOUT_MS);
     let mut identity: Labels = a.labels;
     let severity = identity.remove("severity");
-    Ok(Checked { alertname, identity, severity, annotations: a.annotations, starts_at, ends_at })
+    Ok(Checked { alertname, identity, severity, annotations: a.annotations, starts_at, ends_at, generator_url })
 }
 
 /// The id of a posted alert: the fingerprint of its labels and of where
@@ -120,6 +131,7 @@ pub fn apply(c: Checked, instances: &mut BTreeMap<String, Instance>, now: i64) -
     let firing = c.ends_at > now;
     inst.annotations = c.annotations;
     inst.ends_at = Some(c.ends_at);
+    inst.generator_url = c.generator_url;
     inst.severity = c.severity;
     if firing && from != AlertState::Firing {
         // A new episode starts unacknowledged.
@@ -192,5 +204,26 @@ mod tests {
         let mut late = alert(&[("alertname", "A")]);
         late.ends_at = Some("yesterday".into());
         assert!(check(0, late, 0).err().expect("bad time").contains("not an RFC 3339 time"));
+    }
+
+    #[test]
+    fn a_posted_generator_url_is_kept_if_it_is_http() {
+        let mut a = alert(&[("alertname", "A")]);
+        a.generator_url = Some("http://prom:9090/graph?g0.expr=up".into());
+        let c = check(0, a, 0).expect("valid");
+        assert_eq!(c.generator_url.as_deref(), Some("http://prom:9090/graph?g0.expr=up"));
+        let mut insts = BTreeMap::new();
+        apply(c, &mut insts, 0);
+        let inst = insts.values().next().expect("applied");
+        assert_eq!(inst.generator_url.as_deref(), Some("http://prom:9090/graph?g0.expr=up"));
+        let mut empty = alert(&[("alertname", "A")]);
+        empty.generator_url = Some(String::new());
+        assert_eq!(check(0, empty, 0).expect("empty is unset").generator_url, None);
+        for bad in ["javascript:alert(1)", "JAVASCRIPT://x%0aalert(1)", "data:text/html,x", "http://a\nb\n"] {
+            let mut a = alert(&[("alertname", "A")]);
+            a.generator_url = Some(bad.to_string());
+            let e = check(1, a, 0).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.starts_with("alert 1: generatorURL") && e.contains("not an http or https URL"), "{e}");
+        }
     }
 }

@@ -88,6 +88,10 @@ pub struct Instance {
     /// A posted alert's `endsAt` (see [`crate::external`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<i64>,
+    /// A posted alert's own `generatorURL` (the rule or graph that made
+    /// it), passed on in notifications and the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator_url: Option<String>,
 }
 
 impl Instance {
@@ -117,6 +121,7 @@ impl Instance {
             resolved_by: None,
             hold_until_clear: false,
             ends_at: None,
+            generator_url: None,
         };
         i.update_labels();
         i

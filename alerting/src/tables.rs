@@ -170,6 +170,7 @@ impl tocsin_query::LiveTable for AlertsTable {
                     Mute::Maintenance(w) => format!("maintenance:{w}"),
                     Mute::Inhibited(by) => format!("inhibited:{}", by.join(",")),
                     Mute::Suppressed(by) => format!("suppressed:{}", by.join(",")),
+                    Mute::TimeInterval(why) => format!("time_interval:{why}"),
                 })
             }),
             Arc::new(BooleanArray::from(insts.iter().map(|i| i.flapping).collect::<Vec<_>>())),

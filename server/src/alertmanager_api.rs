@@ -89,18 +89,34 @@ fn gettable(engine: &AlertEngine, a: &Value) -> Value {
     let silenced = ids("silenced");
     let mut inhibited = ids("inhibited");
     inhibited.extend(ids("suppressed"));
+    // Alertmanager 0.27's `mutedBy`: the time interval that holds it.
+    let muted_by: Vec<Value> = if muted["kind"] == "time_interval" { vec![muted["by"].clone()] } else { Vec::new() };
     let state = if muted.is_null() { "active" } else { "suppressed" };
     let receivers: Vec<Value> = engine.receivers_of(&labels).into_iter().map(|n| json!({ "name": n })).collect();
+    // A posted alert keeps the endsAt its sender gave; a rule's firing
+    // alert has none (it fires until a round finds it clear), so it is
+    // shown ending in Alertmanager's resolve_timeout, as Alertmanager
+    // shows an alert posted without one (tools read 0001-01-01 as unset).
+    let ends_at = match a["endsAt"].as_str() {
+        Some(t) => t.to_string(),
+        None => {
+            tocsin_alerting::dispatch::rfc3339(engine.clock().now_ms() + tocsin_alerting::external::RESOLVE_TIMEOUT_MS)
+        }
+    };
+    let generator_url = match a["generatorURL"].as_str() {
+        Some(u) => u.to_string(),
+        None => format!("{}/api/v1/alerts/{}", engine.external_url(), a["id"].as_str().unwrap_or("")),
+    };
     json!({
         "fingerprint": a["id"],
         "labels": labels,
         "annotations": a["annotations"],
         "startsAt": a["activeSince"].as_str().unwrap_or("0001-01-01T00:00:00Z"),
-        "endsAt": a["endsAt"].as_str().unwrap_or("0001-01-01T00:00:00Z"),
+        "endsAt": ends_at,
         "updatedAt": a["updatedAt"],
-        "generatorURL": format!("/api/v1/alerts/{}", a["id"].as_str().unwrap_or("")),
+        "generatorURL": generator_url,
         "receivers": receivers,
-        "status": { "state": state, "silencedBy": silenced, "inhibitedBy": inhibited },
+        "status": { "state": state, "silencedBy": silenced, "inhibitedBy": inhibited, "mutedBy": muted_by },
     })
 }
 

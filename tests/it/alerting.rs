@@ -843,6 +843,8 @@ async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() 
         .await
         .expect("routed to the webhook");
     assert_eq!(got["alerts"][0]["annotations"]["summary"], "node-7 is down");
+    // The sender's own generatorURL is passed on, not replaced by ours.
+    assert_eq!(got["alerts"][0]["generatorURL"], "http://prometheus:9090/graph", "{got}");
 
     let listed: Value = http
         .get(url("/api/v2/alerts?filter=alertname%3D%22NodeDown%22"))
@@ -856,6 +858,38 @@ async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() 
     assert_eq!(a["labels"]["instance"], "node-7:9100", "{listed}");
     assert_eq!(a["status"]["state"], "active");
     assert_eq!(a["receivers"][0]["name"], "oncall");
+    assert_eq!(a["generatorURL"], "http://prometheus:9090/graph");
+    let ends = chrono::DateTime::parse_from_rfc3339(a["endsAt"].as_str().expect("endsAt")).expect("a time");
+    assert_eq!(ends.timestamp(), (now + chrono::Duration::minutes(5)).timestamp(), "the sender's endsAt: {a}");
+    // A rule's firing alert has no endsAt of its own: it is shown ending
+    // in resolve_timeout (5 min), as Alertmanager shows one posted without
+    // one, never as Go's zero time; its generatorURL is absolute.
+    server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'web-1', 95.5)").await;
+    let mut rule_alert = Value::Null;
+    for _ in 0..100 {
+        let listed: Value = http
+            .get(url("/api/v2/alerts?filter=alertname%3D%22HighCpu%22"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        rule_alert = listed[0].clone();
+        if !rule_alert.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ends = chrono::DateTime::parse_from_rfc3339(rule_alert["endsAt"].as_str().expect("endsAt")).expect("a time");
+    let ahead = ends.timestamp() - chrono::Utc::now().timestamp();
+    assert!((240..=301).contains(&ahead), "endsAt {ahead} s ahead: {rule_alert}");
+    let generator = rule_alert["generatorURL"].as_str().expect("generatorURL");
+    assert!(
+        generator.starts_with("http")
+            && generator.ends_with(&format!("/api/v1/alerts/{}", rule_alert["fingerprint"].as_str().expect("id"))),
+        "{rule_alert}"
+    );
     let none: Value = http
         .get(url("/api/v2/alerts?filter=alertname%3D%22Other%22"))
         .send()
@@ -914,6 +948,14 @@ async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() 
         http.post(url("/api/v2/alerts")).json(&json!([{"labels": {"instance": "x"}}])).send().await.expect("post");
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().await.expect("body").contains("alert 0: needs an alertname label"));
+    let resp = http
+        .post(url("/api/v2/alerts"))
+        .json(&json!([{"labels": {"alertname": "X"}, "generatorURL": "javascript:alert(1)"}]))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().await.expect("body").contains("is not an http or https URL"));
     let status: Value = http.get(url("/api/v2/status")).send().await.expect("status").json().await.expect("json");
     assert_eq!(status["cluster"]["status"], "disabled");
     let receivers: Value =

@@ -570,8 +570,26 @@ time_intervals:
     let insts = vec![firing("Slow", &[("team", "db")], "warning"), firing("Lag", &[("team", "trading")], "warning")];
     let mut sent = Vec::new();
     for minute in 0..=70 {
-        for j in h.tick(minute * M, &insts).jobs {
+        let out = h.tick(minute * M, &insts);
+        for j in out.jobs {
             sent.push((minute, j.payload.alerts[0].labels["alertname"].clone()));
+        }
+        // The API shows why each is held.
+        let slow = out.muted.get(&insts[0].id);
+        if minute < 30 {
+            assert_eq!(slow, Some(&Mute::TimeInterval("mute time interval night".into())), "minute {minute}");
+        } else {
+            assert_eq!(slow, None, "minute {minute}");
+        }
+        let lag = out.muted.get(&insts[1].id);
+        if minute < 60 {
+            assert_eq!(
+                lag,
+                Some(&Mute::TimeInterval("outside active time intervals session".into())),
+                "minute {minute}"
+            );
+        } else {
+            assert_eq!(lag, None, "minute {minute}");
         }
     }
     assert_eq!(sent, [(30, "Slow".to_string()), (60, "Lag".to_string())]);

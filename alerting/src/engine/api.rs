@@ -592,6 +592,9 @@ pub(crate) struct AlertInfo<'a> {
     pub(crate) resolved_at: Option<String>,
     pub(crate) updated_at: String,
     pub(crate) ends_at: Option<String>,
+    /// A posted alert's own `generatorURL`.
+    #[serde(rename = "generatorURL", skip_serializing_if = "Option::is_none")]
+    pub(crate) generator_url: Option<&'a str>,
     pub(crate) no_data: bool,
     pub(crate) flapping: bool,
     pub(crate) ack: Option<AckInfo<'a>>,
@@ -640,6 +643,7 @@ impl<'a> AlertInfo<'a> {
             resolved_at: ts(i.resolved_at),
             updated_at: crate::dispatch::rfc3339(i.updated_at),
             ends_at: ts(i.ends_at),
+            generator_url: i.generator_url.as_deref(),
             no_data: i.no_data,
             flapping: i.flapping,
             ack: i.ack.as_ref().map(ack),
