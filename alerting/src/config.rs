@@ -238,6 +238,11 @@ impl Config {
         }
         let mut rule_names = HashSet::new();
         let mut group_names = HashSet::new();
+        // Where each thing was defined, so that an error found once every
+        // file is read still names the file to fix.
+        let mut file_of_rule: HashMap<String, String> = HashMap::new();
+        let mut file_of_escalation: HashMap<String, String> = HashMap::new();
+        let mut file_of_window: Vec<String> = Vec::new();
         for (path, file) in files {
             let p = path.display().to_string();
             let invalid = |message: String| ConfigError::Invalid { path: p.clone(), message };
@@ -248,6 +253,7 @@ impl Config {
                 let group = compile_group(g, &templates).map_err(&invalid)?;
                 for r in &group.rules {
                     rule_names.insert(r.name.clone());
+                    file_of_rule.insert(format!("{}/{}", group.name, r.name), p.clone());
                 }
                 config.groups.push(group);
             }
@@ -271,6 +277,7 @@ impl Config {
                 if config.escalations.contains_key(&esc.name) {
                     return Err(invalid(format!("escalation {:?} is defined twice", esc.name)));
                 }
+                file_of_escalation.insert(esc.name.clone(), p.clone());
                 config.escalations.insert(esc.name.clone(), esc);
             }
             for r in file.receivers {
@@ -282,13 +289,14 @@ impl Config {
             }
             for m in file.maintenance_windows {
                 config.maintenance.push(compile_maintenance(m).map_err(&invalid)?);
+                file_of_window.push(p.clone());
             }
             for p in file.people {
                 if config.people.insert(p.name.clone(), p.clone()).is_some() {
                     return Err(invalid(format!("person {:?} is defined twice", p.name)));
                 }
             }
-            schedule_files.extend(file.schedules);
+            schedule_files.extend(file.schedules.into_iter().map(|s| (p.clone(), s)));
             for t in file.time_intervals {
                 let t = crate::calendar::compile(t).map_err(&invalid)?;
                 if config.time_intervals.contains_key(&t.name) {
@@ -297,21 +305,20 @@ impl Config {
                 config.time_intervals.insert(t.name.clone(), t);
             }
         }
-        check_dependencies(&config.groups, &rule_names)?;
-        for f in schedule_files {
+        let rule_file =
+            |group: &str, rule: &str| file_of_rule.get(&format!("{group}/{rule}")).cloned().unwrap_or_default();
+        check_dependencies(&config.groups, &rule_names, &rule_file)?;
+        for (path, f) in schedule_files {
             let s = crate::oncall::compile(f, &config.people)
-                .map_err(|message| ConfigError::Invalid { path: "schedules".into(), message })?;
+                .map_err(|message| ConfigError::Invalid { path: path.clone(), message })?;
             if let Some(n) = s.interval_names().find(|n| !config.time_intervals.contains_key(*n)) {
                 return Err(ConfigError::Invalid {
-                    path: "schedules".into(),
+                    path,
                     message: format!("schedule {:?} refers to unknown time interval {n:?}", s.name),
                 });
             }
             if config.schedules.contains_key(&s.name) {
-                return Err(ConfigError::Invalid {
-                    path: "schedules".into(),
-                    message: format!("schedule {:?} is defined twice", s.name),
-                });
+                return Err(ConfigError::Invalid { path, message: format!("schedule {:?} is defined twice", s.name) });
             }
             config.schedules.insert(s.name.clone(), s);
         }
@@ -349,7 +356,8 @@ impl Config {
                 return Err(invalid(format!("route refers to unknown time interval {n:?}")));
             }
         }
-        for m in &config.maintenance {
+        for (m, path) in config.maintenance.iter().zip(&file_of_window) {
+            let invalid = |message: String| ConfigError::Invalid { path: path.clone(), message };
             if let Some(n) = unknown_interval(&m.time_intervals) {
                 return Err(invalid(format!("maintenance window {:?} refers to unknown time interval {n:?}", m.name)));
             }
@@ -362,28 +370,29 @@ impl Config {
             for r in &g.rules {
                 if let Some(n) = unknown_interval(&r.active_during) {
                     return Err(ConfigError::Invalid {
-                        path: format!("group {:?}", g.name),
-                        message: format!("rule {:?} is active_during unknown time interval {n:?}", r.name),
+                        path: rule_file(&g.name, &r.name),
+                        message: format!(
+                            "group {:?}: rule {:?} is active_during unknown time interval {n:?}",
+                            g.name, r.name
+                        ),
                     });
                 }
             }
         }
         for e in config.escalations.values() {
+            let invalid = |message: String| ConfigError::Invalid {
+                path: file_of_escalation.get(&e.name).cloned().unwrap_or_default(),
+                message,
+            };
             for s in &e.steps {
                 if let Some((schedule, _)) = &s.oncall
                     && !config.schedules.contains_key(schedule)
                 {
-                    return Err(ConfigError::Invalid {
-                        path: route_path.clone(),
-                        message: format!("escalation {:?} refers to unknown schedule {schedule:?}", e.name),
-                    });
+                    return Err(invalid(format!("escalation {:?} refers to unknown schedule {schedule:?}", e.name)));
                 }
                 for n in s.notify.iter().chain(s.oncall.iter().flat_map(|(_, via)| via)) {
                     if !config.receivers.contains_key(n) {
-                        return Err(ConfigError::Invalid {
-                            path: route_path.clone(),
-                            message: format!("escalation {:?} notifies unknown receiver {n:?}", e.name),
-                        });
+                        return Err(invalid(format!("escalation {:?} notifies unknown receiver {n:?}", e.name)));
                     }
                 }
             }
@@ -419,15 +428,24 @@ impl Config {
 /// Every `depends_on` names a rule that exists, and no chain of them comes
 /// back to where it started (alerts that suppress each other would page
 /// nobody).
-fn check_dependencies(groups: &[RuleGroup], names: &HashSet<String>) -> Result<(), ConfigError> {
+fn check_dependencies(
+    groups: &[RuleGroup],
+    names: &HashSet<String>,
+    file_of: &dyn Fn(&str, &str) -> String,
+) -> Result<(), ConfigError> {
     let mut edges: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut file_of_name: HashMap<&str, String> = HashMap::new();
     for g in groups {
         for r in &g.rules {
+            file_of_name.entry(r.name.as_str()).or_insert_with(|| file_of(&g.name, &r.name));
             for d in &r.depends_on {
                 if !names.contains(&d.alert) {
                     return Err(ConfigError::Invalid {
-                        path: format!("group {:?}", g.name),
-                        message: format!("rule {:?} depends_on unknown alert {:?}", r.name, d.alert),
+                        path: file_of(&g.name, &r.name),
+                        message: format!(
+                            "group {:?}: rule {:?} depends_on unknown alert {:?}",
+                            g.name, r.name, d.alert
+                        ),
                     });
                 }
                 edges.entry(r.name.as_str()).or_default().push(d.alert.as_str());
@@ -463,7 +481,7 @@ fn check_dependencies(groups: &[RuleGroup], names: &HashSet<String>) -> Result<(
     starts.sort_unstable();
     for n in starts {
         visit(n, &edges, &mut done, &mut Vec::new()).map_err(|cycle| ConfigError::Invalid {
-            path: "depends_on".into(),
+            path: file_of_name.get(n).cloned().unwrap_or_default(),
             message: format!("alerts depend on each other in a cycle ({cycle}): they would suppress each other"),
         })?;
     }
@@ -633,8 +651,11 @@ receivers:
         assert!(load(&rules("{ alert: B, equal: [host] }", "")).is_ok());
         let err = load(&rules("{ alert: Nope }", "")).unwrap_err().to_string();
         assert!(err.contains("depends_on unknown alert \"Nope\""), "{err}");
+        // Found once every file is read, and still naming the file to fix.
+        assert!(err.starts_with("rules.yml: group \"g\": rule \"A\""), "{err}");
         let err = load(&rules("{ alert: B }", "{ alert: A }")).unwrap_err().to_string();
         assert!(err.contains("cycle (A -> B -> A)"), "{err}");
+        assert!(err.starts_with("rules.yml: "), "{err}");
         let err = load(&rules("{ alert: A }", "")).unwrap_err().to_string();
         assert!(err.contains("depends_on names the rule itself"), "{err}");
     }

@@ -66,8 +66,8 @@ pub enum LinkError {
     Action(String),
     #[error("this link is not valid for alert {alert}: it was altered, or made for another alert, action or server")]
     Signature { alert: String },
-    #[error("this link expired at {at} (links work for {ttl_hours} h after their notification); use the API or CLI")]
-    Expired { at: String, ttl_hours: u64 },
+    #[error("this link expired at {at} (links work for {ttl} after their notification); use the API or CLI")]
+    Expired { at: String, ttl: String },
     #[error(
         "this link was for the firing of alert {alert} that began at {began}; that firing is over (the alert \
          resolved, and may have fired again since: use the link of its newest notification)"
@@ -183,7 +183,7 @@ impl Links {
         if now_ms / 1000 >= expires {
             return Err(LinkError::Expired {
                 at: crate::dispatch::rfc3339(expires.saturating_mul(1000)),
-                ttl_hours: self.ttl.as_secs() / 3600,
+                ttl: crate::duration::format(self.ttl),
             });
         }
         Ok(link)
@@ -329,6 +329,21 @@ mod tests {
         let err =
             check("e256b8474c777079", "ack", "oncall", expires, &f["sig"], NOW + 24 * 3_600_000).expect_err("late");
         assert!(err.to_string().contains("expired at 2027-01-16T08:00:00.000Z"), "{err}");
+        assert!(err.to_string().contains("links work for 1d after"), "{err}");
+        // A TTL under an hour is said as it is (it said "0 h").
+        let short = Links::open(dir.path(), "https://tocsin.example", Duration::from_secs(30 * 60)).expect("open");
+        let q = fields(&short.url(&to, LinkAction::Ack, "oncall", NOW));
+        let p = Presented {
+            alert: "e256b8474c777079",
+            severity: "critical",
+            action: "ack",
+            receiver: "oncall",
+            incident: INCIDENT,
+            expires: q["expires"].parse().expect("expires"),
+            sig: &q["sig"],
+        };
+        let err = short.check(&p, NOW + 3_600_000).expect_err("late");
+        assert!(err.to_string().contains("links work for 30m after"), "{err}");
         // The key outlives a restart, and is the owner's only.
         let again = Links::open(dir.path(), "https://tocsin.example", DEFAULT_LINK_TTL).expect("reopen");
         let p = Presented { incident: INCIDENT, ..p };

@@ -147,9 +147,10 @@ impl Schedule {
     }
 
     /// The shift at `at_ms` and the next one: who, from when, until when
-    /// (found by looking every hour, then to the minute where it changed,
-    /// at most `horizon` ahead; a shift shorter than an hour between two
-    /// looks may be missed).
+    /// (found by looking every hour and at every override's start and end,
+    /// then to the minute where it changed, at most `horizon` ahead; a
+    /// layer's shift shorter than an hour between two looks may be
+    /// missed, an override never is).
     pub fn now_and_next(
         &self,
         at_ms: i64,
@@ -160,12 +161,25 @@ impl Schedule {
         const HOUR: i64 = 60 * MINUTE;
         let end = at_ms + horizon.as_millis() as i64;
         let who = |t: i64| self.on_call(t, intervals);
+        let mut edges: Vec<i64> = self.overrides.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
+        edges.sort_unstable();
         let change_after = |from: i64| {
             let current = who(from);
             let mut lo = from - from.rem_euclid(MINUTE);
-            let mut t = lo + HOUR;
-            while t < end {
+            loop {
+                // The next look: the next hour, or an override's edge first.
+                let hour = lo + HOUR;
+                let t = match edges.iter().find(|e| **e > lo && **e > from) {
+                    Some(&e) if e < hour => e,
+                    _ => hour,
+                };
+                if t >= end {
+                    return None;
+                }
                 if who(t) != current {
+                    if edges.binary_search(&t).is_ok() && who(t - 1) == current {
+                        return Some(t); // exactly at the override's edge
+                    }
                     // The first minute in (lo, t] with someone else.
                     let mut hi = t;
                     while hi - lo > MINUTE {
@@ -175,9 +189,7 @@ impl Schedule {
                     return Some(hi);
                 }
                 lo = t;
-                t += HOUR;
             }
-            None
         };
         let now = who(at_ms);
         let until = change_after(at_ms);
@@ -305,6 +317,27 @@ mod tests {
         // Christmas Eve: the override.
         assert_eq!(s.on_call(ms("2026-12-24T02:00:00Z"), &intervals).as_deref(), Some("dave"));
         assert_eq!(s.on_call(ms("2026-12-26T02:00:00Z"), &intervals).as_deref(), Some("bob"), "it ended");
+    }
+
+    #[test]
+    fn a_short_override_is_a_shift_of_its_own() {
+        let yaml = "name: p\nlayers:\n  - { start: \"2026-12-01T09:00\", every: 1d, members: [alice, bob] }\n";
+        let mut s = schedule(yaml).expect("valid");
+        // Bob covers alice's dentist appointment: 10:07:30 to 10:37 UTC.
+        s.add_override(ms("2026-12-01T10:07:30Z"), ms("2026-12-01T10:37:00Z"), "bob");
+        let none = HashMap::new();
+        let (now, next) = s.now_and_next(ms("2026-12-01T10:00:00Z"), &none, Duration::from_secs(7 * 86_400));
+        let (now, next) = (now.expect("someone"), next.expect("a next shift"));
+        assert_eq!((now.member.as_str(), now.until), ("alice", ms("2026-12-01T10:07:30Z")));
+        assert_eq!(
+            (next.member.as_str(), next.from, next.until),
+            ("bob", ms("2026-12-01T10:07:30Z"), ms("2026-12-01T10:37:00Z"))
+        );
+        // During it: bob until 10:37, then alice again until the hand-off.
+        let (now, next) = s.now_and_next(ms("2026-12-01T10:20:00Z"), &none, Duration::from_secs(7 * 86_400));
+        assert_eq!(now.map(|n| (n.member, n.until)), Some(("bob".to_string(), ms("2026-12-01T10:37:00Z"))));
+        let next = next.expect("a next shift");
+        assert_eq!((next.member.as_str(), next.until), ("alice", ms("2026-12-02T09:00:00Z")));
     }
 
     #[test]

@@ -37,9 +37,9 @@ enum AlertCommand {
 struct Who {
     /// The alert's id (from `tocsin alerts list`).
     id: String,
-    /// Who acts [default: $USER].
-    #[arg(long, env = "USER")]
-    by: String,
+    /// Who acts [default: $USER, $LOGNAME, or the process's user].
+    #[arg(long)]
+    by: Option<String>,
     #[arg(long, default_value = "")]
     comment: String,
 }
@@ -73,7 +73,11 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
 
 async fn act(client: &Client, verb: &str, w: Who) -> anyhow::Result<()> {
     let v = client
-        .call(Method::POST, &format!("/api/v1/alerts/{}/{verb}", w.id), Some(json!({"by": w.by, "comment": w.comment})))
+        .call(
+            Method::POST,
+            &format!("/api/v1/alerts/{}/{verb}", w.id),
+            Some(json!({"by": super::client::who_acts(w.by)?, "comment": w.comment})),
+        )
         .await?;
     println!("{} {}: {} ({})", verb, w.id, v["alertname"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or(""));
     Ok(())
@@ -128,8 +132,9 @@ enum SilenceCommand {
         matchers: Vec<String>,
         #[arg(long, default_value = "1h")]
         duration: String,
-        #[arg(long, env = "USER")]
-        by: String,
+        /// Who silences [default: $USER, $LOGNAME, or the process's user].
+        #[arg(long)]
+        by: Option<String>,
         #[arg(long, default_value = "")]
         comment: String,
     },
@@ -195,7 +200,7 @@ pub(crate) fn run_silences(c: SilenceConfig) -> anyhow::Result<()> {
                     .call(
                         Method::POST,
                         "/api/v1/silences",
-                        Some(json!({"matchers": matchers, "duration": duration, "createdBy": by, "comment": comment})),
+                        Some(json!({"matchers": matchers, "duration": duration, "createdBy": super::client::who_acts(by)?, "comment": comment})),
                     )
                     .await?;
                 println!("{}", s(&v["silenceID"]));

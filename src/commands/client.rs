@@ -23,6 +23,24 @@ pub(crate) struct ServerArgs {
     pub(crate) tls_key: Option<std::path::PathBuf>,
 }
 
+/// Who acts, for the commands that record it (`--by`): the flag, else
+/// `$USER`, `$LOGNAME`, or the name of the process's user in /etc/passwd
+/// (cron jobs, containers and systemd units often have no `$USER`).
+pub(crate) fn who_acts(by: Option<String>) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(b) = by.or_else(|| from_env("USER")).or_else(|| from_env("LOGNAME")) {
+        return Ok(b);
+    }
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).context("who acts? give --by NAME")?;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
+    });
+    Ok(name.unwrap_or_else(|| format!("uid {uid}")))
+}
+
 impl ServerArgs {
     /// Arguments for `http_addr` with a token and no TLS options.
     pub(crate) fn plain(http_addr: String, token: Option<String>) -> ServerArgs {

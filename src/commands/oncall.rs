@@ -44,8 +44,9 @@ enum OverrideCommand {
         /// From this time (RFC 3339); default now.
         #[arg(long)]
         from: Option<String>,
-        #[arg(long, env = "USER")]
-        by: String,
+        /// Who makes it [default: $USER, $LOGNAME, or the process's user].
+        #[arg(long)]
+        by: Option<String>,
         #[arg(long, default_value = "")]
         comment: String,
     },
@@ -97,8 +98,7 @@ async fn overrides(client: &super::client::Client, cmd: OverrideCommand) -> anyh
     const PATH: &str = "/api/v1/oncall/overrides";
     match cmd {
         OverrideCommand::Add { schedule, member, duration, until, from, by, comment } => {
-            let mut body =
-                serde_json::json!({"schedule": schedule, "member": member, "createdBy": by, "comment": comment});
+            let mut body = serde_json::json!({"schedule": schedule, "member": member, "createdBy": super::client::who_acts(by)?, "comment": comment});
             let fields = [("duration", duration), ("endsAt", until), ("startsAt", from)];
             for (k, v) in fields {
                 if let Some(v) = v {

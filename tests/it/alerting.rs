@@ -1075,6 +1075,26 @@ schedules:
     assert!(ok, "{out}{err}");
     assert!(out.starts_with("bob on call in primary"), "{out}");
     assert_eq!(now(&server).await, "bob");
+    // Without --by and without $USER (cron, containers, systemd units):
+    // the process's user acts (it was a usage error).
+    let out = Command::new(BIN)
+        .args(["oncall", "override", "add", "--schedule", "primary", "--member", "alice", "--duration", "1h"])
+        .args(["--http-addr", &server.http.to_string()])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .expect("run cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = reqwest::get(format!("http://{}/api/v1/oncall/overrides", server.http))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let by: Vec<&str> =
+        listed["overrides"].as_array().expect("list").iter().filter_map(|o| o["createdBy"].as_str()).collect();
+    assert_eq!(by.len(), 2, "{listed}");
+    assert!(by.iter().all(|b| !b.trim().is_empty()), "{listed}");
 }
 
 /// Issue 13, per-device thresholds from a table: a `threshold_critical`

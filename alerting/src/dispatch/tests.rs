@@ -695,4 +695,5 @@ schedules:
     let p = PathBuf::from("t.yml");
     let err = Config::from_files(vec![(p.clone(), parse_file(&p, &bad).expect("yaml"))]).unwrap_err().to_string();
     assert!(err.contains("unknown schedule \"secondary\""), "{err}");
+    assert!(err.starts_with("t.yml: "), "names the file: {err}");
 }
