@@ -52,6 +52,17 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A client's output piped into `head` ends it quietly, as for other
+        // Unix tools (Rust ignores SIGPIPE, and `println!` then panicked
+        // with "Broken pipe"). The server keeps ignoring it: a client that
+        // goes away must not end the server.
+        // SAFETY: resetting a signal's disposition to its default, before
+        // any thread is started; no handler runs Rust code.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Serve(c) => commands::serve::run(c),
         Command::Sql(c) => commands::sql::run(c),

@@ -84,7 +84,12 @@ pub struct EngineOptions {
     pub watch_interval: Duration,
     /// How long the ack and silence links of a notification work.
     pub link_ttl: Duration,
+    /// Most silences active or pending at once.
+    pub max_silences: usize,
 }
+
+/// Default [`EngineOptions::max_silences`].
+pub const DEFAULT_MAX_SILENCES: usize = 10_000;
 
 impl EngineOptions {
     pub fn new(state_dir: PathBuf) -> EngineOptions {
@@ -97,6 +102,7 @@ impl EngineOptions {
             resolved_retention: Duration::from_secs(3600),
             watch_interval: Duration::from_secs(2),
             link_ttl: crate::links::DEFAULT_LINK_TTL,
+            max_silences: DEFAULT_MAX_SILENCES,
         }
     }
 }
@@ -241,7 +247,7 @@ impl AlertEngine {
 
     /// [`AlertEngine::start`] with an already validated configuration.
     pub fn start_with_config(
-        opts: EngineOptions,
+        mut opts: EngineOptions,
         config: Config,
         clock: Arc<dyn Clock>,
         querier: Arc<dyn RuleQuerier>,
@@ -249,6 +255,8 @@ impl AlertEngine {
     ) -> Result<Arc<AlertEngine>, EngineError> {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|source| EngineError::StateIo { path: opts.state_dir.clone(), source })?;
+        // Paths are appended to it: `https://host/` made `//api/...`.
+        opts.external_url = opts.external_url.trim_end_matches('/').to_string();
         let mut loaded = load_state(&opts.state_dir)?;
         let state = std::mem::take(&mut loaded.state);
         let seq = state.seq;
@@ -725,13 +733,18 @@ impl AlertEngine {
 }
 
 /// `base` with the API's on-call overrides added to their schedules (an
-/// override of a schedule the files no longer have is kept and ignored).
+/// override of a schedule the files no longer have, or for a person they
+/// no longer list, is kept and ignored: the layers decide, rather than a
+/// page to someone with no contact going to nobody).
 fn effective(base: &Arc<Config>, overrides: &[crate::oncall::OverrideEntry]) -> Arc<Config> {
     if overrides.is_empty() {
         return Arc::clone(base);
     }
     let mut config = (**base).clone();
     for o in overrides {
+        if !config.people.contains_key(&o.member) {
+            continue;
+        }
         if let Some(s) = config.schedules.get_mut(&o.schedule) {
             s.add_override(o.starts_at, o.ends_at, &o.member);
         }

@@ -102,8 +102,18 @@ pub fn check(i: usize, a: PostableAlert, now: i64) -> Result<Checked, String> {
     if text > MAX_ALERT_TEXT {
         return Err(ctx(format!("labels, annotations and generatorURL are {text} bytes; at most {MAX_ALERT_TEXT}")));
     }
-    let starts_at = time("startsAt", a.starts_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now);
+    let given_start = time("startsAt", a.starts_at.as_deref().unwrap_or("")).map_err(ctx)?;
+    let starts_at = given_start.unwrap_or(now);
     let ends_at = time("endsAt", a.ends_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now + RESOLVE_TIMEOUT_MS);
+    // As Alertmanager: an end before the start is refused. And times
+    // clients can read back (four-digit years, from 1970).
+    if given_start.is_some_and(|s| ends_at < s) {
+        return Err(ctx("startsAt must be before endsAt".into()));
+    }
+    const LATEST: i64 = 253_402_300_799_000; // 9999-12-31T23:59:59Z
+    if !(0..=LATEST).contains(&starts_at) || !(0..=LATEST).contains(&ends_at) {
+        return Err(ctx("startsAt and endsAt must fall between 1970 and 9999".into()));
+    }
     let mut identity: Labels = a.labels;
     let severity = identity.remove("severity");
     Ok(Checked { alertname, identity, severity, annotations: a.annotations, starts_at, ends_at, generator_url })
@@ -133,7 +143,14 @@ pub fn apply(c: Checked, instances: &mut BTreeMap<String, Instance>, now: i64) -
     inst.ends_at = Some(c.ends_at);
     inst.generator_url = c.generator_url;
     inst.severity = c.severity;
-    if firing && from != AlertState::Firing {
+    if !firing {
+        // Its sender says it ended: a resolve by hand has had its effect.
+        inst.hold_until_clear = false;
+    }
+    if firing && from != AlertState::Firing && inst.hold_until_clear {
+        // Resolved by hand: it fires again only once its sender has said
+        // it ended (Prometheus repeats a firing alert every minute).
+    } else if firing && from != AlertState::Firing {
         // A new episode starts unacknowledged.
         inst.ack = None;
         inst.ack_lifted = None;
@@ -146,15 +163,53 @@ pub fn apply(c: Checked, instances: &mut BTreeMap<String, Instance>, now: i64) -
         inst.state = AlertState::Resolved;
         inst.resolved_at = Some(c.ends_at.min(now));
     }
+    // A rise above the severity it was acknowledged at pages again, as for
+    // a rule's alert (posted severities are ranked by `severity_rank`).
+    let lifted = inst.state == AlertState::Firing
+        && inst.ack.as_ref().is_some_and(|a| !ack_holds(a.severity.as_deref(), inst.severity.as_deref()));
+    if lifted {
+        inst.ack_lifted = inst.ack.take();
+    }
     inst.update_labels();
     let changed = from != inst.state || (inst.state == AlertState::Firing && old_severity != inst.severity);
     if changed {
         inst.updated_at = now;
         let mut t = Transition::new(inst, from, old_severity, now);
-        t.note = "posted through the Alertmanager API".into();
+        t.note = match inst.ack_lifted.as_ref().filter(|_| lifted) {
+            Some(a) => format!(
+                "posted through the Alertmanager API; severity rose to {}: the acknowledgement by {} at {} no longer holds",
+                inst.severity.as_deref().unwrap_or("none"),
+                a.by,
+                a.severity.as_deref().unwrap_or("none")
+            ),
+            None => "posted through the Alertmanager API".into(),
+        };
         Some(t)
     } else {
         None
+    }
+}
+
+/// The rank of a posted alert's severity, higher is more severe; `None`
+/// for a name not on the usual scales (Prometheus rule packs use
+/// info/warning/critical; others error, major, page).
+pub fn severity_rank(s: &str) -> Option<u8> {
+    match s.to_ascii_lowercase().as_str() {
+        "none" | "debug" | "info" | "informational" | "notice" | "low" | "minor" => Some(0),
+        "warning" | "warn" | "medium" => Some(1),
+        "error" | "major" | "high" => Some(2),
+        "critical" | "page" | "fatal" | "emergency" | "disaster" => Some(3),
+        _ => None,
+    }
+}
+
+/// Whether an acknowledgement given at `acked` holds at `now`: the same or
+/// a lower severity. One not on the scale counts as a rise.
+fn ack_holds(acked: Option<&str>, now: Option<&str>) -> bool {
+    match (acked, now) {
+        (None, _) | (Some(_), None) => true,
+        (Some(a), Some(n)) if a == n => true,
+        (Some(a), Some(n)) => matches!((severity_rank(a), severity_rank(n)), (Some(a), Some(n)) if n < a),
     }
 }
 
@@ -162,6 +217,9 @@ pub fn apply(c: Checked, instances: &mut BTreeMap<String, Instance>, now: i64) -
 pub fn expire(instances: &mut BTreeMap<String, Instance>, now: i64) -> Vec<Transition> {
     let mut out = Vec::new();
     for inst in instances.values_mut() {
+        if inst.hold_until_clear && inst.ends_at.is_some_and(|e| e <= now) {
+            inst.hold_until_clear = false; // its sender stopped: it ended
+        }
         if inst.state == AlertState::Firing && inst.ends_at.is_some_and(|e| e <= now) {
             inst.state = AlertState::Resolved;
             inst.resolved_at = inst.ends_at;
@@ -204,6 +262,52 @@ mod tests {
         let mut late = alert(&[("alertname", "A")]);
         late.ends_at = Some("yesterday".into());
         assert!(check(0, late, 0).err().expect("bad time").contains("not an RFC 3339 time"));
+        let mut backwards = alert(&[("alertname", "A")]);
+        backwards.starts_at = Some("2026-01-01T10:00:00Z".into());
+        backwards.ends_at = Some("2026-01-01T09:00:00Z".into());
+        assert!(check(0, backwards, 0).err().expect("backwards").contains("startsAt must be before endsAt"));
+        let mut old = alert(&[("alertname", "A")]);
+        old.starts_at = Some("1900-01-01T00:00:00Z".into());
+        assert!(check(0, old, 0).err().expect("1900").contains("between 1970 and 9999"));
+    }
+
+    #[test]
+    fn a_rise_in_posted_severity_lifts_the_ack_and_a_hand_resolve_holds() {
+        let post = |severity: &str, ends: i64, now: i64, insts: &mut BTreeMap<String, Instance>| {
+            let mut a = alert(&[("alertname", "A"), ("severity", severity)]);
+            a.ends_at = Some(crate::dispatch::rfc3339(ends));
+            apply(check(0, a, now).expect("valid"), insts, now)
+        };
+        let mut insts = BTreeMap::new();
+        post("warning", 300_000, 0, &mut insts);
+        let id = insts.keys().next().expect("one").clone();
+        let ack = |insts: &mut BTreeMap<String, Instance>, at: &str| {
+            let i = insts.get_mut(&id).expect("there");
+            i.ack =
+                Some(crate::state::Ack { by: "ann".into(), comment: String::new(), at: 0, severity: Some(at.into()) });
+        };
+        ack(&mut insts, "warning");
+        post("warning", 300_000, 1000, &mut insts);
+        assert!(insts[&id].ack.is_some(), "the same severity keeps it");
+        let t = post("critical", 300_000, 2000, &mut insts).expect("a change");
+        assert!(insts[&id].ack.is_none() && insts[&id].ack_lifted.is_some(), "a rise lifts it");
+        assert!(t.note.contains("severity rose to critical: the acknowledgement by ann at warning"), "{}", t.note);
+        ack(&mut insts, "critical");
+        post("warning", 300_000, 3000, &mut insts);
+        assert!(insts[&id].ack.is_some(), "a fall keeps it");
+        // Resolved by hand: the sender's next repeat does not fire it again;
+        // once the sender says it ended, the next firing does.
+        let i = insts.get_mut(&id).expect("there");
+        i.state = AlertState::Resolved;
+        i.hold_until_clear = true;
+        assert!(post("warning", 400_000, 60_000, &mut insts).is_none());
+        assert_eq!(insts[&id].state, AlertState::Resolved, "held after a resolve by hand");
+        post("warning", 100_000, 120_000, &mut insts);
+        assert!(!insts[&id].hold_until_clear, "its sender said it ended");
+        post("warning", 500_000, 180_000, &mut insts).expect("fires again");
+        assert_eq!(insts[&id].state, AlertState::Firing);
+        assert_eq!(severity_rank("Critical"), Some(3));
+        assert!(!ack_holds(Some("warning"), Some("sev-x")), "off the scale counts as a rise");
     }
 
     #[test]

@@ -60,8 +60,32 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
         .get("/api/v2/receivers", Requires(ReadAlerts), receivers)
 }
 
-/// `name="value"`, `name=~"re"`, `name!="v"`, `name!~"re"` (quotes
-/// optional), as amtool sends them in `filter`.
+/// One `filter` value: a matcher (`name="value"`, `name=~"re"`,
+/// `name!="v"`, `name!~"re"`, quotes optional) or, as Alertmanager reads
+/// it, a list of them in braces or separated by commas
+/// (`{alertname="Hot",host="a"}`).
+fn parse_matchers(s: &str) -> Result<Vec<LabelMatcher>, ApiError> {
+    let inner = s.trim();
+    let inner = inner.strip_prefix('{').and_then(|i| i.strip_suffix('}')).unwrap_or(inner);
+    // Commas inside quoted values do not split.
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in inner.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&inner[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty()).map(parse_matcher).collect()
+}
+
 fn parse_matcher(s: &str) -> Result<LabelMatcher, ApiError> {
     let bad = || {
         ApiError::bad_request(format!("filter {:?} is not a matcher like alertname=\"HighCpu\"", tocsin_auth::clip(s)))
@@ -75,8 +99,24 @@ fn parse_matcher(s: &str) -> Result<LabelMatcher, ApiError> {
     LabelMatcher::new(name.trim(), value, op.ends_with('~'), !op.starts_with('!')).map_err(ApiError::bad_request)
 }
 
-fn flag(pairs: &[(String, String)], name: &str, default: bool) -> bool {
-    pairs.iter().rev().find(|(k, _)| k == name).map_or(default, |(_, v)| v != "false")
+/// A boolean query parameter (`active=false`); another value is an error,
+/// not ignored.
+fn flag(pairs: &[(String, String)], name: &str, default: bool) -> Result<bool, ApiError> {
+    match pairs.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str()) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(v) => Err(ApiError::bad_request(format!("{name}={:?}: use true or false", tocsin_auth::clip(v)))),
+    }
+}
+
+/// The `filter` parameters of a request, each a matcher or a list of them.
+fn filters(pairs: &[(String, String)]) -> Result<Vec<LabelMatcher>, ApiError> {
+    let mut out = Vec::new();
+    for (_, v) in pairs.iter().filter(|(k, _)| k == "filter") {
+        out.extend(parse_matchers(v)?);
+    }
+    Ok(out)
 }
 
 /// An alert as the engine shows it, in Alertmanager's `GettableAlert` form.
@@ -125,8 +165,7 @@ async fn list_alerts(
     Extension(who): Extension<Principal>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, AmError> {
-    let filters =
-        pairs.iter().filter(|(k, _)| k == "filter").map(|(_, v)| parse_matcher(v)).collect::<Result<Vec<_>, _>>()?;
+    let filters = filters(&pairs)?;
     let receiver = match pairs.iter().find(|(k, _)| k == "receiver") {
         Some((_, re)) => Some(
             regex::Regex::new(&format!("^(?:{re})$"))
@@ -135,7 +174,7 @@ async fn list_alerts(
         None => None,
     };
     let (active, silenced, inhibited) =
-        (flag(&pairs, "active", true), flag(&pairs, "silenced", true), flag(&pairs, "inhibited", true));
+        (flag(&pairs, "active", true)?, flag(&pairs, "silenced", true)?, flag(&pairs, "inhibited", true)?);
     let scope = alert_scope(&who);
     let mut out = Vec::new();
     for a in engine.alerts(Some("firing"), &BTreeMap::new()) {
@@ -204,8 +243,7 @@ async fn list_silences(
     Extension(who): Extension<Principal>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, AmError> {
-    let filters =
-        pairs.iter().filter(|(k, _)| k == "filter").map(|(_, v)| parse_matcher(v)).collect::<Result<Vec<_>, _>>()?;
+    let filters = filters(&pairs)?;
     let out: Vec<Value> = engine
         .silences()
         .iter()
@@ -306,4 +344,39 @@ async fn status(State(app): State<AppState>) -> Response {
 async fn receivers(State(engine): State<Arc<AlertEngine>>) -> Response {
     let names: Vec<Value> = engine.receiver_names().into_iter().map(|n| json!({ "name": n })).collect();
     axum::Json(names).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Review of issue 13: `{alertname="Hot"}` and comma lists matched
+    /// nothing, silently; `active=maybe` was ignored.
+    #[test]
+    fn filters_are_read_as_alertmanager_reads_them() {
+        let hot = labels(&[("alertname", "Hot"), ("host", "esc-2")]);
+        for f in [
+            r#"alertname="Hot""#,
+            r#"{alertname="Hot"}"#,
+            r#"alertname="Hot",host="esc-2""#,
+            r#"{alertname=~"H.*", host!="x"}"#,
+        ] {
+            let ms = parse_matchers(f).expect(f);
+            assert!(!ms.is_empty() && ms.iter().all(|m| m.matches(&hot)), "{f}");
+        }
+        let ms = parse_matchers(r#"{alertname="Hot",host="esc-3"}"#).expect("two");
+        assert_eq!(ms.len(), 2);
+        assert!(!ms.iter().all(|m| m.matches(&hot)));
+        let comma = parse_matchers(r#"summary="a, b""#).expect("a comma in quotes");
+        assert!(comma[0].matches(&labels(&[("summary", "a, b")])));
+        assert!(parse_matchers("{nonsense}").is_err());
+        let q = |v: &str| vec![("active".to_string(), v.to_string())];
+        assert!(flag(&q("false"), "active", true).is_ok_and(|f| !f));
+        assert!(flag(&q("maybe"), "active", true).is_err());
+        assert!(flag(&[], "active", true).is_ok_and(|f| f));
+    }
 }

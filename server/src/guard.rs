@@ -97,7 +97,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 
     /// The router with the guard in front of every route, and
     /// `GET /api/v1/auth/routes`, which lists them with their access.
-    pub(crate) fn build(mut self, auth: Arc<Auth>, audit: Arc<AuditLog>, loopback_only: bool) -> Router<S> {
+    pub(crate) fn build(mut self, auth: Arc<Auth>, audit: Arc<AuditLog>, browsers: BrowserPolicy) -> Router<S> {
         let mut listed = self.table.clone();
         listed.push(RouteAccess { method: Method::GET, path: ROUTES_PATH, access: Access::Public });
         let listed = Arc::new(listed);
@@ -107,7 +107,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         for (path, route) in self.paths {
             router = router.route(path, route);
         }
-        let guard = Arc::new(HttpGuard { loopback_only, auth, audit, table: index(&listed) });
+        let guard = Arc::new(HttpGuard { browsers, auth, audit, table: index(&listed) });
         // `route_layer`: after routing, so the matched path is known; every
         // route is in place by now (there is no other way to add one).
         router.route_layer(axum::middleware::from_fn_with_state(guard, http_guard))
@@ -118,9 +118,26 @@ fn index(table: &[RouteAccess]) -> HashMap<(Method, &'static str), Access> {
     table.iter().map(|r| ((r.method.clone(), r.path), r.access)).collect()
 }
 
-struct HttpGuard {
+/// What the browser checks accept (see [`browser_check`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BrowserPolicy {
     /// Auth off on a loopback address: only loopback names in `Host`.
-    loopback_only: bool,
+    pub(crate) loopback_only: bool,
+    /// `host[:port]` of `[alerting] external_url`: its pages (the signed
+    /// links' pages, seen through a proxy that rewrites `Host`) are this
+    /// server's own.
+    pub(crate) own_origin: Option<String>,
+}
+
+impl BrowserPolicy {
+    pub(crate) fn new(loopback_only: bool, external_url: &str) -> BrowserPolicy {
+        let own = external_url.split_once("://").map(|(_, rest)| rest.split('/').next().unwrap_or("").to_string());
+        BrowserPolicy { loopback_only, own_origin: own.filter(|o| !o.is_empty()) }
+    }
+}
+
+struct HttpGuard {
+    browsers: BrowserPolicy,
     auth: Arc<Auth>,
     audit: Arc<AuditLog>,
     table: HashMap<(Method, &'static str), Access>,
@@ -208,9 +225,9 @@ fn percent_decode(s: &str) -> String {
 /// A signed link (`link`) is its own authority, posted by its page's form
 /// without an `Authorization` header; only the origin checks apply to it,
 /// so that no other site's page can post it for whoever holds it.
-fn browser_check(method: &Method, headers: &HeaderMap, loopback_only: bool, link: bool) -> Result<(), String> {
+fn browser_check(method: &Method, headers: &HeaderMap, policy: &BrowserPolicy, link: bool) -> Result<(), String> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    if loopback_only && !host.is_empty() && !is_loopback_host(host) {
+    if policy.loopback_only && !host.is_empty() && !is_loopback_host(host) {
         return Err(format!(
             "Host {:?} is not a loopback name; with authentication off this server answers only to localhost, \
              127.0.0.1 and [::1]",
@@ -224,7 +241,8 @@ fn browser_check(method: &Method, headers: &HeaderMap, loopback_only: bool, link
         && origin != "null"
     {
         let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if !origin_host.eq_ignore_ascii_case(host) {
+        let own = policy.own_origin.as_deref().is_some_and(|o| origin_host.eq_ignore_ascii_case(o));
+        if !origin_host.eq_ignore_ascii_case(host) && !own {
             return Err(format!(
                 "cross-origin request from {:?} refused: a web page may not change this server",
                 tocsin_auth::clip(origin)
@@ -332,7 +350,7 @@ async fn http_guard(
         .map(|c| c.0.to_string())
         .unwrap_or_default();
     let link = matches!(access, Access::SignedLink);
-    if let Err(why) = browser_check(&method, request.headers(), guard.loopback_only, link) {
+    if let Err(why) = browser_check(&method, request.headers(), &guard.browsers, link) {
         let response = ApiError::new(StatusCode::FORBIDDEN, why.clone()).into_response();
         // Refused before anyone is known: audited as unauthenticated.
         guard.audit.record(AuditEntry {
@@ -757,20 +775,36 @@ mod tests {
             m
         };
         let post = Method::POST;
-        let ok = |m: &Method, headers: HeaderMap, loopback: bool| browser_check(m, &headers, loopback, false).is_ok();
+        let policy = |loopback_only: bool| BrowserPolicy { loopback_only, own_origin: None };
+        let ok = |m: &Method, headers: HeaderMap, loopback: bool| {
+            browser_check(m, &headers, &policy(loopback), false).is_ok()
+        };
         // A signed link's form: no token needed, but no other site may post it.
         let link_form = [
             ("host", "tocsin.example"),
             ("content-type", "application/x-www-form-urlencoded"),
             ("user-agent", "Mozilla/5.0"),
         ];
-        assert!(browser_check(&Method::POST, &h(&link_form), false, true).is_ok());
+        assert!(browser_check(&Method::POST, &h(&link_form), &policy(false), true).is_ok());
         let mut foreign = h(&link_form);
         foreign.insert(header::ORIGIN, "https://evil.example".parse().expect("value"));
-        assert!(browser_check(&Method::POST, &foreign, false, true).is_err(), "another site's page posting a link");
+        assert!(
+            browser_check(&Method::POST, &foreign, &policy(false), true).is_err(),
+            "another site's page posting a link"
+        );
         let mut own = h(&link_form);
         own.insert(header::ORIGIN, "https://tocsin.example".parse().expect("value"));
-        assert!(browser_check(&Method::POST, &own, false, true).is_ok(), "the link's own page");
+        assert!(browser_check(&Method::POST, &own, &policy(false), true).is_ok(), "the link's own page");
+        // Behind a proxy that rewrites Host (nginx's default): the page's
+        // origin is the external URL's.
+        let mut proxied = h(&link_form);
+        proxied.insert(header::HOST, "127.0.0.1:4318".parse().expect("value"));
+        proxied.insert(header::ORIGIN, "https://tocsin.example".parse().expect("value"));
+        assert!(browser_check(&Method::POST, &proxied, &policy(false), true).is_err());
+        let behind = BrowserPolicy::new(false, "https://tocsin.example/");
+        assert_eq!(behind.own_origin.as_deref(), Some("tocsin.example"));
+        assert!(browser_check(&Method::POST, &proxied, &behind, true).is_ok(), "the external URL's own page");
+        assert!(browser_check(&Method::POST, &foreign, &behind, true).is_err());
         assert!(ok(&post, h(&[("host", "localhost:4318"), ("content-type", "application/json")]), true));
         assert!(ok(&post, h(&[("host", "127.0.0.1:4318"), ("origin", "http://127.0.0.1:4318")]), true));
         assert!(!ok(&post, h(&[("host", "127.0.0.1:4318"), ("origin", "https://evil.example")]), true));

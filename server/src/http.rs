@@ -34,8 +34,8 @@ pub(crate) struct AppState {
     pub(crate) max_request_bytes: usize,
     pub(crate) auth: Arc<tocsin_auth::Auth>,
     pub(crate) audit: Arc<tocsin_auth::AuditLog>,
-    /// Auth off and HTTP on a loopback address: answer loopback `Host`s only.
-    pub(crate) loopback_only: bool,
+    /// Which `Host` and `Origin` headers browsers' requests may carry.
+    pub(crate) browsers: crate::guard::BrowserPolicy,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
@@ -66,7 +66,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         crate::alerts_api::routes(routes),
     )));
     routes
-        .build(Arc::clone(&state.auth), Arc::clone(&state.audit), state.loopback_only)
+        .build(Arc::clone(&state.auth), Arc::clone(&state.audit), state.browsers.clone())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(count_too_large))

@@ -212,7 +212,7 @@ pub async fn run(
         max_request_bytes: config.max_request_bytes,
         auth,
         audit: Arc::clone(&audit),
-        loopback_only: !config.auth.enabled && config.http_addr.ip().is_loopback(),
+        browsers: guard::BrowserPolicy::new(!config.auth.enabled && config.http_addr.ip().is_loopback(), &external_url),
     };
     // Through `tap_io` (which does nothing), axum gives handlers the
     // client's address from our listener.

@@ -128,6 +128,16 @@ impl Client {
     }
 }
 
+/// `c` with its control characters escaped (`\n`, `\u{1b}`), for a
+/// terminal.
+pub(crate) fn shown(c: &str) -> std::borrow::Cow<'_, str> {
+    if c.chars().any(char::is_control) {
+        c.chars().map(|ch| if ch.is_control() { ch.escape_default().to_string() } else { ch.to_string() }).collect()
+    } else {
+        std::borrow::Cow::Borrowed(c)
+    }
+}
+
 /// Prints rows as an aligned table.
 pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     for line in table_lines(header, rows) {
@@ -140,14 +150,7 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
 /// break in it printed a fake row (review of issue 13), and an escape
 /// sequence could rewrite the operator's terminal.
 fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
-    let shown = |c: &str| -> String {
-        if c.chars().any(char::is_control) {
-            c.chars().map(|ch| if ch.is_control() { ch.escape_default().to_string() } else { ch.to_string() }).collect()
-        } else {
-            c.to_string()
-        }
-    };
-    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| shown(c)).collect()).collect();
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| shown(c).into_owned()).collect()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {

@@ -1075,6 +1075,15 @@ schedules:
     assert!(ok, "{out}{err}");
     assert!(out.starts_with("bob on call in primary"), "{out}");
     assert_eq!(now(&server).await, "bob");
+    // Bob leaves the team: his override is ignored and the layers decide
+    // (it paged nobody while `tocsin oncall` still named him).
+    let without_bob =
+        yaml.replace("  - { name: bob, email: bob@example.com }\n", "").replace("[alice, bob]", "[alice]");
+    assert_ne!(without_bob, yaml);
+    std::fs::write(tmp.path().join("rules.yml"), &without_bob).expect("write");
+    let (status, body) = post(&server, "/api/v1/rules/reload", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(now(&server).await, "alice");
     // Without --by and without $USER (cron, containers, systemd units):
     // the process's user acts (it was a usage error).
     let out = Command::new(BIN)

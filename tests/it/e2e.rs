@@ -190,6 +190,23 @@ async fn metrics_and_logs_written_over_grpc_are_queryable_over_http() {
         .expect("run CLI");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing_table"));
+    // Piped into `head`, a long answer ends quietly (it panicked with
+    // "failed printing to stdout: Broken pipe"), as other Unix tools do.
+    let piped = format!(
+        "{BIN} sql --http-addr {} 'SELECT value, value * 2 AS twice FROM generate_series(1, 100000)' | head -c 1 >/dev/null",
+        server.http
+    );
+    let out = std::process::Command::new("sh").args(["-c", &piped]).output().expect("run CLI through a pipe");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    // Control characters in text cells are shown escaped, never as a row.
+    let out = std::process::Command::new(BIN)
+        .args(["sql", "SELECT concat('a', chr(10), '| fake |') AS v", "--http-addr", &server.http.to_string()])
+        .output()
+        .expect("run CLI");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("a\\n| fake |") && text.trim_end().ends_with("1 row"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("fake")).count(), 1, "{text}");
 }
 
 #[tokio::test]

@@ -29,16 +29,27 @@ fn check_incident(inst: &Instance, link: &crate::links::Link) -> Result<(), crat
 /// The longest comment, `by` or `createdBy` kept.
 const MAX_TEXT: usize = 4096;
 
-/// Refuses a `by` or comment over [`MAX_TEXT`], and a `by` with control
-/// characters (a line break in it made a fake row in `tocsin alerts list`).
-fn check_ack_text(by: &str, comment: &str) -> Result<(), EngineError> {
-    if by.len() > MAX_TEXT || comment.len() > MAX_TEXT {
-        return Err(EngineError::BadRequest(format!("by and comment may be at most {MAX_TEXT} bytes")));
+/// Refuses who-acts and comment text over [`MAX_TEXT`], or with control
+/// characters: they are printed by `tocsin` and `amtool` tables, where a
+/// line break made a fake row and an escape sequence reached the terminal.
+/// `who` and `what` name the fields in the message (`by` and `comment`,
+/// `createdBy` and `comment`).
+fn check_text(who: (&str, &str), what: (&str, &str)) -> Result<(), EngineError> {
+    if who.1.len() > MAX_TEXT || what.1.len() > MAX_TEXT {
+        return Err(EngineError::BadRequest(format!("{} and {} may be at most {MAX_TEXT} bytes", who.0, what.0)));
     }
-    if by.chars().any(char::is_control) {
-        return Err(EngineError::BadRequest("by must not contain control characters (line breaks, tabs)".into()));
+    for (name, text) in [who, what] {
+        if text.chars().any(char::is_control) {
+            return Err(EngineError::BadRequest(format!(
+                "{name} must not contain control characters (line breaks, tabs, escapes)"
+            )));
+        }
     }
     Ok(())
+}
+
+fn check_ack_text(by: &str, comment: &str) -> Result<(), EngineError> {
+    check_text(("by", by), ("comment", comment))
 }
 
 impl AlertEngine {
@@ -197,6 +208,7 @@ impl AlertEngine {
     }
 
     pub async fn unack(&self, id: &str, by: &str) -> Result<serde_json::Value, EngineError> {
+        check_ack_text(by, "")?;
         let t = self.with_instance(id, |inst, now| {
             if inst.ack.take().is_none() {
                 return Err(EngineError::BadRequest(format!("alert {id} is not acknowledged")));
@@ -211,6 +223,7 @@ impl AlertEngine {
     /// Resolves an alert by hand; it fires again only after its condition
     /// has cleared once. A no-data alert's series is forgotten.
     pub async fn resolve(&self, id: &str, by: &str, comment: &str) -> Result<serde_json::Value, EngineError> {
+        check_ack_text(by, comment)?;
         let t = self.with_instance(id, |inst, now| {
             if !inst.state.is_active() {
                 return Err(EngineError::BadRequest(format!(
@@ -291,10 +304,8 @@ impl AlertEngine {
         // Every silence is kept in state.json (rewritten on each change) and
         // listed whole: a client must not grow them without bound.
         const MAX_MATCHERS: usize = 64;
-        const MAX_SILENCES: usize = 10_000;
-        if s.comment.len() > MAX_TEXT || s.created_by.len() > MAX_TEXT {
-            return Err(EngineError::BadRequest(format!("comment and createdBy may be at most {MAX_TEXT} bytes")));
-        }
+        let max_silences = self.opts.max_silences;
+        check_text(("createdBy", &s.created_by), ("comment", &s.comment))?;
         let text: usize = s.matchers.iter().map(|m| m.name.len() + m.value.len()).sum();
         if s.matchers.len() > MAX_MATCHERS || text > MAX_TEXT {
             tocsin_storage::refusals::refused("max_silence_matchers");
@@ -302,12 +313,36 @@ impl AlertEngine {
                 "a silence may have at most {MAX_MATCHERS} matchers of {MAX_TEXT} bytes in all"
             )));
         }
-        if self.inner.lock().silences.len() >= MAX_SILENCES {
-            tocsin_storage::refusals::refused("max_silences");
-            return Err(EngineError::BadRequest(format!("{MAX_SILENCES} silences exist already; expire some first")));
-        }
         let matchers = s.compile().map_err(EngineError::BadRequest)?;
         let now = self.clock.now_ms();
+        {
+            // Active and pending silences count; expired ones are kept a
+            // while to be shown, and the oldest make room when there are
+            // too many. A signed link's silence (one per notification sent,
+            // so bounded by them) is never refused: whoever may silence
+            // must not be able to lock the on-call person's link out.
+            let mut inner = self.inner.lock();
+            let from_link = id.as_deref().is_some_and(|i| i.starts_with("link-"));
+            let live = inner.silences.iter().filter(|(s, _)| s.ends_at > now).count();
+            if live >= max_silences && !from_link {
+                tocsin_storage::refusals::refused("max_silences");
+                return Err(EngineError::BadRequest(format!(
+                    "{max_silences} silences are active or pending; expire some first"
+                )));
+            }
+            while inner.silences.len() >= 2 * max_silences {
+                let oldest = inner
+                    .silences
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (s, _))| s.ends_at <= now)
+                    .min_by_key(|(_, (s, _))| s.ends_at)
+                    .map(|(i, _)| i);
+                let Some(i) = oldest else { break };
+                inner.silences.remove(i);
+                inner.dirty = true;
+            }
+        }
         if s.starts_at == 0 {
             s.starts_at = now;
         }
@@ -382,9 +417,7 @@ impl AlertEngine {
         const MAX_OVERRIDES: usize = 1_000;
         let now = self.clock.now_ms();
         let bad = |m: String| Err(EngineError::BadRequest(m));
-        if o.comment.len() > MAX_TEXT || o.created_by.len() > MAX_TEXT {
-            return bad(format!("comment and createdBy may be at most {MAX_TEXT} bytes"));
-        }
+        check_text(("createdBy", &o.created_by), ("comment", &o.comment))?;
         if o.created_by.trim().is_empty() {
             return bad("createdBy is required".into());
         }
@@ -527,7 +560,11 @@ impl AlertEngine {
         for r in crate::dispatch::route_alert(&config.routes, 0, labels) {
             let route = &config.routes[r];
             match route.escalation.as_ref().and_then(|e| config.escalations.get(e)) {
-                Some(e) => out.extend(e.steps.iter().flat_map(|s| s.notify.iter().cloned())),
+                Some(e) => out.extend(
+                    e.steps
+                        .iter()
+                        .flat_map(|s| s.notify.iter().chain(s.oncall.iter().flat_map(|(_, via)| via)).cloned()),
+                ),
                 None => {
                     out.insert(route.receiver.clone());
                 }

@@ -142,6 +142,7 @@ pub(super) fn start(
 ) -> Result<Arc<AlertEngine>, EngineError> {
     let mut opts = EngineOptions::new(dir.join("alerting"));
     opts.rules_path = Some(dir.join("rules.yml"));
+    opts.max_silences = 100;
     opts.retry = RetryPolicy {
         first_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(20),
@@ -788,6 +789,27 @@ async fn silences_that_break_clients_or_silence_everything_are_refused() {
     }
     // A regex that needs a value, beside one that does not, is fine.
     s.engine.add_silence(silence(vec![m("host", ".*", true), m("job", "api-.+", true)], hour)).expect("valid");
+    // Text with control characters: a line break made a fake row in
+    // `amtool silence query`, an escape reached the terminal.
+    let mut fake = silence(vec![m("host", "a", false)], hour);
+    fake.created_by = "me\nFAKE".into();
+    let e = s.engine.add_silence(fake).unwrap_err().to_string();
+    assert!(e.contains("createdBy must not contain control characters"), "{e}");
+    let mut fake = silence(vec![m("host", "a", false)], hour);
+    fake.comment = "c\u{1b}[31m".into();
+    let e = s.engine.add_silence(fake).unwrap_err().to_string();
+    assert!(e.contains("comment must not contain control characters"), "{e}");
+    // At most 10,000 (100 here) active or pending; expired ones do not count (review
+    // of issue 13: expiring did not make room, so anyone who may silence
+    // could lock everyone out, the on-call person's link included).
+    let mut ids = Vec::new();
+    for i in 1..100 {
+        ids.push(s.engine.add_silence(silence(vec![m("host", &format!("h{i}"), false)], hour)).expect("room").id);
+    }
+    let e = s.engine.add_silence(silence(vec![m("host", "one-more", false)], hour)).unwrap_err().to_string();
+    assert!(e.contains("100 silences are active or pending"), "{e}");
+    s.engine.expire_silence(&ids[0]).expect("expire");
+    s.engine.add_silence(silence(vec![m("host", "one-more", false)], hour)).expect("an expired one made room");
 }
 
 /// The query string of a notification link, as (name, value) pairs.
@@ -875,4 +897,31 @@ async fn a_posted_alert_never_takes_a_rules_alert_id() {
     assert!(s.engine.ack(&rule_id, &"x".repeat(5000), "").await.is_err(), "a `by` of 5000 bytes");
     let acked = s.engine.ack(&rule_id, "ann", "on it").await.expect("ack");
     assert_eq!(acked["group"], "hosts", "the ack reached the rule's alert: {acked}");
+}
+
+/// `/api/v2/alerts` lists an alert's receivers: those of an on-call step
+/// (`oncall:` with `via:`) too (review of issue 13: they were left out, and
+/// `?receiver=` missed the alert).
+#[tokio::test]
+async fn receivers_of_an_alert_include_on_call_steps() {
+    let cap = capture(0).await;
+    let yaml = rules_yaml(cap.0.addr).replace(
+        "      - { after: 15m, notify: [backup] }\n",
+        "      - { after: 15m, oncall: primary, via: [backup] }\n",
+    ) + r#"
+people:
+  - { name: alice, email: alice@example.com }
+schedules:
+  - name: primary
+    layers: [{ start: "1970-01-01T00:00", every: 1d, members: [alice] }]
+"#;
+    let s = setup(&yaml);
+    let labels = |severity: &str| -> BTreeMap<String, String> {
+        [("alertname", "HighCpu"), ("host", "a"), ("severity", severity)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(s.engine.receivers_of(&labels("critical")), ["backup", "oncall"]);
+    assert_eq!(s.engine.receivers_of(&labels("warning")), ["oncall"]);
 }
