@@ -19,6 +19,8 @@ use crate::state::{AlertState, Instance, Silence};
 #[serde(rename_all = "snake_case", tag = "kind", content = "by")]
 pub enum Mute {
     Silenced(Vec<String>),
+    /// The window's name (shown as a list of one, like the others).
+    #[serde(serialize_with = "one")]
     Maintenance(String),
     /// A rule's `depends_on`: the alerts it depends on that fire.
     Suppressed(Vec<String>),
@@ -26,7 +28,16 @@ pub enum Mute {
     /// Every route it goes to is in a mute time interval or outside its
     /// active ones (the reason of the first): held, and sent when that
     /// ends.
+    #[serde(serialize_with = "one")]
     TimeInterval(String),
+}
+
+/// `by` is a list for every kind of mute, whatever its number.
+fn one<S: serde::Serializer>(what: &str, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(1))?;
+    seq.serialize_element(what)?;
+    seq.end()
 }
 
 /// One alert as a notification lists it.
@@ -568,7 +579,7 @@ impl SendCtx<'_> {
                 flapping: view.flapping,
                 ack_url: self
                     .links
-                    .filter(|_| view.status == "firing")
+                    .filter(|_| view.status == "firing" && inst.ack.is_none())
                     .map(|l| l.url(&target, crate::links::LinkAction::Ack, receiver, self.now)),
                 silence_url: self
                     .links

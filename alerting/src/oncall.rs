@@ -98,9 +98,10 @@ struct Layer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Shift {
     pub member: String,
-    /// Unix milliseconds.
-    pub from: i64,
-    pub until: i64,
+    /// Unix milliseconds; `None`: not within the horizon looked at (the
+    /// shift began earlier, or ends later).
+    pub from: Option<i64>,
+    pub until: Option<i64>,
 }
 
 /// An override made through the API (`POST /api/v1/oncall/overrides`):
@@ -191,12 +192,44 @@ impl Schedule {
                 lo = t;
             }
         };
+        // When the shift at `at` began: the same looks, backwards.
+        let start = at_ms - horizon.as_millis() as i64;
+        let change_before = |at: i64| {
+            let current = who(at);
+            let mut hi = at;
+            loop {
+                let hour = hi - HOUR;
+                let p = match edges.iter().rev().find(|e| **e < hi) {
+                    Some(&e) if e > hour => e,
+                    _ => hour,
+                };
+                if p <= start {
+                    return None;
+                }
+                if who(p) != current {
+                    // The first minute in (p, hi] with the same person.
+                    let mut lo = p;
+                    while hi - lo > MINUTE {
+                        let mid = lo + ((hi - lo) / 2).div_euclid(MINUTE).max(1) * MINUTE;
+                        if who(mid) == current { hi = mid } else { lo = mid }
+                    }
+                    // Exactly at an override's edge, if that is where.
+                    let exact =
+                        edges.iter().find(|e| (lo..=hi).contains(*e) && who(**e) == current && who(**e - 1) != current);
+                    return Some(exact.copied().unwrap_or(hi));
+                }
+                if edges.binary_search(&p).is_ok() && who(p - 1) != current {
+                    return Some(p);
+                }
+                hi = p;
+            }
+        };
         let now = who(at_ms);
         let until = change_after(at_ms);
-        let current = now.map(|m| Shift { member: m, from: at_ms, until: until.unwrap_or(end) });
+        let current = now.map(|m| Shift { member: m, from: change_before(at_ms), until });
         let next = until.and_then(|t| {
             let m = who(t)?;
-            Some(Shift { member: m, from: t, until: change_after(t).unwrap_or(end) })
+            Some(Shift { member: m, from: Some(t), until: change_after(t) })
         });
         (current, next)
     }
@@ -292,10 +325,11 @@ mod tests {
         assert_eq!(s.on_call(ms("2026-03-30T08:00:00Z"), &none).as_deref(), Some("bob"));
         assert_eq!(s.on_call(ms("2026-04-06T08:00:00Z"), &none).as_deref(), Some("alice"), "and around again");
         let (now, next) = s.now_and_next(ms("2026-03-25T12:00:00Z"), &none, Duration::from_secs(30 * 86_400));
-        assert_eq!(now.expect("someone").member, "alice");
+        let now = now.expect("someone");
+        assert_eq!((now.member.as_str(), now.from), ("alice", Some(ms("2026-03-23T09:00:00Z"))));
         let next = next.expect("a next shift");
-        assert_eq!((next.member.as_str(), next.from), ("bob", ms("2026-03-30T08:00:00Z")));
-        assert_eq!(next.until, ms("2026-04-06T08:00:00Z"));
+        assert_eq!((next.member.as_str(), next.from), ("bob", Some(ms("2026-03-30T08:00:00Z"))));
+        assert_eq!(next.until, Some(ms("2026-04-06T08:00:00Z")));
     }
 
     #[test]
@@ -328,16 +362,29 @@ mod tests {
         let none = HashMap::new();
         let (now, next) = s.now_and_next(ms("2026-12-01T10:00:00Z"), &none, Duration::from_secs(7 * 86_400));
         let (now, next) = (now.expect("someone"), next.expect("a next shift"));
-        assert_eq!((now.member.as_str(), now.until), ("alice", ms("2026-12-01T10:07:30Z")));
+        assert_eq!((now.member.as_str(), now.until), ("alice", Some(ms("2026-12-01T10:07:30Z"))));
+        assert_eq!(now.from, Some(ms("2026-12-01T09:00:00Z")), "her shift began at the hand-off");
         assert_eq!(
             (next.member.as_str(), next.from, next.until),
-            ("bob", ms("2026-12-01T10:07:30Z"), ms("2026-12-01T10:37:00Z"))
+            ("bob", Some(ms("2026-12-01T10:07:30Z")), Some(ms("2026-12-01T10:37:00Z")))
         );
         // During it: bob until 10:37, then alice again until the hand-off.
         let (now, next) = s.now_and_next(ms("2026-12-01T10:20:00Z"), &none, Duration::from_secs(7 * 86_400));
-        assert_eq!(now.map(|n| (n.member, n.until)), Some(("bob".to_string(), ms("2026-12-01T10:37:00Z"))));
+        let now = now.expect("bob");
+        assert_eq!((now.member.as_str(), now.until), ("bob", Some(ms("2026-12-01T10:37:00Z"))));
+        assert_eq!(now.from, Some(ms("2026-12-01T10:07:30Z")), "since the override began");
         let next = next.expect("a next shift");
-        assert_eq!((next.member.as_str(), next.until), ("alice", ms("2026-12-02T09:00:00Z")));
+        assert_eq!((next.member.as_str(), next.until), ("alice", Some(ms("2026-12-02T09:00:00Z"))));
+        // An override longer than the horizon: no made-up end.
+        s.add_override(ms("2026-12-03T00:00:00Z"), ms("2300-01-01T00:00:00Z"), "bob");
+        let (now, next) = s.now_and_next(ms("2026-12-04T00:00:00Z"), &none, Duration::from_secs(60 * 86_400));
+        let now = now.expect("bob");
+        assert_eq!(
+            (now.member.as_str(), now.from, now.until),
+            ("bob", Some(ms("2026-12-02T09:00:00Z")), None),
+            "his own day ran into it"
+        );
+        assert!(next.is_none());
     }
 
     #[test]

@@ -130,7 +130,7 @@ fn gettable(engine: &AlertEngine, a: &Value) -> Value {
     let mut inhibited = ids("inhibited");
     inhibited.extend(ids("suppressed"));
     // Alertmanager 0.27's `mutedBy`: the time interval that holds it.
-    let muted_by: Vec<Value> = if muted["kind"] == "time_interval" { vec![muted["by"].clone()] } else { Vec::new() };
+    let muted_by = ids("time_interval");
     let state = if muted.is_null() { "active" } else { "suppressed" };
     let receivers: Vec<Value> = engine.receivers_of(&labels).into_iter().map(|n| json!({ "name": n })).collect();
     // A posted alert keeps the endsAt its sender gave; a rule's firing

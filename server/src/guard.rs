@@ -146,8 +146,15 @@ struct HttpGuard {
 /// The answer to an authentication or permission error: its class's
 /// status; a 401 names the scheme clients may answer with.
 pub(crate) fn auth_error(e: AuthError) -> Response {
+    auth_error_shaped(e, false)
+}
+
+/// [`auth_error`], with the message as a bare JSON string when `bare`
+/// (Alertmanager's API: amtool printed `{}` for an object).
+fn auth_error_shaped(e: AuthError, bare: bool) -> Response {
     let unauthenticated = matches!(e, AuthError::Unauthenticated(_));
-    let mut r = ApiError::from(e).into_response();
+    let error = ApiError::from(e);
+    let mut r = if bare { error.into_bare_response() } else { error.into_response() };
     if unauthenticated {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tocsin\""));
     }
@@ -411,9 +418,14 @@ async fn http_guard(
         ..AuditEntry::default()
     };
     let path = request.uri().path().to_string();
+    // Alertmanager's API answers errors as bare strings (see
+    // `alertmanager_api`); InfluxDB's /api/v2/write is not part of it.
+    let alertmanager = ["/api/v2/alerts", "/api/v2/silence", "/api/v2/status", "/api/v2/receivers"]
+        .iter()
+        .any(|p| path.starts_with(p));
     let denied = |who: Option<&Principal>, e: AuthError| {
         let message = e.to_string();
-        let response = auth_error(e);
+        let response = auth_error_shaped(e, alertmanager);
         let note = AuditNote { target: Some(path.clone()), ..AuditNote::default() };
         guard.audit.record(entry(who, response.status(), message, note));
         response

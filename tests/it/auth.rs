@@ -1284,6 +1284,13 @@ async fn only_alerters_post_alerts_to_the_alertmanager_api() {
     let (status, body) = call(&server, "POST", "/api/v2/alerts", Some(&writer), Some(alert.clone())).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("post_alerts"), "{body}");
+    // As Alertmanager answers: a bare JSON string, which amtool prints
+    // (it printed `{}` for an object); 401 too.
+    let said: String = serde_json::from_str(&body).expect("a bare JSON string");
+    assert!(said.contains("post_alerts"), "{said}");
+    let (status, body) = call(&server, "GET", "/api/v2/silences", None, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(serde_json::from_str::<String>(&body).is_ok(), "{body}");
     let (status, body) = call(&server, "POST", "/api/v2/alerts", Some(&alerter), Some(alert)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(call(&server, "GET", "/api/v2/alerts", Some(&alerter), None).await.0, 403, "an alerter reads nothing");

@@ -697,3 +697,47 @@ schedules:
     assert!(err.contains("unknown schedule \"secondary\""), "{err}");
     assert!(err.starts_with("t.yml: "), "names the file: {err}");
 }
+
+/// Review of issue 13: a notification listing an acknowledged alert still
+/// carried its ack link (the docs say it is shown until the alert is
+/// acknowledged); the silence link stays.
+#[test]
+fn an_acknowledged_alert_has_no_ack_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let links = crate::links::Links::open(dir.path(), "http://tocsin", crate::links::DEFAULT_LINK_TTL).expect("links");
+    let config = config(BASE);
+    let mut d = Dispatcher::default();
+    let mut insts = vec![firing("A", &[("host", "a")], "warning"), firing("A", &[("host", "b")], "warning")];
+    insts[1].ack = Some(Ack { by: "ann".into(), comment: String::new(), at: 0, severity: None });
+    let mut tick = |now: i64, insts: &[Instance]| {
+        let refs: Vec<&Instance> = insts.iter().collect();
+        d.tick(TickInput {
+            config: &config,
+            instances: &refs,
+            silences: &[],
+            now,
+            external_url: "http://tocsin",
+            links: Some(&links),
+        })
+    };
+    tick(0, &insts);
+    let out = tick(10 * S, &insts);
+    let alerts = &out.jobs[0].payload.alerts;
+    let of = |host: &str| alerts.iter().find(|a| a.labels["host"] == host).expect("listed");
+    assert!(of("a").ack_url.is_some() && of("a").silence_url.is_some());
+    assert!(of("b").ack_url.is_none(), "acknowledged: no ack link");
+    assert!(of("b").silence_url.is_some(), "it may still be silenced");
+}
+
+/// Review of issue 13: `muted.by` was a list for silences, inhibition and
+/// dependencies but a string for maintenance windows and time intervals.
+#[test]
+fn every_mute_names_its_causes_as_a_list() {
+    let shown = |m: Mute| serde_json::to_value(m).expect("json");
+    assert_eq!(shown(Mute::Maintenance("mw".into())), serde_json::json!({"kind": "maintenance", "by": ["mw"]}));
+    assert_eq!(
+        shown(Mute::TimeInterval("mute time interval night".into())),
+        serde_json::json!({"kind": "time_interval", "by": ["mute time interval night"]})
+    );
+    assert_eq!(shown(Mute::Silenced(vec!["s1".into()])), serde_json::json!({"kind": "silenced", "by": ["s1"]}));
+}

@@ -585,8 +585,8 @@ impl AlertEngine {
                 let person = config.people.get(&s.member);
                 serde_json::json!({
                     "member": s.member,
-                    "from": crate::dispatch::rfc3339(s.from),
-                    "until": crate::dispatch::rfc3339(s.until),
+                    "from": s.from.map(crate::dispatch::rfc3339),
+                    "until": s.until.map(crate::dispatch::rfc3339),
                     "email": person.and_then(|p| p.email.clone()),
                     "mobile": person.and_then(|p| p.mobile.clone()),
                     "userId": person.and_then(|p| p.user_id.clone()),
