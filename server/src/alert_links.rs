@@ -10,7 +10,6 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use serde::Deserialize;
 use tocsin_alerting::links::{LinkAction, LinkError, Presented, SILENCE_FOR};
 use tocsin_alerting::notify::html_escape;
 use tocsin_alerting::{AlertEngine, EngineError};
@@ -23,23 +22,51 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
     r.get("/api/v1/alerts/{id}/link", SignedLink, show).post("/api/v1/alerts/{id}/link", SignedLink, act)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 struct LinkQuery {
-    #[serde(default)]
     action: String,
-    #[serde(default)]
     receiver: String,
-    #[serde(default)]
     incident: i64,
-    #[serde(default)]
     severity: String,
-    #[serde(default)]
     expires: i64,
-    #[serde(default)]
     sig: String,
 }
 
 impl LinkQuery {
+    /// The link's parameters, read leniently: a damaged link (a number cut
+    /// short by a mail client, a parameter twice) gets the refusal page
+    /// that names what is wrong, not a bare 400.
+    fn read(pairs: &[(String, String)]) -> Result<LinkQuery, String> {
+        let mut q = LinkQuery {
+            action: String::new(),
+            receiver: String::new(),
+            incident: 0,
+            severity: String::new(),
+            expires: 0,
+            sig: String::new(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (k, v) in pairs {
+            if !seen.insert(k.as_str()) {
+                return Err(format!("this link is damaged: it has {k:?} twice"));
+            }
+            let number = |v: &str| {
+                v.parse::<i64>()
+                    .map_err(|_| format!("this link is damaged: {k}={:?} is not a number", tocsin_auth::clip(v)))
+            };
+            match k.as_str() {
+                "action" => q.action = v.clone(),
+                "receiver" => q.receiver = v.clone(),
+                "severity" => q.severity = v.clone(),
+                "sig" => q.sig = v.clone(),
+                "incident" => q.incident = number(v)?,
+                "expires" => q.expires = number(v)?,
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+
     fn presented<'a>(&'a self, alert: &'a str) -> Presented<'a> {
         Presented {
             alert,
@@ -86,6 +113,13 @@ fn refused(id: &str, action: &str, e: &LinkError) -> Response {
     };
     let mut r = page(status, "This link does not work", &format!("<p>{}</p>", html_escape(&e.to_string())));
     noted(&mut r, id, action, None, Some(e.to_string()));
+    r
+}
+
+/// The refusal page for a link that cannot be read.
+fn damaged(id: &str, why: &str) -> Response {
+    let mut r = page(StatusCode::BAD_REQUEST, "This link does not work", &format!("<p>{}</p>", html_escape(why)));
+    noted(&mut r, id, "", None, Some(why.to_string()));
     r
 }
 
@@ -136,7 +170,15 @@ fn verb(action: LinkAction) -> &'static str {
 }
 
 /// `GET`: what the link would do, and the button that does it.
-async fn show(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Query(q): Query<LinkQuery>) -> Response {
+async fn show(
+    State(engine): State<Arc<AlertEngine>>,
+    Path(id): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let q = match LinkQuery::read(&pairs) {
+        Ok(q) => q,
+        Err(why) => return damaged(&id, &why),
+    };
     let link = match engine.check_link(&q.presented(&id)) {
         Ok(link) => link,
         Err(e) => return refused(&id, &q.action, &e),
@@ -158,7 +200,15 @@ async fn show(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Qu
 }
 
 /// `POST`: acknowledges or silences, as the link says.
-async fn act(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>, Query(q): Query<LinkQuery>) -> Response {
+async fn act(
+    State(engine): State<Arc<AlertEngine>>,
+    Path(id): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let q = match LinkQuery::read(&pairs) {
+        Ok(q) => q,
+        Err(why) => return damaged(&id, &why),
+    };
     let link = match engine.check_link(&q.presented(&id)) {
         Ok(link) => link,
         Err(e) => return refused(&id, &q.action, &e),

@@ -82,6 +82,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
                 vec![
                     cell(s, "schedule"),
                     if now.is_null() { "(nobody)".into() } else { cell(now, "member") },
+                    cell(now, "from"),
                     cell(now, "until"),
                     if next.is_null() { "-".into() } else { cell(next, "member") },
                     cell(next, "from"),
@@ -89,7 +90,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
             })
             .collect();
         println!("at {}", v["at"].as_str().unwrap_or(""));
-        print_table(&["SCHEDULE", "ON CALL", "UNTIL", "NEXT", "FROM"], &rows);
+        print_table(&["SCHEDULE", "ON CALL", "SINCE", "UNTIL", "NEXT", "FROM"], &rows);
         Ok(())
     })
 }

@@ -59,6 +59,9 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
             parsed.push((f.clone(), parse_file(f, &text)?));
         }
     }
+    // Which file each group came from, to name it in a planning error.
+    let file_of: std::collections::HashMap<String, PathBuf> =
+        parsed.iter().flat_map(|(p, f)| f.groups.iter().map(move |g| (g.name.clone(), p.clone()))).collect();
     let config = Config::from_files(parsed)?;
     let reachable = !a.offline
         && std::net::ToSocketAddrs::to_socket_addrs(a.server.trim_start_matches("http://"))
@@ -82,7 +85,8 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
                         body["database"] = serde_json::Value::String(db.clone());
                     }
                     if let Err(e) = client.call(reqwest::Method::POST, "/api/v1/sql", Some(body)).await {
-                        eprintln!("group {:?}, rule {:?}: {e:#}", g.name, r.name);
+                        let file = file_of.get(&g.name).map(|p| format!("{}: ", p.display())).unwrap_or_default();
+                        eprintln!("{file}group {:?}, rule {:?}: {e:#}", g.name, r.name);
                         failures += 1;
                     }
                 }

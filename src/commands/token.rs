@@ -19,7 +19,7 @@ pub(crate) struct Config {
 enum TokenCommand {
     /// Create a token; it is printed once, alone on the last line.
     Create {
-        /// Role: admin, editor, viewer, writer, auditor, or a configured one.
+        /// Role: admin, editor, viewer, writer, alerter, auditor, or a configured one.
         #[arg(long)]
         role: String,
         /// Restrict the token to one database.

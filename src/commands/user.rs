@@ -26,7 +26,7 @@ enum UserCommand {
     Create {
         /// The user's name (letters, digits, `_ . @ -`).
         name: String,
-        /// Role: admin, editor, viewer, writer, auditor, or a configured one.
+        /// Role: admin, editor, viewer, writer, alerter, auditor, or a configured one.
         #[arg(long)]
         role: String,
         /// Restrict the user to one database.

@@ -208,6 +208,7 @@ async fn a_bad_rules_file_is_rejected_with_line_and_column_and_old_rules_keep_ru
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("HighCpu") && stderr.contains("no_such_table"), "{stderr}");
+    assert!(stderr.contains("planned.yml: group \"hosts\""), "names the file: {stderr}");
     std::fs::write(&planned, rules(&hook, "1h")).expect("write");
     let out = Command::new(BIN)
         .args(["rules", "check", "--server", &server.http.to_string()])
@@ -672,6 +673,17 @@ async fn a_link_in_the_notification_acknowledges_without_a_login() {
     assert!(refused.text().await.expect("html").contains("not valid for alert"));
     let other = ack_url.replace(&format!("/alerts/{id}/"), "/alerts/0123456789abcdef/");
     assert_eq!(http.post(&other).send().await.expect("other").status().as_u16(), 403);
+    // Cut short by a mail client, or a parameter twice: the refusal page
+    // naming the damage (it was a bare "Failed to deserialize" 400).
+    for (damaged, says) in [
+        (ack_url.replacen("&incident=", "&incident=abc", 1), "not a number"),
+        (format!("{ack_url}&action=silence"), "twice"),
+    ] {
+        let resp = http.get(&damaged).send().await.expect("damaged");
+        assert_eq!(resp.status().as_u16(), 400);
+        let html = resp.text().await.expect("html");
+        assert!(html.contains("This link does not work") && html.contains(says), "{html}");
+    }
     assert!(state(id.clone()).await["ack"].is_null());
 
     // The button: acknowledged in the receiver's name, escalation stops.

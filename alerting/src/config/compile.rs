@@ -335,7 +335,12 @@ pub(crate) fn compile_escalation(e: EscalationFile) -> Result<Escalation, String
             ));
         }
         if s.notify.is_empty() && s.oncall.is_none() {
-            return Err(format!("escalation {:?}: step {} notifies nobody", e.name, i + 1));
+            let hint = if s.via.is_empty() {
+                "give `notify: [receivers]`, or `oncall: SCHEDULE` with `via: [receivers]`"
+            } else {
+                "`via:` needs `oncall: SCHEDULE` (whose person to reach through those receivers)"
+            };
+            return Err(format!("escalation {:?}: step {} notifies nobody: {hint}", e.name, i + 1));
         }
         if s.oncall.is_some() == s.via.is_empty() {
             return Err(format!(
