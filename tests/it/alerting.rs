@@ -946,9 +946,14 @@ async fn alerts_posted_to_the_alertmanager_api_are_routed_listed_and_silenced() 
         http.get(url(&format!("/api/v2/silence/{id}"))).send().await.expect("get").json().await.expect("json");
     assert_eq!(one["status"]["state"], "expired");
 
-    // Resolved by its sender.
+    // An end before its start is refused, as Alertmanager refuses it.
     let resp =
         http.post(url("/api/v2/alerts")).json(&alert(now - chrono::Duration::seconds(1))).send().await.expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().await.expect("body").contains("startsAt must be before endsAt"));
+    // Resolved by its sender: an endsAt that has passed (`now` was taken
+    // when the test began).
+    let resp = http.post(url("/api/v2/alerts")).json(&alert(now)).send().await.expect("post");
     assert_eq!(resp.status().as_u16(), 200);
     hook.wait_for(20, |p, v| {
         p == "/oncall" && v["alerts"][0]["labels"]["alertname"] == "NodeDown" && v["status"] == "resolved"
