@@ -315,10 +315,13 @@ impl QueryEngine {
     /// memory. Memory that DataFusion does not account, such as one huge
     /// string built by a function, is not bounded by it.
     pub fn with_memory_limit(storage: Arc<Storage>, bytes: usize) -> Self {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(catalog::CATALOG, catalog::DEFAULT_DATABASE);
+        // When a scan's filters are evaluated while decoding (see
+        // `table::TocsinTable::scan`), the cheapest first.
+        config.options_mut().execution.parquet.reorder_filters = true;
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(bytes)))
             .build_arc()

@@ -108,7 +108,24 @@ impl TableProvider for TocsinTable {
             let store = state.runtime_env().object_store(ObjectStoreUrl::local_filesystem())?;
             let readers =
                 CachedParquetFileReaderFactory::new(store, state.runtime_env().cache_manager.get_file_metadata_cache());
+            // The session's Parquet options (see `QueryEngine::new` for
+            // the ones Tocsin sets), with the page index always read.
+            let mut options = state.config_options().execution.parquet.clone();
+            // A filter on anything but the time (a tag, a field value) is
+            // evaluated while decoding: the columns it reads first, the
+            // others only for the rows it keeps (high-cpu-1 5.3 -> 3.0 ms,
+            // high-cpu-all 28 -> 24 ms in Arrow form, which decoded all 21
+            // columns of 864 k rows to keep 33 k). A time range alone is
+            // left to the page index and the filter above: evaluating it
+            // while decoding made double-groupby-1 and
+            // groupby-orderby-limit 10-15 % slower.
+            options.pushdown_filters |=
+                filters.iter().any(|f| f.column_refs().iter().any(|c| c.name != tocsin_storage::TIME_COLUMN));
             let mut source = ParquetSource::new(Arc::clone(&schema))
+                .with_table_parquet_options(datafusion::config::TableParquetOptions {
+                    global: options,
+                    ..Default::default()
+                })
                 .with_enable_page_index(true)
                 .with_parquet_file_reader_factory(Arc::new(readers));
             if let Some(pred) = conjunction(filters.iter().cloned()) {
