@@ -557,7 +557,13 @@ impl QueryEngine {
         // Registered before planning takes its snapshots: the segment files
         // the query reads are kept until its stream is dropped.
         let reader = self.storage.reader();
-        let (mut df, provisional) = self.plan(sql, database, who).await?;
+        // A query (not a write) is planned and started in one hand-off to
+        // the blocking pool: each hand-off is a wake-up and a context
+        // switch, a good part of a small statement's fixed cost.
+        let (mut df, provisional) = match self.plan_and_maybe_start(sql, database, who, params.clone()).await? {
+            Planned::Started(schema, stream) => return Ok(self.finish_stream(schema, stream, None, slot, reader)),
+            Planned::Write(df, provisional) => (*df, provisional),
+        };
         if let Some(params) = params {
             df = match df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect())) {
                 Ok(df) => df,
@@ -597,6 +603,20 @@ impl QueryEngine {
                 return Err(e.into());
             }
         };
+        Ok(self.finish_stream(schema, stream, charge, slot, reader))
+    }
+
+    /// The started statement's stream as clients get it: panics turned
+    /// into errors, memory refusals counted, an INSERT's rows charged, the
+    /// caller's slot and deadline held, and the segments it reads kept.
+    fn finish_stream(
+        &self,
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+        charge: Option<(Arc<dyn WriteRates>, String)>,
+        slot: Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)>,
+        reader: tocsin_storage::ReaderGuard,
+    ) -> (SchemaRef, SendableRecordBatchStream) {
         // A panic inside DataFusion or Arrow while the statement runs (Arrow
         // unwraps an offset overflow when a string array passes 2 GiB)
         // ends this statement with an error, not the connection without a
@@ -636,7 +656,42 @@ impl QueryEngine {
             None => stream,
             Some((permit, deadline)) => with_deadline(stream, deadline, self.callers.timeout, permit),
         };
-        Ok((schema, stream))
+        (schema, stream)
+    }
+
+    /// Plans one statement on the blocking pool and, unless it writes,
+    /// starts it there too (with `params` bound).
+    async fn plan_and_maybe_start(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        who: Option<&Principal>,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Planned, QueryError> {
+        let count = |e: QueryError| {
+            if let Some(limit) = e.limit() {
+                tocsin_storage::refusals::refused(limit);
+            }
+            e
+        };
+        let (state, storage, sql, who) = self.planning_inputs(sql, database, who).map_err(count)?;
+        let handle = tokio::runtime::Handle::current();
+        let planned = tokio::task::spawn_blocking(move || {
+            handle.block_on(async move {
+                let (mut df, provisional) = plan_statement(state, storage, sql, who).await?;
+                if matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_)) {
+                    return Ok(Planned::Write(Box::new(df), provisional));
+                }
+                if let Some(params) = params {
+                    df = df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect()))?;
+                }
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                Ok(Planned::Started(schema, df.execute_stream().await?))
+            })
+        })
+        .await
+        .map_err(|e| QueryError::DataFusion(DataFusionError::Execution(format!("planning failed: {e}"))))?;
+        planned.map_err(count)
     }
 
     /// Plans one statement. An INSERT that creates columns makes them
@@ -654,25 +709,34 @@ impl QueryEngine {
             }
             e
         };
-        if sql.len() > MAX_SQL_BYTES {
-            return Err(count(QueryError::SqlTooLong { bytes: sql.len(), limit: MAX_SQL_BYTES }));
-        }
-        let state = self.state(database);
-        let dialect = state.config().options().sql_parser.dialect;
-        if let Some(d) = datafusion::sql::sqlparser::dialect::dialect_from_str(dialect) {
-            allowed::check_expression_size(sql, d.as_ref()).map_err(count)?;
-        }
+        let (state, storage, sql, who) = self.planning_inputs(sql, database, who).map_err(count)?;
         // Parsing and planning are CPU work that recurses over the statement
         // (seconds for the largest statements allowed): they run on a
         // blocking thread, so that one request does not hold an async worker
         // (and /health, and every other request on it) meanwhile.
-        let storage = Arc::clone(&self.storage);
-        let sql = sql.to_string();
-        let who = who.cloned();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || handle.block_on(plan_statement(state, storage, sql, who)))
             .await
             .map_err(|e| QueryError::DataFusion(DataFusionError::Execution(format!("planning failed: {e}"))))?
+    }
+
+    /// What planning a statement needs, once its size is checked.
+    #[allow(clippy::type_complexity)]
+    fn planning_inputs(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        who: Option<&Principal>,
+    ) -> Result<(SessionState, Arc<Storage>, String, Option<Principal>), QueryError> {
+        if sql.len() > MAX_SQL_BYTES {
+            return Err(QueryError::SqlTooLong { bytes: sql.len(), limit: MAX_SQL_BYTES });
+        }
+        let state = self.state(database);
+        let dialect = state.config().options().sql_parser.dialect;
+        if let Some(d) = datafusion::sql::sqlparser::dialect::dialect_from_str(dialect) {
+            allowed::check_expression_size(sql, d.as_ref())?;
+        }
+        Ok((state, Arc::clone(&self.storage), sql.to_string(), who.cloned()))
     }
 
     fn discard(&self, provisional: insert::Provisional) {
@@ -765,6 +829,13 @@ fn with_deadline(
 }
 
 /// Parses and plans one statement (see [`QueryEngine::plan`]).
+/// A planned statement: a query already started, or a write for the
+/// caller to admit and start.
+enum Planned {
+    Started(SchemaRef, SendableRecordBatchStream),
+    Write(Box<datafusion::dataframe::DataFrame>, insert::Provisional),
+}
+
 async fn plan_statement(
     state: SessionState,
     storage: Arc<Storage>,
