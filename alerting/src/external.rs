@@ -104,10 +104,15 @@ pub fn check(i: usize, a: PostableAlert, now: i64) -> Result<Checked, String> {
     }
     let given_start = time("startsAt", a.starts_at.as_deref().unwrap_or("")).map_err(ctx)?;
     let starts_at = given_start.unwrap_or(now);
-    let ends_at = time("endsAt", a.ends_at.as_deref().unwrap_or("")).map_err(ctx)?.unwrap_or(now + RESOLVE_TIMEOUT_MS);
+    let given_end = time("endsAt", a.ends_at.as_deref().unwrap_or("")).map_err(ctx)?;
+    // Without an end, it fires for resolve_timeout from now (a start in
+    // the future counts from now, as in Alertmanager).
+    let ends_at = given_end.unwrap_or(now + RESOLVE_TIMEOUT_MS);
     // As Alertmanager: an end before the start is refused. And times
     // clients can read back (four-digit years, from 1970).
-    if given_start.is_some_and(|s| ends_at < s) {
+    if let (Some(s), Some(e)) = (given_start, given_end)
+        && e < s
+    {
         return Err(ctx("startsAt must be before endsAt".into()));
     }
     const LATEST: i64 = 253_402_300_799_000; // 9999-12-31T23:59:59Z
@@ -266,6 +271,12 @@ mod tests {
         backwards.starts_at = Some("2026-01-01T10:00:00Z".into());
         backwards.ends_at = Some("2026-01-01T09:00:00Z".into());
         assert!(check(0, backwards, 0).err().expect("backwards").contains("startsAt must be before endsAt"));
+        // A start in the future without an end: accepted, fires from now
+        // (review: refused against the implied 5-minute end).
+        let mut future = alert(&[("alertname", "A")]);
+        future.starts_at = Some(crate::dispatch::rfc3339(1_800_000_000_000 + 600_000));
+        let c = check(0, future, 1_800_000_000_000).expect("a future start");
+        assert_eq!(c.ends_at, 1_800_000_000_000 + RESOLVE_TIMEOUT_MS);
         let mut old = alert(&[("alertname", "A")]);
         old.starts_at = Some("1900-01-01T00:00:00Z".into());
         assert!(check(0, old, 0).err().expect("1900").contains("between 1970 and 9999"));

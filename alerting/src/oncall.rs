@@ -181,13 +181,9 @@ impl Schedule {
                     if edges.binary_search(&t).is_ok() && who(t - 1) == current {
                         return Some(t); // exactly at the override's edge
                     }
-                    // The first minute in (lo, t] with someone else.
-                    let mut hi = t;
-                    while hi - lo > MINUTE {
-                        let mid = lo + ((hi - lo) / 2).div_euclid(MINUTE).max(1) * MINUTE;
-                        if who(mid) != current { hi = mid } else { lo = mid }
-                    }
-                    return Some(hi);
+                    // The first whole minute in (lo, t] with someone else
+                    // (hand-offs of layers fall on whole minutes).
+                    return Some(first_minute(lo, t, &|m| who(m) != current));
                 }
                 lo = t;
             }
@@ -207,16 +203,12 @@ impl Schedule {
                     return None;
                 }
                 if who(p) != current {
-                    // The first minute in (p, hi] with the same person.
-                    let mut lo = p;
-                    while hi - lo > MINUTE {
-                        let mid = lo + ((hi - lo) / 2).div_euclid(MINUTE).max(1) * MINUTE;
-                        if who(mid) == current { hi = mid } else { lo = mid }
-                    }
-                    // Exactly at an override's edge, if that is where.
+                    // Exactly at an override's edge, if that is where;
+                    // else the first whole minute in (p, hi] with the same
+                    // person.
                     let exact =
-                        edges.iter().find(|e| (lo..=hi).contains(*e) && who(**e) == current && who(**e - 1) != current);
-                    return Some(exact.copied().unwrap_or(hi));
+                        edges.iter().find(|e| (p..=hi).contains(*e) && who(**e) == current && who(**e - 1) != current);
+                    return Some(exact.copied().unwrap_or_else(|| first_minute(p, hi, &|m| who(m) == current)));
                 }
                 if edges.binary_search(&p).is_ok() && who(p - 1) != current {
                     return Some(p);
@@ -233,6 +225,22 @@ impl Schedule {
         });
         (current, next)
     }
+}
+
+/// The first whole minute `m` in `(lo, hi]` with `found(m)`, given that
+/// `found` holds from some time on in that span; `hi` if no whole minute
+/// in it does (the change is between the last whole minute and `hi`).
+fn first_minute(lo: i64, hi: i64, found: &dyn Fn(i64) -> bool) -> i64 {
+    const MINUTE: i64 = 60_000;
+    let (mut a, mut b) = (lo.div_euclid(MINUTE) + 1, hi.div_euclid(MINUTE));
+    if a > b || !found(b * MINUTE) {
+        return hi;
+    }
+    while a < b {
+        let m = a + (b - a) / 2;
+        if found(m * MINUTE) { b = m } else { a = m + 1 }
+    }
+    b * MINUTE
 }
 
 /// Compiles a schedule; `people`: the names that may be members.
@@ -375,6 +383,17 @@ mod tests {
         assert_eq!(now.from, Some(ms("2026-12-01T10:07:30Z")), "since the override began");
         let next = next.expect("a next shift");
         assert_eq!((next.member.as_str(), next.until), ("alice", Some(ms("2026-12-02T09:00:00Z"))));
+        // A query time with seconds: the shift still began on the hour
+        // (review: SINCE carried the query's seconds).
+        let (now, _) = s.now_and_next(ms("2026-12-02T10:41:07.500Z"), &none, Duration::from_secs(7 * 86_400));
+        assert_eq!(now.map(|n| (n.member, n.from)), Some(("bob".to_string(), Some(ms("2026-12-02T09:00:00Z")))));
+        // An override that ends mid-minute, where the same person goes on:
+        // UNTIL is the layer's hand-off, not shifted by the override's
+        // seconds.
+        let mut t = s.clone();
+        t.add_override(ms("2026-12-03T05:00:55.804Z"), ms("2026-12-06T05:00:55.804Z"), "alice");
+        let (now, _) = t.now_and_next(ms("2026-12-04T12:00:00Z"), &none, Duration::from_secs(7 * 86_400));
+        assert_eq!(now.and_then(|n| n.until), Some(ms("2026-12-06T09:00:00Z")));
         // An override longer than the horizon: no made-up end.
         s.add_override(ms("2026-12-03T00:00:00Z"), ms("2300-01-01T00:00:00Z"), "bob");
         let (now, next) = s.now_and_next(ms("2026-12-04T00:00:00Z"), &none, Duration::from_secs(60 * 86_400));

@@ -288,12 +288,12 @@ async fn add_silence(
         r#"{"matchers": [{"name": "host", "value": "web-1", "isRegex": false}], "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2026-01-01T02:00:00Z", "createdBy": "ann", "comment": "reboot"}"#,
     )?;
     // Alertmanager updates a silence by expiring it and making a new one.
-    if let Some(id) = r.id.as_deref().filter(|id| !id.is_empty()) {
+    let replaces = r.id.clone().filter(|id| !id.is_empty());
+    if let Some(id) = &replaces {
         scoped_silence(&engine, &who, id)?;
-        engine.expire_silence(id)?;
     }
     let now = engine.clock().now_ms();
-    let s = engine.add_silence(Silence {
+    let silence = Silence {
         id: String::new(),
         matchers: r.matchers,
         starts_at: parse_time("startsAt", &r.starts_at)?.max(now),
@@ -302,7 +302,11 @@ async fn add_silence(
         comment: r.comment,
         created_at: 0,
         scope: alert_scope(&who).map(|a| SilenceScope { role: who.role.name.clone(), alerts: a.clone() }),
-    })?;
+    };
+    let s = match &replaces {
+        Some(id) => engine.replace_silence(id, silence)?,
+        None => engine.add_silence(silence)?,
+    };
     Ok(axum::Json(json!({ "silenceID": s.id })).into_response())
 }
 

@@ -505,7 +505,24 @@ impl FileConfig {
             .map_err(|reason| ConfigError::Invalid { key: "limits.series_window", reason })?;
         let alerting = AlertingConfig {
             rules: o.rules.or(self.alerting.rules),
-            external_url: self.alerting.external_url,
+            external_url: match self.alerting.external_url {
+                // Links and generatorURLs are built on it: one without a
+                // scheme or host made links no phone can open.
+                Some(u) => {
+                    let host = u
+                        .strip_prefix("https://")
+                        .or_else(|| u.strip_prefix("http://"))
+                        .map(|rest| rest.split('/').next().unwrap_or(""));
+                    if host.is_none_or(str::is_empty) {
+                        return Err(ConfigError::Invalid {
+                            key: "alerting.external_url",
+                            reason: format!("{u:?} is not an http:// or https:// URL with a host"),
+                        });
+                    }
+                    Some(u)
+                }
+                None => None,
+            },
             link_ttl: match &self.alerting.link_ttl {
                 Some(s) => parse_duration(s).ok().filter(|d| !d.is_zero()).ok_or_else(|| ConfigError::Invalid {
                     key: "alerting.link_ttl",
@@ -650,6 +667,23 @@ mod tests {
         let file: FileConfig = toml::from_str("http_addr = \"0.0.0.0:1\"\n[auth]\nenabled = true\n").expect("parse");
         assert!(file.validate(Overrides::default()).expect("[auth] enabled").auth.enabled);
         assert!(!open(Overrides::default()).expect("loopback").auth.enabled);
+    }
+
+    /// Review of issue 13: `external_url = "x.example"` was accepted and
+    /// made links no phone could open.
+    #[test]
+    fn external_url_needs_a_scheme_and_a_host() {
+        let with = |u: &str| -> Result<ServerConfig, ConfigError> {
+            let file: FileConfig = toml::from_str(&format!("[alerting]\nexternal_url = \"{u}\"\n")).expect("parse");
+            file.validate(Overrides::default())
+        };
+        for bad in ["x.example", "ftp://x.example", "https://", "http:///x"] {
+            let err = with(bad).expect_err(bad).to_string();
+            assert!(err.contains("alerting.external_url") && err.contains("http:// or https:// URL"), "{err}");
+        }
+        for good in ["https://x.example", "https://x.example/tocsin/", "http://10.0.0.1:4318"] {
+            assert!(with(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -123,16 +123,20 @@ fn index(table: &[RouteAccess]) -> HashMap<(Method, &'static str), Access> {
 pub(crate) struct BrowserPolicy {
     /// Auth off on a loopback address: only loopback names in `Host`.
     pub(crate) loopback_only: bool,
-    /// `host[:port]` of `[alerting] external_url`: its pages (the signed
-    /// links' pages, seen through a proxy that rewrites `Host`) are this
-    /// server's own.
+    /// The origin (`scheme://host[:port]`) of `[alerting] external_url`:
+    /// its pages (the signed links' pages, seen through a proxy that
+    /// rewrites `Host`) are this server's own.
     pub(crate) own_origin: Option<String>,
 }
 
 impl BrowserPolicy {
     pub(crate) fn new(loopback_only: bool, external_url: &str) -> BrowserPolicy {
-        let own = external_url.split_once("://").map(|(_, rest)| rest.split('/').next().unwrap_or("").to_string());
-        BrowserPolicy { loopback_only, own_origin: own.filter(|o| !o.is_empty()) }
+        let own = external_url
+            .split_once("://")
+            .map(|(scheme, rest)| (scheme, rest.split('/').next().unwrap_or("")))
+            .filter(|(_, host)| !host.is_empty())
+            .map(|(scheme, host)| format!("{scheme}://{host}"));
+        BrowserPolicy { loopback_only, own_origin: own }
     }
 }
 
@@ -248,7 +252,7 @@ fn browser_check(method: &Method, headers: &HeaderMap, policy: &BrowserPolicy, l
         && origin != "null"
     {
         let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        let own = policy.own_origin.as_deref().is_some_and(|o| origin_host.eq_ignore_ascii_case(o));
+        let own = policy.own_origin.as_deref().is_some_and(|o| origin.eq_ignore_ascii_case(o));
         if !origin_host.eq_ignore_ascii_case(host) && !own {
             return Err(format!(
                 "cross-origin request from {:?} refused: a web page may not change this server",
@@ -814,8 +818,11 @@ mod tests {
         proxied.insert(header::ORIGIN, "https://tocsin.example".parse().expect("value"));
         assert!(browser_check(&Method::POST, &proxied, &policy(false), true).is_err());
         let behind = BrowserPolicy::new(false, "https://tocsin.example/");
-        assert_eq!(behind.own_origin.as_deref(), Some("tocsin.example"));
+        assert_eq!(behind.own_origin.as_deref(), Some("https://tocsin.example"));
         assert!(browser_check(&Method::POST, &proxied, &behind, true).is_ok(), "the external URL's own page");
+        let mut plain = proxied.clone();
+        plain.insert(header::ORIGIN, "http://tocsin.example".parse().expect("value"));
+        assert!(browser_check(&Method::POST, &plain, &behind, true).is_err(), "another scheme is another origin");
         assert!(browser_check(&Method::POST, &foreign, &behind, true).is_err());
         assert!(ok(&post, h(&[("host", "localhost:4318"), ("content-type", "application/json")]), true));
         assert!(ok(&post, h(&[("host", "127.0.0.1:4318"), ("origin", "http://127.0.0.1:4318")]), true));

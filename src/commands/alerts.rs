@@ -123,8 +123,12 @@ pub(crate) struct SilenceConfig {
 
 #[derive(Debug, clap::Subcommand)]
 enum SilenceCommand {
-    /// List silences.
-    List,
+    /// List the active and pending silences.
+    List {
+        /// Expired ones too (kept a while after they end).
+        #[arg(long)]
+        all: bool,
+    },
     /// Add a silence: `--match host=web-1 --match job=~"api.*" --duration 2h`.
     Add {
         /// `name=value`, `name!=value`, `name=~regex` or `name!~regex`.
@@ -158,13 +162,14 @@ pub(crate) fn run_silences(c: SilenceConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let client = c.server.client()?;
         match c.command {
-            SilenceCommand::List => {
+            SilenceCommand::List { all } => {
                 let v = client.call(Method::GET, "/api/v1/silences", None).await?;
                 let rows: Vec<Vec<String>> = v["silences"]
                     .as_array()
                     .cloned()
                     .unwrap_or_default()
                     .iter()
+                    .filter(|s_| all || s_["status"]["state"] != "expired")
                     .map(|s_| {
                         let m: Vec<String> = s_["matchers"]
                             .as_array()

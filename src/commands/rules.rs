@@ -96,6 +96,12 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
             bail!("{failures} rule(s) do not plan against the server's catalog");
         }
     }
+    if !config.groups.is_empty() && config.receivers.is_empty() {
+        eprintln!(
+            "note: no receivers: these rules' alerts are recorded and shown, but sent to nobody (add `receivers:` and \
+             a `route:`)"
+        );
+    }
     println!(
         "ok: {} group(s), {} rule(s), {} receiver(s), {} route(s)",
         config.groups.len(),

@@ -171,6 +171,13 @@ async fn silenced_alerts_are_recorded_but_not_notified() {
     assert_eq!(alerts["alerts"][0]["muted"]["kind"], "silenced");
     let (ok, out, _) = cli(&server, &["silences", "list"]);
     assert!(ok && out.contains(&silence_id) && out.contains("active"), "{out}");
+    // Expired silences are listed with --all only.
+    let (ok, _, err) = cli(&server, &["silences", "expire", &silence_id]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&server, &["silences", "list"]);
+    assert!(ok && !out.contains(&silence_id), "{out}");
+    let (ok, out, _) = cli(&server, &["silences", "list", "--all"]);
+    assert!(ok && out.contains(&silence_id) && out.contains("expired"), "{out}");
 }
 
 #[tokio::test]

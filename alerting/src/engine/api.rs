@@ -204,6 +204,7 @@ impl AlertEngine {
                 scope: None,
             },
             silence_id,
+            false,
         )
     }
 
@@ -296,11 +297,21 @@ impl AlertEngine {
     }
 
     pub fn add_silence(&self, s: Silence) -> Result<Silence, EngineError> {
-        self.insert_silence(s, None)
+        self.insert_silence(s, None, false)
     }
 
-    /// Checks and adds a silence, with `id` or a new one.
-    fn insert_silence(&self, mut s: Silence, id: Option<String>) -> Result<Silence, EngineError> {
+    /// Replaces silence `old` with `s`, as Alertmanager updates one: `old`
+    /// expires now and `s` is added. The number of silences does not grow,
+    /// so the cap does not refuse it (review: at the cap nobody could
+    /// extend a silence).
+    pub fn replace_silence(&self, old: &str, s: Silence) -> Result<Silence, EngineError> {
+        self.expire_silence(old)?;
+        self.insert_silence(s, None, true)
+    }
+
+    /// Checks and adds a silence, with `id` or a new one; `replacing`: it
+    /// takes the place of one just expired.
+    fn insert_silence(&self, mut s: Silence, id: Option<String>, replacing: bool) -> Result<Silence, EngineError> {
         // Every silence is kept in state.json (rewritten on each change) and
         // listed whole: a client must not grow them without bound.
         const MAX_MATCHERS: usize = 64;
@@ -324,7 +335,7 @@ impl AlertEngine {
             let mut inner = self.inner.lock();
             let from_link = id.as_deref().is_some_and(|i| i.starts_with("link-"));
             let live = inner.silences.iter().filter(|(s, _)| s.ends_at > now).count();
-            if live >= max_silences && !from_link {
+            if live >= max_silences && !from_link && !replacing {
                 tocsin_storage::refusals::refused("max_silences");
                 return Err(EngineError::BadRequest(format!(
                     "{max_silences} silences are active or pending; expire some first"

@@ -809,7 +809,12 @@ async fn silences_that_break_clients_or_silence_everything_are_refused() {
     let e = s.engine.add_silence(silence(vec![m("host", "one-more", false)], hour)).unwrap_err().to_string();
     assert!(e.contains("100 silences are active or pending"), "{e}");
     s.engine.expire_silence(&ids[0]).expect("expire");
-    s.engine.add_silence(silence(vec![m("host", "one-more", false)], hour)).expect("an expired one made room");
+    let last =
+        s.engine.add_silence(silence(vec![m("host", "one-more", false)], hour)).expect("an expired one made room");
+    // At the cap, a silence is still replaced (extended), as Alertmanager
+    // updates one.
+    s.engine.replace_silence(&last.id, silence(vec![m("host", "one-more", false)], hour + 60_000)).expect("replaced");
+    assert!(s.engine.add_silence(silence(vec![m("host", "two-more", false)], hour)).is_err(), "still at the cap");
 }
 
 /// The query string of a notification link, as (name, value) pairs.
