@@ -192,6 +192,7 @@ impl tocsin_query::LiveTable for OnCallTable {
         Arc::new(Schema::new(vec![
             Field::new("schedule", DataType::Utf8, false),
             Field::new("on_call", DataType::Utf8, true),
+            Field::new("since", ts.clone(), true),
             Field::new("until", ts.clone(), true),
             Field::new("next", DataType::Utf8, true),
             Field::new("next_from", ts, true),
@@ -215,6 +216,7 @@ impl tocsin_query::LiveTable for OnCallTable {
         let columns: Vec<ArrayRef> = vec![
             text(&|r| r["schedule"].as_str().map(str::to_string)),
             text(&|r| r["now"]["member"].as_str().map(str::to_string)),
+            time(&|r| at(&r["now"]["from"])),
             time(&|r| at(&r["now"]["until"])),
             text(&|r| r["next"]["member"].as_str().map(str::to_string)),
             time(&|r| at(&r["next"]["from"])),

@@ -26,10 +26,12 @@ pub(crate) struct CheckArgs {
     /// Rule files or directories.
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Plan each rule's SQL on the server at this HTTP address (when it is
-    /// reachable; otherwise the SQL is only parsed).
-    #[arg(long, env = "TOCSIN_HTTP_ADDR", default_value = "127.0.0.1:4318")]
-    server: String,
+    /// Plan each rule's SQL on the server at this HTTP address. Given
+    /// (or in TOCSIN_HTTP_ADDR), it must be reachable; not given, the
+    /// local default is used when a server is there, and otherwise the SQL
+    /// is only parsed.
+    #[arg(long, env = "TOCSIN_HTTP_ADDR")]
+    server: Option<String>,
     /// API token, for a server started with --auth.
     #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -63,18 +65,24 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
     let file_of: std::collections::HashMap<String, PathBuf> =
         parsed.iter().flat_map(|(p, f)| f.groups.iter().map(move |g| (g.name.clone(), p.clone()))).collect();
     let config = Config::from_files(parsed)?;
+    let explicit = a.server.is_some();
+    let server = a.server.clone().unwrap_or_else(|| "127.0.0.1:4318".to_string());
     let reachable = !a.offline
-        && std::net::ToSocketAddrs::to_socket_addrs(a.server.trim_start_matches("http://"))
+        && std::net::ToSocketAddrs::to_socket_addrs(server.trim_start_matches("http://"))
             .ok()
             .and_then(|mut addrs| addrs.next())
             .is_some_and(|addr| {
                 std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
             });
     if !a.offline && !reachable {
-        eprintln!("note: no server at {} (--server); SQL was parsed but not planned against a catalog", a.server);
+        if explicit {
+            // A mistyped address in CI must not pass as "planned".
+            bail!("no server at {server} (--server): the SQL cannot be planned there (use --offline to parse it only)");
+        }
+        eprintln!("note: no server at {server}; SQL was parsed but not planned against a catalog");
     }
     if reachable {
-        let client = super::client::ServerArgs::plain(a.server.clone(), a.token.clone()).client()?;
+        let client = super::client::ServerArgs::plain(server.clone(), a.token.clone()).client()?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut failures = 0;
         runtime.block_on(async {

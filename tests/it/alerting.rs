@@ -216,6 +216,12 @@ async fn a_bad_rules_file_is_rejected_with_line_and_column_and_old_rules_keep_ru
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("HighCpu") && stderr.contains("no_such_table"), "{stderr}");
     assert!(stderr.contains("planned.yml: group \"hosts\""), "names the file: {stderr}");
+    // A --server that is not there fails the check (a mistyped address in
+    // CI passed it).
+    let out =
+        Command::new(BIN).args(["rules", "check", "--server", "127.0.0.1:1"]).arg(&planned).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no server at 127.0.0.1:1"), "{stderr}");
     std::fs::write(&planned, rules(&hook, "1h")).expect("write");
     let out = Command::new(BIN)
         .args(["rules", "check", "--server", &server.http.to_string()])
@@ -1018,8 +1024,9 @@ schedules:
     assert!(ok, "{err}");
     let line = out.lines().find(|l| l.starts_with("primary")).expect("a row for primary");
     assert!(line.contains("bob") && line.contains("alice"), "bob now, alice next: {out}");
-    let rows = server.sql("SELECT schedule, next FROM system.oncall").await;
+    let rows = server.sql("SELECT schedule, since, next FROM system.oncall").await;
     assert_eq!(rows[0]["schedule"], "primary", "{rows:?}");
+    assert!(rows[0]["since"].as_str().is_some_and(|s| s.get(13..19) == Some(":00:00")), "since a hand-off: {rows:?}");
     assert!(rows[0]["next"] == "alice" || rows[0]["next"] == "bob", "{rows:?}");
 }
 
