@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use tocsin_alerting::links::{LinkAction, LinkError, Presented, SILENCE_FOR};
+use tocsin_alerting::links::{Link, LinkAction, LinkError, Presented, SILENCE_FOR};
 use tocsin_alerting::notify::html_escape;
 use tocsin_alerting::{AlertEngine, EngineError};
 
@@ -162,6 +162,14 @@ fn describe(alert: &serde_json::Value) -> String {
     format!("<table>{rows}</table>")
 }
 
+/// The link presented in `pairs` for alert `id`, if it can be read and
+/// holds; else the page that says why not.
+fn checked(engine: &AlertEngine, id: &str, pairs: &[(String, String)]) -> Result<(LinkQuery, Link), Box<Response>> {
+    let q = LinkQuery::read(pairs).map_err(|why| Box::new(damaged(id, &why)))?;
+    let link = engine.check_link(&q.presented(id)).map_err(|e| Box::new(refused(id, &q.action, &e)))?;
+    Ok((q, link))
+}
+
 fn verb(action: LinkAction) -> &'static str {
     match action {
         LinkAction::Ack => "Acknowledge",
@@ -175,13 +183,9 @@ async fn show(
     Path(id): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let q = match LinkQuery::read(&pairs) {
-        Ok(q) => q,
-        Err(why) => return damaged(&id, &why),
-    };
-    let link = match engine.check_link(&q.presented(&id)) {
-        Ok(link) => link,
-        Err(e) => return refused(&id, &q.action, &e),
+    let (_, link) = match checked(&engine, &id, &pairs) {
+        Ok(checked) => checked,
+        Err(refusal) => return *refusal,
     };
     let Some(alert) = engine.alert(&id) else {
         return page(StatusCode::NOT_FOUND, "No such alert", "<p>The alert is gone: it resolved long ago.</p>");
@@ -205,13 +209,9 @@ async fn act(
     Path(id): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let q = match LinkQuery::read(&pairs) {
-        Ok(q) => q,
-        Err(why) => return damaged(&id, &why),
-    };
-    let link = match engine.check_link(&q.presented(&id)) {
-        Ok(link) => link,
-        Err(e) => return refused(&id, &q.action, &e),
+    let (q, link) = match checked(&engine, &id, &pairs) {
+        Ok(checked) => checked,
+        Err(refusal) => return *refusal,
     };
     let by = format!("{} (link)", link.receiver);
     let done = match link.action {
