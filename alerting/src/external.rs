@@ -92,8 +92,11 @@ pub fn check(i: usize, a: PostableAlert, now: i64) -> Result<Checked, String> {
     if let Some(u) = &generator_url {
         // Receivers show it as a link: a `javascript:` or `data:` one would
         // run in whoever clicks it.
-        let scheme = u.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        if !matches!(scheme.as_deref(), Some("http" | "https")) || u.chars().any(char::is_control) {
+        let (scheme, host) = u
+            .split_once("://")
+            .map(|(s, rest)| (s.to_ascii_lowercase(), rest.split(['/', '?', '#']).next().unwrap_or("")))
+            .unwrap_or_default();
+        if !matches!(scheme.as_str(), "http" | "https") || host.is_empty() || u.chars().any(char::is_control) {
             return Err(ctx(format!("generatorURL {:?} is not an http or https URL", tocsin_auth::clip(u))));
         }
     }
@@ -334,7 +337,14 @@ mod tests {
         let mut empty = alert(&[("alertname", "A")]);
         empty.generator_url = Some(String::new());
         assert_eq!(check(0, empty, 0).expect("empty is unset").generator_url, None);
-        for bad in ["javascript:alert(1)", "JAVASCRIPT://x%0aalert(1)", "data:text/html,x", "http://a\nb\n"] {
+        for bad in [
+            "javascript:alert(1)",
+            "JAVASCRIPT://x%0aalert(1)",
+            "data:text/html,x",
+            "http://a\nb\n",
+            "http://",
+            "https:///x",
+        ] {
             let mut a = alert(&[("alertname", "A")]);
             a.generator_url = Some(bad.to_string());
             let e = check(1, a, 0).err().unwrap_or_else(|| panic!("{bad} accepted"));

@@ -131,8 +131,13 @@ impl Client {
 /// `c` with its control characters escaped (`\n`, `\u{1b}`), for a
 /// terminal.
 pub(crate) fn shown(c: &str) -> std::borrow::Cow<'_, str> {
-    if c.chars().any(char::is_control) {
-        c.chars().map(|ch| if ch.is_control() { ch.escape_default().to_string() } else { ch.to_string() }).collect()
+    // Control characters, line and paragraph separators, and the
+    // bidirectional overrides that reorder what a terminal shows.
+    let hidden = |ch: char| {
+        ch.is_control() || matches!(ch, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if c.chars().any(hidden) {
+        c.chars().map(|ch| if hidden(ch) { ch.escape_default().to_string() } else { ch.to_string() }).collect()
     } else {
         std::borrow::Cow::Borrowed(c)
     }
@@ -169,6 +174,13 @@ fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidirectional_overrides_are_shown_escaped() {
+        assert_eq!(shown("evil\u{202E}txt.exe"), "evil\\u{202e}txt.exe");
+        assert_eq!(shown("a\u{2028}b"), "a\\u{2028}b");
+        assert_eq!(shown("plain"), "plain");
+    }
 
     #[test]
     fn control_characters_in_cells_cannot_make_rows() {
