@@ -332,9 +332,10 @@ impl Dispatcher {
         // 2. Route and group the notifiable alerts.
         self.routing.refresh(&config.routes, &by_id);
         let mut routed = Vec::new();
+        // Each route's time intervals, worked out once a round (here and
+        // when groups flush).
+        let mut quiet: Vec<Option<Option<String>>> = vec![None; config.routes.len()];
         if !config.routes.is_empty() {
-            // Each route's time intervals, worked out once a round.
-            let mut quiet: Vec<Option<Option<String>>> = vec![None; config.routes.len()];
             for inst in instances.iter().filter(|i| matches!(i.state, AlertState::Firing | AlertState::Resolved)) {
                 if out.muted.contains_key(&inst.id) {
                     continue;
@@ -402,7 +403,8 @@ impl Dispatcher {
             // In a mute time interval (or outside its active ones) a route
             // sends nothing and forgets nothing: what is due goes out when
             // it ends.
-            if config.route_quiet(route, now).is_some() {
+            if quiet.get_mut(g.route).is_some_and(|q| q.get_or_insert_with(|| config.route_quiet(route, now)).is_some())
+            {
                 continue;
             }
             // Neither due nor escalating: nothing this round can send or

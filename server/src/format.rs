@@ -138,20 +138,13 @@ fn rfc3339_column(c: &ArrayRef, unit: TimeUnit, offset: bool) -> Result<ArrayRef
 /// Writes `secs.nanos` since the epoch (UTC) as RFC 3339; false outside
 /// years 0 to 9999.
 fn write_rfc3339(out: &mut String, secs: i64, nanos: i64, offset: bool) -> bool {
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days to a civil date (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    use chrono::{Datelike, Timelike};
+    let Some(t) = chrono::DateTime::from_timestamp(secs, nanos as u32) else { return false };
+    let (year, month, day) = (i64::from(t.year()), i64::from(t.month()), i64::from(t.day()));
     if !(0..=9999).contains(&year) {
         return false;
     }
+    let sod = i64::from(t.num_seconds_from_midnight());
     fn digits(out: &mut String, n: i64, width: usize) {
         let mut buf = [b'0'; 9];
         let mut n = n;
