@@ -30,6 +30,7 @@ mod prune;
 pub mod rollup;
 mod sink;
 mod table;
+mod token_prune;
 mod udf;
 
 use std::sync::Arc;

@@ -26,7 +26,7 @@ impl Matches {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Query {
+pub(crate) enum Query {
     Term(Term),
     And(Vec<Query>),
     Or(Vec<Query>),
@@ -42,7 +42,7 @@ const MAX_QUERY_BYTES: usize = 4096;
 const MAX_DEPTH: usize = 32;
 
 /// Parses a query; the error names what is wrong.
-fn parse(q: &str) -> std::result::Result<Query, String> {
+pub(crate) fn parse(q: &str) -> std::result::Result<Query, String> {
     if q.len() > MAX_QUERY_BYTES {
         tocsin_storage::refusals::refused("max_matches_bytes");
         return Err(format!("the query is {} bytes long; at most {MAX_QUERY_BYTES} are allowed", q.len()));
@@ -140,16 +140,15 @@ fn parse_not(t: &[String], pos: &mut usize, depth: usize) -> std::result::Result
     }
 }
 
-fn is_word(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
-}
+/// The word rule is the one token filters index words by.
+use tocsin_storage::tokens::is_word;
 
 /// A search term, lower case, with the byte that candidate positions are
 /// found by: the one least likely in log text, so that `memchr` skips most
 /// of a message and only few positions are compared in full.
 #[derive(Debug, Clone, PartialEq)]
-struct Term {
-    bytes: Vec<u8>,
+pub(crate) struct Term {
+    pub(crate) bytes: Vec<u8>,
     anchor: usize,
 }
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use datafusion::common::{DFSchema, Result};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetRowSelection};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
@@ -22,13 +23,16 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::object_store::ObjectMeta;
 use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::parquet::arrow::arrow_reader::RowSelection;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use tocsin_storage::batch::adapt_batch;
-use tocsin_storage::{Storage, TableSnapshot};
+use tocsin_storage::tokens::TokenFilter;
+use tocsin_storage::{SegmentMeta, Storage, TableSnapshot};
 
 use crate::prune::time_range;
 use crate::sink::TocsinSink;
+use crate::token_prune::Need;
 
 pub(crate) struct TocsinTable {
     pub(crate) storage: Arc<Storage>,
@@ -42,6 +46,41 @@ pub(crate) struct TocsinTable {
 impl fmt::Debug for TocsinTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TocsinTable({}.{})", self.db, self.table)
+    }
+}
+
+/// What of a segment a scan reads.
+enum Reads {
+    All,
+    Some(RowSelection),
+    None,
+}
+
+impl TocsinTable {
+    /// The blocks of `seg` that `matches()` filters leave to read, by the
+    /// segment's token filters (all of it when it has none).
+    fn blocks_to_read(&self, snap: &TableSnapshot, seg: &SegmentMeta, searches: &[(String, Need)]) -> Reads {
+        let mut picked: Option<(Arc<TokenFilter>, Vec<bool>)> = None;
+        for (column, need) in searches {
+            let Some(filter) = self.storage.token_filter(snap, seg, column) else { continue };
+            let (base, may) = picked.get_or_insert_with(|| (Arc::clone(&filter), vec![true; filter.len()]));
+            if base.block_rows() != filter.block_rows() || may.len() != filter.len() {
+                continue;
+            }
+            for (block, m) in may.iter_mut().enumerate() {
+                *m = *m && need.may_match(&filter, block);
+            }
+        }
+        let Some((filter, may)) = picked else { return Reads::All };
+        let skipped = may.iter().filter(|&&m| !m).count();
+        let metrics = &self.storage.metrics;
+        metrics.token_blocks_read.fetch_add((may.len() - skipped) as u64, Ordering::Relaxed);
+        metrics.token_blocks_skipped.fetch_add(skipped as u64, Ordering::Relaxed);
+        match crate::token_prune::selection(&filter, &may) {
+            None => Reads::All,
+            Some(_) if skipped == may.len() => Reads::None,
+            Some(rows) => Reads::Some(rows),
+        }
     }
 }
 
@@ -94,12 +133,16 @@ impl TableProvider for TocsinTable {
             plans.push(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&schema), projection.cloned())?);
         }
 
-        let files = snap
-            .segments
-            .iter()
-            .filter(|s| range.overlaps(s.min_ts, s.max_ts))
-            .map(|s| segment_file(&snap.segment_path(s), s.bytes))
-            .collect::<Result<Vec<PartitionedFile>>>()?;
+        let searches = crate::token_prune::searches(filters);
+        let mut files = Vec::new();
+        for seg in snap.segments.iter().filter(|s| range.overlaps(s.min_ts, s.max_ts)) {
+            let file = segment_file(&snap.segment_path(seg), seg.bytes)?;
+            match self.blocks_to_read(&snap, seg, &searches) {
+                Reads::All => files.push(file),
+                Reads::Some(rows) => files.push(file.with_extension(ParquetRowSelection::new(rows))),
+                Reads::None => {}
+            }
+        }
         if !files.is_empty() {
             // Segments never change once written (a new one gets a new
             // path), so their footers and page indexes are parsed once and

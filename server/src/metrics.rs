@@ -78,6 +78,18 @@ impl Metrics {
         counter(&mut o, "tocsin_storage_compactions_total", "Compaction merges done.", load(&s.compactions));
         counter(
             &mut o,
+            "tocsin_query_token_blocks_read_total",
+            "Segment blocks that matches() searches read after their token filters.",
+            load(&s.token_blocks_read),
+        );
+        counter(
+            &mut o,
+            "tocsin_query_token_blocks_skipped_total",
+            "Segment blocks that matches() searches skipped by their token filters.",
+            load(&s.token_blocks_skipped),
+        );
+        counter(
+            &mut o,
             "tocsin_storage_compacted_segments_total",
             "Segments replaced by compaction.",
             load(&s.compacted_segments),

@@ -52,6 +52,7 @@ pub mod refusals;
 pub mod repair;
 pub mod schema;
 pub mod segment;
+pub mod tokens;
 pub mod wal;
 pub mod write;
 

@@ -35,4 +35,8 @@ pub struct StorageMetrics {
     pub expired_rows: AtomicU64,
     /// Files moved to quarantine at startup.
     pub quarantined_files: AtomicU64,
+    /// Blocks of segments that `matches()` searches read, and skipped, by
+    /// their token filters.
+    pub token_blocks_read: AtomicU64,
+    pub token_blocks_skipped: AtomicU64,
 }

@@ -13,7 +13,9 @@
 //! everything then compressed with the configured codec (ZSTD by default).
 //! String fields named in [`BLOOM_COLUMNS`] (`trace_id`) get a Parquet bloom
 //! filter per row group, so that looking up one trace reads only the row
-//! groups that may hold it.
+//! groups that may hold it; text columns named in
+//! [`crate::tokens::TOKEN_COLUMNS`] (`message`) get token filters per block
+//! of rows in the footer, for `matches()` (see [`crate::tokens`]).
 
 use std::fs::{self, File};
 use std::io;
@@ -412,6 +414,13 @@ fn encode_parquet<W: io::Write + Send>(
             }
         }
         group.close()?;
+    }
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if crate::tokens::TOKEN_COLUMNS.contains(&field.name().as_str())
+            && let Some(filter) = crate::tokens::TokenFilter::build(column, crate::tokens::BLOCK_ROWS)
+        {
+            file.append_key_value_metadata(KeyValue::new(crate::tokens::metadata_key(field.name()), filter.encode()));
+        }
     }
     Ok((file.into_inner()?, stats))
 }

@@ -14,6 +14,7 @@ mod hardening;
 mod persistence;
 mod protocols;
 mod rollup;
+mod search;
 mod server;
 mod tail;
 mod tls;

@@ -236,6 +236,9 @@ impl TableState {
 }
 
 const SMALL_CHUNK_ROWS: usize = 4096;
+/// Memory for token filters read from segment footers: about 1.4 bytes per
+/// log line, so 64 MiB holds the filters of some 45 million lines.
+const TOKEN_FILTER_CACHE_BYTES: usize = 64 << 20;
 const MERGE_SMALL_CHUNKS: usize = 64;
 
 #[derive(Default)]
@@ -279,6 +282,8 @@ pub struct Storage {
     /// takes the list with one reference count, not a copy.
     observers: RwLock<Arc<Vec<Arc<dyn WriteObserver>>>>,
     last: crate::last::LastRows,
+    /// Token filters of segments' text columns, read from their footers.
+    token_filters: crate::tokens::FilterCache,
     pub(crate) clock: Arc<dyn Clock>,
     _lock_file: File,
 }
@@ -331,6 +336,7 @@ impl Storage {
             metrics,
             observers: RwLock::new(Arc::new(Vec::new())),
             last: crate::last::LastRows::default(),
+            token_filters: crate::tokens::FilterCache::new(TOKEN_FILTER_CACHE_BYTES),
             _lock_file: lock_file,
         }
     }

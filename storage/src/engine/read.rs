@@ -43,6 +43,18 @@ impl Storage {
         self.state.read().dbs.get(db).is_some_and(|t| t.contains_key(table))
     }
 
+    /// The token filter of `column` in a segment (see [`crate::tokens`]);
+    /// `None` when it has none or it cannot be read.
+    pub fn token_filter(
+        &self,
+        snap: &TableSnapshot,
+        seg: &crate::manifest::SegmentMeta,
+        column: &str,
+    ) -> Option<Arc<crate::tokens::TokenFilter>> {
+        let filter = self.token_filters.get(&snap.segment_path(seg), column)?;
+        (filter.rows() == seg.rows).then_some(filter)
+    }
+
     /// A consistent view of `db.table`: schema, buffered chunks (including
     /// those being persisted) and segments.
     pub fn snapshot(&self, db: &str, table: &str) -> Option<TableSnapshot> {
