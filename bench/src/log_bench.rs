@@ -48,6 +48,11 @@ struct Args {
     storage: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Then run the same searches in DuckDB and ClickHouse (chdb) on the
+    /// same data, answers compared (`bench/logs_peers.py`; needs `pip
+    /// install duckdb chdb`).
+    #[arg(long)]
+    peers: bool,
 }
 
 #[tokio::main]
@@ -77,7 +82,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("persist: {stats} in {:.2} s", t.elapsed().as_secs_f64());
     let seg = metric(server.http, "tocsin_segment_bytes").await.unwrap_or(0.0);
     println!("on disk: segments {:.1} MiB ({:.1} bytes/event)", seg / 1048576.0, seg / args.lines as f64);
-    queries(&args, &shape, &server).await
+    queries(&args, &shape, &server).await?;
+    if args.peers {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("logs_peers.py");
+        let status = std::process::Command::new("python3")
+            .arg(&script)
+            .args(["--http", &server.http.to_string(), "--rare", RARE_TOKEN, "--runs", &args.runs.to_string()])
+            .arg("--data-dir")
+            .arg(server.dir.path().join("data"))
+            .status()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !status.success() {
+            bail!("{} failed: {status}", script.display());
+        }
+    }
+    Ok(())
 }
 
 async fn ingest(args: &Args, shape: &LogShape, server: &Server) -> anyhow::Result<()> {
@@ -199,6 +218,16 @@ async fn queries(args: &Args, shape: &LogShape, server: &Server) -> anyhow::Resu
                     }
                 })
             },
+        },
+        Query {
+            name: "level = error AND two terms, 1 day",
+            sql: "SELECT count(*) AS n FROM logs WHERE level = 'error' \
+                  AND matches(message, 'declined AND insufficient')"
+                .to_string(),
+            check: Box::new(|r| match r.first().and_then(|x| x["n"].as_u64()) {
+                Some(n) if n > 0 => Ok(()),
+                _ => Err(format!("expected a positive count: {r:?}")),
+            }),
         },
         Query {
             name: "one trace",

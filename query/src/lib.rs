@@ -1241,3 +1241,51 @@ mod stored_types {
         assert_eq!(reader.schema().field_with_name("v").expect("v").data_type(), &DataType::Int64);
     }
 }
+
+#[cfg(test)]
+mod token_footers {
+    use super::*;
+    // The type DataFusion caches footers as (`reader` has another of the same name).
+    use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
+
+    /// DataFusion caches segment footers without their token filters: a
+    /// footer's key-value metadata becomes the Arrow schema's metadata,
+    /// which is cloned several times per file a scan opens.
+    #[tokio::test]
+    async fn cached_footers_leave_token_filters_out_and_searches_use_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        q.execute(
+            "INSERT INTO logs (ts, service, message) VALUES (to_timestamp(1), 'a', 'disk full'), \
+             (to_timestamp(2), 'a', 'all good')",
+            None,
+        )
+        .await
+        .expect("insert");
+        storage.persist().await.expect("persist");
+        let r = q
+            .execute("SELECT count(*) AS n FROM logs WHERE matches(message, 'full') AND service = 'a'", None)
+            .await
+            .expect("select");
+        let n = r.batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().expect("n").value(0);
+        assert_eq!(n, 1);
+        let snap = storage.snapshot("public", "logs").expect("table");
+        let path = snap.segment_path(&snap.segments[0]);
+        let location = datafusion::object_store::path::Path::parse(path.to_str().expect("utf-8")).expect("path");
+        let cached = q.ctx.runtime_env().cache_manager.get_file_metadata_cache().get(&location).expect("cached footer");
+        let meta =
+            cached.file_metadata.as_ref().as_any().downcast_ref::<CachedParquetMetaData>().expect("parquet footer");
+        let keys: Vec<&str> = meta
+            .parquet_metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .into_iter()
+            .flatten()
+            .map(|kv| kv.key.as_str())
+            .collect();
+        assert!(keys.contains(&tocsin_storage::segment::ORIGIN_KEY), "{keys:?}");
+        assert!(!keys.iter().any(|k| k.starts_with(tocsin_storage::tokens::KEY_PREFIX)), "{keys:?}");
+        assert!(storage.metrics.token_blocks_read.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    }
+}

@@ -12,11 +12,15 @@ use datafusion::common::{DFSchema, Result};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+// The type DataFusion's footer cache holds (`parquet::CachedParquetMetaData`,
+// of the same name, is another one that its readers do not recognise).
+use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
 use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetRowSelection};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CachedFileMetadataEntry;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
@@ -134,9 +138,21 @@ impl TableProvider for TocsinTable {
         }
 
         let searches = crate::token_prune::searches(filters);
+        let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
         let mut files = Vec::new();
         for seg in snap.segments.iter().filter(|s| range.overlaps(s.min_ts, s.max_ts)) {
             let file = segment_file(&snap.segment_path(seg), seg.bytes)?;
+            // Footers are cached without their token filters (see
+            // `Storage::segment_footer`), which is why they are read here
+            // rather than by DataFusion. One that cannot be read is
+            // reported when DataFusion opens the file.
+            let meta = &file.object_meta;
+            if !footers.get(&meta.location).is_some_and(|e| e.is_valid_for(meta))
+                && let Ok(footer) = self.storage.segment_footer(&snap, seg)
+            {
+                let footer = Arc::new(CachedParquetMetaData::new(Arc::new(footer)));
+                footers.put(&meta.location, CachedFileMetadataEntry::new(meta.clone(), footer));
+            }
             match self.blocks_to_read(&snap, seg, &searches) {
                 Reads::All => files.push(file),
                 Reads::Some(rows) => files.push(file.with_extension(ParquetRowSelection::new(rows))),

@@ -609,6 +609,26 @@ mod tests {
         assert!(bloom.check(&"t42"));
         assert!(!bloom.check(&"t-not-there"));
         assert!(rg.get_column_bloom_filter(message).is_none());
+
+        // `message` has token filters in the footer; reading them takes them
+        // out of the footer and keeps the rest.
+        let path = dir.path().join(&segs[0].path);
+        let full = read_footer(&path).expect("footer");
+        let keys = |m: &parquet::file::metadata::ParquetMetaData| -> Vec<String> {
+            m.file_metadata().key_value_metadata().into_iter().flatten().map(|kv| kv.key.clone()).collect()
+        };
+        assert!(keys(&full).contains(&"tocsin.tokens:message".to_string()), "{:?}", keys(&full));
+        let (stripped, filters) = crate::tokens::read_footer(&path).expect("footer");
+        let mut others = keys(&full);
+        others.retain(|k| k != "tocsin.tokens:message");
+        assert_eq!(keys(&stripped), others);
+        assert!(others.contains(&ORIGIN_KEY.to_string()));
+        assert_eq!(stripped.num_row_groups(), full.num_row_groups());
+        assert_eq!(stripped.file_metadata().num_rows(), 100);
+        assert_eq!(filters.len(), 1);
+        let (column, filter) = &filters[0];
+        assert_eq!((column.as_str(), filter.rows(), filter.len()), ("message", 100, 1));
+        assert!(filter.may_contain(0, b"m42") && !filter.may_contain(0, b"t42"));
     }
 
     /// A batch with every delta-packed type next to Arrow-written columns:

@@ -25,6 +25,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use base64::Engine as _;
 use parquet::bloom_filter::Sbbf;
+use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataBuilder};
 
 /// Text columns that get token filters.
 pub const TOKEN_COLUMNS: [&str; 1] = ["message"];
@@ -37,9 +38,12 @@ pub const BLOCK_ROWS: usize = 8192;
 /// False-positive rate each block's filter is sized for, per word.
 pub const FALSE_POSITIVES: f64 = 0.01;
 
+/// Key-value metadata keys of token filters: this, then the column's name.
+pub const KEY_PREFIX: &str = "tocsin.tokens:";
+
 /// Key-value metadata key of a column's token filter.
 pub fn metadata_key(column: &str) -> String {
-    format!("tocsin.tokens:{column}")
+    format!("{KEY_PREFIX}{column}")
 }
 
 /// The bytes words are made of; everything else separates words.
@@ -245,22 +249,29 @@ fn filter_bytes(ndv: usize) -> usize {
 /// Token filters read from segment footers, kept while they fit in a byte
 /// budget (least recently used go first). Segments never change once
 /// written, so an entry stays right for as long as its file exists; a
-/// segment without a filter (written before filters existed, or for a
-/// column without one) is remembered as such.
+/// segment without filters (written before they existed) is remembered as
+/// such.
 pub struct FilterCache {
     budget: usize,
     inner: parking_lot::Mutex<CacheInner>,
 }
 
-/// A segment's path and a column.
-type CacheKey = (PathBuf, String);
+/// A segment's token filters, by column.
+pub type ColumnFilters = Vec<(String, Arc<TokenFilter>)>;
+
+/// The filters of one segment, shared.
+type Filters = Arc<ColumnFilters>;
 
 #[derive(Default)]
 struct CacheInner {
-    /// The filter (or that there is none) and when it was last used.
-    entries: HashMap<CacheKey, (Option<Arc<TokenFilter>>, u64)>,
+    /// A segment's filters and when they were last used.
+    entries: HashMap<PathBuf, (Filters, u64)>,
     bytes: usize,
     tick: u64,
+}
+
+fn cost(filters: &Filters) -> usize {
+    64 + filters.iter().map(|(c, f)| c.len() + f.bytes()).sum::<usize>()
 }
 
 impl FilterCache {
@@ -270,67 +281,103 @@ impl FilterCache {
 
     /// The filter of `column` in the segment at `path`, read from its
     /// footer the first time. `None` when it has none or it cannot be read
-    /// (logged once): the caller then reads the whole segment.
+    /// (logged): the caller then reads the whole segment.
     pub fn get(&self, path: &Path, column: &str) -> Option<Arc<TokenFilter>> {
-        let key = (path.to_path_buf(), column.to_string());
-        {
+        let cached = {
             let mut inner = self.inner.lock();
             inner.tick += 1;
             let tick = inner.tick;
-            if let Some((filter, used)) = inner.entries.get_mut(&key) {
+            inner.entries.get_mut(path).map(|(filters, used)| {
                 *used = tick;
-                return filter.clone();
+                Arc::clone(filters)
+            })
+        };
+        let filters = match cached {
+            Some(filters) => filters,
+            None => {
+                let filters = match read_footer(path) {
+                    Ok((_, filters)) => filters,
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot read the token filters of segment {}: {e}; reading the whole segment",
+                            path.display()
+                        );
+                        Vec::new()
+                    }
+                };
+                self.put(path, filters)
             }
-        }
-        let filter = load(path, column).map(Arc::new);
+        };
+        filters.iter().find(|(c, _)| c == column).map(|(_, f)| Arc::clone(f))
+    }
+
+    /// Keeps the filters of the segment at `path` (read by the caller).
+    pub fn put(&self, path: &Path, filters: ColumnFilters) -> Filters {
+        let filters = Arc::new(filters);
         let mut inner = self.inner.lock();
-        let size = filter.as_ref().map_or(0, |f| f.bytes()) + 64;
-        inner.bytes += size;
+        inner.tick += 1;
         let tick = inner.tick;
-        if let Some((old, _)) = inner.entries.insert(key, (filter.clone(), tick)) {
-            inner.bytes -= old.map_or(0, |f| f.bytes()) + 64;
+        inner.bytes += cost(&filters);
+        if let Some((old, _)) = inner.entries.insert(path.to_path_buf(), (Arc::clone(&filters), tick)) {
+            inner.bytes -= cost(&old);
         }
         while inner.bytes > self.budget && inner.entries.len() > 1 {
             let Some(oldest) = inner.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) else {
                 break;
             };
             if let Some((f, _)) = inner.entries.remove(&oldest) {
-                inner.bytes -= f.map_or(0, |f| f.bytes()) + 64;
+                inner.bytes -= cost(&f);
             }
         }
-        filter
+        filters
     }
 }
 
-fn load(path: &Path, column: &str) -> Option<TokenFilter> {
-    let meta = match crate::segment::read_footer(path) {
-        Ok(meta) => meta,
-        Err(e) => {
-            tracing::warn!(
-                "cannot read the token filter of segment {}: {e}; reading the whole segment",
-                path.display()
-            );
-            return None;
-        }
+/// Reads a segment's Parquet footer and takes its token filters out of it:
+/// the footer without them (a reader that turns key-value metadata into
+/// Arrow schema metadata would otherwise copy megabytes with every schema
+/// it clones) and the filters, by column. A filter that does not decode, or
+/// does not cover the file's rows, is left out (logged).
+pub fn read_footer(path: &Path) -> Result<(ParquetMetaData, ColumnFilters), crate::segment::SegmentCheckError> {
+    let meta = crate::segment::read_footer(path)?;
+    let fm = meta.file_metadata();
+    let Some(kv) = fm.key_value_metadata().filter(|kv| kv.iter().any(|k| k.key.starts_with(KEY_PREFIX))) else {
+        return Ok((meta, Vec::new()));
     };
-    let key = metadata_key(column);
-    let text = meta.file_metadata().key_value_metadata()?.iter().find(|kv| kv.key == key)?.value.clone()?;
-    match TokenFilter::decode(&text) {
-        Ok(f) if f.rows() == meta.file_metadata().num_rows() as u64 => Some(f),
-        Ok(f) => {
-            tracing::warn!(
+    let mut filters = Vec::new();
+    let mut kept = Vec::new();
+    for entry in kv {
+        let Some(column) = entry.key.strip_prefix(KEY_PREFIX) else {
+            kept.push(entry.clone());
+            continue;
+        };
+        match entry.value.as_deref().map(TokenFilter::decode) {
+            Some(Ok(f)) if f.rows() == fm.num_rows() as u64 => filters.push((column.to_string(), Arc::new(f))),
+            Some(Ok(f)) => tracing::warn!(
                 "the token filter of column {column} in segment {} covers {} rows, the segment has {}; not used",
                 path.display(),
                 f.rows(),
-                meta.file_metadata().num_rows()
-            );
-            None
-        }
-        Err(e) => {
-            tracing::warn!("column {column} of segment {}: {e}; not used", path.display());
-            None
+                fm.num_rows()
+            ),
+            Some(Err(e)) => tracing::warn!("column {column} of segment {}: {e}; not used", path.display()),
+            None => {}
         }
     }
+    let stripped = FileMetaData::new(
+        fm.version(),
+        fm.num_rows(),
+        fm.created_by().map(str::to_string),
+        Some(kept),
+        fm.schema_descr_ptr(),
+        fm.column_orders().cloned(),
+    );
+    let mut old = meta.into_builder();
+    let meta = ParquetMetaDataBuilder::new(stripped)
+        .set_row_groups(old.take_row_groups())
+        .set_column_index(old.take_column_index())
+        .set_offset_index(old.take_offset_index())
+        .build();
+    Ok((meta, filters))
 }
 
 #[cfg(test)]

@@ -55,6 +55,20 @@ impl Storage {
         (filter.rows() == seg.rows).then_some(filter)
     }
 
+    /// A segment's Parquet footer without its token filters, which are kept
+    /// for [`Storage::token_filter`] on the way (one read of the footer
+    /// serves both).
+    pub fn segment_footer(
+        &self,
+        snap: &TableSnapshot,
+        seg: &crate::manifest::SegmentMeta,
+    ) -> Result<parquet::file::metadata::ParquetMetaData, crate::segment::SegmentCheckError> {
+        let path = snap.segment_path(seg);
+        let (meta, filters) = crate::tokens::read_footer(&path)?;
+        self.token_filters.put(&path, filters);
+        Ok(meta)
+    }
+
     /// A consistent view of `db.table`: schema, buffered chunks (including
     /// those being persisted) and segments.
     pub fn snapshot(&self, db: &str, table: &str) -> Option<TableSnapshot> {
