@@ -28,3 +28,4 @@ python3 tests/interop/test_flight_sql_adbc.py
 python3 tests/interop/test_auth_real_clients.py
 python3 tests/interop/test_amtool.py
 python3 tests/interop/test_tsbs_peers.py
+python3 tests/interop/test_logs_peers.py
