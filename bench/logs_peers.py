@@ -87,22 +87,6 @@ def searches(rare):
     ]
 
 
-class LogsDuckDb(DuckDb):
-    """DuckDB over the `logs` table (the TSBS class loads `cpu`)."""
-
-    def __init__(self, files, native):
-        import duckdb
-
-        self.name = "duckdb" if native else "duckdb-segments"
-        self.con = duckdb.connect()
-        self.con.execute("SET TimeZone = 'UTC'")
-        source = f"SELECT * REPLACE (ts::TIMESTAMPTZ AS ts) FROM read_parquet({files!r})"
-        if native:
-            self.con.execute(f"CREATE TABLE logs AS {source} ORDER BY service, host, level, ts")
-        else:
-            self.con.execute(f"CREATE VIEW logs AS {source}")
-
-
 class LogsClickHouse(ClickHouse):
     def __init__(self, files):
         from chdb import session
@@ -152,7 +136,7 @@ def main():
         if e == "tocsin":
             engines.append(Tocsin(a.http))
         elif e in ("duckdb", "duckdb-segments"):
-            engines.append(LogsDuckDb(files, native=(e == "duckdb")))
+            engines.append(DuckDb(files, native=(e == "duckdb"), table="logs", order="service, host, level, ts"))
         else:
             engines.append(LogsClickHouse(files))
         print(f"{e}: loaded {len(files)} segment file(s) in {time.perf_counter() - t:.1f} s", flush=True)

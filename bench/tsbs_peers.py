@@ -117,7 +117,10 @@ class Tocsin:
 
 
 class DuckDb:
-    def __init__(self, files, native):
+    """DuckDB over Tocsin's segments of `table`: a native table sorted by
+    `order`, or (not `native`) a view reading the segments themselves."""
+
+    def __init__(self, files, native, table="cpu", order="hostname, ts"):
         import duckdb
 
         self.name = "duckdb" if native else "duckdb-segments"
@@ -125,9 +128,9 @@ class DuckDb:
         self.con.execute("SET TimeZone = 'UTC'")
         source = f"SELECT * REPLACE (ts::TIMESTAMPTZ AS ts) FROM read_parquet({files!r})"
         if native:
-            self.con.execute(f"CREATE TABLE cpu AS {source} ORDER BY hostname, ts")
+            self.con.execute(f"CREATE TABLE {table} AS {source} ORDER BY {order}")
         else:
-            self.con.execute(f"CREATE VIEW cpu AS {source}")
+            self.con.execute(f"CREATE VIEW {table} AS {source}")
 
     def run(self, sql):
         rel = self.con.sql(sql)
