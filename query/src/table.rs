@@ -137,7 +137,7 @@ impl TableProvider for TocsinTable {
             plans.push(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&schema), projection.cloned())?);
         }
 
-        let searches = crate::token_prune::searches(filters);
+        let searches = crate::token_prune::searches(filters).map_err(DataFusionError::Execution)?;
         let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
         let mut files = Vec::new();
         for seg in snap.segments.iter().filter(|s| range.overlaps(s.min_ts, s.max_ts)) {

@@ -8,7 +8,7 @@
 //! `AND` needs every part, `OR` any; `NOT` and terms without a word (`--`)
 //! may match anywhere.
 
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, Operator};
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use tocsin_storage::tokens::{TOKEN_COLUMNS, TokenFilter, for_each_word};
 
@@ -54,42 +54,59 @@ impl Need {
     }
 }
 
-/// The `matches(column, 'query')` filters on columns with token filters:
-/// (column, what its blocks must hold). Filters of other shapes, and
-/// queries that do not parse (the query itself then fails with the parse
-/// error), are left out.
-pub(crate) fn searches(filters: &[Expr]) -> Vec<(String, Need)> {
+/// The `matches(column, 'query')`, `LIKE` and `=` filters on columns with
+/// token filters: (column, what its blocks must hold). Filters of other
+/// shapes are left out. A `matches()` query that does not parse is an
+/// error here, whatever the column: it would otherwise surface from inside
+/// the Parquet reader, which evaluates filters while decoding.
+pub(crate) fn searches(filters: &[Expr]) -> Result<Vec<(String, Need)>, String> {
     let mut out = Vec::new();
     for f in filters {
-        collect(f, &mut out);
+        collect(f, &mut out)?;
     }
-    out
+    Ok(out)
 }
 
-fn collect(e: &Expr, out: &mut Vec<(String, Need)>) {
+fn collect(e: &Expr, out: &mut Vec<(String, Need)>) -> Result<(), String> {
     match e {
-        Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::And => {
-            collect(&b.left, out);
-            collect(&b.right, out);
+        Expr::BinaryExpr(b) if b.op == Operator::And => {
+            collect(&b.left, out)?;
+            collect(&b.right, out)?;
+        }
+        // `message = 'text'`: the text's words are all there.
+        Expr::BinaryExpr(b) if b.op == Operator::Eq => {
+            if let (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) =
+                (b.left.as_ref(), b.right.as_ref())
+                && let Some(text) = scalar_str(v)
+            {
+                let mut words = Vec::new();
+                for_each_word(text.as_bytes(), &mut Vec::new(), |w| words.push(w.to_vec()));
+                if !words.is_empty() {
+                    push(c, Need::Words(words), out);
+                }
+            }
         }
         Expr::ScalarFunction(f) if f.func.name() == "matches" => {
-            let [Expr::Column(c), Expr::Literal(q, _)] = f.args.as_slice() else { return };
-            if let Some(query) = scalar_str(q).and_then(|q| parse(q).ok()) {
+            let [Expr::Column(c), Expr::Literal(q, _)] = f.args.as_slice() else { return Ok(()) };
+            if let Some(q) = scalar_str(q) {
+                let query = parse(q).map_err(|e| format!("matches(): cannot parse {q:?}: {e}"))?;
                 push(c, Need::of(&query), out);
             }
         }
         // `LIKE` with the default escape: the pattern's words that are whole
         // words wherever it matches. Not `ILIKE`: it folds case the Unicode
         // way, and the Kelvin sign `K` matches `k` there, while the filters
-        // know it as a separator.
+        // know it as a separator. A pattern with `\` (an escape) is not
+        // narrowed.
         Expr::Like(l) if !l.negated && !l.case_insensitive && l.escape_char.is_none() => {
-            let (Expr::Column(c), Expr::Literal(p, _)) = (l.expr.as_ref(), l.pattern.as_ref()) else { return };
+            let (Expr::Column(c), Expr::Literal(p, _)) = (l.expr.as_ref(), l.pattern.as_ref()) else { return Ok(()) };
             if let Some(p) = scalar_str(p).filter(|p| !p.contains('\\')) {
                 push(c, like_words(p), out);
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 fn push(c: &datafusion::common::Column, need: Need, out: &mut Vec<(String, Need)>) {
@@ -213,8 +230,20 @@ mod tests {
                 vec![col(c), lit(q)],
             ))
         };
-        let found = searches(&[m("message", "quota"), m("host", "quota"), m("message", "(bad"), m("message", "NOT x")]);
+        let found = searches(&[m("message", "quota"), m("host", "quota"), m("message", "NOT x")]).expect("parse");
         assert_eq!(found, [("message".to_string(), words(&["quota"]))]);
+        // A query that does not parse is an error, on any column.
+        for c in ["message", "host"] {
+            let e = searches(&[m(c, "(bad")]).unwrap_err();
+            assert!(e.contains("cannot parse \"(bad\"") && e.contains("missing )"), "{e}");
+        }
+        // Equality needs every word of the text; other comparisons nothing.
+        let found = searches(&[col("message").eq(lit("Disk full: sda_1")), lit("x").eq(col("message"))]).expect("eq");
+        assert_eq!(
+            found,
+            [("message".to_string(), words(&["disk", "full", "sda_1"])), ("message".to_string(), words(&["x"]))]
+        );
+        assert!(searches(&[col("message").gt(lit("a")), col("message").eq(lit("--"))]).expect("other").is_empty());
         let like = |pattern: &str, negated: bool, case_insensitive: bool| {
             Expr::Like(datafusion::logical_expr::expr::Like::new(
                 negated,
@@ -229,9 +258,11 @@ mod tests {
             like("%a b c%", true, false),
             like("%a b c%", false, true),
             like("%a\\%b c%", false, false),
-        ]);
+        ])
+        .expect("like");
         assert_eq!(found, [("message".to_string(), words(&["b"]))]);
-        let both = searches(&[m("message", "a").and(col("level").eq(lit("error")).and(m("message", "b")))]);
+        let both =
+            searches(&[m("message", "a").and(col("level").eq(lit("error")).and(m("message", "b")))]).expect("parse");
         assert_eq!(both.len(), 2);
     }
 }

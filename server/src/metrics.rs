@@ -79,13 +79,13 @@ impl Metrics {
         counter(
             &mut o,
             "tocsin_query_token_blocks_read_total",
-            "Segment blocks that matches() searches read after their token filters.",
+            "Segment blocks that searches (matches(), LIKE, =) on text columns with token filters planned to read.",
             load(&s.token_blocks_read),
         );
         counter(
             &mut o,
             "tocsin_query_token_blocks_skipped_total",
-            "Segment blocks that matches() searches skipped by their token filters.",
+            "Segment blocks that searches (matches(), LIKE, =) on text columns skipped by their token filters.",
             load(&s.token_blocks_skipped),
         );
         counter(

@@ -103,6 +103,22 @@ async fn token_filters_skip_blocks_without_the_words_and_answers_stay_exact() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[0]["message"].as_str().is_some_and(|m| m.ends_with("t-20000")), "{rows:?}");
 
+    // A query that does not parse is the same clean error over segments as
+    // over the write buffer (it was a 500 from inside the Parquet reader).
+    let (status, body) = server.sql_raw("SELECT count(*) FROM logs WHERE matches(message, 'quota OR')").await;
+    let body = body.to_string();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(r#"matches(): cannot parse \"quota OR\""#) && !body.contains("Parquet"), "{body}");
+    // `=` needs every word of the text.
+    let (read, skipped) = blocks(&server, async {
+        let n = server
+            .sql("SELECT count(*) AS n FROM logs WHERE message = 'quota exceeded ERR-7731-QUOTA for tenant t-20000'")
+            .await;
+        assert_eq!(n[0]["n"], 1);
+    })
+    .await;
+    assert_eq!((read, skipped), (1.0, 4.0));
+
     // A new process reads the filters from the segment's footer.
     server.kill9();
     let server = TestServer::start_in(&data, &[]);
