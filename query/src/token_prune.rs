@@ -87,9 +87,17 @@ fn collect(e: &Expr, out: &mut Vec<(String, Need)>) -> Result<(), String> {
             }
         }
         Expr::ScalarFunction(f) if f.func.name() == "matches" => {
-            let [Expr::Column(c), Expr::Literal(q, _)] = f.args.as_slice() else { return Ok(()) };
-            if let Some(q) = scalar_str(q) {
-                let query = parse(q).map_err(|e| format!("matches(): cannot parse {q:?}: {e}"))?;
+            let [text, query] = f.args.as_slice() else { return Ok(()) };
+            let Expr::Literal(q, _) = query else {
+                return Err("matches(): the query must be a constant string, \
+                            e.g. matches(message, 'timeout AND node-7')"
+                    .into());
+            };
+            let Some(q) = scalar_str(q) else {
+                return Err("matches(): the query must be a non-NULL string".into());
+            };
+            let query = parse(q).map_err(|e| format!("matches(): cannot parse {q:?}: {e}"))?;
+            if let Expr::Column(c) = text {
                 push(c, Need::of(&query), out);
             }
         }
@@ -237,6 +245,17 @@ mod tests {
             let e = searches(&[m(c, "(bad")]).unwrap_err();
             assert!(e.contains("cannot parse \"(bad\"") && e.contains("missing )"), "{e}");
         }
+        // So is a query that is not a constant string.
+        let other = Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+            std::sync::Arc::new(datafusion::logical_expr::ScalarUDF::from(crate::matches::Matches::new())),
+            vec![col("message"), col("message")],
+        ));
+        assert!(searches(&[other]).unwrap_err().contains("constant string"));
+        let null = Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+            std::sync::Arc::new(datafusion::logical_expr::ScalarUDF::from(crate::matches::Matches::new())),
+            vec![col("message"), lit(datafusion::scalar::ScalarValue::Utf8(None))],
+        ));
+        assert!(searches(&[null]).unwrap_err().contains("non-NULL"));
         // Equality needs every word of the text; other comparisons nothing.
         let found = searches(&[col("message").eq(lit("Disk full: sda_1")), lit("x").eq(col("message"))]).expect("eq");
         assert_eq!(

@@ -109,6 +109,10 @@ async fn token_filters_skip_blocks_without_the_words_and_answers_stay_exact() {
     let body = body.to_string();
     assert_eq!(status, 400, "{body}");
     assert!(body.contains(r#"matches(): cannot parse \"quota OR\""#) && !body.contains("Parquet"), "{body}");
+    let (status, body) = server.sql_raw("SELECT count(*) FROM logs WHERE matches(message, message)").await;
+    let body = body.to_string();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("the query must be a constant string") && !body.contains("Parquet"), "{body}");
     // `=` needs every word of the text.
     let (read, skipped) = blocks(&server, async {
         let n = server
