@@ -255,6 +255,8 @@ pub struct StorageSection {
     pub row_group_rows: usize,
     /// Rows per Parquet data page (granularity of page-index pruning).
     pub page_rows: usize,
+    /// Float columns of short decimals stored as DECIMAL(18, s).
+    pub decimal_floats: bool,
 }
 
 impl Default for StorageSection {
@@ -268,6 +270,7 @@ impl Default for StorageSection {
             compression: "zstd:3".into(),
             row_group_rows: 256 * 1024,
             page_rows: 64 * 1024,
+            decimal_floats: true,
         }
     }
 }
@@ -474,6 +477,7 @@ impl FileConfig {
         }
         storage.segments.row_group_rows = s.row_group_rows;
         storage.segments.page_rows = s.page_rows;
+        storage.segments.decimal_floats = s.decimal_floats;
         storage.limits.max_string_bytes = l.max_string_bytes;
         storage.limits.max_columns = l.max_columns;
         if l.max_series_per_table == 0 {

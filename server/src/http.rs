@@ -285,11 +285,21 @@ async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {
     .into_response())
 }
 
+#[derive(Deserialize)]
+struct CompactParams {
+    /// Merge every partition's segments into one, today's too.
+    #[serde(default)]
+    full: bool,
+}
+
 /// Runs a retention and a compaction round now (whatever is due by the
-/// configured policies).
-async fn compact(State(app): State<AppState>) -> Result<Response, ApiError> {
+/// configured policies; with `?full=true`, every partition as if cold).
+async fn compact(
+    State(app): State<AppState>,
+    axum::extract::Query(params): axum::extract::Query<CompactParams>,
+) -> Result<Response, ApiError> {
     let (expired_segments, expired_rows) = app.storage.expire().await?;
-    let stats = app.storage.compact().await?;
+    let stats = if params.full { app.storage.compact_full().await? } else { app.storage.compact().await? };
     app.storage.purge_retired();
     let mut body = serde_json::to_value(stats).map_err(|e| ApiError::internal(e.to_string()))?;
     body["expired_segments"] = json!(expired_segments);

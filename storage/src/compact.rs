@@ -51,12 +51,14 @@ pub struct CompactionStats {
 }
 
 /// The merges due now among one table's `segments`: each a list of inputs
-/// from one partition (at most one merge per partition per round).
+/// from one partition (at most one merge per partition per round). `full`
+/// treats every partition as cold (an operator's full compaction).
 pub(crate) fn plan(
     segments: &[Arc<SegmentMeta>],
     partition_ns: i64,
     now_ns: i64,
     config: &CompactionConfig,
+    full: bool,
 ) -> Vec<Vec<Arc<SegmentMeta>>> {
     if !config.enabled {
         return Vec::new();
@@ -72,7 +74,7 @@ pub(crate) fn plan(
             continue;
         }
         segs.sort_by_key(|s| s.id);
-        let cold = start.saturating_add(partition_ns).saturating_add(cold_ns) <= now_ns;
+        let cold = full || start.saturating_add(partition_ns).saturating_add(cold_ns) <= now_ns;
         let candidates: Vec<&Arc<SegmentMeta>> = if cold {
             segs
         } else {
@@ -152,13 +154,13 @@ mod tests {
         let config = CompactionConfig::default();
         let now = 10 * DAY + 3600 * 1_000_000_000;
         let mut segs: Vec<_> = (1..=3).map(|i| seg(i, 10, 0, 100)).collect();
-        assert!(plan(&segs, DAY, now, &config).is_empty(), "three level-0 segments are below fan-in");
+        assert!(plan(&segs, DAY, now, &config, false).is_empty(), "three level-0 segments are below fan-in");
         segs.push(seg(4, 10, 0, 100));
         segs.push(seg(9, 10, 1, 400));
-        assert_eq!(ids(&plan(&segs, DAY, now, &config)), vec![vec![1, 2, 3, 4]]);
+        assert_eq!(ids(&plan(&segs, DAY, now, &config, false)), vec![vec![1, 2, 3, 4]]);
         // Four level-1 segments merge into level 2 even with level-0 ones around.
         let segs: Vec<_> = (1..=4).map(|i| seg(i, 10, 1, 400)).chain([seg(5, 10, 0, 100)]).collect();
-        assert_eq!(ids(&plan(&segs, DAY, now, &config)), vec![vec![1, 2, 3, 4]]);
+        assert_eq!(ids(&plan(&segs, DAY, now, &config, false)), vec![vec![1, 2, 3, 4]]);
     }
 
     #[test]
@@ -167,15 +169,27 @@ mod tests {
         let segs = vec![seg(1, 3, 2, 600), seg(2, 3, 0, 100), seg(3, 3, 0, 100), seg(4, 5, 0, 10)];
         // Day 3 ended long ago; day 5 holds one segment: nothing to merge.
         let now = 20 * DAY;
-        assert_eq!(ids(&plan(&segs, DAY, now, &config)), vec![vec![1, 2, 3]]);
+        assert_eq!(ids(&plan(&segs, DAY, now, &config, false)), vec![vec![1, 2, 3]]);
         // Inside the cold_after window the day is still live: below fan-in.
         let just_ended = 4 * DAY + 60 * 1_000_000_000;
-        assert!(plan(&segs, DAY, just_ended, &config).is_empty());
+        assert!(plan(&segs, DAY, just_ended, &config, false).is_empty());
         // The budget stops at the oldest inputs that fit.
         let tight = CompactionConfig { max_rows: 700, ..config.clone() };
-        assert_eq!(ids(&plan(&segs, DAY, now, &tight)), vec![vec![1, 2]]);
+        assert_eq!(ids(&plan(&segs, DAY, now, &tight, false)), vec![vec![1, 2]]);
         let tiny = CompactionConfig { max_rows: 500, ..config };
-        assert!(plan(&segs, DAY, now, &tiny).is_empty(), "no two inputs fit");
+        assert!(plan(&segs, DAY, now, &tiny, false).is_empty(), "no two inputs fit");
+    }
+
+    #[test]
+    fn a_full_compaction_merges_live_partitions_too() {
+        let config = CompactionConfig::default();
+        // Today (day 10) holds three level-0 segments, below fan-in.
+        let segs = vec![seg(1, 10, 0, 100), seg(2, 10, 0, 100), seg(3, 10, 1, 400), seg(4, 9, 0, 10)];
+        let now = 10 * DAY + 3600 * 1_000_000_000;
+        assert!(plan(&segs, DAY, now, &config, false).is_empty());
+        assert_eq!(ids(&plan(&segs, DAY, now, &config, true)), vec![vec![1, 2, 3]]);
+        let off = CompactionConfig { enabled: false, ..config };
+        assert!(plan(&segs, DAY, now, &off, true).is_empty(), "disabled means disabled");
     }
 
     #[test]
@@ -191,8 +205,8 @@ mod tests {
     fn nothing_is_planned_when_disabled_or_never_cold() {
         let segs: Vec<_> = (1..=50).map(|i| seg(i, 1, 0, 10)).collect();
         let off = CompactionConfig { enabled: false, ..Default::default() };
-        assert!(plan(&segs, DAY, 100 * DAY, &off).is_empty());
+        assert!(plan(&segs, DAY, 100 * DAY, &off, false).is_empty());
         let never = CompactionConfig { fan_in: 100, cold_after: Duration::from_secs(u64::MAX), ..Default::default() };
-        assert!(plan(&segs, DAY, 100 * DAY, &never).is_empty());
+        assert!(plan(&segs, DAY, 100 * DAY, &never, false).is_empty());
     }
 }

@@ -51,7 +51,9 @@ const MAX_PAGE_VALUES: u64 = 1 << 31;
 
 /// Is `data_type` stored as a DELTA_BINARY_PACKED INT64 column in segments?
 pub(crate) fn is_delta_packed(data_type: &DataType) -> bool {
+    // DECIMAL(18, s) is stored on INT64 (precision above 9).
     matches!(data_type, DataType::Int64 | DataType::UInt64 | DataType::Timestamp(_, _))
+        || matches!(data_type, DataType::Decimal64(p, _) if *p > 9)
 }
 
 /// Why a DELTA_BINARY_PACKED buffer could not be decoded.

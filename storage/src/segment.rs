@@ -9,7 +9,8 @@
 //! (see docs/storage.md): tags RLE_DICTIONARY; `ts` DELTA_BINARY_PACKED;
 //! integer fields DELTA_BINARY_PACKED; float fields BYTE_STREAM_SPLIT, or,
 //! when all of a segment's values of a float column are integers, stored as
-//! Int64 with DELTA_BINARY_PACKED (read back as Float64, exactly);
+//! Int64, and when they are all short decimals, as DECIMAL(18, s), both
+//! with DELTA_BINARY_PACKED (read back as the same Float64, bit for bit);
 //! everything then compressed with the configured codec (ZSTD by default).
 //! String fields named in [`BLOOM_COLUMNS`] (`trace_id`) get a Parquet bloom
 //! filter per row group, so that looking up one trace reads only the row
@@ -82,11 +83,19 @@ pub struct SegmentOptions {
     /// Rows per data page: small enough for page statistics to prune a
     /// single series out of a partition.
     pub page_rows: usize,
+    /// Store float columns of short decimals as DECIMAL(18, s) (see
+    /// [`narrow_floats`]); `false` keeps them DOUBLE for outside readers.
+    pub decimal_floats: bool,
 }
 
 impl Default for SegmentOptions {
     fn default() -> Self {
-        Self { compression: SegmentCompression::Zstd(3), row_group_rows: 256 * 1024, page_rows: 64 * 1024 }
+        Self {
+            compression: SegmentCompression::Zstd(3),
+            row_group_rows: 256 * 1024,
+            page_rows: 64 * 1024,
+            decimal_floats: true,
+        }
     }
 }
 
@@ -180,7 +189,7 @@ pub(crate) fn write_segments(
         while end < sorted.num_rows() && partitions.value(end) == p {
             end += 1;
         }
-        let slice = integral_floats_as_ints(&sorted.slice(start, end - start))?;
+        let slice = narrow_floats(&sorted.slice(start, end - start), options.decimal_floats)?;
         let id = next_id();
         let rel = segment_rel_path(db, table, id);
         let path = data_dir.join(&rel);
@@ -237,38 +246,89 @@ pub const STORED_AS_KEY: &str = "tocsin.stored_as";
 /// DELTA_BINARY_PACKED instead of BYTE_STREAM_SPLIT, about half the size
 /// for integral samples (Prometheus counters and most gauges). Every such
 /// value converts back to the same f64 exactly.
-fn integral_floats_as_ints(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+///
+/// Columns whose values are all short decimals (each the f64 nearest to
+/// `m / 10^s` for one scale `s` of at most [`MAX_DECIMAL_SCALE`], with
+/// `|m| < 10^18`) are stored as Parquet DECIMAL(18, s) on INT64, also
+/// DELTA_BINARY_PACKED: real counters and gauges (CPU seconds, load
+/// averages, ratios) carry two to nine decimals, and their scaled deltas
+/// take a byte or two where the float's bytes take four or more. Standard
+/// Parquet readers see exact decimals; Tocsin reads them back as the same
+/// f64, bit for bit, through Arrow's own cast, which is checked here for
+/// every value before the column is converted.
+fn narrow_floats(batch: &RecordBatch, decimals: bool) -> Result<RecordBatch, ArrowError> {
     let schema = batch.schema();
-    let integral = |col: &ArrayRef| -> bool {
-        let Some(a) = col.as_primitive_opt::<arrow::datatypes::Float64Type>() else { return false };
-        a.null_count() < a.len()
-            && a.iter().flatten().all(|v| v.fract() == 0.0 && v.abs() <= EXACT && !(v == 0.0 && v.is_sign_negative()))
-    };
-    let convert: Vec<bool> = schema
+    let narrowed: Vec<Option<(DataType, &'static str)>> = schema
         .fields()
         .iter()
         .zip(batch.columns())
-        .map(|(f, c)| f.name() != TIME_COLUMN && f.data_type() == &DataType::Float64 && integral(c))
+        .map(|(f, c)| match c.as_primitive_opt::<arrow::datatypes::Float64Type>() {
+            Some(a) if f.name() != TIME_COLUMN && a.null_count() < a.len() => {
+                narrow_float(a).filter(|(t, _)| decimals || t == &DataType::Int64)
+            }
+            _ => None,
+        })
         .collect();
-    if !convert.contains(&true) {
+    if narrowed.iter().all(Option::is_none) {
         return Ok(batch.clone());
     }
-    let mut fields = Vec::with_capacity(convert.len());
-    let mut columns = Vec::with_capacity(convert.len());
-    for ((f, c), conv) in schema.fields().iter().zip(batch.columns()).zip(convert) {
-        if conv {
-            let mut meta = f.metadata().clone();
-            meta.insert(STORED_AS_KEY.to_string(), "int64".to_string());
-            fields.push(f.as_ref().clone().with_data_type(DataType::Int64).with_metadata(meta));
-            columns.push(arrow::compute::cast(c, &DataType::Int64)?);
-        } else {
+    let mut fields = Vec::with_capacity(narrowed.len());
+    let mut columns = Vec::with_capacity(narrowed.len());
+    for ((f, c), to) in schema.fields().iter().zip(batch.columns()).zip(narrowed) {
+        let Some((data_type, stored_as)) = to else {
             fields.push(f.as_ref().clone());
             columns.push(Arc::clone(c));
+            continue;
+        };
+        let converted = arrow::compute::cast(c, &data_type)?;
+        if data_type != DataType::Int64 {
+            // The promise made above, kept by construction: the cast back
+            // that readers do gives every value's bits, or nothing changes.
+            let back = arrow::compute::cast(&converted, &DataType::Float64)?;
+            let a = c.as_primitive::<arrow::datatypes::Float64Type>();
+            let b = back.as_primitive::<arrow::datatypes::Float64Type>();
+            if a.iter().zip(b.iter()).any(|(x, y)| x.map(f64::to_bits) != y.map(f64::to_bits)) {
+                fields.push(f.as_ref().clone());
+                columns.push(Arc::clone(c));
+                continue;
+            }
         }
+        let mut meta = f.metadata().clone();
+        meta.insert(STORED_AS_KEY.to_string(), stored_as.to_string());
+        fields.push(f.as_ref().clone().with_data_type(data_type).with_metadata(meta));
+        columns.push(converted);
     }
     let schema = arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone());
     RecordBatch::try_new(Arc::new(schema), columns)
+}
+
+/// The largest decimal scale [`narrow_floats`] tries: nanosecond durations
+/// in seconds (`scrape_duration_seconds`) have nine.
+pub(crate) const MAX_DECIMAL_SCALE: i8 = 9;
+
+/// How a Float64 column of a segment is stored, if not as itself (see
+/// [`narrow_floats`]): the Arrow type and the `tocsin.stored_as` mark.
+fn narrow_float(a: &arrow::array::Float64Array) -> Option<(DataType, &'static str)> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    const DIGITS: f64 = 1e18; // |m| below this fits DECIMAL(18, s)
+    // The smallest scale at which `v` is a decimal, searched from `from`:
+    // a value that is one at scale s is one at every larger scale too (both
+    // quotients are correctly rounded from the same rational).
+    let scale_of = |v: f64, from: i8| -> Option<i8> {
+        if !v.is_finite() || (v == 0.0 && v.is_sign_negative()) {
+            return None;
+        }
+        (from..=MAX_DECIMAL_SCALE).find(|&s| {
+            let p = 10f64.powi(i32::from(s));
+            let m = (v * p).round();
+            m.abs() < DIGITS && m.abs() <= EXACT && m / p == v
+        })
+    };
+    let mut scale = 0i8;
+    for v in a.iter().flatten() {
+        scale = scale_of(v, scale)?;
+    }
+    if scale == 0 { Some((DataType::Int64, "int64")) } else { Some((DataType::Decimal64(18, scale), "decimal")) }
 }
 
 /// Returns the batch sorted by (partition, tags..., ts) and the partition
@@ -314,7 +374,7 @@ fn writer_properties(schema: &SchemaRef, options: &SegmentOptions, origin: &Segm
             DataType::Dictionary(_, _) => {
                 sorting.push(SortingColumn { column_idx: i as i32, descending: false, nulls_first: true });
             }
-            DataType::Timestamp(_, _) | DataType::Int64 | DataType::UInt64 => {
+            DataType::Timestamp(_, _) | DataType::Int64 | DataType::UInt64 | DataType::Decimal64(_, _) => {
                 b = b
                     .set_column_dictionary_enabled(col.clone(), false)
                     .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
@@ -596,6 +656,98 @@ mod tests {
         assert!(verify_segment(&dir.path().join(&segs[0].path)).is_ok());
         fs::write(dir.path().join("bad.parquet"), b"PAR1 not really").expect("write");
         assert!(verify_segment(&dir.path().join("bad.parquet")).is_err());
+    }
+
+    #[test]
+    fn short_decimals_are_found_and_other_floats_are_not() {
+        let of = |v: &[Option<f64>]| narrow_float(&arrow::array::Float64Array::from(v.to_vec()));
+        let dec = |s| Some((DataType::Decimal64(18, s), "decimal"));
+        assert_eq!(of(&[Some(1.0), None, Some(-7.0)]), Some((DataType::Int64, "int64")));
+        assert_eq!(of(&[Some(0.5), Some(12345.67), Some(-3.25), Some(2.0)]), dec(2));
+        assert_eq!(of(&[Some(0.003456789), Some(1.5)]), dec(9));
+        assert_eq!(of(&[Some(0.1 + 0.2)]), None, "not the f64 nearest to a short decimal");
+        assert_eq!(of(&[Some(1e-10)]), None, "ten decimals");
+        assert_eq!(of(&[Some(1.5), Some(-0.0)]), None, "-0.0 would come back as 0.0");
+        assert_eq!(of(&[Some(1.5), Some(f64::NAN)]), None);
+        assert_eq!(of(&[Some(1.5), Some(f64::INFINITY)]), None);
+        assert_eq!(of(&[Some(123_456_789.123_456_79)]), None, "more digits than a double holds exactly");
+        assert_eq!(of(&[Some(1e17), Some(0.5)]), None, "10^18 at scale 1 exceeds DECIMAL(18)");
+    }
+
+    #[test]
+    fn decimal_floats_off_keeps_decimals_double_and_integers_int64() {
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("d", DataType::Float64, true),
+            arrow::datatypes::Field::new("i", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(arrow::array::Float64Array::from(vec![0.25, 1.5])),
+                Arc::new(arrow::array::Float64Array::from(vec![2.0, 3.0])),
+            ],
+        )
+        .expect("batch");
+        let types = |b: RecordBatch| b.schema().fields().iter().map(|f| f.data_type().clone()).collect::<Vec<_>>();
+        let on = narrow_floats(&batch, true).expect("narrow");
+        assert_eq!(types(on), vec![DataType::Decimal64(18, 2), DataType::Int64]);
+        let off = narrow_floats(&batch, false).expect("narrow");
+        assert_eq!(types(off), vec![DataType::Float64, DataType::Int64]);
+    }
+
+    /// A float field of short decimals (a CPU-seconds counter) is stored as
+    /// DECIMAL(18, 2) on INT64, smaller than as floats, and reads back as
+    /// the same f64s bit for bit; one value that is not a short decimal
+    /// keeps the whole column Float64.
+    #[test]
+    fn decimal_floats_are_stored_as_decimal64_and_read_back_bit_for_bit() {
+        let schema = TableSchema {
+            columns: vec![
+                ColumnDef { name: "cpu".into(), kind: ColumnKind::Tag },
+                ColumnDef { name: "value".into(), kind: ColumnKind::Field(FieldType::Float) },
+            ],
+        }
+        .arrow_schema();
+        let write = |last: f64| {
+            let ts: Vec<i64> = (0..20_000).collect();
+            let mut values: Vec<f64> = ts.iter().map(|i| (1_000_000 + i * 97 + (i * i) % 13) as f64 / 100.0).collect();
+            values[19_999] = last;
+            let validity = Some(ts.iter().map(|i| i % 101 != 7).collect());
+            let block = SeriesBlock {
+                item: 0,
+                tags: vec![("cpu".into(), "0".into())],
+                fields: vec![FieldColumn { name: "value".into(), values: FieldValues::F64(values), validity }],
+                timestamps: ts,
+            };
+            let batch = blocks_to_batch(&schema, &[block]).expect("batch");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let options = SegmentOptions::default();
+            let segs = write_segments(
+                &test_target(dir.path(), "t", &schema, i64::MAX, &options),
+                std::slice::from_ref(&batch),
+                || 1,
+            )
+            .expect("write");
+            let path = dir.path().join(&segs[0].path);
+            let file = File::open(&path).expect("open");
+            let stored = ParquetRecordBatchReaderBuilder::try_new(file).expect("reader").schema().clone();
+            let read = crate::compact::read_segment(&path, &schema).expect("read back");
+            let read = concat_batches(&schema, &read).expect("concat");
+            let bits = |b: &RecordBatch| -> Vec<Option<u64>> {
+                b.column(2)
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .iter()
+                    .map(|v| v.map(f64::to_bits))
+                    .collect()
+            };
+            assert_eq!(bits(&read), bits(&batch), "values read back differ");
+            (stored.field_with_name("value").expect("value").data_type().clone(), segs[0].bytes)
+        };
+        let (decimal_type, decimal_bytes) = write(1234.5);
+        assert_eq!(decimal_type, DataType::Decimal64(18, 2));
+        let (float_type, float_bytes) = write(0.1 + 0.2);
+        assert_eq!(float_type, DataType::Float64);
+        assert!(decimal_bytes * 2 < float_bytes, "decimal {decimal_bytes} bytes, float {float_bytes}");
     }
 
     /// A table with token filters gets pages of one filtered block (8,192

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -55,8 +56,12 @@ def sql(http, q, token=None):
         headers["authorization"] = f"Bearer {token}"
     req = urllib.request.Request(f"http://{http}/api/v1/sql", data=json.dumps({"sql": q}).encode(),
                                  headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        # The server says why; a bare "400 Bad Request" does not.
+        raise AssertionError(f"{q!r} -> HTTP {e.code}: {e.read().decode(errors='replace')}") from None
 
 
 def get_json(url, timeout=10):

@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${CARGO_TARGET_DIR:-target}/debug/tocsin"
-# tocsin-bench loads the TSBS data of the peer comparison.
-cargo build --locked -p tocsin -p tocsin-bench
+# tocsin-bench loads the TSBS data of the peer comparison. All targets, as
+# `cargo test --workspace` builds them: the same feature set (dev-dependencies
+# turn on features of shared crates), so that after the test run in .ci/run
+# only the bench binaries are linked here instead of DataFusion rebuilt.
+cargo build --locked --workspace --all-targets
 export TOCSIN_BIN="$BIN"
 # The STARTTLS scenario of the email test makes its certificates with openssl.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }

@@ -84,7 +84,9 @@ def main():
             ours_t = [(r["hostname"], r["n"], r["mx"], r["s"]) for r in ours]
             assert len(duck) == len(ours_t) == 5, (duck, ours_t)
             for d, o in zip(duck, ours_t):
-                assert d[0] == o[0] and d[1] == o[1] and d[2] == o[2] and abs(d[3] - o[3]) < 1e-6, (d, o)
+                # usage_system holds short decimals (i / 8 + h), stored as DECIMAL(18, 3): DuckDB sums
+                # exact decimals, Tocsin doubles.
+                assert d[0] == o[0] and d[1] == o[1] and d[2] == o[2] and abs(float(d[3]) - o[3]) < 1e-6, (d, o)
             written = sorted((f"host_{h}", T0 + i * 10 * SEC, v) for h in range(5) for i, v in enumerate(walk(720, h)))
             duck_rows = duckdb.sql(f"SELECT hostname::VARCHAR, epoch_ns(ts), usage_user FROM read_parquet({files!r}) "
                                    "ORDER BY 1, 2").fetchall()
@@ -93,6 +95,13 @@ def main():
             arrow_rows = sorted(zip(table.column("hostname").to_pylist(),
                                     table.column("ts").cast("int64").to_pylist(), table.column("usage_user").to_pylist()))
             assert arrow_rows == written, "pyarrow decodes different integers than were written"
+            # Outside readers get the very doubles that were written back from the decimals.
+            written_f = sorted((f"host_{h}", T0 + i * 10 * SEC, i / 8 + h) for h in range(5) for i in range(n))
+            duck_f = duckdb.sql(f"SELECT hostname::VARCHAR, epoch_ns(ts), usage_system FROM read_parquet({files!r}) "
+                                "WHERE hostname <> 'x' ORDER BY 1, 2").fetchall()
+            assert [(h, t, float(v)) for h, t, v in duck_f] == written_f, "DuckDB reads other values"
+            table = pq.read_table(files, columns=["usage_system"])
+            assert str(table.schema.field("usage_system").type) == "decimal64(18, 3)", table.schema
             print(f"interop ok: python gRPC wrote {resp.accepted_rows} rows; DuckDB agrees on {len(files)} segments")
         finally:
             proc.terminate()

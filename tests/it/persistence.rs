@@ -235,6 +235,43 @@ async fn compaction_merges_each_partitions_segments_with_identical_answers() {
 }
 
 #[tokio::test]
+async fn a_full_compaction_merges_todays_partition_and_refuses_a_bad_flag() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[compaction]\ngrace = \"0s\"\ninterval = \"1h\"\n").expect("config");
+    let cfg = cfg.to_str().expect("utf8").to_string();
+    let server = TestServer::start_in(&dir, &["--config", &cfg]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as i64;
+    let mut client = server.client().await;
+    for i in 0..3 {
+        let ts = vec![now - (60 - i) * SEC];
+        client
+            .write_rows(rows("m", vec![row_series(&[("host", "a")], ts, vec![i64s("i", vec![i])])]))
+            .await
+            .expect("write");
+        server.persist().await;
+    }
+    assert_eq!(manifest_segments(&dir, "m").len(), 3);
+    let before = server.sql("SELECT host, i FROM m ORDER BY ts").await;
+    // Today is live and three segments are below the fan-in of four.
+    assert_eq!(server.compact().await["inputs"], json!(0));
+    let stats = server.compact_full().await;
+    assert_eq!((stats["merges"].clone(), stats["inputs"].clone()), (json!(1), json!(3)), "{stats}");
+    assert_eq!(manifest_segments(&dir, "m").len(), 1);
+    assert_eq!(server.sql("SELECT host, i FROM m ORDER BY ts").await, before);
+
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/admin/compact?full=maybe", server.http))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body = resp.text().await.expect("text");
+    assert!(body.contains("full"), "the refusal names the parameter: {body}");
+}
+
+#[tokio::test]
 async fn retention_drops_old_partitions_and_keeps_recent_rows() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");

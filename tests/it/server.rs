@@ -228,6 +228,11 @@ impl TestServer {
         self.admin("compact").await
     }
 
+    /// `POST /api/v1/admin/compact?full=true`: every partition merged.
+    pub(crate) async fn compact_full(&self) -> Value {
+        self.admin("compact?full=true").await
+    }
+
     async fn admin(&self, action: &str) -> Value {
         let resp = self
             .authorized(reqwest::Client::new().post(format!("http://{}/api/v1/admin/{action}", self.http)))

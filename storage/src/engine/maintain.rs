@@ -18,6 +18,18 @@ impl Storage {
     /// [`crate::compact`]), one after another. Inputs that cannot be read
     /// are reported and left in place; the round goes on with the others.
     pub async fn compact(&self) -> Result<CompactionStats, StorageError> {
+        self.compact_round(false).await
+    }
+
+    /// A compaction round that treats every partition as cold: each one's
+    /// segments are merged into one (within the row budget), today's too.
+    /// For an operator before a backup or a measurement; the background
+    /// rounds keep to the policy.
+    pub async fn compact_full(&self) -> Result<CompactionStats, StorageError> {
+        self.compact_round(true).await
+    }
+
+    async fn compact_round(&self, full: bool) -> Result<CompactionStats, StorageError> {
         let _one_round = self.compact_lock.lock().await;
         let partition_ns = self.config.partition.as_nanos().min(i64::MAX as u128) as i64;
         let now_ns = self.clock.now_ns();
@@ -26,7 +38,7 @@ impl Storage {
             let mut jobs = Vec::new();
             for (db, tables) in &st.dbs {
                 for (name, t) in tables {
-                    for inputs in compact::plan(&t.segments, partition_ns, now_ns, &self.config.compaction) {
+                    for inputs in compact::plan(&t.segments, partition_ns, now_ns, &self.config.compaction, full) {
                         jobs.push((db.clone(), name.clone(), t.current_arrow_schema(), inputs));
                     }
                 }
