@@ -105,10 +105,16 @@ def main():
     procs = []
     try:
         logs = open(os.path.join(work, "servers.log"), "w")
-        tocsin, _, http = peers.start_tocsin(os.path.join(work, "tocsin"), logs)
-        procs.append(tocsin)
+        # Replaced segment files are deleted at once (default: after 10
+        # minutes, for queries still reading them), so that the bytes on
+        # disk are the segments the manifest lists.
+        with open(os.path.join(work, "tocsin.toml"), "w") as f:
+            f.write("[compaction]\ngrace = \"0s\"\n")
         with open(os.path.join(work, "doubles.toml"), "w") as f:
-            f.write("[storage]\ndecimal_floats = false\n")
+            f.write("[storage]\ndecimal_floats = false\n[compaction]\ngrace = \"0s\"\n")
+        tocsin, _, http = peers.start_tocsin(os.path.join(work, "tocsin"), logs,
+                                             ["--config", os.path.join(work, "tocsin.toml")])
+        procs.append(tocsin)
         doubles, _, http_doubles = peers.start_tocsin(os.path.join(work, "tocsin-doubles"), logs,
                                                       ["--config", os.path.join(work, "doubles.toml")])
         procs.append(doubles)
