@@ -286,6 +286,7 @@ async fn persist(State(app): State<AppState>) -> Result<Response, ApiError> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CompactParams {
     /// Merge every partition's segments into one, today's too.
     #[serde(default)]
@@ -296,8 +297,9 @@ struct CompactParams {
 /// configured policies; with `?full=true`, every partition as if cold).
 async fn compact(
     State(app): State<AppState>,
-    axum::extract::Query(params): axum::extract::Query<CompactParams>,
+    params: Result<axum::extract::Query<CompactParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let params = params.map_err(|e| ApiError::bad_request(format!("{}: full=true or full=false", e.body_text())))?.0;
     let (expired_segments, expired_rows) = app.storage.expire().await?;
     let stats = if params.full { app.storage.compact_full().await? } else { app.storage.compact().await? };
     app.storage.purge_retired();

@@ -52,7 +52,8 @@ pub struct CompactionStats {
 
 /// The merges due now among one table's `segments`: each a list of inputs
 /// from one partition (at most one merge per partition per round). `full`
-/// treats every partition as cold (an operator's full compaction).
+/// treats every partition as cold (an operator's full compaction, which
+/// runs even when background compaction is disabled).
 pub(crate) fn plan(
     segments: &[Arc<SegmentMeta>],
     partition_ns: i64,
@@ -60,7 +61,7 @@ pub(crate) fn plan(
     config: &CompactionConfig,
     full: bool,
 ) -> Vec<Vec<Arc<SegmentMeta>>> {
-    if !config.enabled {
+    if !config.enabled && !full {
         return Vec::new();
     }
     let cold_ns = i64::try_from(config.cold_after.as_nanos()).unwrap_or(i64::MAX);
@@ -188,8 +189,10 @@ mod tests {
         let now = 10 * DAY + 3600 * 1_000_000_000;
         assert!(plan(&segs, DAY, now, &config, false).is_empty());
         assert_eq!(ids(&plan(&segs, DAY, now, &config, true)), vec![vec![1, 2, 3]]);
+        // Disabled stops the background rounds, not an operator's request.
         let off = CompactionConfig { enabled: false, ..config };
-        assert!(plan(&segs, DAY, now, &off, true).is_empty(), "disabled means disabled");
+        assert!(plan(&segs, DAY, now, &off, false).is_empty());
+        assert_eq!(ids(&plan(&segs, DAY, now, &off, true)), vec![vec![1, 2, 3]]);
     }
 
     #[test]

@@ -325,8 +325,18 @@ fn narrow_float(a: &arrow::array::Float64Array) -> Option<(DataType, &'static st
         })
     };
     let mut scale = 0i8;
+    let mut largest = 0f64;
     for v in a.iter().flatten() {
         scale = scale_of(v, scale)?;
+        largest = largest.max(v.abs());
+    }
+    // Values scanned before the scale last rose were checked at a smaller
+    // one: the largest must still scale to an exact integer at the final
+    // scale (90071992547409.9 then 0.001 would otherwise be stored at scale
+    // 3 as a 9e16 that outside readers see as ...409.904).
+    let m = (largest * 10f64.powi(i32::from(scale))).round();
+    if m >= DIGITS || m > EXACT {
+        return None;
     }
     if scale == 0 { Some((DataType::Int64, "int64")) } else { Some((DataType::Decimal64(18, scale), "decimal")) }
 }
@@ -358,7 +368,30 @@ fn sort_for_segment(batch: &RecordBatch, partition_ns: i64) -> Result<(RecordBat
     Ok((sorted, parts.as_primitive().clone()))
 }
 
-fn writer_properties(schema: &SchemaRef, options: &SegmentOptions, origin: &SegmentOrigin) -> WriterProperties {
+/// Names of the float columns of `batch` that hold a NaN. Parquet leaves NaN
+/// out of min/max statistics, and DataFusion's pruning then skips the row
+/// group or page for a filter the NaN satisfies (`v > 1.5` is true for NaN
+/// in DataFusion's total order): such a column is written without
+/// statistics in this segment, so that nothing prunes it.
+fn nan_columns(batch: &RecordBatch) -> Vec<String> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(_, c)| {
+            c.as_primitive_opt::<arrow::datatypes::Float64Type>().is_some_and(|a| a.iter().flatten().any(f64::is_nan))
+        })
+        .map(|(f, _)| f.name().clone())
+        .collect()
+}
+
+fn writer_properties(
+    schema: &SchemaRef,
+    options: &SegmentOptions,
+    origin: &SegmentOrigin,
+    no_statistics: &[String],
+) -> WriterProperties {
     let origin = serde_json::to_string(origin).expect("a struct of strings and integers serializes");
     let mut b = WriterProperties::builder()
         .set_key_value_metadata(Some(vec![KeyValue::new(ORIGIN_KEY.to_string(), origin)]))
@@ -368,6 +401,9 @@ fn writer_properties(schema: &SchemaRef, options: &SegmentOptions, origin: &Segm
         .set_data_page_row_count_limit(options.page_rows)
         .set_write_batch_size(options.page_rows.min(1024));
     let mut sorting = Vec::new();
+    for name in no_statistics {
+        b = b.set_column_statistics_enabled(ColumnPath::from(name.as_str()), EnabledStatistics::None);
+    }
     for (i, f) in schema.fields().iter().enumerate() {
         let col = ColumnPath::from(f.name().as_str());
         match f.data_type() {
@@ -458,7 +494,11 @@ fn encode_parquet<W: io::Write + Send>(
 ) -> Result<(W, delta::RepackStats), ParquetError> {
     let schema = batch.schema();
     let options = &page_rows_for(&schema, options);
-    let writer = ArrowWriter::try_new(sink, Arc::clone(&schema), Some(writer_properties(&schema, options, origin)))?;
+    let writer = ArrowWriter::try_new(
+        sink,
+        Arc::clone(&schema),
+        Some(writer_properties(&schema, options, origin, &nan_columns(batch))),
+    )?;
     let (mut file, factory) = writer.into_serialized_writer()?;
     let delta_props = Arc::new(delta_properties(options));
     let leaves: Vec<_> = file.schema_descr().columns().to_vec();
@@ -672,6 +712,10 @@ mod tests {
         assert_eq!(of(&[Some(1.5), Some(f64::INFINITY)]), None);
         assert_eq!(of(&[Some(123_456_789.123_456_79)]), None, "more digits than a double holds exactly");
         assert_eq!(of(&[Some(1e17), Some(0.5)]), None, "10^18 at scale 1 exceeds DECIMAL(18)");
+        // Whatever the order, a large value checked at a small scale is
+        // checked again at the scale a later value needs.
+        assert_eq!(of(&[Some(90_071_992_547_409.9), Some(0.001)]), None, "9e16 at scale 3 is above 2^53");
+        assert_eq!(of(&[Some(0.001), Some(90_071_992_547_409.9)]), None);
     }
 
     #[test]
@@ -939,7 +983,7 @@ mod tests {
         let mut plain = ArrowWriter::try_new(
             Vec::new(),
             batch.schema(),
-            Some(writer_properties(&batch.schema(), &options, &SegmentOrigin::default())),
+            Some(writer_properties(&batch.schema(), &options, &SegmentOrigin::default(), &[])),
         )
         .expect("writer");
         plain.write(&batch).expect("write");

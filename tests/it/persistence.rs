@@ -267,8 +267,14 @@ async fn a_full_compaction_merges_todays_partition_and_refuses_a_bad_flag() {
         .await
         .expect("request");
     assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST);
-    let body = resp.text().await.expect("text");
-    assert!(body.contains("full"), "the refusal names the parameter: {body}");
+    let body: Value = resp.json().await.expect("a JSON error like every other");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("full")), "the refusal names the parameter: {body}");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/admin/compact?FULL=true", server.http))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST, "a misspelt flag is not a plain round");
 }
 
 #[tokio::test]
