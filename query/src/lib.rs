@@ -190,6 +190,7 @@ fn resources_exhausted(e: &DataFusionError) -> bool {
         DataFusionError::ResourcesExhausted(_) => true,
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => resources_exhausted(inner),
         DataFusionError::Shared(inner) => resources_exhausted(inner),
+        DataFusionError::Collection(errors) => errors.iter().any(resources_exhausted),
         DataFusionError::External(inner) => inner.downcast_ref::<DataFusionError>().is_some_and(resources_exhausted),
         _ => false,
     }
@@ -213,6 +214,9 @@ fn datafusion_user_error(e: &DataFusionError) -> bool {
         DataFusionError::Context(label, _) if label == "Invalid regex" => true,
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => datafusion_user_error(inner),
         DataFusionError::Shared(inner) => datafusion_user_error(inner),
+        // Several errors of one statement (an unknown column in two
+        // aggregates): the client's when every one is.
+        DataFusionError::Collection(errors) => !errors.is_empty() && errors.iter().all(datafusion_user_error),
         _ => false,
     }
 }
@@ -890,6 +894,19 @@ pub mod names {
 mod tests {
     use super::*;
     use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn an_unknown_column_in_several_aggregates_is_the_clients_error() {
+        let (_dir, engine) = engine().await;
+        engine.execute("INSERT INTO af (ts, h, w) VALUES (to_timestamp(1), 'a', 1)", None).await.expect("insert");
+        for sql in ["SELECT min(v) FROM af", "SELECT min(v), count(DISTINCT v) FROM af"] {
+            let err = engine.execute(sql, None).await.expect_err("no column v");
+            assert!(err.to_string().contains("No field named v"), "{sql}: {err}");
+            // HTTP 400, not a 500 (found by a hostile review).
+            let class = tocsin_storage::errors::Classify::class(&err);
+            assert_eq!(class, tocsin_storage::errors::ErrorClass::Invalid, "{sql}: {err:?}");
+        }
+    }
 
     /// A panic inside a running statement ends the statement with an
     /// error (the HTTP connection used to close without an answer).
