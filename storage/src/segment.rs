@@ -275,36 +275,45 @@ fn narrow_floats(batch: &RecordBatch, decimals: bool) -> Result<RecordBatch, Arr
     let mut fields = Vec::with_capacity(narrowed.len());
     let mut columns = Vec::with_capacity(narrowed.len());
     for ((f, c), to) in schema.fields().iter().zip(batch.columns()).zip(narrowed) {
-        let Some((data_type, stored_as)) = to else {
-            fields.push(f.as_ref().clone());
-            columns.push(Arc::clone(c));
-            continue;
+        let converted = match to {
+            Some((data_type, stored_as)) => exact_cast(c, &data_type)?.map(|a| (a, stored_as)),
+            None => None,
         };
-        let converted = arrow::compute::cast(c, &data_type)?;
-        if data_type != DataType::Int64 {
-            // The promise made above, kept by construction: the cast back
-            // that readers do gives every value's bits, or nothing changes.
-            let back = arrow::compute::cast(&converted, &DataType::Float64)?;
-            let a = c.as_primitive::<arrow::datatypes::Float64Type>();
-            let b = back.as_primitive::<arrow::datatypes::Float64Type>();
-            if a.iter().zip(b.iter()).any(|(x, y)| x.map(f64::to_bits) != y.map(f64::to_bits)) {
+        match converted {
+            Some((converted, stored_as)) => {
+                let mut meta = f.metadata().clone();
+                meta.insert(STORED_AS_KEY.to_string(), stored_as.to_string());
+                fields.push(f.as_ref().clone().with_data_type(converted.data_type().clone()).with_metadata(meta));
+                columns.push(converted);
+            }
+            None => {
                 fields.push(f.as_ref().clone());
                 columns.push(Arc::clone(c));
-                continue;
             }
         }
-        let mut meta = f.metadata().clone();
-        meta.insert(STORED_AS_KEY.to_string(), stored_as.to_string());
-        fields.push(f.as_ref().clone().with_data_type(data_type).with_metadata(meta));
-        columns.push(converted);
     }
     let schema = arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone());
     RecordBatch::try_new(Arc::new(schema), columns)
 }
 
+/// `column` cast to `data_type`, if the cast back that readers do gives
+/// every value's bits (the promise made above, kept by construction);
+/// integers below 2^53 always do.
+fn exact_cast(column: &ArrayRef, data_type: &DataType) -> Result<Option<ArrayRef>, ArrowError> {
+    let converted = arrow::compute::cast(column, data_type)?;
+    if data_type == &DataType::Int64 {
+        return Ok(Some(converted));
+    }
+    let back = arrow::compute::cast(&converted, &DataType::Float64)?;
+    let a = column.as_primitive::<arrow::datatypes::Float64Type>();
+    let b = back.as_primitive::<arrow::datatypes::Float64Type>();
+    let exact = a.iter().zip(b.iter()).all(|(x, y)| x.map(f64::to_bits) == y.map(f64::to_bits));
+    Ok(exact.then_some(converted))
+}
+
 /// The largest decimal scale [`narrow_floats`] tries: nanosecond durations
 /// in seconds (`scrape_duration_seconds`) have nine.
-pub(crate) const MAX_DECIMAL_SCALE: i8 = 9;
+const MAX_DECIMAL_SCALE: i8 = 9;
 
 /// How a Float64 column of a segment is stored, if not as itself (see
 /// [`narrow_floats`]): the Arrow type and the `tocsin.stored_as` mark.
