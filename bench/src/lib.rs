@@ -3,5 +3,6 @@
 
 pub mod data;
 pub mod logs;
+pub mod peers;
 pub mod tsbs;
 pub mod util;

@@ -10,16 +10,15 @@
 //! directory and stops it afterwards.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use prost::Message;
 use tocsin_bench::data::{self, FIELDS, HostData, INTERVAL_NS, START_NS};
+use tocsin_bench::peers::{Peer, dir_size, free_port, push};
 use tocsin_bench::util::{Server, metric, sql};
 use tocsin_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
 
@@ -127,7 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ("remote_write", &remote, "/api/v1/write", &[("content-encoding", "snappy")][..]),
             ("line protocol", &lines, "/write", &[][..]),
         ] {
-            let vm = Peer::victoria_metrics().await?;
+            let vm = Peer::victoria_metrics(&[]).await?;
             let vps = push(&format!("{}{path}", vm.base), bodies, values, args.concurrency, headers).await?;
             let disk = vm.vm_flush_and_size().await?;
             let reported = vm.vm_reported_size().await?;
@@ -136,7 +135,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "VictoriaMetrics {protocol}: vm_data_size_bytes (its own account) {reported} = {:.3} B/value",
                 reported as f64 / values as f64
             );
-            let answers = vm.vm_answers(end_s, steps).await?;
+            let answers = vm_answers(&vm, end_s, steps).await?;
             outcomes.push(Outcome {
                 target: "VictoriaMetrics",
                 protocol,
@@ -147,10 +146,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if !skip.contains(&"influx") {
-        let influx = Peer::influxdb().await?;
+        let influx = start_influxdb().await?;
         let vps = push(&format!("{}/write?db=bench", influx.base), &lines, values, args.concurrency, &[]).await?;
         let disk = dir_size(influx.dir.path());
-        let answers = influx.influx_answers().await?;
+        let answers = influx_answers(&influx).await?;
         outcomes.push(Outcome {
             target: "InfluxDB",
             protocol: "line protocol",
@@ -243,45 +242,6 @@ fn remote_write_bodies(hosts: &[HostData], steps: usize, batch: usize) -> Vec<Ve
     out
 }
 
-/// POSTs every body with `concurrency` connections; values per second.
-async fn push(
-    url: &str,
-    bodies: &[Vec<u8>],
-    values: u64,
-    concurrency: usize,
-    headers: &[(&'static str, &'static str)],
-) -> anyhow::Result<f64> {
-    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(bodies.iter().map(|b| bytes::Bytes::from(b.clone())).collect());
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (bodies, next, url) = (Arc::clone(&bodies), Arc::clone(&next), url.to_string());
-        let headers = headers.to_vec();
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { return Ok::<_, anyhow::Error>(()) };
-                let mut req = client.post(&url).body(body.clone());
-                for (k, v) in &headers {
-                    req = req.header(*k, *v);
-                }
-                let resp = req.send().await?;
-                if !resp.status().is_success() {
-                    bail!("{url}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.context("writer")??;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!("  {url}: {values} values in {secs:.2} s");
-    Ok(values as f64 / secs)
-}
-
 async fn tocsin_disk(server: &Server) -> anyhow::Result<u64> {
     reqwest::Client::new().post(format!("http://{}/api/v1/admin/persist", server.http)).send().await?;
     Ok(metric(server.http, "tocsin_segment_bytes").await? as u64)
@@ -295,172 +255,82 @@ async fn tocsin_answers(server: &Server, q: &str) -> anyhow::Result<Answers> {
         .collect())
 }
 
-fn dir_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
-    rd.filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+/// Per-host max and count of `usage_user` in VictoriaMetrics (MetricsQL).
+async fn vm_answers(vm: &Peer, end_s: i64, steps: usize) -> anyhow::Result<Answers> {
+    // At the last sample's time, a window as long as the whole range.
+    let (at, window) = (end_s - 10, steps as i64 * 10);
+    let q = |expr: String| {
+        let base = vm.base.clone();
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(format!("{base}/api/v1/query"))
+                .query(&[("query", expr.as_str()), ("time", &at.to_string())])
+                .send()
+                .await?
+                .json()
+                .await?;
+            let mut out = BTreeMap::new();
+            for r in v["data"]["result"].as_array().context("vm result")? {
+                let host = r["metric"]["hostname"].as_str().context("hostname")?.to_string();
+                let val: f64 = r["value"][1].as_str().context("value")?.parse()?;
+                out.insert(host, val);
+            }
+            Ok::<_, anyhow::Error>(out)
+        }
+    };
+    let max = q(format!("max_over_time(cpu_usage_user[{window}s])")).await?;
+    let count = q(format!("count_over_time(cpu_usage_user[{window}s])")).await?;
+    Ok(max.into_iter().map(|(h, m)| (h.clone(), (m as i64, count.get(&h).copied().unwrap_or(0.0) as u64))).collect())
 }
 
-/// A peer database on loopback over a temporary directory.
-struct Peer {
-    child: Child,
-    base: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_up(url: &str) -> anyhow::Result<()> {
+/// The Debian package's `influxd` (1.x) on a temporary directory, with a
+/// database `bench`.
+async fn start_influxdb() -> anyhow::Result<Peer> {
+    let dir = tempfile::tempdir()?;
+    let (http, rpc) = (free_port()?, free_port()?);
+    let conf = dir.path().join("influxdb.conf");
+    let d = dir.path().display();
+    std::fs::write(
+        &conf,
+        format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n\
+             [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
+             [http]\n  bind-address = \"127.0.0.1:{http}\"\n  log-enabled = false\n[monitor]\n  store-enabled = false\n"
+        ),
+    )?;
+    let child = Command::new("influxd")
+        .arg("-config")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting influxd (apt-get install influxdb)")?;
+    let base = format!("http://127.0.0.1:{http}");
+    let peer = Peer { child, base, dir };
     for _ in 0..200 {
-        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
+        if reqwest::get(format!("{}/ping", peer.base)).await.is_ok() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("{url} did not come up")
+    reqwest::Client::new().post(format!("{}/query", peer.base)).form(&[("q", "CREATE DATABASE bench")]).send().await?;
+    Ok(peer)
 }
 
-impl Peer {
-    async fn victoria_metrics() -> anyhow::Result<Peer> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let child = Command::new("victoria-metrics")
-            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg("-retentionPeriod=100y")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting victoria-metrics (apt-get install victoria-metrics)")?;
-        let base = format!("http://127.0.0.1:{port}");
-        let peer = Peer { child, base, dir };
-        wait_up(&format!("{}/health", peer.base)).await?;
-        Ok(peer)
+/// The same answers from InfluxDB (InfluxQL).
+async fn influx_answers(influx: &Peer) -> anyhow::Result<Answers> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/query", influx.base))
+        .query(&[("db", "bench"), ("q", "SELECT max(usage_user), count(usage_user) FROM cpu GROUP BY hostname")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut out = BTreeMap::new();
+    for s in v["results"][0]["series"].as_array().context("influx series")? {
+        let host = s["tags"]["hostname"].as_str().context("hostname")?.to_string();
+        let row = &s["values"][0];
+        out.insert(host, (row[1].as_i64().context("max")?, row[2].as_u64().context("count")?));
     }
-
-    /// Flushes, asks for a full merge, and waits until the data directory
-    /// stops changing (two equal sizes 3 s apart, at most a minute): its
-    /// settled size, not a moment of a background merge.
-    async fn vm_flush_and_size(&self) -> anyhow::Result<u64> {
-        reqwest::get(format!("{}/internal/force_flush", self.base)).await?;
-        reqwest::get(format!("{}/internal/force_merge", self.base)).await?;
-        let data = self.dir.path().join("data");
-        let mut last = dir_size(&data);
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let now = dir_size(&data);
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-        Ok(last)
-    }
-
-    /// The sum of VictoriaMetrics' own `vm_data_size_bytes` gauges.
-    async fn vm_reported_size(&self) -> anyhow::Result<u64> {
-        let text = reqwest::get(format!("{}/metrics", self.base)).await?.text().await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with("vm_data_size_bytes{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64)
-    }
-
-    async fn vm_answers(&self, end_s: i64, steps: usize) -> anyhow::Result<Answers> {
-        // At the last sample's time, a window as long as the whole range.
-        let (at, window) = (end_s - 10, steps as i64 * 10);
-        let q = |expr: String| {
-            let base = self.base.clone();
-            async move {
-                let v: serde_json::Value = reqwest::Client::new()
-                    .get(format!("{base}/api/v1/query"))
-                    .query(&[("query", expr.as_str()), ("time", &at.to_string())])
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                let mut out = BTreeMap::new();
-                for r in v["data"]["result"].as_array().context("vm result")? {
-                    let host = r["metric"]["hostname"].as_str().context("hostname")?.to_string();
-                    let val: f64 = r["value"][1].as_str().context("value")?.parse()?;
-                    out.insert(host, val);
-                }
-                Ok::<_, anyhow::Error>(out)
-            }
-        };
-        let max = q(format!("max_over_time(cpu_usage_user[{window}s])")).await?;
-        let count = q(format!("count_over_time(cpu_usage_user[{window}s])")).await?;
-        Ok(max
-            .into_iter()
-            .map(|(h, m)| (h.clone(), (m as i64, count.get(&h).copied().unwrap_or(0.0) as u64)))
-            .collect())
-    }
-
-    async fn influxdb() -> anyhow::Result<Peer> {
-        let dir = tempfile::tempdir()?;
-        let (http, rpc) = (free_port()?, free_port()?);
-        let conf = dir.path().join("influxdb.conf");
-        let d = dir.path().display();
-        std::fs::write(
-            &conf,
-            format!(
-                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n\
-                 [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
-                 [http]\n  bind-address = \"127.0.0.1:{http}\"\n  log-enabled = false\n[monitor]\n  store-enabled = false\n"
-            ),
-        )?;
-        let child = Command::new("influxd")
-            .arg("-config")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting influxd (apt-get install influxdb)")?;
-        let base = format!("http://127.0.0.1:{http}");
-        let peer = Peer { child, base, dir };
-        for _ in 0..200 {
-            if reqwest::get(format!("{}/ping", peer.base)).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        reqwest::Client::new()
-            .post(format!("{}/query", peer.base))
-            .form(&[("q", "CREATE DATABASE bench")])
-            .send()
-            .await?;
-        Ok(peer)
-    }
-
-    async fn influx_answers(&self) -> anyhow::Result<Answers> {
-        let v: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/query", self.base))
-            .query(&[("db", "bench"), ("q", "SELECT max(usage_user), count(usage_user) FROM cpu GROUP BY hostname")])
-            .send()
-            .await?
-            .json()
-            .await?;
-        let mut out = BTreeMap::new();
-        for s in v["results"][0]["series"].as_array().context("influx series")? {
-            let host = s["tags"]["hostname"].as_str().context("hostname")?.to_string();
-            let row = &s["values"][0];
-            out.insert(host, (row[1].as_i64().context("max")?, row[2].as_u64().context("count")?));
-        }
-        Ok(out)
-    }
+    Ok(out)
 }

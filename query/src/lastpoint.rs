@@ -11,23 +11,32 @@
 //! keeps the full scan.
 
 use std::any::Any;
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use arrow::array::UInt32Array;
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{cast, interleave_record_batch};
+use arrow::compute::{SortOptions, cast, filter_record_batch, interleave_record_batch, take_record_batch};
+use arrow::datatypes::Int32Type;
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, Result};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema, Result};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{DefaultTableSource, provider_as_source};
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::logical_plan::{Aggregate, Filter, TableScanBuilder};
+use datafusion::logical_expr::expr::NullTreatment;
+use datafusion::logical_expr::logical_plan::{Aggregate, Projection, SubqueryAlias, TableScanBuilder};
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use tocsin_storage::TIME_COLUMN;
@@ -48,8 +57,21 @@ impl OptimizerRule for LastRowRule {
 
     fn rewrite(&self, plan: LogicalPlan, _config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
         let LogicalPlan::Aggregate(agg) = &plan else { return Ok(Transformed::no(plan)) };
-        // The scan, possibly under a filter (on tags only, checked below).
-        let (filter, scan) = match agg.input.as_ref() {
+        // The scan, possibly under a filter (on tags only, checked below)
+        // and a projection of its columns (the new scan has them all).
+        // An alias (`FROM cpu AS c`) is kept over the new scan.
+        let mut input = agg.input.as_ref();
+        let mut alias = None;
+        if let LogicalPlan::SubqueryAlias(a) = input {
+            alias = Some(a.alias.clone());
+            input = a.input.as_ref();
+        }
+        if let LogicalPlan::Projection(p) = input
+            && p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
+        {
+            input = p.input.as_ref();
+        }
+        let (filter, scan) = match input {
             LogicalPlan::TableScan(scan) => (None, scan),
             LogicalPlan::Filter(f) => match f.input.as_ref() {
                 LogicalPlan::TableScan(scan) => (Some(&f.predicate), scan),
@@ -76,6 +98,15 @@ impl OptimizerRule for LastRowRule {
         {
             return Ok(Transformed::no(plan));
         }
+        let predicate = conjunction(scan.filters.iter().chain(filter).cloned()).map(unqualified).transpose()?;
+        let group: Vec<String> = agg
+            .group_expr
+            .iter()
+            .filter_map(|g| match g {
+                Expr::Column(c) => Some(c.name.clone()),
+                _ => None,
+            })
+            .collect();
         let cached = Arc::new(LastRowsTable {
             full: TocsinTable {
                 storage: Arc::clone(&table.storage),
@@ -84,19 +115,38 @@ impl OptimizerRule for LastRowRule {
                 schema: Arc::clone(&table.schema),
                 pinned: None,
             },
+            predicate,
+            group,
         });
-        let new_scan = TableScanBuilder::new(scan.table_name.clone(), provider_as_source(cached))
-            .with_projection(scan.projection.clone())
-            .with_filters(scan.filters.clone())
-            .with_fetch(scan.fetch)
-            .build()?;
-        let mut input = LogicalPlan::TableScan(new_scan);
-        if let Some(predicate) = filter {
-            input = LogicalPlan::Filter(Filter::try_new(predicate.clone(), Arc::new(input))?);
+        let mut input =
+            LogicalPlan::TableScan(TableScanBuilder::new(scan.table_name.clone(), provider_as_source(cached)).build()?);
+        if let Some(alias) = alias {
+            input = LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(input), alias)?);
         }
-        let new_agg = Aggregate::try_new(Arc::new(input), agg.group_expr.clone(), agg.aggr_expr.clone())?;
-        Ok(Transformed::yes(LogicalPlan::Aggregate(new_agg)))
+        // One row per group now: each aggregate is that row's value.
+        let mut exprs: Vec<Expr> = agg.group_expr.clone();
+        for (e, field) in agg.aggr_expr.iter().zip(agg.schema.fields().iter().skip(agg.group_expr.len())) {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(f) = e else { return Ok(Transformed::no(plan)) };
+            let Some(arg) = f.params.args.first() else { return Ok(Transformed::no(plan)) };
+            exprs.push(arg.clone().alias(field.name()));
+        }
+        let projection = Projection::try_new(exprs, Arc::new(input))?;
+        Ok(Transformed::yes(LogicalPlan::Projection(projection)))
     }
+}
+
+/// `e` with its columns unqualified, to be evaluated against the table's
+/// own schema.
+fn unqualified(e: Expr) -> Result<Expr> {
+    e.transform(|e| match e {
+        Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
+        e => Ok(Transformed::no(e)),
+    })
+    .map(|t| t.data)
 }
 
 fn only_tags(e: &Expr, tags: &HashSet<&str>) -> bool {
@@ -130,7 +180,7 @@ fn eligible(agg: &Aggregate, tags: &HashSet<&str>) -> bool {
         };
         let Expr::AggregateFunction(f) = e else { return false };
         let p = &f.params;
-        if p.distinct || p.filter.is_some() {
+        if p.distinct || p.filter.is_some() || p.null_treatment == Some(NullTreatment::IgnoreNulls) {
             return false;
         }
         let newest_first = match f.func.name() {
@@ -146,12 +196,18 @@ fn eligible(agg: &Aggregate, tags: &HashSet<&str>) -> bool {
     })
 }
 
-/// The table as its newest row per series.
+/// The table as its newest row per group: the last-row cache (one row per
+/// series), filtered by a predicate on tags, then reduced to the newest
+/// row of each distinct value of the group columns.
 #[derive(Debug)]
 pub(crate) struct LastRowsTable {
     /// The table itself; scanned once, to fold in the history the cache has
     /// not seen.
     full: TocsinTable,
+    /// Applied to the cached rows before grouping (unqualified columns).
+    predicate: Option<Expr>,
+    /// The group columns.
+    group: Vec<String>,
 }
 
 #[async_trait]
@@ -164,8 +220,9 @@ impl TableProvider for LastRowsTable {
         TableType::Base
     }
 
+    /// Filters from above stay above: rows are already one per group here.
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        self.full.supports_filters_pushdown(filters)
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
     }
 
     async fn scan(
@@ -182,26 +239,88 @@ impl TableProvider for LastRowsTable {
             None => {
                 let plan = self.full.scan(state, None, &[], None).await?;
                 let batches = collect(plan, state.task_ctx()).await?;
-                let newest = newest_per_series(&batches, schema)?;
+                let newest = newest_per_key(&batches, schema, &tag_columns(schema))?;
                 storage.complete_last_rows(db, table, &newest).map_err(ext)?;
                 storage.last_rows(db, table).map_err(ext)?.unwrap_or(newest)
             }
         };
-        let rows = tocsin_storage::batch::adapt_batch(&rows, schema)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![rows]], Arc::clone(schema), projection.cloned())?)
+        let mut rows = tocsin_storage::batch::adapt_batch(&rows, schema)?;
+        if let Some(predicate) = &self.predicate {
+            let df_schema = DFSchema::try_from(Arc::clone(schema))?;
+            let keep = state.create_physical_expr(predicate.clone(), &df_schema)?.evaluate(&rows)?;
+            let keep = keep.into_array(rows.num_rows())?;
+            let Some(keep) = keep.as_boolean_opt() else {
+                return Err(DataFusionError::Internal("tag filter is not boolean".into()));
+            };
+            rows = filter_record_batch(&rows, keep)?;
+        }
+        let key = self.group.iter().map(|g| schema.index_of(g)).collect::<Result<Vec<_>, _>>()?;
+        let rows = sorted_by(&newest_per_key(&[rows], schema, &key)?, &key)?;
+        // Declared sorted by the group columns, so that `DISTINCT ON (g)
+        // ... ORDER BY g` needs no sort above (DataFusion's sort of a
+        // million rows of dictionary tags took seconds).
+        let ordering = key.iter().zip(&self.group).map(|(i, name)| {
+            PhysicalSortExpr::new(Arc::new(PhysicalColumn::new(name, *i)), SortOptions::new(false, false))
+        });
+        let source = MemorySourceConfig::try_new(&[vec![rows]], Arc::clone(schema), projection.cloned())?
+            .try_with_sort_information(LexOrdering::new(ordering).into_iter().collect())?;
+        Ok(DataSourceExec::from_data_source(source))
     }
 }
 
-/// The newest row of each series (distinct tag values) in `batches`.
-fn newest_per_series(batches: &[RecordBatch], schema: &SchemaRef) -> Result<RecordBatch> {
-    let ts_idx = schema.index_of(TIME_COLUMN)?;
-    let tag_idx: Vec<usize> = schema
+/// `rows` sorted by the tag columns `key` in order, ascending, nulls last
+/// (SQL's default `ORDER BY`). Each column's distinct values are ranked
+/// once, so rows compare as integers.
+fn sorted_by(rows: &RecordBatch, key: &[usize]) -> Result<RecordBatch> {
+    let mut ranks: Vec<Vec<u32>> = Vec::with_capacity(key.len());
+    for &k in key {
+        let col = rows.column(k);
+        let Some((dict, values)) =
+            col.as_dictionary_opt::<Int32Type>().and_then(|d| Some((d, d.values().as_string_opt::<i32>()?)))
+        else {
+            return Err(DataFusionError::Internal(format!("tag column {k} is not a string dictionary")));
+        };
+        let mut order: Vec<u32> = (0..values.len() as u32).collect();
+        order.sort_unstable_by(|a, b| values.value(*a as usize).cmp(values.value(*b as usize)));
+        // Equal strings (a merged dictionary may repeat one) share a rank.
+        let mut rank_of = vec![0u32; values.len()];
+        let mut rank = 0;
+        for (i, v) in order.iter().enumerate() {
+            if i > 0 && values.value(order[i - 1] as usize) != values.value(*v as usize) {
+                rank += 1;
+            }
+            rank_of[*v as usize] = rank;
+        }
+        let keys = dict.keys();
+        ranks.push(
+            (0..rows.num_rows())
+                .map(|r| if keys.is_valid(r) { rank_of[keys.value(r) as usize] } else { u32::MAX })
+                .collect(),
+        );
+    }
+    let mut indices: Vec<u32> = (0..rows.num_rows() as u32).collect();
+    indices.sort_unstable_by(|a, b| {
+        ranks.iter().map(|r| r[*a as usize].cmp(&r[*b as usize])).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
+    });
+    Ok(take_record_batch(rows, &UInt32Array::from(indices))?)
+}
+
+/// Indices of the tag (dictionary) columns of `schema`.
+fn tag_columns(schema: &SchemaRef) -> Vec<usize> {
+    schema
         .fields()
         .iter()
         .enumerate()
         .filter(|(_, f)| matches!(f.data_type(), DataType::Dictionary(..)))
         .map(|(i, _)| i)
-        .collect();
+        .collect()
+}
+
+/// The newest row of each distinct value of the `key` columns (strings:
+/// tags) in `batches`; all tag columns name a series.
+fn newest_per_key(batches: &[RecordBatch], schema: &SchemaRef, key: &[usize]) -> Result<RecordBatch> {
+    let ts_idx = schema.index_of(TIME_COLUMN)?;
+    let tag_idx = key;
     let hasher = ahash::RandomState::with_seeds(7, 11, 13, 17);
     // Per batch: the tag columns as strings, and the times.
     let mut decoded = Vec::with_capacity(batches.len());
@@ -320,6 +439,74 @@ mod tests {
             .await
             .expect("insert newer");
         assert_eq!(rows(&e, LASTPOINT).await, ["| a | 2026-01-01T00:00:10Z | 2 |", "| b | 2026-01-01T00:01:00Z | 5 |"]);
+    }
+
+    /// Each statement read from the cache gives the answer of the same
+    /// statement with a time filter that holds every row (a full scan).
+    #[tokio::test]
+    async fn grouped_tag_filtered_and_aliased_reads_of_the_cache_match_a_full_scan() {
+        let (_dir, e) = engine().await;
+        e.execute(
+            "INSERT INTO cpu (ts, host, dc, rack, v) VALUES \
+             ('2026-01-01T00:00:00Z', 'a', 'x', 'r1', 1), ('2026-01-01T00:00:10Z', 'a', 'x', 'r2', 2), \
+             ('2026-01-01T00:00:05Z', 'b', 'x', 'r1', 3), ('2026-01-01T00:00:07Z', 'b', 'y', 'r1', 4), \
+             ('2026-01-01T00:00:09Z', 'c', 'y', 'r2', 5), ('2026-01-01T00:00:03Z', 'c', 'y', 'r1', 6)",
+            None,
+        )
+        .await
+        .expect("insert");
+        e.storage.persist().await.expect("persist");
+        e.execute("INSERT INTO cpu (ts, host, dc, rack, v) VALUES ('2026-01-01T00:00:20Z', 'c', 'x', 'r1', 7)", None)
+            .await
+            .expect("insert");
+        let cases = [
+            ("SELECT DISTINCT ON (host) host, ts, v FROM cpu WHERE dc = 'y' ORDER BY host, ts DESC", 2),
+            ("SELECT DISTINCT ON (dc) dc, host, ts, v FROM cpu ORDER BY dc, ts DESC", 2),
+            ("SELECT DISTINCT ON (dc, host) dc, host, v FROM cpu ORDER BY dc DESC, host, ts DESC", 5),
+            ("SELECT DISTINCT ON (host, dc) host, dc, v FROM cpu ORDER BY host, dc, ts DESC", 5),
+            ("SELECT DISTINCT ON (dc, rack) dc, rack, ts, v FROM cpu WHERE host <> 'a' ORDER BY dc, rack, ts DESC", 3),
+            ("SELECT c.host, max(c.ts) AS m FROM cpu AS c WHERE c.rack = 'r1' GROUP BY c.host ORDER BY c.host", 3),
+            ("SELECT host, last_value(v ORDER BY ts) * 10 AS v10 FROM cpu GROUP BY host ORDER BY host", 3),
+            (
+                "SELECT host, max(ts) AS m FROM cpu GROUP BY host \
+                 HAVING last_value(v ORDER BY ts) > 2 ORDER BY host",
+                2,
+            ),
+        ];
+        for (sql, n) in cases {
+            let state = e.state(None);
+            let plan = state.optimize(&state.create_logical_plan(sql).await.expect("plan")).expect("opt");
+            assert!(uses_cache(&e, sql).await, "{sql} should read the cache: {}", plan.display_indent());
+            let cached = rows(&e, sql).await;
+            assert_eq!(cached.len(), n, "{sql}: {cached:?}");
+            let all = " WHERE ts > '2000-01-01T00:00:00Z'";
+            let full = if sql.contains(" WHERE ") {
+                sql.replacen(" WHERE ", &format!("{all} AND "), 1)
+            } else if sql.contains(" GROUP BY") {
+                sql.replacen(" GROUP BY", &format!("{all} GROUP BY"), 1)
+            } else {
+                sql.replacen(" ORDER BY", &format!("{all} ORDER BY"), 1)
+            };
+            assert!(!uses_cache(&e, &full).await, "{full} should scan");
+            assert_eq!(cached, rows(&e, &full).await, "{sql}");
+        }
+    }
+
+    /// The cache's rows come sorted by the group columns: `DISTINCT ON (g)
+    /// ... ORDER BY g` plans no sort of them.
+    #[tokio::test]
+    async fn lastpoint_plans_no_sort() {
+        let (_dir, e) = engine().await;
+        e.execute("INSERT INTO cpu (ts, host, dc, v) VALUES (now(), 'b', 'x', 1), (now(), 'a', 'y', 2)", None)
+            .await
+            .expect("insert");
+        let sql = "SELECT DISTINCT ON (host, dc) host, dc, v FROM cpu ORDER BY host, dc, ts DESC";
+        let state = e.state(None);
+        let plan =
+            state.create_physical_plan(&state.create_logical_plan(sql).await.expect("plan")).await.expect("plan");
+        let text = datafusion::physical_plan::displayable(plan.as_ref()).indent(false).to_string();
+        assert!(!text.contains("SortExec"), "{text}");
+        assert_eq!(rows(&e, sql).await.iter().map(|r| &r[..5]).collect::<Vec<_>>(), ["| a |", "| b |"]);
     }
 
     #[tokio::test]

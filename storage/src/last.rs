@@ -23,20 +23,54 @@ use crate::schema::TIME_COLUMN;
 use crate::write::{SeriesBlock, series_hash};
 
 /// Batches an arena may hold before a write compacts it.
-const ARENA_LIMIT: usize = 64;
+const ARENA_LIMIT: usize = 1024;
+/// Rows beyond twice the number of series the arena may hold before a
+/// write compacts it. Compaction copies one row per series, so with this
+/// bound its cost is spread over at least as many written rows: constant
+/// per row at any number of series.
+const ARENA_SLACK_ROWS: usize = 65_536;
 
 /// Which arena batch and row hold an entry's newest row.
 #[derive(Debug, Clone, Copy)]
 struct Loc {
-    batch: usize,
-    row: usize,
+    batch: u32,
+    row: u32,
 }
 
 #[derive(Debug)]
 struct Entry {
-    tags: Vec<(String, String)>,
+    /// The series' tags, `name`, `value`, `name`, `value`, ... each
+    /// preceded by its length (u32, little-endian): one allocation per
+    /// series, whatever its number of tags.
+    tags: Box<[u8]>,
     ts: i64,
     loc: Loc,
+}
+
+/// The series sharing one hash: nearly always one.
+#[derive(Debug)]
+enum Slot {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Slot {
+    fn entries_mut(&mut self) -> &mut [Entry] {
+        match self {
+            Slot::One(e) => std::slice::from_mut(e),
+            Slot::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, e: Entry) {
+        *self = match std::mem::replace(self, Slot::Many(Vec::new())) {
+            Slot::One(first) => Slot::Many(vec![first, e]),
+            Slot::Many(mut v) => {
+                v.push(e);
+                Slot::Many(v)
+            }
+        };
+    }
 }
 
 #[derive(Debug, Default)]
@@ -44,8 +78,38 @@ struct TableLast {
     complete: bool,
     /// Entries by an order-independent hash of the tags; collisions are
     /// resolved by comparing the tags.
-    series: HashMap<u64, Vec<Entry>>,
+    series: HashMap<u64, Slot>,
+    /// Number of entries (series).
+    entries: usize,
     arena: Vec<RecordBatch>,
+    /// Rows in the arena's batches.
+    arena_rows: usize,
+}
+
+/// `batch` with each tag dictionary holding only the distinct values its
+/// rows use. `interleave` concatenates its inputs' dictionaries without
+/// removing duplicates or unused values until they outgrow the output, so
+/// each compaction would carry the previous dictionary forward; readers
+/// (a sort, a grouping) then pay for a dictionary as long as the table
+/// instead of its distinct values.
+fn shrink_dictionaries(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let mut columns = batch.columns().to_vec();
+    let mut changed = false;
+    for c in &mut columns {
+        let DataType::Dictionary(_, value) = c.data_type() else { continue };
+        let Some(values) = c.as_any_dictionary_opt().map(|d| d.values().len()) else { continue };
+        // Small dictionaries cost nothing to carry.
+        if values <= 1024 {
+            continue;
+        }
+        let plain = cast(c, value)?;
+        *c = cast(&plain, c.data_type())?;
+        changed = true;
+    }
+    if !changed {
+        return Ok(batch);
+    }
+    RecordBatch::try_new(batch.schema(), columns)
 }
 
 #[derive(Debug, Default)]
@@ -54,40 +118,93 @@ pub(crate) struct LastRows {
     tables: Mutex<HashMap<String, HashMap<String, TableLast>>>,
 }
 
-fn same_tags<'a>(stored: &[(String, String)], mut other: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> bool {
-    stored.len() == other.len() && other.all(|(k, v)| stored.iter().any(|(sk, sv)| sk == k && sv == v))
+/// `tags` in [`Entry::tags`]' form.
+fn encode_tags<'a>(tags: impl Iterator<Item = (&'a str, &'a str)>) -> Box<[u8]> {
+    let mut out = Vec::new();
+    for (k, v) in tags {
+        for part in [k, v] {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+    out.into_boxed_slice()
+}
+
+/// The (name, value) pairs of an encoded tag set.
+fn decode_tags(mut b: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut part = move || {
+        let (len, rest) = b.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (p, rest) = rest.split_at_checked(len)?;
+        b = rest;
+        Some(p)
+    };
+    std::iter::from_fn(move || Some((part()?, part()?)))
+}
+
+/// Whether the encoded tag set holds exactly `other`'s pairs, in any order.
+fn same_tags<'a>(stored: &[u8], mut other: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> bool {
+    decode_tags(stored).count() == other.len()
+        && other.all(|(k, v)| decode_tags(stored).any(|(sk, sv)| sk == k.as_bytes() && sv == v.as_bytes()))
 }
 
 impl TableLast {
     fn upsert<'a>(&mut self, tags: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone, ts: i64, loc: Loc) {
-        let bucket = self.series.entry(series_hash(tags.clone())).or_default();
-        match bucket.iter_mut().find(|e| same_tags(&e.tags, tags.clone())) {
-            Some(e) if e.ts > ts => {}
-            Some(e) => {
-                e.ts = ts;
-                e.loc = loc;
+        let entry = |tags: Box<[u8]>| Entry { tags, ts, loc };
+        match self.series.entry(series_hash(tags.clone())) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Slot::One(entry(encode_tags(tags))));
+                self.entries += 1;
             }
-            None => bucket.push(Entry { tags: tags.map(|(k, v)| (k.to_string(), v.to_string())).collect(), ts, loc }),
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                match slot.entries_mut().iter_mut().find(|e| same_tags(&e.tags, tags.clone())) {
+                    Some(e) if e.ts > ts => {}
+                    Some(e) => {
+                        e.ts = ts;
+                        e.loc = loc;
+                    }
+                    None => {
+                        slot.push(entry(encode_tags(tags)));
+                        self.entries += 1;
+                    }
+                }
+            }
         }
+    }
+
+    fn push_batch(&mut self, batch: &RecordBatch) -> u32 {
+        self.arena.push(batch.clone());
+        self.arena_rows += batch.num_rows();
+        (self.arena.len() - 1) as u32
+    }
+
+    /// Whether the arena holds enough rows no entry points at to be worth
+    /// compacting.
+    fn wants_compaction(&self) -> bool {
+        self.arena.len() > ARENA_LIMIT || self.arena_rows > 2 * self.entries + ARENA_SLACK_ROWS
     }
 
     /// Rewrites the arena as one batch holding exactly the entries' rows.
     fn compact(&mut self, schema: &SchemaRef) -> Result<(), ArrowError> {
-        if self.arena.len() == 1 && self.series.values().map(Vec::len).sum::<usize>() == self.arena[0].num_rows() {
+        if self.arena.len() == 1 && self.entries == self.arena_rows {
             return Ok(());
         }
         let adapted = self.arena.iter().map(|b| adapt_batch(b, schema)).collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&RecordBatch> = adapted.iter().collect();
-        let mut indices = Vec::new();
-        for e in self.series.values_mut().flatten() {
-            indices.push((e.loc.batch, e.loc.row));
-            e.loc = Loc { batch: 0, row: indices.len() - 1 };
+        let mut indices = Vec::with_capacity(self.entries);
+        for slot in self.series.values_mut() {
+            for e in slot.entries_mut() {
+                indices.push((e.loc.batch as usize, e.loc.row as usize));
+                e.loc = Loc { batch: 0, row: (indices.len() - 1) as u32 };
+            }
         }
         let compact = if indices.is_empty() {
             RecordBatch::new_empty(schema.clone())
         } else {
-            interleave_record_batch(&refs, &indices)?
+            shrink_dictionaries(interleave_record_batch(&refs, &indices)?)?
         };
+        self.arena_rows = compact.num_rows();
         self.arena = vec![compact];
         Ok(())
     }
@@ -106,18 +223,17 @@ impl LastRows {
     ) -> Result<(), ArrowError> {
         let mut tables = self.tables.lock();
         let t = table_mut(&mut tables, db, table);
-        let arena_idx = t.arena.len();
-        t.arena.push(batch.clone());
+        let arena_idx = t.push_batch(batch);
         let mut offset = 0;
         for b in blocks {
             let newest = b.timestamps.iter().enumerate().max_by_key(|(i, ts)| (**ts, *i)).map(|(i, ts)| (i, *ts));
             if let Some((i, ts)) = newest {
                 let tags = b.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                t.upsert(tags, ts, Loc { batch: arena_idx, row: offset + i });
+                t.upsert(tags, ts, Loc { batch: arena_idx, row: (offset + i) as u32 });
             }
             offset += b.rows();
         }
-        if t.arena.len() > ARENA_LIMIT {
+        if t.wants_compaction() {
             t.compact(schema)?;
         }
         Ok(())
@@ -160,8 +276,7 @@ impl LastRows {
         }
         let mut tables = self.tables.lock();
         let t = table_mut(&mut tables, db, table);
-        let arena_idx = t.arena.len();
-        t.arena.push(rows.clone());
+        let arena_idx = t.push_batch(rows);
         for row in 0..rows.num_rows() {
             if ts.is_null(row) {
                 continue;
@@ -171,7 +286,7 @@ impl LastRows {
                 .filter(|(_, c)| c.is_valid(row))
                 .map(|(n, c)| (n.as_str(), c.as_string::<i32>().value(row)))
                 .collect();
-            t.upsert(tags.iter().copied(), ts.value(row), Loc { batch: arena_idx, row });
+            t.upsert(tags.iter().copied(), ts.value(row), Loc { batch: arena_idx, row: row as u32 });
         }
         t.complete = true;
         t.compact(schema)
@@ -300,13 +415,52 @@ mod tests {
         let c = LastRows::default();
         let s = schema();
         c.complete("db", "t", &RecordBatch::new_empty(s.clone()), &s).expect("complete");
-        for i in 0..200 {
+        // Many small writes: the batch count bounds the arena.
+        for i in 0..1100 {
             let (b, batch) = write(&[("a", &[i]), ("b", &[1000 - i])]);
             c.observe("db", "t", &b, &batch, &s).expect("observe");
         }
         assert!(c.tables.lock().values().flat_map(|d| d.values()).all(|t| t.arena.len() <= ARENA_LIMIT + 1));
+        assert!(
+            c.tables.lock().values().flat_map(|d| d.values()).all(|t| t.arena_rows <= 2 * 2 + ARENA_SLACK_ROWS + 2)
+        );
         let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
-        assert_eq!(newest(&rows), [("a".into(), 199.0), ("b".into(), 1000.0)]);
+        assert_eq!(newest(&rows), [("a".into(), 1099.0), ("b".into(), 1000.0)]);
+        // Large writes of few series: the rows no entry points at bound it.
+        let times: Vec<i64> = (0..10_000).collect();
+        for round in 0..20 {
+            let shifted: Vec<i64> = times.iter().map(|t| t + round * 10_000).collect();
+            let (b, batch) = write(&[("a", &shifted)]);
+            c.observe("db", "t", &b, &batch, &s).expect("observe");
+            let rows = c.tables.lock()["db"]["t"].arena_rows;
+            assert!(rows <= 2 * 2 + ARENA_SLACK_ROWS + 10_000, "{rows} rows kept for 2 series");
+        }
+        let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
+        assert_eq!(newest(&rows), [("a".into(), 199_999.0), ("b".into(), 1000.0)]);
+    }
+
+    #[test]
+    fn compaction_leaves_each_dictionary_its_distinct_values() {
+        // 4,000 rows over 2 hosts, their dictionary 2,000 values long (as
+        // interleave leaves concatenated write dictionaries).
+        let values = StringArray::from((0..2000).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect::<Vec<_>>());
+        let keys = Int32Array::from((0..4000).map(|i| i % 2000).collect::<Vec<_>>());
+        let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).expect("dict");
+        let n = 4000;
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(TimestampNanosecondArray::from((0..n).collect::<Vec<i64>>()).with_timezone("UTC")),
+                Arc::new(dict),
+                Arc::new(Float64Array::from((0..n).map(|i| i as f64).collect::<Vec<_>>())),
+            ],
+        )
+        .expect("batch");
+        let before = cast(batch.column(1), &DataType::Utf8).expect("cast");
+        let shrunk = shrink_dictionaries(batch).expect("shrink");
+        let dict = shrunk.column(1).as_any_dictionary();
+        assert_eq!(dict.values().len(), 2, "one entry per distinct host");
+        assert_eq!(cast(shrunk.column(1), &DataType::Utf8).expect("cast").as_ref(), before.as_ref(), "same rows");
     }
 
     #[test]
@@ -314,6 +468,12 @@ mod tests {
         let a = series_hash([("x", "1"), ("y", "2")].into_iter());
         let b = series_hash([("y", "2"), ("x", "1")].into_iter());
         assert_eq!(a, b);
-        assert!(same_tags(&[("x".into(), "1".into()), ("y".into(), "2".into())], [("y", "2"), ("x", "1")].into_iter()));
+        let stored = encode_tags([("x", "1"), ("y", "2")].into_iter());
+        assert!(same_tags(&stored, [("y", "2"), ("x", "1")].into_iter()));
+        assert!(!same_tags(&stored, [("y", "2")].into_iter()));
+        assert!(!same_tags(&stored, [("y", "2"), ("x", "2")].into_iter()));
+        assert!(!same_tags(&stored, [("y", "2"), ("x", "1"), ("z", "")].into_iter()));
+        // Lengths keep names and values apart: ("ab", "c") is not ("a", "bc").
+        assert!(!same_tags(&encode_tags([("ab", "c")].into_iter()), [("a", "bc")].into_iter()));
     }
 }
