@@ -38,7 +38,8 @@ use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use futures::StreamExt;
 use tocsin_storage::TIME_COLUMN;
 
 use crate::table::TocsinTable;
@@ -237,9 +238,7 @@ impl TableProvider for LastRowsTable {
         let rows = match storage.last_rows(db, table).map_err(ext)? {
             Some(rows) => rows,
             None => {
-                let plan = self.full.scan(state, None, &[], None).await?;
-                let batches = collect(plan, state.task_ctx()).await?;
-                let newest = newest_per_key(&batches, schema, &tag_columns(schema))?;
+                let newest = self.newest_in_history(state).await?;
                 storage.complete_last_rows(db, table, &newest).map_err(ext)?;
                 storage.last_rows(db, table).map_err(ext)?.unwrap_or(newest)
             }
@@ -304,6 +303,38 @@ fn sorted_by(rows: &RecordBatch, key: &[usize]) -> Result<RecordBatch> {
     });
     Ok(take_record_batch(rows, &UInt32Array::from(indices))?)
 }
+
+impl LastRowsTable {
+    /// The newest row of each series in the whole table, from a scan
+    /// reduced as it streams: what is held is the newest rows so far plus
+    /// the reduced batches since the last reduction, bounded by the number
+    /// of series rather than the table's size.
+    async fn newest_in_history(&self, state: &dyn Session) -> Result<RecordBatch> {
+        let schema = &self.full.schema;
+        let tags = tag_columns(schema);
+        let plan = self.full.scan(state, None, &[], None).await?;
+        let mut stream = execute_stream(plan, state.task_ctx())?;
+        // `held[0]` is the newest so far, then newer batches, in scan
+        // order (of equal times, the first seen wins).
+        let mut held: Vec<RecordBatch> = Vec::new();
+        let (mut reduced_rows, mut held_rows) = (0, 0);
+        while let Some(batch) = stream.next().await.transpose()? {
+            let batch = newest_per_key(&[tocsin_storage::batch::adapt_batch(&batch, schema)?], schema, &tags)?;
+            held_rows += batch.num_rows();
+            held.push(batch);
+            if held_rows > 2 * reduced_rows + HISTORY_SLACK_ROWS {
+                let reduced = newest_per_key(&held, schema, &tags)?;
+                (reduced_rows, held_rows) = (reduced.num_rows(), reduced.num_rows());
+                held = vec![reduced];
+            }
+        }
+        newest_per_key(&held, schema, &tags)
+    }
+}
+
+/// Rows beyond twice the series found so far that the history scan holds
+/// before reducing them (a few in tests, so that they reduce too).
+const HISTORY_SLACK_ROWS: usize = if cfg!(test) { 2 } else { 65_536 };
 
 /// Indices of the tag (dictionary) columns of `schema`.
 fn tag_columns(schema: &SchemaRef) -> Vec<usize> {

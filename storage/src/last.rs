@@ -149,7 +149,18 @@ fn same_tags<'a>(stored: &[u8], mut other: impl ExactSizeIterator<Item = (&'a st
 }
 
 impl TableLast {
-    fn upsert<'a>(&mut self, tags: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone, ts: i64, loc: Loc) {
+    /// Records `loc` as the series' newest row if it is newer. Of rows
+    /// with the same time, the first written wins, as in a scan: a write
+    /// does not replace an equal time (`ties` false), and history folded in
+    /// from a scan, written before any write this process saw, does
+    /// (`ties` true).
+    fn upsert<'a>(
+        &mut self,
+        tags: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+        ts: i64,
+        loc: Loc,
+        ties: bool,
+    ) {
         let entry = |tags: Box<[u8]>| Entry { tags, ts, loc };
         match self.series.entry(series_hash(tags.clone())) {
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -159,7 +170,7 @@ impl TableLast {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 let slot = o.get_mut();
                 match slot.entries_mut().iter_mut().find(|e| same_tags(&e.tags, tags.clone())) {
-                    Some(e) if e.ts > ts => {}
+                    Some(e) if e.ts > ts || (e.ts == ts && !ties) => {}
                     Some(e) => {
                         e.ts = ts;
                         e.loc = loc;
@@ -226,10 +237,15 @@ impl LastRows {
         let arena_idx = t.push_batch(batch);
         let mut offset = 0;
         for b in blocks {
-            let newest = b.timestamps.iter().enumerate().max_by_key(|(i, ts)| (**ts, *i)).map(|(i, ts)| (i, *ts));
+            let newest = b
+                .timestamps
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, ts)| (**ts, std::cmp::Reverse(*i)))
+                .map(|(i, ts)| (i, *ts));
             if let Some((i, ts)) = newest {
                 let tags = b.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                t.upsert(tags, ts, Loc { batch: arena_idx, row: (offset + i) as u32 });
+                t.upsert(tags, ts, Loc { batch: arena_idx, row: (offset + i) as u32 }, false);
             }
             offset += b.rows();
         }
@@ -286,7 +302,7 @@ impl LastRows {
                 .filter(|(_, c)| c.is_valid(row))
                 .map(|(n, c)| (n.as_str(), c.as_string::<i32>().value(row)))
                 .collect();
-            t.upsert(tags.iter().copied(), ts.value(row), Loc { batch: arena_idx, row: row as u32 });
+            t.upsert(tags.iter().copied(), ts.value(row), Loc { batch: arena_idx, row: row as u32 }, true);
         }
         t.complete = true;
         t.compact(schema)
@@ -408,6 +424,39 @@ mod tests {
         c.observe("db", "t", &b, &batch, &s).expect("observe");
         let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
         assert_eq!(newest(&rows), [("a".into(), 5.0), ("b".into(), 7.0), ("c".into(), 9.0)]);
+    }
+
+    /// Of rows of one series with the same time, the first written is the
+    /// newest, as a scan of the table reads them.
+    #[test]
+    fn of_equal_times_the_first_written_row_wins() {
+        let c = LastRows::default();
+        let s = schema();
+        let (b, batch) = write(&[("a", &[5]), ("a", &[5])]);
+        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        // History (written before this process) at the same time wins.
+        let (_, mut other) = write(&[("a", &[5])]);
+        other = RecordBatch::try_new(
+            s.clone(),
+            vec![other.column(0).clone(), other.column(1).clone(), Arc::new(Float64Array::from(vec![-1.0]))],
+        )
+        .expect("batch");
+        c.complete("db", "t", &other, &s).expect("complete");
+        let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
+        assert_eq!(newest(&rows), [("a".into(), -1.0)]);
+        // A later write at the same time does not replace it.
+        let (b, batch) = write(&[("a", &[5])]);
+        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        assert_eq!(newest(&c.rows("db", "t", &s).expect("rows").expect("complete")), [("a".into(), -1.0)]);
+        // Within one write, the first of two equal times.
+        let (b, batch) = write(&[("b", &[7, 7])]);
+        let batch = RecordBatch::try_new(
+            s.clone(),
+            vec![batch.column(0).clone(), batch.column(1).clone(), Arc::new(Float64Array::from(vec![1.0, 2.0]))],
+        )
+        .expect("batch");
+        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        assert_eq!(newest(&c.rows("db", "t", &s).expect("rows").expect("complete"))[1], ("b".into(), 1.0));
     }
 
     #[test]
