@@ -16,11 +16,10 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::UInt32Array;
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{SortOptions, cast, filter_record_batch, interleave_record_batch, take_record_batch};
-use arrow::datatypes::Int32Type;
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::kernels::rank::rank;
+use arrow::compute::{SortOptions, cast, interleave_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit, TimestampNanosecondType};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -34,10 +33,10 @@ use datafusion::logical_expr::expr::NullTreatment;
 use datafusion::logical_expr::logical_plan::{Aggregate, Projection, SubqueryAlias, TableScanBuilder};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-
-use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+use datafusion::physical_plan::filter::batch_filter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::StreamExt;
 use tocsin_storage::TIME_COLUMN;
@@ -246,12 +245,7 @@ impl TableProvider for LastRowsTable {
         let mut rows = tocsin_storage::batch::adapt_batch(&rows, schema)?;
         if let Some(predicate) = &self.predicate {
             let df_schema = DFSchema::try_from(Arc::clone(schema))?;
-            let keep = state.create_physical_expr(predicate.clone(), &df_schema)?.evaluate(&rows)?;
-            let keep = keep.into_array(rows.num_rows())?;
-            let Some(keep) = keep.as_boolean_opt() else {
-                return Err(DataFusionError::Internal("tag filter is not boolean".into()));
-            };
-            rows = filter_record_batch(&rows, keep)?;
+            rows = batch_filter(&rows, &state.create_physical_expr(predicate.clone(), &df_schema)?)?;
         }
         let key = self.group.iter().map(|g| schema.index_of(g)).collect::<Result<Vec<_>, _>>()?;
         let rows = sorted_by(&newest_per_key(&[rows], schema, &key)?, &key)?;
@@ -268,28 +262,17 @@ impl TableProvider for LastRowsTable {
 }
 
 /// `rows` sorted by the tag columns `key` in order, ascending, nulls last
-/// (SQL's default `ORDER BY`). Each column's distinct values are ranked
+/// (SQL's default `ORDER BY`). Each column's dictionary values are ranked
 /// once, so rows compare as integers.
 fn sorted_by(rows: &RecordBatch, key: &[usize]) -> Result<RecordBatch> {
     let mut ranks: Vec<Vec<u32>> = Vec::with_capacity(key.len());
     for &k in key {
         let col = rows.column(k);
-        let Some((dict, values)) =
-            col.as_dictionary_opt::<Int32Type>().and_then(|d| Some((d, d.values().as_string_opt::<i32>()?)))
-        else {
-            return Err(DataFusionError::Internal(format!("tag column {k} is not a string dictionary")));
+        let Some(dict) = col.as_dictionary_opt::<Int32Type>() else {
+            return Err(DataFusionError::Internal(format!("tag column {k} is not a dictionary")));
         };
-        let mut order: Vec<u32> = (0..values.len() as u32).collect();
-        order.sort_unstable_by(|a, b| values.value(*a as usize).cmp(values.value(*b as usize)));
         // Equal strings (a merged dictionary may repeat one) share a rank.
-        let mut rank_of = vec![0u32; values.len()];
-        let mut rank = 0;
-        for (i, v) in order.iter().enumerate() {
-            if i > 0 && values.value(order[i - 1] as usize) != values.value(*v as usize) {
-                rank += 1;
-            }
-            rank_of[*v as usize] = rank;
-        }
+        let rank_of = rank(dict.values().as_ref(), None)?;
         let keys = dict.keys();
         ranks.push(
             (0..rows.num_rows())
@@ -319,7 +302,7 @@ impl LastRowsTable {
         let mut held: Vec<RecordBatch> = Vec::new();
         let (mut reduced_rows, mut held_rows) = (0, 0);
         while let Some(batch) = stream.next().await.transpose()? {
-            let batch = newest_per_key(&[tocsin_storage::batch::adapt_batch(&batch, schema)?], schema, &tags)?;
+            let batch = newest_per_key(&[batch], schema, &tags)?;
             held_rows += batch.num_rows();
             held.push(batch);
             if held_rows > 2 * reduced_rows + HISTORY_SLACK_ROWS {
