@@ -6,6 +6,9 @@ script runs every one of them again in each engine and checks that all
 engines give the same answer:
 
 - tocsin: the server, over HTTP `/api/v1/sql` (JSON), as the bench does;
+- tocsin-arrow: the same, answered as an Arrow IPC stream (`Accept:
+  application/vnd.apache.arrow.stream`) read into a pyarrow Table, the
+  form DuckDB's figure ends in;
 - duckdb: DuckDB, a native table loaded from Tocsin's segments;
 - duckdb-segments: DuckDB reading Tocsin's Parquet segments directly;
 - clickhouse: ClickHouse's engine in-process (the `chdb` package), a
@@ -13,15 +16,15 @@ engines give the same answer:
   merged (`OPTIMIZE ... FINAL`).
 
 Each engine's time is wall-clock per statement until the whole result is
-in the client in the engine's own form: the HTTP body (JSON) for Tocsin, the
-JSON text for ClickHouse, an Arrow table for DuckDB. Turning those into
+in the client in the engine's own form: the HTTP body (JSON) for Tocsin, a
+pyarrow Table for tocsin-arrow and DuckDB, the JSON text for ClickHouse. Turning those into
 Python rows to compare them is not timed (in Python it costs more than most
 queries: 100 ms for high-cpu-all's 34 k rows). It prints one table of medians per query type, and exits with
 status 1 when an answer differs (naming the query, the engines and the first
 differing row).
 
     python3 bench/tsbs_peers.py --http 127.0.0.1:4318 --data-dir ./tocsin-data \\
-        --statements statements.jsonl [--engines tocsin,duckdb,duckdb-segments,clickhouse]
+        --statements statements.jsonl [--engines tocsin,tocsin-arrow,duckdb,duckdb-segments,clickhouse]
 
 The segments must hold all the data (`POST /api/v1/admin/persist` first, as
 `bench/run.sh` does). Used by `bench/run.sh --peers` and by the interop suite
@@ -40,7 +43,7 @@ import sys
 import time
 import urllib.request
 
-ENGINES = ["tocsin", "duckdb", "duckdb-segments", "clickhouse"]
+ENGINES = ["tocsin", "tocsin-arrow", "duckdb", "duckdb-segments", "clickhouse"]
 
 TS_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}")
 
@@ -114,6 +117,24 @@ class Tocsin:
 
     def rows(self, result):
         return [{k: norm(v) for k, v in r.items()} for r in json.loads(result)]
+
+
+class TocsinArrow(Tocsin):
+    name = "tocsin-arrow"
+
+    def run(self, sql):
+        import pyarrow.ipc
+
+        req = urllib.request.Request(
+            self.url,
+            data=json.dumps({"sql": sql}).encode(),
+            headers={"content-type": "application/json", "accept": "application/vnd.apache.arrow.stream"},
+        )
+        with urllib.request.urlopen(req) as resp:
+            return pyarrow.ipc.open_stream(resp.read()).read_all()
+
+    def rows(self, result):
+        return [{n: norm(v) for n, v in r.items()} for r in result.to_pylist()]
 
 
 class DuckDb:
@@ -221,6 +242,8 @@ def main():
     for e in wanted:
         if e == "tocsin":
             engines.append(Tocsin(a.http))
+        elif e == "tocsin-arrow":
+            engines.append(TocsinArrow(a.http))
         elif e in ("duckdb", "duckdb-segments"):
             engines.append(DuckDb(files, native=(e == "duckdb")))
         elif e == "clickhouse":
@@ -230,25 +253,36 @@ def main():
             engines.append(ClickHouse(files, [(r[0], r[1]) for r in described]))
     print(f"loaded {len(files)} segment file(s) into {', '.join(e.name for e in engines)} in {time.perf_counter() - t:.1f} s")
 
+    # One engine at a time per query type: its statements run back to back
+    # after one untimed warm-up, as a server answers a stream of queries.
+    # (Interleaving engines statement by statement made whichever ran first
+    # after the in-process engines pay for cold caches and sleeping threads:
+    # about 1 ms per statement on this machine.) The answers are compared
+    # afterwards, statement by statement.
     times = {}  # (query, engine) -> [ms]
     differences = []
-    warmed = set()
+    by_type = {}
     for s in statements:
-        reference = None
+        by_type.setdefault(s["query"], []).append(s)
+    for query, group in by_type.items():
+        results = {}
         for e in engines:
-            if (s["query"], e.name) not in warmed:
-                e.run(s["sql"])  # warm-up, not counted
-                warmed.add((s["query"], e.name))
-            t = time.perf_counter()
-            result = e.run(s["sql"])
-            times.setdefault((s["query"], e.name), []).append((time.perf_counter() - t) * 1000)
-            rows = e.rows(result)
-            if reference is None:
-                reference = (e.name, rows)
-            else:
-                diff = first_difference(reference[1], rows)
-                if diff:
-                    differences.append(f"{s['query']}: {reference[0]} and {e.name} differ: {diff}\n    {s['sql']}")
+            e.run(group[0]["sql"])  # warm-up, not counted
+            out = results[e.name] = []
+            for s in group:
+                t = time.perf_counter()
+                out.append(e.run(s["sql"]))
+                times.setdefault((query, e.name), []).append((time.perf_counter() - t) * 1000)
+        for i, s in enumerate(group):
+            reference = None
+            for e in engines:
+                rows = e.rows(results[e.name][i])
+                if reference is None:
+                    reference = (e.name, rows)
+                else:
+                    diff = first_difference(reference[1], rows)
+                    if diff:
+                        differences.append(f"{query}: {reference[0]} and {e.name} differ: {diff}\n    {s['sql']}")
 
     queries = list(dict.fromkeys(s["query"] for s in statements))
     head = f"{'query':<24}" + "".join(f"{e.name:>17}" for e in engines)

@@ -327,6 +327,9 @@ impl QueryEngine {
         // When a scan's filters are evaluated while decoding (see
         // `table::TocsinTable::scan`), the cheapest first.
         config.options_mut().execution.parquet.reorder_filters = true;
+        // Segment scans are spread over partitions by row group (see
+        // `table::spread`), not cut into byte ranges by DataFusion.
+        config.options_mut().optimizer.repartition_file_min_size = usize::MAX;
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(bytes)))
             .build_arc()
@@ -336,6 +339,7 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_optimizer_rule(Arc::new(lastpoint::LastRowRule))
+            .with_physical_optimizer_rule(Arc::new(table::DedupScanPredicate))
             .with_analyzer_rule(Arc::new(bounded::BoundConcat::default()))
             .build();
         let ctx = SessionContext::new_with_state(state);

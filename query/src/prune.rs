@@ -1,5 +1,5 @@
-//! Time-range extraction from filters, to skip whole segments and buffered
-//! chunks before DataFusion looks inside them.
+//! Time ranges and tag values from filters, to skip whole segments,
+//! buffered chunks and row groups before DataFusion looks inside them.
 
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::scalar::ScalarValue;
@@ -86,6 +86,70 @@ fn literal_ns(e: &Expr) -> Option<i64> {
     }
 }
 
+/// The values that `filters` (ANDed) allow for a column, for each column
+/// compared with `=` or `IN` against text constants: `host = 'a'` gives
+/// `("host", ["a"])`. Filters of any other form are left out (they allow
+/// everything here); a column restricted twice appears twice.
+pub(crate) fn text_values(filters: &[Expr]) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for f in filters {
+        collect_text_values(f, &mut out);
+    }
+    out
+}
+
+fn collect_text_values(e: &Expr, out: &mut Vec<(String, Vec<String>)>) {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            collect_text_values(left, out);
+            collect_text_values(right, out);
+        }
+        _ => out.extend(one_of(e)),
+    }
+}
+
+/// The column and values of `column = 'v'`, `column IN ('v', ...)` and
+/// disjunctions of those on one column (which is what DataFusion makes of
+/// short IN lists).
+fn one_of(e: &Expr) -> Option<(String, Vec<String>)> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), v) | (v, Expr::Column(c)) => Some((c.name.clone(), vec![text_literal(v)?])),
+            _ => None,
+        },
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
+            let (column, mut values) = one_of(left)?;
+            let (other, more) = one_of(right)?;
+            (column == other).then(|| {
+                values.extend(more);
+                (column, values)
+            })
+        }
+        Expr::InList(l) if !l.negated => match l.expr.as_ref() {
+            Expr::Column(c) => Some((c.name.clone(), l.list.iter().map(text_literal).collect::<Option<_>>()?)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A text constant (of any string type, dictionary-encoded or not).
+fn text_literal(e: &Expr) -> Option<String> {
+    fn scalar(v: &ScalarValue) -> Option<String> {
+        match v {
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+                Some(s.clone())
+            }
+            ScalarValue::Dictionary(_, inner) => scalar(inner),
+            _ => None,
+        }
+    }
+    match e {
+        Expr::Literal(v, _) => scalar(v),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +166,39 @@ mod tests {
         assert_eq!(time_range(&[ts(10).lt_eq(col("ts"))]), TimeRange { lo: 10, hi: i64::MAX });
         assert_eq!(time_range(&[col("ts").between(ts(5), ts(7))]), TimeRange { lo: 5, hi: 7 });
         assert_eq!(time_range(&[col("ts").gt(ts(1)).and(col("ts").lt_eq(ts(3)))]), TimeRange { lo: 2, hi: 3 });
+    }
+
+    #[test]
+    fn text_values_from_equalities_and_in_lists() {
+        let dict = |v: &str| {
+            lit(ScalarValue::Dictionary(Box::new(arrow::datatypes::DataType::Int32), Box::new(ScalarValue::from(v))))
+        };
+        let filters = [
+            col("host").eq(lit("a")).and(lit("b").eq(col("dc"))),
+            col("rack").in_list(vec![lit("r1"), dict("r2")], false),
+            col("ts").gt(ts(1)),
+            col("os").eq(lit("x")).or(lit("y").eq(col("os")).or(col("os").in_list(vec![lit("z")], false))),
+        ];
+        assert_eq!(
+            text_values(&filters),
+            vec![
+                ("host".to_string(), vec!["a".to_string()]),
+                ("dc".to_string(), vec!["b".to_string()]),
+                ("rack".to_string(), vec!["r1".to_string(), "r2".to_string()]),
+                ("os".to_string(), vec!["x".to_string(), "y".to_string(), "z".to_string()]),
+            ]
+        );
+        // Negations, disjunctions over two columns or other comparisons,
+        // non-text constants and expressions of a column restrict nothing.
+        let none = [
+            col("host").in_list(vec![lit("a")], true),
+            col("host").eq(lit("a")).or(col("dc").eq(lit("b"))),
+            col("host").eq(lit("a")).or(col("host").gt(lit("b"))),
+            col("n").eq(lit(3i64)),
+            datafusion::functions::expr_fn::lower(col("host")).eq(lit("a")),
+            col("host").not_eq(lit("a")),
+        ];
+        assert_eq!(text_values(&none), vec![]);
     }
 
     #[test]

@@ -33,7 +33,7 @@ def check(tmp, name, extra):
                                   "--data-dir", data, "--statements", statements, "--check-only"],
                                  capture_output=True, text=True)
             assert out.returncode == 0, f"{name}: answers differ:\n{out.stdout}\n{out.stderr}"
-            assert "answers agree in all 4 engines" in out.stdout, out.stdout
+            assert "answers agree in all 5 engines" in out.stdout, out.stdout
         finally:
             proc.terminate()
             proc.wait(timeout=30)

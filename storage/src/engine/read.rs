@@ -55,18 +55,26 @@ impl Storage {
         (filter.rows() == seg.rows).then_some(filter)
     }
 
-    /// A segment's Parquet footer without its token filters, which are kept
-    /// for [`Storage::token_filter`] on the way (one read of the footer
-    /// serves both).
+    /// A segment's Parquet footer, with its page index and without its
+    /// token filters, which are kept for [`Storage::token_filter`] on the
+    /// way (one read of the footer serves both). The page index comes with
+    /// it so that a reader that keeps the footer does not read and parse
+    /// the page index again for every scan.
     pub fn segment_footer(
         &self,
         snap: &TableSnapshot,
         seg: &crate::manifest::SegmentMeta,
     ) -> Result<parquet::file::metadata::ParquetMetaData, crate::segment::SegmentCheckError> {
+        use crate::segment::SegmentCheckError::{Corrupt, Io};
+        use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
         let path = snap.segment_path(seg);
         let (meta, filters) = crate::tokens::read_footer(&path)?;
         self.token_filters.put(&path, filters);
-        Ok(meta)
+        let file = std::fs::File::open(&path).map_err(Io)?;
+        let mut reader =
+            ParquetMetaDataReader::new_with_metadata(meta).with_page_index_policy(PageIndexPolicy::Optional);
+        reader.read_page_indexes(&file).map_err(|e| Corrupt(format!("the page index does not decode: {e}")))?;
+        reader.finish().map_err(|e| Corrupt(format!("the page index does not decode: {e}")))
     }
 
     /// A consistent view of `db.table`: schema, buffered chunks (including
