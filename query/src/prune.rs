@@ -1,6 +1,7 @@
 //! Time ranges and tag values from filters, to skip whole segments,
 //! buffered chunks and row groups before DataFusion looks inside them.
 
+use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::scalar::ScalarValue;
 use tocsin_storage::TIME_COLUMN;
@@ -65,10 +66,16 @@ fn compare(op: Operator, v: i64) -> TimeRange {
     }
 }
 
+/// The time column, bare or cast to another nanosecond timestamp (a time
+/// zone changes no value). A cast to a coarser unit is not: it rounds, so
+/// `CAST(ts AS TIMESTAMP(0)) = S` holds for a whole second of `ts`, not
+/// for `S` alone.
 fn is_time_col(e: &Expr) -> Option<()> {
     match e {
         Expr::Column(c) if c.name == TIME_COLUMN => Some(()),
-        Expr::Cast(c) => is_time_col(&c.expr),
+        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Timestamp(TimeUnit::Nanosecond, _)) => {
+            is_time_col(&c.expr)
+        }
         _ => None,
     }
 }
@@ -170,9 +177,7 @@ mod tests {
 
     #[test]
     fn text_values_from_equalities_and_in_lists() {
-        let dict = |v: &str| {
-            lit(ScalarValue::Dictionary(Box::new(arrow::datatypes::DataType::Int32), Box::new(ScalarValue::from(v))))
-        };
+        let dict = |v: &str| lit(ScalarValue::Dictionary(Box::new(DataType::Int32), Box::new(ScalarValue::from(v))));
         let filters = [
             col("host").eq(lit("a")).and(lit("b").eq(col("dc"))),
             col("rack").in_list(vec![lit("r1"), dict("r2")], false),
@@ -199,6 +204,20 @@ mod tests {
             col("host").not_eq(lit("a")),
         ];
         assert_eq!(text_values(&none), vec![]);
+    }
+
+    #[test]
+    fn a_cast_to_a_coarser_unit_allows_everything() {
+        use datafusion::logical_expr::cast;
+        let secs = |e: Expr| cast(e, DataType::Timestamp(TimeUnit::Second, None));
+        let s2 = lit(ScalarValue::TimestampSecond(Some(2), None));
+        // Rows of 2.0 to 2.999... s match `= 2 s`: no narrower range holds.
+        assert_eq!(time_range(&[secs(col("ts")).eq(s2.clone())]), TimeRange::ALL);
+        assert_eq!(time_range(&[secs(col("ts")).lt_eq(s2.clone())]), TimeRange::ALL);
+        assert_eq!(time_range(&[secs(col("ts")).between(s2.clone(), s2)]), TimeRange::ALL);
+        // Another time zone in nanoseconds is the same instant.
+        let utc = cast(col("ts"), DataType::Timestamp(TimeUnit::Nanosecond, Some("+02:00".into())));
+        assert_eq!(time_range(&[utc.gt_eq(ts(10))]), TimeRange { lo: 10, hi: i64::MAX });
     }
 
     #[test]
