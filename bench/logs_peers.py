@@ -39,7 +39,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tsbs_peers import ClickHouse, DuckDb, Tocsin, first_difference  # noqa: E402
+from tsbs_peers import ClickHouse, DuckDb, Tocsin, agree  # noqa: E402
 
 ENGINES = ["tocsin", "duckdb", "duckdb-segments", "clickhouse"]
 
@@ -158,12 +158,7 @@ def main():
                 e.run(sql)
                 times.append((time.perf_counter() - t) * 1000)
             medians[(name, e.name)] = statistics.median(times)
-            if reference is None:
-                reference = (e.name, rows)
-            else:
-                diff = first_difference(reference[1], rows)
-                if diff:
-                    differences.append(f"{name}: {reference[0]} and {e.name} differ: {diff}\n    {sql}")
+            reference = agree(reference, e.name, rows, name, sql, differences)
     print(f"median ms per search ({a.runs} runs each)")
     print(f"{'search':<30}" + "".join(f"{e.name:>17}" for e in engines))
     for name, _ in searches(a.rare):

@@ -102,6 +102,18 @@ def first_difference(rows_a, rows_b):
     return None
 
 
+def agree(reference, name, rows, label, sql, differences):
+    """The first engine's answer (`reference` None) becomes the reference,
+    `(name, rows)`; a later one that differs from it is added to
+    `differences`. Returns the reference."""
+    if reference is None:
+        return (name, rows)
+    diff = first_difference(reference[1], rows)
+    if diff:
+        differences.append(f"{label}: {reference[0]} and {name} differ: {diff}\n    {sql}")
+    return reference
+
+
 class Tocsin:
     name = "tocsin"
 
@@ -276,13 +288,7 @@ def main():
         for i, s in enumerate(group):
             reference = None
             for e in engines:
-                rows = e.rows(results[e.name][i])
-                if reference is None:
-                    reference = (e.name, rows)
-                else:
-                    diff = first_difference(reference[1], rows)
-                    if diff:
-                        differences.append(f"{query}: {reference[0]} and {e.name} differ: {diff}\n    {s['sql']}")
+                reference = agree(reference, e.name, e.rows(results[e.name][i]), query, s["sql"], differences)
 
     queries = list(dict.fromkeys(s["query"] for s in statements))
     head = f"{'query':<24}" + "".join(f"{e.name:>17}" for e in engines)
