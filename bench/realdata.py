@@ -8,12 +8,12 @@ to Tocsin and VictoriaMetrics), lets them run for `--minutes`, then stops
 Prometheus (which drains its remote_write queues) and measures what each
 engine keeps on disk once it has merged what it can:
 
-- Tocsin, twice: as configured by default, and with `decimal_floats =
-  false` (floats of short decimals kept DOUBLE, as before that encoding);
-  each persisted and compacted by its policy, then fully compacted
-  (`POST /api/v1/admin/compact?full=true`, every partition merged like a
-  cold one); the bytes and number of files in `segments/` (Parquet; the
-  WAL is then empty) after each step;
+- Tocsin, twice: as configured by default, and with `pack_max_rows = 0`
+  (every table in files of its own, as before packs); each persisted and
+  compacted by its policy, then fully compacted (`POST
+  /api/v1/admin/compact?full=true`, every partition merged like a cold
+  one); the bytes and number of files in `segments/` and `packs/`
+  (Parquet; the WAL is then empty) after each step;
 - VictoriaMetrics: `/internal/force_flush` and `/internal/force_merge`;
   `vm_data_size_bytes` (its parts on disk) and its row count;
 - Prometheus: its persisted blocks (`--storage.tsdb.min-block-duration`
@@ -110,14 +110,14 @@ def main():
         # disk are the segments the manifest lists.
         with open(os.path.join(work, "tocsin.toml"), "w") as f:
             f.write("[compaction]\ngrace = \"0s\"\n")
-        with open(os.path.join(work, "doubles.toml"), "w") as f:
-            f.write("[storage]\ndecimal_floats = false\n[compaction]\ngrace = \"0s\"\n")
+        with open(os.path.join(work, "unpacked.toml"), "w") as f:
+            f.write("[storage]\npack_max_rows = 0\n[compaction]\ngrace = \"0s\"\n")
         tocsin, _, http = peers.start_tocsin(os.path.join(work, "tocsin"), logs,
                                              ["--config", os.path.join(work, "tocsin.toml")])
         procs.append(tocsin)
-        doubles, _, http_doubles = peers.start_tocsin(os.path.join(work, "tocsin-doubles"), logs,
-                                                      ["--config", os.path.join(work, "doubles.toml")])
-        procs.append(doubles)
+        unpacked, _, http_unpacked = peers.start_tocsin(os.path.join(work, "tocsin-unpacked"), logs,
+                                                        ["--config", os.path.join(work, "unpacked.toml")])
+        procs.append(unpacked)
         node = peers.free_port()
         procs.append(subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{node}"],
                                       stdout=logs, stderr=logs))
@@ -134,7 +134,7 @@ scrape_configs:
     static_configs: [{{targets: ["127.0.0.1:{node}"]}}]
 remote_write:
   - url: http://{http}/api/v1/write
-  - url: http://{http_doubles}/api/v1/write
+  - url: http://{http_unpacked}/api/v1/write
   - url: http://{vm}/api/v1/write
 """)
         prometheus = subprocess.Popen(
@@ -153,14 +153,17 @@ remote_write:
         peers.stop(prometheus)  # drains the remote_write queues first
 
         tocsins = []
-        for name, addr, data in [("tocsin", http, "tocsin"), ("tocsin, decimal_floats = false", http_doubles,
-                                                               "tocsin-doubles")]:
-            segments = os.path.join(work, data, "segments")
+        for name, addr, data in [("tocsin", http, "tocsin"), ("tocsin, pack_max_rows = 0", http_unpacked,
+                                                               "tocsin-unpacked")]:
+            def on_disk():
+                seg = dir_bytes(os.path.join(work, data, "segments"))
+                packs = dir_bytes(os.path.join(work, data, "packs"))
+                return seg[0] + packs[0], seg[1] + packs[1]
             post(f"http://{addr}/api/v1/admin/persist")
             post(f"http://{addr}/api/v1/admin/compact")
-            policy = dir_bytes(segments)
+            policy = on_disk()
             post(f"http://{addr}/api/v1/admin/compact?full=true")
-            full = dir_bytes(segments)
+            full = on_disk()
             tocsins.append((name, *tocsin_samples(addr), policy, full))
 
         get(f"http://{vm}/internal/force_flush")

@@ -159,7 +159,7 @@ class DuckDb:
         self.name = "duckdb" if native else "duckdb-segments"
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
-        source = f"SELECT * REPLACE (ts::TIMESTAMPTZ AS ts) FROM read_parquet({files!r})"
+        source = f"SELECT * REPLACE (ts::TIMESTAMPTZ AS ts) FROM ({duckdb_source(files, table)})"
         if native:
             self.con.execute(f"CREATE TABLE {table} AS {source} ORDER BY {order}")
         else:
@@ -195,6 +195,7 @@ class ClickHouse:
     def __init__(self, files, columns):
         from chdb import session
 
+        own, packs = files
         self.s = session.Session()
         types = {"VARCHAR": "LowCardinality(String)", "BIGINT": "Int64", "DOUBLE": "Float64", "BOOLEAN": "Bool"}
         cols = []
@@ -205,8 +206,12 @@ class ClickHouse:
                 cols.append(f"{name} {types.get(kind, 'String')}")
         self.s.query("CREATE DATABASE IF NOT EXISTS tsbs")
         self.s.query(f"CREATE TABLE tsbs.cpu ({', '.join(cols)}) ENGINE = MergeTree ORDER BY (hostname, ts)")
-        for f in files:
-            self.s.query(f"INSERT INTO tsbs.cpu SELECT * FROM file('{f}', Parquet)")
+        names = ", ".join(name for name, _ in columns)
+        for f in own:
+            self.s.query(f"INSERT INTO tsbs.cpu ({names}) SELECT {names} FROM file('{f}', Parquet)")
+        for f in packs:
+            self.s.query(f"INSERT INTO tsbs.cpu ({names}) SELECT {names} FROM file('{f}', Parquet) "
+                         "WHERE __table = 'cpu'")
         self.s.query("OPTIMIZE TABLE tsbs.cpu FINAL")
         self.s.query("USE tsbs")
 
@@ -221,6 +226,27 @@ class ClickHouse:
         return [
             {k: norm(int(v) if k in ints and v is not None else v) for k, v in r.items()} for r in result["data"]
         ]
+
+
+def table_files(data_dir, db, table):
+    """Tocsin's files that hold `table`: (its own segments, the packs). Packs
+    hold several small tables of a database, their `__table` column naming
+    each row's table (docs/storage.md, Packs)."""
+    own = sorted(glob.glob(os.path.join(data_dir, "segments", db, table, "**", "*.parquet"), recursive=True))
+    packs = sorted(glob.glob(os.path.join(data_dir, "packs", db, "*.parquet")))
+    return own, packs
+
+
+def duckdb_source(files, table):
+    """DuckDB SQL reading `table`'s rows from the files of `table_files`."""
+    own, packs = files
+    parts = []
+    if own:
+        parts.append(f"SELECT * FROM read_parquet({own!r}, union_by_name = true)")
+    if packs:
+        parts.append(f"SELECT * EXCLUDE (__table) FROM read_parquet({packs!r}, union_by_name = true) "
+                     f"WHERE __table = '{table}'")
+    return " UNION ALL BY NAME ".join(parts)
 
 
 def main():
@@ -241,8 +267,8 @@ def main():
                 seen.add(s["query"])
                 firsts.append(s)
         statements = firsts
-    files = sorted(glob.glob(os.path.join(a.data_dir, "segments", a.database, "cpu", "**", "*.parquet"), recursive=True))
-    if not files:
+    files = table_files(a.data_dir, a.database, "cpu")
+    if not files[0] and not files[1]:
         sys.exit(f"no segments of table cpu under {a.data_dir} (persist first)")
 
     wanted = [e.strip() for e in a.engines.split(",") if e.strip()]
@@ -261,9 +287,9 @@ def main():
         elif e == "clickhouse":
             import duckdb
 
-            described = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet({files!r})").fetchall()
+            described = duckdb.sql(f"DESCRIBE {duckdb_source(files, 'cpu')}").fetchall()
             engines.append(ClickHouse(files, [(r[0], r[1]) for r in described]))
-    print(f"loaded {len(files)} segment file(s) into {', '.join(e.name for e in engines)} in {time.perf_counter() - t:.1f} s")
+    print(f"loaded {len(files[0])} segment file(s) and {len(files[1])} pack(s) into {', '.join(e.name for e in engines)} in {time.perf_counter() - t:.1f} s")
 
     # One engine at a time per query type: its statements run back to back
     # after one untimed warm-up, as a server answers a stream of queries.

@@ -31,7 +31,7 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::object_store::ObjectMeta;
 use datafusion::object_store::path::Path as ObjectPath;
-use datafusion::parquet::arrow::arrow_reader::RowSelection;
+use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
 use datafusion::parquet::file::statistics::Statistics;
 use datafusion::physical_expr::PhysicalExpr;
@@ -151,7 +151,7 @@ impl TableProvider for TocsinTable {
         let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
         let mut pieces = Vec::new();
         for seg in snap.segments.iter().filter(|s| range.overlaps(s.min_ts, s.max_ts)) {
-            let file = segment_file(&snap.segment_path(seg), seg.bytes)?;
+            let file = segment_file(&snap.segment_path(seg), seg.file_bytes())?;
             // Footers are cached without their token filters (see
             // `Storage::segment_footer`), which is why they are read here
             // rather than by DataFusion. One that cannot be read is
@@ -172,7 +172,18 @@ impl TableProvider for TocsinTable {
                     footer
                 }),
             };
-            let reads = self.blocks_to_read(&snap, seg, &searches);
+            let mut reads = self.blocks_to_read(&snap, seg, &searches);
+            if let Some((first, rows)) = seg.row_range() {
+                // A slice of a pack: its rows only (the page index skips
+                // the pages that hold none of them).
+                let total = footer.as_ref().map_or(first + rows, |f| f.file_metadata().num_rows().max(0) as u64);
+                let slice = slice_selection(first, rows, total);
+                reads = match reads {
+                    Reads::All => Reads::Some(slice),
+                    Reads::Some(blocks) => Reads::Some(blocks.intersection(&slice)),
+                    Reads::None => Reads::None,
+                };
+            }
             if matches!(reads, Reads::None) {
                 continue;
             }
@@ -408,6 +419,17 @@ fn spread(pieces: Vec<Piece>, partitions: usize) -> Vec<Vec<PartitionedFile>> {
     groups
 }
 
+/// Rows `[first, first + rows)` of a file of `total` rows.
+fn slice_selection(first: u64, rows: u64, total: u64) -> RowSelection {
+    let end = (first + rows).min(total);
+    let first = first.min(end);
+    RowSelection::from(vec![
+        RowSelector::skip(first as usize),
+        RowSelector::select((end - first) as usize),
+        RowSelector::skip((total - end) as usize),
+    ])
+}
+
 /// The object-store location of a segment file. `PartitionedFile::new`
 /// percent-encodes the path (`température` becomes `temp%C3%A9rature`), which
 /// the local object store then looks for literally; `Path::parse` keeps the
@@ -444,6 +466,7 @@ mod tests {
         let mut config = StorageConfig::for_tests(dir.path().join("data"));
         config.segments.row_group_rows = 100;
         config.segments.page_rows = 50;
+        config.segments.pack_max_rows = 0;
         let storage = Storage::open(config).await.expect("open");
         let q = QueryEngine::new(Arc::clone(&storage));
         let mut values = Vec::new();
@@ -560,5 +583,59 @@ mod tests {
         let footer = footer.parquet_metadata();
         assert!(footer.column_index().is_some() && footer.offset_index().is_some());
         assert_eq!(footer.num_row_groups(), 4);
+    }
+
+    /// Small tables share a pack; each answers with its own rows only, by
+    /// its own filters, also when another table of the pack has a column
+    /// of the same name and another type than one the table adds later.
+    #[tokio::test]
+    async fn tables_in_a_pack_answer_with_their_own_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = StorageConfig::for_tests(dir.path().join("data"));
+        config.segments.row_group_rows = 100;
+        config.segments.page_rows = 10;
+        let storage = Storage::open(config).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        for (table, k) in [("a", 1), ("b", 1000)] {
+            let mut values = Vec::new();
+            for host in ["h0", "h1", "h2"] {
+                for i in 0..50 {
+                    values.push(format!("(to_timestamp({i}), '{host}', {}, 'x{i}')", i * k));
+                }
+            }
+            let sql = format!("INSERT INTO {table} (ts, host, v, x) VALUES {}", values.join(", "));
+            q.execute(&sql, None).await.expect("insert");
+        }
+        q.execute("INSERT INTO c (ts, host, v) VALUES (to_timestamp(1), 'h9', 7)", None).await.expect("insert c");
+        storage.persist().await.expect("persist");
+        let path = |t: &str| storage.snapshot("public", t).expect("table").segments[0].path.clone();
+        assert_eq!(path("a"), path("b"), "a and b share a pack");
+        assert_eq!(path("a"), path("c"), "c too");
+        assert!(path("a").starts_with("packs/public/"), "{}", path("a"));
+
+        // Counted by rows read, not by the file's row count.
+        assert!(answer(&q, "SELECT count(*) AS n FROM a").await.contains("| 150 |"));
+        assert!(answer(&q, "SELECT count(*) AS n FROM c").await.contains("| 1 |"));
+        let sums = "SELECT count(*) AS n, sum(v) AS s, min(x) AS lo FROM";
+        let a = answer(&q, &format!("{sums} a")).await;
+        assert!(a.contains("| 150 | 3675 | x0 |"), "{a}");
+        let b = answer(&q, &format!("{sums} b")).await;
+        assert!(b.contains("| 150 | 3675000 | x0 |"), "{b}");
+        let c = answer(&q, "SELECT host, v FROM c").await;
+        assert!(c.contains("| h9   | 7 |"), "{c}");
+        let one = "SELECT count(*) AS n, sum(v) AS s FROM b WHERE host = 'h1' AND ts >= to_timestamp(40)";
+        assert!(answer(&q, one).await.contains("| 10 | 445000 |"), "{}", answer(&q, one).await);
+        assert!(answer(&q, "SELECT count(*) AS n FROM c WHERE host = 'h1'").await.contains("| 0 |"));
+
+        // a gets a number `x2`; b's pack column `x` is text, c gets `x` as
+        // a number too: each table reads its own type.
+        q.execute("INSERT INTO c (ts, host, v, x) VALUES (to_timestamp(2), 'h9', 8, 2.5)", None)
+            .await
+            .expect("c gets a numeric x");
+        storage.persist().await.expect("persist");
+        let c = answer(&q, "SELECT ts, x FROM c WHERE x > 1 OR x IS NULL ORDER BY ts").await;
+        assert!(c.contains("| 1970-01-01T00:00:01Z |     |") && c.contains("| 1970-01-01T00:00:02Z | 2.5 |"), "{c}");
+        assert!(answer(&q, "SELECT count(*) AS n FROM c WHERE x = 2.5").await.contains("| 1 |"));
+        assert!(answer(&q, "SELECT count(*) AS n FROM a WHERE x = 'x7'").await.contains("| 3 |"));
     }
 }

@@ -257,6 +257,9 @@ pub struct StorageSection {
     pub page_rows: usize,
     /// Float columns of short decimals stored as DECIMAL(18, s).
     pub decimal_floats: bool,
+    /// A table's rows of one partition fewer than this go into a pack
+    /// shared with other small tables; 0 gives each table its own files.
+    pub pack_max_rows: usize,
 }
 
 impl Default for StorageSection {
@@ -271,6 +274,7 @@ impl Default for StorageSection {
             row_group_rows: 256 * 1024,
             page_rows: 64 * 1024,
             decimal_floats: true,
+            pack_max_rows: 65_536,
         }
     }
 }
@@ -478,6 +482,7 @@ impl FileConfig {
         storage.segments.row_group_rows = s.row_group_rows;
         storage.segments.page_rows = s.page_rows;
         storage.segments.decimal_floats = s.decimal_floats;
+        storage.segments.pack_max_rows = s.pack_max_rows;
         storage.limits.max_string_bytes = l.max_string_bytes;
         storage.limits.max_columns = l.max_columns;
         if l.max_series_per_table == 0 {

@@ -29,7 +29,8 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 
 use crate::batch::adapt_batch;
 use crate::config::CompactionConfig;
@@ -111,14 +112,54 @@ pub(crate) fn expired(segments: &[Arc<SegmentMeta>], cutoff_ns: i64) -> Vec<Arc<
     segments.iter().filter(|s| s.max_ts < cutoff_ns).cloned().collect()
 }
 
-/// Reads a segment file as batches of `schema`: columns the segment lacks
-/// are NULL, columns stored with another type (integral floats stored as
-/// Int64) are cast back to the table's type, exactly.
-pub(crate) fn read_segment(path: &Path, schema: &SchemaRef) -> Result<Vec<RecordBatch>, SegmentError> {
+/// Reads a segment as batches of `schema`: columns the segment lacks are
+/// NULL, columns stored with another type (integral floats stored as
+/// Int64) are cast back to the table's type, exactly. `rows` is the
+/// segment's row range when it is a slice of a pack (see
+/// [`SegmentMeta::row_range`]): only those rows and the table's columns
+/// are read.
+pub(crate) fn read_segment(
+    path: &Path,
+    rows: Option<(u64, u64)>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, SegmentError> {
     let perr = |source| SegmentError::Parquet { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(|source| SegmentError::Io { path: path.to_path_buf(), source })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(perr)?.with_batch_size(64 * 1024).build();
-    let reader = reader.map_err(perr)?;
+    let options = ArrowReaderOptions::new().with_page_index_policy(if rows.is_some() {
+        parquet::file::metadata::PageIndexPolicy::Optional
+    } else {
+        parquet::file::metadata::PageIndexPolicy::Skip
+    });
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(perr)?.with_batch_size(64 * 1024);
+    if let Some((first, count)) = rows {
+        let mut groups = Vec::new();
+        let mut selectors = Vec::new();
+        let mut start = 0u64;
+        for (i, g) in builder.metadata().row_groups().iter().enumerate() {
+            let n = u64::try_from(g.num_rows()).unwrap_or(0);
+            let (lo, hi) = (first.max(start), (first + count).min(start + n));
+            if lo < hi {
+                groups.push(i);
+                selectors.extend([
+                    RowSelector::skip((lo - start) as usize),
+                    RowSelector::select((hi - lo) as usize),
+                    RowSelector::skip((start + n - hi) as usize),
+                ]);
+            }
+            start += n;
+        }
+        if first + count > start {
+            return Err(perr(parquet::errors::ParquetError::General(format!(
+                "the manifest places rows {first}..{} in this file, which holds {start}",
+                first + count
+            ))));
+        }
+        let mask = ProjectionMask::columns(builder.parquet_schema(), schema.fields().iter().map(|f| f.name().as_str()));
+        builder =
+            builder.with_row_groups(groups).with_row_selection(RowSelection::from(selectors)).with_projection(mask);
+    }
+    let reader = builder.build().map_err(perr)?;
     let mut out = Vec::new();
     for batch in reader {
         out.push(adapt_batch(&batch?, schema)?);
@@ -143,6 +184,7 @@ mod tests {
             rows,
             bytes: rows * 4,
             level,
+            pack: None,
         })
     }
 

@@ -7,7 +7,8 @@
 //! write-ahead log ([`wal`]), fsynced with group commit, and then added to the
 //! in-memory write buffer as an Arrow record batch, where queries see it at
 //! once. A background task persists the buffer into sorted, compressed Parquet
-//! segments ([`segment`]), one per table per time partition, records them in
+//! segments ([`segment`]), one per table per time partition (small tables
+//! share files: [`pack`]), records them in
 //! the [`manifest`] and only then deletes the WAL files they cover.
 //!
 //! Data leaves through [`Storage::snapshot`]: a consistent view of one table
@@ -47,6 +48,7 @@ pub mod generated;
 mod last;
 pub mod manifest;
 mod metrics;
+pub mod pack;
 mod recovery;
 pub mod refusals;
 pub mod repair;

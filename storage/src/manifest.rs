@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::schema::TableSchema;
 
-/// Version 1: the JSON shape below.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// Version 2: the JSON shape below. A manifest is written as version 1
+/// (the shape before packs) unless a segment is a slice of a pack, so that
+/// a build that does not know packs refuses it rather than read a pack as
+/// one table's file.
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +36,33 @@ pub struct SegmentMeta {
     /// (absent in manifests written before compaction existed).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub level: u32,
+    /// Set when the segment is a slice of a pack: a file under `packs/`
+    /// shared by several small tables of one database (see
+    /// [`crate::pack`]). `bytes` is then the slice's share of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<PackSlice>,
+}
+
+/// Where a segment's rows lie in the pack that holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackSlice {
+    /// Index of the slice's first row in the file.
+    pub first_row: u64,
+    /// Size of the whole file.
+    pub file_bytes: u64,
+}
+
+impl SegmentMeta {
+    /// Size of the file that holds the segment (a pack's whole size).
+    pub fn file_bytes(&self) -> u64 {
+        self.pack.map_or(self.bytes, |p| p.file_bytes)
+    }
+
+    /// The rows of the file that are this segment's, `[first, first +
+    /// rows)`, when it is a slice of a pack.
+    pub fn row_range(&self) -> Option<(u64, u64)> {
+        self.pack.map(|p| (p.first_row, self.rows))
+    }
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -84,7 +114,7 @@ pub enum ManifestError {
          segments' own metadata"
     )]
     Parse { path: PathBuf, data_dir: PathBuf, source: serde_json::Error },
-    #[error("manifest {path} has format version {found}; this build reads version {MANIFEST_FORMAT_VERSION}")]
+    #[error("manifest {path} has format version {found}; this build reads versions 1 to {MANIFEST_FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("cannot write manifest {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
@@ -109,17 +139,22 @@ impl Manifest {
             data_dir: data_dir.to_path_buf(),
             source,
         })?;
-        if m.version != MANIFEST_FORMAT_VERSION {
+        if m.version == 0 || m.version > MANIFEST_FORMAT_VERSION {
             return Err(ManifestError::Version { path, found: m.version });
         }
-        Ok(Some(m))
+        // Version 1 is version 2 without packs.
+        Ok(Some(Manifest { version: MANIFEST_FORMAT_VERSION, ..m }))
     }
 
     /// Atomically replaces the manifest of `data_dir` with `self`.
     pub fn save(&self, data_dir: &Path) -> Result<(), ManifestError> {
         let path = data_dir.join(MANIFEST_FILE);
         let werr = |source| ManifestError::Write { path: path.clone(), source };
-        let json = serde_json::to_vec_pretty(self).map_err(|e| werr(io::Error::other(e)))?;
+        let packed =
+            self.databases.values().flat_map(|t| t.values()).any(|e| e.segments.iter().any(|s| s.pack.is_some()));
+        let version = if packed { MANIFEST_FORMAT_VERSION } else { 1 };
+        let json =
+            serde_json::to_vec_pretty(&Manifest { version, ..self.clone() }).map_err(|e| werr(io::Error::other(e)))?;
         crate::durable::write_atomic(&path, werr, |f| f.write_all(&json).map_err(werr))
     }
 }
@@ -147,11 +182,34 @@ mod tests {
                     rows: 2,
                     bytes: 100,
                     level: 3,
+                    pack: None,
                 }],
             },
         );
         m.save(dir.path()).expect("save");
         assert_eq!(Manifest::load(dir.path()).expect("load"), m);
+        let text = fs::read_to_string(dir.path().join(MANIFEST_FILE)).expect("read");
+        assert!(text.contains("\"version\": 1"), "without packs the manifest keeps version 1: {text}");
+
+        let entry = m.databases.get_mut("public").and_then(|d| d.get_mut("cpu")).expect("cpu");
+        entry.segments.push(SegmentMeta {
+            id: 10,
+            path: "packs/public/00000000000000000011.parquet".into(),
+            partition_start: 0,
+            min_ts: 3,
+            max_ts: 4,
+            rows: 2,
+            bytes: 40,
+            level: 0,
+            pack: Some(PackSlice { first_row: 7, file_bytes: 400 }),
+        });
+        m.save(dir.path()).expect("save");
+        assert_eq!(Manifest::load(dir.path()).expect("load"), m);
+        let text = fs::read_to_string(dir.path().join(MANIFEST_FILE)).expect("read");
+        assert!(
+            text.contains("\"version\": 2"),
+            "a slice of a pack makes version 2, which builds without packs refuse: {text}"
+        );
     }
 
     /// The manifest written by format version 1; later versions must keep

@@ -51,7 +51,7 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
         None => {
             // Without a manifest, segments would be unlisted and ignored
             // (their WAL is long gone): refuse rather than guess.
-            let found = segment_files(&dir.join("segments"));
+            let found = data_files(&dir);
             if let Some(example) = found.first() {
                 return Err(StorageError::ManifestMissing {
                     data_dir: dir.clone(),
@@ -72,6 +72,7 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
         manifest.save(&dir)?;
     }
     remove_temp_files(&dir.join("segments"));
+    remove_temp_files(&dir.join("packs"));
     sweep_unlisted_segments(&dir, &manifest, &metrics)?;
 
     let mut state = State::default();
@@ -105,36 +106,52 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
 /// Returns whether the manifest changed.
 fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics) -> Result<bool, StorageError> {
     let mut changed = false;
+    // A pack is checked (and quarantined) once for all the tables that
+    // hold a slice of it.
+    let mut checked: std::collections::HashMap<String, Option<String>> = Default::default();
     for (db, tables) in manifest.databases.iter_mut() {
         for (table, entry) in tables.iter_mut() {
             let mut keep = Vec::with_capacity(entry.segments.len());
             for seg in entry.segments.drain(..) {
                 let path = dir.join(&seg.path);
-                match verify_segment(&path) {
-                    Ok(()) => keep.push(seg),
-                    Err(SegmentCheckError::Io(source)) => {
-                        return Err(StorageError::SegmentUnreadable {
-                            path,
-                            table: format!("{db}.{table}"),
-                            data_dir: dir.to_path_buf(),
-                            source,
-                        });
+                let verdict = match checked.get(&seg.path) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = match verify_segment(&path) {
+                            Ok(()) => None,
+                            Err(SegmentCheckError::Io(source)) => {
+                                return Err(StorageError::SegmentUnreadable {
+                                    path,
+                                    table: format!("{db}.{table}"),
+                                    data_dir: dir.to_path_buf(),
+                                    source,
+                                });
+                            }
+                            Err(reason @ SegmentCheckError::Corrupt(_)) => {
+                                let moved = quarantine(dir, &path)?;
+                                metrics.quarantined_files.fetch_add(1, Ordering::Relaxed);
+                                let moved = moved
+                                    .as_deref()
+                                    .map(|p| p.display().to_string())
+                                    .unwrap_or_else(|| "nowhere (file missing)".into());
+                                Some(format!("{reason}; moved to {moved}"))
+                            }
+                        };
+                        checked.insert(seg.path.clone(), v.clone());
+                        v
                     }
-                    Err(reason @ SegmentCheckError::Corrupt(_)) => {
-                        let moved = quarantine(dir, &path)?;
+                };
+                match verdict {
+                    None => keep.push(seg),
+                    Some(reason) => {
                         tracing::error!(
                             "segment {} of table {db}.{table} ({} rows, {} to {} ns) is unusable: {reason}; \
-                             moved to {} and removed from the manifest",
+                             removed from the manifest",
                             path.display(),
                             seg.rows,
                             seg.min_ts,
                             seg.max_ts,
-                            moved
-                                .as_deref()
-                                .map(|p| p.display().to_string())
-                                .unwrap_or_else(|| "nowhere (file missing)".into()),
                         );
-                        metrics.quarantined_files.fetch_add(1, Ordering::Relaxed);
                         changed = true;
                     }
                 }
@@ -179,6 +196,13 @@ fn remove_temp_files(dir: &Path) {
     }
 }
 
+/// Every segment and pack file of the data directory `dir`.
+pub(crate) fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = segment_files(&dir.join("segments"));
+    files.extend(segment_files(&dir.join("packs")));
+    files
+}
+
 /// Every `*.parquet` file under `dir`, in path order.
 pub(crate) fn segment_files(dir: &Path) -> Vec<PathBuf> {
     fn walk(p: &Path, out: &mut Vec<PathBuf>) {
@@ -213,7 +237,7 @@ fn sweep_unlisted_segments(dir: &Path, manifest: &Manifest, metrics: &StorageMet
         .flat_map(|e| e.segments.iter().map(|s| dir.join(&s.path)))
         .collect();
     let retired: std::collections::HashSet<PathBuf> = manifest.retired.iter().map(|p| dir.join(p)).collect();
-    for path in segment_files(&dir.join("segments")) {
+    for path in data_files(dir) {
         if listed.contains(&path) {
             continue;
         }

@@ -100,9 +100,9 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     }
 
     let mut found = Vec::new();
-    for path in crate::recovery::segment_files(&data_dir.join("segments")) {
+    for path in crate::recovery::data_files(data_dir) {
         match read_segment(data_dir, &path) {
-            Ok(f) => found.push(f),
+            Ok(f) => found.extend(f),
             Err(SegmentCheckError::Io(source)) => return Err(RepairError::Unreadable { path, source }),
             Err(SegmentCheckError::Corrupt(reason)) => {
                 let target = crate::recovery::quarantine_path(data_dir, &path)
@@ -121,8 +121,10 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     let (kept, dropped): (Vec<Found>, Vec<Found>) = found
         .into_iter()
         .partition(|f| !replaced.contains(&(f.origin.database.clone(), f.origin.table.clone(), f.meta.id)));
+    // Files to move aside, once none of their slices is kept.
+    let mut aside: Vec<(String, String)> = Vec::new();
     for f in dropped {
-        move_aside(data_dir, &f.meta.path, "replaced by a compaction output that is present", &mut report)?;
+        aside.push((f.meta.path, "replaced by a compaction output that is present".into()));
     }
 
     // Segments the old manifest names as retired were replaced by a
@@ -131,7 +133,7 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     let retired: HashSet<String> = old.iter().flat_map(|m| m.retired.iter().cloned()).collect();
     let (kept, dropped): (Vec<Found>, Vec<Found>) = kept.into_iter().partition(|f| !retired.contains(&f.meta.path));
     for f in dropped {
-        move_aside(data_dir, &f.meta.path, "retired by a compaction or retention", &mut report)?;
+        aside.push((f.meta.path, "retired by a compaction or retention".into()));
     }
 
     // The WAL mark. A persist stamps its segments with the WAL file it
@@ -152,15 +154,20 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     let (kept, dropped): (Vec<Found>, Vec<Found>) =
         kept.into_iter().partition(|f| committed(f) || f.origin.wal_upto <= mark);
     for f in dropped {
-        move_aside(
-            data_dir,
-            &f.meta.path,
-            &format!(
+        aside.push((
+            f.meta.path,
+            format!(
                 "written by a persist that did not commit; its rows are replayed from WAL file {}",
                 f.origin.wal_upto
             ),
-            &mut report,
-        )?;
+        ));
+    }
+    let kept_files: HashSet<&str> = kept.iter().map(|f| f.meta.path.as_str()).collect();
+    let mut moved = HashSet::new();
+    for (rel, why) in aside {
+        if !kept_files.contains(rel.as_str()) && moved.insert(rel.clone()) {
+            move_aside(data_dir, &rel, &why, &mut report)?;
+        }
     }
 
     let mut manifest = Manifest { wal_persisted_upto: mark, ..Manifest::default() };
@@ -248,17 +255,24 @@ fn move_aside(data_dir: &Path, rel: &str, why: &str, report: &mut RepairReport) 
     Ok(())
 }
 
-/// The manifest entry, origin and Arrow schema of one segment file.
-fn read_segment(data_dir: &Path, path: &Path) -> Result<Found, SegmentCheckError> {
+/// The manifest entry, origin and Arrow schema of one segment file, or of
+/// each slice of a pack.
+fn read_segment(data_dir: &Path, path: &Path) -> Result<Vec<Found>, SegmentCheckError> {
     let corrupt = |r: String| SegmentCheckError::Corrupt(r);
     let meta: ParquetMetaData = read_footer(path)?;
     let bytes = fs::metadata(path).map_err(SegmentCheckError::Io)?.len();
     let rel = path.strip_prefix(data_dir).map_err(|_| corrupt("outside the data directory".into()))?;
     let rel_text = rel.to_str().ok_or_else(|| corrupt("path is not UTF-8".into()))?.to_string();
-    // segments/<db>/<table>/<id>.parquet
+    // segments/<db>/<table>/<id>.parquet or packs/<db>/<id>.parquet
     let parts: Vec<&str> = rel_text.split('/').collect();
-    let [_, db, table, file] = parts.as_slice() else {
-        return Err(corrupt(format!("{rel_text} is not segments/<database>/<table>/<id>.parquet")));
+    let (db, table, file) = match parts.as_slice() {
+        ["segments", db, table, file] => (*db, Some(*table), *file),
+        ["packs", db, file] => (*db, None, *file),
+        _ => {
+            return Err(corrupt(format!(
+                "{rel_text} is neither segments/<database>/<table>/<id>.parquet nor packs/<database>/<id>.parquet"
+            )));
+        }
     };
     let id: u64 = file
         .strip_suffix(".parquet")
@@ -268,16 +282,24 @@ fn read_segment(data_dir: &Path, path: &Path) -> Result<Found, SegmentCheckError
     let origin = match kv.and_then(|kv| kv.iter().find(|k| k.key == ORIGIN_KEY)).and_then(|k| k.value.as_deref()) {
         Some(json) => serde_json::from_str::<SegmentOrigin>(json)
             .map_err(|e| corrupt(format!("its {ORIGIN_KEY} metadata does not parse: {e}")))?,
-        None => SegmentOrigin { database: db.to_string(), table: table.to_string(), ..Default::default() },
+        None => {
+            SegmentOrigin { database: db.to_string(), table: table.unwrap_or("").to_string(), ..Default::default() }
+        }
     };
-    if origin.database != *db || origin.table != *table {
+    if origin.database != db || table.is_some_and(|t| origin.table != t) {
         return Err(corrupt(format!(
-            "it says it belongs to {}.{} but lies in the folder of {db}.{table}",
-            origin.database, origin.table
+            "it says it belongs to {}.{} but lies in the folder of {db}.{}",
+            origin.database,
+            origin.table,
+            table.unwrap_or("(a pack)")
         )));
     }
     let schema = parquet::arrow::parquet_to_arrow_schema(meta.file_metadata().schema_descr(), kv)
         .map_err(|e| corrupt(format!("its schema does not convert to Arrow: {e}")))?;
+    let total_rows = u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
+    if table.is_none() {
+        return pack_slices(&rel_text, &origin, &schema, total_rows, bytes);
+    }
     let ts_idx = schema.index_of(TIME_COLUMN).map_err(|_| corrupt("it has no ts column".into()))?;
     let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
     for rg in meta.row_groups() {
@@ -291,15 +313,79 @@ fn read_segment(data_dir: &Path, path: &Path) -> Result<Found, SegmentCheckError
             _ => return Err(corrupt("its ts column has no min/max statistics".into())),
         }
     }
-    let rows = u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
-    if rows == 0 || min_ts > max_ts {
+    if total_rows == 0 || min_ts > max_ts {
         return Err(corrupt("it holds no rows".into()));
     }
-    Ok(Found {
-        meta: SegmentMeta { id, path: rel_text, partition_start: 0, min_ts, max_ts, rows, bytes, level: origin.level },
+    Ok(vec![Found {
+        meta: SegmentMeta {
+            id,
+            path: rel_text,
+            partition_start: 0,
+            min_ts,
+            max_ts,
+            rows: total_rows,
+            bytes,
+            level: origin.level,
+            pack: None,
+        },
         origin,
         schema: std::sync::Arc::new(schema),
-    })
+    }])
+}
+
+/// The slices of a pack, from the list its origin metadata keeps.
+fn pack_slices(
+    rel: &str,
+    origin: &SegmentOrigin,
+    schema: &arrow::datatypes::Schema,
+    total_rows: u64,
+    bytes: u64,
+) -> Result<Vec<Found>, SegmentCheckError> {
+    let corrupt = |r: String| SegmentCheckError::Corrupt(r);
+    if origin.slices.is_empty() {
+        return Err(corrupt("it lies in packs/ but does not list its tables' slices".into()));
+    }
+    let mut out = Vec::with_capacity(origin.slices.len());
+    for s in &origin.slices {
+        if s.rows == 0 || s.first_row.checked_add(s.rows).is_none_or(|end| end > total_rows) {
+            return Err(corrupt(format!(
+                "it lists rows {}..+{} for table {}, outside its {total_rows} rows",
+                s.first_row, s.rows, s.table
+            )));
+        }
+        let fields: Vec<arrow::datatypes::FieldRef> =
+            s.columns
+                .iter()
+                .map(|c| {
+                    schema.field_with_name(c).map(|f| std::sync::Arc::new(f.clone())).map_err(|_| {
+                        corrupt(format!("it lists column {c:?} for table {} but has no such column", s.table))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        out.push(Found {
+            meta: SegmentMeta {
+                id: s.id,
+                path: rel.to_string(),
+                partition_start: 0,
+                min_ts: s.min_ts,
+                max_ts: s.max_ts,
+                rows: s.rows,
+                bytes: crate::pack::share(bytes, s.rows, total_rows),
+                level: s.level,
+                pack: Some(crate::manifest::PackSlice { first_row: s.first_row, file_bytes: bytes }),
+            },
+            origin: SegmentOrigin {
+                database: origin.database.clone(),
+                table: s.table.clone(),
+                wal_upto: origin.wal_upto,
+                level: s.level,
+                replaces: s.replaces.clone(),
+                ..Default::default()
+            },
+            schema: std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        });
+    }
+    Ok(out)
 }
 
 /// Adds the columns of a segment's Arrow schema to `schema`.
@@ -362,7 +448,10 @@ mod tests {
     async fn segments_of_a_persist_that_never_committed_do_not_move_the_wal_mark() {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let s = Storage::open(StorageConfig::for_tests(d)).await.expect("open");
+        // Each table in files of its own (a pack would hold both).
+        let mut config = StorageConfig::for_tests(d);
+        config.segments.pack_max_rows = 0;
+        let s = Storage::open(config.clone()).await.expect("open");
         for t in ["a", "b"] {
             s.write("public", write(t, 1)).await.expect("write");
         }
@@ -400,7 +489,7 @@ mod tests {
         let report = repair(d, 86_400_000_000_000).expect("repair");
         assert_eq!(report.quarantined.len(), 1, "{:?}", report.quarantined);
         assert!(report.quarantined[0].2.contains("did not commit"), "{:?}", report.quarantined);
-        let s = Storage::open(StorageConfig::for_tests(d)).await.expect("reopen");
+        let s = Storage::open(config).await.expect("reopen");
         assert_eq!((rows(&s, "a"), rows(&s, "b")), (2, 2), "every row exactly once");
     }
 }

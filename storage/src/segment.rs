@@ -86,6 +86,10 @@ pub struct SegmentOptions {
     /// Store float columns of short decimals as DECIMAL(18, s) (see
     /// [`narrow_floats`]); `false` keeps them DOUBLE for outside readers.
     pub decimal_floats: bool,
+    /// A table's rows of one partition are written into a pack shared with
+    /// other small tables (see [`crate::pack`]) when they are fewer than
+    /// this; 0 gives every table its own files.
+    pub pack_max_rows: usize,
 }
 
 impl Default for SegmentOptions {
@@ -95,6 +99,7 @@ impl Default for SegmentOptions {
             row_group_rows: 256 * 1024,
             page_rows: 64 * 1024,
             decimal_floats: true,
+            pack_max_rows: 65_536,
         }
     }
 }
@@ -134,6 +139,10 @@ pub struct SegmentOrigin {
     /// Ids of the segments this one replaces (a compaction's inputs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaces: Vec<u64>,
+    /// The tables' slices when the file is a pack (see [`crate::pack`]);
+    /// `table`, `level` and `replaces` above are then empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<crate::pack::SliceOrigin>,
 }
 
 fn origin_version() -> u32 {
@@ -149,6 +158,7 @@ impl Default for SegmentOrigin {
             wal_upto: 0,
             level: 0,
             replaces: Vec::new(),
+            slices: Vec::new(),
         }
     }
 }
@@ -168,13 +178,36 @@ pub(crate) struct SegmentTarget<'a> {
 
 /// Sorts `batches` (all adapted to the target's schema) and writes one
 /// Parquet file per time partition. `next_id` hands out segment ids.
+#[cfg(test)]
 pub(crate) fn write_segments(
     target: &SegmentTarget<'_>,
     batches: &[RecordBatch],
     mut next_id: impl FnMut() -> u64,
 ) -> Result<Vec<SegmentMeta>, SegmentError> {
-    let SegmentTarget { data_dir, schema, partition_ns, options, ref origin } = *target;
-    let (db, table) = (origin.database.as_str(), origin.table.as_str());
+    let mut out = Vec::new();
+    for (partition_start, slice) in prepare_slices(target, batches)? {
+        match write_slice(target, partition_start, &slice, next_id()) {
+            Ok(meta) => out.push(meta),
+            Err(e) => {
+                // The files of this call are not listed anywhere: remove
+                // them, or every failed attempt would leave its files behind
+                // (a full disk would only get fuller).
+                remove_written(target.data_dir, &out);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `batches` (adapted to the target's schema) as they are written: one
+/// batch per time partition (with the partition's start), sorted, float
+/// columns narrowed (see [`narrow_floats`]).
+pub(crate) fn prepare_slices(
+    target: &SegmentTarget<'_>,
+    batches: &[RecordBatch],
+) -> Result<Vec<(i64, RecordBatch)>, SegmentError> {
+    let SegmentTarget { schema, partition_ns, options, .. } = *target;
     let adapted = batches.iter().map(|b| adapt_batch(b, schema)).collect::<Result<Vec<_>, _>>()?;
     let all = concat_batches(schema, &adapted)?;
     if all.num_rows() == 0 {
@@ -190,39 +223,43 @@ pub(crate) fn write_segments(
             end += 1;
         }
         let slice = narrow_floats(&sorted.slice(start, end - start), options.decimal_floats)?;
-        let id = next_id();
-        let rel = segment_rel_path(db, table, id);
-        let path = data_dir.join(&rel);
-        let written = write_parquet(data_dir, &path, &slice, options, origin);
-        let bytes = match written {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                // The files of this call are not listed anywhere: remove
-                // them, or every failed attempt would leave its files behind
-                // (a full disk would only get fuller).
-                remove_written(data_dir, &out);
-                return Err(e);
-            }
-        };
-        let ts = slice
-            .column_by_name(TIME_COLUMN)
-            .map(|c| c.as_primitive::<TimestampNanosecondType>().clone())
-            .ok_or_else(|| ArrowError::SchemaError("batch has no ts column".into()))?;
-        let min_ts = arrow::compute::min(&ts).unwrap_or(p * partition_ns);
-        let max_ts = arrow::compute::max(&ts).unwrap_or(p * partition_ns);
-        out.push(SegmentMeta {
-            id,
-            path: rel,
-            partition_start: p * partition_ns,
-            min_ts,
-            max_ts,
-            rows: slice.num_rows() as u64,
-            bytes,
-            level: origin.level,
-        });
+        out.push((p.saturating_mul(partition_ns), slice));
         start = end;
     }
     Ok(out)
+}
+
+/// Writes one prepared slice (see [`prepare_slices`]) as segment `id`.
+pub(crate) fn write_slice(
+    target: &SegmentTarget<'_>,
+    partition_start: i64,
+    slice: &RecordBatch,
+    id: u64,
+) -> Result<SegmentMeta, SegmentError> {
+    let SegmentTarget { data_dir, options, ref origin, .. } = *target;
+    let rel = segment_rel_path(&origin.database, &origin.table, id);
+    let bytes = write_parquet(data_dir, &data_dir.join(&rel), slice, options, origin)?;
+    let (min_ts, max_ts) = ts_bounds(slice)?.unwrap_or((partition_start, partition_start));
+    Ok(SegmentMeta {
+        id,
+        path: rel,
+        partition_start,
+        min_ts,
+        max_ts,
+        rows: slice.num_rows() as u64,
+        bytes,
+        level: origin.level,
+        pack: None,
+    })
+}
+
+/// The smallest and largest `ts` of a batch (`None` when it has no rows).
+pub(crate) fn ts_bounds(batch: &RecordBatch) -> Result<Option<(i64, i64)>, ArrowError> {
+    let ts = batch
+        .column_by_name(TIME_COLUMN)
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(|| ArrowError::SchemaError("batch has no ts column".into()))?;
+    Ok(arrow::compute::min(ts).zip(arrow::compute::max(ts)))
 }
 
 /// Deletes the files of segments that were written but will not be listed.
@@ -401,6 +438,7 @@ fn writer_properties(
     origin: &SegmentOrigin,
     no_statistics: &[String],
 ) -> WriterProperties {
+    let origin_slices = !origin.slices.is_empty();
     let origin = serde_json::to_string(origin).expect("a struct of strings and integers serializes");
     let mut b = WriterProperties::builder()
         .set_key_value_metadata(Some(vec![KeyValue::new(ORIGIN_KEY.to_string(), origin)]))
@@ -448,14 +486,18 @@ fn writer_properties(
     if let Ok(ts) = schema.index_of(TIME_COLUMN) {
         sorting.push(SortingColumn { column_idx: ts as i32, descending: false, nulls_first: true });
     }
-    b.set_sorting_columns(Some(sorting)).build()
+    if !origin_slices {
+        // A pack is sorted table by table, each by its own tags.
+        b = b.set_sorting_columns(Some(sorting));
+    }
+    b.build()
 }
 
 /// Writes `batch` to `path` through a temporary file: write, fsync, rename,
 /// fsync the directory (and the parents of folders it had to create, up to
 /// `data_dir`, so that a power loss cannot lose a folder the manifest then
 /// lists). Returns the file size. A failure removes the temporary file.
-fn write_parquet(
+pub(crate) fn write_parquet(
     data_dir: &Path,
     path: &Path,
     batch: &RecordBatch,
@@ -784,7 +826,7 @@ mod tests {
             let path = dir.path().join(&segs[0].path);
             let file = File::open(&path).expect("open");
             let stored = ParquetRecordBatchReaderBuilder::try_new(file).expect("reader").schema().clone();
-            let read = crate::compact::read_segment(&path, &schema).expect("read back");
+            let read = crate::compact::read_segment(&path, None, &schema).expect("read back");
             let read = concat_batches(&schema, &read).expect("concat");
             let bits = |b: &RecordBatch| -> Vec<Option<u64>> {
                 b.column(2)

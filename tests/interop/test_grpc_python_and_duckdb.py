@@ -76,11 +76,15 @@ def main():
             urllib.request.urlopen(urllib.request.Request(f"http://{http}/api/v1/admin/persist", method="POST"), timeout=60)
             assert sql(http, q) == ours, "answers changed after persistence"
 
-            files = glob.glob(os.path.join(data, "segments", "public", "cpu", "*.parquet"))
-            assert files, "no segments written"
+            # 3,600 rows: a small table, written into a pack shared with other small tables
+            # (docs/storage.md, Packs), whose `__table` column tells outside readers which rows are cpu's.
+            assert not glob.glob(os.path.join(data, "segments", "public", "cpu", "*.parquet"))
+            files = glob.glob(os.path.join(data, "packs", "public", "*.parquet"))
+            assert files, "no pack written"
+            src = f"(SELECT * FROM read_parquet({files!r}, union_by_name = true) WHERE __table = 'cpu')"
             duck = duckdb.sql(
                 f"SELECT hostname::VARCHAR AS hostname, count(*) AS n, max(usage_user) AS mx, sum(usage_system) AS s "
-                f"FROM read_parquet({files!r}) GROUP BY 1 ORDER BY 1").fetchall()
+                f"FROM {src} GROUP BY 1 ORDER BY 1").fetchall()
             ours_t = [(r["hostname"], r["n"], r["mx"], r["s"]) for r in ours]
             assert len(duck) == len(ours_t) == 5, (duck, ours_t)
             for d, o in zip(duck, ours_t):
@@ -88,21 +92,21 @@ def main():
                 # exact decimals, Tocsin doubles.
                 assert d[0] == o[0] and d[1] == o[1] and d[2] == o[2] and abs(float(d[3]) - o[3]) < 1e-6, (d, o)
             written = sorted((f"host_{h}", T0 + i * 10 * SEC, v) for h in range(5) for i, v in enumerate(walk(720, h)))
-            duck_rows = duckdb.sql(f"SELECT hostname::VARCHAR, epoch_ns(ts), usage_user FROM read_parquet({files!r}) "
+            duck_rows = duckdb.sql(f"SELECT hostname::VARCHAR, epoch_ns(ts), usage_user FROM {src} "
                                    "ORDER BY 1, 2").fetchall()
             assert duck_rows == written, "DuckDB decodes different integers than were written"
-            table = pq.read_table(files, columns=["hostname", "ts", "usage_user"])
+            table = pq.read_table(files, columns=["hostname", "ts", "usage_user"], filters=[("__table", "==", "cpu")])
             arrow_rows = sorted(zip(table.column("hostname").to_pylist(),
                                     table.column("ts").cast("int64").to_pylist(), table.column("usage_user").to_pylist()))
             assert arrow_rows == written, "pyarrow decodes different integers than were written"
             # Outside readers get the very doubles that were written back from the decimals.
             written_f = sorted((f"host_{h}", T0 + i * 10 * SEC, i / 8 + h) for h in range(5) for i in range(n))
-            duck_f = duckdb.sql(f"SELECT hostname::VARCHAR, epoch_ns(ts), usage_system FROM read_parquet({files!r}) "
+            duck_f = duckdb.sql(f"SELECT hostname::VARCHAR, epoch_ns(ts), usage_system FROM {src} "
                                 "WHERE hostname <> 'x' ORDER BY 1, 2").fetchall()
             assert [(h, t, float(v)) for h, t, v in duck_f] == written_f, "DuckDB reads other values"
-            table = pq.read_table(files, columns=["usage_system"])
+            table = pq.read_table(files, columns=["usage_system"], filters=[("__table", "==", "cpu")])
             assert str(table.schema.field("usage_system").type) == "decimal64(18, 3)", table.schema
-            print(f"interop ok: python gRPC wrote {resp.accepted_rows} rows; DuckDB agrees on {len(files)} segments")
+            print(f"interop ok: python gRPC wrote {resp.accepted_rows} rows; DuckDB agrees on {len(files)} packs")
         finally:
             proc.terminate()
             proc.wait(timeout=30)

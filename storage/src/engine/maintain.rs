@@ -11,7 +11,27 @@ use arrow::datatypes::SchemaRef;
 use super::{Storage, StorageError};
 use crate::compact::{self, CompactionStats};
 use crate::manifest::SegmentMeta;
-use crate::segment::{SegmentOrigin, SegmentTarget, remove_written, write_segments};
+use crate::pack::{PackItem, write_packs};
+use crate::segment::{SegmentOrigin, SegmentTarget, prepare_slices, remove_written, write_slice};
+
+/// One table's segments replaced by others in a manifest swap.
+struct Change {
+    db: String,
+    table: String,
+    inputs: Vec<Arc<SegmentMeta>>,
+    outputs: Vec<SegmentMeta>,
+}
+
+/// A merge read and sorted, whose small outputs wait to be packed.
+struct Merge {
+    db: String,
+    table: String,
+    inputs: Vec<Arc<SegmentMeta>>,
+    slices: Vec<(i64, arrow::array::RecordBatch)>,
+    level: u32,
+    replaces: Vec<u64>,
+    started: Instant,
+}
 
 impl Storage {
     /// Runs one compaction round: every merge due now (see
@@ -46,37 +66,89 @@ impl Storage {
             jobs
         };
         let mut stats = CompactionStats::default();
+        // Merges whose outputs are small wait here to be written into
+        // packs together (see `crate::pack`).
+        let mut small: Vec<Merge> = Vec::new();
+        let mut small_rows = 0usize;
         for (db, table, schema, inputs) in jobs {
             let started = Instant::now();
             let data_dir = self.config.data_dir.clone();
             let options = self.config.segments.clone();
-            let ids = Arc::clone(&self.next_segment_id);
-            let (db2, table2, inputs2) = (db.clone(), table.clone(), inputs.clone());
             let wal_upto = self.wal_persisted_upto.load(Ordering::Acquire);
-            let merged = tokio::task::spawn_blocking(move || {
+            let origin = SegmentOrigin {
+                database: db.clone(),
+                table: table.clone(),
+                wal_upto,
+                level: inputs.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(1),
+                replaces: inputs.iter().map(|s| s.id).collect(),
+                ..Default::default()
+            };
+            let (inputs2, schema2, origin2) = (inputs.clone(), schema.clone(), origin.clone());
+            let prepared = tokio::task::spawn_blocking(move || {
                 let mut batches = Vec::new();
                 for s in &inputs2 {
-                    batches.extend(compact::read_segment(&data_dir.join(&s.path), &schema)?);
+                    batches.extend(compact::read_segment(&data_dir.join(&s.path), s.row_range(), &schema2)?);
                 }
                 let target = SegmentTarget {
                     data_dir: &data_dir,
-                    schema: &schema,
+                    schema: &schema2,
                     partition_ns,
                     options: &options,
-                    origin: SegmentOrigin {
-                        database: db2,
-                        table: table2,
-                        wal_upto,
-                        level: inputs2.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(1),
-                        replaces: inputs2.iter().map(|s| s.id).collect(),
-                        ..Default::default()
-                    },
+                    origin: origin2,
                 };
-                write_segments(&target, &batches, || ids.fetch_add(1, Ordering::AcqRel))
+                prepare_slices(&target, &batches)
             })
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?;
-            let outputs = match merged {
+            let slices = match prepared {
+                Ok(slices) => slices,
+                Err(e) => {
+                    tracing::error!(
+                        "compacting {} segments of {db}.{table} failed, they stay as they are: {e}",
+                        inputs.len()
+                    );
+                    continue;
+                }
+            };
+            let pack_max = self.config.segments.pack_max_rows;
+            if pack_max > 0 && crate::pack::packable(&schema) && slices.iter().all(|(_, b)| b.num_rows() < pack_max) {
+                small_rows += slices.iter().map(|(_, b)| b.num_rows()).sum::<usize>();
+                small.push(Merge {
+                    db,
+                    table,
+                    inputs,
+                    slices,
+                    level: origin.level,
+                    replaces: origin.replaces,
+                    started,
+                });
+                if small_rows >= crate::pack::PACK_MAX_TOTAL_ROWS {
+                    self.pack_merges(std::mem::take(&mut small), &mut stats).await?;
+                    small_rows = 0;
+                }
+                continue;
+            }
+            let data_dir = self.config.data_dir.clone();
+            let options = self.config.segments.clone();
+            let ids = Arc::clone(&self.next_segment_id);
+            let written = tokio::task::spawn_blocking(move || {
+                let target =
+                    SegmentTarget { data_dir: &data_dir, schema: &schema, partition_ns, options: &options, origin };
+                let mut out = Vec::new();
+                for (partition_start, slice) in &slices {
+                    match write_slice(&target, *partition_start, slice, ids.fetch_add(1, Ordering::AcqRel)) {
+                        Ok(seg) => out.push(seg),
+                        Err(e) => {
+                            remove_written(&data_dir, &out);
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?;
+            let outputs = match written {
                 Ok(outputs) => outputs,
                 Err(e) => {
                     tracing::error!(
@@ -86,33 +158,102 @@ impl Storage {
                     continue;
                 }
             };
-            self.swap_segments(&db, &table, &inputs, outputs.clone())
+            let change = Change { db, table, inputs, outputs };
+            self.swap_segments(std::slice::from_ref(&change))
                 .await
-                .inspect_err(|_| remove_written(&self.config.data_dir, &outputs))?;
-            let rows: u64 = inputs.iter().map(|s| s.rows).sum();
-            let before: u64 = inputs.iter().map(|s| s.bytes).sum();
-            let after: u64 = outputs.iter().map(|s| s.bytes).sum();
-            stats.merges += 1;
-            stats.inputs += inputs.len();
-            stats.outputs += outputs.len();
-            stats.rows += rows;
-            stats.bytes_before += before;
-            stats.bytes_after += after;
-            self.metrics.compactions.fetch_add(1, Ordering::Relaxed);
-            self.metrics.compacted_segments.fetch_add(inputs.len() as u64, Ordering::Relaxed);
-            self.metrics.compaction_bytes_written.fetch_add(after, Ordering::Relaxed);
-            tracing::info!(
-                table = %format!("{db}.{table}"),
-                inputs = inputs.len(),
-                level = outputs.first().map(|s| s.level).unwrap_or(0),
-                rows,
-                bytes_before = before,
-                bytes_after = after,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "compacted segments"
-            );
+                .inspect_err(|_| remove_written(&self.config.data_dir, &change.outputs))?;
+            self.count_merge(&change, started, &mut stats);
+        }
+        if !small.is_empty() {
+            self.pack_merges(small, &mut stats).await?;
         }
         Ok(stats)
+    }
+
+    /// Writes the outputs of small merges into packs (per database) and
+    /// swaps them all in with one manifest. A database whose packs cannot
+    /// be written keeps its inputs; the others go on.
+    async fn pack_merges(&self, merges: Vec<Merge>, stats: &mut CompactionStats) -> Result<(), StorageError> {
+        let mut by_db: std::collections::BTreeMap<String, Vec<Merge>> = Default::default();
+        for m in merges {
+            by_db.entry(m.db.clone()).or_default().push(m);
+        }
+        for (db, merges) in by_db {
+            let mut items = Vec::new();
+            let mut owner = Vec::new();
+            for (i, m) in merges.iter().enumerate() {
+                for (partition_start, batch) in &m.slices {
+                    items.push(PackItem {
+                        table: m.table.clone(),
+                        partition_start: *partition_start,
+                        batch: batch.clone(),
+                        level: m.level,
+                        replaces: m.replaces.clone(),
+                    });
+                    owner.push(i);
+                }
+            }
+            let data_dir = self.config.data_dir.clone();
+            let options = self.config.segments.clone();
+            let ids = Arc::clone(&self.next_segment_id);
+            let wal_upto = self.wal_persisted_upto.load(Ordering::Acquire);
+            let db2 = db.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                write_packs(&data_dir, &db2, &options, wal_upto, items, || ids.fetch_add(1, Ordering::AcqRel))
+            })
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?;
+            let written = match written {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(
+                        "compacting {} small tables of database {db} into packs failed, they stay as they are: {e}",
+                        merges.len()
+                    );
+                    continue;
+                }
+            };
+            let mut changes: Vec<Change> = merges
+                .iter()
+                .map(|m| Change { db: m.db.clone(), table: m.table.clone(), inputs: m.inputs.clone(), outputs: vec![] })
+                .collect();
+            for (index, seg) in written {
+                changes[owner[index]].outputs.push(seg);
+            }
+            let all: Vec<SegmentMeta> = changes.iter().flat_map(|c| c.outputs.iter().cloned()).collect();
+            self.swap_segments(&changes).await.inspect_err(|_| remove_written(&self.config.data_dir, &all))?;
+            for (change, m) in changes.iter().zip(&merges) {
+                self.count_merge(change, m.started, stats);
+            }
+        }
+        Ok(())
+    }
+
+    fn count_merge(&self, change: &Change, started: Instant, stats: &mut CompactionStats) {
+        let Change { db, table, inputs, outputs } = change;
+        let rows: u64 = inputs.iter().map(|s| s.rows).sum();
+        let before: u64 = inputs.iter().map(|s| s.bytes).sum();
+        let after: u64 = outputs.iter().map(|s| s.bytes).sum();
+        stats.merges += 1;
+        stats.inputs += inputs.len();
+        stats.outputs += outputs.len();
+        stats.rows += rows;
+        stats.bytes_before += before;
+        stats.bytes_after += after;
+        self.metrics.compactions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.compacted_segments.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        self.metrics.compaction_bytes_written.fetch_add(after, Ordering::Relaxed);
+        tracing::info!(
+            table = %format!("{db}.{table}"),
+            inputs = inputs.len(),
+            level = outputs.first().map(|s| s.level).unwrap_or(0),
+            packed = outputs.iter().any(|s| s.pack.is_some()),
+            rows,
+            bytes_before = before,
+            bytes_after = after,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compacted segments"
+        );
     }
 
     /// Drops the segments whose rows are all older than their table's
@@ -139,7 +280,8 @@ impl Storage {
         };
         let (mut segments, mut rows) = (0, 0);
         for (db, table, gone) in due {
-            self.swap_segments(&db, &table, &gone, Vec::new()).await?;
+            let change = Change { db: db.clone(), table: table.clone(), inputs: gone.clone(), outputs: Vec::new() };
+            self.swap_segments(&[change]).await?;
             // The newest row of a series may have gone with the segment: the
             // cache is rebuilt from a scan of what is left when next used. (A
             // lastpoint scan planned before the swap and completing after
@@ -161,29 +303,40 @@ impl Storage {
         Ok((segments, rows))
     }
 
-    /// Replaces `inputs` by `outputs` (none when expiring) in a new
-    /// manifest, then in the query state, and retires the inputs' files.
-    async fn swap_segments(
-        &self,
-        db: &str,
-        table: &str,
-        inputs: &[Arc<SegmentMeta>],
-        outputs: Vec<SegmentMeta>,
-    ) -> Result<(), StorageError> {
+    /// Replaces each change's inputs by its outputs (none when expiring) in
+    /// one new manifest, then in the query state, and retires the inputs'
+    /// files that no segment lists any more (a pack stays while another
+    /// table holds a slice of it).
+    async fn swap_segments(&self, changes: &[Change]) -> Result<(), StorageError> {
         let _no_persist = self.persist_lock.lock().await;
-        let gone = |s: &SegmentMeta| inputs.iter().any(|i| i.id == s.id);
-        let manifest = {
+        let gone = |c: &Change, s: &SegmentMeta| c.inputs.iter().any(|i| i.id == s.id);
+        let (manifest, retired) = {
             let st = self.state.read();
             let mut m = self.manifest_of(&st, self.wal_persisted_upto.load(Ordering::Acquire));
-            if let Some(entry) = m.databases.get_mut(db).and_then(|d| d.get_mut(table)) {
-                entry.segments.retain(|s| !gone(s));
-                entry.segments.extend(outputs.iter().cloned());
+            for c in changes {
+                if let Some(entry) = m.databases.get_mut(&c.db).and_then(|d| d.get_mut(&c.table)) {
+                    entry.segments.retain(|s| !gone(c, s));
+                    entry.segments.extend(c.outputs.iter().cloned());
+                }
             }
+            let listed: std::collections::HashSet<&str> = m
+                .databases
+                .values()
+                .flat_map(|t| t.values())
+                .flat_map(|e| e.segments.iter().map(|s| s.path.as_str()))
+                .collect();
+            let mut retired: Vec<String> = changes
+                .iter()
+                .flat_map(|c| c.inputs.iter().map(|s| s.path.clone()))
+                .filter(|p| !listed.contains(p.as_str()))
+                .collect();
+            retired.sort();
+            retired.dedup();
             // Listed as retired, their files are deleted at start if the
             // grace period never ends here; anything else unlisted is
             // quarantined, not deleted.
-            m.retired.extend(inputs.iter().map(|s| s.path.clone()));
-            m
+            m.retired.extend(retired.iter().cloned());
+            (m, retired)
         };
         let dir = self.config.data_dir.clone();
         tokio::task::spawn_blocking(move || manifest.save(&dir))
@@ -191,9 +344,11 @@ impl Storage {
             .map_err(|e| StorageError::Task(e.to_string()))??;
         {
             let mut st = self.state.write();
-            if let Some(t) = st.dbs.get_mut(db).and_then(|d| d.get_mut(table)) {
-                t.segments.retain(|s| !gone(s));
-                t.segments.extend(outputs.into_iter().map(Arc::new));
+            for c in changes {
+                if let Some(t) = st.dbs.get_mut(&c.db).and_then(|d| d.get_mut(&c.table)) {
+                    t.segments.retain(|s| !gone(c, s));
+                    t.segments.extend(c.outputs.iter().cloned().map(Arc::new));
+                }
             }
         }
         let now = self.clock.monotonic();
@@ -204,7 +359,7 @@ impl Storage {
             r.epoch += 1;
             r.epoch - 1
         };
-        self.retired.lock().extend(inputs.iter().map(|s| (s.path.clone(), now, epoch)));
+        self.retired.lock().extend(retired.into_iter().map(|p| (p, now, epoch)));
         Ok(())
     }
 

@@ -10,7 +10,8 @@ use arrow::array::RecordBatch;
 use super::{PersistStats, State, Storage, StorageError};
 use crate::batch::batch_bytes;
 use crate::manifest::{Manifest, SegmentMeta, TableEntry};
-use crate::segment::{SegmentError, SegmentOrigin, SegmentTarget, remove_written, write_segments};
+use crate::pack::{PackItem, write_packs};
+use crate::segment::{SegmentError, SegmentOrigin, SegmentTarget, prepare_slices, remove_written, write_slice};
 use crate::wal;
 
 impl Storage {
@@ -58,28 +59,18 @@ impl Storage {
         let options = self.config.segments.clone();
         let ids = Arc::clone(&self.next_segment_id);
         let written = tokio::task::spawn_blocking(move || {
-            let mut out: Vec<(String, String, Vec<SegmentMeta>)> = Vec::new();
-            for (db, table, schema, batches) in work {
-                let target = SegmentTarget {
-                    data_dir: &data_dir,
-                    schema: &schema,
-                    partition_ns,
-                    options: &options,
-                    origin: SegmentOrigin { database: db, table, wal_upto: closed_wal, ..Default::default() },
-                };
-                match write_segments(&target, &batches, || ids.fetch_add(1, Ordering::AcqRel)) {
-                    Ok(segs) => out.push((target.origin.database, target.origin.table, segs)),
-                    Err(e) => {
-                        // Nothing lists the segments of the other tables
-                        // either: remove them too.
-                        for (_, _, segs) in &out {
-                            remove_written(&data_dir, segs);
-                        }
-                        return Err(e);
-                    }
+            let mut out = Vec::new();
+            let next_id = || ids.fetch_add(1, Ordering::AcqRel);
+            match write_buffers(&data_dir, partition_ns, &options, closed_wal, work, next_id, &mut out) {
+                Ok(()) => Ok(out),
+                Err(e) => {
+                    // Nothing lists the segments of the other tables
+                    // either: remove them too.
+                    let segs: Vec<SegmentMeta> = out.into_iter().map(|(_, _, s)| s).collect();
+                    remove_written(&data_dir, &segs);
+                    Err(e)
                 }
             }
-            Ok::<_, SegmentError>(out)
         })
         .await
         .map_err(|e| StorageError::Task(e.to_string()));
@@ -98,14 +89,16 @@ impl Storage {
         let manifest = {
             let st = self.state.read();
             let mut m = self.manifest_of(&st, closed_wal);
-            for (db, table, segs) in &written {
+            let mut tables = std::collections::HashSet::new();
+            for (db, table, seg) in &written {
                 let entry = m.databases.entry(db.clone()).or_default().entry(table.clone()).or_default();
-                entry.segments.extend(segs.iter().cloned());
-                stats.tables += 1;
-                stats.segments += segs.len();
-                stats.rows += segs.iter().map(|s| s.rows).sum::<u64>();
-                stats.bytes += segs.iter().map(|s| s.bytes).sum::<u64>();
+                entry.segments.push(seg.clone());
+                tables.insert((db, table));
+                stats.segments += 1;
+                stats.rows += seg.rows;
+                stats.bytes += seg.bytes;
             }
+            stats.tables = tables.len();
             m
         };
         let dir = self.config.data_dir.clone();
@@ -114,9 +107,8 @@ impl Storage {
             .map_err(|e| StorageError::Task(e.to_string()))
             .and_then(|r| r.map_err(StorageError::from));
         if let Err(e) = saved {
-            for (_, _, segs) in &written {
-                remove_written(&self.config.data_dir, segs);
-            }
+            let segs: Vec<SegmentMeta> = written.iter().map(|(_, _, s)| s.clone()).collect();
+            remove_written(&self.config.data_dir, &segs);
             self.restore_persisting();
             self.metrics.persist_failures.fetch_add(1, Ordering::Relaxed);
             return Err(e);
@@ -124,9 +116,9 @@ impl Storage {
         self.wal_persisted_upto.store(closed_wal, Ordering::Release);
         {
             let mut st = self.state.write();
-            for (db, table, segs) in written {
+            for (db, table, seg) in written {
                 if let Some(t) = st.dbs.get_mut(&db).and_then(|d| d.get_mut(&table)) {
-                    t.segments.extend(segs.into_iter().map(Arc::new));
+                    t.segments.push(Arc::new(seg));
                 }
             }
             for t in st.dbs.values_mut().flat_map(|d| d.values_mut()) {
@@ -212,4 +204,47 @@ impl Storage {
         self.wal.close()?;
         stats
     }
+}
+
+/// Writes the buffers of a persist (`(database, table, schema, batches)`):
+/// each table's rows of each partition into a segment of its own, or,
+/// when they are few (`pack_max_rows`), into packs shared with other small
+/// tables of the database (see [`crate::pack`]). Every segment written is
+/// added to `out`, also when a later one fails.
+fn write_buffers(
+    data_dir: &std::path::Path,
+    partition_ns: i64,
+    options: &crate::segment::SegmentOptions,
+    wal_upto: u64,
+    work: Vec<(String, String, arrow::datatypes::SchemaRef, Vec<RecordBatch>)>,
+    mut next_id: impl FnMut() -> u64,
+    out: &mut Vec<(String, String, SegmentMeta)>,
+) -> Result<(), SegmentError> {
+    let mut packs: std::collections::BTreeMap<String, Vec<PackItem>> = Default::default();
+    for (db, table, schema, batches) in work {
+        let target = SegmentTarget {
+            data_dir,
+            schema: &schema,
+            partition_ns,
+            options,
+            origin: SegmentOrigin { database: db.clone(), table: table.clone(), wal_upto, ..Default::default() },
+        };
+        let packable = options.pack_max_rows > 0 && crate::pack::packable(&schema);
+        for (partition_start, slice) in prepare_slices(&target, &batches)? {
+            if packable && slice.num_rows() < options.pack_max_rows {
+                let item = PackItem { table: table.clone(), partition_start, batch: slice, level: 0, replaces: vec![] };
+                packs.entry(db.clone()).or_default().push(item);
+            } else {
+                let seg = write_slice(&target, partition_start, &slice, next_id())?;
+                out.push((db.clone(), table.clone(), seg));
+            }
+        }
+    }
+    for (db, items) in packs {
+        let tables: Vec<String> = items.iter().map(|i| i.table.clone()).collect();
+        for (index, seg) in write_packs(data_dir, &db, options, wal_upto, items, &mut next_id)? {
+            out.push((db.clone(), tables[index].clone(), seg));
+        }
+    }
+    Ok(())
 }

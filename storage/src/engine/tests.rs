@@ -73,7 +73,7 @@ fn segment_rows(s: &Storage) -> Vec<(String, i64, Option<i64>, Option<f64>)> {
     let snap = s.snapshot("public", "t").expect("table");
     let mut out = Vec::new();
     for seg in &snap.segments {
-        for b in compact::read_segment(&snap.segment_path(seg), &snap.schema).expect("read") {
+        for b in compact::read_segment(&snap.segment_path(seg), seg.row_range(), &snap.schema).expect("read") {
             let col = |n: &str| b.column(b.schema().index_of(n).expect("column")).clone();
             let host = col("host");
             let host = host.as_dictionary::<Int32Type>();
@@ -106,7 +106,9 @@ async fn compaction_merges_segments_keeps_every_row_and_survives_reopen() {
         grace: Duration::ZERO,
         ..Default::default()
     };
-    let config = StorageConfig { compaction: live, ..StorageConfig::for_tests(dir.path()) };
+    let mut config = StorageConfig { compaction: live, ..StorageConfig::for_tests(dir.path()) };
+    // The policy of one table's own files (packs: `small_tables_share_packs`).
+    config.segments.pack_max_rows = 0;
     let s = Storage::open(config.clone()).await.expect("open");
     let mut expected = Vec::new();
     for p in 0..5i64 {
@@ -163,7 +165,9 @@ async fn compaction_merges_segments_keeps_every_row_and_survives_reopen() {
     // merges into one.
     let stray = dir.path().join("segments/public/t/00000000000000000999.parquet");
     std::fs::copy(any_segment_file(dir.path()), &stray).expect("copy");
-    let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("reopen");
+    let s = Storage::open(StorageConfig { segments: config.segments.clone(), ..StorageConfig::for_tests(dir.path()) })
+        .await
+        .expect("reopen");
     assert!(!stray.exists(), "unlisted segment moved away at start");
     let quarantined: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
         .expect("quarantine")
@@ -214,13 +218,26 @@ async fn retention_drops_whole_segments_past_it_per_table() {
     assert_eq!(rows(&s, "t"), 1, "only the recent row of t is left");
     assert_eq!(rows(&s, "keep"), 3, "public.keep is kept forever");
     assert_eq!(s.expire().await.expect("expire"), (0, 0), "nothing more is due");
-    assert_eq!(s.purge_retired(), 1);
-    assert!(!old_file.exists());
+    // Both tables are small: their old rows share a pack, which stays
+    // while public.keep holds a slice of it.
+    assert!(old_file.starts_with(dir.path().join("packs")), "{}", old_file.display());
+    assert_eq!(s.purge_retired(), 0, "a pack another table still lists is not retired");
+    assert!(old_file.exists());
     s.shutdown().await.expect("shutdown");
     drop(s);
-    let s = Storage::open(config).await.expect("reopen");
+    let s = Storage::open(config.clone()).await.expect("reopen");
     assert_eq!(rows(&s, "t"), 1, "the drop is in the manifest");
     assert_eq!(rows(&s, "keep"), 3);
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+    // Without the exception, public.keep's old rows go too, and the pack
+    // with them.
+    config.retention.tables.clear();
+    let s = Storage::open(config.clone()).await.expect("reopen");
+    assert_eq!(s.expire().await.expect("expire"), (1, 2));
+    assert_eq!((rows(&s, "t"), rows(&s, "keep")), (1, 1));
+    assert_eq!(s.purge_retired(), 1);
+    assert!(!old_file.exists(), "the pack is deleted once no table lists it");
 }
 
 /// A row accepted before a restart with a lower `max_string_bytes` (or
@@ -463,4 +480,113 @@ async fn waiting_periods_follow_the_injected_clock() {
     assert_eq!(s.purge_retired(), 0, "an older reader is still running");
     drop(reader);
     assert_eq!(s.purge_retired(), 2);
+}
+
+/// Every row of `table`'s segments as (host, ts, v as f64), sorted.
+fn table_values(s: &Storage, table: &str) -> Vec<(String, i64, f64)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Float64Type, Int32Type, TimestampNanosecondType};
+    let snap = s.snapshot("public", table).expect("table");
+    let mut out = Vec::new();
+    for seg in &snap.segments {
+        for b in compact::read_segment(&snap.segment_path(seg), seg.row_range(), &snap.schema).expect("read") {
+            let col = |n: &str| b.column(b.schema().index_of(n).expect("column")).clone();
+            let host = col("host");
+            let host = host.as_dictionary::<Int32Type>();
+            let names = host.values().as_string::<i32>();
+            let ts = col("ts");
+            let v = arrow::compute::cast(&col("v"), &DataType::Float64).expect("cast");
+            let (ts, v) = (ts.as_primitive::<TimestampNanosecondType>(), v.as_primitive::<Float64Type>());
+            for i in 0..b.num_rows() {
+                out.push((names.value(host.keys().value(i) as usize).to_string(), ts.value(i), v.value(i)));
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    out
+}
+
+/// The `.parquet` files directly under `dir` (none if it does not exist).
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Small tables share pack files: a persist of three small tables writes
+/// packs (two here: the two tables whose `v` is an integer share one, the
+/// one whose `v` is stored as a decimal gets another), not a file per
+/// table; each table reads back exactly its own rows after a restart, a
+/// compaction that merges slices into new packs, and a repair that
+/// rebuilds the manifest from the packs' own metadata. A damaged pack is
+/// quarantined once and every table that had a slice in it loses just
+/// that slice.
+#[tokio::test]
+async fn small_tables_share_packs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut config = StorageConfig::for_tests(d);
+    config.compaction.grace = Duration::ZERO;
+    let s = Storage::open(config.clone()).await.expect("open");
+    let mut expected: BTreeMap<&str, Vec<(String, i64, f64)>> = Default::default();
+    for round in 0..2i64 {
+        let ts: Vec<i64> = (round * 1000..round * 1000 + 10).collect();
+        for (table, host) in [("a", "x"), ("b", "y"), ("c", "z")] {
+            let values: Vec<f64> = ts.iter().map(|&t| if table == "c" { t as f64 + 0.25 } else { t as f64 }).collect();
+            let v = if table == "c" { FieldValues::F64(values.clone()) } else { FieldValues::I64(ts.clone()) };
+            let w = TableWrite { table: table.into(), blocks: vec![block(0, host, ts.clone(), v)] };
+            s.write("public", vec![w]).await.expect("write");
+            expected.entry(table).or_default().extend(ts.iter().zip(&values).map(|(&t, &v)| (host.to_string(), t, v)));
+        }
+        let stats = s.persist().await.expect("persist");
+        assert_eq!((stats.tables, stats.segments, stats.rows), (3, 3, 30));
+    }
+    let check = |s: &Storage, when: &str| {
+        for (table, rows) in &expected {
+            assert_eq!(&table_values(s, table), rows, "table {table} {when}");
+        }
+    };
+    check(&s, "after two persists");
+    assert!(!d.join("segments/public/a").exists(), "no file of a table's own");
+    let first = parquet_files(&d.join("packs/public"));
+    assert_eq!(first.len(), 4, "two packs per persist: {first:?}");
+    let snap = s.snapshot("public", "a").expect("a");
+    assert!(snap.segments.iter().all(|x| x.pack.is_some()));
+    assert_eq!(snap.segments.iter().map(|x| x.rows).sum::<u64>(), 10 * 2);
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+
+    let s = Storage::open(config.clone()).await.expect("reopen");
+    check(&s, "after a restart");
+    let stats = s.compact_full().await.expect("compact");
+    assert_eq!((stats.merges, stats.inputs, stats.outputs), (3, 6, 3));
+    check(&s, "after a compaction");
+    assert_eq!(s.snapshot("public", "b").expect("b").segments.iter().map(|x| x.level).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(s.purge_retired(), 4, "the four packs of the persists are retired together");
+    let merged = parquet_files(&d.join("packs/public"));
+    assert_eq!(merged.len(), 2, "{merged:?}");
+    assert!(merged.iter().all(|p| !first.contains(p)));
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+
+    // The manifest lost: the packs list their slices.
+    std::fs::remove_file(d.join(crate::manifest::MANIFEST_FILE)).expect("lose the manifest");
+    let report = crate::repair::repair(d, 86_400_000_000_000).expect("repair");
+    assert_eq!((report.tables, report.segments, report.rows), (3, 3, 60), "{report:?}");
+    let s = Storage::open(config.clone()).await.expect("reopen after repair");
+    check(&s, "after a repair");
+    let pack_of_a = d.join(&s.snapshot("public", "a").expect("a").segments[0].path);
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+
+    // A damaged pack: both tables that share it lose that slice, c keeps
+    // its rows, and the file is moved to quarantine/ once.
+    let len = std::fs::metadata(&pack_of_a).expect("pack").len();
+    std::fs::OpenOptions::new().write(true).open(&pack_of_a).expect("open").set_len(len / 2).expect("truncate");
+    let s = Storage::open(config).await.expect("a damaged pack does not stop the start");
+    assert_eq!((rows(&s, "a"), rows(&s, "b"), rows(&s, "c")), (0, 0, 20));
+    assert_eq!(s.metrics.quarantined_files.load(Ordering::Relaxed), 1);
+    assert_eq!(std::fs::read_dir(d.join("quarantine")).expect("quarantine").count(), 1);
 }

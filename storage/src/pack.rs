@@ -1,0 +1,254 @@
+//! Packs: one Parquet file holding the rows of several small tables.
+//!
+//! A Prometheus server brings hundreds to thousands of metric names, each
+//! a table with a few series. Written one file per table, every persist
+//! made as many files as there were metrics, each carrying a footer and a
+//! page index of about 2 KB (half of the bytes on disk for node_exporter
+//! data, docs/benchmarks.md). A table's rows of one partition that are
+//! fewer than `pack_max_rows` are therefore written into a pack instead:
+//!
+//! - `packs/<db>/<id>.parquet`, holding the slices of several tables of one
+//!   database and one time partition, one after the other (each sorted as
+//!   its own segment would be), with a `__table` column naming the table
+//!   of each row so that outside Parquet readers can tell them apart;
+//! - the pack's columns are the union of its tables' columns by name; a
+//!   table's rows hold NULL in the others. Tables whose columns of the same
+//!   name have different types (a DOUBLE `value` and a DECIMAL one) go to
+//!   different packs;
+//! - each slice is a segment of its table in the manifest, with its own id,
+//!   level and time range, and the row range it occupies
+//!   ([`crate::manifest::PackSlice`]); readers read those rows only (the
+//!   page index skips the pages of other tables);
+//! - the file records its slices in its origin metadata, so that `tocsin
+//!   repair` can list them again;
+//! - compaction merges a table's slices like its files and writes small
+//!   outputs into new packs; a pack file is retired once no table lists a
+//!   slice of it any more.
+//!
+//! Tables with token filters or bloom filters (log tables) and tables with
+//! a column named `__table` always get their own files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, new_null_array};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
+
+use crate::manifest::{PackSlice, SegmentMeta};
+use crate::segment::{
+    BLOOM_COLUMNS, SegmentError, SegmentOptions, SegmentOrigin, remove_written, ts_bounds, write_parquet,
+};
+
+/// The column of a pack naming each row's table.
+pub const TABLE_COLUMN: &str = "__table";
+
+/// Rows of one pack at most: a pack is written from memory in one go.
+pub(crate) const PACK_MAX_TOTAL_ROWS: usize = 1 << 20;
+
+/// A slice as a pack's origin metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SliceOrigin {
+    pub table: String,
+    /// The slice's segment id.
+    pub id: u64,
+    pub first_row: u64,
+    pub rows: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    #[serde(default)]
+    pub level: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<u64>,
+    /// The table's columns in the pack (the others are other tables').
+    pub columns: Vec<String>,
+}
+
+/// One table's prepared rows of one partition (see
+/// [`crate::segment::prepare_slices`]) waiting for a pack.
+#[derive(Debug, Clone)]
+pub(crate) struct PackItem {
+    pub(crate) table: String,
+    pub(crate) partition_start: i64,
+    pub(crate) batch: RecordBatch,
+    pub(crate) level: u32,
+    pub(crate) replaces: Vec<u64>,
+}
+
+/// Whether a table of `schema` may share packs: not log tables (token and
+/// bloom filters are per file) nor a table with a column of the pack's
+/// own column's name.
+pub(crate) fn packable(schema: &Schema) -> bool {
+    schema.fields().iter().all(|f| {
+        let name = f.name().as_str();
+        name != TABLE_COLUMN && !BLOOM_COLUMNS.contains(&name) && !crate::tokens::TOKEN_COLUMNS.contains(&name)
+    })
+}
+
+/// Where pack `id` of database `db` lives, relative to the data directory.
+pub fn pack_rel_path(db: &str, id: u64) -> String {
+    format!("packs/{db}/{id:020}.parquet")
+}
+
+/// Writes `items` (tables of database `db`) into as few packs as their
+/// partitions and column types allow. Returns each item's segment with the
+/// item's index in `items`. A failure removes the packs this call wrote.
+pub(crate) fn write_packs(
+    data_dir: &Path,
+    db: &str,
+    options: &SegmentOptions,
+    wal_upto: u64,
+    items: Vec<PackItem>,
+    mut next_id: impl FnMut() -> u64,
+) -> Result<Vec<(usize, SegmentMeta)>, SegmentError> {
+    let mut out: Vec<(usize, SegmentMeta)> = Vec::new();
+    for group in group(items.into_iter().enumerate().collect()) {
+        match write_pack(data_dir, db, options, wal_upto, group, &mut next_id) {
+            Ok(slices) => out.extend(slices),
+            Err(e) => {
+                let written: Vec<SegmentMeta> = out.into_iter().map(|(_, s)| s).collect();
+                remove_written(data_dir, &written);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The packs to write: items of one partition whose columns of the same
+/// name have the same type and metadata, up to [`PACK_MAX_TOTAL_ROWS`].
+fn group(mut items: Vec<(usize, PackItem)>) -> Vec<Vec<(usize, PackItem)>> {
+    items.sort_by(|(_, a), (_, b)| (a.partition_start, &a.table).cmp(&(b.partition_start, &b.table)));
+    struct Open {
+        partition_start: i64,
+        columns: BTreeMap<String, Field>,
+        rows: usize,
+        items: Vec<(usize, PackItem)>,
+    }
+    let mut open: Vec<Open> = Vec::new();
+    let mut done = Vec::new();
+    for (index, item) in items {
+        if open.first().is_some_and(|o| o.partition_start != item.partition_start) {
+            // Items come by partition: the open packs are complete.
+            done.extend(open.drain(..).map(|o| o.items));
+        }
+        let schema = item.batch.schema();
+        let fits = |o: &Open| {
+            o.rows + item.batch.num_rows() <= PACK_MAX_TOTAL_ROWS
+                && schema.fields().iter().all(|f| {
+                    o.columns
+                        .get(f.name())
+                        .is_none_or(|g| g.data_type() == f.data_type() && g.metadata() == f.metadata())
+                })
+        };
+        let at = match open.iter().position(fits) {
+            Some(at) => at,
+            None => {
+                open.push(Open {
+                    partition_start: item.partition_start,
+                    columns: BTreeMap::new(),
+                    rows: 0,
+                    items: Vec::new(),
+                });
+                open.len() - 1
+            }
+        };
+        let o = &mut open[at];
+        for f in schema.fields() {
+            o.columns.entry(f.name().clone()).or_insert_with(|| f.as_ref().clone());
+        }
+        o.rows += item.batch.num_rows();
+        o.items.push((index, item));
+        if o.rows >= PACK_MAX_TOTAL_ROWS {
+            done.push(open.remove(at).items);
+        }
+    }
+    done.extend(open.into_iter().map(|o| o.items));
+    done.retain(|g| !g.is_empty());
+    done
+}
+
+/// Writes one pack of `items` (one partition, compatible columns).
+fn write_pack(
+    data_dir: &Path,
+    db: &str,
+    options: &SegmentOptions,
+    wal_upto: u64,
+    items: Vec<(usize, PackItem)>,
+    next_id: &mut impl FnMut() -> u64,
+) -> Result<Vec<(usize, SegmentMeta)>, SegmentError> {
+    let mut fields: Vec<Field> = vec![Field::new(
+        TABLE_COLUMN,
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        false,
+    )];
+    for (_, item) in &items {
+        for f in item.batch.schema().fields() {
+            if !fields.iter().any(|g| g.name() == f.name()) {
+                fields.push(f.as_ref().clone().with_nullable(true));
+            }
+        }
+    }
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let mut batches = Vec::with_capacity(items.len());
+    let mut slices = Vec::with_capacity(items.len());
+    let mut first_row = 0u64;
+    for (_, item) in &items {
+        let rows = item.batch.num_rows();
+        let names = DictionaryArray::<Int32Type>::new(
+            vec![0i32; rows].into(),
+            Arc::new(StringArray::from(vec![item.table.as_str()])),
+        );
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(names)];
+        for f in schema.fields().iter().skip(1) {
+            columns.push(match item.batch.column_by_name(f.name()) {
+                Some(c) => Arc::clone(c),
+                None => new_null_array(f.data_type(), rows),
+            });
+        }
+        batches.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
+        let (min_ts, max_ts) = ts_bounds(&item.batch)?.unwrap_or((item.partition_start, item.partition_start));
+        slices.push(SliceOrigin {
+            table: item.table.clone(),
+            id: next_id(),
+            first_row,
+            rows: rows as u64,
+            min_ts,
+            max_ts,
+            level: item.level,
+            replaces: item.replaces.clone(),
+            columns: item.batch.schema().fields().iter().map(|f| f.name().clone()).collect(),
+        });
+        first_row += rows as u64;
+    }
+    let all = concat_batches(&schema, &batches)?;
+    let id = next_id();
+    let rel = pack_rel_path(db, id);
+    let origin = SegmentOrigin { database: db.to_string(), wal_upto, slices: slices.clone(), ..Default::default() };
+    let file_bytes = write_parquet(data_dir, &data_dir.join(&rel), &all, options, &origin)?;
+    let total = all.num_rows() as u64;
+    let mut out = Vec::with_capacity(items.len());
+    for ((index, item), slice) in items.iter().zip(slices) {
+        out.push((
+            *index,
+            SegmentMeta {
+                id: slice.id,
+                path: rel.clone(),
+                partition_start: item.partition_start,
+                min_ts: slice.min_ts,
+                max_ts: slice.max_ts,
+                rows: slice.rows,
+                bytes: share(file_bytes, slice.rows, total),
+                level: slice.level,
+                pack: Some(PackSlice { first_row: slice.first_row, file_bytes }),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// A slice's share of its pack's bytes, so that sizes add up.
+pub(crate) fn share(file_bytes: u64, rows: u64, total_rows: u64) -> u64 {
+    (u128::from(file_bytes) * u128::from(rows) / u128::from(total_rows.max(1))).max(1) as u64
+}
