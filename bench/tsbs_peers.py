@@ -210,8 +210,10 @@ class ClickHouse:
         for f in own:
             self.s.query(f"INSERT INTO tsbs.cpu ({names}) SELECT {names} FROM file('{f}', Parquet)")
         for f in packs:
+            # An INSERT takes file()'s columns from the table it fills unless told
+            # otherwise, and cpu has no `__table`.
             self.s.query(f"INSERT INTO tsbs.cpu ({names}) SELECT {names} FROM file('{f}', Parquet) "
-                         "WHERE __table = 'cpu'")
+                         "WHERE `__table` = 'cpu' SETTINGS use_structure_from_insertion_table_in_table_functions = 0")
         self.s.query("OPTIMIZE TABLE tsbs.cpu FINAL")
         self.s.query("USE tsbs")
 
