@@ -140,7 +140,8 @@ def main():
         if e == "tocsin":
             engines.append(Tocsin(a.http))
         elif e in ("duckdb", "duckdb-segments"):
-            engines.append(DuckDb(files, native=(e == "duckdb"), table="logs", order="service, host, level, ts"))
+            # Log tables are never packed (docs/storage.md, Packs): their own files only.
+            engines.append(DuckDb((files, []), native=(e == "duckdb"), table="logs", order="service, host, level, ts"))
         else:
             engines.append(LogsClickHouse(files))
         print(f"{e}: loaded {len(files)} segment file(s) in {time.perf_counter() - t:.1f} s", flush=True)
