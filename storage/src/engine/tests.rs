@@ -590,3 +590,31 @@ async fn small_tables_share_packs() {
     assert_eq!(s.metrics.quarantined_files.load(Ordering::Relaxed), 1);
     assert_eq!(std::fs::read_dir(d.join("quarantine")).expect("quarantine").count(), 1);
 }
+
+/// Thousands of metrics do not mean thousands of files per persist: 600
+/// small tables (each a metric of a few series, as remote_write makes
+/// them) persist into one pack when their columns agree, and into one
+/// more per stored type of `v` that differs.
+#[tokio::test]
+async fn a_persist_of_many_small_tables_writes_a_few_packs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+    for i in 0..600i64 {
+        let ts: Vec<i64> = (0..30).map(|k| 1_000 + k).collect();
+        // Two kinds of values: integers (stored as Int64) and short
+        // decimals (DECIMAL(18, 1)).
+        let v: Vec<f64> = ts.iter().map(|&t| if i % 2 == 0 { t as f64 } else { t as f64 + 0.5 }).collect();
+        let w = TableWrite {
+            table: format!("metric_{i}"),
+            blocks: vec![block(0, "a", ts.clone(), FieldValues::F64(v.clone())), block(1, "b", ts, FieldValues::F64(v))],
+        };
+        s.write("public", vec![w]).await.expect("write");
+    }
+    let stats = s.persist().await.expect("persist");
+    assert_eq!((stats.tables, stats.segments, stats.rows), (600, 600, 600 * 60));
+    let files = parquet_files(&dir.path().join("packs/public"));
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(!dir.path().join("segments").exists() || parquet_files(&dir.path().join("segments/public")).is_empty());
+    assert_eq!(table_values(&s, "metric_7").len(), 60);
+    assert_eq!(table_values(&s, "metric_7")[0], ("a".to_string(), 1_000, 1_000.5));
+}
