@@ -47,22 +47,59 @@ pub const TABLE_COLUMN: &str = "__table";
 /// Rows of one pack at most: a pack is written from memory in one go.
 pub(crate) const PACK_MAX_TOTAL_ROWS: usize = 1 << 20;
 
-/// A slice as a pack's origin metadata records it.
+/// A slice as a pack's origin metadata records it. Slices lie in the file
+/// in the order listed, so that each one's first row is the sum of the
+/// rows before it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SliceOrigin {
     pub table: String,
     /// The slice's segment id.
     pub id: u64,
-    pub first_row: u64,
     pub rows: u64,
-    pub min_ts: i64,
-    pub max_ts: i64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub level: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaces: Vec<u64>,
-    /// The table's columns in the pack (the others are other tables').
-    pub columns: Vec<String>,
+    /// The table's columns in the pack, as indices into the pack's
+    /// columns (the others are other tables').
+    pub columns: Vec<u32>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// How a pack's list of slices is kept in its origin metadata: JSON,
+/// compressed with ZSTD and encoded in base64 (Parquet key-value metadata
+/// is text). Hundreds of slices take about 50 KB as plain JSON, more than
+/// the values of the small tables they describe; compressed, about 4 KB.
+pub(crate) mod slices_text {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::SliceOrigin;
+
+    /// Refuses lists that decompress to more than this (a damaged or
+    /// hostile file must not take the memory of a repair).
+    const MAX_BYTES: usize = 64 << 20;
+
+    pub(crate) fn serialize<S: Serializer>(slices: &[SliceOrigin], s: S) -> Result<S::Ok, S::Error> {
+        let json = serde_json::to_vec(slices).map_err(S::Error::custom)?;
+        let packed = zstd::bulk::compress(&json, 9).map_err(S::Error::custom)?;
+        s.serialize_str(&STANDARD.encode(packed))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SliceOrigin>, D::Error> {
+        let text = String::deserialize(d)?;
+        let packed = STANDARD.decode(text.as_bytes()).map_err(|e| D::Error::custom(format!("slices: {e}")))?;
+        let json = zstd::bulk::Decompressor::new()
+            .and_then(|mut z| z.decompress(&packed, MAX_BYTES))
+            .map_err(|e| D::Error::custom(format!("slices do not decompress: {e}")))?;
+        serde_json::from_slice(&json).map_err(|e| D::Error::custom(format!("slices: {e}")))
+    }
 }
 
 /// One table's prepared rows of one partition (see
@@ -193,7 +230,6 @@ fn write_pack(
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     let mut batches = Vec::with_capacity(items.len());
     let mut slices = Vec::with_capacity(items.len());
-    let mut first_row = 0u64;
     for (_, item) in &items {
         let rows = item.batch.num_rows();
         let names = DictionaryArray::<Int32Type>::new(
@@ -208,19 +244,15 @@ fn write_pack(
             });
         }
         batches.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
-        let (min_ts, max_ts) = ts_bounds(&item.batch)?.unwrap_or((item.partition_start, item.partition_start));
+        let names = item.batch.schema();
         slices.push(SliceOrigin {
             table: item.table.clone(),
             id: next_id(),
-            first_row,
             rows: rows as u64,
-            min_ts,
-            max_ts,
             level: item.level,
             replaces: item.replaces.clone(),
-            columns: item.batch.schema().fields().iter().map(|f| f.name().clone()).collect(),
+            columns: names.fields().iter().filter_map(|f| schema.index_of(f.name()).ok()).map(|i| i as u32).collect(),
         });
-        first_row += rows as u64;
     }
     let all = concat_batches(&schema, &batches)?;
     let id = next_id();
@@ -229,21 +261,24 @@ fn write_pack(
     let file_bytes = write_parquet(data_dir, &data_dir.join(&rel), &all, options, &origin)?;
     let total = all.num_rows() as u64;
     let mut out = Vec::with_capacity(items.len());
+    let mut first_row = 0u64;
     for ((index, item), slice) in items.iter().zip(slices) {
+        let (min_ts, max_ts) = ts_bounds(&item.batch)?.unwrap_or((item.partition_start, item.partition_start));
         out.push((
             *index,
             SegmentMeta {
                 id: slice.id,
                 path: rel.clone(),
                 partition_start: item.partition_start,
-                min_ts: slice.min_ts,
-                max_ts: slice.max_ts,
+                min_ts,
+                max_ts,
                 rows: slice.rows,
                 bytes: share(file_bytes, slice.rows, total),
                 level: slice.level,
-                pack: Some(PackSlice { first_row: slice.first_row, file_bytes }),
+                pack: Some(PackSlice { first_row, file_bytes }),
             },
         ));
+        first_row += slice.rows;
     }
     Ok(out)
 }
@@ -251,4 +286,52 @@ fn write_pack(
 /// A slice's share of its pack's bytes, so that sizes add up.
 pub(crate) fn share(file_bytes: u64, rows: u64, total_rows: u64) -> u64 {
     (u128::from(file_bytes) * u128::from(rows) / u128::from(total_rows.max(1))).max(1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin_with(slices: Vec<SliceOrigin>) -> SegmentOrigin {
+        SegmentOrigin { database: "public".into(), wal_upto: 3, slices, ..Default::default() }
+    }
+
+    #[test]
+    fn slices_are_kept_compressed_and_read_back() {
+        let slices: Vec<SliceOrigin> = (0..300)
+            .map(|i| SliceOrigin {
+                table: format!("node_network_receive_bytes_total_{i}"),
+                id: 1000 + i,
+                rows: 1800,
+                level: (i % 3) as u32,
+                replaces: if i % 2 == 0 { vec![i, i + 1] } else { vec![] },
+                columns: vec![1, 2, 3, 4],
+            })
+            .collect();
+        let text = serde_json::to_string(&origin_with(slices.clone())).expect("serialize");
+        assert!(text.len() < 8_000, "{} bytes", text.len());
+        let back: SegmentOrigin = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back.slices, slices);
+        // A file without slices keeps the plain shape.
+        let plain = serde_json::to_string(&origin_with(vec![])).expect("serialize");
+        assert!(!plain.contains("slices"), "{plain}");
+    }
+
+    #[test]
+    fn damaged_or_oversized_slices_are_errors() {
+        for bad in ["\"not base64!\"", "\"aGVsbG8=\"", "17"] {
+            let text = format!(r#"{{"database":"public","table":"","wal_upto":1,"level":0,"slices":{bad}}}"#);
+            let err = serde_json::from_str::<SegmentOrigin>(&text).expect_err(bad).to_string();
+            assert!(err.contains("slices") || err.contains("invalid type"), "{bad}: {err}");
+        }
+        // 65 MiB of zeros compress to a few KB and must not be inflated.
+        use base64::Engine;
+        let bomb = zstd::bulk::compress(&vec![0u8; 65 << 20], 19).expect("compress");
+        let text = format!(
+            r#"{{"database":"public","table":"","wal_upto":1,"level":0,"slices":"{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode(bomb)
+        );
+        let err = serde_json::from_str::<SegmentOrigin>(&text).expect_err("bomb").to_string();
+        assert!(err.contains("do not decompress"), "{err}");
+    }
 }

@@ -298,7 +298,7 @@ fn read_segment(data_dir: &Path, path: &Path) -> Result<Vec<Found>, SegmentCheck
         .map_err(|e| corrupt(format!("its schema does not convert to Arrow: {e}")))?;
     let total_rows = u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
     if table.is_none() {
-        return pack_slices(&rel_text, &origin, &schema, total_rows, bytes);
+        return pack_slices(path, &rel_text, &origin, &schema, total_rows, bytes);
     }
     let ts_idx = schema.index_of(TIME_COLUMN).map_err(|_| corrupt("it has no ts column".into()))?;
     let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
@@ -333,8 +333,10 @@ fn read_segment(data_dir: &Path, path: &Path) -> Result<Vec<Found>, SegmentCheck
     }])
 }
 
-/// The slices of a pack, from the list its origin metadata keeps.
+/// The slices of a pack, from the list its origin metadata keeps; each
+/// one's time range is read from its rows.
 fn pack_slices(
+    path: &Path,
     rel: &str,
     origin: &SegmentOrigin,
     schema: &arrow::datatypes::Schema,
@@ -345,34 +347,55 @@ fn pack_slices(
     if origin.slices.is_empty() {
         return Err(corrupt("it lies in packs/ but does not list its tables' slices".into()));
     }
+    let ts_field = schema.field_with_name(TIME_COLUMN).map_err(|_| corrupt("it has no ts column".into()))?;
+    let ts_only = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![ts_field.clone()]));
     let mut out = Vec::with_capacity(origin.slices.len());
+    let mut first_row = 0u64;
     for s in &origin.slices {
-        if s.rows == 0 || s.first_row.checked_add(s.rows).is_none_or(|end| end > total_rows) {
+        if s.rows == 0 || first_row.checked_add(s.rows).is_none_or(|end| end > total_rows) {
             return Err(corrupt(format!(
-                "it lists rows {}..+{} for table {}, outside its {total_rows} rows",
-                s.first_row, s.rows, s.table
+                "it lists {} rows for table {} from row {first_row}, past its {total_rows} rows",
+                s.rows, s.table
             )));
         }
-        let fields: Vec<arrow::datatypes::FieldRef> =
-            s.columns
-                .iter()
-                .map(|c| {
-                    schema.field_with_name(c).map(|f| std::sync::Arc::new(f.clone())).map_err(|_| {
-                        corrupt(format!("it lists column {c:?} for table {} but has no such column", s.table))
-                    })
+        let fields: Vec<arrow::datatypes::FieldRef> = s
+            .columns
+            .iter()
+            .map(|&c| {
+                schema.fields().get(c as usize).cloned().ok_or_else(|| {
+                    corrupt(format!(
+                        "it lists column {c} for table {} but has {} columns",
+                        s.table,
+                        schema.fields().len()
+                    ))
                 })
-                .collect::<Result<_, _>>()?;
+            })
+            .collect::<Result<_, _>>()?;
+        let batches = crate::compact::read_segment(path, Some((first_row, s.rows)), &ts_only)
+            .map_err(|e| corrupt(format!("the rows of table {} do not read: {e}", s.table)))?;
+        let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+        for b in &batches {
+            if let Some((lo, hi)) =
+                crate::segment::ts_bounds(b).map_err(|e| corrupt(format!("table {}: {e}", s.table)))?
+            {
+                min_ts = min_ts.min(lo);
+                max_ts = max_ts.max(hi);
+            }
+        }
+        if min_ts > max_ts {
+            return Err(corrupt(format!("the rows of table {} have no time", s.table)));
+        }
         out.push(Found {
             meta: SegmentMeta {
                 id: s.id,
                 path: rel.to_string(),
                 partition_start: 0,
-                min_ts: s.min_ts,
-                max_ts: s.max_ts,
+                min_ts,
+                max_ts,
                 rows: s.rows,
                 bytes: crate::pack::share(bytes, s.rows, total_rows),
                 level: s.level,
-                pack: Some(crate::manifest::PackSlice { first_row: s.first_row, file_bytes: bytes }),
+                pack: Some(crate::manifest::PackSlice { first_row, file_bytes: bytes }),
             },
             origin: SegmentOrigin {
                 database: origin.database.clone(),
@@ -384,6 +407,7 @@ fn pack_slices(
             },
             schema: std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
         });
+        first_row += s.rows;
     }
     Ok(out)
 }

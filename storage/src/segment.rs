@@ -141,7 +141,7 @@ pub struct SegmentOrigin {
     pub replaces: Vec<u64>,
     /// The tables' slices when the file is a pack (see [`crate::pack`]);
     /// `table`, `level` and `replaces` above are then empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "crate::pack::slices_text")]
     pub slices: Vec<crate::pack::SliceOrigin>,
 }
 

@@ -606,7 +606,10 @@ async fn a_persist_of_many_small_tables_writes_a_few_packs() {
         let v: Vec<f64> = ts.iter().map(|&t| if i % 2 == 0 { t as f64 } else { t as f64 + 0.5 }).collect();
         let w = TableWrite {
             table: format!("metric_{i}"),
-            blocks: vec![block(0, "a", ts.clone(), FieldValues::F64(v.clone())), block(1, "b", ts, FieldValues::F64(v))],
+            blocks: vec![
+                block(0, "a", ts.clone(), FieldValues::F64(v.clone())),
+                block(1, "b", ts, FieldValues::F64(v)),
+            ],
         };
         s.write("public", vec![w]).await.expect("write");
     }
