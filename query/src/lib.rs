@@ -20,6 +20,7 @@
 mod allowed;
 pub mod bounded;
 pub(crate) mod catalog;
+mod decode;
 mod gate;
 mod insert;
 mod json;
@@ -1299,6 +1300,59 @@ mod stored_decimals {
         let reader =
             datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
         assert_eq!(reader.schema().field_with_name("v").expect("v").data_type(), &DataType::Decimal64(18, 9));
+    }
+
+    /// Floats an exporter computed from integers (`ticks * 0.001`,
+    /// `µs / 1000 / 1000`) are mostly not the nearest decimals; they are
+    /// stored as those integers under the rule (`tocsin.stored_as`), and
+    /// SQL reads the same bits back from the segment, through a filter
+    /// pushed into the reader, and after compaction rewrote the segment.
+    #[tokio::test]
+    async fn floats_under_a_producer_rule_read_back_bit_for_bit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        let insert = |t: u32| {
+            format!(
+                "INSERT INTO disk (ts, dev, busy, psi) VALUES \
+                 (to_timestamp({t}), 'sda', CAST({a} AS DOUBLE) * 0.001, CAST({c} AS DOUBLE) / 1000.0 / 1000.0), \
+                 (to_timestamp({t2}), 'sda', CAST({b} AS DOUBLE) * 0.001, CAST({d} AS DOUBLE) / 1000.0 / 1000.0)",
+                t2 = t + 1,
+                a = 28431 + t,
+                b = 28433 + t * 3,
+                c = 45701450 + t * 17,
+                d = 5924253 + t * 31,
+            )
+        };
+        q.execute(&insert(1), None).await.expect("insert");
+        let queries = [
+            "SELECT arrow_typeof(busy) AS t, busy, psi FROM disk ORDER BY ts",
+            "SELECT busy, psi FROM disk WHERE busy > 28.433 ORDER BY ts",
+            "SELECT count(*) AS n FROM disk WHERE psi = CAST(45701467 AS DOUBLE) / 1000.0 / 1000.0",
+            "SELECT min(busy) AS lo, max(psi) AS m FROM disk",
+        ];
+        let buffered = answers(&q, &queries).await;
+        assert!(buffered[0].contains("28.432000000000002"), "the product, not the decimal: {}", buffered[0]);
+        assert!(buffered[2].contains("[\n  1,\n]"), "{}", buffered[2]);
+        storage.persist().await.expect("persist");
+        assert_eq!(answers(&q, &queries).await, buffered, "answers changed when the rows went into a segment");
+        let seg = storage.snapshot("public", "disk").expect("table").segments[0].clone();
+        let file = std::fs::File::open(dir.path().join(&seg.path)).expect("segment");
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
+        let mark = |name: &str| {
+            let f = reader.schema().field_with_name(name).expect("field").clone();
+            (f.data_type().clone(), f.metadata().get(tocsin_storage::segment::STORED_AS_KEY).cloned())
+        };
+        assert_eq!(mark("busy"), (DataType::Decimal64(18, 3), Some("decimal-mul".to_string())));
+        assert_eq!(mark("psi"), (DataType::Decimal64(18, 6), Some("decimal-div1000".to_string())));
+        // A second segment, then compaction reads both back and writes one.
+        q.execute(&insert(10), None).await.expect("insert");
+        let buffered = answers(&q, &queries).await;
+        storage.persist().await.expect("persist");
+        storage.compact_full().await.expect("compact");
+        assert_eq!(storage.snapshot("public", "disk").expect("table").segments.len(), 1, "compacted");
+        assert_eq!(answers(&q, &queries).await, buffered, "answers changed through compaction");
     }
 
     /// A NaN satisfies `v > 1.5` (DataFusion orders NaN above every

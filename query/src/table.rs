@@ -231,6 +231,7 @@ impl TableProvider for TocsinTable {
                 .with_file_groups(files.into_iter().map(FileGroup::new).collect())
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
+                .with_expr_adapter(Some(Arc::new(crate::decode::SegmentExprAdapterFactory)))
                 .build();
             plans.push(DataSourceExec::from_data_source(config));
         }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
-    RecordBatchOptions, StringBuilder, TimestampNanosecondArray, UInt64Builder, new_null_array,
+    Array, ArrayRef, BooleanBuilder, Decimal64Array, DictionaryArray, Float64Builder, Int32Builder, Int64Builder,
+    RecordBatch, RecordBatchOptions, StringBuilder, TimestampNanosecondArray, UInt64Builder, new_null_array,
 };
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use arrow::error::ArrowError;
@@ -128,7 +128,8 @@ fn field_column(name: &str, dt: &DataType, blocks: &[SeriesBlock], rows: usize) 
 /// Reshapes `batch` to `target`: columns are matched by name, columns the
 /// batch lacks (added to the table after it was written) become NULL, and a
 /// column stored with another type (integral floats kept as Int64 in a
-/// segment) is cast to the table's type.
+/// segment) is cast to the table's type, or decoded under the rule it was
+/// stored with (see [`crate::decimal`]).
 pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     if batch.schema().fields() == target.fields() {
         return Ok(batch.clone());
@@ -138,7 +139,16 @@ pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatc
         .iter()
         .map(|f| match batch.schema().index_of(f.name()) {
             Ok(i) if batch.column(i).data_type() == f.data_type() => Ok(Arc::clone(batch.column(i))),
-            Ok(i) => arrow::compute::cast(batch.column(i), f.data_type()),
+            Ok(i) => {
+                let column = batch.column(i);
+                let stored = crate::decimal::DecimalRule::of_field(batch.schema_ref().field(i));
+                match (stored, column.as_any().downcast_ref::<Decimal64Array>()) {
+                    (Some((rule, s)), Some(d)) if f.data_type() == &DataType::Float64 => {
+                        Ok(Arc::new(crate::decimal::decode(d, rule, s)) as ArrayRef)
+                    }
+                    _ => arrow::compute::cast(column, f.data_type()),
+                }
+            }
             Err(_) => Ok(new_null_array(f.data_type(), batch.num_rows())),
         })
         .collect::<Result<Vec<_>, _>>()?;

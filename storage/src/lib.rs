@@ -40,6 +40,7 @@ pub mod batch;
 pub mod clock;
 mod compact;
 pub mod config;
+pub mod decimal;
 mod delta;
 pub mod durable;
 mod engine;

@@ -293,15 +293,23 @@ pub const STORED_AS_KEY: &str = "tocsin.stored_as";
 /// Parquet readers see exact decimals; Tocsin reads them back as the same
 /// f64, bit for bit, through Arrow's own cast, which is checked here for
 /// every value before the column is converted.
+///
+/// Columns whose values are not the nearest decimals but an exporter's
+/// arithmetic on integers (`ticks * 0.001`, `µs / 1000 / 1000`) are stored
+/// as those integers too, with the rule in the mark (see [`crate::decimal`]).
 fn narrow_floats(batch: &RecordBatch, decimals: bool) -> Result<RecordBatch, ArrowError> {
     let schema = batch.schema();
-    let narrowed: Vec<Option<(DataType, &'static str)>> = schema
+    let narrowed: Vec<Option<Narrowed>> = schema
         .fields()
         .iter()
         .zip(batch.columns())
         .map(|(f, c)| match c.as_primitive_opt::<arrow::datatypes::Float64Type>() {
             Some(a) if f.name() != TIME_COLUMN && a.null_count() < a.len() => {
-                narrow_float(a).filter(|(t, _)| decimals || t == &DataType::Int64)
+                match narrow_float(a).filter(|(t, _)| decimals || t == &DataType::Int64) {
+                    Some((t, mark)) => Some(Narrowed::Cast(t, mark)),
+                    None if decimals => crate::decimal::find_rule(a).map(|(rule, s)| Narrowed::Rule(rule, s)),
+                    None => None,
+                }
             }
             _ => None,
         })
@@ -313,7 +321,10 @@ fn narrow_floats(batch: &RecordBatch, decimals: bool) -> Result<RecordBatch, Arr
     let mut columns = Vec::with_capacity(narrowed.len());
     for ((f, c), to) in schema.fields().iter().zip(batch.columns()).zip(narrowed) {
         let converted = match to {
-            Some((data_type, stored_as)) => exact_cast(c, &data_type)?.map(|a| (a, stored_as)),
+            Some(Narrowed::Cast(data_type, stored_as)) => exact_cast(c, &data_type)?.map(|a| (a, stored_as)),
+            Some(Narrowed::Rule(rule, s)) => {
+                crate::decimal::encode(c.as_primitive(), rule, s)?.map(|a| (a, rule.mark()))
+            }
             None => None,
         };
         match converted {
@@ -331,6 +342,15 @@ fn narrow_floats(batch: &RecordBatch, decimals: bool) -> Result<RecordBatch, Arr
     }
     let schema = arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone());
     RecordBatch::try_new(Arc::new(schema), columns)
+}
+
+/// How [`narrow_floats`] stores a Float64 column.
+enum Narrowed {
+    /// As `DataType` through Arrow's cast, with this `tocsin.stored_as` mark.
+    Cast(DataType, &'static str),
+    /// As DECIMAL(18, s) integers under a producer's rule (see
+    /// [`crate::decimal`]).
+    Rule(crate::decimal::DecimalRule, i8),
 }
 
 /// `column` cast to `data_type`, if the cast back that readers do gives
