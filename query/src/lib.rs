@@ -1355,6 +1355,36 @@ mod stored_decimals {
         assert_eq!(answers(&q, &queries).await, buffered, "answers changed through compaction");
     }
 
+    /// Two small tables of one partition, one with a column under the
+    /// `decimal-mul` rule and one with true decimals of the same name and
+    /// scale: the marks differ, so they do not share a pack column, and
+    /// each reads back its own values.
+    #[tokio::test]
+    async fn a_rule_column_and_a_decimal_column_of_one_name_stay_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        q.execute(
+            "INSERT INTO a (ts, h, v) VALUES (to_timestamp(1), 'x', CAST(28432 AS DOUBLE) * 0.001), \
+             (to_timestamp(2), 'x', CAST(28440 AS DOUBLE) * 0.001)",
+            None,
+        )
+        .await
+        .expect("insert a");
+        q.execute("INSERT INTO b (ts, h, v) VALUES (to_timestamp(1), 'x', 28.432), (to_timestamp(2), 'x', 1.5)", None)
+            .await
+            .expect("insert b");
+        let queries = ["SELECT v FROM a ORDER BY ts", "SELECT v FROM b ORDER BY ts"];
+        let buffered = answers(&q, &queries).await;
+        assert!(buffered[0].contains("28.432000000000002") && buffered[1].contains("28.432,"), "{buffered:?}");
+        storage.persist().await.expect("persist");
+        assert_eq!(answers(&q, &queries).await, buffered);
+        let a = storage.snapshot("public", "a").expect("a").segments[0].path.clone();
+        let b = storage.snapshot("public", "b").expect("b").segments[0].path.clone();
+        assert!(a.starts_with("packs/") && b.starts_with("packs/"), "{a} {b}");
+        assert_ne!(a, b, "one pack column cannot carry both marks");
+    }
+
     /// A NaN satisfies `v > 1.5` (DataFusion orders NaN above every
     /// number) and Parquet statistics leave NaN out: a segment's max of 1.5
     /// pruned the NaN row once persisted (found by a hostile review).
