@@ -598,7 +598,11 @@ async fn small_tables_share_packs() {
 #[tokio::test]
 async fn a_persist_of_many_small_tables_writes_a_few_packs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+    let mut config = StorageConfig::for_tests(dir.path());
+    // Packs of 18,000 rows against row groups of 1,000: a pack is still
+    // one row group (each would repeat every column's metadata).
+    config.segments.row_group_rows = 1_000;
+    let s = Storage::open(config).await.expect("open");
     for i in 0..600i64 {
         let ts: Vec<i64> = (0..30).map(|k| 1_000 + k).collect();
         // Two kinds of values: integers (stored as Int64) and short
@@ -617,6 +621,12 @@ async fn a_persist_of_many_small_tables_writes_a_few_packs() {
     assert_eq!((stats.tables, stats.segments, stats.rows), (600, 600, 600 * 60));
     let files = parquet_files(&dir.path().join("packs/public"));
     assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(File::open(f).expect("open pack")).expect("parquet");
+        let meta = parquet::file::reader::FileReader::metadata(&reader);
+        assert_eq!((meta.num_row_groups(), meta.file_metadata().num_rows()), (1, 300 * 60), "{f:?}");
+    }
     assert!(!dir.path().join("segments").exists() || parquet_files(&dir.path().join("segments/public")).is_empty());
     assert_eq!(table_values(&s, "metric_7").len(), 60);
     assert_eq!(table_values(&s, "metric_7")[0], ("a".to_string(), 1_000, 1_000.5));
