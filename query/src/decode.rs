@@ -9,6 +9,18 @@
 //! for projections and for pushed-down filters alike. Statistics-based
 //! pruning does not see through the replacement, so filters on such a
 //! column prune nothing (they stay correct).
+//!
+//! The same adapter keeps a table's scan of a pack away from the other
+//! tables' columns. A pack's column `x` may belong to other tables only,
+//! with a type the scanned table's `x` does not have (a table that had no
+//! `x` when it was packed and got a numeric `x` later, in a pack where `x`
+//! is text). The slice's rows hold NULL there, but a filter on `x` was cast
+//! and evaluated over the other tables' text ("Cannot cast string 'x0' to
+//! Float64") once the slices shared a row group. A column whose stored type
+//! is of another kind (text, number, boolean, time) than the table's is
+//! such a column: it reads as NULL and is never decoded. A table's own
+//! columns always have a stored type of their own kind, since a column's
+//! type never changes once written.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -20,7 +32,7 @@ use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::{CastExpr, Column};
+use datafusion::physical_expr::expressions::{CastExpr, Column, lit};
 use datafusion::physical_expr_adapter::{
     DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
 };
@@ -36,17 +48,52 @@ impl PhysicalExprAdapterFactory for SegmentExprAdapterFactory {
         logical_file_schema: SchemaRef,
         physical_file_schema: SchemaRef,
     ) -> Result<Arc<dyn PhysicalExprAdapter>> {
-        let inner = DefaultPhysicalExprAdapterFactory.create(logical_file_schema, Arc::clone(&physical_file_schema))?;
+        let inner = DefaultPhysicalExprAdapterFactory
+            .create(Arc::clone(&logical_file_schema), Arc::clone(&physical_file_schema))?;
         let stored: Vec<(usize, DecimalRule, i8)> = physical_file_schema
             .fields()
             .iter()
             .enumerate()
             .filter_map(|(i, f)| DecimalRule::of_field(f).map(|(rule, s)| (i, rule, s)))
             .collect();
-        if stored.is_empty() {
+        let foreign: Vec<(String, ScalarValue)> = logical_file_schema
+            .fields()
+            .iter()
+            .filter_map(|f| {
+                let stored = physical_file_schema.field_with_name(f.name()).ok()?;
+                let (a, b) = (kind(stored.data_type())?, kind(f.data_type())?);
+                (a != b).then(|| ScalarValue::try_from(f.data_type()).ok().map(|null| (f.name().clone(), null)))?
+            })
+            .collect();
+        if stored.is_empty() && foreign.is_empty() {
             return Ok(inner);
         }
-        Ok(Arc::new(SegmentExprAdapter { inner, stored }))
+        Ok(Arc::new(SegmentExprAdapter { inner, stored, foreign }))
+    }
+}
+
+/// The kind of values a column type holds, for telling a table's own
+/// columns from other tables' columns of a pack (see the module
+/// documentation); `None` for types that are never told apart.
+fn kind(t: &DataType) -> Option<u8> {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(0),
+        DataType::Dictionary(_, v) => kind(v),
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Decimal64(_, _)
+        | DataType::Decimal128(_, _) => Some(1),
+        DataType::Boolean => Some(2),
+        DataType::Timestamp(_, _) => Some(3),
+        _ => None,
     }
 }
 
@@ -55,10 +102,28 @@ struct SegmentExprAdapter {
     inner: Arc<dyn PhysicalExprAdapter>,
     /// Physical column index, rule and scale of each column stored under a rule.
     stored: Vec<(usize, DecimalRule, i8)>,
+    /// Columns of the file that belong to other tables, with the NULL of
+    /// the table's type they read as.
+    foreign: Vec<(String, ScalarValue)>,
 }
 
 impl PhysicalExprAdapter for SegmentExprAdapter {
     fn rewrite(&self, expr: Arc<dyn PhysicalExpr>) -> Result<Arc<dyn PhysicalExpr>> {
+        let expr = if self.foreign.is_empty() {
+            expr
+        } else {
+            expr.transform(|e| {
+                let null = e
+                    .downcast_ref::<Column>()
+                    .and_then(|c| self.foreign.iter().find(|(name, _)| name == c.name()))
+                    .map(|(_, null)| null.clone());
+                Ok(match null {
+                    Some(null) => Transformed::yes(lit(null)),
+                    None => Transformed::no(e),
+                })
+            })
+            .data()?
+        };
         let expr = self.inner.rewrite(expr)?;
         expr.transform(|e| {
             let Some(cast) = e.downcast_ref::<CastExpr>() else {
