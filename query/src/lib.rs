@@ -1295,11 +1295,7 @@ mod stored_decimals {
         storage.persist().await.expect("persist");
         assert_eq!(answers(&q, &queries).await, buffered, "answers changed when the rows went into a segment");
         assert!(buffered[0].contains("12345.67") && buffered[0].contains("0.003456789"), "{}", buffered[0]);
-        let seg = storage.snapshot("public", "m").expect("table").segments[0].clone();
-        let file = std::fs::File::open(dir.path().join(&seg.path)).expect("segment");
-        let reader =
-            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
-        assert_eq!(reader.schema().field_with_name("v").expect("v").data_type(), &DataType::Decimal64(18, 9));
+        assert_eq!(stored(dir.path(), &storage, "m", "v").0, DataType::Decimal64(18, 9));
     }
 
     /// Floats an exporter computed from integers (`ticks * 0.001`,
@@ -1336,14 +1332,7 @@ mod stored_decimals {
         assert!(buffered[2].contains("[\n  1,\n]"), "{}", buffered[2]);
         storage.persist().await.expect("persist");
         assert_eq!(answers(&q, &queries).await, buffered, "answers changed when the rows went into a segment");
-        let seg = storage.snapshot("public", "disk").expect("table").segments[0].clone();
-        let file = std::fs::File::open(dir.path().join(&seg.path)).expect("segment");
-        let reader =
-            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
-        let mark = |name: &str| {
-            let f = reader.schema().field_with_name(name).expect("field").clone();
-            (f.data_type().clone(), f.metadata().get(tocsin_storage::segment::STORED_AS_KEY).cloned())
-        };
+        let mark = |name: &str| stored(dir.path(), &storage, "disk", name);
         assert_eq!(mark("busy"), (DataType::Decimal64(18, 3), Some("decimal-mul".to_string())));
         assert_eq!(mark("psi"), (DataType::Decimal64(18, 6), Some("decimal-div1000".to_string())));
         // A second segment, then compaction reads both back and writes one.
@@ -1404,6 +1393,17 @@ mod stored_decimals {
         assert!(buffered.iter().all(|a| a.contains("[\n  1,\n]")), "{buffered:?}");
         storage.persist().await.expect("persist");
         assert_eq!(answers(&q, &queries).await, buffered, "the NaN row went missing from the segment's answers");
+    }
+
+    /// The stored type and `tocsin.stored_as` mark of `column` in the
+    /// first segment of `table`.
+    fn stored(dir: &std::path::Path, storage: &Storage, table: &str, column: &str) -> (DataType, Option<String>) {
+        let seg = storage.snapshot("public", table).expect("table").segments[0].clone();
+        let file = std::fs::File::open(dir.join(&seg.path)).expect("segment");
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
+        let f = reader.schema().field_with_name(column).expect("field").clone();
+        (f.data_type().clone(), f.metadata().get(tocsin_storage::segment::STORED_AS_KEY).cloned())
     }
 
     async fn answers(q: &QueryEngine, queries: &[&str]) -> Vec<String> {

@@ -102,25 +102,28 @@ impl DecimalRule {
     }
 }
 
-/// The first rule and scale under which every value of `column` is stored
-/// exactly, if any. A column that is all NULL has none.
-pub(crate) fn find_rule(column: &Float64Array) -> Option<(DecimalRule, i8)> {
+/// `column` as DECIMAL(18, s) integers under the first rule and scale at
+/// which every value comes back bit for bit, if any. A column that is all
+/// NULL has none. A rule or scale that does not fit stops at the first
+/// value it fails.
+pub(crate) fn store(column: &Float64Array) -> Result<Option<(DecimalRule, i8, ArrayRef)>, ArrowError> {
     if column.null_count() == column.len() {
-        return None;
+        return Ok(None);
     }
-    [DecimalRule::Product, DecimalRule::Thousandths].into_iter().find_map(|rule| {
-        rule.scales()
-            .iter()
-            .copied()
-            .find(|&s| column.iter().flatten().all(|v| rule.encode(v, s).is_some()))
-            .map(|s| (rule, s))
-    })
+    for rule in [DecimalRule::Product, DecimalRule::Thousandths] {
+        for &s in rule.scales() {
+            if let Some(stored) = encode(column, rule, s)? {
+                return Ok(Some((rule, s, stored)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// `column` as DECIMAL(18, `s`) integers under `rule`, or `None` if a value
 /// does not come back exactly.
-pub(crate) fn encode(column: &Float64Array, rule: DecimalRule, s: i8) -> Result<Option<ArrayRef>, ArrowError> {
-    let mut out = Vec::with_capacity(column.len());
+fn encode(column: &Float64Array, rule: DecimalRule, s: i8) -> Result<Option<ArrayRef>, ArrowError> {
+    let mut out = Vec::new();
     for v in column.iter() {
         match v {
             None => out.push(None),
@@ -144,7 +147,7 @@ mod tests {
     use super::*;
 
     fn of(v: &[f64]) -> Option<(DecimalRule, i8)> {
-        find_rule(&Float64Array::from(v.to_vec()))
+        store(&Float64Array::from(v.to_vec())).expect("store").map(|(rule, s, _)| (rule, s))
     }
 
     #[test]
@@ -171,8 +174,7 @@ mod tests {
         let mut values: Vec<Option<f64>> = (0..10_000i64).map(|t| Some((t * 7919 % 100_003) as f64 * 0.001)).collect();
         values[17] = None;
         let column = Float64Array::from(values.clone());
-        let (rule, s) = find_rule(&column).expect("a rule");
-        let stored = encode(&column, rule, s).expect("encode").expect("exact");
+        let (rule, s, stored) = store(&column).expect("store").expect("a rule");
         let stored = stored.as_any().downcast_ref::<Decimal64Array>().expect("decimal");
         assert_eq!(stored.data_type(), &DataType::Decimal64(18, s));
         let back = decode(stored, rule, s);

@@ -306,14 +306,17 @@ fn narrow_floats(batch: &RecordBatch, decimals: bool) -> Result<RecordBatch, Arr
         .map(|(f, c)| match c.as_primitive_opt::<arrow::datatypes::Float64Type>() {
             Some(a) if f.name() != TIME_COLUMN && a.null_count() < a.len() => {
                 match narrow_float(a).filter(|(t, _)| decimals || t == &DataType::Int64) {
-                    Some((t, mark)) => Some(Narrowed::Cast(t, mark)),
-                    None if decimals => crate::decimal::find_rule(a).map(|(rule, s)| Narrowed::Rule(rule, s)),
+                    Some((t, mark)) => Some(Ok(Narrowed::Cast(t, mark))),
+                    None if decimals => crate::decimal::store(a)
+                        .transpose()
+                        .map(|r| r.map(|(rule, _, stored)| Narrowed::Rule(rule, stored))),
                     None => None,
                 }
             }
             _ => None,
         })
-        .collect();
+        .map(Option::transpose)
+        .collect::<Result<Vec<_>, ArrowError>>()?;
     if narrowed.iter().all(Option::is_none) {
         return Ok(batch.clone());
     }
@@ -322,9 +325,7 @@ fn narrow_floats(batch: &RecordBatch, decimals: bool) -> Result<RecordBatch, Arr
     for ((f, c), to) in schema.fields().iter().zip(batch.columns()).zip(narrowed) {
         let converted = match to {
             Some(Narrowed::Cast(data_type, stored_as)) => exact_cast(c, &data_type)?.map(|a| (a, stored_as)),
-            Some(Narrowed::Rule(rule, s)) => {
-                crate::decimal::encode(c.as_primitive(), rule, s)?.map(|a| (a, rule.mark()))
-            }
+            Some(Narrowed::Rule(rule, stored)) => Some((stored, rule.mark())),
             None => None,
         };
         match converted {
@@ -348,9 +349,9 @@ fn narrow_floats(batch: &RecordBatch, decimals: bool) -> Result<RecordBatch, Arr
 enum Narrowed {
     /// As `DataType` through Arrow's cast, with this `tocsin.stored_as` mark.
     Cast(DataType, &'static str),
-    /// As DECIMAL(18, s) integers under a producer's rule (see
-    /// [`crate::decimal`]).
-    Rule(crate::decimal::DecimalRule, i8),
+    /// As these DECIMAL(18, s) integers under a producer's rule (see
+    /// [`crate::decimal`]), already converted and checked.
+    Rule(crate::decimal::DecimalRule, ArrayRef),
 }
 
 /// `column` cast to `data_type`, if the cast back that readers do gives
