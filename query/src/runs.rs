@@ -120,24 +120,14 @@ impl RunFolding {
     }
 }
 
-/// The types `min` and `max` fold: those [`by_type`] dispatches.
+/// The types `min` and `max` fold: those [`by_type`] dispatches, and the
+/// floats [`fold_total`] takes.
 fn folds_in_order(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(_, _)
-    )
+    t.is_integer()
+        || matches!(
+            t,
+            DataType::Float32 | DataType::Float64 | DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _)
+        )
 }
 
 impl AggregateUDFImpl for RunFolding {
@@ -385,17 +375,14 @@ impl<N> Runs<N> {
 }
 
 /// Folds `values` run by run: a run whose rows are all taken with `whole`,
-/// otherwise its taken values with `op`, from the first. `None` (nothing
-/// folded) when a taken value is one that cannot be folded out of order
-/// (`refuse`, or `whole` giving `None`).
+/// otherwise its taken values with `op`, from the first.
 fn fold_runs<N: Copy + Default>(
     groups: &[usize],
     values: &[N],
     taken: Option<&BooleanBuffer>,
     op: impl Fn(N, N) -> N,
-    refuse: impl Fn(N) -> bool,
-    whole: impl Fn(&[N]) -> Option<N>,
-) -> Option<Runs<N>> {
+    whole: impl Fn(&[N]) -> N,
+) -> Runs<N> {
     let mut out = Runs { groups: Vec::new(), counts: Vec::new(), values: Vec::new(), valid: None };
     let n = groups.len().min(values.len());
     let mut start = 0;
@@ -408,16 +395,13 @@ fn fold_runs<N: Copy + Default>(
         let (mut acc, mut count) = (None, 0u64);
         match taken {
             None => {
-                acc = Some(whole(&values[start..end])?);
+                acc = Some(whole(&values[start..end]));
                 count = (end - start) as u64;
             }
             Some(t) => {
                 for (i, &v) in values.iter().enumerate().take(end).skip(start) {
                     if !t.value(i) {
                         continue;
-                    }
-                    if refuse(v) {
-                        return None;
                     }
                     acc = Some(acc.map_or(v, |a| op(a, v)));
                     count += 1;
@@ -435,23 +419,26 @@ fn fold_runs<N: Copy + Default>(
         out.values.push(acc.unwrap_or_default());
         start = end;
     }
-    Some(out)
+    out
 }
 
-/// `op` folded over a non-empty `run` from its first value, one at a time;
-/// `None` if a value is refused.
-fn in_order<N: Copy>(run: &[N], op: impl Fn(N, N) -> N, refuse: impl Fn(N) -> bool) -> Option<N> {
-    let mut a = *run.first()?;
-    if refuse(a) {
-        return None;
-    }
-    for &v in &run[1..] {
-        if refuse(v) {
-            return None;
-        }
-        a = op(a, v);
-    }
-    Some(a)
+/// `op` folded over a run (never empty) from its first value, one at a time.
+fn in_order<N: Copy + Default>(run: &[N], op: impl Fn(N, N) -> N) -> N {
+    run.iter().copied().reduce(op).unwrap_or_default()
+}
+
+/// The runs of a float column summed (for `avg` and `sum`); `None` for
+/// another type.
+fn float_runs(values: &dyn Array, groups: &[usize], taken: Option<&BooleanBuffer>) -> Option<Runs<f64>> {
+    let array = values.as_primitive_opt::<Float64Type>()?;
+    Some(fold_runs(groups, array.values(), taken, |a, b| a + b, float_sum))
+}
+
+/// Folded runs as an array of `values`' type, with each run's group.
+fn folded_array<T: ArrowPrimitiveType>(mut runs: Runs<T::Native>, values: &dyn Array) -> (Vec<usize>, ArrayRef) {
+    let nulls = runs.nulls();
+    let folded = PrimitiveArray::<T>::new(runs.values.into(), nulls).with_data_type(values.data_type().clone());
+    (runs.groups, Arc::new(folded))
 }
 
 /// The sum of a run of floats in four interleaved partial sums, so that
@@ -512,7 +499,9 @@ fn less<N: PartialOrd>(cur: N, new: N) -> N {
     }
 }
 
-/// Runs `$f::<T>($args)` with the Arrow type `T` of `$dt`, or gives `$else`.
+/// Runs `$f::<T>($args)` with the Arrow type `T` of `$dt` (integers, dates
+/// and timestamps: floats are summed by [`float_runs`] and ordered by
+/// [`fold_total`]), or gives `$else`.
 macro_rules! by_type {
     ($dt:expr, $f:ident, $else:expr, $($args:expr),*) => {
         match $dt {
@@ -524,8 +513,6 @@ macro_rules! by_type {
             DataType::UInt16 => $f::<UInt16Type>($($args),*),
             DataType::UInt32 => $f::<UInt32Type>($($args),*),
             DataType::UInt64 => $f::<UInt64Type>($($args),*),
-            DataType::Float32 => $f::<Float32Type>($($args),*),
-            DataType::Float64 => $f::<Float64Type>($($args),*),
             DataType::Date32 => $f::<Date32Type>($($args),*),
             DataType::Date64 => $f::<Date64Type>($($args),*),
             DataType::Timestamp(TimeUnit::Second, _) => $f::<TimestampSecondType>($($args),*),
@@ -545,19 +532,15 @@ fn fold_as_input<T: ArrowPrimitiveType>(
     taken: Option<&BooleanBuffer>,
     fold: Fold,
 ) -> Option<(Vec<usize>, ArrayRef)> {
-    let array = values.as_primitive_opt::<T>()?;
-    let raw = array.values();
+    let raw = values.as_primitive_opt::<T>()?.values();
     let add = |a: T::Native, b: T::Native| a.add_wrapping(b);
-    let nan = |v: T::Native| v.partial_cmp(&v).is_none();
-    let mut runs = match fold {
-        Fold::Sum => fold_runs(groups, raw, taken, add, |_| false, |run| in_order(run, add, |_| false)),
-        Fold::Min => fold_runs(groups, raw, taken, less, nan, |run| in_order(run, less, nan)),
-        Fold::Max => fold_runs(groups, raw, taken, greater, nan, |run| in_order(run, greater, nan)),
-        Fold::Avg | Fold::Count => None,
-    }?;
-    let nulls = runs.nulls();
-    let folded = PrimitiveArray::<T>::new(runs.values.into(), nulls).with_data_type(values.data_type().clone());
-    Some((runs.groups, Arc::new(folded)))
+    let runs = match fold {
+        Fold::Sum => fold_runs(groups, raw, taken, add, |run| in_order(run, add)),
+        Fold::Min => fold_runs(groups, raw, taken, less, |run| in_order(run, less)),
+        Fold::Max => fold_runs(groups, raw, taken, greater, |run| in_order(run, greater)),
+        Fold::Avg | Fold::Count => return None,
+    };
+    Some(folded_array::<T>(runs, values))
 }
 
 /// `values`' runs folded for float `min` or `max` in the total order (any
@@ -572,14 +555,12 @@ where
     T::Native: Total,
 {
     let raw = values.as_primitive_opt::<T>()?.values();
-    let mut runs = match fold {
-        Fold::Min => fold_runs(groups, raw, taken, least, |_| false, |run| in_order(run, least, |_| false)),
-        Fold::Max => fold_runs(groups, raw, taken, greatest, |_| false, |run| in_order(run, greatest, |_| false)),
-        Fold::Avg | Fold::Sum | Fold::Count => None,
-    }?;
-    let nulls = runs.nulls();
-    let folded = PrimitiveArray::<T>::new(runs.values.into(), nulls).with_data_type(values.data_type().clone());
-    Some((runs.groups, Arc::new(folded)))
+    let runs = match fold {
+        Fold::Min => fold_runs(groups, raw, taken, least, |run| in_order(run, least)),
+        Fold::Max => fold_runs(groups, raw, taken, greatest, |run| in_order(run, greatest)),
+        Fold::Avg | Fold::Sum | Fold::Count => return None,
+    };
+    Some(folded_array::<T>(runs, values))
 }
 
 impl FoldingAccumulator {
@@ -600,35 +581,16 @@ impl FoldingAccumulator {
                 self.inner.merge_batch(&[counts], &groups, total_num_groups)?;
             }
             Fold::Avg => {
-                let Some(array) = values.as_primitive_opt::<Float64Type>() else { return Ok(false) };
-                let runs = fold_runs(
-                    groups,
-                    array.values(),
-                    taken.as_ref(),
-                    |a, b| a + b,
-                    |_| false,
-                    |run| Some(float_sum(run)),
-                );
-                let Some(mut runs) = runs else { return Ok(false) };
+                let Some(mut runs) = float_runs(values, groups, taken.as_ref()) else { return Ok(false) };
                 let nulls = runs.nulls();
                 let counts: ArrayRef = Arc::new(UInt64Array::new(runs.counts.into(), nulls.clone()));
                 let sums: ArrayRef = Arc::new(PrimitiveArray::<Float64Type>::new(runs.values.into(), nulls));
                 self.inner.merge_batch(&[counts, sums], &runs.groups, total_num_groups)?;
             }
             Fold::Sum if values.data_type() == &DataType::Float64 => {
-                let Some(array) = values.as_primitive_opt::<Float64Type>() else { return Ok(false) };
-                let runs = fold_runs(
-                    groups,
-                    array.values(),
-                    taken.as_ref(),
-                    |a, b| a + b,
-                    |_| false,
-                    |run| Some(float_sum(run)),
-                );
-                let Some(mut runs) = runs else { return Ok(false) };
-                let nulls = runs.nulls();
-                let sums: ArrayRef = Arc::new(PrimitiveArray::<Float64Type>::new(runs.values.into(), nulls));
-                self.inner.update_batch(&[sums], &runs.groups, None, total_num_groups)?;
+                let Some(runs) = float_runs(values, groups, taken.as_ref()) else { return Ok(false) };
+                let (groups, sums) = folded_array::<Float64Type>(runs, values);
+                self.inner.update_batch(&[sums], &groups, None, total_num_groups)?;
             }
             Fold::Min | Fold::Max if matches!(values.data_type(), DataType::Float64 | DataType::Float32) => {
                 let folded = if values.data_type() == &DataType::Float64 {
