@@ -133,12 +133,15 @@ pub(crate) fn read_segment(
     let mut builder =
         ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(perr)?.with_batch_size(64 * 1024);
     if let Some((first, count)) = rows {
+        let end = first.checked_add(count).ok_or_else(|| {
+            perr(parquet::errors::ParquetError::General(format!("row range {first} + {count} overflows")))
+        })?;
         let mut groups = Vec::new();
         let mut selectors = Vec::new();
         let mut start = 0u64;
         for (i, g) in builder.metadata().row_groups().iter().enumerate() {
             let n = u64::try_from(g.num_rows()).unwrap_or(0);
-            let (lo, hi) = (first.max(start), (first + count).min(start + n));
+            let (lo, hi) = (first.max(start), end.min(start + n));
             if lo < hi {
                 groups.push(i);
                 selectors.extend([
@@ -149,10 +152,9 @@ pub(crate) fn read_segment(
             }
             start += n;
         }
-        if first + count > start {
+        if end > start {
             return Err(perr(parquet::errors::ParquetError::General(format!(
-                "the manifest places rows {first}..{} in this file, which holds {start}",
-                first + count
+                "the manifest places rows {first}..{end} in this file, which holds {start}"
             ))));
         }
         let mask = ProjectionMask::columns(builder.parquet_schema(), schema.fields().iter().map(|f| f.name().as_str()));

@@ -113,6 +113,8 @@ impl Classify for crate::StorageError {
             | Io { .. }
             | ManifestMissing { .. }
             | SegmentUnreadable { .. }
+            | SegmentMismatch { .. }
+            | SlicesOverlap { .. }
             | Locked { .. }
             | Task(_) => ErrorClass::Internal,
         }

@@ -118,6 +118,13 @@ pub enum ManifestError {
     Version { path: PathBuf, found: u32 },
     #[error("cannot write manifest {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error(
+        "manifest {path} is not valid: {reason}; the server will not start on it (it could read, move or \
+         delete files outside the data directory): restore it from a backup, or stop the server and run \
+         `tocsin repair --data-dir {data_dir}`, which moves it to quarantine/ and rebuilds it from the \
+         segments' own metadata"
+    )]
+    Invalid { path: PathBuf, data_dir: PathBuf, reason: String },
 }
 
 impl Manifest {
@@ -142,8 +149,43 @@ impl Manifest {
         if m.version == 0 || m.version > MANIFEST_FORMAT_VERSION {
             return Err(ManifestError::Version { path, found: m.version });
         }
+        if let Err(reason) = m.check_paths() {
+            return Err(ManifestError::Invalid { path, data_dir: data_dir.to_path_buf(), reason });
+        }
         // Version 1 is version 2 without packs.
         Ok(Some(Manifest { version: MANIFEST_FORMAT_VERSION, ..m }))
+    }
+
+    /// Every name and path the server turns into a file operation: names
+    /// are single path components, segment paths lie under `segments/` or
+    /// `packs/` of their own database, and slice ranges do not overflow.
+    /// Checked at load: the manifest's paths are joined to the data
+    /// directory, read, renamed to quarantine/ and deleted when retired.
+    fn check_paths(&self) -> Result<(), String> {
+        for (db, tables) in &self.databases {
+            path_component(db).map_err(|r| format!("database name {db:?} {r}"))?;
+            for (table, entry) in tables {
+                path_component(table).map_err(|r| format!("table name {db}.{table:?} {r}"))?;
+                for s in &entry.segments {
+                    let expected = if s.pack.is_some() {
+                        relative_under(&s.path, &["packs", db.as_str()], 3)
+                    } else {
+                        relative_under(&s.path, &["segments", db.as_str(), table.as_str()], 4)
+                    };
+                    expected.map_err(|r| format!("segment {:?} of table {db}.{table} {r}", s.path))?;
+                    if let Some(p) = s.pack
+                        && p.first_row.checked_add(s.rows).is_none()
+                    {
+                        return Err(format!("segment {:?} of table {db}.{table} has an impossible row range", s.path));
+                    }
+                }
+            }
+        }
+        for r in &self.retired {
+            let ok = relative_under(r, &["segments"], 4).or_else(|_| relative_under(r, &["packs"], 3));
+            ok.map_err(|reason| format!("retired file {r:?} {reason}"))?;
+        }
+        Ok(())
     }
 
     /// Atomically replaces the manifest of `data_dir` with `self`.
@@ -157,6 +199,36 @@ impl Manifest {
             serde_json::to_vec_pretty(&Manifest { version, ..self.clone() }).map_err(|e| werr(io::Error::other(e)))?;
         crate::durable::write_atomic(&path, werr, |f| f.write_all(&json).map_err(werr))
     }
+}
+
+/// Whether `name` can be one component of a path under the data
+/// directory: not empty, no `/` or control character, not starting with
+/// `.` (which also rules out `.` and `..`). Database and table names are
+/// folders; the write path's rules (see [`crate::write`]) are stricter.
+pub(crate) fn path_component(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.starts_with('.') {
+        return Err("starts with '.'");
+    }
+    if name.chars().any(|c| c == '/' || c.is_control()) {
+        return Err("contains '/' or a control character");
+    }
+    Ok(())
+}
+
+/// Whether `rel` is `prefix/.../<file>.parquet` with `depth` components in
+/// all, each a plain path component.
+fn relative_under(rel: &str, prefix: &[&str], depth: usize) -> Result<(), String> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    if parts.len() != depth || !parts.starts_with(prefix) || !rel.ends_with(".parquet") {
+        return Err(format!("is not {}/<file>.parquet", prefix.join("/")));
+    }
+    for p in &parts {
+        path_component(p).map_err(|r| format!("has a component that {r}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

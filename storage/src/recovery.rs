@@ -108,7 +108,10 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
     let mut changed = false;
     // A pack is checked (and quarantined) once for all the tables that
     // hold a slice of it.
-    let mut checked: std::collections::HashMap<String, Option<String>> = Default::default();
+    let mut checked: std::collections::HashMap<String, Result<u64, String>> = Default::default();
+    // Each pack's slices as the manifest places them, to check that no two
+    // tables claim the same rows.
+    let mut slices: std::collections::HashMap<String, Vec<(u64, u64, String)>> = Default::default();
     for (db, tables) in manifest.databases.iter_mut() {
         for (table, entry) in tables.iter_mut() {
             let mut keep = Vec::with_capacity(entry.segments.len());
@@ -118,7 +121,7 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                     Some(v) => v.clone(),
                     None => {
                         let v = match verify_segment(&path) {
-                            Ok(()) => None,
+                            Ok(rows) => Ok(rows),
                             Err(SegmentCheckError::Io(source)) => {
                                 return Err(StorageError::SegmentUnreadable {
                                     path,
@@ -134,7 +137,7 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                                     .as_deref()
                                     .map(|p| p.display().to_string())
                                     .unwrap_or_else(|| "nowhere (file missing)".into());
-                                Some(format!("{reason}; moved to {moved}"))
+                                Err(format!("{reason}; moved to {moved}"))
                             }
                         };
                         checked.insert(seg.path.clone(), v.clone());
@@ -142,8 +145,34 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                     }
                 };
                 match verdict {
-                    None => keep.push(seg),
-                    Some(reason) => {
+                    Ok(file_rows) => {
+                        // The rows the manifest places in the file must be
+                        // there: a scan or a merge would otherwise read
+                        // past the file, or another table's rows.
+                        let (first, end) = match seg.row_range() {
+                            Some((first, rows)) => (first, first.saturating_add(rows)),
+                            None => (0, seg.rows),
+                        };
+                        let fits = if seg.pack.is_some() { end <= file_rows } else { end == file_rows };
+                        if !fits {
+                            return Err(StorageError::SegmentMismatch {
+                                path,
+                                table: format!("{db}.{table}"),
+                                data_dir: dir.to_path_buf(),
+                                listed: format!("rows {first}..{end}"),
+                                file_rows,
+                            });
+                        }
+                        if let Some((first, rows)) = seg.row_range() {
+                            slices.entry(seg.path.clone()).or_default().push((
+                                first,
+                                first + rows,
+                                format!("{db}.{table}"),
+                            ));
+                        }
+                        keep.push(seg)
+                    }
+                    Err(reason) => {
                         tracing::error!(
                             "segment {} of table {db}.{table} ({} rows, {} to {} ns) is unusable: {reason}; \
                              removed from the manifest",
@@ -157,6 +186,19 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                 }
             }
             entry.segments = keep;
+        }
+    }
+    for (rel, mut ranges) in slices {
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            if pair[1].0 < pair[0].1 {
+                return Err(StorageError::SlicesOverlap {
+                    path: dir.join(rel),
+                    first: format!("rows {}..{} of table {}", pair[0].0, pair[0].1, pair[0].2),
+                    second: format!("rows {}..{} of table {}", pair[1].0, pair[1].1, pair[1].2),
+                    data_dir: dir.to_path_buf(),
+                });
+            }
         }
     }
     Ok(changed)

@@ -85,7 +85,7 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     let mut report = RepairReport::default();
     let old = match Manifest::load_existing(data_dir) {
         Ok(m) => m,
-        Err(ManifestError::Parse { .. }) => None,
+        Err(ManifestError::Parse { .. } | ManifestError::Invalid { .. }) => None,
         Err(e) => return Err(e.into()),
     };
     if let Some(m) = &old {
@@ -274,6 +274,12 @@ fn read_segment(data_dir: &Path, path: &Path) -> Result<Vec<Found>, SegmentCheck
             )));
         }
     };
+    // The folders name the database and table that the manifest, queries
+    // and compaction turn back into paths.
+    for name in [Some(db), table].into_iter().flatten() {
+        crate::manifest::path_component(name)
+            .map_err(|r| corrupt(format!("it lies in a folder named {name:?}, which {r}")))?;
+    }
     let id: u64 = file
         .strip_suffix(".parquet")
         .and_then(|n| n.parse().ok())
@@ -351,7 +357,15 @@ fn pack_slices(
     let ts_only = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![ts_field.clone()]));
     let mut out = Vec::with_capacity(origin.slices.len());
     let mut first_row = 0u64;
+    let mut seen = HashSet::new();
     for s in &origin.slices {
+        // A slice's table becomes a folder of compaction's outputs and a
+        // name in the manifest: the write path's rules apply.
+        crate::write::check_object_name(&s.table)
+            .map_err(|r| corrupt(format!("it lists a slice of table {:?}, a name that {r}", s.table)))?;
+        if !seen.insert(s.table.as_str()) {
+            return Err(corrupt(format!("it lists two slices of table {:?}", s.table)));
+        }
         if s.rows == 0 || first_row.checked_add(s.rows).is_none_or(|end| end > total_rows) {
             return Err(corrupt(format!(
                 "it lists {} rows for table {} from row {first_row}, past its {total_rows} rows",

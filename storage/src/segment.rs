@@ -110,8 +110,10 @@ pub enum SegmentError {
     Io { path: PathBuf, source: io::Error },
     #[error("Arrow error while preparing segment data: {0}")]
     Arrow(#[from] ArrowError),
-    #[error("Parquet error writing segment {path}: {source}")]
+    #[error("Parquet error on segment {path}: {source}")]
     Parquet { path: PathBuf, source: ParquetError },
+    #[error("segment {path} gave {found} rows where the manifest lists {expected}")]
+    RowCount { path: PathBuf, expected: u64, found: u64 },
 }
 
 /// Where segment `id` of `db.table` lives, relative to the data directory.
@@ -648,8 +650,10 @@ fn delta_properties(options: &SegmentOptions) -> WriterProperties {
 
 /// Checks that a segment file is a readable Parquet file (footer and
 /// metadata), as done for every segment at startup.
-pub fn verify_segment(path: &Path) -> Result<(), SegmentCheckError> {
-    read_footer(path).map(|_| ())
+pub fn verify_segment(path: &Path) -> Result<u64, SegmentCheckError> {
+    let meta = read_footer(path)?;
+    u64::try_from(meta.file_metadata().num_rows())
+        .map_err(|_| SegmentCheckError::Corrupt(format!("its footer counts {} rows", meta.file_metadata().num_rows())))
 }
 
 /// Why a segment file cannot be used. The two cases call for opposite

@@ -211,7 +211,7 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 /// Table and column names: what InfluxDB, Prometheus and OpenTelemetry
 /// names can be (spaces, commas, any script), short of what would break a
 /// directory name or a double-quoted SQL identifier.
-fn check_object_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_object_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("must not be empty");
     }

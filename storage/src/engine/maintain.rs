@@ -12,7 +12,7 @@ use super::{Storage, StorageError};
 use crate::compact::{self, CompactionStats};
 use crate::manifest::SegmentMeta;
 use crate::pack::{PackItem, write_packs};
-use crate::segment::{SegmentOrigin, SegmentTarget, prepare_slices, remove_written, write_slice};
+use crate::segment::{SegmentError, SegmentOrigin, SegmentTarget, prepare_slices, remove_written, write_slice};
 
 /// One table's segments replaced by others in a manifest swap.
 struct Change {
@@ -87,7 +87,15 @@ impl Storage {
             let prepared = tokio::task::spawn_blocking(move || {
                 let mut batches = Vec::new();
                 for s in &inputs2 {
-                    batches.extend(compact::read_segment(&data_dir.join(&s.path), s.row_range(), &schema2)?);
+                    let path = data_dir.join(&s.path);
+                    let read = compact::read_segment(&path, s.row_range(), &schema2)?;
+                    // A merge that silently lost or gained rows would
+                    // replace its inputs for good.
+                    let n: usize = read.iter().map(|b| b.num_rows()).sum();
+                    if n as u64 != s.rows {
+                        return Err(SegmentError::RowCount { path, expected: s.rows, found: n as u64 });
+                    }
+                    batches.extend(read);
                 }
                 let target = SegmentTarget {
                     data_dir: &data_dir,

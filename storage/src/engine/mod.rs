@@ -68,6 +68,19 @@ pub enum StorageError {
          to rebuild the manifest from the segments present"
     )]
     SegmentUnreadable { path: PathBuf, table: String, data_dir: PathBuf, source: std::io::Error },
+    #[error(
+        "the manifest lists {listed} of {path} for table {table}, but the file holds {file_rows} rows: the \
+         file and the manifest do not belong together (a file restored or copied over another?), so the \
+         server will not start on them. Put back the matching file or manifest, or run \
+         `tocsin repair --data-dir {data_dir}` to rebuild the manifest from the files' own metadata"
+    )]
+    SegmentMismatch { path: PathBuf, table: String, data_dir: PathBuf, listed: String, file_rows: u64 },
+    #[error(
+        "the manifest places {first} and {second} in the same rows of pack {path}: one table would read \
+         the other's rows, so the server will not start on it. Run `tocsin repair --data-dir {data_dir}` to \
+         rebuild the manifest from the packs' own metadata"
+    )]
+    SlicesOverlap { path: PathBuf, first: String, second: String, data_dir: PathBuf },
     #[error("data directory {path} is in use by another tocsin process (lock file {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },
     #[error("write buffer is full ({buffered} bytes buffered, limit {limit}): persistence is behind; retry later")]

@@ -631,3 +631,157 @@ async fn a_persist_of_many_small_tables_writes_a_few_packs() {
     assert_eq!(table_values(&s, "metric_7").len(), 60);
     assert_eq!(table_values(&s, "metric_7")[0], ("a".to_string(), 1_000, 1_000.5));
 }
+
+/// Rewrites the pack at `path` with its origin record changed by `edit`
+/// (what a crafted or damaged file would say of itself).
+fn rewrite_pack_origin(data_dir: &Path, path: &Path, edit: impl FnOnce(&mut crate::segment::SegmentOrigin)) {
+    let meta = crate::segment::read_footer(path).expect("footer");
+    let kv = meta.file_metadata().key_value_metadata().expect("key-value metadata");
+    let text = kv.iter().find(|k| k.key == crate::segment::ORIGIN_KEY).and_then(|k| k.value.clone()).expect("origin");
+    let mut origin: crate::segment::SegmentOrigin = serde_json::from_str(&text).expect("origin parses");
+    edit(&mut origin);
+    let schema =
+        parquet::arrow::parquet_to_arrow_schema(meta.file_metadata().schema_descr(), Some(kv)).expect("schema");
+    let schema = Arc::new(arrow::datatypes::Schema::new(schema.fields().clone()));
+    let batches = compact::read_segment(path, None, &schema).expect("read pack");
+    let all = concat_batches(&schema, &batches).expect("concat");
+    let options = crate::segment::SegmentOptions { row_group_rows: all.num_rows().max(1), ..Default::default() };
+    crate::segment::write_parquet(data_dir, path, &all, &options, &origin).expect("rewrite pack");
+}
+
+/// A pack names its tables in its own metadata, and `tocsin repair` makes
+/// them tables again: a slice named `../../escape` once became a table
+/// whose compaction wrote outside the data directory. Such a pack is now
+/// quarantined by the repair, and nothing is written outside.
+#[tokio::test]
+async fn repair_quarantines_a_pack_whose_slices_name_a_path() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let d = outer.path().join("data");
+    let mut config = StorageConfig::for_tests(&d);
+    config.compaction.grace = Duration::ZERO;
+    let s = Storage::open(config.clone()).await.expect("open");
+    for table in ["a", "b"] {
+        let w =
+            TableWrite { table: table.into(), blocks: vec![block(0, "x", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
+        s.write("public", vec![w]).await.expect("write");
+    }
+    s.persist().await.expect("persist");
+    let pack = d.join(&s.snapshot("public", "a").expect("a").segments[0].path);
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+
+    for (bad, why) in [("../../escape", "start with '.'"), ("x/../../escape", "'/'"), ("b", "two slices")] {
+        let copy = outer.path().join("pack.copy");
+        std::fs::copy(&pack, &copy).expect("keep the pack");
+        rewrite_pack_origin(&d, &pack, |o| o.slices[0].table = bad.into());
+        std::fs::remove_file(d.join(crate::manifest::MANIFEST_FILE)).expect("lose the manifest");
+        let report = crate::repair::repair(&d, 86_400_000_000_000).expect("repair");
+        assert_eq!(report.quarantined.len(), 1, "{bad}: {report:?}");
+        assert!(report.quarantined[0].2.contains(why), "{bad}: {:?}", report.quarantined);
+        assert_eq!(report.tables, 0, "{bad}: {report:?}");
+        let s = Storage::open(config.clone()).await.expect("open after repair");
+        s.compact_full().await.expect("compact");
+        assert!(s.snapshot("public", "a").is_none() && s.snapshot("public", "b").is_none());
+        s.shutdown().await.expect("shutdown");
+        drop(s);
+        let outside: Vec<_> =
+            std::fs::read_dir(outer.path()).expect("outer").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(outside.len(), 2, "only data/ and the copy: {outside:?}");
+        // Back to the good pack, listed again by a repair.
+        let q = &report.quarantined[0].1;
+        std::fs::remove_file(q).expect("drop the quarantined copy");
+        std::fs::rename(&copy, &pack).expect("restore the pack");
+        std::fs::remove_file(d.join(crate::manifest::MANIFEST_FILE)).expect("manifest");
+        let report = crate::repair::repair(&d, 86_400_000_000_000).expect("repair");
+        assert_eq!((report.tables, report.rows), (2, 4), "{report:?}");
+    }
+}
+
+/// The manifest's names and paths become file operations at start (read,
+/// quarantine, delete when retired): a manifest whose table is `..`, whose
+/// segment lies outside the data directory, or whose slice lists rows the
+/// file does not hold is refused with what is wrong and how to repair it,
+/// and no file outside is touched.
+#[tokio::test]
+async fn a_manifest_that_points_outside_or_past_its_files_is_refused() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let d = outer.path().join("data");
+    let config = StorageConfig::for_tests(&d);
+    let s = Storage::open(config.clone()).await.expect("open");
+    for table in ["a", "b"] {
+        let w =
+            TableWrite { table: table.into(), blocks: vec![block(0, "x", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
+        s.write("public", vec![w]).await.expect("write");
+    }
+    s.persist().await.expect("persist");
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+    let victim = outer.path().join("victim.parquet");
+    std::fs::write(&victim, b"not a segment").expect("victim");
+    let manifest_path = d.join(crate::manifest::MANIFEST_FILE);
+    let good = std::fs::read_to_string(&manifest_path).expect("manifest");
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit, &str); 5] = [
+        (
+            "table ..",
+            |m| {
+                let t = m["databases"]["public"].as_object_mut().expect("public");
+                let a = t.remove("a").expect("a");
+                t.insert("..".into(), a);
+            },
+            "starts with '.'",
+        ),
+        (
+            "outside",
+            |m| m["databases"]["public"]["a"]["segments"][0]["path"] = "packs/public/../../victim.parquet".into(),
+            "is not packs/public",
+        ),
+        ("retired outside", |m| m["retired"] = serde_json::json!(["/tmp/victim.parquet"]), "retired file"),
+        (
+            "rows past the file",
+            |m| m["databases"]["public"]["b"]["segments"][0]["pack"]["first_row"] = 3.into(),
+            "holds 4 rows",
+        ),
+        (
+            "rows of another table",
+            |m| m["databases"]["public"]["b"]["segments"][0]["pack"]["first_row"] = 1.into(),
+            "same rows",
+        ),
+    ];
+    for (what, edit, expected) in edits {
+        let mut m: serde_json::Value = serde_json::from_str(&good).expect("json");
+        edit(&mut m);
+        std::fs::write(&manifest_path, serde_json::to_vec(&m).expect("json")).expect("write manifest");
+        let err = Storage::open(config.clone()).await.err().unwrap_or_else(|| panic!("{what}: started"));
+        let text = err.to_string();
+        assert!(text.contains(expected) && text.contains("tocsin repair"), "{what}: {text}");
+        assert!(victim.exists(), "{what}: the file outside is untouched");
+    }
+    std::fs::write(&manifest_path, &good).expect("manifest");
+    let s = Storage::open(config).await.expect("the good manifest opens");
+    assert_eq!((rows(&s, "a"), rows(&s, "b")), (2, 2));
+}
+
+/// A compaction checks that it read as many rows as the manifest lists for
+/// each input: a file changed under the server (here: another segment's
+/// file copied over it) fails the merge, and the inputs stay as they are.
+#[tokio::test]
+async fn a_merge_that_reads_other_rows_than_listed_keeps_its_inputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StorageConfig::for_tests(dir.path());
+    config.segments.pack_max_rows = 0;
+    let s = Storage::open(config).await.expect("open");
+    for n in [3i64, 5] {
+        let ts: Vec<i64> = (0..n).map(|i| n * 100 + i).collect();
+        let w = TableWrite { table: "t".into(), blocks: vec![block(0, "x", ts.clone(), FieldValues::I64(ts))] };
+        s.write("public", vec![w]).await.expect("write");
+        s.persist().await.expect("persist");
+    }
+    let segs = s.snapshot("public", "t").expect("t").segments.clone();
+    assert_eq!(segs.iter().map(|x| x.rows).collect::<Vec<_>>(), vec![3, 5]);
+    std::fs::copy(dir.path().join(&segs[1].path), dir.path().join(&segs[0].path)).expect("copy over");
+    let stats = s.compact_full().await.expect("a failed merge is not the round's error");
+    assert_eq!(stats.merges, 0, "{stats:?}");
+    let after = s.snapshot("public", "t").expect("t").segments.clone();
+    assert_eq!(after.iter().map(|x| x.id).collect::<Vec<_>>(), segs.iter().map(|x| x.id).collect::<Vec<_>>());
+}
