@@ -49,6 +49,10 @@ pub struct CompactionStats {
     pub rows: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Slices moved out of packs that held dead rows (rows another table's
+    /// compaction replaced or retention dropped), so that the old pack
+    /// can be deleted; not counted as merges.
+    pub repacked: usize,
 }
 
 /// The merges due now among one table's `segments`: each a list of inputs

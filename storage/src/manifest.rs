@@ -50,6 +50,15 @@ pub struct PackSlice {
     pub first_row: u64,
     /// Size of the whole file.
     pub file_bytes: u64,
+    /// Rows of the whole file, all tables' (0 in manifests written before
+    /// it was recorded: the file's footer says). Compaction compares it
+    /// with the rows still listed to find packs holding dead rows.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub file_rows: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 impl SegmentMeta {
@@ -273,7 +282,7 @@ mod tests {
             rows: 2,
             bytes: 40,
             level: 0,
-            pack: Some(PackSlice { first_row: 7, file_bytes: 400 }),
+            pack: Some(PackSlice { first_row: 7, file_bytes: 400, file_rows: 20 }),
         });
         m.save(dir.path()).expect("save");
         assert_eq!(Manifest::load(dir.path()).expect("load"), m);

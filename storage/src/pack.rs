@@ -280,7 +280,7 @@ fn write_pack(
                 rows: slice.rows,
                 bytes: share(file_bytes, slice.rows, total),
                 level: slice.level,
-                pack: Some(PackSlice { first_row, file_bytes }),
+                pack: Some(PackSlice { first_row, file_bytes, file_rows: total }),
             },
         ));
         first_row += slice.rows;

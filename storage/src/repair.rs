@@ -409,7 +409,7 @@ fn pack_slices(
                 rows: s.rows,
                 bytes: crate::pack::share(bytes, s.rows, total_rows),
                 level: s.level,
-                pack: Some(crate::manifest::PackSlice { first_row, file_bytes: bytes }),
+                pack: Some(crate::manifest::PackSlice { first_row, file_bytes: bytes, file_rows: total_rows }),
             },
             origin: SegmentOrigin {
                 database: origin.database.clone(),

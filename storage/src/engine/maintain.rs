@@ -2,6 +2,7 @@
 //! outputs in the manifest, the purge of retired files, and the series
 //! registry's window.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -31,6 +32,17 @@ struct Merge {
     level: u32,
     replaces: Vec<u64>,
     started: Instant,
+    repack: bool,
+}
+
+/// One table's segments to merge into one, or (`repack`) one live slice to
+/// move out of a pack that holds dead rows.
+struct Job {
+    db: String,
+    table: String,
+    schema: SchemaRef,
+    inputs: Vec<Arc<SegmentMeta>>,
+    repack: bool,
 }
 
 impl Storage {
@@ -53,24 +65,27 @@ impl Storage {
         let _one_round = self.compact_lock.lock().await;
         let partition_ns = self.config.partition.as_nanos().min(i64::MAX as u128) as i64;
         let now_ns = self.clock.now_ns();
-        let jobs: Vec<(String, String, SchemaRef, Vec<Arc<SegmentMeta>>)> = {
+        let mut jobs: Vec<Job> = {
             let st = self.state.read();
             let mut jobs = Vec::new();
             for (db, tables) in &st.dbs {
                 for (name, t) in tables {
                     for inputs in compact::plan(&t.segments, partition_ns, now_ns, &self.config.compaction, full) {
-                        jobs.push((db.clone(), name.clone(), t.current_arrow_schema(), inputs));
+                        let schema = t.current_arrow_schema();
+                        jobs.push(Job { db: db.clone(), table: name.clone(), schema, inputs, repack: false });
                     }
                 }
             }
             jobs
         };
+        let repacks = self.repack_jobs(&jobs).await?;
+        jobs.extend(repacks);
         let mut stats = CompactionStats::default();
         // Merges whose outputs are small wait here to be written into
         // packs together (see `crate::pack`).
         let mut small: Vec<Merge> = Vec::new();
         let mut small_rows = 0usize;
-        for (db, table, schema, inputs) in jobs {
+        for Job { db, table, schema, inputs, repack } in jobs {
             let started = Instant::now();
             let data_dir = self.config.data_dir.clone();
             let options = self.config.segments.clone();
@@ -79,7 +94,9 @@ impl Storage {
                 database: db.clone(),
                 table: table.clone(),
                 wal_upto,
-                level: inputs.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(1),
+                // A slice moved out of a pack keeps its level: its rows
+                // went through no more merges.
+                level: inputs.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(u32::from(!repack)),
                 replaces: inputs.iter().map(|s| s.id).collect(),
                 ..Default::default()
             };
@@ -129,6 +146,7 @@ impl Storage {
                     level: origin.level,
                     replaces: origin.replaces,
                     started,
+                    repack,
                 });
                 if small_rows >= crate::pack::PACK_MAX_TOTAL_ROWS {
                     self.pack_merges(std::mem::take(&mut small), &mut stats).await?;
@@ -170,7 +188,7 @@ impl Storage {
             self.swap_segments(std::slice::from_ref(&change))
                 .await
                 .inspect_err(|_| remove_written(&self.config.data_dir, &change.outputs))?;
-            self.count_merge(&change, started, &mut stats);
+            self.count_merge(&change, started, repack, &mut stats);
         }
         if !small.is_empty() {
             self.pack_merges(small, &mut stats).await?;
@@ -231,15 +249,25 @@ impl Storage {
             let all: Vec<SegmentMeta> = changes.iter().flat_map(|c| c.outputs.iter().cloned()).collect();
             self.swap_segments(&changes).await.inspect_err(|_| remove_written(&self.config.data_dir, &all))?;
             for (change, m) in changes.iter().zip(&merges) {
-                self.count_merge(change, m.started, stats);
+                self.count_merge(change, m.started, m.repack, stats);
             }
         }
         Ok(())
     }
 
-    fn count_merge(&self, change: &Change, started: Instant, stats: &mut CompactionStats) {
+    fn count_merge(&self, change: &Change, started: Instant, repack: bool, stats: &mut CompactionStats) {
         let Change { db, table, inputs, outputs } = change;
         let rows: u64 = inputs.iter().map(|s| s.rows).sum();
+        if repack {
+            stats.repacked += 1;
+            tracing::debug!(
+                table = %format!("{db}.{table}"),
+                rows,
+                from = %inputs.first().map(|s| s.path.as_str()).unwrap_or(""),
+                "moved a slice out of a pack with dead rows"
+            );
+            return;
+        }
         let before: u64 = inputs.iter().map(|s| s.bytes).sum();
         let after: u64 = outputs.iter().map(|s| s.bytes).sum();
         stats.merges += 1;
@@ -262,6 +290,79 @@ impl Storage {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compacted segments"
         );
+    }
+
+    /// Jobs that move every live slice of a pack holding dead rows (rows
+    /// that retention dropped, or that a compaction replaced, this round's
+    /// `merging` included) into a new pack, except the slices `merging`
+    /// reads: once none is left, the old pack is retired and deleted like
+    /// any input. Rows dropped or replaced are so gone from disk after the
+    /// round (and the grace period), and a pack's bytes are live rows.
+    async fn repack_jobs(&self, merging: &[Job]) -> Result<Vec<Job>, StorageError> {
+        let taken: HashSet<(&str, &str, u64)> = merging
+            .iter()
+            .flat_map(|j| j.inputs.iter().map(move |s| (j.db.as_str(), j.table.as_str(), s.id)))
+            .collect();
+        // Each pack's rows in all, and those listed that this round's
+        // merges do not replace.
+        let mut packs: HashMap<String, (u64, u64)> = HashMap::new();
+        {
+            let st = self.state.read();
+            for (db, tables) in &st.dbs {
+                for (name, t) in tables {
+                    for s in &t.segments {
+                        if let Some(p) = s.pack {
+                            let e = packs.entry(s.path.clone()).or_default();
+                            e.0 = e.0.max(p.file_rows);
+                            if !taken.contains(&(db.as_str(), name.as_str(), s.id)) {
+                                e.1 += s.rows;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Manifests from before `file_rows`: the footer says.
+        let unknown: Vec<String> = packs.iter().filter(|(_, (total, _))| *total == 0).map(|(p, _)| p.clone()).collect();
+        if !unknown.is_empty() {
+            let dir = self.config.data_dir.clone();
+            let counted = tokio::task::spawn_blocking(move || {
+                unknown
+                    .into_iter()
+                    .map(|rel| {
+                        let rows = crate::segment::verify_segment(&dir.join(&rel)).ok();
+                        (rel, rows)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?;
+            for (rel, rows) in counted {
+                if let (Some(rows), Some(e)) = (rows, packs.get_mut(&rel)) {
+                    e.0 = rows;
+                }
+            }
+        }
+        let dead: HashSet<&str> =
+            packs.iter().filter(|(_, (total, live))| live < total).map(|(p, _)| p.as_str()).collect();
+        if dead.is_empty() {
+            return Ok(Vec::new());
+        }
+        let st = self.state.read();
+        let mut jobs = Vec::new();
+        for (db, tables) in &st.dbs {
+            for (name, t) in tables {
+                let mut schema = None;
+                for s in &t.segments {
+                    if dead.contains(s.path.as_str()) && !taken.contains(&(db.as_str(), name.as_str(), s.id)) {
+                        let schema = schema.get_or_insert_with(|| t.current_arrow_schema()).clone();
+                        let inputs = vec![Arc::clone(s)];
+                        jobs.push(Job { db: db.clone(), table: name.clone(), schema, inputs, repack: true });
+                    }
+                }
+            }
+        }
+        Ok(jobs)
     }
 
     /// Drops the segments whose rows are all older than their table's
@@ -327,7 +428,7 @@ impl Storage {
                     entry.segments.extend(c.outputs.iter().cloned());
                 }
             }
-            let listed: std::collections::HashSet<&str> = m
+            let listed: HashSet<&str> = m
                 .databases
                 .values()
                 .flat_map(|t| t.values())

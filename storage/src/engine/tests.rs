@@ -219,10 +219,18 @@ async fn retention_drops_whole_segments_past_it_per_table() {
     assert_eq!(rows(&s, "keep"), 3, "public.keep is kept forever");
     assert_eq!(s.expire().await.expect("expire"), (0, 0), "nothing more is due");
     // Both tables are small: their old rows share a pack, which stays
-    // while public.keep holds a slice of it.
+    // while public.keep holds a slice of it, until a compaction round
+    // moves that slice into a pack of its own rows only.
     assert!(old_file.starts_with(dir.path().join("packs")), "{}", old_file.display());
     assert_eq!(s.purge_retired(), 0, "a pack another table still lists is not retired");
     assert!(old_file.exists());
+    assert_eq!(rows_on_disk(dir.path()), 6, "t's 2 old rows are still in the pack");
+    let stats = s.compact().await.expect("compact");
+    assert_eq!((stats.merges, stats.repacked), (0, 1), "{stats:?}");
+    assert_eq!(s.purge_retired(), 1);
+    assert!(!old_file.exists(), "the pack with dropped rows is deleted");
+    assert_eq!(rows_on_disk(dir.path()), 4, "only listed rows are on disk");
+    assert_eq!(s.compact().await.expect("compact").repacked, 0, "nothing dead is left");
     s.shutdown().await.expect("shutdown");
     drop(s);
     let s = Storage::open(config.clone()).await.expect("reopen");
@@ -237,7 +245,13 @@ async fn retention_drops_whole_segments_past_it_per_table() {
     assert_eq!(s.expire().await.expect("expire"), (1, 2));
     assert_eq!((rows(&s, "t"), rows(&s, "keep")), (1, 1));
     assert_eq!(s.purge_retired(), 1);
-    assert!(!old_file.exists(), "the pack is deleted once no table lists it");
+    assert_eq!(rows_on_disk(dir.path()), 2);
+}
+
+/// Rows in every segment and pack file of the data directory `dir`, as
+/// their footers count them.
+fn rows_on_disk(dir: &Path) -> u64 {
+    crate::recovery::data_files(dir).iter().map(|p| crate::segment::verify_segment(p).expect("footer")).sum()
 }
 
 /// A row accepted before a restart with a lower `max_string_bytes` (or
@@ -589,6 +603,62 @@ async fn small_tables_share_packs() {
     assert_eq!((rows(&s, "a"), rows(&s, "b"), rows(&s, "c")), (0, 0, 20));
     assert_eq!(s.metrics.quarantined_files.load(Ordering::Relaxed), 1);
     assert_eq!(std::fs::read_dir(d.join("quarantine")).expect("quarantine").count(), 1);
+}
+
+/// A table's compaction replaces its slices; a pack that also holds
+/// another table's slice used to stay on disk with the replaced rows (an
+/// outside reader of packs/ counted them twice). The same round moves the
+/// other table's slice into a new pack: only listed rows stay on disk,
+/// through a restart and a repair from the files' own metadata.
+#[tokio::test]
+async fn a_pack_left_with_dead_rows_is_rewritten_by_the_next_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut config = StorageConfig::for_tests(d);
+    config.compaction.grace = Duration::ZERO;
+    config.compaction.cold_after = Duration::from_secs(u64::MAX / 4);
+    let s = Storage::open(config.clone()).await.expect("open");
+    let mut expected: BTreeMap<&str, Vec<(String, i64, f64)>> = Default::default();
+    for round in 0..4i64 {
+        let ts: Vec<i64> = (round * 10..round * 10 + 5).collect();
+        // b is written once: below fan-in, it is not merged.
+        for table in if round == 0 { vec!["a", "b"] } else { vec!["a"] } {
+            let w = TableWrite {
+                table: table.into(),
+                blocks: vec![block(0, "x", ts.clone(), FieldValues::I64(ts.clone()))],
+            };
+            s.write("public", vec![w]).await.expect("write");
+            expected.entry(table).or_default().extend(ts.iter().map(|&t| ("x".to_string(), t, t as f64)));
+        }
+        s.persist().await.expect("persist");
+    }
+    let first_pack = d.join(&s.snapshot("public", "b").expect("b").segments[0].path);
+    assert_eq!(rows_on_disk(d), 25);
+    let stats = s.compact().await.expect("compact");
+    assert_eq!((stats.merges, stats.inputs, stats.repacked), (1, 4, 1), "{stats:?}");
+    assert_eq!(s.purge_retired(), 4, "the four packs of the persists");
+    assert!(!first_pack.exists());
+    assert_eq!(rows_on_disk(d), 25, "each row once");
+    let b = s.snapshot("public", "b").expect("b").segments.clone();
+    assert_eq!(b.iter().map(|x| x.level).collect::<Vec<_>>(), vec![0], "a moved slice keeps its level");
+    let check = |s: &Storage, when: &str| {
+        for (table, rows) in &expected {
+            assert_eq!(&table_values(s, table), rows, "table {table} {when}");
+        }
+    };
+    check(&s, "after the round");
+    assert_eq!(s.compact().await.expect("compact"), Default::default(), "nothing is due or dead");
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+    let s = Storage::open(config.clone()).await.expect("reopen");
+    check(&s, "after a restart");
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+    std::fs::remove_file(d.join(crate::manifest::MANIFEST_FILE)).expect("lose the manifest");
+    let report = crate::repair::repair(d, 86_400_000_000_000).expect("repair");
+    assert_eq!((report.tables, report.rows), (2, 25), "{report:?}");
+    let s = Storage::open(config).await.expect("reopen after repair");
+    check(&s, "after a repair");
 }
 
 /// Thousands of metrics do not mean thousands of files per persist: 600
