@@ -50,12 +50,14 @@ impl PhysicalExprAdapterFactory for SegmentExprAdapterFactory {
     ) -> Result<Arc<dyn PhysicalExprAdapter>> {
         let inner = DefaultPhysicalExprAdapterFactory
             .create(Arc::clone(&logical_file_schema), Arc::clone(&physical_file_schema))?;
-        let stored: Vec<(usize, DecimalRule, i8)> = physical_file_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| DecimalRule::of_field(f).map(|(rule, s)| (i, rule, s)))
-            .collect();
+        let mut stored: Vec<(usize, DecimalRule, i8)> = Vec::new();
+        for (i, f) in physical_file_schema.fields().iter().enumerate() {
+            match DecimalRule::check_field(f) {
+                Ok(Some((rule, s))) => stored.push((i, rule, s)),
+                Ok(None) => {}
+                Err(reason) => return exec_err!("a segment of this table cannot be read: {reason}"),
+            }
+        }
         let foreign: Vec<(String, ScalarValue)> = logical_file_schema
             .fields()
             .iter()

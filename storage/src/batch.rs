@@ -141,7 +141,8 @@ pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatc
             Ok(i) if batch.column(i).data_type() == f.data_type() => Ok(Arc::clone(batch.column(i))),
             Ok(i) => {
                 let column = batch.column(i);
-                let stored = crate::decimal::DecimalRule::of_field(batch.schema_ref().field(i));
+                let stored = crate::decimal::DecimalRule::check_field(batch.schema_ref().field(i))
+                    .map_err(ArrowError::InvalidArgumentError)?;
                 match (stored, column.as_any().downcast_ref::<Decimal64Array>()) {
                     (Some((rule, s)), Some(d)) if f.data_type() == &DataType::Float64 => {
                         Ok(Arc::new(crate::decimal::decode(d, rule, s)) as ArrayRef)

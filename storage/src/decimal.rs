@@ -70,6 +70,22 @@ impl DecimalRule {
         }
     }
 
+    /// Like [`DecimalRule::of_field`], but a mark this build does not know
+    /// (a newer build's rule) or on a column it cannot be (another type,
+    /// another scale) is an error naming the column and the mark: reading
+    /// such a column as plain numbers would give wrong values silently.
+    pub fn check_field(field: &Field) -> Result<Option<(DecimalRule, i8)>, String> {
+        let Some(mark) = field.metadata().get(STORED_AS_KEY) else { return Ok(None) };
+        Self::of_field(field).map(Some).ok_or_else(|| {
+            format!(
+                "column {} is marked {STORED_AS_KEY}={mark} on type {}, which this build does not read \
+                 (written by a newer Tocsin, or damaged)",
+                field.name(),
+                field.data_type()
+            )
+        })
+    }
+
     /// The scales this rule is tried at, smallest first.
     fn scales(self) -> &'static [i8] {
         match self {
@@ -207,5 +223,29 @@ mod tests {
         assert_eq!(DecimalRule::of_field(&field("decimal-div1000", DataType::Decimal64(18, 4))), None);
         assert_eq!(DecimalRule::of_field(&field("decimal", DataType::Decimal64(18, 3))), None);
         assert_eq!(DecimalRule::of_field(&field("decimal-mul", DataType::Float64)), None);
+        // Read as plain numbers, these would give other values than were
+        // written: reading them is an error naming column and mark.
+        for (mark, t) in [
+            ("decimal-div1000", DataType::Decimal64(18, 4)),
+            ("decimal-new", DataType::Decimal64(18, 3)),
+            ("decimal-mul", DataType::Float64),
+        ] {
+            let err = DecimalRule::check_field(&field(mark, t)).expect_err(mark);
+            assert!(err.contains("column v") && err.contains(mark), "{err}");
+        }
+        assert_eq!(DecimalRule::check_field(&Field::new("v", DataType::Decimal64(18, 3), true)), Ok(None));
+        assert_eq!(
+            DecimalRule::check_field(&field("decimal-mul", DataType::Decimal64(18, 3))),
+            Ok(Some((DecimalRule::Product, 3)))
+        );
+        // Compaction (`adapt_batch`) refuses such a column too.
+        let stored =
+            Decimal64Array::from(vec![1500i64]).with_precision_and_scale(18, 3).expect("decimal");
+        let schema =
+            std::sync::Arc::new(arrow::datatypes::Schema::new(vec![field("decimal-new", DataType::Decimal64(18, 3))]));
+        let batch = arrow::array::RecordBatch::try_new(schema, vec![std::sync::Arc::new(stored)]).expect("batch");
+        let target = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![Field::new("v", DataType::Float64, true)]));
+        let err = crate::batch::adapt_batch(&batch, &target).expect_err("unknown mark");
+        assert!(err.to_string().contains("decimal-new"), "{err}");
     }
 }
