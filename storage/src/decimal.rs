@@ -239,8 +239,7 @@ mod tests {
             Ok(Some((DecimalRule::Product, 3)))
         );
         // Compaction (`adapt_batch`) refuses such a column too.
-        let stored =
-            Decimal64Array::from(vec![1500i64]).with_precision_and_scale(18, 3).expect("decimal");
+        let stored = Decimal64Array::from(vec![1500i64]).with_precision_and_scale(18, 3).expect("decimal");
         let schema =
             std::sync::Arc::new(arrow::datatypes::Schema::new(vec![field("decimal-new", DataType::Decimal64(18, 3))]));
         let batch = arrow::array::RecordBatch::try_new(schema, vec![std::sync::Arc::new(stored)]).expect("batch");
