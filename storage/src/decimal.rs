@@ -76,6 +76,12 @@ impl DecimalRule {
     /// such a column as plain numbers would give wrong values silently.
     pub fn check_field(field: &Field) -> Result<Option<(DecimalRule, i8)>, String> {
         let Some(mark) = field.metadata().get(STORED_AS_KEY) else { return Ok(None) };
+        // Floats kept as integers or as plain decimals (`m / 10^s`) read
+        // back through Arrow's cast.
+        match (mark.as_str(), field.data_type()) {
+            ("int64", DataType::Int64) | ("decimal", DataType::Decimal64(..)) => return Ok(None),
+            _ => {}
+        }
         Self::of_field(field).map(Some).ok_or_else(|| {
             format!(
                 "column {} is marked {STORED_AS_KEY}={mark} on type {}, which this build does not read \
@@ -233,6 +239,10 @@ mod tests {
             let err = DecimalRule::check_field(&field(mark, t)).expect_err(mark);
             assert!(err.contains("column v") && err.contains(mark), "{err}");
         }
+        for (mark, t) in [("int64", DataType::Int64), ("decimal", DataType::Decimal64(18, 3))] {
+            assert_eq!(DecimalRule::check_field(&field(mark, t)), Ok(None), "{mark}");
+        }
+        assert_eq!(DecimalRule::check_field(&field("int64", DataType::Float64)).map_err(|_| ()), Err(()));
         assert_eq!(DecimalRule::check_field(&Field::new("v", DataType::Decimal64(18, 3), true)), Ok(None));
         assert_eq!(
             DecimalRule::check_field(&field("decimal-mul", DataType::Decimal64(18, 3))),
