@@ -37,6 +37,7 @@ use tocsin_proto::v1::{
     WriteSeriesRequest, tail_message, write_request,
 };
 use tocsin_storage::{Storage, StorageError, TableWrite};
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
 use convert::EarlyRejection;
@@ -154,7 +155,15 @@ impl IngestService {
 
     pub fn into_server(self) -> IngestServer<Self> {
         let limit = self.config.max_message_bytes;
-        IngestServer::new(self).max_decoding_message_size(limit)
+        // Compressed messages (gzip, zstd) are bounded by what they
+        // decompress to; answers (a tail's events) are compressed when the
+        // client asks for it.
+        IngestServer::new(self)
+            .max_decoding_message_size(limit)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
     }
 
     /// Writes converted tables, counting and answering as every write of

@@ -30,6 +30,7 @@ use tocsin_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_val
 use tocsin_proto::opentelemetry::proto::metrics::v1::{metric, number_data_point};
 use tocsin_proto::v1::{Label, LogEvent, WriteLogsRequest};
 
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{EarlyRejection, TableWrites, value_block};
@@ -445,12 +446,21 @@ impl IngestService {
 pub struct Otlp(pub IngestService);
 
 impl Otlp {
+    /// The OpenTelemetry Collector's `otlp` exporter compresses with gzip
+    /// unless told otherwise (`compression: zstd` or `none`); a compressed
+    /// message is bounded by what it decompresses to.
     pub fn metrics_server(&self) -> MetricsServiceServer<Otlp> {
-        MetricsServiceServer::new(self.clone()).max_decoding_message_size(self.0.config.max_message_bytes)
+        MetricsServiceServer::new(self.clone())
+            .max_decoding_message_size(self.0.config.max_message_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
     }
 
     pub fn logs_server(&self) -> LogsServiceServer<Otlp> {
-        LogsServiceServer::new(self.clone()).max_decoding_message_size(self.0.config.max_message_bytes)
+        LogsServiceServer::new(self.clone())
+            .max_decoding_message_size(self.0.config.max_message_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
     }
 }
 

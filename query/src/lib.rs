@@ -53,7 +53,7 @@ use futures::StreamExt;
 use tocsin_storage::{Storage, StorageError, TIME_COLUMN, TableSnapshot, WriteError};
 
 pub use catalog::LiveTable;
-pub use metrics::{LATENCY_BUCKETS, QueryMetrics};
+pub use metrics::{LATENCY_BUCKETS, PHASES, QueryMetrics};
 pub use tocsin_auth::Principal;
 
 #[derive(Debug, thiserror::Error)]
@@ -577,7 +577,7 @@ impl QueryEngine {
         // the blocking pool: each hand-off is a wake-up and a context
         // switch, a good part of a small statement's fixed cost.
         let (mut df, provisional) = match self.plan_and_maybe_start(sql, database, who, params.clone()).await? {
-            Planned::Started(schema, stream) => return Ok(self.finish_stream(schema, stream, None, slot, reader)),
+            Planned::Started(schema, stream, _) => return Ok(self.finish_stream(schema, stream, None, slot, reader)),
             Planned::Write(df, provisional) => (*df, provisional),
         };
         if let Some(params) = params {
@@ -694,6 +694,7 @@ impl QueryEngine {
         let handle = tokio::runtime::Handle::current();
         let planned = tokio::task::spawn_blocking(move || {
             handle.block_on(async move {
+                let started = Instant::now();
                 let (mut df, provisional) = plan_statement(state, storage, sql, who).await?;
                 if matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_)) {
                     return Ok(Planned::Write(Box::new(df), provisional));
@@ -702,11 +703,26 @@ impl QueryEngine {
                     df = df.with_param_values(ParamValues::List(params.into_iter().map(Into::into).collect()))?;
                 }
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                Ok(Planned::Started(schema, df.execute_stream().await?))
+                // `DataFrame::execute_stream`, one phase at a time.
+                let planned = started.elapsed();
+                let (state, plan) = df.into_parts();
+                let optimized = state.optimize(&plan)?;
+                let optimized_at = started.elapsed();
+                let physical = state.query_planner().create_physical_plan(&optimized, &state).await?;
+                let physical_at = started.elapsed();
+                let stream = datafusion::physical_plan::execute_stream(
+                    physical,
+                    Arc::new(datafusion::execution::TaskContext::from(&state)),
+                )?;
+                let phases = [planned, optimized_at - planned, physical_at - optimized_at];
+                Ok(Planned::Started(schema, stream, phases))
             })
         })
         .await
         .map_err(|e| QueryError::DataFusion(DataFusionError::Execution(format!("planning failed: {e}"))))?;
+        if let Ok(Planned::Started(_, _, phases)) = &planned {
+            self.metrics.observe_phases(*phases);
+        }
         planned.map_err(count)
     }
 
@@ -848,7 +864,8 @@ fn with_deadline(
 /// A planned statement: a query already started, or a write for the
 /// caller to admit and start.
 enum Planned {
-    Started(SchemaRef, SendableRecordBatchStream),
+    /// With the time spent in each of [`metrics::PHASES`].
+    Started(SchemaRef, SendableRecordBatchStream, [std::time::Duration; 3]),
     Write(Box<datafusion::dataframe::DataFrame>, insert::Provisional),
 }
 

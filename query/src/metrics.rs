@@ -15,9 +15,24 @@ pub struct QueryMetrics {
     pub latency_buckets: [AtomicU64; 15],
     /// Sum of latencies in microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Microseconds spent in each of [`PHASES`] by the queries that were
+    /// started, summed.
+    pub phase_us: [AtomicU64; 3],
 }
 
+/// The phases of starting a query, as `/metrics` names them: SQL to a
+/// checked logical plan, DataFusion's logical optimizer, physical planning
+/// (segment pruning included) and the physical optimizer.
+pub const PHASES: [&str; 3] = ["plan", "optimize", "physical_plan"];
+
 impl QueryMetrics {
+    /// Adds one started query's time in each of [`PHASES`].
+    pub fn observe_phases(&self, phases: [Duration; 3]) {
+        for (sum, d) in self.phase_us.iter().zip(phases) {
+            sum.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
     pub fn observe(&self, elapsed: Duration, ok: bool) {
         self.queries.fetch_add(1, Ordering::Relaxed);
         if !ok {

@@ -472,7 +472,14 @@ impl FlightSql {
     }
 
     pub(crate) fn into_server(self, max_message_bytes: usize) -> FlightServiceServer<FlightSql> {
-        FlightServiceServer::new(self).max_decoding_message_size(max_message_bytes)
+        use tonic::codec::CompressionEncoding;
+        // Results are compressed when the client asks for it.
+        FlightServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
     }
 
     /// Runs a query and streams its result; `pending` is completed when

@@ -166,6 +166,15 @@ impl Metrics {
         let _ = writeln!(o, "tocsin_query_duration_seconds_bucket{{le=\"+Inf\"}} {total}");
         let _ = writeln!(o, "tocsin_query_duration_seconds_sum {}", load(&q.latency_sum_us) as f64 / 1e6);
         let _ = writeln!(o, "tocsin_query_duration_seconds_count {total}");
+        let _ = writeln!(
+            o,
+            "# HELP tocsin_query_phase_seconds_total Time queries spent starting, by phase: SQL to a checked \
+             logical plan, logical optimizer, physical planning (segment pruning included).\n\
+             # TYPE tocsin_query_phase_seconds_total counter"
+        );
+        for (phase, us) in tocsin_query::PHASES.iter().zip(&q.phase_us) {
+            let _ = writeln!(o, "tocsin_query_phase_seconds_total{{phase=\"{phase}\"}} {}", load(us) as f64 / 1e6);
+        }
         gauge(
             &mut o,
             "tocsin_uptime_seconds",

@@ -237,6 +237,11 @@ async fn http_errors_are_json_with_a_reason() {
     assert!(metrics.contains("tocsin_queries_total"), "{metrics}");
     assert!(metrics.contains("tocsin_query_errors_total 3"), "{metrics}");
     assert!(metrics.contains("tocsin_wal_fsyncs_total"), "{metrics}");
+    // The statements above spent time in each phase of starting.
+    for phase in ["plan", "optimize", "physical_plan"] {
+        let spent = server.metric(&format!("tocsin_query_phase_seconds_total{{phase=\"{phase}\"}}")).await;
+        assert!(spent > 0.0, "{phase}: {spent}");
+    }
     // Client errors found by review 2 that answered 500: a pattern that is
     // no regex (compiled by the optimizer), a list column asked for as CSV.
     let (status, body) = server.sql_raw("SELECT 1 WHERE 'a' ~ '('").await;

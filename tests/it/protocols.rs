@@ -271,3 +271,70 @@ fn gzip_bytes(b: &[u8]) -> Vec<u8> {
     e.write_all(b).expect("gzip");
     e.finish().expect("gzip")
 }
+
+/// The OTel Collector's `otlp` exporter sends gzip unless told otherwise,
+/// and every gRPC client can: the ingest and OTLP services read gzip and
+/// zstd messages (they answered `UNIMPLEMENTED` "gzip compression not
+/// allowed"), bounded by what a message decompresses to, and a client that
+/// accepts compressed answers gets them.
+#[tokio::test]
+async fn grpc_services_read_gzip_and_zstd_within_the_size_bound() {
+    use crate::util::{T0, i64s, row_series, rows};
+    use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+    use tocsin_proto::opentelemetry::proto::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use tocsin_proto::opentelemetry::proto::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric, number_data_point,
+    };
+    use tonic::codec::CompressionEncoding::{Gzip, Zstd};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[limits]\nmax_request_bytes = 65536\n").expect("config");
+    let server = TestServer::start_in(&tmp.path().join("data"), &["--config", cfg.to_str().expect("utf8")]);
+
+    for (i, encoding) in [Gzip, Zstd].into_iter().enumerate() {
+        let mut client = server.client().await.send_compressed(encoding).accept_compressed(encoding);
+        let one = rows("cpu", vec![row_series(&[("host", "a")], vec![T0 + i as i64], vec![i64s("v", vec![1])])]);
+        let ok = client.write_rows(one).await.unwrap_or_else(|e| panic!("{encoding}: {e:?}"));
+        assert_eq!(ok.into_inner().accepted_rows, 1, "{encoding}");
+        // 20,000 rows: over 64 KiB once decompressed, a few kB on the wire.
+        let n = 20_000;
+        let big = rows(
+            "cpu",
+            vec![row_series(&[("host", "b")], (0..n).map(|t| T0 + t).collect(), vec![i64s("v", vec![1; n as usize])])],
+        );
+        let err = client.write_rows(big).await.expect_err("over the bound once decompressed");
+        assert!(err.message().contains("65536"), "{encoding}: {err:?}");
+
+        let gauge = |name: &str| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: None,
+                scope_metrics: vec![ScopeMetrics {
+                    scope: None,
+                    metrics: vec![Metric {
+                        name: name.into(),
+                        data: Some(metric::Data::Gauge(Gauge {
+                            data_points: vec![NumberDataPoint {
+                                time_unix_nano: T0 as u64,
+                                value: Some(number_data_point::Value::AsDouble(21.5)),
+                                ..Default::default()
+                            }],
+                        })),
+                        ..Default::default()
+                    }],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        let mut otlp = MetricsServiceClient::connect(format!("http://{}", server.grpc))
+            .await
+            .expect("connect")
+            .send_compressed(encoding)
+            .accept_compressed(encoding);
+        otlp.export(gauge(&format!("temp_{i}"))).await.unwrap_or_else(|e| panic!("{encoding}: {e:?}"));
+        assert_eq!(server.sql(&format!("SELECT value FROM temp_{i}")).await, vec![serde_json::json!({"value": 21.5})]);
+        let err = otlp.export(gauge(&"x".repeat(70_000))).await.expect_err("a name over the bound");
+        assert!(err.message().contains("65536"), "{encoding}: {err:?}");
+    }
+    assert_eq!(server.sql("SELECT count(*) AS n FROM cpu").await, vec![serde_json::json!({"n": 2})]);
+}
