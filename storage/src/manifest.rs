@@ -129,7 +129,7 @@ pub enum ManifestError {
     Write { path: PathBuf, source: io::Error },
     #[error(
         "manifest {path} is not valid: {reason}; the server will not start on it (it could read, move or \
-         delete files outside the data directory): restore it from a backup, or stop the server and run \
+         delete files it does not own, or read rows twice): restore it from a backup, or stop the server and run \
          `tocsin repair --data-dir {data_dir}`, which moves it to quarantine/ and rebuilds it from the \
          segments' own metadata"
     )]
@@ -171,6 +171,22 @@ impl Manifest {
     /// Checked at load: the manifest's paths are joined to the data
     /// directory, read, renamed to quarantine/ and deleted when retired.
     fn check_paths(&self) -> Result<(), String> {
+        // A file of a table's own listed twice, or one id twice in a table,
+        // would read (and merge) the same rows twice.
+        let mut own_files = std::collections::HashSet::new();
+        for (db, tables) in &self.databases {
+            for (table, entry) in tables {
+                let mut ids = std::collections::HashSet::new();
+                for s in &entry.segments {
+                    if !ids.insert(s.id) {
+                        return Err(format!("table {db}.{table} lists segment {} twice", s.id));
+                    }
+                    if s.pack.is_none() && !own_files.insert(s.path.as_str()) {
+                        return Err(format!("segment {:?} is listed twice", s.path));
+                    }
+                }
+            }
+        }
         for (db, tables) in &self.databases {
             path_component(db).map_err(|r| format!("database name {db:?} {r}"))?;
             for (table, entry) in tables {
@@ -191,8 +207,12 @@ impl Manifest {
             }
         }
         for r in &self.retired {
-            let ok = relative_under(r, &["segments"], 4).or_else(|_| relative_under(r, &["packs"], 3));
-            ok.map_err(|reason| format!("retired file {r:?} {reason}"))?;
+            if relative_under(r, &["segments"], 4).is_err() && relative_under(r, &["packs"], 3).is_err() {
+                return Err(format!(
+                    "retired file {r:?} is neither segments/<database>/<table>/<id>.parquet nor \
+                     packs/<database>/<id>.parquet"
+                ));
+            }
         }
         Ok(())
     }

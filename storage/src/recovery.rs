@@ -11,9 +11,9 @@ use crate::batch::{blocks_to_batch, ts_range};
 use crate::clock::Clock;
 use crate::config::StorageConfig;
 use crate::engine::{Chunk, State, Storage, StorageError, TableState, apply, check_shapes, validate};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, SegmentMeta};
 use crate::metrics::StorageMetrics;
-use crate::segment::{SegmentCheckError, verify_segment};
+use crate::segment::{SegmentCheckError, SegmentOrigin, footer_facts};
 use crate::wal::{self, ReadEnd, Wal};
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -68,7 +68,28 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
             m
         }
     };
-    if verify_segments(&dir, &mut manifest, &metrics)? {
+    let mut changed = verify_segments(&dir, &mut manifest, &metrics)?;
+    // New ids come after every id listed or in a file name: a segment
+    // written under a taken id would replace that file.
+    let listed = manifest.databases.values().flat_map(|t| t.values()).flat_map(|e| e.segments.iter());
+    let highest = listed
+        .map(|s| s.id)
+        .chain([
+            highest_file_id(&data_files(&dir)),
+            highest_file_id(&manifest.retired.iter().map(PathBuf::from).collect::<Vec<_>>()),
+        ])
+        .max()
+        .unwrap_or(0);
+    if manifest.next_segment_id <= highest {
+        tracing::warn!(
+            next_segment_id = manifest.next_segment_id,
+            highest,
+            "the manifest's next segment id is taken; new segments start after the highest id present"
+        );
+        manifest.next_segment_id = highest + 1;
+        changed = true;
+    }
+    if changed {
         manifest.save(&dir)?;
     }
     remove_temp_files(&dir.join("segments"));
@@ -108,20 +129,21 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
     let mut changed = false;
     // A pack is checked (and quarantined) once for all the tables that
     // hold a slice of it.
-    let mut checked: std::collections::HashMap<String, Result<u64, String>> = Default::default();
+    let mut checked: std::collections::HashMap<String, Result<Arc<(u64, Option<SegmentOrigin>)>, String>> =
+        Default::default();
     // Each pack's slices as the manifest places them, to check that no two
     // tables claim the same rows.
     let mut slices: std::collections::HashMap<String, Vec<(u64, u64, String)>> = Default::default();
     for (db, tables) in manifest.databases.iter_mut() {
         for (table, entry) in tables.iter_mut() {
             let mut keep = Vec::with_capacity(entry.segments.len());
-            for seg in entry.segments.drain(..) {
+            for mut seg in entry.segments.drain(..) {
                 let path = dir.join(&seg.path);
                 let verdict = match checked.get(&seg.path) {
                     Some(v) => v.clone(),
                     None => {
-                        let v = match verify_segment(&path) {
-                            Ok(rows) => Ok(rows),
+                        let v = match footer_facts(&path) {
+                            Ok(facts) => Ok(Arc::new(facts)),
                             Err(SegmentCheckError::Io(source)) => {
                                 return Err(StorageError::SegmentUnreadable {
                                     path,
@@ -145,28 +167,29 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                     }
                 };
                 match verdict {
-                    Ok(file_rows) => {
+                    Ok(facts) => {
+                        let (file_rows, origin) = facts.as_ref();
                         // The rows the manifest places in the file must be
-                        // there: a scan or a merge would otherwise read
+                        // there, and be the table's by the file's own
+                        // record: a scan or a merge would otherwise read
                         // past the file, or another table's rows.
-                        let (first, end) = match seg.row_range() {
-                            Some((first, rows)) => (first, first.saturating_add(rows)),
-                            None => (0, seg.rows),
-                        };
-                        let fits = if seg.pack.is_some() { end <= file_rows } else { end == file_rows };
-                        if !fits {
+                        if let Err(reason) = matches_file(db, table, &seg, *file_rows, origin.as_ref()) {
                             return Err(StorageError::SegmentMismatch {
                                 path,
                                 table: format!("{db}.{table}"),
                                 data_dir: dir.to_path_buf(),
-                                listed: format!("rows {first}..{end}"),
-                                file_rows,
+                                reason,
                             });
                         }
-                        if let Some((first, rows)) = seg.row_range() {
+                        if let Some(p) = seg.pack.as_mut() {
+                            if p.file_rows != *file_rows {
+                                // A count to find dead rows by: the file's.
+                                p.file_rows = *file_rows;
+                                changed = true;
+                            }
                             slices.entry(seg.path.clone()).or_default().push((
-                                first,
-                                first + rows,
+                                p.first_row,
+                                p.first_row + seg.rows,
                                 format!("{db}.{table}"),
                             ));
                         }
@@ -202,6 +225,68 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
         }
     }
     Ok(changed)
+}
+
+/// Whether segment `seg` of `db.table`, as the manifest lists it, is what
+/// its file holds: its rows within the file's `file_rows` (all of them for
+/// a table's own file), and by the file's own record (`origin`) the same
+/// database and table, and for a slice of a pack the same id at the same
+/// rows. The reason if not.
+fn matches_file(
+    db: &str,
+    table: &str,
+    seg: &SegmentMeta,
+    file_rows: u64,
+    origin: Option<&SegmentOrigin>,
+) -> Result<(), String> {
+    let Some(pack) = seg.pack else {
+        if seg.rows != file_rows {
+            return Err(format!("it lists {} rows, the file holds {file_rows}", seg.rows));
+        }
+        return match origin {
+            Some(o) if o.database != db || o.table != table => {
+                Err(format!("the file says it belongs to table {}.{}", o.database, o.table))
+            }
+            _ => Ok(()),
+        };
+    };
+    let end = pack.first_row.saturating_add(seg.rows);
+    if end > file_rows {
+        return Err(format!("it lists rows {}..{end}, the file holds {file_rows}", pack.first_row));
+    }
+    let Some(origin) = origin.filter(|o| !o.slices.is_empty()) else {
+        return Err("it lists a slice of a pack, and the file lists no slices".into());
+    };
+    if origin.database != db {
+        return Err(format!("the file is a pack of database {}", origin.database));
+    }
+    let mut first_row = 0u64;
+    for s in &origin.slices {
+        if s.id == seg.id {
+            if s.table != table || first_row != pack.first_row || s.rows != seg.rows {
+                return Err(format!(
+                    "it lists slice {} at rows {}..{end}, the file has it at rows {first_row}..{} of table {}",
+                    seg.id,
+                    pack.first_row,
+                    first_row.saturating_add(s.rows),
+                    s.table
+                ));
+            }
+            return Ok(());
+        }
+        first_row = first_row.saturating_add(s.rows);
+    }
+    Err(format!("it lists slice {}, which the file does not hold", seg.id))
+}
+
+/// The highest id in the file names of `files` (`<id>.parquet`), 0 if none.
+pub(crate) fn highest_file_id(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
+        .filter(|&id| id < 1 << 62)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Moves `path` into `<data_dir>/quarantine/`, keeping its name. Returns the

@@ -100,7 +100,12 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     }
 
     let mut found = Vec::new();
-    for path in crate::recovery::data_files(data_dir) {
+    let files = crate::recovery::data_files(data_dir);
+    // New ids must come after every file's, listed or not: a persist
+    // after the repair would otherwise write over a pack whose slices
+    // all have lower ids.
+    let highest_file_id = crate::recovery::highest_file_id(&files);
+    for path in files {
         match read_segment(data_dir, &path) {
             Ok(f) => found.extend(f),
             Err(SegmentCheckError::Io(source)) => return Err(RepairError::Unreadable { path, source }),
@@ -134,6 +139,18 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     let (kept, dropped): (Vec<Found>, Vec<Found>) = kept.into_iter().partition(|f| !retired.contains(&f.meta.path));
     for f in dropped {
         aside.push((f.meta.path, "retired by a compaction or retention".into()));
+    }
+
+    // The same segment twice (a file copied under another name): the
+    // first file's copy is kept.
+    let mut ids_seen: HashSet<(String, String, u64)> = HashSet::new();
+    let (kept, dropped): (Vec<Found>, Vec<Found>) =
+        kept.into_iter().partition(|f| ids_seen.insert((f.origin.database.clone(), f.origin.table.clone(), f.meta.id)));
+    for f in dropped {
+        aside.push((
+            f.meta.path,
+            format!("its segment {} of {}.{} is also in another file", f.meta.id, f.origin.database, f.origin.table),
+        ));
     }
 
     // The WAL mark. A persist stamps its segments with the WAL file it
@@ -172,8 +189,9 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
 
     let mut manifest = Manifest { wal_persisted_upto: mark, ..Manifest::default() };
     if let Some(m) = &old {
-        manifest.next_segment_id = m.next_segment_id;
+        manifest.next_segment_id = m.next_segment_id.min(MAX_ID);
     }
+    manifest.next_segment_id = manifest.next_segment_id.max(highest_file_id + 1);
     for f in kept {
         let Found { mut meta, origin, schema } = f;
         meta.partition_start = meta.min_ts.div_euclid(partition_ns.max(1)) * partition_ns.max(1);
@@ -201,17 +219,27 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     }
     report.tables = manifest.databases.values().map(|t| t.len()).sum();
 
-    let ids = |m: &Manifest| -> HashSet<(String, String, u64)> {
+    // Segments as the files place them: a manifest that lists the same
+    // ids at other rows or in other files is not consistent.
+    type Listed = (String, String, u64, String, u64, Option<u64>);
+    let ids = |m: &Manifest| -> HashSet<Listed> {
         m.databases
             .iter()
             .flat_map(|(db, t)| {
-                t.iter().flat_map(move |(t, e)| e.segments.iter().map(move |s| (db.clone(), t.clone(), s.id)))
+                t.iter().flat_map(move |(t, e)| {
+                    e.segments.iter().map(move |s| {
+                        (db.clone(), t.clone(), s.id, s.path.clone(), s.rows, s.pack.map(|p| p.first_row))
+                    })
+                })
             })
             .collect()
     };
-    let consistent = old
-        .as_ref()
-        .is_some_and(|m| report.quarantined.is_empty() && report.missing.is_empty() && ids(m) == ids(&manifest));
+    let consistent = old.as_ref().is_some_and(|m| {
+        report.quarantined.is_empty()
+            && report.missing.is_empty()
+            && ids(m) == ids(&manifest)
+            && m.next_segment_id >= manifest.next_segment_id
+    });
     if consistent {
         report.already_consistent = true;
         return Ok(report);
@@ -255,6 +283,10 @@ fn move_aside(data_dir: &Path, rel: &str, why: &str, report: &mut RepairReport) 
     Ok(())
 }
 
+/// Ids are handed out from 1 up; one this high is crafted or damaged, and
+/// counting on from it would wrap.
+const MAX_ID: u64 = 1 << 62;
+
 /// The manifest entry, origin and Arrow schema of one segment file, or of
 /// each slice of a pack.
 fn read_segment(data_dir: &Path, path: &Path) -> Result<Vec<Found>, SegmentCheckError> {
@@ -283,6 +315,7 @@ fn read_segment(data_dir: &Path, path: &Path) -> Result<Vec<Found>, SegmentCheck
     let id: u64 = file
         .strip_suffix(".parquet")
         .and_then(|n| n.parse().ok())
+        .filter(|&id| id < MAX_ID)
         .ok_or_else(|| corrupt(format!("file name {file} is not <id>.parquet")))?;
     let kv = meta.file_metadata().key_value_metadata();
     let origin = match kv.and_then(|kv| kv.iter().find(|k| k.key == ORIGIN_KEY)).and_then(|k| k.value.as_deref()) {
@@ -363,8 +396,13 @@ fn pack_slices(
         // name in the manifest: the write path's rules apply.
         crate::write::check_object_name(&s.table)
             .map_err(|r| corrupt(format!("it lists a slice of table {:?}, a name that {r}", s.table)))?;
-        if !seen.insert(s.table.as_str()) {
-            return Err(corrupt(format!("it lists two slices of table {:?}", s.table)));
+        // Two slices of one table are normal (a round's merge output and a
+        // slice it moved out of another pack); two of one id are not.
+        if !seen.insert(s.id) {
+            return Err(corrupt(format!("it lists two slices with id {}", s.id)));
+        }
+        if s.id >= MAX_ID {
+            return Err(corrupt(format!("it lists slice id {}, past the ids this build hands out", s.id)));
         }
         if s.rows == 0 || first_row.checked_add(s.rows).is_none_or(|end| end > total_rows) {
             return Err(corrupt(format!(

@@ -528,6 +528,11 @@ pub(crate) fn write_parquet(
     origin: &SegmentOrigin,
 ) -> Result<u64, SegmentError> {
     let ioe = |source| SegmentError::Io { path: path.to_path_buf(), source };
+    // Segments are never rewritten in place: a file already there holds
+    // rows the manifest may list (an id handed out twice).
+    if path.symlink_metadata().is_ok() {
+        return Err(ioe(io::Error::new(io::ErrorKind::AlreadyExists, "a segment file of this id already exists")));
+    }
     let dir = path.parent().ok_or_else(|| ioe(io::Error::other("segment path has no parent")))?;
     create_dir_durable(data_dir, dir).map_err(ioe)?;
     let perr = |source| SegmentError::Parquet { path: path.to_path_buf(), source };
@@ -646,6 +651,24 @@ fn delta_properties(options: &SegmentOptions) -> WriterProperties {
         .set_data_page_row_count_limit(options.page_rows)
         .set_write_batch_size(options.page_rows.min(1024))
         .build()
+}
+
+/// What a segment file's footer says of it: its rows and its origin
+/// record (`None` for files written before origins were recorded).
+pub(crate) fn footer_facts(path: &Path) -> Result<(u64, Option<SegmentOrigin>), SegmentCheckError> {
+    let meta = read_footer(path)?;
+    let rows = u64::try_from(meta.file_metadata().num_rows()).map_err(|_| {
+        SegmentCheckError::Corrupt(format!("its footer counts {} rows", meta.file_metadata().num_rows()))
+    })?;
+    let kv = meta.file_metadata().key_value_metadata();
+    let origin = match kv.and_then(|kv| kv.iter().find(|k| k.key == ORIGIN_KEY)).and_then(|k| k.value.as_deref()) {
+        Some(json) => Some(
+            serde_json::from_str::<SegmentOrigin>(json)
+                .map_err(|e| SegmentCheckError::Corrupt(format!("its {ORIGIN_KEY} metadata does not parse: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok((rows, origin))
 }
 
 /// Checks that a segment file is a readable Parquet file (footer and

@@ -69,12 +69,12 @@ pub enum StorageError {
     )]
     SegmentUnreadable { path: PathBuf, table: String, data_dir: PathBuf, source: std::io::Error },
     #[error(
-        "the manifest lists {listed} of {path} for table {table}, but the file holds {file_rows} rows: the \
-         file and the manifest do not belong together (a file restored or copied over another?), so the \
-         server will not start on them. Put back the matching file or manifest, or run \
+        "the manifest's segment of table {table} in {path} is not what the file holds: {reason}. The file \
+         and the manifest do not belong together (a file restored or copied over another?), so the server \
+         will not start on them. Put back the matching file or manifest, or run \
          `tocsin repair --data-dir {data_dir}` to rebuild the manifest from the files' own metadata"
     )]
-    SegmentMismatch { path: PathBuf, table: String, data_dir: PathBuf, listed: String, file_rows: u64 },
+    SegmentMismatch { path: PathBuf, table: String, data_dir: PathBuf, reason: String },
     #[error(
         "the manifest places {first} and {second} in the same rows of pack {path}: one table would read \
          the other's rows, so the server will not start on it. Run `tocsin repair --data-dir {data_dir}` to \

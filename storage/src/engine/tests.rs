@@ -716,6 +716,7 @@ fn rewrite_pack_origin(data_dir: &Path, path: &Path, edit: impl FnOnce(&mut crat
     let batches = compact::read_segment(path, None, &schema).expect("read pack");
     let all = concat_batches(&schema, &batches).expect("concat");
     let options = crate::segment::SegmentOptions { row_group_rows: all.num_rows().max(1), ..Default::default() };
+    std::fs::remove_file(path).expect("remove the pack");
     crate::segment::write_parquet(data_dir, path, &all, &options, &origin).expect("rewrite pack");
 }
 
@@ -740,10 +741,17 @@ async fn repair_quarantines_a_pack_whose_slices_name_a_path() {
     s.shutdown().await.expect("shutdown");
     drop(s);
 
-    for (bad, why) in [("../../escape", "start with '.'"), ("x/../../escape", "'/'"), ("b", "two slices")] {
+    type Craft = fn(&mut crate::segment::SegmentOrigin);
+    let crafted: [(&str, Craft, &str); 4] = [
+        ("../../escape", |o| o.slices[0].table = "../../escape".into(), "start with '.'"),
+        ("x/../../escape", |o| o.slices[0].table = "x/../../escape".into(), "'/'"),
+        ("one id twice", |o| o.slices[0].id = o.slices[1].id, "two slices with id"),
+        ("a huge id", |o| o.slices[0].id = u64::MAX - 1, "past the ids"),
+    ];
+    for (bad, craft, why) in crafted {
         let copy = outer.path().join("pack.copy");
         std::fs::copy(&pack, &copy).expect("keep the pack");
-        rewrite_pack_origin(&d, &pack, |o| o.slices[0].table = bad.into());
+        rewrite_pack_origin(&d, &pack, craft);
         std::fs::remove_file(d.join(crate::manifest::MANIFEST_FILE)).expect("lose the manifest");
         let report = crate::repair::repair(&d, 86_400_000_000_000).expect("repair");
         assert_eq!(report.quarantined.len(), 1, "{bad}: {report:?}");
@@ -765,6 +773,22 @@ async fn repair_quarantines_a_pack_whose_slices_name_a_path() {
         let report = crate::repair::repair(&d, 86_400_000_000_000).expect("repair");
         assert_eq!((report.tables, report.rows), (2, 4), "{report:?}");
     }
+    // Two slices of one table are what a compaction round can write (a
+    // merge's output and a slice moved out of another pack): repair keeps
+    // them, where it once quarantined the whole pack.
+    let copy = outer.path().join("pack.copy");
+    std::fs::copy(&pack, &copy).expect("keep the pack");
+    rewrite_pack_origin(&d, &pack, |o| o.slices[0].table = o.slices[1].table.clone());
+    std::fs::remove_file(d.join(crate::manifest::MANIFEST_FILE)).expect("lose the manifest");
+    let report = crate::repair::repair(&d, 86_400_000_000_000).expect("repair");
+    assert_eq!((report.quarantined.len(), report.tables, report.segments, report.rows), (0, 1, 2, 4), "{report:?}");
+    // The pack's own id comes after its slices' ids: the repaired manifest
+    // must hand out ids after it, or the next persist writes over it.
+    let pack_id: u64 = pack.file_stem().and_then(|n| n.to_str()?.parse().ok()).expect("pack id");
+    let repaired = Manifest::load(&d).expect("manifest");
+    assert!(repaired.next_segment_id > pack_id, "{} <= {pack_id}", repaired.next_segment_id);
+    let s = Storage::open(config.clone()).await.expect("open after repair");
+    assert_eq!(rows(&s, "b"), 4);
 }
 
 /// The manifest's names and paths become file operations at start (read,
@@ -791,7 +815,7 @@ async fn a_manifest_that_points_outside_or_past_its_files_is_refused() {
     let manifest_path = d.join(crate::manifest::MANIFEST_FILE);
     let good = std::fs::read_to_string(&manifest_path).expect("manifest");
     type Edit = fn(&mut serde_json::Value);
-    let edits: [(&str, Edit, &str); 5] = [
+    let edits: [(&str, Edit, &str); 7] = [
         (
             "table ..",
             |m| {
@@ -810,12 +834,28 @@ async fn a_manifest_that_points_outside_or_past_its_files_is_refused() {
         (
             "rows past the file",
             |m| m["databases"]["public"]["b"]["segments"][0]["pack"]["first_row"] = 3.into(),
-            "holds 4 rows",
+            "the file holds 4",
         ),
         (
             "rows of another table",
             |m| m["databases"]["public"]["b"]["segments"][0]["pack"]["first_row"] = 1.into(),
-            "same rows",
+            "the file has it at rows 2..4",
+        ),
+        (
+            "another table's slice",
+            |m| {
+                let b = m["databases"]["public"]["b"]["segments"][0].clone();
+                m["databases"]["public"]["a"]["segments"][0] = b;
+            },
+            "of table b",
+        ),
+        (
+            "a segment listed twice",
+            |m| {
+                let a = m["databases"]["public"]["a"]["segments"][0].clone();
+                m["databases"]["public"]["a"]["segments"].as_array_mut().expect("segments").push(a);
+            },
+            "twice",
         ),
     ];
     for (what, edit, expected) in edits {
@@ -826,10 +866,35 @@ async fn a_manifest_that_points_outside_or_past_its_files_is_refused() {
         let text = err.to_string();
         assert!(text.contains(expected) && text.contains("tocsin repair"), "{what}: {text}");
         assert!(victim.exists(), "{what}: the file outside is untouched");
+        // The repair the refusal names rebuilds the manifest from the
+        // files (it once found every id present and changed nothing).
+        let report = crate::repair::repair(&d, 86_400_000_000_000).expect("repair");
+        assert!(!report.already_consistent, "{what}: {report:?}");
+        let s = Storage::open(config.clone()).await.unwrap_or_else(|e| panic!("{what}: after repair: {e}"));
+        assert_eq!((rows(&s, "a"), rows(&s, "b")), (2, 2), "{what}");
+        s.shutdown().await.expect("shutdown");
+        drop(s);
+        assert!(victim.exists(), "{what}: the file outside is untouched");
     }
     std::fs::write(&manifest_path, &good).expect("manifest");
-    let s = Storage::open(config).await.expect("the good manifest opens");
+    let s = Storage::open(config.clone()).await.expect("the good manifest opens");
     assert_eq!((rows(&s, "a"), rows(&s, "b")), (2, 2));
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+
+    // A next id that is taken (a hand-edited manifest, or a repair that
+    // counted slice ids only): the next persist once wrote over the pack.
+    let mut m: serde_json::Value = serde_json::from_str(&good).expect("json");
+    m["next_segment_id"] = 1.into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&m).expect("json")).expect("write manifest");
+    let s = Storage::open(config.clone()).await.expect("open");
+    let w = TableWrite { table: "c".into(), blocks: vec![block(0, "x", vec![1], FieldValues::I64(vec![1]))] };
+    s.write("public", vec![w]).await.expect("write");
+    s.persist().await.expect("persist");
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+    let s = Storage::open(config).await.expect("reopen");
+    assert_eq!((rows(&s, "a"), rows(&s, "b"), rows(&s, "c")), (2, 2, 1));
 }
 
 /// A compaction checks that it read as many rows as the manifest lists for
