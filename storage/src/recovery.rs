@@ -129,8 +129,9 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
     let mut changed = false;
     // A pack is checked (and quarantined) once for all the tables that
     // hold a slice of it.
-    let mut checked: std::collections::HashMap<String, Result<Arc<(u64, Option<SegmentOrigin>)>, String>> =
-        Default::default();
+    // Per file: its rows and origin record, or why it is unusable.
+    type Facts = Result<Arc<(u64, Option<SegmentOrigin>)>, String>;
+    let mut checked: std::collections::HashMap<String, Facts> = Default::default();
     // Each pack's slices as the manifest places them, to check that no two
     // tables claim the same rows.
     let mut slices: std::collections::HashMap<String, Vec<(u64, u64, String)>> = Default::default();
