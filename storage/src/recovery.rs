@@ -140,6 +140,14 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
             let mut keep = Vec::with_capacity(entry.segments.len());
             for mut seg in entry.segments.drain(..) {
                 let path = dir.join(&seg.path);
+                if path.parent().is_some_and(Path::exists) && !owned(dir, &path) {
+                    return Err(StorageError::SegmentMismatch {
+                        path,
+                        table: format!("{db}.{table}"),
+                        data_dir: dir.to_path_buf(),
+                        reason: "its folder is a symbolic link out of the data directory's segments/ and packs/".into(),
+                    });
+                }
                 let verdict = match checked.get(&seg.path) {
                     Some(v) => v.clone(),
                     None => {
@@ -280,6 +288,17 @@ fn matches_file(
     Err(format!("it lists slice {}, which the file does not hold", seg.id))
 }
 
+/// Whether the segment file at `path` lies in the data directory `dir`'s
+/// own folders: its folder, links resolved, is under `segments/` or
+/// `packs/` (themselves resolved: they may be links to another volume).
+/// Files are moved to quarantine or deleted only when it does: a folder
+/// below them that links elsewhere would let a manifest or a crafted tree
+/// move or delete files the server does not own.
+pub(crate) fn owned(dir: &Path, path: &Path) -> bool {
+    let Some(folder) = path.parent().and_then(|p| fs::canonicalize(p).ok()) else { return false };
+    ["segments", "packs"].iter().any(|top| fs::canonicalize(dir.join(top)).is_ok_and(|root| folder.starts_with(root)))
+}
+
 /// The highest id in the file names of `files` (`<id>.parquet`), 0 if none.
 pub(crate) fn highest_file_id(files: &[PathBuf]) -> u64 {
     files
@@ -331,13 +350,16 @@ pub(crate) fn data_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Every `*.parquet` file under `dir`, in path order.
+/// Every `*.parquet` file under `dir`, in path order. A folder below `dir`
+/// that is a symbolic link is not entered (see [`owned`]).
 pub(crate) fn segment_files(dir: &Path) -> Vec<PathBuf> {
     fn walk(p: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = fs::read_dir(p) else { return };
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() {
+            if e.file_type().is_ok_and(|t| t.is_symlink()) && p.is_dir() {
+                tracing::warn!("ignoring {}: a folder of segments that is a symbolic link", p.display());
+            } else if p.is_dir() {
                 walk(&p, out);
             } else if p.extension().is_some_and(|x| x == "parquet") {
                 out.push(p);

@@ -511,6 +511,13 @@ impl Storage {
         let mut gone = Vec::with_capacity(due.len());
         for rel in due {
             let p = self.config.data_dir.join(&rel);
+            if p.exists() && !crate::recovery::owned(&self.config.data_dir, &p) {
+                tracing::error!(
+                    "not deleting retired segment {}: its folder links out of the data directory",
+                    p.display()
+                );
+                continue;
+            }
             match std::fs::remove_file(&p) {
                 Ok(()) => gone.push(rel),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(rel),

@@ -920,3 +920,53 @@ async fn a_merge_that_reads_other_rows_than_listed_keeps_its_inputs() {
     let after = s.snapshot("public", "t").expect("t").segments.clone();
     assert_eq!(after.iter().map(|x| x.id).collect::<Vec<_>>(), segs.iter().map(|x| x.id).collect::<Vec<_>>());
 }
+
+/// A folder of segments that links out of the data directory: the start
+/// once moved an outside file found through it to quarantine/, and a
+/// retired entry through it deleted one. Such folders are not walked, a
+/// segment listed through one refuses the start, and nothing outside is
+/// moved or deleted.
+#[tokio::test]
+async fn folders_that_link_outside_are_not_followed() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let d = outer.path().join("data");
+    let mut config = StorageConfig::for_tests(&d);
+    config.segments.pack_max_rows = 0;
+    let s = Storage::open(config.clone()).await.expect("open");
+    let w = TableWrite { table: "t".into(), blocks: vec![block(0, "x", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
+    s.write("public", vec![w]).await.expect("write");
+    s.persist().await.expect("persist");
+    let seg = s.snapshot("public", "t").expect("t").segments[0].clone();
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+    let out = outer.path().join("out");
+    std::fs::create_dir(&out).expect("out");
+    let victim = out.join("00000000000000000099.parquet");
+    std::fs::copy(d.join(&seg.path), &victim).expect("victim");
+    std::os::unix::fs::symlink(&out, d.join("segments/public/evil")).expect("symlink");
+
+    let s = Storage::open(config.clone()).await.expect("an unlisted link is ignored");
+    assert_eq!(rows(&s, "t"), 2);
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+    assert!(victim.exists(), "not moved to quarantine");
+
+    let manifest_path = d.join(crate::manifest::MANIFEST_FILE);
+    let good = std::fs::read_to_string(&manifest_path).expect("manifest");
+    let mut m: serde_json::Value = serde_json::from_str(&good).expect("json");
+    let mut entry = m["databases"]["public"]["t"].clone();
+    entry["segments"][0]["id"] = 99.into();
+    entry["segments"][0]["path"] = "segments/public/evil/00000000000000000099.parquet".into();
+    m["databases"]["public"]["evil"] = entry;
+    std::fs::write(&manifest_path, serde_json::to_vec(&m).expect("json")).expect("manifest");
+    let err = Storage::open(config.clone()).await.expect_err("refused");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(victim.exists());
+
+    let mut m: serde_json::Value = serde_json::from_str(&good).expect("json");
+    m["retired"] = serde_json::json!(["segments/public/evil/00000000000000000099.parquet"]);
+    std::fs::write(&manifest_path, serde_json::to_vec(&m).expect("json")).expect("manifest");
+    let s = Storage::open(config).await.expect("open");
+    assert_eq!(rows(&s, "t"), 2);
+    assert!(victim.exists(), "a retired entry through the link deletes nothing");
+}
