@@ -114,7 +114,6 @@ impl Classify for crate::StorageError {
             | ManifestMissing { .. }
             | SegmentUnreadable { .. }
             | SegmentMismatch { .. }
-            | SlicesOverlap { .. }
             | Locked { .. }
             | Task(_) => ErrorClass::Internal,
         }

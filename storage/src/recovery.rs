@@ -71,12 +71,13 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
     let mut changed = verify_segments(&dir, &mut manifest, &metrics)?;
     // New ids come after every id listed or in a file name: a segment
     // written under a taken id would replace that file.
+    let files = data_files(&dir);
     let listed = manifest.databases.values().flat_map(|t| t.values()).flat_map(|e| e.segments.iter());
     let highest = listed
         .map(|s| s.id)
         .chain([
-            highest_file_id(&data_files(&dir)),
-            highest_file_id(&manifest.retired.iter().map(PathBuf::from).collect::<Vec<_>>()),
+            highest_file_id(files.iter().map(PathBuf::as_path)),
+            highest_file_id(manifest.retired.iter().map(Path::new)),
         ])
         .max()
         .unwrap_or(0);
@@ -94,7 +95,7 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
     }
     remove_temp_files(&dir.join("segments"));
     remove_temp_files(&dir.join("packs"));
-    sweep_unlisted_segments(&dir, &manifest, &metrics)?;
+    sweep_unlisted_segments(&dir, files, &manifest, &metrics)?;
 
     let mut state = State::default();
     for (db, tables) in &manifest.databases {
@@ -132,9 +133,6 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
     // Per file: its rows and origin record, or why it is unusable.
     type Facts = Result<Arc<(u64, Option<SegmentOrigin>)>, String>;
     let mut checked: std::collections::HashMap<String, Facts> = Default::default();
-    // Each pack's slices as the manifest places them, to check that no two
-    // tables claim the same rows.
-    let mut slices: std::collections::HashMap<String, Vec<(u64, u64, String)>> = Default::default();
     for (db, tables) in manifest.databases.iter_mut() {
         for (table, entry) in tables.iter_mut() {
             let mut keep = Vec::with_capacity(entry.segments.len());
@@ -181,7 +179,9 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                         // The rows the manifest places in the file must be
                         // there, and be the table's by the file's own
                         // record: a scan or a merge would otherwise read
-                        // past the file, or another table's rows.
+                        // past the file, or another table's rows. (Slices
+                        // that match the pack's own list cannot overlap:
+                        // its slices follow one another.)
                         if let Err(reason) = matches_file(db, table, &seg, *file_rows, origin.as_ref()) {
                             return Err(StorageError::SegmentMismatch {
                                 path,
@@ -190,17 +190,12 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                                 reason,
                             });
                         }
-                        if let Some(p) = seg.pack.as_mut() {
-                            if p.file_rows != *file_rows {
-                                // A count to find dead rows by: the file's.
-                                p.file_rows = *file_rows;
-                                changed = true;
-                            }
-                            slices.entry(seg.path.clone()).or_default().push((
-                                p.first_row,
-                                p.first_row + seg.rows,
-                                format!("{db}.{table}"),
-                            ));
+                        if let Some(p) = seg.pack.as_mut()
+                            && p.file_rows != *file_rows
+                        {
+                            // A count to find dead rows by: the file's.
+                            p.file_rows = *file_rows;
+                            changed = true;
                         }
                         keep.push(seg)
                     }
@@ -218,19 +213,6 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                 }
             }
             entry.segments = keep;
-        }
-    }
-    for (rel, mut ranges) in slices {
-        ranges.sort();
-        for pair in ranges.windows(2) {
-            if pair[1].0 < pair[0].1 {
-                return Err(StorageError::SlicesOverlap {
-                    path: dir.join(rel),
-                    first: format!("rows {}..{} of table {}", pair[0].0, pair[0].1, pair[0].2),
-                    second: format!("rows {}..{} of table {}", pair[1].0, pair[1].1, pair[1].2),
-                    data_dir: dir.to_path_buf(),
-                });
-            }
         }
     }
     Ok(changed)
@@ -300,9 +282,9 @@ pub(crate) fn owned(dir: &Path, path: &Path) -> bool {
 }
 
 /// The highest id in the file names of `files` (`<id>.parquet`), 0 if none.
-pub(crate) fn highest_file_id(files: &[PathBuf]) -> u64 {
+pub(crate) fn highest_file_id<'a>(files: impl IntoIterator<Item = &'a Path>) -> u64 {
     files
-        .iter()
+        .into_iter()
         .filter_map(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
         .filter(|&id| id < 1 << 62)
         .max()
@@ -379,7 +361,13 @@ pub(crate) fn segment_files(dir: &Path) -> Vec<PathBuf> {
 /// that is a guess (a manifest restored from an older backup leaves the
 /// newer segments unlisted too), so the file is moved to `quarantine/` and
 /// reported, never deleted.
-fn sweep_unlisted_segments(dir: &Path, manifest: &Manifest, metrics: &StorageMetrics) -> Result<(), StorageError> {
+/// `files` are the data directory's segment and pack files ([`data_files`]).
+fn sweep_unlisted_segments(
+    dir: &Path,
+    files: Vec<PathBuf>,
+    manifest: &Manifest,
+    metrics: &StorageMetrics,
+) -> Result<(), StorageError> {
     let listed: std::collections::HashSet<PathBuf> = manifest
         .databases
         .values()
@@ -387,7 +375,7 @@ fn sweep_unlisted_segments(dir: &Path, manifest: &Manifest, metrics: &StorageMet
         .flat_map(|e| e.segments.iter().map(|s| dir.join(&s.path)))
         .collect();
     let retired: std::collections::HashSet<PathBuf> = manifest.retired.iter().map(|p| dir.join(p)).collect();
-    for path in data_files(dir) {
+    for path in files {
         if listed.contains(&path) {
             continue;
         }

@@ -104,7 +104,7 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     // New ids must come after every file's, listed or not: a persist
     // after the repair would otherwise write over a pack whose slices
     // all have lower ids.
-    let highest_file_id = crate::recovery::highest_file_id(&files);
+    let highest_file_id = crate::recovery::highest_file_id(files.iter().map(PathBuf::as_path));
     for path in files {
         match read_segment(data_dir, &path) {
             Ok(f) => found.extend(f),

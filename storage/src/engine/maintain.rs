@@ -78,7 +78,7 @@ impl Storage {
             }
             jobs
         };
-        let repacks = self.repack_jobs(&jobs).await?;
+        let repacks = self.repack_jobs(&jobs);
         jobs.extend(repacks);
         let mut stats = CompactionStats::default();
         // Merges whose outputs are small wait here to be written into
@@ -298,57 +298,35 @@ impl Storage {
     /// reads: once none is left, the old pack is retired and deleted like
     /// any input. Rows dropped or replaced are so gone from disk after the
     /// round (and the grace period), and a pack's bytes are live rows.
-    async fn repack_jobs(&self, merging: &[Job]) -> Result<Vec<Job>, StorageError> {
+    /// Each pack's `file_rows` is its file's, set at start (see
+    /// `recovery::verify_segments`) and when written.
+    fn repack_jobs(&self, merging: &[Job]) -> Vec<Job> {
         let taken: HashSet<(&str, &str, u64)> = merging
             .iter()
             .flat_map(|j| j.inputs.iter().map(move |s| (j.db.as_str(), j.table.as_str(), s.id)))
             .collect();
         // Each pack's rows in all, and those listed that this round's
         // merges do not replace.
+        let st = self.state.read();
         let mut packs: HashMap<String, (u64, u64)> = HashMap::new();
-        {
-            let st = self.state.read();
-            for (db, tables) in &st.dbs {
-                for (name, t) in tables {
-                    for s in &t.segments {
-                        if let Some(p) = s.pack {
-                            let e = packs.entry(s.path.clone()).or_default();
-                            e.0 = e.0.max(p.file_rows);
-                            if !taken.contains(&(db.as_str(), name.as_str(), s.id)) {
-                                e.1 += s.rows;
-                            }
+        for (db, tables) in &st.dbs {
+            for (name, t) in tables {
+                for s in &t.segments {
+                    if let Some(p) = s.pack {
+                        let e = packs.entry(s.path.clone()).or_default();
+                        e.0 = e.0.max(p.file_rows);
+                        if !taken.contains(&(db.as_str(), name.as_str(), s.id)) {
+                            e.1 += s.rows;
                         }
                     }
-                }
-            }
-        }
-        // Manifests from before `file_rows`: the footer says.
-        let unknown: Vec<String> = packs.iter().filter(|(_, (total, _))| *total == 0).map(|(p, _)| p.clone()).collect();
-        if !unknown.is_empty() {
-            let dir = self.config.data_dir.clone();
-            let counted = tokio::task::spawn_blocking(move || {
-                unknown
-                    .into_iter()
-                    .map(|rel| {
-                        let rows = crate::segment::verify_segment(&dir.join(&rel)).ok();
-                        (rel, rows)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))?;
-            for (rel, rows) in counted {
-                if let (Some(rows), Some(e)) = (rows, packs.get_mut(&rel)) {
-                    e.0 = rows;
                 }
             }
         }
         let dead: HashSet<&str> =
             packs.iter().filter(|(_, (total, live))| live < total).map(|(p, _)| p.as_str()).collect();
         if dead.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        let st = self.state.read();
         let mut jobs = Vec::new();
         for (db, tables) in &st.dbs {
             for (name, t) in tables {
@@ -362,7 +340,7 @@ impl Storage {
                 }
             }
         }
-        Ok(jobs)
+        jobs
     }
 
     /// Drops the segments whose rows are all older than their table's

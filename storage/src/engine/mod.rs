@@ -75,12 +75,6 @@ pub enum StorageError {
          `tocsin repair --data-dir {data_dir}` to rebuild the manifest from the files' own metadata"
     )]
     SegmentMismatch { path: PathBuf, table: String, data_dir: PathBuf, reason: String },
-    #[error(
-        "the manifest places {first} and {second} in the same rows of pack {path}: one table would read \
-         the other's rows, so the server will not start on it. Run `tocsin repair --data-dir {data_dir}` to \
-         rebuild the manifest from the packs' own metadata"
-    )]
-    SlicesOverlap { path: PathBuf, first: String, second: String, data_dir: PathBuf },
     #[error("data directory {path} is in use by another tocsin process (lock file {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },
     #[error("write buffer is full ({buffered} bytes buffered, limit {limit}): persistence is behind; retry later")]

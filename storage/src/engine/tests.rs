@@ -720,6 +720,17 @@ fn rewrite_pack_origin(data_dir: &Path, path: &Path, edit: impl FnOnce(&mut crat
     crate::segment::write_parquet(data_dir, path, &all, &options, &origin).expect("rewrite pack");
 }
 
+/// Writes two rows to each of the small tables `a` and `b` and persists
+/// them (into one pack, by default).
+async fn persist_two_small_tables(s: &Storage) {
+    for table in ["a", "b"] {
+        let w =
+            TableWrite { table: table.into(), blocks: vec![block(0, "x", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
+        s.write("public", vec![w]).await.expect("write");
+    }
+    s.persist().await.expect("persist");
+}
+
 /// A pack names its tables in its own metadata, and `tocsin repair` makes
 /// them tables again: a slice named `../../escape` once became a table
 /// whose compaction wrote outside the data directory. Such a pack is now
@@ -731,12 +742,7 @@ async fn repair_quarantines_a_pack_whose_slices_name_a_path() {
     let mut config = StorageConfig::for_tests(&d);
     config.compaction.grace = Duration::ZERO;
     let s = Storage::open(config.clone()).await.expect("open");
-    for table in ["a", "b"] {
-        let w =
-            TableWrite { table: table.into(), blocks: vec![block(0, "x", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
-        s.write("public", vec![w]).await.expect("write");
-    }
-    s.persist().await.expect("persist");
+    persist_two_small_tables(&s).await;
     let pack = d.join(&s.snapshot("public", "a").expect("a").segments[0].path);
     s.shutdown().await.expect("shutdown");
     drop(s);
@@ -802,12 +808,7 @@ async fn a_manifest_that_points_outside_or_past_its_files_is_refused() {
     let d = outer.path().join("data");
     let config = StorageConfig::for_tests(&d);
     let s = Storage::open(config.clone()).await.expect("open");
-    for table in ["a", "b"] {
-        let w =
-            TableWrite { table: table.into(), blocks: vec![block(0, "x", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
-        s.write("public", vec![w]).await.expect("write");
-    }
-    s.persist().await.expect("persist");
+    persist_two_small_tables(&s).await;
     s.shutdown().await.expect("shutdown");
     drop(s);
     let victim = outer.path().join("victim.parquet");
