@@ -20,6 +20,10 @@ use crate::schema::TableSchema;
 pub const MANIFEST_FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// Segment ids are handed out from 1 up; one from this up is crafted or
+/// damaged, and counting on from it would wrap.
+pub(crate) const MAX_ID: u64 = 1 << 62;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentMeta {
     pub id: u64,
@@ -50,9 +54,10 @@ pub struct PackSlice {
     pub first_row: u64,
     /// Size of the whole file.
     pub file_bytes: u64,
-    /// Rows of the whole file, all tables' (0 in manifests written before
-    /// it was recorded: the file's footer says). Compaction compares it
-    /// with the rows still listed to find packs holding dead rows.
+    /// Rows of the whole file, all tables' (absent in manifests written
+    /// before it was recorded; the start sets it from the file's footer).
+    /// Compaction compares it with the rows still listed to find packs
+    /// holding dead rows.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub file_rows: u64,
 }
@@ -175,7 +180,9 @@ impl Manifest {
         // would read (and merge) the same rows twice.
         let mut own_files = std::collections::HashSet::new();
         for (db, tables) in &self.databases {
+            path_component(db).map_err(|r| format!("database name {db:?} {r}"))?;
             for (table, entry) in tables {
+                path_component(table).map_err(|r| format!("table name {db}.{table:?} {r}"))?;
                 let mut ids = std::collections::HashSet::new();
                 for s in &entry.segments {
                     if !ids.insert(s.id) {
@@ -184,14 +191,6 @@ impl Manifest {
                     if s.pack.is_none() && !own_files.insert(s.path.as_str()) {
                         return Err(format!("segment {:?} is listed twice", s.path));
                     }
-                }
-            }
-        }
-        for (db, tables) in &self.databases {
-            path_component(db).map_err(|r| format!("database name {db:?} {r}"))?;
-            for (table, entry) in tables {
-                path_component(table).map_err(|r| format!("table name {db}.{table:?} {r}"))?;
-                for s in &entry.segments {
                     let expected = if s.pack.is_some() {
                         relative_under(&s.path, &["packs", db.as_str()], 3)
                     } else {

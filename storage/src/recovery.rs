@@ -286,7 +286,7 @@ pub(crate) fn highest_file_id<'a>(files: impl IntoIterator<Item = &'a Path>) -> 
     files
         .into_iter()
         .filter_map(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
-        .filter(|&id| id < 1 << 62)
+        .filter(|&id| id < crate::manifest::MAX_ID)
         .max()
         .unwrap_or(0)
 }

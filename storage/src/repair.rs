@@ -16,7 +16,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
 
-use crate::manifest::{MANIFEST_FILE, Manifest, ManifestError, SegmentMeta, TableEntry};
+use crate::manifest::{MANIFEST_FILE, MAX_ID, Manifest, ManifestError, SegmentMeta, TableEntry};
 use crate::schema::{COLUMN_KIND_KEY, ColumnDef, ColumnKind, FieldType, TIME_COLUMN, TableSchema};
 use crate::segment::{ORIGIN_KEY, STORED_AS_KEY, SegmentCheckError, SegmentOrigin, read_footer};
 
@@ -282,10 +282,6 @@ fn move_aside(data_dir: &Path, rel: &str, why: &str, report: &mut RepairReport) 
     report.quarantined.push((path, target, why.to_string()));
     Ok(())
 }
-
-/// Ids are handed out from 1 up; one this high is crafted or damaged, and
-/// counting on from it would wrap.
-const MAX_ID: u64 = 1 << 62;
 
 /// The manifest entry, origin and Arrow schema of one segment file, or of
 /// each slice of a pack.
