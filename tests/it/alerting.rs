@@ -370,11 +370,20 @@ async fn for_and_recover_hysteresis_through_the_binary() {
     insert(&server, "web-1", 60.0, 2000).await;
     wait_state(&server, "web-1", "resolved").await;
     hook.wait_for(10, |_, v| v["status"] == "resolved").await.expect("resolved sent");
-    let history = server.sql("SELECT from_state, to_state FROM system.alert_history ORDER BY ts").await;
-    let pairs: Vec<(String, String)> = history
-        .iter()
-        .map(|r| (r["from_state"].as_str().unwrap_or("").into(), r["to_state"].as_str().unwrap_or("").into()))
-        .collect();
+    // The history is written beside the notification, not before it: wait
+    // (up to 10 s) for the third transition before comparing.
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for _ in 0..100 {
+        let history = server.sql("SELECT from_state, to_state FROM system.alert_history ORDER BY ts").await;
+        pairs = history
+            .iter()
+            .map(|r| (r["from_state"].as_str().unwrap_or("").into(), r["to_state"].as_str().unwrap_or("").into()))
+            .collect();
+        if pairs.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let expect: Vec<(String, String)> = [("inactive", "pending"), ("pending", "firing"), ("firing", "resolved")]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
