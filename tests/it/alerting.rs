@@ -382,7 +382,7 @@ async fn for_and_recover_hysteresis_through_the_binary() {
         if pairs.len() >= 3 {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let expect: Vec<(String, String)> = [("inactive", "pending"), ("pending", "firing"), ("firing", "resolved")]
         .iter()
