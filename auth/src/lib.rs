@@ -144,6 +144,27 @@ impl Principal {
         }
     }
 
+    /// The caller a listener without credentials writes as (syslog): named
+    /// `name`, allowed to write `database.table` and nothing else.
+    pub fn listener(name: &str, database: &str, table: &str) -> Principal {
+        let role = Role {
+            name: name.to_string(),
+            permissions: [Permission::Write].into_iter().collect(),
+            databases: vec![database.to_string()],
+            tables: vec![format!("{database}.{table}")],
+            rows: Vec::new(),
+            alerts: None,
+        };
+        Principal {
+            name: name.to_string(),
+            role: Arc::new(role),
+            database: Some(database.to_string()),
+            revoked: Arc::default(),
+            expires_at: None,
+            clock: Arc::new(tocsin_storage::SystemClock),
+        }
+    }
+
     /// Whether the credentials are still good (not revoked, not expired):
     /// checked by requests that outlive their start, such as a tail.
     pub fn is_current(&self) -> bool {

@@ -1,8 +1,9 @@
 //! Generated-input tests of every decoder reachable from the network:
 //! remote_write (snappy + protobuf), OTLP metrics and logs (protobuf), our
-//! gRPC write messages, line protocol, and the live-tail text filter. Each
-//! mutates valid seed inputs for `generated::cases(..)` rounds: every input
-//! decodes or is refused, none panics. `TOCSIN_FUZZ_CASES=1000000` makes the
+//! gRPC write messages, line protocol, Loki pushes (protobuf and JSON),
+//! syslog messages and frames, and the live-tail text filter. Each mutates
+//! valid seed inputs for `generated::cases(..)` rounds: every input decodes
+//! or is refused, none panics. `TOCSIN_FUZZ_CASES=1000000` makes the
 //! long run recorded in docs/security.md.
 
 use prost::Message;
@@ -220,5 +221,56 @@ fn line_protocol_bodies_never_panic() {
         if let Ok(text) = std::str::from_utf8(b) {
             let _ = line::parse(text, line::Precision::Nanoseconds, 0, &limits);
         }
+    });
+}
+
+#[test]
+fn syslog_messages_and_frames_never_panic() {
+    let seeds: Vec<Vec<u8>> = [
+        &br#"<165>1 2003-10-11T22:14:15.003Z mymachine evntslog - ID47 [exampleSDID@32473 iut="3" eventSource="App\"l\]"][p@1 class="high"] An event"#[..],
+        b"<38>Dec  5 19:59:58 gw1 sshd[4242]: Accepted publickey",
+        b"<30>2025-12-05T20:00:00.5+01:00 web01 nginx: up",
+        b"<13>cron: job done",
+        b"61 <13>1 - - - - - - framed\n<13>next line\n",
+    ]
+    .iter()
+    .map(|s| s.to_vec())
+    .collect();
+    mutated(&seeds, 9, 20_000, |b| {
+        let _ = crate::syslog::parse(b, "peer", 1_764_964_800_000_000_000);
+        let mut pos = 0;
+        while let Ok(crate::syslog::Frame::Message { start, end, consumed }) = crate::syslog::next_frame(&b[pos..], 64)
+        {
+            assert!(start <= end && end <= consumed && pos + consumed <= b.len(), "frame inside the buffer");
+            let _ = crate::syslog::parse(&b[pos + start..pos + end], "peer", 0);
+            pos += consumed;
+        }
+    });
+}
+
+#[test]
+fn loki_pushes_never_panic() {
+    use tocsin_proto::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp};
+    let req = PushRequest {
+        streams: vec![StreamAdapter {
+            labels: r#"{job="varlogs", host="a \"b\"", level="warn"}"#.into(),
+            entries: vec![EntryAdapter {
+                timestamp: Some(Timestamp { seconds: 1_700_000_000, nanos: 1 }),
+                line: "line".into(),
+                structured_metadata: vec![LabelPairAdapter { name: "k".into(), value: "v".into() }],
+            }],
+            hash: 7,
+        }],
+    };
+    mutated(&[req.encode_to_vec()], 10, 20_000, |raw| {
+        let body = snap::raw::Encoder::new().compress_vec(raw).expect("snappy");
+        let _ = crate::loki::from_protobuf(&body, 1 << 20);
+    });
+    let json = br#"{"streams":[{"stream":{"app":"a","host":"h"},"values":[["1700000000000000000","x"],["1","y",{"k":"v"}]]}]}"#;
+    mutated(&[json.to_vec()], 11, 20_000, |b| {
+        let _ = crate::loki::from_json(b);
+    });
+    mutated(&[br#"{a="b", c="d\"e"}"#.to_vec()], 12, 20_000, |b| {
+        let _ = crate::loki::parse_labels(&String::from_utf8_lossy(b));
     });
 }

@@ -18,9 +18,11 @@ pub mod convert;
 pub mod errors;
 pub mod follow;
 pub mod line;
+pub mod loki;
 pub mod otlp;
 pub mod prom;
 pub mod rate;
+pub mod syslog;
 pub mod tail;
 
 #[cfg(test)]
@@ -74,6 +76,11 @@ pub struct IngestMetrics {
     pub remote_write_requests: AtomicU64,
     pub line_protocol_requests: AtomicU64,
     pub otlp_requests: AtomicU64,
+    pub loki_requests: AtomicU64,
+    /// Syslog messages handed to storage (each is one event).
+    pub syslog_messages: AtomicU64,
+    /// Syslog messages refused before storage (unparseable, broken framing).
+    pub syslog_invalid: AtomicU64,
     pub stream_messages: AtomicU64,
     pub rows_accepted: AtomicU64,
     pub items_rejected: AtomicU64,

@@ -35,6 +35,12 @@ pub mod prometheus {
     tonic::include_proto!("prometheus");
 }
 
+/// Loki's push API messages (`loki/push.proto`).
+pub mod loki {
+    #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+    tonic::include_proto!("logproto");
+}
+
 /// OpenTelemetry OTLP messages and services (`opentelemetry/proto/...`), in
 /// modules that mirror their protobuf packages.
 pub mod opentelemetry {

@@ -31,6 +31,84 @@ pub struct FileConfig {
     pub rollup: Vec<RollupSection>,
     pub auth: AuthSection,
     pub tls: TlsSection,
+    pub syslog: SyslogSection,
+}
+
+/// `[syslog]`: listeners for syslog senders (rsyslog, syslog-ng, network
+/// devices), off unless an address is set (docs/protocols.md, Syslog).
+/// Syslog carries no credentials: whoever reaches these ports may write
+/// events into `database.table`, and nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyslogSection {
+    /// TCP, octet-counted or newline-framed (RFC 6587); empty: off.
+    pub tcp_addr: String,
+    /// UDP, one message per datagram; empty: off.
+    pub udp_addr: String,
+    pub database: String,
+    pub table: String,
+    /// Longest frame; a longer one closes its TCP connection.
+    pub max_frame_bytes: usize,
+    /// Most TCP connections at once; more are closed when accepted.
+    pub max_connections: usize,
+}
+
+impl Default for SyslogSection {
+    fn default() -> Self {
+        SyslogSection {
+            tcp_addr: String::new(),
+            udp_addr: String::new(),
+            database: "public".into(),
+            table: "logs".into(),
+            max_frame_bytes: 128 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The syslog listeners the server runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyslogConfig {
+    pub tcp_addr: Option<SocketAddr>,
+    pub udp_addr: Option<SocketAddr>,
+    pub database: String,
+    pub table: String,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl SyslogSection {
+    fn validate(self, tcp: Option<String>, udp: Option<String>) -> Result<SyslogConfig, ConfigError> {
+        let addr = |key: &'static str, v: Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
+            match v.filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => v.parse().map(Some).map_err(|e| ConfigError::Invalid {
+                    key,
+                    reason: format!("{v:?} is not a host:port address ({e})"),
+                }),
+            }
+        };
+        let tcp_addr = addr("syslog.tcp_addr", tcp.or(Some(self.tcp_addr)))?;
+        let udp_addr = addr("syslog.udp_addr", udp.or(Some(self.udp_addr)))?;
+        tocsin_storage::write::check_database_name(&self.database)
+            .map_err(|e| ConfigError::Invalid { key: "syslog.database", reason: e.to_string() })?;
+        tocsin_storage::write::check_table_name(&self.table)
+            .map_err(|e| ConfigError::Invalid { key: "syslog.table", reason: e.to_string() })?;
+        if self.max_frame_bytes < 1024 || self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "syslog",
+                reason: "max_frame_bytes must be at least 1024 and max_connections positive".into(),
+            });
+        }
+        Ok(SyslogConfig {
+            tcp_addr,
+            udp_addr,
+            database: self.database,
+            table: self.table,
+            max_frame_bytes: self.max_frame_bytes,
+            max_connections: self.max_connections,
+        })
+    }
 }
 
 /// `[tls]`: HTTPS and gRPC over TLS on both ports (docs/security.md). Off
@@ -366,6 +444,7 @@ pub struct ServerConfig {
     pub auth: tocsin_auth::AuthConfig,
     /// TLS on both ports, when configured.
     pub tls: Option<crate::tls::TlsFiles>,
+    pub syslog: SyslogConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +466,8 @@ pub struct Overrides {
     pub auth: bool,
     /// `--insecure`: listen beyond loopback with authentication off.
     pub insecure: bool,
+    pub syslog_tcp_addr: Option<String>,
+    pub syslog_udp_addr: Option<String>,
 }
 
 impl FileConfig {
@@ -570,9 +651,11 @@ impl FileConfig {
             }
         }
         let tls = self.tls.validate()?;
+        let syslog = self.syslog.validate(o.syslog_tcp_addr, o.syslog_udp_addr)?;
         Ok(ServerConfig {
             auth,
             tls,
+            syslog,
             grpc_addr,
             http_addr,
             alerting,

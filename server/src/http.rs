@@ -61,7 +61,8 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/api/v2/write", Requires(Write), crate::protocols::influx_v2_write)
         .post("/write", Requires(Write), crate::protocols::influx_v1_write)
         .post("/v1/metrics", Requires(Write), crate::protocols::otlp_metrics)
-        .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs);
+        .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs)
+        .post("/loki/api/v1/push", Requires(Write), crate::protocols::loki_push);
     let routes = crate::auth_api::routes(crate::alertmanager_api::routes(crate::alert_links::routes(
         crate::alerts_api::routes(routes),
     )));

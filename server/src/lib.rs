@@ -28,6 +28,7 @@ mod guard;
 mod http;
 mod metrics;
 mod protocols;
+mod syslog;
 mod tail;
 pub mod tls;
 mod trace;
@@ -71,6 +72,8 @@ pub enum ServerError {
 pub struct BoundAddrs {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub syslog_tcp: Option<SocketAddr>,
+    pub syslog_udp: Option<SocketAddr>,
 }
 
 /// Time allowed for in-flight requests to finish once shutdown starts.
@@ -141,7 +144,10 @@ pub async fn run(
         addr: config.http_addr,
         source,
     })?;
+    let syslog = syslog::Listeners::bind(&config.syslog).await?;
     let bound = BoundAddrs {
+        syslog_tcp: syslog.tcp_addr(),
+        syslog_udp: syslog.udp_addr(),
         grpc: grpc_listener.local_addr().map_err(|source| ServerError::Bind {
             what: "gRPC",
             addr: config.grpc_addr,
@@ -189,6 +195,7 @@ pub async fn run(
     let tail = Arc::clone(&ingest.tail);
     tail.set_max_subscribers(config.max_tail_subscribers);
     let http_ingest = ingest.clone();
+    let syslog_tasks = syslog.spawn(&config.syslog, ingest.clone(), stop_rx.clone());
     let otlp = tocsin_ingest::otlp::Otlp(ingest.clone());
     let grpc = tonic::transport::Server::builder()
         .layer(guard::GrpcGuardLayer { auth: Arc::clone(&auth), audit: Arc::clone(&audit) })
@@ -254,6 +261,15 @@ pub async fn run(
         data_dir = %storage.data_dir().display(),
         "tocsin serving"
     );
+    if bound.syslog_tcp.is_some() || bound.syslog_udp.is_some() {
+        tracing::info!(
+            tcp = %bound.syslog_tcp.map_or_else(|| "off".to_string(), |a| a.to_string()),
+            udp = %bound.syslog_udp.map_or_else(|| "off".to_string(), |a| a.to_string()),
+            table = %format!("{}.{}", config.syslog.database, config.syslog.table),
+            "syslog listening: whoever reaches these ports may write events into this table (syslog has no \
+             credentials)"
+        );
+    }
     on_bound(bound);
 
     let grpc_task = tokio::spawn(grpc);
@@ -264,6 +280,9 @@ pub async fn run(
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let g = grpc_task.await;
         let h = http_task.await;
+        for t in syslog_tasks {
+            let _ = t.await;
+        }
         (g, h)
     })
     .await;

@@ -41,6 +41,7 @@ impl Metrics {
             ("remote_write", &i.remote_write_requests),
             ("line_protocol", &i.line_protocol_requests),
             ("otlp", &i.otlp_requests),
+            ("loki", &i.loki_requests),
             ("stream_message", &i.stream_messages),
         ] {
             let _ = writeln!(o, "tocsin_ingest_requests_total{{kind=\"{kind}\"}} {}", load(v));
@@ -51,6 +52,18 @@ impl Metrics {
             "tocsin_ingest_rejected_items_total",
             "Series, events or points rejected (all ingest protocols).",
             load(&i.items_rejected),
+        );
+        counter(
+            &mut o,
+            "tocsin_syslog_messages_total",
+            "Syslog messages parsed and handed to storage.",
+            load(&i.syslog_messages),
+        );
+        counter(
+            &mut o,
+            "tocsin_syslog_invalid_messages_total",
+            "Syslog messages refused before storage (unparseable, or broken TCP framing).",
+            load(&i.syslog_invalid),
         );
         counter(
             &mut o,

@@ -12,6 +12,10 @@
 //!   answer is the protobuf export response, with partial success when
 //!   some data points or records were refused.
 //!
+//! - `POST /loki/api/v1/push`: Loki's push API, snappy protobuf (Promtail,
+//!   Alloy, Fluent Bit, Vector) or JSON, into `logs`; the database is the
+//!   `X-Scope-OrgID` tenant, else `?db=`, else `public`.
+//!
 //! Line protocol and OTLP bodies may be compressed (`Content-Encoding:
 //! gzip` or `zstd`); the decompressed size is bounded by
 //! `limits.max_request_bytes` too. Other encodings are `415`. Remote_write
@@ -315,5 +319,64 @@ pub(crate) async fn otlp_logs(
     match app.ingest.otlp_logs(&who, &otlp_database(&headers, &params), req).await {
         Ok(resp) => protobuf(&resp),
         Err(e) => otlp_error(e),
+    }
+}
+
+/// Loki's push API. Success is `204`; entries refused (while decoding or by
+/// storage) are a partial write: the others are stored and the answer is
+/// `400` naming the first reason and the count, which Loki's clients log
+/// and do not retry.
+pub(crate) async fn loki_push(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use tocsin_ingest::loki::{self, LokiError};
+    app.ingest.metrics.loki_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let decoded = if is_json {
+        match decoded_body(&app, &headers, body) {
+            Ok(raw) => loki::from_json(&raw),
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        if let Some(enc) =
+            headers.get(header::CONTENT_ENCODING).filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"snappy"))
+        {
+            let enc = tocsin_auth::clip(enc.to_str().unwrap_or("?"));
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Loki protobuf pushes are snappy-compressed; Content-Encoding {enc:?} is not supported (JSON \
+                     pushes may be gzip or zstd)"
+                ),
+            )
+                .into_response();
+        }
+        loki::from_protobuf(&body, app.max_request_bytes)
+    };
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(e @ LokiError::TooLarge { .. }) => return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let database = headers
+        .get("x-scope-orgid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| params.get("db").cloned())
+        .unwrap_or_default();
+    match app.ingest.loki(&who, &database, decoded).await {
+        Ok((0, _)) => StatusCode::NO_CONTENT.into_response(),
+        Ok((n, first)) => {
+            (StatusCode::BAD_REQUEST, format!("partial write: {} dropped={n}", first.unwrap_or_default()))
+                .into_response()
+        }
+        Err(e) => ingest_error(Dialect::Prometheus, e),
     }
 }

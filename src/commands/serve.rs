@@ -32,6 +32,13 @@ pub(crate) struct Config {
     /// the ports can do everything).
     #[arg(long, env = "TOCSIN_INSECURE")]
     insecure: bool,
+    /// Accept syslog over TCP here (RFC 5424 or 3164, octet-counted or
+    /// newline-framed) into `logs`; overrides `[syslog] tcp_addr`.
+    #[arg(long, env = "TOCSIN_SYSLOG_TCP_ADDR")]
+    syslog_tcp_addr: Option<String>,
+    /// Accept syslog over UDP here; overrides `[syslog] udp_addr`.
+    #[arg(long, env = "TOCSIN_SYSLOG_UDP_ADDR")]
+    syslog_udp_addr: Option<String>,
     /// Log filter, e.g. `info` or `tocsin_storage=debug`.
     #[arg(long, env = "TOCSIN_LOG", default_value = "info")]
     log: String,
@@ -61,6 +68,8 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         rules: c.rules,
         auth: c.auth,
         insecure: c.insecure,
+        syslog_tcp_addr: c.syslog_tcp_addr,
+        syslog_udp_addr: c.syslog_udp_addr,
     })?;
     warn_if_shared(&config.storage.data_dir);
     // Planning and evaluating SQL recurse over expression trees; the SQL
@@ -76,7 +85,14 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         tocsin_server::run(config, shutdown_signal(), |addrs| {
             // One machine-readable line on stdout: tests and scripts that
             // start the server on port 0 read the real ports from it.
-            println!("tocsin listening grpc={} http={}", addrs.grpc, addrs.http);
+            let mut line = format!("tocsin listening grpc={} http={}", addrs.grpc, addrs.http);
+            if let Some(a) = addrs.syslog_tcp {
+                line.push_str(&format!(" syslog_tcp={a}"));
+            }
+            if let Some(a) = addrs.syslog_udp {
+                line.push_str(&format!(" syslog_udp={a}"));
+            }
+            println!("{line}");
             let _ = std::io::stdout().flush();
         })
         .await

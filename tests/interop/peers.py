@@ -33,6 +33,8 @@ def start_tocsin(data_dir, log, extra=()):
     while line and not line.startswith("tocsin listening"):
         line = p.stdout.readline()
     parts = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    # Every address on the line (syslog_tcp=, syslog_udp= when asked for).
+    p.listening = parts
     return p, parts["grpc"], parts["http"]
 
 

@@ -13,15 +13,18 @@ export TOCSIN_BIN="$BIN"
 # The STARTTLS scenario of the email test makes its certificates with openssl.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 # Peers from Debian: Prometheus with node_exporter (remote_write, alerts),
-# InfluxDB 1.6 (line protocol), amtool (Alertmanager's CLI).
+# InfluxDB 1.6 (line protocol), amtool (Alertmanager's CLI), rsyslog and
+# logger (syslog senders).
 need=()
-for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter influxd:influxdb amtool:prometheus-alertmanager; do
+for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter influxd:influxdb amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+# Node.js clients (winston-loki), pinned by tests/interop/node/package-lock.json.
+(cd tests/interop/node && npm ci --silent --no-audit --no-fund)
 python3 tests/interop/test_grpc_python_and_duckdb.py
 python3 tests/interop/test_email_aiosmtpd.py
 python3 tests/interop/test_prometheus_remote_write.py
@@ -32,3 +35,5 @@ python3 tests/interop/test_auth_real_clients.py
 python3 tests/interop/test_amtool.py
 python3 tests/interop/test_tsbs_peers.py
 python3 tests/interop/test_logs_peers.py
+python3 tests/interop/test_syslog_rsyslog.py
+python3 tests/interop/test_loki_clients.py

@@ -16,6 +16,7 @@ mod protocols;
 mod rollup;
 mod search;
 mod server;
+mod syslog;
 mod tail;
 mod tls;
 mod trace;

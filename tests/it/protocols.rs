@@ -338,3 +338,67 @@ async fn grpc_services_read_gzip_and_zstd_within_the_size_bound() {
     }
     assert_eq!(server.sql("SELECT count(*) AS n FROM cpu").await, vec![serde_json::json!({"n": 2})]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loki_pushes_protobuf_and_json_with_partial_writes_and_bad_bodies() {
+    use tocsin_proto::loki::{EntryAdapter, PushRequest, StreamAdapter, Timestamp};
+    let s = TestServer::start();
+    let entry = |sec: i64, line: &str| EntryAdapter {
+        timestamp: Some(Timestamp { seconds: sec, nanos: 0 }),
+        line: line.into(),
+        structured_metadata: vec![],
+    };
+    let push = PushRequest {
+        streams: vec![
+            StreamAdapter {
+                labels: r#"{job="varlogs", instance="web1", level="warning"}"#.into(),
+                entries: vec![entry(1_700_000_000, "proto one"), entry(1_700_000_001, "proto two")],
+                hash: 0,
+            },
+            StreamAdapter { labels: "{not a label set".into(), entries: vec![entry(1, "lost")], hash: 0 },
+        ],
+    };
+    let body = snap::raw::Encoder::new().compress_vec(&push.encode_to_vec()).expect("snappy");
+    let (status, text) = post(&s, "/loki/api/v1/push", body, &[("content-type", "application/x-protobuf")]).await;
+    assert_eq!(status, 400, "the bad stream makes it a partial write: {text}");
+    assert!(text.contains("partial write") && text.contains("dropped=1") && text.contains("not a label set"), "{text}");
+
+    let json = br#"{"streams":[{"stream":{"service_name":"api","host":"web2"},"values":[["1700000002000000000","json one",{"trace_id":"t1"}]]}]}"#;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let headers = [("content-type", "application/json"), ("content-encoding", "gzip")];
+    assert_eq!(post(&s, "/loki/api/v1/push", gz, &headers).await.0, 204);
+
+    let rows =
+        s.sql("SELECT CAST(ts AS BIGINT) AS ns, service, host, level, message, attributes FROM logs ORDER BY ts").await;
+    let got: Vec<(i64, &str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            let t = |k: &str| r[k].as_str().unwrap_or("");
+            (r["ns"].as_i64().unwrap_or(0), t("service"), t("host"), t("level"), t("message"))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1_700_000_000_000_000_000, "varlogs", "web1", "warn", "proto one"),
+            (1_700_000_001_000_000_000, "varlogs", "web1", "warn", "proto two"),
+            (1_700_000_002_000_000_000, "api", "web2", "", "json one"),
+        ]
+    );
+    assert!(rows[2]["attributes"].as_str().is_some_and(|a| a.contains(r#""trace_id":"t1""#)), "{rows:?}");
+
+    for (body, headers, code, why) in [
+        (b"\xff\xff\xff\xff\xff\x01".to_vec(), vec![], 400, "snappy"),
+        (b"{\"streams\": 1}".to_vec(), vec![("content-type", "application/json")], 400, "Loki push JSON"),
+        (b"x".to_vec(), vec![("content-encoding", "gzip")], 415, "snappy-compressed"),
+        // A snappy header that promises 4 GiB.
+        (vec![0x80, 0x80, 0x80, 0x80, 0x08], vec![], 413, "over the limit"),
+    ] {
+        let (status, text) = post(&s, "/loki/api/v1/push", body, &headers).await;
+        assert_eq!(status, code, "{why}: {text}");
+        assert!(text.contains(why), "{text}");
+    }
+    assert_eq!(s.sql("SELECT count(*) AS n FROM logs").await[0]["n"], 3, "nothing else was written");
+}

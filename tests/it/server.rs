@@ -24,6 +24,9 @@ pub(crate) struct TestServer {
     child: Option<Child>,
     pub(crate) grpc: SocketAddr,
     pub(crate) http: SocketAddr,
+    /// The syslog listeners, when started with `--syslog-*-addr`.
+    pub(crate) syslog_tcp: Option<SocketAddr>,
+    pub(crate) syslog_udp: Option<SocketAddr>,
     pub(crate) data_dir: PathBuf,
     pub(crate) log: PathBuf,
     /// Sent as a bearer token by the helpers below (a server with --auth).
@@ -97,15 +100,15 @@ impl TestServer {
                 panic!("server did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
             }
         };
-        let addr = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        let maybe = |key: &str| -> Option<SocketAddr> {
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|a| a.parse().ok())
         };
+        let addr = |key: &str| -> SocketAddr { maybe(key).unwrap_or_else(|| panic!("no {key} in {line:?}")) };
         TestServer {
             grpc: addr("grpc="),
             http: addr("http="),
+            syslog_tcp: maybe("syslog_tcp="),
+            syslog_udp: maybe("syslog_udp="),
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             log,
