@@ -27,6 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     methods.push_str("];\n");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("grpc_methods.rs"), methods)?;
+    // The descriptors themselves, for protobuf's JSON mapping at run time
+    // (OTLP/HTTP with JSON bodies).
+    std::fs::write(out.join("descriptors.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! Generated-input tests of every decoder reachable from the network:
-//! remote_write (snappy + protobuf), OTLP metrics and logs (protobuf), our
-//! gRPC write messages, line protocol, Loki pushes (protobuf and JSON),
-//! syslog messages and frames, and the live-tail text filter. Each mutates
-//! valid seed inputs for `generated::cases(..)` rounds: every input decodes
-//! or is refused, none panics. `TOCSIN_FUZZ_CASES=1000000` makes the
+//! remote_write (snappy + protobuf), OTLP metrics and logs (protobuf and
+//! JSON), our gRPC write messages, line protocol, Loki pushes (protobuf and
+//! JSON), syslog messages and frames, and the live-tail text filter. Each
+//! mutates valid seed inputs for `generated::cases(..)` rounds: every input
+//! decodes or is refused, none panics. `TOCSIN_FUZZ_CASES=1000000` makes the
 //! long run recorded in docs/security.md.
 
 use prost::Message;
@@ -272,5 +272,28 @@ fn loki_pushes_never_panic() {
     });
     mutated(&[br#"{a="b", c="d\"e"}"#.to_vec()], 12, 20_000, |b| {
         let _ = crate::loki::parse_labels(&String::from_utf8_lossy(b));
+    });
+}
+
+#[test]
+fn otlp_json_bodies_never_panic() {
+    use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest as Logs;
+    use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest as Metrics;
+    let logs = br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"s"}}]},"scopeLogs":[{"logRecords":[{"timeUnixNano":"1700000000000000000","severityNumber":9,"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","body":{"kvlistValue":{"values":[{"key":"k","value":{"arrayValue":{"values":[{"intValue":"1"},{"doubleValue":1.5},{"bytesValue":"AAE="}]}}}]}}}]}]}]}"#;
+    let metrics = br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"g","gauge":{"dataPoints":[{"asDouble":2.5,"timeUnixNano":"1"}]}},{"name":"h","histogram":{"aggregationTemporality":2,"dataPoints":[{"count":"3","sum":1.5,"bucketCounts":["1","2"],"explicitBounds":[0.5]}]}}]}]}]}"#;
+    mutated(&[logs.to_vec()], 13, 20_000, |b| {
+        if let Ok(req) =
+            crate::otlp_json::decode::<Logs>("opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest", b)
+        {
+            let _ = otlp::logs_to_events(req, 0);
+        }
+    });
+    mutated(&[metrics.to_vec()], 14, 20_000, |b| {
+        if let Ok(req) = crate::otlp_json::decode::<Metrics>(
+            "opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest",
+            b,
+        ) {
+            let _ = otlp::metrics_to_writes(req);
+        }
     });
 }

@@ -20,6 +20,7 @@ pub mod follow;
 pub mod line;
 pub mod loki;
 pub mod otlp;
+pub mod otlp_json;
 pub mod prom;
 pub mod rate;
 pub mod syslog;

@@ -24,6 +24,10 @@
 // files here define.
 include!(concat!(env!("OUT_DIR"), "/grpc_methods.rs"));
 
+/// The encoded `FileDescriptorSet` of every `.proto` file here: what
+/// protobuf's JSON mapping needs to read a message by name at run time.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 pub mod v1 {
     #![allow(unreachable_pub, unused_qualifications, clippy::all)]
     tonic::include_proto!("tocsin.v1");

@@ -8,9 +8,9 @@
 //! - `POST /write?db=DB&precision=n|u|ms|s|m|h`: InfluxDB 1 line protocol.
 //!
 //! - `POST /v1/metrics`, `POST /v1/logs`: OTLP over HTTP with protobuf
-//!   bodies (`application/x-protobuf`; JSON is refused with `415`). The
-//!   answer is the protobuf export response, with partial success when
-//!   some data points or records were refused.
+//!   (`application/x-protobuf`) or JSON (`application/json`) bodies. The
+//!   answer is the export response in the request's encoding, with partial
+//!   success when some data points or records were refused.
 //!
 //! - `POST /loki/api/v1/push`: Loki's push API, snappy protobuf (Promtail,
 //!   Alloy, Fluent Bit, Vector) or JSON, into `logs`; the database is the
@@ -237,19 +237,49 @@ fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Byte
     }
 }
 
-/// OTLP/HTTP answers: protobuf on success, a plain message on errors.
-fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, (StatusCode, String)> {
+/// How an OTLP/HTTP body is encoded; the answer uses the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OtlpEncoding {
+    Protobuf,
+    Json,
+}
+
+/// The body of an OTLP/HTTP export, decompressed, and its encoding.
+fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<(Bytes, OtlpEncoding), (StatusCode, String)> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return Err((
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "OTLP/HTTP with JSON bodies is not supported; send application/x-protobuf".into(),
-        ));
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let encoding = if is_json { OtlpEncoding::Json } else { OtlpEncoding::Protobuf };
+    Ok((decoded_body(app, headers, body)?, encoding))
+}
+
+/// Decodes an export request (`message` is its protobuf name, for JSON).
+fn otlp_request<M: prost::Message + Default>(
+    raw: &[u8],
+    encoding: OtlpEncoding,
+    message: &'static str,
+) -> Result<M, (StatusCode, String)> {
+    let short = message.rsplit('.').next().unwrap_or(message);
+    match encoding {
+        OtlpEncoding::Protobuf => {
+            M::decode(raw).map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not an OTLP {short}: {e}")))
+        }
+        OtlpEncoding::Json => {
+            tocsin_ingest::otlp_json::decode(message, raw).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+        }
     }
-    decoded_body(app, headers, body)
+}
+
+/// The export response in the request's encoding.
+fn otlp_response<M: prost::Message>(msg: &M, encoding: OtlpEncoding, message: &'static str) -> Response {
+    match encoding {
+        OtlpEncoding::Protobuf => protobuf(msg),
+        OtlpEncoding::Json => match tocsin_ingest::otlp_json::encode(message, msg) {
+            Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        },
+    }
 }
 
 fn protobuf(msg: &impl prost::Message) -> Response {
@@ -272,6 +302,11 @@ fn otlp_error(e: IngestError) -> Response {
     ingest_error(Dialect::Prometheus, e)
 }
 
+const OTLP_METRICS_REQUEST: &str = "opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest";
+const OTLP_METRICS_RESPONSE: &str = "opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceResponse";
+const OTLP_LOGS_REQUEST: &str = "opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest";
+const OTLP_LOGS_RESPONSE: &str = "opentelemetry.proto.collector.logs.v1.ExportLogsServiceResponse";
+
 pub(crate) async fn otlp_metrics(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -280,19 +315,16 @@ pub(crate) async fn otlp_metrics(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
-    let raw = match otlp_body(&app, &headers, body) {
+    let (raw, encoding) = match otlp_body(&app, &headers, body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let req = match <ExportMetricsServiceRequest as prost::Message>::decode(raw) {
+    let req: ExportMetricsServiceRequest = match otlp_request(&raw, encoding, OTLP_METRICS_REQUEST) {
         Ok(r) => r,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("body is not an OTLP ExportMetricsServiceRequest: {e}"))
-                .into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     match app.ingest.otlp_metrics(&who, &otlp_database(&headers, &params), req).await {
-        Ok(resp) => protobuf(&resp),
+        Ok(resp) => otlp_response(&resp, encoding, OTLP_METRICS_RESPONSE),
         Err(e) => otlp_error(e),
     }
 }
@@ -305,19 +337,16 @@ pub(crate) async fn otlp_logs(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
-    let raw = match otlp_body(&app, &headers, body) {
+    let (raw, encoding) = match otlp_body(&app, &headers, body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let req = match <ExportLogsServiceRequest as prost::Message>::decode(raw) {
+    let req: ExportLogsServiceRequest = match otlp_request(&raw, encoding, OTLP_LOGS_REQUEST) {
         Ok(r) => r,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("body is not an OTLP ExportLogsServiceRequest: {e}"))
-                .into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     match app.ingest.otlp_logs(&who, &otlp_database(&headers, &params), req).await {
-        Ok(resp) => protobuf(&resp),
+        Ok(resp) => otlp_response(&resp, encoding, OTLP_LOGS_RESPONSE),
         Err(e) => otlp_error(e),
     }
 }

@@ -23,7 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
-# Node.js clients (winston-loki), pinned by tests/interop/node/package-lock.json.
+# Node.js clients (winston-loki, the OpenTelemetry JS SDK), pinned by tests/interop/node/package-lock.json.
 (cd tests/interop/node && npm ci --silent --no-audit --no-fund)
 python3 tests/interop/test_grpc_python_and_duckdb.py
 python3 tests/interop/test_email_aiosmtpd.py
@@ -37,3 +37,4 @@ python3 tests/interop/test_tsbs_peers.py
 python3 tests/interop/test_logs_peers.py
 python3 tests/interop/test_syslog_rsyslog.py
 python3 tests/interop/test_loki_clients.py
+python3 tests/interop/test_otlp_http_json_js.py

@@ -262,8 +262,43 @@ async fn otlp_partial_success_and_bad_bodies() {
         post(&server, "/v1/metrics", vec![0xff; 16], &[("content-type", "application/x-protobuf")]).await;
     assert_eq!(status, 400);
     assert!(text.contains("ExportMetricsServiceRequest"), "{text}");
-    let (status, _) = post(&server, "/v1/logs", b"{}".to_vec(), &[("content-type", "application/json")]).await;
-    assert_eq!(status, 415);
+    // JSON (OTLP/HTTP's other encoding): answered in JSON, camelCase.
+    let json = br#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"host.name","value":{"stringValue":"j1"}}]},
+      "scopeMetrics":[{"metrics":[{"name":"temp","gauge":{"dataPoints":[{"asDouble":22.5,"timeUnixNano":"1700000001000000000"}]}},
+      {"name":"latency","exponentialHistogram":{"aggregationTemporality":2,"dataPoints":[{"count":"1"}]}}]}]}]}"#;
+    let headers = [("content-type", "application/json")];
+    let (status, text) = post(&server, "/v1/metrics", json.to_vec(), &headers).await;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).expect("a JSON answer");
+    assert_eq!(answer["partialSuccess"]["rejectedDataPoints"], "1", "{text}");
+    let rows = server.sql("SELECT value FROM temp WHERE \"host.name\" = 'j1'").await;
+    assert_eq!(rows, vec![serde_json::json!({"value": 22.5})]);
+    let logs = br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"timeUnixNano":"1700000000000000000",
+      "traceId":"5b8efff798038103d269b633813fc60c","severityText":"ERROR","body":{"stringValue":"from json"}}]}]}]}"#;
+    let (status, text) = post(
+        &server,
+        "/v1/logs",
+        gzip_bytes(logs),
+        &[("content-type", "application/json"), ("content-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    let rows = server.sql("SELECT trace_id, level, message FROM logs").await;
+    assert_eq!(
+        rows,
+        vec![
+            serde_json::json!({"trace_id": "5b8efff798038103d269b633813fc60c", "level": "error", "message": "from json"})
+        ]
+    );
+    for (body, why) in [
+        (&b"{"[..], "not JSON"),
+        (br#"{"resourceLogs":7}"#, "ExportLogsServiceRequest"),
+        (br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"spanId":"zz"}]}]}]}"#, "spanId \"zz\" is not a hex id"),
+    ] {
+        let (status, text) = post(&server, "/v1/logs", body.to_vec(), &headers).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(why), "{text}");
+    }
 }
 
 fn gzip_bytes(b: &[u8]) -> Vec<u8> {
