@@ -253,22 +253,22 @@ fn loki_pushes_never_panic() {
     use tocsin_proto::loki::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp};
     let req = PushRequest {
         streams: vec![StreamAdapter {
-            labels: r#"{job="varlogs", host="a \"b\"", level="warn"}"#.into(),
+            labels: br#"{job="varlogs", host="a \"b\"", level="warn"}"#.to_vec(),
             entries: vec![EntryAdapter {
                 timestamp: Some(Timestamp { seconds: 1_700_000_000, nanos: 1 }),
-                line: "line".into(),
-                structured_metadata: vec![LabelPairAdapter { name: "k".into(), value: "v".into() }],
+                line: b"line".to_vec(),
+                structured_metadata: vec![LabelPairAdapter { name: b"k".to_vec(), value: b"v".to_vec() }],
             }],
             hash: 7,
         }],
     };
     mutated(&[req.encode_to_vec()], 10, 20_000, |raw| {
         let body = snap::raw::Encoder::new().compress_vec(raw).expect("snappy");
-        let _ = crate::loki::from_protobuf(&body, 1 << 20);
+        let _ = crate::loki::from_protobuf(&body, 1 << 20, 0);
     });
     let json = br#"{"streams":[{"stream":{"app":"a","host":"h"},"values":[["1700000000000000000","x"],["1","y",{"k":"v"}]]}]}"#;
     mutated(&[json.to_vec()], 11, 20_000, |b| {
-        let _ = crate::loki::from_json(b);
+        let _ = crate::loki::from_json(b, 0);
     });
     mutated(&[br#"{a="b", c="d\"e"}"#.to_vec()], 12, 20_000, |b| {
         let _ = crate::loki::parse_labels(&String::from_utf8_lossy(b));

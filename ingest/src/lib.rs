@@ -78,10 +78,15 @@ pub struct IngestMetrics {
     pub line_protocol_requests: AtomicU64,
     pub otlp_requests: AtomicU64,
     pub loki_requests: AtomicU64,
-    /// Syslog messages handed to storage (each is one event).
+    /// Syslog messages written to storage (each is one event).
     pub syslog_messages: AtomicU64,
     /// Syslog messages refused before storage (unparseable, broken framing).
     pub syslog_invalid: AtomicU64,
+    /// Syslog messages read but not written (storage failed, or the server
+    /// stopped while storage asked to wait).
+    pub syslog_dropped: AtomicU64,
+    /// Syslog TCP connections closed when accepted (over the limits).
+    pub syslog_refused_connections: AtomicU64,
     pub stream_messages: AtomicU64,
     pub rows_accepted: AtomicU64,
     pub items_rejected: AtomicU64,

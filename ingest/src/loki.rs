@@ -64,9 +64,20 @@ impl Decoded {
     }
 }
 
+/// What each entry is charged against the request's expansion budget on
+/// top of its labels: an entry of a few bytes on the wire becomes an event
+/// of a few hundred in memory, and snappy or gzip make millions of empty
+/// entries a few kilobytes.
+pub const ENTRY_COST: usize = 256;
+
+fn lossy(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// A snappy-compressed protobuf push (block format, as Loki's clients
-/// send), bounded by `max_decoded` bytes once decompressed.
-pub fn from_protobuf(body: &[u8], max_decoded: usize) -> Result<Decoded, LokiError> {
+/// send), bounded by `max_decoded` bytes once decompressed. Entries without
+/// a time get `now_ns`.
+pub fn from_protobuf(body: &[u8], max_decoded: usize, now_ns: i64) -> Result<Decoded, LokiError> {
     let size = snap::raw::decompress_len(body)?;
     if size > max_decoded {
         return Err(LokiError::TooLarge { size, limit: max_decoded });
@@ -76,19 +87,23 @@ pub fn from_protobuf(body: &[u8], max_decoded: usize) -> Result<Decoded, LokiErr
     let mut out = Decoded::default();
     let mut budget = MAX_EXPANDED_BYTES;
     for s in req.streams {
-        let labels = match parse_labels(&s.labels) {
+        let text = lossy(s.labels);
+        let labels = match parse_labels(&text) {
             Ok(l) => l,
             Err(e) => {
-                out.reject(s.entries.len(), format!("stream {:?}: {e}", tocsin_auth::clip(&s.labels)));
+                out.reject(s.entries.len(), format!("stream {:?}: {e}", tocsin_auth::clip(&text)));
                 continue;
             }
         };
         let Some(stream) = Stream::new(labels, s.entries.len(), &mut budget, &mut out) else { continue };
         for e in s.entries {
-            let ts =
-                e.timestamp.map_or(0, |t| t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos)));
-            let metadata = e.structured_metadata.into_iter().map(|l| (l.name, l.value)).collect();
-            stream.push(ts, e.line, metadata, &mut out);
+            let ts = e
+                .timestamp
+                .map(|t| t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos)))
+                .filter(|t| *t != 0)
+                .unwrap_or(now_ns);
+            let metadata = e.structured_metadata.into_iter().map(|l| (lossy(l.name), lossy(l.value))).collect();
+            stream.push(ts, lossy(e.line), metadata, &mut out);
         }
     }
     Ok(out)
@@ -123,13 +138,18 @@ enum TimeJson {
     Number(i64),
 }
 
-/// A JSON push (`Content-Type: application/json`).
-pub fn from_json(body: &[u8]) -> Result<Decoded, LokiError> {
+/// A JSON push (`Content-Type: application/json`). Entries with time 0
+/// get `now_ns`.
+pub fn from_json(body: &[u8], now_ns: i64) -> Result<Decoded, LokiError> {
     let req: PushJson = serde_json::from_slice(body)?;
     let mut out = Decoded::default();
     let mut budget = MAX_EXPANDED_BYTES;
     for s in req.streams {
         let labels: Vec<(String, String)> = s.stream.into_iter().collect();
+        if let Some((bad, _)) = labels.iter().find(|(k, _)| !is_label_name(k)) {
+            out.reject(s.values.len(), format!("{:?} is not a label name", tocsin_auth::clip(bad)));
+            continue;
+        }
         let Some(stream) = Stream::new(labels, s.values.len(), &mut budget, &mut out) else { continue };
         for e in s.values {
             let (ts, line, metadata) = match e {
@@ -146,10 +166,17 @@ pub fn from_json(body: &[u8]) -> Result<Decoded, LokiError> {
                     }
                 },
             };
-            stream.push(ts, line, metadata, &mut out);
+            stream.push(if ts == 0 { now_ns } else { ts }, line, metadata, &mut out);
         }
     }
     Ok(out)
+}
+
+/// Loki's (and Prometheus') label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// One stream's labels, split into the three columns and the attributes
@@ -171,14 +198,15 @@ impl Stream {
             out.reject(entries, format!("a stream has {} labels; at most {MAX_ATTRIBUTES} are accepted", labels.len()));
             return None;
         }
-        let bytes = labels.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>().saturating_mul(entries);
+        let bytes =
+            (labels.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>() + ENTRY_COST).saturating_mul(entries);
         if bytes > *budget {
             tocsin_storage::refusals::refused("max_otlp_expanded_bytes");
             out.reject(
                 entries,
                 format!(
-                    "the request expands to more than {MAX_EXPANDED_BYTES} bytes of labels (a stream's labels are \
-                     copied into every entry); send fewer entries per push"
+                    "the request expands to more than {MAX_EXPANDED_BYTES} bytes (a stream's labels are copied into \
+                     every entry, and each entry costs {ENTRY_COST} bytes more); send fewer entries per push"
                 ),
             );
             return None;
@@ -263,8 +291,11 @@ pub fn parse_labels(s: &str) -> Result<Vec<(String, String)>, String> {
     while !rest.is_empty() {
         let eq = rest.find('=').ok_or("a label has no '='")?;
         let name = rest[..eq].trim();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if !is_label_name(name) {
             return Err(format!("{:?} is not a label name", tocsin_auth::clip(name)));
+        }
+        if out.len() == MAX_ATTRIBUTES {
+            return Err(format!("more than {MAX_ATTRIBUTES} labels"));
         }
         let after = rest[eq + 1..].trim_start();
         let body = after.strip_prefix('"').ok_or_else(|| format!("the value of {name} is not quoted"))?;
@@ -322,6 +353,7 @@ mod tests {
             ("{job=\"x}", "not closed"),
             ("{job=\"x\" host=\"y\"}", "expected ','"),
             ("{a-b=\"x\"}", "not a label name"),
+            ("{1a=\"x\"}", "not a label name"),
         ] {
             let err = parse_labels(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");
@@ -333,19 +365,20 @@ mod tests {
         let req = PushRequest {
             streams: vec![
                 StreamAdapter {
-                    labels: r#"{job="varlogs", hostname="web1", level="WARNING", filename="/var/log/app.log"}"#.into(),
+                    labels: br#"{job="varlogs", hostname="web1", level="WARNING", filename="/var/log/app.log"}"#
+                        .to_vec(),
                     entries: vec![EntryAdapter {
                         timestamp: Some(Timestamp { seconds: 1_700_000_000, nanos: 5 }),
-                        line: "disk almost full".into(),
-                        structured_metadata: vec![LabelPairAdapter { name: "trace".into(), value: "abc".into() }],
+                        line: b"disk almost full".to_vec(),
+                        structured_metadata: vec![LabelPairAdapter { name: b"trace".to_vec(), value: b"abc".to_vec() }],
                     }],
                     hash: 0,
                 },
-                StreamAdapter { labels: "{broken".into(), entries: vec![EntryAdapter::default(); 3], hash: 0 },
+                StreamAdapter { labels: b"{broken".to_vec(), entries: vec![EntryAdapter::default(); 3], hash: 0 },
             ],
         };
         let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).expect("snappy");
-        let d = from_protobuf(&body, 1 << 20).expect("decodes");
+        let d = from_protobuf(&body, 1 << 20, 42).expect("decodes");
         assert_eq!(d.events.len(), 1);
         assert_eq!((d.rejected, d.first_error.as_deref().is_some_and(|e| e.contains("{broken"))), (3, true));
         let e = &d.events[0];
@@ -356,9 +389,36 @@ mod tests {
             (attr(e, "filename"), attr(e, "trace"), attr(e, "job")),
             (Some("/var/log/app.log"), Some("abc"), Some("varlogs"))
         );
-        let err = from_protobuf(&body, 10).expect_err("over the limit");
+        let err = from_protobuf(&body, 10, 42).expect_err("over the limit");
         assert!(err.to_string().contains("over the limit of 10"), "{err}");
-        assert!(from_protobuf(b"\xff\xff\xff\xff\xff", 1 << 20).is_err());
+        assert!(from_protobuf(b"\xff\xff\xff\xff\xff", 1 << 20, 42).is_err());
+        // A line that is not UTF-8 is kept, replaced; an entry without a
+        // time is now's; a million empty entries are refused, not expanded.
+        let req = PushRequest {
+            streams: vec![StreamAdapter {
+                labels: b"{app=\"x\"}".to_vec(),
+                entries: vec![EntryAdapter {
+                    timestamp: None,
+                    line: b"bad \xff byte".to_vec(),
+                    structured_metadata: vec![],
+                }],
+                hash: 0,
+            }],
+        };
+        let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).expect("snappy");
+        let d = from_protobuf(&body, 1 << 20, 42).expect("decodes");
+        assert_eq!((d.events[0].message.as_str(), d.events[0].timestamp), ("bad \u{fffd} byte", 42));
+        let many = PushRequest {
+            streams: vec![StreamAdapter {
+                labels: b"{}".to_vec(),
+                entries: vec![EntryAdapter::default(); 1 << 20],
+                hash: 0,
+            }],
+        };
+        let body = snap::raw::Encoder::new().compress_vec(&many.encode_to_vec()).expect("snappy");
+        let d = from_protobuf(&body, 64 << 20, 42).expect("decodes");
+        assert_eq!((d.events.len(), d.rejected), (0, 1 << 20));
+        assert!(d.first_error.as_deref().is_some_and(|e| e.contains("send fewer entries")), "{:?}", d.first_error);
     }
 
     #[test]
@@ -366,7 +426,7 @@ mod tests {
         let body = br#"{"streams":[{"stream":{"service_name":"billing","job":"x","instance":"h1"},
             "values":[["1700000000000000001","one"],["1700000000000000002","two",{"level":"error","order":"17"}],
                       ["soon","bad time"],[1700000000000000003,"numeric time"]]}]}"#;
-        let d = from_json(body).expect("decodes");
+        let d = from_json(body, 42).expect("decodes");
         let msgs: Vec<&str> = d.events.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(msgs, ["one", "two", "numeric time"]);
         assert_eq!(d.rejected, 1);
@@ -374,14 +434,22 @@ mod tests {
         assert_eq!((d.events[0].service.as_str(), d.events[0].host.as_str()), ("billing", "h1"));
         assert_eq!((d.events[0].level.as_str(), d.events[1].level.as_str()), ("", "error"));
         assert_eq!(attr(&d.events[1], "order"), Some("17"));
-        assert!(from_json(b"{\"streams\": 3}").expect_err("not a list").to_string().contains("Loki push JSON"));
+        assert!(from_json(b"{\"streams\": 3}", 42).expect_err("not a list").to_string().contains("Loki push JSON"));
+        let bad = br#"{"streams":[{"stream":{"a b":"x"},"values":[["0","zero time"]]},{"stream":{"ok":"y"},"values":[["0","now"]]}]}"#;
+        let d = from_json(bad, 42).expect("decodes");
+        assert_eq!((d.rejected, d.events.len(), d.events[0].timestamp), (1, 1, 42));
+        assert!(
+            d.first_error.as_deref().is_some_and(|e| e.contains("\"a b\" is not a label name")),
+            "{:?}",
+            d.first_error
+        );
     }
 
     #[test]
     fn a_stream_with_too_many_labels_is_refused_whole() {
         let labels: BTreeMap<String, String> = (0..=MAX_ATTRIBUTES).map(|i| (format!("l{i}"), "v".into())).collect();
         let body = serde_json::json!({"streams": [{"stream": labels, "values": [["1", "a"], ["2", "b"]]}]});
-        let d = from_json(body.to_string().as_bytes()).expect("decodes");
+        let d = from_json(body.to_string().as_bytes(), 42).expect("decodes");
         assert_eq!((d.events.len(), d.rejected), (0, 2));
         assert!(d.first_error.as_deref().is_some_and(|e| e.contains("at most 128")), "{:?}", d.first_error);
     }

@@ -58,7 +58,8 @@ fn level(severity: u8) -> &'static str {
     }
 }
 
-/// Most structured-data parameters kept from one message.
+/// Most structured-data parameters in one message; a message with more is
+/// refused whole (with the reason).
 pub const MAX_SD_PARAMS: usize = 128;
 
 /// One message as a log event. `peer` (the sender's address) is the host
@@ -304,9 +305,10 @@ fn bsd_time(b: &[u8], now_ns: i64) -> Option<(i64, &[u8])> {
     let [h1, h2, b':', m1, m2, b':', s1, s2] = time else { return None };
     let (h, m, s) = (num(&[*h1, *h2])?, num(&[*m1, *m2])?, num(&[*s1, *s2])?);
     let now = Utc.timestamp_nanos(now_ns);
-    // The year that puts it at most a day after now: a message of Dec 31
-    // read on Jan 1 is last year's.
-    for year in [now.year(), now.year() - 1] {
+    // The latest year that puts it at most a day after now: a message of
+    // Dec 31 read on Jan 1 is last year's, one of Jan 1 read on Dec 31
+    // (a sender ahead of us, or in a zone east of UTC) next year's.
+    for year in [now.year() + 1, now.year(), now.year() - 1] {
         let t = NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(h, m, s)?.and_utc();
         let ns = t.timestamp_nanos_opt()?;
         if ns <= now_ns.saturating_add(86_400_000_000_000) {
@@ -323,8 +325,9 @@ fn bsd_time(b: &[u8], now_ns: i64) -> Option<(i64, &[u8])> {
 pub enum Frame {
     /// A message: bytes `start..end` of the buffer; `consumed` bytes are done.
     Message { start: usize, end: usize, consumed: usize },
-    /// Not a whole frame yet.
-    Incomplete,
+    /// Not a whole frame yet; the first `skipped` bytes (separators
+    /// between frames) are done with.
+    Incomplete { skipped: usize },
 }
 
 /// The next frame of `buf`. `max` bounds a frame's length: over it, the
@@ -333,16 +336,13 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Frame, String> {
     // Blank lines between frames are skipped.
     let skip = buf.iter().take_while(|c| matches!(c, b'\n' | b'\r' | 0)).count();
     let b = &buf[skip..];
+    let incomplete = Ok(Frame::Incomplete { skipped: skip });
     match b.first() {
-        None => Ok(Frame::Incomplete),
+        None => incomplete,
         Some(b'1'..=b'9') => {
             let digits = b.iter().take(11).take_while(|c| c.is_ascii_digit()).count();
             if digits == b.len() {
-                return if digits > 10 {
-                    Err("octet count longer than 10 digits".into())
-                } else {
-                    Ok(Frame::Incomplete)
-                };
+                return if digits > 10 { Err("octet count longer than 10 digits".into()) } else { incomplete };
             }
             if b[digits] != b' ' {
                 return Err(format!(
@@ -356,20 +356,49 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Frame, String> {
             }
             let start = skip + digits + 1;
             let end = start + len as usize;
-            if buf.len() < end { Ok(Frame::Incomplete) } else { Ok(Frame::Message { start, end, consumed: end }) }
+            if buf.len() < end { incomplete } else { Ok(Frame::Message { start, end, consumed: end }) }
         }
         Some(_) => match memchr::memchr(b'\n', b) {
             Some(i) if i > max => Err(format!("line of {i} bytes is over the limit of {max}")),
             Some(i) => Ok(Frame::Message { start: skip, end: skip + i, consumed: skip + i + 1 }),
             None if b.len() > max => Err(format!("line of more than {max} bytes without a newline")),
-            None => Ok(Frame::Incomplete),
+            None => incomplete,
         },
     }
 }
 
+/// Whether a stream starts like an HTTP request (`POST / HTTP/1.1`): a web
+/// page can make a browser send one to any port, and its header lines
+/// would be read as syslog messages.
+pub fn looks_like_http(b: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] =
+        [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"OPTIONS ", b"DELETE ", b"PATCH ", b"CONNECT ", b"TRACE "];
+    METHODS.iter().any(|m| b.starts_with(m))
+}
+
+/// A UDP datagram's message: some senders (syslog-ng's loggen) octet-count
+/// inside UDP too (`LEN SP <PRI>...`); the count is dropped when it matches.
+pub fn datagram_message(b: &[u8]) -> &[u8] {
+    let digits = b.iter().take(10).take_while(|c| c.is_ascii_digit()).count();
+    if digits > 0 && b.get(digits) == Some(&b' ') && b.get(digits + 1) == Some(&b'<') {
+        let len = b[..digits].iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+        let msg = &b[digits + 1..];
+        if trim_end(msg).len() <= len && len <= msg.len() {
+            return msg;
+        }
+    }
+    b
+}
+
+/// Whether a message holds anything but separators (an empty datagram is
+/// no message).
+pub fn is_blank(b: &[u8]) -> bool {
+    b.iter().all(|c| matches!(c, b'\n' | b'\r' | 0 | b' '))
+}
+
 impl IngestService {
     /// Writes syslog events into `database.table` as `who`; the answer
-    /// names the events refused.
+    /// names the events refused by storage.
     pub async fn syslog(
         &self,
         who: &Principal,
@@ -377,7 +406,6 @@ impl IngestService {
         table: &str,
         events: Vec<LogEvent>,
     ) -> Result<WriteResponse, IngestError> {
-        self.metrics.syslog_messages.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.logs(who, WriteLogsRequest { database: database.to_string(), stream: table.to_string(), events }).await
     }
 }
@@ -442,6 +470,9 @@ mod tests {
         let jan1 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
         let e = parse(b"<13>Dec 31 23:59:59 h t: m", "p", jan1).expect("parses");
         assert_eq!(e.timestamp, jan1 - 1_000_000_000);
+        // Jan 1 read an hour before the new year is next year's.
+        let e = parse(b"<13>Jan  1 00:59:00 h t: m", "p", jan1 - 3_600_000_000_000).expect("parses");
+        assert_eq!(e.timestamp, jan1 + 59 * 60 * 1_000_000_000);
     }
 
     #[test]
@@ -465,6 +496,16 @@ mod tests {
     }
 
     #[test]
+    fn http_requests_blank_datagrams_and_counted_datagrams() {
+        assert!(looks_like_http(b"POST / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!looks_like_http(b"<13>POST / HTTP/1.1"));
+        assert!(is_blank(b"\n\r\0 ") && !is_blank(b"<13>x"));
+        assert_eq!(datagram_message(b"11 <13>1 - - -\n"), b"<13>1 - - -\n");
+        assert_eq!(datagram_message(b"12 apples <13>"), b"12 apples <13>");
+        assert_eq!(datagram_message(b"99 <13>short"), b"99 <13>short", "the count does not match");
+    }
+
+    #[test]
     fn octet_counted_and_newline_frames() {
         let buf = b"11 <13>1 - - -\n\n<13>hi there\n9 <13>x";
         let Ok(Frame::Message { start, end, consumed }) = next_frame(buf, 1024) else { panic!("first") };
@@ -473,9 +514,11 @@ mod tests {
         let Ok(Frame::Message { start, end, consumed }) = next_frame(rest, 1024) else { panic!("second") };
         assert_eq!(&rest[start..end], b"<13>hi there");
         let rest = &rest[consumed..];
-        assert!(matches!(next_frame(rest, 1024), Ok(Frame::Incomplete)), "5 of 9 bytes");
-        assert!(matches!(next_frame(b"12", 1024), Ok(Frame::Incomplete)));
-        assert!(matches!(next_frame(b"<13>no newline yet", 1024), Ok(Frame::Incomplete)));
+        assert!(matches!(next_frame(rest, 1024), Ok(Frame::Incomplete { skipped: 0 })), "5 of 9 bytes");
+        assert!(matches!(next_frame(b"12", 1024), Ok(Frame::Incomplete { skipped: 0 })));
+        assert!(matches!(next_frame(b"\n\r\0<13>no newline yet", 1024), Ok(Frame::Incomplete { skipped: 3 })));
+        // Separators alone are consumed, however many (they held memory).
+        assert!(matches!(next_frame(&[0u8; 5000], 1024), Ok(Frame::Incomplete { skipped: 5000 })));
         for (b, why) in [
             (&b"2000 <13>x"[..], "over the limit of 1024"),
             (b"99999999999", "longer than 10 digits"),

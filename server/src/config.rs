@@ -51,6 +51,10 @@ pub struct SyslogSection {
     pub max_frame_bytes: usize,
     /// Most TCP connections at once; more are closed when accepted.
     pub max_connections: usize,
+    /// Most TCP connections from one address at once.
+    pub max_connections_per_host: usize,
+    /// How long a TCP connection may hold an incomplete frame.
+    pub frame_timeout: String,
 }
 
 impl Default for SyslogSection {
@@ -62,6 +66,8 @@ impl Default for SyslogSection {
             table: "logs".into(),
             max_frame_bytes: 128 * 1024,
             max_connections: 1024,
+            max_connections_per_host: 64,
+            frame_timeout: "30s".into(),
         }
     }
 }
@@ -75,6 +81,8 @@ pub struct SyslogConfig {
     pub table: String,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_host: usize,
+    pub frame_timeout: Duration,
 }
 
 impl SyslogSection {
@@ -94,12 +102,18 @@ impl SyslogSection {
             .map_err(|e| ConfigError::Invalid { key: "syslog.database", reason: e.to_string() })?;
         tocsin_storage::write::check_table_name(&self.table)
             .map_err(|e| ConfigError::Invalid { key: "syslog.table", reason: e.to_string() })?;
-        if self.max_frame_bytes < 1024 || self.max_connections == 0 {
+        if self.max_frame_bytes < 1024 || self.max_connections == 0 || self.max_connections_per_host == 0 {
             return Err(ConfigError::Invalid {
                 key: "syslog",
-                reason: "max_frame_bytes must be at least 1024 and max_connections positive".into(),
+                reason: "max_frame_bytes must be at least 1024, max_connections and max_connections_per_host positive"
+                    .into(),
             });
         }
+        let frame_timeout =
+            parse_duration(&self.frame_timeout).ok().filter(|d| !d.is_zero()).ok_or_else(|| ConfigError::Invalid {
+                key: "syslog.frame_timeout",
+                reason: format!("{:?} is not a positive duration such as 30s", self.frame_timeout),
+            })?;
         Ok(SyslogConfig {
             tcp_addr,
             udp_addr,
@@ -107,6 +121,8 @@ impl SyslogSection {
             table: self.table,
             max_frame_bytes: self.max_frame_bytes,
             max_connections: self.max_connections,
+            max_connections_per_host: self.max_connections_per_host,
+            frame_timeout,
         })
     }
 }

@@ -56,8 +56,20 @@ impl Metrics {
         counter(
             &mut o,
             "tocsin_syslog_messages_total",
-            "Syslog messages parsed and handed to storage.",
+            "Syslog messages written to storage.",
             load(&i.syslog_messages),
+        );
+        counter(
+            &mut o,
+            "tocsin_syslog_dropped_messages_total",
+            "Syslog messages read but not written (a storage failure, or the server stopped while storage asked to wait).",
+            load(&i.syslog_dropped),
+        );
+        counter(
+            &mut o,
+            "tocsin_syslog_refused_connections_total",
+            "Syslog TCP connections closed when accepted (over max_connections or max_connections_per_host).",
+            load(&i.syslog_refused_connections),
         );
         counter(
             &mut o,

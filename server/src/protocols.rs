@@ -370,7 +370,7 @@ pub(crate) async fn loki_push(
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     let decoded = if is_json {
         match decoded_body(&app, &headers, body) {
-            Ok(raw) => loki::from_json(&raw),
+            Ok(raw) => loki::from_json(&raw, tocsin_ingest::now_ns()),
             Err(e) => return e.into_response(),
         }
     } else {
@@ -387,7 +387,7 @@ pub(crate) async fn loki_push(
             )
                 .into_response();
         }
-        loki::from_protobuf(&body, app.max_request_bytes)
+        loki::from_protobuf(&body, app.max_request_bytes, tocsin_ingest::now_ns())
     };
     let decoded = match decoded {
         Ok(d) => d,

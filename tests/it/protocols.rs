@@ -380,17 +380,17 @@ async fn loki_pushes_protobuf_and_json_with_partial_writes_and_bad_bodies() {
     let s = TestServer::start();
     let entry = |sec: i64, line: &str| EntryAdapter {
         timestamp: Some(Timestamp { seconds: sec, nanos: 0 }),
-        line: line.into(),
+        line: line.as_bytes().to_vec(),
         structured_metadata: vec![],
     };
     let push = PushRequest {
         streams: vec![
             StreamAdapter {
-                labels: r#"{job="varlogs", instance="web1", level="warning"}"#.into(),
+                labels: br#"{job="varlogs", instance="web1", level="warning"}"#.to_vec(),
                 entries: vec![entry(1_700_000_000, "proto one"), entry(1_700_000_001, "proto two")],
                 hash: 0,
             },
-            StreamAdapter { labels: "{not a label set".into(), entries: vec![entry(1, "lost")], hash: 0 },
+            StreamAdapter { labels: b"{not a label set".to_vec(), entries: vec![entry(1, "lost")], hash: 0 },
         ],
     };
     let body = snap::raw::Encoder::new().compress_vec(&push.encode_to_vec()).expect("snappy");

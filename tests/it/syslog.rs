@@ -104,3 +104,91 @@ fn a_bad_syslog_table_refuses_the_start_naming_the_key() {
     assert!(!out.status.success());
     assert!(err.contains("syslog.table"), "{err}");
 }
+
+/// Syslog has no acknowledgements: when storage asks to wait (here a rate
+/// limit of 100 rows/s), the listener holds what it read and stops reading
+/// instead of dropping it. It used to log the refusal and drop the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_sender_is_slowed_not_dropped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("tocsin.toml");
+    std::fs::write(&config, "[limits]\ningest_rows_per_second = 200\ningest_burst_rows = 200\n").expect("write");
+    let config = config.to_str().expect("utf-8").to_string();
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--config", &config]);
+    let s = TestServer::start_in(&tmp.path().join("data"), &flags);
+    let tcp = s.syslog_tcp.expect("syslog TCP");
+    let mut c = TcpStream::connect(tcp).expect("connect");
+    // In 20 writes, so that they are many reads: the first takes the
+    // bucket into debt, the next ones have to wait.
+    for chunk in 0..20 {
+        let lines: String =
+            (chunk * 50..chunk * 50 + 50).map(|i| format!("<14>Dec  5 20:00:00 h app: message {i}\n")).collect();
+        c.write_all(lines.as_bytes()).expect("write");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    let started = std::time::Instant::now();
+    let mut n = serde_json::Value::Null;
+    for _ in 0..150 {
+        n = s.sql("SELECT count(*) AS n FROM logs").await.first().map(|r| r["n"].clone()).unwrap_or_default();
+        if n == 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 1000, "every message is written, at the rate allowed");
+    assert!(started.elapsed() > Duration::from_secs(1), "the rate limit applied: {:?}", started.elapsed());
+    assert!(s.log_text().contains("storage asks to wait"), "the wait is logged");
+    assert_eq!(s.metric("tocsin_syslog_dropped_messages_total").await, 0.0);
+    assert_eq!(s.metric("tocsin_syslog_messages_total").await, 1000.0);
+}
+
+/// What a hostile or confused client can do to the TCP listener: an HTTP
+/// request (a web page can make a browser send one) is not read as syslog;
+/// one address holds at most `max_connections_per_host`; a frame left
+/// incomplete is closed after `frame_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_connection_hogs_and_stalled_frames_are_closed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("tocsin.toml");
+    std::fs::write(&config, "[syslog]\nmax_connections_per_host = 2\nframe_timeout = \"1s\"\n").expect("write");
+    let config = config.to_str().expect("utf-8").to_string();
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--config", &config]);
+    let s = TestServer::start_in(&tmp.path().join("data"), &flags);
+    let tcp = s.syslog_tcp.expect("syslog TCP");
+    let closed = |mut c: TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut b = [0u8; 16];
+        matches!(c.read(&mut b), Ok(0)) || c.read(&mut b).is_err()
+    };
+
+    let mut http = TcpStream::connect(tcp).expect("connect");
+    http.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\r\n<10>1 - prod-db sshd - - - forged\n",
+    )
+    .expect("write");
+    assert!(closed(http), "an HTTP request closes the connection");
+
+    let a = TcpStream::connect(tcp).expect("first");
+    let b = TcpStream::connect(tcp).expect("second");
+    std::thread::sleep(Duration::from_millis(200));
+    let third = TcpStream::connect(tcp).expect("third connects, then is closed");
+    assert!(closed(third), "a third connection from one address is closed");
+    assert_eq!(s.metric("tocsin_syslog_refused_connections_total").await, 1.0);
+    drop((a, b));
+
+    let mut stalled = TcpStream::connect(tcp).expect("connect");
+    stalled.write_all(b"<13>never finished").expect("write");
+    let started = std::time::Instant::now();
+    assert!(closed(stalled), "a stalled frame closes the connection");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+
+    let mut ok = TcpStream::connect(tcp).expect("connect");
+    ok.write_all(b"<13>1 - h a - - - still served\n").expect("write");
+    drop(ok);
+    let rows = s.sql_until("SELECT message FROM logs", |r| !r.is_empty()).await;
+    assert_eq!(rows, vec![serde_json::json!({"message": "still served"})], "nothing of the HTTP request was written");
+    assert!(s.metric("tocsin_syslog_invalid_messages_total").await >= 2.0);
+}
