@@ -46,6 +46,12 @@ pub enum LokiError {
     Protobuf(#[from] prost::DecodeError),
     #[error("body is not Loki push JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(
+        "the push holds {entries} entries; at most {} fit the request's budget of {MAX_EXPANDED_BYTES} bytes (each \
+         entry costs {ENTRY_COST} bytes and its stream's labels); send fewer entries per push",
+        MAX_EXPANDED_BYTES / ENTRY_COST
+    )]
+    TooManyEntries { entries: usize },
 }
 
 /// The events of a push, and the entries refused (by stream) with the first
@@ -83,6 +89,13 @@ pub fn from_protobuf(body: &[u8], max_decoded: usize, now_ns: i64) -> Result<Dec
         return Err(LokiError::TooLarge { size, limit: max_decoded });
     }
     let raw = snap::raw::Decoder::new().decompress_vec(body)?;
+    // Counted on the wire first: decoding makes each entry (2 bytes at
+    // least) a struct of about 80, so a 64 MiB body of empty entries would
+    // take gigabytes before the budget below could refuse it.
+    let entries = count_entries(&raw).unwrap_or(0);
+    if entries > MAX_EXPANDED_BYTES / ENTRY_COST {
+        return Err(LokiError::TooManyEntries { entries });
+    }
     let req = PushRequest::decode(raw.as_slice())?;
     let mut out = Decoded::default();
     let mut budget = MAX_EXPANDED_BYTES;
@@ -107,6 +120,46 @@ pub fn from_protobuf(body: &[u8], max_decoded: usize, now_ns: i64) -> Result<Dec
         }
     }
     Ok(out)
+}
+
+/// The entries of an encoded `PushRequest` (field 2 of each stream, field
+/// 1), read off the wire without decoding; `None` when it is malformed
+/// (decoding then says how).
+fn count_entries(mut b: &[u8]) -> Option<usize> {
+    /// One field: its number, wire type and, for length-delimited ones,
+    /// the bytes; the rest after it.
+    fn field(b: &[u8]) -> Option<(u64, u64, &[u8], &[u8])> {
+        let mut buf = b;
+        let key = prost::encoding::decode_varint(&mut buf).ok()?;
+        let (number, wire) = (key >> 3, key & 7);
+        let (value, rest): (&[u8], &[u8]) = match wire {
+            0 => {
+                prost::encoding::decode_varint(&mut buf).ok()?;
+                (&[], buf)
+            }
+            1 => (&[], buf.get(8..)?),
+            2 => {
+                let len = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
+                (buf.get(..len)?, buf.get(len..)?)
+            }
+            5 => (&[], buf.get(4..)?),
+            _ => return None,
+        };
+        Some((number, wire, value, rest))
+    }
+    let mut entries = 0usize;
+    while !b.is_empty() {
+        let (number, wire, mut stream, rest) = field(b)?;
+        if number == 1 && wire == 2 {
+            while !stream.is_empty() {
+                let (n, w, _, r) = field(stream)?;
+                entries += usize::from(n == 2 && w == 2);
+                stream = r;
+            }
+        }
+        b = rest;
+    }
+    Some(entries)
 }
 
 #[derive(Deserialize)]
@@ -416,9 +469,10 @@ mod tests {
             }],
         };
         let body = snap::raw::Encoder::new().compress_vec(&many.encode_to_vec()).expect("snappy");
-        let d = from_protobuf(&body, 64 << 20, 42).expect("decodes");
-        assert_eq!((d.events.len(), d.rejected), (0, 1 << 20));
-        assert!(d.first_error.as_deref().is_some_and(|e| e.contains("send fewer entries")), "{:?}", d.first_error);
+        let err = from_protobuf(&body, 64 << 20, 42).expect_err("refused before decoding");
+        assert!(err.to_string().contains("holds 1048576 entries"), "{err}");
+        assert_eq!(count_entries(&req.encode_to_vec()), Some(1));
+        assert_eq!(count_entries(&[0x0a, 0x05, 0x12]), None, "a length past the end");
     }
 
     #[test]

@@ -391,7 +391,9 @@ pub(crate) async fn loki_push(
     };
     let decoded = match decoded {
         Ok(d) => d,
-        Err(e @ LokiError::TooLarge { .. }) => return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+        Err(e @ (LokiError::TooLarge { .. } | LokiError::TooManyEntries { .. })) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response();
+        }
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let database = headers
