@@ -15,6 +15,7 @@
 //! ```
 
 pub mod convert;
+pub mod elastic;
 pub mod errors;
 pub mod follow;
 pub mod line;
@@ -78,6 +79,7 @@ pub struct IngestMetrics {
     pub line_protocol_requests: AtomicU64,
     pub otlp_requests: AtomicU64,
     pub loki_requests: AtomicU64,
+    pub elastic_requests: AtomicU64,
     /// Syslog messages written to storage (each is one event).
     pub syslog_messages: AtomicU64,
     /// Syslog messages refused before storage (unparseable, broken framing).

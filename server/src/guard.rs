@@ -74,6 +74,14 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self.add(Method::POST, path, access, on(MethodFilter::POST, handler))
     }
 
+    pub(crate) fn put<H, T>(self, path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        self.add(Method::PUT, path, access, on(MethodFilter::PUT, handler))
+    }
+
     pub(crate) fn delete<H, T>(self, path: &'static str, access: Access, handler: H) -> Self
     where
         H: Handler<T, S>,

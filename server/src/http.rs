@@ -62,7 +62,11 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/write", Requires(Write), crate::protocols::influx_v1_write)
         .post("/v1/metrics", Requires(Write), crate::protocols::otlp_metrics)
         .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs)
-        .post("/loki/api/v1/push", Requires(Write), crate::protocols::loki_push);
+        .post("/loki/api/v1/push", Requires(Write), crate::protocols::loki_push)
+        .post("/_bulk", Requires(Write), crate::protocols::elastic_bulk)
+        .put("/_bulk", Requires(Write), crate::protocols::elastic_bulk)
+        .post("/{index}/_bulk", Requires(Write), crate::protocols::elastic_bulk_index)
+        .put("/{index}/_bulk", Requires(Write), crate::protocols::elastic_bulk_index);
     let routes = crate::auth_api::routes(crate::alertmanager_api::routes(crate::alert_links::routes(
         crate::alerts_api::routes(routes),
     )));

@@ -42,6 +42,7 @@ impl Metrics {
             ("line_protocol", &i.line_protocol_requests),
             ("otlp", &i.otlp_requests),
             ("loki", &i.loki_requests),
+            ("elastic_bulk", &i.elastic_requests),
             ("stream_message", &i.stream_messages),
         ] {
             let _ = writeln!(o, "tocsin_ingest_requests_total{{kind=\"{kind}\"}} {}", load(v));

@@ -16,6 +16,11 @@
 //!   Alloy, Fluent Bit, Vector) or JSON, into `logs`; the database is the
 //!   `X-Scope-OrgID` tenant, else `?db=`, else `public`.
 //!
+//! - `POST /_bulk`, `POST /{index}/_bulk`: Elasticsearch's bulk API
+//!   (Logstash, Filebeat, Fluent Bit, Vector, the Elasticsearch clients):
+//!   each document a log event of the table named after its index; `?db=`
+//!   picks the database.
+//!
 //! Line protocol and OTLP bodies may be compressed (`Content-Encoding:
 //! gzip` or `zstd`); the decompressed size is bounded by
 //! `limits.max_request_bytes` too. Other encodings are `415`. Remote_write
@@ -410,4 +415,76 @@ pub(crate) async fn loki_push(
         }
         Err(e) => ingest_error(Dialect::Prometheus, e),
     }
+}
+
+pub(crate) async fn elastic_bulk(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    bulk(app, who, params, headers, body, None).await
+}
+
+pub(crate) async fn elastic_bulk_index(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    axum::extract::Path(index): axum::extract::Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    bulk(app, who, params, headers, body, Some(index)).await
+}
+
+/// Elasticsearch's `_bulk`: `200` with one item per action (`201`, or the
+/// item's error: `400`, `429` to retry), as Elasticsearch answers, so that
+/// clients retry only what asks for it. A body that cannot be read as
+/// action and document lines is `400` naming the line. Answers carry
+/// `X-Elastic-Product: Elasticsearch`: the Elasticsearch clients (and
+/// Beats) refuse a server without it.
+async fn bulk(
+    app: AppState,
+    who: Principal,
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+    index: Option<String>,
+) -> Response {
+    use tocsin_ingest::elastic;
+    app.ingest.metrics.elastic_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let product = [(header::HeaderName::from_static("x-elastic-product"), "Elasticsearch")];
+    let fail = |status: StatusCode, kind: &str, reason: String| {
+        let body = json!({"error": {"type": kind, "reason": reason}, "status": status.as_u16()});
+        (status, product.clone(), axum::Json(body)).into_response()
+    };
+    let raw = match decoded_body(&app, &headers, body) {
+        Ok(r) => r,
+        Err((status, reason)) => return fail(status, "parse_exception", reason),
+    };
+    let parsed = match elastic::parse(&raw, index.as_deref(), tocsin_ingest::now_ns()) {
+        Ok(b) => b,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, "parse_exception", e.to_string()),
+    };
+    let db = params.get("db").map_or("public", String::as_str);
+    let items = app.ingest.elastic_bulk(&who, db, parsed).await;
+    let errors = items.iter().any(|i| i.error.is_some());
+    let items: Vec<serde_json::Value> = items
+        .into_iter()
+        .map(|i| {
+            let mut v = json!({"_index": i.index, "_id": i.id, "status": i.status});
+            match i.error {
+                None => {
+                    v["result"] = json!("created");
+                    v["_version"] = json!(1);
+                }
+                Some((kind, reason)) => v["error"] = json!({"type": kind, "reason": reason}),
+            }
+            json!({ i.action: v })
+        })
+        .collect();
+    let body = json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items});
+    (StatusCode::OK, product, axum::Json(body)).into_response()
 }

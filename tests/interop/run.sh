@@ -38,3 +38,4 @@ python3 tests/interop/test_logs_peers.py
 python3 tests/interop/test_syslog_rsyslog.py
 python3 tests/interop/test_loki_clients.py
 python3 tests/interop/test_otlp_http_json_js.py
+python3 tests/interop/test_elasticsearch_bulk.py

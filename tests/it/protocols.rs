@@ -437,3 +437,40 @@ async fn loki_pushes_protobuf_and_json_with_partial_writes_and_bad_bodies() {
     }
     assert_eq!(s.sql("SELECT count(*) AS n FROM logs").await[0]["n"], 3, "nothing else was written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_bulk_items_and_rows() {
+    let s = TestServer::start();
+    let body = concat!(
+        "{\"index\":{\"_index\":\"nginx-2026.12.05\",\"_id\":\"x1\"}}\n",
+        "{\"@timestamp\":\"2026-12-05T10:00:00Z\",\"message\":\"GET /\",\"host\":{\"name\":\"lb1\"},\"status\":200}\n",
+        "{\"create\":{}}\n",
+        "{\"@timestamp\":1764928800000,\"message\":\"from the path's index\",\"level\":\"ERROR\"}\n",
+        "{\"delete\":{\"_index\":\"nginx\",\"_id\":\"x1\"}}\n",
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/nginx-2026.12.06/_bulk", s.http))
+        .header("content-type", "application/x-ndjson")
+        .body(gzip_bytes(body.as_bytes()))
+        .header("content-encoding", "gzip")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers().get("x-elastic-product").and_then(|v| v.to_str().ok()), Some("Elasticsearch"));
+    let answer: Value = resp.json().await.expect("json");
+    assert_eq!(answer["errors"], true);
+    assert_eq!(answer["items"][0]["index"]["status"], 201);
+    assert_eq!(answer["items"][0]["index"]["_id"], "x1");
+    assert_eq!(answer["items"][1]["create"]["status"], 201);
+    assert_eq!(answer["items"][2]["delete"]["status"], 400);
+    let rows = s.sql("SELECT CAST(ts AS BIGINT) AS ns, host, level, message, attributes FROM nginx ORDER BY ts").await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["ns"], 1_764_928_800_000_000_000_i64);
+    assert_eq!((rows[0]["level"].as_str(), rows[1]["host"].as_str()), (Some("error"), Some("lb1")));
+    assert_eq!(rows[1]["attributes"], r#"{"status":"200"}"#);
+
+    let (status, text) = post(&s, "/_bulk", b"{\"index\":{}}\n{\"m\":1}\n{oops\n".to_vec(), &[]).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("line 3"), "{text}");
+}
