@@ -22,6 +22,13 @@ const SPAN_FIELDS: [&str; 2] = ["span.id", "span_id"];
 
 /// Most fields one document may have once flattened.
 pub const MAX_FIELDS: usize = 256;
+/// Longest field name once flattened (`a.b.c`).
+pub const MAX_FIELD_NAME: usize = 1024;
+/// Most actions in one request: each holds an item, an event and its
+/// answer (a few KB), and a gzip body of empty documents is 30 bytes per
+/// million. Logstash, Filebeat and Vector send batches of at most a few
+/// thousand.
+pub const MAX_ACTIONS: usize = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElasticError {
@@ -157,6 +164,9 @@ fn flatten(prefix: &str, v: Value, out: &mut BTreeMap<String, Value>) -> Result<
     match v {
         Value::Object(m) => {
             for (k, v) in m {
+                if prefix.len() + k.len() >= MAX_FIELD_NAME {
+                    return Err(format!("a field name is longer than {MAX_FIELD_NAME} bytes once flattened"));
+                }
                 let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
                 flatten(&key, v, out)?;
             }
@@ -166,7 +176,11 @@ fn flatten(prefix: &str, v: Value, out: &mut BTreeMap<String, Value>) -> Result<
             if out.len() >= MAX_FIELDS {
                 return Err(format!("the document has more than {MAX_FIELDS} fields"));
             }
-            out.insert(prefix.to_string(), v);
+            // `{"a.b": 1, "a": {"b": 2}}` names one field twice: refused
+            // rather than one value kept silently.
+            if out.insert(prefix.to_string(), v).is_some() {
+                return Err(format!("field {:?} is given twice (once dotted, once nested)", tocsin_auth::clip(prefix)));
+            }
         }
     }
     Ok(())
@@ -179,24 +193,61 @@ fn text(v: Value) -> String {
     }
 }
 
-/// `@timestamp` as Elasticsearch reads it: RFC 3339 (a date alone is its
-/// midnight UTC), or epoch milliseconds as a number or digits.
+/// `@timestamp` as Elasticsearch's default format reads it
+/// (`strict_date_optional_time||epoch_millis`): ISO 8601 with or without an
+/// offset (none is UTC; `+0200` and `Z` both), minutes or fractions
+/// optional, a date alone (its midnight UTC), or epoch milliseconds as a
+/// number or as digits (a string of 4 digits or fewer is a year).
 fn time(v: &Value) -> Result<i64, String> {
-    let millis = |ms: i64| ms.checked_mul(1_000_000).ok_or_else(|| format!("@timestamp {ms} is out of range"));
-    match v {
-        Value::Number(n) => millis(n.as_i64().ok_or_else(|| format!("@timestamp {n} is not whole milliseconds"))?),
-        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            millis(s.parse().map_err(|_| format!("@timestamp {s:?} is out of range"))?)
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let millis = |ms: f64| {
+        let ns = ms * 1e6;
+        if ns.is_finite() && ns.abs() < 9.2e18 {
+            Ok(ns as i64)
+        } else {
+            Err(format!("@timestamp {ms} is out of range"))
         }
+    };
+    let bad =
+        |s: &str| format!("@timestamp {:?} is not an ISO 8601 date-time or epoch milliseconds", tocsin_auth::clip(s));
+    match v {
+        Value::Number(n) => match n.as_i64() {
+            Some(ms) => ms.checked_mul(1_000_000).ok_or_else(|| format!("@timestamp {ms} is out of range")),
+            None => millis(n.as_f64().ok_or_else(|| format!("@timestamp {n} is out of range"))?),
+        },
+        Value::String(s) if s.len() > 4 && s.bytes().all(|b| b.is_ascii_digit()) => s
+            .parse::<i64>()
+            .ok()
+            .and_then(|ms| ms.checked_mul(1_000_000))
+            .ok_or_else(|| format!("@timestamp {s:?} is out of range")),
         Value::String(s) => {
-            let t = chrono::DateTime::parse_from_rfc3339(s)
-                .map(|t| t.to_utc())
-                .or_else(|_| {
-                    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+            let t = s.trim();
+            let with_offset = ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z", "%Y-%m-%d %H:%M:%S%.f%#z"]
+                .iter()
+                .find_map(|f| DateTime::parse_from_str(&t.replace('Z', "+00:00"), f).ok())
+                .map(|d| d.to_utc());
+            let utc = with_offset
+                .or_else(|| {
+                    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S%.f"]
+                        .iter()
+                        .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+                        .map(|d| d.and_utc())
                 })
-                .map_err(|_| format!("@timestamp {:?} is not an ISO 8601 date-time", tocsin_auth::clip(s)))?;
-            t.timestamp_nanos_opt().ok_or_else(|| format!("@timestamp {s:?} is out of range"))
+                .or_else(|| {
+                    NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                        .map(|d| d.and_utc())
+                })
+                .or_else(|| {
+                    (t.len() == 4 && t.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| t.parse::<i32>().ok().and_then(|y| NaiveDate::from_ymd_opt(y, 1, 1)))
+                        .flatten()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                        .map(|d| d.and_utc())
+                })
+                .ok_or_else(|| bad(s))?;
+            utc.timestamp_nanos_opt().ok_or_else(|| format!("@timestamp {s:?} is out of range"))
         }
         other => Err(format!("@timestamp {other} is not a date")),
     }
@@ -232,6 +283,25 @@ impl crate::IngestService {
         let Bulk { tables, mut items } = bulk;
         for (table, events) in tables {
             let places: Vec<usize> = events.iter().map(|(i, _)| *i).collect();
+            // An index named like a metrics table (Logstash's `nginx-*` next
+            // to Telegraf's `nginx`) would mix log rows into it.
+            if let Some(schema) = self.storage.table_schema(crate::database(database), &table)
+                && schema.field_with_name("message").is_err()
+            {
+                for i in &places {
+                    if let Some(item) = items.get_mut(*i) {
+                        item.status = 400;
+                        item.error = Some((
+                            "illegal_argument_exception",
+                            format!(
+                                "index {:?} maps to table {table}, which holds no logs (no message column); use another index name",
+                                item.index
+                            ),
+                        ));
+                    }
+                }
+                continue;
+            }
             let req = WriteLogsRequest {
                 database: database.to_string(),
                 stream: table,
@@ -322,6 +392,45 @@ not json
             (e.timestamp, e.message.as_str(), e.level.as_str()),
             (1_764_928_800_000_000_000, "epoch millis", "info")
         );
+    }
+
+    #[test]
+    fn timestamps_in_elasticsearchs_default_formats() {
+        let t = |v: Value| time(&v);
+        let noon = 1_796_472_000_000_000_000; // 2026-12-05T12:00:00Z
+        for s in [
+            "2026-12-05T12:00:00Z",
+            "2026-12-05T12:00:00",
+            "2026-12-05T12:00:00.000",
+            "2026-12-05 12:00:00",
+            "2026-12-05T12:00Z",
+            "2026-12-05T14:00:00+0200",
+            "2026-12-05T14:00:00+02:00",
+        ] {
+            assert_eq!(t(Value::from(s)), Ok(noon), "{s}");
+        }
+        assert_eq!(t(Value::from("2026-12-05")), Ok(noon - 12 * 3_600_000_000_000));
+        assert_eq!(t(Value::from(1_796_472_000_000_i64)), Ok(noon));
+        assert_eq!(t(Value::from("1796472000000")), Ok(noon));
+        // Fractional milliseconds go through a double: within a microsecond.
+        let frac = t(Value::from(1_796_472_000_000.5)).expect("fraction");
+        assert!((frac - (noon + 500_000)).abs() < 1_000, "{frac}");
+        assert_eq!(t(Value::from("2026")), Ok(1_767_225_600_000_000_000), "a year, not 2026 ms");
+        assert!(t(Value::from("yesterday")).is_err());
+        assert!(t(serde_json::json!({"x": 1})).is_err());
+    }
+
+    #[test]
+    fn colliding_and_overlong_field_names_are_refused() {
+        let body = concat!(
+            "{\"index\":{\"_index\":\"a\"}}\n{\"a.b\":1,\"a\":{\"b\":2},\"message\":\"m\"}\n",
+            "{\"index\":{\"_index\":\"a\"}}\n",
+        );
+        let long = format!("{{\"{}\":{{\"{}\":1}}}}\n", "k".repeat(600), "j".repeat(600));
+        let b = parse(format!("{body}{long}").as_bytes(), None, 0).expect("parses");
+        let errors: Vec<String> = b.items.iter().map(|i| i.error.clone().map(|e| e.1).unwrap_or_default()).collect();
+        assert!(errors[0].contains("given twice"), "{errors:?}");
+        assert!(errors[1].contains("longer than 1024"), "{errors:?}");
     }
 
     #[test]

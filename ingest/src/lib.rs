@@ -26,6 +26,7 @@ pub mod prom;
 pub mod rate;
 pub mod syslog;
 pub mod tail;
+pub mod wire;
 
 #[cfg(test)]
 mod generated_tests;

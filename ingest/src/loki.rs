@@ -92,7 +92,7 @@ pub fn from_protobuf(body: &[u8], max_decoded: usize, now_ns: i64) -> Result<Dec
     // Counted on the wire first: decoding makes each entry (2 bytes at
     // least) a struct of about 80, so a 64 MiB body of empty entries would
     // take gigabytes before the budget below could refuse it.
-    let entries = count_entries(&raw).unwrap_or(0);
+    let entries = crate::wire::count(&raw, crate::wire::LOKI_ENTRIES).unwrap_or(0);
     if entries > MAX_EXPANDED_BYTES / ENTRY_COST {
         return Err(LokiError::TooManyEntries { entries });
     }
@@ -120,46 +120,6 @@ pub fn from_protobuf(body: &[u8], max_decoded: usize, now_ns: i64) -> Result<Dec
         }
     }
     Ok(out)
-}
-
-/// The entries of an encoded `PushRequest` (field 2 of each stream, field
-/// 1), read off the wire without decoding; `None` when it is malformed
-/// (decoding then says how).
-fn count_entries(mut b: &[u8]) -> Option<usize> {
-    /// One field: its number, wire type and, for length-delimited ones,
-    /// the bytes; the rest after it.
-    fn field(b: &[u8]) -> Option<(u64, u64, &[u8], &[u8])> {
-        let mut buf = b;
-        let key = prost::encoding::decode_varint(&mut buf).ok()?;
-        let (number, wire) = (key >> 3, key & 7);
-        let (value, rest): (&[u8], &[u8]) = match wire {
-            0 => {
-                prost::encoding::decode_varint(&mut buf).ok()?;
-                (&[], buf)
-            }
-            1 => (&[], buf.get(8..)?),
-            2 => {
-                let len = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
-                (buf.get(..len)?, buf.get(len..)?)
-            }
-            5 => (&[], buf.get(4..)?),
-            _ => return None,
-        };
-        Some((number, wire, value, rest))
-    }
-    let mut entries = 0usize;
-    while !b.is_empty() {
-        let (number, wire, mut stream, rest) = field(b)?;
-        if number == 1 && wire == 2 {
-            while !stream.is_empty() {
-                let (n, w, _, r) = field(stream)?;
-                entries += usize::from(n == 2 && w == 2);
-                stream = r;
-            }
-        }
-        b = rest;
-    }
-    Some(entries)
 }
 
 #[derive(Deserialize)]
@@ -471,8 +431,6 @@ mod tests {
         let body = snap::raw::Encoder::new().compress_vec(&many.encode_to_vec()).expect("snappy");
         let err = from_protobuf(&body, 64 << 20, 42).expect_err("refused before decoding");
         assert!(err.to_string().contains("holds 1048576 entries"), "{err}");
-        assert_eq!(count_entries(&req.encode_to_vec()), Some(1));
-        assert_eq!(count_entries(&[0x0a, 0x05, 0x12]), None, "a length past the end");
     }
 
     #[test]

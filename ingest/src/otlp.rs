@@ -89,6 +89,14 @@ pub const MAX_ATTRIBUTES: usize = 128;
 /// 12 MB.
 pub const MAX_EXPANDED_BYTES: usize = 64 << 20;
 
+/// Most log records or data points one OTLP/HTTP export may hold, counted
+/// on the wire before decoding (each costs a struct of a few hundred bytes
+/// however small it is on the wire).
+pub const MAX_ITEMS: usize = MAX_EXPANDED_BYTES / 256;
+/// Most JSON objects (`{`) one OTLP/HTTP JSON export may hold: a record is
+/// a handful; each costs a few hundred bytes while read.
+pub const MAX_JSON_OBJECTS: usize = 1 << 20;
+
 /// Charges the expansion of one point or record against a request's budget.
 #[derive(Debug)]
 struct Expansion {

@@ -6,8 +6,9 @@
 //! written subset), then decoded into the same types as a protobuf body.
 //!
 //! Unknown fields are ignored, as the OTLP specification asks of
-//! receivers; enums are integers (names are accepted too); 64-bit integers
-//! are strings or numbers.
+//! receivers; enums are integers (OTLP's JSON encodes them so; the fields
+//! OTLP declares as plain integers, such as `severityNumber`, take only
+//! integers); 64-bit integers are strings or numbers.
 
 use std::sync::LazyLock;
 

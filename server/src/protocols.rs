@@ -217,7 +217,8 @@ fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Byte
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     let (name, reader): (&str, Box<dyn Read + '_>) = match encoding.as_deref() {
         None | Some("" | "identity") => return Ok(body),
-        Some("gzip" | "x-gzip") => ("gzip", Box::new(flate2::read::GzDecoder::new(&body[..]))),
+        // Every member: a body of concatenated gzip members is one body.
+        Some("gzip" | "x-gzip") => ("gzip", Box::new(flate2::read::MultiGzDecoder::new(&body[..]))),
         Some("zstd") => match zstd::stream::read::Decoder::new(&body[..]) {
             Ok(d) => ("zstd", Box::new(d)),
             Err(e) => return Err((StatusCode::BAD_REQUEST, format!("body is not valid zstd: {e}"))),
@@ -259,13 +260,30 @@ fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<(Bytes,
     Ok((decoded_body(app, headers, body)?, encoding))
 }
 
-/// Decodes an export request (`message` is its protobuf name, for JSON).
+/// Decodes an export request (`message` is its protobuf name, for JSON;
+/// `items` where its records or points are, to count them first).
 fn otlp_request<M: prost::Message + Default>(
     raw: &[u8],
     encoding: OtlpEncoding,
     message: &'static str,
+    items: &[&[u64]],
 ) -> Result<M, (StatusCode, String)> {
+    use tocsin_ingest::otlp::{MAX_ITEMS, MAX_JSON_OBJECTS};
     let short = message.rsplit('.').next().unwrap_or(message);
+    // Counted before decoding: decoding makes each record or point a
+    // struct of hundreds of bytes, however few it takes on the wire.
+    let too_many = match encoding {
+        OtlpEncoding::Protobuf => tocsin_ingest::wire::count(raw, items)
+            .filter(|n| *n > MAX_ITEMS)
+            .map(|n| format!("the export holds {n} records or data points; at most {MAX_ITEMS} per request")),
+        OtlpEncoding::Json => Some(raw.iter().filter(|b| **b == b'{').count())
+            .filter(|n| *n > MAX_JSON_OBJECTS)
+            .map(|n| format!("the export holds {n} JSON objects; at most {MAX_JSON_OBJECTS} per request")),
+    };
+    if let Some(reason) = too_many {
+        tocsin_storage::refusals::refused("max_otlp_items");
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("{reason}: send smaller batches")));
+    }
     match encoding {
         OtlpEncoding::Protobuf => {
             M::decode(raw).map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not an OTLP {short}: {e}")))
@@ -324,10 +342,11 @@ pub(crate) async fn otlp_metrics(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let req: ExportMetricsServiceRequest = match otlp_request(&raw, encoding, OTLP_METRICS_REQUEST) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+    let req: ExportMetricsServiceRequest =
+        match otlp_request(&raw, encoding, OTLP_METRICS_REQUEST, tocsin_ingest::wire::OTLP_DATA_POINTS) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
     match app.ingest.otlp_metrics(&who, &otlp_database(&headers, &params), req).await {
         Ok(resp) => otlp_response(&resp, encoding, OTLP_METRICS_RESPONSE),
         Err(e) => otlp_error(e),
@@ -346,10 +365,11 @@ pub(crate) async fn otlp_logs(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let req: ExportLogsServiceRequest = match otlp_request(&raw, encoding, OTLP_LOGS_REQUEST) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+    let req: ExportLogsServiceRequest =
+        match otlp_request(&raw, encoding, OTLP_LOGS_REQUEST, tocsin_ingest::wire::OTLP_LOG_RECORDS) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
     match app.ingest.otlp_logs(&who, &otlp_database(&headers, &params), req).await {
         Ok(resp) => otlp_response(&resp, encoding, OTLP_LOGS_RESPONSE),
         Err(e) => otlp_error(e),
@@ -464,6 +484,14 @@ async fn bulk(
         Ok(r) => r,
         Err((status, reason)) => return fail(status, "parse_exception", reason),
     };
+    let lines = raw.iter().filter(|b| **b == b'\n').count() + 1;
+    if lines > 2 * elastic::MAX_ACTIONS + 1 {
+        return fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_entity_too_large",
+            format!("at most {} actions per _bulk request; send smaller batches", elastic::MAX_ACTIONS),
+        );
+    }
     let parsed = match elastic::parse(&raw, index.as_deref(), tocsin_ingest::now_ns()) {
         Ok(b) => b,
         Err(e) => return fail(StatusCode::BAD_REQUEST, "parse_exception", e.to_string()),

@@ -474,3 +474,38 @@ async fn elasticsearch_bulk_items_and_rows() {
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("line 3"), "{text}");
 }
+
+/// Records, points and actions are counted before a body is decoded: a
+/// few kilobytes of gzip holding millions of empty records took gigabytes
+/// while decoded (hostile review of 2026-12-05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_with_too_many_records_are_refused_before_decoding() {
+    use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
+    use tocsin_proto::opentelemetry::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    let s = TestServer::start();
+    let req = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs { log_records: vec![LogRecord::default(); 300_000], ..Default::default() }],
+            ..Default::default()
+        }],
+    };
+    let headers = [("content-type", "application/x-protobuf"), ("content-encoding", "gzip")];
+    let (status, text) = post(&s, "/v1/logs", gzip_bytes(&req.encode_to_vec()), &headers).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("300000 records"), "{text}");
+    let json = format!("{{\"resourceLogs\":[{{\"scopeLogs\":[{{\"logRecords\":[{}{{}}]}}]}}]}}", "{},".repeat(1 << 20));
+    let headers = [("content-type", "application/json"), ("content-encoding", "gzip")];
+    let (status, text) = post(&s, "/v1/logs", gzip_bytes(json.as_bytes()), &headers).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("JSON objects"), "{text}");
+    let bulk = "{\"index\":{\"_index\":\"a\"}}\n{}\n".repeat(20_001);
+    let (status, text) = post(&s, "/_bulk", gzip_bytes(bulk.as_bytes()), &[("content-encoding", "gzip")]).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("at most 20000 actions"), "{text}");
+    // Concatenated gzip members are one body (the first member alone was read).
+    let mut two = gzip_bytes(b"{\"index\":{\"_index\":\"g\"}}\n{\"message\":\"one\"}\n");
+    two.extend(gzip_bytes(b"{\"index\":{\"_index\":\"g\"}}\n{\"message\":\"two\"}\n"));
+    let (status, text) = post(&s, "/_bulk", two, &[("content-encoding", "gzip")]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(s.sql("SELECT count(*) AS n FROM g").await[0]["n"], 2);
+}
