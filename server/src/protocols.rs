@@ -188,7 +188,7 @@ async fn line_protocol(
             format!("unknown precision {:?}; use ns, us, ms, s (or n, u, m, h)", precision.unwrap_or("")),
         );
     };
-    let raw = match decoded_body(&app, headers, body) {
+    let raw = match decoded_body(app.max_request_bytes, headers, body) {
         Ok(raw) => raw,
         Err((status, message)) => return error(d, status, message),
     };
@@ -212,8 +212,8 @@ async fn line_protocol(
 
 /// The body, decompressed as `Content-Encoding` says (`gzip` or `zstd`),
 /// within the request size limit. Any other encoding is `415`, naming it.
-fn decoded_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, (StatusCode, String)> {
-    let limit = app.max_request_bytes as u64;
+fn decoded_body(limit: usize, headers: &HeaderMap, body: Bytes) -> Result<Bytes, (StatusCode, String)> {
+    let limit = limit as u64;
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     let (name, reader): (&str, Box<dyn Read + '_>) = match encoding.as_deref() {
         None | Some("" | "identity") => return Ok(body),
@@ -250,14 +250,25 @@ enum OtlpEncoding {
     Json,
 }
 
+/// Runs the CPU work of a request body (decompressing, decoding) on a
+/// blocking thread: a few large bodies on the async workers stalled every
+/// other request, `/health` included, for seconds on 2 cores.
+async fn off_workers<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, (StatusCode, String)> + Send + 'static,
+) -> Result<T, (StatusCode, String)> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err((StatusCode::INTERNAL_SERVER_ERROR, format!("decoding the body failed: {e}"))))
+}
+
 /// The body of an OTLP/HTTP export, decompressed, and its encoding.
-fn otlp_body(app: &AppState, headers: &HeaderMap, body: Bytes) -> Result<(Bytes, OtlpEncoding), (StatusCode, String)> {
+fn otlp_body(limit: usize, headers: &HeaderMap, body: Bytes) -> Result<(Bytes, OtlpEncoding), (StatusCode, String)> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     let encoding = if is_json { OtlpEncoding::Json } else { OtlpEncoding::Protobuf };
-    Ok((decoded_body(app, headers, body)?, encoding))
+    Ok((decoded_body(limit, headers, body)?, encoding))
 }
 
 /// Decodes an export request (`message` is its protobuf name, for JSON;
@@ -338,15 +349,17 @@ pub(crate) async fn otlp_metrics(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
-    let (raw, encoding) = match otlp_body(&app, &headers, body) {
+    let (limit, h) = (app.max_request_bytes, headers.clone());
+    let decoded = off_workers(move || {
+        let (raw, encoding) = otlp_body(limit, &h, body)?;
+        let req: ExportMetricsServiceRequest =
+            otlp_request(&raw, encoding, OTLP_METRICS_REQUEST, tocsin_ingest::wire::OTLP_DATA_POINTS)?;
+        Ok((req, encoding))
+    });
+    let (req, encoding) = match decoded.await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let req: ExportMetricsServiceRequest =
-        match otlp_request(&raw, encoding, OTLP_METRICS_REQUEST, tocsin_ingest::wire::OTLP_DATA_POINTS) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        };
     match app.ingest.otlp_metrics(&who, &otlp_database(&headers, &params), req).await {
         Ok(resp) => otlp_response(&resp, encoding, OTLP_METRICS_RESPONSE),
         Err(e) => otlp_error(e),
@@ -361,15 +374,17 @@ pub(crate) async fn otlp_logs(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
-    let (raw, encoding) = match otlp_body(&app, &headers, body) {
+    let (limit, h) = (app.max_request_bytes, headers.clone());
+    let decoded = off_workers(move || {
+        let (raw, encoding) = otlp_body(limit, &h, body)?;
+        let req: ExportLogsServiceRequest =
+            otlp_request(&raw, encoding, OTLP_LOGS_REQUEST, tocsin_ingest::wire::OTLP_LOG_RECORDS)?;
+        Ok((req, encoding))
+    });
+    let (req, encoding) = match decoded.await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let req: ExportLogsServiceRequest =
-        match otlp_request(&raw, encoding, OTLP_LOGS_REQUEST, tocsin_ingest::wire::OTLP_LOG_RECORDS) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        };
     match app.ingest.otlp_logs(&who, &otlp_database(&headers, &params), req).await {
         Ok(resp) => otlp_response(&resp, encoding, OTLP_LOGS_RESPONSE),
         Err(e) => otlp_error(e),
@@ -393,26 +408,36 @@ pub(crate) async fn loki_push(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-    let decoded = if is_json {
-        match decoded_body(&app, &headers, body) {
-            Ok(raw) => loki::from_json(&raw, tocsin_ingest::now_ns()),
-            Err(e) => return e.into_response(),
-        }
-    } else {
-        if let Some(enc) =
+    if !is_json
+        && let Some(enc) =
             headers.get(header::CONTENT_ENCODING).filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"snappy"))
-        {
-            let enc = tocsin_auth::clip(enc.to_str().unwrap_or("?"));
-            return (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "Loki protobuf pushes are snappy-compressed; Content-Encoding {enc:?} is not supported (JSON \
-                     pushes may be gzip or zstd)"
-                ),
-            )
-                .into_response();
-        }
-        loki::from_protobuf(&body, app.max_request_bytes, tocsin_ingest::now_ns())
+    {
+        let enc = tocsin_auth::clip(enc.to_str().unwrap_or("?"));
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Loki protobuf pushes are snappy-compressed; Content-Encoding {enc:?} is not supported (JSON pushes \
+                 may be gzip or zstd)"
+            ),
+        )
+            .into_response();
+    }
+    let (limit, h) = (app.max_request_bytes, headers.clone());
+    let decoded = off_workers(move || {
+        let now = tocsin_ingest::now_ns();
+        Ok(if is_json {
+            match decoded_body(limit, &h, body) {
+                Ok(raw) => loki::from_json(&raw, now),
+                Err(e) => return Err(e),
+            }
+        } else {
+            loki::from_protobuf(&body, limit, now)
+        })
+    })
+    .await;
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
     };
     let decoded = match decoded {
         Ok(d) => d,
@@ -480,21 +505,27 @@ async fn bulk(
         let body = json!({"error": {"type": kind, "reason": reason}, "status": status.as_u16()});
         (status, product.clone(), axum::Json(body)).into_response()
     };
-    let raw = match decoded_body(&app, &headers, body) {
-        Ok(r) => r,
-        Err((status, reason)) => return fail(status, "parse_exception", reason),
-    };
-    let lines = raw.iter().filter(|b| **b == b'\n').count() + 1;
-    if lines > 2 * elastic::MAX_ACTIONS + 1 {
-        return fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_entity_too_large",
-            format!("at most {} actions per _bulk request; send smaller batches", elastic::MAX_ACTIONS),
-        );
-    }
-    let parsed = match elastic::parse(&raw, index.as_deref(), tocsin_ingest::now_ns()) {
+    let (limit, h) = (app.max_request_bytes, headers.clone());
+    let parsed = off_workers(move || {
+        let raw = decoded_body(limit, &h, body)?;
+        let lines = raw.iter().filter(|b| **b == b'\n').count() + 1;
+        if lines > 2 * elastic::MAX_ACTIONS + 1 {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("at most {} actions per _bulk request; send smaller batches", elastic::MAX_ACTIONS),
+            ));
+        }
+        elastic::parse(&raw, index.as_deref(), tocsin_ingest::now_ns())
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+    })
+    .await;
+    let parsed = match parsed {
         Ok(b) => b,
-        Err(e) => return fail(StatusCode::BAD_REQUEST, "parse_exception", e.to_string()),
+        Err((status, reason)) => {
+            let kind =
+                if status == StatusCode::PAYLOAD_TOO_LARGE { "request_entity_too_large" } else { "parse_exception" };
+            return fail(status, kind, reason);
+        }
     };
     let db = params.get("db").map_or("public", String::as_str);
     let items = app.ingest.elastic_bulk(&who, db, parsed).await;
