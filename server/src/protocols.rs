@@ -243,6 +243,14 @@ fn decoded_body(limit: usize, headers: &HeaderMap, body: Bytes) -> Result<Bytes,
     }
 }
 
+/// Whether the body is JSON (`Content-Type: application/json...`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
 /// How an OTLP/HTTP body is encoded; the answer uses the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OtlpEncoding {
@@ -263,11 +271,7 @@ async fn off_workers<T: Send + 'static>(
 
 /// The body of an OTLP/HTTP export, decompressed, and its encoding.
 fn otlp_body(limit: usize, headers: &HeaderMap, body: Bytes) -> Result<(Bytes, OtlpEncoding), (StatusCode, String)> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-    let encoding = if is_json { OtlpEncoding::Json } else { OtlpEncoding::Protobuf };
+    let encoding = if is_json(headers) { OtlpEncoding::Json } else { OtlpEncoding::Protobuf };
     Ok((decoded_body(limit, headers, body)?, encoding))
 }
 
@@ -336,6 +340,23 @@ fn otlp_error(e: IngestError) -> Response {
     ingest_error(Dialect::Prometheus, e)
 }
 
+/// An export's body decompressed and decoded off the async workers, and
+/// its encoding (the answer's).
+async fn otlp_decode<M: prost::Message + Default + 'static>(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Bytes,
+    message: &'static str,
+    items: &'static [&'static [u64]],
+) -> Result<(M, OtlpEncoding), (StatusCode, String)> {
+    let (limit, h) = (app.max_request_bytes, headers.clone());
+    off_workers(move || {
+        let (raw, encoding) = otlp_body(limit, &h, body)?;
+        Ok((otlp_request(&raw, encoding, message, items)?, encoding))
+    })
+    .await
+}
+
 const OTLP_METRICS_REQUEST: &str = "opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest";
 const OTLP_METRICS_RESPONSE: &str = "opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceResponse";
 const OTLP_LOGS_REQUEST: &str = "opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest";
@@ -349,13 +370,13 @@ pub(crate) async fn otlp_metrics(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
-    let (limit, h) = (app.max_request_bytes, headers.clone());
-    let decoded = off_workers(move || {
-        let (raw, encoding) = otlp_body(limit, &h, body)?;
-        let req: ExportMetricsServiceRequest =
-            otlp_request(&raw, encoding, OTLP_METRICS_REQUEST, tocsin_ingest::wire::OTLP_DATA_POINTS)?;
-        Ok((req, encoding))
-    });
+    let decoded = otlp_decode::<ExportMetricsServiceRequest>(
+        &app,
+        &headers,
+        body,
+        OTLP_METRICS_REQUEST,
+        tocsin_ingest::wire::OTLP_DATA_POINTS,
+    );
     let (req, encoding) = match decoded.await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -374,13 +395,13 @@ pub(crate) async fn otlp_logs(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
-    let (limit, h) = (app.max_request_bytes, headers.clone());
-    let decoded = off_workers(move || {
-        let (raw, encoding) = otlp_body(limit, &h, body)?;
-        let req: ExportLogsServiceRequest =
-            otlp_request(&raw, encoding, OTLP_LOGS_REQUEST, tocsin_ingest::wire::OTLP_LOG_RECORDS)?;
-        Ok((req, encoding))
-    });
+    let decoded = otlp_decode::<ExportLogsServiceRequest>(
+        &app,
+        &headers,
+        body,
+        OTLP_LOGS_REQUEST,
+        tocsin_ingest::wire::OTLP_LOG_RECORDS,
+    );
     let (req, encoding) = match decoded.await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -404,10 +425,7 @@ pub(crate) async fn loki_push(
 ) -> Response {
     use tocsin_ingest::loki::{self, LokiError};
     app.ingest.metrics.loki_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let is_json = is_json(&headers);
     if !is_json
         && let Some(enc) =
             headers.get(header::CONTENT_ENCODING).filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"snappy"))
