@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "prometheus/remote.proto",
         "opentelemetry/proto/collector/metrics/v1/metrics_service.proto",
         "opentelemetry/proto/collector/logs/v1/logs_service.proto",
+        "opentelemetry/proto/collector/trace/v1/trace_service.proto",
         "loki/push.proto",
     ];
     println!("cargo:rerun-if-changed=opentelemetry");

@@ -1,5 +1,5 @@
 //! Generated-input tests of every decoder reachable from the network:
-//! remote_write (snappy + protobuf), OTLP metrics and logs (protobuf and
+//! remote_write (snappy + protobuf), OTLP metrics, logs and traces (protobuf and
 //! JSON), our gRPC write messages, line protocol, Loki pushes (protobuf and
 //! JSON), syslog messages and frames, and the live-tail text filter. Each
 //! mutates valid seed inputs for `generated::cases(..)` rounds: every input
@@ -138,6 +138,58 @@ fn otlp_requests_never_panic() {
     mutated(&[logs.encode_to_vec()], 4, 20_000, |b| {
         if let Ok(req) = ExportLogsServiceRequest::decode(b) {
             let _ = otlp::logs_to_events(req, 1);
+        }
+    });
+}
+
+#[test]
+fn otlp_trace_exports_never_panic() {
+    use tocsin_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
+    use tocsin_proto::opentelemetry::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+    let spans = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource { attributes: vec![kv("service.name", "gateway")], dropped_attributes_count: 0 }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![1; 16],
+                    span_id: vec![2; 8],
+                    parent_span_id: vec![3; 8],
+                    name: "POST /call".into(),
+                    kind: 2,
+                    start_time_unix_nano: 1_700_000_000_000_000_000,
+                    end_time_unix_nano: 1_700_000_000_100_000_000,
+                    attributes: vec![kv("http.method", "POST")],
+                    events: vec![span::Event { time_unix_nano: 5, name: "exception".into(), ..Default::default() }],
+                    links: vec![span::Link { trace_id: vec![4; 16], span_id: vec![5; 8], ..Default::default() }],
+                    status: Some(Status { message: "boom".into(), code: 2 }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let limits = WriteLimits::default();
+    let seed = spans.encode_to_vec();
+    let json = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"gw"}}]},
+      "scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+      "parentSpanId":"eee19b7ec3c1b173","name":"a","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2",
+      "events":[{"timeUnixNano":"1","name":"e"}],"status":{"code":2,"message":"m"}}]}]}]}"#
+        .to_vec();
+    let decoded: ExportTraceServiceRequest =
+        crate::otlp_json::decode("opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest", &json)
+            .expect("the JSON seed decodes");
+    assert_eq!(crate::otlp_trace::spans_to_write(decoded, &limits).write.blocks.len(), 1);
+    mutated(&[seed], 15, 20_000, |b| {
+        if let Ok(req) = ExportTraceServiceRequest::decode(b) {
+            let _ = crate::otlp_trace::spans_to_write(req, &limits);
+        }
+    });
+    mutated(&[json], 16, 5_000, |b| {
+        let decoded: Result<ExportTraceServiceRequest, _> =
+            crate::otlp_json::decode("opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest", b);
+        if let Ok(req) = decoded {
+            let _ = crate::otlp_trace::spans_to_write(req, &limits);
         }
     });
 }

@@ -22,6 +22,7 @@ pub mod line;
 pub mod loki;
 pub mod otlp;
 pub mod otlp_json;
+pub mod otlp_trace;
 pub mod prom;
 pub mod rate;
 pub mod syslog;

@@ -50,7 +50,7 @@ pub fn any_text(v: Option<&AnyValue>) -> String {
     }
 }
 
-fn any_json(v: Option<&any_value::Value>) -> serde_json::Value {
+pub(crate) fn any_json(v: Option<&any_value::Value>) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
         None => J::Null,
@@ -71,7 +71,7 @@ fn any_json(v: Option<&any_value::Value>) -> serde_json::Value {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     use std::fmt::Write;
     b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
         let _ = write!(s, "{x:02x}");
@@ -99,7 +99,7 @@ pub const MAX_JSON_OBJECTS: usize = 1 << 20;
 
 /// Charges the expansion of one point or record against a request's budget.
 #[derive(Debug)]
-struct Expansion {
+pub(crate) struct Expansion {
     left: usize,
 }
 
@@ -112,7 +112,12 @@ impl Default for Expansion {
 impl Expansion {
     /// Charges `copies` copies of the resource's and the point's attributes,
     /// or says why the point is refused.
-    fn charge(&mut self, resource: &[(String, String)], point: &[KeyValue], copies: usize) -> Result<(), String> {
+    pub(crate) fn charge(
+        &mut self,
+        resource: &[(String, String)],
+        point: &[KeyValue],
+        copies: usize,
+    ) -> Result<(), String> {
         if resource.len() > MAX_ATTRIBUTES || point.len() > MAX_ATTRIBUTES {
             tocsin_storage::refusals::refused("max_otlp_attributes");
             return Err(format!(
@@ -149,7 +154,7 @@ fn approx_len(v: Option<&AnyValue>) -> usize {
     }
 }
 
-fn attrs(kv: &[KeyValue]) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn attrs(kv: &[KeyValue]) -> impl Iterator<Item = (String, String)> + '_ {
     kv.iter().map(|a| (a.key.clone(), any_text(a.value.as_ref())))
 }
 
@@ -496,7 +501,7 @@ impl LogsService for Otlp {
     }
 }
 
-fn grpc_database<T>(request: &Request<T>) -> String {
+pub(crate) fn grpc_database<T>(request: &Request<T>) -> String {
     request.metadata().get(DATABASE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 

@@ -44,6 +44,8 @@ pub fn count(mut buf: &[u8], path: &[&[u64]]) -> Option<usize> {
 
 /// Log records of an `ExportLogsServiceRequest`.
 pub const OTLP_LOG_RECORDS: &[&[u64]] = &[&[1], &[2], &[2]];
+/// Spans of an `ExportTraceServiceRequest`.
+pub const OTLP_SPANS: &[&[u64]] = &[&[1], &[2], &[2]];
 /// Data points of an `ExportMetricsServiceRequest` (gauge, sum, histogram,
 /// exponential histogram, summary).
 pub const OTLP_DATA_POINTS: &[&[u64]] = &[&[1], &[2], &[2], &[5, 7, 9, 10, 11], &[1]];

@@ -73,6 +73,12 @@ pub mod opentelemetry {
                 tonic::include_proto!("opentelemetry.proto.logs.v1");
             }
         }
+        pub mod trace {
+            pub mod v1 {
+                #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+                tonic::include_proto!("opentelemetry.proto.trace.v1");
+            }
+        }
         pub mod collector {
             pub mod metrics {
                 pub mod v1 {
@@ -84,6 +90,12 @@ pub mod opentelemetry {
                 pub mod v1 {
                     #![allow(unreachable_pub, unused_qualifications, clippy::all)]
                     tonic::include_proto!("opentelemetry.proto.collector.logs.v1");
+                }
+            }
+            pub mod trace {
+                pub mod v1 {
+                    #![allow(unreachable_pub, unused_qualifications, clippy::all)]
+                    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
                 }
             }
         }

@@ -491,7 +491,8 @@ pub(crate) fn grpc_access(path: &str) -> Option<Access> {
         ("tocsin.v1.Ingest", "WriteSeries" | "WriteRows" | "WriteLogs" | "WriteStream") => Access::Requires(Write),
         ("tocsin.v1.Ingest", "Tail") => Access::Requires(Tail),
         ("opentelemetry.proto.collector.metrics.v1.MetricsService", "Export")
-        | ("opentelemetry.proto.collector.logs.v1.LogsService", "Export") => Access::Requires(Write),
+        | ("opentelemetry.proto.collector.logs.v1.LogsService", "Export")
+        | ("opentelemetry.proto.collector.trace.v1.TraceService", "Export") => Access::Requires(Write),
         // The handshake is how a Flight SQL client logs in; it checks the
         // credentials itself.
         ("arrow.flight.protocol.FlightService", "Handshake") => Access::Public,

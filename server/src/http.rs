@@ -62,6 +62,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/write", Requires(Write), crate::protocols::influx_v1_write)
         .post("/v1/metrics", Requires(Write), crate::protocols::otlp_metrics)
         .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs)
+        .post("/v1/traces", Requires(Write), crate::protocols::otlp_traces)
         .post("/loki/api/v1/push", Requires(Write), crate::protocols::loki_push)
         .post("/_bulk", Requires(Write), crate::protocols::elastic_bulk)
         .put("/_bulk", Requires(Write), crate::protocols::elastic_bulk)

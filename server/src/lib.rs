@@ -202,6 +202,7 @@ pub async fn run(
         .add_service(ingest.into_server())
         .add_service(otlp.metrics_server())
         .add_service(otlp.logs_server())
+        .add_service(otlp.traces_server())
         .add_service(
             flight::FlightSql::new(Arc::clone(&query), Arc::clone(&auth), Arc::clone(&audit))?
                 .into_server(config.max_request_bytes),

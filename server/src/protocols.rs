@@ -7,7 +7,7 @@
 //!   protocol (the bucket is the database; a `db/rp` bucket uses `db`).
 //! - `POST /write?db=DB&precision=n|u|ms|s|m|h`: InfluxDB 1 line protocol.
 //!
-//! - `POST /v1/metrics`, `POST /v1/logs`: OTLP over HTTP with protobuf
+//! - `POST /v1/metrics`, `POST /v1/logs`, `POST /v1/traces`: OTLP over HTTP with protobuf
 //!   (`application/x-protobuf`) or JSON (`application/json`) bodies. The
 //!   answer is the export response in the request's encoding, with partial
 //!   success when some data points or records were refused.
@@ -361,6 +361,8 @@ const OTLP_METRICS_REQUEST: &str = "opentelemetry.proto.collector.metrics.v1.Exp
 const OTLP_METRICS_RESPONSE: &str = "opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceResponse";
 const OTLP_LOGS_REQUEST: &str = "opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest";
 const OTLP_LOGS_RESPONSE: &str = "opentelemetry.proto.collector.logs.v1.ExportLogsServiceResponse";
+const OTLP_TRACES_REQUEST: &str = "opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest";
+const OTLP_TRACES_RESPONSE: &str = "opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse";
 
 pub(crate) async fn otlp_metrics(
     State(app): State<AppState>,
@@ -408,6 +410,31 @@ pub(crate) async fn otlp_logs(
     };
     match app.ingest.otlp_logs(&who, &otlp_database(&headers, &params), req).await {
         Ok(resp) => otlp_response(&resp, encoding, OTLP_LOGS_RESPONSE),
+        Err(e) => otlp_error(e),
+    }
+}
+
+pub(crate) async fn otlp_traces(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use tocsin_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
+    let decoded = otlp_decode::<ExportTraceServiceRequest>(
+        &app,
+        &headers,
+        body,
+        OTLP_TRACES_REQUEST,
+        tocsin_ingest::wire::OTLP_SPANS,
+    );
+    let (req, encoding) = match decoded.await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match app.ingest.otlp_traces(&who, &otlp_database(&headers, &params), req).await {
+        Ok(resp) => otlp_response(&resp, encoding, OTLP_TRACES_RESPONSE),
         Err(e) => otlp_error(e),
     }
 }

@@ -1,5 +1,7 @@
 //! `tocsin trace ID`: one business flow across every service that logged
-//! it, in time order, with the time between hops and the first error marked.
+//! it or sent spans of it, in time order, with the time between entries,
+//! each span's duration, the span tree as indentation, and the first error
+//! marked.
 
 use reqwest::Method;
 
@@ -14,7 +16,10 @@ pub(crate) struct Config {
     /// The log table.
     #[arg(long, default_value = "logs")]
     table: String,
-    /// The database of the log table.
+    /// The span table (OTLP traces).
+    #[arg(long, default_value = "spans")]
+    spans: String,
+    /// The database of the log and span tables.
     #[arg(long, default_value = "public")]
     database: String,
     /// Print JSON instead of a table.
@@ -26,7 +31,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let v = runtime.block_on(c.server.client()?.call(
         Method::GET,
-        &format!("/api/v1/trace/{}?table={}&database={}", c.id, c.table, c.database),
+        &format!("/api/v1/trace/{}?table={}&spans={}&database={}", c.id, c.table, c.spans, c.database),
         None,
     ))?;
     if c.json {
@@ -40,20 +45,38 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, e)| {
             let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            let indent = "  ".repeat(e["depth"].as_u64().unwrap_or(0).min(20) as usize);
+            let (what, duration) = if e["type"] == "span" {
+                let mut what = format!("{indent}> {} [{}]", s("name"), s("kind"));
+                if let Some(m) = e["status_message"].as_str() {
+                    what.push_str(&format!(": {m}"));
+                }
+                (what, format!("{:.1}", e["duration_ms"].as_f64().unwrap_or(0.0)))
+            } else {
+                (format!("{indent}{}", s("message")), String::new())
+            };
             vec![
                 s("ts"),
                 format!("+{:.1}", e["since_previous_ms"].as_f64().unwrap_or(0.0)),
                 s("service"),
                 s("host"),
                 s("level"),
-                s("message"),
+                what,
+                duration,
                 if Some(i) == first_error { "<-- first error".into() } else { String::new() },
             ]
         })
         .collect();
-    print_table(&["TIME", "+MS", "SERVICE", "HOST", "LEVEL", "MESSAGE", ""], &rows);
+    print_table(&["TIME", "+MS", "SERVICE", "HOST", "LEVEL", "SPAN / MESSAGE", "MS", ""], &rows);
     let hops: Vec<&str> =
         v["hops"].as_array().map(|a| a.iter().filter_map(|h| h.as_str()).collect()).unwrap_or_default();
-    println!("{} events, {} ms, path: {}", events.len(), v["duration_ms"].as_f64().unwrap_or(0.0), hops.join(" -> "));
+    let (spans, logs) = (v["spans"].as_u64().unwrap_or(0), v["logs"].as_u64().unwrap_or(0));
+    let counted = if spans == 0 { format!("{logs} events") } else { format!("{spans} spans, {logs} log events") };
+    println!(
+        "{counted}, {:.1} ms, path: {}{}",
+        v["duration_ms"].as_f64().unwrap_or(0.0),
+        hops.join(" -> "),
+        if v["truncated"] == true { " (truncated: the first 10,000 entries of each table)" } else { "" }
+    );
     Ok(())
 }

@@ -30,6 +30,7 @@ python3 tests/interop/test_email_aiosmtpd.py
 python3 tests/interop/test_prometheus_remote_write.py
 python3 tests/interop/test_influx_line_protocol.py
 python3 tests/interop/test_otlp_opentelemetry_sdk.py
+python3 tests/interop/test_otlp_traces_sdk.py
 python3 tests/interop/test_flight_sql_adbc.py
 python3 tests/interop/test_auth_real_clients.py
 python3 tests/interop/test_amtool.py

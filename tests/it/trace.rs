@@ -48,7 +48,7 @@ async fn a_flow_is_shown_across_services_in_time_order_with_the_first_error() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let billing = text.lines().find(|l| l.contains("card declined")).expect("billing line");
     assert!(billing.contains("<-- first error") && billing.contains("+28.0"), "{text}");
-    assert!(text.contains("path: gateway -> orders -> billing -> notifier -> gateway"), "{text}");
+    assert!(text.contains("5 events, 95.0 ms, path: gateway -> orders -> billing -> notifier -> gateway"), "{text}");
 
     // Token search over the same logs.
     let rows = server
@@ -138,4 +138,184 @@ async fn probe_timings_give_per_component_latency_and_where_a_flow_stopped() {
             serde_json::json!({"probe": "p-2", "last_component": "billing"}),
         ]
     );
+}
+
+/// OTLP spans (gRPC and HTTP/JSON) and log events of the same trace are one
+/// timeline: spans nested by parent, log events under the span they name,
+/// the first error (a span's status or a log level) marked; the timeline
+/// outlives a persist and a restart.
+#[tokio::test]
+async fn spans_and_log_events_of_one_trace_are_one_timeline() {
+    use tocsin_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
+    use tocsin_proto::opentelemetry::proto::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use tocsin_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
+    use tocsin_proto::opentelemetry::proto::resource::v1::Resource;
+    use tocsin_proto::opentelemetry::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    const MS: u64 = 1_000_000;
+    let t0 = T0 as u64;
+    let trace = [0x5b_u8; 16];
+    let trace_hex = "5b".repeat(16);
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+    };
+    let span = |id: u8, parent: u8, name: &str, kind: i32, start: u64, end: u64| Span {
+        trace_id: trace.to_vec(),
+        span_id: vec![id; 8],
+        parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+        name: name.into(),
+        kind,
+        start_time_unix_nano: t0 + start * MS,
+        end_time_unix_nano: t0 + end * MS,
+        ..Default::default()
+    };
+    let resource = |service: &str, spans: Vec<Span>| ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", service), kv("host.name", "h1")],
+            dropped_attributes_count: 0,
+        }),
+        scope_spans: vec![ScopeSpans { scope: None, spans, schema_url: String::new() }],
+        schema_url: String::new(),
+    };
+    let mut store = span(2, 1, "store message", 2, 10, 60);
+    store.status = Some(Status { message: "disk full".into(), code: 2 });
+    store.attributes = vec![kv("mailbox", "4711")];
+    let mut broken = span(9, 0, "broken", 1, 0, 1);
+    broken.trace_id = vec![0; 16];
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![
+            resource("gateway", vec![span(1, 0, "POST /call", 2, 0, 100), broken]),
+            resource("mailbox", vec![store]),
+        ],
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data_dir = tmp.path().join("data");
+    let server = TestServer::start_in(&data_dir, &[]);
+    let mut otlp = TraceServiceClient::connect(format!("http://{}", server.grpc)).await.expect("connect");
+    let resp = otlp.export(req).await.expect("export").into_inner();
+    let partial = resp.partial_success.expect("the broken span is refused");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(partial.error_message.contains("span \"broken\": trace_id must be 16 bytes"), "{partial:?}");
+
+    // OTLP/HTTP JSON, ids in hex as the specification says.
+    let json = format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"notifier"}}}}]}},
+        "scopeSpans":[{{"scope":{{"name":"sms"}},"spans":[{{"traceId":"{trace_hex}","spanId":"0303030303030303",
+        "parentSpanId":"0101010101010101","name":"send sms","kind":3,"startTimeUnixNano":"{}","endTimeUnixNano":"{}",
+        "status":{{"code":1}}}}]}}]}}]}}"#,
+        t0 + 70 * MS,
+        t0 + 80 * MS
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", server.http))
+        .header("content-type", "application/json")
+        .body(json)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().await.expect("body"), "{}");
+    // The same export as protobuf is refused whole when it is not one.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", server.http))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0xff; 9])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().await.expect("body").contains("ExportTraceServiceRequest"));
+
+    // Log events of the same trace, naming their spans.
+    let mut client = server.client().await;
+    let at = |ms: u64| (t0 + ms * MS) as i64;
+    let mut answered = log(at(5), "gateway", "info", "call answered", &trace_hex);
+    answered.span_id = "01".repeat(8);
+    let mut failed = log(at(20), "mailbox", "error", "write failed", &trace_hex);
+    failed.span_id = "02".repeat(8);
+    client
+        .write_logs(WriteLogsRequest { database: String::new(), stream: String::new(), events: vec![answered, failed] })
+        .await
+        .expect("write_logs");
+
+    let rows = server
+        .sql("SELECT service, name, kind, status, duration_ns, parent_span_id, status_message FROM spans ORDER BY ts")
+        .await;
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({"service": "gateway", "name": "POST /call", "kind": "server", "status": "unset",
+                "duration_ns": 100_000_000, "parent_span_id": null, "status_message": null}),
+            serde_json::json!({"service": "mailbox", "name": "store message", "kind": "server", "status": "error",
+                "duration_ns": 50_000_000, "parent_span_id": "01".repeat(8), "status_message": "disk full"}),
+            serde_json::json!({"service": "notifier", "name": "send sms", "kind": "client", "status": "ok",
+                "duration_ns": 10_000_000, "parent_span_id": "01".repeat(8), "status_message": null}),
+        ]
+    );
+    let rows = server.sql("SELECT json_get_str(attributes, 'mailbox') AS m FROM spans WHERE status = 'error'").await;
+    assert_eq!(rows, [serde_json::json!({"m": "4711"})]);
+
+    let check = |v: &serde_json::Value| {
+        let shape: Vec<(String, String, u64)> = v["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap_or("").to_string(),
+                    e["message"].as_str().unwrap_or("").to_string(),
+                    e["depth"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String, u64)> = [
+            ("span", "POST /call", 0),
+            ("log", "call answered", 1),
+            ("span", "store message", 1),
+            ("log", "write failed", 2),
+            ("span", "send sms", 1),
+        ]
+        .iter()
+        .map(|(t, m, d)| (t.to_string(), m.to_string(), *d))
+        .collect();
+        assert_eq!(shape, expected, "{v}");
+        assert_eq!(v["first_error"], 2, "the mailbox span's error comes first: {v}");
+        assert_eq!(v["hops"], serde_json::json!(["gateway", "mailbox", "notifier"]));
+        assert_eq!((v["spans"].as_u64(), v["logs"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(v["duration_ms"], 100.0, "from the first start to the last end");
+        assert_eq!(v["events"][2]["duration_ms"], 50.0);
+        assert_eq!(v["events"][2]["status_message"], "disk full");
+        assert_eq!(v["events"][4]["since_previous_ms"], 50.0);
+    };
+    let url = format!("http://{}/api/v1/trace/{}", server.http, trace_hex.to_uppercase());
+    let v: serde_json::Value = reqwest::get(&url).await.expect("get").json().await.expect("json");
+    // Upper-case hex finds the spans; the log events were logged in lower case.
+    assert_eq!(v["spans"], 3, "{v}");
+    let v: serde_json::Value = reqwest::get(format!("http://{}/api/v1/trace/{trace_hex}", server.http))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    check(&v);
+
+    server.persist().await;
+    drop(server);
+    let server = TestServer::start_in(&data_dir, &[]);
+    let v: serde_json::Value = reqwest::get(format!("http://{}/api/v1/trace/{trace_hex}", server.http))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    check(&v);
+
+    let out =
+        Command::new(BIN).args(["trace", &trace_hex, "--http-addr", &server.http.to_string()]).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = text.lines().find(|l| l.contains("store message")).unwrap_or_else(|| panic!("{text}"));
+    assert!(store.contains("  > store message [server]: disk full") && store.contains("<-- first error"), "{text}");
+    assert!(text.lines().any(|l| l.contains("    write failed")), "a log under its span is indented: {text}");
+    assert!(text.contains("3 spans, 2 log events, 100.0 ms, path: gateway -> mailbox -> notifier"), "{text}");
 }
