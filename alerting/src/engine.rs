@@ -86,6 +86,9 @@ pub struct EngineOptions {
     pub link_ttl: Duration,
     /// Most silences active or pending at once.
     pub max_silences: usize,
+    /// The database of groups that name none (`[alerting] database`;
+    /// unset: `public`).
+    pub default_database: Option<String>,
 }
 
 /// Default [`EngineOptions::max_silences`].
@@ -103,7 +106,19 @@ impl EngineOptions {
             watch_interval: Duration::from_secs(2),
             link_ttl: crate::links::DEFAULT_LINK_TTL,
             max_silences: DEFAULT_MAX_SILENCES,
+            default_database: None,
         }
+    }
+
+    /// `config` with [`Self::default_database`] given to the groups that
+    /// name no database.
+    fn defaults(&self, mut config: Config) -> Config {
+        if let Some(db) = &self.default_database {
+            for g in config.groups.iter_mut().filter(|g| g.database.is_none()) {
+                g.database = Some(db.clone());
+            }
+        }
+        config
     }
 }
 
@@ -253,6 +268,7 @@ impl AlertEngine {
         querier: Arc<dyn RuleQuerier>,
         history: Arc<dyn HistorySink>,
     ) -> Result<Arc<AlertEngine>, EngineError> {
+        let config = opts.defaults(config);
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|source| EngineError::StateIo { path: opts.state_dir.clone(), source })?;
         // Paths are appended to it: `https://host/` made `//api/...`.
@@ -672,7 +688,7 @@ impl AlertEngine {
     pub fn reload(&self) -> Result<usize, EngineError> {
         let path = self.opts.rules_path.as_ref().ok_or(EngineError::NoRulesPath)?;
         let config = match Config::load(path) {
-            Ok(c) => c,
+            Ok(c) => self.opts.defaults(c),
             Err(e) => {
                 self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("rules reload rejected, previous rules keep running: {e}");

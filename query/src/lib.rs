@@ -576,7 +576,8 @@ impl QueryEngine {
         // A query (not a write) is planned and started in one hand-off to
         // the blocking pool: each hand-off is a wake-up and a context
         // switch, a good part of a small statement's fixed cost.
-        let (mut df, provisional) = match self.plan_and_maybe_start(sql, database, who, params.clone()).await? {
+        let planned = self.plan_and_maybe_start(sql, database, who, params.clone()).await;
+        let (mut df, provisional) = match planned.map_err(|e| self.where_the_table_is(e, who))? {
             Planned::Started(schema, stream, _) => return Ok(self.finish_stream(schema, stream, None, slot, reader)),
             Planned::Write(df, provisional) => (*df, provisional),
         };
@@ -620,6 +621,38 @@ impl QueryEngine {
             }
         };
         Ok(self.finish_stream(schema, stream, charge, slot, reader))
+    }
+
+    /// A planning error for a table that is not in the statement's
+    /// database, with the databases (that `who` may read) where a table of
+    /// that name is: data sent by Telegraf lands in `telegraf`, and a rule or
+    /// a statement that looks in `public` otherwise only hears "not found".
+    fn where_the_table_is(&self, e: QueryError, who: Option<&Principal>) -> QueryError {
+        // DataFusion wraps it with a diagnostic (where in the SQL text).
+        let inner = match &e {
+            QueryError::DataFusion(DataFusionError::Diagnostic(_, inner)) => inner.as_ref(),
+            QueryError::DataFusion(other) => other,
+            _ => return e,
+        };
+        let DataFusionError::Plan(msg) = inner else { return e };
+        let Some(name) = msg.strip_prefix("table '").and_then(|m| m.strip_suffix("' not found")) else { return e };
+        // `tocsin.db.table` (the table name may itself hold dots).
+        let Some((db, table)) = name.strip_prefix("tocsin.").and_then(|n| n.split_once('.')) else { return e };
+        let elsewhere: Vec<String> = self
+            .storage
+            .databases()
+            .into_iter()
+            .filter(|d| d != db && self.storage.table_exists(d, table))
+            .filter(|d| who.is_none_or(|w| w.check_table(tocsin_auth::Permission::Query, d, table).is_ok()))
+            .take(5)
+            .collect();
+        let Some(first) = elsewhere.first() else { return e };
+        QueryError::DataFusion(DataFusionError::Plan(format!(
+            "{msg}; database {} {} a table {table:?}: name it {first}.\"{table}\" or run the statement in that \
+             database (\"database\" of the HTTP request, `database:` of a rule group, [alerting] database)",
+            elsewhere.join(", "),
+            if elsewhere.len() == 1 { "has" } else { "have" },
+        )))
     }
 
     /// The started statement's stream as clients get it: panics turned
@@ -957,6 +990,32 @@ mod tests {
         // The engine goes on.
         let ok = engine.execute("SELECT 1 AS one", None).await.expect("runs");
         assert_eq!(ok.batches[0].num_rows(), 1);
+    }
+
+    /// Telegraf writes into `telegraf`; a statement (or rule) that looks in
+    /// `public` is told where the table is, unless the caller may not read it.
+    #[tokio::test]
+    async fn a_missing_table_names_the_databases_that_have_it() {
+        let (_dir, engine) = engine().await;
+        engine
+            .execute("INSERT INTO cpu (ts, host, usage_idle) VALUES (to_timestamp(1), 'a', 3.0)", Some("telegraf"))
+            .await
+            .expect("insert");
+        let err = engine.execute("SELECT host FROM cpu", None).await.expect_err("not in public");
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "table 'tocsin.public.cpu' not found; database telegraf has a table \"cpu\": name it telegraf.\"cpu\""
+            ),
+            "{text}"
+        );
+        assert_eq!(tocsin_storage::errors::Classify::class(&err), tocsin_storage::errors::ErrorClass::Invalid);
+        let err = engine.execute("SELECT host FROM nothing_anywhere", None).await.expect_err("nowhere");
+        assert!(err.to_string().ends_with("table 'tocsin.public.nothing_anywhere' not found"), "{err}");
+        // A caller confined to `public` learns nothing about `telegraf`.
+        let scoped = Principal::listener("p", "public", "cpu").granted(tocsin_auth::Permission::Query);
+        let err = engine.execute_as("SELECT host FROM cpu", None, Some(&scoped)).await.expect_err("not in public");
+        assert!(err.to_string().ends_with("table 'tocsin.public.cpu' not found"), "{err}");
     }
 
     async fn engine() -> (tempfile::TempDir, QueryEngine) {

@@ -327,6 +327,9 @@ pub struct AlertingSection {
     /// How long the ack and silence links of a notification work
     /// (default 24h).
     pub link_ttl: Option<String>,
+    /// The database of rule groups that name none (default `public`):
+    /// `telegraf` runs the rule pack over what Telegraf writes.
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -469,6 +472,7 @@ pub struct AlertingConfig {
     /// As configured; unset, the address the HTTP port is bound to.
     pub external_url: Option<String>,
     pub link_ttl: Duration,
+    pub database: Option<String>,
 }
 
 /// Values given on the command line; they win over the file.
@@ -635,6 +639,14 @@ impl FileConfig {
                     reason: format!("{s:?} is not a positive duration such as 24h"),
                 })?,
                 None => tocsin_alerting::links::DEFAULT_LINK_TTL,
+            },
+            database: match self.alerting.database {
+                Some(d) => {
+                    tocsin_storage::write::check_database_name(&d)
+                        .map_err(|e| ConfigError::Invalid { key: "alerting.database", reason: e.to_string() })?;
+                    Some(d)
+                }
+                None => None,
             },
         };
         let mut names = std::collections::HashSet::new();

@@ -430,6 +430,7 @@ fn start_alerting(
     opts.rules_path = config.alerting.rules.clone();
     opts.external_url = external_url.to_string();
     opts.link_ttl = config.alerting.link_ttl;
+    opts.default_database = config.alerting.database.clone();
     let engine = tocsin_alerting::AlertEngine::start(
         opts,
         Arc::new(tocsin_alerting::SystemClock),

@@ -1188,3 +1188,62 @@ receivers:
     let labels = get(&server, "/api/v1/alerts?host=a").await;
     assert!(labels["alerts"][0]["labels"].get("threshold_critical").is_none(), "not a label: {labels}");
 }
+
+/// Telegraf writes into `telegraf`: a rule group that names no database
+/// reads it once `[alerting] database` says so, and without that setting the
+/// rule's error says where the table is instead of only "not found".
+#[tokio::test]
+async fn rules_without_a_database_read_the_configured_default() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rules_file = tmp.path().join("rules.yml");
+    std::fs::write(&rules_file, rules(&hook, "1h")).expect("write rules");
+    let config = tmp.path().join("tocsin.toml");
+    std::fs::write(&config, "[alerting]\ndatabase = \"telegraf\"\n").expect("write config");
+    let rules_arg = rules_file.to_str().expect("utf-8");
+    let write = |server: &TestServer| {
+        let url = format!("http://{}/write?db=telegraf", server.http);
+        async move {
+            let resp = reqwest::Client::new().post(url).body("cpu,host=web-9 usage=95").send().await.expect("write");
+            assert_eq!(resp.status().as_u16(), 204);
+        }
+    };
+
+    // Without the setting: public has no cpu table, and the error says where it is.
+    let plain = TestServer::start_in(&tmp.path().join("plain"), &["--rules", rules_arg]);
+    write(&plain).await;
+    let mut error = String::new();
+    for _ in 0..100 {
+        let v = get(&plain, "/api/v1/rules").await;
+        error = v["rules"][0]["error"].as_str().unwrap_or("").to_string();
+        if !error.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(error.contains("database telegraf has a table \"cpu\""), "{error}");
+    assert_eq!(state_of(&plain, "web-9").await, "none");
+    drop(plain);
+
+    let server = TestServer::start_in(
+        &tmp.path().join("data"),
+        &["--rules", rules_arg, "--config", config.to_str().expect("utf-8")],
+    );
+    write(&server).await;
+    wait_state(&server, "web-9", "firing").await;
+    let v = get(&server, "/api/v1/rules").await;
+    assert_eq!(v["rules"][0]["error"], Value::Null, "{v}");
+
+    // A database name that cannot be one is refused at start, naming the key.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[alerting]\ndatabase = \"no/slash\"\n").expect("write config");
+    let out = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path().join("bad"))
+        .args(["--config", bad.to_str().expect("utf-8"), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("alerting.database"), "{stderr}");
+}
