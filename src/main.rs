@@ -31,7 +31,7 @@ enum Command {
     Silences(commands::alerts::SilenceConfig),
     /// Who is on call in each schedule (now or --at a time), and who is next.
     Oncall(commands::oncall::Config),
-    /// One flow across every service that logged it (by trace id).
+    /// One flow across every service: its log events and spans (by trace id).
     Trace(commands::trace::Config),
     /// Follow the log stream live, with filters.
     Tail(commands::tail::Config),

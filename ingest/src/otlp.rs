@@ -89,10 +89,10 @@ pub const MAX_ATTRIBUTES: usize = 128;
 /// 12 MB.
 pub const MAX_EXPANDED_BYTES: usize = 64 << 20;
 
-/// Most log records or data points one OTLP/HTTP export may hold, counted
-/// on the wire before decoding (each costs a struct of a few hundred bytes
-/// however small it is on the wire).
-pub const MAX_ITEMS: usize = MAX_EXPANDED_BYTES / 256;
+/// Most log records, spans or data points one OTLP export may hold,
+/// counted on the wire before decoding (each costs a struct of a few
+/// hundred bytes however small it is on the wire).
+pub const MAX_ITEMS: usize = tocsin_proto::wire::MAX_ITEMS;
 /// Most JSON objects (`{`) one OTLP/HTTP JSON export may hold: a record is
 /// a handful; each costs a few hundred bytes while read.
 pub const MAX_JSON_OBJECTS: usize = 1 << 20;
@@ -121,7 +121,7 @@ impl Expansion {
         if resource.len() > MAX_ATTRIBUTES || point.len() > MAX_ATTRIBUTES {
             tocsin_storage::refusals::refused("max_otlp_attributes");
             return Err(format!(
-                "{} resource and {} point attributes; at most {MAX_ATTRIBUTES} of each are accepted",
+                "{} resource attributes and {} of its own; at most {MAX_ATTRIBUTES} of each are accepted",
                 resource.len(),
                 point.len()
             ));

@@ -117,15 +117,27 @@ pub fn spans_to_write(req: ExportTraceServiceRequest, limits: &WriteLimits) -> S
                     continue;
                 }
                 let charged = expansion.charge(&resource, &span.attributes, 1).and_then(|()| {
-                    span.events.iter().try_for_each(|e| expansion.charge(&[], &e.attributes, 1))?;
-                    span.links.iter().try_for_each(|l| expansion.charge(&[], &l.attributes, 1))
+                    for (i, e) in span.events.iter().enumerate() {
+                        expansion.charge(&[], &e.attributes, 1).map_err(|r| format!("event {i}: {r}"))?;
+                    }
+                    for (i, l) in span.links.iter().enumerate() {
+                        expansion.charge(&[], &l.attributes, 1).map_err(|r| format!("link {i}: {r}"))?;
+                    }
+                    Ok(())
                 });
                 if let Err(reason) = charged {
                     reject(&mut early, reason);
                     continue;
                 }
                 let columns = SpanColumns::of(&span, &resource);
-                if let Some((column, len)) = columns.oversized(limits.max_string_bytes) {
+                let status_message = span.status.as_ref().map(|s| s.message.as_str()).unwrap_or_default();
+                let oversized = columns.oversized(limits.max_string_bytes).or_else(|| {
+                    [("status_message", status_message), ("scope", scope.as_str())]
+                        .into_iter()
+                        .find(|(_, v)| v.len() > limits.max_string_bytes)
+                        .map(|(c, v)| (c, v.len()))
+                });
+                if let Some((column, len)) = oversized {
                     tocsin_storage::refusals::refused("max_string_bytes");
                     let e = WriteError::ValueTooLarge { column: column.into(), len, limit: limits.max_string_bytes };
                     reject(&mut early, e.to_string());
@@ -193,23 +205,40 @@ pub fn spans_to_write(req: ExportTraceServiceRequest, limits: &WriteLimits) -> S
     SpanWrites { write: TableWrite { table: SPANS_TABLE.into(), blocks }, early, members, spans: item as usize }
 }
 
+/// Most events, and most links, one span may carry (the OpenTelemetry
+/// SDKs keep 128 of each by default).
+pub const MAX_EVENTS: usize = 1024;
+
 /// Why a span cannot be stored, if it cannot.
 fn check(span: &Span) -> Result<(), String> {
-    if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
-        return Err(format!("trace_id must be 16 bytes, not all zero ({} bytes)", span.trace_id.len()));
-    }
-    if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
-        return Err(format!("span_id must be 8 bytes, not all zero ({} bytes)", span.span_id.len()));
-    }
+    let id = |what: &str, v: &[u8], len: usize| -> Result<(), String> {
+        if v.len() != len {
+            return Err(format!("{what} is {} bytes; it must be {len}", v.len()));
+        }
+        if v.iter().all(|b| *b == 0) {
+            return Err(format!("{what} is all zero, which OTLP defines as no id"));
+        }
+        Ok(())
+    };
+    id("trace_id", &span.trace_id, 16)?;
+    id("span_id", &span.span_id, 8)?;
     if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
-        return Err(format!("parent_span_id must be empty or 8 bytes ({} bytes)", span.parent_span_id.len()));
+        return Err(format!("parent_span_id is {} bytes; it must be empty or 8", span.parent_span_id.len()));
     }
     let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
     if start == 0 || i64::try_from(start).is_err() {
         return Err(format!("start_time_unix_nano {start} is not a time"));
     }
-    if end < start || i64::try_from(end).is_err() {
+    if i64::try_from(end).is_err() {
+        return Err(format!("end_time_unix_nano {end} is not a time"));
+    }
+    if end < start {
         return Err(format!("end_time_unix_nano {end} is before start_time_unix_nano {start}"));
+    }
+    for (what, n) in [("events", span.events.len()), ("links", span.links.len())] {
+        if n > MAX_EVENTS {
+            return Err(format!("{n} {what}; at most {MAX_EVENTS} per span are accepted"));
+        }
     }
     Ok(())
 }
@@ -423,30 +452,41 @@ mod tests {
         let backwards = span("c", 3, 0, 10, 5);
         let unstarted = span("d", 4, 0, 0, 5);
         let far = span("e", 5, 0, u64::MAX - 1, u64::MAX);
+        let endless = span("g", 7, 0, 1, u64::MAX);
+        let mut chatty = span("h", 8, 0, 1, 2);
+        chatty.events = vec![span::Event::default(); MAX_EVENTS + 1];
         let good = span("f", 6, 0, 1, 2);
         let w = spans_to_write(
-            request(vec![no_trace, short_span, backwards, unstarted, far, good]),
+            request(vec![no_trace, short_span, backwards, unstarted, far, endless, chatty, good]),
             &WriteLimits::default(),
         );
         let reasons: Vec<(u32, &str)> = w.early.iter().map(|r| (r.item, r.reason.as_str())).collect();
-        assert_eq!(reasons.len(), 5, "{reasons:?}");
-        assert!(reasons[0].1.contains("span \"a\": trace_id must be 16 bytes"), "{reasons:?}");
-        assert!(reasons[1].1.contains("span_id must be 8 bytes"), "{reasons:?}");
-        assert!(reasons[2].1.contains("before start_time_unix_nano"), "{reasons:?}");
+        assert_eq!(reasons.len(), 7, "{reasons:?}");
+        assert!(reasons[0].1.contains("span \"a\": trace_id is all zero"), "{reasons:?}");
+        assert!(reasons[1].1.contains("span_id is 4 bytes; it must be 8"), "{reasons:?}");
+        assert!(reasons[2].1.contains("end_time_unix_nano 5 is before start_time_unix_nano 10"), "{reasons:?}");
         assert!(reasons[3].1.contains("start_time_unix_nano 0 is not a time"), "{reasons:?}");
-        assert!(reasons[4].1.contains("is not a time"), "{reasons:?}");
+        assert!(reasons[4].1.contains("start_time_unix_nano 18446744073709551614 is not a time"), "{reasons:?}");
+        assert!(reasons[5].1.contains("end_time_unix_nano 18446744073709551615 is not a time"), "{reasons:?}");
+        assert!(reasons[6].1.contains("1025 events; at most 1024 per span"), "{reasons:?}");
         assert_eq!(w.write.blocks.len(), 1);
-        assert_eq!(w.write.blocks[0].item, 5, "the good span keeps its place in the export");
+        assert_eq!(w.write.blocks[0].item, 7, "the good span keeps its place in the export");
     }
 
     #[test]
     fn oversized_attributes_refuse_only_their_span() {
         let mut big = span("big", 1, 0, 1, 2);
         big.attributes = vec![kv("payload", &"x".repeat(2_000))];
+        // A long status message (an exception's) refuses its span, not the
+        // spans of the same series (storage refuses whole blocks).
+        let mut failed = span("small", 3, 0, 1, 2);
+        failed.status = Some(SpanStatus { message: "y".repeat(2_000), code: 0 });
         let limits = WriteLimits { max_string_bytes: 1_000, ..WriteLimits::default() };
-        let w = spans_to_write(request(vec![big, span("small", 2, 0, 1, 2)]), &limits);
-        assert_eq!(w.early.len(), 1);
-        assert!(w.early[0].reason.contains("attributes"), "{}", w.early[0].reason);
+        let w = spans_to_write(request(vec![big, span("small", 2, 0, 1, 2), failed]), &limits);
+        assert_eq!(w.early.len(), 2);
+        assert!(w.early[0].reason.contains("\"attributes\""), "{}", w.early[0].reason);
+        assert!(w.early[1].reason.contains("\"status_message\""), "{}", w.early[1].reason);
         assert_eq!(w.write.blocks.len(), 1);
+        assert_eq!(w.write.blocks[0].timestamps.len(), 1);
     }
 }

@@ -28,6 +28,13 @@ include!(concat!(env!("OUT_DIR"), "/grpc_methods.rs"));
 /// protobuf's JSON mapping needs to read a message by name at run time.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
+pub mod wire;
+
+/// The messages of gRPC methods that have no wire bound.
+mod unbounded {
+    include!(concat!(env!("OUT_DIR"), "/unbounded.rs"));
+}
+
 pub mod v1 {
     #![allow(unreachable_pub, unused_qualifications, clippy::all)]
     tonic::include_proto!("tocsin.v1");

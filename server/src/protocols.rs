@@ -45,6 +45,7 @@ use tocsin_auth::Principal;
 use tocsin_ingest::line::{self, Precision};
 use tocsin_ingest::{IngestError, prom};
 use tocsin_proto::v1::WriteResponse;
+use tocsin_proto::wire::WireBound;
 
 use crate::http::AppState;
 
@@ -277,20 +278,17 @@ fn otlp_body(limit: usize, headers: &HeaderMap, body: Bytes) -> Result<(Bytes, O
 
 /// Decodes an export request (`message` is its protobuf name, for JSON;
 /// `items` where its records or points are, to count them first).
-fn otlp_request<M: prost::Message + Default>(
+fn otlp_request<M: prost::Message + Default + WireBound>(
     raw: &[u8],
     encoding: OtlpEncoding,
     message: &'static str,
-    items: &[&[u64]],
 ) -> Result<M, (StatusCode, String)> {
-    use tocsin_ingest::otlp::{MAX_ITEMS, MAX_JSON_OBJECTS};
+    use tocsin_ingest::otlp::MAX_JSON_OBJECTS;
     let short = message.rsplit('.').next().unwrap_or(message);
     // Counted before decoding: decoding makes each record or point a
     // struct of hundreds of bytes, however few it takes on the wire.
     let too_many = match encoding {
-        OtlpEncoding::Protobuf => tocsin_ingest::wire::count(raw, items)
-            .filter(|n| *n > MAX_ITEMS)
-            .map(|n| format!("the export holds {n} records or data points; at most {MAX_ITEMS} per request")),
+        OtlpEncoding::Protobuf => M::BOUND.and_then(|b| b.check(raw)),
         OtlpEncoding::Json => Some(raw.iter().filter(|b| **b == b'{').count())
             .filter(|n| *n > MAX_JSON_OBJECTS)
             .map(|n| format!("the export holds {n} JSON objects; at most {MAX_JSON_OBJECTS} per request")),
@@ -342,17 +340,16 @@ fn otlp_error(e: IngestError) -> Response {
 
 /// An export's body decompressed and decoded off the async workers, and
 /// its encoding (the answer's).
-async fn otlp_decode<M: prost::Message + Default + 'static>(
+async fn otlp_decode<M: prost::Message + Default + WireBound + 'static>(
     app: &AppState,
     headers: &HeaderMap,
     body: Bytes,
     message: &'static str,
-    items: &'static [&'static [u64]],
 ) -> Result<(M, OtlpEncoding), (StatusCode, String)> {
     let (limit, h) = (app.max_request_bytes, headers.clone());
     off_workers(move || {
         let (raw, encoding) = otlp_body(limit, &h, body)?;
-        Ok((otlp_request(&raw, encoding, message, items)?, encoding))
+        Ok((otlp_request(&raw, encoding, message)?, encoding))
     })
     .await
 }
@@ -372,13 +369,7 @@ pub(crate) async fn otlp_metrics(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::metrics::v1::ExportMetricsServiceRequest;
-    let decoded = otlp_decode::<ExportMetricsServiceRequest>(
-        &app,
-        &headers,
-        body,
-        OTLP_METRICS_REQUEST,
-        tocsin_ingest::wire::OTLP_DATA_POINTS,
-    );
+    let decoded = otlp_decode::<ExportMetricsServiceRequest>(&app, &headers, body, OTLP_METRICS_REQUEST);
     let (req, encoding) = match decoded.await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -397,13 +388,7 @@ pub(crate) async fn otlp_logs(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
-    let decoded = otlp_decode::<ExportLogsServiceRequest>(
-        &app,
-        &headers,
-        body,
-        OTLP_LOGS_REQUEST,
-        tocsin_ingest::wire::OTLP_LOG_RECORDS,
-    );
+    let decoded = otlp_decode::<ExportLogsServiceRequest>(&app, &headers, body, OTLP_LOGS_REQUEST);
     let (req, encoding) = match decoded.await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -422,13 +407,7 @@ pub(crate) async fn otlp_traces(
     body: Bytes,
 ) -> Response {
     use tocsin_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
-    let decoded = otlp_decode::<ExportTraceServiceRequest>(
-        &app,
-        &headers,
-        body,
-        OTLP_TRACES_REQUEST,
-        tocsin_ingest::wire::OTLP_SPANS,
-    );
+    let decoded = otlp_decode::<ExportTraceServiceRequest>(&app, &headers, body, OTLP_TRACES_REQUEST);
     let (req, encoding) = match decoded.await {
         Ok(r) => r,
         Err(e) => return e.into_response(),

@@ -130,6 +130,21 @@ impl Client {
 
 /// `c` with its control characters escaped (`\n`, `\u{1b}`), for a
 /// terminal.
+/// `s` as one URL path segment or query value: every byte but letters,
+/// digits and `-._~` percent-encoded, so that an argument cannot add a path
+/// segment or a query parameter of its own.
+pub(crate) fn url_component(s: &str) -> String {
+    use std::fmt::Write;
+    s.bytes().fold(String::with_capacity(s.len()), |mut out, b| {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+        out
+    })
+}
+
 pub(crate) fn shown(c: &str) -> std::borrow::Cow<'_, str> {
     // Control characters, line and paragraph separators, and the
     // bidirectional overrides that reorder what a terminal shows.
@@ -174,6 +189,13 @@ fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_components_cannot_add_segments_or_parameters() {
+        assert_eq!(url_component("abc?table=foo"), "abc%3Ftable%3Dfoo");
+        assert_eq!(url_component("a/b c&d"), "a%2Fb%20c%26d");
+        assert_eq!(url_component("order-17.x_y~"), "order-17.x_y~");
+    }
 
     #[test]
     fn bidirectional_overrides_are_shown_escaped() {

@@ -5,7 +5,7 @@
 
 use reqwest::Method;
 
-use super::client::print_table;
+use super::client::{print_table, shown, url_component};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Config {
@@ -31,7 +31,13 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let v = runtime.block_on(c.server.client()?.call(
         Method::GET,
-        &format!("/api/v1/trace/{}?table={}&spans={}&database={}", c.id, c.table, c.spans, c.database),
+        &format!(
+            "/api/v1/trace/{}?table={}&spans={}&database={}",
+            url_component(&c.id),
+            url_component(&c.table),
+            url_component(&c.spans),
+            url_component(&c.database)
+        ),
         None,
     ))?;
     if c.json {
@@ -71,11 +77,16 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
     let hops: Vec<&str> =
         v["hops"].as_array().map(|a| a.iter().filter_map(|h| h.as_str()).collect()).unwrap_or_default();
     let (spans, logs) = (v["spans"].as_u64().unwrap_or(0), v["logs"].as_u64().unwrap_or(0));
-    let counted = if spans == 0 { format!("{logs} events") } else { format!("{spans} spans, {logs} log events") };
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let counted = if spans == 0 {
+        plural(logs, "event", "events")
+    } else {
+        format!("{}, {}", plural(spans, "span", "spans"), plural(logs, "log event", "log events"))
+    };
     println!(
         "{counted}, {:.1} ms, path: {}{}",
         v["duration_ms"].as_f64().unwrap_or(0.0),
-        hops.join(" -> "),
+        shown(&hops.join(" -> ")),
         if v["truncated"] == true { " (truncated: the first 10,000 entries of each table)" } else { "" }
     );
     Ok(())

@@ -1394,3 +1394,37 @@ async fn refusals_are_audited_and_never_carry_a_token() {
         "the cross-origin refusal is audited: {body}"
     );
 }
+
+/// A role whose row filter names a column the span table lacks still
+/// traces its log table: the span table is left out of the timeline (it
+/// used to refuse the whole trace once a `spans` table existed).
+#[tokio::test]
+async fn a_row_filter_on_logs_survives_a_span_table_without_its_column() {
+    const TENANT: &str = r#"
+[auth.roles.tenant_dev]
+permissions = ["query", "trace"]
+tables = ["*"]
+[[auth.roles.tenant_dev.rows]]
+tables = "*"
+column = "tenant"
+values = ["acme"]
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), TENANT);
+    let dev = create_token(&server, &admin, "tenant_dev", &[]);
+    let body = "applogs,tenant=acme,service=a,level=info message=\"acme hop\",trace_id=\"tr-9\" 1700000000000000000\n\
+                applogs,tenant=globex,service=b,level=info message=\"globex hop\",trace_id=\"tr-9\" 1700000000000000001\n\
+                spans,service=a,name=x,kind=server,status=unset trace_id=\"tr-9\",span_id=\"0101010101010101\",duration_ns=5i 1700000000000000000";
+    assert_eq!(lines(&server, &admin, body).await, 204);
+    let (status, body) = call(&server, "GET", "/api/v1/trace/tr-9?table=applogs", Some(&dev), None).await;
+    assert_eq!(status, 200, "{body}");
+    let flow: Value = serde_json::from_str(&body).expect("flow");
+    let messages: Vec<&str> =
+        flow["events"].as_array().expect("events").iter().filter_map(|e| e["message"].as_str()).collect();
+    assert_eq!(messages, ["acme hop"], "{body}");
+    // The admin sees both hops and the span.
+    let (status, body) = call(&server, "GET", "/api/v1/trace/tr-9?table=applogs", Some(&admin), None).await;
+    assert_eq!(status, 200, "{body}");
+    let flow: Value = serde_json::from_str(&body).expect("flow");
+    assert_eq!((flow["logs"].as_u64(), flow["spans"].as_u64()), (Some(2), Some(1)), "{body}");
+}

@@ -195,7 +195,7 @@ async fn spans_and_log_events_of_one_trace_are_one_timeline() {
     let resp = otlp.export(req).await.expect("export").into_inner();
     let partial = resp.partial_success.expect("the broken span is refused");
     assert_eq!(partial.rejected_spans, 1);
-    assert!(partial.error_message.contains("span \"broken\": trace_id must be 16 bytes"), "{partial:?}");
+    assert!(partial.error_message.contains("span \"broken\": trace_id is all zero"), "{partial:?}");
 
     // OTLP/HTTP JSON, ids in hex as the specification says.
     let json = format!(
@@ -289,8 +289,8 @@ async fn spans_and_log_events_of_one_trace_are_one_timeline() {
     };
     let url = format!("http://{}/api/v1/trace/{}", server.http, trace_hex.to_uppercase());
     let v: serde_json::Value = reqwest::get(&url).await.expect("get").json().await.expect("json");
-    // Upper-case hex finds the spans; the log events were logged in lower case.
-    assert_eq!(v["spans"], 3, "{v}");
+    // Upper-case hex finds the spans and the log events (OTLP ids are stored in lower case).
+    assert_eq!((v["spans"].as_u64(), v["logs"].as_u64()), (Some(3), Some(2)), "{v}");
     let v: serde_json::Value = reqwest::get(format!("http://{}/api/v1/trace/{trace_hex}", server.http))
         .await
         .expect("get")
@@ -318,4 +318,94 @@ async fn spans_and_log_events_of_one_trace_are_one_timeline() {
     assert!(store.contains("  > store message [server]: disk full") && store.contains("<-- first error"), "{text}");
     assert!(text.lines().any(|l| l.contains("    write failed")), "a log under its span is indented: {text}");
     assert!(text.contains("3 spans, 2 log events, 100.0 ms, path: gateway -> mailbox -> notifier"), "{text}");
+}
+
+/// What a hostile review sent: exports that decode to gigabytes are
+/// refused on the wire (gRPC and HTTP) before they are decoded; spans
+/// without a service, a retried export, and odd parameters leave the
+/// timeline working.
+#[tokio::test]
+async fn hostile_span_exports_are_refused_and_odd_lookups_answer() {
+    use prost::Message;
+    use tocsin_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
+    use tocsin_proto::opentelemetry::proto::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use tocsin_proto::opentelemetry::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
+    let export = |spans: Vec<Span>| ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: None,
+            scope_spans: vec![ScopeSpans { scope: None, spans, schema_url: String::new() }],
+            schema_url: String::new(),
+        }],
+    };
+    let server = TestServer::start();
+    let mut otlp = TraceServiceClient::connect(format!("http://{}", server.grpc)).await.expect("connect");
+
+    // 300,000 empty spans: 600 KB on the wire, 60 MB decoded.
+    let err = otlp.export(export(vec![Span::default(); 300_000])).await.expect_err("too many spans");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("holds 300000 spans; at most 262144"), "{err:?}");
+    // One span with 1,100,000 empty events.
+    let chatty = Span { events: vec![span::Event::default(); 1_100_000], ..Default::default() };
+    let err = otlp.export(export(vec![chatty.clone()])).await.expect_err("too many events");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("nested messages"), "{err:?}");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", server.http))
+        .header("content-type", "application/x-protobuf")
+        .body(export(vec![chatty]).encode_to_vec())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 413);
+    assert!(resp.text().await.expect("body").contains("nested messages"));
+    // Tocsin's own WriteLogs: 300,000 empty events.
+    let mut client = server.client().await;
+    let events = vec![tocsin_proto::v1::LogEvent::default(); 300_000];
+    let err = client
+        .write_logs(WriteLogsRequest { database: String::new(), stream: String::new(), events })
+        .await
+        .expect_err("too many events");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("holds 300000 log events"), "{err:?}");
+
+    // Spans without service.name first (no service column), sent twice.
+    let t0 = T0 as u64;
+    let anonymous = Span {
+        trace_id: vec![7; 16],
+        span_id: vec![8; 8],
+        name: "anonymous".into(),
+        start_time_unix_nano: t0,
+        end_time_unix_nano: t0 + 1_000,
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let resp = otlp.export(export(vec![anonymous.clone()])).await.expect("export").into_inner();
+        assert_eq!(resp.partial_success, None);
+    }
+    client
+        .write_logs(WriteLogsRequest {
+            database: String::new(),
+            stream: String::new(),
+            events: vec![log(T0, "gateway", "info", "logs only", "flow-1")],
+        })
+        .await
+        .expect("write_logs");
+    let get = |path: String| {
+        let url = format!("http://{}{path}", server.http);
+        async move {
+            let resp = reqwest::get(url).await.expect("get");
+            (resp.status().as_u16(), resp.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let (status, v) = get("/api/v1/trace/flow-1".into()).await;
+    assert_eq!((status, v["logs"].as_u64()), (200, Some(1)), "{v}");
+    let (status, v) = get(format!("/api/v1/trace/{}", "07".repeat(16))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["spans"], 1, "a retried export shows its span once: {v}");
+    assert_eq!(v["events"][0]["service"], "");
+    let (status, v) = get("/api/v1/trace/flow-1?spans=logs".into()).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("name the same table"), "{v}");
+    let (status, v) = get("/api/v1/trace/flow-1?database=x%27y".into()).await;
+    assert_eq!(status, 400, "{v}");
 }
