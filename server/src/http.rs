@@ -36,6 +36,9 @@ pub(crate) struct AppState {
     pub(crate) audit: Arc<tocsin_auth::AuditLog>,
     /// Which `Host` and `Origin` headers browsers' requests may carry.
     pub(crate) browsers: crate::guard::BrowserPolicy,
+    /// Databases InfluxQL's `CREATE DATABASE` named (listed by `SHOW
+    /// DATABASES` before their first write; not kept across restarts).
+    pub(crate) influx_databases: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
@@ -60,6 +63,9 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/api/v1/write", Requires(Write), crate::protocols::remote_write)
         .post("/api/v2/write", Requires(Write), crate::protocols::influx_v2_write)
         .post("/write", Requires(Write), crate::protocols::influx_v1_write)
+        .get("/query", Statements, crate::influx_query::query)
+        .post("/query", Statements, crate::influx_query::query)
+        .get("/ping", Public, crate::influx_query::ping)
         .post("/v1/metrics", Requires(Write), crate::protocols::otlp_metrics)
         .post("/v1/logs", Requires(Write), crate::protocols::otlp_logs)
         .post("/v1/traces", Requires(Write), crate::protocols::otlp_traces)

@@ -26,6 +26,8 @@ mod flight;
 pub mod format;
 mod guard;
 mod http;
+mod influx_query;
+mod influxql;
 mod metrics;
 mod protocols;
 mod syslog;
@@ -221,6 +223,7 @@ pub async fn run(
         auth,
         audit: Arc::clone(&audit),
         browsers: guard::BrowserPolicy::new(!config.auth.enabled && config.http_addr.ip().is_loopback(), &external_url),
+        influx_databases: Arc::default(),
     };
     // Through `tap_io` (which does nothing), axum gives handlers the
     // client's address from our listener.

@@ -13,10 +13,10 @@ export TOCSIN_BIN="$BIN"
 # The STARTTLS scenario of the email test makes its certificates with openssl.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 # Peers from Debian: Prometheus with node_exporter (remote_write, alerts),
-# InfluxDB 1.6 (line protocol), amtool (Alertmanager's CLI), rsyslog and
+# InfluxDB 1.6 and its CLI (line protocol, InfluxQL), amtool (Alertmanager's CLI), rsyslog and
 # logger (syslog senders).
 need=()
-for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter influxd:influxdb amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils; do
+for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter influxd:influxdb influx:influxdb-client amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

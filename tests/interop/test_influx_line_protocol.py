@@ -1,7 +1,12 @@
 """Interop: the same InfluxDB line protocol (TSBS `cpu` lines and
 Telegraf-style lines with every field type, escapes, gzip, second
 precision) goes to the real InfluxDB 1.6 (Debian package) and to Tocsin;
-InfluxQL answers from InfluxDB and SQL answers from Tocsin must agree."""
+InfluxQL answers from InfluxDB and SQL answers from Tocsin must agree.
+Then InfluxDB's own query API: the same InfluxQL statements (SHOW ...,
+SELECT with aggregates, GROUP BY time and tags, fill, regexes, LIMIT) sent
+to both `/query` endpoints must give the same JSON; the InfluxDB Python
+client (`CREATE DATABASE` as Telegraf sends it, `SHOW DATABASES`, queries)
+and Debian's `influx` CLI work against Tocsin."""
 
 import gzip
 import json
@@ -66,6 +71,117 @@ def close(a, b):
     if isinstance(a, float) or isinstance(b, float):
         return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
     return a == b
+
+
+def same(a, b):
+    """Equal JSON, floats within 1e-9 (summation order differs)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return close(float(a), float(b))
+    return a == b
+
+
+def raw_query(base, db, q, epoch=None):
+    params = {"db": db, "q": q}
+    if epoch:
+        params["epoch"] = epoch
+    try:
+        with urllib.request.urlopen(f"{base}/query?" + urllib.parse.urlencode(params), timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def influxql_side_by_side(base, http):
+    lo, hi = START_S, START_S + STEPS * 10
+    statements = [
+        "SHOW MEASUREMENTS",
+        "SHOW MEASUREMENTS WITH MEASUREMENT =~ /^c/ LIMIT 1",
+        "SHOW TAG KEYS FROM cpu",
+        "SHOW TAG KEYS",
+        "SHOW FIELD KEYS",
+        "SHOW TAG VALUES FROM cpu WITH KEY = \"hostname\"",
+        "SHOW TAG VALUES WITH KEY IN (\"region\", \"host\")",
+        "SHOW TAG VALUES FROM cpu WITH KEY = \"hostname\" WHERE region = 'eu-west-1'",
+        "SHOW RETENTION POLICIES ON lp",
+        f"SELECT usage_user FROM cpu WHERE hostname = 'host_1' AND time >= {lo}s AND time < {lo + 60}s",
+        f"SELECT * FROM cpu WHERE time >= {lo}s AND time < {lo + 20}s",
+        f"SELECT * FROM system",
+        f"SELECT mean(usage_idle) FROM cpu WHERE time >= {lo}s AND time < {hi}s GROUP BY time(10m)",
+        f"SELECT mean(\"usage_idle\") FROM \"cpu\" WHERE time >= {lo}000ms and time <= {hi}000ms "
+        f"GROUP BY time(5m), \"hostname\" fill(null)",
+        f"SELECT max(usage_user), min(usage_idle) FROM cpu WHERE time >= {lo}s AND time < {lo + 1800}s "
+        f"GROUP BY time(15m), region fill(0)",
+        f"SELECT count(usage_idle), sum(usage_system) FROM cpu WHERE time >= {lo}s AND time < {hi}s GROUP BY region",
+        "SELECT last(usage_user) FROM cpu WHERE hostname = 'host_2'",
+        "SELECT first(load1), max(n_users) FROM system WHERE host = 'web 1'",
+        f"SELECT max(usage_user) FROM cpu WHERE hostname = 'host_4' AND time >= {lo}s AND time < {hi}s",
+        f"SELECT sum(usage_user) AS total FROM cpu WHERE time >= {lo}s AND time < {hi}s "
+        f"GROUP BY time(30m), * fill(none)",
+        f"SELECT mean(usage_idle) FROM cpu WHERE time >= {hi - 600}s AND time < {hi + 600}s "
+        f"GROUP BY time(10m) fill(previous)",
+        f"~SELECT usage_user FROM cpu WHERE hostname =~ /^host_(1|3)$/ AND usage_user > 90 AND time < {lo + 300}s",
+        # `~`: InfluxDB orders the points of one instant as its iterators
+        # merge them (not by series), so those are compared as sets.
+        f"~SELECT usage_user FROM cpu WHERE hostname != 'host_1' AND time < {lo + 20}s",
+        f"SELECT usage_user FROM cpu WHERE hostname = 'host_2' AND time < {lo + 60}s ORDER BY time DESC LIMIT 2",
+        f"SELECT median(usage_idle), spread(usage_idle), stddev(usage_idle) FROM cpu WHERE time >= {lo}s "
+        f"AND time < {hi}s GROUP BY hostname",
+        "SELECT mean(usage_idle) FROM cpu WHERE nosuchtag = 'x'",
+        "SELECT mean(usage_idle) FROM nosuch",
+        f"SELECT mean(usage_idle) FROM cpu WHERE time >= {lo}s AND time < {hi}s GROUP BY time(10m, 5m) "
+        f"LIMIT 3 OFFSET 1",
+        f"SELECT usage_user FROM cpu WHERE time >= {lo}s AND time < {lo + 20}s AND hostname = 'host_0'; "
+        f"SELECT load1 FROM system LIMIT 1",
+        'SELECT note, reads FROM "disk io"',
+    ]
+    def by_instant(answer):
+        for r in answer[1].get("results", []):
+            for se in r.get("series", []):
+                se["values"].sort(key=lambda v: (str(v[0]), json.dumps(v[1:])))
+        return answer
+
+    for q in statements:
+        unordered = q.startswith("~")
+        q = q.lstrip("~")
+        for epoch in (None, "s"):
+            theirs = raw_query(base, "lp", q, epoch)
+            ours = raw_query(f"http://{http}", "lp", q, epoch)
+            if unordered:
+                theirs, ours = by_instant(theirs), by_instant(ours)
+            assert same(theirs, ours), f"{q} (epoch={epoch})\n InfluxDB: {theirs}\n Tocsin:   {ours}"
+    return len(statements)
+
+
+def real_clients(http, tmp):
+    from influxdb import InfluxDBClient
+    host, port = http.rsplit(":", 1)
+    client = InfluxDBClient(host=host, port=int(port), database="metrics")
+    client.create_database("metrics")  # what Telegraf's v1 output sends at start
+    assert {"name": "metrics"} in client.get_list_database(), client.get_list_database()
+    client.write_points([{"measurement": "temp", "tags": {"room": "a"}, "time": "2016-01-01T00:00:00Z",
+                          "fields": {"c": 21.5}},
+                         {"measurement": "temp", "tags": {"room": "b"}, "time": "2016-01-01T00:00:10Z",
+                          "fields": {"c": 19.0}}])
+    points = list(client.query("SELECT mean(c) FROM temp GROUP BY room").get_points(tags={"room": "b"}))
+    assert points == [{"time": "1970-01-01T00:00:00Z", "mean": 19.0}], points
+    # Debian's influx CLI: it pings, then runs the statement.
+    out = subprocess.run(["influx", "-host", host, "-port", port, "-database", "metrics", "-format", "json",
+                          "-execute", "SELECT c FROM temp WHERE room = 'a'"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    # The CLI asks for nanosecond epochs (`-precision` changes it).
+    assert answer["results"][0]["series"][0]["values"] == [[1451606400000000000, 21.5]], answer
+    out = subprocess.run(["influx", "-host", host, "-port", port, "-execute", "SHOW DATABASES"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "metrics" in out.stdout, (out.stdout, out.stderr)
+    # A statement InfluxQL has and Tocsin does not: a clear error, not a crash.
+    status, body = raw_query(f"http://{http}", "metrics", "SELECT derivative(c) FROM temp")
+    assert status == 200 and "derivative() is not supported" in body["results"][0]["error"], body
 
 
 def start_influx(tmp, log):
@@ -148,8 +264,13 @@ def main():
                 raise AssertionError(f"{url} accepted a bad line")
             except urllib.error.HTTPError as e:
                 assert e.code == 400, (url, e.code)
+        # 5. InfluxQL through /query, side by side; then the real clients.
+        n = influxql_side_by_side(base, http)
+        real_clients(http, tmp)
         print(f"ok: InfluxDB 1.6 and Tocsin agree on {HOSTS * STEPS} TSBS lines and the Telegraf-style lines "
-              f"(aggregates, time buckets, every field type, escapes, gzip, v1 and v2 endpoints)")
+              f"(aggregates, time buckets, every field type, escapes, gzip, v1 and v2 endpoints); "
+              f"{n} InfluxQL statements give the same /query answers; the InfluxDB Python client and the influx CLI "
+              f"work against Tocsin")
 
 
 if __name__ == "__main__":

@@ -492,7 +492,7 @@ async fn exports_with_too_many_records_are_refused_before_decoding() {
     let headers = [("content-type", "application/x-protobuf"), ("content-encoding", "gzip")];
     let (status, text) = post(&s, "/v1/logs", gzip_bytes(&req.encode_to_vec()), &headers).await;
     assert_eq!(status, 413, "{text}");
-    assert!(text.contains("300000 records"), "{text}");
+    assert!(text.contains("holds 300000 log records"), "{text}");
     let json = format!("{{\"resourceLogs\":[{{\"scopeLogs\":[{{\"logRecords\":[{}{{}}]}}]}}]}}", "{},".repeat(1 << 20));
     let headers = [("content-type", "application/json"), ("content-encoding", "gzip")];
     let (status, text) = post(&s, "/v1/logs", gzip_bytes(json.as_bytes()), &headers).await;
@@ -508,4 +508,59 @@ async fn exports_with_too_many_records_are_refused_before_decoding() {
     let (status, text) = post(&s, "/_bulk", two, &[("content-encoding", "gzip")]).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(s.sql("SELECT count(*) AS n FROM g").await[0]["n"], 2);
+}
+
+/// InfluxDB 1.x's query API as Telegraf, the `influx` CLI and Grafana use
+/// it: `CREATE DATABASE` (form body), `SHOW`, `SELECT`, errors in
+/// InfluxDB's shape. The side-by-side comparison with InfluxDB itself is
+/// in tests/interop/test_influx_line_protocol.py.
+#[tokio::test]
+async fn influxql_query_api_answers_as_influxdb_does() {
+    let s = TestServer::start();
+    let ping = reqwest::get(format!("http://{}/ping", s.http)).await.expect("ping");
+    assert_eq!(ping.status().as_u16(), 204);
+    assert!(ping.headers().get("x-influxdb-version").is_some());
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let (status, text) = post(&s, "/query", b"q=CREATE+DATABASE+%22telegraf%22".to_vec(), &form).await;
+    assert_eq!((status, text.as_str()), (200, r#"{"results":[{"statement_id":0}]}"#));
+    let get = |q: &str, db: &str| {
+        let req = reqwest::Client::new().get(format!("http://{}/query", s.http)).query(&[("q", q), ("db", db)]);
+        async move {
+            let resp = req.send().await.expect("get");
+            (resp.status().as_u16(), resp.json::<Value>().await.expect("json"))
+        }
+    };
+    let (_, v) = get("SHOW DATABASES", "").await;
+    assert_eq!(v["results"][0]["series"][0]["values"], serde_json::json!([["telegraf"]]), "{v}");
+    let (status, _) =
+        post(&s, "/write?db=telegraf", b"cpu,host=a usage=1.5 1000000000\ncpu,host=b usage=3 2000000000".to_vec(), &[])
+            .await;
+    assert_eq!(status, 204);
+    let (status, v) =
+        get("SELECT mean(usage) FROM cpu GROUP BY host; SHOW TAG VALUES WITH KEY = host", "telegraf").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        v["results"][0]["series"][1],
+        serde_json::json!({"name": "cpu", "tags": {"host": "b"}, "columns": ["time", "mean"], "values": [["1970-01-01T00:00:00Z", 3.0]]}),
+        "{v}"
+    );
+    assert_eq!(v["results"][1]["series"][0]["values"], serde_json::json!([["host", "a"], ["host", "b"]]), "{v}");
+    // Errors: a statement's in its result (HTTP 200), a parse error HTTP 400.
+    let (status, v) = get("SELECT usage FROM cpu; DROP DATABASE telegraf", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["results"][0]["error"], "database name required", "{v}");
+    assert!(v["results"][1]["error"].as_str().unwrap_or("").contains("append-only"), "{v}");
+    let (status, v) = get("SELEC usage FROM cpu", "telegraf").await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap_or("").starts_with("error parsing query: found SELEC"), "{v}");
+    let (status, v) = get("SELECT usage FROM cpu WHERE time > now() - 10000d GROUP BY time(1s)", "telegraf").await;
+    assert_eq!(status, 200);
+    assert!(
+        v["results"][0]["error"].as_str().unwrap_or("").contains("GROUP BY requires at least one aggregate"),
+        "{v}"
+    );
+    let (status, v) =
+        get("SELECT count(usage) FROM cpu WHERE time > now() - 10000d GROUP BY time(1s)", "telegraf").await;
+    assert_eq!(status, 200);
+    assert!(v["results"][0]["error"].as_str().unwrap_or("").contains("buckets per series"), "{v}");
 }
