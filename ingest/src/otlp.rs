@@ -8,7 +8,8 @@
 //! - a histogram is three tables as Prometheus names them: `<name>_bucket`
 //!   (tag `le`, cumulative counts, `+Inf` last), `<name>_count`, `<name>_sum`;
 //!   a summary is `<name>` (tag `quantile`), `<name>_count`, `<name>_sum`;
-//! - exponential histograms are refused (partial success names them);
+//! - an exponential histogram is the same three tables, its buckets' upper
+//!   bounds as `le` (see [`exponential_point`]);
 //! - a log record is a row of `logs`: `service` and `host` from the resource
 //!   (`service.name`, `host.name`), `level` from the severity, `message`
 //!   from the body, `trace_id`/`span_id` in hex, and the record's and the
@@ -222,6 +223,17 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
                                     continue;
                                 }
                             };
+                            if p.bucket_counts.len() > MAX_BUCKETS {
+                                out.reject(
+                                    1,
+                                    format!(
+                                        "metric {name:?}: a histogram point has {} buckets; at most {MAX_BUCKETS} are \
+                                         accepted",
+                                        p.bucket_counts.len()
+                                    ),
+                                );
+                                continue;
+                            }
                             if let Err(e) = out.expansion.charge(&resource, &p.attributes, p.bucket_counts.len() + 2) {
                                 out.reject(1, format!("metric {name:?}: {e}"));
                                 continue;
@@ -275,16 +287,89 @@ pub fn metrics_to_writes(req: ExportMetricsServiceRequest) -> MetricWrites {
                             out.push(&format!("{name}_sum"), t, ts, p.sum);
                         }
                     }
-                    Some(metric::Data::ExponentialHistogram(e)) => out.reject(
-                        e.data_points.len(),
-                        format!("metric {name:?}: exponential histograms are not supported; use explicit buckets"),
-                    ),
+                    Some(metric::Data::ExponentialHistogram(e)) => {
+                        for p in e.data_points {
+                            exponential_point(&mut out, &name, &resource, p);
+                        }
+                    }
                     None => {}
                 }
             }
         }
     }
     out
+}
+
+/// Most buckets one histogram point may have (each is a row of
+/// `<name>_bucket`): Prometheus' classic histograms have tens, the
+/// OpenTelemetry SDKs' exponential ones at most 160 on each side.
+pub const MAX_BUCKETS: usize = 1024;
+
+/// Scales an exponential histogram may have (OTLP allows -10 to 20).
+const SCALES: std::ops::RangeInclusive<i32> = -10..=20;
+
+/// An exponential histogram point as Prometheus-style classic buckets:
+/// `<name>_bucket` with `le` at each bucket's upper bound (negative buckets
+/// first, from the most negative; the zero bucket at `zero_threshold`; the
+/// positive buckets; `+Inf`), cumulative, then `<name>_count` and
+/// `<name>_sum`, so that the same SQL reads both kinds. Bucket `i` of
+/// scale `s` holds (2^(i·2^-s), 2^((i+1)·2^-s)].
+fn exponential_point(
+    out: &mut MetricWrites,
+    name: &str,
+    resource: &[(String, String)],
+    p: tocsin_proto::opentelemetry::proto::metrics::v1::ExponentialHistogramDataPoint,
+) {
+    let ts = match time(p.time_unix_nano) {
+        Ok(t) => t,
+        Err(e) => return out.reject(1, e),
+    };
+    if !SCALES.contains(&p.scale) {
+        return out.reject(
+            1,
+            format!("metric {name:?}: an exponential histogram point has scale {}; OTLP allows -10 to 20", p.scale),
+        );
+    }
+    let (positive, negative) = (p.positive.unwrap_or_default(), p.negative.unwrap_or_default());
+    let buckets = positive.bucket_counts.len() + negative.bucket_counts.len();
+    if buckets > MAX_BUCKETS {
+        return out.reject(
+            1,
+            format!("metric {name:?}: an exponential histogram point has {buckets} buckets; at most {MAX_BUCKETS} are accepted"),
+        );
+    }
+    if let Err(e) = out.expansion.charge(resource, &p.attributes, buckets + 3) {
+        return out.reject(1, format!("metric {name:?}: {e}"));
+    }
+    let width = 2f64.powi(-p.scale);
+    let bound = |index: i64| (index as f64 * width).exp2();
+    let table = format!("{name}_bucket");
+    let mut cumulative = 0u64;
+    let emit = |out: &mut MetricWrites, le: f64, cumulative: u64| {
+        // A bound past f64's range is folded into +Inf.
+        if le.is_finite() {
+            let t = tags(resource, &p.attributes, Some(("le", le.to_string())));
+            out.push(&table, t, ts, cumulative as f64);
+        }
+    };
+    for (k, c) in negative.bucket_counts.iter().enumerate().rev() {
+        cumulative = cumulative.saturating_add(*c);
+        // Negative bucket i holds [-2^((i+1)·w), -2^(i·w)).
+        emit(out, -bound(i64::from(negative.offset) + k as i64), cumulative);
+    }
+    cumulative = cumulative.saturating_add(p.zero_count);
+    emit(out, p.zero_threshold.abs(), cumulative);
+    for (k, c) in positive.bucket_counts.iter().enumerate() {
+        cumulative = cumulative.saturating_add(*c);
+        emit(out, bound(i64::from(positive.offset) + k as i64 + 1), cumulative);
+    }
+    let t = tags(resource, &p.attributes, Some(("le", "+Inf".to_string())));
+    out.push(&table, t, ts, p.count.max(cumulative) as f64);
+    let t = tags(resource, &p.attributes, None);
+    out.push(&format!("{name}_count"), t.clone(), ts, p.count as f64);
+    if let Some(sum) = p.sum {
+        out.push(&format!("{name}_sum"), t, ts, sum);
+    }
 }
 
 fn number_points(
@@ -613,6 +698,62 @@ mod tests {
         let m = metrics_to_writes(request(vec![bad]));
         assert_eq!((m.points, m.rejected_points), (0, 1));
         assert!(m.first_error.is_some_and(|e| e.contains("2 bucket counts for 2 bounds")));
+    }
+
+    #[test]
+    fn exponential_histograms_become_cumulative_buckets_at_their_upper_bounds() {
+        use tocsin_proto::opentelemetry::proto::metrics::v1::{
+            ExponentialHistogram, ExponentialHistogramDataPoint, exponential_histogram_data_point::Buckets,
+        };
+        let point = |scale: i32| ExponentialHistogramDataPoint {
+            time_unix_nano: 9,
+            count: 7,
+            sum: Some(3.5),
+            scale,
+            zero_count: 1,
+            positive: Some(Buckets { offset: 0, bucket_counts: vec![1, 2] }),
+            negative: Some(Buckets { offset: 0, bucket_counts: vec![3] }),
+            ..Default::default()
+        };
+        let metric = |points| Metric {
+            name: "lat".into(),
+            data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: points,
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        let m = metrics_to_writes(request(vec![metric(vec![point(0)])]));
+        assert_eq!(m.rejected_points, 0, "{:?}", m.first_error);
+        let writes = m.writes.into_vec();
+        let table = |n: &str| writes.iter().find(|w| w.table == n).expect(n);
+        let buckets: Vec<(String, FieldValues)> = table("lat_bucket")
+            .blocks
+            .iter()
+            .map(|b| (b.tags.iter().find(|(k, _)| k == "le").expect("le").1.clone(), b.fields[0].values.clone()))
+            .collect();
+        // Scale 0: bucket i holds (2^i, 2^(i+1)]; negative bucket 0 holds [-2, -1).
+        let expected: Vec<(String, FieldValues)> = [("-1", 3.0), ("0", 4.0), ("2", 5.0), ("4", 7.0), ("+Inf", 7.0)]
+            .iter()
+            .map(|(le, v)| (le.to_string(), FieldValues::F64(vec![*v])))
+            .collect();
+        assert_eq!(buckets, expected);
+        assert_eq!(table("lat_count").blocks[0].fields[0].values, FieldValues::F64(vec![7.0]));
+        assert_eq!(table("lat_sum").blocks[0].fields[0].values, FieldValues::F64(vec![3.5]));
+
+        // Scale 1: bounds are powers of sqrt(2).
+        let writes = metrics_to_writes(request(vec![metric(vec![point(1)])])).writes.into_vec();
+        let les: Vec<String> =
+            writes[0].blocks.iter().map(|b| b.tags.iter().find(|(k, _)| k == "le").expect("le").1.clone()).collect();
+        assert_eq!(les, ["-1", "0", &std::f64::consts::SQRT_2.to_string(), "2", "+Inf"]);
+
+        // A scale OTLP does not allow, and too many buckets: refused alone.
+        let mut wide = point(0);
+        wide.positive = Some(Buckets { offset: 0, bucket_counts: vec![0; MAX_BUCKETS + 1] });
+        let m = metrics_to_writes(request(vec![metric(vec![point(21), wide, point(0)])]));
+        assert_eq!(m.rejected_points, 2);
+        assert!(m.first_error.expect("reason").contains("scale 21; OTLP allows -10 to 20"));
+        assert_eq!(m.writes.into_vec()[0].blocks.len(), 5, "the good point's buckets");
     }
 
     #[test]

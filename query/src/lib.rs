@@ -56,6 +56,10 @@ pub use catalog::LiveTable;
 pub use metrics::{LATENCY_BUCKETS, PHASES, QueryMetrics};
 pub use tocsin_auth::Principal;
 
+/// Where the hint of a missing table starts: "table 'tocsin.public.cpu' not
+/// found; database telegraf has a table ...".
+pub const TABLE_ELSEWHERE: &str = "; database ";
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("{0}")]
@@ -648,7 +652,7 @@ impl QueryEngine {
             .collect();
         let Some(first) = elsewhere.first() else { return e };
         QueryError::DataFusion(DataFusionError::Plan(format!(
-            "{msg}; database {} {} a table {table:?}: name it {first}.\"{table}\" or run the statement in that \
+            "{msg}{TABLE_ELSEWHERE}{} {} a table {table:?}: name it {first}.\"{table}\" or run the statement in that \
              database (\"database\" of the HTTP request, `database:` of a rule group, [alerting] database)",
             elsewhere.join(", "),
             if elsewhere.len() == 1 { "has" } else { "have" },

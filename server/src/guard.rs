@@ -174,13 +174,13 @@ fn auth_error_shaped(e: AuthError, bare: bool) -> Response {
 }
 
 /// What an HTTP request presents: the `Authorization` header, or InfluxDB
-/// v1's `u` and `p` parameters on `/write`.
+/// v1's `u` and `p` parameters on `/write` and `/query`.
 fn http_credentials(headers: &HeaderMap, path: &str, query: Option<&str>) -> Result<Credentials, AuthError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| AuthError::Unauthenticated("the Authorization header is not text".into()))?;
         return Credentials::from_authorization(v);
     }
-    if path == "/write"
+    if (path == "/write" || path == "/query")
         && let Some(q) = query
     {
         let (mut user, mut password) = (None, None);

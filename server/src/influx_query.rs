@@ -25,6 +25,13 @@ use crate::influxql::{CmpOp, Cond, Expr, Fill, GroupTags, Literal, Measurement, 
 const VERSION: &str = "1.8.10-tocsin";
 /// Most `GROUP BY time()` buckets per series.
 const MAX_BUCKETS: i64 = 100_000;
+/// Most statements in one request.
+const MAX_STATEMENTS: usize = 100;
+/// Most points (rows of series, filled buckets included) one request may
+/// answer with: empty buckets are made here, after the SQL bounds on
+/// result size, and 20 statements of `GROUP BY time(1ns) fill(0)` took
+/// 1.1 GB.
+const MAX_POINTS: usize = 1_000_000;
 
 fn with_version(mut r: Response) -> Response {
     r.headers_mut().insert("X-Influxdb-Version", HeaderValue::from_static(VERSION));
@@ -68,11 +75,23 @@ pub(crate) async fn query(
             None => return error(StatusCode::BAD_REQUEST, format!("epoch {e:?} is not one of ns, u, µ, ms, s, m, h")),
         },
     };
+    // A caller who may neither read nor write is refused before parsing.
+    if who.require(Permission::Query).is_err()
+        && let Err(e) = who.require(Permission::Write)
+    {
+        return error(StatusCode::FORBIDDEN, format!("error authorizing query: {e}"));
+    }
     let now = tocsin_storage::now_ns();
     let statements = match parse(q, now) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if statements.len() > MAX_STATEMENTS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("the request holds {} statements; at most {MAX_STATEMENTS} are accepted", statements.len()),
+        );
+    }
     // As InfluxDB: a statement the caller may not run refuses the request
     // (403) before any runs; tables are checked as each statement runs.
     for st in &statements {
@@ -86,10 +105,11 @@ pub(crate) async fn query(
     }
     let db = params.get("db").filter(|d| !d.is_empty()).cloned();
     let mut results = Vec::with_capacity(statements.len());
+    let mut budget = MAX_POINTS;
     for (i, st) in statements.into_iter().enumerate() {
         let mut r = Map::new();
         r.insert("statement_id".into(), json!(i));
-        match run(&app, &who, st, db.as_deref(), epoch, now).await {
+        match run(&app, &who, st, db.as_deref(), epoch, now, &mut budget).await {
             Ok(series) if series.is_empty() => {}
             Ok(series) => {
                 r.insert("series".into(), Value::Array(series));
@@ -135,6 +155,7 @@ async fn run(
     db: Option<&str>,
     epoch: Option<i64>,
     now: i64,
+    budget: &mut usize,
 ) -> Result<Vec<Value>, String> {
     let storage = &app.storage;
     match st {
@@ -143,7 +164,15 @@ async fn run(
             who.check_database(Permission::Write, &name).map_err(|e| e.to_string())?;
             // Tocsin makes a database when its first table is written; the
             // name is listed from now on, so clients that check find it.
-            app.influx_databases.lock().insert(name);
+            let max = storage.config().limits.max_databases;
+            let mut created = app.influx_databases.lock();
+            let existing: BTreeSet<String> = storage.databases().into_iter().collect();
+            if !existing.contains(&name) && !created.contains(&name) {
+                if existing.len() + created.len() >= max {
+                    return Err(format!("at most {max} databases (limits.max_databases)"));
+                }
+                created.insert(name);
+            }
             Ok(Vec::new())
         }
         Statement::DropDatabase(name) => Err(format!(
@@ -160,7 +189,11 @@ async fn run(
             Ok(vec![series("databases", &["name"], values)])
         }
         Statement::ShowRetentionPolicies { db: on } => {
-            need_db(on.as_deref(), db)?;
+            let db = need_db(on.as_deref(), db)?;
+            let known = storage.databases().iter().any(|d| d == db) || app.influx_databases.lock().contains(db);
+            if !known || who.check_database(Permission::Query, db).is_err() {
+                return Err(format!("database not found: {db}"));
+            }
             Ok(vec![json!({
                 "columns": ["name", "duration", "shardGroupDuration", "replicaN", "default"],
                 "values": [["autogen", "0s", "168h0m0s", 1, true]],
@@ -168,28 +201,34 @@ async fn run(
         }
         Statement::ShowMeasurements { db: on, filter, limit, offset } => {
             let db = need_db(on.as_deref(), db)?;
+            let matcher = filter.as_ref().map(|f| f.matcher()).transpose()?;
             let values: Vec<Value> = measurements(app, who, db)
                 .into_iter()
-                .filter(|m| filter.as_ref().is_none_or(|f| f.matches(m)))
+                .filter(|m| matcher.as_ref().is_none_or(|f| f(m)))
                 .skip(offset)
                 .take(limit.unwrap_or(usize::MAX))
                 .map(|m| json!([m]))
                 .collect();
             Ok(if values.is_empty() { Vec::new() } else { vec![series("measurements", &["name"], values)] })
         }
-        Statement::ShowTagKeys { db: on, from } => {
+        Statement::ShowTagKeys { db: on, from, limit, offset } => {
             let db = need_db(on.as_deref(), from.as_ref().and_then(|m| m.db.as_deref()).or(db))?;
             let mut out = Vec::new();
             for m in chosen(app, who, db, from.as_ref()) {
                 let Some(schema) = storage.table_schema(db, &m) else { continue };
-                let keys: Vec<Value> = tags(&schema).into_iter().map(|k| json!([k])).collect();
+                let keys: Vec<Value> = tags(&schema)
+                    .into_iter()
+                    .skip(offset)
+                    .take(limit.unwrap_or(usize::MAX))
+                    .map(|k| json!([k]))
+                    .collect();
                 if !keys.is_empty() {
                     out.push(series(&m, &["tagKey"], keys));
                 }
             }
             Ok(out)
         }
-        Statement::ShowFieldKeys { db: on, from } => {
+        Statement::ShowFieldKeys { db: on, from, limit, offset } => {
             let db = need_db(on.as_deref(), from.as_ref().and_then(|m| m.db.as_deref()).or(db))?;
             let mut out = Vec::new();
             for m in chosen(app, who, db, from.as_ref()) {
@@ -201,6 +240,8 @@ async fn run(
                     .map(|f| (f.name().clone(), field_type(f.data_type())))
                     .collect();
                 fields.sort();
+                let fields: Vec<(String, &str)> =
+                    fields.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
                 if !fields.is_empty() {
                     out.push(series(
                         &m,
@@ -211,13 +252,14 @@ async fn run(
             }
             Ok(out)
         }
-        Statement::ShowTagValues { db: on, from, keys, condition } => {
+        Statement::ShowTagValues { db: on, from, keys, condition, limit, offset } => {
             let db = need_db(on.as_deref(), from.as_ref().and_then(|m| m.db.as_deref()).or(db))?;
+            let matcher = keys.matcher()?;
             let mut out = Vec::new();
             for m in chosen(app, who, db, from.as_ref()) {
                 let Some(schema) = storage.table_schema(db, &m) else { continue };
                 let mut values = Vec::new();
-                for k in tags(&schema).into_iter().filter(|k| keys.matches(k)) {
+                for k in tags(&schema).into_iter().filter(|k| matcher(k)) {
                     let mut sql = format!(
                         "SELECT DISTINCT {c} AS v FROM {t} WHERE {c} IS NOT NULL",
                         c = ident(&k),
@@ -237,13 +279,18 @@ async fn run(
                         }
                     }
                 }
+                let values: Vec<Value> = values.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
+                if values.len() > *budget {
+                    return Err(format!("the answer holds more than {MAX_POINTS} points"));
+                }
+                *budget -= values.len();
                 if !values.is_empty() {
                     out.push(series(&m, &["key", "value"], values));
                 }
             }
             Ok(out)
         }
-        Statement::Select(s) => select(app, who, &s, db, epoch, now).await,
+        Statement::Select(s) => select(app, who, &s, db, epoch, now, budget).await,
     }
 }
 
@@ -416,9 +463,13 @@ async fn select(
     db: Option<&str>,
     epoch: Option<i64>,
     now: i64,
+    budget: &mut usize,
 ) -> Result<Vec<Value>, String> {
     let db = need_db(s.from.db.as_deref(), db)?;
     let table = &s.from.name;
+    // Before looking the table up: whether it exists is not the caller's
+    // to learn where it may not read.
+    who.check_table(Permission::Query, db, table).map_err(|e| e.to_string())?;
     let Some(schema) = app.storage.table_schema(db, table) else { return Ok(Vec::new()) };
     let aggregated = s.fields.iter().any(|f| matches!(f.expr, Expr::Call(..)));
     if aggregated && s.fields.iter().any(|f| !matches!(f.expr, Expr::Call(..))) {
@@ -434,6 +485,9 @@ async fn select(
     };
     // (output name, SQL) of each value column.
     let mut values: Vec<(String, String)> = Vec::new();
+    // Which of them are tags (a raw point is shown for its fields only).
+    let mut tag_columns: Vec<usize> = Vec::new();
+    let mut counts: Vec<bool> = Vec::new();
     let mut lone_selector = None;
     for f in &s.fields {
         match &f.expr {
@@ -445,17 +499,30 @@ async fn select(
                     .filter(|c| c != "ts" && !group.contains(c))
                     .collect();
                 cols.sort();
-                values.extend(cols.into_iter().map(|c| (c.clone(), ident(&c))));
+                for c in cols {
+                    if matches!(column(&schema, &c), Column::Tag) {
+                        tag_columns.push(values.len());
+                    }
+                    values.push((c.clone(), ident(&c)));
+                }
             }
             Expr::Ref(r) if r.eq_ignore_ascii_case("time") => {}
             Expr::Ref(r) => {
-                let sql = if matches!(column(&schema, r), Column::Missing) { "NULL".into() } else { ident(r) };
+                let sql = match column(&schema, r) {
+                    Column::Missing => "NULL".into(),
+                    Column::Tag => {
+                        tag_columns.push(values.len());
+                        ident(r)
+                    }
+                    Column::Field => ident(r),
+                };
                 values.push((f.alias.clone().unwrap_or_else(|| r.clone()), sql));
             }
             Expr::Number(_) => return Err("a number as a field is not supported".into()),
             Expr::Call(func, args) => {
                 let arg = match args.as_slice() {
-                    [Expr::Ref(r)] if !matches!(column(&schema, r), Column::Missing) => ident(r),
+                    // Functions read fields; of a tag or nothing, they see no values.
+                    [Expr::Ref(r)] if matches!(column(&schema, r), Column::Field) => ident(r),
                     [Expr::Ref(_)] => "CAST(NULL AS DOUBLE)".into(),
                     [Expr::Wildcard] => return Err(format!("{func}(*) is not supported; name the field")),
                     _ => return Err(format!("{func}() takes one field")),
@@ -463,6 +530,8 @@ async fn select(
                 if s.fields.len() == 1 && s.group_time.is_none() {
                     lone_selector = selector_time(func, &arg);
                 }
+                counts.resize(values.len(), false);
+                counts.push(func == "count");
                 values.push((f.alias.clone().unwrap_or_else(|| func.clone()), aggregate(func, &arg)?));
             }
         }
@@ -501,16 +570,25 @@ async fn select(
         filters.push(where_sql(c, &schema));
     }
     if !aggregated {
-        // A raw query shows the points that have a value in one of the columns.
-        filters.push(format!(
-            "({})",
-            values.iter().map(|(_, v)| format!("{v} IS NOT NULL")).collect::<Vec<_>>().join(" OR ")
-        ));
+        // A raw query shows the points that have a value in one of the
+        // fields (tags alone show nothing, as in InfluxDB).
+        let fields: Vec<String> = values
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !tag_columns.contains(i))
+            .map(|(_, (_, v))| format!("{v} IS NOT NULL"))
+            .collect();
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        filters.push(format!("({})", fields.join(" OR ")));
     }
     if !filters.is_empty() {
         sql.push_str(&format!(" WHERE {}", filters.join(" AND ")));
     }
     let tag_refs: Vec<String> = (0..present.len()).map(|i| format!("\"__tag{i}\"")).collect();
+    // A series without the tag sorts first (its value is the empty string).
+    let tag_order: Vec<String> = tag_refs.iter().map(|t| format!("{t} NULLS FIRST")).collect();
     if aggregated {
         let mut by = Vec::new();
         if s.group_time.is_some() {
@@ -521,7 +599,7 @@ async fn select(
             sql.push_str(&format!(" GROUP BY {}", by.join(", ")));
         }
     }
-    let mut order = tag_refs.clone();
+    let mut order = tag_order;
     order.push(format!("\"__time\"{}", if s.descending { " DESC" } else { "" }));
     if !aggregated {
         // Points of one instant in the order of their series (tags by name).
@@ -563,7 +641,8 @@ async fn select(
             continue;
         }
         if let (Some((every, offset)), false) = (s.group_time, matches!(s.fill, Fill::None)) {
-            rows = filled(rows, every, offset, lo, hi.unwrap_or(now), s.fill, s.descending, values.len())?;
+            counts.resize(values.len(), false);
+            rows = filled(rows, every, offset, lo, hi.unwrap_or(now), s.fill, s.descending, &counts, *budget)?;
         } else if matches!(s.fill, Fill::None) && s.group_time.is_some() {
             rows.retain(|(_, v)| !v.iter().all(Value::is_null));
         }
@@ -580,6 +659,13 @@ async fn select(
         if rows.is_empty() {
             continue;
         }
+        if rows.len() > *budget {
+            return Err(format!(
+                "the answer holds more than {MAX_POINTS} points; narrow the time range, widen GROUP BY time() or add \
+                 LIMIT"
+            ));
+        }
+        *budget -= rows.len();
         let mut columns = vec!["time".to_string()];
         columns.extend(names.iter().cloned());
         let mut series = Map::new();
@@ -613,10 +699,19 @@ fn filled(
     hi: i64,
     fill: Fill,
     descending: bool,
-    width: usize,
+    counts: &[bool],
+    budget: usize,
 ) -> Result<Vec<Row>, String> {
     let Some(lo) = lo.or_else(|| rows.iter().map(|(t, _)| *t).min()) else { return Ok(rows) };
     let (first, n) = buckets(every, offset, lo, hi)?;
+    if n as usize > budget {
+        return Err(format!(
+            "the answer holds more than {MAX_POINTS} points; narrow the time range, widen GROUP BY time() or add LIMIT"
+        ));
+    }
+    let width = counts.len();
+    // An empty bucket's count is 0, not null, as in InfluxDB.
+    let empty: Vec<Value> = counts.iter().map(|c| if *c { json!(0) } else { Value::Null }).collect();
     let mut by_time: HashMap<i64, Vec<Value>> = rows.into_iter().collect();
     let mut out = Vec::with_capacity(n as usize);
     let mut previous: Option<Vec<Value>> = None;
@@ -626,8 +721,8 @@ fn filled(
             Some(v) => v,
             None => match fill {
                 Fill::Value(x) => vec![json!(x); width],
-                Fill::Previous => previous.clone().unwrap_or_else(|| vec![Value::Null; width]),
-                Fill::Null | Fill::None => vec![Value::Null; width],
+                Fill::Previous => previous.clone().unwrap_or_else(|| empty.clone()),
+                Fill::Null | Fill::None => empty.clone(),
             },
         };
         previous = Some(row.clone());

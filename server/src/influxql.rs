@@ -20,11 +20,35 @@ pub(crate) enum Statement {
     CreateDatabase(String),
     DropDatabase(String),
     ShowDatabases,
-    ShowRetentionPolicies { db: Option<String> },
-    ShowMeasurements { db: Option<String>, filter: Option<NameMatch>, limit: Option<usize>, offset: usize },
-    ShowTagKeys { db: Option<String>, from: Option<Measurement> },
-    ShowFieldKeys { db: Option<String>, from: Option<Measurement> },
-    ShowTagValues { db: Option<String>, from: Option<Measurement>, keys: NameMatch, condition: Option<Cond> },
+    ShowRetentionPolicies {
+        db: Option<String>,
+    },
+    ShowMeasurements {
+        db: Option<String>,
+        filter: Option<NameMatch>,
+        limit: Option<usize>,
+        offset: usize,
+    },
+    ShowTagKeys {
+        db: Option<String>,
+        from: Option<Measurement>,
+        limit: Option<usize>,
+        offset: usize,
+    },
+    ShowFieldKeys {
+        db: Option<String>,
+        from: Option<Measurement>,
+        limit: Option<usize>,
+        offset: usize,
+    },
+    ShowTagValues {
+        db: Option<String>,
+        from: Option<Measurement>,
+        keys: NameMatch,
+        condition: Option<Cond>,
+        limit: Option<usize>,
+        offset: usize,
+    },
     Select(Box<Select>),
 }
 
@@ -38,18 +62,25 @@ pub(crate) enum NameMatch {
 }
 
 impl NameMatch {
-    pub(crate) fn matches(&self, name: &str) -> bool {
-        match self {
-            NameMatch::Eq(n) => n == name,
-            NameMatch::In(v) => v.iter().any(|n| n == name),
-            NameMatch::Regex(r) => regex_matches(r, name),
-            NameMatch::NotRegex(r) => !regex_matches(r, name),
-        }
+    /// The test of a name, the regex compiled once (bounded in size).
+    pub(crate) fn matcher(&self) -> Result<impl Fn(&str) -> bool + '_, String> {
+        let re = match self {
+            NameMatch::Regex(r) | NameMatch::NotRegex(r) => Some(compile(r)?),
+            _ => None,
+        };
+        Ok(move |name: &str| match (self, &re) {
+            (NameMatch::Eq(n), _) => n == name,
+            (NameMatch::In(v), _) => v.iter().any(|n| n == name),
+            (NameMatch::Regex(_), Some(re)) => re.is_match(name),
+            (NameMatch::NotRegex(_), Some(re)) => !re.is_match(name),
+            _ => false,
+        })
     }
 }
 
-fn regex_matches(re: &str, s: &str) -> bool {
-    regex::Regex::new(re).is_ok_and(|r| r.is_match(s))
+/// A regex of a statement, bounded as the SQL functions' are.
+pub(crate) fn compile(re: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(re).size_limit(1 << 20).build().map_err(|e| format!("invalid regex /{re}/: {e}"))
 }
 
 /// `[db.[rp].]measurement`.
@@ -330,11 +361,17 @@ struct Parser {
     toks: Vec<Tok>,
     at: usize,
     now: i64,
+    /// Parentheses and calls open at this point.
+    depth: usize,
 }
+
+/// Most nested parentheses and calls: the parser recurses once per level,
+/// and 3,000 levels overflowed a worker's stack and ended the process.
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Parses `q` (statements separated by `;`); `now` is what `now()` means.
 pub(crate) fn parse(q: &str, now: i64) -> Result<Vec<Statement>, ParseError> {
-    let mut p = Parser { toks: lex(q)?, at: 0, now };
+    let mut p = Parser { toks: lex(q)?, at: 0, now, depth: 0 };
     let mut out = Vec::new();
     loop {
         while p.eat_op(";") {}
@@ -467,8 +504,8 @@ impl Parser {
             if self.eat_kw("keys") {
                 let db = self.on()?;
                 let from = self.optional_from()?;
-                let _ = self.limit_offset()?;
-                return Ok(Statement::ShowTagKeys { db, from });
+                let (limit, offset) = self.limit_offset()?;
+                return Ok(Statement::ShowTagKeys { db, from, limit, offset });
             }
             self.kw("values")?;
             let db = self.on()?;
@@ -477,15 +514,15 @@ impl Parser {
             self.kw("key")?;
             let keys = self.name_match()?;
             let condition = if self.eat_kw("where") { Some(self.condition()?) } else { None };
-            let _ = self.limit_offset()?;
-            return Ok(Statement::ShowTagValues { db, from, keys, condition });
+            let (limit, offset) = self.limit_offset()?;
+            return Ok(Statement::ShowTagValues { db, from, keys, condition, limit, offset });
         }
         if self.eat_kw("field") {
             self.kw("keys")?;
             let db = self.on()?;
             let from = self.optional_from()?;
-            let _ = self.limit_offset()?;
-            return Ok(Statement::ShowFieldKeys { db, from });
+            let (limit, offset) = self.limit_offset()?;
+            return Ok(Statement::ShowFieldKeys { db, from, limit, offset });
         }
         Err(self.expected("DATABASES, MEASUREMENTS, TAG KEYS, TAG VALUES, FIELD KEYS, RETENTION POLICIES"))
     }
@@ -554,7 +591,8 @@ impl Parser {
         let mut offset = 0;
         loop {
             if self.eat_kw("limit") {
-                limit = Some(self.integer()?);
+                // `LIMIT 0` is no limit, as in InfluxDB.
+                limit = Some(self.integer()?).filter(|n| *n > 0);
             } else if self.eat_kw("offset") {
                 offset = self.integer()?;
             } else {
@@ -672,6 +710,7 @@ impl Parser {
             Some(Tok::Number(v, _)) => Ok(Expr::Number(v)),
             Some(Tok::Ident(f)) if matches!(self.peek(), Some(Tok::Op("("))) => {
                 self.at += 1;
+                self.deeper()?;
                 let mut args = Vec::new();
                 if !self.eat_op(")") {
                     args.push(self.expr()?);
@@ -680,6 +719,7 @@ impl Parser {
                     }
                     self.op(")")?;
                 }
+                self.depth -= 1;
                 Ok(Expr::Call(f.to_ascii_lowercase(), args))
             }
             Some(Tok::Ident(r)) | Some(Tok::Quoted(r)) => {
@@ -694,6 +734,14 @@ impl Parser {
                 Err(self.expected("field, function or *"))
             }
         }
+    }
+
+    fn deeper(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ParseError(format!("parentheses or calls nested deeper than {MAX_DEPTH}")));
+        }
+        Ok(())
     }
 
     fn condition(&mut self) -> Result<Cond, ParseError> {
@@ -728,8 +776,10 @@ impl Parser {
 
     fn primary(&mut self) -> Result<Cond, ParseError> {
         if self.eat_op("(") {
+            self.deeper()?;
             let c = self.condition()?;
             self.op(")")?;
+            self.depth -= 1;
             return Ok(c);
         }
         let name = self.ident()?;
@@ -769,6 +819,7 @@ impl Parser {
     /// A time: `now()`, `'2023-11-14T22:13:20Z'`, `1700000000000ms`, a bare
     /// integer (nanoseconds), each optionally `+`/`-` durations.
     fn instant(&mut self) -> Result<i64, ParseError> {
+        let negative = self.eat_op("-");
         let mut t = match self.next() {
             Some(Tok::Ident(f)) if f.eq_ignore_ascii_case("now") => {
                 self.op("(")?;
@@ -785,6 +836,9 @@ impl Parser {
                 return Err(self.expected("now(), a time string or an epoch"));
             }
         };
+        if negative {
+            t = t.saturating_neg();
+        }
         loop {
             let sign = if self.eat_op("+") {
                 1
@@ -879,7 +933,9 @@ mod tests {
                 db: None,
                 from: Some(Measurement { db: None, name: "cpu".into() }),
                 keys: NameMatch::Eq("host".into()),
-                condition: None
+                condition: None,
+                limit: None,
+                offset: 0
             }
         );
         let Statement::Select(s) = one(
@@ -921,6 +977,11 @@ mod tests {
             ("SELECT v FROM cpu WHERE host = 'a", "unterminated string"),
             ("SELECT v FROM /c.*/", "FROM /regex/ is not supported"),
             ("SELECT v FROM cpu GROUP BY time(1x)", "invalid duration 1x"),
+            (
+                format!("SELECT v FROM cpu WHERE {}a = 'b'{}", "(".repeat(65), ")".repeat(65)).as_str(),
+                "nested deeper than 64",
+            ),
+            (format!("SELECT {}v{} FROM cpu", "f(".repeat(65), ")".repeat(65)).as_str(), "nested deeper than 64"),
             ("", "found EOF, expected a statement"),
         ] {
             let err = parse(q, NOW).expect_err(q).to_string();

@@ -137,6 +137,16 @@ def influxql_side_by_side(base, http):
         f"SELECT usage_user FROM cpu WHERE time >= {lo}s AND time < {lo + 20}s AND hostname = 'host_0'; "
         f"SELECT load1 FROM system LIMIT 1",
         'SELECT note, reads FROM "disk io"',
+        # Found by a hostile review: empty buckets count 0, LIMIT on SHOW,
+        # tags alone select nothing, an unknown database, negative epochs.
+        f"SELECT count(usage_user) FROM cpu WHERE hostname = 'host_1' AND time >= {hi - 60}s AND time < {hi + 60}s "
+        f"GROUP BY time(30s)",
+        "SHOW TAG VALUES FROM cpu WITH KEY = \"hostname\" LIMIT 2 OFFSET 1",
+        "SHOW TAG KEYS FROM cpu LIMIT 2",
+        "SELECT hostname FROM cpu LIMIT 3",
+        "SHOW RETENTION POLICIES ON nosuchdb",
+        f"SELECT usage_user FROM cpu WHERE hostname = 'host_0' AND time > -1 AND time < {lo + 20}s",
+        f"SELECT usage_user FROM cpu WHERE hostname = 'host_0' AND time < {lo + 30}s LIMIT 0",
     ]
     def by_instant(answer):
         for r in answer[1].get("results", []):

@@ -19,16 +19,20 @@ from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 DURATIONS = [0.003, 0.02, 0.02, 0.3, 1.7, 12.0]
+RTTS = [0.0031, 0.0047, 0.021, 0.33, 0.33, 1.9, 7.1]
 
 
 def record_metrics(exporter, service):
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    # `rtt` is an exponential histogram (the SDK picks the scale).
     provider = MeterProvider(resource=Resource.create({"service.name": service, "host.name": "node-1"}),
-                             metric_readers=[reader])
+                             metric_readers=[reader],
+                             views=[View(instrument_name="rtt", aggregation=ExponentialBucketHistogramAggregation())])
     meter = provider.get_meter("shop.checkout")
     orders = meter.create_counter("orders.placed", unit="1")
     for region, n in (("eu", 3), ("us", 5), ("eu", 4)):
@@ -40,6 +44,9 @@ def record_metrics(exporter, service):
     duration = meter.create_histogram("checkout.duration", unit="s")
     for d in DURATIONS:
         duration.record(d, {"method": "card"})
+    rtt = meter.create_histogram("rtt", unit="s")
+    for r in RTTS:
+        rtt.record(r, {"peer": "eu"})
     assert provider.force_flush(10_000), "metrics export failed"
     provider.shutdown()
 
@@ -70,6 +77,17 @@ def check_metrics(http, service):
         bound = float("inf") if le == "+Inf" else float(le)
         assert v == float(sum(1 for d in DURATIONS if d <= bound)), (le, v, by_le)
     assert by_le["+Inf"] == float(len(DURATIONS)), by_le
+    # The exponential histogram: cumulative counts at each bucket's upper bound.
+    count = latest(http, "rtt_count", ["peer"], where)
+    total = latest(http, "rtt_sum", ["peer"], where)
+    assert [(r["peer"], r["value"]) for r in count] == [("eu", float(len(RTTS)))], count
+    assert abs(total[0]["value"] - sum(RTTS)) < 1e-9, total
+    buckets = latest(http, "rtt_bucket", ["le"], where)
+    by_le = {r["le"]: r["value"] for r in buckets}
+    assert len(by_le) > 3 and by_le["+Inf"] == float(len(RTTS)), by_le
+    for le, v in by_le.items():
+        bound = float("inf") if le == "+Inf" else float(le)
+        assert v == float(sum(1 for r in RTTS if r <= bound)), (le, v, sorted(by_le.items(), key=lambda x: float(x[0])))
 
 
 def main():
@@ -102,7 +120,7 @@ def main():
             ("billing", "node-2", "info", "retry scheduled")], rows
         assert rows[0]["trace_id"] == trace_id and rows[0]["o"] == "o-17", rows[0]
         print("ok: OpenTelemetry SDK -> Tocsin over OTLP gRPC and HTTP: counter, up-down counter, gauge, "
-              "histogram (bucket/count/sum) and logs with trace ids read back exactly")
+              "histogram (bucket/count/sum), exponential histogram and logs with trace ids read back exactly")
 
 
 if __name__ == "__main__":

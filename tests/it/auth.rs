@@ -1432,3 +1432,61 @@ values = ["acme"]
     let flow: Value = serde_json::from_str(&body).expect("flow");
     assert_eq!((flow["logs"].as_u64(), flow["spans"].as_u64()), (Some(2), Some(1)), "{body}");
 }
+
+/// InfluxQL `/query` with credentials as InfluxDB 1.x clients send them
+/// (`u`/`p` parameters), and no way to learn whether a table exists where
+/// the caller may not read (hostile review).
+#[tokio::test]
+async fn influxql_query_takes_u_and_p_and_keeps_other_databases_private() {
+    const SCOPED: &str = r#"
+[auth.roles.telegraf_reader]
+permissions = ["query"]
+databases = ["telegraf"]
+tables = ["*"]
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), SCOPED);
+    let reader = create_token(&server, &admin, "telegraf_reader", &[]);
+    let writer = create_token(&server, &admin, "writer", &[]);
+    for (db, line) in [("telegraf", "cpu,host=a usage=1"), ("secret", "payroll,who=b amount=2")] {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/write?db={db}", server.http))
+            .header("Authorization", format!("Bearer {admin}"))
+            .body(line)
+            .send()
+            .await
+            .expect("write");
+        assert_eq!(resp.status().as_u16(), 204);
+    }
+    let query = |q: &str, token: &str| {
+        let req = reqwest::Client::new().get(format!("http://{}/query", server.http)).query(&[
+            ("q", q),
+            ("db", "telegraf"),
+            ("u", "grafana"),
+            ("p", token),
+        ]);
+        async move {
+            let resp = req.send().await.expect("query");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, v) = query("SELECT usage FROM cpu", &reader).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["series"][0]["values"][0][1], 1.0, "{v}");
+    let (_, v) = query("SHOW DATABASES", &reader).await;
+    assert_eq!(v["results"][0]["series"][0]["values"], json!([["telegraf"]]), "{v}");
+    // A table that exists and one that does not: the same refusal.
+    let (_, exists) = query("SELECT * FROM secret..payroll", &reader).await;
+    let (_, missing) = query("SELECT * FROM secret..nosuch", &reader).await;
+    let (exists, missing) = (exists["results"][0]["error"].clone(), missing["results"][0]["error"].clone());
+    assert!(exists.as_str().unwrap_or("").contains("secret"), "{exists}");
+    assert_eq!(exists.as_str().map(|e| e.replace("payroll", "nosuch")), missing.as_str().map(str::to_string));
+    // A writer may create a database (Telegraf's start) but not read.
+    let (status, v) = query("CREATE DATABASE \"telegraf\"", &writer).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = query("SHOW MEASUREMENTS", &writer).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").starts_with("error authorizing query"), "{v}");
+    let (status, _) = query("SHOW DATABASES", "tocsin_000000000000_nope").await;
+    assert_eq!(status, 401);
+}

@@ -226,7 +226,8 @@ async fn otlp_partial_success_and_bad_bodies() {
                     Metric {
                         name: "latency".into(),
                         data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
-                            data_points: vec![ExponentialHistogramDataPoint {}; 2],
+                            // A scale OTLP does not allow.
+                            data_points: vec![ExponentialHistogramDataPoint { scale: 30, ..Default::default() }; 2],
                             aggregation_temporality: 2,
                         })),
                         ..Default::default()
@@ -242,7 +243,7 @@ async fn otlp_partial_success_and_bad_bodies() {
     let resp = client.export(req.clone()).await.expect("export").into_inner();
     let partial = resp.partial_success.expect("partial success");
     assert_eq!(partial.rejected_data_points, 2);
-    assert!(partial.error_message.contains("exponential histograms are not supported"), "{partial:?}");
+    assert!(partial.error_message.contains("scale 30; OTLP allows -10 to 20"), "{partial:?}");
     assert_eq!(server.sql("SELECT value FROM temp").await, vec![serde_json::json!({"value": 21.5})]);
     // HTTP/protobuf, gzip: the same answer, protobuf-encoded.
     let body = gzip_bytes(&req.encode_to_vec());
@@ -265,7 +266,7 @@ async fn otlp_partial_success_and_bad_bodies() {
     // JSON (OTLP/HTTP's other encoding): answered in JSON, camelCase.
     let json = br#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"host.name","value":{"stringValue":"j1"}}]},
       "scopeMetrics":[{"metrics":[{"name":"temp","gauge":{"dataPoints":[{"asDouble":22.5,"timeUnixNano":"1700000001000000000"}]}},
-      {"name":"latency","exponentialHistogram":{"aggregationTemporality":2,"dataPoints":[{"count":"1"}]}}]}]}]}"#;
+      {"name":"latency","exponentialHistogram":{"aggregationTemporality":2,"dataPoints":[{"count":"1","scale":-11}]}}]}]}]}"#;
     let headers = [("content-type", "application/json")];
     let (status, text) = post(&server, "/v1/metrics", json.to_vec(), &headers).await;
     assert_eq!(status, 200, "{text}");
@@ -563,4 +564,36 @@ async fn influxql_query_api_answers_as_influxdb_does() {
         get("SELECT count(usage) FROM cpu WHERE time > now() - 10000d GROUP BY time(1s)", "telegraf").await;
     assert_eq!(status, 200);
     assert!(v["results"][0]["error"].as_str().unwrap_or("").contains("buckets per series"), "{v}");
+
+    // Hostile review: 3,000 nested parentheses overflowed a worker's stack
+    // and ended the process; empty buckets filled without a bound took
+    // gigabytes.
+    let deep = format!("SELECT usage FROM cpu WHERE {}host = 'a'{}", "(".repeat(3000), ")".repeat(3000));
+    let (status, v) = get(&deep, "telegraf").await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap_or("").contains("nested deeper than 64"), "{v}");
+    let bomb =
+        "SELECT count(usage) FROM cpu WHERE time >= 1s AND time < 1000090000ns GROUP BY time(1ns) fill(0);".repeat(20);
+    let (status, v) = get(&bomb, "telegraf").await;
+    assert_eq!(status, 200);
+    let errors = v["results"].as_array().expect("results").iter().filter(|r| r["error"].is_string()).count();
+    assert!(errors > 0, "the request's points are bounded: {v}");
+    assert!(v.to_string().contains("more than 1000000 points"), "{v}");
+    let health = reqwest::get(format!("http://{}/health", s.http)).await.expect("health");
+    assert_eq!(health.status().as_u16(), 200);
+    // Empty buckets count 0; a selection of tags alone shows nothing.
+    let (_, v) = get("SELECT count(usage) FROM cpu WHERE time >= 0 AND time < 4s GROUP BY time(1s)", "telegraf").await;
+    let values = &v["results"][0]["series"][0]["values"];
+    assert_eq!(
+        values,
+        &serde_json::json!([
+            ["1970-01-01T00:00:00Z", 0],
+            ["1970-01-01T00:00:01Z", 1],
+            ["1970-01-01T00:00:02Z", 1],
+            ["1970-01-01T00:00:03Z", 0]
+        ]),
+        "{v}"
+    );
+    let (_, v) = get("SELECT host FROM cpu", "telegraf").await;
+    assert_eq!(v["results"][0].get("series"), None, "{v}");
 }
