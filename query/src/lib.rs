@@ -432,6 +432,11 @@ impl QueryEngine {
 
     /// Runs one SQL statement in `database` (default `public`) and returns
     /// its whole result.
+    /// The storage this engine reads.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
     pub async fn execute(&self, sql: &str, database: Option<&str>) -> Result<QueryResult, QueryError> {
         self.execute_as(sql, database, None).await
     }
@@ -949,6 +954,8 @@ async fn plan_statement(
         }
     }
 }
+
+pub mod promql;
 
 pub mod names {
     //! Names the query layer exposes.

@@ -29,6 +29,7 @@ mod http;
 mod influx_query;
 mod influxql;
 mod metrics;
+mod prom_api;
 mod protocols;
 mod syslog;
 mod tail;

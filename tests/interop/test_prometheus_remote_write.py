@@ -2,7 +2,9 @@
 node_exporter and itself, and pushes with remote_write to Tocsin. After a
 while, the samples Prometheus holds for a set of series (its own HTTP API,
 raw samples of a range selector) must be exactly the rows Tocsin holds for
-them: same series, same millisecond timestamps, same float64 values. The
+them: same series, same millisecond timestamps, same float64 values; and
+108 PromQL expressions must give the same answers from both query APIs
+(instant and range), and promtool must query Tocsin. The
 same Prometheus sends its alerts to Tocsin as to an Alertmanager
 (`alerting: alertmanagers:`): they show in Alertmanager's API, and Tocsin
 escalates them, to a webhook and then, unacknowledged, by email (aiosmtpd)."""
@@ -50,6 +52,174 @@ def tocsin_samples(http, metric, lo_ms, hi_ms):
         labels = frozenset((k, v) for k, v in r.items() if v is not None)
         out.setdefault(labels, {})[ms] = value
     return out
+
+
+# PromQL asked of Prometheus and of Tocsin, which hold the same samples
+# (remote_write): the answers must agree (same series, values within 1e-6
+# relative). Expressions over the window both hold.
+PROMQL = [
+    "up",
+    'up{job="node"}',
+    'up{job=~"no.*"}',
+    'up{job!="node"}',
+    "node_load1",
+    "node_load1 offset 10s",
+    "rate(node_cpu_seconds_total[10s])",
+    'rate(node_cpu_seconds_total{mode="idle"}[10s])',
+    "irate(node_cpu_seconds_total[10s])",
+    "increase(prometheus_http_requests_total[10s])",
+    "delta(node_memory_MemAvailable_bytes[10s])",
+    "idelta(node_memory_MemAvailable_bytes[10s])",
+    "sum(rate(node_cpu_seconds_total[10s]))",
+    "sum by (mode) (rate(node_cpu_seconds_total[10s]))",
+    "sum without (cpu) (rate(node_cpu_seconds_total[10s]))",
+    'avg by (cpu) (rate(node_cpu_seconds_total{mode!="idle"}[10s]))',
+    "max(node_load1)",
+    "min by (job) (up)",
+    "count(node_cpu_seconds_total)",
+    "count by (mode) (node_cpu_seconds_total)",
+    "stddev(rate(node_cpu_seconds_total[10s]))",
+    "stdvar by (mode) (rate(node_cpu_seconds_total[10s]))",
+    "topk(3, node_cpu_seconds_total)",
+    "bottomk(2, node_memory_MemAvailable_bytes)",
+    "quantile(0.9, rate(node_cpu_seconds_total[10s]))",
+    'count_values("v", up)',
+    "group by (job) (up)",
+    "avg_over_time(node_load1[10s])",
+    "sum_over_time(up[10s])",
+    "min_over_time(node_memory_MemAvailable_bytes[10s])",
+    "max_over_time(node_memory_MemAvailable_bytes[10s])",
+    "count_over_time(up[10s])",
+    "last_over_time(node_load1[10s])",
+    "stddev_over_time(node_memory_MemAvailable_bytes[10s])",
+    "quantile_over_time(0.5, scrape_duration_seconds[10s])",
+    "changes(node_memory_MemAvailable_bytes[10s])",
+    "resets(prometheus_http_requests_total[10s])",
+    "deriv(node_memory_MemAvailable_bytes[10s])",
+    "predict_linear(node_memory_MemAvailable_bytes[10s], 3600)",
+    "node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes",
+    "node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes * 100 > 1",
+    "(1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes) * 100",
+    "node_load1 > 0",
+    "node_load1 >= bool 0",
+    "up == 1",
+    "up + 1",
+    "2 * up",
+    "-node_load1",
+    "up * on(instance, job) group_left() node_load1",
+    "rate(node_cpu_seconds_total[10s]) / on(instance) group_left() count by (instance) (node_cpu_seconds_total)",
+    'up and on(job) up{job="node"}',
+    'up or node_load1',
+    'up unless up{job="node"}',
+    "abs(-node_load1)",
+    "ceil(node_load1)",
+    "floor(node_load1)",
+    "round(node_load1, 0.1)",
+    "sqrt(node_load1)",
+    "ln(node_memory_MemTotal_bytes)",
+    "log2(node_memory_MemTotal_bytes)",
+    "log10(node_memory_MemTotal_bytes)",
+    "exp(up)",
+    "clamp(node_load1, 0.1, 0.5)",
+    "clamp_min(node_load1, 0.5)",
+    "clamp_max(node_load1, 0.5)",
+    "sgn(node_load1)",
+    "time()",
+    "vector(1)",
+    "scalar(sum(up))",
+    "sum(up) + scalar(count(up))",
+    "timestamp(up)",
+    "sort(node_cpu_seconds_total)",
+    "sort_desc(node_memory_MemAvailable_bytes)",
+    "absent(nonexistent_metric)",
+    'absent(up{job="node"})',
+    'label_replace(up, "host", "$1", "instance", "(.*):.*")',
+    "histogram_quantile(0.9, rate(prometheus_http_request_duration_seconds_bucket[10s]))",
+    "histogram_quantile(0.5, sum by (le) (rate(prometheus_http_request_duration_seconds_bucket[10s])))",
+    "1 + 2 * 3",
+    "up @ {at}",
+    "sum(up) by (job) / 2",
+    'label_join(up, "both", "/", "job", "instance")',
+    "absent_over_time(nonexistent_metric[10s])",
+    "absent_over_time(up[10s])",
+    "rate(node_cpu_seconds_total[10s] offset 5s)",
+    "sum by (mode) (increase(node_cpu_seconds_total[15s]))",
+    "max without (cpu, mode) (rate(node_cpu_seconds_total[10s]))",
+    "avg(avg_over_time(node_load1[10s]))",
+    "sum(rate(node_cpu_seconds_total[10s])) by (cpu) > bool 0",
+    "node_memory_MemAvailable_bytes > bool node_memory_MemFree_bytes",
+    "node_memory_MemAvailable_bytes - node_memory_MemFree_bytes",
+    "node_memory_MemAvailable_bytes % 1000",
+    "node_load1 ^ 2",
+    "node_load1 != 0",
+    "up <= 1",
+    "up < 2",
+    "count(up == 1)",
+    "sum(up) == 2",
+    "count by (job) (up) * on(job) group_right() up",
+    "1 - up",
+    "scrape_duration_seconds * 1000",
+    "max(scrape_duration_seconds) by (job)",
+    "min_over_time(up[15s]) == 0",
+    "up @ start()",
+    "up @ end()",
+    "rate(prometheus_http_requests_total[15s]) > 0",
+    "sum(rate(prometheus_http_requests_total[15s])) by (handler)",
+    "ceil(rate(node_cpu_seconds_total[10s]) * 100)",
+]
+
+
+def close_value(a, b):
+    import math
+    a, b = float(a), float(b)
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    # Relative 1e-6; absolute 1e-12 for values that are 0 in one engine
+    # and a rounding residue in the other (a variance of equal values).
+    return a == b or abs(a - b) <= max(1e-6 * max(abs(a), abs(b)), 1e-12)
+
+
+def promql_answer(base, path, params):
+    r = get_json(f"http://{base}{path}?" + urllib.parse.urlencode(params))
+    assert r["status"] == "success", (params, r)
+    d = r["data"]
+    if d["resultType"] in ("scalar", "string"):
+        return d["resultType"], [((), [d["result"]])]
+    key = "value" if d["resultType"] == "vector" else "values"
+    rows = []
+    for s in d["result"]:
+        pts = [s[key]] if key == "value" else s[key]
+        rows.append((tuple(sorted(s["metric"].items())), pts))
+    # sort() orders its answer (distinct values here: ties are in no order).
+    if not params["query"].startswith("sort"):
+        rows.sort()
+    return d["resultType"], rows
+
+
+def same_answer(a, b):
+    if a[0] != b[0] or len(a[1]) != len(b[1]):
+        return False
+    for (la, pa), (lb, pb) in zip(a[1], b[1]):
+        if la != lb or len(pa) != len(pb):
+            return False
+        for (ta, va), (tb, vb) in zip(pa, pb):
+            if abs(float(ta) - float(tb)) > 1e-6 or not close_value(va, vb):
+                return False
+    return True
+
+
+def promql_side_by_side(prom, http, at):
+    """Every expression as an instant query at `at` and as a range query over
+    the 20 s before it, in both; returns how many agreed."""
+    for expr in PROMQL:
+        expr = expr.replace("{at}", f"{at:.3f}")
+        for path, params in (("/api/v1/query", {"query": expr, "time": f"{at:.3f}"}),
+                             ("/api/v1/query_range", {"query": expr, "start": f"{at - 20:.3f}", "end": f"{at:.3f}",
+                                                      "step": "5"})):
+            theirs = promql_answer(prom, path, params)
+            ours = promql_answer(http, path, params)
+            assert same_answer(theirs, ours), f"{path} {expr}\n Prometheus: {theirs}\n Tocsin:     {ours}"
+    return len(PROMQL)
 
 
 HOOKED = []
@@ -164,6 +334,17 @@ remote_write:
             n = sum(len(v) for v in ours.values())
             print(f"  {metric}: {len(ours)} series, {n} samples identical in both")
             assert n >= window // 2 * len(ours), f"{metric}: only {n} samples over {window} s"
+        # PromQL, side by side, over the same window.
+        n = wait_for("PromQL answers to agree", lambda: promql_side_by_side(prom, http, at), deadline_s=30)
+        print(f"  PromQL: {n} expressions give the same instant and range answers in Prometheus and Tocsin")
+        # promtool, Prometheus' own CLI, against Tocsin.
+        out = subprocess.run(["promtool", "query", "instant", f"http://{http}",
+                              "sum by (mode) (rate(node_cpu_seconds_total[10s]))"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and '{mode="idle"} =>' in out.stdout, (out.stdout, out.stderr)
+        out = subprocess.run(["promtool", "query", "range", f"--start={at - 20:.3f}", f"--end={at:.3f}",
+                              "--step=5s", f"http://{http}", "node_load1"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "node_load1{" in out.stdout and " @[" in out.stdout, (out.stdout, out.stderr)
         # Prometheus' alert, sent to Tocsin as to an Alertmanager.
         alerts = wait_for("Prometheus' alert in Tocsin's Alertmanager API",
                           lambda: [a for a in get_json(f"http://{http}/api/v2/alerts")
@@ -182,7 +363,8 @@ remote_write:
         assert float(sent["data"]["result"][0]["value"][1]) > 1000, sent
         series = sql(http, "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'")
         print(f"ok: Prometheus remote_write -> Tocsin, {series[0]['n']} metric tables, "
-              f"{len(METRICS)} metrics compared sample by sample over {window} s; "
+              f"{len(METRICS)} metrics compared sample by sample over {window} s; {len(PROMQL)} PromQL expressions "
+              "agree, promtool queries Tocsin; "
               "and with `authorization` to a server with --auth; its alerts reach Tocsin's Alertmanager API and are "
               "escalated to a webhook, then by email")
     smtp.stop()

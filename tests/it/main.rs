@@ -12,6 +12,7 @@ mod flight;
 mod grafana;
 mod hardening;
 mod persistence;
+mod promql;
 mod protocols;
 mod rollup;
 mod search;

@@ -1,0 +1,1224 @@
+//! PromQL over Tocsin's tables: a table with a `value` field is the metric
+//! named after the table (what remote_write and OTLP create), its tags the
+//! labels. Expressions are parsed by the `promql-parser` crate and
+//! evaluated here, step by step, over the samples each selector needs,
+//! fetched once per query with SQL as the caller (its permissions and row
+//! filters apply). docs/promql.md lists what is supported; the rest is
+//! refused naming it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, AsArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampNanosecondType};
+use promql_parser::label::{MatchOp, Matchers};
+use promql_parser::parser::{
+    self, AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
+    VectorMatchCardinality, VectorSelector,
+};
+
+use crate::{Principal, QueryEngine};
+
+/// How far back an instant selector looks for a sample (Prometheus' default).
+pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+/// Most steps of a range query (Prometheus refuses more than 11,000).
+pub const MAX_STEPS: i64 = 11_000;
+/// Most samples one query may read.
+pub const MAX_SAMPLES: usize = 50_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Execution(String),
+    #[error(transparent)]
+    Query(#[from] crate::QueryError),
+}
+
+impl PromError {
+    /// Prometheus' `errorType`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PromError::Parse(_) | PromError::Unsupported(_) => "bad_data",
+            PromError::Execution(_) => "execution",
+            PromError::Query(e) if e.is_user_error() => "bad_data",
+            PromError::Query(_) => "internal",
+        }
+    }
+}
+
+/// Labels, sorted by name (`__name__` included where kept).
+pub type Labels = Vec<(String, String)>;
+
+/// One series' samples: (milliseconds, value), in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// What an expression evaluates to at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Scalar(f64),
+    String(String),
+    Vector(Vec<(Labels, f64)>),
+    Matrix(Vec<Series>),
+}
+
+/// The result of a query: at one instant (`vector`, `scalar`, `string`)
+/// or over a range (`matrix`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Scalar(i64, f64),
+    String(i64, String),
+    Vector(i64, Vec<(Labels, f64)>),
+    Matrix(Vec<Series>),
+}
+
+/// Parses `q`, saying where it is wrong.
+pub fn parse(q: &str) -> Result<Expr, PromError> {
+    parser::parse(q).map_err(PromError::Parse)
+}
+
+/// Where a query reads: the engine, the caller and the database.
+pub struct Reader<'a> {
+    pub engine: &'a QueryEngine,
+    pub who: Option<&'a Principal>,
+    pub database: &'a str,
+}
+
+/// Evaluates `q` at `t` (milliseconds).
+pub async fn instant(r: &Reader<'_>, q: &str, t: i64) -> Result<Answer, PromError> {
+    let expr = parse(q)?;
+    let data = fetch(r, &expr, t, t).await?;
+    let ev = Evaluator { data: &data, start: t, end: t };
+    Ok(match ev.eval(&expr, t)? {
+        Value::Scalar(v) => Answer::Scalar(t, v),
+        Value::String(s) => Answer::String(t, s),
+        Value::Vector(v) => Answer::Vector(t, v),
+        Value::Matrix(m) => Answer::Matrix(m),
+    })
+}
+
+/// Evaluates `q` at every `step` from `start` to `end` (milliseconds).
+pub async fn range(r: &Reader<'_>, q: &str, start: i64, end: i64, step: i64) -> Result<Vec<Series>, PromError> {
+    if step <= 0 {
+        return Err(PromError::Parse("zero or negative query resolution step widths are not accepted".into()));
+    }
+    if end < start {
+        return Err(PromError::Parse("end timestamp must not be before start time".into()));
+    }
+    if (end - start) / step + 1 > MAX_STEPS {
+        return Err(PromError::Parse(format!(
+            "exceeded maximum resolution of {MAX_STEPS} points per timeseries. Try decreasing the query resolution (?step=XX)"
+        )));
+    }
+    let expr = parse(q)?;
+    match expr.value_type() {
+        parser::value::ValueType::Vector | parser::value::ValueType::Scalar => {}
+        t => {
+            return Err(PromError::Parse(format!(
+                "invalid expression type \"{t}\" for range query, must be Scalar or instant Vector"
+            )));
+        }
+    }
+    let data = fetch(r, &expr, start, end).await?;
+    let ev = Evaluator { data: &data, start, end };
+    let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+    let mut t = start;
+    while t <= end {
+        match ev.eval(&expr, t)? {
+            Value::Scalar(v) => out.entry(Vec::new()).or_default().push((t, v)),
+            Value::Vector(v) => {
+                for (labels, x) in v {
+                    out.entry(labels).or_default().push((t, x));
+                }
+            }
+            _ => return Err(PromError::Execution("a range query must give a vector or a scalar".into())),
+        }
+        t += step;
+    }
+    Ok(out.into_iter().map(|(labels, samples)| Series { labels, samples }).collect())
+}
+
+/// The label sets of the series `selector` (a vector selector) matches
+/// with samples in `[start, end]` (milliseconds).
+pub async fn series(r: &Reader<'_>, selector: &str, start: i64, end: i64) -> Result<Vec<Labels>, PromError> {
+    let Expr::VectorSelector(vs) = parse(selector)? else {
+        return Err(PromError::Parse(format!("{selector}: a match[] must be a series selector")));
+    };
+    let metric = metric_name(&vs)?;
+    Ok(read_metric(r, &metric, &vs, start, end).await?.into_iter().map(|s| s.labels).collect())
+}
+
+/// A selector's identity (its text) and the samples it may need.
+type Fetched = HashMap<String, Vec<Series>>;
+
+fn selector_key(vs: &VectorSelector) -> String {
+    format!("{}{:?}", vs.name.as_deref().unwrap_or(""), vs.matchers)
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => d.as_millis() as i64,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+/// The instant a selector is evaluated at: `t`, or its `@`.
+fn at(at: &Option<AtModifier>, t: i64, start: i64, end: i64) -> i64 {
+    match at {
+        None => t,
+        Some(AtModifier::Start) => start,
+        Some(AtModifier::End) => end,
+        Some(AtModifier::At(s)) => millis(*s),
+    }
+}
+
+/// Every selector of `expr` with the window `[from, to]` it reads.
+fn selectors<'a>(
+    expr: &'a Expr,
+    start: i64,
+    end: i64,
+    out: &mut Vec<(&'a VectorSelector, i64, i64)>,
+) -> Result<(), PromError> {
+    match expr {
+        Expr::VectorSelector(vs) => {
+            let off = offset_ms(&vs.offset);
+            let (a, b) = match &vs.at {
+                None => (start, end),
+                some => {
+                    let t = at(some, start, start, end);
+                    (t, t)
+                }
+            };
+            out.push((vs, a - off - LOOKBACK_MS, b - off));
+        }
+        Expr::MatrixSelector(MatrixSelector { vs, range }) => {
+            let off = offset_ms(&vs.offset);
+            let (a, b) = match &vs.at {
+                None => (start, end),
+                some => {
+                    let t = at(some, start, start, end);
+                    (t, t)
+                }
+            };
+            out.push((vs, a - off - duration_ms(*range), b - off));
+        }
+        Expr::Aggregate(a) => {
+            selectors(&a.expr, start, end, out)?;
+            if let Some(p) = &a.param {
+                selectors(p, start, end, out)?;
+            }
+        }
+        Expr::Unary(u) => selectors(&u.expr, start, end, out)?,
+        Expr::Binary(b) => {
+            selectors(&b.lhs, start, end, out)?;
+            selectors(&b.rhs, start, end, out)?;
+        }
+        Expr::Paren(p) => selectors(&p.expr, start, end, out)?,
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                selectors(a, start, end, out)?;
+            }
+        }
+        Expr::Subquery(_) => return Err(PromError::Unsupported("subqueries are not supported yet".into())),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+        Expr::Extension(_) => return Err(PromError::Unsupported("extension expressions are not supported".into())),
+    }
+    Ok(())
+}
+
+/// The metric a selector names (`name{...}` or `{__name__="name"}`).
+fn metric_name(vs: &VectorSelector) -> Result<String, PromError> {
+    if let Some(n) = &vs.name {
+        return Ok(n.clone());
+    }
+    vs.matchers
+        .matchers
+        .iter()
+        .find(|m| m.name == "__name__" && matches!(m.op, MatchOp::Equal))
+        .map(|m| m.value.clone())
+        .ok_or_else(|| {
+            PromError::Unsupported(format!(
+                "selector {vs}: name the metric (`name{{...}}` or `{{__name__=\"name\"}}`); selectors across metrics are not supported yet"
+            ))
+        })
+}
+
+fn matches(m: &Matchers, labels: &Labels) -> bool {
+    let get = |name: &str| labels.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
+    let all = |ms: &[promql_parser::label::Matcher]| ms.iter().all(|m| m.is_match(get(&m.name)));
+    all(&m.matchers) && (m.or_matchers.is_empty() || m.or_matchers.iter().any(|ms| all(ms)))
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Reads every selector's samples once, with SQL as the caller.
+async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetched, PromError> {
+    let mut wanted = Vec::new();
+    selectors(expr, start, end, &mut wanted)?;
+    // One read per selector, over the widest window it needs.
+    let mut windows: HashMap<String, (&VectorSelector, i64, i64)> = HashMap::new();
+    for (vs, a, b) in wanted {
+        let e = windows.entry(selector_key(vs)).or_insert((vs, a, b));
+        e.1 = e.1.min(a);
+        e.2 = e.2.max(b);
+    }
+    let mut out = Fetched::new();
+    let mut total = 0usize;
+    for (key, (vs, a, b)) in windows {
+        let metric = metric_name(vs)?;
+        let series = read_metric(r, &metric, vs, a, b).await?;
+        total += series.iter().map(|s| s.samples.len()).sum::<usize>();
+        if total > MAX_SAMPLES {
+            return Err(PromError::Execution(format!(
+                "query processing would load too many samples into memory (more than {MAX_SAMPLES})"
+            )));
+        }
+        out.insert(key, series);
+    }
+    Ok(out)
+}
+
+async fn read_metric(
+    r: &Reader<'_>,
+    metric: &str,
+    vs: &VectorSelector,
+    a: i64,
+    b: i64,
+) -> Result<Vec<Series>, PromError> {
+    let Some(schema) = r.engine.storage().table_schema(r.database, metric) else { return Ok(Vec::new()) };
+    if schema.index_of("value").is_err() {
+        return Ok(Vec::new());
+    }
+    let tags: Vec<String> = schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Dictionary(_, _)))
+        .map(|f| f.name().clone())
+        .collect();
+    // Equality matchers on tags narrow the read; every matcher is checked
+    // again on the labels.
+    let mut filters = vec![
+        format!("ts >= to_timestamp_millis({a})"),
+        format!("ts <= to_timestamp_millis({b})"),
+        "value IS NOT NULL".to_string(),
+    ];
+    for m in &vs.matchers.matchers {
+        if matches!(m.op, MatchOp::Equal) && !m.value.is_empty() && tags.contains(&m.name) {
+            filters.push(format!("{} = {}", quote_ident(&m.name), quote_str(&m.value)));
+        }
+    }
+    let mut columns = vec!["ts".to_string(), "value".to_string()];
+    columns.extend(tags.iter().map(|t| quote_ident(t)));
+    let mut order: Vec<String> = tags.iter().map(|t| quote_ident(t)).collect();
+    order.push("ts".into());
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} ORDER BY {}",
+        columns.join(", "),
+        quote_ident(metric),
+        filters.join(" AND "),
+        order.join(", ")
+    );
+    let batches = r.engine.execute_as(&sql, Some(r.database), r.who).await?.batches;
+    let mut out: Vec<Series> = Vec::new();
+    for batch in &batches {
+        let ts = cast(batch.column(0), &DataType::Timestamp(TimeUnit::Nanosecond, None))
+            .map_err(|e| PromError::Execution(e.to_string()))?;
+        let ts = ts.as_primitive::<TimestampNanosecondType>();
+        let values = cast(batch.column(1), &DataType::Float64).map_err(|e| PromError::Execution(e.to_string()))?;
+        let values = values.as_primitive::<Float64Type>();
+        let tag_cols = (0..tags.len())
+            .map(|i| cast(batch.column(2 + i), &DataType::Utf8))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PromError::Execution(e.to_string()))?;
+        for row in 0..batch.num_rows() {
+            let mut labels: Labels = vec![("__name__".to_string(), metric.to_string())];
+            for (name, col) in tags.iter().zip(&tag_cols) {
+                if col.is_valid(row) {
+                    let v = col.as_string::<i32>().value(row);
+                    if !v.is_empty() {
+                        labels.push((name.clone(), v.to_string()));
+                    }
+                }
+            }
+            labels.sort();
+            let sample = (ts.value(row).div_euclid(1_000_000), values.value(row));
+            match out.last_mut() {
+                Some(s) if s.labels == labels => s.samples.push(sample),
+                _ => out.push(Series { labels, samples: vec![sample] }),
+            }
+        }
+    }
+    // Rows of one series come together (ordered by its tags), but a tag
+    // column that is NULL and one that is '' make the same labels.
+    out.retain(|s| matches(&vs.matchers, &s.labels));
+    Ok(out)
+}
+
+struct Evaluator<'a> {
+    data: &'a Fetched,
+    start: i64,
+    end: i64,
+}
+
+fn without_name(labels: &Labels) -> Labels {
+    labels.iter().filter(|(k, _)| k != "__name__").cloned().collect()
+}
+
+/// Prometheus prints values with Go's `FormatFloat(v, 'f', -1, 64)`.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else if v != 0.0 && (v.abs() < 1e-6 || v.abs() >= 1e21) {
+        // Go's JSON form: an exponent of at least two digits, signed.
+        let e = format!("{v:e}");
+        match e.split_once('e') {
+            Some((mantissa, exp)) => {
+                let (sign, digits) = exp.strip_prefix('-').map_or(("+", exp), |d| ("-", d));
+                format!("{mantissa}e{sign}{digits:0>2}")
+            }
+            None => e,
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Population variance as Prometheus computes it (Welford's running mean).
+fn variance(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut n, mut mean, mut sum) = (0.0, 0.0, 0.0);
+    for v in values {
+        n += 1.0;
+        let delta = v - mean;
+        mean += delta / n;
+        sum += delta * (v - mean);
+    }
+    sum / n
+}
+
+impl Evaluator<'_> {
+    fn eval(&self, expr: &Expr, t: i64) -> Result<Value, PromError> {
+        Ok(match expr {
+            Expr::NumberLiteral(n) => Value::Scalar(n.val),
+            Expr::StringLiteral(s) => Value::String(s.val.clone()),
+            Expr::Paren(p) => self.eval(&p.expr, t)?,
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Value::Scalar(v) => Value::Scalar(-v),
+                Value::Vector(v) => Value::Vector(v.into_iter().map(|(l, x)| (without_name(&l), -x)).collect()),
+                _ => return Err(PromError::Execution("unary minus needs a scalar or a vector".into())),
+            },
+            Expr::VectorSelector(vs) => Value::Vector(self.instant_selector(vs, t)),
+            Expr::MatrixSelector(ms) => Value::Matrix(self.range_selector(ms, t)),
+            Expr::Aggregate(a) => self.aggregate(a, t)?,
+            Expr::Binary(b) => self.binary(b, t)?,
+            Expr::Call(c) => self.call(c, t)?,
+            Expr::Subquery(_) | Expr::Extension(_) => {
+                return Err(PromError::Unsupported("subqueries are not supported yet".into()));
+            }
+        })
+    }
+
+    fn series(&self, vs: &VectorSelector) -> &[Series] {
+        self.data.get(&selector_key(vs)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The latest sample of each series in `[t - 5m, t]` (offset and `@`
+    /// applied).
+    fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Vec<(Labels, f64)> {
+        let t = at(&vs.at, t, self.start, self.end) - offset_ms(&vs.offset);
+        let mut out = Vec::new();
+        for s in self.series(vs) {
+            let i = s.samples.partition_point(|(ts, _)| *ts <= t);
+            if i > 0 {
+                let (ts, v) = s.samples[i - 1];
+                if ts >= t - LOOKBACK_MS {
+                    out.push((s.labels.clone(), v));
+                }
+            }
+        }
+        out
+    }
+
+    /// The samples of each series in `[t - range, t]`.
+    fn range_selector(&self, ms: &MatrixSelector, t: i64) -> Vec<Series> {
+        let vs = &ms.vs;
+        let t = at(&vs.at, t, self.start, self.end) - offset_ms(&vs.offset);
+        let from = t - duration_ms(ms.range);
+        let mut out = Vec::new();
+        for s in self.series(vs) {
+            let a = s.samples.partition_point(|(ts, _)| *ts < from);
+            let b = s.samples.partition_point(|(ts, _)| *ts <= t);
+            if a < b {
+                out.push(Series { labels: s.labels.clone(), samples: s.samples[a..b].to_vec() });
+            }
+        }
+        out
+    }
+
+    fn vector(&self, expr: &Expr, t: i64, what: &str) -> Result<Vec<(Labels, f64)>, PromError> {
+        match self.eval(expr, t)? {
+            Value::Vector(v) => Ok(v),
+            _ => Err(PromError::Execution(format!("{what} needs an instant vector"))),
+        }
+    }
+
+    fn scalar(&self, expr: &Expr, t: i64, what: &str) -> Result<f64, PromError> {
+        match self.eval(expr, t)? {
+            Value::Scalar(v) => Ok(v),
+            _ => Err(PromError::Execution(format!("{what} needs a scalar"))),
+        }
+    }
+
+    fn aggregate(&self, a: &AggregateExpr, t: i64) -> Result<Value, PromError> {
+        let op = a.op.to_string().to_ascii_lowercase();
+        let input = self.vector(&a.expr, t, &op)?;
+        let param = match &a.param {
+            Some(p) if op == "count_values" => match self.eval(p, t)? {
+                Value::String(s) => Some(Param::Label(s)),
+                _ => return Err(PromError::Execution("count_values needs a label name".into())),
+            },
+            Some(p) => Some(Param::Number(self.scalar(p, t, &op)?)),
+            None => None,
+        };
+        let key = |labels: &Labels| -> Labels {
+            match &a.modifier {
+                None => Vec::new(),
+                Some(LabelModifier::Include(ls)) => {
+                    labels.iter().filter(|(k, _)| ls.labels.iter().any(|l| l == k)).cloned().collect()
+                }
+                Some(LabelModifier::Exclude(ls)) => labels
+                    .iter()
+                    .filter(|(k, _)| k != "__name__" && !ls.labels.iter().any(|l| l == k))
+                    .cloned()
+                    .collect(),
+            }
+        };
+        let mut groups: BTreeMap<Labels, Vec<(Labels, f64)>> = BTreeMap::new();
+        for (labels, v) in input {
+            groups.entry(key(&labels)).or_default().push((labels, v));
+        }
+        let mut out = Vec::new();
+        for (group, members) in groups {
+            let values: Vec<f64> = members.iter().map(|(_, v)| *v).collect();
+            let n = values.len() as f64;
+            let one = |v: f64| vec![(group.clone(), v)];
+            let rows = match op.as_str() {
+                "sum" => one(values.iter().sum()),
+                "avg" => one(values.iter().sum::<f64>() / n),
+                "count" => one(n),
+                "min" => one(values.iter().copied().fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m })),
+                "max" => one(values.iter().copied().fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m })),
+                "group" => one(1.0),
+                "stddev" | "stdvar" => {
+                    let var = variance(values.iter().copied());
+                    one(if op == "stddev" { var.sqrt() } else { var })
+                }
+                "quantile" => {
+                    let Some(Param::Number(q)) = param else {
+                        return Err(PromError::Execution("quantile needs a number".into()));
+                    };
+                    one(quantile(q, values))
+                }
+                "topk" | "bottomk" => {
+                    let Some(Param::Number(k)) = param else {
+                        return Err(PromError::Execution(format!("{op} needs a number")));
+                    };
+                    let mut m = members;
+                    m.sort_by(|a, b| {
+                        let ord = a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal);
+                        if op == "topk" { ord.reverse() } else { ord }
+                    });
+                    m.truncate(k.max(0.0) as usize);
+                    m
+                }
+                "count_values" => {
+                    let Some(Param::Label(label)) = &param else {
+                        return Err(PromError::Execution("count_values needs a label name".into()));
+                    };
+                    let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+                    for v in &values {
+                        *counts.entry(format_value(*v)).or_default() += 1.0;
+                    }
+                    counts
+                        .into_iter()
+                        .map(|(v, c)| {
+                            let mut l: Labels = group.iter().filter(|(k, _)| k != label).cloned().collect();
+                            l.push((label.clone(), v));
+                            l.sort();
+                            (l, c)
+                        })
+                        .collect()
+                }
+                other => return Err(PromError::Unsupported(format!("aggregation {other} is not supported"))),
+            };
+            out.extend(rows);
+        }
+        Ok(Value::Vector(out))
+    }
+
+    fn binary(&self, b: &BinaryExpr, t: i64) -> Result<Value, PromError> {
+        let op = b.op.to_string().to_ascii_lowercase();
+        let return_bool = b.modifier.as_ref().is_some_and(|m| m.return_bool);
+        let lhs = self.eval(&b.lhs, t)?;
+        let rhs = self.eval(&b.rhs, t)?;
+        let comparison = matches!(op.as_str(), "==" | "!=" | "<" | "<=" | ">" | ">=");
+        Ok(match (lhs, rhs) {
+            (Value::Scalar(x), Value::Scalar(y)) => {
+                let r = apply(&op, x, y)?;
+                Value::Scalar(if comparison { if r.is_some() { 1.0 } else { 0.0 } } else { r.unwrap_or(f64::NAN) })
+            }
+            (Value::Vector(v), Value::Scalar(y)) => Value::Vector(
+                v.into_iter().filter_map(|(l, x)| self.elementwise(&op, comparison, return_bool, l, x, x, y)).collect(),
+            ),
+            (Value::Scalar(x), Value::Vector(v)) => Value::Vector(
+                v.into_iter().filter_map(|(l, y)| self.elementwise(&op, comparison, return_bool, l, y, x, y)).collect(),
+            ),
+            (Value::Vector(l), Value::Vector(r)) => {
+                Value::Vector(self.vector_vector(b, &op, comparison, return_bool, l, r)?)
+            }
+            _ => return Err(PromError::Execution(format!("operator {op} needs scalars or instant vectors"))),
+        })
+    }
+
+    /// One element of a vector-scalar operation: `keep` is the vector's
+    /// value (what a comparison filter keeps).
+    #[allow(clippy::too_many_arguments)]
+    fn elementwise(
+        &self,
+        op: &str,
+        comparison: bool,
+        return_bool: bool,
+        labels: Labels,
+        keep: f64,
+        x: f64,
+        y: f64,
+    ) -> Option<(Labels, f64)> {
+        let r = apply(op, x, y).ok()?;
+        if comparison {
+            if return_bool {
+                Some((without_name(&labels), if r.is_some() { 1.0 } else { 0.0 }))
+            } else {
+                r.map(|_| (labels, keep))
+            }
+        } else {
+            r.map(|v| (without_name(&labels), v))
+        }
+    }
+
+    fn vector_vector(
+        &self,
+        b: &BinaryExpr,
+        op: &str,
+        comparison: bool,
+        return_bool: bool,
+        lhs: Vec<(Labels, f64)>,
+        rhs: Vec<(Labels, f64)>,
+    ) -> Result<Vec<(Labels, f64)>, PromError> {
+        let matching = b.modifier.as_ref().and_then(|m| m.matching.clone());
+        let sig = |labels: &Labels| -> Labels {
+            match &matching {
+                Some(LabelModifier::Include(ls)) => {
+                    labels.iter().filter(|(k, _)| ls.labels.iter().any(|l| l == k)).cloned().collect()
+                }
+                Some(LabelModifier::Exclude(ls)) => labels
+                    .iter()
+                    .filter(|(k, _)| k != "__name__" && !ls.labels.iter().any(|l| l == k))
+                    .cloned()
+                    .collect(),
+                None => without_name(labels),
+            }
+        };
+        match op {
+            "and" | "or" | "unless" => {
+                let right: std::collections::HashSet<Labels> = rhs.iter().map(|(l, _)| sig(l)).collect();
+                return Ok(match op {
+                    "and" => lhs.into_iter().filter(|(l, _)| right.contains(&sig(l))).collect(),
+                    "unless" => lhs.into_iter().filter(|(l, _)| !right.contains(&sig(l))).collect(),
+                    _ => {
+                        let left: std::collections::HashSet<Labels> = lhs.iter().map(|(l, _)| sig(l)).collect();
+                        let mut out = lhs;
+                        out.extend(rhs.into_iter().filter(|(l, _)| !left.contains(&sig(l))));
+                        out
+                    }
+                });
+            }
+            _ => {}
+        }
+        let card = b.modifier.as_ref().map_or(VectorMatchCardinality::OneToOne, |m| m.card.clone());
+        let (one_side, many_left) = match &card {
+            VectorMatchCardinality::OneToOne => (None, true),
+            VectorMatchCardinality::ManyToOne(extra) => (Some(extra.labels.clone()), true),
+            VectorMatchCardinality::OneToMany(extra) => (Some(extra.labels.clone()), false),
+            VectorMatchCardinality::ManyToMany => (None, true),
+        };
+        // The "one" side, by signature.
+        let (many, one) = if many_left { (lhs, rhs) } else { (rhs, lhs) };
+        let mut ones: HashMap<Labels, (Labels, f64)> = HashMap::new();
+        for (l, v) in one {
+            let s = sig(&l);
+            if ones.insert(s.clone(), (l, v)).is_some() {
+                return Err(PromError::Execution(format!(
+                    "found duplicate series for the match group {s:?} on the {} hand-side of the operation: \
+                     many-to-many matching not allowed: matching labels must be unique on one side",
+                    if many_left { "right" } else { "left" }
+                )));
+            }
+        }
+        let mut out = Vec::new();
+        let mut seen: std::collections::HashSet<Labels> = std::collections::HashSet::new();
+        let drop_name = !comparison || return_bool;
+        for (l, v) in many {
+            let s = sig(&l);
+            let Some((ol, ov)) = ones.get(&s) else { continue };
+            // Operands in the expression's order; a filter keeps the left value.
+            let (x, y) = if many_left { (v, *ov) } else { (*ov, v) };
+            let Ok(r) = apply(op, x, y) else { continue };
+            // Prometheus' resultMetric: the "many" side's labels.
+            let mut labels = l.clone();
+            if drop_name {
+                labels.retain(|(k, _)| k != "__name__");
+            }
+            match &one_side {
+                None => {
+                    match &matching {
+                        Some(LabelModifier::Include(ls)) => labels.retain(|(k, _)| ls.labels.iter().any(|x| x == k)),
+                        Some(LabelModifier::Exclude(ls)) => labels.retain(|(k, _)| !ls.labels.iter().any(|x| x == k)),
+                        None => {}
+                    }
+                    if !seen.insert(s.clone()) {
+                        return Err(PromError::Execution(format!(
+                            "found duplicate series for the match group {s:?} on the left hand-side of the operation: \
+                             many-to-many matching not allowed: matching labels must be unique on one side"
+                        )));
+                    }
+                }
+                Some(extra) => {
+                    for name in extra {
+                        labels.retain(|(k, _)| k != name);
+                        if let Some((_, val)) = ol.iter().find(|(k, _)| k == name) {
+                            labels.push((name.clone(), val.clone()));
+                        }
+                    }
+                    labels.sort();
+                }
+            }
+            match (comparison, return_bool, r) {
+                (true, true, r) => out.push((labels, if r.is_some() { 1.0 } else { 0.0 })),
+                (true, false, Some(_)) => out.push((labels, x)),
+                (false, _, Some(value)) => out.push((labels, value)),
+                (_, _, None) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn call(&self, c: &Call, t: i64) -> Result<Value, PromError> {
+        let name = c.func.name;
+        let args = &c.args.args;
+        let arg = |i: usize| -> Result<&Expr, PromError> {
+            args.get(i).map(|b| b.as_ref()).ok_or_else(|| PromError::Parse(format!("{name}() misses an argument")))
+        };
+        let over_range = |f: &dyn Fn(&Series, i64, i64) -> Option<f64>| -> Result<Value, PromError> {
+            let Expr::MatrixSelector(ms) = arg(0)? else {
+                return Err(PromError::Unsupported(format!("{name}() of a subquery is not supported yet")));
+            };
+            let at_t = at(&ms.vs.at, t, self.start, self.end) - offset_ms(&ms.vs.offset);
+            let range = duration_ms(ms.range);
+            let mut out = Vec::new();
+            for s in self.range_selector(ms, t) {
+                if let Some(v) = f(&s, at_t - range, at_t) {
+                    let labels = if name == "last_over_time" { s.labels.clone() } else { without_name(&s.labels) };
+                    out.push((labels, v));
+                }
+            }
+            Ok(Value::Vector(out))
+        };
+        let math = |f: fn(f64) -> f64| -> Result<Value, PromError> {
+            Ok(Value::Vector(
+                self.vector(arg(0)?, t, name)?.into_iter().map(|(l, v)| (without_name(&l), f(v))).collect(),
+            ))
+        };
+        Ok(match name {
+            "rate" => over_range(&|s, a, b| extrapolated(s, a, b, true, true))?,
+            "increase" => over_range(&|s, a, b| extrapolated(s, a, b, true, false))?,
+            "delta" => over_range(&|s, a, b| extrapolated(s, a, b, false, false))?,
+            "irate" => over_range(&|s, _, _| instant_rate(s, true))?,
+            "idelta" => over_range(&|s, _, _| instant_rate(s, false))?,
+            "avg_over_time" => {
+                over_range(&|s, _, _| Some(s.samples.iter().map(|x| x.1).sum::<f64>() / s.samples.len() as f64))?
+            }
+            "sum_over_time" => over_range(&|s, _, _| Some(s.samples.iter().map(|x| x.1).sum()))?,
+            "count_over_time" => over_range(&|s, _, _| Some(s.samples.len() as f64))?,
+            "min_over_time" => over_range(&|s, _, _| {
+                s.samples.iter().map(|x| x.1).reduce(|m, v| if v < m || m.is_nan() { v } else { m })
+            })?,
+            "max_over_time" => over_range(&|s, _, _| {
+                s.samples.iter().map(|x| x.1).reduce(|m, v| if v > m || m.is_nan() { v } else { m })
+            })?,
+            "last_over_time" => over_range(&|s, _, _| s.samples.last().map(|x| x.1))?,
+            "present_over_time" => over_range(&|_, _, _| Some(1.0))?,
+            "changes" => over_range(&|s, _, _| {
+                Some(s.samples.windows(2).filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan())).count()
+                    as f64)
+            })?,
+            "resets" => over_range(&|s, _, _| Some(s.samples.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64))?,
+            "stddev_over_time" | "stdvar_over_time" => over_range(&|s, _, _| {
+                let var = variance(s.samples.iter().map(|x| x.1));
+                Some(if name == "stddev_over_time" { var.sqrt() } else { var })
+            })?,
+            "deriv" => {
+                over_range(&|s, _, _| regression(s, s.samples.first().map_or(0, |x| x.0)).map(|(slope, _)| slope))?
+            }
+            "predict_linear" => {
+                let secs = self.scalar(arg(1)?, t, name)?;
+                let Expr::MatrixSelector(ms) = arg(0)? else {
+                    return Err(PromError::Unsupported("predict_linear() of a subquery is not supported yet".into()));
+                };
+                let at_t = at(&ms.vs.at, t, self.start, self.end);
+                let mut out = Vec::new();
+                for s in self.range_selector(ms, t) {
+                    if let Some((slope, intercept)) = regression(&s, at_t) {
+                        out.push((without_name(&s.labels), slope * secs + intercept));
+                    }
+                }
+                Value::Vector(out)
+            }
+            "quantile_over_time" => {
+                let q = self.scalar(arg(0)?, t, name)?;
+                let Expr::MatrixSelector(ms) = arg(1)? else {
+                    return Err(PromError::Unsupported(
+                        "quantile_over_time() of a subquery is not supported yet".into(),
+                    ));
+                };
+                Value::Vector(
+                    self.range_selector(ms, t)
+                        .into_iter()
+                        .map(|s| (without_name(&s.labels), quantile(q, s.samples.iter().map(|x| x.1).collect())))
+                        .collect(),
+                )
+            }
+            "abs" => math(f64::abs)?,
+            "ceil" => math(f64::ceil)?,
+            "floor" => math(f64::floor)?,
+            "sqrt" => math(f64::sqrt)?,
+            "exp" => math(f64::exp)?,
+            "ln" => math(f64::ln)?,
+            "log2" => math(f64::log2)?,
+            "log10" => math(f64::log10)?,
+            "sgn" => math(|v| {
+                if v > 0.0 {
+                    1.0
+                } else if v < 0.0 {
+                    -1.0
+                } else {
+                    v
+                }
+            })?,
+            "round" => {
+                let to = match args.get(1) {
+                    Some(a) => self.scalar(a, t, name)?,
+                    None => 1.0,
+                };
+                let inv = 1.0 / to;
+                Value::Vector(
+                    self.vector(arg(0)?, t, name)?
+                        .into_iter()
+                        .map(|(l, v)| (without_name(&l), (v * inv + 0.5).floor() / inv))
+                        .collect(),
+                )
+            }
+            "clamp" | "clamp_min" | "clamp_max" => {
+                let (lo, hi) = match name {
+                    "clamp" => (self.scalar(arg(1)?, t, name)?, self.scalar(arg(2)?, t, name)?),
+                    "clamp_min" => (self.scalar(arg(1)?, t, name)?, f64::INFINITY),
+                    _ => (f64::NEG_INFINITY, self.scalar(arg(1)?, t, name)?),
+                };
+                if lo > hi {
+                    return Ok(Value::Vector(Vec::new()));
+                }
+                Value::Vector(
+                    self.vector(arg(0)?, t, name)?
+                        .into_iter()
+                        .map(|(l, v)| (without_name(&l), v.max(lo).min(hi)))
+                        .collect(),
+                )
+            }
+            "time" => Value::Scalar(t as f64 / 1000.0),
+            "vector" => Value::Vector(vec![(Vec::new(), self.scalar(arg(0)?, t, name)?)]),
+            "scalar" => {
+                let v = self.vector(arg(0)?, t, name)?;
+                Value::Scalar(if v.len() == 1 { v[0].1 } else { f64::NAN })
+            }
+            "timestamp" => {
+                let Expr::VectorSelector(vs) = arg(0)? else {
+                    return Err(PromError::Unsupported("timestamp() of an expression is not supported yet".into()));
+                };
+                let tt = at(&vs.at, t, self.start, self.end) - offset_ms(&vs.offset);
+                let mut out = Vec::new();
+                for s in self.series(vs) {
+                    let i = s.samples.partition_point(|(ts, _)| *ts <= tt);
+                    if i > 0 && s.samples[i - 1].0 >= tt - LOOKBACK_MS {
+                        out.push((without_name(&s.labels), s.samples[i - 1].0 as f64 / 1000.0));
+                    }
+                }
+                Value::Vector(out)
+            }
+            "sort" | "sort_desc" => {
+                let mut v = self.vector(arg(0)?, t, name)?;
+                v.sort_by(|a, b| {
+                    let o = a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal);
+                    if name == "sort" { o } else { o.reverse() }
+                });
+                Value::Vector(v)
+            }
+            "absent" => {
+                let v = self.vector(arg(0)?, t, name)?;
+                if !v.is_empty() {
+                    Value::Vector(Vec::new())
+                } else {
+                    // The labels of the selector's equality matchers.
+                    let mut labels = Labels::new();
+                    if let Expr::VectorSelector(vs) = arg(0)? {
+                        for m in &vs.matchers.matchers {
+                            if matches!(m.op, MatchOp::Equal) && m.name != "__name__" {
+                                labels.push((m.name.clone(), m.value.clone()));
+                            }
+                        }
+                    }
+                    labels.sort();
+                    Value::Vector(vec![(labels, 1.0)])
+                }
+            }
+            "label_replace" => {
+                let strings = |i: usize| -> Result<String, PromError> {
+                    match self.eval(arg(i)?, t)? {
+                        Value::String(s) => Ok(s),
+                        _ => Err(PromError::Execution(format!("label_replace() argument {i} must be a string"))),
+                    }
+                };
+                let (dst, repl, src, re) = (strings(1)?, strings(2)?, strings(3)?, strings(4)?);
+                let re = regex::Regex::new(&format!("^(?s:{re})$"))
+                    .map_err(|e| PromError::Execution(format!("invalid regular expression in label_replace(): {e}")))?;
+                let mut out = Vec::new();
+                for (mut l, v) in self.vector(arg(0)?, t, name)? {
+                    let value = l.iter().find(|(k, _)| *k == src).map_or("", |(_, v)| v.as_str()).to_string();
+                    if let Some(caps) = re.captures(&value) {
+                        let mut new = String::new();
+                        caps.expand(&repl, &mut new);
+                        l.retain(|(k, _)| *k != dst);
+                        if !new.is_empty() {
+                            l.push((dst.clone(), new));
+                        }
+                        l.sort();
+                    }
+                    out.push((l, v));
+                }
+                Value::Vector(out)
+            }
+            "label_join" => {
+                let string = |i: usize| -> Result<String, PromError> {
+                    match self.eval(arg(i)?, t)? {
+                        Value::String(s) => Ok(s),
+                        _ => Err(PromError::Execution(format!("label_join() argument {i} must be a string"))),
+                    }
+                };
+                let (dst, sep) = (string(1)?, string(2)?);
+                let sources = (3..args.len()).map(string).collect::<Result<Vec<_>, _>>()?;
+                let mut out = Vec::new();
+                for (mut l, v) in self.vector(arg(0)?, t, name)? {
+                    let joined = sources
+                        .iter()
+                        .map(|src| l.iter().find(|(k, _)| k == src).map_or("", |(_, v)| v.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(&sep);
+                    l.retain(|(k, _)| *k != dst);
+                    if !joined.is_empty() {
+                        l.push((dst.clone(), joined));
+                    }
+                    l.sort();
+                    out.push((l, v));
+                }
+                Value::Vector(out)
+            }
+            "absent_over_time" => {
+                let Expr::MatrixSelector(ms) = arg(0)? else {
+                    return Err(PromError::Unsupported("absent_over_time() of a subquery is not supported yet".into()));
+                };
+                if !self.range_selector(ms, t).is_empty() {
+                    Value::Vector(Vec::new())
+                } else {
+                    let mut labels = Labels::new();
+                    for m in &ms.vs.matchers.matchers {
+                        if matches!(m.op, MatchOp::Equal) && m.name != "__name__" {
+                            labels.push((m.name.clone(), m.value.clone()));
+                        }
+                    }
+                    labels.sort();
+                    Value::Vector(vec![(labels, 1.0)])
+                }
+            }
+            "histogram_quantile" => {
+                let q = self.scalar(arg(0)?, t, name)?;
+                let mut buckets: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
+                for (l, v) in self.vector(arg(1)?, t, name)? {
+                    let Some(le) = l.iter().find(|(k, _)| k == "le").and_then(|(_, v)| parse_le(v)) else { continue };
+                    let key: Labels = l.iter().filter(|(k, _)| k != "le" && k != "__name__").cloned().collect();
+                    buckets.entry(key).or_default().push((le, v));
+                }
+                Value::Vector(buckets.into_iter().map(|(l, b)| (l, bucket_quantile(q, b))).collect())
+            }
+            other => return Err(PromError::Unsupported(format!("function {other}() is not supported yet"))),
+        })
+    }
+}
+
+enum Param {
+    Number(f64),
+    Label(String),
+}
+
+fn parse_le(s: &str) -> Option<f64> {
+    match s {
+        "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
+        _ => s.parse().ok(),
+    }
+}
+
+/// `x op y`: `Ok(None)` when a comparison is false.
+fn apply(op: &str, x: f64, y: f64) -> Result<Option<f64>, PromError> {
+    Ok(match op {
+        "+" => Some(x + y),
+        "-" => Some(x - y),
+        "*" => Some(x * y),
+        "/" => Some(x / y),
+        "%" => Some(x % y),
+        "^" => Some(x.powf(y)),
+        "atan2" => Some(x.atan2(y)),
+        "==" => (x == y).then_some(x),
+        "!=" => (x != y).then_some(x),
+        "<" => (x < y).then_some(x),
+        "<=" => (x <= y).then_some(x),
+        ">" => (x > y).then_some(x),
+        ">=" => (x >= y).then_some(x),
+        other => return Err(PromError::Unsupported(format!("operator {other} is not supported"))),
+    })
+}
+
+/// Prometheus' `extrapolatedRate` (rate, increase, delta), samples in
+/// `[a, b]` milliseconds.
+fn extrapolated(s: &Series, a: i64, b: i64, counter: bool, per_second: bool) -> Option<f64> {
+    let samples = &s.samples;
+    if samples.len() < 2 {
+        return None;
+    }
+    let (first, last) = (samples[0], samples[samples.len() - 1]);
+    let mut result = last.1 - first.1;
+    if counter {
+        let mut prev = first.1;
+        for &(_, v) in &samples[1..] {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+    }
+    let mut to_start = (first.0 - a) as f64 / 1000.0;
+    let to_end = (b - last.0) as f64 / 1000.0;
+    let sampled = (last.0 - first.0) as f64 / 1000.0;
+    let average = sampled / (samples.len() - 1) as f64;
+    if counter && result > 0.0 && first.1 >= 0.0 {
+        let to_zero = sampled * (first.1 / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    let threshold = average * 1.1;
+    let mut interval = sampled;
+    interval += if to_start < threshold { to_start } else { average / 2.0 };
+    interval += if to_end < threshold { to_end } else { average / 2.0 };
+    result *= interval / sampled;
+    if per_second {
+        result /= (b - a) as f64 / 1000.0;
+    }
+    Some(result)
+}
+
+/// irate and idelta: the last two samples.
+fn instant_rate(s: &Series, rate: bool) -> Option<f64> {
+    let n = s.samples.len();
+    if n < 2 {
+        return None;
+    }
+    let (prev, last) = (s.samples[n - 2], s.samples[n - 1]);
+    let mut d = last.1 - prev.1;
+    if rate && last.1 < prev.1 {
+        d = last.1;
+    }
+    if !rate {
+        return Some(d);
+    }
+    let secs = (last.0 - prev.0) as f64 / 1000.0;
+    (secs > 0.0).then(|| d / secs)
+}
+
+/// Least-squares slope (per second) and the value at `at` (milliseconds),
+/// as Prometheus' `linearRegression`.
+fn regression(s: &Series, at: i64) -> Option<(f64, f64)> {
+    if s.samples.len() < 2 {
+        return None;
+    }
+    let n = s.samples.len() as f64;
+    let (mut sx, mut sy, mut sxy, mut sxx) = (0.0, 0.0, 0.0, 0.0);
+    let constant = s.samples.windows(2).all(|w| w[0].1 == w[1].1);
+    for &(ts, v) in &s.samples {
+        let x = (ts - at) as f64 / 1000.0;
+        sx += x;
+        sy += v;
+        sxy += x * v;
+        sxx += x * x;
+    }
+    if constant {
+        return Some((0.0, s.samples[0].1));
+    }
+    let cov = sxy - sx * sy / n;
+    let var = sxx - sx * sx / n;
+    let slope = cov / var;
+    let intercept = sy / n - slope * sx / n;
+    Some((slope, intercept))
+}
+
+/// Prometheus' `quantile` (linear interpolation between closest ranks).
+fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0) as usize;
+    let upper = (lower + 1).min(values.len() - 1);
+    let weight = rank - rank.floor();
+    values[lower] * (1.0 - weight) + values[upper] * weight
+}
+
+/// Prometheus' `bucketQuantile` over (upper bound, cumulative count).
+fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    if buckets.len() < 2 || buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+        return f64::NAN;
+    }
+    // Counts must not decrease (a scrape between buckets' updates).
+    for i in 1..buckets.len() {
+        if buckets[i].1 < buckets[i - 1].1 {
+            buckets[i].1 = buckets[i - 1].1;
+        }
+    }
+    let total = buckets[buckets.len() - 1].1;
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let b = buckets[..buckets.len() - 1].partition_point(|x| x.1 < rank);
+    if b == buckets.len() - 1 {
+        return buckets[buckets.len() - 2].0;
+    }
+    if b == 0 && buckets[0].0 <= 0.0 {
+        return buckets[0].0;
+    }
+    let (mut start, end, mut count) = (0.0, buckets[b].0, buckets[b].1);
+    let mut rank = rank;
+    if b > 0 {
+        start = buckets[b - 1].0;
+        count -= buckets[b - 1].1;
+        rank -= buckets[b - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(samples: &[(i64, f64)]) -> Series {
+        Series { labels: vec![], samples: samples.to_vec() }
+    }
+
+    #[test]
+    fn rate_extrapolates_as_prometheus_does() {
+        // A counter scraped every 15 s over a 60 s window, 10/s.
+        let s = series(&[(15_000, 150.0), (30_000, 300.0), (45_000, 450.0), (60_000, 600.0)]);
+        let r = extrapolated(&s, 0, 60_000, true, true).expect("rate");
+        // Extrapolated to the window's start (15 s < 1.1 * 15 s) and end: 600/60.
+        assert!((r - 10.0).abs() < 1e-9, "{r}");
+        // A reset: 600 then 50 counts 650 in all.
+        let s = series(&[(0, 500.0), (30_000, 600.0), (60_000, 50.0)]);
+        let inc = extrapolated(&s, 0, 60_000, true, false).expect("increase");
+        assert!((inc - 150.0).abs() < 1e-9, "{inc}");
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_ranks_and_buckets() {
+        assert_eq!(quantile(0.5, vec![1.0, 2.0, 3.0, 4.0]), 2.5);
+        assert_eq!(quantile(0.9, vec![10.0]), 10.0);
+        // 10 observations: 5 at or below 0.1, 9 at or below 1, all.
+        let b = vec![(0.1, 5.0), (1.0, 9.0), (f64::INFINITY, 10.0)];
+        assert!((bucket_quantile(0.5, b.clone()) - 0.1).abs() < 1e-9);
+        assert!((bucket_quantile(0.7, b.clone()) - 0.55).abs() < 1e-9);
+        assert_eq!(bucket_quantile(0.99, b), 1.0, "in +Inf: the highest finite bound");
+    }
+
+    #[test]
+    fn values_print_as_go_does() {
+        assert_eq!(format_value(1.0), "1");
+        assert_eq!(format_value(0.1), "0.1");
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_value(1e21), "1e+21");
+        assert_eq!(format_value(3.0864197543434786e-7), "3.0864197543434786e-07");
+        assert_eq!(format_value(0.000001), "0.000001");
+    }
+}
