@@ -437,6 +437,11 @@ impl QueryEngine {
         &self.storage
     }
 
+    /// How long a client's statement may run (`limits.query_timeout`).
+    pub fn query_timeout(&self) -> std::time::Duration {
+        self.callers.timeout
+    }
+
     pub async fn execute(&self, sql: &str, database: Option<&str>) -> Result<QueryResult, QueryError> {
         self.execute_as(sql, database, None).await
     }

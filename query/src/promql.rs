@@ -26,9 +26,19 @@ pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 pub const MAX_STEPS: i64 = 11_000;
 /// Most samples one query may read.
 pub const MAX_SAMPLES: usize = 50_000_000;
+/// Most points a query may answer with (each series at each step): the
+/// answer is built in memory, about 150 bytes a point as JSON.
+pub const MAX_POINTS: usize = 2_000_000;
+/// Times (milliseconds) a query may name: about ±292,000 years, so that
+/// arithmetic on them cannot overflow.
+pub const MAX_TIME_MS: i64 = 1 << 53;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromError {
+    #[error("query timed out in query execution")]
+    Timeout,
+    #[error("query canceled")]
+    Canceled,
     #[error("{0}")]
     Parse(String),
     #[error("{0}")]
@@ -45,6 +55,8 @@ impl PromError {
         match self {
             PromError::Parse(_) | PromError::Unsupported(_) => "bad_data",
             PromError::Execution(_) => "execution",
+            PromError::Timeout => "timeout",
+            PromError::Canceled => "canceled",
             PromError::Query(e) if e.is_user_error() => "bad_data",
             PromError::Query(_) => "internal",
         }
@@ -80,9 +92,55 @@ pub enum Answer {
     Matrix(Vec<Series>),
 }
 
-/// Parses `q`, saying where it is wrong.
+/// Longest expression text accepted.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// Deepest expression tree evaluated: evaluation recurses once per level.
+pub const MAX_DEPTH: usize = 200;
+
+/// Parses `q`, saying where it is wrong; refuses texts and trees that
+/// would take the evaluator's stack (it recurses once per level).
 pub fn parse(q: &str) -> Result<Expr, PromError> {
-    parser::parse(q).map_err(PromError::Parse)
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(PromError::Parse(format!(
+            "the query is {} bytes; at most {MAX_QUERY_BYTES} are accepted",
+            q.len()
+        )));
+    }
+    let expr = parser::parse(q).map_err(PromError::Parse)?;
+    let d = depth(&expr);
+    if d > MAX_DEPTH {
+        return Err(PromError::Parse(format!(
+            "the expression nests {d} levels deep; at most {MAX_DEPTH} are accepted"
+        )));
+    }
+    Ok(expr)
+}
+
+/// The depth of `expr`'s tree, walked without recursion.
+fn depth(expr: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(expr, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match e {
+            Expr::Aggregate(a) => {
+                stack.push((&a.expr, d + 1));
+                if let Some(p) = &a.param {
+                    stack.push((p, d + 1));
+                }
+            }
+            Expr::Unary(u) => stack.push((&u.expr, d + 1)),
+            Expr::Binary(b) => {
+                stack.push((&b.lhs, d + 1));
+                stack.push((&b.rhs, d + 1));
+            }
+            Expr::Paren(p) => stack.push((&p.expr, d + 1)),
+            Expr::Subquery(sq) => stack.push((&sq.expr, d + 1)),
+            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), d + 1))),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Where a query reads: the engine, the caller and the database.
@@ -94,10 +152,10 @@ pub struct Reader<'a> {
 
 /// Evaluates `q` at `t` (milliseconds).
 pub async fn instant(r: &Reader<'_>, q: &str, t: i64) -> Result<Answer, PromError> {
+    check_time(t)?;
     let expr = parse(q)?;
     let data = fetch(r, &expr, t, t).await?;
-    let ev = Evaluator { data: &data, start: t, end: t };
-    Ok(match ev.eval(&expr, t)? {
+    evaluate(r, expr, data, t, t, 1).await.map(|(value, _)| match value {
         Value::Scalar(v) => Answer::Scalar(t, v),
         Value::String(s) => Answer::String(t, s),
         Value::Vector(v) => Answer::Vector(t, v),
@@ -105,8 +163,80 @@ pub async fn instant(r: &Reader<'_>, q: &str, t: i64) -> Result<Answer, PromErro
     })
 }
 
+fn check_time(t: i64) -> Result<(), PromError> {
+    if t.abs() > MAX_TIME_MS {
+        return Err(PromError::Parse(format!("time {t} ms is out of range")));
+    }
+    Ok(())
+}
+
+/// Runs the evaluation off the async workers (it is CPU work), within the
+/// query timeout, and stops when the caller goes away.
+async fn evaluate(
+    r: &Reader<'_>,
+    expr: Expr,
+    data: Fetched,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<(Value, Vec<Series>), PromError> {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Dropped when this future is (the client went away): the evaluation
+    // sees the flag at its next step.
+    struct OnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _guard = OnDrop(std::sync::Arc::clone(&cancel));
+    let deadline = std::time::Instant::now() + r.engine.query_timeout();
+    let task = tokio::task::spawn_blocking(move || {
+        let ev = Evaluator { data: &data, start, end, regexes: Default::default() };
+        if start == end && step == 1 {
+            return ev.eval(&expr, start).map(|v| (v, Vec::new()));
+        }
+        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut t = start;
+        let mut points = 0usize;
+        while t <= end {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(PromError::Canceled);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(PromError::Timeout);
+            }
+            match ev.eval(&expr, t)? {
+                Value::Scalar(v) => {
+                    points += 1;
+                    out.entry(Vec::new()).or_default().push((t, v));
+                }
+                Value::Vector(v) => {
+                    points += v.len();
+                    if points > MAX_POINTS {
+                        return Err(PromError::Execution(format!(
+                            "the answer would hold more than {MAX_POINTS} points; narrow the range, widen the step \
+                             or select fewer series"
+                        )));
+                    }
+                    for (labels, x) in v {
+                        out.entry(labels).or_default().push((t, x));
+                    }
+                }
+                _ => return Err(PromError::Execution("a range query must give a vector or a scalar".into())),
+            }
+            let Some(next) = t.checked_add(step) else { break };
+            t = next;
+        }
+        Ok((Value::Scalar(0.0), out.into_iter().map(|(labels, samples)| Series { labels, samples }).collect()))
+    });
+    task.await.map_err(|e| PromError::Execution(format!("evaluation failed: {e}")))?
+}
+
 /// Evaluates `q` at every `step` from `start` to `end` (milliseconds).
 pub async fn range(r: &Reader<'_>, q: &str, start: i64, end: i64, step: i64) -> Result<Vec<Series>, PromError> {
+    check_time(start)?;
+    check_time(end)?;
     if step <= 0 {
         return Err(PromError::Parse("zero or negative query resolution step widths are not accepted".into()));
     }
@@ -128,22 +258,7 @@ pub async fn range(r: &Reader<'_>, q: &str, start: i64, end: i64, step: i64) -> 
         }
     }
     let data = fetch(r, &expr, start, end).await?;
-    let ev = Evaluator { data: &data, start, end };
-    let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
-    let mut t = start;
-    while t <= end {
-        match ev.eval(&expr, t)? {
-            Value::Scalar(v) => out.entry(Vec::new()).or_default().push((t, v)),
-            Value::Vector(v) => {
-                for (labels, x) in v {
-                    out.entry(labels).or_default().push((t, x));
-                }
-            }
-            _ => return Err(PromError::Execution("a range query must give a vector or a scalar".into())),
-        }
-        t += step;
-    }
-    Ok(out.into_iter().map(|(labels, samples)| Series { labels, samples }).collect())
+    evaluate(r, expr, data, start, end, step).await.map(|(_, m)| m)
 }
 
 /// The label sets of the series `selector` (a vector selector) matches
@@ -166,8 +281,8 @@ fn selector_key(vs: &VectorSelector) -> String {
 fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
         None => 0,
-        Some(Offset::Pos(d)) => d.as_millis() as i64,
-        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        Some(Offset::Pos(d)) => duration_ms(*d),
+        Some(Offset::Neg(d)) => -duration_ms(*d),
     }
 }
 
@@ -179,7 +294,7 @@ fn millis(t: SystemTime) -> i64 {
 }
 
 fn duration_ms(d: Duration) -> i64 {
-    d.as_millis() as i64
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The instant a selector is evaluated at: `t`, or its `@`.
@@ -209,7 +324,7 @@ fn selectors<'a>(
                     (t, t)
                 }
             };
-            out.push((vs, a - off - LOOKBACK_MS, b - off));
+            out.push((vs, a.saturating_sub(off).saturating_sub(LOOKBACK_MS), b.saturating_sub(off)));
         }
         Expr::MatrixSelector(MatrixSelector { vs, range }) => {
             let off = offset_ms(&vs.offset);
@@ -220,7 +335,7 @@ fn selectors<'a>(
                     (t, t)
                 }
             };
-            out.push((vs, a - off - duration_ms(*range), b - off));
+            out.push((vs, a.saturating_sub(off).saturating_sub(duration_ms(*range)), b.saturating_sub(off)));
         }
         Expr::Aggregate(a) => {
             selectors(&a.expr, start, end, out)?;
@@ -311,6 +426,12 @@ async fn read_metric(
     a: i64,
     b: i64,
 ) -> Result<Vec<Series>, PromError> {
+    // Before looking the table up: whether it exists is not the caller's to
+    // learn where it may not read.
+    if let Some(who) = r.who {
+        who.check_table(tocsin_auth::Permission::Query, r.database, metric)
+            .map_err(|e| PromError::Query(crate::QueryError::Auth(e)))?;
+    }
     let Some(schema) = r.engine.storage().table_schema(r.database, metric) else { return Ok(Vec::new()) };
     if schema.index_of("value").is_err() {
         return Ok(Vec::new());
@@ -369,6 +490,12 @@ async fn read_metric(
             labels.sort();
             let sample = (ts.value(row).div_euclid(1_000_000), values.value(row));
             match out.last_mut() {
+                // The same sample written twice (a retried write) is one.
+                Some(s) if s.labels == labels && s.samples.last().is_some_and(|l| l.0 == sample.0) => {
+                    if let Some(l) = s.samples.last_mut() {
+                        *l = sample;
+                    }
+                }
                 Some(s) if s.labels == labels => s.samples.push(sample),
                 _ => out.push(Series { labels, samples: vec![sample] }),
             }
@@ -384,6 +511,8 @@ struct Evaluator<'a> {
     data: &'a Fetched,
     start: i64,
     end: i64,
+    /// label_replace's regexes, compiled once per query.
+    regexes: std::cell::RefCell<HashMap<String, regex::Regex>>,
 }
 
 fn without_name(labels: &Labels) -> Labels {
@@ -411,6 +540,11 @@ pub fn format_value(v: f64) -> String {
     } else {
         format!("{v}")
     }
+}
+
+/// A value as a label (`count_values`): Go's `FormatFloat(v, 'f', -1, 64)`.
+fn label_value(v: f64) -> String {
+    if v.is_finite() { format!("{v}") } else { format_value(v) }
 }
 
 /// Population variance as Prometheus computes it (Welford's running mean).
@@ -454,13 +588,13 @@ impl Evaluator<'_> {
     /// The latest sample of each series in `[t - 5m, t]` (offset and `@`
     /// applied).
     fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Vec<(Labels, f64)> {
-        let t = at(&vs.at, t, self.start, self.end) - offset_ms(&vs.offset);
+        let t = at(&vs.at, t, self.start, self.end).saturating_sub(offset_ms(&vs.offset));
         let mut out = Vec::new();
         for s in self.series(vs) {
             let i = s.samples.partition_point(|(ts, _)| *ts <= t);
             if i > 0 {
                 let (ts, v) = s.samples[i - 1];
-                if ts >= t - LOOKBACK_MS {
+                if ts >= t.saturating_sub(LOOKBACK_MS) {
                     out.push((s.labels.clone(), v));
                 }
             }
@@ -471,8 +605,8 @@ impl Evaluator<'_> {
     /// The samples of each series in `[t - range, t]`.
     fn range_selector(&self, ms: &MatrixSelector, t: i64) -> Vec<Series> {
         let vs = &ms.vs;
-        let t = at(&vs.at, t, self.start, self.end) - offset_ms(&vs.offset);
-        let from = t - duration_ms(ms.range);
+        let t = at(&vs.at, t, self.start, self.end).saturating_sub(offset_ms(&vs.offset));
+        let from = t.saturating_sub(duration_ms(ms.range));
         let mut out = Vec::new();
         for s in self.series(vs) {
             let a = s.samples.partition_point(|(ts, _)| *ts < from);
@@ -553,8 +687,12 @@ impl Evaluator<'_> {
                         return Err(PromError::Execution(format!("{op} needs a number")));
                     };
                     let mut m = members;
+                    // NaN is picked last by both, as in Prometheus.
+                    let key = |v: f64| {
+                        if v.is_nan() { if op == "topk" { f64::NEG_INFINITY } else { f64::INFINITY } } else { v }
+                    };
                     m.sort_by(|a, b| {
-                        let ord = a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal);
+                        let ord = key(a.1).partial_cmp(&key(b.1)).unwrap_or(std::cmp::Ordering::Equal);
                         if op == "topk" { ord.reverse() } else { ord }
                     });
                     m.truncate(k.max(0.0) as usize);
@@ -566,7 +704,7 @@ impl Evaluator<'_> {
                     };
                     let mut counts: BTreeMap<String, f64> = BTreeMap::new();
                     for v in &values {
-                        *counts.entry(format_value(*v)).or_default() += 1.0;
+                        *counts.entry(label_value(*v)).or_default() += 1.0;
                     }
                     counts
                         .into_iter()
@@ -629,6 +767,8 @@ impl Evaluator<'_> {
             } else {
                 r.map(|_| (labels, keep))
             }
+        } else if op == "atan2" {
+            r.map(|v| (labels, v))
         } else {
             r.map(|v| (without_name(&labels), v))
         }
@@ -695,13 +835,16 @@ impl Evaluator<'_> {
         }
         let mut out = Vec::new();
         let mut seen: std::collections::HashSet<Labels> = std::collections::HashSet::new();
-        let drop_name = !comparison || return_bool;
+        let drop_name = (!comparison || return_bool) && op != "atan2";
         for (l, v) in many {
             let s = sig(&l);
             let Some((ol, ov)) = ones.get(&s) else { continue };
             // Operands in the expression's order; a filter keeps the left value.
             let (x, y) = if many_left { (v, *ov) } else { (*ov, v) };
             let Ok(r) = apply(op, x, y) else { continue };
+            if comparison && !return_bool && r.is_none() {
+                continue;
+            }
             // Prometheus' resultMetric: the "many" side's labels.
             let mut labels = l.clone();
             if drop_name {
@@ -715,10 +858,10 @@ impl Evaluator<'_> {
                         None => {}
                     }
                     if !seen.insert(s.clone()) {
-                        return Err(PromError::Execution(format!(
-                            "found duplicate series for the match group {s:?} on the left hand-side of the operation: \
-                             many-to-many matching not allowed: matching labels must be unique on one side"
-                        )));
+                        return Err(PromError::Execution(
+                            "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+                                .into(),
+                        ));
                     }
                 }
                 Some(extra) => {
@@ -738,6 +881,7 @@ impl Evaluator<'_> {
                 (_, _, None) => {}
             }
         }
+        let out = unique(out)?;
         Ok(out)
     }
 
@@ -751,11 +895,11 @@ impl Evaluator<'_> {
             let Expr::MatrixSelector(ms) = arg(0)? else {
                 return Err(PromError::Unsupported(format!("{name}() of a subquery is not supported yet")));
             };
-            let at_t = at(&ms.vs.at, t, self.start, self.end) - offset_ms(&ms.vs.offset);
+            let at_t = at(&ms.vs.at, t, self.start, self.end).saturating_sub(offset_ms(&ms.vs.offset));
             let range = duration_ms(ms.range);
             let mut out = Vec::new();
             for s in self.range_selector(ms, t) {
-                if let Some(v) = f(&s, at_t - range, at_t) {
+                if let Some(v) = f(&s, at_t.saturating_sub(range), at_t) {
                     let labels = if name == "last_over_time" { s.labels.clone() } else { without_name(&s.labels) };
                     out.push((labels, v));
                 }
@@ -803,10 +947,10 @@ impl Evaluator<'_> {
                 let Expr::MatrixSelector(ms) = arg(0)? else {
                     return Err(PromError::Unsupported("predict_linear() of a subquery is not supported yet".into()));
                 };
-                let at_t = at(&ms.vs.at, t, self.start, self.end);
                 let mut out = Vec::new();
                 for s in self.range_selector(ms, t) {
-                    if let Some((slope, intercept)) = regression(&s, at_t) {
+                    // As Prometheus: the intercept at the step's time.
+                    if let Some((slope, intercept)) = regression(&s, t) {
                         out.push((without_name(&s.labels), slope * secs + intercept));
                     }
                 }
@@ -868,7 +1012,7 @@ impl Evaluator<'_> {
                 Value::Vector(
                     self.vector(arg(0)?, t, name)?
                         .into_iter()
-                        .map(|(l, v)| (without_name(&l), v.max(lo).min(hi)))
+                        .map(|(l, v)| (without_name(&l), if v.is_nan() { v } else { v.max(lo).min(hi) }))
                         .collect(),
                 )
             }
@@ -882,11 +1026,11 @@ impl Evaluator<'_> {
                 let Expr::VectorSelector(vs) = arg(0)? else {
                     return Err(PromError::Unsupported("timestamp() of an expression is not supported yet".into()));
                 };
-                let tt = at(&vs.at, t, self.start, self.end) - offset_ms(&vs.offset);
+                let tt = at(&vs.at, t, self.start, self.end).saturating_sub(offset_ms(&vs.offset));
                 let mut out = Vec::new();
                 for s in self.series(vs) {
                     let i = s.samples.partition_point(|(ts, _)| *ts <= tt);
-                    if i > 0 && s.samples[i - 1].0 >= tt - LOOKBACK_MS {
+                    if i > 0 && s.samples[i - 1].0 >= tt.saturating_sub(LOOKBACK_MS) {
                         out.push((without_name(&s.labels), s.samples[i - 1].0 as f64 / 1000.0));
                     }
                 }
@@ -926,8 +1070,22 @@ impl Evaluator<'_> {
                     }
                 };
                 let (dst, repl, src, re) = (strings(1)?, strings(2)?, strings(3)?, strings(4)?);
-                let re = regex::Regex::new(&format!("^(?s:{re})$"))
-                    .map_err(|e| PromError::Execution(format!("invalid regular expression in label_replace(): {e}")))?;
+                let re = {
+                    let mut cache = self.regexes.borrow_mut();
+                    match cache.get(&re) {
+                        Some(r) => r.clone(),
+                        None => {
+                            let compiled = regex::RegexBuilder::new(&format!("^(?s:{re})$"))
+                                .size_limit(1 << 20)
+                                .build()
+                                .map_err(|e| {
+                                    PromError::Execution(format!("invalid regular expression in label_replace(): {e}"))
+                                })?;
+                            cache.insert(re.clone(), compiled.clone());
+                            compiled
+                        }
+                    }
+                };
                 let mut out = Vec::new();
                 for (mut l, v) in self.vector(arg(0)?, t, name)? {
                     let value = l.iter().find(|(k, _)| *k == src).map_or("", |(_, v)| v.as_str()).to_string();
@@ -942,7 +1100,7 @@ impl Evaluator<'_> {
                     }
                     out.push((l, v));
                 }
-                Value::Vector(out)
+                Value::Vector(unique(out)?)
             }
             "label_join" => {
                 let string = |i: usize| -> Result<String, PromError> {
@@ -967,7 +1125,7 @@ impl Evaluator<'_> {
                     l.sort();
                     out.push((l, v));
                 }
-                Value::Vector(out)
+                Value::Vector(unique(out)?)
             }
             "absent_over_time" => {
                 let Expr::MatrixSelector(ms) = arg(0)? else {
@@ -999,6 +1157,18 @@ impl Evaluator<'_> {
             other => return Err(PromError::Unsupported(format!("function {other}() is not supported yet"))),
         })
     }
+}
+
+/// `v` if its label sets are distinct; Prometheus refuses a vector that
+/// holds one twice.
+fn unique(v: Vec<(Labels, f64)>) -> Result<Vec<(Labels, f64)>, PromError> {
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    for (l, _) in &v {
+        if !seen.insert(l) {
+            return Err(PromError::Execution("vector cannot contain metrics with the same labelset".into()));
+        }
+    }
+    Ok(v)
 }
 
 enum Param {
@@ -1148,6 +1318,14 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
         return f64::INFINITY;
     }
     buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    // Buckets of the same bound (`le="1"` and `le="1.0"`) are one.
+    buckets.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 += later.1;
+        }
+        same
+    });
     if buckets.len() < 2 || buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
         return f64::NAN;
     }
@@ -1209,6 +1387,68 @@ mod tests {
         assert!((bucket_quantile(0.5, b.clone()) - 0.1).abs() < 1e-9);
         assert!((bucket_quantile(0.7, b.clone()) - 0.55).abs() < 1e-9);
         assert_eq!(bucket_quantile(0.99, b), 1.0, "in +Inf: the highest finite bound");
+    }
+
+    /// Evaluates `q` at `t` over `data` (every selector sees the series its
+    /// matchers and name select).
+    fn eval_at(q: &str, data: &[Series], t: i64) -> Result<Value, PromError> {
+        let expr = parse(q)?;
+        let mut wanted = Vec::new();
+        selectors(&expr, t, t, &mut wanted)?;
+        let mut fetched = Fetched::new();
+        for (vs, _, _) in wanted {
+            let name = metric_name(vs)?;
+            let picked = data
+                .iter()
+                .filter(|s| {
+                    s.labels.iter().any(|(k, v)| k == "__name__" && *v == name) && matches(&vs.matchers, &s.labels)
+                })
+                .cloned()
+                .collect();
+            fetched.insert(selector_key(vs), picked);
+        }
+        Evaluator { data: &fetched, start: t, end: t, regexes: Default::default() }.eval(&expr, t)
+    }
+
+    fn metric(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Series {
+        let mut l: Labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        l.push(("__name__".into(), name.into()));
+        l.sort();
+        Series { labels: l, samples: samples.to_vec() }
+    }
+
+    /// Found by a hostile review, checked against Prometheus 2.42.
+    #[test]
+    fn nan_bounds_duplicates_and_merged_buckets_as_prometheus() {
+        let data = vec![
+            metric("m", &[("a", "1")], &[(1_000, f64::NAN)]),
+            metric("m", &[("a", "2")], &[(1_000, 5.0)]),
+            metric("m", &[("a", "3")], &[(1_000, 1.0)]),
+            metric("h", &[("le", "1")], &[(1_000, 5.0)]),
+            metric("h", &[("le", "1.0")], &[(1_000, 4.0)]),
+            metric("h", &[("le", "+Inf")], &[(1_000, 10.0)]),
+        ];
+        let Ok(Value::Vector(v)) = eval_at("clamp(m, 0, 2)", &data, 1_000) else { panic!("clamp") };
+        assert!(v.iter().any(|(_, x)| x.is_nan()), "NaN stays NaN: {v:?}");
+        let Ok(Value::Vector(v)) = eval_at("topk(1, m)", &data, 1_000) else { panic!("topk") };
+        assert_eq!(v.iter().map(|(_, x)| *x).collect::<Vec<_>>(), [5.0], "NaN is picked last");
+        let Ok(Value::Vector(v)) = eval_at("bottomk(1, m)", &data, 1_000) else { panic!("bottomk") };
+        assert_eq!(v.iter().map(|(_, x)| *x).collect::<Vec<_>>(), [1.0]);
+        // le="1" and le="1.0" are one bucket of 9: the median is in it.
+        let Ok(Value::Vector(v)) = eval_at("histogram_quantile(0.5, h)", &data, 1_000) else { panic!("hq") };
+        assert!((v[0].1 - 0.5555555555555556).abs() < 1e-12, "{v:?}");
+        let err = eval_at(r#"label_join(m, "a", "-", "nosuch")"#, &data, 1_000).expect_err("same labels twice");
+        assert!(err.to_string().contains("same labelset"), "{err}");
+    }
+
+    #[test]
+    fn deep_or_long_expressions_are_refused_before_evaluation() {
+        let deep = format!("{}up{}", "(".repeat(300), ")".repeat(300));
+        assert!(parse(&deep).expect_err("deep").to_string().contains("at most 200"));
+        let long = vec!["up"; 500].join(" + ");
+        assert!(parse(&long).expect_err("long chain").to_string().contains("levels deep"));
+        assert!(parse(&"a".repeat(70_000)).expect_err("long").to_string().contains("bytes"));
+        assert!(parse("sum(rate(up[5m]))").is_ok());
     }
 
     #[test]

@@ -39,9 +39,11 @@ fn bad_data(message: String) -> Fail {
 }
 
 fn prom_error(e: PromError) -> Fail {
-    let status = match e.kind() {
-        "bad_data" => StatusCode::BAD_REQUEST,
-        "execution" => StatusCode::UNPROCESSABLE_ENTITY,
+    let status = match (&e, e.kind()) {
+        (PromError::Query(tocsin_query::QueryError::Auth(_)), _) => StatusCode::FORBIDDEN,
+        (_, "bad_data") => StatusCode::BAD_REQUEST,
+        (_, "execution") => StatusCode::UNPROCESSABLE_ENTITY,
+        (_, "timeout" | "canceled") => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Fail(status, e.kind(), e.to_string())
@@ -81,10 +83,12 @@ impl Params {
 /// A time parameter: RFC 3339 or Unix seconds (fractions allowed), in
 /// milliseconds.
 fn time_param(s: &str, name: &str) -> Result<i64, Fail> {
-    if let Ok(f) = s.parse::<f64>()
-        && f.is_finite()
-    {
-        return Ok((f * 1000.0).round() as i64);
+    if let Ok(f) = s.parse::<f64>() {
+        // Within what i64 milliseconds hold with room for arithmetic.
+        if f.is_finite() && (f * 1000.0).abs() <= promql::MAX_TIME_MS as f64 {
+            return Ok((f * 1000.0).round() as i64);
+        }
+        return Err(bad_data(format!("invalid parameter \"{name}\": {s} is out of range")));
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
@@ -137,8 +141,10 @@ fn metric(labels: &Labels) -> Value {
     Value::Object(labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 
+/// `[seconds, "value"]`; whole seconds as an integer, as Prometheus writes them.
 fn point(t: i64, v: f64) -> Value {
-    json!([t as f64 / 1000.0, format_value(v)])
+    let secs = if t % 1000 == 0 { json!(t / 1000) } else { json!(t as f64 / 1000.0) };
+    json!([secs, format_value(v)])
 }
 
 pub(crate) async fn query(
@@ -153,7 +159,7 @@ pub(crate) async fn query(
     let Some(expr) = p.get("query") else {
         return bad_data("invalid parameter \"query\": query is required".into()).into_response();
     };
-    let t = match p.get("time") {
+    let t = match p.get("time").filter(|t| !t.is_empty()) {
         Some(t) => match time_param(t, "time") {
             Ok(t) => t,
             Err(r) => return r.into_response(),
@@ -163,7 +169,7 @@ pub(crate) async fn query(
     let reader = Reader { engine: &app.query, who: Some(&who), database: p.database() };
     match promql::instant(&reader, expr, t).await {
         Ok(Answer::Scalar(t, v)) => success(json!({ "resultType": "scalar", "result": point(t, v) })),
-        Ok(Answer::String(t, s)) => success(json!({ "resultType": "string", "result": [t as f64 / 1000.0, s] })),
+        Ok(Answer::String(t, s)) => success(json!({ "resultType": "string", "result": [point(t, 0.0)[0], s] })),
         Ok(Answer::Vector(t, v)) => success(json!({
             "resultType": "vector",
             "result": v.iter().map(|(l, x)| json!({ "metric": metric(l), "value": point(t, *x) })).collect::<Vec<_>>(),

@@ -1489,4 +1489,18 @@ tables = ["*"]
     assert!(v["error"].as_str().unwrap_or("").starts_with("error authorizing query"), "{v}");
     let (status, _) = query("SHOW DATABASES", "tocsin_000000000000_nope").await;
     assert_eq!(status, 401);
+
+    // PromQL: the same refusal for a metric that exists and one that does not.
+    let promql = |metric: &str| {
+        let req = reqwest::Client::new()
+            .get(format!("http://{}/api/v1/query", server.http))
+            .header("Authorization", format!("Bearer {reader}"))
+            .query(&[("query", metric), ("db", "secret")]);
+        async move {
+            let resp = req.send().await.expect("query");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (exists, missing) = (promql("payroll").await, promql("nosuch").await);
+    assert_eq!((exists.0, missing.0), (403, 403), "{exists:?} {missing:?}");
 }
