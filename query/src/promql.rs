@@ -686,6 +686,9 @@ impl Evaluator<'_> {
                     let Some(Param::Number(k)) = param else {
                         return Err(PromError::Execution(format!("{op} needs a number")));
                     };
+                    if !(k.is_finite() && k.abs() < 9.2e18) {
+                        return Err(PromError::Execution(format!("Scalar value {k} overflows int64")));
+                    }
                     let mut m = members;
                     // NaN is picked last by both, as in Prometheus.
                     let key = |v: f64| {
@@ -702,6 +705,7 @@ impl Evaluator<'_> {
                     let Some(Param::Label(label)) = &param else {
                         return Err(PromError::Execution("count_values needs a label name".into()));
                     };
+                    label_name(label, "count_values")?;
                     let mut counts: BTreeMap<String, f64> = BTreeMap::new();
                     for v in &values {
                         *counts.entry(label_value(*v)).or_default() += 1.0;
@@ -1050,15 +1054,10 @@ impl Evaluator<'_> {
                     Value::Vector(Vec::new())
                 } else {
                     // The labels of the selector's equality matchers.
-                    let mut labels = Labels::new();
-                    if let Expr::VectorSelector(vs) = arg(0)? {
-                        for m in &vs.matchers.matchers {
-                            if matches!(m.op, MatchOp::Equal) && m.name != "__name__" {
-                                labels.push((m.name.clone(), m.value.clone()));
-                            }
-                        }
-                    }
-                    labels.sort();
+                    let labels = match arg(0)? {
+                        Expr::VectorSelector(vs) => absent_labels(&vs.matchers),
+                        _ => Labels::new(),
+                    };
                     Value::Vector(vec![(labels, 1.0)])
                 }
             }
@@ -1070,6 +1069,7 @@ impl Evaluator<'_> {
                     }
                 };
                 let (dst, repl, src, re) = (strings(1)?, strings(2)?, strings(3)?, strings(4)?);
+                label_name(&dst, "label_replace")?;
                 let re = {
                     let mut cache = self.regexes.borrow_mut();
                     match cache.get(&re) {
@@ -1110,6 +1110,7 @@ impl Evaluator<'_> {
                     }
                 };
                 let (dst, sep) = (string(1)?, string(2)?);
+                label_name(&dst, "label_join")?;
                 let sources = (3..args.len()).map(string).collect::<Result<Vec<_>, _>>()?;
                 let mut out = Vec::new();
                 for (mut l, v) in self.vector(arg(0)?, t, name)? {
@@ -1134,14 +1135,7 @@ impl Evaluator<'_> {
                 if !self.range_selector(ms, t).is_empty() {
                     Value::Vector(Vec::new())
                 } else {
-                    let mut labels = Labels::new();
-                    for m in &ms.vs.matchers.matchers {
-                        if matches!(m.op, MatchOp::Equal) && m.name != "__name__" {
-                            labels.push((m.name.clone(), m.value.clone()));
-                        }
-                    }
-                    labels.sort();
-                    Value::Vector(vec![(labels, 1.0)])
+                    Value::Vector(vec![(absent_labels(&ms.vs.matchers), 1.0)])
                 }
             }
             "histogram_quantile" => {
@@ -1156,6 +1150,35 @@ impl Evaluator<'_> {
             }
             other => return Err(PromError::Unsupported(format!("function {other}() is not supported yet"))),
         })
+    }
+}
+
+/// The labels `absent()` answers with: those of the selector's equality
+/// matchers, except a label matched more than once.
+fn absent_labels(m: &Matchers) -> Labels {
+    let equal: Vec<&promql_parser::label::Matcher> =
+        m.matchers.iter().filter(|m| matches!(m.op, MatchOp::Equal) && m.name != "__name__").collect();
+    let mut labels: Labels = equal
+        .iter()
+        .filter(|x| m.matchers.iter().filter(|y| y.name == x.name).count() == 1)
+        .map(|x| (x.name.clone(), x.value.clone()))
+        .collect();
+    labels.sort();
+    labels
+}
+
+/// Whether `name` is a valid Prometheus label name.
+pub fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn label_name(name: &str, function: &str) -> Result<(), PromError> {
+    if valid_label_name(name) {
+        Ok(())
+    } else {
+        Err(PromError::Execution(format!("invalid label name {name:?} in {function}()")))
     }
 }
 
@@ -1439,6 +1462,11 @@ mod tests {
         assert!((v[0].1 - 0.5555555555555556).abs() < 1e-12, "{v:?}");
         let err = eval_at(r#"label_join(m, "a", "-", "nosuch")"#, &data, 1_000).expect_err("same labels twice");
         assert!(err.to_string().contains("same labelset"), "{err}");
+        for q in [r#"count_values("a b", m)"#, r#"label_replace(m, "1bad", "x", "a", ".*")"#, "topk(1e30, m)"] {
+            assert!(eval_at(q, &data, 1_000).is_err(), "{q} is refused");
+        }
+        let Ok(Value::Vector(v)) = eval_at(r#"absent(x{a="b", a="c", z="y"})"#, &data, 1_000) else { panic!("absent") };
+        assert_eq!(v, vec![(vec![("z".to_string(), "y".to_string())], 1.0)], "a label matched twice is left out");
     }
 
     #[test]

@@ -332,6 +332,9 @@ pub(crate) async fn label_values(
     body: Bytes,
 ) -> Response {
     let p = params(&q, uri.query(), &headers, &body);
+    if name != "__name__" && !promql::valid_label_name(&name) {
+        return bad_data(format!("invalid label name: {name:?}")).into_response();
+    }
     let db = p.database().to_string();
     let values: BTreeSet<String> = match matched(&app, &who, &p, false).await {
         Err(r) => return r.into_response(),

@@ -75,6 +75,8 @@ async fn promql_instant_and_range_queries_series_and_labels() {
     assert_eq!(v["data"], json!(["http_requests_total", "up"]), "{v}");
     let (_, v) = get(&server, "/api/v1/label/instance/values", &[]).await;
     assert_eq!(v["data"], json!(["a:80", "b:80"]), "{v}");
+    let (status, v) = get(&server, "/api/v1/label/a-b/values", &[]).await;
+    assert_eq!(status, 400, "not a label name: {v}");
     let (status, v) = get(&server, "/api/v1/status/buildinfo", &[]).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("success")), "{v}");
 
