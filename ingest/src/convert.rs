@@ -224,13 +224,7 @@ pub fn logs_to_write(
                 tags.push((k.to_string(), v));
             }
         }
-        let optional = |name: &str, v: Vec<String>| -> Option<FieldColumn> {
-            if v.iter().all(String::is_empty) {
-                return None;
-            }
-            let validity = v.iter().any(String::is_empty).then(|| v.iter().map(|s| !s.is_empty()).collect());
-            Some(FieldColumn { name: name.into(), values: FieldValues::Str(v), validity })
-        };
+        let optional = optional_text;
         let mut fields =
             vec![FieldColumn { name: "message".into(), values: FieldValues::Str(g.message), validity: None }];
         fields.extend(optional("trace_id", g.trace_id));
@@ -239,6 +233,16 @@ pub fn logs_to_write(
         blocks.push(SeriesBlock { item: g.items[0], tags, timestamps: g.timestamps, fields });
     }
     (TableWrite { table, blocks }, rejected, members)
+}
+
+/// A text field where an empty string is NULL; no column at all when
+/// every value is empty (optional log and span columns).
+pub(crate) fn optional_text(name: &str, v: Vec<String>) -> Option<FieldColumn> {
+    if v.iter().all(String::is_empty) {
+        return None;
+    }
+    let validity = v.iter().any(String::is_empty).then(|| v.iter().map(|s| !s.is_empty()).collect());
+    Some(FieldColumn { name: name.into(), values: FieldValues::Str(v), validity })
 }
 
 #[cfg(test)]

@@ -181,13 +181,7 @@ pub fn spans_to_write(req: ExportTraceServiceRequest, limits: &WriteLimits) -> S
         tags.push(("status".to_string(), status.to_string()));
         let text =
             |name: &str, v: Vec<String>| FieldColumn { name: name.into(), values: FieldValues::Str(v), validity: None };
-        let optional = |name: &str, v: Vec<String>| -> Option<FieldColumn> {
-            if v.iter().all(String::is_empty) {
-                return None;
-            }
-            let validity = v.iter().any(String::is_empty).then(|| v.iter().map(|s| !s.is_empty()).collect());
-            Some(FieldColumn { name: name.into(), values: FieldValues::Str(v), validity })
-        };
+        let optional = crate::convert::optional_text;
         let mut fields = vec![
             text("trace_id", g.trace_id),
             text("span_id", g.span_id),

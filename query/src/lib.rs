@@ -56,6 +56,26 @@ pub use catalog::LiveTable;
 pub use metrics::{LATENCY_BUCKETS, PHASES, QueryMetrics};
 pub use tocsin_auth::Principal;
 
+/// `name` as an SQL identifier (double-quoted, quotes doubled).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `s` as an SQL string literal (single-quoted, quotes doubled).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The tag (dictionary) columns of a table's schema, in schema order.
+pub fn tag_names(schema: &arrow::datatypes::Schema) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Dictionary(..)))
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 /// Where the hint of a missing table starts: "table 'tocsin.public.cpu' not
 /// found; database telegraf has a table ...".
 pub const TABLE_ELSEWHERE: &str = "; database ";

@@ -18,7 +18,7 @@ use promql_parser::parser::{
     VectorMatchCardinality, VectorSelector,
 };
 
-use crate::{Principal, QueryEngine};
+use crate::{Principal, QueryEngine, quote_ident, quote_literal as quote_str, tag_names};
 
 /// How far back an instant selector looks for a sample (Prometheus' default).
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
@@ -384,14 +384,6 @@ fn matches(m: &Matchers, labels: &Labels) -> bool {
     all(&m.matchers) && (m.or_matchers.is_empty() || m.or_matchers.iter().any(|ms| all(ms)))
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_str(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// Reads every selector's samples once, with SQL as the caller.
 async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetched, PromError> {
     let mut wanted = Vec::new();
@@ -436,12 +428,7 @@ async fn read_metric(
     if schema.index_of("value").is_err() {
         return Ok(Vec::new());
     }
-    let tags: Vec<String> = schema
-        .fields()
-        .iter()
-        .filter(|f| matches!(f.data_type(), DataType::Dictionary(_, _)))
-        .map(|f| f.name().clone())
-        .collect();
+    let tags = tag_names(&schema);
     // Equality matchers on tags narrow the read; every matcher is checked
     // again on the labels.
     let mut filters = vec![

@@ -333,13 +333,7 @@ fn field_type(t: &DataType) -> &'static str {
     }
 }
 
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn string(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+use tocsin_query::{quote_ident as ident, quote_literal as string};
 
 fn number(v: f64) -> String {
     if v.is_finite() { format!("{v:?}") } else { "NULL".into() }

@@ -286,16 +286,7 @@ fn metrics(app: &AppState, who: &Principal, db: &str) -> Vec<String> {
 }
 
 fn tags_of(app: &AppState, db: &str, table: &str) -> Vec<String> {
-    app.storage
-        .table_schema(db, table)
-        .map(|s| {
-            s.fields()
-                .iter()
-                .filter(|f| matches!(f.data_type(), arrow::datatypes::DataType::Dictionary(_, _)))
-                .map(|f| f.name().clone())
-                .collect()
-        })
-        .unwrap_or_default()
+    app.storage.table_schema(db, table).map(|s| tocsin_query::tag_names(&s)).unwrap_or_default()
 }
 
 pub(crate) async fn labels(
@@ -348,10 +339,10 @@ pub(crate) async fn label_values(
                 if !tags_of(&app, &db, &m).contains(&name) {
                     continue;
                 }
-                let col = format!("\"{}\"", name.replace('"', "\"\""));
+                let col = tocsin_query::quote_ident(&name);
                 let sql = format!(
-                    "SELECT DISTINCT {col} AS v FROM \"{}\" WHERE {col} IS NOT NULL AND {col} <> ''",
-                    m.replace('"', "\"\"")
+                    "SELECT DISTINCT {col} AS v FROM {} WHERE {col} IS NOT NULL AND {col} <> ''",
+                    tocsin_query::quote_ident(&m)
                 );
                 match app.query.execute_as(&sql, Some(&db), Some(&who)).await {
                     Ok(r) => {
