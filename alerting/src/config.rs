@@ -27,8 +27,8 @@ mod compile;
 mod file;
 #[cfg(test)]
 mod reference;
-pub use compile::check_sql;
 use compile::*;
+pub use compile::{check_promql, check_sql};
 pub use file::*;
 
 // ---------------------------------------------------------------------------
@@ -813,7 +813,9 @@ groups:
         let err = check(sql, "CPU on {{ hots }}").expect_err("a typo");
         assert!(err.contains("uses {{ hots }}, which this rule's alerts do not have"), "{err}");
         assert!(err.contains("alertname, severity, host, Room, dc, team"), "{err}");
-        assert!(check(sql, "{{ humanize $value }}").is_err(), "Go template functions are not supported");
+        assert_eq!(check(sql, "{{ humanize $value }} on {{ $labels.host | toUpper }}"), Ok(()));
+        let err = check(sql, "{{ humanise $value }}").expect_err("not a function");
+        assert!(err.contains("unknown function \"humanise\""), "{err}");
         // The same for depends_on's `equal` (review: `equal: [hots]` let one
         // host that was down suppress every other host's alerts).
         let dep = |equal: &str| {

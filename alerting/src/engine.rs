@@ -20,7 +20,7 @@ use crate::dispatch::{Dispatcher, Job, Mute, TickInput};
 use crate::matcher::Matchers;
 use crate::notify::{Attempt, Notifier, RetryPolicy};
 use crate::on_ingest::{IngestBatch, IngestObserver};
-use crate::rule::{RuleGroup, evaluate, evaluate_with, samples_from_batches};
+use crate::rule::{RuleGroup, Sample, evaluate, evaluate_with, samples_from_batches};
 use crate::state::{Ack, AlertState, Instance, Silence, Transition};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,71 @@ impl tocsin_storage::errors::Classify for EngineError {
 #[async_trait]
 pub trait RuleQuerier: Send + Sync {
     async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>, String>;
+    /// Evaluates a rule's PromQL expression (`expr:`) at `at_ms`: one
+    /// sample per element of the result.
+    async fn promql(&self, expr: &str, database: Option<&str>, at_ms: i64) -> Result<Vec<Sample>, String>;
+    /// Writes a recording rule's result: one sample per series of the
+    /// metric `metric`, at `at_ms`.
+    async fn record(&self, database: Option<&str>, metric: &str, samples: &[Sample], at_ms: i64) -> Result<(), String>;
+}
+
+/// [`RuleQuerier::record`] into a storage: each sample a row of table
+/// `metric` (its labels the tags, its value the field `value`).
+pub async fn record_samples(
+    storage: &tocsin_storage::Storage,
+    database: Option<&str>,
+    metric: &str,
+    samples: &[Sample],
+    at_ms: i64,
+) -> Result<(), String> {
+    use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, TableWrite};
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let blocks = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SeriesBlock {
+            item: i as u32,
+            tags: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            timestamps: vec![at_ms.saturating_mul(1_000_000)],
+            fields: vec![FieldColumn { name: "value".into(), values: FieldValues::F64(vec![s.value]), validity: None }],
+        })
+        .collect();
+    let db = database.unwrap_or(tocsin_query::names::DEFAULT_DATABASE);
+    let out = storage
+        .write(db, vec![TableWrite { table: metric.to_string(), blocks }])
+        .await
+        .map_err(|e| format!("writing {metric}: {e}"))?;
+    match out.rejected.first() {
+        Some(r) => {
+            Err(format!("writing {metric}: {} of {} series refused: {}", out.rejected.len(), samples.len(), r.error))
+        }
+        None => Ok(()),
+    }
+}
+
+/// [`RuleQuerier::promql`] over a query engine: an instant query at
+/// `at_ms`, each element's labels without `__name__` (as Prometheus gives
+/// its alerts), a scalar result as one sample without labels.
+pub async fn promql_samples(
+    engine: &tocsin_query::QueryEngine,
+    expr: &str,
+    database: Option<&str>,
+    at_ms: i64,
+) -> Result<Vec<Sample>, String> {
+    use tocsin_query::promql::{self, Answer, Reader};
+    let reader = Reader { engine, who: None, database: database.unwrap_or(tocsin_query::names::DEFAULT_DATABASE) };
+    let sample = |labels: &[(String, String)], value: f64| Sample {
+        labels: labels.iter().filter(|(k, _)| k != "__name__").cloned().collect(),
+        value,
+        thresholds: Vec::new(),
+    };
+    match promql::instant(&reader, expr, at_ms).await.map_err(|e| e.to_string())? {
+        Answer::Vector(_, v) => Ok(v.iter().map(|(labels, value)| sample(labels, *value)).collect()),
+        Answer::Scalar(_, value) => Ok(vec![sample(&[], value)]),
+        Answer::String(..) | Answer::Matrix(_) => Err("the expression must give an instant vector or a scalar".into()),
+    }
 }
 
 /// Where transitions and delivery attempts are recorded.
@@ -435,6 +500,9 @@ impl AlertEngine {
         }
         let mut transitions = Vec::new();
         for g in &due {
+            for rec in &g.records {
+                self.evaluate_recording(g, rec).await;
+            }
             for rule in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
                 // Outside its time intervals a rule is not evaluated, and
                 // what it had firing resolves (nobody is paged overnight
@@ -449,8 +517,13 @@ impl AlertEngine {
                     }
                 }
                 let started = Instant::now();
-                let result = self.querier.query(&rule.sql, g.database.as_deref()).await;
-                let samples = result.and_then(|b| samples_from_batches(&b));
+                let samples = match &rule.expr {
+                    Some(expr) => self.querier.promql(expr, g.database.as_deref(), self.clock.now_ms()).await,
+                    None => {
+                        let result = self.querier.query(&rule.sql, g.database.as_deref()).await;
+                        result.and_then(|b| samples_from_batches(&b))
+                    }
+                };
                 let elapsed = started.elapsed();
                 self.metrics.evaluations.fetch_add(1, Ordering::Relaxed);
                 self.metrics.evaluation_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -490,6 +563,49 @@ impl AlertEngine {
         }
         self.finish_round(transitions).await;
         self.drain_attempts().await;
+    }
+
+    /// Evaluates a recording rule and writes its result; a failure is the
+    /// rule's health, as for alerting rules.
+    async fn evaluate_recording(&self, g: &RuleGroup, rec: &crate::rule::Recording) {
+        let started = Instant::now();
+        let at = self.clock.now_ms();
+        let db = g.database.as_deref();
+        let result = match self.querier.promql(&rec.expr, db, at).await {
+            Ok(mut samples) => {
+                let mut seen = std::collections::HashSet::new();
+                let mut duplicate = false;
+                for s in &mut samples {
+                    s.labels.extend(rec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    duplicate |= !seen.insert(s.labels.clone());
+                }
+                if duplicate {
+                    Err("the result holds the same label set twice once the rule's labels are added".to_string())
+                } else {
+                    self.querier.record(db, &rec.name, &samples, at).await
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let elapsed = started.elapsed();
+        self.metrics.evaluations.fetch_add(1, Ordering::Relaxed);
+        self.metrics.evaluation_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        let mut inner = self.inner.lock();
+        let health = inner.health.entry(rule_key(&g.name, &rec.name)).or_insert_with(|| RuleHealth {
+            group: g.name.clone(),
+            rule: rec.name.clone(),
+            ..Default::default()
+        });
+        health.last_evaluation = Some(at);
+        health.duration_ms = elapsed.as_secs_f64() * 1000.0;
+        match result {
+            Ok(()) => health.error = None,
+            Err(e) => {
+                self.metrics.evaluation_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(group = %g.name, record = %rec.name, "recording rule failed: {e}");
+                health.error = Some(e);
+            }
+        }
     }
 
     /// After evaluations: dispatch, persist, hand the jobs to the notifier

@@ -25,6 +25,9 @@ pub enum Op {
     Le,
     Eq,
     Ne,
+    /// Every value, NaN included: a PromQL rule without thresholds fires
+    /// for each element its expression returns, as in Prometheus.
+    Present,
 }
 
 impl Op {
@@ -36,6 +39,7 @@ impl Op {
             Op::Le => "<=",
             Op::Eq => "==",
             Op::Ne => "!=",
+            Op::Present => "present",
         }
     }
 }
@@ -70,13 +74,17 @@ impl Threshold {
             Op::Le => v <= self.value,
             Op::Eq => v == self.value,
             Op::Ne => !v.is_nan() && v != self.value,
+            Op::Present => true,
         }
     }
 }
 
 impl fmt::Display for Threshold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.op.as_str(), self.value)
+        match self.op {
+            Op::Present => f.write_str(self.op.as_str()),
+            op => write!(f, "{} {}", op.as_str(), self.value),
+        }
     }
 }
 
@@ -99,8 +107,11 @@ pub struct IngestSource {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
-    /// Empty for `on_ingest` rules.
+    /// Empty for `on_ingest` and PromQL rules.
     pub sql: String,
+    /// A PromQL expression (`expr:`), evaluated as an instant query: each
+    /// element of its result is one row.
+    pub expr: Option<String>,
     pub on_ingest: Option<IngestSource>,
     /// From least to most severe, as written; the last one crossed names
     /// the instance's severity.
@@ -128,12 +139,24 @@ pub struct Dependency {
     pub equal: Vec<String>,
 }
 
+/// A recording rule: `expr` (PromQL) evaluated with the group and its
+/// result written as the metric `name` (labels: the result's, then the
+/// rule's), as Prometheus' `record:` rules are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recording {
+    pub name: String,
+    pub expr: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RuleGroup {
     pub name: String,
     pub interval: Duration,
     pub database: Option<String>,
     pub rules: Vec<Rule>,
+    /// Evaluated before `rules` at each evaluation.
+    pub records: Vec<Recording>,
 }
 
 /// One row of a rule's result: its labels and value.
@@ -506,6 +529,7 @@ mod tests {
         Rule {
             name: "HighCpu".into(),
             sql: "SELECT host, v AS value FROM t".into(),
+            expr: None,
             on_ingest: None,
             thresholds: vec![
                 ("warning".into(), Threshold::parse("> 80").expect("t")),

@@ -128,6 +128,18 @@ impl RuleQuerier for OwnQueries {
     async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<arrow::array::RecordBatch>, String> {
         self.0.execute(sql, database).await.map(|r| r.batches).map_err(|e| e.to_string())
     }
+    async fn promql(&self, expr: &str, database: Option<&str>, at_ms: i64) -> Result<Vec<crate::rule::Sample>, String> {
+        crate::engine::promql_samples(&self.0, expr, database, at_ms).await
+    }
+    async fn record(
+        &self,
+        database: Option<&str>,
+        metric: &str,
+        samples: &[crate::rule::Sample],
+        at_ms: i64,
+    ) -> Result<(), String> {
+        crate::engine::record_samples(self.0.storage(), database, metric, samples, at_ms).await
+    }
 }
 
 struct NoHistory;
@@ -350,6 +362,101 @@ tests:
         assert!(out[0].failures.is_empty(), "{:?}", out[0].failures);
         assert_eq!(out[1].failures.len(), 1, "{:?}", out[1].failures);
         assert!(out[1].failures[0].contains("host=web-4") && out[1].failures[0].contains("host=web-3"));
+    }
+}
+
+#[cfg(test)]
+mod promql_rules {
+    use super::*;
+
+    /// A Prometheus-style rule (`expr:`, no thresholds, `labels.severity`)
+    /// and a PromQL rule with thresholds, over a real storage and query
+    /// engine, on the simulated clock.
+    #[tokio::test]
+    async fn promql_rules_fire_as_prometheus_rules_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("rules.yml"),
+            r#"
+groups:
+  - name: g
+    interval: 10s
+    rules:
+      - alert: HotRoom
+        expr: avg_over_time(temp[20s]) > 30
+        for: 10s
+        labels: { severity: warning }
+        annotations: { summary: "{{ $labels.room }}: {{ $value | humanize }}" }
+      - alert: TempLevel
+        expr: max by (room) (temp)
+        thresholds: { warning: "> 25", critical: "> 40" }
+      - alert: RecordedHot
+        expr: room:temp:max > 45
+      - record: room:temp:max
+        expr: max by (room) (temp)
+        labels: { source: rule }
+"#,
+        )
+        .expect("write");
+        let test = r#"
+rule_files: [rules.yml]
+evaluation_interval: 10s
+tests:
+  - name: promql
+    interval: 10s
+    input:
+      - table: temp
+        tags: { room: a }
+        fields: { value: "20 35 35 35 35 50 50 20 20 20" }
+      - table: temp
+        tags: { room: b }
+        fields: { value: "10x10" }
+    alerts:
+      - at: 20s
+        firing: [{ alertname: TempLevel, room: a, severity: warning }]
+        pending: []
+      - at: 30s
+        firing: [{ alertname: TempLevel, room: a, severity: warning }]
+        pending: [{ alertname: HotRoom, room: a, severity: warning }]
+      - at: 40s
+        firing: [{ alertname: HotRoom, room: a, severity: warning }, { alertname: TempLevel, room: a }]
+      - at: 50s
+        firing:
+          - { alertname: HotRoom, room: a }
+          - { alertname: TempLevel, room: a, severity: critical }
+          - { alertname: RecordedHot, room: a, source: rule, severity: critical }
+      - at: 90s
+        firing: []
+"#;
+        let tf = dir.path().join("test.yml");
+        std::fs::write(&tf, test).expect("write");
+        let out = run_file(&tf).await.expect("runs");
+        assert_eq!(out.len(), 1);
+        assert!(out[0].failures.is_empty(), "{:?}", out[0].failures);
+    }
+
+    #[test]
+    fn promql_rule_files_are_checked_when_loaded() {
+        let load = |rule: &str| {
+            let path = PathBuf::from("rules.yml");
+            let text = format!("groups:\n  - name: g\n    rules:\n      - {rule}\n");
+            parse_file(&path, &text)
+                .and_then(|f| Config::from_files(vec![(path, f)]))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(load("{ alert: A, expr: 'up == 0', labels: { severity: page } }"), Ok(()));
+        let err = load("{ alert: A, expr: 'rate(up[5m]' }").expect_err("a syntax error");
+        assert!(err.contains("expr:"), "{err}");
+        let err = load("{ alert: A, expr: 'up[5m]' }").expect_err("a range vector");
+        assert!(err.contains("instant vector or a scalar"), "{err}");
+        let err = load("{ alert: A, expr: up, sql: 'SELECT 1 AS value' }").expect_err("both");
+        assert!(err.contains("one of `sql`, `expr`"), "{err}");
+        let err = load("{ alert: A, expr: up, thresholds: { critical: '> 1' }, labels: { severity: x } }")
+            .expect_err("severity twice");
+        assert!(err.contains("labels.severity"), "{err}");
+        let err = load("{ alert: A, expr: up, annotations: { s: '{{ $value | humanise }}' } }").expect_err("typo");
+        assert!(err.contains("unknown function \"humanise\""), "{err}");
     }
 }
 

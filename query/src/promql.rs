@@ -14,9 +14,11 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampNanosecondType};
 use promql_parser::label::{MatchOp, Matchers};
 use promql_parser::parser::{
-    self, AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
+    self, AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset, SubqueryExpr,
     VectorMatchCardinality, VectorSelector,
 };
+
+pub use promql_parser::parser::value::ValueType;
 
 use crate::{Principal, QueryEngine, quote_ident, quote_literal as quote_str, tag_names};
 
@@ -29,6 +31,14 @@ pub const MAX_SAMPLES: usize = 50_000_000;
 /// Most points a query may answer with (each series at each step): the
 /// answer is built in memory, about 150 bytes a point as JSON.
 pub const MAX_POINTS: usize = 2_000_000;
+/// A subquery's step when it names none (`x[5m:]`): Prometheus' default
+/// evaluation interval.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+/// Most evaluations of subqueries' inner expressions in one query (each
+/// outer step evaluates the inner expression at each of its own steps).
+pub const MAX_SUBQUERY_STEPS: u64 = 1_000_000;
+/// Most metrics a selector without a metric name (`{job="x"}`) may read.
+pub const MAX_METRICS: usize = 2_000;
 /// Times (milliseconds) a query may name: about ±292,000 years, so that
 /// arithmetic on them cannot overflow.
 pub const MAX_TIME_MS: i64 = 1 << 53;
@@ -106,7 +116,7 @@ pub fn parse(q: &str) -> Result<Expr, PromError> {
             q.len()
         )));
     }
-    let expr = parser::parse(q).map_err(PromError::Parse)?;
+    let expr = parser::parse(&renamed(q)).map_err(PromError::Parse)?;
     let d = depth(&expr);
     if d > MAX_DEPTH {
         return Err(PromError::Parse(format!(
@@ -114,6 +124,46 @@ pub fn parse(q: &str) -> Result<Expr, PromError> {
         )));
     }
     Ok(expr)
+}
+
+/// `q` with Prometheus 2's `holt_winters(` called by the name the parser
+/// knows (Prometheus 3 renamed it `double_exponential_smoothing`); quoted
+/// strings are left as they are.
+fn renamed(q: &str) -> std::borrow::Cow<'_, str> {
+    const OLD: &str = "holt_winters";
+    if !q.contains(OLD) {
+        return q.into();
+    }
+    let mut out = String::with_capacity(q.len() + 32);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut i = 0;
+    while let Some(c) = q[i..].chars().next() {
+        match quote {
+            Some(open) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && open != '`' {
+                    escaped = true;
+                } else if c == open {
+                    quote = None;
+                }
+            }
+            None if matches!(c, '"' | '\'' | '`') => quote = Some(c),
+            None if q[i..].starts_with(OLD)
+                && !q[..i].ends_with(|p: char| p.is_ascii_alphanumeric() || p == '_' || p == ':')
+                && q[i + OLD.len()..].trim_start().starts_with('(') =>
+            {
+                out.push_str("double_exponential_smoothing");
+                i += OLD.len();
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out.into()
 }
 
 /// The depth of `expr`'s tree, walked without recursion.
@@ -192,7 +242,7 @@ async fn evaluate(
     let _guard = OnDrop(std::sync::Arc::clone(&cancel));
     let deadline = std::time::Instant::now() + r.engine.query_timeout();
     let task = tokio::task::spawn_blocking(move || {
-        let ev = Evaluator { data: &data, start, end, regexes: Default::default() };
+        let ev = Evaluator::new(&data, start, end, deadline, cancel);
         if start == end && step == 1 {
             return ev.eval(&expr, start).map(|v| (v, Vec::new()));
         }
@@ -200,12 +250,7 @@ async fn evaluate(
         let mut t = start;
         let mut points = 0usize;
         while t <= end {
-            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(PromError::Canceled);
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(PromError::Timeout);
-            }
+            ev.check()?;
             match ev.eval(&expr, t)? {
                 Value::Scalar(v) => {
                     points += 1;
@@ -250,7 +295,7 @@ pub async fn range(r: &Reader<'_>, q: &str, start: i64, end: i64, step: i64) -> 
     }
     let expr = parse(q)?;
     match expr.value_type() {
-        parser::value::ValueType::Vector | parser::value::ValueType::Scalar => {}
+        ValueType::Vector | ValueType::Scalar => {}
         t => {
             return Err(PromError::Parse(format!(
                 "invalid expression type \"{t}\" for range query, must be Scalar or instant Vector"
@@ -267,8 +312,11 @@ pub async fn series(r: &Reader<'_>, selector: &str, start: i64, end: i64) -> Res
     let Expr::VectorSelector(vs) = parse(selector)? else {
         return Err(PromError::Parse(format!("{selector}: a match[] must be a series selector")));
     };
-    let metric = metric_name(&vs)?;
-    Ok(read_metric(r, &metric, &vs, start, end).await?.into_iter().map(|s| s.labels).collect())
+    let mut out = Vec::new();
+    for metric in metrics_of(r, &vs)? {
+        out.extend(read_metric(r, &metric, &vs, start, end).await?.into_iter().map(|s| s.labels));
+    }
+    Ok(out)
 }
 
 /// A selector's identity (its text) and the samples it may need.
@@ -307,54 +355,58 @@ fn at(at: &Option<AtModifier>, t: i64, start: i64, end: i64) -> i64 {
     }
 }
 
-/// Every selector of `expr` with the window `[from, to]` it reads.
+/// Every selector of `expr` with the window `[from, to]` it reads when
+/// `expr` is evaluated from `start` to `end`; `query` is the query's own
+/// start and end (what `@ start()` and `@ end()` name, in subqueries too).
 fn selectors<'a>(
     expr: &'a Expr,
     start: i64,
     end: i64,
+    query: (i64, i64),
     out: &mut Vec<(&'a VectorSelector, i64, i64)>,
 ) -> Result<(), PromError> {
+    // The window `[start, end]` moved by a node's `offset` and `@`.
+    let shifted = |o: &Option<Offset>, a: &Option<AtModifier>| -> (i64, i64) {
+        let off = offset_ms(o);
+        let (from, to) = match a {
+            None => (start, end),
+            some => {
+                let t = at(some, start, query.0, query.1);
+                (t, t)
+            }
+        };
+        (from.saturating_sub(off), to.saturating_sub(off))
+    };
     match expr {
         Expr::VectorSelector(vs) => {
-            let off = offset_ms(&vs.offset);
-            let (a, b) = match &vs.at {
-                None => (start, end),
-                some => {
-                    let t = at(some, start, start, end);
-                    (t, t)
-                }
-            };
-            out.push((vs, a.saturating_sub(off).saturating_sub(LOOKBACK_MS), b.saturating_sub(off)));
+            let (a, b) = shifted(&vs.offset, &vs.at);
+            out.push((vs, a.saturating_sub(LOOKBACK_MS), b));
         }
         Expr::MatrixSelector(MatrixSelector { vs, range }) => {
-            let off = offset_ms(&vs.offset);
-            let (a, b) = match &vs.at {
-                None => (start, end),
-                some => {
-                    let t = at(some, start, start, end);
-                    (t, t)
-                }
-            };
-            out.push((vs, a.saturating_sub(off).saturating_sub(duration_ms(*range)), b.saturating_sub(off)));
+            let (a, b) = shifted(&vs.offset, &vs.at);
+            out.push((vs, a.saturating_sub(duration_ms(*range)), b));
+        }
+        Expr::Subquery(sq) => {
+            let (a, b) = shifted(&sq.offset, &sq.at);
+            selectors(&sq.expr, a.saturating_sub(duration_ms(sq.range)), b, query, out)?;
         }
         Expr::Aggregate(a) => {
-            selectors(&a.expr, start, end, out)?;
+            selectors(&a.expr, start, end, query, out)?;
             if let Some(p) = &a.param {
-                selectors(p, start, end, out)?;
+                selectors(p, start, end, query, out)?;
             }
         }
-        Expr::Unary(u) => selectors(&u.expr, start, end, out)?,
+        Expr::Unary(u) => selectors(&u.expr, start, end, query, out)?,
         Expr::Binary(b) => {
-            selectors(&b.lhs, start, end, out)?;
-            selectors(&b.rhs, start, end, out)?;
+            selectors(&b.lhs, start, end, query, out)?;
+            selectors(&b.rhs, start, end, query, out)?;
         }
-        Expr::Paren(p) => selectors(&p.expr, start, end, out)?,
+        Expr::Paren(p) => selectors(&p.expr, start, end, query, out)?,
         Expr::Call(c) => {
             for a in &c.args.args {
-                selectors(a, start, end, out)?;
+                selectors(a, start, end, query, out)?;
             }
         }
-        Expr::Subquery(_) => return Err(PromError::Unsupported("subqueries are not supported yet".into())),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
         Expr::Extension(_) => return Err(PromError::Unsupported("extension expressions are not supported".into())),
     }
@@ -362,20 +414,42 @@ fn selectors<'a>(
 }
 
 /// The metric a selector names (`name{...}` or `{__name__="name"}`).
-fn metric_name(vs: &VectorSelector) -> Result<String, PromError> {
+fn metric_name(vs: &VectorSelector) -> Option<String> {
     if let Some(n) = &vs.name {
-        return Ok(n.clone());
+        return Some(n.clone());
     }
     vs.matchers
         .matchers
         .iter()
         .find(|m| m.name == "__name__" && matches!(m.op, MatchOp::Equal))
         .map(|m| m.value.clone())
-        .ok_or_else(|| {
-            PromError::Unsupported(format!(
-                "selector {vs}: name the metric (`name{{...}}` or `{{__name__=\"name\"}}`); selectors across metrics are not supported yet"
-            ))
-        })
+}
+
+/// The metrics a selector reads: the one it names, or for a selector
+/// without a name (`{job="node"}`, `{__name__=~"node_.*"}`) every metric
+/// of the database its `__name__` matchers accept and the caller may read.
+fn metrics_of(r: &Reader<'_>, vs: &VectorSelector) -> Result<Vec<String>, PromError> {
+    if let Some(name) = metric_name(vs) {
+        return Ok(vec![name]);
+    }
+    let name_matchers: Vec<&promql_parser::label::Matcher> =
+        vs.matchers.matchers.iter().filter(|m| m.name == "__name__").collect();
+    let storage = r.engine.storage();
+    let mut out: Vec<String> = storage
+        .tables(r.database)
+        .into_iter()
+        .filter(|t| name_matchers.iter().all(|m| m.is_match(t)))
+        .filter(|t| r.who.is_none_or(|w| w.check_table(tocsin_auth::Permission::Query, r.database, t).is_ok()))
+        .filter(|t| storage.table_schema(r.database, t).is_some_and(|s| s.index_of("value").is_ok()))
+        .collect();
+    if out.len() > MAX_METRICS {
+        return Err(PromError::Execution(format!(
+            "selector {vs} matches {} metrics, more than {MAX_METRICS}: name the metric or narrow `__name__`",
+            out.len()
+        )));
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn matches(m: &Matchers, labels: &Labels) -> bool {
@@ -387,7 +461,7 @@ fn matches(m: &Matchers, labels: &Labels) -> bool {
 /// Reads every selector's samples once, with SQL as the caller.
 async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetched, PromError> {
     let mut wanted = Vec::new();
-    selectors(expr, start, end, &mut wanted)?;
+    selectors(expr, start, end, (start, end), &mut wanted)?;
     // One read per selector, over the widest window it needs.
     let mut windows: HashMap<String, (&VectorSelector, i64, i64)> = HashMap::new();
     for (vs, a, b) in wanted {
@@ -398,13 +472,15 @@ async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetc
     let mut out = Fetched::new();
     let mut total = 0usize;
     for (key, (vs, a, b)) in windows {
-        let metric = metric_name(vs)?;
-        let series = read_metric(r, &metric, vs, a, b).await?;
-        total += series.iter().map(|s| s.samples.len()).sum::<usize>();
-        if total > MAX_SAMPLES {
-            return Err(PromError::Execution(format!(
-                "query processing would load too many samples into memory (more than {MAX_SAMPLES})"
-            )));
+        let mut series = Vec::new();
+        for metric in metrics_of(r, vs)? {
+            series.extend(read_metric(r, &metric, vs, a, b).await?);
+            total += series.iter().map(|s| s.samples.len()).sum::<usize>();
+            if total > MAX_SAMPLES {
+                return Err(PromError::Execution(format!(
+                    "query processing would load too many samples into memory (more than {MAX_SAMPLES})"
+                )));
+            }
         }
         out.insert(key, series);
     }
@@ -500,6 +576,11 @@ struct Evaluator<'a> {
     end: i64,
     /// label_replace's regexes, compiled once per query.
     regexes: std::cell::RefCell<HashMap<String, regex::Regex>>,
+    deadline: std::time::Instant,
+    /// Set when the caller went away.
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Inner evaluations of subqueries so far.
+    subquery_steps: std::cell::Cell<u64>,
 }
 
 fn without_name(labels: &Labels) -> Labels {
@@ -546,7 +627,90 @@ fn variance(values: impl Iterator<Item = f64>) -> f64 {
     sum / n
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
+    fn new(
+        data: &'a Fetched,
+        start: i64,
+        end: i64,
+        deadline: std::time::Instant,
+        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Evaluator {
+            data,
+            start,
+            end,
+            regexes: Default::default(),
+            deadline,
+            cancel,
+            subquery_steps: Default::default(),
+        }
+    }
+
+    /// Whether to go on: the caller is there and the timeout not reached.
+    fn check(&self) -> Result<(), PromError> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(PromError::Canceled);
+        }
+        if std::time::Instant::now() > self.deadline {
+            return Err(PromError::Timeout);
+        }
+        Ok(())
+    }
+
+    /// A subquery at `t`: its expression evaluated at each multiple of its
+    /// step in `[t - range, t]` (offset and `@` applied), as a range vector.
+    fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Vec<Series>, PromError> {
+        let end = at(&sq.at, t, self.start, self.end).saturating_sub(offset_ms(&sq.offset));
+        let from = end.saturating_sub(duration_ms(sq.range));
+        let step = sq.step.map(duration_ms).unwrap_or(DEFAULT_SUBQUERY_STEP_MS).max(1);
+        let mut ti = from.div_euclid(step).saturating_mul(step);
+        if ti < from {
+            ti = ti.saturating_add(step);
+        }
+        let steps = if end >= ti { ((end - ti) / step + 1) as u64 } else { 0 };
+        let total = self.subquery_steps.get().saturating_add(steps);
+        if total > MAX_SUBQUERY_STEPS {
+            return Err(PromError::Execution(format!(
+                "subqueries would be evaluated at more than {MAX_SUBQUERY_STEPS} steps; widen their step or \
+                 shorten their range"
+            )));
+        }
+        self.subquery_steps.set(total);
+        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        while ti <= end {
+            self.check()?;
+            match self.eval(&sq.expr, ti)? {
+                Value::Vector(v) => {
+                    for (labels, x) in v {
+                        out.entry(labels).or_default().push((ti, x));
+                    }
+                }
+                Value::Scalar(x) => out.entry(Vec::new()).or_default().push((ti, x)),
+                _ => return Err(PromError::Execution("a subquery needs an instant vector or a scalar".into())),
+            }
+            let Some(next) = ti.checked_add(step) else { break };
+            ti = next;
+        }
+        Ok(out.into_iter().map(|(labels, samples)| Series { labels, samples }).collect())
+    }
+
+    /// A function's range-vector argument (a range selector or a
+    /// subquery): its series, and the window `(from, to)` they were read in.
+    fn range_arg(&self, e: &Expr, t: i64, name: &str) -> Result<(Vec<Series>, i64, i64), PromError> {
+        match e {
+            Expr::MatrixSelector(ms) => {
+                let to = at(&ms.vs.at, t, self.start, self.end).saturating_sub(offset_ms(&ms.vs.offset));
+                Ok((self.range_selector(ms, t), to.saturating_sub(duration_ms(ms.range)), to))
+            }
+            Expr::Subquery(sq) => {
+                let to = at(&sq.at, t, self.start, self.end).saturating_sub(offset_ms(&sq.offset));
+                Ok((self.subquery(sq, t)?, to.saturating_sub(duration_ms(sq.range)), to))
+            }
+            Expr::Paren(p) => self.range_arg(&p.expr, t, name),
+            _ => Err(PromError::Execution(format!("{name}() needs a range vector"))),
+        }
+    }
+
     fn eval(&self, expr: &Expr, t: i64) -> Result<Value, PromError> {
         Ok(match expr {
             Expr::NumberLiteral(n) => Value::Scalar(n.val),
@@ -562,9 +726,8 @@ impl Evaluator<'_> {
             Expr::Aggregate(a) => self.aggregate(a, t)?,
             Expr::Binary(b) => self.binary(b, t)?,
             Expr::Call(c) => self.call(c, t)?,
-            Expr::Subquery(_) | Expr::Extension(_) => {
-                return Err(PromError::Unsupported("subqueries are not supported yet".into()));
-            }
+            Expr::Subquery(sq) => Value::Matrix(self.subquery(sq, t)?),
+            Expr::Extension(_) => return Err(PromError::Unsupported("extension expressions are not supported".into())),
         })
     }
 
@@ -883,14 +1046,10 @@ impl Evaluator<'_> {
             args.get(i).map(|b| b.as_ref()).ok_or_else(|| PromError::Parse(format!("{name}() misses an argument")))
         };
         let over_range = |f: &dyn Fn(&Series, i64, i64) -> Option<f64>| -> Result<Value, PromError> {
-            let Expr::MatrixSelector(ms) = arg(0)? else {
-                return Err(PromError::Unsupported(format!("{name}() of a subquery is not supported yet")));
-            };
-            let at_t = at(&ms.vs.at, t, self.start, self.end).saturating_sub(offset_ms(&ms.vs.offset));
-            let range = duration_ms(ms.range);
+            let (series, from, to) = self.range_arg(arg(0)?, t, name)?;
             let mut out = Vec::new();
-            for s in self.range_selector(ms, t) {
-                if let Some(v) = f(&s, at_t.saturating_sub(range), at_t) {
+            for s in series {
+                if let Some(v) = f(&s, from, to) {
                     let labels = if name == "last_over_time" { s.labels.clone() } else { without_name(&s.labels) };
                     out.push((labels, v));
                 }
@@ -935,11 +1094,8 @@ impl Evaluator<'_> {
             }
             "predict_linear" => {
                 let secs = self.scalar(arg(1)?, t, name)?;
-                let Expr::MatrixSelector(ms) = arg(0)? else {
-                    return Err(PromError::Unsupported("predict_linear() of a subquery is not supported yet".into()));
-                };
                 let mut out = Vec::new();
-                for s in self.range_selector(ms, t) {
+                for s in self.range_arg(arg(0)?, t, name)?.0 {
                     // As Prometheus: the intercept at the step's time.
                     if let Some((slope, intercept)) = regression(&s, t) {
                         out.push((without_name(&s.labels), slope * secs + intercept));
@@ -949,19 +1105,68 @@ impl Evaluator<'_> {
             }
             "quantile_over_time" => {
                 let q = self.scalar(arg(0)?, t, name)?;
-                let Expr::MatrixSelector(ms) = arg(1)? else {
-                    return Err(PromError::Unsupported(
-                        "quantile_over_time() of a subquery is not supported yet".into(),
-                    ));
-                };
                 Value::Vector(
-                    self.range_selector(ms, t)
+                    self.range_arg(arg(1)?, t, name)?
+                        .0
                         .into_iter()
                         .map(|s| (without_name(&s.labels), quantile(q, s.samples.iter().map(|x| x.1).collect())))
                         .collect(),
                 )
             }
             "abs" => math(f64::abs)?,
+            "sin" => math(f64::sin)?,
+            "cos" => math(f64::cos)?,
+            "tan" => math(f64::tan)?,
+            "asin" => math(f64::asin)?,
+            "acos" => math(f64::acos)?,
+            "atan" => math(f64::atan)?,
+            "sinh" => math(f64::sinh)?,
+            "cosh" => math(f64::cosh)?,
+            "tanh" => math(f64::tanh)?,
+            "asinh" => math(f64::asinh)?,
+            "acosh" => math(f64::acosh)?,
+            "atanh" => math(f64::atanh)?,
+            "deg" => math(f64::to_degrees)?,
+            "rad" => math(f64::to_radians)?,
+            "pi" => Value::Scalar(std::f64::consts::PI),
+            "minute" | "hour" | "day_of_week" | "day_of_month" | "day_of_year" | "days_in_month" | "month" | "year" => {
+                // Of each value as Unix seconds (UTC); without an argument,
+                // of the evaluation time.
+                let input = match args.first() {
+                    Some(a) => self.vector(a, t, name)?,
+                    None => vec![(Vec::new(), t as f64 / 1000.0)],
+                };
+                let mut out = Vec::new();
+                for (l, v) in input {
+                    let Some(d) = (v.is_finite() && v.abs() < MAX_TIME_MS as f64)
+                        .then(|| chrono::DateTime::from_timestamp(v as i64, 0))
+                        .flatten()
+                    else {
+                        continue;
+                    };
+                    out.push((without_name(&l), date_part(name, d)));
+                }
+                Value::Vector(out)
+            }
+            "double_exponential_smoothing" => {
+                let sf = self.scalar(arg(1)?, t, name)?;
+                let tf = self.scalar(arg(2)?, t, name)?;
+                if !(sf > 0.0 && sf < 1.0) {
+                    return Err(PromError::Execution(format!(
+                        "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf}"
+                    )));
+                }
+                if !(tf > 0.0 && tf < 1.0) {
+                    return Err(PromError::Execution(format!("invalid trend factor. Expected: 0 < tf < 1, got: {tf}")));
+                }
+                let mut out = Vec::new();
+                for s in self.range_arg(arg(0)?, t, name)?.0 {
+                    if let Some(v) = holt_winters(&s.samples, sf, tf) {
+                        out.push((without_name(&s.labels), v));
+                    }
+                }
+                Value::Vector(out)
+            }
             "ceil" => math(f64::ceil)?,
             "floor" => math(f64::floor)?,
             "sqrt" => math(f64::sqrt)?,
@@ -1116,13 +1321,13 @@ impl Evaluator<'_> {
                 Value::Vector(unique(out)?)
             }
             "absent_over_time" => {
-                let Expr::MatrixSelector(ms) = arg(0)? else {
-                    return Err(PromError::Unsupported("absent_over_time() of a subquery is not supported yet".into()));
-                };
-                if !self.range_selector(ms, t).is_empty() {
+                if !self.range_arg(arg(0)?, t, name)?.0.is_empty() {
                     Value::Vector(Vec::new())
-                } else {
+                } else if let Expr::MatrixSelector(ms) = arg(0)? {
                     Value::Vector(vec![(absent_labels(&ms.vs.matchers), 1.0)])
+                } else {
+                    // As Prometheus: a subquery gives no labels to copy.
+                    Value::Vector(vec![(Vec::new(), 1.0)])
                 }
             }
             "histogram_quantile" => {
@@ -1138,6 +1343,47 @@ impl Evaluator<'_> {
             other => return Err(PromError::Unsupported(format!("function {other}() is not supported yet"))),
         })
     }
+}
+
+/// A calendar part of a UTC time, as Prometheus' date functions give it.
+fn date_part(function: &str, d: chrono::DateTime<chrono::Utc>) -> f64 {
+    use chrono::{Datelike, Timelike};
+    match function {
+        "minute" => d.minute() as f64,
+        "hour" => d.hour() as f64,
+        "day_of_week" => d.weekday().num_days_from_sunday() as f64,
+        "day_of_month" => d.day() as f64,
+        "day_of_year" => d.ordinal() as f64,
+        "month" => d.month() as f64,
+        "year" => d.year() as f64,
+        // days_in_month
+        _ => {
+            let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+            chrono::NaiveDate::from_ymd_opt(y, m, 1)
+                .and_then(|next| next.pred_opt())
+                .map_or(f64::NAN, |last| last.day() as f64)
+        }
+    }
+}
+
+/// Double exponential smoothing, as Prometheus' `holt_winters`: the
+/// smoothed value at the last sample; none with fewer than two samples.
+fn holt_winters(samples: &[(i64, f64)], sf: f64, tf: f64) -> Option<f64> {
+    if samples.len() < 2 {
+        return None;
+    }
+    let (mut s0, mut s1) = (0.0, samples[0].1);
+    let mut b = samples[1].1 - samples[0].1;
+    for (i, &(_, x)) in samples.iter().enumerate().skip(1) {
+        // The trend, from the previous smoothed values (from the first
+        // difference at the first step).
+        if i > 1 {
+            b = tf * (s1 - s0) + (1.0 - tf) * b;
+        }
+        s0 = s1;
+        s1 = sf * x + (1.0 - sf) * (s0 + b);
+    }
+    Some(s1)
 }
 
 /// The labels `absent()` answers with: those of the selector's equality
@@ -1404,20 +1650,22 @@ mod tests {
     fn eval_at(q: &str, data: &[Series], t: i64) -> Result<Value, PromError> {
         let expr = parse(q)?;
         let mut wanted = Vec::new();
-        selectors(&expr, t, t, &mut wanted)?;
+        selectors(&expr, t, t, (t, t), &mut wanted)?;
         let mut fetched = Fetched::new();
         for (vs, _, _) in wanted {
-            let name = metric_name(vs)?;
+            let name = metric_name(vs);
             let picked = data
                 .iter()
                 .filter(|s| {
-                    s.labels.iter().any(|(k, v)| k == "__name__" && *v == name) && matches(&vs.matchers, &s.labels)
+                    name.as_ref().is_none_or(|n| s.labels.iter().any(|(k, v)| k == "__name__" && v == n))
+                        && matches(&vs.matchers, &s.labels)
                 })
                 .cloned()
                 .collect();
             fetched.insert(selector_key(vs), picked);
         }
-        Evaluator { data: &fetched, start: t, end: t, regexes: Default::default() }.eval(&expr, t)
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        Evaluator::new(&fetched, t, t, deadline, Default::default()).eval(&expr, t)
     }
 
     fn metric(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Series {
@@ -1454,6 +1702,19 @@ mod tests {
         }
         let Ok(Value::Vector(v)) = eval_at(r#"absent(x{a="b", a="c", z="y"})"#, &data, 1_000) else { panic!("absent") };
         assert_eq!(v, vec![(vec![("z".to_string(), "y".to_string())], 1.0)], "a label matched twice is left out");
+    }
+
+    #[test]
+    fn holt_winters_is_known_by_its_prometheus_2_name() {
+        assert_eq!(renamed("holt_winters (x[5m], 0.5, 0.5)"), "double_exponential_smoothing (x[5m], 0.5, 0.5)");
+        assert_eq!(
+            renamed(r#"x{a="holt_winters(", b='\'holt_winters('} + my_holt_winters(1)"#),
+            r#"x{a="holt_winters(", b='\'holt_winters('} + my_holt_winters(1)"#
+        );
+        let series = [metric("m", &[], &[(0, 1.0), (1000, 2.0), (2000, 4.0)])];
+        let v = eval_at("holt_winters(m[5s], 0.5, 0.5)", &series, 2000).expect("evaluates");
+        // s1 = 1, b = 1; at 2: 0.5*2 + 0.5*(1+1) = 2; at 4: b = 0.5*(2-1) + 0.5*1 = 1, 0.5*4 + 0.5*(2+1) = 3.5
+        assert_eq!(v, Value::Vector(vec![(Vec::new(), 3.5)]));
     }
 
     #[test]

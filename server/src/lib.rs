@@ -419,6 +419,23 @@ impl tocsin_alerting::engine::RuleQuerier for RuleQueries {
     async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<arrow::array::RecordBatch>, String> {
         self.0.execute(sql, database).await.map(|r| r.batches).map_err(|e| e.to_string())
     }
+    async fn promql(
+        &self,
+        expr: &str,
+        database: Option<&str>,
+        at_ms: i64,
+    ) -> Result<Vec<tocsin_alerting::rule::Sample>, String> {
+        tocsin_alerting::engine::promql_samples(&self.0, expr, database, at_ms).await
+    }
+    async fn record(
+        &self,
+        database: Option<&str>,
+        metric: &str,
+        samples: &[tocsin_alerting::rule::Sample],
+        at_ms: i64,
+    ) -> Result<(), String> {
+        tocsin_alerting::engine::record_samples(self.0.storage(), database, metric, samples, at_ms).await
+    }
 }
 
 /// The alerting engine over this server's query engine, recording history

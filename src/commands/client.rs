@@ -128,8 +128,6 @@ impl Client {
     }
 }
 
-/// `c` with its control characters escaped (`\n`, `\u{1b}`), for a
-/// terminal.
 /// `s` as one URL path segment or query value: every byte but letters,
 /// digits and `-._~` percent-encoded, so that an argument cannot add a path
 /// segment or a query parameter of its own.
@@ -145,6 +143,8 @@ pub(crate) fn url_component(s: &str) -> String {
     })
 }
 
+/// `c` with its control characters escaped (`\n`, `\u{1b}`), for a
+/// terminal.
 pub(crate) fn shown(c: &str) -> std::borrow::Cow<'_, str> {
     // Control characters, line and paragraph separators, and the
     // bidirectional overrides that reorder what a terminal shows.

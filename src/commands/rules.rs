@@ -88,11 +88,26 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         runtime.block_on(async {
             for g in &config.groups {
                 for r in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
-                    let mut body = serde_json::json!({ "sql": format!("EXPLAIN {}", r.sql) });
-                    if let Some(db) = &g.database {
-                        body["database"] = serde_json::Value::String(db.clone());
-                    }
-                    if let Err(e) = client.call(reqwest::Method::POST, "/api/v1/sql", Some(body)).await {
+                    let checked = match &r.expr {
+                        // A PromQL rule is evaluated once, now.
+                        Some(expr) => {
+                            let db = g.database.as_deref().unwrap_or("public");
+                            let path = format!(
+                                "/api/v1/query?query={}&db={}",
+                                super::client::url_component(expr),
+                                super::client::url_component(db)
+                            );
+                            client.call(reqwest::Method::GET, &path, None).await
+                        }
+                        None => {
+                            let mut body = serde_json::json!({ "sql": format!("EXPLAIN {}", r.sql) });
+                            if let Some(db) = &g.database {
+                                body["database"] = serde_json::Value::String(db.clone());
+                            }
+                            client.call(reqwest::Method::POST, "/api/v1/sql", Some(body)).await
+                        }
+                    };
+                    if let Err(e) = checked {
                         let file = file_of.get(&g.name).map(|p| format!("{}: ", p.display())).unwrap_or_default();
                         eprintln!("{file}group {:?}, rule {:?}: {e:#}", g.name, r.name);
                         failures += 1;

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -166,6 +167,32 @@ PROMQL = [
     "rate(prometheus_http_requests_total[15s]) > 0",
     "sum(rate(prometheus_http_requests_total[15s])) by (handler)",
     "ceil(rate(node_cpu_seconds_total[10s]) * 100)",
+    # Subqueries, selectors without a metric name, date and trigonometric
+    # functions, holt_winters.
+    "max_over_time(rate(node_cpu_seconds_total[10s])[20s:5s])",
+    "avg_over_time(node_load1[15s:3s])",
+    "rate(sum by (mode) (node_cpu_seconds_total)[20s:2s])",
+    "deriv(node_memory_MemAvailable_bytes[20s:1s])",
+    "min_over_time((up == 1)[10s:2s] offset 5s)",
+    "count_over_time(vector(1)[20s:4s])",
+    "max_over_time(sum(up)[10s:1s] @ end())",
+    "sum_over_time(max_over_time(node_load1[4s:1s])[12s:3s])",
+    "quantile_over_time(0.5, node_load1[10s:2s])",
+    "predict_linear(node_memory_MemAvailable_bytes[20s:2s], 60)",
+    '{job="node", __name__=~"node_load.*"}',
+    '{__name__="up"}',
+    'count by (__name__) ({__name__=~"node_memory_Mem.*_bytes"})',
+    'sum(rate({__name__=~"node_cpu_seconds_total|prometheus_http_requests_total"}[10s]))',
+    "hour()", "minute()", "month()", "year()", "day_of_month()", "day_of_week()", "day_of_year()",
+    "days_in_month()",
+    "hour(timestamp(up))",
+    "minute(node_boot_time_seconds)",
+    "sin(node_load1)", "cos(node_load1)", "tan(node_load1)", "atan(node_load1)", "sinh(node_load1)",
+    "asin(clamp(node_load1, -1, 1))", "acos(clamp(node_load1, -1, 1))", "tanh(node_load1)",
+    "asinh(node_load1)", "acosh(node_load1 + 1)", "atanh(clamp(node_load1, -0.9, 0.9))",
+    "deg(node_load1)", "rad(node_load1)", "pi()", "cosh(up)",
+    "holt_winters(node_memory_MemAvailable_bytes[20s], 0.5, 0.5)",
+    "holt_winters(node_load1[15s], 0.3, 0.7)",
 ]
 
 
@@ -180,7 +207,10 @@ def close_value(a, b):
 
 
 def promql_answer(base, path, params):
-    r = get_json(f"http://{base}{path}?" + urllib.parse.urlencode(params))
+    try:
+        r = get_json(f"http://{base}{path}?" + urllib.parse.urlencode(params))
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{base}{path} {params['query']}: HTTP {e.code} {e.read()[:500]!r}") from None
     assert r["status"] == "success", (params, r)
     d = r["data"]
     if d["resultType"] in ("scalar", "string"):
@@ -190,13 +220,17 @@ def promql_answer(base, path, params):
     for s in d["result"]:
         pts = [s[key]] if key == "value" else s[key]
         rows.append((tuple(sorted(s["metric"].items())), pts))
-    # sort() orders its answer (distinct values here: ties are in no order).
-    if not params["query"].startswith("sort"):
-        rows.sort()
+    # sort() orders its answer by value: the values must come in the same
+    # order; series of equal values are in no order.
+    if params["query"].startswith("sort"):
+        return d["resultType"], ([float(p[0][1]) for _, p in rows], sorted(rows))
+    rows.sort()
     return d["resultType"], rows
 
 
 def same_answer(a, b):
+    if isinstance(a[1], tuple):  # sort(): the order of values, then the rows
+        return a[0] == b[0] and a[1][0] == b[1][0] and same_answer((a[0], a[1][1]), (b[0], b[1][1]))
     if a[0] != b[0] or len(a[1]) != len(b[1]):
         return False
     for (la, pa), (lb, pb) in zip(a[1], b[1]):
@@ -220,6 +254,75 @@ def promql_side_by_side(prom, http, at):
             ours = promql_answer(http, path, params)
             assert same_answer(theirs, ours), f"{path} {expr}\n Prometheus: {theirs}\n Tocsin:     {ours}"
     return len(PROMQL)
+
+
+# A Prometheus rule file as rule packs write them: `expr`, `for`, a
+# `severity` label, annotations with `$labels`, `$value` and Go template
+# functions.
+PACK = """
+groups:
+  - name: pack
+    interval: 1s
+    rules:
+      - alert: PackTargetUp
+        expr: up == 1
+        labels: {severity: info}
+        annotations:
+          summary: "{{ $labels.job }} at {{ $labels.instance }} is up"
+      - alert: PackRoomHot
+        expr: tocsin_room_temperature_celsius > 30
+        for: 2s
+        labels: {severity: critical, team: facilities}
+        annotations:
+          summary: "Room {{ $labels.room }} is at {{ $value | humanize }} degrees"
+          detail: "{{ printf \\"%.1f\\" $value }} ({{ humanizePercentage 0.5 }} of {{ 2048 | humanize1024 }}, for {{ humanizeDuration 3725 }})"
+      - alert: PackCpuCount
+        expr: count without (cpu, mode) (node_cpu_seconds_total{mode="idle"}) >= 1
+        annotations:
+          summary: "{{ $labels.instance | toUpper }} has {{ $value }} CPUs"
+      - alert: PackScrapedSeries
+        expr: sum by (job) (scrape_series_added) >= 0
+        labels: {severity: warning}
+      - alert: PackNothing
+        expr: up == 2
+      - alert: PackScalar
+        expr: vector(1)
+        labels: {severity: info}
+      - record: pack:up:count
+        expr: count by (job) (up)
+      - alert: PackJobCounted
+        expr: pack:up:count >= 1
+        labels: {severity: info}
+        annotations: {summary: "{{ $labels.job }}: {{ $value }} target(s)"}
+"""
+
+
+def firing_pack(alerts, default_severity=None):
+    """(labels, annotations) of the firing alerts of PACK, comparable. Every
+    Tocsin alert has a severity: `critical` where the rule names none
+    (PackCpuCount), which Prometheus leaves without."""
+    out = []
+    for a in alerts:
+        if not a["labels"]["alertname"].startswith("Pack") or a["state"] != "firing":
+            continue
+        labels = dict(a["labels"])
+        if default_severity and labels["alertname"] == "PackCpuCount":
+            assert labels.pop("severity") == default_severity, a
+        out.append((json.dumps(labels, sort_keys=True), json.dumps(a.get("annotations", {}), sort_keys=True)))
+    return sorted(out)
+
+
+def same_alerts(prom, http):
+    theirs = firing_pack(get_json(f"http://{prom}/api/v1/alerts")["data"]["alerts"])
+    ours = firing_pack([a for a in get_json(f"http://{http}/api/v1/alerts?state=firing")["alerts"]
+                        if a.get("group") == "pack"], default_severity="critical")
+    names = {json.loads(labels)["alertname"] for labels, _ in theirs}
+    if names != {"PackTargetUp", "PackRoomHot", "PackCpuCount", "PackScrapedSeries", "PackScalar", "PackJobCounted"}:
+        return None
+    if theirs != ours:
+        print("    Prometheus:", theirs, "\n    Tocsin:", ours)
+        return None
+    return len(theirs)
 
 
 HOOKED = []
@@ -251,8 +354,20 @@ def main():
     with scratch("tocsin-prom-") as (tmp, procs), open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "peers.log"), "w") as plog:
         # Prometheus' alerts are escalated by Tocsin: step 1 to a webhook,
         # step 2 (after 2 s, unacknowledged) by email.
-        tocsin_rules = os.path.join(tmp, "tocsin-rules.yml")
-        with open(tocsin_rules, "w") as f:
+        # Tocsin's rules are a directory: its routing, and the Prometheus
+        # rule file (PACK) that Prometheus evaluates too.
+        tocsin_rules = os.path.join(tmp, "tocsin-rules")
+        os.mkdir(tocsin_rules)
+        pack = os.path.join(tocsin_rules, "pack.yml")
+        with open(pack, "w") as f:
+            f.write(PACK)
+        textfiles = os.path.join(tmp, "textfiles")
+        os.mkdir(textfiles)
+        with open(os.path.join(textfiles, "rooms.prom"), "w") as f:
+            f.write('tocsin_room_temperature_celsius{room="a"} 35.25\n'
+                    'tocsin_room_temperature_celsius{room="b"} 21\n'
+                    'tocsin_room_temperature_celsius{room="c"} 1234567\n')
+        with open(os.path.join(tocsin_rules, "route.yml"), "w") as f:
             f.write(f"""
 route:
   escalation: page
@@ -278,7 +393,8 @@ receivers:
         procs.append(authed)
         writer = create_token(authed_http, admin, "writer", "--description", "prometheus")
         node_port, prom_port = free_port(), free_port()
-        procs.append(subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{node_port}"],
+        procs.append(subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{node_port}",
+                                       f"--collector.textfile.directory={textfiles}"],
                                       stdout=plog, stderr=plog))
         prom = f"127.0.0.1:{prom_port}"
         config = os.path.join(tmp, "prometheus.yml")
@@ -291,7 +407,7 @@ receivers:
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
-rule_files: ["{rules}"]
+rule_files: ["{rules}", "{pack}"]
 alerting:
   alertmanagers:
     - api_version: v2
@@ -356,6 +472,9 @@ remote_write:
                              and p["tocsin"].get("step") == 1 for p in HOOKED))
         wait_for("and, unacknowledged, by email (step 2)",
                  lambda: any(b"NodeExporterUp" in m for m in MAILED), deadline_s=30)
+        # The same Prometheus rule file, evaluated by both.
+        n = wait_for("the rule file's alerts to agree", lambda: same_alerts(prom, http), deadline_s=40)
+        print(f"  rules: the same Prometheus rule file fires the same {n} alerts (labels and annotations) in both")
         # Prometheus' own account: nothing it sent was refused.
         failed = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_failed_total)")
         sent = get_json(f"http://{prom}/api/v1/query?query=sum(prometheus_remote_storage_samples_total)")

@@ -1,6 +1,7 @@
-//! Prometheus' HTTP query API over data written as remote_write writes it.
-//! The side-by-side comparison with Prometheus itself (108 expressions,
-//! instant and range) is in tests/interop/test_prometheus_remote_write.py.
+//! Prometheus' HTTP query API over data written as remote_write writes it,
+//! and rules written in PromQL. The side-by-side comparison with Prometheus
+//! itself (expressions, instant and range, and one rule file evaluated by
+//! both) is in tests/interop/test_prometheus_remote_write.py.
 
 use serde_json::{Value, json};
 use tocsin_proto::v1::WriteSeriesRequest;
@@ -83,9 +84,29 @@ async fn promql_instant_and_range_queries_series_and_labels() {
     // Errors in Prometheus' envelope.
     let (status, v) = get(&server, "/api/v1/query", &[("query", "sum(")]).await;
     assert_eq!((status, v["status"].as_str(), v["errorType"].as_str()), (400, Some("error"), Some("bad_data")), "{v}");
-    let (status, v) = get(&server, "/api/v1/query", &[("query", "rate(up[5m:1m])")]).await;
-    assert_eq!(status, 400, "{v}");
-    assert!(v["error"].as_str().unwrap_or("").contains("subqueries are not supported"), "{v}");
+    // Subqueries, selectors without a metric name, and their bounds.
+    let (_, v) = get(
+        &server,
+        "/api/v1/query",
+        &[("query", "max_over_time(rate(http_requests_total{instance=\"b:80\"}[1m])[2m:30s])"), ("time", &at(300))],
+    )
+    .await;
+    assert_eq!(
+        v["data"]["result"],
+        json!([{"metric": {"instance": "b:80", "job": "api"}, "value": [T0 / SEC + 300, "2"]}]),
+        "{v}"
+    );
+    let (_, v) = get(&server, "/api/v1/query", &[("query", "count({job=\"api\"})"), ("time", &at(300))]).await;
+    assert_eq!(v["data"]["result"][0]["value"][1], "3", "two counters and up: {v}");
+    let (_, v) =
+        get(&server, "/api/v1/series", &[("match[]", "{__name__=~\"u.\"}"), ("start", &at(0)), ("end", &at(300))])
+            .await;
+    assert_eq!(v["data"], json!([{"__name__": "up", "instance": "a:80", "job": "api"}]), "{v}");
+    let (status, v) = get(&server, "/api/v1/query", &[("query", "max_over_time(up[1d:1ms])")]).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("subqueries would be evaluated at more than"), "{v}");
+    let (status, v) = get(&server, "/api/v1/query", &[("query", "{job=~\".*\"}")]).await;
+    assert_eq!(status, 400, "a selector matching everything: {v}");
     let (status, v) =
         get(&server, "/api/v1/query_range", &[("query", "up"), ("start", "0"), ("end", "100000"), ("step", "1")]).await;
     assert_eq!(status, 400, "{v}");
@@ -105,4 +126,74 @@ async fn promql_instant_and_range_queries_series_and_labels() {
     let (status, v) = get(&server, "/api/v1/query", &[("query", "up"), ("time", "yesterday")]).await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap_or("").contains("invalid parameter \"time\""), "{v}");
+}
+
+/// A rules file as Prometheus writes them (`expr`, a recording rule, a
+/// `severity` label, Go template functions), loaded by `tocsin serve
+/// --rules`: the alert fires with its labels and annotations, the recorded
+/// metric is a table SQL and PromQL read, and a rule that fails at run time
+/// shows in its health.
+#[tokio::test]
+async fn prometheus_rule_files_alert_and_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rules = r#"
+groups:
+  - name: node
+    interval: 1s
+    rules:
+      - record: job:up:sum
+        expr: sum by (job) (up)
+        labels: { recorded: "yes" }
+      - alert: JobDown
+        expr: job:up:sum < 2
+        labels: { severity: warning }
+        annotations:
+          summary: "{{ $labels.job }} has {{ $value }} of 2 targets up ({{ humanizePercentage 0.5 }})"
+      - alert: Broken
+        expr: up / on() group_left() up
+"#;
+    let server = TestServer::start_with_rules(tmp.path(), rules);
+    let mut client = server.client().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as i64;
+    let req = WriteSeriesRequest {
+        database: String::new(),
+        series: vec![
+            series("up", &[("job", "api"), ("instance", "a:80")], vec![now], vec![1.0]),
+            series("up", &[("job", "api"), ("instance", "b:80")], vec![now], vec![0.0]),
+        ],
+    };
+    client.write_series(req).await.expect("write");
+    let rows = server
+        .sql_until("SELECT job, recorded, value FROM \"job:up:sum\" ORDER BY ts DESC LIMIT 1", |r| !r.is_empty())
+        .await;
+    assert_eq!(rows, [json!({"job": "api", "recorded": "yes", "value": 1.0})]);
+    let (_, v) = get(&server, "/api/v1/query", &[("query", "job:up:sum")]).await;
+    assert_eq!(
+        v["data"]["result"][0]["metric"],
+        json!({"__name__": "job:up:sum", "job": "api", "recorded": "yes"}),
+        "{v}"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let alerts = loop {
+        let (_, v) = get(&server, "/api/v1/alerts", &[("state", "firing")]).await;
+        match v["alerts"].as_array() {
+            Some(a) if !a.is_empty() => break a.clone(),
+            _ if std::time::Instant::now() > deadline => panic!("no alert fired: {v}"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        alerts[0]["labels"],
+        json!({"alertname": "JobDown", "job": "api", "recorded": "yes", "severity": "warning"}),
+        "{alerts:?}"
+    );
+    assert_eq!(alerts[0]["annotations"]["summary"], "api has 1 of 2 targets up (50%)");
+    // `up / on() group_left() up` matches many to many: an error at run
+    // time, shown in the rule's health.
+    let health: Value =
+        reqwest::get(format!("http://{}/api/v1/rules", server.http)).await.expect("rules").json().await.expect("json");
+    let text = health.to_string();
+    assert!(text.contains("Broken") && text.contains("many"), "{text}");
 }

@@ -20,8 +20,14 @@ pub(crate) fn compile_group(g: GroupFile, templates: &crate::templates::Template
         return Err(format!("group {:?}: interval {} is below the 100ms minimum", g.name, Dur(interval)));
     }
     let mut rules = Vec::new();
+    let mut records = Vec::new();
     let mut seen = HashSet::new();
     for r in g.rules {
+        if let Some(record) = &r.record {
+            let ctx = |e: String| format!("group {:?}, recording rule {record:?}: {e}", g.name);
+            records.push(compile_recording(r.clone()).map_err(ctx)?);
+            continue;
+        }
         let name = r.alert.clone();
         if !seen.insert(name.clone()) {
             return Err(format!("group {:?}: rule {name:?} is defined twice", g.name));
@@ -30,7 +36,48 @@ pub(crate) fn compile_group(g: GroupFile, templates: &crate::templates::Template
         let r = crate::templates::instantiate(&r, templates).map_err(ctx)?;
         rules.push(compile_rule(r).map_err(ctx)?);
     }
-    Ok(RuleGroup { name: g.name, interval, database: g.database, rules })
+    Ok(RuleGroup { name: g.name, interval, database: g.database, rules, records })
+}
+
+/// A recording rule: a metric name, `expr` and `labels`, nothing else.
+fn compile_recording(r: RuleFile) -> Result<crate::rule::Recording, String> {
+    let name = r.record.unwrap_or_default();
+    let metric_name = |n: &str| {
+        n.chars()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
+    };
+    if name.is_empty() || !metric_name(&name) {
+        return Err("`record` must be a metric name (letters, digits, '_' and ':', not starting with a digit)".into());
+    }
+    if !r.alert.is_empty() {
+        return Err("give `alert` or `record`, not both".into());
+    }
+    let Some(expr) = r.expr else { return Err("a recording rule needs `expr` (PromQL)".into()) };
+    let others = [
+        ("sql", r.sql.is_some()),
+        ("on_ingest", r.on_ingest.is_some()),
+        ("template", r.template.is_some()),
+        ("params", !r.params.is_empty()),
+        ("thresholds", !r.thresholds.is_empty()),
+        ("for", r.for_.is_some()),
+        ("keep_firing_for", r.keep_firing_for.is_some()),
+        ("annotations", !r.annotations.is_empty()),
+        ("no_data", r.no_data.is_some()),
+        ("absent", r.absent.is_some()),
+        ("recover", r.recover.is_some()),
+        ("flapping", r.flapping.is_some()),
+        ("depends_on", !r.depends_on.is_empty()),
+        ("active_during", !r.active_during.is_empty()),
+    ];
+    if let Some((key, _)) = others.iter().find(|(_, given)| *given) {
+        return Err(format!("a recording rule takes `expr` and `labels` only, not `{key}`"));
+    }
+    check_promql(&expr)?;
+    if let Some(k) = r.labels.keys().find(|k| !crate::external::label_name(k) || *k == "__name__") {
+        return Err(format!("label {k:?} is not a label name (letters, digits and _, not starting with a digit)"));
+    }
+    Ok(crate::rule::Recording { name, expr, labels: r.labels })
 }
 
 pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
@@ -40,33 +87,52 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
     if r.alert.is_empty() || !r.alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
         return Err("`alert` must be a non-empty name of letters, digits, '_', '-' or '.'".into());
     }
-    let (sql, on_ingest) = match (r.sql, r.on_ingest) {
-        (Some(sql), None) => {
+    let (sql, expr, on_ingest) = match (r.sql, r.expr, r.on_ingest) {
+        (Some(sql), None, None) => {
             check_sql(&sql)?;
-            (sql, None)
+            (sql, None, None)
         }
-        (None, Some(o)) => {
+        (None, Some(expr), None) => {
+            check_promql(&expr)?;
+            (String::new(), Some(expr), None)
+        }
+        (None, None, Some(o)) => {
             if r.no_data.is_some() || r.absent.is_some() {
                 return Err("`on_ingest` rules see samples as they arrive; `no_data` and `absent` need `sql`".into());
             }
             if o.table.is_empty() || o.field.is_empty() {
                 return Err("`on_ingest` needs `table` and `field`".into());
             }
-            (String::new(), Some(crate::rule::IngestSource { table: o.table, field: o.field }))
+            (String::new(), None, Some(crate::rule::IngestSource { table: o.table, field: o.field }))
         }
-        (Some(_), Some(_)) => return Err("give either `sql` or `on_ingest`, not both".into()),
-        (None, None) => return Err("needs `sql` (or `on_ingest: { table, field }`)".into()),
+        (None, None, None) => return Err("needs `sql`, `expr` (PromQL) or `on_ingest: { table, field }`".into()),
+        _ => return Err("give one of `sql`, `expr` and `on_ingest`".into()),
     };
-    if let Some(columns) = output_names(&sql).filter(|_| on_ingest.is_none()) {
-        check_annotations(&r.labels, &r.annotations, &columns)?;
-        check_depends_on(&r.labels, &r.depends_on, &columns)?;
+    // The labels a SQL rule's alerts have are its columns; a PromQL
+    // expression's are known only when it runs.
+    let columns = if on_ingest.is_none() && expr.is_none() { output_names(&sql) } else { None };
+    check_annotations(&r.labels, &r.annotations, columns.as_deref())?;
+    if let Some(columns) = &columns {
+        check_depends_on(&r.labels, &r.depends_on, columns)?;
     }
+    let mut labels = r.labels;
     let mut thresholds = Vec::new();
     for (severity, expr) in &r.thresholds {
         let t = Threshold::parse(expr).map_err(|e| format!("threshold {severity:?}: {e}"))?;
         thresholds.push((severity.clone(), t));
     }
     check_threshold_order(&thresholds)?;
+    if expr.is_some() && thresholds.is_empty() {
+        // As in Prometheus: every element of the result fires, at the
+        // severity its `severity` label names.
+        let severity = labels.remove("severity").unwrap_or_else(|| "critical".to_string());
+        if severity.is_empty() || severity.contains("{{") {
+            return Err(format!("labels.severity {severity:?} must be a plain name"));
+        }
+        thresholds.push((severity, Threshold { op: crate::rule::Op::Present, value: 0.0 }));
+    } else if expr.is_some() && labels.contains_key("severity") {
+        return Err("with `thresholds` the severity is the threshold crossed; leave out labels.severity".into());
+    }
     let recover = r.recover.as_deref().map(Threshold::parse).transpose().map_err(|e| format!("recover: {e}"))?;
     let highest = thresholds.last().map(|(s, _)| s.clone()).unwrap_or_else(|| "critical".to_string());
     let cond = |c: Option<Condition>| -> Option<crate::rule::ConditionSpec> {
@@ -86,13 +152,13 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
     if thresholds.is_empty() && absent.is_none() && no_data.is_none() {
         return Err("needs `thresholds` (e.g. { critical: \"> 95\" }), `absent` or `no_data`".into());
     }
-    for (k, _) in r.labels.iter().chain(r.annotations.iter()) {
+    for (k, _) in labels.iter().chain(r.annotations.iter()) {
         if k.is_empty() {
             return Err("label and annotation names must not be empty".into());
         }
     }
     // As for alerts posted through the Alertmanager API (and Prometheus).
-    if let Some(k) = r.labels.keys().find(|k| !crate::external::label_name(k)) {
+    if let Some(k) = labels.keys().find(|k| !crate::external::label_name(k)) {
         return Err(format!("label {k:?} is not a label name (letters, digits and _, not starting with a digit)"));
     }
     if let Some(d) = r.depends_on.iter().find(|d| d.alert == r.alert) {
@@ -105,12 +171,13 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
     Ok(Rule {
         name: r.alert,
         sql,
+        expr,
         on_ingest,
         thresholds,
         recover,
         for_: r.for_.map(|d| d.0).unwrap_or_default(),
         keep_firing_for: r.keep_firing_for.map(|d| d.0).unwrap_or_default(),
-        labels: r.labels,
+        labels,
         annotations: r.annotations,
         no_data,
         absent,
@@ -177,15 +244,15 @@ pub(crate) fn output_names(sql: &str) -> Option<Vec<String>> {
 fn check_annotations(
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
-    columns: &[String],
+    columns: Option<&[String]>,
 ) -> Result<(), String> {
-    let known = |n: &str| n == "value" || has_label(labels, columns, n);
     for (key, template) in annotations {
-        if let Some(bad) = crate::template::names(template).into_iter().find(|n| !known(n)) {
+        let used = crate::template::labels_used(template).map_err(|e| format!("annotation {key:?}: {e}"))?;
+        let Some(columns) = columns else { continue };
+        if let Some(bad) = used.into_iter().find(|n| !has_label(labels, columns, n)) {
             return Err(format!(
                 "annotation {key:?} uses {{{{ {bad} }}}}, which this rule's alerts do not have; they have {{{{ value }}}} \
-                 and the labels {} (a template names a label, `value`, `$value` or `$labels.NAME`; functions such as \
-                 `humanize` are not supported)",
+                 and the labels {} (a template names a label, `value`, `$value` or `$labels.NAME`)",
                 label_list(labels, columns)
             ));
         }
@@ -255,6 +322,16 @@ fn check_depends_on(
 
 /// Parses a rule's SQL offline (one statement, a query). Planning against
 /// the catalog happens in the server.
+/// A PromQL rule expression: it parses and gives an instant vector or a
+/// scalar.
+pub fn check_promql(expr: &str) -> Result<(), String> {
+    let parsed = tocsin_query::promql::parse(expr).map_err(|e| format!("expr: {e}"))?;
+    match parsed.value_type() {
+        tocsin_query::promql::ValueType::Vector | tocsin_query::promql::ValueType::Scalar => Ok(()),
+        t => Err(format!("expr: a rule's expression must give an instant vector or a scalar, not a {t}")),
+    }
+}
+
 pub fn check_sql(sql: &str) -> Result<(), String> {
     use datafusion::sql::sqlparser::dialect::GenericDialect;
     use datafusion::sql::sqlparser::parser::Parser;

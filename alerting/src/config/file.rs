@@ -54,13 +54,21 @@ pub struct GroupFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
+    /// The alert's name; empty for a recording rule.
+    #[serde(default)]
     pub alert: String,
+    /// A recording rule (Prometheus' `record:`): `expr` is evaluated at
+    /// each evaluation and written back as this metric.
+    pub record: Option<String>,
     /// Made from this template (see [`crate::templates`]) with `params`.
     pub template: Option<String>,
     #[serde(default)]
     pub params: BTreeMap<String, serde_yaml_ng::Value>,
     #[serde(default)]
     pub sql: Option<String>,
+    /// A PromQL expression instead of `sql` (a Prometheus alerting rule).
+    #[serde(default)]
+    pub expr: Option<String>,
     /// Evaluate each ingested sample of `table.field` (per series) instead
     /// of running SQL on an interval.
     pub on_ingest: Option<OnIngestFile>,

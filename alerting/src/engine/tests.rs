@@ -29,6 +29,20 @@ impl RuleQuerier for FakeData {
         .map_err(|e| e.to_string())?;
         Ok(vec![batch])
     }
+    async fn record(&self, _db: Option<&str>, _metric: &str, _s: &[Sample], _at: i64) -> Result<(), String> {
+        Err("this fake stores nothing".into())
+    }
+    /// The same rows, as a PromQL expression's elements; `broken` fails.
+    async fn promql(&self, expr: &str, _db: Option<&str>, _at: i64) -> Result<Vec<Sample>, String> {
+        if expr.contains("broken") {
+            return Err("parse error".into());
+        }
+        let rows = self.0.lock().clone();
+        Ok(rows
+            .into_iter()
+            .map(|(host, value)| Sample { labels: [("host".to_string(), host)].into(), value, thresholds: Vec::new() })
+            .collect())
+    }
 }
 
 #[derive(Default)]
