@@ -313,8 +313,8 @@ pub async fn series(r: &Reader<'_>, selector: &str, start: i64, end: i64) -> Res
         return Err(PromError::Parse(format!("{selector}: a match[] must be a series selector")));
     };
     let mut out = Vec::new();
-    for metric in metrics_of(r, &vs)? {
-        out.extend(read_metric(r, &metric, &vs, start, end).await?.into_iter().map(|s| s.labels));
+    for source in metrics_of(r, &vs)? {
+        out.extend(read_metric(r, &source, &vs, start, end).await?.into_iter().map(|s| s.labels));
     }
     Ok(out)
 }
@@ -425,22 +425,90 @@ fn metric_name(vs: &VectorSelector) -> Option<String> {
         .map(|m| m.value.clone())
 }
 
+/// Where a metric's samples are: a table and one of its numeric fields.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Source {
+    pub metric: String,
+    pub table: String,
+    pub field: String,
+}
+
+/// The metrics a table holds: its own name for a numeric field `value`
+/// (what remote_write and OTLP write), `table_field` for every other
+/// numeric or boolean field (what line protocol writes: `cpu usage_user=..`
+/// is `cpu_usage_user`, a boolean 1 or 0, as VictoriaMetrics has them).
+pub fn table_metrics(table: &str, schema: &arrow::datatypes::Schema) -> Vec<Source> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != "ts" && (f.data_type().is_numeric() || *f.data_type() == DataType::Boolean))
+        .map(|f| Source {
+            metric: if f.name() == "value" { table.to_string() } else { format!("{table}_{}", f.name()) },
+            table: table.to_string(),
+            field: f.name().clone(),
+        })
+        .collect()
+}
+
+/// Every metric of `db` the caller may read, by name.
+pub fn metric_sources(engine: &QueryEngine, who: Option<&Principal>, db: &str) -> Vec<Source> {
+    let storage = engine.storage();
+    let mut out: Vec<Source> = storage
+        .tables(db)
+        .into_iter()
+        .filter(|t| who.is_none_or(|w| w.check_table(tocsin_auth::Permission::Query, db, t).is_ok()))
+        .filter_map(|t| storage.table_schema(db, &t).map(|s| table_metrics(&t, &s)))
+        .flatten()
+        .collect();
+    out.sort();
+    out
+}
+
+/// The table and field behind `metric`, among the tables the caller may
+/// read: the table `metric` with a field `value`, else a table `t` with a
+/// numeric field `f` where `metric` is `t_f` (the longest such `t`).
+fn resolve(r: &Reader<'_>, metric: &str) -> Option<Source> {
+    let storage = r.engine.storage();
+    let readable = |t: &str| r.who.is_none_or(|w| w.check_table(tocsin_auth::Permission::Query, r.database, t).is_ok());
+    let mut candidates = vec![(metric, "value")];
+    candidates
+        .extend(metric.char_indices().rev().filter(|(_, c)| *c == '_').map(|(i, _)| (&metric[..i], &metric[i + 1..])));
+    candidates.into_iter().filter(|(t, f)| !t.is_empty() && !f.is_empty() && readable(t)).find_map(|(t, f)| {
+        let schema = storage.table_schema(r.database, t)?;
+        let numeric =
+            schema.field_with_name(f).is_ok_and(|x| x.data_type().is_numeric() || *x.data_type() == DataType::Boolean);
+        // `value` is the table's own name, not `t_value`.
+        (numeric && (f != "value" || t == metric)).then(|| Source {
+            metric: metric.to_string(),
+            table: t.to_string(),
+            field: f.to_string(),
+        })
+    })
+}
+
 /// The metrics a selector reads: the one it names, or for a selector
 /// without a name (`{job="node"}`, `{__name__=~"node_.*"}`) every metric
 /// of the database its `__name__` matchers accept and the caller may read.
-fn metrics_of(r: &Reader<'_>, vs: &VectorSelector) -> Result<Vec<String>, PromError> {
+fn metrics_of(r: &Reader<'_>, vs: &VectorSelector) -> Result<Vec<Source>, PromError> {
     if let Some(name) = metric_name(vs) {
-        return Ok(vec![name]);
+        return match resolve(r, &name) {
+            Some(source) => Ok(vec![source]),
+            None => {
+                // Whether it exists is not the caller's to learn where it
+                // may not read.
+                if let Some(who) = r.who {
+                    who.check_table(tocsin_auth::Permission::Query, r.database, &name)
+                        .map_err(|e| PromError::Query(crate::QueryError::Auth(e)))?;
+                }
+                Ok(Vec::new())
+            }
+        };
     }
     let name_matchers: Vec<&promql_parser::label::Matcher> =
         vs.matchers.matchers.iter().filter(|m| m.name == "__name__").collect();
-    let storage = r.engine.storage();
-    let mut out: Vec<String> = storage
-        .tables(r.database)
+    let out: Vec<Source> = metric_sources(r.engine, r.who, r.database)
         .into_iter()
-        .filter(|t| name_matchers.iter().all(|m| m.is_match(t)))
-        .filter(|t| r.who.is_none_or(|w| w.check_table(tocsin_auth::Permission::Query, r.database, t).is_ok()))
-        .filter(|t| storage.table_schema(r.database, t).is_some_and(|s| s.index_of("value").is_ok()))
+        .filter(|s| name_matchers.iter().all(|m| m.is_match(&s.metric)))
         .collect();
     if out.len() > MAX_METRICS {
         return Err(PromError::Execution(format!(
@@ -448,7 +516,6 @@ fn metrics_of(r: &Reader<'_>, vs: &VectorSelector) -> Result<Vec<String>, PromEr
             out.len()
         )));
     }
-    out.sort();
     Ok(out)
 }
 
@@ -473,8 +540,8 @@ async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetc
     let mut total = 0usize;
     for (key, (vs, a, b)) in windows {
         let mut series = Vec::new();
-        for metric in metrics_of(r, vs)? {
-            series.extend(read_metric(r, &metric, vs, a, b).await?);
+        for source in metrics_of(r, vs)? {
+            series.extend(read_metric(r, &source, vs, a, b).await?);
             total += series.iter().map(|s| s.samples.len()).sum::<usize>();
             if total > MAX_SAMPLES {
                 return Err(PromError::Execution(format!(
@@ -487,44 +554,39 @@ async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetc
     Ok(out)
 }
 
+/// The samples of `source` in `[a, b]` (milliseconds) whose labels `vs`
+/// matches, by series, read with SQL as the caller.
 async fn read_metric(
     r: &Reader<'_>,
-    metric: &str,
+    source: &Source,
     vs: &VectorSelector,
     a: i64,
     b: i64,
 ) -> Result<Vec<Series>, PromError> {
-    // Before looking the table up: whether it exists is not the caller's to
-    // learn where it may not read.
-    if let Some(who) = r.who {
-        who.check_table(tocsin_auth::Permission::Query, r.database, metric)
-            .map_err(|e| PromError::Query(crate::QueryError::Auth(e)))?;
-    }
-    let Some(schema) = r.engine.storage().table_schema(r.database, metric) else { return Ok(Vec::new()) };
-    if schema.index_of("value").is_err() {
-        return Ok(Vec::new());
-    }
+    let metric = source.metric.as_str();
+    let Some(schema) = r.engine.storage().table_schema(r.database, &source.table) else { return Ok(Vec::new()) };
     let tags = tag_names(&schema);
+    let field = quote_ident(&source.field);
     // Equality matchers on tags narrow the read; every matcher is checked
     // again on the labels.
     let mut filters = vec![
         format!("ts >= to_timestamp_millis({a})"),
         format!("ts <= to_timestamp_millis({b})"),
-        "value IS NOT NULL".to_string(),
+        format!("{field} IS NOT NULL"),
     ];
     for m in &vs.matchers.matchers {
         if matches!(m.op, MatchOp::Equal) && !m.value.is_empty() && tags.contains(&m.name) {
             filters.push(format!("{} = {}", quote_ident(&m.name), quote_str(&m.value)));
         }
     }
-    let mut columns = vec!["ts".to_string(), "value".to_string()];
+    let mut columns = vec!["ts".to_string(), field.clone()];
     columns.extend(tags.iter().map(|t| quote_ident(t)));
     let mut order: Vec<String> = tags.iter().map(|t| quote_ident(t)).collect();
     order.push("ts".into());
     let sql = format!(
         "SELECT {} FROM {} WHERE {} ORDER BY {}",
         columns.join(", "),
-        quote_ident(metric),
+        quote_ident(&source.table),
         filters.join(" AND "),
         order.join(", ")
     );

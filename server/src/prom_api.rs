@@ -12,7 +12,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tocsin_auth::{Permission, Principal};
+use tocsin_auth::Principal;
 use tocsin_query::promql::{self, Answer, Labels, PromError, Reader, format_value};
 
 use crate::http::AppState;
@@ -272,17 +272,14 @@ pub(crate) async fn series(
     }
 }
 
-/// The metrics (tables with a `value` field) of `db` the caller may read.
-fn metrics(app: &AppState, who: &Principal, db: &str) -> Vec<String> {
-    let mut v: Vec<String> = app
-        .storage
-        .tables(db)
-        .into_iter()
-        .filter(|t| who.check_table(Permission::Query, db, t).is_ok())
-        .filter(|t| app.storage.table_schema(db, t).is_some_and(|s| s.index_of("value").is_ok()))
-        .collect();
-    v.sort();
-    v
+/// The metrics of `db` the caller may read (see [`promql::table_metrics`]).
+fn metrics(app: &AppState, who: &Principal, db: &str) -> Vec<promql::Source> {
+    promql::metric_sources(&app.query, Some(who), db)
+}
+
+/// The tables that hold the metrics of `db` the caller may read.
+fn metric_tables(app: &AppState, who: &Principal, db: &str) -> BTreeSet<String> {
+    metrics(app, who, db).into_iter().map(|m| m.table).collect()
 }
 
 fn tags_of(app: &AppState, db: &str, table: &str) -> Vec<String> {
@@ -304,8 +301,8 @@ pub(crate) async fn labels(
         Ok(None) => {
             let db = p.database();
             let mut names: BTreeSet<String> = BTreeSet::from(["__name__".to_string()]);
-            for m in metrics(&app, &who, db) {
-                names.extend(tags_of(&app, db, &m));
+            for t in metric_tables(&app, &who, db) {
+                names.extend(tags_of(&app, db, &t));
             }
             names
         }
@@ -332,10 +329,10 @@ pub(crate) async fn label_values(
         Ok(Some(set)) => {
             set.iter().filter_map(|l| l.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).collect()
         }
-        Ok(None) if name == "__name__" => metrics(&app, &who, &db).into_iter().collect(),
+        Ok(None) if name == "__name__" => metrics(&app, &who, &db).into_iter().map(|m| m.metric).collect(),
         Ok(None) => {
             let mut values = BTreeSet::new();
-            for m in metrics(&app, &who, &db) {
+            for m in metric_tables(&app, &who, &db) {
                 if !tags_of(&app, &db, &m).contains(&name) {
                     continue;
                 }

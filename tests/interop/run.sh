@@ -12,11 +12,11 @@ cargo build --locked --workspace --all-targets
 export TOCSIN_BIN="$BIN"
 # The STARTTLS scenario of the email test makes its certificates with openssl.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
-# Peers from Debian: Prometheus with node_exporter (remote_write, alerts),
+# Peers from Debian: Prometheus with node_exporter (remote_write, alerts), VictoriaMetrics (PromQL over line-protocol fields),
 # InfluxDB 1.6 and its CLI (line protocol, InfluxQL), amtool (Alertmanager's CLI), rsyslog and
 # logger (syslog senders).
 need=()
-for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter influxd:influxdb influx:influxdb-client amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils; do
+for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter victoria-metrics:victoria-metrics influxd:influxdb influx:influxdb-client amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -218,12 +218,61 @@ bind-address = "127.0.0.1:{rpc_port}"
     return p, base
 
 
+def start_victoria(tmp, log):
+    port = free_port()
+    p = subprocess.Popen(["victoria-metrics", f"-storageDataPath={os.path.join(tmp, 'vm')}",
+                          f"-httpListenAddr=127.0.0.1:{port}", "-retentionPeriod=100y",
+                          "-search.disableCache"], stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    wait_for("VictoriaMetrics to answer", lambda: urllib.request.urlopen(f"{base}/health", timeout=2).status == 200)
+    return p, base
+
+
+# PromQL over line-protocol fields, which both name `measurement_field`
+# (a boolean is 1 or 0), asked of VictoriaMetrics and Tocsin at a time
+# where every series has a sample (VictoriaMetrics leaves out a sample at
+# exactly the query's time when it is the series' only one: a second
+# after it). (Functions where MetricsQL departs from
+# PromQL, such as rate's extrapolation, are compared with Prometheus in
+# test_prometheus_remote_write.py.)
+FIELD_PROMQL = [
+    ("cpu_usage_user", START_S + 1800),
+    ('cpu_usage_idle{hostname="host_3"}', START_S + 1800),
+    ("sum by (region) (cpu_usage_system)", START_S + 1800),
+    ("avg(cpu_usage_user) + max(cpu_usage_idle)", START_S + 1800),
+    ('sum(max_over_time(cpu_usage_idle{hostname="host_3"}[5m]))', START_S + 1800),
+    ('count by (__name__) ({__name__=~"cpu_.*"})', START_S + 1800),
+    ('{__name__=~"system_.*", host="web 1"}', 1451606411),
+    ("system_up", 1451606411),
+    ("system_n_users * 2", 1451606411),
+    ('{__name__="disk io_reads"}', 1451606401),
+]
+
+
+def vm_side_by_side(vm, http):
+    """Every FIELD_PROMQL expression in both; returns how many agreed."""
+    def answer(base, q, t):
+        d = get_json(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": t}))
+        assert d["status"] == "success", (base, q, d)
+        return sorted((json.dumps(r["metric"], sort_keys=True), float(r["value"][1])) for r in d["data"]["result"])
+    for q, t in FIELD_PROMQL:
+        theirs, ours = answer(vm, q, t), answer(f"http://{http}", q, t)
+        assert theirs and theirs == ours, f"{q}\n VictoriaMetrics: {theirs}\n Tocsin: {ours}"
+    names = lambda base: {n for n in get_json(f"{base}/api/v1/label/__name__/values")["data"]
+                          if n.startswith(("cpu_", "system_"))}  # VictoriaMetrics lists string fields too
+    theirs, ours = names(vm), names(f"http://{http}")
+    assert theirs == ours, (theirs, ours)
+    return len(FIELD_PROMQL)
+
+
 def main():
     with scratch("tocsin-influx-") as (tmp, procs), open(os.path.join(tmp, "tocsin.log"), "w") as tlog, open(os.path.join(tmp, "influx.log"), "w") as ilog:
         tocsin, _grpc, http = start_tocsin(os.path.join(tmp, "data"), tlog)
         procs.append(tocsin)
         influx, base = start_influx(tmp, ilog)
         procs.append(influx)
+        victoria, vm = start_victoria(tmp, ilog)
+        procs.append(victoria)
         post(f"{base}/query?" + urllib.parse.urlencode({"q": "CREATE DATABASE lp"}), b"")
 
         cpu = gzip.compress(tsbs_lines().encode())
@@ -231,6 +280,11 @@ def main():
         for url in (f"{base}/write?db=lp&precision=s", f"http://{http}/write?db=lp&precision=s"):
             assert post(url, cpu, "gzip") == 204
             assert post(url, tg) == 204
+        # VictoriaMetrics and Tocsin's default database, for PromQL.
+        for url in (f"{vm}/write?precision=s", f"http://{http}/write?precision=s"):
+            assert post(url, cpu, "gzip") == 204
+            assert post(url, tg) == 204
+        post(f"{vm}/internal/force_flush", b"")
         # The same through the v2 endpoint into another Tocsin database.
         assert post(f"http://{http}/api/v2/write?bucket=lp2&precision=s", cpu, "gzip") == 204
 
@@ -274,13 +328,16 @@ def main():
                 raise AssertionError(f"{url} accepted a bad line")
             except urllib.error.HTTPError as e:
                 assert e.code == 400, (url, e.code)
-        # 5. InfluxQL through /query, side by side; then the real clients.
+        # 5. PromQL over the fields, side by side with VictoriaMetrics.
+        m = wait_for("PromQL over line-protocol fields to agree with VictoriaMetrics",
+                     lambda: vm_side_by_side(vm, http), deadline_s=30)
+        # 6. InfluxQL through /query, side by side; then the real clients.
         n = influxql_side_by_side(base, http)
         real_clients(http, tmp)
         print(f"ok: InfluxDB 1.6 and Tocsin agree on {HOSTS * STEPS} TSBS lines and the Telegraf-style lines "
               f"(aggregates, time buckets, every field type, escapes, gzip, v1 and v2 endpoints); "
               f"{n} InfluxQL statements give the same /query answers; the InfluxDB Python client and the influx CLI "
-              f"work against Tocsin")
+              f"work against Tocsin; {m} PromQL expressions over the fields agree with VictoriaMetrics 1.79")
 
 
 if __name__ == "__main__":

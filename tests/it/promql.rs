@@ -81,6 +81,23 @@ async fn promql_instant_and_range_queries_series_and_labels() {
     let (status, v) = get(&server, "/api/v1/status/buildinfo", &[]).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("success")), "{v}");
 
+    // Line-protocol fields are metrics `measurement_field` (a boolean 1 or
+    // 0); a table without a `value` field is no metric of its own name.
+    let lp = format!("cpu,host=a usage_user=10,usage_system=5i,ok=true,note=\"x\" {}\n", T0 + 300 * SEC);
+    let resp =
+        reqwest::Client::new().post(format!("http://{}/write", server.http)).body(lp).send().await.expect("write");
+    assert_eq!(resp.status().as_u16(), 204);
+    for (q, want) in [("cpu_usage_user", "10"), ("cpu_usage_system * 2", "10"), ("cpu_ok", "1")] {
+        let (_, v) = get(&server, "/api/v1/query", &[("query", q), ("time", &at(300))]).await;
+        assert_eq!(v["data"]["result"][0]["value"][1], want, "{q}: {v}");
+    }
+    for q in ["cpu", "cpu_note", "cpu_value", "cpu_ts"] {
+        let (_, v) = get(&server, "/api/v1/query", &[("query", q), ("time", &at(300))]).await;
+        assert_eq!(v["data"]["result"], json!([]), "{q}: {v}");
+    }
+    let (_, v) = get(&server, "/api/v1/label/__name__/values", &[]).await;
+    assert_eq!(v["data"], json!(["cpu_ok", "cpu_usage_system", "cpu_usage_user", "http_requests_total", "up"]), "{v}");
+
     // Errors in Prometheus' envelope.
     let (status, v) = get(&server, "/api/v1/query", &[("query", "sum(")]).await;
     assert_eq!((status, v["status"].as_str(), v["errorType"].as_str()), (400, Some("error"), Some("bad_data")), "{v}");
