@@ -421,7 +421,7 @@ impl Config {
 
     /// The number of rules in all groups.
     pub fn rule_count(&self) -> usize {
-        self.groups.iter().map(|g| g.rules.len()).sum()
+        self.groups.iter().map(|g| g.rules.len() + g.records.len()).sum()
     }
 }
 

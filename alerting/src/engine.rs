@@ -91,6 +91,15 @@ pub async fn record_samples(
         })
         .collect();
     let db = database.unwrap_or(tocsin_query::names::DEFAULT_DATABASE);
+    if let Some(schema) = storage.table_schema(db, metric) {
+        let metric_table = schema.field_with_name("value").is_ok_and(|f| f.data_type().is_numeric());
+        if !metric_table {
+            return Err(format!(
+                "table {metric} of database {db} exists and holds no metric (no numeric `value` field); a recording \
+                 rule writes metrics: give it another name"
+            ));
+        }
+    }
     let out = storage
         .write(db, vec![TableWrite { table: metric.to_string(), blocks }])
         .await
@@ -101,6 +110,33 @@ pub async fn record_samples(
         }
         None => Ok(()),
     }
+}
+
+/// Shortest time a rule's query may take before it is stopped (a group's
+/// interval when that is longer).
+const MIN_RULE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A rule's query, stopped once it takes longer than its group's interval
+/// (at least [`MIN_RULE_TIMEOUT`]): groups are evaluated one after the
+/// other, and one slow rule must not hold back every other group for long.
+async fn bounded<T>(g: &RuleGroup, query: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    let after = g.interval.max(MIN_RULE_TIMEOUT);
+    tokio::time::timeout(after, query).await.unwrap_or_else(|_| {
+        Err(format!(
+            "the query took longer than {} and was stopped (a rule's query may take its group's interval, at least {})",
+            crate::duration::Dur(after),
+            crate::duration::Dur(MIN_RULE_TIMEOUT)
+        ))
+    })
+}
+
+/// Refuses a result larger than the group's `limit` (as Prometheus: the
+/// rule fails, what it had stays as it was).
+fn within_limit(g: &RuleGroup, samples: Vec<Sample>, what: &str) -> Result<Vec<Sample>, String> {
+    if g.limit > 0 && samples.len() > g.limit {
+        return Err(format!("{} {what}, more than the group's limit of {}", samples.len(), g.limit));
+    }
+    Ok(samples)
 }
 
 /// [`RuleQuerier::promql`] over a query engine: an instant query at
@@ -434,7 +470,19 @@ impl AlertEngine {
                 last_watch = Instant::now();
                 self.reload_if_changed();
             }
-            self.tick().await;
+            // A panic in one round (a bug) is reported, and the next round
+            // runs: alerting must not stop for good while the server stays
+            // up and says it is healthy.
+            let round = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(self.tick())).await;
+            if let Err(panic) = round {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                self.metrics.evaluation_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("an evaluation round panicked and was abandoned: {what}");
+            }
             // What changes without a transition (values, last seen) is in
             // the snapshot, written this often.
             if self.journal.lock().last_snapshot.elapsed() >= persist::SNAPSHOT_EVERY
@@ -517,13 +565,16 @@ impl AlertEngine {
                     }
                 }
                 let started = Instant::now();
-                let samples = match &rule.expr {
-                    Some(expr) => self.querier.promql(expr, g.database.as_deref(), self.clock.now_ms()).await,
-                    None => {
-                        let result = self.querier.query(&rule.sql, g.database.as_deref()).await;
-                        result.and_then(|b| samples_from_batches(&b))
+                let query = async {
+                    match &rule.expr {
+                        Some(expr) => self.querier.promql(expr, g.database.as_deref(), self.clock.now_ms()).await,
+                        None => {
+                            let result = self.querier.query(&rule.sql, g.database.as_deref()).await;
+                            result.and_then(|b| samples_from_batches(&b))
+                        }
                     }
                 };
+                let samples = bounded(g, query).await.and_then(|s| within_limit(g, s, "alerts"));
                 let elapsed = started.elapsed();
                 self.metrics.evaluations.fetch_add(1, Ordering::Relaxed);
                 self.metrics.evaluation_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -571,7 +622,8 @@ impl AlertEngine {
         let started = Instant::now();
         let at = self.clock.now_ms();
         let db = g.database.as_deref();
-        let result = match self.querier.promql(&rec.expr, db, at).await {
+        let result = match bounded(g, self.querier.promql(&rec.expr, db, at)).await {
+            Ok(samples) if g.limit > 0 && samples.len() > g.limit => within_limit(g, samples, "series").map(|_| ()),
             Ok(mut samples) => {
                 let mut seen = std::collections::HashSet::new();
                 let mut duplicate = false;

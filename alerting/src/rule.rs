@@ -154,6 +154,9 @@ pub struct RuleGroup {
     pub name: String,
     pub interval: Duration,
     pub database: Option<String>,
+    /// Most alerts a rule (series a recording rule) may produce in one
+    /// evaluation; 0: no limit.
+    pub limit: usize,
     pub rules: Vec<Rule>,
     /// Evaluated before `rules` at each evaluation.
     pub records: Vec<Recording>,

@@ -194,12 +194,26 @@ fn pipeline(action: &str) -> Result<Vec<Command<'_>>, String> {
 }
 
 /// The label names a template uses, or what is wrong with it (bad syntax,
-/// an unknown function).
+/// an unknown function, a function given what it cannot take): each
+/// action is tried once with a value of 1 and every label `x`.
 pub fn labels_used(template: &str) -> Result<Vec<&str>, String> {
     let mut out = Vec::new();
     for piece in pieces(template) {
         let Piece::Action(action) = piece else { continue };
-        for command in pipeline(action).map_err(|e| format!("{{{{ {action} }}}}: {e}"))? {
+        let commands = pipeline(action).map_err(|e| format!("{{{{ {action} }}}}: {e}"))?;
+        let trial = commands
+            .iter()
+            .flat_map(|c| match c {
+                Command::Operand(o) => std::slice::from_ref(o),
+                Command::Call(_, args) => args.as_slice(),
+            })
+            .filter_map(|o| match o {
+                Operand::Label(l) => Some((l.to_string(), "x".to_string())),
+                _ => None,
+            })
+            .collect();
+        run(&commands, &trial, 1.0).map_err(|e| format!("{{{{ {action} }}}}: {e}"))?;
+        for command in commands {
             let operands = match command {
                 Command::Operand(o) => vec![o],
                 Command::Call(_, args) => args,
@@ -425,6 +439,10 @@ fn humanize_timestamp(v: f64) -> String {
     format!("{}{frac} +0000 UTC", t.format("%Y-%m-%d %H:%M:%S"))
 }
 
+/// Widest field and most digits `printf` gives (Go refuses widths above
+/// 1,000,000; an annotation needs far fewer).
+const MAX_PRINTF_WIDTH: usize = 1000;
+
 /// Go's `printf` for the verbs rule files use: `%s %v %d %f %e %g %q %%`
 /// with flags, width and precision.
 fn printf(format: &str, args: &[Val]) -> Result<String, String> {
@@ -458,6 +476,9 @@ fn printf(format: &str, args: &[Val]) -> Result<String, String> {
             Some((w, p)) => (w.parse::<usize>().ok(), Some(p.parse::<usize>().unwrap_or(0))),
             None => (spec.parse::<usize>().ok(), None),
         };
+        if width.is_some_and(|w| w > MAX_PRINTF_WIDTH) || precision.is_some_and(|p| p > MAX_PRINTF_WIDTH) {
+            return Err(format!("printf: width and precision are at most {MAX_PRINTF_WIDTH}"));
+        }
         let mut s = match verb {
             's' | 'v' => text(arg),
             'q' => format!("{:?}", text(arg)),
@@ -488,6 +509,9 @@ fn printf(format: &str, args: &[Val]) -> Result<String, String> {
         }
         out.push_str(&s);
     }
+    if args.next().is_some() {
+        return Err("printf: more arguments than verbs".into());
+    }
     Ok(out)
 }
 
@@ -498,6 +522,17 @@ pub fn format_value(v: f64) -> String {
     }
     if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
         return format!("{}", v as i64);
+    }
+    if v.is_infinite() {
+        return go_g(v, 4);
+    }
+    if v.abs() >= 1e15 {
+        // As Go prints large floats: the shortest digits, `1e+300`.
+        let e = format!("{v:e}");
+        if let Some((mantissa, exp)) = e.split_once('e') {
+            let (sign, digits) = exp.strip_prefix('-').map_or(("+", exp), |d| ("-", d));
+            return format!("{mantissa}e{sign}{digits:0>2}");
+        }
     }
     let s = format!("{v:.4}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
@@ -546,6 +581,29 @@ mod tests {
         assert_eq!(go_g(123456.0, 4), "1.235e+05");
         assert_eq!(go_g(0.00001234, 4), "1.234e-05");
         assert_eq!(go_g(100.0, 4), "100");
+    }
+
+    #[test]
+    fn hostile_templates_are_refused_when_loaded() {
+        // Review: `%99999999999999d` aborted the server allocating the
+        // padding; `%.70000f` panicked the alerting engine.
+        for t in [
+            "{{ printf \"%99999999999999d\" $value }}",
+            "{{ printf \"%18446744073709551615d\" $value }}",
+            "{{ printf \"%.70000f\" $value }}",
+            "{{ printf \"%1001s\" $labels.a }}",
+            "{{ printf \"%x\" $value }}",
+            "{{ printf \"%d %d\" 1 }}",
+            "{{ printf \"%d\" 1 2 }}",
+            "{{ humanize $value $value }}",
+            "{{ humanizeTimestamp \"abc\" }}",
+        ] {
+            assert!(labels_used(t).is_err(), "{t}");
+            assert_eq!(render(t, &Labels::new(), 1.0), t, "kept as written where it cannot be rendered");
+        }
+        assert_eq!(labels_used("{{ printf \"%1000.3f|%s\" $value $labels.a }}"), Ok(vec!["a"]));
+        assert_eq!(format_value(1e300), "1e+300");
+        assert_eq!(format_value(-2.5e20), "-2.5e+20");
     }
 
     #[test]

@@ -244,7 +244,12 @@ async fn evaluate(
     let task = tokio::task::spawn_blocking(move || {
         let ev = Evaluator::new(&data, start, end, deadline, cancel);
         if start == end && step == 1 {
-            return ev.eval(&expr, start).map(|v| (v, Vec::new()));
+            return match ev.eval(&expr, start)? {
+                // As Prometheus: two elements with one label set (names
+                // dropped from two metrics) are an error, not one answer.
+                Value::Vector(v) => Ok((Value::Vector(unique(v)?), Vec::new())),
+                other => Ok((other, Vec::new())),
+            };
         }
         let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
         let mut t = start;
@@ -265,7 +270,13 @@ async fn evaluate(
                         )));
                     }
                     for (labels, x) in v {
-                        out.entry(labels).or_default().push((t, x));
+                        let points = out.entry(labels).or_default();
+                        if points.last().is_some_and(|p| p.0 == t) {
+                            return Err(PromError::Execution(
+                                "vector cannot contain metrics with the same labelset".into(),
+                            ));
+                        }
+                        points.push((t, x));
                     }
                 }
                 _ => return Err(PromError::Execution("a range query must give a vector or a scalar".into())),
@@ -541,8 +552,9 @@ async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetc
     for (key, (vs, a, b)) in windows {
         let mut series = Vec::new();
         for source in metrics_of(r, vs)? {
-            series.extend(read_metric(r, &source, vs, a, b).await?);
-            total += series.iter().map(|s| s.samples.len()).sum::<usize>();
+            let read = read_metric(r, &source, vs, a, b).await?;
+            total += read.iter().map(|s| s.samples.len()).sum::<usize>();
+            series.extend(read);
             if total > MAX_SAMPLES {
                 return Err(PromError::Execution(format!(
                     "query processing would load too many samples into memory (more than {MAX_SAMPLES})"
@@ -643,6 +655,8 @@ struct Evaluator<'a> {
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Inner evaluations of subqueries so far.
     subquery_steps: std::cell::Cell<u64>,
+    /// Points subqueries produced so far.
+    subquery_points: std::cell::Cell<usize>,
 }
 
 fn without_name(labels: &Labels) -> Labels {
@@ -705,6 +719,7 @@ impl<'a> Evaluator<'a> {
             deadline,
             cancel,
             subquery_steps: Default::default(),
+            subquery_points: Default::default(),
         }
     }
 
@@ -743,6 +758,16 @@ impl<'a> Evaluator<'a> {
             self.check()?;
             match self.eval(&sq.expr, ti)? {
                 Value::Vector(v) => {
+                    // Points a subquery holds count as samples read (as in
+                    // Prometheus' max_samples).
+                    let held = self.subquery_points.get().saturating_add(v.len());
+                    if held > MAX_SAMPLES {
+                        return Err(PromError::Execution(format!(
+                            "query processing would load too many samples into memory (more than {MAX_SAMPLES}): \
+                             subqueries hold too many points"
+                        )));
+                    }
+                    self.subquery_points.set(held);
                     for (labels, x) in v {
                         out.entry(labels).or_default().push((ti, x));
                     }

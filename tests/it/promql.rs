@@ -98,6 +98,24 @@ async fn promql_instant_and_range_queries_series_and_labels() {
     let (_, v) = get(&server, "/api/v1/label/__name__/values", &[]).await;
     assert_eq!(v["data"], json!(["cpu_ok", "cpu_usage_system", "cpu_usage_user", "http_requests_total", "up"]), "{v}");
 
+    // Two elements of one label set are an error, not one answer (review:
+    // an alert rule on it fired once, with one of the two values).
+    let lp = format!("disk_a,host=h1 value=95 {t}\ndisk_b,host=h1 value=99 {t}\n", t = T0 + 300 * SEC);
+    let resp =
+        reqwest::Client::new().post(format!("http://{}/write", server.http)).body(lp).send().await.expect("write");
+    assert_eq!(resp.status().as_u16(), 204);
+    let (status, v) =
+        get(&server, "/api/v1/query", &[("query", "{__name__=~\"disk_(a|b)\"} * 1 > 90"), ("time", &at(300))]).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("same labelset"), "{v}");
+    let (status, v) = get(
+        &server,
+        "/api/v1/query_range",
+        &[("query", "{__name__=~\"disk_(a|b)\"} * 1"), ("start", &at(240)), ("end", &at(300)), ("step", "30s")],
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+
     // Errors in Prometheus' envelope.
     let (status, v) = get(&server, "/api/v1/query", &[("query", "sum(")]).await;
     assert_eq!((status, v["status"].as_str(), v["errorType"].as_str()), (400, Some("error"), Some("bad_data")), "{v}");
@@ -213,4 +231,48 @@ groups:
         reqwest::get(format!("http://{}/api/v1/rules", server.http)).await.expect("rules").json().await.expect("json");
     let text = health.to_string();
     assert!(text.contains("Broken") && text.contains("many"), "{text}");
+
+    // Review: a recording rule's failure was in the log only, and one named
+    // after a table of events wrote metric rows into it.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/write", server.http))
+        .body("events,host=a msg=\"hello\",code=3i\n")
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(resp.status().as_u16(), 204);
+    let reload = |yaml: String| {
+        let path = tmp.path().join("rules.yml");
+        let http = server.http;
+        async move {
+            std::fs::write(path, yaml).expect("write rules");
+            let r =
+                reqwest::Client::new().post(format!("http://{http}/api/v1/rules/reload")).send().await.expect("reload");
+            (r.status().as_u16(), r.text().await.expect("text"))
+        }
+    };
+    let with = |extra: &str| format!("{rules}  - name: rec\n    interval: 1s\n    rules:\n{extra}");
+    let (status, body) = reload(with("      - { record: events, expr: vector(1) }\n")).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, v) = get(&server, "/api/v1/rules", &[]).await;
+        let err =
+            v["rules"].as_array().and_then(|r| r.iter().find(|r| r["rule"] == "events")).map(|r| r["error"].clone());
+        match err {
+            Some(Value::String(e)) => {
+                assert!(e.contains("holds no metric"), "{e}");
+                break;
+            }
+            _ if std::time::Instant::now() > deadline => panic!("no error shown for the recording rule: {v}"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(server.sql("SELECT count(*) AS n FROM events").await, [json!({"n": 1})], "nothing written into it");
+    // Label values written as templates would merge every alert into one.
+    let (status, body) =
+        reload(with("      - { alert: Down, expr: up == 0, labels: { instance: \"{{ $labels.instance }}\" } }\n"))
+            .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("is a template"), "{body}");
 }

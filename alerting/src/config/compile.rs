@@ -36,7 +36,7 @@ pub(crate) fn compile_group(g: GroupFile, templates: &crate::templates::Template
         let r = crate::templates::instantiate(&r, templates).map_err(ctx)?;
         rules.push(compile_rule(r).map_err(ctx)?);
     }
-    Ok(RuleGroup { name: g.name, interval, database: g.database, rules, records })
+    Ok(RuleGroup { name: g.name, interval, database: g.database, limit: g.limit, rules, records })
 }
 
 /// A recording rule: a metric name, `expr` and `labels`, nothing else.
@@ -77,6 +77,10 @@ fn compile_recording(r: RuleFile) -> Result<crate::rule::Recording, String> {
     if let Some(k) = r.labels.keys().find(|k| !crate::external::label_name(k) || *k == "__name__") {
         return Err(format!("label {k:?} is not a label name (letters, digits and _, not starting with a digit)"));
     }
+    if let Some(k) = r.labels.keys().find(|k| matches!(k.as_str(), "value" | "ts")) {
+        return Err(format!("label {k:?} names a column every metric has (`ts`, `value`); choose another name"));
+    }
+    check_untemplated(&r.labels)?;
     Ok(crate::rule::Recording { name, expr, labels: r.labels })
 }
 
@@ -157,6 +161,7 @@ pub(crate) fn compile_rule(r: RuleFile) -> Result<Rule, String> {
             return Err("label and annotation names must not be empty".into());
         }
     }
+    check_untemplated(&labels)?;
     // As for alerts posted through the Alertmanager API (and Prometheus).
     if let Some(k) = labels.keys().find(|k| !crate::external::label_name(k)) {
         return Err(format!("label {k:?} is not a label name (letters, digits and _, not starting with a digit)"));
@@ -271,6 +276,19 @@ fn label_list(labels: &BTreeMap<String, String>, columns: &[String]) -> String {
     have.extend(columns.iter().map(String::as_str).filter(|c| *c != "value"));
     have.extend(labels.keys().map(String::as_str));
     have.join(", ")
+}
+
+/// Refuses label values written as templates: Prometheus expands them
+/// per alert, Tocsin does not, and taking them literally would merge every
+/// alert of the rule into one.
+fn check_untemplated(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    match labels.iter().find(|(_, v)| v.contains("{{")) {
+        Some((k, v)) => Err(format!(
+            "label {k:?} is a template ({v:?}); label values are not templated in Tocsin: the labels of the \
+             expression's result are the alert's labels already"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Refuses thresholds a more severe one would always shadow: they are

@@ -48,6 +48,10 @@ pub struct GroupFile {
     pub interval: Option<Dur>,
     /// The database the group's SQL runs in (default `public`).
     pub database: Option<String>,
+    /// Most alerts an alerting rule, and series a recording rule, of the
+    /// group may produce in one evaluation (0: no limit), as Prometheus'.
+    #[serde(default)]
+    pub limit: usize,
     pub rules: Vec<RuleFile>,
 }
 

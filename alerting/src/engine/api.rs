@@ -284,11 +284,12 @@ impl AlertEngine {
         let inner = self.inner.lock();
         let mut out = Vec::new();
         for g in &inner.config.groups {
-            for r in &g.rules {
-                let key = rule_key(&g.name, &r.name);
+            let names = g.records.iter().map(|r| &r.name).chain(g.rules.iter().map(|r| &r.name));
+            for name in names {
+                let key = rule_key(&g.name, name);
                 out.push(inner.health.get(&key).cloned().unwrap_or(RuleHealth {
                     group: g.name.clone(),
-                    rule: r.name.clone(),
+                    rule: name.clone(),
                     ..Default::default()
                 }));
             }
