@@ -604,37 +604,34 @@ async fn read_metric(
     );
     let batches = r.engine.execute_as(&sql, Some(r.database), r.who).await?.batches;
     let mut out: Vec<Series> = Vec::new();
+    // The tag values of the series being read ("" for NULL): a row whose
+    // values are the same belongs to it. Labels are built once per series,
+    // not per row.
+    let mut current: Vec<String> = Vec::new();
     for batch in &batches {
         let ts = cast(batch.column(0), &DataType::Timestamp(TimeUnit::Nanosecond, None))
             .map_err(|e| PromError::Execution(e.to_string()))?;
         let ts = ts.as_primitive::<TimestampNanosecondType>();
         let values = cast(batch.column(1), &DataType::Float64).map_err(|e| PromError::Execution(e.to_string()))?;
         let values = values.as_primitive::<Float64Type>();
-        let tag_cols = (0..tags.len())
-            .map(|i| cast(batch.column(2 + i), &DataType::Utf8))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| PromError::Execution(e.to_string()))?;
+        let tag_cols = (0..tags.len()).map(|i| TagColumn::new(batch.column(2 + i))).collect::<Result<Vec<_>, _>>()?;
         for row in 0..batch.num_rows() {
-            let mut labels: Labels = vec![("__name__".to_string(), metric.to_string())];
-            for (name, col) in tags.iter().zip(&tag_cols) {
-                if col.is_valid(row) {
-                    let v = col.as_string::<i32>().value(row);
-                    if !v.is_empty() {
-                        labels.push((name.clone(), v.to_string()));
-                    }
-                }
+            let same = !out.is_empty() && tag_cols.iter().zip(&current).all(|(c, v)| c.value(row) == v);
+            if !same {
+                current = tag_cols.iter().map(|c| c.value(row).to_string()).collect();
+                let mut labels: Labels = vec![("__name__".to_string(), metric.to_string())];
+                labels.extend(
+                    tags.iter().zip(&current).filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())),
+                );
+                labels.sort();
+                out.push(Series { labels, samples: Vec::new() });
             }
-            labels.sort();
             let sample = (ts.value(row).div_euclid(1_000_000), values.value(row));
-            match out.last_mut() {
+            let Some(s) = out.last_mut() else { continue };
+            match s.samples.last_mut() {
                 // The same sample written twice (a retried write) is one.
-                Some(s) if s.labels == labels && s.samples.last().is_some_and(|l| l.0 == sample.0) => {
-                    if let Some(l) = s.samples.last_mut() {
-                        *l = sample;
-                    }
-                }
-                Some(s) if s.labels == labels => s.samples.push(sample),
-                _ => out.push(Series { labels, samples: vec![sample] }),
+                Some(l) if l.0 == sample.0 => *l = sample,
+                _ => s.samples.push(sample),
             }
         }
     }
@@ -642,6 +639,38 @@ async fn read_metric(
     // column that is NULL and one that is '' make the same labels.
     out.retain(|s| matches(&vs.matchers, &s.labels));
     Ok(out)
+}
+
+/// A tag column's values as text, read in place (tags are dictionary
+/// encoded; anything else is cast once).
+enum TagColumn {
+    Dictionary(Vec<Option<usize>>, arrow::array::ArrayRef),
+    Plain(arrow::array::ArrayRef),
+}
+
+impl TagColumn {
+    fn new(col: &arrow::array::ArrayRef) -> Result<TagColumn, PromError> {
+        let err = |e: arrow::error::ArrowError| PromError::Execution(e.to_string());
+        if let Some(d) = col.as_any_dictionary_opt() {
+            let keys = cast(d.keys(), &DataType::UInt64).map_err(err)?;
+            let keys = keys.as_primitive::<arrow::datatypes::UInt64Type>();
+            let keys = (0..keys.len()).map(|i| keys.is_valid(i).then(|| keys.value(i) as usize)).collect();
+            return Ok(TagColumn::Dictionary(keys, cast(d.values(), &DataType::Utf8).map_err(err)?));
+        }
+        Ok(TagColumn::Plain(cast(col, &DataType::Utf8).map_err(err)?))
+    }
+
+    /// Row `row`'s value; "" for NULL.
+    fn value(&self, row: usize) -> &str {
+        match self {
+            TagColumn::Dictionary(keys, values) => match keys[row] {
+                Some(k) if values.is_valid(k) => values.as_string::<i32>().value(k),
+                _ => "",
+            },
+            TagColumn::Plain(values) if values.is_valid(row) => values.as_string::<i32>().value(row),
+            TagColumn::Plain(_) => "",
+        }
+    }
 }
 
 struct Evaluator<'a> {
@@ -657,6 +686,9 @@ struct Evaluator<'a> {
     subquery_steps: std::cell::Cell<u64>,
     /// Points subqueries produced so far.
     subquery_points: std::cell::Cell<usize>,
+    /// Each selector node's series, found once (by the node's address)
+    /// rather than by its text at every step.
+    selected: std::cell::RefCell<HashMap<usize, &'a [Series]>>,
 }
 
 fn without_name(labels: &Labels) -> Labels {
@@ -720,6 +752,7 @@ impl<'a> Evaluator<'a> {
             cancel,
             subquery_steps: Default::default(),
             subquery_points: Default::default(),
+            selected: Default::default(),
         }
     }
 
@@ -818,8 +851,15 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn series(&self, vs: &VectorSelector) -> &[Series] {
-        self.data.get(&selector_key(vs)).map_or(&[], Vec::as_slice)
+    fn series(&self, vs: &VectorSelector) -> &'a [Series] {
+        let node = vs as *const VectorSelector as usize;
+        if let Some(found) = self.selected.borrow().get(&node) {
+            return found;
+        }
+        let data: &'a Fetched = self.data;
+        let found = data.get(&selector_key(vs)).map_or(&[][..], Vec::as_slice);
+        self.selected.borrow_mut().insert(node, found);
+        found
     }
 
     /// The latest sample of each series in `[t - 5m, t]` (offset and `@`
