@@ -37,6 +37,9 @@ impl RuleQuerier for FakeData {
         if expr.contains("broken") {
             return Err("parse error".into());
         }
+        if expr.contains("slow") {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
         let rows = self.0.lock().clone();
         Ok(rows
             .into_iter()
@@ -451,6 +454,20 @@ async fn a_failing_query_keeps_the_state_and_is_reported() {
     let h = s.engine.rules_health();
     assert!(h[0].error.as_deref().is_some_and(|e| e.contains("broken")), "{h:?}");
     assert_eq!(s.engine.metrics.evaluation_failures.load(Ordering::Relaxed), 2);
+}
+
+/// Review: a PromQL rule that ran for a minute held back every other
+/// group; a rule's query is stopped after its group's interval (at least
+/// 5 s) and reported.
+#[tokio::test]
+async fn a_slow_rule_is_stopped_and_reported() {
+    let s =
+        setup("groups:\n  - name: g\n    interval: 1s\n    rules:\n      - { alert: Slow, expr: slow_metric > 0 }\n");
+    let started = Instant::now();
+    s.run_for(1).await;
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    let h = s.engine.rules_health();
+    assert!(h[0].error.as_deref().is_some_and(|e| e.contains("took longer than 5s")), "{h:?}");
 }
 
 #[test]
