@@ -112,6 +112,20 @@ pub async fn record_samples(
     }
 }
 
+/// Rules over a query engine (the server's, or a rule test's own).
+#[async_trait]
+impl RuleQuerier for tocsin_query::QueryEngine {
+    async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>, String> {
+        self.execute(sql, database).await.map(|r| r.batches).map_err(|e| e.to_string())
+    }
+    async fn promql(&self, expr: &str, database: Option<&str>, at_ms: i64) -> Result<Vec<Sample>, String> {
+        promql_samples(self, expr, database, at_ms).await
+    }
+    async fn record(&self, database: Option<&str>, metric: &str, samples: &[Sample], at_ms: i64) -> Result<(), String> {
+        record_samples(self.storage(), database, metric, samples, at_ms).await
+    }
+}
+
 /// Shortest time a rule's query may take before it is stopped (a group's
 /// interval when that is longer).
 const MIN_RULE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -576,31 +590,14 @@ impl AlertEngine {
                 };
                 let samples = bounded(g, query).await.and_then(|s| within_limit(g, s, "alerts"));
                 let elapsed = started.elapsed();
-                self.metrics.evaluations.fetch_add(1, Ordering::Relaxed);
-                self.metrics.evaluation_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
                 let at = self.clock.now_ms();
-                let key = rule_key(&g.name, &rule.name);
                 let mut inner = self.inner.lock();
-                let health = inner.health.entry(key.clone()).or_insert_with(|| RuleHealth {
-                    group: g.name.clone(),
-                    rule: rule.name.clone(),
-                    ..Default::default()
-                });
-                health.last_evaluation = Some(at);
-                health.duration_ms = elapsed.as_secs_f64() * 1000.0;
-                match samples {
-                    Ok(samples) => {
-                        health.error = None;
-                        let instances = inner.rules.entry(key).or_default();
-                        transitions.extend(evaluate(rule, &g.name, &samples, instances, at));
-                    }
-                    Err(e) => {
-                        // State is kept as it was: a failing query is not a
-                        // resolution.
-                        self.metrics.evaluation_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(group = %g.name, rule = %rule.name, "rule evaluation failed: {e}");
-                        health.error = Some(e);
-                    }
+                self.note_evaluation(&mut inner, g, &rule.name, at, elapsed, samples.as_ref().err());
+                // A failing query keeps the state as it was: it is not a
+                // resolution.
+                if let Ok(samples) = samples {
+                    let instances = inner.rules.entry(rule_key(&g.name, &rule.name)).or_default();
+                    transitions.extend(evaluate(rule, &g.name, &samples, instances, at));
                 }
             }
         }
@@ -639,25 +636,35 @@ impl AlertEngine {
             }
             Err(e) => Err(e),
         };
-        let elapsed = started.elapsed();
+        let mut inner = self.inner.lock();
+        self.note_evaluation(&mut inner, g, &rec.name, at, started.elapsed(), result.as_ref().err());
+    }
+
+    /// Counts one evaluation of rule `name` and records it in its health:
+    /// when, how long, and its error (none when it succeeded).
+    fn note_evaluation(
+        &self,
+        inner: &mut Inner,
+        g: &RuleGroup,
+        name: &str,
+        at: i64,
+        elapsed: Duration,
+        error: Option<&String>,
+    ) {
         self.metrics.evaluations.fetch_add(1, Ordering::Relaxed);
         self.metrics.evaluation_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        let mut inner = self.inner.lock();
-        let health = inner.health.entry(rule_key(&g.name, &rec.name)).or_insert_with(|| RuleHealth {
+        let health = inner.health.entry(rule_key(&g.name, name)).or_insert_with(|| RuleHealth {
             group: g.name.clone(),
-            rule: rec.name.clone(),
+            rule: name.to_string(),
             ..Default::default()
         });
         health.last_evaluation = Some(at);
         health.duration_ms = elapsed.as_secs_f64() * 1000.0;
-        match result {
-            Ok(()) => health.error = None,
-            Err(e) => {
-                self.metrics.evaluation_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(group = %g.name, record = %rec.name, "recording rule failed: {e}");
-                health.error = Some(e);
-            }
+        if let Some(e) = error {
+            self.metrics.evaluation_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(group = %g.name, rule = %name, "rule evaluation failed: {e}");
         }
+        health.error = error.cloned();
     }
 
     /// After evaluations: dispatch, persist, hand the jobs to the notifier

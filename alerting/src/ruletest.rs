@@ -120,28 +120,6 @@ fn parse_values(s: &str) -> Result<Vec<Option<f64>>, String> {
     Ok(out)
 }
 
-/// A rule test's own query engine, over its own storage.
-struct OwnQueries(tocsin_query::QueryEngine);
-
-#[async_trait]
-impl RuleQuerier for OwnQueries {
-    async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<arrow::array::RecordBatch>, String> {
-        self.0.execute(sql, database).await.map(|r| r.batches).map_err(|e| e.to_string())
-    }
-    async fn promql(&self, expr: &str, database: Option<&str>, at_ms: i64) -> Result<Vec<crate::rule::Sample>, String> {
-        crate::engine::promql_samples(&self.0, expr, database, at_ms).await
-    }
-    async fn record(
-        &self,
-        database: Option<&str>,
-        metric: &str,
-        samples: &[crate::rule::Sample],
-        at_ms: i64,
-    ) -> Result<(), String> {
-        crate::engine::record_samples(self.0.storage(), database, metric, samples, at_ms).await
-    }
-}
-
 struct NoHistory;
 
 #[async_trait]
@@ -229,7 +207,7 @@ async fn run_case(config: &Config, case: &TestCase, step: Duration) -> Result<Te
         opts,
         config.clone(),
         Arc::clone(&clock) as Arc<dyn Clock>,
-        Arc::new(OwnQueries(query)) as Arc<dyn RuleQuerier>,
+        Arc::new(query) as Arc<dyn RuleQuerier>,
         Arc::new(NoHistory),
     )?;
     let mut checks: Vec<&Expectation> = case.alerts.iter().collect();

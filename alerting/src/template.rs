@@ -365,15 +365,23 @@ fn humanize(mut v: f64) -> String {
             v /= 1000.0;
         }
     } else {
-        for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
-            if v.abs() >= 1.0 {
-                break;
-            }
-            prefix = p;
-            v *= 1000.0;
-        }
+        (v, prefix) = scaled_up(v);
     }
     format!("{}{prefix}", go_g(v, 4))
+}
+
+/// `v` (below 1 in size) times 1000 until it is not, with the SI prefix
+/// that says how often (`m`, `u`, `n`, ...), as Prometheus' humanize does.
+fn scaled_up(mut v: f64) -> (f64, &'static str) {
+    let mut prefix = "";
+    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
+        if v.abs() >= 1.0 {
+            break;
+        }
+        prefix = p;
+        v *= 1000.0;
+    }
+    (v, prefix)
 }
 
 fn humanize1024(mut v: f64) -> String {
@@ -413,14 +421,7 @@ fn humanize_duration(mut v: f64) -> String {
             format!("{sign}{}s", go_g(v, 4))
         };
     }
-    let mut prefix = "";
-    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
-        if v.abs() >= 1.0 {
-            break;
-        }
-        prefix = p;
-        v *= 1000.0;
-    }
+    let (v, prefix) = scaled_up(v);
     format!("{}{prefix}s", go_g(v, 4))
 }
 

@@ -411,33 +411,6 @@ async fn rollup_loop(rollups: Arc<tocsin_query::rollup::Rollups>, mut stop: watc
     }
 }
 
-/// Rules' SQL, run by this server's query engine.
-struct RuleQueries(Arc<QueryEngine>);
-
-#[async_trait::async_trait]
-impl tocsin_alerting::engine::RuleQuerier for RuleQueries {
-    async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<arrow::array::RecordBatch>, String> {
-        self.0.execute(sql, database).await.map(|r| r.batches).map_err(|e| e.to_string())
-    }
-    async fn promql(
-        &self,
-        expr: &str,
-        database: Option<&str>,
-        at_ms: i64,
-    ) -> Result<Vec<tocsin_alerting::rule::Sample>, String> {
-        tocsin_alerting::engine::promql_samples(&self.0, expr, database, at_ms).await
-    }
-    async fn record(
-        &self,
-        database: Option<&str>,
-        metric: &str,
-        samples: &[tocsin_alerting::rule::Sample],
-        at_ms: i64,
-    ) -> Result<(), String> {
-        tocsin_alerting::engine::record_samples(self.0.storage(), database, metric, samples, at_ms).await
-    }
-}
-
 /// The alerting engine over this server's query engine, recording history
 /// in the `system` database and showing its alerts as `system.alerts`.
 fn start_alerting(
@@ -455,7 +428,7 @@ fn start_alerting(
     let engine = tocsin_alerting::AlertEngine::start(
         opts,
         Arc::new(tocsin_alerting::SystemClock),
-        Arc::new(RuleQueries(Arc::clone(query))) as Arc<dyn tocsin_alerting::engine::RuleQuerier>,
+        Arc::clone(query) as Arc<dyn tocsin_alerting::engine::RuleQuerier>,
         Arc::new(StorageHistory { storage: Arc::clone(storage) }),
     )?;
     query.register_system_table("alerts", Arc::new(AlertsTable { engine: Arc::downgrade(&engine) }));
