@@ -526,26 +526,15 @@ pub(crate) fn restrict_rows(
                 datafusion::functions::expr_fn::concat(vec![column("table_schema"), lit("."), column("table_name")]);
             Some(if names.is_empty() { lit(false) } else { name.in_list(names.clone(), false) })
         } else {
-            let mut predicate: Option<Expr> = None;
-            for f in who.role.row_filters(db, scan.table_name.table()) {
-                if !scan.projected_schema.has_column_with_unqualified_name(&f.column) {
-                    refused = Some(tocsin_auth::AuthError::Forbidden(format!(
-                        "{} (role {}) may read {db}.{} only where {} is one of its values, and the table has no \
-                         such column",
-                        who.name,
-                        who.role.name,
-                        scan.table_name.table(),
-                        f.column
-                    )));
+            match row_predicate(who, db, scan.table_name.table(), |c| {
+                scan.projected_schema.has_column_with_unqualified_name(c)
+            }) {
+                Ok(p) => p,
+                Err(e) => {
+                    refused = Some(e);
                     return Ok(Transformed::new(LogicalPlan::TableScan(scan), false, TreeNodeRecursion::Stop));
                 }
-                let allowed = column(&f.column).in_list(f.values.iter().map(|v| lit(v.as_str())).collect(), false);
-                predicate = Some(match predicate {
-                    None => allowed,
-                    Some(p) => p.and(allowed),
-                });
             }
-            predicate
         };
         let Some(predicate) = predicate else { return Ok(Transformed::no(LogicalPlan::TableScan(scan))) };
         gated = true;
@@ -565,6 +554,36 @@ pub(crate) fn restrict_rows(
         .into());
     }
     Ok(restricted.data)
+}
+
+/// The predicate that keeps the rows of `db.table` that `who`'s role may
+/// read (its row filters, all of them), or `None` when it may read every
+/// row; refused when a filter's column is not one the table has.
+pub(crate) fn row_predicate(
+    who: &tocsin_auth::Principal,
+    db: &str,
+    table: &str,
+    has_column: impl Fn(&str) -> bool,
+) -> Result<Option<datafusion::logical_expr::Expr>, tocsin_auth::AuthError> {
+    use datafusion::common::Column;
+    use datafusion::logical_expr::{Expr, lit};
+    let mut predicate: Option<Expr> = None;
+    for f in who.role.row_filters(db, table) {
+        if !has_column(&f.column) {
+            return Err(tocsin_auth::AuthError::Forbidden(format!(
+                "{} (role {}) may read {db}.{table} only where {} is one of its values, and the table has no such \
+                 column",
+                who.name, who.role.name, f.column
+            )));
+        }
+        let allowed = Expr::Column(Column::new_unqualified(&f.column))
+            .in_list(f.values.iter().map(|v| lit(v.as_str())).collect(), false);
+        predicate = Some(match predicate {
+            None => allowed,
+            Some(p) => p.and(allowed),
+        });
+    }
+    Ok(predicate)
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionConfig;
 use datafusion::scalar::ScalarValue;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tocsin_storage::{Storage, StorageError, TIME_COLUMN, TableSnapshot, WriteError};
 
 pub use catalog::LiveTable;
@@ -476,25 +476,46 @@ impl QueryEngine {
         database: Option<&str>,
         who: Option<&Principal>,
     ) -> Result<QueryResult, QueryError> {
-        let started = Instant::now();
-        let limit = who.map(|_| self.callers.max_result_bytes);
         let run = async {
-            let (schema, mut stream) = self.plan_and_start(sql, database, None, who).await?;
-            let mut batches: Vec<RecordBatch> = Vec::new();
-            let mut bytes = 0usize;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| QueryError::from(e).unwrapped())?;
-                if let Some(limit) = limit {
-                    bytes += batch_bytes(&batch);
-                    if bytes > limit {
-                        tocsin_storage::refusals::refused("max_result_mb");
-                        return Err(QueryError::ResultTooLarge { limit_mb: limit >> 20 });
-                    }
-                }
-                batches.push(batch);
-            }
-            Ok(QueryResult { schema, batches })
+            let (schema, stream) = self.plan_and_start(sql, database, None, who).await?;
+            self.collect(schema, stream, who).await
         };
+        self.bounded_run(run, who).await
+    }
+
+    /// The whole of a started statement's result, bounded for a client
+    /// by `limits.max_result_mb`.
+    async fn collect(
+        &self,
+        schema: SchemaRef,
+        mut stream: SendableRecordBatchStream,
+        who: Option<&Principal>,
+    ) -> Result<QueryResult, QueryError> {
+        let limit = who.map(|_| self.callers.max_result_bytes);
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| QueryError::from(e).unwrapped())?;
+            if let Some(limit) = limit {
+                bytes += batch_bytes(&batch);
+                if bytes > limit {
+                    tocsin_storage::refusals::refused("max_result_mb");
+                    return Err(QueryError::ResultTooLarge { limit_mb: limit >> 20 });
+                }
+            }
+            batches.push(batch);
+        }
+        Ok(QueryResult { schema, batches })
+    }
+
+    /// Runs `run`, bounded for a client by `limits.query_timeout`, and
+    /// counts it in the query metrics.
+    async fn bounded_run(
+        &self,
+        run: impl Future<Output = Result<QueryResult, QueryError>>,
+        who: Option<&Principal>,
+    ) -> Result<QueryResult, QueryError> {
+        let started = Instant::now();
         let result = match who {
             None => run.await,
             Some(_) => {
@@ -593,17 +614,7 @@ impl QueryEngine {
         params: Option<Vec<ScalarValue>>,
         who: Option<&Principal>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
-        // A client's statement takes a slot for as long as its stream lives.
-        let slot = match who {
-            None => None,
-            Some(_) => match Arc::clone(&self.callers.slots).try_acquire_owned() {
-                Ok(permit) => Some((permit, tokio::time::Instant::now() + self.callers.timeout)),
-                Err(_) => {
-                    tocsin_storage::refusals::refused("max_concurrent_queries");
-                    return Err(QueryError::TooManyQueries { limit: self.callers.max });
-                }
-            },
-        };
+        let slot = self.slot(who)?;
         // Registered before planning takes its snapshots: the segment files
         // the query reads are kept until its stream is dropped.
         let reader = self.storage.reader();
@@ -657,6 +668,89 @@ impl QueryEngine {
         Ok(self.finish_stream(schema, stream, charge, slot, reader))
     }
 
+    /// A client's statement takes a slot (`limits.max_concurrent_queries`)
+    /// for as long as its stream lives, and has until the deadline.
+    fn slot(
+        &self,
+        who: Option<&Principal>,
+    ) -> Result<Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)>, QueryError> {
+        if who.is_none() {
+            return Ok(None);
+        }
+        match Arc::clone(&self.callers.slots).try_acquire_owned() {
+            Ok(permit) => Ok(Some((permit, tokio::time::Instant::now() + self.callers.timeout))),
+            Err(_) => {
+                tocsin_storage::refusals::refused("max_concurrent_queries");
+                Err(QueryError::TooManyQueries { limit: self.callers.max })
+            }
+        }
+    }
+
+    /// Reads `columns` of the rows of `database.table` as `who`, through
+    /// the table's own scan, without SQL: no parsing, no optimizer, no
+    /// physical planning (about 1.4 ms of a small statement), for readers
+    /// that know which table and columns they want (PromQL selectors).
+    ///
+    /// `filters` only prune (segments and buffered writes by time, row
+    /// groups and pages by statistics, rows while decoding where the
+    /// table's scan evaluates them): rows they would drop may still be
+    /// returned, and the caller checks each row. `who`'s access is what a
+    /// statement would have: the table must be in its scope, and its
+    /// role's row filters are applied exactly, below everything else (the
+    /// same gate as SQL's). Slots, deadline and result bound are a
+    /// statement's.
+    pub async fn scan_as(
+        &self,
+        database: &str,
+        table: &str,
+        columns: &[&str],
+        filters: Vec<datafusion::logical_expr::Expr>,
+        who: Option<&Principal>,
+    ) -> Result<QueryResult, QueryError> {
+        if let Some(who) = who {
+            who.check_table(tocsin_auth::Permission::Query, database, table)?;
+        }
+        let run = async {
+            let slot = self.slot(who)?;
+            let reader = self.storage.reader();
+            let state = self.state(Some(database));
+            let schema_provider = self
+                .ctx
+                .catalog(catalog::CATALOG)
+                .and_then(|c| c.schema(database))
+                .ok_or_else(|| DataFusionError::Plan(format!("database '{database}' not found")))?;
+            let Some(mut provider) = schema_provider.table(table).await? else {
+                return Err(DataFusionError::Plan(format!(
+                    "table '{}.{database}.{table}' not found",
+                    catalog::CATALOG
+                ))
+                .into());
+            };
+            if let Some(who) = who {
+                let full = provider.schema();
+                if let Some(predicate) = allowed::row_predicate(who, database, table, |c| full.index_of(c).is_ok())? {
+                    provider = Arc::new(gate::RowGate { inner: provider, predicate });
+                }
+            }
+            let full = provider.schema();
+            let projection = columns.iter().map(|c| full.index_of(c)).collect::<Result<Vec<_>, _>>()?;
+            let schema: SchemaRef = Arc::new(full.project(&projection)?);
+            let plan = provider.scan(&state, Some(&projection), &filters, None).await?;
+            let stream = datafusion::physical_plan::execute_stream(
+                plan,
+                Arc::new(datafusion::execution::TaskContext::from(&state)),
+            )?;
+            let (schema, stream) = self.finish_stream(schema, stream, None, slot, reader);
+            self.collect(schema, stream, who).await
+        };
+        // Scanning runs here, not on the blocking pool as a statement's
+        // planning does: a panic in it is this read's error.
+        let run = std::panic::AssertUnwindSafe(run)
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|panic| Err(QueryError::Panicked(panic_text(&panic)))));
+        self.bounded_run(run, who).await
+    }
+
     /// A planning error for a table that is not in the statement's
     /// database, with the databases (that `who` may read) where a table of
     /// that name is: data sent by Telegraf lands in `telegraf`, and a rule or
@@ -706,14 +800,7 @@ impl QueryEngine {
         // word.
         let stream = std::panic::AssertUnwindSafe(stream).catch_unwind().map(|item| match item {
             Ok(item) => item,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                Err(DataFusionError::External(Box::new(QueryError::Panicked(what))))
-            }
+            Err(panic) => Err(DataFusionError::External(Box::new(QueryError::Panicked(panic_text(&panic))))),
         });
         let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&schema),
@@ -934,6 +1021,15 @@ enum Planned {
     /// With the time spent in each of [`metrics::PHASES`].
     Started(SchemaRef, SendableRecordBatchStream, [std::time::Duration; 3]),
     Write(Box<datafusion::dataframe::DataFrame>, insert::Provisional),
+}
+
+/// What a caught panic said.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 async fn plan_statement(

@@ -2,9 +2,10 @@
 //! named after the table (what remote_write and OTLP create), its tags the
 //! labels. Expressions are parsed by the `promql-parser` crate and
 //! evaluated here, step by step, over the samples each selector needs,
-//! fetched once per query with SQL as the caller (its permissions and row
-//! filters apply). docs/promql.md lists what is supported; the rest is
-//! refused naming it.
+//! fetched once per query through each table's own scan as the caller
+//! (`QueryEngine::scan_as`: its permissions and row filters apply, as they
+//! do to SQL, without planning a statement). docs/promql.md lists what is
+//! supported; the rest is refused naming it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use promql_parser::parser::{
 
 pub use promql_parser::parser::value::ValueType;
 
-use crate::{Principal, QueryEngine, quote_ident, quote_literal as quote_str, tag_names};
+use crate::{Principal, QueryEngine, TIME_COLUMN, tag_names};
 
 /// How far back an instant selector looks for a sample (Prometheus' default).
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
@@ -536,7 +537,7 @@ fn matches(m: &Matchers, labels: &Labels) -> bool {
     all(&m.matchers) && (m.or_matchers.is_empty() || m.or_matchers.iter().any(|ms| all(ms)))
 }
 
-/// Reads every selector's samples once, with SQL as the caller.
+/// Reads every selector's samples once, as the caller.
 async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetched, PromError> {
     let mut wanted = Vec::new();
     selectors(expr, start, end, (start, end), &mut wanted)?;
@@ -547,27 +548,33 @@ async fn fetch(r: &Reader<'_>, expr: &Expr, start: i64, end: i64) -> Result<Fetc
         e.1 = e.1.min(a);
         e.2 = e.2.max(b);
     }
-    let mut out = Fetched::new();
-    let mut total = 0usize;
-    for (key, (vs, a, b)) in windows {
-        let mut series = Vec::new();
-        for source in metrics_of(r, vs)? {
-            let read = read_metric(r, &source, vs, a, b).await?;
-            total += read.iter().map(|s| s.samples.len()).sum::<usize>();
-            series.extend(read);
-            if total > MAX_SAMPLES {
-                return Err(PromError::Execution(format!(
-                    "query processing would load too many samples into memory (more than {MAX_SAMPLES})"
-                )));
+    // Selectors are read at once (`a / b` reads both metrics together);
+    // the metrics of one nameless selector one after the other, each
+    // counted against the bound before the next is read.
+    let total = std::sync::atomic::AtomicUsize::new(0);
+    let reads = windows.into_iter().map(|(key, (vs, a, b))| {
+        let total = &total;
+        async move {
+            let mut series = Vec::new();
+            for source in metrics_of(r, vs)? {
+                let read = read_metric(r, &source, vs, a, b).await?;
+                let n = read.iter().map(|s| s.samples.len()).sum::<usize>();
+                series.extend(read);
+                if total.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n > MAX_SAMPLES {
+                    return Err(PromError::Execution(format!(
+                        "query processing would load too many samples into memory (more than {MAX_SAMPLES})"
+                    )));
+                }
             }
+            Ok::<_, PromError>((key, series))
         }
-        out.insert(key, series);
-    }
-    Ok(out)
+    });
+    Ok(futures::future::try_join_all(reads).await?.into_iter().collect())
 }
 
 /// The samples of `source` in `[a, b]` (milliseconds) whose labels `vs`
-/// matches, by series, read with SQL as the caller.
+/// matches, by series, read as the caller through the table's own scan
+/// (no SQL: see [`QueryEngine::scan_as`]).
 async fn read_metric(
     r: &Reader<'_>,
     source: &Source,
@@ -575,39 +582,43 @@ async fn read_metric(
     a: i64,
     b: i64,
 ) -> Result<Vec<Series>, PromError> {
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::scalar::ScalarValue;
     let metric = source.metric.as_str();
     let Some(schema) = r.engine.storage().table_schema(r.database, &source.table) else { return Ok(Vec::new()) };
     let tags = tag_names(&schema);
-    let field = quote_ident(&source.field);
-    // Equality matchers on tags narrow the read; every matcher is checked
-    // again on the labels.
+    let exec = |e: datafusion::error::DataFusionError| PromError::Execution(e.to_string());
+    // Literals of the columns' own types: the scan's pruning compares
+    // them without coercion.
+    let typed = |column: &str, v: ScalarValue| -> Result<ScalarValue, PromError> {
+        let field = schema.field_with_name(column).map_err(|e| PromError::Execution(e.to_string()))?;
+        v.cast_to(field.data_type()).map_err(exec)
+    };
+    let ns = |ms: i64| ScalarValue::TimestampNanosecond(Some(ms.saturating_mul(1_000_000)), None);
+    // They prune (segments and buffered writes by time, pages by tags);
+    // every row is checked again below, and every matcher on the labels.
+    // `value IS NOT NULL` is checked only below: as a filter it would be
+    // evaluated while decoding, which reads each column chunk twice.
     let mut filters = vec![
-        format!("ts >= to_timestamp_millis({a})"),
-        format!("ts <= to_timestamp_millis({b})"),
-        format!("{field} IS NOT NULL"),
+        col(TIME_COLUMN).gt_eq(lit(typed(TIME_COLUMN, ns(a))?)),
+        col(TIME_COLUMN).lt_eq(lit(typed(TIME_COLUMN, ns(b))?)),
     ];
     for m in &vs.matchers.matchers {
         if matches!(m.op, MatchOp::Equal) && !m.value.is_empty() && tags.contains(&m.name) {
-            filters.push(format!("{} = {}", quote_ident(&m.name), quote_str(&m.value)));
+            filters.push(col(m.name.as_str()).eq(lit(typed(&m.name, ScalarValue::Utf8(Some(m.value.clone())))?)));
         }
     }
-    let mut columns = vec!["ts".to_string(), field.clone()];
-    columns.extend(tags.iter().map(|t| quote_ident(t)));
-    let mut order: Vec<String> = tags.iter().map(|t| quote_ident(t)).collect();
-    order.push("ts".into());
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {} ORDER BY {}",
-        columns.join(", "),
-        quote_ident(&source.table),
-        filters.join(" AND "),
-        order.join(", ")
-    );
-    let batches = r.engine.execute_as(&sql, Some(r.database), r.who).await?.batches;
+    let mut columns = vec![TIME_COLUMN, source.field.as_str()];
+    columns.extend(tags.iter().map(String::as_str));
+    let batches = r.engine.scan_as(r.database, &source.table, &columns, filters, r.who).await?.batches;
+    let (lo, hi) = (a.saturating_mul(1_000_000), b.saturating_mul(1_000_000));
     let mut out: Vec<Series> = Vec::new();
-    // The tag values of the series being read ("" for NULL): a row whose
-    // values are the same belongs to it. Labels are built once per series,
-    // not per row.
-    let mut current: Vec<String> = Vec::new();
+    // Series by their tag values ("" for NULL, joined by NUL): labels are
+    // built once per series, not per row.
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut key = String::new();
+    let mut last: Option<usize> = None;
+    let mut last_key = String::new();
     for batch in &batches {
         let ts = cast(batch.column(0), &DataType::Timestamp(TimeUnit::Nanosecond, None))
             .map_err(|e| PromError::Execution(e.to_string()))?;
@@ -616,28 +627,61 @@ async fn read_metric(
         let values = values.as_primitive::<Float64Type>();
         let tag_cols = (0..tags.len()).map(|i| TagColumn::new(batch.column(2 + i))).collect::<Result<Vec<_>, _>>()?;
         for row in 0..batch.num_rows() {
-            let same = !out.is_empty() && tag_cols.iter().zip(&current).all(|(c, v)| c.value(row) == v);
-            if !same {
-                current = tag_cols.iter().map(|c| c.value(row).to_string()).collect();
-                let mut labels: Labels = vec![("__name__".to_string(), metric.to_string())];
-                labels.extend(
-                    tags.iter().zip(&current).filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())),
-                );
-                labels.sort();
-                out.push(Series { labels, samples: Vec::new() });
+            let t = ts.value(row);
+            if t < lo || t > hi || values.is_null(row) {
+                continue;
             }
-            let sample = (ts.value(row).div_euclid(1_000_000), values.value(row));
-            let Some(s) = out.last_mut() else { continue };
-            match s.samples.last_mut() {
-                // The same sample written twice (a retried write) is one.
-                Some(l) if l.0 == sample.0 => *l = sample,
-                _ => s.samples.push(sample),
+            key.clear();
+            for c in &tag_cols {
+                key.push_str(c.value(row));
+                key.push('\0');
             }
+            // Rows of one series mostly come together.
+            let at = match last {
+                Some(i) if key == last_key => i,
+                _ => {
+                    let i = match index.get(key.as_str()) {
+                        Some(&i) => i,
+                        None => {
+                            let mut labels: Labels = vec![("__name__".to_string(), metric.to_string())];
+                            labels.extend(
+                                tags.iter()
+                                    .zip(&tag_cols)
+                                    .map(|(k, c)| (k, c.value(row)))
+                                    .filter(|(_, v)| !v.is_empty())
+                                    .map(|(k, v)| (k.clone(), v.to_string())),
+                            );
+                            labels.sort();
+                            out.push(Series { labels, samples: Vec::new() });
+                            index.insert(key.clone(), out.len() - 1);
+                            out.len() - 1
+                        }
+                    };
+                    last = Some(i);
+                    last_key.clone_from(&key);
+                    i
+                }
+            };
+            out[at].samples.push((t.div_euclid(1_000_000), values.value(row)));
         }
     }
-    // Rows of one series come together (ordered by its tags), but a tag
-    // column that is NULL and one that is '' make the same labels.
+    for s in &mut out {
+        // Buffered writes and segments come in no particular order; a
+        // stable sort keeps the later of two samples at one time (a
+        // retried write), which is the one kept.
+        s.samples.sort_by_key(|&(t, _)| t);
+        s.samples.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                *earlier = *later;
+                true
+            } else {
+                false
+            }
+        });
+    }
+    // A tag column that is NULL and one that is '' make the same labels.
     out.retain(|s| matches(&vs.matchers, &s.labels));
+    out.sort_by(|x, y| x.labels.cmp(&y.labels));
     Ok(out)
 }
 

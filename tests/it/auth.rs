@@ -785,6 +785,37 @@ async fn a_row_filter_holds_for_every_query_shape_tail_and_trace() {
     let (status, body) = sql(&server, &dev, "SELECT l.service FROM logs l JOIN calls_v2 c ON true").await;
     assert_eq!(status, 403, "in a join too: {body}");
 
+    // PromQL reads tables without SQL (`QueryEngine::scan_as`): the same
+    // filter holds, on buffered rows and, after a persist, on segments.
+    let promql = |q: &'static str| {
+        let req = reqwest::Client::new()
+            .get(format!("http://{}/api/v1/query", server.http))
+            .header("Authorization", format!("Bearer {dev}"))
+            .query(&[("query", q)]);
+        async move {
+            let resp = req.send().await.expect("query");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for stored in ["buffered", "persisted"] {
+        let (status, v) = promql("calls_n").await;
+        assert_eq!(status, 200, "{stored}: {v}");
+        let tenants: Vec<&str> = v["data"]["result"]
+            .as_array()
+            .expect("result")
+            .iter()
+            .filter_map(|r| r["metric"]["tenant"].as_str())
+            .collect();
+        assert_eq!(tenants, ["acme"], "{stored}: {v}");
+        let (_, v) = promql("sum(calls_n) + count(calls_n)").await;
+        assert_eq!(v["data"]["result"][0]["value"][1], "2", "{stored}: acme's 1, one series: {v}");
+        let (status, v) = promql("calls_v2_n").await;
+        assert_eq!(status, 403, "{stored}: {v}");
+        assert!(v["error"].as_str().unwrap_or("").contains("tenant"), "{stored}: {v}");
+        let (status, body) = call(&server, "POST", "/api/v1/admin/persist", Some(&admin), None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     // Trace: only the billing hop of t-1; t-2 has none the role may see.
     let (status, body) = call(&server, "GET", "/api/v1/trace/t-1", Some(&dev), None).await;
     assert_eq!(status, 200, "{body}");
