@@ -726,13 +726,13 @@ impl QueryEngine {
                 ))
                 .into());
             };
-            if let Some(who) = who {
-                let full = provider.schema();
-                if let Some(predicate) = allowed::row_predicate(who, database, table, |c| full.index_of(c).is_ok())? {
-                    provider = Arc::new(gate::RowGate { inner: provider, predicate });
-                }
-            }
+            // A row gate has its table's schema.
             let full = provider.schema();
+            if let Some(who) = who
+                && let Some(predicate) = allowed::row_predicate(who, database, table, |c| full.index_of(c).is_ok())?
+            {
+                provider = Arc::new(gate::RowGate { inner: provider, predicate });
+            }
             let projection = columns.iter().map(|c| full.index_of(c)).collect::<Result<Vec<_>, _>>()?;
             let schema: SchemaRef = Arc::new(full.project(&projection)?);
             let plan = provider.scan(&state, Some(&projection), &filters, None).await?;
