@@ -283,6 +283,15 @@ pub struct RuleHealth {
     pub last_evaluation: Option<i64>,
     pub duration_ms: f64,
     pub error: Option<String>,
+    /// `alert` or `record` (filled in from the rule files when listed).
+    pub kind: String,
+    /// `sql`, `promql` or `on_ingest`.
+    pub language: String,
+    /// The rule's statement, PromQL expression, or `table.field` it
+    /// watches on ingest.
+    pub query: String,
+    /// The group's evaluation interval.
+    pub interval_ms: u64,
 }
 
 const STATE_VERSION: u32 = 1;
@@ -856,6 +865,13 @@ impl AlertEngine {
             tracing::error!("{e}");
         }
         self.history.attempts(&got).await;
+    }
+
+    /// The rule files as they are on disk now, loaded as a reload would
+    /// load them, without replacing the running rules.
+    pub fn check_files(&self) -> Result<Config, EngineError> {
+        let path = self.opts.rules_path.as_ref().ok_or(EngineError::NoRulesPath)?;
+        Ok(self.opts.defaults(Config::load(path)?))
     }
 
     /// Reloads the rule files. A bad configuration is rejected as a whole

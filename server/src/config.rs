@@ -32,6 +32,92 @@ pub struct FileConfig {
     pub auth: AuthSection,
     pub tls: TlsSection,
     pub syslog: SyslogSection,
+    pub console: ConsoleSection,
+}
+
+/// `[console]`: the web console served at `/` on the HTTP port
+/// (docs/console.md). Every panel's SQL runs as the person looking at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSection {
+    pub enabled: bool,
+    /// How often the overview and the alerts view refresh.
+    pub refresh: String,
+    /// The alert label that names a device in the overview's health grid.
+    pub device_label: String,
+    /// A statement listing the devices of the health grid: a `device`
+    /// column, and any others to group by (business system, type, room).
+    /// Empty: the devices that have active alerts.
+    pub devices_sql: String,
+    /// Top-N panels of the overview (`[[console.panels]]`).
+    pub panels: Vec<ConsolePanel>,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        ConsoleSection {
+            enabled: true,
+            refresh: "10s".into(),
+            device_label: "host".into(),
+            devices_sql: String::new(),
+            panels: Vec::new(),
+        }
+    }
+}
+
+/// One top-N panel: a statement returning a label column and a value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsolePanel {
+    pub title: String,
+    pub sql: String,
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+/// The console as configured (see [`ConsoleSection`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleConfig {
+    #[serde(skip)]
+    pub enabled: bool,
+    pub refresh_ms: u64,
+    pub device_label: String,
+    pub devices_sql: String,
+    pub panels: Vec<ConsolePanel>,
+}
+
+impl ConsoleSection {
+    fn validate(self) -> Result<ConsoleConfig, ConfigError> {
+        let refresh = parse_duration(&self.refresh).ok().filter(|d| *d >= Duration::from_secs(1)).ok_or_else(|| {
+            ConfigError::Invalid {
+                key: "console.refresh",
+                reason: format!("{:?} is not a duration of at least 1s", self.refresh),
+            }
+        })?;
+        if self.device_label.is_empty() {
+            return Err(ConfigError::Invalid { key: "console.device_label", reason: "may not be empty".into() });
+        }
+        if self.panels.len() > 50 {
+            return Err(ConfigError::Invalid {
+                key: "console.panels",
+                reason: format!("{} panels: at most 50", self.panels.len()),
+            });
+        }
+        if let Some(p) = self.panels.iter().find(|p| p.title.trim().is_empty() || p.sql.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "console.panels",
+                reason: format!("a panel needs a title and a sql statement (title {:?})", p.title),
+            });
+        }
+        Ok(ConsoleConfig {
+            enabled: self.enabled,
+            refresh_ms: refresh.as_millis() as u64,
+            device_label: self.device_label,
+            devices_sql: self.devices_sql,
+            panels: self.panels,
+        })
+    }
 }
 
 /// `[syslog]`: listeners for syslog senders (rsyslog, syslog-ng, network
@@ -464,6 +550,7 @@ pub struct ServerConfig {
     /// TLS on both ports, when configured.
     pub tls: Option<crate::tls::TlsFiles>,
     pub syslog: SyslogConfig,
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -680,7 +767,9 @@ impl FileConfig {
         }
         let tls = self.tls.validate()?;
         let syslog = self.syslog.validate(o.syslog_tcp_addr, o.syslog_udp_addr)?;
+        let console = self.console.validate()?;
         Ok(ServerConfig {
+            console,
             auth,
             tls,
             syslog,

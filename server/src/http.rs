@@ -39,6 +39,8 @@ pub(crate) struct AppState {
     /// Databases InfluxQL's `CREATE DATABASE` named (listed by `SHOW
     /// DATABASES` before their first write; not kept across restarts).
     pub(crate) influx_databases: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
+    /// `[console]`.
+    pub(crate) console: Arc<crate::config::ConsoleConfig>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
@@ -86,7 +88,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/{index}/_bulk", Requires(Write), crate::protocols::elastic_bulk_index)
         .put("/{index}/_bulk", Requires(Write), crate::protocols::elastic_bulk_index);
     let routes = crate::auth_api::routes(crate::alertmanager_api::routes(crate::alert_links::routes(
-        crate::alerts_api::routes(routes),
+        crate::alerts_api::routes(crate::console::routes(routes)),
     )));
     routes
         .build(Arc::clone(&state.auth), Arc::clone(&state.audit), state.browsers.clone())

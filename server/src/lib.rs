@@ -20,6 +20,7 @@ mod alerts_api;
 mod audit_table;
 mod auth_api;
 pub mod config;
+mod console;
 #[cfg(test)]
 mod error_mapping_tests;
 mod flight;
@@ -225,6 +226,7 @@ pub async fn run(
         audit: Arc::clone(&audit),
         browsers: guard::BrowserPolicy::new(!config.auth.enabled && config.http_addr.ip().is_loopback(), &external_url),
         influx_databases: Arc::default(),
+        console: Arc::new(config.console.clone()),
     };
     // Through `tap_io` (which does nothing), axum gives handlers the
     // client's address from our listener.

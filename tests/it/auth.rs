@@ -17,7 +17,7 @@ use crate::server::{BIN, TestServer};
 use crate::util::{f64s, row_series, rows};
 
 /// A server with `--auth` (and `config`, if any) and its bootstrap admin token.
-fn start(dir: &Path, config: &str) -> (TestServer, String) {
+pub(crate) fn start(dir: &Path, config: &str) -> (TestServer, String) {
     let cfg = dir.join("tocsin.toml");
     std::fs::write(&cfg, config).expect("write config");
     let server = TestServer::start_in(&dir.join("data"), &["--auth", "--config", cfg.to_str().expect("utf-8")]);
@@ -27,7 +27,7 @@ fn start(dir: &Path, config: &str) -> (TestServer, String) {
 
 /// `tocsin token create --role ROLE [args]` as an operator runs it; the
 /// token is the last line of its output.
-fn create_token(server: &TestServer, admin: &str, role: &str, args: &[&str]) -> String {
+pub(crate) fn create_token(server: &TestServer, admin: &str, role: &str, args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(["token", "create", "--role", role, "--http-addr", &server.http.to_string()])
         .args(args)
@@ -41,7 +41,7 @@ fn create_token(server: &TestServer, admin: &str, role: &str, args: &[&str]) -> 
     token
 }
 
-async fn call(
+pub(crate) async fn call(
     server: &TestServer,
     method: &str,
     path: &str,

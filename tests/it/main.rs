@@ -5,6 +5,7 @@ mod alerting;
 mod auth;
 mod bad_input;
 mod chaos;
+mod console;
 mod crash;
 mod e2e;
 mod faults;

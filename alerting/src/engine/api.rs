@@ -280,18 +280,101 @@ impl AlertEngine {
         (v, inner.muted.clone())
     }
 
+    /// The notification groups open now, for the console: what each was
+    /// last told, who has been notified, and where its escalation chain
+    /// stands (the step sent last, the next one, when it is due and whom
+    /// it pages).
+    pub fn notification_groups(&self) -> Vec<serde_json::Value> {
+        let now = self.clock.now_ms();
+        let inner = self.inner.lock();
+        let config = &inner.config;
+        let ts = |ms: i64| crate::dispatch::rfc3339(ms);
+        inner
+            .dispatcher
+            .groups
+            .values()
+            .map(|g| {
+                let escalation = g.escalation.as_ref().map(|e| {
+                    let policy = config.escalations.get(&e.policy);
+                    let steps = policy.map_or(0, |p| p.steps.len());
+                    let waiting = !(e.acked || e.idle || e.completed);
+                    let next = policy.filter(|_| waiting).and_then(|p| {
+                        let step = p.steps.get(e.next_step)?;
+                        let due = e.started_at
+                            + i64::from(e.cycle) * p.repeat_interval.as_millis() as i64
+                            + step.after.as_millis() as i64;
+                        let mut pages: Vec<String> = step.notify.clone();
+                        if let Some((schedule, via)) = &step.oncall {
+                            let person = config
+                                .schedules
+                                .get(schedule)
+                                .and_then(|s| s.on_call(due.max(now), &config.time_intervals));
+                            pages.push(format!(
+                                "on call in {schedule} ({}) via {}",
+                                person.as_deref().unwrap_or("nobody"),
+                                via.join(", ")
+                            ));
+                        }
+                        Some(serde_json::json!({ "step": e.next_step + 1, "dueAt": ts(due), "notify": pages }))
+                    });
+                    serde_json::json!({
+                        "policy": e.policy,
+                        "steps": steps,
+                        "cycle": e.cycle,
+                        "startedAt": ts(e.started_at),
+                        "lastStep": e.last_step.map(|(i, _)| i + 1),
+                        "lastStepAt": e.last_step.map(|(_, at)| ts(at)),
+                        "next": next,
+                        "acked": e.acked,
+                        "idle": e.idle,
+                        "completed": e.completed,
+                    })
+                });
+                let alerts: Vec<serde_json::Value> = g
+                    .sent
+                    .iter()
+                    .map(|(id, v)| serde_json::json!({ "id": id, "status": v.status, "severity": v.severity, "acked": v.acked }))
+                    .collect();
+                serde_json::json!({
+                    "key": g.key,
+                    "receiver": g.receiver,
+                    "groupLabels": g.group_labels,
+                    "createdAt": ts(g.created_at),
+                    "lastSentAt": g.last_sent_at.map(ts),
+                    "notified": g.notified,
+                    "alerts": alerts,
+                    "escalation": escalation,
+                })
+            })
+            .collect()
+    }
+
+    /// Every rule of the files, with its definition and last evaluation.
     pub fn rules_health(&self) -> Vec<RuleHealth> {
         let inner = self.inner.lock();
         let mut out = Vec::new();
         for g in &inner.config.groups {
-            let names = g.records.iter().map(|r| &r.name).chain(g.rules.iter().map(|r| &r.name));
-            for name in names {
+            let records = g.records.iter().map(|r| (&r.name, "record", "promql", r.expr.clone()));
+            let rules = g.rules.iter().map(|r| {
+                let (language, query) = match (&r.on_ingest, &r.expr) {
+                    (Some(src), _) => ("on_ingest", format!("{}.{}", src.table, src.field)),
+                    (None, Some(expr)) => ("promql", expr.clone()),
+                    (None, None) => ("sql", r.sql.clone()),
+                };
+                (&r.name, "alert", language, query)
+            });
+            for (name, kind, language, query) in records.chain(rules) {
                 let key = rule_key(&g.name, name);
-                out.push(inner.health.get(&key).cloned().unwrap_or(RuleHealth {
+                let mut h = inner.health.get(&key).cloned().unwrap_or(RuleHealth {
                     group: g.name.clone(),
                     rule: name.clone(),
                     ..Default::default()
-                }));
+                });
+                h.kind = kind.to_string();
+                h.language = language.to_string();
+                h.query = query;
+                h.interval_ms = g.interval.as_millis() as u64;
+                out.push(h);
             }
         }
         out

@@ -264,6 +264,15 @@ async fn escalation_continues_across_a_restart_without_repeating_a_step() {
     let got = cap.wait_for(1).await;
     assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["/oncall"]);
     assert_eq!(got[0].1["tocsin"]["step"], 1);
+    // The console's view of the chain: step 1 sent, step 2 (backup) next.
+    let groups = s.engine.notification_groups();
+    let esc = groups.iter().find_map(|g| g["escalation"].as_object()).expect("an escalating group");
+    assert_eq!(
+        (esc["policy"].as_str(), esc["lastStep"].as_u64(), esc["steps"].as_u64()),
+        (Some("chain"), Some(1), Some(2))
+    );
+    assert_eq!(esc["next"]["step"], 2, "{esc:?}");
+    assert_eq!(esc["next"]["notify"], serde_json::json!(["backup"]), "{esc:?}");
     s.settle().await;
     // "Crash": a new engine over the same state directory (the old one is
     // dropped without a clean shutdown; state was saved by its ticks).
@@ -295,6 +304,9 @@ async fn acknowledged_alert_does_not_escalate() {
     s.run_for(5).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(cap.bodies().len(), 1, "no step 2 after the ack");
+    let groups = s.engine.notification_groups();
+    let esc = groups.iter().find_map(|g| g["escalation"].as_object()).expect("an escalating group");
+    assert_eq!((esc["acked"].as_bool(), esc["next"].is_null()), (Some(true), true), "{esc:?}");
     assert!(s.engine.ack("nope", "ann", "").await.is_err());
     let notes: Vec<String> = s.history.transitions.lock().iter().map(|t| t.note.clone()).collect();
     assert!(notes.iter().any(|n| n == "acknowledged by ann: looking"), "{notes:?}");
@@ -453,6 +465,9 @@ async fn a_failing_query_keeps_the_state_and_is_reported() {
     s.run_for(2).await;
     let h = s.engine.rules_health();
     assert!(h[0].error.as_deref().is_some_and(|e| e.contains("broken")), "{h:?}");
+    // Listed with its definition, for the console's rules view.
+    assert_eq!((h[0].kind.as_str(), h[0].language.as_str()), ("alert", "sql"), "{h:?}");
+    assert!(h[0].query.contains("FROM broken"), "{h:?}");
     assert_eq!(s.engine.metrics.evaluation_failures.load(Ordering::Relaxed), 2);
 }
 

@@ -1,0 +1,308 @@
+// Alerts: filter by state, severity and labels; acknowledge with a
+// comment, withdraw, resolve, silence from an alert (matchers prefilled);
+// the escalation progress of each notification group; an alert's history.
+
+import { api, sql, h, clear, fill, add, session, can, toast, ago, labelText, quote, severityRank, VirtualList, navigate } from "/console/app.js";
+
+const STATES = ["active", "firing", "pending", "resolved"];
+
+export async function mount(view, ctx) {
+  const params = ctx.params;
+  const state = params.get("state") || "active";
+  const text = params.get("q") || "";
+  const labels = {};
+  for (const [k, v] of params) if (!["state", "q", "id", "wall"].includes(k)) labels[k] = v;
+
+  const stateSel = h("select", { id: "alert-state" }, STATES.map((s) => h("option", { value: s, selected: s === state }, s)));
+  const labelInput = h("input", { id: "alert-labels", placeholder: "labels: host=web-1, severity=critical", value: labelText(labels) });
+  const search = h("input", { id: "alert-search", placeholder: "search name, labels, summary", value: text });
+  const apply = () => {
+    const p = new URLSearchParams();
+    p.set("state", stateSel.value);
+    if (search.value) p.set("q", search.value);
+    for (const part of labelInput.value.split(",")) {
+      const i = part.indexOf("=");
+      if (i > 0) p.set(part.slice(0, i).trim(), part.slice(i + 1).trim());
+    }
+    navigate("/alerts?" + p);
+  };
+  stateSel.addEventListener("change", apply);
+  labelInput.addEventListener("keydown", (e) => e.key === "Enter" && apply());
+  search.addEventListener("input", () => draw());
+
+  const summary = h("span", { class: "muted", id: "alert-count" });
+  const detail = h("div", { class: "card detail", id: "alert-detail" }, h("p", { class: "muted" }, "Select an alert."));
+  const groupsEl = h("div", { class: "card", id: "escalations" });
+  const silencesEl = h("div", { class: "card", id: "silences" });
+  let alerts = [];
+  let selected = params.get("id");
+
+  const list = new VirtualList(34, (a) =>
+    h(
+      "div",
+      {
+        class: "row alert-row" + (a.id === selected ? " selected" : ""),
+        dataset: { id: a.id, alertname: a.alertname },
+        onclick: () => {
+          selected = a.id;
+          list.draw();
+          showDetail(detail, a, refresh);
+        },
+      },
+      h("span", { class: "badge sev-" + (a.severity || "none") }, a.severity || "none"),
+      h("span", { class: "name" }, a.alertname),
+      h("span", { class: "state st-" + a.state }, a.state + (a.muted ? " (muted)" : "")),
+      h("span", { class: "num" }, a.value === null ? "" : String(a.value)),
+      h("span", { class: "labels" }, labelText(withoutName(a.labels))),
+      h("span", { class: "muted" }, ago(a.activeSince || a.pendingSince)),
+      h("span", { class: "acked" }, a.ack ? "acked by " + a.ack.by : ""),
+    ),
+  );
+
+  function draw() {
+    const q = search.value.toLowerCase();
+    const shown = q
+      ? alerts.filter((a) => (a.alertname + " " + labelText(a.labels) + " " + JSON.stringify(a.annotations)).toLowerCase().includes(q))
+      : alerts;
+    summary.textContent = shown.length + " of " + alerts.length + " alerts";
+    list.set(shown);
+  }
+
+  async function refresh() {
+    const p = new URLSearchParams(labels);
+    p.set("state", state);
+    alerts = (await api("GET", "/api/v1/alerts?" + p)).alerts;
+    alerts.sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || (b.activeSince || "").localeCompare(a.activeSince || "") || a.id.localeCompare(b.id));
+    draw();
+    const sel = alerts.find((a) => a.id === selected);
+    if (sel && !detail.contains(document.activeElement)) await showDetail(detail, sel, refresh);
+    await drawGroups(groupsEl, alerts);
+    await drawSilences(silencesEl, refresh);
+  }
+
+  view.append(
+    h("div", { class: "toolbar" }, h("h1", {}, "Alerts"), stateSel, labelInput, search, summary),
+    h("div", { class: "split" }, list.el, detail),
+    h("div", { class: "columns" }, groupsEl, silencesEl),
+  );
+  let stopped = false;
+  let timer = null;
+  const loop = async () => {
+    try {
+      await refresh();
+    } catch (e) {
+      if (e.status !== 401) toast(e.message);
+    }
+    if (!stopped) timer = setTimeout(loop, session.config.refreshMs);
+  };
+  await loop();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+function withoutName(labels) {
+  const l = Object.assign({}, labels);
+  delete l.alertname;
+  return l;
+}
+
+function who() {
+  return session.user ? session.user.name : "console";
+}
+
+async function showDetail(el, a, refresh) {
+  const comment = h("input", { id: "ack-comment", placeholder: "comment (what you are doing about it)" });
+  const act = async (what, body) => {
+    try {
+      await api("POST", "/api/v1/alerts/" + encodeURIComponent(a.id) + "/" + what, body);
+      toast(what + ": done", "ok");
+      await refresh();
+    } catch (e) {
+      if (e.status !== 401) toast(e.message);
+    }
+  };
+  const actions = h("div", { class: "actions" });
+  if (can("ack") && a.state === "firing") {
+    if (!a.ack) actions.append(comment, h("button", { id: "ack", onclick: () => act("ack", { by: who(), comment: comment.value }) }, "Acknowledge"));
+    else actions.append(h("button", { id: "unack", onclick: () => act("unack", { by: who() }) }, "Withdraw acknowledgement"));
+  }
+  if (can("ack") && (a.state === "firing" || a.state === "pending")) {
+    actions.append(h("button", { id: "resolve", onclick: () => act("resolve", { by: who(), comment: comment.value || "resolved from the console" }) }, "Resolve"));
+  }
+  if (can("silence")) actions.append(h("button", { id: "silence", onclick: () => silenceForm(el, a, refresh) }, "Silence…"));
+
+  const history = h("div", { class: "timeline", id: "alert-history" }, h("p", { class: "muted" }, "loading history…"));
+  fill(el, 
+    h("h2", {}, a.alertname, " ", h("span", { class: "badge sev-" + (a.severity || "none") }, a.severity || "none")),
+    h(
+      "dl",
+      {},
+      h("dt", {}, "state"),
+      h("dd", {}, a.state + (a.muted ? " — muted (" + a.muted.kind + ")" : "")),
+      h("dt", {}, "value"),
+      h("dd", {}, String(a.value)),
+      h("dt", {}, "since"),
+      h("dd", {}, (a.activeSince || a.pendingSince || "") + " (" + ago(a.activeSince || a.pendingSince) + ")"),
+      h("dt", {}, "labels"),
+      h("dd", {}, labelText(a.labels)),
+      Object.entries(a.annotations || {}).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
+      a.ack ? [h("dt", {}, "acknowledged"), h("dd", { id: "ack-info" }, a.ack.by + (a.ack.comment ? ": " + a.ack.comment : "") + " " + ago(a.ack.at))] : null,
+      a.ackLifted ? [h("dt", {}, "ack lifted"), h("dd", {}, "acked by " + a.ackLifted.by + " at " + a.ackLifted.severity + "; severity rose")] : null,
+    ),
+    actions,
+    h("h3", {}, "History"),
+    history,
+  );
+  try {
+    const rows = await sql(
+      "SELECT ts, from_state, to_state, severity, value, note FROM system.alert_history WHERE id = " + quote(a.id) + " ORDER BY ts DESC LIMIT 200",
+    );
+    fill(history, 
+      rows.length === 0
+        ? h("p", { class: "muted" }, "no transitions recorded")
+        : rows.map((r) =>
+            h(
+              "div",
+              { class: "tl-item st-" + r.to_state },
+              h("span", { class: "tl-time" }, new Date(r.ts).toLocaleString()),
+              h("span", {}, r.from_state + " → " + r.to_state + (r.severity ? " (" + r.severity + ")" : "")),
+              r.note ? h("span", { class: "muted" }, " " + r.note) : null,
+            ),
+          ),
+    );
+  } catch (e) {
+    fill(history, h("p", { class: "error" }, e.message));
+  }
+}
+
+function silenceForm(el, a, refresh) {
+  const lines = Object.entries(a.labels)
+    .filter(([k]) => k !== "severity")
+    .map(([k, v]) => k + "=" + v)
+    .join("\n");
+  const matchers = h("textarea", { id: "silence-matchers", rows: "4" }, lines);
+  const durationIn = h("input", { id: "silence-duration", value: "1h" });
+  const comment = h("input", { id: "silence-comment", placeholder: "why" });
+  const form = h(
+    "form",
+    { class: "card", id: "silence-form" },
+    h("h3", {}, "New silence"),
+    h("label", {}, "Matchers (one per line: name=value, name!=value, name=~regex, name!~regex)", matchers),
+    h("label", {}, "Duration", durationIn),
+    h("label", {}, "Comment", comment),
+    h("button", { type: "submit" }, "Create silence"),
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const ms = matchers.value
+        .split("\n")
+        .map((l) => l.trim())
+        .filter(Boolean)
+        .map(parseMatcher);
+      const r = await api("POST", "/api/v1/silences", { matchers: ms, duration: durationIn.value, createdBy: who(), comment: comment.value || "from the console" });
+      toast("silence " + r.silenceID + " created", "ok");
+      form.remove();
+      await refresh();
+    } catch (e) {
+      if (e.status !== 401) toast(e.message);
+    }
+  });
+  el.append(form);
+}
+
+function parseMatcher(line) {
+  const m = /^([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*)$/.exec(line);
+  if (!m) throw new Error("not a matcher: " + line);
+  const op = m[2];
+  let value = m[3].trim();
+  if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
+  return { name: m[1], value, isRegex: op.includes("~"), isEqual: !op.startsWith("!") };
+}
+
+async function drawGroups(el, alerts) {
+  let groups;
+  try {
+    groups = (await api("GET", "/api/v1/alerts/groups")).groups;
+  } catch (e) {
+    fill(el, h("h2", {}, "Escalation"), h("p", { class: "error" }, e.message));
+    return;
+  }
+  const names = new Map(alerts.map((a) => [a.id, a.alertname]));
+  const escalating = groups.filter((g) => g.escalation);
+  fill(el, 
+    h("h2", {}, "Escalation"),
+    escalating.length === 0
+      ? h("p", { class: "muted" }, "No notification group is escalating.")
+      : h(
+          "table",
+          { id: "escalation-table" },
+          h("tr", {}, h("th", {}, "group"), h("th", {}, "chain"), h("th", {}, "step"), h("th", {}, "paged"), h("th", {}, "next")),
+          escalating.map((g) => {
+            const e = g.escalation;
+            const status = e.acked ? "acknowledged: stopped" : e.idle ? "nothing fires" : e.completed ? "every step sent" : null;
+            return h(
+              "tr",
+              { dataset: { key: g.key } },
+              h("td", {}, labelText(g.groupLabels), h("div", { class: "muted" }, g.alerts.map((a) => names.get(a.id) || a.id).join(", "))),
+              h("td", {}, e.policy + (e.cycle ? " (run " + (e.cycle + 1) + ")" : "")),
+              h("td", { class: "esc-step" }, e.lastStep ? e.lastStep + " of " + e.steps + " sent " + ago(e.lastStepAt) : "not started"),
+              h("td", {}, g.notified.join(", ")),
+              h("td", { class: "esc-next" }, status || (e.next ? "step " + e.next.step + " to " + e.next.notify.join(", ") + " " + ago(e.next.dueAt) : "")),
+            );
+          }),
+        ),
+  );
+}
+
+async function drawSilences(el, refresh) {
+  let silences;
+  try {
+    silences = (await api("GET", "/api/v1/silences")).silences.filter((s) => s.status.state !== "expired");
+  } catch (e) {
+    fill(el, h("h2", {}, "Silences"), h("p", { class: "error" }, e.message));
+    return;
+  }
+  fill(el, 
+    h("h2", {}, "Silences"),
+    silences.length === 0
+      ? h("p", { class: "muted" }, "No active or pending silence.")
+      : h(
+          "table",
+          { id: "silence-table" },
+          h("tr", {}, h("th", {}, "matchers"), h("th", {}, "state"), h("th", {}, "ends"), h("th", {}, "by"), h("th", {})),
+          silences.map((s) =>
+            h(
+              "tr",
+              {},
+              h("td", {}, s.matchers.map((m) => m.name + (m.isEqual === false ? "!" : "") + (m.isRegex ? "~" : "=") + m.value).join(", ")),
+              h("td", {}, s.status.state),
+              h("td", {}, ago(s.endsAt)),
+              h("td", {}, s.createdBy + (s.comment ? ": " + s.comment : "")),
+              h(
+                "td",
+                {},
+                can("silence")
+                  ? h(
+                      "button",
+                      {
+                        onclick: async () => {
+                          try {
+                            await api("DELETE", "/api/v1/silences/" + encodeURIComponent(s.id));
+                            await refresh();
+                          } catch (e) {
+                            if (e.status !== 401) toast(e.message);
+                          }
+                        },
+                      },
+                      "Expire",
+                    )
+                  : null,
+              ),
+            ),
+          ),
+        ),
+  );
+}

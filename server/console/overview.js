@@ -1,0 +1,240 @@
+// Overview, and the same page as a wall display (`/?wall=1`): firing
+// alerts by severity and by group, a health grid of devices, today's alert
+// trend, and the top-N panels of `[console.panels]`.
+
+import { api, sql, h, clear, fill, add, session, severityRank, SEVERITY_ORDER, quote } from "/console/app.js";
+import { timeChart } from "/console/explore.js";
+
+export async function mount(view, ctx) {
+  const cfg = session.config;
+  const groupBy = ctx.params.get("group") || "";
+  const wall = ctx.params.get("wall") === "1";
+  const counts = h("div", { class: "counts", id: "severity-counts" });
+  const byGroup = h("div", { class: "card" });
+  const grid = h("div", { class: "card", id: "health" });
+  const trend = h("div", { class: "card", id: "trend" });
+  const panels = h("div", { class: "panels" });
+  const stamp = h("span", { class: "muted" });
+  view.append(
+    h(
+      "div",
+      { class: "toolbar" },
+      h("h1", {}, "Overview"),
+      stamp,
+      wall ? null : h("a", { href: "/?wall=1" + (groupBy ? "&group=" + encodeURIComponent(groupBy) : ""), target: "_blank" }, "Wall display"),
+    ),
+    counts,
+    h("div", { class: "columns" }, byGroup, trend),
+    grid,
+    panels,
+  );
+  let chart = null;
+  let stopped = false;
+
+  async function refresh() {
+    const { alerts } = await api("GET", "/api/v1/alerts?state=firing");
+    drawCounts(counts, alerts);
+    drawGroups(byGroup, alerts);
+    await drawHealth(grid, alerts, cfg, groupBy);
+    chart = await drawTrend(trend, chart);
+    await drawPanels(panels, cfg.panels);
+    stamp.textContent = "updated " + new Date().toLocaleTimeString();
+  }
+  let timer = null;
+  const loop = async () => {
+    try {
+      await refresh();
+    } catch (e) {
+      stamp.textContent = "refresh failed: " + e.message;
+    }
+    if (!stopped) timer = setTimeout(loop, cfg.refreshMs);
+  };
+  await loop();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    if (chart) chart.destroy();
+  };
+}
+
+function drawCounts(el, alerts) {
+  const by = {};
+  for (const a of alerts) by[a.severity || "none"] = (by[a.severity || "none"] || 0) + 1;
+  fill(el, 
+    h("div", { class: "count total" }, h("b", {}, String(alerts.length)), " firing"),
+    ...Object.keys(by)
+      .sort((a, b) => severityRank(a) - severityRank(b))
+      .map((s) =>
+        h("a", { class: "count sev-" + s, href: "/alerts?state=firing&severity=" + encodeURIComponent(s), dataset: { severity: s } }, h("b", {}, String(by[s])), " " + s),
+      ),
+  );
+}
+
+function drawGroups(el, alerts) {
+  const by = new Map();
+  for (const a of alerts) {
+    const g = by.get(a.group) || { n: 0, worst: "none" };
+    g.n++;
+    if (severityRank(a.severity) < severityRank(g.worst)) g.worst = a.severity;
+    by.set(a.group, g);
+  }
+  const rows = [...by.entries()].sort((a, b) => b[1].n - a[1].n);
+  fill(el, 
+    h("h2", {}, "Firing by rule group"),
+    rows.length === 0
+      ? h("p", { class: "muted" }, "Nothing fires.")
+      : h(
+          "table",
+          {},
+          h("tr", {}, h("th", {}, "group"), h("th", {}, "firing"), h("th", {}, "worst")),
+          rows.map(([g, v]) => h("tr", {}, h("td", {}, g), h("td", { class: "num" }, String(v.n)), h("td", { class: "sev-" + v.worst }, v.worst))),
+        ),
+  );
+}
+
+/// Devices (from `[console] devices_sql`, or the alerts' device label),
+/// each coloured by its worst firing alert, grouped by a column or label
+/// the viewer picks.
+async function drawHealth(el, alerts, cfg, groupBy) {
+  const label = cfg.deviceLabel;
+  const worst = new Map();
+  for (const a of alerts) {
+    const d = a.labels[label];
+    if (d === undefined) continue;
+    const w = worst.get(d);
+    if (!w || severityRank(a.severity) < severityRank(w.severity)) worst.set(d, a);
+  }
+  let devices; // [{device, attrs}]
+  let error = null;
+  if (cfg.devicesSql) {
+    try {
+      const rows = await sql(cfg.devicesSql);
+      devices = rows.map((r) => ({ device: String(r.device), attrs: r }));
+    } catch (e) {
+      error = e.message;
+    }
+  }
+  if (!devices) {
+    devices = [...worst.keys()].map((d) => ({ device: d, attrs: worst.get(d).labels }));
+  }
+  const keys = new Set();
+  for (const d of devices) for (const k of Object.keys(d.attrs)) if (k !== "device" && k !== label) keys.add(k);
+  const select = h(
+    "select",
+    {
+      id: "health-group",
+      onchange: (ev) => {
+        const p = new URLSearchParams(location.search);
+        if (ev.target.value) p.set("group", ev.target.value);
+        else p.delete("group");
+        history.replaceState(null, "", location.pathname + "?" + p);
+        drawGrid(body, devices, worst, ev.target.value, label);
+      },
+    },
+    h("option", { value: "" }, "(no grouping)"),
+    [...keys].sort().map((k) => h("option", { value: k, selected: k === groupBy }, k)),
+  );
+  const body = h("div");
+  fill(el, 
+    h("div", { class: "toolbar" }, h("h2", {}, "Health by " + label), h("label", {}, "group by ", select)),
+    error ? h("p", { class: "error" }, "devices_sql: " + error) : null,
+    body,
+  );
+  drawGrid(body, devices, worst, groupBy, label);
+}
+
+function drawGrid(el, devices, worst, groupBy, label) {
+  const groups = new Map();
+  for (const d of devices) {
+    const g = groupBy ? String(d.attrs[groupBy] ?? "(none)") : "";
+    if (!groups.has(g)) groups.set(g, []);
+    groups.get(g).push(d);
+  }
+  clear(el);
+  if (devices.length === 0) el.append(h("p", { class: "muted" }, "No devices with alerts (set [console] devices_sql to list every device)."));
+  for (const [g, list] of [...groups.entries()].sort()) {
+    add(
+      el,
+      g ? h("h3", {}, groupBy + " = " + g) : null,
+      h(
+        "div",
+        { class: "grid" },
+        list
+          .sort((a, b) => a.device.localeCompare(b.device))
+          .map((d) => {
+            const a = worst.get(d.device);
+            const sev = a ? a.severity || "none" : "ok";
+            return h(
+              "a",
+              {
+                class: "cell sev-" + sev,
+                title: d.device + (a ? ": " + a.alertname + " " + sev : ": ok"),
+                href: "/alerts?" + new URLSearchParams({ [label]: d.device }),
+                dataset: { device: d.device, severity: sev },
+              },
+              d.device,
+            );
+          }),
+      ),
+    );
+  }
+}
+
+async function drawTrend(el, chart) {
+  let rows;
+  try {
+    rows = await sql(
+      "SELECT date_trunc('hour', ts) AS hour, count(*) AS fired FROM system.alert_history " +
+        "WHERE to_state = " + quote("firing") + " AND ts >= date_trunc('day', now()) GROUP BY 1 ORDER BY 1",
+    );
+  } catch (e) {
+    fill(el, h("h2", {}, "Alerts fired today"), h("p", { class: "error" }, e.message));
+    return null;
+  }
+  if (chart) chart.destroy();
+  const total = rows.reduce((n, r) => n + r.fired, 0);
+  const target = h("div", { class: "chart" });
+  fill(el, h("h2", {}, "Alerts fired today: " + total), target);
+  const day = new Date();
+  day.setUTCHours(0, 0, 0, 0);
+  const from = day.getTime();
+  return timeChart(target, rows, "hour", [{ column: "fired", label: "fired per hour" }], { bars: true, height: 160, from, to: from + 86400e3 });
+}
+
+async function drawPanels(el, panels) {
+  const cards = await Promise.all(
+    panels.map(async (p) => {
+      const card = h("div", { class: "card panel" }, h("h2", {}, p.title));
+      try {
+        const rows = await sql(p.sql, p.database);
+        const cols = rows.length ? Object.keys(rows[0]) : [];
+        const labelCol = cols.find((c) => typeof rows[0][c] === "string") || cols[0];
+        const valueCol = cols.find((c) => typeof rows[0][c] === "number");
+        const max = Math.max(1e-9, ...rows.map((r) => Math.abs(Number(r[valueCol]) || 0)));
+        card.append(
+          rows.length === 0
+            ? h("p", { class: "muted" }, "no rows")
+            : h(
+                "div",
+                { class: "bars" },
+                rows.slice(0, 50).map((r) => {
+                  const bar = h("span", { class: "bar" });
+                  bar.style.width = (100 * Math.abs(Number(r[valueCol]) || 0)) / max + "%";
+                  return h("div", { class: "barrow" }, h("span", { class: "barlabel" }, String(r[labelCol])), h("span", { class: "bartrack" }, bar), h("span", { class: "num" }, fmt(r[valueCol])));
+                }),
+              ),
+        );
+      } catch (e) {
+        card.append(h("p", { class: "error" }, e.message));
+      }
+      return card;
+    }),
+  );
+  fill(el, ...cards);
+}
+
+function fmt(v) {
+  return typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)) : String(v);
+}
+
+export { SEVERITY_ORDER };

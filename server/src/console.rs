@@ -1,0 +1,209 @@
+//! The web console (docs/console.md): static pages embedded in the binary,
+//! served at `/` and the views' paths, and the few endpoints only it
+//! needs. The pages hold no data: everything they show comes from the
+//! public HTTP API, with the credentials of the person using them, so the
+//! pages themselves are public and every view obeys its caller's role.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tocsin_auth::{Permission, Principal};
+
+use crate::alerts_api::{alert_scope, covers};
+use crate::guard::Routes;
+use crate::http::{ApiError, AppState};
+
+pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
+    use tocsin_auth::Access::{Authenticated, Public, Requires};
+    use tocsin_auth::Permission::{ReadAlerts, Rules};
+    let mut r = r;
+    for path in VIEWS {
+        r = r.get(path, Public, page);
+    }
+    r.get("/console/{file}", Public, asset)
+        .get("/api/v1/console", Authenticated, session)
+        .get("/api/v1/alerts/groups", Requires(ReadAlerts), groups)
+        .post("/api/v1/rules/check", Requires(Rules), check_rules)
+}
+
+/// The views' paths: each answers the same page, which shows the view its
+/// address names (so every view can be bookmarked and shared).
+const VIEWS: [&str; 7] = ["/", "/alerts", "/rules", "/explore", "/logs", "/trace", "/trace/{id}"];
+
+/// The embedded files: name, content type, bytes.
+const ASSETS: [(&str, &str, &[u8]); 11] = [
+    ("app.js", "text/javascript; charset=utf-8", include_bytes!("../console/app.js")),
+    ("overview.js", "text/javascript; charset=utf-8", include_bytes!("../console/overview.js")),
+    ("alerts.js", "text/javascript; charset=utf-8", include_bytes!("../console/alerts.js")),
+    ("rules.js", "text/javascript; charset=utf-8", include_bytes!("../console/rules.js")),
+    ("explore.js", "text/javascript; charset=utf-8", include_bytes!("../console/explore.js")),
+    ("logs.js", "text/javascript; charset=utf-8", include_bytes!("../console/logs.js")),
+    ("trace.js", "text/javascript; charset=utf-8", include_bytes!("../console/trace.js")),
+    ("style.css", "text/css; charset=utf-8", include_bytes!("../console/style.css")),
+    ("uPlot.iife.min.js", "text/javascript; charset=utf-8", include_bytes!("../console/vendor/uPlot.iife.min.js")),
+    ("uPlot.min.css", "text/css; charset=utf-8", include_bytes!("../console/vendor/uPlot.min.css")),
+    ("uPlot.LICENSE", "text/plain; charset=utf-8", include_bytes!("../console/vendor/uPlot.LICENSE")),
+];
+
+const INDEX: &[u8] = include_bytes!("../console/index.html");
+
+/// Scripts and styles from this server only, no inline script or style,
+/// no framing (clickjacking), no other origin to talk to.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+fn disabled() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "the console is off ([console] enabled = false)".into())
+}
+
+/// A weak validator of an embedded file: the same binary serves the same
+/// bytes, so the version and the length tell them apart across upgrades.
+fn etag(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("\"{}-{:x}\"", env!("CARGO_PKG_VERSION"), h.finish())
+}
+
+fn serve(headers: &HeaderMap, content_type: &'static str, bytes: &'static [u8]) -> Response {
+    let tag = etag(bytes);
+    let fresh = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == tag);
+    let mut r = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        h.insert(header::ETAG, v);
+    }
+    // Checked at each load (a 304 when unchanged), so an upgrade is seen.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+async fn page(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if !app.console.enabled {
+        return disabled().into_response();
+    }
+    serve(&headers, "text/html; charset=utf-8", INDEX)
+}
+
+async fn asset(State(app): State<AppState>, Path(file): Path<String>, headers: HeaderMap) -> Response {
+    if !app.console.enabled {
+        return disabled().into_response();
+    }
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, bytes)) => serve(&headers, content_type, bytes),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no console file {:?}", tocsin_auth::clip(&file)))
+            .into_response(),
+    }
+}
+
+/// `GET /api/v1/console`: who the caller is and what they may do (the
+/// console shows only the actions the role allows; the server checks each
+/// one anyway), and the console's settings.
+async fn session(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Response {
+    let permissions: Vec<String> =
+        Permission::ALL.iter().filter(|p| who.role.has(**p)).map(|p| p.to_string()).collect();
+    axum::Json(json!({
+        "auth": app.auth.enabled(),
+        "user": {
+            "name": who.name,
+            "role": who.role.name,
+            "database": who.database,
+            "permissions": permissions,
+        },
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": *app.console,
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/alerts/groups`: the notification groups open now and the
+/// progress of their escalation chains, limited to the alerts the caller's
+/// role may see.
+async fn groups(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Response {
+    let mut groups = app.alerts.notification_groups();
+    if let Some(scope) = alert_scope(&who) {
+        let visible: HashSet<String> = app
+            .alerts
+            .alerts(None, &Default::default())
+            .into_iter()
+            .filter(|a| covers(scope, a))
+            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .collect();
+        groups.retain_mut(|g| {
+            if let Some(alerts) = g["alerts"].as_array_mut() {
+                alerts.retain(|a| a["id"].as_str().is_some_and(|id| visible.contains(id)));
+                !alerts.is_empty()
+            } else {
+                false
+            }
+        });
+    }
+    axum::Json(json!({ "groups": groups })).into_response()
+}
+
+/// `POST /api/v1/rules/check`: the rule files as they are on disk now,
+/// loaded and each statement planned (PromQL parsed and evaluated once),
+/// without replacing the running rules; what `POST /api/v1/rules/reload`
+/// would say, before it is done.
+async fn check_rules(State(app): State<AppState>, Extension(who): Extension<Principal>, body: Bytes) -> Response {
+    if !body.is_empty() {
+        return ApiError::bad_request(
+            "this checks the server's own rule files; send no body (edit the files, then check and reload)",
+        )
+        .into_response();
+    }
+    let engine = Arc::clone(&app.alerts);
+    let loaded = tokio::task::spawn_blocking(move || engine.check_files()).await;
+    let config = match loaded {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return axum::Json(json!({ "ok": false, "error": e.to_string(), "problems": [] })).into_response();
+        }
+        Err(e) => return ApiError::internal(format!("the check stopped: {e}")).into_response(),
+    };
+    let mut problems = Vec::new();
+    for g in &config.groups {
+        let db = g.database.as_deref();
+        for r in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
+            let checked = match &r.expr {
+                Some(expr) => tocsin_query::promql::parse(expr).map(|_| ()).map_err(|e| e.to_string()),
+                None => {
+                    app.query.execute_as(&format!("EXPLAIN {}", r.sql), db, Some(&who)).await.map(|_| ()).map_err(|e| {
+                        let e = e.unwrapped().to_string();
+                        // As in the rule health: only an admin learns where
+                        // else a table exists.
+                        match (who.require(Permission::Admin), e.find(tocsin_query::TABLE_ELSEWHERE)) {
+                            (Err(_), Some(i)) => e[..i].to_string(),
+                            _ => e,
+                        }
+                    })
+                }
+            };
+            if let Err(error) = checked {
+                problems.push(json!({ "group": g.name, "rule": r.name, "error": error }));
+            }
+        }
+    }
+    axum::Json(json!({
+        "ok": problems.is_empty(),
+        "groups": config.groups.len(),
+        "rules": config.rule_count(),
+        "receivers": config.receivers.len(),
+        "routes": config.routes.len(),
+        "problems": problems,
+    }))
+    .into_response()
+}

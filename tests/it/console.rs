@@ -1,0 +1,170 @@
+//! The web console through the real binary: its pages are public and hold
+//! no data (strict CSP, no framing), its files are embedded, and the
+//! endpoints it needs (`/api/v1/console`, `/api/v1/alerts/groups`,
+//! `/api/v1/rules/check`) obey the caller's role. The pages themselves are
+//! driven in a real browser by tests/interop/test_console_browser.py.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::auth::{call, create_token};
+use crate::server::TestServer;
+
+fn rules_yaml(trading_sql: &str) -> String {
+    let rule = |group: &str, alert: &str, sql: &str| {
+        format!(
+            "  - name: {group}\n    interval: 200ms\n    rules:\n      - alert: {alert}\n        sql: {sql}\n        \
+             thresholds: {{ critical: \"> 0\" }}\n"
+        )
+    };
+    let errs = "SELECT host, max(v) AS value FROM errs GROUP BY host";
+    format!(
+        "groups:\n{}{}route:\n  group_by: [alertname, host]\n  group_wait: 0s\n  escalation: chain\n\
+         escalations:\n  - name: chain\n    steps:\n      - {{ after: 0s, notify: [oncall] }}\n      - {{ after: 1h, \
+         notify: [boss] }}\nreceivers:\n  - name: oncall\n    webhook: {{ url: \"http://127.0.0.1:9/oncall\" }}\n  - \
+         name: boss\n    webhook: {{ url: \"http://127.0.0.1:9/boss\" }}\n",
+        rule("billing", "BillingErrors", errs),
+        rule("trading", "TradingErrors", trading_sql),
+    )
+}
+
+async fn json_of(server: &TestServer, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let (status, body) = call(server, method, path, token, None).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+#[tokio::test]
+async fn the_console_pages_are_public_hold_no_data_and_its_endpoints_obey_roles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, rules_yaml("SELECT host, max(v) AS value FROM errs GROUP BY host")).expect("rules");
+    let config = "[console]\nrefresh = \"5s\"\n[[console.panels]]\ntitle = \"Busiest\"\nsql = \"SELECT host, \
+                  max(v) AS value FROM errs GROUP BY host\"\n\
+                  [auth.roles.billing_oncall]\npermissions = [\"query\", \"read_alerts\"]\n\
+                  [auth.roles.billing_oncall.alerts]\ngroups = [\"billing*\"]\n";
+    let cfg = dir.path().join("tocsin.toml");
+    std::fs::write(&cfg, config).expect("config");
+    let server = TestServer::start_in(
+        &dir.path().join("data"),
+        &["--auth", "--config", cfg.to_str().expect("utf-8"), "--rules", rules.to_str().expect("utf-8")],
+    );
+    let admin = std::fs::read_to_string(server.data_dir.join("admin-token")).expect("admin-token").trim().to_string();
+    let dev = create_token(&server, &admin, "billing_oncall", &[]);
+
+    // Every view's address answers the same page, without a token: it
+    // holds no data, runs only this server's scripts, and cannot be framed.
+    let client = reqwest::Client::new();
+    for path in ["/", "/alerts", "/rules", "/explore", "/logs", "/trace", "/trace/abc123"] {
+        let r = client.get(format!("http://{}{path}", server.http)).send().await.expect("GET page");
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let h = r.headers().clone();
+        assert_eq!(h["content-type"], "text/html; charset=utf-8", "{path}");
+        let csp = h["content-security-policy"].to_str().expect("csp");
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(h["x-frame-options"], "DENY");
+        let body = r.text().await.expect("body");
+        assert!(body.contains("/console/app.js"), "{path}: {body}");
+    }
+    let r = client.get(format!("http://{}/console/app.js", server.http)).send().await.expect("GET app.js");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "text/javascript; charset=utf-8");
+    let etag = r.headers()["etag"].clone();
+    let again = client
+        .get(format!("http://{}/console/app.js", server.http))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("GET again");
+    assert_eq!(again.status().as_u16(), 304, "unchanged files are not sent again");
+    for missing in ["/console/nope.js", "/console/..%2FCargo.toml", "/console/"] {
+        let r = client.get(format!("http://{}{missing}", server.http)).send().await.expect("GET");
+        assert_eq!(r.status().as_u16(), 404, "{missing}");
+    }
+
+    // Who the caller is, and the console's settings: a token is needed.
+    assert_eq!(json_of(&server, "GET", "/api/v1/console", None).await.0, 401);
+    let (status, me) = json_of(&server, "GET", "/api/v1/console", Some(&dev)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["auth"], true);
+    assert_eq!(me["user"]["role"], "billing_oncall");
+    assert_eq!(me["user"]["permissions"], json!(["query", "read_alerts"]), "{me}");
+    assert_eq!(me["config"]["refreshMs"], 5000);
+    assert_eq!(me["config"]["panels"][0]["title"], "Busiest");
+
+    // Escalation progress per notification group, limited to the role's alerts.
+    let w = client
+        .post(format!("http://{}/api/v2/write?bucket=public", server.http))
+        .header("Authorization", format!("Token {admin}"))
+        .body("errs,host=a v=3")
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(w.status().as_u16(), 204);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let groups = loop {
+        let (status, v) = json_of(&server, "GET", "/api/v1/alerts/groups", Some(&admin)).await;
+        assert_eq!(status, 200, "{v}");
+        let groups = v["groups"].as_array().cloned().unwrap_or_default();
+        if groups.len() == 2 && groups.iter().all(|g| g["escalation"]["lastStep"] == 1) {
+            break groups;
+        }
+        assert!(Instant::now() < deadline, "two escalating groups did not appear: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for g in &groups {
+        let e = &g["escalation"];
+        assert_eq!((e["policy"].as_str(), e["steps"].as_u64()), (Some("chain"), Some(2)), "{g}");
+        assert_eq!(e["next"]["step"], 2, "{g}");
+        assert_eq!(e["next"]["notify"], json!(["boss"]), "{g}");
+        assert_eq!(g["notified"], json!(["oncall"]), "{g}");
+    }
+    let (status, v) = json_of(&server, "GET", "/api/v1/alerts/groups", Some(&dev)).await;
+    assert_eq!(status, 200, "{v}");
+    let seen: Vec<&str> =
+        v["groups"].as_array().expect("groups").iter().filter_map(|g| g["groupLabels"]["alertname"].as_str()).collect();
+    assert_eq!(seen, ["BillingErrors"], "the scoped role sees its own group only: {v}");
+
+    // The rules with their statements; checking the files needs `rules`.
+    let (_, v) = json_of(&server, "GET", "/api/v1/rules", Some(&admin)).await;
+    let rule =
+        v["rules"].as_array().expect("rules").iter().find(|r| r["rule"] == "TradingErrors").cloned().expect("rule");
+    assert_eq!((rule["kind"].as_str(), rule["language"].as_str()), (Some("alert"), Some("sql")), "{rule}");
+    assert!(rule["query"].as_str().is_some_and(|q| q.contains("FROM errs")), "{rule}");
+    assert_eq!(json_of(&server, "POST", "/api/v1/rules/check", Some(&dev)).await.0, 403);
+    let (status, v) = json_of(&server, "POST", "/api/v1/rules/check", Some(&admin)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["rules"].as_u64(), v["receivers"].as_u64()),
+        (Some(true), Some(2), Some(2)),
+        "{v}"
+    );
+    // A statement over a table that does not exist loads (a reload takes
+    // it), but does not plan: the check names the rule.
+    std::fs::write(&rules, rules_yaml("SELECT host, max(v) AS value FROM no_such_table GROUP BY host")).expect("rules");
+    let (_, v) = json_of(&server, "POST", "/api/v1/rules/check", Some(&admin)).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["problems"][0]["rule"], "TradingErrors", "{v}");
+    assert!(v["problems"][0]["error"].as_str().is_some_and(|e| e.contains("no_such_table")), "{v}");
+    // A file that does not load says where.
+    std::fs::write(&rules, "groups:\n  - name: x\n    rules: [ {alert: A, sql: }\n").expect("rules");
+    let (_, v) = json_of(&server, "POST", "/api/v1/rules/check", Some(&admin)).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("rules.yml")), "{v}");
+    let (status, body) = call(&server, "POST", "/api/v1/rules/check", Some(&admin), Some(json!({"yaml": "x"}))).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_console_switched_off_is_not_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[console]\nenabled = false\n").expect("config");
+    let server = TestServer::start_in(&dir.path().join("data"), &["--config", cfg.to_str().expect("utf-8")]);
+    for path in ["/", "/alerts", "/console/app.js"] {
+        let (status, body) = call(&server, "GET", path, None, None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("[console] enabled = false"), "{body}");
+    }
+    assert_eq!(call(&server, "GET", "/health", None, None).await.0, 200);
+}
