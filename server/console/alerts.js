@@ -36,6 +36,7 @@ export async function mount(view, ctx) {
   const silencesEl = h("div", { class: "card", id: "silences" });
   let alerts = [];
   let selected = params.get("id");
+  let shown = null; // the selected alert as last drawn
 
   const list = new VirtualList(34, (a) =>
     h(
@@ -45,6 +46,7 @@ export async function mount(view, ctx) {
         dataset: { id: a.id, alertname: a.alertname },
         onclick: () => {
           selected = a.id;
+          shown = JSON.stringify(a);
           list.draw();
           showDetail(detail, a, refresh);
         },
@@ -74,8 +76,16 @@ export async function mount(view, ctx) {
     alerts = (await api("GET", "/api/v1/alerts?" + p)).alerts;
     alerts.sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || (b.activeSince || "").localeCompare(a.activeSince || "") || a.id.localeCompare(b.id));
     draw();
+    // The detail is redrawn only when its alert changed, and never under
+    // the hands of someone typing a comment or filling in a silence.
     const sel = alerts.find((a) => a.id === selected);
-    if (sel && !detail.contains(document.activeElement)) await showDetail(detail, sel, refresh);
+    const focus = document.activeElement;
+    const typing = detail.contains(focus) && (focus.tagName === "INPUT" || focus.tagName === "TEXTAREA");
+    const busy = typing || detail.querySelector("form");
+    if (sel && !busy && JSON.stringify(sel) !== shown) {
+      shown = JSON.stringify(sel);
+      await showDetail(detail, sel, refresh);
+    }
     await drawGroups(groupsEl, alerts);
     await drawSilences(silencesEl, refresh);
   }
@@ -118,6 +128,7 @@ async function showDetail(el, a, refresh) {
     try {
       await api("POST", "/api/v1/alerts/" + encodeURIComponent(a.id) + "/" + what, body);
       toast(what + ": done", "ok");
+      document.activeElement.blur();
       await refresh();
     } catch (e) {
       if (e.status !== 401) toast(e.message);

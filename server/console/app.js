@@ -152,6 +152,7 @@ export function ago(iso) {
 }
 
 export function duration(ms) {
+  if (ms < 1000) return Math.round(ms) + "ms";
   const s = Math.round(ms / 1000);
   if (s < 60) return s + "s";
   if (s < 3600) return Math.floor(s / 60) + "m" + (s % 60 ? (s % 60) + "s" : "");

@@ -188,8 +188,12 @@ async function drawTrend(el, chart) {
         "WHERE to_state = " + quote("firing") + " AND ts >= date_trunc('day', now()) GROUP BY 1 ORDER BY 1",
     );
   } catch (e) {
-    fill(el, h("h2", {}, "Alerts fired today"), h("p", { class: "error" }, e.message));
-    return null;
+    // The history table is made by the first transition ever recorded.
+    if (!/alert_history' not found/.test(e.message)) {
+      fill(el, h("h2", {}, "Alerts fired today"), h("p", { class: "error" }, e.message));
+      return null;
+    }
+    rows = [];
   }
   if (chart) chart.destroy();
   const total = rows.reduce((n, r) => n + r.fired, 0);

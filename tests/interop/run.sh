@@ -14,9 +14,9 @@ export TOCSIN_BIN="$BIN"
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 # Peers from Debian: Prometheus with node_exporter (remote_write, alerts), VictoriaMetrics (PromQL over line-protocol fields),
 # InfluxDB 1.6 and its CLI (line protocol, InfluxQL), amtool (Alertmanager's CLI), rsyslog and
-# logger (syslog senders).
+# logger (syslog senders), Chromium and ChromeDriver (the console in a real browser).
 need=()
-for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter victoria-metrics:victoria-metrics influxd:influxdb influx:influxdb-client amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils; do
+for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter victoria-metrics:victoria-metrics influxd:influxdb influx:influxdb-client amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils chromium:chromium chromedriver:chromium-driver; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -40,3 +40,5 @@ python3 tests/interop/test_syslog_rsyslog.py
 python3 tests/interop/test_loki_clients.py
 python3 tests/interop/test_otlp_http_json_js.py
 python3 tests/interop/test_elasticsearch_bulk.py
+# Screenshots of every console view are kept as artifacts.
+CONSOLE_SHOTS="${CARGO_TARGET_DIR:-target}/console-shots" python3 tests/interop/test_console_browser.py
