@@ -284,6 +284,7 @@ const VIEWS = {
   explore: "explore",
   logs: "logs",
   trace: "trace",
+  audit: "audit",
 };
 
 let current = null; // { stop }
@@ -332,6 +333,13 @@ async function start() {
   const who = document.getElementById("who");
   who.textContent = s.auth ? s.user.name + " (" + s.user.role + ")" : "authentication off";
   document.getElementById("logout").hidden = !s.auth;
+  // Only the views the role can use are offered (the server refuses the rest anyway).
+  for (const a of document.querySelectorAll("#nav a[data-perm]")) a.hidden = !can(a.dataset.perm);
+  // An auditor (no alerts) starts on the first view the role can use.
+  if (location.pathname === "/" && !can("read_alerts")) {
+    const first = document.querySelector(can("audit") ? "#nav a[data-view=audit]" : "#nav a[data-perm]:not([hidden])");
+    if (first) history.replaceState(null, "", first.getAttribute("href"));
+  }
   await route();
 }
 

@@ -33,10 +33,10 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
 
 /// The views' paths: each answers the same page, which shows the view its
 /// address names (so every view can be bookmarked and shared).
-const VIEWS: [&str; 7] = ["/", "/alerts", "/rules", "/explore", "/logs", "/trace", "/trace/{id}"];
+const VIEWS: [&str; 8] = ["/", "/alerts", "/rules", "/explore", "/logs", "/trace", "/trace/{id}", "/audit"];
 
 /// The embedded files: name, content type, bytes.
-const ASSETS: [(&str, &str, &[u8]); 11] = [
+const ASSETS: [(&str, &str, &[u8]); 12] = [
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("../console/app.js")),
     ("overview.js", "text/javascript; charset=utf-8", include_bytes!("../console/overview.js")),
     ("alerts.js", "text/javascript; charset=utf-8", include_bytes!("../console/alerts.js")),
@@ -44,6 +44,7 @@ const ASSETS: [(&str, &str, &[u8]); 11] = [
     ("explore.js", "text/javascript; charset=utf-8", include_bytes!("../console/explore.js")),
     ("logs.js", "text/javascript; charset=utf-8", include_bytes!("../console/logs.js")),
     ("trace.js", "text/javascript; charset=utf-8", include_bytes!("../console/trace.js")),
+    ("audit.js", "text/javascript; charset=utf-8", include_bytes!("../console/audit.js")),
     ("style.css", "text/css; charset=utf-8", include_bytes!("../console/style.css")),
     ("uPlot.iife.min.js", "text/javascript; charset=utf-8", include_bytes!("../console/vendor/uPlot.iife.min.js")),
     ("uPlot.min.css", "text/css; charset=utf-8", include_bytes!("../console/vendor/uPlot.min.css")),

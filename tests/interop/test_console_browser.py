@@ -154,7 +154,7 @@ receivers:
         procs.append(proc)
         with open(os.path.join(data, "admin-token")) as f:
             admin = f.read().strip()
-        for name, role in [("alice", "editor"), ("bob", "viewer")]:
+        for name, role in [("alice", "editor"), ("bob", "viewer"), ("carol", "auditor")]:
             subprocess.run([BIN, "user", "create", name, "--role", role, "--http-addr", http, "--token", admin],
                            input=f"{name}'s long password\n", check=True, capture_output=True, text=True)
         base = f"http://{http}"
@@ -271,6 +271,18 @@ receivers:
             click_row(d, "b")
             wait_for("the detail", lambda: "HighCpu" in d.find_element(By.ID, "alert-detail").text, 5, 0.1)
             assert not d.find_elements(By.ID, "ack") and not d.find_elements(By.ID, "silence"), "a viewer may not act"
+            assert not d.find_element(By.CSS_SELECTOR, "#nav a[data-view=audit]").is_displayed(), "audit offered to a viewer"
+
+            # An auditor starts on the audit view and finds alice's acknowledgement there.
+            d.find_element(By.ID, "logout").click()
+            wait_for("logged out", lambda: d.find_elements(By.ID, "login"), 10, 0.1)
+            login(d, base, "carol", "carol's long password")
+            wait_for("the audit view", lambda: "/audit" in d.current_url and d.find_elements(By.CSS_SELECTOR, ".audit-row"), 10, 0.1)
+            d.find_element(By.ID, "audit-action").send_keys("/ack\n")
+            wait_for("alice's ack in the audit log", lambda: any(
+                "user:alice" in r.text for r in d.find_elements(By.CSS_SELECTOR, ".vlist .audit-row")), 10, 0.2)
+            assert not d.find_element(By.CSS_SELECTOR, "#nav a[data-view=alerts]").is_displayed(), "alerts offered to an auditor"
+            d.save_screenshot(os.path.join(shots, "audit.png"))
         except BaseException:
             d.save_screenshot(os.path.join(shots, "failure.png"))
             print("browser log:", d.get_log("browser"))

@@ -55,7 +55,7 @@ async fn the_console_pages_are_public_hold_no_data_and_its_endpoints_obey_roles(
     // Every view's address answers the same page, without a token: it
     // holds no data, runs only this server's scripts, and cannot be framed.
     let client = reqwest::Client::new();
-    for path in ["/", "/alerts", "/rules", "/explore", "/logs", "/trace", "/trace/abc123"] {
+    for path in ["/", "/alerts", "/rules", "/explore", "/logs", "/trace", "/trace/abc123", "/audit"] {
         let r = client.get(format!("http://{}{path}", server.http)).send().await.expect("GET page");
         assert_eq!(r.status().as_u16(), 200, "{path}");
         let h = r.headers().clone();
