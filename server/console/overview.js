@@ -32,10 +32,10 @@ export async function mount(view, ctx) {
   let stopped = false;
 
   async function refresh() {
-    const { alerts } = await api("GET", "/api/v1/alerts?state=firing");
-    drawCounts(counts, alerts);
-    drawGroups(byGroup, alerts);
-    await drawHealth(grid, alerts, cfg, groupBy);
+    const summary = await api("GET", "/api/v1/alerts/summary");
+    drawCounts(counts, summary);
+    drawGroups(byGroup, summary);
+    await drawHealth(grid, summary, cfg, groupBy);
     chart = await drawTrend(trend, chart);
     await drawPanels(panels, cfg.panels);
     stamp.textContent = "updated " + new Date().toLocaleTimeString();
@@ -57,12 +57,12 @@ export async function mount(view, ctx) {
   };
 }
 
-function drawCounts(el, alerts) {
-  const by = {};
-  for (const a of alerts) by[a.severity || "none"] = (by[a.severity || "none"] || 0) + 1;
-  fill(el, 
-    h("div", { class: "count total" }, h("b", {}, String(alerts.length)), " firing"),
-    ...Object.keys(by)
+function drawCounts(el, summary) {
+  const by = summary.bySeverity;
+  fill(
+    el,
+    h("div", { class: "count total" }, h("b", {}, String(summary.firing)), " firing"),
+    Object.keys(by)
       .sort((a, b) => severityRank(a) - severityRank(b))
       .map((s) =>
         h("a", { class: "count sev-" + s, href: "/alerts?state=firing&severity=" + encodeURIComponent(s), dataset: { severity: s } }, h("b", {}, String(by[s])), " " + s),
@@ -70,16 +70,10 @@ function drawCounts(el, alerts) {
   );
 }
 
-function drawGroups(el, alerts) {
-  const by = new Map();
-  for (const a of alerts) {
-    const g = by.get(a.group) || { n: 0, worst: "none" };
-    g.n++;
-    if (severityRank(a.severity) < severityRank(g.worst)) g.worst = a.severity;
-    by.set(a.group, g);
-  }
-  const rows = [...by.entries()].sort((a, b) => b[1].n - a[1].n);
-  fill(el, 
+function drawGroups(el, summary) {
+  const rows = summary.byGroup.slice().sort((a, b) => b.firing - a.firing);
+  fill(
+    el,
     h("h2", {}, "Firing by rule group"),
     rows.length === 0
       ? h("p", { class: "muted" }, "Nothing fires.")
@@ -87,7 +81,7 @@ function drawGroups(el, alerts) {
           "table",
           {},
           h("tr", {}, h("th", {}, "group"), h("th", {}, "firing"), h("th", {}, "worst")),
-          rows.map(([g, v]) => h("tr", {}, h("td", {}, g), h("td", { class: "num" }, String(v.n)), h("td", { class: "sev-" + v.worst }, v.worst))),
+          rows.map((g) => h("tr", {}, h("td", {}, g.group), h("td", { class: "num" }, String(g.firing)), h("td", { class: "sev-" + g.worst }, g.worst))),
         ),
   );
 }
@@ -95,15 +89,10 @@ function drawGroups(el, alerts) {
 /// Devices (from `[console] devices_sql`, or the alerts' device label),
 /// each coloured by its worst firing alert, grouped by a column or label
 /// the viewer picks.
-async function drawHealth(el, alerts, cfg, groupBy) {
-  const label = cfg.deviceLabel;
-  const worst = new Map();
-  for (const a of alerts) {
-    const d = a.labels[label];
-    if (d === undefined) continue;
-    const w = worst.get(d);
-    if (!w || severityRank(a.severity) < severityRank(w.severity)) worst.set(d, a);
-  }
+async function drawHealth(el, summary, cfg, groupBy) {
+  const label = summary.deviceLabel;
+  // Each device's worst firing alert, as the server worked it out.
+  const worst = new Map(summary.devices.map((d) => [d.device, d]));
   let devices; // [{device, attrs}]
   let error = null;
   if (cfg.devicesSql) {

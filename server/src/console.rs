@@ -28,6 +28,7 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
     r.get("/console/{file}", Public, asset)
         .get("/api/v1/console", Authenticated, session)
         .get("/api/v1/alerts/groups", Requires(ReadAlerts), groups)
+        .get("/api/v1/alerts/summary", Requires(ReadAlerts), summary)
         .post("/api/v1/rules/check", Requires(Rules), check_rules)
 }
 
@@ -153,6 +154,74 @@ async fn groups(State(app): State<AppState>, Extension(who): Extension<Principal
         });
     }
     axum::Json(json!({ "groups": groups })).into_response()
+}
+
+/// Severities from worst to least, as the console ranks them; any other
+/// name ranks after these.
+const SEVERITIES: [&str; 7] = ["critical", "error", "major", "warning", "minor", "info", "none"];
+
+fn rank(severity: &str) -> usize {
+    SEVERITIES.iter().position(|s| *s == severity).unwrap_or(SEVERITIES.len())
+}
+
+/// `GET /api/v1/alerts/summary[?device_label=host]`: the firing alerts the
+/// caller may see, counted by severity and by rule group, and the worst
+/// alert of each device (the value of `device_label`, default the
+/// console's), for the overview: a few hundred bytes per device instead
+/// of every alert's full record.
+async fn summary(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if let Some(k) = params.keys().find(|k| *k != "device_label") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {:?}; the only one is device_label",
+            tocsin_auth::clip(k)
+        )));
+    }
+    let label = params.get("device_label").map_or(app.console.device_label.as_str(), String::as_str);
+    let mut alerts = app.alerts.alerts(Some("firing"), &Default::default());
+    if let Some(scope) = alert_scope(&who) {
+        alerts.retain(|a| covers(scope, a));
+    }
+    let severity = |a: &serde_json::Value| a["severity"].as_str().unwrap_or("none").to_string();
+    let mut by_severity: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut by_group: std::collections::BTreeMap<String, (u64, String)> = Default::default();
+    let mut devices: std::collections::BTreeMap<String, &serde_json::Value> = Default::default();
+    for a in &alerts {
+        let sev = severity(a);
+        *by_severity.entry(sev.clone()).or_default() += 1;
+        let g = by_group.entry(a["group"].as_str().unwrap_or_default().to_string()).or_insert((0, sev.clone()));
+        g.0 += 1;
+        if rank(&sev) < rank(&g.1) {
+            g.1 = sev.clone();
+        }
+        if let Some(d) = a["labels"][label].as_str() {
+            let worst = devices.entry(d.to_string()).or_insert(a);
+            if rank(&sev) < rank(&severity(worst)) {
+                *worst = a;
+            }
+        }
+    }
+    let groups: Vec<serde_json::Value> = by_group
+        .into_iter()
+        .map(|(group, (firing, worst))| json!({ "group": group, "firing": firing, "worst": worst }))
+        .collect();
+    let devices: Vec<serde_json::Value> = devices
+        .into_iter()
+        .map(|(device, a)| {
+            json!({ "device": device, "severity": severity(a), "alertname": a["alertname"], "labels": a["labels"] })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "firing": alerts.len(),
+        "deviceLabel": label,
+        "bySeverity": by_severity,
+        "byGroup": groups,
+        "devices": devices,
+    }))
+    .into_response())
 }
 
 /// `POST /api/v1/rules/check`: the rule files as they are on disk now,

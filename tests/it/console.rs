@@ -125,6 +125,21 @@ async fn the_console_pages_are_public_hold_no_data_and_its_endpoints_obey_roles(
         v["groups"].as_array().expect("groups").iter().filter_map(|g| g["groupLabels"]["alertname"].as_str()).collect();
     assert_eq!(seen, ["BillingErrors"], "the scoped role sees its own group only: {v}");
 
+    // The overview's summary: counts and each device's worst alert, scoped too.
+    let (status, v) = json_of(&server, "GET", "/api/v1/alerts/summary", Some(&admin)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((v["firing"].as_u64(), &v["bySeverity"]), (Some(2), &json!({"critical": 2})), "{v}");
+    assert_eq!(v["byGroup"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["devices"].as_array().map(Vec::len), Some(1), "both alerts are on host a: {v}");
+    assert_eq!(
+        (v["devices"][0]["device"].as_str(), v["devices"][0]["severity"].as_str()),
+        (Some("a"), Some("critical"))
+    );
+    let (_, v) = json_of(&server, "GET", "/api/v1/alerts/summary", Some(&dev)).await;
+    assert_eq!(v["firing"], 1, "{v}");
+    assert_eq!(v["byGroup"], json!([{"group": "billing", "firing": 1, "worst": "critical"}]), "{v}");
+    assert_eq!(json_of(&server, "GET", "/api/v1/alerts/summary?devices=x", Some(&admin)).await.0, 400);
+
     // The rules with their statements; checking the files needs `rules`.
     let (_, v) = json_of(&server, "GET", "/api/v1/rules", Some(&admin)).await;
     let rule =
