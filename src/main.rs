@@ -81,8 +81,55 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, each once: an error whose message already
+/// quotes its cause (`alerting: {0}` over the engine's error) would
+/// otherwise print the cause twice.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    /// As `#[error("alerting: {0}")] Alerting(#[from] EngineError)`: the
+    /// message quotes the source.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "alerting: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let inner = std::io::Error::other("a route notifies either a receiver or an escalation chain");
+        let e = anyhow::Error::from(Quoting(inner)).context("cannot start");
+        assert_eq!(
+            super::chain(&e),
+            "cannot start: alerting: a route notifies either a receiver or an escalation chain"
+        );
+        let plain = anyhow::anyhow!("disk full").context("persist failed");
+        assert_eq!(super::chain(&plain), "persist failed: disk full");
     }
 }
