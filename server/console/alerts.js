@@ -2,7 +2,7 @@
 // comment, withdraw, resolve, silence from an alert (matchers prefilled);
 // the escalation progress of each notification group; an alert's history.
 
-import { api, sql, h, clear, fill, add, session, can, toast, ago, labelText, quote, severityRank, VirtualList, navigate } from "/console/app.js";
+import { api, sql, h, clear, fill, add, session, can, toast, ago, labelText, quote, VirtualList, navigate } from "/console/app.js";
 
 const STATES = ["active", "firing", "pending", "resolved"];
 
@@ -28,57 +28,72 @@ export async function mount(view, ctx) {
   };
   stateSel.addEventListener("change", apply);
   labelInput.addEventListener("keydown", (e) => e.key === "Enter" && apply());
-  search.addEventListener("input", () => draw());
+  let typed = null;
+  search.addEventListener("input", () => {
+    clearTimeout(typed);
+    typed = setTimeout(() => refresh().catch((e) => e.status !== 401 && toast(e.message)), 300);
+  });
 
   const summary = h("span", { class: "muted", id: "alert-count" });
   const detail = h("div", { class: "card detail", id: "alert-detail" }, h("p", { class: "muted" }, "Select an alert."));
   const groupsEl = h("div", { class: "card", id: "escalations" });
   const silencesEl = h("div", { class: "card", id: "silences" });
-  let alerts = [];
   let selected = params.get("id");
   let shown = null; // the selected alert as last drawn
 
   const list = new VirtualList(34, (a) =>
-    h(
-      "div",
-      {
-        class: "row alert-row" + (a.id === selected ? " selected" : ""),
-        dataset: { id: a.id, alertname: a.alertname },
-        onclick: () => {
-          selected = a.id;
-          shown = JSON.stringify(a);
-          list.draw();
-          showDetail(detail, a, refresh);
-        },
-      },
-      h("span", { class: "badge sev-" + (a.severity || "none") }, a.severity || "none"),
-      h("span", { class: "name" }, a.alertname),
-      h("span", { class: "state st-" + a.state }, a.state + (a.muted ? " (muted)" : "")),
-      h("span", { class: "num" }, a.value === null ? "" : String(a.value)),
-      h("span", { class: "labels" }, labelText(withoutName(a.labels))),
-      h("span", { class: "muted" }, ago(a.activeSince || a.pendingSince)),
-      h("span", { class: "acked" }, a.ack ? "acked by " + a.ack.by : ""),
-    ),
+    a === undefined
+      ? h("div", { class: "row alert-row loading" }, h("span", { class: "muted" }, "…"))
+      : h(
+          "div",
+          {
+            class: "row alert-row" + (a.id === selected ? " selected" : ""),
+            dataset: { id: a.id, alertname: a.alertname },
+            onclick: () => {
+              selected = a.id;
+              shown = JSON.stringify(a);
+              list.draw();
+              showDetail(detail, a, refresh);
+            },
+          },
+          h("span", { class: "badge sev-" + (a.severity || "none") }, a.severity || "none"),
+          h("span", { class: "name" }, a.alertname),
+          h("span", { class: "state st-" + a.state }, a.state + (a.muted ? " (muted)" : "")),
+          h("span", { class: "num" }, a.value === null ? "" : String(a.value)),
+          h("span", { class: "labels" }, labelText(withoutName(a.labels))),
+          h("span", { class: "muted" }, ago(a.activeSince || a.pendingSince)),
+          h("span", { class: "acked" }, a.ack ? "acked by " + a.ack.by : ""),
+        ),
   );
 
-  function draw() {
-    const q = search.value.toLowerCase();
-    const shown = q
-      ? alerts.filter((a) => (a.alertname + " " + labelText(a.labels) + " " + JSON.stringify(a.annotations)).toLowerCase().includes(q))
-      : alerts;
-    summary.textContent = shown.length + " of " + alerts.length + " alerts";
-    list.set(shown);
-  }
-
-  async function refresh() {
+  // The list is read a page at a time, in the server's order (most severe
+  // first), as it scrolls into view: 10,000 alerts are not sent at once.
+  const pages = new PagedRows(PAGE, (offset) => {
     const p = new URLSearchParams(labels);
     p.set("state", state);
-    alerts = (await api("GET", "/api/v1/alerts?" + p)).alerts;
-    alerts.sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || (b.activeSince || "").localeCompare(a.activeSince || "") || a.id.localeCompare(b.id));
-    draw();
+    if (search.value) p.set("q", search.value);
+    p.set("limit", String(PAGE));
+    p.set("offset", String(offset));
+    return api("GET", "/api/v1/alerts?" + p);
+  }, () => {
+    summary.textContent = pages.length + " alerts";
+    list.set(pages);
+  });
+
+  async function refresh() {
+    const wanted = Math.floor(list.el.scrollTop / list.rowHeight / PAGE);
+    await pages.reload(wanted);
     // The detail is redrawn only when its alert changed, and never under
     // the hands of someone typing a comment or filling in a silence.
-    const sel = alerts.find((a) => a.id === selected);
+    let sel = null;
+    if (selected) {
+      try {
+        sel = await api("GET", "/api/v1/alerts/" + encodeURIComponent(selected));
+      } catch (e) {
+        if (e.status === 404) selected = null;
+        else throw e;
+      }
+    }
     const focus = document.activeElement;
     const typing = detail.contains(focus) && (focus.tagName === "INPUT" || focus.tagName === "TEXTAREA");
     const busy = typing || detail.querySelector("form");
@@ -86,7 +101,7 @@ export async function mount(view, ctx) {
       shown = JSON.stringify(sel);
       await showDetail(detail, sel, refresh);
     }
-    await drawGroups(groupsEl, alerts);
+    await drawGroups(groupsEl, pages.loaded());
     await drawSilences(silencesEl, refresh);
   }
 
@@ -110,6 +125,57 @@ export async function mount(view, ctx) {
     stopped = true;
     clearTimeout(timer);
   };
+}
+
+const PAGE = 500;
+
+/// Rows of a list read from the server a page at a time: `length` is the
+/// total the server reported, `slice` gives the loaded rows (undefined for
+/// rows not yet read) and asks for the pages it lacks.
+class PagedRows {
+  constructor(size, fetchPage, changed) {
+    this.size = size;
+    this.fetchPage = fetchPage;
+    this.changed = changed;
+    this.pages = new Map();
+    this.pending = new Set();
+    this.length = 0;
+    this.generation = 0;
+  }
+  async load(i, generation) {
+    this.pending.add(i);
+    try {
+      const r = await this.fetchPage(i * this.size);
+      if (generation !== this.generation) return;
+      this.pages.set(i, r.alerts);
+      this.length = r.total;
+      this.changed();
+    } finally {
+      this.pending.delete(i);
+    }
+  }
+  /// Forgets what was read and reads the first page and page `i` again.
+  async reload(i) {
+    const generation = ++this.generation;
+    const keep = this.pages;
+    this.pages = new Map();
+    // Until the new pages arrive, the old ones stay on screen.
+    for (const [k, v] of keep) if (k === 0 || k === i) this.pages.set(k, v);
+    await Promise.all([...new Set([0, i])].map((k) => this.load(k, generation)));
+  }
+  slice(a, b) {
+    const out = [];
+    for (let n = a; n < Math.min(b, this.length); n++) {
+      const i = Math.floor(n / this.size);
+      const page = this.pages.get(i);
+      if (!page && !this.pending.has(i)) this.load(i, this.generation).catch(() => {});
+      out.push(page ? page[n - i * this.size] : undefined);
+    }
+    return out;
+  }
+  loaded() {
+    return [...this.pages.values()].flat();
+  }
 }
 
 function withoutName(labels) {

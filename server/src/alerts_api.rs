@@ -88,7 +88,11 @@ fn scoped_alert(engine: &AlertEngine, who: &Principal, id: &str) -> Result<serde
 }
 
 /// `?state=firing&host=web-1`: `state` filters by state (`active` means
-/// pending or firing), every other parameter is an exact label match.
+/// pending or firing), `q` by text (a part of the name, a label or an
+/// annotation, any case), every other parameter is an exact label match.
+/// With `limit` (at most 10,000) or `offset`, one page of the alerts in
+/// the console's order (most severe first, then the most recent), and
+/// `total` says how many there are.
 async fn list_alerts(
     State(engine): State<Arc<AlertEngine>>,
     Extension(who): Extension<Principal>,
@@ -96,6 +100,20 @@ async fn list_alerts(
 ) -> Result<Response, ApiError> {
     let mut labels = params;
     let state = labels.remove("state");
+    let text = labels.remove("q").map(|q| q.to_lowercase()).filter(|q| !q.is_empty());
+    let number = |name: &str, v: Option<String>| -> Result<Option<usize>, ApiError> {
+        v.map(|v| {
+            v.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!("{name} {:?} is not a non-negative integer", tocsin_auth::clip(&v)))
+            })
+        })
+        .transpose()
+    };
+    let limit = number("limit", labels.remove("limit"))?;
+    let offset = number("offset", labels.remove("offset"))?;
+    if limit.is_some_and(|l| l > MAX_PAGE) {
+        return Err(ApiError::bad_request(format!("limit is at most {MAX_PAGE}")));
+    }
     const STATES: [&str; 5] = ["active", "pending", "firing", "resolved", "inactive"];
     if let Some(s) = state.as_deref().filter(|s| !STATES.contains(s)) {
         return Err(ApiError::bad_request(format!(
@@ -108,8 +126,29 @@ async fn list_alerts(
     if let Some(scope) = alert_scope(&who) {
         alerts.retain(|a| covers(scope, a));
     }
-    Ok(axum::Json(json!({ "alerts": alerts })).into_response())
+    if let Some(q) = &text {
+        alerts.retain(|a| {
+            let hit = |v: &serde_json::Value| v.as_str().is_some_and(|s| s.to_lowercase().contains(q.as_str()));
+            let values = |m: &serde_json::Value| m.as_object().is_some_and(|o| o.values().any(hit));
+            hit(&a["alertname"]) || values(&a["labels"]) || values(&a["annotations"])
+        });
+    }
+    let total = alerts.len();
+    if limit.is_none() && offset.is_none() {
+        return Ok(axum::Json(json!({ "alerts": alerts, "total": total })).into_response());
+    }
+    let key = |a: &serde_json::Value| {
+        let since = a["activeSince"].as_str().or(a["pendingSince"].as_str()).unwrap_or_default().to_string();
+        (crate::console::severity_rank(a["severity"].as_str().unwrap_or("none")), std::cmp::Reverse(since))
+    };
+    alerts.sort_by_cached_key(|a| (key(a), a["id"].as_str().unwrap_or_default().to_string()));
+    let offset = offset.unwrap_or(0);
+    let page: Vec<serde_json::Value> = alerts.into_iter().skip(offset).take(limit.unwrap_or(MAX_PAGE)).collect();
+    Ok(axum::Json(json!({ "alerts": page, "total": total, "offset": offset })).into_response())
 }
+
+/// The most alerts one page holds.
+const MAX_PAGE: usize = 10_000;
 
 async fn get_alert(
     State(engine): State<Arc<AlertEngine>>,

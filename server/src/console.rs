@@ -160,7 +160,7 @@ async fn groups(State(app): State<AppState>, Extension(who): Extension<Principal
 /// name ranks after these.
 const SEVERITIES: [&str; 7] = ["critical", "error", "major", "warning", "minor", "info", "none"];
 
-fn rank(severity: &str) -> usize {
+pub(crate) fn severity_rank(severity: &str) -> usize {
     SEVERITIES.iter().position(|s| *s == severity).unwrap_or(SEVERITIES.len())
 }
 
@@ -194,12 +194,12 @@ async fn summary(
         *by_severity.entry(sev.clone()).or_default() += 1;
         let g = by_group.entry(a["group"].as_str().unwrap_or_default().to_string()).or_insert((0, sev.clone()));
         g.0 += 1;
-        if rank(&sev) < rank(&g.1) {
+        if severity_rank(&sev) < severity_rank(&g.1) {
             g.1 = sev.clone();
         }
         if let Some(d) = a["labels"][label].as_str() {
             let worst = devices.entry(d.to_string()).or_insert(a);
-            if rank(&sev) < rank(&severity(worst)) {
+            if severity_rank(&sev) < severity_rank(&severity(worst)) {
                 *worst = a;
             }
         }

@@ -125,6 +125,20 @@ async fn the_console_pages_are_public_hold_no_data_and_its_endpoints_obey_roles(
         v["groups"].as_array().expect("groups").iter().filter_map(|g| g["groupLabels"]["alertname"].as_str()).collect();
     assert_eq!(seen, ["BillingErrors"], "the scoped role sees its own group only: {v}");
 
+    // One page of the list, in the console's order, with the total; text search.
+    let (status, v) = json_of(&server, "GET", "/api/v1/alerts?state=firing&limit=1", Some(&admin)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((v["alerts"].as_array().map(Vec::len), v["total"].as_u64()), (Some(1), Some(2)), "{v}");
+    let (_, second) = json_of(&server, "GET", "/api/v1/alerts?state=firing&limit=1&offset=1", Some(&admin)).await;
+    assert_ne!(v["alerts"][0]["id"], second["alerts"][0]["id"], "pages do not overlap: {v} {second}");
+    let (_, v) = json_of(&server, "GET", "/api/v1/alerts?q=tradinger", Some(&admin)).await;
+    assert_eq!(v["alerts"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["alerts"][0]["alertname"], "TradingErrors");
+    assert_eq!(json_of(&server, "GET", "/api/v1/alerts?limit=-1", Some(&admin)).await.0, 400);
+    assert_eq!(json_of(&server, "GET", "/api/v1/alerts?limit=10001", Some(&admin)).await.0, 400);
+    let (_, v) = json_of(&server, "GET", "/api/v1/alerts?limit=10", Some(&dev)).await;
+    assert_eq!(v["total"], 1, "a scoped role's total counts its alerts only: {v}");
+
     // The overview's summary: counts and each device's worst alert, scoped too.
     let (status, v) = json_of(&server, "GET", "/api/v1/alerts/summary", Some(&admin)).await;
     assert_eq!(status, 200, "{v}");
