@@ -425,6 +425,12 @@ pub(crate) fn check_references(
     Ok(())
 }
 
+/// Whether running the plan writes: an `INSERT` anywhere in it, as under
+/// `EXPLAIN ANALYZE` (which runs its statement).
+pub(crate) fn writes(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| Ok(matches!(node, LogicalPlan::Dml(_)))).unwrap_or(true)
+}
+
 /// Checks the caller against every table the plan reads (in subqueries,
 /// joins, CTEs and `EXPLAIN` too) and the one it writes. A statement that
 /// writes nothing needs the query permission even when it reads no table.
@@ -434,8 +440,7 @@ pub(crate) fn check_access(
     who: &tocsin_auth::Principal,
 ) -> Result<(), QueryError> {
     use tocsin_auth::Permission;
-    let writes = matches!(plan, LogicalPlan::Dml(_));
-    if !writes {
+    if !writes(plan) {
         who.require(Permission::Query)?;
     }
     let mut denied = None;

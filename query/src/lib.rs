@@ -111,6 +111,11 @@ pub enum QueryError {
          (Tocsin tables are append-only, and SQL may not touch the server's files or settings)"
     )]
     StatementNotAllowed { statement: String },
+    #[error(
+        "this request is read-only (read_only: true), and the statement writes (INSERT, or EXPLAIN ANALYZE of one); \
+         send it without read_only to run it"
+    )]
+    ReadOnly,
     #[error("the SQL text is {bytes} bytes long; at most {limit} are allowed")]
     SqlTooLong { bytes: usize, limit: usize },
     #[error(
@@ -477,7 +482,23 @@ impl QueryEngine {
         who: Option<&Principal>,
     ) -> Result<QueryResult, QueryError> {
         let run = async {
-            let (schema, stream) = self.plan_and_start(sql, database, None, who).await?;
+            let (schema, stream) = self.plan_and_start(sql, database, None, who, false).await?;
+            self.collect(schema, stream, who).await
+        };
+        self.bounded_run(run, who).await
+    }
+
+    /// [`Self::execute_as`] for a statement that must not write: one that
+    /// does (an `INSERT`, or `EXPLAIN ANALYZE` of one) is refused before it
+    /// runs. For statements a client did not write itself (a link's).
+    pub async fn execute_read_only_as(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        who: Option<&Principal>,
+    ) -> Result<QueryResult, QueryError> {
+        let run = async {
+            let (schema, stream) = self.plan_and_start(sql, database, None, who, true).await?;
             self.collect(schema, stream, who).await
         };
         self.bounded_run(run, who).await
@@ -550,7 +571,7 @@ impl QueryEngine {
         who: Option<&Principal>,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
         let started = Instant::now();
-        let result = self.plan_and_start(sql, database, params, who).await;
+        let result = self.plan_and_start(sql, database, params, who, false).await;
         self.metrics.observe(started.elapsed(), result.is_ok());
         result
     }
@@ -581,7 +602,7 @@ impl QueryEngine {
         // Describing writes nothing: columns an INSERT would create are
         // created again when it runs.
         self.discard(provisional);
-        let writes = matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_));
+        let writes = allowed::writes(df.logical_plan());
         let mut types: Vec<(usize, DataType)> = df
             .logical_plan()
             .get_parameter_types()?
@@ -613,6 +634,7 @@ impl QueryEngine {
         database: Option<&str>,
         params: Option<Vec<ScalarValue>>,
         who: Option<&Principal>,
+        read_only: bool,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
         let slot = self.slot(who)?;
         // Registered before planning takes its snapshots: the segment files
@@ -624,6 +646,10 @@ impl QueryEngine {
         let planned = self.plan_and_maybe_start(sql, database, who, params.clone()).await;
         let (mut df, provisional) = match planned.map_err(|e| self.where_the_table_is(e, who))? {
             Planned::Started(schema, stream, _) => return Ok(self.finish_stream(schema, stream, None, slot, reader)),
+            Planned::Write(_, provisional) if read_only => {
+                self.discard(provisional);
+                return Err(QueryError::ReadOnly);
+            }
             Planned::Write(df, provisional) => (*df, provisional),
         };
         if let Some(params) = params {
@@ -637,7 +663,7 @@ impl QueryEngine {
         }
         // A client's INSERT: admitted by its ingest rate, charged its rows.
         let charge = match (who, self.write_rates.get()) {
-            (Some(who), Some(rates)) if matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_)) => {
+            (Some(who), Some(rates)) if allowed::writes(df.logical_plan()) => {
                 if let Err((rate, retry_after)) = rates.admit(&who.name) {
                     self.discard(provisional);
                     tocsin_storage::refusals::refused("ingest_rows_per_second");
@@ -850,7 +876,7 @@ impl QueryEngine {
             handle.block_on(async move {
                 let started = Instant::now();
                 let (mut df, provisional) = plan_statement(state, storage, sql, who).await?;
-                if matches!(df.logical_plan(), datafusion::logical_expr::LogicalPlan::Dml(_)) {
+                if allowed::writes(df.logical_plan()) {
                     return Ok(Planned::Write(Box::new(df), provisional));
                 }
                 if let Some(params) = params {

@@ -2,7 +2,7 @@
 // comment, withdraw, resolve, silence from an alert (matchers prefilled);
 // the escalation progress of each notification group; an alert's history.
 
-import { api, sql, h, clear, fill, add, session, can, toast, ago, labelText, quote, VirtualList, navigate } from "/console/app.js";
+import { api, h, clear, fill, add, session, can, toast, ago, labelText, VirtualList, navigate } from "/console/app.js";
 
 const STATES = ["active", "firing", "pending", "resolved"];
 
@@ -211,7 +211,7 @@ async function showDetail(el, a, refresh) {
   if (can("silence")) actions.append(h("button", { id: "silence", onclick: () => silenceForm(el, a, refresh) }, "Silence…"));
 
   const history = h("div", { class: "timeline", id: "alert-history" }, h("p", { class: "muted" }, "loading history…"));
-  fill(el, 
+  fill(el,
     h("h2", {}, a.alertname, " ", h("span", { class: "badge sev-" + (a.severity || "none") }, a.severity || "none")),
     h(
       "dl",
@@ -233,10 +233,8 @@ async function showDetail(el, a, refresh) {
     history,
   );
   try {
-    const rows = await sql(
-      "SELECT ts, from_state, to_state, severity, value, note FROM system.alert_history WHERE id = " + quote(a.id) + " ORDER BY ts DESC LIMIT 200",
-    );
-    fill(history, 
+    const rows = (await api("GET", "/api/v1/alerts/" + encodeURIComponent(a.id) + "/history")).history;
+    fill(history,
       rows.length === 0
         ? h("p", { class: "muted" }, "no transitions recorded")
         : rows.map((r) =>
@@ -299,18 +297,29 @@ function parseMatcher(line) {
   return { name: m[1], value, isRegex: op.includes("~"), isEqual: !op.startsWith("!") };
 }
 
+const GROUPS_SHOWN = 100;
+
 async function drawGroups(el, alerts) {
-  let groups;
+  let answer;
   try {
-    groups = (await api("GET", "/api/v1/alerts/groups")).groups;
+    answer = await api("GET", "/api/v1/alerts/groups?limit=" + GROUPS_SHOWN);
   } catch (e) {
     fill(el, h("h2", {}, "Escalation"), h("p", { class: "error" }, e.message));
     return;
   }
+  // Redrawn only when something changed: a table of many groups rebuilt
+  // at every refresh would hold the page up.
+  const text = JSON.stringify(answer);
+  if (el.dataset.shown === text) return;
+  el.dataset.shown = text;
+  const groups = answer.groups;
   const names = new Map(alerts.map((a) => [a.id, a.alertname]));
   const escalating = groups.filter((g) => g.escalation);
-  fill(el, 
+  const STOPPED = { acknowledged: "acknowledged: stopped", held: "silenced or inhibited: waiting", resolved: "nothing fires", completed: "every step sent" };
+  fill(
+    el,
     h("h2", {}, "Escalation"),
+    answer.total > groups.length ? h("p", { class: "muted" }, "The " + groups.length + " of " + answer.total + " groups whose next step is due soonest.") : null,
     escalating.length === 0
       ? h("p", { class: "muted" }, "No notification group is escalating.")
       : h(
@@ -319,7 +328,7 @@ async function drawGroups(el, alerts) {
           h("tr", {}, h("th", {}, "group"), h("th", {}, "chain"), h("th", {}, "step"), h("th", {}, "paged"), h("th", {}, "next")),
           escalating.map((g) => {
             const e = g.escalation;
-            const status = e.acked ? "acknowledged: stopped" : e.idle ? "nothing fires" : e.completed ? "every step sent" : null;
+            const status = e.stopped ? STOPPED[e.stopped] || e.stopped : null;
             return h(
               "tr",
               { dataset: { key: g.key } },
@@ -342,7 +351,7 @@ async function drawSilences(el, refresh) {
     fill(el, h("h2", {}, "Silences"), h("p", { class: "error" }, e.message));
     return;
   }
-  fill(el, 
+  fill(el,
     h("h2", {}, "Silences"),
     silences.length === 0
       ? h("p", { class: "muted" }, "No active or pending silence.")

@@ -31,7 +31,7 @@ export async function api(method, path, body, opts) {
   const r = await fetch(path, init);
   const text = await r.text();
   if (r.status === 401) {
-    showLogin(errorText(text) || "log in to continue");
+    showLogin(token() ? "Your session has ended: log in again." : "Log in to continue.");
     throw new ApiError(401, errorText(text));
   }
   if (!r.ok) throw new ApiError(r.status, errorText(text) || r.statusText);
@@ -50,9 +50,12 @@ function errorText(text) {
   return text;
 }
 
-/// Runs one SQL statement; the rows as objects keyed by column.
-export function sql(statement, database) {
-  const body = { sql: statement, format: "json" };
+/// Runs one SQL statement; the rows as objects keyed by column. The
+/// server refuses it if it writes (`read_only`), unless `writes` says the
+/// person typed it and pressed Run: a statement that arrives in a link
+/// (`/explore?q=INSERT ...`) must not write on their behalf.
+export function sql(statement, database, writes) {
+  const body = { sql: statement, format: "json", read_only: !writes };
   if (database) body.database = database;
   return api("POST", "/api/v1/sql", body);
 }
@@ -64,7 +67,7 @@ export function sql(statement, database) {
 export async function stream(path, onEvent, signal) {
   const r = await fetch(path, { headers: headers({ Accept: "text/event-stream" }), signal });
   if (r.status === 401) {
-    showLogin("log in to continue");
+    showLogin(token() ? "Your session has ended: log in again." : "Log in to continue.");
     throw new ApiError(401, "unauthenticated");
   }
   if (!r.ok) throw new ApiError(r.status, errorText(await r.text()));
@@ -272,8 +275,16 @@ async function logout() {
   }
   sessionStorage.removeItem(TOKEN_KEY);
   session.user = null;
-  showLogin("logged out");
+  document.getElementById("who").textContent = "";
+  document.getElementById("logout").hidden = true;
+  showLogin("Logged out.");
 }
+
+// A page restored from the browser's back/forward cache after logging out
+// would still show what it showed: ask again instead.
+window.addEventListener("pageshow", (ev) => {
+  if (ev.persisted) location.reload();
+});
 
 // ---- router ------------------------------------------------------------
 
@@ -317,7 +328,14 @@ async function route() {
     const mod = await import("/console/" + name + ".js");
     const mine = { stop: null };
     current = mine;
-    const stop = await mod.mount(view, { params, path, rest: path.split("/").slice(2).map(decodeURIComponent) });
+    const rest = path.split("/").slice(2).map((p) => {
+      try {
+        return decodeURIComponent(p);
+      } catch (_) {
+        return p; // a malformed escape: shown as it is
+      }
+    });
+    const stop = await mod.mount(view, { params, path, rest });
     if (current === mine) mine.stop = stop;
     else if (stop) stop();
   } catch (e) {

@@ -12,10 +12,10 @@ const PALETTE = ["#2f7ed8", "#d9534f", "#5cb85c", "#f0ad4e", "#8e44ad", "#16a085
 
 export async function mount(view, ctx) {
   const params = ctx.params;
-  const editor = h("textarea", { id: "sql", rows: "6", spellcheck: "false" }, params.get("q") || "SELECT ts, host, usage FROM cpu WHERE ts >= $from AND ts < $to ORDER BY ts");
+  const editor = h("textarea", { id: "sql", rows: "6", spellcheck: "false" }, params.get("q") || "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns WHERE table_schema <> 'information_schema'");
   const range = h("select", { id: "range" }, Object.keys(RANGES).map((r) => h("option", { value: r, selected: r === (params.get("range") || "1h") }, "last " + r)));
   const db = h("input", { id: "database", placeholder: "database (public)", value: params.get("db") || "" });
-  const run = h("button", { id: "run", onclick: () => go() }, "Run (Ctrl+Enter)");
+  const run = h("button", { id: "run", onclick: () => go(true) }, "Run (Ctrl+Enter)");
   const csv = h("button", { id: "csv", onclick: () => download() }, "CSV");
   const suggest = h("div", { class: "suggest", id: "suggest" });
   const status = h("span", { class: "muted", id: "status" });
@@ -33,7 +33,7 @@ export async function mount(view, ctx) {
   editor.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
-      go();
+      go(true);
     } else if (e.key === "Tab" && suggest.firstChild) {
       e.preventDefault();
       accept(suggest.firstChild.textContent);
@@ -67,7 +67,9 @@ export async function mount(view, ctx) {
     const lit = (ms) => "TIMESTAMP '" + new Date(ms).toISOString() + "'";
     return { text: editor.value.replace(/\$from\b/g, lit(from)).replace(/\$to\b/g, lit(to)), from, to };
   }
-  async function go() {
+  /// `typed`: the person pressed Run. A statement from the address (a
+  /// shared link) runs read-only: one that writes waits for Run.
+  async function go(typed) {
     const p = new URLSearchParams({ q: editor.value, range: range.value });
     if (db.value) p.set("db", db.value);
     history.replaceState(null, "", "/explore?" + p);
@@ -75,20 +77,24 @@ export async function mount(view, ctx) {
     status.textContent = "running…";
     const started = performance.now();
     try {
-      const rows = await sql(text, db.value || undefined);
-      status.textContent = rows.length + " rows in " + Math.round(performance.now() - started) + " ms";
+      const rows = await sql(text, db.value || undefined, typed);
+      status.textContent = rows.length + (rows.length === 1 ? " row" : " rows") + " in " + Math.round(performance.now() - started) + " ms";
       if (chart) chart.destroy();
       chart = timeChart(chartEl, rows, null, null, /\$from\b/.test(editor.value) ? { from, to } : {});
       renderTable(tableEl, rows);
     } catch (e) {
       status.textContent = "";
       clear(chartEl);
-      fill(tableEl, h("pre", { class: "error", id: "sql-error" }, e.message));
+      const writes = !typed && /read-only/.test(e.message);
+      fill(
+        tableEl,
+        h("pre", { class: "error", id: "sql-error" }, writes ? "This statement writes. It came with the link, so it did not run: read it, then press Run to run it." : e.message),
+      );
     }
   }
   async function download() {
     try {
-      const body = { sql: statement().text, format: "csv" };
+      const body = { sql: statement().text, format: "csv", read_only: true };
       if (db.value) body.database = db.value;
       const text = await api("POST", "/api/v1/sql", body, { raw: true });
       const a = h("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })), download: "tocsin-result.csv" });
@@ -99,7 +105,7 @@ export async function mount(view, ctx) {
       if (e.status !== 401) toast(e.message);
     }
   }
-  if (params.get("q")) await go();
+  if (params.get("q")) await go(false);
   return () => chart && chart.destroy();
 }
 

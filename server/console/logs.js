@@ -6,6 +6,8 @@
 import { sql, stream, h, clear, fill, add, toast, quote, VirtualList } from "/console/app.js";
 
 const MAX_LINES = 10000;
+/// What the trace view accepts (the server's rule for a trace id).
+const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const LEVELS = ["", "trace", "debug", "info", "warn", "error", "fatal"];
 const RANGES = { "15m": 15, "1h": 60, "6h": 360, "24h": 1440, "7d": 10080 };
 
@@ -67,7 +69,11 @@ function line(e) {
     h("span", { class: "svc" }, e.service || ""),
     h("span", { class: "host" }, e.host || ""),
     h("span", { class: "msg" }, e.message || ""),
-    e.trace_id ? h("a", { class: "trace", href: "/trace/" + encodeURIComponent(e.trace_id) }, e.trace_id) : null,
+    e.trace_id && TRACE_ID.test(e.trace_id)
+      ? h("a", { class: "trace", href: "/trace/" + encodeURIComponent(e.trace_id) }, e.trace_id)
+      : e.trace_id
+        ? h("span", { class: "trace muted" }, e.trace_id)
+        : null,
   );
 }
 
@@ -94,9 +100,12 @@ function searchPane(params) {
       status.textContent = rows.length + (rows.length === MAX_LINES ? "+ (the newest " + MAX_LINES + ")" : "") + " lines";
       list.set(rows);
     } catch (e) {
-      status.textContent = "";
       list.set([]);
-      if (e.status !== 401) toast(e.message);
+      if (e.status === 401) return;
+      // No table yet: nothing has been sent to it.
+      status.textContent = / not found/.test(e.message)
+        ? "No log table " + t + " yet: send logs (OTLP, Loki, Elasticsearch _bulk, syslog, line protocol; docs/logs.md) and they show here."
+        : e.message;
     }
   };
   for (const el of Object.values(f)) el.addEventListener("keydown", (e) => e.key === "Enter" && run());
@@ -126,10 +135,16 @@ function tailPane(params, close) {
   let pending = [];
   let dirty = false;
   const pauseBtn = h("button", { class: "pause" }, "Pause");
+  let missed = 0; // events that arrived while paused, beyond what is kept
   const push = (e) => {
     if (paused) {
       pending.push(e);
-      pauseBtn.textContent = "Resume (" + pending.length + " new)";
+      // Paused, the newest MAX_LINES are kept, as on screen.
+      if (pending.length > MAX_LINES) {
+        missed += pending.length - MAX_LINES;
+        pending.splice(0, pending.length - MAX_LINES);
+      }
+      pauseBtn.textContent = "Resume (" + (pending.length + missed) + " new)";
       return;
     }
     lines.push(e);
@@ -147,6 +162,8 @@ function tailPane(params, close) {
     paused = !paused;
     pauseBtn.textContent = paused ? "Resume" : "Pause";
     if (!paused) {
+      if (missed) push({ marker: "— " + missed + " events arrived while paused and are not kept here —" });
+      missed = 0;
       for (const e of pending) push(e);
       pending = [];
     }

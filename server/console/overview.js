@@ -2,7 +2,7 @@
 // alerts by severity and by group, a health grid of devices, today's alert
 // trend, and the top-N panels of `[console.panels]`.
 
-import { api, sql, h, clear, fill, add, session, severityRank, SEVERITY_ORDER, quote } from "/console/app.js";
+import { api, sql, h, clear, fill, add, session, can, severityRank, SEVERITY_ORDER, quote } from "/console/app.js";
 import { timeChart } from "/console/explore.js";
 
 export async function mount(view, ctx) {
@@ -21,10 +21,11 @@ export async function mount(view, ctx) {
       { class: "toolbar" },
       h("h1", {}, "Overview"),
       stamp,
-      wall ? null : h("a", { href: "/?wall=1" + (groupBy ? "&group=" + encodeURIComponent(groupBy) : ""), target: "_blank" }, "Wall display"),
+      wall ? null : h("a", { href: "/?wall=1" + (groupBy ? "&group=" + encodeURIComponent(groupBy) : "") }, "Wall display"),
     ),
     counts,
-    h("div", { class: "columns" }, byGroup, trend),
+    // The trend and the panels are SQL: for roles that may run it.
+    h("div", { class: "columns" }, byGroup, can("query") ? trend : null),
     grid,
     panels,
   );
@@ -36,8 +37,10 @@ export async function mount(view, ctx) {
     drawCounts(counts, summary);
     drawGroups(byGroup, summary);
     await drawHealth(grid, summary, cfg, groupBy);
-    chart = await drawTrend(trend, chart);
-    await drawPanels(panels, cfg.panels);
+    if (can("query")) {
+      chart = await drawTrend(trend, chart);
+      await drawPanels(panels, cfg.panels);
+    }
     stamp.textContent = "updated " + new Date().toLocaleTimeString();
   }
   let timer = null;
@@ -124,7 +127,7 @@ async function drawHealth(el, summary, cfg, groupBy) {
     [...keys].sort().map((k) => h("option", { value: k, selected: k === groupBy }, k)),
   );
   const body = h("div");
-  fill(el, 
+  fill(el,
     h("div", { class: "toolbar" }, h("h2", {}, "Health by " + label), h("label", {}, "group by ", select)),
     error ? h("p", { class: "error" }, "devices_sql: " + error) : null,
     body,

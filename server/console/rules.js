@@ -30,7 +30,7 @@ export async function mount(view) {
   );
   async function refresh() {
     const { rules } = await api("GET", "/api/v1/rules");
-    fill(table, 
+    fill(table,
       rules.length === 0
         ? h("p", { class: "muted" }, "No rules loaded (start the server with --rules FILE).")
         : h(
@@ -66,7 +66,7 @@ async function runCheck(el) {
     if (r.error) {
       fill(el, h("pre", { class: "error", id: "check-error" }, r.error));
     } else if (!r.ok) {
-      fill(el, 
+      fill(el,
         h("p", { class: "error", id: "check-error" }, r.problems.length + " rule(s) do not plan:"),
         h("ul", {}, r.problems.map((p) => h("li", {}, p.group + " / " + p.rule + ": " + p.error))),
       );

@@ -28,6 +28,7 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
     use tocsin_auth::Permission::{Ack, ReadAlerts, Rules, Silence};
     r.get("/api/v1/alerts", Requires(ReadAlerts), list_alerts)
         .get("/api/v1/alerts/{id}", Requires(ReadAlerts), get_alert)
+        .get("/api/v1/alerts/{id}/history", Requires(ReadAlerts), alert_history)
         .post("/api/v1/alerts/{id}/ack", Requires(Ack), ack)
         .post("/api/v1/alerts/{id}/unack", Requires(Ack), unack)
         .post("/api/v1/alerts/{id}/resolve", Requires(Ack), resolve)
@@ -149,6 +150,36 @@ async fn list_alerts(
 
 /// The most alerts one page holds.
 const MAX_PAGE: usize = 10_000;
+
+/// `GET /api/v1/alerts/{id}/history`: the alert's transitions, newest
+/// first (at most 500), for whoever may see the alert: `system.alert_history`
+/// itself holds every alert, so a role limited to some alerts cannot read
+/// it, but may read the history of its own.
+async fn alert_history(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    scoped_alert(&app.alerts, &who, &id)?;
+    // An id the engine knows is a hex fingerprint; checked anyway, as it
+    // goes into the statement's text.
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::bad_request(format!("alert id {:?} is not an alert id", tocsin_auth::clip(&id))));
+    }
+    let statement = format!(
+        "SELECT ts, from_state, to_state, severity, value, note FROM system.alert_history WHERE id = '{id}' \
+         ORDER BY ts DESC LIMIT 500"
+    );
+    let history = match app.query.execute_as(&statement, None, None).await {
+        Ok(r) => crate::format::encode(crate::format::OutputFormat::Json, &r.schema, &r.batches)
+            .map_err(|e| ApiError::internal(format!("encoding the history: {e}")))?,
+        // Made by the first transition ever recorded.
+        Err(e) if e.to_string().contains("alert_history' not found") => b"[]".to_vec(),
+        Err(e) => return Err(e.into()),
+    };
+    let body = format!("{{\"id\":{},\"history\":{}}}", json!(id), String::from_utf8_lossy(&history));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+}
 
 async fn get_alert(
     State(engine): State<Arc<AlertEngine>>,

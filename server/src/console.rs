@@ -84,8 +84,11 @@ fn serve(headers: &HeaderMap, content_type: &'static str, bytes: &'static [u8]) 
     if let Ok(v) = HeaderValue::from_str(&tag) {
         h.insert(header::ETAG, v);
     }
-    // Checked at each load (a 304 when unchanged), so an upgrade is seen.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Files are checked at each load (a 304 when unchanged), so an upgrade
+    // is seen; the page is not kept at all, so that Back after logging
+    // out does not show what the page showed.
+    let cache = if content_type.starts_with("text/html") { "no-store" } else { "no-cache" };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -117,6 +120,12 @@ async fn asset(State(app): State<AppState>, Path(file): Path<String>, headers: H
 async fn session(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Response {
     let permissions: Vec<String> =
         Permission::ALL.iter().filter(|p| who.role.has(**p)).map(|p| p.to_string()).collect();
+    // The panels' statements name tables: only for roles that run SQL.
+    let mut config = json!(*app.console);
+    if !who.role.has(Permission::Query) {
+        config["devicesSql"] = json!("");
+        config["panels"] = json!([]);
+    }
     axum::Json(json!({
         "auth": app.auth.enabled(),
         "user": {
@@ -126,15 +135,34 @@ async fn session(State(app): State<AppState>, Extension(who): Extension<Principa
             "permissions": permissions,
         },
         "version": env!("CARGO_PKG_VERSION"),
-        "config": *app.console,
+        "config": config,
     }))
     .into_response()
 }
 
-/// `GET /api/v1/alerts/groups`: the notification groups open now and the
-/// progress of their escalation chains, limited to the alerts the caller's
-/// role may see.
-async fn groups(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Response {
+/// `GET /api/v1/alerts/groups[?limit=N]`: the notification groups open
+/// now and the progress of their escalation chains. A role limited to some
+/// alerts sees only the groups all of whose alerts it may see: a group's
+/// escalation (whom it paged, and why it goes on) speaks for every alert in
+/// it. With `limit`, the escalating groups whose next step is due soonest
+/// come first, and `total` says how many there are.
+async fn groups(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = match params.iter().next() {
+        None => None,
+        Some((k, v)) if k == "limit" && params.len() == 1 => Some(v.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!("limit {:?} is not a non-negative integer", tocsin_auth::clip(v)))
+        })?),
+        Some((k, _)) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {:?}; the only one is limit",
+                tocsin_auth::clip(k)
+            )));
+        }
+    };
     let mut groups = app.alerts.notification_groups();
     if let Some(scope) = alert_scope(&who) {
         let visible: HashSet<String> = app
@@ -144,16 +172,22 @@ async fn groups(State(app): State<AppState>, Extension(who): Extension<Principal
             .filter(|a| covers(scope, a))
             .filter_map(|a| a["id"].as_str().map(str::to_string))
             .collect();
-        groups.retain_mut(|g| {
-            if let Some(alerts) = g["alerts"].as_array_mut() {
-                alerts.retain(|a| a["id"].as_str().is_some_and(|id| visible.contains(id)));
-                !alerts.is_empty()
-            } else {
-                false
-            }
+        groups.retain(|g| {
+            g["alerts"].as_array().is_some_and(|alerts| {
+                !alerts.is_empty() && alerts.iter().all(|a| a["id"].as_str().is_some_and(|id| visible.contains(id)))
+            })
         });
     }
-    axum::Json(json!({ "groups": groups })).into_response()
+    let total = groups.len();
+    if let Some(limit) = limit {
+        // Waiting for a step first, soonest due first; then the rest.
+        groups.sort_by_cached_key(|g| {
+            let due = g["escalation"]["next"]["dueAt"].as_str().map(str::to_string);
+            (due.is_none(), due, g["key"].as_str().unwrap_or_default().to_string())
+        });
+        groups.truncate(limit);
+    }
+    Ok(axum::Json(json!({ "groups": groups, "total": total })).into_response())
 }
 
 /// Severities from worst to least, as the console ranks them; any other
@@ -244,33 +278,39 @@ async fn check_rules(State(app): State<AppState>, Extension(who): Extension<Prin
         }
         Err(e) => return ApiError::internal(format!("the check stopped: {e}")).into_response(),
     };
+    // Rules run as the server, so they are planned as the server; a role
+    // limited to some alerts hears only of its own rule groups.
+    let mine = |group: &str| {
+        alert_scope(&who)
+            .is_none_or(|scope| scope.groups.is_empty() || scope.groups.iter().any(|p| tocsin_auth::glob(p, group)))
+    };
     let mut problems = Vec::new();
-    for g in &config.groups {
+    for g in config.groups.iter().filter(|g| mine(&g.name)) {
         let db = g.database.as_deref();
         for r in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
             let checked = match &r.expr {
                 Some(expr) => tocsin_query::promql::parse(expr).map(|_| ()).map_err(|e| e.to_string()),
-                None => {
-                    app.query.execute_as(&format!("EXPLAIN {}", r.sql), db, Some(&who)).await.map(|_| ()).map_err(|e| {
-                        let e = e.unwrapped().to_string();
-                        // As in the rule health: only an admin learns where
-                        // else a table exists.
-                        match (who.require(Permission::Admin), e.find(tocsin_query::TABLE_ELSEWHERE)) {
-                            (Err(_), Some(i)) => e[..i].to_string(),
-                            _ => e,
-                        }
-                    })
-                }
+                None => app.query.execute_as(&format!("EXPLAIN {}", r.sql), db, None).await.map(|_| ()).map_err(|e| {
+                    let e = e.unwrapped().to_string();
+                    // As in the rule health: only an admin learns where
+                    // else a table exists.
+                    match (who.require(Permission::Admin), e.find(tocsin_query::TABLE_ELSEWHERE)) {
+                        (Err(_), Some(i)) => e[..i].to_string(),
+                        _ => e,
+                    }
+                }),
             };
             if let Err(error) = checked {
                 problems.push(json!({ "group": g.name, "rule": r.name, "error": error }));
             }
         }
     }
+    let groups: Vec<_> = config.groups.iter().filter(|g| mine(&g.name)).collect();
+    let rules: usize = groups.iter().map(|g| g.rules.len() + g.records.len()).sum();
     axum::Json(json!({
         "ok": problems.is_empty(),
-        "groups": config.groups.len(),
-        "rules": config.rule_count(),
+        "groups": groups.len(),
+        "rules": rules,
         "receivers": config.receivers.len(),
         "routes": config.routes.len(),
         "problems": problems,

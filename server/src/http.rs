@@ -209,6 +209,10 @@ struct SqlRequest {
     format: Option<String>,
     #[serde(default)]
     database: Option<String>,
+    /// Refuse the statement if it writes (the console sets it for every
+    /// statement it did not see typed and run by its user).
+    #[serde(default)]
+    read_only: bool,
 }
 
 /// Runs one statement for the caller; the audit entry carries its text
@@ -269,7 +273,12 @@ async fn run_sql(
         return (Err(ApiError::bad_request("sql is empty")), None);
     }
     let started = Instant::now();
-    let result = match app.query.execute_as(&req.sql, req.database.as_deref(), Some(who)).await {
+    let run = if req.read_only {
+        app.query.execute_read_only_as(&req.sql, req.database.as_deref(), Some(who)).await
+    } else {
+        app.query.execute_as(&req.sql, req.database.as_deref(), Some(who)).await
+    };
+    let result = match run {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(sql = %req.sql, error = %e, "query failed");

@@ -30,7 +30,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import BIN, scratch, start_tocsin, wait_for  # noqa: E402
+from peers import BIN, scratch, sql, start_tocsin, wait_for  # noqa: E402
 
 RECEIVED = []  # (path, payload)
 
@@ -229,8 +229,19 @@ receivers:
             assert drawn > 500, f"the canvas is empty ({drawn} pixels drawn)"
             d.save_screenshot(os.path.join(shots, "explore.png"))
 
+            # A link that carries a writing statement does not write on opening;
+            # the person's Run does.
+            insert = "INSERT INTO cpu (ts, host, usage) VALUES (now(), 'linked', 1)"
+            d.get(base + "/explore?q=" + urllib.parse.quote(insert))
+            wait_for("the refusal", lambda: "did not run" in d.find_element(By.ID, "sql-error").text, 10, 0.1)
+            linked = "SELECT count(*) AS n FROM cpu WHERE host = 'linked'"
+            assert sql(http, linked, admin) == [{"n": 0}], "a link wrote"
+            d.find_element(By.ID, "run").click()
+            wait_for("the insert run by the person", lambda: sql(http, linked, admin) == [{"n": 1}], 10, 0.2)
+
             # A live tail filtered to one service shows only its events, as written.
             d.get(base + "/logs")
+            wait_for("the logs view", lambda: d.find_elements(By.ID, "new-tail"), 10, 0.1)
             d.find_element(By.ID, "new-tail").click()
             pane = d.find_element(By.CSS_SELECTOR, ".tail-pane")
             pane.find_element(By.CSS_SELECTOR, ".f-service").send_keys("billing")

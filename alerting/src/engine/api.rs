@@ -289,6 +289,9 @@ impl AlertEngine {
         let inner = self.inner.lock();
         let config = &inner.config;
         let ts = |ms: i64| crate::dispatch::rfc3339(ms);
+        // Acknowledgements as they are now, not as the group last told them.
+        let acked: HashMap<&str, bool> =
+            inner.rules.values().flat_map(|m| m.values()).map(|i| (i.id.as_str(), i.ack.is_some())).collect();
         inner
             .dispatcher
             .groups
@@ -317,7 +320,22 @@ impl AlertEngine {
                         }
                         Some(serde_json::json!({ "step": e.next_step + 1, "dueAt": ts(due), "notify": pages }))
                     });
+                    // Why the chain waits: every firing alert acknowledged,
+                    // or some held (silenced, inhibited, in maintenance).
+                    let held = g.sent.values().any(|v| v.status == "firing" && v.held && !v.acked);
+                    let stopped = if e.idle {
+                        Some("resolved")
+                    } else if e.acked && held {
+                        Some("held")
+                    } else if e.acked {
+                        Some("acknowledged")
+                    } else if e.completed {
+                        Some("completed")
+                    } else {
+                        None
+                    };
                     serde_json::json!({
+                        "stopped": stopped,
                         "policy": e.policy,
                         "steps": steps,
                         "cycle": e.cycle,
@@ -333,7 +351,10 @@ impl AlertEngine {
                 let alerts: Vec<serde_json::Value> = g
                     .sent
                     .iter()
-                    .map(|(id, v)| serde_json::json!({ "id": id, "status": v.status, "severity": v.severity, "acked": v.acked }))
+                    .map(|(id, v)| {
+                        let acked = acked.get(id.as_str()).copied().unwrap_or(v.acked);
+                        serde_json::json!({ "id": id, "status": v.status, "severity": v.severity, "acked": acked })
+                    })
                     .collect();
                 serde_json::json!({
                     "key": g.key,
