@@ -40,5 +40,8 @@ python3 tests/interop/test_syslog_rsyslog.py
 python3 tests/interop/test_loki_clients.py
 python3 tests/interop/test_otlp_http_json_js.py
 python3 tests/interop/test_elasticsearch_bulk.py
+# The Grafana data source plugin: lint, types, jest against live servers, build.
+case "$BIN" in /*) abs_bin="$BIN" ;; *) abs_bin="$(pwd)/$BIN" ;; esac
+TOCSIN_BIN="$abs_bin" bash grafana-plugin/ci.sh
 # Screenshots of every console view are kept as artifacts.
 CONSOLE_SHOTS="${CARGO_TARGET_DIR:-target}/console-shots" python3 tests/interop/test_console_browser.py
