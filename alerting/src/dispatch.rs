@@ -529,6 +529,12 @@ impl Dispatcher {
     }
 
     /// Drops groups whose route no longer exists (after a reload).
+    /// The groups alert `id` was routed to when last seen by a round (its
+    /// present groups, where the console shows who is in a group now).
+    pub fn routed_groups<'a>(&'a self, id: &str) -> impl Iterator<Item = &'a str> + 'a {
+        self.routing.by_alert.get(id).into_iter().flat_map(|(_, targets)| targets.iter().map(|t| t.group_key.as_str()))
+    }
+
     pub fn retain_routes(&mut self, routes: usize) {
         self.groups.retain(|_, g| g.route < routes);
     }

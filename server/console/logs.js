@@ -140,9 +140,10 @@ function tailPane(params, close) {
     if (paused) {
       pending.push(e);
       // Paused, the newest MAX_LINES are kept, as on screen.
-      if (pending.length > MAX_LINES) {
-        missed += pending.length - MAX_LINES;
-        pending.splice(0, pending.length - MAX_LINES);
+      // (one line fewer once some are missed: the marker takes it).
+      if (pending.length > MAX_LINES - 1) {
+        missed += pending.length - (MAX_LINES - 1);
+        pending.splice(0, pending.length - (MAX_LINES - 1));
       }
       pauseBtn.textContent = "Resume (" + (pending.length + missed) + " new)";
       return;

@@ -160,6 +160,9 @@ async fn alert_history(
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no alert {:?}", tocsin_auth::clip(&id))));
+    }
     scoped_alert(&app.alerts, &who, &id)?;
     // An id the engine knows is a hex fingerprint; checked anyway, as it
     // goes into the statement's text.

@@ -129,6 +129,7 @@ async fn session(State(app): State<AppState>, Extension(who): Extension<Principa
     axum::Json(json!({
         "auth": app.auth.enabled(),
         "user": {
+            "alertScope": alert_scope(&who).is_some(),
             "name": who.name,
             "role": who.role.name,
             "database": who.database,
@@ -151,18 +152,20 @@ async fn groups(
     Extension(who): Extension<Principal>,
     axum::extract::Query(params): axum::extract::Query<std::collections::BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let limit = match params.iter().next() {
-        None => None,
-        Some((k, v)) if k == "limit" && params.len() == 1 => Some(v.parse::<usize>().map_err(|_| {
-            ApiError::bad_request(format!("limit {:?} is not a non-negative integer", tocsin_auth::clip(v)))
-        })?),
-        Some((k, _)) => {
-            return Err(ApiError::bad_request(format!(
-                "unknown parameter {:?}; the only one is limit",
-                tocsin_auth::clip(k)
-            )));
-        }
-    };
+    if let Some(k) = params.keys().find(|k| *k != "limit") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {:?}; the only one is limit",
+            tocsin_auth::clip(k)
+        )));
+    }
+    let limit = params
+        .get("limit")
+        .map(|v| {
+            v.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!("limit {:?} is not a non-negative integer", tocsin_auth::clip(v)))
+            })
+        })
+        .transpose()?;
     let mut groups = app.alerts.notification_groups();
     if let Some(scope) = alert_scope(&who) {
         let visible: HashSet<String> = app
@@ -188,6 +191,32 @@ async fn groups(
         groups.truncate(limit);
     }
     Ok(axum::Json(json!({ "groups": groups, "total": total })).into_response())
+}
+
+/// Why a rule's statement does not plan, as the caller may learn it: the
+/// server's message names tables and columns, so a caller who may not
+/// read every table the statement reads hears only that it does not plan;
+/// and only an admin learns where else a missing table exists.
+async fn planning_error(
+    app: &AppState,
+    who: &Principal,
+    sql: &str,
+    db: Option<&str>,
+    e: tocsin_query::QueryError,
+) -> String {
+    if who.require(Permission::Admin).is_ok() {
+        return e.unwrapped().to_string();
+    }
+    if let Err(mine) = app.query.execute_as(&format!("EXPLAIN {sql}"), db, Some(who)).await
+        && matches!(mine.unwrapped(), tocsin_query::QueryError::Auth(_))
+    {
+        return "does not plan; it reads tables outside your role, so the reason is not shown".into();
+    }
+    let e = e.unwrapped().to_string();
+    match e.find(tocsin_query::TABLE_ELSEWHERE) {
+        Some(i) => e[..i].to_string(),
+        None => e,
+    }
 }
 
 /// Severities from worst to least, as the console ranks them; any other
@@ -274,7 +303,13 @@ async fn check_rules(State(app): State<AppState>, Extension(who): Extension<Prin
     let config = match loaded {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            return axum::Json(json!({ "ok": false, "error": e.to_string(), "problems": [] })).into_response();
+            // The message may quote any group's rules: a role limited to
+            // some alerts hears only that the files do not load.
+            let error = match alert_scope(&who) {
+                Some(_) => "the rule files do not load; an administrator can see why (POST /api/v1/rules/check)".into(),
+                None => e.to_string(),
+            };
+            return axum::Json(json!({ "ok": false, "error": error, "problems": [] })).into_response();
         }
         Err(e) => return ApiError::internal(format!("the check stopped: {e}")).into_response(),
     };
@@ -290,15 +325,10 @@ async fn check_rules(State(app): State<AppState>, Extension(who): Extension<Prin
         for r in g.rules.iter().filter(|r| r.on_ingest.is_none()) {
             let checked = match &r.expr {
                 Some(expr) => tocsin_query::promql::parse(expr).map(|_| ()).map_err(|e| e.to_string()),
-                None => app.query.execute_as(&format!("EXPLAIN {}", r.sql), db, None).await.map(|_| ()).map_err(|e| {
-                    let e = e.unwrapped().to_string();
-                    // As in the rule health: only an admin learns where
-                    // else a table exists.
-                    match (who.require(Permission::Admin), e.find(tocsin_query::TABLE_ELSEWHERE)) {
-                        (Err(_), Some(i)) => e[..i].to_string(),
-                        _ => e,
-                    }
-                }),
+                None => match app.query.execute_as(&format!("EXPLAIN {}", r.sql), db, None).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(planning_error(&app, &who, &r.sql, db, e).await),
+                },
             };
             if let Err(error) = checked {
                 problems.push(json!({ "group": g.name, "rule": r.name, "error": error }));

@@ -289,9 +289,16 @@ impl AlertEngine {
         let inner = self.inner.lock();
         let config = &inner.config;
         let ts = |ms: i64| crate::dispatch::rfc3339(ms);
-        // Acknowledgements as they are now, not as the group last told them.
-        let acked: HashMap<&str, bool> =
-            inner.rules.values().flat_map(|m| m.values()).map(|i| (i.id.as_str(), i.ack.is_some())).collect();
+        // Acknowledgements as they are now, not as the group last told them;
+        // and who is in each group now, told yet or not.
+        let instances: Vec<&Instance> = inner.rules.values().flat_map(|m| m.values()).collect();
+        let acked: HashMap<&str, bool> = instances.iter().map(|i| (i.id.as_str(), i.ack.is_some())).collect();
+        let mut members: HashMap<&str, Vec<&Instance>> = HashMap::new();
+        for i in instances.iter().filter(|i| i.state == AlertState::Firing) {
+            for key in inner.dispatcher.routed_groups(&i.id) {
+                members.entry(key).or_default().push(i);
+            }
+        }
         inner
             .dispatcher
             .groups
@@ -348,7 +355,7 @@ impl AlertEngine {
                         "completed": e.completed,
                     })
                 });
-                let alerts: Vec<serde_json::Value> = g
+                let mut alerts: Vec<serde_json::Value> = g
                     .sent
                     .iter()
                     .map(|(id, v)| {
@@ -356,6 +363,11 @@ impl AlertEngine {
                         serde_json::json!({ "id": id, "status": v.status, "severity": v.severity, "acked": acked })
                     })
                     .collect();
+                for i in members.get(g.key.as_str()).into_iter().flatten().filter(|i| !g.sent.contains_key(&i.id)) {
+                    alerts.push(serde_json::json!({
+                        "id": i.id, "status": "firing", "severity": i.severity, "acked": i.ack.is_some(), "told": false,
+                    }));
+                }
                 serde_json::json!({
                     "key": g.key,
                     "receiver": g.receiver,
