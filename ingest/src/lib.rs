@@ -91,6 +91,8 @@ pub struct IngestMetrics {
     pub syslog_dropped: AtomicU64,
     /// Syslog TCP connections closed when accepted (over the limits).
     pub syslog_refused_connections: AtomicU64,
+    /// Syslog TCP connections open now.
+    pub syslog_open_connections: AtomicU64,
     pub stream_messages: AtomicU64,
     pub rows_accepted: AtomicU64,
     pub items_rejected: AtomicU64,

@@ -72,6 +72,13 @@ impl Metrics {
             "Syslog TCP connections closed when accepted (over max_connections or max_connections_per_host).",
             load(&i.syslog_refused_connections),
         );
+        gauge(
+            &mut o,
+            "tocsin_syslog_open_connections",
+            "Syslog TCP connections open now (each holds a place in max_connections and max_connections_per_host \
+             until the listener has seen it close).",
+            load(&i.syslog_open_connections) as f64,
+        );
         counter(
             &mut o,
             "tocsin_syslog_invalid_messages_total",

@@ -217,10 +217,12 @@ type PerHost = Arc<Mutex<HashMap<IpAddr, usize>>>;
 struct Slot {
     per_host: PerHost,
     ip: IpAddr,
+    sink: Arc<Sink>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.sink.ingest.metrics.syslog_open_connections.fetch_sub(1, Ordering::Relaxed);
         let mut m = self.per_host.lock();
         if let Some(n) = m.get_mut(&self.ip) {
             *n -= 1;
@@ -247,7 +249,8 @@ async fn accept_loop(listener: TcpListener, sink: Arc<Sink>, config: SyslogConfi
                             None
                         } else {
                             *m.entry(peer.ip()).or_default() += 1;
-                            Some(Slot { per_host: Arc::clone(&per_host), ip: peer.ip() })
+                            sink.ingest.metrics.syslog_open_connections.fetch_add(1, Ordering::Relaxed);
+                            Some(Slot { per_host: Arc::clone(&per_host), ip: peer.ip(), sink: Arc::clone(&sink) })
                         }
                     };
                     match slot {
