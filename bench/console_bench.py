@@ -78,6 +78,14 @@ def main():
         t = time.time()
         body = urllib.request.urlopen(base + "/api/v1/alerts?state=active", timeout=60).read()
         print(f"GET /api/v1/alerts: {len(body) / 1e6:.1f} MB in {time.time() - t:.2f} s")
+        for path in ["/api/v1/alerts?state=active&limit=500", "/api/v1/alerts?state=active&limit=500&offset=" + str(a.alerts - 500),
+                     "/api/v1/alerts/summary"]:
+            times = []
+            for _ in range(a.runs):
+                t = time.time()
+                body = urllib.request.urlopen(base + path, timeout=60).read()
+                times.append(time.time() - t)
+            print(f"GET {path}: {len(body) / 1e6:.2f} MB, median {statistics.median(times) * 1000:.0f} ms")
         d = browser()
         d.get(base + "/")
         time.sleep(1)

@@ -970,6 +970,7 @@ fn mtimes(files: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
 }
 
 mod api;
+pub use api::AlertFilter;
 mod metrics;
 mod persist;
 use persist::load_state;

@@ -31,7 +31,7 @@ pub mod testkit;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 pub use config::{Config, ConfigError};
-pub use engine::{AlertEngine, EngineError, EngineOptions};
+pub use engine::{AlertEngine, AlertFilter, EngineError, EngineOptions};
 
 /// "Now", in Unix milliseconds. Injected, so that tests control time.
 pub trait Clock: Send + Sync + 'static {

@@ -123,6 +123,22 @@ async fn list_alerts(
             STATES.join(", ")
         )));
     }
+    if limit.is_some() || offset.is_some() {
+        let scope = alert_scope(&who);
+        let visible = |group: &str, labels: &tocsin_alerting::matcher::Labels| {
+            scope.is_none_or(|s| s.covers(group, |name| labels.get(name).map(String::as_str)))
+        };
+        let filter = tocsin_alerting::AlertFilter {
+            state: state.as_deref(),
+            labels: &labels,
+            text: text.as_deref(),
+            visible: &visible,
+            rank: &crate::console::severity_rank,
+        };
+        let offset = offset.unwrap_or(0);
+        let (page, total) = engine.alerts_page(&filter, offset, limit.unwrap_or(MAX_PAGE));
+        return Ok(axum::Json(json!({ "alerts": page, "total": total, "offset": offset })).into_response());
+    }
     let mut alerts = engine.alerts(state.as_deref(), &labels);
     if let Some(scope) = alert_scope(&who) {
         alerts.retain(|a| covers(scope, a));
@@ -135,17 +151,7 @@ async fn list_alerts(
         });
     }
     let total = alerts.len();
-    if limit.is_none() && offset.is_none() {
-        return Ok(axum::Json(json!({ "alerts": alerts, "total": total })).into_response());
-    }
-    let key = |a: &serde_json::Value| {
-        let since = a["activeSince"].as_str().or(a["pendingSince"].as_str()).unwrap_or_default().to_string();
-        (crate::console::severity_rank(a["severity"].as_str().unwrap_or("none")), std::cmp::Reverse(since))
-    };
-    alerts.sort_by_cached_key(|a| (key(a), a["id"].as_str().unwrap_or_default().to_string()));
-    let offset = offset.unwrap_or(0);
-    let page: Vec<serde_json::Value> = alerts.into_iter().skip(offset).take(limit.unwrap_or(MAX_PAGE)).collect();
-    Ok(axum::Json(json!({ "alerts": page, "total": total, "offset": offset })).into_response())
+    Ok(axum::Json(json!({ "alerts": alerts, "total": total })).into_response())
 }
 
 /// The most alerts one page holds.

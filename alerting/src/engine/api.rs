@@ -267,6 +267,29 @@ impl AlertEngine {
             .collect()
     }
 
+    /// One page of the alerts (not inactive) `filter` selects, the most
+    /// severe first (by `filter.rank`), then the most recent, then by id;
+    /// and how many it selects. Only the page is rendered (listing 50,000
+    /// alerts to show 500 rendered all 50,000 under the engine's lock).
+    pub fn alerts_page(
+        &self,
+        filter: &AlertFilter<'_>,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<serde_json::Value>, usize) {
+        let inner = self.inner.lock();
+        let mut hits: Vec<&Instance> =
+            inner.rules.values().flat_map(|m| m.values()).filter(|i| filter.selects(i)).collect();
+        let total = hits.len();
+        let key = |i: &Instance| {
+            let rank = (filter.rank)(i.severity.as_deref().unwrap_or("none"));
+            (rank, std::cmp::Reverse(i.active_since.or(i.pending_since)))
+        };
+        hits.sort_unstable_by(|a, b| key(a).cmp(&key(b)).then_with(|| a.id.cmp(&b.id)));
+        let page = hits.into_iter().skip(offset).take(limit).map(|i| alert_json(i, inner.muted.get(&i.id))).collect();
+        (page, total)
+    }
+
     /// For the `system.alerts` table.
     pub(crate) fn snapshot(&self) -> (Vec<Instance>, HashMap<String, Mute>) {
         let inner = self.inner.lock();
@@ -859,4 +882,35 @@ pub(super) fn silence_json(s: &Silence, now: i64) -> serde_json::Value {
         status: SilenceStatus { state: s.status(now) },
     };
     serde_json::to_value(info).unwrap_or_default()
+}
+
+/// Which alerts [`AlertEngine::alerts_page`] lists.
+pub struct AlertFilter<'a> {
+    /// `pending`, `firing`, `resolved`, `inactive`, or `active` (pending or
+    /// firing); `None`: every state but inactive.
+    pub state: Option<&'a str>,
+    /// Exact label values.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Lower-case text that the name, a label value or an annotation
+    /// contains (compared in lower case).
+    pub text: Option<&'a str>,
+    /// Whether the caller may see an alert of this rule group with these
+    /// labels.
+    pub visible: &'a dyn Fn(&str, &crate::matcher::Labels) -> bool,
+    /// A severity's place, most severe first.
+    pub rank: &'a dyn Fn(&str) -> usize,
+}
+
+impl AlertFilter<'_> {
+    fn selects(&self, i: &Instance) -> bool {
+        let contains = |s: &str| self.text.is_none_or(|t| s.to_lowercase().contains(t));
+        i.state != AlertState::Inactive
+            && self.state.is_none_or(|s| s == i.state.as_str() || (s == "active" && i.state.is_active()))
+            && self.labels.iter().all(|(k, v)| i.labels.get(k) == Some(v))
+            && (self.visible)(&i.group, &i.labels)
+            && (self.text.is_none()
+                || contains(&i.rule)
+                || i.labels.values().any(|v| contains(v))
+                || i.annotations.values().any(|v| contains(v)))
+    }
 }
