@@ -292,6 +292,8 @@ pub struct RuleHealth {
     pub query: String,
     /// The group's evaluation interval.
     pub interval_ms: u64,
+    /// The group's database (`None`: `public`).
+    pub database: Option<String>,
 }
 
 const STATE_VERSION: u32 = 1;

@@ -351,8 +351,8 @@ async fn expire_silence(
     Ok(axum::Json(json!({ "expired": id })).into_response())
 }
 
-async fn rules(State(engine): State<Arc<AlertEngine>>, Extension(who): Extension<Principal>) -> Response {
-    let mut rules = engine.rules_health();
+async fn rules(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Response {
+    let mut rules = app.alerts.rules_health();
     if let Some(scope) = alert_scope(&who) {
         rules.retain(|r| scope.groups.is_empty() || scope.groups.iter().any(|g| tocsin_auth::glob(g, &r.group)));
     }
@@ -362,6 +362,28 @@ async fn rules(State(engine): State<Arc<AlertEngine>>, Extension(who): Extension
         for e in rules.iter_mut().filter_map(|r| r.error.as_mut()) {
             if let Some(i) = e.find(tocsin_query::TABLE_ELSEWHERE) {
                 e.truncate(i);
+            }
+        }
+    }
+    // A role limited to some databases or tables is not shown the
+    // statement, nor the error (which may list a table's columns), of a
+    // rule that reads tables outside them; a PromQL rule's metrics are
+    // tables too, and are not checked one by one: hidden likewise.
+    let limited = !who.role.databases.is_empty() || !who.role.tables.is_empty();
+    if limited && who.require(tocsin_auth::Permission::Admin).is_err() {
+        for r in rules.iter_mut() {
+            let outside = match r.language.as_str() {
+                "sql" => match app.query.describe(&r.query, r.database.as_deref(), Some(&who)).await {
+                    Err(e) => matches!(e.unwrapped(), tocsin_query::QueryError::Auth(_)),
+                    Ok(_) => false,
+                },
+                _ => true,
+            };
+            if outside {
+                r.query = String::new();
+                if r.error.is_some() {
+                    r.error = Some("failed; it reads tables outside your role, so the reason is not shown".into());
+                }
             }
         }
     }

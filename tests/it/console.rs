@@ -317,6 +317,30 @@ async fn a_scoped_role_sees_only_what_concerns_its_own_alerts() {
             .await;
     assert_eq!(status, 403, "{body}");
 
+    // The rule list: the statement and error of a rule over a table outside
+    // the role are not shown to it (the error lists the table's columns).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let (_, v) = json_of(&server, "GET", "/api/v1/rules", Some(&dev)).await;
+        let rules = v["rules"].as_array().cloned().unwrap_or_default();
+        if rules.iter().any(|r| r["rule"] == "BillingSecret" && !r["error"].is_null()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the failing rule was not reported: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rule = |name: &str| {
+        listed["rules"].as_array().and_then(|r| r.iter().find(|r| r["rule"] == name)).cloned().expect("rule")
+    };
+    assert!(rule("BillingErrors")["query"].as_str().is_some_and(|q| q.contains("FROM errs")), "{listed}");
+    assert_eq!(rule("BillingSecret")["query"], "", "{listed}");
+    assert!(rule("BillingSecret")["error"].as_str().is_some_and(|e| e.contains("outside your role")), "{listed}");
+    for hidden in ["secret_trades", "nosuchcol", "Trading"] {
+        assert!(!listed.to_string().contains(hidden), "{hidden}: {listed}");
+    }
+    let (_, v) = json_of(&server, "GET", "/api/v1/rules", Some(&admin)).await;
+    assert!(v.to_string().contains("nosuchcol"), "the admin sees every error: {v}");
+
     // The check: its own group only, planned as the rules run (the trading
     // rule reads a table the role may not, and works); of a rule over a
     // table it may not read, only that it does not plan.

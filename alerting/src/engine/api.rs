@@ -430,6 +430,7 @@ impl AlertEngine {
                 h.language = language.to_string();
                 h.query = query;
                 h.interval_ms = g.interval.as_millis() as u64;
+                h.database = g.database.clone();
                 out.push(h);
             }
         }
