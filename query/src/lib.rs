@@ -481,11 +481,7 @@ impl QueryEngine {
         database: Option<&str>,
         who: Option<&Principal>,
     ) -> Result<QueryResult, QueryError> {
-        let run = async {
-            let (schema, stream) = self.plan_and_start(sql, database, None, who, false).await?;
-            self.collect(schema, stream, who).await
-        };
-        self.bounded_run(run, who).await
+        self.run_collected(sql, database, who, false).await
     }
 
     /// [`Self::execute_as`] for a statement that must not write: one that
@@ -497,8 +493,18 @@ impl QueryEngine {
         database: Option<&str>,
         who: Option<&Principal>,
     ) -> Result<QueryResult, QueryError> {
+        self.run_collected(sql, database, who, true).await
+    }
+
+    async fn run_collected(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        who: Option<&Principal>,
+        read_only: bool,
+    ) -> Result<QueryResult, QueryError> {
         let run = async {
-            let (schema, stream) = self.plan_and_start(sql, database, None, who, true).await?;
+            let (schema, stream) = self.plan_and_start(sql, database, None, who, read_only).await?;
             self.collect(schema, stream, who).await
         };
         self.bounded_run(run, who).await

@@ -65,7 +65,7 @@ async fn sql(server: &TestServer, token: &str, sql: &str) -> (u16, String) {
     call(server, "POST", "/api/v1/sql", Some(token), Some(json!({ "sql": sql }))).await
 }
 
-async fn lines(server: &TestServer, token: &str, body: &str) -> u16 {
+pub(crate) async fn lines(server: &TestServer, token: &str, body: &str) -> u16 {
     reqwest::Client::new()
         .post(format!("http://{}/api/v2/write?bucket=public", server.http))
         .header("Authorization", format!("Token {token}"))

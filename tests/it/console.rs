@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::auth::{call, create_token};
+use crate::auth::{call, create_token, lines};
 use crate::server::TestServer;
 
 fn rules_yaml(trading_sql: &str) -> String {
@@ -29,6 +29,21 @@ fn rules_yaml(trading_sql: &str) -> String {
     )
 }
 
+/// A server with `--auth`, `rules` and `config`, its admin token, and a
+/// token of `role`.
+fn start(dir: &std::path::Path, rules: &str, config: &str, role: &str) -> (TestServer, String, String) {
+    let (rules_path, cfg) = (dir.join("rules.yml"), dir.join("tocsin.toml"));
+    std::fs::write(&rules_path, rules).expect("rules");
+    std::fs::write(&cfg, config).expect("config");
+    let server = TestServer::start_in(
+        &dir.join("data"),
+        &["--auth", "--config", cfg.to_str().expect("utf-8"), "--rules", rules_path.to_str().expect("utf-8")],
+    );
+    let admin = std::fs::read_to_string(server.data_dir.join("admin-token")).expect("admin-token").trim().to_string();
+    let token = create_token(&server, &admin, role, &[]);
+    (server, admin, token)
+}
+
 async fn json_of(server: &TestServer, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
     let (status, body) = call(server, method, path, token, None).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
@@ -38,19 +53,12 @@ async fn json_of(server: &TestServer, method: &str, path: &str, token: Option<&s
 async fn the_console_pages_are_public_hold_no_data_and_its_endpoints_obey_roles() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = dir.path().join("rules.yml");
-    std::fs::write(&rules, rules_yaml("SELECT host, max(v) AS value FROM errs GROUP BY host")).expect("rules");
     let config = "[console]\nrefresh = \"5s\"\n[[console.panels]]\ntitle = \"Busiest\"\nsql = \"SELECT host, \
                   max(v) AS value FROM errs GROUP BY host\"\n\
                   [auth.roles.billing_oncall]\npermissions = [\"query\", \"read_alerts\"]\n\
                   [auth.roles.billing_oncall.alerts]\ngroups = [\"billing*\"]\n";
-    let cfg = dir.path().join("tocsin.toml");
-    std::fs::write(&cfg, config).expect("config");
-    let server = TestServer::start_in(
-        &dir.path().join("data"),
-        &["--auth", "--config", cfg.to_str().expect("utf-8"), "--rules", rules.to_str().expect("utf-8")],
-    );
-    let admin = std::fs::read_to_string(server.data_dir.join("admin-token")).expect("admin-token").trim().to_string();
-    let dev = create_token(&server, &admin, "billing_oncall", &[]);
+    let errs = "SELECT host, max(v) AS value FROM errs GROUP BY host";
+    let (server, admin, dev) = start(dir.path(), &rules_yaml(errs), config, "billing_oncall");
 
     // Every view's address answers the same page, without a token: it
     // holds no data, runs only this server's scripts, and cannot be framed.
@@ -93,14 +101,7 @@ async fn the_console_pages_are_public_hold_no_data_and_its_endpoints_obey_roles(
     assert_eq!(me["config"]["panels"][0]["title"], "Busiest");
 
     // Escalation progress per notification group, limited to the role's alerts.
-    let w = client
-        .post(format!("http://{}/api/v2/write?bucket=public", server.http))
-        .header("Authorization", format!("Token {admin}"))
-        .body("errs,host=a v=3")
-        .send()
-        .await
-        .expect("write");
-    assert_eq!(w.status().as_u16(), 204);
+    assert_eq!(lines(&server, &admin, "errs,host=a v=3").await, 204);
     let deadline = Instant::now() + Duration::from_secs(30);
     let groups = loop {
         let (status, v) = json_of(&server, "GET", "/api/v1/alerts/groups", Some(&admin)).await;
@@ -233,29 +234,12 @@ async fn a_scoped_role_sees_only_what_concerns_its_own_alerts() {
     let yaml = rules_yaml("SELECT host, max(v) AS value FROM secret_trades GROUP BY host")
         .replace("group_by: [alertname, host]", "group_by: [host]")
         .replace("  - name: trading", &format!("{secret_rule}  - name: trading"));
-    std::fs::write(&rules, yaml).expect("rules");
     let config = "[auth.roles.billing_rules]\npermissions = [\"query\", \"read_alerts\", \"rules\"]\ntables = [\"errs\"]\n\
                   [auth.roles.billing_rules.alerts]\ngroups = [\"billing*\"]\n";
-    let cfg = dir.path().join("tocsin.toml");
-    std::fs::write(&cfg, config).expect("config");
-    let server = TestServer::start_in(
-        &dir.path().join("data"),
-        &["--auth", "--config", cfg.to_str().expect("utf-8"), "--rules", rules.to_str().expect("utf-8")],
-    );
-    let admin = std::fs::read_to_string(server.data_dir.join("admin-token")).expect("admin-token").trim().to_string();
-    let dev = create_token(&server, &admin, "billing_rules", &[]);
+    let (server, admin, dev) = start(dir.path(), &yaml, config, "billing_rules");
     let write = |body: &'static str| {
         let (server, admin) = (&server, admin.clone());
-        async move {
-            let r = reqwest::Client::new()
-                .post(format!("http://{}/api/v2/write?bucket=public", server.http))
-                .header("Authorization", format!("Token {admin}"))
-                .body(body)
-                .send()
-                .await
-                .expect("write");
-            assert_eq!(r.status().as_u16(), 204);
-        }
+        async move { assert_eq!(lines(server, &admin, body).await, 204) }
     };
     write("errs,host=shared v=3").await;
     // The group is told of the billing alert first; the trading alert joins
