@@ -244,41 +244,47 @@ async fn summary(
         )));
     }
     let label = params.get("device_label").map_or(app.console.device_label.as_str(), String::as_str);
-    let mut alerts = app.alerts.alerts(Some("firing"), &Default::default());
-    if let Some(scope) = alert_scope(&who) {
-        alerts.retain(|a| covers(scope, a));
-    }
-    let severity = |a: &serde_json::Value| a["severity"].as_str().unwrap_or("none").to_string();
+    let scope = alert_scope(&who);
+    let visible = |group: &str, labels: &tocsin_alerting::matcher::Labels| {
+        scope.is_none_or(|s| s.covers(group, |name| labels.get(name).map(String::as_str)))
+    };
+    let no_labels = std::collections::BTreeMap::new();
+    let filter = tocsin_alerting::AlertFilter {
+        state: Some("firing"),
+        labels: &no_labels,
+        text: None,
+        visible: &visible,
+        rank: &severity_rank,
+    };
+    // Counted from the engine's records, without rendering each alert.
+    let mut firing = 0u64;
     let mut by_severity: std::collections::BTreeMap<String, u64> = Default::default();
     let mut by_group: std::collections::BTreeMap<String, (u64, String)> = Default::default();
-    let mut devices: std::collections::BTreeMap<String, &serde_json::Value> = Default::default();
-    for a in &alerts {
-        let sev = severity(a);
-        *by_severity.entry(sev.clone()).or_default() += 1;
-        let g = by_group.entry(a["group"].as_str().unwrap_or_default().to_string()).or_insert((0, sev.clone()));
+    let mut devices: std::collections::BTreeMap<String, (usize, serde_json::Value)> = Default::default();
+    app.alerts.visit_alerts(&filter, |a| {
+        firing += 1;
+        let sev = a.severity.as_deref().unwrap_or("none");
+        let rank = severity_rank(sev);
+        *by_severity.entry(sev.to_string()).or_default() += 1;
+        let g = by_group.entry(a.group.clone()).or_insert((0, sev.to_string()));
         g.0 += 1;
-        if severity_rank(&sev) < severity_rank(&g.1) {
-            g.1 = sev.clone();
+        if rank < severity_rank(&g.1) {
+            g.1 = sev.to_string();
         }
-        if let Some(d) = a["labels"][label].as_str() {
-            let worst = devices.entry(d.to_string()).or_insert(a);
-            if severity_rank(&sev) < severity_rank(&severity(worst)) {
-                *worst = a;
-            }
+        if let Some(d) = a.labels.get(label)
+            && devices.get(d).is_none_or(|(worst, _)| rank < *worst)
+        {
+            let brief = json!({ "device": d, "severity": sev, "alertname": a.rule, "labels": a.labels });
+            devices.insert(d.clone(), (rank, brief));
         }
-    }
+    });
     let groups: Vec<serde_json::Value> = by_group
         .into_iter()
         .map(|(group, (firing, worst))| json!({ "group": group, "firing": firing, "worst": worst }))
         .collect();
-    let devices: Vec<serde_json::Value> = devices
-        .into_iter()
-        .map(|(device, a)| {
-            json!({ "device": device, "severity": severity(a), "alertname": a["alertname"], "labels": a["labels"] })
-        })
-        .collect();
+    let devices: Vec<serde_json::Value> = devices.into_values().map(|(_, brief)| brief).collect();
     Ok(axum::Json(json!({
-        "firing": alerts.len(),
+        "firing": firing,
         "deviceLabel": label,
         "bySeverity": by_severity,
         "byGroup": groups,

@@ -290,6 +290,15 @@ impl AlertEngine {
         (page, total)
     }
 
+    /// Calls `f` with each alert `filter` selects, under the engine's lock:
+    /// for counts over many alerts without rendering them (keep `f` short).
+    pub fn visit_alerts(&self, filter: &AlertFilter<'_>, mut f: impl FnMut(&Instance)) {
+        let inner = self.inner.lock();
+        for i in inner.rules.values().flat_map(|m| m.values()).filter(|i| filter.selects(i)) {
+            f(i);
+        }
+    }
+
     /// For the `system.alerts` table.
     pub(crate) fn snapshot(&self) -> (Vec<Instance>, HashMap<String, Mute>) {
         let inner = self.inner.lock();
