@@ -66,6 +66,24 @@ pub(crate) fn alert_scope(who: &Principal) -> Option<&AlertScope> {
     who.role.alerts.as_ref()
 }
 
+/// Whether `who` may see an alert of rule group `group` with `labels`, as
+/// [`tocsin_alerting::AlertFilter::visible`] asks.
+pub(crate) fn visible_to(who: &Principal) -> impl Fn(&str, &tocsin_alerting::matcher::Labels) -> bool + '_ {
+    let scope = alert_scope(who);
+    move |group, labels| scope.is_none_or(|s| s.covers(group, |name| labels.get(name).map(String::as_str)))
+}
+
+/// A query parameter that must be a non-negative integer, if given.
+pub(crate) fn count_param(name: &str, value: Option<&str>) -> Result<Option<usize>, ApiError> {
+    value
+        .map(|v| {
+            v.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!("{name} {:?} is not a non-negative integer", tocsin_auth::clip(v)))
+            })
+        })
+        .transpose()
+}
+
 /// Whether an alert (as the engine shows it) is in `scope`.
 pub(crate) fn covers(scope: &AlertScope, alert: &serde_json::Value) -> bool {
     scope.covers(alert["group"].as_str().unwrap_or_default(), |name| alert["labels"][name].as_str())
@@ -102,16 +120,8 @@ async fn list_alerts(
     let mut labels = params;
     let state = labels.remove("state");
     let text = labels.remove("q").map(|q| q.to_lowercase()).filter(|q| !q.is_empty());
-    let number = |name: &str, v: Option<String>| -> Result<Option<usize>, ApiError> {
-        v.map(|v| {
-            v.parse::<usize>().map_err(|_| {
-                ApiError::bad_request(format!("{name} {:?} is not a non-negative integer", tocsin_auth::clip(&v)))
-            })
-        })
-        .transpose()
-    };
-    let limit = number("limit", labels.remove("limit"))?;
-    let offset = number("offset", labels.remove("offset"))?;
+    let limit = count_param("limit", labels.remove("limit").as_deref())?;
+    let offset = count_param("offset", labels.remove("offset").as_deref())?;
     if limit.is_some_and(|l| l > MAX_PAGE) {
         return Err(ApiError::bad_request(format!("limit is at most {MAX_PAGE}")));
     }
@@ -124,10 +134,7 @@ async fn list_alerts(
         )));
     }
     if limit.is_some() || offset.is_some() {
-        let scope = alert_scope(&who);
-        let visible = |group: &str, labels: &tocsin_alerting::matcher::Labels| {
-            scope.is_none_or(|s| s.covers(group, |name| labels.get(name).map(String::as_str)))
-        };
+        let visible = visible_to(&who);
         let filter = tocsin_alerting::AlertFilter {
             state: state.as_deref(),
             labels: &labels,

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tocsin_auth::{Permission, Principal};
 
-use crate::alerts_api::{alert_scope, covers};
+use crate::alerts_api::{alert_scope, count_param, visible_to};
 use crate::guard::Routes;
 use crate::http::{ApiError, AppState};
 
@@ -158,23 +158,23 @@ async fn groups(
             tocsin_auth::clip(k)
         )));
     }
-    let limit = params
-        .get("limit")
-        .map(|v| {
-            v.parse::<usize>().map_err(|_| {
-                ApiError::bad_request(format!("limit {:?} is not a non-negative integer", tocsin_auth::clip(v)))
-            })
-        })
-        .transpose()?;
+    let limit = count_param("limit", params.get("limit").map(String::as_str))?;
     let mut groups = app.alerts.notification_groups();
-    if let Some(scope) = alert_scope(&who) {
-        let visible: HashSet<String> = app
-            .alerts
-            .alerts(None, &Default::default())
-            .into_iter()
-            .filter(|a| covers(scope, a))
-            .filter_map(|a| a["id"].as_str().map(str::to_string))
-            .collect();
+    if alert_scope(&who).is_some() {
+        // The ids of the alerts the role may see, from the engine's records.
+        let visible_to = visible_to(&who);
+        let no_labels = std::collections::BTreeMap::new();
+        let filter = tocsin_alerting::AlertFilter {
+            state: None,
+            labels: &no_labels,
+            text: None,
+            visible: &visible_to,
+            rank: &severity_rank,
+        };
+        let mut visible: HashSet<String> = HashSet::new();
+        app.alerts.visit_alerts(&filter, |a| {
+            visible.insert(a.id.clone());
+        });
         groups.retain(|g| {
             g["alerts"].as_array().is_some_and(|alerts| {
                 !alerts.is_empty() && alerts.iter().all(|a| a["id"].as_str().is_some_and(|id| visible.contains(id)))
@@ -244,10 +244,7 @@ async fn summary(
         )));
     }
     let label = params.get("device_label").map_or(app.console.device_label.as_str(), String::as_str);
-    let scope = alert_scope(&who);
-    let visible = |group: &str, labels: &tocsin_alerting::matcher::Labels| {
-        scope.is_none_or(|s| s.covers(group, |name| labels.get(name).map(String::as_str)))
-    };
+    let visible = visible_to(&who);
     let no_labels = std::collections::BTreeMap::new();
     let filter = tocsin_alerting::AlertFilter {
         state: Some("firing"),
