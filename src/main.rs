@@ -48,6 +48,11 @@ enum Command {
     /// Rebuild a lost or damaged manifest from the segments' own metadata
     /// (the server must be stopped).
     Repair(commands::repair::Config),
+    /// Back up a running server into a directory (online; later runs copy
+    /// only what is new).
+    Backup(commands::backup::BackupConfig),
+    /// Rebuild a data directory from a backup (the server need not run).
+    Restore(commands::backup::RestoreConfig),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +78,8 @@ fn main() -> std::process::ExitCode {
         Command::Trace(c) => commands::trace::run(c),
         Command::Tail(c) => commands::tail::run(c),
         Command::Repair(c) => commands::repair::run(c),
+        Command::Backup(c) => commands::backup::backup(c),
+        Command::Restore(c) => commands::backup::restore(c),
         Command::Token(c) => commands::token::run(c),
         Command::User(c) => commands::user::run(c),
         Command::Login(c) => commands::user::login(c),

@@ -41,6 +41,8 @@ pub(crate) struct AppState {
     pub(crate) influx_databases: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
     /// `[console]`.
     pub(crate) console: Arc<crate::config::ConsoleConfig>,
+    /// Online backups in progress.
+    pub(crate) backups: Arc<crate::backup::Backups>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
@@ -58,6 +60,10 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         .post("/api/v1/sql", Statements, sql)
         .post("/api/v1/admin/persist", Requires(Admin), persist)
         .post("/api/v1/admin/compact", Requires(Admin), compact)
+        .post("/api/v1/admin/backups", Requires(Admin), crate::backup::create)
+        .get("/api/v1/admin/backups", Requires(Admin), crate::backup::list)
+        .get("/api/v1/admin/backups/{id}/files", Requires(Admin), crate::backup::file)
+        .delete("/api/v1/admin/backups/{id}", Requires(Admin), crate::backup::finish)
         .get("/health", Public, health)
         .get("/metrics", Requires(Metrics), metrics)
         .get("/api/v1/trace/{id}", Requires(Trace), crate::trace::trace)

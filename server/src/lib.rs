@@ -19,6 +19,7 @@ mod alertmanager_api;
 mod alerts_api;
 mod audit_table;
 mod auth_api;
+pub mod backup;
 pub mod config;
 mod console;
 #[cfg(test)]
@@ -68,6 +69,8 @@ pub enum ServerError {
     Auth(#[from] tocsin_auth::AuthError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("backups: {0}")]
+    Backup(std::io::Error),
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -168,6 +171,9 @@ pub async fn run(
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let external_url = config.alerting.external_url.clone().unwrap_or_else(|| format!("{scheme}://{}", bound.http));
     let alerts = start_alerting(&config, &external_url, &storage, &query)?;
+    let backups = Arc::new(
+        backup::Backups::open(storage.data_dir(), config.alerting.rules.clone()).map_err(ServerError::Backup)?,
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     if let (Some(files), Some(tls)) = (&config.tls, &tls) {
@@ -227,6 +233,7 @@ pub async fn run(
         browsers: guard::BrowserPolicy::new(!config.auth.enabled && config.http_addr.ip().is_loopback(), &external_url),
         influx_databases: Arc::default(),
         console: Arc::new(config.console.clone()),
+        backups: Arc::clone(&backups),
     };
     // Through `tap_io` (which does nothing), axum gives handlers the
     // client's address from our listener.
@@ -238,6 +245,7 @@ pub async fn run(
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
     let compactor = tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone()));
     let rollup_task = tokio::spawn(rollup_loop(rollups, stop_rx.clone()));
+    tokio::spawn(backup_sweep(backups, stop_rx.clone()));
     let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
     let audit_reload = {
         let audit = Arc::clone(&audit);
@@ -447,6 +455,17 @@ fn start_alerting(
         "alerting engine ready"
     );
     Ok(engine)
+}
+
+/// Drops backup images that no client has read for a while.
+async fn backup_sweep(backups: Arc<backup::Backups>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => backups.sweep(),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// SIGHUP reloads the rules (a bad file is logged and the old rules stay).

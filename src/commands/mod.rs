@@ -1,5 +1,6 @@
 pub(crate) mod alerts;
 pub(crate) mod audit;
+pub(crate) mod backup;
 mod client;
 pub(crate) mod oncall;
 pub(crate) mod repair;

@@ -115,6 +115,7 @@ impl Classify for crate::StorageError {
             | SegmentUnreadable { .. }
             | SegmentMismatch { .. }
             | Locked { .. }
+            | RestoreIncomplete { .. }
             | Task(_) => ErrorClass::Internal,
         }
     }

@@ -63,10 +63,14 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use compact::CompactionStats;
 pub use config::{CompactionConfig, RetentionConfig, StorageConfig};
 pub use engine::{
-    Chunk, PersistStats, ReaderGuard, Rejection, SYSTEM_DATABASE, Storage, StorageError, TableSnapshot, WriteObserver,
-    WriteOutcome,
+    Checkpoint, Chunk, PersistStats, ReaderGuard, Rejection, SYSTEM_DATABASE, Storage, StorageError, TableSnapshot,
+    WriteObserver, WriteOutcome,
 };
 pub use manifest::SegmentMeta;
+
+/// Written first into a data directory that `tocsin restore` fills and
+/// removed last: the server will not start on a restore that did not finish.
+pub const RESTORE_MARKER: &str = "RESTORE-INCOMPLETE";
 pub use metrics::StorageMetrics;
 pub use schema::{ColumnKind, FieldType, TIME_COLUMN, TableSchema};
 pub use wal::FsyncPolicy;

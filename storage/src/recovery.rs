@@ -37,6 +37,10 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
         });
     }
     let dir = config.data_dir.clone();
+    let marker = dir.join(crate::RESTORE_MARKER);
+    if marker.exists() {
+        return Err(StorageError::RestoreIncomplete { path: dir, marker });
+    }
     let lock_path = dir.join("LOCK");
     let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
     if lock.try_lock().is_err() {

@@ -3,6 +3,7 @@
 
 mod alerting;
 mod auth;
+mod backup;
 mod bad_input;
 mod chaos;
 mod console;

@@ -75,6 +75,11 @@ pub enum StorageError {
          `tocsin repair --data-dir {data_dir}` to rebuild the manifest from the files' own metadata"
     )]
     SegmentMismatch { path: PathBuf, table: String, data_dir: PathBuf, reason: String },
+    #[error(
+        "data directory {path} is a restore that did not finish ({marker} is there): some files may be missing \
+         or partly written. Remove the directory and run `tocsin restore` again"
+    )]
+    RestoreIncomplete { path: PathBuf, marker: PathBuf },
     #[error("data directory {path} is in use by another tocsin process (lock file {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },
     #[error("write buffer is full ({buffered} bytes buffered, limit {limit}): persistence is behind; retry later")]
@@ -362,6 +367,7 @@ impl Storage {
     }
 }
 
+mod checkpoint;
 mod maintain;
 mod persist;
 mod read;
@@ -369,6 +375,7 @@ mod read;
 mod tests;
 mod write_path;
 
+pub use checkpoint::Checkpoint;
 pub(crate) use write_path::{apply, check_shapes, validate};
 
 impl std::fmt::Debug for Storage {

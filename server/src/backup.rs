@@ -1,0 +1,378 @@
+//! Online backups: `POST /api/v1/admin/backups` takes a consistent image of
+//! the data directory (storage, alerting state, users and tokens, audit log,
+//! rules) into `<data-dir>/backups/<id>/`, mostly as hard links;
+//! `GET .../files?path=` streams one file of it; `DELETE` drops it.
+//! `tocsin backup` drives the three (docs/operations.md).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::http::{ApiError, AppState};
+
+/// Format of the answer to `POST /api/v1/admin/backups` and of the
+/// `backup.json` index `tocsin backup` writes.
+pub const BACKUP_FORMAT: u32 = 1;
+/// A backup not touched (a file fetched) for this long is dropped, so that
+/// a client that died does not keep old segments on disk for ever.
+const IDLE: Duration = Duration::from_secs(30 * 60);
+/// Backups in progress at once.
+const MAX_ACTIVE: usize = 2;
+/// The folder of backups in progress, under the data directory. Start-up
+/// removes it: an image no client is reading is only hard links.
+const ROOT: &str = "backups";
+/// The file holding the data directory's identity, which a restore does not
+/// copy: `tocsin backup` reuses files of an earlier backup only when that
+/// backup came from the same data directory.
+const INSTANCE_FILE: &str = "instance-id";
+/// Files beside the storage's that a backup holds, if present.
+const LINKED: [&str; 5] =
+    ["alerting/state.json", "alerting/link-key", "auth/tokens.json", "auth/users.json", "admin-token"];
+const AUDIT: &str = "audit/audit.jsonl";
+/// Rule files copied into `rules/`, at most.
+const MAX_RULE_FILES: usize = 10_000;
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct BackupFile {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// The answer to `POST /api/v1/admin/backups`.
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct BackupImage {
+    pub format: u32,
+    pub id: String,
+    /// The data directory's identity.
+    pub instance: String,
+    /// When the image was taken: every write acknowledged before it is in it.
+    pub point_unix_ms: i64,
+    pub point: String,
+    pub server_version: String,
+    pub wal_persisted_upto: u64,
+    pub wal_closed: u64,
+    pub segments: usize,
+    /// Whether rule files were copied into `rules/`.
+    pub rules: bool,
+    pub files: Vec<BackupFile>,
+}
+
+struct Staged {
+    dir: PathBuf,
+    files: HashMap<String, u64>,
+    touched: Instant,
+}
+
+pub(crate) struct Backups {
+    data_dir: PathBuf,
+    rules: Option<PathBuf>,
+    instance: String,
+    active: Mutex<HashMap<String, Staged>>,
+    /// One image taken at a time.
+    taking: tokio::sync::Mutex<()>,
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> ApiError {
+    ApiError::internal(format!("backup: cannot {what} {}: {e}", path.display()))
+}
+
+impl Backups {
+    /// Removes images left by an earlier run and reads (or creates) the
+    /// data directory's identity.
+    pub(crate) fn open(data_dir: &Path, rules: Option<PathBuf>) -> std::io::Result<Backups> {
+        let root = data_dir.join(ROOT);
+        if root.exists() {
+            tracing::info!(dir = %root.display(), "removing backup images left by an earlier run");
+            fs::remove_dir_all(&root)?;
+        }
+        let id_path = data_dir.join(INSTANCE_FILE);
+        let instance = match fs::read_to_string(&id_path) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+            Ok(_) => new_instance(&id_path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_instance(&id_path)?,
+            Err(e) => return Err(e),
+        };
+        Ok(Backups {
+            data_dir: data_dir.to_path_buf(),
+            rules,
+            instance,
+            active: Mutex::new(HashMap::new()),
+            taking: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Drops images idle for longer than [`IDLE`].
+    pub(crate) fn sweep(&self) {
+        let idle: Vec<(String, PathBuf)> =
+            self.active.lock().extract_if(|_, s| s.touched.elapsed() >= IDLE).map(|(id, s)| (id, s.dir)).collect();
+        for (id, dir) in idle {
+            tracing::warn!(
+                backup = id,
+                "dropping a backup image no client has read for {} minutes",
+                IDLE.as_secs() / 60
+            );
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                tracing::warn!("cannot remove backup image {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+fn new_instance(path: &Path) -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    tocsin_storage::durable::write_atomic(path, |e| e, |f| std::io::Write::write_all(f, id.as_bytes()))?;
+    Ok(id)
+}
+
+/// `POST /api/v1/admin/backups`: takes an image.
+pub(crate) async fn create(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let backups = &app.backups;
+    backups.sweep();
+    let _one = backups.taking.lock().await;
+    let busy = backups.active.lock().len();
+    if busy >= MAX_ACTIVE {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{busy} backups are in progress (at most {MAX_ACTIVE}); wait for one to finish"),
+        ));
+    }
+    let now = chrono::Utc::now();
+    let id = format!("{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
+    let root = backups.data_dir.join(ROOT);
+    fs::create_dir_all(&root).map_err(|e| io_error("create", &root, e))?;
+    let dir = root.join(&id);
+    let image = match take(&app, &dir, &id, now).await {
+        Ok(image) => image,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let files = image.files.iter().map(|f| (f.path.clone(), f.bytes)).collect();
+    backups.active.lock().insert(id.clone(), Staged { dir, files, touched: Instant::now() });
+    let bytes: u64 = image.files.iter().map(|f| f.bytes).sum();
+    tracing::info!(backup = id, files = image.files.len(), bytes, "backup image taken");
+    Ok(axum::Json(image).into_response())
+}
+
+async fn take(
+    app: &AppState,
+    dir: &Path,
+    id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<BackupImage, ApiError> {
+    let cp = app.storage.checkpoint(dir).await.map_err(|e| ApiError::classified(&e))?;
+    // The alerting state as one snapshot (the journal is folded into it).
+    app.alerts.write_snapshot().map_err(|e| ApiError::internal(format!("backup: alerting state: {e}")))?;
+    let data_dir = app.backups.data_dir.clone();
+    let rules = app.backups.rules.clone();
+    let dir_owned = dir.to_path_buf();
+    let (extra, has_rules) = tokio::task::spawn_blocking(move || copy_extras(&data_dir, &dir_owned, rules.as_deref()))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let mut files = Vec::new();
+    for rel in cp.files.iter().map(|p| p.to_string_lossy().into_owned()).chain(extra) {
+        let path = dir.join(&rel);
+        let bytes = fs::metadata(&path).map_err(|e| io_error("read", &path, e))?.len();
+        files.push(BackupFile { path: rel, bytes });
+    }
+    Ok(BackupImage {
+        format: BACKUP_FORMAT,
+        id: id.to_string(),
+        instance: app.backups.instance.clone(),
+        point_unix_ms: now.timestamp_millis(),
+        point: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+        wal_persisted_upto: cp.wal_persisted_upto,
+        wal_closed: cp.wal_closed,
+        segments: cp.segments,
+        rules: has_rules,
+        files,
+    })
+}
+
+/// Links the alerting state, users and tokens; copies the audit log's
+/// whole lines and the rule files. Returns their paths in the image.
+fn copy_extras(data_dir: &Path, dir: &Path, rules: Option<&Path>) -> Result<(Vec<String>, bool), ApiError> {
+    let mut out = Vec::new();
+    for rel in LINKED {
+        let from = data_dir.join(rel);
+        if !from.is_file() {
+            continue;
+        }
+        let to = dir.join(rel);
+        make_parent(&to)?;
+        // Each of these is replaced by rename when it changes: the link
+        // is the version of now.
+        fs::hard_link(&from, &to).map_err(|e| io_error("link", &from, e))?;
+        out.push(rel.to_string());
+    }
+    let audit = data_dir.join(AUDIT);
+    if audit.is_file() {
+        let to = dir.join(AUDIT);
+        make_parent(&to)?;
+        copy_whole_lines(&audit, &to).map_err(|e| io_error("copy", &audit, e))?;
+        out.push(AUDIT.to_string());
+    }
+    let mut has_rules = false;
+    if let Some(rules) = rules {
+        let mut found = Vec::new();
+        if rules.is_dir() {
+            walk(rules, Path::new(""), &mut found).map_err(|e| io_error("read rules", rules, e))?;
+        } else if let Some(name) = rules.file_name() {
+            found.push(PathBuf::from(name));
+        }
+        if found.len() > MAX_RULE_FILES {
+            return Err(ApiError::bad_request(format!(
+                "the rules path {} holds more than {MAX_RULE_FILES} files; back it up on its own",
+                rules.display()
+            )));
+        }
+        for rel in found {
+            let from = if rules.is_dir() { rules.join(&rel) } else { rules.to_path_buf() };
+            let to = dir.join("rules").join(&rel);
+            make_parent(&to)?;
+            fs::copy(&from, &to).map_err(|e| io_error("copy", &from, e))?;
+            out.push(Path::new("rules").join(&rel).to_string_lossy().into_owned());
+        }
+        has_rules = true;
+    }
+    Ok((out, has_rules))
+}
+
+fn make_parent(path: &Path) -> Result<(), ApiError> {
+    match path.parent() {
+        Some(p) => fs::create_dir_all(p).map_err(|e| io_error("create", p, e)),
+        None => Ok(()),
+    }
+}
+
+/// Regular files under `root` (symbolic links to files followed, to
+/// folders not), relative to it.
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let child = rel.join(e.file_name());
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            walk(root, &child, out)?;
+        } else if root.join(&child).is_file() {
+            out.push(child);
+        }
+        if out.len() > MAX_RULE_FILES {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Copies `from` up to its last newline: the audit log is appended to line
+/// by line, and a line being written is not yet an entry.
+fn copy_whole_lines(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut src = fs::File::open(from)?;
+    let len = src.metadata()?.len();
+    let mut end = len;
+    let mut buf = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        src.seek(SeekFrom::Start(start))?;
+        src.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    src.seek(SeekFrom::Start(0))?;
+    let mut dst = fs::File::create(to)?;
+    std::io::copy(&mut src.take(end), &mut dst)?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileParams {
+    path: String,
+}
+
+/// `GET /api/v1/admin/backups/{id}/files?path=`: one file of an image.
+pub(crate) async fn file(
+    State(app): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    params: Result<Query<FileParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request(format!("{}: ?path=FILE of the image", e.body_text())))?;
+    let (dir, bytes) = {
+        let mut active = app.backups.active.lock();
+        let staged = active.get_mut(&id).ok_or_else(|| not_found(&id))?;
+        let bytes = *staged.files.get(&params.path).ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("backup {id} has no file {:?}", params.path))
+        })?;
+        staged.touched = Instant::now();
+        (staged.dir.clone(), bytes)
+    };
+    // Listed paths are relative and plain; checked again all the same.
+    if Path::new(&params.path).components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(ApiError::bad_request(format!("{:?} is not a path inside the image", params.path)));
+    }
+    let path = dir.join(&params.path);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| io_error("open", &path, e))?;
+    // The listed length: a file appended to since is sent as it was.
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(bytes), 256 << 10));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream"), (header::CONTENT_LENGTH, &bytes.to_string())], body)
+        .into_response())
+}
+
+/// `DELETE /api/v1/admin/backups/{id}`: the client has copied what it needs.
+pub(crate) async fn finish(State(app): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+    let staged = app.backups.active.lock().remove(&id).ok_or_else(|| not_found(&id))?;
+    tokio::task::spawn_blocking(move || {
+        fs::remove_dir_all(&staged.dir).map_err(|e| io_error("remove", &staged.dir, e))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/v1/admin/backups`: the images in progress.
+pub(crate) async fn list(State(app): State<AppState>) -> Response {
+    let active = app.backups.active.lock();
+    let mut list: Vec<serde_json::Value> = active
+        .iter()
+        .map(|(id, s)| {
+            serde_json::json!({
+                "id": id,
+                "files": s.files.len(),
+                "bytes": s.files.values().sum::<u64>(),
+                "idle_seconds": s.touched.elapsed().as_secs(),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    axum::Json(serde_json::json!({ "instance": app.backups.instance, "active": list })).into_response()
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no backup {id:?} in progress (finished, dropped after {} idle minutes, or the server restarted)",
+            IDLE.as_secs() / 60
+        ),
+    )
+}
