@@ -1,6 +1,6 @@
 //! Online backups: `POST /api/v1/admin/backups` takes a consistent image of
 //! the data directory (storage, alerting state, users and tokens, audit log,
-//! rules) into `<data-dir>/backups/<id>/`, mostly as hard links;
+//! rules) into `<data-dir>/.backup-images/<id>/`, mostly as hard links;
 //! `GET .../files?path=` streams one file of it; `DELETE` drops it.
 //! `tocsin backup` drives the three (docs/operations.md).
 
@@ -11,11 +11,12 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Extension, Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tocsin_auth::Principal;
 use tokio::io::AsyncReadExt;
 
 use crate::http::{ApiError, AppState};
@@ -29,18 +30,21 @@ const IDLE: Duration = Duration::from_secs(30 * 60);
 /// Backups in progress at once.
 const MAX_ACTIVE: usize = 2;
 /// The folder of backups in progress, under the data directory. Start-up
-/// removes it: an image no client is reading is only hard links.
-const ROOT: &str = "backups";
+/// removes it: an image no client is reading is only hard links. (Not
+/// `backups`: an operator may well keep backups under that name.)
+const ROOT: &str = ".backup-images";
 /// The file holding the data directory's identity, which a restore does not
 /// copy: `tocsin backup` reuses files of an earlier backup only when that
 /// backup came from the same data directory.
 const INSTANCE_FILE: &str = "instance-id";
-/// Files beside the storage's that a backup holds, if present.
-const LINKED: [&str; 5] =
-    ["alerting/state.json", "alerting/link-key", "auth/tokens.json", "auth/users.json", "admin-token"];
+/// Files beside the storage's that a backup holds, if present. Not the
+/// bootstrap `admin-token`: `tokens.json` holds its digest, so it still
+/// works on a restored copy, and a backup kept off-site must not carry a
+/// live admin secret in clear.
+const LINKED: [&str; 4] = ["alerting/state.json", "alerting/link-key", "auth/tokens.json", "auth/users.json"];
 const AUDIT: &str = "audit/audit.jsonl";
-/// Rule files copied into `rules/`, at most.
-const MAX_RULE_FILES: usize = 10_000;
+/// A rule file larger than this is refused (rule files are a few KiB).
+const MAX_RULE_FILE_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct BackupFile {
@@ -64,6 +68,13 @@ pub struct BackupImage {
     pub segments: usize,
     /// Whether rule files were copied into `rules/`.
     pub rules: bool,
+    /// Whether the server requires tokens (`--auth`): a restored copy
+    /// should too.
+    #[serde(default)]
+    pub auth: bool,
+    /// The server's data directory (a backup must not be written inside it).
+    #[serde(default)]
+    pub data_dir: String,
     pub files: Vec<BackupFile>,
 }
 
@@ -76,6 +87,7 @@ struct Staged {
 pub(crate) struct Backups {
     data_dir: PathBuf,
     rules: Option<PathBuf>,
+    auth: bool,
     instance: String,
     active: Mutex<HashMap<String, Staged>>,
     /// One image taken at a time.
@@ -89,7 +101,7 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> ApiError {
 impl Backups {
     /// Removes images left by an earlier run and reads (or creates) the
     /// data directory's identity.
-    pub(crate) fn open(data_dir: &Path, rules: Option<PathBuf>) -> std::io::Result<Backups> {
+    pub(crate) fn open(data_dir: &Path, rules: Option<PathBuf>, auth: bool) -> std::io::Result<Backups> {
         let root = data_dir.join(ROOT);
         if root.exists() {
             tracing::info!(dir = %root.display(), "removing backup images left by an earlier run");
@@ -105,6 +117,7 @@ impl Backups {
         Ok(Backups {
             data_dir: data_dir.to_path_buf(),
             rules,
+            auth,
             instance,
             active: Mutex::new(HashMap::new()),
             taking: tokio::sync::Mutex::new(()),
@@ -136,8 +149,34 @@ fn new_instance(path: &Path) -> std::io::Result<String> {
     Ok(id)
 }
 
+/// A backup holds every database, the users and the tokens: only an admin
+/// limited to nothing may take or read one.
+fn unrestricted(who: &Principal) -> Result<(), ApiError> {
+    let role = &who.role;
+    let limited = who.database.is_some()
+        || !role.databases.is_empty()
+        || !role.tables.is_empty()
+        || !role.rows.is_empty()
+        || role.alerts.is_some();
+    if limited {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is limited to some databases, tables, rows or alerts; a backup holds all of them and the users' \
+                 credentials, so it needs an admin without limits",
+                who.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/admin/backups`: takes an image.
-pub(crate) async fn create(State(app): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn create(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    unrestricted(&who)?;
     let backups = &app.backups;
     backups.sweep();
     let _one = backups.taking.lock().await;
@@ -145,7 +184,12 @@ pub(crate) async fn create(State(app): State<AppState>) -> Result<Response, ApiE
     if busy >= MAX_ACTIVE {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("{busy} backups are in progress (at most {MAX_ACTIVE}); wait for one to finish"),
+            format!(
+                "{busy} backups are in progress (at most {MAX_ACTIVE}); wait for one to finish. GET \
+                 /api/v1/admin/backups lists them; an image whose client died is dropped after {} idle minutes, \
+                 or at once by DELETE /api/v1/admin/backups/{{id}}",
+                IDLE.as_secs() / 60
+            ),
         ));
     }
     let now = chrono::Utc::now();
@@ -199,6 +243,8 @@ async fn take(
         wal_closed: cp.wal_closed,
         segments: cp.segments,
         rules: has_rules,
+        auth: app.backups.auth,
+        data_dir: app.backups.data_dir.display().to_string(),
         files,
     })
 }
@@ -228,24 +274,26 @@ fn copy_extras(data_dir: &Path, dir: &Path, rules: Option<&Path>) -> Result<(Vec
     }
     let mut has_rules = false;
     if let Some(rules) = rules {
-        let mut found = Vec::new();
-        if rules.is_dir() {
-            walk(rules, Path::new(""), &mut found).map_err(|e| io_error("read rules", rules, e))?;
-        } else if let Some(name) = rules.file_name() {
-            found.push(PathBuf::from(name));
-        }
-        if found.len() > MAX_RULE_FILES {
-            return Err(ApiError::bad_request(format!(
-                "the rules path {} holds more than {MAX_RULE_FILES} files; back it up on its own",
-                rules.display()
-            )));
-        }
-        for rel in found {
-            let from = if rules.is_dir() { rules.join(&rel) } else { rules.to_path_buf() };
-            let to = dir.join("rules").join(&rel);
+        // Exactly the files the rules loader reads (the file itself, or a
+        // directory's *.yml and *.yaml), and only if they are regular files
+        // of a sane size: nothing else of the rules folder leaves the host.
+        let files = tocsin_alerting::config::rule_files(rules).map_err(|e| io_error("read rules", rules, e))?;
+        for from in files {
+            let meta = fs::metadata(&from).map_err(|e| io_error("read", &from, e))?;
+            if !meta.is_file() || meta.len() > MAX_RULE_FILE_BYTES {
+                return Err(ApiError::bad_request(format!(
+                    "rule file {} is not a regular file of at most {} MiB; the backup leaves it out only if you \
+                     remove it",
+                    from.display(),
+                    MAX_RULE_FILE_BYTES >> 20
+                )));
+            }
+            let Some(name) = from.file_name() else { continue };
+            let rel = Path::new("rules").join(name);
+            let to = dir.join(&rel);
             make_parent(&to)?;
             fs::copy(&from, &to).map_err(|e| io_error("copy", &from, e))?;
-            out.push(Path::new("rules").join(&rel).to_string_lossy().into_owned());
+            out.push(rel.to_string_lossy().into_owned());
         }
         has_rules = true;
     }
@@ -257,26 +305,6 @@ fn make_parent(path: &Path) -> Result<(), ApiError> {
         Some(p) => fs::create_dir_all(p).map_err(|e| io_error("create", p, e)),
         None => Ok(()),
     }
-}
-
-/// Regular files under `root` (symbolic links to files followed, to
-/// folders not), relative to it.
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let child = rel.join(e.file_name());
-        let kind = e.file_type()?;
-        if kind.is_dir() {
-            walk(root, &child, out)?;
-        } else if root.join(&child).is_file() {
-            out.push(child);
-        }
-        if out.len() > MAX_RULE_FILES {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// Copies `from` up to its last newline: the audit log is appended to line
@@ -312,9 +340,11 @@ pub(crate) struct FileParams {
 /// `GET /api/v1/admin/backups/{id}/files?path=`: one file of an image.
 pub(crate) async fn file(
     State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
     UrlPath(id): UrlPath<String>,
     params: Result<Query<FileParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    unrestricted(&who)?;
     let Query(params) =
         params.map_err(|e| ApiError::bad_request(format!("{}: ?path=FILE of the image", e.body_text())))?;
     let (dir, bytes) = {
@@ -339,7 +369,12 @@ pub(crate) async fn file(
 }
 
 /// `DELETE /api/v1/admin/backups/{id}`: the client has copied what it needs.
-pub(crate) async fn finish(State(app): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+pub(crate) async fn finish(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    unrestricted(&who)?;
     let staged = app.backups.active.lock().remove(&id).ok_or_else(|| not_found(&id))?;
     tokio::task::spawn_blocking(move || {
         fs::remove_dir_all(&staged.dir).map_err(|e| io_error("remove", &staged.dir, e))
@@ -350,7 +385,10 @@ pub(crate) async fn finish(State(app): State<AppState>, UrlPath(id): UrlPath<Str
 }
 
 /// `GET /api/v1/admin/backups`: the images in progress.
-pub(crate) async fn list(State(app): State<AppState>) -> Response {
+pub(crate) async fn list(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Response {
+    if let Err(e) = unrestricted(&who) {
+        return e.into_response();
+    }
     let active = app.backups.active.lock();
     let mut list: Vec<serde_json::Value> = active
         .iter()

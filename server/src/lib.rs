@@ -172,7 +172,8 @@ pub async fn run(
     let external_url = config.alerting.external_url.clone().unwrap_or_else(|| format!("{scheme}://{}", bound.http));
     let alerts = start_alerting(&config, &external_url, &storage, &query)?;
     let backups = Arc::new(
-        backup::Backups::open(storage.data_dir(), config.alerting.rules.clone()).map_err(ServerError::Backup)?,
+        backup::Backups::open(storage.data_dir(), config.alerting.rules.clone(), config.auth.enabled)
+            .map_err(ServerError::Backup)?,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -49,6 +49,7 @@ pub mod generated;
 mod last;
 pub mod manifest;
 mod metrics;
+pub mod objects;
 pub mod pack;
 mod recovery;
 pub mod refusals;

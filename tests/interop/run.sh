@@ -40,6 +40,8 @@ python3 tests/interop/test_syslog_rsyslog.py
 python3 tests/interop/test_loki_clients.py
 python3 tests/interop/test_otlp_http_json_js.py
 python3 tests/interop/test_elasticsearch_bulk.py
+# Backups into an S3-compatible bucket (moto in server mode) and back.
+python3 tests/interop/test_backup_s3_moto.py
 # The Grafana data source plugin: lint, types, jest against live servers, build.
 case "$BIN" in /*) abs_bin="$BIN" ;; *) abs_bin="$(pwd)/$BIN" ;; esac
 TOCSIN_BIN="$abs_bin" bash grafana-plugin/ci.sh

@@ -231,6 +231,53 @@ async fn damage_is_found_and_unfinished_restores_do_not_start() {
     assert!(!ok && out.contains("holds no backup.json"), "{out}");
 }
 
+/// A backup that fails half-way leaves the previous one whole; a backup of
+/// another server does not replace one without `--replace`; backups stay
+/// out of the data directory and restores out of the backup.
+#[tokio::test]
+async fn failed_or_mistaken_backups_leave_the_previous_one_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_in(&tmp.path().join("data"), &[]);
+    server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'a', 1.5)").await;
+    server.persist().await;
+    let dest = tmp.path().join("backup");
+    backup(&server, &dest);
+    server.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'b', 2.5)").await;
+    server.persist().await;
+
+    // Files that changed (the manifest, the state) go under versions/: a
+    // file in the way there makes the backup fail after it copied the new
+    // segments.
+    std::fs::write(dest.join("versions"), "in the way").expect("write");
+    let (ok, _, err) =
+        tocsin(&["backup", dest.to_str().expect("utf-8"), "--http-addr", &server.http.to_string()], None);
+    assert!(!ok && err.contains("in the way"), "{err}");
+    std::fs::remove_file(dest.join("versions")).expect("rm");
+    let target = tmp.path().join("restored");
+    let (ok, out) = restore(&dest, &target);
+    assert!(ok, "the first backup is still whole: {out}");
+    let restored = TestServer::start_in(&target, &[]);
+    assert_eq!(restored.sql("SELECT host FROM cpu ORDER BY host").await, vec![json!({"host": "a"})]);
+    drop(restored);
+
+    // Another server into the same place: refused, then --replace.
+    let other = TestServer::start_in(&tmp.path().join("other"), &[]);
+    let args = ["backup", dest.to_str().expect("utf-8"), "--http-addr", &other.http.to_string()];
+    let (ok, _, err) = tocsin(&args, None);
+    assert!(!ok && err.contains("another data directory") && err.contains("--replace"), "{err}");
+    assert!(dest.join("manifest.json").exists() || dest.join("versions").exists(), "nothing removed");
+    let (ok, out, err) = tocsin(&[&args[..], &["--replace"]].concat(), None);
+    assert!(ok, "{out}{err}");
+
+    // Inside the data directory; a restore inside the backup.
+    let inside = server.data_dir.join("backups").join("nightly");
+    let (ok, _, err) =
+        tocsin(&["backup", inside.to_str().expect("utf-8"), "--http-addr", &server.http.to_string()], None);
+    assert!(!ok && err.contains("inside the server's data directory"), "{err}");
+    let (ok, out) = restore(&dest, &dest.join("restored"));
+    assert!(!ok && out.contains("inside the backup"), "{out}");
+}
+
 /// Users, tokens, silences and rule files come back with the rows; only an
 /// admin may take a backup.
 #[tokio::test]
@@ -239,7 +286,10 @@ async fn a_restored_server_keeps_its_tokens_silences_and_rules() {
     let rules = tmp.path().join("rules");
     std::fs::create_dir_all(rules.join("team")).expect("mkdir");
     let yaml = "groups:\n  - name: g\n    rules:\n      - alert: Hot\n        sql: SELECT host, max(usage) AS value FROM cpu GROUP BY host\n        thresholds: { critical: \"> 90\" }\n";
-    std::fs::write(rules.join("team/hot.yml"), yaml).expect("rules");
+    std::fs::write(rules.join("hot.yml"), yaml).expect("rules");
+    // Only the files the rules loader reads leave the host.
+    std::fs::write(rules.join(".env"), "SECRET=1").expect("write");
+    std::fs::write(rules.join("team/notes.yml"), "not loaded").expect("write");
     let (server, admin) = crate::auth::start(tmp.path(), "");
     drop(server);
     let server = TestServer::start_in(&tmp.path().join("data"), &["--auth", "--rules", rules.to_str().expect("utf-8")])
@@ -272,14 +322,22 @@ async fn a_restored_server_keeps_its_tokens_silences_and_rules() {
     let (ok, _, err) =
         tocsin(&["backup", dest.to_str().expect("utf-8"), "--http-addr", &server.http.to_string()], Some(&reader));
     assert!(!ok && err.contains("403"), "a viewer may not take a backup: {err}");
+    // An admin of one database would get every database and the users'
+    // credentials.
+    let one_db = crate::auth::create_token(&server, &admin, "admin", &["--db", "other"]);
+    let (ok, _, err) =
+        tocsin(&["backup", dest.to_str().expect("utf-8"), "--http-addr", &server.http.to_string()], Some(&one_db));
+    assert!(!ok && err.contains("403") && err.contains("limited"), "{err}");
     backup(&server, &dest);
     drop(server);
 
     let target = tmp.path().join("restored");
     let (ok, out) = restore(&dest, &target);
     assert!(ok, "{out}");
-    assert!(out.contains("--rules"), "the restore says where the rules are: {out}");
-    assert_eq!(std::fs::read_to_string(target.join("rules/team/hot.yml")).expect("rule file"), yaml);
+    assert!(out.contains("--rules") && out.contains("--auth"), "the restore says how to start it: {out}");
+    assert!(!target.join("admin-token").exists(), "no live admin secret in backups");
+    assert_eq!(std::fs::read_to_string(target.join("rules/hot.yml")).expect("rule file"), yaml);
+    assert!(!target.join("rules/.env").exists() && !target.join("rules/team").exists());
     let restored = TestServer::start_in(&target, &["--auth", "--rules", target.join("rules").to_str().expect("utf-8")]);
     let silences: Value = http
         .get(format!("http://{}/api/v2/silences", restored.http))

@@ -26,7 +26,8 @@ pub struct Checkpoint {
     /// The manifest's WAL mark: the WAL files after it hold the rows not yet
     /// in segments, up to [`Checkpoint::wal_closed`].
     pub wal_persisted_upto: u64,
-    /// The WAL file closed by the checkpoint: every write acknowledged before
+    /// The WAL file closed by the checkpoint (or the last one closed before,
+    /// when the current one held nothing): every write acknowledged before
     /// the checkpoint started is in it, an earlier one, or a segment.
     pub wal_closed: u64,
     pub segments: usize,
@@ -49,7 +50,8 @@ impl Storage {
         let _no_manifest_change = self.persist_lock.lock().await;
         let wal_closed = {
             let _no_writes = self.gate.write().await;
-            self.wal.rotate()?
+            // An idle server's backups leave no empty WAL files behind.
+            self.wal.rotate_if_written()?
         };
         let wal_persisted_upto = self.wal_persisted_upto.load(Ordering::Acquire);
         let data_dir = self.config.data_dir.clone();
@@ -170,6 +172,27 @@ mod tests {
         }
         let restored = open(&image).await;
         assert_eq!(rows(&restored), 150, "the image holds the rows written before it, no more");
+    }
+
+    /// A checkpoint of an idle server starts no new WAL file.
+    #[tokio::test]
+    async fn checkpoints_of_an_idle_server_leave_no_empty_wal_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let storage = open(&data).await;
+        write(&storage, 0, 10).await;
+        let first = storage.checkpoint(&dir.path().join("a")).await.expect("checkpoint");
+        let second = storage.checkpoint(&dir.path().join("b")).await.expect("checkpoint");
+        assert_eq!(first.wal_closed, second.wal_closed, "nothing was written in between");
+        assert_eq!(first.files, second.files);
+        let wal_files = wal::list_files(&data.join("wal")).expect("list");
+        assert_eq!(wal_files.len(), 2, "the written file and the current one: {wal_files:?}");
+        write(&storage, 10, 5).await;
+        let third = storage.checkpoint(&dir.path().join("c")).await.expect("checkpoint");
+        assert_eq!(third.wal_closed, second.wal_closed + 1);
+        drop(storage);
+        let image = open(&dir.path().join("c")).await;
+        assert_eq!(rows(&image), 15);
     }
 
     #[tokio::test]

@@ -82,6 +82,9 @@ struct Inner {
     file_path: PathBuf,
     /// Number of records appended since open (a global sequence).
     written: u64,
+    /// `written` when the current file was started: it holds records if
+    /// `written` has grown since.
+    file_first: u64,
     failed: Option<String>,
     closed: bool,
 }
@@ -153,6 +156,7 @@ impl Wal {
                 file_seq: seq,
                 file_path,
                 written: 0,
+                file_first: 0,
                 failed: None,
                 closed: false,
             }),
@@ -319,7 +323,21 @@ impl Wal {
         inner.file = Arc::new(file);
         inner.file_path = path;
         inner.file_seq = old + 1;
+        inner.file_first = written;
         Ok(old)
+    }
+
+    /// [`Wal::rotate`] if the current file holds a record; returns the
+    /// number of the last file that may hold records (the current one's
+    /// predecessor when it holds none). The caller keeps appends out.
+    pub fn rotate_if_written(&self) -> Result<u64, WalError> {
+        {
+            let inner = self.inner.lock();
+            if inner.written == inner.file_first && inner.failed.is_none() {
+                return Ok(inner.file_seq.saturating_sub(1));
+            }
+        }
+        self.rotate()
     }
 
     /// Fsyncs what was written, stops the flusher and refuses further appends.
