@@ -16,7 +16,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tocsin_alerting::AlertEngine;
 use tocsin_auth::Principal;
+use tocsin_storage::Storage;
 use tokio::io::AsyncReadExt;
 
 use crate::http::{ApiError, AppState};
@@ -52,11 +54,10 @@ pub struct BackupFile {
     pub bytes: u64,
 }
 
-/// The answer to `POST /api/v1/admin/backups`.
+/// What a backup holds and up to when: the image's and the index's.
 #[derive(Debug, Serialize, Deserialize, Clone)]
-pub struct BackupImage {
+pub struct BackupPoint {
     pub format: u32,
-    pub id: String,
     /// The data directory's identity.
     pub instance: String,
     /// When the image was taken: every write acknowledged before it is in it.
@@ -72,6 +73,14 @@ pub struct BackupImage {
     /// should too.
     #[serde(default)]
     pub auth: bool,
+}
+
+/// The answer to `POST /api/v1/admin/backups`.
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct BackupImage {
+    #[serde(flatten)]
+    pub at: BackupPoint,
+    pub id: String,
     /// The server's data directory (a backup must not be written inside it).
     #[serde(default)]
     pub data_dir: String,
@@ -92,6 +101,8 @@ pub(crate) struct Backups {
     active: Mutex<HashMap<String, Staged>>,
     /// One image taken at a time.
     taking: tokio::sync::Mutex<()>,
+    /// Images taken since start (their ids are unique).
+    taken: std::sync::atomic::AtomicU64,
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> ApiError {
@@ -121,6 +132,7 @@ impl Backups {
             instance,
             active: Mutex::new(HashMap::new()),
             taking: tokio::sync::Mutex::new(()),
+            taken: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -179,7 +191,6 @@ pub(crate) async fn create(
     unrestricted(&who)?;
     let backups = &app.backups;
     backups.sweep();
-    let _one = backups.taking.lock().await;
     let busy = backups.active.lock().len();
     if busy >= MAX_ACTIVE {
         return Err(ApiError::new(
@@ -192,66 +203,116 @@ pub(crate) async fn create(
             ),
         ));
     }
-    let now = chrono::Utc::now();
-    let id = format!("{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
-    let root = backups.data_dir.join(ROOT);
-    fs::create_dir_all(&root).map_err(|e| io_error("create", &root, e))?;
-    let dir = root.join(&id);
-    let image = match take(&app, &dir, &id, now).await {
-        Ok(image) => image,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    };
-    let files = image.files.iter().map(|f| (f.path.clone(), f.bytes)).collect();
-    backups.active.lock().insert(id.clone(), Staged { dir, files, touched: Instant::now() });
-    let bytes: u64 = image.files.iter().map(|f| f.bytes).sum();
-    tracing::info!(backup = id, files = image.files.len(), bytes, "backup image taken");
+    let image = backups.take_image(&app.storage, &app.alerts, "api").await?;
     Ok(axum::Json(image).into_response())
 }
 
+impl Backups {
+    /// Takes an image (`label` goes into its id) and keeps it until
+    /// [`Backups::drop_image`] or [`IDLE`].
+    pub(crate) async fn take_image(
+        &self,
+        storage: &Storage,
+        alerts: &AlertEngine,
+        label: &str,
+    ) -> Result<BackupImage, ApiError> {
+        let _one = self.taking.lock().await;
+        let now = chrono::Utc::now();
+        let n = self.taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-{label}-{n}", now.format("%Y%m%dT%H%M%S%.3fZ"));
+        let root = self.data_dir.join(ROOT);
+        fs::create_dir_all(&root).map_err(|e| io_error("create", &root, e))?;
+        let dir = root.join(&id);
+        let image = match take(storage, alerts, self, &dir, &id, now).await {
+            Ok(image) => image,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let files = image.files.iter().map(|f| (f.path.clone(), f.bytes)).collect();
+        self.active.lock().insert(id.clone(), Staged { dir, files, touched: Instant::now() });
+        let bytes: u64 = image.files.iter().map(|f| f.bytes).sum();
+        tracing::debug!(backup = id, files = image.files.len(), bytes, "backup image taken");
+        Ok(image)
+    }
+
+    /// Where the files of image `id` are.
+    pub(crate) fn image_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join(ROOT).join(id)
+    }
+
+    /// Forgets image `id` and removes its files.
+    pub(crate) fn drop_image(&self, id: &str) {
+        if let Some(staged) = self.active.lock().remove(id)
+            && let Err(e) = fs::remove_dir_all(&staged.dir)
+        {
+            tracing::warn!("cannot remove backup image {}: {e}", staged.dir.display());
+        }
+    }
+}
+
+/// Makes `id` the identity of the data directory `data_dir` (a server
+/// started from its bucket's copy continues the copied one).
+pub(crate) fn set_instance(data_dir: &Path, id: &str) -> std::io::Result<()> {
+    tocsin_storage::durable::write_atomic(
+        &data_dir.join(INSTANCE_FILE),
+        |e| e,
+        |f| std::io::Write::write_all(f, id.as_bytes()),
+    )
+}
+
 async fn take(
-    app: &AppState,
+    storage: &Storage,
+    alerts: &AlertEngine,
+    backups: &Backups,
     dir: &Path,
     id: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<BackupImage, ApiError> {
-    let cp = app.storage.checkpoint(dir).await.map_err(|e| ApiError::classified(&e))?;
+    let cp = storage.checkpoint(dir).await.map_err(|e| ApiError::classified(&e))?;
     // The alerting state as one snapshot (the journal is folded into it).
-    app.alerts.write_snapshot().map_err(|e| ApiError::internal(format!("backup: alerting state: {e}")))?;
-    let data_dir = app.backups.data_dir.clone();
-    let rules = app.backups.rules.clone();
+    alerts.write_snapshot().map_err(|e| ApiError::internal(format!("backup: alerting state: {e}")))?;
+    let data_dir = backups.data_dir.clone();
+    let rules = backups.rules.clone();
     let dir_owned = dir.to_path_buf();
     let (extra, has_rules) = tokio::task::spawn_blocking(move || copy_extras(&data_dir, &dir_owned, rules.as_deref()))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     let mut files = Vec::new();
-    for rel in cp.files.iter().map(|p| p.to_string_lossy().into_owned()).chain(extra) {
+    for (rel, listed) in cp.files.iter().map(|p| (p.to_string_lossy().into_owned(), None)).chain(extra) {
         let path = dir.join(&rel);
-        let bytes = fs::metadata(&path).map_err(|e| io_error("read", &path, e))?.len();
+        let bytes = match listed {
+            Some(n) => n,
+            None => fs::metadata(&path).map_err(|e| io_error("read", &path, e))?.len(),
+        };
         files.push(BackupFile { path: rel, bytes });
     }
     Ok(BackupImage {
-        format: BACKUP_FORMAT,
+        at: BackupPoint {
+            format: BACKUP_FORMAT,
+            instance: backups.instance.clone(),
+            point_unix_ms: now.timestamp_millis(),
+            point: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            wal_persisted_upto: cp.wal_persisted_upto,
+            wal_closed: cp.wal_closed,
+            segments: cp.segments,
+            rules: has_rules,
+            auth: backups.auth,
+        },
         id: id.to_string(),
-        instance: app.backups.instance.clone(),
-        point_unix_ms: now.timestamp_millis(),
-        point: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        server_version: env!("CARGO_PKG_VERSION").to_string(),
-        wal_persisted_upto: cp.wal_persisted_upto,
-        wal_closed: cp.wal_closed,
-        segments: cp.segments,
-        rules: has_rules,
-        auth: app.backups.auth,
-        data_dir: app.backups.data_dir.display().to_string(),
+        data_dir: backups.data_dir.display().to_string(),
         files,
     })
 }
 
-/// Links the alerting state, users and tokens; copies the audit log's
-/// whole lines and the rule files. Returns their paths in the image.
-fn copy_extras(data_dir: &Path, dir: &Path, rules: Option<&Path>) -> Result<(Vec<String>, bool), ApiError> {
+/// Links the alerting state, users and tokens and the audit log; copies the
+/// rule files. Returns their paths in the image, with the length to list
+/// when it is not the file's.
+type Extras = Vec<(String, Option<u64>)>;
+
+fn copy_extras(data_dir: &Path, dir: &Path, rules: Option<&Path>) -> Result<(Extras, bool), ApiError> {
     let mut out = Vec::new();
     for rel in LINKED {
         let from = data_dir.join(rel);
@@ -263,14 +324,17 @@ fn copy_extras(data_dir: &Path, dir: &Path, rules: Option<&Path>) -> Result<(Vec
         // Each of these is replaced by rename when it changes: the link
         // is the version of now.
         fs::hard_link(&from, &to).map_err(|e| io_error("link", &from, e))?;
-        out.push(rel.to_string());
+        out.push((rel.to_string(), None));
     }
     let audit = data_dir.join(AUDIT);
     if audit.is_file() {
+        // Appended to line by line: linked, and listed up to its last whole
+        // line (a line being written is not yet an entry).
         let to = dir.join(AUDIT);
         make_parent(&to)?;
-        copy_whole_lines(&audit, &to).map_err(|e| io_error("copy", &audit, e))?;
-        out.push(AUDIT.to_string());
+        fs::hard_link(&audit, &to).map_err(|e| io_error("link", &audit, e))?;
+        let len = whole_lines(&to).map_err(|e| io_error("read", &audit, e))?;
+        out.push((AUDIT.to_string(), Some(len)));
     }
     let mut has_rules = false;
     if let Some(rules) = rules {
@@ -293,7 +357,7 @@ fn copy_extras(data_dir: &Path, dir: &Path, rules: Option<&Path>) -> Result<(Vec
             let to = dir.join(&rel);
             make_parent(&to)?;
             fs::copy(&from, &to).map_err(|e| io_error("copy", &from, e))?;
-            out.push(rel.to_string_lossy().into_owned());
+            out.push((rel.to_string_lossy().into_owned(), None));
         }
         has_rules = true;
     }
@@ -307,12 +371,10 @@ fn make_parent(path: &Path) -> Result<(), ApiError> {
     }
 }
 
-/// Copies `from` up to its last newline: the audit log is appended to line
-/// by line, and a line being written is not yet an entry.
-fn copy_whole_lines(from: &Path, to: &Path) -> std::io::Result<()> {
-    let mut src = fs::File::open(from)?;
-    let len = src.metadata()?.len();
-    let mut end = len;
+/// The length of `path` up to its last newline.
+fn whole_lines(path: &Path) -> std::io::Result<u64> {
+    let mut src = fs::File::open(path)?;
+    let mut end = src.metadata()?.len();
     let mut buf = [0u8; 4096];
     while end > 0 {
         let start = end.saturating_sub(buf.len() as u64);
@@ -320,21 +382,20 @@ fn copy_whole_lines(from: &Path, to: &Path) -> std::io::Result<()> {
         src.seek(SeekFrom::Start(start))?;
         src.read_exact(&mut buf[..n])?;
         if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
-            end = start + i as u64 + 1;
-            break;
+            return Ok(start + i as u64 + 1);
         }
         end = start;
     }
-    src.seek(SeekFrom::Start(0))?;
-    let mut dst = fs::File::create(to)?;
-    std::io::copy(&mut src.take(end), &mut dst)?;
-    Ok(())
+    Ok(0)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileParams {
     path: String,
+    /// Send from this byte on (what was appended to a file since).
+    #[serde(default)]
+    offset: u64,
 }
 
 /// `GET /api/v1/admin/backups/{id}/files?path=`: one file of an image.
@@ -360,11 +421,21 @@ pub(crate) async fn file(
     if Path::new(&params.path).components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(ApiError::bad_request(format!("{:?} is not a path inside the image", params.path)));
     }
+    if params.offset > bytes {
+        return Err(ApiError::bad_request(format!(
+            "offset {} is past the {bytes} bytes of {}",
+            params.offset, params.path
+        )));
+    }
     let path = dir.join(&params.path);
-    let file = tokio::fs::File::open(&path).await.map_err(|e| io_error("open", &path, e))?;
-    // The listed length: a file appended to since is sent as it was.
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(bytes), 256 << 10));
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream"), (header::CONTENT_LENGTH, &bytes.to_string())], body)
+    let mut file = tokio::fs::File::open(&path).await.map_err(|e| io_error("open", &path, e))?;
+    tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(params.offset))
+        .await
+        .map_err(|e| io_error("read", &path, e))?;
+    // Up to the listed length: a file appended to since is sent as it was.
+    let len = bytes - params.offset;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream"), (header::CONTENT_LENGTH, &len.to_string())], body)
         .into_response())
 }
 

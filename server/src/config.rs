@@ -443,6 +443,11 @@ pub struct StorageSection {
     /// A table's rows of one partition fewer than this go into a pack
     /// shared with other small tables; 0 gives each table its own files.
     pub pack_max_rows: usize,
+    /// `s3://BUCKET/PREFIX`: keep a copy of the data directory there, and
+    /// start from it when the data directory is empty (operations.md).
+    pub object_store: Option<String>,
+    /// How often the copy is brought up to date.
+    pub object_store_interval: String,
 }
 
 impl Default for StorageSection {
@@ -458,6 +463,8 @@ impl Default for StorageSection {
             page_rows: 64 * 1024,
             decimal_floats: true,
             pack_max_rows: 65_536,
+            object_store: None,
+            object_store_interval: "10s".into(),
         }
     }
 }
@@ -551,6 +558,15 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     pub syslog: SyslogConfig,
     pub console: ConsoleConfig,
+    /// `[storage] object_store`.
+    pub object_store: Option<ObjectStoreConfig>,
+}
+
+/// Where the copy of the data directory goes, and how often.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreConfig {
+    pub url: String,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -575,6 +591,8 @@ pub struct Overrides {
     pub insecure: bool,
     pub syslog_tcp_addr: Option<String>,
     pub syslog_udp_addr: Option<String>,
+    /// `--object-store`.
+    pub object_store: Option<String>,
 }
 
 impl FileConfig {
@@ -607,6 +625,22 @@ impl FileConfig {
             .map_err(|reason| ConfigError::Invalid { key: "storage.persist_max_age", reason })?;
         let compression = parse_compression(&s.compression)
             .map_err(|reason| ConfigError::Invalid { key: "storage.compression", reason })?;
+        let object_store = match o.object_store.or(s.object_store.clone()) {
+            Some(url) => {
+                tocsin_storage::objects::open(&url)
+                    .map_err(|e| ConfigError::Invalid { key: "storage.object_store", reason: e.to_string() })?;
+                let interval = parse_duration(&s.object_store_interval)
+                    .map_err(|reason| ConfigError::Invalid { key: "storage.object_store_interval", reason })?;
+                if interval < Duration::from_secs(1) {
+                    return Err(ConfigError::Invalid {
+                        key: "storage.object_store_interval",
+                        reason: "must be at least 1s".into(),
+                    });
+                }
+                Some(ObjectStoreConfig { url, interval })
+            }
+            None => None,
+        };
         let l = self.limits;
         if l.max_request_bytes < 1024 {
             return Err(ConfigError::Invalid {
@@ -769,6 +803,7 @@ impl FileConfig {
         let syslog = self.syslog.validate(o.syslog_tcp_addr, o.syslog_udp_addr)?;
         let console = self.console.validate()?;
         Ok(ServerConfig {
+            object_store,
             console,
             auth,
             tls,

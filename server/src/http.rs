@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) console: Arc<crate::config::ConsoleConfig>,
     /// Online backups in progress.
     pub(crate) backups: Arc<crate::backup::Backups>,
+    /// The copy in `[storage] object_store`, when configured.
+    pub(crate) mirror: Option<Arc<crate::mirror::Mirror>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
@@ -133,6 +135,10 @@ impl ApiError {
 
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into(), retry_after: None }
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -359,6 +365,9 @@ async fn metrics(State(app): State<AppState>) -> Response {
     crate::metrics::render_tail(&app.tail.metrics, &mut text);
     crate::metrics::render_rollups(&app.rollups.metrics, &mut text);
     crate::metrics::render_refusals(&mut text);
+    if let Some(m) = &app.mirror {
+        crate::metrics::render_mirror(&m.metrics, &mut text);
+    }
     crate::metrics::counter(
         &mut text,
         "tocsin_audit_lost_entries_total",

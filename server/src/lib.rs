@@ -20,6 +20,7 @@ mod alerts_api;
 mod audit_table;
 mod auth_api;
 pub mod backup;
+pub mod backup_store;
 pub mod config;
 mod console;
 #[cfg(test)]
@@ -31,6 +32,7 @@ mod http;
 mod influx_query;
 mod influxql;
 mod metrics;
+mod mirror;
 mod prom_api;
 mod protocols;
 mod syslog;
@@ -71,6 +73,8 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("backups: {0}")]
     Backup(std::io::Error),
+    #[error("object store {url}: {source}")]
+    ObjectStore { url: String, source: Box<backup_store::BackupError> },
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -96,6 +100,15 @@ pub async fn run(
     // Certificates first: a bad path is reported before storage is opened.
     let tls = match &config.tls {
         Some(files) => Some(tls::setup(files)?),
+        None => None,
+    };
+    // An empty data directory starts from the bucket's copy, if any.
+    let mirror = match &config.object_store {
+        Some(o) => Some(Arc::new(
+            mirror::Mirror::open(&o.url, o.interval, &config.storage.data_dir)
+                .await
+                .map_err(|source| ServerError::ObjectStore { url: o.url.clone(), source: Box::new(source) })?,
+        )),
         None => None,
     };
     let storage = Storage::open(config.storage.clone()).await?;
@@ -235,6 +248,7 @@ pub async fn run(
         influx_databases: Arc::default(),
         console: Arc::new(config.console.clone()),
         backups: Arc::clone(&backups),
+        mirror: mirror.clone(),
     };
     // Through `tap_io` (which does nothing), axum gives handlers the
     // client's address from our listener.
@@ -246,7 +260,16 @@ pub async fn run(
     let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
     let compactor = tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone()));
     let rollup_task = tokio::spawn(rollup_loop(rollups, stop_rx.clone()));
-    tokio::spawn(backup_sweep(backups, stop_rx.clone()));
+    tokio::spawn(backup_sweep(Arc::clone(&backups), stop_rx.clone()));
+    let mirror_task = mirror.as_ref().map(|m| {
+        tracing::info!(url = m.url, "a copy of the data directory goes to the bucket every {:?}", m.interval());
+        tokio::spawn(Arc::clone(m).run(
+            Arc::clone(&storage),
+            Arc::clone(&alerts),
+            Arc::clone(&backups),
+            stop_rx.clone(),
+        ))
+    });
     let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
     let audit_reload = {
         let audit = Arc::clone(&audit);
@@ -319,6 +342,13 @@ pub async fn run(
         ..tocsin_auth::AuditEntry::default()
     });
     audit.sync();
+    if let Some(m) = &mirror {
+        if let Some(t) = mirror_task {
+            let _ = t.await;
+        }
+        // The last copy holds every write the server acknowledged.
+        m.push(&storage, &alerts, &backups).await;
+    }
     let stats = storage.shutdown().await?;
     tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
     Ok(())

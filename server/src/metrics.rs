@@ -374,3 +374,28 @@ pub(crate) fn render_refusals(o: &mut String) {
         let _ = writeln!(o, "tocsin_limit_refusals_total{{limit=\"{limit}\"}} {n}");
     }
 }
+
+/// `[storage] object_store`: the copies pushed to the bucket.
+pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    counter(
+        out,
+        "tocsin_object_store_pushes_total",
+        "Copies of the data directory pushed to the bucket.",
+        m.pushes.load(Relaxed),
+    );
+    counter(
+        out,
+        "tocsin_object_store_push_failures_total",
+        "Pushes to the bucket that failed (the log says why; the next one retries).",
+        m.failures.load(Relaxed),
+    );
+    counter(out, "tocsin_object_store_copied_files_total", "Files sent to the bucket.", m.copied_files.load(Relaxed));
+    counter(out, "tocsin_object_store_copied_bytes_total", "Bytes sent to the bucket.", m.copied_bytes.load(Relaxed));
+    gauge(
+        out,
+        "tocsin_object_store_last_point_seconds",
+        "Unix time of the last copy in the bucket: every write acknowledged before it is there.",
+        m.last_point_ms.load(Relaxed) as f64 / 1000.0,
+    );
+}

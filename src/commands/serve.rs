@@ -39,6 +39,12 @@ pub(crate) struct Config {
     /// Accept syslog over UDP here; overrides `[syslog] udp_addr`.
     #[arg(long, env = "TOCSIN_SYSLOG_UDP_ADDR")]
     syslog_udp_addr: Option<String>,
+    /// Keep a copy of the data directory in an S3-compatible bucket
+    /// (`s3://BUCKET/PREFIX`; credentials from the AWS_* environment) and
+    /// start from it when the data directory is empty; overrides `[storage]
+    /// object_store`.
+    #[arg(long, env = "TOCSIN_OBJECT_STORE")]
+    object_store: Option<String>,
     /// Log filter, e.g. `info` or `tocsin_storage=debug`.
     #[arg(long, env = "TOCSIN_LOG", default_value = "info")]
     log: String,
@@ -70,6 +76,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         insecure: c.insecure,
         syslog_tcp_addr: c.syslog_tcp_addr,
         syslog_udp_addr: c.syslog_udp_addr,
+        object_store: c.object_store,
     })?;
     warn_if_shared(&config.storage.data_dir);
     // Planning and evaluating SQL recurse over expression trees; the SQL

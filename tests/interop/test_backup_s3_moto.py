@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 import boto3
@@ -82,8 +83,75 @@ def index(s3):
 
 
 def stored(idx):
-    """Each file of the index where the bucket holds it, with its size."""
-    return {f.get("stored", f["path"]): f["bytes"] for f in idx["files"]}
+    """Each file (or piece of an append-only file) of the index where the
+    bucket holds it, with its size."""
+    out = {}
+    for f in idx["files"]:
+        for part in f.get("parts") or [{"stored": f.get("stored", f["path"]), "bytes": f["bytes"]}]:
+            out[part["stored"]] = part["bytes"]
+    return out
+
+
+def metric(http, name):
+    with urllib.request.urlopen(f"http://{http}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+def server_with_bucket(work, name, env, url):
+    """`tocsin serve --object-store URL` with the AWS settings in `env`."""
+    cfg = os.path.join(work, "mirror.toml")
+    with open(cfg, "w") as f:
+        f.write('[storage]\nobject_store_interval = "1s"\n')
+    log = open(os.path.join(work, f"{name}.log"), "w")
+    data = os.path.join(work, name)
+    p = subprocess.Popen([BIN, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+                          "--object-store", url, "--config", cfg], stdout=subprocess.PIPE, stderr=log, text=True,
+                         env=env)
+    line = p.stdout.readline()
+    assert line.startswith("tocsin listening"), (line, open(log.name).read())
+    http = dict(w.split("=", 1) for w in line.split() if "=" in w)["http"]
+    return p, http, data, log.name
+
+
+def mirror_scenario(work, env, servers):
+    """A server keeps its copy in the bucket; the machine is lost (kill -9,
+    data directory deleted); a new server on an empty directory starts from
+    the bucket with every row; a clean stop pushes the last writes."""
+    url = f"s3://{BUCKET}/mirror/node-1"
+    p, http, data, log = server_with_bucket(work, "m1", env, url)
+    servers.append(p)
+    for hour in range(2):
+        write_hour(http, hour)
+        post(http, "/api/v1/admin/persist")
+    write_hour(http, 2)  # in the WAL only
+    written = time.time()
+    wait_for("a push after the last write", lambda: (metric(http, "tocsin_object_store_last_point_seconds") or 0) > written, 30)
+    live = [sql(http, q) for q in QUERIES[1:]]
+    assert metric(http, "tocsin_object_store_push_failures_total") == 0, open(log).read()
+    p.kill()
+    p.wait()
+    shutil.rmtree(data)
+
+    p2, http2, data2, log2 = server_with_bucket(work, "m2", env, url)
+    servers.append(p2)
+    assert "starting from the copy in the bucket" in open(log2).read(), open(log2).read()
+    assert [sql(http2, q) for q in QUERIES[1:]] == live, "the server started from the bucket answers as before"
+    # It goes on pushing into the same prefix (the same server, continued).
+    pushes = metric(http2, "tocsin_object_store_pushes_total")
+    wait_for("pushes from the restored server", lambda: metric(http2, "tocsin_object_store_pushes_total") > pushes, 30)
+    assert metric(http2, "tocsin_object_store_push_failures_total") == 0, open(log2).read()
+
+    # A clean stop right after a write: the last push at shutdown holds it.
+    post(http2, "/write?db=public", b"cpu,host=last v=42 1700000000000000000")
+    p2.terminate()
+    assert p2.wait(60) == 0, open(log2).read()
+    shutil.rmtree(data2)
+    p3, http3, _, log3 = server_with_bucket(work, "m3", env, url)
+    servers.append(p3)
+    assert sql(http3, "SELECT v FROM cpu WHERE host = 'last'") == [{"v": 42.0}], open(log3).read()
 
 
 def main():
@@ -148,6 +216,8 @@ def main():
         s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{seg}", Body=bytes(body))
         bad = tocsin("restore", url, "--data-dir", os.path.join(work, "damaged"), env=env, check=False)
         assert bad.returncode != 0 and seg in bad.stderr and "damaged" in bad.stderr, bad.stderr
+
+        mirror_scenario(work, env, servers)
 
         # Wrong credentials: a clear error, nothing written.
         wrong = dict(env, AWS_SECRET_ACCESS_KEY="nope")

@@ -1,0 +1,964 @@
+//! Where backups go and come from: a directory or an S3-compatible bucket
+//! (`s3://BUCKET/PREFIX`), written by [`push`] (`tocsin backup`, and the
+//! server's own copy to `[storage] object_store`) and read by [`restore`]
+//! (`tocsin restore`, and a server starting on an empty data directory with
+//! `[storage] object_store`). docs/operations.md.
+//!
+//! A backup holds the files of an image ([`crate::backup`]) and
+//! `backup.json`, the index that lists each with its size and SHA-256. The
+//! index is written last, atomically, and no file the previous index lists
+//! is ever written over (a file that changed is stored under
+//! `versions/<image id>/` instead): a backup that did not finish leaves the
+//! previous one whole.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tocsin_storage::RESTORE_MARKER;
+use tocsin_storage::durable::{sync_dir, write_atomic};
+use tocsin_storage::objects::{self, ObjectLocation};
+
+use crate::backup::{BACKUP_FORMAT, BackupFile, BackupImage, BackupPoint};
+
+/// The index of a backup.
+pub const INDEX: &str = "backup.json";
+/// Held (flock) while a backup writes into a directory.
+const LOCK: &str = ".lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Object { what: String, source: object_store::Error },
+    #[error(transparent)]
+    Url(#[from] objects::ObjectUrlError),
+    /// A rule of use, a damaged file, a server that answered wrong: the
+    /// message says which.
+    #[error("{0}")]
+    Refused(String),
+}
+
+type Result<T, E = BackupError> = std::result::Result<T, E>;
+
+/// `.at(|| "doing what")` on the errors of files and buckets.
+trait At<T> {
+    fn at(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> At<T> for std::result::Result<T, std::io::Error> {
+    fn at(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| BackupError::Io { what: what(), source })
+    }
+}
+
+impl<T> At<T> for std::result::Result<T, object_store::Error> {
+    fn at(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| BackupError::Object { what: what(), source })
+    }
+}
+
+impl<T> At<T> for std::result::Result<T, serde_json::Error> {
+    fn at(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| BackupError::Refused(format!("{}: {e}", what())))
+    }
+}
+
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(BackupError::Refused(format!($($arg)*))) };
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*); } };
+}
+
+/// The files of an image, as the one pushing it reaches them.
+pub trait ImageFiles {
+    /// The bytes of `file` from `offset` to its listed length.
+    fn open(
+        &self,
+        file: &BackupFile,
+        offset: u64,
+    ) -> impl Future<Output = Result<BoxStream<'static, Result<Bytes>>>> + Send;
+
+    /// Its path on this machine, when it is a local file: a file that
+    /// changes in place (the manifest, the alerting state, the audit log) is
+    /// then compared with the previous backup's by content and not sent
+    /// again when unchanged.
+    fn local(&self, _file: &BackupFile) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// What [`push`] did.
+#[derive(Debug)]
+pub struct PushReport {
+    pub index: Index,
+    pub copied_files: usize,
+    pub copied_bytes: u64,
+    pub reused_files: usize,
+    pub pruned: usize,
+}
+
+/// Copies `image` into `dest` (only what the backup there lacks), writes the
+/// index, removes what it no longer lists. `replace`: a backup of another
+/// data directory may be replaced.
+pub async fn push(
+    image: &BackupImage,
+    files: &impl ImageFiles,
+    dest: &Place,
+    replace: bool,
+    progress: bool,
+) -> Result<PushReport> {
+    let started = Instant::now();
+    let _lock = match dest {
+        Place::Dir(d) => {
+            fs::create_dir_all(d).at(|| format!("creating {}", d.display()))?;
+            Some(lock(d)?)
+        }
+        Place::Bucket(_) => None,
+    };
+    let previous = Index::read(dest).await?;
+    if previous.is_none() && !dest.is_empty().await? {
+        bail!(
+            "{} is not empty and holds no {INDEX}: not a Tocsin backup (a backup removes the files its index does \
+             not list, so it will not write among others)",
+            dest.name()
+        );
+    }
+    check_target(image, dest, previous.as_ref(), replace)?;
+    let (list, copied_files, copied_bytes) = copy_image(image, files, dest, previous.as_ref(), progress).await?;
+    let reused_files = list.len() - copied_files;
+    let index = Index {
+        at: image.at.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        copied_files,
+        copied_bytes,
+        reused_files,
+        files: list,
+    };
+    let json = serde_json::to_vec_pretty(&index).at(|| "encoding the index".into())?;
+    dest.replace(INDEX, json).await?;
+    let pruned = dest.prune(&index).await?;
+    Ok(PushReport { index, copied_files, copied_bytes, reused_files, pruned })
+}
+
+/// Refuses a backup of another data directory over an existing one (unless
+/// `replace`), and a directory inside the server's data directory.
+fn check_target(image: &BackupImage, dest: &Place, previous: Option<&Index>, replace: bool) -> Result<()> {
+    ensure!(
+        image.at.format == BACKUP_FORMAT,
+        "the server sent backup format {}; this build reads {BACKUP_FORMAT}",
+        image.at.format
+    );
+    if let Some(p) = previous
+        && p.at.instance != image.at.instance
+        && !replace
+    {
+        bail!(
+            "{} holds a backup of another data directory (taken {}); backing this server up there would replace it. \
+             Check --http-addr, or give --replace if that is what you want",
+            dest.name(),
+            p.at.point
+        );
+    }
+    if let Place::Dir(d) = dest
+        && !image.data_dir.is_empty()
+        && let (Ok(d), Ok(data)) = (fs::canonicalize(d), fs::canonicalize(&image.data_dir))
+    {
+        ensure!(
+            !d.starts_with(&data),
+            "{} is inside the server's data directory {}; back up to another disk",
+            d.display(),
+            data.display()
+        );
+    }
+    Ok(())
+}
+
+/// Copies the image's files into `dest`, except those an earlier backup of
+/// the same data directory left there unchanged. Returns the index entries,
+/// how many files were copied and their bytes.
+async fn copy_image(
+    image: &BackupImage,
+    source: &impl ImageFiles,
+    dest: &Place,
+    previous: Option<&Index>,
+    progress: bool,
+) -> Result<(Vec<IndexFile>, usize, u64)> {
+    let reusable: HashMap<&str, &IndexFile> = previous
+        .filter(|p| p.at.instance == image.at.instance)
+        .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .unwrap_or_default();
+    // What the previous backup needs stays as it is until the new index
+    // replaces it.
+    let taken: HashSet<String> = previous
+        .map(|p| p.files.iter().flat_map(|f| f.pieces().into_iter().map(|x| x.stored)).collect())
+        .unwrap_or_default();
+    let total: u64 = image.files.iter().map(|f| f.bytes).sum();
+    let mut files = Vec::with_capacity(image.files.len());
+    let (mut copied_files, mut copied_bytes, mut done_bytes) = (0, 0, 0u64);
+    let mut last_report = Instant::now();
+    for (n, f) in image.files.iter().enumerate() {
+        ensure!(plain(&f.path), "the server named {:?}, which is not a path inside the backup", f.path);
+        ensure!(f.path != INDEX && f.path != LOCK, "the server named {:?}, which a backup keeps for itself", f.path);
+        done_bytes += f.bytes;
+        if APPEND_ONLY.contains(&f.path.as_str())
+            && let Some(p) = reusable.get(f.path.as_str())
+            && let Some(entry) = append(image, source, dest, f, p, &taken).await?
+        {
+            copied_bytes += f.bytes - p.bytes;
+            copied_files += usize::from(f.bytes > p.bytes);
+            files.push(entry);
+            continue;
+        }
+        if let Some(p) = reusable.get(f.path.as_str()).filter(|p| p.bytes == f.bytes)
+            && unchanged(source, f, p)?
+            && dest.size(p.stored()).await? == Some(f.bytes)
+        {
+            files.push((*p).clone());
+            continue;
+        }
+        let stored = taken.contains(&f.path).then(|| format!("versions/{}/{}", image.id, f.path));
+        ensure!(
+            stored.as_deref().is_none_or(plain),
+            "the server sent backup id {:?}, which is not a plain name",
+            image.id
+        );
+        let sha256 = send(source, f, 0, dest, stored.as_deref().unwrap_or(&f.path)).await?;
+        files.push(IndexFile { path: f.path.clone(), bytes: f.bytes, sha256, stored, parts: Vec::new() });
+        copied_files += 1;
+        copied_bytes += f.bytes;
+        if progress && last_report.elapsed().as_secs() >= 2 {
+            eprintln!("  {}/{} files, {done_bytes}/{total} bytes", n + 1, image.files.len());
+            last_report = Instant::now();
+        }
+    }
+    if let Place::Dir(d) = dest {
+        // The new files' folder entries, before the index names them.
+        let mut dirs: HashSet<PathBuf> = HashSet::new();
+        for piece in files.iter().flat_map(IndexFile::pieces) {
+            let mut p = d.join(&piece.stored);
+            while p.pop() && p.starts_with(d) && dirs.insert(p.clone()) {}
+        }
+        for dir in dirs {
+            sync_dir(&dir).at(|| format!("syncing {}", dir.display()))?;
+        }
+    }
+    Ok((files, copied_files, copied_bytes))
+}
+
+/// Whether `f` is the file `previous` holds. Segments, packs and closed WAL
+/// files never change once written, and their names are not reused within
+/// one data directory; the others (manifest, alerting state, users, audit
+/// log, rules) change in place: the same only if their content is, which
+/// can be told only of a local file.
+fn unchanged(source: &impl ImageFiles, f: &BackupFile, previous: &IndexFile) -> Result<bool> {
+    if ["segments/", "packs/", "wal/"].iter().any(|p| f.path.starts_with(p)) {
+        return Ok(true);
+    }
+    let Some(path) = source.local(f) else { return Ok(false) };
+    let mut file = fs::File::open(&path).at(|| format!("opening {}", path.display()))?;
+    let mut hash = Sha256::new();
+    let copied = std::io::copy(&mut std::io::Read::take(&mut file, f.bytes), &mut HashWriter(&mut hash))
+        .at(|| format!("reading {}", path.display()))?;
+    Ok(copied == f.bytes && hex(&hash.finalize()) == previous.sha256)
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends one file from `offset` into `dest` at `stored`; returns the
+/// SHA-256 of what it sent.
+async fn send(source: &impl ImageFiles, f: &BackupFile, offset: u64, dest: &Place, stored: &str) -> Result<String> {
+    let mut stream = source.open(f, offset).await?;
+    let mut sink = dest.sink(stored).await?;
+    let mut hash = Sha256::new();
+    let mut got = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        got += chunk.len() as u64;
+        let want = f.bytes - offset;
+        ensure!(got <= want, "{}: the server sent more than the {want} bytes asked", f.path);
+        hash.update(&chunk);
+        sink.write(&chunk).await?;
+    }
+    ensure!(
+        got == f.bytes - offset,
+        "{}: received {got} bytes of {}; the connection was cut?",
+        f.path,
+        f.bytes - offset
+    );
+    sink.finish().await?;
+    Ok(hex(&hash.finalize()))
+}
+
+/// The entry of an append-only file that grew since `previous`: the
+/// previous pieces and one more holding what was appended. `None` when it
+/// must be sent whole (it shrank, or has too many pieces).
+async fn append(
+    image: &BackupImage,
+    source: &impl ImageFiles,
+    dest: &Place,
+    f: &BackupFile,
+    previous: &IndexFile,
+    taken: &HashSet<String>,
+) -> Result<Option<IndexFile>> {
+    let mut pieces = previous.pieces();
+    if f.bytes < previous.bytes || pieces.len() >= MAX_PARTS {
+        return Ok(None);
+    }
+    for p in &pieces {
+        if dest.size(&p.stored).await? != Some(p.bytes) {
+            return Ok(None);
+        }
+    }
+    if f.bytes > previous.bytes {
+        let mut stored = format!("{}.from-{}", f.path, previous.bytes);
+        if taken.contains(&stored) {
+            stored = format!("versions/{}/{stored}", image.id);
+        }
+        let sha256 = send(source, f, previous.bytes, dest, &stored).await?;
+        pieces.push(Part { stored, bytes: f.bytes - previous.bytes, sha256 });
+    }
+    let last = pieces.last().map(|p| p.sha256.clone()).unwrap_or_default();
+    Ok(Some(IndexFile { path: f.path.clone(), bytes: f.bytes, sha256: last, stored: None, parts: pieces }))
+}
+
+/// What [`restore`] did.
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub index: Index,
+    pub bytes: u64,
+}
+
+/// Rebuilds the data directory `dir` (new or empty, not inside `src`) from
+/// the backup in `src`, checking every file.
+pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreReport> {
+    let index = Index::read(src).await?.ok_or_else(|| {
+        BackupError::Refused(format!(
+            "{} holds no {INDEX}: not a Tocsin backup, or its first backup never finished",
+            src.name()
+        ))
+    })?;
+    if dir.exists() {
+        ensure!(dir.is_dir(), "{} is a file; give the path of a new directory", dir.display());
+        ensure!(
+            !dir.join(RESTORE_MARKER).exists(),
+            "{} holds a restore that did not finish ({RESTORE_MARKER}); remove the directory and run the restore again",
+            dir.display()
+        );
+        let mut entries = fs::read_dir(dir).at(|| format!("reading {}", dir.display()))?;
+        ensure!(
+            entries.next().is_none(),
+            "{} is not empty; restore into a new directory (a restore never writes over a data directory)",
+            dir.display()
+        );
+    }
+    if let Place::Dir(s) = src
+        && let Ok(s) = fs::canonicalize(s)
+    {
+        // The target resolved as far as it exists (it may not yet).
+        let target = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let mut base = target.clone();
+        while !base.exists() && base.pop() {}
+        let rest = target.strip_prefix(&base).map(Path::to_path_buf).unwrap_or_default();
+        let resolved = fs::canonicalize(&base).unwrap_or(base).join(rest);
+        ensure!(
+            !resolved.starts_with(&s),
+            "{} is inside the backup {}; the next backup there would remove it. Restore elsewhere",
+            dir.display(),
+            s.display()
+        );
+    }
+    fs::create_dir_all(dir).at(|| format!("creating {}", dir.display()))?;
+    let marker = dir.join(RESTORE_MARKER);
+    fs::write(&marker, format!("restore from {} in progress\n", src.name()))
+        .at(|| format!("writing {}", marker.display()))?;
+    sync_dir(dir).at(|| format!("syncing {}", dir.display()))?;
+    let mut bytes = 0u64;
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
+    let mut last_report = Instant::now();
+    for (n, f) in index.files.iter().enumerate() {
+        let to = dir.join(&f.path);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).at(|| format!("creating {}", parent.display()))?;
+            let mut p = to.clone();
+            while p.pop() && p.starts_with(dir) && dirs.insert(p.clone()) {}
+        }
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&to)
+            .at(|| format!("creating {}", to.display()))?;
+        for piece in f.pieces() {
+            let (got, sha256) = src.copy_into(&piece.stored, &mut out).await?;
+            ensure!(
+                got == piece.bytes && sha256 == piece.sha256,
+                "{} is damaged: {got} bytes with SHA-256 {sha256}, the index says {} bytes with {}; the restore \
+                 stopped and {} is incomplete (the server will not start on it)",
+                src.shown(&piece.stored),
+                piece.bytes,
+                piece.sha256,
+                dir.display()
+            );
+            bytes += got;
+        }
+        out.sync_all().at(|| format!("syncing {}", to.display()))?;
+        if progress && last_report.elapsed().as_secs() >= 2 {
+            eprintln!("  {}/{} files, {bytes} bytes", n + 1, index.files.len());
+            last_report = Instant::now();
+        }
+    }
+    for d in &dirs {
+        sync_dir(d).at(|| format!("syncing {}", d.display()))?;
+    }
+    fs::remove_file(&marker).at(|| format!("removing {}", marker.display()))?;
+    sync_dir(dir).at(|| format!("syncing {}", dir.display()))?;
+    Ok(RestoreReport { index, bytes })
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct IndexFile {
+    /// Where it goes in the data directory.
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// Where it is in the backup, when not at `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<String>,
+    /// An append-only file ([`APPEND_ONLY`]) kept as pieces, each holding
+    /// what was appended between two backups; their concatenation is the
+    /// file (`sha256` is then the last piece's, `stored` unused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// A piece of an append-only file.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct Part {
+    pub stored: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Files that only grow (the audit log): a backup sends what was appended
+/// since the last one as a new piece instead of the whole file again.
+const APPEND_ONLY: &[&str] = &["audit/audit.jsonl"];
+/// Past this many pieces, the whole file is sent again as one.
+const MAX_PARTS: usize = 64;
+
+impl IndexFile {
+    pub fn stored(&self) -> &str {
+        self.stored.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Where its bytes are, in order.
+    pub fn pieces(&self) -> Vec<Part> {
+        if self.parts.is_empty() {
+            vec![Part { stored: self.stored().to_string(), bytes: self.bytes, sha256: self.sha256.clone() }]
+        } else {
+            self.parts.clone()
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(flatten)]
+    pub at: BackupPoint,
+    /// Seconds the backup took, and what it copied and reused.
+    pub seconds: f64,
+    pub copied_files: usize,
+    pub copied_bytes: u64,
+    pub reused_files: usize,
+    pub files: Vec<IndexFile>,
+}
+
+impl Index {
+    pub async fn read(place: &Place) -> Result<Option<Index>> {
+        let Some(text) = place.read(INDEX).await? else { return Ok(None) };
+        let shown = place.shown(INDEX);
+        let index: Index = serde_json::from_slice(&text).at(|| format!("{shown} is not a Tocsin backup index"))?;
+        ensure!(
+            index.at.format == BACKUP_FORMAT,
+            "{shown} has format {}; this build reads format {BACKUP_FORMAT}",
+            index.at.format
+        );
+        for f in &index.files {
+            let pieces = f.pieces();
+            ensure!(
+                pieces.iter().map(|p| p.bytes).sum::<u64>() == f.bytes,
+                "{shown}: the pieces of {:?} do not add up to its {} bytes",
+                f.path,
+                f.bytes
+            );
+            for p in std::iter::once(&f.path).chain(pieces.iter().map(|p| &p.stored)) {
+                ensure!(plain(p), "{shown} lists {p:?}, which is not a path inside the backup");
+                ensure!(p != INDEX && p != LOCK, "{shown} lists {p:?}, which a backup keeps for itself");
+            }
+        }
+        Ok(Some(index))
+    }
+}
+
+/// A relative path of plain names (no `..`, no root, no empty part): one the
+/// index may name and the server may send.
+fn plain(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\\')
+        && path.split('/').all(|p| !p.is_empty())
+        && Path::new(path).components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Where a backup is: a local directory or a bucket.
+pub enum Place {
+    Dir(PathBuf),
+    Bucket(ObjectLocation),
+}
+
+impl Place {
+    pub fn parse(s: &str) -> Result<Place> {
+        if objects::is_object_url(s) { Ok(Place::Bucket(objects::open(s)?)) } else { Ok(Place::Dir(PathBuf::from(s))) }
+    }
+
+    /// `rel` inside it, for messages.
+    pub fn shown(&self, rel: &str) -> String {
+        match self {
+            Place::Dir(d) => d.join(rel).display().to_string(),
+            Place::Bucket(b) => format!("{}/{rel}", b.url.trim_end_matches('/')),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Place::Dir(d) => d.display().to_string(),
+            Place::Bucket(b) => b.url.clone(),
+        }
+    }
+
+    /// The whole of a small file (the index), if present.
+    async fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Place::Dir(d) => match fs::read(d.join(rel)) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).at(|| format!("reading {}", self.shown(rel))),
+            },
+            Place::Bucket(b) => match b.store.get(&b.object(rel)).await {
+                Ok(got) => Ok(Some(got.bytes().await.at(|| format!("reading {}", self.shown(rel)))?.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e).at(|| format!("reading {}", self.shown(rel))),
+            },
+        }
+    }
+
+    /// The size of `rel`, if it is there.
+    async fn size(&self, rel: &str) -> Result<Option<u64>> {
+        match self {
+            Place::Dir(d) => Ok(fs::metadata(d.join(rel)).ok().filter(|m| m.is_file()).map(|m| m.len())),
+            Place::Bucket(b) => match b.store.head(&b.object(rel)).await {
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e).at(|| format!("looking up {}", self.shown(rel))),
+            },
+        }
+    }
+
+    /// Whether anything but the lock is there.
+    async fn is_empty(&self) -> Result<bool> {
+        match self {
+            Place::Dir(d) => Ok(fs::read_dir(d)
+                .at(|| format!("reading {}", d.display()))?
+                .filter_map(std::result::Result::ok)
+                .all(|e| e.file_name() == LOCK)),
+            Place::Bucket(b) => match b.store.list(Some(&b.prefix)).next().await {
+                None => Ok(true),
+                Some(Ok(_)) => Ok(false),
+                Some(Err(e)) => Err(e).at(|| format!("listing {}", b.url)),
+            },
+        }
+    }
+
+    /// Replaces `rel` atomically with `bytes`.
+    async fn replace(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        match self {
+            Place::Dir(d) => {
+                let path = d.join(rel);
+                write_atomic(&path, |e| e, |f| f.write_all(&bytes)).at(|| format!("writing {}", path.display()))
+            }
+            Place::Bucket(b) => {
+                b.store
+                    .put(&b.object(rel), PutPayload::from(bytes))
+                    .await
+                    .at(|| format!("writing {}", self.shown(rel)))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts writing `rel` (replacing it once finished).
+    async fn sink(&self, rel: &str) -> Result<Sink> {
+        match self {
+            Place::Dir(d) => {
+                let target = d.join(rel);
+                real_folders(d, rel)?;
+                let part =
+                    target.with_file_name(format!("{}.part", target.file_name().unwrap_or_default().to_string_lossy()));
+                // A leftover (or a planted link) is removed, not written through.
+                match fs::remove_file(&part) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).at(|| format!("removing {}", part.display())),
+                }
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&part)
+                    .at(|| format!("creating {}", part.display()))?;
+                Ok(Sink::File { file, part, target })
+            }
+            Place::Bucket(b) => Ok(Sink::Object {
+                store: std::sync::Arc::clone(&b.store),
+                path: b.object(rel),
+                shown: self.shown(rel),
+                buffer: Vec::new(),
+                upload: None,
+            }),
+        }
+    }
+
+    /// Removes what the index does not list (segments a compaction replaced,
+    /// WAL files persisted since, leftovers of a backup that failed).
+    /// Returns how many.
+    async fn prune(&self, index: &Index) -> Result<usize> {
+        match self {
+            Place::Dir(d) => prune_dir(d, index),
+            Place::Bucket(b) => {
+                let keep: HashSet<object_store::path::Path> = index
+                    .files
+                    .iter()
+                    .flat_map(IndexFile::pieces)
+                    .map(|p| b.object(&p.stored))
+                    .chain([b.object(INDEX)])
+                    .collect();
+                let mut listed = b.store.list(Some(&b.prefix));
+                let mut gone = Vec::new();
+                while let Some(meta) = listed.next().await {
+                    let meta = meta.at(|| format!("listing {}", b.url))?;
+                    if !keep.contains(&meta.location) {
+                        gone.push(meta.location);
+                    }
+                }
+                for path in &gone {
+                    b.store.delete(path).await.at(|| format!("removing {path} from {}", b.url))?;
+                }
+                Ok(gone.len())
+            }
+        }
+    }
+
+    /// Copies `rel` into `out`, returning its bytes and SHA-256.
+    async fn copy_into(&self, rel: &str, out: &mut fs::File) -> Result<(u64, String)> {
+        let mut hash = Sha256::new();
+        let mut bytes = 0u64;
+        match self {
+            Place::Dir(d) => {
+                use std::io::Read;
+                let path = d.join(rel);
+                let mut src = fs::File::open(&path).at(|| format!("opening {}", path.display()))?;
+                let mut buf = vec![0u8; 256 << 10];
+                loop {
+                    let n = src.read(&mut buf).at(|| format!("reading {}", path.display()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                    out.write_all(&buf[..n]).at(|| "writing the restored file".into())?;
+                    bytes += n as u64;
+                }
+            }
+            Place::Bucket(b) => {
+                let got = b.store.get(&b.object(rel)).await.at(|| format!("reading {}", self.shown(rel)))?;
+                let mut stream = got.into_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.at(|| format!("reading {}", self.shown(rel)))?;
+                    hash.update(&chunk);
+                    out.write_all(&chunk).at(|| "writing the restored file".into())?;
+                    bytes += chunk.len() as u64;
+                }
+            }
+        }
+        Ok((bytes, hex(&hash.finalize())))
+    }
+}
+
+/// Creates the folders of `rel` under `root`, refusing any that is a
+/// symbolic link: a backup writes only inside its own directory.
+fn real_folders(root: &Path, rel: &str) -> Result<()> {
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                bail!("{} is a symbolic link; a backup writes only into real folders of its directory", dir.display())
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{} is in the way: it should be a folder of the backup", dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(&dir).at(|| format!("creating {}", dir.display()))?;
+            }
+            Err(e) => return Err(e).at(|| format!("reading {}", dir.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Objects up to this size are sent with one request; larger ones in
+/// parts of this size.
+const PART_BYTES: usize = 8 << 20;
+
+/// A file being written into a [`Place`].
+enum Sink {
+    File {
+        file: fs::File,
+        part: PathBuf,
+        target: PathBuf,
+    },
+    Object {
+        store: std::sync::Arc<dyn ObjectStore>,
+        path: object_store::path::Path,
+        shown: String,
+        buffer: Vec<u8>,
+        upload: Option<WriteMultipart>,
+    },
+}
+
+impl Sink {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        match self {
+            Sink::File { file, part, .. } => file.write_all(chunk).at(|| format!("writing {}", part.display())),
+            Sink::Object { store, path, shown, buffer, upload } => {
+                if let Some(up) = upload {
+                    up.wait_for_capacity(4).await.at(|| format!("uploading {shown}"))?;
+                    up.write(chunk);
+                    return Ok(());
+                }
+                buffer.extend_from_slice(chunk);
+                if buffer.len() > PART_BYTES {
+                    let started = store.put_multipart(path).await.at(|| format!("uploading {shown}"))?;
+                    let mut up = WriteMultipart::new_with_chunk_size(started, PART_BYTES);
+                    up.write(buffer);
+                    buffer.clear();
+                    *upload = Some(up);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the file durable under its name.
+    async fn finish(self) -> Result<()> {
+        match self {
+            Sink::File { file, part, target } => {
+                file.sync_all().at(|| format!("syncing {}", part.display()))?;
+                drop(file);
+                fs::rename(&part, &target).at(|| format!("renaming {} to {}", part.display(), target.display()))
+            }
+            Sink::Object { store, path, shown, buffer, upload } => match upload {
+                Some(up) => up.finish().await.map(|_| ()),
+                None => store.put(&path, PutPayload::from(buffer)).await.map(|_| ()),
+            }
+            .at(|| format!("uploading {shown}")),
+        }
+    }
+}
+
+/// [`Place::prune`] of a directory.
+fn prune_dir(dest: &Path, index: &Index) -> Result<usize> {
+    let keep: HashSet<PathBuf> = index.files.iter().flat_map(IndexFile::pieces).map(|p| dest.join(p.stored)).collect();
+    let mut removed = 0;
+    let mut stack = vec![dest.to_path_buf()];
+    let mut dirs = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).at(|| format!("reading {}", dir.display()))? {
+            let e = e.at(|| format!("reading {}", dir.display()))?;
+            let path = e.path();
+            // Not followed: a link is removed as a link.
+            let kind = e.file_type().at(|| format!("reading {}", e.path().display()))?;
+            if dir == dest && (e.file_name() == INDEX || e.file_name() == LOCK) {
+                continue;
+            }
+            if kind.is_dir() {
+                // A data directory someone put here (a server's `LOCK`, a
+                // restore's marker) is not the backup's to remove.
+                if path.join("LOCK").exists() || path.join(RESTORE_MARKER).exists() {
+                    eprintln!("warning: {} looks like a data directory; left alone", path.display());
+                    continue;
+                }
+                stack.push(path.clone());
+                dirs.push(path);
+            } else if !keep.contains(&path) {
+                fs::remove_file(&path).at(|| format!("removing {}", path.display()))?;
+                removed += 1;
+            }
+        }
+    }
+    // Empty folders go too, deepest first.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        let _ = fs::remove_dir(&d);
+    }
+    Ok(removed)
+}
+
+fn lock(dest: &Path) -> Result<fs::File> {
+    let path = dest.join(LOCK);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .at(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor this function owns.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
+    ensure!(rc == 0, "another `tocsin backup` is writing into {} (its {LOCK} is locked)", dest.display());
+    Ok(file)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image: the files of a folder, listed with the lengths given.
+    struct Folder(PathBuf);
+
+    impl ImageFiles for Folder {
+        async fn open(&self, f: &BackupFile, offset: u64) -> Result<BoxStream<'static, Result<Bytes>>> {
+            let all = fs::read(self.0.join(&f.path)).at(|| f.path.clone())?;
+            let end = usize::try_from(f.bytes).unwrap_or(usize::MAX).min(all.len());
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(end);
+            Ok(futures::stream::iter([Ok(Bytes::copy_from_slice(&all[start..end]))]).boxed())
+        }
+
+        fn local(&self, f: &BackupFile) -> Option<PathBuf> {
+            Some(self.0.join(&f.path))
+        }
+    }
+
+    fn image(id: &str, dir: &Path, paths: &[&str]) -> BackupImage {
+        let files = paths
+            .iter()
+            .map(|p| BackupFile { path: p.to_string(), bytes: fs::metadata(dir.join(p)).expect("file").len() })
+            .collect();
+        BackupImage {
+            at: BackupPoint {
+                format: BACKUP_FORMAT,
+                instance: "i1".into(),
+                point_unix_ms: 0,
+                point: "then".into(),
+                server_version: "test".into(),
+                wal_persisted_upto: 0,
+                wal_closed: 0,
+                segments: 0,
+                rules: false,
+                auth: false,
+            },
+            id: id.into(),
+            data_dir: String::new(),
+            files,
+        }
+    }
+
+    /// The audit log grows between backups: each sends only what was
+    /// appended, as a piece; the restore joins the pieces; a changed
+    /// manifest goes under versions/ while the old one is still listed.
+    #[tokio::test]
+    async fn appended_files_travel_as_pieces_and_come_back_whole() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("audit")).expect("mkdir");
+        fs::write(src.join("manifest.json"), "m1").expect("write");
+        let mut audit = String::new();
+        let dest = Place::Dir(tmp.path().join("dest"));
+        let mut sent = Vec::new();
+        for round in 0..5 {
+            audit.push_str(&format!("{{\"entry\":{round}}}\n"));
+            fs::write(src.join("audit/audit.jsonl"), &audit).expect("write");
+            fs::write(src.join("manifest.json"), format!("m{round}")).expect("write");
+            let img = image(&format!("b{round}"), &src, &["manifest.json", "audit/audit.jsonl"]);
+            let report = push(&img, &Folder(src.clone()), &dest, false, false).await.expect("push");
+            sent.push(report.copied_bytes);
+            let entry = report.index.files.iter().find(|f| f.path == "audit/audit.jsonl").expect("audit");
+            assert_eq!(entry.pieces().len(), round + 1, "one piece per backup: {entry:?}");
+        }
+        // Each backup after the first sends the manifest and one new line.
+        assert!(sent[1..].iter().all(|&b| b == 2 + 12), "{sent:?}");
+        let restored = tmp.path().join("restored");
+        let report = restore(&dest, &restored, false).await.expect("restore");
+        assert_eq!(fs::read_to_string(restored.join("audit/audit.jsonl")).expect("read"), audit);
+        assert_eq!(fs::read_to_string(restored.join("manifest.json")).expect("read"), "m4");
+        assert_eq!(report.index.files.len(), 2);
+
+        // A damaged piece is named.
+        let piece = report.index.files[1].pieces()[2].stored.clone();
+        fs::write(tmp.path().join("dest").join(&piece), "{\"entry\":X}\n").expect("write");
+        let err = restore(&dest, &tmp.path().join("again"), false).await.expect_err("damaged");
+        assert!(err.to_string().contains(&piece) && err.to_string().contains("damaged"), "{err}");
+    }
+
+    /// A file that shrank, or has too many pieces, is sent whole again.
+    #[tokio::test]
+    async fn a_rewritten_or_fragmented_log_is_sent_whole() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("audit")).expect("mkdir");
+        let dest = Place::Dir(tmp.path().join("dest"));
+        let mut audit = String::new();
+        let mut pieces = Vec::new();
+        for round in 0..MAX_PARTS + 2 {
+            audit.push_str("x\n");
+            fs::write(src.join("audit/audit.jsonl"), &audit).expect("write");
+            let img = image(&format!("b{round}"), &src, &["audit/audit.jsonl"]);
+            let report = push(&img, &Folder(src.clone()), &dest, false, false).await.expect("push");
+            pieces.push(report.index.files[0].pieces().len());
+        }
+        assert_eq!(pieces.iter().max(), Some(&MAX_PARTS));
+        assert!(pieces.ends_with(&[MAX_PARTS, 1, 2]), "{pieces:?}");
+        fs::write(src.join("audit/audit.jsonl"), "y\n").expect("write");
+        let img = image("shrunk", &src, &["audit/audit.jsonl"]);
+        let report = push(&img, &Folder(src.clone()), &dest, false, false).await.expect("push");
+        assert_eq!(report.index.files[0].pieces().len(), 1);
+        let restored = tmp.path().join("restored");
+        restore(&dest, &restored, false).await.expect("restore");
+        assert_eq!(fs::read_to_string(restored.join("audit/audit.jsonl")).expect("read"), "y\n");
+    }
+}
