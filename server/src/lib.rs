@@ -88,6 +88,8 @@ pub struct BoundAddrs {
 }
 
 /// Time allowed for in-flight requests to finish once shutdown starts.
+/// How long a stopping server waits for its last copy to the bucket.
+const LAST_PUSH_TIMEOUT: Duration = Duration::from_secs(60);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the server until `shutdown` completes. `on_bound` is called once both
@@ -346,8 +348,16 @@ pub async fn run(
         if let Some(t) = mirror_task {
             let _ = t.await;
         }
-        // The last copy holds every write the server acknowledged.
-        m.push(&storage, &alerts, &backups).await;
+        // The last copy holds every write the server acknowledged. A bucket
+        // that does not answer does not hold the stop forever (the client
+        // retries for minutes): the data directory still has everything.
+        if tokio::time::timeout(LAST_PUSH_TIMEOUT, m.push(&storage, &alerts, &backups)).await.is_err() {
+            tracing::error!(
+                url = m.url,
+                "the last copy to the bucket did not finish within {LAST_PUSH_TIMEOUT:?}: the bucket lacks the \
+                 writes since its last copy; the data directory holds them"
+            );
+        }
     }
     let stats = storage.shutdown().await?;
     tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
