@@ -840,6 +840,43 @@ impl Auth {
     }
 
     /// Revokes token `id` at once; its next request is refused.
+    /// Reads the token and user files again (a reader's copy of the
+    /// writer's, replaced since): tokens revoked or gone stop working, also
+    /// for the requests and streams that hold them; users removed or whose
+    /// password changed are logged out.
+    pub fn reload_stores(&self) -> Result<(), AuthError> {
+        let tokens = token::load(&self.tokens_path)?.unwrap_or_default();
+        let users = user::load(&self.users_path)?;
+        let now = self.clock.unix_secs();
+        let usable: std::collections::HashSet<&str> =
+            tokens.iter().filter(|t| t.revoked_at.is_none() && t.is_active(now)).map(|t| t.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .users
+            .lock()
+            .iter()
+            .filter(|old| {
+                !users.iter().any(|u| {
+                    u.name == old.name && u.password == old.password && u.role == old.role && u.database == old.database
+                })
+            })
+            .map(|u| u.name.clone())
+            .collect();
+        {
+            let revoked = self.revoked.lock();
+            for (id, flag) in revoked.iter() {
+                if !id.starts_with("user:") && !usable.contains(id.as_str()) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        *self.tokens.lock() = tokens;
+        *self.users.lock() = users;
+        for name in gone {
+            self.end_sessions(&name);
+        }
+        Ok(())
+    }
+
     pub fn revoke_token(&self, id: &str) -> Result<TokenRecord, AuthError> {
         let mut tokens = self.tokens.lock();
         let mut next = tokens.clone();

@@ -52,6 +52,10 @@ pub(crate) async fn prepare(
 ) -> Result<Provisional, QueryError> {
     let DFStatement::Statement(stmt) = statement else { return Ok(None) };
     let Statement::Insert(insert) = stmt.as_ref() else { return Ok(None) };
+    if storage.is_reader() {
+        // Refused before planning: a plan would add the table and columns.
+        return Err(QueryError::Storage(tocsin_storage::StorageError::ReadOnly("writes")));
+    }
     let Some((db, table)) = target(state, statement) else { return Ok(None) };
     let columns: Vec<String> = insert.columns.iter().filter_map(|c| parts(c).pop()).collect();
     let existing = storage.table_schema(&db, &table);

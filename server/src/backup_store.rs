@@ -33,6 +33,8 @@ use crate::backup::{BACKUP_FORMAT, BackupFile, BackupImage, BackupPoint};
 
 /// The index of a backup.
 pub const INDEX: &str = "backup.json";
+/// The largest index read (a million files take some 200 MB).
+const MAX_INDEX_BYTES: u64 = 256 << 20;
 /// Held (flock) while a backup writes into a directory.
 const LOCK: &str = ".lock";
 
@@ -48,6 +50,43 @@ pub enum BackupError {
     /// message says which.
     #[error("{0}")]
     Refused(String),
+    /// Another server pushed into the copy since this one's last push: it
+    /// has taken the copy over ([`WriterRun`]).
+    #[error("{0}")]
+    TakenOver(String),
+    /// Another server pushed into the copy moments ago: this one waits.
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// The server that keeps a copy in a bucket (`[storage] object_store`), as
+/// its index records it: two servers pushing into one copy would mix it, so
+/// a server pushes only where no other has pushed lately
+/// ([`WriterRun::live`]), and stops for good once another has pushed since
+/// its own last push.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WriterRun {
+    /// Random, per server start.
+    pub run: String,
+    pub host: String,
+    pub interval_ms: u64,
+    /// The server stopped cleanly after this push: another may take over
+    /// at once.
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+impl WriterRun {
+    /// How long after its last push a writer counts as alive: three of its
+    /// intervals, at least 3 s.
+    pub fn window_ms(&self) -> i64 {
+        i64::try_from(self.interval_ms.saturating_mul(3).max(3_000)).unwrap_or(i64::MAX)
+    }
+
+    /// Whether the writer of `index` may still be pushing at `now_ms`.
+    pub fn live(index: &Index, now_ms: i64) -> Option<&WriterRun> {
+        index.writer.as_ref().filter(|w| !w.stopped && now_ms.saturating_sub(index.at.point_unix_ms) < w.window_ms())
+    }
 }
 
 type Result<T, E = BackupError> = std::result::Result<T, E>;
@@ -114,12 +153,15 @@ pub struct PushReport {
 /// Copies `image` into `dest` (only what the backup there lacks), writes the
 /// index, removes what it no longer lists. `replace`: a backup of another
 /// data directory may be replaced.
+/// `writer`: the server's own copy (not `tocsin backup`), with whether this
+/// is its first push since it started ([`WriterRun`]).
 pub async fn push(
     image: &BackupImage,
     files: &impl ImageFiles,
     dest: &Place,
     replace: bool,
     progress: bool,
+    writer: Option<(&WriterRun, bool)>,
 ) -> Result<PushReport> {
     let started = Instant::now();
     let _lock = match dest {
@@ -138,10 +180,36 @@ pub async fn push(
         );
     }
     check_target(image, dest, previous.as_ref(), replace)?;
+    if let (Some((me, first)), Some(p)) = (writer, previous.as_ref())
+        && let Some(other) = p.writer.as_ref().filter(|w| w.run != me.run)
+    {
+        if !first {
+            return Err(BackupError::TakenOver(format!(
+                "another server (on {}) pushed into {} at {}, after this server's last push: it has taken the copy \
+                 over. This server stopped pushing and accepts no more writes; send them to the other server",
+                other.host,
+                dest.name(),
+                p.at.point
+            )));
+        }
+        let now = image.at.point_unix_ms;
+        if WriterRun::live(p, now).is_some() {
+            return Err(BackupError::Busy(format!(
+                "another server (on {}) pushed into {} {:.1} s ago; two servers pushing one copy would mix it, so \
+                 this one pushes only once that copy is {:.0} s old with no newer push (a stopped or lost server)",
+                other.host,
+                dest.name(),
+                (now - p.at.point_unix_ms) as f64 / 1000.0,
+                other.window_ms() as f64 / 1000.0
+            )));
+        }
+    }
     let (list, copied_files, copied_bytes) = copy_image(image, files, dest, previous.as_ref(), progress).await?;
     let reused_files = list.len() - copied_files;
     let index = Index {
         at: image.at.clone(),
+        // `tocsin backup` into a server's copy keeps its writer.
+        writer: writer.map(|(w, _)| w.clone()).or_else(|| previous.as_ref().and_then(|p| p.writer.clone())),
         seconds: started.elapsed().as_secs_f64(),
         copied_files,
         copied_bytes,
@@ -413,7 +481,7 @@ pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreR
             .open(&to)
             .at(|| format!("creating {}", to.display()))?;
         for piece in f.pieces() {
-            let (got, sha256) = src.copy_into(&piece.stored, &mut out).await?;
+            let (got, sha256) = src.copy_into(&piece.stored, &mut out, piece.bytes).await?;
             ensure!(
                 got == piece.bytes && sha256 == piece.sha256,
                 "{} is damaged: {got} bytes with SHA-256 {sha256}, the index says {} bytes with {}; the restore \
@@ -437,6 +505,91 @@ pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreR
     fs::remove_file(&marker).at(|| format!("removing {}", marker.display()))?;
     sync_dir(dir).at(|| format!("syncing {}", dir.display()))?;
     Ok(RestoreReport { index, bytes })
+}
+
+/// What [`fetch_into`] copied.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct FetchReport {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// The files of a copy a reader holds, as last fetched or checked: path →
+/// (bytes, SHA-256).
+pub type Held = HashMap<String, (u64, String)>;
+
+/// Brings the files of `dir` that `wanted` selects up to `index` (a
+/// reader's copy of the writer's data directory, `--role reader`): each
+/// listed file that `held` does not know to be the listed one, and that is
+/// not already there with the listed SHA-256, is fetched into
+/// `<dir>/.incoming/`, checked against the index and renamed into place.
+/// Nothing is removed: the caller knows which old files may still be read.
+pub async fn fetch_into(
+    src: &Place,
+    dir: &Path,
+    index: &Index,
+    wanted: impl Fn(&str) -> bool,
+    held: &mut Held,
+) -> Result<FetchReport> {
+    let incoming = dir.join(".incoming");
+    real_folders(dir, ".incoming/x")?;
+    let mut report = FetchReport::default();
+    for f in index.files.iter().filter(|f| wanted(&f.path)) {
+        let to = dir.join(&f.path);
+        let listed = (f.bytes, f.sha256.clone());
+        let present = fs::symlink_metadata(&to).ok().filter(|m| m.is_file() && m.len() == f.bytes);
+        if present.is_some() && held.get(&f.path) == Some(&listed) {
+            continue;
+        }
+        if present.is_some() && f.parts.is_empty() && held.get(&f.path).is_none() {
+            // Left by an earlier run of this reader: checked once.
+            let mut file = fs::File::open(&to).at(|| format!("opening {}", to.display()))?;
+            let mut hash = Sha256::new();
+            std::io::copy(&mut file, &mut HashWriter(&mut hash)).at(|| format!("reading {}", to.display()))?;
+            if hex(&hash.finalize()) == f.sha256 {
+                held.insert(f.path.clone(), listed);
+                continue;
+            }
+        }
+        real_folders(dir, &f.path)?;
+        let part = incoming.join(format!("{}.part", f.path.replace('/', "%")));
+        match fs::remove_file(&part) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).at(|| format!("removing {}", part.display())),
+        }
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&part)
+            .at(|| format!("creating {}", part.display()))?;
+        let copied = async {
+            for piece in f.pieces() {
+                let (got, sha256) = src.copy_into(&piece.stored, &mut out, piece.bytes).await?;
+                ensure!(
+                    got == piece.bytes && sha256 == piece.sha256,
+                    "{} is damaged or was replaced while being read: {got} bytes with SHA-256 {sha256}, the index \
+                     says {} bytes with {}",
+                    src.shown(&piece.stored),
+                    piece.bytes,
+                    piece.sha256
+                );
+                report.bytes += got;
+            }
+            Ok(())
+        }
+        .await;
+        drop(out);
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&part);
+            return Err(e);
+        }
+        fs::rename(&part, &to).at(|| format!("moving {} to {}", part.display(), to.display()))?;
+        held.insert(f.path.clone(), listed);
+        report.files += 1;
+    }
+    Ok(report)
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone)]
@@ -488,6 +641,9 @@ impl IndexFile {
 pub struct Index {
     #[serde(flatten)]
     pub at: BackupPoint,
+    /// The server keeping this copy, for a copy in `[storage] object_store`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<WriterRun>,
     /// Seconds the backup took, and what it copied and reused.
     pub seconds: f64,
     pub copied_files: usize,
@@ -539,8 +695,13 @@ pub enum Place {
 }
 
 impl Place {
+    /// `s3://BUCKET/PREFIX`, `file:///PATH` or a path.
     pub fn parse(s: &str) -> Result<Place> {
-        if objects::is_object_url(s) { Ok(Place::Bucket(objects::open(s)?)) } else { Ok(Place::Dir(PathBuf::from(s))) }
+        if objects::is_object_url(s) {
+            Ok(Place::Bucket(objects::open(s)?))
+        } else {
+            Ok(Place::Dir(PathBuf::from(s.strip_prefix("file://").unwrap_or(s))))
+        }
     }
 
     /// `rel` inside it, for messages.
@@ -560,13 +721,30 @@ impl Place {
 
     /// The whole of a small file (the index), if present.
     async fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let too_large = |size: u64| {
+            BackupError::Refused(format!(
+                "{} holds {size} bytes, more than an index of a backup can ({MAX_INDEX_BYTES})",
+                self.shown(rel)
+            ))
+        };
         match self {
-            Place::Dir(d) => match fs::read(d.join(rel)) {
-                Ok(t) => Ok(Some(t)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e).at(|| format!("reading {}", self.shown(rel))),
-            },
+            Place::Dir(d) => {
+                use std::io::Read;
+                let path = d.join(rel);
+                let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e).at(|| format!("reading {} (a symbolic link is refused)", path.display())),
+                };
+                let mut text = Vec::new();
+                file.take(MAX_INDEX_BYTES + 1).read_to_end(&mut text).at(|| format!("reading {}", path.display()))?;
+                if text.len() as u64 > MAX_INDEX_BYTES {
+                    return Err(too_large(text.len() as u64));
+                }
+                Ok(Some(text))
+            }
             Place::Bucket(b) => match b.store.get(&b.object(rel)).await {
+                Ok(got) if got.meta.size > MAX_INDEX_BYTES => Err(too_large(got.meta.size)),
                 Ok(got) => Ok(Some(got.bytes().await.at(|| format!("reading {}", self.shown(rel)))?.to_vec())),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e).at(|| format!("reading {}", self.shown(rel))),
@@ -680,15 +858,24 @@ impl Place {
         }
     }
 
-    /// Copies `rel` into `out`, returning its bytes and SHA-256.
-    async fn copy_into(&self, rel: &str, out: &mut fs::File) -> Result<(u64, String)> {
+    /// Copies `rel` into `out`, returning its bytes and SHA-256. The index
+    /// says it holds `expected` bytes: one more is not copied (the sizes
+    /// then differ, which the caller reports), and neither is a symbolic
+    /// link (a backup never holds one).
+    async fn copy_into(&self, rel: &str, out: &mut fs::File, expected: u64) -> Result<(u64, String)> {
         let mut hash = Sha256::new();
         let mut bytes = 0u64;
+        let limit = expected.saturating_add(1);
         match self {
             Place::Dir(d) => {
                 use std::io::Read;
                 let path = d.join(rel);
-                let mut src = fs::File::open(&path).at(|| format!("opening {}", path.display()))?;
+                let src = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .at(|| format!("opening {} (a symbolic link is refused)", path.display()))?;
+                let mut src = src.take(limit);
                 let mut buf = vec![0u8; 256 << 10];
                 loop {
                     let n = src.read(&mut buf).at(|| format!("reading {}", path.display()))?;
@@ -705,9 +892,13 @@ impl Place {
                 let mut stream = got.into_stream();
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.at(|| format!("reading {}", self.shown(rel)))?;
-                    hash.update(&chunk);
-                    out.write_all(&chunk).at(|| "writing the restored file".into())?;
+                    let chunk = &chunk[..chunk.len().min(usize::try_from(limit - bytes).unwrap_or(usize::MAX))];
+                    hash.update(chunk);
+                    out.write_all(chunk).at(|| "writing the restored file".into())?;
                     bytes += chunk.len() as u64;
+                    if bytes >= limit {
+                        break;
+                    }
                 }
             }
         }
@@ -915,7 +1106,7 @@ mod tests {
             fs::write(src.join("audit/audit.jsonl"), &audit).expect("write");
             fs::write(src.join("manifest.json"), format!("m{round}")).expect("write");
             let img = image(&format!("b{round}"), &src, &["manifest.json", "audit/audit.jsonl"]);
-            let report = push(&img, &Folder(src.clone()), &dest, false, false).await.expect("push");
+            let report = push(&img, &Folder(src.clone()), &dest, false, false, None).await.expect("push");
             sent.push(report.copied_bytes);
             let entry = report.index.files.iter().find(|f| f.path == "audit/audit.jsonl").expect("audit");
             assert_eq!(entry.pieces().len(), round + 1, "one piece per backup: {entry:?}");
@@ -948,17 +1139,61 @@ mod tests {
             audit.push_str("x\n");
             fs::write(src.join("audit/audit.jsonl"), &audit).expect("write");
             let img = image(&format!("b{round}"), &src, &["audit/audit.jsonl"]);
-            let report = push(&img, &Folder(src.clone()), &dest, false, false).await.expect("push");
+            let report = push(&img, &Folder(src.clone()), &dest, false, false, None).await.expect("push");
             pieces.push(report.index.files[0].pieces().len());
         }
         assert_eq!(pieces.iter().max(), Some(&MAX_PARTS));
         assert!(pieces.ends_with(&[MAX_PARTS, 1, 2]), "{pieces:?}");
         fs::write(src.join("audit/audit.jsonl"), "y\n").expect("write");
         let img = image("shrunk", &src, &["audit/audit.jsonl"]);
-        let report = push(&img, &Folder(src.clone()), &dest, false, false).await.expect("push");
+        let report = push(&img, &Folder(src.clone()), &dest, false, false, None).await.expect("push");
         assert_eq!(report.index.files[0].pieces().len(), 1);
         let restored = tmp.path().join("restored");
         restore(&dest, &restored, false).await.expect("restore");
         assert_eq!(fs::read_to_string(restored.join("audit/audit.jsonl")).expect("read"), "y\n");
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_read_no_further_than_listed_and_never_through_a_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("copy");
+        fs::create_dir_all(src.join("segments")).expect("mkdir");
+        fs::write(src.join("segments/1.parquet"), vec![7u8; 100_000]).expect("write");
+        std::os::unix::fs::symlink("/dev/zero", src.join("segments/2.parquet")).expect("link");
+        let place = Place::Dir(src.clone());
+        let mut out = fs::File::create(tmp.path().join("out")).expect("out");
+        let (got, _) = place.copy_into("segments/1.parquet", &mut out, 10).await.expect("copy");
+        assert_eq!(got, 11, "one byte past the listed size tells the sizes differ");
+        let err = place.copy_into("segments/2.parquet", &mut out, 10).await.expect_err("a link");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        // The index: a link, or one too large, is refused.
+        std::os::unix::fs::symlink("/dev/zero", src.join(INDEX)).expect("link");
+        assert!(Index::read(&place).await.is_err());
+
+        // fetch_into: a file the index lists shorter than it is fails, and
+        // leaves no part behind.
+        fs::remove_file(src.join(INDEX)).expect("rm");
+        let index = Index {
+            at: image("i", &src, &["segments/1.parquet"]).at,
+            writer: None,
+            seconds: 0.0,
+            copied_files: 0,
+            copied_bytes: 0,
+            reused_files: 0,
+            files: vec![IndexFile {
+                path: "segments/1.parquet".into(),
+                bytes: 50,
+                sha256: "0".repeat(64),
+                stored: None,
+                parts: vec![],
+            }],
+        };
+        let dir = tmp.path().join("reader");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let err = fetch_into(&place, &dir, &index, |_| true, &mut Held::new()).await.expect_err("too long");
+        assert!(err.to_string().contains("51 bytes"), "{err}");
+        assert_eq!(fs::read_dir(dir.join(".incoming")).expect("incoming").count(), 0, "no part left");
+        assert!(!dir.join("segments/1.parquet").exists());
     }
 }

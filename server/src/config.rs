@@ -20,6 +20,8 @@ pub const DEFAULT_DATA_DIR: &str = "tocsin-data";
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    /// `writer` (default) or `reader` (docs/operations.md).
+    pub role: Option<String>,
     pub grpc_addr: Option<String>,
     pub http_addr: Option<String>,
     pub storage: StorageSection,
@@ -560,6 +562,19 @@ pub struct ServerConfig {
     pub console: ConsoleConfig,
     /// `[storage] object_store`.
     pub object_store: Option<ObjectStoreConfig>,
+    pub role: Role,
+}
+
+/// What a server does with its data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Takes writes, persists, compacts, evaluates alert rules.
+    #[default]
+    Writer,
+    /// Answers queries from the writer's copy in the bucket
+    /// (`object_store`), fetched again every `object_store_interval`; its
+    /// data directory is a cache of that copy. Refuses writes.
+    Reader,
 }
 
 /// Where the copy of the data directory goes, and how often.
@@ -593,6 +608,8 @@ pub struct Overrides {
     pub syslog_udp_addr: Option<String>,
     /// `--object-store`.
     pub object_store: Option<String>,
+    /// `--role`.
+    pub role: Option<String>,
 }
 
 impl FileConfig {
@@ -627,8 +644,20 @@ impl FileConfig {
             .map_err(|reason| ConfigError::Invalid { key: "storage.compression", reason })?;
         let object_store = match o.object_store.or(s.object_store.clone()) {
             Some(url) => {
-                tocsin_storage::objects::open(&url)
-                    .map_err(|e| ConfigError::Invalid { key: "storage.object_store", reason: e.to_string() })?;
+                // A shared file system (NFS, a mounted volume) will do as well.
+                match url.strip_prefix("file://") {
+                    Some(path) if Path::new(path).is_absolute() => {}
+                    Some(_) => {
+                        return Err(ConfigError::Invalid {
+                            key: "storage.object_store",
+                            reason: format!("{url:?}: a file:// URL names an absolute path, e.g. file:///mnt/tocsin"),
+                        });
+                    }
+                    None => {
+                        tocsin_storage::objects::open(&url)
+                            .map_err(|e| ConfigError::Invalid { key: "storage.object_store", reason: e.to_string() })?;
+                    }
+                }
                 let interval = parse_duration(&s.object_store_interval)
                     .map_err(|reason| ConfigError::Invalid { key: "storage.object_store_interval", reason })?;
                 if interval < Duration::from_secs(1) {
@@ -641,6 +670,24 @@ impl FileConfig {
             }
             None => None,
         };
+        let role = match o.role.or(self.role).as_deref() {
+            None | Some("writer") => Role::Writer,
+            Some("reader") => Role::Reader,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "role",
+                    reason: format!("{other:?} is not a role: use \"writer\" (the default) or \"reader\""),
+                });
+            }
+        };
+        if role == Role::Reader && object_store.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "role",
+                reason: "a reader answers from the writer's copy in a bucket: give the writer's \
+                         --object-store s3://BUCKET/PREFIX (or [storage] object_store)"
+                    .into(),
+            });
+        }
         let l = self.limits;
         if l.max_request_bytes < 1024 {
             return Err(ConfigError::Invalid {
@@ -801,9 +848,17 @@ impl FileConfig {
         }
         let tls = self.tls.validate()?;
         let syslog = self.syslog.validate(o.syslog_tcp_addr, o.syslog_udp_addr)?;
+        if role == Role::Reader && (syslog.tcp_addr.is_some() || syslog.udp_addr.is_some()) {
+            return Err(ConfigError::Invalid {
+                key: "role",
+                reason: "a reader takes no writes, so it cannot listen for syslog: point the senders at the writer"
+                    .into(),
+            });
+        }
         let console = self.console.validate()?;
         Ok(ServerConfig {
             object_store,
+            role,
             console,
             auth,
             tls,

@@ -105,7 +105,15 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 
     /// The router with the guard in front of every route, and
     /// `GET /api/v1/auth/routes`, which lists them with their access.
-    pub(crate) fn build(mut self, auth: Arc<Auth>, audit: Arc<AuditLog>, browsers: BrowserPolicy) -> Router<S> {
+    /// The router; on a reader (`reader`), every route that would change
+    /// something is refused ([`changes_state`]).
+    pub(crate) fn build(
+        mut self,
+        auth: Arc<Auth>,
+        audit: Arc<AuditLog>,
+        browsers: BrowserPolicy,
+        reader: bool,
+    ) -> Router<S> {
         let mut listed = self.table.clone();
         listed.push(RouteAccess { method: Method::GET, path: ROUTES_PATH, access: Access::Public });
         let listed = Arc::new(listed);
@@ -115,7 +123,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         for (path, route) in self.paths {
             router = router.route(path, route);
         }
-        let guard = Arc::new(HttpGuard { browsers, auth, audit, table: index(&listed) });
+        let guard = Arc::new(HttpGuard { browsers, auth, audit, table: index(&listed), reader });
         // `route_layer`: after routing, so the matched path is known; every
         // route is in place by now (there is no other way to add one).
         router.route_layer(axum::middleware::from_fn_with_state(guard, http_guard))
@@ -153,6 +161,26 @@ struct HttpGuard {
     auth: Arc<Auth>,
     audit: Arc<AuditLog>,
     table: HashMap<(Method, &'static str), Access>,
+    /// `--role reader`.
+    reader: bool,
+}
+
+/// Whether a request to a route changes something (writes, alert actions,
+/// tokens and users, administration), which a reader refuses: its data is
+/// the writer's copy, replaced at each refresh. SQL is let through (a
+/// reader's storage refuses `INSERT` itself), and so are logins.
+fn changes_state(method: &Method, path: &str, access: Access) -> bool {
+    use tocsin_auth::Permission::*;
+    // Checking a rules file changes nothing.
+    *method != Method::GET
+        && path != "/api/v1/rules/check"
+        && match access {
+            Access::Public | Access::Statements => false,
+            // A logout ends a session of this reader's; a password is the writer's.
+            Access::Authenticated => path != "/api/v1/logout",
+            Access::SignedLink => true,
+            Access::Requires(p) => !matches!(p, Query | Tail | Trace | ReadAlerts | Metrics),
+        }
 }
 
 /// The answer to an authentication or permission error: its class's
@@ -363,6 +391,22 @@ async fn http_guard(
         )
         .into_response();
     };
+    if guard.reader && changes_state(&method, matched.as_str(), access) {
+        return ApiError::from(AuthError::Forbidden(format!(
+            "this server is a reader (--role reader): it answers queries from the writer's copy and refuses \
+             {method} {}; send it to the writer",
+            matched.as_str()
+        )))
+        .into_response();
+    }
+    if guard.reader && matches!(access, Access::Requires(Permission::Tail)) {
+        return ApiError::from(AuthError::Forbidden(
+            "this server is a reader (--role reader): a live tail follows writes as they arrive, which only the \
+             writer sees; follow it there"
+                .into(),
+        ))
+        .into_response();
+    }
     let source = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -513,13 +557,15 @@ pub(crate) fn grpc_access(path: &str) -> Option<Access> {
 pub(crate) struct GrpcGuardLayer {
     pub(crate) auth: Arc<Auth>,
     pub(crate) audit: Arc<AuditLog>,
+    /// `--role reader`: writes and live tails are refused.
+    pub(crate) reader: bool,
 }
 
 impl<S> tower_layer::Layer<S> for GrpcGuardLayer {
     type Service = GrpcGuard<S>;
 
     fn layer(&self, inner: S) -> GrpcGuard<S> {
-        GrpcGuard { inner, auth: Arc::clone(&self.auth), audit: Arc::clone(&self.audit) }
+        GrpcGuard { inner, auth: Arc::clone(&self.auth), audit: Arc::clone(&self.audit), reader: self.reader }
     }
 }
 
@@ -528,6 +574,7 @@ pub(crate) struct GrpcGuard<S> {
     inner: S,
     auth: Arc<Auth>,
     audit: Arc<AuditLog>,
+    reader: bool,
 }
 
 /// What the gRPC guard decided before authenticating.
@@ -542,7 +589,7 @@ enum GrpcCheck {
 }
 
 impl<S> GrpcGuard<S> {
-    fn precheck(request: &axum::http::Request<tonic::body::Body>) -> GrpcCheck {
+    fn precheck(request: &axum::http::Request<tonic::body::Body>, reader: bool) -> GrpcCheck {
         let path = request.uri().path();
         let Some(access) = grpc_access(path) else {
             // Not a method Tocsin serves (a health probe, reflection): the
@@ -550,6 +597,12 @@ impl<S> GrpcGuard<S> {
             tracing::debug!(path, "unknown gRPC method");
             return GrpcCheck::Refused(tonic::Status::unimplemented(format!("{path} is not served here")));
         };
+        if reader && matches!(access, Access::Requires(Permission::Write | Permission::Tail)) {
+            return GrpcCheck::Refused(tonic::Status::permission_denied(format!(
+                "this server is a reader (--role reader): it answers queries from the writer's copy and refuses \
+                 {path} (writes, and live tails, which follow writes as they arrive); send it to the writer"
+            )));
+        }
         if access == Access::Public {
             return GrpcCheck::Public;
         }
@@ -690,7 +743,7 @@ where
     fn call(&mut self, mut request: axum::http::Request<tonic::body::Body>) -> Self::Future {
         use futures::FutureExt as _;
         let refused = |status: tonic::Status| futures::future::ready(Ok(status.into_http())).boxed();
-        match Self::precheck(&request) {
+        match Self::precheck(&request, self.reader) {
             GrpcCheck::Refused(status) => refused(status),
             GrpcCheck::Public => self.inner.call(request).boxed(),
             GrpcCheck::Authenticate(credentials, access)

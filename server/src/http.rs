@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) backups: Arc<crate::backup::Backups>,
     /// The copy in `[storage] object_store`, when configured.
     pub(crate) mirror: Option<Arc<crate::mirror::Mirror>>,
+    /// `--role reader`: the copy this server answers from.
+    pub(crate) reader: Option<Arc<crate::reader::Reader>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<tocsin_alerting::AlertEngine> {
@@ -99,7 +101,7 @@ pub(crate) fn router(state: AppState, max_body: usize) -> Router {
         crate::alerts_api::routes(crate::console::routes(routes)),
     )));
     routes
-        .build(Arc::clone(&state.auth), Arc::clone(&state.audit), state.browsers.clone())
+        .build(Arc::clone(&state.auth), Arc::clone(&state.audit), state.browsers.clone(), state.reader.is_some())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(count_too_large))
@@ -365,8 +367,11 @@ async fn metrics(State(app): State<AppState>) -> Response {
     crate::metrics::render_tail(&app.tail.metrics, &mut text);
     crate::metrics::render_rollups(&app.rollups.metrics, &mut text);
     crate::metrics::render_refusals(&mut text);
+    if let Some(r) = &app.reader {
+        crate::metrics::render_reader(&r.metrics, &mut text);
+    }
     if let Some(m) = &app.mirror {
-        crate::metrics::render_mirror(&m.metrics, &mut text);
+        crate::metrics::render_mirror(&m.metrics, *m.fenced().borrow(), &mut text);
     }
     crate::metrics::counter(
         &mut text,

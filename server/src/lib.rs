@@ -35,6 +35,7 @@ mod metrics;
 mod mirror;
 mod prom_api;
 mod protocols;
+mod reader;
 mod syslog;
 mod tail;
 pub mod tls;
@@ -75,6 +76,17 @@ pub enum ServerError {
     Backup(std::io::Error),
     #[error("object store {url}: {source}")]
     ObjectStore { url: String, source: Box<backup_store::BackupError> },
+    #[error(
+        "{dir} is the cache of a reader of {url}, not a writer's data directory: a writer started on it would \
+         diverge from the copy in the bucket. To take over from a lost writer, start the new writer on an empty \
+         data directory with --object-store {url} (it starts from the copy); or start this one with --role reader"
+    )]
+    ReaderCache { dir: String, url: String },
+    #[error(
+        "the writer of {url} requires tokens (--auth), and this reader would serve its data to anyone: start the \
+         reader with --auth too"
+    )]
+    ReaderWithoutAuth { url: String },
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -104,16 +116,56 @@ pub async fn run(
         Some(files) => Some(tls::setup(files)?),
         None => None,
     };
-    // An empty data directory starts from the bucket's copy, if any.
-    let mirror = match &config.object_store {
-        Some(o) => Some(Arc::new(
-            mirror::Mirror::open(&o.url, o.interval, &config.storage.data_dir)
-                .await
-                .map_err(|source| ServerError::ObjectStore { url: o.url.clone(), source: Box::new(source) })?,
-        )),
-        None => None,
+    let is_reader = config.role == config::Role::Reader;
+    let mut config = config;
+    if is_reader && let Some(rules) = config.alerting.rules.take() {
+        tracing::warn!(
+            rules = %rules.display(),
+            "a reader does not evaluate alert rules (the writer does, so that nothing pages twice): not loading them"
+        );
+    }
+    // A writer with a bucket: an empty data directory starts from the
+    // bucket's copy, if any. A reader: its data directory is that copy.
+    let object_store_error = |url: &str| {
+        let url = url.to_string();
+        move |source| ServerError::ObjectStore { url, source: Box::new(source) }
     };
-    let storage = Storage::open(config.storage.clone()).await?;
+    let reader_of = config.storage.data_dir.join(reader::READER_FILE);
+    if !is_reader && let Ok(url) = std::fs::read_to_string(&reader_of) {
+        return Err(ServerError::ReaderCache {
+            dir: config.storage.data_dir.display().to_string(),
+            url: url.trim().to_string(),
+        });
+    }
+    let (mirror, reader) = match &config.object_store {
+        Some(o) if is_reader => (
+            None,
+            Some(Arc::new(
+                reader::Reader::open(&o.url, o.interval, &config.storage.data_dir)
+                    .await
+                    .map_err(object_store_error(&o.url))?,
+            )),
+        ),
+        Some(o) => (
+            Some(Arc::new(
+                mirror::Mirror::open(&o.url, o.interval, &config.storage.data_dir)
+                    .await
+                    .map_err(object_store_error(&o.url))?,
+            )),
+            None,
+        ),
+        None => (None, None),
+    };
+    if let (Some(r), false) = (&reader, config.auth.enabled)
+        && r.writer_auth.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(ServerError::ReaderWithoutAuth { url: r.url.clone() });
+    }
+    let storage = if is_reader {
+        Storage::open_reader(config.storage.clone()).await?
+    } else {
+        Storage::open(config.storage.clone()).await?
+    };
     let auth = open_auth(&config, &storage)?;
     let audit = Arc::new(tocsin_auth::AuditLog::open(storage.data_dir(), Arc::new(tocsin_storage::SystemClock))?);
     // The configuration a server runs with is part of the record: what
@@ -127,8 +179,9 @@ pub async fn run(
         outcome: "ok".into(),
         status: 200,
         detail: format!(
-            "version {} auth {} tls {} mutual_tls {} roles [{}] rules {} grpc {} http {}",
+            "version {} role {} auth {} tls {} mutual_tls {} roles [{}] rules {} grpc {} http {}",
             env!("CARGO_PKG_VERSION"),
+            if is_reader { "reader" } else { "writer" },
             if config.auth.enabled { "on" } else { "off" },
             if config.tls.is_some() { "on" } else { "off" },
             if config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) { "on" } else { "off" },
@@ -224,7 +277,7 @@ pub async fn run(
     let syslog_tasks = syslog.spawn(&config.syslog, ingest.clone(), stop_rx.clone());
     let otlp = tocsin_ingest::otlp::Otlp(ingest.clone());
     let grpc = tonic::transport::Server::builder()
-        .layer(guard::GrpcGuardLayer { auth: Arc::clone(&auth), audit: Arc::clone(&audit) })
+        .layer(guard::GrpcGuardLayer { auth: Arc::clone(&auth), audit: Arc::clone(&audit), reader: is_reader })
         .add_service(ingest.into_server())
         .add_service(otlp.metrics_server())
         .add_service(otlp.logs_server())
@@ -244,13 +297,14 @@ pub async fn run(
         ingest: http_ingest,
         rollups: Arc::clone(&rollups),
         max_request_bytes: config.max_request_bytes,
-        auth,
+        auth: Arc::clone(&auth),
         audit: Arc::clone(&audit),
         browsers: guard::BrowserPolicy::new(!config.auth.enabled && config.http_addr.ip().is_loopback(), &external_url),
         influx_databases: Arc::default(),
         console: Arc::new(config.console.clone()),
         backups: Arc::clone(&backups),
         mirror: mirror.clone(),
+        reader: reader.clone(),
     };
     // Through `tap_io` (which does nothing), axum gives handlers the
     // client's address from our listener.
@@ -259,9 +313,37 @@ pub async fn run(
         http::router(app, config.max_request_bytes).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let persister = tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone()));
-    let compactor = tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone()));
-    let rollup_task = tokio::spawn(rollup_loop(rollups, stop_rx.clone()));
+    // What changes the data directory runs on the writer only; a reader
+    // refreshes its copy instead.
+    let mut background = Vec::new();
+    if let Some(r) = &reader {
+        tracing::info!(url = r.url, "reader: the writer's copy is fetched again every {:?}", r.interval());
+        background.push(tokio::spawn(Arc::clone(r).run(Arc::clone(&storage), Arc::clone(&auth), stop_rx.clone())));
+    } else {
+        background.push(tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone())));
+        background.push(tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone())));
+        background.push(tokio::spawn(rollup_loop(rollups, stop_rx.clone())));
+        // A server whose copy another server took over stops alerting: the
+        // other one evaluates and notifies now.
+        let alert_stop = match &mirror {
+            Some(m) => {
+                let (tx, rx) = watch::channel(false);
+                let (mut stop, mut fenced) = (stop_rx.clone(), m.fenced());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => {}
+                        _ = fenced.wait_for(|f| *f) => {
+                            tracing::error!("alerting stopped: another server took this server's copy over");
+                        }
+                    }
+                    let _ = tx.send(true);
+                });
+                rx
+            }
+            None => stop_rx.clone(),
+        };
+        background.push(tokio::spawn(Arc::clone(&alerts).run(alert_stop)));
+    }
     tokio::spawn(backup_sweep(Arc::clone(&backups), stop_rx.clone()));
     let mirror_task = mirror.as_ref().map(|m| {
         tracing::info!(url = m.url, "a copy of the data directory goes to the bucket every {:?}", m.interval());
@@ -272,7 +354,6 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
-    let alerting = tokio::spawn(Arc::clone(&alerts).run(stop_rx.clone()));
     let audit_reload = {
         let audit = Arc::clone(&audit);
         move |cause: &str, result: Result<usize, String>| {
@@ -330,10 +411,9 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; persisting anyway");
     }
-    let _ = persister.await;
-    let _ = compactor.await;
-    let _ = rollup_task.await;
-    let _ = alerting.await;
+    for task in background {
+        let _ = task.await;
+    }
     audit.record(tocsin_auth::AuditEntry {
         actor: "server".into(),
         interface: "server".into(),
@@ -351,7 +431,7 @@ pub async fn run(
         // The last copy holds every write the server acknowledged. A bucket
         // that does not answer does not hold the stop forever (the client
         // retries for minutes): the data directory still has everything.
-        if tokio::time::timeout(LAST_PUSH_TIMEOUT, m.push(&storage, &alerts, &backups)).await.is_err() {
+        if tokio::time::timeout(LAST_PUSH_TIMEOUT, m.push(&storage, &alerts, &backups, true)).await.is_err() {
             tracing::error!(
                 url = m.url,
                 "the last copy to the bucket did not finish within {LAST_PUSH_TIMEOUT:?}: the bucket lacks the \
@@ -360,7 +440,11 @@ pub async fn run(
         }
     }
     let stats = storage.shutdown().await?;
-    tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
+    if is_reader {
+        tracing::info!("shutdown complete (a reader keeps nothing of its own)");
+    } else {
+        tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
+    }
     Ok(())
 }
 

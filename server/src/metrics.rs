@@ -169,10 +169,11 @@ impl Metrics {
             "Persists that failed (rows stay buffered and in the WAL; retried with back-off).",
             load(&s.persist_failures),
         );
-        let w = storage.wal_metrics();
-        counter(&mut o, "tocsin_wal_records_total", "WAL records appended.", load(&w.records));
-        counter(&mut o, "tocsin_wal_bytes_total", "WAL bytes appended.", load(&w.bytes));
-        counter(&mut o, "tocsin_wal_fsyncs_total", "WAL fsyncs.", load(&w.fsyncs));
+        if let Some(w) = storage.wal_metrics() {
+            counter(&mut o, "tocsin_wal_records_total", "WAL records appended.", load(&w.records));
+            counter(&mut o, "tocsin_wal_bytes_total", "WAL bytes appended.", load(&w.bytes));
+            counter(&mut o, "tocsin_wal_fsyncs_total", "WAL fsyncs.", load(&w.fsyncs));
+        }
         gauge(&mut o, "tocsin_write_buffer_bytes", "Bytes held in the write buffer.", storage.buffered_bytes() as f64);
         gauge(
             &mut o,
@@ -376,8 +377,14 @@ pub(crate) fn render_refusals(o: &mut String) {
 }
 
 /// `[storage] object_store`: the copies pushed to the bucket.
-pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, out: &mut String) {
+pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, fenced: bool, out: &mut String) {
     use std::sync::atomic::Ordering::Relaxed;
+    gauge(
+        out,
+        "tocsin_object_store_fenced",
+        "1 once another server took this server's copy over: it pushes nothing, refuses writes and does not alert.",
+        if fenced { 1.0 } else { 0.0 },
+    );
     counter(
         out,
         "tocsin_object_store_pushes_total",
@@ -397,5 +404,31 @@ pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, out: &mut String) 
         "tocsin_object_store_last_point_seconds",
         "Unix time of the last copy in the bucket: every write acknowledged before it is there.",
         m.last_point_ms.load(Relaxed) as f64 / 1000.0,
+    );
+}
+
+/// `--role reader`: the copies fetched from the bucket.
+pub(crate) fn render_reader(m: &crate::reader::ReaderMetrics, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    counter(
+        out,
+        "tocsin_reader_refreshes_total",
+        "Looks at the writer's copy in the bucket.",
+        m.refreshes.load(Relaxed),
+    );
+    counter(
+        out,
+        "tocsin_reader_refresh_failures_total",
+        "Refreshes that failed (the log says why; the reader answers from the copy it holds).",
+        m.failures.load(Relaxed),
+    );
+    counter(out, "tocsin_reader_fetched_files_total", "Files fetched from the bucket.", m.fetched_files.load(Relaxed));
+    counter(out, "tocsin_reader_fetched_bytes_total", "Bytes fetched from the bucket.", m.fetched_bytes.load(Relaxed));
+    gauge(
+        out,
+        "tocsin_reader_point_seconds",
+        "Unix time of the writer's copy this reader answers from: every write the writer acknowledged before it \
+         is visible here (0: no copy yet).",
+        m.point_ms.load(Relaxed) as f64 / 1000.0,
     );
 }

@@ -10,10 +10,18 @@
 //! bucket lacks is sent. Writes are acknowledged once in the local WAL, as
 //! without a bucket; losing the machine loses at most the writes of the last
 //! interval (docs/operations.md).
+//!
+//! One copy has one writer. The index names the server pushing it
+//! ([`WriterRun`]); a server pushes only where no other has pushed within
+//! three of its intervals, and one that finds another's push after its own
+//! (it was paused or cut off, and a new server took the copy over) stops for
+//! good: it pushes nothing more, refuses writes and stops alerting. This is
+//! a time-based claim through the bucket, not a lease: two servers deciding
+//! within the same moment can both push once (docs/operations.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +31,7 @@ use tocsin_storage::Storage;
 use tokio::sync::watch;
 
 use crate::backup::{BackupFile, Backups};
-use crate::backup_store::{self, BackupError, ImageFiles, Index, Place};
+use crate::backup_store::{self, BackupError, ImageFiles, Index, Place, WriterRun};
 
 /// Counters of `/metrics`.
 #[derive(Debug, Default)]
@@ -42,6 +50,11 @@ pub(crate) struct Mirror {
     dest: Place,
     interval: Duration,
     pub(crate) metrics: MirrorMetrics,
+    me: WriterRun,
+    /// Whether a push of this run has succeeded.
+    pushed: AtomicBool,
+    /// Set once another server has taken the copy over.
+    fenced: watch::Sender<bool>,
 }
 
 impl Mirror {
@@ -49,7 +62,23 @@ impl Mirror {
     /// directory from the copy the bucket holds, if any.
     pub(crate) async fn open(url: &str, interval: Duration, data_dir: &Path) -> Result<Mirror, BackupError> {
         let dest = Place::parse(url)?;
-        let mirror = Mirror { url: url.to_string(), dest, interval, metrics: MirrorMetrics::default() };
+        let me = WriterRun {
+            run: format!("{:016x}", tocsin_auth::random_u64().map_err(|e| BackupError::Refused(e.to_string()))?),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "an unnamed host".into()),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            stopped: false,
+        };
+        let mirror = Mirror {
+            url: url.to_string(),
+            dest,
+            interval,
+            metrics: MirrorMetrics::default(),
+            me,
+            pushed: AtomicBool::new(false),
+            fenced: watch::Sender::new(false),
+        };
         let empty = match std::fs::read_dir(data_dir) {
             Ok(mut entries) => entries.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -57,7 +86,38 @@ impl Mirror {
         };
         // Reached even when the data directory is not empty: a bucket that
         // cannot be read is said at start, not at the first push.
-        let index = Index::read(&mirror.dest).await?;
+        let mut index = Index::read(&mirror.dest).await?;
+        // Taking over a copy whose server may still be pushing: wait until
+        // it has been quiet for its window, or refuse.
+        if empty
+            && let Some(seen) = &index
+            && let Some(other) = WriterRun::live(seen, now_ms())
+        {
+            let wait = other.window_ms() - (now_ms() - seen.at.point_unix_ms);
+            tracing::warn!(
+                url,
+                host = other.host,
+                "another server pushed into this copy {:.1} s ago: waiting {:.1} s for it to be quiet before starting \
+                 from the copy",
+                (now_ms() - seen.at.point_unix_ms) as f64 / 1000.0,
+                wait as f64 / 1000.0
+            );
+            tokio::time::sleep(Duration::from_millis(u64::try_from(wait.max(0)).unwrap_or(0))).await;
+            let again = Index::read(&mirror.dest).await?;
+            if let Some(now) = &again
+                && now.at.point_unix_ms != seen.at.point_unix_ms
+                && let Some(other) = WriterRun::live(now, now_ms())
+            {
+                return Err(BackupError::Refused(format!(
+                    "another server (on {}) is pushing into {url} (last push {:.1} s ago); two servers on one copy \
+                     would mix it. Stop that server first: a server started on an empty data directory takes the \
+                     copy over once its server has stopped",
+                    other.host,
+                    (now_ms() - now.at.point_unix_ms) as f64 / 1000.0
+                )));
+            }
+            index = again;
+        }
         if empty && let Some(index) = index {
             tracing::info!(
                 url,
@@ -84,21 +144,38 @@ impl Mirror {
         self.interval
     }
 
-    /// Pushes one image to the bucket.
-    pub(crate) async fn push(&self, storage: &Storage, alerts: &tocsin_alerting::AlertEngine, backups: &Backups) {
+    /// A receiver that turns true once another server has taken the copy over.
+    pub(crate) fn fenced(&self) -> watch::Receiver<bool> {
+        self.fenced.subscribe()
+    }
+
+    /// Pushes one image to the bucket; `last` at shutdown.
+    pub(crate) async fn push(
+        &self,
+        storage: &Storage,
+        alerts: &tocsin_alerting::AlertEngine,
+        backups: &Backups,
+        last: bool,
+    ) {
+        if *self.fenced.borrow() {
+            return;
+        }
+        let me = WriterRun { stopped: last, ..self.me.clone() };
+        let first = !self.pushed.load(Ordering::Relaxed);
         let result = async {
             let image = backups
                 .take_image(storage, alerts, "mirror")
                 .await
                 .map_err(|e| BackupError::Refused(e.message().to_string()))?;
             let files = LocalImage { dir: backups.image_dir(&image.id) };
-            let pushed = backup_store::push(&image, &files, &self.dest, false, false).await;
+            let pushed = backup_store::push(&image, &files, &self.dest, false, false, Some((&me, first))).await;
             backups.drop_image(&image.id);
             pushed.map(|r| (r, image.at.point_unix_ms))
         }
         .await;
         match result {
             Ok((report, point)) => {
+                self.pushed.store(true, Ordering::Relaxed);
                 let m = &self.metrics;
                 m.pushes.fetch_add(1, Ordering::Relaxed);
                 m.copied_bytes.fetch_add(report.copied_bytes, Ordering::Relaxed);
@@ -112,6 +189,12 @@ impl Mirror {
                     removed = report.pruned,
                     "copy pushed to the bucket"
                 );
+            }
+            Err(BackupError::TakenOver(why)) => {
+                self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(url = self.url, "{why}");
+                storage.fence(why);
+                self.fenced.send_replace(true);
             }
             Err(e) => {
                 self.metrics.failures.fetch_add(1, Ordering::Relaxed);
@@ -136,7 +219,7 @@ impl Mirror {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            self.push(&storage, &alerts, &backups).await;
+            self.push(&storage, &alerts, &backups, false).await;
         }
     }
 }
@@ -171,4 +254,10 @@ impl ImageFiles for LocalImage {
     fn local(&self, file: &BackupFile) -> Option<PathBuf> {
         Some(self.dir.join(&file.path))
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -98,7 +98,8 @@ async fn run_backup(c: BackupConfig) -> anyhow::Result<()> {
     let image: BackupImage = serde_json::from_value(client.call(Method::POST, "/api/v1/admin/backups", None).await?)
         .context("the server's answer is not a backup image (a server older than this client?)")?;
     let pushed =
-        backup_store::push(&image, &HttpImage { client: &client, id: image.id.clone() }, &dest, c.replace, true).await;
+        backup_store::push(&image, &HttpImage { client: &client, id: image.id.clone() }, &dest, c.replace, true, None)
+            .await;
     // The image is dropped on the server whatever happened.
     let finished =
         client.call(Method::DELETE, &format!("/api/v1/admin/backups/{}", url_component(&image.id)), None).await;

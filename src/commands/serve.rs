@@ -45,6 +45,11 @@ pub(crate) struct Config {
     /// object_store`.
     #[arg(long, env = "TOCSIN_OBJECT_STORE")]
     object_store: Option<String>,
+    /// `writer` (default) or `reader`: a reader answers queries from the
+    /// writer's copy in the bucket (`--object-store`, required) and refuses
+    /// writes; overrides `role` in the file.
+    #[arg(long, env = "TOCSIN_ROLE")]
+    role: Option<String>,
     /// Log filter, e.g. `info` or `tocsin_storage=debug`.
     #[arg(long, env = "TOCSIN_LOG", default_value = "info")]
     log: String,
@@ -77,6 +82,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         syslog_tcp_addr: c.syslog_tcp_addr,
         syslog_udp_addr: c.syslog_udp_addr,
         object_store: c.object_store,
+        role: c.role,
     })?;
     warn_if_shared(&config.storage.data_dir);
     // Planning and evaluating SQL recurse over expression trees; the SQL

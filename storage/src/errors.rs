@@ -106,6 +106,10 @@ impl Classify for crate::StorageError {
             Database(_) => ErrorClass::Invalid,
             BufferFull { .. } => ErrorClass::Overloaded,
             ShuttingDown => ErrorClass::Unavailable,
+            // Sent to the wrong server: another one (the writer) accepts it.
+            ReadOnly(_) => ErrorClass::PermissionDenied,
+            // Another server holds the data now: retry there.
+            Fenced(_) => ErrorClass::Unavailable,
             Wal(_)
             | Manifest(_)
             | Segment(_)

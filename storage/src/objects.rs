@@ -13,7 +13,9 @@ use object_store::path::Path as ObjectPath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectUrlError {
-    #[error("{url:?} is not an object storage URL: use s3://BUCKET or s3://BUCKET/PREFIX")]
+    #[error(
+        "{url:?} is not an object storage URL: use s3://BUCKET or s3://BUCKET/PREFIX (or file:///PATH for a shared file system)"
+    )]
     Scheme { url: String },
     #[error("{url:?} names no bucket: use s3://BUCKET or s3://BUCKET/PREFIX")]
     NoBucket { url: String },

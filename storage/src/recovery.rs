@@ -20,7 +20,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     move |source| StorageError::Io { path: path.to_path_buf(), source }
 }
 
-pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<Arc<Storage>, StorageError> {
+/// Who opens a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The server that writes it: repairs what a crash left (a torn WAL
+    /// tail, unlisted segments, a stale segment id), quarantines corrupt
+    /// files, and starts a WAL.
+    Writer,
+    /// A reader of a copy (`tocsin serve --role reader`): the files are the
+    /// writer's, fetched from the bucket; they are read, never repaired. A
+    /// file that cannot be used is an error (the copy is fetched again), and
+    /// there is no WAL of its own.
+    Reader,
+}
+
+pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>, mode: Mode) -> Result<Arc<Storage>, StorageError> {
     fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
     // Every path handed on (to the query layer's object store above all,
     // which resolves relative paths from `/`) must not depend on the working
@@ -68,11 +82,13 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
             // must find a manifest next to that persist's files, or the
             // rule above would refuse to start on a crash that lost nothing.
             let m = Manifest::default();
-            m.save(&dir)?;
+            if mode == Mode::Writer {
+                m.save(&dir)?;
+            }
             m
         }
     };
-    let mut changed = verify_segments(&dir, &mut manifest, &metrics)?;
+    let mut changed = verify_segments(&dir, &mut manifest, &metrics, mode, &Default::default())?;
     // New ids come after every id listed or in a file name: a segment
     // written under a taken id would replace that file.
     let files = data_files(&dir);
@@ -94,13 +110,31 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
         manifest.next_segment_id = highest + 1;
         changed = true;
     }
-    if changed {
+    if changed && mode == Mode::Writer {
         manifest.save(&dir)?;
     }
     remove_temp_files(&dir.join("segments"));
     remove_temp_files(&dir.join("packs"));
-    sweep_unlisted_segments(&dir, files, &manifest, &metrics)?;
+    sweep_unlisted_segments(&dir, files, &manifest, &metrics, mode)?;
 
+    let mut state = state_of(&manifest);
+    let last_seq = replay_wal(&dir, &wal_dir, &manifest, &mut state, &config, &metrics, clock.as_ref(), mode)?;
+    let wal = match mode {
+        Mode::Writer => Some(Wal::create(&wal_dir, last_seq.max(manifest.wal_persisted_upto) + 1, config.fsync)?),
+        Mode::Reader => None,
+    };
+    let storage = Storage::from_parts(config, state, wal, &manifest, lock, metrics, clock);
+    tracing::info!(
+        data_dir = %dir.display(),
+        tables = storage.state.read().dbs.values().map(|d| d.len()).sum::<usize>(),
+        replayed_rows = storage.metrics.wal_replayed_rows.load(Ordering::Relaxed),
+        "storage opened"
+    );
+    Ok(Arc::new(storage))
+}
+
+/// The tables of `manifest`, with their segments and empty buffers.
+pub(crate) fn state_of(manifest: &Manifest) -> State {
     let mut state = State::default();
     for (db, tables) in &manifest.databases {
         for (name, entry) in tables {
@@ -112,25 +146,22 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>) -> Result<A
             state.dbs.entry(db.clone()).or_default().insert(name.clone(), t);
         }
     }
-
-    let last_seq = replay_wal(&dir, &wal_dir, &manifest, &mut state, &config, &metrics, clock.as_ref())?;
-    let wal = Wal::create(&wal_dir, last_seq.max(manifest.wal_persisted_upto) + 1, config.fsync)?;
-    let storage = Storage::from_parts(config, state, wal, &manifest, lock, metrics, clock);
-    tracing::info!(
-        data_dir = %dir.display(),
-        tables = storage.state.read().dbs.values().map(|d| d.len()).sum::<usize>(),
-        replayed_rows = storage.metrics.wal_replayed_rows.load(Ordering::Relaxed),
-        "storage opened"
-    );
-    Ok(Arc::new(storage))
+    state
 }
 
-/// Checks every segment in the manifest; moves corrupt ones to
-/// `quarantine/` and drops them from the manifest. A segment that cannot be
-/// read at all (missing, permission denied, an I/O error) may be fine, and
-/// dropping it would lose it for good: that refuses to start instead.
+/// Checks every segment in the manifest but those in `known` (checked
+/// before); a writer moves corrupt ones to `quarantine/` and drops them from
+/// the manifest, a reader refuses them. A segment that cannot be read at
+/// all (missing, permission denied, an I/O error) may be fine, and dropping
+/// it would lose it for good: that refuses to start instead.
 /// Returns whether the manifest changed.
-fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics) -> Result<bool, StorageError> {
+pub(crate) fn verify_segments(
+    dir: &Path,
+    manifest: &mut Manifest,
+    metrics: &StorageMetrics,
+    mode: Mode,
+    known: &std::collections::HashSet<String>,
+) -> Result<bool, StorageError> {
     let mut changed = false;
     // A pack is checked (and quarantined) once for all the tables that
     // hold a slice of it.
@@ -141,6 +172,10 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
         for (table, entry) in tables.iter_mut() {
             let mut keep = Vec::with_capacity(entry.segments.len());
             for mut seg in entry.segments.drain(..) {
+                if known.contains(&seg.path) {
+                    keep.push(seg);
+                    continue;
+                }
                 let path = dir.join(&seg.path);
                 if path.parent().is_some_and(Path::exists) && !owned(dir, &path) {
                     return Err(StorageError::SegmentMismatch {
@@ -161,6 +196,14 @@ fn verify_segments(dir: &Path, manifest: &mut Manifest, metrics: &StorageMetrics
                                     table: format!("{db}.{table}"),
                                     data_dir: dir.to_path_buf(),
                                     source,
+                                });
+                            }
+                            Err(SegmentCheckError::Corrupt(reason)) if mode == Mode::Reader => {
+                                return Err(StorageError::SegmentMismatch {
+                                    path,
+                                    table: format!("{db}.{table}"),
+                                    data_dir: dir.to_path_buf(),
+                                    reason: format!("the copy is corrupt: {reason}"),
                                 });
                             }
                             Err(reason @ SegmentCheckError::Corrupt(_)) => {
@@ -371,6 +414,7 @@ fn sweep_unlisted_segments(
     files: Vec<PathBuf>,
     manifest: &Manifest,
     metrics: &StorageMetrics,
+    mode: Mode,
 ) -> Result<(), StorageError> {
     let listed: std::collections::HashSet<PathBuf> = manifest
         .databases
@@ -383,7 +427,8 @@ fn sweep_unlisted_segments(
         if listed.contains(&path) {
             continue;
         }
-        if retired.contains(&path) {
+        // A reader's files are copies: the bucket has the writer's.
+        if retired.contains(&path) || mode == Mode::Reader {
             match fs::remove_file(&path) {
                 Ok(()) => tracing::info!("deleted segment {} that a compaction or retention retired", path.display()),
                 Err(e) => tracing::warn!("cannot delete retired segment {}: {e}", path.display()),
@@ -406,8 +451,10 @@ fn sweep_unlisted_segments(
 }
 
 /// Replays WAL files newer than the manifest's persisted mark into `state`.
-/// Returns the highest WAL file number seen.
-fn replay_wal(
+/// Returns the highest WAL file number seen. A writer deletes the files
+/// the manifest covers and cuts a torn tail; a reader only reads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn replay_wal(
     dir: &Path,
     wal_dir: &Path,
     manifest: &Manifest,
@@ -415,13 +462,16 @@ fn replay_wal(
     config: &StorageConfig,
     metrics: &StorageMetrics,
     clock: &dyn Clock,
+    mode: Mode,
 ) -> Result<u64, StorageError> {
     let files = wal::list_files(wal_dir).map_err(io(wal_dir))?;
     let last = files.last().map(|f| f.0).unwrap_or(0);
     let replay_limits = config.limits.for_replay();
     for (i, (seq, path)) in files.iter().enumerate() {
         if *seq <= manifest.wal_persisted_upto {
-            let _ = fs::remove_file(path);
+            if mode == Mode::Writer {
+                let _ = fs::remove_file(path);
+            }
             continue;
         }
         let is_last = i + 1 == files.len();
@@ -449,7 +499,23 @@ fn replay_wal(
             )?;
         }
         metrics.wal_replayed_rows.fetch_add(rows, Ordering::Relaxed);
-        if let ReadEnd::Corrupt { offset, file_len, reason } = end {
+        if let ReadEnd::Corrupt { offset, file_len, ref reason } = end
+            && mode == Mode::Reader
+        {
+            // The writer closed this file before its copy was taken: damage
+            // is the copy's or the writer's, not a crash's, and not ours to
+            // cut. The copy is not loaded (a reader keeps the one it has).
+            return Err(StorageError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "this copy of the writer's WAL file is damaged at offset {offset} of {file_len} ({reason}); \
+                         its rows after that point would be missing"
+                    ),
+                ),
+            });
+        } else if let ReadEnd::Corrupt { offset, file_len, reason } = end {
             let dropped = file_len - offset;
             metrics.wal_truncated_bytes.fetch_add(dropped, Ordering::Relaxed);
             if is_last {

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import boto3
@@ -100,7 +101,7 @@ def metric(http, name):
     return None
 
 
-def server_with_bucket(work, name, env, url):
+def server_with_bucket(work, name, env, url, *extra):
     """`tocsin serve --object-store URL` with the AWS settings in `env`."""
     cfg = os.path.join(work, "mirror.toml")
     with open(cfg, "w") as f:
@@ -108,7 +109,7 @@ def server_with_bucket(work, name, env, url):
     log = open(os.path.join(work, f"{name}.log"), "w")
     data = os.path.join(work, name)
     p = subprocess.Popen([BIN, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-                          "--object-store", url, "--config", cfg], stdout=subprocess.PIPE, stderr=log, text=True,
+                          "--object-store", url, "--config", cfg, *extra], stdout=subprocess.PIPE, stderr=log, text=True,
                          env=env)
     line = p.stdout.readline()
     assert line.startswith("tocsin listening"), (line, open(log.name).read())
@@ -152,6 +153,43 @@ def mirror_scenario(work, env, servers):
     p3, http3, _, log3 = server_with_bucket(work, "m3", env, url)
     servers.append(p3)
     assert sql(http3, "SELECT v FROM cpu WHERE host = 'last'") == [{"v": 42.0}], open(log3).read()
+
+
+def reader_scenario(work, env, servers):
+    """One writer with its copy in the bucket and two readers of it: the
+    readers give the writer's answers after writes, persists and a
+    compaction, and refuse writes."""
+    url = f"s3://{BUCKET}/readers/site-a"
+    p, http, _, log = server_with_bucket(work, "writer", env, url)
+    servers.append(p)
+    write_hour(http, 0)
+    wait_for("the writer's first push", lambda: (metric(http, "tocsin_object_store_pushes_total") or 0) >= 1, 30)
+    readers = []
+    for name in ("reader-1", "reader-2"):
+        r, rhttp, _, rlog = server_with_bucket(work, name, env, url, "--role", "reader")
+        servers.append(r)
+        readers.append((rhttp, rlog))
+
+    def same_answers(what):
+        want = [sql(http, q) for q in QUERIES[1:]]
+        for rhttp, rlog in readers:
+            wait_for(f"{what}: the reader at {rhttp} answers as the writer",
+                     lambda: [sql(rhttp, q) for q in QUERIES[1:]] == want, 30)
+            assert metric(rhttp, "tocsin_reader_refresh_failures_total") == 0, open(rlog).read()
+
+    same_answers("first copy")
+    for hour in range(1, 4):
+        write_hour(http, hour)
+        post(http, "/api/v1/admin/persist")
+    write_hour(http, 4)  # in the WAL only
+    same_answers("persists")
+    post(http, "/api/v1/admin/compact?full=true")
+    same_answers("compaction")
+    try:
+        post(readers[0][0], "/write?db=public", b"cpu,host=x v=1 1700000000000000000")
+        raise AssertionError("a reader took a write")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403 and b"reader" in e.read()
 
 
 def main():
@@ -218,6 +256,7 @@ def main():
         assert bad.returncode != 0 and seg in bad.stderr and "damaged" in bad.stderr, bad.stderr
 
         mirror_scenario(work, env, servers)
+        reader_scenario(work, env, servers)
 
         # Wrong credentials: a clear error, nothing written.
         wrong = dict(env, AWS_SECRET_ACCESS_KEY="nope")

@@ -16,6 +16,7 @@ mod hardening;
 mod persistence;
 mod promql;
 mod protocols;
+mod reader;
 mod rollup;
 mod search;
 mod server;

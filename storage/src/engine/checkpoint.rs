@@ -51,7 +51,7 @@ impl Storage {
         let wal_closed = {
             let _no_writes = self.gate.write().await;
             // An idle server's backups leave no empty WAL files behind.
-            self.wal.rotate_if_written()?
+            self.writable("backups")?.rotate_if_written()?
         };
         let wal_persisted_upto = self.wal_persisted_upto.load(Ordering::Acquire);
         let data_dir = self.config.data_dir.clone();

@@ -62,6 +62,7 @@ impl Storage {
     }
 
     async fn compact_round(&self, full: bool) -> Result<CompactionStats, StorageError> {
+        self.writable("compaction")?;
         let _one_round = self.compact_lock.lock().await;
         let partition_ns = self.config.partition.as_nanos().min(i64::MAX as u128) as i64;
         let now_ns = self.clock.now_ns();
@@ -348,6 +349,7 @@ impl Storage {
     /// swap and grace period as compaction. Buffered rows are not touched:
     /// they are dropped once persisted. Returns (segments, rows) dropped.
     pub async fn expire(&self) -> Result<(usize, u64), StorageError> {
+        self.writable("retention")?;
         let _one_round = self.compact_lock.lock().await;
         let now_ns = self.clock.now_ns();
         let due: Vec<(String, String, Vec<Arc<SegmentMeta>>)> = {

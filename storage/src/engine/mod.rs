@@ -86,6 +86,13 @@ pub enum StorageError {
     BufferFull { buffered: usize, limit: usize },
     #[error("server is shutting down; write refused")]
     ShuttingDown,
+    #[error(
+        "this server is a reader (--role reader): it answers queries from the bucket's copy and refuses {0}; \
+         send it to the writer"
+    )]
+    ReadOnly(&'static str),
+    #[error("{0}")]
+    Fenced(String),
     #[error("invalid database: {0}")]
     Database(WriteError),
     #[error("background task failed: {0}")]
@@ -269,7 +276,8 @@ pub const SYSTEM_DATABASE: &str = "system";
 pub struct Storage {
     pub(crate) config: StorageConfig,
     pub(crate) state: RwLock<State>,
-    pub(crate) wal: Arc<Wal>,
+    /// `None` on a reader ([`Storage::open_reader`]), which never writes.
+    pub(crate) wal: Option<Arc<Wal>>,
     /// Writers hold it shared from WAL append to buffer apply; a persist takes
     /// it exclusively to rotate the WAL and swap buffers, so that every record
     /// in a closed WAL file is in the buffer being persisted.
@@ -290,6 +298,8 @@ pub struct Storage {
     retired: parking_lot::Mutex<Vec<(String, Duration, u64)>>,
     readers: Arc<parking_lot::Mutex<Readers>>,
     shutting_down: AtomicBool,
+    /// Why writes are refused for good ([`Storage::fence`]).
+    fenced: RwLock<Option<String>>,
     pub metrics: StorageMetrics,
     /// Replaced whole when one is added (at start-up), so that a write
     /// takes the list with one reference count, not a copy.
@@ -319,7 +329,7 @@ impl Storage {
     /// [`Storage::open`] with the clock every waiting period and age is
     /// measured with (tests move a [`crate::clock::ManualClock`]).
     pub async fn open_with_clock(config: StorageConfig, clock: Arc<dyn Clock>) -> Result<Arc<Storage>, StorageError> {
-        tokio::task::spawn_blocking(move || crate::recovery::open(config, clock))
+        tokio::task::spawn_blocking(move || crate::recovery::open(config, clock, crate::recovery::Mode::Writer))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?
     }
@@ -327,7 +337,7 @@ impl Storage {
     pub(crate) fn from_parts(
         config: StorageConfig,
         state: State,
-        wal: Arc<Wal>,
+        wal: Option<Arc<Wal>>,
         manifest: &Manifest,
         lock_file: File,
         metrics: StorageMetrics,
@@ -346,6 +356,7 @@ impl Storage {
             retired: parking_lot::Mutex::new(Vec::new()),
             readers: Arc::new(parking_lot::Mutex::new(Readers::default())),
             shutting_down: AtomicBool::new(false),
+            fenced: RwLock::new(None),
             metrics,
             observers: RwLock::new(Arc::new(Vec::new())),
             last: crate::last::LastRows::default(),
@@ -358,8 +369,31 @@ impl Storage {
         &self.config
     }
 
-    pub fn wal_metrics(&self) -> &wal::WalMetrics {
-        &self.wal.metrics
+    /// The WAL's counters; `None` on a reader.
+    pub fn wal_metrics(&self) -> Option<&wal::WalMetrics> {
+        self.wal.as_deref().map(|w| &w.metrics)
+    }
+
+    /// Refuses every write from now on, saying `why` (another server took
+    /// over this server's copy in the bucket: writes accepted here would be
+    /// lost to it).
+    pub fn fence(&self, why: String) {
+        self.fenced.write().get_or_insert(why);
+    }
+
+    /// Why writes are refused for good, if they are.
+    pub fn fenced(&self) -> Option<String> {
+        self.fenced.read().clone()
+    }
+
+    /// Whether this is a reader's storage ([`Storage::open_reader`]).
+    pub fn is_reader(&self) -> bool {
+        self.wal.is_none()
+    }
+
+    /// The WAL, or why there is none: `what` names the refused action.
+    pub(crate) fn writable(&self, what: &'static str) -> Result<&Wal, StorageError> {
+        self.wal.as_deref().ok_or(StorageError::ReadOnly(what))
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -368,6 +402,7 @@ impl Storage {
 }
 
 mod checkpoint;
+mod follow;
 mod maintain;
 mod persist;
 mod read;
@@ -376,6 +411,7 @@ mod tests;
 mod write_path;
 
 pub use checkpoint::Checkpoint;
+pub use follow::Reloaded;
 pub(crate) use write_path::{apply, check_shapes, validate};
 
 impl std::fmt::Debug for Storage {

@@ -25,6 +25,7 @@ impl Storage {
     /// Persists everything buffered into segments, records them in the
     /// manifest, and deletes the WAL files they cover.
     pub async fn persist(&self) -> Result<PersistStats, StorageError> {
+        let wal = self.writable("persists")?;
         let _one_at_a_time = self.persist_lock.lock().await;
         let started = Instant::now();
         // 1. Close the current WAL file and move the buffers aside, atomically
@@ -35,7 +36,7 @@ impl Storage {
             if st.buffer_bytes == 0 && st.dbs.values().flat_map(|d| d.values()).all(|t| t.buffer.is_empty()) {
                 return Ok(PersistStats::default());
             }
-            let closed = self.wal.rotate()?;
+            let closed = wal.rotate()?;
             let mut work = Vec::new();
             for (db, tables) in st.dbs.iter_mut() {
                 for (name, t) in tables.iter_mut() {
@@ -200,8 +201,11 @@ impl Storage {
     pub async fn shutdown(&self) -> Result<PersistStats, StorageError> {
         self.shutting_down.store(true, Ordering::Release);
         drop(self.gate.write().await);
+        let Some(wal) = &self.wal else {
+            return Ok(PersistStats::default()); // a reader has nothing of its own
+        };
         let stats = self.persist().await;
-        self.wal.close()?;
+        wal.close()?;
         stats
     }
 }

@@ -11,8 +11,12 @@ use super::{ReaderGuard, Storage, StorageError, TableSnapshot};
 impl Storage {
     /// The newest row of every series of `db.table`, in the table's current
     /// schema; `None` until [`Storage::complete_last_rows`] has folded in
-    /// the table's history.
+    /// the table's history. Always `None` on a reader: its tables are
+    /// replaced whole at each reload, not written, so every query scans.
     pub fn last_rows(&self, db: &str, table: &str) -> Result<Option<RecordBatch>, StorageError> {
+        if self.is_reader() {
+            return Ok(None);
+        }
         let Some(schema) = self.table_schema(db, table) else { return Ok(None) };
         Ok(self.last.rows(db, table, &schema)?)
     }
@@ -21,6 +25,9 @@ impl Storage {
     /// scan) into the last-row cache and marks it complete. Writes that
     /// happen meanwhile are kept if newer.
     pub fn complete_last_rows(&self, db: &str, table: &str, rows: &RecordBatch) -> Result<(), StorageError> {
+        if self.is_reader() {
+            return Ok(());
+        }
         let schema = self.table_schema(db, table).unwrap_or_else(|| rows.schema());
         Ok(self.last.complete(db, table, rows, &schema)?)
     }

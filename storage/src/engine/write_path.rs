@@ -42,6 +42,10 @@ impl Storage {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(StorageError::ShuttingDown);
         }
+        self.writable("writes")?;
+        if let Some(why) = self.fenced() {
+            return Err(StorageError::Fenced(why));
+        }
         {
             let st = self.state.read();
             let buffered = st.buffer_bytes + st.persisting_bytes;
@@ -80,8 +84,9 @@ impl Storage {
         let writes: Vec<TableWrite> = accepted.into_iter().map(|(w, _)| w).collect();
         let mut payload = Vec::new();
         codec::encode(db, &writes, &mut payload);
-        let seq = self.wal.append(&payload)?;
-        self.wal.wait_durable(seq).await?;
+        let wal = self.writable("writes")?;
+        let seq = wal.append(&payload)?;
+        wal.wait_durable(seq).await?;
         {
             let mut st = self.state.write();
             apply(&mut st, db, self.clock.monotonic(), writes.iter().map(|w| w.table.as_str()).zip(chunks))?;

@@ -1,0 +1,312 @@
+//! `tocsin serve --role reader --object-store s3://BUCKET/PREFIX`: a server
+//! that answers queries from the copy a writer keeps in the bucket
+//! ([`crate::mirror`]), without a WAL of its own, and refuses writes.
+//!
+//! Its data directory is a cache of that copy: the manifest, segments,
+//! packs and WAL files of the writer's latest push, and its users and
+//! tokens (so that the same credentials work). Every `object_store_interval`
+//! it reads the bucket's index; when the writer has pushed new data, it
+//! fetches the files it lacks (each checked against the index's SHA-256),
+//! and the storage reloads them in one swap ([`Storage::reload`]). A reader
+//! is thus behind the writer by up to two intervals (the writer's push, then
+//! its own fetch); `tocsin_reader_point_seconds` says which point it holds.
+//!
+//! Alert rules are evaluated by the writer only: a reader neither evaluates
+//! nor notifies, so that adding readers never pages twice.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tocsin_storage::Storage;
+use tokio::sync::{Mutex, watch};
+
+use crate::backup_store::{self, BackupError, Held, Index, Place};
+
+/// In a reader's data directory: which bucket it is a cache of.
+pub(crate) const READER_FILE: &str = "reader-of";
+/// Held (flock) by the reader using the directory.
+const READER_LOCK: &str = "reader.lock";
+
+/// Whether two spellings name the same copy (`file:///x/` is `file:///x`).
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// Counters of `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct ReaderMetrics {
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) fetched_files: AtomicU64,
+    pub(crate) fetched_bytes: AtomicU64,
+    /// Unix milliseconds of the writer's image this reader answers from:
+    /// every write the writer acknowledged before it is visible here.
+    pub(crate) point_ms: AtomicI64,
+}
+
+/// What a reader takes of an image, apart from when it was taken: the
+/// storage's files (two pushes with the same hold the same rows) and the
+/// credentials, each as (path, SHA-256) in the index's order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Version {
+    storage: Vec<(String, String)>,
+    auth: Vec<(String, String)>,
+}
+
+impl Version {
+    fn of(index: &Index) -> Version {
+        let mut v = Version::default();
+        for f in index.files.iter().filter(|f| wanted(&f.path)) {
+            let entry = (f.path.clone(), f.sha256.clone());
+            if f.path.starts_with("auth/") { v.auth.push(entry) } else { v.storage.push(entry) }
+        }
+        v
+    }
+}
+
+const MANIFEST: &str = "manifest.json";
+
+/// What a reader takes from the copy: the storage's files and the
+/// credentials (not the writer's alerting state, audit log or rules).
+fn wanted(path: &str) -> bool {
+    path == MANIFEST
+        || path == "auth/tokens.json"
+        || path == "auth/users.json"
+        || ["segments/", "packs/", "wal/"].iter().any(|p| path.starts_with(p))
+}
+
+pub(crate) struct Reader {
+    pub(crate) url: String,
+    src: Place,
+    interval: Duration,
+    dir: PathBuf,
+    /// The files held and the version loaded; one refresh at a time.
+    held: Mutex<(Held, Option<Version>)>,
+    pub(crate) metrics: ReaderMetrics,
+    /// Whether the writer requires tokens (its copy says so).
+    pub(crate) writer_auth: AtomicBool,
+    _lock: std::fs::File,
+}
+
+impl Reader {
+    /// Before the storage opens: checks that the data directory is new or
+    /// this reader's cache, and fetches the copy the bucket holds (if the
+    /// writer has pushed one yet).
+    pub(crate) async fn open(url: &str, interval: Duration, data_dir: &Path) -> Result<Reader, BackupError> {
+        let io = |what: String| move |source| BackupError::Io { what, source };
+        let src = Place::parse(url)?;
+        std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+        let mark = data_dir.join(READER_FILE);
+        let empty =
+            std::fs::read_dir(data_dir).map_err(io(format!("reading {}", data_dir.display())))?.next().is_none();
+        let new = match std::fs::read_to_string(&mark) {
+            Ok(of) if same_url(of.trim(), url) => false,
+            Ok(of) => {
+                return Err(BackupError::Refused(format!(
+                    "{} is the cache of a reader of {}, not of {url}; give this reader a data directory of its own",
+                    data_dir.display(),
+                    of.trim()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && empty => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BackupError::Refused(format!(
+                    "{} is not empty and not a reader's cache (it has no {READER_FILE}): a reader keeps its own \
+                     copy of the bucket and would replace the files there. Give it an empty --data-dir",
+                    data_dir.display()
+                )));
+            }
+            Err(e) => return Err(io(format!("reading {}", mark.display()))(e)),
+        };
+        // Nothing is written before this reader holds its directory: a second
+        // one started on it stops here.
+        let lock_path = data_dir.join(READER_LOCK);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(format!("opening {}", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(BackupError::Refused(format!(
+                "data directory {} is in use by another tocsin process (lock file {} is held)",
+                data_dir.display(),
+                lock_path.display()
+            )));
+        }
+        if new {
+            std::fs::write(&mark, format!("{url}\n")).map_err(io(format!("writing {}", mark.display())))?;
+        }
+        // Parts of fetches a stop interrupted.
+        let _ = std::fs::remove_dir_all(data_dir.join(".incoming"));
+        let reader = Reader {
+            url: url.to_string(),
+            src,
+            interval,
+            dir: data_dir.to_path_buf(),
+            held: Mutex::new((Held::new(), None)),
+            metrics: ReaderMetrics::default(),
+            writer_auth: AtomicBool::new(false),
+            _lock: lock,
+        };
+        let mut attempt = 0;
+        loop {
+            let Some(index) = Index::read(&reader.src).await? else {
+                tracing::warn!(
+                    url,
+                    "reader: the bucket holds no copy yet (has the writer started with this --object-store?); \
+                     answering from nothing until it does"
+                );
+                break;
+            };
+            let mut held = reader.held.lock().await;
+            match backup_store::fetch_into(&reader.src, data_dir, &index, wanted, &mut held.0).await {
+                Ok(fetched) => {
+                    reader.writer_auth.store(index.at.auth, Ordering::Relaxed);
+                    remove_unlisted_wal(data_dir, &index);
+                    held.1 = Some(Version::of(&index));
+                    reader.metrics.point_ms.store(index.at.point_unix_ms, Ordering::Relaxed);
+                    tracing::info!(
+                        url,
+                        point = index.at.point,
+                        files = fetched.files,
+                        bytes = fetched.bytes,
+                        "reader: fetched the writer's copy"
+                    );
+                    break;
+                }
+                // A push replaced the copy meanwhile: read the new index.
+                Err(_) if attempt < 2 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(reader)
+    }
+
+    pub(crate) fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Fetches and loads the writer's latest copy, if it holds new data.
+    /// Returns whether the storage was reloaded. A push that replaced the
+    /// copy while it was being fetched (and removed a file it listed) is
+    /// met by reading the new index, twice at most.
+    pub(crate) async fn refresh(&self, storage: &Arc<Storage>, auth: &tocsin_auth::Auth) -> Result<bool, BackupError> {
+        let mut held = self.held.lock().await;
+        let mut attempt = 0;
+        loop {
+            let Some(index) = Index::read(&self.src).await? else {
+                return Err(BackupError::Refused(format!(
+                    "{} holds no copy (no {}): has the writer started with this --object-store? The reader \
+                     answers from the copy it has{}",
+                    self.src.name(),
+                    backup_store::INDEX,
+                    if held.1.is_some() { "" } else { " (none)" }
+                )));
+            };
+            match self.load(&mut held, &index, storage, auth).await {
+                Err(e) if attempt < 2 => {
+                    attempt += 1;
+                    tracing::debug!(
+                        "reader: fetching the copy of {} failed ({e}); reading the index again",
+                        index.at.point
+                    );
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn load(
+        &self,
+        held: &mut (Held, Option<Version>),
+        index: &Index,
+        storage: &Arc<Storage>,
+        auth: &tocsin_auth::Auth,
+    ) -> Result<bool, BackupError> {
+        let version = Version::of(index);
+        let loaded = held.1.clone().unwrap_or_default();
+        if held.1.is_some() && loaded == version {
+            // Nothing new was written: the copy is as recent as this point.
+            self.metrics.point_ms.store(index.at.point_unix_ms, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let fetched = backup_store::fetch_into(&self.src, &self.dir, index, wanted, &mut held.0).await?;
+        self.metrics.fetched_files.fetch_add(fetched.files as u64, Ordering::Relaxed);
+        self.metrics.fetched_bytes.fetch_add(fetched.bytes, Ordering::Relaxed);
+        // WAL files are read whole at each reload: one the index no longer
+        // lists (persisted since) must not be read again.
+        remove_unlisted_wal(&self.dir, index);
+        let reloaded = if held.1.is_none() || loaded.storage != version.storage {
+            storage
+                .reload()
+                .await
+                .map_err(|e| BackupError::Refused(format!("loading the copy of {}: {e}", index.at.point)))?
+        } else {
+            tocsin_storage::Reloaded::default()
+        };
+        if (held.1.is_none() || loaded.auth != version.auth)
+            && let Err(e) = auth.reload_stores()
+        {
+            tracing::error!("reader: the writer's users and tokens could not be loaded: {e}");
+        }
+        self.writer_auth.store(index.at.auth, Ordering::Relaxed);
+        held.1 = Some(version);
+        held.0.retain(|path, _| index.files.iter().any(|f| &f.path == path));
+        self.metrics.point_ms.store(index.at.point_unix_ms, Ordering::Relaxed);
+        tracing::debug!(
+            point = index.at.point,
+            files = fetched.files,
+            bytes = fetched.bytes,
+            segments = reloaded.segments,
+            buffered_rows = reloaded.buffered_rows,
+            retired = reloaded.retired,
+            "reader: loaded a newer copy"
+        );
+        Ok(true)
+    }
+
+    /// Refreshes every interval until stopped.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        storage: Arc<Storage>,
+        auth: Arc<tocsin_auth::Auth>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match self.refresh(&storage, &auth).await {
+                Ok(_) => {
+                    self.metrics.refreshes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(url = self.url, "reader: cannot refresh from the bucket: {e}");
+                }
+            }
+            storage.purge_retired();
+        }
+    }
+}
+
+/// Removes the WAL files of `dir` that `index` does not list.
+fn remove_unlisted_wal(dir: &Path, index: &Index) {
+    let listed: HashSet<&str> = index.files.iter().map(|f| f.path.as_str()).collect();
+    let Ok(entries) = std::fs::read_dir(dir.join("wal")) else { return };
+    for e in entries.flatten() {
+        let rel = format!("wal/{}", e.file_name().to_string_lossy());
+        if !listed.contains(rel.as_str())
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!("reader: cannot remove {}: {err}", e.path().display());
+        }
+    }
+}

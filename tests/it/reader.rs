@@ -1,0 +1,328 @@
+//! `tocsin serve --role reader`: servers that answer queries from the copy a
+//! writer keeps in object storage (here `file://`, a shared directory; the
+//! interop suite runs the same against an S3 server), refuse writes, and
+//! follow the writer through persists and compactions.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::auth::{call, create_token};
+use crate::server::{BIN, TestServer};
+use crate::util::*;
+
+const ANSWER: &str = "SELECT host, count(*) AS n, sum(v) AS total FROM cpu GROUP BY host ORDER BY host";
+
+/// A config file that refreshes the copy every second.
+fn config(dir: &Path) -> String {
+    let path = dir.join("tocsin.toml");
+    std::fs::write(&path, "[storage]\nobject_store_interval = \"1s\"\n").expect("config");
+    path.to_str().expect("utf-8").to_string()
+}
+
+async fn write_cpu(server: &TestServer, from: i64, count: i64) {
+    let series = (0..3)
+        .map(|h| {
+            let ts = (from..from + count).map(|i| T0 + i * 10 * SEC).collect();
+            let v = (from..from + count).map(|i| (i * (h + 1)) as f64 * 0.25).collect();
+            row_series(&[("host", &format!("h{h}"))], ts, vec![f64s("v", v)])
+        })
+        .collect();
+    let resp = server.client().await.write_rows(rows("cpu", series)).await.expect("write").into_inner();
+    assert_eq!(resp.accepted_rows, 3 * count as u64);
+}
+
+/// Waits (up to 20 s) until `reader` gives `writer`'s answer to `sql`.
+async fn converges(reader: &TestServer, writer: &TestServer, sql: &str) -> Vec<Value> {
+    let want = writer.sql(sql).await;
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        let (status, body) = reader.sql_raw(sql).await;
+        got = if status == 200 { body.as_array().cloned().unwrap_or_default() } else { Vec::new() };
+        if got == want {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the reader still answers {got:?}, the writer {want:?}; reader log:\n{}", reader.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_readers_follow_the_writer_through_persists_and_compactions_and_refuse_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let writer = TestServer::start_in(&dir.path().join("w"), &["--config", &cfg, "--object-store", &bucket]);
+    write_cpu(&writer, 0, 50).await;
+    let reader_args = ["--config", cfg.as_str(), "--object-store", bucket.as_str(), "--role", "reader"];
+    let r1 = TestServer::start_in(&dir.path().join("r1"), &reader_args);
+    let r2 = TestServer::start_in(&dir.path().join("r2"), &reader_args);
+    for r in [&r1, &r2] {
+        let rows = converges(r, &writer, ANSWER).await;
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows[0]["n"], 50);
+    }
+
+    // Rows in segments, rows still in the WAL, segments merged: the readers
+    // give the writer's answer each time.
+    writer.persist().await;
+    write_cpu(&writer, 50, 40).await;
+    converges(&r1, &writer, ANSWER).await;
+    writer.persist().await;
+    write_cpu(&writer, 90, 10).await;
+    writer.persist().await;
+    let merged = writer.compact_full().await;
+    assert!(merged["merges"].as_u64().unwrap_or(0) >= 1, "a merge ran: {merged}");
+    write_cpu(&writer, 100, 5).await;
+    for r in [&r1, &r2] {
+        let rows = converges(r, &writer, ANSWER).await;
+        assert_eq!(rows[0]["n"], 105, "{rows:?}");
+        converges(r, &writer, "SELECT max(ts) AS t, min(v) AS lo, max(v) AS hi FROM cpu").await;
+    }
+    assert!(r1.metric("tocsin_reader_point_seconds").await > 1.7e9, "the point it answers from is exported");
+    assert_eq!(r1.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", r1.log_text());
+
+    // Writes of every kind are refused, saying where to send them.
+    let one = rows("cpu", vec![row_series(&[("host", "h9")], vec![T0], vec![f64s("v", vec![1.0])])]);
+    let refused = r1.client().await.write_rows(one).await.expect_err("a reader takes no writes");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("reader"), "{}", refused.message());
+    let line = reqwest::Client::new()
+        .post(format!("http://{}/write?db=public", r1.http))
+        .body("cpu,host=h9 v=1 1700000000000000000")
+        .send()
+        .await
+        .expect("line protocol");
+    assert_eq!(line.status().as_u16(), 403);
+    assert!(line.text().await.unwrap_or_default().contains("reader"));
+    let (status, body) = r1.sql_raw("INSERT INTO cpu (ts, host, v) VALUES (1700000000000000000, 'h9', 1)").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("reader"), "{body}");
+    for (method, path) in
+        [("POST", "/api/v1/admin/persist"), ("POST", "/api/v1/admin/compact"), ("POST", "/api/v1/silences")]
+    {
+        let (status, body) = call(&r1, method, path, None, Some(json!({}))).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert!(body.contains("reader"), "{body}");
+    }
+    let (status, body) = r1.sql_raw("INSERT INTO phantom (ts, secret) VALUES (1700000000000000000, 'x')").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        r1.sql_raw("INSERT INTO cpu (ts, host, v, extra) VALUES (1700000000000000000, 'h9', 1, 2)").await;
+    assert_eq!(status, 403, "{body}");
+    let tail = r1.client().await.tail(tocsin_proto::v1::TailRequest::default()).await;
+    let tail = tail.expect_err("a live tail follows the writer's writes");
+    assert_eq!(tail.code(), tonic::Code::PermissionDenied, "{tail:?}");
+    assert_eq!(r1.sql(ANSWER).await[0]["n"], 105, "the refusals changed nothing");
+    let tables = r1.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").await;
+    assert_eq!(tables, vec![json!({"table_name": "cpu"})], "a refused INSERT leaves no table behind");
+    let columns = r1.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'cpu'").await;
+    assert_eq!(columns.len(), 3, "nor a column: {columns:?}");
+
+    // A reader restarted on its cache answers the same, and the writer's
+    // answer is unchanged by its readers.
+    drop(r2);
+    let r2 = TestServer::start_in(&dir.path().join("r2"), &reader_args);
+    converges(&r2, &writer, ANSWER).await;
+    assert_eq!(writer.sql(ANSWER).await[0]["n"], 105);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_starts_only_on_its_own_cache_and_with_a_bucket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let serve = |data: &Path, extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config", &cfg])
+            .args(extra)
+            .env_remove("TOCSIN_CONFIG")
+            .output()
+            .expect("run tocsin");
+        assert!(!out.status.success(), "the server started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(&dir.path().join("r"), &["--role", "reader"]);
+    assert!(err.contains("role") && err.contains("--object-store"), "{err}");
+    let err = serve(&dir.path().join("r"), &["--role", "standby", "--object-store", &bucket]);
+    assert!(err.contains("\"standby\" is not a role"), "{err}");
+
+    // A writer's data directory is not a reader's cache: it is refused,
+    // and left as it was.
+    let mut writer = TestServer::start_in(&dir.path().join("w"), &["--object-store", &bucket]);
+    write_cpu(&writer, 0, 5).await;
+    writer.terminate();
+    let manifest = std::fs::read(dir.path().join("w/manifest.json")).expect("manifest");
+    let err = serve(&dir.path().join("w"), &["--role", "reader", "--object-store", &bucket]);
+    assert!(err.contains("not a reader's cache"), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("w/manifest.json")).expect("manifest"), manifest);
+
+    // Nor is the cache of a reader of another bucket.
+    let other = format!("file://{}", dir.path().join("other").display());
+    drop(TestServer::start_in(&dir.path().join("r"), &["--role", "reader", "--object-store", &other]));
+    let err = serve(&dir.path().join("r"), &["--role", "reader", "--object-store", &bucket]);
+    assert!(err.contains("reader of") && err.contains("other"), "{err}");
+
+    // And a reader's cache is not a writer's data directory.
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("r"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env_remove("TOCSIN_CONFIG")
+        .output()
+        .expect("run tocsin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cache of a reader") && err.contains("--role reader"), "{err}");
+
+    // Two readers on one directory: the second is refused before it writes
+    // anything there.
+    let busy = TestServer::start_in(&dir.path().join("r"), &["--role", "reader", "--object-store", &other]);
+    let err = serve(&dir.path().join("r"), &["--role", "reader", "--object-store", &other]);
+    assert!(err.contains("in use by another tocsin process"), "{err}");
+    drop(busy);
+
+    // A reader started before the writer's first copy answers from nothing
+    // (each refresh counts as failed meanwhile), then from the copy.
+    let late = format!("file://{}", dir.path().join("late").display());
+    let early = TestServer::start_in(
+        &dir.path().join("early"),
+        &["--config", &cfg, "--role", "reader", "--object-store", &late],
+    );
+    early.metric_until("tocsin_reader_refresh_failures_total", 1.0).await;
+    let writer = TestServer::start_in(&dir.path().join("w2"), &["--config", &cfg, "--object-store", &late]);
+    write_cpu(&writer, 0, 7).await;
+    converges(&early, &writer, ANSWER).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_take_the_writers_tokens_and_their_revocation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let writer = TestServer::start_in(&dir.path().join("w"), &["--auth", "--config", &cfg, "--object-store", &bucket])
+        .with_admin_token();
+    let admin = writer.token.clone().expect("admin token");
+    let viewer = create_token(&writer, &admin, "viewer", &[]);
+    let lines: Vec<String> = (0..15).map(|i| format!("cpu,host=h{} v={i} {}", i % 3, T0 + i * SEC)).collect();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/write?db=public", writer.http))
+        .bearer_auth(&admin)
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(resp.status().as_u16(), 204);
+    writer.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    // Without --auth, a reader would serve the writer's data to anyone.
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("open"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config", &cfg])
+        .args(["--role", "reader", "--object-store", &bucket])
+        .env_remove("TOCSIN_CONFIG")
+        .output()
+        .expect("run tocsin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("start the reader with --auth"), "{err}");
+    let reader = TestServer::start_in(
+        &dir.path().join("r"),
+        &["--auth", "--config", &cfg, "--role", "reader", "--object-store", &bucket],
+    );
+    assert!(!reader.data_dir.join("admin-token").exists(), "the reader made no token of its own");
+    let sql = json!({ "sql": "SELECT count(*) AS n FROM cpu" });
+    let mut last = (0, String::new());
+    for _ in 0..200 {
+        last = call(&reader, "POST", "/api/v1/sql", Some(&viewer), Some(sql.clone())).await;
+        if last.1.contains("15") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 200, "the writer's token works on the reader: {}", last.1);
+    assert!(last.1.contains("15"), "{}", last.1);
+    let (status, _) = call(&reader, "POST", "/api/v1/sql", None, Some(sql.clone())).await;
+    assert_eq!(status, 401);
+    // Tokens are managed on the writer; the reader follows.
+    let (status, body) = call(&reader, "POST", "/api/v1/tokens", Some(&admin), Some(json!({"role": "viewer"}))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("reader"), "{body}");
+    let id = viewer.split('_').nth(1).expect("id");
+    let (status, body) = call(&writer, "DELETE", &format!("/api/v1/tokens/{id}"), Some(&admin), None).await;
+    assert!(status < 300, "revoke on the writer: {status} {body}");
+    for _ in 0..200 {
+        last = call(&reader, "POST", "/api/v1/sql", Some(&viewer), Some(sql.clone())).await;
+        if last.0 == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 401, "a token revoked on the writer stops working on the reader: {}", last.1);
+    assert!(last.1.contains("revoked"), "{}", last.1);
+}
+
+/// One copy, one writer: a second server does not take over a copy whose
+/// server is alive; it does once that server is quiet (paused), and the
+/// paused server, resumed, stops taking writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_has_one_writer_and_a_writer_taken_over_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let args = ["--config", cfg.as_str(), "--object-store", bucket.as_str()];
+    let a = TestServer::start_in(&dir.path().join("a"), &args);
+    write_cpu(&a, 0, 10).await;
+    a.metric_until("tocsin_object_store_pushes_total", 2.0).await;
+
+    // A is alive: B, on an empty directory, waits for it to go quiet, sees
+    // it push, and refuses to start.
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("b-early"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("TOCSIN_CONFIG")
+        .output()
+        .expect("run tocsin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is pushing into"), "{err}");
+
+    // A paused past its window: B takes the copy over, with A's rows.
+    a.signal(libc::SIGSTOP);
+    let b = TestServer::start_in(&dir.path().join("b"), &args);
+    assert!(b.log_text().contains("waiting"), "B waited for A's window: {}", b.log_text());
+    assert_eq!(b.sql(ANSWER).await[0]["n"], 10);
+    write_cpu(&b, 10, 5).await;
+    b.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+
+    // A resumes: its next push finds B's, and it stops taking writes.
+    a.signal(libc::SIGCONT);
+    assert_eq!(a.metric_until("tocsin_object_store_fenced", 1.0).await, 1.0);
+    let refused = a
+        .client()
+        .await
+        .write_rows(rows("cpu", vec![row_series(&[("host", "h0")], vec![T0], vec![f64s("v", vec![1.0])])]))
+        .await;
+    let refused = refused.expect_err("a writer taken over refuses writes");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("taken the copy over"), "{}", refused.message());
+
+    // A reader of the copy follows B, the writer now.
+    let r =
+        TestServer::start_in(&dir.path().join("r"), &["--config", &cfg, "--object-store", &bucket, "--role", "reader"]);
+    let rows_seen = converges(&r, &b, ANSWER).await;
+    assert_eq!(rows_seen[0]["n"], 15);
+
+    // B stops cleanly: the next server takes over at once, without waiting.
+    let mut b = b;
+    b.terminate();
+    let c = TestServer::start_in(&dir.path().join("c"), &args);
+    assert!(!c.log_text().contains("waiting"), "{}", c.log_text());
+    assert_eq!(c.sql(ANSWER).await[0]["n"], 15);
+}
