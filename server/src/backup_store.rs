@@ -76,6 +76,17 @@ pub struct WriterRun {
     pub stopped: bool,
 }
 
+/// A server's claim on its copy, for one push ([`push`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub me: &'a WriterRun,
+    /// No push of this run has succeeded yet.
+    pub first: bool,
+    /// When this run started (Unix ms): a push by another server after it
+    /// means that server is alive, and this one stands down.
+    pub since_ms: i64,
+}
+
 impl WriterRun {
     /// How long after its last push a writer counts as alive: three of its
     /// intervals, at least 3 s.
@@ -153,21 +164,44 @@ pub struct PushReport {
 /// Copies `image` into `dest` (only what the backup there lacks), writes the
 /// index, removes what it no longer lists. `replace`: a backup of another
 /// data directory may be replaced.
-/// `writer`: the server's own copy (not `tocsin backup`), with whether this
-/// is its first push since it started ([`WriterRun`]).
+/// `writer`: the server's own copy (not `tocsin backup`), see [`Claim`].
 pub async fn push(
     image: &BackupImage,
     files: &impl ImageFiles,
     dest: &Place,
     replace: bool,
     progress: bool,
-    writer: Option<(&WriterRun, bool)>,
+    writer: Option<Claim<'_>>,
 ) -> Result<PushReport> {
     let started = Instant::now();
+    let now = image.at.point_unix_ms;
     let _lock = match dest {
         Place::Dir(d) => {
             fs::create_dir_all(d).at(|| format!("creating {}", d.display()))?;
-            Some(lock(d)?)
+            let holder = match &writer {
+                Some(c) => format!("server {} {now}", c.me.run),
+                None => format!("backup - {now}"),
+            };
+            match lock(d, &holder)? {
+                Ok(file) => Some(file),
+                // A server whose push was paused half-way (its process
+                // stopped, its machine frozen) holds the lock: a server
+                // taking its copy over passes it once it has been quiet.
+                Err(held) => {
+                    let quiet = writer.as_ref().is_some_and(|c| {
+                        let mut words = held.split_whitespace();
+                        let (kind, at) = (words.next(), words.nth(1).and_then(|t| t.parse::<i64>().ok()));
+                        kind == Some("server") && at.is_some_and(|at| now.saturating_sub(at) > c.me.window_ms())
+                    });
+                    ensure!(
+                        quiet,
+                        "another `tocsin backup` or server is writing into {} (its {LOCK} is locked: {})",
+                        d.display(),
+                        held.trim()
+                    );
+                    None
+                }
+            }
         }
         Place::Bucket(_) => None,
     };
@@ -180,10 +214,10 @@ pub async fn push(
         );
     }
     check_target(image, dest, previous.as_ref(), replace)?;
-    if let (Some((me, first)), Some(p)) = (writer, previous.as_ref())
+    if let (Some(Claim { me, first, since_ms }), Some(p)) = (&writer, previous.as_ref())
         && let Some(other) = p.writer.as_ref().filter(|w| w.run != me.run)
     {
-        if !first {
+        if !first || p.at.point_unix_ms > *since_ms {
             return Err(BackupError::TakenOver(format!(
                 "another server (on {}) pushed into {} at {}, after this server's last push: it has taken the copy \
                  over. This server stopped pushing and accepts no more writes; send them to the other server",
@@ -192,7 +226,6 @@ pub async fn push(
                 p.at.point
             )));
         }
-        let now = image.at.point_unix_ms;
         if WriterRun::live(p, now).is_some() {
             return Err(BackupError::Busy(format!(
                 "another server (on {}) pushed into {} {:.1} s ago; two servers pushing one copy would mix it, so \
@@ -206,10 +239,24 @@ pub async fn push(
     }
     let (list, copied_files, copied_bytes) = copy_image(image, files, dest, previous.as_ref(), progress).await?;
     let reused_files = list.len() - copied_files;
+    if let Some(Claim { me, .. }) = &writer
+        && let Some(now) = Index::read(dest).await?
+        && let Some(other) = now.writer.as_ref().filter(|w| w.run != me.run)
+        && previous.as_ref().is_none_or(|p| p.at.point_unix_ms != now.at.point_unix_ms)
+    {
+        // Another server pushed while this push was copying.
+        return Err(BackupError::TakenOver(format!(
+            "another server (on {}) pushed into {} at {}, during this server's push: it has taken the copy over. \
+             This server stopped pushing and accepts no more writes; send them to the other server",
+            other.host,
+            dest.name(),
+            now.at.point
+        )));
+    }
     let index = Index {
         at: image.at.clone(),
         // `tocsin backup` into a server's copy keeps its writer.
-        writer: writer.map(|(w, _)| w.clone()).or_else(|| previous.as_ref().and_then(|p| p.writer.clone())),
+        writer: writer.map(|c| c.me.clone()).or_else(|| previous.as_ref().and_then(|p| p.writer.clone())),
         seconds: started.elapsed().as_secs_f64(),
         copied_files,
         copied_bytes,
@@ -1026,19 +1073,29 @@ fn prune_dir(dest: &Path, index: &Index) -> Result<usize> {
     Ok(removed)
 }
 
-fn lock(dest: &Path) -> Result<fs::File> {
+/// Locks `dest` for a backup and writes `holder` into the lock file; or,
+/// if another holds it, returns what that one wrote.
+fn lock(dest: &Path, holder: &str) -> Result<std::result::Result<fs::File, String>> {
     let path = dest.join(LOCK);
-    let file = fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .at(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a file descriptor this function owns.
     let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
-    ensure!(rc == 0, "another `tocsin backup` is writing into {} (its {LOCK} is locked)", dest.display());
-    Ok(file)
+    if rc != 0 {
+        let mut held = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut file, 256), &mut held);
+        return Ok(Err(held));
+    }
+    file.set_len(0).at(|| format!("writing {}", path.display()))?;
+    file.write_all(format!("{holder}\n").as_bytes()).at(|| format!("writing {}", path.display()))?;
+    Ok(Ok(file))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1195,5 +1252,39 @@ mod tests {
         assert!(err.to_string().contains("51 bytes"), "{err}");
         assert_eq!(fs::read_dir(dir.join(".incoming")).expect("incoming").count(), 0, "no part left");
         assert!(!dir.join("segments/1.parquet").exists());
+    }
+
+    /// A push paused half-way holds the directory's lock: a server taking
+    /// the copy over passes it once the holder has been quiet for its
+    /// window; a fresh holder, or a `tocsin backup`, keeps it.
+    #[tokio::test]
+    async fn a_lock_left_by_a_quiet_server_is_passed_only_by_a_server() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).expect("mkdir");
+        fs::write(src.join("manifest.json"), "m").expect("write");
+        let dest_dir = tmp.path().join("dest");
+        fs::create_dir_all(&dest_dir).expect("mkdir");
+        let dest = Place::Dir(dest_dir.clone());
+        let me = WriterRun { run: "b".into(), host: "h".into(), interval_ms: 1000, stopped: false };
+        let mut img = image("x", &src, &["manifest.json"]);
+        img.at.point_unix_ms = 100_000;
+        for (holder, server_passes) in [("server a 99000", false), ("server a 90000", true), ("backup - 90000", false)]
+        {
+            let held = fs::OpenOptions::new().create(true).truncate(true).write(true).open(dest_dir.join(LOCK));
+            let mut held = held.expect("lock file");
+            held.write_all(format!("{holder}\n").as_bytes()).expect("write");
+            // SAFETY: flock on a file descriptor this test owns.
+            assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
+            let claim = Claim { me: &me, first: true, since_ms: 0 };
+            let pushed = push(&img, &Folder(src.clone()), &dest, false, false, Some(claim)).await;
+            assert_eq!(pushed.is_ok(), server_passes, "{holder}: {pushed:?}");
+            if let Err(e) = pushed {
+                assert!(e.to_string().contains(holder), "{e}");
+            }
+            let backup = push(&img, &Folder(src.clone()), &dest, false, false, None).await;
+            assert!(backup.expect_err("a backup never passes a lock").to_string().contains("locked"));
+            drop(held);
+        }
     }
 }

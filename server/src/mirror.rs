@@ -31,7 +31,7 @@ use tocsin_storage::Storage;
 use tokio::sync::watch;
 
 use crate::backup::{BackupFile, Backups};
-use crate::backup_store::{self, BackupError, ImageFiles, Index, Place, WriterRun};
+use crate::backup_store::{self, BackupError, Claim, ImageFiles, Index, Place, WriterRun};
 
 /// Counters of `/metrics`.
 #[derive(Debug, Default)]
@@ -53,6 +53,8 @@ pub(crate) struct Mirror {
     me: WriterRun,
     /// Whether a push of this run has succeeded.
     pushed: AtomicBool,
+    /// When this run took the copy on (Unix ms).
+    since_ms: AtomicI64,
     /// Set once another server has taken the copy over.
     fenced: watch::Sender<bool>,
 }
@@ -77,6 +79,7 @@ impl Mirror {
             metrics: MirrorMetrics::default(),
             me,
             pushed: AtomicBool::new(false),
+            since_ms: AtomicI64::new(0),
             fenced: watch::Sender::new(false),
         };
         let empty = match std::fs::read_dir(data_dir) {
@@ -137,6 +140,7 @@ impl Mirror {
                 "data directory restored from the bucket: it holds every write acknowledged before its point"
             );
         }
+        mirror.since_ms.store(now_ms(), Ordering::Relaxed);
         Ok(mirror)
     }
 
@@ -168,7 +172,8 @@ impl Mirror {
                 .await
                 .map_err(|e| BackupError::Refused(e.message().to_string()))?;
             let files = LocalImage { dir: backups.image_dir(&image.id) };
-            let pushed = backup_store::push(&image, &files, &self.dest, false, false, Some((&me, first))).await;
+            let claim = Claim { me: &me, first, since_ms: self.since_ms.load(Ordering::Relaxed) };
+            let pushed = backup_store::push(&image, &files, &self.dest, false, false, Some(claim)).await;
             backups.drop_image(&image.id);
             pushed.map(|r| (r, image.at.point_unix_ms))
         }

@@ -293,7 +293,10 @@ async fn a_copy_has_one_writer_and_a_writer_taken_over_stops() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("is pushing into"), "{err}");
 
-    // A paused past its window: B takes the copy over, with A's rows.
+    // A paused (right after a push) past its window: B takes the copy
+    // over, with A's rows.
+    let pushes = a.metric("tocsin_object_store_pushes_total").await;
+    a.metric_until("tocsin_object_store_pushes_total", pushes + 1.0).await;
     a.signal(libc::SIGSTOP);
     let b = TestServer::start_in(&dir.path().join("b"), &args);
     assert!(b.log_text().contains("waiting"), "B waited for A's window: {}", b.log_text());
