@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Backups of the TSBS day (100 hosts x 24 h, 8.64 M values, release build):
+# a full backup, one with nothing new, one after an hour of new rows, the
+# restore; how far a reader (--role reader) is behind its writer; with S3=1
+# the same into moto, and ingest with and without the copy in a bucket
+# (--object-store, pushed every second), alternating.
+#
+#   bash bench/backup.sh
+#   S3=1 bash bench/backup.sh        # needs: pip install 'moto[server]' boto3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p tocsin -p tocsin-bench
+T="${CARGO_TARGET_DIR:-target}/release"
+WORK=$(mktemp -d)
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+cat > "$WORK/tocsin.toml" <<TOML
+[storage]
+persist_max_mb = 4096
+persist_max_age = "1d"
+max_buffer_mb = 8192
+object_store_interval = "1s"
+[limits]
+max_request_bytes = 268435456
+TOML
+now() { date +%s.%N; }
+since() { python3 -c "print(f'{$(now) - $1:.2f}')"; }
+# start NAME [extra serve flags]: sets HTTP and GRPC.
+start() {
+  local name=$1; shift
+  "$T/tocsin" serve --data-dir "$WORK/$name" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+    --config "$WORK/tocsin.toml" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log" &
+  PIDS+=($!)
+  PID=$!
+  for _ in $(seq 300); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
+  GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$WORK/$name.out")
+  HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/$name.out")
+}
+count() { curl -s -XPOST "$1/api/v1/sql" -d '{"sql":"SELECT count(*) AS n FROM cpu"}'; }
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB"
+
+start main
+"$T/tocsin-bench" --grpc-addr "$GRPC" --http-addr "$HTTP" --skip-queries | grep "^ingest:" || true
+curl -s -XPOST "$HTTP/api/v1/admin/persist" > /dev/null
+echo "data directory: $(du -sb "$WORK/main" | cut -f1) bytes"
+t=$(now); "$T/tocsin" backup "$WORK/bk" --http-addr "$HTTP" > "$WORK/b1"; echo "full backup: $(since "$t") s: $(cat "$WORK/b1")"
+t=$(now); "$T/tocsin" backup "$WORK/bk" --http-addr "$HTTP" > "$WORK/b2"; echo "nothing new: $(since "$t") s: $(cat "$WORK/b2")"
+python3 - "$HTTP" <<'PY'
+import sys, urllib.request
+lines = [f"extra,host=h{h} v={i} {1451606400 + 86400 + i * 10}000000000" for h in range(100) for i in range(360)]
+urllib.request.urlopen(urllib.request.Request(f"http://{sys.argv[1]}/write?db=public", data="\n".join(lines).encode()))
+PY
+curl -s -XPOST "$HTTP/api/v1/admin/persist" > /dev/null
+t=$(now); "$T/tocsin" backup "$WORK/bk" --http-addr "$HTTP" > "$WORK/b3"; echo "after 36,000 new rows: $(since "$t") s: $(cat "$WORK/b3")"
+t=$(now); "$T/tocsin" restore "$WORK/bk" --data-dir "$WORK/restored" > "$WORK/r1"; echo "restore: $(since "$t") s: $(head -1 "$WORK/r1")"
+start restored
+echo "rows: live $(count "$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/main.out")"), restored $(count "$HTTP")"
+
+# reader_lag URL TAG: a writer and a reader of its copy at URL (pushed and
+# fetched every second); for 15 rows written one at a time, the time until
+# the reader answers with the row.
+reader_lag() {
+  local url=$1 tag=$2
+  start "lag-w-$tag" --object-store "$url"
+  local W=$HTTP
+  start "lag-r-$tag" --object-store "$url" --role reader
+  local R=$HTTP
+  python3 - "$W" "$R" "$tag" <<'PY'
+import json, statistics, sys, time, urllib.error, urllib.request
+w, r, tag = sys.argv[1:]
+def sql(addr, q):
+    req = urllib.request.Request(f"http://{addr}/api/v1/sql", data=json.dumps({"sql": q}).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError:
+        return []
+lags = []
+for i in range(15):
+    body = f"lag,probe=p v={i} {1_700_000_000 + i}000000000".encode()
+    urllib.request.urlopen(urllib.request.Request(f"http://{w}/write?db=public", data=body))
+    t0 = time.time()
+    while sql(r, f"SELECT v FROM lag WHERE v = {i}") == []:
+        time.sleep(0.02)
+    lags.append(time.time() - t0)
+lags.sort()
+print(f"reader lag ({tag}, object_store_interval 1s on both): median {statistics.median(lags):.2f} s, "
+      f"min {lags[0]:.2f}, max {lags[-1]:.2f} over {len(lags)} writes")
+PY
+}
+reader_lag "file://$WORK/shared" "shared directory"
+
+if [ "${S3:-0}" = 1 ]; then
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 -m moto.server -H 127.0.0.1 -p "$PORT" > /dev/null 2>&1 &
+  PIDS+=($!)
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
+    AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ALLOW_HTTP=true
+  for _ in $(seq 100); do curl -s "$AWS_ENDPOINT_URL" > /dev/null && break; sleep 0.2; done
+  python3 -c "import boto3; boto3.client('s3').create_bucket(Bucket='bench')"
+  MAIN=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/main.out")
+  t=$(now); "$T/tocsin" backup s3://bench/full --http-addr "$MAIN" > "$WORK/s1"; echo "full backup to moto: $(since "$t") s: $(cat "$WORK/s1")"
+  t=$(now); "$T/tocsin" backup s3://bench/full --http-addr "$MAIN" > "$WORK/s2"; echo "nothing new, moto: $(since "$t") s: $(cat "$WORK/s2")"
+  t=$(now); "$T/tocsin" restore s3://bench/full --data-dir "$WORK/from-s3" > "$WORK/s3"; echo "restore from moto: $(since "$t") s: $(head -1 "$WORK/s3")"
+  reader_lag s3://bench/lag moto
+  # Ingest of the day, with and without the copy pushed every second.
+  for round in 1 2 3; do
+    for mode in plain bucket; do
+      if [ $mode = bucket ]; then start "ing-$mode-$round" --object-store "s3://bench/ingest-$round"; else start "ing-$mode-$round"; fi
+      rate=$("$T/tocsin-bench" --grpc-addr "$GRPC" --http-addr "$HTTP" --skip-queries | grep "^ingest:" | head -1)
+      pushes=$(curl -s "$HTTP/metrics" | awk '/^tocsin_object_store_pushes_total /{print $2}')
+      echo "ingest round $round, $mode: $rate (pushes during it: ${pushes:-none})"
+      kill -TERM "$PID"; wait "$PID" || true
+    done
+  done
+fi
