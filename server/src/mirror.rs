@@ -261,8 +261,7 @@ impl ImageFiles for LocalImage {
     }
 }
 
+/// Wall time in Unix milliseconds (the storage's clock).
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    tocsin_storage::now_ns() / 1_000_000
 }
