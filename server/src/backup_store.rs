@@ -82,9 +82,101 @@ pub struct Claim<'a> {
     pub me: &'a WriterRun,
     /// No push of this run has succeeded yet.
     pub first: bool,
-    /// When this run started (Unix ms): a push by another server after it
-    /// means that server is alive, and this one stands down.
+    /// When this run started (Unix ms): a server that starts pushing after
+    /// it, before this one's first push, has taken the copy over.
     pub since_ms: i64,
+    /// Which state of the copy the data directory matches: a copy in any
+    /// other state was pushed by another server since, and pushing this
+    /// directory over it would roll it back or mix two histories.
+    pub synced: &'a Synced,
+}
+
+/// `<data-dir>/object-store-synced.json`: the state of the copy in
+/// `[storage] object_store` that the data directory matches, the index it
+/// last pushed or was restored from (its writer's run and point). A server
+/// pushes only over that state ([`check_synced`]).
+pub const SYNCED: &str = "object-store-synced.json";
+/// The largest record read (it holds two points).
+const MAX_SYNCED_BYTES: u64 = 64 << 10;
+
+/// One state of a copy: its index's writer run and point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncedPoint {
+    pub run: Option<String>,
+    pub point_unix_ms: i64,
+}
+
+impl SyncedPoint {
+    pub fn of(index: &Index) -> SyncedPoint {
+        SyncedPoint { run: index.writer.as_ref().map(|w| w.run.clone()), point_unix_ms: index.at.point_unix_ms }
+    }
+}
+
+/// A data directory's record of the copy it matches ([`SYNCED`]). While a
+/// push writes the index, the record holds both the state it replaces and
+/// the new one, so a crash between the two writes matches either.
+#[derive(Debug, Clone)]
+pub struct Synced(PathBuf);
+
+impl Synced {
+    pub fn in_dir(data_dir: &Path) -> Synced {
+        Synced(data_dir.join(SYNCED))
+    }
+
+    /// The states recorded; none for a data directory that never pushed
+    /// nor was restored from a copy.
+    pub fn read(&self) -> Result<Vec<SyncedPoint>> {
+        let path = &self.0;
+        let file = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).at(|| format!("reading {}", path.display())),
+        };
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_SYNCED_BYTES), &mut text)
+            .at(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&text).at(|| {
+            format!(
+                "{} (which state of the copy in the bucket this data directory matches) cannot be read",
+                path.display()
+            )
+        })
+    }
+
+    pub fn record(&self, points: &[SyncedPoint]) -> Result<()> {
+        let json = serde_json::to_vec(points).at(|| "encoding the copy's state".into())?;
+        write_atomic(&self.0, |e| e, |f| f.write_all(&json)).at(|| format!("writing {}", self.0.display()))
+    }
+}
+
+/// Refuses (`TakenOver`) a copy whose state is not one `synced` records:
+/// another server has pushed it since this data directory last did (or
+/// started from it), and pushing this directory would replace that
+/// server's writes with older data.
+pub fn check_synced(copy: &Index, synced: &[SyncedPoint], dest: &Place) -> Result<()> {
+    let state = SyncedPoint::of(copy);
+    if synced.contains(&state) {
+        return Ok(());
+    }
+    let by = match &copy.writer {
+        Some(w) => format!("a server on {} (run {})", w.host, w.run),
+        None => "`tocsin backup`".to_string(),
+    };
+    let ours = match synced.last() {
+        Some(p) => format!(
+            "after the state this data directory last pushed or started from ({})",
+            chrono::DateTime::from_timestamp_millis(p.point_unix_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_else(|| p.point_unix_ms.to_string())
+        ),
+        None => "and this data directory has never pushed it nor started from it".to_string(),
+    };
+    Err(BackupError::TakenOver(format!(
+        "the copy in {} was pushed by {by} at {}, {ours}: another server has taken the copy over, and pushing this \
+         data directory would roll the copy back",
+        dest.name(),
+        copy.at.point
+    )))
 }
 
 impl WriterRun {
@@ -124,6 +216,9 @@ impl<T> At<T> for std::result::Result<T, serde_json::Error> {
         self.map_err(|e| BackupError::Refused(format!("{}: {e}", what())))
     }
 }
+
+/// What a server that finds its copy taken over does.
+const STOPPED: &str = "This server stopped pushing and accepts no more writes; send them to the other server";
 
 macro_rules! bail {
     ($($arg:tt)*) => { return Err(BackupError::Refused(format!($($arg)*))) };
@@ -188,11 +283,30 @@ pub async fn push(
                 // stopped, its machine frozen) holds the lock: a server
                 // taking its copy over passes it once it has been quiet.
                 Err(held) => {
-                    let quiet = writer.as_ref().is_some_and(|c| {
-                        let mut words = held.split_whitespace();
-                        let (kind, at) = (words.next(), words.nth(1).and_then(|t| t.parse::<i64>().ok()));
-                        kind == Some("server") && at.is_some_and(|at| now.saturating_sub(at) > c.me.window_ms())
-                    });
+                    let mut words = held.split_whitespace();
+                    let (kind, run, at) =
+                        (words.next(), words.next(), words.next().and_then(|t| t.parse::<i64>().ok()));
+                    let server = kind == Some("server") && run.is_some();
+                    let quiet = writer
+                        .as_ref()
+                        .is_some_and(|c| server && at.is_some_and(|at| now.saturating_sub(at) > c.me.window_ms()));
+                    // Another server started pushing after this one started,
+                    // before its first push: it is taking the copy over (two
+                    // servers on an empty data directory at the same moment).
+                    if let Some(c) = &writer
+                        && c.first
+                        && server
+                        && !quiet
+                        && run != Some(c.me.run.as_str())
+                        && at.is_some_and(|at| at > c.since_ms)
+                    {
+                        return Err(BackupError::TakenOver(format!(
+                            "another server (run {}) started pushing into {} after this server started, before its \
+                             first push: it is taking the copy over. {STOPPED}",
+                            run.unwrap_or("?"),
+                            d.display()
+                        )));
+                    }
                     ensure!(
                         quiet,
                         "another `tocsin backup` or server is writing into {} (its {LOCK} is locked: {})",
@@ -214,28 +328,34 @@ pub async fn push(
         );
     }
     check_target(image, dest, previous.as_ref(), replace)?;
-    if let (Some(Claim { me, first, since_ms }), Some(p)) = (&writer, previous.as_ref())
-        && let Some(other) = p.writer.as_ref().filter(|w| w.run != me.run)
+    if let (Some(c), Some(p)) = (&writer, previous.as_ref()) {
+        check_synced(p, &c.synced.read()?, dest).map_err(|e| match e {
+            BackupError::TakenOver(why) => BackupError::TakenOver(format!("{why}. {STOPPED}")),
+            e => e,
+        })?;
+    }
+    if writer.is_none()
+        && let Some(w) = previous.as_ref().and_then(|p| p.writer.as_ref())
     {
-        if !first || p.at.point_unix_ms > *since_ms {
-            return Err(BackupError::TakenOver(format!(
-                "another server (on {}) pushed into {} at {}, after this server's last push: it has taken the copy \
-                 over. This server stopped pushing and accepts no more writes; send them to the other server",
-                other.host,
-                dest.name(),
-                p.at.point
-            )));
-        }
-        if WriterRun::live(p, now).is_some() {
-            return Err(BackupError::Busy(format!(
-                "another server (on {}) pushed into {} {:.1} s ago; two servers pushing one copy would mix it, so \
-                 this one pushes only once that copy is {:.0} s old with no newer push (a stopped or lost server)",
-                other.host,
-                dest.name(),
-                (now - p.at.point_unix_ms) as f64 / 1000.0,
-                other.window_ms() as f64 / 1000.0
-            )));
-        }
+        bail!(
+            "{} is the copy a server keeps (`--object-store`, last pushed by the server on {}); a backup there \
+             would mix the two. Back up to another prefix or directory",
+            dest.name(),
+            w.host
+        );
+    }
+    if let (Some(Claim { me, .. }), Some(p)) = (&writer, previous.as_ref())
+        && let Some(other) = p.writer.as_ref().filter(|w| w.run != me.run)
+        && WriterRun::live(p, now).is_some()
+    {
+        return Err(BackupError::Busy(format!(
+            "another server (on {}) pushed into {} {:.1} s ago; two servers pushing one copy would mix it, so this \
+             one pushes only once that copy is {:.0} s old with no newer push (a stopped or lost server)",
+            other.host,
+            dest.name(),
+            (now - p.at.point_unix_ms) as f64 / 1000.0,
+            other.window_ms() as f64 / 1000.0
+        )));
     }
     let (list, copied_files, copied_bytes) = copy_image(image, files, dest, previous.as_ref(), progress).await?;
     let reused_files = list.len() - copied_files;
@@ -247,7 +367,7 @@ pub async fn push(
         // Another server pushed while this push was copying.
         return Err(BackupError::TakenOver(format!(
             "another server (on {}) pushed into {} at {}, during this server's push: it has taken the copy over. \
-             This server stopped pushing and accepts no more writes; send them to the other server",
+             {STOPPED}",
             other.host,
             dest.name(),
             now.at.point
@@ -264,7 +384,17 @@ pub async fn push(
         files: list,
     };
     let json = serde_json::to_vec_pretty(&index).at(|| "encoding the index".into())?;
+    let state = SyncedPoint::of(&index);
+    if let Some(c) = &writer {
+        // Both states while the index is written: a crash in between matches
+        // either on the next start.
+        let replaced = previous.as_ref().map(SyncedPoint::of);
+        c.synced.record(&replaced.into_iter().chain([state.clone()]).collect::<Vec<_>>())?;
+    }
     dest.replace(INDEX, json).await?;
+    if let Some(c) = &writer {
+        c.synced.record(&[state])?;
+    }
     let pruned = dest.prune(&index).await?;
     Ok(PushReport { index, copied_files, copied_bytes, reused_files, pruned })
 }
@@ -549,6 +679,9 @@ pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreR
     for d in &dirs {
         sync_dir(d).at(|| format!("syncing {}", d.display()))?;
     }
+    // The directory matches this state of the copy: a server on it with the
+    // copy's `--object-store` continues it.
+    Synced::in_dir(dir).record(&[SyncedPoint::of(&index)])?;
     fs::remove_file(&marker).at(|| format!("removing {}", marker.display()))?;
     sync_dir(dir).at(|| format!("syncing {}", dir.display()))?;
     Ok(RestoreReport { index, bytes })
@@ -1254,6 +1387,62 @@ mod tests {
         assert!(!dir.join("segments/1.parquet").exists());
     }
 
+    /// A server pushes only over the state of the copy its data directory
+    /// last pushed or started from: a former writer whose copy another
+    /// server took over is refused instead of rolling the copy back.
+    #[tokio::test]
+    async fn a_server_pushes_only_over_the_state_of_the_copy_it_matches() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).expect("mkdir");
+        fs::write(src.join("manifest.json"), "m").expect("write");
+        let dest = Place::Dir(tmp.path().join("dest"));
+        let run = |r: &str| WriterRun { run: r.into(), host: format!("host-{r}"), interval_ms: 1000, stopped: false };
+        let (a, b) = (run("a"), run("b"));
+        let a_dir = tmp.path().join("a");
+        fs::create_dir_all(&a_dir).expect("mkdir");
+        let (a_synced, b_synced) = (Synced::in_dir(&a_dir), Synced::in_dir(&tmp.path().join("b")));
+        let at = |ms: i64| {
+            let mut img = image("x", &src, &["manifest.json"]);
+            img.at.point_unix_ms = ms;
+            img
+        };
+        let state = |r: &str, ms: i64| SyncedPoint { run: Some(r.into()), point_unix_ms: ms };
+        let claim = |me, synced| Claim { me, first: true, since_ms: 0, synced };
+
+        push(&at(100_000), &Folder(src.clone()), &dest, false, false, Some(claim(&a, &a_synced))).await.expect("a");
+        assert_eq!(a_synced.read().expect("record"), vec![state("a", 100_000)]);
+        // B starts from A's copy (a restore records its state) and pushes.
+        restore(&dest, &tmp.path().join("b"), false).await.expect("restore");
+        assert_eq!(b_synced.read().expect("record"), vec![state("a", 100_000)]);
+        push(&at(200_000), &Folder(src.clone()), &dest, false, false, Some(claim(&b, &b_synced))).await.expect("b");
+
+        // A, resumed or restarted on its own directory, is behind the copy.
+        let a_again = run("a2");
+        let refused =
+            push(&at(300_000), &Folder(src.clone()), &dest, false, false, Some(claim(&a_again, &a_synced))).await;
+        match refused {
+            Err(BackupError::TakenOver(why)) => {
+                assert!(why.contains("host-b") && why.contains("roll the copy back"), "{why}")
+            }
+            other => panic!("A pushed over B's copy: {other:?}"),
+        }
+        assert_eq!(Index::read(&dest).await.expect("index").expect("some").at.point_unix_ms, 200_000);
+
+        // B crashed between the two writes of a push's record: it holds the
+        // state the push replaced and the one it would have written.
+        b_synced.record(&[state("b", 200_000), state("b", 250_000)]).expect("record");
+        let b_again = run("b2");
+        push(&at(400_000), &Folder(src.clone()), &dest, false, false, Some(claim(&b_again, &b_synced)))
+            .await
+            .expect("b2");
+        assert_eq!(b_synced.read().expect("record"), vec![state("b2", 400_000)]);
+
+        // `tocsin backup` into a server's copy would mix the two.
+        let backup = push(&at(500_000), &Folder(src.clone()), &dest, false, false, None).await;
+        assert!(backup.expect_err("refused").to_string().contains("the copy a server keeps"));
+    }
+
     /// A push paused half-way holds the directory's lock: a server taking
     /// the copy over passes it once the holder has been quiet for its
     /// window; a fresh holder, or a `tocsin backup`, keeps it.
@@ -1267,20 +1456,32 @@ mod tests {
         fs::create_dir_all(&dest_dir).expect("mkdir");
         let dest = Place::Dir(dest_dir.clone());
         let me = WriterRun { run: "b".into(), host: "h".into(), interval_ms: 1000, stopped: false };
+        let synced = Synced::in_dir(&tmp.path().join("data"));
+        fs::create_dir_all(tmp.path().join("data")).expect("mkdir");
         let mut img = image("x", &src, &["manifest.json"]);
         img.at.point_unix_ms = 100_000;
-        for (holder, server_passes) in [("server a 99000", false), ("server a 90000", true), ("backup - 90000", false)]
-        {
+        // (holder, this server's start, whether it passes, what it says)
+        let cases = [
+            ("server a 99000", 99_500, false, "server a 99000"),
+            // A lock taken after this server started, before its first push:
+            // that server is taking the copy over.
+            ("server a 99000", 0, false, "taking the copy over"),
+            ("server a 90000", 0, true, ""),
+            ("backup - 90000", 0, false, "backup - 90000"),
+        ];
+        for (holder, since_ms, server_passes, says) in cases {
             let held = fs::OpenOptions::new().create(true).truncate(true).write(true).open(dest_dir.join(LOCK));
             let mut held = held.expect("lock file");
             held.write_all(format!("{holder}\n").as_bytes()).expect("write");
             // SAFETY: flock on a file descriptor this test owns.
             assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
-            let claim = Claim { me: &me, first: true, since_ms: 0 };
+            let claim = Claim { me: &me, first: true, since_ms, synced: &synced };
             let pushed = push(&img, &Folder(src.clone()), &dest, false, false, Some(claim)).await;
             assert_eq!(pushed.is_ok(), server_passes, "{holder}: {pushed:?}");
-            if let Err(e) = pushed {
-                assert!(e.to_string().contains(holder), "{e}");
+            match pushed {
+                Err(BackupError::TakenOver(e)) => assert!(says.contains("taking") && e.contains(says), "{e}"),
+                Err(e) => assert!(e.to_string().contains(says), "{e}"),
+                Ok(_) => {}
             }
             let backup = push(&img, &Folder(src.clone()), &dest, false, false, None).await;
             assert!(backup.expect_err("a backup never passes a lock").to_string().contains("locked"));

@@ -31,7 +31,7 @@ use tocsin_storage::Storage;
 use tokio::sync::watch;
 
 use crate::backup::{BackupFile, Backups};
-use crate::backup_store::{self, BackupError, Claim, ImageFiles, Index, Place, WriterRun};
+use crate::backup_store::{self, BackupError, Claim, ImageFiles, Index, Place, Synced, WriterRun};
 
 /// Counters of `/metrics`.
 #[derive(Debug, Default)]
@@ -57,6 +57,8 @@ pub(crate) struct Mirror {
     since_ms: AtomicI64,
     /// Set once another server has taken the copy over.
     fenced: watch::Sender<bool>,
+    /// Which state of the copy the data directory matches.
+    synced: Synced,
 }
 
 impl Mirror {
@@ -81,6 +83,7 @@ impl Mirror {
             pushed: AtomicBool::new(false),
             since_ms: AtomicI64::new(0),
             fenced: watch::Sender::new(false),
+            synced: Synced::in_dir(data_dir),
         };
         let empty = match std::fs::read_dir(data_dir) {
             Ok(mut entries) => entries.next().is_none(),
@@ -120,6 +123,19 @@ impl Mirror {
                 )));
             }
             index = again;
+        }
+        // A data directory of its own pushes only over the state of the copy
+        // it last pushed (or started from): past it, another server took the
+        // copy over, and this directory is behind it.
+        if !empty && let Some(index) = &index {
+            backup_store::check_synced(index, &mirror.synced.read()?, &mirror.dest).map_err(|e| match e {
+                BackupError::TakenOver(why) => BackupError::Refused(format!(
+                    "{why}. Start on an empty data directory to continue from the copy (move {} aside: it holds \
+                     what this server acknowledged after its last push), or give another --object-store prefix",
+                    data_dir.display()
+                )),
+                e => e,
+            })?;
         }
         if empty && let Some(index) = index {
             tracing::info!(
@@ -172,7 +188,7 @@ impl Mirror {
                 .await
                 .map_err(|e| BackupError::Refused(e.message().to_string()))?;
             let files = LocalImage { dir: backups.image_dir(&image.id) };
-            let claim = Claim { me: &me, first, since_ms: self.since_ms.load(Ordering::Relaxed) };
+            let claim = Claim { me: &me, first, since_ms: self.since_ms.load(Ordering::Relaxed), synced: &self.synced };
             let pushed = backup_store::push(&image, &files, &self.dest, false, false, Some(claim)).await;
             backups.drop_image(&image.id);
             pushed.map(|r| (r, image.at.point_unix_ms))

@@ -281,17 +281,8 @@ async fn a_copy_has_one_writer_and_a_writer_taken_over_stops() {
 
     // A is alive: B, on an empty directory, waits for it to go quiet, sees
     // it push, and refuses to start.
-    let out = Command::new(BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path().join("b-early"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(args)
-        .env_remove("TOCSIN_CONFIG")
-        .output()
-        .expect("run tocsin");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("is pushing into"), "{err}");
+    let err = TestServer::refused_start_with(&dir.path().join("b-early"), &args);
+    assert!(err.contains("is pushing into"), "{err}");
 
     // A paused (right after a push) past its window: B takes the copy
     // over, with A's rows.
@@ -328,4 +319,23 @@ async fn a_copy_has_one_writer_and_a_writer_taken_over_stops() {
     let c = TestServer::start_in(&dir.path().join("c"), &args);
     assert!(!c.log_text().contains("waiting"), "{}", c.log_text());
     assert_eq!(c.sql(ANSWER).await[0]["n"], 15);
+    write_cpu(&c, 15, 5).await;
+    c.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+
+    // A and B restarted on their own data directories are behind the copy:
+    // pushing them would roll it back, so they do not start.
+    let mut a = a;
+    a.terminate();
+    for former in ["a", "b"] {
+        let err = TestServer::refused_start_with(&dir.path().join(former), &args);
+        assert!(err.contains("roll the copy back") && err.contains("empty data directory"), "{former}: {err}");
+    }
+    // C restarted on its own directory continues its copy.
+    let mut c = c;
+    c.terminate();
+    let c = TestServer::start_in(&dir.path().join("c"), &args);
+    write_cpu(&c, 20, 5).await;
+    c.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    assert_eq!(c.metric("tocsin_object_store_fenced").await, 0.0, "{}", c.log_text());
+    assert_eq!(converges(&r, &c, ANSWER).await[0]["n"], 25);
 }

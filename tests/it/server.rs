@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tocsin_proto::v1::ingest_client::IngestClient;
@@ -120,15 +120,34 @@ impl TestServer {
     /// Runs `tocsin serve` on `data_dir` expecting it to refuse to start;
     /// returns what it printed on stderr.
     pub(crate) fn refused_start(data_dir: &Path) -> String {
-        let out = Command::new(BIN)
+        Self::refused_start_with(data_dir, &[])
+    }
+
+    /// As [`Self::refused_start`], with more arguments; a server still
+    /// running after a minute has started, and fails the test.
+    pub(crate) fn refused_start_with(data_dir: &Path, extra: &[&str]) -> String {
+        let mut child = Command::new(BIN)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(extra)
             .env_remove("TOCSIN_CONFIG")
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run tocsin");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!("the server started; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("output");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "the server started (stdout {:?}); stderr:\n{stderr}", out.stdout);
         stderr
