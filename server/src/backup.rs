@@ -38,7 +38,7 @@ const ROOT: &str = ".backup-images";
 /// The file holding the data directory's identity, which a restore does not
 /// copy: `tocsin backup` reuses files of an earlier backup only when that
 /// backup came from the same data directory.
-const INSTANCE_FILE: &str = "instance-id";
+pub(crate) const INSTANCE_FILE: &str = "instance-id";
 /// Files beside the storage's that a backup holds, if present. Not the
 /// bootstrap `admin-token`: `tokens.json` holds its digest, so it still
 /// works on a restored copy, and a backup kept off-site must not carry a

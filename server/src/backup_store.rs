@@ -17,6 +17,7 @@ use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -37,6 +38,8 @@ pub const INDEX: &str = "backup.json";
 const MAX_INDEX_BYTES: u64 = 256 << 20;
 /// Held (flock) while a backup writes into a directory.
 const LOCK: &str = ".lock";
+/// Where a server's push stores the files it sends, by run.
+const RUNS: &str = "runs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -99,16 +102,32 @@ pub const SYNCED: &str = "object-store-synced.json";
 /// The largest record read (it holds two points).
 const MAX_SYNCED_BYTES: u64 = 64 << 10;
 
-/// One state of a copy: its index's writer run and point.
+/// One state of a copy: its index's writer run and point, where the copy
+/// is, and whether this data directory pushed it (or was restored from it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncedPoint {
     pub run: Option<String>,
     pub point_unix_ms: i64,
+    #[serde(default)]
+    pub place: String,
+    #[serde(default)]
+    pub pushed: bool,
 }
 
 impl SyncedPoint {
-    pub fn of(index: &Index) -> SyncedPoint {
-        SyncedPoint { run: index.writer.as_ref().map(|w| w.run.clone()), point_unix_ms: index.at.point_unix_ms }
+    pub fn of(index: &Index, place: &Place, pushed: bool) -> SyncedPoint {
+        SyncedPoint {
+            run: index.writer.as_ref().map(|w| w.run.clone()),
+            point_unix_ms: index.at.point_unix_ms,
+            place: place.name(),
+            pushed,
+        }
+    }
+
+    /// Whether `index` is this state.
+    pub fn is(&self, index: &Index) -> bool {
+        self.point_unix_ms == index.at.point_unix_ms
+            && self.run.as_deref() == index.writer.as_ref().map(|w| w.run.as_str())
     }
 }
 
@@ -137,7 +156,9 @@ impl Synced {
             .at(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&text).at(|| {
             format!(
-                "{} (which state of the copy in the bucket this data directory matches) cannot be read",
+                "{} records which state of the copy in the bucket this data directory matches, and cannot be read \
+                 (docs/operations.md, \"One writer per copy\": move the data directory aside and start on an empty \
+                 one to continue from the copy)",
                 path.display()
             )
         })
@@ -154,29 +175,39 @@ impl Synced {
 /// started from it), and pushing this directory would replace that
 /// server's writes with older data.
 pub fn check_synced(copy: &Index, synced: &[SyncedPoint], dest: &Place) -> Result<()> {
-    let state = SyncedPoint::of(copy);
-    if synced.contains(&state) {
+    if synced.iter().any(|p| p.is(copy)) {
         return Ok(());
     }
     let by = match &copy.writer {
         Some(w) => format!("a server on {} (run {})", w.host, w.run),
         None => "`tocsin backup`".to_string(),
     };
-    let ours = match synced.last() {
-        Some(p) => format!(
-            "after the state this data directory last pushed or started from ({})",
-            chrono::DateTime::from_timestamp_millis(p.point_unix_ms)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                .unwrap_or_else(|| p.point_unix_ms.to_string())
-        ),
-        None => "and this data directory has never pushed it nor started from it".to_string(),
+    let when = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| ms.to_string())
     };
-    Err(BackupError::TakenOver(format!(
-        "the copy in {} was pushed by {by} at {}, {ours}: another server has taken the copy over, and pushing this \
-         data directory would roll the copy back",
-        dest.name(),
-        copy.at.point
-    )))
+    let why = match synced.last() {
+        Some(p) if !p.place.is_empty() && p.place != dest.name() => format!(
+            "this data directory last {} the copy in {} (at {}), not this one: if that is its copy, give that \
+             --object-store; pushing here would replace this copy with this directory's data",
+            if p.pushed { "pushed" } else { "started from" },
+            p.place,
+            when(p.point_unix_ms)
+        ),
+        Some(p) => format!(
+            "which is not the state this data directory last {} ({}): another server has taken the copy over since, \
+             and pushing this data directory would roll the copy back",
+            if p.pushed { "pushed" } else { "started from" },
+            when(p.point_unix_ms)
+        ),
+        None => format!(
+            "and this data directory has no record ({SYNCED}) of pushing this copy or starting from it (it was never \
+             used with it, the record was removed, or it served with --object-store before Tocsin kept the record): \
+             the copy may hold writes this directory lacks, and pushing would replace them"
+        ),
+    };
+    Err(BackupError::TakenOver(format!("the copy in {} was pushed by {by} at {}, {why}", dest.name(), copy.at.point)))
 }
 
 impl WriterRun {
@@ -328,25 +359,47 @@ pub async fn push(
         );
     }
     check_target(image, dest, previous.as_ref(), replace)?;
-    if let (Some(c), Some(p)) = (&writer, previous.as_ref()) {
-        check_synced(p, &c.synced.read()?, dest).map_err(|e| match e {
+    let synced = match &writer {
+        Some(c) => c.synced.read()?,
+        None => Vec::new(),
+    };
+    if let (Some(_), Some(p)) = (&writer, previous.as_ref()) {
+        check_synced(p, &synced, dest).map_err(|e| match e {
             BackupError::TakenOver(why) => BackupError::TakenOver(format!("{why}. {STOPPED}")),
             e => e,
         })?;
     }
-    if writer.is_none()
-        && let Some(w) = previous.as_ref().and_then(|p| p.writer.as_ref())
-    {
-        bail!(
-            "{} is the copy a server keeps (`--object-store`, last pushed by the server on {}); a backup there \
-             would mix the two. Back up to another prefix or directory",
-            dest.name(),
-            w.host
-        );
+    if writer.is_none() {
+        if let Some(w) = previous.as_ref().and_then(|p| p.writer.as_ref()) {
+            bail!(
+                "{} is the copy a server keeps (`--object-store`, last pushed by the server on {}); a backup there \
+                 would mix the two. Back up to another prefix or directory",
+                dest.name(),
+                w.host
+            );
+        }
+        // A folder inside a server's copy: the server's next push would
+        // remove it (a copy holds only what its index lists).
+        for above in dest.ancestors() {
+            if let Ok(Some(index)) = Index::read(&above).await
+                && let Some(w) = &index.writer
+            {
+                bail!(
+                    "{} is inside {}, the copy a server keeps (`--object-store`, last pushed by the server on {}): \
+                     its next push would remove this backup. Back up to another prefix or directory",
+                    dest.name(),
+                    above.name(),
+                    w.host
+                );
+            }
+        }
     }
     if let (Some(Claim { me, .. }), Some(p)) = (&writer, previous.as_ref())
         && let Some(other) = p.writer.as_ref().filter(|w| w.run != me.run)
         && WriterRun::live(p, now).is_some()
+        // This directory's own last push (the server restarted): the data
+        // directory's lock says no other process serves it.
+        && !synced.iter().any(|s| s.pushed && s.is(p))
     {
         return Err(BackupError::Busy(format!(
             "another server (on {}) pushed into {} {:.1} s ago; two servers pushing one copy would mix it, so this \
@@ -357,7 +410,15 @@ pub async fn push(
             other.window_ms() as f64 / 1000.0
         )));
     }
-    let (list, copied_files, copied_bytes) = copy_image(image, files, dest, previous.as_ref(), progress).await?;
+    // A server's push stores what it sends under a folder of its own run:
+    // two servers of one identity (both restored from one copy) pushing at
+    // the same moment name their new segments, WAL files and audit pieces
+    // alike, and the loser's bytes would land under names the winner's
+    // index lists.
+    let scope = writer.as_ref().map(|c| format!("{RUNS}/{}", c.me.run));
+    ensure!(scope.as_deref().is_none_or(plain), "this server's run id is not a plain name");
+    let (list, copied_files, copied_bytes) =
+        copy_image(image, files, dest, previous.as_ref(), progress, scope.as_deref()).await?;
     let reused_files = list.len() - copied_files;
     if let Some(Claim { me, .. }) = &writer
         && let Some(now) = Index::read(dest).await?
@@ -384,16 +445,30 @@ pub async fn push(
         files: list,
     };
     let json = serde_json::to_vec_pretty(&index).at(|| "encoding the index".into())?;
-    let state = SyncedPoint::of(&index);
+    let state = SyncedPoint::of(&index, dest, true);
     if let Some(c) = &writer {
         // Both states while the index is written: a crash in between matches
         // either on the next start.
-        let replaced = previous.as_ref().map(SyncedPoint::of);
+        let replaced = previous.as_ref().and_then(|p| synced.iter().find(|s| s.is(p)).cloned());
         c.synced.record(&replaced.into_iter().chain([state.clone()]).collect::<Vec<_>>())?;
     }
     dest.replace(INDEX, json).await?;
     if let Some(c) = &writer {
-        c.synced.record(&[state])?;
+        c.synced.record(std::slice::from_ref(&state))?;
+        // A bucket has no lock: another server may have written its index
+        // over this one meanwhile. Its files are not this index's, so they
+        // are not pruned, and this server stands down.
+        if let Place::Bucket(_) = dest
+            && let Some(now) = Index::read(dest).await?
+            && !state.is(&now)
+        {
+            return Err(BackupError::TakenOver(format!(
+                "another server ({}) wrote its index into {} right after this server's push: it has taken the copy \
+                 over. {STOPPED}",
+                now.writer.as_ref().map_or_else(|| "`tocsin backup`".to_string(), |w| format!("on {}", w.host)),
+                dest.name()
+            )));
+        }
     }
     let pruned = dest.prune(&index).await?;
     Ok(PushReport { index, copied_files, copied_bytes, reused_files, pruned })
@@ -441,6 +516,7 @@ async fn copy_image(
     dest: &Place,
     previous: Option<&Index>,
     progress: bool,
+    scope: Option<&str>,
 ) -> Result<(Vec<IndexFile>, usize, u64)> {
     let reusable: HashMap<&str, &IndexFile> = previous
         .filter(|p| p.at.instance == image.at.instance)
@@ -461,7 +537,7 @@ async fn copy_image(
         done_bytes += f.bytes;
         if APPEND_ONLY.contains(&f.path.as_str())
             && let Some(p) = reusable.get(f.path.as_str())
-            && let Some(entry) = append(image, source, dest, f, p, &taken).await?
+            && let Some(entry) = append(image, source, dest, f, p, &taken, scope).await?
         {
             copied_bytes += f.bytes - p.bytes;
             copied_files += usize::from(f.bytes > p.bytes);
@@ -475,7 +551,9 @@ async fn copy_image(
             files.push((*p).clone());
             continue;
         }
-        let stored = taken.contains(&f.path).then(|| format!("versions/{}/{}", image.id, f.path));
+        let base = scope.map_or_else(|| f.path.clone(), |s| format!("{s}/{}", f.path));
+        let stored = if taken.contains(&base) { format!("versions/{}/{base}", image.id) } else { base };
+        let stored = (stored != f.path).then_some(stored);
         ensure!(
             stored.as_deref().is_none_or(plain),
             "the server sent backup id {:?}, which is not a plain name",
@@ -569,6 +647,7 @@ async fn append(
     f: &BackupFile,
     previous: &IndexFile,
     taken: &HashSet<String>,
+    scope: Option<&str>,
 ) -> Result<Option<IndexFile>> {
     let mut pieces = previous.pieces();
     if f.bytes < previous.bytes || pieces.len() >= MAX_PARTS {
@@ -581,6 +660,9 @@ async fn append(
     }
     if f.bytes > previous.bytes {
         let mut stored = format!("{}.from-{}", f.path, previous.bytes);
+        if let Some(scope) = scope {
+            stored = format!("{scope}/{stored}");
+        }
         if taken.contains(&stored) {
             stored = format!("versions/{}/{stored}", image.id);
         }
@@ -681,7 +763,7 @@ pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreR
     }
     // The directory matches this state of the copy: a server on it with the
     // copy's `--object-store` continues it.
-    Synced::in_dir(dir).record(&[SyncedPoint::of(&index)])?;
+    Synced::in_dir(dir).record(&[SyncedPoint::of(&index, src, false)])?;
     fs::remove_file(&marker).at(|| format!("removing {}", marker.display()))?;
     sync_dir(dir).at(|| format!("syncing {}", dir.display()))?;
     Ok(RestoreReport { index, bytes })
@@ -884,6 +966,28 @@ impl Place {
         }
     }
 
+    /// The directories or prefixes that hold it, nearest first.
+    fn ancestors(&self) -> Vec<Place> {
+        match self {
+            Place::Dir(d) => {
+                let d = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+                d.ancestors().skip(1).map(|a| Place::Dir(a.to_path_buf())).collect()
+            }
+            Place::Bucket(b) => {
+                let parts: Vec<_> = b.prefix.parts().collect();
+                (0..parts.len())
+                    .rev()
+                    .map(|n| {
+                        let prefix: object_store::path::Path = parts[..n].iter().cloned().collect();
+                        let url = b.url.trim_end_matches('/');
+                        let url = url.rsplitn(parts.len() - n + 1, '/').last().unwrap_or(url).to_string();
+                        Place::Bucket(ObjectLocation { store: Arc::clone(&b.store), prefix, url })
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// `rel` inside it, for messages.
     pub fn shown(&self, rel: &str) -> String {
         match self {
@@ -945,17 +1049,28 @@ impl Place {
     }
 
     /// Whether anything but the lock is there.
-    async fn is_empty(&self) -> Result<bool> {
+    /// Whether it holds nothing but its lock and what servers' first pushes
+    /// that did not finish left under `runs/` (or does not exist yet).
+    pub async fn is_empty(&self) -> Result<bool> {
         match self {
-            Place::Dir(d) => Ok(fs::read_dir(d)
-                .at(|| format!("reading {}", d.display()))?
-                .filter_map(std::result::Result::ok)
-                .all(|e| e.file_name() == LOCK)),
-            Place::Bucket(b) => match b.store.list(Some(&b.prefix)).next().await {
-                None => Ok(true),
-                Some(Ok(_)) => Ok(false),
-                Some(Err(e)) => Err(e).at(|| format!("listing {}", b.url)),
+            Place::Dir(d) => match fs::read_dir(d) {
+                Ok(entries) => Ok(entries
+                    .filter_map(std::result::Result::ok)
+                    .all(|e| e.file_name() == LOCK || e.file_name() == RUNS)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+                Err(e) => Err(e).at(|| format!("reading {}", d.display())),
             },
+            Place::Bucket(b) => {
+                let runs = b.object(RUNS);
+                let mut listed = b.store.list(Some(&b.prefix));
+                while let Some(meta) = listed.next().await {
+                    let meta = meta.at(|| format!("listing {}", b.url))?;
+                    if !meta.location.prefix_matches(&runs) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
         }
     }
 
@@ -999,7 +1114,7 @@ impl Place {
                 Ok(Sink::File { file, part, target })
             }
             Place::Bucket(b) => Ok(Sink::Object {
-                store: std::sync::Arc::clone(&b.store),
+                store: Arc::clone(&b.store),
                 path: b.object(rel),
                 shown: self.shown(rel),
                 buffer: Vec::new(),
@@ -1120,7 +1235,7 @@ enum Sink {
         target: PathBuf,
     },
     Object {
-        store: std::sync::Arc<dyn ObjectStore>,
+        store: Arc<dyn ObjectStore>,
         path: object_store::path::Path,
         shown: String,
         buffer: Vec<u8>,
@@ -1407,14 +1522,22 @@ mod tests {
             img.at.point_unix_ms = ms;
             img
         };
-        let state = |r: &str, ms: i64| SyncedPoint { run: Some(r.into()), point_unix_ms: ms };
+        let state = |r: &str, ms: i64, pushed: bool| SyncedPoint {
+            run: Some(r.into()),
+            point_unix_ms: ms,
+            place: dest.name(),
+            pushed,
+        };
         let claim = |me, synced| Claim { me, first: true, since_ms: 0, synced };
 
         push(&at(100_000), &Folder(src.clone()), &dest, false, false, Some(claim(&a, &a_synced))).await.expect("a");
-        assert_eq!(a_synced.read().expect("record"), vec![state("a", 100_000)]);
+        assert_eq!(a_synced.read().expect("record"), vec![state("a", 100_000, true)]);
+        // What a server sends goes under its run's folder.
+        let index = Index::read(&dest).await.expect("index").expect("some");
+        assert_eq!(index.files[0].stored(), "runs/a/manifest.json");
         // B starts from A's copy (a restore records its state) and pushes.
         restore(&dest, &tmp.path().join("b"), false).await.expect("restore");
-        assert_eq!(b_synced.read().expect("record"), vec![state("a", 100_000)]);
+        assert_eq!(b_synced.read().expect("record"), vec![state("a", 100_000, false)]);
         push(&at(200_000), &Folder(src.clone()), &dest, false, false, Some(claim(&b, &b_synced))).await.expect("b");
 
         // A, resumed or restarted on its own directory, is behind the copy.
@@ -1431,16 +1554,26 @@ mod tests {
 
         // B crashed between the two writes of a push's record: it holds the
         // state the push replaced and the one it would have written.
-        b_synced.record(&[state("b", 200_000), state("b", 250_000)]).expect("record");
+        b_synced.record(&[state("b", 200_000, true), state("b", 250_000, true)]).expect("record");
         let b_again = run("b2");
         push(&at(400_000), &Folder(src.clone()), &dest, false, false, Some(claim(&b_again, &b_synced)))
             .await
             .expect("b2");
-        assert_eq!(b_synced.read().expect("record"), vec![state("b2", 400_000)]);
+        assert_eq!(b_synced.read().expect("record"), vec![state("b2", 400_000, true)]);
+        // Restarted at once on its own directory, it does not wait for its
+        // own last push to age.
+        let b_third = run("b3");
+        push(&at(401_000), &Folder(src.clone()), &dest, false, false, Some(claim(&b_third, &b_synced)))
+            .await
+            .expect("b3 pushes over its own directory's push");
 
         // `tocsin backup` into a server's copy would mix the two.
         let backup = push(&at(500_000), &Folder(src.clone()), &dest, false, false, None).await;
         assert!(backup.expect_err("refused").to_string().contains("the copy a server keeps"));
+        // So would a backup into a folder of it (the next push removes it).
+        let inside = Place::Dir(tmp.path().join("dest/sub"));
+        let backup = push(&at(500_000), &Folder(src.clone()), &inside, false, false, None).await;
+        assert!(backup.expect_err("refused").to_string().contains("is inside"));
     }
 
     /// A push paused half-way holds the directory's lock: a server taking

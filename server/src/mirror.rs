@@ -127,15 +127,11 @@ impl Mirror {
         // A data directory of its own pushes only over the state of the copy
         // it last pushed (or started from): past it, another server took the
         // copy over, and this directory is behind it.
-        if !empty && let Some(index) = &index {
-            backup_store::check_synced(index, &mirror.synced.read()?, &mirror.dest).map_err(|e| match e {
-                BackupError::TakenOver(why) => BackupError::Refused(format!(
-                    "{why}. Start on an empty data directory to continue from the copy (move {} aside: it holds \
-                     what this server acknowledged after its last push), or give another --object-store prefix",
-                    data_dir.display()
-                )),
-                e => e,
-            })?;
+        // (A directory a restore did not finish is the storage's to refuse,
+        // with its own message.)
+        let restoring = data_dir.join(tocsin_storage::RESTORE_MARKER).exists();
+        if !empty && !restoring {
+            mirror.check_own_copy(index.as_ref(), data_dir).await?;
         }
         if empty && let Some(index) = index {
             tracing::info!(
@@ -158,6 +154,45 @@ impl Mirror {
         }
         mirror.since_ms.store(now_ms(), Ordering::Relaxed);
         Ok(mirror)
+    }
+
+    /// For a data directory of its own: refuses a copy this directory
+    /// cannot push into (another server's, one that moved on since this
+    /// directory's last push, or a folder that holds other files).
+    async fn check_own_copy(&self, index: Option<&Index>, data_dir: &Path) -> Result<(), BackupError> {
+        let Some(index) = index else {
+            if !self.dest.is_empty().await? {
+                return Err(BackupError::Refused(format!(
+                    "{} is not empty and holds no Tocsin copy (no {}); a copy removes the files its index does not \
+                     list, so it will not be kept among others. Give an empty prefix or directory",
+                    self.url,
+                    backup_store::INDEX
+                )));
+            }
+            return Ok(());
+        };
+        // A directory restored by `tocsin restore` has no identity yet: it
+        // becomes a new server, not the copy's.
+        let ours = std::fs::read_to_string(data_dir.join(crate::backup::INSTANCE_FILE)).unwrap_or_default();
+        if ours.trim() != index.at.instance {
+            let ours = if ours.trim().is_empty() { "none yet" } else { ours.trim() };
+            return Err(BackupError::Refused(format!(
+                "{} holds the copy of another data directory (identity {}; this one's is {ours}): a server pushes \
+                 only its own copy. To continue that copy, start on an empty data directory (a server on an empty \
+                 directory starts from the copy; `tocsin restore` makes a new, independent server), or give another \
+                 prefix",
+                self.url, index.at.instance,
+            )));
+        }
+        backup_store::check_synced(index, &self.synced.read()?, &self.dest).map_err(|e| match e {
+            BackupError::TakenOver(why) => BackupError::Refused(format!(
+                "{why}. To continue from the copy, start on an empty data directory (move {} aside first: it may hold \
+                 writes this server acknowledged after its last push, to be recovered by hand), or give another \
+                 --object-store prefix",
+                data_dir.display()
+            )),
+            e => e,
+        })
     }
 
     pub(crate) fn interval(&self) -> Duration {

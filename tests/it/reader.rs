@@ -330,6 +330,19 @@ async fn a_copy_has_one_writer_and_a_writer_taken_over_stops() {
         let err = TestServer::refused_start_with(&dir.path().join(former), &args);
         assert!(err.contains("roll the copy back") && err.contains("empty data directory"), "{former}: {err}");
     }
+    // `tocsin restore` of the copy makes another server (a new identity):
+    // started with the copy's --object-store, it is refused at once
+    // instead of failing every push.
+    let restored = dir.path().join("restored");
+    let out = Command::new(BIN)
+        .args(["restore", dir.path().join("bucket").to_str().expect("utf-8"), "--data-dir"])
+        .arg(&restored)
+        .output()
+        .expect("run tocsin restore");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = TestServer::refused_start_with(&restored, &args);
+    assert!(err.contains("holds the copy of another data directory"), "{err}");
+
     // C restarted on its own directory continues its copy.
     let mut c = c;
     c.terminate();
