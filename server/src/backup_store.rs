@@ -350,7 +350,10 @@ pub async fn push(
         }
         Place::Bucket(_) => None,
     };
-    let previous = Index::read(dest).await?;
+    let (previous, previous_tag) = match Index::read_tagged(dest).await? {
+        Some((index, tag)) => (Some(index), tag),
+        None => (None, None),
+    };
     if previous.is_none() && !dest.is_empty().await? {
         bail!(
             "{} is not empty and holds no {INDEX}: not a Tocsin backup (a backup removes the files its index does \
@@ -452,7 +455,30 @@ pub async fn push(
         let replaced = previous.as_ref().and_then(|p| synced.iter().find(|s| s.is(p)).cloned());
         c.synced.record(&replaced.into_iter().chain([state.clone()]).collect::<Vec<_>>())?;
     }
-    dest.replace(INDEX, json).await?;
+    match (&writer, dest) {
+        // On a bucket, a server's index replaces only the index it read
+        // (S3 If-Match, or If-None-Match where there was none): of two
+        // servers pushing at once, one writes it; the other stands down
+        // without removing anything.
+        (Some(_), Place::Bucket(b)) => {
+            let mode = match (&previous, previous_tag) {
+                (None, _) => object_store::PutMode::Create,
+                (Some(_), e_tag) => object_store::PutMode::Update(object_store::UpdateVersion { e_tag, version: None }),
+            };
+            match b.store.put_opts(&b.object(INDEX), PutPayload::from(json), mode.into()).await {
+                Ok(_) => {}
+                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+                    return Err(BackupError::TakenOver(format!(
+                        "another server wrote its index into {} while this server pushed: it has taken the copy over. \
+                         {STOPPED}",
+                        dest.name()
+                    )));
+                }
+                Err(e) => return Err(e).at(|| format!("writing {}", dest.shown(INDEX))),
+            }
+        }
+        _ => dest.replace(INDEX, json).await?,
+    }
     if let Some(c) = &writer {
         c.synced.record(std::slice::from_ref(&state))?;
         // A bucket has no lock: another server may have written its index
@@ -916,7 +942,12 @@ pub struct Index {
 
 impl Index {
     pub async fn read(place: &Place) -> Result<Option<Index>> {
-        let Some(text) = place.read(INDEX).await? else { return Ok(None) };
+        Ok(Self::read_tagged(place).await?.map(|(index, _)| index))
+    }
+
+    /// The index and, in a bucket, its ETag.
+    pub async fn read_tagged(place: &Place) -> Result<Option<(Index, Option<String>)>> {
+        let Some((text, tag)) = place.read_tagged(INDEX).await? else { return Ok(None) };
         let shown = place.shown(INDEX);
         let index: Index = serde_json::from_slice(&text).at(|| format!("{shown} is not a Tocsin backup index"))?;
         ensure!(
@@ -937,7 +968,7 @@ impl Index {
                 ensure!(p != INDEX && p != LOCK, "{shown} lists {p:?}, which a backup keeps for itself");
             }
         }
-        Ok(Some(index))
+        Ok(Some((index, tag)))
     }
 }
 
@@ -1004,7 +1035,8 @@ impl Place {
     }
 
     /// The whole of a small file (the index), if present.
-    async fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+    /// (In a bucket, with the object's ETag.)
+    async fn read_tagged(&self, rel: &str) -> Result<Option<(Vec<u8>, Option<String>)>> {
         let too_large = |size: u64| {
             BackupError::Refused(format!(
                 "{} holds {size} bytes, more than an index of a backup can ({MAX_INDEX_BYTES})",
@@ -1025,11 +1057,14 @@ impl Place {
                 if text.len() as u64 > MAX_INDEX_BYTES {
                     return Err(too_large(text.len() as u64));
                 }
-                Ok(Some(text))
+                Ok(Some((text, None)))
             }
             Place::Bucket(b) => match b.store.get(&b.object(rel)).await {
                 Ok(got) if got.meta.size > MAX_INDEX_BYTES => Err(too_large(got.meta.size)),
-                Ok(got) => Ok(Some(got.bytes().await.at(|| format!("reading {}", self.shown(rel)))?.to_vec())),
+                Ok(got) => {
+                    let tag = got.meta.e_tag.clone();
+                    Ok(Some((got.bytes().await.at(|| format!("reading {}", self.shown(rel)))?.to_vec(), tag)))
+                }
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e).at(|| format!("reading {}", self.shown(rel))),
             },
