@@ -496,7 +496,12 @@ pub async fn push(
             )));
         }
     }
-    let pruned = dest.prune(&index).await?;
+    // A server's push removes only what it is sure no newer copy needs:
+    // the files the index it replaced listed, and its own run's. A push
+    // that stalled after writing its index, long enough for another server
+    // to take the copy over, must not remove that server's files.
+    let own = scope.as_deref().map(|s| (previous.as_ref(), s));
+    let pruned = dest.prune(&index, own).await?;
     Ok(PushReport { index, copied_files, copied_bytes, reused_files, pruned })
 }
 
@@ -1161,10 +1166,31 @@ impl Place {
     /// Removes what the index does not list (segments a compaction replaced,
     /// WAL files persisted since, leftovers of a backup that failed).
     /// Returns how many.
-    async fn prune(&self, index: &Index) -> Result<usize> {
+    async fn prune(&self, index: &Index, own: Option<(Option<&Index>, &str)>) -> Result<usize> {
         match self {
             Place::Dir(d) => prune_dir(d, index),
             Place::Bucket(b) => {
+                // For a server: what the replaced index listed, and what lies
+                // under its own run's folder (or a version of it).
+                let removable: Option<(HashSet<object_store::path::Path>, String)> = own.map(|(replaced, scope)| {
+                    let listed = replaced
+                        .map(|p| p.files.iter().flat_map(IndexFile::pieces).map(|x| b.object(&x.stored)).collect())
+                        .unwrap_or_default();
+                    (listed, format!("{scope}/"))
+                });
+                let may_remove = |location: &object_store::path::Path| match &removable {
+                    None => true,
+                    Some((listed, scope)) => {
+                        listed.contains(location)
+                            || b.relative(location).is_some_and(|rel| {
+                                rel.starts_with(scope.as_str())
+                                    || rel
+                                        .strip_prefix("versions/")
+                                        .and_then(|r| r.split_once('/'))
+                                        .is_some_and(|(_, r)| r.starts_with(scope.as_str()))
+                            })
+                    }
+                };
                 let keep: HashSet<object_store::path::Path> = index
                     .files
                     .iter()
@@ -1176,7 +1202,7 @@ impl Place {
                 let mut gone = Vec::new();
                 while let Some(meta) = listed.next().await {
                     let meta = meta.at(|| format!("listing {}", b.url))?;
-                    if !keep.contains(&meta.location) {
+                    if !keep.contains(&meta.location) && may_remove(&meta.location) {
                         gone.push(meta.location);
                     }
                 }
@@ -1609,6 +1635,48 @@ mod tests {
         let inside = Place::Dir(tmp.path().join("dest/sub"));
         let backup = push(&at(500_000), &Folder(src.clone()), &inside, false, false, None).await;
         assert!(backup.expect_err("refused").to_string().contains("is inside"));
+    }
+
+    /// On a bucket, a server's push removes only what the index it replaced
+    /// listed and its own run's leftovers: another server's files (one that
+    /// took the copy over while this push stalled) stay.
+    #[tokio::test]
+    async fn a_servers_push_removes_only_its_own_and_the_replaced_indexs_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).expect("mkdir");
+        fs::write(src.join("manifest.json"), "m").expect("write");
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let dest = Place::Bucket(ObjectLocation {
+            store: Arc::clone(&store),
+            prefix: object_store::path::Path::from("copy"),
+            url: "s3://test/copy".into(),
+        });
+        let a = WriterRun { run: "a".into(), host: "h".into(), interval_ms: 1000, stopped: false };
+        fs::create_dir_all(tmp.path().join("a")).expect("mkdir");
+        let synced = Synced::in_dir(&tmp.path().join("a"));
+        let claim = Claim { me: &a, first: true, since_ms: 0, synced: &synced };
+        let mut img = image("x", &src, &["manifest.json"]);
+        img.at.point_unix_ms = 100_000;
+        push(&img, &Folder(src.clone()), &dest, false, false, Some(claim)).await.expect("first push");
+        let put = |rel: &str| {
+            let (store, path) = (Arc::clone(&store), object_store::path::Path::from(format!("copy/{rel}")));
+            async move { store.put(&path, PutPayload::from_static(b"x")).await.expect("put") }
+        };
+        put("runs/b/wal/1.wal").await;
+        put("runs/a/left-over").await;
+        fs::write(src.join("manifest.json"), "m2").expect("write");
+        let mut img = image("x", &src, &["manifest.json"]);
+        img.at.point_unix_ms = 200_000;
+        let claim = Claim { me: &a, first: false, since_ms: 0, synced: &synced };
+        push(&img, &Folder(src.clone()), &dest, false, false, Some(claim)).await.expect("second push");
+        let exists = |rel: &str| {
+            let (store, path) = (Arc::clone(&store), object_store::path::Path::from(format!("copy/{rel}")));
+            async move { store.head(&path).await.is_ok() }
+        };
+        assert!(exists("runs/b/wal/1.wal").await, "another server's file stays");
+        assert!(!exists("runs/a/left-over").await, "this run's leftover goes");
+        assert!(!exists("runs/a/manifest.json").await, "the replaced index's file no longer listed goes");
     }
 
     /// A push paused half-way holds the directory's lock: a server taking

@@ -132,6 +132,8 @@ impl Mirror {
         let restoring = data_dir.join(tocsin_storage::RESTORE_MARKER).exists();
         if !empty && !restoring {
             mirror.check_own_copy(index.as_ref(), data_dir).await?;
+        } else if index.is_none() {
+            mirror.check_place_is_free().await?;
         }
         if empty && let Some(index) = index {
             tracing::info!(
@@ -160,17 +162,7 @@ impl Mirror {
     /// cannot push into (another server's, one that moved on since this
     /// directory's last push, or a folder that holds other files).
     async fn check_own_copy(&self, index: Option<&Index>, data_dir: &Path) -> Result<(), BackupError> {
-        let Some(index) = index else {
-            if !self.dest.is_empty().await? {
-                return Err(BackupError::Refused(format!(
-                    "{} is not empty and holds no Tocsin copy (no {}); a copy removes the files its index does not \
-                     list, so it will not be kept among others. Give an empty prefix or directory",
-                    self.url,
-                    backup_store::INDEX
-                )));
-            }
-            return Ok(());
-        };
+        let Some(index) = index else { return self.check_place_is_free().await };
         // A directory restored by `tocsin restore` has no identity yet: it
         // becomes a new server, not the copy's.
         let ours = std::fs::read_to_string(data_dir.join(crate::backup::INSTANCE_FILE)).unwrap_or_default();
@@ -193,6 +185,19 @@ impl Mirror {
             )),
             e => e,
         })
+    }
+
+    /// Refuses a prefix (or directory) that holds other files and no copy.
+    async fn check_place_is_free(&self) -> Result<(), BackupError> {
+        if self.dest.is_empty().await? {
+            return Ok(());
+        }
+        Err(BackupError::Refused(format!(
+            "{} is not empty and holds no Tocsin copy (no {}); a copy removes the files its index does not list, so \
+             it will not be kept among others. Give an empty prefix or directory",
+            self.url,
+            backup_store::INDEX
+        )))
     }
 
     pub(crate) fn interval(&self) -> Duration {
