@@ -8,7 +8,8 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArra
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use async_trait::async_trait;
-use tocsin_storage::{FieldColumn, FieldValues, SeriesBlock, Storage, TableWrite};
+use tocsin_storage::schema::ColumnDef;
+use tocsin_storage::{ColumnKind, FieldColumn, FieldValues, SeriesBlock, Storage, TableSchema, TableWrite};
 
 use crate::dispatch::Mute;
 use crate::engine::{AlertEngine, HistorySink};
@@ -100,6 +101,48 @@ impl HistorySink for StorageHistory {
             tracing::error!("recording {} notification attempt(s) in system.notifications failed: {e}", attempts.len());
         }
     }
+}
+
+/// The columns of `system.alert_history` and `system.notifications` as
+/// [`StorageHistory`] first writes them (tags, then fields in the order of
+/// its blocks): the query engine answers these tables, empty, before the
+/// first transition or notification makes them in storage.
+pub fn stored_tables() -> [(&'static str, TableSchema); 2] {
+    use tocsin_storage::ColumnKind::{Field, Tag};
+    use tocsin_storage::FieldType::{Boolean, Float, Integer, String as Text};
+    let columns = |cols: &[(&str, ColumnKind)]| TableSchema {
+        columns: cols.iter().map(|(name, kind)| ColumnDef { name: (*name).into(), kind: *kind }).collect(),
+    };
+    [
+        (
+            "alert_history",
+            columns(&[
+                ("alertname", Tag),
+                ("id", Tag),
+                ("from_state", Field(Text)),
+                ("to_state", Field(Text)),
+                ("severity", Field(Text)),
+                ("old_severity", Field(Text)),
+                ("value", Field(Float)),
+                ("labels", Field(Text)),
+                ("note", Field(Text)),
+            ]),
+        ),
+        (
+            "notifications",
+            columns(&[
+                ("receiver", Tag),
+                ("integration", Tag),
+                ("job_id", Field(Text)),
+                ("group_key", Field(Text)),
+                ("reason", Field(Text)),
+                ("attempt", Field(Integer)),
+                ("ok", Field(Boolean)),
+                ("error", Field(Text)),
+                ("duration_ms", Field(Float)),
+            ]),
+        ),
+    ]
 }
 
 /// `system.alerts`: the current instances.
@@ -222,5 +265,58 @@ impl tocsin_query::LiveTable for OnCallTable {
             time(&|r| at(&r["next"]["from"])),
         ];
         RecordBatch::try_new(self.schema(), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tocsin_storage::{SYSTEM_DATABASE, StorageConfig};
+
+    use super::*;
+    use crate::state::AlertState;
+
+    /// The declared schemas are the ones the first writes make: a query
+    /// that ran on the empty table answers the same columns afterwards.
+    #[tokio::test]
+    async fn declared_tables_match_what_the_first_writes_make() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(StorageConfig::for_tests(dir.path().join("data"))).await.expect("open storage");
+        let sink = StorageHistory { storage: Arc::clone(&storage) };
+        for (name, _) in stored_tables() {
+            assert!(storage.table_schema(SYSTEM_DATABASE, name).is_none(), "{name} exists before any write");
+        }
+        sink.transitions(&[Transition {
+            at: 1_000,
+            id: "abc".into(),
+            alertname: "HighCpu".into(),
+            labels: Default::default(),
+            from: AlertState::Pending,
+            to: AlertState::Firing,
+            old_severity: None,
+            severity: Some("critical".into()),
+            value: 95.0,
+            note: String::new(),
+        }])
+        .await;
+        sink.attempts(&[Attempt {
+            at: 1_000,
+            job_id: "j".into(),
+            receiver: "oncall".into(),
+            integration: "webhook",
+            group_key: "g".into(),
+            reason: "firing".into(),
+            attempt: 1,
+            ok: true,
+            error: None,
+            duration: Duration::from_millis(3),
+            finished: true,
+        }])
+        .await;
+        for (name, declared) in stored_tables() {
+            let written = storage.table_schema(SYSTEM_DATABASE, name).unwrap_or_else(|| panic!("{name} not written"));
+            assert_eq!(written, declared.arrow_schema(), "{name}");
+        }
     }
 }

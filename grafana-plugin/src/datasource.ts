@@ -60,8 +60,6 @@ function errorMessage(err: unknown): { message: string; status?: number } {
   return { message: String(err) };
 }
 
-const MISSING_ALERT_HISTORY = /system\.alert_history'? not found/;
-
 export class DataSource extends DataSourceApi<TocsinQuery, TocsinOptions> {
   /** Grafana's proxy URL of this data source (`/api/datasources/proxy/uid/<uid>`). */
   readonly url: string;
@@ -158,16 +156,11 @@ export class DataSource extends DataSourceApi<TocsinQuery, TocsinOptions> {
 
   async runQuery(target: TocsinQuery, request: DataQueryRequest<TocsinQuery>): Promise<DataFrame[]> {
     const sql = this.interpolateSql(sqlOf(target), request.range, request.intervalMs, request.scopedVars);
-    let rows: Row[];
-    try {
-      rows = await this.runSql(sql, this.database(target, request.scopedVars), `${request.requestId}_${target.refId}`);
-    } catch (err) {
-      // A server where no alert ever changed state has no system.alert_history yet: no events.
-      if (target.queryType === 'annotations' && err instanceof Error && MISSING_ALERT_HISTORY.test(err.message)) {
-        return [rowsToTableFrame([], target.refId, sql)];
-      }
-      throw err;
-    }
+    const rows = await this.runSql(
+      sql,
+      this.database(target, request.scopedVars),
+      `${request.requestId}_${target.refId}`
+    );
     switch (target.format ?? 'time_series') {
       case 'table':
         return [rowsToTableFrame(rows, target.refId, sql)];

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::datasource::TableType;
+use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
@@ -33,15 +34,22 @@ pub trait LiveTable: Send + Sync + std::fmt::Debug {
 
 pub(crate) type LiveTables = Arc<RwLock<BTreeMap<String, Arc<dyn LiveTable>>>>;
 
+/// Tables of `system` that components write to storage, by the schema
+/// their first write makes: until it happens (`system.alert_history`
+/// before the first alert transition) they read as empty tables, not as
+/// tables that do not exist.
+pub(crate) type DeclaredTables = Arc<RwLock<BTreeMap<String, SchemaRef>>>;
+
 #[derive(Debug)]
 pub(crate) struct TocsinCatalog {
     storage: Arc<Storage>,
     live: LiveTables,
+    declared: DeclaredTables,
 }
 
 impl TocsinCatalog {
-    pub(crate) fn new(storage: Arc<Storage>, live: LiveTables) -> Self {
-        Self { storage, live }
+    pub(crate) fn new(storage: Arc<Storage>, live: LiveTables, declared: DeclaredTables) -> Self {
+        Self { storage, live, declared }
     }
 }
 
@@ -62,6 +70,7 @@ impl CatalogProvider for TocsinCatalog {
             return Some(Arc::new(SystemSchema {
                 inner: TocsinSchema { storage: Arc::clone(&self.storage), db: name.to_string() },
                 live: Arc::clone(&self.live),
+                declared: Arc::clone(&self.declared),
             }));
         }
         // Any valid name is a (possibly empty) database: writing to it
@@ -106,12 +115,14 @@ impl SchemaProvider for TocsinSchema {
 pub(crate) struct SystemSchema {
     inner: TocsinSchema,
     live: LiveTables,
+    declared: DeclaredTables,
 }
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.live.read().keys().cloned().collect();
+        names.extend(self.declared.read().keys().cloned());
         names.extend(self.inner.table_names());
         names.sort();
         names.dedup();
@@ -120,14 +131,21 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let live = self.live.read().get(name).cloned();
-        match live {
-            Some(t) => Ok(Some(Arc::new(LiveProvider(t)))),
-            None => self.inner.table(name).await,
+        if let Some(t) = live {
+            return Ok(Some(Arc::new(LiveProvider(t))));
+        }
+        if let Some(stored) = self.inner.table(name).await? {
+            return Ok(Some(stored));
+        }
+        let declared = self.declared.read().get(name).cloned();
+        match declared {
+            Some(schema) => Ok(Some(Arc::new(EmptyTable::new(schema)))),
+            None => Ok(None),
         }
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.live.read().contains_key(name) || self.inner.table_exist(name)
+        self.live.read().contains_key(name) || self.inner.table_exist(name) || self.declared.read().contains_key(name)
     }
 }
 

@@ -291,6 +291,7 @@ pub struct QueryEngine {
     storage: Arc<Storage>,
     ctx: SessionContext,
     live: catalog::LiveTables,
+    declared: catalog::DeclaredTables,
     now: Option<NowSource>,
     callers: CallerLimits,
     write_rates: std::sync::OnceLock<Arc<dyn WriteRates>>,
@@ -375,9 +376,10 @@ impl QueryEngine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         let live = catalog::LiveTables::default();
+        let declared = catalog::DeclaredTables::default();
         ctx.register_catalog(
             catalog::CATALOG,
-            Arc::new(catalog::TocsinCatalog::new(Arc::clone(&storage), Arc::clone(&live))),
+            Arc::new(catalog::TocsinCatalog::new(Arc::clone(&storage), Arc::clone(&live), Arc::clone(&declared))),
         );
         // `time_bucket(interval, ts [, origin])`: the name TimescaleDB and
         // GreptimeDB users know for `date_bin`.
@@ -401,6 +403,7 @@ impl QueryEngine {
             storage,
             ctx,
             live,
+            declared,
             now: None,
             callers,
             write_rates: std::sync::OnceLock::new(),
@@ -440,6 +443,12 @@ impl QueryEngine {
     /// Makes `table` queryable as `system.<name>`.
     pub fn register_system_table(&self, name: &str, table: Arc<dyn LiveTable>) {
         self.live.write().insert(name.to_string(), table);
+    }
+
+    /// Makes `system.<name>`, a table a component writes to storage,
+    /// readable as an empty table of `schema` until its first write.
+    pub fn declare_system_table(&self, name: &str, schema: SchemaRef) {
+        self.declared.write().insert(name.to_string(), schema);
     }
 
     fn state(&self, database: Option<&str>) -> SessionState {

@@ -33,12 +33,16 @@ export async function mount(view, ctx) {
   );
   let chart = null;
   let stopped = false;
+  // Groups opened and cells asked for, kept across refreshes.
+  const open = { groups: new Set(), shown: new Map() };
 
   async function refresh() {
     const summary = await api("GET", "/api/v1/alerts/summary");
     drawCounts(counts, summary);
     drawGroups(byGroup, summary);
-    await drawHealth(grid, summary, cfg, groupBy);
+    // The grouping picked since the page opened is in the address.
+    const current = new URLSearchParams(location.search).get("group") || "";
+    await drawHealth(grid, summary, cfg, current, open);
     if (trendShown) chart = await drawTrend(trend, chart);
     if (can("query")) {
       await drawPanels(panels, cfg.panels);
@@ -94,7 +98,7 @@ function drawGroups(el, summary) {
 /// Devices (from `[console] devices_sql`, or the alerts' device label),
 /// each coloured by its worst firing alert, grouped by a column or label
 /// the viewer picks.
-async function drawHealth(el, summary, cfg, groupBy) {
+async function drawHealth(el, summary, cfg, groupBy, open) {
   const label = summary.deviceLabel;
   // Each device's worst firing alert, as the server worked it out.
   const worst = new Map(summary.devices.map((d) => [d.device, d]));
@@ -122,7 +126,9 @@ async function drawHealth(el, summary, cfg, groupBy) {
         if (ev.target.value) p.set("group", ev.target.value);
         else p.delete("group");
         history.replaceState(null, "", location.pathname + "?" + p);
-        drawGrid(body, devices, worst, ev.target.value, label);
+        open.groups.clear();
+        open.shown.clear();
+        drawGrid(body, devices, worst, ev.target.value, label, open);
       },
     },
     h("option", { value: "" }, "(no grouping)"),
@@ -134,43 +140,106 @@ async function drawHealth(el, summary, cfg, groupBy) {
     error ? h("p", { class: "error" }, "devices_sql: " + error) : null,
     body,
   );
-  drawGrid(body, devices, worst, groupBy, label);
+  el.dataset.total = String(devices.length);
+  drawGrid(body, devices, worst, groupBy, label, open);
 }
 
-function drawGrid(el, devices, worst, groupBy, label) {
+/// The most cells drawn at once: past it, groups are drawn closed (a line
+/// of counts each, opened on a click) and an open group or an ungrouped
+/// grid draws its worst devices first, more on request. 50,000 cells make
+/// a page that takes seconds to draw and cannot be read anyway.
+export const GRID_CELLS = 500;
+
+function drawGrid(el, devices, worst, groupBy, label, open) {
   const groups = new Map();
   for (const d of devices) {
     const g = groupBy ? String(d.attrs[groupBy] ?? "(none)") : "";
     if (!groups.has(g)) groups.set(g, []);
     groups.get(g).push(d);
   }
+  const big = devices.length > GRID_CELLS;
+  const severity = (d) => {
+    const a = worst.get(d.device);
+    return a ? a.severity || "none" : "ok";
+  };
+  const rank = (d) => (worst.has(d.device) ? severityRank(severity(d)) : SEVERITY_ORDER.length);
   clear(el);
   if (devices.length === 0) el.append(h("p", { class: "muted" }, "No devices with alerts (set [console] devices_sql to list every device)."));
+  const redraw = () => drawGrid(el, devices, worst, groupBy, label, open);
+  const toggle = (g) => {
+    if (open.groups.has(g)) open.groups.delete(g);
+    else open.groups.add(g);
+    redraw();
+  };
   for (const [g, list] of [...groups.entries()].sort()) {
+    // Every device fits: by name, so a device keeps its place. Past the
+    // limit: worst first, so the ones drawn are the ones that matter.
+    list.sort(big ? (a, b) => rank(a) - rank(b) || a.device.localeCompare(b.device) : (a, b) => a.device.localeCompare(b.device));
+    const isOpen = !big || !groupBy || open.groups.has(g);
+    if (groupBy) {
+      const counts = new Map();
+      for (const d of list) counts.set(severity(d), (counts.get(severity(d)) || 0) + 1);
+      const head = [
+        big ? (isOpen ? "▾ " : "▸ ") : "",
+        groupBy + " = " + g,
+        big ? " · " + list.length.toLocaleString() + " devices " : " ",
+        [...counts.entries()]
+          .sort((a, b) => (a[0] === "ok") - (b[0] === "ok") || severityRank(a[0]) - severityRank(b[0]))
+          .map(([s, n]) => (big || s !== "ok" ? h("span", { class: "badge sev-" + s, dataset: { severity: s } }, n.toLocaleString() + " " + s) : null)),
+      ];
+      add(
+        el,
+        big
+          ? h("h3", {
+              class: "group-head", tabindex: "0", role: "button", "aria-expanded": String(isOpen), dataset: { group: g },
+              onclick: () => toggle(g),
+              onkeydown: (ev) => {
+                if (ev.key === "Enter" || ev.key === " ") {
+                  ev.preventDefault();
+                  toggle(g);
+                }
+              },
+            }, head)
+          : h("h3", {}, head),
+      );
+    }
+    if (!isOpen) continue;
+    const shown = big ? open.shown.get(g) || GRID_CELLS : list.length;
     add(
       el,
-      g ? h("h3", {}, groupBy + " = " + g) : null,
       h(
         "div",
         { class: "grid" },
-        list
-          .sort((a, b) => a.device.localeCompare(b.device))
-          .map((d) => {
-            const a = worst.get(d.device);
-            const sev = a ? a.severity || "none" : "ok";
-            return h(
-              "a",
-              {
-                class: "cell sev-" + sev,
-                title: d.device + (a ? ": " + a.alertname + " " + sev : ": ok"),
-                href: "/alerts?" + new URLSearchParams({ [label]: d.device }),
-                dataset: { device: d.device, severity: sev },
-              },
-              d.device,
-            );
-          }),
+        list.slice(0, shown).map((d) => {
+          const a = worst.get(d.device);
+          const sev = severity(d);
+          return h(
+            "a",
+            {
+              class: "cell sev-" + sev,
+              title: d.device + (a ? ": " + a.alertname + " " + sev : ": ok"),
+              href: "/alerts?" + new URLSearchParams({ [label]: d.device }),
+              dataset: { device: d.device, severity: sev },
+            },
+            d.device,
+          );
+        }),
       ),
     );
+    if (shown < list.length) {
+      const rest = list.slice(shown);
+      const troubled = rest.filter((d) => worst.has(d.device)).length;
+      add(
+        el,
+        h("p", { class: "muted more" },
+          (list.length - shown).toLocaleString() + " more" + (troubled ? " (" + troubled.toLocaleString() + " with alerts)" : ", all ok") + " ",
+          h("button", { class: "show-more", dataset: { group: g }, onclick: () => {
+            open.shown.set(g, shown + GRID_CELLS);
+            redraw();
+          } }, "show " + Math.min(GRID_CELLS, list.length - shown).toLocaleString() + " more"),
+        ),
+      );
+    }
   }
 }
 
@@ -182,12 +251,8 @@ async function drawTrend(el, chart) {
         "WHERE to_state = " + quote("firing") + " AND ts >= date_trunc('day', now()) GROUP BY 1 ORDER BY 1",
     );
   } catch (e) {
-    // The history table is made by the first transition ever recorded.
-    if (!/alert_history' not found/.test(e.message)) {
-      fill(el, h("h2", {}, "Alerts fired today"), h("p", { class: "error" }, e.message));
-      return null;
-    }
-    rows = [];
+    fill(el, h("h2", {}, "Alerts fired today"), h("p", { class: "error" }, e.message));
+    return null;
   }
   if (chart) chart.destroy();
   const total = rows.reduce((n, r) => n + r.fired, 0);

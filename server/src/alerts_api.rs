@@ -186,13 +186,9 @@ async fn alert_history(
         "SELECT ts, from_state, to_state, severity, value, note FROM system.alert_history WHERE id = '{id}' \
          ORDER BY ts DESC LIMIT 500"
     );
-    let history = match app.query.execute_as(&statement, None, None).await {
-        Ok(r) => crate::format::encode(crate::format::OutputFormat::Json, &r.schema, &r.batches)
-            .map_err(|e| ApiError::internal(format!("encoding the history: {e}")))?,
-        // Made by the first transition ever recorded.
-        Err(e) if e.to_string().contains("alert_history' not found") => b"[]".to_vec(),
-        Err(e) => return Err(e.into()),
-    };
+    let r = app.query.execute_as(&statement, None, None).await?;
+    let history = crate::format::encode(crate::format::OutputFormat::Json, &r.schema, &r.batches)
+        .map_err(|e| ApiError::internal(format!("encoding the history: {e}")))?;
     let body = format!("{{\"id\":{},\"history\":{}}}", json!(id), String::from_utf8_lossy(&history));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }

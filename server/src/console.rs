@@ -227,6 +227,15 @@ pub(crate) fn severity_rank(severity: &str) -> usize {
     SEVERITIES.iter().position(|s| *s == severity).unwrap_or(SEVERITIES.len())
 }
 
+/// A device's worst firing alert, in the summary.
+#[derive(serde::Serialize)]
+struct DeviceBrief {
+    device: String,
+    severity: String,
+    alertname: String,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
 /// `GET /api/v1/alerts/summary[?device_label=host]`: the firing alerts the
 /// caller may see, counted by severity and by rule group, and the worst
 /// alert of each device (the value of `device_label`, default the
@@ -257,7 +266,7 @@ async fn summary(
     let mut firing = 0u64;
     let mut by_severity: std::collections::BTreeMap<String, u64> = Default::default();
     let mut by_group: std::collections::BTreeMap<String, (u64, String)> = Default::default();
-    let mut devices: std::collections::BTreeMap<String, (usize, serde_json::Value)> = Default::default();
+    let mut devices: std::collections::BTreeMap<String, (usize, DeviceBrief)> = Default::default();
     app.alerts.visit_alerts(&filter, |a| {
         firing += 1;
         let sev = a.severity.as_deref().unwrap_or("none");
@@ -271,7 +280,12 @@ async fn summary(
         if let Some(d) = a.labels.get(label)
             && devices.get(d).is_none_or(|(worst, _)| rank < *worst)
         {
-            let brief = json!({ "device": d, "severity": sev, "alertname": a.rule, "labels": a.labels });
+            let brief = DeviceBrief {
+                device: d.clone(),
+                severity: sev.to_string(),
+                alertname: a.rule.clone(),
+                labels: a.labels.clone(),
+            };
             devices.insert(d.clone(), (rank, brief));
         }
     });
@@ -279,7 +293,7 @@ async fn summary(
         .into_iter()
         .map(|(group, (firing, worst))| json!({ "group": group, "firing": firing, "worst": worst }))
         .collect();
-    let devices: Vec<serde_json::Value> = devices.into_values().map(|(_, brief)| brief).collect();
+    let devices: Vec<DeviceBrief> = devices.into_values().map(|(_, brief)| brief).collect();
     Ok(axum::Json(json!({
         "firing": firing,
         "deviceLabel": label,

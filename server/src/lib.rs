@@ -567,6 +567,9 @@ fn start_alerting(
         Arc::new(StorageHistory { storage: Arc::clone(storage) }),
     )?;
     query.register_system_table("alerts", Arc::new(AlertsTable { engine: Arc::downgrade(&engine) }));
+    for (name, schema) in tocsin_alerting::tables::stored_tables() {
+        query.declare_system_table(name, schema.arrow_schema());
+    }
     query.register_system_table(
         "oncall",
         Arc::new(tocsin_alerting::tables::OnCallTable { engine: Arc::downgrade(&engine) }),

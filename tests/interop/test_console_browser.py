@@ -147,6 +147,7 @@ receivers:
         config = os.path.join(tmp, "tocsin.toml")
         with open(config, "w") as f:
             f.write('[console]\nrefresh = "1s"\n'
+                    'devices_sql = "SELECT DISTINCT host AS device, room FROM inventory"\n'
                     '[[console.panels]]\ntitle = "Busiest hosts"\n'
                     'sql = "SELECT host, last_value(usage ORDER BY ts) AS usage FROM cpu GROUP BY host ORDER BY usage DESC"\n')
         data = os.path.join(tmp, "data")
@@ -161,6 +162,8 @@ receivers:
         d = browser()
         try:
             login(d, base, "alice", "alice's long password")
+            # The devices the overview's grid lists, alerts or not.
+            write(http, admin, "\n".join(f"inventory,host={h},room=r{i % 2} up=1i" for i, h in enumerate("abcde")))
 
             # A write over the threshold is a firing alert in the page within 2 s.
             d.get(base + "/alerts")
@@ -209,7 +212,30 @@ receivers:
             wait_for("health grid", lambda: len(d.find_elements(By.CSS_SELECTOR, "#health .cell")) >= 4, 10, 0.1)
             critical = {c.text for c in d.find_elements(By.CSS_SELECTOR, "#health .cell.sev-critical")}
             assert critical == {"a", "b", "d", "e"}, critical
+            wait_for("c listed healthy", lambda: d.find_elements(By.CSS_SELECTOR, "#health .cell.sev-ok[data-device=c]"), 5, 0.1)
             d.save_screenshot(os.path.join(shots, "overview.png"))
+
+            # 1,205 devices: the grid draws the worst 500 (the alerting ones
+            # first), more on request; grouped, each group is one line of
+            # counts until opened.
+            write(http, admin, "\n".join(f"inventory,host=z{i:04d},room=r{i % 4} up=1i" for i in range(1200)))
+            d.get(base + "/")
+            wait_for("1,205 devices", lambda: d.find_elements(By.CSS_SELECTOR, '#health[data-total="1205"]'), 10, 0.1)
+            cells = d.execute_script("return [...document.querySelectorAll('#health .cell')].map(c => c.dataset.device)")
+            assert len(cells) == 500, len(cells)
+            assert set(cells[:4]) == {"a", "b", "d", "e"}, cells[:6]
+            d.find_element(By.CSS_SELECTOR, "#health button.show-more").click()
+            wait_for("1,000 cells", lambda: len(d.find_elements(By.CSS_SELECTOR, "#health .cell")) == 1000, 5, 0.1)
+            d.get(base + "/?group=room")
+            wait_for("groups closed", lambda: len(d.find_elements(By.CSS_SELECTOR, "#health .group-head")) == 4, 10, 0.1)
+            assert not d.find_elements(By.CSS_SELECTOR, "#health .cell")
+            heads = {e.get_attribute("data-group"): e.text for e in d.find_elements(By.CSS_SELECTOR, "#health .group-head")}
+            assert "2 critical" in heads["r0"] and "301 ok" in heads["r0"], heads
+            d.find_element(By.CSS_SELECTOR, '#health .group-head[data-group="r1"]').click()
+            wait_for("r1 open", lambda: len(d.find_elements(By.CSS_SELECTOR, "#health .cell")) == 302, 5, 0.1)
+            time.sleep(1.5)  # a refresh (every 1 s) keeps the group open
+            assert len(d.find_elements(By.CSS_SELECTOR, "#health .cell")) == 302
+            d.save_screenshot(os.path.join(shots, "overview-groups.png"))
             d.get(base + "/rules")
             wait_for("the rule listed", lambda: d.find_elements(By.CSS_SELECTOR, "tr[data-rule=HighCpu]"), 10, 0.1)
             d.find_element(By.ID, "check-rules").click()

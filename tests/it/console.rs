@@ -349,3 +349,28 @@ async fn a_scoped_role_sees_only_what_concerns_its_own_alerts() {
     let (_, v) = json_of(&server, "POST", "/api/v1/rules/check", Some(&admin)).await;
     assert!(v["error"].as_str().is_some_and(|e| e.contains("rules.yml")), "{v}");
 }
+
+/// `system.alert_history` and `system.notifications` read as empty tables
+/// on a server where nothing has happened yet (the overview's trend, an
+/// alert's history and Grafana's annotations query them from the start);
+/// before, they did not exist until the first transition made them.
+#[tokio::test]
+async fn the_alert_history_reads_empty_before_the_first_transition() {
+    let server = TestServer::start();
+    for table in ["alert_history", "notifications"] {
+        let rows = server.sql(&format!("SELECT count(*) AS n FROM system.{table}")).await;
+        assert_eq!(rows, vec![json!({ "n": 0 })], "system.{table}");
+    }
+    // The columns the history endpoint and the trend read.
+    let rows = server
+        .sql(
+            "SELECT ts, from_state, to_state, severity, value, note FROM system.alert_history \
+             WHERE id = 'abc' AND to_state = 'firing' ORDER BY ts DESC LIMIT 500",
+        )
+        .await;
+    assert!(rows.is_empty(), "{rows:?}");
+    let listed =
+        server.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'system' ORDER BY 1").await;
+    let names: Vec<&str> = listed.iter().filter_map(|r| r["table_name"].as_str()).collect();
+    assert!(names.contains(&"alert_history") && names.contains(&"notifications"), "{names:?}");
+}
