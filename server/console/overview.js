@@ -112,11 +112,18 @@ async function drawHealth(el, summary, cfg, groupBy, open) {
       error = e.message;
     }
   }
-  if (!devices) {
+  if (devices) {
+    // A device in trouble that the inventory does not list (a new host)
+    // is shown all the same, with its alert's labels.
+    const listed = new Set(devices.map((d) => d.device));
+    for (const [d, a] of worst) if (!listed.has(d)) devices.push({ device: d, attrs: a.labels, unlisted: true });
+  } else {
     devices = [...worst.keys()].map((d) => ({ device: d, attrs: worst.get(d).labels }));
   }
   const keys = new Set();
   for (const d of devices) for (const k of Object.keys(d.attrs)) if (k !== "device" && k !== label) keys.add(k);
+  // Only a column the devices have groups them (`?group=` is typed by anyone).
+  if (!keys.has(groupBy)) groupBy = "";
   const select = h(
     "select",
     {
@@ -153,7 +160,7 @@ export const GRID_CELLS = 500;
 function drawGrid(el, devices, worst, groupBy, label, open) {
   const groups = new Map();
   for (const d of devices) {
-    const g = groupBy ? String(d.attrs[groupBy] ?? "(none)") : "";
+    const g = groupBy ? String((Object.hasOwn(d.attrs, groupBy) ? d.attrs[groupBy] : null) ?? "(none)") : "";
     if (!groups.has(g)) groups.set(g, []);
     groups.get(g).push(d);
   }
@@ -217,7 +224,7 @@ function drawGrid(el, devices, worst, groupBy, label, open) {
             "a",
             {
               class: "cell sev-" + sev,
-              title: d.device + (a ? ": " + a.alertname + " " + sev : ": ok"),
+              title: d.device + (a ? ": " + a.alertname + " " + sev : ": ok") + (d.unlisted ? " (not in devices_sql)" : ""),
               href: "/alerts?" + new URLSearchParams({ [label]: d.device }),
               dataset: { device: d.device, severity: sev },
             },

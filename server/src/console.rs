@@ -304,6 +304,11 @@ async fn summary(
     .into_response())
 }
 
+/// What a role limited to some alerts hears of rule files that do not
+/// load (the reason may quote any group's rules).
+pub(crate) const RULES_DO_NOT_LOAD: &str =
+    "the rule files do not load; an administrator can see why (POST /api/v1/rules/check)";
+
 /// `POST /api/v1/rules/check`: the rule files as they are on disk now,
 /// loaded and each statement planned (PromQL parsed and evaluated once),
 /// without replacing the running rules; what `POST /api/v1/rules/reload`
@@ -323,7 +328,7 @@ async fn check_rules(State(app): State<AppState>, Extension(who): Extension<Prin
             // The message may quote any group's rules: a role limited to
             // some alerts hears only that the files do not load.
             let error = match alert_scope(&who) {
-                Some(_) => "the rule files do not load; an administrator can see why (POST /api/v1/rules/check)".into(),
+                Some(_) => RULES_DO_NOT_LOAD.into(),
                 None => e.to_string(),
             };
             return axum::Json(json!({ "ok": false, "error": error, "problems": [] })).into_response();

@@ -151,6 +151,11 @@ impl ApiError {
         let status = StatusCode::from_u16(e.class().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self { status, message: e.to_string(), retry_after: None }
     }
+
+    /// The same status with another message (one that says less).
+    pub(crate) fn with_message(self, message: &str) -> Self {
+        Self { message: message.to_string(), ..self }
+    }
 }
 
 impl From<tocsin_storage::StorageError> for ApiError {

@@ -215,19 +215,26 @@ receivers:
             wait_for("c listed healthy", lambda: d.find_elements(By.CSS_SELECTOR, "#health .cell.sev-ok[data-device=c]"), 5, 0.1)
             d.save_screenshot(os.path.join(shots, "overview.png"))
 
-            # 1,205 devices: the grid draws the worst 500 (the alerting ones
+            # 1,206 devices: the grid draws the worst 500 (the alerting ones
             # first), more on request; grouped, each group is one line of
-            # counts until opened.
+            # counts until opened. Host f alerts and is not in the
+            # inventory: it is shown all the same.
             write(http, admin, "\n".join(f"inventory,host=z{i:04d},room=r{i % 4} up=1i" for i in range(1200)))
+            write(http, admin, "cpu,host=f usage=97")
             d.get(base + "/")
-            wait_for("1,205 devices", lambda: d.find_elements(By.CSS_SELECTOR, '#health[data-total="1205"]'), 10, 0.1)
+            wait_for("1,206 devices", lambda: d.find_elements(By.CSS_SELECTOR, '#health[data-total="1206"]'), 10, 0.1)
             cells = d.execute_script("return [...document.querySelectorAll('#health .cell')].map(c => c.dataset.device)")
             assert len(cells) == 500, len(cells)
-            assert set(cells[:4]) == {"a", "b", "d", "e"}, cells[:6]
+            assert set(cells[:5]) == {"a", "b", "d", "e", "f"}, cells[:6]
             d.find_element(By.CSS_SELECTOR, "#health button.show-more").click()
             wait_for("1,000 cells", lambda: len(d.find_elements(By.CSS_SELECTOR, "#health .cell")) == 1000, 5, 0.1)
+            # A grouping that is not one of the devices' columns is none.
+            d.get(base + "/?group=__proto__")
+            wait_for("ungrouped", lambda: len(d.find_elements(By.CSS_SELECTOR, '#health[data-total="1206"] .cell')) == 500, 10, 0.1)
+            assert not d.find_elements(By.CSS_SELECTOR, "#health h3"), "grouped by __proto__"
             d.get(base + "/?group=room")
-            wait_for("groups closed", lambda: len(d.find_elements(By.CSS_SELECTOR, "#health .group-head")) == 4, 10, 0.1)
+            # r0..r3, and "(none)" for f, which has no room.
+            wait_for("groups closed", lambda: len(d.find_elements(By.CSS_SELECTOR, "#health .group-head")) == 5, 10, 0.1)
             assert not d.find_elements(By.CSS_SELECTOR, "#health .cell")
             heads = {e.get_attribute("data-group"): e.text for e in d.find_elements(By.CSS_SELECTOR, "#health .group-head")}
             assert "2 critical" in heads["r0"] and "301 ok" in heads["r0"], heads
@@ -246,7 +253,7 @@ receivers:
             d.get(base + "/explore?q=" + urllib.parse.quote("SELECT ts, host, usage FROM cpu ORDER BY ts"))
             wait_for("the chart", lambda: d.find_elements(By.CSS_SELECTOR, "#chart canvas"), 10, 0.1)
             series = d.find_element(By.ID, "chart").get_attribute("data-series")
-            assert series == "5", series
+            assert series == "6", series  # a..f
             drawn = d.execute_script("""
                 const c = document.querySelector('#chart canvas');
                 const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

@@ -965,12 +965,16 @@ async fn a_role_limited_to_some_alerts_sees_acks_and_silences_only_those() {
     // The scoped role sees the billing alert only, and acts on it only.
     let seen = alerts(dev.clone()).await;
     assert_eq!(seen.iter().map(|a| a["group"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["billing"]);
+    // An alert outside the scope answers as one that does not exist: its
+    // id is a hash of its labels, and a refusal would confirm a guess.
     let (status, body) = call(&server, "GET", &format!("/api/v1/alerts/{trading}"), Some(&dev), None).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("trading"), "the refusal names the group: {body}");
+    let (_, missing) = call(&server, "GET", "/api/v1/alerts/0123456789abcdef", Some(&dev), None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("trading"), "the answer names the group: {body}");
+    assert_eq!(body.replace(&trading, "ID"), missing.replace("0123456789abcdef", "ID"), "not as a missing alert");
     let ack = json!({"by": "ann", "comment": "on it"});
     let path = |id: &str| format!("/api/v1/alerts/{id}/ack");
-    assert_eq!(call(&server, "POST", &path(&trading), Some(&dev), Some(ack.clone())).await.0, 403);
+    assert_eq!(call(&server, "POST", &path(&trading), Some(&dev), Some(ack.clone())).await.0, 404);
     assert_eq!(call(&server, "POST", &path(&billing), Some(&dev), Some(ack)).await.0, 200);
     let (status, body) = sql(&server, &dev, "SELECT rule_group FROM system.alerts").await;
     assert_eq!(status, 403, "the alert tables show every alert: {body}");

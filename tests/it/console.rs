@@ -295,7 +295,7 @@ async fn a_scoped_role_sees_only_what_concerns_its_own_alerts() {
     let (status, h) = json_of(&server, "GET", &format!("/api/v1/alerts/{billing}/history"), Some(&dev)).await;
     assert_eq!(status, 200, "{h}");
     assert_eq!(h["history"][0]["to_state"], "firing", "{h}");
-    assert_eq!(json_of(&server, "GET", &format!("/api/v1/alerts/{trading}/history"), Some(&dev)).await.0, 403);
+    assert_eq!(json_of(&server, "GET", &format!("/api/v1/alerts/{trading}/history"), Some(&dev)).await.0, 404);
     let (status, body) =
         call(&server, "POST", "/api/v1/sql", Some(&dev), Some(json!({"sql": "SELECT * FROM system.alert_history"})))
             .await;
@@ -348,6 +348,12 @@ async fn a_scoped_role_sees_only_what_concerns_its_own_alerts() {
     assert!(!v.to_string().contains("SecretMerger"), "{v}");
     let (_, v) = json_of(&server, "POST", "/api/v1/rules/check", Some(&admin)).await;
     assert!(v["error"].as_str().is_some_and(|e| e.contains("rules.yml")), "{v}");
+    // Nor by the reload, which fails the same way (the console's Reload).
+    let (status, body) = call(&server, "POST", "/api/v1/rules/reload", Some(&dev), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("administrator") && !body.contains("SecretMerger"), "{body}");
+    let (_, body) = call(&server, "POST", "/api/v1/rules/reload", Some(&admin), None).await;
+    assert!(body.contains("rules.yml"), "the admin hears why: {body}");
 }
 
 /// `system.alert_history` and `system.notifications` read as empty tables
