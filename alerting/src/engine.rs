@@ -474,6 +474,12 @@ impl AlertEngine {
         Ok(engine)
     }
 
+    /// Sends notifications only while `gate` says so (a primary's lease
+    /// in etcd): see [`Notifier::hold_by`].
+    pub fn hold_by(&self, gate: crate::notify::SendGate) {
+        self.notifier.hold_by(gate);
+    }
+
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.inner.lock().config)
     }

@@ -72,7 +72,13 @@ pub struct Notifier {
     attempts: mpsc::UnboundedSender<Attempt>,
     retry: RetryPolicy,
     clock: Arc<dyn crate::Clock>,
+    /// What sending hangs on ([`Notifier::hold_by`]).
+    gate: parking_lot::RwLock<Option<SendGate>>,
 }
+
+/// `Ok` while this server may send notifications (a primary's lease);
+/// otherwise why not.
+pub type SendGate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Notifier {
     pub fn new(
@@ -93,7 +99,14 @@ impl Notifier {
             attempts,
             retry,
             clock,
+            gate: parking_lot::RwLock::new(None),
         })
+    }
+
+    /// Sends only while `gate` says so, checked before each attempt: a job
+    /// due when it says no is recorded as not sent, and not retried.
+    pub fn hold_by(&self, gate: SendGate) {
+        *self.gate.write() = Some(gate);
     }
 
     /// New receiver definitions (after a reload); queued jobs use them.
@@ -237,6 +250,24 @@ impl Notifier {
             let mut backoff = self.retry.first_backoff;
             for attempt in 1..=self.retry.max_attempts {
                 let started = Instant::now();
+                let gate = self.gate.read().clone();
+                if let Some(Err(why)) = gate.map(|g| g()) {
+                    tracing::warn!(receiver = job.receiver, job = job.id, "not sent: {why}");
+                    let _ = self.attempts.send(Attempt {
+                        at: self.clock.now_ms(),
+                        job_id: job.id.clone(),
+                        receiver: job.receiver.clone(),
+                        integration: integration_name(integration),
+                        group_key: job.group_key.clone(),
+                        reason: format!("{:?}", job.reason).to_lowercase(),
+                        attempt,
+                        ok: false,
+                        error: Some(format!("not sent: {why}")),
+                        duration: Duration::ZERO,
+                        finished: true,
+                    });
+                    return;
+                }
                 let result = self.send_one(integration, &job.payload).await;
                 let ok = result.is_ok();
                 let last = ok || attempt == self.retry.max_attempts;

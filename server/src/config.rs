@@ -35,6 +35,31 @@ pub struct FileConfig {
     pub tls: TlsSection,
     pub syslog: SyslogSection,
     pub console: ConsoleSection,
+    pub ha: HaSection,
+}
+
+/// `[ha]`: a primary and standbys on one copy in a bucket, the primary
+/// being the server that holds a lease in etcd (docs/operations.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaSection {
+    /// etcd's client URL, e.g. `http://10.0.0.5:2379`; unset, no lease.
+    pub etcd: Option<String>,
+    /// How long the primary's lease lasts unless renewed (every third of
+    /// it); a standby takes over within about this long.
+    pub lease_ttl: String,
+    /// The key the primary holds; default `/tocsin/primary/` + the copy's
+    /// URL (servers on one copy share one key).
+    pub key: Option<String>,
+    /// This server's name, as the others show the primary; default
+    /// `HOSTNAME:HTTP_PORT`.
+    pub name: Option<String>,
+}
+
+impl Default for HaSection {
+    fn default() -> Self {
+        Self { etcd: None, lease_ttl: "10s".into(), key: None, name: None }
+    }
 }
 
 /// `[console]`: the web console served at `/` on the HTTP port
@@ -563,6 +588,8 @@ pub struct ServerConfig {
     /// `[storage] object_store`.
     pub object_store: Option<ObjectStoreConfig>,
     pub role: Role,
+    /// `[ha]`: the lease in etcd this server must hold to be the primary.
+    pub ha: Option<crate::lease::LeaseConfig>,
 }
 
 /// What a server does with its data directory.
@@ -610,6 +637,8 @@ pub struct Overrides {
     pub object_store: Option<String>,
     /// `--role`.
     pub role: Option<String>,
+    /// `--etcd`.
+    pub etcd: Option<String>,
 }
 
 impl FileConfig {
@@ -678,6 +707,38 @@ impl FileConfig {
                     key: "role",
                     reason: format!("{other:?} is not a role: use \"writer\" (the default) or \"reader\""),
                 });
+            }
+        };
+        let ha = match o.etcd.or(self.ha.etcd.clone()) {
+            None => None,
+            Some(etcd) => {
+                let invalid = |reason: String| ConfigError::Invalid { key: "ha.etcd", reason };
+                if !(etcd.starts_with("http://") || etcd.starts_with("https://")) {
+                    return Err(invalid(format!("{etcd:?} is not etcd's client URL, e.g. http://10.0.0.5:2379")));
+                }
+                let Some(copy) = &object_store else {
+                    return Err(invalid(
+                        "a standby takes over from the primary's copy in a bucket: give --object-store                          s3://BUCKET/PREFIX (or [storage] object_store) too"
+                            .into(),
+                    ));
+                };
+                if role == Role::Reader {
+                    return Err(invalid("a reader takes no lease (it never writes): leave --etcd out".into()));
+                }
+                let ttl = parse_duration(&self.ha.lease_ttl)
+                    .map_err(|reason| ConfigError::Invalid { key: "ha.lease_ttl", reason })?;
+                if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(600) {
+                    return Err(ConfigError::Invalid {
+                        key: "ha.lease_ttl",
+                        reason: "must be between 2s (etcd's shortest lease) and 10m".into(),
+                    });
+                }
+                let name = self.ha.name.clone().unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                    format!("{}:{}", host.trim(), http_addr.port())
+                });
+                let key = self.ha.key.clone().unwrap_or_else(|| format!("/tocsin/primary/{}", copy.url));
+                Some(crate::lease::LeaseConfig { etcd, key, name, ttl })
             }
         };
         if role == Role::Reader && object_store.is_none() {
@@ -859,6 +920,7 @@ impl FileConfig {
         Ok(ServerConfig {
             object_store,
             role,
+            ha,
             console,
             auth,
             tls,
@@ -993,6 +1055,29 @@ mod tests {
         let file: FileConfig = toml::from_str(&doc[start..end]).expect("the example parses");
         let v = file.validate(Overrides::default()).expect("the example is valid");
         assert!(v.auth.roles.contains_key("billing"));
+    }
+
+    #[test]
+    fn a_lease_needs_a_copy_a_writer_and_a_sane_ttl() {
+        let with = |text: &str, etcd: Option<&str>| {
+            let file: FileConfig = toml::from_str(text).expect("parse");
+            file.validate(Overrides { etcd: etcd.map(String::from), ..Default::default() })
+        };
+        let copy = "[storage]\nobject_store = \"file:///tmp/copy\"\n";
+        let err = with("", Some("http://127.0.0.1:2379")).expect_err("no copy").to_string();
+        assert!(err.contains("ha.etcd") && err.contains("--object-store"), "{err}");
+        let err = with(&format!("role = \"reader\"\n{copy}"), Some("http://e:2379")).expect_err("reader").to_string();
+        assert!(err.contains("reader takes no lease"), "{err}");
+        let err = with(copy, Some("127.0.0.1:2379")).expect_err("no scheme").to_string();
+        assert!(err.contains("client URL"), "{err}");
+        let err =
+            with(&format!("{copy}[ha]\nlease_ttl = \"1s\"\n"), Some("http://e:2379")).expect_err("ttl").to_string();
+        assert!(err.contains("ha.lease_ttl"), "{err}");
+        let c = with(&format!("{copy}[ha]\netcd = \"http://e:2379\"\nname = \"db-a\"\n"), None).expect("valid");
+        let ha = c.ha.expect("a lease");
+        assert_eq!((ha.key.as_str(), ha.name.as_str()), ("/tocsin/primary/file:///tmp/copy", "db-a"));
+        assert_eq!(ha.ttl, Duration::from_secs(10));
+        assert!(with(copy, None).expect("no lease").ha.is_none());
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod guard;
 mod http;
 mod influx_query;
 mod influxql;
+pub mod lease;
 mod metrics;
 mod mirror;
 mod prom_api;
@@ -87,6 +88,8 @@ pub enum ServerError {
          reader with --auth too"
     )]
     ReaderWithoutAuth { url: String },
+    #[error("the lease in etcd ([ha]): {0}")]
+    Lease(#[from] lease::LeaseError),
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -137,6 +140,20 @@ pub async fn run(
             url: url.trim().to_string(),
         });
     }
+    // A standby (`[ha] etcd`) waits here, before it opens anything, until
+    // it holds the primary's lease; then it starts from the copy as a
+    // writer on an empty data directory does.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let leadership = match &config.ha {
+        Some(ha) => tokio::select! {
+            held = lease::Leadership::acquire(ha.clone()) => Some(held?),
+            () = &mut shutdown => {
+                tracing::info!("standby stopped before it became the primary");
+                return Ok(());
+            }
+        },
+        None => None,
+    };
     let (mirror, reader) = match &config.object_store {
         Some(o) if is_reader => (
             None,
@@ -148,7 +165,7 @@ pub async fn run(
         ),
         Some(o) => (
             Some(Arc::new(
-                mirror::Mirror::open(&o.url, o.interval, &config.storage.data_dir)
+                mirror::Mirror::open(&o.url, o.interval, &config.storage.data_dir, leadership.clone())
                     .await
                     .map_err(object_store_error(&o.url))?,
             )),
@@ -166,6 +183,9 @@ pub async fn run(
     } else {
         Storage::open(config.storage.clone()).await?
     };
+    if let Some(l) = &leadership {
+        storage.hold_by(Arc::clone(l) as Arc<dyn tocsin_storage::Lease>);
+    }
     let auth = open_auth(&config, &storage)?;
     let audit = Arc::new(tocsin_auth::AuditLog::open(storage.data_dir(), Arc::new(tocsin_storage::SystemClock))?);
     // The configuration a server runs with is part of the record: what
@@ -239,6 +259,10 @@ pub async fn run(
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let external_url = config.alerting.external_url.clone().unwrap_or_else(|| format!("{scheme}://{}", bound.http));
     let alerts = start_alerting(&config, &external_url, &storage, &query)?;
+    if let Some(l) = &leadership {
+        let l = Arc::clone(l);
+        alerts.hold_by(Arc::new(move || l.check()));
+    }
     let backups = Arc::new(
         backup::Backups::open(storage.data_dir(), config.alerting.rules.clone(), config.auth.enabled)
             .map_err(ServerError::Backup)?,
@@ -323,17 +347,31 @@ pub async fn run(
         background.push(tokio::spawn(persist_loop(Arc::clone(&storage), stop_rx.clone())));
         background.push(tokio::spawn(compact_loop(Arc::clone(&storage), stop_rx.clone())));
         background.push(tokio::spawn(rollup_loop(rollups, stop_rx.clone())));
-        // A server whose copy another server took over stops alerting: the
-        // other one evaluates and notifies now.
+        // A server whose copy another server took over, or whose lease in
+        // etcd is gone, stops alerting: the other one evaluates and
+        // notifies now.
         let alert_stop = match &mirror {
             Some(m) => {
                 let (tx, rx) = watch::channel(false);
                 let (mut stop, mut fenced) = (stop_rx.clone(), m.fenced());
+                let mut lost = leadership.as_ref().map(|l| l.lost());
+                let storage = Arc::clone(&storage);
                 tokio::spawn(async move {
+                    let lease_lost = async {
+                        match &mut lost {
+                            Some(lost) => lost.wait_for(|w| w.is_some()).await.map(|w| w.clone()).ok().flatten(),
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => {}
                         _ = fenced.wait_for(|f| *f) => {
                             tracing::error!("alerting stopped: another server took this server's copy over");
+                        }
+                        why = lease_lost => {
+                            let why = why.unwrap_or_default();
+                            tracing::error!("alerting stopped: {why}");
+                            storage.fence(why);
                         }
                     }
                     let _ = tx.send(true);
@@ -345,6 +383,9 @@ pub async fn run(
         background.push(tokio::spawn(Arc::clone(&alerts).run(alert_stop)));
     }
     tokio::spawn(backup_sweep(Arc::clone(&backups), stop_rx.clone()));
+    if let Some(l) = &leadership {
+        tokio::spawn(Arc::clone(l).keep(stop_rx.clone()));
+    }
     let mirror_task = mirror.as_ref().map(|m| {
         tracing::info!(url = m.url, "a copy of the data directory goes to the bucket every {:?}", m.interval());
         tokio::spawn(Arc::clone(m).run(
@@ -438,6 +479,10 @@ pub async fn run(
                  writes since its last copy; the data directory holds them"
             );
         }
+    }
+    // After the last push: a standby takes over from it at once.
+    if let Some(l) = &leadership {
+        l.release().await;
     }
     let stats = storage.shutdown().await?;
     if is_reader {

@@ -59,12 +59,21 @@ pub(crate) struct Mirror {
     fenced: watch::Sender<bool>,
     /// Which state of the copy the data directory matches.
     synced: Synced,
+    /// The primary's lease in etcd (`[ha]`), when this server has one: it
+    /// pushes only while it holds it, and need not wait for another
+    /// server's recent push (that server's lease has expired).
+    lease: Option<Arc<crate::lease::Leadership>>,
 }
 
 impl Mirror {
     /// Opens the bucket; before the storage opens, fills an empty data
     /// directory from the copy the bucket holds, if any.
-    pub(crate) async fn open(url: &str, interval: Duration, data_dir: &Path) -> Result<Mirror, BackupError> {
+    pub(crate) async fn open(
+        url: &str,
+        interval: Duration,
+        data_dir: &Path,
+        lease: Option<Arc<crate::lease::Leadership>>,
+    ) -> Result<Mirror, BackupError> {
         let dest = Place::parse(url)?;
         let me = WriterRun {
             run: format!("{:016x}", tocsin_auth::random_u64().map_err(|e| BackupError::Refused(e.to_string()))?),
@@ -84,6 +93,7 @@ impl Mirror {
             since_ms: AtomicI64::new(0),
             fenced: watch::Sender::new(false),
             synced: Synced::in_dir(data_dir),
+            lease,
         };
         let empty = match std::fs::read_dir(data_dir) {
             Ok(mut entries) => entries.next().is_none(),
@@ -94,8 +104,10 @@ impl Mirror {
         // cannot be read is said at start, not at the first push.
         let mut index = Index::read(&mirror.dest).await?;
         // Taking over a copy whose server may still be pushing: wait until
-        // it has been quiet for its window, or refuse.
+        // it has been quiet for its window, or refuse. (Not with the lease:
+        // that server's has expired, and it pushes no more.)
         if empty
+            && mirror.lease.is_none()
             && let Some(seen) = &index
             && let Some(other) = WriterRun::live(seen, now_ms())
         {
@@ -220,6 +232,12 @@ impl Mirror {
         if *self.fenced.borrow() {
             return;
         }
+        if let Some(Err(why)) = self.lease.as_ref().map(|l| l.check()) {
+            tracing::error!(url = self.url, "not pushing: {why}");
+            storage.fence(why);
+            self.fenced.send_replace(true);
+            return;
+        }
         let me = WriterRun { stopped: last, ..self.me.clone() };
         let first = !self.pushed.load(Ordering::Relaxed);
         let result = async {
@@ -228,7 +246,13 @@ impl Mirror {
                 .await
                 .map_err(|e| BackupError::Refused(e.message().to_string()))?;
             let files = LocalImage { dir: backups.image_dir(&image.id) };
-            let claim = Claim { me: &me, first, since_ms: self.since_ms.load(Ordering::Relaxed), synced: &self.synced };
+            let claim = Claim {
+                me: &me,
+                first,
+                since_ms: self.since_ms.load(Ordering::Relaxed),
+                synced: &self.synced,
+                leased: self.lease.is_some(),
+            };
             let pushed = backup_store::push(&image, &files, &self.dest, false, false, Some(claim)).await;
             backups.drop_image(&image.id);
             pushed.map(|r| (r, image.at.point_unix_ms))

@@ -50,6 +50,11 @@ pub(crate) struct Config {
     /// writes; overrides `role` in the file.
     #[arg(long, env = "TOCSIN_ROLE")]
     role: Option<String>,
+    /// etcd's client URL (`http://HOST:2379`): the server is the primary
+    /// only while it holds a lease there, a standby until then (with
+    /// `--object-store`); overrides `[ha] etcd`.
+    #[arg(long, env = "TOCSIN_ETCD")]
+    etcd: Option<String>,
     /// Log filter, e.g. `info` or `tocsin_storage=debug`.
     #[arg(long, env = "TOCSIN_LOG", default_value = "info")]
     log: String,
@@ -83,6 +88,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         syslog_udp_addr: c.syslog_udp_addr,
         object_store: c.object_store,
         role: c.role,
+        etcd: c.etcd,
     })?;
     warn_if_shared(&config.storage.data_dir);
     // Planning and evaluating SQL recurse over expression trees; the SQL

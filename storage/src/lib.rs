@@ -64,7 +64,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use compact::CompactionStats;
 pub use config::{CompactionConfig, RetentionConfig, StorageConfig};
 pub use engine::{
-    Checkpoint, Chunk, PersistStats, ReaderGuard, Rejection, Reloaded, SYSTEM_DATABASE, Storage, StorageError,
+    Checkpoint, Chunk, Lease, PersistStats, ReaderGuard, Rejection, Reloaded, SYSTEM_DATABASE, Storage, StorageError,
     TableSnapshot, WriteObserver, WriteOutcome,
 };
 pub use manifest::SegmentMeta;

@@ -14,9 +14,9 @@ export TOCSIN_BIN="$BIN"
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 # Peers from Debian: Prometheus with node_exporter (remote_write, alerts), VictoriaMetrics (PromQL over line-protocol fields),
 # InfluxDB 1.6 and its CLI (line protocol, InfluxQL), amtool (Alertmanager's CLI), rsyslog and
-# logger (syslog senders), Chromium and ChromeDriver (the console in a real browser).
+# logger (syslog senders), Chromium and ChromeDriver (the console in a real browser), etcd (the primary's lease).
 need=()
-for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter victoria-metrics:victoria-metrics influxd:influxdb influx:influxdb-client amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils chromium:chromium chromedriver:chromium-driver; do
+for pair in prometheus:prometheus prometheus-node-exporter:prometheus-node-exporter victoria-metrics:victoria-metrics influxd:influxdb influx:influxdb-client amtool:prometheus-alertmanager rsyslogd:rsyslog logger:bsdutils chromium:chromium chromedriver:chromium-driver etcd:etcd-server; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -42,6 +42,8 @@ python3 tests/interop/test_otlp_http_json_js.py
 python3 tests/interop/test_elasticsearch_bulk.py
 # Backups into an S3-compatible bucket (moto in server mode) and back.
 python3 tests/interop/test_backup_s3_moto.py
+# A primary and standbys on that copy, leadership through a lease in etcd.
+python3 tests/interop/test_ha_etcd.py
 # The Grafana data source plugin: lint, types, jest against live servers, build.
 case "$BIN" in /*) abs_bin="$BIN" ;; *) abs_bin="$(pwd)/$BIN" ;; esac
 TOCSIN_BIN="$abs_bin" bash grafana-plugin/ci.sh

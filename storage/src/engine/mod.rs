@@ -300,6 +300,9 @@ pub struct Storage {
     shutting_down: AtomicBool,
     /// Why writes are refused for good ([`Storage::fence`]).
     fenced: RwLock<Option<String>>,
+    /// What this server's right to acknowledge writes hangs on
+    /// ([`Storage::hold_by`]).
+    lease: RwLock<Option<Arc<dyn Lease>>>,
     pub metrics: StorageMetrics,
     /// Replaced whole when one is added (at start-up), so that a write
     /// takes the list with one reference count, not a copy.
@@ -316,6 +319,12 @@ pub struct Storage {
 /// run).
 pub trait WriteObserver: Send + Sync {
     fn written(&self, db: &str, writes: &[TableWrite]);
+}
+
+/// A primary's lease (in etcd): while `check` says why not, writes are
+/// refused, also one already in the WAL and not yet acknowledged.
+pub trait Lease: Send + Sync {
+    fn check(&self) -> Result<(), String>;
 }
 
 impl Storage {
@@ -357,6 +366,7 @@ impl Storage {
             readers: Arc::new(parking_lot::Mutex::new(Readers::default())),
             shutting_down: AtomicBool::new(false),
             fenced: RwLock::new(None),
+            lease: RwLock::new(None),
             metrics,
             observers: RwLock::new(Arc::new(Vec::new())),
             last: crate::last::LastRows::default(),
@@ -381,9 +391,18 @@ impl Storage {
         self.fenced.write().get_or_insert(why);
     }
 
+    /// Acknowledges writes only while `lease` holds.
+    pub fn hold_by(&self, lease: Arc<dyn Lease>) {
+        *self.lease.write() = Some(lease);
+    }
+
     /// Why writes are refused for good, if they are.
     pub fn fenced(&self) -> Option<String> {
-        self.fenced.read().clone()
+        if let Some(why) = self.fenced.read().clone() {
+            return Some(why);
+        }
+        let lease = self.lease.read().clone();
+        lease.and_then(|l| l.check().err())
     }
 
     /// Whether this is a reader's storage ([`Storage::open_reader`]).

@@ -87,6 +87,11 @@ impl Storage {
         let wal = self.writable("writes")?;
         let seq = wal.append(&payload)?;
         wal.wait_durable(seq).await?;
+        // The lease may have gone while the WAL synced (the process was
+        // paused): what is not acknowledged by then is not acknowledged.
+        if let Some(why) = self.fenced() {
+            return Err(StorageError::Fenced(why));
+        }
         {
             let mut st = self.state.write();
             apply(&mut st, db, self.clock.monotonic(), writes.iter().map(|w| w.table.as_str()).zip(chunks))?;
