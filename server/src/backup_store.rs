@@ -92,9 +92,10 @@ pub struct Claim<'a> {
     /// other state was pushed by another server since, and pushing this
     /// directory over it would roll it back or mix two histories.
     pub synced: &'a Synced,
-    /// This server holds the primary's lease in etcd: another server's
-    /// recent push is from before its own lease expired, not a live rival.
-    pub leased: bool,
+    /// The primary's lease in etcd this server holds: another server's
+    /// recent push is from before its own lease expired, not a live rival;
+    /// and the index is written only while the lease holds.
+    pub lease: Option<&'a crate::lease::Leadership>,
 }
 
 /// `<data-dir>/object-store-synced.json`: the state of the copy in
@@ -400,7 +401,7 @@ pub async fn push(
             }
         }
     }
-    if let (Some(Claim { me, leased: false, .. }), Some(p)) = (&writer, previous.as_ref())
+    if let (Some(Claim { me, lease: None, .. }), Some(p)) = (&writer, previous.as_ref())
         && let Some(other) = p.writer.as_ref().filter(|w| w.run != me.run)
         && WriterRun::live(p, now).is_some()
         // This directory's own last push (the server restarted): the data
@@ -452,6 +453,13 @@ pub async fn push(
     };
     let json = serde_json::to_vec_pretty(&index).at(|| "encoding the index".into())?;
     let state = SyncedPoint::of(&index, dest, true);
+    // A push that took longer than the lease (paused, or held up on the
+    // way) does not write its index after a standby may have taken over.
+    if let Some(Claim { lease: Some(lease), .. }) = &writer
+        && let Err(why) = lease.check()
+    {
+        return Err(BackupError::TakenOver(format!("{why}: the push stops before writing its index")));
+    }
     if let Some(c) = &writer {
         // Both states while the index is written: a crash in between matches
         // either on the next start.
@@ -1592,7 +1600,7 @@ mod tests {
             place: dest.name(),
             pushed,
         };
-        let claim = |me, synced| Claim { me, first: true, since_ms: 0, synced, leased: false };
+        let claim = |me, synced| Claim { me, first: true, since_ms: 0, synced, lease: None };
 
         push(&at(100_000), &Folder(src.clone()), &dest, false, false, Some(claim(&a, &a_synced))).await.expect("a");
         assert_eq!(a_synced.read().expect("record"), vec![state("a", 100_000, true)]);
@@ -1658,7 +1666,7 @@ mod tests {
         let a = WriterRun { run: "a".into(), host: "h".into(), interval_ms: 1000, stopped: false };
         fs::create_dir_all(tmp.path().join("a")).expect("mkdir");
         let synced = Synced::in_dir(&tmp.path().join("a"));
-        let claim = Claim { me: &a, first: true, since_ms: 0, synced: &synced, leased: false };
+        let claim = Claim { me: &a, first: true, since_ms: 0, synced: &synced, lease: None };
         let mut img = image("x", &src, &["manifest.json"]);
         img.at.point_unix_ms = 100_000;
         push(&img, &Folder(src.clone()), &dest, false, false, Some(claim)).await.expect("first push");
@@ -1671,7 +1679,7 @@ mod tests {
         fs::write(src.join("manifest.json"), "m2").expect("write");
         let mut img = image("x", &src, &["manifest.json"]);
         img.at.point_unix_ms = 200_000;
-        let claim = Claim { me: &a, first: false, since_ms: 0, synced: &synced, leased: false };
+        let claim = Claim { me: &a, first: false, since_ms: 0, synced: &synced, lease: None };
         push(&img, &Folder(src.clone()), &dest, false, false, Some(claim)).await.expect("second push");
         let exists = |rel: &str| {
             let (store, path) = (Arc::clone(&store), object_store::path::Path::from(format!("copy/{rel}")));
@@ -1714,7 +1722,7 @@ mod tests {
             held.write_all(format!("{holder}\n").as_bytes()).expect("write");
             // SAFETY: flock on a file descriptor this test owns.
             assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
-            let claim = Claim { me: &me, first: true, since_ms, synced: &synced, leased: false };
+            let claim = Claim { me: &me, first: true, since_ms, synced: &synced, lease: None };
             let pushed = push(&img, &Folder(src.clone()), &dest, false, false, Some(claim)).await;
             assert_eq!(pushed.is_ok(), server_passes, "{holder}: {pushed:?}");
             match pushed {

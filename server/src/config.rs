@@ -727,17 +727,22 @@ impl FileConfig {
                 }
                 let ttl = parse_duration(&self.ha.lease_ttl)
                     .map_err(|reason| ConfigError::Invalid { key: "ha.lease_ttl", reason })?;
-                if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(600) {
+                if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(600) || ttl.subsec_nanos() != 0 {
                     return Err(ConfigError::Invalid {
                         key: "ha.lease_ttl",
-                        reason: "must be between 2s (etcd's shortest lease) and 10m".into(),
+                        reason: "must be whole seconds (etcd's leases are) between 2s (etcd's shortest) and 10m".into(),
                     });
                 }
                 let name = self.ha.name.clone().unwrap_or_else(|| {
                     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                     format!("{}:{}", host.trim(), http_addr.port())
                 });
-                let key = self.ha.key.clone().unwrap_or_else(|| format!("/tocsin/primary/{}", copy.url));
+                // One copy, one key, however its URL is spelled.
+                let key = self
+                    .ha
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| format!("/tocsin/primary/{}", copy.url.trim_end_matches('/')));
                 Some(crate::lease::LeaseConfig { etcd, key, name, ttl })
             }
         };
@@ -1070,9 +1075,14 @@ mod tests {
         assert!(err.contains("reader takes no lease"), "{err}");
         let err = with(copy, Some("127.0.0.1:2379")).expect_err("no scheme").to_string();
         assert!(err.contains("client URL"), "{err}");
-        let err =
-            with(&format!("{copy}[ha]\nlease_ttl = \"1s\"\n"), Some("http://e:2379")).expect_err("ttl").to_string();
-        assert!(err.contains("ha.lease_ttl"), "{err}");
+        for ttl in ["1s", "2900ms", "11m"] {
+            let text = format!("{copy}[ha]\nlease_ttl = \"{ttl}\"\n");
+            let err = with(&text, Some("http://e:2379")).expect_err(ttl).to_string();
+            assert!(err.contains("ha.lease_ttl"), "{err}");
+        }
+        let slash = "[storage]\nobject_store = \"file:///tmp/copy/\"\n";
+        let key = with(slash, Some("http://e:2379")).expect("valid").ha.expect("a lease").key;
+        assert_eq!(key, "/tocsin/primary/file:///tmp/copy", "one key however the URL is spelled");
         let c = with(&format!("{copy}[ha]\netcd = \"http://e:2379\"\nname = \"db-a\"\n"), None).expect("valid");
         let ha = c.ha.expect("a lease");
         assert_eq!((ha.key.as_str(), ha.name.as_str()), ("/tocsin/primary/file:///tmp/copy", "db-a"));

@@ -51,6 +51,8 @@ pub enum LeaseError {
     Status { url: String, status: u16, body: String },
     #[error("etcd at {url} answered something this server does not understand: {what}")]
     Answer { url: String, what: String },
+    #[error("the task waiting for the lease failed: {0}")]
+    Task(String),
 }
 
 /// The part of etcd's v3 API leadership uses.
@@ -102,9 +104,23 @@ impl Etcd {
         Ok(int(&r["TTL"]).filter(|t| *t > 0).map(|t| Duration::from_secs(t.unsigned_abs())))
     }
 
+    /// Whether `lease` is alive.
+    async fn alive(&self, lease: i64) -> Result<bool, LeaseError> {
+        let a = self.call("lease/timetolive", json!({ "ID": lease.to_string() })).await?;
+        Ok(int(&a["TTL"]).is_some_and(|t| t > 0))
+    }
+
+    /// The lease `key` is on, if the key exists.
+    async fn holder_lease(&self, key: &str) -> Result<Option<i64>, LeaseError> {
+        let a = self.call("kv/range", json!({ "key": B64.encode(key) })).await?;
+        let kv = &a["kvs"][0];
+        // A key on no lease (put by hand: lease 0, left out) still exists.
+        Ok((!kv.is_null()).then(|| int(&kv["lease"]).unwrap_or(0)))
+    }
+
     /// Puts `key` = `value` on `lease` unless the key exists; `Ok(None)`
-    /// when it was put, else the value that holds it.
-    async fn put_if_absent(&self, key: &str, value: &str, lease: i64) -> Result<Option<String>, LeaseError> {
+    /// when it was put, else who holds it: its value and its lease.
+    async fn put_if_absent(&self, key: &str, value: &str, lease: i64) -> Result<Option<(String, i64)>, LeaseError> {
         let k = B64.encode(key);
         let a = self
             .call(
@@ -119,18 +135,20 @@ impl Etcd {
         if a.get("succeeded").and_then(Value::as_bool) == Some(true) {
             return Ok(None);
         }
-        let held = a["responses"][0]["response_range"]["kvs"][0]["value"]
-            .as_str()
-            .and_then(|v| B64.decode(v).ok())
-            .map(|v| String::from_utf8_lossy(&v).to_string());
+        let kv = &a["responses"][0]["response_range"]["kvs"][0];
+        let held =
+            kv["value"].as_str().and_then(|v| B64.decode(v).ok()).map(|v| String::from_utf8_lossy(&v).to_string());
         // The key went between the compare and the range: nobody holds it.
-        Ok(Some(held.unwrap_or_else(|| "nobody (the key just expired)".into())))
+        Ok(Some((held.unwrap_or_else(|| "nobody (the key just expired)".into()), int(&kv["lease"]).unwrap_or(0))))
     }
 
     async fn revoke(&self, lease: i64) -> Result<(), LeaseError> {
         self.call("lease/revoke", json!({ "ID": lease.to_string() })).await.map(|_| ())
     }
 }
+
+/// Why a primary that stops cleanly no longer acts.
+pub const STOPPING: &str = "this server is stopping";
 
 /// etcd's JSON gateway writes 64-bit integers as strings.
 fn int(v: &Value) -> Option<i64> {
@@ -160,7 +178,10 @@ impl std::fmt::Debug for Leadership {
 
 impl Leadership {
     /// Waits until this server holds the primary's key: a standby until
-    /// then. Says who holds it, once, and again when that changes.
+    /// then. Says who holds it, once, and again when that changes; an etcd
+    /// that does not answer is tried again (a standby outlives an etcd
+    /// restart). Once held, the lease is renewed from that moment on
+    /// ([`Leadership::keep`]), while the server restores and starts.
     pub async fn acquire(config: LeaseConfig) -> Result<Arc<Self>, LeaseError> {
         let etcd = Etcd {
             base: config.etcd.trim_end_matches('/').to_string(),
@@ -168,44 +189,90 @@ impl Leadership {
             timeout: (config.ttl / 3).max(Duration::from_millis(500)),
         };
         let every = (config.ttl / 3).max(Duration::from_millis(200));
-        let lease = etcd.grant(config.ttl).await?;
+        // The first request says at once whether etcd is there at all.
+        let mut lease = etcd.grant(config.ttl).await?;
         let mut told: Option<String> = None;
+        // The lease of the primary last seen holding the key.
+        let mut before: Option<i64> = None;
         loop {
-            // The lease is renewed while this server waits, so that it is
-            // alive when the key comes free.
-            let sent = Instant::now();
-            match etcd.keep_alive(lease).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(etcd.odd("this server's lease expired while it waited for the primary's key")),
-                Err(e) => return Err(e),
-            }
-            match etcd.put_if_absent(&config.key, &config.name, lease).await? {
-                None => {
-                    tracing::info!(key = config.key, name = config.name, "this server holds the lease: primary");
-                    let ttl = config.ttl;
-                    return Ok(Arc::new(Leadership {
-                        etcd,
-                        config,
-                        lease,
-                        deadline: Mutex::new(sent + deadline_after(ttl)),
-                        lost: watch::Sender::new(None),
-                    }));
+            match Self::try_take(&etcd, &config, &mut lease, &mut before, &mut told).await {
+                Ok(Some(sent)) => {
+                    let held = Self::held(etcd, config, lease, sent);
+                    tokio::spawn(Arc::clone(&held).keep());
+                    return Ok(held);
                 }
-                Some(holder) => {
-                    if told.as_deref() != Some(holder.as_str()) {
-                        tracing::info!(
-                            key = config.key,
-                            primary = holder,
-                            "standby: {holder} holds the lease; this server takes over when it lets it go or its \
-                             lease expires (within {:?})",
-                            config.ttl
-                        );
-                        told = Some(holder);
-                    }
-                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("standby: etcd did not answer ({e}); trying again"),
             }
             tokio::time::sleep(every).await;
         }
+    }
+
+    /// One try: `Some(when the lease was last renewed)` once the key is
+    /// this server's.
+    async fn try_take(
+        etcd: &Etcd,
+        config: &LeaseConfig,
+        lease: &mut i64,
+        before: &mut Option<i64>,
+        told: &mut Option<String>,
+    ) -> Result<Option<Instant>, LeaseError> {
+        // The lease is renewed while this server waits, so that it is alive
+        // when the key comes free; one that expired (etcd was away longer
+        // than its TTL) is replaced.
+        let mut sent = Instant::now();
+        if etcd.keep_alive(*lease).await?.is_none() {
+            *lease = etcd.grant(config.ttl).await?;
+            sent = Instant::now();
+        }
+        let Some((holder, holder_lease)) = etcd.put_if_absent(&config.key, &config.name, *lease).await? else {
+            // The key came free while its primary's lease lives (removed by
+            // hand): that primary acts until it next renews and finds the
+            // key gone, at most until its deadline.
+            if let Some(previous) = before.filter(|l| *l != 0)
+                && etcd.alive(previous).await.unwrap_or(true)
+            {
+                tracing::warn!(
+                    key = config.key,
+                    "the key came free while the previous primary's lease lives (was it removed by hand?): waiting \
+                     for that primary to stand down, at most {:?}",
+                    deadline_after(config.ttl)
+                );
+                let until = Instant::now() + deadline_after(config.ttl);
+                while Instant::now() < until && etcd.alive(previous).await.unwrap_or(true) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                sent = Instant::now();
+                if etcd.keep_alive(*lease).await?.is_none() {
+                    return Err(etcd.odd("this server's lease expired while it waited"));
+                }
+            }
+            return Ok(Some(sent));
+        };
+        *before = Some(holder_lease);
+        if told.as_deref() != Some(holder.as_str()) {
+            tracing::info!(
+                key = config.key,
+                primary = holder,
+                "standby: {holder} holds the lease; this server takes over when it lets it go or its lease expires \
+                 (within {:?})",
+                config.ttl
+            );
+            *told = Some(holder);
+        }
+        Ok(None)
+    }
+
+    fn held(etcd: Etcd, config: LeaseConfig, lease: i64, sent: Instant) -> Arc<Self> {
+        tracing::info!(key = config.key, name = config.name, "this server holds the lease: primary");
+        let ttl = config.ttl;
+        Arc::new(Leadership {
+            etcd,
+            config,
+            lease,
+            deadline: Mutex::new(sent + deadline_after(ttl)),
+            lost: watch::Sender::new(None),
+        })
     }
 
     /// `Ok` while this server may act as the primary; afterwards why not.
@@ -229,27 +296,37 @@ impl Leadership {
         self.lost.subscribe()
     }
 
-    /// Renews the lease every third of its TTL until stopped or lost; a
-    /// stopping server lets it go, so that a standby takes over at once.
-    pub async fn keep(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Renews the lease every third of its TTL until it is lost or let go
+    /// ([`Leadership::give_up`]).
+    async fn keep(self: Arc<Self>) {
         let every = (self.config.ttl / 3).max(Duration::from_millis(200));
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+            tokio::time::sleep(every).await;
             if self.check().is_err() {
                 break;
             }
             let sent = Instant::now();
             match self.etcd.keep_alive(self.lease).await {
-                Ok(Some(_)) => {
-                    // An answer that took longer than the deadline left
-                    // does not bring it back.
-                    if self.check().is_ok() {
-                        *self.deadline.lock() = sent + deadline_after(self.config.ttl);
+                // The key must still be on this lease: removed by hand (or
+                // put on another lease), it may be another server's now.
+                Ok(Some(_)) => match self.etcd.holder_lease(&self.config.key).await {
+                    Ok(Some(l)) if l == self.lease => {
+                        // An answer that took longer than the deadline left
+                        // does not bring it back.
+                        if self.check().is_ok() {
+                            *self.deadline.lock() = sent + deadline_after(self.config.ttl);
+                        }
                     }
-                }
+                    Ok(_) => {
+                        self.lost.send_replace(Some(format!(
+                            "the key {} in etcd ({}) is no longer on this server's lease (removed, or another \
+                             server's): another server may be primary now",
+                            self.config.key, self.config.etcd
+                        )));
+                        break;
+                    }
+                    Err(e) => tracing::warn!("reading the key in etcd failed (retrying until the lease expires): {e}"),
+                },
                 Ok(None) => {
                     self.lost.send_replace(Some(format!(
                         "this server's lease in etcd ({}, key {}) expired: another server may be primary now",
@@ -261,13 +338,25 @@ impl Leadership {
             }
         }
         let why = self.check().err().unwrap_or_default();
-        tracing::error!("no longer the primary: {why}. Writes are refused and nothing is sent from now on");
+        if why != STOPPING {
+            tracing::error!("no longer the primary: {why}. Writes are refused and nothing is sent from now on");
+        }
+        // A standby waiting for this lease goes on at once.
+        let _ = self.etcd.revoke(self.lease).await;
     }
 
-    /// Lets the key go at a clean stop, after the last push: a standby
-    /// takes over at once instead of after the TTL.
-    pub async fn release(&self) {
-        self.lost.send_replace(Some("this server is stopping".into()));
+    /// Stops acting as the primary and lets the key go: at a clean stop
+    /// (after the last push), or when this server finds it must stand down
+    /// (another server's push in the copy). A standby takes over at its
+    /// next try.
+    pub async fn give_up(&self, why: &str) {
+        self.lost.send_if_modified(|lost| {
+            let first = lost.is_none();
+            if first {
+                *lost = Some(why.to_string());
+            }
+            first
+        });
         if let Err(e) = self.etcd.revoke(self.lease).await {
             tracing::warn!("letting the lease go failed (a standby takes over when it expires): {e}");
         }

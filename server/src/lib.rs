@@ -90,6 +90,8 @@ pub enum ServerError {
     ReaderWithoutAuth { url: String },
     #[error("the lease in etcd ([ha]): {0}")]
     Lease(#[from] lease::LeaseError),
+    #[error("no longer the primary: {0}")]
+    StoodDown(String),
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -100,6 +102,9 @@ pub struct BoundAddrs {
     pub http: SocketAddr,
     pub syslog_tcp: Option<SocketAddr>,
     pub syslog_udp: Option<SocketAddr>,
+    /// `writer`, `reader` (a standby answering queries is one), or
+    /// `primary` (a writer holding the lease of `[ha] etcd`).
+    pub role: &'static str,
 }
 
 /// Time allowed for in-flight requests to finish once shutdown starts.
@@ -107,12 +112,156 @@ pub struct BoundAddrs {
 const LAST_PUSH_TIMEOUT: Duration = Duration::from_secs(60);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs the server until `shutdown` completes. `on_bound` is called once both
-/// listeners are bound.
+/// Runs the server until `shutdown` completes. `on_bound` is called when both
+/// listeners are bound: once, or (a standby of `[ha] etcd`) once as the
+/// standby and again as the primary.
 pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(BoundAddrs),
+    on_bound: impl Fn(BoundAddrs) + Send + Sync + 'static,
+) -> Result<(), ServerError> {
+    let on_bound: OnBound = Arc::new(on_bound);
+    match config.ha.clone() {
+        Some(ha) => run_with_lease(config, ha, shutdown, on_bound).await,
+        None => serve(config, None, shutdown, on_bound).await,
+    }
+}
+
+type OnBound = Arc<dyn Fn(BoundAddrs) + Send + Sync>;
+
+/// How long a server waits for the lease at start before it serves as a
+/// standby: a free key is taken within a few requests.
+const FIRST_TRY: Duration = Duration::from_secs(2);
+
+/// `[ha] etcd`: the primary once this server holds the lease. Until then a
+/// standby, answering queries as a reader of the primary's copy with its
+/// data directory as the cache (if that directory is empty or already
+/// such a cache); when it takes the lease, it stops the reader, empties
+/// the cache and starts from the copy as the primary.
+async fn run_with_lease(
+    config: ServerConfig,
+    ha: lease::LeaseConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: OnBound,
+) -> Result<(), ServerError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let until = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let joined = |r: Result<Result<Arc<lease::Leadership>, lease::LeaseError>, tokio::task::JoinError>| {
+        r.map_err(|e| ServerError::Lease(lease::LeaseError::Task(e.to_string())))?.map_err(ServerError::from)
+    };
+    let data_dir = config.storage.data_dir.clone();
+    let mut acquiring = tokio::spawn(lease::Leadership::acquire(ha));
+    if let Ok(held) = tokio::time::timeout(FIRST_TRY, &mut acquiring).await {
+        return primary(config, joined(held)?, until(stop_rx), on_bound).await;
+    }
+    let cache = reader::is_cache_or_empty(&data_dir);
+    let (promote_tx, promote_rx) = watch::channel(false);
+    let mut as_reader = config.clone();
+    as_reader.role = config::Role::Reader;
+    as_reader.ha = None;
+    as_reader.alerting.rules = None;
+    let reader_stop = {
+        let (s, p) = (stop_rx.clone(), promote_rx.clone());
+        async move {
+            tokio::select! {
+                () = until(s) => {}
+                () = until(p) => {}
+            }
+        }
+    };
+    let (reader_bound, dir) = (Arc::clone(&on_bound), data_dir.clone());
+    let standby = async move {
+        if !cache {
+            tracing::warn!(
+                dir = %dir.display(),
+                "standby: the data directory holds data, so this standby answers nothing until it is the primary \
+                 (on an empty data directory, a standby answers queries from the primary's copy meanwhile)"
+            );
+            return Ok(());
+        }
+        tracing::info!("standby: answering queries from the primary's copy until this server holds the lease");
+        let served = serve(as_reader, None, reader_stop, reader_bound).await;
+        if let Err(e) = &served {
+            tracing::error!("standby: its reader stopped, so it answers no queries until it is the primary: {e}");
+        }
+        served
+    };
+    tokio::pin!(standby);
+    let mut standby_done = false;
+    let held = loop {
+        tokio::select! {
+            held = &mut acquiring => break held,
+            _ = &mut standby, if !standby_done => standby_done = true,
+            () = until(stop_rx.clone()) => {
+                acquiring.abort();
+                if !standby_done {
+                    let _ = standby.await;
+                }
+                tracing::info!("standby stopped before it became the primary");
+                return Ok(());
+            }
+        }
+    };
+    let leadership = joined(held)?;
+    let _ = promote_tx.send(true);
+    if !standby_done {
+        let _ = standby.await;
+    }
+    if cache {
+        reader::empty_cache(&data_dir).map_err(|source| ServerError::ObjectStore {
+            url: config.object_store.as_ref().map(|o| o.url.clone()).unwrap_or_default(),
+            source: Box::new(source),
+        })?;
+    }
+    primary(config, leadership, until(stop_rx), on_bound).await
+}
+
+/// The primary's life; one that stood down moves its data directory
+/// aside (it may hold writes acknowledged after its last push, to be
+/// recovered by hand), so that restarted it is a standby on an empty one.
+async fn primary(
+    config: ServerConfig,
+    leadership: Arc<lease::Leadership>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: OnBound,
+) -> Result<(), ServerError> {
+    let data_dir = config.storage.data_dir.clone();
+    let served = serve(config, Some(leadership), shutdown, on_bound).await;
+    if let Err(ServerError::StoodDown(why)) = &served {
+        let aside = std::path::PathBuf::from(format!(
+            "{}.stood-down-{}",
+            data_dir.display(),
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ));
+        match std::fs::rename(&data_dir, &aside) {
+            Ok(()) => tracing::error!(
+                aside = %aside.display(),
+                "no longer the primary ({why}): the data directory is moved aside (writes acknowledged after its \
+                 last push are there only); restarted, this server is a standby"
+            ),
+            Err(e) => tracing::error!(
+                "no longer the primary ({why}); moving {} aside failed ({e}): move it aside by hand before \
+                 restarting this server",
+                data_dir.display()
+            ),
+        }
+    }
+    served
+}
+
+/// One server's life in one role: a writer (the primary, with
+/// `leadership`) or a reader.
+async fn serve(
+    config: ServerConfig,
+    leadership: Option<Arc<lease::Leadership>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: OnBound,
 ) -> Result<(), ServerError> {
     // Certificates first: a bad path is reported before storage is opened.
     let tls = match &config.tls {
@@ -140,20 +289,6 @@ pub async fn run(
             url: url.trim().to_string(),
         });
     }
-    // A standby (`[ha] etcd`) waits here, before it opens anything, until
-    // it holds the primary's lease; then it starts from the copy as a
-    // writer on an empty data directory does.
-    let mut shutdown = std::pin::pin!(shutdown);
-    let leadership = match &config.ha {
-        Some(ha) => tokio::select! {
-            held = lease::Leadership::acquire(ha.clone()) => Some(held?),
-            () = &mut shutdown => {
-                tracing::info!("standby stopped before it became the primary");
-                return Ok(());
-            }
-        },
-        None => None,
-    };
     let (mirror, reader) = match &config.object_store {
         Some(o) if is_reader => (
             None,
@@ -241,6 +376,11 @@ pub async fn run(
     })?;
     let syslog = syslog::Listeners::bind(&config.syslog).await?;
     let bound = BoundAddrs {
+        role: match (is_reader, leadership.is_some()) {
+            (true, _) => "reader",
+            (false, true) => "primary",
+            (false, false) => "writer",
+        },
         syslog_tcp: syslog.tcp_addr(),
         syslog_udp: syslog.udp_addr(),
         grpc: grpc_listener.local_addr().map_err(|source| ServerError::Bind {
@@ -383,9 +523,6 @@ pub async fn run(
         background.push(tokio::spawn(Arc::clone(&alerts).run(alert_stop)));
     }
     tokio::spawn(backup_sweep(Arc::clone(&backups), stop_rx.clone()));
-    if let Some(l) = &leadership {
-        tokio::spawn(Arc::clone(l).keep(stop_rx.clone()));
-    }
     let mirror_task = mirror.as_ref().map(|m| {
         tracing::info!(url = m.url, "a copy of the data directory goes to the bucket every {:?}", m.interval());
         tokio::spawn(Arc::clone(m).run(
@@ -437,7 +574,22 @@ pub async fn run(
 
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(async move { http.await });
-    shutdown.await;
+    // A primary that is no longer one stops: it exits with the reason
+    // (its supervisor restarts it, as a standby).
+    let stood_down = async {
+        match &leadership {
+            Some(l) => {
+                let mut lost = l.lost();
+                let why = lost.wait_for(|w| w.is_some()).await.map(|w| w.clone()).ok().flatten();
+                why.unwrap_or_default()
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let stood_down = tokio::select! {
+        () = shutdown => None,
+        why = stood_down => Some(why),
+    };
     tracing::info!("shutting down: draining requests");
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -482,7 +634,7 @@ pub async fn run(
     }
     // After the last push: a standby takes over from it at once.
     if let Some(l) = &leadership {
-        l.release().await;
+        l.give_up(lease::STOPPING).await;
     }
     let stats = storage.shutdown().await?;
     if is_reader {
@@ -490,7 +642,10 @@ pub async fn run(
     } else {
         tracing::info!(rows = stats.rows, segments = stats.segments, "shutdown complete: buffer persisted, WAL closed");
     }
-    Ok(())
+    match stood_down {
+        Some(why) => Err(ServerError::StoodDown(why)),
+        None => Ok(()),
+    }
 }
 
 /// Loads tokens and roles. On the first start with auth on, prints the

@@ -235,7 +235,6 @@ impl Mirror {
         if let Some(Err(why)) = self.lease.as_ref().map(|l| l.check()) {
             tracing::error!(url = self.url, "not pushing: {why}");
             storage.fence(why);
-            self.fenced.send_replace(true);
             return;
         }
         let me = WriterRun { stopped: last, ..self.me.clone() };
@@ -251,7 +250,7 @@ impl Mirror {
                 first,
                 since_ms: self.since_ms.load(Ordering::Relaxed),
                 synced: &self.synced,
-                leased: self.lease.is_some(),
+                lease: self.lease.as_deref(),
             };
             let pushed = backup_store::push(&image, &files, &self.dest, false, false, Some(claim)).await;
             backups.drop_image(&image.id);
@@ -278,8 +277,13 @@ impl Mirror {
             Err(BackupError::TakenOver(why)) => {
                 self.metrics.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(url = self.url, "{why}");
-                storage.fence(why);
+                storage.fence(why.clone());
                 self.fenced.send_replace(true);
+                // Whatever the lease says, the copy has moved on: this
+                // server lets the key go for a standby to start from it.
+                if let Some(l) = &self.lease {
+                    l.give_up(&why).await;
+                }
             }
             Err(e) => {
                 self.metrics.failures.fetch_add(1, Ordering::Relaxed);

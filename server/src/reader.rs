@@ -30,6 +30,43 @@ pub(crate) const READER_FILE: &str = "reader-of";
 /// Held (flock) by the reader using the directory.
 const READER_LOCK: &str = "reader.lock";
 
+/// Whether `dir` is missing, empty, or a reader's cache: what a standby
+/// may serve from as a reader before it takes the primary's lease.
+pub(crate) fn is_cache_or_empty(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none() || dir.join(READER_FILE).exists(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Removes what a reader's cache holds (a standby taking over starts from
+/// the copy in an empty directory); refuses a directory that is not one.
+pub(crate) fn empty_cache(dir: &Path) -> Result<(), BackupError> {
+    let io = |what: String| move |source| BackupError::Io { what, source };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
+    };
+    let entries: Vec<_> = entries.collect::<Result<_, _>>().map_err(io(format!("reading {}", dir.display())))?;
+    if !entries.is_empty() && !dir.join(READER_FILE).exists() {
+        return Err(BackupError::Refused(format!(
+            "{} is not a reader's cache (no {READER_FILE}): not emptying it",
+            dir.display()
+        )));
+    }
+    // The marker last: a stop half-way leaves a cache, not a directory of
+    // unknown files.
+    let mut entries: Vec<PathBuf> = entries.into_iter().map(|e| e.path()).collect();
+    entries.sort_by_key(|p| p.file_name().is_some_and(|n| n == READER_FILE));
+    for path in entries {
+        let dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
+        let removed = if dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(io(format!("removing {}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// Whether two spellings name the same copy (`file:///x/` is `file:///x`).
 fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')

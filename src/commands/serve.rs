@@ -104,7 +104,7 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         tocsin_server::run(config, shutdown_signal(), |addrs| {
             // One machine-readable line on stdout: tests and scripts that
             // start the server on port 0 read the real ports from it.
-            let mut line = format!("tocsin listening grpc={} http={}", addrs.grpc, addrs.http);
+            let mut line = format!("tocsin listening grpc={} http={} role={}", addrs.grpc, addrs.http, addrs.role);
             if let Some(a) = addrs.syslog_tcp {
                 line.push_str(&format!(" syslog_tcp={a}"));
             }

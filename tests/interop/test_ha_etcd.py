@@ -3,19 +3,25 @@ leadership through a lease in a real etcd (Debian's etcd-server), as
 docs/operations.md describes: `tocsin serve --object-store s3://... --etcd
 http://...` on every server.
 
-1. A holds the lease and serves; B waits as a standby (its ports closed).
+1. A holds the lease and serves; B waits as a standby, answering queries
+   from A's copy as a reader and refusing writes.
 2. An alert fires on A and A sends its first escalation step (the webhook
    sink tells the senders apart by their externalURL).
 3. A is paused (SIGSTOP) past its lease: B takes the lease, starts from the
    copy and serves within the lease time plus its restore; it has every
    write A acknowledged before A's last push, and sends the alert's next
    step once, not the first again.
-4. A is resumed (SIGCONT): it refuses writes and sends nothing.
-5. C waits as a standby; B is killed (kill -9): C is the primary within the
-   lease time plus its restore, with B's data.
+4. A is resumed (SIGCONT): it refuses writes, sends nothing, and exits
+   with its data directory moved aside (restarted, it is a standby).
+5. C waits as a standby; the key is removed by hand (etcd's API): B,
+   whose lease still lives, finds it gone at its next renewal and stands
+   down (refuses writes, lets its lease go); only then C takes over.
+6. D waits as a standby; C is killed (kill -9): D is the primary within the
+   lease time plus its restore, with C's data.
 
 Prints the takeover times."""
 
+import base64
 import json
 import os
 import signal
@@ -68,14 +74,19 @@ class Server:
             [BIN, "serve", "--data-dir", os.path.join(tmp, name), "--grpc-addr", f"127.0.0.1:{free_port()}",
              "--http-addr", self.http, *args], stdout=subprocess.PIPE, stderr=self.log, text=True)
         procs.append(self.p)
+        # Set when the server says it listens as the primary (a standby
+        # first says it listens as a reader).
         self.listening = threading.Event()
         self.listening_at = None
+        self.roles = []
 
         def read():
             for line in self.p.stdout:
                 if line.startswith("tocsin listening"):
-                    self.listening_at = time.time()
-                    self.listening.set()
+                    self.roles.append(line.split("role=")[-1].strip())
+                    if self.roles[-1] == "primary":
+                        self.listening_at = time.time()
+                        self.listening.set()
 
         threading.Thread(target=read, daemon=True).start()
 
@@ -135,17 +146,17 @@ receivers:
             f.write(f'[storage]\nobject_store_interval = "1s"\n[ha]\nlease_ttl = "{TTL_S}s"\n')
         args = ["--object-store", f"s3://{BUCKET}/site-a", "--etcd", etcd_url, "--config", config, "--rules", rules]
 
-        # 1. A is the primary; B a standby with its ports closed.
+        # 1. A is the primary; B a standby that answers queries as a reader.
         a = Server(tmp, "a", args, procs)
         assert a.listening.wait(60), "A did not start:\n" + a.log_text()
+        assert a.roles == ["primary"], a.roles
         b = Server(tmp, "b", args, procs)
-        wait_for("B standing by", lambda: "standby" in b.log_text(), 20, 0.2)
-        assert not b.listening.is_set()
+        wait_for("B standing by", lambda: b.roles == ["reader"] and "standby" in b.log_text(), 20, 0.2)
         try:
-            urllib.request.urlopen(b.url + "/health", timeout=2)
-            raise AssertionError("a standby answers on its HTTP port")
-        except urllib.error.URLError:
-            pass
+            post(b.http, "/write?db=public", b"load,host=standby v=1i")
+            raise AssertionError("a standby acknowledged a write")
+        except urllib.error.HTTPError as e:
+            assert e.code in (403, 503), e.code
 
         # 2. Writes acknowledged by A; an alert whose first step A sends.
         acked = 0
@@ -155,8 +166,11 @@ receivers:
         post(a.http, "/write?db=public", b"cpu,host=web usage=99")
         wait_for("step 1 from A", lambda: ("/oncall", a.url, "HighCpu", "web") in RECEIVED, 15, 0.1)
         # Two pushes (1 s apart) after the step: the copy holds the writes
-        # and that the step was sent.
+        # and that the step was sent. The standby answers from it within
+        # two intervals.
         time.sleep(2.5)
+        wait_for("B answering from A's copy",
+                 lambda: sql(b.http, "SELECT count(*) AS n FROM load")[0]["n"] == acked, 10, 0.2)
 
         # 3. A paused past its lease: B takes over.
         paused_at = time.time()
@@ -181,23 +195,57 @@ receivers:
             body = e.read().decode(errors="replace")
             print(f"A resumed, a write: HTTP {e.code}: {body}")
             assert e.code == 503 and "lease" in body, (e.code, body)
-        time.sleep(3)
+        except (urllib.error.URLError, ConnectionError) as e:
+            print(f"A resumed, a write: {e} (A already gone)")
+        assert a.p.wait(30) != 0, "A stood down with exit code 0"
+        time.sleep(2)
         assert [r for r in RECEIVED if r[1] == a.url] == sent_by_a, f"A sent after its lease expired: {RECEIVED}"
         assert sum(1 for r in RECEIVED if r[0] == "/boss") == 1, f"step 2 sent more than once: {RECEIVED}"
-        a.p.kill()
+        aside = [n for n in os.listdir(tmp) if n.startswith("a.stood-down-")]
+        assert len(aside) == 1 and not os.path.exists(os.path.join(tmp, "a")), os.listdir(tmp)
+        assert "no longer the primary" in a.log_text()
 
-        # 5. C stands by; B killed: C takes over with B's data.
+        # 5. C stands by; the key removed by hand: B stands down before C acts.
         c = Server(tmp, "c", args, procs)
         wait_for("C standing by", lambda: "standby" in c.log_text(), 20, 0.2)
         time.sleep(2.5)  # B's push of its own write
-        killed_at = time.time()
-        b.p.kill()
+        key = base64.b64encode(f"/tocsin/primary/s3://{BUCKET}/site-a".encode()).decode()
+        req = urllib.request.Request(etcd_url + "/v3/kv/deleterange", data=json.dumps({"key": key}).encode())
+        assert json.loads(urllib.request.urlopen(req, timeout=5).read()).get("deleted") == "1"
+        removed_at = time.time()
+        refused = [None]
+
+        def b_refuses():
+            try:
+                post(b.http, "/write?db=public", b"load,host=late v=1i")
+                return False
+            except urllib.error.HTTPError as e:
+                refused[0] = time.time()
+                return e.code == 503
+            except (urllib.error.URLError, ConnectionError):  # B already exited
+                refused[0] = time.time()
+                return True
+        wait_for("B standing down", b_refuses, 10, 0.05)
         assert c.listening.wait(60), "C did not take over:\n" + c.log_text()
-        took = c.listening_at - killed_at
-        print(f"C primary {took:.1f} s after B was killed (lease {TTL_S} s)")
-        assert took < TTL_S + 15, took
+        print(f"key removed by hand: B refused writes {refused[0] - removed_at:.1f} s later, "
+              f"C primary {c.listening_at - removed_at:.1f} s later")
+        assert refused[0] <= c.listening_at, "C served while B still acknowledged writes"
         n = sql(c.http, "SELECT count(*) AS n FROM load")[0]["n"]
         assert n == acked + 1, f"C has {n} of the {acked + 1} writes"
+
+        # 6. D stands by; C killed: D takes over with C's data.
+        d = Server(tmp, "d", args, procs)
+        wait_for("D standing by", lambda: "standby" in d.log_text(), 20, 0.2)
+        post(c.http, "/write?db=public", b"load,host=c v=200i")
+        time.sleep(2.5)  # C's push of its own write
+        killed_at = time.time()
+        c.p.kill()
+        assert d.listening.wait(60), "D did not take over:\n" + d.log_text()
+        took = d.listening_at - killed_at
+        print(f"D primary {took:.1f} s after C was killed (lease {TTL_S} s)")
+        assert took < TTL_S + 15, took
+        n = sql(d.http, "SELECT count(*) AS n FROM load")[0]["n"]
+        assert n == acked + 2, f"D has {n} of the {acked + 2} writes"
         print("primary and standbys through a lease in etcd: ok")
 
 
