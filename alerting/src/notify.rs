@@ -30,6 +30,8 @@ pub enum SendError {
     SmtpIo(#[from] std::io::Error),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("not sent: {0}")]
+    Held(String),
 }
 
 /// One attempt to deliver a job through one integration.
@@ -250,27 +252,19 @@ impl Notifier {
             let mut backoff = self.retry.first_backoff;
             for attempt in 1..=self.retry.max_attempts {
                 let started = Instant::now();
-                let gate = self.gate.read().clone();
-                if let Some(Err(why)) = gate.map(|g| g()) {
-                    tracing::warn!(receiver = job.receiver, job = job.id, "not sent: {why}");
-                    let _ = self.attempts.send(Attempt {
-                        at: self.clock.now_ms(),
-                        job_id: job.id.clone(),
-                        receiver: job.receiver.clone(),
-                        integration: integration_name(integration),
-                        group_key: job.group_key.clone(),
-                        reason: format!("{:?}", job.reason).to_lowercase(),
-                        attempt,
-                        ok: false,
-                        error: Some(format!("not sent: {why}")),
-                        duration: Duration::ZERO,
-                        finished: true,
-                    });
-                    return;
-                }
-                let result = self.send_one(integration, &job.payload).await;
+                // A server that may no longer send (no longer the primary)
+                // records the job as not sent, and does not retry it.
+                let held = self.gate.read().clone().and_then(|gate| gate().err());
+                let stopped = held.is_some();
+                let result = match held {
+                    Some(why) => {
+                        tracing::warn!(receiver = job.receiver, job = job.id, "not sent: {why}");
+                        Err(SendError::Held(why))
+                    }
+                    None => self.send_one(integration, &job.payload).await,
+                };
                 let ok = result.is_ok();
-                let last = ok || attempt == self.retry.max_attempts;
+                let last = ok || stopped || attempt == self.retry.max_attempts;
                 let _ = self.attempts.send(Attempt {
                     at: self.clock.now_ms(),
                     job_id: job.id.clone(),
@@ -282,8 +276,11 @@ impl Notifier {
                     ok,
                     error: result.err().map(|e| e.to_string()),
                     duration: started.elapsed(),
-                    finished: last && idx + 1 == n,
+                    finished: stopped || (last && idx + 1 == n),
                 });
+                if stopped {
+                    return;
+                }
                 if ok {
                     break;
                 }

@@ -168,6 +168,8 @@ pub struct Leadership {
     deadline: Mutex<Instant>,
     /// Why it may not any more, once that is so.
     lost: watch::Sender<Option<String>>,
+    /// Whether the lease has been let go already.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Leadership {
@@ -272,6 +274,7 @@ impl Leadership {
             lease,
             deadline: Mutex::new(sent + deadline_after(ttl)),
             lost: watch::Sender::new(None),
+            revoked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -342,7 +345,20 @@ impl Leadership {
             tracing::error!("no longer the primary: {why}. Writes are refused and nothing is sent from now on");
         }
         // A standby waiting for this lease goes on at once.
-        let _ = self.etcd.revoke(self.lease).await;
+        self.revoke().await;
+    }
+
+    /// Lets the lease go, once.
+    async fn revoke(&self) {
+        if self.revoked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        match self.etcd.revoke(self.lease).await {
+            Ok(()) => {}
+            // Already gone (it expired): nothing to let go.
+            Err(LeaseError::Status { status: 404, .. }) => {}
+            Err(e) => tracing::warn!("letting the lease go failed (a standby takes over when it expires): {e}"),
+        }
     }
 
     /// Stops acting as the primary and lets the key go: at a clean stop
@@ -357,9 +373,7 @@ impl Leadership {
             }
             first
         });
-        if let Err(e) = self.etcd.revoke(self.lease).await {
-            tracing::warn!("letting the lease go failed (a standby takes over when it expires): {e}");
-        }
+        self.revoke().await;
     }
 }
 

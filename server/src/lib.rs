@@ -92,6 +92,11 @@ pub enum ServerError {
     Lease(#[from] lease::LeaseError),
     #[error("no longer the primary: {0}")]
     StoodDown(String),
+    #[error(
+        "the server of {url} requires tokens (--auth), and this one would serve its copy to anyone once it takes \
+         over: start it with --auth too"
+    )]
+    StandbyWithoutAuth { url: String },
 }
 
 /// The addresses the server actually listens on (ports resolved when 0 was
@@ -156,16 +161,22 @@ async fn run_with_lease(
         r.map_err(|e| ServerError::Lease(lease::LeaseError::Task(e.to_string())))?.map_err(ServerError::from)
     };
     let data_dir = config.storage.data_dir.clone();
+    tokens_as_the_copy(&config).await?;
     let mut acquiring = tokio::spawn(lease::Leadership::acquire(ha));
     if let Ok(held) = tokio::time::timeout(FIRST_TRY, &mut acquiring).await {
         return primary(config, joined(held)?, until(stop_rx), on_bound).await;
     }
-    let cache = reader::is_cache_or_empty(&data_dir);
+    let url = config.object_store.as_ref().map(|o| o.url.clone()).unwrap_or_default();
+    let cache = reader::is_cache_or_empty(&data_dir, &url);
     let (promote_tx, promote_rx) = watch::channel(false);
     let mut as_reader = config.clone();
     as_reader.role = config::Role::Reader;
     as_reader.ha = None;
     as_reader.alerting.rules = None;
+    // A reader stores nothing: syslog senders find the port closed (and
+    // retry or go elsewhere) rather than events dropped.
+    as_reader.syslog.tcp_addr = None;
+    as_reader.syslog.udp_addr = None;
     let reader_stop = {
         let (s, p) = (stop_rx.clone(), promote_rx.clone());
         async move {
@@ -213,13 +224,28 @@ async fn run_with_lease(
     if !standby_done {
         let _ = standby.await;
     }
-    if cache {
-        reader::empty_cache(&data_dir).map_err(|source| ServerError::ObjectStore {
-            url: config.object_store.as_ref().map(|o| o.url.clone()).unwrap_or_default(),
-            source: Box::new(source),
-        })?;
+    // The copy's server may have turned tokens on since this one started.
+    if let Err(e) = tokens_as_the_copy(&config).await {
+        leadership.give_up("this server cannot serve the copy").await;
+        return Err(e);
+    }
+    if cache && let Err(source) = reader::empty_cache(&data_dir, &url).await {
+        leadership.give_up("this server cannot use its data directory").await;
+        return Err(ServerError::ObjectStore { url, source: Box::new(source) });
     }
     primary(config, leadership, until(stop_rx), on_bound).await
+}
+
+/// A server of `[ha]` without `--auth` refuses a copy whose server
+/// requires tokens: taking it over would serve it to anyone.
+async fn tokens_as_the_copy(config: &ServerConfig) -> Result<(), ServerError> {
+    let Some(o) = config.object_store.as_ref().filter(|_| !config.auth.enabled) else { return Ok(()) };
+    let bucket = |source| ServerError::ObjectStore { url: o.url.clone(), source: Box::new(source) };
+    let place = backup_store::Place::parse(&o.url).map_err(bucket)?;
+    match backup_store::Index::read(&place).await.map_err(bucket)? {
+        Some(index) if index.at.auth => Err(ServerError::StandbyWithoutAuth { url: o.url.clone() }),
+        _ => Ok(()),
+    }
 }
 
 /// The primary's life; one that stood down moves its data directory

@@ -30,31 +30,57 @@ pub(crate) const READER_FILE: &str = "reader-of";
 /// Held (flock) by the reader using the directory.
 const READER_LOCK: &str = "reader.lock";
 
-/// Whether `dir` is missing, empty, or a reader's cache: what a standby
-/// may serve from as a reader before it takes the primary's lease.
-pub(crate) fn is_cache_or_empty(dir: &Path) -> bool {
+/// Whether `dir` is missing, empty, or a reader's cache of `url`: what a
+/// standby may serve from as a reader before it takes the primary's lease.
+pub(crate) fn is_cache_or_empty(dir: &Path, url: &str) -> bool {
     match std::fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_none() || dir.join(READER_FILE).exists(),
+        Ok(mut entries) => {
+            entries.next().is_none()
+                || std::fs::read_to_string(dir.join(READER_FILE)).is_ok_and(|of| same_url(of.trim(), url))
+        }
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
-/// Removes what a reader's cache holds (a standby taking over starts from
-/// the copy in an empty directory); refuses a directory that is not one.
-pub(crate) fn empty_cache(dir: &Path) -> Result<(), BackupError> {
+/// Removes what a reader's cache of `url` holds (a standby taking over
+/// starts from the copy in an empty directory); refuses a directory that
+/// is not one, or that a reader still uses (its lock held).
+pub(crate) async fn empty_cache(dir: &Path, url: &str) -> Result<(), BackupError> {
     let io = |what: String| move |source| BackupError::Io { what, source };
+    if !is_cache_or_empty(dir, url) {
+        return Err(BackupError::Refused(format!(
+            "{} is not a reader's cache of {url}: not emptying it",
+            dir.display()
+        )));
+    }
+    // The standby's own reader lets its lock go as it stops; another
+    // process's reader does not.
+    let lock_path = dir.join(READER_LOCK);
+    let _lock = match std::fs::OpenOptions::new().write(true).open(&lock_path) {
+        Ok(file) => {
+            let mut tries = 0;
+            while file.try_lock().is_err() {
+                tries += 1;
+                if tries > 50 {
+                    return Err(BackupError::Refused(format!(
+                        "{} is in use by another tocsin process (lock file {} is held): not emptying it",
+                        dir.display(),
+                        lock_path.display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(format!("opening {}", lock_path.display()))(e)),
+    };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
     };
     let entries: Vec<_> = entries.collect::<Result<_, _>>().map_err(io(format!("reading {}", dir.display())))?;
-    if !entries.is_empty() && !dir.join(READER_FILE).exists() {
-        return Err(BackupError::Refused(format!(
-            "{} is not a reader's cache (no {READER_FILE}): not emptying it",
-            dir.display()
-        )));
-    }
     // The marker last: a stop half-way leaves a cache, not a directory of
     // unknown files.
     let mut entries: Vec<PathBuf> = entries.into_iter().map(|e| e.path()).collect();
@@ -345,5 +371,37 @@ fn remove_unlisted_wal(dir: &Path, index: &Index) {
         {
             tracing::warn!("reader: cannot remove {}: {err}", e.path().display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A standby taking over empties its own reader's cache of its copy,
+    /// never a directory another reader holds or a cache of another copy.
+    #[tokio::test]
+    async fn only_a_free_cache_of_this_copy_is_emptied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(cache.join("segments")).expect("mkdir");
+        std::fs::write(cache.join(READER_FILE), "s3://b/copy\n").expect("marker");
+        std::fs::write(cache.join("segments/1.parquet"), "x").expect("file");
+        let held = std::fs::File::create(cache.join(READER_LOCK)).expect("lock file");
+        held.lock().expect("lock");
+
+        let other = empty_cache(&cache, "s3://b/other").await.expect_err("another copy's cache");
+        assert!(other.to_string().contains("not a reader's cache of s3://b/other"), "{other}");
+        let busy = empty_cache(&cache, "s3://b/copy/").await.expect_err("a reader holds it");
+        assert!(busy.to_string().contains("in use by another tocsin process"), "{busy}");
+        assert!(cache.join("segments/1.parquet").exists());
+
+        drop(held);
+        empty_cache(&cache, "s3://b/copy/").await.expect("free");
+        assert_eq!(std::fs::read_dir(&cache).expect("read").count(), 0);
+        // A directory of data (no marker) is never emptied.
+        std::fs::write(cache.join("manifest.json"), "{}").expect("file");
+        empty_cache(&cache, "s3://b/copy").await.expect_err("not a cache");
+        assert!(cache.join("manifest.json").exists());
     }
 }
