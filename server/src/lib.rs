@@ -116,6 +116,8 @@ pub struct BoundAddrs {
 /// How long a stopping server waits for its last copy to the bucket.
 const LAST_PUSH_TIMEOUT: Duration = Duration::from_secs(60);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a standby's reader when the standby takes over.
+const STANDBY_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs the server until `shutdown` completes. `on_bound` is called when both
 /// listeners are bound: once, or (a standby of `[ha] etcd`) once as the
@@ -128,7 +130,7 @@ pub async fn run(
     let on_bound: OnBound = Arc::new(on_bound);
     match config.ha.clone() {
         Some(ha) => run_with_lease(config, ha, shutdown, on_bound).await,
-        None => serve(config, None, shutdown, on_bound).await,
+        None => serve(config, None, DRAIN_TIMEOUT, shutdown, on_bound).await,
     }
 }
 
@@ -168,6 +170,14 @@ async fn run_with_lease(
     }
     let url = config.object_store.as_ref().map(|o| o.url.clone()).unwrap_or_default();
     let cache = reader::is_cache_or_empty(&data_dir, &url);
+    // A directory of data must be one this server can continue the copy
+    // from (the copy's last writer's own): said now, not when it takes over
+    // and would waste the failover.
+    if !cache && let Some(o) = &config.object_store {
+        mirror::Mirror::open(&o.url, o.interval, &data_dir, None)
+            .await
+            .map_err(|source| ServerError::ObjectStore { url: o.url.clone(), source: Box::new(source) })?;
+    }
     let (promote_tx, promote_rx) = watch::channel(false);
     let mut as_reader = config.clone();
     as_reader.role = config::Role::Reader;
@@ -197,7 +207,9 @@ async fn run_with_lease(
             return Ok(());
         }
         tracing::info!("standby: answering queries from the primary's copy until this server holds the lease");
-        let served = serve(as_reader, None, reader_stop, reader_bound).await;
+        // A query running when the standby takes over holds the takeover
+        // for at most this long.
+        let served = serve(as_reader, None, STANDBY_DRAIN, reader_stop, reader_bound).await;
         if let Err(e) = &served {
             tracing::error!("standby: its reader stopped, so it answers no queries until it is the primary: {e}");
         }
@@ -258,7 +270,7 @@ async fn primary(
     on_bound: OnBound,
 ) -> Result<(), ServerError> {
     let data_dir = config.storage.data_dir.clone();
-    let served = serve(config, Some(leadership), shutdown, on_bound).await;
+    let served = serve(config, Some(leadership), DRAIN_TIMEOUT, shutdown, on_bound).await;
     if let Err(ServerError::StoodDown(why)) = &served {
         let aside = std::path::PathBuf::from(format!(
             "{}.stood-down-{}",
@@ -286,6 +298,7 @@ async fn primary(
 async fn serve(
     config: ServerConfig,
     leadership: Option<Arc<lease::Leadership>>,
+    drain: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: OnBound,
 ) -> Result<(), ServerError> {
@@ -618,7 +631,7 @@ async fn serve(
     };
     tracing::info!("shutting down: draining requests");
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+    let drained = tokio::time::timeout(drain, async {
         let g = grpc_task.await;
         let h = http_task.await;
         for t in syslog_tasks {
@@ -628,7 +641,7 @@ async fn serve(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; persisting anyway");
+        tracing::warn!("requests still running after {drain:?}; persisting anyway");
     }
     for task in background {
         let _ = task.await;

@@ -12,7 +12,8 @@ http://...` on every server.
    write A acknowledged before A's last push, and sends the alert's next
    step once, not the first again.
 4. A is resumed (SIGCONT): it refuses writes, sends nothing, and exits
-   with its data directory moved aside (restarted, it is a standby).
+   with its data directory moved aside (restarted on an empty one, it is a
+   standby; on the moved one, it is refused at start).
 5. C waits as a standby; the key is removed by hand (etcd's API): B,
    whose lease still lives, finds it gone at its next renewal and stands
    down (refuses writes, lets its lease go); only then C takes over.
@@ -204,6 +205,11 @@ receivers:
         aside = [n for n in os.listdir(tmp) if n.startswith("a.stood-down-")]
         assert len(aside) == 1 and not os.path.exists(os.path.join(tmp, "a")), os.listdir(tmp)
         assert "no longer the primary" in a.log_text()
+        # Restarted on that directory, A is refused at once (B's copy has
+        # moved on), rather than when it would take the lease.
+        again = Server(tmp, aside[0], args, procs)
+        assert again.p.wait(30) != 0, "a former primary's directory was accepted"
+        assert "empty data directory" in again.log_text(), again.log_text()
 
         # 5. C stands by; the key removed by hand: B stands down before C acts.
         c = Server(tmp, "c", args, procs)
