@@ -36,6 +36,21 @@ pub(crate) fn routes(r: Routes<AppState>) -> Routes<AppState> {
 /// address names (so every view can be bookmarked and shared).
 const VIEWS: [&str; 8] = ["/", "/alerts", "/rules", "/explore", "/logs", "/trace", "/trace/{id}", "/audit"];
 
+/// The address of the console page `uri` means when it is not one itself:
+/// a view's path with a trailing slash, or `/index.html`; its query kept.
+pub(crate) fn page_address(uri: &axum::http::Uri) -> Option<String> {
+    let path = uri.path();
+    let page = if path == "/index.html" { "/" } else { path.strip_suffix('/')? };
+    let trace = page.strip_prefix("/trace/").is_some_and(|id| !id.is_empty() && !id.contains('/'));
+    if !(trace || VIEWS.contains(&page)) {
+        return None;
+    }
+    Some(match uri.query() {
+        Some(q) => format!("{page}?{q}"),
+        None => page.to_string(),
+    })
+}
+
 /// The embedded files: name, content type, bytes.
 const ASSETS: [(&str, &str, &[u8]); 12] = [
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("../console/app.js")),

@@ -216,8 +216,15 @@ impl From<tocsin_ingest::follow::FollowError> for ApiError {
     }
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint".into())
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    // A console page typed with a trailing slash (`/alerts/`), or as
+    // `/index.html`: the page's own address.
+    if method == axum::http::Method::GET
+        && let Some(to) = crate::console::page_address(&uri)
+    {
+        return axum::response::Redirect::permanent(&to).into_response();
+    }
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint".into()).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -356,6 +356,28 @@ async fn a_scoped_role_sees_only_what_concerns_its_own_alerts() {
     assert!(body.contains("rules.yml"), "the admin hears why: {body}");
 }
 
+/// A view's address typed with a trailing slash, or `/index.html`, leads to
+/// the page (it answered a JSON 404); an API path with one still does not.
+#[tokio::test]
+async fn console_addresses_with_a_trailing_slash_lead_to_the_page() {
+    let server = TestServer::start();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    for (asked, to) in [
+        ("/alerts/", "/alerts"),
+        ("/explore/?q=SELECT%201", "/explore?q=SELECT%201"),
+        ("/trace/abc/", "/trace/abc"),
+        ("/index.html", "/"),
+    ] {
+        let r = http.get(format!("http://{}{asked}", server.http)).send().await.expect("get");
+        assert_eq!(r.status().as_u16(), 308, "{asked}");
+        assert_eq!(r.headers().get("location").and_then(|l| l.to_str().ok()), Some(to), "{asked}");
+    }
+    for asked in ["/api/v1/alerts/", "/nothing/", "/trace//"] {
+        let r = http.get(format!("http://{}{asked}", server.http)).send().await.expect("get");
+        assert_eq!(r.status().as_u16(), 404, "{asked}");
+    }
+}
+
 /// `system.alert_history` and `system.notifications` read as empty tables
 /// on a server where nothing has happened yet (the overview's trend, an
 /// alert's history and Grafana's annotations query them from the start);
