@@ -270,7 +270,12 @@ async fn primary(
     on_bound: OnBound,
 ) -> Result<(), ServerError> {
     let data_dir = config.storage.data_dir.clone();
-    let served = serve(config, Some(leadership), DRAIN_TIMEOUT, shutdown, on_bound).await;
+    let served = serve(config, Some(Arc::clone(&leadership)), DRAIN_TIMEOUT, shutdown, on_bound).await;
+    // A primary that could not start (its copy refused, its directory
+    // unusable) lets the key go at once rather than after its TTL.
+    if let Err(e) = &served {
+        leadership.give_up(&e.to_string()).await;
+    }
     if let Err(ServerError::StoodDown(why)) = &served {
         let aside = std::path::PathBuf::from(format!(
             "{}.stood-down-{}",
