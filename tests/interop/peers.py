@@ -8,9 +8,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("TOCSIN_BIN", os.path.join(ROOT, "target", "debug", "tocsin"))
@@ -112,3 +114,53 @@ def scratch(prefix):
         for p in reversed(procs):
             stop(p)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def webhook_sink(received):
+    """A webhook receiver on a loopback port: each POST appends (path, JSON
+    payload) to `received`. Returns the port."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            received.append((self.path, json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_port
+
+
+def escalation_rules(sink_port, interval, thresholds, step2_after, annotations=""):
+    """A rule file: `HighCpu` on each host's last `cpu.usage` over
+    `thresholds`, grouped by alert and host, sent to the webhook sink's
+    `/oncall` at once and to its `/boss` after `step2_after` unless
+    acknowledged."""
+    return f"""
+groups:
+  - name: hosts
+    interval: {interval}
+    rules:
+      - alert: HighCpu
+        sql: SELECT host, last_value(usage ORDER BY ts) AS value FROM cpu GROUP BY host
+        thresholds: {thresholds}
+{annotations}route:
+  group_by: [alertname, host]
+  group_wait: 0s
+  group_interval: 1s
+  escalation: chain
+escalations:
+  - name: chain
+    steps:
+      - {{ after: 0s, notify: [oncall] }}
+      - {{ after: {step2_after}, notify: [boss] }}
+receivers:
+  - name: oncall
+    webhook: {{ url: "http://127.0.0.1:{sink_port}/oncall" }}
+  - name: boss
+    webhook: {{ url: "http://127.0.0.1:{sink_port}/boss" }}
+"""

@@ -13,12 +13,9 @@ first error marked; a viewer sees no acknowledge or silence action.
 Screenshots of every view go to $CONSOLE_SHOTS (default: the scratch
 directory, kept when the test fails)."""
 
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -30,20 +27,9 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import BIN, scratch, sql, start_tocsin, wait_for  # noqa: E402
+from peers import BIN, escalation_rules, scratch, sql, start_tocsin, wait_for, webhook_sink  # noqa: E402
 
 RECEIVED = []  # (path, payload)
-
-
-class Hook(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        RECEIVED.append((self.path, json.loads(body)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
 
 
 def hosts_at(path):
@@ -112,38 +98,14 @@ def no_page_errors(d):
 
 
 def main():
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    sink = webhook_sink(RECEIVED)
     with scratch("tocsin-console-") as (tmp, procs), open(os.path.join(tmp, "tocsin.log"), "w") as tlog:
         shots = os.environ.get("CONSOLE_SHOTS") or os.path.join(tmp, "shots")
         os.makedirs(shots, exist_ok=True)
         rules = os.path.join(tmp, "rules.yml")
         with open(rules, "w") as f:
-            f.write(f"""
-groups:
-  - name: hosts
-    interval: 200ms
-    rules:
-      - alert: HighCpu
-        sql: SELECT host, last_value(usage ORDER BY ts) AS value FROM cpu GROUP BY host
-        thresholds: {{ warning: "> 50", critical: "> 90" }}
-        annotations: {{ summary: "cpu {{{{ value }}}} on {{{{ host }}}}" }}
-route:
-  group_by: [alertname, host]
-  group_wait: 0s
-  group_interval: 1s
-  escalation: chain
-escalations:
-  - name: chain
-    steps:
-      - {{ after: 0s, notify: [oncall] }}
-      - {{ after: 12s, notify: [boss] }}
-receivers:
-  - name: oncall
-    webhook: {{ url: "http://127.0.0.1:{hook.server_port}/oncall" }}
-  - name: boss
-    webhook: {{ url: "http://127.0.0.1:{hook.server_port}/boss" }}
-""")
+            f.write(escalation_rules(sink, "200ms", '{ warning: "> 50", critical: "> 90" }', "12s",
+                                     '        annotations: { summary: "cpu {{ value }} on {{ host }}" }\n'))
         config = os.path.join(tmp, "tocsin.toml")
         with open(config, "w") as f:
             f.write('[console]\nrefresh = "1s"\n'

@@ -32,27 +32,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 
-from peers import BIN, free_port, scratch, sql, wait_for
+from peers import BIN, escalation_rules, free_port, scratch, sql, wait_for, webhook_sink
 
 BUCKET = "tocsin-ha"
 TTL_S = 3
-RECEIVED = []  # (path, externalURL, alertname, host)
+PAYLOADS = []  # (path, payload) at the webhook sink
 
 
-class Hook(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        for a in body.get("alerts", []):
-            RECEIVED.append((self.path, body.get("externalURL"), a["labels"].get("alertname"), a["labels"].get("host")))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+def received():
+    """(path, externalURL, alertname, host) of each alert sent: the sender
+    is told by its externalURL."""
+    return [(p, body.get("externalURL"), a["labels"].get("alertname"), a["labels"].get("host"))
+            for p, body in list(PAYLOADS) for a in body.get("alerts", [])]
 
 
 def post(http, path, body=b""):
@@ -97,8 +91,7 @@ class Server:
 
 
 def main():
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    sink = webhook_sink(PAYLOADS)
     with scratch("tocsin-ha-") as (tmp, procs):
         etcd_port, moto_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -118,30 +111,7 @@ def main():
 
         rules = os.path.join(tmp, "rules.yml")
         with open(rules, "w") as f:
-            f.write(f"""
-groups:
-  - name: hosts
-    interval: 500ms
-    rules:
-      - alert: HighCpu
-        sql: SELECT host, last_value(usage ORDER BY ts) AS value FROM cpu GROUP BY host
-        thresholds: {{ critical: "> 90" }}
-route:
-  group_by: [alertname, host]
-  group_wait: 0s
-  group_interval: 1s
-  escalation: chain
-escalations:
-  - name: chain
-    steps:
-      - {{ after: 0s, notify: [oncall] }}
-      - {{ after: 20s, notify: [boss] }}
-receivers:
-  - name: oncall
-    webhook: {{ url: "http://127.0.0.1:{hook.server_port}/oncall" }}
-  - name: boss
-    webhook: {{ url: "http://127.0.0.1:{hook.server_port}/boss" }}
-""")
+            f.write(escalation_rules(sink, "500ms", '{ critical: "> 90" }', "20s"))
         config = os.path.join(tmp, "tocsin.toml")
         with open(config, "w") as f:
             f.write(f'[storage]\nobject_store_interval = "1s"\n[ha]\nlease_ttl = "{TTL_S}s"\n')
@@ -165,7 +135,7 @@ receivers:
             post(a.http, "/write?db=public", f"load,host=h{i % 4} v={i}i {1_700_000_000 + i}000000000".encode())
             acked += 1
         post(a.http, "/write?db=public", b"cpu,host=web usage=99")
-        wait_for("step 1 from A", lambda: ("/oncall", a.url, "HighCpu", "web") in RECEIVED, 15, 0.1)
+        wait_for("step 1 from A", lambda: ("/oncall", a.url, "HighCpu", "web") in received(), 15, 0.1)
         # Two pushes (1 s apart) after the step: the copy holds the writes
         # and that the step was sent. The standby answers from it within
         # two intervals.
@@ -183,11 +153,11 @@ receivers:
         n = sql(b.http, "SELECT count(*) AS n FROM load")[0]["n"]
         assert n == acked, f"B has {n} of the {acked} writes A acknowledged before its last push"
         post(b.http, "/write?db=public", b"load,host=b v=100i")
-        wait_for("step 2 from B", lambda: ("/boss", b.url, "HighCpu", "web") in RECEIVED, 40, 0.2)
-        assert ("/oncall", b.url, "HighCpu", "web") not in RECEIVED, f"B sent step 1 again: {RECEIVED}"
+        wait_for("step 2 from B", lambda: ("/boss", b.url, "HighCpu", "web") in received(), 40, 0.2)
+        assert ("/oncall", b.url, "HighCpu", "web") not in received(), f"B sent step 1 again: {received()}"
 
         # 4. A resumed: it refuses writes and sends nothing.
-        sent_by_a = [r for r in RECEIVED if r[1] == a.url]
+        sent_by_a = [r for r in received() if r[1] == a.url]
         a.p.send_signal(signal.SIGCONT)
         try:
             post(a.http, "/write?db=public", b"load,host=a v=1i")
@@ -200,8 +170,8 @@ receivers:
             print(f"A resumed, a write: {e} (A already gone)")
         assert a.p.wait(30) != 0, "A stood down with exit code 0"
         time.sleep(2)
-        assert [r for r in RECEIVED if r[1] == a.url] == sent_by_a, f"A sent after its lease expired: {RECEIVED}"
-        assert sum(1 for r in RECEIVED if r[0] == "/boss") == 1, f"step 2 sent more than once: {RECEIVED}"
+        assert [r for r in received() if r[1] == a.url] == sent_by_a, f"A sent after its lease expired: {received()}"
+        assert sum(1 for r in received() if r[0] == "/boss") == 1, f"step 2 sent more than once: {received()}"
         aside = [n for n in os.listdir(tmp) if n.startswith("a.stood-down-")]
         assert len(aside) == 1 and not os.path.exists(os.path.join(tmp, "a")), os.listdir(tmp)
         assert "no longer the primary" in a.log_text()
