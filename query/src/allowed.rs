@@ -301,6 +301,7 @@ fn check_sql(statement: &SqlStatement) -> Result<(), QueryError> {
     match statement {
         SqlStatement::Query(_)
         | SqlStatement::Insert(_)
+        | SqlStatement::Delete(_)
         | SqlStatement::ShowTables { .. }
         | SqlStatement::ShowColumns { .. }
         | SqlStatement::ShowFunctions { .. }
@@ -340,11 +341,16 @@ pub(crate) fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
     plan.apply(|node| {
         refused = match node {
             LogicalPlan::Copy(_) => Some("COPY"),
-            LogicalPlan::Dml(dml) if dml.table_name.schema() == Some(SYSTEM_DATABASE) => Some("INSERT INTO system.*"),
+            LogicalPlan::Dml(dml) if dml.table_name.schema() == Some(SYSTEM_DATABASE) => {
+                Some(if dml.op == WriteOp::Delete { "DELETE FROM system.*" } else { "INSERT INTO system.*" })
+            }
             LogicalPlan::Dml(dml) => match &dml.op {
                 WriteOp::Insert(InsertOp::Append) => None,
                 WriteOp::Insert(_) => Some("INSERT OVERWRITE"),
-                WriteOp::Delete => Some("DELETE"),
+                // A deletion is the statement itself, not a part of one
+                // (`EXPLAIN ANALYZE DELETE` would make it).
+                WriteOp::Delete if std::ptr::eq(node, plan) => None,
+                WriteOp::Delete => Some("EXPLAIN DELETE"),
                 WriteOp::Update => Some("UPDATE"),
                 WriteOp::Ctas => Some("CREATE TABLE AS"),
                 _ => Some("this write"),
@@ -425,6 +431,12 @@ pub(crate) fn check_references(
     Ok(())
 }
 
+/// Whether running the plan adds rows (an `INSERT`, charged to the
+/// caller's ingest rate; a `DELETE` is not).
+pub(crate) fn inserts(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| Ok(matches!(node, LogicalPlan::Dml(d) if matches!(d.op, WriteOp::Insert(_))))).unwrap_or(true)
+}
+
 /// Whether running the plan writes: an `INSERT` anywhere in it, as under
 /// `EXPLAIN ANALYZE` (which runs its statement).
 pub(crate) fn writes(plan: &LogicalPlan) -> bool {
@@ -442,6 +454,23 @@ pub(crate) fn check_access(
     use tocsin_auth::Permission;
     if !writes(plan) {
         who.require(Permission::Query)?;
+    }
+    if let LogicalPlan::Dml(dml) = plan
+        && dml.op == WriteOp::Delete
+    {
+        // Deleting history is administration, not ingest: a collector's
+        // write token may not, and neither may a role that sees only some
+        // of the table's rows.
+        who.require(Permission::Admin)?;
+        let db = dml.table_name.schema().unwrap_or(default_db);
+        let schema = dml.target.schema();
+        if row_predicate(who, db, dml.table_name.table(), |c| schema.index_of(c).is_ok())?.is_some() {
+            return Err(tocsin_auth::AuthError::Forbidden(format!(
+                "DELETE FROM {db}.{}: the role reads only some of its rows",
+                dml.table_name.table()
+            ))
+            .into());
+        }
     }
     let mut denied = None;
     plan.apply_with_subqueries(|node| {

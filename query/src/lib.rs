@@ -21,6 +21,7 @@ mod allowed;
 pub mod bounded;
 pub(crate) mod catalog;
 mod decode;
+mod delete;
 mod gate;
 mod insert;
 mod json;
@@ -107,8 +108,8 @@ pub enum QueryError {
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error(
-        "{statement} statements are not allowed: only SELECT, EXPLAIN, INSERT, SHOW and DESCRIBE may run \
-         (Tocsin tables are append-only, and SQL may not touch the server's files or settings)"
+        "{statement} statements are not allowed: only SELECT, EXPLAIN, INSERT, DELETE, SHOW and DESCRIBE may run \
+         (rows change by INSERT and DELETE only, and SQL may not touch the server's files or settings)"
     )]
     StatementNotAllowed { statement: String },
     #[error(
@@ -678,7 +679,7 @@ impl QueryEngine {
         }
         // A client's INSERT: admitted by its ingest rate, charged its rows.
         let charge = match (who, self.write_rates.get()) {
-            (Some(who), Some(rates)) if allowed::writes(df.logical_plan()) => {
+            (Some(who), Some(rates)) if allowed::inserts(df.logical_plan()) => {
                 if let Err((rate, retry_after)) = rates.admit(&who.name) {
                     self.discard(provisional);
                     tocsin_storage::refusals::refused("ingest_rows_per_second");
@@ -1074,7 +1075,7 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 async fn plan_statement(
-    state: SessionState,
+    mut state: SessionState,
     storage: Arc<Storage>,
     sql: String,
     who: Option<Principal>,
@@ -1099,6 +1100,7 @@ async fn plan_statement(
             }
             None => plan,
         };
+        delete::prepare(&mut state, &plan).map_err(|e| QueryError::DataFusion(DataFusionError::Plan(e)))?;
         Ok::<_, QueryError>(plan)
     }
     .await;
@@ -1797,5 +1799,96 @@ mod folded_aggregates {
         assert_eq!(answer(q.execute(sql, None).await.expect("buffered").batches), expected);
         storage.persist().await.expect("persist");
         assert_eq!(answer(q.execute(sql, None).await.expect("persisted").batches), expected);
+    }
+}
+
+#[cfg(test)]
+mod deletes {
+    use super::*;
+
+    async fn text(q: &QueryEngine, sql: &str) -> String {
+        let r = q.execute(sql, None).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        arrow::util::pretty::pretty_format_batches(&r.batches).expect("format").to_string()
+    }
+
+    async fn count(q: &QueryEngine, sql: &str) -> u64 {
+        let r = q.execute(sql, None).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        r.batches[0].column(0).as_any().downcast_ref::<UInt64Array>().expect("count").value(0)
+    }
+
+    /// `DELETE` through SQL: buffered and persisted rows matching go, at
+    /// once and after compaction alike; rows written after it stay; the
+    /// lastpoint rewrite (the last-row cache) forgets deleted rows.
+    #[tokio::test]
+    async fn delete_removes_matching_rows_from_every_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = tocsin_storage::StorageConfig::for_tests(dir.path());
+        config.compaction.grace = std::time::Duration::ZERO;
+        let storage = Storage::open(config).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        let insert = |rows: &str| format!("INSERT INTO m (ts, host, v) VALUES {rows}");
+        q.execute(
+            &insert("(to_timestamp(1), 'a', 1.0), (to_timestamp(2), 'a', 2.0), (to_timestamp(1), 'b', 10.0)"),
+            None,
+        )
+        .await
+        .expect("insert");
+        storage.persist().await.expect("persist");
+        q.execute(&insert("(to_timestamp(3), 'a', 3.0), (to_timestamp(2), 'b', 20.0)"), None).await.expect("buffered");
+
+        let n = count(&q, "DELETE FROM m WHERE host = 'a' AND ts >= '1970-01-01T00:00:02Z'").await;
+        assert_eq!(n, 2, "a at 2 (in a segment) and 3 (buffered when deleted)");
+        let all = "SELECT CAST(host AS VARCHAR) AS host, ts, v FROM m ORDER BY host, ts";
+        let after = text(&q, all).await;
+        assert!(!after.contains("| 2.0 ") && !after.contains("| 3.0 "), "{after}");
+        assert!(after.contains("| 1.0 ") && after.contains("| 20.0 "), "{after}");
+        let last = "SELECT DISTINCT ON (host) CAST(host AS VARCHAR) AS host, ts, v FROM m ORDER BY host, ts DESC";
+        let newest = text(&q, last).await;
+        assert!(newest.contains("| a    | 1970-01-01T00:00:01Z | 1.0  |"), "{newest}");
+
+        // Nothing matches: no rows, nothing recorded.
+        assert_eq!(count(&q, "DELETE FROM m WHERE 1 = 0").await, 0);
+        assert_eq!(count(&q, "DELETE FROM m WHERE host = 'zz'").await, 0);
+        assert_eq!(count(&q, "DELETE FROM m WHERE ts < to_timestamp(1)").await, 0);
+        assert_eq!(storage.snapshot("public", "m").expect("m").tombstones.len(), 1);
+
+        // A row written again at a deleted time stays.
+        q.execute(&insert("(to_timestamp(2), 'a', 200.0)"), None).await.expect("again");
+        let again = text(&q, all).await;
+        assert!(again.contains("| 200.0 "), "{again}");
+        // Counts are not taken from the files' statistics, which still
+        // count the deleted rows.
+        storage.persist().await.expect("persist");
+        let n = "SELECT count(*) AS n FROM m";
+        assert!(text(&q, n).await.contains("| 4 |"), "{}", text(&q, n).await);
+        let stats = storage.compact_full().await.expect("compact");
+        assert!(stats.merges + stats.purged > 0, "{stats:?}");
+        assert!(storage.snapshot("public", "m").expect("m").tombstones.is_empty());
+        assert_eq!(text(&q, all).await, again, "compaction changed the answer");
+        assert!(text(&q, n).await.contains("| 4 |"), "{}", text(&q, n).await);
+
+        // Without WHERE: every row.
+        assert_eq!(count(&q, "DELETE FROM m").await, 4);
+        assert!(text(&q, "SELECT count(*) AS n FROM m").await.contains("| 0 |"));
+    }
+
+    #[tokio::test]
+    async fn deletes_that_cannot_be_made_exactly_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        q.execute("INSERT INTO m (ts, host, v) VALUES (to_timestamp(1), 'a', 1.0)", None).await.expect("insert");
+        for (sql, says) in [
+            ("DELETE FROM m WHERE v > 0", "none of these"),
+            ("DELETE FROM m WHERE random() < 0.5", "random(), which is volatile"),
+            ("DELETE FROM m WHERE host IN (SELECT host FROM m)", "subquery"),
+            ("DELETE FROM m WHERE host = 'a' OR v = 1", "none of these"),
+            ("EXPLAIN ANALYZE DELETE FROM m", "EXPLAIN DELETE"),
+            ("DELETE FROM nope", "nope"),
+        ] {
+            let err = q.execute(sql, None).await.expect_err(sql).to_string();
+            assert!(err.contains(says), "{sql}: {err}");
+        }
+        assert!(text(&q, "SELECT v FROM m").await.contains("1.0"), "nothing was deleted");
     }
 }

@@ -1,6 +1,7 @@
 //! The table provider: one Tocsin table as DataFusion sees it, merging the
 //! write buffer and the Parquet segments of a storage snapshot.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,12 +36,16 @@ use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
 use datafusion::parquet::file::statistics::Statistics;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column as PhysColumn;
 use datafusion::physical_expr::utils::{conjunction as phys_conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use tocsin_storage::batch::adapt_batch;
 use tocsin_storage::tokens::TokenFilter;
+use tocsin_storage::tombstone::Tombstone;
 use tocsin_storage::{SegmentMeta, Storage, TableSnapshot};
 
 use crate::prune::{TimeRange, time_range};
@@ -149,7 +154,8 @@ impl TableProvider for TocsinTable {
         let searches = crate::token_prune::searches(filters).map_err(DataFusionError::Execution)?;
         let values = crate::prune::text_values(filters);
         let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
-        let mut pieces = Vec::new();
+        // Pieces by the deletions that cover them (most have none).
+        let mut pieces: BTreeMap<Vec<usize>, Vec<Piece>> = BTreeMap::new();
         for seg in snap.segments.iter().filter(|s| range.overlaps(s.min_ts, s.max_ts)) {
             let file = segment_file(&snap.segment_path(seg), seg.file_bytes())?;
             // Footers are cached without their token filters (see
@@ -187,8 +193,124 @@ impl TableProvider for TocsinTable {
             if matches!(reads, Reads::None) {
                 continue;
             }
-            pieces.push(Piece::new(file, footer.as_deref(), reads, range, &values)?);
+            let deleted: Vec<usize> =
+                snap.tombstones.iter().enumerate().filter(|(_, t)| t.covers(seg)).map(|(i, _)| i).collect();
+            pieces.entry(deleted).or_default().push(Piece::new(file, footer.as_deref(), reads, range, &values)?);
         }
+        for (deleted, pieces) in pieces {
+            let scan = if deleted.is_empty() {
+                self.segment_scan(state, filters, &values, pieces, projection, limit)?
+            } else {
+                let deleted: Vec<&Tombstone> = deleted.iter().map(|&i| snap.tombstones[i].as_ref()).collect();
+                self.scan_without_deleted(state, filters, &values, pieces, projection, &deleted)?
+            };
+            plans.extend(scan);
+        }
+        if plans.is_empty() {
+            // Every segment was pruned by time and nothing is buffered.
+            return Ok(MemorySourceConfig::try_new_exec(&[vec![]], schema, projection.cloned())?);
+        }
+        UnionExec::try_new(plans)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{insert_op} is not supported; Tocsin tables are append-only (use INSERT INTO)"
+            )));
+        }
+        let sink =
+            TocsinSink::new(Arc::clone(&self.storage), self.db.clone(), self.table.clone(), Arc::clone(&self.schema));
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    /// The deletion Tocsin read from the statement (see `crate::delete`);
+    /// DataFusion's `filters` are what its optimizer left of the `WHERE`
+    /// clause, and are not used.
+    async fn delete_from(&self, state: &dyn Session, _filters: Vec<Expr>) -> Result<Arc<dyn ExecutionPlan>> {
+        let pending = state.config().get_extension::<crate::delete::PendingDelete>();
+        let Some(pending) = pending.filter(|p| p.db == self.db && p.table == self.table) else {
+            return Err(DataFusionError::Plan(format!(
+                "DELETE FROM {}.{} was not read by Tocsin's statement planner",
+                self.db, self.table
+            )));
+        };
+        Ok(Arc::new(crate::delete::DeleteExec::new(
+            Arc::clone(&self.storage),
+            self.db.clone(),
+            self.table.clone(),
+            pending.deletion.clone(),
+        )))
+    }
+}
+
+impl TocsinTable {
+    /// A scan of `pieces` whose rows some `deleted` tombstones remove: the
+    /// columns they match on are read too, the rows they match are
+    /// filtered out, and the scan then gives `projection`.
+    fn scan_without_deleted(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        values: &[(String, Vec<String>)],
+        pieces: Vec<Piece>,
+        projection: Option<&Vec<usize>>,
+        deleted: &[&Tombstone],
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let schema = &self.schema;
+        let mut read: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
+        let wanted = read.len();
+        let mut need = vec![tocsin_storage::TIME_COLUMN.to_string()];
+        need.extend(deleted.iter().flat_map(|t| t.deletion.tags.iter().map(|t| t.tag.clone())));
+        for name in need {
+            // A tag added to the schema after the deletion was checked
+            // cannot be missing; one that is reads as NULL, which no
+            // deletion matches.
+            if let Ok(i) = schema.index_of(&name)
+                && !read.contains(&i)
+            {
+                read.push(i);
+            }
+        }
+        // No limit: the filter below may drop rows the scan would count.
+        let Some(scan) = self.segment_scan(state, filters, values, pieces, Some(&read), None)? else {
+            return Ok(None);
+        };
+        let read_schema = Arc::new(schema.project(&read)?);
+        let keep = crate::delete::keep_expr(deleted, &read_schema)?;
+        let df_schema = DFSchema::try_from(Arc::clone(&read_schema))?;
+        let filtered: Arc<dyn ExecutionPlan> =
+            Arc::new(FilterExec::try_new(state.create_physical_expr(keep, &df_schema)?, scan)?);
+        if read.len() == wanted {
+            return Ok(Some(filtered));
+        }
+        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = read_schema
+            .fields()
+            .iter()
+            .take(wanted)
+            .enumerate()
+            .map(|(i, f)| (Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>, f.name().clone()))
+            .collect();
+        Ok(Some(Arc::new(ProjectionExec::try_new(exprs, filtered)?)))
+    }
+
+    /// One Parquet scan of `pieces`.
+    fn segment_scan(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        values: &[(String, Vec<String>)],
+        pieces: Vec<Piece>,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let schema = &self.schema;
+        let partitions = state.config().target_partitions().max(1);
         let files = spread(pieces, partitions);
         if !files.is_empty() {
             // Segments never change once written (a new one gets a new
@@ -216,7 +338,7 @@ impl TableProvider for TocsinTable {
             // predicate once more, about 0.1 ms per file opened.
             options.bloom_filter_on_read =
                 values.iter().any(|(column, _)| tocsin_storage::segment::BLOOM_COLUMNS.contains(&column.as_str()));
-            let mut source = ParquetSource::new(Arc::clone(&schema))
+            let mut source = ParquetSource::new(Arc::clone(schema))
                 .with_table_parquet_options(datafusion::config::TableParquetOptions {
                     global: options,
                     ..Default::default()
@@ -224,7 +346,7 @@ impl TableProvider for TocsinTable {
                 .with_enable_page_index(true)
                 .with_parquet_file_reader_factory(Arc::new(readers));
             if let Some(pred) = conjunction(filters.iter().cloned()) {
-                let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+                let df_schema = DFSchema::try_from(Arc::clone(schema))?;
                 source = source.with_predicate(state.create_physical_expr(pred, &df_schema)?);
             }
             let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
@@ -233,29 +355,9 @@ impl TableProvider for TocsinTable {
                 .with_limit(limit)
                 .with_expr_adapter(Some(Arc::new(crate::decode::SegmentExprAdapterFactory)))
                 .build();
-            plans.push(DataSourceExec::from_data_source(config));
+            return Ok(Some(DataSourceExec::from_data_source(config)));
         }
-        if plans.is_empty() {
-            // Every segment was pruned by time and nothing is buffered.
-            return Ok(MemorySourceConfig::try_new_exec(&[vec![]], schema, projection.cloned())?);
-        }
-        UnionExec::try_new(plans)
-    }
-
-    async fn insert_into(
-        &self,
-        _state: &dyn Session,
-        input: Arc<dyn ExecutionPlan>,
-        insert_op: InsertOp,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if insert_op != InsertOp::Append {
-            return Err(DataFusionError::NotImplemented(format!(
-                "{insert_op} is not supported; Tocsin tables are append-only (use INSERT INTO)"
-            )));
-        }
-        let sink =
-            TocsinSink::new(Arc::clone(&self.storage), self.db.clone(), self.table.clone(), Arc::clone(&self.schema));
-        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+        Ok(None)
     }
 }
 

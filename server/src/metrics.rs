@@ -145,6 +145,13 @@ impl Metrics {
             "Rows in segments dropped by retention.",
             load(&s.expired_rows),
         );
+        counter(&mut o, "tocsin_storage_deleted_rows_total", "Rows deleted by DELETE.", load(&s.deleted_rows));
+        counter(
+            &mut o,
+            "tocsin_storage_purged_segments_total",
+            "Segments rewritten by compaction only to drop rows deleted by DELETE.",
+            load(&s.purged_segments),
+        );
         counter(
             &mut o,
             "tocsin_storage_wal_replayed_rows_total",

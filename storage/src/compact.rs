@@ -53,6 +53,8 @@ pub struct CompactionStats {
     /// compaction replaced or retention dropped), so that the old pack
     /// can be deleted; not counted as merges.
     pub repacked: usize,
+    /// Segments rewritten without the rows a deletion removed.
+    pub purged: usize,
 }
 
 /// The merges due now among one table's `segments`: each a list of inputs

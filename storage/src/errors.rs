@@ -103,7 +103,7 @@ impl Classify for crate::StorageError {
     fn class(&self) -> ErrorClass {
         use crate::StorageError::*;
         match self {
-            Database(_) => ErrorClass::Invalid,
+            Database(_) | Delete(_) => ErrorClass::Invalid,
             BufferFull { .. } => ErrorClass::Overloaded,
             ShuttingDown => ErrorClass::Unavailable,
             // Sent to the wrong server: another one (the writer) accepts it.

@@ -57,6 +57,7 @@ pub mod repair;
 pub mod schema;
 pub mod segment;
 pub mod tokens;
+pub mod tombstone;
 pub mod wal;
 pub mod write;
 
@@ -64,8 +65,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use compact::CompactionStats;
 pub use config::{CompactionConfig, RetentionConfig, StorageConfig};
 pub use engine::{
-    Checkpoint, Chunk, Lease, PersistStats, ReaderGuard, Rejection, Reloaded, SYSTEM_DATABASE, Storage, StorageError,
-    TableSnapshot, WriteObserver, WriteOutcome,
+    Checkpoint, Chunk, Deleted, Lease, PersistStats, ReaderGuard, Rejection, Reloaded, SYSTEM_DATABASE, Storage,
+    StorageError, TableSnapshot, WriteObserver, WriteOutcome,
 };
 pub use manifest::SegmentMeta;
 

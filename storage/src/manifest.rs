@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::schema::TableSchema;
+use crate::tombstone::Tombstone;
 
-/// Version 2: the JSON shape below. A manifest is written as version 1
-/// (the shape before packs) unless a segment is a slice of a pack, so that
-/// a build that does not know packs refuses it rather than read a pack as
-/// one table's file.
-pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+/// Version 3: the JSON shape below. A manifest is written as version 1
+/// (the shape before packs) unless a segment is a slice of a pack (2) or a
+/// table holds tombstones (3), so that a build that does not know packs
+/// refuses it rather than read a pack as one table's file, and one that
+/// does not know deletions refuses it rather than show deleted rows.
+pub const MANIFEST_FORMAT_VERSION: u32 = 3;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Segment ids are handed out from 1 up; one from this up is crafted or
@@ -87,6 +89,10 @@ fn is_zero(v: &u32) -> bool {
 pub struct TableEntry {
     pub schema: TableSchema,
     pub segments: Vec<SegmentMeta>,
+    /// Deletions whose rows some listed segment still holds (see
+    /// [`crate::tombstone`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tombstones: Vec<Tombstone>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,7 +172,8 @@ impl Manifest {
         if let Err(reason) = m.check_paths() {
             return Err(ManifestError::Invalid { path, data_dir: data_dir.to_path_buf(), reason });
         }
-        // Version 1 is version 2 without packs.
+        // Version 1 is version 2 without packs, version 2 is 3 without
+        // tombstones.
         Ok(Some(Manifest { version: MANIFEST_FORMAT_VERSION, ..m }))
     }
 
@@ -222,7 +229,14 @@ impl Manifest {
         let werr = |source| ManifestError::Write { path: path.clone(), source };
         let packed =
             self.databases.values().flat_map(|t| t.values()).any(|e| e.segments.iter().any(|s| s.pack.is_some()));
-        let version = if packed { MANIFEST_FORMAT_VERSION } else { 1 };
+        let deleted = self.databases.values().flat_map(|t| t.values()).any(|e| !e.tombstones.is_empty());
+        let version = if deleted {
+            MANIFEST_FORMAT_VERSION
+        } else if packed {
+            2
+        } else {
+            1
+        };
         let json =
             serde_json::to_vec_pretty(&Manifest { version, ..self.clone() }).map_err(|e| werr(io::Error::other(e)))?;
         crate::durable::write_atomic(&path, werr, |f| f.write_all(&json).map_err(werr))
@@ -284,6 +298,7 @@ mod tests {
                     level: 3,
                     pack: None,
                 }],
+                tombstones: vec![],
             },
         );
         m.save(dir.path()).expect("save");
@@ -309,6 +324,24 @@ mod tests {
         assert!(
             text.contains("\"version\": 2"),
             "a slice of a pack makes version 2, which builds without packs refuse: {text}"
+        );
+
+        let entry = m.databases.get_mut("public").and_then(|d| d.get_mut("cpu")).expect("cpu");
+        entry.tombstones.push(Tombstone {
+            upto_segment: 10,
+            at: 77,
+            deletion: crate::tombstone::Deletion {
+                min_ts: 3,
+                max_ts: 3,
+                tags: vec![crate::tombstone::TagIn { tag: "host".into(), values: vec!["a".into()] }],
+            },
+        });
+        m.save(dir.path()).expect("save");
+        assert_eq!(Manifest::load(dir.path()).expect("load"), m);
+        let text = fs::read_to_string(dir.path().join(MANIFEST_FILE)).expect("read");
+        assert!(
+            text.contains("\"version\": 3") && text.contains("\"upto_segment\": 10"),
+            "a tombstone makes version 3, which builds without deletions refuse: {text}"
         );
     }
 

@@ -33,6 +33,10 @@ pub struct StorageMetrics {
     pub expired_segments: AtomicU64,
     /// Rows in segments dropped by retention.
     pub expired_rows: AtomicU64,
+    /// Rows deleted by `DELETE` (tombstones recorded).
+    pub deleted_rows: AtomicU64,
+    /// Segments compaction rewrote only to drop deleted rows.
+    pub purged_segments: AtomicU64,
     /// Files moved to quarantine at startup.
     pub quarantined_files: AtomicU64,
     /// Blocks of segments that `matches()` searches read, and skipped, by

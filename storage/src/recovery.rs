@@ -141,6 +141,7 @@ pub(crate) fn state_of(manifest: &Manifest) -> State {
             let t = TableState {
                 schema: entry.schema.clone(),
                 segments: entry.segments.iter().cloned().map(Arc::new).collect(),
+                tombstones: entry.tombstones.iter().cloned().map(Arc::new).collect(),
                 ..Default::default()
             };
             state.dbs.entry(db.clone()).or_default().insert(name.clone(), t);

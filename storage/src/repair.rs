@@ -200,13 +200,16 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
         }
         manifest.next_segment_id = manifest.next_segment_id.max(meta.id + 1);
         let table = manifest.databases.entry(origin.database.clone()).or_default();
-        let entry = table.entry(origin.table.clone()).or_insert_with(|| TableEntry {
-            schema: old
-                .as_ref()
-                .and_then(|m| m.databases.get(&origin.database)?.get(&origin.table))
-                .map(|e| e.schema.clone())
-                .unwrap_or_default(),
-            segments: Vec::new(),
+        // Deletions are kept from a readable old manifest (they name
+        // segment ids, which the files keep); without one, rows deleted but
+        // not yet compacted away come back (docs/storage.md).
+        let entry = table.entry(origin.table.clone()).or_insert_with(|| {
+            let before = old.as_ref().and_then(|m| m.databases.get(&origin.database)?.get(&origin.table));
+            TableEntry {
+                schema: before.map(|e| e.schema.clone()).unwrap_or_default(),
+                segments: Vec::new(),
+                tombstones: before.map(|e| e.tombstones.clone()).unwrap_or_default(),
+            }
         });
         let path = data_dir.join(&meta.path);
         merge_schema(&mut entry.schema, &schema, &format!("{}.{}", origin.database, origin.table), &path)?;
@@ -253,7 +256,7 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
                     .entry(db.clone())
                     .or_default()
                     .entry(t.clone())
-                    .or_insert_with(|| TableEntry { schema: e.schema.clone(), segments: Vec::new() });
+                    .or_insert_with(|| TableEntry { schema: e.schema.clone(), ..Default::default() });
             }
         }
     }

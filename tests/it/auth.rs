@@ -1539,3 +1539,30 @@ tables = ["*"]
     let (exists, missing) = (promql("payroll").await, promql("nosuch").await);
     assert_eq!((exists.0, missing.0), (403, 403), "{exists:?} {missing:?}");
 }
+
+/// Deleting rows is administration: collectors' write tokens and readers
+/// may not, an admin may, and the statement is audited with its count.
+#[tokio::test]
+async fn only_admins_delete_rows_and_each_delete_is_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start(dir.path(), "");
+    let body = "cpu,host=a v=1 1700000000000000000\ncpu,host=b v=2 1700000000000000000\n";
+    assert_eq!(lines(&server, &admin, body).await, 204);
+    for role in ["writer", "viewer"] {
+        let token = create_token(&server, &admin, role, &[]);
+        let (status, body) = sql(&server, &token, "DELETE FROM cpu WHERE host = 'a'").await;
+        assert_eq!(status, 403, "{role}: {body}");
+    }
+    let (status, body) = sql(&server, &admin, "DELETE FROM cpu WHERE host = 'a'").await;
+    assert_eq!((status, body.as_str()), (200, r#"[{"count":1}]"#));
+    assert_eq!(sql(&server, &admin, "SELECT host FROM cpu").await, (200, r#"[{"host":"b"}]"#.to_string()));
+    let (status, body) = sql(&server, &admin, "DELETE FROM system.audit").await;
+    assert_eq!(status, 400, "{body}");
+
+    let q = "SELECT actor, target, outcome, rows FROM system.audit WHERE target LIKE 'DELETE%' ORDER BY seq";
+    let (status, body) = sql(&server, &admin, q).await;
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<Value> = serde_json::from_str(&body).expect("rows");
+    assert_eq!(rows.iter().filter(|r| r["outcome"] == "denied").count(), 2, "{body}");
+    assert!(rows.iter().any(|r| r["target"] == "DELETE FROM cpu WHERE host = 'a'" && r["outcome"] == "ok"), "{body}");
+}

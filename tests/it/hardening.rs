@@ -63,7 +63,8 @@ fn assert_private(dir: &Path) {
 }
 
 /// `COPY ... TO` wrote any file the server could write; only SELECT,
-/// EXPLAIN, INSERT, SHOW and DESCRIBE may run, over HTTP and Flight SQL.
+/// EXPLAIN, INSERT, DELETE, SHOW and DESCRIBE may run, over HTTP and Flight
+/// SQL.
 #[tokio::test]
 async fn statements_that_write_files_or_change_the_server_are_refused() {
     let server = TestServer::start();
@@ -77,7 +78,8 @@ async fn statements_that_write_files_or_change_the_server_are_refused() {
         ("SET datafusion.execution.target_partitions = 1".to_string(), "SET"),
         ("DROP TABLE t".to_string(), "DROP TABLE"),
         ("CREATE TABLE c AS SELECT 1".to_string(), "CREATE TABLE"),
-        ("DELETE FROM t".to_string(), "DELETE"),
+        ("EXPLAIN ANALYZE DELETE FROM t".to_string(), "EXPLAIN DELETE"),
+        ("UPDATE t SET v = 2".to_string(), "UPDATE"),
     ];
     for (sql, name) in &refused {
         let (status, body) = server.sql_raw(sql).await;
@@ -86,6 +88,7 @@ async fn statements_that_write_files_or_change_the_server_are_refused() {
         assert!(msg.contains(&format!("{name} statements are not allowed")), "{sql}: {msg}");
     }
     assert!(!target.exists(), "a refused COPY wrote {}", target.display());
+    assert_eq!(server.sql("SELECT count(*) AS n FROM t").await, vec![serde_json::json!({"n": 1})]);
     // What is allowed still runs.
     for sql in ["SELECT count(*) AS n FROM t", "EXPLAIN SELECT * FROM t", "SHOW TABLES", "DESCRIBE t"] {
         let (status, body) = server.sql_raw(sql).await;

@@ -315,3 +315,73 @@ async fn retention_drops_old_partitions_and_keeps_recent_rows() {
     let metrics = metrics.text().await.expect("text");
     assert!(metrics.contains(&format!("tocsin_storage_expired_rows_total {}", 3 * 60)), "{metrics}");
 }
+
+/// `DELETE` through the SQL endpoint: the rows are gone from every answer
+/// at once (lastpoint too), after a restart, and after a compaction, which
+/// removes them from the files and drops the tombstones.
+#[tokio::test]
+async fn delete_hides_rows_at_once_across_a_restart_and_compaction_removes_them_from_disk() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[storage]\npartition = \"1h\"\n[compaction]\ngrace = \"0s\"\n").expect("config");
+    let cfg = cfg.to_str().expect("utf8").to_string();
+    let mut server = TestServer::start_in(&dir, &["--config", &cfg]);
+    write_hours(&server, 3).await;
+    server.persist().await;
+    let hour = 3_600 * SEC;
+    let counts = "SELECT host, count(*) AS n, sum(i) AS si FROM m GROUP BY host ORDER BY host";
+    let lastpoint = "SELECT DISTINCT ON (host) host, ts FROM m ORDER BY host, ts DESC";
+    let before = server.sql(counts).await;
+    assert_eq!(server.sql(lastpoint).await.len(), 3, "the last-row cache holds every host");
+
+    let second_hour = format!(
+        "DELETE FROM m WHERE host = 'h1' AND ts >= to_timestamp_nanos({}) AND ts < to_timestamp_nanos({})",
+        T0 + hour,
+        T0 + 2 * hour
+    );
+    assert_eq!(server.sql(&second_hour).await, vec![json!({"count": 60})]);
+    let last_hour = format!("DELETE FROM m WHERE host IN ('h2') AND ts >= to_timestamp_nanos({})", T0 + 2 * hour);
+    assert_eq!(server.sql(&last_hour).await, vec![json!({"count": 60})]);
+    assert_eq!(server.sql(&second_hour).await, vec![json!({"count": 0})], "already deleted");
+    let (status, body) = server.sql_raw("DELETE FROM m WHERE i > 3").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("tags"), "{body}");
+
+    let after = server.sql(counts).await;
+    assert_eq!(after[0], before[0], "h0 untouched");
+    assert_eq!(after[1]["n"], json!(120));
+    assert_eq!(after[2]["n"], json!(120));
+    let newest = server.sql(lastpoint).await;
+    assert_eq!(newest[2]["host"], json!("h2"));
+    let h2_newest = server.sql("SELECT max(ts) AS ts FROM m WHERE host = 'h2'").await;
+    assert_eq!(newest[2]["ts"], h2_newest[0]["ts"], "lastpoint forgot the deleted rows: {newest:?}");
+    assert_eq!(server.metric("tocsin_storage_deleted_rows_total").await, 120.0);
+
+    // Recorded in the manifest: a restart keeps the rows deleted.
+    assert!(server.terminate().success());
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    assert!(manifest.contains("\"tombstones\"") && manifest.contains("\"version\": 3"), "{manifest}");
+    let server = TestServer::start_in(&dir, &["--config", &cfg]);
+    assert_eq!(server.sql(counts).await, after);
+    assert_eq!(server.sql(lastpoint).await, newest);
+
+    // Compaction writes the files again without the rows.
+    server.compact_full().await;
+    assert_eq!(server.sql(counts).await, after);
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    assert!(!manifest.contains("tombstones"), "every covered segment was rewritten: {manifest}");
+    let on_disk: u64 = manifest_segments(&dir, "m").iter().map(|s| s["rows"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(on_disk, 3 * 180 - 120, "the deleted rows left the files");
+
+    // Flight SQL's update answers the count too.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut flight = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let first = format!("DELETE FROM m WHERE host = 'h0' AND ts <= to_timestamp_nanos({T0})");
+    assert_eq!(flight.execute_update(first, None).await.expect("DELETE over Flight SQL"), 1);
+    assert_eq!(server.sql(counts).await[0]["n"], json!(179));
+}

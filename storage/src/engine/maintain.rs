@@ -14,6 +14,7 @@ use crate::compact::{self, CompactionStats};
 use crate::manifest::SegmentMeta;
 use crate::pack::{PackItem, write_packs};
 use crate::segment::{SegmentError, SegmentOrigin, SegmentTarget, prepare_slices, remove_written, write_slice};
+use crate::tombstone::{Tombstone, covering, remove_deleted};
 
 /// One table's segments replaced by others in a manifest swap.
 struct Change {
@@ -32,17 +33,29 @@ struct Merge {
     level: u32,
     replaces: Vec<u64>,
     started: Instant,
-    repack: bool,
+    kind: Kind,
 }
 
-/// One table's segments to merge into one, or (`repack`) one live slice to
-/// move out of a pack that holds dead rows.
+/// Why a job rewrites its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Segments merged into one, by the policy (see [`crate::compact`]).
+    Merge,
+    /// A live slice moved out of a pack that holds dead rows.
+    Repack,
+    /// A segment rewritten without the rows a deletion removed.
+    Purge,
+}
+
+/// One table's segments to rewrite into one.
 struct Job {
     db: String,
     table: String,
     schema: SchemaRef,
     inputs: Vec<Arc<SegmentMeta>>,
-    repack: bool,
+    /// The table's deletions: rows they remove are not written again.
+    tombstones: Vec<Arc<Tombstone>>,
+    kind: Kind,
 }
 
 impl Storage {
@@ -71,9 +84,27 @@ impl Storage {
             let mut jobs = Vec::new();
             for (db, tables) in &st.dbs {
                 for (name, t) in tables {
-                    for inputs in compact::plan(&t.segments, partition_ns, now_ns, &self.config.compaction, full) {
+                    let merges = compact::plan(&t.segments, partition_ns, now_ns, &self.config.compaction, full);
+                    // Segments holding deleted rows are rewritten without
+                    // them in this round, merged or alone.
+                    let purges: Vec<Vec<Arc<SegmentMeta>>> = if self.config.compaction.enabled || full {
+                        t.segments
+                            .iter()
+                            .filter(|s| !covering(&t.tombstones, s).is_empty())
+                            .filter(|s| !merges.iter().flatten().any(|m| m.id == s.id))
+                            .map(|s| vec![Arc::clone(s)])
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let kinds = merges
+                        .into_iter()
+                        .map(|m| (m, Kind::Merge))
+                        .chain(purges.into_iter().map(|p| (p, Kind::Purge)));
+                    for (inputs, kind) in kinds {
                         let schema = t.current_arrow_schema();
-                        jobs.push(Job { db: db.clone(), table: name.clone(), schema, inputs, repack: false });
+                        let tombstones = t.tombstones.clone();
+                        jobs.push(Job { db: db.clone(), table: name.clone(), schema, inputs, tombstones, kind });
                     }
                 }
             }
@@ -86,7 +117,7 @@ impl Storage {
         // packs together (see `crate::pack`).
         let mut small: Vec<Merge> = Vec::new();
         let mut small_rows = 0usize;
-        for Job { db, table, schema, inputs, repack } in jobs {
+        for Job { db, table, schema, inputs, tombstones, kind } in jobs {
             let started = Instant::now();
             let data_dir = self.config.data_dir.clone();
             let options = self.config.segments.clone();
@@ -95,9 +126,10 @@ impl Storage {
                 database: db.clone(),
                 table: table.clone(),
                 wal_upto,
-                // A slice moved out of a pack keeps its level: its rows
-                // went through no more merges.
-                level: inputs.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(u32::from(!repack)),
+                // A slice moved out of a pack, or rewritten without its
+                // deleted rows, keeps its level: its rows went through no
+                // more merges.
+                level: inputs.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(u32::from(kind == Kind::Merge)),
                 replaces: inputs.iter().map(|s| s.id).collect(),
                 ..Default::default()
             };
@@ -113,7 +145,17 @@ impl Storage {
                     if n as u64 != s.rows {
                         return Err(SegmentError::RowCount { path, expected: s.rows, found: n as u64 });
                     }
-                    batches.extend(read);
+                    let deleted = covering(&tombstones, s);
+                    for b in read {
+                        let b = remove_deleted(&b, &deleted).map_err(SegmentError::Arrow)?;
+                        if b.num_rows() > 0 {
+                            batches.push(b);
+                        }
+                    }
+                }
+                if batches.is_empty() {
+                    // Every row was deleted: the inputs go, nothing replaces them.
+                    return Ok(Vec::new());
                 }
                 let target = SegmentTarget {
                     data_dir: &data_dir,
@@ -136,6 +178,12 @@ impl Storage {
                     continue;
                 }
             };
+            if slices.is_empty() {
+                let change = Change { db, table, inputs, outputs: Vec::new() };
+                self.swap_segments(std::slice::from_ref(&change)).await?;
+                self.count_merge(&change, started, kind, &mut stats);
+                continue;
+            }
             let pack_max = self.config.segments.pack_max_rows;
             if pack_max > 0 && crate::pack::packable(&schema) && slices.iter().all(|(_, b)| b.num_rows() < pack_max) {
                 small_rows += slices.iter().map(|(_, b)| b.num_rows()).sum::<usize>();
@@ -147,7 +195,7 @@ impl Storage {
                     level: origin.level,
                     replaces: origin.replaces,
                     started,
-                    repack,
+                    kind,
                 });
                 if small_rows >= crate::pack::PACK_MAX_TOTAL_ROWS {
                     self.pack_merges(std::mem::take(&mut small), &mut stats).await?;
@@ -189,7 +237,7 @@ impl Storage {
             self.swap_segments(std::slice::from_ref(&change))
                 .await
                 .inspect_err(|_| remove_written(&self.config.data_dir, &change.outputs))?;
-            self.count_merge(&change, started, repack, &mut stats);
+            self.count_merge(&change, started, kind, &mut stats);
         }
         if !small.is_empty() {
             self.pack_merges(small, &mut stats).await?;
@@ -250,16 +298,29 @@ impl Storage {
             let all: Vec<SegmentMeta> = changes.iter().flat_map(|c| c.outputs.iter().cloned()).collect();
             self.swap_segments(&changes).await.inspect_err(|_| remove_written(&self.config.data_dir, &all))?;
             for (change, m) in changes.iter().zip(&merges) {
-                self.count_merge(change, m.started, m.repack, stats);
+                self.count_merge(change, m.started, m.kind, stats);
             }
         }
         Ok(())
     }
 
-    fn count_merge(&self, change: &Change, started: Instant, repack: bool, stats: &mut CompactionStats) {
+    fn count_merge(&self, change: &Change, started: Instant, kind: Kind, stats: &mut CompactionStats) {
         let Change { db, table, inputs, outputs } = change;
         let rows: u64 = inputs.iter().map(|s| s.rows).sum();
-        if repack {
+        if kind == Kind::Purge {
+            let kept: u64 = outputs.iter().map(|s| s.rows).sum();
+            stats.purged += 1;
+            self.metrics.purged_segments.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                table = %format!("{db}.{table}"),
+                rows_before = rows,
+                rows_after = kept,
+                from = %inputs.first().map(|s| s.path.as_str()).unwrap_or(""),
+                "rewrote a segment without its deleted rows"
+            );
+            return;
+        }
+        if kind == Kind::Repack {
             stats.repacked += 1;
             tracing::debug!(
                 table = %format!("{db}.{table}"),
@@ -336,7 +397,15 @@ impl Storage {
                     if dead.contains(s.path.as_str()) && !taken.contains(&(db.as_str(), name.as_str(), s.id)) {
                         let schema = schema.get_or_insert_with(|| t.current_arrow_schema()).clone();
                         let inputs = vec![Arc::clone(s)];
-                        jobs.push(Job { db: db.clone(), table: name.clone(), schema, inputs, repack: true });
+                        let tombstones = t.tombstones.clone();
+                        jobs.push(Job {
+                            db: db.clone(),
+                            table: name.clone(),
+                            schema,
+                            inputs,
+                            tombstones,
+                            kind: Kind::Repack,
+                        });
                     }
                 }
             }
@@ -406,6 +475,9 @@ impl Storage {
                 if let Some(entry) = m.databases.get_mut(&c.db).and_then(|d| d.get_mut(&c.table)) {
                     entry.segments.retain(|s| !gone(c, s));
                     entry.segments.extend(c.outputs.iter().cloned());
+                    // A deletion whose rows no segment holds any more is done.
+                    let segments = &entry.segments;
+                    entry.tombstones.retain(|d| segments.iter().any(|s| d.covers(s)));
                 }
             }
             let listed: HashSet<&str> = m
@@ -437,6 +509,8 @@ impl Storage {
                 if let Some(t) = st.dbs.get_mut(&c.db).and_then(|d| d.get_mut(&c.table)) {
                     t.segments.retain(|s| !gone(c, s));
                     t.segments.extend(c.outputs.iter().cloned().map(Arc::new));
+                    let segments = &t.segments;
+                    t.tombstones.retain(|d| segments.iter().any(|s| d.covers(s)));
                 }
             }
         }

@@ -7,7 +7,7 @@
 //!
 //! | lock | kind | held by | protects |
 //! |---|---|---|---|
-//! | `compact_lock` | async mutex | a compaction or retention round | one remover of segments at a time, so a round's inputs stay listed until it swaps them |
+//! | `compact_lock` | async mutex | a compaction or retention round, a deletion | one remover of segments at a time, so a round's inputs stay listed until it swaps them |
 //! | `persist_lock` | async mutex | a persist; the manifest swap of a compaction or expiry | one manifest writer at a time: each new manifest is derived from the one before |
 //! | `gate` | async rwlock | writers shared, from validation to the observers; persist, [`Storage::snapshot_between_writes`] and shutdown exclusive | every record of a closed WAL file is in the buffer being persisted; a tail seam sees each write once |
 //! | `state` | sync rwlock | anyone, briefly | tables, schemas, buffers, segment lists |
@@ -40,6 +40,7 @@ use crate::manifest::{Manifest, ManifestError, SegmentMeta};
 use crate::metrics::StorageMetrics;
 use crate::schema::{ColumnDef, ColumnKind, TableSchema};
 use crate::segment::SegmentError;
+use crate::tombstone::Tombstone;
 use crate::wal::{self, Wal, WalError};
 use crate::write::{TableWrite, WriteError};
 
@@ -93,6 +94,8 @@ pub enum StorageError {
     ReadOnly(&'static str),
     #[error("{0}")]
     Fenced(String),
+    #[error("DELETE refused: {0}")]
+    Delete(String),
     #[error("invalid database: {0}")]
     Database(WriteError),
     #[error("background task failed: {0}")]
@@ -156,6 +159,9 @@ pub struct TableSnapshot {
     pub schema: SchemaRef,
     pub chunks: Vec<Chunk>,
     pub segments: Vec<Arc<SegmentMeta>>,
+    /// Deletions of rows of `segments`: a reader drops the rows each
+    /// tombstone matches from the segments it covers.
+    pub tombstones: Vec<Arc<Tombstone>>,
     pub data_dir: PathBuf,
 }
 
@@ -180,6 +186,9 @@ pub(crate) struct TableState {
     pub(crate) buffer: Vec<Chunk>,
     pub(crate) persisting: Vec<Chunk>,
     pub(crate) segments: Vec<Arc<SegmentMeta>>,
+    /// Deletions some segment still holds rows of (see
+    /// [`crate::tombstone`]).
+    pub(crate) tombstones: Vec<Arc<Tombstone>>,
     /// Chunks at the end of `buffer` smaller than [`SMALL_CHUNK_ROWS`].
     pub(crate) small_tail: usize,
     /// Series hash → when it was last written (Unix seconds): the active
@@ -421,6 +430,7 @@ impl Storage {
 }
 
 mod checkpoint;
+mod delete;
 mod follow;
 mod maintain;
 mod persist;
@@ -430,6 +440,7 @@ mod tests;
 mod write_path;
 
 pub use checkpoint::Checkpoint;
+pub use delete::Deleted;
 pub use follow::Reloaded;
 pub(crate) use write_path::{apply, check_shapes, validate};
 

@@ -173,7 +173,11 @@ impl Storage {
                 }
                 m.databases.entry(db.clone()).or_default().insert(
                     name.clone(),
-                    TableEntry { schema, segments: t.segments.iter().map(|s| (**s).clone()).collect() },
+                    TableEntry {
+                        schema,
+                        segments: t.segments.iter().map(|s| (**s).clone()).collect(),
+                        tombstones: t.tombstones.iter().map(|d| (**d).clone()).collect(),
+                    },
                 );
             }
         }

@@ -96,6 +96,7 @@ impl Storage {
             schema: t.current_arrow_schema(),
             chunks,
             segments: t.segments.clone(),
+            tombstones: t.tombstones.clone(),
             data_dir: self.config.data_dir.clone(),
         })
     }

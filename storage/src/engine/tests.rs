@@ -971,3 +971,106 @@ async fn folders_that_link_outside_are_not_followed() {
     assert_eq!(rows(&s, "t"), 2);
     assert!(victim.exists(), "a retired entry through the link deletes nothing");
 }
+
+/// Rows of table `t` that a reader sees: buffered ones, and those of the
+/// segments without the rows their tombstones delete, as (host, ts).
+fn visible(s: &Storage) -> Vec<(String, i64)> {
+    let snap = s.snapshot("public", "t").expect("table");
+    let mut out = Vec::new();
+    for c in &snap.chunks {
+        host_ts(&adapt_batch(&c.batch, &snap.schema).expect("adapt"), &mut out);
+    }
+    for seg in &snap.segments {
+        let deleted = crate::tombstone::covering(&snap.tombstones, seg);
+        for b in compact::read_segment(&snap.segment_path(seg), seg.row_range(), &snap.schema).expect("read") {
+            host_ts(&crate::tombstone::remove_deleted(&b, &deleted).expect("filter"), &mut out);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every (host, ts) of table `t`'s segment files, sorted, whatever their
+/// tombstones say.
+fn segment_rows_of(s: &Storage) -> Vec<(String, i64)> {
+    let snap = s.snapshot("public", "t").expect("table");
+    let mut out = Vec::new();
+    for seg in &snap.segments {
+        for b in compact::read_segment(&snap.segment_path(seg), seg.row_range(), &snap.schema).expect("read") {
+            host_ts(&b, &mut out);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn host_ts(b: &RecordBatch, out: &mut Vec<(String, i64)>) {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int32Type, TimestampNanosecondType};
+    let host = b.column_by_name("host").expect("host").as_dictionary::<Int32Type>().clone();
+    let names = host.values().as_string::<i32>();
+    let ts = b.column_by_name("ts").expect("ts").as_primitive::<TimestampNanosecondType>().clone();
+    for i in 0..b.num_rows() {
+        out.push((names.value(host.keys().value(i) as usize).to_string(), ts.value(i)));
+    }
+}
+
+#[tokio::test]
+async fn a_deletion_hides_rows_at_once_and_compaction_removes_them_for_good() {
+    use crate::tombstone::{Deletion, TagIn};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || StorageConfig {
+        compaction: crate::config::CompactionConfig { grace: Duration::ZERO, ..Default::default() },
+        ..StorageConfig::for_tests(dir.path())
+    };
+    let s = Storage::open(config()).await.expect("open");
+    let w = |host: &str, ts: Vec<i64>| TableWrite {
+        table: "t".into(),
+        blocks: vec![block(0, host, ts.clone(), FieldValues::I64(ts))],
+    };
+    s.write("public", vec![w("a", vec![1, 2, 3]), w("b", vec![1, 2, 3])]).await.expect("write");
+    s.persist().await.expect("persist");
+    // Still in the write buffer when the deletion is made.
+    s.write("public", vec![w("a", vec![4]), w("b", vec![4])]).await.expect("write");
+
+    let a_from_2 =
+        Deletion { min_ts: 2, max_ts: 10, tags: vec![TagIn { tag: "host".into(), values: vec!["a".into()] }] };
+    let done = s.delete("public", "t", a_from_2.clone()).await.expect("delete");
+    assert_eq!(done.rows, 3, "a at 2, 3 and the buffered 4");
+    let after = vec![("a".to_string(), 1), ("b".into(), 1), ("b".into(), 2), ("b".into(), 3), ("b".into(), 4)];
+    assert_eq!(visible(&s), after);
+    // Made again, it deletes nothing more and records nothing.
+    assert_eq!(s.delete("public", "t", a_from_2).await.expect("again").rows, 0);
+    assert_eq!(s.snapshot("public", "t").expect("t").tombstones.len(), 1);
+
+    // A row written after the deletion, at a deleted time and series, stays.
+    s.write("public", vec![w("a", vec![3])]).await.expect("write");
+    s.persist().await.expect("persist");
+    let mut with_new = after.clone();
+    with_new.insert(1, ("a".into(), 3));
+    assert_eq!(visible(&s), with_new);
+
+    // Refusals name the problem.
+    let on_field = Deletion { tags: vec![TagIn { tag: "v".into(), values: vec!["1".into()] }], ..Deletion::all() };
+    let err = s.delete("public", "t", on_field).await.expect_err("a field").to_string();
+    assert!(err.contains("\"v\" is a") && err.contains("tags only"), "{err}");
+    let err = s.delete("public", "nope", Deletion::all()).await.expect_err("no table").to_string();
+    assert!(err.contains("public.nope does not exist"), "{err}");
+
+    // The tombstone survives a restart...
+    s.shutdown().await.expect("shutdown");
+    drop(s);
+    let s = Storage::open(config()).await.expect("reopen");
+    assert_eq!(visible(&s), with_new);
+    assert_eq!(s.snapshot("public", "t").expect("t").tombstones.len(), 1);
+    // ... and compaction rewrites the rows away and drops it.
+    let stats = s.compact().await.expect("compact");
+    assert!(stats.merges + stats.purged >= 1, "{stats:?}");
+    let snap = s.snapshot("public", "t").expect("t");
+    assert!(snap.tombstones.is_empty(), "nothing left to delete: {:?}", snap.tombstones);
+    assert_eq!(visible(&s), with_new);
+    let on_disk: Vec<(String, i64)> = segment_rows_of(&s);
+    assert_eq!(on_disk, with_new, "the deleted rows are gone from the files");
+    let text = std::fs::read_to_string(dir.path().join("manifest.json")).expect("manifest");
+    assert!(!text.contains("tombstones"), "{text}");
+}
