@@ -54,6 +54,10 @@ pub(crate) fn prepare(state: &mut SessionState, plan: &LogicalPlan) -> Result<()
     let default_db = state.config().options().catalog.default_schema.clone();
     let db = dml.table_name.schema().unwrap_or(&default_db).to_string();
     let table = dml.table_name.table().to_string();
+    if db == tocsin_storage::SYSTEM_DATABASE {
+        // Named without `system.` (the request's database is `system`).
+        return Err("DELETE FROM system.* is not allowed: the system tables are the server's record".into());
+    }
     let filtered = match dml.input.as_ref() {
         LogicalPlan::TableScan(_) => false,
         LogicalPlan::Filter(f) if matches!(f.input.as_ref(), LogicalPlan::TableScan(_)) => {

@@ -237,8 +237,9 @@ impl TableProvider for LastRowsTable {
         let rows = match storage.last_rows(db, table).map_err(ext)? {
             Some(rows) => rows,
             None => {
+                let epoch = storage.last_rows_epoch();
                 let newest = self.newest_in_history(state).await?;
-                storage.complete_last_rows(db, table, &newest).map_err(ext)?;
+                storage.complete_last_rows(db, table, &newest, epoch).map_err(ext)?;
                 storage.last_rows(db, table).map_err(ext)?.unwrap_or(newest)
             }
         };

@@ -193,8 +193,15 @@ impl TableProvider for TocsinTable {
             if matches!(reads, Reads::None) {
                 continue;
             }
-            let deleted: Vec<usize> =
-                snap.tombstones.iter().enumerate().filter(|(_, t)| t.covers(seg)).map(|(i, _)| i).collect();
+            // Deletions outside the statement's time range cannot touch
+            // the rows it reads.
+            let deleted: Vec<usize> = snap
+                .tombstones
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.covers(seg) && range.overlaps(t.deletion.min_ts, t.deletion.max_ts))
+                .map(|(i, _)| i)
+                .collect();
             pieces.entry(deleted).or_default().push(Piece::new(file, footer.as_deref(), reads, range, &values)?);
         }
         for (deleted, pieces) in pieces {

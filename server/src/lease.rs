@@ -72,8 +72,11 @@ impl Etcd {
         let http = |source| LeaseError::Http { url: self.base.clone(), source };
         let resp = self.http.post(&url).timeout(self.timeout).json(&body).send().await.map_err(http)?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(http)?;
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ANSWER_BYTES)]).to_string();
+        let (bytes, more) = bounded_body(resp, MAX_ANSWER_BYTES).await.map_err(http)?;
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        if more && status.is_success() {
+            return Err(self.odd(format!("an answer of more than {MAX_ANSWER_BYTES} bytes (not read further)")));
+        }
         if !status.is_success() {
             return Err(LeaseError::Status {
                 url: self.base.clone(),
@@ -389,9 +392,53 @@ fn deadline_after(ttl: Duration) -> Duration {
     ttl.saturating_sub((ttl / 5).max(Duration::from_millis(200)))
 }
 
+/// The first `limit` bytes of an answer's body, and whether it holds more
+/// (not read: an endpoint that answers without end cannot fill memory).
+async fn bounded_body(mut resp: reqwest::Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An "etcd" that answers a body without end is read up to the bound
+    /// and refused, naming it.
+    #[tokio::test]
+    async fn an_endless_answer_is_read_up_to_the_bound() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 4096];
+            let _ = sock.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+            // Far past the bound; the client stops reading long before.
+            for _ in 0..1_000 {
+                if sock.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let etcd =
+            Etcd { base: format!("http://{addr}"), http: reqwest::Client::new(), timeout: Duration::from_secs(30) };
+        let err = etcd.call("lease/grant", json!({})).await.expect_err("endless");
+        assert!(err.to_string().contains(&format!("more than {MAX_ANSWER_BYTES} bytes")), "{err}");
+    }
 
     #[test]
     fn the_deadline_leaves_a_margin_before_etcd_expires_the_lease() {

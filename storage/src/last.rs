@@ -121,6 +121,10 @@ fn shrink_dictionaries(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
 pub(crate) struct LastRows {
     /// Database → table → cache.
     tables: Mutex<HashMap<String, HashMap<String, TableLast>>>,
+    /// Tables forgotten so far (changed with `tables` held): a scan that
+    /// began before one was forgotten may hold rows gone since (deleted,
+    /// expired), and must not complete a table.
+    forgotten: std::sync::atomic::AtomicU64,
 }
 
 /// The value of tag column `column` at `row` (`None` for NULL, or a
@@ -285,15 +289,25 @@ impl LastRows {
         ))
     }
 
+    /// What [`LastRows::complete`] is given: read before the scan whose
+    /// rows it folds in.
+    pub(crate) fn epoch(&self) -> u64 {
+        let _tables = self.tables.lock();
+        self.forgotten.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Folds in `rows` (the newest row per series of the table's history,
-    /// from a scan) and marks the table complete. Rows already newer in
-    /// the cache win.
+    /// from a scan that began at `epoch`) and marks the table complete.
+    /// Rows already newer in the cache win. Nothing is folded in if a
+    /// table was forgotten since `epoch` (the scan may hold rows deleted
+    /// or expired meanwhile); the next read scans again.
     pub(crate) fn complete(
         &self,
         db: &str,
         table: &str,
         rows: &RecordBatch,
         schema: &SchemaRef,
+        epoch: u64,
     ) -> Result<(), ArrowError> {
         let ts_idx = rows.schema().index_of(TIME_COLUMN)?;
         let ts = cast(rows.column(ts_idx), &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
@@ -305,6 +319,9 @@ impl LastRows {
             }
         }
         let mut tables = self.tables.lock();
+        if self.forgotten.load(std::sync::atomic::Ordering::Acquire) != epoch {
+            return Ok(());
+        }
         let t = table_mut(&mut tables, db, table);
         let arena_idx = t.push_batch(rows);
         for row in 0..rows.num_rows() {
@@ -342,9 +359,11 @@ impl LastRows {
 
     /// Forgets a table's cache (it is rebuilt from a scan when next used).
     pub(crate) fn invalidate(&self, db: &str, table: &str) {
-        if let Some(d) = self.tables.lock().get_mut(db) {
+        let mut tables = self.tables.lock();
+        if let Some(d) = tables.get_mut(db) {
             d.remove(table);
         }
+        self.forgotten.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -433,7 +452,7 @@ mod tests {
         assert!(c.rows("db", "t", &s).expect("rows").is_none(), "not complete yet");
         // History from before: a@4 (older than the cached 5), c@9.
         let (_, hist) = write(&[("a", &[4]), ("c", &[9])]);
-        c.complete("db", "t", &hist, &s).expect("complete");
+        c.complete("db", "t", &hist, &s, c.epoch()).expect("complete");
         let (b, batch) = write(&[("b", &[1]), ("b", &[7])]);
         c.observe("db", "t", &b, &batch, &s).expect("observe");
         let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
@@ -455,7 +474,7 @@ mod tests {
             vec![other.column(0).clone(), other.column(1).clone(), Arc::new(Float64Array::from(vec![-1.0]))],
         )
         .expect("batch");
-        c.complete("db", "t", &other, &s).expect("complete");
+        c.complete("db", "t", &other, &s, c.epoch()).expect("complete");
         let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
         assert_eq!(newest(&rows), [("a".into(), -1.0)]);
         // A later write at the same time does not replace it.
@@ -477,7 +496,7 @@ mod tests {
     fn many_writes_compact_the_arena() {
         let c = LastRows::default();
         let s = schema();
-        c.complete("db", "t", &RecordBatch::new_empty(s.clone()), &s).expect("complete");
+        c.complete("db", "t", &RecordBatch::new_empty(s.clone()), &s, c.epoch()).expect("complete");
         // Many small writes: the batch count bounds the arena.
         for i in 0..1100 {
             let (b, batch) = write(&[("a", &[i]), ("b", &[1000 - i])]);

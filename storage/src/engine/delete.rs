@@ -11,6 +11,9 @@ use crate::manifest::SegmentMeta;
 use crate::schema::{ColumnKind, TIME_COLUMN};
 use crate::tombstone::{Deletion, Tombstone, covering, remove_deleted};
 
+/// Deletions a table may hold before compaction has removed their rows.
+pub(crate) const MAX_TOMBSTONES: usize = 100;
+
 /// What a deletion did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Deleted {
@@ -30,6 +33,16 @@ impl Storage {
         self.check_deletion(db, table, &deletion)?;
         if deletion.is_empty() {
             return Ok(Deleted::default());
+        }
+        // Every read of a covered segment applies every tombstone over it:
+        // their number is bounded until compaction rewrites the segments.
+        let pending = self.state.read().dbs.get(db).and_then(|d| d.get(table)).map_or(0, |t| t.tombstones.len());
+        if pending >= MAX_TOMBSTONES {
+            return Err(StorageError::Delete(format!(
+                "{db}.{table} has {pending} deletions whose rows are still in its segments (at most \
+                 {MAX_TOMBSTONES}); the next compaction round rewrites them (POST /api/v1/admin/compact runs \
+                 one now), then delete again"
+            )));
         }
         // No merge or expiry may replace segments while the tombstone is
         // made: their outputs would get ids past it and keep the rows.

@@ -86,17 +86,15 @@ impl Storage {
                 for (name, t) in tables {
                     let merges = compact::plan(&t.segments, partition_ns, now_ns, &self.config.compaction, full);
                     // Segments holding deleted rows are rewritten without
-                    // them in this round, merged or alone.
-                    let purges: Vec<Vec<Arc<SegmentMeta>>> = if self.config.compaction.enabled || full {
-                        t.segments
-                            .iter()
-                            .filter(|s| !covering(&t.tombstones, s).is_empty())
-                            .filter(|s| !merges.iter().flatten().any(|m| m.id == s.id))
-                            .map(|s| vec![Arc::clone(s)])
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
+                    // them in every round, merged or alone (also with
+                    // merges disabled: a deletion asked for the rows to go).
+                    let purges: Vec<Vec<Arc<SegmentMeta>>> = t
+                        .segments
+                        .iter()
+                        .filter(|s| !covering(&t.tombstones, s).is_empty())
+                        .filter(|s| !merges.iter().flatten().any(|m| m.id == s.id))
+                        .map(|s| vec![Arc::clone(s)])
+                        .collect();
                     let kinds = merges
                         .into_iter()
                         .map(|m| (m, Kind::Merge))
@@ -441,9 +439,8 @@ impl Storage {
             let change = Change { db: db.clone(), table: table.clone(), inputs: gone.clone(), outputs: Vec::new() };
             self.swap_segments(&[change]).await?;
             // The newest row of a series may have gone with the segment: the
-            // cache is rebuilt from a scan of what is left when next used. (A
-            // lastpoint scan planned before the swap and completing after
-            // this line could put expired rows back until the next expiry.)
+            // cache is rebuilt from a scan of what is left when next used (a
+            // scan begun before this line does not complete it).
             self.last.invalidate(&db, &table);
             let n: u64 = gone.iter().map(|s| s.rows).sum();
             tracing::info!(

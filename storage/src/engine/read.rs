@@ -21,15 +21,30 @@ impl Storage {
         Ok(self.last.rows(db, table, &schema)?)
     }
 
+    /// To read before the scan whose rows [`Storage::complete_last_rows`]
+    /// folds in.
+    pub fn last_rows_epoch(&self) -> u64 {
+        self.last.epoch()
+    }
+
     /// Folds the newest row per series of the whole table (`rows`, from a
-    /// scan) into the last-row cache and marks it complete. Writes that
-    /// happen meanwhile are kept if newer.
-    pub fn complete_last_rows(&self, db: &str, table: &str, rows: &RecordBatch) -> Result<(), StorageError> {
+    /// scan begun at `epoch`, [`Storage::last_rows_epoch`]) into the
+    /// last-row cache and marks it complete. Writes that happen meanwhile
+    /// are kept if newer; if a deletion or an expiry made the cache forget
+    /// a table since `epoch`, nothing is folded in (the scan may hold rows
+    /// gone since).
+    pub fn complete_last_rows(
+        &self,
+        db: &str,
+        table: &str,
+        rows: &RecordBatch,
+        epoch: u64,
+    ) -> Result<(), StorageError> {
         if self.is_reader() {
             return Ok(());
         }
         let schema = self.table_schema(db, table).unwrap_or_else(|| rows.schema());
-        Ok(self.last.complete(db, table, rows, &schema)?)
+        Ok(self.last.complete(db, table, rows, &schema, epoch)?)
     }
 
     pub fn databases(&self) -> Vec<String> {

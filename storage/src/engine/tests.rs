@@ -1074,3 +1074,52 @@ async fn a_deletion_hides_rows_at_once_and_compaction_removes_them_for_good() {
     let text = std::fs::read_to_string(dir.path().join("manifest.json")).expect("manifest");
     assert!(!text.contains("tombstones"), "{text}");
 }
+
+/// A lastpoint scan that began before a deletion holds the deleted rows: it
+/// must not complete the last-row cache (a hostile review had lastpoint
+/// answer a deleted row until the next deletion).
+#[tokio::test]
+async fn a_scan_begun_before_a_deletion_does_not_complete_the_last_row_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+    let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", vec![1, 2], FieldValues::I64(vec![1, 2]))] };
+    s.write("public", vec![w]).await.expect("write");
+    let scanned = s.snapshot("public", "t").expect("t").chunks[0].batch.slice(1, 1);
+    s.persist().await.expect("persist");
+    let epoch = s.last_rows_epoch();
+    let newest = crate::tombstone::Deletion { min_ts: 2, max_ts: 2, tags: vec![] };
+    assert_eq!(s.delete("public", "t", newest).await.expect("delete").rows, 1);
+    s.complete_last_rows("public", "t", &scanned, epoch).expect("complete");
+    assert!(s.last_rows("public", "t").expect("read").is_none(), "completed from a scan older than the deletion");
+    s.complete_last_rows("public", "t", &scanned.slice(0, 0), s.last_rows_epoch()).expect("complete");
+    assert!(s.last_rows("public", "t").expect("read").is_some(), "a scan begun after it completes the cache");
+}
+
+/// Every read of a covered segment applies each of its tombstones: their
+/// number is bounded, and a compaction round (merges disabled or not)
+/// rewrites the segments and makes room again.
+#[tokio::test]
+async fn tombstones_are_bounded_until_a_compaction_round_removes_their_rows() {
+    use crate::tombstone::Deletion;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StorageConfig {
+        compaction: crate::config::CompactionConfig { enabled: false, grace: Duration::ZERO, ..Default::default() },
+        ..StorageConfig::for_tests(dir.path())
+    };
+    let s = Storage::open(config).await.expect("open");
+    let ts: Vec<i64> = (1..=200).collect();
+    let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", ts.clone(), FieldValues::I64(ts))] };
+    s.write("public", vec![w]).await.expect("write");
+    s.persist().await.expect("persist");
+    let one = |t: i64| Deletion { min_ts: t, max_ts: t, tags: vec![] };
+    for t in 1..=delete::MAX_TOMBSTONES as i64 {
+        assert_eq!(s.delete("public", "t", one(t)).await.expect("delete").rows, 1);
+    }
+    let err = s.delete("public", "t", one(150)).await.expect_err("over the bound").to_string();
+    assert!(err.contains("100 deletions") && err.contains("POST /api/v1/admin/compact"), "{err}");
+    let stats = s.compact().await.expect("compact");
+    assert_eq!(stats.purged, 1, "{stats:?}");
+    assert!(s.snapshot("public", "t").expect("t").tombstones.is_empty());
+    assert_eq!(s.delete("public", "t", one(150)).await.expect("room again").rows, 1);
+    assert_eq!(visible(&s).len(), 200 - 101);
+}
