@@ -122,8 +122,8 @@ pub(crate) fn expired(segments: &[Arc<SegmentMeta>], cutoff_ns: i64) -> Vec<Arc<
 /// NULL, columns stored with another type (integral floats stored as
 /// Int64) are cast back to the table's type, exactly. `rows` is the
 /// segment's row range when it is a slice of a pack (see
-/// [`SegmentMeta::row_range`]): only those rows and the table's columns
-/// are read.
+/// [`SegmentMeta::row_range`]): only those rows are read. Only the columns
+/// of `schema` are decoded.
 pub(crate) fn read_segment(
     path: &Path,
     rows: Option<(u64, u64)>,
@@ -163,11 +163,12 @@ pub(crate) fn read_segment(
                 "the manifest places rows {first}..{end} in this file, which holds {start}"
             ))));
         }
-        let mask = ProjectionMask::columns(builder.parquet_schema(), schema.fields().iter().map(|f| f.name().as_str()));
-        builder =
-            builder.with_row_groups(groups).with_row_selection(RowSelection::from(selectors)).with_projection(mask);
+        builder = builder.with_row_groups(groups).with_row_selection(RowSelection::from(selectors));
     }
-    let reader = builder.build().map_err(perr)?;
+    // Only the columns of `schema` are decoded (a deletion's count reads
+    // the time and the tags of whole segments).
+    let mask = ProjectionMask::columns(builder.parquet_schema(), schema.fields().iter().map(|f| f.name().as_str()));
+    let reader = builder.with_projection(mask).build().map_err(perr)?;
     let mut out = Vec::new();
     for batch in reader {
         out.push(adapt_batch(&batch?, schema)?);

@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 
 use crate::server::TestServer;
 
-async fn client(server: &TestServer) -> FlightSqlServiceClient<Channel> {
+pub(crate) async fn client(server: &TestServer) -> FlightSqlServiceClient<Channel> {
     let channel =
         Channel::from_shared(format!("http://{}", server.grpc)).expect("uri").connect().await.expect("connect");
     FlightSqlServiceClient::new(channel)

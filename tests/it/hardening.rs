@@ -95,12 +95,7 @@ async fn statements_that_write_files_or_change_the_server_are_refused() {
         assert_eq!(status, 200, "{sql}: {body}");
     }
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut flight = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let mut flight = crate::flight::client(&server).await;
     let err = flight
         .execute(format!("COPY (SELECT 'x') TO '{}' STORED AS CSV", target.display()), None)
         .await
@@ -539,12 +534,7 @@ async fn a_heavy_query_is_stopped_at_its_timeout_and_concurrency_is_bounded() {
     assert_eq!(server.sql("SELECT 1 AS one").await, vec![json!({"one": 1})], "the server goes on");
 
     // A Flight SQL stream holds the one slot while it is open.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut flight = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let mut flight = crate::flight::client(&server).await;
     let info = flight.execute("SELECT v FROM generate_series(1, 10000000) AS t(v)".into(), None).await.expect("plan");
     let mut stream = flight.do_get(info.endpoint[0].ticket.clone().expect("ticket")).await.expect("do_get");
     let first = stream.next().await.expect("a batch").expect("ok");

@@ -375,12 +375,7 @@ async fn delete_hides_rows_at_once_across_a_restart_and_compaction_removes_them_
     assert_eq!(on_disk, 3 * 180 - 120, "the deleted rows left the files");
 
     // Flight SQL's update answers the count too.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut flight = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let mut flight = crate::flight::client(&server).await;
     let first = format!("DELETE FROM m WHERE host = 'h0' AND ts <= to_timestamp_nanos({T0})");
     assert_eq!(flight.execute_update(first, None).await.expect("DELETE over Flight SQL"), 1);
     assert_eq!(server.sql(counts).await[0]["n"], json!(179));

@@ -30,13 +30,12 @@ impl Storage {
     /// there are any. Rows written while it runs may or may not be deleted.
     pub async fn delete(&self, db: &str, table: &str, deletion: Deletion) -> Result<Deleted, StorageError> {
         self.writable("DELETE")?;
-        self.check_deletion(db, table, &deletion)?;
+        let pending = self.check_deletion(db, table, &deletion)?;
         if deletion.is_empty() {
             return Ok(Deleted::default());
         }
         // Every read of a covered segment applies every tombstone over it:
         // their number is bounded until compaction rewrites the segments.
-        let pending = self.state.read().dbs.get(db).and_then(|d| d.get(table)).map_or(0, |t| t.tombstones.len());
         if pending >= MAX_TOMBSTONES {
             return Err(StorageError::Delete(format!(
                 "{db}.{table} has {pending} deletions whose rows are still in its segments (at most \
@@ -139,8 +138,8 @@ impl Storage {
     }
 
     /// Refuses a deletion of a table that does not exist or that names a
-    /// column that is not one of its tags.
-    fn check_deletion(&self, db: &str, table: &str, deletion: &Deletion) -> Result<(), StorageError> {
+    /// column that is not one of its tags; the table's tombstones.
+    fn check_deletion(&self, db: &str, table: &str, deletion: &Deletion) -> Result<usize, StorageError> {
         let st = self.state.read();
         let t = st.dbs.get(db).and_then(|d| d.get(table)).ok_or_else(|| no_table(db, table))?;
         for tag in &deletion.tags {
@@ -155,7 +154,7 @@ impl Storage {
                 None => return Err(StorageError::Delete(format!("{db}.{table} has no tag {:?}", tag.tag))),
             }
         }
-        Ok(())
+        Ok(t.tombstones.len())
     }
 }
 
