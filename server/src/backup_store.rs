@@ -40,6 +40,38 @@ const MAX_INDEX_BYTES: u64 = 256 << 20;
 const LOCK: &str = ".lock";
 /// Where a server's push stores the files it sends, by run.
 const RUNS: &str = "runs";
+/// `runs/<run>/shipped/`: the WAL records a server shipped since its last
+/// push (`wal = "object-store"` or `"object-store-sync"`), one object per
+/// piece, named `<WAL file>-<offset>`. No index lists them: a restore reads
+/// those of the run that pushed the index, after the WAL files the image
+/// holds, and the run's next push removes those its image covers.
+const SHIPPED: &str = "shipped";
+/// A shipped piece larger than this is refused at restore (a piece is the
+/// records of one round of writes: far smaller).
+const MAX_PIECE_BYTES: u64 = 1 << 30;
+
+/// Where run `run` ships the piece of WAL file `file_seq` from `offset`.
+pub fn piece_name(run: &str, file_seq: u64, offset: u64) -> String {
+    format!("{RUNS}/{run}/{SHIPPED}/{file_seq:020}-{offset:020}")
+}
+
+/// The folder of run `run`'s shipped pieces.
+pub fn shipped_folder(run: &str) -> String {
+    format!("{RUNS}/{run}/{SHIPPED}")
+}
+
+/// `(file_seq, offset)` of a piece's name (its last part).
+fn parse_piece(name: &str) -> Option<(u64, u64)> {
+    let (file, offset) = name.rsplit('/').next()?.split_once('-')?;
+    Some((file.parse().ok()?, offset.parse().ok()?))
+}
+
+/// Whether `rel` is a shipped piece (`runs/<run>/shipped/...`): pruning
+/// never removes one (the pieces after a push's image are not in its index).
+fn is_shipped(rel: &str) -> bool {
+    let mut parts = rel.split('/');
+    parts.next() == Some(RUNS) && parts.next().is_some() && parts.next() == Some(SHIPPED)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -720,6 +752,8 @@ async fn append(
 pub struct RestoreReport {
     pub index: Index,
     pub bytes: u64,
+    /// The WAL the copy's server shipped after its last push.
+    pub shipped: ShippedReport,
 }
 
 /// Rebuilds the data directory `dir` (new or empty, not inside `src`) from
@@ -803,12 +837,83 @@ pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreR
     for d in &dirs {
         sync_dir(d).at(|| format!("syncing {}", d.display()))?;
     }
+    let shipped = match &index.writer {
+        Some(w) => restore_shipped(src, &w.run, index.at.wal_closed, dir).await?,
+        None => ShippedReport::default(),
+    };
     // The directory matches this state of the copy: a server on it with the
     // copy's `--object-store` continues it.
     Synced::in_dir(dir).record(&[SyncedPoint::of(&index, src, false)])?;
     fs::remove_file(&marker).at(|| format!("removing {}", marker.display()))?;
     sync_dir(dir).at(|| format!("syncing {}", dir.display()))?;
-    Ok(RestoreReport { index, bytes })
+    Ok(RestoreReport { index, bytes, shipped })
+}
+
+/// What [`restore_shipped`] rebuilt.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ShippedReport {
+    /// WAL files rebuilt, and their bytes.
+    pub files: usize,
+    pub bytes: u64,
+    /// Holes found: `(WAL file, end, next offset)`.
+    pub holes: Vec<(u64, u64, u64)>,
+}
+
+/// Rebuilds in `dir/wal/` the WAL files that run `run` shipped after
+/// `wal_closed` (the last WAL file its image holds): the writes it
+/// acknowledged after its last push. Storage opened on `dir` replays them.
+pub async fn restore_shipped(src: &Place, run: &str, wal_closed: u64, dir: &Path) -> Result<ShippedReport> {
+    let mut by_file: std::collections::BTreeMap<u64, Vec<(u64, String)>> = Default::default();
+    for rel in src.list(&shipped_folder(run)).await? {
+        match parse_piece(&rel) {
+            Some((file, offset)) if file > wal_closed => by_file.entry(file).or_default().push((offset, rel)),
+            Some(_) => {}
+            None => tracing::warn!(object = src.shown(&rel), "not a shipped WAL piece: left alone"),
+        }
+    }
+    let mut report = ShippedReport::default();
+    if by_file.is_empty() {
+        return Ok(report);
+    }
+    let wal_dir = dir.join("wal");
+    fs::create_dir_all(&wal_dir).at(|| format!("creating {}", wal_dir.display()))?;
+    for (file, pieces) in by_file {
+        let mut read = Vec::with_capacity(pieces.len());
+        for (offset, rel) in pieces {
+            read.push((offset, src.read_whole(&rel, MAX_PIECE_BYTES).await?));
+        }
+        let rebuilt = tocsin_storage::wal::assemble(read);
+        if let Some((end, next)) = rebuilt.hole {
+            tracing::error!(
+                copy = src.name(),
+                run,
+                wal_file = file,
+                "the shipped WAL of file {file} has a hole from byte {end} to {next} (a piece is missing from the \
+                 bucket): its records from byte {end} on are not replayed"
+            );
+            report.holes.push((file, end, next));
+        }
+        let path = wal_dir.join(tocsin_storage::wal::file_name(file));
+        let bytes = rebuilt.bytes;
+        write_atomic(&path, |e| e, |f| f.write_all(&bytes)).at(|| format!("writing {}", path.display()))?;
+        report.files += 1;
+        report.bytes += bytes.len() as u64;
+    }
+    sync_dir(&wal_dir).at(|| format!("syncing {}", wal_dir.display()))?;
+    Ok(report)
+}
+
+/// Removes run `run`'s shipped pieces of WAL files up to `upto` (all of
+/// them with `None`); returns how many.
+pub async fn remove_shipped(place: &Place, run: &str, upto: Option<u64>) -> Result<usize> {
+    let mut removed = 0;
+    for rel in place.list(&shipped_folder(run)).await? {
+        if parse_piece(&rel).is_some_and(|(file, _)| upto.is_none_or(|u| file <= u)) {
+            place.remove(&rel).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// What [`fetch_into`] copied.
@@ -1125,6 +1230,91 @@ impl Place {
         }
     }
 
+    /// Writes a shipped piece: durable once this returns.
+    pub async fn put_piece(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        if let Place::Dir(d) = self {
+            real_folders(d, rel)?;
+        }
+        self.replace(rel, bytes).await
+    }
+
+    /// The files under folder `rel` (relative paths, sorted).
+    async fn list(&self, rel: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        match self {
+            Place::Dir(d) => {
+                let dir = d.join(rel);
+                let entries = match fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) => return Err(e).at(|| format!("reading {}", dir.display())),
+                };
+                for e in entries {
+                    let e = e.at(|| format!("reading {}", dir.display()))?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // A write that did not finish leaves its temporary file.
+                    if e.file_type().is_ok_and(|t| t.is_file()) && !name.starts_with('.') && !name.ends_with(".tmp") {
+                        out.push(format!("{rel}/{name}"));
+                    }
+                }
+            }
+            Place::Bucket(b) => {
+                let mut listed = b.store.list(Some(&b.object(rel)));
+                while let Some(meta) = listed.next().await {
+                    let meta = meta.at(|| format!("listing {}", self.shown(rel)))?;
+                    out.extend(b.relative(&meta.location));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The whole of `rel`, refused over `limit` bytes.
+    async fn read_whole(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+        let too_large =
+            |size: u64| BackupError::Refused(format!("{} holds {size} bytes, more than {limit}", self.shown(rel)));
+        match self {
+            Place::Dir(d) => {
+                use std::io::Read;
+                let path = d.join(rel);
+                let file = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .at(|| format!("reading {} (a symbolic link is refused)", path.display()))?;
+                let mut bytes = Vec::new();
+                file.take(limit + 1).read_to_end(&mut bytes).at(|| format!("reading {}", path.display()))?;
+                if bytes.len() as u64 > limit {
+                    return Err(too_large(bytes.len() as u64));
+                }
+                Ok(bytes)
+            }
+            Place::Bucket(b) => {
+                let got = b.store.get(&b.object(rel)).await.at(|| format!("reading {}", self.shown(rel)))?;
+                if got.meta.size > limit {
+                    return Err(too_large(got.meta.size));
+                }
+                Ok(got.bytes().await.at(|| format!("reading {}", self.shown(rel)))?.to_vec())
+            }
+        }
+    }
+
+    /// Removes `rel` (gone already is fine).
+    async fn remove(&self, rel: &str) -> Result<()> {
+        match self {
+            Place::Dir(d) => match fs::remove_file(d.join(rel)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).at(|| format!("removing {}", d.join(rel).display())),
+            },
+            Place::Bucket(b) => match b.store.delete(&b.object(rel)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e).at(|| format!("removing {}", self.shown(rel))),
+            },
+        }
+    }
+
     /// Replaces `rel` atomically with `bytes`.
     async fn replace(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
         match self {
@@ -1213,6 +1403,9 @@ impl Place {
                 let mut gone = Vec::new();
                 while let Some(meta) = listed.next().await {
                     let meta = meta.at(|| format!("listing {}", b.url))?;
+                    if b.relative(&meta.location).is_some_and(|rel| is_shipped(&rel)) {
+                        continue;
+                    }
                     if !keep.contains(&meta.location) && may_remove(&meta.location) {
                         gone.push(meta.location);
                     }
@@ -1368,6 +1561,9 @@ fn prune_dir(dest: &Path, index: &Index) -> Result<usize> {
             // Not followed: a link is removed as a link.
             let kind = e.file_type().at(|| format!("reading {}", e.path().display()))?;
             if dir == dest && (e.file_name() == INDEX || e.file_name() == LOCK) {
+                continue;
+            }
+            if path.strip_prefix(dest).ok().and_then(Path::to_str).is_some_and(is_shipped) {
                 continue;
             }
             if kind.is_dir() {

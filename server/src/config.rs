@@ -475,6 +475,13 @@ pub struct StorageSection {
     pub object_store: Option<String>,
     /// How often the copy is brought up to date.
     pub object_store_interval: String,
+    /// Where the WAL goes: `local` (only the data directory; the bucket
+    /// gets it with the next copy), `object-store` (shipped to the bucket
+    /// every `wal_ship_interval` as well) or `object-store-sync` (a write is
+    /// acknowledged once its records are in the bucket).
+    pub wal: String,
+    /// How often `wal = "object-store"` ships the WAL.
+    pub wal_ship_interval: String,
 }
 
 impl Default for StorageSection {
@@ -492,6 +499,8 @@ impl Default for StorageSection {
             pack_max_rows: 65_536,
             object_store: None,
             object_store_interval: "10s".into(),
+            wal: "local".into(),
+            wal_ship_interval: "1s".into(),
         }
     }
 }
@@ -609,6 +618,19 @@ pub enum Role {
 pub struct ObjectStoreConfig {
     pub url: String,
     pub interval: Duration,
+    /// `[storage] wal`.
+    pub wal: WalShipping,
+}
+
+/// `[storage] wal`: whether the WAL goes to the bucket as it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalShipping {
+    /// Only with the next copy (`local`).
+    Local,
+    /// Every interval, in the background (`object-store`).
+    Background(Duration),
+    /// Before each write is acknowledged (`object-store-sync`).
+    Sync,
 }
 
 #[derive(Debug, Clone)]
@@ -695,7 +717,43 @@ impl FileConfig {
                         reason: "must be at least 1s".into(),
                     });
                 }
-                Some(ObjectStoreConfig { url, interval })
+                let wal = match s.wal.as_str() {
+                    "local" => WalShipping::Local,
+                    "object-store-sync" => WalShipping::Sync,
+                    "object-store" => {
+                        let every = parse_duration(&s.wal_ship_interval)
+                            .map_err(|reason| ConfigError::Invalid { key: "storage.wal_ship_interval", reason })?;
+                        if every < Duration::from_millis(10) || every > interval {
+                            return Err(ConfigError::Invalid {
+                                key: "storage.wal_ship_interval",
+                                reason: format!(
+                                    "must be from 10ms to object_store_interval ({}s)",
+                                    interval.as_secs_f64()
+                                ),
+                            });
+                        }
+                        WalShipping::Background(every)
+                    }
+                    other => {
+                        return Err(ConfigError::Invalid {
+                            key: "storage.wal",
+                            reason: format!(
+                                "{other:?}: use \"local\" (the default), \"object-store\" or \"object-store-sync\""
+                            ),
+                        });
+                    }
+                };
+                Some(ObjectStoreConfig { url, interval, wal })
+            }
+            None if s.wal != "local" => {
+                return Err(ConfigError::Invalid {
+                    key: "storage.wal",
+                    reason: format!(
+                        "{:?} ships the WAL to the object store: give --object-store s3://BUCKET/PREFIX (or [storage] \
+                         object_store) too",
+                        s.wal
+                    ),
+                });
             }
             None => None,
         };

@@ -138,6 +138,9 @@ type OnBound = Arc<dyn Fn(BoundAddrs) + Send + Sync>;
 
 /// How long a server waits for the lease at start before it serves as a
 /// standby: a free key is taken within a few requests.
+/// WAL bytes that may wait to be shipped to the bucket before writes are
+/// refused (`wal = "object-store"`, a bucket that does not answer).
+const WAL_SHIP_BACKLOG: usize = 256 << 20;
 const FIRST_TRY: Duration = Duration::from_secs(2);
 
 /// `[ha] etcd`: the primary once this server holds the lease. Until then a
@@ -364,6 +367,20 @@ async fn serve(
     };
     if let Some(l) = &leadership {
         storage.hold_by(Arc::clone(l) as Arc<dyn tocsin_storage::Lease>);
+    }
+    // Before anything is served: under `object-store-sync` no write is
+    // acknowledged without the bucket.
+    if let (Some(m), Some(o), Some(wal)) = (&mirror, &config.object_store, storage.wal()) {
+        let mode = match o.wal {
+            config::WalShipping::Local => None,
+            config::WalShipping::Background(every) => Some((tocsin_storage::wal::ShipMode::Background, Some(every))),
+            config::WalShipping::Sync => Some((tocsin_storage::wal::ShipMode::Sync, None)),
+        };
+        if let Some((mode, every)) = mode {
+            wal.ship(mode, WAL_SHIP_BACKLOG).map_err(StorageError::from)?;
+            tracing::info!(url = m.url, ?mode, "the WAL goes to the bucket as it is written");
+            tokio::spawn(Arc::clone(m).ship_wal(wal, every));
+        }
     }
     let auth = open_auth(&config, &storage)?;
     let audit = Arc::new(tocsin_auth::AuditLog::open(storage.data_dir(), Arc::new(tocsin_storage::SystemClock))?);

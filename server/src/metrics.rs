@@ -412,6 +412,24 @@ pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, fenced: bool, out:
         "Unix time of the last copy in the bucket: every write acknowledged before it is there.",
         m.last_point_ms.load(Relaxed) as f64 / 1000.0,
     );
+    counter(
+        out,
+        "tocsin_object_store_wal_pieces_total",
+        "Pieces of WAL shipped to the bucket (wal = object-store or object-store-sync).",
+        m.shipped_pieces.load(Relaxed),
+    );
+    counter(
+        out,
+        "tocsin_object_store_wal_bytes_total",
+        "Bytes of WAL shipped to the bucket.",
+        m.shipped_bytes.load(Relaxed),
+    );
+    counter(
+        out,
+        "tocsin_object_store_wal_failures_total",
+        "Attempts to ship WAL to the bucket that failed (writes waiting for them are refused; retried).",
+        m.ship_failures.load(Relaxed),
+    );
 }
 
 /// `--role reader`: the copies fetched from the bucket.

@@ -18,6 +18,11 @@
 //! good: it pushes nothing more, refuses writes and stops alerting. This is
 //! a time-based claim through the bucket, not a lease: two servers deciding
 //! within the same moment can both push once (docs/operations.md).
+//!
+//! With `wal = "object-store"` or `"object-store-sync"` the WAL's records
+//! also go to the bucket as they are written ([`Mirror::ship_wal`]), under
+//! `runs/<run>/shipped/`; a server starting from the copy replays those of
+//! the run that pushed it after the image ([`backup_store::restore_shipped`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +48,10 @@ pub(crate) struct MirrorMetrics {
     /// Unix milliseconds of the image of the last push that succeeded: every
     /// write acknowledged before it is in the bucket.
     pub(crate) last_point_ms: AtomicI64,
+    /// WAL shipping: pieces and bytes sent, attempts that failed.
+    pub(crate) shipped_pieces: AtomicU64,
+    pub(crate) shipped_bytes: AtomicU64,
+    pub(crate) ship_failures: AtomicU64,
 }
 
 pub(crate) struct Mirror {
@@ -63,6 +72,11 @@ pub(crate) struct Mirror {
     /// pushes only while it holds it, and need not wait for another
     /// server's recent push (that server's lease has expired).
     lease: Option<Arc<crate::lease::Leadership>>,
+    /// The run that pushed the copy found at start: its shipped WAL is
+    /// removed once this run's first push covers it.
+    previous_run: Option<String>,
+    /// Wakes the WAL shipper after the first push.
+    first_push: watch::Sender<bool>,
 }
 
 impl Mirror {
@@ -94,7 +108,10 @@ impl Mirror {
             fenced: watch::Sender::new(false),
             synced: Synced::in_dir(data_dir),
             lease,
+            previous_run: None,
+            first_push: watch::Sender::new(false),
         };
+        let mut mirror = mirror;
         let empty = match std::fs::read_dir(data_dir) {
             Ok(mut entries) => entries.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -147,6 +164,7 @@ impl Mirror {
         } else if index.is_none() {
             mirror.check_place_is_free().await?;
         }
+        mirror.previous_run = index.as_ref().and_then(|i| i.writer.as_ref()).map(|w| w.run.clone());
         if empty && let Some(index) = index {
             tracing::info!(
                 url,
@@ -163,7 +181,10 @@ impl Mirror {
             tracing::info!(
                 bytes = report.bytes,
                 point = report.index.at.point,
-                "data directory restored from the bucket: it holds every write acknowledged before its point"
+                shipped_wal_files = report.shipped.files,
+                shipped_wal_bytes = report.shipped.bytes,
+                "data directory restored from the bucket: it holds every write acknowledged before its point, and \
+                 the WAL its server shipped after it"
             );
         }
         mirror.since_ms.store(now_ms(), Ordering::Relaxed);
@@ -254,12 +275,22 @@ impl Mirror {
             };
             let pushed = backup_store::push(&image, &files, &self.dest, false, false, Some(claim)).await;
             backups.drop_image(&image.id);
-            pushed.map(|r| (r, image.at.point_unix_ms))
+            pushed.map(|r| (r, image.at.point_unix_ms, image.at.wal_closed))
         }
         .await;
         match result {
-            Ok((report, point)) => {
+            Ok((report, point, wal_closed)) => {
                 self.pushed.store(true, Ordering::Relaxed);
+                self.first_push.send_replace(true);
+                // The image holds the WAL up to `wal_closed`: the pieces
+                // shipped of it, and all of the previous run's, are done with.
+                let mut gone = backup_store::remove_shipped(&self.dest, &self.me.run, Some(wal_closed)).await;
+                if first && let Some(previous) = self.previous_run.as_deref().filter(|p| *p != self.me.run) {
+                    gone = gone.and(backup_store::remove_shipped(&self.dest, previous, None).await);
+                }
+                if let Err(e) = gone {
+                    tracing::warn!(url = self.url, "cannot remove shipped WAL the copy now holds: {e}");
+                }
                 let m = &self.metrics;
                 m.pushes.fetch_add(1, Ordering::Relaxed);
                 m.copied_bytes.fetch_add(report.copied_bytes, Ordering::Relaxed);
@@ -310,6 +341,68 @@ impl Mirror {
             }
             self.push(&storage, &alerts, &backups, false).await;
         }
+    }
+}
+
+impl Mirror {
+    /// `wal = "object-store"` / `"object-store-sync"`: sends the WAL's
+    /// records to the bucket as they are written, until the WAL closes (the
+    /// writes of a stopping server are still answered; its last push
+    /// follows). Nothing goes before this run's first push (a restore reads
+    /// the pieces of the run that pushed the index it restores): under
+    /// `Sync`, writes wait for it.
+    pub(crate) async fn ship_wal(self: Arc<Self>, wal: Arc<tocsin_storage::wal::Wal>, every: Option<Duration>) {
+        let mut pushed = self.first_push.subscribe();
+        tokio::select! {
+            _ = pushed.wait_for(|p| *p) => {}
+            () = wal.closed() => return,
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match every {
+                Some(d) => tokio::time::sleep(d).await,
+                None => wal.wait_for_pieces().await,
+            }
+            if wal.is_closed() {
+                return;
+            }
+            let pieces = wal.pieces_to_ship();
+            if pieces.is_empty() {
+                continue;
+            }
+            if *self.fenced.borrow() {
+                wal.ship_failed("another server took the copy over".into());
+                return;
+            }
+            if let Some(Err(why)) = self.lease.as_ref().map(|l| l.check()) {
+                wal.ship_failed(why);
+                return;
+            }
+            match self.send_pieces(&pieces).await {
+                Ok(()) => {
+                    wal.shipped(&pieces);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    self.metrics.ship_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(url = self.url, "cannot ship the WAL to the bucket (retrying): {e}");
+                    wal.ship_failed(e.to_string());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Sends `pieces` in order, stopping at the first that fails.
+    async fn send_pieces(&self, pieces: &[tocsin_storage::wal::WalPiece]) -> Result<(), BackupError> {
+        for p in pieces {
+            let name = backup_store::piece_name(&self.me.run, p.file_seq, p.offset);
+            self.dest.put_piece(&name, p.bytes.clone()).await?;
+            self.metrics.shipped_pieces.fetch_add(1, Ordering::Relaxed);
+            self.metrics.shipped_bytes.fetch_add(p.bytes.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 

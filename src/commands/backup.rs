@@ -156,6 +156,19 @@ async fn run_restore(c: RestoreConfig) -> anyhow::Result<()> {
         index.at.point,
         index.at.server_version
     );
+    if report.shipped.files > 0 {
+        println!(
+            "It also holds the WAL its server shipped after that point ({} files, {} bytes): the writes acknowledged \
+             since, replayed when it starts.",
+            report.shipped.files, report.shipped.bytes
+        );
+    }
+    for (file, end, next) in &report.shipped.holes {
+        println!(
+            "warning: a piece of shipped WAL file {file} is missing from the copy (bytes {end} to {next}): the \
+             writes of that file from there on are not in the restored directory."
+        );
+    }
     let mut start = format!("tocsin serve --data-dir {}", dir.display());
     if index.at.auth {
         start.push_str(" --auth");

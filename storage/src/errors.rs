@@ -110,6 +110,10 @@ impl Classify for crate::StorageError {
             ReadOnly(_) => ErrorClass::PermissionDenied,
             // Another server holds the data now: retry there.
             Fenced(_) => ErrorClass::Unavailable,
+            // The bucket does not take the WAL now: try again later.
+            Wal(crate::wal::WalError::NotShipped(_) | crate::wal::WalError::ShipBacklog { .. }) => {
+                ErrorClass::Unavailable
+            }
             Wal(_)
             | Manifest(_)
             | Segment(_)

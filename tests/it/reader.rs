@@ -352,3 +352,112 @@ async fn a_copy_has_one_writer_and_a_writer_taken_over_stops() {
     assert_eq!(c.metric("tocsin_object_store_fenced").await, 0.0, "{}", c.log_text());
     assert_eq!(converges(&r, &c, ANSWER).await[0]["n"], 25);
 }
+
+/// The pieces of shipped WAL in a `file://` copy, by run.
+fn shipped_pieces(bucket: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for run in std::fs::read_dir(bucket.join("runs")).into_iter().flatten().flatten() {
+        for piece in std::fs::read_dir(run.path().join("shipped")).into_iter().flatten().flatten() {
+            out.push(format!("{}/{}", run.file_name().to_string_lossy(), piece.file_name().to_string_lossy()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Restores the copy in `bucket` into `dir` with `tocsin restore`; its output.
+fn restore_copy(bucket: &Path, dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["restore", bucket.to_str().expect("utf-8"), "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("run tocsin restore");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `wal = "object-store-sync"`: a write is answered once its WAL records are
+/// in the bucket. The copy is pushed only at start (the interval is an
+/// hour), so the rows written after it, persisted or not, reach a restore
+/// of the copy only through the shipped WAL: after kill -9 every row
+/// acknowledged is there, once. A restart on the same directory pushes at
+/// once and removes the pieces its image now holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_wal_shipped_synchronously_a_restore_of_the_copy_holds_every_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1h\"\nwal = \"object-store-sync\"\n").expect("config");
+    let bucket_dir = dir.path().join("bucket");
+    let bucket = format!("file://{}", bucket_dir.display());
+    let args = ["--config", cfg.to_str().expect("utf-8"), "--object-store", bucket.as_str()];
+    let mut a = TestServer::start_in(&dir.path().join("a"), &args);
+    a.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    write_cpu(&a, 0, 50).await;
+    a.persist().await;
+    write_cpu(&a, 50, 30).await;
+    // Concurrent writers share pieces; each is answered after its own.
+    let mut writers = Vec::new();
+    for k in 0..4 {
+        let client = a.client().await;
+        writers.push(tokio::spawn(async move {
+            let mut client = client;
+            for i in 0..5 {
+                let from = 80 + (k * 5 + i) * 2;
+                let ts: Vec<i64> = (from..from + 2).map(|t| T0 + t * 10 * SEC).collect();
+                let series = (0..3)
+                    .map(|h| row_series(&[("host", &format!("h{h}"))], ts.clone(), vec![f64s("v", vec![1.0, 2.0])]))
+                    .collect();
+                let resp = client.write_rows(rows("cpu", series)).await.expect("write").into_inner();
+                assert_eq!(resp.accepted_rows, 6);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert!(a.metric("tocsin_object_store_wal_pieces_total").await >= 3.0, "{}", a.log_text());
+    assert_eq!(a.metric("tocsin_object_store_pushes_total").await, 1.0, "only the push at start");
+    let want = a.sql(ANSWER).await;
+    assert_eq!(want[0]["n"], 120, "{want:?}");
+    a.kill9();
+    let pieces = shipped_pieces(&bucket_dir);
+    assert!(!pieces.is_empty(), "the writes since the push are in the bucket as shipped WAL");
+
+    let restored = dir.path().join("restored");
+    let said = restore_copy(&bucket_dir, &restored);
+    assert!(said.contains("the WAL its server shipped after that point"), "{said}");
+    let r = TestServer::start_in(&restored, &[]);
+    assert_eq!(r.sql(ANSWER).await, want, "every acknowledged row, once");
+    drop(r);
+
+    // Restarted on its own directory, the server pushes at once: the copy
+    // then holds its writes as an image, and the pieces of its earlier run
+    // are removed.
+    let a = TestServer::start_in(&dir.path().join("a"), &args);
+    a.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    assert!(shipped_pieces(&bucket_dir).iter().all(|p| !pieces.contains(p)), "{:?}", shipped_pieces(&bucket_dir));
+    write_cpu(&a, 200, 10).await;
+    let want = a.sql(ANSWER).await;
+    assert_eq!(want[0]["n"], 130, "{want:?}");
+    let again = dir.path().join("again");
+    restore_copy(&bucket_dir, &again);
+    let r = TestServer::start_in(&again, &[]);
+    assert_eq!(r.sql(ANSWER).await, want);
+}
+
+/// `wal` other than `local` needs a bucket, and a known value.
+#[test]
+fn shipping_the_wal_needs_a_bucket_and_a_known_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[storage]\nwal = \"object-store-sync\"\n").expect("config");
+    let err = TestServer::refused_start_with(&dir.path().join("d"), &["--config", cfg.to_str().expect("utf-8")]);
+    assert!(err.contains("storage.wal") && err.contains("--object-store"), "{err}");
+    std::fs::write(&cfg, "[storage]\nwal = \"s3\"\n").expect("config");
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let err = TestServer::refused_start_with(
+        &dir.path().join("d2"),
+        &["--config", cfg.to_str().expect("utf-8"), "--object-store", &bucket],
+    );
+    assert!(err.contains("object-store-sync"), "{err}");
+}

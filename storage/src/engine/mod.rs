@@ -393,6 +393,12 @@ impl Storage {
         self.wal.as_deref().map(|w| &w.metrics)
     }
 
+    /// The WAL, for a shipper to send its records to a bucket
+    /// ([`Wal::ship`]); `None` on a reader.
+    pub fn wal(&self) -> Option<Arc<Wal>> {
+        self.wal.clone()
+    }
+
     /// Refuses every write from now on, saying `why` (another server took
     /// over this server's copy in the bucket: writes accepted here would be
     /// lost to it).

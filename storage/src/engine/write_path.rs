@@ -87,6 +87,8 @@ impl Storage {
         let wal = self.writable("writes")?;
         let seq = wal.append(&payload)?;
         wal.wait_durable(seq).await?;
+        // `object-store-sync`: acknowledged once the bucket holds it too.
+        wal.wait_shipped(seq).await?;
         // The lease may have gone while the WAL synced (the process was
         // paused): what is not acknowledged by then is not acknowledged.
         if let Some(why) = self.fenced() {

@@ -17,6 +17,16 @@
 //!
 //! Files are numbered; [`Wal::rotate`] starts a new file so that older ones
 //! can be deleted once their contents are persisted in segments.
+//!
+//! Shipping (`[storage] wal = "object-store"` or `"object-store-sync"`): once
+//! [`Wal::ship`] is called, every record appended is also queued as bytes of
+//! its file ([`WalPiece`]: whole frames from an offset). A shipper (the
+//! server's, to a bucket) takes the queue with [`Wal::pieces_to_ship`], sends
+//! it and calls [`Wal::shipped`]; under [`ShipMode::Sync`] a writer waits
+//! for its record to be shipped ([`Wal::wait_shipped`]) as it waits for the
+//! fsync, and writers that arrive while a piece is on its way share the
+//! next one (group commit again). A piece that fails stays queued and goes
+//! with the next attempt, so the shipped bytes of a file have no holes.
 
 pub mod codec;
 
@@ -59,6 +69,54 @@ pub enum WalError {
     Closed,
     #[error("a write of {bytes} bytes (compressed) is over the WAL record limit of {limit}; write fewer rows at once")]
     TooLarge { bytes: usize, limit: u32 },
+    /// `object-store-sync`: the record is in the local WAL, but the bucket
+    /// has not taken it; the write is not acknowledged.
+    #[error("the write is in the local WAL but was not shipped to the object store ({0}); it is not acknowledged")]
+    NotShipped(String),
+    #[error(
+        "{bytes} bytes of WAL are waiting to be shipped to the object store, over the limit of {limit}: writes are \
+         refused until the object store takes them ({why})"
+    )]
+    ShipBacklog { bytes: usize, limit: usize, why: String },
+}
+
+/// Whether a writer waits for its record to be shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShipMode {
+    /// A write is acknowledged once its record is shipped as well
+    /// (`object-store-sync`).
+    Sync,
+    /// Records are shipped in the background (`object-store`).
+    Background,
+}
+
+/// Whole records of WAL file `file_seq`, as they lie in it from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalPiece {
+    pub file_seq: u64,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+    /// The sequence number of its last record ([`Wal::append`]'s).
+    pub last: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct ShipState {
+    /// Records up to this one are shipped.
+    shipped: u64,
+    /// Records up to this one are appended (and queued).
+    appended: u64,
+    /// Failed attempts so far, and the last one's reason.
+    failures: u64,
+    error: Option<String>,
+    closed: bool,
+}
+
+struct ShipQueue {
+    mode: ShipMode,
+    pieces: std::collections::VecDeque<WalPiece>,
+    bytes: usize,
+    limit: usize,
 }
 
 /// Counters the WAL keeps for the server's own metrics.
@@ -85,8 +143,12 @@ struct Inner {
     /// `written` when the current file was started: it holds records if
     /// `written` has grown since.
     file_first: u64,
+    /// Bytes in the current file (where the next frame goes).
+    file_len: u64,
     failed: Option<String>,
     closed: bool,
+    /// Records waiting to be shipped, once shipping is on.
+    shipping: Option<ShipQueue>,
 }
 
 struct FlushSignal {
@@ -101,6 +163,7 @@ pub struct Wal {
     signal: Mutex<FlushSignal>,
     wake: Condvar,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    ship_tx: watch::Sender<ShipState>,
     pub metrics: WalMetrics,
 }
 
@@ -126,12 +189,46 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
     move |source| WalError::Io { path: path.to_path_buf(), source }
 }
 
-fn create_file(dir: &Path, seq: u64) -> Result<(File, PathBuf), WalError> {
-    let path = dir.join(file_name(seq));
-    let mut f = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_err(&path))?;
+fn header() -> [u8; HEADER_LEN as usize] {
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
+    header
+}
+
+/// A WAL file rebuilt from shipped pieces ([`assemble`]).
+#[derive(Debug)]
+pub struct Assembled {
+    pub bytes: Vec<u8>,
+    /// The pieces stop at this offset and the next one starts later:
+    /// `(end, next)`. What follows the hole is left out.
+    pub hole: Option<(u64, u64)>,
+}
+
+/// Rebuilds a WAL file from pieces of it (`(offset, bytes)`, in any order,
+/// overlapping where an attempt that failed was sent again): its header,
+/// then the bytes from offset 16 on, as far as they run without a hole.
+pub fn assemble(mut pieces: Vec<(u64, Vec<u8>)>) -> Assembled {
+    pieces.sort_by_key(|(offset, bytes)| (*offset, std::cmp::Reverse(bytes.len())));
+    let mut bytes = header().to_vec();
+    for (offset, piece) in pieces {
+        let end = bytes.len() as u64;
+        if offset > end {
+            return Assembled { bytes, hole: Some((end, offset)) };
+        }
+        // Overlapping bytes are the same record's, sent twice.
+        let skip = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        if skip < piece.len() {
+            bytes.extend_from_slice(&piece[skip..]);
+        }
+    }
+    Assembled { bytes, hole: None }
+}
+
+fn create_file(dir: &Path, seq: u64) -> Result<(File, PathBuf), WalError> {
+    let path = dir.join(file_name(seq));
+    let mut f = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_err(&path))?;
+    let header = header();
     let written = f.write_all(&header).and_then(|()| f.sync_all()).and_then(|()| crate::durable::sync_dir(dir));
     if let Err(e) = written {
         // Left behind, the half-made file would make every later attempt
@@ -157,14 +254,17 @@ impl Wal {
                 file_path,
                 written: 0,
                 file_first: 0,
+                file_len: HEADER_LEN,
                 failed: None,
                 closed: false,
+                shipping: None,
             }),
             policy,
             sync_tx,
             signal: Mutex::new(FlushSignal { pending: false, stop: false }),
             wake: Condvar::new(),
             flusher: Mutex::new(None),
+            ship_tx: watch::Sender::new(ShipState::default()),
             metrics: WalMetrics::default(),
         });
         let w = Arc::clone(&wal);
@@ -194,6 +294,7 @@ impl Wal {
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         frame.extend_from_slice(&body);
+        let frame_len = frame.len();
         let seq = {
             let mut inner = self.inner.lock();
             if inner.closed {
@@ -202,6 +303,13 @@ impl Wal {
             if let Some(msg) = &inner.failed {
                 return Err(WalError::Failed(msg.clone()));
             }
+            if let Some(q) = &inner.shipping
+                && q.bytes + frame.len() > q.limit
+            {
+                crate::refusals::refused("wal_ship_backlog");
+                let why = self.ship_tx.borrow().error.clone().unwrap_or_else(|| "it is slow".into());
+                return Err(WalError::ShipBacklog { bytes: q.bytes, limit: q.limit, why });
+            }
             if let Err(source) = (&*inner.file).write_all(&frame) {
                 // A partial frame may be on disk: nothing more may follow it.
                 let msg = format!("write to {} failed: {source}", inner.file_path.display());
@@ -209,10 +317,23 @@ impl Wal {
                 return Err(WalError::Io { path: inner.file_path.clone(), source });
             }
             inner.written += 1;
-            inner.written
+            let (seq, file_seq, offset) = (inner.written, inner.file_seq, inner.file_len);
+            inner.file_len += frame_len as u64;
+            if let Some(q) = &mut inner.shipping {
+                q.bytes += frame_len;
+                match q.pieces.back_mut() {
+                    Some(p) if p.file_seq == file_seq && p.offset + p.bytes.len() as u64 == offset => {
+                        p.bytes.extend_from_slice(&frame);
+                        p.last = seq;
+                    }
+                    _ => q.pieces.push_back(WalPiece { file_seq, offset, bytes: frame, last: seq }),
+                }
+                self.ship_tx.send_modify(|s| s.appended = seq);
+            }
+            seq
         };
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
-        self.metrics.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.metrics.bytes.fetch_add(frame_len as u64, Ordering::Relaxed);
         if self.policy == FsyncPolicy::Always {
             self.request_flush();
         }
@@ -324,7 +445,130 @@ impl Wal {
         inner.file_path = path;
         inner.file_seq = old + 1;
         inner.file_first = written;
+        inner.file_len = HEADER_LEN;
         Ok(old)
+    }
+
+    /// Starts shipping: every record appended from now on is queued for
+    /// [`Wal::pieces_to_ship`], up to `limit` bytes waiting (appends beyond
+    /// are refused). A current file that already holds records is closed
+    /// first, so that the shipped bytes of every file start at its header.
+    pub fn ship(&self, mode: ShipMode, limit: usize) -> Result<(), WalError> {
+        let written = {
+            let inner = self.inner.lock();
+            inner.written != inner.file_first
+        };
+        if written {
+            self.rotate()?;
+        }
+        let mut inner = self.inner.lock();
+        let seq = inner.written;
+        inner.shipping = Some(ShipQueue { mode, pieces: Default::default(), bytes: 0, limit });
+        self.ship_tx.send_modify(|s| {
+            s.shipped = seq;
+            s.appended = seq;
+        });
+        Ok(())
+    }
+
+    /// The shipping mode, if shipping is on.
+    pub fn ship_mode(&self) -> Option<ShipMode> {
+        self.inner.lock().shipping.as_ref().map(|q| q.mode)
+    }
+
+    /// What waits to be shipped, oldest first (a copy: the queue keeps it
+    /// until [`Wal::shipped`]).
+    pub fn pieces_to_ship(&self) -> Vec<WalPiece> {
+        self.inner.lock().shipping.as_ref().map(|q| q.pieces.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Bytes waiting to be shipped.
+    pub fn ship_backlog(&self) -> usize {
+        self.inner.lock().shipping.as_ref().map_or(0, |q| q.bytes)
+    }
+
+    /// Whether [`Wal::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.ship_tx.borrow().closed
+    }
+
+    /// Waits until the WAL closes.
+    pub async fn closed(&self) {
+        let mut rx = self.ship_tx.subscribe();
+        let _ = rx.wait_for(|s| s.closed).await;
+    }
+
+    /// Waits until a record is waiting to be shipped (or the WAL closes).
+    pub async fn wait_for_pieces(&self) {
+        let mut rx = self.ship_tx.subscribe();
+        let _ = rx.wait_for(|s| s.appended > s.shipped || s.closed).await;
+    }
+
+    /// Drops from the queue `sent`, a prefix of what [`Wal::pieces_to_ship`]
+    /// returned (records appended since to the last piece stay queued), and
+    /// wakes the writers of its records.
+    pub fn shipped(&self, sent: &[WalPiece]) {
+        let mut inner = self.inner.lock();
+        let Some(q) = &mut inner.shipping else { return };
+        let mut upto = None;
+        for piece in sent {
+            let Some(front) = q.pieces.front_mut() else { break };
+            if front.file_seq != piece.file_seq || front.offset != piece.offset || front.bytes.len() < piece.bytes.len()
+            {
+                // Not what was taken: keep the queue as it is (it is sent
+                // again; the restore reads overlapping pieces).
+                tracing::error!(file = piece.file_seq, offset = piece.offset, "shipped WAL piece is not the queue's");
+                break;
+            }
+            let n = piece.bytes.len();
+            q.bytes -= n;
+            if front.bytes.len() == n {
+                q.pieces.pop_front();
+            } else {
+                front.bytes.drain(..n);
+                front.offset += n as u64;
+            }
+            upto = Some(piece.last);
+        }
+        drop(inner);
+        if let Some(upto) = upto {
+            self.ship_tx.send_modify(|s| {
+                s.shipped = s.shipped.max(upto);
+                s.error = None;
+            });
+        }
+    }
+
+    /// An attempt to ship failed: writers waiting for a record still queued
+    /// are answered with `why` (the records stay queued and go with the
+    /// next attempt).
+    pub fn ship_failed(&self, why: String) {
+        self.ship_tx.send_modify(|s| {
+            s.failures += 1;
+            s.error = Some(why);
+        });
+    }
+
+    /// Under [`ShipMode::Sync`], waits until record `seq` is shipped, or an
+    /// attempt to ship it fails; returns at once otherwise.
+    pub async fn wait_shipped(&self, seq: u64) -> Result<(), WalError> {
+        if self.ship_mode() != Some(ShipMode::Sync) {
+            return Ok(());
+        }
+        let mut rx = self.ship_tx.subscribe();
+        let failures = rx.borrow().failures;
+        let state = rx
+            .wait_for(|s| s.shipped >= seq || s.failures != failures || s.closed)
+            .await
+            .map_err(|_| WalError::Closed)?
+            .clone();
+        if state.shipped >= seq {
+            Ok(())
+        } else if state.closed {
+            Err(WalError::NotShipped("the server is stopping".into()))
+        } else {
+            Err(WalError::NotShipped(state.error.unwrap_or_default()))
+        }
     }
 
     /// [`Wal::rotate`] if the current file holds a record; returns the
@@ -358,6 +602,7 @@ impl Wal {
             }
             r
         };
+        self.ship_tx.send_modify(|s| s.closed = true);
         {
             let mut s = self.signal.lock();
             s.stop = true;

@@ -174,3 +174,103 @@ async fn a_failed_append_wakes_every_waiter_and_latches() {
     assert!(matches!(err, WalError::Failed(_)), "{err}");
     assert!(matches!(wal.rotate(), Err(WalError::Failed(_))));
 }
+
+/// Shipped pieces, sent once or again after a failure, rebuild the file
+/// byte for byte; writers under `Sync` wait for their record's piece.
+#[tokio::test]
+async fn shipped_pieces_rebuild_each_file_and_sync_writers_wait_for_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::create(dir.path(), 1, FsyncPolicy::Always).expect("create");
+    let writes = write_n(9);
+    // A record before shipping starts is closed into its own file.
+    wal.append(&payload(&writes[0])).expect("append");
+    wal.ship(ShipMode::Sync, 1 << 20).expect("ship");
+    assert_eq!(wal.current_file_seq(), 2);
+    let mut sent: Vec<WalPiece> = Vec::new();
+    let first = wal.append(&payload(&writes[1])).expect("append");
+    wal.append(&payload(&writes[2])).expect("append");
+    let waiter = {
+        let wal = Arc::clone(&wal);
+        tokio::spawn(async move { wal.wait_shipped(first).await })
+    };
+    let taken = wal.pieces_to_ship();
+    assert_eq!(taken.len(), 1, "two records of one file make one piece");
+    assert_eq!(taken[0].offset, HEADER_LEN);
+    // Appended meanwhile: stays queued after the piece taken is shipped.
+    wal.append(&payload(&writes[3])).expect("append");
+    wal.shipped(&taken);
+    sent.extend(taken);
+    waiter.await.expect("join").expect("shipped");
+    // A failed attempt answers the waiting writer and keeps the records.
+    let later = wal.append(&payload(&writes[4])).expect("append");
+    let waiter = {
+        let wal = Arc::clone(&wal);
+        tokio::spawn(async move { wal.wait_shipped(later).await })
+    };
+    let failed = wal.pieces_to_ship();
+    // The failed attempt had in fact reached the bucket: it is there twice.
+    sent.extend(failed.iter().cloned());
+    tokio::task::yield_now().await;
+    wal.ship_failed("the bucket timed out".into());
+    let err = waiter.await.expect("join").expect_err("not shipped");
+    assert!(err.to_string().contains("the bucket timed out"), "{err}");
+    wal.rotate().expect("rotate");
+    wal.append(&payload(&writes[5])).expect("append");
+    let again = wal.pieces_to_ship();
+    assert_eq!(again.len(), 2, "one piece per file: {again:?}");
+    assert_eq!(again[0].offset, failed[0].offset, "the failed bytes go again");
+    wal.shipped(&again);
+    sent.extend(again);
+    assert!(wal.pieces_to_ship().is_empty());
+    assert_eq!(wal.ship_backlog(), 0);
+    wal.close().expect("close");
+    for seq in [2u64, 3] {
+        let pieces: Vec<(u64, Vec<u8>)> =
+            sent.iter().filter(|p| p.file_seq == seq).map(|p| (p.offset, p.bytes.clone())).collect();
+        let rebuilt = assemble(pieces);
+        assert_eq!(rebuilt.hole, None);
+        let local = fs::read(dir.path().join(file_name(seq))).expect("read");
+        assert_eq!(rebuilt.bytes, local, "file {seq}");
+    }
+}
+
+/// A hole in the pieces stops the rebuilt file before it.
+#[test]
+fn a_missing_piece_ends_the_rebuilt_file_at_the_hole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::create(dir.path(), 1, FsyncPolicy::Always).expect("create");
+    wal.ship(ShipMode::Background, 1 << 20).expect("ship");
+    let mut pieces = Vec::new();
+    for w in write_n(3) {
+        wal.append(&payload(&w)).expect("append");
+        let p = wal.pieces_to_ship();
+        wal.shipped(&p);
+        pieces.extend(p);
+    }
+    wal.close().expect("close");
+    assert_eq!(pieces.len(), 3);
+    let rebuilt =
+        assemble(vec![(pieces[0].offset, pieces[0].bytes.clone()), (pieces[2].offset, pieces[2].bytes.clone())]);
+    assert_eq!(rebuilt.hole, Some((pieces[1].offset, pieces[2].offset)));
+    let path = dir.path().join("rebuilt.wal");
+    fs::write(&path, &rebuilt.bytes).expect("write");
+    let (entries, end) = read_file(&path).expect("read");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(end, ReadEnd::Clean);
+}
+
+/// Appends beyond the backlog limit are refused, not queued without bound.
+#[test]
+fn a_backlog_over_its_limit_refuses_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::create(dir.path(), 1, FsyncPolicy::Always).expect("create");
+    wal.ship(ShipMode::Background, 300).expect("ship");
+    let writes = write_n(40);
+    let err = writes.iter().find_map(|w| wal.append(&payload(w)).err()).expect("refused at some point");
+    assert!(matches!(err, WalError::ShipBacklog { limit: 300, .. }), "{err}");
+    assert!(wal.ship_backlog() <= 300);
+    let p = wal.pieces_to_ship();
+    wal.shipped(&p);
+    wal.append(&payload(&writes[0])).expect("room again");
+    wal.close().expect("close");
+}
