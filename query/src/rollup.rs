@@ -19,6 +19,14 @@
 //! Progress is the target itself: at start a roll-up resumes after the
 //! newest bucket in `target`, so no bucket is written twice or skipped. A
 //! roll-up without output yet starts `backfill` before now.
+//!
+//! Late rows: a write into `source` with rows older than the buckets
+//! computed so far ([`Rollups::late_rows`] sees every acknowledged write)
+//! marks their buckets stale, if they ended within `late` of the newest
+//! computed one; the next run deletes those buckets from `target` (one
+//! `DELETE`, a tombstone) and computes them again from the raw rows. A
+//! crash between the two is mended at start: a roll-up that resumes
+//! recomputes the buckets of its last `late` once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +60,9 @@ pub struct RollupConfig {
     pub aggregates: Vec<String>,
     /// Most buckets computed by one run (one INSERT).
     pub max_buckets: u32,
+    /// Late rows in a bucket that ended within this of the newest computed
+    /// one make it be computed again; zero: never.
+    pub late: Duration,
 }
 
 /// Counters of all roll-ups, read by the server's `/metrics`.
@@ -62,14 +73,80 @@ pub struct RollupMetrics {
     pub runs: AtomicU64,
     pub rows: AtomicU64,
     pub failures: AtomicU64,
+    /// Buckets computed again because late rows landed in them.
+    pub recomputed: AtomicU64,
+}
+
+/// One roll-up and where it is.
+struct Rollup {
+    config: RollupConfig,
+    /// Where the next run starts: the end of the buckets computed.
+    progress: Mutex<Option<i64>>,
+    /// Buckets already computed that late rows landed in: `[start, end)`.
+    stale: Mutex<Option<(i64, i64)>>,
+    /// When stale buckets were last computed again.
+    recomputed_at: Mutex<Option<std::time::Instant>>,
+}
+
+/// Stale buckets of one roll-up are computed again at most this often: each
+/// time is a `DELETE`, which persists the write buffer.
+const RECOMPUTE_EVERY: Duration = Duration::from_secs(60);
+
+impl Rollup {
+    fn bucket(&self) -> i64 {
+        nanos(self.config.bucket).max(1)
+    }
+
+    /// Marks the buckets of `[lo_ts, hi_ts]` stale, those computed already
+    /// and within `late` of the newest.
+    fn mark_stale(&self, lo_ts: i64, hi_ts: i64) {
+        let Some(frontier) = *self.progress.lock() else { return };
+        let bucket = self.bucket();
+        let oldest = frontier.saturating_sub(nanos(self.config.late)).div_euclid(bucket) * bucket;
+        let lo = (lo_ts.div_euclid(bucket) * bucket).max(oldest);
+        let hi = (hi_ts.div_euclid(bucket).saturating_add(1).saturating_mul(bucket)).min(frontier);
+        if lo >= hi {
+            return;
+        }
+        let mut stale = self.stale.lock();
+        *stale = Some(match *stale {
+            Some((a, b)) => (a.min(lo), b.max(hi)),
+            None => (lo, hi),
+        });
+    }
 }
 
 /// The configured roll-ups and where each one is.
 pub struct Rollups {
     query: Arc<QueryEngine>,
     storage: Arc<Storage>,
-    rollups: Vec<(RollupConfig, Mutex<Option<i64>>)>,
+    rollups: Arc<Vec<Rollup>>,
     pub metrics: RollupMetrics,
+}
+
+/// Sees every acknowledged write: rows older than a roll-up's computed
+/// buckets mark them stale.
+struct LateRows(Arc<Vec<Rollup>>);
+
+impl tocsin_storage::WriteObserver for LateRows {
+    fn written(&self, db: &str, writes: &[tocsin_storage::TableWrite]) {
+        for r in self.0.iter() {
+            if r.config.late.is_zero() || r.config.source_db != db {
+                continue;
+            }
+            let Some(frontier) = *r.progress.lock() else { continue };
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            for w in writes.iter().filter(|w| w.table == r.config.source) {
+                for t in w.blocks.iter().flat_map(|b| b.timestamps.iter()).filter(|t| **t < frontier) {
+                    lo = lo.min(*t);
+                    hi = hi.max(*t);
+                }
+            }
+            if lo <= hi {
+                r.mark_stale(lo, hi);
+            }
+        }
+    }
 }
 
 /// What one run of one roll-up did.
@@ -89,8 +166,23 @@ fn nanos(d: Duration) -> i64 {
 
 impl Rollups {
     pub fn new(query: Arc<QueryEngine>, storage: Arc<Storage>, rollups: Vec<RollupConfig>) -> Self {
-        let rollups = rollups.into_iter().map(|r| (r, Mutex::new(None))).collect();
-        Self { query, storage, rollups, metrics: RollupMetrics::default() }
+        let rollups = rollups
+            .into_iter()
+            .map(|config| Rollup {
+                config,
+                progress: Mutex::new(None),
+                stale: Mutex::new(None),
+                recomputed_at: Mutex::new(None),
+            })
+            .collect();
+        Self { query, storage, rollups: Arc::new(rollups), metrics: RollupMetrics::default() }
+    }
+
+    /// The observer to register with storage
+    /// ([`Storage::add_write_observer`]): late rows into a source mark
+    /// their computed buckets stale.
+    pub fn late_rows(&self) -> Arc<dyn tocsin_storage::WriteObserver> {
+        Arc::new(LateRows(Arc::clone(&self.rollups)))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -102,8 +194,14 @@ impl Rollups {
     /// retried at the next call; the others go on.
     pub async fn run_due(&self, now_ns: i64) -> Vec<RollupRun> {
         let mut runs = Vec::new();
-        for (config, progress) in &self.rollups {
-            match self.run_one(config, progress, now_ns).await {
+        for rollup in self.rollups.iter() {
+            let config = &rollup.config;
+            let due = rollup.recomputed_at.lock().is_none_or(|at| at.elapsed() >= RECOMPUTE_EVERY);
+            if due && let Err(e) = self.recompute_stale(rollup).await {
+                self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(rollup = %config.name, "recomputing buckets late rows changed failed (will retry): {e}");
+            }
+            match self.run_one(rollup, now_ns).await {
                 Ok(Some(run)) => {
                     self.metrics.runs.fetch_add(1, Ordering::Relaxed);
                     self.metrics.rows.fetch_add(run.rows, Ordering::Relaxed);
@@ -127,29 +225,93 @@ impl Rollups {
         runs
     }
 
-    async fn run_one(
-        &self,
-        r: &RollupConfig,
-        progress: &Mutex<Option<i64>>,
-        now_ns: i64,
-    ) -> Result<Option<RollupRun>, QueryError> {
-        let bucket = nanos(r.bucket).max(1);
+    async fn run_one(&self, rollup: &Rollup, now_ns: i64) -> Result<Option<RollupRun>, QueryError> {
+        let (r, progress) = (&rollup.config, &rollup.progress);
+        let bucket = rollup.bucket();
         // The end of the newest bucket that closed `delay` ago.
         let end_limit = now_ns.saturating_sub(nanos(r.delay)).div_euclid(bucket) * bucket;
-        let Some(schema) = self.storage.table_schema(&r.source_db, &r.source) else {
+        if self.storage.table_schema(&r.source_db, &r.source).is_none() {
             return Ok(None); // nothing written to the source yet
-        };
+        }
         let saved = *progress.lock();
         let start = match saved {
             Some(p) => p,
-            None => self.resume_point(r, end_limit, bucket).await?,
+            None => {
+                let (resume, had_rows) = self.resume_point(r, end_limit, bucket).await?;
+                *progress.lock() = Some(resume);
+                // A crash may have come between a recompute's DELETE and
+                // its INSERT, or before late rows' buckets were recomputed:
+                // the last `late` is computed again once.
+                if had_rows && !r.late.is_zero() {
+                    rollup.mark_stale(resume.saturating_sub(nanos(r.late)), resume.saturating_sub(1));
+                    self.recompute_stale(rollup).await?;
+                    // Not counted against the rate of late rows' recomputes.
+                    *rollup.recomputed_at.lock() = None;
+                }
+                resume
+            }
         };
         if start >= end_limit {
             *progress.lock() = Some(start);
             return Ok(None);
         }
         let end = end_limit.min(start.saturating_add(bucket.saturating_mul(i64::from(r.max_buckets.max(1)))));
+        let Some(sql) = self.insert_sql(r, start, end) else {
+            *progress.lock() = Some(end);
+            return Ok(None);
+        };
+        let result = self.query.execute(&sql, Some(&r.target_db)).await?;
+        let rows = first_value::<UInt64Type>(&result).unwrap_or(0);
+        *progress.lock() = Some(end);
+        Ok(Some(RollupRun { name: r.name.clone(), start_ns: start, end_ns: end, rows }))
+    }
 
+    /// Deletes the stale buckets from the target and computes them again.
+    /// On failure they stay marked, for the next run.
+    async fn recompute_stale(&self, rollup: &Rollup) -> Result<(), QueryError> {
+        let Some((lo, hi)) = rollup.stale.lock().take() else { return Ok(()) };
+        *rollup.recomputed_at.lock() = Some(std::time::Instant::now());
+        let r = &rollup.config;
+        let result = async {
+            if self.storage.table_schema(&r.target_db, &r.target).is_some() {
+                let delete = format!(
+                    "DELETE FROM {}.{} WHERE {TIME_COLUMN} >= to_timestamp_nanos({lo}) AND {TIME_COLUMN} < \
+                     to_timestamp_nanos({hi})",
+                    ident(&r.target_db),
+                    ident(&r.target)
+                );
+                self.query.execute(&delete, Some(&r.target_db)).await?;
+            }
+            let mut rows = 0;
+            if let Some(sql) = self.insert_sql(r, lo, hi) {
+                let result = self.query.execute(&sql, Some(&r.target_db)).await?;
+                rows = first_value::<UInt64Type>(&result).unwrap_or(0);
+            }
+            Ok::<u64, QueryError>(rows)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                let buckets = u64::try_from((hi - lo) / rollup.bucket()).unwrap_or(0);
+                self.metrics.recomputed.fetch_add(buckets, Ordering::Relaxed);
+                tracing::info!(rollup = %r.name, start_ns = lo, end_ns = hi, buckets, rows, "roll-up buckets recomputed");
+                Ok(())
+            }
+            Err(e) => {
+                let mut stale = rollup.stale.lock();
+                *stale = Some(match *stale {
+                    Some((a, b)) => (a.min(lo), b.max(hi)),
+                    None => (lo, hi),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// The `INSERT ... SELECT` of the buckets of `[start, end)`; `None` when
+    /// the source has no numeric field to aggregate.
+    fn insert_sql(&self, r: &RollupConfig, start: i64, end: i64) -> Option<String> {
+        let schema = self.storage.table_schema(&r.source_db, &r.source)?;
         let mut tags = Vec::new();
         let mut values = Vec::new();
         for f in schema.fields() {
@@ -165,8 +327,7 @@ impl Rollups {
             }
         }
         if values.is_empty() {
-            *progress.lock() = Some(end);
-            return Ok(None);
+            return None;
         }
         let mut columns = vec![TIME_COLUMN.to_string()];
         let mut select = vec![format!(
@@ -185,7 +346,7 @@ impl Rollups {
             }
         }
         let group: Vec<String> = (1..=1 + tags.len()).map(|i| i.to_string()).collect();
-        let sql = format!(
+        Some(format!(
             "INSERT INTO {}.{} ({}) SELECT {} FROM {}.{} WHERE {TIME_COLUMN} >= to_timestamp_nanos({start}) \
              AND {TIME_COLUMN} < to_timestamp_nanos({end}) GROUP BY {}",
             ident(&r.target_db),
@@ -195,25 +356,21 @@ impl Rollups {
             ident(&r.source_db),
             ident(&r.source),
             group.join(", "),
-        );
-        let result = self.query.execute(&sql, Some(&r.target_db)).await?;
-        let rows = first_value::<UInt64Type>(&result).unwrap_or(0);
-        *progress.lock() = Some(end);
-        Ok(Some(RollupRun { name: r.name.clone(), start_ns: start, end_ns: end, rows }))
+        ))
     }
 
     /// Where a roll-up starts after a (re)start: after the newest bucket in
     /// its target, or `backfill` before `end_limit` when the target has
-    /// nothing yet.
-    async fn resume_point(&self, r: &RollupConfig, end_limit: i64, bucket: i64) -> Result<i64, QueryError> {
+    /// nothing yet; and whether the target has rows.
+    async fn resume_point(&self, r: &RollupConfig, end_limit: i64, bucket: i64) -> Result<(i64, bool), QueryError> {
         let fresh = (end_limit.saturating_sub(nanos(r.backfill))).div_euclid(bucket) * bucket;
         if self.storage.table_schema(&r.target_db, &r.target).is_none() {
-            return Ok(fresh);
+            return Ok((fresh, false));
         }
         let sql = format!("SELECT max({TIME_COLUMN}) AS newest FROM {}.{}", ident(&r.target_db), ident(&r.target));
         let result = self.query.execute(&sql, Some(&r.target_db)).await?;
         let newest = first_value::<TimestampNanosecondType>(&result);
-        Ok(newest.map_or(fresh, |n| n.saturating_add(bucket)))
+        Ok(newest.map_or((fresh, false), |n| (n.saturating_add(bucket), true)))
     }
 }
 
@@ -269,6 +426,7 @@ mod tests {
             fields: Vec::new(),
             aggregates: vec!["avg".into(), "max".into(), "count".into()],
             max_buckets: 24,
+            late: Duration::ZERO,
         }
     }
 
@@ -330,6 +488,58 @@ mod tests {
             vec![(T0 + 3 * HOUR, T0 + 4 * HOUR, 2)]
         );
         assert_eq!(target_rows(&query).await.len(), 8, "no bucket written twice");
+    }
+
+    /// Writes one row of host "a" at `ts` with usage `usage`.
+    async fn write_one(storage: &Storage, ts: i64, usage: i64) {
+        let block = SeriesBlock {
+            item: 0,
+            tags: vec![("host".into(), "a".into())],
+            timestamps: vec![ts],
+            fields: vec![
+                FieldColumn { name: "usage".into(), values: FieldValues::I64(vec![usage]), validity: None },
+                FieldColumn { name: "load".into(), values: FieldValues::F64(vec![0.0]), validity: None },
+            ],
+        };
+        storage.write("public", vec![TableWrite { table: "cpu".into(), blocks: vec![block] }]).await.expect("write");
+    }
+
+    /// A late row lands in a computed bucket: the next run computes that
+    /// bucket again (replacing its rows, not adding to them); one older
+    /// than `late` is left out; a restart recomputes the last `late` once.
+    #[tokio::test]
+    async fn buckets_late_rows_land_in_are_computed_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+        let query = Arc::new(QueryEngine::new(Arc::clone(&storage)));
+        write_hours(&storage, 0..3).await;
+        let late = RollupConfig { late: Duration::from_secs(90 * 60), ..config() };
+        let rollups = Rollups::new(Arc::clone(&query), Arc::clone(&storage), vec![late.clone()]);
+        storage.add_write_observer(rollups.late_rows());
+        let now = T0 + 3 * HOUR + 120_000_000_000;
+        assert_eq!(rollups.run_due(now).await[0].rows, 6);
+        let before = target_rows(&query).await;
+        assert_eq!(before[2], "2023-11-14T23:00:00Z a 25.0 50 6 1.5");
+
+        // Hour 1 gets a late row (within 90 minutes of the newest bucket's
+        // end); hour 0 one too (older than that).
+        write_one(&storage, T0 + HOUR + 30 * 60_000_000_000 + 1, 1000).await;
+        write_one(&storage, T0 + 5, 2000).await;
+        assert!(rollups.run_due(now).await.is_empty(), "no new bucket is due");
+        let after = target_rows(&query).await;
+        assert_eq!(after.len(), 6, "the bucket replaced, not added to: {after:?}");
+        assert_eq!(after[0], before[0], "hour 0 is older than `late`: left as computed");
+        assert_eq!(after[2], "2023-11-14T23:00:00Z a 164.28571428571428 1000 7 1.2857142857142858");
+        assert_eq!(after[3], before[3], "host b's row of hour 1 is computed alike");
+        assert_eq!(rollups.metrics.recomputed.load(Ordering::Relaxed), 1);
+
+        // Persisted, then restarted: the last 90 minutes (hours 1 and 2) are
+        // computed again once, with the same answer.
+        storage.persist().await.expect("persist");
+        let again = Rollups::new(Arc::clone(&query), Arc::clone(&storage), vec![late]);
+        assert!(again.run_due(now).await.is_empty());
+        assert_eq!(again.metrics.recomputed.load(Ordering::Relaxed), 2);
+        assert_eq!(target_rows(&query).await, after);
     }
 
     #[tokio::test]

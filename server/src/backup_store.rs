@@ -838,7 +838,7 @@ pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreR
         sync_dir(d).at(|| format!("syncing {}", d.display()))?;
     }
     let shipped = match &index.writer {
-        Some(w) => restore_shipped(src, &w.run, index.at.wal_closed, dir).await?,
+        Some(w) => restore_shipped(src, &index, &w.run, dir).await?,
         None => ShippedReport::default(),
     };
     // The directory matches this state of the copy: a server on it with the
@@ -857,12 +857,18 @@ pub struct ShippedReport {
     pub bytes: u64,
     /// Holes found: `(WAL file, end, next offset)`.
     pub holes: Vec<(u64, u64, u64)>,
+    /// Why the shipped WAL was left out, if it was.
+    pub left_out: Option<String>,
 }
 
-/// Rebuilds in `dir/wal/` the WAL files that run `run` shipped after
-/// `wal_closed` (the last WAL file its image holds): the writes it
-/// acknowledged after its last push. Storage opened on `dir` replays them.
-pub async fn restore_shipped(src: &Place, run: &str, wal_closed: u64, dir: &Path) -> Result<ShippedReport> {
+/// Rebuilds in `dir/wal/` the WAL files that run `run` shipped after the
+/// last WAL file the image of `index` holds: the writes it acknowledged
+/// after that push. Storage opened on `dir` replays them. If the copy's
+/// server pushed meanwhile (a restore of a live copy), that push may have
+/// removed pieces read here: they are all left out, and the directory
+/// holds the image's point.
+pub async fn restore_shipped(src: &Place, index: &Index, run: &str, dir: &Path) -> Result<ShippedReport> {
+    let wal_closed = index.at.wal_closed;
     let mut by_file: std::collections::BTreeMap<u64, Vec<(u64, String)>> = Default::default();
     for rel in src.list(&shipped_folder(run)).await? {
         match parse_piece(&rel) {
@@ -877,6 +883,7 @@ pub async fn restore_shipped(src: &Place, run: &str, wal_closed: u64, dir: &Path
     }
     let wal_dir = dir.join("wal");
     fs::create_dir_all(&wal_dir).at(|| format!("creating {}", wal_dir.display()))?;
+    let mut written = Vec::new();
     for (file, pieces) in by_file {
         let mut read = Vec::with_capacity(pieces.len());
         for (offset, rel) in pieces {
@@ -896,8 +903,22 @@ pub async fn restore_shipped(src: &Place, run: &str, wal_closed: u64, dir: &Path
         let path = wal_dir.join(tocsin_storage::wal::file_name(file));
         let bytes = rebuilt.bytes;
         write_atomic(&path, |e| e, |f| f.write_all(&bytes)).at(|| format!("writing {}", path.display()))?;
+        written.push(path);
         report.files += 1;
         report.bytes += bytes.len() as u64;
+    }
+    let now = Index::read(src).await?;
+    let moved = now.is_none_or(|now| {
+        now.at.point_unix_ms != index.at.point_unix_ms
+            || now.writer.as_ref().map(|w| &w.run) != index.writer.as_ref().map(|w| &w.run)
+    });
+    if moved {
+        for path in &written {
+            fs::remove_file(path).at(|| format!("removing {}", path.display()))?;
+        }
+        let why = "the copy's server pushed a newer copy during the restore, which may have removed pieces of it";
+        tracing::warn!(copy = src.name(), "the shipped WAL is left out: {why}");
+        report = ShippedReport { left_out: Some(why.into()), ..ShippedReport::default() };
     }
     sync_dir(&wal_dir).at(|| format!("syncing {}", wal_dir.display()))?;
     Ok(report)

@@ -299,6 +299,9 @@ pub struct RollupSection {
     pub aggregates: Vec<String>,
     /// Most buckets per run (one INSERT).
     pub max_buckets: u32,
+    /// Late rows in a bucket that ended within this of the newest computed
+    /// one make it be computed again; `0s`: never.
+    pub late: String,
 }
 
 impl Default for RollupSection {
@@ -313,6 +316,7 @@ impl Default for RollupSection {
             fields: Vec::new(),
             aggregates: ["avg", "min", "max", "count"].map(String::from).to_vec(),
             max_buckets: 24,
+            late: "1h".into(),
         }
     }
 }
@@ -358,6 +362,7 @@ impl RollupSection {
         Ok(RollupConfig {
             delay: duration("delay", &self.delay)?,
             backfill: duration("backfill", &self.backfill)?,
+            late: duration("late", &self.late)?,
             name: self.name,
             source_db,
             source,
@@ -717,12 +722,25 @@ impl FileConfig {
                         reason: "must be at least 1s".into(),
                     });
                 }
+                let every = parse_duration(&s.wal_ship_interval)
+                    .map_err(|reason| ConfigError::Invalid { key: "storage.wal_ship_interval", reason })?;
                 let wal = match s.wal.as_str() {
                     "local" => WalShipping::Local,
+                    // A restart on this directory replays its own WAL only:
+                    // a tail the machine lost unsynced would be gone
+                    // although the bucket has it.
+                    "object-store-sync" if fsync != FsyncPolicy::Always => {
+                        return Err(ConfigError::Invalid {
+                            key: "storage.wal",
+                            reason: format!(
+                                "\"object-store-sync\" acknowledges a write once it is in the bucket and in the \
+                                 local WAL, fsynced: it needs fsync = \"always\" (not {:?})",
+                                s.fsync
+                            ),
+                        });
+                    }
                     "object-store-sync" => WalShipping::Sync,
                     "object-store" => {
-                        let every = parse_duration(&s.wal_ship_interval)
-                            .map_err(|reason| ConfigError::Invalid { key: "storage.wal_ship_interval", reason })?;
                         if every < Duration::from_millis(10) || every > interval {
                             return Err(ConfigError::Invalid {
                                 key: "storage.wal_ship_interval",
@@ -745,7 +763,9 @@ impl FileConfig {
                 };
                 Some(ObjectStoreConfig { url, interval, wal })
             }
-            None if s.wal != "local" => {
+            None if s.wal != "local" || parse_duration(&s.wal_ship_interval).is_err() => {
+                parse_duration(&s.wal_ship_interval)
+                    .map_err(|reason| ConfigError::Invalid { key: "storage.wal_ship_interval", reason })?;
                 return Err(ConfigError::Invalid {
                     key: "storage.wal",
                     reason: format!(
@@ -943,6 +963,25 @@ impl FileConfig {
         };
         let mut names = std::collections::HashSet::new();
         let rollups = self.rollup.into_iter().map(|r| r.validate(&mut names)).collect::<Result<Vec<_>, _>>()?;
+        for r in &rollups {
+            if let Some(kept) = storage.retention.of(&r.source_db, &r.source)
+                && !r.late.is_zero()
+                && r.late >= kept
+            {
+                return Err(ConfigError::Invalid {
+                    key: "rollup",
+                    reason: format!(
+                        "rollup {:?}: late ({}s) must be shorter than the retention of its source {}.{} ({}s): a \
+                         bucket computed again after its raw rows expired would lose them",
+                        r.name,
+                        r.late.as_secs(),
+                        r.source_db,
+                        r.source,
+                        kept.as_secs()
+                    ),
+                });
+            }
+        }
         tocsin_auth::roles_from_config(&self.auth.roles)
             .map_err(|reason| ConfigError::Invalid { key: "auth.roles", reason })?;
         let auth = tocsin_auth::AuthConfig {
@@ -1202,6 +1241,7 @@ mod tests {
             ("aggregates = [\"median\"]", "aggregate \"median\""),
             ("bucket = \"1500ms\"", "whole number of seconds"),
             ("[[rollup]]\nname = \"r\"\nsource = \"a.b\"\ntarget = \"a.c\"", "unique name"),
+            ("late = \"2d\"\n[retention]\ntables = { \"public.cpu\" = \"1d\" }", "shorter than the retention"),
         ] {
             let err = rollup(extra).expect_err(extra).to_string();
             assert!(err.starts_with("config key rollup:") && err.contains(says), "{extra}: {err}");

@@ -379,6 +379,8 @@ async fn serve(
         if let Some((mode, every)) = mode {
             wal.ship(mode, WAL_SHIP_BACKLOG).map_err(StorageError::from)?;
             tracing::info!(url = m.url, ?mode, "the WAL goes to the bucket as it is written");
+            // Set before the first push can fail: see `Mirror::ship_wal`.
+            m.ships(Arc::clone(&wal));
             tokio::spawn(Arc::clone(m).ship_wal(wal, every));
         }
     }
@@ -424,6 +426,9 @@ async fn serve(
         .register_system_table(tocsin_auth::AUDIT_TABLE, Arc::new(audit_table::AuditTable { log: Arc::clone(&audit) }));
     let rollups =
         Arc::new(tocsin_query::rollup::Rollups::new(Arc::clone(&query), Arc::clone(&storage), config.rollups.clone()));
+    if !rollups.is_empty() && !is_reader {
+        storage.add_write_observer(rollups.late_rows());
+    }
 
     let grpc_listener = TcpListener::bind(config.grpc_addr).await.map_err(|source| ServerError::Bind {
         what: "gRPC",

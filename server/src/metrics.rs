@@ -244,6 +244,12 @@ pub(crate) fn render_rollups(m: &tocsin_query::rollup::RollupMetrics, o: &mut St
     counter(o, "tocsin_rollup_runs_total", "Roll-up runs that wrote buckets.", load(&m.runs));
     counter(o, "tocsin_rollup_rows_total", "Rows written by roll-ups.", load(&m.rows));
     counter(o, "tocsin_rollup_failures_total", "Roll-up runs that failed.", load(&m.failures));
+    counter(
+        o,
+        "tocsin_rollup_recomputed_buckets_total",
+        "Roll-up buckets computed again because late rows landed in them.",
+        load(&m.recomputed),
+    );
 }
 
 /// The alerting engine: rules, alerts, evaluations, notifications, the

@@ -77,6 +77,9 @@ pub(crate) struct Mirror {
     previous_run: Option<String>,
     /// Wakes the WAL shipper after the first push.
     first_push: watch::Sender<bool>,
+    /// The WAL, when it is shipped: writes waiting for their records to be
+    /// shipped learn of a failed first push, or of this server standing down.
+    shipped_wal: std::sync::OnceLock<Arc<tocsin_storage::wal::Wal>>,
 }
 
 impl Mirror {
@@ -110,6 +113,7 @@ impl Mirror {
             lease,
             previous_run: None,
             first_push: watch::Sender::new(false),
+            shipped_wal: std::sync::OnceLock::new(),
         };
         let mut mirror = mirror;
         let empty = match std::fs::read_dir(data_dir) {
@@ -310,6 +314,9 @@ impl Mirror {
                 tracing::error!(url = self.url, "{why}");
                 storage.fence(why.clone());
                 self.fenced.send_replace(true);
+                if let Some(wal) = self.shipped_wal.get() {
+                    wal.stop_shipping(why.clone());
+                }
                 // Whatever the lease says, the copy has moved on: this
                 // server lets the key go for a standby to start from it.
                 if let Some(l) = &self.lease {
@@ -319,6 +326,11 @@ impl Mirror {
             Err(e) => {
                 self.metrics.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(url = self.url, "cannot push the copy to the bucket: {e}");
+                // Nothing is shipped before this run's first push: writes
+                // waiting for it are answered rather than held.
+                if first && let Some(wal) = self.shipped_wal.get() {
+                    wal.ship_failed(format!("this server's first copy is not in the bucket yet ({e})"));
+                }
             }
         }
     }
@@ -345,6 +357,11 @@ impl Mirror {
 }
 
 impl Mirror {
+    /// Tells the mirror the WAL is shipped (before its first push).
+    pub(crate) fn ships(&self, wal: Arc<tocsin_storage::wal::Wal>) {
+        let _ = self.shipped_wal.set(wal);
+    }
+
     /// `wal = "object-store"` / `"object-store-sync"`: sends the WAL's
     /// records to the bucket as they are written, until the WAL closes (the
     /// writes of a stopping server are still answered; its last push
@@ -371,11 +388,11 @@ impl Mirror {
                 continue;
             }
             if *self.fenced.borrow() {
-                wal.ship_failed("another server took the copy over".into());
+                wal.stop_shipping("another server took the copy over".into());
                 return;
             }
             if let Some(Err(why)) = self.lease.as_ref().map(|l| l.check()) {
-                wal.ship_failed(why);
+                wal.stop_shipping(why);
                 return;
             }
             match self.send_pieces(&pieces).await {
@@ -398,13 +415,26 @@ impl Mirror {
     async fn send_pieces(&self, pieces: &[tocsin_storage::wal::WalPiece]) -> Result<(), BackupError> {
         for p in pieces {
             let name = backup_store::piece_name(&self.me.run, p.file_seq, p.offset);
-            self.dest.put_piece(&name, p.bytes.clone()).await?;
+            // One attempt is bounded (the client's own retries take minutes):
+            // the piece goes again, with the next ones.
+            tokio::time::timeout(PIECE_TIMEOUT, self.dest.put_piece(&name, p.bytes.clone())).await.map_err(
+                |_| {
+                    BackupError::Refused(format!(
+                        "{} was not written within {} s",
+                        self.dest.shown(&name),
+                        PIECE_TIMEOUT.as_secs()
+                    ))
+                },
+            )??;
             self.metrics.shipped_pieces.fetch_add(1, Ordering::Relaxed);
             self.metrics.shipped_bytes.fetch_add(p.bytes.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
 }
+
+/// How long one upload of shipped WAL may take before it is tried again.
+const PIECE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An image in the data directory, read from disk.
 struct LocalImage {

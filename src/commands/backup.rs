@@ -158,9 +158,17 @@ async fn run_restore(c: RestoreConfig) -> anyhow::Result<()> {
     );
     if report.shipped.files > 0 {
         println!(
-            "It also holds the WAL its server shipped after that point ({} files, {} bytes): the writes acknowledged \
-             since, replayed when it starts.",
-            report.shipped.files, report.shipped.bytes
+            "It also holds the WAL its server shipped after that point ({} WAL file{}, {} bytes): the writes \
+             acknowledged since, replayed when it starts.",
+            report.shipped.files,
+            if report.shipped.files == 1 { "" } else { "s" },
+            report.shipped.bytes
+        );
+    }
+    if let Some(why) = &report.shipped.left_out {
+        println!(
+            "The WAL its server shipped after that point is left out ({why}): run the restore again to include \
+             it."
         );
     }
     for (file, end, next) in &report.shipped.holes {

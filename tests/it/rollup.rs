@@ -1,5 +1,6 @@
 //! Roll-ups through the real binary: closed buckets of a table are written
-//! to another table as soon as the server runs, exactly once across restarts.
+//! to another table as soon as the server runs, exactly once across restarts,
+//! and computed again when late rows land in them.
 
 use serde_json::json;
 
@@ -52,4 +53,27 @@ async fn closed_buckets_are_rolled_up_at_start_and_not_again_after_a_restart() {
     assert_eq!(server.metric("tocsin_rollup_runs_total").await, 0.0, "a closed bucket was rolled up again");
     assert_eq!(server.sql(q).await, expected, "a restart resumes after the newest bucket");
     assert!(!server.log_text().contains("roll-up failed"), "{}", server.log_text());
+
+    // A late row lands in the newest computed bucket (within `late`, 1 h by
+    // default): that bucket is computed again, replaced, not added to.
+    let mut client = server.client().await;
+    let late = vec![row_series(&[("host", "a")], vec![hour - 30 * 60 * SEC + 1], vec![i64s("usage", vec![100])])];
+    let resp = client.write_rows(rows("cpu", late)).await.expect("write").into_inner();
+    assert_eq!(resp.accepted_rows, 1);
+    let recomputed = vec![
+        expected[0].clone(),
+        json!({"host": "a", "usage_avg": (51.0 + 100.0) / 7.0, "usage_max": 100, "usage_count": 7}),
+    ];
+    // Roll-ups run every 10 s.
+    let mut got = Vec::new();
+    for _ in 0..60 {
+        got = server.sql(q).await;
+        if got == recomputed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(got, recomputed, "{}", server.log_text());
+    assert!(server.metric("tocsin_rollup_recomputed_buckets_total").await >= 1.0);
+    assert!(!server.log_text().contains("failed"), "{}", server.log_text());
 }

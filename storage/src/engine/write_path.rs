@@ -55,7 +55,7 @@ impl Storage {
             }
         }
         let (writes, mut rejected) = check_shapes(writes, &self.config.limits);
-        let _gate = self.gate.read().await;
+        let gate = self.gate.read().await;
         let (accepted, rejected) = {
             let mut st = self.state.write();
             let (accepted, more) = validate(&mut st, db, writes, &self.config.limits, self.clock.unix_secs());
@@ -87,8 +87,6 @@ impl Storage {
         let wal = self.writable("writes")?;
         let seq = wal.append(&payload)?;
         wal.wait_durable(seq).await?;
-        // `object-store-sync`: acknowledged once the bucket holds it too.
-        wal.wait_shipped(seq).await?;
         // The lease may have gone while the WAL synced (the process was
         // paused): what is not acknowledged by then is not acknowledged.
         if let Some(why) = self.fenced() {
@@ -109,6 +107,18 @@ impl Storage {
         let observers = Arc::clone(&self.observers.read());
         for o in observers.iter() {
             o.written(db, &writes);
+        }
+        // `object-store-sync`: acknowledged once the bucket holds it too.
+        // Waited for outside the gate: a push's checkpoint (which the
+        // shipper may be waiting for) and persists go on meanwhile. The
+        // write is applied already, as it is durable here and its record
+        // stays queued for the bucket until it is taken: refused now, it is
+        // still shipped later (its outcome is unknown to the client, as
+        // after a timeout).
+        drop(gate);
+        wal.wait_shipped(seq).await?;
+        if let Some(why) = self.fenced() {
+            return Err(StorageError::Fenced(why));
         }
         Ok(outcome)
     }

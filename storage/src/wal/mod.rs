@@ -46,6 +46,9 @@ const MAGIC: &[u8; 8] = b"TOCSNWAL";
 /// Version 1: framing above, body = LZ4 block of a [`codec`] entry.
 pub const WAL_FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: u64 = 16;
+/// How long a writer under [`ShipMode::Sync`] waits for its record to be
+/// shipped before it is answered with an error (the record stays queued).
+const SHIP_WAIT: Duration = Duration::from_secs(30);
 /// A record longer than this is treated as corruption of the length field.
 const MAX_RECORD_BYTES: u32 = 1 << 30;
 
@@ -110,6 +113,8 @@ struct ShipState {
     failures: u64,
     error: Option<String>,
     closed: bool,
+    /// The shipper stopped for good (the server stood down): why.
+    stopped: Option<String>,
 }
 
 struct ShipQueue {
@@ -454,14 +459,15 @@ impl Wal {
     /// are refused). A current file that already holds records is closed
     /// first, so that the shipped bytes of every file start at its header.
     pub fn ship(&self, mode: ShipMode, limit: usize) -> Result<(), WalError> {
-        let written = {
+        let mut inner = loop {
             let inner = self.inner.lock();
-            inner.written != inner.file_first
-        };
-        if written {
+            if inner.written == inner.file_first {
+                break inner;
+            }
+            // An append may come between the rotation and the lock again.
+            drop(inner);
             self.rotate()?;
-        }
-        let mut inner = self.inner.lock();
+        };
         let seq = inner.written;
         inner.shipping = Some(ShipQueue { mode, pieces: Default::default(), bytes: 0, limit });
         self.ship_tx.send_modify(|s| {
@@ -549,21 +555,41 @@ impl Wal {
         });
     }
 
-    /// Under [`ShipMode::Sync`], waits until record `seq` is shipped, or an
-    /// attempt to ship it fails; returns at once otherwise.
+    /// Nothing will be shipped any more (the server stood down): writers
+    /// waiting, and any later, are answered with `why`.
+    pub fn stop_shipping(&self, why: String) {
+        self.ship_tx.send_modify(|s| {
+            s.stopped.get_or_insert(why);
+        });
+    }
+
+    /// Under [`ShipMode::Sync`], waits until record `seq` is shipped, an
+    /// attempt to ship it fails, shipping stops, or `SHIP_WAIT` passes;
+    /// returns at once otherwise.
     pub async fn wait_shipped(&self, seq: u64) -> Result<(), WalError> {
         if self.ship_mode() != Some(ShipMode::Sync) {
             return Ok(());
         }
         let mut rx = self.ship_tx.subscribe();
         let failures = rx.borrow().failures;
-        let state = rx
-            .wait_for(|s| s.shipped >= seq || s.failures != failures || s.closed)
-            .await
-            .map_err(|_| WalError::Closed)?
-            .clone();
+        let waited = tokio::time::timeout(
+            SHIP_WAIT,
+            rx.wait_for(|s| s.shipped >= seq || s.failures != failures || s.closed || s.stopped.is_some()),
+        )
+        .await;
+        let state = match waited {
+            Ok(state) => state.map_err(|_| WalError::Closed)?.clone(),
+            Err(_) => {
+                return Err(WalError::NotShipped(format!(
+                    "the object store did not take it within {} s",
+                    SHIP_WAIT.as_secs()
+                )));
+            }
+        };
         if state.shipped >= seq {
             Ok(())
+        } else if let Some(why) = state.stopped {
+            Err(WalError::NotShipped(why))
         } else if state.closed {
             Err(WalError::NotShipped("the server is stopping".into()))
         } else {

@@ -274,3 +274,26 @@ fn a_backlog_over_its_limit_refuses_appends() {
     wal.append(&payload(&writes[0])).expect("room again");
     wal.close().expect("close");
 }
+
+/// A shipper that stops for good answers the writers waiting, and later
+/// ones, at once.
+#[tokio::test]
+async fn writers_waiting_for_a_stopped_shipper_are_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::create(dir.path(), 1, FsyncPolicy::Always).expect("create");
+    wal.ship(ShipMode::Sync, 1 << 20).expect("ship");
+    let writes = write_n(2);
+    let first = wal.append(&payload(&writes[0])).expect("append");
+    let waiter = {
+        let wal = Arc::clone(&wal);
+        tokio::spawn(async move { wal.wait_shipped(first).await })
+    };
+    tokio::task::yield_now().await;
+    wal.stop_shipping("the lease is gone".into());
+    let err = waiter.await.expect("join").expect_err("stopped");
+    assert!(err.to_string().contains("the lease is gone"), "{err}");
+    let later = wal.append(&payload(&writes[1])).expect("append");
+    let err = wal.wait_shipped(later).await.expect_err("stopped");
+    assert!(err.to_string().contains("the lease is gone"), "{err}");
+    wal.close().expect("close");
+}
