@@ -97,6 +97,16 @@ impl Rollup {
         nanos(self.config.bucket).max(1)
     }
 
+    /// Marks `[lo, hi)` stale again (a recompute that failed, or did not
+    /// finish before a crash).
+    fn restale(&self, lo: i64, hi: i64) {
+        let mut stale = self.stale.lock();
+        *stale = Some(match *stale {
+            Some((a, b)) => (a.min(lo), b.max(hi)),
+            None => (lo, hi),
+        });
+    }
+
     /// Marks the buckets of `[lo_ts, hi_ts]` stale, those computed already
     /// and within `late` of the newest.
     fn mark_stale(&self, lo_ts: i64, hi_ts: i64) {
@@ -121,7 +131,53 @@ pub struct Rollups {
     query: Arc<QueryEngine>,
     storage: Arc<Storage>,
     rollups: Arc<Vec<Rollup>>,
+    pending: Pending,
     pub metrics: RollupMetrics,
+}
+
+/// `rollups/recompute.json` in the data directory: the bucket ranges whose
+/// recompute has begun (their `DELETE` may have run) and not finished, by
+/// roll-up; a start recomputes them.
+struct Pending {
+    path: std::path::PathBuf,
+    ranges: Mutex<std::collections::BTreeMap<String, (i64, i64)>>,
+}
+
+impl Pending {
+    fn open(data_dir: &std::path::Path) -> Pending {
+        let path = data_dir.join("rollups").join("recompute.json");
+        let ranges = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(path = %path.display(), "unreadable, ignored (its recomputes are not resumed): {e}");
+                Default::default()
+            }),
+            Err(_) => Default::default(),
+        };
+        Pending { path, ranges: Mutex::new(ranges) }
+    }
+
+    fn get(&self, name: &str) -> Option<(i64, i64)> {
+        self.ranges.lock().get(name).copied()
+    }
+
+    fn set(&self, name: &str, range: Option<(i64, i64)>) -> Result<(), QueryError> {
+        let mut ranges = self.ranges.lock();
+        match range {
+            Some(r) => ranges.insert(name.to_string(), r),
+            None => ranges.remove(name),
+        };
+        let io = |source: std::io::Error| {
+            QueryError::Storage(tocsin_storage::StorageError::Io { path: self.path.clone(), source })
+        };
+        let text = serde_json::to_vec(&*ranges).map_err(|e| io(std::io::Error::other(e)))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        tocsin_storage::durable::write_atomic(&self.path, io, |f| {
+            use std::io::Write;
+            f.write_all(&text).map_err(io)
+        })
+    }
 }
 
 /// Sees every acknowledged write: rows older than a roll-up's computed
@@ -175,7 +231,8 @@ impl Rollups {
                 recomputed_at: Mutex::new(None),
             })
             .collect();
-        Self { query, storage, rollups: Arc::new(rollups), metrics: RollupMetrics::default() }
+        let pending = Pending::open(storage.data_dir());
+        Self { query, storage, rollups: Arc::new(rollups), pending, metrics: RollupMetrics::default() }
     }
 
     /// The observer to register with storage
@@ -197,7 +254,7 @@ impl Rollups {
         for rollup in self.rollups.iter() {
             let config = &rollup.config;
             let due = rollup.recomputed_at.lock().is_none_or(|at| at.elapsed() >= RECOMPUTE_EVERY);
-            if due && let Err(e) = self.recompute_stale(rollup).await {
+            if due && let Err(e) = self.recompute_stale(rollup, now_ns).await {
                 self.metrics.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(rollup = %config.name, "recomputing buckets late rows changed failed (will retry): {e}");
             }
@@ -242,9 +299,14 @@ impl Rollups {
                 // A crash may have come between a recompute's DELETE and
                 // its INSERT, or before late rows' buckets were recomputed:
                 // the last `late` is computed again once.
+                if let Some((lo, hi)) = self.pending.get(&r.name) {
+                    rollup.restale(lo, hi);
+                }
                 if had_rows && !r.late.is_zero() {
                     rollup.mark_stale(resume.saturating_sub(nanos(r.late)), resume.saturating_sub(1));
-                    self.recompute_stale(rollup).await?;
+                }
+                if rollup.stale.lock().is_some() {
+                    self.recompute_stale(rollup, now_ns).await?;
                     // Not counted against the rate of late rows' recomputes.
                     *rollup.recomputed_at.lock() = None;
                 }
@@ -256,22 +318,44 @@ impl Rollups {
             return Ok(None);
         }
         let end = end_limit.min(start.saturating_add(bucket.saturating_mul(i64::from(r.max_buckets.max(1)))));
-        let Some(sql) = self.insert_sql(r, start, end) else {
-            *progress.lock() = Some(end);
-            return Ok(None);
-        };
-        let result = self.query.execute(&sql, Some(&r.target_db)).await?;
-        let rows = first_value::<UInt64Type>(&result).unwrap_or(0);
+        // Moved on before the SELECT reads: a late row written while it
+        // runs is then older than the progress, and marks its bucket.
         *progress.lock() = Some(end);
+        let Some(sql) = self.insert_sql(r, start, end) else { return Ok(None) };
+        let result = match self.query.execute(&sql, Some(&r.target_db)).await {
+            Ok(result) => result,
+            Err(e) => {
+                *progress.lock() = Some(start);
+                return Err(e);
+            }
+        };
+        let rows = first_value::<UInt64Type>(&result).unwrap_or(0);
         Ok(Some(RollupRun { name: r.name.clone(), start_ns: start, end_ns: end, rows }))
     }
 
     /// Deletes the stale buckets from the target and computes them again.
-    /// On failure they stay marked, for the next run.
-    async fn recompute_stale(&self, rollup: &Rollup) -> Result<(), QueryError> {
+    /// On failure they stay marked, for the next run. Only buckets whose raw
+    /// rows are all within the source's retention at `now_ns` are: one
+    /// computed again from partly expired rows would lose them.
+    async fn recompute_stale(&self, rollup: &Rollup, now_ns: i64) -> Result<(), QueryError> {
         let Some((lo, hi)) = rollup.stale.lock().take() else { return Ok(()) };
         *rollup.recomputed_at.lock() = Some(std::time::Instant::now());
         let r = &rollup.config;
+        let bucket = rollup.bucket();
+        let lo = match self.storage.config().retention.of(&r.source_db, &r.source) {
+            Some(kept) => {
+                let cutoff = now_ns.saturating_sub(nanos(kept));
+                lo.max(cutoff.div_euclid(bucket).saturating_add(1).saturating_mul(bucket))
+            }
+            None => lo,
+        };
+        if lo >= hi {
+            tracing::warn!(rollup = %r.name, "late rows landed in buckets whose raw rows have expired: left as computed");
+            return Ok(());
+        }
+        // Recorded before the DELETE: a crash before the INSERT is mended at
+        // the next start.
+        self.pending.set(&r.name, Some((lo, hi)))?;
         let result = async {
             if self.storage.table_schema(&r.target_db, &r.target).is_some() {
                 let delete = format!(
@@ -283,26 +367,29 @@ impl Rollups {
                 self.query.execute(&delete, Some(&r.target_db)).await?;
             }
             let mut rows = 0;
-            if let Some(sql) = self.insert_sql(r, lo, hi) {
-                let result = self.query.execute(&sql, Some(&r.target_db)).await?;
-                rows = first_value::<UInt64Type>(&result).unwrap_or(0);
+            let step = bucket.saturating_mul(i64::from(r.max_buckets.max(1)));
+            let mut start = lo;
+            while start < hi {
+                let end = hi.min(start.saturating_add(step));
+                if let Some(sql) = self.insert_sql(r, start, end) {
+                    let result = self.query.execute(&sql, Some(&r.target_db)).await?;
+                    rows += first_value::<UInt64Type>(&result).unwrap_or(0);
+                }
+                start = end;
             }
             Ok::<u64, QueryError>(rows)
         }
         .await;
         match result {
             Ok(rows) => {
+                self.pending.set(&r.name, None)?;
                 let buckets = u64::try_from((hi - lo) / rollup.bucket()).unwrap_or(0);
                 self.metrics.recomputed.fetch_add(buckets, Ordering::Relaxed);
                 tracing::info!(rollup = %r.name, start_ns = lo, end_ns = hi, buckets, rows, "roll-up buckets recomputed");
                 Ok(())
             }
             Err(e) => {
-                let mut stale = rollup.stale.lock();
-                *stale = Some(match *stale {
-                    Some((a, b)) => (a.min(lo), b.max(hi)),
-                    None => (lo, hi),
-                });
+                rollup.restale(lo, hi);
                 Err(e)
             }
         }
@@ -540,6 +627,28 @@ mod tests {
         assert!(again.run_due(now).await.is_empty());
         assert_eq!(again.metrics.recomputed.load(Ordering::Relaxed), 2);
         assert_eq!(target_rows(&query).await, after);
+
+        // A crash after a recompute's DELETE, before its INSERT: the range
+        // recorded in rollups/recompute.json is computed at the next start
+        // (here with `late` off, so nothing else would).
+        query
+            .execute(
+                &format!(
+                    "DELETE FROM cpu_1h WHERE ts >= to_timestamp_nanos({}) AND ts < to_timestamp_nanos({})",
+                    T0 + HOUR,
+                    T0 + 2 * HOUR
+                ),
+                None,
+            )
+            .await
+            .expect("delete");
+        assert_eq!(target_rows(&query).await.len(), 4);
+        let pending = dir.path().join("rollups").join("recompute.json");
+        std::fs::write(&pending, format!("{{\"cpu_1h\": [{}, {}]}}", T0 + HOUR, T0 + 2 * HOUR)).expect("write");
+        let resumed = Rollups::new(Arc::clone(&query), Arc::clone(&storage), vec![config()]);
+        assert!(resumed.run_due(now).await.is_empty());
+        assert_eq!(target_rows(&query).await, after);
+        assert_eq!(std::fs::read_to_string(&pending).expect("read"), "{}", "done: nothing pending");
     }
 
     #[tokio::test]

@@ -963,21 +963,16 @@ impl FileConfig {
         };
         let mut names = std::collections::HashSet::new();
         let rollups = self.rollup.into_iter().map(|r| r.validate(&mut names)).collect::<Result<Vec<_>, _>>()?;
+        // A recompute deletes a range of its target: a target written by
+        // two roll-ups would lose the other's rows.
+        let mut targets = std::collections::HashSet::new();
         for r in &rollups {
-            if let Some(kept) = storage.retention.of(&r.source_db, &r.source)
-                && !r.late.is_zero()
-                && r.late >= kept
-            {
+            if !targets.insert((r.target_db.as_str(), r.target.as_str())) {
                 return Err(ConfigError::Invalid {
                     key: "rollup",
                     reason: format!(
-                        "rollup {:?}: late ({}s) must be shorter than the retention of its source {}.{} ({}s): a \
-                         bucket computed again after its raw rows expired would lose them",
-                        r.name,
-                        r.late.as_secs(),
-                        r.source_db,
-                        r.source,
-                        kept.as_secs()
+                        "rollup {:?}: target {}.{} is another roll-up's; give each roll-up a table of its own",
+                        r.name, r.target_db, r.target
                     ),
                 });
             }
@@ -1241,7 +1236,7 @@ mod tests {
             ("aggregates = [\"median\"]", "aggregate \"median\""),
             ("bucket = \"1500ms\"", "whole number of seconds"),
             ("[[rollup]]\nname = \"r\"\nsource = \"a.b\"\ntarget = \"a.c\"", "unique name"),
-            ("late = \"2d\"\n[retention]\ntables = { \"public.cpu\" = \"1d\" }", "shorter than the retention"),
+            ("[[rollup]]\nname = \"r2\"\nsource = \"public.mem\"\ntarget = \"public.cpu_1h\"", "another roll-up's"),
         ] {
             let err = rollup(extra).expect_err(extra).to_string();
             assert!(err.starts_with("config key rollup:") && err.contains(says), "{extra}: {err}");
