@@ -115,14 +115,9 @@ impl Rollup {
         let oldest = frontier.saturating_sub(nanos(self.config.late)).div_euclid(bucket) * bucket;
         let lo = (lo_ts.div_euclid(bucket) * bucket).max(oldest);
         let hi = (hi_ts.div_euclid(bucket).saturating_add(1).saturating_mul(bucket)).min(frontier);
-        if lo >= hi {
-            return;
+        if lo < hi {
+            self.restale(lo, hi);
         }
-        let mut stale = self.stale.lock();
-        *stale = Some(match *stale {
-            Some((a, b)) => (a.min(lo), b.max(hi)),
-            None => (lo, hi),
-        });
     }
 }
 
