@@ -25,6 +25,7 @@ mod delete;
 mod gate;
 mod insert;
 mod json;
+mod keep_last;
 mod lastpoint;
 mod matches;
 mod metrics;

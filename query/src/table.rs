@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, Result};
@@ -48,6 +49,7 @@ use tocsin_storage::tokens::TokenFilter;
 use tocsin_storage::tombstone::Tombstone;
 use tocsin_storage::{SegmentMeta, Storage, TableSnapshot};
 
+use crate::keep_last::KeepLastExec;
 use crate::prune::{TimeRange, time_range};
 use crate::sink::TocsinSink;
 use crate::token_prune::Need;
@@ -133,10 +135,20 @@ impl TableProvider for TocsinTable {
             return Ok(MemorySourceConfig::try_new_exec(&[vec![]], schema, projection.cloned())?);
         };
         let range = time_range(filters);
+        // Where rows may repeat a series and time, the segments and chunks
+        // there are read apart and only the last written row of each is
+        // kept (see `crate::keep_last`).
+        let overlaps = snap.overlaps.clone();
+        let mut repeating: Vec<Arc<SegmentMeta>> = Vec::new();
+        let mut repeating_chunks: Vec<RecordBatch> = Vec::new();
 
         let mut batches = Vec::new();
         for c in snap.chunks.iter().filter(|c| range.overlaps(c.min_ts, c.max_ts)) {
-            batches.push(adapt_batch(&c.batch, &schema)?);
+            if overlaps.as_ref().is_some_and(|o| o.touch(c.min_ts, c.max_ts)) {
+                repeating_chunks.push(c.batch.clone());
+            } else {
+                batches.push(adapt_batch(&c.batch, &schema)?);
+            }
         }
         let partitions = state.config().target_partitions().max(1);
         let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
@@ -153,56 +165,19 @@ impl TableProvider for TocsinTable {
 
         let searches = crate::token_prune::searches(filters).map_err(DataFusionError::Execution)?;
         let values = crate::prune::text_values(filters);
-        let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
         // Pieces by the deletions that cover them (most have none).
         let mut pieces: BTreeMap<Vec<usize>, Vec<Piece>> = BTreeMap::new();
         for seg in snap.segments.iter().filter(|s| range.overlaps(s.min_ts, s.max_ts)) {
-            let file = segment_file(&snap.segment_path(seg), seg.file_bytes())?;
-            // Footers are cached without their token filters (see
-            // `Storage::segment_footer`), which is why they are read here
-            // rather than by DataFusion. One that cannot be read is
-            // reported when DataFusion opens the file.
-            let meta = &file.object_meta;
-            let cached = footers.get(&meta.location).filter(|e| e.is_valid_for(meta)).and_then(|e| {
-                e.file_metadata
-                    .as_any()
-                    .downcast_ref::<CachedParquetMetaData>()
-                    .map(|m| Arc::clone(m.parquet_metadata()))
-            });
-            let footer = match cached {
-                Some(footer) => Some(footer),
-                None => self.storage.segment_footer(&snap, seg).ok().map(|footer| {
-                    let footer = Arc::new(footer);
-                    let entry = Arc::new(CachedParquetMetaData::new(Arc::clone(&footer)));
-                    footers.put(&meta.location, CachedFileMetadataEntry::new(meta.clone(), entry));
-                    footer
-                }),
-            };
-            let mut reads = self.blocks_to_read(&snap, seg, &searches);
-            if let Some((first, rows)) = seg.row_range() {
-                // A slice of a pack: its rows only (the page index skips
-                // the pages that hold none of them).
-                let total = footer.as_ref().map_or(first + rows, |f| f.file_metadata().num_rows().max(0) as u64);
-                let slice = slice_selection(first, rows, total);
-                reads = match reads {
-                    Reads::All => Reads::Some(slice),
-                    Reads::Some(blocks) => Reads::Some(blocks.intersection(&slice)),
-                    Reads::None => Reads::None,
-                };
-            }
-            if matches!(reads, Reads::None) {
+            if overlaps.as_ref().is_some_and(|o| o.holds(seg)) {
+                repeating.push(Arc::clone(seg));
                 continue;
             }
-            // Deletions outside the statement's time range cannot touch
-            // the rows it reads.
-            let deleted: Vec<usize> = snap
-                .tombstones
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.covers(seg) && range.overlaps(t.deletion.min_ts, t.deletion.max_ts))
-                .map(|(i, _)| i)
-                .collect();
-            pieces.entry(deleted).or_default().push(Piece::new(file, footer.as_deref(), reads, range, &values)?);
+            if let Some((deleted, piece)) = self.piece(state, &snap, seg, &searches, range, &values)? {
+                pieces.entry(deleted).or_default().push(piece);
+            }
+        }
+        if !repeating.is_empty() || !repeating_chunks.is_empty() {
+            plans.push(self.keep_last_scan(state, &snap, filters, projection, repeating, repeating_chunks)?);
         }
         for (deleted, pieces) in pieces {
             let scan = if deleted.is_empty() {
@@ -257,6 +232,125 @@ impl TableProvider for TocsinTable {
 }
 
 impl TocsinTable {
+    /// What of segment `seg` a scan reads (`None`: nothing), and the
+    /// tombstones of `snap` that cover it.
+    fn piece(
+        &self,
+        state: &dyn Session,
+        snap: &TableSnapshot,
+        seg: &SegmentMeta,
+        searches: &[(String, Need)],
+        range: TimeRange,
+        values: &[(String, Vec<String>)],
+    ) -> Result<Option<(Vec<usize>, Piece)>> {
+        let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let file = segment_file(&snap.segment_path(seg), seg.file_bytes())?;
+        // Footers are cached without their token filters (see
+        // `Storage::segment_footer`), which is why they are read here
+        // rather than by DataFusion. One that cannot be read is
+        // reported when DataFusion opens the file.
+        let meta = &file.object_meta;
+        let cached = footers.get(&meta.location).filter(|e| e.is_valid_for(meta)).and_then(|e| {
+            e.file_metadata.as_any().downcast_ref::<CachedParquetMetaData>().map(|m| Arc::clone(m.parquet_metadata()))
+        });
+        let footer = match cached {
+            Some(footer) => Some(footer),
+            None => self.storage.segment_footer(snap, seg).ok().map(|footer| {
+                let footer = Arc::new(footer);
+                let entry = Arc::new(CachedParquetMetaData::new(Arc::clone(&footer)));
+                footers.put(&meta.location, CachedFileMetadataEntry::new(meta.clone(), entry));
+                footer
+            }),
+        };
+        let mut reads = self.blocks_to_read(snap, seg, searches);
+        if let Some((first, rows)) = seg.row_range() {
+            // A slice of a pack: its rows only (the page index skips
+            // the pages that hold none of them).
+            let total = footer.as_ref().map_or(first + rows, |f| f.file_metadata().num_rows().max(0) as u64);
+            let slice = slice_selection(first, rows, total);
+            reads = match reads {
+                Reads::All => Reads::Some(slice),
+                Reads::Some(blocks) => Reads::Some(blocks.intersection(&slice)),
+                Reads::None => Reads::None,
+            };
+        }
+        if matches!(reads, Reads::None) {
+            return Ok(None);
+        }
+        // Deletions outside the statement's time range cannot touch
+        // the rows it reads.
+        let deleted: Vec<usize> = snap
+            .tombstones
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.covers(seg) && range.overlaps(t.deletion.min_ts, t.deletion.max_ts))
+            .map(|(i, _)| i)
+            .collect();
+        Ok(Some((deleted, Piece::new(file, footer.as_deref(), reads, range, values)?)))
+    }
+
+    /// The rows of `segments` and `chunks` (where rows may repeat a series
+    /// and time) with only the last written of each series and time, as
+    /// `projection`. Only the filters on tags and time prune what is read
+    /// here (see `crate::keep_last`); DataFusion applies every filter
+    /// above the scan.
+    fn keep_last_scan(
+        &self,
+        state: &dyn Session,
+        snap: &TableSnapshot,
+        filters: &[Expr],
+        projection: Option<&Vec<usize>>,
+        mut segments: Vec<Arc<SegmentMeta>>,
+        chunks: Vec<RecordBatch>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = &self.schema;
+        let is_key = |f: &arrow::datatypes::Field| {
+            f.name() == tocsin_storage::TIME_COLUMN || matches!(f.data_type(), DataType::Dictionary(..))
+        };
+        let keys: Vec<String> = schema.fields().iter().filter(|f| is_key(f)).map(|f| f.name().clone()).collect();
+        let key_filters: Vec<Expr> =
+            filters.iter().filter(|f| f.column_refs().iter().all(|c| keys.contains(&c.name))).cloned().collect();
+        let mut read: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
+        let wanted = read.len();
+        for (i, f) in schema.fields().iter().enumerate() {
+            if is_key(f) && !read.contains(&i) {
+                read.push(i);
+            }
+        }
+        let read_schema = Arc::new(schema.project(&read)?);
+        let range = time_range(&key_filters);
+        let values = crate::prune::text_values(&key_filters);
+        // In write order: the segments by their place, then the buffer.
+        segments.sort_by_key(|s| (s.order(), s.id));
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        for seg in &segments {
+            let Some((deleted, piece)) = self.piece(state, snap, seg, &[], range, &values)? else { continue };
+            let scan = if deleted.is_empty() {
+                self.segment_scan(state, &key_filters, &values, vec![piece], Some(&read), None)?
+            } else {
+                let deleted: Vec<&Tombstone> = deleted.iter().map(|&i| snap.tombstones[i].as_ref()).collect();
+                self.scan_without_deleted(state, &key_filters, &values, vec![piece], Some(&read), &deleted)?
+            };
+            inputs.extend(scan);
+        }
+        if !chunks.is_empty() {
+            let batches = chunks.iter().map(|b| adapt_batch(b, schema)).collect::<Result<Vec<_>, _>>()?;
+            inputs.push(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(schema), Some(read.clone()))?);
+        }
+        let kept: Arc<dyn ExecutionPlan> = Arc::new(KeepLastExec::new(inputs, Arc::clone(&read_schema)));
+        if read.len() == wanted {
+            return Ok(kept);
+        }
+        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = read_schema
+            .fields()
+            .iter()
+            .take(wanted)
+            .enumerate()
+            .map(|(i, f)| (Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>, f.name().clone()))
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, kept)?))
+    }
+
     /// A scan of `pieces` whose rows some `deleted` tombstones remove: the
     /// columns they match on are read too, the rows they match are
     /// filtered out, and the scan then gives `projection`.
@@ -747,5 +841,79 @@ mod tests {
         assert!(c.contains("| 1970-01-01T00:00:01Z |     |") && c.contains("| 1970-01-01T00:00:02Z | 2.5 |"), "{c}");
         assert!(answer(&q, "SELECT count(*) AS n FROM c WHERE x = 2.5").await.contains("| 1 |"));
         assert!(answer(&q, "SELECT count(*) AS n FROM a WHERE x = 'x7'").await.contains("| 3 |"));
+    }
+}
+
+#[cfg(test)]
+mod last_write_wins {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tocsin_storage::{CompactionConfig, Storage, StorageConfig};
+
+    use crate::QueryEngine;
+
+    async fn answer(q: &QueryEngine, sql: &str) -> String {
+        let batches = q.execute(sql, None).await.expect("query").batches;
+        arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string()
+    }
+
+    /// What each statement answers, in order.
+    async fn answers(q: &QueryEngine) -> Vec<String> {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT host, ts, v FROM m ORDER BY host, ts",
+            "SELECT host, count(*) AS n, sum(v) AS s FROM m GROUP BY host ORDER BY host",
+            // A filter on the value must see the last written value: the
+            // earlier 1.0 at times 5..9 of h1 no longer counts.
+            "SELECT count(*) AS n FROM m WHERE v < 2",
+            "SELECT count(*) AS n FROM m WHERE host = 'h1' AND ts >= to_timestamp(5) AND v = 2",
+            "SELECT v FROM m WHERE host = 'h2' AND ts = to_timestamp(3)",
+        ] {
+            out.push(answer(q, sql).await);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_keep_the_last_write_before_and_after_persist_and_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = StorageConfig::for_tests(dir.path().join("data"));
+        config.segments.pack_max_rows = 0;
+        config.compaction = CompactionConfig {
+            cold_after: Duration::from_secs(u64::MAX / 4),
+            grace: Duration::ZERO,
+            ..Default::default()
+        };
+        let storage = Storage::open(config).await.expect("open");
+        let q = QueryEngine::new(Arc::clone(&storage));
+        let rows = |host: &str, from: i64, to: i64, v: f64| {
+            (from..to).map(|i| format!("(to_timestamp({i}), '{host}', {v})")).collect::<Vec<_>>().join(", ")
+        };
+        let insert = |values: String| format!("INSERT INTO m (ts, host, v) VALUES {values}");
+        q.execute(&insert(rows("h1", 0, 10, 1.0)), None).await.expect("insert");
+        q.execute(&insert(rows("h2", 0, 10, 5.0)), None).await.expect("insert");
+        storage.persist().await.expect("persist");
+        // Written again: h1 5..14 at 2.0 (a retried, then extended batch),
+        // and h2 at 3 twice in one statement (the last, 7.0, wins).
+        q.execute(&insert(rows("h1", 5, 15, 2.0)), None).await.expect("insert");
+        q.execute(&insert(format!("{}, {}", rows("h2", 3, 4, 6.0), rows("h2", 3, 4, 7.0))), None)
+            .await
+            .expect("insert");
+        let buffered = answers(&q).await;
+        assert!(buffered[1].contains("| h1   | 15 | 25 "), "{}", buffered[1]);
+        assert!(buffered[1].contains("| h2   | 10 | 52 "), "{}", buffered[1]);
+        assert!(buffered[2].contains("| 5 |"), "{}", buffered[2]);
+        assert!(buffered[3].contains("| 10 |"), "{}", buffered[3]);
+        assert!(buffered[4].contains("| 7 ") && buffered[4].lines().count() == 5, "{}", buffered[4]);
+        storage.persist().await.expect("persist");
+        assert!(storage.snapshot("public", "m").expect("m").overlaps.is_some());
+        assert_eq!(answers(&q).await, buffered, "the same after the persist");
+        let stats = storage.compact().await.expect("compact");
+        assert_eq!(stats.merges, 1);
+        assert!(storage.snapshot("public", "m").expect("m").overlaps.is_none());
+        assert_eq!(answers(&q).await, buffered, "the same after compaction");
+        let rows: u64 = storage.snapshot("public", "m").expect("m").segments.iter().map(|s| s.rows).sum();
+        assert_eq!(rows, 25, "the merge kept one row per series and time");
     }
 }

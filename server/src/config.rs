@@ -472,6 +472,9 @@ pub struct StorageSection {
     pub page_rows: usize,
     /// Float columns of short decimals stored as DECIMAL(18, s).
     pub decimal_floats: bool,
+    /// Last write wins: of rows of one series and time in a metrics table,
+    /// only the last written counts (storage.md, Last write wins).
+    pub deduplicate: bool,
     /// A table's rows of one partition fewer than this go into a pack
     /// shared with other small tables; 0 gives each table its own files.
     pub pack_max_rows: usize,
@@ -501,6 +504,7 @@ impl Default for StorageSection {
             row_group_rows: 256 * 1024,
             page_rows: 64 * 1024,
             decimal_floats: true,
+            deduplicate: true,
             pack_max_rows: 65_536,
             object_store: None,
             object_store_interval: "10s".into(),
@@ -846,6 +850,7 @@ impl FileConfig {
             persist_max_bytes: s.persist_max_mb.saturating_mul(1 << 20),
             persist_max_age,
             max_buffer_bytes: s.max_buffer_mb.saturating_mul(1 << 20),
+            deduplicate: s.deduplicate,
             ..StorageConfig::default()
         };
         storage.segments.compression = compression;

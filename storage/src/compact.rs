@@ -63,6 +63,7 @@ pub struct CompactionStats {
 /// runs even when background compaction is disabled).
 pub(crate) fn plan(
     segments: &[Arc<SegmentMeta>],
+    overlapping: &std::collections::BTreeSet<i64>,
     partition_ns: i64,
     now_ns: i64,
     config: &CompactionConfig,
@@ -81,9 +82,16 @@ pub(crate) fn plan(
         if segs.len() < 2 {
             continue;
         }
-        segs.sort_by_key(|s| s.id);
+        // In write order: a merge reads its inputs in this order, and keeps
+        // the last written of rows of the same series and time.
+        segs.sort_by_key(|s| (s.order(), s.id));
         let cold = full || start.saturating_add(partition_ns).saturating_add(cold_ns) <= now_ns;
-        let candidates: Vec<&Arc<SegmentMeta>> = if cold {
+        // A partition whose segments may repeat a series and time is
+        // merged whole, or from its oldest segment on, at once: its
+        // queries keep the last written row of each at a cost until then.
+        // (An output takes the write order of its newest input, so its
+        // inputs must be a run in write order where rows repeat.)
+        let candidates: Vec<&Arc<SegmentMeta>> = if cold || overlapping.contains(&start) {
             segs
         } else {
             let mut levels: BTreeMap<u32, Vec<&Arc<SegmentMeta>>> = BTreeMap::new();
@@ -194,6 +202,7 @@ mod tests {
             bytes: rows * 4,
             level,
             pack: None,
+            seq: 0,
         })
     }
 
@@ -206,13 +215,16 @@ mod tests {
         let config = CompactionConfig::default();
         let now = 10 * DAY + 3600 * 1_000_000_000;
         let mut segs: Vec<_> = (1..=3).map(|i| seg(i, 10, 0, 100)).collect();
-        assert!(plan(&segs, DAY, now, &config, false).is_empty(), "three level-0 segments are below fan-in");
+        assert!(
+            plan(&segs, &Default::default(), DAY, now, &config, false).is_empty(),
+            "three level-0 segments are below fan-in"
+        );
         segs.push(seg(4, 10, 0, 100));
         segs.push(seg(9, 10, 1, 400));
-        assert_eq!(ids(&plan(&segs, DAY, now, &config, false)), vec![vec![1, 2, 3, 4]]);
+        assert_eq!(ids(&plan(&segs, &Default::default(), DAY, now, &config, false)), vec![vec![1, 2, 3, 4]]);
         // Four level-1 segments merge into level 2 even with level-0 ones around.
         let segs: Vec<_> = (1..=4).map(|i| seg(i, 10, 1, 400)).chain([seg(5, 10, 0, 100)]).collect();
-        assert_eq!(ids(&plan(&segs, DAY, now, &config, false)), vec![vec![1, 2, 3, 4]]);
+        assert_eq!(ids(&plan(&segs, &Default::default(), DAY, now, &config, false)), vec![vec![1, 2, 3, 4]]);
     }
 
     #[test]
@@ -221,15 +233,15 @@ mod tests {
         let segs = vec![seg(1, 3, 2, 600), seg(2, 3, 0, 100), seg(3, 3, 0, 100), seg(4, 5, 0, 10)];
         // Day 3 ended long ago; day 5 holds one segment: nothing to merge.
         let now = 20 * DAY;
-        assert_eq!(ids(&plan(&segs, DAY, now, &config, false)), vec![vec![1, 2, 3]]);
+        assert_eq!(ids(&plan(&segs, &Default::default(), DAY, now, &config, false)), vec![vec![1, 2, 3]]);
         // Inside the cold_after window the day is still live: below fan-in.
         let just_ended = 4 * DAY + 60 * 1_000_000_000;
-        assert!(plan(&segs, DAY, just_ended, &config, false).is_empty());
+        assert!(plan(&segs, &Default::default(), DAY, just_ended, &config, false).is_empty());
         // The budget stops at the oldest inputs that fit.
         let tight = CompactionConfig { max_rows: 700, ..config.clone() };
-        assert_eq!(ids(&plan(&segs, DAY, now, &tight, false)), vec![vec![1, 2]]);
+        assert_eq!(ids(&plan(&segs, &Default::default(), DAY, now, &tight, false)), vec![vec![1, 2]]);
         let tiny = CompactionConfig { max_rows: 500, ..config };
-        assert!(plan(&segs, DAY, now, &tiny, false).is_empty(), "no two inputs fit");
+        assert!(plan(&segs, &Default::default(), DAY, now, &tiny, false).is_empty(), "no two inputs fit");
     }
 
     #[test]
@@ -238,12 +250,12 @@ mod tests {
         // Today (day 10) holds three level-0 segments, below fan-in.
         let segs = vec![seg(1, 10, 0, 100), seg(2, 10, 0, 100), seg(3, 10, 1, 400), seg(4, 9, 0, 10)];
         let now = 10 * DAY + 3600 * 1_000_000_000;
-        assert!(plan(&segs, DAY, now, &config, false).is_empty());
-        assert_eq!(ids(&plan(&segs, DAY, now, &config, true)), vec![vec![1, 2, 3]]);
+        assert!(plan(&segs, &Default::default(), DAY, now, &config, false).is_empty());
+        assert_eq!(ids(&plan(&segs, &Default::default(), DAY, now, &config, true)), vec![vec![1, 2, 3]]);
         // Disabled stops the background rounds, not an operator's request.
         let off = CompactionConfig { enabled: false, ..config };
-        assert!(plan(&segs, DAY, now, &off, false).is_empty());
-        assert_eq!(ids(&plan(&segs, DAY, now, &off, true)), vec![vec![1, 2, 3]]);
+        assert!(plan(&segs, &Default::default(), DAY, now, &off, false).is_empty());
+        assert_eq!(ids(&plan(&segs, &Default::default(), DAY, now, &off, true)), vec![vec![1, 2, 3]]);
     }
 
     #[test]
@@ -259,8 +271,8 @@ mod tests {
     fn nothing_is_planned_when_disabled_or_never_cold() {
         let segs: Vec<_> = (1..=50).map(|i| seg(i, 1, 0, 10)).collect();
         let off = CompactionConfig { enabled: false, ..Default::default() };
-        assert!(plan(&segs, DAY, 100 * DAY, &off, false).is_empty());
+        assert!(plan(&segs, &Default::default(), DAY, 100 * DAY, &off, false).is_empty());
         let never = CompactionConfig { fan_in: 100, cold_after: Duration::from_secs(u64::MAX), ..Default::default() };
-        assert!(plan(&segs, DAY, 100 * DAY, &never, false).is_empty());
+        assert!(plan(&segs, &Default::default(), DAY, 100 * DAY, &never, false).is_empty());
     }
 }

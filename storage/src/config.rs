@@ -23,6 +23,10 @@ pub struct StorageConfig {
     pub limits: WriteLimits,
     pub compaction: CompactionConfig,
     pub retention: RetentionConfig,
+    /// Last write wins: of rows of the same series and time in a metrics
+    /// table, queries and compaction keep the last written (see
+    /// `Storage::keeps_last_write`). Off, every row written is kept.
+    pub deduplicate: bool,
 }
 
 /// How long rows are kept (see `crate::retention`). `None` keeps forever.
@@ -95,6 +99,7 @@ impl Default for StorageConfig {
             limits: WriteLimits::default(),
             compaction: CompactionConfig::default(),
             retention: RetentionConfig::default(),
+            deduplicate: true,
         }
     }
 }

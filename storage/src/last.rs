@@ -241,7 +241,9 @@ impl TableLast {
 
 impl LastRows {
     /// Records the newest row of each block of a write. `batch` holds the
-    /// blocks' rows in order; `schema` is the table's schema.
+    /// blocks' rows in order; `schema` is the table's schema. With
+    /// `last_wins` (a table that keeps the last write of a series and
+    /// time) the last written of rows of one time wins, otherwise the first.
     pub(crate) fn observe(
         &self,
         db: &str,
@@ -249,21 +251,19 @@ impl LastRows {
         blocks: &[SeriesBlock],
         batch: &RecordBatch,
         schema: &SchemaRef,
+        last_wins: bool,
     ) -> Result<(), ArrowError> {
+        let order = |i: usize| if last_wins { i } else { usize::MAX - i };
         let mut tables = self.tables.lock();
         let t = table_mut(&mut tables, db, table);
         let arena_idx = t.push_batch(batch);
         let mut offset = 0;
         for b in blocks {
-            let newest = b
-                .timestamps
-                .iter()
-                .enumerate()
-                .max_by_key(|(i, ts)| (**ts, std::cmp::Reverse(*i)))
-                .map(|(i, ts)| (i, *ts));
+            let newest =
+                b.timestamps.iter().enumerate().max_by_key(|(i, ts)| (**ts, order(*i))).map(|(i, ts)| (i, *ts));
             if let Some((i, ts)) = newest {
                 let tags = b.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                t.upsert(tags, ts, Loc { batch: arena_idx, row: (offset + i) as u32 }, false);
+                t.upsert(tags, ts, Loc { batch: arena_idx, row: (offset + i) as u32 }, last_wins);
             }
             offset += b.rows();
         }
@@ -298,7 +298,9 @@ impl LastRows {
 
     /// Folds in `rows` (the newest row per series of the table's history,
     /// from a scan that began at `epoch`) and marks the table complete.
-    /// Rows already newer in the cache win. Nothing is folded in if a
+    /// Rows already newer in the cache win, and with `last_wins` those of
+    /// the same time too (a write seen here is no older than the row the
+    /// scan kept for that time). Nothing is folded in if a
     /// table was forgotten since `epoch` (the scan may hold rows deleted
     /// or expired meanwhile); the next read scans again.
     pub(crate) fn complete(
@@ -308,6 +310,7 @@ impl LastRows {
         rows: &RecordBatch,
         schema: &SchemaRef,
         epoch: u64,
+        last_wins: bool,
     ) -> Result<(), ArrowError> {
         let ts_idx = rows.schema().index_of(TIME_COLUMN)?;
         let ts = cast(rows.column(ts_idx), &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
@@ -333,7 +336,7 @@ impl LastRows {
                 .filter(|(_, c)| c.is_valid(row))
                 .map(|(n, c)| (n.as_str(), c.as_string::<i32>().value(row)))
                 .collect();
-            t.upsert(tags.iter().copied(), ts.value(row), Loc { batch: arena_idx, row: row as u32 }, true);
+            t.upsert(tags.iter().copied(), ts.value(row), Loc { batch: arena_idx, row: row as u32 }, !last_wins);
         }
         t.complete = true;
         t.compact(schema)
@@ -448,13 +451,13 @@ mod tests {
         let c = LastRows::default();
         let s = schema();
         let (b, batch) = write(&[("a", &[1, 5, 3]), ("b", &[2])]);
-        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        c.observe("db", "t", &b, &batch, &s, false).expect("observe");
         assert!(c.rows("db", "t", &s).expect("rows").is_none(), "not complete yet");
         // History from before: a@4 (older than the cached 5), c@9.
         let (_, hist) = write(&[("a", &[4]), ("c", &[9])]);
-        c.complete("db", "t", &hist, &s, c.epoch()).expect("complete");
+        c.complete("db", "t", &hist, &s, c.epoch(), false).expect("complete");
         let (b, batch) = write(&[("b", &[1]), ("b", &[7])]);
-        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        c.observe("db", "t", &b, &batch, &s, false).expect("observe");
         let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
         assert_eq!(newest(&rows), [("a".into(), 5.0), ("b".into(), 7.0), ("c".into(), 9.0)]);
     }
@@ -466,7 +469,7 @@ mod tests {
         let c = LastRows::default();
         let s = schema();
         let (b, batch) = write(&[("a", &[5]), ("a", &[5])]);
-        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        c.observe("db", "t", &b, &batch, &s, false).expect("observe");
         // History (written before this process) at the same time wins.
         let (_, mut other) = write(&[("a", &[5])]);
         other = RecordBatch::try_new(
@@ -474,12 +477,12 @@ mod tests {
             vec![other.column(0).clone(), other.column(1).clone(), Arc::new(Float64Array::from(vec![-1.0]))],
         )
         .expect("batch");
-        c.complete("db", "t", &other, &s, c.epoch()).expect("complete");
+        c.complete("db", "t", &other, &s, c.epoch(), false).expect("complete");
         let rows = c.rows("db", "t", &s).expect("rows").expect("complete");
         assert_eq!(newest(&rows), [("a".into(), -1.0)]);
         // A later write at the same time does not replace it.
         let (b, batch) = write(&[("a", &[5])]);
-        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        c.observe("db", "t", &b, &batch, &s, false).expect("observe");
         assert_eq!(newest(&c.rows("db", "t", &s).expect("rows").expect("complete")), [("a".into(), -1.0)]);
         // Within one write, the first of two equal times.
         let (b, batch) = write(&[("b", &[7, 7])]);
@@ -488,19 +491,45 @@ mod tests {
             vec![batch.column(0).clone(), batch.column(1).clone(), Arc::new(Float64Array::from(vec![1.0, 2.0]))],
         )
         .expect("batch");
-        c.observe("db", "t", &b, &batch, &s).expect("observe");
+        c.observe("db", "t", &b, &batch, &s, false).expect("observe");
         assert_eq!(newest(&c.rows("db", "t", &s).expect("rows").expect("complete"))[1], ("b".into(), 1.0));
+    }
+
+    /// A table that keeps the last write: of rows of one series with the
+    /// same time, the last written is the newest, as a scan keeps it.
+    #[test]
+    fn with_last_write_wins_the_last_written_row_of_a_time_wins() {
+        let c = LastRows::default();
+        let s = schema();
+        let with_values = |batch: RecordBatch, v: Vec<f64>| {
+            RecordBatch::try_new(
+                s.clone(),
+                vec![batch.column(0).clone(), batch.column(1).clone(), Arc::new(Float64Array::from(v))],
+            )
+            .expect("batch")
+        };
+        // Within one write, the second of two equal times.
+        let (b, batch) = write(&[("a", &[5, 5])]);
+        c.observe("db", "t", &b, &with_values(batch, vec![1.0, 2.0]), &s, true).expect("observe");
+        // History at the same time is older than what this process saw.
+        let (_, hist) = write(&[("a", &[5])]);
+        c.complete("db", "t", &with_values(hist, vec![-1.0]), &s, c.epoch(), true).expect("complete");
+        assert_eq!(newest(&c.rows("db", "t", &s).expect("rows").expect("complete")), [("a".into(), 2.0)]);
+        // A later write at the same time replaces it.
+        let (b, batch) = write(&[("a", &[5])]);
+        c.observe("db", "t", &b, &with_values(batch, vec![3.0]), &s, true).expect("observe");
+        assert_eq!(newest(&c.rows("db", "t", &s).expect("rows").expect("complete")), [("a".into(), 3.0)]);
     }
 
     #[test]
     fn many_writes_compact_the_arena() {
         let c = LastRows::default();
         let s = schema();
-        c.complete("db", "t", &RecordBatch::new_empty(s.clone()), &s, c.epoch()).expect("complete");
+        c.complete("db", "t", &RecordBatch::new_empty(s.clone()), &s, c.epoch(), false).expect("complete");
         // Many small writes: the batch count bounds the arena.
         for i in 0..1100 {
             let (b, batch) = write(&[("a", &[i]), ("b", &[1000 - i])]);
-            c.observe("db", "t", &b, &batch, &s).expect("observe");
+            c.observe("db", "t", &b, &batch, &s, false).expect("observe");
         }
         assert!(c.tables.lock().values().flat_map(|d| d.values()).all(|t| t.arena.len() <= ARENA_LIMIT + 1));
         assert!(
@@ -513,7 +542,7 @@ mod tests {
         for round in 0..20 {
             let shifted: Vec<i64> = times.iter().map(|t| t + round * 10_000).collect();
             let (b, batch) = write(&[("a", &shifted)]);
-            c.observe("db", "t", &b, &batch, &s).expect("observe");
+            c.observe("db", "t", &b, &batch, &s, false).expect("observe");
             let rows = c.tables.lock()["db"]["t"].arena_rows;
             assert!(rows <= 2 * 2 + ARENA_SLACK_ROWS + 10_000, "{rows} rows kept for 2 series");
         }

@@ -65,8 +65,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use compact::CompactionStats;
 pub use config::{CompactionConfig, RetentionConfig, StorageConfig};
 pub use engine::{
-    Checkpoint, Chunk, Deleted, Lease, PersistStats, ReaderGuard, Rejection, Reloaded, SYSTEM_DATABASE, Storage,
-    StorageError, TableSnapshot, WriteObserver, WriteOutcome,
+    Checkpoint, Chunk, Deleted, Lease, Overlaps, PersistStats, ReaderGuard, Rejection, Reloaded, SYSTEM_DATABASE,
+    Storage, StorageError, TableSnapshot, WriteObserver, WriteOutcome,
 };
 pub use manifest::SegmentMeta;
 

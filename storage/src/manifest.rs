@@ -47,6 +47,12 @@ pub struct SegmentMeta {
     /// [`crate::pack`]). `bytes` is then the slice's share of the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pack: Option<PackSlice>,
+    /// Where the segment's rows stand in write order among the table's
+    /// segments (see [`SegmentMeta::order`]): 0 for a persist's segment,
+    /// whose id is its place; a compaction's output takes the latest of
+    /// its inputs', as its rows are no newer than theirs.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub seq: u64,
 }
 
 /// Where a segment's rows lie in the pack that holds them.
@@ -79,6 +85,13 @@ impl SegmentMeta {
     pub fn row_range(&self) -> Option<(u64, u64)> {
         self.pack.map(|p| (p.first_row, self.rows))
     }
+
+    /// The segment's place in write order: of two segments that hold a row
+    /// of the same series and time, the one with the larger order holds
+    /// the later write (last-write-wins, see [`TableEntry::overlapping`]).
+    pub fn order(&self) -> u64 {
+        if self.seq == 0 { self.id } else { self.seq }
+    }
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -93,6 +106,12 @@ pub struct TableEntry {
     /// [`crate::tombstone`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tombstones: Vec<Tombstone>,
+    /// Starts of the time partitions whose segments may hold rows of the
+    /// same series and time (a write repeated, or an older point written
+    /// again): queries keep the last written of them, and compaction
+    /// merges the partition into one segment that holds only that one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlapping: Vec<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,8 +316,10 @@ mod tests {
                     bytes: 100,
                     level: 3,
                     pack: None,
+                    seq: 5,
                 }],
                 tombstones: vec![],
+                overlapping: vec![0],
             },
         );
         m.save(dir.path()).expect("save");
@@ -317,6 +338,7 @@ mod tests {
             bytes: 40,
             level: 0,
             pack: Some(PackSlice { first_row: 7, file_bytes: 400, file_rows: 20 }),
+            seq: 0,
         });
         m.save(dir.path()).expect("save");
         assert_eq!(Manifest::load(dir.path()).expect("load"), m);

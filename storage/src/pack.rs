@@ -119,6 +119,8 @@ pub(crate) struct PackItem {
     pub(crate) batch: RecordBatch,
     pub(crate) level: u32,
     pub(crate) replaces: Vec<u64>,
+    /// The slice's place in write order ([`SegmentMeta::seq`]).
+    pub(crate) seq: u64,
 }
 
 /// Whether a table of `schema` may share packs: not log tables (token and
@@ -294,6 +296,7 @@ fn write_pack(
                 bytes: share(file_bytes, slice.rows, total),
                 level: slice.level,
                 pack: Some(PackSlice { first_row, file_bytes, file_rows: total }),
+                seq: item.seq,
             },
         ));
         first_row += slice.rows;
@@ -319,7 +322,7 @@ mod tests {
         let fields: Vec<Field> = columns.iter().map(|c| Field::new(c, DataType::Int64, true)).collect();
         let arrays: Vec<ArrayRef> = columns.iter().map(|_| Arc::new(Int64Array::from(vec![1])) as ArrayRef).collect();
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("batch");
-        PackItem { table: table.into(), partition_start: 0, batch, level: 0, replaces: vec![] }
+        PackItem { table: table.into(), partition_start: 0, batch, level: 0, replaces: vec![], seq: 0 }
     }
 
     /// Many small tables with columns of their own fill packs of at most

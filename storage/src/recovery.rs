@@ -142,6 +142,8 @@ pub(crate) fn state_of(manifest: &Manifest) -> State {
                 schema: entry.schema.clone(),
                 segments: entry.segments.iter().cloned().map(Arc::new).collect(),
                 tombstones: entry.tombstones.iter().cloned().map(Arc::new).collect(),
+                newest_ts: entry.segments.iter().map(|s| s.max_ts).max().unwrap_or(i64::MIN),
+                overlapping: entry.overlapping.iter().copied().collect(),
                 ..Default::default()
             };
             state.dbs.entry(db.clone()).or_default().insert(name.clone(), t);
@@ -480,7 +482,9 @@ pub(crate) fn replay_wal(
         let mut rows = 0u64;
         for entry in entries {
             let (writes, mut rejected) = check_shapes(entry.writes, &replay_limits);
-            let (accepted, more) = validate(state, &entry.database, writes, &replay_limits, clock.unix_secs());
+            let last_write = config.deduplicate.then(|| config.partition.as_nanos().min(i64::MAX as u128) as i64);
+            let (accepted, more) =
+                validate(state, &entry.database, writes, &replay_limits, clock.unix_secs(), last_write);
             rejected.extend(more);
             for r in rejected {
                 tracing::warn!("WAL {}: item {} no longer valid on replay: {}", path.display(), r.item, r.error);

@@ -209,6 +209,7 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
                 schema: before.map(|e| e.schema.clone()).unwrap_or_default(),
                 segments: Vec::new(),
                 tombstones: before.map(|e| e.tombstones.clone()).unwrap_or_default(),
+                overlapping: Vec::new(),
             }
         });
         let path = data_dir.join(&meta.path);
@@ -219,6 +220,13 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
     }
     for e in manifest.databases.values_mut().flat_map(|t| t.values_mut()) {
         e.segments.sort_by_key(|s| s.id);
+        // Which partitions' segments may repeat a series and time is not
+        // in the files: every partition of more than one segment is taken
+        // to, until compaction merges it (see `TableEntry::overlapping`).
+        let mut starts: Vec<i64> = e.segments.iter().map(|s| s.partition_start).collect();
+        starts.sort_unstable();
+        e.overlapping = starts.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+        e.overlapping.dedup();
     }
     report.tables = manifest.databases.values().map(|t| t.len()).sum();
 
@@ -365,6 +373,7 @@ fn read_segment(data_dir: &Path, path: &Path) -> Result<Vec<Found>, SegmentCheck
             bytes,
             level: origin.level,
             pack: None,
+            seq: 0,
         },
         origin,
         schema: std::sync::Arc::new(schema),
@@ -447,6 +456,7 @@ fn pack_slices(
                 bytes: crate::pack::share(bytes, s.rows, total_rows),
                 level: s.level,
                 pack: Some(crate::manifest::PackSlice { first_row, file_bytes: bytes, file_rows: total_rows }),
+                seq: 0,
             },
             origin: SegmentOrigin {
                 database: origin.database.clone(),

@@ -176,6 +176,9 @@ pub(crate) struct SegmentTarget<'a> {
     pub(crate) partition_ns: i64,
     pub(crate) options: &'a SegmentOptions,
     pub(crate) origin: SegmentOrigin,
+    /// Keep only the last written of rows of the same series and time
+    /// (`batches` come in write order); see [`keep_last_written`].
+    pub(crate) dedupe: bool,
 }
 
 /// Sorts `batches` (all adapted to the target's schema) and writes one
@@ -209,13 +212,13 @@ pub(crate) fn prepare_slices(
     target: &SegmentTarget<'_>,
     batches: &[RecordBatch],
 ) -> Result<Vec<(i64, RecordBatch)>, SegmentError> {
-    let SegmentTarget { schema, partition_ns, options, .. } = *target;
+    let SegmentTarget { schema, partition_ns, options, dedupe, .. } = *target;
     let adapted = batches.iter().map(|b| adapt_batch(b, schema)).collect::<Result<Vec<_>, _>>()?;
     let all = concat_batches(schema, &adapted)?;
     if all.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    let (sorted, partitions) = sort_for_segment(&all, partition_ns)?;
+    let (sorted, partitions) = sort_for_segment(&all, partition_ns, dedupe)?;
     let mut out = Vec::new();
     let mut start = 0;
     while start < sorted.num_rows() {
@@ -252,6 +255,7 @@ pub(crate) fn write_slice(
         bytes,
         level: origin.level,
         pack: None,
+        seq: 0,
     })
 }
 
@@ -410,9 +414,23 @@ fn narrow_float(a: &arrow::array::Float64Array) -> Option<(DataType, &'static st
     if scale == 0 { Some((DataType::Int64, "int64")) } else { Some((DataType::Decimal64(18, scale), "decimal")) }
 }
 
+/// `batch` (rows in write order) with only the last written row of each
+/// series and time: the rows of a table that keeps the last write
+/// (see `TableEntry::overlapping`) as queries and compaction see them.
+/// A series is the values of every tag (dictionary) column, NULL included.
+/// The rows come sorted by tags, then time.
+pub fn keep_last_written(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    Ok(sort_for_segment(batch, i64::MAX, true)?.0)
+}
+
 /// Returns the batch sorted by (partition, tags..., ts) and the partition
-/// number of each sorted row.
-fn sort_for_segment(batch: &RecordBatch, partition_ns: i64) -> Result<(RecordBatch, Int64Array), ArrowError> {
+/// number of each sorted row. Rows of the same key keep their order (the
+/// sort is stable); with `dedupe`, only the last of them is kept.
+fn sort_for_segment(
+    batch: &RecordBatch,
+    partition_ns: i64,
+    dedupe: bool,
+) -> Result<(RecordBatch, Int64Array), ArrowError> {
     let schema = batch.schema();
     let ts_idx = schema.index_of(TIME_COLUMN)?;
     let ts = batch.column(ts_idx).as_primitive::<TimestampNanosecondType>();
@@ -430,7 +448,19 @@ fn sort_for_segment(batch: &RecordBatch, partition_ns: i64) -> Result<(RecordBat
     let converter = RowConverter::new(fields)?;
     let rows = converter.convert_columns(&keys)?;
     let mut idx: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    idx.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    // The index breaks ties: faster than a stable sort, and as stable.
+    idx.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)).then(a.cmp(&b)));
+    if dedupe {
+        // Of a run of equal keys, the last (latest written) stays.
+        let mut kept = Vec::with_capacity(idx.len());
+        for (i, &r) in idx.iter().enumerate() {
+            match idx.get(i + 1) {
+                Some(&next) if rows.row(next as usize) == rows.row(r as usize) => {}
+                _ => kept.push(r),
+            }
+        }
+        idx = kept;
+    }
     let indices = UInt32Array::from(idx);
     let sorted = take_record_batch(batch, &indices)?;
     let parts = arrow::compute::take(&partitions, &indices, None)?;
@@ -741,6 +771,7 @@ mod tests {
             partition_ns,
             options,
             origin: SegmentOrigin { database: "public".into(), table: table.into(), ..Default::default() },
+            dedupe: false,
         }
     }
 

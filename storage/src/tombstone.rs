@@ -193,6 +193,7 @@ mod tests {
             bytes: 1,
             level: 0,
             pack: None,
+            seq: 0,
         };
         assert!(t.covers(&seg(5, 150, 300)));
         assert!(t.covers(&seg(1, 200, 200)));

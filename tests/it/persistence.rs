@@ -206,7 +206,8 @@ async fn compaction_merges_each_partitions_segments_with_identical_answers() {
         server.persist().await;
     }
     let before = results(&server).await;
-    assert_eq!(before[2], vec![json!({"n": 3 * 3 * 60})], "three writes of a full hour per host");
+    // The same rows written three times count once (last write wins).
+    assert_eq!(before[2], vec![json!({"n": 3 * 60})], "an hour of three hosts");
     let segments = manifest_segments(&dir, "m");
     let files: Vec<std::path::PathBuf> = segments.iter().map(|s| dir.join(s["path"].as_str().expect("path"))).collect();
     assert!(segments.len() >= 9, "three persists of three partitions: {}", segments.len());
@@ -379,4 +380,88 @@ async fn delete_hides_rows_at_once_across_a_restart_and_compaction_removes_them_
     let first = format!("DELETE FROM m WHERE host = 'h0' AND ts <= to_timestamp_nanos({T0})");
     assert_eq!(flight.execute_update(first, None).await.expect("DELETE over Flight SQL"), 1);
     assert_eq!(server.sql(counts).await[0]["n"], json!(179));
+}
+
+/// Line protocol written to `db` over HTTP, as Telegraf sends it.
+async fn write_lines(server: &TestServer, lines: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/write?db=public&precision=s", server.http))
+        .body(lines.to_string())
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(resp.status().as_u16(), 204, "{}", resp.text().await.unwrap_or_default());
+}
+
+const LWW: &[&str] = &[
+    "SELECT host, ts, usage FROM cpu ORDER BY host, ts",
+    "SELECT host, count(*) AS n, sum(usage) AS s FROM cpu GROUP BY host ORDER BY host",
+    "SELECT count(*) AS n FROM cpu WHERE usage >= 50",
+];
+
+async fn lww_answers(server: &TestServer) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    for q in LWW {
+        out.push(server.sql(q).await);
+    }
+    out
+}
+
+/// A client that retries a write it got no answer for, and a correction
+/// of one point: each series and time counts once, with its last written
+/// value, in the buffer, in segments, after kill -9 and after compaction.
+#[tokio::test]
+async fn rows_written_again_count_once_with_their_last_value_through_restarts_and_compaction() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[storage]\npartition = \"1h\"\n[compaction]\ngrace = \"0s\"\ninterval = \"1h\"\n")
+        .expect("config");
+    let cfg = cfg.to_str().expect("utf8").to_string();
+    let mut server = TestServer::start_in(&dir, &["--config", &cfg]);
+    let t0 = T0 / SEC;
+    // Two hosts, 90 minutes (two partitions), usage 10 or 20.
+    let batch: String = (0..90)
+        .flat_map(|i| {
+            ["a", "b"].map(|h| format!("cpu,host={h} usage={} {}\n", if h == "a" { 10 } else { 20 }, t0 + i * 60))
+        })
+        .collect();
+    write_lines(&server, &batch).await;
+    server.persist().await;
+    write_lines(&server, &batch).await; // the retry
+    let want_counts = vec![json!({"host": "a", "n": 90, "s": 900.0}), json!({"host": "b", "n": 90, "s": 1800.0})];
+    let buffered = lww_answers(&server).await;
+    assert_eq!(buffered[1], want_counts, "a retried batch counts once");
+    server.persist().await;
+    assert_eq!(lww_answers(&server).await, buffered, "the same from segments");
+    // A correction of a@t0+60 written twice more, the last one wins; left
+    // in the WAL, then kill -9.
+    let fix = format!("cpu,host=a usage=70 {}\ncpu,host=a usage=60 {}\n", t0 + 60, t0 + 60);
+    write_lines(&server, &fix).await;
+    let corrected = lww_answers(&server).await;
+    assert_eq!(corrected[2], vec![json!({"n": 1})], "{corrected:?}");
+    assert_eq!(corrected[1][0], json!({"host": "a", "n": 90, "s": 950.0}));
+    assert_eq!(
+        corrected[0][1],
+        json!({"host": "a", "ts": "2023-11-14T22:14:20+00:00", "usage": 60.0}),
+        "{:?}",
+        corrected[0][1]
+    );
+    server.kill9();
+    let mut server = TestServer::start_in(&dir, &["--config", &cfg]);
+    assert_eq!(lww_answers(&server).await, corrected, "the same after kill -9 and the WAL replay");
+    server.persist().await;
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    let overlapping = &manifest["databases"]["public"]["cpu"]["overlapping"];
+    assert!(overlapping.as_array().is_some_and(|p| !p.is_empty()), "{manifest}");
+    let stats = server.compact().await;
+    assert!(stats["merges"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    assert_eq!(lww_answers(&server).await, corrected, "the same after compaction");
+    let rows: u64 = manifest_segments(&dir, "cpu").iter().map(|s| s["rows"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(rows, 180, "compaction kept one row per series and time");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    assert!(manifest["databases"]["public"]["cpu"].get("overlapping").is_none(), "{manifest}");
+    assert!(server.terminate().success());
 }

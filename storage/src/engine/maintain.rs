@@ -32,6 +32,8 @@ struct Merge {
     slices: Vec<(i64, arrow::array::RecordBatch)>,
     level: u32,
     replaces: Vec<u64>,
+    /// The outputs' place in write order ([`SegmentMeta::seq`]).
+    seq: u64,
     started: Instant,
     kind: Kind,
 }
@@ -84,7 +86,8 @@ impl Storage {
             let mut jobs = Vec::new();
             for (db, tables) in &st.dbs {
                 for (name, t) in tables {
-                    let merges = compact::plan(&t.segments, partition_ns, now_ns, &self.config.compaction, full);
+                    let merges =
+                        compact::plan(&t.segments, &t.overlapping, partition_ns, now_ns, &self.config.compaction, full);
                     // Segments holding deleted rows are rewritten without
                     // them in every round, merged or alone (also with
                     // merges disabled: a deletion asked for the rows to go).
@@ -131,6 +134,13 @@ impl Storage {
                 replaces: inputs.iter().map(|s| s.id).collect(),
                 ..Default::default()
             };
+            // The output's rows are no newer than its newest input's.
+            let seq = inputs.iter().map(|s| s.order()).max().unwrap_or(0);
+            let dedupe = super::keeps_last_write(
+                self.config.deduplicate,
+                &db,
+                schema.fields().iter().map(|f| f.name().as_str()),
+            );
             let (inputs2, schema2, origin2) = (inputs.clone(), schema.clone(), origin.clone());
             let prepared = tokio::task::spawn_blocking(move || {
                 let mut batches = Vec::new();
@@ -161,6 +171,7 @@ impl Storage {
                     partition_ns,
                     options: &options,
                     origin: origin2,
+                    dedupe,
                 };
                 prepare_slices(&target, &batches)
             })
@@ -192,6 +203,7 @@ impl Storage {
                     slices,
                     level: origin.level,
                     replaces: origin.replaces,
+                    seq,
                     started,
                     kind,
                 });
@@ -205,12 +217,18 @@ impl Storage {
             let options = self.config.segments.clone();
             let ids = Arc::clone(&self.next_segment_id);
             let written = tokio::task::spawn_blocking(move || {
-                let target =
-                    SegmentTarget { data_dir: &data_dir, schema: &schema, partition_ns, options: &options, origin };
+                let target = SegmentTarget {
+                    data_dir: &data_dir,
+                    schema: &schema,
+                    partition_ns,
+                    options: &options,
+                    origin,
+                    dedupe,
+                };
                 let mut out = Vec::new();
                 for (partition_start, slice) in &slices {
                     match write_slice(&target, *partition_start, slice, ids.fetch_add(1, Ordering::AcqRel)) {
-                        Ok(seg) => out.push(seg),
+                        Ok(seg) => out.push(SegmentMeta { seq, ..seg }),
                         Err(e) => {
                             remove_written(&data_dir, &out);
                             return Err(e);
@@ -262,6 +280,7 @@ impl Storage {
                         batch: batch.clone(),
                         level: m.level,
                         replaces: m.replaces.clone(),
+                        seq: m.seq,
                     });
                     owner.push(i);
                 }
@@ -475,6 +494,9 @@ impl Storage {
                     // A deletion whose rows no segment holds any more is done.
                     let segments = &entry.segments;
                     entry.tombstones.retain(|d| segments.iter().any(|s| d.covers(s)));
+                    // A partition left with one segment holds each series
+                    // and time once (a merge kept the last written).
+                    entry.overlapping.retain(|&p| segments.iter().filter(|s| s.partition_start == p).count() > 1);
                 }
             }
             let listed: HashSet<&str> = m
@@ -508,6 +530,7 @@ impl Storage {
                     t.segments.extend(c.outputs.iter().cloned().map(Arc::new));
                     let segments = &t.segments;
                     t.tombstones.retain(|d| segments.iter().any(|s| d.covers(s)));
+                    t.overlapping.retain(|&p| segments.iter().filter(|s| s.partition_start == p).count() > 1);
                 }
             }
         }
@@ -533,7 +556,7 @@ impl Storage {
         let mut pruned = 0;
         for t in st.dbs.values_mut().flat_map(|d| d.values_mut()) {
             let before = t.active.len();
-            t.active.retain(|_, seen| *seen >= cutoff);
+            t.active.retain(|_, seen| seen.at >= cutoff);
             pruned += before - t.active.len();
         }
         pruned

@@ -20,7 +20,7 @@
 //! (persist rotates the WAL under `gate` and `state`, which is the one
 //! fsync made under `state`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,6 +163,37 @@ pub struct TableSnapshot {
     /// tombstone matches from the segments it covers.
     pub tombstones: Vec<Arc<Tombstone>>,
     pub data_dir: PathBuf,
+    /// Where rows of the same series and time may be more than one and
+    /// only the last written counts; `None` when nowhere.
+    pub overlaps: Option<Overlaps>,
+}
+
+/// The time partitions of a snapshot in which rows of the same series and
+/// time may be found more than once (in two segments, two buffered chunks,
+/// or one of each). A reader keeps the last written of them: it reads the
+/// segments of those partitions (in [`SegmentMeta::order`]) and the
+/// chunks (in write order, after every segment) that reach into them
+/// together, and applies [`crate::segment::keep_last_written`]. Elsewhere
+/// no two rows share a series and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlaps {
+    /// Partition starts (ns), ascending.
+    pub partitions: Vec<i64>,
+    pub partition_ns: i64,
+}
+
+impl Overlaps {
+    /// Whether `[min_ts, max_ts]` reaches into one of the partitions.
+    pub fn touch(&self, min_ts: i64, max_ts: i64) -> bool {
+        let from = min_ts.div_euclid(self.partition_ns).saturating_mul(self.partition_ns);
+        let i = self.partitions.partition_point(|&p| p < from);
+        self.partitions.get(i).is_some_and(|&p| p <= max_ts)
+    }
+
+    /// Whether segment `seg` lies in one of the partitions.
+    pub fn holds(&self, seg: &SegmentMeta) -> bool {
+        self.partitions.binary_search(&seg.partition_start).is_ok()
+    }
 }
 
 impl TableSnapshot {
@@ -179,7 +210,16 @@ pub struct PersistStats {
     pub bytes: u64,
 }
 
-#[derive(Default)]
+/// What the write path remembers of an active series.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    /// When it was last written (Unix seconds).
+    pub(crate) at: u64,
+    /// Its newest `ts` written since it became active (or the table's
+    /// newest then, whichever is newer: its older rows may reach that far).
+    pub(crate) newest: i64,
+}
+
 pub(crate) struct TableState {
     pub(crate) schema: TableSchema,
     pub(crate) arrow: Option<SchemaRef>,
@@ -191,9 +231,21 @@ pub(crate) struct TableState {
     pub(crate) tombstones: Vec<Arc<Tombstone>>,
     /// Chunks at the end of `buffer` smaller than [`SMALL_CHUNK_ROWS`].
     pub(crate) small_tail: usize,
-    /// Series hash → when it was last written (Unix seconds): the active
-    /// series that `WriteLimits::max_series_per_table` bounds.
-    pub(crate) active: HashMap<u64, u64>,
+    /// Series hash → when it was last written and its newest time: the
+    /// active series that `WriteLimits::max_series_per_table` bounds.
+    pub(crate) active: HashMap<u64, Seen>,
+    /// The newest `ts` the table holds or held (segments and buffer): a
+    /// series not in `active` may have rows up to it.
+    pub(crate) newest_ts: i64,
+    /// Partitions whose segments may share a series and time (saved in
+    /// the manifest, see `TableEntry::overlapping`).
+    pub(crate) overlapping: BTreeSet<i64>,
+    /// Partitions where a buffered row may repeat a series and time of
+    /// another buffered row or of a segment; taken by a persist
+    /// (`dirty_persisting`) and folded into `overlapping` if the partition
+    /// holds other segments by then.
+    pub(crate) dirty_buffer: BTreeSet<i64>,
+    pub(crate) dirty_persisting: BTreeSet<i64>,
     /// Columns that [`Storage::ensure_table`] added for an INSERT being
     /// planned and that no accepted write has used yet. They are not saved
     /// in the manifest, a write may give them another kind, and
@@ -263,6 +315,26 @@ impl TableState {
     }
 }
 
+impl Default for TableState {
+    fn default() -> Self {
+        Self {
+            schema: TableSchema::default(),
+            arrow: None,
+            buffer: Vec::new(),
+            persisting: Vec::new(),
+            segments: Vec::new(),
+            tombstones: Vec::new(),
+            small_tail: 0,
+            active: HashMap::new(),
+            newest_ts: i64::MIN,
+            overlapping: BTreeSet::new(),
+            dirty_buffer: BTreeSet::new(),
+            dirty_persisting: BTreeSet::new(),
+            provisional: Vec::new(),
+        }
+    }
+}
+
 const SMALL_CHUNK_ROWS: usize = 4096;
 /// Memory for token filters read from segment footers: 0.27 bytes per log
 /// line on generated logs, so 64 MiB holds the filters of some 250 million
@@ -281,6 +353,20 @@ pub(crate) struct State {
 
 /// The database of the server's own tables (`system.alert_history`, ...).
 pub const SYSTEM_DATABASE: &str = "system";
+
+/// Columns that make a table a table of events (logs, spans), whose rows
+/// are all kept.
+const EVENT_COLUMNS: [&str; 3] = ["message", "trace_id", "span_id"];
+
+/// Whether a table of database `db` with columns `names` keeps only the
+/// last written of rows of the same series and time (last write wins, as
+/// in VictoriaMetrics and InfluxDB): metrics tables do. Tables of events
+/// (a column in [`EVENT_COLUMNS`]: logs, spans) and the server's own
+/// tables keep every row: two events of one service in the same
+/// nanosecond are two events.
+pub(crate) fn keeps_last_write<'a>(dedupe: bool, db: &str, mut names: impl Iterator<Item = &'a str>) -> bool {
+    dedupe && db != SYSTEM_DATABASE && !names.any(|n| EVENT_COLUMNS.contains(&n))
+}
 
 pub struct Storage {
     pub(crate) config: StorageConfig,

@@ -44,9 +44,16 @@ impl Storage {
                         continue;
                     }
                     t.persisting = std::mem::take(&mut t.buffer);
+                    t.dirty_persisting = std::mem::take(&mut t.dirty_buffer);
                     t.small_tail = 0;
                     let batches: Vec<RecordBatch> = t.persisting.iter().map(|c| c.batch.clone()).collect();
-                    work.push((db.clone(), name.clone(), t.arrow_schema(), batches));
+                    let schema = t.arrow_schema();
+                    let dedupe = super::keeps_last_write(
+                        self.config.deduplicate,
+                        db,
+                        schema.fields().iter().map(|f| f.name().as_str()),
+                    );
+                    work.push(Work { db: db.clone(), table: name.clone(), schema, batches, dedupe });
                 }
             }
             st.persisting_bytes = st.buffer_bytes;
@@ -87,9 +94,29 @@ impl Storage {
         };
         // 3. Record the segments in a new manifest, then make them visible.
         let mut stats = PersistStats::default();
-        let manifest = {
+        let (manifest, overlapping) = {
             let st = self.state.read();
             let mut m = self.manifest_of(&st, closed_wal);
+            // A partition where buffered rows may have repeated a series
+            // and time: the persist kept the last of those in the buffer,
+            // but if the partition holds other segments, they may hold
+            // earlier ones.
+            let mut overlapping: Vec<(String, String, i64)> = Vec::new();
+            for (db, tables) in &st.dbs {
+                for (name, t) in tables {
+                    for &p in &t.dirty_persisting {
+                        if !t.overlapping.contains(&p) && t.segments.iter().any(|s| s.partition_start == p) {
+                            overlapping.push((db.clone(), name.clone(), p));
+                        }
+                    }
+                }
+            }
+            for (db, table, p) in &overlapping {
+                if let Some(entry) = m.databases.get_mut(db).and_then(|d| d.get_mut(table)) {
+                    entry.overlapping.push(*p);
+                    entry.overlapping.sort_unstable();
+                }
+            }
             let mut tables = std::collections::HashSet::new();
             for (db, table, seg) in &written {
                 let entry = m.databases.entry(db.clone()).or_default().entry(table.clone()).or_default();
@@ -100,7 +127,7 @@ impl Storage {
                 stats.bytes += seg.bytes;
             }
             stats.tables = tables.len();
-            m
+            (m, overlapping)
         };
         let dir = self.config.data_dir.clone();
         let saved = tokio::task::spawn_blocking(move || manifest.save(&dir))
@@ -122,8 +149,14 @@ impl Storage {
                     t.segments.push(Arc::new(seg));
                 }
             }
+            for (db, table, p) in overlapping {
+                if let Some(t) = st.dbs.get_mut(&db).and_then(|d| d.get_mut(&table)) {
+                    t.overlapping.insert(p);
+                }
+            }
             for t in st.dbs.values_mut().flat_map(|d| d.values_mut()) {
                 t.persisting.clear();
+                t.dirty_persisting.clear();
             }
             st.persisting_bytes = 0;
         }
@@ -149,6 +182,8 @@ impl Storage {
         let mut restored = 0;
         for t in st.dbs.values_mut().flat_map(|d| d.values_mut()) {
             let mut back = std::mem::take(&mut t.persisting);
+            let dirty = std::mem::take(&mut t.dirty_persisting);
+            t.dirty_buffer.extend(dirty);
             restored += back.iter().map(|c| batch_bytes(&c.batch)).sum::<usize>();
             back.append(&mut t.buffer);
             t.buffer = back;
@@ -177,6 +212,7 @@ impl Storage {
                         schema,
                         segments: t.segments.iter().map(|s| (**s).clone()).collect(),
                         tombstones: t.tombstones.iter().map(|d| (**d).clone()).collect(),
+                        overlapping: t.overlapping.iter().copied().collect(),
                     },
                 );
             }
@@ -214,7 +250,18 @@ impl Storage {
     }
 }
 
-/// Writes the buffers of a persist (`(database, table, schema, batches)`):
+/// One table's buffer to persist.
+struct Work {
+    db: String,
+    table: String,
+    schema: arrow::datatypes::SchemaRef,
+    /// In write order.
+    batches: Vec<RecordBatch>,
+    /// Keep the last written of rows of the same series and time.
+    dedupe: bool,
+}
+
+/// Writes the buffers of a persist:
 /// each table's rows of each partition into a segment of its own, or,
 /// when they are few (`pack_max_rows`), into packs shared with other small
 /// tables of the database (see [`crate::pack`]). Every segment written is
@@ -224,23 +271,31 @@ fn write_buffers(
     partition_ns: i64,
     options: &crate::segment::SegmentOptions,
     wal_upto: u64,
-    work: Vec<(String, String, arrow::datatypes::SchemaRef, Vec<RecordBatch>)>,
+    work: Vec<Work>,
     mut next_id: impl FnMut() -> u64,
     out: &mut Vec<(String, String, SegmentMeta)>,
 ) -> Result<(), SegmentError> {
     let mut packs: std::collections::BTreeMap<String, Vec<PackItem>> = Default::default();
-    for (db, table, schema, batches) in work {
+    for Work { db, table, schema, batches, dedupe } in work {
         let target = SegmentTarget {
             data_dir,
             schema: &schema,
             partition_ns,
             options,
             origin: SegmentOrigin { database: db.clone(), table: table.clone(), wal_upto, ..Default::default() },
+            dedupe,
         };
         let packable = options.pack_max_rows > 0 && crate::pack::packable(&schema);
         for (partition_start, slice) in prepare_slices(&target, &batches)? {
             if packable && slice.num_rows() < options.pack_max_rows {
-                let item = PackItem { table: table.clone(), partition_start, batch: slice, level: 0, replaces: vec![] };
+                let item = PackItem {
+                    table: table.clone(),
+                    partition_start,
+                    batch: slice,
+                    level: 0,
+                    replaces: vec![],
+                    seq: 0,
+                };
                 packs.entry(db.clone()).or_default().push(item);
             } else {
                 let seg = write_slice(&target, partition_start, &slice, next_id())?;

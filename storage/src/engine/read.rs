@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
-use super::{ReaderGuard, Storage, StorageError, TableSnapshot};
+use super::{Overlaps, ReaderGuard, Storage, StorageError, TableSnapshot, TableState};
 
 impl Storage {
     /// The newest row of every series of `db.table`, in the table's current
@@ -44,7 +44,8 @@ impl Storage {
             return Ok(());
         }
         let schema = self.table_schema(db, table).unwrap_or_else(|| rows.schema());
-        Ok(self.last.complete(db, table, rows, &schema, epoch)?)
+        let last_wins = self.keeps_last_write(db, &schema);
+        Ok(self.last.complete(db, table, rows, &schema, epoch, last_wins)?)
     }
 
     pub fn databases(&self) -> Vec<String> {
@@ -113,7 +114,41 @@ impl Storage {
             segments: t.segments.clone(),
             tombstones: t.tombstones.clone(),
             data_dir: self.config.data_dir.clone(),
+            overlaps: self.overlaps_of(db, t),
         })
+    }
+
+    /// Where `t`'s rows may repeat a series and time (see [`Overlaps`]).
+    pub(crate) fn overlaps_of(&self, db: &str, t: &TableState) -> Option<Overlaps> {
+        let names = t.schema.columns.iter().map(|c| c.name.as_str());
+        if !super::keeps_last_write(self.config.deduplicate, db, names) {
+            return None;
+        }
+        let mut partitions: Vec<i64> =
+            t.overlapping.iter().chain(&t.dirty_buffer).chain(&t.dirty_persisting).copied().collect();
+        if partitions.is_empty() {
+            return None;
+        }
+        partitions.sort_unstable();
+        partitions.dedup();
+        Some(Overlaps { partitions, partition_ns: self.partition_ns() })
+    }
+
+    /// Whether `db`'s table of `schema` keeps the last write of a series
+    /// and time (see [`super::keeps_last_write`]).
+    pub fn keeps_last_write(&self, db: &str, schema: &SchemaRef) -> bool {
+        super::keeps_last_write(self.config.deduplicate, db, schema.fields().iter().map(|f| f.name().as_str()))
+    }
+
+    /// The partition width when tables keep the last write (see
+    /// [`super::validate`]).
+    pub(crate) fn last_write(&self) -> Option<i64> {
+        self.config.deduplicate.then(|| self.partition_ns())
+    }
+
+    /// The width of a time partition in nanoseconds.
+    pub(crate) fn partition_ns(&self) -> i64 {
+        self.config.partition.as_nanos().min(i64::MAX as u128) as i64
     }
 
     /// Bytes held by the write buffer (including data being persisted).

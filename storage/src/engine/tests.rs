@@ -1123,3 +1123,130 @@ async fn tombstones_are_bounded_until_a_compaction_round_removes_their_rows() {
     assert_eq!(s.delete("public", "t", one(150)).await.expect("room again").rows, 1);
     assert_eq!(visible(&s).len(), 200 - 101);
 }
+
+/// (ts, v) of every row in `public.t`'s segments, sorted.
+fn ts_and_v(s: &Storage) -> Vec<(i64, Option<i64>)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampNanosecondType};
+    let snap = s.snapshot("public", "t").expect("table");
+    let mut out = Vec::new();
+    for seg in &snap.segments {
+        for b in compact::read_segment(&snap.segment_path(seg), seg.row_range(), &snap.schema).expect("read") {
+            let ts = b.column_by_name("ts").expect("ts").as_primitive::<TimestampNanosecondType>().clone();
+            let v = b.column_by_name("v").expect("v").as_primitive::<Int64Type>().clone();
+            out.extend((0..b.num_rows()).map(|i| (ts.value(i), v.is_valid(i).then(|| v.value(i)))));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The partitions a snapshot of `public.t` dedupes.
+fn overlapping(s: &Storage, table: &str) -> Vec<i64> {
+    s.snapshot("public", table).and_then(|t| t.overlaps).map(|o| o.partitions).unwrap_or_default()
+}
+
+fn write_a(ts: std::ops::Range<i64>, v: i64) -> TableWrite {
+    let ts: Vec<i64> = ts.collect();
+    let n = ts.len();
+    TableWrite { table: "t".into(), blocks: vec![block(0, "a", ts, FieldValues::I64(vec![v; n]))] }
+}
+
+#[tokio::test]
+async fn rows_of_a_series_and_time_written_again_keep_the_last_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = crate::config::CompactionConfig {
+        cold_after: Duration::from_secs(u64::MAX / 4),
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let mut config = StorageConfig { compaction: live, ..StorageConfig::for_tests(dir.path()) };
+    config.segments.pack_max_rows = 0;
+    let day = 86_400_000_000_000i64;
+    {
+        let s = Storage::open(config.clone()).await.expect("open");
+        s.write("public", vec![write_a(0..10, 1)]).await.expect("write");
+        s.persist().await.expect("persist");
+        // In order: nothing may repeat.
+        s.write("public", vec![write_a(10..12, 1)]).await.expect("write");
+        assert_eq!(overlapping(&s, "t"), Vec::<i64>::new());
+        // 5..12 again, and on into the next partition: only the first
+        // partition's rows can repeat.
+        let mut again = write_a(5..15, 2);
+        again.blocks[0].timestamps.push(day + 1);
+        again.blocks[0].fields[0].values = FieldValues::I64(vec![2; 11]);
+        s.write("public", vec![again]).await.expect("write");
+        assert_eq!(overlapping(&s, "t"), vec![0]);
+        s.persist().await.expect("persist");
+        // The persist kept the last of the buffer's repeats (10 and 11
+        // were written twice there); the partition's older segment still
+        // holds 5..9 once more.
+        assert_eq!(overlapping(&s, "t"), vec![0], "saved as overlapping");
+        let snap = s.snapshot("public", "t").expect("table");
+        let rows: Vec<u64> = snap.segments.iter().map(|x| x.rows).collect();
+        assert_eq!(rows, vec![10, 10, 1], "1 + 2 persists: 0..9, then 5..14 once each, and the next day's row");
+        // One block repeating a time: its last row wins. Left in the WAL.
+        s.write(
+            "public",
+            vec![TableWrite {
+                table: "t".into(),
+                blocks: vec![block(0, "a", vec![20, 20], FieldValues::I64(vec![3, 4]))],
+            }],
+        )
+        .await
+        .expect("write");
+    }
+    // Reopened: the saved partitions, and the replayed block's.
+    let s = Storage::open(config.clone()).await.expect("reopen");
+    assert_eq!(overlapping(&s, "t"), vec![0]);
+    s.persist().await.expect("persist");
+    // Compaction merges the overlapping partition whole, below fan-in.
+    let stats = s.compact().await.expect("compact");
+    assert_eq!((stats.merges, stats.inputs), (1, 3));
+    assert_eq!(overlapping(&s, "t"), Vec::<i64>::new(), "one segment: nothing repeats");
+    let got = ts_and_v(&s);
+    let mut want: Vec<(i64, Option<i64>)> = (0..5).map(|t| (t, Some(1))).collect();
+    want.extend((5..15).map(|t| (t, Some(2))));
+    want.push((20, Some(4)));
+    want.push((day + 1, Some(2)));
+    assert_eq!(got, want);
+    let seg = &s.snapshot("public", "t").expect("table").segments;
+    let merged = seg.iter().find(|x| x.partition_start == 0).expect("partition 0");
+    assert!(merged.seq > 0 && merged.seq < merged.id, "the output takes its newest input's place: {merged:?}");
+
+    // A series this process has not seen may have rows up to the table's
+    // newest time: written again below it, it may repeat one.
+    drop(s);
+    let s = Storage::open(config.clone()).await.expect("reopen");
+    s.write("public", vec![write_a(3..4, 9)]).await.expect("write");
+    assert_eq!(overlapping(&s, "t"), vec![0]);
+
+    // A log table keeps every row, as does a server with deduplicate off.
+    let log = |ts: Vec<i64>| TableWrite {
+        table: "logs".into(),
+        blocks: vec![SeriesBlock {
+            item: 0,
+            tags: vec![("service".into(), "x".into())],
+            fields: vec![FieldColumn {
+                name: "message".into(),
+                values: FieldValues::Str(vec!["m".into(); ts.len()]),
+                validity: None,
+            }],
+            timestamps: ts,
+        }],
+    };
+    s.write("public", vec![log(vec![5, 5])]).await.expect("write");
+    assert_eq!(overlapping(&s, "logs"), Vec::<i64>::new());
+    let mut span = log(vec![6, 6]);
+    span.table = "spans".into();
+    span.blocks[0].fields[0].name = "trace_id".into();
+    s.write("public", vec![span]).await.expect("write");
+    assert_eq!(overlapping(&s, "spans"), Vec::<i64>::new());
+    s.persist().await.expect("persist");
+    assert_eq!(rows(&s, "logs"), 2);
+    assert_eq!(rows(&s, "spans"), 2);
+    drop(s);
+    let s = Storage::open(StorageConfig { deduplicate: false, ..config }).await.expect("reopen");
+    s.write("public", vec![write_a(3..4, 9)]).await.expect("write");
+    assert_eq!(overlapping(&s, "t"), Vec::<i64>::new());
+}

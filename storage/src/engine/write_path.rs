@@ -10,7 +10,8 @@ use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 
 use super::{
-    Chunk, Rejection, SYSTEM_DATABASE, State, Storage, StorageError, TableSnapshot, WriteObserver, WriteOutcome,
+    Chunk, Rejection, SYSTEM_DATABASE, Seen, State, Storage, StorageError, TableSnapshot, TableState, WriteObserver,
+    WriteOutcome,
 };
 use crate::batch::{batch_bytes, blocks_to_batch, ts_range};
 use crate::schema::ColumnKind;
@@ -58,7 +59,8 @@ impl Storage {
         let gate = self.gate.read().await;
         let (accepted, rejected) = {
             let mut st = self.state.write();
-            let (accepted, more) = validate(&mut st, db, writes, &self.config.limits, self.clock.unix_secs());
+            let (accepted, more) =
+                validate(&mut st, db, writes, &self.config.limits, self.clock.unix_secs(), self.last_write());
             rejected.extend(more);
             (accepted, rejected)
         };
@@ -97,7 +99,8 @@ impl Storage {
             apply(&mut st, db, self.clock.monotonic(), writes.iter().map(|w| w.table.as_str()).zip(chunks))?;
         }
         for (w, (batch, schema)) in writes.iter().zip(&newest) {
-            if let Err(e) = self.last.observe(db, &w.table, &w.blocks, batch, schema) {
+            let last_wins = self.keeps_last_write(db, schema);
+            if let Err(e) = self.last.observe(db, &w.table, &w.blocks, batch, schema, last_wins) {
                 tracing::warn!(db, table = %w.table, "last-row cache dropped: {e}");
                 self.last.invalidate(db, &w.table);
             }
@@ -264,12 +267,18 @@ pub(crate) fn check_shapes(writes: Vec<TableWrite>, limits: &WriteLimits) -> (Ve
 /// Checks each block against its table's schema, extending the schema with
 /// the new columns of accepted blocks. Returns the accepted writes with the
 /// Arrow schema to build their batch with, and the rejections.
+///
+/// `last_write` is the partition width when tables keep the last write of
+/// a series and time (`StorageConfig::deduplicate`): the partitions where
+/// an accepted block may repeat a series and time already written are
+/// marked in the table's `dirty_buffer`.
 pub(crate) fn validate(
     st: &mut State,
     db: &str,
     writes: Vec<TableWrite>,
     limits: &WriteLimits,
     now_s: u64,
+    last_write: Option<i64>,
 ) -> (Vec<(TableWrite, SchemaRef)>, Vec<Rejection>) {
     let mut accepted = Vec::with_capacity(writes.len());
     let mut rejected = Vec::new();
@@ -325,13 +334,15 @@ pub(crate) fn validate(
                         window_secs: limits.series_window.as_secs(),
                     });
                 }
-                t.active.insert(series, now_s);
                 for (name, kind) in new_cols {
                     t.add_column(name, kind);
                 }
                 for (name, kind) in retyped {
                     t.retype_provisional(name, kind);
                 }
+                let lww = last_write
+                    .filter(|_| super::keeps_last_write(true, db, t.schema.columns.iter().map(|c| c.name.as_str())));
+                note_times(t, series, now_s, &block.timestamps, lww);
                 if !t.provisional.is_empty() {
                     t.provisional.retain(|p| block_columns(&block).all(|(name, _)| name != p));
                 }
@@ -355,6 +366,42 @@ pub(crate) fn validate(
         accepted.push((TableWrite { table: w.table, blocks: ok_blocks }, schema));
     }
     (accepted, rejected)
+}
+
+/// Records that series `series` of `t` was written at `now_s` with
+/// `timestamps`; with `last_write` (the partition width), marks the
+/// partitions of the rows that may repeat a time the series was written
+/// at before (at or before its newest time; every row of a block whose
+/// times do not strictly increase) in `t.dirty_buffer`. A series the table
+/// does not remember may have rows up to the table's newest time. Nearly
+/// every write is in order, and costs one pass over its times.
+fn note_times(t: &mut TableState, series: u64, now_s: u64, timestamps: &[i64], last_write: Option<i64>) {
+    let table_newest = t.newest_ts;
+    let seen = t.active.entry(series).or_insert(Seen { at: now_s, newest: table_newest });
+    seen.at = now_s;
+    let before = seen.newest;
+    let (mut lo, mut hi, mut increasing, mut prev) = (i64::MAX, i64::MIN, true, i64::MIN);
+    for &ts in timestamps {
+        lo = lo.min(ts);
+        hi = hi.max(ts);
+        increasing &= ts > prev;
+        prev = ts;
+    }
+    seen.newest = before.max(hi);
+    t.newest_ts = table_newest.max(hi);
+    let Some(partition_ns) = last_write else { return };
+    if increasing && lo > before {
+        return;
+    }
+    let upto = if increasing { before } else { i64::MAX };
+    let mut last = None;
+    for &ts in timestamps.iter().filter(|&&ts| ts <= upto) {
+        let p = ts.div_euclid(partition_ns).saturating_mul(partition_ns);
+        if last != Some(p) {
+            t.dirty_buffer.insert(p);
+            last = Some(p);
+        }
+    }
 }
 
 /// Adds durable chunks to their tables' buffers.
