@@ -869,6 +869,8 @@ mod last_write_wins {
             "SELECT count(*) AS n FROM m WHERE v < 2",
             "SELECT count(*) AS n FROM m WHERE host = 'h1' AND ts >= to_timestamp(5) AND v = 2",
             "SELECT v FROM m WHERE host = 'h2' AND ts = to_timestamp(3)",
+            "SELECT count(*) AS n FROM m",
+            "SELECT host, ts, v - lag(v) OVER (PARTITION BY host ORDER BY ts) AS d FROM m ORDER BY host, ts LIMIT 12",
         ] {
             out.push(answer(q, sql).await);
         }
@@ -906,6 +908,7 @@ mod last_write_wins {
         assert!(buffered[2].contains("| 5 |"), "{}", buffered[2]);
         assert!(buffered[3].contains("| 10 |"), "{}", buffered[3]);
         assert!(buffered[4].contains("| 7 ") && buffered[4].lines().count() == 5, "{}", buffered[4]);
+        assert!(buffered[5].contains("| 25 |"), "{}", buffered[5]);
         storage.persist().await.expect("persist");
         assert!(storage.snapshot("public", "m").expect("m").overlaps.is_some());
         assert_eq!(answers(&q).await, buffered, "the same after the persist");

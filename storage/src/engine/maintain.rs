@@ -483,6 +483,10 @@ impl Storage {
     /// table holds a slice of it).
     async fn swap_segments(&self, changes: &[Change]) -> Result<(), StorageError> {
         let _no_persist = self.persist_lock.lock().await;
+        let partition_ns = self.partition_ns();
+        let several = |segments: &mut dyn Iterator<Item = &SegmentMeta>, p: i64| {
+            segments.filter(|s| super::in_partition(s, p, partition_ns)).nth(1).is_some()
+        };
         let gone = |c: &Change, s: &SegmentMeta| c.inputs.iter().any(|i| i.id == s.id);
         let (manifest, retired) = {
             let st = self.state.read();
@@ -496,7 +500,7 @@ impl Storage {
                     entry.tombstones.retain(|d| segments.iter().any(|s| d.covers(s)));
                     // A partition left with one segment holds each series
                     // and time once (a merge kept the last written).
-                    entry.overlapping.retain(|&p| segments.iter().filter(|s| s.partition_start == p).count() > 1);
+                    entry.overlapping.retain(|&p| several(&mut segments.iter(), p));
                 }
             }
             let listed: HashSet<&str> = m
@@ -530,7 +534,7 @@ impl Storage {
                     t.segments.extend(c.outputs.iter().cloned().map(Arc::new));
                     let segments = &t.segments;
                     t.tombstones.retain(|d| segments.iter().any(|s| d.covers(s)));
-                    t.overlapping.retain(|&p| segments.iter().filter(|s| s.partition_start == p).count() > 1);
+                    t.overlapping.retain(|&p| several(&mut segments.iter().map(|s| &**s), p));
                 }
             }
         }

@@ -182,6 +182,12 @@ pub struct Overlaps {
     pub partition_ns: i64,
 }
 
+/// Whether segment `seg` holds rows in the partition `[start, start +
+/// partition_ns)`.
+pub(crate) fn in_partition(seg: &SegmentMeta, start: i64, partition_ns: i64) -> bool {
+    seg.min_ts < start.saturating_add(partition_ns) && seg.max_ts >= start
+}
+
 impl Overlaps {
     /// Whether `[min_ts, max_ts]` reaches into one of the partitions.
     pub fn touch(&self, min_ts: i64, max_ts: i64) -> bool {
@@ -190,9 +196,11 @@ impl Overlaps {
         self.partitions.get(i).is_some_and(|&p| p <= max_ts)
     }
 
-    /// Whether segment `seg` lies in one of the partitions.
+    /// Whether segment `seg` holds rows in one of the partitions (by its
+    /// time range: a segment written at another partition width may span
+    /// several).
     pub fn holds(&self, seg: &SegmentMeta) -> bool {
-        self.partitions.binary_search(&seg.partition_start).is_ok()
+        self.touch(seg.min_ts, seg.max_ts)
     }
 }
 

@@ -105,7 +105,9 @@ impl Storage {
             for (db, tables) in &st.dbs {
                 for (name, t) in tables {
                     for &p in &t.dirty_persisting {
-                        if !t.overlapping.contains(&p) && t.segments.iter().any(|s| s.partition_start == p) {
+                        if !t.overlapping.contains(&p)
+                            && t.segments.iter().any(|s| super::in_partition(s, p, partition_ns))
+                        {
                             overlapping.push((db.clone(), name.clone(), p));
                         }
                     }
