@@ -104,16 +104,22 @@ impl ExecutionPlan for KeepLastExec {
         let out_schema = Arc::clone(&schema);
         let kept = futures::stream::once(async move {
             let mut batches = Vec::new();
+            let mut held = 0;
             for input in inputs {
                 for p in 0..input.properties().partitioning.partition_count() {
                     let mut stream = input.execute(p, Arc::clone(&context))?;
                     while let Some(batch) = stream.next().await {
                         let batch = batch?;
-                        reservation.try_grow(batch.get_array_memory_size())?;
+                        let bytes = batch.get_array_memory_size();
+                        reservation.try_grow(bytes)?;
+                        held += bytes;
                         batches.push(adapt_batch(&batch, &schema)?);
                     }
                 }
             }
+            // The concatenated copy, then the sorted rows and the kept
+            // ones, each at most as large as what was read.
+            reservation.try_grow(held.saturating_mul(2))?;
             let all = concat_batches(&schema, &batches)?;
             drop(batches);
             let kept = tocsin_storage::segment::keep_last_written(&all)?;

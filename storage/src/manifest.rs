@@ -112,6 +112,12 @@ pub struct TableEntry {
     /// merges the partition into one segment that holds only that one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overlapping: Vec<i64>,
+    /// Whether the table holds events (logs, spans), whose rows are all
+    /// kept, rather than samples (last write wins); decided when the table
+    /// was created. Absent in manifests written before it was recorded: the
+    /// table's columns decide then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +326,7 @@ mod tests {
                 }],
                 tombstones: vec![],
                 overlapping: vec![0],
+                events: Some(false),
             },
         );
         m.save(dir.path()).expect("save");

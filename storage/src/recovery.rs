@@ -144,6 +144,10 @@ pub(crate) fn state_of(manifest: &Manifest) -> State {
                 tombstones: entry.tombstones.iter().cloned().map(Arc::new).collect(),
                 newest_ts: entry.segments.iter().map(|s| s.max_ts).max().unwrap_or(i64::MIN),
                 overlapping: entry.overlapping.iter().copied().collect(),
+                events: entry.events.or_else(|| {
+                    (!entry.schema.columns.is_empty())
+                        .then(|| crate::engine::has_event_columns(entry.schema.columns.iter().map(|c| c.name.as_str())))
+                }),
                 ..Default::default()
             };
             state.dbs.entry(db.clone()).or_default().insert(name.clone(), t);

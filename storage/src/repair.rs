@@ -210,6 +210,7 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
                 segments: Vec::new(),
                 tombstones: before.map(|e| e.tombstones.clone()).unwrap_or_default(),
                 overlapping: Vec::new(),
+                events: before.and_then(|e| e.events),
             }
         });
         let path = data_dir.join(&meta.path);

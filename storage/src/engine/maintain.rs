@@ -58,6 +58,8 @@ struct Job {
     /// The table's deletions: rows they remove are not written again.
     tombstones: Vec<Arc<Tombstone>>,
     kind: Kind,
+    /// The table holds events: every row is kept.
+    events: bool,
 }
 
 impl Storage {
@@ -105,7 +107,16 @@ impl Storage {
                     for (inputs, kind) in kinds {
                         let schema = t.current_arrow_schema();
                         let tombstones = t.tombstones.clone();
-                        jobs.push(Job { db: db.clone(), table: name.clone(), schema, inputs, tombstones, kind });
+                        let events = t.holds_events();
+                        jobs.push(Job {
+                            db: db.clone(),
+                            table: name.clone(),
+                            schema,
+                            inputs,
+                            tombstones,
+                            kind,
+                            events,
+                        });
                     }
                 }
             }
@@ -118,7 +129,7 @@ impl Storage {
         // packs together (see `crate::pack`).
         let mut small: Vec<Merge> = Vec::new();
         let mut small_rows = 0usize;
-        for Job { db, table, schema, inputs, tombstones, kind } in jobs {
+        for Job { db, table, schema, inputs, tombstones, kind, events } in jobs {
             let started = Instant::now();
             let data_dir = self.config.data_dir.clone();
             let options = self.config.segments.clone();
@@ -136,11 +147,7 @@ impl Storage {
             };
             // The output's rows are no newer than its newest input's.
             let seq = inputs.iter().map(|s| s.order()).max().unwrap_or(0);
-            let dedupe = super::keeps_last_write(
-                self.config.deduplicate,
-                &db,
-                schema.fields().iter().map(|f| f.name().as_str()),
-            );
+            let dedupe = super::keeps_last_write(self.config.deduplicate, &db, events);
             let (inputs2, schema2, origin2) = (inputs.clone(), schema.clone(), origin.clone());
             let prepared = tokio::task::spawn_blocking(move || {
                 let mut batches = Vec::new();
@@ -422,6 +429,7 @@ impl Storage {
                             inputs,
                             tombstones,
                             kind: Kind::Repack,
+                            events: t.holds_events(),
                         });
                     }
                 }

@@ -254,6 +254,12 @@ pub(crate) struct TableState {
     /// holds other segments by then.
     pub(crate) dirty_buffer: BTreeSet<i64>,
     pub(crate) dirty_persisting: BTreeSet<i64>,
+    /// Whether the table holds events (logs, spans), whose rows are all
+    /// kept, rather than samples: decided by the columns it was created
+    /// with (one in [`EVENT_COLUMNS`]) and kept, so that a later write
+    /// with a `message` field does not change what the table keeps.
+    /// `None` while the table has no columns.
+    pub(crate) events: Option<bool>,
     /// Columns that [`Storage::ensure_table`] added for an INSERT being
     /// planned and that no accepted write has used yet. They are not saved
     /// in the manifest, a write may give them another kind, and
@@ -292,6 +298,20 @@ impl TableState {
         }
         TableSchema {
             columns: self.schema.columns.iter().filter(|c| !self.provisional.contains(&c.name)).cloned().collect(),
+        }
+    }
+
+    /// Whether the table holds events (see [`TableState::events`]); a
+    /// table without columns yet is not a table of events.
+    pub(crate) fn holds_events(&self) -> bool {
+        self.events.unwrap_or(false)
+    }
+
+    /// Decides [`TableState::events`] if the table has just got its
+    /// first columns.
+    fn decide_kind(&mut self) {
+        if self.events.is_none() && !self.schema.columns.is_empty() {
+            self.events = Some(has_event_columns(self.schema.columns.iter().map(|c| c.name.as_str())));
         }
     }
 
@@ -338,6 +358,7 @@ impl Default for TableState {
             overlapping: BTreeSet::new(),
             dirty_buffer: BTreeSet::new(),
             dirty_persisting: BTreeSet::new(),
+            events: None,
             provisional: Vec::new(),
         }
     }
@@ -366,14 +387,19 @@ pub const SYSTEM_DATABASE: &str = "system";
 /// are all kept.
 const EVENT_COLUMNS: [&str; 3] = ["message", "trace_id", "span_id"];
 
-/// Whether a table of database `db` with columns `names` keeps only the
-/// last written of rows of the same series and time (last write wins, as
-/// in VictoriaMetrics and InfluxDB): metrics tables do. Tables of events
-/// (a column in [`EVENT_COLUMNS`]: logs, spans) and the server's own
-/// tables keep every row: two events of one service in the same
-/// nanosecond are two events.
-pub(crate) fn keeps_last_write<'a>(dedupe: bool, db: &str, mut names: impl Iterator<Item = &'a str>) -> bool {
-    dedupe && db != SYSTEM_DATABASE && !names.any(|n| EVENT_COLUMNS.contains(&n))
+/// Whether a table created with columns `names` is a table of events (see
+/// [`EVENT_COLUMNS`]).
+pub(crate) fn has_event_columns<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
+    names.any(|n| EVENT_COLUMNS.contains(&n))
+}
+
+/// Whether a table of database `db` keeps only the last written of rows of
+/// the same series and time (last write wins, as in VictoriaMetrics and
+/// InfluxDB): metrics tables do. Tables of `events` (logs, spans: see
+/// [`TableState::events`]) and the server's own tables keep every row: two
+/// events of one service in the same nanosecond are two events.
+pub(crate) fn keeps_last_write(dedupe: bool, db: &str, events: bool) -> bool {
+    dedupe && db != SYSTEM_DATABASE && !events
 }
 
 pub struct Storage {

@@ -48,11 +48,7 @@ impl Storage {
                     t.small_tail = 0;
                     let batches: Vec<RecordBatch> = t.persisting.iter().map(|c| c.batch.clone()).collect();
                     let schema = t.arrow_schema();
-                    let dedupe = super::keeps_last_write(
-                        self.config.deduplicate,
-                        db,
-                        schema.fields().iter().map(|f| f.name().as_str()),
-                    );
+                    let dedupe = super::keeps_last_write(self.config.deduplicate, db, t.holds_events());
                     work.push(Work { db: db.clone(), table: name.clone(), schema, batches, dedupe });
                 }
             }
@@ -215,6 +211,7 @@ impl Storage {
                         segments: t.segments.iter().map(|s| (**s).clone()).collect(),
                         tombstones: t.tombstones.iter().map(|d| (**d).clone()).collect(),
                         overlapping: t.overlapping.iter().copied().collect(),
+                        events: t.events,
                     },
                 );
             }

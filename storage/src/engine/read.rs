@@ -44,7 +44,7 @@ impl Storage {
             return Ok(());
         }
         let schema = self.table_schema(db, table).unwrap_or_else(|| rows.schema());
-        let last_wins = self.keeps_last_write(db, &schema);
+        let last_wins = self.keeps_last_write(db, table);
         Ok(self.last.complete(db, table, rows, &schema, epoch, last_wins)?)
     }
 
@@ -120,8 +120,7 @@ impl Storage {
 
     /// Where `t`'s rows may repeat a series and time (see [`Overlaps`]).
     pub(crate) fn overlaps_of(&self, db: &str, t: &TableState) -> Option<Overlaps> {
-        let names = t.schema.columns.iter().map(|c| c.name.as_str());
-        if !super::keeps_last_write(self.config.deduplicate, db, names) {
+        if !super::keeps_last_write(self.config.deduplicate, db, t.holds_events()) {
             return None;
         }
         let mut partitions: Vec<i64> =
@@ -134,10 +133,11 @@ impl Storage {
         Some(Overlaps { partitions, partition_ns: self.partition_ns() })
     }
 
-    /// Whether `db`'s table of `schema` keeps the last write of a series
-    /// and time (see [`super::keeps_last_write`]).
-    pub fn keeps_last_write(&self, db: &str, schema: &SchemaRef) -> bool {
-        super::keeps_last_write(self.config.deduplicate, db, schema.fields().iter().map(|f| f.name().as_str()))
+    /// Whether `db.table` keeps the last write of a series and time (see
+    /// [`super::keeps_last_write`]).
+    pub fn keeps_last_write(&self, db: &str, table: &str) -> bool {
+        let events = self.state.read().dbs.get(db).and_then(|d| d.get(table)).is_some_and(|t| t.holds_events());
+        super::keeps_last_write(self.config.deduplicate, db, events)
     }
 
     /// The partition width when tables keep the last write (see

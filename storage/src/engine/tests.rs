@@ -1250,3 +1250,41 @@ async fn rows_of_a_series_and_time_written_again_keep_the_last_write() {
     s.write("public", vec![write_a(3..4, 9)]).await.expect("write");
     assert_eq!(overlapping(&s, "t"), Vec::<i64>::new());
 }
+
+/// What a table keeps is decided when it is created: a `message` field
+/// that a metrics table gets later does not make it keep every row, and a
+/// log table stays one across a restart.
+#[tokio::test]
+async fn a_table_keeps_the_kind_it_was_created_with() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StorageConfig::for_tests(dir.path());
+    let with_message = |table: &str, ts: Vec<i64>| TableWrite {
+        table: table.into(),
+        blocks: vec![SeriesBlock {
+            item: 0,
+            tags: vec![("host".into(), "a".into())],
+            fields: vec![FieldColumn {
+                name: "message".into(),
+                values: FieldValues::Str(vec!["m".into(); ts.len()]),
+                validity: None,
+            }],
+            timestamps: ts,
+        }],
+    };
+    {
+        let s = Storage::open(config.clone()).await.expect("open");
+        s.write("public", vec![write_a(0..3, 1)]).await.expect("write");
+        s.write("public", vec![with_message("t", vec![1])]).await.expect("write");
+        assert_eq!(overlapping(&s, "t"), vec![0], "still a metrics table");
+        s.write("public", vec![with_message("ev", vec![5, 5])]).await.expect("write");
+        assert_eq!(overlapping(&s, "ev"), Vec::<i64>::new());
+        s.persist().await.expect("persist");
+        assert_eq!(rows(&s, "t"), 3, "the repeated time counts once");
+    }
+    let s = Storage::open(config).await.expect("reopen");
+    s.write("public", vec![with_message("ev", vec![5])]).await.expect("write");
+    assert_eq!(overlapping(&s, "ev"), Vec::<i64>::new(), "a log table after a restart");
+    let m = Manifest::load(dir.path()).expect("manifest");
+    assert_eq!(m.databases["public"]["ev"].events, Some(true));
+    assert_eq!(m.databases["public"]["t"].events, Some(false));
+}

@@ -99,7 +99,7 @@ impl Storage {
             apply(&mut st, db, self.clock.monotonic(), writes.iter().map(|w| w.table.as_str()).zip(chunks))?;
         }
         for (w, (batch, schema)) in writes.iter().zip(&newest) {
-            let last_wins = self.keeps_last_write(db, schema);
+            let last_wins = self.keeps_last_write(db, &w.table);
             if let Err(e) = self.last.observe(db, &w.table, &w.blocks, batch, schema, last_wins) {
                 tracing::warn!(db, table = %w.table, "last-row cache dropped: {e}");
                 self.last.invalidate(db, &w.table);
@@ -187,6 +187,7 @@ impl Storage {
             t.add_column(name, kind);
             t.provisional.push(name.clone());
         }
+        t.decide_kind();
         Ok(t.arrow_schema())
     }
 
@@ -340,8 +341,8 @@ pub(crate) fn validate(
                 for (name, kind) in retyped {
                     t.retype_provisional(name, kind);
                 }
-                let lww = last_write
-                    .filter(|_| super::keeps_last_write(true, db, t.schema.columns.iter().map(|c| c.name.as_str())));
+                t.decide_kind();
+                let lww = last_write.filter(|_| super::keeps_last_write(true, db, t.holds_events()));
                 note_times(t, series, now_s, &block.timestamps, lww);
                 if !t.provisional.is_empty() {
                     t.provisional.retain(|p| block_columns(&block).all(|(name, _)| name != p));
