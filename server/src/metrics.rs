@@ -188,6 +188,12 @@ impl Metrics {
             "Series written within limits.series_window, over all tables.",
             storage.active_series() as f64,
         );
+        gauge(
+            &mut o,
+            "tocsin_storage_overlapping_partitions",
+            "Time partitions whose rows may repeat a series and time: queries keep the last write there, at a cost, until compaction merges them.",
+            storage.overlapping_partitions() as f64,
+        );
         let (segments, bytes) = storage.segment_totals();
         gauge(&mut o, "tocsin_segments", "Segment files in the manifest.", segments as f64);
         gauge(&mut o, "tocsin_segment_bytes", "Bytes of segment files in the manifest.", bytes as f64);

@@ -455,9 +455,11 @@ async fn rows_written_again_count_once_with_their_last_value_through_restarts_an
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
     let overlapping = &manifest["databases"]["public"]["cpu"]["overlapping"];
     assert!(overlapping.as_array().is_some_and(|p| !p.is_empty()), "{manifest}");
+    assert!(server.metric("tocsin_storage_overlapping_partitions").await >= 1.0);
     let stats = server.compact().await;
     assert!(stats["merges"].as_u64().unwrap_or(0) >= 1, "{stats}");
     assert_eq!(lww_answers(&server).await, corrected, "the same after compaction");
+    assert_eq!(server.metric("tocsin_storage_overlapping_partitions").await, 0.0);
     let rows: u64 = manifest_segments(&dir, "cpu").iter().map(|s| s["rows"].as_u64().unwrap_or(0)).sum();
     assert_eq!(rows, 180, "compaction kept one row per series and time");
     let manifest: Value =

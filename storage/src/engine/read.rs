@@ -179,6 +179,18 @@ impl Storage {
         ReaderGuard { readers: Arc::clone(&self.readers), epoch }
     }
 
+    /// Time partitions, over all tables, whose queries keep the last write
+    /// of repeated rows (see [`Overlaps`]) until compaction merges them.
+    pub fn overlapping_partitions(&self) -> usize {
+        let st = self.state.read();
+        st.dbs
+            .iter()
+            .flat_map(|(db, tables)| tables.values().map(move |t| (db, t)))
+            .filter_map(|(db, t)| self.overlaps_of(db, t))
+            .map(|o| o.partitions.len())
+            .sum()
+    }
+
     /// Active series over all tables (see `WriteLimits::max_series_per_table`).
     pub fn active_series(&self) -> usize {
         self.state.read().dbs.values().flat_map(|d| d.values()).map(|t| t.active.len()).sum()
