@@ -338,17 +338,7 @@ impl TocsinTable {
             inputs.push(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(schema), Some(read.clone()))?);
         }
         let kept: Arc<dyn ExecutionPlan> = Arc::new(KeepLastExec::new(inputs, Arc::clone(&read_schema)));
-        if read.len() == wanted {
-            return Ok(kept);
-        }
-        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = read_schema
-            .fields()
-            .iter()
-            .take(wanted)
-            .enumerate()
-            .map(|(i, f)| (Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>, f.name().clone()))
-            .collect();
-        Ok(Arc::new(ProjectionExec::try_new(exprs, kept)?))
+        first_columns(kept, wanted)
     }
 
     /// A scan of `pieces` whose rows some `deleted` tombstones remove: the
@@ -387,17 +377,7 @@ impl TocsinTable {
         let df_schema = DFSchema::try_from(Arc::clone(&read_schema))?;
         let filtered: Arc<dyn ExecutionPlan> =
             Arc::new(FilterExec::try_new(state.create_physical_expr(keep, &df_schema)?, scan)?);
-        if read.len() == wanted {
-            return Ok(Some(filtered));
-        }
-        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = read_schema
-            .fields()
-            .iter()
-            .take(wanted)
-            .enumerate()
-            .map(|(i, f)| (Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>, f.name().clone()))
-            .collect();
-        Ok(Some(Arc::new(ProjectionExec::try_new(exprs, filtered)?)))
+        Ok(Some(first_columns(filtered, wanted)?))
     }
 
     /// One Parquet scan of `pieces`.
@@ -460,6 +440,23 @@ impl TocsinTable {
         }
         Ok(None)
     }
+}
+
+/// The first `wanted` columns of `plan` (which read more, to filter or
+/// deduplicate by them): `plan` itself when it has no others.
+fn first_columns(plan: Arc<dyn ExecutionPlan>, wanted: usize) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = plan.schema();
+    if schema.fields().len() == wanted {
+        return Ok(plan);
+    }
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = schema
+        .fields()
+        .iter()
+        .take(wanted)
+        .enumerate()
+        .map(|(i, f)| (Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>, f.name().clone()))
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 /// Drops repeated conjuncts from the predicates of segment scans.

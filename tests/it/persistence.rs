@@ -14,8 +14,13 @@ const QUERIES: &[&str] = &[
 ];
 
 async fn results(server: &TestServer) -> Vec<Vec<Value>> {
+    answers(server, QUERIES).await
+}
+
+/// Each statement's answer, in order.
+async fn answers(server: &TestServer, statements: &[&str]) -> Vec<Vec<Value>> {
     let mut out = Vec::new();
-    for q in QUERIES {
+    for q in statements {
         out.push(server.sql(q).await);
     }
     out
@@ -400,11 +405,7 @@ const LWW: &[&str] = &[
 ];
 
 async fn lww_answers(server: &TestServer) -> Vec<Vec<Value>> {
-    let mut out = Vec::new();
-    for q in LWW {
-        out.push(server.sql(q).await);
-    }
-    out
+    answers(server, LWW).await
 }
 
 /// A client that retries a write it got no answer for, and a correction
