@@ -101,7 +101,8 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         .build()
         .context("while starting the runtime")?;
     runtime.block_on(async move {
-        tocsin_server::run(config, shutdown_signal(), |addrs| {
+        let shutdown = shutdown_signal();
+        tocsin_server::run(config, shutdown, |addrs| {
             // One machine-readable line on stdout: tests and scripts that
             // start the server on port 0 read the real ports from it.
             let mut line = format!("tocsin listening grpc={} http={} role={}", addrs.grpc, addrs.http, addrs.role);
@@ -135,26 +136,34 @@ fn warn_if_shared(dir: &std::path::Path) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await
-            }
+/// Listens for SIGINT and SIGTERM from the moment it is called (inside the
+/// runtime, before the server opens its data directory): a stop asked for
+/// at any moment, during a long WAL replay or just as the ports open, ends
+/// in a clean shutdown once the server has started, never in the abrupt
+/// exit of the signals' default action.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot listen for {name}: {e}");
+            None
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    async fn received(s: Option<Signal>) {
+        match s {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+    async move {
+        tokio::select! {
+            () = received(interrupt) => tracing::info!("SIGINT received"),
+            () = received(terminate) => tracing::info!("SIGTERM received"),
+        }
     }
 }

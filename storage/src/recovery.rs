@@ -474,6 +474,12 @@ pub(crate) fn replay_wal(
     let files = wal::list_files(wal_dir).map_err(io(wal_dir))?;
     let last = files.last().map(|f| f.0).unwrap_or(0);
     let replay_limits = config.limits.for_replay();
+    let pending: Vec<&PathBuf> =
+        files.iter().filter(|(seq, _)| *seq > manifest.wal_persisted_upto).map(|(_, p)| p).collect();
+    if !pending.is_empty() {
+        let bytes: u64 = pending.iter().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum();
+        tracing::info!(files = pending.len(), bytes, "replaying the WAL written since the last persist");
+    }
     for (i, (seq, path)) in files.iter().enumerate() {
         if *seq <= manifest.wal_persisted_upto {
             if mode == Mode::Writer {

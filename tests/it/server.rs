@@ -16,7 +16,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_tocsin");
 
 /// The server binary: `TOCSIN_TEST_BIN` when set (a long crash-harness run
 /// on a copy, while the tree is rebuilt), else the one cargo built.
-fn server_bin() -> String {
+pub(crate) fn server_bin() -> String {
     std::env::var("TOCSIN_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
 }
 
@@ -291,6 +291,10 @@ impl TestServer {
         }
         for _ in 0..600 {
             if let Some(status) = c.try_wait().expect("wait") {
+                if !status.success() {
+                    // Shown with the failing assertion: why the server did not exit cleanly.
+                    eprintln!("server exited with {status} after SIGTERM; its log:\n{}", self.log_text());
+                }
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
