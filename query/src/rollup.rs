@@ -18,7 +18,9 @@
 //! WAL record: after a crash the target holds a run entirely or not at all.
 //! Progress is the target itself: at start a roll-up resumes after the
 //! newest bucket in `target`, so no bucket is written twice or skipped. A
-//! roll-up without output yet starts `backfill` before now.
+//! roll-up without output yet starts `backfill` before now, or at the
+//! source's oldest row if that is later; buckets without source rows are
+//! passed over in one step.
 //!
 //! Late rows: a write into `source` with rows older than the buckets
 //! computed so far ([`Rollups::late_rows`] sees every acknowledged write)
@@ -308,6 +310,13 @@ impl Rollups {
                 resume
             }
         };
+        // Buckets without source rows are passed over at once, not
+        // `max_buckets` per run: a backfill that reaches far before the
+        // oldest row, or a gap of months in the data, takes one run.
+        let start = match self.first_bucket_with_rows(r, start, bucket) {
+            Some(first) => first.max(start),
+            None => start.max(end_limit),
+        };
         if start >= end_limit {
             *progress.lock() = Some(start);
             return Ok(None);
@@ -444,6 +453,22 @@ impl Rollups {
     /// Where a roll-up starts after a (re)start: after the newest bucket in
     /// its target, or `backfill` before `end_limit` when the target has
     /// nothing yet; and whether the target has rows.
+    /// The start of the bucket of the source's oldest row at or after
+    /// `from`, by the time ranges of its segments and buffered chunks: a
+    /// lower bound, never past a row. `None` when it holds none from there.
+    fn first_bucket_with_rows(&self, r: &RollupConfig, from: i64, bucket: i64) -> Option<i64> {
+        let snap = self.storage.snapshot(&r.source_db, &r.source)?;
+        let oldest = snap
+            .segments
+            .iter()
+            .map(|s| (s.min_ts, s.max_ts))
+            .chain(snap.chunks.iter().map(|c| (c.min_ts, c.max_ts)))
+            .filter(|&(_, max)| max >= from)
+            .map(|(min, _)| min.max(from))
+            .min()?;
+        Some((oldest.div_euclid(bucket) * bucket).max(from))
+    }
+
     async fn resume_point(&self, r: &RollupConfig, end_limit: i64, bucket: i64) -> Result<(i64, bool), QueryError> {
         let fresh = (end_limit.saturating_sub(nanos(r.backfill))).div_euclid(bucket) * bucket;
         if self.storage.table_schema(&r.target_db, &r.target).is_none() {
@@ -570,6 +595,30 @@ mod tests {
             vec![(T0 + 3 * HOUR, T0 + 4 * HOUR, 2)]
         );
         assert_eq!(target_rows(&query).await.len(), 8, "no bucket written twice");
+    }
+
+    /// A backfill that reaches a year before the oldest row, and a gap of
+    /// six weeks in the data, each cost no run of their own: two runs of
+    /// `max_buckets` (24 h) compute every bucket with rows.
+    #[tokio::test]
+    async fn buckets_without_source_rows_are_passed_over_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+        let query = Arc::new(QueryEngine::new(Arc::clone(&storage)));
+        write_hours(&storage, 0..3).await;
+        write_hours(&storage, 1000..1002).await;
+        let mut cfg = config();
+        cfg.backfill = Duration::from_secs(400 * 86_400);
+        let rollups = Rollups::new(Arc::clone(&query), Arc::clone(&storage), vec![cfg]);
+        let now = T0 + 1002 * HOUR + 120_000_000_000;
+        let runs: Vec<(i64, i64, u64)> = [rollups.run_due(now).await, rollups.run_due(now).await]
+            .into_iter()
+            .flatten()
+            .map(|r| ((r.start_ns - T0) / HOUR, (r.end_ns - T0) / HOUR, r.rows))
+            .collect();
+        assert_eq!(runs, vec![(0, 24, 6), (1000, 1002, 4)]);
+        assert!(rollups.run_due(now).await.is_empty());
+        assert_eq!(target_rows(&query).await.len(), 10);
     }
 
     /// Writes one row of host "a" at `ts` with usage `usage`.
