@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Scale bench (issue 17): 30 days of TSBS cpu-only data at 100 hosts
 # (259.2 M values) into a server whose copy goes to an S3 bucket (moto on
-# loopback), with the default configuration otherwise. Reports ingest,
+# loopback), with the default configuration otherwise, but for the
+# ingest: background compaction off and a persist every 32 MiB of buffer
+# (a segment per day or so, as a server that persists every 10 minutes
+# leaves before its partitions are merged), so that the full compaction
+# after it does every merge while its resident set is sampled. Reports ingest,
 # bytes per value on disk and in the bucket after a full compaction, the
 # bucket's object count, the server's peak resident set during compaction,
 # then a 1 h roll-up computed at the next start, and the 30-day
@@ -65,13 +69,20 @@ print(f"{n} objects, {size} bytes, {size / float(sys.argv[1]):.3f} bytes/value")
 PY
 }
 
+cat > "$WORK/ingest.toml" <<TOML
+[storage]
+persist_max_mb = 32
+[compaction]
+enabled = false
+TOML
 HOURS=$((DAYS * 24))
 VALUES=$((100 * HOURS * 360 * 10))
-start ingest
+start ingest --config "$WORK/ingest.toml"
 echo "== ingest: $DAYS days, 100 hosts, $VALUES values"
 "$T/tocsin-bench" --grpc-addr "$GRPC" --http-addr "$HTTP" --hours "$HOURS" --skip-queries 2>&1 \
   | grep -v '^  ingest ' | sed 's/^/  /'
 t=$(now); curl -s -XPOST "http://$HTTP/api/v1/admin/persist" > /dev/null; echo "persist: $(since "$t") s"
+echo "resident set during ingest: peak $(( $(awk '/^VmHWM/{print $2}' "/proc/$PID/status") / 1024 )) MiB"
 echo "before compaction: $(find "$WORK/data/segments" "$WORK/data/packs" -type f 2>/dev/null | wc -l) files, $(du -sb "$WORK/data/segments" | cut -f1) bytes of segments"
 
 # Peak resident set during the full compaction, sampled every 50 ms.
@@ -102,7 +113,7 @@ source = "public.cpu"
 target = "public.cpu_1h"
 bucket = "1h"
 backfill = "5000d"
-max_buckets = 168
+max_buckets = 720
 aggregates = ["avg", "min", "max", "count"]
 TOML
 t=$(now)

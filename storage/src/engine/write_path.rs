@@ -94,12 +94,19 @@ impl Storage {
         if let Some(why) = self.fenced() {
             return Err(StorageError::Fenced(why));
         }
-        {
+        let last_wins: Vec<bool> = {
             let mut st = self.state.write();
             apply(&mut st, db, self.clock.monotonic(), writes.iter().map(|w| w.table.as_str()).zip(chunks))?;
-        }
-        for (w, (batch, schema)) in writes.iter().zip(&newest) {
-            let last_wins = self.keeps_last_write(db, &w.table);
+            let tables = st.dbs.get(db);
+            writes
+                .iter()
+                .map(|w| {
+                    let events = tables.and_then(|t| t.get(&w.table)).is_some_and(|t| t.holds_events());
+                    super::keeps_last_write(self.config.deduplicate, db, events)
+                })
+                .collect()
+        };
+        for ((w, (batch, schema)), last_wins) in writes.iter().zip(&newest).zip(last_wins) {
             if let Err(e) = self.last.observe(db, &w.table, &w.blocks, batch, schema, last_wins) {
                 tracing::warn!(db, table = %w.table, "last-row cache dropped: {e}");
                 self.last.invalidate(db, &w.table);
