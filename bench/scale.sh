@@ -16,38 +16,18 @@
 #   DAYS=7 RUNS=10 bash bench/scale.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p tocsin -p tocsin-bench
-T="${CARGO_TARGET_DIR:-target}/release"
+source bench/lib.sh
 DAYS=${DAYS:-30}
 RUNS=${RUNS:-20}
-WORK=$(mktemp -d)
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+machine
+moto_bucket scale
+URL=s3://scale/tsbs
+# Every server of this run uses one data directory, and the copy in the bucket.
+export DATA=data
+start() { local name=$1; shift; serve "$name" --object-store "$URL" "$@"; }
+metric() { curl -s "http://$HTTP/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 now() { date +%s.%N; }
 since() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB; commit $(git rev-parse --short HEAD)"
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m moto.server -H 127.0.0.1 -p "$PORT" > "$WORK/moto.log" 2>&1 &
-PIDS+=($!)
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
-  AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ALLOW_HTTP=true
-for _ in $(seq 100); do curl -s "$AWS_ENDPOINT_URL" > /dev/null && break; sleep 0.2; done
-python3 -c "import boto3; boto3.client('s3').create_bucket(Bucket='scale')"
-URL=s3://scale/tsbs
-
-# start NAME [extra serve flags]: sets PID, HTTP and GRPC.
-start() {
-  local name=$1; shift
-  "$T/tocsin" serve --data-dir "$WORK/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-    --object-store "$URL" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log" &
-  PID=$!
-  PIDS+=($PID)
-  for _ in $(seq 600); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
-  GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$WORK/$name.out")
-  HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/$name.out")
-}
-metric() { curl -s "http://$HTTP/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 # The copy in the bucket holds everything up to now: one more push completed.
 pushed() {
   local before; before=$(metric tocsin_object_store_pushes_total)
@@ -68,6 +48,21 @@ for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=
 print(f"{n} objects, {size} bytes, {size / float(sys.argv[1]):.3f} bytes/value")
 PY
 }
+# The files the manifest lists (replaced ones wait out `grace` on disk):
+# count, bytes, bytes per value.
+listed() {
+  python3 - "$WORK/data" "$1" <<'PY'
+import json, sys
+m = json.load(open(f"{sys.argv[1]}/manifest.json"))
+files = {}
+for tables in m["databases"].values():
+    for t in tables.values():
+        for s in t["segments"]:
+            files[s["path"]] = s["pack"]["file_bytes"] if s.get("pack") else s["bytes"]
+size = sum(files.values())
+print(f"{len(files)} files, {size} bytes, {size / float(sys.argv[2]):.3f} bytes/value")
+PY
+}
 
 cat > "$WORK/ingest.toml" <<TOML
 [storage]
@@ -83,7 +78,7 @@ echo "== ingest: $DAYS days, 100 hosts, $VALUES values"
   | grep -v '^  ingest ' | sed 's/^/  /'
 t=$(now); curl -s -XPOST "http://$HTTP/api/v1/admin/persist" > /dev/null; echo "persist: $(since "$t") s"
 echo "resident set during ingest: peak $(( $(awk '/^VmHWM/{print $2}' "/proc/$PID/status") / 1024 )) MiB"
-echo "before compaction: $(find "$WORK/data/segments" "$WORK/data/packs" -type f 2>/dev/null | wc -l) files, $(du -sb "$WORK/data/segments" | cut -f1) bytes of segments"
+echo "before compaction: $(listed "$VALUES")"
 
 # Peak resident set during the full compaction, sampled every 50 ms.
 ( peak=0
@@ -99,8 +94,7 @@ curl -s -XPOST "http://$HTTP/api/v1/admin/compact?full=true" > "$WORK/compact.js
 echo "full compaction: $(since "$t") s: $(head -c 300 "$WORK/compact.json")"
 touch "$WORK/compacted"; sleep 0.2
 echo "resident set: $((rss_before / 1024)) MiB before compaction, peak $(( $(cat "$WORK/peak") / 1024 )) MiB during it"
-SEG=$(du -sb "$WORK/data/segments" | cut -f1)
-echo "after compaction: $(find "$WORK/data/segments" "$WORK/data/packs" -type f 2>/dev/null | wc -l) files, $SEG bytes of segments, $(python3 -c "print(f'{$SEG / $VALUES:.3f}')") bytes/value"
+echo "after compaction: $(listed "$VALUES")"
 t=$(now); pushed; echo "bucket (pushed in $(since "$t") s): $(bucket "$VALUES")"
 kill -TERM "$PID"; wait "$PID" || true
 
@@ -129,14 +123,12 @@ curl -s -XPOST "http://$HTTP/api/v1/admin/persist" > /dev/null
 curl -s -XPOST "http://$HTTP/api/v1/admin/compact?full=true" > /dev/null
 
 python3 - "$HTTP" "$RUNS" "$DAYS" <<'PY'
-import json, math, statistics, sys, time, http.client
+import datetime, json, math, statistics, sys, time, http.client
 host, runs, days = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 fields = ["usage_user", "usage_system", "usage_idle", "usage_nice", "usage_iowait",
           "usage_irq", "usage_softirq", "usage_steal", "usage_guest", "usage_guest_nice"]
-a, b = "2016-01-01T00:00:00Z", f"2016-01-{1 + days:02d}T00:00:00Z" if days < 31 else None
-if b is None:
-    import datetime
-    b = (datetime.datetime(2016, 1, 1) + datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+start = datetime.datetime(2016, 1, 1)
+a, b = (t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in (start, start + datetime.timedelta(days=days)))
 conn = http.client.HTTPConnection(host)
 def sql(q, fmt="json"):
     conn.request("POST", "/api/v1/sql", json.dumps({"sql": q, "format": fmt}), {"content-type": "application/json"})
@@ -154,6 +146,10 @@ def rolled(n):
     aggs = ", ".join(f"sum({f}_avg * {f}_count) / sum({f}_count) AS mean_{f}" for f in fields[:n])
     return (f"SELECT ts AS hour, hostname, {aggs} FROM cpu_1h "
             f"WHERE ts >= '{a}' AND ts < '{b}' GROUP BY hour, hostname ORDER BY hour, hostname")
+def direct(n):
+    # The buckets' own means: right when the query's grouping is the roll-up's (hour and series).
+    cols = ", ".join(f"{f}_avg AS mean_{f}" for f in fields[:n])
+    return f"SELECT ts AS hour, hostname, {cols} FROM cpu_1h WHERE ts >= '{a}' AND ts < '{b}' ORDER BY hour, hostname"
 def same(x, y):
     if len(x) != len(y):
         return f"{len(x)} rows against {len(y)}"
@@ -166,27 +162,27 @@ def same(x, y):
             elif u != v:
                 return f"{k}: {u} against {v}"
     return None
+def median_ms(q, fmt):
+    sql(q, fmt)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sql(q, fmt)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
 print(f"== {days}-day double-groupby, {runs} runs each after one warm-up, medians in ms")
-print("| query | rows | raw, JSON | roll-up, JSON | raw, Arrow | roll-up, Arrow | raw / roll-up (Arrow) |")
-print("|---|---|---|---|---|---|---|")
+print("| query | read from | rows | JSON | Arrow | raw / this (Arrow) |")
+print("|---|---|---|---|---|---|")
 for n, name in [(1, "double-groupby-1"), (5, "double-groupby-5"), (10, "double-groupby-all")]:
-    x, y = json.loads(sql(raw(n))), json.loads(sql(rolled(n)))
-    diff = same(x, y)
-    if diff:
-        sys.exit(f"{name}: the roll-up's answer differs from the raw rows': {diff}")
-    med = {}
-    for label, q in [("raw", raw(n)), ("rollup", rolled(n))]:
-        for fmt in ["json", "arrow"]:
-            sql(q, fmt)
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                sql(q, fmt)
-                times.append((time.perf_counter() - t) * 1000)
-            med[(label, fmt)] = statistics.median(times)
-    print(f"| {name} | {len(x)} | {med[('raw', 'json')]:.1f} | {med[('rollup', 'json')]:.1f} | "
-          f"{med[('raw', 'arrow')]:.1f} | {med[('rollup', 'arrow')]:.1f} | "
-          f"{med[('raw', 'arrow')] / med[('rollup', 'arrow')]:.0f}x |")
+    want = json.loads(sql(raw(n)))
+    raw_arrow = None
+    for label, q in [("raw rows", raw(n)), ("roll-up, weighted mean", rolled(n)), ("roll-up, bucket means", direct(n))]:
+        diff = same(want, json.loads(sql(q)))
+        if diff:
+            sys.exit(f"{name}, {label}: the answer differs from the raw rows': {diff}")
+        j, w = median_ms(q, "json"), median_ms(q, "arrow")
+        raw_arrow = raw_arrow or w
+        print(f"| {name} | {label} | {len(want)} | {j:.1f} | {w:.1f} | {raw_arrow / w:.0f}x |")
 PY
 echo "bucket after the roll-up: $(pushed && bucket "$VALUES")"
 kill -TERM "$PID"; wait "$PID" || true
