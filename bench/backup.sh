@@ -9,11 +9,7 @@
 #   S3=1 bash bench/backup.sh        # needs: pip install 'moto[server]' boto3
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p tocsin -p tocsin-bench
-T="${CARGO_TARGET_DIR:-target}/release"
-WORK=$(mktemp -d)
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+source bench/lib.sh
 cat > "$WORK/tocsin.toml" <<TOML
 [storage]
 persist_max_mb = 4096
@@ -25,19 +21,10 @@ max_request_bytes = 268435456
 TOML
 now() { date +%s.%N; }
 since() { python3 -c "print(f'{$(now) - $1:.2f}')"; }
-# start NAME [extra serve flags]: sets HTTP and GRPC.
-start() {
-  local name=$1; shift
-  "$T/tocsin" serve --data-dir "$WORK/$name" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-    --config "$WORK/tocsin.toml" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log" &
-  PIDS+=($!)
-  PID=$!
-  for _ in $(seq 300); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
-  GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$WORK/$name.out")
-  HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/$name.out")
-}
+# start NAME [extra serve flags]: sets PID, HTTP and GRPC.
+start() { local name=$1; shift; serve "$name" --config "$WORK/tocsin.toml" "$@"; }
 count() { curl -s -XPOST "$1/api/v1/sql" -d '{"sql":"SELECT count(*) AS n FROM cpu"}'; }
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB"
+machine
 
 start main
 "$T/tocsin-bench" --grpc-addr "$GRPC" --http-addr "$HTTP" --skip-queries | grep "^ingest:" || true
@@ -91,13 +78,7 @@ PY
 reader_lag "file://$WORK/shared" "shared directory"
 
 if [ "${S3:-0}" = 1 ]; then
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  python3 -m moto.server -H 127.0.0.1 -p "$PORT" > /dev/null 2>&1 &
-  PIDS+=($!)
-  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
-    AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ALLOW_HTTP=true
-  for _ in $(seq 100); do curl -s "$AWS_ENDPOINT_URL" > /dev/null && break; sleep 0.2; done
-  python3 -c "import boto3; boto3.client('s3').create_bucket(Bucket='bench')"
+  moto_bucket bench
   MAIN=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/main.out")
   t=$(now); "$T/tocsin" backup s3://bench/full --http-addr "$MAIN" > "$WORK/s1"; echo "full backup to moto: $(since "$t") s: $(cat "$WORK/s1")"
   t=$(now); "$T/tocsin" backup s3://bench/full --http-addr "$MAIN" > "$WORK/s2"; echo "nothing new, moto: $(since "$t") s: $(cat "$WORK/s2")"

@@ -10,10 +10,7 @@
 #   RUNS=50 bench/rewrite.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p tocsin -p tocsin-bench
-T="${CARGO_TARGET_DIR:-target}/release"
-WORK=$(mktemp -d)
-trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+source bench/lib.sh
 # Background compaction off: this script merges when it means to.
 cat > "$WORK/tocsin.toml" <<TOML
 [storage]
@@ -25,13 +22,8 @@ enabled = false
 [limits]
 max_request_bytes = 268435456
 TOML
-"$T/tocsin" serve --data-dir "$WORK/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-  --config "$WORK/tocsin.toml" > "$WORK/out" 2> "$WORK/server.log" &
-PID=$!
-for _ in $(seq 100); do grep -q listening "$WORK/out" 2>/dev/null && break; sleep 0.1; done
-GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$WORK/out")
-HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/out")
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB"
+serve data --config "$WORK/tocsin.toml"
+machine
 B=("$T/tocsin-bench" --grpc-addr "$GRPC" --http-addr "$HTTP")
 QUERIES=single-groupby-1-1-1,double-groupby-1,high-cpu-1,lastpoint,groupby-orderby-limit,cpu-max-all-8
 echo "== first write of the day"

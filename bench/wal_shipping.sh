@@ -11,21 +11,10 @@
 #   bash bench/wal_shipping.sh        # needs: pip install 'moto[server]' boto3
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p tocsin -p tocsin-bench
-T="${CARGO_TARGET_DIR:-target}/release"
-WORK=$(mktemp -d)
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+source bench/lib.sh
 WRITERS=${WRITERS:-8}
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m moto.server -H 127.0.0.1 -p "$PORT" > /dev/null 2>&1 &
-PIDS+=($!)
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
-  AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ALLOW_HTTP=true
-for _ in $(seq 100); do curl -s "$AWS_ENDPOINT_URL" > /dev/null && break; sleep 0.2; done
-python3 -c "import boto3; boto3.client('s3').create_bucket(Bucket='bench')"
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB"
-echo "bucket: moto $(python3 -c 'import moto; print(moto.__version__)') on loopback"
+machine
+moto_bucket bench
 
 # start NAME MODE: sets HTTP, GRPC and PID.
 start() {
@@ -40,13 +29,7 @@ wal = "$mode"
 [limits]
 max_request_bytes = 268435456
 TOML
-  "$T/tocsin" serve --data-dir "$WORK/$name" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-    --config "$WORK/$name.toml" --object-store "s3://bench/$name" > "$WORK/$name.out" 2> "$WORK/$name.log" &
-  PID=$!
-  PIDS+=($PID)
-  for _ in $(seq 300); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
-  GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$WORK/$name.out")
-  HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/$name.out")
+  serve "$name" --config "$WORK/$name.toml" --object-store "s3://bench/$name"
 }
 
 small_writes() {
