@@ -12,7 +12,9 @@ cargo build --release --locked -p tocsin -p tocsin-bench
 T="${CARGO_TARGET_DIR:-target}/release"
 WORK=$(mktemp -d)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+# Stopped and waited for before the directory goes: a server still
+# writing its last files would leave it half removed.
+trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 machine() {
   echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB;" \

@@ -71,6 +71,13 @@ pub struct SliceOrigin {
     /// The table's columns in the pack, as indices into the pack's
     /// columns (the others are other tables').
     pub columns: Vec<u32>,
+    /// The slice's place in write order ([`crate::manifest::SegmentMeta::seq`]).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub seq: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -267,6 +274,7 @@ fn write_pack(
             level: item.level,
             replaces: item.replaces.clone(),
             columns: names.fields().iter().filter_map(|f| schema.index_of(f.name()).ok()).map(|i| i as u32).collect(),
+            seq: item.seq,
         });
     }
     let all = concat_batches(&schema, &batches)?;
@@ -296,7 +304,7 @@ fn write_pack(
                 bytes: share(file_bytes, slice.rows, total),
                 level: slice.level,
                 pack: Some(PackSlice { first_row, file_bytes, file_rows: total }),
-                seq: item.seq,
+                seq: slice.seq,
             },
         ));
         first_row += slice.rows;
@@ -367,6 +375,7 @@ mod tests {
                 level: (i % 3) as u32,
                 replaces: if i % 2 == 0 { vec![i, i + 1] } else { vec![] },
                 columns: vec![1, 2, 3, 4],
+                seq: if i % 5 == 0 { 900 + i } else { 0 },
             })
             .collect();
         let text = serde_json::to_string(&origin_with(slices.clone())).expect("serialize");

@@ -374,7 +374,7 @@ fn read_segment(data_dir: &Path, path: &Path) -> Result<Vec<Found>, SegmentCheck
             bytes,
             level: origin.level,
             pack: None,
-            seq: 0,
+            seq: origin.seq,
         },
         origin,
         schema: std::sync::Arc::new(schema),
@@ -457,7 +457,7 @@ fn pack_slices(
                 bytes: crate::pack::share(bytes, s.rows, total_rows),
                 level: s.level,
                 pack: Some(crate::manifest::PackSlice { first_row, file_bytes: bytes, file_rows: total_rows }),
-                seq: 0,
+                seq: s.seq,
             },
             origin: SegmentOrigin {
                 database: origin.database.clone(),
@@ -465,6 +465,7 @@ fn pack_slices(
                 wal_upto: origin.wal_upto,
                 level: s.level,
                 replaces: s.replaces.clone(),
+                seq: s.seq,
                 ..Default::default()
             },
             schema: std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),

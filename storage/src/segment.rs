@@ -145,6 +145,14 @@ pub struct SegmentOrigin {
     /// `table`, `level` and `replaces` above are then empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "crate::pack::slices_text")]
     pub slices: Vec<crate::pack::SliceOrigin>,
+    /// The segment's place in write order ([`SegmentMeta::seq`]; 0: its
+    /// id), kept in the file so that `tocsin repair` restores it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn origin_version() -> u32 {
@@ -161,6 +169,7 @@ impl Default for SegmentOrigin {
             level: 0,
             replaces: Vec::new(),
             slices: Vec::new(),
+            seq: 0,
         }
     }
 }
@@ -255,7 +264,7 @@ pub(crate) fn write_slice(
         bytes,
         level: origin.level,
         pack: None,
-        seq: 0,
+        seq: origin.seq,
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 
-use super::{Storage, StorageError};
+use super::{Storage, StorageError, TableState};
 use crate::compact::{self, CompactionStats};
 use crate::manifest::SegmentMeta;
 use crate::pack::{PackItem, write_packs};
@@ -62,6 +62,22 @@ struct Job {
     events: bool,
 }
 
+impl Job {
+    /// A job of `kind` on `inputs`, segments of `db.table` (state `t`,
+    /// current schema `schema`).
+    fn on(db: &str, table: &str, t: &TableState, schema: SchemaRef, inputs: Vec<Arc<SegmentMeta>>, kind: Kind) -> Job {
+        Job {
+            db: db.to_string(),
+            table: table.to_string(),
+            schema,
+            inputs,
+            tombstones: t.tombstones.clone(),
+            kind,
+            events: t.holds_events(),
+        }
+    }
+}
+
 impl Storage {
     /// Runs one compaction round: every merge due now (see
     /// [`crate::compact`]), one after another. Inputs that cannot be read
@@ -105,18 +121,7 @@ impl Storage {
                         .map(|m| (m, Kind::Merge))
                         .chain(purges.into_iter().map(|p| (p, Kind::Purge)));
                     for (inputs, kind) in kinds {
-                        let schema = t.current_arrow_schema();
-                        let tombstones = t.tombstones.clone();
-                        let events = t.holds_events();
-                        jobs.push(Job {
-                            db: db.clone(),
-                            table: name.clone(),
-                            schema,
-                            inputs,
-                            tombstones,
-                            kind,
-                            events,
-                        });
+                        jobs.push(Job::on(db, name, t, t.current_arrow_schema(), inputs, kind));
                     }
                 }
             }
@@ -134,6 +139,8 @@ impl Storage {
             let data_dir = self.config.data_dir.clone();
             let options = self.config.segments.clone();
             let wal_upto = self.wal_persisted_upto.load(Ordering::Acquire);
+            // The output's rows are no newer than its newest input's.
+            let seq = inputs.iter().map(|s| s.order()).max().unwrap_or(0);
             let origin = SegmentOrigin {
                 database: db.clone(),
                 table: table.clone(),
@@ -143,10 +150,9 @@ impl Storage {
                 // more merges.
                 level: inputs.iter().map(|s| s.level).max().unwrap_or(0).saturating_add(u32::from(kind == Kind::Merge)),
                 replaces: inputs.iter().map(|s| s.id).collect(),
+                seq,
                 ..Default::default()
             };
-            // The output's rows are no newer than its newest input's.
-            let seq = inputs.iter().map(|s| s.order()).max().unwrap_or(0);
             let dedupe = super::keeps_last_write(self.config.deduplicate, &db, events);
             let (inputs2, schema2, origin2) = (inputs.clone(), schema.clone(), origin.clone());
             let prepared = tokio::task::spawn_blocking(move || {
@@ -235,7 +241,7 @@ impl Storage {
                 let mut out = Vec::new();
                 for (partition_start, slice) in &slices {
                     match write_slice(&target, *partition_start, slice, ids.fetch_add(1, Ordering::AcqRel)) {
-                        Ok(seg) => out.push(SegmentMeta { seq, ..seg }),
+                        Ok(seg) => out.push(seg),
                         Err(e) => {
                             remove_written(&data_dir, &out);
                             return Err(e);
@@ -420,17 +426,7 @@ impl Storage {
                 for s in &t.segments {
                     if dead.contains(s.path.as_str()) && !taken.contains(&(db.as_str(), name.as_str(), s.id)) {
                         let schema = schema.get_or_insert_with(|| t.current_arrow_schema()).clone();
-                        let inputs = vec![Arc::clone(s)];
-                        let tombstones = t.tombstones.clone();
-                        jobs.push(Job {
-                            db: db.clone(),
-                            table: name.clone(),
-                            schema,
-                            inputs,
-                            tombstones,
-                            kind: Kind::Repack,
-                            events: t.holds_events(),
-                        });
+                        jobs.push(Job::on(db, name, t, schema, vec![Arc::clone(s)], Kind::Repack));
                     }
                 }
             }

@@ -582,6 +582,19 @@ async fn small_tables_share_packs() {
     let merged = parquet_files(&d.join("packs/public"));
     assert_eq!(merged.len(), 2, "{merged:?}");
     assert!(merged.iter().all(|p| !first.contains(p)));
+    // Each merge's output takes its newest input's place in write order,
+    // which is not its own id: the repair below must restore it.
+    let order = |s: &Storage| -> Vec<(u64, u64)> {
+        let mut o: Vec<(u64, u64)> = ["a", "b", "c"]
+            .iter()
+            .flat_map(|t| s.snapshot("public", t).expect("table").segments)
+            .map(|x| (x.id, x.order()))
+            .collect();
+        o.sort_unstable();
+        o
+    };
+    let compacted = order(&s);
+    assert!(compacted.iter().all(|(id, order)| order < id), "{compacted:?}");
     s.shutdown().await.expect("shutdown");
     drop(s);
 
@@ -591,6 +604,7 @@ async fn small_tables_share_packs() {
     assert_eq!((report.tables, report.segments, report.rows), (3, 3, 60), "{report:?}");
     let s = Storage::open(config.clone()).await.expect("reopen after repair");
     check(&s, "after a repair");
+    assert_eq!(order(&s), compacted, "the write order of the compacted slices, from the packs' own metadata");
     let pack_of_a = d.join(&s.snapshot("public", "a").expect("a").segments[0].path);
     s.shutdown().await.expect("shutdown");
     drop(s);
