@@ -313,8 +313,11 @@ impl Rollups {
         // Buckets without source rows are passed over at once, not
         // `max_buckets` per run: a backfill that reaches far before the
         // oldest row, or a gap of months in the data, takes one run.
+        // Never past the due buckets: a row stamped in the future (a host
+        // whose clock runs ahead) must not carry progress past buckets
+        // whose rows have yet to arrive.
         let start = match self.first_bucket_with_rows(r, start, bucket) {
-            Some(first) => first.max(start),
+            Some(first) => first.max(start).min(end_limit.max(start)),
             None => start.max(end_limit),
         };
         if start >= end_limit {
@@ -619,6 +622,28 @@ mod tests {
         assert_eq!(runs, vec![(0, 24, 6), (1000, 1002, 4)]);
         assert!(rollups.run_due(now).await.is_empty());
         assert_eq!(target_rows(&query).await.len(), 10);
+    }
+
+    /// A row stamped hours ahead (a host whose clock runs fast), alone in
+    /// its chunk, does not carry progress past the due buckets: hour 5's
+    /// rows, arriving on time after a run that found none for hours 3 and
+    /// 4, are rolled up.
+    #[tokio::test]
+    async fn a_row_from_the_future_does_not_carry_progress_past_the_due_buckets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(StorageConfig::for_tests(dir.path())).await.expect("open");
+        let query = Arc::new(QueryEngine::new(Arc::clone(&storage)));
+        write_hours(&storage, 0..3).await;
+        write_one(&storage, T0 + 10 * HOUR, 7).await;
+        let rollups = Rollups::new(Arc::clone(&query), Arc::clone(&storage), vec![config()]);
+        let hours = |runs: Vec<RollupRun>| -> Vec<(i64, i64, u64)> {
+            runs.into_iter().map(|r| ((r.start_ns - T0) / HOUR, (r.end_ns - T0) / HOUR, r.rows)).collect()
+        };
+        let minutes = |m: i64| m * 60_000_000_000;
+        assert_eq!(hours(rollups.run_due(T0 + 3 * HOUR + minutes(2)).await), vec![(0, 3, 6)]);
+        assert!(rollups.run_due(T0 + 5 * HOUR + minutes(2)).await.is_empty(), "no rows in hours 3 and 4");
+        write_hours(&storage, 5..6).await;
+        assert_eq!(hours(rollups.run_due(T0 + 6 * HOUR + minutes(2)).await), vec![(5, 6, 2)]);
     }
 
     /// Writes one row of host "a" at `ts` with usage `usage`.
