@@ -868,37 +868,13 @@ pub struct ShippedReport {
 /// removed pieces read here: they are all left out, and the directory
 /// holds the image's point.
 pub async fn restore_shipped(src: &Place, index: &Index, run: &str, dir: &Path) -> Result<ShippedReport> {
-    let pieces = shipped_after(src, index, run).await?;
-    restore_pieces(src, index, run, dir, &pieces).await
-}
-
-/// The names of run `run`'s shipped pieces of WAL files after the last one
-/// the image of `index` holds, sorted: what [`restore_pieces`] rebuilds.
-pub async fn shipped_after(src: &Place, index: &Index, run: &str) -> Result<Vec<String>> {
-    let mut pieces = Vec::new();
+    let wal_closed = index.at.wal_closed;
+    let mut by_file: std::collections::BTreeMap<u64, Vec<(u64, String)>> = Default::default();
     for rel in src.list(&shipped_folder(run)).await? {
         match parse_piece(&rel) {
-            Some((file, _)) if file > index.at.wal_closed => pieces.push(rel),
+            Some((file, offset)) if file > wal_closed => by_file.entry(file).or_default().push((offset, rel)),
             Some(_) => {}
             None => tracing::warn!(object = src.shown(&rel), "not a shipped WAL piece: left alone"),
-        }
-    }
-    pieces.sort();
-    Ok(pieces)
-}
-
-/// [`restore_shipped`] of the pieces [`shipped_after`] listed.
-pub async fn restore_pieces(
-    src: &Place,
-    index: &Index,
-    run: &str,
-    dir: &Path,
-    pieces: &[String],
-) -> Result<ShippedReport> {
-    let mut by_file: std::collections::BTreeMap<u64, Vec<(u64, String)>> = Default::default();
-    for rel in pieces {
-        if let Some((file, offset)) = parse_piece(rel) {
-            by_file.entry(file).or_default().push((offset, rel.clone()));
         }
     }
     let mut report = ShippedReport::default();

@@ -10,10 +10,6 @@
 //! and the storage reloads them in one swap ([`Storage::reload`]). A reader
 //! is thus behind the writer by up to two intervals (the writer's push, then
 //! its own fetch); `tocsin_reader_point_seconds` says which point it holds.
-//! When the writer ships its WAL to the bucket (`wal = "object-store"` or
-//! `"object-store-sync"`), each refresh also rebuilds the pieces shipped
-//! after the image into WAL files and replays them: the reader is then
-//! behind by its own interval and the writer's shipping, not by a push.
 //!
 //! Alert rules are evaluated by the writer only: a reader neither evaluates
 //! nor notifies, so that adding readers never pages twice.
@@ -121,9 +117,6 @@ pub(crate) struct ReaderMetrics {
 struct Version {
     storage: Vec<(String, String)>,
     auth: Vec<(String, String)>,
-    /// The writer's WAL shipped after the image (`wal = "object-store"` or
-    /// `"object-store-sync"`): the names of its pieces in the bucket.
-    shipped: Vec<String>,
 }
 
 impl Version {
@@ -297,11 +290,7 @@ impl Reader {
         storage: &Arc<Storage>,
         auth: &tocsin_auth::Auth,
     ) -> Result<bool, BackupError> {
-        let mut version = Version::of(index);
-        let run = index.writer.as_ref().map(|w| w.run.clone());
-        if let Some(run) = &run {
-            version.shipped = backup_store::shipped_after(&self.src, index, run).await?;
-        }
+        let version = Version::of(index);
         let loaded = held.1.clone().unwrap_or_default();
         if held.1.is_some() && loaded == version {
             // Nothing new was written: the copy is as recent as this point.
@@ -312,24 +301,9 @@ impl Reader {
         self.metrics.fetched_files.fetch_add(fetched.files as u64, Ordering::Relaxed);
         self.metrics.fetched_bytes.fetch_add(fetched.bytes, Ordering::Relaxed);
         // WAL files are read whole at each reload: one the index no longer
-        // lists (persisted since, or rebuilt from pieces at the last
-        // refresh) must not be read again.
+        // lists (persisted since) must not be read again.
         remove_unlisted_wal(&self.dir, index);
-        // The writes the writer acknowledged after its image, shipped as
-        // WAL pieces: rebuilt into WAL files that the reload replays.
-        let shipped = match &run {
-            Some(run) if !version.shipped.is_empty() => {
-                let report = backup_store::restore_pieces(&self.src, index, run, &self.dir, &version.shipped).await?;
-                if report.left_out.is_some() {
-                    // A push replaced the copy meanwhile: the next refresh
-                    // loads it with the pieces after it.
-                    version.shipped.clear();
-                }
-                report
-            }
-            _ => backup_store::ShippedReport::default(),
-        };
-        let reloaded = if held.1.is_none() || loaded.storage != version.storage || loaded.shipped != version.shipped {
+        let reloaded = if held.1.is_none() || loaded.storage != version.storage {
             storage
                 .reload()
                 .await
@@ -353,8 +327,6 @@ impl Reader {
             segments = reloaded.segments,
             buffered_rows = reloaded.buffered_rows,
             retired = reloaded.retired,
-            shipped_files = shipped.files,
-            shipped_bytes = shipped.bytes,
             "reader: loaded a newer copy"
         );
         Ok(true)
