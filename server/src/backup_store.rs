@@ -48,7 +48,7 @@ const RUNS: &str = "runs";
 const SHIPPED: &str = "shipped";
 /// A shipped piece larger than this is refused at restore (a piece is the
 /// records of one round of writes: far smaller).
-const MAX_PIECE_BYTES: u64 = 1 << 30;
+pub(crate) const MAX_PIECE_BYTES: u64 = 1 << 30;
 
 /// Where run `run` ships the piece of WAL file `file_seq` from `offset`.
 pub fn piece_name(run: &str, file_seq: u64, offset: u64) -> String {
@@ -868,14 +868,9 @@ pub struct ShippedReport {
 /// removed pieces read here: they are all left out, and the directory
 /// holds the image's point.
 pub async fn restore_shipped(src: &Place, index: &Index, run: &str, dir: &Path) -> Result<ShippedReport> {
-    let wal_closed = index.at.wal_closed;
     let mut by_file: std::collections::BTreeMap<u64, Vec<(u64, String)>> = Default::default();
-    for rel in src.list(&shipped_folder(run)).await? {
-        match parse_piece(&rel) {
-            Some((file, offset)) if file > wal_closed => by_file.entry(file).or_default().push((offset, rel)),
-            Some(_) => {}
-            None => tracing::warn!(object = src.shown(&rel), "not a shipped WAL piece: left alone"),
-        }
+    for (file, offset, rel) in shipped_after(src, index, run).await? {
+        by_file.entry(file).or_default().push((offset, rel));
     }
     let mut report = ShippedReport::default();
     if by_file.is_empty() {
@@ -922,6 +917,21 @@ pub async fn restore_shipped(src: &Place, index: &Index, run: &str, dir: &Path) 
     }
     sync_dir(&wal_dir).at(|| format!("syncing {}", wal_dir.display()))?;
     Ok(report)
+}
+
+/// Run `run`'s shipped pieces of WAL files after the last one the image of
+/// `index` holds, as (WAL file, offset, name), sorted.
+pub async fn shipped_after(src: &Place, index: &Index, run: &str) -> Result<Vec<(u64, u64, String)>> {
+    let mut pieces = Vec::new();
+    for rel in src.list(&shipped_folder(run)).await? {
+        match parse_piece(&rel) {
+            Some((file, offset)) if file > index.at.wal_closed => pieces.push((file, offset, rel)),
+            Some(_) => {}
+            None => tracing::warn!(object = src.shown(&rel), "not a shipped WAL piece: left alone"),
+        }
+    }
+    pieces.sort();
+    Ok(pieces)
 }
 
 /// Removes run `run`'s shipped pieces of WAL files up to `upto` (all of
@@ -1292,7 +1302,7 @@ impl Place {
     }
 
     /// The whole of `rel`, refused over `limit` bytes.
-    async fn read_whole(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn read_whole(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
         let too_large =
             |size: u64| BackupError::Refused(format!("{} holds {size} bytes, more than {limit}", self.shown(rel)));
         match self {

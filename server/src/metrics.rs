@@ -461,6 +461,12 @@ pub(crate) fn render_reader(m: &crate::reader::ReaderMetrics, out: &mut String) 
     );
     counter(out, "tocsin_reader_fetched_files_total", "Files fetched from the bucket.", m.fetched_files.load(Relaxed));
     counter(out, "tocsin_reader_fetched_bytes_total", "Bytes fetched from the bucket.", m.fetched_bytes.load(Relaxed));
+    counter(
+        out,
+        "tocsin_reader_shipped_rows_total",
+        "Rows of the writer's shipped WAL applied after the copy loaded (wal = object-store or object-store-sync).",
+        m.shipped_rows.load(Relaxed),
+    );
     gauge(
         out,
         "tocsin_reader_point_seconds",

@@ -11,10 +11,18 @@
 //! is thus behind the writer by up to two intervals (the writer's push, then
 //! its own fetch); `tocsin_reader_point_seconds` says which point it holds.
 //!
+//! When the writer ships its WAL to the bucket (`wal = "object-store"` or
+//! `"object-store-sync"`), each refresh also lists the pieces shipped after
+//! the loaded image, fetches the ones it has not read, and applies their
+//! records to the storage ([`Storage::apply_shipped`]): only what is new,
+//! in WAL order, stopping at a piece not there yet. The reader is then
+//! behind by its own interval and the shipping, not by a push; the next
+//! image it loads replaces what it applied.
+//!
 //! Alert rules are evaluated by the writer only: a reader neither evaluates
 //! nor notifies, so that adding readers never pages twice.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -105,6 +113,8 @@ pub(crate) struct ReaderMetrics {
     pub(crate) failures: AtomicU64,
     pub(crate) fetched_files: AtomicU64,
     pub(crate) fetched_bytes: AtomicU64,
+    /// Rows of the writer's shipped WAL applied on top of the copy.
+    pub(crate) shipped_rows: AtomicU64,
     /// Unix milliseconds of the writer's image this reader answers from:
     /// every write the writer acknowledged before it is visible here.
     pub(crate) point_ms: AtomicI64,
@@ -141,6 +151,38 @@ fn wanted(path: &str) -> bool {
         || ["segments/", "packs/", "wal/"].iter().any(|p| path.starts_with(p))
 }
 
+/// The writer's WAL shipped after the image loaded, as far as applied.
+#[derive(Debug, Default)]
+struct Shipped {
+    /// The image the storage holds: the writer's run and the last WAL file
+    /// in it. Pieces are applied only on top of it.
+    image: Option<(String, u64)>,
+    /// Per WAL file after the image, in order.
+    files: BTreeMap<u64, Following>,
+    /// A damaged record stopped following at (file, offset) until the next
+    /// image: said once.
+    damaged: Option<(u64, u64)>,
+}
+
+/// How far one shipped WAL file has been read and applied.
+#[derive(Debug)]
+struct Following {
+    /// Pieces read (each is read once).
+    seen: HashSet<String>,
+    /// The file's bytes are read up to here, and applied up to `applied`;
+    /// `pending` holds those between (a record not yet whole).
+    read: u64,
+    applied: u64,
+    pending: Vec<u8>,
+}
+
+impl Default for Following {
+    fn default() -> Self {
+        let start = tocsin_storage::wal::HEADER_LEN;
+        Following { seen: HashSet::new(), read: start, applied: start, pending: Vec::new() }
+    }
+}
+
 pub(crate) struct Reader {
     pub(crate) url: String,
     src: Place,
@@ -148,6 +190,8 @@ pub(crate) struct Reader {
     dir: PathBuf,
     /// The files held and the version loaded; one refresh at a time.
     held: Mutex<(Held, Option<Version>)>,
+    /// What the storage holds of the WAL shipped after its image.
+    shipped: Mutex<Shipped>,
     pub(crate) metrics: ReaderMetrics,
     /// Whether the writer requires tokens (its copy says so).
     pub(crate) writer_auth: AtomicBool,
@@ -211,6 +255,7 @@ impl Reader {
             interval,
             dir: data_dir.to_path_buf(),
             held: Mutex::new((Held::new(), None)),
+            shipped: Mutex::new(Shipped::default()),
             metrics: ReaderMetrics::default(),
             writer_auth: AtomicBool::new(false),
             _lock: lock,
@@ -231,6 +276,7 @@ impl Reader {
                     reader.writer_auth.store(index.at.auth, Ordering::Relaxed);
                     remove_unlisted_wal(data_dir, &index);
                     held.1 = Some(Version::of(&index));
+                    reader.shipped.lock().await.image = image_of(&index);
                     reader.metrics.point_ms.store(index.at.point_unix_ms, Ordering::Relaxed);
                     tracing::info!(
                         url,
@@ -278,6 +324,10 @@ impl Reader {
                         index.at.point
                     );
                 }
+                Ok(reloaded) => {
+                    self.follow(&index, storage).await?;
+                    return Ok(reloaded);
+                }
                 done => return done,
             }
         }
@@ -304,10 +354,16 @@ impl Reader {
         // lists (persisted since) must not be read again.
         remove_unlisted_wal(&self.dir, index);
         let reloaded = if held.1.is_none() || loaded.storage != version.storage {
-            storage
+            let mut shipped = self.shipped.lock().await;
+            // Until the reload succeeds the storage holds neither image
+            // cleanly: nothing is applied on top of it meanwhile.
+            *shipped = Shipped::default();
+            let reloaded = storage
                 .reload()
                 .await
-                .map_err(|e| BackupError::Refused(format!("loading the copy of {}: {e}", index.at.point)))?
+                .map_err(|e| BackupError::Refused(format!("loading the copy of {}: {e}", index.at.point)))?;
+            shipped.image = image_of(index);
+            reloaded
         } else {
             tocsin_storage::Reloaded::default()
         };
@@ -330,6 +386,88 @@ impl Reader {
             "reader: loaded a newer copy"
         );
         Ok(true)
+    }
+
+    /// Applies what the writer shipped of its WAL after the image the
+    /// storage holds, and this reader has not applied yet (see the module).
+    async fn follow(&self, index: &Index, storage: &Arc<Storage>) -> Result<(), BackupError> {
+        let mut shipped = self.shipped.lock().await;
+        let Some(image) = shipped.image.clone() else { return Ok(()) };
+        // The storage holds another image than this index's (its reload
+        // failed), or following met a damaged record: nothing goes on top.
+        if image_of(index).as_ref() != Some(&image) || shipped.damaged.is_some() {
+            return Ok(());
+        }
+        let mut by_file: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
+        for (file, offset, name) in backup_store::shipped_after(&self.src, index, &image.0).await? {
+            by_file.entry(file).or_default().push((offset, name));
+        }
+        for (file, pieces) in by_file {
+            let f = shipped.files.entry(file).or_default();
+            // Whether every byte of the file listed so far was read.
+            let mut whole = true;
+            for (offset, name) in pieces {
+                if f.seen.contains(&name) {
+                    continue;
+                }
+                if offset > f.read {
+                    whole = false; // the piece before it is not there yet
+                    break;
+                }
+                let bytes = match self.src.read_whole(&name, backup_store::MAX_PIECE_BYTES).await {
+                    Ok(bytes) => bytes,
+                    // A push removes the pieces its image holds: the next
+                    // refresh loads that image.
+                    Err(_)
+                        if Index::read(&self.src)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_none_or(|now| now.at.point != index.at.point) =>
+                    {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
+                f.seen.insert(name);
+                let end = offset + bytes.len() as u64;
+                if end > f.read {
+                    let skip = usize::try_from(f.read - offset).unwrap_or(usize::MAX);
+                    f.pending.extend_from_slice(&bytes[skip..]);
+                    f.read = end;
+                }
+            }
+            let records = tocsin_storage::wal::read_records(&f.pending, f.applied);
+            let rows = storage
+                .apply_shipped(records.entries, &format!("file {file} shipped by the writer"))
+                .await
+                .map_err(|e| BackupError::Refused(format!("applying the writer's shipped WAL file {file}: {e}")))?;
+            self.metrics.shipped_rows.fetch_add(rows, Ordering::Relaxed);
+            let used = usize::try_from(records.end - f.applied).unwrap_or(usize::MAX).min(f.pending.len());
+            f.pending.drain(..used);
+            f.applied = records.end;
+            match records.stop {
+                Some(stop) if !stop.incomplete => {
+                    tracing::error!(
+                        url = self.url,
+                        wal_file = file,
+                        offset = records.end,
+                        "reader: the writer's shipped WAL is damaged ({}): following it stops here until the \
+                         writer's next copy",
+                        stop.reason
+                    );
+                    shipped.damaged = Some((file, records.end));
+                    return Ok(());
+                }
+                Some(_) => whole = false, // a record not yet whole
+                None => {}
+            }
+            // Later files hold later records.
+            if !whole {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Refreshes every interval until stopped.
@@ -358,6 +496,12 @@ impl Reader {
             storage.purge_retired();
         }
     }
+}
+
+/// The image of `index` that shipped pieces follow: the writer's run and
+/// the last WAL file in the image.
+fn image_of(index: &Index) -> Option<(String, u64)> {
+    index.writer.as_ref().map(|w| (w.run.clone(), index.at.wal_closed))
 }
 
 /// Removes the WAL files of `dir` that `index` does not list.

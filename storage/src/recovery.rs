@@ -457,6 +457,36 @@ fn sweep_unlisted_segments(
     Ok(())
 }
 
+/// Applies one WAL record to `state` as the write path did: its rows that
+/// are still valid (limits, types) become buffered chunks; the others are
+/// logged as from `source`. Returns the rows applied.
+pub(crate) fn replay_entry(
+    state: &mut State,
+    entry: wal::WalEntry,
+    config: &StorageConfig,
+    clock: &dyn Clock,
+    limits: &crate::write::WriteLimits,
+    source: &str,
+) -> Result<u64, StorageError> {
+    let (writes, mut rejected) = check_shapes(entry.writes, limits);
+    let last_write = config.deduplicate.then(|| config.partition.as_nanos().min(i64::MAX as u128) as i64);
+    let (accepted, more) = validate(state, &entry.database, writes, limits, clock.unix_secs(), last_write);
+    rejected.extend(more);
+    for r in rejected {
+        tracing::warn!("WAL {source}: item {} no longer valid on replay: {}", r.item, r.error);
+    }
+    let mut rows = 0u64;
+    let mut chunks = Vec::with_capacity(accepted.len());
+    for (w, schema) in &accepted {
+        let batch = blocks_to_batch(schema, &w.blocks)?;
+        let (min_ts, max_ts) = ts_range(&w.blocks);
+        rows += batch.num_rows() as u64;
+        chunks.push(Chunk { batch, min_ts, max_ts });
+    }
+    apply(state, &entry.database, clock.monotonic(), accepted.iter().map(|(w, _)| w.table.as_str()).zip(chunks))?;
+    Ok(rows)
+}
+
 /// Replays WAL files newer than the manifest's persisted mark into `state`.
 /// Returns the highest WAL file number seen. A writer deletes the files
 /// the manifest covers and cuts a torn tail; a reader only reads.
@@ -491,27 +521,7 @@ pub(crate) fn replay_wal(
         let (entries, end) = wal::read_file(path).map_err(io(path))?;
         let mut rows = 0u64;
         for entry in entries {
-            let (writes, mut rejected) = check_shapes(entry.writes, &replay_limits);
-            let last_write = config.deduplicate.then(|| config.partition.as_nanos().min(i64::MAX as u128) as i64);
-            let (accepted, more) =
-                validate(state, &entry.database, writes, &replay_limits, clock.unix_secs(), last_write);
-            rejected.extend(more);
-            for r in rejected {
-                tracing::warn!("WAL {}: item {} no longer valid on replay: {}", path.display(), r.item, r.error);
-            }
-            let mut chunks = Vec::with_capacity(accepted.len());
-            for (w, schema) in &accepted {
-                let batch = blocks_to_batch(schema, &w.blocks)?;
-                let (min_ts, max_ts) = ts_range(&w.blocks);
-                rows += batch.num_rows() as u64;
-                chunks.push(Chunk { batch, min_ts, max_ts });
-            }
-            apply(
-                state,
-                &entry.database,
-                clock.monotonic(),
-                accepted.iter().map(|(w, _)| w.table.as_str()).zip(chunks),
-            )?;
+            rows += replay_entry(state, entry, config, clock, &replay_limits, &path.display().to_string())?;
         }
         metrics.wal_replayed_rows.fetch_add(rows, Ordering::Relaxed);
         if let ReadEnd::Corrupt { offset, file_len, ref reason } = end

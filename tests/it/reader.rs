@@ -461,3 +461,57 @@ fn shipping_the_wal_needs_a_bucket_and_a_known_mode() {
     );
     assert!(err.contains("object-store-sync"), "{err}");
 }
+
+/// With the writer shipping its WAL (`wal = "object-store"`, every second)
+/// and pushing its image only at start (the interval is an hour), a reader
+/// answers the writes since that image within seconds, persisted on the
+/// writer or not: each refresh rebuilds the shipped pieces into WAL files
+/// and replays them. Before, it waited for the next push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_follows_the_shipped_wal_between_pushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wcfg = dir.path().join("writer.toml");
+    std::fs::write(
+        &wcfg,
+        "[storage]\nobject_store_interval = \"1h\"\nwal = \"object-store\"\nwal_ship_interval = \"1s\"\n",
+    )
+    .expect("config");
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let writer = TestServer::start_in(
+        &dir.path().join("w"),
+        &["--config", wcfg.to_str().expect("utf-8"), "--object-store", bucket.as_str()],
+    );
+    writer.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    write_cpu(&writer, 0, 20).await;
+    let cfg = config(dir.path());
+    let reader = TestServer::start_in(
+        &dir.path().join("r"),
+        &["--config", cfg.as_str(), "--object-store", bucket.as_str(), "--role", "reader"],
+    );
+    assert_eq!(converges(&reader, &writer, ANSWER).await[0]["n"], 20);
+    write_cpu(&writer, 20, 10).await;
+    writer.persist().await;
+    write_cpu(&writer, 30, 5).await;
+    assert_eq!(converges(&reader, &writer, ANSWER).await[0]["n"], 35);
+    assert_eq!(
+        writer.metric("tocsin_object_store_pushes_total").await,
+        1.0,
+        "only the push at start: the reader read the shipped WAL"
+    );
+    assert!(reader.metric("tocsin_reader_refresh_failures_total").await == 0.0, "{}", reader.log_text());
+    assert!(reader.metric("tocsin_reader_shipped_rows_total").await >= 45.0, "{}", reader.log_text());
+
+    // The writer stops (its last push holds every row) and starts again (a
+    // new run, shipping anew): the reader takes the new image in place of
+    // what it applied, and follows the new run's pieces, every row once.
+    let mut writer = writer;
+    assert!(writer.terminate().success());
+    let writer = TestServer::start_in(
+        &dir.path().join("w"),
+        &["--config", wcfg.to_str().expect("utf-8"), "--object-store", bucket.as_str()],
+    );
+    writer.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    write_cpu(&writer, 35, 5).await;
+    assert_eq!(converges(&reader, &writer, ANSWER).await[0]["n"], 40);
+    assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());
+}

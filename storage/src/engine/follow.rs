@@ -33,6 +33,27 @@ pub struct Reloaded {
 }
 
 impl Storage {
+    /// A reader applies WAL records its writer shipped after the copy it
+    /// loaded last (in their order; see `wal = "object-store"`): their rows
+    /// join the buffers as on the writer, until the next
+    /// [`Storage::reload`] replaces them with a newer copy. Returns the
+    /// rows applied.
+    pub async fn apply_shipped(&self, entries: Vec<crate::wal::WalEntry>, source: &str) -> Result<u64, StorageError> {
+        if !self.is_reader() {
+            return Err(StorageError::Task("applying shipped WAL records is for a reader's storage".into()));
+        }
+        // Not while a reload swaps the tables.
+        let _one_at_a_time = self.persist_lock.lock().await;
+        let limits = self.config.limits.for_replay();
+        let mut rows = 0;
+        for entry in entries {
+            let mut st = self.state.write();
+            rows += recovery::replay_entry(&mut st, entry, &self.config, self.clock.as_ref(), &limits, source)?;
+        }
+        self.metrics.wal_replayed_rows.fetch_add(rows, Ordering::Relaxed);
+        Ok(rows)
+    }
+
     /// Opens a reader's copy of a data directory (see the module).
     pub async fn open_reader(config: StorageConfig) -> Result<Arc<Storage>, StorageError> {
         Storage::open_reader_with_clock(config, Arc::new(SystemClock)).await

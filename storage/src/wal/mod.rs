@@ -45,7 +45,8 @@ pub use codec::{DecodeError, WalEntry};
 const MAGIC: &[u8; 8] = b"TOCSNWAL";
 /// Version 1: framing above, body = LZ4 block of a [`codec`] entry.
 pub const WAL_FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: u64 = 16;
+/// Bytes of a WAL file's header: its first record starts here.
+pub const HEADER_LEN: u64 = 16;
 /// How long a writer under [`ShipMode::Sync`] waits for its record to be
 /// shipped before it is answered with an error (the record stays queued).
 const SHIP_WAIT: Duration = Duration::from_secs(30);
@@ -655,47 +656,85 @@ pub fn read_file(path: &Path) -> io::Result<(Vec<WalEntry>, ReadEnd)> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let file_len = data.len() as u64;
-    let mut entries = Vec::new();
     if data.len() < HEADER_LEN as usize || &data[..8] != MAGIC {
         let reason = if data.len() < HEADER_LEN as usize {
             "file header is incomplete".to_string()
         } else {
             "not a Tocsin WAL file (bad magic)".to_string()
         };
-        return Ok((entries, ReadEnd::Corrupt { offset: 0, file_len, reason }));
+        return Ok((Vec::new(), ReadEnd::Corrupt { offset: 0, file_len, reason }));
     }
     let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
     if version != WAL_FORMAT_VERSION {
         let reason = format!("unsupported WAL format version {version} (this build reads {WAL_FORMAT_VERSION})");
-        return Ok((entries, ReadEnd::Corrupt { offset: 0, file_len, reason }));
+        return Ok((Vec::new(), ReadEnd::Corrupt { offset: 0, file_len, reason }));
     }
-    let mut pos = HEADER_LEN as usize;
-    while pos < data.len() {
-        let corrupt = |reason: String| ReadEnd::Corrupt { offset: pos as u64, file_len, reason };
+    let records = read_records(&data[HEADER_LEN as usize..], HEADER_LEN);
+    let end = match records.stop {
+        None => ReadEnd::Clean,
+        Some(stop) => ReadEnd::Corrupt { offset: records.end, file_len, reason: stop.reason },
+    };
+    Ok((records.entries, end))
+}
+
+/// What [`read_records`] read.
+#[derive(Debug)]
+pub struct Records {
+    pub entries: Vec<WalEntry>,
+    /// The file offset after the last good record.
+    pub end: u64,
+    /// Why reading stopped before the end of the bytes, if it did.
+    pub stop: Option<Stop>,
+}
+
+/// Why [`read_records`] stopped early.
+#[derive(Debug, PartialEq)]
+pub struct Stop {
+    pub reason: String,
+    /// The bytes end inside a record: more of the file may complete it
+    /// (as opposed to a record that is there whole and damaged).
+    pub incomplete: bool,
+}
+
+/// Reads the good records of `data`, the bytes of a WAL file from offset
+/// `start` (the end of its header or of a record), stopping at the first
+/// record that is incomplete or damaged.
+pub fn read_records(data: &[u8], start: u64) -> Records {
+    let mut entries = Vec::new();
+    let mut pos = 0usize;
+    let stop = loop {
+        if pos >= data.len() {
+            break None;
+        }
+        let cut = |reason: String| Some(Stop { reason, incomplete: true });
+        let damaged = |reason: String| Some(Stop { reason, incomplete: false });
         if data.len() - pos < 8 {
-            return Ok((entries, corrupt("record header is incomplete".into())));
+            break cut("record header is incomplete".into());
         }
         let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
         let crc = u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
-        if len > MAX_RECORD_BYTES || (len as usize) > data.len() - pos - 8 {
-            return Ok((entries, corrupt(format!("record length {len} runs past the end of the file"))));
+        if len > MAX_RECORD_BYTES {
+            break damaged(format!("record length {len} runs past the end of the file"));
+        }
+        if (len as usize) > data.len() - pos - 8 {
+            break cut(format!("record length {len} runs past the end of the file"));
         }
         let body = &data[pos + 8..pos + 8 + len as usize];
         let actual = crc32fast::hash(body);
         if actual != crc {
-            return Ok((entries, corrupt(format!("CRC mismatch (stored {crc:08x}, computed {actual:08x})"))));
+            break damaged(format!("CRC mismatch (stored {crc:08x}, computed {actual:08x})"));
         }
         let payload = match lz4_flex::decompress_size_prepended(body) {
             Ok(p) => p,
-            Err(e) => return Ok((entries, corrupt(format!("LZ4 body does not decompress: {e}")))),
+            Err(e) => break damaged(format!("LZ4 body does not decompress: {e}")),
         };
         match codec::decode(&payload) {
             Ok(e) => entries.push(e),
-            Err(e) => return Ok((entries, corrupt(format!("record does not decode: {e}")))),
+            Err(e) => break damaged(format!("record does not decode: {e}")),
         }
         pos += 8 + len as usize;
-    }
-    Ok((entries, ReadEnd::Clean))
+    };
+    Records { entries, end: start + pos as u64, stop }
 }
 
 /// Cuts a WAL file to `len` bytes and fsyncs it.

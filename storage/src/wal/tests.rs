@@ -297,3 +297,36 @@ async fn writers_waiting_for_a_stopped_shipper_are_answered() {
     assert!(err.to_string().contains("the lease is gone"), "{err}");
     wal.close().expect("close");
 }
+
+/// Records read as pieces arrive (a reader following shipped WAL): a
+/// record cut by the end of the bytes waits for more; a damaged one is
+/// told apart from it.
+#[test]
+fn records_are_read_as_their_bytes_arrive_and_damage_is_not_mistaken_for_a_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::create(dir.path(), 1, FsyncPolicy::Always).expect("create");
+    for w in write_n(3) {
+        wal.append(&payload(&w)).expect("append");
+    }
+    wal.close().expect("close");
+    let file = fs::read(dir.path().join(file_name(1))).expect("read");
+    let body = &file[HEADER_LEN as usize..];
+    let all = read_records(body, HEADER_LEN);
+    assert_eq!((all.entries.len(), all.end, all.stop), (3, file.len() as u64, None));
+
+    // The first piece ends inside the second record.
+    let first_end = HEADER_LEN + 8 + u64::from(u32::from_le_bytes([body[0], body[1], body[2], body[3]]));
+    let cut = (first_end - HEADER_LEN) as usize + 5;
+    let head = read_records(&body[..cut], HEADER_LEN);
+    assert_eq!((head.entries.len(), head.end), (1, first_end));
+    assert!(head.stop.as_ref().is_some_and(|s| s.incomplete), "{:?}", head.stop);
+    let rest = read_records(&body[(first_end - HEADER_LEN) as usize..], first_end);
+    assert_eq!((rest.entries.len(), rest.end, rest.stop), (2, file.len() as u64, None));
+
+    // A flipped byte inside the second record's body: damaged, not cut.
+    let mut bad = body.to_vec();
+    bad[(first_end - HEADER_LEN) as usize + 12] ^= 0xff;
+    let damaged = read_records(&bad, HEADER_LEN);
+    assert_eq!((damaged.entries.len(), damaged.end), (1, first_end));
+    assert!(damaged.stop.as_ref().is_some_and(|s| !s.incomplete && s.reason.contains("CRC")), "{:?}", damaged.stop);
+}
