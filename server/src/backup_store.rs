@@ -869,8 +869,8 @@ pub struct ShippedReport {
 /// holds the image's point.
 pub async fn restore_shipped(src: &Place, index: &Index, run: &str, dir: &Path) -> Result<ShippedReport> {
     let mut by_file: std::collections::BTreeMap<u64, Vec<(u64, String)>> = Default::default();
-    for (file, offset, rel) in shipped_after(src, index, run).await? {
-        by_file.entry(file).or_default().push((offset, rel));
+    for p in shipped_after(src, index, run).await? {
+        by_file.entry(p.file).or_default().push((p.offset, p.name));
     }
     let mut report = ShippedReport::default();
     if by_file.is_empty() {
@@ -919,13 +919,26 @@ pub async fn restore_shipped(src: &Place, index: &Index, run: &str, dir: &Path) 
     Ok(report)
 }
 
+/// A shipped piece of WAL in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ShippedPiece {
+    pub file: u64,
+    pub offset: u64,
+    pub name: String,
+    /// Its size when listed: a piece whose upload timed out after it landed
+    /// is sent again under its name, longer.
+    pub size: u64,
+}
+
 /// Run `run`'s shipped pieces of WAL files after the last one the image of
-/// `index` holds, as (WAL file, offset, name), sorted.
-pub async fn shipped_after(src: &Place, index: &Index, run: &str) -> Result<Vec<(u64, u64, String)>> {
+/// `index` holds, sorted by file and offset.
+pub async fn shipped_after(src: &Place, index: &Index, run: &str) -> Result<Vec<ShippedPiece>> {
     let mut pieces = Vec::new();
-    for rel in src.list(&shipped_folder(run)).await? {
+    for (rel, size) in src.list_sized(&shipped_folder(run)).await? {
         match parse_piece(&rel) {
-            Some((file, offset)) if file > index.at.wal_closed => pieces.push((file, offset, rel)),
+            Some((file, offset)) if file > index.at.wal_closed => {
+                pieces.push(ShippedPiece { file, offset, name: rel, size })
+            }
             Some(_) => {}
             None => tracing::warn!(object = src.shown(&rel), "not a shipped WAL piece: left alone"),
         }
@@ -1271,6 +1284,11 @@ impl Place {
 
     /// The files under folder `rel` (relative paths, sorted).
     async fn list(&self, rel: &str) -> Result<Vec<String>> {
+        Ok(self.list_sized(rel).await?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// [`Place::list`], with each object's size.
+    async fn list_sized(&self, rel: &str) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         match self {
             Place::Dir(d) => {
@@ -1285,7 +1303,8 @@ impl Place {
                     let name = e.file_name().to_string_lossy().into_owned();
                     // A write that did not finish leaves its temporary file.
                     if e.file_type().is_ok_and(|t| t.is_file()) && !name.starts_with('.') && !name.ends_with(".tmp") {
-                        out.push(format!("{rel}/{name}"));
+                        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                        out.push((format!("{rel}/{name}"), size));
                     }
                 }
             }
@@ -1293,7 +1312,7 @@ impl Place {
                 let mut listed = b.store.list(Some(&b.object(rel)));
                 while let Some(meta) = listed.next().await {
                     let meta = meta.at(|| format!("listing {}", self.shown(rel)))?;
-                    out.extend(b.relative(&meta.location));
+                    out.extend(b.relative(&meta.location).map(|name| (name, meta.size)));
                 }
             }
         }

@@ -22,7 +22,7 @@
 //! Alert rules are evaluated by the writer only: a reader neither evaluates
 //! nor notifies, so that adding readers never pages twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -167,8 +167,9 @@ struct Shipped {
 /// How far one shipped WAL file has been read and applied.
 #[derive(Debug)]
 struct Following {
-    /// Pieces read (each is read once).
-    seen: HashSet<String>,
+    /// Pieces read, with the size read: one listed larger is read again (an
+    /// upload that timed out after it landed is sent again, longer).
+    seen: HashMap<String, u64>,
     /// The file's bytes are read up to here, and applied up to `applied`;
     /// `pending` holds those between (a record not yet whole).
     read: u64,
@@ -179,7 +180,7 @@ struct Following {
 impl Default for Following {
     fn default() -> Self {
         let start = tocsin_storage::wal::HEADER_LEN;
-        Following { seen: HashSet::new(), read: start, applied: start, pending: Vec::new() }
+        Following { seen: HashMap::new(), read: start, applied: start, pending: Vec::new() }
     }
 }
 
@@ -342,7 +343,12 @@ impl Reader {
     ) -> Result<bool, BackupError> {
         let version = Version::of(index);
         let loaded = held.1.clone().unwrap_or_default();
-        if held.1.is_some() && loaded == version {
+        let mut shipped = self.shipped.lock().await;
+        // Another image (another run of the writer, a later WAL file) is
+        // loaded whole, also when its files are the same: what was applied
+        // of the shipped WAL belongs to the one before.
+        let new_image = shipped.image != image_of(index);
+        if held.1.is_some() && loaded == version && !new_image {
             // Nothing new was written: the copy is as recent as this point.
             self.metrics.point_ms.store(index.at.point_unix_ms, Ordering::Relaxed);
             return Ok(false);
@@ -353,8 +359,7 @@ impl Reader {
         // WAL files are read whole at each reload: one the index no longer
         // lists (persisted since) must not be read again.
         remove_unlisted_wal(&self.dir, index);
-        let reloaded = if held.1.is_none() || loaded.storage != version.storage {
-            let mut shipped = self.shipped.lock().await;
+        let reloaded = if held.1.is_none() || loaded.storage != version.storage || new_image {
             // Until the reload succeeds the storage holds neither image
             // cleanly: nothing is applied on top of it meanwhile.
             *shipped = Shipped::default();
@@ -398,16 +403,16 @@ impl Reader {
         if image_of(index).as_ref() != Some(&image) || shipped.damaged.is_some() {
             return Ok(());
         }
-        let mut by_file: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
-        for (file, offset, name) in backup_store::shipped_after(&self.src, index, &image.0).await? {
-            by_file.entry(file).or_default().push((offset, name));
+        let mut by_file: BTreeMap<u64, Vec<backup_store::ShippedPiece>> = BTreeMap::new();
+        for p in backup_store::shipped_after(&self.src, index, &image.0).await? {
+            by_file.entry(p.file).or_default().push(p);
         }
         for (file, pieces) in by_file {
             let f = shipped.files.entry(file).or_default();
             // Whether every byte of the file listed so far was read.
             let mut whole = true;
-            for (offset, name) in pieces {
-                if f.seen.contains(&name) {
+            for backup_store::ShippedPiece { offset, name, size, .. } in pieces {
+                if f.seen.get(&name) == Some(&size) {
                     continue;
                 }
                 if offset > f.read {
@@ -429,7 +434,7 @@ impl Reader {
                     }
                     Err(e) => return Err(e),
                 };
-                f.seen.insert(name);
+                f.seen.insert(name, bytes.len() as u64);
                 let end = offset + bytes.len() as u64;
                 if end > f.read {
                     let skip = usize::try_from(f.read - offset).unwrap_or(usize::MAX);
@@ -438,29 +443,43 @@ impl Reader {
                 }
             }
             let records = tocsin_storage::wal::read_records(&f.pending, f.applied);
-            let rows = storage
-                .apply_shipped(records.entries, &format!("file {file} shipped by the writer"))
-                .await
-                .map_err(|e| BackupError::Refused(format!("applying the writer's shipped WAL file {file}: {e}")))?;
-            self.metrics.shipped_rows.fetch_add(rows, Ordering::Relaxed);
-            let used = usize::try_from(records.end - f.applied).unwrap_or(usize::MAX).min(f.pending.len());
-            f.pending.drain(..used);
-            f.applied = records.end;
-            match records.stop {
-                Some(stop) if !stop.incomplete => {
-                    tracing::error!(
-                        url = self.url,
-                        wal_file = file,
-                        offset = records.end,
-                        "reader: the writer's shipped WAL is damaged ({}): following it stops here until the \
-                         writer's next copy",
-                        stop.reason
-                    );
-                    shipped.damaged = Some((file, records.end));
-                    return Ok(());
+            let from = f.applied;
+            // One record at a time, so that one that cannot be applied
+            // stops following at its start and none is applied twice.
+            let mut failed = None;
+            for (entry, end) in records.entries.into_iter().zip(records.ends) {
+                match storage.apply_shipped(vec![entry], &format!("file {file} shipped by the writer")).await {
+                    Ok(rows) => {
+                        self.metrics.shipped_rows.fetch_add(rows, Ordering::Relaxed);
+                        f.applied = end;
+                    }
+                    Err(e) => {
+                        failed = Some(format!("a record does not apply: {e}"));
+                        break;
+                    }
                 }
-                Some(_) => whole = false, // a record not yet whole
-                None => {}
+            }
+            let used = usize::try_from(f.applied - from).unwrap_or(usize::MAX).min(f.pending.len());
+            f.pending.drain(..used);
+            let damage = match (failed, records.stop) {
+                (Some(why), _) => Some(why),
+                (None, Some(stop)) if !stop.incomplete => Some(stop.reason),
+                (None, Some(_)) => {
+                    whole = false; // a record not yet whole
+                    None
+                }
+                (None, None) => None,
+            };
+            if let Some(why) = damage {
+                tracing::error!(
+                    url = self.url,
+                    wal_file = file,
+                    offset = f.applied,
+                    "reader: the writer's shipped WAL cannot be followed past here ({why}); this reader answers \
+                     without the writes after it until the writer's next copy"
+                );
+                shipped.damaged = Some((file, f.applied));
+                return Ok(());
             }
             // Later files hold later records.
             if !whole {

@@ -515,3 +515,91 @@ async fn a_reader_follows_the_shipped_wal_between_pushes() {
     assert_eq!(converges(&reader, &writer, ANSWER).await[0]["n"], 40);
     assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());
 }
+
+/// A piece whose upload timed out after it landed is sent again under its
+/// name, longer (with the records written since). A reader that read the
+/// shorter one reads it again when the bucket lists it larger: here the
+/// writer's last piece is replaced by hand with itself and the piece after
+/// it, as such a retry leaves it, after the reader has followed the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_sent_again_longer_is_read_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wcfg = dir.path().join("writer.toml");
+    std::fs::write(
+        &wcfg,
+        "[storage]\nobject_store_interval = \"1h\"\nwal = \"object-store\"\nwal_ship_interval = \"1s\"\n",
+    )
+    .expect("config");
+    let bucket_dir = dir.path().join("bucket");
+    let bucket = format!("file://{}", bucket_dir.display());
+    let mut writer = TestServer::start_in(
+        &dir.path().join("w"),
+        &["--config", wcfg.to_str().expect("utf-8"), "--object-store", bucket.as_str()],
+    );
+    writer.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    let pieces_after = |n: usize| {
+        let bucket_dir = bucket_dir.clone();
+        async move {
+            for _ in 0..100 {
+                if shipped_pieces(&bucket_dir).len() >= n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("fewer than {n} pieces shipped: {:?}", shipped_pieces(&bucket_dir));
+        }
+    };
+    write_cpu(&writer, 0, 20).await;
+    pieces_after(1).await;
+    write_cpu(&writer, 20, 10).await;
+    pieces_after(2).await;
+    let want = writer.sql(ANSWER).await;
+    writer.kill9();
+    let pieces = shipped_pieces(&bucket_dir);
+    assert_eq!(pieces.len(), 2, "{pieces:?}");
+    let path = |p: &str| bucket_dir.join("runs").join(p.replace('/', "/shipped/"));
+    let (first, second) = (path(&pieces[0]), path(&pieces[1]));
+    let second_bytes = std::fs::read(&second).expect("second piece");
+    // `<file>-<offset>`: one file, the second piece right after the first.
+    let at = |p: &str| -> (u64, u64) {
+        let name = p.rsplit('/').next().expect("name");
+        let (file, offset) = name.split_once('-').expect("file-offset");
+        (file.parse().expect("file"), offset.parse().expect("offset"))
+    };
+    let first_len = std::fs::metadata(&first).expect("first piece").len();
+    assert_eq!(at(&pieces[1]), (at(&pieces[0]).0, at(&pieces[0]).1 + first_len), "{pieces:?}");
+    let moved = dir.path().join("second");
+    std::fs::rename(&second, &moved).expect("hold the second piece back");
+
+    let cfg = config(dir.path());
+    let reader = TestServer::start_in(
+        &dir.path().join("r"),
+        &["--config", cfg.as_str(), "--object-store", bucket.as_str(), "--role", "reader"],
+    );
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = reader.sql(ANSWER).await;
+        if got.first().is_some_and(|r| r["n"] == 20) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(got[0]["n"], 20, "the reader follows the first piece; {}", reader.log_text());
+
+    // The first piece, sent again with what followed it.
+    let mut longer = std::fs::read(&first).expect("first piece");
+    longer.extend_from_slice(&second_bytes);
+    let tmp = first.with_extension("tmp");
+    std::fs::write(&tmp, &longer).expect("write");
+    std::fs::rename(&tmp, &first).expect("replace");
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = reader.sql(ANSWER).await;
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, want, "the rows of the longer piece, once; {}", reader.log_text());
+    assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());
+}

@@ -681,6 +681,8 @@ pub fn read_file(path: &Path) -> io::Result<(Vec<WalEntry>, ReadEnd)> {
 #[derive(Debug)]
 pub struct Records {
     pub entries: Vec<WalEntry>,
+    /// The file offset after each entry's record.
+    pub ends: Vec<u64>,
     /// The file offset after the last good record.
     pub end: u64,
     /// Why reading stopped before the end of the bytes, if it did.
@@ -701,6 +703,7 @@ pub struct Stop {
 /// record that is incomplete or damaged.
 pub fn read_records(data: &[u8], start: u64) -> Records {
     let mut entries = Vec::new();
+    let mut ends = Vec::new();
     let mut pos = 0usize;
     let stop = loop {
         if pos >= data.len() {
@@ -733,8 +736,9 @@ pub fn read_records(data: &[u8], start: u64) -> Records {
             Err(e) => break damaged(format!("record does not decode: {e}")),
         }
         pos += 8 + len as usize;
+        ends.push(start + pos as u64);
     };
-    Records { entries, end: start + pos as u64, stop }
+    Records { entries, ends, end: start + pos as u64, stop }
 }
 
 /// Cuts a WAL file to `len` bytes and fsyncs it.
