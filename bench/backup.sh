@@ -43,16 +43,21 @@ t=$(now); "$T/tocsin" restore "$WORK/bk" --data-dir "$WORK/restored" > "$WORK/r1
 start restored
 echo "rows: live $(count "$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$WORK/main.out")"), restored $(count "$HTTP")"
 
-# reader_lag URL TAG: a writer and a reader of its copy at URL (pushed and
-# fetched every second); for 15 rows written one at a time, the time until
-# the reader answers with the row.
+# reader_lag URL TAG [WRITER_CONFIG WHAT]: a writer and a reader of its
+# copy at URL (pushed and fetched every second, or the writer configured by
+# WRITER_CONFIG); for 15 rows written one at a time, the time until the
+# reader answers with the row.
 reader_lag() {
-  local url=$1 tag=$2
-  start "lag-w-$tag" --object-store "$url"
+  local url=$1 tag=$2 what=${4:-"object_store_interval 1s on both"}
+  if [ $# -ge 3 ]; then
+    serve "lag-w-$tag" --config "$3" --object-store "$url"
+  else
+    start "lag-w-$tag" --object-store "$url"
+  fi
   local W=$HTTP
   start "lag-r-$tag" --object-store "$url" --role reader
   local R=$HTTP
-  python3 - "$W" "$R" "$tag" <<'PY'
+  python3 - "$W" "$R" "$tag, $what" <<'PY'
 import json, statistics, sys, time, urllib.error, urllib.request
 w, r, tag = sys.argv[1:]
 def sql(addr, q):
@@ -62,6 +67,13 @@ def sql(addr, q):
             return json.loads(resp.read())
     except urllib.error.HTTPError:
         return []
+# The writer's first push (at start) before the first write: writes are
+# shipped only after it.
+for _ in range(600):
+    m = urllib.request.urlopen(f"http://{w}/metrics").read().decode()
+    if any(l.startswith("tocsin_object_store_pushes_total ") and float(l.split()[1]) >= 1 for l in m.splitlines()):
+        break
+    time.sleep(0.1)
 lags = []
 for i in range(15):
     body = f"lag,probe=p v={i} {1_700_000_000 + i}000000000".encode()
@@ -71,11 +83,19 @@ for i in range(15):
         time.sleep(0.02)
     lags.append(time.time() - t0)
 lags.sort()
-print(f"reader lag ({tag}, object_store_interval 1s on both): median {statistics.median(lags):.2f} s, "
+print(f"reader lag ({tag}): median {statistics.median(lags):.2f} s, "
       f"min {lags[0]:.2f}, max {lags[-1]:.2f} over {len(lags)} writes")
 PY
 }
 reader_lag "file://$WORK/shared" "shared directory"
+cat > "$WORK/shipping.toml" <<TOML
+[storage]
+object_store_interval = "60s"
+wal = "object-store"
+wal_ship_interval = "1s"
+TOML
+reader_lag "file://$WORK/shipped" "shipped WAL" "$WORK/shipping.toml" \
+  "the writer pushing every 60 s and shipping its WAL every 1 s, the reader fetching every 1 s"
 
 if [ "${S3:-0}" = 1 ]; then
   moto_bucket bench
@@ -84,6 +104,8 @@ if [ "${S3:-0}" = 1 ]; then
   t=$(now); "$T/tocsin" backup s3://bench/full --http-addr "$MAIN" > "$WORK/s2"; echo "nothing new, moto: $(since "$t") s: $(cat "$WORK/s2")"
   t=$(now); "$T/tocsin" restore s3://bench/full --data-dir "$WORK/from-s3" > "$WORK/s3"; echo "restore from moto: $(since "$t") s: $(head -1 "$WORK/s3")"
   reader_lag s3://bench/lag moto
+  reader_lag s3://bench/lag-shipped "moto, shipped WAL" "$WORK/shipping.toml" \
+    "the writer pushing every 60 s and shipping its WAL every 1 s, the reader fetching every 1 s"
   # Ingest of the day, with and without the copy pushed every second.
   for round in 1 2 3; do
     for mode in plain bucket; do
