@@ -462,26 +462,31 @@ fn shipping_the_wal_needs_a_bucket_and_a_known_mode() {
     assert!(err.contains("object-store-sync"), "{err}");
 }
 
-/// With the writer shipping its WAL (`wal = "object-store"`, every second)
-/// and pushing its image only at start (the interval is an hour), a reader
-/// answers the writes since that image within seconds, persisted on the
-/// writer or not: each refresh rebuilds the shipped pieces into WAL files
-/// and replays them. Before, it waited for the next push.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_follows_the_shipped_wal_between_pushes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wcfg = dir.path().join("writer.toml");
+/// A writer in `dir/w` with its copy in `bucket`, pushed only at start (the
+/// interval is an hour), shipping its WAL every second (`wal =
+/// "object-store"`), once it has pushed.
+async fn shipping_writer(dir: &Path, bucket: &str) -> TestServer {
+    let cfg = dir.join("writer.toml");
     std::fs::write(
-        &wcfg,
+        &cfg,
         "[storage]\nobject_store_interval = \"1h\"\nwal = \"object-store\"\nwal_ship_interval = \"1s\"\n",
     )
     .expect("config");
-    let bucket = format!("file://{}", dir.path().join("bucket").display());
-    let writer = TestServer::start_in(
-        &dir.path().join("w"),
-        &["--config", wcfg.to_str().expect("utf-8"), "--object-store", bucket.as_str()],
-    );
+    let writer =
+        TestServer::start_in(&dir.join("w"), &["--config", cfg.to_str().expect("utf-8"), "--object-store", bucket]);
     writer.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    writer
+}
+
+/// A reader of a writer that ships its WAL and pushes its image only at
+/// start answers the writes since that image within seconds, persisted on
+/// the writer or not: each refresh applies the pieces shipped since it
+/// last looked. Before, it waited for the next push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_follows_the_shipped_wal_between_pushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let writer = shipping_writer(dir.path(), &bucket).await;
     write_cpu(&writer, 0, 20).await;
     let cfg = config(dir.path());
     let reader = TestServer::start_in(
@@ -506,11 +511,7 @@ async fn a_reader_follows_the_shipped_wal_between_pushes() {
     // what it applied, and follows the new run's pieces, every row once.
     let mut writer = writer;
     assert!(writer.terminate().success());
-    let writer = TestServer::start_in(
-        &dir.path().join("w"),
-        &["--config", wcfg.to_str().expect("utf-8"), "--object-store", bucket.as_str()],
-    );
-    writer.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    let writer = shipping_writer(dir.path(), &bucket).await;
     write_cpu(&writer, 35, 5).await;
     assert_eq!(converges(&reader, &writer, ANSWER).await[0]["n"], 40);
     assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());
@@ -524,19 +525,9 @@ async fn a_reader_follows_the_shipped_wal_between_pushes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_piece_sent_again_longer_is_read_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wcfg = dir.path().join("writer.toml");
-    std::fs::write(
-        &wcfg,
-        "[storage]\nobject_store_interval = \"1h\"\nwal = \"object-store\"\nwal_ship_interval = \"1s\"\n",
-    )
-    .expect("config");
     let bucket_dir = dir.path().join("bucket");
     let bucket = format!("file://{}", bucket_dir.display());
-    let mut writer = TestServer::start_in(
-        &dir.path().join("w"),
-        &["--config", wcfg.to_str().expect("utf-8"), "--object-store", bucket.as_str()],
-    );
-    writer.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    let mut writer = shipping_writer(dir.path(), &bucket).await;
     let pieces_after = |n: usize| {
         let bucket_dir = bucket_dir.clone();
         async move {
