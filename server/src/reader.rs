@@ -159,9 +159,9 @@ struct Shipped {
     image: Option<(String, u64)>,
     /// Per WAL file after the image, in order.
     files: BTreeMap<u64, Following>,
-    /// A damaged record stopped following at (file, offset) until the next
-    /// image: said once.
-    damaged: Option<(u64, u64)>,
+    /// A damaged record, or one that does not apply, stopped following
+    /// until the next image (the log says where).
+    stopped: bool,
 }
 
 /// How far one shipped WAL file has been read and applied.
@@ -400,7 +400,7 @@ impl Reader {
         let Some(image) = shipped.image.clone() else { return Ok(()) };
         // The storage holds another image than this index's (its reload
         // failed), or following met a damaged record: nothing goes on top.
-        if image_of(index).as_ref() != Some(&image) || shipped.damaged.is_some() {
+        if image_of(index).as_ref() != Some(&image) || shipped.stopped {
             return Ok(());
         }
         let mut by_file: BTreeMap<u64, Vec<backup_store::ShippedPiece>> = BTreeMap::new();
@@ -478,7 +478,7 @@ impl Reader {
                     "reader: the writer's shipped WAL cannot be followed past here ({why}); this reader answers \
                      without the writes after it until the writer's next copy"
                 );
-                shipped.damaged = Some((file, f.applied));
+                shipped.stopped = true;
                 return Ok(());
             }
             // Later files hold later records.
