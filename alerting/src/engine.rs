@@ -260,6 +260,11 @@ pub struct AlertMetrics {
     /// (or finally failed) on disk. Zero means every notification decided
     /// so far is out and a restart would send none again.
     pub outbox_saved: AtomicU64,
+    /// Journal queues dropped for outgrowing their limit (`ship.rs`).
+    pub journal_ship_dropped: AtomicU64,
+    /// Rounds and acknowledgements that went on before their journal
+    /// record was in the bucket (`ship.rs`).
+    pub unshipped_waits: AtomicU64,
     /// Journal records written (one per round that changed something),
     /// the changes in them, their time (diff, write, fsync) and the
     /// journal's size since the last snapshot.
@@ -352,6 +357,8 @@ pub struct AlertEngine {
     ingest_rx: tokio::sync::Mutex<mpsc::Receiver<IngestBatch>>,
     /// Serialises saves: one journal writer.
     journal: Mutex<persist::Journal>,
+    /// Journal records shipped to a bucket, for waiters (`ship.rs`).
+    ship_tx: watch::Sender<ship::ShipState>,
     pub metrics: AlertMetrics,
     /// Makes and checks the ack and silence links of notifications.
     links: crate::links::Links,
@@ -455,6 +462,7 @@ impl AlertEngine {
             notifier,
             attempts: tokio::sync::Mutex::new(rx),
             journal: Mutex::new(journal),
+            ship_tx: watch::Sender::new(Default::default()),
             reload_hook: Mutex::new(None),
             metrics: AlertMetrics::default(),
             links,
@@ -690,6 +698,11 @@ impl AlertEngine {
         let jobs = self.dispatch(!transitions.is_empty());
         if let Err(e) = self.save_if_dirty() {
             tracing::error!("{e}");
+        }
+        // Under `object-store-sync`, the outbox is in the bucket before
+        // the notifications leave.
+        if !jobs.is_empty() {
+            self.journal_synced().await;
         }
         for job in jobs {
             self.notifier.enqueue(job);
@@ -982,6 +995,7 @@ pub use api::AlertFilter;
 mod metrics;
 mod persist;
 use persist::load_state;
+pub mod ship;
 
 #[cfg(test)]
 mod sim;

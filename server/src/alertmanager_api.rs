@@ -307,6 +307,7 @@ async fn add_silence(
         Some(id) => engine.replace_silence(id, silence)?,
         None => engine.add_silence(silence)?,
     };
+    engine.journal_synced().await;
     Ok(axum::Json(json!({ "silenceID": s.id })).into_response())
 }
 
@@ -325,6 +326,7 @@ async fn expire_silence(
 ) -> Result<Response, AmError> {
     scoped_silence(&engine, &who, &id)?;
     engine.expire_silence(&id)?;
+    engine.journal_synced().await;
     Ok(StatusCode::OK.into_response())
 }
 

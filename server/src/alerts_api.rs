@@ -305,6 +305,7 @@ async fn add_silence(
         created_at: 0,
         scope: alert_scope(&who).map(|a| SilenceScope { role: who.role.name.clone(), alerts: a.clone() }),
     })?;
+    engine.journal_synced().await;
     Ok((StatusCode::CREATED, axum::Json(json!({ "silenceID": s.id }))).into_response())
 }
 
@@ -346,6 +347,7 @@ async fn expire_silence(
 ) -> Result<Response, ApiError> {
     scoped_silence(&engine, &who, &id)?;
     engine.expire_silence(&id)?;
+    engine.journal_synced().await;
     Ok(axum::Json(json!({ "expired": id })).into_response())
 }
 
@@ -441,6 +443,7 @@ async fn add_override(State(engine): State<Arc<AlertEngine>>, body: Bytes) -> Re
         comment: r.comment,
         created_at: 0,
     })?;
+    engine.journal_synced().await;
     Ok((StatusCode::CREATED, axum::Json(override_json(&o))).into_response())
 }
 
@@ -459,6 +462,7 @@ async fn list_overrides(State(engine): State<Arc<AlertEngine>>) -> Result<Respon
 
 async fn remove_override(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     engine.remove_override(&id)?;
+    engine.journal_synced().await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -73,6 +73,10 @@ pub struct BackupPoint {
     /// should too.
     #[serde(default)]
     pub auth: bool,
+    /// The last alerting state journal record the image's snapshot
+    /// covers: the shipped records after it are replayed at restore.
+    #[serde(default)]
+    pub alerting_seq: u64,
 }
 
 /// The answer to `POST /api/v1/admin/backups`.
@@ -272,7 +276,8 @@ async fn take(
 ) -> Result<BackupImage, ApiError> {
     let cp = storage.checkpoint(dir).await.map_err(|e| ApiError::classified(&e))?;
     // The alerting state as one snapshot (the journal is folded into it).
-    alerts.write_snapshot().map_err(|e| ApiError::internal(format!("backup: alerting state: {e}")))?;
+    let alerting_seq =
+        alerts.write_snapshot().map_err(|e| ApiError::internal(format!("backup: alerting state: {e}")))?;
     let data_dir = backups.data_dir.clone();
     let rules = backups.rules.clone();
     let dir_owned = dir.to_path_buf();
@@ -300,6 +305,7 @@ async fn take(
             segments: cp.segments,
             rules: has_rules,
             auth: backups.auth,
+            alerting_seq,
         },
         id: id.to_string(),
         data_dir: backups.data_dir.display().to_string(),

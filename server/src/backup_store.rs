@@ -46,6 +46,12 @@ const RUNS: &str = "runs";
 /// those of the run that pushed the index, after the WAL files the image
 /// holds, and the run's next push removes those its image covers.
 const SHIPPED: &str = "shipped";
+/// `runs/<run>/alerting/`: the alerting state journal's records a server
+/// shipped since its last push, one object per shipment, named
+/// `<first record>-<last record>` (`tocsin_alerting::engine::ship`). A
+/// restore replays those after the snapshot the image holds; the run's next
+/// push removes those its snapshot covers.
+const ALERTING: &str = "alerting";
 /// A shipped piece larger than this is refused at restore (a piece is the
 /// records of one round of writes: far smaller).
 pub(crate) const MAX_PIECE_BYTES: u64 = 1 << 30;
@@ -60,6 +66,15 @@ pub fn shipped_folder(run: &str) -> String {
     format!("{RUNS}/{run}/{SHIPPED}")
 }
 
+/// Where run `run` ships the alerting journal's records `first..=last`.
+pub fn alerting_piece_name(run: &str, first: u64, last: u64) -> String {
+    format!("{RUNS}/{run}/{ALERTING}/{first:020}-{last:020}")
+}
+
+fn alerting_folder(run: &str) -> String {
+    format!("{RUNS}/{run}/{ALERTING}")
+}
+
 /// `(file_seq, offset)` of a piece's name (its last part).
 fn parse_piece(name: &str) -> Option<(u64, u64)> {
     let (file, offset) = name.rsplit('/').next()?.split_once('-')?;
@@ -70,7 +85,7 @@ fn parse_piece(name: &str) -> Option<(u64, u64)> {
 /// never removes one (the pieces after a push's image are not in its index).
 fn is_shipped(rel: &str) -> bool {
     let mut parts = rel.split('/');
-    parts.next() == Some(RUNS) && parts.next().is_some() && parts.next() == Some(SHIPPED)
+    parts.next() == Some(RUNS) && parts.next().is_some() && matches!(parts.next(), Some(SHIPPED | ALERTING))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -859,6 +874,8 @@ pub struct ShippedReport {
     pub holes: Vec<(u64, u64, u64)>,
     /// Why the shipped WAL was left out, if it was.
     pub left_out: Option<String>,
+    /// Alerting state journal records replayed after the image's snapshot.
+    pub alerting_records: usize,
 }
 
 /// Rebuilds in `dir/wal/` the WAL files that run `run` shipped after the
@@ -873,12 +890,15 @@ pub async fn restore_shipped(src: &Place, index: &Index, run: &str, dir: &Path) 
         by_file.entry(p.file).or_default().push((p.offset, p.name));
     }
     let mut report = ShippedReport::default();
-    if by_file.is_empty() {
+    let mut written = Vec::new();
+    let (records, journal) = restore_shipped_alerting(src, run, dir).await?;
+    report.alerting_records = records;
+    written.extend(journal);
+    if by_file.is_empty() && written.is_empty() {
         return Ok(report);
     }
     let wal_dir = dir.join("wal");
     fs::create_dir_all(&wal_dir).at(|| format!("creating {}", wal_dir.display()))?;
-    let mut written = Vec::new();
     for (file, pieces) in by_file {
         let mut read = Vec::with_capacity(pieces.len());
         for (offset, rel) in pieces {
@@ -912,10 +932,14 @@ pub async fn restore_shipped(src: &Place, index: &Index, run: &str, dir: &Path) 
             fs::remove_file(path).at(|| format!("removing {}", path.display()))?;
         }
         let why = "the copy's server pushed a newer copy during the restore, which may have removed pieces of it";
-        tracing::warn!(copy = src.name(), "the shipped WAL is left out: {why}");
+        tracing::warn!(copy = src.name(), "the shipped WAL and alerting journal are left out: {why}");
         report = ShippedReport { left_out: Some(why.into()), ..ShippedReport::default() };
     }
     sync_dir(&wal_dir).at(|| format!("syncing {}", wal_dir.display()))?;
+    if report.alerting_records > 0 {
+        let state_dir = dir.join("alerting");
+        sync_dir(&state_dir).at(|| format!("syncing {}", state_dir.display()))?;
+    }
     Ok(report)
 }
 
@@ -945,6 +969,56 @@ pub async fn shipped_after(src: &Place, index: &Index, run: &str) -> Result<Vec<
     }
     pieces.sort();
     Ok(pieces)
+}
+
+/// Removes run `run`'s shipped alerting journal records up to `upto` (all
+/// of them with `None`); returns how many objects.
+pub async fn remove_shipped_alerting(place: &Place, run: &str, upto: Option<u64>) -> Result<usize> {
+    let mut removed = 0;
+    for rel in place.list(&alerting_folder(run)).await? {
+        // Named `<first>-<last>`, like WAL pieces `<file>-<offset>`.
+        if parse_piece(&rel).is_some_and(|(_, last)| upto.is_none_or(|u| last <= u)) {
+            place.remove(&rel).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes in `dir/alerting/` the journal records run `run` shipped after
+/// the snapshot the restored image holds, as one journal file the alerting
+/// engine replays when it opens; returns how many records.
+async fn restore_shipped_alerting(src: &Place, run: &str, dir: &Path) -> Result<(usize, Option<PathBuf>)> {
+    use tocsin_alerting::engine::ship;
+    let state_dir = dir.join("alerting");
+    let after = ship::snapshot_seq(&state_dir).map_err(|e| BackupError::Refused(e.to_string()))?;
+    let mut pieces = Vec::new();
+    for rel in src.list(&alerting_folder(run)).await? {
+        match parse_piece(&rel) {
+            Some((first, last)) if last > after => {
+                let bytes = src.read_whole(&rel, MAX_PIECE_BYTES).await?;
+                pieces.push(ship::JournalPiece { first, last, bytes });
+            }
+            Some(_) => {}
+            None => tracing::warn!(object = src.shown(&rel), "not a shipped alerting journal piece: left alone"),
+        }
+    }
+    let assembled = ship::assemble(after, pieces);
+    if let Some(why) = &assembled.stopped {
+        tracing::error!(
+            copy = src.name(),
+            run,
+            "the shipped alerting journal stops at record {}: {why}; the alerting state is restored up to there",
+            assembled.last
+        );
+    }
+    if assembled.records == 0 {
+        return Ok((0, None));
+    }
+    fs::create_dir_all(&state_dir).at(|| format!("creating {}", state_dir.display()))?;
+    let path = state_dir.join(ship::journal_file_name(after + 1));
+    write_atomic(&path, |e| e, |f| f.write_all(&assembled.bytes)).at(|| format!("writing {}", path.display()))?;
+    Ok((assembled.records, Some(path)))
 }
 
 /// Removes run `run`'s shipped pieces of WAL files up to `upto` (all of
@@ -1705,6 +1779,7 @@ mod tests {
                 segments: 0,
                 rules: false,
                 auth: false,
+                alerting_seq: 0,
             },
             id: id.into(),
             data_dir: String::new(),

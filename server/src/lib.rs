@@ -469,6 +469,16 @@ async fn serve(
         let l = Arc::clone(l);
         alerts.hold_by(Arc::new(move || l.check()));
     }
+    // The alerting journal goes with the WAL: a successor continues
+    // escalations from the last step sent, not from the last push.
+    let ship_alerts = match (&mirror, config.object_store.as_ref().map(|o| &o.wal)) {
+        (Some(m), Some(config::WalShipping::Background(every))) => Some((Arc::clone(m), false, Some(*every))),
+        (Some(m), Some(config::WalShipping::Sync)) => Some((Arc::clone(m), true, None)),
+        _ => None,
+    };
+    if let Some((_, sync, _)) = &ship_alerts {
+        alerts.ship_journal(*sync);
+    }
     let backups = Arc::new(
         backup::Backups::open(storage.data_dir(), config.alerting.rules.clone(), config.auth.enabled)
             .map_err(ServerError::Backup)?,
@@ -587,6 +597,9 @@ async fn serve(
             None => stop_rx.clone(),
         };
         background.push(tokio::spawn(Arc::clone(&alerts).run(alert_stop)));
+    }
+    if let Some((m, _, every)) = ship_alerts {
+        tokio::spawn(m.ship_alerts(Arc::clone(&alerts), every, stop_rx.clone()));
     }
     tokio::spawn(backup_sweep(Arc::clone(&backups), stop_rx.clone()));
     let mirror_task = mirror.as_ref().map(|m| {

@@ -348,6 +348,19 @@ pub(crate) fn render_alerting(engine: &tocsin_alerting::AlertEngine, o: &mut Str
         "Time spent writing alerting state journal records (compare, write, fsync).",
         seconds(&m.journal_micros),
     );
+    counter(
+        o,
+        "tocsin_alert_journal_unshipped_total",
+        "Rounds and acknowledgements that went on before their journal record was in the bucket (wal = \
+         object-store-sync: the bucket failed or was slower than 5 s).",
+        load(&m.unshipped_waits),
+    );
+    counter(
+        o,
+        "tocsin_alert_journal_ship_dropped_total",
+        "Times the alerting journal records waiting for the bucket passed 64 MiB and were dropped.",
+        load(&m.journal_ship_dropped),
+    );
     gauge(
         o,
         "tocsin_alert_journal_bytes",
@@ -439,8 +452,21 @@ pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, fenced: bool, out:
     counter(
         out,
         "tocsin_object_store_wal_failures_total",
-        "Attempts to ship WAL to the bucket that failed (writes waiting for them are refused; retried).",
+        "Attempts to ship WAL or the alerting journal to the bucket that failed (writes waiting for them are \
+         refused; retried).",
         m.ship_failures.load(Relaxed),
+    );
+    counter(
+        out,
+        "tocsin_object_store_alerting_pieces_total",
+        "Pieces of the alerting state journal shipped to the bucket with the WAL.",
+        m.shipped_alerting_pieces.load(Relaxed),
+    );
+    counter(
+        out,
+        "tocsin_object_store_alerting_bytes_total",
+        "Bytes of the alerting state journal shipped to the bucket.",
+        m.shipped_alerting_bytes.load(Relaxed),
     );
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct MirrorMetrics {
     pub(crate) shipped_pieces: AtomicU64,
     pub(crate) shipped_bytes: AtomicU64,
     pub(crate) ship_failures: AtomicU64,
+    /// Alerting journal shipping: pieces and bytes sent.
+    pub(crate) shipped_alerting_pieces: AtomicU64,
+    pub(crate) shipped_alerting_bytes: AtomicU64,
 }
 
 pub(crate) struct Mirror {
@@ -80,6 +83,8 @@ pub(crate) struct Mirror {
     /// The WAL, when it is shipped: writes waiting for their records to be
     /// shipped learn of a failed first push, or of this server standing down.
     shipped_wal: std::sync::OnceLock<Arc<tocsin_storage::wal::Wal>>,
+    /// The alerting engine, when its journal is shipped with the WAL.
+    shipped_alerts: std::sync::OnceLock<Arc<tocsin_alerting::AlertEngine>>,
 }
 
 impl Mirror {
@@ -114,6 +119,7 @@ impl Mirror {
             previous_run: None,
             first_push: watch::Sender::new(false),
             shipped_wal: std::sync::OnceLock::new(),
+            shipped_alerts: std::sync::OnceLock::new(),
         };
         let mut mirror = mirror;
         let empty = match std::fs::read_dir(data_dir) {
@@ -187,8 +193,9 @@ impl Mirror {
                 point = report.index.at.point,
                 shipped_wal_files = report.shipped.files,
                 shipped_wal_bytes = report.shipped.bytes,
+                shipped_alerting_records = report.shipped.alerting_records,
                 "data directory restored from the bucket: it holds every write acknowledged before its point, and \
-                 the WAL its server shipped after it"
+                 the WAL and alerting journal its server shipped after it"
             );
         }
         mirror.since_ms.store(now_ms(), Ordering::Relaxed);
@@ -279,18 +286,22 @@ impl Mirror {
             };
             let pushed = backup_store::push(&image, &files, &self.dest, false, false, Some(claim)).await;
             backups.drop_image(&image.id);
-            pushed.map(|r| (r, image.at.point_unix_ms, image.at.wal_closed))
+            pushed.map(|r| (r, image.at.point_unix_ms, image.at.wal_closed, image.at.alerting_seq))
         }
         .await;
         match result {
-            Ok((report, point, wal_closed)) => {
+            Ok((report, point, wal_closed, alerting_seq)) => {
                 self.pushed.store(true, Ordering::Relaxed);
                 self.first_push.send_replace(true);
                 // The image holds the WAL up to `wal_closed`: the pieces
                 // shipped of it, and all of the previous run's, are done with.
+                // Likewise the alerting journal records its snapshot covers.
                 let mut gone = backup_store::remove_shipped(&self.dest, &self.me.run, Some(wal_closed)).await;
+                gone =
+                    gone.and(backup_store::remove_shipped_alerting(&self.dest, &self.me.run, Some(alerting_seq)).await);
                 if first && let Some(previous) = self.previous_run.as_deref().filter(|p| *p != self.me.run) {
                     gone = gone.and(backup_store::remove_shipped(&self.dest, previous, None).await);
+                    gone = gone.and(backup_store::remove_shipped_alerting(&self.dest, previous, None).await);
                 }
                 if let Err(e) = gone {
                     tracing::warn!(url = self.url, "cannot remove shipped WAL the copy now holds: {e}");
@@ -317,6 +328,9 @@ impl Mirror {
                 if let Some(wal) = self.shipped_wal.get() {
                     wal.stop_shipping(why.clone());
                 }
+                if let Some(alerts) = self.shipped_alerts.get() {
+                    alerts.stop_journal_shipping();
+                }
                 // Whatever the lease says, the copy has moved on: this
                 // server lets the key go for a standby to start from it.
                 if let Some(l) = &self.lease {
@@ -330,6 +344,9 @@ impl Mirror {
                 // waiting for it are answered rather than held.
                 if first && let Some(wal) = self.shipped_wal.get() {
                     wal.ship_failed(format!("this server's first copy is not in the bucket yet ({e})"));
+                }
+                if first && let Some(alerts) = self.shipped_alerts.get() {
+                    alerts.journal_ship_failed(format!("this server's first copy is not in the bucket yet ({e})"));
                 }
             }
         }
@@ -404,6 +421,66 @@ impl Mirror {
                     self.metrics.ship_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(url = self.url, "cannot ship the WAL to the bucket (retrying): {e}");
                     wal.ship_failed(e.to_string());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Ships the alerting engine's state journal with the WAL (same mode,
+    /// same interval): see `tocsin_alerting::engine::ship`. Like the WAL,
+    /// nothing goes before this run's first push.
+    pub(crate) async fn ship_alerts(
+        self: Arc<Self>,
+        alerts: Arc<tocsin_alerting::AlertEngine>,
+        every: Option<Duration>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let _ = self.shipped_alerts.set(Arc::clone(&alerts));
+        let mut pushed = self.first_push.subscribe();
+        tokio::select! {
+            _ = pushed.wait_for(|p| *p) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            tokio::select! {
+                () = async {
+                    match every {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => alerts.journal_waiting().await,
+                    }
+                } => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let Some(piece) = alerts.journal_to_ship() else { continue };
+            if *self.fenced.borrow() {
+                alerts.stop_journal_shipping();
+                return;
+            }
+            if let Some(Err(_)) = self.lease.as_ref().map(|l| l.check()) {
+                alerts.stop_journal_shipping();
+                return;
+            }
+            let name = backup_store::alerting_piece_name(&self.me.run, piece.first, piece.last);
+            let bytes = piece.bytes.len() as u64;
+            let put = tokio::time::timeout(PIECE_TIMEOUT, self.dest.put_piece(&name, piece.bytes)).await;
+            match put {
+                Ok(Ok(())) => {
+                    alerts.journal_shipped(piece.last);
+                    self.metrics.shipped_alerting_pieces.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.shipped_alerting_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    backoff = Duration::from_millis(50);
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("{} was not written within {} s", self.dest.shown(&name), PIECE_TIMEOUT.as_secs()),
+                    };
+                    self.metrics.ship_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(url = self.url, "cannot ship the alerting journal to the bucket (retrying): {why}");
+                    alerts.journal_ship_failed(why);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }

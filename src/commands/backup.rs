@@ -165,6 +165,14 @@ async fn run_restore(c: RestoreConfig) -> anyhow::Result<()> {
             report.shipped.bytes
         );
     }
+    if report.shipped.alerting_records > 0 {
+        println!(
+            "Its alerting state includes the {} journal record{} its server shipped after that point \
+             (notifications sent, acknowledgements, silences).",
+            report.shipped.alerting_records,
+            if report.shipped.alerting_records == 1 { "" } else { "s" }
+        );
+    }
     if let Some(why) = &report.shipped.left_out {
         println!(
             "The WAL its server shipped after that point is left out ({why}): run the restore again to include \

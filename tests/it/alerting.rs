@@ -257,6 +257,58 @@ async fn escalation_continues_after_kill_9_without_repeating_a_step() {
     drop(server);
 }
 
+/// `wal = "object-store-sync"`: the alerting state journal goes to the
+/// bucket with the WAL, and a round's notifications leave only once the
+/// record that puts them in the outbox is there. The copy is pushed only at
+/// start (the interval is an hour), before the alert; the primary is killed
+/// (kill -9) between the two steps of its escalation. A successor restored
+/// from the copy (as a standby does when it takes the lease) continues the
+/// escalation: step 2 once, when due, and step 1 not again. Before, the
+/// copy held the alerting state of its last push, and the successor paged
+/// the on-call a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_continues_from_the_copy_in_a_bucket_without_repeating_a_step() {
+    let hook = Webhook::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rules_file = tmp.path().join("rules.yml");
+    std::fs::write(&rules_file, rules(&hook, "4s")).expect("rules");
+    let cfg = tmp.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1h\"\nwal = \"object-store-sync\"\n").expect("config");
+    let bucket_dir = tmp.path().join("bucket");
+    let bucket = format!("file://{}", bucket_dir.display());
+    let rules_arg = rules_file.to_str().expect("utf-8");
+    let args = ["--config", cfg.to_str().expect("utf-8"), "--object-store", bucket.as_str(), "--rules", rules_arg];
+    let mut a = TestServer::start_in(&tmp.path().join("a"), &args);
+    a.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    a.sql("INSERT INTO cpu (ts, host, usage) VALUES (now(), 'esc-1', 99)").await;
+    hook.wait_for(20, |p, v| p == "/oncall" && host_of(v) == "esc-1").await.expect("step 1");
+    a.metric_until("tocsin_notifications_queued_total", 1.0).await;
+    outbox_empty(&a).await;
+    assert!(a.metric("tocsin_object_store_alerting_pieces_total").await >= 1.0, "{}", a.log_text());
+    assert_eq!(a.metric("tocsin_alert_journal_unshipped_total").await, 0.0, "{}", a.log_text());
+    assert_eq!(a.metric("tocsin_object_store_pushes_total").await, 1.0, "only the push at start");
+    a.kill9();
+
+    let restored = tmp.path().join("b");
+    let out = Command::new(BIN)
+        .args(["restore", bucket_dir.to_str().expect("utf-8"), "--data-dir"])
+        .arg(&restored)
+        .output()
+        .expect("run tocsin restore");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("journal record"), "{said}");
+    let b = TestServer::start_in(&restored, &["--rules", rules_arg]);
+    let step2 = hook.wait_for(30, |p, _| p == "/backup").await.expect("step 2 on the successor");
+    assert_eq!(step2["tocsin"]["step"], 2);
+    settled(&b).await;
+    assert_eq!(b.metric("tocsin_notifications_queued_total").await, 1.0, "only step 2 on the successor");
+    let got = hook.received();
+    let oncall_steps = got.iter().filter(|(p, v)| p == "/oncall" && v["tocsin"]["reason"] == "escalation").count();
+    let backup = got.iter().filter(|(p, _)| p == "/backup").count();
+    assert_eq!((oncall_steps, backup), (1, 1), "{got:?}");
+}
+
 /// `.../rules.yml:LINE:COLUMN: message`
 fn names_line_and_column(text: &str) -> bool {
     text.split("rules.yml:").nth(1).is_some_and(|rest| {

@@ -74,6 +74,7 @@ impl AlertEngine {
 
     pub(super) async fn record_manual(&self, t: Transition) -> Result<serde_json::Value, EngineError> {
         self.save()?;
+        self.journal_synced().await;
         self.history.transitions(std::slice::from_ref(&t)).await;
         self.alert(&t.id).ok_or_else(|| EngineError::NoSuchAlert(t.id.clone()))
     }

@@ -51,10 +51,12 @@ pub(super) enum Op {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    seq: u64,
+pub(super) struct Record {
+    pub(super) seq: u64,
     ops: Vec<Op>,
 }
+
+pub(super) use Record as JournalRecord;
 
 /// Digests of what is on disk (snapshot plus journal), to find what a round
 /// changed.
@@ -240,16 +242,18 @@ pub(super) struct Journal {
     /// Bytes in those files.
     bytes: u64,
     /// The last record number written (or covered by the snapshot).
-    seq: u64,
+    pub(super) seq: u64,
     snapshot_bytes: u64,
     pub(super) last_snapshot: Instant,
     image: Image,
+    /// Records waiting to be shipped to a bucket (`ship.rs`).
+    pub(super) ship: ship::ShipQueue,
 }
 
 impl Journal {
     fn append(&mut self, record: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
-            let path = self.dir.join(format!("{JOURNAL_PREFIX}{:016x}", self.seq + 1));
+            let path = self.dir.join(journal_file_name(self.seq + 1));
             let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
             tocsin_storage::durable::sync_dir(&self.dir)?;
             self.files.push(path.clone());
@@ -340,6 +344,8 @@ impl AlertEngine {
             return Err(EngineError::StateIo { path, source });
         }
         journal.seq = seq;
+        let queued = journal.ship.push(seq, &record);
+        self.note_appended(seq, queued);
         let micros = started.elapsed().as_micros() as u64;
         let m = &self.metrics;
         m.journal_records.fetch_add(1, Ordering::Relaxed);
@@ -353,13 +359,14 @@ impl AlertEngine {
         Ok(())
     }
 
-    /// Writes a snapshot of the whole state and removes the journal.
-    pub fn write_snapshot(&self) -> Result<(), EngineError> {
+    /// Writes a snapshot of the whole state and removes the journal;
+    /// returns the last record number it covers.
+    pub fn write_snapshot(&self) -> Result<u64, EngineError> {
         let mut journal = self.journal.lock();
         self.snapshot_locked(&mut journal)
     }
 
-    fn snapshot_locked(&self, journal: &mut Journal) -> Result<(), EngineError> {
+    fn snapshot_locked(&self, journal: &mut Journal) -> Result<u64, EngineError> {
         let started = Instant::now();
         let (bytes, image, outbox) = {
             let mut inner = self.inner.lock();
@@ -396,6 +403,7 @@ impl AlertEngine {
         journal.snapshot_bytes = bytes.len() as u64;
         journal.last_snapshot = Instant::now();
         journal.image = image;
+        journal.ship.snapshot_written();
         let micros = started.elapsed().as_micros() as u64;
         let m = &self.metrics;
         m.outbox_saved.store(outbox as u64, Ordering::Relaxed);
@@ -404,7 +412,7 @@ impl AlertEngine {
         m.state_save_last_micros.store(micros, Ordering::Relaxed);
         m.state_bytes.store(bytes.len() as u64, Ordering::Relaxed);
         m.journal_bytes.store(0, Ordering::Relaxed);
-        Ok(())
+        Ok(journal.seq)
     }
 }
 
@@ -432,6 +440,7 @@ impl Loaded {
             snapshot_bytes: self.snapshot_bytes,
             last_snapshot: Instant::now(),
             image: Image::of(inner),
+            ship: Default::default(),
         }
     }
 }
@@ -534,7 +543,7 @@ pub(super) fn load_state(dir: &Path) -> Result<Loaded, EngineError> {
 }
 
 /// One framed record at the start of `data`, and its framed length.
-fn next_record(data: &[u8]) -> Result<(Record, usize), String> {
+pub(super) fn next_record(data: &[u8]) -> Result<(Record, usize), String> {
     if data.len() < 8 {
         return Err(format!("{} bytes where a record header takes 8", data.len()));
     }
@@ -626,6 +635,28 @@ impl Replay {
         state.silences = self.silences.into_values().collect();
         state.outbox = self.outbox.into_values().collect();
         state.overrides = self.overrides.into_values().collect();
+    }
+}
+
+/// The name of the journal file whose first record is `first`.
+pub(super) fn journal_file_name(first: u64) -> String {
+    format!("{JOURNAL_PREFIX}{first:016x}")
+}
+
+/// The last record number the snapshot in `dir` covers (zero without one).
+pub(super) fn snapshot_seq(dir: &Path) -> Result<u64, EngineError> {
+    #[derive(Deserialize)]
+    struct Seq {
+        #[serde(default)]
+        seq: u64,
+    }
+    let path = dir.join(SNAPSHOT);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Seq>(&bytes)
+            .map(|s| s.seq)
+            .map_err(|e| EngineError::BadRequest(format!("{} is not an alerting state: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(EngineError::StateIo { path, source }),
     }
 }
 

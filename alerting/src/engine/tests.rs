@@ -976,3 +976,148 @@ schedules:
     assert_eq!(s.engine.receivers_of(&labels("critical")), ["backup", "oncall"]);
     assert_eq!(s.engine.receivers_of(&labels("warning")), ["oncall"]);
 }
+
+// -- the journal shipped to a bucket -------------------------------------------
+
+/// What a server's shipper does: takes the queue, keeps the piece, says it
+/// is shipped.
+fn ship_all(engine: &AlertEngine, bucket: &mut Vec<ship::JournalPiece>) {
+    if let Some(piece) = engine.journal_to_ship() {
+        engine.journal_shipped(piece.last);
+        bucket.push(piece);
+    }
+}
+
+/// A successor that has the snapshot of the last push and the records
+/// shipped since has the state the primary had: alerts, acknowledgements,
+/// silences, escalation progress; it sends no step again.
+#[tokio::test]
+async fn the_shipped_journal_after_a_pushed_snapshot_rebuilds_the_state() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    s.engine.ship_journal(false);
+    s.set(&[("a", 99.0), ("b", 85.0)]);
+    s.run_for(2).await;
+    // The push: a snapshot, copied.
+    let pushed_seq = s.engine.write_snapshot().expect("snapshot");
+    let pushed = std::fs::read(s.dir.path().join("alerting/state.json")).expect("snapshot");
+    let mut bucket = Vec::new();
+    // Records before the push are shipped too; a restore skips them.
+    ship_all(&s.engine, &mut bucket);
+    s.run_for(3).await;
+    ship_all(&s.engine, &mut bucket);
+    let a = s.engine.alerts(Some("firing"), &BTreeMap::from([("host".into(), "a".into())]))[0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .expect("id");
+    s.engine.ack(&a, "ann", "mine").await.expect("ack");
+    s.engine.silence_alert(&a, "ann", "quiet", Duration::from_secs(3600)).expect("silence");
+    s.settle().await;
+    ship_all(&s.engine, &mut bucket);
+    assert!(s.engine.journal_to_ship().is_none(), "everything shipped");
+    assert_eq!(cap.bodies().len(), 2, "step 1 for each host");
+    let want = shown(&s.engine);
+    let want_silences = s.engine.silences();
+
+    // The successor's directory: the pushed snapshot and the assembled
+    // records after it, as `tocsin restore` writes them.
+    let next = scratch();
+    std::fs::create_dir_all(next.path().join("alerting")).expect("mkdir");
+    std::fs::write(next.path().join("alerting/state.json"), &pushed).expect("snapshot");
+    std::fs::copy(s.dir.path().join("rules.yml"), next.path().join("rules.yml")).expect("rules");
+    assert_eq!(ship::snapshot_seq(&next.path().join("alerting")).expect("seq"), pushed_seq);
+    let assembled = ship::assemble(pushed_seq, bucket);
+    assert!(assembled.stopped.is_none(), "{:?}", assembled.stopped);
+    assert!(assembled.records > 0);
+    std::fs::write(next.path().join("alerting").join(ship::journal_file_name(pushed_seq + 1)), &assembled.bytes)
+        .expect("journal");
+    let engine = start(next.path(), &s.clock, &s.data, &s.history).expect("successor");
+    assert_eq!(shown(&engine), want);
+    assert_eq!(engine.silences(), want_silences);
+    let successor = Setup {
+        dir: next,
+        clock: Arc::clone(&s.clock),
+        data: Arc::clone(&s.data),
+        history: Arc::clone(&s.history),
+        engine,
+    };
+    successor.run_for(3).await;
+    successor.settle().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cap.bodies().len(), 2, "no step sent again: {:?}", cap.bodies());
+}
+
+/// Under `sync`, an acknowledgement or silence waits for its record; not
+/// while shipping fails.
+#[tokio::test]
+async fn a_synced_wait_ends_when_shipped_or_failing() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    s.set(&[("a", 99.0)]);
+    s.run_for(4).await;
+    s.settle().await;
+    assert!(s.engine.journal_synced().await, "nothing to wait for without shipping");
+    s.engine.ship_journal(true);
+    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
+    let silence = s.engine.silence_alert(&id, "ann", "quiet", Duration::from_secs(60)).expect("silence");
+    let engine = Arc::clone(&s.engine);
+    let waiting = tokio::spawn(async move { engine.journal_synced().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "waits for the silence's record");
+    let piece = s.engine.journal_to_ship().expect("a record to ship");
+    s.engine.journal_shipped(piece.last);
+    assert!(waiting.await.expect("join"), "shipped");
+    assert!(s.engine.journal_to_ship().is_none());
+    // A failing shipper: no wait, and it is counted.
+    s.engine.expire_silence(&silence.id).expect("expire");
+    s.engine.journal_ship_failed("the bucket is down".into());
+    let started = Instant::now();
+    assert!(!s.engine.journal_synced().await);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(s.engine.metrics.unshipped_waits.load(Ordering::Relaxed), 1);
+}
+
+fn piece(records: &[u64]) -> ship::JournalPiece {
+    let mut bytes = Vec::new();
+    for &seq in records {
+        let payload = serde_json::to_vec(&serde_json::json!({ "seq": seq, "ops": [] })).expect("json");
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+    }
+    ship::JournalPiece { first: records[0], last: records[records.len() - 1], bytes }
+}
+
+fn seqs(bytes: &[u8]) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (r, len) = persist::next_record(&bytes[at..]).expect("record");
+        out.push(r.seq);
+        at += len;
+    }
+    out
+}
+
+#[test]
+fn assembled_pieces_hold_each_record_once_and_stop_at_a_hole() {
+    // Overlapping (a piece sent again, longer), out of order, some before
+    // the snapshot.
+    let a = ship::assemble(3, vec![piece(&[6, 7]), piece(&[2, 3, 4]), piece(&[2, 3, 4, 5, 6])]);
+    assert_eq!((seqs(&a.bytes), a.records, a.last, a.stopped), (vec![4, 5, 6, 7], 4, 7, None));
+    // A hole: nothing after it.
+    let a = ship::assemble(3, vec![piece(&[4, 5]), piece(&[7, 8])]);
+    assert_eq!((seqs(&a.bytes), a.last), (vec![4, 5], 5));
+    assert!(a.stopped.as_deref().is_some_and(|w| w.contains("record 6 is missing") && w.contains("up to 8")), "{a:?}");
+    // A damaged piece, filled by another that holds the same records.
+    let mut bad = piece(&[4, 5, 6]);
+    let n = bad.bytes.len();
+    bad.bytes[n - 3] ^= 0xff;
+    let a = ship::assemble(3, vec![bad.clone(), piece(&[6])]);
+    assert_eq!((seqs(&a.bytes), a.stopped), (vec![4, 5, 6], None));
+    let a = ship::assemble(3, vec![bad]);
+    assert_eq!(seqs(&a.bytes), vec![4, 5]);
+    assert!(a.stopped.as_deref().is_some_and(|w| w.contains("damaged")), "{a:?}");
+    // Nothing after the snapshot.
+    assert_eq!(ship::assemble(9, vec![piece(&[8, 9])]), ship::Assembled { last: 9, ..Default::default() });
+}

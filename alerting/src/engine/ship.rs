@@ -1,0 +1,273 @@
+//! Shipping the state journal to a bucket, next to the shipped WAL
+//! (`[storage] wal = "object-store"` or `"object-store-sync"`).
+//!
+//! A server's copy in a bucket holds the alerting state as of its last push
+//! (one snapshot). Without more, a successor that takes the copy over would
+//! not know of an escalation step sent, or an acknowledgement given, after
+//! that push: it would send the step again, or page someone who already
+//! answered. So once [`AlertEngine::ship_journal`] is called, every journal
+//! record written is also queued; the server's shipper takes the queue
+//! ([`AlertEngine::journal_to_ship`]), puts it in the bucket as one object
+//! and calls [`AlertEngine::journal_shipped`]. With `sync`, a round's
+//! notifications go to the senders only once the record that puts them in
+//! the outbox is shipped, and an acknowledgement is answered only once its
+//! record is: the successor restores the copy, replays the shipped records
+//! after its snapshot ([`assemble`]) and sends the next step, not the last
+//! one again.
+//!
+//! Paging comes before that guarantee: a round waits at most
+//! [`SHIP_WAIT`] for its record, and not at all while the shipper is
+//! failing (the bucket is down); its notifications then go out, and are
+//! counted in `tocsin_alert_journal_unshipped_total`. A queue grown past
+//! [`SHIP_BACKLOG`] is dropped and nothing is queued until the next
+//! snapshot: [`assemble`] stops at the first missing record, so a
+//! successor never replays records over a hole.
+
+use std::collections::VecDeque;
+
+use super::persist::{JournalRecord, next_record};
+use super::*;
+
+/// How long a round's notifications wait for their record to be shipped.
+pub const SHIP_WAIT: Duration = Duration::from_secs(5);
+/// Most bytes of journal records waiting to be shipped.
+pub const SHIP_BACKLOG: usize = 64 << 20;
+
+/// Journal records to put in the bucket: records `first..=last`, framed as
+/// in the local journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalPiece {
+    pub first: u64,
+    pub last: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The records waiting to be shipped (kept with the journal, under its
+/// lock: a record is queued as it is written).
+#[derive(Debug, Default)]
+pub(super) struct ShipQueue {
+    pub(super) on: bool,
+    sync: bool,
+    records: VecDeque<(u64, Vec<u8>)>,
+    bytes: usize,
+    /// The queue outgrew [`SHIP_BACKLOG`]: nothing is queued until the
+    /// next snapshot.
+    overflowed: bool,
+}
+
+/// What waiters watch.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ShipState {
+    /// The last record queued, and the last one shipped.
+    appended: u64,
+    shipped: u64,
+    /// The last attempt failed: why.
+    failing: Option<String>,
+    /// Shipping stopped for good (the server stood down).
+    stopped: bool,
+}
+
+/// What became of a record given to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queued {
+    Yes,
+    /// Shipping is off, or waits for a snapshot after an overflow.
+    No,
+    /// The queue outgrew [`SHIP_BACKLOG`] with it and was dropped.
+    Overflowed,
+}
+
+impl ShipQueue {
+    pub(super) fn push(&mut self, seq: u64, framed: &[u8]) -> Queued {
+        if !self.on || self.overflowed {
+            return Queued::No;
+        }
+        self.bytes += framed.len();
+        self.records.push_back((seq, framed.to_vec()));
+        if self.bytes > SHIP_BACKLOG {
+            self.records.clear();
+            self.bytes = 0;
+            self.overflowed = true;
+            return Queued::Overflowed;
+        }
+        Queued::Yes
+    }
+
+    /// A snapshot was written: queueing resumes after an overflow.
+    pub(super) fn snapshot_written(&mut self) {
+        self.overflowed = false;
+    }
+}
+
+impl AlertEngine {
+    /// Queues every journal record written from now on for a shipper;
+    /// with `sync`, notifications and acknowledgements wait for theirs.
+    pub fn ship_journal(&self, sync: bool) {
+        let mut journal = self.journal.lock();
+        journal.ship.on = true;
+        journal.ship.sync = sync;
+        let seq = journal.seq;
+        self.ship_tx.send_modify(|s| {
+            s.appended = seq;
+            s.shipped = seq;
+        });
+    }
+
+    /// The records waiting to be shipped, as one piece (a copy: they stay
+    /// queued until [`Self::journal_shipped`]).
+    pub fn journal_to_ship(&self) -> Option<JournalPiece> {
+        let journal = self.journal.lock();
+        let q = &journal.ship;
+        let (first, last) = (q.records.front()?.0, q.records.back()?.0);
+        let mut bytes = Vec::with_capacity(q.bytes);
+        for (_, r) in &q.records {
+            bytes.extend_from_slice(r);
+        }
+        Some(JournalPiece { first, last, bytes })
+    }
+
+    /// Records up to `last` are in the bucket.
+    pub fn journal_shipped(&self, last: u64) {
+        let mut journal = self.journal.lock();
+        let q = &mut journal.ship;
+        while q.records.front().is_some_and(|(seq, _)| *seq <= last) {
+            if let Some((_, r)) = q.records.pop_front() {
+                q.bytes -= r.len();
+            }
+        }
+        self.ship_tx.send_modify(|s| {
+            s.shipped = s.shipped.max(last);
+            s.failing = None;
+        });
+    }
+
+    /// The last attempt to ship failed: waiting rounds stop waiting.
+    pub fn journal_ship_failed(&self, why: String) {
+        self.ship_tx.send_modify(|s| s.failing = Some(why));
+    }
+
+    /// Shipping stops for good (this server stood down).
+    pub fn stop_journal_shipping(&self) {
+        let mut journal = self.journal.lock();
+        journal.ship = ShipQueue::default();
+        self.ship_tx.send_modify(|s| s.stopped = true);
+    }
+
+    /// Waits until a record waits to be shipped, or shipping stopped.
+    pub async fn journal_waiting(&self) {
+        let mut rx = self.ship_tx.subscribe();
+        let _ = rx.wait_for(|s| s.appended > s.shipped || s.stopped).await;
+    }
+
+    /// Under `sync`: waits until every record written so far is shipped,
+    /// at most [`SHIP_WAIT`], and not while shipping fails. False when it
+    /// is not (the caller goes on: paging comes first).
+    pub async fn journal_synced(&self) -> bool {
+        if !self.journal.lock().ship.sync {
+            return true;
+        }
+        let mut rx = self.ship_tx.subscribe();
+        let target = rx.borrow().appended;
+        let done = |s: &ShipState| s.shipped >= target || s.failing.is_some() || s.stopped;
+        let timed_out = tokio::time::timeout(SHIP_WAIT, rx.wait_for(done)).await.is_err();
+        let state = rx.borrow().clone();
+        let shipped = state.shipped >= target;
+        if !shipped {
+            self.metrics.unshipped_waits.fetch_add(1, Ordering::Relaxed);
+            let why = match (timed_out, state.failing) {
+                (true, _) => format!("not shipped within {} s", SHIP_WAIT.as_secs()),
+                (false, Some(why)) => why,
+                (false, None) => "shipping stopped".into(),
+            };
+            tracing::warn!(
+                record = target,
+                "alerting state journal record is not in the bucket ({why}): going on; a server that takes the \
+                 copy over may send these notifications again"
+            );
+        }
+        shipped
+    }
+
+    /// Tells waiters of record `seq`, just written.
+    pub(super) fn note_appended(&self, seq: u64, queued: Queued) {
+        match queued {
+            Queued::No => {}
+            Queued::Yes => self.ship_tx.send_modify(|s| s.appended = seq),
+            Queued::Overflowed => {
+                tracing::error!(
+                    limit = SHIP_BACKLOG,
+                    "alerting state journal records waiting for the bucket passed the limit and were dropped; none \
+                     are shipped until the next snapshot (a server that takes the copy over starts from the last \
+                     push)"
+                );
+                self.metrics.journal_ship_dropped.fetch_add(1, Ordering::Relaxed);
+                self.ship_tx.send_modify(|s| {
+                    s.appended = seq;
+                    s.shipped = seq;
+                });
+            }
+        }
+    }
+}
+
+/// The shipped pieces joined into one journal file to replay after a
+/// snapshot that covers records up to `after`: the records from `after + 1`
+/// on, each once, up to the first one missing.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Assembled {
+    /// Framed records, as in a local journal file.
+    pub bytes: Vec<u8>,
+    pub records: usize,
+    /// The last record kept.
+    pub last: u64,
+    /// Why records after `last` were left out, if any were.
+    pub stopped: Option<String>,
+}
+
+/// Joins shipped pieces (in any order; they may overlap: a piece whose
+/// upload timed out is sent again with the records queued since).
+pub fn assemble(after: u64, mut pieces: Vec<JournalPiece>) -> Assembled {
+    // By first record, the longest first: a later piece can only fill a
+    // gap if it starts at or before it.
+    pieces.sort_by_key(|p| (p.first, std::cmp::Reverse(p.last)));
+    let mut out = Assembled { last: after, ..Assembled::default() };
+    let mut damage = None;
+    for p in &pieces {
+        let mut at = 0;
+        while at < p.bytes.len() {
+            let (seq, len) = match next_record(&p.bytes[at..]) {
+                Ok((JournalRecord { seq, .. }, len)) => (seq, len),
+                Err(why) => {
+                    damage.get_or_insert(format!("piece {}-{} is damaged at byte {at}: {why}", p.first, p.last));
+                    break;
+                }
+            };
+            if seq > out.last + 1 {
+                break;
+            }
+            if seq == out.last + 1 {
+                out.bytes.extend_from_slice(&p.bytes[at..at + len]);
+                out.records += 1;
+                out.last = seq;
+            }
+            at += len;
+        }
+    }
+    let shipped = pieces.iter().map(|p| p.last).max().unwrap_or(after);
+    if shipped > out.last {
+        let why = damage.unwrap_or_else(|| "no piece holds it".into());
+        out.stopped = Some(format!("record {} is missing ({why}); records up to {shipped} were shipped", out.last + 1));
+    }
+    out
+}
+
+/// The record number a snapshot covers (`state.json` in `dir`), zero if
+/// there is none.
+pub fn snapshot_seq(dir: &Path) -> Result<u64, EngineError> {
+    persist::snapshot_seq(dir)
+}
+
+/// The name of the journal file that holds records from `first` on.
+pub fn journal_file_name(first: u64) -> String {
+    persist::journal_file_name(first)
+}
