@@ -19,8 +19,11 @@ http://...` on every server.
    down (refuses writes, lets its lease go); only then C takes over.
 6. D waits as a standby; C is killed (kill -9): D is the primary within the
    lease time plus its restore, with C's data.
-7. With `wal = "object-store-sync"`: E takes over from D, F stands by, E is
-   killed under write load: F has every write E acknowledged.
+7. With `wal = "object-store-sync"` and a push only at takeover: E takes
+   over from D, F stands by, an alert fires on E and E sends its first
+   step, E is killed under write load: F has every write E acknowledged
+   (through the shipped WAL) and sends the alert's next step once, not the
+   first again (through the shipped alerting journal).
 
 Prints the takeover times."""
 
@@ -225,13 +228,16 @@ def main():
         n = sql(d.http, "SELECT count(*) AS n FROM load")[0]["n"]
         assert n == acked + 2, f"D has {n} of the {acked + 2} writes"
 
-        # 7. The WAL shipped with each write (`wal = "object-store-sync"`):
-        # E, a standby of that configuration, takes over from D (stopped
-        # cleanly); F stands by; E is killed (kill -9) under write load from
-        # four writers. F has every write E acknowledged, though E's last
-        # copy is up to a second older than its last answer.
+        # 7. The WAL and the alerting journal shipped with each write and
+        # round (`wal = "object-store-sync"`), the copy pushed only at
+        # takeover (the interval is an hour): E, a standby of that
+        # configuration, takes over from D (stopped cleanly); F stands by;
+        # an alert fires on E and E sends its first step; E is killed
+        # (kill -9) under write load from four writers. F has every write E
+        # acknowledged and continues the escalation, though E's only copy
+        # predates all of it.
         with open(config, "w") as f:
-            f.write(f'[storage]\nobject_store_interval = "1s"\nwal = "object-store-sync"\n'
+            f.write(f'[storage]\nobject_store_interval = "1h"\nwal = "object-store-sync"\n'
                     f'[ha]\nlease_ttl = "{TTL_S}s"\n')
         e = Server(tmp, "e", args, procs)
         wait_for("E standing by", lambda: "standby" in e.log_text(), 20, 0.2)
@@ -240,6 +246,8 @@ def main():
         assert e.listening.wait(60), "E did not take over:\n" + e.log_text()
         f_ = Server(tmp, "f", args, procs)
         wait_for("F standing by", lambda: "standby" in f_.log_text(), 20, 0.2)
+        post(e.http, "/write?db=public", b"cpu,host=web7 usage=99")
+        wait_for("step 1 from E", lambda: ("/oncall", e.url, "HighCpu", "web7") in received(), 15, 0.1)
         acked, lock, stop = set(), threading.Lock(), threading.Event()
 
         def load(t):
@@ -268,9 +276,14 @@ def main():
         have = {(int(r["writer"][1:]), r["seq"]) for r in sql(f_.http, "SELECT writer, seq FROM stress")}
         missing = sorted(acked - have)
         assert not missing, f"{len(missing)} of {len(acked)} acknowledged writes lost, e.g. {missing[:5]}"
+        wait_for("step 2 from F", lambda: ("/boss", f_.url, "HighCpu", "web7") in received(), 40, 0.2)
+        time.sleep(1)
+        web7 = [r for r in received() if r[3] == "web7"]
+        assert ("/oncall", f_.url, "HighCpu", "web7") not in web7, f"F sent step 1 again: {web7}"
+        assert sum(1 for r in web7 if r[0] == "/boss") == 1, f"step 2 sent more than once: {web7}"
         print(f"object-store-sync: E killed under load after {len(acked)} writes acknowledged in 3 s "
               f"({len(acked) / 3:.0f}/s from 4 writers, each acknowledged once in moto); F primary {took:.1f} s "
-              f"later with all of them")
+              f"later with all of them, and sent the alert's step 2 once, not step 1 again")
         print("primary and standbys through a lease in etcd: ok")
 
 
