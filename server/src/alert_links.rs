@@ -237,6 +237,11 @@ async fn act(
                 )
             }),
     };
+    // An ack waits for its record in the bucket inside the engine; a
+    // silence here (under `wal = "object-store-sync"`).
+    if done.is_ok() && matches!(link.action, LinkAction::Silence) {
+        engine.journal_synced().await;
+    }
     let (mut r, error) = match done {
         Ok(html) => (page(StatusCode::OK, "Done", &html), None),
         Err(e) => {

@@ -306,6 +306,9 @@ impl Mirror {
                 if let Err(e) = gone {
                     tracing::warn!(url = self.url, "cannot remove shipped WAL the copy now holds: {e}");
                 }
+                if let Some(alerts) = self.shipped_alerts.get() {
+                    alerts.journal_covered(alerting_seq);
+                }
                 let m = &self.metrics;
                 m.pushes.fetch_add(1, Ordering::Relaxed);
                 m.copied_bytes.fetch_add(report.copied_bytes, Ordering::Relaxed);
@@ -441,8 +444,13 @@ impl Mirror {
         let mut pushed = self.first_push.subscribe();
         tokio::select! {
             _ = pushed.wait_for(|p| *p) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => {
+                // The last push covers what is left; nobody waits for it.
+                alerts.stop_journal_shipping();
+                return;
+            }
         }
+        alerts.journal_ship_ready();
         let mut backoff = Duration::from_millis(50);
         loop {
             tokio::select! {
@@ -452,17 +460,19 @@ impl Mirror {
                         None => alerts.journal_waiting().await,
                     }
                 } => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => {
+                    alerts.stop_journal_shipping();
+                    return;
+                }
+            }
+            if alerts.journal_shipping_stopped() {
+                return;
+            }
+            if *self.fenced.borrow() || self.lease.as_ref().is_some_and(|l| l.check().is_err()) {
+                alerts.stop_journal_shipping();
+                return;
             }
             let Some(piece) = alerts.journal_to_ship() else { continue };
-            if *self.fenced.borrow() {
-                alerts.stop_journal_shipping();
-                return;
-            }
-            if let Some(Err(_)) = self.lease.as_ref().map(|l| l.check()) {
-                alerts.stop_journal_shipping();
-                return;
-            }
             let name = backup_store::alerting_piece_name(&self.me.run, piece.first, piece.last);
             let bytes = piece.bytes.len() as u64;
             let put = tokio::time::timeout(PIECE_TIMEOUT, self.dest.put_piece(&name, piece.bytes)).await;

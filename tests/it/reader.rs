@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -43,7 +44,7 @@ async fn converges(reader: &TestServer, writer: &TestServer, sql: &str) -> Vec<V
         if got == want {
             return got;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the reader still answers {got:?}, the writer {want:?}; reader log:\n{}", reader.log_text());
 }
@@ -242,7 +243,7 @@ async fn readers_take_the_writers_tokens_and_their_revocation() {
         if last.1.contains("15") {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(last.0, 200, "the writer's token works on the reader: {}", last.1);
     assert!(last.1.contains("15"), "{}", last.1);
@@ -260,7 +261,7 @@ async fn readers_take_the_writers_tokens_and_their_revocation() {
         if last.0 == 401 {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(last.0, 401, "a token revoked on the writer stops working on the reader: {}", last.1);
     assert!(last.1.contains("revoked"), "{}", last.1);
@@ -374,6 +375,33 @@ fn restore_copy(bucket: &Path, dir: &Path) -> String {
         .expect("run tocsin restore");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A writer that ships its WAL and alerting journal, taken over by another
+/// server, stops shipping and idles. Before, its alerting journal shipper
+/// woke at once forever (a core at 100 % until the server was stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipping_writer_taken_over_idles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("tocsin.toml");
+    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1s\"\nwal = \"object-store-sync\"\n").expect("config");
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let args = ["--config", cfg.to_str().expect("utf-8"), "--object-store", bucket.as_str()];
+    let a = TestServer::start_in(&dir.path().join("a"), &args);
+    write_cpu(&a, 0, 10).await;
+    let pushes = a.metric_until("tocsin_object_store_pushes_total", 2.0).await;
+    a.metric_until("tocsin_object_store_pushes_total", pushes + 1.0).await;
+    a.signal(libc::SIGSTOP);
+    let b = TestServer::start_in(&dir.path().join("b"), &args);
+    assert_eq!(b.sql(ANSWER).await[0]["n"], 10);
+    b.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    a.signal(libc::SIGCONT);
+    assert_eq!(a.metric_until("tocsin_object_store_fenced", 1.0).await, 1.0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = a.cpu_time();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = a.cpu_time() - before;
+    assert!(used < Duration::from_millis(500), "a fenced server used {used:?} of CPU in 2 s");
 }
 
 /// `wal = "object-store-sync"`: a write is answered once its WAL records are
@@ -535,7 +563,7 @@ async fn a_piece_sent_again_longer_is_read_again() {
                 if shipped_pieces(&bucket_dir).len() >= n {
                     return;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             panic!("fewer than {n} pieces shipped: {:?}", shipped_pieces(&bucket_dir));
         }
@@ -573,7 +601,7 @@ async fn a_piece_sent_again_longer_is_read_again() {
         if got.first().is_some_and(|r| r["n"] == 20) {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(got[0]["n"], 20, "the reader follows the first piece; {}", reader.log_text());
 
@@ -589,7 +617,7 @@ async fn a_piece_sent_again_longer_is_read_again() {
         if got == want {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(got, want, "the rows of the longer piece, once; {}", reader.log_text());
     assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());

@@ -274,6 +274,19 @@ impl TestServer {
     }
 
     /// Sends `sig` to the server.
+    /// CPU time the server process has used so far (user and system).
+    pub(crate) fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().expect("running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+        // After the command name (which may hold spaces): fields 14 and 15.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
     pub(crate) fn signal(&self, sig: i32) {
         let pid = self.child.as_ref().expect("running").id() as i32;
         // SAFETY: sending a signal to our own child process.

@@ -327,9 +327,18 @@ impl AlertEngine {
         self.append(&mut journal, ops, started)
     }
 
-    /// Appends one record of `ops` (fsynced); on failure the next save
-    /// writes everything again.
+    /// Appends one record of `ops` (fsynced), then compacts the journal
+    /// if it has grown too large; on failure the next save writes
+    /// everything again.
     fn append(&self, journal: &mut Journal, ops: Vec<Op>, started: Instant) -> Result<(), EngineError> {
+        self.append_record(journal, ops, started)?;
+        if journal.wants_compaction() {
+            self.snapshot_locked(journal)?;
+        }
+        Ok(())
+    }
+
+    fn append_record(&self, journal: &mut Journal, ops: Vec<Op>, started: Instant) -> Result<(), EngineError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -353,9 +362,6 @@ impl AlertEngine {
         m.journal_micros.fetch_add(micros, Ordering::Relaxed);
         m.journal_bytes.store(journal.bytes, Ordering::Relaxed);
         m.outbox_saved.store(journal.image.jobs.len() as u64, Ordering::Relaxed);
-        if journal.wants_compaction() {
-            self.snapshot_locked(journal)?;
-        }
         Ok(())
     }
 
@@ -368,12 +374,17 @@ impl AlertEngine {
 
     fn snapshot_locked(&self, journal: &mut Journal) -> Result<u64, EngineError> {
         let started = Instant::now();
-        let (bytes, image, outbox) = {
+        let (bytes, image, outbox, ops) = {
             let mut inner = self.inner.lock();
             inner.dirty = false;
+            // While the journal is shipped, what changed since the last
+            // record goes in one more record, taken at the same instant as
+            // the snapshot: the bucket holds the last push's snapshot, not
+            // this one, so a change must not reach the snapshot alone.
+            let ops = if journal.ship.on { journal.image.diff(&inner, true) } else { Vec::new() };
             let state = PersistedState {
                 version: STATE_VERSION,
-                seq: journal.seq,
+                seq: journal.seq + u64::from(!ops.is_empty()),
                 instances: inner.rules.values().flat_map(|m| m.values().cloned()).collect(),
                 dispatcher: inner.dispatcher.clone(),
                 silences: inner.silences.iter().map(|(s, _)| s.clone()).collect(),
@@ -383,8 +394,18 @@ impl AlertEngine {
             };
             let image = Image::of(&inner);
             drop(inner);
-            (serde_json::to_vec(&state).map_err(|e| EngineError::BadRequest(e.to_string()))?, image, state.outbox.len())
+            let bytes = match serde_json::to_vec(&state) {
+                Ok(b) => b,
+                Err(e) => {
+                    // The digests may have moved past what is on disk.
+                    journal.image = Image::default();
+                    self.inner.lock().dirty = true;
+                    return Err(EngineError::BadRequest(e.to_string()));
+                }
+            };
+            (bytes, image, state.outbox.len(), ops)
         };
+        self.append_record(journal, ops, started)?;
         let path = journal.dir.join(SNAPSHOT);
         let written = blocking(|| write_atomic(&path, &bytes));
         if let Err(source) = written {
@@ -403,7 +424,7 @@ impl AlertEngine {
         journal.snapshot_bytes = bytes.len() as u64;
         journal.last_snapshot = Instant::now();
         journal.image = image;
-        journal.ship.snapshot_written();
+        journal.ship.snapshot_written(journal.seq);
         let micros = started.elapsed().as_micros() as u64;
         let m = &self.metrics;
         m.outbox_saved.store(outbox as u64, Ordering::Relaxed);

@@ -17,11 +17,18 @@
 //!
 //! Paging comes before that guarantee: a round waits at most
 //! [`SHIP_WAIT`] for its record, and not at all while the shipper is
-//! failing (the bucket is down); its notifications then go out, and are
-//! counted in `tocsin_alert_journal_unshipped_total`. A queue grown past
-//! [`SHIP_BACKLOG`] is dropped and nothing is queued until the next
-//! snapshot: [`assemble`] stops at the first missing record, so a
-//! successor never replays records over a hole.
+//! failing (the bucket is down) or not yet running (before this run's
+//! first push); its notifications then go out, and are counted in
+//! `tocsin_alert_journal_unshipped_total`. A queue grown past
+//! [`SHIP_BACKLOG`] is dropped; records are queued again after the next
+//! snapshot, and waiters count as unshipped until a push of that snapshot
+//! lands ([`AlertEngine::journal_covered`]). [`assemble`] stops at the
+//! first missing record, so a successor never replays records over a hole.
+//!
+//! Deliveries are shipped without waiting (the notification is out
+//! already): a server that dies between a delivery and the shipment of its
+//! record leaves the job in the copy's outbox, and its successor sends it
+//! again, as a local restart would (at-least-once).
 
 use std::collections::VecDeque;
 
@@ -50,9 +57,16 @@ pub(super) struct ShipQueue {
     sync: bool,
     records: VecDeque<(u64, Vec<u8>)>,
     bytes: usize,
-    /// The queue outgrew [`SHIP_BACKLOG`]: nothing is queued until the
-    /// next snapshot.
+    /// Most bytes queued ([`SHIP_BACKLOG`]).
+    pub(super) limit: usize,
+    /// The queue outgrew [`SHIP_BACKLOG`] and was dropped: the bucket
+    /// misses records until a push lands whose snapshot covers them.
     overflowed: bool,
+    /// While overflowed: the last snapshot written, after which records
+    /// are queued again. A push whose snapshot is this one ends the
+    /// overflow (the records after it are all queued); a push of an
+    /// earlier snapshot does not.
+    resume_after: Option<u64>,
 }
 
 /// What waiters watch.
@@ -63,8 +77,12 @@ pub(super) struct ShipState {
     shipped: u64,
     /// The last attempt failed: why.
     failing: Option<String>,
-    /// Shipping stopped for good (the server stood down).
+    /// Shipping stopped for good (the server stood down or stops).
     stopped: bool,
+    /// The shipper runs (this run's first push landed).
+    ready: bool,
+    /// Records were dropped (see [`ShipQueue::overflowed`]).
+    overflowed: bool,
 }
 
 /// What became of a record given to the queue.
@@ -79,23 +97,32 @@ pub(super) enum Queued {
 
 impl ShipQueue {
     pub(super) fn push(&mut self, seq: u64, framed: &[u8]) -> Queued {
-        if !self.on || self.overflowed {
+        if !self.on || (self.overflowed && self.resume_after.is_none()) {
             return Queued::No;
         }
         self.bytes += framed.len();
         self.records.push_back((seq, framed.to_vec()));
-        if self.bytes > SHIP_BACKLOG {
-            self.records.clear();
-            self.bytes = 0;
+        if self.bytes > self.limit {
+            self.clear();
             self.overflowed = true;
+            self.resume_after = None;
             return Queued::Overflowed;
         }
         Queued::Yes
     }
 
-    /// A snapshot was written: queueing resumes after an overflow.
-    pub(super) fn snapshot_written(&mut self) {
-        self.overflowed = false;
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+
+    /// Snapshot `seq` was written: after an overflow, records are queued
+    /// again from the next one (those queued so far are in the snapshot).
+    pub(super) fn snapshot_written(&mut self, seq: u64) {
+        if self.overflowed {
+            self.clear();
+            self.resume_after = Some(seq);
+        }
     }
 }
 
@@ -106,11 +133,36 @@ impl AlertEngine {
         let mut journal = self.journal.lock();
         journal.ship.on = true;
         journal.ship.sync = sync;
+        journal.ship.limit = SHIP_BACKLOG;
         let seq = journal.seq;
         self.ship_tx.send_modify(|s| {
             s.appended = seq;
             s.shipped = seq;
         });
+    }
+
+    /// The shipper runs: rounds may wait for it from now on. (Before this
+    /// run's first push nothing can be shipped, and paging does not wait.)
+    pub fn journal_ship_ready(&self) {
+        self.ship_tx.send_modify(|s| s.ready = true);
+    }
+
+    /// A push of snapshot `seq` landed in the bucket: it ends an overflow
+    /// if records have been queued since that snapshot.
+    pub fn journal_covered(&self, seq: u64) {
+        let mut journal = self.journal.lock();
+        let q = &mut journal.ship;
+        if q.overflowed && q.resume_after == Some(seq) {
+            q.overflowed = false;
+            q.resume_after = None;
+            tracing::info!(record = seq, "the alerting journal is shipped again: the copy's snapshot covers the gap");
+            self.ship_tx.send_modify(|s| s.overflowed = false);
+        }
+    }
+
+    /// Whether shipping stopped for good.
+    pub fn journal_shipping_stopped(&self) -> bool {
+        self.ship_tx.borrow().stopped
     }
 
     /// The records waiting to be shipped, as one piece (a copy: they stay
@@ -168,16 +220,22 @@ impl AlertEngine {
         }
         let mut rx = self.ship_tx.subscribe();
         let target = rx.borrow().appended;
-        let done = |s: &ShipState| s.shipped >= target || s.failing.is_some() || s.stopped;
+        let done = |s: &ShipState| s.shipped >= target || s.failing.is_some() || s.stopped || !s.ready || s.overflowed;
         let timed_out = tokio::time::timeout(SHIP_WAIT, rx.wait_for(done)).await.is_err();
         let state = rx.borrow().clone();
-        let shipped = state.shipped >= target;
+        let shipped = state.shipped >= target && !state.overflowed;
         if !shipped {
             self.metrics.unshipped_waits.fetch_add(1, Ordering::Relaxed);
-            let why = match (timed_out, state.failing) {
-                (true, _) => format!("not shipped within {} s", SHIP_WAIT.as_secs()),
-                (false, Some(why)) => why,
-                (false, None) => "shipping stopped".into(),
+            let why = if timed_out {
+                format!("not shipped within {} s", SHIP_WAIT.as_secs())
+            } else if state.stopped {
+                "shipping stopped".into()
+            } else if state.overflowed {
+                "records were dropped over the limit; the next push covers them".into()
+            } else if !state.ready {
+                "this server's first copy is not in the bucket yet".into()
+            } else {
+                state.failing.unwrap_or_default()
             };
             tracing::warn!(
                 record = target,
@@ -196,14 +254,13 @@ impl AlertEngine {
             Queued::Overflowed => {
                 tracing::error!(
                     limit = SHIP_BACKLOG,
-                    "alerting state journal records waiting for the bucket passed the limit and were dropped; none \
-                     are shipped until the next snapshot (a server that takes the copy over starts from the last \
-                     push)"
+                    "alerting state journal records waiting for the bucket passed the limit and were dropped; a \
+                     server that takes the copy over starts from the last push until the next push lands"
                 );
                 self.metrics.journal_ship_dropped.fetch_add(1, Ordering::Relaxed);
                 self.ship_tx.send_modify(|s| {
                     s.appended = seq;
-                    s.shipped = seq;
+                    s.overflowed = true;
                 });
             }
         }

@@ -996,6 +996,7 @@ async fn the_shipped_journal_after_a_pushed_snapshot_rebuilds_the_state() {
     let cap = capture(0).await;
     let s = setup(&rules_yaml(cap.0.addr));
     s.engine.ship_journal(false);
+    s.engine.journal_ship_ready();
     s.set(&[("a", 99.0), ("b", 85.0)]);
     s.run_for(2).await;
     // The push: a snapshot, copied.
@@ -1059,6 +1060,13 @@ async fn a_synced_wait_ends_when_shipped_or_failing() {
     assert!(s.engine.journal_synced().await, "nothing to wait for without shipping");
     s.engine.ship_journal(true);
     let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
+    // Before the shipper runs (this run's first push), no wait at all.
+    s.engine.ack(&id, "ann", "mine").await.expect("ack");
+    assert!(!s.engine.journal_synced().await, "not shipped: the shipper does not run yet");
+    assert_eq!(s.engine.metrics.unshipped_waits.load(Ordering::Relaxed), 2, "the ack's wait and this one");
+    s.engine.journal_ship_ready();
+    let piece = s.engine.journal_to_ship().expect("the ack's record");
+    s.engine.journal_shipped(piece.last);
     let silence = s.engine.silence_alert(&id, "ann", "quiet", Duration::from_secs(60)).expect("silence");
     let engine = Arc::clone(&s.engine);
     let waiting = tokio::spawn(async move { engine.journal_synced().await });
@@ -1074,7 +1082,72 @@ async fn a_synced_wait_ends_when_shipped_or_failing() {
     let started = Instant::now();
     assert!(!s.engine.journal_synced().await);
     assert!(started.elapsed() < Duration::from_secs(1));
-    assert_eq!(s.engine.metrics.unshipped_waits.load(Ordering::Relaxed), 1);
+    assert_eq!(s.engine.metrics.unshipped_waits.load(Ordering::Relaxed), 3);
+}
+
+/// A snapshot taken between a change and its save (a push's, or the
+/// periodic one) does not take the change alone: it goes in a record,
+/// shipped, that the snapshot covers. Before, the save after it found
+/// nothing to write and the bucket never had the change.
+#[tokio::test]
+async fn a_snapshot_ships_the_change_it_takes() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    s.set(&[("a", 99.0)]);
+    s.run_for(4).await;
+    s.settle().await;
+    s.engine.ship_journal(false);
+    s.engine.journal_ship_ready();
+    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
+    s.engine
+        .with_instance(&id, |inst, now| {
+            inst.ack = Some(Ack { by: "ann".into(), comment: "x".into(), at: now, severity: None });
+            Ok(())
+        })
+        .expect("changed");
+    let seq = s.engine.write_snapshot().expect("snapshot");
+    s.engine.save().expect("save finds nothing more");
+    let piece = s.engine.journal_to_ship().expect("the change, shipped");
+    assert_eq!(piece.last, seq, "the snapshot covers the record");
+    let assembled = ship::assemble(seq - 1, vec![piece]);
+    assert_eq!(assembled.records, 1);
+    assert!(String::from_utf8_lossy(&assembled.bytes).contains("\"ann\""));
+}
+
+/// A queue over its limit is dropped; waiters count as unshipped until a
+/// push of the next snapshot lands, and from then on the records after
+/// that snapshot are all in the queue (no hole for a successor).
+#[tokio::test]
+async fn an_overflowed_queue_resumes_when_a_push_covers_the_gap() {
+    let cap = capture(0).await;
+    let s = setup(&rules_yaml(cap.0.addr));
+    s.set(&[("a", 99.0)]);
+    s.run_for(4).await;
+    s.settle().await;
+    s.engine.ship_journal(true);
+    s.engine.journal_ship_ready();
+    s.engine.journal.lock().ship.limit = 1;
+    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
+    s.engine.ack(&id, "ann", "mine").await.expect("ack");
+    assert_eq!(s.engine.metrics.journal_ship_dropped.load(Ordering::Relaxed), 1);
+    assert!(s.engine.journal_to_ship().is_none(), "dropped");
+    assert!(!s.engine.journal_synced().await, "overflowed: not shipped");
+    s.engine.journal.lock().ship.limit = 1 << 20;
+    s.engine.unack(&id, "ann").await.expect("unack");
+    assert!(s.engine.journal_to_ship().is_none(), "nothing queued before a snapshot");
+    // A local snapshot (periodic), then the push's: only the push's one
+    // ends the overflow.
+    let local = s.engine.write_snapshot().expect("snapshot");
+    s.engine.ack(&id, "bob", "mine").await.expect("ack");
+    let pushed = s.engine.write_snapshot().expect("the push's snapshot");
+    s.engine.journal_covered(local);
+    assert!(!s.engine.journal_synced().await, "a push of an older snapshot leaves the gap");
+    s.engine.unack(&id, "bob").await.expect("unack");
+    s.engine.journal_covered(pushed);
+    let piece = s.engine.journal_to_ship().expect("queued since the push's snapshot");
+    assert_eq!(piece.first, pushed + 1, "{piece:?}");
+    s.engine.journal_shipped(piece.last);
+    assert!(s.engine.journal_synced().await, "shipped again");
 }
 
 fn piece(records: &[u64]) -> ship::JournalPiece {
