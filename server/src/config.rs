@@ -38,13 +38,20 @@ pub struct FileConfig {
     pub ha: HaSection,
 }
 
+/// Where the password of `[ha] etcd_user` is read from.
+pub const ETCD_PASSWORD_ENV: &str = "TOCSIN_ETCD_PASSWORD";
+
 /// `[ha]`: a primary and standbys on one copy in a bucket, the primary
 /// being the server that holds a lease in etcd (docs/operations.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HaSection {
-    /// etcd's client URL, e.g. `http://10.0.0.5:2379`; unset, no lease.
+    /// etcd's client URL, e.g. `http://10.0.0.5:2379`, or its members'
+    /// URLs separated by commas (tried in turn); unset, no lease.
     pub etcd: Option<String>,
+    /// etcd's user, when etcd requires authentication; the password is
+    /// read from the environment variable `TOCSIN_ETCD_PASSWORD`.
+    pub etcd_user: Option<String>,
     /// How long the primary's lease lasts unless renewed (every third of
     /// it); a standby takes over within about this long.
     pub lease_ttl: String,
@@ -58,7 +65,7 @@ pub struct HaSection {
 
 impl Default for HaSection {
     fn default() -> Self {
-        Self { etcd: None, lease_ttl: "10s".into(), key: None, name: None }
+        Self { etcd: None, etcd_user: None, lease_ttl: "10s".into(), key: None, name: None }
     }
 }
 
@@ -795,9 +802,30 @@ impl FileConfig {
             None => None,
             Some(etcd) => {
                 let invalid = |reason: String| ConfigError::Invalid { key: "ha.etcd", reason };
-                if !(etcd.starts_with("http://") || etcd.starts_with("https://")) {
-                    return Err(invalid(format!("{etcd:?} is not etcd's client URL, e.g. http://10.0.0.5:2379")));
+                let endpoints: Vec<String> =
+                    etcd.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect();
+                if endpoints.is_empty() {
+                    return Err(invalid("no URL given: etcd's client URL, e.g. http://10.0.0.5:2379".into()));
                 }
+                for e in &endpoints {
+                    let url = reqwest::Url::parse(e).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+                    if url.is_none_or(|u| u.host_str().is_none()) {
+                        return Err(invalid(format!(
+                            "{e:?} is not etcd's client URL, e.g. http://10.0.0.5:2379 (several: separate them with \
+                             commas)"
+                        )));
+                    }
+                }
+                let credentials = match &self.ha.etcd_user {
+                    None => None,
+                    Some(user) => {
+                        let password = std::env::var(ETCD_PASSWORD_ENV).map_err(|_| ConfigError::Invalid {
+                            key: "ha.etcd_user",
+                            reason: format!("etcd user {user:?} needs its password in ${ETCD_PASSWORD_ENV}"),
+                        })?;
+                        Some((user.clone(), password))
+                    }
+                };
                 let Some(copy) = &object_store else {
                     return Err(invalid(
                         "a standby takes over from the primary's copy in a bucket: give --object-store                          s3://BUCKET/PREFIX (or [storage] object_store) too"
@@ -825,7 +853,7 @@ impl FileConfig {
                     .key
                     .clone()
                     .unwrap_or_else(|| format!("/tocsin/primary/{}", copy.url.trim_end_matches('/')));
-                Some(crate::lease::LeaseConfig { etcd, key, name, ttl })
+                Some(crate::lease::LeaseConfig { etcd, endpoints, credentials, key, name, ttl })
             }
         };
         if role == Role::Reader && object_store.is_none() {
@@ -1185,6 +1213,19 @@ mod tests {
         assert_eq!((ha.key.as_str(), ha.name.as_str()), ("/tocsin/primary/file:///tmp/copy", "db-a"));
         assert_eq!(ha.ttl, Duration::from_secs(10));
         assert!(with(copy, None).expect("no lease").ha.is_none());
+        // Several members, tried in turn; each must be a URL.
+        let ha = with(copy, Some("http://e1:2379, https://e2:2379/,")).expect("valid").ha.expect("a lease");
+        assert_eq!(ha.endpoints, ["http://e1:2379", "https://e2:2379/"]);
+        let err = with(copy, Some("http://e1:2379,e2:2379")).expect_err("one without a scheme").to_string();
+        assert!(err.contains("\"e2:2379\"") && err.contains("commas"), "{err}");
+        let err = with(copy, Some(" , ")).expect_err("no URL").to_string();
+        assert!(err.contains("no URL"), "{err}");
+        // A user needs its password in the environment (not in the file).
+        let text = format!("{copy}[ha]\netcd_user = \"tocsin\"\n");
+        if std::env::var(ETCD_PASSWORD_ENV).is_err() {
+            let err = with(&text, Some("http://e:2379")).expect_err("no password").to_string();
+            assert!(err.contains("ha.etcd_user") && err.contains(ETCD_PASSWORD_ENV), "{err}");
+        }
     }
 
     #[test]

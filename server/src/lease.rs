@@ -15,7 +15,13 @@
 //! restarted (on an empty data directory) to serve again, as a standby.
 //!
 //! etcd is spoken to through its JSON gateway (`/v3/...`, etcd 3.4 and
-//! later), with the HTTP client the server already has.
+//! later), with the HTTP client the server already has. Several client
+//! URLs (one per member) are tried in turn: a request that gets no answer
+//! from one member (refused, timed out, or a 5xx such as "no leader") goes
+//! to the next, and the member that answered is asked first next time.
+//! With a user (`[ha] etcd_user`, its password in `TOCSIN_ETCD_PASSWORD`)
+//! the server authenticates and sends etcd's token with each request,
+//! authenticating again when etcd says the token is no longer valid.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +36,12 @@ use tokio::time::Instant;
 /// What leadership needs (`[ha]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseConfig {
-    /// etcd's client URL, e.g. `http://10.0.0.5:2379`.
+    /// etcd's client URLs as given (comma-separated), for messages.
     pub etcd: String,
+    /// Each member's client URL, e.g. `http://10.0.0.5:2379`.
+    pub endpoints: Vec<String>,
+    /// etcd's user and password, when etcd requires authentication.
+    pub credentials: Option<(String, String)>,
     /// The key the primary holds.
     pub key: String,
     /// This server's name, as standbys and logs show the primary.
@@ -57,38 +67,141 @@ pub enum LeaseError {
 
 /// The part of etcd's v3 API leadership uses.
 struct Etcd {
-    base: String,
+    /// The members' client URLs, without a trailing slash.
+    endpoints: Vec<String>,
+    /// The member asked first: the last one that answered.
+    current: std::sync::atomic::AtomicUsize,
     http: reqwest::Client,
     /// A request that takes longer than this has failed.
     timeout: Duration,
+    credentials: Option<(String, String)>,
+    /// etcd's token for `credentials`, once authenticated.
+    token: Mutex<Option<String>>,
+}
+
+/// What one request to one member came to.
+enum Reply {
+    Done(Value),
+    /// No usable answer from this member: the next one may do.
+    Next(LeaseError),
+    /// etcd refused the token: authenticate again.
+    BadToken(LeaseError),
 }
 
 /// The largest answer read from etcd.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 impl Etcd {
+    fn new(config: &LeaseConfig, timeout: Duration) -> Etcd {
+        Etcd {
+            endpoints: config.endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
+            current: Default::default(),
+            http: reqwest::Client::new(),
+            timeout,
+            credentials: config.credentials.clone(),
+            token: Mutex::new(None),
+        }
+    }
+
+    /// The member asked first.
+    fn base(&self) -> &str {
+        let n = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.endpoints.get(n).or(self.endpoints.first()).map_or("", String::as_str)
+    }
+
+    /// Asks the members in turn, from the last one that answered, until
+    /// one answers.
     async fn call(&self, path: &str, body: Value) -> Result<Value, LeaseError> {
-        let url = format!("{}/v3/{path}", self.base);
-        let http = |source| LeaseError::Http { url: self.base.clone(), source };
-        let resp = self.http.post(&url).timeout(self.timeout).json(&body).send().await.map_err(http)?;
+        let count = self.endpoints.len().max(1);
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..count {
+            let n = (first + i) % count;
+            let mut reauthenticated = false;
+            loop {
+                match self.call_at(n, path, &body).await {
+                    Ok(Reply::Done(v)) => {
+                        self.current.store(n, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Ok(Reply::Next(e)) => {
+                        last = Some(e);
+                        break;
+                    }
+                    Ok(Reply::BadToken(e)) if reauthenticated => return Err(e),
+                    Ok(Reply::BadToken(_)) => {
+                        *self.token.lock() = None;
+                        reauthenticated = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| self.odd("no etcd endpoint is configured")))
+    }
+
+    /// One request to member `n` (authenticating first if need be).
+    async fn call_at(&self, n: usize, path: &str, body: &Value) -> Result<Reply, LeaseError> {
+        let base = self.endpoints.get(n).map_or("", String::as_str);
+        let token = match &self.credentials {
+            None => None,
+            Some(_) if self.token.lock().is_some() => self.token.lock().clone(),
+            Some((user, password)) => {
+                let auth = json!({ "name": user, "password": password });
+                match self.post(base, "auth/authenticate", &auth, None).await? {
+                    Reply::Done(a) => {
+                        let token = a["token"]
+                            .as_str()
+                            .filter(|t| !t.is_empty())
+                            .ok_or_else(|| self.odd(format!("no token in etcd's answer to user {user:?}")))?
+                            .to_string();
+                        *self.token.lock() = Some(token.clone());
+                        Some(token)
+                    }
+                    Reply::BadToken(e) => return Err(e),
+                    next => return Ok(next),
+                }
+            }
+        };
+        self.post(base, path, body, token.as_deref()).await
+    }
+
+    async fn post(&self, base: &str, path: &str, body: &Value, token: Option<&str>) -> Result<Reply, LeaseError> {
+        let url = format!("{base}/v3/{path}");
+        let http = |source| LeaseError::Http { url: base.to_string(), source };
+        let mut request = self.http.post(&url).timeout(self.timeout).json(body);
+        if let Some(t) = token {
+            request = request.header(reqwest::header::AUTHORIZATION, t);
+        }
+        let resp = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Ok(Reply::Next(http(e))),
+        };
         let status = resp.status();
-        let (bytes, more) = bounded_body(resp, MAX_ANSWER_BYTES).await.map_err(http)?;
+        let (bytes, more) = match bounded_body(resp, MAX_ANSWER_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return Ok(Reply::Next(http(e))),
+        };
         let text = String::from_utf8_lossy(&bytes).to_string();
+        let odd = |what: String| LeaseError::Answer { url: base.to_string(), what };
         if more && status.is_success() {
-            return Err(self.odd(format!("an answer of more than {MAX_ANSWER_BYTES} bytes (not read further)")));
+            return Err(odd(format!("an answer of more than {MAX_ANSWER_BYTES} bytes (not read further)")));
         }
         if !status.is_success() {
-            return Err(LeaseError::Status {
-                url: self.base.clone(),
-                status: status.as_u16(),
-                body: text.chars().take(300).collect(),
+            let e = LeaseError::Status { url: base.to_string(), status: status.as_u16(), body: clip(&text) };
+            return Ok(match status.as_u16() {
+                // An expired or revoked token (etcd answers 401 with
+                // "invalid auth token"); a wrong password is not retried.
+                401 if token.is_some() && text.contains("token") => Reply::BadToken(e),
+                500.. => Reply::Next(e),
+                _ => return Err(e),
             });
         }
-        serde_json::from_str(&text).map_err(|e| self.odd(format!("{e} in {:?}", clip(&text))))
+        serde_json::from_str(&text).map(Reply::Done).map_err(|e| odd(format!("{e} in {:?}", clip(&text))))
     }
 
     fn odd(&self, what: impl Into<String>) -> LeaseError {
-        LeaseError::Answer { url: self.base.clone(), what: what.into() }
+        LeaseError::Answer { url: self.base().to_string(), what: what.into() }
     }
 
     /// A new lease of `ttl`; its id.
@@ -188,11 +301,10 @@ impl Leadership {
     /// restart). Once held, the lease is renewed from that moment on
     /// ([`Leadership::keep`]), while the server restores and starts.
     pub async fn acquire(config: LeaseConfig) -> Result<Arc<Self>, LeaseError> {
-        let etcd = Etcd {
-            base: config.etcd.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-            timeout: (config.ttl / 3).max(Duration::from_millis(500)),
-        };
+        // A renewal may try every member: each gets its share of the
+        // third of the TTL between renewals.
+        let members = u32::try_from(config.endpoints.len().max(1)).unwrap_or(u32::MAX);
+        let etcd = Etcd::new(&config, (config.ttl / 3 / members).max(Duration::from_millis(500)));
         let every = (config.ttl / 3).max(Duration::from_millis(200));
         // The first request says at once whether etcd is there at all.
         let mut lease = etcd.grant(config.ttl).await?;
@@ -230,7 +342,14 @@ impl Leadership {
             *lease = etcd.grant(config.ttl).await?;
             sent = Instant::now();
         }
-        let Some((holder, holder_lease)) = etcd.put_if_absent(&config.key, &config.name, *lease).await? else {
+        let taken = match etcd.put_if_absent(&config.key, &config.name, *lease).await? {
+            // The key is on this server's own lease: an earlier put that
+            // etcd applied but whose answer was lost (a timeout, or a
+            // member that failed after applying it).
+            Some((_, holder_lease)) if holder_lease == *lease => None,
+            other => other,
+        };
+        let Some((holder, holder_lease)) = taken else {
             // The key came free while its primary's lease lives (removed by
             // hand): that primary acts until it next renews and finds the
             // key gone, at most until its deadline.
@@ -434,10 +553,100 @@ mod tests {
                 }
             }
         });
-        let etcd =
-            Etcd { base: format!("http://{addr}"), http: reqwest::Client::new(), timeout: Duration::from_secs(30) };
+        let etcd = Etcd::new(&config_for(&[&format!("http://{addr}")]), Duration::from_secs(30));
         let err = etcd.call("lease/grant", json!({})).await.expect_err("endless");
         assert!(err.to_string().contains(&format!("more than {MAX_ANSWER_BYTES} bytes")), "{err}");
+    }
+
+    fn config_for(endpoints: &[&str]) -> LeaseConfig {
+        LeaseConfig {
+            etcd: endpoints.join(","),
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            credentials: None,
+            key: "/k".into(),
+            name: "me".into(),
+            ttl: Duration::from_secs(3),
+        }
+    }
+
+    /// A fake etcd member: grants leases to requests that carry the token
+    /// it handed out last; `expire` makes it forget that token (as etcd
+    /// does when a simple token's TTL passes).
+    struct Member {
+        addr: std::net::SocketAddr,
+        token: Arc<Mutex<String>>,
+        logins: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    async fn member() -> Member {
+        use axum::routing::post;
+        let token = Arc::new(Mutex::new(String::new()));
+        let logins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (t, l) = (Arc::clone(&token), Arc::clone(&logins));
+        let authenticate = move |axum::Json(body): axum::Json<Value>| {
+            let (t, l) = (Arc::clone(&t), Arc::clone(&l));
+            async move {
+                if body["name"] != "tocsin" || body["password"] != "s3cret" {
+                    let error = json!({ "error": "etcdserver: authentication failed, invalid user ID or password" });
+                    return (axum::http::StatusCode::BAD_REQUEST, axum::Json(error));
+                }
+                let n = l.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                *t.lock() = format!("token-{n}");
+                (axum::http::StatusCode::OK, axum::Json(json!({ "token": format!("token-{n}") })))
+            }
+        };
+        let t = Arc::clone(&token);
+        let grant = move |headers: axum::http::HeaderMap| {
+            let t = Arc::clone(&t);
+            async move {
+                let sent = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+                if sent.is_empty() || sent != t.lock().as_str() {
+                    let error = json!({ "error": "etcdserver: invalid auth token", "code": 16 });
+                    return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(error));
+                }
+                (axum::http::StatusCode::OK, axum::Json(json!({ "ID": "42", "TTL": "3" })))
+            }
+        };
+        let app = axum::Router::new()
+            .route("/v3/auth/authenticate", post(authenticate))
+            .route("/v3/lease/grant", post(grant));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Member { addr, token, logins }
+    }
+
+    /// A member that refuses connections is passed over, and the one that
+    /// answered is asked first from then on; an expired token is replaced
+    /// by authenticating again; a wrong password is said, not retried.
+    #[tokio::test]
+    async fn members_are_tried_in_turn_and_a_stale_token_is_renewed() {
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dead_addr = dead.local_addr().expect("addr");
+        drop(dead);
+        let m = member().await;
+        let mut config = config_for(&[&format!("http://{dead_addr}"), &format!("http://{}/", m.addr)]);
+        config.credentials = Some(("tocsin".into(), "s3cret".into()));
+        let etcd = Etcd::new(&config, Duration::from_secs(2));
+        assert_eq!(etcd.grant(Duration::from_secs(3)).await.expect("grant"), 42);
+        assert_eq!(etcd.base(), format!("http://{}", m.addr), "the member that answered is asked first");
+        assert_eq!(m.logins.load(std::sync::atomic::Ordering::SeqCst), 1);
+        etcd.grant(Duration::from_secs(3)).await.expect("grant with the same token");
+        assert_eq!(m.logins.load(std::sync::atomic::Ordering::SeqCst), 1, "the token is kept");
+        *m.token.lock() = "expired".into();
+        etcd.grant(Duration::from_secs(3)).await.expect("grant after authenticating again");
+        assert_eq!(m.logins.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        config.credentials = Some(("tocsin".into(), "wrong".into()));
+        let etcd = Etcd::new(&config, Duration::from_secs(2));
+        let err = etcd.grant(Duration::from_secs(3)).await.expect_err("wrong password").to_string();
+        assert!(err.contains("authentication failed") && err.contains(&m.addr.to_string()), "{err}");
+        // Without credentials against a member that wants them: refused
+        // with etcd's reason, once.
+        config.credentials = None;
+        let etcd = Etcd::new(&config, Duration::from_secs(2));
+        let err = etcd.grant(Duration::from_secs(3)).await.expect_err("no token").to_string();
+        assert!(err.contains("401") && err.contains("invalid auth token"), "{err}");
     }
 
     #[test]

@@ -50,9 +50,10 @@ pub(crate) struct Config {
     /// writes; overrides `role` in the file.
     #[arg(long, env = "TOCSIN_ROLE")]
     role: Option<String>,
-    /// etcd's client URL (`http://HOST:2379`): the server is the primary
-    /// only while it holds a lease there, a standby until then (with
-    /// `--object-store`); overrides `[ha] etcd`.
+    /// etcd's client URL (`http://HOST:2379`), or every member's,
+    /// comma-separated: the server is the primary only while it holds a
+    /// lease there, a standby until then (with `--object-store`);
+    /// overrides `[ha] etcd`.
     #[arg(long, env = "TOCSIN_ETCD")]
     etcd: Option<String>,
     /// Log filter, e.g. `info` or `tocsin_storage=debug`.

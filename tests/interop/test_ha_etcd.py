@@ -25,6 +25,12 @@ http://...` on every server.
    (through the shipped WAL) and sends the alert's next step once, not the
    first again (through the shipped alerting journal).
 
+etcd runs with authentication on (a user of its own for Tocsin, granted
+the `/tocsin/` keys) and tokens that expire every few seconds, so the
+servers authenticate again during the test; each server is given a
+member URL that refuses connections first, as a cluster with one member
+down would. A wrong password stops a server at start with etcd's reason.
+
 Prints the takeover times."""
 
 import base64
@@ -52,6 +58,33 @@ def received():
     is told by its externalURL."""
     return [(p, body.get("externalURL"), a["labels"].get("alertname"), a["labels"].get("host"))
             for p, body in list(PAYLOADS) for a in body.get("alerts", [])]
+
+
+def etcd_call(etcd_url, path, body, token=None):
+    req = urllib.request.Request(f"{etcd_url}/v3/{path}", data=json.dumps(body).encode(), method="POST")
+    if token:
+        req.add_header("Authorization", token)
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def etcd_auth(etcd_url):
+    """Turns authentication on: root, and a user `tocsin` allowed the keys
+    under /tocsin/. Returns root's token."""
+    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    for path, body in [
+        ("auth/user/add", {"name": "root", "password": "root-pw"}),
+        ("auth/role/add", {"name": "root"}),
+        ("auth/user/grant", {"user": "root", "role": "root"}),
+        ("auth/user/add", {"name": "tocsin", "password": "tocsin-pw"}),
+        ("auth/role/add", {"name": "tocsin"}),
+        ("auth/role/grant", {"name": "tocsin", "perm": {"permType": "READWRITE", "key": b64("/tocsin/"),
+                                                        "range_end": b64("/tocsin0")}}),
+        ("auth/user/grant", {"user": "tocsin", "role": "tocsin"}),
+        ("auth/enable", {}),
+    ]:
+        etcd_call(etcd_url, path, body)
+    return etcd_call(etcd_url, "auth/authenticate", {"name": "root", "password": "root-pw"})["token"]
 
 
 def post(http, path, body=b""):
@@ -102,7 +135,8 @@ def main():
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         procs.append(subprocess.Popen(
             ["etcd", "--data-dir", os.path.join(tmp, "etcd"), "--listen-client-urls", etcd_url,
-             "--advertise-client-urls", etcd_url, "--listen-peer-urls", f"http://127.0.0.1:{free_port()}"],
+             "--advertise-client-urls", etcd_url, "--listen-peer-urls", f"http://127.0.0.1:{free_port()}",
+             "--auth-token-ttl", "4"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "etcd.log"), "w")))
         procs.append(subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -113,14 +147,24 @@ def main():
         wait_for("moto", lambda: s3.list_buckets() is not None, 30)
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         wait_for("etcd", lambda: urllib.request.urlopen(etcd_url + "/health", timeout=2).status == 200, 30)
+        etcd_auth(etcd_url)
+        down = f"http://127.0.0.1:{free_port()}"  # a member that is down
 
         rules = os.path.join(tmp, "rules.yml")
         with open(rules, "w") as f:
             f.write(escalation_rules(sink, "500ms", '{ critical: "> 90" }', "20s"))
         config = os.path.join(tmp, "tocsin.toml")
         with open(config, "w") as f:
-            f.write(f'[storage]\nobject_store_interval = "1s"\n[ha]\nlease_ttl = "{TTL_S}s"\n')
-        args = ["--object-store", f"s3://{BUCKET}/site-a", "--etcd", etcd_url, "--config", config, "--rules", rules]
+            f.write(f'[storage]\nobject_store_interval = "1s"\n[ha]\nlease_ttl = "{TTL_S}s"\netcd_user = "tocsin"\n')
+        args = ["--object-store", f"s3://{BUCKET}/site-a", "--etcd", f"{down},{etcd_url}", "--config", config,
+                "--rules", rules]
+
+        # 0. A wrong password: refused at start, with etcd's reason.
+        os.environ["TOCSIN_ETCD_PASSWORD"] = "wrong"
+        bad = Server(tmp, "bad", args, procs)
+        assert bad.p.wait(30) != 0, "a server with a wrong etcd password started"
+        assert "authentication failed" in bad.log_text(), bad.log_text()
+        os.environ["TOCSIN_ETCD_PASSWORD"] = "tocsin-pw"
 
         # 1. A is the primary; B a standby that answers queries as a reader.
         a = Server(tmp, "a", args, procs)
@@ -191,8 +235,8 @@ def main():
         wait_for("C standing by", lambda: "standby" in c.log_text(), 20, 0.2)
         time.sleep(2.5)  # B's push of its own write
         key = base64.b64encode(f"/tocsin/primary/s3://{BUCKET}/site-a".encode()).decode()
-        req = urllib.request.Request(etcd_url + "/v3/kv/deleterange", data=json.dumps({"key": key}).encode())
-        assert json.loads(urllib.request.urlopen(req, timeout=5).read()).get("deleted") == "1"
+        root = etcd_call(etcd_url, "auth/authenticate", {"name": "root", "password": "root-pw"})["token"]
+        assert etcd_call(etcd_url, "kv/deleterange", {"key": key}, root).get("deleted") == "1"
         removed_at = time.time()
         refused = [None]
 
@@ -238,7 +282,7 @@ def main():
         # predates all of it.
         with open(config, "w") as f:
             f.write(f'[storage]\nobject_store_interval = "1h"\nwal = "object-store-sync"\n'
-                    f'[ha]\nlease_ttl = "{TTL_S}s"\n')
+                    f'[ha]\nlease_ttl = "{TTL_S}s"\netcd_user = "tocsin"\n')
         e = Server(tmp, "e", args, procs)
         wait_for("E standing by", lambda: "standby" in e.log_text(), 20, 0.2)
         d.p.send_signal(signal.SIGTERM)
