@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// What leadership needs (`[ha]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct LeaseConfig {
     /// etcd's client URLs as given (comma-separated), for messages.
     pub etcd: String,
@@ -47,6 +47,20 @@ pub struct LeaseConfig {
     /// This server's name, as standbys and logs show the primary.
     pub name: String,
     pub ttl: Duration,
+}
+
+/// Shown without the password.
+impl std::fmt::Debug for LeaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseConfig")
+            .field("etcd", &self.etcd)
+            .field("endpoints", &self.endpoints)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("key", &self.key)
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,10 +204,19 @@ impl Etcd {
         if !status.is_success() {
             let e = LeaseError::Status { url: base.to_string(), status: status.as_u16(), body: clip(&text) };
             return Ok(match status.as_u16() {
-                // An expired or revoked token (etcd answers 401 with
-                // "invalid auth token"); a wrong password is not retried.
-                401 if token.is_some() && text.contains("token") => Reply::BadToken(e),
-                500.. => Reply::Next(e),
+                // A token etcd no longer takes: expired or revoked (401
+                // "invalid auth token"), or a JWT signed before a change to
+                // etcd's users or roles (400 "revision of auth store is
+                // old"). A wrong password is not retried.
+                400 | 401
+                    if token.is_some()
+                        && (text.contains("invalid auth token") || text.contains("auth store is old")) =>
+                {
+                    Reply::BadToken(e)
+                }
+                // This member is busy or behind (429 "too many requests"),
+                // or a proxy in front of it gave up: another may answer.
+                408 | 421 | 429 | 500.. => Reply::Next(e),
                 _ => return Err(e),
             });
         }
@@ -301,10 +324,10 @@ impl Leadership {
     /// restart). Once held, the lease is renewed from that moment on
     /// ([`Leadership::keep`]), while the server restores and starts.
     pub async fn acquire(config: LeaseConfig) -> Result<Arc<Self>, LeaseError> {
-        // A renewal may try every member: each gets its share of the
-        // third of the TTL between renewals.
-        let members = u32::try_from(config.endpoints.len().max(1)).unwrap_or(u32::MAX);
-        let etcd = Etcd::new(&config, (config.ttl / 3 / members).max(Duration::from_millis(500)));
+        // One request to one member gets a third of the TTL (a renewal
+        // that must try several takes longer, and may end the lease: the
+        // deadline counts from before the first try).
+        let etcd = Etcd::new(&config, (config.ttl / 3).max(Duration::from_millis(500)));
         let every = (config.ttl / 3).max(Duration::from_millis(200));
         // The first request says at once whether etcd is there at all.
         let mut lease = etcd.grant(config.ttl).await?;
@@ -569,9 +592,64 @@ mod tests {
         }
     }
 
-    /// A fake etcd member: grants leases to requests that carry the token
-    /// it handed out last; `expire` makes it forget that token (as etcd
-    /// does when a simple token's TTL passes).
+    /// One request as a fake etcd sees it: path, `Authorization`, body.
+    type Handler = Arc<dyn Fn(&str, &str, &Value) -> (u16, Value) + Send + Sync>;
+
+    /// A fake etcd member on loopback: plain HTTP/1.1, one request per
+    /// connection (`connection: close`), answered by `handler`.
+    async fn fake(handler: Handler) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let handler = Arc::clone(&handler);
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let (head, body_at) = loop {
+                        let n = sock.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break (String::from_utf8_lossy(&data[..i]).to_string(), i + 4);
+                        }
+                    };
+                    let header = |name: &str| {
+                        head.lines()
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.trim().to_string())
+                    };
+                    let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    while data.len() < body_at + length {
+                        let n = sock.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                    }
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let body = serde_json::from_slice(&data[body_at..body_at + length]).unwrap_or(Value::Null);
+                    let (status, answer) = handler(&path, &header("authorization").unwrap_or_default(), &body);
+                    let answer = answer.to_string();
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                         connection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A fake etcd member that grants leases to requests carrying the token
+    /// it handed out last (setting `token` forgets it, as etcd does when a
+    /// simple token's TTL passes).
     struct Member {
         addr: std::net::SocketAddr,
         token: Arc<Mutex<String>>,
@@ -579,40 +657,25 @@ mod tests {
     }
 
     async fn member() -> Member {
-        use axum::routing::post;
         let token = Arc::new(Mutex::new(String::new()));
         let logins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (t, l) = (Arc::clone(&token), Arc::clone(&logins));
-        let authenticate = move |axum::Json(body): axum::Json<Value>| {
-            let (t, l) = (Arc::clone(&t), Arc::clone(&l));
-            async move {
+        let addr = fake(Arc::new(move |path, sent, body| match path {
+            "/v3/auth/authenticate" => {
                 if body["name"] != "tocsin" || body["password"] != "s3cret" {
-                    let error = json!({ "error": "etcdserver: authentication failed, invalid user ID or password" });
-                    return (axum::http::StatusCode::BAD_REQUEST, axum::Json(error));
+                    return (400, json!({ "error": "etcdserver: authentication failed, invalid user ID or password" }));
                 }
                 let n = l.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 *t.lock() = format!("token-{n}");
-                (axum::http::StatusCode::OK, axum::Json(json!({ "token": format!("token-{n}") })))
+                (200, json!({ "token": format!("token-{n}") }))
             }
-        };
-        let t = Arc::clone(&token);
-        let grant = move |headers: axum::http::HeaderMap| {
-            let t = Arc::clone(&t);
-            async move {
-                let sent = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-                if sent.is_empty() || sent != t.lock().as_str() {
-                    let error = json!({ "error": "etcdserver: invalid auth token", "code": 16 });
-                    return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(error));
-                }
-                (axum::http::StatusCode::OK, axum::Json(json!({ "ID": "42", "TTL": "3" })))
+            "/v3/lease/grant" if sent.is_empty() || sent != t.lock().as_str() => {
+                (401, json!({ "error": "etcdserver: invalid auth token", "code": 16 }))
             }
-        };
-        let app = axum::Router::new()
-            .route("/v3/auth/authenticate", post(authenticate))
-            .route("/v3/lease/grant", post(grant));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+            "/v3/lease/grant" => (200, json!({ "ID": "42", "TTL": "3" })),
+            _ => (404, json!({})),
+        }))
+        .await;
         Member { addr, token, logins }
     }
 
@@ -647,6 +710,41 @@ mod tests {
         let etcd = Etcd::new(&config, Duration::from_secs(2));
         let err = etcd.grant(Duration::from_secs(3)).await.expect_err("no token").to_string();
         assert!(err.contains("401") && err.contains("invalid auth token"), "{err}");
+        // The password is not shown by `Debug` (logs, panics).
+        let mut config = config_for(&["http://e:2379"]);
+        config.credentials = Some(("tocsin".into(), "s3cret".into()));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("tocsin") && !shown.contains("s3cret"), "{shown}");
+    }
+
+    /// A JWT signed before a change to etcd's users is refused with 400
+    /// "revision of auth store is old": the server authenticates again.
+    /// Before, it kept the token and lost the lease.
+    #[tokio::test]
+    async fn a_token_from_an_older_auth_store_is_renewed() {
+        let logins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let l = Arc::clone(&logins);
+        let addr = fake(Arc::new(move |path, sent, _| match path {
+            "/v3/auth/authenticate" => {
+                // jwt-1 was handed out before the change to the users.
+                let n = l.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 2;
+                (200, json!({ "token": format!("jwt-{n}") }))
+            }
+            "/v3/lease/grant" if sent == "jwt-1" => {
+                (400, json!({ "error": "etcdserver: revision of auth store is old", "code": 3 }))
+            }
+            _ => (200, json!({ "ID": "7", "TTL": "3" })),
+        }))
+        .await;
+        let lagging_addr =
+            fake(Arc::new(|_, _, _| (429, json!({ "error": "etcdserver: too many requests", "code": 8 })))).await;
+        // A lagging member (429) first: passed over.
+        let mut config = config_for(&[&format!("http://{lagging_addr}"), &format!("http://{addr}")]);
+        config.credentials = Some(("tocsin".into(), "s3cret".into()));
+        let etcd = Etcd::new(&config, Duration::from_secs(2));
+        *etcd.token.lock() = Some("jwt-1".into());
+        assert_eq!(etcd.grant(Duration::from_secs(3)).await.expect("grant"), 7);
+        assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 1, "authenticated once more");
     }
 
     #[test]
