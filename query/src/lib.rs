@@ -902,8 +902,14 @@ impl QueryEngine {
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
                 // `DataFrame::execute_stream`, one phase at a time.
                 let planned = started.elapsed();
-                let (state, plan) = df.into_parts();
+                let (mut state, plan) = df.into_parts();
                 let optimized = state.optimize(&plan)?;
+                // A statement that reads few rows runs on one partition:
+                // no exchange between threads, no two-phase aggregation,
+                // a smaller plan to build (docs/architecture.md).
+                if reads_few_rows(&optimized, &state)? {
+                    state.config_mut().options_mut().execution.target_partitions = 1;
+                }
                 let optimized_at = started.elapsed();
                 let physical = state.query_planner().create_physical_plan(&optimized, &state).await?;
                 let physical_at = started.elapsed();
@@ -1073,6 +1079,39 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into())
+}
+
+/// Below this many rows read (by [`table::TocsinTable::estimated_rows`]),
+/// a statement is planned on one partition. On the TSBS day, one host's
+/// rows (one row group of 262,144 rows left by the statistics) are below
+/// it; a scan of the whole day's 864,000 rows, which takes 30 to 50 %
+/// longer on one partition, is above it (docs/benchmarks.md).
+pub const FEW_ROWS: u64 = 300_000;
+
+/// Whether every table `plan` scans is a Tocsin table and together they
+/// read fewer than [`FEW_ROWS`] rows.
+fn reads_few_rows(plan: &datafusion::logical_expr::LogicalPlan, state: &SessionState) -> Result<bool, DataFusionError> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::datasource::DefaultTableSource;
+    use datafusion::logical_expr::LogicalPlan;
+    let mut rows = 0u64;
+    let mut known = true;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let table = (scan.source.as_ref() as &dyn std::any::Any)
+                .downcast_ref::<DefaultTableSource>()
+                .and_then(|s| (s.table_provider.as_ref() as &dyn std::any::Any).downcast_ref::<table::TocsinTable>());
+            match table {
+                Some(t) => rows = rows.saturating_add(t.estimated_rows(state, &scan.filters, FEW_ROWS)?),
+                None => known = false,
+            }
+            if !known || rows >= FEW_ROWS {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(known && rows < FEW_ROWS)
 }
 
 async fn plan_statement(
@@ -1370,6 +1409,51 @@ mod long_reads {
         assert_eq!(rows, 40_000);
         drop(stream);
         assert_eq!(storage.purge_retired(), 2, "deleted once the query ended");
+    }
+
+    /// A statement that reads few rows is planned on one partition (no
+    /// exchange, no two-phase aggregation); one that reads many keeps the
+    /// session's partitions. The answers are the same.
+    #[tokio::test]
+    async fn statements_over_few_rows_run_on_one_partition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(tocsin_storage::StorageConfig::for_tests(dir.path())).await.expect("open");
+        let q = QueryEngine::new(storage);
+        q.ctx.state_ref().write().config_mut().options_mut().execution.target_partitions = 4;
+        for (table, rows) in [("small", 1_000i64), ("big", FEW_ROWS as i64 + 1_000)] {
+            let ts: Vec<i64> = (0..rows).collect();
+            let block = SeriesBlock {
+                item: 0,
+                tags: vec![("host".into(), "a".into())],
+                fields: vec![FieldColumn { name: "v".into(), values: FieldValues::I64(ts.clone()), validity: None }],
+                timestamps: ts,
+            };
+            q.storage
+                .write("public", vec![TableWrite { table: table.into(), blocks: vec![block] }])
+                .await
+                .expect("write");
+        }
+        let plan = |table: &str| {
+            let q = &q;
+            let sql = format!("EXPLAIN SELECT host, max(v) AS m FROM {table} GROUP BY host");
+            async move {
+                let r = q.execute(&sql, None).await.expect("explain");
+                arrow::util::pretty::pretty_format_batches(&r.batches).expect("print").to_string()
+            }
+        };
+        let small = plan("small").await;
+        assert!(!small.contains("RepartitionExec") && !small.contains("Partial"), "{small}");
+        let big = plan("big").await;
+        assert!(big.contains("RepartitionExec") && big.contains("Partial"), "{big}");
+        // Few rows of the big table by time: one partition too.
+        let r = q.execute("EXPLAIN SELECT max(v) FROM big WHERE ts > 10000000", None).await.expect("explain");
+        let pruned = arrow::util::pretty::pretty_format_batches(&r.batches).expect("print").to_string();
+        assert!(!pruned.contains("RepartitionExec"), "{pruned}");
+        for table in ["small", "big"] {
+            let r = q.execute(&format!("SELECT max(v) AS m, count(*) AS n FROM {table}"), None).await.expect("run");
+            let n = r.batches[0].column(1).as_any().downcast_ref::<arrow::array::Int64Array>().expect("count").value(0);
+            assert_eq!(n, if table == "small" { 1_000 } else { FEW_ROWS as i64 + 1_000 });
+        }
     }
 
     /// The running queries' operators share a memory pool: a query whose

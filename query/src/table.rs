@@ -232,6 +232,38 @@ impl TableProvider for TocsinTable {
 }
 
 impl TocsinTable {
+    /// About how many rows a scan with `filters` reads: the buffered rows
+    /// in its time range and the rows of the row groups its segments'
+    /// statistics and token filters leave (the pages and the row filter
+    /// narrow it further while reading). Used to plan small statements on
+    /// one partition (see `reads_few_rows`): the count stops once it
+    /// reaches `enough`.
+    pub(crate) fn estimated_rows(&self, state: &dyn Session, filters: &[Expr], enough: u64) -> Result<u64> {
+        let snap = match &self.pinned {
+            Some(s) => Some(s.clone()),
+            None => self.storage.snapshot(&self.db, &self.table),
+        };
+        let Some(snap) = snap else { return Ok(0) };
+        let range = time_range(filters);
+        let mut rows: u64 =
+            snap.chunks.iter().filter(|c| range.overlaps(c.min_ts, c.max_ts)).map(|c| c.batch.num_rows() as u64).sum();
+        let searches = crate::token_prune::searches(filters).map_err(DataFusionError::Execution)?;
+        let values = crate::prune::text_values(filters);
+        for seg in snap.segments.iter().filter(|s| range.overlaps(s.min_ts, s.max_ts)) {
+            if rows >= enough {
+                break;
+            }
+            rows += match self.piece(state, &snap, seg, &searches, range, &values)? {
+                None => 0,
+                Some((_, Piece { plan: Some(plan), rows: groups, .. })) => {
+                    plan.row_group_index_iter().map(|i| groups[i]).sum::<u64>()
+                }
+                Some(_) => seg.rows,
+            };
+        }
+        Ok(rows)
+    }
+
     /// What of segment `seg` a scan reads (`None`: nothing), and the
     /// tombstones of `snap` that cover it.
     fn piece(
