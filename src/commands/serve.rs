@@ -92,6 +92,14 @@ pub(crate) fn run(c: Config) -> anyhow::Result<()> {
         etcd: c.etcd,
     })?;
     warn_if_shared(&config.storage.data_dir);
+    if std::env::var_os(tocsin_server::config::ETCD_PASSWORD_ENV).is_some()
+        && config.ha.as_ref().is_some_and(|ha| ha.credentials.is_none())
+    {
+        tracing::warn!(
+            "{} is set but [ha] etcd_user is not: etcd is asked without authentication",
+            tocsin_server::config::ETCD_PASSWORD_ENV
+        );
+    }
     // Planning and evaluating SQL recurse over expression trees; the SQL
     // layer bounds their depth (query::allowed), and 8 MiB worker stacks
     // (virtual memory, committed as used) keep a wide margin under that bound
