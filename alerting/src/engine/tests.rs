@@ -1048,18 +1048,25 @@ async fn the_shipped_journal_after_a_pushed_snapshot_rebuilds_the_state() {
     assert_eq!(cap.bodies().len(), 2, "no step sent again: {:?}", cap.bodies());
 }
 
-/// Under `sync`, an acknowledgement or silence waits for its record; not
-/// while shipping fails.
-#[tokio::test]
-async fn a_synced_wait_ends_when_shipped_or_failing() {
+/// An engine whose alert on host `a` fires, its notification out: the
+/// capture, the setup and the alert's id.
+async fn one_firing() -> (Capture, Setup, String) {
     let cap = capture(0).await;
     let s = setup(&rules_yaml(cap.0.addr));
     s.set(&[("a", 99.0)]);
     s.run_for(4).await;
     s.settle().await;
+    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
+    (cap, s, id)
+}
+
+/// Under `sync`, an acknowledgement or silence waits for its record; not
+/// while shipping fails.
+#[tokio::test]
+async fn a_synced_wait_ends_when_shipped_or_failing() {
+    let (_cap, s, id) = one_firing().await;
     assert!(s.engine.journal_synced().await, "nothing to wait for without shipping");
     s.engine.ship_journal(true);
-    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
     // Before the shipper runs (this run's first push), no wait at all.
     s.engine.ack(&id, "ann", "mine").await.expect("ack");
     assert!(!s.engine.journal_synced().await, "not shipped: the shipper does not run yet");
@@ -1091,14 +1098,9 @@ async fn a_synced_wait_ends_when_shipped_or_failing() {
 /// nothing to write and the bucket never had the change.
 #[tokio::test]
 async fn a_snapshot_ships_the_change_it_takes() {
-    let cap = capture(0).await;
-    let s = setup(&rules_yaml(cap.0.addr));
-    s.set(&[("a", 99.0)]);
-    s.run_for(4).await;
-    s.settle().await;
+    let (_cap, s, id) = one_firing().await;
     s.engine.ship_journal(false);
     s.engine.journal_ship_ready();
-    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
     s.engine
         .with_instance(&id, |inst, now| {
             inst.ack = Some(Ack { by: "ann".into(), comment: "x".into(), at: now, severity: None });
@@ -1119,15 +1121,10 @@ async fn a_snapshot_ships_the_change_it_takes() {
 /// that snapshot are all in the queue (no hole for a successor).
 #[tokio::test]
 async fn an_overflowed_queue_resumes_when_a_push_covers_the_gap() {
-    let cap = capture(0).await;
-    let s = setup(&rules_yaml(cap.0.addr));
-    s.set(&[("a", 99.0)]);
-    s.run_for(4).await;
-    s.settle().await;
+    let (_cap, s, id) = one_firing().await;
     s.engine.ship_journal(true);
     s.engine.journal_ship_ready();
     s.engine.journal.lock().ship.limit = 1;
-    let id = s.engine.alerts(Some("firing"), &BTreeMap::new())[0]["id"].as_str().map(str::to_string).expect("id");
     s.engine.ack(&id, "ann", "mine").await.expect("ack");
     assert_eq!(s.engine.metrics.journal_ship_dropped.load(Ordering::Relaxed), 1);
     assert!(s.engine.journal_to_ship().is_none(), "dropped");
