@@ -135,6 +135,14 @@ impl TableProvider for TocsinTable {
             return Ok(MemorySourceConfig::try_new_exec(&[vec![]], schema, projection.cloned())?);
         };
         let range = time_range(filters);
+        // A reader that fetches its segment files as they are read brings
+        // these onto its disk first (the query's reader guard keeps them).
+        let in_range: Vec<&SegmentMeta> =
+            snap.segments.iter().filter(|s| range.overlaps(s.min_ts, s.max_ts)).map(|s| s.as_ref()).collect();
+        self.storage
+            .ensure_local(&self.db, &self.table, &in_range)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(crate::QueryError::Storage(e))))?;
         // Where rows may repeat a series and time, the segments and chunks
         // there are read apart and only the last written row of each is
         // kept (see `crate::keep_last`).

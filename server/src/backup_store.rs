@@ -496,6 +496,10 @@ pub async fn push(
         copied_files,
         copied_bytes,
         reused_files,
+        lingering: match (&writer, &previous) {
+            (Some(_), Some(p)) => lingering(p, &list, now),
+            _ => Vec::new(),
+        },
         files: list,
     };
     let json = serde_json::to_vec_pretty(&index).at(|| "encoding the index".into())?;
@@ -1061,65 +1065,76 @@ pub async fn fetch_into(
     wanted: impl Fn(&str) -> bool,
     held: &mut Held,
 ) -> Result<FetchReport> {
-    let incoming = dir.join(".incoming");
-    real_folders(dir, ".incoming/x")?;
     let mut report = FetchReport::default();
     for f in index.files.iter().filter(|f| wanted(&f.path)) {
-        let to = dir.join(&f.path);
-        let listed = (f.bytes, f.sha256.clone());
-        let present = fs::symlink_metadata(&to).ok().filter(|m| m.is_file() && m.len() == f.bytes);
-        if present.is_some() && held.get(&f.path) == Some(&listed) {
-            continue;
+        let fetched = fetch_file(src, dir, f, held.get(&f.path)).await?;
+        held.insert(f.path.clone(), (f.bytes, f.sha256.clone()));
+        if let Some(bytes) = fetched {
+            report.bytes += bytes;
+            report.files += 1;
         }
-        if present.is_some() && f.parts.is_empty() && held.get(&f.path).is_none() {
-            // Left by an earlier run of this reader: checked once.
-            let mut file = fs::File::open(&to).at(|| format!("opening {}", to.display()))?;
-            let mut hash = Sha256::new();
-            std::io::copy(&mut file, &mut HashWriter(&mut hash)).at(|| format!("reading {}", to.display()))?;
-            if hex(&hash.finalize()) == f.sha256 {
-                held.insert(f.path.clone(), listed);
-                continue;
-            }
-        }
-        real_folders(dir, &f.path)?;
-        let part = incoming.join(format!("{}.part", f.path.replace('/', "%")));
-        match fs::remove_file(&part) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).at(|| format!("removing {}", part.display())),
-        }
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&part)
-            .at(|| format!("creating {}", part.display()))?;
-        let copied = async {
-            for piece in f.pieces() {
-                let (got, sha256) = src.copy_into(&piece.stored, &mut out, piece.bytes).await?;
-                ensure!(
-                    got == piece.bytes && sha256 == piece.sha256,
-                    "{} is damaged or was replaced while being read: {got} bytes with SHA-256 {sha256}, the index \
-                     says {} bytes with {}",
-                    src.shown(&piece.stored),
-                    piece.bytes,
-                    piece.sha256
-                );
-                report.bytes += got;
-            }
-            Ok(())
-        }
-        .await;
-        drop(out);
-        if let Err(e) = copied {
-            let _ = fs::remove_file(&part);
-            return Err(e);
-        }
-        fs::rename(&part, &to).at(|| format!("moving {} to {}", part.display(), to.display()))?;
-        held.insert(f.path.clone(), listed);
-        report.files += 1;
     }
     Ok(report)
+}
+
+/// Brings file `f` of a copy into `dir` (see [`fetch_into`]), unless it is
+/// there: as `held` says it was fetched or checked, or found with the
+/// listed SHA-256. Returns the bytes fetched, `None` when it was there.
+pub async fn fetch_file(src: &Place, dir: &Path, f: &IndexFile, held: Option<&(u64, String)>) -> Result<Option<u64>> {
+    let incoming = dir.join(".incoming");
+    real_folders(dir, ".incoming/x")?;
+    let to = dir.join(&f.path);
+    let listed = (f.bytes, f.sha256.clone());
+    let present = fs::symlink_metadata(&to).ok().filter(|m| m.is_file() && m.len() == f.bytes);
+    if present.is_some() && held == Some(&listed) {
+        return Ok(None);
+    }
+    if present.is_some() && f.parts.is_empty() && held.is_none() {
+        // Left by an earlier run of this reader: checked once.
+        let mut file = fs::File::open(&to).at(|| format!("opening {}", to.display()))?;
+        let mut hash = Sha256::new();
+        std::io::copy(&mut file, &mut HashWriter(&mut hash)).at(|| format!("reading {}", to.display()))?;
+        if hex(&hash.finalize()) == f.sha256 {
+            return Ok(None);
+        }
+    }
+    real_folders(dir, &f.path)?;
+    let part = incoming.join(format!("{}.part", f.path.replace('/', "%")));
+    match fs::remove_file(&part) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).at(|| format!("removing {}", part.display())),
+    }
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
+        .at(|| format!("creating {}", part.display()))?;
+    let mut bytes = 0;
+    let copied = async {
+        for piece in f.pieces() {
+            let (got, sha256) = src.copy_into(&piece.stored, &mut out, piece.bytes).await?;
+            ensure!(
+                got == piece.bytes && sha256 == piece.sha256,
+                "{} is damaged or was replaced while being read: {got} bytes with SHA-256 {sha256}, the index \
+                 says {} bytes with {}",
+                src.shown(&piece.stored),
+                piece.bytes,
+                piece.sha256
+            );
+            bytes += got;
+        }
+        Ok(())
+    }
+    .await;
+    drop(out);
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&part);
+        return Err(e);
+    }
+    fs::rename(&part, &to).at(|| format!("moving {} to {}", part.display(), to.display()))?;
+    Ok(Some(bytes))
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone)]
@@ -1180,9 +1195,60 @@ pub struct Index {
     pub copied_bytes: u64,
     pub reused_files: usize,
     pub files: Vec<IndexFile>,
+    /// In a server's copy: segment and pack files that earlier copies
+    /// listed and this one does not (a compaction replaced them), kept in
+    /// the bucket for [`LINGER_MS`] after they left, for the readers that
+    /// fetch files as queries read them and may still plan on an earlier
+    /// copy. Not part of the copy: a restore does not take them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lingering: Vec<Lingering>,
+}
+
+/// A file a server's copy no longer lists, still in the bucket.
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Lingering {
+    #[serde(flatten)]
+    pub file: IndexFile,
+    /// Since when no copy lists it (Unix milliseconds of the copy's point).
+    pub since_unix_ms: i64,
+}
+
+/// How long a server's copy keeps segment and pack files it no longer lists
+/// (see [`Index::lingering`]).
+pub const LINGER_MS: i64 = 5 * 60 * 1000;
+
+/// Whether `path` is a segment or pack file of a data directory.
+pub(crate) fn segment_file(path: &str) -> bool {
+    path.starts_with("segments/") || path.starts_with("packs/")
+}
+
+/// The files `previous` (the copy a server's push replaces) and the ones
+/// it kept listed as lingering that the copy listing `files` at `now`
+/// still keeps in the bucket.
+fn lingering(previous: &Index, files: &[IndexFile], now: i64) -> Vec<Lingering> {
+    let listed: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let mut kept: Vec<Lingering> = previous
+        .lingering
+        .iter()
+        .filter(|l| !listed.contains(l.file.path.as_str()) && now.saturating_sub(l.since_unix_ms) < LINGER_MS)
+        .cloned()
+        .collect();
+    kept.extend(
+        previous
+            .files
+            .iter()
+            .filter(|f| segment_file(&f.path) && !listed.contains(f.path.as_str()))
+            .map(|f| Lingering { file: f.clone(), since_unix_ms: now }),
+    );
+    kept
 }
 
 impl Index {
+    /// The files listed and those lingering: what the bucket keeps.
+    pub fn all_files(&self) -> impl Iterator<Item = &IndexFile> {
+        self.files.iter().chain(self.lingering.iter().map(|l| &l.file))
+    }
+
     pub async fn read(place: &Place) -> Result<Option<Index>> {
         Ok(Self::read_tagged(place).await?.map(|(index, _)| index))
     }
@@ -1292,7 +1358,7 @@ impl Place {
                 let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
                     Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(e).at(|| format!("reading {} (a symbolic link is refused)", path.display())),
+                    Err(e) => return Err(no_links(e)).at(|| format!("reading {}", path.display())),
                 };
                 let mut text = Vec::new();
                 file.take(MAX_INDEX_BYTES + 1).read_to_end(&mut text).at(|| format!("reading {}", path.display()))?;
@@ -1409,7 +1475,8 @@ impl Place {
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)
-                    .at(|| format!("reading {} (a symbolic link is refused)", path.display()))?;
+                    .map_err(no_links)
+                    .at(|| format!("reading {}", path.display()))?;
                 let mut bytes = Vec::new();
                 file.take(limit + 1).read_to_end(&mut bytes).at(|| format!("reading {}", path.display()))?;
                 if bytes.len() as u64 > limit {
@@ -1502,7 +1569,7 @@ impl Place {
                 // under its own run's folder (or a version of it).
                 let removable: Option<(HashSet<object_store::path::Path>, String)> = own.map(|(replaced, scope)| {
                     let listed = replaced
-                        .map(|p| p.files.iter().flat_map(IndexFile::pieces).map(|x| b.object(&x.stored)).collect())
+                        .map(|p| p.all_files().flat_map(IndexFile::pieces).map(|x| b.object(&x.stored)).collect())
                         .unwrap_or_default();
                     (listed, format!("{scope}/"))
                 });
@@ -1520,8 +1587,7 @@ impl Place {
                     }
                 };
                 let keep: HashSet<object_store::path::Path> = index
-                    .files
-                    .iter()
+                    .all_files()
                     .flat_map(IndexFile::pieces)
                     .map(|p| b.object(&p.stored))
                     .chain([b.object(INDEX)])
@@ -1561,7 +1627,8 @@ impl Place {
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)
-                    .at(|| format!("opening {} (a symbolic link is refused)", path.display()))?;
+                    .map_err(no_links)
+                    .at(|| format!("opening {}", path.display()))?;
                 let mut src = src.take(limit);
                 let mut buf = vec![0u8; 256 << 10];
                 loop {
@@ -1675,9 +1742,18 @@ impl Sink {
     }
 }
 
+/// An open with `O_NOFOLLOW` that met a symbolic link says so.
+fn no_links(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        std::io::Error::new(e.kind(), "it is a symbolic link, which a copy never holds: refused")
+    } else {
+        e
+    }
+}
+
 /// [`Place::prune`] of a directory.
 fn prune_dir(dest: &Path, index: &Index) -> Result<usize> {
-    let keep: HashSet<PathBuf> = index.files.iter().flat_map(IndexFile::pieces).map(|p| dest.join(p.stored)).collect();
+    let keep: HashSet<PathBuf> = index.all_files().flat_map(IndexFile::pieces).map(|p| dest.join(p.stored)).collect();
     let mut removed = 0;
     let mut stack = vec![dest.to_path_buf()];
     let mut dirs = Vec::new();
@@ -1882,6 +1958,7 @@ mod tests {
             copied_files: 0,
             copied_bytes: 0,
             reused_files: 0,
+            lingering: Vec::new(),
             files: vec![IndexFile {
                 path: "segments/1.parquet".into(),
                 bytes: 50,

@@ -497,6 +497,10 @@ pub struct StorageSection {
     pub wal: String,
     /// How often `wal = "object-store"` ships the WAL.
     pub wal_ship_interval: String,
+    /// A reader (`--role reader`) keeps at most this many MiB of the
+    /// writer's segment files on its disk, fetching each when a query reads
+    /// it; 0 fetches the whole copy at each refresh.
+    pub reader_cache_mb: u64,
 }
 
 impl Default for StorageSection {
@@ -517,6 +521,7 @@ impl Default for StorageSection {
             object_store_interval: "10s".into(),
             wal: "local".into(),
             wal_ship_interval: "1s".into(),
+            reader_cache_mb: 10 * 1024,
         }
     }
 }
@@ -636,6 +641,9 @@ pub struct ObjectStoreConfig {
     pub interval: Duration,
     /// `[storage] wal`.
     pub wal: WalShipping,
+    /// `[storage] reader_cache_mb` in bytes; `None`: a reader fetches the
+    /// whole copy.
+    pub reader_cache: Option<u64>,
 }
 
 /// `[storage] wal`: whether the WAL goes to the bucket as it is written.
@@ -772,7 +780,8 @@ impl FileConfig {
                         });
                     }
                 };
-                Some(ObjectStoreConfig { url, interval, wal })
+                let reader_cache = (s.reader_cache_mb > 0).then(|| s.reader_cache_mb.saturating_mul(1 << 20));
+                Some(ObjectStoreConfig { url, interval, wal, reader_cache })
             }
             None if s.wal != "local" || parse_duration(&s.wal_ship_interval).is_err() => {
                 parse_duration(&s.wal_ship_interval)

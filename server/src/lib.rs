@@ -340,7 +340,7 @@ async fn serve(
         Some(o) if is_reader => (
             None,
             Some(Arc::new(
-                reader::Reader::open(&o.url, o.interval, &config.storage.data_dir)
+                reader::Reader::open(&o.url, o.interval, &config.storage.data_dir, o.reader_cache.is_some())
                     .await
                     .map_err(object_store_error(&o.url))?,
             )),
@@ -360,7 +360,11 @@ async fn serve(
     {
         return Err(ServerError::ReaderWithoutAuth { url: r.url.clone() });
     }
-    let storage = if is_reader {
+    let storage = if let (Some(r), Some(limit)) = (&reader, config.object_store.as_ref().and_then(|o| o.reader_cache))
+        && let Some(segments) = &r.segments
+    {
+        Storage::open_reader_fetching(config.storage.clone(), Arc::clone(segments) as _, limit).await?
+    } else if is_reader {
         Storage::open_reader(config.storage.clone()).await?
     } else {
         Storage::open(config.storage.clone()).await?

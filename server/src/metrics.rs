@@ -471,8 +471,36 @@ pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, fenced: bool, out:
 }
 
 /// `--role reader`: the copies fetched from the bucket.
-pub(crate) fn render_reader(m: &crate::reader::ReaderMetrics, out: &mut String) {
+pub(crate) fn render_reader(
+    m: &crate::reader::ReaderMetrics,
+    cache: Option<tocsin_storage::CacheStats>,
+    out: &mut String,
+) {
     use std::sync::atomic::Ordering::Relaxed;
+    if let Some(c) = cache {
+        gauge(
+            out,
+            "tocsin_reader_cache_limit_bytes",
+            "Bytes of segment files a reader keeps on disk at most (reader_cache_mb).",
+            c.limit_bytes as f64,
+        );
+        gauge(
+            out,
+            "tocsin_reader_cache_bytes",
+            "Bytes of segment files on the reader's disk (evicted ones until the queries reading them end).",
+            c.bytes as f64,
+        );
+        gauge(out, "tocsin_reader_cache_files", "Segment files on the reader's disk.", c.files as f64);
+        counter(out, "tocsin_reader_cache_hits_total", "Segment files a scan found on disk.", c.hits);
+        counter(
+            out,
+            "tocsin_reader_cache_fetches_total",
+            "Segment files fetched from the bucket because a scan read them.",
+            c.fetches,
+        );
+        counter(out, "tocsin_reader_cache_fetched_bytes_total", "Bytes of those fetches.", c.fetched_bytes);
+        counter(out, "tocsin_reader_cache_evictions_total", "Segment files evicted past the bound.", c.evictions);
+    }
     counter(
         out,
         "tocsin_reader_refreshes_total",

@@ -19,6 +19,11 @@
 //! behind by its own interval and the shipping, not by a push; the next
 //! image it loads replaces what it applied.
 //!
+//! With a bounded cache (`reader_cache_mb`, the default), segment and pack
+//! files are not fetched with the copy but when a query reads them
+//! ([`BucketSegments`], `tocsin_storage::cache`): the reader starts at
+//! once however large the copy, and keeps on disk the files read lately.
+//!
 //! Alert rules are evaluated by the writer only: a reader neither evaluates
 //! nor notifies, so that adding readers never pages twice.
 
@@ -31,7 +36,7 @@ use std::time::Duration;
 use tocsin_storage::Storage;
 use tokio::sync::{Mutex, watch};
 
-use crate::backup_store::{self, BackupError, Held, Index, Place};
+use crate::backup_store::{self, BackupError, Held, Index, Place, segment_file};
 
 /// In a reader's data directory: which bucket it is a cache of.
 pub(crate) const READER_FILE: &str = "reader-of";
@@ -148,7 +153,61 @@ fn wanted(path: &str) -> bool {
     path == MANIFEST
         || path == "auth/tokens.json"
         || path == "auth/users.json"
-        || ["segments/", "packs/", "wal/"].iter().any(|p| path.starts_with(p))
+        || path.starts_with("wal/")
+        || segment_file(path)
+}
+
+/// Where a reader with a bounded cache fetches segment and pack files from
+/// when a scan reads them: the files of the copies it loaded (the last two,
+/// and those the writer keeps lingering: a query planned on an earlier copy
+/// may still read its files).
+pub(crate) struct BucketSegments {
+    src: Place,
+    listed: parking_lot::Mutex<[HashMap<String, backup_store::IndexFile>; 2]>,
+    /// The files fetched, or found and checked, by this process.
+    held: parking_lot::Mutex<Held>,
+}
+
+impl BucketSegments {
+    /// `index` is loaded: its files may be read from now on.
+    fn listed(&self, index: &Index) {
+        let files: HashMap<String, backup_store::IndexFile> =
+            index.all_files().filter(|f| segment_file(&f.path)).map(|f| (f.path.clone(), f.clone())).collect();
+        let mut listed = self.listed.lock();
+        // A writer that took the copy over stores the same files under
+        // other names: the names count too.
+        let same = |a: &backup_store::IndexFile, b: &backup_store::IndexFile| a.pieces() == b.pieces();
+        if listed[0].len() == files.len() && listed[0].iter().all(|(p, f)| files.get(p).is_some_and(|g| same(f, g))) {
+            return;
+        }
+        listed[1] = std::mem::replace(&mut listed[0], files);
+        let known = |p: &String| listed[0].contains_key(p) || listed[1].contains_key(p);
+        self.held.lock().retain(|p, _| known(p));
+    }
+}
+
+impl tocsin_storage::SegmentSource for BucketSegments {
+    fn fetch<'a>(
+        &'a self,
+        data_dir: &'a Path,
+        path: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let file = {
+                let listed = self.listed.lock();
+                listed[0].get(path).or_else(|| listed[1].get(path)).cloned()
+            };
+            let Some(file) = file else {
+                return Err("the writer's copy no longer lists it (a newer copy replaced it)".into());
+            };
+            let held = self.held.lock().get(path).cloned();
+            let fetched = backup_store::fetch_file(&self.src, data_dir, &file, held.as_ref())
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            self.held.lock().insert(path.to_string(), (file.bytes, file.sha256.clone()));
+            Ok(fetched.unwrap_or(0))
+        })
+    }
 }
 
 /// The writer's WAL shipped after the image loaded, as far as applied.
@@ -196,6 +255,8 @@ pub(crate) struct Reader {
     pub(crate) metrics: ReaderMetrics,
     /// Whether the writer requires tokens (its copy says so).
     pub(crate) writer_auth: AtomicBool,
+    /// With a bounded cache: where scans fetch segment files from.
+    pub(crate) segments: Option<Arc<BucketSegments>>,
     _lock: std::fs::File,
 }
 
@@ -203,7 +264,13 @@ impl Reader {
     /// Before the storage opens: checks that the data directory is new or
     /// this reader's cache, and fetches the copy the bucket holds (if the
     /// writer has pushed one yet).
-    pub(crate) async fn open(url: &str, interval: Duration, data_dir: &Path) -> Result<Reader, BackupError> {
+    /// `cache`: segment files are fetched when read (see the module).
+    pub(crate) async fn open(
+        url: &str,
+        interval: Duration,
+        data_dir: &Path,
+        cache: bool,
+    ) -> Result<Reader, BackupError> {
         let io = |what: String| move |source| BackupError::Io { what, source };
         let src = Place::parse(url)?;
         std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
@@ -250,6 +317,14 @@ impl Reader {
         }
         // Parts of fetches a stop interrupted.
         let _ = std::fs::remove_dir_all(data_dir.join(".incoming"));
+        let segments = match cache {
+            true => Some(Arc::new(BucketSegments {
+                src: Place::parse(url)?,
+                listed: Default::default(),
+                held: Default::default(),
+            })),
+            false => None,
+        };
         let reader = Reader {
             url: url.to_string(),
             src,
@@ -259,6 +334,7 @@ impl Reader {
             shipped: Mutex::new(Shipped::default()),
             metrics: ReaderMetrics::default(),
             writer_auth: AtomicBool::new(false),
+            segments,
             _lock: lock,
         };
         let mut attempt = 0;
@@ -272,8 +348,11 @@ impl Reader {
                 break;
             };
             let mut held = reader.held.lock().await;
-            match backup_store::fetch_into(&reader.src, data_dir, &index, wanted, &mut held.0).await {
+            match backup_store::fetch_into(&reader.src, data_dir, &index, |p| reader.wants(p), &mut held.0).await {
                 Ok(fetched) => {
+                    if let Some(s) = &reader.segments {
+                        s.listed(&index);
+                    }
                     reader.writer_auth.store(index.at.auth, Ordering::Relaxed);
                     remove_unlisted_wal(data_dir, &index);
                     held.1 = Some(Version::of(&index));
@@ -298,6 +377,11 @@ impl Reader {
 
     pub(crate) fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// What a refresh fetches: with a cache, not the segment files.
+    fn wants(&self, path: &str) -> bool {
+        wanted(path) && !(self.segments.is_some() && segment_file(path))
     }
 
     /// Fetches and loads the writer's latest copy, if it holds new data.
@@ -343,6 +427,11 @@ impl Reader {
     ) -> Result<bool, BackupError> {
         let version = Version::of(index);
         let loaded = held.1.clone().unwrap_or_default();
+        // Where the files are may change without what they are (a writer
+        // that took the copy over stores them anew).
+        if let Some(s) = &self.segments {
+            s.listed(index);
+        }
         let mut shipped = self.shipped.lock().await;
         // Another image (another run of the writer, a later WAL file) is
         // loaded whole, also when its files are the same: what was applied
@@ -353,7 +442,7 @@ impl Reader {
             self.metrics.point_ms.store(index.at.point_unix_ms, Ordering::Relaxed);
             return Ok(false);
         }
-        let fetched = backup_store::fetch_into(&self.src, &self.dir, index, wanted, &mut held.0).await?;
+        let fetched = backup_store::fetch_into(&self.src, &self.dir, index, |p| self.wants(p), &mut held.0).await?;
         self.metrics.fetched_files.fetch_add(fetched.files as u64, Ordering::Relaxed);
         self.metrics.fetched_bytes.fetch_add(fetched.bytes, Ordering::Relaxed);
         // WAL files are read whole at each reload: one the index no longer

@@ -106,6 +106,8 @@ impl Classify for crate::StorageError {
             Database(_) | Delete(_) => ErrorClass::Invalid,
             BufferFull { .. } => ErrorClass::Overloaded,
             ShuttingDown => ErrorClass::Unavailable,
+            // A reader's bucket did not give a file now.
+            SegmentFetch { .. } => ErrorClass::Unavailable,
             // Sent to the wrong server: another one (the writer) accepts it.
             ReadOnly(_) => ErrorClass::PermissionDenied,
             // Another server holds the data now: retry there.

@@ -37,6 +37,7 @@
 //! ```
 
 pub mod batch;
+pub mod cache;
 pub mod clock;
 mod compact;
 pub mod config;
@@ -61,6 +62,7 @@ pub mod tombstone;
 pub mod wal;
 pub mod write;
 
+pub use cache::{CacheStats, SegmentSource};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compact::CompactionStats;
 pub use config::{CompactionConfig, RetentionConfig, StorageConfig};

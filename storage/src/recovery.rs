@@ -34,7 +34,14 @@ pub(crate) enum Mode {
     Reader,
 }
 
-pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>, mode: Mode) -> Result<Arc<Storage>, StorageError> {
+/// `fetching`: a reader whose segment files are fetched as scans read them
+/// (`crate::cache`); they are checked then, not here.
+pub(crate) fn open(
+    mut config: StorageConfig,
+    clock: Arc<dyn Clock>,
+    mode: Mode,
+    fetching: bool,
+) -> Result<Arc<Storage>, StorageError> {
     fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
     // Every path handed on (to the query layer's object store above all,
     // which resolves relative paths from `/`) must not depend on the working
@@ -88,7 +95,8 @@ pub(crate) fn open(mut config: StorageConfig, clock: Arc<dyn Clock>, mode: Mode)
             m
         }
     };
-    let mut changed = verify_segments(&dir, &mut manifest, &metrics, mode, &Default::default())?;
+    let checked = if fetching { listed_paths(&manifest) } else { Default::default() };
+    let mut changed = verify_segments(&dir, &mut manifest, &metrics, mode, &checked)?;
     // New ids come after every id listed or in a file name: a segment
     // written under a taken id would replace that file.
     let files = data_files(&dir);
@@ -272,12 +280,22 @@ pub(crate) fn verify_segments(
     Ok(changed)
 }
 
+/// The files `manifest` lists, as it names them.
+pub(crate) fn listed_paths(manifest: &Manifest) -> std::collections::HashSet<String> {
+    manifest
+        .databases
+        .values()
+        .flat_map(|t| t.values())
+        .flat_map(|e| e.segments.iter().map(|s| s.path.clone()))
+        .collect()
+}
+
 /// Whether segment `seg` of `db.table`, as the manifest lists it, is what
 /// its file holds: its rows within the file's `file_rows` (all of them for
 /// a table's own file), and by the file's own record (`origin`) the same
 /// database and table, and for a slice of a pack the same id at the same
 /// rows. The reason if not.
-fn matches_file(
+pub(crate) fn matches_file(
     db: &str,
     table: &str,
     seg: &SegmentMeta,

@@ -622,3 +622,208 @@ async fn a_piece_sent_again_longer_is_read_again() {
     assert_eq!(got, want, "the rows of the longer piece, once; {}", reader.log_text());
     assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());
 }
+
+/// The segment and pack files under a data directory (or a copy).
+fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dir.join("segments"), &mut out);
+    walk(&dir.join("packs"), &mut out);
+    out
+}
+
+/// Bytes of segment and pack files under a data directory.
+fn segment_bytes(dir: &Path) -> u64 {
+    parquet_files(dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum()
+}
+
+/// Waits (up to 5 s) until the segment files under `dir` take at most
+/// `bound` bytes; returns how many they take.
+async fn within_bound(dir: &Path, bound: u64) -> u64 {
+    let mut held = segment_bytes(dir);
+    for _ in 0..50 {
+        if held <= bound {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held = segment_bytes(dir);
+    }
+    panic!("the reader holds {held} bytes of segment files, its cache is {bound}");
+}
+
+const DAY: i64 = 86_400 * SEC;
+
+/// `days` days of 4 hosts from `first_host`, 15,000 rows each a day, of values that do not
+/// compress: each day's file is a few hundred KiB.
+async fn write_days(writer: &TestServer, days: i64, first_host: usize) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for day in 0..days {
+        let series = (0..4)
+            .map(|h| {
+                let ts = (0..15_000).map(|i| T0 + day * DAY + i * 5 * SEC).collect();
+                let v = (0..15_000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x >> 11) as f64 / (1u64 << 53) as f64
+                    })
+                    .collect();
+                row_series(&[("host", &format!("h{}", first_host + h))], ts, vec![f64s("v", v)])
+            })
+            .collect();
+        writer.client().await.write_rows(rows("cpu", series)).await.expect("write");
+    }
+}
+
+/// A reader with a cache smaller than the copy fetches each segment file
+/// as a query reads it, gives the writer's answers, and keeps at most its
+/// bound on disk: the least recently read files go, and come back when
+/// read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_keeps_at_most_its_cache_of_segment_files() {
+    const DAYS: i64 = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("reader.toml");
+    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1s\"\nreader_cache_mb = 1\n").expect("config");
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let writer =
+        TestServer::start_in(&dir.path().join("w"), &["--config", &config(dir.path()), "--object-store", &bucket]);
+    write_days(&writer, DAYS, 0).await;
+    writer.persist().await;
+    let copy = segment_bytes(&dir.path().join("w"));
+    assert!(copy > 3 << 20, "the copy ({copy} bytes) is larger than the reader's cache");
+
+    let rdir = dir.path().join("r");
+    let reader = TestServer::start_in(
+        &rdir,
+        &["--config", cfg.to_str().expect("utf-8"), "--object-store", &bucket, "--role", "reader"],
+    );
+    // min and max: a sum of floats may differ in its last bit with the order.
+    let whole = "SELECT host, count(*) AS n, min(v) AS lo, max(v) AS hi FROM cpu GROUP BY host ORDER BY host";
+    let rows = converges(&reader, &writer, whole).await;
+    assert_eq!(rows[0]["n"], 15_000 * DAYS, "{rows:?}");
+    let day = |d: i64| {
+        format!(
+            "SELECT count(*) AS n, min(v) AS lo, max(v) AS hi FROM cpu WHERE ts >= to_timestamp_nanos({}) AND ts < \
+             to_timestamp_nanos({})",
+            T0 + d * DAY,
+            T0 + (d + 1) * DAY
+        )
+    };
+    for d in 0..DAYS {
+        assert_eq!(reader.sql(&day(d)).await, writer.sql(&day(d)).await, "day {d}");
+    }
+    // Past the queries that read them, the files over the bound are deleted
+    // (at the next refresh).
+    let held = within_bound(&rdir, 1 << 20).await;
+    assert!(held > 0, "it keeps what it read last");
+    let fetched = reader.metric("tocsin_reader_cache_fetches_total").await;
+    assert!(fetched >= DAYS as f64, "every day's file was fetched: {fetched}");
+    assert!(reader.metric("tocsin_reader_cache_evictions_total").await >= 1.0);
+    assert!(reader.metric("tocsin_reader_cache_bytes").await <= (1 << 20) as f64);
+    assert_eq!(reader.metric("tocsin_reader_cache_limit_bytes").await, (1 << 20) as f64);
+    // The first day's file was evicted: read again, it is fetched again.
+    assert_eq!(reader.sql(&day(0)).await, writer.sql(&day(0)).await);
+    assert!(reader.metric("tocsin_reader_cache_fetches_total").await > fetched);
+    assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());
+
+    // Restarted, it answers from the files it kept and those it fetches.
+    drop(reader);
+    let reader = TestServer::start_in(
+        &rdir,
+        &["--config", cfg.to_str().expect("utf-8"), "--object-store", &bucket, "--role", "reader"],
+    );
+    assert_eq!(reader.sql(whole).await, writer.sql(whole).await);
+    assert!(segment_bytes(&rdir) <= copy);
+
+    // A file the bucket cannot give fails the query that needs it, with a
+    // status to retry on, and nothing else.
+    reader.sql(&day(DAYS - 1)).await;
+    within_bound(&rdir, 1 << 20).await;
+    let cached: Vec<std::path::PathBuf> =
+        parquet_files(&rdir).iter().filter_map(|p| p.strip_prefix(&rdir).ok().map(Path::to_path_buf)).collect();
+    let copy_dir = dir.path().join("bucket");
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(copy_dir.join("backup.json")).expect("the copy's index")).expect("json");
+    let (path, stored) = index["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| Some((f["path"].as_str()?, f["stored"].as_str().or(f["path"].as_str())?)))
+        .find(|(path, _)| path.ends_with(".parquet") && !cached.iter().any(|c| c == Path::new(path)))
+        .expect("a file of the copy that the reader does not hold");
+    let gone = copy_dir.join(stored);
+    let aside = gone.with_extension("aside");
+    std::fs::rename(&gone, &aside).expect("move aside");
+    let (status, body) = reader.sql_raw(whole).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("could not be fetched") && body.to_string().contains(path), "{body}");
+    assert_eq!(reader.sql(&day(DAYS - 1)).await, writer.sql(&day(DAYS - 1)).await, "the files it holds still answer");
+    std::fs::rename(&aside, &gone).expect("put back");
+    assert_eq!(reader.sql(whole).await, writer.sql(whole).await);
+}
+
+/// A reader that still answers from an earlier copy (it refreshes once an
+/// hour here) fetches the files of that copy after the writer's compaction
+/// replaced them: the writer keeps them in the bucket for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_on_an_earlier_copy_still_fetches_its_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = format!("file://{}", dir.path().join("bucket").display());
+    let writer =
+        TestServer::start_in(&dir.path().join("w"), &["--config", &config(dir.path()), "--object-store", &bucket]);
+    let whole = "SELECT host, count(*) AS n, min(v) AS lo, max(v) AS hi FROM cpu GROUP BY host ORDER BY host";
+    // Three persists of the same days: three files per day to merge.
+    for round in 0..3 {
+        write_days(&writer, 2, 4 * round).await;
+        writer.persist().await;
+    }
+    let index = |dir: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("bucket/backup.json")).unwrap_or_default()).unwrap_or_default()
+    };
+    // The copy holds the persisted files.
+    let persisted = parquet_files(&dir.path().join("w")).len();
+    for _ in 0..100 {
+        let files = index(dir.path())["files"].as_array().cloned().unwrap_or_default();
+        if files.iter().filter(|f| f["path"].as_str().is_some_and(|p| p.ends_with(".parquet"))).count() == persisted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cfg = dir.path().join("slow.toml");
+    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1h\"\nreader_cache_mb = 64\n").expect("config");
+    let reader = TestServer::start_in(
+        &dir.path().join("r"),
+        &["--config", cfg.to_str().expect("utf-8"), "--object-store", &bucket, "--role", "reader"],
+    );
+    let before = writer.sql(whole).await;
+    assert_eq!(before.len(), 12, "{before:?}");
+    // It has read no file yet.
+    assert_eq!(reader.metric("tocsin_reader_cache_fetches_total").await, 0.0);
+
+    let merged = writer.compact_full().await;
+    assert!(merged["merges"].as_u64().unwrap_or(0) >= 1, "a merge ran: {merged}");
+    let mut lingering = Vec::new();
+    for _ in 0..100 {
+        lingering = index(dir.path())["lingering"].as_array().cloned().unwrap_or_default();
+        if !lingering.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!lingering.is_empty(), "the writer's copy keeps the merged files: {}", index(dir.path()));
+    // Only now does the reader read the files of the copy it loaded.
+    assert_eq!(reader.sql(whole).await, before, "{}", reader.log_text());
+    assert_eq!(writer.sql(whole).await, before);
+    assert!(reader.metric("tocsin_reader_cache_fetches_total").await >= 3.0);
+}

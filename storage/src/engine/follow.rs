@@ -15,11 +15,19 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::{Storage, StorageError};
+use crate::cache::{SegmentCache, SegmentSource};
 use crate::clock::{Clock, SystemClock};
 use crate::config::StorageConfig;
 use crate::manifest::Manifest;
+use crate::manifest::SegmentMeta;
 use crate::recovery::{self, Mode};
+use crate::segment::footer_facts;
+
+/// Files a fetching reader brings from the bucket at once.
+const FETCHES_AT_ONCE: usize = 4;
 
 /// What a reload found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,9 +72,112 @@ impl Storage {
         config: StorageConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, StorageError> {
-        tokio::task::spawn_blocking(move || recovery::open(config, clock, Mode::Reader))
+        tokio::task::spawn_blocking(move || recovery::open(config, clock, Mode::Reader, false))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    /// Opens a reader's copy whose manifest and WAL files are in the data
+    /// directory and whose segment files come from `source` as scans read
+    /// them, at most `limit` bytes of them kept (see [`crate::cache`]).
+    /// Files already there (an earlier run's) are checked by `source` when
+    /// first read.
+    pub async fn open_reader_fetching(
+        config: StorageConfig,
+        source: Arc<dyn SegmentSource>,
+        limit: u64,
+    ) -> Result<Arc<Storage>, StorageError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let storage = tokio::task::spawn_blocking(move || recovery::open(config, clock, Mode::Reader, true))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
+        // What an earlier run left (the files no longer listed are gone),
+        // the oldest first to go.
+        let mut present: Vec<(std::time::SystemTime, String, u64)> = recovery::data_files(&storage.config.data_dir)
+            .into_iter()
+            .filter_map(|p| {
+                let meta = std::fs::metadata(&p).ok()?;
+                let rel = p.strip_prefix(&storage.config.data_dir).ok()?.to_str()?.to_string();
+                Some((meta.modified().unwrap_or(std::time::UNIX_EPOCH), rel, meta.len()))
+            })
+            .collect();
+        present.sort();
+        let cache = SegmentCache::new(source, limit, present.into_iter().map(|(_, p, b)| (p, b)).collect());
+        if storage.cache.set(cache).is_err() {
+            return Err(StorageError::Task("the segment cache was set twice".into()));
+        }
+        storage.trim_cache(&[]);
+        Ok(storage)
+    }
+
+    /// Brings the files of `segments` (of `db.table`, from one snapshot)
+    /// onto a fetching reader's disk before a scan opens them (see
+    /// [`crate::cache`]); does nothing on other storages. Hold a
+    /// [`Storage::reader`] guard from before the snapshot until the files
+    /// are read: files evicted meanwhile stay until it is dropped.
+    pub async fn ensure_local(&self, db: &str, table: &str, segments: &[&SegmentMeta]) -> Result<(), StorageError> {
+        let Some(cache) = self.cache.get() else { return Ok(()) };
+        let mut paths: Vec<&str> = segments.iter().map(|s| s.path.as_str()).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        let missing = cache.touch(&paths);
+        let dir = &self.config.data_dir;
+        let fetch = |path: String| async move {
+            let lock = cache.fetch_lock(&path);
+            let _one_fetch = lock.lock().await;
+            if cache.is_checked(&path) {
+                return Ok(());
+            }
+            let fetch_error = |reason: String| StorageError::SegmentFetch {
+                path: path.clone(),
+                table: format!("{db}.{table}"),
+                reason,
+            };
+            let fetched = cache.source.fetch(dir, &path).await.map_err(fetch_error)?;
+            let full = dir.join(&path);
+            let mismatch = |reason: String| {
+                // The bucket's file and its manifest disagree: not kept.
+                let _ = std::fs::remove_file(&full);
+                StorageError::SegmentMismatch {
+                    path: full.clone(),
+                    table: format!("{db}.{table}"),
+                    data_dir: dir.clone(),
+                    reason: format!("the writer's copy: {reason}"),
+                }
+            };
+            let (rows, origin) = footer_facts(&full).map_err(|e| mismatch(e.to_string()))?;
+            for seg in segments.iter().filter(|s| s.path == path) {
+                recovery::matches_file(db, table, seg, rows, origin.as_ref()).map_err(mismatch)?;
+            }
+            let bytes = std::fs::metadata(&full).map_err(|e| fetch_error(e.to_string()))?.len();
+            cache.checked(&path, bytes, fetched);
+            Ok::<_, StorageError>(())
+        };
+        futures::stream::iter(missing.into_iter().map(fetch))
+            .buffer_unordered(FETCHES_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.trim_cache(&paths);
+        Ok(())
+    }
+
+    /// Evicts what a fetching reader's cache holds past its bound (but
+    /// `keep`), and deletes the evicted files no query may still read.
+    pub(crate) fn trim_cache(&self, keep: &[&str]) {
+        let Some(cache) = self.cache.get() else { return };
+        let epoch = self.readers.lock().epoch;
+        if cache.evict(&keep.iter().copied().collect(), epoch) > 0 {
+            // Queries registered from now on may not count on them.
+            let mut r = self.readers.lock();
+            r.epoch = r.epoch.max(epoch + 1);
+        }
+        let oldest = self.readers.lock().active.keys().next().copied();
+        cache.purge(&self.config.data_dir, oldest);
+    }
+
+    /// A fetching reader's cache, as `/metrics` shows it.
+    pub fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
+        self.cache.get().map(|c| c.stats())
     }
 
     /// Reads the data directory again (its manifest, segments and WAL files
@@ -83,9 +194,12 @@ impl Storage {
         };
         let this = Arc::clone(self);
         let checked = known.clone();
+        let fetching = self.cache.get().is_some();
         let (state, manifest, replayed) = tokio::task::spawn_blocking(move || {
             let dir = &this.config.data_dir;
             let mut manifest = Manifest::load_existing(dir)?.unwrap_or_default();
+            // A fetching reader checks each file as it fetches it.
+            let checked = if fetching { recovery::listed_paths(&manifest) } else { checked };
             recovery::verify_segments(dir, &mut manifest, &this.metrics, Mode::Reader, &checked)?;
             let mut state = recovery::state_of(&manifest);
             let before = this.metrics.wal_replayed_rows.load(Ordering::Relaxed);
@@ -122,8 +236,13 @@ impl Storage {
             r.epoch += 1;
             r.epoch - 1
         };
-        let now = self.clock.monotonic();
-        self.retired.lock().extend(retired.into_iter().map(|p| (p, now, epoch)));
+        match self.cache.get() {
+            Some(cache) => cache.forget(&retired, epoch),
+            None => {
+                let now = self.clock.monotonic();
+                self.retired.lock().extend(retired.into_iter().map(|p| (p, now, epoch)));
+            }
+        }
         Ok(reloaded)
     }
 }

@@ -575,6 +575,7 @@ impl Storage {
     /// their retirement is still running (a query streaming for longer than
     /// the grace period keeps its files). Returns how many were deleted.
     pub fn purge_retired(&self) -> usize {
+        self.trim_cache(&[]);
         let grace = self.config.compaction.grace;
         let now = self.clock.monotonic();
         let oldest_reader = self.readers.lock().active.keys().next().copied();

@@ -77,6 +77,11 @@ pub enum StorageError {
     )]
     SegmentMismatch { path: PathBuf, table: String, data_dir: PathBuf, reason: String },
     #[error(
+        "segment file {path} of table {table} could not be fetched from the writer's copy: {reason}. The query \
+         may be run again"
+    )]
+    SegmentFetch { path: String, table: String, reason: String },
+    #[error(
         "data directory {path} is a restore that did not finish ({marker} is there): some files may be missing \
          or partly written. Remove the directory and run `tocsin restore` again"
     )]
@@ -439,6 +444,10 @@ pub struct Storage {
     last: crate::last::LastRows,
     /// Token filters of segments' text columns, read from their footers.
     token_filters: crate::tokens::FilterCache,
+    /// A reader's segment files fetched as scans read them
+    /// ([`Storage::open_reader_fetching`]); unset, every file listed is on
+    /// disk.
+    pub(crate) cache: std::sync::OnceLock<crate::cache::SegmentCache>,
     pub(crate) clock: Arc<dyn Clock>,
     _lock_file: File,
 }
@@ -467,7 +476,7 @@ impl Storage {
     /// [`Storage::open`] with the clock every waiting period and age is
     /// measured with (tests move a [`crate::clock::ManualClock`]).
     pub async fn open_with_clock(config: StorageConfig, clock: Arc<dyn Clock>) -> Result<Arc<Storage>, StorageError> {
-        tokio::task::spawn_blocking(move || crate::recovery::open(config, clock, crate::recovery::Mode::Writer))
+        tokio::task::spawn_blocking(move || crate::recovery::open(config, clock, crate::recovery::Mode::Writer, false))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?
     }
@@ -500,6 +509,7 @@ impl Storage {
             observers: RwLock::new(Arc::new(Vec::new())),
             last: crate::last::LastRows::default(),
             token_filters: crate::tokens::FilterCache::new(TOKEN_FILTER_CACHE_BYTES),
+            cache: std::sync::OnceLock::new(),
             _lock_file: lock_file,
         }
     }

@@ -1,0 +1,299 @@
+//! A reader's bounded cache of the writer's segment files (`tocsin serve
+//! --role reader` with `reader_cache_mb`): the manifest lists every segment
+//! and pack of the writer's copy, but only those a query has read lately
+//! are on the reader's disk.
+//!
+//! - A scan asks for the files of the segments it reads
+//!   ([`crate::Storage::ensure_local`]) before it opens them; those not on
+//!   disk are fetched from the bucket by the server's [`SegmentSource`]
+//!   (checked there against the index's SHA-256), a few at once, one fetch
+//!   per file however many queries want it.
+//! - A fetched file is then checked as the writer checks its own at start:
+//!   its footer decodes and holds the rows the manifest places there.
+//! - Past the bound, the least recently read files are evicted. An evicted
+//!   file is deleted once the queries that started before its eviction
+//!   are done (the reader epochs that keep a compaction's inputs), so a
+//!   running query never loses a file it planned to read. A query that
+//!   reads more than the bound holds keeps its files until it ends; the
+//!   next scan or refresh brings the cache back under its bound.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where a reader's segment files come from (the server's copy in a
+/// bucket). Paths are relative to the data directory, as the manifest
+/// lists them.
+pub trait SegmentSource: Send + Sync {
+    /// Makes `path` in `data_dir` a checked copy of the writer's file;
+    /// returns the bytes fetched (0 when the file there was already it).
+    /// The error says why not, for the query that needed the file.
+    fn fetch<'a>(
+        &'a self,
+        data_dir: &'a Path,
+        path: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
+}
+
+/// What `/metrics` shows of the cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub limit_bytes: u64,
+    /// On disk and counted: read lately, or evicted and still read by a
+    /// query that started before.
+    pub bytes: u64,
+    pub files: u64,
+    /// Files a scan found on disk.
+    pub hits: u64,
+    /// Files fetched from the bucket, and their bytes.
+    pub fetches: u64,
+    pub fetched_bytes: u64,
+    pub evictions: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    bytes: u64,
+    /// When last read, in calls to [`SegmentCache::touch`].
+    used: u64,
+    /// Fetched (or found and checked by the source) by this process.
+    checked: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: HashMap<String, Entry>,
+    /// Evicted, and deleted once no reader of an epoch up to the one noted
+    /// is left; their bytes still count.
+    evicted: Vec<(String, u64, u64)>,
+    bytes: u64,
+    tick: u64,
+}
+
+pub(crate) struct SegmentCache {
+    pub(crate) source: Arc<dyn SegmentSource>,
+    limit: u64,
+    state: parking_lot::Mutex<State>,
+    /// One fetch per file at a time.
+    fetching: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    hits: AtomicU64,
+    fetches: AtomicU64,
+    fetched_bytes: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl SegmentCache {
+    /// A cache of at most `limit` bytes that holds `present` (files found
+    /// in the data directory at start, unchecked until read, oldest first).
+    pub(crate) fn new(source: Arc<dyn SegmentSource>, limit: u64, present: Vec<(String, u64)>) -> SegmentCache {
+        let mut state = State::default();
+        for (path, bytes) in present {
+            state.tick += 1;
+            state.bytes += bytes;
+            state.files.insert(path, Entry { bytes, used: state.tick, checked: false });
+        }
+        SegmentCache {
+            source,
+            limit,
+            state: parking_lot::Mutex::new(state),
+            fetching: Default::default(),
+            hits: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks `paths` read now; returns those not checked on disk (to fetch).
+    /// One evicted but not yet deleted is taken back as it is.
+    pub(crate) fn touch(&self, paths: &[&str]) -> Vec<String> {
+        let mut st = self.state.lock();
+        st.tick += 1;
+        let now = st.tick;
+        let mut missing = Vec::new();
+        for &path in paths {
+            if let Some(at) = st.evicted.iter().position(|(p, _, _)| p == path) {
+                let (p, bytes, _) = st.evicted.swap_remove(at);
+                st.files.insert(p, Entry { bytes, used: now, checked: true });
+            }
+            match st.files.get_mut(path) {
+                Some(e) if e.checked => {
+                    e.used = now;
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => missing.push(path.to_string()),
+            }
+        }
+        missing
+    }
+
+    /// The lock one fetch of `path` holds.
+    pub(crate) fn fetch_lock(&self, path: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut f = self.fetching.lock();
+        // Locks nobody waits on are dropped as the map grows.
+        if f.len() > 1024 {
+            f.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        Arc::clone(f.entry(path.to_string()).or_default())
+    }
+
+    pub(crate) fn is_checked(&self, path: &str) -> bool {
+        self.state.lock().files.get(path).is_some_and(|e| e.checked)
+    }
+
+    /// `path` is on disk, checked, `bytes` long (`fetched` of them brought
+    /// from the bucket now).
+    pub(crate) fn checked(&self, path: &str, bytes: u64, fetched: u64) {
+        let mut st = self.state.lock();
+        st.tick += 1;
+        let used = st.tick;
+        if let Some(old) = st.files.insert(path.to_string(), Entry { bytes, used, checked: true }) {
+            st.bytes -= old.bytes;
+        }
+        st.bytes += bytes;
+        if fetched > 0 {
+            self.fetches.fetch_add(1, Ordering::Relaxed);
+            self.fetched_bytes.fetch_add(fetched, Ordering::Relaxed);
+        }
+    }
+
+    /// Evicts the least recently read files but `keep` until the cache is
+    /// within its bound, noting `epoch`: they are deleted once no reader of
+    /// that epoch or before is left. Returns how many.
+    pub(crate) fn evict(&self, keep: &HashSet<&str>, epoch: u64) -> usize {
+        let mut st = self.state.lock();
+        // Files evicted already are on their way out.
+        let kept: u64 = st.bytes - st.evicted.iter().map(|(_, bytes, _)| bytes).sum::<u64>();
+        if kept <= self.limit {
+            return 0;
+        }
+        let mut by_age: Vec<(u64, String)> =
+            st.files.iter().filter(|(p, _)| !keep.contains(p.as_str())).map(|(p, e)| (e.used, p.clone())).collect();
+        by_age.sort_unstable();
+        let mut n = 0;
+        let mut over = kept - self.limit;
+        for (_, path) in by_age {
+            if over == 0 {
+                break;
+            }
+            let Some(e) = st.files.remove(&path) else { continue };
+            over = over.saturating_sub(e.bytes);
+            st.evicted.push((path, e.bytes, epoch));
+            n += 1;
+        }
+        self.evictions.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Forgets `paths` (no longer listed by the copy): they go as evicted
+    /// ones do.
+    pub(crate) fn forget(&self, paths: &[String], epoch: u64) {
+        let mut st = self.state.lock();
+        for path in paths {
+            if let Some(e) = st.files.remove(path) {
+                st.evicted.push((path.clone(), e.bytes, epoch));
+            }
+        }
+    }
+
+    /// Deletes the evicted files no reader may still read (`oldest`: the
+    /// epoch of the oldest running reader). Returns how many.
+    pub(crate) fn purge(&self, data_dir: &Path, oldest: Option<u64>) -> usize {
+        // Under the lock: a scan taking a file back cannot meet it half gone.
+        let mut st = self.state.lock();
+        let mut n = 0;
+        let mut i = 0;
+        while i < st.evicted.len() {
+            let (path, bytes, epoch) = &st.evicted[i];
+            let bytes = *bytes;
+            if oldest.is_some_and(|o| o <= *epoch) {
+                i += 1;
+                continue;
+            }
+            let full = data_dir.join(path);
+            match std::fs::remove_file(&full) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("reader cache: cannot delete {}: {e}", full.display());
+                    i += 1;
+                    continue;
+                }
+            }
+            st.bytes -= bytes;
+            st.evicted.swap_remove(i);
+        }
+        n
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let st = self.state.lock();
+        CacheStats {
+            limit_bytes: self.limit,
+            bytes: st.bytes,
+            files: (st.files.len() + st.evicted.len()) as u64,
+            hits: self.hits.load(Ordering::Relaxed),
+            fetches: self.fetches.load(Ordering::Relaxed),
+            fetched_bytes: self.fetched_bytes.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+    impl SegmentSource for Nowhere {
+        fn fetch<'a>(
+            &'a self,
+            _: &'a Path,
+            _: &'a str,
+        ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>> {
+            Box::pin(async { Err("no bucket".to_string()) })
+        }
+    }
+
+    /// The least recently read go first, never those a scan holds, and an
+    /// evicted file is deleted only after the readers of its epoch.
+    #[test]
+    fn the_least_recently_read_are_evicted_and_deleted_after_their_readers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for p in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(p), vec![0u8; 100]).expect("file");
+        }
+        let cache = SegmentCache::new(Arc::new(Nowhere), 250, vec![("a".into(), 100)]);
+        assert_eq!(cache.touch(&["a"]), vec!["a"], "found at start: checked before use");
+        cache.checked("a", 100, 0);
+        cache.checked("b", 100, 100);
+        assert!(cache.touch(&["a"]).is_empty());
+        cache.checked("c", 100, 100);
+        assert_eq!(cache.stats().bytes, 300);
+        let keep: HashSet<&str> = ["c"].into();
+        assert_eq!(cache.evict(&keep, 7), 1);
+        // b was read before a was read again.
+        assert!(cache.is_checked("a") && !cache.is_checked("b") && cache.is_checked("c"));
+        assert_eq!(cache.purge(dir.path(), Some(7)), 0, "a reader of epoch 7 may read b");
+        assert!(dir.path().join("b").exists());
+        assert_eq!(cache.stats().bytes, 300, "b counts until deleted");
+        assert_eq!(cache.purge(dir.path(), Some(8)), 1);
+        assert!(!dir.path().join("b").exists());
+        let s = cache.stats();
+        assert_eq!((s.bytes, s.files, s.fetches, s.fetched_bytes, s.evictions, s.hits), (200, 2, 2, 200, 1, 1));
+
+        // Evicted but not deleted: taken back without a fetch.
+        cache.checked("b", 100, 100);
+        let keep: HashSet<&str> = ["b"].into();
+        assert_eq!(cache.evict(&keep, 9), 1, "a goes");
+        assert!(cache.touch(&["a"]).is_empty(), "a is still on disk");
+        assert_eq!(cache.purge(dir.path(), None), 0);
+        assert!(dir.path().join("a").exists());
+        // Within the bound, nothing goes.
+        assert_eq!(cache.evict(&HashSet::new(), 10), 1);
+        assert_eq!(cache.evict(&HashSet::new(), 10), 0, "c is on its way out");
+    }
+}
