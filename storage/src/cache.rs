@@ -68,7 +68,7 @@ struct State {
     files: HashMap<String, Entry>,
     /// Evicted, and deleted once no reader of an epoch up to the one noted
     /// is left; their bytes still count.
-    evicted: Vec<(String, u64, u64)>,
+    evicted: Vec<(String, Entry, u64)>,
     bytes: u64,
     tick: u64,
 }
@@ -116,8 +116,8 @@ impl SegmentCache {
         let mut missing = Vec::new();
         for &path in paths {
             if let Some(at) = st.evicted.iter().position(|(p, _, _)| p == path) {
-                let (p, bytes, _) = st.evicted.swap_remove(at);
-                st.files.insert(p, Entry { bytes, used: now, checked: true });
+                let (p, e, _) = st.evicted.swap_remove(at);
+                st.files.insert(p, Entry { used: now, ..e });
             }
             match st.files.get_mut(path) {
                 Some(e) if e.checked => {
@@ -144,6 +144,12 @@ impl SegmentCache {
         self.state.lock().files.get(path).is_some_and(|e| e.checked)
     }
 
+    /// Whether a fetch (or check) of `path` is under way: its file is not
+    /// evicted or deleted meanwhile.
+    fn busy(&self, path: &str) -> bool {
+        self.fetching.lock().get(path).is_some_and(|l| l.try_lock().is_err())
+    }
+
     /// `path` is on disk, checked, `bytes` long (`fetched` of them brought
     /// from the bucket now).
     pub(crate) fn checked(&self, path: &str, bytes: u64, fetched: u64) {
@@ -151,7 +157,12 @@ impl SegmentCache {
         st.tick += 1;
         let used = st.tick;
         if let Some(old) = st.files.insert(path.to_string(), Entry { bytes, used, checked: true }) {
-            st.bytes -= old.bytes;
+            st.bytes = st.bytes.saturating_sub(old.bytes);
+        }
+        // Forgotten by a reload while it was fetched: it is here again.
+        while let Some(at) = st.evicted.iter().position(|(p, _, _)| p == path) {
+            let (_, old, _) = st.evicted.swap_remove(at);
+            st.bytes = st.bytes.saturating_sub(old.bytes);
         }
         st.bytes += bytes;
         if fetched > 0 {
@@ -166,12 +177,16 @@ impl SegmentCache {
     pub(crate) fn evict(&self, keep: &HashSet<&str>, epoch: u64) -> usize {
         let mut st = self.state.lock();
         // Files evicted already are on their way out.
-        let kept: u64 = st.bytes - st.evicted.iter().map(|(_, bytes, _)| bytes).sum::<u64>();
+        let kept: u64 = st.bytes.saturating_sub(st.evicted.iter().map(|(_, e, _)| e.bytes).sum::<u64>());
         if kept <= self.limit {
             return 0;
         }
-        let mut by_age: Vec<(u64, String)> =
-            st.files.iter().filter(|(p, _)| !keep.contains(p.as_str())).map(|(p, e)| (e.used, p.clone())).collect();
+        let mut by_age: Vec<(u64, String)> = st
+            .files
+            .iter()
+            .filter(|(p, _)| !keep.contains(p.as_str()) && !self.busy(p))
+            .map(|(p, e)| (e.used, p.clone()))
+            .collect();
         by_age.sort_unstable();
         let mut n = 0;
         let mut over = kept - self.limit;
@@ -181,7 +196,7 @@ impl SegmentCache {
             }
             let Some(e) = st.files.remove(&path) else { continue };
             over = over.saturating_sub(e.bytes);
-            st.evicted.push((path, e.bytes, epoch));
+            st.evicted.push((path, e, epoch));
             n += 1;
         }
         self.evictions.fetch_add(n as u64, Ordering::Relaxed);
@@ -194,7 +209,7 @@ impl SegmentCache {
         let mut st = self.state.lock();
         for path in paths {
             if let Some(e) = st.files.remove(path) {
-                st.evicted.push((path.clone(), e.bytes, epoch));
+                st.evicted.push((path.clone(), e, epoch));
             }
         }
     }
@@ -207,9 +222,9 @@ impl SegmentCache {
         let mut n = 0;
         let mut i = 0;
         while i < st.evicted.len() {
-            let (path, bytes, epoch) = &st.evicted[i];
-            let bytes = *bytes;
-            if oldest.is_some_and(|o| o <= *epoch) {
+            let (path, e, epoch) = &st.evicted[i];
+            let bytes = e.bytes;
+            if oldest.is_some_and(|o| o <= *epoch) || self.busy(path) {
                 i += 1;
                 continue;
             }
@@ -223,7 +238,7 @@ impl SegmentCache {
                     continue;
                 }
             }
-            st.bytes -= bytes;
+            st.bytes = st.bytes.saturating_sub(bytes);
             st.evicted.swap_remove(i);
         }
         n
@@ -295,5 +310,36 @@ mod tests {
         // Within the bound, nothing goes.
         assert_eq!(cache.evict(&HashSet::new(), 10), 1);
         assert_eq!(cache.evict(&HashSet::new(), 10), 0, "c is on its way out");
+    }
+
+    /// A file being fetched or checked is neither evicted nor deleted, and
+    /// one found at start and evicted unchecked comes back unchecked; a
+    /// file forgotten while it was fetched counts once.
+    #[tokio::test]
+    async fn files_under_a_fetch_stay_and_count_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for p in ["old", "new"] {
+            std::fs::write(dir.path().join(p), vec![0u8; 100]).expect("file");
+        }
+        let cache = SegmentCache::new(Arc::new(Nowhere), 50, vec![("old".into(), 100)]);
+        assert_eq!(cache.touch(&["old"]), vec!["old"]);
+        let lock = cache.fetch_lock("old");
+        let held = lock.lock().await;
+        assert_eq!(cache.evict(&HashSet::new(), 1), 0, "old is being checked");
+        assert!(dir.path().join("old").exists());
+        drop(held);
+        assert_eq!(cache.evict(&HashSet::new(), 1), 1);
+        assert_eq!(cache.touch(&["old"]), vec!["old"], "taken back, still to check");
+        assert_eq!(cache.stats().bytes, 100);
+
+        // A reload forgets "new" while a query fetches it.
+        cache.checked("new", 100, 100);
+        cache.forget(&["new".to_string()], 2);
+        cache.checked("new", 100, 100);
+        let s = cache.stats();
+        assert_eq!((s.bytes, s.files), (200, 2), "{s:?}");
+        assert!(cache.is_checked("new"));
+        assert_eq!(cache.purge(dir.path(), None), 0, "new is not on its way out any more");
+        assert!(dir.path().join("new").exists());
     }
 }

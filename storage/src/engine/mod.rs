@@ -76,10 +76,7 @@ pub enum StorageError {
          `tocsin repair --data-dir {data_dir}` to rebuild the manifest from the files' own metadata"
     )]
     SegmentMismatch { path: PathBuf, table: String, data_dir: PathBuf, reason: String },
-    #[error(
-        "segment file {path} of table {table} could not be fetched from the writer's copy: {reason}. The query \
-         may be run again"
-    )]
+    #[error("segment file {path} of table {table} could not be fetched from the writer's copy: {reason}")]
     SegmentFetch { path: String, table: String, reason: String },
     #[error(
         "data directory {path} is a restore that did not finish ({marker} is there): some files may be missing \
