@@ -69,9 +69,15 @@ struct State {
     /// Evicted, and deleted once no reader of an epoch up to the one noted
     /// is left; their bytes still count.
     evicted: Vec<(String, Entry, u64)>,
+    /// Files the copy stopped listing lately ([`SegmentCache::forget`]),
+    /// oldest first: one a query fetches after that goes straight out.
+    forgotten: std::collections::VecDeque<(String, u64)>,
     bytes: u64,
     tick: u64,
 }
+
+/// How many forgotten paths the cache remembers.
+const FORGOTTEN: usize = 4096;
 
 pub(crate) struct SegmentCache {
     pub(crate) source: Arc<dyn SegmentSource>,
@@ -165,6 +171,12 @@ impl SegmentCache {
             st.bytes = st.bytes.saturating_sub(old.bytes);
         }
         st.bytes += bytes;
+        // No longer listed: the query that fetched it reads it, then it goes.
+        if let Some(&(_, epoch)) = st.forgotten.iter().find(|(p, _)| p == path)
+            && let Some(e) = st.files.remove(path)
+        {
+            st.evicted.push((path.to_string(), e, epoch));
+        }
         if fetched > 0 {
             self.fetches.fetch_add(1, Ordering::Relaxed);
             self.fetched_bytes.fetch_add(fetched, Ordering::Relaxed);
@@ -211,6 +223,10 @@ impl SegmentCache {
             if let Some(e) = st.files.remove(path) {
                 st.evicted.push((path.clone(), e, epoch));
             }
+            st.forgotten.push_back((path.clone(), epoch));
+        }
+        while st.forgotten.len() > FORGOTTEN {
+            st.forgotten.pop_front();
         }
     }
 
@@ -314,7 +330,8 @@ mod tests {
 
     /// A file being fetched or checked is neither evicted nor deleted, and
     /// one found at start and evicted unchecked comes back unchecked; a
-    /// file forgotten while it was fetched counts once.
+    /// file the copy stopped listing while it was fetched counts once and
+    /// is deleted after the queries that read it.
     #[tokio::test]
     async fn files_under_a_fetch_stay_and_count_once() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -332,14 +349,27 @@ mod tests {
         assert_eq!(cache.touch(&["old"]), vec!["old"], "taken back, still to check");
         assert_eq!(cache.stats().bytes, 100);
 
-        // A reload forgets "new" while a query fetches it.
+        // A reload forgets "new" while a query fetches it: it counts once,
+        // and goes once the queries of its epoch are done.
         cache.checked("new", 100, 100);
         cache.forget(&["new".to_string()], 2);
         cache.checked("new", 100, 100);
         let s = cache.stats();
         assert_eq!((s.bytes, s.files), (200, 2), "{s:?}");
-        assert!(cache.is_checked("new"));
-        assert_eq!(cache.purge(dir.path(), None), 0, "new is not on its way out any more");
+        assert!(!cache.is_checked("new"), "no longer listed");
+        assert_eq!(cache.purge(dir.path(), Some(2)), 0, "a query of epoch 2 reads it");
         assert!(dir.path().join("new").exists());
+        assert_eq!(cache.purge(dir.path(), None), 1);
+        assert!(!dir.path().join("new").exists());
+        assert_eq!(cache.stats().bytes, 100);
+
+        // Fetched first after the reload forgot it (the query planned on
+        // the copy before): the same.
+        std::fs::write(dir.path().join("late"), vec![0u8; 10]).expect("file");
+        cache.forget(&["late".to_string()], 3);
+        cache.checked("late", 10, 10);
+        assert!(!cache.is_checked("late"));
+        assert_eq!(cache.purge(dir.path(), None), 1);
+        assert!(!dir.path().join("late").exists());
     }
 }
