@@ -617,8 +617,6 @@ async fn read_metric(
     // built once per series, not per row.
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut key = String::new();
-    let mut last: Option<usize> = None;
-    let mut last_key = String::new();
     for batch in &batches {
         let ts = cast(batch.column(0), &DataType::Timestamp(TimeUnit::Nanosecond, None))
             .map_err(|e| PromError::Execution(e.to_string()))?;
@@ -626,39 +624,28 @@ async fn read_metric(
         let values = cast(batch.column(1), &DataType::Float64).map_err(|e| PromError::Execution(e.to_string()))?;
         let values = values.as_primitive::<Float64Type>();
         let tag_cols = (0..tags.len()).map(|i| TagColumn::new(batch.column(2 + i))).collect::<Result<Vec<_>, _>>()?;
+        let mut series = SeriesOf { tags: &tags, cols: &tag_cols, metric, key: &mut key, index: &mut index };
+        // Where every tag is dictionary encoded (the usual case), rows are
+        // told apart by a number made of their dictionary keys, and the
+        // text of a series' tags is looked at once per number and batch.
+        let codes = series_codes(&tag_cols, batch.num_rows());
+        let mut by_code: HashMap<u64, usize> = HashMap::new();
+        let mut last: Option<(u64, usize)> = None;
         for row in 0..batch.num_rows() {
             let t = ts.value(row);
             if t < lo || t > hi || values.is_null(row) {
                 continue;
             }
-            key.clear();
-            for c in &tag_cols {
-                key.push_str(c.value(row));
-                key.push('\0');
-            }
             // Rows of one series mostly come together.
+            let code = codes.as_ref().map_or(row as u64, |c| c[row]);
             let at = match last {
-                Some(i) if key == last_key => i,
+                Some((c, i)) if c == code && codes.is_some() => i,
                 _ => {
-                    let i = match index.get(key.as_str()) {
-                        Some(&i) => i,
-                        None => {
-                            let mut labels: Labels = vec![("__name__".to_string(), metric.to_string())];
-                            labels.extend(
-                                tags.iter()
-                                    .zip(&tag_cols)
-                                    .map(|(k, c)| (k, c.value(row)))
-                                    .filter(|(_, v)| !v.is_empty())
-                                    .map(|(k, v)| (k.clone(), v.to_string())),
-                            );
-                            labels.sort();
-                            out.push(Series { labels, samples: Vec::new() });
-                            index.insert(key.clone(), out.len() - 1);
-                            out.len() - 1
-                        }
+                    let i = match codes {
+                        Some(_) => *by_code.entry(code).or_insert_with(|| series.at(row, &mut out)),
+                        None => series.at(row, &mut out),
                     };
-                    last = Some(i);
-                    last_key.clone_from(&key);
+                    last = Some((code, i));
                     i
                 }
             };
@@ -683,6 +670,58 @@ async fn read_metric(
     out.retain(|s| matches(&vs.matchers, &s.labels));
     out.sort_by(|x, y| x.labels.cmp(&y.labels));
     Ok(out)
+}
+
+/// Finds (or adds to `out`) the series of a row by its tags' text.
+struct SeriesOf<'a> {
+    tags: &'a [String],
+    cols: &'a [TagColumn],
+    metric: &'a str,
+    key: &'a mut String,
+    index: &'a mut HashMap<String, usize>,
+}
+
+impl SeriesOf<'_> {
+    fn at(&mut self, row: usize, out: &mut Vec<Series>) -> usize {
+        self.key.clear();
+        for c in self.cols {
+            self.key.push_str(c.value(row));
+            self.key.push('\0');
+        }
+        if let Some(&i) = self.index.get(self.key.as_str()) {
+            return i;
+        }
+        let mut labels: Labels = vec![("__name__".to_string(), self.metric.to_string())];
+        labels.extend(
+            self.tags
+                .iter()
+                .zip(self.cols)
+                .map(|(k, c)| (k, c.value(row)))
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), v.to_string())),
+        );
+        labels.sort();
+        out.push(Series { labels, samples: Vec::new() });
+        self.index.insert(self.key.clone(), out.len() - 1);
+        out.len() - 1
+    }
+}
+
+/// Per row of a batch, a number that only rows of the same tag values
+/// share: their dictionary keys, mixed radix. `None` when a tag column is
+/// not dictionary encoded or the numbers would not fit.
+fn series_codes(cols: &[TagColumn], rows: usize) -> Option<Vec<u64>> {
+    let mut codes = vec![0u64; rows];
+    let mut stride: u64 = 1;
+    for c in cols {
+        let TagColumn::Dictionary(keys, values) = c else { return None };
+        let next = stride.checked_mul(values.len() as u64 + 1)?;
+        for (code, k) in codes.iter_mut().zip(keys) {
+            *code += stride * k.map_or(0, |k| k as u64 + 1);
+        }
+        stride = next;
+    }
+    Some(codes)
 }
 
 /// A tag column's values as text, read in place (tags are dictionary
