@@ -1831,6 +1831,32 @@ mod tests {
         Series { labels: vec![], samples: samples.to_vec() }
     }
 
+    /// Rows share a number exactly when their tags' dictionary keys do
+    /// (NULL is a key of its own); no numbers where a tag is not
+    /// dictionary encoded.
+    #[test]
+    fn series_codes_tell_rows_apart_by_their_dictionary_keys() {
+        use arrow::array::{DictionaryArray, StringArray};
+        use arrow::datatypes::Int32Type;
+        use std::sync::Arc;
+        let dict = |keys: Vec<Option<i32>>, values: Vec<&str>| -> arrow::array::ArrayRef {
+            let keys = arrow::array::Int32Array::from(keys);
+            Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(values))).expect("dict"))
+        };
+        let host = TagColumn::new(&dict(vec![Some(0), Some(1), Some(0), None, Some(1)], vec!["a", "b"])).expect("tag");
+        let job =
+            TagColumn::new(&dict(vec![Some(0), Some(0), Some(1), Some(0), Some(0)], vec!["x", "y"])).expect("tag");
+        let codes = series_codes(&[host, job], 5).expect("both dictionary encoded");
+        assert_eq!(codes[1], codes[4], "b,x twice");
+        let distinct: std::collections::HashSet<u64> = codes.iter().copied().collect();
+        assert_eq!(distinct.len(), 4, "a,x  b,x  a,y  NULL,x: {codes:?}");
+
+        let plain =
+            TagColumn::new(&(Arc::new(StringArray::from(vec!["a"; 5])) as arrow::array::ArrayRef)).expect("tag");
+        assert!(series_codes(&[plain], 5).is_none());
+        assert_eq!(series_codes(&[], 3), Some(vec![0, 0, 0]), "no tags: one series");
+    }
+
     #[test]
     fn rate_extrapolates_as_prometheus_does() {
         // A counter scraped every 15 s over a 60 s window, 10/s.
