@@ -9,6 +9,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::server::{BIN, TestServer};
+use crate::util::segment_files;
 
 fn count(rows: &[Value]) -> i64 {
     rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1)
@@ -415,24 +416,6 @@ async fn an_unreadable_segment_refuses_to_start_instead_of_being_dropped() {
     std::fs::rename(&aside, &victim).expect("restore");
     let server = TestServer::start_in(&dir, &[]);
     assert_two_tables(&server).await;
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("segments"), &mut out);
-    walk(&dir.join("packs"), &mut out);
-    out.sort();
-    out
 }
 
 /// POSTs line protocol to `/write?db=public`: (HTTP status, body).

@@ -623,27 +623,9 @@ async fn a_piece_sent_again_longer_is_read_again() {
     assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());
 }
 
-/// The segment and pack files under a data directory (or a copy).
-fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("segments"), &mut out);
-    walk(&dir.join("packs"), &mut out);
-    out
-}
-
 /// Bytes of segment and pack files under a data directory.
 fn segment_bytes(dir: &Path) -> u64 {
-    parquet_files(dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum()
+    segment_files(dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum()
 }
 
 /// Waits (up to 5 s) until the segment files under `dir` take at most
@@ -751,7 +733,7 @@ async fn a_reader_keeps_at_most_its_cache_of_segment_files() {
     reader.sql(&day(DAYS - 1)).await;
     within_bound(&rdir, 1 << 20).await;
     let cached: Vec<std::path::PathBuf> =
-        parquet_files(&rdir).iter().filter_map(|p| p.strip_prefix(&rdir).ok().map(Path::to_path_buf)).collect();
+        segment_files(&rdir).iter().filter_map(|p| p.strip_prefix(&rdir).ok().map(Path::to_path_buf)).collect();
     let copy_dir = dir.path().join("bucket");
     let index: Value =
         serde_json::from_slice(&std::fs::read(copy_dir.join("backup.json")).expect("the copy's index")).expect("json");
@@ -792,7 +774,7 @@ async fn a_reader_on_an_earlier_copy_still_fetches_its_files() {
         serde_json::from_slice(&std::fs::read(dir.join("bucket/backup.json")).unwrap_or_default()).unwrap_or_default()
     };
     // The copy holds the persisted files.
-    let persisted = parquet_files(&dir.path().join("w")).len();
+    let persisted = segment_files(&dir.path().join("w")).len();
     for _ in 0..100 {
         let files = index(dir.path())["files"].as_array().cloned().unwrap_or_default();
         if files.iter().filter(|f| f["path"].as_str().is_some_and(|p| p.ends_with(".parquet"))).count() == persisted {

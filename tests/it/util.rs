@@ -52,3 +52,23 @@ pub(crate) fn log(ts: i64, service: &str, level: &str, message: &str, trace: &st
         attributes: vec![label("region", "eu")],
     }
 }
+
+/// The segment and pack files under a data directory (or a copy of one),
+/// in path order.
+pub(crate) fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dir.join("segments"), &mut out);
+    walk(&dir.join("packs"), &mut out);
+    out.sort();
+    out
+}
