@@ -315,6 +315,17 @@ async fn run_sql(
     if let Some(e) = unencodable(format, &result.schema) {
         return (Err(ApiError::bad_request(e)), Some(rows));
     }
+    // JSON is written as it is sent, a batch at a time.
+    let lines = format == OutputFormat::JsonLines;
+    if matches!(format, OutputFormat::Json | OutputFormat::JsonLines)
+        && let Some(chunks) = crate::format::json_stream(&result.schema, result.batches.clone(), lines)
+    {
+        tracing::debug!(rows, elapsed_us = started.elapsed().as_micros() as u64, "query");
+        let body = axum::body::Body::from_stream(futures::stream::iter(
+            chunks.map(|c| c.map(Bytes::from).map_err(std::io::Error::other)),
+        ));
+        return (Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response()), Some(rows));
+    }
     let body = match encode(format, &result.schema, &result.batches) {
         Ok(b) => b,
         Err(e) => return (Err(ApiError::internal(format!("encoding result: {e}"))), Some(rows)),
