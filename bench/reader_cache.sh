@@ -3,7 +3,7 @@
 # the TSBS cpu-only data at 100 hosts into a writer whose copy goes to an
 # S3 bucket (moto on loopback), compacted to one segment a day; then two
 # readers of that copy: one that fetches the whole copy
-# (reader_cache_mb = 0) and one whose cache holds fewer MiB than the copy
+# (cache_mb = 0) and one whose cache holds fewer MiB than the copy
 # (CACHE_MB). Reports each reader's start (to listening), the bytes on its
 # disk, and per query type the first run (files not on disk) and the
 # median of RUNS runs after it, answers compared with the writer's.
@@ -45,10 +45,10 @@ echo "writer's segment files: $(disk writer) bytes"
 
 reader() {
   local name=$1 mb=$2
-  printf '[storage]\nobject_store_interval = "1s"\nreader_cache_mb = %s\n' "$mb" > "$WORK/$name.toml"
+  printf '[storage]\nobject_store_interval = "1s"\ncache_mb = %s\n' "$mb" > "$WORK/$name.toml"
   local t; t=$(now)
   serve "$name" --object-store "$URL" --role reader --config "$WORK/$name.toml"
-  echo "$name (reader_cache_mb = $mb): listening $(since "$t") s after its start, $(disk "$name") bytes of segment files on its disk"
+  echo "$name (cache_mb = $mb): listening $(since "$t") s after its start, $(disk "$name") bytes of segment files on its disk"
 }
 reader whole 0
 R_WHOLE=$HTTP
@@ -100,6 +100,6 @@ for label, q in queries:
 PY
 sleep 2
 echo "cache reader: $(disk cached) bytes of segment files on its disk (bound $((CACHE_MB << 20)));" \
-  "fetches $(metric "$R_CACHED" tocsin_reader_cache_fetches_total), evictions $(metric "$R_CACHED" tocsin_reader_cache_evictions_total)," \
-  "hits $(metric "$R_CACHED" tocsin_reader_cache_hits_total)"
+  "fetches $(metric "$R_CACHED" tocsin_segment_cache_fetches_total), evictions $(metric "$R_CACHED" tocsin_segment_cache_evictions_total)," \
+  "hits $(metric "$R_CACHED" tocsin_segment_cache_hits_total)"
 echo "whole-copy reader: $(disk whole) bytes of segment files on its disk"

@@ -293,6 +293,11 @@ async fn take(
         };
         files.push(BackupFile { path: rel, bytes });
     }
+    // Segment files the storage let go of (`segments = "object-store"`):
+    // fetched from the copy when the client asks for them.
+    for (rel, bytes) in &cp.away {
+        files.push(BackupFile { path: rel.to_string_lossy().into_owned(), bytes: *bytes });
+    }
     Ok(BackupImage {
         at: BackupPoint {
             format: BACKUP_FORMAT,
@@ -433,16 +438,46 @@ pub(crate) async fn file(
             params.offset, params.path
         )));
     }
-    let path = dir.join(&params.path);
+    let mut path = dir.join(&params.path);
+    // A segment file the storage let go of (its copy in the bucket holds
+    // it) comes from there, checked, into a folder of this answer's own,
+    // for as long as it is sent.
+    let mut fetched = None;
+    if app.storage.cache_stats().is_some()
+        && matches!(tokio::fs::symlink_metadata(&path).await, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    {
+        static ANSWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let own = dir.join(format!(".fetched-{n}"));
+        fetched = Some(RemovedAfter(own.clone()));
+        tokio::fs::create_dir(&own).await.map_err(|e| io_error("create", &own, e))?;
+        app.storage.fetch_copy(&own, &params.path).await.map_err(|e| ApiError::classified(&e))?;
+        path = own.join(&params.path);
+    }
     let mut file = tokio::fs::File::open(&path).await.map_err(|e| io_error("open", &path, e))?;
     tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(params.offset))
         .await
         .map_err(|e| io_error("read", &path, e))?;
     // Up to the listed length: a file appended to since is sent as it was.
     let len = bytes - params.offset;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10));
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10);
+    let body = Body::from_stream(futures::StreamExt::map(stream, move |chunk| {
+        let _until_sent = &fetched;
+        chunk
+    }));
     Ok(([(header::CONTENT_TYPE, "application/octet-stream"), (header::CONTENT_LENGTH, &len.to_string())], body)
         .into_response())
+}
+
+/// The folder of a file fetched into an image for one answer: removed
+/// once sent (or the client gone), so that a backup holds no more than it
+/// sends at once.
+struct RemovedAfter(PathBuf);
+
+impl Drop for RemovedAfter {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `DELETE /api/v1/admin/backups/{id}`: the client has copied what it needs.

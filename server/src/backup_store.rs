@@ -336,6 +336,10 @@ pub struct PushReport {
     pub copied_bytes: u64,
     pub reused_files: usize,
     pub pruned: usize,
+    /// Segment files the image does not hold (the server let go of them,
+    /// `segments = "object-store"`) and the copy lost (as named in it):
+    /// the index lists them as before, and they cannot be read.
+    pub lost: Vec<String>,
 }
 
 /// Copies `image` into `dest` (only what the backup there lacks), writes the
@@ -471,7 +475,7 @@ pub async fn push(
     // index lists.
     let scope = writer.as_ref().map(|c| format!("{RUNS}/{}", c.me.run));
     ensure!(scope.as_deref().is_none_or(plain), "this server's run id is not a plain name");
-    let (list, copied_files, copied_bytes) =
+    let Copied { files: list, copied_files, copied_bytes, lost } =
         copy_image(image, files, dest, previous.as_ref(), progress, scope.as_deref()).await?;
     let reused_files = list.len() - copied_files;
     if let Some(Claim { me, .. }) = &writer
@@ -564,7 +568,7 @@ pub async fn push(
     // to take the copy over, must not remove that server's files.
     let own = scope.as_deref().map(|s| (previous.as_ref(), s));
     let pruned = dest.prune(&index, own).await?;
-    Ok(PushReport { index, copied_files, copied_bytes, reused_files, pruned })
+    Ok(PushReport { index, copied_files, copied_bytes, reused_files, pruned, lost })
 }
 
 /// Refuses a backup of another data directory over an existing one (unless
@@ -601,8 +605,7 @@ fn check_target(image: &BackupImage, dest: &Place, previous: Option<&Index>, rep
 }
 
 /// Copies the image's files into `dest`, except those an earlier backup of
-/// the same data directory left there unchanged. Returns the index entries,
-/// how many files were copied and their bytes.
+/// the same data directory left there unchanged.
 async fn copy_image(
     image: &BackupImage,
     source: &impl ImageFiles,
@@ -610,7 +613,7 @@ async fn copy_image(
     previous: Option<&Index>,
     progress: bool,
     scope: Option<&str>,
-) -> Result<(Vec<IndexFile>, usize, u64)> {
+) -> Result<Copied> {
     let reusable: HashMap<&str, &IndexFile> = previous
         .filter(|p| p.at.instance == image.at.instance)
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
@@ -622,6 +625,7 @@ async fn copy_image(
         .unwrap_or_default();
     let total: u64 = image.files.iter().map(|f| f.bytes).sum();
     let mut files = Vec::with_capacity(image.files.len());
+    let mut lost = Vec::new();
     let (mut copied_files, mut copied_bytes, mut done_bytes) = (0, 0, 0u64);
     let mut last_report = Instant::now();
     for (n, f) in image.files.iter().enumerate() {
@@ -639,10 +643,23 @@ async fn copy_image(
         }
         if let Some(p) = reusable.get(f.path.as_str()).filter(|p| p.bytes == f.bytes)
             && unchanged(source, f, p)?
-            && dest.size(p.stored()).await? == Some(f.bytes)
         {
-            files.push((*p).clone());
-            continue;
+            if dest.size(p.stored()).await? == Some(f.bytes) {
+                files.push((*p).clone());
+                continue;
+            }
+            // A segment file a writer of `segments = "object-store"` let go
+            // of, and the bucket lost: nothing can send it again. The copy
+            // goes on with the rest (listing it as it was) rather than
+            // stall every later push; the server says so at every push.
+            if source
+                .local(f)
+                .is_some_and(|l| matches!(fs::symlink_metadata(&l), Err(e) if e.kind() == std::io::ErrorKind::NotFound))
+            {
+                lost.push(dest.shown(p.stored()));
+                files.push((*p).clone());
+                continue;
+            }
         }
         let base = scope.map_or_else(|| f.path.clone(), |s| format!("{s}/{}", f.path));
         let stored = if taken.contains(&base) { format!("versions/{}/{base}", image.id) } else { base };
@@ -672,7 +689,17 @@ async fn copy_image(
             sync_dir(&dir).at(|| format!("syncing {}", dir.display()))?;
         }
     }
-    Ok((files, copied_files, copied_bytes))
+    Ok(Copied { files, copied_files, copied_bytes, lost })
+}
+
+/// What [`copy_image`] did.
+struct Copied {
+    files: Vec<IndexFile>,
+    copied_files: usize,
+    copied_bytes: u64,
+    /// Files neither the image nor the backup holds any more (see
+    /// [`PushReport::lost`]).
+    lost: Vec<String>,
 }
 
 /// Whether `f` is the file `previous` holds. Segments, packs and closed WAL
@@ -771,13 +798,17 @@ async fn append(
 pub struct RestoreReport {
     pub index: Index,
     pub bytes: u64,
+    /// Segment and pack files left in the bucket (see [`restore`]).
+    pub left: usize,
     /// The WAL the copy's server shipped after its last push.
     pub shipped: ShippedReport,
 }
 
 /// Rebuilds the data directory `dir` (new or empty, not inside `src`) from
-/// the backup in `src`, checking every file.
-pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreReport> {
+/// the backup in `src`, checking every file. Without `segments`, segment
+/// and pack files stay in `src` (a server of `segments = "object-store"`
+/// fetches them when read).
+pub async fn restore(src: &Place, dir: &Path, progress: bool, segments: bool) -> Result<RestoreReport> {
     let index = Index::read(src).await?.ok_or_else(|| {
         BackupError::Refused(format!(
             "{} holds no {INDEX}: not a Tocsin backup, or its first backup never finished",
@@ -822,7 +853,12 @@ pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreR
     let mut bytes = 0u64;
     let mut dirs: HashSet<PathBuf> = HashSet::new();
     let mut last_report = Instant::now();
+    let mut left = 0;
     for (n, f) in index.files.iter().enumerate() {
+        if !segments && segment_file(&f.path) {
+            left += 1;
+            continue;
+        }
         let to = dir.join(&f.path);
         if let Some(parent) = to.parent() {
             fs::create_dir_all(parent).at(|| format!("creating {}", parent.display()))?;
@@ -865,7 +901,7 @@ pub async fn restore(src: &Place, dir: &Path, progress: bool) -> Result<RestoreR
     Synced::in_dir(dir).record(&[SyncedPoint::of(&index, src, false)])?;
     fs::remove_file(&marker).at(|| format!("removing {}", marker.display()))?;
     sync_dir(dir).at(|| format!("syncing {}", dir.display()))?;
-    Ok(RestoreReport { index, bytes, shipped })
+    Ok(RestoreReport { index, bytes, left, shipped })
 }
 
 /// What [`restore_shipped`] rebuilt.
@@ -1380,7 +1416,7 @@ impl Place {
     }
 
     /// The size of `rel`, if it is there.
-    async fn size(&self, rel: &str) -> Result<Option<u64>> {
+    pub(crate) async fn size(&self, rel: &str) -> Result<Option<u64>> {
         match self {
             Place::Dir(d) => Ok(fs::metadata(d.join(rel)).ok().filter(|m| m.is_file()).map(|m| m.len())),
             Place::Bucket(b) => match b.store.head(&b.object(rel)).await {
@@ -1431,7 +1467,7 @@ impl Place {
     }
 
     /// [`Place::list`], with each object's size.
-    async fn list_sized(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+    pub(crate) async fn list_sized(&self, rel: &str) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         match self {
             Place::Dir(d) => {
@@ -1891,7 +1927,7 @@ mod tests {
         // Each backup after the first sends the manifest and one new line.
         assert!(sent[1..].iter().all(|&b| b == 2 + 12), "{sent:?}");
         let restored = tmp.path().join("restored");
-        let report = restore(&dest, &restored, false).await.expect("restore");
+        let report = restore(&dest, &restored, false, true).await.expect("restore");
         assert_eq!(fs::read_to_string(restored.join("audit/audit.jsonl")).expect("read"), audit);
         assert_eq!(fs::read_to_string(restored.join("manifest.json")).expect("read"), "m4");
         assert_eq!(report.index.files.len(), 2);
@@ -1899,7 +1935,7 @@ mod tests {
         // A damaged piece is named.
         let piece = report.index.files[1].pieces()[2].stored.clone();
         fs::write(tmp.path().join("dest").join(&piece), "{\"entry\":X}\n").expect("write");
-        let err = restore(&dest, &tmp.path().join("again"), false).await.expect_err("damaged");
+        let err = restore(&dest, &tmp.path().join("again"), false, true).await.expect_err("damaged");
         assert!(err.to_string().contains(&piece) && err.to_string().contains("damaged"), "{err}");
     }
 
@@ -1926,7 +1962,7 @@ mod tests {
         let report = push(&img, &Folder(src.clone()), &dest, false, false, None).await.expect("push");
         assert_eq!(report.index.files[0].pieces().len(), 1);
         let restored = tmp.path().join("restored");
-        restore(&dest, &restored, false).await.expect("restore");
+        restore(&dest, &restored, false, true).await.expect("restore");
         assert_eq!(fs::read_to_string(restored.join("audit/audit.jsonl")).expect("read"), "y\n");
     }
 
@@ -2009,7 +2045,7 @@ mod tests {
         let index = Index::read(&dest).await.expect("index").expect("some");
         assert_eq!(index.files[0].stored(), "runs/a/manifest.json");
         // B starts from A's copy (a restore records its state) and pushes.
-        restore(&dest, &tmp.path().join("b"), false).await.expect("restore");
+        restore(&dest, &tmp.path().join("b"), false, true).await.expect("restore");
         assert_eq!(b_synced.read().expect("record"), vec![state("a", 100_000, false)]);
         push(&at(200_000), &Folder(src.clone()), &dest, false, false, Some(claim(&b, &b_synced))).await.expect("b");
 

@@ -61,11 +61,59 @@ pub struct HaSection {
     /// This server's name, as the others show the primary; default
     /// `HOSTNAME:HTTP_PORT`.
     pub name: Option<String>,
+    /// PEM file of the CA that signed etcd's certificate (an `https://`
+    /// etcd whose certificate no public CA signed).
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM files of this server's client certificate and its key, for an
+    /// etcd that asks for one (`--client-cert-auth`).
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl HaSection {
+    /// `etcd_ca`, `etcd_cert` and `etcd_key` read and checked.
+    fn etcd_tls(&self) -> Result<crate::lease::EtcdTls, ConfigError> {
+        let read = |key: &'static str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| ConfigError::Invalid { key, reason: format!("cannot read {}: {e}", path.display()) })
+        };
+        let ca = self.etcd_ca.as_ref().map(|p| read("ha.etcd_ca", p)).transpose()?;
+        let identity = match (&self.etcd_cert, &self.etcd_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let mut pem = read("ha.etcd_cert", cert)?;
+                pem.push(b'\n');
+                pem.extend(read("ha.etcd_key", key)?);
+                Some(pem)
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: if self.etcd_cert.is_some() { "ha.etcd_key" } else { "ha.etcd_cert" },
+                    reason: "a client certificate for etcd needs both etcd_cert and etcd_key".into(),
+                });
+            }
+        };
+        let tls = crate::lease::EtcdTls { ca, identity };
+        tls.client().map_err(|reason| ConfigError::Invalid {
+            key: if reason.starts_with("etcd_ca") { "ha.etcd_ca" } else { "ha.etcd_cert" },
+            reason,
+        })?;
+        Ok(tls)
+    }
 }
 
 impl Default for HaSection {
     fn default() -> Self {
-        Self { etcd: None, etcd_user: None, lease_ttl: "10s".into(), key: None, name: None }
+        Self {
+            etcd: None,
+            etcd_user: None,
+            lease_ttl: "10s".into(),
+            key: None,
+            name: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+        }
     }
 }
 
@@ -497,10 +545,17 @@ pub struct StorageSection {
     pub wal: String,
     /// How often `wal = "object-store"` ships the WAL.
     pub wal_ship_interval: String,
-    /// A reader (`--role reader`) keeps at most this many MiB of the
-    /// writer's segment files on its disk, fetching each when a query reads
-    /// it; 0 fetches the whole copy at each refresh.
-    pub reader_cache_mb: u64,
+    /// Where segment files live once the copy holds them: `local` (the
+    /// data directory keeps them all; the bucket holds a copy) or
+    /// `object-store` (the bucket is their home; the data directory keeps
+    /// at most `cache_mb` of those the copy holds, fetching the others when
+    /// read). A writer's setting; a reader always fetches (`cache_mb`).
+    pub segments: String,
+    /// MiB of segment files whose home is the bucket kept on disk at most:
+    /// on a reader (`--role reader`; 0 fetches the whole copy at each
+    /// refresh), and on a writer of `segments = "object-store"`.
+    #[serde(alias = "reader_cache_mb")]
+    pub cache_mb: u64,
 }
 
 impl Default for StorageSection {
@@ -521,7 +576,8 @@ impl Default for StorageSection {
             object_store_interval: "10s".into(),
             wal: "local".into(),
             wal_ship_interval: "1s".into(),
-            reader_cache_mb: 10 * 1024,
+            segments: "local".into(),
+            cache_mb: 10 * 1024,
         }
     }
 }
@@ -641,9 +697,12 @@ pub struct ObjectStoreConfig {
     pub interval: Duration,
     /// `[storage] wal`.
     pub wal: WalShipping,
-    /// `[storage] reader_cache_mb` in bytes; `None`: a reader fetches the
+    /// `[storage] cache_mb` in bytes; `None`: a reader fetches the
     /// whole copy.
     pub reader_cache: Option<u64>,
+    /// `[storage] segments = "object-store"`: a writer keeps at most this
+    /// many bytes of the segment files its copy holds.
+    pub writer_cache: Option<u64>,
 }
 
 /// `[storage] wal`: whether the WAL goes to the bucket as it is written.
@@ -780,8 +839,26 @@ impl FileConfig {
                         });
                     }
                 };
-                let reader_cache = (s.reader_cache_mb > 0).then(|| s.reader_cache_mb.saturating_mul(1 << 20));
-                Some(ObjectStoreConfig { url, interval, wal, reader_cache })
+                let reader_cache = (s.cache_mb > 0).then(|| s.cache_mb.saturating_mul(1 << 20));
+                let writer_cache = match s.segments.as_str() {
+                    "local" => None,
+                    "object-store" if s.cache_mb == 0 => {
+                        return Err(ConfigError::Invalid {
+                            key: "storage.cache_mb",
+                            reason: "0 keeps every segment file on disk, which is segments = \"local\"; give the MiB \
+                                     of segment files to keep with segments = \"object-store\""
+                                .into(),
+                        });
+                    }
+                    "object-store" => reader_cache,
+                    other => {
+                        return Err(ConfigError::Invalid {
+                            key: "storage.segments",
+                            reason: format!("{other:?}: use \"local\" (the default) or \"object-store\""),
+                        });
+                    }
+                };
+                Some(ObjectStoreConfig { url, interval, wal, reader_cache, writer_cache })
             }
             None if s.wal != "local" || parse_duration(&s.wal_ship_interval).is_err() => {
                 parse_duration(&s.wal_ship_interval)
@@ -792,6 +869,22 @@ impl FileConfig {
                         "{:?} ships the WAL to the object store: give --object-store s3://BUCKET/PREFIX (or [storage] \
                          object_store) too",
                         s.wal
+                    ),
+                });
+            }
+            None if s.segments != "local" && s.segments != "object-store" => {
+                return Err(ConfigError::Invalid {
+                    key: "storage.segments",
+                    reason: format!("{:?}: use \"local\" (the default) or \"object-store\"", s.segments),
+                });
+            }
+            None if s.segments != "local" => {
+                return Err(ConfigError::Invalid {
+                    key: "storage.segments",
+                    reason: format!(
+                        "{:?} keeps segment files in the object store: give --object-store s3://BUCKET/PREFIX (or \
+                         [storage] object_store) too",
+                        s.segments
                     ),
                 });
             }
@@ -862,7 +955,17 @@ impl FileConfig {
                     .key
                     .clone()
                     .unwrap_or_else(|| format!("/tocsin/primary/{}", copy.url.trim_end_matches('/')));
-                Some(crate::lease::LeaseConfig { etcd, endpoints, credentials, key, name, ttl })
+                let h = &self.ha;
+                if (h.etcd_ca.is_some() || h.etcd_cert.is_some() || h.etcd_key.is_some())
+                    && !endpoints.iter().any(|e| e.starts_with("https://"))
+                {
+                    return Err(ConfigError::Invalid {
+                        key: if h.etcd_ca.is_some() { "ha.etcd_ca" } else { "ha.etcd_cert" },
+                        reason: format!("TLS settings for etcd need its https:// URLs, and {etcd:?} has none"),
+                    });
+                }
+                let tls = h.etcd_tls()?;
+                Some(crate::lease::LeaseConfig { etcd, endpoints, credentials, key, name, ttl, tls })
             }
         };
         if role == Role::Reader && object_store.is_none() {
@@ -1171,6 +1274,30 @@ mod tests {
 
     /// Review of issue 13: `external_url = "x.example"` was accepted and
     /// made links no phone could open.
+    /// `segments = "object-store"` needs a bucket and a cache to bound;
+    /// `reader_cache_mb` (the key's first name) still reads.
+    #[test]
+    fn segments_in_the_bucket_need_a_bucket_and_a_bound() {
+        let with = |toml_text: &str| -> Result<ServerConfig, ConfigError> {
+            let file: FileConfig = toml::from_str(toml_text).expect("parse");
+            file.validate(Overrides::default())
+        };
+        let bucket = "[storage]\nobject_store = \"file:///tmp/b\"\n";
+        let err = with("[storage]\nsegments = \"object-store\"\n").expect_err("no bucket");
+        assert!(err.to_string().contains("storage.segments") && err.to_string().contains("--object-store"), "{err}");
+        let err = with(&format!("{bucket}segments = \"s3\"\n")).expect_err("unknown");
+        assert!(err.to_string().contains("\"local\""), "{err}");
+        let err = with("[storage]\nsegments = \"S3\"\n").expect_err("unknown, no bucket");
+        assert!(err.to_string().contains("\"local\""), "the value is wrong first: {err}");
+        let err = with(&format!("{bucket}segments = \"object-store\"\ncache_mb = 0\n")).expect_err("unbounded");
+        assert!(err.to_string().contains("storage.cache_mb"), "{err}");
+        let c = with(&format!("{bucket}segments = \"object-store\"\nreader_cache_mb = 3\n")).expect("valid");
+        let o = c.object_store.expect("bucket");
+        assert_eq!((o.writer_cache, o.reader_cache), (Some(3 << 20), Some(3 << 20)));
+        let o = with(bucket).expect("valid").object_store.expect("bucket");
+        assert_eq!((o.writer_cache, o.reader_cache), (None, Some(10 << 30)));
+    }
+
     #[test]
     fn external_url_needs_a_scheme_and_a_host() {
         let with = |u: &str| -> Result<ServerConfig, ConfigError> {
@@ -1194,6 +1321,39 @@ mod tests {
         let file: FileConfig = toml::from_str(&doc[start..end]).expect("the example parses");
         let v = file.validate(Overrides::default()).expect("the example is valid");
         assert!(v.auth.roles.contains_key("billing"));
+    }
+
+    /// etcd's TLS files are read and checked at start; each mistake names
+    /// its key.
+    #[test]
+    fn etcd_tls_files_are_checked_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").expect("write");
+        let missing = dir.path().join("missing.pem");
+        let with = |ha: &str, etcd: &str| {
+            let text = format!("[storage]\nobject_store = \"file:///tmp/copy\"\n[ha]\n{ha}");
+            let file: FileConfig = toml::from_str(&text).expect("parse");
+            file.validate(Overrides { etcd: Some(etcd.into()), ..Default::default() }).map(|_| ())
+        };
+        let https = "https://127.0.0.1:2379";
+        let err = with(&format!("etcd_ca = {:?}\n", missing.display().to_string()), https).expect_err("missing");
+        assert!(err.to_string().contains("ha.etcd_ca") && err.to_string().contains("cannot read"), "{err}");
+        let err = with(&format!("etcd_ca = {:?}\n", garbage.display().to_string()), https).expect_err("garbage");
+        assert!(err.to_string().contains("ha.etcd_ca") && err.to_string().contains("PEM"), "{err}");
+        let err = with(&format!("etcd_cert = {:?}\n", garbage.display().to_string()), https).expect_err("no key");
+        assert!(err.to_string().contains("ha.etcd_key") && err.to_string().contains("both"), "{err}");
+        let pair = format!(
+            "etcd_cert = {:?}\netcd_key = {:?}\n",
+            garbage.display().to_string(),
+            garbage.display().to_string()
+        );
+        let err = with(&pair, https).expect_err("not a certificate and key");
+        assert!(err.to_string().contains("ha.etcd_cert"), "{err}");
+        let err =
+            with(&format!("etcd_ca = {:?}\n", garbage.display().to_string()), "http://e:2379").expect_err("plain http");
+        assert!(err.to_string().contains("https://"), "{err}");
+        assert!(with("", https).is_ok(), "public roots only");
     }
 
     #[test]

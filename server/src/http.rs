@@ -390,8 +390,9 @@ async fn metrics(State(app): State<AppState>) -> Response {
     crate::metrics::render_tail(&app.tail.metrics, &mut text);
     crate::metrics::render_rollups(&app.rollups.metrics, &mut text);
     crate::metrics::render_refusals(&mut text);
+    crate::metrics::render_segment_cache(app.storage.cache_stats(), &mut text);
     if let Some(r) = &app.reader {
-        crate::metrics::render_reader(&r.metrics, app.storage.cache_stats(), &mut text);
+        crate::metrics::render_reader(&r.metrics, &mut text);
     }
     if let Some(m) = &app.mirror {
         crate::metrics::render_mirror(&m.metrics, *m.fenced().borrow(), &mut text);

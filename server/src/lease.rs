@@ -47,6 +47,46 @@ pub struct LeaseConfig {
     /// This server's name, as standbys and logs show the primary.
     pub name: String,
     pub ttl: Duration,
+    /// TLS towards etcd beyond the public roots (`[ha] etcd_ca`,
+    /// `etcd_cert`, `etcd_key`).
+    pub tls: EtcdTls,
+}
+
+/// PEM files for an etcd of `https://` URLs whose certificate a private CA
+/// signed, or that asks its clients for theirs (`--client-cert-auth`).
+#[derive(Clone, PartialEq, Default)]
+pub struct EtcdTls {
+    /// The CA (or CAs) that signed etcd's certificate, trusted besides the
+    /// public roots.
+    pub ca: Option<Vec<u8>>,
+    /// This server's client certificate (chain) followed by its private
+    /// key.
+    pub identity: Option<Vec<u8>>,
+}
+
+impl EtcdTls {
+    /// The HTTP client for etcd with these; the error says what is wrong
+    /// with which.
+    pub fn client(&self) -> Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &self.ca {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("etcd_ca holds no PEM certificate that can be read: {e}"))?;
+            if certs.is_empty() {
+                return Err("etcd_ca holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(pem) = &self.identity {
+            let identity = reqwest::Identity::from_pem(pem).map_err(|e| {
+                format!("etcd_cert and etcd_key are not a PEM certificate and its private key (PKCS#8, RSA or EC): {e}")
+            })?;
+            builder = builder.identity(identity);
+        }
+        builder.build().map_err(|e| format!("the TLS settings for etcd cannot be used: {e}"))
+    }
 }
 
 /// Shown without the password.
@@ -59,6 +99,8 @@ impl std::fmt::Debug for LeaseConfig {
             .field("key", &self.key)
             .field("name", &self.name)
             .field("ttl", &self.ttl)
+            .field("ca", &self.tls.ca.is_some())
+            .field("client_cert", &self.tls.identity.is_some())
             .finish()
     }
 }
@@ -77,6 +119,8 @@ pub enum LeaseError {
     Answer { url: String, what: String },
     #[error("the task waiting for the lease failed: {0}")]
     Task(String),
+    #[error("[ha]: {0}")]
+    Tls(String),
 }
 
 /// The part of etcd's v3 API leadership uses.
@@ -106,15 +150,15 @@ enum Reply {
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 impl Etcd {
-    fn new(config: &LeaseConfig, timeout: Duration) -> Etcd {
-        Etcd {
+    fn new(config: &LeaseConfig, timeout: Duration) -> Result<Etcd, LeaseError> {
+        Ok(Etcd {
             endpoints: config.endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
             current: Default::default(),
-            http: reqwest::Client::new(),
+            http: config.tls.client().map_err(LeaseError::Tls)?,
             timeout,
             credentials: config.credentials.clone(),
             token: Mutex::new(None),
-        }
+        })
     }
 
     /// The member asked first.
@@ -327,7 +371,7 @@ impl Leadership {
         // One request to one member gets a third of the TTL (a renewal
         // that must try several takes longer, and may end the lease: the
         // deadline counts from before the first try).
-        let etcd = Etcd::new(&config, (config.ttl / 3).max(Duration::from_millis(500)));
+        let etcd = Etcd::new(&config, (config.ttl / 3).max(Duration::from_millis(500)))?;
         let every = (config.ttl / 3).max(Duration::from_millis(200));
         // The first request says at once whether etcd is there at all.
         let mut lease = etcd.grant(config.ttl).await?;
@@ -576,7 +620,7 @@ mod tests {
                 }
             }
         });
-        let etcd = Etcd::new(&config_for(&[&format!("http://{addr}")]), Duration::from_secs(30));
+        let etcd = Etcd::new(&config_for(&[&format!("http://{addr}")]), Duration::from_secs(30)).expect("etcd");
         let err = etcd.call("lease/grant", json!({})).await.expect_err("endless");
         assert!(err.to_string().contains(&format!("more than {MAX_ANSWER_BYTES} bytes")), "{err}");
     }
@@ -589,6 +633,7 @@ mod tests {
             key: "/k".into(),
             name: "me".into(),
             ttl: Duration::from_secs(3),
+            tls: EtcdTls::default(),
         }
     }
 
@@ -690,7 +735,7 @@ mod tests {
         let m = member().await;
         let mut config = config_for(&[&format!("http://{dead_addr}"), &format!("http://{}/", m.addr)]);
         config.credentials = Some(("tocsin".into(), "s3cret".into()));
-        let etcd = Etcd::new(&config, Duration::from_secs(2));
+        let etcd = Etcd::new(&config, Duration::from_secs(2)).expect("etcd");
         assert_eq!(etcd.grant(Duration::from_secs(3)).await.expect("grant"), 42);
         assert_eq!(etcd.base(), format!("http://{}", m.addr), "the member that answered is asked first");
         assert_eq!(m.logins.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -701,13 +746,13 @@ mod tests {
         assert_eq!(m.logins.load(std::sync::atomic::Ordering::SeqCst), 2);
 
         config.credentials = Some(("tocsin".into(), "wrong".into()));
-        let etcd = Etcd::new(&config, Duration::from_secs(2));
+        let etcd = Etcd::new(&config, Duration::from_secs(2)).expect("etcd");
         let err = etcd.grant(Duration::from_secs(3)).await.expect_err("wrong password").to_string();
         assert!(err.contains("authentication failed") && err.contains(&m.addr.to_string()), "{err}");
         // Without credentials against a member that wants them: refused
         // with etcd's reason, once.
         config.credentials = None;
-        let etcd = Etcd::new(&config, Duration::from_secs(2));
+        let etcd = Etcd::new(&config, Duration::from_secs(2)).expect("etcd");
         let err = etcd.grant(Duration::from_secs(3)).await.expect_err("no token").to_string();
         assert!(err.contains("401") && err.contains("invalid auth token"), "{err}");
         // The password is not shown by `Debug` (logs, panics).
@@ -741,7 +786,7 @@ mod tests {
         // A lagging member (429) first: passed over.
         let mut config = config_for(&[&format!("http://{lagging_addr}"), &format!("http://{addr}")]);
         config.credentials = Some(("tocsin".into(), "s3cret".into()));
-        let etcd = Etcd::new(&config, Duration::from_secs(2));
+        let etcd = Etcd::new(&config, Duration::from_secs(2)).expect("etcd");
         *etcd.token.lock() = Some("jwt-1".into());
         assert_eq!(etcd.grant(Duration::from_secs(3)).await.expect("grant"), 7);
         assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 1, "authenticated once more");

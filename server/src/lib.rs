@@ -84,6 +84,13 @@ pub enum ServerError {
     )]
     ReaderCache { dir: String, url: String },
     #[error(
+        "{count} segment file(s) this server let go of (segments = \"object-store\") are not in the bucket as its \
+         copy lists them, e.g. {example}: queries over them would fail. Check --object-store {url} (a wrong bucket or \
+         prefix?); if the files were removed there, put them back from a backup, or start from a data directory \
+         `tocsin restore` made from one"
+    )]
+    SegmentsNotInCopy { url: String, count: usize, example: String },
+    #[error(
         "the writer of {url} requires tokens (--auth), and this reader would serve its data to anyone: start the \
          reader with --auth too"
     )]
@@ -177,7 +184,7 @@ async fn run_with_lease(
     // from (the copy's last writer's own): said now, not when it takes over
     // and would waste the failover.
     if !cache && let Some(o) = &config.object_store {
-        mirror::Mirror::open(&o.url, o.interval, &data_dir, None)
+        mirror::Mirror::open(&o.url, o.interval, &data_dir, None, o.writer_cache.is_some())
             .await
             .map_err(|source| ServerError::ObjectStore { url: o.url.clone(), source: Box::new(source) })?;
     }
@@ -347,9 +354,15 @@ async fn serve(
         ),
         Some(o) => (
             Some(Arc::new(
-                mirror::Mirror::open(&o.url, o.interval, &config.storage.data_dir, leadership.clone())
-                    .await
-                    .map_err(object_store_error(&o.url))?,
+                mirror::Mirror::open(
+                    &o.url,
+                    o.interval,
+                    &config.storage.data_dir,
+                    leadership.clone(),
+                    o.writer_cache.is_some(),
+                )
+                .await
+                .map_err(object_store_error(&o.url))?,
             )),
             None,
         ),
@@ -366,6 +379,22 @@ async fn serve(
         Storage::open_reader_fetching(config.storage.clone(), Arc::clone(segments) as _, limit).await?
     } else if is_reader {
         Storage::open_reader(config.storage.clone()).await?
+    } else if let (Some(m), Some(limit)) = (&mirror, config.object_store.as_ref().and_then(|o| o.writer_cache))
+        && let Some(segments) = &m.segments
+    {
+        let storage = Storage::open_fetching(config.storage.clone(), Arc::clone(segments) as _, limit).await?;
+        // The files let go of must be in the bucket itself, not only in
+        // its index: one removed by hand is said now, not at a query.
+        let absent = storage.absent_segment_files();
+        let lost = segments.not_held(&absent).await.map_err(object_store_error(&m.url))?;
+        if !lost.is_empty() {
+            return Err(ServerError::SegmentsNotInCopy {
+                url: m.url.clone(),
+                count: lost.len(),
+                example: lost[0].clone(),
+            });
+        }
+        storage
     } else {
         Storage::open(config.storage.clone()).await?
     };

@@ -429,6 +429,13 @@ pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, fenced: bool, out:
         "Pushes to the bucket that failed (the log says why; the next one retries).",
         m.failures.load(Relaxed),
     );
+    gauge(
+        out,
+        "tocsin_object_store_lost_files",
+        "Segment files this server let go of (segments = \"object-store\") that the bucket no longer holds, at the \
+         last push: unreadable until put back (the log names them).",
+        m.lost_files.load(Relaxed) as f64,
+    );
     counter(out, "tocsin_object_store_copied_files_total", "Files sent to the bucket.", m.copied_files.load(Relaxed));
     counter(out, "tocsin_object_store_copied_bytes_total", "Bytes sent to the bucket.", m.copied_bytes.load(Relaxed));
     gauge(
@@ -470,37 +477,47 @@ pub(crate) fn render_mirror(m: &crate::mirror::MirrorMetrics, fenced: bool, out:
     );
 }
 
+/// A reader's or a writer's bounded cache of segment files whose home is
+/// the bucket.
+pub(crate) fn render_segment_cache(cache: Option<tocsin_storage::CacheStats>, out: &mut String) {
+    let Some(c) = cache else { return };
+    gauge(
+        out,
+        "tocsin_segment_cache_limit_bytes",
+        "Bytes of segment files kept on disk at most (cache_mb), on a reader or a writer of segments = \"object-store\".",
+        c.limit_bytes as f64,
+    );
+    gauge(
+        out,
+        "tocsin_segment_cache_bytes",
+        "Bytes of segment files on disk and counted (evicted ones until the queries reading them end).",
+        c.bytes as f64,
+    );
+    gauge(
+        out,
+        "tocsin_segment_cache_files",
+        "Segment files on disk and counted (a writer counts its own once its copy holds them or a scan read them).",
+        c.files as f64,
+    );
+    counter(out, "tocsin_segment_cache_hits_total", "Segment files a scan found on disk.", c.hits);
+    counter(
+        out,
+        "tocsin_segment_cache_fetches_total",
+        "Segment files fetched from the bucket because a scan read them.",
+        c.fetches,
+    );
+    counter(out, "tocsin_segment_cache_fetched_bytes_total", "Bytes of those fetches.", c.fetched_bytes);
+    counter(
+        out,
+        "tocsin_segment_cache_evictions_total",
+        "Segment files evicted past the bound (deleted from disk; the bucket keeps them).",
+        c.evictions,
+    );
+}
+
 /// `--role reader`: the copies fetched from the bucket.
-pub(crate) fn render_reader(
-    m: &crate::reader::ReaderMetrics,
-    cache: Option<tocsin_storage::CacheStats>,
-    out: &mut String,
-) {
+pub(crate) fn render_reader(m: &crate::reader::ReaderMetrics, out: &mut String) {
     use std::sync::atomic::Ordering::Relaxed;
-    if let Some(c) = cache {
-        gauge(
-            out,
-            "tocsin_reader_cache_limit_bytes",
-            "Bytes of segment files a reader keeps on disk at most (reader_cache_mb).",
-            c.limit_bytes as f64,
-        );
-        gauge(
-            out,
-            "tocsin_reader_cache_bytes",
-            "Bytes of segment files on the reader's disk (evicted ones until the queries reading them end).",
-            c.bytes as f64,
-        );
-        gauge(out, "tocsin_reader_cache_files", "Segment files on the reader's disk.", c.files as f64);
-        counter(out, "tocsin_reader_cache_hits_total", "Segment files a scan found on disk.", c.hits);
-        counter(
-            out,
-            "tocsin_reader_cache_fetches_total",
-            "Segment files fetched from the bucket because a scan read them.",
-            c.fetches,
-        );
-        counter(out, "tocsin_reader_cache_fetched_bytes_total", "Bytes of those fetches.", c.fetched_bytes);
-        counter(out, "tocsin_reader_cache_evictions_total", "Segment files evicted past the bound.", c.evictions);
-    }
     counter(
         out,
         "tocsin_reader_refreshes_total",

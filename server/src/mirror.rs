@@ -36,7 +36,7 @@ use tocsin_storage::Storage;
 use tokio::sync::watch;
 
 use crate::backup::{BackupFile, Backups};
-use crate::backup_store::{self, BackupError, Claim, ImageFiles, Index, Place, Synced, WriterRun};
+use crate::backup_store::{self, BackupError, Claim, ImageFiles, Index, Place, Synced, WriterRun, segment_file};
 
 /// Counters of `/metrics`.
 #[derive(Debug, Default)]
@@ -45,6 +45,8 @@ pub(crate) struct MirrorMetrics {
     pub(crate) failures: AtomicU64,
     pub(crate) copied_bytes: AtomicU64,
     pub(crate) copied_files: AtomicU64,
+    /// At the last push: segment files let go of that the bucket lost.
+    pub(crate) lost_files: AtomicU64,
     /// Unix milliseconds of the image of the last push that succeeded: every
     /// write acknowledged before it is in the bucket.
     pub(crate) last_point_ms: AtomicI64,
@@ -85,16 +87,23 @@ pub(crate) struct Mirror {
     shipped_wal: std::sync::OnceLock<Arc<tocsin_storage::wal::Wal>>,
     /// The alerting engine, when its journal is shipped with the WAL.
     shipped_alerts: std::sync::OnceLock<Arc<tocsin_alerting::AlertEngine>>,
+    /// `segments = "object-store"`: where the storage fetches the segment
+    /// files it let go of (the files of this server's last pushes).
+    pub(crate) segments: Option<Arc<crate::reader::BucketSegments>>,
 }
 
 impl Mirror {
     /// Opens the bucket; before the storage opens, fills an empty data
     /// directory from the copy the bucket holds, if any.
+    /// `segments_in_bucket` (`segments = "object-store"`): the segment
+    /// files stay in the bucket until read, a start from the copy fetches
+    /// none of them.
     pub(crate) async fn open(
         url: &str,
         interval: Duration,
         data_dir: &Path,
         lease: Option<Arc<crate::lease::Leadership>>,
+        segments_in_bucket: bool,
     ) -> Result<Mirror, BackupError> {
         let dest = Place::parse(url)?;
         let me = WriterRun {
@@ -120,6 +129,10 @@ impl Mirror {
             first_push: watch::Sender::new(false),
             shipped_wal: std::sync::OnceLock::new(),
             shipped_alerts: std::sync::OnceLock::new(),
+            segments: match segments_in_bucket {
+                true => Some(Arc::new(crate::reader::BucketSegments::new(Place::parse(url)?))),
+                false => None,
+            },
         };
         let mut mirror = mirror;
         let empty = match std::fs::read_dir(data_dir) {
@@ -175,6 +188,9 @@ impl Mirror {
             mirror.check_place_is_free().await?;
         }
         mirror.previous_run = index.as_ref().and_then(|i| i.writer.as_ref()).map(|w| w.run.clone());
+        if let (Some(s), Some(i)) = (&mirror.segments, &index) {
+            s.listed(i);
+        }
         if empty && let Some(index) = index {
             tracing::info!(
                 url,
@@ -182,7 +198,7 @@ impl Mirror {
                 files = index.files.len(),
                 "the data directory is empty: starting from the copy in the bucket"
             );
-            let report = backup_store::restore(&mirror.dest, data_dir, false).await?;
+            let report = backup_store::restore(&mirror.dest, data_dir, false, mirror.segments.is_none()).await?;
             // The same server, continued: its copies go on into this prefix.
             crate::backup::set_instance(data_dir, &report.index.at.instance).map_err(|e| BackupError::Io {
                 what: format!("writing the identity of {}", data_dir.display()),
@@ -194,6 +210,7 @@ impl Mirror {
                 shipped_wal_files = report.shipped.files,
                 shipped_wal_bytes = report.shipped.bytes,
                 shipped_alerting_records = report.shipped.alerting_records,
+                segment_files_left_in_the_bucket = report.left,
                 "data directory restored from the bucket: it holds every write acknowledged before its point, and \
                  the WAL and alerting journal its server shipped after it"
             );
@@ -292,6 +309,13 @@ impl Mirror {
         match result {
             Ok((report, point, wal_closed, alerting_seq)) => {
                 self.pushed.store(true, Ordering::Relaxed);
+                // The files the copy now holds may leave the disk.
+                if let Some(s) = &self.segments {
+                    s.listed(&report.index);
+                    storage.in_copy(
+                        report.index.files.iter().filter(|f| segment_file(&f.path)).map(|f| f.path.clone()).collect(),
+                    );
+                }
                 self.first_push.send_replace(true);
                 // The image holds the WAL up to `wal_closed`: the pieces
                 // shipped of it, and all of the previous run's, are done with.
@@ -314,6 +338,17 @@ impl Mirror {
                 m.copied_bytes.fetch_add(report.copied_bytes, Ordering::Relaxed);
                 m.copied_files.fetch_add(report.copied_files as u64, Ordering::Relaxed);
                 m.last_point_ms.store(point, Ordering::Relaxed);
+                m.lost_files.store(report.lost.len() as u64, Ordering::Relaxed);
+                if let Some(first) = report.lost.first() {
+                    tracing::error!(
+                        url = self.url,
+                        lost = report.lost.len(),
+                        example = first,
+                        "segment files this server let go of (segments = \"object-store\") are gone from the bucket \
+                         (deleted or changed there): queries over them fail until they are put back from a backup; the \
+                         copy goes on with the rest"
+                    );
+                }
                 tracing::debug!(
                     url = self.url,
                     copied_files = report.copied_files,

@@ -19,7 +19,7 @@
 //! behind by its own interval and the shipping, not by a push; the next
 //! image it loads replaces what it applied.
 //!
-//! With a bounded cache (`reader_cache_mb`, the default), segment and pack
+//! With a bounded cache (`cache_mb`, the default), segment and pack
 //! files are not fetched with the copy but when a query reads them
 //! ([`BucketSegments`], `tocsin_storage::cache`): the reader starts at
 //! once however large the copy, and keeps on disk the files read lately.
@@ -157,10 +157,11 @@ fn wanted(path: &str) -> bool {
         || segment_file(path)
 }
 
-/// Where a reader with a bounded cache fetches segment and pack files from
-/// when a scan reads them: the files of the copies it loaded (the last two,
-/// and those the writer keeps lingering: a query planned on an earlier copy
-/// may still read its files).
+/// Where a reader with a bounded cache (or a writer of `segments =
+/// "object-store"`) fetches segment and pack files from when a scan reads
+/// them: the files of the copies it loaded or pushed (the last two, and
+/// those the writer keeps lingering: a query planned on an earlier copy may
+/// still read its files).
 pub(crate) struct BucketSegments {
     src: Place,
     listed: parking_lot::Mutex<[HashMap<String, backup_store::IndexFile>; 2]>,
@@ -169,8 +170,48 @@ pub(crate) struct BucketSegments {
 }
 
 impl BucketSegments {
-    /// `index` is loaded: its files may be read from now on.
-    fn listed(&self, index: &Index) {
+    pub(crate) fn new(src: Place) -> BucketSegments {
+        BucketSegments { src, listed: Default::default(), held: Default::default() }
+    }
+
+    /// Of `paths` (files a writer let go of), those the bucket does not
+    /// hold as its copy lists them (named as in the bucket): one listing
+    /// per folder, a few at once, not a request per file.
+    pub(crate) async fn not_held(&self, paths: &[String]) -> Result<Vec<String>, BackupError> {
+        use futures::{StreamExt, TryStreamExt};
+        let mut missing = Vec::new();
+        let mut wanted: Vec<(String, u64)> = Vec::new();
+        {
+            let listed = self.listed.lock();
+            for path in paths {
+                match listed[0].get(path).or_else(|| listed[1].get(path)) {
+                    Some(f) => wanted.push((f.stored().to_string(), f.bytes)),
+                    None => missing.push(format!("{path} (not listed by the copy)")),
+                }
+            }
+        }
+        let mut folders: Vec<&str> = wanted.iter().map(|(s, _)| s.rsplit_once('/').map_or("", |(d, _)| d)).collect();
+        folders.sort_unstable();
+        folders.dedup();
+        let held: HashMap<String, u64> = futures::stream::iter(folders)
+            .map(|folder| self.src.list_sized(folder))
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        missing.extend(
+            wanted
+                .iter()
+                .filter(|(stored, bytes)| held.get(stored) != Some(bytes))
+                .map(|(stored, _)| self.src.shown(stored)),
+        );
+        Ok(missing)
+    }
+
+    /// `index` is loaded (or pushed): its files may be read from now on.
+    pub(crate) fn listed(&self, index: &Index) {
         let files: HashMap<String, backup_store::IndexFile> =
             index.all_files().filter(|f| segment_file(&f.path)).map(|f| (f.path.clone(), f.clone())).collect();
         let mut listed = self.listed.lock();
@@ -207,6 +248,11 @@ impl tocsin_storage::SegmentSource for BucketSegments {
             self.held.lock().insert(path.to_string(), (file.bytes, file.sha256.clone()));
             Ok(fetched.unwrap_or(0))
         })
+    }
+
+    fn bytes(&self, path: &str) -> Option<u64> {
+        let listed = self.listed.lock();
+        listed[0].get(path).or_else(|| listed[1].get(path)).map(|f| f.bytes)
     }
 }
 
@@ -318,11 +364,7 @@ impl Reader {
         // Parts of fetches a stop interrupted.
         let _ = std::fs::remove_dir_all(data_dir.join(".incoming"));
         let segments = match cache {
-            true => Some(Arc::new(BucketSegments {
-                src: Place::parse(url)?,
-                listed: Default::default(),
-                held: Default::default(),
-            })),
+            true => Some(Arc::new(BucketSegments::new(Place::parse(url)?))),
             false => None,
         };
         let reader = Reader {

@@ -144,7 +144,7 @@ async fn run_restore(c: RestoreConfig) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let src = Place::parse(&c.src)?;
     let dir = &c.data_dir;
-    let report = backup_store::restore(&src, dir, true).await?;
+    let report = backup_store::restore(&src, dir, true, true).await?;
     let index = &report.index;
     println!(
         "restored {} files ({} bytes) into {} in {:.1} s: it holds every write the server acknowledged before \

@@ -1,7 +1,9 @@
-//! A reader's bounded cache of the writer's segment files (`tocsin serve
-//! --role reader` with `reader_cache_mb`): the manifest lists every segment
-//! and pack of the writer's copy, but only those a query has read lately
-//! are on the reader's disk.
+//! A bounded cache of segment files whose home is the bucket: a reader's
+//! (`tocsin serve --role reader`, `cache_mb`) holds the writer's files a
+//! query read lately; a writer's (`segments = "object-store"`) holds its
+//! own files, and lets go of those its copy in the bucket holds once they
+//! are past the bound. The manifest lists every segment and pack either
+//! way; only some are on disk.
 //!
 //! - A scan asks for the files of the segments it reads
 //!   ([`crate::Storage::ensure_local`]) before it opens them; those not on
@@ -16,6 +18,10 @@
 //!   running query never loses a file it planned to read. A query that
 //!   reads more than the bound holds keeps its files until it ends; the
 //!   next scan or refresh brings the cache back under its bound.
+//! - A writer's files are evicted only once its copy holds them
+//!   ([`SegmentCache::in_copy`], after each push): a file not yet pushed
+//!   stays, bound or not. Its retired files (compaction, retention) leave
+//!   the cache's count and are deleted by the writer's own purge.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -36,6 +42,9 @@ pub trait SegmentSource: Send + Sync {
         data_dir: &'a Path,
         path: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
+
+    /// The length of `path` in the bucket's copy, if the copy holds it.
+    fn bytes(&self, path: &str) -> Option<u64>;
 }
 
 /// What `/metrics` shows of the cache.
@@ -72,6 +81,11 @@ struct State {
     /// Files the copy stopped listing lately ([`SegmentCache::forget`]),
     /// oldest first: one a query fetches after that goes straight out.
     forgotten: std::collections::VecDeque<(String, u64)>,
+    /// A writer's: the files its copy in the bucket holds, the only ones it
+    /// may evict. `None` on a reader, whose every file is the copy's.
+    copy: Option<HashSet<String>>,
+    /// Files this cache deleted (and not fetched since): not on disk.
+    away: HashSet<String>,
     bytes: u64,
     tick: u64,
 }
@@ -93,13 +107,20 @@ pub(crate) struct SegmentCache {
 
 impl SegmentCache {
     /// A cache of at most `limit` bytes that holds `present` (files found
-    /// in the data directory at start, unchecked until read, oldest first).
-    pub(crate) fn new(source: Arc<dyn SegmentSource>, limit: u64, present: Vec<(String, u64)>) -> SegmentCache {
-        let mut state = State::default();
+    /// in the data directory at start, oldest first): a reader's are
+    /// unchecked until read; a writer's (`writer`) were checked at start,
+    /// and none is in its copy until [`SegmentCache::in_copy`] says so.
+    pub(crate) fn new(
+        source: Arc<dyn SegmentSource>,
+        limit: u64,
+        present: Vec<(String, u64)>,
+        writer: bool,
+    ) -> SegmentCache {
+        let mut state = State { copy: writer.then(HashSet::new), ..State::default() };
         for (path, bytes) in present {
             state.tick += 1;
             state.bytes += bytes;
-            state.files.insert(path, Entry { bytes, used: state.tick, checked: false });
+            state.files.insert(path, Entry { bytes, used: state.tick, checked: writer });
         }
         SegmentCache {
             source,
@@ -121,7 +142,11 @@ impl SegmentCache {
         let now = st.tick;
         let mut missing = Vec::new();
         for &path in paths {
-            if let Some(at) = st.evicted.iter().position(|(p, _, _)| p == path) {
+            // Not one the copy stopped listing: that one goes once its
+            // readers are done.
+            if let Some(at) = st.evicted.iter().position(|(p, _, _)| p == path)
+                && !st.forgotten.iter().any(|(p, _)| p == path)
+            {
                 let (p, e, _) = st.evicted.swap_remove(at);
                 st.files.insert(p, Entry { used: now, ..e });
             }
@@ -165,6 +190,7 @@ impl SegmentCache {
         if let Some(old) = st.files.insert(path.to_string(), Entry { bytes, used, checked: true }) {
             st.bytes = st.bytes.saturating_sub(old.bytes);
         }
+        st.away.remove(path);
         // Forgotten by a reload while it was fetched: it is here again.
         while let Some(at) = st.evicted.iter().position(|(p, _, _)| p == path) {
             let (_, old, _) = st.evicted.swap_remove(at);
@@ -193,9 +219,11 @@ impl SegmentCache {
         if kept <= self.limit {
             return 0;
         }
+        let copy = &st.copy;
         let mut by_age: Vec<(u64, String)> = st
             .files
             .iter()
+            .filter(|(p, _)| copy.as_ref().is_none_or(|c| c.contains(p.as_str())))
             .filter(|(p, _)| !keep.contains(p.as_str()) && !self.busy(p))
             .map(|(p, e)| (e.used, p.clone()))
             .collect();
@@ -230,6 +258,72 @@ impl SegmentCache {
         }
     }
 
+    /// A writer's: its copy in the bucket now holds `paths` (and no other
+    /// file of its): those may be evicted.
+    pub(crate) fn in_copy(&self, paths: HashSet<String>) {
+        let mut st = self.state.lock();
+        if st.copy.is_some() {
+            st.copy = Some(paths);
+        }
+    }
+
+    /// A writer's own file, found on disk by a scan (written since the
+    /// cache was made): counted from now on, unless the writer retired it.
+    pub(crate) fn own(&self, path: &str, bytes: u64) {
+        let mut st = self.state.lock();
+        if st.files.contains_key(path) || st.forgotten.iter().any(|(p, _)| p == path) {
+            return;
+        }
+        st.tick += 1;
+        let used = st.tick;
+        // Evicted meanwhile (and still counted): taken back as it is.
+        if let Some(at) = st.evicted.iter().position(|(p, _, _)| p == path) {
+            let (p, e, _) = st.evicted.swap_remove(at);
+            st.files.insert(p, Entry { used, ..e });
+            return;
+        }
+        st.away.remove(path);
+        st.files.insert(path.to_string(), Entry { bytes, used, checked: true });
+        st.bytes += bytes;
+    }
+
+    /// Of `paths`, those the cache does not count (a writer's files
+    /// written since it was made, and never read since).
+    /// Not those it deleted itself.
+    pub(crate) fn untracked<'a>(&self, paths: impl Iterator<Item = &'a String>) -> Vec<String> {
+        let st = self.state.lock();
+        let evicted: HashSet<&str> = st.evicted.iter().map(|(p, _, _)| p.as_str()).collect();
+        paths
+            .filter(|p| !st.files.contains_key(p.as_str()) && !evicted.contains(p.as_str()) && !st.away.contains(*p))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn is_writer(&self) -> bool {
+        self.state.lock().copy.is_some()
+    }
+
+    /// A writer's: `paths` were retired (a compaction or retention replaced
+    /// them); they leave the count, and the writer's purge deletes them.
+    /// One a query fetches after this goes once its readers are done.
+    pub(crate) fn release(&self, paths: &[String], epoch: u64) {
+        let mut st = self.state.lock();
+        for path in paths {
+            if let Some(e) = st.files.remove(path) {
+                st.bytes = st.bytes.saturating_sub(e.bytes);
+            }
+            while let Some(at) = st.evicted.iter().position(|(p, _, _)| p == path) {
+                let (_, e, _) = st.evicted.swap_remove(at);
+                st.bytes = st.bytes.saturating_sub(e.bytes);
+            }
+            st.away.remove(path);
+            st.forgotten.push_back((path.clone(), epoch));
+        }
+        while st.forgotten.len() > FORGOTTEN {
+            st.forgotten.pop_front();
+        }
+    }
+
     /// Deletes the evicted files no reader may still read (`oldest`: the
     /// epoch of the oldest running reader). Returns how many.
     pub(crate) fn purge(&self, data_dir: &Path, oldest: Option<u64>) -> usize {
@@ -245,6 +339,7 @@ impl SegmentCache {
                 continue;
             }
             let full = data_dir.join(path);
+            let gone = path.clone();
             match std::fs::remove_file(&full) {
                 Ok(()) => n += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -256,6 +351,9 @@ impl SegmentCache {
             }
             st.bytes = st.bytes.saturating_sub(bytes);
             st.evicted.swap_remove(i);
+            if st.copy.is_some() {
+                st.away.insert(gone);
+            }
         }
         n
     }
@@ -287,6 +385,10 @@ mod tests {
         ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>> {
             Box::pin(async { Err("no bucket".to_string()) })
         }
+
+        fn bytes(&self, _: &str) -> Option<u64> {
+            None
+        }
     }
 
     /// The least recently read go first, never those a scan holds, and an
@@ -297,7 +399,7 @@ mod tests {
         for p in ["a", "b", "c"] {
             std::fs::write(dir.path().join(p), vec![0u8; 100]).expect("file");
         }
-        let cache = SegmentCache::new(Arc::new(Nowhere), 250, vec![("a".into(), 100)]);
+        let cache = SegmentCache::new(Arc::new(Nowhere), 250, vec![("a".into(), 100)], false);
         assert_eq!(cache.touch(&["a"]), vec!["a"], "found at start: checked before use");
         cache.checked("a", 100, 0);
         cache.checked("b", 100, 100);
@@ -338,7 +440,7 @@ mod tests {
         for p in ["old", "new"] {
             std::fs::write(dir.path().join(p), vec![0u8; 100]).expect("file");
         }
-        let cache = SegmentCache::new(Arc::new(Nowhere), 50, vec![("old".into(), 100)]);
+        let cache = SegmentCache::new(Arc::new(Nowhere), 50, vec![("old".into(), 100)], false);
         assert_eq!(cache.touch(&["old"]), vec!["old"]);
         let lock = cache.fetch_lock("old");
         let held = lock.lock().await;
@@ -371,5 +473,39 @@ mod tests {
         assert!(!cache.is_checked("late"));
         assert_eq!(cache.purge(dir.path(), None), 1);
         assert!(!dir.path().join("late").exists());
+    }
+
+    /// A writer's file evicted while a scan was about to count it is taken
+    /// back once, not counted twice; one it retired and a query fetched
+    /// again is not taken back by the next query, and goes with its readers.
+    #[test]
+    fn a_writers_files_count_once_through_eviction_and_retirement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for p in ["x", "y"] {
+            std::fs::write(dir.path().join(p), vec![0u8; 100]).expect("file");
+        }
+        let cache = SegmentCache::new(Arc::new(Nowhere), 50, Vec::new(), true);
+        cache.own("x", 100);
+        assert_eq!(cache.evict(&HashSet::new(), 1), 0, "not in the copy yet");
+        cache.in_copy(["x".to_string()].into());
+        assert_eq!(cache.evict(&HashSet::new(), 1), 1);
+        cache.own("x", 100);
+        let s = cache.stats();
+        assert_eq!((s.bytes, s.files), (100, 1), "{s:?}");
+        assert!(cache.is_checked("x"));
+        assert_eq!(cache.purge(dir.path(), None), 0, "taken back: not deleted");
+        assert!(dir.path().join("x").exists());
+
+        // Retired, then fetched again by a query planned before.
+        cache.own("y", 100);
+        cache.release(&["y".to_string()], 5);
+        assert_eq!(cache.stats().bytes, 100, "y left the count");
+        cache.checked("y", 100, 100);
+        assert_eq!(cache.touch(&["y"]), vec!["y"], "not taken back");
+        assert_eq!(cache.stats().bytes, 200, "counted once until deleted");
+        assert_eq!(cache.purge(dir.path(), None), 1);
+        assert!(!dir.path().join("y").exists());
+        assert_eq!(cache.stats().bytes, 100);
+        assert!(cache.untracked(["y".to_string()].iter()).is_empty(), "deleted by the cache: known to be away");
     }
 }

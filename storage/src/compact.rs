@@ -55,6 +55,10 @@ pub struct CompactionStats {
     pub repacked: usize,
     /// Segments rewritten without the rows a deletion removed.
     pub purged: usize,
+    /// Merges (or rewrites) left as they were because they failed: their
+    /// inputs could not be read or fetched, or the output not written (the
+    /// log says why); a later round tries again.
+    pub failed: usize,
 }
 
 /// The merges due now among one table's `segments`: each a list of inputs

@@ -123,6 +123,8 @@ impl Classify for crate::StorageError {
             | Io { .. }
             | ManifestMissing { .. }
             | SegmentUnreadable { .. }
+            | SegmentNotInCopy { .. }
+            | SegmentsInBucket { .. }
             | SegmentMismatch { .. }
             | Locked { .. }
             | RestoreIncomplete { .. }

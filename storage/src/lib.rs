@@ -75,6 +75,11 @@ pub use manifest::SegmentMeta;
 /// Written first into a data directory that `tocsin restore` fills and
 /// removed last: the server will not start on a restore that did not finish.
 pub const RESTORE_MARKER: &str = "RESTORE-INCOMPLETE";
+/// Written into the data directory of a writer of `segments =
+/// "object-store"`: segment files the manifest lists may be only in the
+/// bucket, so a start without that setting, and `tocsin repair`, refuse
+/// while any is missing (they would drop them).
+pub const SEGMENTS_IN_BUCKET_MARKER: &str = "segments-in-bucket";
 pub use metrics::StorageMetrics;
 pub use schema::{ColumnKind, FieldType, TIME_COLUMN, TableSchema};
 pub use wal::FsyncPolicy;

@@ -34,8 +34,10 @@ pub(crate) enum Mode {
     Reader,
 }
 
-/// `fetching`: a reader whose segment files are fetched as scans read them
-/// (`crate::cache`); they are checked then, not here.
+/// `fetching`: segment files come from the bucket as scans read them
+/// (`crate::cache`). A reader's are checked then, not here; a writer's
+/// present files are checked here, and those it let go of are not looked
+/// for (the caller makes sure its copy holds them).
 pub(crate) fn open(
     mut config: StorageConfig,
     clock: Arc<dyn Clock>,
@@ -95,7 +97,25 @@ pub(crate) fn open(
             m
         }
     };
-    let checked = if fetching { listed_paths(&manifest) } else { Default::default() };
+    let marker = dir.join(crate::SEGMENTS_IN_BUCKET_MARKER);
+    if !fetching && mode == Mode::Writer && marker.exists() {
+        let absent = absent_paths(&dir, &manifest);
+        if let Some(example) = absent.iter().min() {
+            return Err(StorageError::SegmentsInBucket {
+                data_dir: dir.clone(),
+                marker: crate::SEGMENTS_IN_BUCKET_MARKER.into(),
+                count: absent.len(),
+                example: example.clone(),
+            });
+        }
+        // Every file is here again: an ordinary data directory.
+        fs::remove_file(&marker).map_err(io(&marker))?;
+    }
+    let checked = match (fetching, mode) {
+        (false, _) => Default::default(),
+        (true, Mode::Reader) => listed_paths(&manifest),
+        (true, Mode::Writer) => absent_paths(&dir, &manifest),
+    };
     let mut changed = verify_segments(&dir, &mut manifest, &metrics, mode, &checked)?;
     // New ids come after every id listed or in a file name: a segment
     // written under a taken id would replace that file.
@@ -278,6 +298,14 @@ pub(crate) fn verify_segments(
         }
     }
     Ok(changed)
+}
+
+/// The files `manifest` lists that are not in `dir` (a writer whose
+/// segments live in the bucket let go of them).
+pub(crate) fn absent_paths(dir: &Path, manifest: &Manifest) -> std::collections::HashSet<String> {
+    let mut absent = listed_paths(manifest);
+    absent.retain(|p| matches!(fs::symlink_metadata(dir.join(p)), Err(e) if e.kind() == std::io::ErrorKind::NotFound));
+    absent
 }
 
 /// The files `manifest` lists, as it names them.

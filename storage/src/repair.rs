@@ -24,6 +24,13 @@ use crate::segment::{ORIGIN_KEY, STORED_AS_KEY, SegmentCheckError, SegmentOrigin
 pub enum RepairError {
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "data directory {path} keeps its segment files in the bucket (segments = \"object-store\") and {count} the \
+         manifest lists are only there (e.g. {example}): a repair would drop them. Start the server with \
+         segments = \"object-store\" and its --object-store instead, or make a whole copy with `tocsin backup` and \
+         `tocsin restore` and repair that"
+    )]
+    SegmentsInBucket { path: PathBuf, count: usize, example: PathBuf },
     #[error("data directory {path} is in use by a running tocsin (lock file {lock} is held); stop it first")]
     Locked { path: PathBuf, lock: PathBuf },
     #[error(
@@ -97,6 +104,15 @@ pub fn repair(data_dir: &Path, partition_ns: i64) -> Result<RepairReport, Repair
                 }
             }
         }
+    }
+    if data_dir.join(crate::SEGMENTS_IN_BUCKET_MARKER).exists()
+        && let Some(example) = report.missing.first()
+    {
+        return Err(RepairError::SegmentsInBucket {
+            path: data_dir.to_path_buf(),
+            count: report.missing.len(),
+            example: example.clone(),
+        });
     }
 
     let mut found = Vec::new();

@@ -44,6 +44,8 @@ python3 tests/interop/test_elasticsearch_bulk.py
 python3 tests/interop/test_backup_s3_moto.py
 # A primary and standbys on that copy, leadership through a lease in etcd.
 python3 tests/interop/test_ha_etcd.py
+# The same lease in an etcd that speaks only TLS and asks for client certificates.
+python3 tests/interop/test_ha_etcd_tls.py
 # The Grafana data source plugin: lint, types, jest against live servers, build.
 case "$BIN" in /*) abs_bin="$BIN" ;; *) abs_bin="$(pwd)/$BIN" ;; esac
 TOCSIN_BIN="$abs_bin" bash grafana-plugin/ci.sh

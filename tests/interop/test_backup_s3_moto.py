@@ -5,7 +5,9 @@ through the standard AWS environment variables, as an operator would.
 Checks: the objects in the bucket are exactly the index's files with the
 listed sizes; a second backup reuses the unchanged segments and removes the
 objects no longer listed; the restored data directory answers as the live
-server; a damaged object stops the restore, naming it."""
+server; a damaged object stops the restore, naming it. Then a server's own
+copy, readers of it, and a writer whose segments live in the bucket
+(`segments = "object-store"`)."""
 
 import json
 import os
@@ -245,6 +247,62 @@ def reader_scenario(work, env, servers):
         assert e.code == 403 and b"reader" in e.read()
 
 
+def segment_bytes(data):
+    total = 0
+    for sub in ("segments", "packs"):
+        for root, _, files in os.walk(os.path.join(data, sub)):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith(".parquet"))
+    return total
+
+
+def segments_scenario(work, env, servers):
+    """A writer whose segments live in the bucket (`segments =
+    "object-store"`, a cache of 1 MiB): past its pushes it keeps at most
+    its cache of them, answers the same from S3, restarts on its directory
+    (the bucket's listing says the files are there), and a server started
+    from the copy on an empty directory fetches no segment until read."""
+    url = f"s3://{BUCKET}/segments/site-a"
+    cfg = os.path.join(work, "segments.toml")
+    with open(cfg, "w") as f:
+        f.write('[storage]\nobject_store_interval = "1s"\nsegments = "object-store"\ncache_mb = 1\n')
+
+    def start(name):
+        log = open(os.path.join(work, f"{name}.log"), "w")
+        data = os.path.join(work, name)
+        p = subprocess.Popen([BIN, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0", "--http-addr",
+                              "127.0.0.1:0", "--object-store", url, "--config", cfg], stdout=subprocess.PIPE,
+                             stderr=log, text=True, env=env)
+        servers.append(p)
+        return listening((p, data, log.name))
+
+    p, http, data, log = start("seg-writer")
+    write_big(http)
+    for hour in range(3):
+        write_hour(http, hour)
+        post(http, "/api/v1/admin/persist")
+    live = [sql(http, q) for q in QUERIES]
+    total = metric(http, "tocsin_segment_bytes")
+    assert total > 8 << 20, total
+    wait_for("the files past the cache leave the writer's disk", lambda: segment_bytes(data) <= 1 << 20, 30)
+    assert [sql(http, q) for q in QUERIES] == live, "answers from the bucket differ"
+    assert metric(http, "tocsin_segment_cache_fetches_total") >= 1, open(log).read()
+    p.terminate()
+    assert p.wait(30) == 0, open(log).read()
+
+    p, http, data, log = start("seg-writer")
+    assert [sql(http, q) for q in QUERIES] == live, "answers after a restart differ"
+    p.terminate()
+    assert p.wait(30) == 0, open(log).read()
+
+    p, http, data2, log = start("seg-new-machine")
+    assert segment_bytes(data2) == 0, "a start from the copy fetched segment files"
+    assert [sql(http, q) for q in QUERIES] == live, "answers of a server started from the copy differ"
+    p.terminate()
+    p.wait(30)
+    print(f"segments in the bucket (moto): ok: {int(total)} bytes of segments, at most 1 MiB of them on the "
+          "writer's disk past its pushes; same answers after a restart and from a start on an empty directory")
+
+
 def main():
     work = tempfile.mkdtemp(prefix="tocsin-s3-")
     port = free_port()
@@ -311,6 +369,7 @@ def main():
         mirror_scenario(work, env, servers)
         takeover_race_scenario(work, env, servers)
         reader_scenario(work, env, servers)
+        segments_scenario(work, env, servers)
 
         # Wrong credentials: a clear error, nothing written.
         wrong = dict(env, AWS_SECRET_ACCESS_KEY="nope")

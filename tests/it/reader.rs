@@ -676,7 +676,7 @@ async fn a_reader_keeps_at_most_its_cache_of_segment_files() {
     const DAYS: i64 = 8;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("reader.toml");
-    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1s\"\nreader_cache_mb = 1\n").expect("config");
+    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1s\"\ncache_mb = 1\n").expect("config");
     let bucket = format!("file://{}", dir.path().join("bucket").display());
     let writer =
         TestServer::start_in(&dir.path().join("w"), &["--config", &config(dir.path()), "--object-store", &bucket]);
@@ -709,14 +709,14 @@ async fn a_reader_keeps_at_most_its_cache_of_segment_files() {
     // (at the next refresh).
     let held = within_bound(&rdir, 1 << 20).await;
     assert!(held > 0, "it keeps what it read last");
-    let fetched = reader.metric("tocsin_reader_cache_fetches_total").await;
+    let fetched = reader.metric("tocsin_segment_cache_fetches_total").await;
     assert!(fetched >= DAYS as f64, "every day's file was fetched: {fetched}");
-    assert!(reader.metric("tocsin_reader_cache_evictions_total").await >= 1.0);
-    assert!(reader.metric("tocsin_reader_cache_bytes").await <= (1 << 20) as f64);
-    assert_eq!(reader.metric("tocsin_reader_cache_limit_bytes").await, (1 << 20) as f64);
+    assert!(reader.metric("tocsin_segment_cache_evictions_total").await >= 1.0);
+    assert!(reader.metric("tocsin_segment_cache_bytes").await <= (1 << 20) as f64);
+    assert_eq!(reader.metric("tocsin_segment_cache_limit_bytes").await, (1 << 20) as f64);
     // The first day's file was evicted: read again, it is fetched again.
     assert_eq!(reader.sql(&day(0)).await, writer.sql(&day(0)).await);
-    assert!(reader.metric("tocsin_reader_cache_fetches_total").await > fetched);
+    assert!(reader.metric("tocsin_segment_cache_fetches_total").await > fetched);
     assert_eq!(reader.metric("tocsin_reader_refresh_failures_total").await, 0.0, "{}", reader.log_text());
 
     // Restarted, it answers from the files it kept and those it fetches.
@@ -783,7 +783,7 @@ async fn a_reader_on_an_earlier_copy_still_fetches_its_files() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cfg = dir.path().join("slow.toml");
-    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1h\"\nreader_cache_mb = 64\n").expect("config");
+    std::fs::write(&cfg, "[storage]\nobject_store_interval = \"1h\"\ncache_mb = 64\n").expect("config");
     let reader = TestServer::start_in(
         &dir.path().join("r"),
         &["--config", cfg.to_str().expect("utf-8"), "--object-store", &bucket, "--role", "reader"],
@@ -791,7 +791,7 @@ async fn a_reader_on_an_earlier_copy_still_fetches_its_files() {
     let before = writer.sql(whole).await;
     assert_eq!(before.len(), 12, "{before:?}");
     // It has read no file yet.
-    assert_eq!(reader.metric("tocsin_reader_cache_fetches_total").await, 0.0);
+    assert_eq!(reader.metric("tocsin_segment_cache_fetches_total").await, 0.0);
 
     let merged = writer.compact_full().await;
     assert!(merged["merges"].as_u64().unwrap_or(0) >= 1, "a merge ran: {merged}");
@@ -807,5 +807,180 @@ async fn a_reader_on_an_earlier_copy_still_fetches_its_files() {
     // Only now does the reader read the files of the copy it loaded.
     assert_eq!(reader.sql(whole).await, before, "{}", reader.log_text());
     assert_eq!(writer.sql(whole).await, before);
-    assert!(reader.metric("tocsin_reader_cache_fetches_total").await >= 3.0);
+    assert!(reader.metric("tocsin_segment_cache_fetches_total").await >= 3.0);
+}
+
+/// For a writer in `dir/w` with its segments in the bucket `dir/bucket`
+/// (a cache of 1 MiB, pushes every second, no background merges, replaced
+/// files kept for `grace`): its config file and the bucket's URL.
+fn segments_in_bucket(dir: &Path, grace: &str) -> (String, String) {
+    let cfg = dir.join("writer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\nobject_store_interval = \"1s\"\nsegments = \"object-store\"\ncache_mb = 1\n\n\
+             [compaction]\nenabled = false\ngrace = \"{grace}\"\n"
+        ),
+    )
+    .expect("config");
+    (cfg.to_str().expect("utf-8").to_string(), format!("file://{}", dir.join("bucket").display()))
+}
+
+/// A writer of `segments = "object-store"` keeps at most its cache of the
+/// segment files its copy holds: it answers from the bucket for the
+/// others, merges them, backs them up, and a server started from the copy
+/// on an empty data directory fetches none of them until read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_with_its_segments_in_the_bucket_keeps_at_most_its_cache() {
+    const DAYS: i64 = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, bucket) = segments_in_bucket(dir.path(), "0s");
+    let wdir = dir.path().join("w");
+    let mut writer = TestServer::start_in(&wdir, &["--config", &cfg, "--object-store", &bucket]);
+    let whole = "SELECT host, count(*) AS n, min(v) AS lo, max(v) AS hi FROM cpu GROUP BY host ORDER BY host";
+    let day = |d: i64| {
+        format!(
+            "SELECT count(*) AS n, min(v) AS lo, max(v) AS hi FROM cpu WHERE ts >= to_timestamp_nanos({}) AND ts < \
+             to_timestamp_nanos({})",
+            T0 + d * DAY,
+            T0 + (d + 1) * DAY
+        )
+    };
+    write_days(&writer, DAYS, 0).await;
+    writer.persist().await;
+    // Answers while every file is on disk.
+    let want = writer.sql(whole).await;
+    assert_eq!(want.len(), 4);
+    assert!(want.iter().all(|r| r["n"] == 15_000 * DAYS), "{want:?}");
+    let mut days = Vec::new();
+    for d in 0..DAYS {
+        days.push(writer.sql(&day(d)).await);
+    }
+    let data = writer.metric("tocsin_segment_bytes").await;
+    assert!(data > (3 << 20) as f64, "the data ({data} bytes) is larger than the cache");
+
+    // Once pushed, the files past the bound leave the disk; every answer
+    // stays the same.
+    within_bound(&wdir, 1 << 20).await;
+    assert!(writer.metric("tocsin_segment_cache_evictions_total").await >= 1.0, "{}", writer.log_text());
+    assert_eq!(writer.sql(whole).await, want);
+    for (d, answer) in days.iter().enumerate() {
+        assert_eq!(&writer.sql(&day(d as i64)).await, answer, "day {d}");
+    }
+    assert!(writer.metric("tocsin_segment_cache_fetches_total").await >= DAYS as f64);
+    assert_eq!(writer.metric("tocsin_segment_cache_limit_bytes").await, (1 << 20) as f64);
+    within_bound(&wdir, 1 << 20).await;
+
+    // New rows on the same days: a full compaction merges the files the
+    // writer let go of with the new ones.
+    write_days(&writer, DAYS, 4).await;
+    writer.persist().await;
+    let both = writer.sql(whole).await;
+    assert_eq!(both.len(), 8);
+    assert_eq!(&both[..4], &want[..], "hosts h0..h3 sort first");
+    let fetched = writer.metric("tocsin_segment_cache_fetches_total").await;
+    within_bound(&wdir, 1 << 20).await;
+    let merged = writer.compact_full().await;
+    assert!(merged["merges"].as_u64().is_some_and(|m| m >= 1), "{merged}");
+    assert!(writer.metric("tocsin_segment_cache_fetches_total").await > fetched, "merge inputs came from the bucket");
+    assert_eq!(writer.sql(whole).await, both);
+    within_bound(&wdir, 1 << 20).await;
+
+    // `tocsin backup` copies every file, those in the bucket too.
+    let dest = dir.path().join("backup");
+    let out = Command::new(BIN)
+        .args(["backup", dest.to_str().expect("utf-8"), "--http-addr", &writer.http.to_string()])
+        .env_remove("TOCSIN_TOKEN")
+        .output()
+        .expect("backup");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let restored = dir.path().join("restored");
+    let out = Command::new(BIN)
+        .args(["restore", dest.to_str().expect("utf-8"), "--data-dir", restored.to_str().expect("utf-8")])
+        .output()
+        .expect("restore");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(segment_bytes(&restored) > 3 << 20, "the backup holds the whole data");
+    {
+        let plain = TestServer::start_in(&restored, &[]);
+        assert_eq!(plain.sql(whole).await, both);
+    }
+
+    // Stopped, then started from the copy on an empty data directory: no
+    // segment file comes with the start, the answers come from the bucket.
+    assert!(writer.terminate().success());
+    drop(writer);
+    // Its own directory does not start without the setting (it would miss
+    // the files only the bucket has), and a repair would drop them.
+    let err = TestServer::refused_start_with(&wdir, &["--object-store", &bucket]);
+    assert!(err.contains("keeps its segment files in the bucket") && err.contains("tocsin restore"), "{err}");
+    let out = Command::new(BIN).args(["repair", "--data-dir", wdir.to_str().expect("utf-8")]).output().expect("repair");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("a repair would drop them"), "{said}");
+    let w2 = dir.path().join("w2");
+    let next = TestServer::start_in(&w2, &["--config", &cfg, "--object-store", &bucket]);
+    assert_eq!(segment_bytes(&w2), 0, "a start from the copy fetches no segment file");
+    assert_eq!(next.sql(whole).await, both);
+    within_bound(&w2, 1 << 20).await;
+}
+
+/// A file the writer let go of that the bucket then lost (removed by hand)
+/// cannot be sent again: pushes go on with the rest and say so, the query
+/// that needs it and the merge that would read it fail naming it, and a
+/// restart is refused until it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_bucket_lost_a_file_it_let_go_of_says_so_and_goes_on() {
+    const DAYS: i64 = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, bucket) = segments_in_bucket(dir.path(), "10m");
+    let bucket_dir = dir.path().join("bucket");
+    let wdir = dir.path().join("w");
+    let mut writer = TestServer::start_in(&wdir, &["--config", &cfg, "--object-store", &bucket]);
+    write_days(&writer, DAYS, 0).await;
+    writer.persist().await;
+    let whole = "SELECT host, count(*) AS n, min(v) AS lo, max(v) AS hi FROM cpu GROUP BY host ORDER BY host";
+    let want = writer.sql(whole).await;
+    within_bound(&wdir, 1 << 20).await;
+
+    // A file of the copy that is not on the writer's disk goes from the bucket.
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(bucket_dir.join("backup.json")).expect("index")).expect("json");
+    let (path, stored) = index["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| {
+            Some((f["path"].as_str()?.to_string(), f["stored"].as_str().or(f["path"].as_str())?.to_string()))
+        })
+        .find(|(p, _)| p.ends_with(".parquet") && !wdir.join(p).exists())
+        .expect("a file the writer let go of");
+    let aside = dir.path().join("aside.parquet");
+    std::fs::rename(bucket_dir.join(&stored), &aside).expect("move aside");
+
+    // Pushes go on, and say what is lost.
+    let pushes = writer.metric("tocsin_object_store_pushes_total").await;
+    writer.metric_until("tocsin_object_store_lost_files", 1.0).await;
+    writer.metric_until("tocsin_object_store_pushes_total", pushes + 2.0).await;
+    assert!(writer.log_text().contains("gone from the bucket"), "{}", writer.log_text());
+    let (status, body) = writer.sql_raw(whole).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains(&path) && body.to_string().contains("could not be fetched"), "{body}");
+    // A merge that would read it is left as it was, and says so.
+    write_days(&writer, DAYS, 4).await;
+    writer.persist().await;
+    let merged = writer.compact_full().await;
+    assert!(merged["failed"].as_u64().is_some_and(|n| n >= 1), "{merged}");
+
+    // Restarted on its data directory: refused, naming the file, until it
+    // is back in the bucket.
+    writer.kill9();
+    drop(writer);
+    let err = TestServer::refused_start_with(&wdir, &["--config", &cfg, "--object-store", &bucket]);
+    assert!(err.contains("not in the bucket") && err.contains(&stored), "{err}");
+    std::fs::rename(&aside, bucket_dir.join(&stored)).expect("put back");
+    let writer = TestServer::start_in(&wdir, &["--config", &cfg, "--object-store", &bucket]);
+    let now = writer.sql(whole).await;
+    assert_eq!(&now[..4], &want[..], "{now:?}");
+    writer.metric_until("tocsin_object_store_pushes_total", 1.0).await;
+    assert_eq!(writer.metric("tocsin_object_store_lost_files").await, 0.0);
 }

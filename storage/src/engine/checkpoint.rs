@@ -31,6 +31,10 @@ pub struct Checkpoint {
     /// the checkpoint started is in it, an earlier one, or a segment.
     pub wal_closed: u64,
     pub segments: usize,
+    /// Segment files of the image a writer of `segments = "object-store"`
+    /// let go of (its copy in the bucket holds them), with their lengths:
+    /// not linked into the directory.
+    pub away: Vec<(PathBuf, u64)>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -56,7 +60,10 @@ impl Storage {
         let wal_persisted_upto = self.wal_persisted_upto.load(Ordering::Acquire);
         let data_dir = self.config.data_dir.clone();
         let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || link_image(&data_dir, &dest, wal_persisted_upto, wal_closed))
+        // A file let go of is in the copy: the image lists it with the
+        // copy's length.
+        let away = self.cache.get().map(|c| std::sync::Arc::clone(&c.source));
+        tokio::task::spawn_blocking(move || link_image(&data_dir, &dest, wal_persisted_upto, wal_closed, away))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?
     }
@@ -67,6 +74,7 @@ fn link_image(
     dest: &Path,
     wal_persisted_upto: u64,
     wal_closed: u64,
+    away: Option<std::sync::Arc<dyn crate::cache::SegmentSource>>,
 ) -> Result<Checkpoint, StorageError> {
     fs::create_dir(dest).map_err(io(dest))?;
     // The manifest on disk is the last one saved, and none is being written.
@@ -82,9 +90,19 @@ fn link_image(
         .map(|s| s.path.as_str())
         .collect();
     let segments = manifest.databases.values().flat_map(|t| t.values()).map(|e| e.segments.len()).sum();
+    let mut gone = Vec::new();
     for rel in paths {
-        link(data_dir, dest, Path::new(rel))?;
-        files.push(PathBuf::from(rel));
+        match link(data_dir, dest, Path::new(rel)) {
+            Ok(()) => files.push(PathBuf::from(rel)),
+            Err(e) => {
+                let missing =
+                    matches!(&e, StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+                match away.as_ref().and_then(|a| a.bytes(rel)).filter(|_| missing) {
+                    Some(bytes) => gone.push((PathBuf::from(rel), bytes)),
+                    None => return Err(e),
+                }
+            }
+        }
     }
     let wal_dir = data_dir.join("wal");
     let wal_files = wal::list_files(&wal_dir).map_err(io(&wal_dir))?;
@@ -97,7 +115,7 @@ fn link_image(
     }
     manifest.save(dest)?;
     files.push(PathBuf::from(MANIFEST_FILE));
-    Ok(Checkpoint { files, wal_persisted_upto, wal_closed, segments })
+    Ok(Checkpoint { files, wal_persisted_upto, wal_closed, segments, away: gone })
 }
 
 /// Hard-links `data_dir/rel` to `dest/rel`, creating `dest`'s folders.

@@ -77,6 +77,8 @@ impl Storage {
             return Ok(Deleted::default());
         }
         let data_dir = self.config.data_dir.clone();
+        let _reading = self.reader();
+        self.ensure_local(db, table, &covered.iter().map(|s| &**s).collect::<Vec<_>>()).await?;
         let counted = {
             let (covered, deletion) = (covered.clone(), deletion.clone());
             tokio::task::spawn_blocking(move || -> Result<(u64, usize), StorageError> {

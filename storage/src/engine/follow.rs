@@ -102,7 +102,7 @@ impl Storage {
             })
             .collect();
         present.sort();
-        let cache = SegmentCache::new(source, limit, present.into_iter().map(|(_, p, b)| (p, b)).collect());
+        let cache = SegmentCache::new(source, limit, present.into_iter().map(|(_, p, b)| (p, b)).collect(), false);
         if storage.cache.set(cache).is_err() {
             return Err(StorageError::Task("the segment cache was set twice".into()));
         }
@@ -111,7 +111,7 @@ impl Storage {
     }
 
     /// Brings the files of `segments` (of `db.table`, from one snapshot)
-    /// onto a fetching reader's disk before a scan opens them (see
+    /// onto the disk of a fetching reader or writer before a scan opens them (see
     /// [`crate::cache`]); does nothing on other storages. Hold a
     /// [`Storage::reader`] guard from before the snapshot until the files
     /// are read: files evicted meanwhile stay until it is dropped.
@@ -128,9 +128,19 @@ impl Storage {
             if cache.is_checked(&path) {
                 return Ok(());
             }
+            // A writer's own file, written since the cache was made (counted
+            // unless retired: the writer's purge deletes those).
+            if cache.is_writer()
+                && let Ok(m) = std::fs::metadata(dir.join(&path))
+            {
+                if !self.retired.lock().iter().any(|(p, _, _)| *p == path) {
+                    cache.own(&path, m.len());
+                }
+                return Ok(());
+            }
             let fetch_error = |reason: String| StorageError::SegmentFetch {
                 path: path.clone(),
-                table: format!("{db}.{table}"),
+                of: format!("of table {db}.{table}"),
                 reason,
             };
             let fetched = cache.source.fetch(dir, &path).await.map_err(fetch_error)?;
@@ -138,12 +148,7 @@ impl Storage {
             let mismatch = |reason: String| {
                 // The bucket's file and its manifest disagree: not kept.
                 let _ = std::fs::remove_file(&full);
-                StorageError::SegmentMismatch {
-                    path: full.clone(),
-                    table: format!("{db}.{table}"),
-                    data_dir: dir.clone(),
-                    reason: format!("the writer's copy: {reason}"),
-                }
+                fetch_error(format!("the copy's file is not what the manifest lists: {reason}"))
             };
             let (rows, origin) = footer_facts(&full).map_err(|e| mismatch(e.to_string()))?;
             for seg in segments.iter().filter(|s| s.path == path) {
@@ -175,7 +180,37 @@ impl Storage {
         cache.purge(&self.config.data_dir, oldest);
     }
 
-    /// A fetching reader's cache, as `/metrics` shows it.
+    /// A writer of `segments = "object-store"`: fetches `path`, a segment
+    /// file its copy holds, into `dir` (a backup image), checked against
+    /// the copy; returns the bytes fetched.
+    pub async fn fetch_copy(&self, dir: &std::path::Path, path: &str) -> Result<u64, StorageError> {
+        let Some(cache) = self.cache.get() else {
+            return Err(StorageError::Task(format!("{path} is not on disk, and this storage fetches nothing")));
+        };
+        cache.source.fetch(dir, path).await.map_err(|reason| StorageError::SegmentFetch {
+            path: path.to_string(),
+            of: "for a backup".into(),
+            reason,
+        })
+    }
+
+    /// The segment and pack files the manifest lists that are not on disk
+    /// (a writer of `segments = "object-store"` let go of them).
+    pub fn absent_segment_files(&self) -> Vec<String> {
+        let st = self.state.read();
+        let mut paths: Vec<String> =
+            st.dbs.values().flat_map(|d| d.values()).flat_map(|t| t.segments.iter().map(|s| s.path.clone())).collect();
+        drop(st);
+        paths.sort_unstable();
+        paths.dedup();
+        let dir = &self.config.data_dir;
+        paths.retain(
+            |p| matches!(std::fs::symlink_metadata(dir.join(p)), Err(e) if e.kind() == std::io::ErrorKind::NotFound),
+        );
+        paths
+    }
+
+    /// A fetching reader's or writer's cache, as `/metrics` shows it.
     pub fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
         self.cache.get().map(|c| c.stats())
     }
@@ -218,13 +253,8 @@ impl Storage {
         })
         .await
         .map_err(|e| StorageError::Task(e.to_string()))??;
-        let listed: HashSet<&str> = manifest
-            .databases
-            .values()
-            .flat_map(|t| t.values())
-            .flat_map(|e| e.segments.iter().map(|s| s.path.as_str()))
-            .collect();
-        let retired: Vec<String> = known.into_iter().filter(|p| !listed.contains(p.as_str())).collect();
+        let listed = recovery::listed_paths(&manifest);
+        let retired: Vec<String> = known.into_iter().filter(|p| !listed.contains(p)).collect();
         let reloaded = Reloaded { segments: listed.len(), buffered_rows: replayed, retired: retired.len() };
         *self.state.write() = state;
         self.wal_persisted_upto.store(manifest.wal_persisted_upto, Ordering::Release);

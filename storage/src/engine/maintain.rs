@@ -154,6 +154,15 @@ impl Storage {
                 ..Default::default()
             };
             let dedupe = super::keeps_last_write(self.config.deduplicate, &db, events);
+            // Inputs a writer of `segments = "object-store"` let go of come
+            // back from the bucket first (kept while this job reads them).
+            let _reading = self.reader();
+            let refs: Vec<&SegmentMeta> = inputs.iter().map(|s| &**s).collect();
+            if let Err(e) = self.ensure_local(&db, &table, &refs).await {
+                tracing::error!("compacting {} segments of {db}.{table} waits: {e}", inputs.len());
+                stats.failed += 1;
+                continue;
+            }
             let (inputs2, schema2, origin2) = (inputs.clone(), schema.clone(), origin.clone());
             let prepared = tokio::task::spawn_blocking(move || {
                 let mut batches = Vec::new();
@@ -197,6 +206,7 @@ impl Storage {
                         "compacting {} segments of {db}.{table} failed, they stay as they are: {e}",
                         inputs.len()
                     );
+                    stats.failed += 1;
                     continue;
                 }
             };
@@ -259,6 +269,7 @@ impl Storage {
                         "compacting {} segments of {db}.{table} failed, they stay as they are: {e}",
                         inputs.len()
                     );
+                    stats.failed += 1;
                     continue;
                 }
             };
@@ -315,6 +326,7 @@ impl Storage {
                         "compacting {} small tables of database {db} into packs failed, they stay as they are: {e}",
                         merges.len()
                     );
+                    stats.failed += merges.len();
                     continue;
                 }
             };
@@ -550,6 +562,9 @@ impl Storage {
             r.epoch += 1;
             r.epoch - 1
         };
+        if let Some(cache) = self.cache.get() {
+            cache.release(&retired, epoch);
+        }
         self.retired.lock().extend(retired.into_iter().map(|p| (p, now, epoch)));
         Ok(())
     }

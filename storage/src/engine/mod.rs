@@ -76,8 +76,22 @@ pub enum StorageError {
          `tocsin repair --data-dir {data_dir}` to rebuild the manifest from the files' own metadata"
     )]
     SegmentMismatch { path: PathBuf, table: String, data_dir: PathBuf, reason: String },
-    #[error("segment file {path} of table {table} could not be fetched from the writer's copy: {reason}")]
-    SegmentFetch { path: String, table: String, reason: String },
+    #[error("segment file {path} {of} could not be fetched from the copy in the bucket: {reason}")]
+    SegmentFetch { path: String, of: String, reason: String },
+    #[error(
+        "segment {path} of table {table} is listed in the manifest of {data_dir} but neither on disk nor in the \
+         copy in the bucket (segments = \"object-store\" lets go of a file only once the copy holds it). Check \
+         --object-store (a wrong bucket or prefix?); if the copy lost it, put it back from a backup, or start from \
+         a data directory `tocsin restore` made from one"
+    )]
+    SegmentNotInCopy { path: PathBuf, table: String, data_dir: PathBuf },
+    #[error(
+        "data directory {data_dir} keeps its segment files in the bucket (segments = \"object-store\", see its file \
+         {marker}) and {count} of them are only there (e.g. {example}): start it with segments = \"object-store\" \
+         and its --object-store again. To keep every segment on local disk again, make a whole copy with `tocsin \
+         backup DEST` and `tocsin restore DEST --data-dir NEW`, and start NEW with segments = \"local\""
+    )]
+    SegmentsInBucket { data_dir: PathBuf, marker: String, count: usize, example: String },
     #[error(
         "data directory {path} is a restore that did not finish ({marker} is there): some files may be missing \
          or partly written. Remove the directory and run `tocsin restore` again"
@@ -476,6 +490,99 @@ impl Storage {
         tokio::task::spawn_blocking(move || crate::recovery::open(config, clock, crate::recovery::Mode::Writer, false))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    /// Opens a writer whose segment files live in the bucket once its copy
+    /// holds them (`segments = "object-store"`): at most `limit` bytes of
+    /// those are kept on disk, the others come from `source` when read
+    /// (see [`crate::cache`]). A file the manifest lists that is neither on
+    /// disk nor in `source`'s copy refuses the start, naming it.
+    pub async fn open_fetching(
+        config: StorageConfig,
+        source: Arc<dyn crate::cache::SegmentSource>,
+        limit: u64,
+    ) -> Result<Arc<Storage>, StorageError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let storage = tokio::task::spawn_blocking(move || {
+            crate::recovery::open(config, clock, crate::recovery::Mode::Writer, true)
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
+        let dir = storage.config.data_dir.clone();
+        let listed: Vec<(String, String)> = {
+            let st = storage.state.read();
+            let mut v: Vec<(String, String)> = st
+                .dbs
+                .iter()
+                .flat_map(|(db, t)| t.iter().map(move |(name, t)| (db, name, t)))
+                .flat_map(|(db, name, t)| t.segments.iter().map(move |s| (s.path.clone(), format!("{db}.{name}"))))
+                .collect();
+            v.sort();
+            v.dedup_by(|a, b| a.0 == b.0);
+            v
+        };
+        // Parts of fetches a crash interrupted.
+        let _ = std::fs::remove_dir_all(dir.join(".incoming"));
+        let marker = dir.join(crate::SEGMENTS_IN_BUCKET_MARKER);
+        if !marker.exists() {
+            crate::durable::write_atomic(
+                &marker,
+                |source| StorageError::Io { path: marker.clone(), source },
+                |f| {
+                    std::io::Write::write_all(
+                        f,
+                        b"This data directory's segment files live in the bucket (segments = \"object-store\"): \
+                          some are only there. Start it with that setting, or make a whole copy with `tocsin backup` \
+                          and `tocsin restore`.\n",
+                    )
+                    .map_err(|source| StorageError::Io { path: marker.clone(), source })
+                },
+            )?;
+        }
+        let mut present = Vec::new();
+        for (path, table) in listed {
+            match std::fs::metadata(dir.join(&path)) {
+                Ok(m) => present.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), path, m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.bytes(&path).is_some() => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::SegmentNotInCopy { path: dir.join(&path), table, data_dir: dir.clone() });
+                }
+                Err(source) => {
+                    return Err(StorageError::SegmentUnreadable {
+                        path: dir.join(&path),
+                        table,
+                        data_dir: dir.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        present.sort();
+        let cache =
+            crate::cache::SegmentCache::new(source, limit, present.into_iter().map(|(_, p, b)| (p, b)).collect(), true);
+        if storage.cache.set(cache).is_err() {
+            return Err(StorageError::Task("the segment cache was set twice".into()));
+        }
+        Ok(storage)
+    }
+
+    /// A writer of `segments = "object-store"`: its copy in the bucket now
+    /// holds `paths` (those of its files it may let go of), and the cache is
+    /// brought within its bound.
+    pub fn in_copy(&self, paths: std::collections::HashSet<String>) {
+        if let Some(cache) = self.cache.get() {
+            // Written since the cache was made: counted from now on (not
+            // those retired, which the writer's purge deletes).
+            let retired: std::collections::HashSet<String> =
+                self.retired.lock().iter().map(|(p, _, _)| p.clone()).collect();
+            for path in cache.untracked(paths.iter().filter(|p| !retired.contains(*p))) {
+                if let Ok(m) = std::fs::metadata(self.config.data_dir.join(&path)) {
+                    cache.own(&path, m.len());
+                }
+            }
+            cache.in_copy(paths);
+            self.trim_cache(&[]);
+        }
     }
 
     pub(crate) fn from_parts(

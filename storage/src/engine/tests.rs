@@ -1302,3 +1302,104 @@ async fn a_table_keeps_the_kind_it_was_created_with() {
     assert_eq!(m.databases["public"]["ev"].events, Some(true));
     assert_eq!(m.databases["public"]["t"].events, Some(false));
 }
+
+/// A bucket on disk for `segments = "object-store"`: files copied in by
+/// the test, fetched back as the server's copy would give them.
+struct DirBucket(PathBuf);
+
+impl crate::cache::SegmentSource for DirBucket {
+    fn fetch<'a>(
+        &'a self,
+        data_dir: &'a Path,
+        path: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let to = data_dir.join(path);
+            std::fs::create_dir_all(to.parent().expect("parent")).map_err(|e| e.to_string())?;
+            std::fs::copy(self.0.join(path), &to).map_err(|e| format!("not in the bucket: {e}"))
+        })
+    }
+
+    fn bytes(&self, path: &str) -> Option<u64> {
+        std::fs::metadata(self.0.join(path)).ok().map(|m| m.len())
+    }
+}
+
+fn listed_files(s: &Storage) -> BTreeSet<String> {
+    s.snapshot("public", "t").map(|t| t.segments.iter().map(|x| x.path.clone()).collect()).unwrap_or_default()
+}
+
+/// A writer whose segments live in the bucket keeps every file its copy
+/// does not hold, lets go of the others past its bound, and brings them
+/// back for a merge, a checkpoint's list and a restart.
+#[tokio::test]
+async fn a_writer_lets_go_only_of_files_its_copy_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let open = || {
+        Storage::open_fetching(
+            StorageConfig::for_tests(dir.path()),
+            Arc::new(DirBucket(bucket.path().to_path_buf())),
+            1,
+        )
+    };
+    let s = open().await.expect("open");
+    for n in 0..3i64 {
+        let ts: Vec<i64> = (n * 100..n * 100 + 100).collect();
+        let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", ts.clone(), FieldValues::I64(ts))] };
+        s.write("public", vec![w]).await.expect("write");
+        s.persist().await.expect("persist");
+    }
+    let files = listed_files(&s);
+    assert_eq!(files.len(), 3, "{files:?}");
+    let on_disk = |f: &String| dir.path().join(f).exists();
+    s.trim_cache(&[]);
+    assert!(files.iter().all(on_disk), "nothing is in the copy yet: every file stays");
+
+    // Two of three pushed: those two go, the third stays.
+    let pushed: Vec<String> = files.iter().take(2).cloned().collect();
+    for f in &pushed {
+        let to = bucket.path().join(f);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(dir.path().join(f), to).expect("copy");
+    }
+    s.in_copy(pushed.iter().cloned().collect());
+    let left: Vec<&String> = files.iter().filter(|f| on_disk(f)).collect();
+    assert_eq!(left, files.iter().filter(|f| !pushed.contains(f)).collect::<Vec<_>>());
+
+    // A checkpoint lists the files let go of, with their lengths.
+    let cp = s.checkpoint(&dir.path().join("image")).await.expect("checkpoint");
+    let away: Vec<String> = cp.away.iter().map(|(p, _)| p.display().to_string()).collect();
+    assert_eq!(away, pushed);
+    assert!(cp.away.iter().all(|(p, b)| std::fs::metadata(bucket.path().join(p)).expect("bucket").len() == *b));
+    std::fs::remove_dir_all(dir.path().join("image")).expect("rm image");
+
+    // Restarted, the files let go of are not looked for; one the bucket
+    // lacks too refuses the start, named.
+    drop(s);
+    let s = open().await.expect("reopen");
+    assert_eq!(rows(&s, "t"), 300);
+    drop(s);
+    let lost = bucket.path().join(&pushed[0]);
+    std::fs::rename(&lost, bucket.path().join("aside")).expect("aside");
+    let Err(err) = open().await else { panic!("a file nowhere refuses the start") };
+    assert!(matches!(&err, StorageError::SegmentNotInCopy { path, .. } if path.ends_with(&pushed[0])), "{err}");
+    std::fs::rename(bucket.path().join("aside"), &lost).expect("back");
+
+    // A merge reads its inputs from the bucket; its output stays until
+    // pushed, and the inputs leave the count.
+    let s = open().await.expect("reopen");
+    let stats = s.compact_full().await.expect("compact");
+    assert_eq!((stats.inputs, stats.outputs, stats.rows), (3, 1, 300), "{stats:?}");
+    let merged = listed_files(&s);
+    assert!(merged.iter().all(on_disk));
+    assert_eq!(rows(&s, "t"), 300);
+    let c = s.cache_stats().expect("cache");
+    assert_eq!(c.fetches, 2, "{c:?}");
+    // The output is not in the copy yet, and the inputs are retired.
+    assert_eq!((c.bytes, c.files), (0, 0), "retired inputs leave the count: {c:?}");
+    s.in_copy(merged.iter().cloned().collect());
+    let c = s.cache_stats().expect("cache");
+    assert_eq!((c.files, c.evictions), (0, 1), "the pushed output goes past the bound: {c:?}");
+    assert!(!merged.iter().any(on_disk));
+}
