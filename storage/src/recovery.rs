@@ -37,12 +37,15 @@ pub(crate) enum Mode {
 /// `fetching`: segment files come from the bucket as scans read them
 /// (`crate::cache`). A reader's are checked then, not here; a writer's
 /// present files are checked here, and those it let go of are not looked
-/// for (the caller makes sure its copy holds them).
+/// for (the caller makes sure its copy holds them). `held`: for such a
+/// writer, whether its copy in the bucket holds a file (see
+/// [`verify_segments`]).
 pub(crate) fn open(
     mut config: StorageConfig,
     clock: Arc<dyn Clock>,
     mode: Mode,
     fetching: bool,
+    held: Held<'_>,
 ) -> Result<Arc<Storage>, StorageError> {
     fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
     // Every path handed on (to the query layer's object store above all,
@@ -116,7 +119,7 @@ pub(crate) fn open(
         (true, Mode::Reader) => listed_paths(&manifest),
         (true, Mode::Writer) => absent_paths(&dir, &manifest),
     };
-    let mut changed = verify_segments(&dir, &mut manifest, &metrics, mode, &checked)?;
+    let mut changed = verify_segments(&dir, &mut manifest, &metrics, mode, &checked, held)?;
     // New ids come after every id listed or in a file name: a segment
     // written under a taken id would replace that file.
     let files = data_files(&dir);
@@ -184,11 +187,19 @@ pub(crate) fn state_of(manifest: &Manifest) -> State {
     state
 }
 
+/// For a writer whose segment files live in the bucket: whether its copy
+/// there holds a file (by its path in the data directory).
+pub(crate) type Held<'a> = Option<&'a (dyn Fn(&str) -> bool + Send + Sync)>;
+
 /// Checks every segment in the manifest but those in `known` (checked
 /// before); a writer moves corrupt ones to `quarantine/` and drops them from
 /// the manifest, a reader refuses them. A segment that cannot be read at
 /// all (missing, permission denied, an I/O error) may be fine, and dropping
-/// it would lose it for good: that refuses to start instead.
+/// it would lose it for good: that refuses to start instead. A writer
+/// whose files live in the bucket keeps a corrupt file's segment when the
+/// bucket's copy holds the file (`held`): the file is fetched again when
+/// read, and dropping the segment would have the next push prune the only
+/// good copy.
 /// Returns whether the manifest changed.
 pub(crate) fn verify_segments(
     dir: &Path,
@@ -196,8 +207,11 @@ pub(crate) fn verify_segments(
     metrics: &StorageMetrics,
     mode: Mode,
     known: &std::collections::HashSet<String>,
+    held: Held<'_>,
 ) -> Result<bool, StorageError> {
     let mut changed = false;
+    // Corrupt here, good in the bucket.
+    let mut fetch_again: std::collections::HashSet<String> = Default::default();
     // A pack is checked (and quarantined) once for all the tables that
     // hold a slice of it.
     // Per file: its rows and origin record, or why it is unusable.
@@ -244,6 +258,9 @@ pub(crate) fn verify_segments(
                             Err(reason @ SegmentCheckError::Corrupt(_)) => {
                                 let moved = quarantine(dir, &path)?;
                                 metrics.quarantined_files.fetch_add(1, Ordering::Relaxed);
+                                if held.is_some_and(|held| held(&seg.path)) {
+                                    fetch_again.insert(seg.path.clone());
+                                }
                                 let moved = moved
                                     .as_deref()
                                     .map(|p| p.display().to_string())
@@ -280,6 +297,14 @@ pub(crate) fn verify_segments(
                             changed = true;
                         }
                         keep.push(seg)
+                    }
+                    Err(reason) if fetch_again.contains(&seg.path) => {
+                        tracing::warn!(
+                            "segment {} of table {db}.{table} is unusable on this disk: {reason}; the bucket's copy \
+                             holds it, and it is fetched from there when read",
+                            path.display(),
+                        );
+                        keep.push(seg);
                     }
                     Err(reason) => {
                         tracing::error!(

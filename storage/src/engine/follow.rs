@@ -72,7 +72,7 @@ impl Storage {
         config: StorageConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, StorageError> {
-        tokio::task::spawn_blocking(move || recovery::open(config, clock, Mode::Reader, false))
+        tokio::task::spawn_blocking(move || recovery::open(config, clock, Mode::Reader, false, None))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?
     }
@@ -88,7 +88,7 @@ impl Storage {
         limit: u64,
     ) -> Result<Arc<Storage>, StorageError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let storage = tokio::task::spawn_blocking(move || recovery::open(config, clock, Mode::Reader, true))
+        let storage = tokio::task::spawn_blocking(move || recovery::open(config, clock, Mode::Reader, true, None))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))??;
         // What an earlier run left (the files no longer listed are gone),
@@ -235,7 +235,7 @@ impl Storage {
             let mut manifest = Manifest::load_existing(dir)?.unwrap_or_default();
             // A fetching reader checks each file as it fetches it.
             let checked = if fetching { recovery::listed_paths(&manifest) } else { checked };
-            recovery::verify_segments(dir, &mut manifest, &this.metrics, Mode::Reader, &checked)?;
+            recovery::verify_segments(dir, &mut manifest, &this.metrics, Mode::Reader, &checked, None)?;
             let mut state = recovery::state_of(&manifest);
             let before = this.metrics.wal_replayed_rows.load(Ordering::Relaxed);
             recovery::replay_wal(

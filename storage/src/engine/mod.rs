@@ -487,9 +487,11 @@ impl Storage {
     /// [`Storage::open`] with the clock every waiting period and age is
     /// measured with (tests move a [`crate::clock::ManualClock`]).
     pub async fn open_with_clock(config: StorageConfig, clock: Arc<dyn Clock>) -> Result<Arc<Storage>, StorageError> {
-        tokio::task::spawn_blocking(move || crate::recovery::open(config, clock, crate::recovery::Mode::Writer, false))
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            crate::recovery::open(config, clock, crate::recovery::Mode::Writer, false, None)
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
     }
 
     /// Opens a writer whose segment files live in the bucket once its copy
@@ -503,8 +505,10 @@ impl Storage {
         limit: u64,
     ) -> Result<Arc<Storage>, StorageError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let bucket = Arc::clone(&source);
         let storage = tokio::task::spawn_blocking(move || {
-            crate::recovery::open(config, clock, crate::recovery::Mode::Writer, true)
+            let held = move |path: &str| bucket.bytes(path).is_some();
+            crate::recovery::open(config, clock, crate::recovery::Mode::Writer, true, Some(&held))
         })
         .await
         .map_err(|e| StorageError::Task(e.to_string()))??;

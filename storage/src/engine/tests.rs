@@ -1325,6 +1325,54 @@ impl crate::cache::SegmentSource for DirBucket {
     }
 }
 
+/// A file on the writer's disk that is corrupt while the bucket's copy
+/// holds it is quarantined and fetched again when read, not dropped from
+/// the manifest (whose next push would prune the only good copy); one the
+/// copy does not hold is dropped as before, and the start goes on.
+#[tokio::test]
+async fn a_corrupt_file_the_bucket_holds_is_fetched_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let open = || {
+        Storage::open_fetching(
+            StorageConfig::for_tests(dir.path()),
+            Arc::new(DirBucket(bucket.path().to_path_buf())),
+            u64::MAX,
+        )
+    };
+    let s = open().await.expect("open");
+    for n in 0..3i64 {
+        let ts: Vec<i64> = (n * 100..n * 100 + 100).collect();
+        let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", ts.clone(), FieldValues::I64(ts))] };
+        s.write("public", vec![w]).await.expect("write");
+        s.persist().await.expect("persist");
+    }
+    let files: Vec<String> = listed_files(&s).into_iter().collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    // The first two are in the copy; the third is not.
+    for f in &files[..2] {
+        let to = bucket.path().join(f);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(dir.path().join(f), to).expect("copy");
+    }
+    s.in_copy(files[..2].iter().cloned().collect());
+    drop(s);
+    for f in [&files[0], &files[2]] {
+        std::fs::write(dir.path().join(f), b"PAR1 bit rot PAR1").expect("damage");
+    }
+
+    let s = open().await.expect("starts");
+    let listed: Vec<String> = listed_files(&s).into_iter().collect();
+    assert_eq!(listed, files[..2], "the one the bucket holds stays listed; the other is dropped");
+    assert_eq!(std::fs::read_dir(dir.path().join("quarantine")).expect("quarantine").count(), 2);
+    let snap = s.snapshot("public", "t").expect("table");
+    let segs: Vec<&SegmentMeta> = snap.segments.iter().map(|x| x.as_ref()).collect();
+    s.ensure_local("public", "t", &segs).await.expect("fetched");
+    let fetched = crate::segment::verify_segment(&dir.path().join(&files[0])).expect("a good copy again");
+    assert_eq!(fetched, 100);
+    assert_eq!(rows(&s, "t"), 200);
+}
+
 fn listed_files(s: &Storage) -> BTreeSet<String> {
     s.snapshot("public", "t").map(|t| t.segments.iter().map(|x| x.path.clone()).collect()).unwrap_or_default()
 }
