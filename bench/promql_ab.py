@@ -15,17 +15,10 @@ import sys
 import time
 import urllib.parse
 
-EXPRS = [
-    "node_load1",
-    "rate(node_cpu_seconds_total[1m])",
-    "sum by (mode) (rate(node_cpu_seconds_total[1m]))",
-    "avg_over_time(node_memory_MemAvailable_bytes[5m])",
-    "(1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes) * 100",
-    "topk(5, rate(prometheus_http_requests_total[1m]))",
-    "histogram_quantile(0.9, sum by (le) (rate(prometheus_http_request_duration_seconds_bucket[1m])))",
-    "count by (job) (up)",
-    "prometheus_http_request_duration_seconds_bucket",
-]
+from promql_vs_prometheus import EXPRS as SIDE_BY_SIDE
+
+# The side-by-side bench's expressions, and a selector of many series.
+EXPRS = SIDE_BY_SIDE + ["prometheus_http_request_duration_seconds_bucket"]
 
 
 class Server:
