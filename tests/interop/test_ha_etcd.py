@@ -239,10 +239,13 @@ def main():
         assert etcd_call(etcd_url, "kv/deleterange", {"key": key}, root).get("deleted") == "1"
         removed_at = time.time()
         refused = [None]
+        # Writes B acknowledges before it notices.
+        late = [0]
 
         def b_refuses():
             try:
                 post(b.http, "/write?db=public", b"load,host=late v=1i")
+                late[0] += 1
                 return False
             except urllib.error.HTTPError as e:
                 refused[0] = time.time()
@@ -255,8 +258,12 @@ def main():
         print(f"key removed by hand: B refused writes {refused[0] - removed_at:.1f} s later, "
               f"C primary {c.listening_at - removed_at:.1f} s later")
         assert refused[0] <= c.listening_at, "C served while B still acknowledged writes"
-        n = sql(c.http, "SELECT count(*) AS n FROM load")[0]["n"]
-        assert n == acked + 1, f"C has {n} of the {acked + 1} writes"
+        n = c_has = sql(c.http, "SELECT count(*) AS n FROM load")[0]["n"]
+        # `wal = "local"` here: what B acknowledged after its last push (the
+        # writes it took before it noticed) may be lost at the failover,
+        # as documented; step 7 checks that `object-store-sync` loses none.
+        assert acked + 1 <= n <= acked + 1 + late[0], (
+            f"C has {n} writes: {acked + 1} pushed before, {late[0]} more acknowledged while B noticed")
 
         # 6. D stands by; C killed: D takes over with C's data.
         d = Server(tmp, "d", args, procs)
@@ -270,7 +277,7 @@ def main():
         print(f"D primary {took:.1f} s after C was killed (lease {TTL_S} s)")
         assert took < TTL_S + 15, took
         n = sql(d.http, "SELECT count(*) AS n FROM load")[0]["n"]
-        assert n == acked + 2, f"D has {n} of the {acked + 2} writes"
+        assert n == c_has + 1, f"D has {n} of the {c_has + 1} writes C held"
 
         # 7. The WAL and the alerting journal shipped with each write and
         # round (`wal = "object-store-sync"`), the copy pushed only at
