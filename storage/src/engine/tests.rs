@@ -1341,20 +1341,11 @@ async fn a_corrupt_file_the_bucket_holds_is_fetched_again() {
         )
     };
     let s = open().await.expect("open");
-    for n in 0..3i64 {
-        let ts: Vec<i64> = (n * 100..n * 100 + 100).collect();
-        let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", ts.clone(), FieldValues::I64(ts))] };
-        s.write("public", vec![w]).await.expect("write");
-        s.persist().await.expect("persist");
-    }
+    persist_three(&s).await;
     let files: Vec<String> = listed_files(&s).into_iter().collect();
     assert_eq!(files.len(), 3, "{files:?}");
     // The first two are in the copy; the third is not.
-    for f in &files[..2] {
-        let to = bucket.path().join(f);
-        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-        std::fs::copy(dir.path().join(f), to).expect("copy");
-    }
+    to_bucket(dir.path(), bucket.path(), &files[..2]);
     s.in_copy(files[..2].iter().cloned().collect());
     drop(s);
     for f in [&files[0], &files[2]] {
@@ -1371,6 +1362,25 @@ async fn a_corrupt_file_the_bucket_holds_is_fetched_again() {
     let fetched = crate::segment::verify_segment(&dir.path().join(&files[0])).expect("a good copy again");
     assert_eq!(fetched, 100);
     assert_eq!(rows(&s, "t"), 200);
+}
+
+/// Three persists of 100 rows of table `t` each: three segment files.
+async fn persist_three(s: &Storage) {
+    for n in 0..3i64 {
+        let ts: Vec<i64> = (n * 100..n * 100 + 100).collect();
+        let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", ts.clone(), FieldValues::I64(ts))] };
+        s.write("public", vec![w]).await.expect("write");
+        s.persist().await.expect("persist");
+    }
+}
+
+/// Copies `files` of data directory `dir` into the bucket folder, as a push would.
+fn to_bucket(dir: &Path, bucket: &Path, files: &[String]) {
+    for f in files {
+        let to = bucket.join(f);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(dir.join(f), to).expect("copy");
+    }
 }
 
 fn listed_files(s: &Storage) -> BTreeSet<String> {
@@ -1392,12 +1402,7 @@ async fn a_writer_lets_go_only_of_files_its_copy_holds() {
         )
     };
     let s = open().await.expect("open");
-    for n in 0..3i64 {
-        let ts: Vec<i64> = (n * 100..n * 100 + 100).collect();
-        let w = TableWrite { table: "t".into(), blocks: vec![block(0, "a", ts.clone(), FieldValues::I64(ts))] };
-        s.write("public", vec![w]).await.expect("write");
-        s.persist().await.expect("persist");
-    }
+    persist_three(&s).await;
     let files = listed_files(&s);
     assert_eq!(files.len(), 3, "{files:?}");
     let on_disk = |f: &String| dir.path().join(f).exists();
@@ -1406,11 +1411,7 @@ async fn a_writer_lets_go_only_of_files_its_copy_holds() {
 
     // Two of three pushed: those two go, the third stays.
     let pushed: Vec<String> = files.iter().take(2).cloned().collect();
-    for f in &pushed {
-        let to = bucket.path().join(f);
-        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-        std::fs::copy(dir.path().join(f), to).expect("copy");
-    }
+    to_bucket(dir.path(), bucket.path(), &pushed);
     s.in_copy(pushed.iter().cloned().collect());
     let left: Vec<&String> = files.iter().filter(|f| on_disk(f)).collect();
     assert_eq!(left, files.iter().filter(|f| !pushed.contains(f)).collect::<Vec<_>>());
