@@ -77,7 +77,7 @@ impl PhysicalExprAdapterFactory for SegmentExprAdapterFactory {
 /// The kind of values a column type holds, for telling a table's own
 /// columns from other tables' columns of a pack (see the module
 /// documentation); `None` for types that are never told apart.
-fn kind(t: &DataType) -> Option<u8> {
+pub(crate) fn kind(t: &DataType) -> Option<u8> {
     match t {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(0),
         DataType::Dictionary(_, v) => kind(v),

@@ -22,6 +22,7 @@ pub mod bounded;
 pub(crate) mod catalog;
 mod decode;
 mod delete;
+mod direct;
 mod gate;
 mod insert;
 mod json;
@@ -756,7 +757,6 @@ impl QueryEngine {
         let run = async {
             let slot = self.slot(who)?;
             let reader = self.storage.reader();
-            let state = self.state(Some(database));
             let schema_provider = self
                 .ctx
                 .catalog(catalog::CATALOG)
@@ -778,6 +778,20 @@ impl QueryEngine {
             }
             let projection = columns.iter().map(|c| full.index_of(c)).collect::<Result<Vec<_>, _>>()?;
             let schema: SchemaRef = Arc::new(full.project(&projection)?);
+            // A plain read of a table goes around DataFusion's scan (see
+            // `crate::direct`); a row gate's filter needs DataFusion.
+            let direct = (provider.as_ref() as &dyn std::any::Any).downcast_ref::<table::TocsinTable>();
+            if let Some(table) = direct
+                && let Some(batches) = table.read_direct(&self.ctx.runtime_env(), &projection, &filters).await?
+            {
+                let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+                    Arc::clone(&schema),
+                    futures::stream::iter(batches.into_iter().map(Ok)),
+                ));
+                let (schema, stream) = self.finish_stream(schema, stream, None, slot, reader);
+                return self.collect(schema, stream, who).await;
+            }
+            let state = self.state(Some(database));
             let plan = provider.scan(&state, Some(&projection), &filters, None).await?;
             let stream = datafusion::physical_plan::execute_stream(
                 plan,

@@ -28,6 +28,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CachedFileMetadataEntry;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -180,7 +181,7 @@ impl TableProvider for TocsinTable {
                 repeating.push(Arc::clone(seg));
                 continue;
             }
-            if let Some((deleted, piece)) = self.piece(state, &snap, seg, &searches, range, &values)? {
+            if let Some((deleted, piece)) = self.piece(state.runtime_env(), &snap, seg, &searches, range, &values)? {
                 pieces.entry(deleted).or_default().push(piece);
             }
         }
@@ -278,7 +279,7 @@ impl TocsinTable {
                 rows += seg.rows;
                 continue;
             }
-            rows += match self.piece(state, &snap, seg, &[], range, &values)? {
+            rows += match self.piece(state.runtime_env(), &snap, seg, &[], range, &values)? {
                 None => 0,
                 Some((_, Piece { plan: Some(plan), rows: groups, .. })) => {
                     plan.row_group_index_iter().map(|i| groups[i]).sum::<u64>()
@@ -291,16 +292,16 @@ impl TocsinTable {
 
     /// What of segment `seg` a scan reads (`None`: nothing), and the
     /// tombstones of `snap` that cover it.
-    fn piece(
+    pub(crate) fn piece(
         &self,
-        state: &dyn Session,
+        runtime: &RuntimeEnv,
         snap: &TableSnapshot,
         seg: &SegmentMeta,
         searches: &[(String, Need)],
         range: TimeRange,
         values: &[(String, Vec<String>)],
     ) -> Result<Option<(Vec<usize>, Piece)>> {
-        let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let footers = runtime.cache_manager.get_file_metadata_cache();
         let file = segment_file(&snap.segment_path(seg), seg.file_bytes())?;
         // Footers are cached without their token filters (see
         // `Storage::segment_footer`), which is why they are read here
@@ -343,7 +344,9 @@ impl TocsinTable {
             .filter(|(_, t)| t.covers(seg) && range.overlaps(t.deletion.min_ts, t.deletion.max_ts))
             .map(|(i, _)| i)
             .collect();
-        Ok(Some((deleted, Piece::new(file, footer.as_deref(), reads, range, values)?)))
+        let mut piece = Piece::new(file, footer.as_deref(), reads, range, values)?;
+        piece.footer = footer;
+        Ok(Some((deleted, piece)))
     }
 
     /// The rows of `segments` and `chunks` (where rows may repeat a series
@@ -381,7 +384,9 @@ impl TocsinTable {
         segments.sort_by_key(|s| (s.order(), s.id));
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         for seg in &segments {
-            let Some((deleted, piece)) = self.piece(state, snap, seg, &[], range, &values)? else { continue };
+            let Some((deleted, piece)) = self.piece(state.runtime_env(), snap, seg, &[], range, &values)? else {
+                continue;
+            };
             let scan = if deleted.is_empty() {
                 self.segment_scan(state, &key_filters, &values, vec![piece], Some(&read), None)?
             } else {
@@ -561,13 +566,15 @@ impl PhysicalOptimizerRule for DedupScanPredicate {
 }
 
 /// A segment to scan: its file and the row groups of it to read.
-struct Piece {
+pub(crate) struct Piece {
     file: PartitionedFile,
     /// `None` when the footer could not be read: the whole file goes to
     /// DataFusion, which reports why it cannot be opened.
-    plan: Option<ParquetAccessPlan>,
+    pub(crate) plan: Option<ParquetAccessPlan>,
     /// Rows of each row group.
     rows: Vec<u64>,
+    /// The file's footer with its page index, when it could be read.
+    pub(crate) footer: Option<Arc<ParquetMetaData>>,
 }
 
 impl Piece {
@@ -586,7 +593,7 @@ impl Piece {
                 Reads::Some(rows) => file.with_extension(ParquetRowSelection::new(rows)),
                 _ => file,
             };
-            return Ok(Self { file, plan: None, rows: Vec::new() });
+            return Ok(Self { file, plan: None, rows: Vec::new(), footer: None });
         };
         let groups = footer.row_groups();
         let mut plan = match reads {
@@ -604,7 +611,7 @@ impl Piece {
             }
         }
         let rows = groups.iter().map(|g| g.num_rows().max(0) as u64).collect();
-        Ok(Self { file, plan: Some(plan), rows })
+        Ok(Self { file, plan: Some(plan), rows, footer: None })
     }
 }
 
