@@ -41,6 +41,9 @@ use crate::table::TocsinTable;
 /// DataFusion's scan, which reads them on every core.
 pub(crate) const DIRECT_MAX_ROWS: usize = 1 << 20;
 
+/// Segments above which the decoding runs on the blocking pool.
+const INLINE_FILES: usize = 16;
+
 /// Rows of a decoded batch at most.
 const READ_BATCH_ROWS: usize = 8192;
 
@@ -117,7 +120,9 @@ impl TocsinTable {
         if reads.is_empty() {
             return Ok(Some(out));
         }
-        let decoded = if rows <= INLINE_ROWS {
+        // Many files cost their opening and schema even when they hold few
+        // rows: those go to the blocking pool too.
+        let decoded = if rows <= INLINE_ROWS && reads.len() <= INLINE_FILES {
             decode(reads, &schema)?
         } else {
             let schema = Arc::clone(&schema);
@@ -200,6 +205,12 @@ fn time_pages(
 ) -> Option<RowSelection> {
     let ColumnIndexMetaData::INT64(index) = footer.column_index()?.get(group)?.get(column)? else { return None };
     let pages = footer.offset_index()?.get(group)?.get(column)?.page_locations();
+    // A page index whose two halves disagree is not used (the read then
+    // decodes every page, and names the file if it is damaged).
+    let n = pages.len();
+    if index.num_pages() as usize != n || index.min_values().len() != n || index.max_values().len() != n {
+        return None;
+    }
     let mut selectors: Vec<RowSelector> = Vec::new();
     for (i, page) in pages.iter().enumerate() {
         let first = page.first_row_index.max(0) as usize;
