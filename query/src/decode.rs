@@ -63,8 +63,8 @@ impl PhysicalExprAdapterFactory for SegmentExprAdapterFactory {
             .iter()
             .filter_map(|f| {
                 let stored = physical_file_schema.field_with_name(f.name()).ok()?;
-                let (a, b) = (kind(stored.data_type())?, kind(f.data_type())?);
-                (a != b).then(|| ScalarValue::try_from(f.data_type()).ok().map(|null| (f.name().clone(), null)))?
+                foreign(stored.data_type(), f.data_type())
+                    .then(|| ScalarValue::try_from(f.data_type()).ok().map(|null| (f.name().clone(), null)))?
             })
             .collect();
         if stored.is_empty() && foreign.is_empty() {
@@ -74,10 +74,17 @@ impl PhysicalExprAdapterFactory for SegmentExprAdapterFactory {
     }
 }
 
+/// Whether a file's column stored as `stored` is another table's column
+/// of a pack, for a table whose column of that name is `table` (their
+/// kinds differ; see the module documentation).
+pub(crate) fn foreign(stored: &DataType, table: &DataType) -> bool {
+    matches!((kind(stored), kind(table)), (Some(a), Some(b)) if a != b)
+}
+
 /// The kind of values a column type holds, for telling a table's own
 /// columns from other tables' columns of a pack (see the module
 /// documentation); `None` for types that are never told apart.
-pub(crate) fn kind(t: &DataType) -> Option<u8> {
+fn kind(t: &DataType) -> Option<u8> {
     match t {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(0),
         DataType::Dictionary(_, v) => kind(v),

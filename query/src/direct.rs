@@ -74,10 +74,7 @@ impl TocsinTable {
         filters: &[Expr],
     ) -> Result<Option<Vec<RecordBatch>>> {
         let schema: SchemaRef = Arc::new(self.schema.project(projection)?);
-        let snap = match &self.pinned {
-            Some(s) => Some(s.clone()),
-            None => self.storage.snapshot(&self.db, &self.table),
-        };
+        let snap = self.snapshot();
         let Some(snap) = snap else { return Ok(Some(Vec::new())) };
         let searches = crate::token_prune::searches(filters).map_err(DataFusionError::Execution)?;
         if !searches.is_empty() {
@@ -184,11 +181,7 @@ fn segment_read(
         .iter()
         .filter_map(|f| {
             let i = stored.index_of(f.name()).ok()?;
-            let kinds = (crate::decode::kind(stored.field(i).data_type()), crate::decode::kind(f.data_type()));
-            match kinds {
-                (Some(a), Some(b)) if a != b => None,
-                _ => Some(i),
-            }
+            (!crate::decode::foreign(stored.field(i).data_type(), f.data_type())).then_some(i)
         })
         .collect();
     Ok(Some(SegmentRead { path, meta, columns, row_groups, selection: RowSelection::from(selectors) }))

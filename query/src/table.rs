@@ -78,6 +78,15 @@ enum Reads {
 }
 
 impl TocsinTable {
+    /// The snapshot a read of this table reads: the pinned one, else a
+    /// fresh one.
+    pub(crate) fn snapshot(&self) -> Option<TableSnapshot> {
+        match &self.pinned {
+            Some(s) => Some(s.clone()),
+            None => self.storage.snapshot(&self.db, &self.table),
+        }
+    }
+
     /// The blocks of `seg` that `matches()` filters leave to read, by the
     /// segment's token filters (all of it when it has none).
     fn blocks_to_read(&self, snap: &TableSnapshot, seg: &SegmentMeta, searches: &[(String, Need)]) -> Reads {
@@ -128,10 +137,7 @@ impl TableProvider for TocsinTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = Arc::clone(&self.schema);
-        let snap = match &self.pinned {
-            Some(s) => Some(s.clone()),
-            None => self.storage.snapshot(&self.db, &self.table),
-        };
+        let snap = self.snapshot();
         let Some(snap) = snap else {
             return Ok(MemorySourceConfig::try_new_exec(&[vec![]], schema, projection.cloned())?);
         };
@@ -257,10 +263,7 @@ impl TocsinTable {
     /// stops once it reaches `enough`, and a scan of more than
     /// [`ESTIMATED_SEGMENTS`] segments counts as `enough` without looking.
     pub(crate) fn estimated_rows(&self, state: &dyn Session, filters: &[Expr], enough: u64) -> Result<u64> {
-        let snap = match &self.pinned {
-            Some(s) => Some(s.clone()),
-            None => self.storage.snapshot(&self.db, &self.table),
-        };
+        let snap = self.snapshot();
         let Some(snap) = snap else { return Ok(0) };
         let range = time_range(filters);
         let mut rows: u64 =
